@@ -1,0 +1,55 @@
+"""Writes that matter go to a temporary file first and are renamed into place.
+
+An interrupted run therefore never leaves a half-written checkpoint, engine or report under its
+final name (os.replace is atomic on POSIX and Windows within one file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from dronseg_edge.errors import DronsegError
+
+
+def ensure_writable_dir(path: Path, what: str = "output folder") -> Path:
+    """Create ``path`` (and parents) or raise a DronsegError naming it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DronsegError(f"cannot create {what} {path}: {exc.strerror or exc}; choose another with --out") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DronsegError(f"{what} {path} is not writable; choose another with --out")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it."""
+    final = Path(path)
+    ensure_writable_dir(final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_text_atomic(path: os.PathLike | str, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: os.PathLike | str, data) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")

@@ -1,0 +1,190 @@
+"""Model construction: torchvision's DeepLabV3 / LR-ASPP with a 12-class head.
+
+``weights`` is one of ``coco`` (torchvision's COCO-with-VOC-labels segmentation weights, head
+replaced), ``imagenet`` (ImageNet backbone, fresh head), ``none`` (random init, for tests) or a
+path to a local ``.pt``/``.pth`` file (a torchvision state dict, a backbone state dict or a
+dronseg-edge checkpoint); matching tensors are copied, the rest keep their initialisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, ResNet101_Weights
+from torchvision.models import segmentation as seg
+
+from dronseg_edge.classes import NUM_CLASSES
+from dronseg_edge.errors import DronsegError
+
+# arch -> (builder, COCO segmentation weights, ImageNet backbone weights)
+ARCHS: dict[str, tuple[Callable[..., nn.Module], object, object]] = {
+    "deeplabv3_resnet101": (
+        seg.deeplabv3_resnet101,
+        seg.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
+        ResNet101_Weights.IMAGENET1K_V1,
+    ),
+    "deeplabv3_resnet50": (
+        seg.deeplabv3_resnet50,
+        seg.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1,
+        ResNet50_Weights.IMAGENET1K_V1,
+    ),
+    "deeplabv3_mobilenet_v3_large": (
+        seg.deeplabv3_mobilenet_v3_large,
+        seg.DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
+        MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+    ),
+    "lraspp_mobilenet_v3_large": (
+        seg.lraspp_mobilenet_v3_large,
+        seg.LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
+        MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+    ),
+}
+WEIGHT_CHOICES = ("coco", "imagenet", "none")
+
+
+def check_arch(arch: str) -> str:
+    if arch not in ARCHS:
+        raise DronsegError(f"--model {arch!r} is not known: choose one of {', '.join(ARCHS)}")
+    return arch
+
+
+def supports_aux(arch: str) -> bool:
+    return arch.startswith("deeplabv3")
+
+
+def build_model(
+    arch: str = "deeplabv3_resnet101",
+    num_classes: int = NUM_CLASSES,
+    weights: str = "none",
+    aux_loss: bool = False,
+) -> nn.Module:
+    """Build ``arch`` with a ``num_classes`` head; returns a module whose forward gives ``{'out': (N,C,H,W)}``."""
+    builder, coco, imagenet = ARCHS[check_arch(arch)]
+    aux_loss = bool(aux_loss) and supports_aux(arch)
+    choice = str(weights).lower()
+    if choice == "coco":
+        model = _download(lambda: builder(weights=coco, aux_loss=supports_aux(arch) or None), coco)
+        _replace_heads(model, num_classes)
+    elif choice == "imagenet":
+        model = _download(
+            lambda: builder(weights=None, weights_backbone=imagenet, num_classes=num_classes, aux_loss=aux_loss or None),
+            imagenet,
+        )
+    else:
+        model = builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux_loss or None)
+        if choice != "none":
+            load_matching_weights(model, Path(weights))
+    if not aux_loss and getattr(model, "aux_classifier", None) is not None:
+        model.aux_classifier = None
+    return model
+
+
+def _download(build: Callable[[], nn.Module], weights_enum) -> nn.Module:
+    try:
+        return build()
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a truncated file raises RuntimeError
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights_enum.url).name
+        raise DronsegError(
+            f"cannot load torchvision weights {weights_enum} ({type(exc).__name__}): download "
+            f"{weights_enum.url} to {cache}, or pass --weights PATH to a local file, or --weights none"
+        ) from None
+
+
+def _replace_heads(model: nn.Module, num_classes: int) -> None:
+    """Swap the final 1x1 convolutions of the pretrained heads for ``num_classes`` outputs."""
+
+    def fresh(conv: nn.Conv2d) -> nn.Conv2d:
+        return nn.Conv2d(conv.in_channels, num_classes, kernel_size=1, bias=conv.bias is not None)
+
+    classifier = model.classifier
+    if hasattr(classifier, "low_classifier"):  # LR-ASPP
+        classifier.low_classifier = fresh(classifier.low_classifier)
+        classifier.high_classifier = fresh(classifier.high_classifier)
+    else:
+        classifier[-1] = fresh(classifier[-1])
+    if getattr(model, "aux_classifier", None) is not None:
+        model.aux_classifier[-1] = fresh(model.aux_classifier[-1])
+
+
+def load_matching_weights(model: nn.Module, path: Path) -> int:
+    """Copy every tensor of ``path`` whose name and shape match ``model``; return how many were copied."""
+    if not path.is_file():
+        raise DronsegError(f"--weights {path}: no such file; use coco, imagenet, none or a path to a .pt/.pth file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt zip, pickle with code objects, ...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DronsegError(f"--weights {path}: not a readable weights file ({reason})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise DronsegError(f"--weights {path}: expected a state dict, found {type(state).__name__}")
+    own = model.state_dict()
+    copied = {}
+    for prefix in ("", "backbone."):
+        for name, tensor in state.items():
+            key = prefix + name
+            if isinstance(tensor, torch.Tensor) and key in own and own[key].shape == tensor.shape:
+                copied[key] = tensor
+    if not copied:
+        raise DronsegError(f"--weights {path}: no tensor matches this model's layers; is it for another --model?")
+    model.load_state_dict(copied, strict=False)
+    return len(copied)
+
+
+def backbone_stages(model: nn.Module) -> list[list[nn.Module]]:
+    """The backbone split into stages, shallowest first (ResNet: stem, layer1..4; MobileNetV3: by stride)."""
+    children = list(model.backbone.children())
+    names = [name for name, _ in model.backbone.named_children()]
+    if "layer1" in names:
+        stem = [m for n, m in model.backbone.named_children() if not n.startswith("layer")]
+        return [stem] + [[getattr(model.backbone, n)] for n in names if n.startswith("layer")]
+    stages: list[list[nn.Module]] = []
+    for block in children:
+        strided = any(getattr(conv, "stride", (1, 1)) != (1, 1) for conv in block.modules() if isinstance(conv, nn.Conv2d))
+        if strided or not stages:
+            stages.append([])
+        stages[-1].append(block)
+    return stages
+
+
+def freeze_backbone_stages(model: nn.Module, num_stages: int) -> int:
+    """Stop gradients in the first ``num_stages`` backbone stages (0 unfreezes all); return the stage count."""
+    stages = backbone_stages(model)
+    for index, stage in enumerate(stages):
+        for module in stage:
+            for param in module.parameters():
+                param.requires_grad_(index >= num_stages)
+    return len(stages)
+
+
+def keep_frozen_norms_in_eval(model: nn.Module) -> None:
+    """BatchNorm layers whose parameters are frozen keep their running statistics (call after ``train()``)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+class SegmentationNet(nn.Module):
+    """Inference form of a model: a tensor in, a tensor out (what export and the runtimes use).
+
+    ``head='logits'``: (N, C, H, W) float scores; ``head='argmax'``: (N, H, W) class indices (uint8).
+    """
+
+    def __init__(self, model: nn.Module, head: str = "logits"):
+        super().__init__()
+        if head not in ("logits", "argmax"):
+            raise DronsegError(f"--head {head!r} is not one of logits, argmax")
+        self.model = model
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.model(images)["out"]
+        if self.head == "argmax":
+            return logits.argmax(dim=1).to(torch.uint8)
+        return logits

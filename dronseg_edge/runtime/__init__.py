@@ -1,0 +1,1 @@
+"""Runners for every artifact kind behind one interface (see ``base.Backend``)."""
