@@ -1,0 +1,1 @@
+"""Data: the Kaggle AeroScapes layout (reader, validation), split, augmentation, synthetic scenes, RLE."""

@@ -1,0 +1,177 @@
+"""Reader for the Kaggle AeroScapes layout, with validation before any training starts.
+
+Layout::
+
+    ROOT/imgs/imgs/{ImageID}.jpg      RGB images
+    ROOT/masks/masks/{ImageID}.png    single-channel class indices 0..11 (train images only)
+    ROOT/train.csv, ROOT/test.csv     an ``ImageID`` column each
+
+Without the CSVs, images with a mask count as train and the others as test.
+"""
+
+from __future__ import annotations
+
+import csv
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dronseg_edge.classes import NUM_CLASSES
+from dronseg_edge.errors import DronsegError
+
+IMAGE_DIR = Path("imgs/imgs")
+MASK_DIR = Path("masks/masks")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+FIX_LAYOUT = "expected the Kaggle layout ROOT/imgs/imgs/*.jpg, ROOT/masks/masks/*.png, ROOT/train.csv"
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_id: str
+    image_path: Path
+    mask_path: Path | None
+
+
+@dataclass
+class DatasetStats:
+    """What validation learned: per-image class presence (N, C) bool, pixel counts per class (C,), sizes (W, H)."""
+
+    ids: list[str]
+    presence: np.ndarray
+    pixel_counts: np.ndarray
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def pixel_shares(self) -> np.ndarray:
+        total = max(int(self.pixel_counts.sum()), 1)
+        return self.pixel_counts / total
+
+
+def read_ids(csv_path: Path) -> list[str]:
+    """The ``ImageID`` column of a Kaggle CSV, in file order."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or "ImageID" not in reader.fieldnames:
+                raise DronsegError(f"{csv_path} has no ImageID column (header: {reader.fieldnames}); {FIX_LAYOUT}")
+            ids = [row["ImageID"].strip() for row in reader if row.get("ImageID", "").strip()]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DronsegError(f"cannot read {csv_path}: {exc}") from None
+    return ids
+
+
+def _index_images(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
+    """Samples of ``subset`` (train | test | all) with paths checked; no pixel is decoded here."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DronsegError(f"data folder {root} does not exist; {FIX_LAYOUT} (make one with `dronseg-edge synth DIR`)")
+    image_dir, mask_dir = root / IMAGE_DIR, root / MASK_DIR
+    if not image_dir.is_dir():
+        raise DronsegError(f"{image_dir} is missing; {FIX_LAYOUT}")
+    images = _index_images(image_dir)
+    masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))} if mask_dir.is_dir() else {}
+    extra = sorted(set(masks) - set(images))
+    if extra:
+        raise DronsegError(
+            f"{masks[extra[0]]} has no image {image_dir / (extra[0] + '.jpg')} ({len(extra)} such masks): "
+            "remove the extra masks or add their images"
+        )
+    train_csv, test_csv = root / "train.csv", root / "test.csv"
+    if train_csv.is_file():
+        train_ids = read_ids(train_csv)
+    else:
+        train_ids = [i for i in images if i in masks]
+    if test_csv.is_file():
+        test_ids = read_ids(test_csv)
+    else:
+        test_ids = [i for i in images if i not in masks and i not in set(train_ids)]
+    wanted = {"train": train_ids, "test": test_ids, "all": train_ids + [i for i in test_ids if i not in set(train_ids)]}
+    if subset not in wanted:
+        raise DronsegError(f"subset {subset!r} is not one of train, test, all")
+    samples = []
+    for image_id in wanted[subset]:
+        if image_id not in images:
+            raise DronsegError(f"image {image_dir / (image_id + '.jpg')} is listed in a CSV but missing: add it or remove its row")
+        needs_mask = subset == "train" or image_id in train_ids
+        if needs_mask and image_id not in masks:
+            raise DronsegError(f"mask {mask_dir / (image_id + '.png')} is missing for train image {images[image_id]}: add it or drop the image from train.csv")
+        samples.append(Sample(image_id, images[image_id], masks.get(image_id)))
+    if not samples:
+        raise DronsegError(f"{root} has no {subset} images; {FIX_LAYOUT}")
+    return samples
+
+
+def samples_for_ids(root: Path | str, ids: list[str]) -> list[Sample]:
+    """Samples (with masks where present) for the given IDs, e.g. a saved validation split."""
+    by_id = {s.image_id: s for s in dataset_samples(root, "all")}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise DronsegError(f"{len(missing)} split IDs (first: {missing[0]}) are not in {Path(root) / IMAGE_DIR}: is it the same data set?")
+    return [by_id[i] for i in ids]
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image as (H, W, 3) uint8 **RGB**; DronsegError if it cannot be decoded."""
+    data = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if data is None:
+        raise DronsegError(f"image {path} cannot be read (missing, truncated or not an image): replace or remove it")
+    return cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: Path, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """A mask as (H, W) uint8 class indices; DronsegError if unreadable, multi-channel or out of range."""
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            data = np.asarray(img)
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        raise DronsegError(f"mask {path} cannot be read ({exc.__class__.__name__}): replace it with a single-channel PNG") from None
+    if data.ndim != 2:
+        raise DronsegError(
+            f"mask {path} has {data.shape[2] if data.ndim == 3 else data.ndim} channels (mode {mode}); masks must be "
+            f"single-channel PNGs of class indices 0..{num_classes - 1}, not colour visualisations"
+        )
+    if data.size and int(data.max()) >= num_classes:
+        bad = sorted(int(v) for v in np.unique(data) if v >= num_classes)
+        raise DronsegError(f"mask {path} holds values {bad[:5]} outside 0..{num_classes - 1}: fix the labels")
+    return data.astype(np.uint8, copy=False)
+
+
+def _check_one(sample: Sample, num_classes: int) -> tuple[np.ndarray, tuple[int, int]]:
+    image = cv2.imread(str(sample.image_path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DronsegError(f"image {sample.image_path} cannot be read (truncated or not an image): replace or remove it")
+    size = (image.shape[1], image.shape[0])
+    if sample.mask_path is None:
+        return np.zeros(num_classes, np.int64), size
+    mask = read_mask(sample.mask_path, num_classes)
+    if mask.shape != image.shape[:2]:
+        raise DronsegError(
+            f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {sample.image_path} is "
+            f"{size[0]}x{size[1]}: masks must match their images pixel for pixel"
+        )
+    return np.bincount(mask.ravel(), minlength=num_classes).astype(np.int64), size
+
+
+def validate_samples(samples: list[Sample], num_classes: int = NUM_CLASSES, workers: int = 8) -> DatasetStats:
+    """Decode every image and mask once (threads; OpenCV and PIL release the GIL) and check them.
+
+    Raises the first DronsegError found, naming the file, before any training starts.
+    """
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(lambda s: _check_one(s, num_classes), samples))
+    counts = np.stack([r[0] for r in results]) if results else np.zeros((0, num_classes), np.int64)
+    return DatasetStats(
+        ids=[s.image_id for s in samples],
+        presence=counts > 0,
+        pixel_counts=counts.sum(axis=0),
+        sizes=[r[1] for r in results],
+    )

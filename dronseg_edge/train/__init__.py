@@ -1,0 +1,1 @@
+"""Training: the loop, losses, metrics, optimisers and schedules, logging."""
