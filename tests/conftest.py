@@ -48,3 +48,13 @@ def make_checkpoint(path: Path, arch: str = TINY_ARCH, size: tuple[int, int] = T
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A small LR-ASPP checkpoint at 96x64 with calibrated (not trained) weights."""
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A 40-image synthetic data set at 96x64 in the Kaggle layout (no video)."""
+    from dronseg_edge.data.synthetic import synthesize
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    synthesize(root, images=40, size=TINY_SIZE, video_frames=0, seed=0, test_fraction=0.2)
+    return root

@@ -38,17 +38,31 @@ class Sample:
 
 @dataclass
 class DatasetStats:
-    """What validation learned: per-image class presence (N, C) bool, pixel counts per class (C,), sizes (W, H)."""
+    """What validation learned: per-image pixel counts per class (N, C) int64 and image sizes (W, H)."""
 
     ids: list[str]
-    presence: np.ndarray
-    pixel_counts: np.ndarray
+    counts: np.ndarray
     sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def presence(self) -> np.ndarray:
+        """(N, C) bool: which classes each image contains."""
+        return self.counts > 0
+
+    @property
+    def pixel_counts(self) -> np.ndarray:
+        """(C,) pixels of each class over all images."""
+        return self.counts.sum(axis=0)
 
     @property
     def pixel_shares(self) -> np.ndarray:
         total = max(int(self.pixel_counts.sum()), 1)
         return self.pixel_counts / total
+
+    def counts_for(self, ids: list[str]) -> np.ndarray:
+        """(C,) pixel counts over the given image IDs (e.g. the training split)."""
+        index = {image_id: i for i, image_id in enumerate(self.ids)}
+        return self.counts[[index[i] for i in ids]].sum(axis=0)
 
 
 def read_ids(csv_path: Path) -> list[str]:
@@ -131,7 +145,7 @@ def read_mask(path: Path, num_classes: int = NUM_CLASSES) -> np.ndarray:
     try:
         with Image.open(path) as img:
             mode = img.mode
-            data = np.asarray(img)
+            data = np.array(img)
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
         raise DronsegError(f"mask {path} cannot be read ({exc.__class__.__name__}): replace it with a single-channel PNG") from None
     if data.ndim != 2:
@@ -169,9 +183,4 @@ def validate_samples(samples: list[Sample], num_classes: int = NUM_CLASSES, work
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(lambda s: _check_one(s, num_classes), samples))
     counts = np.stack([r[0] for r in results]) if results else np.zeros((0, num_classes), np.int64)
-    return DatasetStats(
-        ids=[s.image_id for s in samples],
-        presence=counts > 0,
-        pixel_counts=counts.sum(axis=0),
-        sizes=[r[1] for r in results],
-    )
+    return DatasetStats(ids=[s.image_id for s in samples], counts=counts, sizes=[r[1] for r in results])

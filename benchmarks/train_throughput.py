@@ -1,0 +1,147 @@
+"""Training throughput: images/s, time the loop waits for data, peak GPU memory.
+
+Runs the package's own training step (dronseg_edge.train.loop.train_one_epoch) on real JPEG/PNG
+files through the real DataLoader and augmentation, so the loader's cost is part of the figure.
+
+    python benchmarks/train_throughput.py                       # ResNet-101, 1280x720, bf16, batch 8
+    python benchmarks/train_throughput.py --model lraspp_mobilenet_v3_large --size 320x192 --steps 5 --device cpu
+
+Writes benchmarks/results/train_throughput-<device>-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from dronseg_edge import __version__
+from dronseg_edge.classes import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from dronseg_edge.data.aeroscapes import dataset_samples
+from dronseg_edge.data.augment import AugmentConfig
+from dronseg_edge.data.dataset import SegmentationDataset
+from dronseg_edge.devices import device_description, resolve_device
+from dronseg_edge.models import build_model
+from dronseg_edge.sizes import parse_size
+from dronseg_edge.train.config import TrainConfig
+from dronseg_edge.train.fit import amp_dtype
+from dronseg_edge.train.loop import StepContext, train_one_epoch
+from dronseg_edge.train.losses import build_loss
+from dronseg_edge.train.optim import build_optimizer, build_scheduler
+from dronseg_edge.train.rng import seed_everything, worker_init
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="deeplabv3_resnet101")
+    parser.add_argument("--size", default="1280x720", help="WxH")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--accumulate", type=int, default=1)
+    parser.add_argument("--amp", default="bf16", choices=["auto", "fp16", "bf16", "off"])
+    parser.add_argument("--loss", default="focal+dice")
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--warmup", type=int, default=10, help="optimiser steps before timing")
+    parser.add_argument("--steps", type=int, default=50, help="timed optimiser steps")
+    parser.add_argument("--workers", type=int, default=12)
+    parser.add_argument("--data", type=Path, help="data set root (default: synthesise --images at --size)")
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    size = parse_size(args.size)
+    seed_everything(0)
+    scratch = None
+    if args.data is None:
+        from dronseg_edge.data.synthetic import synthesize
+
+        scratch = tempfile.TemporaryDirectory(prefix="dronseg-bench-")
+        args.data = Path(scratch.name) / "data"
+        synthesize(args.data, images=args.images, size=size, video_frames=0, seed=0, test_fraction=0.0)
+    samples = dataset_samples(args.data, "train")
+    cfg = TrainConfig(data=str(args.data), model=args.model, weights="none", batch=args.batch, size=size,
+                      accumulate=args.accumulate, loss=args.loss, optimizer=args.optimizer, amp=args.amp,
+                      augment=AugmentConfig(enabled=args.augment))
+    dataset = SegmentationDataset(samples, size, augment=cfg.augment)
+    micro_batches = (args.warmup + args.steps) * args.accumulate
+    loader = DataLoader(dataset, batch_size=args.batch, sampler=RandomSampler(dataset, replacement=True, num_samples=micro_batches * args.batch),
+                        num_workers=args.workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init,
+                        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None, drop_last=True)
+    channels_last = args.channels_last and device.type == "cuda"
+    model = build_model(args.model, weights="none").to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, args.warmup + args.steps)
+    dtype = amp_dtype(args.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
+    criterion = build_loss(args.loss, ignore_index=IGNORE_INDEX)
+    ctx = StepContext(device, dtype, torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+                      torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1), channels_last)
+    net = torch.compile(model) if args.compile else model
+    iterator = iter(loader)
+
+    class Stream:  # one loader iterator shared by the warm-up and the timed pass
+        def __init__(self, n):
+            self.n = n
+
+        def __len__(self):
+            return self.n
+
+        def __iter__(self):
+            for _ in range(self.n):
+                yield next(iterator)
+
+    kwargs = dict(accumulate=args.accumulate, show_progress=sys.stderr.isatty())
+    train_one_epoch(net, criterion, optimizer, scheduler, scaler, Stream(args.warmup * args.accumulate), ctx, description="warm-up", **kwargs)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timed = train_one_epoch(net, criterion, optimizer, scheduler, scaler, Stream(args.steps * args.accumulate), ctx, description="timed", **kwargs)
+    if scratch is not None:
+        scratch.cleanup()
+    result = {
+        "benchmark": "train_throughput",
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "device": device_description(device),
+        "host": platform.node(),
+        "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
+                     "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "dronseg_edge": __version__},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "images_per_s": timed["images"] / timed["seconds"],
+        "images": timed["images"],
+        "seconds": timed["seconds"],
+        "data_wait_s": timed["data_wait_s"],
+        "data_wait_frac": timed["data_wait_s"] / timed["seconds"],
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "final_loss": timed["loss"],
+    }
+    return result
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    result = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", result["device"].split(" (")[0]).strip("-").lower()
+    path = args.out / f"train_throughput-{slug}-{result['date'][:10]}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{result['images_per_s']:.1f} img/s ({args.model} {args.size} batch {args.batch} amp {args.amp}), "
+          f"data wait {100 * result['data_wait_frac']:.1f}%, peak memory "
+          f"{result['peak_memory_gib'] if result['peak_memory_gib'] is None else round(result['peak_memory_gib'], 2)} GiB -> {path}")
+
+
+if __name__ == "__main__":
+    main()

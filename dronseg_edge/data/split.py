@@ -1,0 +1,59 @@
+"""Multilabel stratified train/validation split on per-image class presence.
+
+One shuffle split (``iterative-stratification``'s MultilabelStratifiedShuffleSplit, as in the
+reference recipe) keeps each class's share of images about equal in train and validation, which
+matters for rare classes such as boat (66 of 3269 AeroScapes images).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dronseg_edge.atomic import write_json_atomic
+from dronseg_edge.classes import CLASS_NAMES
+from dronseg_edge.errors import DronsegError
+
+
+def stratified_split(ids: list[str], presence: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Split ``ids`` with ``presence`` (N, C) bool into (train_ids, val_ids), both in input order."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    if not 0.0 < val_fraction < 1.0:
+        raise DronsegError(f"--val-fraction {val_fraction} must be between 0 and 1 (exclusive), e.g. 0.2")
+    n_val = int(round(len(ids) * val_fraction))
+    if len(ids) < 2 or n_val < 1 or n_val >= len(ids):
+        raise DronsegError(
+            f"cannot split {len(ids)} images with --val-fraction {val_fraction}: need at least one image on each side"
+        )
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+    train_idx, val_idx = next(splitter.split(np.zeros((len(ids), 1)), presence.astype(int)))
+    return [ids[i] for i in sorted(train_idx)], [ids[i] for i in sorted(val_idx)]
+
+
+def presence_ratios(ids: list[str], all_ids: list[str], presence: np.ndarray) -> list[float]:
+    """Share of ``ids`` images containing each class."""
+    index = {image_id: i for i, image_id in enumerate(all_ids)}
+    rows = presence[[index[i] for i in ids]]
+    return rows.mean(axis=0).round(4).tolist() if len(rows) else [0.0] * presence.shape[1]
+
+
+def save_split(path: Path, train_ids: list[str], val_ids: list[str], *, seed: int, val_fraction: float,
+               all_ids: list[str] | None = None, presence: np.ndarray | None = None) -> Path:
+    """Write ``split.json`` (atomically) with the IDs and, when given, per-class presence ratios."""
+    data: dict = {"seed": seed, "val_fraction": val_fraction, "train": train_ids, "val": val_ids}
+    if presence is not None and all_ids is not None:
+        train_r, val_r = presence_ratios(train_ids, all_ids, presence), presence_ratios(val_ids, all_ids, presence)
+        names = CLASS_NAMES if presence.shape[1] == len(CLASS_NAMES) else [str(i) for i in range(presence.shape[1])]
+        data["presence"] = {name: {"train": t, "val": v} for name, t, v in zip(names, train_r, val_r)}
+    return write_json_atomic(path, data)
+
+
+def load_split(path: Path) -> tuple[list[str], list[str]]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return list(data["train"]), list(data["val"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DronsegError(f"split file {path} is unreadable ({type(exc).__name__}): delete it to make a new split") from None

@@ -1,0 +1,57 @@
+"""``dronseg-edge submit``: the Kaggle CSV (FACTS.md section 1) for the test images of a data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
+from dronseg_edge.classes import CLASS_NAMES
+from dronseg_edge.data.aeroscapes import dataset_samples
+from dronseg_edge.data.dataset import SegmentationDataset
+from dronseg_edge.data.rle import submission_rows, write_submission
+from dronseg_edge.devices import resolve_device
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.train.evaluation import step_context
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except OSError:
+        raise DronsegError(f"image {path} cannot be read: replace or remove it (and its test.csv row)") from None
+
+
+def write_competition_csv(checkpoint: Path, data: Path, out: Path, order: str = "row", batch: int = 4,
+                          device: str = "auto", workers: int = 2) -> int:
+    """Predict every test image at its native size and write ``out``; returns the number of rows."""
+    if order not in ("row", "column"):
+        raise DronsegError(f"--rle-order {order!r}: choose row (C order, the likely Kaggle convention) or column")
+    ckpt = load_checkpoint(checkpoint, num_classes=len(CLASS_NAMES))
+    samples = dataset_samples(data, "test")
+    # Masks are not read for test images: the dataset yields an IGNORE mask of the native size, which gives the shape.
+    samples = [type(s)(s.image_id, s.image_path, None) for s in samples]
+    batch = batch if len({_image_size(s.image_path) for s in samples}) == 1 else 1
+    torch_device = resolve_device(device)
+    ctx = step_context(ckpt, torch_device)
+    model = model_from_checkpoint(ckpt).to(torch_device)
+    dataset = SegmentationDataset(samples, tuple(ckpt["input_size"]), augment=None, native_masks=True)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers)
+    rows: list[tuple[str, str]] = []
+    ids = iter(s.image_id for s in samples)
+    with torch.no_grad():
+        for images_u8, masks_u8 in tqdm(loader, desc="submit", leave=False, mininterval=1.0):
+            with ctx.autocast():
+                logits = model(ctx.images(images_u8))["out"]
+            logits = F.interpolate(logits.float(), size=masks_u8.shape[-2:], mode="bilinear", align_corners=False)
+            for class_map in logits.argmax(dim=1).to(torch.uint8).cpu().numpy():
+                rows += submission_rows(next(ids), class_map, num_classes=len(ckpt["class_names"]), order=order)
+    write_submission(rows, out)
+    return len(rows)

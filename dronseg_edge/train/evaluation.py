@@ -1,0 +1,86 @@
+"""``dronseg-edge eval``: score a checkpoint on a split or a whole folder, at the masks' own resolution."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
+from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX
+from dronseg_edge.data.aeroscapes import Sample, dataset_samples, samples_for_ids, validate_samples
+from dronseg_edge.data.dataset import SegmentationDataset
+from dronseg_edge.devices import resolve_device
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.train.loop import StepContext, evaluate
+from dronseg_edge.train.metrics import SegmentationMetrics
+
+
+def checkpoint_data_root(ckpt: dict, data: Path | None) -> Path:
+    """``data`` if given, else the data set the checkpoint was trained on."""
+    if data is not None:
+        return Path(data)
+    root = (ckpt.get("config") or {}).get("data")
+    if not root:
+        raise DronsegError(f"checkpoint {ckpt.get('path')} does not record its data set: pass --data DIR")
+    return Path(root)
+
+
+def split_samples(ckpt: dict, root: Path, split: str) -> list[Sample]:
+    """Samples of the run's ``val``/``train`` split, or ``all`` labelled images of ``root``."""
+    if split == "all":
+        return dataset_samples(root, "train")
+    if split not in ("val", "train"):
+        raise DronsegError(f"--split {split!r}: choose val, train or all")
+    ids = (ckpt.get("split") or {}).get(split)
+    if not ids:
+        raise DronsegError(f"checkpoint {ckpt.get('path')} holds no {split} split: use --split all")
+    return samples_for_ids(root, list(ids))
+
+
+def native_loader(ckpt: dict, samples: list[Sample], batch: int, workers: int) -> DataLoader:
+    """Images at the checkpoint's size, masks at their native size (batch 1 when native sizes differ)."""
+    sizes = set(validate_samples(samples, num_classes=len(ckpt["class_names"])).sizes)
+    dataset = SegmentationDataset(samples, tuple(ckpt["input_size"]), augment=None,
+                                  num_classes=len(ckpt["class_names"]), native_masks=True)
+    return DataLoader(dataset, batch_size=batch if len(sizes) == 1 else 1, shuffle=False, num_workers=workers)
+
+
+def step_context(ckpt: dict, device: torch.device) -> StepContext:
+    mean = torch.tensor(ckpt.get("mean", (0.485, 0.456, 0.406)), device=device).view(1, 3, 1, 1)
+    std = torch.tensor(ckpt.get("std", (0.229, 0.224, 0.225)), device=device).view(1, 3, 1, 1)
+    amp = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return StepContext(device, amp, mean, std, channels_last=device.type == "cuda")
+
+
+def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str = "val", batch: int = 4,
+                        device: str = "auto", workers: int = 2) -> dict[str, Any]:
+    """Scores of ``checkpoint`` on ``split``: the metrics dict of SegmentationMetrics plus provenance."""
+    ckpt = load_checkpoint(checkpoint, num_classes=len(CLASS_NAMES))
+    root = checkpoint_data_root(ckpt, data)
+    samples = split_samples(ckpt, root, split)
+    torch_device = resolve_device(device)
+    ctx = step_context(ckpt, torch_device)
+    model = model_from_checkpoint(ckpt).to(torch_device, memory_format=torch.channels_last if ctx.channels_last else torch.contiguous_format)
+    metrics = SegmentationMetrics(len(ckpt["class_names"]), IGNORE_INDEX, class_names=list(ckpt["class_names"]))
+    scores = evaluate(model, None, native_loader(ckpt, samples, batch, workers), ctx, metrics, description=f"eval {split}")
+    scores.pop("loss", None)
+    return {"checkpoint": str(checkpoint), "data": str(root), "split": split, "arch": ckpt["arch"],
+            "input_size": list(ckpt["input_size"]), "class_names": list(ckpt["class_names"]), **scores}
+
+
+def format_scores(result: dict[str, Any]) -> str:
+    """A per-class table plus the summary scores."""
+    lines = [f"{'class':<14}{'IoU':>8}{'Dice':>8}"]
+    for name, iou, dice in zip(result["class_names"], result["iou"], result["dice"]):
+        lines.append(f"{name:<14}{_fmt(iou):>8}{_fmt(dice):>8}")
+    lines.append(f"{result['split']} split, {result['images']} images of {result['data']}: mIoU {result['miou']:.4f}  "
+                 f"mDice {result['mdice']:.4f}  competition {result['competition']:.4f}  pixel acc {result['pixel_acc']:.4f}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"

@@ -1,0 +1,215 @@
+"""Segmentation metrics: accumulate a confusion matrix once, reduce at the end.
+
+Conventions: confusion rows are ground truth, columns are prediction. Pixels whose truth equals
+``ignore_index``, or whose truth or prediction lies outside 0..C-1, count nowhere (the dataset
+reader rejects masks with out-of-range values before training starts).
+
+Two Dice flavours exist and both are reported:
+- ``dice`` / ``mdice``: per class over all pixels of all images (NaN when a class is absent from
+  both truth and prediction; nan-mean over classes);
+- ``competition``: the Kaggle metric, Dice per (image, class) pair with 1.0 when the class is
+  absent from both, averaged over every pair (FACTS.md section 1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+
+from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX
+from dronseg_edge.errors import DronsegError
+
+
+def _check_class_maps(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H, W) int64 pred and target on pred's device; (H, W) inputs become N = 1."""
+    if pred.is_floating_point() or target.is_floating_point():
+        raise TypeError("metrics take class maps (integer tensors); apply argmax(dim=1) to the logits first")
+    if pred.ndim == 2:
+        pred = pred.unsqueeze(0)
+    if target.ndim == 2:
+        target = target.unsqueeze(0)
+    if pred.ndim != 3 or pred.shape != target.shape:
+        raise ValueError(f"expected pred and target (N, H, W) of the same shape; got {tuple(pred.shape)} and {tuple(target.shape)}")
+    return pred.long(), target.to(device=pred.device, dtype=torch.long)
+
+
+def image_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                    ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Confusion matrix per image: (N, C, C) int64 on the inputs' device (rows truth, cols prediction).
+
+    pred, target: (N, H, W) or (H, W) integer class maps.
+    """
+    pred, target = _check_class_maps(pred, target)
+    n, c = pred.shape[0], num_classes
+    valid = (target != ignore_index) & (target >= 0) & (target < c) & (pred >= 0) & (pred < c)
+    image = torch.arange(n, device=pred.device).view(n, 1, 1)
+    # Invalid pixels go to one overflow bin past the end instead of being removed by boolean
+    # indexing, which would need a host sync to size its result.
+    index = torch.where(valid, image * (c * c) + target * c + pred, torch.full_like(target, n * c * c))
+    counts = torch.bincount(index.reshape(-1), minlength=n * c * c + 1)
+    return counts[: n * c * c].view(n, c, c)
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """(C, C) int64 confusion matrix on the inputs' device, rows truth, columns prediction.
+
+    pred, target: (N, H, W) or (H, W) integer class maps.
+    """
+    return image_confusion(pred, target, num_classes, ignore_index).sum(0)
+
+
+def _true_pred_positives(cm: torch.Tensor):
+    """Diagonal, truth totals and prediction totals (float64) of (..., C, C) confusion matrices."""
+    cm = cm.double()
+    return cm.diagonal(dim1=-2, dim2=-1), cm.sum(-1), cm.sum(-2)
+
+
+def iou_from_confusion(cm: torch.Tensor) -> torch.Tensor:
+    """IoU per class (C,) float64 = TP / (TP + FP + FN); NaN where the class is absent from truth and prediction."""
+    tp, truth, predicted = _true_pred_positives(cm)
+    union = truth + predicted - tp
+    return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, math.nan))
+
+
+def dice_from_confusion(cm: torch.Tensor) -> torch.Tensor:
+    """Dice per class (C,) float64 = 2TP / (2TP + FP + FN); NaN where the class is absent from truth and prediction."""
+    tp, truth, predicted = _true_pred_positives(cm)
+    total = truth + predicted
+    return torch.where(total > 0, 2 * tp / total.clamp_min(1), torch.full_like(tp, math.nan))
+
+
+def _competition_dice(image_cm: torch.Tensor) -> torch.Tensor:
+    """(N, C) float64 Dice per image and class from (N, C, C); 1.0 where a class is absent from both."""
+    tp, truth, predicted = _true_pred_positives(image_cm)
+    total = truth + predicted
+    return torch.where(total > 0, 2 * tp / total.clamp_min(1), torch.ones_like(tp))
+
+
+def image_class_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Dice per image and class, (N, C) float64, with the competition rule: absent from both -> 1.0.
+
+    pred, target: (N, H, W) or (H, W) integer class maps; ignored pixels count in neither.
+    """
+    return _competition_dice(image_confusion(pred, target, num_classes, ignore_index))
+
+
+def nan_mean(values: Sequence[float]) -> float:
+    """Mean of the non-NaN values; NaN when there are none (without numpy's empty-slice warning)."""
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+class ClassRow(NamedTuple):
+    """One printable row of the per-class table; gt_pixels / pred_pixels count the class in truth / prediction."""
+
+    name: str
+    iou: float
+    dice: float
+    competition_dice: float
+    gt_pixels: int
+    pred_pixels: int
+
+
+class SegmentationMetrics:
+    """Accumulates a confusion matrix and competition-Dice sums over batches; ``compute()`` reduces.
+
+    State lives on the device of the tensors given to ``update`` (no host sync besides the one
+    inside ``torch.bincount`` on CUDA). In DDP call ``all_reduce()`` once on every rank before
+    ``compute()``.
+    """
+
+    def __init__(self, num_classes: int = len(CLASS_NAMES), ignore_index: int = IGNORE_INDEX,
+                 class_names: Sequence[str] | None = None):
+        if class_names is None:
+            class_names = CLASS_NAMES if num_classes == len(CLASS_NAMES) else [str(i) for i in range(num_classes)]
+        if len(class_names) != num_classes:
+            raise DronsegError(f"{len(class_names)} class names given for {num_classes} classes; give one name per class")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names = list(class_names)
+        self.confusion = torch.zeros(0, dtype=torch.int64)
+        self.reset()
+
+    def reset(self, device: torch.device | str | None = None) -> None:
+        """Forget all batches; the state stays on its device unless ``device`` is given."""
+        device = device if device is not None else self.confusion.device
+        c = self.num_classes
+        self.confusion = torch.zeros(c, c, dtype=torch.int64, device=device)
+        # Sum over images of the competition Dice per class, and the image count, as float64 so
+        # all_reduce can sum them in one call.
+        self.image_dice_sum = torch.zeros(c, dtype=torch.float64, device=device)
+        self.image_count = torch.zeros((), dtype=torch.float64, device=device)
+
+    def _to(self, device: torch.device) -> None:
+        if self.confusion.device != device:
+            self.confusion = self.confusion.to(device)
+            self.image_dice_sum = self.image_dice_sum.to(device)
+            self.image_count = self.image_count.to(device)
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: pred and target (N, H, W) (or (H, W)) integer class maps, same shape, any device."""
+        self._to(pred.device)
+        per_image = image_confusion(pred, target, self.num_classes, self.ignore_index)
+        self.confusion += per_image.sum(0)
+        self.image_dice_sum += _competition_dice(per_image).sum(0)
+        self.image_count += per_image.shape[0]
+
+    def all_reduce(self) -> None:
+        """Sum the state over torch.distributed ranks; a no-op without an initialised process group."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        dist.all_reduce(self.confusion, op=dist.ReduceOp.SUM)
+        stats = torch.cat([self.image_dice_sum, self.image_count.view(1)])
+        dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+        self.image_dice_sum, self.image_count = stats[:-1].clone(), stats[-1].clone()
+
+    def compute(self) -> dict:
+        """Scores so far: miou, mdice, iou, dice, pixel_acc, competition, competition_per_class, images, confusion.
+
+        Per-class lists hold floats (NaN for classes absent from truth and prediction); means are
+        nan-means; everything is NaN before the first update.
+        """
+        cm = self.confusion.cpu()
+        iou = iou_from_confusion(cm).tolist()
+        dice = dice_from_confusion(cm).tolist()
+        total = int(cm.sum())
+        images = int(self.image_count.item())
+        per_class = (self.image_dice_sum.cpu() / images).tolist() if images else [math.nan] * self.num_classes
+        return {
+            "miou": nan_mean(iou),
+            "mdice": nan_mean(dice),
+            "iou": iou,
+            "dice": dice,
+            "pixel_acc": int(cm.trace()) / total if total else math.nan,
+            "competition": float(self.image_dice_sum.sum().item()) / (images * self.num_classes) if images else math.nan,
+            "competition_per_class": per_class,
+            "images": images,
+            "confusion": cm.tolist(),
+        }
+
+    def per_class_table(self, scores: dict | None = None) -> list[ClassRow]:
+        """One ClassRow per class (name, iou, dice, competition_dice, gt_pixels, pred_pixels)."""
+        scores = scores if scores is not None else self.compute()
+        cm = torch.tensor(scores["confusion"], dtype=torch.int64)
+        gt, predicted = cm.sum(1).tolist(), cm.sum(0).tolist()
+        return [ClassRow(name, scores["iou"][i], scores["dice"][i], scores["competition_per_class"][i], gt[i], predicted[i])
+                for i, name in enumerate(self.class_names)]
+
+    def format_table(self, scores: dict | None = None) -> str:
+        """The per-class table as aligned text, with a mean row, for printing after an evaluation."""
+        scores = scores if scores is not None else self.compute()
+        rows = self.per_class_table(scores)
+        width = max(len("class"), *(len(r.name) for r in rows))
+        lines = [f"{'class':<{width}}  {'IoU':>6}  {'Dice':>6}  {'imgDice':>7}  {'gt pixels':>12}"]
+        for r in rows:
+            lines.append(f"{r.name:<{width}}  {r.iou:>6.3f}  {r.dice:>6.3f}  {r.competition_dice:>7.3f}  {r.gt_pixels:>12d}")
+        lines.append(f"{'mean':<{width}}  {scores['miou']:>6.3f}  {scores['mdice']:>6.3f}  {scores['competition']:>7.3f}  "
+                     f"{sum(r.gt_pixels for r in rows):>12d}")
+        return "\n".join(lines)

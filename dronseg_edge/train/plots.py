@@ -1,0 +1,71 @@
+"""PNG plots at the end of training: curves, per-class scores, confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dronseg_edge.atomic import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Loss and validation scores per epoch."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("train_loss", "val_loss"):
+        values = [r.get(key, np.nan) for r in rows]
+        ax_loss.plot(epochs, values, marker="o", label=key)
+    ax_loss.set_xlabel("epoch"), ax_loss.set_title("loss"), ax_loss.legend()
+    for key in ("val_miou", "val_mdice", "val_competition"):
+        values = [r.get(key, np.nan) for r in rows]
+        ax_score.plot(epochs, values, marker="o", label=key)
+    ax_score.set_xlabel("epoch"), ax_score.set_title("validation"), ax_score.set_ylim(0, 1), ax_score.legend()
+    return _save(fig, path)
+
+
+def plot_per_class(names: list[str], iou: list[float], dice: list[float], path: Path) -> Path:
+    """Per-class IoU and Dice bars (NaN: class absent from both prediction and truth)."""
+    plt = _pyplot()
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.bar(x - 0.2, np.nan_to_num(iou), width=0.4, label="IoU")
+    ax.bar(x + 0.2, np.nan_to_num(dice), width=0.4, label="Dice")
+    ax.set_xticks(x, names, rotation=45, ha="right"), ax.set_ylim(0, 1), ax.legend(), ax.set_title("per-class validation scores")
+    return _save(fig, path)
+
+
+def plot_confusion(names: list[str], confusion: list[list[int]], path: Path) -> Path:
+    """Row-normalised confusion matrix (rows: truth, columns: prediction)."""
+    plt = _pyplot()
+    matrix = np.asarray(confusion, dtype=np.float64)
+    norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right"), ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("confusion (row-normalised)")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if norm[i, j] >= 0.01:
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    return _save(fig, path)

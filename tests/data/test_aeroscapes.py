@@ -1,0 +1,127 @@
+"""The Kaggle-layout reader: valid data passes, every kind of bad file is named before training."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from dronseg_edge.data.aeroscapes import dataset_samples, read_mask, samples_for_ids, validate_samples
+from dronseg_edge.errors import DronsegError
+
+
+def make_layout(root: Path, n: int = 6, size=(32, 24), n_test: int = 2) -> list[str]:
+    rng = np.random.default_rng(0)
+    (root / "imgs/imgs").mkdir(parents=True)
+    (root / "masks/masks").mkdir(parents=True)
+    ids = [f"{i:06d}_001" for i in range(n)]
+    for i, image_id in enumerate(ids):
+        cv2.imwrite(str(root / f"imgs/imgs/{image_id}.jpg"), rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+        if i < n - n_test:
+            mask = np.full((size[1], size[0]), i % 12, np.uint8)
+            mask[: size[1] // 2] = 9
+            cv2.imwrite(str(root / f"masks/masks/{image_id}.png"), mask)
+    (root / "train.csv").write_text("ImageID\n" + "\n".join(ids[: n - n_test]) + "\n")
+    (root / "test.csv").write_text("ImageID\n" + "\n".join(ids[n - n_test:]) + "\n")
+    return ids
+
+
+def test_valid_layout_reads_and_counts(tmp_path):
+    ids = make_layout(tmp_path)
+    train = dataset_samples(tmp_path, "train")
+    test = dataset_samples(tmp_path, "test")
+    assert [s.image_id for s in train] == ids[:4]
+    assert [s.image_id for s in test] == ids[4:] and all(s.mask_path is None for s in test)
+    stats = validate_samples(train)
+    assert stats.presence.shape == (4, 12)
+    assert stats.presence[:, 9].all()  # top half is vegetation in every mask
+    assert stats.pixel_counts.sum() == 4 * 32 * 24
+    assert stats.sizes == [(32, 24)] * 4
+    assert [s.image_id for s in samples_for_ids(tmp_path, [ids[1], ids[0]])] == [ids[1], ids[0]]
+
+
+def test_layout_without_csvs_uses_masks(tmp_path):
+    ids = make_layout(tmp_path)
+    (tmp_path / "train.csv").unlink()
+    (tmp_path / "test.csv").unlink()
+    assert [s.image_id for s in dataset_samples(tmp_path, "train")] == ids[:4]
+    assert [s.image_id for s in dataset_samples(tmp_path, "test")] == ids[4:]
+
+
+def _error(fn, *args) -> str:
+    with pytest.raises(DronsegError) as info:
+        fn(*args)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_root_and_folders(tmp_path):
+    assert "does not exist" in _error(dataset_samples, tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    assert "imgs/imgs" in _error(dataset_samples, tmp_path / "empty")
+
+
+def test_missing_mask_is_named(tmp_path):
+    ids = make_layout(tmp_path)
+    (tmp_path / f"masks/masks/{ids[2]}.png").unlink()
+    message = _error(dataset_samples, tmp_path)
+    assert f"{ids[2]}.png" in message and "missing" in message
+
+
+def test_extra_mask_is_named(tmp_path):
+    make_layout(tmp_path)
+    cv2.imwrite(str(tmp_path / "masks/masks/999999_001.png"), np.zeros((24, 32), np.uint8))
+    assert "999999_001.png" in _error(dataset_samples, tmp_path)
+
+
+def test_csv_row_without_image(tmp_path):
+    make_layout(tmp_path)
+    with open(tmp_path / "train.csv", "a") as handle:
+        handle.write("123456_999\n")
+    assert "123456_999" in _error(dataset_samples, tmp_path)
+
+
+def test_csv_without_imageid_column(tmp_path):
+    make_layout(tmp_path)
+    (tmp_path / "train.csv").write_text("id\nx\n")
+    assert "ImageID" in _error(dataset_samples, tmp_path)
+
+
+def test_size_mismatch_is_named(tmp_path):
+    ids = make_layout(tmp_path)
+    cv2.imwrite(str(tmp_path / f"masks/masks/{ids[0]}.png"), np.zeros((10, 10), np.uint8))
+    message = _error(validate_samples, dataset_samples(tmp_path))
+    assert f"{ids[0]}.png" in message and "10x10" in message and "32x24" in message
+
+
+def test_out_of_range_values_are_named(tmp_path):
+    ids = make_layout(tmp_path)
+    cv2.imwrite(str(tmp_path / f"masks/masks/{ids[1]}.png"), np.full((24, 32), 17, np.uint8))
+    message = _error(validate_samples, dataset_samples(tmp_path))
+    assert f"{ids[1]}.png" in message and "17" in message
+
+
+def test_colour_mask_is_refused(tmp_path):
+    ids = make_layout(tmp_path)
+    cv2.imwrite(str(tmp_path / f"masks/masks/{ids[3]}.png"), np.zeros((24, 32, 3), np.uint8))
+    message = _error(validate_samples, dataset_samples(tmp_path))
+    assert f"{ids[3]}.png" in message and "single-channel" in message
+
+
+def test_unreadable_files_are_named(tmp_path):
+    ids = make_layout(tmp_path)
+    (tmp_path / f"imgs/imgs/{ids[0]}.jpg").write_bytes(b"not a jpeg")
+    assert f"{ids[0]}.jpg" in _error(validate_samples, dataset_samples(tmp_path))
+    make_layout(tmp_path / "b")
+    (tmp_path / f"b/masks/masks/{ids[1]}.png").write_bytes(b"\x89PNG garbage")
+    assert f"{ids[1]}.png" in _error(validate_samples, dataset_samples(tmp_path / "b"))
+
+
+def test_palette_mode_masks_keep_indices(tmp_path):
+    mask = np.arange(12, dtype=np.uint8).repeat(4).reshape(4, 12)
+    image = Image.fromarray(mask, mode="P")
+    image.putpalette([v for i in range(256) for v in (i, 255 - i, i // 2)])
+    image.save(tmp_path / "p.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "p.png"), mask)
