@@ -25,10 +25,19 @@ demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(CLI) synth $(DEMO)/data --images 64 --size 320x192 --video-frames 60 --seed 0
 	$(CLI) train --data $(DEMO)/data --model lraspp_mobilenet_v3_large --weights none --size 320x192 \
-		--epochs 10 --batch 8 --lr 0.05 --optimizer adamw --lr 0.003 --workers 2 --out $(DEMO)/train
-	$(CLI) eval $(DEMO)/train/weights/best.pt --split val
+		--epochs 12 --batch 8 --optimizer adamw --lr 0.005 --bn-momentum 0.1 --workers 2 --val-at-start \
+		--out $(DEMO)/train
+	$(CLI) eval $(DEMO)/train/weights/best.pt --split val --workers 0
+	$(CLI) export $(DEMO)/train/weights/best.pt --precision fp32 --out $(DEMO)/export
+	$(CLI) infer $(DEMO)/export/best_fp32.onnx $(DEMO)/data/video.mp4 --save-masks --out $(DEMO)/infer
+	$(CLI) bench $(DEMO)/train/weights/best.pt $(DEMO)/export/best_fp32.onnx --iters 20 --json $(DEMO)/bench.json
 	@echo
-	@echo "demo results under $(DEMO)/: data/ (synthetic data set + video.mp4), train/ (weights/best.pt, metrics.csv, curves.png, per_class.png, confusion_matrix.png)"
+	@echo "demo results under $(DEMO)/:"
+	@echo "  data/     synthetic data set (Kaggle layout) + video.mp4"
+	@echo "  train/    weights/best.pt, metrics.csv, curves.png, per_class.png, confusion_matrix.png"
+	@echo "  export/   best_fp32.onnx + best_fp32.parity.json"
+	@echo "  infer/    overlay video, masks/, stats.jsonl, summary.json"
+	@echo "  bench.json latency of the checkpoint and the ONNX file on this machine"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache build *.egg-info

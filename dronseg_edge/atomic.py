@@ -23,10 +23,16 @@ def ensure_writable_dir(path: Path, what: str = "output folder") -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DronsegError(f"cannot create {what} {path}: {exc.strerror or exc}; choose another with --out") from None
+        raise DronsegError(f"cannot create {what} {path}: {exc.strerror or exc}; choose another output folder") from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise DronsegError(f"{what} {path} is not writable; choose another with --out")
+        raise DronsegError(f"{what} {path} is not writable; choose another output folder")
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -39,6 +45,8 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):

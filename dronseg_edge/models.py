@@ -161,6 +161,17 @@ def freeze_backbone_stages(model: nn.Module, num_stages: int) -> int:
     return len(stages)
 
 
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """Override every BatchNorm's running-statistics momentum.
+
+    torchvision's MobileNetV3 uses 0.01, tuned for long runs from pretrained statistics; a short run
+    from scratch needs ~0.1, or evaluation (which uses the running statistics) lags far behind training.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
 def keep_frozen_norms_in_eval(model: nn.Module) -> None:
     """BatchNorm layers whose parameters are frozen keep their running statistics (call after ``train()``)."""
     for module in model.modules():

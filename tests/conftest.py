@@ -1,47 +1,11 @@
-"""Shared fixtures: tiny models and checkpoints, skips for GPU/TensorRT."""
+"""Shared fixtures: tiny checkpoints and synthetic data (helpers live in testkit.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
-
-from dronseg_edge.checkpoint import save_checkpoint
-from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
-from dronseg_edge.models import build_model
-
-TINY_ARCH = "lraspp_mobilenet_v3_large"
-TINY_SIZE = (96, 64)  # (width, height): small enough for 2 CPU cores, still divisible by 32
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
-
-
-def make_checkpoint(path: Path, arch: str = TINY_ARCH, size: tuple[int, int] = TINY_SIZE, seed: int = 0) -> Path:
-    """A randomly initialised model with *calibrated* BatchNorm statistics, saved as a checkpoint.
-
-    Random BN statistics make logits explode (FACTS.md section 4); a few forward passes in train
-    mode give them sane values so fp16/int8 comparisons mean something.
-    """
-    torch.manual_seed(seed)
-    model = build_model(arch, weights="none")
-    model.train()
-    with torch.no_grad():
-        for _ in range(4):
-            model(torch.randn(2, 3, size[1], size[0]))
-    model.eval()
-    return save_checkpoint(path, {
-        "model": model.state_dict(),
-        "arch": arch,
-        "aux_loss": False,
-        "class_names": list(CLASS_NAMES),
-        "palette": [list(c) for c in PALETTE],
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "input_size": list(size),
-        "epoch": 0,
-        "step": 0,
-    })
+from testkit import TINY_SIZE, make_checkpoint
 
 
 @pytest.fixture(scope="session")

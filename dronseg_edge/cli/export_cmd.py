@@ -1,1 +1,125 @@
-"""CLI commands: export."""
+"""CLI commands: export (checkpoint -> ONNX / TensorRT engine, each parity-checked) and parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dronseg_edge.cli.app import app
+
+FORMAT_CHOICES = {"onnx": ("onnx",), "engine": ("engine",), "all": ("onnx", "engine")}
+
+
+def _thresholds(precision: str, min_agreement: Optional[float], max_miou_drop: Optional[float]):
+    """User overrides on top of the precision's defaults; None when nothing was overridden."""
+    if min_agreement is None and max_miou_drop is None:
+        return None
+    from dronseg_edge.export import ParityThresholds
+
+    return ParityThresholds.for_precision(precision, None if min_agreement is None else min_agreement / 100.0,
+                                          max_miou_drop)
+
+
+def _mb(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB" if path.is_file() else "?"
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (.pt), e.g. runs/x/weights/best.pt."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx, engine (TensorRT) or all (both)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (Q/DQ, calibrated on real images)."),
+    size: Optional[str] = typer.Option(None, "--size", help="Input WxH (default: the checkpoint's training size)."),
+    batch: int = typer.Option(1, "--batch", help="Fixed batch size (with --dynamic: the batch engines are tuned for)."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch, height and width (static is faster)."),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 17 for the TorchScript exporter)."),
+    head: str = typer.Option("logits", "--head", help="logits (N,C,H,W) or argmax (N,H,W uint8 class map)."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="int8 calibration images: dataset root or image "
+                                              "folder (default: the checkpoint's validation split)."),
+    calib_images: int = typer.Option(32, "--calib-images", help="int8: at most this many calibration images."),
+    calib_method: str = typer.Option("percentile", "--calib-method", help="int8: percentile or minmax."),
+    parity_data: Optional[Path] = typer.Option(None, "--parity-data", help="Parity images: dataset root or image folder "
+                                               "(default: the checkpoint's validation split)."),
+    parity_images: int = typer.Option(16, "--parity-images", help="Parity: at most this many images."),
+    parity: bool = typer.Option(True, "--parity/--no-parity", help="Check the artifact against the checkpoint."),
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Parity: minimum argmax agreement in % "
+                                                  "(default fp32 99.9, fp16 99.5, int8 98)."),
+    max_miou_drop: Optional[float] = typer.Option(None, "--max-miou-drop", help="Parity: maximum mIoU loss vs ground "
+                                                  "truth in points (default int8 1.0)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/export, or beside the checkpoint)."),
+    workspace: float = typer.Option(4.0, "--workspace", help="TensorRT builder workspace limit in GiB."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (engines need a GPU)."),
+) -> None:
+    """Export a checkpoint to ONNX and/or a TensorRT engine; every file is parity-checked against the checkpoint."""
+    from dronseg_edge.errors import DronsegError, ParityError
+    from dronseg_edge.export import export_artifact
+    from dronseg_edge.export.parity_report import parity_report_path
+    from dronseg_edge.sizes import format_size, parse_size
+
+    if fmt not in FORMAT_CHOICES:
+        raise DronsegError(f"--format {fmt!r} is not one of {', '.join(FORMAT_CHOICES)}")
+    run_size = parse_size(size) if size is not None else None
+    if "engine" in FORMAT_CHOICES[fmt]:
+        from dronseg_edge.export.tensorrt import import_tensorrt
+
+        import_tensorrt()  # before any ONNX work, so `--format all` does not half-succeed
+    thresholds = _thresholds(precision, min_agreement, max_miou_drop)
+    for one in FORMAT_CHOICES[fmt]:
+        result = export_artifact(checkpoint, fmt=one, precision=precision, size=run_size, batch=batch, dynamic=dynamic,
+                                 opset=opset, head=head, calib_data=calib_data, parity_data=parity_data, out_dir=out,
+                                 workspace_gib=workspace, parity=parity, thresholds=thresholds, device=device,
+                                 calib_method=calib_method, calib_images=calib_images, parity_images=parity_images)
+        for note in result.notes:
+            typer.echo(note)
+        if result.report is not None:
+            typer.echo(result.report.table())
+            typer.echo(f"parity report: {parity_report_path(result.path)}")
+        if not result.passed:
+            first = result.report.failures[0] if result.report is not None and result.report.failures else "see the report"
+            raise ParityError(f"{result.path.name} failed parity ({first}); kept as {result.path} with its report "
+                              f"{parity_report_path(result.path).name}: try a higher precision, or relax the limits "
+                              "with --min-agreement/--max-miou-drop")
+        info = result.info
+        shape = "dynamic N x H x W" if info.dynamic else f"batch {info.batch}, {format_size(info.input_size)}"
+        verdict = "" if result.report is not None else " (parity NOT checked: --no-parity)"
+        typer.echo(f"wrote {result.path} ({_mb(result.path)}, {info.precision}, {info.head}, {shape}){verdict}")
+
+
+@app.command()
+def parity(
+    reference: Path = typer.Argument(..., help="Reference model: .pt checkpoint (usual), .onnx or .engine."),
+    candidate: Path = typer.Argument(..., help="Model to check: .onnx, .engine or .pt."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Images: dataset root or image folder (default: the "
+                                        "checkpoint's validation split; synthetic scenes if there is none)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    max_images: int = typer.Option(16, "--max-images", help="Compare on at most this many images."),
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Minimum argmax agreement in % "
+                                                  "(default by the candidate's precision: fp32 99.9, fp16 99.5, int8 98)."),
+    max_miou_drop: Optional[float] = typer.Option(None, "--max-miou-drop", help="Maximum mIoU loss vs ground truth, points."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
+) -> None:
+    """Compare two models (checkpoint, ONNX, engine) on the same images; exit 4 when they disagree."""
+    from dronseg_edge.errors import DronsegError, ParityError
+    from dronseg_edge.export import check_parity
+    from dronseg_edge.runtime.registry import load_backend
+
+    if max_images < 1:
+        raise DronsegError(f"--max-images {max_images} must be 1 or more")
+    if json_path is not None and json_path.is_dir():
+        raise DronsegError(f"--json {json_path} is a folder: give a file name, e.g. {json_path / 'parity.json'}")
+    ref = load_backend(reference, device, **({"head": "logits"} if reference.suffix.lower() in (".pt", ".pth") else {}))
+    cand = load_backend(candidate, ref.device)
+    try:
+        report = check_parity(ref, cand, data, device=ref.device, max_images=max_images,
+                              thresholds=_thresholds(cand.info.precision, min_agreement, max_miou_drop))
+    finally:
+        ref.deactivate()
+        cand.deactivate()
+    typer.echo(report.table())
+    if json_path is not None:
+        report.save(json_path)
+        typer.echo(f"wrote {json_path}")
+    if not report.passed:
+        raise ParityError(f"{candidate} does not match {reference}: {'; '.join(report.failures)}")

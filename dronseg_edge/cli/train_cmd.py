@@ -10,7 +10,7 @@ import typer
 from dronseg_edge.cli.app import app
 
 
-@app.command(rich_help_panel="Training")
+@app.command()
 def train(
     data: Path = typer.Option(..., "--data", help="Data set root in the Kaggle AeroScapes layout (see `synth`)."),
     model: str = typer.Option("deeplabv3_resnet101", help="deeplabv3_resnet101 | deeplabv3_resnet50 | deeplabv3_mobilenet_v3_large | lraspp_mobilenet_v3_large"),
@@ -48,6 +48,7 @@ def train(
     label_smoothing: float = typer.Option(0.0, help="Cross-entropy label smoothing."),
     class_weights: str = typer.Option("none", help="none | inverse_sqrt | inverse (from the train split's pixel counts)"),
     aux_loss: bool = typer.Option(False, "--aux-loss/--no-aux-loss", help="DeepLabV3 auxiliary head."),
+    bn_momentum: Optional[float] = typer.Option(None, help="Override BatchNorm momentum (0.1 for short runs from scratch; MobileNetV3 default 0.01)."),
     freeze_stages: int = typer.Option(0, min=0, help="Freeze the first N backbone stages."),
     unfreeze_epoch: int = typer.Option(0, min=0, help="Unfreeze them from this epoch on (0: never)."),
     grad_clip: float = typer.Option(0.0, help="Max gradient norm (0: off)."),
@@ -79,7 +80,7 @@ def train(
         check_arch(model)
     cfg = TrainConfig(
         data=str(data), out=str(out) if out else "", model=model, weights=weights, aux_loss=aux_loss,
-        freeze_stages=freeze_stages, unfreeze_epoch=unfreeze_epoch, epochs=epochs, batch=batch, accumulate=accumulate,
+        bn_momentum=bn_momentum, freeze_stages=freeze_stages, unfreeze_epoch=unfreeze_epoch, epochs=epochs, batch=batch, accumulate=accumulate,
         size=parse_size(size), loss=loss, focal_gamma=focal_gamma, focal_alpha=focal_alpha, focal_weight=focal_weight,
         dice_weight=dice_weight, dice_smooth=dice_smooth, dice_log=dice_log, tversky_alpha=tversky_alpha,
         tversky_beta=tversky_beta, label_smoothing=label_smoothing, class_weights=class_weights, optimizer=optimizer,
@@ -94,7 +95,7 @@ def train(
     fit(cfg.validate() if resume is None else cfg, resume=resume, log=typer.echo)
 
 
-@app.command("eval", rich_help_panel="Training")
+@app.command("eval")
 def evaluate_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by `train` (weights/best.pt)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Data set root (default: the one the checkpoint trained on)."),
@@ -115,7 +116,7 @@ def evaluate_command(
         typer.echo(f"scores -> {json_out}")
 
 
-@app.command(rich_help_panel="Training")
+@app.command()
 def submit(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by `train`."),
     data: Path = typer.Option(..., "--data", help="Data set root with test.csv and imgs/imgs."),

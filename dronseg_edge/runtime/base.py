@@ -7,6 +7,7 @@ manager. Heavy imports (onnxruntime, tensorrt) happen inside the backend modules
 
 from __future__ import annotations
 
+import functools
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -86,6 +87,11 @@ def preprocess(frames_bgr: np.ndarray | torch.Tensor, info: ModelInfo, device: t
     width, height = info.input_size
     if x.shape[-2:] != (height, width):
         x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
-    mean = torch.tensor(info.mean, device=device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(info.std, device=device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean, std = _normalisation(tuple(info.mean), tuple(info.std), x.device)
     return x.sub_(mean).div_(std).contiguous()
+
+
+@functools.lru_cache(maxsize=16)
+def _normalisation(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Cached: building these tensors on a GPU every frame is a host-to-device copy that stalls the stream.
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))

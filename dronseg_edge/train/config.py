@@ -24,6 +24,7 @@ class TrainConfig:
     weights: str = "coco"
     aux_loss: bool = False
     aux_weight: float = 0.4
+    bn_momentum: float | None = None  # None keeps the model's (torchvision MobileNetV3: 0.01)
     freeze_stages: int = 0
     unfreeze_epoch: int = 0  # 0: never unfreeze
     epochs: int = 30
@@ -84,6 +85,7 @@ class TrainConfig:
             (self.workers >= 0, f"--workers {self.workers}: must be 0 or more"),
             (0.0 < self.pct_start < 1.0, f"--pct-start {self.pct_start}: must be between 0 and 1"),
             (self.grad_clip >= 0, f"--grad-clip {self.grad_clip}: must be 0 (off) or positive"),
+            (self.bn_momentum is None or 0.0 < self.bn_momentum <= 1.0, f"--bn-momentum {self.bn_momentum}: must be in (0, 1]"),
             (self.freeze_stages >= 0, f"--freeze-stages {self.freeze_stages}: must be 0 or more"),
         ]
         for ok, message in checks:

@@ -19,7 +19,7 @@ from dronseg_edge.data.aeroscapes import dataset_samples, validate_samples
 from dronseg_edge.data.dataset import SegmentationDataset
 from dronseg_edge.data.split import save_split, stratified_split
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.models import build_model, freeze_backbone_stages, keep_frozen_norms_in_eval
+from dronseg_edge.models import build_model, freeze_backbone_stages, keep_frozen_norms_in_eval, set_bn_momentum
 from dronseg_edge.runs import next_run_dir
 from dronseg_edge.train import plots
 from dronseg_edge.train.config import TrainConfig
@@ -140,6 +140,8 @@ def _fit(cfg: TrainConfig, ckpt, resume, dist_ctx: DistContext, log) -> FitResul
 
     # Model.
     model = build_model(cfg.model, num_classes=len(CLASS_NAMES), weights=cfg.weights, aux_loss=cfg.aux_loss)
+    if cfg.bn_momentum is not None:
+        set_bn_momentum(model, cfg.bn_momentum)
     if cfg.freeze_stages:
         freeze_backbone_stages(model, cfg.freeze_stages)
     channels_last = cfg.channels_last and device.type == "cuda"

@@ -74,7 +74,7 @@ def trained_run(synth_root, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("cli") / "run"
     cfg = TrainConfig(data=str(synth_root), out=str(out), model="lraspp_mobilenet_v3_large", weights="none",
-                      size=(96, 64), epochs=4, batch=8, lr=0.003, optimizer="adamw", device="cpu", workers=0,
+                      size=(96, 64), epochs=6, batch=4, lr=0.005, optimizer="adamw", bn_momentum=0.1, device="cpu", workers=0,
                       tensorboard=False, plots=False)
     return fit(cfg, log=lambda _m: None)
 

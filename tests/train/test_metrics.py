@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import requires_cuda
+from testkit import requires_cuda
 from dronseg_edge.classes import CLASS_NAMES
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.train.metrics import (

@@ -1,0 +1,233 @@
+"""Model latency: the four architectures x backends x precisions, batch 1 and 4, at 1280x720.
+
+Every (architecture, batch) runs the same variants side by side in one process, baselines first
+(PyTorch strict fp32 without TF32, PyTorch default fp32 eager, then fp16, CUDA graph, ONNX Runtime,
+TensorRT), through the package's own harness (dronseg_edge.bench: CUDA events on a GPU, warm-up,
+percentiles). Variants this machine cannot run are listed with the reason.
+
+    python benchmarks/latency.py                                    # GPU: all four archs, 1280x720, batch 1 and 4
+    python benchmarks/latency.py --quick --size 320x180 --device cpu  # smoke run on a CPU
+    python benchmarks/latency.py --checkpoint runs/train/exp/weights/best.pt --batches 1
+
+Models get random weights with calibrated BatchNorm statistics (random statistics make logits
+explode and fp16 overflow: FACTS.md section 4), unless --checkpoint gives trained ones. Parity
+uses --data, or a small synthetic data set made in the work folder. The physical floor is the
+model's FLOPs per frame (counted by torch's FlopCounterMode on the meta device) over the GPU's dense
+FP16 tensor peak; ratio = measured ms per frame / floor.
+
+Writes benchmarks/results/latency-<device>-<date>[-TAG].json (and .md with --markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from dronseg_edge.atomic import write_json_atomic, write_text_atomic
+from dronseg_edge.bench.matrix import MatrixRow, Variant, run_matrix
+from dronseg_edge.bench.report import fmt_fps, fmt_ms, now_iso, render_table
+from dronseg_edge.bench.system import describe_system, load_average, system_info
+from dronseg_edge.bench.timing import TimingSettings
+from dronseg_edge.checkpoint import load_checkpoint, save_checkpoint
+from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
+from dronseg_edge.devices import device_description, resolve_device
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.models import ARCHS, build_model
+from dronseg_edge.sizes import format_size, parse_size
+
+VARIANTS = (
+    Variant("pytorch", "fp32", tf32=False),  # baseline: strict fp32 eager
+    Variant("pytorch", "fp32"),  # baseline: torch's default (TF32 convolutions) eager
+    Variant("pytorch", "fp16"),  # fp16 + channels_last eager
+    Variant("pytorch", "fp16", cuda_graph=True),
+    Variant("onnx", "fp32"),  # baseline: ONNX Runtime (CUDA provider on a GPU)
+    Variant("onnx", "fp32", cuda_graph=True),
+    Variant("onnx", "fp16"),
+    Variant("onnx", "fp16", cuda_graph=True),
+    Variant("onnx", "int8"),
+    Variant("engine", "fp16"),
+    Variant("engine", "int8"),
+)
+# Dense FP16 tensor-core peak, TFLOP/s (NVIDIA data sheets; H100 SXM figure as in FACTS.md section 4).
+PEAK_FP16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archs", default=",".join(ARCHS), help="comma-separated architectures")
+    parser.add_argument("--checkpoint", type=Path, action="append", default=[],
+                        help="use this checkpoint (repeatable) instead of random-weight models")
+    parser.add_argument("--size", default="1280x720", help="WxH")
+    parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--iters", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="1 warm-up call, 3 iterations, no parity")
+    parser.add_argument("--parity", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--variants", default="all",
+                        help="comma-separated labels to keep, matched as substrings (e.g. 'pytorch,onnx fp32')")
+    parser.add_argument("--exclude", default="", help="comma-separated label substrings to leave out (e.g. 'int8')")
+    parser.add_argument("--data", type=Path, help="images (+ masks) for parity and int8 calibration")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench/latency-work"),
+                        help="checkpoints and exports (runs/ is git-ignored)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--peak-tflops", type=float, help="dense FP16 peak of this device, for the floor column")
+    parser.add_argument("--markdown", action="store_true", help="also write the table as .md beside the JSON")
+    parser.add_argument("--tag", default="", help="appended to the file name, to keep several runs of one day")
+    return parser.parse_args(argv)
+
+
+def sane_checkpoint(arch: str, size: tuple[int, int], path: Path, device: torch.device) -> Path:
+    """Random weights with BatchNorm statistics calibrated by a few train-mode passes (cached by name)."""
+    if path.is_file():
+        return path
+    torch.manual_seed(0)
+    model = build_model(arch, weights="none").to(device).train()
+    calib = (max(64, size[0] // 4), max(64, size[1] // 4))  # statistics, not resolution, matter here
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(2, 3, calib[1], calib[0], device=device))
+    state = {k: v.cpu() for k, v in model.eval().state_dict().items()}
+    return save_checkpoint(path, {"model": state, "arch": arch, "aux_loss": False, "class_names": list(CLASS_NAMES),
+                                  "palette": [list(c) for c in PALETTE], "mean": list(IMAGENET_MEAN),
+                                  "std": list(IMAGENET_STD), "input_size": list(size), "epoch": 0, "step": 0})
+
+
+def flops_per_frame(arch: str, size: tuple[int, int]) -> float:
+    """Forward FLOPs (2 x MACs) of one frame, counted on the meta device (no memory, no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build_model(arch, weights="none").eval()
+        x = torch.empty(1, 3, size[1], size[0])
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_FP16_TFLOPS.items():  # most specific names first
+        if key in name:
+            return value
+    return None
+
+
+def synthetic_data(work: Path, size: tuple[int, int]) -> Path | None:
+    """A small synthetic data set for parity/calibration (None when the synthesiser is not available)."""
+    try:
+        from dronseg_edge.data.synthetic import synthesize
+    except ImportError:
+        return None
+    root = work / f"synthetic_{format_size(size)}"
+    if not (root / "imgs").is_dir():
+        synthesize(root, images=24, size=size, video_frames=0, seed=0, test_fraction=0.2)
+    return root
+
+
+def device_slug(device: torch.device) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", device_description(device).split(" (")[0]).strip("-").lower()
+
+
+def row_cells(arch: str, batch: int, row: MatrixRow, floor_ms: float | None) -> list[str]:
+    r = row.result
+    if r is None:
+        return [arch, str(batch), row.variant.label, "-", "-", "-", "-", "-", "-", fmt_ms(floor_ms), "-", "-",
+                f"{row.status}: {row.reason}"]
+    s = r.measurement.latency
+    per_frame = s.median_ms / batch
+    ratio = f"{per_frame / floor_ms:.1f}" if floor_ms else "n/a"
+    parity = (f"{100 * row.agreement:.2f}% " + ("PASS" if row.parity_passed else "FAIL")) if row.agreement is not None else "-"
+    return [arch, str(batch), row.variant.label, r.provider, fmt_ms(s.median_ms), fmt_ms(s.p99_ms), f"{100 * s.cv:.1f}",
+            fmt_ms(per_frame), fmt_fps(s.throughput_fps), fmt_ms(floor_ms), ratio, parity,
+            row.status + (f": {row.reason}" if row.reason else "")]
+
+
+HEADERS = ("arch", "batch", "variant", "provider", "median ms", "p99 ms", "cv %", "ms/frame", "fps", "floor ms",
+           "ratio", "parity", "status")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    size = parse_size(args.size)
+    device = resolve_device(args.device)
+    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    timing = (TimingSettings(warmup_iters=1, iters=3) if args.quick
+              else TimingSettings(warmup_s=args.warmup_s, iters=args.iters))
+    parity = args.parity and not args.quick
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip() and args.variants != "all"]
+    unwanted = [v.strip() for v in args.exclude.split(",") if v.strip()]
+    variants = [v for v in VARIANTS if (not wanted or any(w in v.label for w in wanted))
+                and not any(u in v.label for u in unwanted)]
+    if args.checkpoint:
+        models = [(load_checkpoint(p)["arch"], p) for p in args.checkpoint]
+    else:
+        archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+        unknown = [a for a in archs if a not in ARCHS]
+        if unknown:
+            raise DronsegError(f"--archs {','.join(unknown)}: choose from {', '.join(ARCHS)}")
+        models = [(a, sane_checkpoint(a, size, args.work / "checkpoints" / f"{a}_{format_size(size)}.pt", device))
+                  for a in archs]
+    data = args.data or (synthetic_data(args.work, size) if parity or any(v.precision == "int8" for v in variants) else None)
+    peak = peak_tflops(device, args.peak_tflops)
+    system = system_info(device)
+    for line in describe_system(system):
+        print(line)
+
+    settings = {"size": format_size(size), "batches": batches, "device": str(device), "parity": parity,
+                "timing": timing.to_dict(), "peak_fp16_tflops": peak, "data": str(data) if data else None,
+                "variants": [v.label for v in variants],
+                "weights": "checkpoints" if args.checkpoint else "random, BatchNorm calibrated"}
+    date = now_iso()
+    tag = f"-{re.sub(r'[^A-Za-z0-9_.]+', '-', args.tag)}" if args.tag else ""
+    path = args.out / f"latency-{device_slug(device)}-{date[:10]}{tag}.json"
+    entries, table = [], []
+    for arch, ckpt in models:
+        flops = flops_per_frame(arch, size)
+        floor_ms = flops / (peak * 1e12) * 1e3 if peak else None
+        for batch in batches:
+            load = load_average()  # the machine may be shared: noisy rows are explained by this
+            print(f"== {arch} batch {batch} at {format_size(size)} (load average {load})", file=sys.stderr)
+            rows = run_matrix(ckpt, device, timing, size=size, batch=batch, data=data, parity=parity,
+                              variants=variants, out_dir=args.work / "exports" / arch / f"{format_size(size)}_b{batch}",
+                              log=lambda text: print("   " + text, file=sys.stderr))
+            for row in rows:
+                table.append(row_cells(arch, batch, row, floor_ms))
+                entries.append({"arch": arch, "batch": batch, "checkpoint": str(ckpt), "gflops_per_frame": flops / 1e9,
+                                "floor_ms": floor_ms, "load_average_before": load, **row.to_dict()})
+            # Written after every block, so a run that dies later (out of memory, Ctrl-C) keeps what it measured.
+            write_results(path, date, system, settings, entries, table, complete=False, markdown=args.markdown)
+    print(render_table(HEADERS, table))
+    write_results(path, date, system, settings, entries, table, complete=True, markdown=args.markdown)
+    print(f"wrote {path}" + (f" and {path.with_suffix('.md')}" if args.markdown else ""))
+    return 0
+
+
+def write_results(path: Path, date: str, system: dict, settings: dict, entries: list, table: list, *,
+                  complete: bool, markdown: bool) -> None:
+    doc = {"schema": "dronseg-edge-latency/1", "date": date, "complete": complete, "system": system,
+           "settings": settings, "results": entries}
+    write_json_atomic(path, doc)
+    if markdown:
+        lines = [f"- {line}" for line in describe_system(system)] + [f"- date: {date}", ""]
+        lines += [render_table(HEADERS, table, markdown=True), ""]
+        if not complete:
+            lines.insert(0, "(incomplete run: the table ends where the run stopped)\n")
+        write_text_atomic(path.with_suffix(".md"), "\n".join(lines))
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except DronsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

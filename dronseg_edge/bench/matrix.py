@@ -1,0 +1,284 @@
+"""``bench CKPT --matrix``: every format x precision this machine can run, with parity and latency.
+
+Each variant is exported (or an existing export in the output folder is reused), compared with the
+checkpoint by the export issue's parity check, and timed by the same harness as ``bench``. A
+variant this machine cannot run becomes a row that says why instead of a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from dronseg_edge.bench.report import fmt_fps, fmt_ms, markdown_document, render_table
+from dronseg_edge.bench.run import BenchResult, artifact_size_mb, bench_model, open_backend
+from dronseg_edge.bench.timing import TimingSettings
+from dronseg_edge.errors import DronsegError
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the matrix: a format (pytorch | onnx | engine), a precision and runtime switches."""
+
+    fmt: str
+    precision: str
+    cuda_graph: bool = False
+    tf32: bool | None = None  # None: torch's defaults; False: strict fp32 (TF32 off for conv and matmul)
+
+    @property
+    def label(self) -> str:
+        extras = (["no TF32"] if self.tf32 is False else []) + (["CUDA graph"] if self.cuda_graph else [])
+        return f"{self.fmt} {self.precision}" + (f" ({', '.join(extras)})" if extras else "")
+
+
+DEFAULT_VARIANTS: tuple[Variant, ...] = (
+    Variant("pytorch", "fp32"),
+    Variant("pytorch", "fp16"),
+    Variant("pytorch", "fp16", cuda_graph=True),
+    Variant("onnx", "fp32"),
+    Variant("onnx", "fp32", cuda_graph=True),
+    Variant("onnx", "fp16"),
+    Variant("onnx", "fp16", cuda_graph=True),
+    Variant("onnx", "int8"),
+    Variant("engine", "fp32"),
+    Variant("engine", "fp16"),
+    Variant("engine", "int8"),
+)
+
+
+@dataclass
+class MatrixRow:
+    """The outcome of one variant: ``status`` is ok | skipped | failed, ``reason`` says why when not ok."""
+
+    variant: Variant
+    status: str
+    reason: str = ""
+    path: str | None = None
+    file_mb: float | None = None
+    reused: bool = False
+    parity: dict[str, Any] | None = None  # ParityReport.to_dict(); None for the reference or when skipped
+    parity_passed: bool | None = None
+    agreement: float | None = None  # fraction 0..1 of argmax pixels equal to the reference's
+    miou_delta: float | None = None  # points, candidate - reference, when ground-truth masks exist
+    result: BenchResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.variant.fmt, "precision": self.variant.precision, "cuda_graph": self.variant.cuda_graph,
+                "tf32": self.variant.tf32, "label": self.variant.label, "status": self.status, "reason": self.reason,
+                "path": self.path, "file_mb": self.file_mb, "reused": self.reused, "parity_passed": self.parity_passed,
+                "agreement": self.agreement, "miou_delta": self.miou_delta, "parity": self.parity, "notes": self.notes,
+                "result": self.result.to_dict() if self.result is not None else None}
+
+
+def skip_reason(variant: Variant, device: torch.device) -> str | None:
+    """Why ``variant`` cannot run on ``device`` here (missing GPU, runtime or provider), or None."""
+    reasons = []
+    cuda = device.type == "cuda"
+    if variant.fmt == "pytorch":
+        gpu_only = ([f"PyTorch {variant.precision}"] if variant.precision in ("fp16", "bf16") else []) + \
+                   (["CUDA graph"] if variant.cuda_graph else []) + (["TF32 switch"] if variant.tf32 is not None else [])
+        if gpu_only and not cuda:
+            reasons.append(f"needs CUDA ({', '.join(gpu_only)})")
+    elif variant.fmt == "onnx":
+        providers = _onnxruntime_providers()
+        if variant.cuda_graph and not cuda:
+            reasons.append("needs CUDA (CUDA graph)")
+        if providers is None:
+            reasons.append("onnxruntime not installed (pip install onnxruntime, or onnxruntime-gpu for CUDA)")
+        elif cuda and "CUDAExecutionProvider" not in providers:
+            reasons.append("onnxruntime CUDA provider not available (pip install onnxruntime-gpu)")
+    elif variant.fmt == "engine":
+        if variant.cuda_graph:
+            reasons.append("the TensorRT runner has no CUDA-graph option")
+        if not cuda:
+            reasons.append("needs CUDA")
+        if not _importable("tensorrt"):
+            reasons.append("tensorrt not installed")
+    else:
+        reasons.append(f"unknown format {variant.fmt!r}")
+    return "; ".join(reasons) or None
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except Exception:  # ImportError, or bindings whose libraries are missing (OSError)
+        return False
+    return True
+
+
+def _onnxruntime_providers() -> list[str] | None:
+    if not _importable("onnxruntime"):
+        return None
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
+@contextlib.contextmanager
+def tf32_mode(enabled: bool | None) -> Iterator[None]:
+    """Temporarily force TF32 on/off for cuDNN convolutions and matmuls (None leaves torch's flags alone)."""
+    if enabled is None:
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def default_out_dir(checkpoint: Path) -> Path:
+    """Where ``dronseg-edge export`` puts its files (``RUN/export``, or beside a bare checkpoint): reused here."""
+    from dronseg_edge.export import default_out_dir as export_default
+
+    return export_default(Path(checkpoint))
+
+
+def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *, size: tuple[int, int] | None = None,
+               batch: int = 1, out_dir: Path | None = None, data: Path | None = None, parity: bool = True,
+               variants: Sequence[Variant] = DEFAULT_VARIANTS, log: Callable[[str], None] | None = None) -> list[MatrixRow]:
+    """Export (or reuse), check parity and time every variant of ``checkpoint``; one row per variant."""
+    from dronseg_edge.checkpoint import info_from_checkpoint, load_checkpoint
+
+    checkpoint = Path(checkpoint)
+    if checkpoint.suffix.lower() not in (".pt", ".pth"):
+        raise DronsegError(f"--matrix needs a training checkpoint (.pt), not {checkpoint}: export starts from the checkpoint")
+    own_size = info_from_checkpoint(load_checkpoint(checkpoint), with_hash=False).input_size
+    run_size = tuple(size) if size is not None else tuple(own_size)
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint)
+    say = log or (lambda text: None)
+    rows = []
+    for variant in variants:
+        reason = skip_reason(variant, device)
+        if reason:
+            say(f"{variant.label}: skipped ({reason})")
+            rows.append(MatrixRow(variant, "skipped", reason))
+            continue
+        say(f"{variant.label}: running")
+        try:
+            with tf32_mode(variant.tf32):
+                rows.append(_run_variant(variant, checkpoint, device, timing, run_size, batch, out_dir, data, parity, say))
+        except (DronsegError, RuntimeError) as exc:  # one broken variant must not hide the others' numbers
+            message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            if "--calib-data" in message or "--parity-data" in message:
+                message += " (bench --matrix passes its --data DIR to both)"
+            say(f"{variant.label}: failed ({message})")
+            rows.append(MatrixRow(variant, "failed", message))
+    return rows
+
+
+def _run_variant(variant: Variant, checkpoint: Path, device: torch.device, timing: TimingSettings,
+                 size: tuple[int, int], batch: int, out_dir: Path, data: Path | None, parity: bool,
+                 say: Callable[[str], None]) -> MatrixRow:
+    row = MatrixRow(variant, "ok")
+    if variant.fmt == "pytorch":
+        row.path = str(checkpoint)
+        row.file_mb = artifact_size_mb(checkpoint)
+        if parity and variant.precision != "fp32":
+            candidate, _ = open_backend(checkpoint, device, precision=variant.precision, cuda_graph=variant.cuda_graph)
+            try:
+                _record_parity(row, checkpoint, candidate, data, device)
+            finally:
+                candidate.deactivate()  # check_parity leaves backends it was given open
+        result = bench_model(checkpoint, device, timing, size=size, batch=batch, precision=variant.precision,
+                             cuda_graph=variant.cuda_graph)
+    else:
+        path, row.reused = _export(variant, checkpoint, size, batch, out_dir, data, device)
+        row.path, row.file_mb = str(path), artifact_size_mb(path)
+        say(f"{variant.label}: {'reusing' if row.reused else 'exported'} {path}")
+        if parity:
+            _record_parity(row, checkpoint, path, data, device)
+        result = bench_model(path, device, timing, batch=batch, cuda_graph=variant.cuda_graph if device.type == "cuda" else None)
+    row.result = result
+    row.notes = list(result.notes)
+    if row.parity_passed is False:
+        row.reason = "parity FAILED"
+    return row
+
+
+def _record_parity(row: MatrixRow, reference: Path, candidate, data: Path | None, device: torch.device) -> None:
+    from dronseg_edge.export.parity import check_parity
+
+    report = check_parity(reference, candidate, data, device=str(device))
+    row.parity = report.to_dict()
+    row.parity_passed = bool(report.passed)
+    row.agreement = report.agreement
+    row.miou_delta = report.miou_delta
+
+
+def _export(variant: Variant, checkpoint: Path, size: tuple[int, int], batch: int, out_dir: Path,
+            data: Path | None, device: torch.device) -> tuple[Path, bool]:
+    """The artifact for ``variant``: an existing file of the name export would write, else a fresh export."""
+    import dronseg_edge.export as export
+
+    kwargs = dict(fmt=variant.fmt, precision=variant.precision, size=size, batch=batch, head="logits")
+    existing = _existing_artifact(export, checkpoint, out_dir, device, **kwargs)
+    if existing is not None:
+        return existing, True
+    result = export.export_artifact(checkpoint, **kwargs, calib_data=data, parity_data=data, out_dir=out_dir,
+                                    parity=False, device=str(device))
+    return Path(result.path), False
+
+
+def _existing_artifact(export, checkpoint: Path, out_dir: Path, device: torch.device, **kwargs) -> Path | None:
+    """The file export_artifact would write, when it exists and was made from this very checkpoint with these options."""
+    from dronseg_edge.metadata import sha256_file
+    from dronseg_edge.runtime.registry import load_backend
+
+    path = Path(export.artifact_path(checkpoint, out_dir=out_dir, device=str(device), **kwargs))
+    if not path.is_file():
+        return None
+    try:
+        info = load_backend(path, device).info  # reads the metadata only; nothing is loaded onto the device
+    except DronsegError:
+        return None  # unreadable or built elsewhere: export it again
+    same = (info.source_sha256 == sha256_file(checkpoint) and info.precision == kwargs["precision"]
+            and tuple(info.input_size) == tuple(kwargs["size"]) and info.batch == kwargs["batch"]
+            and info.head == kwargs["head"])
+    return path if same else None
+
+
+MATRIX_HEADERS = ("format", "precision", "backend / provider", "file MB", "parity", "mIoU delta", "median ms",
+                  "p99 ms", "fps", "status")
+
+
+def matrix_rows(rows: Sequence[MatrixRow]) -> list[list[str]]:
+    table = []
+    for row in rows:
+        fmt = row.variant.fmt + (" (no TF32)" if row.variant.tf32 is False else "")
+        precision = row.variant.precision + (" +graph" if row.variant.cuda_graph else "")
+        r = row.result
+        if r is not None:
+            stats = r.measurement.latency
+            timing = [fmt_ms(stats.median_ms), fmt_ms(stats.p99_ms), fmt_fps(stats.throughput_fps)]
+            provider = f"{r.backend} / {r.provider}"
+        else:
+            timing, provider = ["-", "-", "-"], "-"
+        if row.agreement is not None:
+            agreement = f"{100 * row.agreement:.2f}% " + ("PASS" if row.parity_passed else "FAIL")
+        else:
+            agreement = "ref" if (row.variant.fmt, row.variant.precision) == ("pytorch", "fp32") and r else "-"
+        delta = f"{row.miou_delta:+.2f}" if row.miou_delta is not None else "-"
+        size = f"{row.file_mb:.1f}" if row.file_mb is not None else "-"
+        status = row.status if not row.reason else f"{row.status}: {row.reason}"
+        if row.reused:
+            status += " (reused)"
+        table.append([fmt, precision, provider, size, agreement, delta, *timing, status])
+    return table
+
+
+def matrix_table(rows: Sequence[MatrixRow], markdown: bool = False) -> str:
+    """One table: format, precision, backend/provider, size MB, parity agreement %, mIoU delta, median/p99 ms, fps."""
+    return render_table(MATRIX_HEADERS, matrix_rows(rows), markdown=markdown)
+
+
+def matrix_markdown(rows: Sequence[MatrixRow], system_lines: Sequence[str], settings: dict[str, Any]) -> str:
+    return markdown_document(system_lines, settings, matrix_table(rows, markdown=True), title="Latency matrix")

@@ -1,0 +1,175 @@
+"""Bench output: text and Markdown tables, warnings, and the JSON document (written atomically)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from dronseg_edge.atomic import write_json_atomic, write_text_atomic
+from dronseg_edge.bench.run import BenchResult
+from dronseg_edge.bench.stats import HIGH_CV
+from dronseg_edge.errors import DronsegError
+
+SCHEMA = "dronseg-edge-bench/1"
+LATENCY_HEADERS = ("model", "backend / provider", "precision", "size", "batch", "graph", "min", "mean", "median",
+                   "p90", "p95", "p99", "max", "cv %", "fps")
+
+
+def now_iso() -> str:
+    """The current local time, ISO 8601 with its UTC offset (e.g. 2025-11-24T19:56:03+00:00)."""
+    return _dt.datetime.now().astimezone().replace(microsecond=0).isoformat()
+
+
+def fmt_ms(value: float | None) -> str:
+    """Milliseconds with about three significant digits (0.071, 7.83, 54.2, 7512)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value < 1:
+        return f"{value:.3f}"
+    if value < 10:
+        return f"{value:.2f}"
+    if value < 100:
+        return f"{value:.1f}"
+    return f"{value:.0f}"
+
+
+def fmt_fps(value: float) -> str:
+    """Frames per second: 0.040, 7.5, 146."""
+    if value < 1:
+        return f"{value:.3f}"
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], markdown: bool = False) -> str:
+    """A plain-text table (columns padded, numbers right-aligned) or a GitHub Markdown table."""
+    cells = [[str(c) for c in row] for row in rows]
+    numeric = [all(_looks_numeric(row[i]) for row in cells) and bool(cells) for i in range(len(headers))]
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |",
+                 "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+        return "\n".join(lines)
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(row) for row in cells])
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return text == "-"
+    return True
+
+
+def latency_rows(results: Sequence[BenchResult]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        s = r.measurement.latency
+        graph = "-" if r.cuda_graph is None else ("on" if r.cuda_graph else "off")
+        rows.append([r.label, f"{r.backend} / {r.provider}", r.precision, f"{r.input_size[0]}x{r.input_size[1]}",
+                     str(r.batch), graph, fmt_ms(s.min_ms), fmt_ms(s.mean_ms), fmt_ms(s.median_ms), fmt_ms(s.p90_ms),
+                     fmt_ms(s.p95_ms), fmt_ms(s.p99_ms), fmt_ms(s.max_ms), f"{100 * s.cv:.1f}", fmt_fps(s.throughput_fps)])
+    return rows
+
+
+def latency_table(results: Sequence[BenchResult], markdown: bool = False) -> str:
+    """Latency in ms per model (per batch of ``batch`` frames) and throughput in frames/s."""
+    return render_table(LATENCY_HEADERS, latency_rows(results), markdown=markdown)
+
+
+def stage_lines(results: Sequence[BenchResult]) -> list[str]:
+    """GPU only: median host-to-device, compute and device-to-host times (CUDA events), one line per model."""
+    lines = []
+    for r in results:
+        m = r.measurement
+        if m.h2d is None or m.d2h is None:
+            continue
+        counted = "included in" if m.include_transfers else "excluded from"
+        lines.append(f"{r.label}: h2d {fmt_ms(m.h2d.median_ms)} ms, compute {fmt_ms(m.compute.median_ms)} ms, "
+                     f"d2h {fmt_ms(m.d2h.median_ms)} ms (medians, {m.timer}; transfers {counted} the latency); "
+                     f"host wall {fmt_ms(m.host_wall.median_ms)} ms")
+    return lines
+
+
+def warning_lines(results: Sequence[BenchResult]) -> list[str]:
+    """A warning per noisy run (coefficient of variation above HIGH_CV) and each backend note."""
+    lines = []
+    for r in results:
+        s = r.measurement.latency
+        if s.cv > HIGH_CV:
+            gpu = r.measurement.timer == "cuda-events"
+            lines.append(f"warning: {r.label}: latency varies by {100 * s.cv:.0f}% (cv > {100 * HIGH_CV:.0f}%): "
+                         "warm up longer (--warmup-s), run more iterations"
+                         + (", lock the GPU clocks (nvidia-smi -lgc)" if gpu else "")
+                         + " and stop other work on this machine")
+        lines += [f"note: {r.label}: {note}" for note in r.notes]
+    return lines
+
+
+def settings_line(settings: dict[str, Any]) -> str:
+    """One line: what was measured and how."""
+    t = settings["timing"]
+    if t["warmup_iters"] is not None:
+        warm = f"{t['warmup_iters']} warm-up iterations"
+    else:
+        warm = f"warm-up {t['warmup_s']:g} s"
+    if t["iters"] is not None and t["duration_s"] is not None:
+        loop = f"at least {t['iters']} iterations and {t['duration_s']:g} s"
+    elif t["iters"] is not None:
+        loop = f"{t['iters']} iterations"
+    elif t["duration_s"] is not None:
+        loop = f"{t['duration_s']:g} s"
+    else:
+        loop = f"at least {t['min_iters']} iterations and {t['min_seconds']:g} s"
+    size = settings.get("size") or "model's own size"
+    graph = {None: "backend default", True: "on", False: "off"}.get(settings.get("cuda_graph"), settings.get("cuda_graph"))
+    transfers = "included" if t["include_transfers"] else "excluded"
+    return (f"settings: device {settings['device']}, size {size}, batch {settings['batch']}, {warm}, {loop}, "
+            f"transfers {transfers}, cuda graph {graph}, timer {settings.get('timer', '?')}")
+
+
+def build_document(system: dict[str, Any], settings: dict[str, Any], results: Sequence[BenchResult] = (),
+                   matrix: Sequence[dict[str, Any]] | None = None, kind: str = "bench") -> dict[str, Any]:
+    """The JSON document of a run: schema, ISO date, system (device, versions), settings, results."""
+    doc: dict[str, Any] = {"schema": SCHEMA, "kind": kind, "date": now_iso(), "system": system,
+                           "settings": settings, "results": [r.to_dict() for r in results]}
+    if matrix is not None:
+        doc["matrix"] = list(matrix)
+    return doc
+
+
+def check_output_file(path: str | Path, option: str = "--json") -> Path:
+    """Raise DronsegError unless ``path`` can be written as a file (its folder is created if missing)."""
+    path = Path(path)
+    example = path / ("bench.md" if "markdown" in option else "bench.json")
+    if path.is_dir():
+        raise DronsegError(f"{option} {path} is a folder: give a file name such as {example}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DronsegError(f"{option} {path}: cannot create its folder ({exc.strerror or exc}); choose another path") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise DronsegError(f"{option} {path}: folder {path.parent} is not writable; choose another path")
+    return path
+
+
+def write_json(path: str | Path, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` as JSON atomically (temporary file, then rename)."""
+    return write_json_atomic(check_output_file(path, "--json"), doc)
+
+
+def markdown_document(system_lines: Sequence[str], settings: dict[str, Any], table_md: str, title: str = "Latency") -> str:
+    """A small Markdown page: title, the device/versions/settings as a list, then the table."""
+    bullets = [f"- {line}" for line in list(system_lines) + [settings_line(settings)]]
+    return "\n".join([f"## {title}", "", *bullets, "", table_md, ""])
+
+
+def write_markdown(path: str | Path, text: str) -> Path:
+    return write_text_atomic(check_output_file(path, "--markdown"), text if text.endswith("\n") else text + "\n")

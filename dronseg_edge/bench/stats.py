@@ -1,0 +1,79 @@
+"""Latency statistics: what a list of per-iteration times (milliseconds) says.
+
+Percentiles use numpy's default ``linear`` method (type 7 of Hyndman & Fan, the same as
+``numpy.percentile`` and ``pandas.quantile``): the q-th percentile of n sorted samples x[0..n-1]
+lies at rank r = q/100 * (n - 1) and is x[floor(r)] + (r - floor(r)) * (x[floor(r)+1] - x[floor(r)]).
+The spread is the sample standard deviation (ddof=1); the coefficient of variation is that over
+the mean. Throughput counts frames: ``batch * 1000 / mean_ms`` (total frames over total time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+PERCENTILES = (50, 90, 95, 99)
+HIGH_CV = 0.10  # above this the run is noisy: warm up longer, lock clocks, close other work
+
+
+def percentile(samples_ms: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``samples_ms`` by linear interpolation (see module doc)."""
+    values = np.asarray(samples_ms, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no samples")
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile {q} is outside 0..100")
+    return float(np.percentile(values, q, method="linear"))
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Summary of ``count`` per-iteration times in milliseconds; ``batch`` frames per iteration."""
+
+    count: int
+    batch: int
+    min_ms: float
+    mean_ms: float
+    median_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    std_ms: float
+    cv: float  # std / mean, a fraction (0.05 = 5 %)
+    throughput_fps: float  # frames per second
+
+    @property
+    def noisy(self) -> bool:
+        return self.cv > HIGH_CV
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def summarize(samples_ms: Sequence[float], batch: int = 1) -> LatencyStats:
+    """Statistics of per-iteration latencies ``samples_ms`` (ms), each iteration processing ``batch`` frames."""
+    values = np.asarray(samples_ms, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no samples to summarize")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    p50, p90, p95, p99 = np.percentile(values, PERCENTILES, method="linear")
+    mean = float(values.mean())
+    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    return LatencyStats(
+        count=int(values.size),
+        batch=int(batch),
+        min_ms=float(values.min()),
+        mean_ms=mean,
+        median_ms=float(p50),
+        p90_ms=float(p90),
+        p95_ms=float(p95),
+        p99_ms=float(p99),
+        max_ms=float(values.max()),
+        std_ms=std,
+        cv=std / mean if mean > 0 else 0.0,
+        throughput_fps=batch * 1e3 / mean if mean > 0 else float("inf"),
+    )

@@ -1,0 +1,148 @@
+"""Which real images parity checks and int8 calibration run on.
+
+Order of preference: the folder the user names (a dataset root in the Kaggle layout, or a plain
+folder of images), else the validation split recorded in the checkpoint (``config["data"]`` +
+``split["val"]``). Parity falls back to freshly rendered synthetic scenes only when neither exists
+and says so in its report; calibration never does (int8 ranges from fake images would be wrong).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from dronseg_edge.data.aeroscapes import IMAGE_DIR, IMAGE_SUFFIXES, dataset_samples, read_mask, samples_for_ids
+from dronseg_edge.errors import DronsegError
+
+TEST_MASK_DIR = "test_masks"  # ground truth of the synthetic data set's test images
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    image: Path
+    mask: Path | None = None
+
+
+@dataclass
+class ImageSet:
+    """Images (and ground-truth masks where known) plus a one-line description of where they came from."""
+
+    items: list[ImageItem]
+    source: str
+    synthetic: bool = False
+    _cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+
+    @property
+    def has_masks(self) -> bool:
+        return any(item.mask is not None for item in self.items)
+
+    def close(self) -> None:
+        self._cleanup.close()
+
+    def __enter__(self) -> "ImageSet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def pick_evenly(items: list, limit: int | None) -> list:
+    """At most ``limit`` items spread over the whole list (neighbouring video frames say little new)."""
+    if limit is None or limit <= 0 or len(items) <= limit:
+        return list(items)
+    index = np.linspace(0, len(items) - 1, num=limit).round().astype(int)
+    return [items[i] for i in sorted(set(index.tolist()))]
+
+
+def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]:
+    """Items of a dataset root (Kaggle layout, masks where present) or of a plain image folder."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise DronsegError(f"{option} {folder} does not exist: pass a folder of images or a dataset root (ROOT/imgs/imgs)")
+    if not folder.is_dir():
+        raise DronsegError(f"{option} {folder} is a file: pass a folder of images or a dataset root (ROOT/imgs/imgs)")
+    if (folder / IMAGE_DIR).is_dir():
+        samples = dataset_samples(folder, "all")
+        items = [ImageItem(s.image_path, s.mask_path or _test_mask(folder, s.image_id)) for s in samples]
+        return items, f"data set {folder}"
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DronsegError(
+            f"{option} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): pass a folder of images "
+            "or a dataset root (ROOT/imgs/imgs)"
+        )
+    return [ImageItem(p) for p in images], f"image folder {folder}"
+
+
+def _test_mask(root: Path, image_id: str) -> Path | None:
+    candidate = root / TEST_MASK_DIR / f"{image_id}.png"
+    return candidate if candidate.is_file() else None
+
+
+def validation_images(ckpt: dict[str, Any]) -> tuple[list[ImageItem], str] | None:
+    """The checkpoint's validation split, or None when it recorded none or its data folder is gone."""
+    config = ckpt.get("config") or {}
+    split = ckpt.get("split") or {}
+    root, val_ids = config.get("data"), split.get("val")
+    if not root or not val_ids or not Path(root).is_dir():
+        return None
+    samples = samples_for_ids(Path(root), list(val_ids))
+    return [ImageItem(s.image_path, s.mask_path) for s in samples], f"validation split of {root} ({len(samples)} images)"
+
+
+def resolve_images(data: Path | None, ckpt: dict[str, Any] | None, *, option: str, max_images: int | None,
+                   size: tuple[int, int], allow_synthetic: bool) -> ImageSet:
+    """The image set for a parity check (``allow_synthetic``) or a calibration (not).
+
+    ``data``: the user's folder or None; ``ckpt``: a loaded checkpoint (for its validation split) or
+    None; ``size``: (W, H) of synthetic images if they are rendered; ``max_images``: the cap.
+    """
+    if data is not None:
+        items, source = images_from_folder(Path(data), option)
+        return ImageSet(pick_evenly(items, max_images), source)
+    found = validation_images(ckpt) if ckpt is not None else None
+    if found is not None:
+        items, source = found
+        return ImageSet(pick_evenly(items, max_images), source)
+    why = _why_no_split(ckpt)
+    if not allow_synthetic:
+        raise DronsegError(f"{option} is needed: {why}; pass {option} DIR with real images (a dataset root or an image folder)")
+    return synthetic_images(max_images or 16, size, why)
+
+
+def _why_no_split(ckpt: dict[str, Any] | None) -> str:
+    if ckpt is None:
+        return "no checkpoint among the models to take a validation split from"
+    root = (ckpt.get("config") or {}).get("data")
+    if not root or not (ckpt.get("split") or {}).get("val"):
+        return f"checkpoint {ckpt.get('path', '')} records no validation split"
+    return f"the data folder {root} that checkpoint {ckpt.get('path', '')} was trained on no longer exists"
+
+
+def synthetic_images(count: int, size: tuple[int, int], why: str) -> ImageSet:
+    """Render ``count`` synthetic scenes with masks into a temporary folder (deleted on close)."""
+    if importlib.util.find_spec("dronseg_edge.data.synthetic") is None:
+        raise DronsegError(f"no images to compare on: {why}; pass --parity-data DIR (a dataset root or an image folder)")
+    from dronseg_edge.data.synthetic import synthesize
+
+    stack = contextlib.ExitStack()
+    root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dronseg-parity-")))
+    synthesize(root, images=count, size=tuple(size), video_frames=0, seed=0, test_fraction=0.0)
+    items, _ = images_from_folder(root, "--parity-data")
+    return ImageSet(items[:count], f"{len(items[:count])} synthetic scenes ({why})", synthetic=True, _cleanup=stack)
+
+
+def load_item(item: ImageItem, num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(BGR uint8 (H, W, 3), ground-truth class map (H, W) uint8 or None) of one item."""
+    frame = cv2.imread(str(item.image), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise DronsegError(f"image {item.image} cannot be read (missing, truncated or not an image): replace or remove it")
+    mask = read_mask(item.mask, num_classes) if item.mask is not None else None
+    return frame, mask

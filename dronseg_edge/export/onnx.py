@@ -1,0 +1,236 @@
+"""PyTorch model -> ONNX file: export in eval mode, check, simplify with onnxslim, stamp metadata.
+
+The exporter is chosen deliberately: TorchScript (``dynamo=False``) where this torch still has it,
+because it writes one self-contained file, handles DeepLabV3/LR-ASPP with dynamic axes and needs no
+extra package; the dynamo exporter (needs ``onnxscript``) only where TorchScript export is gone.
+The choice and the versions are recorded in the metadata (``extra.exporter``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from dronseg_edge.atomic import atomic_path, ensure_writable_dir
+from dronseg_edge.errors import BackendUnavailable, DronsegError
+from dronseg_edge.export.onnx_metadata import set_onnx_metadata
+from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.models import SegmentationNet
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = {"logits": "logits", "argmax": "mask"}
+MIN_OPSET = 13  # per-channel QuantizeLinear (int8) and Resize semantics TensorRT parses
+DEFAULT_OPSET = {"torchscript": 17, "dynamo": 18}
+MAX_PROTO_BYTES = 2**31 - 2**20  # protobuf's 2 GiB limit, with room for the graph itself
+
+
+def choose_exporter() -> str:
+    """``torchscript`` where torch still ships it (torch <= 2.15 does), else ``dynamo``."""
+    has_switch = "dynamo" in inspect.signature(torch.onnx.export).parameters
+    has_torchscript = hasattr(torch.onnx, "utils") and hasattr(torch.onnx.utils, "export")
+    if not has_switch or has_torchscript:
+        return "torchscript"
+    return "dynamo"
+
+
+def exporter_versions(exporter: str) -> str:
+    text = f"{exporter} (torch {torch.__version__}, onnx {onnx.__version__}"
+    if exporter == "dynamo":
+        try:
+            import onnxscript
+
+            text += f", onnxscript {onnxscript.__version__}"
+        except ImportError:
+            pass
+    return text + ")"
+
+
+def check_opset(opset: int | None, exporter: str) -> int:
+    """The opset to export with; DronsegError when ``opset`` is outside what the exporter writes."""
+    if opset is None:
+        return DEFAULT_OPSET[exporter]
+    from torch.onnx import _constants
+
+    low = max(MIN_OPSET, 18 if exporter == "dynamo" else 0)
+    high = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 17) if exporter == "torchscript" else _constants.ONNX_MAX_OPSET
+    if not low <= int(opset) <= high:
+        raise DronsegError(f"--opset {opset} is out of range for the {exporter} exporter of torch {torch.__version__}: use {low}..{high}")
+    return int(opset)
+
+
+def export_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: int | None = None,
+                exporter: str | None = None, simplify: bool = True) -> Path:
+    """Write ``model`` (forward -> ``{'out': logits}``) to ``path`` as a checked, simplified ONNX graph.
+
+    Input ``images``: float32 (N, 3, H, W) normalised RGB at ``info.input_size`` (W, H); output
+    ``logits`` (N, C, H, W) float32, or ``mask`` (N, H, W) uint8 for ``info.head == 'argmax'``.
+    ``info.batch`` fixes N (None with ``info.dynamic`` makes N, H and W dynamic). The exporter and
+    opset used are added to ``info.extra``; the file carries ``info`` in its metadata_props.
+    """
+    path = Path(path)
+    exporter = exporter or choose_exporter()
+    opset = check_opset(opset, exporter)
+    net = SegmentationNet(model, head=info.head).eval()
+    width, height = info.input_size
+    batch = info.batch or 1
+    example = torch.zeros(batch, 3, height, width)
+    out_name = OUTPUT_NAMES[info.head]
+    ensure_writable_dir(path.parent)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        if exporter == "torchscript":
+            _export_torchscript(net, example, raw, opset, info.dynamic, out_name)
+        else:
+            _export_dynamo(net, example, raw, opset, info.dynamic, out_name)
+        graph = onnx.load(str(raw))
+    graph = finish_graph(graph, info, simplify=simplify)
+    info.extra.update({"exporter": exporter_versions(exporter), "opset": opset, "input_name": INPUT_NAME,
+                       "output_name": out_name})
+    save_onnx(graph, path, info)
+    return path
+
+
+def _export_torchscript(net: nn.Module, example: torch.Tensor, dest: Path, opset: int, dynamic: bool, out_name: str) -> None:
+    kwargs = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False
+    axes = None
+    if dynamic:
+        spatial = {0: "batch", 2: "height", 3: "width"}
+        axes = {INPUT_NAME: spatial, out_name: ({0: "batch", 1: "height", 2: "width"} if out_name == "mask" else spatial)}
+    with warnings.catch_warnings():
+        # torch >= 2.9 warns on every TorchScript export; the choice is deliberate (module docstring).
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        with torch.no_grad():
+            torch.onnx.export(net, (example,), str(dest), input_names=[INPUT_NAME], output_names=[out_name],
+                              opset_version=opset, dynamic_axes=axes, do_constant_folding=True,
+                              training=torch.onnx.TrainingMode.EVAL, **kwargs)
+
+
+def _export_dynamo(net: nn.Module, example: torch.Tensor, dest: Path, opset: int, dynamic: bool, out_name: str) -> None:
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise BackendUnavailable(
+            f"torch {torch.__version__} only has the dynamo ONNX exporter, which needs onnxscript: pip install onnxscript"
+        ) from None
+    shapes = None
+    if dynamic:
+        dim = torch.export.Dim
+        auto = getattr(dim, "AUTO", None)
+        shapes = {"images": {0: auto or dim("batch"), 2: auto or dim("height"), 3: auto or dim("width")}}
+    with torch.no_grad():
+        program = torch.onnx.export(net, (example,), None, input_names=[INPUT_NAME], output_names=[out_name],
+                                    opset_version=opset, dynamo=True, dynamic_shapes=shapes, external_data=False)
+    program.save(str(dest), external_data=False)
+
+
+def finish_graph(graph: onnx.ModelProto, info: ModelInfo, simplify: bool = True) -> onnx.ModelProto:
+    """Check, simplify (onnxslim) and name the output dimensions of an exported graph."""
+    _check(graph, "exported graph")
+    if simplify:
+        import onnxslim
+
+        try:
+            graph = onnxslim.slim(graph)
+        except Exception as exc:  # a simplifier failure must not cost the user the export
+            log.warning("onnxslim could not simplify the graph (%s); keeping it as exported", str(exc).splitlines()[0][:200])
+    _name_output_dims(graph, info)
+    _check(graph, "simplified graph")
+    return graph
+
+
+def _check(graph: onnx.ModelProto, what: str) -> None:
+    try:
+        if graph.ByteSize() < MAX_PROTO_BYTES:
+            onnx.checker.check_model(graph, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise RuntimeError(f"onnx.checker rejected the {what}: {first}") from exc
+
+
+def _name_output_dims(graph: onnx.ModelProto, info: ModelInfo) -> None:
+    """Fixed class count and the batch/height/width of the input on the output (simplifiers lose them)."""
+    width, height = info.input_size
+    spatial = ["height", "width"] if info.dynamic else [height, width]
+    batch = "batch" if info.dynamic else (info.batch or 1)
+    dims = [batch, info.num_classes, *spatial] if info.head == "logits" else [batch, *spatial]
+    shape = graph.graph.output[0].type.tensor_type.shape
+    if len(shape.dim) != len(dims):
+        return
+    for proto, value in zip(shape.dim, dims):
+        if isinstance(value, str):
+            proto.dim_param = value
+        else:
+            proto.dim_value = int(value)
+
+
+def save_onnx(graph: onnx.ModelProto, path: Path, info: ModelInfo) -> Path:
+    """Stamp ``info`` into metadata_props and write ``path`` atomically (external data only past 2 GiB)."""
+    set_onnx_metadata(graph, info)
+    path = Path(path)
+    if graph.ByteSize() < MAX_PROTO_BYTES:
+        with atomic_path(path) as tmp:
+            onnx.save_model(graph, str(tmp))
+        return path
+    # Past protobuf's limit the weights must live in a second file; its name is fixed inside the
+    # graph, so it is written under its final name first and the graph file is renamed last.
+    data_name = path.name + ".data"
+    with atomic_path(path) as tmp:
+        onnx.save_model(graph, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
+        produced = tmp.parent / data_name
+        if not produced.exists():
+            raise RuntimeError(f"onnx did not write the external data file {produced}")
+    return path
+
+
+def verify_dynamic(path: Path, model: nn.Module, info: ModelInfo) -> str:
+    """Run a --dynamic file at another batch and size than it was traced with and compare with PyTorch.
+
+    Returns what was checked; raises DronsegError when the graph froze a shape (the known failure
+    of AdaptiveAvgPool2d/Resize exports). Skipped (said in the return value) without onnxruntime.
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        return "dynamic shapes not verified (onnxruntime missing)"
+    width, height = info.input_size
+    probe_h = max(64, (height // 2) // 32 * 32)
+    probe_w = max(64, (width // 2) // 32 * 32)
+    probe_h, probe_w = (probe_h + 32 if probe_h == height else probe_h), (probe_w + 32 if probe_w == width else probe_w)
+    x = torch.randn(2, 3, probe_h, probe_w, generator=torch.Generator().manual_seed(0))
+    net = SegmentationNet(model, head=info.head).eval()
+    with torch.no_grad():
+        expected = net(x)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    shape = f"2x3x{probe_h}x{probe_w}"
+    try:
+        got = torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
+    except Exception as exc:  # onnxruntime reports a frozen shape as a runtime error
+        raise DronsegError(f"--dynamic export of {info.arch} fails at {shape} ({str(exc).splitlines()[0][:160]}): "
+                           "drop --dynamic and export one static file per size") from None
+    if got.shape != expected.shape:
+        raise DronsegError(f"--dynamic export of {info.arch} returns {tuple(got.shape)} for a {shape} input instead of "
+                           f"{tuple(expected.shape)}: drop --dynamic and export one static file per size")
+    if info.head == "logits":
+        worst = float((got - expected).abs().max())
+        if not torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * max(1.0, float(expected.abs().max()))):
+            raise DronsegError(f"--dynamic export of {info.arch} differs from PyTorch at {shape} (max error {worst:.3g}): "
+                               "drop --dynamic and export one static file per size")
+        return f"dynamic shapes verified at {shape} (max error {worst:.2g})"
+    agreement = float((got.long() == expected.long()).float().mean())
+    if agreement < 0.999:
+        raise DronsegError(f"--dynamic export of {info.arch} agrees with PyTorch on only {100 * agreement:.2f}% of pixels "
+                           f"at {shape}: drop --dynamic and export one static file per size")
+    return f"dynamic shapes verified at {shape} (agreement {100 * agreement:.2f}%)"

@@ -1,0 +1,284 @@
+"""Parity: run a reference and a candidate model on the same real images and compare them.
+
+Both get the identical float32 batch (the runtime's own ``preprocess``, at the candidate's input
+size). Logits are compared element-wise (absolute and relative error, cosine similarity, NaN/Inf),
+class maps pixel-wise (argmax agreement, per-class IoU between the two), and, where ground-truth
+masks exist, both are scored against them (mean IoU/Dice and the difference). The verdict uses
+per-precision thresholds (parity_report.DEFAULT_THRESHOLDS) that callers can override.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+
+from dronseg_edge.checkpoint import load_checkpoint
+from dronseg_edge.devices import resolve_device
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.export.images import ImageSet, load_item, resolve_images
+from dronseg_edge.export.parity_report import GroundTruthScores, OutputStats, ParityReport, ParityThresholds
+from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.runtime.base import Backend, preprocess
+from dronseg_edge.train.metrics import SegmentationMetrics, confusion_matrix, iou_from_confusion
+
+REL_FLOOR = 1e-3  # relative error divides by max(|reference|, this): logits near 0 would make it meaningless
+SAMPLE_PER_IMAGE = 1 << 18  # values per image kept for the p99 estimates
+FP16_MAX = 65504.0
+SUSPICIOUS_LOGIT = 1e4  # trained segmentation heads stay far below; random BatchNorm statistics give ~1e5
+
+
+class LogitComparison:
+    """Accumulates element-wise error statistics of two logit tensors over batches (on the CPU)."""
+
+    def __init__(self, seed: int = 0):
+        self.count = 0
+        self.abs_sum = self.rel_sum = 0.0
+        self.abs_max = self.rel_max = 0.0
+        self.dot = self.ref_sq = self.cand_sq = 0.0
+        self.cosine_min = math.inf
+        self.nonfinite_candidate = self.nonfinite_reference = 0
+        self.candidate_abs_max = self.reference_abs_max = 0.0
+        self.abs_samples: list[np.ndarray] = []
+        self.rel_samples: list[np.ndarray] = []
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def update(self, reference: torch.Tensor, candidate: torch.Tensor) -> None:
+        """reference, candidate: (N, C, H, W) float tensors of equal shape."""
+        ref = reference.detach().double().cpu()
+        cand = candidate.detach().double().cpu()
+        finite_ref, finite_cand = torch.isfinite(ref), torch.isfinite(cand)
+        self.nonfinite_reference += int((~finite_ref).sum())
+        self.nonfinite_candidate += int((~finite_cand).sum())
+        both = finite_ref & finite_cand
+        if bool(finite_cand.any()):
+            self.candidate_abs_max = max(self.candidate_abs_max, float(cand[finite_cand].abs().max()))
+        if bool(finite_ref.any()):
+            self.reference_abs_max = max(self.reference_abs_max, float(ref[finite_ref].abs().max()))
+        diff = (cand - ref).abs()[both]
+        rel = diff / ref.abs()[both].clamp_min(REL_FLOOR)
+        if diff.numel():
+            self.count += diff.numel()
+            self.abs_sum += float(diff.sum())
+            self.rel_sum += float(rel.sum())
+            self.abs_max = max(self.abs_max, float(diff.max()))
+            self.rel_max = max(self.rel_max, float(rel.max()))
+            keep = self._sample_index(diff.numel())
+            self.abs_samples.append(diff[keep].numpy() if keep is not None else diff.numpy())
+            self.rel_samples.append(rel[keep].numpy() if keep is not None else rel.numpy())
+        for r, c in zip(torch.where(both, ref, 0.0).flatten(1), torch.where(both, cand, 0.0).flatten(1)):
+            dot, rr, cc = float(r @ c), float(r @ r), float(c @ c)
+            self.dot, self.ref_sq, self.cand_sq = self.dot + dot, self.ref_sq + rr, self.cand_sq + cc
+            self.cosine_min = min(self.cosine_min, _cosine(dot, rr, cc))
+
+    def _sample_index(self, size: int) -> torch.Tensor | None:
+        if size <= SAMPLE_PER_IMAGE:
+            return None
+        return torch.randperm(size, generator=self.generator)[:SAMPLE_PER_IMAGE]
+
+    def fill(self, stats: OutputStats) -> OutputStats:
+        if self.count:
+            abs_all, rel_all = np.concatenate(self.abs_samples), np.concatenate(self.rel_samples)
+            stats.abs_max, stats.abs_mean, stats.abs_p99 = self.abs_max, self.abs_sum / self.count, float(np.percentile(abs_all, 99))
+            stats.rel_max, stats.rel_mean, stats.rel_p99 = self.rel_max, self.rel_sum / self.count, float(np.percentile(rel_all, 99))
+            stats.sampled_values = int(abs_all.size)
+        stats.cosine = _cosine(self.dot, self.ref_sq, self.cand_sq)
+        stats.cosine_min = self.cosine_min if math.isfinite(self.cosine_min) else stats.cosine
+        stats.nonfinite_candidate, stats.nonfinite_reference = self.nonfinite_candidate, self.nonfinite_reference
+        stats.candidate_abs_max, stats.reference_abs_max = self.candidate_abs_max, self.reference_abs_max
+        return stats
+
+
+def _cosine(dot: float, a: float, b: float) -> float:
+    if a == 0.0 and b == 0.0:
+        return 1.0
+    if a == 0.0 or b == 0.0:
+        return 0.0
+    return dot / math.sqrt(a * b)
+
+
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """TF32 off while comparing: the PyTorch reference must be true fp32, not 10-bit-mantissa matmuls."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _open(model: Path | Backend, device: torch.device, owned: list[Backend]) -> Backend:
+    if isinstance(model, Backend):
+        return model
+    from dronseg_edge.runtime.registry import load_backend
+
+    options = {"head": "logits"} if Path(model).suffix.lower() in (".pt", ".pth") else {}
+    backend = load_backend(Path(model), device, **options)
+    owned.append(backend)
+    return backend
+
+
+def _checkpoint_for_images(*models: Path | Backend) -> dict | None:
+    """A loaded checkpoint among the models (or the one an export records as its source), for its split."""
+    for model in models:
+        path = Path(model.path) if isinstance(model, Backend) else Path(model)
+        if path.suffix.lower() in (".pt", ".pth"):
+            return load_checkpoint(path)
+    for model in models:
+        if isinstance(model, Backend):
+            source = model.info.extra.get("source_checkpoint")
+            if source and Path(source).is_file():
+                return load_checkpoint(Path(source))
+    return None
+
+
+def _static(info: ModelInfo) -> bool:
+    return not info.dynamic and info.batch is not None
+
+
+def _run(backend: Backend, x: torch.Tensor) -> torch.Tensor:
+    """Infer ``x`` (N, 3, H, W), in chunks of the backend's fixed batch if it has one."""
+    if not _static(backend.info) or backend.info.batch == x.shape[0]:
+        return backend.infer(x)
+    size = backend.info.batch
+    outs = []
+    for start in range(0, x.shape[0], size):
+        chunk = x[start:start + size]
+        real = chunk.shape[0]
+        if real < size:
+            chunk = torch.cat([chunk, chunk[-1:].expand(size - real, *chunk.shape[1:])])
+        outs.append(backend.infer(chunk)[:real])
+    return torch.cat(outs)
+
+
+def _check_compatible(reference: Backend, candidate: Backend) -> None:
+    if reference.info.num_classes != candidate.info.num_classes:
+        raise DronsegError(
+            f"{reference.path} predicts {reference.info.num_classes} classes but {candidate.path} "
+            f"{candidate.info.num_classes}: compare models of the same data set"
+        )
+    if _static(reference.info) and reference.info.input_size != candidate.info.input_size:
+        raise DronsegError(
+            f"{reference.path} takes {reference.info.input_size[0]}x{reference.info.input_size[1]} inputs but "
+            f"{candidate.path} {candidate.info.input_size[0]}x{candidate.info.input_size[1]}: compare exports of the same --size"
+        )
+
+
+def check_parity(reference: Path | Backend, candidate: Path | Backend, data: Path | None = None, *,
+                 device: str = "auto", thresholds: ParityThresholds | None = None,
+                 max_images: int = 16) -> ParityReport:
+    """Compare ``candidate`` with ``reference`` on up to ``max_images`` images; returns the report.
+
+    Models are paths (``.pt`` checkpoint, ``.onnx``, ``.engine``) or Backends (used as given, not
+    closed). Images: ``data`` (dataset root or image folder), else the validation split of a
+    checkpoint involved, else synthetic scenes (said in the report). Inputs are at the candidate's
+    input size. ``thresholds`` default to the candidate's precision (ParityThresholds.for_precision).
+    """
+    torch_device = resolve_device(device) if not isinstance(device, torch.device) else device
+    owned: list[Backend] = []
+    try:
+        ref = _open(reference, torch_device, owned)
+        cand = _open(candidate, torch_device, owned)
+        _check_compatible(ref, cand)
+        size = tuple(cand.info.input_size)
+        ckpt = _checkpoint_for_images(reference, candidate) if data is None else None
+        with resolve_images(data, ckpt, option="--parity-data", max_images=max_images, size=size,
+                            allow_synthetic=True) as images, strict_fp32():
+            return _compare(ref, cand, images, thresholds or ParityThresholds.for_precision(cand.info.precision))
+    finally:
+        for backend in owned:
+            backend.deactivate()
+
+
+def _compare(ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityThresholds) -> ParityReport:
+    info = cand.info
+    num_classes = info.num_classes
+    width, height = info.input_size
+    batch = info.batch if _static(info) else 1
+    logits = LogitComparison() if (ref.info.head == "logits" and info.head == "logits") else None
+    agree = total = 0
+    between = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    ref_scores, cand_scores = SegmentationMetrics(num_classes), SegmentationMetrics(num_classes)
+    gt_images = 0
+    items = images.items
+    for start in range(0, len(items), batch):
+        group = items[start:start + batch]
+        frames, masks = zip(*(load_item(item, num_classes) for item in group))
+        x = torch.cat([preprocess(f, info, cand.device) for f in frames])
+        if x.shape[0] < batch:
+            x = torch.cat([x, x[-1:].expand(batch - x.shape[0], *x.shape[1:])])
+        ref_out = _run(ref, x.to(ref.device))[: len(group)].cpu()
+        cand_out = _run(cand, x)[: len(group)].cpu()
+        if logits is not None:
+            logits.update(ref_out, cand_out)
+        ref_mask = ref_out.argmax(1) if ref.info.head == "logits" else ref_out.long()
+        cand_mask = cand_out.argmax(1) if info.head == "logits" else cand_out.long()
+        agree += int((ref_mask == cand_mask).sum())
+        total += ref_mask.numel()
+        between += confusion_matrix(cand_mask, ref_mask, num_classes)
+        for i, mask in enumerate(masks):
+            if mask is None:
+                continue
+            truth = torch.from_numpy(cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)).long()
+            ref_scores.update(ref_mask[i], truth)
+            cand_scores.update(cand_mask[i], truth)
+            gt_images += 1
+    stats = OutputStats(name="logits" if info.head == "logits" else "mask", kind=info.head,
+                        agreement=agree / total if total else math.nan)
+    if logits is not None:
+        logits.fill(stats)
+    ground_truth = None
+    if gt_images:
+        r, c = ref_scores.compute(), cand_scores.compute()
+        ground_truth = GroundTruthScores(gt_images, r["miou"], c["miou"], r["mdice"], c["mdice"])
+    class_iou = [None if math.isnan(v) else v for v in iou_from_confusion(between).tolist()]
+    report = ParityReport(
+        reference=str(ref.path), candidate=str(cand.path), reference_provider=ref.describe(),
+        candidate_provider=cand.describe(), precision=info.precision, head=info.head, size=(width, height),
+        images=len(items), data_source=images.source, outputs=[stats], class_names=list(info.class_names),
+        class_iou=class_iou, ground_truth=ground_truth, thresholds=thresholds, synthetic_data=images.synthetic,
+    )
+    judge(report)
+    return report
+
+
+def judge(report: ParityReport) -> ParityReport:
+    """Set ``passed``, ``failures`` and ``warnings`` of ``report`` from its statistics and thresholds."""
+    limits = report.thresholds
+    failures, warnings = [], []
+    for out in report.outputs:
+        if not out.agreement >= limits.min_agreement:
+            failures.append(f"{out.name}: argmax agreement {100 * out.agreement:.3f}% < {100 * limits.min_agreement:g}%")
+        if out.nonfinite_candidate:
+            failures.append(f"{out.name}: {out.nonfinite_candidate} NaN/Inf values in the candidate's output")
+        warnings += _overflow_warnings(out, report.precision)
+    if limits.max_miou_drop is not None:
+        if report.ground_truth is None:
+            warnings.append("mIoU limit not checked: no ground-truth masks among the images (pass --parity-data with masks)")
+        elif -report.ground_truth.miou_delta > limits.max_miou_drop:
+            failures.append(f"mean IoU drops {-report.ground_truth.miou_delta:.2f} points against ground truth "
+                            f"(limit {limits.max_miou_drop:g})")
+    if report.synthetic_data:
+        warnings.append("compared on synthetic scenes: pass --parity-data with real images for a meaningful check")
+    report.failures, report.warnings = failures, warnings
+    report.passed = not failures
+    return report
+
+
+def _overflow_warnings(out: OutputStats, precision: str) -> list[str]:
+    found = []
+    instead = "export --precision fp32 instead (or run the checkpoint with --precision bf16 on a GPU)"
+    if out.nonfinite_candidate and precision == "fp16":
+        found.append(f"fp16 overflow: the candidate produced {out.nonfinite_candidate} NaN/Inf values; {instead}")
+    if out.candidate_abs_max is not None and out.candidate_abs_max >= 0.5 * FP16_MAX and precision == "fp16":
+        found.append(f"fp16 saturation: candidate logits reach {out.candidate_abs_max:.4g}, near the fp16 maximum 65504; {instead}")
+    if out.reference_abs_max is not None and out.reference_abs_max >= SUSPICIOUS_LOGIT:
+        found.append(f"reference logits reach {out.reference_abs_max:.3g}: an untrained model or broken BatchNorm "
+                     "statistics; fp16 overflows on such a model and parity on it proves little")
+    return found

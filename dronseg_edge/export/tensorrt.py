@@ -1,0 +1,195 @@
+"""ONNX file -> serialized TensorRT engine, on TensorRT 10.x (JetPack 6: 10.3) and 11.x.
+
+Precision: TensorRT 11 has only strongly typed networks, so precision comes from the ONNX file
+(the fp16 graph, or the Q/DQ int8 graph). On 10.x fp16 comes from the fp32 graph and the FP16
+builder flag (weakly typed: TensorRT picks fp16 kernels where they are faster), and int8 from the
+Q/DQ graph with the INT8 and FP16 flags so the unquantised layers may run in fp16; fp32 builds are
+strongly typed on both. Every TensorRT name used here is checked against the real 10.3 and 11.4
+bindings by tests/export/test_tensorrt_names.py.
+
+An engine only runs on the GPU model and TensorRT version that built it: its name says both
+(``NAME_<precision>_<gpu>_sm<cc>_trt<version>.engine``) and so does its JSON sidecar.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from dronseg_edge.atomic import atomic_path
+from dronseg_edge.errors import BackendUnavailable, DronsegError
+from dronseg_edge.export.onnx_metadata import write_engine_sidecar
+from dronseg_edge.metadata import ModelInfo, sha256_file
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "TensorRT is not installed for this Python: on x86-64 `pip install tensorrt` (or pip install 'dronseg-edge[trt]'); "
+    "on Jetson it comes with JetPack (sudo apt install python3-libnvinfer) and a venv must be created with "
+    "--system-site-packages to see it"
+)
+MIN_SIDE = 64  # smallest height/width a --dynamic engine accepts (the backbone downsamples 16-32x)
+MIN_MAX_BATCH = 4
+
+
+def import_tensorrt():
+    """The ``tensorrt`` module, or BackendUnavailable saying how to install it."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as exc:  # OSError: bindings present but libnvinfer missing
+        detail = "" if isinstance(exc, ModuleNotFoundError) else f" ({str(exc).splitlines()[0][:120]})"
+        raise BackendUnavailable(INSTALL_HINT + detail) from None
+    return trt
+
+
+def trt_major(trt) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def gpu_identity(device: torch.device) -> dict:
+    """{'gpu_name': 'NVIDIA H100 80GB HBM3', 'compute_capability': '9.0'} of a CUDA device."""
+    if device.type != "cuda":
+        raise DronsegError(f"TensorRT engines run on NVIDIA GPUs only, not on --device {device}: use --device cuda")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    return {"gpu_name": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
+
+
+def gpu_slug(gpu_name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'h100-80gb-hbm3'; 'Orin' -> 'orin'."""
+    name = re.sub(r"^nvidia\s+", "", gpu_name.strip(), flags=re.IGNORECASE)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
+
+
+def engine_filename(base: str, precision: str, gpu_name: str, compute_capability: str, trt_version: str) -> str:
+    """``NAME_<precision>_<gpu>_sm<cc>_trt<version>.engine``."""
+    cc = compute_capability.replace(".", "")
+    return f"{base}_{precision}_{gpu_slug(gpu_name)}_sm{cc}_trt{trt_version}.engine"
+
+
+def default_timing_cache(gpu_name: str, compute_capability: str, trt_version: str) -> Path:
+    """A per-GPU, per-version timing cache in the user's cache folder, reused by every build there."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dronseg-edge" / "tensorrt"
+    cc = compute_capability.replace(".", "")
+    return root / f"timing_{gpu_slug(gpu_name)}_sm{cc}_trt{trt_version}.cache"
+
+
+def dynamic_profile(info: ModelInfo, batch: int) -> dict[str, list[int]]:
+    """min/opt/max input shapes of a --dynamic engine: 1 x 64x64 up to max(batch, 4) x the export size."""
+    width, height = info.input_size
+    return {"min": [1, 3, min(MIN_SIDE, height), min(MIN_SIDE, width)],
+            "opt": [batch, 3, height, width],
+            "max": [max(batch, MIN_MAX_BATCH), 3, height, width]}
+
+
+def uses_strong_typing(trt, precision: str) -> bool:
+    """11.x: always (its only mode). 10.x: fp32 only; fp16 and int8 use builder flags (module docstring)."""
+    if trt_major(trt) >= 11:
+        return True
+    return precision == "fp32" and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+
+
+def parser_errors(parser) -> str:
+    """All ONNX parser errors as one line: node index, name, operator and description each."""
+    found = []
+    for index in range(parser.num_errors):
+        error = parser.get_error(index)
+        where = f"node {error.node()}"
+        try:
+            where += f" {error.node_name()} ({error.node_operator()})"
+        except AttributeError:  # older parsers have no node names
+            pass
+        found.append(f"{where}: {error.desc()}")
+    return "; ".join(found) or "no details from the parser"
+
+
+def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precision: str, workspace_gib: float = 4.0,
+                 device: torch.device, opt_batch: int = 1, timing_cache: Path | None = None) -> ModelInfo:
+    """Build ``engine_path`` from ``onnx_path`` (the graph of ``precision``, see module docstring).
+
+    ``info`` describes the ONNX graph (input size, batch, dynamic); ``workspace_gib`` caps TensorRT's
+    scratch memory (GiB); ``opt_batch`` is the batch a --dynamic engine is tuned for.
+    Writes the engine and its sidecar atomically and returns the engine's ModelInfo.
+    """
+    trt = import_tensorrt()
+    identity = gpu_identity(device)
+    version = str(trt.__version__)
+    strongly = uses_strong_typing(trt, precision)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # The flag's bit differs between versions: take it from the enum, never a literal.
+    flags = 0
+    if strongly and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise DronsegError(f"TensorRT {version} cannot parse {onnx_path}: {parser_errors(parser)}; "
+                           "re-export with another --opset, or report the failing operator")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    builder_flags = []
+    if not strongly and precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+        builder_flags.append("FP16")
+    if not strongly and precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        builder_flags.append("INT8")
+    cache_path = Path(timing_cache) if timing_cache else default_timing_cache(identity["gpu_name"], identity["compute_capability"], version)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, False)
+    profile_shapes = None
+    if info.dynamic:
+        profile_shapes = dynamic_profile(info, opt_batch)
+        profile = builder.create_optimization_profile()
+        input_name = network.get_input(0).name
+        profile.set_shape(input_name, profile_shapes["min"], profile_shapes["opt"], profile_shapes["max"])
+        config.add_optimization_profile(profile)
+    with torch.cuda.device(device):
+        plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise DronsegError(f"TensorRT {version} could not build an engine from {onnx_path} (see its messages above); "
+                           f"a larger --workspace (now {workspace_gib:g} GiB) may help")
+    if trt.Runtime(logger).deserialize_cuda_engine(plan) is None:
+        raise DronsegError(f"TensorRT {version} built an engine from {onnx_path} that it cannot load back; rebuild it")
+    with atomic_path(engine_path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(plan)
+    _save_timing_cache(config, cache_path)
+    engine_info = ModelInfo.from_dict({**info.to_dict(), "precision": precision}, source=str(onnx_path))
+    engine_info.extra["tensorrt"] = {
+        "tensorrt_version": version, **identity, "strongly_typed": strongly, "builder_flags": builder_flags,
+        "workspace_gib": workspace_gib, "profile": profile_shapes, "onnx": Path(onnx_path).name,
+        "onnx_sha256": sha256_file(Path(onnx_path)), "timing_cache": str(cache_path),
+    }
+    write_engine_sidecar(engine_path, engine_info)
+    return engine_info
+
+
+def _save_timing_cache(config, cache_path: Path) -> None:
+    """Keep the tactic timings for the next build on this GPU; a cache that cannot be written only costs time."""
+    try:
+        serialized = config.get_timing_cache().serialize()
+        with atomic_path(cache_path) as tmp:
+            with open(tmp, "wb") as handle:
+                handle.write(serialized)
+    except (OSError, DronsegError) as exc:
+        log.warning("TensorRT timing cache %s not saved: %s", cache_path, exc)
+
+
+def engine_mismatch(built: dict, here: dict) -> str | None:
+    """Why an engine built on ``built`` cannot run ``here`` (dicts of tensorrt_version, gpu_name,
+    compute_capability), or None when they match."""
+    differences = [key for key in ("tensorrt_version", "gpu_name", "compute_capability") if str(built.get(key)) != str(here.get(key))]
+    if not differences:
+        return None
+
+    def describe(side: dict) -> str:
+        cc = str(side.get("compute_capability", "?")).replace(".", "")
+        return f"{side.get('gpu_name', '?')} (sm{cc}) with TensorRT {side.get('tensorrt_version', '?')}"
+
+    return f"was built for {describe(built)}; this machine has {describe(here)}"

@@ -1,0 +1,137 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench_fakes import requires_cuda
+from dronseg_edge.bench.matrix import (DEFAULT_VARIANTS, MatrixRow, Variant, default_out_dir, matrix_table,
+                                       run_matrix, skip_reason, tf32_mode)
+from dronseg_edge.bench.timing import TimingSettings
+from dronseg_edge.errors import DronsegError
+
+CPU = torch.device("cpu")
+FAST = TimingSettings(warmup_iters=1, iters=2)
+
+
+def test_gpu_only_variants_are_skipped_on_cpu_with_reasons():
+    reasons = {v.label: skip_reason(v, CPU) for v in DEFAULT_VARIANTS}
+    assert reasons["pytorch fp32"] is None
+    assert reasons["pytorch fp16"] == "needs CUDA (PyTorch fp16)"
+    assert reasons["pytorch fp16 (CUDA graph)"] == "needs CUDA (PyTorch fp16, CUDA graph)"
+    try:
+        import tensorrt  # noqa: F401
+        has_trt = True
+    except Exception:
+        has_trt = False
+    for precision in ("fp32", "fp16", "int8"):
+        assert reasons[f"engine {precision}"].startswith("needs CUDA")
+        assert ("tensorrt not installed" in reasons[f"engine {precision}"]) is not has_trt
+    assert reasons["onnx fp32"] is None  # onnxruntime (CPU) is installed in the dev environment
+    assert skip_reason(Variant("pytorch", "fp32", tf32=False), CPU) == "needs CUDA (TF32 switch)"
+
+
+def test_onnx_on_gpu_without_cuda_provider_says_so(monkeypatch):
+    from dronseg_edge.bench import matrix
+
+    monkeypatch.setattr(matrix, "_onnxruntime_providers", lambda: ["CPUExecutionProvider"])
+    assert skip_reason(Variant("onnx", "fp16"), torch.device("cuda")) == \
+        "onnxruntime CUDA provider not available (pip install onnxruntime-gpu)"
+    monkeypatch.setattr(matrix, "_onnxruntime_providers", lambda: None)
+    assert skip_reason(Variant("onnx", "fp32"), CPU).startswith("onnxruntime not installed")
+
+
+def test_tf32_mode_sets_and_restores_flags():
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    with tf32_mode(False):
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+    with tf32_mode(None):
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_default_out_dir(tmp_path):
+    assert default_out_dir(tmp_path / "run" / "weights" / "best.pt") == tmp_path / "run" / "export"
+    assert default_out_dir(tmp_path / "tiny.pt") == tmp_path  # as `dronseg-edge export` does
+
+
+def test_pytorch_rows_on_cpu(tiny_checkpoint, tmp_path):
+    variants = [Variant("pytorch", "fp32"), Variant("pytorch", "fp16"), Variant("engine", "fp16")]
+    rows = run_matrix(tiny_checkpoint, CPU, FAST, out_dir=tmp_path, variants=variants, parity=False)
+    assert [r.status for r in rows] == ["ok", "skipped", "skipped"]
+    ok = rows[0]
+    assert ok.result.measurement.latency.count == 2 and ok.result.input_size == (96, 64)
+    assert ok.file_mb == pytest.approx(tiny_checkpoint.stat().st_size / 1e6)
+    table = matrix_table(rows).splitlines()
+    assert table[0].split()[:3] == ["format", "precision", "backend"]
+    assert "ref" in table[2] and "torch / cpu fp32" in table[2]
+    assert table[3].rstrip().endswith("skipped: needs CUDA (PyTorch fp16)")
+    assert "tensorrt not installed" in table[4] or "needs CUDA" in table[4]
+    json.dumps([r.to_dict() for r in rows])  # serialisable as it stands
+
+
+def test_matrix_refuses_exported_files(tmp_path):
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"x")
+    with pytest.raises(DronsegError, match="needs a training checkpoint"):
+        run_matrix(onnx, CPU, FAST)
+
+
+def test_failed_row_keeps_one_line_reason(tiny_checkpoint, tmp_path, monkeypatch):
+    from dronseg_edge.bench import matrix
+
+    def broken(*args, **kwargs):
+        raise DronsegError("calibration folder x has no images: pass --data DIR\nsecond line")
+
+    monkeypatch.setattr(matrix, "_run_variant", broken)
+    (row,) = run_matrix(tiny_checkpoint, CPU, FAST, out_dir=tmp_path, variants=[Variant("pytorch", "fp32")])
+    assert isinstance(row, MatrixRow) and row.status == "failed"
+    assert row.reason == "calibration folder x has no images: pass --data DIR"
+
+
+@pytest.mark.slow
+def test_onnx_rows_export_check_parity_and_are_reused(tiny_checkpoint, synth_root, tmp_path):
+    variants = [Variant("onnx", "fp32"), Variant("onnx", "int8"), Variant("engine", "fp16")]
+    rows = run_matrix(tiny_checkpoint, CPU, FAST, out_dir=tmp_path, data=synth_root, variants=variants)
+    fp32, int8, engine = rows
+    assert (fp32.status, int8.status, engine.status) == ("ok", "ok", "skipped"), [r.reason for r in rows]
+    for row in (fp32, int8):
+        assert not row.reused and row.path.endswith(f"tiny_{row.variant.precision}.onnx")
+        assert row.result.backend == "onnxruntime" and row.result.provider.startswith("CPUExecutionProvider")
+        assert row.parity["passed"] is row.parity_passed and 0.9 <= row.agreement <= 1.0
+        assert row.miou_delta is not None  # the synthetic data set has masks
+        assert row.file_mb == pytest.approx((tmp_path / Path(row.path).name).stat().st_size / 1e6)
+    assert fp32.agreement > 0.999 and int8.file_mb < fp32.file_mb
+    mtime = Path(fp32.path).stat().st_mtime_ns
+    again = run_matrix(tiny_checkpoint, CPU, FAST, out_dir=tmp_path, data=synth_root, variants=variants[:1])
+    assert again[0].reused and again[0].status == "ok" and Path(fp32.path).stat().st_mtime_ns == mtime
+    assert "(reused)" in matrix_table(again)
+
+
+def test_export_of_another_checkpoint_is_not_reused(tiny_checkpoint, tmp_path):
+    from dronseg_edge.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(tiny_checkpoint)
+    state.pop("path")
+    first_weight = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][first_weight] = state["model"][first_weight] + 0.01
+    other = save_checkpoint(tmp_path / "ckpt" / "tiny.pt", state)  # same name, other weights
+    first = run_matrix(tiny_checkpoint, CPU, FAST, out_dir=tmp_path, variants=[Variant("onnx", "fp32")], parity=False)
+    second = run_matrix(other, CPU, FAST, out_dir=tmp_path, variants=[Variant("onnx", "fp32")], parity=False)
+    assert first[0].path == second[0].path and not second[0].reused
+
+
+def test_int8_without_data_fails_with_the_bench_option(tiny_checkpoint, tmp_path):
+    (row,) = run_matrix(tiny_checkpoint, CPU, FAST, out_dir=tmp_path, variants=[Variant("onnx", "int8")], parity=False)
+    assert row.status == "failed" and "--calib-data" in row.reason and "--data DIR" in row.reason
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_pytorch_gpu_rows_report_their_cuda_graph(tiny_checkpoint, tmp_path):
+    variants = [Variant("pytorch", "fp32", tf32=False), Variant("pytorch", "fp16"),
+                Variant("pytorch", "fp16", cuda_graph=True)]
+    strict, eager, graph = run_matrix(tiny_checkpoint, torch.device("cuda"), FAST, out_dir=tmp_path, variants=variants)
+    assert [r.status for r in (strict, eager, graph)] == ["ok", "ok", "ok"], [r.reason for r in (strict, eager, graph)]
+    assert eager.result.cuda_graph is False and graph.result.cuda_graph is True
+    assert graph.result.measurement.timer == "cuda-events" and graph.agreement is not None

@@ -1,0 +1,74 @@
+import os
+import stat
+
+import torch
+
+from dronseg_edge.bench import system
+from dronseg_edge.bench.system import describe_system, gpu_clocks, system_info, versions
+
+
+def test_cpu_system_info_names_device_cpu_and_versions():
+    info = system_info(torch.device("cpu"))
+    assert info["device"]["type"] == "cpu"
+    assert info["cpu"]["logical_cores"] == os.cpu_count() and info["cpu"]["torch_threads"] == torch.get_num_threads()
+    assert set(info["torch_flags"]) >= {"cudnn_allow_tf32", "matmul_allow_tf32", "cudnn_benchmark"}
+    lines = describe_system(info)
+    assert lines[0] == "device: cpu" and lines[2].startswith("versions: python ")
+
+
+def test_versions_report_installed_and_missing_libraries():
+    v = versions()
+    assert v["torch"] == str(torch.__version__) and v["cuda"] == torch.version.cuda
+    import onnxruntime
+
+    assert v["onnxruntime"] == onnxruntime.__version__
+    assert "CPUExecutionProvider" in v["onnxruntime_providers"]
+    try:
+        import tensorrt
+    except Exception:
+        assert v["tensorrt"] == "not installed" or v["tensorrt"].startswith("unusable")
+    else:
+        assert v["tensorrt"] == tensorrt.__version__
+
+
+def fake_nvidia_smi(folder, output):
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\necho '{output}'\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def test_clocks_from_nvidia_smi_when_nvml_is_missing(tmp_path, monkeypatch):
+    def no_nvml(index):
+        raise ImportError("no pynvml")
+
+    monkeypatch.setattr(system, "_clocks_nvml", no_nvml)
+    fake_nvidia_smi(tmp_path, "1755, 2619, 1980, 2619, 580.65.06, 700.00")
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    found = gpu_clocks(0)
+    assert found["clocks_source"] == "nvidia-smi" and found["driver"] == "580.65.06"
+    assert found["clocks"] == {"sm_mhz": 1755.0, "mem_mhz": 2619.0, "max_sm_mhz": 1980.0, "max_mem_mhz": 2619.0}
+    assert found["power_limit_w"] == 700.0
+
+
+def test_unreadable_clocks_say_why(tmp_path, monkeypatch):
+    def failing_nvml(index):
+        raise RuntimeError("NVML_ERROR_NO_PERMISSION")
+
+    monkeypatch.setattr(system, "_clocks_nvml", failing_nvml)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi here
+    found = gpu_clocks(0)
+    assert found["clocks"] is None and "nvml: RuntimeError" in found["clocks_source"]
+    fake_nvidia_smi(tmp_path, "[N/A], garbage")
+    assert gpu_clocks(0)["clocks_source"].startswith("unreadable (nvidia-smi")
+
+
+def test_describe_gpu_lists_name_capability_and_clocks():
+    info = {"device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
+                       "memory_gib": 79.2, "clocks": {"sm_mhz": 1980.0, "max_sm_mhz": 1980.0, "mem_mhz": 2619.0,
+                                                      "max_mem_mhz": 2619.0}, "driver": "580.65"},
+            "cpu": {"model": "Xeon", "logical_cores": 16, "torch_threads": 16},
+            "versions": versions(), "torch_flags": system.torch_flags()}
+    lines = describe_system(info)
+    assert "NVIDIA H100 80GB HBM3 (sm 9.0" in lines[0] and "SM 1980/1980 MHz" in lines[0] and "driver 580.65" in lines[0]
+    assert lines[-1].startswith("torch flags: TF32 conv")

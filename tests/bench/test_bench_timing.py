@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from bench_fakes import requires_cuda, sleep_backend
+from dronseg_edge.bench.run import bench_model, make_input, open_backend, resolve_shape
+from dronseg_edge.bench.timing import DEFAULT_MIN_ITERS, TimingSettings, measure
+from dronseg_edge.errors import DronsegError
+
+BATCH = torch.zeros(1, 3, 16, 32)
+
+
+def test_counts_warmup_and_measured_iterations():
+    backend = sleep_backend()
+    m = measure(backend, BATCH, TimingSettings(warmup_iters=3, iters=7))
+    assert backend.calls == 3 + 7
+    assert (m.warmup_iters, m.compute.count, m.latency.count) == (3, 7, 7)
+    assert m.timer == "perf_counter" and m.h2d is None and m.d2h is None
+    assert m.output_shape == [1, 12, 16, 32] and m.output_dtype == "float32"
+
+
+def test_zero_warmup_still_makes_one_untimed_call():
+    backend = sleep_backend()
+    m = measure(backend, BATCH, TimingSettings(warmup_s=0, iters=2))
+    assert m.warmup_iters == 1 and backend.calls == 3
+
+
+def test_latency_reflects_the_backend_time():
+    m = measure(sleep_backend(delay_s=0.004), BATCH, TimingSettings(warmup_iters=1, iters=5))
+    assert m.latency.min_ms >= 4.0  # sleep never returns early
+    assert m.latency.median_ms < 200  # and the harness adds no gross overhead
+    assert m.latency.throughput_fps == pytest.approx(1000 / m.latency.mean_ms)
+
+
+def test_warmup_by_time_and_measure_by_duration():
+    backend = sleep_backend(delay_s=0.002)
+    m = measure(backend, BATCH, TimingSettings(warmup_s=0.03, duration_s=0.05))
+    assert m.warmup_s >= 0.03 and m.warmup_iters >= 2
+    assert m.measure_s >= 0.05 and m.compute.count >= 2
+
+
+def test_iters_and_duration_together_need_both():
+    m = measure(sleep_backend(delay_s=0.001), BATCH, TimingSettings(warmup_iters=1, iters=3, duration_s=0.04))
+    assert m.measure_s >= 0.04 and m.compute.count > 3
+
+
+def test_default_bounds_follow_trtexec():
+    assert TimingSettings().bounds() == (DEFAULT_MIN_ITERS, 3.0)
+    assert TimingSettings(iters=5).bounds() == (5, 0.0)
+    assert TimingSettings(duration_s=2).bounds() == (1, 2.0)
+
+
+def test_transfers_do_not_exist_on_cpu():
+    m = measure(sleep_backend(), BATCH, TimingSettings(warmup_iters=1, iters=3, include_transfers=True))
+    assert m.h2d is None and not m.include_transfers
+    assert m.latency.to_dict() == m.compute.to_dict()
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"iters": 0}, "--iters"), ({"warmup_s": -1}, "--warmup-s"), ({"warmup_iters": -2}, "--warmup-iters"),
+    ({"duration_s": 0}, "--duration-s"), ({"warmup_s": float("nan")}, "--warmup-s"),
+])
+def test_invalid_settings_are_user_errors(kwargs, word):
+    with pytest.raises(DronsegError, match=word):
+        TimingSettings(**kwargs)
+
+
+def test_static_artifact_refuses_other_size_and_batch():
+    static = sleep_backend(dynamic=False, batch=1, input_size=(32, 16))
+    assert resolve_shape(static, None, 1) == (32, 16)
+    assert resolve_shape(static, (32, 16), 1) == (32, 16)
+    with pytest.raises(DronsegError, match=r"built for 32x16 .*--size 64x32"):
+        resolve_shape(static, (64, 32), 1)
+    with pytest.raises(DronsegError, match=r"batch 1 .*--batch 4"):
+        resolve_shape(static, None, 4)
+    dynamic = sleep_backend(dynamic=True, batch=None)
+    assert resolve_shape(dynamic, (64, 32), 4) == (64, 32)
+
+
+def test_make_input_is_normalised_and_reproducible():
+    info = sleep_backend().info
+    a, b = make_input(info, (40, 24), 2), make_input(info, (40, 24), 2)
+    assert a.shape == (2, 3, 24, 40) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    assert -3 < float(a.min()) < -1 and 1 < float(a.max()) < 3  # ImageNet-normalised uint8 noise
+
+
+def test_bench_checkpoint_at_own_and_overridden_size(tiny_checkpoint):
+    settings = TimingSettings(warmup_iters=1, iters=3)
+    own = bench_model(tiny_checkpoint, torch.device("cpu"), settings)
+    assert own.input_size == (96, 64) and own.backend == "torch" and own.precision == "fp32"
+    assert own.measurement.output_shape == [1, 12, 64, 96]
+    assert own.cuda_graph is None or own.cuda_graph is False
+    assert own.file_mb == pytest.approx(tiny_checkpoint.stat().st_size / 1e6)
+    other = bench_model(tiny_checkpoint, torch.device("cpu"), settings, size=(64, 32), batch=2)
+    assert other.measurement.output_shape == [2, 12, 32, 64] and other.measurement.latency.batch == 2
+
+
+def test_cuda_graph_on_cpu_is_a_user_error(tiny_checkpoint):
+    with pytest.raises(DronsegError, match="--cuda-graph needs a CUDA device"):
+        open_backend(tiny_checkpoint, torch.device("cpu"), cuda_graph=True)
+
+
+def test_checkpoint_precision_needs_gpu_for_fp16(tiny_checkpoint):
+    with pytest.raises(DronsegError, match="fp16"):
+        open_backend(tiny_checkpoint, torch.device("cpu"), precision="fp16")
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_events_time_each_stage(tiny_checkpoint):
+    device = torch.device("cuda")
+    settings = TimingSettings(warmup_iters=3, iters=10, include_transfers=True)
+    result = bench_model(tiny_checkpoint, device, settings)
+    m = result.measurement
+    assert m.timer == "cuda-events" and m.include_transfers
+    assert m.h2d is not None and m.d2h is not None and m.h2d.min_ms > 0 and m.d2h.min_ms > 0
+    assert m.latency.median_ms >= m.compute.median_ms
+    excluded = bench_model(tiny_checkpoint, device, TimingSettings(warmup_iters=3, iters=10)).measurement
+    assert excluded.latency.to_dict() == excluded.compute.to_dict() and excluded.h2d is not None

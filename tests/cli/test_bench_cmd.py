@@ -1,0 +1,161 @@
+"""`dronseg-edge bench` end to end on the CPU, through the real entry point (main)."""
+
+import json
+
+import pytest
+
+from dronseg_edge.cli import main
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *map(str, args)])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def assert_one_error_line(err, out, message):
+    """The error is stderr's last line and its only error line; no traceback anywhere."""
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1]
+    assert sum(line.startswith("error") for line in lines) == 1
+    assert "Traceback" not in err + out
+
+
+FAST = ("--warmup-iters", "1", "--iters", "3", "--device", "cpu")
+
+
+def test_bench_checkpoint_prints_table_and_writes_json(tiny_checkpoint, tmp_path, capsys):
+    code, out, err = run_cli(capsys, tiny_checkpoint, *FAST, "--json", tmp_path / "r.json",
+                             "--markdown", tmp_path / "r.md")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "device: cpu" and any(line.startswith("versions: python") for line in lines)
+    assert any(line.startswith("settings: device cpu") and "3 iterations" in line for line in lines)
+    header = next(line for line in lines if line.startswith("model"))
+    assert all(col in header for col in ("median", "p99", "fps"))
+    row = next(line for line in lines if line.startswith("tiny.pt"))
+    assert "torch" in row and "96x64" in row
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["results"][0]["latency_ms"]["count"] == 3 and doc["settings"]["device"] == "cpu"
+    assert "| tiny.pt |" in (tmp_path / "r.md").read_text()
+
+
+def test_bench_size_and_batch_override_for_a_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    code, out, err = run_cli(capsys, tiny_checkpoint, *FAST, "--size", "64x32", "--batch", "2",
+                             "--json", tmp_path / "r.json")
+    assert code == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())["results"][0]
+    assert result["input_size"] == "64x32" and result["batch"] == 2 and result["output_shape"] == [2, 12, 32, 64]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--size", "96by64"), "--size '96by64' is not a size"),
+    (("--iters", "0"), "--iters 0 must be at least 1"),
+    (("--warmup-s", "-1"), "--warmup-s -1.0 must be 0 or more"),
+    (("--duration-s", "0"), "--duration-s 0.0 must be more than 0"),
+    (("--batch", "0"), "--batch 0 must be at least 1"),
+    (("--device", "tpu"), "--device 'tpu' is not a device"),
+    (("--cuda-graph",), "--cuda-graph needs a CUDA device"),
+    (("--out", "x"), "--out and --data belong to --matrix"),
+])
+def test_invalid_options_give_one_line_errors(tiny_checkpoint, capsys, args, message):
+    code, out, err = run_cli(capsys, tiny_checkpoint, "--iters", "1", "--device", "cpu", *args)
+    assert code != 0
+    assert_one_error_line(err, out, message)
+
+
+def test_missing_and_unknown_model_files_are_user_errors(tmp_path, capsys):
+    code, out, err = run_cli(capsys, tmp_path / "nope.pt", *FAST)
+    assert code != 0 and out == ""  # checked before anything is measured or printed
+    assert err.strip() == f"error: model {tmp_path / 'nope.pt'} does not exist: pass a .pt checkpoint, .onnx file or .engine file"
+    weird = tmp_path / "model.tflite"
+    weird.write_bytes(b"x")
+    code, out, err = run_cli(capsys, weird, *FAST)
+    assert code != 0
+    assert_one_error_line(err, out, "unknown kind (.tflite)")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    code, out, err = run_cli(capsys, broken, *FAST)
+    assert code != 0
+    assert_one_error_line(err, out, f"checkpoint {broken} cannot be read")
+
+
+def test_json_path_that_is_a_folder_fails_before_measuring(tiny_checkpoint, tmp_path, capsys):
+    code, out, err = run_cli(capsys, tiny_checkpoint, *FAST, "--json", tmp_path)
+    assert code != 0 and "is a folder" in err and out == ""
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint exported as a static 96x64, batch-1 fp32 ONNX file."""
+    from dronseg_edge.export import export_artifact
+
+    return export_artifact(tiny_checkpoint, fmt="onnx", precision="fp32", out_dir=tmp_path_factory.mktemp("onnx"),
+                           parity=False, device="cpu").path
+
+
+def test_bench_onnx_and_checkpoint_side_by_side(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
+    code, out, err = run_cli(capsys, tiny_onnx, tiny_checkpoint, *FAST, "--json", tmp_path / "r.json")
+    assert code == 0, err
+    onnx_row = next(line for line in out.splitlines() if line.startswith(tiny_onnx.name))
+    assert "onnxruntime / CPUExecutionProvider" in onnx_row and "fp32" in onnx_row
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [r["backend"] for r in results] == ["onnxruntime", "torch"]
+    assert results[0]["output_shape"] == results[1]["output_shape"] == [1, 12, 64, 96]
+    assert results[0]["cuda_graph"] is False  # the ONNX Runtime runner has the option; off on the CPU
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--size", "64x32"), "was built for 96x64 (static shape) and cannot run at 64x32"),
+    (("--batch", "2"), "was built for batch 1 and cannot run batch 2"),
+    (("--precision", "fp32"), "--precision applies to .pt checkpoints"),  # fine for the checkpoint, not the ONNX
+])
+def test_static_onnx_refuses_other_shapes_before_measuring(tiny_onnx, tiny_checkpoint, capsys, args, message):
+    code, out, err = run_cli(capsys, tiny_checkpoint, tiny_onnx, *FAST, *args)
+    assert code != 0
+    assert_one_error_line(err, out, message)
+    assert "measuring" not in err  # the checkpoint listed first was not measured either
+
+
+@pytest.mark.slow
+def test_matrix_on_cpu_skips_gpu_rows_with_reasons(tiny_checkpoint, synth_root, tmp_path, capsys):
+    code, out, err = run_cli(capsys, tiny_checkpoint, "--matrix", *FAST, "--data", synth_root, "--out", tmp_path / "exp",
+                             "--json", tmp_path / "m.json", "--markdown", tmp_path / "m.md")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["kind"] == "matrix" and doc["settings"]["cuda_graph"] == "per row"
+    rows = {r["label"]: r for r in doc["matrix"]}
+    for label in ("pytorch fp32", "onnx fp32", "onnx fp16", "onnx int8"):
+        assert rows[label]["status"] == "ok", rows[label]["reason"]
+        assert rows[label]["result"]["latency_ms"]["count"] == 3
+    for label in ("onnx fp16", "onnx int8"):
+        assert rows[label]["parity_passed"] in (True, False) and rows[label]["agreement"] > 0.9
+    gpu_only = ["pytorch fp16", "pytorch fp16 (CUDA graph)", "onnx fp32 (CUDA graph)", "engine fp16", "engine int8"]
+    for label in gpu_only:
+        assert rows[label]["status"] == "skipped" and "needs CUDA" in rows[label]["reason"]
+    assert "tensorrt not installed" in rows["engine fp16"]["reason"]
+    table = [line for line in out.splitlines() if line.startswith(("pytorch", "onnx", "engine"))]
+    assert len(table) == len(doc["matrix"])
+    assert any("skipped: needs CUDA; tensorrt not installed" in line for line in table)
+    assert "| onnx | int8 |" in (tmp_path / "m.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "exp").glob("*.onnx")) == ["tiny_fp16.onnx", "tiny_fp32.onnx", "tiny_int8.onnx"]
+
+
+def test_matrix_option_errors(tiny_checkpoint, tiny_onnx, capsys):
+    code, out, err = run_cli(capsys, tiny_checkpoint, tiny_checkpoint, "--matrix", *FAST)
+    assert code != 0
+    assert_one_error_line(err, out, "--matrix takes one checkpoint, got 2 files")
+    code, out, err = run_cli(capsys, tiny_checkpoint, "--matrix", "--precision", "fp16", *FAST)
+    assert_one_error_line(err, out, "--precision does not apply to --matrix")
+    code, out, err = run_cli(capsys, tiny_onnx, "--matrix", *FAST)
+    assert code != 0
+    assert_one_error_line(err, out, "--matrix needs a training checkpoint (.pt)")
+
+
+def test_engine_on_cpu_is_refused_before_measuring(tiny_checkpoint, tmp_path, capsys):
+    engine = tmp_path / "tiny_fp16_gpu_sm90_trt10.3.0.engine"
+    engine.write_bytes(b"not read: refused before loading")
+    code, out, err = run_cli(capsys, tiny_checkpoint, engine, *FAST)
+    assert code == 3  # BackendUnavailable
+    assert_one_error_line(err, out, f"TensorRT engine {engine} runs on a CUDA GPU only")

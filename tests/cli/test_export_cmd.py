@@ -1,0 +1,168 @@
+"""`dronseg-edge export` and `dronseg-edge parity` through the real entry point (main)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from dronseg_edge.checkpoint import save_checkpoint
+from dronseg_edge.cli import main
+from dronseg_edge.models import build_model
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*map(str, args)])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def assert_one_error_line(code, out, err, expected_code, message):
+    assert code == expected_code, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1], err
+    assert sum(line.startswith("error") for line in lines) == 1
+    assert "Traceback" not in err + out
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("frames")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        image = np.zeros((64, 96, 3), np.uint8)
+        image[:20] = (235, 170, 110)
+        image[20:] = rng.integers(30, 120, 3)
+        cv2.rectangle(image, (30, 30), (60, 50), (30, 30, 200), -1)
+        cv2.imwrite(str(folder / f"{i}.png"), image)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, frames, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli_export")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(tiny_checkpoint), "--parity-data", str(frames), "--out", str(out), "--device", "cpu"])
+    assert exit_info.value.code in (0, None)
+    return out / "tiny_fp32.onnx"
+
+
+def test_export_prints_the_parity_table_and_writes_the_file(exported, tiny_checkpoint, frames, tmp_path, capsys):
+    assert exported.is_file() and exported.with_name("tiny_fp32.parity.json").is_file()
+    code, out, err = run_cli(capsys, "export", tiny_checkpoint, "--parity-data", frames, "--out", tmp_path,
+                             "--device", "cpu", "--head", "argmax")
+    assert code in (0, None), err
+    assert "PASSED | mask: agreement 100.00%" in out and "IoU of candidate vs reference masks" in out
+    assert f"wrote {tmp_path / 'tiny_argmax_fp32.onnx'}" in out and "(parity NOT checked" not in out
+
+
+def test_parity_command_passes_and_writes_json(exported, tiny_checkpoint, frames, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "parity", tiny_checkpoint, exported, "--data", frames, "--device", "cpu",
+                             "--json", tmp_path / "p.json")
+    assert code in (0, None), err
+    assert out.strip().splitlines()[-2].startswith("PASSED | logits: agreement")
+    assert json.loads((tmp_path / "p.json").read_text())["status"] == "PASSED"
+
+
+def test_parity_command_fails_a_perturbed_onnx_with_exit_4(exported, tiny_checkpoint, frames, tmp_path, capsys):
+    graph = onnx.load(str(exported))
+    for tensor in graph.graph.initializer:
+        if "high_classifier.weight" in tensor.name:
+            tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(graph, str(broken))
+    code, out, err = run_cli(capsys, "parity", tiny_checkpoint, broken, "--data", frames, "--device", "cpu")
+    assert_one_error_line(code, out, err, 4, "does not match")
+    assert "FAILED | logits: agreement" in out
+
+
+def test_export_of_a_broken_artifact_exits_4_and_keeps_it_as_failed(tiny_checkpoint, frames, tmp_path, capsys, monkeypatch):
+    import dronseg_edge.export.artifact as artifact
+
+    original = artifact._write_onnx
+
+    def broken(model, dest, *args, **kwargs):
+        notes = original(model, dest, *args, **kwargs)
+        graph = onnx.load(str(dest))
+        for tensor in graph.graph.initializer:
+            if "high_classifier.weight" in tensor.name:
+                tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
+        onnx.save(graph, str(dest))
+        return notes
+
+    monkeypatch.setattr(artifact, "_write_onnx", broken)
+    code, out, err = run_cli(capsys, "export", tiny_checkpoint, "--parity-data", frames, "--out", tmp_path,
+                             "--device", "cpu")
+    assert_one_error_line(code, out, err, 4, "tiny_fp32.onnx.failed failed parity (logits: argmax agreement")
+    assert (tmp_path / "tiny_fp32.onnx.failed").is_file() and not (tmp_path / "tiny_fp32.onnx").exists()
+    assert json.loads((tmp_path / "tiny_fp32.parity.json").read_text())["status"] == "FAILED"
+
+
+def _other_class_count(path):
+    model = build_model("lraspp_mobilenet_v3_large", num_classes=5)
+    return save_checkpoint(path, {"model": model.state_dict(), "arch": "lraspp_mobilenet_v3_large",
+                                  "class_names": [f"c{i}" for i in range(5)], "palette": [[0, 0, 0]] * 5,
+                                  "input_size": [96, 64]})
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "classes", "unwritable", "empty_calib", "size", "precision",
+                                  "format", "head", "opset"])
+def test_bad_inputs_give_one_line_errors(case, tiny_checkpoint, tmp_path, capsys):
+    ckpt = tiny_checkpoint
+    extra: list = []
+    expected = {
+        "missing": "does not exist",
+        "corrupt": "cannot be read",
+        "classes": "predicts 5 classes, but 12 are needed",
+        "unwritable": "cannot create output folder",
+        "empty_calib": "holds no images",
+        "size": "--size '96by64' is not a size",
+        "precision": "--precision 'fp8' is not one of fp32, fp16, int8",
+        "format": "--format 'tflite' is not one of onnx, engine, all",
+        "head": "--head 'softmax' is not one of logits, argmax",
+        "opset": "--opset 7 is out of range",
+    }[case]
+    if case == "missing":
+        ckpt = tmp_path / "nope.pt"
+    elif case == "corrupt":
+        ckpt = tmp_path / "bad.pt"
+        ckpt.write_bytes(b"PK\x03\x04 not really a zip")
+    elif case == "classes":
+        ckpt = _other_class_count(tmp_path / "five.pt")
+    elif case == "unwritable":
+        blocker = tmp_path / "a_file"
+        blocker.write_text("x")
+        extra = ["--out", blocker / "sub"]
+    elif case == "empty_calib":
+        (tmp_path / "empty").mkdir()
+        extra = ["--precision", "int8", "--calib-data", tmp_path / "empty"]
+    else:
+        flag, value = {"size": ("--size", "96by64"), "precision": ("--precision", "fp8"), "format": ("--format", "tflite"),
+                       "head": ("--head", "softmax"), "opset": ("--opset", "7")}[case]
+        extra = [flag, value]
+    if "--out" not in extra:
+        extra += ["--out", tmp_path / "out"]
+    code, out, err = run_cli(capsys, "export", ckpt, "--device", "cpu", *extra)
+    assert_one_error_line(code, out, err, 2, expected)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_engine_without_tensorrt_says_how_to_get_it(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    code, out, err = run_cli(capsys, "export", tiny_checkpoint, "--format", "all", "--out", tmp_path, "--device", "cpu")
+    assert_one_error_line(code, out, err, 3, "pip install tensorrt")
+    assert "JetPack" in err and "--system-site-packages" in err and list(tmp_path.iterdir()) == []
+
+
+def test_no_parity_is_said_out_loud_and_drops_a_stale_report(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "tiny_fp32.parity.json").write_text('{"status": "PASSED"}')  # from an earlier, other file
+    code, out, err = run_cli(capsys, "export", tiny_checkpoint, "--no-parity", "--out", tmp_path, "--device", "cpu")
+    assert code in (0, None), err
+    assert "(parity NOT checked: --no-parity)" in out and not (tmp_path / "tiny_fp32.parity.json").exists()
+    assert (tmp_path / "tiny_fp32.onnx").is_file()

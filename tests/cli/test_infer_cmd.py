@@ -1,0 +1,167 @@
+"""`dronseg-edge infer` through the real entry point (main): outputs, warnings and every bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
+from pipeline_media import scene, write_video  # noqa: E402
+
+from dronseg_edge.cli import main  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_compute_thread():
+    """See tests/pipeline/conftest.py: two OpenMP threads on a shared 2-core box stall the pipeline."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infer-media")
+    video = write_video(root / "clip.mp4", frames=12, size=(128, 80))
+    folder = root / "images"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "one.jpg"), scene(0, (96, 64)))
+    cv2.imwrite(str(folder / "two.png"), scene(4, (70, 50)))
+    (folder / "notes.txt").write_text("x")
+    empty = root / "no-images"
+    empty.mkdir()
+    (empty / "readme.md").write_text("x")
+    bad_video = root / "text.mp4"
+    bad_video.write_text("not a video")
+    zero = root / "zero.mp4"
+    cv2.VideoWriter(str(zero), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (96, 64)).release()
+    corrupt_model = root / "corrupt.pt"
+    corrupt_model.write_bytes(b"\x00" * 100)
+    blocker = root / "a-file"
+    blocker.write_text("x")
+    return {"video": video, "folder": folder, "empty": empty, "bad_video": bad_video, "zero": zero,
+            "corrupt_model": corrupt_model, "blocker": blocker, "root": root}
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["infer", *map(str, args)])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def assert_one_error_line(code, out, err, message):
+    assert code not in (0, None)
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1], err
+    assert sum(line.startswith("error") for line in lines) == 1
+    assert "Traceback" not in err + out
+
+
+def test_video_to_overlay_masks_stats_and_summary(tiny_checkpoint, media, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, tiny_checkpoint, media["video"], "--out", out_dir, "--device", "cpu",
+                             "--save-masks", "--save-color", "--alpha", "0.3")
+    assert code == 0, err
+    assert "torch (cpu fp32)" in out and "input 96x64" in out
+    assert "Speed: decode" in out and "per frame at 128x80 (12 frames" in out
+    assert f"Results saved to {out_dir}" in out
+    capture = cv2.VideoCapture(str(out_dir / "overlay.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 12 and capture.get(cv2.CAP_PROP_FPS) == 30.0
+    assert len(list((out_dir / "masks").iterdir())) == len(list((out_dir / "color").iterdir())) == 12
+    assert len((out_dir / "stats.jsonl").read_text().splitlines()) == 12
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["frames"] == 12 and summary["device"].startswith("cpu")
+
+
+def test_default_output_folder_counts_up(tiny_checkpoint, media, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for expected in ("exp", "exp2"):
+        code, out, err = run_cli(capsys, tiny_checkpoint, media["video"], "--max-frames", "2", "--no-save-video")
+        assert code == 0, err
+        assert f"Results saved to {Path('runs/infer') / expected}" in out
+    assert sorted(p.name for p in (tmp_path / "runs/infer").iterdir()) == ["exp", "exp2"]
+
+
+def test_folder_warns_about_non_images_and_writes_per_image_outputs(tiny_checkpoint, media, tmp_path, capsys):
+    code, out, err = run_cli(capsys, tiny_checkpoint, media["folder"], "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "warning: skipped 1 non-image file(s)" in err and "notes.txt" in err
+    assert sorted(p.name for p in (tmp_path / "run" / "masks").iterdir()) == ["one.png", "two.png"]
+    two = cv2.imread(str(tmp_path / "run" / "masks" / "two.png"), cv2.IMREAD_UNCHANGED)
+    assert two.shape == (50, 70) and two.dtype == np.uint8
+    assert "at mixed (2 frames" in out
+
+
+def test_half_on_cpu_is_a_warning(tiny_checkpoint, media, tmp_path, capsys):
+    code, out, err = run_cli(capsys, tiny_checkpoint, media["video"], "--out", tmp_path / "run", "--half",
+                             "--max-frames", "1", "--device", "cpu")
+    assert code == 0 and "warning: --half is ignored on the CPU" in err
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_model", "does not exist"),
+    ("unknown_model", "unknown kind"),
+    ("corrupt_model", "cannot be read"),
+    ("missing_source", "does not exist"),
+    ("bad_video", "cannot be opened"),
+    ("zero_frames", "zero.mp4"),
+    ("no_images", "holds no images"),
+    ("camera", "camera 57 cannot be opened"),
+    ("unwritable_out", "cannot create output folder"),
+    ("existing_out", "already holds files"),
+    ("alpha", "--alpha"),
+    ("batch", "--batch 0"),
+    ("stride", "--stride"),
+    ("live_batch", "cannot be used with --live"),
+    ("show", "--show needs OpenCV with a GUI"),
+    ("cuda", "no CUDA GPU"),
+])
+def test_bad_input_gives_one_error_line(case, message, tiny_checkpoint, media, tmp_path, capsys):
+    if case == "show" and hasattr(cv2, "imshow") and "GUI:                           NONE" not in cv2.getBuildInformation():
+        pytest.skip("this OpenCV has a GUI, so --show would open a window")
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible, so --device cuda works")
+    model, source, extra = tiny_checkpoint, media["video"], ["--out", tmp_path / "run"]
+    if case == "missing_model":
+        model = tmp_path / "nothing.pt"
+    elif case == "unknown_model":
+        model = media["folder"] / "notes.txt"
+    elif case == "corrupt_model":
+        model = media["corrupt_model"]
+    elif case == "missing_source":
+        source = tmp_path / "nothing.mp4"
+    elif case == "bad_video":
+        source = media["bad_video"]
+    elif case == "zero_frames":
+        source = media["zero"]
+    elif case == "no_images":
+        source = media["empty"]
+    elif case == "camera":
+        source = "57"
+    elif case == "unwritable_out":
+        extra = ["--out", media["blocker"] / "run"]
+    elif case == "existing_out":
+        extra = ["--out", media["folder"]]
+    elif case == "alpha":
+        extra += ["--alpha", "2"]
+    elif case == "batch":
+        extra += ["--batch", "0"]
+    elif case == "stride":
+        extra += ["--stride", "0"]
+    elif case == "live_batch":
+        extra += ["--live", "--batch", "2"]
+    elif case == "show":
+        extra += ["--show"]
+    elif case == "cuda":
+        extra += ["--device", "cuda"]
+    code, out, err = run_cli(capsys, model, source, *extra)
+    assert_one_error_line(code, out, err, message)
+    assert not (tmp_path / "run").exists() or case == "existing_out"  # nothing started for a run that cannot

@@ -1,0 +1,84 @@
+"""Choosing the images parity checks and int8 calibration run on."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import cv2
+import numpy as np
+import pytest
+
+import dronseg_edge.export.images as images
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.export.images import load_item, pick_evenly, resolve_images
+
+
+def write_images(folder, count, masks=False):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        cv2.imwrite(str(folder / f"f{i:02d}.png"), np.full((8, 12, 3), i * 10, np.uint8))
+    return folder
+
+
+def test_plain_image_folder_is_used_in_name_order_and_capped_evenly(tmp_path):
+    folder = write_images(tmp_path / "frames", 10)
+    (folder / "notes.txt").write_text("not an image")
+    with resolve_images(folder, None, option="--parity-data", max_images=4, size=(12, 8), allow_synthetic=True) as found:
+        assert [i.image.name for i in found.items] == ["f00.png", "f03.png", "f06.png", "f09.png"]
+        assert not found.has_masks and not found.synthetic and "image folder" in found.source
+
+
+def test_dataset_root_brings_its_masks(scenes):
+    found = resolve_images(scenes, None, option="--calib-data", max_images=None, size=(96, 64), allow_synthetic=False)
+    assert len(found.items) == 40 and all(item.mask is not None for item in found.items)
+    frame, mask = load_item(found.items[0], 12)
+    assert frame.shape == (64, 96, 3) and mask.shape == (64, 96) and mask.max() < 12
+
+
+def test_default_is_the_checkpoints_validation_split(scenes):
+    ckpt = {"path": "best.pt", "config": {"data": str(scenes)}, "split": {"val": ["scene_038", "scene_039"]}}
+    found = resolve_images(None, ckpt, option="--calib-data", max_images=16, size=(96, 64), allow_synthetic=False)
+    assert [i.image.stem for i in found.items] == ["scene_038", "scene_039"]
+    assert "validation split" in found.source
+
+
+def test_empty_or_missing_folders_are_one_line_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DronsegError, match="--calib-data .*empty holds no images"):
+        resolve_images(tmp_path / "empty", None, option="--calib-data", max_images=8, size=(96, 64), allow_synthetic=False)
+    with pytest.raises(DronsegError, match="--calib-data .*nowhere does not exist"):
+        resolve_images(tmp_path / "nowhere", None, option="--calib-data", max_images=8, size=(96, 64), allow_synthetic=False)
+
+
+def test_calibration_never_falls_back_to_synthetic_images():
+    ckpt = {"path": "tiny.pt"}  # a checkpoint that recorded no split
+    with pytest.raises(DronsegError, match="--calib-data is needed: checkpoint tiny.pt records no validation split"):
+        resolve_images(None, ckpt, option="--calib-data", max_images=8, size=(96, 64), allow_synthetic=False)
+    moved = {"path": "tiny.pt", "config": {"data": "/no/such/data"}, "split": {"val": ["a"]}}
+    with pytest.raises(DronsegError, match="/no/such/data that checkpoint tiny.pt was trained on no longer exists"):
+        resolve_images(None, moved, option="--calib-data", max_images=8, size=(96, 64), allow_synthetic=False)
+
+
+def test_parity_without_any_real_images_asks_for_them_when_no_synthesizer(monkeypatch):
+    monkeypatch.setattr(images.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DronsegError, match="pass --parity-data DIR"):
+        resolve_images(None, {"path": "tiny.pt"}, option="--parity-data", max_images=4, size=(96, 64), allow_synthetic=True)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("dronseg_edge.data.synthetic") is None,
+                    reason="dronseg_edge.data.synthetic is not in this tree yet")
+def test_parity_falls_back_to_synthetic_scenes_and_says_so():
+    found = resolve_images(None, {"path": "tiny.pt"}, option="--parity-data", max_images=3, size=(96, 64),
+                           allow_synthetic=True)
+    try:
+        assert found.synthetic and len(found.items) == 3 and "synthetic" in found.source
+        assert all(item.image.is_file() for item in found.items)
+        folder = found.items[0].image.parent
+    finally:
+        found.close()
+    assert not folder.exists()
+
+
+def test_pick_evenly_keeps_ends_and_order():
+    assert pick_evenly(list(range(100)), 3) == [0, 50, 99]
+    assert pick_evenly([1, 2], 5) == [1, 2] and pick_evenly([1, 2, 3], None) == [1, 2, 3]

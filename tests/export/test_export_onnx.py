@@ -1,0 +1,155 @@
+"""fp32 ONNX export of a trained checkpoint: file, metadata, heads, dynamic shapes, parity, and a broken file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+
+import dronseg_edge.export.artifact as artifact
+from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.export import export_artifact
+from dronseg_edge.export.onnx import check_opset, export_onnx
+from dronseg_edge.export.onnx_metadata import read_onnx_info
+from dronseg_edge.metadata import ModelInfo, sha256_file
+from dronseg_edge.models import SegmentationNet
+
+
+def dims(value_info) -> list:
+    return [d.dim_value or d.dim_param for d in value_info.type.tensor_type.shape.dim]
+
+
+@pytest.fixture(scope="module")
+def fp32_export(trained_checkpoint):
+    return export_artifact(trained_checkpoint, device="cpu")
+
+
+def test_fp32_export_lands_in_the_run_folder_with_its_metadata(fp32_export, trained_checkpoint):
+    run = trained_checkpoint.parent.parent
+    assert fp32_export.path == run / "export" / "best_fp32.onnx" and fp32_export.passed
+    graph = onnx.load(str(fp32_export.path))
+    onnx.checker.check_model(graph, full_check=True)
+    assert [i.name for i in graph.graph.input] == ["images"] and dims(graph.graph.input[0]) == [1, 3, 64, 96]
+    assert [o.name for o in graph.graph.output] == ["logits"] and dims(graph.graph.output[0]) == [1, 12, 64, 96]
+    info = read_onnx_info(fp32_export.path)
+    assert info.input_size == (96, 64) and info.precision == "fp32" and info.head == "logits"
+    assert info.batch == 1 and not info.dynamic and info.class_names[-1] == "sky" and len(info.palette) == 12
+    assert info.source_sha256 == sha256_file(trained_checkpoint)
+    assert info.extra["exporter"].startswith("torchscript (torch ") and info.extra["opset"] == 17
+    assert info.extra["source_checkpoint"] == str(trained_checkpoint.resolve())
+
+
+def test_fp32_export_passes_parity_on_the_validation_split(fp32_export):
+    report = fp32_export.report
+    assert report.passed and report.agreement >= 0.999
+    assert report.data_source.startswith("validation split of") and report.images == 8
+    assert report.ground_truth is not None and abs(report.miou_delta) < 0.01
+    assert report.outputs[0].abs_max < 1e-3 and report.outputs[0].cosine_min > 0.99999
+    saved = json.loads(fp32_export.path.with_name("best_fp32.parity.json").read_text())
+    assert saved["status"] == "PASSED" and saved["candidate"] == str(fp32_export.path)
+    assert "CPUExecutionProvider" in saved["candidate_provider"]
+
+
+def test_argmax_head_returns_a_uint8_class_map_and_passes_parity(trained_checkpoint, tmp_path):
+    result = export_artifact(trained_checkpoint, head="argmax", out_dir=tmp_path, device="cpu")
+    assert result.path.name == "best_argmax_fp32.onnx" and result.passed
+    output = onnx.load(str(result.path)).graph.output[0]
+    assert output.name == "mask" and output.type.tensor_type.elem_type == TensorProto.UINT8
+    assert dims(output) == [1, 64, 96]
+    assert result.report.outputs[0].name == "mask" and result.report.agreement >= 0.999
+
+
+def test_dynamic_export_runs_other_batches_and_sizes(trained_checkpoint, tmp_path):
+    result = export_artifact(trained_checkpoint, dynamic=True, out_dir=tmp_path, device="cpu", parity=False)
+    assert result.path.name == "best_dyn_fp32.onnx" and result.report is None
+    assert any(note.startswith("dynamic shapes verified at 2x3x") for note in result.notes)
+    info = read_onnx_info(result.path)
+    assert info.dynamic and info.batch is None
+    net = SegmentationNet(model_from_checkpoint(load_checkpoint(trained_checkpoint))).eval()
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 128, 160)
+    got = session.run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        expected = net(x).numpy()
+    assert got.shape == (3, 12, 128, 160) and np.abs(got - expected).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_dynamic_export_of_deeplabv3_with_aspp_pooling(tmp_path):
+    """ASPP's AdaptiveAvgPool2d + interpolate to the input size is the known dynamic-shape trap (FACTS.md section 6)."""
+    from dronseg_edge.checkpoint import save_checkpoint
+    from dronseg_edge.classes import CLASS_NAMES
+    from dronseg_edge.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("deeplabv3_mobilenet_v3_large").eval()
+    ckpt = save_checkpoint(tmp_path / "dl.pt", {"model": model.state_dict(), "arch": "deeplabv3_mobilenet_v3_large",
+                                                "class_names": list(CLASS_NAMES), "input_size": [96, 64]})
+    result = export_artifact(ckpt, dynamic=True, out_dir=tmp_path, device="cpu", parity=False)
+    assert any(note.startswith("dynamic shapes verified") for note in result.notes)
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_also_works(trained_checkpoint, tmp_path):
+    """Where torch has dropped the TorchScript exporter the dynamo one is used; it must give the same model."""
+    pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
+    model = model_from_checkpoint(load_checkpoint(trained_checkpoint))
+    info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64))
+    path = export_onnx(model, tmp_path / "dynamo.onnx", info, exporter="dynamo")
+    assert read_onnx_info(path).extra["exporter"].startswith("dynamo (") and info.extra["opset"] == 18
+    x = torch.randn(1, 3, 64, 96)
+    got = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        expected = SegmentationNet(model).eval()(x).numpy()
+    assert np.abs(got - expected).max() < 1e-3
+
+
+def _sabotage(monkeypatch):
+    """Make export write a graph whose final classifier weights are perturbed (a broken artifact)."""
+    original = artifact._write_onnx
+
+    def broken(model, dest, *args, **kwargs):
+        notes = original(model, dest, *args, **kwargs)
+        graph = onnx.load(str(dest))
+        for tensor in graph.graph.initializer:
+            if "high_classifier.weight" in tensor.name:
+                values = numpy_helper.to_array(tensor)
+                tensor.CopyFrom(numpy_helper.from_array(-values, tensor.name))
+        onnx.save(graph, str(dest))
+        return notes
+
+    monkeypatch.setattr(artifact, "_write_onnx", broken)
+
+
+def test_broken_artifact_fails_parity_and_never_replaces_a_good_file(fp32_export, trained_checkpoint, tmp_path, monkeypatch):
+    good = tmp_path / "best_fp32.onnx"
+    shutil.copy(fp32_export.path, good)
+    before = good.read_bytes()
+    _sabotage(monkeypatch)
+    result = export_artifact(trained_checkpoint, out_dir=tmp_path, device="cpu")
+    assert not result.passed and result.path == tmp_path / "best_fp32.onnx.failed" and result.path.is_file()
+    assert good.read_bytes() == before
+    report = json.loads((tmp_path / "best_fp32.parity.json").read_text())
+    assert report["status"] == "FAILED" and report["candidate"].endswith("best_fp32.onnx.failed")
+    assert report["failures"][0].startswith("logits: argmax agreement") and report["agreement"] < 0.999
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_fp32.onnx", "best_fp32.onnx.failed", "best_fp32.parity.json"]
+
+
+def test_opset_out_of_range_is_a_user_error():
+    assert check_opset(None, "torchscript") == 17
+    with pytest.raises(DronsegError, match="--opset 9 is out of range for the torchscript exporter"):
+        check_opset(9, "torchscript")
+
+
+def test_fixed_batch_export_pads_the_last_parity_batch(trained_checkpoint, tmp_path):
+    result = export_artifact(trained_checkpoint, batch=2, parity_images=3, out_dir=tmp_path, device="cpu")
+    assert result.path.name == "best_b2_fp32.onnx" and result.passed
+    assert dims(onnx.load(str(result.path)).graph.input[0]) == [2, 3, 64, 96]
+    assert result.report.images == 3 and result.report.ground_truth.images == 3

@@ -1,0 +1,299 @@
+"""TensorRT engine building: the 10.x/11.x branching against a recording fake ``tensorrt`` module,
+and a real build + parity where TensorRT and a GPU exist (skipped here, with the reason)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import dronseg_edge.export.tensorrt as trt_export
+from dronseg_edge.errors import BackendUnavailable, DronsegError
+from dronseg_edge.export import export_artifact
+from dronseg_edge.export.onnx_metadata import read_engine_sidecar, sidecar_path
+from dronseg_edge.metadata import ModelInfo
+
+GPU = {"gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+
+
+class FakeTensorRT(types.ModuleType):
+    """Just enough of the tensorrt module for build_engine; records what the code asked for.
+
+    The 11.x fake has no BuilderFlag.FP16/INT8 (removed in 11), so touching them raises AttributeError.
+    """
+
+    def __init__(self, version: str, parse_ok: bool = True, build_ok: bool = True):
+        super().__init__("tensorrt")
+        self.__version__ = version
+        self.calls: list[tuple] = []
+        major = int(version.split(".")[0])
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
+        self.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8") if major < 11 else types.SimpleNamespace()
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+        fake = self
+
+        class Logger:
+            WARNING = "WARNING"
+
+            def __init__(self, severity):
+                fake.calls.append(("logger", severity))
+
+        class Error:
+            def __init__(self, index):
+                self.index = index
+
+            def node(self):
+                return self.index
+
+            def node_name(self):
+                return f"/model/Resize_{self.index}"
+
+            def node_operator(self):
+                return "Resize"
+
+            def desc(self):
+                return f"unsupported mode {self.index}"
+
+        class Parser:
+            num_errors = 0 if parse_ok else 2
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                fake.calls.append(("parse", Path(path).name))
+                return parse_ok
+
+            def get_error(self, index):
+                return Error(index)
+
+        class Cache:
+            def __init__(self, data):
+                self.data = data
+
+            def serialize(self):
+                return b"timings:" + self.data
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls.append(("workspace", pool, size))
+
+            def set_flag(self, flag):
+                fake.calls.append(("flag", flag))
+
+            def create_timing_cache(self, data):
+                fake.calls.append(("cache_in", bytes(data)))
+                self.cache = Cache(bytes(data))
+                return self.cache
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                fake.calls.append(("cache_set", ignore_mismatch))
+
+            def get_timing_cache(self):
+                return self.cache
+
+            def add_optimization_profile(self, profile):
+                fake.calls.append(("profile", profile.shapes))
+
+        class Profile:
+            def set_shape(self, name, low, opt, high):
+                self.shapes = (name, list(low), list(opt), list(high))
+
+        class Network:
+            def get_input(self, index):
+                return types.SimpleNamespace(name="images")
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                fake.calls.append(("network_flags", flags))
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                fake.calls.append(("build",))
+                return b"PLAN-" + version.encode() if build_ok else None
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, plan):
+                return object() if plan else None
+
+        self.Logger, self.OnnxParser, self.Builder, self.Runtime = Logger, Parser, Builder, Runtime
+
+    def recorded(self, kind: str) -> list[tuple]:
+        return [c for c in self.calls if c[0] == kind]
+
+
+@pytest.fixture
+def fake_trt(monkeypatch, tmp_path):
+    """Install a fake tensorrt of a given version; GPU identity and CUDA device context stubbed."""
+
+    def install(version: str, **kwargs) -> FakeTensorRT:
+        module = FakeTensorRT(version, **kwargs)
+        monkeypatch.setitem(sys.modules, "tensorrt", module)
+        return module
+
+    monkeypatch.setattr(trt_export, "gpu_identity", lambda device: dict(GPU))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return install
+
+
+def _onnx_stub(tmp_path: Path) -> Path:
+    path = tmp_path / "m_fp32.onnx"
+    path.write_bytes(b"not parsed by the fake")
+    return path
+
+
+def _build(tmp_path, precision, dynamic=False, name="m.engine"):
+    info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), batch=None if dynamic else 1, dynamic=dynamic)
+    engine = tmp_path / name
+    built = trt_export.build_engine(_onnx_stub(tmp_path), engine, info, precision=precision, workspace_gib=2,
+                                    device=torch.device("cuda"), opt_batch=2)
+    return engine, built
+
+
+def test_trt10_fp16_uses_weak_typing_and_the_builder_flag(fake_trt, tmp_path):
+    trt = fake_trt("10.3.0")
+    engine, info = _build(tmp_path, "fp16")
+    assert trt.recorded("network_flags") == [("network_flags", 0)]
+    assert trt.recorded("flag") == [("flag", "FP16")]
+    assert trt.recorded("workspace") == [("workspace", "WORKSPACE", 2 * 2**30)]
+    assert engine.read_bytes() == b"PLAN-10.3.0"
+    side = read_engine_sidecar(engine)
+    assert side.precision == "fp16" and side.extra["tensorrt"]["strongly_typed"] is False
+    assert side.extra["tensorrt"]["builder_flags"] == ["FP16"] and side.extra["tensorrt"]["tensorrt_version"] == "10.3.0"
+    assert side.extra["tensorrt"]["gpu_name"] == GPU["gpu_name"] and side.extra["tensorrt"]["compute_capability"] == "9.0"
+
+
+def test_trt10_int8_adds_int8_flag_and_fp32_is_strongly_typed(fake_trt, tmp_path):
+    trt = fake_trt("10.3.0")
+    _build(tmp_path, "int8")
+    assert [c[1] for c in trt.recorded("flag")] == ["FP16", "INT8"]
+    trt.calls.clear()
+    _build(tmp_path, "fp32", name="f.engine")
+    assert trt.recorded("network_flags") == [("network_flags", 1 << 5)] and trt.recorded("flag") == []
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_trt11_is_always_strongly_typed_without_precision_flags(fake_trt, tmp_path, precision):
+    trt = fake_trt("11.4.0.106")  # its BuilderFlag has no FP16/INT8: touching them would raise
+    engine, info = _build(tmp_path, precision)
+    assert trt.recorded("network_flags") == [("network_flags", 1 << 5)]
+    assert trt.recorded("flag") == []
+    assert info.extra["tensorrt"]["strongly_typed"] is True and info.extra["tensorrt"]["builder_flags"] == []
+
+
+def test_timing_cache_is_written_and_reused(fake_trt, tmp_path):
+    trt = fake_trt("10.3.0")
+    _build(tmp_path, "fp32", name="a.engine")
+    cache = trt_export.default_timing_cache(GPU["gpu_name"], "9.0", "10.3.0")
+    assert cache.read_bytes() == b"timings:" and trt.recorded("cache_in") == [("cache_in", b"")]
+    _build(tmp_path, "fp32", name="b.engine")
+    assert trt.recorded("cache_in")[-1] == ("cache_in", b"timings:")
+    assert cache.name == "timing_h100-80gb-hbm3_sm90_trt10.3.0.cache"
+
+
+def test_dynamic_engine_gets_an_optimisation_profile(fake_trt, tmp_path):
+    trt = fake_trt("11.4.0.106")
+    _, info = _build(tmp_path, "fp16", dynamic=True)
+    assert trt.recorded("profile") == [("profile", ("images", [1, 3, 64, 64], [2, 3, 64, 96], [4, 3, 64, 96]))]
+    assert info.extra["tensorrt"]["profile"]["max"] == [4, 3, 64, 96]
+
+
+def test_parser_errors_are_listed_and_nothing_is_written(fake_trt, tmp_path):
+    fake_trt("10.3.0", parse_ok=False)
+    with pytest.raises(DronsegError) as info:
+        _build(tmp_path, "fp32")
+    message = str(info.value)
+    assert "cannot parse" in message and "node 0 /model/Resize_0 (Resize): unsupported mode 0" in message
+    assert "node 1 /model/Resize_1" in message and "\n" not in message
+    assert not (tmp_path / "m.engine").exists() and not sidecar_path(tmp_path / "m.engine").exists()
+
+
+def test_failed_build_names_the_workspace_and_leaves_no_file(fake_trt, tmp_path):
+    fake_trt("11.4.0.106", build_ok=False)
+    with pytest.raises(DronsegError, match="--workspace"):
+        _build(tmp_path, "fp16")
+    assert list(tmp_path.glob("*.engine*")) == []
+
+
+def test_missing_tensorrt_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(BackendUnavailable) as info:
+        trt_export.import_tensorrt()
+    message = str(info.value)
+    assert "pip install tensorrt" in message and "JetPack" in message and "--system-site-packages" in message
+
+
+def test_engine_without_tensorrt_fails_before_any_onnx_work(monkeypatch, tiny_checkpoint, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(BackendUnavailable):
+        export_artifact(tiny_checkpoint, fmt="engine", precision="fp16", out_dir=tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_names_and_compatibility_rules():
+    assert trt_export.gpu_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
+    assert trt_export.gpu_slug("Orin") == "orin"
+    assert (trt_export.engine_filename("best", "fp16", "NVIDIA GeForce RTX 4090", "8.9", "10.3.0")
+            == "best_fp16_geforce-rtx-4090_sm89_trt10.3.0.engine")
+    built = {"tensorrt_version": "10.3.0", **GPU}
+    assert trt_export.engine_mismatch(built, dict(built)) is None
+    orin = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
+    message = trt_export.engine_mismatch(built, orin)
+    assert "built for NVIDIA H100 80GB HBM3 (sm90) with TensorRT 10.3.0" in message and "Orin (sm87)" in message
+    assert "TensorRT 11.4.0" in trt_export.engine_mismatch(built, {**built, "tensorrt_version": "11.4.0"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version, onnx_name", [("10.3.0", "tiny_fp32.onnx"), ("11.4.0.106", "tiny_fp16.onnx")])
+def test_engine_export_builds_from_the_right_onnx(fake_trt, tiny_checkpoint, tmp_path, version, onnx_name):
+    """fp16 engines come from the fp32 graph + flag on 10.x and from the fp16 graph on 11.x."""
+    trt = fake_trt(version)
+    result = export_artifact(tiny_checkpoint, fmt="engine", precision="fp16", out_dir=tmp_path, parity=False,
+                             device=torch.device("cpu"))
+    assert trt.recorded("parse") == [("parse", onnx_name)] and (tmp_path / onnx_name).is_file()
+    assert result.path.name == f"tiny_fp16_h100-80gb-hbm3_sm90_trt{version}.engine" and result.passed
+    side = json.loads(sidecar_path(result.path).read_text())
+    assert side["precision"] == "fp16" and side["extra"]["tensorrt"]["onnx"] == onnx_name
+    assert side["class_names"][0] == "background" and side["source_sha256"]
+    again = export_artifact(tiny_checkpoint, fmt="engine", precision="fp16", out_dir=tmp_path, parity=False,
+                            device=torch.device("cpu"))
+    assert f"reused {onnx_name}" in again.notes
+
+
+MISSING = [what for what, ok in (("TensorRT (`import tensorrt` fails)", HAS_TENSORRT),
+                                  ("a CUDA GPU (none visible to torch)", torch.cuda.is_available())) if not ok]
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+@pytest.mark.skipif(bool(MISSING), reason="needs " + " and ".join(MISSING))
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_real_engine_passes_parity(trained_checkpoint, tmp_path, precision):
+    from dronseg_edge.export import ParityThresholds
+
+    # int8: the tiny model's random backbone limits agreement (see test_export_precisions.py).
+    thresholds = ParityThresholds.for_precision(precision, min_agreement=0.95) if precision == "int8" else None
+    result = export_artifact(trained_checkpoint, fmt="engine", precision=precision, out_dir=tmp_path, device="cuda",
+                             thresholds=thresholds)
+    assert result.passed, result.report.table()
+    assert result.path.suffix == ".engine" and sidecar_path(result.path).is_file()

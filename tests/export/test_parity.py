@@ -1,0 +1,184 @@
+"""Parity statistics on hand-built outputs with known answers, and the verdict rules."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dronseg_edge.export.parity import LogitComparison, check_parity
+from dronseg_edge.export.parity_report import ParityThresholds, parity_report_path
+from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.runtime.base import Backend
+
+W, H = 8, 4
+
+
+class FakeBackend(Backend):
+    """Returns ``make(batch)`` for every batch; ``info`` as given (no file behind it)."""
+
+    name = "fake"
+
+    def __init__(self, path, make, precision="fp32", head="logits"):
+        self._meta = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(W, H), precision=precision, head=head)
+        self.make = make
+        super().__init__(Path(path), torch.device("cpu"))
+
+    def read_info(self):
+        return self._meta
+
+    def activate(self):
+        self.provider = "fake provider"
+
+    def _infer(self, batch):
+        return self.make(batch)
+
+
+def one_hot_logits(mask: torch.Tensor, scale: float = 5.0) -> torch.Tensor:
+    """(N, H, W) class map -> (N, 12, H, W) logits whose argmax is the map."""
+    return torch.nn.functional.one_hot(mask.long(), 12).permute(0, 3, 1, 2).float() * scale
+
+
+def dataset(root: Path, masks: list[np.ndarray]) -> Path:
+    """A Kaggle-layout folder whose images encode their index (pixel value) and hold the given masks."""
+    (root / "imgs/imgs").mkdir(parents=True)
+    (root / "masks/masks").mkdir(parents=True)
+    for i, mask in enumerate(masks):
+        cv2.imwrite(str(root / "imgs/imgs" / f"{i}.png"), np.full((H, W, 3), 40 * (i + 1), np.uint8))
+        cv2.imwrite(str(root / "masks/masks" / f"{i}.png"), mask.astype(np.uint8))
+    return root
+
+
+SKY_ROAD = np.array([[11] * W] * 2 + [[10] * W] * 2, np.uint8)  # top half sky, bottom half road
+
+
+def test_logit_statistics_have_the_expected_values():
+    ref = torch.ones(1, 2, 2, 2)
+    cand = ref.clone()
+    cand[0, 0, 0, 0] = 1.5  # one error of 0.5 among 8 values
+    stats = LogitComparison()
+    stats.update(ref, cand)
+    from dronseg_edge.export.parity_report import OutputStats
+
+    out = stats.fill(OutputStats("logits", "logits"))
+    assert out.abs_max == pytest.approx(0.5) and out.abs_mean == pytest.approx(0.5 / 8)
+    assert out.rel_max == pytest.approx(0.5) and out.nonfinite_candidate == 0
+    expected_cos = 8.5 / math.sqrt(8 * (7 + 2.25))
+    assert out.cosine == pytest.approx(expected_cos) and out.cosine_min == pytest.approx(expected_cos)
+    assert out.abs_p99 == pytest.approx(np.percentile([0.5] + [0] * 7, 99))
+
+
+def test_nan_and_inf_are_counted_not_averaged():
+    ref = torch.zeros(1, 1, 2, 2)
+    cand = torch.tensor([[[[math.nan, math.inf], [0.0, 0.25]]]])
+    stats = LogitComparison()
+    stats.update(ref, cand)
+    from dronseg_edge.export.parity_report import OutputStats
+
+    out = stats.fill(OutputStats("logits", "logits"))
+    assert out.nonfinite_candidate == 2 and out.abs_max == pytest.approx(0.25) and out.abs_mean == pytest.approx(0.125)
+
+
+def test_identical_models_pass_with_exact_numbers(tmp_path):
+    data = dataset(tmp_path / "d", [SKY_ROAD, SKY_ROAD])
+    truth = torch.from_numpy(SKY_ROAD)
+    model = lambda x: one_hot_logits(truth.expand(x.shape[0], H, W))  # noqa: E731
+    report = check_parity(FakeBackend("ref.pt", model), FakeBackend("cand.onnx", model), data, device="cpu")
+    assert report and report.passed and report.agreement == 1.0
+    out = report.outputs[0]
+    assert out.abs_max == 0 and out.cosine_min == pytest.approx(1.0)
+    assert report.ground_truth.reference_miou == pytest.approx(1.0) and report.miou_delta == pytest.approx(0.0)
+    assert report.class_iou[11] == pytest.approx(1.0) and report.class_iou[3] is None
+    assert report.summary_line().startswith("PASSED | logits: agreement 100.00% | abs max 0 mean 0 p99 0")
+
+
+def test_disagreeing_pixels_fail_with_the_reason_and_exact_agreement(tmp_path):
+    data = dataset(tmp_path / "d", [SKY_ROAD])
+    truth = torch.from_numpy(SKY_ROAD)
+    wrong = truth.clone()
+    wrong[3, :2] = 3  # 2 road pixels become car: 30/32 agree
+    ref = FakeBackend("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
+    cand = FakeBackend("cand.onnx", lambda x: one_hot_logits(wrong.expand(x.shape[0], H, W)))
+    report = check_parity(ref, cand, data, device="cpu")
+    assert not report and report.agreement == pytest.approx(30 / 32)
+    assert report.failures == ["logits: argmax agreement 93.750% < 99.9%"]
+    # road: 16 reference pixels, 14 shared -> IoU 14/16; car appears only in the candidate -> 0
+    assert report.class_iou[10] == pytest.approx(14 / 16) and report.class_iou[3] == pytest.approx(0.0)
+    gt = report.ground_truth
+    assert gt.reference_miou == pytest.approx(1.0)
+    assert gt.candidate_miou == pytest.approx((1.0 + 14 / 16 + 0.0) / 3)
+    assert report.miou_delta == pytest.approx(100 * ((1 + 14 / 16) / 3 - 1))
+    relaxed = check_parity(ref, cand, data, device="cpu", thresholds=ParityThresholds(min_agreement=0.9))
+    assert relaxed.passed
+
+
+def test_int8_mIoU_limit_applies_against_ground_truth(tmp_path):
+    data = dataset(tmp_path / "d", [SKY_ROAD])
+    truth = torch.from_numpy(SKY_ROAD)
+    wrong = truth.clone()
+    wrong[3, 0] = 11  # 1 pixel of 32 off: agreement 96.9% passes an 0.95 floor, the mIoU drop does not
+    ref = FakeBackend("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
+    cand = FakeBackend("cand.onnx", lambda x: one_hot_logits(wrong.expand(x.shape[0], H, W)), precision="int8")
+    report = check_parity(ref, cand, data, device="cpu",
+                          thresholds=ParityThresholds.for_precision("int8", min_agreement=0.95))
+    assert not report.passed and len(report.failures) == 1
+    assert report.failures[0].startswith("mean IoU drops") and "(limit 1)" in report.failures[0]
+
+
+def test_fp16_overflow_is_detected_and_fp32_recommended(tmp_path):
+    data = dataset(tmp_path / "d", [SKY_ROAD])
+    truth = torch.from_numpy(SKY_ROAD)
+
+    def overflowing(x):
+        out = one_hot_logits(truth.expand(x.shape[0], H, W))
+        out[:, 0, 0, 0] = math.inf
+        out[:, 1, 0, 0] = math.nan
+        return out
+
+    ref = FakeBackend("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
+    report = check_parity(ref, FakeBackend("cand.onnx", overflowing, precision="fp16"), data, device="cpu")
+    assert not report.passed
+    assert any("NaN/Inf" in f for f in report.failures)
+    assert any(w.startswith("fp16 overflow") and "--precision fp32" in w for w in report.warnings)
+    saturated = check_parity(ref, FakeBackend("c.onnx", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W), 60000.0),
+                                              precision="fp16"), data, device="cpu")
+    assert any(w.startswith("fp16 saturation") for w in saturated.warnings)
+
+
+def test_argmax_head_candidate_gets_mask_metrics_only(tmp_path):
+    data = dataset(tmp_path / "d", [SKY_ROAD])
+    truth = torch.from_numpy(SKY_ROAD)
+    ref = FakeBackend("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
+    cand = FakeBackend("m.onnx", lambda x: truth.expand(x.shape[0], H, W).to(torch.uint8), head="argmax")
+    report = check_parity(ref, cand, data, device="cpu")
+    assert report.passed and report.outputs[0].name == "mask" and report.outputs[0].abs_max is None
+    assert "abs max" not in report.summary_line()
+
+
+def test_report_json_is_standard_json_and_named_after_the_artifact(tmp_path):
+    data = dataset(tmp_path / "d", [SKY_ROAD])
+    truth = torch.from_numpy(SKY_ROAD)
+    model = lambda x: one_hot_logits(truth.expand(x.shape[0], H, W))  # noqa: E731
+    report = check_parity(FakeBackend("r.pt", model), FakeBackend("c.onnx", model), data, device="cpu")
+    path = report.save(parity_report_path(tmp_path / "best_fp16.onnx"))
+    assert path.name == "best_fp16.parity.json"
+    assert parity_report_path(tmp_path / "best_fp16.onnx.failed").name == "best_fp16.parity.json"
+    doc = json.loads(path.read_text())  # class IoU holds NaN-free values; strict parser accepts it
+    assert doc["status"] == "PASSED" and doc["agreement"] == 1.0 and doc["class_iou"]["sky"] == 1.0
+    assert "IoU of candidate vs reference masks per class:" in report.table()
+
+
+def test_thresholds_per_precision_and_overrides():
+    assert ParityThresholds.for_precision("fp32") == ParityThresholds(0.999, None)
+    assert ParityThresholds.for_precision("fp16") == ParityThresholds(0.995, None)
+    assert ParityThresholds.for_precision("int8") == ParityThresholds(0.98, 1.0)
+    assert ParityThresholds.for_precision("int8", min_agreement=0.9, max_miou_drop=2) == ParityThresholds(0.9, 2.0)
+    from dronseg_edge.errors import DronsegError
+
+    with pytest.raises(DronsegError, match="percentage"):
+        ParityThresholds.for_precision("fp32", min_agreement=99.0)

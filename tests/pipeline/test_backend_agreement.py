@@ -1,0 +1,57 @@
+"""PyTorch and ONNX Runtime (CPU) give the same class maps for the same frames, through the whole pipeline."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from pipeline_media import scene, scene_mask
+
+from dronseg_edge.pipeline import RunOptions, Segmenter, run_inference
+
+pytest.importorskip("onnxruntime", reason="the ONNX Runtime backend needs onnxruntime (extra: ort)")
+from dronseg_edge.export import export_artifact  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def onnx_models(trained_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx")
+    logits = export_artifact(trained_checkpoint, fmt="onnx", precision="fp32", out_dir=out, parity=False, device="cpu")
+    argmax = export_artifact(trained_checkpoint, fmt="onnx", precision="fp32", head="argmax", out_dir=out,
+                             parity=False, device="cpu")
+    return {"logits": logits.path, "argmax": argmax.path}
+
+
+def test_trained_fixture_predicts_several_classes(trained_checkpoint):
+    with Segmenter(trained_checkpoint, device="cpu") as seg:
+        mask = seg.predict(scene(100, (96, 64))).mask
+    assert set(np.unique(mask)) >= {3, 10, 11}
+    assert (mask == scene_mask(100, (96, 64))).mean() > 0.8
+
+
+@pytest.mark.parametrize("head", ["logits", "argmax"])
+def test_torch_and_onnxruntime_give_the_same_class_maps(head, trained_checkpoint, onnx_models):
+    frames = [scene(i, size) for i, size in enumerate([(96, 64), (128, 80), (200, 150), (64, 48)] * 2)]
+    with Segmenter(trained_checkpoint, device="cpu") as torch_seg, Segmenter(onnx_models[head], device="cpu") as ort_seg:
+        assert ort_seg.backend.name == "onnxruntime" and "CPUExecutionProvider" in ort_seg.backend.provider
+        for frame in frames:
+            expected, got = torch_seg.predict(frame), ort_seg.predict(frame)
+            assert got.mask.shape == frame.shape[:2]
+            assert (got.mask == expected.mask).mean() >= 0.999  # fp32 vs fp32: at most a near-tie pixel
+            assert np.allclose(got.shares, expected.shares, atol=1e-3)
+
+
+def test_video_run_on_onnxruntime_matches_the_checkpoint_run(trained_checkpoint, onnx_models, video_path, tmp_path):
+    outputs = {}
+    for name, model in (("torch", trained_checkpoint), ("onnx", onnx_models["logits"])):
+        with Segmenter(model, device="cpu") as seg:
+            summary = run_inference(seg, video_path, RunOptions(out=tmp_path / name, save_masks=True, progress=False))
+        outputs[name] = summary
+    assert outputs["onnx"].data["backend"] == "onnxruntime" and outputs["onnx"].frames == 24
+    for index in (0, 12, 23):
+        masks = [cv2.imread(str(tmp_path / name / "masks" / f"{index:06d}.png"), cv2.IMREAD_UNCHANGED)
+                 for name in ("torch", "onnx")]
+        assert (masks[0] == masks[1]).mean() >= 0.999
+    stats = [[json.loads(line) for line in (tmp_path / name / "stats.jsonl").read_text().splitlines()]
+             for name in ("torch", "onnx")]
+    assert [s["frame"] for s in stats[0]] == [s["frame"] for s in stats[1]] == list(range(24))

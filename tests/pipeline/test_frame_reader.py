@@ -1,0 +1,97 @@
+import threading
+import time
+
+import pytest
+from pipeline_media import scene
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.pipeline.reader import FrameReader
+from dronseg_edge.pipeline.sources import FramesSource, Source
+
+
+class PacedSource(Source):
+    """Delivers ``count`` frames at ``fps`` like a camera; records how many were produced."""
+
+    kind = "camera"
+    live_default = True
+
+    def __init__(self, count: int, fps: float, fail_after: int | None = None):
+        super().__init__("paced")
+        self.count, self.period, self.fail_after = count, 1.0 / fps, fail_after
+        self.produced = 0
+
+    def frames(self, stride=1):
+        start = time.monotonic()
+        for source_frames in FramesSource([scene(i, (32, 24)) for i in range(self.count)]).frames():
+            if self.fail_after is not None and self.produced == self.fail_after:
+                raise DronsegError("stream paced stopped")
+            delay = start + self.produced * self.period - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self.produced += 1
+            yield source_frames
+
+
+def test_queued_reader_delivers_every_frame_in_order_with_bounded_lookahead():
+    source = PacedSource(count=40, fps=10_000)
+    reader = FrameReader(source, live=False, queue_size=4)
+    seen = []
+    for record in reader:
+        if not seen:
+            time.sleep(0.2)  # a slow consumer: decoding must wait, not pile frames up
+            assert source.produced <= 4 + 2
+        seen.append(record.index)
+    assert seen == list(range(40))
+    assert reader.dropped == 0 and reader.decoded == 40
+
+
+def test_live_reader_drops_stale_frames_when_the_consumer_is_slower():
+    source = PacedSource(count=60, fps=200)  # a frame every 5 ms
+    reader = FrameReader(source, live=True)
+    seen = []
+    for record in reader:
+        seen.append(record.index)
+        time.sleep(0.03)  # "inference" six times slower than the source
+    assert reader.dropped > 20
+    assert len(seen) + reader.dropped == 60
+    assert seen == sorted(seen) and seen[-1] == 59  # newest first, and the last frame is not lost
+
+
+def test_live_reader_keeps_up_with_a_fast_consumer():
+    source = PacedSource(count=30, fps=100)
+    reader = FrameReader(source, live=True)
+    seen = [record.index for record in reader]
+    assert reader.dropped < 10 and len(seen) + reader.dropped == 30
+
+
+def test_source_errors_reach_the_consumer_after_the_frames_before_them():
+    source = PacedSource(count=10, fps=1000, fail_after=4)
+    reader = FrameReader(source, live=False)
+    seen = []
+    with pytest.raises(DronsegError, match="stopped"):
+        for record in reader:
+            seen.append(record.index)
+    assert seen == [0, 1, 2, 3]
+
+
+def test_stop_ends_the_decode_thread():
+    source = PacedSource(count=10_000, fps=1000)
+    reader = FrameReader(source, live=False, queue_size=2)
+    iterator = iter(reader)
+    next(iterator)
+    reader.stop()
+    assert not any(t.name == "dronseg-decode" and t.is_alive() for t in threading.enumerate())
+    assert source.produced < 100
+
+
+def test_realtime_pacing_of_a_file_in_live_mode(video_path):
+    from dronseg_edge.pipeline.sources import open_source
+
+    source = open_source(video_path)  # 24 frames at 30 fps = 0.8 s of video
+    reader = FrameReader(source, live=True)
+    assert reader.realtime
+    start = time.monotonic()
+    count = sum(1 for _ in reader)
+    source.close()
+    assert time.monotonic() - start >= 0.7
+    assert count + reader.dropped == 24

@@ -1,0 +1,56 @@
+"""Ctrl-C during `dronseg-edge infer`: the outputs written so far must be complete and playable."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+from pipeline_media import write_video
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_sigint_leaves_a_playable_video_and_complete_masks_and_stats(tiny_checkpoint, tmp_path):
+    video = write_video(tmp_path / "long.mp4", frames=900, size=(96, 64))
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dronseg_edge", "infer", str(tiny_checkpoint), str(video), "--out", str(out),
+         "--device", "cpu", "--save-masks", "--no-progress"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            masks = out / "masks"
+            if masks.is_dir() and len(list(masks.iterdir())) >= 10:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert "Results saved to" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    frames = summary["frames"]
+    assert summary["interrupted"] and 10 <= frames < 900
+    assert sorted(p.name for p in out.iterdir()) == ["masks", "overlay.mp4", "stats.jsonl", "summary.json"]
+    capture = cv2.VideoCapture(str(out / "overlay.mp4"))
+    decoded = 0
+    while capture.read()[0]:
+        decoded += 1
+    assert decoded == frames == summary["video_frames"]  # finalised: every frame of the summary plays
+    stats = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert [s["frame"] for s in stats] == list(range(frames))
+    masks = sorted(p.name for p in (out / "masks").iterdir())
+    assert masks == [f"{i:06d}.png" for i in range(frames)]  # no temporary or half-written file
+    assert all(cv2.imread(str(out / "masks" / name), cv2.IMREAD_UNCHANGED) is not None for name in masks[-2:])

@@ -1,0 +1,172 @@
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+from pipeline_media import read_video, scene
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.pipeline import RunOptions, Segmenter, run_inference
+from dronseg_edge.pipeline.sources import StreamSource
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_checkpoint):
+    with Segmenter(tiny_checkpoint, device="cpu") as seg:
+        yield seg
+
+
+def read_stats(folder):
+    return [json.loads(line) for line in (folder / "stats.jsonl").read_text().splitlines()]
+
+
+def test_video_run_writes_matching_video_masks_stats_and_summary(segmenter, video_path, tmp_path):
+    out = tmp_path / "run"
+    summary = run_inference(segmenter, str(video_path), RunOptions(out=out, save_masks=True, save_color=True,
+                                                                   progress=False))
+    inputs, input_fps, input_size = read_video(video_path)
+    frames, fps, size = read_video(out / "overlay.mp4")
+    assert (len(frames), fps, size) == (len(inputs), input_fps, input_size) == (24, 30.0, (128, 80))
+    masks = sorted((out / "masks").iterdir())
+    assert [p.name for p in masks[:2]] == ["000000.png", "000001.png"] and len(masks) == 24
+    stats = read_stats(out)
+    assert [s["frame"] for s in stats] == list(range(24))
+    assert stats[6]["timestamp"] == pytest.approx(6 / 30)
+    for index in (0, 11, 23):
+        mask = cv2.imread(str(masks[index]), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(mask, segmenter.predict(inputs[index]).mask)  # the mask of that very frame
+        counts = np.bincount(mask.ravel(), minlength=12)
+        assert list(stats[index]["shares"].values()) == pytest.approx(list(counts / counts.sum()), abs=1e-6)
+    assert len(list((out / "color").iterdir())) == 24
+    data = json.loads((out / "summary.json").read_text())
+    assert data == summary.data
+    assert (data["frames"], data["dropped_frames"], data["corrupt_frames"], data["interrupted"]) == (24, 0, 0, False)
+    assert (data["backend"], data["input_size"], data["frame_size"], data["source_kind"]) == ("torch", "96x64", "128x80", "video")
+    assert data["outputs"] == {"video": "overlay.mp4", "masks": "masks", "color": "color", "stats": "stats.jsonl"}
+    assert set(data["stage_ms"]) == {"decode", "preprocess", "inference", "postprocess", "write"}
+    assert data["stage_ms"]["inference"] > 0 and data["fps"] > 0
+    assert summary.speed_line().startswith("Speed: decode ") and "per frame at 128x80 (24 frames," in summary.speed_line()
+
+
+def test_runs_never_overwrite_each_other(segmenter, video_path, tmp_path):
+    options = RunOptions(project=tmp_path / "runs", max_frames=2, progress=False)
+    first = run_inference(segmenter, video_path, options)
+    second = run_inference(segmenter, video_path, options)
+    assert (first.out_dir.name, second.out_dir.name) == ("exp", "exp2")
+    before = (first.out_dir / "summary.json").read_text()
+    with pytest.raises(DronsegError, match="already holds files"):
+        run_inference(segmenter, video_path, RunOptions(out=first.out_dir, progress=False))
+    assert (first.out_dir / "summary.json").read_text() == before
+
+
+def test_unwritable_output_folder(segmenter, video_path, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(DronsegError, match="cannot create output folder"):
+        run_inference(segmenter, video_path, RunOptions(out=blocker / "run", progress=False))
+
+
+def test_folder_run_writes_overlay_images_and_masks_at_each_size(segmenter, image_folder, tmp_path):
+    out = tmp_path / "run"
+    summary = run_inference(segmenter, image_folder, RunOptions(out=out, progress=False))
+    sizes = {p.stem: cv2.imread(str(p)).shape[:2] for p in (out / "overlay").iterdir()}
+    assert sizes == {"a": (64, 96), "b": (90, 120), "c": (48, 64)}
+    masks = {p.stem: cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape for p in (out / "masks").iterdir()}
+    assert masks == sizes  # masks are on by default for images
+    stats = read_stats(out)
+    assert [s["file"].rsplit("/", 1)[-1] for s in stats] == ["a.jpg", "b.png", "c.png"]
+    assert stats[0]["timestamp"] is None
+    assert (summary.data["frame_size"], summary.data["corrupt_frames"], summary.data["frames"]) == ("mixed", 1, 3)
+    assert not (out / "overlay.mp4").exists()
+
+
+def test_stride_and_max_frames(segmenter, video_path, tmp_path):
+    out = tmp_path / "run"
+    summary = run_inference(segmenter, video_path, RunOptions(out=out, stride=3, max_frames=5, progress=False))
+    assert [s["frame"] for s in read_stats(out)] == [0, 3, 6, 9, 12] and summary.frames == 5
+    frames, fps, _ = read_video(out / "overlay.mp4")
+    assert len(frames) == summary.data["video_frames"] == 13 and fps == 30.0  # the source's timeline, 0..12
+    assert np.abs(frames[1].astype(int) - frames[2]).mean() < 2  # a skipped frame repeats the last overlay
+
+
+def test_live_mode_drops_frames_when_inference_is_slower_than_the_source(segmenter, video_path, tmp_path, monkeypatch):
+    real_infer = segmenter.backend._infer
+
+    def slow_infer(batch):
+        time.sleep(0.1)  # 10 fps against a 30 fps source
+        return real_infer(batch)
+
+    monkeypatch.setattr(segmenter.backend, "_infer", slow_infer)
+    out = tmp_path / "run"
+    summary = run_inference(segmenter, video_path, RunOptions(out=out, live=True, progress=False))
+    data = summary.data
+    assert data["live"] and data["dropped_frames"] > 5
+    assert data["frames"] + data["dropped_frames"] == 24
+    indices = [s["frame"] for s in read_stats(out)]
+    assert indices == sorted(indices) and len(indices) == data["frames"]
+    frames, _, _ = read_video(out / "overlay.mp4")
+    assert len(frames) == data["video_frames"] == indices[-1] - indices[0] + 1  # plays in real time
+
+
+def test_a_local_file_as_a_live_stream(segmenter, video_path, tmp_path):
+    summary = run_inference(segmenter, f"file://{video_path}", RunOptions(out=tmp_path / "run", max_frames=10,
+                                                                         progress=False))
+    assert summary.data["source_kind"] == "stream" and summary.data["live"] and summary.frames == 10
+    assert summary.data["outputs"]["video"] == "overlay.mp4"
+
+
+class DroppingCapture:
+    def __init__(self, frames):
+        self.left = frames
+
+    def read(self):
+        self.left -= 1
+        return (True, scene(self.left, (96, 64))) if self.left >= 0 else (False, None)
+
+    def get(self, prop):
+        return 25.0
+
+    def release(self):
+        pass
+
+
+def test_lost_stream_finalises_outputs_then_reports_the_error(segmenter, tmp_path):
+    opens = iter([DroppingCapture(6)])
+    source = StreamSource("rtsp://camera/7", reconnect_s=0.5, open_capture=lambda: next(opens, None))
+    out = tmp_path / "run"
+    with pytest.raises(DronsegError, match="could not be reopened within 0.5 s"):
+        run_inference(segmenter, source, RunOptions(out=out, live=False, progress=False))
+    data = json.loads((out / "summary.json").read_text())
+    assert data["frames"] == 6 and "could not be reopened" in data["error"]
+    frames, _, _ = read_video(out / "overlay.mp4")
+    assert len(frames) == 6 and len(read_stats(out)) == 6
+
+
+def test_a_failing_write_stops_the_run_with_one_line(segmenter, video_path, tmp_path, monkeypatch):
+    import dronseg_edge.pipeline.sinks as sinks
+
+    monkeypatch.setattr(sinks.cv2, "imwrite", lambda *a, **k: False)  # what OpenCV does on a full disk
+    out = tmp_path / "run"
+    with pytest.raises(DronsegError, match="cannot write .*000000.png"):
+        run_inference(segmenter, video_path, RunOptions(out=out, save_masks=True, progress=False))
+    data = json.loads((out / "summary.json").read_text())
+    assert data["error"] and (out / "overlay.mp4").exists()
+
+
+def test_bad_options(segmenter, video_path):
+    for options, message in ((RunOptions(alpha=1.5), "--alpha"), (RunOptions(stride=0), "--stride"),
+                             (RunOptions(max_frames=0), "--max-frames"), (RunOptions(reconnect_s=0), "--reconnect-s")):
+        with pytest.raises(DronsegError, match=message):
+            run_inference(segmenter, video_path, options)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
+@pytest.mark.gpu
+def test_gpu_video_run_matches_the_input(trained_checkpoint, video_path, tmp_path):
+    with Segmenter(trained_checkpoint, device="cuda", half=True) as seg:
+        summary = run_inference(seg, video_path, RunOptions(out=tmp_path / "run", save_masks=True, progress=False))
+    frames, fps, size = read_video(tmp_path / "run" / "overlay.mp4")
+    assert (len(frames), fps, size) == (24, 30.0, (128, 80))
+    assert len(list((tmp_path / "run" / "masks").iterdir())) == len(read_stats(tmp_path / "run")) == 24
+    assert "CUDA graph" in summary.data["provider"] and summary.data["device"].startswith("NVIDIA")

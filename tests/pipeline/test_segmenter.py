@@ -1,0 +1,203 @@
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pipeline_media import scene
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.pipeline import Segmenter
+from dronseg_edge.runtime.base import Backend, preprocess
+from dronseg_edge.runtime.registry import load_backend
+from testkit import requires_cuda
+
+
+def nearest(classes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pixel-centre nearest-neighbour resize (what PIL and torch's nearest-exact do), written out."""
+    height, width = classes.shape
+    ys = np.minimum(np.floor((np.arange(size[1]) + 0.5) * height / size[1]).astype(int), height - 1)
+    xs = np.minimum(np.floor((np.arange(size[0]) + 0.5) * width / size[0]).astype(int), width - 1)
+    return classes[ys][:, xs]
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_checkpoint):
+    with Segmenter(tiny_checkpoint, device="cpu") as seg:
+        yield seg
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint):
+    """Logits of the checkpoint's own backend, for frames at the model's size (96x64)."""
+    backend = load_backend(tiny_checkpoint, device="cpu")
+    backend.activate()
+
+    def logits(frame):
+        return backend.infer(preprocess(frame, backend.info, backend.device))
+
+    return logits
+
+
+def test_frame_at_model_size_gives_the_argmax_of_the_logits(segmenter, reference):
+    frame = scene(3, (96, 64))
+    result = segmenter.predict(frame)
+    expected = reference(frame).argmax(1)[0].numpy()
+    assert result.mask.dtype == np.uint8 and result.mask.shape == (64, 96)
+    assert np.array_equal(result.mask, expected)
+    assert len(np.unique(result.mask)) > 1  # a constant map would make this comparison weak
+    assert result.frame is frame
+    assert set(result.timings) == {"decode", "preprocess", "inference", "postprocess"}
+
+
+def test_larger_frame_gets_the_class_map_resized_back(segmenter, reference):
+    big = scene(3, (192, 128))
+    result = segmenter.predict(big)
+    small = F.interpolate(torch.from_numpy(big).permute(2, 0, 1)[None].float(), size=(64, 96), mode="bilinear",
+                          align_corners=False).round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    expected = nearest(reference(small).argmax(1)[0].numpy().astype(np.uint8), (192, 128))
+    assert result.mask.shape == (128, 192) and result.size == (192, 128)
+    # Only pixels where uint8 rounding of the downscaled frame flips a near-tie may differ.
+    assert (result.mask == expected).mean() > 0.97
+
+
+def test_logits_upsampling_gives_the_frame_size_and_mostly_the_same_classes(tiny_checkpoint, segmenter):
+    frame = scene(7, (150, 100))
+    with Segmenter(tiny_checkpoint, device="cpu", upsample="logits") as smooth:
+        fine = smooth.predict(frame).mask
+    coarse = segmenter.predict(frame).mask
+    assert fine.shape == coarse.shape == (100, 150)
+    agreement = (fine == coarse).mean()
+    assert 0.8 < agreement < 1.0  # same classes, different edges
+
+
+def test_shares_are_pixel_fractions(segmenter):
+    result = segmenter.predict(scene(1, (120, 90)))
+    counts = np.bincount(result.mask.ravel(), minlength=12)
+    assert np.allclose(result.shares, counts / counts.sum())
+    assert result.shares.sum() == pytest.approx(1.0)
+    by_name = result.shares_by_name()
+    assert list(by_name)[:2] == ["background", "person"] and len(by_name) == 12
+
+
+def test_mixed_sizes_in_one_batch_match_single_predictions(tiny_checkpoint, segmenter):
+    frames = [scene(i, size) for i, size in enumerate([(96, 64), (130, 70), (40, 30), (96, 64)])]
+    singles = [segmenter.predict(f).mask for f in frames]
+    with Segmenter(tiny_checkpoint, device="cpu", batch=3) as batched:
+        results = batched.predict_batch(frames)
+    assert [r.mask.shape for r in results] == [f.shape[:2] for f in frames]
+    for single, result in zip(singles, results):
+        assert (single == result.mask).mean() > 0.999  # batched convolutions may round differently
+
+
+def test_stream_of_arrays_matches_predict_and_respects_max_frames(segmenter):
+    frames = [scene(i, (96, 64)) for i in range(6)]
+    streamed = list(segmenter.stream(iter(frames), max_frames=4))
+    assert [r.index for r in streamed] == [0, 1, 2, 3]
+    for frame, result in zip(frames, streamed):
+        assert np.array_equal(segmenter.predict(frame).mask, result.mask)
+
+
+def test_stream_of_a_video_path(segmenter, video_path):
+    results = list(segmenter.stream(str(video_path), stride=4))
+    assert [r.index for r in results] == [0, 4, 8, 12, 16, 20]
+    assert all(r.mask.shape == (80, 128) and r.timings["decode"] >= 0 for r in results)
+    assert results[1].timestamp == pytest.approx(4 / 30)
+
+
+def test_live_mode_refuses_batches(tiny_checkpoint):
+    with Segmenter(tiny_checkpoint, device="cpu", batch=2) as seg:
+        with pytest.raises(DronsegError, match="--live"):
+            next(seg.stream(iter([scene(0, (32, 32))]), live=True))
+
+
+def test_half_on_the_cpu_warns_and_runs_fp32(tiny_checkpoint, caplog):
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        with Segmenter(tiny_checkpoint, device="cpu", half=True) as seg:
+            assert seg.backend.precision == "fp32"
+    assert "--half is ignored on the CPU" in caplog.text
+    with pytest.raises(DronsegError, match="needs a CUDA GPU"):
+        Segmenter(tiny_checkpoint, device="cpu", precision="bf16")
+
+
+def test_size_override_for_a_checkpoint(tiny_checkpoint):
+    with Segmenter(tiny_checkpoint, device="cpu", size=(64, 32)) as seg:
+        assert seg.info.input_size == (64, 32)
+        assert seg.predict(scene(0, (128, 80))).mask.shape == (80, 128)
+
+
+class ArgmaxBackend(Backend):
+    """An exported-style artifact: fixed batch 2, 8x6 input, returns an int64 class map (like ONNX ArgMax)."""
+
+    name = "fake"
+
+    def __init__(self):
+        self.batches = []
+        super().__init__(Path("fake.onnx"), torch.device("cpu"))
+
+    def read_info(self):
+        return ModelInfo(arch="fake", input_size=(8, 6), head="argmax", batch=2, dynamic=False)
+
+    def activate(self):
+        self.provider = "test"
+
+    def _infer(self, batch):
+        self.batches.append(tuple(batch.shape))
+        classes = torch.zeros(batch.shape[0], 6, 8, dtype=torch.int64)
+        classes[:, :, 4:] = 3  # right half: class 3
+        return classes
+
+
+def test_class_map_backend_with_fixed_batch_is_padded_and_resized_nearest():
+    backend = ArgmaxBackend()
+    seg = Segmenter(backend)
+    result = seg.predict(scene(0, (80, 60)))
+    assert backend.batches == [(2, 3, 6, 8)]  # one frame padded to the artifact's batch of 2
+    assert result.mask.shape == (60, 80)
+    assert (result.mask[:, :40] == 0).all() and (result.mask[:, 40:] == 3).all()
+    assert result.shares[3] == pytest.approx(0.5)
+    with pytest.raises(DronsegError, match="exported for batch 2"):
+        Segmenter(ArgmaxBackend(), batch=3)
+    with pytest.raises(DronsegError, match="exported for 8x6"):
+        Segmenter(ArgmaxBackend(), size=(16, 12))
+
+
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("half", [False, True])
+def test_gpu_returns_host_uint8_maps_shares_and_overlays(half, trained_checkpoint):
+    from dronseg_edge.classes import PALETTE
+    from dronseg_edge.pipeline.overlay import bgr_lut, overlay
+
+    frames = [scene(i, (128, 80)) for i in range(4)]
+    with Segmenter(trained_checkpoint, device="cpu") as cpu_seg, \
+            Segmenter(trained_checkpoint, device="cuda", half=half, overlay_alpha=0.5, upsample="mask") as gpu_seg:
+        assert gpu_seg.backend.provider.endswith("+ CUDA graph") and ("fp16" in gpu_seg.backend.provider) == half
+        for frame in frames:
+            expected, got = cpu_seg.predict(frame), gpu_seg.predict(frame)
+            assert isinstance(got.mask, np.ndarray) and got.mask.dtype == np.uint8 and got.mask.shape == (80, 128)
+            assert (got.mask == expected.mask).mean() > 0.99
+            counts = np.bincount(got.mask.ravel(), minlength=12)
+            assert np.allclose(got.shares, counts / counts.sum())
+            assert np.abs(got.overlay.astype(int) - overlay(frame, got.mask, bgr_lut(PALETTE), 0.5)).max() <= 1
+            assert got.timings["inference"] > 0
+        streamed = list(gpu_seg.stream(iter(frames)))  # the next batch is queued before the last is collected
+        assert [r.index for r in streamed] == [0, 1, 2, 3]
+        for result, frame in zip(streamed, frames):
+            assert np.array_equal(result.mask, gpu_seg.predict(frame).mask)
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_gpu_logits_are_upsampled_before_the_argmax(trained_checkpoint):
+    frame = scene(2, (192, 128))
+    with Segmenter(trained_checkpoint, device="cuda", cuda_graph=False) as seg:
+        assert seg.upsample_logits
+        smooth = seg.predict(frame).mask
+    with Segmenter(trained_checkpoint, device="cpu", upsample="logits") as cpu_seg:
+        expected = cpu_seg.predict(frame).mask
+    assert (smooth == expected).mean() > 0.99

@@ -1,0 +1,156 @@
+import json
+import logging
+
+import cv2
+import numpy as np
+import pytest
+from pipeline_media import read_video, scene
+
+from dronseg_edge.classes import CLASS_NAMES, PALETTE
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.pipeline.overlay import bgr_lut, colorize, overlay
+from dronseg_edge.pipeline.segmenter import Result
+from dronseg_edge.pipeline.sinks import (ColorMaskSink, MaskSink, OverlayImageSink, Sink, SinkWorker, StatsSink,
+                                         VideoSink, video_codec)
+
+LUT = bgr_lut(PALETTE)
+
+
+def make_result(index: int, size=(64, 48)) -> Result:
+    frame = scene(index, size)
+    mask = np.zeros(frame.shape[:2], np.uint8)
+    mask[:, : size[0] // 2] = 9
+    mask[size[1] // 2:, :] = 10 + index % 2
+    counts = np.bincount(mask.ravel(), minlength=12)
+    return Result(mask=mask, shares=counts / counts.sum(), class_names=list(CLASS_NAMES), frame=frame,
+                  index=index, timestamp=index / 25, name=f"{index:06d}", source="clip.mp4")
+
+
+def test_video_sink_writes_a_playable_video_with_the_input_fps_and_size(tmp_path):
+    sink = VideoSink(tmp_path / "overlay.mp4", fps=25.0, lut=LUT, alpha=0.5)
+    results = [make_result(i) for i in range(12)]
+    for result in results:
+        sink.write(result)
+    assert not (tmp_path / "overlay.mp4").exists()  # still under its temporary name
+    sink.close()
+    sink.close()  # idempotent
+    frames, fps, size = read_video(tmp_path / "overlay.mp4")
+    assert (len(frames), fps, size) == (12, 25.0, (64, 48))
+    expected = overlay(results[5].frame, results[5].mask, LUT, 0.5)
+    assert np.abs(frames[5].astype(int) - expected).mean() < 8  # lossy codec, same picture
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.mp4"]
+    assert sink.outputs() == {"video": str(tmp_path / "overlay.mp4")}
+
+
+def test_video_sink_prefers_a_precomputed_gpu_overlay_and_resizes_odd_frames(tmp_path, caplog):
+    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, lut=LUT, alpha=0.5)
+    first = make_result(0)
+    first.overlay = np.full_like(first.frame, 200)
+    sink.write(first)
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        sink.write(make_result(1, size=(32, 24)))
+    sink.close()
+    frames, _, size = read_video(tmp_path / "v.mp4")
+    assert len(frames) == 2 and size == (64, 48)
+    assert abs(frames[0].astype(int).mean() - 200) < 3
+    assert "resized" in caplog.text
+
+
+def test_video_sink_fills_skipped_frames_to_keep_the_timeline(tmp_path):
+    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, lut=LUT, alpha=1.0)
+    for index in (0, 3, 4):  # 1 and 2 were skipped (stride, live drops or damage)
+        sink.write(make_result(index))
+    sink.close()
+    frames, _, _ = read_video(tmp_path / "v.mp4")
+    assert len(frames) == sink.video_frames == 5 and sink.frames == 3
+    assert np.abs(frames[2].astype(int) - frames[0]).mean() < 2  # a repeat of frame 0's overlay
+    assert np.abs(frames[3].astype(int) - frames[0]).mean() > 5  # frame 3: its own overlay (another class below)
+
+
+def test_video_sink_without_frames_leaves_nothing(tmp_path):
+    sink = VideoSink(tmp_path / "v.mp4", fps=None, lut=LUT, alpha=0.5)
+    sink.close()
+    assert list(tmp_path.iterdir()) == [] and sink.outputs() == {}
+    assert sink.fps == 30.0
+
+
+def test_codec_probe_picks_one_this_opencv_can_write(tmp_path):
+    codec = video_codec()
+    assert codec in ("avc1", "mp4v")
+    writer = cv2.VideoWriter(str(tmp_path / "x.mp4"), cv2.VideoWriter_fourcc(*codec), 30.0, (32, 32))
+    assert writer.isOpened()
+    writer.release()
+
+
+def test_mask_png_round_trips_class_indices(tmp_path):
+    sink = MaskSink(tmp_path / "masks")
+    result = make_result(3, size=(50, 30))
+    sink.write(result)
+    back = cv2.imread(str(tmp_path / "masks" / "000003.png"), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint8 and back.shape == (30, 50)
+    assert np.array_equal(back, result.mask)
+    assert [p.name for p in (tmp_path / "masks").iterdir()] == ["000003.png"]  # no temporary left
+
+
+def test_colour_masks_and_overlay_images(tmp_path):
+    result = make_result(2)
+    color = ColorMaskSink(tmp_path / "color", LUT)
+    color.write(result)
+    assert np.array_equal(cv2.imread(str(tmp_path / "color" / "000002.png")), colorize(result.mask, LUT))
+    images = OverlayImageSink(tmp_path / "overlay", LUT, alpha=0.4)
+    images.write(result)
+    written = cv2.imread(str(tmp_path / "overlay" / "000002.jpg"))
+    assert np.abs(written.astype(int) - overlay(result.frame, result.mask, LUT, 0.4)).mean() < 4
+
+
+def test_stats_lines_hold_index_timestamp_and_shares(tmp_path):
+    sink = StatsSink(tmp_path / "stats.jsonl", with_file=True)
+    for i in range(3):
+        sink.write(make_result(i))
+    sink.close()
+    lines = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert [line["frame"] for line in lines] == [0, 1, 2]
+    assert lines[1]["timestamp"] == pytest.approx(0.04) and lines[1]["file"] == "clip.mp4"
+    assert set(lines[0]["shares"]) == set(CLASS_NAMES)
+    assert (lines[0]["shares"]["vegetation"], lines[0]["shares"]["road"]) == (0.25, 0.5)  # top-left, bottom half
+    assert sum(lines[2]["shares"].values()) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(DronsegError, match="cannot create"):
+        StatsSink(tmp_path / "stats.jsonl")  # never appends to an earlier run's file
+
+
+class FailingSink(Sink):
+    name = "failing"
+
+    def __init__(self, error, after=1):
+        super().__init__()
+        self.error, self.after, self.written = error, after, []
+        self.closed = False
+
+    def _write(self, result):
+        if len(self.written) >= self.after:
+            raise self.error
+        self.written.append(result.index)
+
+    def close(self):
+        self.closed = True
+
+    def outputs(self):
+        return {}
+
+
+def test_worker_writes_in_order_and_reports_io_errors_as_one_line():
+    sink = FailingSink(OSError(28, "No space left on device"), after=3)
+    worker = SinkWorker(sink, queue_size=2)
+    with pytest.raises(DronsegError, match="No space left on device"):
+        for i in range(50):
+            worker.put(make_result(i))
+    with pytest.raises(DronsegError):
+        worker.close()
+    assert sink.written == [0, 1, 2] and sink.closed
+
+
+def test_worker_reraises_bugs_unchanged():
+    worker = SinkWorker(FailingSink(ValueError("a bug"), after=0))
+    worker.put(make_result(0))
+    with pytest.raises(ValueError, match="a bug"):
+        worker.close()

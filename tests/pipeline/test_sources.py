@@ -1,0 +1,180 @@
+import logging
+
+import cv2
+import numpy as np
+import pytest
+from pipeline_media import read_video, scene, write_video
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.pipeline.sources import (CameraSource, FrameRecord, FramesSource, ImageSource, StreamSource,
+                                           VideoSource, open_source)
+
+
+def test_video_source_yields_every_frame_with_index_timestamp_and_name(video_path):
+    source = open_source(str(video_path))
+    assert isinstance(source, VideoSource) and not source.live_default
+    assert (source.fps, source.frame_count, source.size) == (30.0, 24, (128, 80))
+    records = list(source.frames())
+    source.close()
+    expected, _, _ = read_video(video_path)
+    assert [r.index for r in records] == list(range(24))
+    assert [r.name for r in records][:2] == ["000000", "000001"]
+    assert records[3].timestamp == pytest.approx(3 / 30)
+    assert all(r.frame.dtype == np.uint8 and r.frame.shape == (80, 128, 3) for r in records)
+    assert all(np.array_equal(r.frame, e) for r, e in zip(records, expected))
+    assert source.corrupt == 0
+
+
+def test_video_stride_keeps_source_indices(video_path):
+    with open_source(video_path) as source:
+        records = list(source.frames(stride=5))
+    assert [r.index for r in records] == [0, 5, 10, 15, 20]
+    assert records[1].timestamp == pytest.approx(5 / 30)
+
+
+def test_damaged_frames_mid_video_are_skipped_and_counted(tmp_path, caplog):
+    # MJPEG frames are independent JPEGs: damaging bytes in the middle breaks a few frames only.
+    path = write_video(tmp_path / "clip.avi", frames=60, size=(96, 64), fourcc="MJPG")
+    data = bytearray(path.read_bytes())
+    for offset in range(len(data) // 3, len(data) // 3 + len(data) // 6, 50):
+        data[offset:offset + 20] = b"\xff" * 20
+    damaged = tmp_path / "damaged.avi"
+    damaged.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"), open_source(damaged) as source:
+        records = list(source.frames())
+    assert 0 < source.corrupt < 60
+    assert len(records) + source.corrupt == 60
+    assert records[-1].index > records[0].index + len(records) - 1  # indices keep their place in time
+    assert "damaged frame" in caplog.text
+
+
+def test_video_that_cannot_be_opened_or_is_empty(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    with pytest.raises(DronsegError, match="cannot be opened"):
+        open_source(text)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(DronsegError, match="no frames"):
+        open_source(empty)
+
+
+def test_video_with_zero_frames(tmp_path):
+    path = tmp_path / "zero.mp4"
+    cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (96, 64)).release()
+    with pytest.raises(DronsegError, match="no frames|cannot be opened"):
+        source = open_source(path)
+        list(source.frames())
+
+
+def test_folder_keeps_each_size_and_skips_non_images_and_broken_files(image_folder, caplog):
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        source = open_source(image_folder)
+        records = list(source.frames())
+    assert isinstance(source, ImageSource)
+    assert [r.name for r in records] == ["a", "b", "c"]
+    assert [r.frame.shape for r in records] == [(64, 96, 3), (90, 120, 3), (48, 64, 3)]  # grey -> 3 channels
+    assert all(r.timestamp is None for r in records)
+    assert records[1].source.endswith("b.png")
+    assert source.corrupt == 1
+    assert "non-image" in caplog.text and "notes.txt" in caplog.text
+    assert "d.jpg" in caplog.text
+
+
+def test_glob_and_single_image(image_folder):
+    source = open_source(str(image_folder / "*.png"))
+    assert [r.name for r in source.frames()] == ["b", "c"]
+    single = open_source(image_folder / "a.jpg")
+    (record,) = list(single.frames())
+    assert record.name == "a" and record.index == 0
+
+
+def test_folder_without_images_and_missing_paths(tmp_path):
+    (tmp_path / "readme.md").write_text("x")
+    with pytest.raises(DronsegError, match="holds no images"):
+        open_source(tmp_path)
+    with pytest.raises(DronsegError, match="does not exist"):
+        open_source(tmp_path / "missing.mp4")
+    with pytest.raises(DronsegError, match="matches no files"):
+        open_source(str(tmp_path / "*.jpg"))
+    with pytest.raises(DronsegError, match="not supported"):
+        open_source("ftp://example.com/video")
+
+
+def test_unreadable_single_image(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG nothing")
+    with pytest.raises(DronsegError, match="can be decoded"):
+        list(open_source(broken).frames())
+
+
+def test_same_stems_get_distinct_names(tmp_path):
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / "frame.png"), scene(0, (32, 32)))
+    names = [r.name for r in open_source(str(tmp_path / "*" / "frame.png")).frames()]
+    assert len(set(names)) == 2
+
+
+def test_camera_index_that_does_not_exist():
+    with pytest.raises(DronsegError, match="camera 57 cannot be opened"):
+        open_source("57")
+
+
+def test_local_file_opened_as_a_stream_is_live_and_loops(video_path):
+    source = open_source(f"file://{video_path}", reconnect_s=5)
+    assert isinstance(source, StreamSource) and source.live_default
+    frames = source.frames()
+    records = [next(frames) for _ in range(30)]  # past the end of the 24-frame file: reopened
+    source.close()
+    assert source.reconnects == 1
+    assert all(r.frame.shape == (80, 128, 3) for r in records)
+    assert records[-1].timestamp >= records[0].timestamp
+
+
+class FakeCapture:
+    """A capture that delivers ``frames`` frames and then fails, like a dropped RTSP connection."""
+
+    def __init__(self, frames: int):
+        self.left = frames
+
+    def read(self):
+        if self.left <= 0:
+            return False, None
+        self.left -= 1
+        return True, scene(self.left, (32, 32))
+
+    def get(self, prop):
+        return 25.0
+
+    def release(self):
+        pass
+
+
+def test_stream_reconnects_with_backoff_and_then_gives_up():
+    opens = iter([FakeCapture(3), None, FakeCapture(2)])  # connect, drop, one failed reopen, reopen
+    source = StreamSource("rtsp://camera/1", reconnect_s=1.0, open_capture=lambda: next(opens, None))
+    records = []
+    with pytest.raises(DronsegError, match="could not be reopened within 1 s"):
+        for record in source.frames():
+            records.append(record)
+    assert len(records) == 5
+    assert source.reconnects == 1
+
+
+def test_camera_reconnect_stops_promptly_when_asked():
+    source = CameraSource(0, reconnect_s=60.0, open_capture=iter([FakeCapture(1)]).__next__)
+    frames = source.frames()
+    next(frames)
+    source._open_capture = lambda: None
+    source.stop()
+    assert list(frames) == []  # no 60 s wait, no error
+
+
+def test_frames_source_wraps_arrays_and_rejects_wrong_dtype():
+    source = FramesSource([scene(i, (40, 30)) for i in range(3)], fps=10.0)
+    records = list(source.frames())
+    assert [r.index for r in records] == [0, 1, 2] and records[2].timestamp == pytest.approx(0.2)
+    assert isinstance(records[0], FrameRecord)
+    with pytest.raises(DronsegError, match="uint8 BGR"):
+        list(FramesSource([np.zeros((4, 4), np.float32)]).frames())
