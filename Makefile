@@ -25,7 +25,7 @@ demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(CLI) synth $(DEMO)/data --images 64 --size 320x192 --video-frames 60 --seed 0
 	$(CLI) train --data $(DEMO)/data --model lraspp_mobilenet_v3_large --weights none --size 320x192 \
-		--epochs 12 --batch 8 --optimizer adamw --lr 0.005 --bn-momentum 0.1 --workers 2 --val-at-start \
+		--epochs 30 --batch 8 --optimizer adamw --lr 0.005 --bn-momentum 0.1 --workers 2 --val-at-start \
 		--out $(DEMO)/train
 	$(CLI) eval $(DEMO)/train/weights/best.pt --split val --workers 0
 	$(CLI) export $(DEMO)/train/weights/best.pt --precision fp32 --out $(DEMO)/export
