@@ -131,16 +131,17 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> Path:
     args = parse_args(argv)
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", result["device"].split(" (")[0]).strip("-").lower()
     path = args.out / f"train_throughput-{slug}-{result['date'][:10]}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{result['images_per_s']:.1f} img/s ({args.model} {args.size} batch {args.batch} amp {args.amp}), "
-          f"data wait {100 * result['data_wait_frac']:.1f}%, peak memory "
-          f"{result['peak_memory_gib'] if result['peak_memory_gib'] is None else round(result['peak_memory_gib'], 2)} GiB -> {path}")
+    memory = "n/a (CPU)" if result["peak_memory_gib"] is None else f"{result['peak_memory_gib']:.2f} GiB"
+    print(f"{result['images_per_s']:.1f} img/s ({args.model} {args.size} batch {args.batch} amp {args.amp}) on "
+          f"{result['device']}, data wait {100 * result['data_wait_frac']:.1f}%, peak GPU memory {memory} -> {path}")
+    return path
 
 
 if __name__ == "__main__":
