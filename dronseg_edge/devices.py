@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
@@ -37,3 +40,17 @@ def device_description(device: torch.device) -> str:
         major, minor = torch.cuda.get_device_capability(index)
         return f"{torch.cuda.get_device_name(index)} (sm{major}{minor})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@contextlib.contextmanager
+def tf32_mode(enabled: bool | None) -> Iterator[None]:
+    """Temporarily force TF32 on/off for cuDNN convolutions and matmuls (None leaves torch's flags alone)."""
+    if enabled is None:
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -7,17 +7,17 @@ variant this machine cannot run becomes a row that says why instead of a crash.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from dronseg_edge.bench.report import fmt_fps, fmt_ms, markdown_document, render_table
 from dronseg_edge.bench.run import BenchResult, artifact_size_mb, bench_model, open_backend
 from dronseg_edge.bench.timing import TimingSettings
+from dronseg_edge.devices import tf32_mode
 from dronseg_edge.errors import DronsegError
 
 
@@ -119,20 +119,6 @@ def _onnxruntime_providers() -> list[str] | None:
     import onnxruntime
 
     return list(onnxruntime.get_available_providers())
-
-
-@contextlib.contextmanager
-def tf32_mode(enabled: bool | None) -> Iterator[None]:
-    """Temporarily force TF32 on/off for cuDNN convolutions and matmuls (None leaves torch's flags alone)."""
-    if enabled is None:
-        yield
-        return
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def default_out_dir(checkpoint: Path) -> Path:

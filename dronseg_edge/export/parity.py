@@ -9,17 +9,15 @@ per-precision thresholds (parity_report.DEFAULT_THRESHOLDS) that callers can ove
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
 import torch
 
 from dronseg_edge.checkpoint import load_checkpoint
-from dronseg_edge.devices import resolve_device
+from dronseg_edge.devices import resolve_device, tf32_mode
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export.images import ImageSet, load_item, resolve_images
 from dronseg_edge.export.parity_report import GroundTruthScores, OutputStats, ParityReport, ParityThresholds
@@ -102,17 +100,6 @@ def _cosine(dot: float, a: float, b: float) -> float:
     return dot / math.sqrt(a * b)
 
 
-@contextlib.contextmanager
-def strict_fp32() -> Iterator[None]:
-    """TF32 off while comparing: the PyTorch reference must be true fp32, not 10-bit-mantissa matmuls."""
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def _open(model: Path | Backend, device: torch.device, owned: list[Backend]) -> Backend:
     if isinstance(model, Backend):
         return model
@@ -189,7 +176,7 @@ def check_parity(reference: Path | Backend, candidate: Path | Backend, data: Pat
         size = tuple(cand.info.input_size)
         ckpt = _checkpoint_for_images(reference, candidate) if data is None else None
         with resolve_images(data, ckpt, option="--parity-data", max_images=max_images, size=size,
-                            allow_synthetic=True) as images, strict_fp32():
+                            allow_synthetic=True) as images, tf32_mode(False):  # the PyTorch reference must be true fp32, not TF32
             return _compare(ref, cand, images, thresholds or ParityThresholds.for_precision(cand.info.precision))
     finally:
         for backend in owned:

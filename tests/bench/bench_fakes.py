@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from dronseg_edge.metadata import ModelInfo

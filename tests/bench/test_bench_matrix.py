@@ -6,7 +6,8 @@ import torch
 
 from bench_fakes import requires_cuda
 from dronseg_edge.bench.matrix import (DEFAULT_VARIANTS, MatrixRow, Variant, default_out_dir, matrix_table,
-                                       run_matrix, skip_reason, tf32_mode)
+                                       run_matrix, skip_reason)
+from dronseg_edge.devices import tf32_mode
 from dronseg_edge.bench.timing import TimingSettings
 from dronseg_edge.errors import DronsegError
 
