@@ -108,3 +108,31 @@ def test_ddp_two_gloo_processes(synth_root, tmp_path):
     # Validation metrics are reduced over both ranks: every validation image counted once.
     assert ckpt["metrics"]["images"] == len(ckpt["split"]["val"])
     assert not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_accumulation_aux_head_freezing_and_bf16(synth_root, tmp_path):
+    """Options that change the step: 3-batch accumulation (last group partial), the DeepLabV3 aux head,
+    frozen-then-unfrozen backbone stages, class weights, Tversky, poly schedule, SGD, bf16 autocast."""
+    cfg = config(synth_root, tmp_path / "opts", model="deeplabv3_mobilenet_v3_large", epochs=2, batch=2,
+                 accumulate=3, aux_loss=True, freeze_stages=2, unfreeze_epoch=1, class_weights="inverse_sqrt",
+                 loss="tversky", scheduler="poly", optimizer="sgd", lr=0.01, amp="bf16", grad_clip=1.0,
+                 max_steps_per_epoch=0)
+    result = fit(cfg, log=lambda _m: None)
+    ckpt = load_checkpoint(result.last)
+    batches = -(-len(ckpt["split"]["train"]) // 2)  # DataLoader batches per epoch (no drop_last at batch 2)
+    if len(ckpt["split"]["train"]) % 2 == 1:
+        batches -= 1  # a trailing batch of one image is dropped (BatchNorm)
+    assert ckpt["step"] == 2 * -(-batches // 3)  # the partial last group is stepped too
+    assert ckpt["scheduler"]["last_epoch"] == ckpt["step"]
+    assert ckpt["aux_loss"] is True and any(k.startswith("aux_classifier.") for k in ckpt["model"])
+    rows = read_metrics(result.run_dir)
+    assert all(float(r["train_loss"]) == float(r["train_loss"]) for r in rows)  # finite, not NaN
+    # The first two backbone stages were frozen in epoch 1 and trained from epoch 2 on: their weights moved.
+    from dronseg_edge.checkpoint import model_from_checkpoint
+    from dronseg_edge.models import backbone_stages, build_model
+
+    torch.manual_seed(0)
+    trained = model_from_checkpoint(ckpt)
+    stem = backbone_stages(trained)[0][0]
+    initial = backbone_stages(build_model("deeplabv3_mobilenet_v3_large", weights="none", aux_loss=True))[0][0]
+    assert any(not torch.equal(a, b) for a, b in zip(stem.state_dict().values(), initial.state_dict().values()))

@@ -1,0 +1,86 @@
+"""Model construction: 12-class heads, local weights, stage freezing, the inference wrapper."""
+
+import pytest
+import torch
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.models import (ARCHS, SegmentationNet, backbone_stages, build_model, freeze_backbone_stages,
+                                 keep_frozen_norms_in_eval, load_matching_weights, set_bn_momentum)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_every_arch_builds_with_12_classes_on_meta(arch):
+    with torch.device("meta"):
+        model = build_model(arch, weights="none", aux_loss=True)
+    out = model(torch.empty(2, 3, 64, 96, device="meta"))
+    assert out["out"].shape == (2, 12, 64, 96)
+    assert ("aux" in out) == arch.startswith("deeplabv3")  # LR-ASPP has no aux head
+
+
+def test_aux_head_is_dropped_unless_asked():
+    assert build_model("deeplabv3_mobilenet_v3_large", weights="none").aux_classifier is None
+
+
+def test_unknown_arch_and_weights_path():
+    with pytest.raises(DronsegError, match="--model"):
+        build_model("unet")
+    with pytest.raises(DronsegError, match="no such file"):
+        build_model("lraspp_mobilenet_v3_large", weights="/nonexistent/w.pth")
+
+
+def test_local_weights_copy_matching_tensors_and_skip_the_head(tmp_path):
+    torch.manual_seed(1)
+    donor = build_model("lraspp_mobilenet_v3_large", weights="none", num_classes=21)  # e.g. a VOC-style head
+    torch.save(donor.state_dict(), tmp_path / "donor.pth")
+    torch.manual_seed(2)
+    model = build_model("lraspp_mobilenet_v3_large", weights=str(tmp_path / "donor.pth"))
+    assert torch.equal(model.backbone["0"][0].weight, donor.backbone["0"][0].weight)
+    assert model.classifier.high_classifier.out_channels == 12
+    # A backbone-only state dict (keys without the "backbone." prefix) is recognised as well.
+    torch.save({k[len("backbone."):]: v for k, v in donor.state_dict().items() if k.startswith("backbone.")}, tmp_path / "bb.pth")
+    assert load_matching_weights(build_model("lraspp_mobilenet_v3_large"), tmp_path / "bb.pth") > 50
+    torch.save({"unrelated": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(DronsegError, match="no tensor matches"):
+        load_matching_weights(model, tmp_path / "other.pth")
+    (tmp_path / "bad.pth").write_bytes(b"not torch")
+    with pytest.raises(DronsegError, match="bad.pth"):
+        load_matching_weights(model, tmp_path / "bad.pth")
+
+
+def test_frozen_stages_do_not_move_and_keep_their_statistics():
+    torch.manual_seed(0)
+    model = build_model("lraspp_mobilenet_v3_large", weights="none")
+    # stem + 3 stride-2 stages: the segmentation backbone dilates its last stage instead of striding
+    assert len(backbone_stages(model)) == 4
+    freeze_backbone_stages(model, 2)
+    first = backbone_stages(model)[0][0]
+    later = backbone_stages(model)[-1][0]
+    before_first = {k: v.clone() for k, v in first.state_dict().items()}
+    before_later = {k: v.clone() for k, v in later.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    keep_frozen_norms_in_eval(model)
+    model(torch.randn(2, 3, 64, 96))["out"].square().mean().backward()
+    optimizer.step()
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, before_first[key]), key  # weights and BatchNorm running stats unchanged
+    assert any(not torch.equal(v, before_later[k]) for k, v in later.state_dict().items())
+    freeze_backbone_stages(model, 0)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_bn_momentum_override():
+    model = build_model("lraspp_mobilenet_v3_large")
+    set_bn_momentum(model, 0.1)
+    assert {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+
+
+def test_inference_wrapper_heads():
+    model = build_model("lraspp_mobilenet_v3_large").eval()
+    x = torch.randn(1, 3, 64, 96)
+    logits = SegmentationNet(model, "logits")(x)
+    classes = SegmentationNet(model, "argmax")(x)
+    assert logits.shape == (1, 12, 64, 96) and classes.dtype == torch.uint8
+    assert torch.equal(classes.long(), logits.argmax(1))
+    with pytest.raises(DronsegError, match="--head"):
+        SegmentationNet(model, "softmax")
