@@ -262,7 +262,7 @@ def _epoch_line(row: dict, cfg: TrainConfig) -> str:
     if "val_loss" in row:
         parts += [f"val_loss {row['val_loss']:.4f}", f"mIoU {row['val_miou']:.4f}", f"mDice {row['val_mdice']:.4f}",
                   f"competition {row['val_competition']:.4f}"]
-    parts += [f"{row['train_img_per_s']:.1f} img/s", f"data wait {100 * row['data_wait_frac']:.0f}%"]
+    parts += [f"{row['train_img_per_s']:.3g} img/s", f"data wait {100 * row['data_wait_frac']:.0f}%"]
     return "  ".join(parts)
 
 

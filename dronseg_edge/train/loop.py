@@ -117,7 +117,7 @@ def train_one_epoch(
         if show_progress and (index % 10 == 0 or index == num_batches - 1):
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{(loss_sum / max(images, 1)).item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                            img_s=f"{images / max(elapsed, 1e-9):.1f}", wait=f"{100 * data_wait / max(elapsed, 1e-9):.0f}%")
+                            img_s=f"{images / max(elapsed, 1e-9):.3g}", wait=f"{100 * data_wait / max(elapsed, 1e-9):.0f}%")
     bar.close()
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)

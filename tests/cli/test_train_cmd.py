@@ -124,3 +124,10 @@ def test_module_entry_point_help():
     assert proc.returncode == 0
     for command in ("train", "eval", "submit"):
         assert command in proc.stdout
+
+
+def test_unwritable_output_folder(capsys, synth_root, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the run folder's parent should be")
+    message = one_line_error(capsys, "train", "--data", synth_root, *TINY, "--out", blocker / "run")
+    assert "blocker" in message and "cannot create" in message
