@@ -15,11 +15,6 @@ from dronseg_edge.export import ParityThresholds, export_artifact
 from dronseg_edge.export.onnx_metadata import read_onnx_info
 from dronseg_edge.export.quantize import zero_points_are_zero
 
-# The test model's backbone is random (only its head is trained, to stay fast): such a network
-# amplifies rounding far more than a trained one. Measured here: int8 argmax agreement ~97% against
-# the 98% default meant for trained models; its mIoU stays within the default 1.0 point, and that
-# limit is applied unchanged.
-INT8_TEST_AGREEMENT = 0.95
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +24,7 @@ def fp16_export(trained_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def int8_export(trained_checkpoint, tmp_path_factory):
-    return export_artifact(trained_checkpoint, precision="int8", out_dir=tmp_path_factory.mktemp("int8"), device="cpu",
-                           thresholds=ParityThresholds.for_precision("int8", min_agreement=INT8_TEST_AGREEMENT))
+    return export_artifact(trained_checkpoint, precision="int8", out_dir=tmp_path_factory.mktemp("int8"), device="cpu")
 
 
 def test_fp16_passes_default_parity(fp16_export):
@@ -55,8 +49,8 @@ def test_fp16_graph_has_fp16_weights_and_fp32_io(fp16_export):
 def test_int8_passes_parity_with_the_default_miou_limit(int8_export):
     report = int8_export.report
     assert int8_export.passed and int8_export.path.name == "best_int8.onnx", report.table()
-    assert report.thresholds.max_miou_drop == 1.0 and report.ground_truth is not None
-    assert -report.miou_delta <= 1.0 and report.agreement >= INT8_TEST_AGREEMENT
+    assert report.thresholds == ParityThresholds(0.98, 1.0) and report.ground_truth is not None  # the defaults
+    assert -report.miou_delta <= 1.0 and report.agreement >= 0.98
     assert report.outputs[0].abs_max > 0.001  # quantised for real
 
 
