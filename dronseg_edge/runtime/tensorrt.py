@@ -4,10 +4,19 @@ Buffers are torch CUDA tensors and the engine runs on torch's current CUDA strea
 (``execute_async_v3``), so no pycuda and no extra copies: the output is an ordinary torch tensor,
 ordered after the input on the same stream. The engine's JSON sidecar says which GPU and TensorRT
 version built it; anything else is refused with a message saying how to rebuild.
+
+With ``cuda_graph`` (trtexec's ``--useCudaGraph``) the engine's launches for one input shape are
+captured once into a CUDA graph and replayed: the input is copied into a fixed buffer, so the
+captured tensor addresses stay valid. As TensorRT requires, the context is enqueued once after its
+shape and addresses are set and before capture begins, and capture runs on a non-default stream
+(torch's graph capture stream). One graph is kept, for the latest shape, because graphs that
+share one execution context share its scratch memory. An engine that cannot be captured runs
+without a graph, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -17,6 +26,8 @@ from dronseg_edge.export.onnx_metadata import read_engine_sidecar
 from dronseg_edge.export.tensorrt import engine_mismatch, gpu_identity, import_tensorrt
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime.base import Backend
+
+log = logging.getLogger(__name__)
 
 
 def torch_dtype(trt, dtype) -> torch.dtype:
@@ -34,9 +45,11 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, path: Path, device: torch.device):
+    def __init__(self, path: Path, device: torch.device, cuda_graph: bool | None = None):
         self._engine = None
         self._context = None
+        self.cuda_graph = True if cuda_graph is None else bool(cuda_graph)
+        self._graph = None  # (input shape, CUDAGraph, static input, static output)
         super().__init__(path, device)
 
     def read_info(self) -> ModelInfo:
@@ -68,17 +81,37 @@ class TensorRTBackend(Backend):
             raise DronsegError(f"engine {self.path} has inputs {self._inputs} and outputs {self._outputs}, "
                                f"not one image input: {self._rebuild_hint()}")
         self._dtypes = {n: torch_dtype(trt, self._engine.get_tensor_dtype(n)) for n in names}
+        self._version = str(trt.__version__)
+        self._graph = None
+        self._describe_provider()
+
+    def _describe_provider(self) -> None:
         typing = "strongly typed" if self.build.get("strongly_typed") else "+".join(self.build.get("builder_flags") or []) or "fp32"
-        self.provider = f"TensorRT {trt.__version__} {self.info.precision} ({typing})"
+        graph = " + CUDA graph" if self.cuda_graph else ""
+        self.provider = f"TensorRT {self._version} {self.info.precision} ({typing}){graph}"
 
     def deactivate(self) -> None:
+        self._graph = None
         self._context = None
         self._engine = None
         super().deactivate()
 
     def _infer(self, batch: torch.Tensor) -> torch.Tensor:
+        out = None
+        if self.cuda_graph:
+            with torch.cuda.device(self.device):  # graphs capture on the current device
+                out = self._replay(batch)
+        if out is None:
+            x = batch.to(self.device, self._dtypes[self._inputs[0]]).contiguous()
+            out = self._bind(x)
+            self._enqueue()
+        # No synchronisation: x and the outputs were allocated on this stream, so torch's caching
+        # allocator cannot hand their memory to later work before the engine has finished with it.
+        return out.float() if self.info.head == "logits" else out
+
+    def _bind(self, x: torch.Tensor) -> torch.Tensor:
+        """Set the input shape and every tensor address; returns the (first) output tensor."""
         name = self._inputs[0]
-        x = batch.to(self.device, self._dtypes[name]).contiguous()
         if not self._context.set_input_shape(name, tuple(x.shape)):
             raise DronsegError(f"engine {self.path} does not accept input shape {tuple(x.shape)} "
                                f"(profile: {self.build.get('profile') or 'static'}): re-export with matching --size/--batch or --dynamic")
@@ -89,9 +122,45 @@ class TensorRTBackend(Backend):
             out = torch.empty(shape, dtype=self._dtypes[out_name], device=self.device)
             self._context.set_tensor_address(out_name, out.data_ptr())
             outputs.append(out)
+        self._bound_outputs = outputs  # extra outputs must outlive the launch that writes them
+        return outputs[0]
+
+    def _enqueue(self) -> None:
         stream = torch.cuda.current_stream(self.device)
         if not self._context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError(f"TensorRT execute_async_v3 failed on {self.path}")
-        # No synchronisation: x and the outputs were allocated on this stream, so torch's caching
-        # allocator cannot hand their memory to later work before the engine has finished with it.
-        return outputs[0].float() if self.info.head == "logits" else outputs[0]
+
+    def _replay(self, batch: torch.Tensor) -> torch.Tensor | None:
+        shape = tuple(batch.shape)
+        if self._graph is None or self._graph[0] != shape:
+            self._graph = None  # its buffers and the context's addresses are about to change
+            self._graph = self._capture(batch, shape)
+            if self._graph is None:
+                return None
+        _, graph, static_in, static_out = self._graph
+        static_in.copy_(batch, non_blocking=True)
+        graph.replay()
+        # The graph writes every replay into the same buffer; a copy keeps earlier results intact.
+        return static_out.clone()
+
+    def _capture(self, batch: torch.Tensor, shape: tuple):
+        static_in = torch.empty(shape, dtype=self._dtypes[self._inputs[0]], device=self.device)
+        static_in.copy_(batch)
+        static_out = self._bind(static_in)
+        stream = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(stream)
+        try:
+            with torch.cuda.stream(side):
+                self._enqueue()  # TensorRT applies deferred shape/address updates here, not during capture
+            stream.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._enqueue()
+        except RuntimeError as exc:  # e.g. a plugin that synchronises: run without a graph rather than fail
+            log.warning("CUDA graph capture failed (%s); running %s without it", str(exc).splitlines()[0][:120], self.path.name)
+            torch.cuda.synchronize(self.device)
+            self.cuda_graph = False
+            self._describe_provider()
+            return None
+        return shape, graph, static_in, static_out
