@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from dronseg_edge.data.aeroscapes import Sample, read_image, read_mask
 from dronseg_edge.data.augment import AugmentConfig, apply_train_transform, build_train_transform
@@ -27,6 +27,9 @@ class SegmentationDataset(Dataset):
 
     ``mask_size='native'`` keeps masks at their file's resolution (evaluation at full size);
     samples without a mask return an all-IGNORE mask of the image size.
+    An item may be an index or an ``(index, seed)`` pair from :class:`AugmentSeedSampler`: then the
+    augmentation draws from a torch RNG seeded with ``seed`` (and the caller's RNG is left as it was),
+    so a sample's augmentation does not depend on which worker loads it or on what it loaded before.
     """
 
     def __init__(self, samples: list[Sample], size: tuple[int, int] | None, augment: AugmentConfig | None = None,
@@ -41,7 +44,8 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = item if isinstance(item, tuple) else (item, None)
         sample = self.samples[index]
         image = read_image(sample.image_path)
         if sample.mask_path is not None:
@@ -55,5 +59,36 @@ class SegmentationDataset(Dataset):
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         mask_t = torch.from_numpy(np.ascontiguousarray(mask))
         if self.transform is not None:
-            image_t, mask_t = apply_train_transform(self.transform, image_t, mask_t, self.augment)
+            if seed is None:
+                return apply_train_transform(self.transform, image_t, mask_t, self.augment)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return apply_train_transform(self.transform, image_t, mask_t, self.augment)
         return image_t, mask_t
+
+
+class AugmentSeedSampler(Sampler):
+    """Wraps a sampler and yields ``(index, seed)`` with the seed a function of (seed, epoch, index).
+
+    DataLoader workers (persistent ones above all) carry their RNG from batch to batch and epoch to
+    epoch, so without this a run resumed at epoch k augments differently from one that never
+    stopped. ``set_epoch`` is passed on to the wrapped sampler when it has one (DistributedSampler).
+    """
+
+    def __init__(self, sampler: Sampler, seed: int):
+        self.sampler = sampler
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        for index in self.sampler:
+            yield int(index), (base + int(index)) % 2**63

@@ -16,7 +16,7 @@ from dronseg_edge.atomic import ensure_writable_dir, write_json_atomic
 from dronseg_edge.checkpoint import load_checkpoint, save_checkpoint
 from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, PALETTE
 from dronseg_edge.data.aeroscapes import dataset_samples, validate_samples
-from dronseg_edge.data.dataset import SegmentationDataset
+from dronseg_edge.data.dataset import AugmentSeedSampler, SegmentationDataset
 from dronseg_edge.data.split import save_split, stratified_split
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.models import build_model, freeze_backbone_stages, keep_frozen_norms_in_eval, set_bn_momentum
@@ -74,8 +74,11 @@ def _loaders(cfg: TrainConfig, train_set, val_set, dist_ctx: DistContext, genera
         per_rank = len(train_set)
     # BatchNorm cannot train on a final batch of one image; drop it only in that case.
     drop_last = per_rank % cfg.batch == 1 and per_rank > cfg.batch
+    train_sampler = AugmentSeedSampler(train_sampler, cfg.seed)  # augmentation independent of worker state
+    # The loader draws its workers' base seed from its own generator (once per iterator, i.e. once per
+    # run with persistent workers), so that draw cannot shift the shuffle order of a resumed run.
     train_loader = DataLoader(train_set, batch_size=cfg.batch, sampler=train_sampler, drop_last=drop_last,
-                              generator=generator, **common)
+                              generator=torch.Generator().manual_seed(cfg.seed), **common)
     val_loader = DataLoader(val_set, batch_size=cfg.batch, sampler=SequentialSampler(val_set), **common)
     return train_loader, val_loader, train_sampler
 
@@ -197,8 +200,7 @@ def _fit(cfg: TrainConfig, ckpt, resume, dist_ctx: DistContext, log) -> FitResul
     try:
         for epoch in range(start_epoch, cfg.epochs):
             generator.manual_seed(cfg.seed * 100_003 + epoch)  # same order per epoch, resumed or not
-            if isinstance(train_sampler, DistributedSampler):
-                train_sampler.set_epoch(epoch)
+            train_sampler.set_epoch(epoch)
             if cfg.freeze_stages and cfg.unfreeze_epoch and epoch >= cfg.unfreeze_epoch:
                 freeze_backbone_stages(model, 0)
             if cfg.freeze_stages:

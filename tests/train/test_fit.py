@@ -52,10 +52,10 @@ def test_training_raises_validation_dice(synth_root, tmp_path):
     assert best["best_metric"] == pytest.approx(max(float(r["val_miou"]) for r in rows[1:]), rel=1e-5)
 
 
-def _train_cmd(root, out, epochs):
+def _train_cmd(root, out, epochs, workers=0):
     return [sys.executable, "-m", "dronseg_edge", "train", "--data", str(root), "--out", str(out),
             "--model", "lraspp_mobilenet_v3_large", "--weights", "none", "--size", "96x64", "--epochs", str(epochs),
-            "--batch", "4", "--lr", "0.005", "--optimizer", "adamw", "--bn-momentum", "0.1", "--device", "cpu", "--workers", "0",
+            "--batch", "4", "--lr", "0.005", "--optimizer", "adamw", "--bn-momentum", "0.1", "--device", "cpu", "--workers", str(workers),
             "--no-tensorboard", "--seed", "0"]
 
 
@@ -64,7 +64,9 @@ def test_resume_after_kill_continues_exactly(synth_root, tmp_path):
     reference = fit(config(synth_root, tmp_path / "ref", epochs=epochs), log=lambda _m: None)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(synth_root, run, epochs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The killed and resumed runs load with 2 persistent workers, the reference in-process: the weights
+    # still match, so neither the resume nor the worker count changes shuffling or augmentation.
+    proc = subprocess.Popen(_train_cmd(synth_root, run, epochs, workers=2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "weights" / "last.pt"
     deadline = time.time() + 300
     while not last.exists() and proc.poll() is None and time.time() < deadline:
@@ -74,7 +76,7 @@ def test_resume_after_kill_continues_exactly(synth_root, tmp_path):
     killed_at = load_checkpoint(last)["epoch"]
     assert 1 <= killed_at < epochs, "the run was not interrupted mid-way"
 
-    resumed = fit(TrainConfig(data=str(synth_root), device="cpu", workers=0), resume=last, log=lambda _m: None)
+    resumed = fit(TrainConfig(data=str(synth_root), device="cpu", workers=2), resume=last, log=lambda _m: None)
     assert resumed.run_dir == run.resolve()
     final, ref = load_checkpoint(resumed.last), load_checkpoint(reference.last)
     assert final["epoch"] == epochs and final["step"] == ref["step"]
