@@ -43,3 +43,31 @@ def make_checkpoint(path: Path, arch: str = TINY_ARCH, size: tuple[int, int] = T
         "epoch": 0,
         "step": 0,
     })
+
+
+def break_onnx_classifier(source: Path, dest: Path | None = None) -> Path:
+    """Negate the final classifier weights of an exported LR-ASPP graph: a broken artifact that parity must fail."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(source))
+    for tensor in graph.graph.initializer:
+        if "high_classifier.weight" in tensor.name:
+            tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
+    dest = Path(dest or source)
+    onnx.save(graph, str(dest))
+    return dest
+
+
+def sabotage_onnx_export(monkeypatch) -> None:
+    """Make every later export write a broken graph (see ``break_onnx_classifier``)."""
+    import dronseg_edge.export.artifact as artifact
+
+    original = artifact._write_onnx
+
+    def broken(model, dest, *args, **kwargs):
+        notes = original(model, dest, *args, **kwargs)
+        break_onnx_classifier(dest)
+        return notes
+
+    monkeypatch.setattr(artifact, "_write_onnx", broken)

@@ -7,13 +7,12 @@ import sys
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
 from dronseg_edge.checkpoint import save_checkpoint
 from dronseg_edge.cli import main
 from dronseg_edge.models import build_model
+from testkit import break_onnx_classifier, sabotage_onnx_export
 
 
 def run_cli(capsys, *args):
@@ -71,32 +70,14 @@ def test_parity_command_passes_and_writes_json(exported, tiny_checkpoint, frames
 
 
 def test_parity_command_fails_a_perturbed_onnx_with_exit_4(exported, tiny_checkpoint, frames, tmp_path, capsys):
-    graph = onnx.load(str(exported))
-    for tensor in graph.graph.initializer:
-        if "high_classifier.weight" in tensor.name:
-            tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
-    broken = tmp_path / "broken.onnx"
-    onnx.save(graph, str(broken))
+    broken = break_onnx_classifier(exported, tmp_path / "broken.onnx")
     code, out, err = run_cli(capsys, "parity", tiny_checkpoint, broken, "--data", frames, "--device", "cpu")
     assert_one_error_line(code, out, err, 4, "does not match")
     assert "FAILED | logits: agreement" in out
 
 
 def test_export_of_a_broken_artifact_exits_4_and_keeps_it_as_failed(tiny_checkpoint, frames, tmp_path, capsys, monkeypatch):
-    import dronseg_edge.export.artifact as artifact
-
-    original = artifact._write_onnx
-
-    def broken(model, dest, *args, **kwargs):
-        notes = original(model, dest, *args, **kwargs)
-        graph = onnx.load(str(dest))
-        for tensor in graph.graph.initializer:
-            if "high_classifier.weight" in tensor.name:
-                tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
-        onnx.save(graph, str(dest))
-        return notes
-
-    monkeypatch.setattr(artifact, "_write_onnx", broken)
+    sabotage_onnx_export(monkeypatch)
     code, out, err = run_cli(capsys, "export", tiny_checkpoint, "--parity-data", frames, "--out", tmp_path,
                              "--device", "cpu")
     assert_one_error_line(code, out, err, 4, "tiny_fp32.onnx.failed failed parity (logits: argmax agreement")

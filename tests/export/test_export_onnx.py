@@ -10,9 +10,8 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
-import dronseg_edge.export.artifact as artifact
 from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export import export_artifact
@@ -20,6 +19,7 @@ from dronseg_edge.export.onnx import check_opset, export_onnx
 from dronseg_edge.export.onnx_metadata import read_onnx_info
 from dronseg_edge.metadata import ModelInfo, sha256_file
 from dronseg_edge.models import SegmentationNet
+from testkit import sabotage_onnx_export
 
 
 def dims(value_info) -> list:
@@ -111,28 +111,11 @@ def test_dynamo_exporter_also_works(trained_checkpoint, tmp_path):
     assert np.abs(got - expected).max() < 1e-3
 
 
-def _sabotage(monkeypatch):
-    """Make export write a graph whose final classifier weights are perturbed (a broken artifact)."""
-    original = artifact._write_onnx
-
-    def broken(model, dest, *args, **kwargs):
-        notes = original(model, dest, *args, **kwargs)
-        graph = onnx.load(str(dest))
-        for tensor in graph.graph.initializer:
-            if "high_classifier.weight" in tensor.name:
-                values = numpy_helper.to_array(tensor)
-                tensor.CopyFrom(numpy_helper.from_array(-values, tensor.name))
-        onnx.save(graph, str(dest))
-        return notes
-
-    monkeypatch.setattr(artifact, "_write_onnx", broken)
-
-
 def test_broken_artifact_fails_parity_and_never_replaces_a_good_file(fp32_export, trained_checkpoint, tmp_path, monkeypatch):
     good = tmp_path / "best_fp32.onnx"
     shutil.copy(fp32_export.path, good)
     before = good.read_bytes()
-    _sabotage(monkeypatch)
+    sabotage_onnx_export(monkeypatch)
     result = export_artifact(trained_checkpoint, out_dir=tmp_path, device="cpu")
     assert not result.passed and result.path == tmp_path / "best_fp32.onnx.failed" and result.path.is_file()
     assert good.read_bytes() == before
