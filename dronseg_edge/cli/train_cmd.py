@@ -66,6 +66,8 @@ def train(
     blur_p: float = typer.Option(0.1),
     noise_p: float = typer.Option(0.1),
     max_steps_per_epoch: int = typer.Option(0, min=0, help="Cap optimiser steps per epoch (smoke runs)."),
+    save_every_steps: int = typer.Option(0, min=0, help="Also write weights/last.pt every N optimiser steps, so --resume "
+                                         "after a kill loses at most N steps (0: at epoch ends only)."),
     tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard"),
     val_at_start: bool = typer.Option(False, "--val-at-start/--no-val-at-start", help="Score the initial weights as epoch 0."),
 ) -> None:
@@ -88,7 +90,8 @@ def train(
         pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor, poly_power=poly_power,
         grad_clip=grad_clip, amp=amp, channels_last=channels_last, compile=compile, deterministic=deterministic,
         sync_bn=sync_bn, device=device, workers=workers, val_fraction=val_fraction, seed=seed, best_metric=best_metric,
-        tensorboard=tensorboard, max_steps_per_epoch=max_steps_per_epoch, val_at_start=val_at_start,
+        tensorboard=tensorboard, max_steps_per_epoch=max_steps_per_epoch, save_every_steps=save_every_steps,
+        val_at_start=val_at_start,
         augment=AugmentConfig(enabled=augment, hflip=hflip, scale=scale, shift=shift, rotate=rotate,
                               brightness=color, contrast=color, saturation=color, blur_p=blur_p, noise_p=noise_p),
     )

@@ -79,16 +79,20 @@ class AugmentSeedSampler(Sampler):
         self.sampler = sampler
         self.seed = int(seed)
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Start epoch ``epoch``, leaving out its first ``skip`` samples (a run resumed mid-epoch)."""
         self.epoch = int(epoch)
+        self.skip = int(skip)
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return max(len(self.sampler) - self.skip, 0)
 
     def __iter__(self):
         base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
-        for index in self.sampler:
-            yield int(index), (base + int(index)) % 2**63
+        for position, index in enumerate(self.sampler):
+            if position >= self.skip:
+                yield int(index), (base + int(index)) % 2**63

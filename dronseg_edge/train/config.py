@@ -68,6 +68,7 @@ class TrainConfig:
     tensorboard: bool = True
     plots: bool = True
     max_steps_per_epoch: int = 0  # 0: whole epoch (a cap for smoke runs and benchmarks)
+    save_every_steps: int = 0  # also write weights/last.pt every N optimiser steps mid-epoch; 0: at epoch ends only
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> "TrainConfig":
@@ -87,6 +88,7 @@ class TrainConfig:
             (self.grad_clip >= 0, f"--grad-clip {self.grad_clip}: must be 0 (off) or positive"),
             (self.bn_momentum is None or 0.0 < self.bn_momentum <= 1.0, f"--bn-momentum {self.bn_momentum}: must be in (0, 1]"),
             (self.freeze_stages >= 0, f"--freeze-stages {self.freeze_stages}: must be 0 or more"),
+            (self.save_every_steps >= 0, f"--save-every-steps {self.save_every_steps}: must be 0 (epoch ends only) or more"),
         ]
         for ok, message in checks:
             if not ok:

@@ -23,7 +23,7 @@ from dronseg_edge.models import build_model, freeze_backbone_stages, keep_frozen
 from dronseg_edge.runs import next_run_dir
 from dronseg_edge.train import plots
 from dronseg_edge.train.config import TrainConfig
-from dronseg_edge.train.distributed import DistContext, barrier, cleanup_distributed, setup_distributed
+from dronseg_edge.train.distributed import DistContext, all_reduce_sum, barrier, cleanup_distributed, setup_distributed
 from dronseg_edge.train.loop import StepContext, evaluate, train_one_epoch
 from dronseg_edge.train.losses import build_loss, class_weights_from_counts
 from dronseg_edge.train.metrics import SegmentationMetrics
@@ -159,6 +159,7 @@ def _fit(cfg: TrainConfig, ckpt, resume, dist_ctx: DistContext, log) -> FitResul
     dtype = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
     start_epoch, global_step, best = 0, 0, -math.inf
+    partial: dict | None = None  # the part of start_epoch a mid-epoch checkpoint had already trained
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -167,7 +168,9 @@ def _fit(cfg: TrainConfig, ckpt, resume, dist_ctx: DistContext, log) -> FitResul
         start_epoch, global_step = int(ckpt["epoch"]), int(ckpt["step"])
         best = float(ckpt.get("best_metric", -math.inf))
         restore_rng_state(ckpt.get("rng", {}))
-        log(f"resumed from {resume}: epoch {start_epoch}/{cfg.epochs}, step {global_step}")
+        partial = ckpt.get("epoch_progress")
+        within = f" (+{partial['batches']} batches of epoch {start_epoch + 1})" if partial else ""
+        log(f"resumed from {resume}: epoch {start_epoch}/{cfg.epochs}{within}, step {global_step}")
     net = torch.compile(model) if cfg.compile else model
     if dist_ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -191,7 +194,7 @@ def _fit(cfg: TrainConfig, ckpt, resume, dist_ctx: DistContext, log) -> FitResul
 
     last_path, best_path = weights_dir / "last.pt", weights_dir / "best.pt"
     val_result: dict = {}
-    if cfg.val_at_start and start_epoch == 0:
+    if cfg.val_at_start and start_epoch == 0 and partial is None:
         start_scores = evaluate(model, criterion, val_loader, ctx, metrics, show_progress=dist_ctx.is_main)
         if history is not None:
             history.log({"epoch": 0, "step": 0, **_val_columns(start_scores)})
@@ -200,20 +203,36 @@ def _fit(cfg: TrainConfig, ckpt, resume, dist_ctx: DistContext, log) -> FitResul
     try:
         for epoch in range(start_epoch, cfg.epochs):
             generator.manual_seed(cfg.seed * 100_003 + epoch)  # same order per epoch, resumed or not
-            train_sampler.set_epoch(epoch)
+            done = partial or {"batches": 0, "steps": 0, "loss_sum": 0.0, "images": 0}
+            train_sampler.set_epoch(epoch, skip=done["batches"] * cfg.batch)
             if cfg.freeze_stages and cfg.unfreeze_epoch and epoch >= cfg.unfreeze_epoch:
                 freeze_backbone_stages(model, 0)
             if cfg.freeze_stages:
                 model.train()
                 keep_frozen_norms_in_eval(model)
+
+            def save_mid_epoch(steps: int, loss_sum: torch.Tensor, images: int, epoch=epoch, done=done, first_step=global_step) -> None:
+                if not cfg.save_every_steps or (first_step + steps) % cfg.save_every_steps or done["steps"] + steps >= per_epoch:
+                    return
+                totals = all_reduce_sum(torch.stack([loss_sum.detach().float(), torch.tensor(float(images), device=device)]))
+                if dist_ctx.is_main:
+                    progress = {"batches": done["batches"] + steps * cfg.accumulate, "steps": done["steps"] + steps,
+                                "loss_sum": done["loss_sum"] + totals[0].item(), "images": done["images"] + int(totals[1].item())}
+                    save_checkpoint(last_path, _checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, first_step + steps,
+                                                                 best, train_ids, val_ids, val_result, progress))
+
             train_result = train_one_epoch(
                 net, criterion, optimizer, scheduler, scaler, train_loader, ctx, accumulate=cfg.accumulate,
-                grad_clip=cfg.grad_clip, aux_weight=cfg.aux_weight, max_steps=cfg.max_steps_per_epoch,
-                description=f"epoch {epoch + 1}/{cfg.epochs}", show_progress=dist_ctx.is_main,
+                grad_clip=cfg.grad_clip, aux_weight=cfg.aux_weight,
+                max_steps=cfg.max_steps_per_epoch - done["steps"] if cfg.max_steps_per_epoch else 0,
+                description=f"epoch {epoch + 1}/{cfg.epochs}", show_progress=dist_ctx.is_main, on_step=save_mid_epoch,
             )
+            partial = None
             global_step += train_result["steps"]
+            epoch_images = done["images"] + train_result["images"]
+            epoch_loss = (done["loss_sum"] + train_result["loss"] * train_result["images"]) / max(epoch_images, 1)
             row = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
-                   "train_loss": train_result["loss"],
+                   "train_loss": epoch_loss,
                    "train_img_per_s": train_result["images"] / max(train_result["seconds"], 1e-9),
                    "data_wait_frac": train_result["data_wait_s"] / max(train_result["seconds"], 1e-9),
                    "epoch_s": train_result["seconds"]}
@@ -269,8 +288,10 @@ def _epoch_line(row: dict, cfg: TrainConfig) -> str:
 
 
 def _checkpoint_state(model, optimizer, scheduler, scaler, cfg: TrainConfig, epoch: int, step: int, best: float,
-                      train_ids, val_ids, val_result: dict) -> dict:
-    return {
+                      train_ids, val_ids, val_result: dict, epoch_progress: dict | None = None) -> dict:
+    """Everything a run needs to go on; ``epoch`` counts finished epochs, ``epoch_progress`` (mid-epoch
+    saves only) what of the next one is done: batches, optimiser steps, summed train loss and images."""
+    state = {
         "model": model.state_dict(),
         "arch": cfg.model,
         "aux_loss": bool(cfg.aux_loss and getattr(model, "aux_classifier", None) is not None),
@@ -291,6 +312,9 @@ def _checkpoint_state(model, optimizer, scheduler, scaler, cfg: TrainConfig, epo
         "config": cfg.to_dict(),
         "split": {"train": list(train_ids), "val": list(val_ids)},
     }
+    if epoch_progress is not None:
+        state["epoch_progress"] = epoch_progress
+    return state
 
 
 def _write_plots(run_dir: Path, rows: list[dict], val_result: dict) -> None:

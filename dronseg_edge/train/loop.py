@@ -65,9 +65,11 @@ def train_one_epoch(
     num_batches: int | None = None,
     description: str = "train",
     show_progress: bool = True,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[int, torch.Tensor, int], None] | None = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; returns loss, images, seconds, data_wait_s, steps.
+
+    ``on_step(steps, loss_sum, images)`` runs after every optimiser step with this rank's running totals.
 
     Gradients accumulate over ``accumulate`` micro-batches; each micro-loss is divided by the size of
     its group (the last, partial group of the epoch included), and the scheduler steps once per
@@ -112,7 +114,7 @@ def train_one_epoch(
             scheduler.step()
             steps += 1
             if on_step is not None:
-                on_step(steps)
+                on_step(steps, loss_sum, images)
         bar.update(1)
         if show_progress and (index % 10 == 0 or index == num_batches - 1):
             elapsed = time.perf_counter() - start

@@ -46,6 +46,7 @@ def test_train_bad_options(capsys, synth_root, tmp_path):
     assert "--amp" in one_line_error(capsys, "train", "--data", synth_root, *TINY, "--amp", "fp8")
     assert "--weights" in one_line_error(capsys, "train", "--data", synth_root, *TINY, "--weights", tmp_path / "w.pth")
     assert "val-fraction" in one_line_error(capsys, "train", "--data", synth_root, *TINY, "--val-fraction", "1.5")
+    assert "--save-every-steps" in one_line_error(capsys, "train", "--data", synth_root, *TINY, "--save-every-steps", "-1")
 
 
 def test_train_bad_mask_named_before_training(capsys, synth_root, tmp_path):

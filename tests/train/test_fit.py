@@ -89,6 +89,48 @@ def test_resume_after_kill_continues_exactly(synth_root, tmp_path):
         torch.testing.assert_close(final["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
+class Interrupted(Exception):
+    """Stands in for a kill right after a mid-epoch checkpoint was written."""
+
+
+def test_resume_mid_epoch_from_a_step_checkpoint_matches_an_uninterrupted_run(synth_root, tmp_path, monkeypatch):
+    import dronseg_edge.train.fit as fit_module
+
+    settings = dict(epochs=3, batch=3, accumulate=3, save_every_steps=1)  # 8 batches: groups of 3, 3 and a partial 2
+    reference = fit(config(synth_root, tmp_path / "ref", **settings), log=lambda _m: None)
+
+    real_save = fit_module.save_checkpoint
+    mid_epoch_saves = []
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if "epoch_progress" in state:
+            mid_epoch_saves.append(dict(state["epoch_progress"], epoch=state["epoch"], step=state["step"]))
+            if state["step"] == 5:
+                raise Interrupted
+
+    monkeypatch.setattr(fit_module, "save_checkpoint", save_then_die)
+    with pytest.raises(Interrupted):
+        fit(config(synth_root, tmp_path / "run", **settings), log=lambda _m: None)
+    monkeypatch.setattr(fit_module, "save_checkpoint", real_save)
+    # Steps 1-2 of each 3-step epoch are saved mid-epoch; step 3 ends the epoch (an ordinary save).
+    assert [(s["epoch"], s["steps"], s["batches"], s["step"]) for s in mid_epoch_saves] == [
+        (0, 1, 3, 1), (0, 2, 6, 2), (1, 1, 3, 4), (1, 2, 6, 5)]
+
+    messages = []
+    resumed = fit(TrainConfig(data=str(synth_root), device="cpu", workers=0), resume=tmp_path / "run" / "weights" / "last.pt",
+                  log=messages.append)
+    assert any("epoch 1/3 (+6 batches of epoch 2), step 5" in m for m in messages), messages
+    final, ref = load_checkpoint(resumed.last), load_checkpoint(reference.last)
+    assert final["epoch"] == 3 and final["step"] == ref["step"] == 9 and "epoch_progress" not in final
+    for key, value in ref["model"].items():
+        torch.testing.assert_close(final["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    rows, ref_rows = read_metrics(resumed.run_dir), read_metrics(reference.run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    for row, ref_row in zip(rows, ref_rows):  # epoch 2's loss joins its part before and after the interruption
+        assert float(row["train_loss"]) == pytest.approx(float(ref_row["train_loss"]), rel=1e-4)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
