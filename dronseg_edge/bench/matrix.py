@@ -94,8 +94,6 @@ def skip_reason(variant: Variant, device: torch.device) -> str | None:
         elif cuda and "CUDAExecutionProvider" not in providers:
             reasons.append("onnxruntime CUDA provider not available (pip install onnxruntime-gpu)")
     elif variant.fmt == "engine":
-        if variant.cuda_graph:
-            reasons.append("the TensorRT runner has no CUDA-graph option")
         if not cuda:
             reasons.append("needs CUDA")
         if not _importable("tensorrt"):
