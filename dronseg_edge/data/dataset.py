@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 import torch
@@ -93,6 +95,5 @@ class AugmentSeedSampler(Sampler):
 
     def __iter__(self):
         base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
-        for position, index in enumerate(self.sampler):
-            if position >= self.skip:
-                yield int(index), (base + int(index)) % 2**63
+        for index in itertools.islice(self.sampler, self.skip, None):
+            yield int(index), (base + int(index)) % 2**63

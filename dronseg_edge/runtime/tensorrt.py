@@ -50,6 +50,7 @@ class TensorRTBackend(Backend):
         self._context = None
         self.cuda_graph = True if cuda_graph is None else bool(cuda_graph)
         self._graph = None  # (input shape, CUDAGraph, static input, static output)
+        self._bound_outputs: list[torch.Tensor] = []  # every output of the latest binding, kept alive with it
         super().__init__(path, device)
 
     def read_info(self) -> ModelInfo:
@@ -122,7 +123,7 @@ class TensorRTBackend(Backend):
             out = torch.empty(shape, dtype=self._dtypes[out_name], device=self.device)
             self._context.set_tensor_address(out_name, out.data_ptr())
             outputs.append(out)
-        self._bound_outputs = outputs  # extra outputs must outlive the launch that writes them
+        self._bound_outputs = outputs
         return outputs[0]
 
     def _enqueue(self) -> None:
