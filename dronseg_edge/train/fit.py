@@ -19,7 +19,7 @@ from dronseg_edge.data.aeroscapes import dataset_samples, validate_samples
 from dronseg_edge.data.dataset import AugmentSeedSampler, SegmentationDataset
 from dronseg_edge.data.split import save_split, stratified_split
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.models import build_model, freeze_backbone_stages, keep_frozen_norms_in_eval, set_bn_momentum
+from dronseg_edge.models import build_model, freeze_backbone_stages, set_bn_momentum
 from dronseg_edge.runs import next_run_dir
 from dronseg_edge.train import plots
 from dronseg_edge.train.config import TrainConfig
@@ -28,6 +28,7 @@ from dronseg_edge.train.loop import StepContext, evaluate, train_one_epoch
 from dronseg_edge.train.losses import build_loss, class_weights_from_counts
 from dronseg_edge.train.metrics import SegmentationMetrics
 from dronseg_edge.train.optim import build_optimizer, build_scheduler, steps_per_epoch
+from dronseg_edge.train.precision import amp_dtype, check_amp, make_scaler, restore_scaler
 from dronseg_edge.train.rng import capture_rng_state, restore_rng_state, seed_everything, worker_init
 from dronseg_edge.train.tracking import MetricsLog
 
@@ -39,15 +40,6 @@ class FitResult:
     last: Path
     best_metric: float
     history: list[dict]
-
-
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """``auto``: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU."""
-    if mode == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[mode]
 
 
 def _broadcast_path(path: Path | None, dist_ctx: DistContext) -> Path:
@@ -101,6 +93,7 @@ def fit(cfg: TrainConfig, resume: Path | None = None, log: Callable[[str], None]
 
 def _fit(cfg: TrainConfig, ckpt, resume, dist_ctx: DistContext, log) -> FitResult:
     device = dist_ctx.device
+    check_amp(cfg.amp, device, resumed=ckpt is not None)
     seed_everything(cfg.seed + dist_ctx.rank, cfg.deterministic)
     if cfg.model.startswith("deeplabv3") and cfg.batch < 2:
         raise DronsegError("--batch 1 cannot train DeepLabV3 (its ASPP pooling BatchNorm needs 2+ images): use --batch 2 or more, with --accumulate to save memory")
@@ -145,8 +138,6 @@ def _fit(cfg: TrainConfig, ckpt, resume, dist_ctx: DistContext, log) -> FitResul
     model = build_model(cfg.model, num_classes=len(CLASS_NAMES), weights=cfg.weights, aux_loss=cfg.aux_loss)
     if cfg.bn_momentum is not None:
         set_bn_momentum(model, cfg.bn_momentum)
-    if cfg.freeze_stages:
-        freeze_backbone_stages(model, cfg.freeze_stages)
     channels_last = cfg.channels_last and device.type == "cuda"
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if cfg.sync_bn and dist_ctx.enabled:
@@ -157,24 +148,26 @@ def _fit(cfg: TrainConfig, ckpt, resume, dist_ctx: DistContext, log) -> FitResul
         per_epoch = min(per_epoch, cfg.max_steps_per_epoch)
     scheduler = build_scheduler(optimizer, cfg, cfg.epochs * per_epoch)
     dtype = amp_dtype(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
+    scaler = make_scaler(dtype, device)
     start_epoch, global_step, best = 0, 0, -math.inf
     partial: dict | None = None  # the part of start_epoch a mid-epoch checkpoint had already trained
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        restore_scaler(scaler, ckpt.get("scaler"))
         start_epoch, global_step = int(ckpt["epoch"]), int(ckpt["step"])
         best = float(ckpt.get("best_metric", -math.inf))
         restore_rng_state(ckpt.get("rng", {}))
         partial = ckpt.get("epoch_progress")
         within = f" (+{partial['batches']} batches of epoch {start_epoch + 1})" if partial else ""
         log(f"resumed from {resume}: epoch {start_epoch}/{cfg.epochs}{within}, step {global_step}")
-    net = torch.compile(model) if cfg.compile else model
-    if dist_ctx.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+    # The optimiser holds every parameter (frozen ones too), so unfreezing only changes requires_grad.
+    frozen = cfg.freeze_stages > 0 and not (cfg.unfreeze_epoch and start_epoch >= cfg.unfreeze_epoch)
+    if frozen:
+        freeze_backbone_stages(model, cfg.freeze_stages)
+    compiled = torch.compile(model) if cfg.compile else model
+    net = _data_parallel(compiled, dist_ctx)
 
     weights = None
     if cfg.class_weights != "none":
@@ -205,11 +198,12 @@ def _fit(cfg: TrainConfig, ckpt, resume, dist_ctx: DistContext, log) -> FitResul
             generator.manual_seed(cfg.seed * 100_003 + epoch)  # same order per epoch, resumed or not
             done = partial or {"batches": 0, "steps": 0, "loss_sum": 0.0, "images": 0}
             train_sampler.set_epoch(epoch, skip=done["batches"] * cfg.batch)
-            if cfg.freeze_stages and cfg.unfreeze_epoch and epoch >= cfg.unfreeze_epoch:
+            if frozen and cfg.unfreeze_epoch and epoch >= cfg.unfreeze_epoch:
                 freeze_backbone_stages(model, 0)
-            if cfg.freeze_stages:
-                model.train()
-                keep_frozen_norms_in_eval(model)
+                frozen = False
+                # DDP all-reduces only the parameters that required grad when it was built: wrap again.
+                del net
+                net = _data_parallel(compiled, dist_ctx)
 
             def save_mid_epoch(steps: int, loss_sum: torch.Tensor, images: int, epoch=epoch, done=done, first_step=global_step) -> None:
                 if not cfg.save_every_steps or (first_step + steps) % cfg.save_every_steps or done["steps"] + steps >= per_epoch:
@@ -260,6 +254,14 @@ def _fit(cfg: TrainConfig, ckpt, resume, dist_ctx: DistContext, log) -> FitResul
     if dist_ctx.is_main:
         log(f"done: best {cfg.best_metric} {best:.4f} -> {best_path}; last -> {last_path}; metrics -> {run_dir / 'metrics.csv'}")
     return FitResult(run_dir, best_path, last_path, best, history.rows if history else [])
+
+
+def _data_parallel(module: torch.nn.Module, dist_ctx: DistContext) -> torch.nn.Module:
+    """``module`` under DistributedDataParallel when distributed (it broadcasts rank 0's weights), else itself."""
+    if not dist_ctx.enabled:
+        return module
+    device = dist_ctx.device
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _val_columns(result: dict) -> dict:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from dronseg_edge.models import keep_frozen_norms_in_eval
 from dronseg_edge.train.distributed import all_reduce_sum
 from dronseg_edge.train.metrics import SegmentationMetrics
 
@@ -76,6 +77,9 @@ def train_one_epoch(
     optimiser step.
     """
     model.train()
+    # train() flips every BatchNorm back to batch statistics; frozen stages must keep their running ones,
+    # and this is the one place every epoch (after evaluate's eval()) passes through.
+    keep_frozen_norms_in_eval(model)
     num_batches = num_batches if num_batches is not None else len(loader)
     if max_steps:
         num_batches = min(num_batches, max_steps * accumulate)
@@ -148,7 +152,7 @@ def evaluate(
     """Loss and scores over ``loader`` (reduced over ranks). Logits are resized to the mask size when they differ
     (evaluation at native resolution), so metrics are always computed at the ground truth's own size."""
     model.eval()
-    metrics.reset()
+    metrics.reset(ctx.device)
     loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
     count = 0
     for images_u8, masks_u8 in tqdm(loader, desc=description, disable=not show_progress, leave=False, mininterval=1.0):
@@ -163,7 +167,7 @@ def evaluate(
         count += x.shape[0]
         metrics.update(logits.argmax(dim=1), y)
     totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(count), device=ctx.device, dtype=torch.float64)]))
-    metrics.all_reduce()
+    metrics.all_reduce(ctx.device)
     result = metrics.compute()
     result["loss"] = (totals[0] / totals[1].clamp(min=1)).item() if criterion is not None else float("nan")
     return result

@@ -103,6 +103,16 @@ def nan_mean(values: Sequence[float]) -> float:
     return sum(kept) / len(kept) if kept else math.nan
 
 
+def reduce_device(current: torch.device, backend: str, device: torch.device | str | None = None) -> torch.device:
+    """Where metric state must be to be all-reduced: ``device`` when given, else a CUDA device for NCCL
+    (a rank that saw no image still holds the CPU state it was created with), else where it is."""
+    if device is not None:
+        return torch.device(device)
+    if backend == "nccl" and current.type != "cuda":
+        return torch.device("cuda")  # the current CUDA device, which torchrun code sets per rank
+    return current
+
+
 class ClassRow(NamedTuple):
     """One printable row of the per-class table; gt_pixels / pred_pixels count the class in truth / prediction."""
 
@@ -159,12 +169,16 @@ class SegmentationMetrics:
         self.image_dice_sum += _competition_dice(per_image).sum(0)
         self.image_count += per_image.shape[0]
 
-    def all_reduce(self) -> None:
-        """Sum the state over torch.distributed ranks; a no-op without an initialised process group."""
+    def all_reduce(self, device: torch.device | str | None = None) -> None:
+        """Sum the state over torch.distributed ranks (a no-op without an initialised process group).
+
+        The state moves to ``device`` first, by default to one the group's backend can reduce.
+        """
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             return
+        self._to(reduce_device(self.confusion.device, dist.get_backend(), device))
         dist.all_reduce(self.confusion, op=dist.ReduceOp.SUM)
         stats = torch.cat([self.image_dice_sum, self.image_count.view(1)])
         dist.all_reduce(stats, op=dist.ReduceOp.SUM)

@@ -49,6 +49,12 @@ def test_train_bad_options(capsys, synth_root, tmp_path):
     assert "--save-every-steps" in one_line_error(capsys, "train", "--data", synth_root, *TINY, "--save-every-steps", "-1")
 
 
+def test_train_fp16_on_the_cpu_is_refused_before_the_run_starts(capsys, synth_root, tmp_path):
+    message = one_line_error(capsys, "train", "--data", synth_root, *TINY, "--amp", "fp16", "--out", tmp_path / "run")
+    assert "--amp fp16" in message and "--amp bf16 or --amp off" in message
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_bad_mask_named_before_training(capsys, synth_root, tmp_path):
     import shutil
 

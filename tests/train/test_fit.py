@@ -3,13 +3,13 @@
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
+from ddp_probe import launch, torchrun
 
 from dronseg_edge.checkpoint import load_checkpoint
 from dronseg_edge.train.config import TrainConfig
@@ -131,16 +131,9 @@ def test_resume_mid_epoch_from_a_step_checkpoint_matches_an_uninterrupted_run(sy
         assert float(row["train_loss"]) == pytest.approx(float(ref_row["train_loss"]), rel=1e-4)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_ddp_two_gloo_processes(synth_root, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "dronseg_edge", *_train_cmd(synth_root, run, 2)[3:]]
+    cmd = torchrun("-m", "dronseg_edge", *_train_cmd(synth_root, run, 2)[3:])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -152,6 +145,14 @@ def test_ddp_two_gloo_processes(synth_root, tmp_path):
     # Validation metrics are reduced over both ranks: every validation image counted once.
     assert ckpt["metrics"]["images"] == len(ckpt["split"]["val"])
     assert not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_ddp_ranks_stay_identical_after_unfreezing(synth_root, tmp_path):
+    epochs = launch("unfreeze", tmp_path / "seen.json", str(synth_root), str(tmp_path / "run"))
+    frozen, unfrozen = epochs
+    assert not frozen["requires_grad"] and unfrozen["requires_grad"]
+    assert unfrozen["value"] != frozen["value"]  # the unfrozen stem is optimised...
+    assert frozen["rank_gap"] == unfrozen["rank_gap"] == 0.0  # ...with gradients averaged over the ranks
 
 
 def test_accumulation_aux_head_freezing_and_bf16(synth_root, tmp_path):

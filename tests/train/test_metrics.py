@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from ddp_probe import launch
 from testkit import requires_cuda
+
 from dronseg_edge.classes import CLASS_NAMES
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.train.metrics import (
@@ -18,6 +20,7 @@ from dronseg_edge.train.metrics import (
     image_class_dice,
     iou_from_confusion,
     nan_mean,
+    reduce_device,
 )
 
 # A 2x3 image with 3 classes. Truth 0 at (0,0),(0,1) predicted 0,1; truth 1 at (0,2),(1,2) predicted
@@ -186,6 +189,40 @@ def test_all_reduce_in_a_single_process_gloo_group_keeps_values(tmp_path):
     assert metrics.compute()["images"] == 3
 
 
+def test_reduce_device_follows_the_backend():
+    cpu, cuda1 = torch.device("cpu"), torch.device("cuda", 1)
+    # NCCL takes CUDA tensors only: state a rank never filled (still on the CPU) must move.
+    assert reduce_device(cpu, "nccl") == torch.device("cuda")
+    assert reduce_device(cuda1, "nccl") == cuda1
+    assert reduce_device(cpu, "gloo") == cpu
+    assert reduce_device(cuda1, "gloo") == cuda1
+    assert reduce_device(cpu, "nccl", "cuda:2") == torch.device("cuda", 2)  # the caller's device wins
+    assert reduce_device(cuda1, "gloo", torch.device("cpu")) == cpu
+
+
+@pytest.mark.slow
+def test_all_reduce_with_a_rank_without_validation_images(tmp_path):
+    seen = launch("metrics_empty_rank", tmp_path / "seen.json")
+    expected = seen["expected"]
+    assert expected["images"] == 1
+    for rank in seen["ranks"]:
+        assert rank["confusion"] == expected["confusion"] == HAND_CM and rank["images"] == 1
+        assert rank["competition"] == pytest.approx(expected["competition"])
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_empty_state_reduces_over_nccl(tmp_path):
+    metrics = SegmentationMetrics(num_classes=3)  # never updated: its state was made on the CPU
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        metrics.all_reduce()
+    finally:
+        dist.destroy_process_group()
+    assert metrics.confusion.is_cuda and metrics.compute()["images"] == 0
+
+
+@pytest.mark.gpu
 @requires_cuda
 def test_state_stays_on_the_gpu():
     metrics = SegmentationMetrics(num_classes=3)
