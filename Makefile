@@ -5,10 +5,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CLI    := $(PY) -m dronseg_edge
 STAMP  := $(VENV)/.installed
-EXTRAS ?= ort,dev
+EXTRAS ?= ort,dev,video
 DEMO   ?= runs/demo
 
-.PHONY: install test demo clean
+.PHONY: install test demo clean gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ install: $(STAMP)
 # pytest exits 5 when it collects no tests; that is not a failure of the suite.
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+# make gpu-check: every GPU path in at most 5 minutes (stages under their own timeouts, results in
+# benchmarks/results/gpu-check-<gpu>-<date>/); without a GPU the same stages at tiny sizes on the CPU.
+# No $(STAMP) prerequisite: the GPU machine has torch but no .venv and no network, so this uses .venv
+# where there is one and the machine's python3 otherwise. Options: GPU_CHECK_ARGS="--cpu --only latency ...".
+GPU_CHECK_PY   ?= $(shell test -x $(PY) && echo $(PY) || echo $(PYTHON))
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_CHECK_PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 demo: $(STAMP)
 	rm -rf $(DEMO)

@@ -10,7 +10,7 @@ percentiles). Variants this machine cannot run are listed with the reason.
     python benchmarks/latency.py --checkpoint runs/train/exp/weights/best.pt --batches 1
 
 Models get random weights with calibrated BatchNorm statistics (random statistics make logits
-explode and fp16 overflow: FACTS.md section 4), unless --checkpoint gives trained ones. Parity
+explode and fp16 overflow: docs/facts.md#h100-baseline), unless --checkpoint gives trained ones. Parity
 uses --data, or a small synthetic data set made in the work folder. The physical floor is the
 model's FLOPs per frame (counted by torch's FlopCounterMode on the meta device) over the GPU's dense
 FP16 tensor peak; ratio = measured ms per frame / floor.
@@ -32,8 +32,7 @@ from dronseg_edge.bench.matrix import MatrixRow, Variant, run_matrix
 from dronseg_edge.bench.report import fmt_fps, fmt_ms, now_iso, render_table
 from dronseg_edge.bench.system import describe_system, load_average, system_info
 from dronseg_edge.bench.timing import TimingSettings
-from dronseg_edge.checkpoint import load_checkpoint, save_checkpoint
-from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
+from dronseg_edge.checkpoint import load_checkpoint, model_state, save_checkpoint
 from dronseg_edge.devices import device_description, resolve_device
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.models import ARCHS, build_model
@@ -52,7 +51,7 @@ VARIANTS = (
     Variant("engine", "fp16"),
     Variant("engine", "int8"),
 )
-# Dense FP16 tensor-core peak, TFLOP/s (NVIDIA data sheets; H100 SXM figure as in FACTS.md section 4).
+# Dense FP16 tensor-core peak, TFLOP/s (NVIDIA data sheets; H100 SXM figure as in docs/facts.md#h100-baseline).
 PEAK_FP16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4}
 
 
@@ -91,10 +90,7 @@ def sane_checkpoint(arch: str, size: tuple[int, int], path: Path, device: torch.
     with torch.no_grad():
         for _ in range(4):
             model(torch.randn(2, 3, calib[1], calib[0], device=device))
-    state = {k: v.cpu() for k, v in model.eval().state_dict().items()}
-    return save_checkpoint(path, {"model": state, "arch": arch, "aux_loss": False, "class_names": list(CLASS_NAMES),
-                                  "palette": [list(c) for c in PALETTE], "mean": list(IMAGENET_MEAN),
-                                  "std": list(IMAGENET_STD), "input_size": list(size), "epoch": 0, "step": 0})
+    return save_checkpoint(path, model_state(model.eval().cpu(), arch, size))
 
 
 def flops_per_frame(arch: str, size: tuple[int, int]) -> float:

@@ -99,9 +99,9 @@ def video_facts(path: Path) -> tuple[np.ndarray, dict]:
     return frame, facts
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    device = resolve_device("cpu" if args.quick and args.device == "auto" else args.device)
+def run(args: argparse.Namespace) -> dict:
+    """Measure model-only and end-to-end fps as ``args`` say; returns the results document (not written)."""
+    device = run_device(args)
     size = parse_size(args.size)
     model = args.model or sane_checkpoint(args.arch, size, args.work / "checkpoints" / f"{args.arch}_{format_size(size)}.pt",
                                           device)
@@ -162,7 +162,17 @@ def main(argv=None) -> int:
                        "all_fps": [data["fps"] for data in runs]},
         "targets": targets,
     }
-    name = f"pipeline-{device_slug(device)}-{date.today().isoformat()}{'-' + args.tag if args.tag else ''}.json"
+    return doc
+
+
+def run_device(args: argparse.Namespace) -> torch.device:
+    return resolve_device("cpu" if args.quick and args.device == "auto" else args.device)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    doc = run(args)
+    name = f"pipeline-{device_slug(run_device(args))}-{date.today().isoformat()}{'-' + args.tag if args.tag else ''}.json"
     path = write_json_atomic(args.out / name, doc)
     print(f"wrote {path}")
     return 0

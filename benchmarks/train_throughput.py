@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import platform
 import re
 import sys
@@ -24,19 +25,15 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from dronseg_edge import __version__
-from dronseg_edge.classes import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from dronseg_edge.data.aeroscapes import dataset_samples
 from dronseg_edge.data.augment import AugmentConfig
 from dronseg_edge.data.dataset import SegmentationDataset
 from dronseg_edge.devices import device_description, resolve_device
-from dronseg_edge.models import build_model
 from dronseg_edge.sizes import parse_size
 from dronseg_edge.train.config import TrainConfig
-from dronseg_edge.train.fit import amp_dtype
-from dronseg_edge.train.loop import StepContext, train_one_epoch
-from dronseg_edge.train.losses import build_loss
-from dronseg_edge.train.optim import build_optimizer, build_scheduler
-from dronseg_edge.train.rng import seed_everything, worker_init
+from dronseg_edge.train.loop import train_one_epoch
+from dronseg_edge.train.rng import seed_everything
+from dronseg_edge.train.setup import build_criterion, loader_options, prepare_model, step_context
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", default="1280x720", help="WxH")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--accumulate", type=int, default=1)
+    parser.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm (0: no clipping)")
     parser.add_argument("--amp", default="bf16", choices=["auto", "fp16", "bf16", "off"])
     parser.add_argument("--loss", default="focal+dice")
     parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
@@ -75,23 +73,22 @@ def run(args: argparse.Namespace) -> dict:
     samples = dataset_samples(args.data, "train")
     cfg = TrainConfig(data=str(args.data), model=args.model, weights="none", batch=args.batch, size=size,
                       accumulate=args.accumulate, loss=args.loss, optimizer=args.optimizer, amp=args.amp,
+                      channels_last=args.channels_last, compile=args.compile, workers=args.workers, epochs=1,
                       augment=AugmentConfig(enabled=args.augment))
     dataset = SegmentationDataset(samples, size, augment=cfg.augment)
     micro_batches = (args.warmup + args.steps) * args.accumulate
+    # Drawn with replacement, so the run lasts the warm-up plus the timed steps whatever the data set's size;
+    # model, optimiser, schedule, scaler, loss and loader settings are a training run's own (train/setup.py).
     loader = DataLoader(dataset, batch_size=args.batch, sampler=RandomSampler(dataset, replacement=True, num_samples=micro_batches * args.batch),
-                        num_workers=args.workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init,
-                        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None, drop_last=True)
-    channels_last = args.channels_last and device.type == "cuda"
-    model = build_model(args.model, weights="none").to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, args.warmup + args.steps)
-    dtype = amp_dtype(args.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
-    criterion = build_loss(args.loss, ignore_index=IGNORE_INDEX)
-    ctx = StepContext(device, dtype, torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
-                      torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1), channels_last)
-    net = torch.compile(model) if args.compile else model
+                        drop_last=True, **loader_options(cfg, device))
+    setup = prepare_model(cfg, device, args.warmup + args.steps)
+    model, optimizer, scheduler, scaler, net = setup.model, setup.optimizer, setup.scheduler, setup.scaler, setup.compiled
+    criterion = build_criterion(cfg, device)
+    ctx = step_context(setup, device)
     iterator = iter(loader)
+    # Parameters before any step: a run whose optimiser steps were all skipped (fp16 overflow) or never
+    # reached the weights must not pass for training. Kept on the host so the peak GPU memory is the loop's own.
+    before = [p.detach().to("cpu", copy=True) for p in model.parameters()]
 
     class Stream:  # one loader iterator shared by the warm-up and the timed pass
         def __init__(self, n):
@@ -104,11 +101,14 @@ def run(args: argparse.Namespace) -> dict:
             for _ in range(self.n):
                 yield next(iterator)
 
-    kwargs = dict(accumulate=args.accumulate, show_progress=sys.stderr.isatty())
-    train_one_epoch(net, criterion, optimizer, scheduler, scaler, Stream(args.warmup * args.accumulate), ctx, description="warm-up", **kwargs)
+    kwargs = dict(accumulate=args.accumulate, grad_clip=args.grad_clip, show_progress=sys.stderr.isatty())
+    warm = train_one_epoch(net, criterion, optimizer, scheduler, scaler, Stream(args.warmup * args.accumulate), ctx, description="warm-up", **kwargs)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timed = train_one_epoch(net, criterion, optimizer, scheduler, scaler, Stream(args.steps * args.accumulate), ctx, description="timed", **kwargs)
+    with torch.no_grad():
+        change = max((p.detach().cpu() - b).abs().max().item() for p, b in zip(model.parameters(), before))
+    del before
     if scratch is not None:
         scratch.cleanup()
     result = {
@@ -126,6 +126,12 @@ def run(args: argparse.Namespace) -> dict:
         "data_wait_frac": timed["data_wait_s"] / timed["seconds"],
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "final_loss": timed["loss"],
+        "loss_finite": math.isfinite(timed["loss"]),
+        "optimizer_steps": warm["steps"] + timed["steps"],
+        "max_abs_weight_change": change,
+        "weights_changed": change > 0,
+        # fp16 only: GradScaler's scale after the run (halved at every overflow, so it shows skipped steps)
+        "grad_scale": scaler.get_scale() if scaler.is_enabled() else None,
     }
     return result
 

@@ -1,14 +1,21 @@
-"""Checkpoints: one file that both resumes training and rebuilds the model.
+"""Checkpoints: one file that both resumes training and rebuilds the model; this module owns its schema.
 
+A checkpoint is ``model_state(...)`` (what rebuilds the model: weights, architecture, classes,
+palette, normalisation, training size), plus ``TrainingState(...).to_dict()`` when it is written by
+a training run (what resumes it: optimiser, scheduler, scaler, progress, RNG, config, split).
 Everything in it is plain data (tensors, numbers, strings, lists, dicts) so it loads with
 ``torch.load(..., weights_only=True)``: a checkpoint file is data, never code.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -22,6 +29,88 @@ from dronseg_edge.models import ARCHS, build_model
 
 FORMAT = "dronseg-edge-checkpoint"
 FORMAT_VERSION = 1
+
+
+def model_state(model: nn.Module, arch: str, input_size: Sequence[int], *,
+                class_names: Sequence[str] = CLASS_NAMES, palette: Sequence[Sequence[int]] = PALETTE,
+                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> dict[str, Any]:
+    """The part of a checkpoint that rebuilds ``model`` (built by ``models.build_model(arch)``).
+
+    ``input_size`` is the training size (W, H); ``mean``/``std`` the RGB normalisation in 0..1 units.
+    Whether the aux head is stored is read off the model, so the flag can never disagree with the weights.
+    """
+    return {
+        "model": model.state_dict(),
+        "arch": arch,
+        "aux_loss": getattr(model, "aux_classifier", None) is not None,
+        "class_names": list(class_names),
+        "palette": [list(colour) for colour in palette],
+        "mean": list(mean),
+        "std": list(std),
+        "input_size": list(input_size),
+    }
+
+
+@dataclass
+class TrainingState:
+    """The part of a checkpoint that resumes a run; ``epoch`` counts finished epochs, ``step`` optimiser steps.
+
+    ``epoch_progress`` (mid-epoch saves only) is what of the next epoch is done: batches, optimiser
+    steps, summed train loss and images. ``split`` maps ``train``/``val`` to image IDs.
+    """
+
+    optimizer: dict
+    scheduler: dict
+    scaler: dict
+    epoch: int
+    step: int
+    best_metric: float
+    best_metric_name: str
+    metrics: dict
+    rng: dict
+    config: dict
+    split: dict[str, list[str]]
+    epoch_progress: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        state = {
+            "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler,
+            "epoch": self.epoch, "step": self.step, "best_metric": self.best_metric,
+            "best_metric_name": self.best_metric_name, "metrics": self.metrics, "rng": self.rng,
+            "config": self.config, "split": {"train": list(self.split["train"]), "val": list(self.split["val"])},
+        }
+        if self.epoch_progress is not None:  # absent, not None: an end-of-epoch save has no partial epoch
+            state["epoch_progress"] = self.epoch_progress
+        return state
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> "TrainingState":
+        """The training state of a loaded checkpoint, or a one-line DronsegError for a model-only file."""
+        if "optimizer" not in ckpt or "config" not in ckpt:
+            raise DronsegError(f"checkpoint {ckpt.get('path', '?')} holds no training state: resume from weights/last.pt of a run")
+        return cls(
+            optimizer=ckpt["optimizer"], scheduler=ckpt["scheduler"], scaler=ckpt.get("scaler") or {},
+            epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), best_metric=float(ckpt.get("best_metric", -math.inf)),
+            best_metric_name=str(ckpt.get("best_metric_name", "")), metrics=dict(ckpt.get("metrics") or {}),
+            rng=ckpt.get("rng") or {}, config=dict(ckpt["config"]),
+            split={"train": recorded_split(ckpt, "train"), "val": recorded_split(ckpt, "val")},
+            epoch_progress=ckpt.get("epoch_progress"),
+        )
+
+
+def recorded_split(ckpt: dict[str, Any], part: str) -> list[str]:
+    """Image IDs of the run's ``train`` or ``val`` part as the checkpoint records them ([] when it has none).
+
+    The checkpoint, not the run folder's split.json (a human-readable copy), is where eval, export and
+    resume read the split from: a checkpoint copied alone to another machine still knows it.
+    """
+    return list((ckpt.get("split") or {}).get(part) or [])
+
+
+def recorded_data_root(ckpt: dict[str, Any]) -> Path | None:
+    """The data set folder the checkpoint was trained on (``config["data"]``), or None when it records none."""
+    root = (ckpt.get("config") or {}).get("data")
+    return Path(root) if root else None
 
 
 def save_checkpoint(path: os.PathLike | str, state: dict[str, Any]) -> Path:
@@ -39,10 +128,14 @@ def load_checkpoint(path: os.PathLike | str, num_classes: int | None = None) -> 
     if not path.is_file():
         raise DronsegError(f"checkpoint {path} does not exist: pass the .pt written by `dronseg-edge train` (weights/best.pt)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A foreign pickle can make torch warn (e.g. about its protocol) before failing: the error says it all.
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         detail = _short_reason(exc)
-        raise DronsegError(f"checkpoint {path} cannot be read ({detail}); it is corrupt or not a torch file: re-run training or pick another file") from None
+        raise DronsegError(f"checkpoint {path} cannot be read ({detail}); it is damaged or not a checkpoint written by "
+                           "`dronseg-edge train`: re-run training or pick another file") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise DronsegError(f"{path} is not a dronseg-edge checkpoint (no '{FORMAT}' tag): pass a file written by `dronseg-edge train`")
     for key in ("model", "arch", "class_names", "input_size"):
@@ -60,12 +153,23 @@ def load_checkpoint(path: os.PathLike | str, num_classes: int | None = None) -> 
 
 
 def _short_reason(exc: Exception) -> str:
-    """The informative line of a torch.load error (weights_only errors bury it mid-text)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if "Unsupported global" in line or "WeightsUnpickler error" in line:
-            return line[:200]
-    return (lines[0][:200] if lines else type(exc).__name__)
+    """One plain line from a torch.load error.
+
+    weights_only refusals are paragraphs (the PyTorch 2.6 default change, "Please file an issue ...",
+    add_safe_globals advice) with the cause mid-text; other errors may run on over several sentences.
+    """
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        cause = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
+        cause = cause.split(" was not an allowed global")[0]
+        return f"it holds Python objects, not plain data: {cause}"[:200] if cause else "it holds Python objects, not plain data"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", first)  # C++ source location, no help to a user
+    first = first.split(". ")[0]
+    if not first or isinstance(exc, KeyError):  # KeyError's text is a bare key, e.g. '101'
+        return type(exc).__name__
+    return first[:200]
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
@@ -84,18 +188,5 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
 
 
 def info_from_checkpoint(ckpt: dict[str, Any], with_hash: bool = True) -> ModelInfo:
-    """The artifact metadata of a checkpoint (its training size, classes, palette, normalisation)."""
-    source = ckpt.get("path")
-    return ModelInfo(
-        arch=ckpt["arch"],
-        input_size=(int(ckpt["input_size"][0]), int(ckpt["input_size"][1])),
-        class_names=list(ckpt["class_names"]),
-        palette=[list(map(int, c)) for c in ckpt.get("palette", PALETTE)],
-        mean=list(map(float, ckpt.get("mean", IMAGENET_MEAN))),
-        std=list(map(float, ckpt.get("std", IMAGENET_STD))),
-        precision="fp32",
-        head="logits",
-        batch=None,
-        dynamic=True,
-        source_sha256=sha256_file(Path(source)) if (with_hash and source) else "",
-    )
+    """Kept for old call sites: the metadata's owner is ``ModelInfo.from_checkpoint``."""
+    return ModelInfo.from_checkpoint(ckpt, with_hash=with_hash)

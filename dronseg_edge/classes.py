@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 CLASS_NAMES: tuple[str, ...] = (
     "background",
     "person",
@@ -42,8 +40,3 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 # ImageNet statistics (RGB, for images scaled to 0..1): torchvision's pretrained backbones expect them.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-
-def palette_array(palette=PALETTE) -> np.ndarray:
-    """Palette as a (num_classes, 3) uint8 RGB array."""
-    return np.asarray(palette, dtype=np.uint8).reshape(-1, 3)

@@ -1,24 +1,40 @@
 """The metadata every artifact carries, so ``infer`` and ``bench`` need nothing but the file.
 
-Checkpoints hold it as plain keys, ONNX files in ``metadata_props`` (one JSON value per key),
-TensorRT engines in a JSON sidecar next to the ``.engine`` file.
+This module owns its three on-disk forms:
+
+- checkpoints hold it as plain keys (``ModelInfo.from_checkpoint``);
+- ONNX files in ``metadata_props``, one JSON-encoded value per ModelInfo field (so ONNX Runtime's
+  ``custom_metadata_map`` and Netron show them too), plus a marker entry;
+- TensorRT engines in a JSON sidecar, ``model.engine`` -> ``model.engine.json``, since a plan cannot
+  carry free-form data; ``extra["tensorrt"]`` says which GPU and TensorRT version built it.
+
+Reading an ONNX file's metadata does not import ``onnx``: the deployable path (an ``.onnx`` run by
+ONNX Runtime on a Jetson) must stay light, so ``metadata_props`` is read straight off the protobuf
+wire format, seeking past the graph and its weights (see ``read_onnx_metadata_props``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
 from dronseg_edge import __version__
+from dronseg_edge.atomic import write_json_atomic
 from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
 from dronseg_edge.errors import DronsegError
 
+if TYPE_CHECKING:  # annotations only: writing and reading metadata never needs the onnx package
+    import onnx
+
 HEADS = ("logits", "argmax")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+MARKER_KEY = "dronseg_edge"  # present in every ONNX file this package writes; its value is the metadata layout version
+MARKER_VERSION = "1"
+SIDECAR_FORMAT = "dronseg-edge-engine"
 
 
 @dataclass
@@ -77,8 +93,26 @@ class ModelInfo:
             raise DronsegError(f"{source}: metadata has {info.num_classes} classes but {len(info.palette)} colours")
         return info
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any], with_hash: bool = True) -> "ModelInfo":
+        """The metadata of a loaded checkpoint (its training size, classes, palette, normalisation).
+
+        ``with_hash`` hashes the file at ``ckpt["path"]`` into ``source_sha256`` (reads it whole).
+        """
+        source = ckpt.get("path")
+        return cls(
+            arch=ckpt["arch"],
+            input_size=(int(ckpt["input_size"][0]), int(ckpt["input_size"][1])),
+            class_names=list(ckpt["class_names"]),
+            palette=[list(map(int, c)) for c in ckpt.get("palette", PALETTE)],
+            mean=list(map(float, ckpt.get("mean", IMAGENET_MEAN))),
+            std=list(map(float, ckpt.get("std", IMAGENET_STD))),
+            precision="fp32",
+            head="logits",
+            batch=None,
+            dynamic=True,
+            source_sha256=sha256_file(Path(source)) if (with_hash and source) else "",
+        )
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -88,3 +122,147 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# -- ONNX metadata_props ----------------------------------------------------------------------
+
+def set_onnx_metadata(model: "onnx.ModelProto", info: ModelInfo) -> "onnx.ModelProto":
+    """Replace the dronseg-edge entries of ``model.metadata_props`` with ``info`` (other entries stay)."""
+    fields = {key: json.dumps(value) for key, value in info.to_dict().items()}
+    fields[MARKER_KEY] = MARKER_VERSION
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in fields]
+    del model.metadata_props[:]
+    for key, value in kept + sorted(fields.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model
+
+
+def onnx_metadata_dict(model: "onnx.ModelProto", source: str = "ONNX file") -> dict[str, Any]:
+    """The decoded dronseg-edge metadata of a loaded model (raises DronsegError when there is none)."""
+    return _decode_props([(p.key, p.value) for p in model.metadata_props], source)
+
+
+def _decode_props(props: list[tuple[str, str]], source: str) -> dict[str, Any]:
+    found = dict(props)  # a repeated key: the last entry wins, as in onnx's own dict of them
+    if MARKER_KEY not in found:
+        raise DronsegError(
+            f"{source} has no dronseg-edge metadata (class names, input size, normalisation): "
+            "export it with `dronseg-edge export CHECKPOINT`"
+        )
+    ours = {f.name for f in dataclasses.fields(ModelInfo)}  # other tools' entries (author, ...) stay out
+    data: dict[str, Any] = {}
+    for key, value in found.items():
+        if key not in ours:
+            continue
+        try:
+            data[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise DronsegError(f"{source}: metadata entry {key!r} is not valid JSON: re-export the file") from None
+    return data
+
+
+def read_onnx_info(path: Path) -> ModelInfo:
+    """ModelInfo from an ONNX file's ``metadata_props``; DronsegError if unreadable or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise DronsegError(f"ONNX file {path} does not exist: export one with `dronseg-edge export CHECKPOINT`")
+    try:
+        props = read_onnx_metadata_props(path)
+    except (OSError, EOFError, ValueError) as exc:  # truncated, or not protobuf (UnicodeDecodeError is a ValueError)
+        raise DronsegError(f"{path} is not a readable ONNX file ({type(exc).__name__}): re-export it") from None
+    return ModelInfo.from_dict(_decode_props(props, str(path)), source=str(path))
+
+
+# The protobuf wire format, just enough of it for ModelProto.metadata_props
+# (https://protobuf.dev/programming-guides/encoding/). A message is a sequence of fields, each a
+# varint key (field number << 3 | wire type) and a payload whose size the wire type gives, so any
+# field can be skipped without decoding it: the graph and its weights (field 7, often hundreds of
+# MB) cost one seek. onnx.load would parse and copy all of it.
+_METADATA_PROPS = 14  # ModelProto: repeated StringStringEntryProto metadata_props = 14
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2  # StringStringEntryProto: string key = 1; string value = 2
+_FIXED_SIZES = {1: 8, 5: 4}  # wire types 1 (64-bit) and 5 (32-bit); 0 is a varint, 2 length-prefixed
+
+
+def read_onnx_metadata_props(path: Path) -> list[tuple[str, str]]:
+    """The (key, value) pairs of an ONNX file's ``metadata_props``, in file order.
+
+    EOFError for a truncated file, ValueError for bytes that are not a protobuf message.
+    """
+    with open(path, "rb") as handle:  # buffered: the byte-by-byte varint reads cost no system calls
+        end = handle.seek(0, io.SEEK_END)
+        handle.seek(0)
+        props = []
+        for _, entry in _length_fields(handle, end, {_METADATA_PROPS}):
+            fields = dict(_length_fields(io.BytesIO(entry), len(entry), {_ENTRY_KEY, _ENTRY_VALUE}))
+            props.append((fields.get(_ENTRY_KEY, b"").decode("utf-8"), fields.get(_ENTRY_VALUE, b"").decode("utf-8")))
+    return props
+
+
+def _length_fields(stream: BinaryIO, end: int, wanted: set[int]) -> Iterator[tuple[int, bytes]]:
+    """(field number, payload) of each length-delimited field in ``wanted`` of the message that runs
+    from ``stream``'s position to byte ``end``; every other field is skipped by seeking past it."""
+    while stream.tell() < end:
+        key = _varint(stream)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")  # never valid: e.g. a run of zero bytes
+        if wire_type == 0:
+            _varint(stream)
+            size = 0
+        elif wire_type == 2:
+            size = _varint(stream)
+        elif wire_type in _FIXED_SIZES:
+            size = _FIXED_SIZES[wire_type]
+        else:  # 3/4 (groups) are unused by ONNX; 6/7 do not exist
+            raise ValueError(f"wire type {wire_type}")
+        if stream.tell() + size > end:  # a seek past the end does not fail by itself
+            raise EOFError(f"field {number} runs past the end")
+        if wire_type == 2 and number in wanted:
+            yield number, stream.read(size)
+        else:
+            stream.seek(size, io.SEEK_CUR)
+
+
+def _varint(stream: BinaryIO) -> int:
+    """One base-128 varint: 7 bits a byte, least significant group first, high bit set on all but the last."""
+    value = shift = 0
+    while shift < 70:  # at most 10 bytes for 64 bits
+        byte = stream.read(1)
+        if not byte:
+            raise EOFError("varint runs past the end")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+    raise ValueError("varint longer than 10 bytes")
+
+
+# -- TensorRT engine sidecar -------------------------------------------------------------------
+
+def sidecar_path(engine_path: Path) -> Path:
+    """``model.engine`` -> ``model.engine.json``."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+def write_engine_sidecar(engine_path: Path, info: ModelInfo) -> Path:
+    """Write the engine's metadata JSON atomically; ``info.extra['tensorrt']`` should say what built it."""
+    data = {"format": SIDECAR_FORMAT, "engine": Path(engine_path).name, **info.to_dict()}
+    return write_json_atomic(sidecar_path(engine_path), data)
+
+
+def read_engine_sidecar(engine_path: Path) -> ModelInfo:
+    """ModelInfo of an engine from its sidecar; DronsegError naming the file and the fix when absent or bad."""
+    side = sidecar_path(engine_path)
+    rebuild = "rebuild the engine with `dronseg-edge export CHECKPOINT --format engine`, which writes both files"
+    if not side.is_file():
+        raise DronsegError(f"engine {engine_path} has no metadata file {side.name} beside it: {rebuild}")
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DronsegError(f"engine metadata {side} cannot be read ({type(exc).__name__}): {rebuild}") from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise DronsegError(f"{side} is not a dronseg-edge engine metadata file: {rebuild}")
+    data = {k: v for k, v in data.items() if k not in ("format", "engine")}
+    return ModelInfo.from_dict(data, source=str(side))

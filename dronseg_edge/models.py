@@ -42,7 +42,6 @@ ARCHS: dict[str, tuple[Callable[..., nn.Module], object, object]] = {
         MobileNet_V3_Large_Weights.IMAGENET1K_V1,
     ),
 }
-WEIGHT_CHOICES = ("coco", "imagenet", "none")
 
 
 def check_arch(arch: str) -> str:

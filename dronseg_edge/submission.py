@@ -1,4 +1,4 @@
-"""``dronseg-edge submit``: the Kaggle CSV (FACTS.md section 1) for the test images of a data set."""
+"""``dronseg-edge submit``: the Kaggle CSV (docs/facts.md#kaggle-format) for the test images of a data set."""
 
 from __future__ import annotations
 

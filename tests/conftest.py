@@ -1,11 +1,11 @@
-"""Shared fixtures: tiny checkpoints and synthetic data (helpers live in testkit.py)."""
+"""Shared fixtures: tiny checkpoints, the suite's one trained model and synthetic data (helpers live in testkit.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from testkit import TINY_SIZE, make_checkpoint
+from testkit import TINY_SIZE, make_checkpoint, train_tiny_run, write_scenes
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +22,28 @@ def synth_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "data"
     synthesize(root, images=40, size=TINY_SIZE, video_frames=0, seed=0, test_fraction=0.2)
     return root
+
+
+@pytest.fixture(scope="session")
+def scenes(tmp_path_factory) -> Path:
+    """40 images at 96x64 in the Kaggle layout: 32 flat drone-like scenes and 8 frames like the pipeline tests' video."""
+    root = tmp_path_factory.mktemp("scenes")
+    write_scenes(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, scenes):
+    """The suite's one trained model: LR-ASPP trained by the package's own loop for 10 epochs on ``scenes``
+    (stratified 80/20 split, so validation = 8 images); a FitResult (run_dir, best, last, ...).
+
+    Trained once for every test that needs decisive logits (export parity, backend agreement, the
+    pipeline's class maps, eval and submit).
+    """
+    return train_tiny_run(scenes, tmp_path_factory.mktemp("run") / "run")
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(trained_run) -> Path:
+    """weights/best.pt of ``trained_run``."""
+    return trained_run.best

@@ -3,13 +3,16 @@ reliably under pytest's prepend import mode, several folders have one)."""
 
 from __future__ import annotations
 
+import csv
+import functools
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
-from dronseg_edge.checkpoint import save_checkpoint
-from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
+from dronseg_edge.checkpoint import model_state, save_checkpoint
 from dronseg_edge.models import build_model
 
 TINY_ARCH = "lraspp_mobilenet_v3_large"
@@ -18,10 +21,46 @@ TINY_SIZE = (96, 64)  # (width, height): small enough for 2 CPU cores, still div
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
 
 
+@functools.lru_cache(maxsize=None)
+def ort_cuda_works() -> bool:
+    """Whether onnxruntime really runs a session on its CUDA provider here.
+
+    onnxruntime-gpu lists CUDAExecutionProvider even when its CUDA libraries cannot be loaded (it
+    then runs the session on the CPU), so the provider list alone says nothing: this builds a
+    one-node model and checks which providers its session really got.
+    """
+    try:
+        import onnxruntime
+        from onnx import TensorProto, helper
+    except ImportError:
+        return False
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return False
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 8)  # loadable by older onnxruntime builds too
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4  # the failure is the answer, not worth a log line
+    try:
+        session = onnxruntime.InferenceSession(model.SerializeToString(), sess_options=options,
+                                               providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    except Exception:
+        return False
+    return "CUDAExecutionProvider" in session.get_providers()
+
+
+requires_ort_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and ort_cuda_works()),
+    reason="needs a CUDA GPU and onnxruntime-gpu whose CUDAExecutionProvider really starts a session",
+)
+
+
 def make_checkpoint(path: Path, arch: str = TINY_ARCH, size: tuple[int, int] = TINY_SIZE, seed: int = 0) -> Path:
     """A randomly initialised model with *calibrated* BatchNorm statistics, saved as a checkpoint.
 
-    Random BN statistics make logits explode (FACTS.md section 4); a few forward passes in train
+    Random BN statistics make logits explode (docs/facts.md#h100-baseline); a few forward passes in train
     mode give them sane values so fp16/int8 comparisons mean something.
     """
     torch.manual_seed(seed)
@@ -31,18 +70,7 @@ def make_checkpoint(path: Path, arch: str = TINY_ARCH, size: tuple[int, int] = T
         for _ in range(4):
             model(torch.randn(2, 3, size[1], size[0]))
     model.eval()
-    return save_checkpoint(path, {
-        "model": model.state_dict(),
-        "arch": arch,
-        "aux_loss": False,
-        "class_names": list(CLASS_NAMES),
-        "palette": [list(c) for c in PALETTE],
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "input_size": list(size),
-        "epoch": 0,
-        "step": 0,
-    })
+    return save_checkpoint(path, model_state(model, arch, size))
 
 
 def break_onnx_classifier(source: Path, dest: Path | None = None) -> Path:
@@ -71,3 +99,107 @@ def sabotage_onnx_export(monkeypatch) -> None:
         return notes
 
     monkeypatch.setattr(artifact, "_write_onnx", broken)
+
+
+# The suite's one trained model (the fixtures ``scenes``, ``trained_run`` and ``trained_checkpoint`` of
+# tests/conftest.py). Random weights give near-tied logits, so any rounding flips argmax pixels and
+# fp16/int8 parity or backend agreement would say nothing (docs/facts.md#h100-baseline).
+
+# class -> base RGB colour of the flat scenes' surfaces
+SCENE_COLOURS = {0: (120, 100, 80), 1: (230, 190, 160), 3: (200, 30, 30), 9: (40, 140, 40), 10: (90, 90, 95),
+                 11: (110, 170, 235)}
+
+
+def render_scene(rng: np.random.Generator, size: tuple[int, int] = TINY_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """One flat drone-like scene: (RGB image (H, W, 3) uint8, class mask (H, W) uint8) with sky, ground,
+    road, cars and people, flat enough for the tiny model to learn well, so its logits are decisive."""
+    width, height = size
+    mask = np.zeros((height, width), np.uint8)
+    horizon = int(rng.integers(height // 6, height // 3))
+    mask[:horizon] = 11
+    mask[horizon:] = 9
+    road_x = int(rng.integers(0, width - 30))
+    road_w = int(rng.integers(18, 30))
+    mask[horizon:, road_x:road_x + road_w] = 10
+    mask[horizon + int(rng.integers(4, 12)):, :int(rng.integers(5, 20))] = 0  # bare ground patch
+    for _ in range(int(rng.integers(1, 3))):
+        y = int(rng.integers(horizon + 2, height - 10))
+        x = int(rng.integers(road_x, max(road_x + 1, road_x + road_w - 10)))
+        mask[y:y + 8, x:x + 10] = 3
+    for _ in range(int(rng.integers(1, 3))):
+        y = int(rng.integers(horizon + 2, height - 8))
+        x = int(rng.integers(0, width - 4))
+        mask[y:y + 7, x:x + 3] = 1
+    image = np.zeros((height, width, 3), np.float32)
+    for cls, colour in SCENE_COLOURS.items():
+        image[mask == cls] = colour
+    image += rng.normal(0, 12, image.shape)
+    image = cv2.GaussianBlur(image, (3, 3), 0)
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def scene(index: int, size: tuple[int, int]) -> np.ndarray:
+    """A (H, W, 3) uint8 BGR frame: gradient sky, a moving box and a road stripe, so frames differ
+    (the pipeline tests' video is made of these)."""
+    width, height = size
+    frame = np.zeros((height, width, 3), np.uint8)
+    frame[..., 0] = np.linspace(40, 220, width, dtype=np.uint8)[None, :]
+    frame[..., 1] = np.linspace(30, 180, height, dtype=np.uint8)[:, None]
+    x = (index * 3) % max(width - width // 4, 1)
+    cv2.rectangle(frame, (x, height // 4), (x + width // 4, height // 2), (20, 40, 230), -1)
+    cv2.rectangle(frame, (0, height - height // 5), (width - 1, height - 1), (90, 90, 90), -1)
+    return frame
+
+
+def scene_mask(index: int, size: tuple[int, int]) -> np.ndarray:
+    """The (H, W) uint8 classes of :func:`scene`: sky (11) above, a car (3) box, road (10) below."""
+    width, height = size
+    mask = np.full((height, width), 11, np.uint8)
+    x = (index * 3) % max(width - width // 4, 1)
+    cv2.rectangle(mask, (x, height // 4), (x + width // 4, height // 2), 3, -1)
+    cv2.rectangle(mask, (0, height - height // 5), (width - 1, height - 1), 10, -1)
+    return mask
+
+
+def write_scenes(root: Path, count: int = 40, frames: int = 8, seed: int = 0, size: tuple[int, int] = TINY_SIZE) -> list[str]:
+    """``count`` images in the Kaggle layout (imgs/imgs/*.jpg, masks/masks/*.png, train.csv); returns their IDs.
+
+    The first ``count - frames`` are flat scenes (``render_scene``), the last ``frames`` the pipeline
+    tests' frames (``scene``, box positions spread over the width), so one model serves both.
+    """
+    rng = np.random.default_rng(seed)
+    (root / "imgs/imgs").mkdir(parents=True, exist_ok=True)
+    (root / "masks/masks").mkdir(parents=True, exist_ok=True)
+    ids = [f"scene_{index:03d}" for index in range(count)]
+    for index, image_id in enumerate(ids):
+        if index < count - frames:
+            rgb, mask = render_scene(rng, size)
+            bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        else:
+            frame_index = 11 * (index - (count - frames)) + 3
+            bgr, mask = scene(frame_index, size), scene_mask(frame_index, size)
+        cv2.imwrite(str(root / "imgs/imgs" / f"{image_id}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        cv2.imwrite(str(root / "masks/masks" / f"{image_id}.png"), mask)
+    with open(root / "train.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ImageID"])
+        writer.writerows([i] for i in ids)
+    return ids
+
+
+def train_tiny_run(root: Path, out: Path, epochs: int = 10):
+    """Train the tiny LR-ASPP with the package's own loop (dronseg_edge.train.fit) on ``root``; returns the FitResult.
+
+    The whole network is trained (not only the head): a random backbone amplifies rounding far more
+    than a trained one, which made int8 parity meaningless (about 97 % agreement with a trained head
+    on a random backbone, 99.6 % when everything is trained). The run folder holds the ``config`` and
+    ``split`` a training run writes, so the default data paths of eval and export are exercised too.
+    """
+    from dronseg_edge.data.augment import AugmentConfig
+    from dronseg_edge.train.config import TrainConfig
+    from dronseg_edge.train.fit import fit
+
+    cfg = TrainConfig(data=str(root), out=str(out), model=TINY_ARCH, weights="none", size=TINY_SIZE, epochs=epochs,
+                      batch=4, lr=0.005, optimizer="adamw", bn_momentum=0.1, device="cpu", workers=0, seed=0,
+                      tensorboard=False, plots=False, augment=AugmentConfig(enabled=False))
+    return fit(cfg, log=lambda _m: None)

@@ -19,6 +19,8 @@ from dronseg_edge.bench.run import BenchResult, artifact_size_mb, bench_model, o
 from dronseg_edge.bench.timing import TimingSettings
 from dronseg_edge.devices import tf32_mode
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.runtime.registry import is_checkpoint
 
 
 @dataclass(frozen=True)
@@ -130,12 +132,12 @@ def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *
                batch: int = 1, out_dir: Path | None = None, data: Path | None = None, parity: bool = True,
                variants: Sequence[Variant] = DEFAULT_VARIANTS, log: Callable[[str], None] | None = None) -> list[MatrixRow]:
     """Export (or reuse), check parity and time every variant of ``checkpoint``; one row per variant."""
-    from dronseg_edge.checkpoint import info_from_checkpoint, load_checkpoint
+    from dronseg_edge.checkpoint import load_checkpoint
 
     checkpoint = Path(checkpoint)
-    if checkpoint.suffix.lower() not in (".pt", ".pth"):
+    if not is_checkpoint(checkpoint):
         raise DronsegError(f"--matrix needs a training checkpoint (.pt), not {checkpoint}: export starts from the checkpoint")
-    own_size = info_from_checkpoint(load_checkpoint(checkpoint), with_hash=False).input_size
+    own_size = ModelInfo.from_checkpoint(load_checkpoint(checkpoint), with_hash=False).input_size
     run_size = tuple(size) if size is not None else tuple(own_size)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint)
     say = log or (lambda text: None)
@@ -200,34 +202,16 @@ def _record_parity(row: MatrixRow, reference: Path, candidate, data: Path | None
 
 def _export(variant: Variant, checkpoint: Path, size: tuple[int, int], batch: int, out_dir: Path,
             data: Path | None, device: torch.device) -> tuple[Path, bool]:
-    """The artifact for ``variant``: an existing file of the name export would write, else a fresh export."""
-    import dronseg_edge.export as export
+    """The artifact for ``variant``: an existing file export would write from this very checkpoint, else a fresh export.
 
-    kwargs = dict(fmt=variant.fmt, precision=variant.precision, size=size, batch=batch, head="logits")
-    existing = _existing_artifact(export, checkpoint, out_dir, device, **kwargs)
-    if existing is not None:
-        return existing, True
-    result = export.export_artifact(checkpoint, **kwargs, calib_data=data, parity_data=data, out_dir=out_dir,
-                                    parity=False, device=str(device))
-    return Path(result.path), False
+    Parity is skipped here: every row gets its own check (against the checkpoint, reused file or not).
+    """
+    from dronseg_edge.export import ExportOptions, export_artifact
 
-
-def _existing_artifact(export, checkpoint: Path, out_dir: Path, device: torch.device, **kwargs) -> Path | None:
-    """The file export_artifact would write, when it exists and was made from this very checkpoint with these options."""
-    from dronseg_edge.metadata import sha256_file
-    from dronseg_edge.runtime.registry import load_backend
-
-    path = Path(export.artifact_path(checkpoint, out_dir=out_dir, device=str(device), **kwargs))
-    if not path.is_file():
-        return None
-    try:
-        info = load_backend(path, device).info  # reads the metadata only; nothing is loaded onto the device
-    except DronsegError:
-        return None  # unreadable or built elsewhere: export it again
-    same = (info.source_sha256 == sha256_file(checkpoint) and info.precision == kwargs["precision"]
-            and tuple(info.input_size) == tuple(kwargs["size"]) and info.batch == kwargs["batch"]
-            and info.head == kwargs["head"])
-    return path if same else None
+    options = ExportOptions(fmt=variant.fmt, precision=variant.precision, size=size, batch=batch, head="logits",
+                            calib_data=data, parity_data=data, out_dir=out_dir, parity=False, device=device, reuse=True)
+    result = export_artifact(checkpoint, options)
+    return Path(result.path), result.reused
 
 
 MATRIX_HEADERS = ("format", "precision", "backend / provider", "file MB", "parity", "mIoU delta", "median ms",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +14,7 @@ from dronseg_edge.bench.timing import Measurement, TimingSettings, measure
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime.base import Backend, preprocess
-from dronseg_edge.runtime.registry import BACKENDS, backend_class, load_backend
+from dronseg_edge.runtime.registry import backend_class, load_backend
 from dronseg_edge.sizes import format_size
 
 
@@ -58,28 +57,15 @@ def artifact_size_mb(path: Path) -> float:
     return total / 1e6
 
 
-def check_model_file(path: Path) -> Path:
-    """Raise DronsegError unless ``path`` is an existing file of a known kind (suffix)."""
-    path = Path(path)
-    if not path.exists():
-        raise DronsegError(f"model {path} does not exist: pass a .pt checkpoint, .onnx file or .engine file")
-    if path.is_dir():
-        raise DronsegError(f"model {path} is a folder: pass a .pt checkpoint, .onnx file or .engine file")
-    if path.suffix.lower() not in BACKENDS:
-        raise DronsegError(f"model {path} is of an unknown kind ({path.suffix or 'no suffix'}): pass a checkpoint (.pt), "
-                           "an ONNX file (.onnx) or a TensorRT engine (.engine)")
-    return path
-
-
 def open_backend(path: Path, device: torch.device, *, precision: str | None = None,
                  cuda_graph: bool | None = None, **options) -> tuple[Backend, list[str]]:
-    """Construct the backend for ``path``, passing only the options its constructor takes.
+    """Construct the backend for ``path``, passing only the options its class declares (``Backend.OPTIONS``).
 
     ``precision`` applies to checkpoints (an exported file carries its own); ``cuda_graph`` is
     passed where the backend supports it, otherwise a note says it was not. Returns (backend, notes).
     """
     cls = backend_class(path)
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = cls.OPTIONS
     notes: list[str] = []
     if cuda_graph and device.type != "cuda":
         raise DronsegError(f"--cuda-graph needs a CUDA device, but {path} runs on {device}: drop --cuda-graph")
@@ -187,7 +173,7 @@ def bench_model(path: str | Path, device: torch.device, settings: TimingSettings
 
 def _graph_state(backend: Backend, requested: bool | None) -> bool | None:
     """Whether a CUDA graph ran: the backend's own flag when it has one, else what was asked; None if unsupported."""
-    if "cuda_graph" not in inspect.signature(type(backend).__init__).parameters:
+    if "cuda_graph" not in type(backend).OPTIONS:
         return None
     actual = getattr(backend, "cuda_graph", None)
     if isinstance(actual, bool):

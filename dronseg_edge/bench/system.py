@@ -161,7 +161,7 @@ def _onnxruntime() -> tuple[str, list[str]]:
 
 
 def torch_flags() -> dict[str, Any]:
-    """Global torch switches that move latency by up to 3x on Ampere+ GPUs (TF32 alone, FACTS section 4)."""
+    """Global torch switches that move latency by up to 3x on Ampere+ GPUs (TF32 alone, docs/facts.md#h100-baseline)."""
     return {
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),

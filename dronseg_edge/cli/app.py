@@ -6,16 +6,32 @@ import sys
 
 import typer
 
+from dronseg_edge import __version__
 from dronseg_edge.errors import DronsegError
 
 app = typer.Typer(
     name="dronseg-edge",
-    help="Drone-image segmentation (12 AeroScapes classes): synth, train, eval, submit, export, parity, infer, bench.",
+    help="Drone-image segmentation (12 AeroScapes classes): synth, train, eval, submit, export, parity, infer, bench, checks.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"dronseg-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                 help="Print the version (dronseg-edge X.Y.Z) and exit."),
+) -> None:
+    # Options of the program itself, before any command; is_eager so --version needs no command.
+    pass
 
 
 # click's base exception, found through typer's public BadParameter: typer >= 0.24 vendors its own click.

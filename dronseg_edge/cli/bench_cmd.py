@@ -34,11 +34,12 @@ def bench(
     """Measure latency (min/mean/median/p90/p95/p99/max ms) and throughput of model files, or a whole --matrix."""
     from dronseg_edge.bench.report import (build_document, check_output_file, latency_table, markdown_document,
                                            settings_line, stage_lines, warning_lines, write_json, write_markdown)
-    from dronseg_edge.bench.run import check_model_file, prepare_bench, run_prepared
+    from dronseg_edge.bench.run import prepare_bench, run_prepared
     from dronseg_edge.bench.system import describe_system, system_info
     from dronseg_edge.bench.timing import TimingSettings
     from dronseg_edge.devices import resolve_device
     from dronseg_edge.errors import DronsegError
+    from dronseg_edge.runtime.registry import check_model_file
     from dronseg_edge.sizes import format_size, parse_size
 
     run_size = parse_size(size) if size is not None else None

@@ -1,4 +1,4 @@
-"""CLI commands: export (checkpoint -> ONNX / TensorRT engine, each parity-checked) and parity."""
+"""CLI commands: export (checkpoint -> ONNX / TensorRT engine / Triton model repository, each parity-checked) and parity."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from dronseg_edge.cli.app import app
 
-FORMAT_CHOICES = {"onnx": ("onnx",), "engine": ("engine",), "all": ("onnx", "engine")}
+FORMAT_CHOICES = {"onnx": ("onnx",), "engine": ("engine",), "all": ("onnx", "engine"), "triton": ("triton",)}
 
 
 def _thresholds(precision: str, min_agreement: Optional[float], max_miou_drop: Optional[float]):
@@ -29,7 +29,8 @@ def _mb(path: Path) -> str:
 @app.command()
 def export(
     checkpoint: Path = typer.Argument(..., help="Training checkpoint (.pt), e.g. runs/x/weights/best.pt."),
-    fmt: str = typer.Option("onnx", "--format", help="onnx, engine (TensorRT) or all (both)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx, engine (TensorRT), all (both) or triton (a Triton "
+                            "Inference Server model repository around the ONNX file)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (Q/DQ, calibrated on real images)."),
     size: Optional[str] = typer.Option(None, "--size", help="Input WxH (default: the checkpoint's training size)."),
     batch: int = typer.Option(1, "--batch", help="Fixed batch size (with --dynamic: the batch engines are tuned for)."),
@@ -51,31 +52,39 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/export, or beside the checkpoint)."),
     workspace: float = typer.Option(4.0, "--workspace", help="TensorRT builder workspace limit in GiB."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (engines need a GPU)."),
+    triton_backend: Optional[str] = typer.Option(None, "--triton-backend", help="--format triton: onnxruntime "
+                                                 "(model.onnx, default) or tensorrt (model.plan built here: needs TensorRT)."),
 ) -> None:
-    """Export a checkpoint to ONNX and/or a TensorRT engine; every file is parity-checked against the checkpoint."""
+    """Export a checkpoint to ONNX, a TensorRT engine or a Triton model repository; every file is parity-checked."""
+    import dataclasses
+
     from dronseg_edge.errors import DronsegError, ParityError
-    from dronseg_edge.export import export_artifact
+    from dronseg_edge.export import ExportOptions, export_artifact
     from dronseg_edge.export.parity_report import parity_report_path
     from dronseg_edge.sizes import format_size, parse_size
 
     if fmt not in FORMAT_CHOICES:
         raise DronsegError(f"--format {fmt!r} is not one of {', '.join(FORMAT_CHOICES)}")
     run_size = parse_size(size) if size is not None else None
+    if triton_backend is not None and fmt != "triton":
+        raise DronsegError(f"--triton-backend applies to --format triton only, not --format {fmt}: drop it or add --format triton")
     if "engine" in FORMAT_CHOICES[fmt]:
-        from dronseg_edge.export.tensorrt import import_tensorrt
+        from dronseg_edge.runtime.tensorrt_env import import_tensorrt
 
         import_tensorrt()  # before any ONNX work, so `--format all` does not half-succeed
-    thresholds = _thresholds(precision, min_agreement, max_miou_drop)
-    for one in FORMAT_CHOICES[fmt]:
-        result = export_artifact(checkpoint, fmt=one, precision=precision, size=run_size, batch=batch, dynamic=dynamic,
-                                 opset=opset, head=head, calib_data=calib_data, parity_data=parity_data, out_dir=out,
-                                 workspace_gib=workspace, parity=parity, thresholds=thresholds, device=device,
-                                 calib_method=calib_method, calib_images=calib_images, parity_images=parity_images)
+    formats = FORMAT_CHOICES[fmt]
+    options = ExportOptions(fmt=formats[0], precision=precision, size=run_size, batch=batch, dynamic=dynamic, opset=opset,
+                            head=head, calib_data=calib_data, calib_method=calib_method, calib_images=calib_images,
+                            parity=parity, parity_data=parity_data, parity_images=parity_images,
+                            thresholds=_thresholds(precision, min_agreement, max_miou_drop), out_dir=out,
+                            workspace_gib=workspace, device=device, triton_backend=triton_backend or "onnxruntime")
+    for one in formats:
+        result = export_artifact(checkpoint, dataclasses.replace(options, fmt=one))
         for note in result.notes:
             typer.echo(note)
         if result.report is not None:
             typer.echo(result.report.table())
-            typer.echo(f"parity report: {parity_report_path(result.path)}")
+            typer.echo(f"parity report: {parity_report_path(result.served or result.path)}")
         if not result.passed:
             first = result.report.failures[0] if result.report is not None and result.report.failures else "see the report"
             raise ParityError(f"{result.path.name} failed parity ({first}); kept as {result.path} with its report "
@@ -84,6 +93,10 @@ def export(
         info = result.info
         shape = "dynamic N x H x W" if info.dynamic else f"batch {info.batch}, {format_size(info.input_size)}"
         verdict = "" if result.report is not None else " (parity NOT checked: --no-parity)"
+        if result.served is not None:  # a Triton model folder around the file
+            typer.echo(f"wrote {result.served} and the Triton model repository {result.path} ({info.precision}, "
+                       f"{info.head}, {shape}){verdict}; serve it: tritonserver --model-repository {result.path.parent}")
+            continue
         typer.echo(f"wrote {result.path} ({_mb(result.path)}, {info.precision}, {info.head}, {shape}){verdict}")
 
 
@@ -101,22 +114,28 @@ def parity(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
 ) -> None:
     """Compare two models (checkpoint, ONNX, engine) on the same images; exit 4 when they disagree."""
+    from dronseg_edge.checkpoint import load_checkpoint
+    from dronseg_edge.devices import resolve_device
     from dronseg_edge.errors import DronsegError, ParityError
     from dronseg_edge.export import check_parity
-    from dronseg_edge.runtime.registry import load_backend
+    from dronseg_edge.runtime.registry import check_model_file, is_checkpoint, load_backend
 
     if max_images < 1:
         raise DronsegError(f"--max-images {max_images} must be 1 or more")
     if json_path is not None and json_path.is_dir():
         raise DronsegError(f"--json {json_path} is a folder: give a file name, e.g. {json_path / 'parity.json'}")
-    ref = load_backend(reference, device, **({"head": "logits"} if reference.suffix.lower() in (".pt", ".pth") else {}))
-    cand = load_backend(candidate, ref.device)
+    check_model_file(reference)
+    torch_device = resolve_device(device)
+    # A checkpoint reference is loaded here once; check_parity runs it and takes its validation split from it.
+    ref = load_checkpoint(reference) if is_checkpoint(reference) else load_backend(reference, torch_device)
+    cand = load_backend(candidate, torch_device)  # opened here: its precision picks the default thresholds
     try:
-        report = check_parity(ref, cand, data, device=ref.device, max_images=max_images,
+        report = check_parity(ref, cand, data, device=torch_device, max_images=max_images,
                               thresholds=_thresholds(cand.info.precision, min_agreement, max_miou_drop))
     finally:
-        ref.deactivate()
         cand.deactivate()
+        if not isinstance(ref, dict):
+            ref.deactivate()
     typer.echo(report.table())
     if json_path is not None:
         report.save(json_path)

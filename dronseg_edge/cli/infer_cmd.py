@@ -41,7 +41,10 @@ def infer(
                                              "(default: on for cameras and streams)."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many frames."),
     save_video: bool = typer.Option(True, "--save-video/--no-save-video",
-                                    help="Overlay video (mp4; for image sources overlay/ JPEGs)."),
+                                    help="Overlay video (H.264 mp4, see --codec; for image sources overlay/ JPEGs)."),
+    codec: str = typer.Option("auto", "--codec",
+                              help="Overlay video encoder: auto (h264_nvenc, else libx264, else mp4v), h264, "
+                                   "h264_nvenc, libx264, mp4v or hevc. H.264/H.265 need the `video` extra (PyAV)."),
     save_masks: Optional[bool] = typer.Option(None, "--save-masks/--no-save-masks",
                                               help="Class-index mask PNGs in masks/ (default: on for images only)."),
     save_color: bool = typer.Option(False, "--save-color", help="Colour mask PNGs in color/."),
@@ -57,19 +60,12 @@ def infer(
     _show_library_warnings()
     options = RunOptions(out=out, save_video=save_video, save_masks=save_masks, save_color=save_color, stats=stats,
                          show=show, alpha=alpha, live=live, stride=stride, max_frames=max_frames,
-                         reconnect_s=reconnect_s, progress=progress)
-    options.validate()
-    frames = open_source(source, reconnect_s)  # before the model: a typo in SOURCE fails in a moment
-    try:
-        segmenter = Segmenter(model, device=device, half=half, batch=batch)
-    except BaseException:
-        frames.close()
-        raise
-    try:
+                         reconnect_s=reconnect_s, progress=progress, codec=codec)
+    # The source before the model, so a typo in SOURCE fails in a moment; the run closes it.
+    with open_source(source, options.reconnect_s) as frames, \
+            Segmenter(model, device=device, half=half, batch=batch) as segmenter:
         typer.echo(f"model: {model} -> {segmenter.describe()}")
         summary = run_inference(segmenter, frames, options)
-    finally:
-        segmenter.close()
     data = summary.data
     typer.echo(summary.speed_line())
     notes = [f"{data[key]} {label}" for key, label in (("dropped_frames", "stale frames dropped (live)"),

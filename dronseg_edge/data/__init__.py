@@ -1,1 +1,1 @@
-"""Data: the Kaggle AeroScapes layout (reader, validation), split, augmentation, synthetic scenes, RLE."""
+"""Data: the Kaggle AeroScapes layout (reader, validation), split, augmentation, RLE; synthetic/ renders scenes."""

@@ -22,10 +22,10 @@ from PIL import Image, UnidentifiedImageError
 
 from dronseg_edge.classes import NUM_CLASSES
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.media import IMAGE_SUFFIXES
 
 IMAGE_DIR = Path("imgs/imgs")
 MASK_DIR = Path("masks/masks")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 FIX_LAYOUT = "expected the Kaggle layout ROOT/imgs/imgs/*.jpg, ROOT/masks/masks/*.png, ROOT/train.csv"
 
 
@@ -53,11 +53,6 @@ class DatasetStats:
     def pixel_counts(self) -> np.ndarray:
         """(C,) pixels of each class over all images."""
         return self.counts.sum(axis=0)
-
-    @property
-    def pixel_shares(self) -> np.ndarray:
-        total = max(int(self.pixel_counts.sum()), 1)
-        return self.pixel_counts / total
 
     def counts_for(self, ids: list[str]) -> np.ndarray:
         """(C,) pixel counts over the given image IDs (e.g. the training split)."""

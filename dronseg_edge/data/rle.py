@@ -1,4 +1,4 @@
-"""Run-length encoding for the Kaggle submission format (FACTS.md section 1).
+"""Run-length encoding for the Kaggle submission format (docs/facts.md#kaggle-format).
 
 A submission is a CSV with header ``ImageID,EncodedPixels`` and one row ``{ImageID}_{class}`` per
 image and class 0..11; the value is space-separated ``start length`` pairs with 1-based starts,

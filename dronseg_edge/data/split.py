@@ -7,7 +7,6 @@ matters for rare classes such as boat (66 of 3269 AeroScapes images).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,11 @@ def presence_ratios(ids: list[str], all_ids: list[str], presence: np.ndarray) ->
 
 def save_split(path: Path, train_ids: list[str], val_ids: list[str], *, seed: int, val_fraction: float,
                all_ids: list[str] | None = None, presence: np.ndarray | None = None) -> Path:
-    """Write ``split.json`` (atomically) with the IDs and, when given, per-class presence ratios."""
+    """Write ``split.json`` (atomically) with the IDs and, when given, per-class presence ratios.
+
+    A human-readable copy for the run folder: eval, export and resume read the split the checkpoint
+    carries (``checkpoint.recorded_split``), so a checkpoint copied alone keeps it.
+    """
     data: dict = {"seed": seed, "val_fraction": val_fraction, "train": train_ids, "val": val_ids}
     if presence is not None and all_ids is not None:
         train_r, val_r = presence_ratios(train_ids, all_ids, presence), presence_ratios(val_ids, all_ids, presence)
@@ -50,10 +53,3 @@ def save_split(path: Path, train_ids: list[str], val_ids: list[str], *, seed: in
         data["presence"] = {name: {"train": t, "val": v} for name, t, v in zip(names, train_r, val_r)}
     return write_json_atomic(path, data)
 
-
-def load_split(path: Path) -> tuple[list[str], list[str]]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return list(data["train"]), list(data["val"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DronsegError(f"split file {path} is unreadable ({type(exc).__name__}): delete it to make a new split") from None

@@ -7,6 +7,8 @@ File names (in the checkpoint's run folder ``RUN/export/``, or beside a bare che
     NAME_<precision>_<gpu>_sm<cc>_trt<version>.engine       + NAME_..engine.json (metadata sidecar)
     <artifact stem>.parity.json                             the parity report (PASS or FAIL)
     *.failed                                                an artifact that failed parity
+    triton/NAME_<precision>[_plan]/                         --format triton: a model folder of the Triton model
+                                                            repository triton/ around the ONNX file (or engine)
 
 A new artifact is written under a hidden pending name, checked, and only then renamed into
 place, so a failing export never replaces a good file of the same name.
@@ -15,39 +17,55 @@ place, so a failing export never replaces a good file of the same name.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib.util
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
 
 from dronseg_edge.atomic import ensure_writable_dir
-from dronseg_edge.checkpoint import info_from_checkpoint, load_checkpoint, model_from_checkpoint
+from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
 from dronseg_edge.classes import NUM_CLASSES
 from dronseg_edge.devices import resolve_device
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export import onnx as onnx_export
 from dronseg_edge.export.images import resolve_images
-from dronseg_edge.export.onnx_metadata import read_onnx_info, sidecar_path
+from dronseg_edge.export.options import CALIB_IMAGES, EXPORT_PRECISIONS, FORMATS, PARITY_IMAGES, ExportOptions
 from dronseg_edge.export.parity import check_parity
-from dronseg_edge.export.parity_report import ParityReport, ParityThresholds, parity_report_path
-from dronseg_edge.metadata import HEADS, ModelInfo
+from dronseg_edge.export.parity_report import ParityReport, parity_report_path
+from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info, sidecar_path
 
-FORMATS = ("onnx", "engine")
-EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
-CALIB_IMAGES = 32
-PARITY_IMAGES = 16
+__all__ = ["CALIB_IMAGES", "EXPORT_PRECISIONS", "FORMATS", "PARITY_IMAGES", "ExportOptions", "ExportResult",
+           "artifact_path", "default_out_dir", "export_artifact", "reusable_artifact"]
 
 
 @dataclass
 class ExportResult:
     path: Path  # the artifact, or its *.failed name when parity failed
     info: ModelInfo
-    report: ParityReport | None  # None when parity was skipped
+    report: ParityReport | None  # None when parity was skipped (or the file was reused)
     passed: bool
     notes: tuple[str, ...] = ()  # what else happened: an ONNX file reused or built, dynamic shapes verified
+    reused: bool = False  # an existing file was returned (ExportOptions.reuse), nothing was written
+    served: Path | None = None  # --format triton: the ONNX file or engine the repository serves (its parity report's)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The checkpoint of one export, read and hashed once and handed to every step (ONNX, engine, parity)."""
+
+    path: Path
+    state: dict[str, Any]  # load_checkpoint's dict
+    info: ModelInfo  # ModelInfo.from_checkpoint(state): training size, classes, normalisation, sha256
+
+    @property
+    def train_size(self) -> tuple[int, int]:
+        return self.info.input_size
 
 
 def default_out_dir(checkpoint: Path) -> Path:
@@ -72,48 +90,53 @@ def artifact_base(checkpoint: Path, train_size: tuple[int, int], size: tuple[int
     return "_".join(parts)
 
 
-def check_options(fmt: str, precision: str, head: str, batch: int, workspace_gib: float) -> None:
-    if fmt not in FORMATS:
-        raise DronsegError(f"--format {fmt!r} is not one of onnx, engine, all")
-    if precision not in EXPORT_PRECISIONS:
-        raise DronsegError(f"--precision {precision!r} is not one of {', '.join(EXPORT_PRECISIONS)} for an export")
-    if head not in HEADS:
-        raise DronsegError(f"--head {head!r} is not one of {', '.join(HEADS)}")
-    if int(batch) < 1:
-        raise DronsegError(f"--batch {batch} must be 1 or more")
-    if not workspace_gib > 0:
-        raise DronsegError(f"--workspace {workspace_gib} must be a positive number of GiB")
-
-
 def onnx_precision_for_engine(precision: str) -> str:
     """The ONNX graph an engine of ``precision`` is built from (fp16 on TensorRT 10.x: the fp32 graph + flag)."""
-    from dronseg_edge.export.tensorrt import import_tensorrt, trt_major
+    from dronseg_edge.runtime import tensorrt_env
 
-    if precision == "fp16" and trt_major(import_tensorrt()) < 11:
+    if precision == "fp16" and tensorrt_env.trt_major(tensorrt_env.import_tensorrt()) < 11:
         return "fp32"
     return precision
 
 
-def artifact_path(checkpoint: Path, fmt: str = "onnx", precision: str = "fp32", size: tuple[int, int] | None = None,
-                  batch: int = 1, dynamic: bool = False, head: str = "logits", out_dir: Path | None = None,
-                  device: str = "auto") -> Path:
-    """The path ``export_artifact`` writes for these options (engines: for this GPU and TensorRT)."""
+def _merged(options: ExportOptions | None, changes: dict[str, Any]) -> ExportOptions:
+    options = options if options is not None else ExportOptions()
+    return dataclasses.replace(options, **changes) if changes else options
+
+
+def _torch_device(device: str | torch.device) -> torch.device:
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
+def artifact_path(checkpoint: Path, options: ExportOptions | None = None, /, **changes) -> Path:
+    """The path ``export_artifact`` writes for these options (engines: for this GPU and TensorRT).
+
+    ``changes`` override single fields of ``options`` (default ExportOptions()), as in export_artifact.
+    """
+    options = _merged(options, changes)
     ckpt = load_checkpoint(checkpoint)
     train_size = (int(ckpt["input_size"][0]), int(ckpt["input_size"][1]))
-    folder = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint)
-    return _path_for(checkpoint, train_size, fmt, precision, tuple(size or train_size), batch, dynamic, head, folder, device)
+    folder = options.out_dir if options.out_dir is not None else default_out_dir(checkpoint)
+    return _final_path(Path(checkpoint), train_size, options, folder)
 
 
-def _path_for(checkpoint: Path, train_size: tuple[int, int], fmt: str, precision: str, size: tuple[int, int],
-              batch: int, dynamic: bool, head: str, folder: Path, device: str | torch.device = "auto") -> Path:
-    base = artifact_base(checkpoint, train_size, size, batch, dynamic, head)
-    if fmt == "onnx":
-        return folder / f"{base}_{precision}.onnx"
-    from dronseg_edge.export.tensorrt import engine_filename, gpu_identity, import_tensorrt
+def _final_path(checkpoint: Path, train_size: tuple[int, int], options: ExportOptions, folder: Path) -> Path:
+    size = options.size or train_size
+    base = artifact_base(checkpoint, train_size, size, options.batch, options.dynamic, options.head)
+    if options.fmt == "onnx":
+        return folder / f"{base}_{options.precision}.onnx"
+    if options.fmt == "triton":
+        from dronseg_edge.export.triton import model_name
 
-    trt = import_tensorrt()
-    identity = gpu_identity(device if isinstance(device, torch.device) else resolve_device(device))
-    return folder / engine_filename(base, precision, identity["gpu_name"], identity["compute_capability"], str(trt.__version__))
+        # Its own repository folder: Triton takes every subfolder for a model, and the export folder has others.
+        return folder / "triton" / model_name(base, options.precision, options.triton_backend)
+    from dronseg_edge.export.tensorrt import engine_filename
+    from dronseg_edge.runtime import tensorrt_env
+
+    trt = tensorrt_env.import_tensorrt()
+    identity = tensorrt_env.gpu_identity(_torch_device(options.device))
+    return folder / engine_filename(base, options.precision, identity["gpu_name"], identity["compute_capability"],
+                                    str(trt.__version__))
 
 
 def _pending(final: Path) -> Path:
@@ -132,79 +155,83 @@ def _discard(path: Path) -> None:
             leftover.unlink()
 
 
-@dataclass
-class ExportRequest:
-    """The options of one export_artifact call (see its docstring)."""
+def reusable_artifact(path: Path, expected: ModelInfo) -> ModelInfo | None:
+    """The metadata of ``path`` when it can stand in for a fresh export described by ``expected``, else None.
 
-    checkpoint: Path
-    fmt: str
-    precision: str
-    size: tuple[int, int]
-    batch: int
-    dynamic: bool
-    opset: int | None
-    head: str
-    calib_data: Path | None
-    parity_data: Path | None
-    folder: Path
-    workspace_gib: float
-    parity: bool
-    thresholds: ParityThresholds | None
-    device: torch.device
-    calib_method: str
-    calib_images: int
-    parity_images: int
-
-
-def export_artifact(checkpoint: Path, *, fmt: str = "onnx", precision: str = "fp32", size: tuple[int, int] | None = None,
-                    batch: int = 1, dynamic: bool = False, opset: int | None = None, head: str = "logits",
-                    calib_data: Path | None = None, parity_data: Path | None = None, out_dir: Path | None = None,
-                    workspace_gib: float = 4.0, parity: bool = True, thresholds: ParityThresholds | None = None,
-                    device: str = "auto", calib_method: str = "percentile", calib_images: int = CALIB_IMAGES,
-                    parity_images: int = PARITY_IMAGES) -> ExportResult:
-    """Export ``checkpoint`` as ``fmt`` (onnx | engine) at ``precision`` and check parity against it.
-
-    ``size`` (W, H) defaults to the training size; ``batch`` is fixed unless ``dynamic`` (then N, H, W
-    are dynamic). ``fmt='engine'`` builds (or reuses) the precision-specific ONNX first. Parity runs on
-    ``parity_data`` (default: the checkpoint's validation split) with ``thresholds`` (default: the
-    precision's); a failing artifact is renamed ``*.failed``. Raises DronsegError on bad input.
+    Reusable means: made from the same checkpoint bytes (sha256) with the same precision, head, input
+    size, batch and dynamic flag. An ONNX file carries this in its metadata, an engine in its sidecar;
+    a missing or unreadable file is not reusable (it is exported again).
     """
-    check_options(fmt, precision, head, batch, workspace_gib)
-    from dronseg_edge.export.quantize import CALIBRATION_METHODS
+    path = Path(path)
+    if not path.is_file() or not expected.source_sha256:  # an unknown source proves nothing
+        return None
+    try:
+        found = read_onnx_info(path) if path.suffix.lower() == ".onnx" else read_engine_sidecar(path)
+    except DronsegError:
+        return None
+    same = (found.source_sha256 == expected.source_sha256 and found.precision == expected.precision
+            and found.head == expected.head and tuple(found.input_size) == tuple(expected.input_size)
+            and found.batch == expected.batch and found.dynamic == expected.dynamic)
+    return found if same else None
 
-    if precision == "int8" and calib_method not in CALIBRATION_METHODS:
-        raise DronsegError(f"--calib-method {calib_method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
-    for option, value in (("--calib-images", calib_images), ("--parity-images", parity_images)):
-        if int(value) < 1:
-            raise DronsegError(f"{option} {value} must be 1 or more")
+
+def export_artifact(checkpoint: Path, options: ExportOptions | None = None, /, **changes) -> ExportResult:
+    """Export ``checkpoint`` as ``options.fmt`` (onnx | engine | triton) at ``options.precision`` and check parity.
+
+    ``options`` default to ExportOptions(); keyword ``changes`` override single fields of it
+    (``export_artifact(ckpt, precision="fp16")``: a shorthand for scripts and tests). ``fmt='engine'``
+    builds (or reuses) the precision-specific ONNX first. Parity runs on ``parity_data`` (default: the
+    checkpoint's validation split) with ``thresholds`` (default: the precision's); a failing artifact
+    is renamed ``*.failed``. The checkpoint is read and hashed once. Raises DronsegError on bad input.
+    """
+    options = _merged(options, changes)
     checkpoint = Path(checkpoint)
-    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    if fmt == "engine":
-        from dronseg_edge.export.tensorrt import gpu_identity, import_tensorrt
+    # Resolved once here; the engine's ONNX step inherits the torch.device through dataclasses.replace.
+    options = dataclasses.replace(options, device=_torch_device(options.device))
+    if options.fmt == "triton":
+        from dronseg_edge.export.triton import check_triton_backend
 
-        import_tensorrt()  # fail before minutes of ONNX work, not after
-        gpu_identity(torch_device)
-    ckpt = load_checkpoint(checkpoint, num_classes=NUM_CLASSES)
-    info = info_from_checkpoint(ckpt)
-    train_size = info.input_size
-    folder = ensure_writable_dir(Path(out_dir) if out_dir is not None else default_out_dir(checkpoint))
-    request = ExportRequest(checkpoint, fmt, precision, tuple(size) if size is not None else train_size, int(batch),
-                            bool(dynamic), opset, head, calib_data, parity_data, folder, float(workspace_gib), parity,
-                            thresholds, torch_device, calib_method, int(calib_images), int(parity_images))
-    info.input_size, info.precision, info.head = request.size, precision, head
-    info.batch, info.dynamic = (None, True) if dynamic else (int(batch), False)
-    info.extra = {"source_checkpoint": str(checkpoint.resolve()), "train_size": list(train_size)}
-    if fmt == "engine":
-        return _export_engine(request, train_size, info)
-    final = _path_for(checkpoint, train_size, "onnx", precision, request.size, request.batch, request.dynamic, head, folder)
+        check_triton_backend(options.triton_backend)
+    if options.fmt == "engine" or (options.fmt == "triton" and options.triton_backend == "tensorrt"):
+        from dronseg_edge.runtime import tensorrt_env
+
+        tensorrt_env.import_tensorrt()  # fail before minutes of ONNX work, not after
+        tensorrt_env.gpu_identity(options.device)
+    state = load_checkpoint(checkpoint, num_classes=NUM_CLASSES)
+    source = _Source(checkpoint, state, ModelInfo.from_checkpoint(state))
+    folder = ensure_writable_dir(options.out_dir if options.out_dir is not None else default_out_dir(checkpoint))
+    return _export(source, folder, options)
+
+
+def _artifact_info(source: _Source, options: ExportOptions) -> ModelInfo:
+    """The metadata the artifact of ``options`` carries: the checkpoint's, with the export's shape and precision."""
+    batch, dynamic = (None, True) if options.dynamic else (options.batch, False)
+    return dataclasses.replace(
+        source.info, input_size=tuple(options.size or source.train_size), precision=options.precision,
+        head=options.head, batch=batch, dynamic=dynamic,
+        extra={"source_checkpoint": str(source.path.resolve()), "train_size": list(source.train_size)})
+
+
+def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResult:
+    if options.fmt == "triton":
+        return _export_triton(source, folder, options)
+    info = _artifact_info(source, options)
+    final = _final_path(source.path, source.train_size, options, folder)
+    if options.reuse:
+        found = reusable_artifact(final, info)
+        if found is not None:
+            return ExportResult(final, found, None, True, notes=(f"reused {final.name}",), reused=True)
+    if options.fmt == "engine":
+        return _export_engine(source, folder, options, info, final)
     calibration = None
-    if precision == "int8":  # before exporting, so an empty calibration folder fails fast
-        calibration = resolve_images(calib_data, ckpt, option="--calib-data", max_images=calib_images,
-                                     size=request.size, allow_synthetic=False)
+    if options.precision == "int8":  # before exporting, so an empty calibration folder fails fast
+        calibration = resolve_images(options.calib_data, source.state, option="--calib-data",
+                                     max_images=options.calib_images, size=info.input_size, allow_synthetic=False)
     pending = _pending(final)
     try:
-        notes = _write_onnx(model_from_checkpoint(ckpt), pending, info, precision, opset, calibration, calib_method)
-        return _check_and_place(request, pending, final, info, notes)
+        notes = _write_onnx(model_from_checkpoint(source.state), pending, info, options.precision, options.opset,
+                            calibration, options.calib_method)
+        return _check_and_place(source, options, pending, final, info, notes)
     finally:
         _discard(pending)
         if calibration is not None:
@@ -241,14 +268,14 @@ def _write_onnx(model, dest: Path, info: ModelInfo, precision: str, opset: int |
     return tuple(notes)
 
 
-def _check_and_place(request: ExportRequest, pending: Path, final: Path, info: ModelInfo,
+def _check_and_place(source: _Source, options: ExportOptions, pending: Path, final: Path, info: ModelInfo,
                      notes: tuple[str, ...]) -> ExportResult:
     """Parity-check the pending file, then rename it to ``final`` (PASS) or ``final.failed`` (FAIL)."""
     report = None
     failed = final.with_name(final.name + ".failed")
-    if request.parity:
-        report = check_parity(request.checkpoint, pending, request.parity_data, device=request.device,
-                              thresholds=request.thresholds, max_images=request.parity_images)
+    if options.parity:
+        report = check_parity(source.state, pending, options.parity_data, device=options.device,
+                              thresholds=options.thresholds, max_images=options.parity_images)
         report.candidate = str(final if report.passed else failed)
         report.save(parity_report_path(final))
     if report is not None and not report.passed:
@@ -261,46 +288,44 @@ def _check_and_place(request: ExportRequest, pending: Path, final: Path, info: M
     return ExportResult(final, info, report, True, notes=notes)
 
 
-def _existing_onnx(path: Path, info: ModelInfo, precision: str) -> bool:
-    """True when ``path`` is an ONNX export of the same checkpoint with the same options (reusable)."""
-    if not path.is_file():
-        return False
-    try:
-        found = read_onnx_info(path)
-    except DronsegError:
-        return False
-    return (found.source_sha256 == info.source_sha256 and found.precision == precision and found.head == info.head
-            and tuple(found.input_size) == tuple(info.input_size) and found.batch == info.batch
-            and found.dynamic == info.dynamic)
-
-
-def _export_engine(request: ExportRequest, train_size: tuple[int, int], info: ModelInfo) -> ExportResult:
+def _export_engine(source: _Source, folder: Path, options: ExportOptions, info: ModelInfo,
+                   final: Path) -> ExportResult:
     """Build (or reuse) the ONNX graph the engine needs, then the engine, then check its parity."""
-    import importlib.util
-
     from dronseg_edge.export.tensorrt import build_engine
 
-    r = request
-    onnx_precision = onnx_precision_for_engine(r.precision)
-    onnx_path = _path_for(r.checkpoint, train_size, "onnx", onnx_precision, r.size, r.batch, r.dynamic, r.head, r.folder)
-    notes = []
-    if _existing_onnx(onnx_path, info, onnx_precision):
-        notes.append(f"reused {onnx_path.name}")
+    onnx_precision = onnx_precision_for_engine(options.precision)
+    check_onnx = options.parity and importlib.util.find_spec("onnxruntime") is not None
+    # The user's limits were set for the engine's precision; an ONNX graph of another one keeps its own defaults.
+    made = _export(source, folder, dataclasses.replace(
+        options, fmt="onnx", precision=onnx_precision, parity=check_onnx, reuse=True,
+        thresholds=options.thresholds if onnx_precision == options.precision else None))
+    if not made.passed:
+        return made
+    if made.reused:
+        notes = (f"reused {made.path.name}",)
     else:
-        check_onnx = r.parity and importlib.util.find_spec("onnxruntime") is not None
-        made = export_artifact(r.checkpoint, fmt="onnx", precision=onnx_precision, size=r.size, batch=r.batch,
-                               dynamic=r.dynamic, opset=r.opset, head=r.head, calib_data=r.calib_data,
-                               parity_data=r.parity_data, out_dir=r.folder, parity=check_onnx,
-                               thresholds=r.thresholds if onnx_precision == r.precision else None, device=r.device,
-                               calib_method=r.calib_method, calib_images=r.calib_images, parity_images=r.parity_images)
-        if not made.passed:
-            return made
-        notes.append(f"built {onnx_path.name}" + ("" if check_onnx else " (its parity not checked: no onnxruntime)"))
-    final = _path_for(r.checkpoint, train_size, "engine", r.precision, r.size, r.batch, r.dynamic, r.head, r.folder, r.device)
+        notes = (f"built {made.path.name}" + ("" if check_onnx else " (its parity not checked: no onnxruntime)"),)
     pending = _pending(final)
     try:
-        engine_info = build_engine(onnx_path, pending, read_onnx_info(onnx_path), precision=r.precision,
-                                   workspace_gib=r.workspace_gib, device=r.device, opt_batch=r.batch)
-        return _check_and_place(r, pending, final, engine_info, tuple(notes))
+        engine_info = build_engine(made.path, pending, read_onnx_info(made.path), precision=options.precision,
+                                   workspace_gib=options.workspace_gib, device=options.device, opt_batch=options.batch)
+        return _check_and_place(source, options, pending, final, engine_info, notes)
     finally:
         _discard(pending)
+
+
+def _export_triton(source: _Source, folder: Path, options: ExportOptions) -> ExportResult:
+    """The ONNX file (or engine) of these options, exported and parity-checked as usual, then laid out as a
+    model folder in the Triton repository ``triton/`` beside it; a file that fails parity gets no repository."""
+    from dronseg_edge.export.tensorrt import MIN_MAX_BATCH
+    from dronseg_edge.export.triton import write_model_repository
+
+    inner = "engine" if options.triton_backend == "tensorrt" else "onnx"
+    made = _export(source, folder, dataclasses.replace(options, fmt=inner))
+    if not made.passed:
+        return made
+    final = _final_path(source.path, source.train_size, options, folder)
+    # A --dynamic ONNX file may batch up to what a --dynamic engine's profile allows (export/tensorrt.py).
+    repository = write_model_repository(made.path, final.parent, final.name, max_batch=max(options.batch, MIN_MAX_BATCH),
+                                        workspace_gib=options.workspace_gib)
+    return ExportResult(repository, made.info, made.report, True, notes=made.notes, served=made.path)

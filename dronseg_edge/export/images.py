@@ -18,8 +18,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from dronseg_edge.data.aeroscapes import IMAGE_DIR, IMAGE_SUFFIXES, dataset_samples, read_mask, samples_for_ids
+from dronseg_edge.checkpoint import recorded_data_root, recorded_split
+from dronseg_edge.data.aeroscapes import IMAGE_DIR, dataset_samples, read_mask, samples_for_ids
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.media import IMAGE_SUFFIXES
 
 TEST_MASK_DIR = "test_masks"  # ground truth of the synthetic data set's test images
 
@@ -88,12 +90,10 @@ def _test_mask(root: Path, image_id: str) -> Path | None:
 
 def validation_images(ckpt: dict[str, Any]) -> tuple[list[ImageItem], str] | None:
     """The checkpoint's validation split, or None when it recorded none or its data folder is gone."""
-    config = ckpt.get("config") or {}
-    split = ckpt.get("split") or {}
-    root, val_ids = config.get("data"), split.get("val")
-    if not root or not val_ids or not Path(root).is_dir():
+    root, val_ids = recorded_data_root(ckpt), recorded_split(ckpt, "val")
+    if root is None or not val_ids or not root.is_dir():
         return None
-    samples = samples_for_ids(Path(root), list(val_ids))
+    samples = samples_for_ids(root, val_ids)
     return [ImageItem(s.image_path, s.mask_path) for s in samples], f"validation split of {root} ({len(samples)} images)"
 
 
@@ -120,8 +120,8 @@ def resolve_images(data: Path | None, ckpt: dict[str, Any] | None, *, option: st
 def _why_no_split(ckpt: dict[str, Any] | None) -> str:
     if ckpt is None:
         return "no checkpoint among the models to take a validation split from"
-    root = (ckpt.get("config") or {}).get("data")
-    if not root or not (ckpt.get("split") or {}).get("val"):
+    root = recorded_data_root(ckpt)
+    if root is None or not recorded_split(ckpt, "val"):
         return f"checkpoint {ckpt.get('path', '')} records no validation split"
     return f"the data folder {root} that checkpoint {ckpt.get('path', '')} was trained on no longer exists"
 

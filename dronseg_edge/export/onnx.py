@@ -20,8 +20,7 @@ from torch import nn
 
 from dronseg_edge.atomic import atomic_path, ensure_writable_dir
 from dronseg_edge.errors import BackendUnavailable, DronsegError
-from dronseg_edge.export.onnx_metadata import set_onnx_metadata
-from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.metadata import ModelInfo, set_onnx_metadata
 from dronseg_edge.models import SegmentationNet
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, Union
 
 import cv2
 import numpy as np
@@ -22,8 +23,11 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.export.images import ImageSet, load_item, resolve_images
 from dronseg_edge.export.parity_report import GroundTruthScores, OutputStats, ParityReport, ParityThresholds
 from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.metrics import SegmentationMetrics, confusion_matrix, iou_from_confusion
 from dronseg_edge.runtime.base import Backend, preprocess
-from dronseg_edge.train.metrics import SegmentationMetrics, confusion_matrix, iou_from_confusion
+from dronseg_edge.runtime.batching import pad_batch
+from dronseg_edge.runtime.registry import check_model_file, is_checkpoint, load_backend
+from dronseg_edge.runtime.torch import TorchBackend
 
 REL_FLOOR = 1e-3  # relative error divides by max(|reference|, this): logits near 0 would make it meaningless
 SAMPLE_PER_IMAGE = 1 << 18  # values per image kept for the p99 estimates
@@ -100,28 +104,33 @@ def _cosine(dot: float, a: float, b: float) -> float:
     return dot / math.sqrt(a * b)
 
 
-def _open(model: Path | Backend, device: torch.device, owned: list[Backend]) -> Backend:
+Model = Union[Path, Backend, dict[str, Any]]  # a file, an open Backend, or a loaded checkpoint (load_checkpoint's dict)
+
+
+def _open(model: Model, device: torch.device, owned: list[Backend]) -> tuple[Backend, dict[str, Any] | None]:
+    """(backend, the loaded checkpoint when ``model`` is one): a Backend is used as given, anything else opened here."""
     if isinstance(model, Backend):
-        return model
-    from dronseg_edge.runtime.registry import load_backend
-
-    options = {"head": "logits"} if Path(model).suffix.lower() in (".pt", ".pth") else {}
-    backend = load_backend(Path(model), device, **options)
+        return model, None
+    ckpt = model if isinstance(model, dict) else None
+    if ckpt is None and is_checkpoint(model):
+        ckpt = load_checkpoint(check_model_file(model))
+    # A checkpoint loaded once (by the caller, or above) is not read or hashed again.
+    backend = TorchBackend.from_checkpoint(ckpt, device, head="logits") if ckpt is not None else load_backend(Path(model), device)
     owned.append(backend)
-    return backend
+    return backend, ckpt
 
 
-def _checkpoint_for_images(*models: Path | Backend) -> dict | None:
+def _checkpoint_for_images(opened: list[tuple[Backend, dict[str, Any] | None]]) -> dict | None:
     """A loaded checkpoint among the models (or the one an export records as its source), for its split."""
-    for model in models:
-        path = Path(model.path) if isinstance(model, Backend) else Path(model)
-        if path.suffix.lower() in (".pt", ".pth"):
-            return load_checkpoint(path)
-    for model in models:
-        if isinstance(model, Backend):
-            source = model.info.extra.get("source_checkpoint")
-            if source and Path(source).is_file():
-                return load_checkpoint(Path(source))
+    for backend, ckpt in opened:
+        if ckpt is not None:
+            return ckpt
+        if is_checkpoint(backend.path):  # a checkpoint the caller opened, e.g. a TorchBackend at fp16
+            return load_checkpoint(backend.path)
+    for backend, _ in opened:
+        source = backend.info.extra.get("source_checkpoint")
+        if source and Path(source).is_file():
+            return load_checkpoint(Path(source))
     return None
 
 
@@ -136,10 +145,7 @@ def _run(backend: Backend, x: torch.Tensor) -> torch.Tensor:
     size = backend.info.batch
     outs = []
     for start in range(0, x.shape[0], size):
-        chunk = x[start:start + size]
-        real = chunk.shape[0]
-        if real < size:
-            chunk = torch.cat([chunk, chunk[-1:].expand(size - real, *chunk.shape[1:])])
+        chunk, real = pad_batch(x[start:start + size], size)
         outs.append(backend.infer(chunk)[:real])
     return torch.cat(outs)
 
@@ -157,24 +163,25 @@ def _check_compatible(reference: Backend, candidate: Backend) -> None:
         )
 
 
-def check_parity(reference: Path | Backend, candidate: Path | Backend, data: Path | None = None, *,
-                 device: str = "auto", thresholds: ParityThresholds | None = None,
+def check_parity(reference: Model, candidate: Model, data: Path | None = None, *,
+                 device: str | torch.device = "auto", thresholds: ParityThresholds | None = None,
                  max_images: int = 16) -> ParityReport:
     """Compare ``candidate`` with ``reference`` on up to ``max_images`` images; returns the report.
 
-    Models are paths (``.pt`` checkpoint, ``.onnx``, ``.engine``) or Backends (used as given, not
-    closed). Images: ``data`` (dataset root or image folder), else the validation split of a
+    Models are paths (``.pt`` checkpoint, ``.onnx``, ``.engine``), Backends (used as given, not
+    closed) or a checkpoint already loaded by ``load_checkpoint`` (run as fp32 logits in PyTorch,
+    not read again). Images: ``data`` (dataset root or image folder), else the validation split of a
     checkpoint involved, else synthetic scenes (said in the report). Inputs are at the candidate's
     input size. ``thresholds`` default to the candidate's precision (ParityThresholds.for_precision).
     """
     torch_device = resolve_device(device) if not isinstance(device, torch.device) else device
     owned: list[Backend] = []
     try:
-        ref = _open(reference, torch_device, owned)
-        cand = _open(candidate, torch_device, owned)
+        opened = [_open(reference, torch_device, owned), _open(candidate, torch_device, owned)]
+        ref, cand = opened[0][0], opened[1][0]
         _check_compatible(ref, cand)
         size = tuple(cand.info.input_size)
-        ckpt = _checkpoint_for_images(reference, candidate) if data is None else None
+        ckpt = _checkpoint_for_images(opened) if data is None else None
         with resolve_images(data, ckpt, option="--parity-data", max_images=max_images, size=size,
                             allow_synthetic=True) as images, tf32_mode(False):  # the PyTorch reference must be true fp32, not TF32
             return _compare(ref, cand, images, thresholds or ParityThresholds.for_precision(cand.info.precision))
@@ -197,9 +204,7 @@ def _compare(ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityTh
     for start in range(0, len(items), batch):
         group = items[start:start + batch]
         frames, masks = zip(*(load_item(item, num_classes) for item in group))
-        x = torch.cat([preprocess(f, info, cand.device) for f in frames])
-        if x.shape[0] < batch:
-            x = torch.cat([x, x[-1:].expand(batch - x.shape[0], *x.shape[1:])])
+        x, _ = pad_batch(torch.cat([preprocess(f, info, cand.device) for f in frames]), batch)
         ref_out = _run(ref, x.to(ref.device))[: len(group)].cpu()
         cand_out = _run(cand, x)[: len(group)].cpu()
         if logits is not None:

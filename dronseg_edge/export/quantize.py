@@ -23,11 +23,10 @@ import torch
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export.images import ImageSet, load_item
+from dronseg_edge.export.options import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime.base import preprocess
 
-CALIBRATION_METHODS = ("minmax", "percentile")
-DEFAULT_METHOD = "percentile"
 # Clip the rarest activations: a handful of outliers would otherwise stretch the int8 range. Of
 # 99.9 / 99.99 / 99.999 / 99.9999 this kept the most argmax pixels on the test model (93.6 / 96.2 /
 # 97.0 / 96.3 %, on an earlier head-only-trained test model, 2 CPU cores); minmax gave 96.4 %.
@@ -61,7 +60,7 @@ def calibration_batches(images: ImageSet, info: ModelInfo, input_name: str) -> I
 
 
 def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo, *, input_name: str,
-                  method: str = DEFAULT_METHOD) -> dict:
+                  method: str = DEFAULT_CALIBRATION_METHOD) -> dict:
     """Write a Q/DQ int8 copy of the ONNX file ``fp32_path`` to ``dest`` (a scratch path).
 
     Returns what was done (method, image count, source) for the metadata. Raises DronsegError

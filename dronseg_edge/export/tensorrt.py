@@ -4,11 +4,13 @@ Precision: TensorRT 11 has only strongly typed networks, so precision comes from
 (the fp16 graph, or the Q/DQ int8 graph). On 10.x fp16 comes from the fp32 graph and the FP16
 builder flag (weakly typed: TensorRT picks fp16 kernels where they are faster), and int8 from the
 Q/DQ graph with the INT8 and FP16 flags so the unquantised layers may run in fp16; fp32 builds are
-strongly typed on both. Every TensorRT name used here is checked against the real 10.3 and 11.4
-bindings by tests/export/test_tensorrt_names.py.
+strongly typed on both, with TF32 off (strict fp32, like parity's PyTorch reference). Every
+TensorRT name used here is checked against the real 10.3 and 11.4 bindings by
+tests/export/test_tensorrt_names.py.
 
 An engine only runs on the GPU model and TensorRT version that built it: its name says both
-(``NAME_<precision>_<gpu>_sm<cc>_trt<version>.engine``) and so does its JSON sidecar.
+(``NAME_<precision>_<gpu>_sm<cc>_trt<version>.engine``) and so does its JSON sidecar. Finding
+TensorRT and the GPU is runtime/tensorrt_env.py's job, shared with the engine runner.
 """
 
 from __future__ import annotations
@@ -21,42 +23,14 @@ from pathlib import Path
 import torch
 
 from dronseg_edge.atomic import atomic_path
-from dronseg_edge.errors import BackendUnavailable, DronsegError
-from dronseg_edge.export.onnx_metadata import write_engine_sidecar
-from dronseg_edge.metadata import ModelInfo, sha256_file
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.metadata import ModelInfo, sha256_file, write_engine_sidecar
+from dronseg_edge.runtime import tensorrt_env
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = (
-    "TensorRT is not installed for this Python: on x86-64 `pip install tensorrt` (or pip install 'dronseg-edge[trt]'); "
-    "on Jetson it comes with JetPack (sudo apt install python3-libnvinfer) and a venv must be created with "
-    "--system-site-packages to see it"
-)
 MIN_SIDE = 64  # smallest height/width a --dynamic engine accepts (the backbone downsamples 16-32x)
 MIN_MAX_BATCH = 4
-
-
-def import_tensorrt():
-    """The ``tensorrt`` module, or BackendUnavailable saying how to install it."""
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError) as exc:  # OSError: bindings present but libnvinfer missing
-        detail = "" if isinstance(exc, ModuleNotFoundError) else f" ({str(exc).splitlines()[0][:120]})"
-        raise BackendUnavailable(INSTALL_HINT + detail) from None
-    return trt
-
-
-def trt_major(trt) -> int:
-    return int(str(trt.__version__).split(".")[0])
-
-
-def gpu_identity(device: torch.device) -> dict:
-    """{'gpu_name': 'NVIDIA H100 80GB HBM3', 'compute_capability': '9.0'} of a CUDA device."""
-    if device.type != "cuda":
-        raise DronsegError(f"TensorRT engines run on NVIDIA GPUs only, not on --device {device}: use --device cuda")
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(index)
-    return {"gpu_name": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
 
 
 def gpu_slug(gpu_name: str) -> str:
@@ -88,7 +62,7 @@ def dynamic_profile(info: ModelInfo, batch: int) -> dict[str, list[int]]:
 
 def uses_strong_typing(trt, precision: str) -> bool:
     """11.x: always (its only mode). 10.x: fp32 only; fp16 and int8 use builder flags (module docstring)."""
-    if trt_major(trt) >= 11:
+    if tensorrt_env.trt_major(trt) >= 11:
         return True
     return precision == "fp32" and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
 
@@ -115,8 +89,8 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
     scratch memory (GiB); ``opt_batch`` is the batch a --dynamic engine is tuned for.
     Writes the engine and its sidecar atomically and returns the engine's ModelInfo.
     """
-    trt = import_tensorrt()
-    identity = gpu_identity(device)
+    trt = tensorrt_env.import_tensorrt()
+    identity = tensorrt_env.gpu_identity(device)
     version = str(trt.__version__)
     strongly = uses_strong_typing(trt, precision)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -139,6 +113,12 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
     if not strongly and precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         builder_flags.append("INT8")
+    # TensorRT allows TF32 by default; parity's PyTorch reference is strict fp32, and TF32
+    # convolutions differ from it by ~1e-3 relative at 1280x720: an fp32 engine means fp32.
+    tf32 = True
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+        tf32 = False
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(identity["gpu_name"], identity["compute_capability"], version)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, False)
@@ -163,7 +143,7 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
     engine_info = ModelInfo.from_dict({**info.to_dict(), "precision": precision}, source=str(onnx_path))
     engine_info.extra["tensorrt"] = {
         "tensorrt_version": version, **identity, "strongly_typed": strongly, "builder_flags": builder_flags,
-        "workspace_gib": workspace_gib, "profile": profile_shapes, "onnx": Path(onnx_path).name,
+        "tf32": tf32, "workspace_gib": workspace_gib, "profile": profile_shapes, "onnx": Path(onnx_path).name,
         "onnx_sha256": sha256_file(Path(onnx_path)), "timing_cache": str(cache_path),
     }
     write_engine_sidecar(engine_path, engine_info)
@@ -180,16 +160,3 @@ def _save_timing_cache(config, cache_path: Path) -> None:
     except (OSError, DronsegError) as exc:
         log.warning("TensorRT timing cache %s not saved: %s", cache_path, exc)
 
-
-def engine_mismatch(built: dict, here: dict) -> str | None:
-    """Why an engine built on ``built`` cannot run ``here`` (dicts of tensorrt_version, gpu_name,
-    compute_capability), or None when they match."""
-    differences = [key for key in ("tensorrt_version", "gpu_name", "compute_capability") if str(built.get(key)) != str(here.get(key))]
-    if not differences:
-        return None
-
-    def describe(side: dict) -> str:
-        cc = str(side.get("compute_capability", "?")).replace(".", "")
-        return f"{side.get('gpu_name', '?')} (sm{cc}) with TensorRT {side.get('tensorrt_version', '?')}"
-
-    return f"was built for {describe(built)}; this machine has {describe(here)}"

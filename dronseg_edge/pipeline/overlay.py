@@ -1,17 +1,22 @@
 """Colouring class maps and blending them over frames.
 
-``palette[mask]`` (numpy fancy indexing) plus ``cv2.addWeighted`` costs ~20 ms per 720p frame
-(FACTS.md section 8), more than the model; a 256-entry ``cv2.LUT`` does the same in ~2 ms on the
-CPU, and on a GPU the gather and blend cost well under a millisecond, so both paths live here.
+On the CPU, ``palette[mask]`` (numpy fancy indexing) plus ``cv2.addWeighted`` costs more per 720p
+frame than the model itself; a 256-entry ``cv2.LUT`` does the same several times faster
+(docs/facts.md#pipeline-timings). A Segmenter on a GPU blends there (:func:`overlay_torch`), so
+only the finished uint8 image is copied back; both paths live here.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # segmenter.py imports this module
+    from dronseg_edge.pipeline.segmenter import Result
 
 
 def bgr_lut(palette_rgb: Sequence[Sequence[int]]) -> np.ndarray:
@@ -50,3 +55,23 @@ def overlay_torch(frames_bgr: torch.Tensor, masks: torch.Tensor, palette_bgr: to
     colours = palette_bgr.index_select(0, masks.reshape(-1).long()).view(*masks.shape, 3)
     mixed = frames_bgr.float().mul_(1.0 - alpha).add_(colours, alpha=alpha)
     return mixed.add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True, eq=False)
+class OverlayPlan:
+    """A run's overlay: the one opacity and colour table that the video, the overlay images and the
+    ``--show`` window all use (``RunOptions.overlay_plan`` decides whether a run makes one at all).
+
+    ``alpha``: opacity of the class colours over the frame, 0..1; ``lut``: the palette from
+    :func:`bgr_lut`. The Segmenter is given the same ``alpha`` and blends on a GPU, so a consumer
+    takes that image when a result carries one and blends on the CPU only when it does not.
+    """
+
+    alpha: float
+    lut: np.ndarray
+
+    def image(self, result: "Result") -> np.ndarray:
+        """The (H, W, 3) uint8 BGR overlay of one result."""
+        if result.overlay is not None:
+            return result.overlay
+        return overlay(result.frame, result.mask, self.lut, self.alpha)

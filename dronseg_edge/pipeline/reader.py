@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Iterator
 
+from dronseg_edge.pipeline.queues import put_unless_stopped
 from dronseg_edge.pipeline.sources import FrameRecord, Source
 
 _END = object()
@@ -58,12 +59,7 @@ class _BoundedQueue:
         self.dropped = 0
 
     def put(self, item, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        put_unless_stopped(self._queue, item, stop.is_set)
 
     def get(self, timeout: float):
         return self._queue.get(timeout=timeout)

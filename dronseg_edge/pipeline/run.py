@@ -12,40 +12,45 @@ import contextlib
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
+import numpy as np
 import torch
 
 from dronseg_edge import __version__
 from dronseg_edge.atomic import ensure_writable_dir, write_json_atomic
 from dronseg_edge.devices import device_description
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.pipeline.overlay import bgr_lut, overlay
+from dronseg_edge.pipeline.interrupts import InterruptGuard, interrupts_deferred
+from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.segmenter import Result, Segmenter
-from dronseg_edge.pipeline.sinks import (ColorMaskSink, MaskSink, OverlayImageSink, SinkWorker, StatsSink,
+from dronseg_edge.pipeline.sinks import (ColorMaskSink, MaskSink, OverlayImageSink, Sink, SinkWorker, StatsSink,
                                          VideoSink)
 from dronseg_edge.pipeline.sources import Source, open_source
+from dronseg_edge.pipeline.video_writer import VIDEO_CODECS, encoders_for
 from dronseg_edge.runs import next_run_dir
 from dronseg_edge.sizes import format_size
 
 log = logging.getLogger(__name__)
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "write")
+SEGMENTER_STAGES = STAGES[1:4]  # timed by the Segmenter, per frame; decode and write by their threads
 WINDOW = "dronseg-edge"
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOptions:
-    """What to write and how to read. ``save_masks=None``: on for image sources, off for videos and
-    streams (a PNG per frame adds up); ``live=None``: on for cameras and streams."""
+    """What to write and how to read; checked when made, so a RunOptions is always a valid one.
+
+    ``save_masks=None``: on for image sources, off for videos and streams (a PNG per frame adds
+    up); ``live=None``: on for cameras and streams. Raises DronsegError naming the bad option.
+    """
 
     out: Path | None = None
     project: Path = Path("runs/infer")
@@ -61,8 +66,9 @@ class RunOptions:
     reconnect_s: float = 30.0
     progress: bool = True
     queue_size: int = 8
+    codec: str = "auto"
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise DronsegError(f"--alpha {self.alpha} must be between 0 (frame only) and 1 (colours only)")
         if self.stride < 1:
@@ -71,6 +77,14 @@ class RunOptions:
             raise DronsegError(f"--max-frames {self.max_frames} must be at least 1")
         if not self.reconnect_s > 0:
             raise DronsegError(f"--reconnect-s {self.reconnect_s} must be above 0 seconds")
+        if self.codec not in VIDEO_CODECS:
+            raise DronsegError(f"--codec {self.codec} is not one of {', '.join(VIDEO_CODECS)}: pick one "
+                               "(auto: H.264 on the GPU's encoder, else the CPU's, else mp4v)")
+
+    def overlay_plan(self, lut: np.ndarray) -> OverlayPlan | None:
+        """The run's one overlay decision: made for the video (or overlay images) and the window,
+        else not at all, not even on the GPU."""
+        return OverlayPlan(self.alpha, lut) if self.save_video or self.show else None
 
 
 @dataclass
@@ -92,14 +106,75 @@ class RunSummary:
                 f"({self.frames} frames, {self.data.get('fps', 0.0):.1f} fps)")
 
 
+@dataclass
+class RunState:
+    """What a run has done so far: ``run_inference`` updates it as frames are written and when the
+    run stops, and it renders ``summary.json`` (:meth:`summary`)."""
+
+    out_dir: Path
+    options: RunOptions
+    live: bool
+    started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    frames: int = 0  # frames handed to every sink
+    sizes: set[tuple[int, int]] = field(default_factory=set)  # (W, H) of those frames
+    segmenter_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SEGMENTER_STAGES, 0.0))  # totals
+    wall_s: float = 0.0
+    interrupted: bool = False  # Ctrl-C or SIGTERM
+    stopped_by_key: bool = False  # q or Esc in the --show window
+    error: DronsegError | None = None  # a lost stream or a failed write; raised once the outputs are final
+    _clock_start: float = field(default_factory=time.perf_counter, repr=False)
+
+    def add(self, result: Result) -> None:
+        """Count a frame that every sink has received."""
+        self.frames += 1
+        self.sizes.add(result.size)
+        for name in self.segmenter_ms:
+            self.segmenter_ms[name] += result.timings.get(name, 0.0)
+
+    def stop_clock(self) -> None:
+        self.wall_s = time.perf_counter() - self._clock_start
+
+    def summary(self, segmenter: Segmenter, source: Source, reader: FrameReader, sinks: list[Sink]) -> dict:
+        """The ``summary.json`` record: the model, the source, these counters, stage times in ms per frame."""
+        backend, options, frames = segmenter.backend, self.options, self.frames
+        write_ms = {sink.name: (sink.write_ms / sink.frames if sink.frames else 0.0) for sink in sinks}
+        stage_ms = {"decode": reader.decode_ms / reader.decoded if reader.decoded else 0.0}
+        stage_ms.update({name: total / frames if frames else 0.0 for name, total in self.segmenter_ms.items()})
+        stage_ms["write"] = max(write_ms.values(), default=0.0)  # sinks run in parallel: the slowest one counts
+        outputs = {kind: str(Path(path).relative_to(self.out_dir))
+                   for sink in sinks for kind, path in sink.outputs().items()}
+        video = next((s for s in sinks if isinstance(s, VideoSink)), None)
+        sizes = self.sizes
+        return {
+            "model": str(backend.path), "backend": backend.name, "provider": backend.provider,
+            "device": device_description(segmenter.device), "precision": segmenter.info.precision,
+            "input_size": format_size(segmenter.info.input_size), "batch": segmenter.batch,
+            "source": source.name, "source_kind": source.kind, "source_fps": source.fps, "live": self.live,
+            "stride": options.stride, "max_frames": options.max_frames,
+            "frames": frames,
+            "frame_size": format_size(next(iter(sizes))) if len(sizes) == 1 else ("mixed" if sizes else None),
+            "wall_s": round(self.wall_s, 3), "fps": round(frames / self.wall_s, 3) if self.wall_s > 0 else 0.0,
+            "dropped_frames": reader.dropped, "corrupt_frames": source.corrupt, "reconnects": source.reconnects,
+            "interrupted": self.interrupted, "stopped_by_key": self.stopped_by_key,
+            "error": str(self.error) if self.error else None,
+            "stage_ms": {name: round(ms, 3) for name, ms in stage_ms.items()},
+            "write_ms": {name: round(ms, 3) for name, ms in write_ms.items()},
+            "outputs": outputs,
+            "video_codec": video.codec if video else None,
+            "video_frames": video.video_frames if video else None,
+            "started": self.started_at, "package_version": __version__,
+        }
+
+
 def run_inference(segmenter: Segmenter, source: str | Path | int | Source, options: RunOptions | None = None) -> RunSummary:
     """Segment every frame of ``source`` and write the outputs of ``options`` to a new run folder.
 
-    Raises DronsegError for bad input (before anything is written where possible) and, after the
-    outputs are finalised, for a stream that was lost or a write that failed.
+    ``source``: an opened Source (the CLI opens it before loading the model, so a mistyped source
+    fails at once) or anything :func:`open_source` takes; the run closes it. Raises DronsegError for
+    bad input (before anything is written where possible) and, after the outputs are finalised,
+    for a stream that was lost or a write that failed.
     """
     options = options or RunOptions()
-    options.validate()
     src = open_source(source, options.reconnect_s)
     try:
         live = src.live_default if options.live is None else bool(options.live)
@@ -108,70 +183,67 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
                                "frame only: use --batch 1, or --no-live for a recorded source")
         if options.show:
             _open_window()
+        if options.save_video and src.kind != "images":
+            encoders_for(options.codec)  # a --codec this machine cannot write fails before the run folder exists
         out_dir = _prepare_out_dir(options)
-        sinks = _build_sinks(src, out_dir, options, segmenter)
+        lut = bgr_lut(segmenter.info.palette)
+        plan = options.overlay_plan(lut)
+        sinks = _build_sinks(src, out_dir, options, lut, plan)
     except BaseException:
         src.close()
         raise
     workers = [SinkWorker(sink, options.queue_size) for sink in sinks]
     reader = FrameReader(src, live=live, stride=options.stride, queue_size=options.queue_size)
-    wants_overlay = options.show or any(isinstance(s, (VideoSink, OverlayImageSink)) for s in sinks)
-    alpha_before, segmenter.overlay_alpha = segmenter.overlay_alpha, (options.alpha if wants_overlay else None)
     bar = _progress_bar(src, live, options)
-    lut = bgr_lut(segmenter.info.palette)
-    totals = dict.fromkeys(STAGES[1:4], 0.0)
-    frames, sizes = 0, set()
-    interrupted = stopped_by_key = False
-    error: DronsegError | None = None
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    started = time.perf_counter()
-    results = segmenter.stream(reader, max_frames=options.max_frames)
-    guard = _InterruptGuard()
+    state = RunState(out_dir, options, live)
+    results = segmenter.stream(reader, max_frames=options.max_frames, overlay_alpha=plan.alpha if plan else None)
+    guard = InterruptGuard()
     try:
         with guard, _core_left_for_io(segmenter):
             for result in results:
                 with guard.critical():  # every sink gets the frame, or none does
                     for worker in workers:
                         worker.put(result)
-                    frames += 1
-                    sizes.add(result.size)
-                    for name in totals:
-                        totals[name] += result.timings.get(name, 0.0)
+                    state.add(result)
                 bar.update(1)
-                if options.show and _show(result, lut, options.alpha):
-                    stopped_by_key = True
+                if options.show and _show(plan.image(result)):
+                    state.stopped_by_key = True
                     break
     except KeyboardInterrupt:
-        interrupted = True
+        state.interrupted = True
     except DronsegError as exc:
-        error = exc
+        state.error = exc
     finally:
-        bug: BaseException | None = None
-        with _interrupts_deferred():
+        with interrupts_deferred():
             results.close()
             reader.stop()
-            segmenter.overlay_alpha = alpha_before
-            for worker in workers:  # each one finalised, whatever happened to the others
-                try:
-                    worker.close()
-                except DronsegError as exc:
-                    error = error or exc
-                except Exception as exc:
-                    bug = bug or exc
-            wall_s = time.perf_counter() - started
+            bug = _close_workers(workers, state)
+            state.stop_clock()
             src.close()
             bar.close()
             if options.show:
                 cv2.destroyAllWindows()
-            summary = RunSummary(out_dir)
-            summary.data = _summary_data(segmenter, src, reader, sinks, out_dir, options, live, frames, sizes, totals,
-                                         wall_s, started_at, interrupted, stopped_by_key, error)
+            summary = RunSummary(out_dir, state.summary(segmenter, src, reader, sinks))
             write_json_atomic(out_dir / "summary.json", summary.data)
         if bug is not None:
             raise bug
-    if error is not None:
-        raise error
+    if state.error is not None:
+        raise state.error
     return summary
+
+
+def _close_workers(workers: list[SinkWorker], state: RunState) -> Exception | None:
+    """Finalise every sink, whatever happened to the others; a write error goes to ``state.error``
+    (the first one wins), and the first bug is returned to be raised once the summary is written."""
+    bug = None
+    for worker in workers:
+        try:
+            worker.close()
+        except DronsegError as exc:
+            state.error = state.error or exc
+        except Exception as exc:
+            bug = bug or exc
+    return bug
 
 
 def _prepare_out_dir(options: RunOptions) -> Path:
@@ -186,14 +258,14 @@ def _prepare_out_dir(options: RunOptions) -> Path:
     return ensure_writable_dir(out)
 
 
-def _build_sinks(src: Source, out_dir: Path, options: RunOptions, segmenter: Segmenter) -> list:
-    lut = bgr_lut(segmenter.info.palette)
+def _build_sinks(src: Source, out_dir: Path, options: RunOptions, lut: np.ndarray,
+                 plan: OverlayPlan | None) -> list[Sink]:
     images = src.kind == "images"
-    sinks = []
-    if options.save_video:
+    sinks: list[Sink] = []
+    if options.save_video:  # so options.overlay_plan made a plan
         # Images may differ in size, which one video cannot hold: they get overlay images instead.
-        sinks.append(OverlayImageSink(out_dir / "overlay", lut, options.alpha) if images
-                     else VideoSink(out_dir / "overlay.mp4", src.fps, lut, options.alpha))
+        sinks.append(OverlayImageSink(out_dir / "overlay", plan) if images
+                     else VideoSink(out_dir / "overlay.mp4", src.fps, plan, options.codec))
     if options.save_masks if options.save_masks is not None else images:
         sinks.append(MaskSink(out_dir / "masks"))
     if options.save_color:
@@ -223,39 +295,10 @@ def _open_window() -> None:
                            "opencv-python-headless, or drop --show") from None
 
 
-def _show(result: Result, lut, alpha: float) -> bool:
-    """Show the overlay; True when the user pressed q or Esc."""
-    image = result.overlay if result.overlay is not None else overlay(result.frame, result.mask, lut, alpha)
+def _show(image: np.ndarray) -> bool:
+    """Show one overlay; True when the user pressed q or Esc."""
     cv2.imshow(WINDOW, image)
     return (cv2.waitKey(1) & 0xFF) in (ord("q"), 27)
-
-
-def _summary_data(segmenter, src, reader: FrameReader, sinks, out_dir: Path, options, live, frames, sizes, totals, wall_s,
-                  started_at, interrupted, stopped_by_key, error) -> dict:
-    backend = segmenter.backend
-    write_ms = {sink.name: (sink.write_ms / sink.frames if sink.frames else 0.0) for sink in sinks}
-    stage_ms = {"decode": reader.decode_ms / reader.decoded if reader.decoded else 0.0}
-    stage_ms.update({name: total / frames if frames else 0.0 for name, total in totals.items()})
-    stage_ms["write"] = max(write_ms.values(), default=0.0)  # sinks run in parallel: the slowest one counts
-    outputs = {kind: str(Path(path).relative_to(out_dir)) for sink in sinks for kind, path in sink.outputs().items()}
-    return {
-        "model": str(backend.path), "backend": backend.name, "provider": backend.provider,
-        "device": device_description(segmenter.device), "precision": segmenter.info.precision,
-        "input_size": format_size(segmenter.info.input_size), "batch": segmenter.batch,
-        "source": src.name, "source_kind": src.kind, "source_fps": src.fps, "live": live,
-        "stride": options.stride, "max_frames": options.max_frames,
-        "frames": frames,
-        "frame_size": format_size(next(iter(sizes))) if len(sizes) == 1 else ("mixed" if sizes else None),
-        "wall_s": round(wall_s, 3), "fps": round(frames / wall_s, 3) if wall_s > 0 else 0.0,
-        "dropped_frames": reader.dropped, "corrupt_frames": src.corrupt, "reconnects": src.reconnects,
-        "interrupted": interrupted, "stopped_by_key": stopped_by_key, "error": str(error) if error else None,
-        "stage_ms": {name: round(ms, 3) for name, ms in stage_ms.items()},
-        "write_ms": {name: round(ms, 3) for name, ms in write_ms.items()},
-        "outputs": outputs,
-        "video_codec": next((s.codec for s in sinks if isinstance(s, VideoSink)), None),
-        "video_frames": next((s.video_frames for s in sinks if isinstance(s, VideoSink)), None),
-        "started": started_at, "package_version": __version__,
-    }
 
 
 @contextlib.contextmanager
@@ -263,8 +306,8 @@ def _core_left_for_io(segmenter: Segmenter):
     """On the CPU, run torch on one core fewer than it would take, for the decode and writer threads.
 
     OpenMP threads wait for each other at every layer; when another thread holds one of their
-    cores, each layer stalls. On the shared 2-core CI machine (other jobs running) LR-ASPP at
-    128x80 took 10-18 ms per frame inside the pipeline with 1 torch thread, 65-1300 ms with 2.
+    cores, each layer stalls, and on a 2-core machine a frame took several times longer
+    (docs/facts.md#cpu-threads).
     """
     cores = os.cpu_count() or 1
     before = torch.get_num_threads()
@@ -276,55 +319,3 @@ def _core_left_for_io(segmenter: Segmenter):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-class _InterruptGuard:
-    """Ctrl-C and SIGTERM raise KeyboardInterrupt in the main thread, but never inside ``critical()``:
-    a signal arriving there is held until the block ends."""
-
-    def __init__(self):
-        self.requested = False
-        self._critical = False
-        self._previous: dict = {}
-
-    def _handle(self, *_):
-        self.requested = True
-        if not self._critical:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def critical(self):
-        self._critical = True
-        try:
-            yield
-        finally:
-            self._critical = False
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def __enter__(self) -> "_InterruptGuard":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
-def _interrupts_deferred():
-    """While the outputs are finalised, a second Ctrl-C only prints a note instead of breaking them."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def note(*_):
-        print("finishing the outputs, one moment...", file=sys.stderr)
-
-    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -4,8 +4,8 @@ Any artifact works (checkpoint, ONNX, TensorRT engine): the backend comes from
 ``runtime.registry.load_backend`` and the model's own metadata (input size, classes, palette,
 normalisation). A frame of another size is resized to the model's input (bilinear, on the device)
 and the class map brought back to the frame's size. With logits and a GPU, the logits are
-upsampled bilinearly and then argmax-ed (smoother edges, ~0.1 ms at 720p on an H100); on the CPU
-that costs ~260 ms per 720p frame on 2 cores, so there the class map is resized (nearest)
+upsampled bilinearly and then argmax-ed (smoother edges, a fraction of a millisecond on a GPU); on the CPU
+that costs far more than the model (docs/facts.md#pipeline-timings), so there the class map is resized (nearest)
 instead; ``upsample=`` chooses explicitly. On a GPU only the uint8 class map (and the overlay,
 when asked for) is copied back, through pinned memory.
 """
@@ -28,7 +28,9 @@ from dronseg_edge.pipeline.overlay import overlay_torch, palette_tensor
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.sources import FrameRecord, FramesSource, Source, open_source
 from dronseg_edge.runtime.base import Backend, preprocess
-from dronseg_edge.runtime.registry import BACKENDS, load_backend
+from dronseg_edge.runtime.batching import pad_batch
+from dronseg_edge.runtime.registry import is_checkpoint, load_backend
+from dronseg_edge.runtime.staging import HostStaging
 from dronseg_edge.sizes import format_size
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ UPSAMPLE_MODES = ("auto", "logits", "mask")
 # Bilinear logits for a 4K frame take C x 2160 x 3840 x 4 bytes (~400 MB for 12 classes); past
 # this the class map is resized instead, to keep memory bounded on an 8 GB Jetson.
 MAX_UPSAMPLED_LOGITS_BYTES = 512 << 20
+_OWN_ALPHA = object()  # stream() called without overlay_alpha: the Segmenter's own applies
 
 
 @dataclass
@@ -74,6 +77,9 @@ class _StageClock:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
+        # The Segmenter's work runs on its device's current stream; a bare event.record() would
+        # record on the current *device's* stream, another GPU's when the Segmenter is on cuda:1.
+        self.stream = torch.cuda.current_stream(device) if self.cuda else None
         self.names: list[str] = []
         self.marks: list = []
         self.mark("start")
@@ -81,7 +87,7 @@ class _StageClock:
     def mark(self, name: str) -> None:
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
-            event.record()
+            event.record(self.stream)
             self.marks.append(event)
         else:
             self.marks.append(time.perf_counter())
@@ -154,11 +160,12 @@ class Segmenter:
         self.upsample_logits = upsample == "logits" or (upsample == "auto" and self.device.type == "cuda")
         self.overlay_alpha = overlay_alpha
         self._palette: torch.Tensor | None = None
+        self._staging = HostStaging(self.device) if self.device.type == "cuda" else None
         self.backend.__enter__()
 
     @staticmethod
     def _torch_options(path: Path, device: torch.device, half: bool, precision: str | None, cuda_graph) -> dict:
-        if BACKENDS.get(path.suffix.lower(), ("", ""))[1] != "TorchBackend":
+        if not is_checkpoint(path):
             if precision not in (None, "fp32") or cuda_graph:
                 log.warning("precision/cuda_graph apply to checkpoints; %s runs as exported", path.name)
             return {}
@@ -185,16 +192,18 @@ class Segmenter:
         records = list(FramesSource(frames).frames())
         results: list[Result] = []
         for start in range(0, len(records), self.batch):
-            results.extend(self._collect(self._submit(records[start:start + self.batch])))
+            results.extend(self._collect(self._submit(records[start:start + self.batch], self.overlay_alpha)))
         return results
 
     # -- a source --------------------------------------------------------------------------------
     def stream(self, source, *, live: bool | None = None, stride: int = 1, max_frames: int | None = None,
-               reconnect_s: float = 30.0, queue_size: int = 8) -> Iterator[Result]:
+               reconnect_s: float = 30.0, queue_size: int = 8, overlay_alpha=_OWN_ALPHA) -> Iterator[Result]:
         """Yield a Result per frame of ``source`` (a path/URL/camera index, a Source, a FrameReader
         or an iterable of frames), decoding in a background thread. ``live`` (default: on for
         cameras and streams) processes only the newest frame; ``stride`` every N-th frame.
+        ``overlay_alpha`` (float or None): this stream's GPU overlay instead of the Segmenter's own.
         """
+        alpha = self.overlay_alpha if overlay_alpha is _OWN_ALPHA else overlay_alpha
         reader, owned = self._reader(source, live, stride, reconnect_s, queue_size)
         if reader.live and self.batch > 1:
             raise DronsegError(f"--batch {self.batch} cannot be used with --live, which processes the newest frame "
@@ -205,7 +214,7 @@ class Segmenter:
         try:
             pending = None
             for group in _groups(reader, self.batch, max_frames):
-                submitted = self._submit(group)
+                submitted = self._submit(group, alpha)
                 if not overlap:
                     yield from self._collect(submitted)
                     continue
@@ -235,13 +244,15 @@ class Segmenter:
 
     # -- the work --------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _submit(self, records: list[FrameRecord]) -> _Pending:
+    def _submit(self, records: list[FrameRecord], overlay_alpha: float | None) -> _Pending:
         clock = _StageClock(self.device)
         on_cuda = self.device.type == "cuda"
-        frames = [torch.from_numpy(np.ascontiguousarray(r.frame)).to(self.device, non_blocking=True) for r in records]
+        if on_cuda:  # through pinned buffers: from pageable memory a "non_blocking" copy blocks the host
+            frames = [self._staging.upload(r.frame) for r in records]
+        else:
+            frames = [torch.from_numpy(np.ascontiguousarray(r.frame)) for r in records]
         batch = torch.cat([preprocess(f, self.info, self.device) for f in frames])
-        if batch.shape[0] < self._infer_batch:
-            batch = torch.cat([batch, batch[-1:].expand(self._infer_batch - batch.shape[0], -1, -1, -1)])
+        batch, _ = pad_batch(batch, self._infer_batch)
         clock.mark("preprocess")
         out = torch.as_tensor(self.backend.infer(batch))
         clock.mark("inference")
@@ -249,10 +260,10 @@ class Segmenter:
         for i, frame in enumerate(frames):
             mask = self._class_map(out[i:i + 1], frame.shape[0], frame.shape[1])
             blended = None
-            if on_cuda and self.overlay_alpha is not None:
+            if on_cuda and overlay_alpha is not None:
                 if self._palette is None:
                     self._palette = palette_tensor(self.info.palette, self.device)
-                blended = overlay_torch(frame[None], mask[None], self._palette, float(self.overlay_alpha))[0]
+                blended = overlay_torch(frame[None], mask[None], self._palette, float(overlay_alpha))[0]
             bins = self.info.num_classes
             if on_cuda:
                 count = torch.histc(mask.float(), bins=bins, min=-0.5, max=bins - 0.5)  # bincount would sync

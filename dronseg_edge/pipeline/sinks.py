@@ -1,19 +1,17 @@
 """Where results go: overlay video or images, class-index mask PNGs, colour masks, stats.jsonl.
 
-Each sink runs in its own thread (:class:`SinkWorker`) behind a bounded queue: OpenCV releases
-the GIL while encoding, so video encoding and PNG writing proceed in parallel with inference
-and with each other, and memory stays flat however long the video.
+Each sink runs in its own thread (:class:`SinkWorker`) behind a bounded queue: OpenCV and PyAV
+release the GIL while encoding, so video encoding and PNG writing proceed in parallel with
+inference and with each other, and memory stays flat however long the video.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
 import queue
-import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -23,14 +21,15 @@ import cv2
 import numpy as np
 
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.pipeline.overlay import colorize, overlay
+from dronseg_edge.pipeline.overlay import OverlayPlan, colorize
+from dronseg_edge.pipeline.queues import put_unless_stopped
 from dronseg_edge.pipeline.segmenter import Result
-from dronseg_edge.pipeline.sources import quiet_native_stderr
+from dronseg_edge.pipeline.video_writer import VideoWriter, encoders_for, open_video_writer
 
 log = logging.getLogger(__name__)
 
-# Level 1 without row filters: ~3x faster than OpenCV's default for class maps, which are mostly
-# long runs of one value anyway (FACTS.md section 8: 16 ms per 720p mask at the default).
+# Level 1 without row filters: faster than OpenCV's default for class maps, which are mostly long
+# runs of one value anyway (docs/facts.md#pipeline-timings).
 PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 if hasattr(cv2, "IMWRITE_PNG_FILTER"):
     PNG_FAST += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
@@ -108,47 +107,27 @@ class ColorMaskSink(MaskSink):
         return {"color": str(self.folder)}
 
 
-def _overlay_of(result: Result, lut: np.ndarray, alpha: float) -> np.ndarray:
-    return result.overlay if result.overlay is not None else overlay(result.frame, result.mask, lut, alpha)
-
-
 class OverlayImageSink(MaskSink):
     """``overlay/{name}.jpg``: for image sources, whose sizes may differ (a video cannot hold them)."""
 
     name = "overlay"
 
-    def __init__(self, folder: Path, lut: np.ndarray, alpha: float):
+    def __init__(self, folder: Path, overlay: OverlayPlan):
         super().__init__(folder)
-        self.lut, self.alpha = lut, alpha
+        self.overlay = overlay
 
     def _write(self, result: Result) -> None:
-        _imwrite(self.folder / f"{result.name}.jpg", _overlay_of(result, self.lut, self.alpha), JPEG_QUALITY)
+        _imwrite(self.folder / f"{result.name}.jpg", self.overlay.image(result), JPEG_QUALITY)
 
     def outputs(self) -> dict[str, str]:
         return {"overlay": str(self.folder)}
 
 
-@functools.lru_cache(maxsize=1)
-def video_codec() -> str:
-    """``avc1`` (H.264) where this OpenCV build can encode it, else ``mp4v`` (MPEG-4 Part 2).
-
-    The registry's OpenCV wheels only try a V4L2 hardware H.264 encoder, which fails on most
-    machines (FACTS.md section 8); probe once, quietly, on a tiny file.
-    """
-    with tempfile.TemporaryDirectory() as folder, quiet_native_stderr():
-        probe = cv2.VideoWriter(str(Path(folder) / "probe.mp4"), cv2.VideoWriter_fourcc(*"avc1"), 30.0, (64, 64))
-        try:
-            if probe.isOpened():
-                probe.write(np.zeros((64, 64, 3), np.uint8))
-                return "avc1"
-            return "mp4v"
-        finally:
-            probe.release()
-
-
 class VideoSink(Sink):
     """The overlay video (mp4, the input's fps and size), written to ``.NAME.partial.mp4`` and
     renamed by ``close()``, so an interrupted run still leaves a finalised, playable file.
+    ``codec``: a ``--codec`` choice (:data:`~dronseg_edge.pipeline.video_writer.VIDEO_CODECS`);
+    ``auto`` is H.264 where PyAV is installed, else mp4v.
 
     Frames that were not segmented (--stride, frames dropped in --live mode, damaged frames) are
     filled with the previous overlay, so the video keeps the source's timeline and plays at its
@@ -157,31 +136,34 @@ class VideoSink(Sink):
 
     name = "video"
 
-    def __init__(self, path: Path, fps: float | None, lut: np.ndarray, alpha: float, codec: str | None = None):
+    def __init__(self, path: Path, fps: float | None, overlay: OverlayPlan, codec: str = "auto"):
         super().__init__()
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         if fps is None:
             log.warning("the source reports no frame rate; the overlay video is written at %g fps", DEFAULT_FPS)
         self.fps = fps or DEFAULT_FPS
-        self.lut, self.alpha = lut, alpha
-        self.codec = codec or video_codec()
+        self.overlay = overlay
+        encoders_for(codec)  # an explicit --codec this machine cannot write fails now, not at the first frame
+        self.requested_codec = codec
         self.size: tuple[int, int] | None = None
-        self._writer = None
+        self._writer: VideoWriter | None = None
         self._closed = False
         self._warned = False
         self._last: tuple[int, np.ndarray] | None = None
         self.video_frames = 0
 
+    @property
+    def codec(self) -> str | None:
+        """The encoder actually writing the video (``libx264``, ``h264_nvenc``, ``mp4v``, ...); None before the first frame."""
+        return self._writer.codec if self._writer is not None else None
+
     def _open(self, size: tuple[int, int]) -> None:
-        writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, size)
-        if not writer.isOpened():
-            raise DronsegError(f"cannot write video {self.tmp} ({self.codec}, {size[0]}x{size[1]}): "
-                               "the folder is not writable or the codec is missing; try --no-save-video")
-        self._writer, self.size = writer, size
+        self._writer = open_video_writer(self.tmp, size, self.fps, self.requested_codec)
+        self.size = size
 
     def _write(self, result: Result) -> None:
-        image = _overlay_of(result, self.lut, self.alpha)
+        image = self.overlay.image(result)
         size = (image.shape[1], image.shape[0])
         if self._writer is None:
             self._open(size)
@@ -204,7 +186,13 @@ class VideoSink(Sink):
             return
         self._closed = True
         if self._writer is not None:
-            self._writer.release()
+            try:
+                self._writer.close()
+            except Exception as exc:  # FFmpegError, OSError: the index could not be written
+                with contextlib.suppress(OSError):
+                    self.tmp.unlink()
+                raise DronsegError(f"cannot finish video {self.path}: {exc}; free some space or choose another "
+                                   "--out") from None
             if self.frames:
                 os.replace(self.tmp, self.path)
                 return
@@ -271,13 +259,12 @@ class SinkWorker:
                     self._error = exc
 
     def put(self, result: Result) -> None:
-        while True:
+        """Queue ``result`` for the sink; raises the sink's error instead once it has failed."""
+        if not put_unless_stopped(self._queue, result, self._failed):
             self._raise_error()
-            try:
-                self._queue.put(result, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+
+    def _failed(self) -> bool:
+        return self._error is not None
 
     def _raise_error(self) -> None:
         if self._error is not None:

@@ -21,8 +21,8 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from dronseg_edge.data.aeroscapes import IMAGE_SUFFIXES
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.media import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ class FrameRecord:
     """One decoded frame and where it came from.
 
     ``index``: position in the source (0-based, before any stride); ``timestamp``: seconds from the
-    start (video: index / fps; camera and stream: wall clock since opening; images: None);
+    start (video: the container's presentation time, so variable-frame-rate files keep their
+    timing, or index / fps where it has none; camera and stream: wall clock since opening; images: None);
     ``frame``: (H, W, 3) uint8 BGR; ``name``: stem for output files (``000042`` or the image's stem).
     """
 
@@ -116,7 +117,12 @@ def _sane_fps(value: float) -> float | None:
 
 
 class VideoSource(Source):
-    """A video file decoded with OpenCV's FFmpeg backend; damaged frames are skipped and counted."""
+    """A video file decoded with OpenCV's FFmpeg backend; damaged frames are skipped and counted.
+
+    Frames come upright: a display rotation in the file (phones, some drones) is applied, as
+    players do. OpenCV rather than PyAV: both wrap the same libavcodec and decode at the same speed
+    here (benchmarks/README.md#decoding), and OpenCV applies the rotation itself.
+    """
 
     kind = "video"
 
@@ -130,6 +136,8 @@ class VideoSource(Source):
         if not self.capture.isOpened():
             raise DronsegError(f"video {self.path} cannot be opened: it has no video stream, is damaged, or uses a "
                                f"codec this FFmpeg lacks (check it with `ffprobe {self.path}`)")
+        if hasattr(cv2, "CAP_PROP_ORIENTATION_AUTO"):  # the default in OpenCV's FFmpeg backend; said, not assumed
+            self.capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
         self.fps = _sane_fps(self.capture.get(cv2.CAP_PROP_FPS))
         count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.frame_count = count if count > 0 else None
@@ -138,7 +146,7 @@ class VideoSource(Source):
             raise DronsegError(f"video {self.path} has no frames: check it plays, e.g. with `ffprobe {self.path}`")
 
     def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
-        position, failures, yielded = 0, 0, 0
+        position, failures, yielded, last_time = 0, 0, 0, -1.0
         fps = self.fps or 30.0
         while not self._stop.is_set():
             wanted = position % stride == 0
@@ -158,8 +166,15 @@ class VideoSource(Source):
                 self._count_corrupt(failures, position - failures)
                 failures = 0
             if wanted:
+                # The frame's presentation time from the container, relative to the stream's start;
+                # a file without timestamps reads 0 for every frame, so a time that fails to advance
+                # falls back to the nominal rate.
+                seconds = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1e3
+                if not (math.isfinite(seconds) and seconds > last_time):
+                    seconds = position / fps
+                last_time = seconds
                 yielded += 1
-                yield FrameRecord(position, position / fps, frame, self.name, f"{position:06d}", decode_ms)
+                yield FrameRecord(position, seconds, frame, self.name, f"{position:06d}", decode_ms)
             position += 1
         # Failures before the container's frame count are damaged frames; past it, the end of the file.
         if failures and self.frame_count:

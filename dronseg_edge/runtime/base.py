@@ -1,8 +1,11 @@
 """The interface every backend (PyTorch, ONNX Runtime, TensorRT) implements.
 
-Lifecycle borrowed from Polygraphy: construct (cheap, validates the file), ``activate()`` (load
-onto the device), ``infer()`` any number of times, ``deactivate()``; or use it as a context
-manager. Heavy imports (onnxruntime, tensorrt) happen inside the backend modules only.
+Lifecycle borrowed from Polygraphy: construct (no side effects: checks the options, opens no
+file), ``info`` (the artifact's metadata, read on first access: ONNX props, engine sidecar or
+checkpoint keys, never the weights onto a device), ``activate()`` (load onto the device),
+``infer()`` any number of times, ``deactivate()``; or use it as a context manager. The input
+contract (shape against ``info``) is checked here, once for every backend. Heavy imports
+(onnxruntime, tensorrt) happen inside the backend modules only.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.runtime.staging import HostStaging
 
 
 class Backend(ABC):
@@ -28,18 +33,23 @@ class Backend(ABC):
     """
 
     name: str = "backend"
+    OPTIONS: frozenset[str] = frozenset()  # constructor keywords after (path, device): what bench may pass
 
     def __init__(self, path: Path, device: torch.device):
         self.path = Path(path)
         self.device = device
-        self.info: ModelInfo = self.read_info()
         self.provider: str = ""  # what actually runs it, e.g. "CUDAExecutionProvider" or "cuda fp16 + CUDA graph"
         self.last_inference_ms: float = float("nan")
         self.active = False
 
+    @functools.cached_property
+    def info(self) -> ModelInfo:
+        """The artifact's metadata, read once on first access (DronsegError for a bad or foreign file)."""
+        return self.read_info()
+
     @abstractmethod
     def read_info(self) -> ModelInfo:
-        """Read the artifact's metadata without loading it onto the device."""
+        """Read the artifact's metadata without loading it onto the device (called once, by ``info``)."""
 
     @abstractmethod
     def activate(self) -> None:
@@ -53,13 +63,34 @@ class Backend(ABC):
         self.active = False
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        self.check_input(batch)
         if not self.active:
             self.activate()
             self.active = True
         start = time.perf_counter()
-        out = self._infer(batch)
+        # Always inference mode, whatever the caller's: a backend's fixed buffers (CUDA-graph inputs)
+        # are made on its first call, and an inference tensor made under a Segmenter cannot be
+        # written outside inference mode, nor a normal one inside it without autograd bookkeeping.
+        with torch.inference_mode():
+            out = self._infer(batch)
         self.last_inference_ms = (time.perf_counter() - start) * 1e3
         return out
+
+    def check_input(self, batch: torch.Tensor) -> None:
+        """DronsegError unless ``batch`` is (N, 3, H, W) and, for a static artifact, of its exported shape.
+
+        Checked before the backend sees it: a runtime's own error for a wrong shape (ONNX Runtime's
+        INVALID_ARGUMENT, TensorRT's refused binding) names neither the file nor the fix.
+        """
+        width, height = self.info.input_size
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise DronsegError(f"{self.path.name} takes (N, 3, H, W) batches, got {tuple(batch.shape)}")
+        if not self.info.dynamic and (tuple(batch.shape[2:]) != (height, width) or
+                                      (self.info.batch and batch.shape[0] != self.info.batch)):
+            raise DronsegError(
+                f"{self.path.name} was exported for {self.info.batch or 'N'}x3x{height}x{width} inputs, got "
+                f"{'x'.join(map(str, batch.shape))}: re-export with --size/--batch to match, or with --dynamic"
+            )
 
     def __enter__(self) -> "Backend":
         if not self.active:
@@ -74,15 +105,19 @@ class Backend(ABC):
         return f"{self.name} ({self.provider or self.device})"
 
 
-def preprocess(frames_bgr: np.ndarray | torch.Tensor, info: ModelInfo, device: torch.device) -> torch.Tensor:
+def preprocess(frames_bgr: np.ndarray | torch.Tensor, info: ModelInfo, device: torch.device,
+               staging: HostStaging | None = None) -> torch.Tensor:
     """uint8 BGR frames (N, H, W, 3) or one frame (H, W, 3) -> normalised float32 (N, 3, h, w) on ``device``.
 
     Colour conversion, resizing (bilinear) to ``info.input_size`` and normalisation run on ``device``,
-    so only uint8 bytes cross the bus.
+    so only uint8 bytes cross the bus. Host frames go through ``staging`` (pinned buffers, an
+    asynchronous copy) when given; without it a copy to a GPU blocks the host until it is done.
     """
     frames = torch.as_tensor(frames_bgr)
     if frames.ndim == 3:
         frames = frames.unsqueeze(0)
+    if staging is not None and frames.device.type == "cpu":
+        frames = staging.upload(frames)
     x = frames.to(device, non_blocking=True).permute(0, 3, 1, 2).flip(1).float().div_(255.0)
     width, height = info.input_size
     if x.shape[-2:] != (height, width):

@@ -1,22 +1,24 @@
 """ONNX Runtime backend for ``.onnx`` files written by ``dronseg-edge export``.
 
 On a GPU it asks for TensorRT > CUDA > CPU execution providers (whichever this onnxruntime build
-has and can start), binds torch CUDA tensors directly (IO binding: no host round trip) and, for
-static shapes on the CUDA provider, lets ONNX Runtime replay its own CUDA graph. On the CPU it
+has and can start; a TensorRT session keeps CUDA, then CPU, for the nodes TensorRT rejects),
+binds torch CUDA tensors directly (IO binding: no host round trip) and, for static shapes on the
+CUDA provider, lets ONNX Runtime replay its own CUDA graph. Each session is checked for what it
+really runs (onnxruntime may silently retry with default options: device 0, no graph). On the CPU it
 passes numpy views of torch tensors in and out. ``provider`` says what actually runs.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
-from dronseg_edge.export.onnx_metadata import read_onnx_info
-from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.metadata import ModelInfo, read_onnx_info
 from dronseg_edge.runtime.base import Backend
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,40 @@ _NUMPY_TO_TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): to
                    np.dtype(np.uint8): torch.uint8, np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32}
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def _provider_options(session) -> dict[str, str]:
+    """The options the session's first provider really runs with ({} when onnxruntime does not say)."""
+    try:
+        return dict(session.get_provider_options().get(session.get_providers()[0]) or {})
+    except AttributeError:
+        return {}
+
+
+def trt_engine_cache_dir(model: Path) -> Path:
+    """Where the TensorRT provider keeps the engines it builds: beside the model when that folder is
+    writable, else in the user's cache folder (a read-only model folder, e.g. a Jetson's system
+    image, would fail the first inference)."""
+    beside = Path(model).resolve().parent / ".ort_trt_cache"
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dronseg-edge" / "ort_trt"
+    for folder in (beside, user):
+        if _writable_folder(folder):
+            return folder
+    raise DronsegError(f"neither {beside} nor {user} can be written for TensorRT's engine cache: "
+                       "make one writable, or set XDG_CACHE_HOME to a writable folder")
+
+
+def _writable_folder(folder: Path) -> bool:
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return False
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def import_onnxruntime():
@@ -49,6 +85,7 @@ class OnnxRuntimeBackend(Backend):
     """
 
     name = "onnxruntime"
+    OPTIONS = frozenset({"provider", "cuda_graph", "threads"})
 
     def __init__(self, path: Path, device: torch.device, provider: str = "auto", cuda_graph: bool | None = None,
                  threads: int = 0):
@@ -84,18 +121,30 @@ class OnnxRuntimeBackend(Backend):
             return ["cpu"]
         return found
 
-    def _provider_entry(self, name: str):
-        index = self.device.index if self.device.index is not None else 0
+    @property
+    def _device_id(self) -> str:
+        return str(self.device.index if self.device.index is not None else 0)
+
+    def _cuda_options(self, graph: bool) -> dict[str, str]:
+        options = {"device_id": self._device_id}
+        if graph:
+            options["enable_cuda_graph"] = "1"
+        if self.info.precision == "fp32":
+            # CUDA's default TF32 convolutions differ from fp32 by ~1e-3 relative, enough to fail
+            # parity against the (strict fp32) PyTorch reference at 1280x720: fp32 means fp32.
+            options["use_tf32"] = "0"
+        return options
+
+    def _chain(self, name: str, graph: bool) -> list:
+        """Providers for a session led by ``name``; every node the leader rejects falls to the next."""
         if name == "cpu":
-            return "CPUExecutionProvider"
+            return ["CPUExecutionProvider"]
+        cuda = ("CUDAExecutionProvider", self._cuda_options(graph))
         if name == "cuda":
-            options = {"device_id": str(index)}
-            if self.cuda_graph:
-                options["enable_cuda_graph"] = "1"
-            return ("CUDAExecutionProvider", options)
-        options = {"device_id": str(index), "trt_fp16_enable": "False", "trt_engine_cache_enable": "True",
-                   "trt_engine_cache_path": str(self.path.parent / ".ort_trt_cache")}
-        return ("TensorrtExecutionProvider", options)
+            return [cuda, "CPUExecutionProvider"]
+        options = {"device_id": self._device_id, "trt_fp16_enable": "False", "trt_engine_cache_enable": "True",
+                   "trt_engine_cache_path": str(trt_engine_cache_dir(self.path))}
+        return [("TensorrtExecutionProvider", options), cuda, "CPUExecutionProvider"]
 
     def activate(self) -> None:
         ort = import_onnxruntime()
@@ -131,18 +180,40 @@ class OnnxRuntimeBackend(Backend):
         self._static = None
 
     def _try_session(self, ort, options, name: str, errors: list[str]):
-        """A session whose first provider really is ``name``, or None (the reason appended to ``errors``)."""
-        self.cuda_graph = name == "cuda" and not self.info.dynamic and self.cuda_graph_requested is not False
-        chain = [self._provider_entry(name)] + (["CPUExecutionProvider"] if name != "cpu" else [])
+        """A session whose first provider really is ``name`` on this device, or None (the reason appended to ``errors``).
+
+        Sets ``self.cuda_graph`` to whether that session really replays a CUDA graph: when the graph
+        cannot be had, the session is made again without it.
+        """
+        graph = name == "cuda" and not self.info.dynamic and self.cuda_graph_requested is not False
+        session = self._new_session(ort, options, name, graph, errors)
+        if session is not None and graph and _provider_options(session).get("enable_cuda_graph", "1") != "1":
+            errors.append("cuda + CUDA graph: onnxruntime started the CUDA provider without its graph")
+            session = None
+        if session is None and graph:
+            graph = False
+            session = self._new_session(ort, options, name, graph, errors)
+        self.cuda_graph = session is not None and graph
+        return session
+
+    def _new_session(self, ort, options, name: str, graph: bool, errors: list[str]):
+        label = name + (" + CUDA graph" if graph else "")
         try:
-            session = ort.InferenceSession(str(self.path), sess_options=options, providers=chain)
+            # enable_fallback=0: newer onnxruntime then raises instead of silently retrying with
+            # default provider options (older ones ignore it: the checks below catch that).
+            session = ort.InferenceSession(str(self.path), sess_options=options, providers=self._chain(name, graph),
+                                           enable_fallback=0)
         except Exception as exc:  # listed but cannot start, e.g. the TensorRT provider without TensorRT libraries
             reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            errors.append(f"{name}: {reason}")
+            errors.append(f"{label}: {reason}")
             return None
         used = session.get_providers()[0]
         if used != _PROVIDER_NAMES[name]:
-            errors.append(f"{name}: onnxruntime fell back to {used}")
+            errors.append(f"{label}: onnxruntime fell back to {used}")
+            return None
+        device_id = _provider_options(session).get("device_id", self._device_id)
+        if name != "cpu" and device_id != self._device_id:
+            errors.append(f"{label}: onnxruntime fell back to its defaults (device {device_id}, not {self._device_id})")
             return None
         return session
 
@@ -154,23 +225,11 @@ class OnnxRuntimeBackend(Backend):
 
     # -- inference ----------------------------------------------------------------------------
     def _infer(self, batch: torch.Tensor) -> torch.Tensor:
-        self._check_batch(batch)
         if not self._on_gpu:
             feed = batch.detach().to("cpu", torch.float32).contiguous().numpy()
             out = self.session.run([self._outputs[0].name], {self._input.name: feed})[0]
             return torch.from_numpy(out).to(self.device)
         return self._infer_bound(batch)
-
-    def _check_batch(self, batch: torch.Tensor) -> None:
-        width, height = self.info.input_size
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise DronsegError(f"{self.path.name} takes (N, 3, H, W) batches, got {tuple(batch.shape)}")
-        if not self.info.dynamic and (tuple(batch.shape[2:]) != (height, width) or
-                                      (self.info.batch and batch.shape[0] != self.info.batch)):
-            raise DronsegError(
-                f"{self.path.name} was exported for {self.info.batch or 'N'}x3x{height}x{width} inputs, got "
-                f"{'x'.join(map(str, batch.shape))}: re-export with --size/--batch to match, or with --dynamic"
-            )
 
     def _output_shape(self, batch: torch.Tensor) -> tuple[int, ...]:
         n, _, h, w = batch.shape

@@ -1,33 +1,31 @@
 """TensorRT backend for ``.engine``/``.plan`` files written by ``dronseg-edge export --format engine``.
 
-Buffers are torch CUDA tensors and the engine runs on torch's current CUDA stream
-(``execute_async_v3``), so no pycuda and no extra copies: the output is an ordinary torch tensor,
-ordered after the input on the same stream. The engine's JSON sidecar says which GPU and TensorRT
+Buffers are torch CUDA tensors and the engine runs on the backend's own CUDA stream
+(``execute_async_v3``), so no pycuda and no extra copies: that stream waits for the caller's
+current stream before it reads the input, and the caller's stream waits for it before anything
+reads the output, an ordinary torch tensor. The engine's JSON sidecar says which GPU and TensorRT
 version built it; anything else is refused with a message saying how to rebuild.
 
 With ``cuda_graph`` (trtexec's ``--useCudaGraph``) the engine's launches for one input shape are
 captured once into a CUDA graph and replayed: the input is copied into a fixed buffer, so the
 captured tensor addresses stay valid. As TensorRT requires, the context is enqueued once after its
-shape and addresses are set and before capture begins, and capture runs on a non-default stream
-(torch's graph capture stream). One graph is kept, for the latest shape, because graphs that
+shape and addresses are set and before capture begins, and capture runs on the backend's own
+stream (runtime/cuda_graph.py). One graph is kept, for the latest shape, because graphs that
 share one execution context share its scratch memory. An engine that cannot be captured runs
 without a graph, with a warning.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.export.onnx_metadata import read_engine_sidecar
-from dronseg_edge.export.tensorrt import engine_mismatch, gpu_identity, import_tensorrt
-from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.metadata import ModelInfo, read_engine_sidecar
+from dronseg_edge.runtime import tensorrt_env
 from dronseg_edge.runtime.base import Backend
-
-log = logging.getLogger(__name__)
+from dronseg_edge.runtime.cuda_graph import GraphCache, run_on
 
 
 def torch_dtype(trt, dtype) -> torch.dtype:
@@ -44,28 +42,33 @@ class TensorRTBackend(Backend):
     """Runs a serialized TensorRT engine on a CUDA device (one input ``images``, one output)."""
 
     name = "tensorrt"
+    OPTIONS = frozenset({"cuda_graph"})
 
     def __init__(self, path: Path, device: torch.device, cuda_graph: bool | None = None):
         self._engine = None
         self._context = None
         self.cuda_graph = True if cuda_graph is None else bool(cuda_graph)
-        self._graph = None  # (input shape, CUDAGraph, static input, static output)
+        self._graphs = GraphCache(device, max_graphs=1, label=Path(path).name)
+        self._stream = None  # the backend's own CUDA stream, made in activate
         self._bound_outputs: list[torch.Tensor] = []  # every output of the latest binding, kept alive with it
         super().__init__(path, device)
 
     def read_info(self) -> ModelInfo:
-        info = read_engine_sidecar(self.path)
-        self.build = dict(info.extra.get("tensorrt") or {})
-        return info
+        return read_engine_sidecar(self.path)
+
+    @property
+    def build(self) -> dict:
+        """What built the engine, from its sidecar: tensorrt_version, gpu_name, compute_capability, flags, profile."""
+        return dict(self.info.extra.get("tensorrt") or {})
 
     def _rebuild_hint(self) -> str:
         source = self.info.extra.get("source_checkpoint") or "CHECKPOINT"
         return f"rebuild it on this machine: dronseg-edge export {source} --format engine --precision {self.info.precision}"
 
     def activate(self) -> None:
-        trt = import_tensorrt()
-        here = {"tensorrt_version": str(trt.__version__), **gpu_identity(self.device)}
-        problem = engine_mismatch(self.build, here)
+        trt = tensorrt_env.import_tensorrt()
+        here = {"tensorrt_version": str(trt.__version__), **tensorrt_env.gpu_identity(self.device)}
+        problem = tensorrt_env.engine_mismatch(self.build, here)
         if problem:
             raise DronsegError(f"engine {self.path} {problem}: {self._rebuild_hint()}")
         logger = trt.Logger(trt.Logger.WARNING)
@@ -83,7 +86,10 @@ class TensorRTBackend(Backend):
                                f"not one image input: {self._rebuild_hint()}")
         self._dtypes = {n: torch_dtype(trt, self._engine.get_tensor_dtype(n)) for n in names}
         self._version = str(trt.__version__)
-        self._graph = None
+        # Its own stream, not torch's current one (the legacy default stream unless a caller set
+        # another): that one serialises with every stream in the process.
+        self._stream = torch.cuda.Stream(self.device)
+        self._graphs = GraphCache(self.device, self._stream, max_graphs=1, label=self.path.name)
         self._describe_provider()
 
     def _describe_provider(self) -> None:
@@ -92,23 +98,29 @@ class TensorRTBackend(Backend):
         self.provider = f"TensorRT {self._version} {self.info.precision} ({typing}){graph}"
 
     def deactivate(self) -> None:
-        self._graph = None
+        self._graphs.clear()
         self._context = None
         self._engine = None
         super().deactivate()
 
     def _infer(self, batch: torch.Tensor) -> torch.Tensor:
-        out = None
-        if self.cuda_graph:
-            with torch.cuda.device(self.device):  # graphs capture on the current device
+        with torch.cuda.device(self.device):  # TensorRT launches into the current device's context
+            out = None
+            if self.cuda_graph:
                 out = self._replay(batch)
-        if out is None:
-            x = batch.to(self.device, self._dtypes[self._inputs[0]]).contiguous()
-            out = self._bind(x)
-            self._enqueue()
-        # No synchronisation: x and the outputs were allocated on this stream, so torch's caching
-        # allocator cannot hand their memory to later work before the engine has finished with it.
+            if out is None:
+                out = run_on(self._stream, self.device, lambda: self._launch(batch), batch)
         return out.float() if self.info.head == "logits" else out
+
+    def _launch(self, batch: torch.Tensor) -> torch.Tensor:
+        """One plain (no graph) run, queued on the current stream: the backend's own, set by the caller."""
+        x = batch.to(self.device, self._dtypes[self._inputs[0]]).contiguous()
+        out = self._bind(x)
+        self._enqueue()
+        # No synchronisation: the outputs (and a converted x) are allocated on this stream and a
+        # caller's batch is recorded for it (run_on), so torch's caching allocator cannot hand
+        # their memory to other work before the engine has finished with it.
+        return out
 
     def _bind(self, x: torch.Tensor) -> torch.Tensor:
         """Set the input shape and every tensor address; returns the (first) output tensor."""
@@ -127,41 +139,29 @@ class TensorRTBackend(Backend):
         return outputs[0]
 
     def _enqueue(self) -> None:
+        """Queue the engine on the current stream (the backend's own, the warm-up's side stream, or the capture stream)."""
         stream = torch.cuda.current_stream(self.device)
         if not self._context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError(f"TensorRT execute_async_v3 failed on {self.path}")
 
     def _replay(self, batch: torch.Tensor) -> torch.Tensor | None:
         shape = tuple(batch.shape)
-        if self._graph is None or self._graph[0] != shape:
-            self._graph = None  # its buffers and the context's addresses are about to change
-            self._graph = self._capture(batch, shape)
-            if self._graph is None:
-                return None
-        _, graph, static_in, static_out = self._graph
-        static_in.copy_(batch, non_blocking=True)
-        graph.replay()
-        # The graph writes every replay into the same buffer; a copy keeps earlier results intact.
-        return static_out.clone()
+        entry = self._graphs.get(shape)
+        if entry is None:
+            self._graphs.clear()  # its buffers and the context's addresses are about to change
 
-    def _capture(self, batch: torch.Tensor, shape: tuple):
-        static_in = torch.empty(shape, dtype=self._dtypes[self._inputs[0]], device=self.device)
-        static_in.copy_(batch)
-        static_out = self._bind(static_in)
-        stream = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(stream)
-        try:
-            with torch.cuda.stream(side):
-                self._enqueue()  # TensorRT applies deferred shape/address updates here, not during capture
-            stream.wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._enqueue()
-        except RuntimeError as exc:  # e.g. a plugin that synchronises: run without a graph rather than fail
-            log.warning("CUDA graph capture failed (%s); running %s without it", str(exc).splitlines()[0][:120], self.path.name)
-            torch.cuda.synchronize(self.device)
-            self.cuda_graph = False
-            self._describe_provider()
-            return None
-        return shape, graph, static_in, static_out
+            def prepare(inputs):
+                output = self._bind(inputs[0])
+
+                def launch():
+                    self._enqueue()
+                    return output
+
+                return launch
+
+            entry = self._graphs.capture(shape, (batch,), prepare, warmup=1, dtype=self._dtypes[self._inputs[0]])
+            if entry is None:
+                self.cuda_graph = False
+                self._describe_provider()
+                return None
+        return self._graphs.replay(entry, batch)

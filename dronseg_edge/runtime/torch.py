@@ -1,6 +1,6 @@
 """PyTorch backend: runs a training checkpoint (.pt) directly.
 
-On a GPU the speed comes from three things (FACTS.md section 4, ResNet-101 at 1280x720 on an
+On a GPU the speed comes from three things (docs/facts.md#h100-baseline, ResNet-101 at 1280x720 on an
 H100): fp16 weights with channels_last memory (17.6 -> 14.1 ms) and, above all, replaying the whole
 forward pass as one CUDA graph (-> 7.8 ms), because batch-1 fp16 inference is launch-bound: the
 GPU otherwise idles between ~300 small kernels.
@@ -8,18 +8,17 @@ GPU otherwise idles between ~300 small kernels.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from dronseg_edge.checkpoint import info_from_checkpoint, load_checkpoint, model_from_checkpoint
+from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import HEADS, ModelInfo
 from dronseg_edge.models import SegmentationNet
 from dronseg_edge.runtime.base import Backend
-
-log = logging.getLogger(__name__)
+from dronseg_edge.runtime.cuda_graph import GraphCache
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 WARMUP_BEFORE_CAPTURE = 3  # lets cudnn.benchmark pick its kernels before they are frozen into the graph
@@ -36,11 +35,12 @@ class TorchBackend(Backend):
     shape replay it (a new shape costs one more capture, ~a second).
     ``compile_mode`` (opt-in): wrap the model in ``torch.compile(mode=...)`` first, e.g.
     ``max-autotune-no-cudagraphs`` (7.07 ms eager for ResNet-101 on the H100, but 421 s to
-    compile: FACTS.md section 4); modes that make their own CUDA graphs (reduce-overhead,
+    compile: docs/facts.md#h100-baseline); modes that make their own CUDA graphs (reduce-overhead,
     max-autotune) turn ``cuda_graph`` off. Needs a working Triton on GPUs (not on every Jetson).
     """
 
     name = "torch"
+    OPTIONS = frozenset({"precision", "head", "channels_last", "cuda_graph", "compile_mode"})
 
     def __init__(self, path: Path, device: torch.device, precision: str = "fp32", head: str = "logits",
                  channels_last: bool | None = None, cuda_graph: bool | None = None, compile_mode: str | None = None):
@@ -57,14 +57,30 @@ class TorchBackend(Backend):
         self.compile_mode = compile_mode or None
         own_graphs = self.compile_mode in ("reduce-overhead", "max-autotune")
         self.cuda_graph = on_cuda and not own_graphs and (True if cuda_graph is None else bool(cuda_graph))
-        self._ckpt = None
-        self._graphs: dict[tuple, tuple] = {}
+        self._ckpt: dict[str, Any] | None = None  # the loaded checkpoint, from reading ``info`` until ``activate``
+        self._hash_source = True  # whether ``info.source_sha256`` is the file's hash (from_checkpoint: not read again)
+        self._graphs = GraphCache(device, max_graphs=MAX_GRAPHS, label=Path(path).name)
         self.net = None
         super().__init__(path, device)
 
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any], device: torch.device, **options) -> "TorchBackend":
+        """The backend of a checkpoint already loaded by ``load_checkpoint``: the file is not read or hashed again.
+
+        An export has loaded its checkpoint once; parity reuses that dict instead of a second
+        ``torch.load`` of a file that may be hundreds of MB (``info.source_sha256`` stays empty).
+        ``options`` are the constructor's keywords.
+        """
+        backend = cls(Path(ckpt.get("path") or "checkpoint.pt"), device, **options)
+        backend._ckpt, backend._hash_source = ckpt, False
+        return backend
+
     def read_info(self) -> ModelInfo:
-        self._ckpt = load_checkpoint(self.path)
-        info = info_from_checkpoint(self._ckpt)
+        # The whole checkpoint is loaded here (its metadata and weights are one pickle) and kept for
+        # activate, so a backend whose info is read and which is then activated loads its file once.
+        if self._ckpt is None:
+            self._ckpt = load_checkpoint(self.path)
+        info = ModelInfo.from_checkpoint(self._ckpt, with_hash=self._hash_source)
         info.precision, info.head = self.precision, self.head
         return info
 
@@ -73,6 +89,7 @@ class TorchBackend(Backend):
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def activate(self) -> None:
+        self.info  # noqa: B018  (read before the weights move into the module: it needs the checkpoint's keys)
         ckpt = self._ckpt if self._ckpt is not None else load_checkpoint(self.path)
         net = SegmentationNet(model_from_checkpoint(ckpt), head=self.head).eval()
         self._ckpt = None  # the weights now live in the module
@@ -97,11 +114,9 @@ class TorchBackend(Backend):
         self.net = None
         super().deactivate()
 
-    @torch.inference_mode()
     def _infer(self, batch: torch.Tensor) -> torch.Tensor:
         if self.cuda_graph:
-            with torch.cuda.device(self.device):  # graphs capture on the current device
-                return self._replay(batch)
+            return self._replay(batch)
         return self._forward(batch)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -113,37 +128,10 @@ class TorchBackend(Backend):
         key = (tuple(batch.shape), batch.dtype)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(batch, key)
-            if entry is None:  # capture failed: already fell back to eager
+            entry = self._graphs.capture(key, (batch,), lambda inputs: lambda: self._forward(inputs[0]),
+                                         warmup=WARMUP_BEFORE_CAPTURE)
+            if entry is None:
+                self.cuda_graph = False
+                self._describe_provider()
                 return self._forward(batch)
-        graph, static_in, static_out = entry
-        static_in.copy_(batch, non_blocking=True)
-        graph.replay()
-        # The graph writes every replay into the same buffer; a copy keeps earlier results intact.
-        return static_out.clone()
-
-    def _capture(self, batch: torch.Tensor, key: tuple):
-        static_in = torch.empty(batch.shape, dtype=batch.dtype, device=self.device)
-        static_in.copy_(batch)
-        stream = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(stream)
-        try:
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_BEFORE_CAPTURE):
-                    self._forward(static_in)
-            stream.wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._forward(static_in)
-        except RuntimeError as exc:  # an op that cannot be captured: run eagerly rather than fail
-            log.warning("CUDA graph capture failed (%s); running %s eagerly", str(exc).splitlines()[0][:120], self.path.name)
-            torch.cuda.synchronize(self.device)
-            self.cuda_graph = False
-            self._graphs.clear()
-            self._describe_provider()
-            return None
-        if len(self._graphs) >= MAX_GRAPHS:
-            self._graphs.clear()
-        self._graphs[key] = (graph, static_in, static_out)
-        return self._graphs[key]
+        return self._graphs.replay(entry, batch)

@@ -8,8 +8,8 @@ from typing import Any
 
 from dronseg_edge.data.augment import AugmentConfig
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.train.losses import LOSS_NAMES, WEIGHT_METHODS
 
-LOSSES = ("focal+dice", "focal", "dice", "tversky", "ce")
 SCHEDULERS = ("onecycle", "constant", "poly")
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("auto", "fp16", "bf16", "off")
@@ -73,12 +73,12 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         checks = [
-            (self.loss in LOSSES, f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}"),
+            (self.loss in LOSS_NAMES, f"--loss {self.loss!r}: choose one of {', '.join(LOSS_NAMES)}"),
             (self.scheduler in SCHEDULERS, f"--scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"),
             (self.amp in AMP_MODES, f"--amp {self.amp!r}: choose one of {', '.join(AMP_MODES)}"),
             (self.best_metric in BEST_METRICS, f"--best-metric {self.best_metric!r}: choose one of {', '.join(BEST_METRICS)}"),
-            (self.class_weights in ("none", "inverse_sqrt", "inverse"), f"--class-weights {self.class_weights!r}: choose none, inverse_sqrt or inverse"),
+            (self.class_weights in WEIGHT_METHODS, f"--class-weights {self.class_weights!r}: choose one of {', '.join(WEIGHT_METHODS)}"),
             (self.epochs >= 1, f"--epochs {self.epochs}: must be at least 1"),
             (self.batch >= 1, f"--batch {self.batch}: must be at least 1"),
             (self.accumulate >= 1, f"--accumulate {self.accumulate}: must be at least 1"),

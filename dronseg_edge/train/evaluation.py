@@ -9,36 +9,36 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
-from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX
+from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint, recorded_data_root, recorded_split
+from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from dronseg_edge.data.aeroscapes import Sample, dataset_samples, samples_for_ids, validate_samples
 from dronseg_edge.data.dataset import SegmentationDataset
 from dronseg_edge.devices import resolve_device
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.train.loop import StepContext, evaluate
-from dronseg_edge.train.metrics import SegmentationMetrics
+from dronseg_edge.metrics import SegmentationMetrics
 
 
 def checkpoint_data_root(ckpt: dict, data: Path | None) -> Path:
     """``data`` if given, else the data set the checkpoint was trained on."""
     if data is not None:
         return Path(data)
-    root = (ckpt.get("config") or {}).get("data")
-    if not root:
+    root = recorded_data_root(ckpt)
+    if root is None:
         raise DronsegError(f"checkpoint {ckpt.get('path')} does not record its data set: pass --data DIR")
-    return Path(root)
+    return root
 
 
 def split_samples(ckpt: dict, root: Path, split: str) -> list[Sample]:
-    """Samples of the run's ``val``/``train`` split, or ``all`` labelled images of ``root``."""
+    """Samples of the run's ``val``/``train`` split (as the checkpoint records it), or ``all`` labelled images of ``root``."""
     if split == "all":
         return dataset_samples(root, "train")
     if split not in ("val", "train"):
         raise DronsegError(f"--split {split!r}: choose val, train or all")
-    ids = (ckpt.get("split") or {}).get(split)
+    ids = recorded_split(ckpt, split)
     if not ids:
         raise DronsegError(f"checkpoint {ckpt.get('path')} holds no {split} split: use --split all")
-    return samples_for_ids(root, list(ids))
+    return samples_for_ids(root, ids)
 
 
 def native_loader(ckpt: dict, samples: list[Sample], batch: int, workers: int) -> DataLoader:
@@ -50,8 +50,8 @@ def native_loader(ckpt: dict, samples: list[Sample], batch: int, workers: int) -
 
 
 def step_context(ckpt: dict, device: torch.device) -> StepContext:
-    mean = torch.tensor(ckpt.get("mean", (0.485, 0.456, 0.406)), device=device).view(1, 3, 1, 1)
-    std = torch.tensor(ckpt.get("std", (0.229, 0.224, 0.225)), device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(ckpt.get("mean", IMAGENET_MEAN), device=device).view(1, 3, 1, 1)
+    std = torch.tensor(ckpt.get("std", IMAGENET_STD), device=device).view(1, 3, 1, 1)
     amp = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     return StepContext(device, amp, mean, std, channels_last=device.type == "cuda")
 

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from dronseg_edge.models import keep_frozen_norms_in_eval
 from dronseg_edge.train.distributed import all_reduce_sum
-from dronseg_edge.train.metrics import SegmentationMetrics
+from dronseg_edge.metrics import SegmentationMetrics
 
 
 @dataclass

@@ -32,5 +32,14 @@ def test_command_line_mistakes_are_one_line(capsys, args, words):
 def test_help_exits_zero_and_lists_the_commands(capsys):
     code, out, _err = run(capsys, "-h")
     assert code == 0
-    for command in ("synth", "train", "eval", "submit", "export", "parity", "infer", "bench"):
+    for command in ("synth", "train", "eval", "submit", "export", "parity", "infer", "bench", "checks"):
         assert command in out
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_prints_the_package_version_and_exits_zero(capsys, flag):
+    from dronseg_edge import __version__
+
+    code, out, err = run(capsys, flag)
+    assert code == 0 and err == ""
+    assert out == f"dronseg-edge {__version__}\n"

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dronseg_edge.checkpoint import save_checkpoint
+from dronseg_edge.checkpoint import model_state, save_checkpoint
 from dronseg_edge.cli import main
 from dronseg_edge.models import build_model
 from testkit import break_onnx_classifier, sabotage_onnx_export
@@ -87,9 +87,8 @@ def test_export_of_a_broken_artifact_exits_4_and_keeps_it_as_failed(tiny_checkpo
 
 def _other_class_count(path):
     model = build_model("lraspp_mobilenet_v3_large", num_classes=5)
-    return save_checkpoint(path, {"model": model.state_dict(), "arch": "lraspp_mobilenet_v3_large",
-                                  "class_names": [f"c{i}" for i in range(5)], "palette": [[0, 0, 0]] * 5,
-                                  "input_size": [96, 64]})
+    return save_checkpoint(path, model_state(model, "lraspp_mobilenet_v3_large", (96, 64),
+                                             class_names=[f"c{i}" for i in range(5)], palette=[[0, 0, 0]] * 5))
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "classes", "unwritable", "empty_calib", "size", "precision",

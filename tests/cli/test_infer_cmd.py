@@ -15,6 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
 from pipeline_media import scene, write_video  # noqa: E402
 
 from dronseg_edge.cli import main  # noqa: E402
+from dronseg_edge.pipeline.video_writer import _import_av  # noqa: E402
+
+HAVE_AV = _import_av() is not None
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -79,6 +82,7 @@ def test_video_to_overlay_masks_stats_and_summary(tiny_checkpoint, media, tmp_pa
     assert len((out_dir / "stats.jsonl").read_text().splitlines()) == 12
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["frames"] == 12 and summary["device"].startswith("cpu")
+    assert summary["video_codec"] in (("h264_nvenc", "libx264") if HAVE_AV else ("mp4v",))  # the encoder used
 
 
 def test_default_output_folder_counts_up(tiny_checkpoint, media, tmp_path, capsys, monkeypatch):
@@ -120,6 +124,7 @@ def test_half_on_cpu_is_a_warning(tiny_checkpoint, media, tmp_path, capsys):
     ("alpha", "--alpha"),
     ("batch", "--batch 0"),
     ("stride", "--stride"),
+    ("codec", "--codec x265 is not one of auto, h264"),
     ("live_batch", "cannot be used with --live"),
     ("show", "--show needs OpenCV with a GUI"),
     ("cuda", "no CUDA GPU"),
@@ -156,6 +161,8 @@ def test_bad_input_gives_one_error_line(case, message, tiny_checkpoint, media, t
         extra += ["--batch", "0"]
     elif case == "stride":
         extra += ["--stride", "0"]
+    elif case == "codec":
+        extra += ["--codec", "x265"]
     elif case == "live_batch":
         extra += ["--live", "--batch", "2"]
     elif case == "show":

@@ -74,18 +74,6 @@ def test_resume_errors(capsys, tmp_path, tiny_checkpoint):
     assert "training state" in one_line_error(capsys, "train", "--data", tmp_path, "--resume", tiny_checkpoint)
 
 
-@pytest.fixture(scope="module")
-def trained_run(synth_root, tmp_path_factory):
-    from dronseg_edge.train.config import TrainConfig
-    from dronseg_edge.train.fit import fit
-
-    out = tmp_path_factory.mktemp("cli") / "run"
-    cfg = TrainConfig(data=str(synth_root), out=str(out), model="lraspp_mobilenet_v3_large", weights="none",
-                      size=(96, 64), epochs=6, batch=4, lr=0.005, optimizer="adamw", bn_momentum=0.1, device="cpu", workers=0,
-                      tensorboard=False, plots=False)
-    return fit(cfg, log=lambda _m: None)
-
-
 def test_eval_prints_table_and_json(capsys, trained_run, tmp_path):
     code, out, err = run_cli(capsys, "eval", trained_run.best, "--device", "cpu", "--workers", "0", "--json", tmp_path / "s.json")
     assert code == 0, err

@@ -15,7 +15,7 @@ from dronseg_edge.data.rle import (
     write_submission,
 )
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.train.metrics import SegmentationMetrics
+from dronseg_edge.metrics import SegmentationMetrics
 
 # Row-major pixel numbers 1 2 3 / 4 5 6; column-major 1 3 5 / 2 4 6.
 SMALL = np.array([[1, 1, 0],

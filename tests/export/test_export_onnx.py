@@ -16,8 +16,7 @@ from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export import export_artifact
 from dronseg_edge.export.onnx import check_opset, export_onnx
-from dronseg_edge.export.onnx_metadata import read_onnx_info
-from dronseg_edge.metadata import ModelInfo, sha256_file
+from dronseg_edge.metadata import ModelInfo, read_onnx_info, sha256_file
 from dronseg_edge.models import SegmentationNet
 from testkit import sabotage_onnx_export
 
@@ -83,15 +82,13 @@ def test_dynamic_export_runs_other_batches_and_sizes(trained_checkpoint, tmp_pat
 
 @pytest.mark.slow
 def test_dynamic_export_of_deeplabv3_with_aspp_pooling(tmp_path):
-    """ASPP's AdaptiveAvgPool2d + interpolate to the input size is the known dynamic-shape trap (FACTS.md section 6)."""
-    from dronseg_edge.checkpoint import save_checkpoint
-    from dronseg_edge.classes import CLASS_NAMES
+    """ASPP's AdaptiveAvgPool2d + interpolate to the input size is the known dynamic-shape trap (docs/facts.md#export-pitfalls)."""
+    from dronseg_edge.checkpoint import model_state, save_checkpoint
     from dronseg_edge.models import build_model
 
     torch.manual_seed(0)
     model = build_model("deeplabv3_mobilenet_v3_large").eval()
-    ckpt = save_checkpoint(tmp_path / "dl.pt", {"model": model.state_dict(), "arch": "deeplabv3_mobilenet_v3_large",
-                                                "class_names": list(CLASS_NAMES), "input_size": [96, 64]})
+    ckpt = save_checkpoint(tmp_path / "dl.pt", model_state(model, "deeplabv3_mobilenet_v3_large", (96, 64)))
     result = export_artifact(ckpt, dynamic=True, out_dir=tmp_path, device="cpu", parity=False)
     assert any(note.startswith("dynamic shapes verified") for note in result.notes)
 

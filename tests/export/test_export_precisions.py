@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
-import torch
 from onnx import TensorProto, numpy_helper
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export import ParityThresholds, export_artifact
-from dronseg_edge.export.onnx_metadata import read_onnx_info
+from dronseg_edge.metadata import read_onnx_info
 from dronseg_edge.export.quantize import zero_points_are_zero
+from testkit import requires_ort_cuda
 
 
 
@@ -95,9 +94,7 @@ def test_int8_without_calibration_images_fails_before_writing(trained_checkpoint
 
 @pytest.mark.gpu
 @pytest.mark.slow
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
-@pytest.mark.skipif("CUDAExecutionProvider" not in onnxruntime.get_available_providers(),
-                    reason="needs onnxruntime-gpu (CUDAExecutionProvider not in this onnxruntime)")
+@requires_ort_cuda
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_provider_parity_at_1280x720(trained_checkpoint, tmp_path, precision):
     result = export_artifact(trained_checkpoint, precision=precision, size=(1280, 720), out_dir=tmp_path, device="cuda")

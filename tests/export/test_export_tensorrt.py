@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import dronseg_edge.export.tensorrt as trt_export
+from dronseg_edge.runtime import tensorrt_env
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export import export_artifact
-from dronseg_edge.export.onnx_metadata import read_engine_sidecar, sidecar_path
-from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, sidecar_path
 
 GPU = {"gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -26,7 +26,8 @@ HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 class FakeTensorRT(types.ModuleType):
     """Just enough of the tensorrt module for build_engine; records what the code asked for.
 
-    The 11.x fake has no BuilderFlag.FP16/INT8 (removed in 11), so touching them raises AttributeError.
+    The 11.x fake has no BuilderFlag.FP16/INT8 (removed in 11), so touching them raises AttributeError;
+    both have TF32, which TensorRT sets by default.
     """
 
     def __init__(self, version: str, parse_ok: bool = True, build_ok: bool = True):
@@ -35,7 +36,8 @@ class FakeTensorRT(types.ModuleType):
         self.calls: list[tuple] = []
         major = int(version.split(".")[0])
         self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
-        self.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8") if major < 11 else types.SimpleNamespace()
+        flags = {"FP16": "FP16", "INT8": "INT8", "TF32": "TF32"} if major < 11 else {"TF32": "TF32"}
+        self.BuilderFlag = types.SimpleNamespace(**flags)
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
         fake = self
 
@@ -87,6 +89,9 @@ class FakeTensorRT(types.ModuleType):
 
             def set_flag(self, flag):
                 fake.calls.append(("flag", flag))
+
+            def clear_flag(self, flag):
+                fake.calls.append(("clear_flag", flag))
 
             def create_timing_cache(self, data):
                 fake.calls.append(("cache_in", bytes(data)))
@@ -150,7 +155,7 @@ def fake_trt(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, "tensorrt", module)
         return module
 
-    monkeypatch.setattr(trt_export, "gpu_identity", lambda device: dict(GPU))
+    monkeypatch.setattr(tensorrt_env, "gpu_identity", lambda device: dict(GPU))
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return install
@@ -201,6 +206,16 @@ def test_trt11_is_always_strongly_typed_without_precision_flags(fake_trt, tmp_pa
     assert info.extra["tensorrt"]["strongly_typed"] is True and info.extra["tensorrt"]["builder_flags"] == []
 
 
+@pytest.mark.parametrize("version", ["10.3.0", "11.4.0.106"])
+def test_fp32_engines_are_built_without_tf32(fake_trt, tmp_path, version):
+    trt = fake_trt(version)
+    _, info = _build(tmp_path, "fp32")
+    assert trt.recorded("clear_flag") == [("clear_flag", "TF32")] and info.extra["tensorrt"]["tf32"] is False
+    trt.calls.clear()
+    _, info = _build(tmp_path, "fp16", name="h.engine")
+    assert trt.recorded("clear_flag") == [] and info.extra["tensorrt"]["tf32"] is True
+
+
 def test_timing_cache_is_written_and_reused(fake_trt, tmp_path):
     trt = fake_trt("10.3.0")
     _build(tmp_path, "fp32", name="a.engine")
@@ -238,7 +253,7 @@ def test_failed_build_names_the_workspace_and_leaves_no_file(fake_trt, tmp_path)
 def test_missing_tensorrt_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(BackendUnavailable) as info:
-        trt_export.import_tensorrt()
+        tensorrt_env.import_tensorrt()
     message = str(info.value)
     assert "pip install tensorrt" in message and "JetPack" in message and "--system-site-packages" in message
 
@@ -256,11 +271,11 @@ def test_names_and_compatibility_rules():
     assert (trt_export.engine_filename("best", "fp16", "NVIDIA GeForce RTX 4090", "8.9", "10.3.0")
             == "best_fp16_geforce-rtx-4090_sm89_trt10.3.0.engine")
     built = {"tensorrt_version": "10.3.0", **GPU}
-    assert trt_export.engine_mismatch(built, dict(built)) is None
+    assert tensorrt_env.engine_mismatch(built, dict(built)) is None
     orin = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
-    message = trt_export.engine_mismatch(built, orin)
+    message = tensorrt_env.engine_mismatch(built, orin)
     assert "built for NVIDIA H100 80GB HBM3 (sm90) with TensorRT 10.3.0" in message and "Orin (sm87)" in message
-    assert "TensorRT 11.4.0" in trt_export.engine_mismatch(built, {**built, "tensorrt_version": "11.4.0"})
+    assert "TensorRT 11.4.0" in tensorrt_env.engine_mismatch(built, {**built, "tensorrt_version": "11.4.0"})
 
 
 @pytest.mark.slow

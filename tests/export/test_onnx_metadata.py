@@ -1,22 +1,28 @@
-"""Metadata round trips: ONNX metadata_props and the engine's JSON sidecar."""
+"""Metadata round trips: ONNX metadata_props (and the wire-format reader that reads them without onnx)
+and the engine's JSON sidecar."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
+import dronseg_edge.metadata as metadata_module
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.export.onnx_metadata import (
+from dronseg_edge.export import export_artifact
+from dronseg_edge.metadata import (
+    ModelInfo,
+    onnx_metadata_dict,
     read_engine_sidecar,
     read_onnx_info,
+    read_onnx_metadata_props,
     set_onnx_metadata,
     sidecar_path,
     write_engine_sidecar,
 )
-from dronseg_edge.metadata import ModelInfo
 
 
 def identity_model() -> onnx.ModelProto:
@@ -69,6 +75,111 @@ def test_corrupt_or_missing_onnx_is_a_clear_error(tmp_path):
         read_onnx_info(bad)
     with pytest.raises(DronsegError, match="does not exist"):
         read_onnx_info(tmp_path / "missing.onnx")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    """Real exports of the tiny checkpoint: fp32 logits and a dynamic argmax file (no parity: not this module's business)."""
+    out = tmp_path_factory.mktemp("exported")
+    logits = export_artifact(tiny_checkpoint, out_dir=out, device="cpu", parity=False).path
+    argmax = export_artifact(tiny_checkpoint, head="argmax", dynamic=True, out_dir=out, device="cpu", parity=False).path
+    return logits, argmax
+
+
+def onnx_props(path) -> list[tuple[str, str]]:
+    return [(p.key, p.value) for p in onnx.load(str(path), load_external_data=False).metadata_props]
+
+
+def test_wire_reader_agrees_with_onnx_on_exported_files(exported):
+    for path in exported:
+        props = read_onnx_metadata_props(path)
+        assert props == onnx_props(path) and ("dronseg_edge", "1") in props
+        loaded = onnx.load(str(path))
+        assert read_onnx_info(path) == ModelInfo.from_dict(onnx_metadata_dict(loaded, str(path)), source=str(path))
+    assert read_onnx_info(exported[1]).head == "argmax" and read_onnx_info(exported[1]).dynamic
+
+
+def test_wire_reader_takes_fields_in_any_order_and_any_text(tmp_path):
+    """Entries before the graph (protobuf allows any field order) and non-ASCII text read as onnx reads them."""
+    info = sample_info()
+    info.class_names = [f"classe {i} é→" for i in range(12)]
+    first = onnx.ModelProto()
+    entry = first.metadata_props.add()
+    entry.key, entry.value = "note", "écrit avant le graphe"
+    path = tmp_path / "reordered.onnx"
+    path.write_bytes(first.SerializeToString() + set_onnx_metadata(identity_model(), info).SerializeToString())
+    assert read_onnx_metadata_props(path) == onnx_props(path) and read_onnx_metadata_props(path)[0][0] == "note"
+    assert read_onnx_info(path).class_names[3] == "classe 3 é→"
+
+
+def test_wire_reader_reads_a_file_with_external_data_without_that_data(tmp_path):
+    weights = numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(1, 4096), "w")
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 4096])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4096])
+    graph = helper.make_graph([helper.make_node("Add", ["images", "w"], ["logits"])], "g", [x], [y], initializer=[weights])
+    model = set_onnx_metadata(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), sample_info())
+    path = tmp_path / "external.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="external.data",
+                    size_threshold=0)
+    assert (tmp_path / "external.data").stat().st_size >= 4096 * 4  # the weights really live outside
+    (tmp_path / "external.data").unlink()  # metadata needs only the .onnx file
+    assert read_onnx_metadata_props(path) == onnx_props(path)
+    assert read_onnx_info(path) == sample_info()
+
+
+def test_wire_reader_skips_the_graph_without_reading_it(tmp_path, monkeypatch):
+    """A (sparse) 200 MB graph field costs one seek: only a few hundred bytes are read."""
+    graph_size = 200 << 20
+    path = tmp_path / "big.onnx"
+    with open(path, "wb") as handle:
+        handle.write(bytes([7 << 3 | 2]) + _varint(graph_size))  # ModelProto.graph, length-delimited
+        handle.seek(graph_size, 1)  # a hole: no disk space, reads as zeros
+        handle.write(set_onnx_metadata(onnx.ModelProto(), sample_info()).SerializeToString())
+    read = []
+
+    class Counting:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def read(self, size=-1):
+            data = self.handle.read(size)
+            read.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    monkeypatch.setattr(metadata_module, "open", lambda *args, **kwargs: Counting(open(*args, **kwargs)), raising=False)
+    assert read_onnx_info(path) == sample_info()
+    assert 0 < sum(read) < 4096
+
+
+@pytest.mark.parametrize("cut", ["graph", "metadata", "varint"])
+def test_truncated_onnx_is_the_one_line_error(exported, tmp_path, cut):
+    data = exported[0].read_bytes()
+    # The graph is most of the file and the metadata its last field; 0x08 0xFF: ir_version's varint never ends.
+    truncated = {"graph": data[: len(data) // 2], "metadata": data[:-5], "varint": bytes([0x08, 0xFF])}[cut]
+    bad = tmp_path / "cut.onnx"
+    bad.write_bytes(truncated)
+    with pytest.raises(DronsegError) as info:
+        read_onnx_info(bad)
+    message = str(info.value)
+    assert "cut.onnx is not a readable ONNX file" in message and "re-export it" in message and "\n" not in message
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def test_engine_sidecar_round_trips(tmp_path):

@@ -1,6 +1,6 @@
 """Every TensorRT name our code uses exists in the real TensorRT 10.3 and 11.4 Python bindings.
 
-No machine here can import tensorrt (FACTS.md section 2), so the bound names were read from the
+No machine here can import tensorrt (docs/facts.md#ci-machine), so the bound names were read from the
 bindings wheels with ``strings`` (tools/trt_binding_names.sh) into tests/export/data/. The names
 our code uses are found statically: attribute accesses on ``trt`` and on every variable assigned
 from a TensorRT object (builder, network, parser, config, engine, context, ...). Limits: the check
@@ -17,7 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).with_name("data")
-SOURCES = [ROOT / "dronseg_edge/export/tensorrt.py", ROOT / "dronseg_edge/runtime/tensorrt.py"]
+# Every module that touches ``trt``: the build, the runner and the environment checks they share.
+SOURCES = [ROOT / "dronseg_edge/export/tensorrt.py", ROOT / "dronseg_edge/runtime/tensorrt.py",
+           ROOT / "dronseg_edge/runtime/tensorrt_env.py"]
 VERSIONS = {"10.3.0": DATA / "tensorrt-10.3.0-names.txt", "11.4.0.106": DATA / "tensorrt-11.4.0.106-names.txt"}
 # Names any TensorRT build path must use; if the extraction stops finding them, it has gone blind.
 CORE = {"Logger", "Builder", "create_network", "OnnxParser", "parse_from_file", "num_errors", "get_error",
@@ -136,7 +138,7 @@ def test_name_lists_look_like_the_bindings(version_names):
     for version, names in version_names.items():
         assert len(names) > 5000, version
         assert {"execute_async_v3", "build_serialized_network", "set_tensor_address"} <= names
-    # FACTS.md section 5: the implicit int8 calibrator API is gone in 11.x; build_engine_with_config is new.
+    # docs/facts.md#tensorrt-api: the implicit int8 calibrator API is gone in 11.x; build_engine_with_config is new.
     assert "int8_calibrator" in version_names["10.3.0"] and "int8_calibrator" not in version_names["11.4.0.106"]
     assert "build_engine_with_config" not in version_names["10.3.0"]
 

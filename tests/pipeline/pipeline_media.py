@@ -6,28 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-
-def scene(index: int, size: tuple[int, int]) -> np.ndarray:
-    """A (H, W, 3) uint8 BGR frame: gradient sky, a moving box and a road stripe, so frames differ."""
-    width, height = size
-    frame = np.zeros((height, width, 3), np.uint8)
-    frame[..., 0] = np.linspace(40, 220, width, dtype=np.uint8)[None, :]
-    frame[..., 1] = np.linspace(30, 180, height, dtype=np.uint8)[:, None]
-    x = (index * 3) % max(width - width // 4, 1)
-    cv2.rectangle(frame, (x, height // 4), (x + width // 4, height // 2), (20, 40, 230), -1)
-    cv2.rectangle(frame, (0, height - height // 5), (width - 1, height - 1), (90, 90, 90), -1)
-    return frame
-
-
-def scene_mask(index: int, size: tuple[int, int]) -> np.ndarray:
-    """The (H, W) uint8 classes of :func:`scene`: sky (11) above, a car (3) box, road (10) below."""
-    width, height = size
-    mask = np.full((height, width), 11, np.uint8)
-    x = (index * 3) % max(width - width // 4, 1)
-    cv2.rectangle(mask, (x, height // 4), (x + width // 4, height // 2), 3, -1)
-    cv2.rectangle(mask, (0, height - height // 5), (width - 1, height - 1), 10, -1)
-    return mask
+from testkit import scene, scene_mask  # noqa: F401  (shared with the trained model's data set)
 
 
 def write_video(path: Path, frames: int = 24, size: tuple[int, int] = (128, 80), fps: float = 30.0,
@@ -54,3 +33,71 @@ def read_video(path: Path) -> tuple[list[np.ndarray], float, tuple[int, int]]:
         frames.append(frame)
     capture.release()
     return frames, fps, size
+
+
+def mp4_top_level_boxes(path: Path) -> list[str]:
+    """The types of an MP4 file's top-level boxes, in file order (ftyp, moov, mdat, ...)."""
+    data = Path(path).read_bytes()
+    boxes, offset = [], 0
+    while offset + 8 <= len(data):
+        size, kind = int.from_bytes(data[offset:offset + 4], "big"), data[offset + 4:offset + 8].decode("latin-1")
+        if size == 1:  # a 64-bit size follows the type
+            size = int.from_bytes(data[offset + 8:offset + 16], "big")
+        elif size == 0:  # the box runs to the end of the file
+            size = len(data) - offset
+        assert size >= 8, f"{path}: broken box {kind!r} at {offset}"
+        boxes.append(kind)
+        offset += size
+    return boxes
+
+
+def probe_with_pyav(path: Path) -> dict:
+    """Codec, pixel format, size, rate, codec tag and decoded frames of a video's first stream, read with PyAV."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_ndarray(format="bgr24") for frame in container.decode(stream)]
+        context = stream.codec_context
+        return {"codec": context.name, "pix_fmt": context.pix_fmt, "size": (context.width, context.height),
+                "rate": stream.average_rate, "tag": context.codec_tag, "frames": frames}
+
+
+def write_vfr_video(path: Path, ticks: tuple[int, ...], frames: int = 12, size: tuple[int, int] = (96, 64)) -> list[float]:
+    """An H.264 clip whose frame durations cycle through ``ticks`` (1/90000 s each), written with
+    PyAV (OpenCV writes constant rates only); returns each frame's presentation time in seconds."""
+    from fractions import Fraction
+
+    import av
+
+    times, pts = [], 0
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=30, options={"preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 90000)
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(scene(index, size), format="bgr24")
+            frame.pts, frame.time_base = pts, Fraction(1, 90000)
+            times.append(pts / 90000)
+            pts += ticks[index % len(ticks)]
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return times
+
+
+def rotate_video(source: Path, path: Path, degrees: int) -> Path:
+    """Copy ``source`` with a display rotation (counter-clockwise degrees), using the ffmpeg tool."""
+    import shutil
+    import subprocess
+
+    ffmpeg = shutil.which("ffmpeg")
+    # FFmpeg 6+ takes -display_rotation; 5.x the rotate tag, which 6+ ignores.
+    for command in ([ffmpeg, "-y", "-loglevel", "error", "-display_rotation", str(degrees), "-i", str(source),
+                     "-c", "copy", str(path)],
+                    [ffmpeg, "-y", "-loglevel", "error", "-i", str(source), "-c", "copy",
+                     "-metadata:s:v:0", f"rotate={degrees}", str(path)]):
+        if subprocess.run(command, capture_output=True).returncode == 0:
+            return path
+    raise AssertionError(f"test setup: ffmpeg cannot set a rotation on {source}")

@@ -154,11 +154,26 @@ def test_a_failing_write_stops_the_run_with_one_line(segmenter, video_path, tmp_
     assert data["error"] and (out / "overlay.mp4").exists()
 
 
-def test_bad_options(segmenter, video_path):
-    for options, message in ((RunOptions(alpha=1.5), "--alpha"), (RunOptions(stride=0), "--stride"),
-                             (RunOptions(max_frames=0), "--max-frames"), (RunOptions(reconnect_s=0), "--reconnect-s")):
+def test_the_overlay_alpha_is_handed_to_the_segmenter_not_set_on_it(segmenter, video_path, tmp_path, monkeypatch):
+    seen = []
+    real_stream = segmenter.stream
+
+    def stream(*args, **kwargs):
+        seen.append((kwargs.get("overlay_alpha"), segmenter.overlay_alpha))
+        return real_stream(*args, **kwargs)
+
+    monkeypatch.setattr(segmenter, "stream", stream)
+    run_inference(segmenter, video_path, RunOptions(out=tmp_path / "video", alpha=0.3, max_frames=2, progress=False))
+    run_inference(segmenter, video_path, RunOptions(out=tmp_path / "stats", save_video=False, max_frames=2,
+                                                    progress=False))
+    assert seen == [(0.3, None), (None, None)]  # no overlay wanted: none made, not even on a GPU
+
+
+def test_bad_options():
+    for options, message in ((dict(alpha=1.5), "--alpha"), (dict(stride=0), "--stride"),
+                             (dict(max_frames=0), "--max-frames"), (dict(reconnect_s=0), "--reconnect-s")):
         with pytest.raises(DronsegError, match=message):
-            run_inference(segmenter, video_path, options)
+            RunOptions(**options)  # checked when made: a RunOptions is always a valid one
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")

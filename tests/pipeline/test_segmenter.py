@@ -166,6 +166,54 @@ def test_class_map_backend_with_fixed_batch_is_padded_and_resized_nearest():
 
 
 
+class StaticBufferBackend(ArgmaxBackend):
+    """Keeps a fixed input buffer made on its first call, as the CUDA-graph paths of the real backends do."""
+
+    def __init__(self):
+        self.static = None
+        super().__init__()
+
+    def _infer(self, batch):
+        if self.static is None:
+            self.static = torch.empty_like(batch)
+        self.static.copy_(batch)
+        return super()._infer(self.static)
+
+
+def test_backend_called_outside_inference_mode_after_the_segmenter():
+    backend = StaticBufferBackend()
+    seg = Segmenter(backend)
+    seg.predict(scene(0, (8, 6)))  # the Segmenter works under inference mode: the buffer is made there
+    backend.infer(torch.zeros(2, 3, 6, 8))  # as benchmarks/pipeline.py times segmenter.backend afterwards
+    with torch.no_grad():
+        backend.infer(torch.ones(2, 3, 6, 8))
+    assert len(backend.batches) == 3
+
+
+def test_stage_clock_records_on_the_segmenters_device_stream(monkeypatch):
+    from dronseg_edge.pipeline.segmenter import _StageClock
+
+    streams = {}
+    recorded = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            pass
+
+        def record(self, stream=None):
+            recorded.append(stream)
+
+    def current_stream(device=None):
+        index = torch.device(device).index if device is not None else 0  # torch's default: the current device, 0
+        return streams.setdefault(index, f"stream of cuda:{index}")
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+    clock = _StageClock(torch.device("cuda", 1))
+    clock.mark("inference")
+    assert recorded == ["stream of cuda:1", "stream of cuda:1"]
+
+
 @requires_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("half", [False, True])
@@ -201,3 +249,17 @@ def test_gpu_logits_are_upsampled_before_the_argmax(trained_checkpoint):
     with Segmenter(trained_checkpoint, device="cpu", upsample="logits") as cpu_seg:
         expected = cpu_seg.predict(frame).mask
     assert (smooth == expected).mean() > 0.99
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_gpu_frames_are_uploaded_through_reused_pinned_buffers(tiny_checkpoint):
+    frames = [scene(i, (128, 80)) for i in range(6)]
+    with Segmenter(tiny_checkpoint, device="cpu") as cpu_seg, Segmenter(tiny_checkpoint, device="cuda") as gpu_seg:
+        expected = [cpu_seg.predict(f).mask for f in frames]
+        got = [r.mask for r in gpu_seg.stream(iter(frames))]
+        buffers = gpu_seg._staging.buffers()
+        assert buffers and all(b.is_pinned() for b in buffers)
+        assert len(buffers) <= gpu_seg._staging.max_slots  # reused, not one per frame
+    for mask, want in zip(got, expected):
+        assert (mask == want).mean() > 0.99

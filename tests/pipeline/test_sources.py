@@ -1,9 +1,10 @@
 import logging
+import shutil
 
 import cv2
 import numpy as np
 import pytest
-from pipeline_media import read_video, scene, write_video
+from pipeline_media import read_video, rotate_video, scene, write_vfr_video, write_video
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline.sources import (CameraSource, FrameRecord, FramesSource, ImageSource, StreamSource,
@@ -30,6 +31,27 @@ def test_video_stride_keeps_source_indices(video_path):
         records = list(source.frames(stride=5))
     assert [r.index for r in records] == [0, 5, 10, 15, 20]
     assert records[1].timestamp == pytest.approx(5 / 30)
+
+
+def test_variable_frame_rate_timestamps_come_from_the_container(tmp_path):
+    pytest.importorskip("av", reason="PyAV writes the variable-rate clip (pip install 'dronseg-edge[video]')")
+    expected = write_vfr_video(tmp_path / "vfr.mp4", ticks=(3000, 1500, 6000))  # 1/30, 1/60, 1/15 s
+    with open_source(tmp_path / "vfr.mp4") as source:
+        records = list(source.frames())
+        strided = [r.timestamp for r in VideoSource(tmp_path / "vfr.mp4").frames(stride=4)]
+    assert [r.timestamp for r in records] == pytest.approx(expected, abs=1e-3)  # not index / fps
+    assert strided == pytest.approx(expected[::4], abs=1e-3)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the ffmpeg tool sets the rotation (apt-get install ffmpeg)")
+def test_rotated_video_frames_come_upright(video_path, tmp_path):
+    rotated = rotate_video(video_path, tmp_path / "rotated.mp4", 90)  # a 128x80 clip shown as 80x128
+    with open_source(rotated) as source:
+        records = list(source.frames())
+    expected, _, _ = read_video(video_path)
+    assert source.size == (80, 128) and len(records) == 24
+    assert all(r.frame.shape == (128, 80, 3) for r in records)
+    assert np.array_equal(records[3].frame, cv2.rotate(expected[3], cv2.ROTATE_90_COUNTERCLOCKWISE))  # as players show it
 
 
 def test_damaged_frames_mid_video_are_skipped_and_counted(tmp_path, caplog):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import onnxruntime
 import pytest
 import torch
 
@@ -16,10 +15,8 @@ from dronseg_edge.models import SegmentationNet
 from dronseg_edge.runtime.base import preprocess
 from dronseg_edge.runtime.onnxruntime import OnnxRuntimeBackend
 from dronseg_edge.runtime.registry import load_backend
+from testkit import requires_ort_cuda
 
-HAS_CUDA_PROVIDER = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-needs_gpu_ort = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_CUDA_PROVIDER),
-                                   reason="needs a CUDA GPU and onnxruntime-gpu (CUDAExecutionProvider)")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +74,7 @@ def test_missing_onnxruntime_is_backend_unavailable_with_the_pip_command(exporte
 
 
 @pytest.mark.gpu
-@needs_gpu_ort
+@requires_ort_cuda
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_cuda_provider_with_io_binding_matches_cpu(exported, cuda_graph):
     x = preprocess(frames(1), load_backend(exported[0], device="cpu").info, torch.device("cpu"))
@@ -89,3 +86,18 @@ def test_cuda_provider_with_io_binding_matches_cpu(exported, cuda_graph):
     assert gpu.provider.startswith("CUDAExecutionProvider") and gpu.cuda_graph is cuda_graph
     assert first.is_cuda and torch.allclose(first.cpu(), expected, atol=1e-3, rtol=1e-3)
     assert not torch.allclose(first, second)
+
+
+@pytest.mark.gpu
+@requires_ort_cuda
+def test_cuda_session_runs_what_it_reports_inside_and_outside_inference_mode(exported):
+    x = preprocess(frames(1), load_backend(exported[0], device="cpu").info, torch.device("cpu")).cuda()
+    with OnnxRuntimeBackend(exported[0], torch.device("cuda"), provider="cuda") as gpu:
+        options = gpu.session.get_provider_options()["CUDAExecutionProvider"]
+        assert options["device_id"] == "0" and options.get("use_tf32", "0") == "0"  # an fp32 file: strict fp32
+        assert (options.get("enable_cuda_graph") == "1") is gpu.cuda_graph
+        assert gpu.provider.startswith("CUDAExecutionProvider" + (" + CUDA graph" if gpu.cuda_graph else ""))
+        with torch.inference_mode():
+            inside = gpu.infer(x)
+        outside = gpu.infer(x)  # the graph's fixed buffers were made inside inference mode
+    assert torch.equal(inside, outside)

@@ -1,7 +1,9 @@
-"""TensorRTBackend: metadata from the sidecar, refusal of foreign engines, and a real run where TensorRT exists."""
+"""TensorRTBackend: metadata from the sidecar, refusal of foreign engines, streams and CUDA-graph capture
+against a fake tensorrt and fake torch.cuda on the CPU, and a real run where TensorRT exists."""
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import sys
 import types
@@ -10,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from fake_cuda import FakeCuda
+
 import dronseg_edge.runtime.tensorrt as trt_runtime
+from dronseg_edge.runtime import tensorrt_env
 from dronseg_edge.errors import BackendUnavailable, DronsegError
-from dronseg_edge.export.onnx_metadata import write_engine_sidecar
-from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.metadata import ModelInfo, write_engine_sidecar
 from dronseg_edge.runtime.registry import load_backend
 
 BUILT = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -55,7 +59,7 @@ def test_engine_from_another_gpu_or_version_is_refused(engine_file, monkeypatch,
     fake = types.ModuleType("tensorrt")
     fake.__version__ = here["tensorrt_version"]
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(trt_runtime, "gpu_identity", lambda device: {k: here[k] for k in ("gpu_name", "compute_capability")})
+    monkeypatch.setattr(tensorrt_env, "gpu_identity", lambda device: {k: here[k] for k in ("gpu_name", "compute_capability")})
     backend = trt_runtime.TensorRTBackend(engine_file, torch.device("cpu"))
     with pytest.raises(DronsegError) as info:
         backend.activate()
@@ -102,3 +106,136 @@ def test_cuda_graph_replay_matches_plain_launches(tiny_checkpoint, tmp_path):
     for a, b in zip(got, expected):
         assert torch.allclose(a.cpu(), b, atol=1e-4, rtol=1e-4)
     assert not torch.equal(got[0], got[1])  # each result is its own tensor, not the graph's reused buffer
+
+
+class FakeEngineModule(types.ModuleType):
+    """The runtime half of ``tensorrt`` on the CPU: an "engine" whose one output is 2 x its input,
+    written through the addresses the backend binds (so wrong bindings give wrong numbers); every
+    ``execute_async_v3`` records the stream handle and whether it ran under inference mode."""
+
+    def __init__(self, version: str = BUILT["tensorrt_version"]):
+        super().__init__("tensorrt")
+        self.__version__ = version
+        self.launches: list[dict] = []
+        fake = self
+        self.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF", INT32="INT32", INT8="INT8", UINT8="UINT8",
+                                              BOOL="BOOL", INT64="INT64", BF16="BF16")
+        self.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+
+        class Context:
+            def __init__(self):
+                self.shape, self.addresses = None, {}
+
+            def set_input_shape(self, name, shape):
+                self.shape = tuple(shape)
+                return True
+
+            def set_tensor_address(self, name, address):
+                self.addresses[name] = address
+
+            def get_tensor_shape(self, name):
+                return self.shape
+
+            def execute_async_v3(self, stream_handle):
+                count = int(np.prod(self.shape))
+                source = np.ctypeslib.as_array((ctypes.c_float * count).from_address(self.addresses["images"]))
+                target = np.ctypeslib.as_array((ctypes.c_float * count).from_address(self.addresses["logits"]))
+                target[:] = source * 2
+                fake.launches.append({"stream": stream_handle, "inference_mode": torch.is_inference_mode_enabled()})
+                return True
+
+        class Engine:
+            num_io_tensors = 2
+
+            def get_tensor_name(self, index):
+                return ["images", "logits"][index]
+
+            def get_tensor_mode(self, name):
+                return "INPUT" if name == "images" else "OUTPUT"
+
+            def get_tensor_dtype(self, name):
+                return "FLOAT"
+
+            def create_execution_context(self):
+                return Context()
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, plan):
+                return Engine()
+
+        class Logger:
+            WARNING = "WARNING"
+
+            def __init__(self, severity):
+                pass
+
+        self.Logger, self.Runtime = Logger, Runtime
+
+
+@pytest.fixture
+def fake_engine(engine_file, monkeypatch):
+    """(backend factory, fake tensorrt, fake torch.cuda) for an engine that runs on the CPU."""
+    module = FakeEngineModule()
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    monkeypatch.setattr(tensorrt_env, "gpu_identity", lambda device: {k: BUILT[k] for k in ("gpu_name", "compute_capability")})
+    cuda = FakeCuda().install(monkeypatch)
+
+    def make(**options):
+        backend = trt_runtime.TensorRTBackend(engine_file, torch.device("cpu"), **options)
+        backend.info.head = "logits"
+        return backend
+
+    return make, module, cuda
+
+
+def test_engine_runs_on_its_own_stream_ordered_with_the_callers(fake_engine):
+    make, trt, cuda = fake_engine
+    x = torch.randn(1, 3, 64, 96)
+    with make(cuda_graph=False) as backend:
+        own = backend._stream
+        cuda.default.waited_for.clear()
+        out = backend.infer(x)
+    assert torch.allclose(out, 2 * x)
+    assert [launch["stream"] for launch in trt.launches] == [own.cuda_stream]
+    assert own.cuda_stream != cuda.default.cuda_stream  # not the legacy default stream
+    assert own.waited_for == [cuda.default]  # the input is complete before the engine reads it
+    assert cuda.default.waited_for == [own]  # and whatever reads the output comes after the engine
+
+
+def test_engine_runs_under_inference_mode_whatever_the_caller(fake_engine):
+    make, trt, _ = fake_engine
+    x = torch.randn(1, 3, 64, 96)
+    with make() as backend:
+        with torch.inference_mode():
+            backend.infer(x)
+        backend.infer(x + 1)  # outside: the graph's fixed input buffer was made inside
+    assert [launch["inference_mode"] for launch in trt.launches] == [True] * len(trt.launches)
+
+
+def test_cuda_graph_is_captured_on_the_backends_stream_after_one_plain_launch(fake_engine):
+    make, trt, cuda = fake_engine
+    x = torch.randn(1, 3, 64, 96)
+    with make() as backend:
+        own = backend._stream
+        backend.infer(x)
+        assert backend.provider.endswith("+ CUDA graph")
+    warmup, captured = trt.launches
+    assert captured["stream"] == own.cuda_stream and warmup["stream"] not in (own.cuda_stream, cuda.default.cuda_stream)
+    assert cuda.captures == [{"stream": own, "mode": "thread_local", "locked": True, "thread": cuda.captures[0]["thread"]}]
+
+
+def test_engine_that_cannot_be_captured_runs_without_a_graph(fake_engine, monkeypatch, caplog):
+    make, trt, _ = fake_engine
+    failing = FakeCuda(capture_fails=True).install(monkeypatch)
+    x = torch.randn(1, 3, 64, 96)
+    with caplog.at_level("WARNING", logger="dronseg_edge"):
+        with make() as backend:
+            out = backend.infer(x)
+            assert backend.cuda_graph is False and not backend.provider.endswith("+ CUDA graph")
+            backend.infer(x)
+    assert torch.allclose(out, 2 * x) and len(failing.captures) == 1
+    assert "CUDA graph capture failed" in caplog.text
+    assert trt.launches[-1]["stream"] == backend._stream.cuda_stream

@@ -99,3 +99,15 @@ def test_compiled_model_gives_the_same_logits(tiny_checkpoint):
         assert compiled.provider == "cpu fp32 torch.compile(default)"
         got = compiled.infer(batch)
     assert torch.allclose(got, expected, atol=1e-4)
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_cuda_graph_replays_inside_and_outside_inference_mode(tiny_checkpoint):
+    batch = preprocess(frames(1, seed=6), load_backend(tiny_checkpoint, device="cpu").info, torch.device("cuda"))
+    with load_backend(tiny_checkpoint, device="cuda") as backend:
+        with torch.inference_mode():
+            inside = backend.infer(batch)  # captured here, as under a Segmenter
+        outside = backend.infer(batch)  # replayed outside, as benchmarks/pipeline.py does
+        assert backend.cuda_graph and len(backend._graphs) == 1
+    assert torch.equal(inside, outside)

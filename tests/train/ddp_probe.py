@@ -77,7 +77,7 @@ def metrics_empty_rank(out: Path) -> None:
     import torch
     import torch.distributed as dist
 
-    from dronseg_edge.train.metrics import SegmentationMetrics
+    from dronseg_edge.metrics import SegmentationMetrics
 
     dist.init_process_group("gloo")
     try:

@@ -8,7 +8,7 @@ from torch import nn
 from dronseg_edge.classes import IMAGENET_MEAN, IMAGENET_STD
 from dronseg_edge.models import backbone_stages, build_model, freeze_backbone_stages, keep_frozen_norms_in_eval
 from dronseg_edge.train.loop import StepContext, evaluate, train_one_epoch
-from dronseg_edge.train.metrics import SegmentationMetrics
+from dronseg_edge.metrics import SegmentationMetrics
 
 
 def _norm(stage: list[nn.Module]) -> nn.BatchNorm2d:

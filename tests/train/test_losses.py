@@ -239,7 +239,7 @@ def test_class_weights_from_counts_by_hand():
 
 
 def test_class_weights_for_aeroscapes_shares():
-    # Pixel shares in percent from FACTS.md section 1, in class order.
+    # Pixel shares in percent from docs/facts.md#kaggle-format, in class order.
     shares = [23.1, 0.41, 0.05, 0.37, 0.03, 0.02, 0.08, 0.57, 4.4, 37.1, 29.3, 4.6]
     weights = class_weights_from_counts(shares)
     assert weights.dtype == torch.float32 and weights.shape == (12,)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dronseg_edge.data import geometry as geo
-from dronseg_edge.data.camera import Camera
-from dronseg_edge.data.scene import Item, Material, Part, World
+from dronseg_edge.data.synthetic import geometry as geo
+from dronseg_edge.data.synthetic.camera import Camera
+from dronseg_edge.data.synthetic.scene import Item, Material, Part, World
 
 BACKGROUND, OBSTACLE, CONSTRUCTION, VEGETATION, ROAD = 0, 7, 8, 9, 10
 

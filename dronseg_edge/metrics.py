@@ -8,7 +8,7 @@ Two Dice flavours exist and both are reported:
 - ``dice`` / ``mdice``: per class over all pixels of all images (NaN when a class is absent from
   both truth and prediction; nan-mean over classes);
 - ``competition``: the Kaggle metric, Dice per (image, class) pair with 1.0 when the class is
-  absent from both, averaged over every pair (FACTS.md section 1).
+  absent from both, averaged over every pair (docs/facts.md#kaggle-format).
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 
-from dronseg_edge.data import geometry as geo
-from dronseg_edge.data.landscape import SceneContext, pick
-from dronseg_edge.data.scene import Item, Part, ScreenItem
+from dronseg_edge.data.synthetic import geometry as geo
+from dronseg_edge.data.synthetic.landscape import SceneContext, pick
+from dronseg_edge.data.synthetic.scene import Item, Part, ScreenItem
 
 PERSON, BIKE, CAR, DRONE, BOAT, ANIMAL = 1, 2, 3, 4, 5, 6
 CLOTHES = [(200, 40, 40), (40, 60, 150), (230, 230, 225), (30, 30, 35), (220, 180, 40), (60, 120, 70), (150, 150, 155)]

@@ -32,10 +32,10 @@ import numpy as np
 from dronseg_edge.atomic import atomic_path, ensure_writable_dir, write_json_atomic, write_text_atomic
 from dronseg_edge.classes import CLASS_NAMES, NUM_CLASSES
 from dronseg_edge.data.aeroscapes import IMAGE_DIR, MASK_DIR
-from dronseg_edge.data.camera import flight, moved, random_view
-from dronseg_edge.data.objects import CAR, DRONE, PERSON
-from dronseg_edge.data.scene import render_view
-from dronseg_edge.data.worlds import FREQUENT, RARE, SKY, build_world
+from dronseg_edge.data.synthetic.camera import flight, moved, random_view
+from dronseg_edge.data.synthetic.objects import CAR, DRONE, PERSON
+from dronseg_edge.data.synthetic.scene import render_view
+from dronseg_edge.data.synthetic.worlds import FREQUENT, RARE, SKY, build_world
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.sizes import format_size
 

@@ -13,10 +13,10 @@ import math
 import cv2
 import numpy as np
 
-from dronseg_edge.data import landscape, objects
-from dronseg_edge.data.camera import Camera
-from dronseg_edge.data.landscape import CONSTRUCTION, VEGETATION, SceneContext
-from dronseg_edge.data.scene import SKY, Lighting, Material, World
+from dronseg_edge.data.synthetic import landscape, objects
+from dronseg_edge.data.synthetic.camera import Camera
+from dronseg_edge.data.synthetic.landscape import CONSTRUCTION, VEGETATION, SceneContext
+from dronseg_edge.data.synthetic.scene import SKY, Lighting, Material, World
 
 THEMES = {
     # roads: (probabilities of 0..3 roads), width range m; then counts (low, high) per view

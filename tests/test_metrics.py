@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from ddp_probe import launch
 from testkit import requires_cuda
+
+# The 2-process gloo launcher lives with the training tests, its main users; pytest puts tests/train
+# on sys.path only while it collects a test from there.
+sys.path.insert(0, str(Path(__file__).with_name("train")))
+from ddp_probe import launch  # noqa: E402
 
 from dronseg_edge.classes import CLASS_NAMES
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.train.metrics import (
+from dronseg_edge.metrics import (
     SegmentationMetrics,
     confusion_matrix,
     dice_from_confusion,

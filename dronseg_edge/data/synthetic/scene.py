@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from dronseg_edge.data.camera import Camera, clip_to_halfplane
+from dronseg_edge.data.synthetic.camera import Camera, clip_to_halfplane
 
 SKY = 11
 _SHIFT = 3  # fillPoly sub-pixel bits: vertices keep 1/8 px precision

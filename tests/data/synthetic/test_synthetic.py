@@ -13,10 +13,10 @@ from PIL import Image
 
 from dronseg_edge.classes import CLASS_NAMES, NUM_CLASSES
 from dronseg_edge.data.aeroscapes import dataset_samples, read_ids, validate_samples
-from dronseg_edge.data.camera import Camera, clip_to_halfplane, random_view
-from dronseg_edge.data.scene import Item, Lighting, Material, Part, World, render_view
 from dronseg_edge.data.synthetic import synthesize
-from dronseg_edge.data.worlds import build_world
+from dronseg_edge.data.synthetic.camera import Camera, clip_to_halfplane, random_view
+from dronseg_edge.data.synthetic.scene import Item, Lighting, Material, Part, World, render_view
+from dronseg_edge.data.synthetic.worlds import build_world
 from dronseg_edge.errors import DronsegError
 
 SMALL = dict(images=12, size=(96, 64), video_frames=10, seed=0)
@@ -262,10 +262,10 @@ def test_bad_options_raise_before_writing(tmp_path, options, fragment):
 
 
 def test_interrupted_run_leaves_no_partial_files_or_csvs(tmp_path, monkeypatch):
-    import dronseg_edge.data.synthetic as synthetic
+    import dronseg_edge.data.synthetic.writer as writer
 
     calls = {"n": 0}
-    real = synthetic.render_view
+    real = writer.render_view
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -273,7 +273,7 @@ def test_interrupted_run_leaves_no_partial_files_or_csvs(tmp_path, monkeypatch):
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "render_view", failing)
+    monkeypatch.setattr(writer, "render_view", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         synthesize(tmp_path / "out", images=8, size=(96, 64), video_frames=0)
     root = tmp_path / "out"

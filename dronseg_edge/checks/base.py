@@ -1,0 +1,69 @@
+"""One line of ``dronseg-edge checks``: a name, a status and what was found, or how to fix it.
+
+Statuses: OK (works), WARN (missing or limited, but the package still runs: an optional library,
+a GPU provider that falls back to the CPU), FAIL (something the package needs is broken).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass
+from types import ModuleType
+from typing import Callable, Iterable
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+STATUSES = (OK, WARN, FAIL)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # OK | WARN | FAIL
+    detail: str
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"check {self.name!r}: status {self.status!r} is not one of {STATUSES}")
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def line(self, width: int = 18) -> str:
+        return f"{self.status:<5} {self.name:<{width}} {self.detail}"
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, short enough for one check line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__
+
+
+def import_optional(name: str) -> tuple[ModuleType | None, str | None]:
+    """``(module, None)``, or ``(None, why)`` when it is missing or broken; never raises.
+
+    Broken installs raise more than ImportError (OSError for a missing shared library, RuntimeError
+    or AttributeError for a version mismatch), and each must become a line, not a traceback.
+    """
+    try:
+        return importlib.import_module(name), None
+    except ModuleNotFoundError as exc:
+        if exc.name in (None, name) or name.startswith(f"{exc.name}."):
+            return None, "not installed"
+        return None, f"cannot be imported: {first_line(exc)}"  # one of its own dependencies is missing
+    except Exception as exc:
+        return None, f"cannot be imported: {first_line(exc)}"
+
+
+def run_group(label: str, group: Callable[[], Iterable[Check]]) -> list[Check]:
+    """The checks of one group; an unexpected exception becomes one WARN line naming the group.
+
+    Such an exception is a bug in a check, not a verdict on the machine: WARN says "could not tell",
+    and the other groups still run.
+    """
+    results: list[Check] = []
+    try:
+        for check in group():
+            results.append(check)
+    except Exception as exc:
+        results.append(Check(label, WARN, f"could not be checked ({first_line(exc)}); please report this as a bug"))
+    return results

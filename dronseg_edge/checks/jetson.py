@@ -1,0 +1,149 @@
+"""Jetson boards: model, L4T/JetPack release, power mode and clocks. No lines elsewhere.
+
+The paths are module attributes so tests can point them at fake files.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+from dronseg_edge.checks.base import OK, WARN, Check
+
+TEGRA_RELEASE = Path("/etc/nv_tegra_release")
+DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
+DEVFREQ = Path("/sys/class/devfreq")  # GPU clock (Hz) of Tegra iGPUs: ga10b on Orin, gv11b on Xavier
+CPUFREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq")  # kHz
+NVPMODEL = "nvpmodel"
+
+# L4T release -> JetPack, for the releases NVIDIA published; others fall back to the major series.
+JETPACK = {"35.1.0": "5.0.2", "35.2.1": "5.1", "35.3.1": "5.1.1", "35.4.1": "5.1.2", "35.5.0": "5.1.3",
+           "35.6.0": "5.1.4", "36.2.0": "6.0 DP", "36.3.0": "6.0", "36.4.0": "6.1", "36.4.3": "6.2", "36.4.4": "6.2.1"}
+JETPACK_SERIES = {32: "4.x", 34: "5.0 DP", 35: "5.x", 36: "6.x", 38: "7.x"}
+_L4T = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", re.IGNORECASE)
+GPU_DEVFREQ_NAMES = ("gpu", "ga10b", "gv11b", "gp10b", "gb10b")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_bytes().replace(b"\x00", b"").decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+
+
+def board_model() -> str | None:
+    return _read(DEVICE_TREE_MODEL)
+
+
+def is_jetson() -> bool:
+    """A Tegra release file, or a device-tree model naming NVIDIA (other ARM boards have a model too)."""
+    model = board_model() or ""
+    return TEGRA_RELEASE.is_file() or "jetson" in model.lower() or "nvidia" in model.lower()
+
+
+def parse_l4t(text: str) -> str | None:
+    """'# R36 (release), REVISION: 4.3, GCID: ...' -> '36.4.3' (the L4T version JetPack is named by)."""
+    match = _L4T.search(text or "")
+    if match is None:
+        return None
+    revision = match.group(2).split(".")
+    revision += ["0"] * (2 - len(revision))
+    return ".".join([match.group(1), *revision[:2]])
+
+
+def jetpack_for(l4t: str) -> str:
+    if l4t in JETPACK:
+        return JETPACK[l4t]
+    series = JETPACK_SERIES.get(int(l4t.split(".")[0]))
+    return series if series else "unknown"
+
+
+def parse_nvpmodel(output: str) -> tuple[str, str | None] | None:
+    """``nvpmodel -q`` prints 'NV Power Mode: MAXN' and then the mode number -> ('MAXN', '0')."""
+    lines = [line.strip() for line in (output or "").splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if line.lower().startswith("nv power mode"):
+            name = line.split(":", 1)[1].strip() if ":" in line else "?"
+            number = next((n for n in lines[index + 1:] if n.isdigit()), None)
+            return name, number
+    return None
+
+
+def _run(command: list[str]) -> str:
+    """stdout of ``command``; raises OSError / subprocess errors for the caller to report."""
+    return subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout
+
+
+def jetson_checks() -> Iterator[Check]:
+    if not is_jetson():
+        return
+    yield Check("jetson", OK, board_model() or "Tegra board (no device-tree model)")
+    yield release_check()
+    yield power_mode_check()
+    yield clocks_check()
+
+
+def release_check() -> Check:
+    text = _read(TEGRA_RELEASE)
+    l4t = parse_l4t(text) if text else None
+    if l4t is None:
+        shown = f"{TEGRA_RELEASE} unreadable" if text is None else f"unrecognised {TEGRA_RELEASE}: {text.splitlines()[0][:80]!r}"
+        return Check("jetpack", WARN, f"{shown}; TensorRT/CUDA versions follow the JetPack release")
+    return Check("jetpack", OK, f"L4T {l4t} = JetPack {jetpack_for(l4t)}")
+
+
+def power_mode_check() -> Check:
+    tool = shutil.which(NVPMODEL)
+    if tool is None:
+        return Check("power mode", WARN, f"{NVPMODEL} not found (it comes with JetPack): power mode unknown")
+    try:
+        parsed = parse_nvpmodel(_run([tool, "-q"]))
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Check("power mode", WARN, f"`{NVPMODEL} -q` failed ({type(exc).__name__}): power mode unknown")
+    if parsed is None:
+        return Check("power mode", WARN, f"`{NVPMODEL} -q` printed no 'NV Power Mode' line: power mode unknown")
+    name, number = parsed
+    shown = name + (f" (mode {number})" if number is not None else "")
+    if "MAXN" in name.upper():
+        return Check("power mode", OK, shown)
+    return Check("power mode", WARN, f"{shown}: a power-capped mode, so latency is higher than the board can do; "
+                                     f"`sudo {NVPMODEL} -m <MAXN mode>` (list them: {NVPMODEL} -p --verbose)")
+
+
+def _mhz(path: Path, per_mhz: int) -> int | None:
+    text = _read(path)
+    try:
+        return round(int(text) / per_mhz) if text else None
+    except ValueError:
+        return None
+
+
+def gpu_clock_folder() -> Path | None:
+    try:
+        entries = sorted(DEVFREQ.iterdir())
+    except OSError:
+        return None
+    return next((entry for entry in entries if any(key in entry.name.lower() for key in GPU_DEVFREQ_NAMES)), None)
+
+
+def clocks_check() -> Check:
+    parts = []
+    gpu = gpu_clock_folder()
+    below_max = False
+    if gpu is not None:
+        now, top = _mhz(gpu / "cur_freq", 1_000_000), _mhz(gpu / "max_freq", 1_000_000)
+        if now is not None and top is not None:
+            parts.append(f"GPU {now}/{top} MHz")
+            below_max = now < top
+    now, top = _mhz(CPUFREQ / "scaling_cur_freq", 1000), _mhz(CPUFREQ / "cpuinfo_max_freq", 1000)
+    if now is not None and top is not None:
+        parts.append(f"CPU0 {now}/{top} MHz")
+        below_max = below_max or now < top
+    if not parts:
+        return Check("clocks", WARN, f"unreadable ({DEVFREQ}, {CPUFREQ})")
+    # Clocks below their maximum are normal at idle (DVFS); only benchmarks need them pinned.
+    hint = "; `sudo jetson_clocks` pins them at max for benchmarks" if below_max else ""
+    return Check("clocks", OK, f"{', '.join(parts)} (now/max){hint}")

@@ -1,0 +1,127 @@
+"""ONNX Runtime: its version, and every execution provider it lists, tried with a real session.
+
+The provider list alone proves nothing: onnxruntime-gpu lists CUDA and TensorRT even when their
+libraries cannot load, and then quietly runs the session on the CPU. Each provider therefore gets a
+one-node model (Relu) built in memory, and the check looks at which provider the session really
+got and whether it computed the right answer. The reason for a fallback is only printed by ONNX
+Runtime's native logger, so its stderr is captured at the file-descriptor level for that moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import sys
+import tempfile
+import warnings
+from typing import Iterator
+
+from dronseg_edge.checks.base import FAIL, OK, WARN, Check, first_line, import_optional
+
+INSTALL = "pip install 'dronseg-edge[ort]' (CPU) or 'dronseg-edge[ort-gpu]'; on a Jetson, NVIDIA's onnxruntime-gpu build"
+NOTES = {"AzureExecutionProvider": "remote endpoints only, runs no layers here"}
+
+
+def short(provider: str) -> str:
+    return provider.replace("ExecutionProvider", "")
+
+
+def onnxruntime_checks() -> Iterator[Check]:
+    ort, why = import_optional("onnxruntime")
+    if ort is None:
+        yield Check("onnxruntime", WARN, f"{why}: .onnx files cannot run here ({INSTALL})")
+        return
+    providers = list(ort.get_available_providers())
+    yield Check("onnxruntime", OK, f"{ort.__version__} (providers: {', '.join(map(short, providers)) or 'none'})")
+    both = installed_distributions()
+    if len(both) > 1:
+        yield Check("onnxruntime install", WARN, f"{' and '.join(both)} are both installed and share one module, so "
+                                                 "one silently overwrote the other: pip uninstall them both, then install one")
+    model, why = probe_model()
+    if model is None:
+        yield Check("ort providers", WARN, f"not tried: onnx {why}, needed to build the test model (pip install onnx)")
+        return
+    for provider in providers:
+        yield provider_check(ort, provider, model)
+
+
+def installed_distributions() -> list[str]:
+    found = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            importlib.metadata.version(name)
+            found.append(name)
+    return found
+
+
+def probe_model() -> tuple[bytes | None, str | None]:
+    """A serialized one-node ONNX model y = Relu(x), x: float32 [1, 4]; or (None, why onnx is unusable)."""
+    onnx, why = import_optional("onnx")
+    if onnx is None:
+        return None, why
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "dronseg_edge_check", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 8)  # loadable by the older onnxruntime builds on Jetsons too
+    return model.SerializeToString(), None
+
+
+@contextlib.contextmanager
+def native_stderr() -> Iterator[list[str]]:
+    """Collect what native code writes to file descriptor 2 while the block runs (lines, filled at exit)."""
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (a closed stderr): run without capturing
+        yield lines
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(line.strip() for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
+
+
+def _reason(lines: list[str]) -> str:
+    """The most telling line of a native log: the last error, else the last line."""
+    errors = [line for line in lines if "error" in line.lower() or "fail" in line.lower()]
+    chosen = (errors or lines or [""])[-1]
+    return chosen[-240:]
+
+
+def provider_check(ort, provider: str, model: bytes) -> Check:
+    import numpy as np
+
+    name = f"ort {short(provider)}"
+    x = np.array([[-1.0, 0.0, 1.0, 2.0]], dtype=np.float32)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the reason a provider did not start
+    error, got, output = None, [], None
+    with native_stderr() as logged, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            session = ort.InferenceSession(model, sess_options=options, providers=[provider])
+            got = list(session.get_providers())
+            output = session.run(None, {"x": x})[0]
+        except Exception as exc:
+            error = first_line(exc)
+    logged = logged + [str(w.message) for w in caught]
+    failed = FAIL if provider == "CPUExecutionProvider" else WARN  # others fall back to the CPU, which still works
+    if error is not None:
+        return Check(name, failed, f"listed, but a session does not start: {error}")
+    if not got or got[0] != provider:
+        why = _reason(logged) or "its libraries did not load"
+        return Check(name, failed, f"listed, but the session fell back to {', '.join(map(short, got)) or 'nothing'}: {why}")
+    if output is None or not np.array_equal(output, np.maximum(x, 0)):
+        return Check(name, failed, f"a session starts but computed {output!r} for Relu({x.tolist()})")
+    note = NOTES.get(provider)
+    return Check(name, OK, "session started and ran a test model" + (f" ({note})" if note else ""))

@@ -1,0 +1,130 @@
+"""Video I/O: OpenCV's build (FFmpeg, GStreamer, GUI) and PyAV's H.264 encoders."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from typing import Iterator
+
+from dronseg_edge.checks import jetson
+from dronseg_edge.checks.base import FAIL, OK, WARN, Check, first_line, import_optional
+
+ENCODERS = ("libx264", "h264_nvenc")  # what `infer --codec auto` tries for H.264 (after NVENC: the CPU)
+
+
+def video_checks() -> Iterator[Check]:
+    yield from opencv_checks()
+    yield from pyav_checks()
+
+
+def parse_build_information(text: str) -> dict[str, str]:
+    """``key: value`` lines of cv2.getBuildInformation(), first occurrence of each key.
+
+    {'FFMPEG': 'YES', 'avcodec': 'YES (62.28.101)', 'GStreamer': 'NO', 'GUI': 'NONE', 'GTK+': 'YES (ver 3.24)', ...}
+    """
+    entries: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip():
+            entries.setdefault(key.strip(), value.strip())
+    return entries
+
+
+def _yes(value: str | None) -> bool:
+    return bool(value) and value.strip().upper().startswith("YES")
+
+
+def opencv_checks() -> Iterator[Check]:
+    cv2, why = import_optional("cv2")
+    if cv2 is None:
+        yield Check("opencv", FAIL, f"{why}: images and video cannot be read or written (pip install opencv-python-headless)")
+        return
+    yield Check("opencv", OK, str(cv2.__version__))
+    build = parse_build_information(cv2.getBuildInformation())
+    if _yes(build.get("FFMPEG")):
+        version = build.get("avcodec", "").removeprefix("YES").strip(" ()")
+        yield Check("opencv ffmpeg", OK, f"yes (avcodec {version})" if version else "yes")
+    else:
+        yield Check("opencv ffmpeg", WARN, "no FFmpeg: video files and RTSP streams cannot be read "
+                                           "(pip install opencv-python-headless, whose wheels have it)")
+    if _yes(build.get("GStreamer")):
+        yield Check("opencv gstreamer", OK, "yes")
+    elif jetson.is_jetson():
+        yield Check("opencv gstreamer", WARN, "no: CSI cameras (nvarguscamerasrc pipelines) need an OpenCV built with "
+                                              "GStreamer, e.g. JetPack's python3-opencv in a --system-site-packages venv")
+    else:
+        yield Check("opencv gstreamer", OK, "no (only GStreamer pipeline sources need it)")
+    gui = build.get("GUI", "")
+    if gui and gui.upper() not in ("NONE", "NO"):
+        yield Check("opencv gui", OK, gui)
+    elif os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        # A display is there, so a window is probably wanted: say why --show will not open one.
+        yield Check("opencv gui", WARN, "none (headless build): `infer --show` cannot open a window; "
+                                        "pip uninstall opencv-python-headless && pip install opencv-python")
+    else:
+        yield Check("opencv gui", OK, "none (headless build; `infer --show` needs opencv-python and a display)")
+
+
+def pyav_checks() -> Iterator[Check]:
+    av, why = import_optional("av")
+    if av is None:
+        yield Check("pyav", WARN, f"{why}: overlay videos fall back to OpenCV's mp4v, which browsers do not play "
+                                  "(pip install 'dronseg-edge[video]' for H.264)")
+        return
+    libavcodec = getattr(av, "library_versions", {}).get("libavcodec")
+    shown = f" (libavcodec {'.'.join(map(str, libavcodec))})" if libavcodec else ""
+    yield Check("pyav", OK, f"{av.__version__}{shown}")
+    for name in ENCODERS:
+        yield encoder_check(av, name)
+
+
+def encoder_check(av, name: str) -> Check:
+    """Open encoder ``name`` on a small frame: NVENC is in every PyAV wheel but opens only with an NVIDIA GPU and driver."""
+    label = f"pyav {name}"
+    error, logs = None, []
+    try:
+        context = av.CodecContext.create(name, "w")
+    except Exception as exc:
+        return Check(label, WARN, f"not in this FFmpeg build ({first_line(exc)})")
+    try:
+        with FFmpegLog(av) as logs:
+            context.width, context.height, context.pix_fmt = 256, 144, "yuv420p"
+            context.time_base = Fraction(1, 30)
+            context.open()
+            close = getattr(context, "close", None)  # gone in PyAV 14+, where the context closes when freed
+            if close is not None:
+                close()
+    except Exception as exc:
+        error = first_line(exc)
+    if error is None:
+        return Check(label, OK, "opens")
+    # FFmpeg's own line says why ('Cannot load libcuda.so.1'); PyAV repeats the last one in its exception,
+    # and its log capture skips a message it has already seen.
+    reason = logs[-1] if logs else error.split("last error log:")[-1].strip()
+    fallback = "libx264 (CPU) is used instead" if name.endswith("nvenc") else "overlay videos fall back to mp4v"
+    return Check(label, WARN, f"does not open: {reason}; {fallback}")
+
+
+class FFmpegLog:
+    """FFmpeg's own error lines while opening (PyAV's exception only says 'Operation not permitted')."""
+
+    def __init__(self, av):
+        self.av, self.lines, self.capture, self.level, self.entries = av, [], None, None, []
+
+    def __enter__(self) -> list[str]:
+        logging = getattr(self.av, "logging", None)
+        try:
+            self.level = logging.get_level()
+            logging.set_level(logging.ERROR)
+            self.capture = logging.Capture()
+            self.entries = self.capture.__enter__()  # the list FFmpeg's (level, name, message) tuples go to
+        except Exception:  # an older PyAV without these: the exception's text will do
+            self.capture = None
+        return self.lines
+
+    def __exit__(self, *exc_info) -> bool:
+        if self.capture is not None:
+            self.capture.__exit__(*exc_info)
+            self.lines.extend(str(entry[-1]).strip() for entry in self.entries if str(entry[-1]).strip())
+            self.av.logging.set_level(self.level)
+        return False

@@ -1,0 +1,90 @@
+"""The options of one export, as one frozen value: defaults and validation live here and nowhere else.
+
+The CLI builds an ``ExportOptions`` once; ``export_artifact`` and everything below it read that
+object. A derived export (the ONNX graph an engine is built from) is ``dataclasses.replace(options,
+...)``, which validates again, so no code path holds an unchecked combination.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.export.parity_report import ParityThresholds
+from dronseg_edge.metadata import HEADS
+
+FORMATS = ("onnx", "engine", "triton")  # triton: a Triton model repository around the ONNX file (or engine)
+TRITON_BACKENDS = ("onnxruntime", "tensorrt")  # export.triton serves model.onnx or model.plan
+EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
+CALIBRATION_METHODS = ("minmax", "percentile")  # export.quantize implements these (and imports them from here)
+DEFAULT_CALIBRATION_METHOD = "percentile"
+CALIB_IMAGES = 32
+PARITY_IMAGES = 16
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export a checkpoint; every field has the CLI's default. Invalid values raise DronsegError.
+
+    ``size`` is (width, height) in pixels, None for the training size. ``batch`` is the fixed batch,
+    or with ``dynamic`` the batch engines are tuned for. ``calib_*`` apply to int8 only. ``thresholds``
+    None means the precision's defaults. ``out_dir`` None means ``RUN/export`` (or beside a bare
+    checkpoint). ``triton_backend`` (``fmt='triton'`` only): ``onnxruntime`` serves the ONNX file,
+    ``tensorrt`` an engine built here. ``reuse``: return an existing file of the same name made from the same checkpoint
+    with the same options instead of exporting again (the engine path and ``bench --matrix`` use it).
+    """
+
+    fmt: str = "onnx"
+    precision: str = "fp32"
+    size: tuple[int, int] | None = None
+    batch: int = 1
+    dynamic: bool = False
+    opset: int | None = None
+    head: str = "logits"
+    calib_data: Path | None = None
+    calib_method: str = DEFAULT_CALIBRATION_METHOD
+    calib_images: int = CALIB_IMAGES
+    parity: bool = True
+    parity_data: Path | None = None
+    parity_images: int = PARITY_IMAGES
+    thresholds: ParityThresholds | None = None
+    out_dir: Path | None = None
+    workspace_gib: float = 4.0
+    device: str | torch.device = "auto"
+    reuse: bool = False
+    triton_backend: str = "onnxruntime"
+
+    def __post_init__(self) -> None:
+        # Normalised here so that equal options compare equal (a list size, a str path, a numpy int).
+        for name, convert in (("batch", int), ("calib_images", int), ("parity_images", int),
+                              ("workspace_gib", float), ("dynamic", bool), ("parity", bool), ("reuse", bool)):
+            object.__setattr__(self, name, convert(getattr(self, name)))
+        for name in ("calib_data", "parity_data", "out_dir"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.size is not None:
+            object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.fmt not in FORMATS:
+            raise DronsegError(f"--format {self.fmt!r} is not one of onnx, engine, all, triton")
+        if self.triton_backend not in TRITON_BACKENDS:
+            raise DronsegError(f"--triton-backend {self.triton_backend!r} is not one of {', '.join(TRITON_BACKENDS)}")
+        if self.precision not in EXPORT_PRECISIONS:
+            raise DronsegError(f"--precision {self.precision!r} is not one of {', '.join(EXPORT_PRECISIONS)} for an export")
+        if self.head not in HEADS:
+            raise DronsegError(f"--head {self.head!r} is not one of {', '.join(HEADS)}")
+        if self.batch < 1:
+            raise DronsegError(f"--batch {self.batch} must be 1 or more")
+        if not self.workspace_gib > 0:
+            raise DronsegError(f"--workspace {self.workspace_gib:g} must be a positive number of GiB")
+        # Only int8 calibrates: a method given with fp32/fp16 is unused, as the CLI always passes one.
+        if self.precision == "int8" and self.calib_method not in CALIBRATION_METHODS:
+            raise DronsegError(f"--calib-method {self.calib_method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
+        for option, value in (("--calib-images", self.calib_images), ("--parity-images", self.parity_images)):
+            if value < 1:
+                raise DronsegError(f"{option} {value} must be 1 or more")

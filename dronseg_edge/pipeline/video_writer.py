@@ -1,0 +1,224 @@
+"""Writing the overlay video: H.264 in MP4 that plays everywhere, through PyAV where it is installed.
+
+``--codec auto`` tries NVIDIA's ``h264_nvenc`` (GPU, near-free), then ``libx264`` (CPU, preset
+veryfast), then OpenCV's ``mp4v`` (MPEG-4 Part 2: browsers and many players cannot play it, but
+every OpenCV wheel writes it). The registry's OpenCV wheels cannot write H.264 at all
+(docs/facts.md#pipeline-timings), hence PyAV, whose wheels carry FFmpeg with libx264 and NVENC.
+
+H.264 files are yuv420p (the only pixel format every decoder plays) with the MP4 index at the
+front (``movflags=+faststart``), so a browser starts playing before the whole file has arrived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from abc import ABC, abstractmethod
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dronseg_edge.errors import DronsegError
+
+log = logging.getLogger(__name__)
+
+VIDEO_CODECS = ("auto", "h264", "h264_nvenc", "libx264", "mp4v", "hevc")
+# --codec -> the encoders tried, best first: each is opened in turn and the first that opens is used.
+ENCODERS = {
+    "auto": ("h264_nvenc", "libx264", "mp4v"),
+    "h264": ("h264_nvenc", "libx264"),
+    "h264_nvenc": ("h264_nvenc",),
+    "libx264": ("libx264",),
+    "mp4v": ("mp4v",),
+    "hevc": ("hevc_nvenc", "libx265"),
+}
+# Constant quality rather than a bitrate: the overlay's flat colour regions cost little, the
+# source's texture a lot, and a fixed bitrate would be wrong for one of the two.
+ENCODER_OPTIONS = {
+    "libx264": {"preset": "veryfast", "crf": "23"},
+    "libx265": {"preset": "veryfast", "crf": "26", "x265-params": "log-level=error"},
+    "h264_nvenc": {"preset": "p4", "rc": "vbr", "cq": "23"},
+    "hevc_nvenc": {"preset": "p4", "rc": "vbr", "cq": "26"},
+}
+INSTALL_H264 = "pip install 'dronseg-edge[video]'"
+
+
+def _import_av():
+    """PyAV, or None where it is not installed (it is the optional `video` extra)."""
+    try:
+        import av
+    except ImportError:
+        return None
+    return av
+
+
+@functools.lru_cache(maxsize=None)
+def encoder_opens(name: str) -> bool:
+    """Whether PyAV's FFmpeg can open encoder ``name`` here (NVENC needs an NVIDIA GPU and driver).
+
+    Opened once per process on a small frame; about a millisecond when it fails.
+    """
+    av = _import_av()
+    if av is None:
+        return False
+    try:
+        context = av.CodecContext.create(name, "w")
+        context.width, context.height, context.pix_fmt = 256, 144, "yuv420p"
+        context.time_base = Fraction(1, 30)
+        context.options = dict(ENCODER_OPTIONS.get(name, {}))  # x265's banner stays quiet with its options
+        context.open()  # freed with the object
+    except Exception:  # UnknownCodecError, or an FFmpegError from avcodec_open2: no such device
+        return False
+    return True
+
+
+def encoders_for(codec: str) -> list[str]:
+    """The encoders ``--codec codec`` can use on this machine, best first.
+
+    Raises DronsegError for an unknown choice, or an explicit one that cannot work here, so a run
+    fails before it starts instead of at its first frame.
+    """
+    if codec not in ENCODERS:
+        raise DronsegError(f"--codec {codec} is not one of {', '.join(VIDEO_CODECS)}: pick one (auto chooses the best here)")
+    wanted = ENCODERS[codec]
+    needs_av = [name for name in wanted if name != "mp4v"]
+    if needs_av and _import_av() is None and "mp4v" not in wanted:
+        raise DronsegError(f"--codec {codec} needs PyAV, which is not installed: {INSTALL_H264}, "
+                           "or use --codec mp4v")
+    usable = [name for name in wanted if name == "mp4v" or encoder_opens(name)]
+    if not usable:
+        hint = "use --codec libx264 (CPU) or auto" if codec.endswith("nvenc") else "use --codec auto"
+        raise DronsegError(f"--codec {codec}: no {' or '.join(wanted)} encoder opens on this machine "
+                           f"(NVENC needs an NVIDIA GPU and driver): {hint}")
+    return usable
+
+
+class VideoWriter(ABC):
+    """An open video file of BGR uint8 frames of one size: ``write`` each frame, ``close`` finalises
+    it (idempotent), after which it plays up to the last frame written."""
+
+    codec = "?"  # the encoder actually used, as recorded in summary.json
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float):
+        self.path, self.size, self.fps = Path(path), size, fps
+
+    @abstractmethod
+    def write(self, frame_bgr: np.ndarray) -> None:
+        """Append one (H, W, 3) uint8 BGR frame of ``size``."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class PyAVWriter(VideoWriter):
+    """H.264/H.265 in MP4 through PyAV; frames are converted to yuv420p by the encoder's scaler.
+
+    yuv420p stores colour at half resolution, so both sides must be even: an odd frame loses its
+    last column and/or row (cropped, not resized, so every pixel stays where the masks have it).
+    """
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float, encoder: str):
+        super().__init__(path, size, fps)
+        av = _import_av()
+        self.codec = encoder
+        self.video_size = (size[0] - size[0] % 2, size[1] - size[1] % 2)
+        if min(self.video_size) < 2:
+            raise DronsegError(f"frames of {size[0]}x{size[1]} are too small for a video; use --no-save-video")
+        self._error, self._frame_from = av.FFmpegError, av.VideoFrame.from_ndarray
+        self._container = av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"})
+        try:
+            # 29.97 fps sources report 29.97002997...: keep their exact 30000/1001 rate.
+            rate = Fraction(fps).limit_denominator(1001)
+            stream = self._container.add_stream(encoder, rate=rate, options=dict(ENCODER_OPTIONS.get(encoder, {})))
+            stream.width, stream.height = self.video_size
+            stream.pix_fmt = "yuv420p"
+            if encoder in ("libx265", "hevc_nvenc"):
+                stream.codec_tag = "hvc1"  # Apple players refuse H.265 in MP4 under the default hev1 tag
+            self._container.start_encoding()  # opens the encoder now: a missing GPU fails here, not mid-run
+        except BaseException:
+            self._container.close()
+            raise
+        self._stream = stream
+        self._closed = False
+        if self.video_size != size:
+            cut = " and ".join(side for side, odd in (("last column", size[0] % 2), ("last row", size[1] % 2)) if odd)
+            log.warning("frames are %dx%d and yuv420p video needs even sides: the video is %dx%d (%s cropped)",
+                        *size, *self.video_size, cut)
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        width, height = self.video_size
+        if frame_bgr.shape[1] != width or frame_bgr.shape[0] != height:
+            frame_bgr = frame_bgr[:height, :width]
+        if not frame_bgr.flags.c_contiguous:
+            frame_bgr = np.ascontiguousarray(frame_bgr)
+        frame = self._frame_from(frame_bgr, format="bgr24")
+        try:
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        except self._error as exc:
+            raise DronsegError(f"encoding {self.path} with {self.codec} failed: {exc}; "
+                               "try --codec mp4v or --no-save-video") from None
+
+    def close(self) -> None:
+        """Flush the encoder's delayed frames (B-frames, lookahead) and write the index."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        finally:
+            self._container.close()  # even after a failed flush: the frames muxed so far stay playable
+
+
+class OpenCVWriter(VideoWriter):
+    """MPEG-4 Part 2 (``mp4v``) through OpenCV: the fallback without PyAV."""
+
+    codec = "mp4v"
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float):
+        super().__init__(path, size, fps)
+        self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        if not self._writer.isOpened():
+            raise OSError(f"OpenCV cannot open an mp4v writer for {path}")
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        self._writer.write(frame_bgr)
+
+    def close(self) -> None:
+        self._writer.release()
+
+
+def open_video_writer(path: Path, size: tuple[int, int], fps: float, codec: str = "auto") -> VideoWriter:
+    """Open ``path`` for (W, H) ``size`` frames at ``fps`` with the first encoder of ``--codec codec``
+    that opens at this size.
+
+    An encoder can pass the small probe and still refuse a size (NVENC has a maximum), so each is
+    tried for real. DronsegError when none opens.
+    """
+    encoders = encoders_for(codec)
+    failures = []
+    for encoder in encoders:
+        try:
+            if encoder == "mp4v":
+                writer = OpenCVWriter(path, size, fps)
+                if codec != "mp4v":
+                    fix = (f"PyAV is not installed; for H.264: {INSTALL_H264}" if _import_av() is None else
+                           "this PyAV's FFmpeg has no H.264 encoder; for H.264: pip install --force-reinstall av "
+                           "(PyPI's wheels carry libx264)")
+                    log.warning("the overlay video is MPEG-4 Part 2 (mp4v), which browsers and many players "
+                                "cannot play: %s", fix)
+                return writer
+            return PyAVWriter(path, size, fps, encoder)
+        except DronsegError:
+            raise
+        except Exception as exc:  # FFmpegError, OSError: try the next encoder
+            failures.append(f"{encoder}: {exc}")
+            with contextlib.suppress(OSError):
+                Path(path).unlink()
+            log.info("encoder %s does not open for %dx%d (%s)", encoder, *size, exc)
+    raise DronsegError(f"cannot write video {path} ({size[0]}x{size[1]}; {'; '.join(failures)}): "
+                       "the folder is not writable or the encoder refuses this size; try --no-save-video")

@@ -1,0 +1,212 @@
+"""Setting up a training run, in the order ``fit`` calls it: data and its split, the run folder, the
+loaders, then the model with its optimiser, schedule and scaler (restored when resuming).
+
+Each step is a small function returning a small dataclass, so the training-throughput benchmark
+(benchmarks/train_throughput.py) builds its model, optimiser and loader with the same code as a run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler, Subset
+from torch.utils.data.distributed import DistributedSampler
+
+from dronseg_edge.atomic import ensure_writable_dir, write_json_atomic
+from dronseg_edge.checkpoint import TrainingState, recorded_split
+from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from dronseg_edge.data.aeroscapes import DatasetStats, Sample, dataset_samples, validate_samples
+from dronseg_edge.data.dataset import AugmentSeedSampler, SegmentationDataset
+from dronseg_edge.data.split import save_split, stratified_split
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.models import build_model, freeze_backbone_stages, set_bn_momentum
+from dronseg_edge.runs import next_run_dir
+from dronseg_edge.train.config import TrainConfig
+from dronseg_edge.train.distributed import DistContext
+from dronseg_edge.train.loop import StepContext
+from dronseg_edge.train.losses import build_loss, class_weights_from_counts
+from dronseg_edge.train.optim import build_optimizer, build_scheduler, steps_per_epoch
+from dronseg_edge.train.precision import amp_dtype, make_scaler, restore_scaler
+from dronseg_edge.train.rng import restore_rng_state, worker_init
+
+
+@dataclass
+class DataSetup:
+    """The validated samples of ``cfg.data`` and the run's train/validation split (image IDs)."""
+
+    by_id: dict[str, Sample]
+    stats: DatasetStats
+    train_ids: list[str]
+    val_ids: list[str]
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    train_sampler: AugmentSeedSampler  # set_epoch(epoch, skip) before each epoch
+    generator: torch.Generator  # seeds the shuffle of each epoch (``fit`` reseeds it per epoch)
+
+
+@dataclass
+class ModelSetup:
+    """The model and what steps it; ``compiled`` is ``model`` under torch.compile when asked, else ``model``."""
+
+    model: nn.Module
+    compiled: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    frozen: bool  # backbone stages frozen now; ``unfreeze`` lifts it
+
+    def unfreeze(self) -> None:
+        # The optimiser holds every parameter (frozen ones too), so unfreezing only changes requires_grad.
+        freeze_backbone_stages(self.model, 0)
+        self.frozen = False
+
+
+def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, log: Callable[[str], None]) -> DataSetup:
+    """Validate every sample of ``cfg.data`` before the first step; split it, or take the split of the
+    checkpoint ``ckpt`` being resumed."""
+    started = time.perf_counter()
+    samples = dataset_samples(cfg.data, "train")
+    stats = validate_samples(samples)
+    log(f"data: {len(samples)} train images in {cfg.data} validated in {time.perf_counter() - started:.1f}s")
+    if ckpt is not None:
+        train_ids, val_ids = recorded_split(ckpt, "train"), recorded_split(ckpt, "val")
+    else:
+        train_ids, val_ids = stratified_split(stats.ids, stats.presence, cfg.val_fraction, cfg.seed)
+    by_id = {s.image_id: s for s in samples}
+    missing = [i for i in train_ids + val_ids if i not in by_id]
+    if missing:
+        raise DronsegError(f"the run's split names image {missing[0]} which is not in {cfg.data}: resume with the same data")
+    return DataSetup(by_id, stats, train_ids, val_ids)
+
+
+def prepare_run_dir(cfg: TrainConfig, resume: Path | None, data: DataSetup, dist_ctx: DistContext) -> Path:
+    """The run folder (a resumed run's own; rank 0 picks, the others follow), with its split.json and config.json.
+
+    Sets ``cfg.out`` to it. split.json is a human-readable copy: the checkpoints carry the split themselves.
+    """
+    if resume is not None:
+        run_dir = Path(resume).resolve().parent.parent
+    elif dist_ctx.is_main:
+        run_dir = ensure_writable_dir(Path(cfg.out)) if cfg.out else next_run_dir("runs/train")
+    else:
+        run_dir = None
+    run_dir = _broadcast_path(run_dir, dist_ctx)
+    cfg.out = str(run_dir)
+    if dist_ctx.is_main:
+        ensure_writable_dir(run_dir / "weights")
+        save_split(run_dir / "split.json", data.train_ids, data.val_ids, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                   all_ids=data.stats.ids, presence=data.stats.presence)
+        write_json_atomic(run_dir / "config.json", cfg.to_dict())
+    return run_dir
+
+
+def _broadcast_path(path: Path | None, dist_ctx: DistContext) -> Path:
+    if not dist_ctx.enabled:
+        return path
+    import torch.distributed as dist
+
+    box = [str(path) if path is not None else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
+def loader_options(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """DataLoader settings every training loader shares: workers, pinned memory, worker seeding."""
+    return dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init,
+                persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers > 0 else None)
+
+
+def build_loaders(cfg: TrainConfig, data: DataSetup, dist_ctx: DistContext) -> Loaders:
+    """Train loader (shuffled, augmented, sharded over ranks) and validation loader (in order, no augmentation)."""
+    train_set = SegmentationDataset([data.by_id[i] for i in data.train_ids], cfg.size, augment=cfg.augment)
+    val_set = SegmentationDataset([data.by_id[i] for i in data.val_ids], cfg.size, augment=None)
+    generator = torch.Generator()
+    common = loader_options(cfg, dist_ctx.device)
+    if dist_ctx.enabled:
+        sampler: Sampler = DistributedSampler(train_set, num_replicas=dist_ctx.world_size, rank=dist_ctx.rank,
+                                              shuffle=True, seed=cfg.seed)
+        per_rank = math.ceil(len(train_set) / dist_ctx.world_size)
+        val_set = Subset(val_set, list(range(dist_ctx.rank, len(val_set), dist_ctx.world_size)))
+    else:
+        sampler = RandomSampler(train_set, generator=generator)
+        per_rank = len(train_set)
+    # BatchNorm cannot train on a final batch of one image; drop it only in that case.
+    drop_last = per_rank % cfg.batch == 1 and per_rank > cfg.batch
+    train_sampler = AugmentSeedSampler(sampler, cfg.seed)  # augmentation independent of worker state
+    # The loader draws its workers' base seed from its own generator (once per iterator, i.e. once per
+    # run with persistent workers), so that draw cannot shift the shuffle order of a resumed run.
+    train_loader = DataLoader(train_set, batch_size=cfg.batch, sampler=train_sampler, drop_last=drop_last,
+                              generator=torch.Generator().manual_seed(cfg.seed), **common)
+    val_loader = DataLoader(val_set, batch_size=cfg.batch, sampler=SequentialSampler(val_set), **common)
+    return Loaders(train_loader, val_loader, train_sampler, generator)
+
+
+def optimizer_steps_per_epoch(cfg: TrainConfig, batches: int) -> int:
+    """Optimiser steps of one epoch of ``batches`` micro-batches, capped by ``cfg.max_steps_per_epoch``."""
+    per_epoch = steps_per_epoch(batches, cfg.accumulate)
+    return min(per_epoch, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else per_epoch
+
+
+def prepare_model(cfg: TrainConfig, device: torch.device, steps_per_epoch: int, ckpt: dict[str, Any] | None = None,
+                  *, distributed: bool = False) -> ModelSetup:
+    """The model on ``device`` with its optimiser, schedule (``cfg.epochs * steps_per_epoch`` optimiser steps)
+    and scaler; resuming from the loaded checkpoint ``ckpt`` restores their states and the RNG states."""
+    model = build_model(cfg.model, num_classes=len(CLASS_NAMES), weights=cfg.weights, aux_loss=cfg.aux_loss)
+    if cfg.bn_momentum is not None:
+        set_bn_momentum(model, cfg.bn_momentum)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if cfg.sync_bn and distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch)
+    dtype = amp_dtype(cfg.amp, device)
+    scaler = make_scaler(dtype, device)
+    start_epoch = 0
+    if ckpt is not None:
+        resumed = TrainingState.from_checkpoint(ckpt)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(resumed.optimizer)
+        scheduler.load_state_dict(resumed.scheduler)
+        restore_scaler(scaler, resumed.scaler)
+        # After build_model: its initialisation draws from the generators restored here.
+        restore_rng_state(resumed.rng)
+        start_epoch = resumed.epoch
+    frozen = cfg.freeze_stages > 0 and not (cfg.unfreeze_epoch and start_epoch >= cfg.unfreeze_epoch)
+    if frozen:
+        freeze_backbone_stages(model, cfg.freeze_stages)
+    compiled = torch.compile(model) if cfg.compile else model
+    return ModelSetup(model, compiled, optimizer, scheduler, scaler, dtype, channels_last, frozen)
+
+
+def build_criterion(cfg: TrainConfig, device: torch.device, data: DataSetup | None = None) -> nn.Module:
+    """The loss of ``cfg``; class weights (``cfg.class_weights``) come from the train split's pixel counts in ``data``."""
+    weights = None
+    if cfg.class_weights != "none":
+        if data is None:
+            raise ValueError("class weights need the data set's pixel counts")
+        weights = class_weights_from_counts(data.stats.counts_for(data.train_ids), method=cfg.class_weights).to(device)
+    return build_loss(
+        cfg.loss, class_weights=weights, ignore_index=IGNORE_INDEX, label_smoothing=cfg.label_smoothing,
+        focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha, dice_smooth=cfg.dice_smooth, dice_log=cfg.dice_log,
+        focal_weight=cfg.focal_weight, dice_weight=cfg.dice_weight, tversky_alpha=cfg.tversky_alpha,
+        tversky_beta=cfg.tversky_beta,
+    )
+
+
+def step_context(setup: ModelSetup, device: torch.device) -> StepContext:
+    """Device, autocast dtype and ImageNet normalisation for the steps of ``setup``'s model."""
+    return StepContext(device, setup.amp_dtype, torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+                       torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1), setup.channels_last)

@@ -1,0 +1,215 @@
+"""torch, ONNX Runtime and TensorRT checks: missing libraries warn, providers are tried for real,
+TensorRT's build is exercised against a fake module and its names against the real bindings."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from dronseg_edge.checks import FAIL, OK, WARN, jetson, onnxruntime_checks, tensorrt_checks, torch_checks
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --- torch -------------------------------------------------------------------------------------
+
+def test_without_torch_only_onnx_and_engines_run(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    [check] = list(torch_checks.torch_checks())
+    assert check.status == WARN and "inference of .onnx/.engine only" in check.detail
+
+
+def test_torch_here_reports_its_build_and_cuda():
+    checks = {c.name: c for c in torch_checks.torch_checks()}
+    assert checks["torch"].status == OK
+    assert checks["cuda"].status in (OK, WARN)  # WARN on a machine without a GPU, with the reason
+    for name, check in checks.items():
+        if name.startswith("gpu"):
+            assert " sm " in check.detail and "GiB" in check.detail and "bf16" in check.detail
+
+
+def test_a_cpu_only_torch_says_so(monkeypatch):
+    fake = SimpleNamespace(version=SimpleNamespace(cuda=None))
+    check = torch_checks.no_cuda_check(fake)
+    assert check.status == WARN and "CPU-only" in check.detail
+
+
+@pytest.mark.parametrize("arch_list, cc, supported", [
+    (["sm_80", "sm_86", "sm_90"], (9, 0), True),
+    (["sm_80", "sm_86", "sm_90"], (8, 7), False),  # Orin needs sm_87 or PTX
+    (["sm_80", "compute_80"], (8, 7), True),        # PTX of an older architecture is compiled by the driver
+    (["sm_90", "compute_90"], (8, 9), False),
+    ([], (12, 0), True),
+])
+def test_architecture_support(arch_list, cc, supported):
+    assert torch_checks.arch_supported(arch_list, *cc) is supported
+
+
+def test_a_gpu_whose_kernels_fail_is_a_failure():
+    def fail_ones(*args, **kwargs):
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+
+    props = SimpleNamespace(name="NVIDIA RTX PRO 6000", major=12, minor=0, total_memory=96 * 2**30)
+    cuda = SimpleNamespace(get_device_properties=lambda i: props, get_arch_list=lambda: ["sm_80", "sm_90"])
+    check = torch_checks.gpu_check(SimpleNamespace(cuda=cuda, ones=fail_ones), 0)
+    assert check.status == FAIL and "no kernel image" in check.detail and "no kernels for sm_120" in check.detail
+    assert "96.0 GiB" in check.detail and "bf16 yes" in check.detail
+
+
+# --- ONNX Runtime ------------------------------------------------------------------------------
+
+def test_without_onnxruntime_onnx_files_cannot_run(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    [check] = list(onnxruntime_checks.onnxruntime_checks())
+    assert check.status == WARN and check.detail.startswith("not installed: .onnx files cannot run")
+
+
+def test_the_cpu_provider_runs_a_real_session():
+    pytest.importorskip("onnxruntime")
+    checks = {c.name: c for c in onnxruntime_checks.onnxruntime_checks()}
+    assert checks["onnxruntime"].status == OK and "CPU" in checks["onnxruntime"].detail
+    assert checks["ort CPU"].status == OK and "ran a test model" in checks["ort CPU"].detail
+
+
+def test_without_onnx_the_providers_are_not_tried(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    checks = {c.name: c for c in onnxruntime_checks.onnxruntime_checks()}
+    assert checks["ort providers"].status == WARN and "pip install onnx" in checks["ort providers"].detail
+
+
+class FallbackSession:
+    """What onnxruntime-gpu does when CUDA's libraries are missing: log natively, run on the CPU."""
+
+    def __init__(self, model, sess_options=None, providers=None):
+        if providers == ["CPUExecutionProvider"]:
+            raise RuntimeError("no CPU today")
+        os.write(2, b"2026-01-01 [E:onnxruntime:Default, provider_bridge_ort.cc:2036 TryGetProviderInfo_CUDA] "
+                    b"Failed to load library libonnxruntime_providers_cuda.so with error: libcudnn.so.9: "
+                    b"cannot open shared object file\n")
+
+    def get_providers(self):
+        return ["CPUExecutionProvider"]
+
+    def run(self, names, feeds):
+        return [np.maximum(feeds["x"], 0)]
+
+
+def test_a_listed_provider_that_falls_back_warns_with_the_native_reason():
+    fake = SimpleNamespace(SessionOptions=SimpleNamespace, InferenceSession=FallbackSession)
+    model, _ = onnxruntime_checks.probe_model()
+    check = onnxruntime_checks.provider_check(fake, "CUDAExecutionProvider", model)
+    assert check.status == WARN and check.name == "ort CUDA"
+    assert "fell back to CPU" in check.detail and "libcudnn.so.9: cannot open shared object file" in check.detail
+    check = onnxruntime_checks.provider_check(fake, "CPUExecutionProvider", model)
+    assert check.status == FAIL and "no CPU today" in check.detail
+
+
+def test_both_onnxruntime_packages_installed_warns(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(onnxruntime_checks, "installed_distributions", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    checks = {c.name: c for c in onnxruntime_checks.onnxruntime_checks()}
+    assert checks["onnxruntime install"].status == WARN and "share one module" in checks["onnxruntime install"].detail
+
+
+# --- TensorRT ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("on_jetson, hint", [(True, "create the venv with --system-site-packages"),
+                                             (False, "pip install 'dronseg-edge[trt]'")])
+def test_without_tensorrt_the_hint_fits_the_machine(monkeypatch, on_jetson, hint):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setattr(jetson, "is_jetson", lambda: on_jetson)
+    [check] = list(tensorrt_checks.tensorrt_checks())
+    assert check.status == WARN and check.detail.startswith("not installed: no .engine") and hint in check.detail
+
+
+def test_tensorrt_bindings_without_their_libraries_warn_with_the_reason(tmp_path, monkeypatch):
+    package = tmp_path / "tensorrt"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise OSError('libnvinfer.so.10: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    [check] = list(tensorrt_checks.tensorrt_checks())
+    assert check.status == WARN and "libnvinfer.so.10" in check.detail
+
+
+def fake_tensorrt(plan=b"plan", error=None):
+    """Just enough of the tensorrt module for the one-layer build; records what was built."""
+    built = {}
+
+    class ILogger:
+        Severity = SimpleNamespace(INTERNAL_ERROR="internal", ERROR="error", WARNING="warning")
+
+        def __init__(self):
+            pass
+
+    class Network:
+        def add_input(self, name, dtype, shape):
+            built["input"] = (name, dtype, shape)
+            return "x"
+
+        def add_activation(self, tensor, kind):
+            built["activation"] = (tensor, kind)
+            return SimpleNamespace(get_output=lambda index: "y")
+
+        def mark_output(self, tensor):
+            built["output"] = tensor
+
+    class Builder:
+        def __init__(self, logger):
+            self.logger = logger
+
+        def create_network(self, flags):
+            built["flags"] = flags
+            return Network()
+
+        def create_builder_config(self):
+            return SimpleNamespace(set_memory_pool_limit=lambda pool, size: built.setdefault("workspace", size))
+
+        def build_serialized_network(self, network, config):
+            if error:
+                self.logger.log(ILogger.Severity.WARNING, "just a warning")
+                self.logger.log(ILogger.Severity.ERROR, error)
+            return plan
+
+    return SimpleNamespace(__version__="10.3.0", ILogger=ILogger, Builder=Builder, float32="float32",
+                           NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=5),
+                           ActivationType=SimpleNamespace(RELU="relu"), MemoryPoolType=SimpleNamespace(WORKSPACE="ws")), built
+
+
+def test_tensorrt_builds_a_one_layer_engine():
+    trt, built = fake_tensorrt()
+    check = tensorrt_checks.build_check(trt)
+    assert check.status == OK and check.detail.startswith("10.3.0, built a one-layer engine in")
+    assert built["input"] == ("x", "float32", (1, 4)) and built["activation"] == ("x", "relu") and built["output"] == "y"
+    assert built["flags"] == 1 << 5  # the flag's bit from the enum, never a literal
+
+
+def test_tensorrt_that_cannot_build_fails_with_its_own_message():
+    trt, _ = fake_tensorrt(plan=None, error="[defaultAllocator.cpp::allocate] Error Code 1: Cuda Runtime (out of memory)")
+    check = tensorrt_checks.build_check(trt)
+    assert check.status == FAIL and check.detail.endswith("Cuda Runtime (out of memory)")
+    trt.Builder = lambda logger: (_ for _ in ()).throw(TypeError("pybind11::init(): factory function returned nullptr"))
+    check = tensorrt_checks.build_check(trt)
+    assert check.status == FAIL and "TypeError: pybind11::init()" in check.detail
+
+
+def test_every_tensorrt_name_exists_in_10_3_and_11_4():
+    """The name lists of tests/export/data, read with tests/export/test_tensorrt_names.py's own extractor."""
+    spec = importlib.util.spec_from_file_location("tensorrt_names_check", ROOT / "tests/export/test_tensorrt_names.py")
+    names_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(names_check)
+    version_names = {version: names_check._names(version) for version in names_check.VERSIONS}
+    source = (ROOT / "dronseg_edge/checks/tensorrt_checks.py").read_text()
+    required, _optional = names_check.tensorrt_names(source)
+    assert {"Builder", "add_activation", "build_serialized_network", "ILogger"} <= required
+    # `strings` cannot show mark_output: the linker stored it as the tail of "unmark_output" (string merging).
+    for names in version_names.values():
+        assert "unmark_output" in names
+    assert names_check.missing_names(source, version_names) == {v: ["mark_output"] for v in version_names}

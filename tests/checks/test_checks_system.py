@@ -1,0 +1,89 @@
+"""The check machinery (statuses, guarded imports, crashing groups) and the system/folder checks."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from dronseg_edge.checks import FAIL, OK, WARN, Check, run_checks, summary, system
+from dronseg_edge.checks import base
+
+
+def test_a_check_has_one_of_three_statuses_and_a_dict_form():
+    check = Check("python", OK, "3.11")
+    assert check.to_dict() == {"name": "python", "status": "OK", "detail": "3.11"}
+    assert check.line(8) == "OK    python   3.11"
+    with pytest.raises(ValueError):
+        Check("python", "MAYBE", "")
+
+
+def test_a_missing_module_is_a_reason_not_an_exception(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what `import onnxruntime` sees where it is absent
+    assert base.import_optional("onnxruntime") == (None, "not installed")
+    assert base.import_optional("no_such_module_here") == (None, "not installed")
+
+
+def test_a_module_that_fails_to_load_its_library_is_a_reason(tmp_path, monkeypatch):
+    (tmp_path / "broken_native_lib.py").write_text("raise OSError('libnvinfer.so.10: cannot open shared object file')\n")
+    (tmp_path / "needs_a_missing_dep.py").write_text("import no_such_dependency_here\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module, why = base.import_optional("broken_native_lib")
+    assert module is None and why.startswith("cannot be imported: OSError: libnvinfer.so.10")
+    module, why = base.import_optional("needs_a_missing_dep")
+    assert module is None and "no_such_dependency_here" in why
+
+
+def test_a_crashing_group_becomes_one_warn_line_and_the_others_still_run(monkeypatch):
+    def crashing():
+        yield Check("first", OK, "fine")
+        raise KeyError("boom")
+
+    monkeypatch.setattr("dronseg_edge.checks.groups", lambda: [("broken", crashing), ("system", system.system_checks)])
+    results = run_checks()
+    assert [c.name for c in results[:2]] == ["first", "broken"]
+    assert results[1].status == WARN and "KeyError" in results[1].detail and "bug" in results[1].detail
+    assert [c.name for c in results[2:]] == ["dronseg-edge", "python", "os"]
+    assert summary(results) == "4 OK, 1 WARN, 0 FAIL"
+
+
+def test_system_lines_name_the_version_python_and_machine():
+    from dronseg_edge import __version__
+
+    by_name = {c.name: c for c in system.system_checks()}
+    assert by_name["dronseg-edge"].detail.startswith(__version__)
+    assert by_name["python"].status == OK and sys.executable in by_name["python"].detail
+    assert by_name["os"].status == OK
+
+
+def test_an_old_python_fails(monkeypatch):
+    monkeypatch.setattr(system, "MIN_PYTHON", (99, 0))
+    check = system.python_check()
+    assert check.status == FAIL and ">= 99.0" in check.detail
+
+
+def test_writable_folders_and_the_ones_that_are_not(tmp_path, monkeypatch):
+    assert system.writable_check("runs", tmp_path, "x").status == OK
+    missing = tmp_path / "a" / "b"
+    check = system.writable_check("runs", missing, "x")
+    assert check.status == OK and "can be created" in check.detail and not (tmp_path / "a").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    check = system.writable_check("runs", blocker / "runs", "pass --out")
+    assert check.status == WARN and "is not a folder" in check.detail and "pass --out" in check.detail
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(system.tempfile, "TemporaryFile", refuse)
+    check = system.writable_check("cache folder", tmp_path, "set XDG_CACHE_HOME")
+    assert check.status == WARN and "not writable (Permission denied)" in check.detail
+
+
+def test_the_cache_folder_follows_xdg_cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert system.cache_root() == tmp_path / "dronseg-edge"
+    monkeypatch.chdir(tmp_path)
+    checks = {c.name: c for c in system.folder_checks()}
+    assert checks["cache folder"].status == OK and str(tmp_path / "dronseg-edge") in checks["cache folder"].detail
+    assert str(tmp_path / "runs") in checks["runs folder"].detail

@@ -1,0 +1,99 @@
+"""OpenCV build parsing and PyAV encoders."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from dronseg_edge.checks import FAIL, OK, WARN, jetson, video
+
+BUILD = """
+General configuration for OpenCV 5.0.0 =====================================
+  GUI:                           NONE
+    VTK support:                 NO
+
+  Video I/O:
+    FFMPEG:                      YES
+      avcodec:                   YES (62.28.101)
+    GStreamer:                   NO
+    v4l/v4l2:                    YES (linux/videodev2.h)
+"""
+
+
+def test_build_information_is_parsed():
+    entries = video.parse_build_information(BUILD)
+    assert entries["FFMPEG"] == "YES" and entries["avcodec"] == "YES (62.28.101)"
+    assert entries["GStreamer"] == "NO" and entries["GUI"] == "NONE"
+
+
+class FakeCv2:
+    __version__ = "4.10.0"
+
+    def __init__(self, build):
+        self.build = build
+
+    def getBuildInformation(self):
+        return self.build
+
+
+def opencv_lines(monkeypatch, build, on_jetson=False, display=None):
+    monkeypatch.setitem(sys.modules, "cv2", FakeCv2(build))
+    monkeypatch.setattr(jetson, "is_jetson", lambda: on_jetson)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    if display:
+        monkeypatch.setenv("DISPLAY", display)
+    else:
+        monkeypatch.delenv("DISPLAY", raising=False)
+    return {c.name: c for c in video.opencv_checks()}
+
+
+def test_a_headless_ffmpeg_build(monkeypatch):
+    checks = opencv_lines(monkeypatch, BUILD)
+    assert checks["opencv"].detail == "4.10.0"
+    assert checks["opencv ffmpeg"] == video.Check("opencv ffmpeg", OK, "yes (avcodec 62.28.101)")
+    assert checks["opencv gstreamer"].status == OK and checks["opencv gui"].status == OK
+
+
+def test_a_build_without_ffmpeg_and_gstreamer_on_a_jetson_with_a_display(monkeypatch):
+    build = BUILD.replace("FFMPEG:                      YES", "FFMPEG:                      NO")
+    checks = opencv_lines(monkeypatch, build, on_jetson=True, display=":0")
+    assert checks["opencv ffmpeg"].status == WARN and "RTSP" in checks["opencv ffmpeg"].detail
+    assert checks["opencv gstreamer"].status == WARN and "nvarguscamerasrc" in checks["opencv gstreamer"].detail
+    assert checks["opencv gui"].status == WARN and "--show" in checks["opencv gui"].detail
+
+
+def test_a_gui_build(monkeypatch):
+    checks = opencv_lines(monkeypatch, BUILD.replace("GUI:                           NONE", "GUI:    GTK3"))
+    assert checks["opencv gui"] == video.Check("opencv gui", OK, "GTK3")
+
+
+def test_without_opencv_nothing_reads_images(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    [check] = list(video.opencv_checks())
+    assert check.status == FAIL and "opencv-python-headless" in check.detail
+
+
+def test_without_pyav_videos_fall_back_to_mp4v(monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)
+    [check] = list(video.pyav_checks())
+    assert check.status == WARN and "mp4v" in check.detail and "dronseg-edge[video]" in check.detail
+
+
+def test_pyav_encoders_are_opened_for_real():
+    pytest.importorskip("av")
+    checks = {c.name: c for c in video.pyav_checks()}
+    assert checks["pyav"].status == OK
+    assert checks["pyav libx264"] == video.Check("pyav libx264", OK, "opens")
+    nvenc = checks["pyav h264_nvenc"]
+    # Opens only with an NVIDIA GPU and driver; elsewhere FFmpeg's own reason is shown, not PyAV's errno.
+    assert nvenc.status == OK or ("does not open" in nvenc.detail and "libx264 (CPU) is used instead" in nvenc.detail)
+    assert "Operation not permitted" not in nvenc.detail
+
+
+def test_an_encoder_missing_from_the_build():
+    pytest.importorskip("av")
+    import av
+
+    check = video.encoder_check(av, "no_such_encoder")
+    assert check.status == WARN and "not in this FFmpeg build" in check.detail

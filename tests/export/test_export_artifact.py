@@ -1,0 +1,117 @@
+"""ExportOptions (defaults and validation in one place), the checkpoint read once per export, and reuse."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import dronseg_edge.metadata as metadata_module
+from dronseg_edge.checkpoint import load_checkpoint
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.export import ExportOptions, artifact_path, check_parity, export_artifact, reusable_artifact
+from dronseg_edge.metadata import read_onnx_info
+
+
+def test_defaults_are_the_cli_defaults_and_values_are_normalised(tmp_path):
+    options = ExportOptions(size=[96, 64], out_dir=str(tmp_path), batch="2")
+    assert options.fmt == "onnx" and options.precision == "fp32" and options.head == "logits"
+    assert options.parity and not options.dynamic and not options.reuse and options.device == "auto"
+    assert options.size == (96, 64) and options.out_dir == tmp_path and options.batch == 2
+    assert options == ExportOptions(size=(96, 64), out_dir=tmp_path, batch=2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.precision = "fp16"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"fmt": "tflite"}, "--format 'tflite' is not one of onnx, engine"),
+    ({"precision": "fp8"}, "--precision 'fp8' is not one of fp32, fp16, int8"),
+    ({"precision": "bf16"}, "--precision 'bf16' is not one of fp32, fp16, int8"),
+    ({"head": "softmax"}, "--head 'softmax' is not one of logits, argmax"),
+    ({"batch": 0}, "--batch 0 must be 1 or more"),
+    ({"workspace_gib": 0}, "--workspace 0 must be a positive number of GiB"),
+    ({"calib_images": 0}, "--calib-images 0 must be 1 or more"),
+    ({"parity_images": -1}, "--parity-images -1 must be 1 or more"),
+    ({"precision": "int8", "calib_method": "entropy"}, "--calib-method 'entropy' is not one of minmax, percentile"),
+])
+def test_bad_options_are_one_line_user_errors(changes, message):
+    with pytest.raises(DronsegError, match=message) as info:
+        ExportOptions(**changes)
+    assert "\n" not in str(info.value)
+    with pytest.raises(DronsegError, match=message):  # a derived copy is validated again
+        dataclasses.replace(ExportOptions(), **changes)
+
+
+def test_calibration_method_is_checked_only_where_it_is_used():
+    assert ExportOptions(precision="fp16", calib_method="entropy").calib_method == "entropy"  # fp16 never calibrates
+
+
+def test_bad_options_fail_before_the_checkpoint_is_read(tmp_path):
+    with pytest.raises(DronsegError, match="--precision 'fp8'"):
+        export_artifact(tmp_path / "missing.pt", precision="fp8")
+
+
+def test_artifact_path_takes_options_or_changes(tiny_checkpoint, tmp_path):
+    options = ExportOptions(head="argmax", batch=2, out_dir=tmp_path)
+    assert artifact_path(tiny_checkpoint, options) == tmp_path / "tiny_argmax_b2_fp32.onnx"
+    assert artifact_path(tiny_checkpoint, options, precision="int8", size=(64, 32)) == tmp_path / "tiny_argmax_64x32_b2_int8.onnx"
+    assert artifact_path(tiny_checkpoint, dynamic=True) == tiny_checkpoint.parent / "tiny_dyn_fp32.onnx"
+
+
+class Counter:
+    """Wraps ``target.name``, counting the calls whose first argument is ``path`` (all calls when None)."""
+
+    def __init__(self, monkeypatch, target, name: str, path: Path | None = None):
+        original = getattr(target, name)
+        self.calls = 0
+
+        def counting(*args, **kwargs):
+            if path is None or Path(args[0]).resolve() == path.resolve():
+                self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(target, name, counting)
+
+
+@pytest.fixture(scope="module")
+def counted_export(tiny_checkpoint, tmp_path_factory):
+    """One parity-checked ONNX export of the tiny checkpoint, with its torch.load and checkpoint-hash calls counted."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        loads = Counter(monkeypatch, torch, "load")
+        hashes = Counter(monkeypatch, metadata_module, "sha256_file", tiny_checkpoint)
+        options = ExportOptions(out_dir=tmp_path_factory.mktemp("counted"), device="cpu", parity_images=2)
+        result = export_artifact(tiny_checkpoint, options)
+    return result, options, loads.calls, hashes.calls
+
+
+def test_an_onnx_export_reads_and_hashes_its_checkpoint_once(counted_export):
+    result, _, loads, hashes = counted_export
+    assert result.passed and result.report.reference_provider == "torch (cpu fp32)"  # the checkpoint really ran
+    assert (loads, hashes) == (1, 1)
+
+
+def test_parity_against_a_loaded_checkpoint_does_not_read_it_again(counted_export, tiny_checkpoint, monkeypatch):
+    state = load_checkpoint(tiny_checkpoint)
+    loads = Counter(monkeypatch, torch, "load")
+    report = check_parity(state, counted_export[0].path, device="cpu", max_images=1)
+    assert report.passed and report.reference == str(tiny_checkpoint) and loads.calls == 0
+    assert "synthetic" in report.data_source  # the tiny checkpoint records no split: images from the given dict
+
+
+def test_reuse_returns_an_export_of_the_same_checkpoint_and_options_only(counted_export, tiny_checkpoint, tmp_path):
+    first, options, _, _ = counted_export
+    mtime = first.path.stat().st_mtime_ns
+    again = export_artifact(tiny_checkpoint, options, reuse=True)
+    assert again.reused and again.path == first.path and again.notes == ("reused tiny_fp32.onnx",)
+    assert again.report is None and first.path.stat().st_mtime_ns == mtime and not first.reused
+    info = read_onnx_info(first.path)
+    assert reusable_artifact(first.path, info) == info
+    assert reusable_artifact(first.path, dataclasses.replace(info, source_sha256="0" * 64)) is None
+    assert reusable_artifact(first.path, dataclasses.replace(info, precision="fp16")) is None
+    assert reusable_artifact(first.path, dataclasses.replace(info, batch=2)) is None
+    assert reusable_artifact(tmp_path / "missing.onnx", info) is None
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not onnx")
+    assert reusable_artifact(broken, info) is None

@@ -1,0 +1,75 @@
+"""RunOptions' overlay decision and RunState's summary.json record, without a model or threads."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from dronseg_edge.classes import CLASS_NAMES, PALETTE
+from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut, overlay
+from dronseg_edge.pipeline.run import RunOptions, RunState, RunSummary
+from dronseg_edge.pipeline.segmenter import Result
+
+LUT = bgr_lut(PALETTE)
+
+
+def make_result(size=(8, 6), **timings) -> Result:
+    width, height = size
+    mask = np.full((height, width), 9, np.uint8)
+    return Result(mask=mask, shares=np.eye(12)[9], class_names=list(CLASS_NAMES),
+                  frame=np.full((height, width, 3), 100, np.uint8), timings=timings)
+
+
+def test_the_overlay_is_made_for_the_video_or_the_window_only():
+    assert RunOptions(alpha=0.3).overlay_plan(LUT).alpha == 0.3
+    assert RunOptions(save_video=False, show=True).overlay_plan(LUT) is not None
+    assert RunOptions(save_video=False, save_color=True).overlay_plan(LUT) is None
+
+
+def test_overlay_plan_takes_the_gpu_image_when_there_is_one():
+    plan = OverlayPlan(0.4, LUT)
+    result = make_result()
+    assert np.array_equal(plan.image(result), overlay(result.frame, result.mask, LUT, 0.4))
+    result.overlay = np.zeros_like(result.frame)
+    assert plan.image(result) is result.overlay
+
+
+def test_options_cannot_be_changed_past_their_check():
+    options = RunOptions()
+    with pytest.raises(AttributeError):
+        options.alpha = 2.0
+
+
+class FakeSink:
+    def __init__(self, name, frames, write_ms, outputs):
+        self.name, self.frames, self.write_ms, self._outputs = name, frames, write_ms, outputs
+
+    def outputs(self):
+        return self._outputs
+
+
+def test_summary_holds_per_frame_stage_times_and_the_slowest_writer(tmp_path):
+    state = RunState(tmp_path, RunOptions(stride=2), live=False)
+    for size, inference in (((8, 6), 10.0), ((8, 6), 20.0)):
+        state.add(make_result(size, preprocess=1.0, inference=inference, postprocess=3.0, decode=99.0))
+    state.interrupted = True
+    state.wall_s = 0.5
+    segmenter = SimpleNamespace(
+        backend=SimpleNamespace(path=Path("m.onnx"), name="onnxruntime", provider="CPUExecutionProvider"),
+        device=torch.device("cpu"), info=SimpleNamespace(precision="fp32", input_size=(96, 64)), batch=1)
+    source = SimpleNamespace(name="clip.mp4", kind="video", fps=25.0, corrupt=1, reconnects=0)
+    reader = SimpleNamespace(decode_ms=12.0, decoded=3, dropped=0)
+    sinks = [FakeSink("masks", 2, 8.0, {"masks": str(tmp_path / "masks")}),
+             FakeSink("stats", 2, 2.0, {"stats": str(tmp_path / "stats.jsonl")})]
+    data = state.summary(segmenter, source, reader, sinks)
+    assert data["stage_ms"] == {"decode": 4.0, "preprocess": 1.0, "inference": 15.0, "postprocess": 3.0, "write": 4.0}
+    assert data["write_ms"] == {"masks": 4.0, "stats": 1.0}
+    assert (data["frames"], data["frame_size"], data["fps"], data["stride"]) == (2, "8x6", 4.0, 2)
+    assert (data["interrupted"], data["stopped_by_key"], data["error"], data["corrupt_frames"]) == (True, False, None, 1)
+    assert data["outputs"] == {"masks": "masks", "stats": "stats.jsonl"}
+    assert data["video_codec"] is None and data["video_frames"] is None
+    assert RunSummary(tmp_path, data).speed_line().startswith("Speed: decode 4.0 ms, preprocess 1.0 ms, inference 15.0 ms")
+    state.add(make_result((4, 4)))
+    assert state.summary(segmenter, source, reader, sinks)["frame_size"] == "mixed"

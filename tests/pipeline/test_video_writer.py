@@ -1,0 +1,140 @@
+"""The overlay video's encoder: H.264 yuv420p faststart MP4 through PyAV, the mp4v fallback, --codec."""
+
+import logging
+import sys
+
+import numpy as np
+import pytest
+from pipeline_media import mp4_top_level_boxes, probe_with_pyav, read_video
+from test_sinks import LUT, make_result
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.pipeline import video_writer
+from dronseg_edge.pipeline.overlay import OverlayPlan, overlay
+from dronseg_edge.pipeline.run import RunOptions
+from dronseg_edge.pipeline.sinks import VideoSink
+from dronseg_edge.pipeline.video_writer import encoder_opens, encoders_for, open_video_writer
+
+needs_av = pytest.mark.skipif(video_writer._import_av() is None,
+                              reason="PyAV is not installed (pip install 'dronseg-edge[video]')")
+
+
+@pytest.fixture
+def without_av(monkeypatch):
+    """As if PyAV were not installed: `import av` raises ImportError; probes are forgotten before and after."""
+    encoder_opens.cache_clear()
+    monkeypatch.setitem(sys.modules, "av", None)
+    yield
+    encoder_opens.cache_clear()
+
+
+def write_sink(path, codec="auto", count=12, size=(64, 48), fps=25.0):
+    sink = VideoSink(path, fps=fps, overlay=OverlayPlan(0.5, LUT), codec=codec)
+    results = [make_result(i, size=size) for i in range(count)]
+    for result in results:
+        sink.write(result)
+    sink.close()
+    return sink, results
+
+
+@needs_av
+def test_auto_writes_h264_yuv420p_with_the_index_first(tmp_path):
+    sink, results = write_sink(tmp_path / "overlay.mp4")
+    assert sink.codec in ("h264_nvenc", "libx264")
+    video = probe_with_pyav(tmp_path / "overlay.mp4")
+    assert (video["codec"], video["pix_fmt"], video["size"], video["rate"]) == ("h264", "yuv420p", (64, 48), 25)
+    assert len(video["frames"]) == 12 == sink.video_frames  # B-frames and lookahead flushed at close
+    expected = overlay(results[5].frame, results[5].mask, LUT, 0.5)
+    assert np.abs(video["frames"][5].astype(int) - expected).mean() < 8
+    boxes = mp4_top_level_boxes(tmp_path / "overlay.mp4")
+    assert boxes.index("moov") < boxes.index("mdat"), boxes  # faststart: plays while still downloading
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.mp4"]  # no partial left behind
+
+
+@needs_av
+def test_odd_frame_sizes_are_cropped_by_one_pixel_and_say_so(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        sink, results = write_sink(tmp_path / "odd.mp4", codec="libx264", count=3, size=(65, 49))
+    video = probe_with_pyav(tmp_path / "odd.mp4")
+    assert video["size"] == (64, 48) and len(video["frames"]) == 3
+    assert "65x49" in caplog.text and "last column and last row cropped" in caplog.text
+    expected = overlay(results[1].frame, results[1].mask, LUT, 0.5)[:48, :64]
+    assert np.abs(video["frames"][1].astype(int) - expected).mean() < 8  # cropped, not rescaled
+
+
+@needs_av
+def test_an_encoder_that_fails_at_the_real_size_falls_back_to_the_next(tmp_path, monkeypatch, caplog):
+    if encoder_opens("h264_nvenc"):
+        pytest.skip("NVENC really opens on this machine; the fallback cannot be staged")
+    monkeypatch.setattr(video_writer, "encoder_opens", lambda name: True)  # the probe "passed", the open will not
+    with caplog.at_level(logging.INFO, logger="dronseg_edge"):
+        writer = open_video_writer(tmp_path / "v.mp4", (64, 48), 30.0, "auto")
+    writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.close()
+    writer.close()  # idempotent
+    assert writer.codec == "libx264" and "h264_nvenc does not open" in caplog.text
+    assert probe_with_pyav(tmp_path / "v.mp4")["codec"] == "h264"
+
+
+@needs_av
+def test_hevc_is_tagged_for_apple_players(tmp_path):
+    if not any(encoder_opens(name) for name in ("hevc_nvenc", "libx265")):
+        pytest.skip("this PyAV's FFmpeg has no H.265 encoder")
+    sink, _ = write_sink(tmp_path / "v.mp4", codec="hevc", count=4)
+    video = probe_with_pyav(tmp_path / "v.mp4")
+    assert (video["codec"], video["tag"], video["pix_fmt"], len(video["frames"])) == ("hevc", "hvc1", "yuv420p", 4)
+    assert sink.codec in ("hevc_nvenc", "libx265")
+
+
+@needs_av
+def test_an_error_mid_run_still_leaves_a_playable_video(tmp_path):
+    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, overlay=OverlayPlan(0.5, LUT))
+    for index in range(5):
+        sink.write(make_result(index))
+    broken = make_result(5)
+    broken.frame = None  # the overlay of this frame raises, as a bug or a failed GPU copy would
+    with pytest.raises(Exception):
+        sink.write(broken)
+    sink.close()  # what the SinkWorker does after any error
+    assert len(probe_with_pyav(tmp_path / "v.mp4")["frames"]) == 5
+
+
+def test_without_pyav_auto_falls_back_to_mp4v_with_a_one_line_hint(tmp_path, without_av, caplog):
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        sink, _ = write_sink(tmp_path / "v.mp4", count=4)
+    assert sink.codec == "mp4v"
+    frames, fps, size = read_video(tmp_path / "v.mp4")
+    assert (len(frames), fps, size) == (4, 25.0, (64, 48))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "mp4v" in warnings[0] and "pip install 'dronseg-edge[video]'" in warnings[0]
+
+
+def test_explicit_mp4v_needs_no_pyav_and_warns_nothing(tmp_path, without_av, caplog):
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        sink, _ = write_sink(tmp_path / "v.mp4", codec="mp4v", count=2)
+    assert sink.codec == "mp4v" and not caplog.records
+
+
+@pytest.mark.parametrize("codec", ["h264", "libx264", "hevc", "h264_nvenc"])
+def test_explicit_h264_or_hevc_without_pyav_is_one_line_naming_the_fix(codec, tmp_path, without_av):
+    with pytest.raises(DronsegError, match=rf"--codec {codec} needs PyAV.*dronseg-edge\[video\].*--codec mp4v"):
+        VideoSink(tmp_path / "v.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT), codec=codec)
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_av
+def test_explicit_nvenc_without_an_nvidia_gpu_fails_before_writing(tmp_path):
+    if encoder_opens("h264_nvenc"):
+        pytest.skip("NVENC opens on this machine")
+    with pytest.raises(DronsegError, match="--codec h264_nvenc: no h264_nvenc encoder opens.*--codec libx264"):
+        encoders_for("h264_nvenc")
+
+
+def test_unknown_codec_is_one_line_listing_the_choices():
+    with pytest.raises(DronsegError) as error:
+        RunOptions(codec="x265")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("--codec x265 is not one of auto, h264, h264_nvenc")
+    with pytest.raises(DronsegError, match="--codec x265 is not one of"):
+        encoders_for("x265")

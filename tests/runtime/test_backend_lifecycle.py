@@ -1,0 +1,103 @@
+"""The Backend lifecycle every backend shares: a constructor without side effects, metadata read once
+on first use, the input contract checked in the base class, and a checkpoint backend from a loaded dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import dronseg_edge.metadata as metadata_module
+from dronseg_edge.checkpoint import load_checkpoint
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.runtime.base import Backend
+from dronseg_edge.runtime.onnxruntime import OnnxRuntimeBackend
+from dronseg_edge.runtime.registry import load_backend
+from dronseg_edge.runtime.tensorrt import TensorRTBackend
+from dronseg_edge.runtime.torch import TorchBackend
+
+CPU = torch.device("cpu")
+
+
+class CountingBackend(Backend):
+    """Static 1x3x6x8 (or dynamic) artifact that records what the base class let through."""
+
+    name = "counting"
+
+    def __init__(self, dynamic: bool = False):
+        self.dynamic, self.reads, self.activations, self.batches = dynamic, 0, 0, []
+        super().__init__(Path("counting.onnx"), CPU)
+
+    def read_info(self) -> ModelInfo:
+        self.reads += 1
+        return ModelInfo(arch="fake", input_size=(8, 6), batch=None if self.dynamic else 1, dynamic=self.dynamic)
+
+    def activate(self) -> None:
+        self.activations += 1
+
+    def _infer(self, batch):
+        self.batches.append(tuple(batch.shape))
+        return torch.zeros(batch.shape[0], 12, *batch.shape[2:])
+
+
+@pytest.mark.parametrize("cls, name, message", [
+    (TorchBackend, "missing.pt", "checkpoint .*missing.pt does not exist"),
+    (OnnxRuntimeBackend, "missing.onnx", "ONNX file .*missing.onnx does not exist"),
+    (TensorRTBackend, "missing.engine", "no metadata file missing.engine.json"),
+])
+def test_constructing_opens_no_file_and_info_says_what_is_wrong(tmp_path, cls, name, message):
+    backend = cls(tmp_path / name, CPU)  # no file: the constructor only checks its options
+    assert not backend.active
+    with pytest.raises(DronsegError, match=message):
+        backend.info
+
+
+def test_info_is_read_once_on_first_use():
+    backend = CountingBackend()
+    assert backend.reads == 0
+    assert backend.info.input_size == (8, 6) and backend.info is backend.info
+    backend.infer(torch.zeros(1, 3, 6, 8))
+    assert backend.reads == 1 and backend.activations == 1
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((3, 6, 8), r"takes \(N, 3, H, W\) batches, got \(3, 6, 8\)"),
+    ((1, 1, 6, 8), r"takes \(N, 3, H, W\) batches"),
+    ((2, 3, 6, 8), "exported for 1x3x6x8 inputs, got 2x3x6x8: re-export with --size/--batch to match, or with --dynamic"),
+    ((1, 3, 8, 8), "exported for 1x3x6x8 inputs, got 1x3x8x8"),
+])
+def test_input_contract_is_checked_before_the_backend_sees_the_batch(shape, message):
+    backend = CountingBackend()
+    with pytest.raises(DronsegError, match=message):
+        backend.infer(torch.zeros(shape))
+    assert backend.batches == [] and backend.activations == 0  # refused before any device work
+
+
+def test_a_dynamic_artifact_takes_any_batch_and_size_but_not_other_channels():
+    backend = CountingBackend(dynamic=True)
+    backend.infer(torch.zeros(3, 3, 16, 20))
+    assert backend.batches == [(3, 3, 16, 20)]
+    with pytest.raises(DronsegError, match="takes"):
+        backend.infer(torch.zeros(1, 4, 6, 8))
+
+
+def test_torch_backend_checks_the_contract_too(tiny_checkpoint):
+    with load_backend(tiny_checkpoint, device="cpu") as backend:
+        with pytest.raises(DronsegError, match=r"tiny.pt takes \(N, 3, H, W\) batches"):
+            backend.infer(torch.zeros(1, 4, 64, 96))
+
+
+def test_from_checkpoint_runs_a_loaded_dict_without_reading_or_hashing_the_file(tiny_checkpoint, monkeypatch):
+    state = load_checkpoint(tiny_checkpoint)
+    x = torch.rand(1, 3, 64, 96)
+    with load_backend(tiny_checkpoint, device="cpu") as from_file:
+        expected = from_file.infer(x)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load called"))
+    monkeypatch.setattr(metadata_module, "sha256_file", lambda *a, **k: pytest.fail("checkpoint hashed"))
+    backend = TorchBackend.from_checkpoint(state, CPU, head="argmax")
+    assert backend.path == tiny_checkpoint and backend.info.head == "argmax" and backend.info.source_sha256 == ""
+    with backend:
+        classes = backend.infer(x)
+    assert torch.equal(classes, expected.argmax(1).to(torch.uint8))

@@ -1,0 +1,62 @@
+"""Running an exported ONNX file imports nothing it does not need.
+
+The deployable path runs on a Jetson next to a camera, where every import costs seconds and shared
+CPU/GPU memory: no torchvision (models), onnx/onnxslim (export), training, plotting or logging
+libraries. Each case runs in a fresh interpreter, since this test process has imported everything.
+(torch itself is still imported by the runtime today.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dronseg_edge.export import export_artifact
+
+ROOT = Path(__file__).resolve().parents[2]
+FORBIDDEN = ("torchvision", "onnx", "onnxslim", "dronseg_edge.train", "dronseg_edge.export", "dronseg_edge.data",
+             "matplotlib", "tensorboard")
+
+CASES = {
+    "backend": """
+from dronseg_edge.runtime.registry import load_backend
+import torch
+backend = load_backend(MODEL, device="cpu")
+with backend:
+    out = backend.infer(torch.zeros(1, 3, 64, 96))
+assert tuple(out.shape) == (1, 12, 64, 96), out.shape
+""",
+    "segmenter": """
+from dronseg_edge import Segmenter
+import numpy as np
+with Segmenter(MODEL, device="cpu") as segmenter:
+    result = segmenter.predict(np.zeros((64, 96, 3), np.uint8))
+assert result.mask.shape == (64, 96), result.mask.shape
+""",
+}
+
+REPORT = """
+import json, sys
+loaded = [m for m in sys.modules if any(m == name or m.startswith(name + ".") for name in FORBIDDEN)]
+print(json.dumps(sorted(loaded)))
+"""
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tiny_checkpoint, tmp_path_factory) -> Path:
+    return export_artifact(tiny_checkpoint, out_dir=tmp_path_factory.mktemp("light"), device="cpu", parity=False).path
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_running_an_onnx_file_imports_no_export_or_training_code(onnx_file, case):
+    script = f"MODEL = {str(onnx_file)!r}\nFORBIDDEN = {FORBIDDEN!r}\n" + CASES[case] + REPORT
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert loaded == [], f"{case}: {loaded} imported (find who with `python -X importtime`)"

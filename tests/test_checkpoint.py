@@ -1,0 +1,93 @@
+"""The checkpoint schema: one builder for the model part, one for the training part, read back as written."""
+
+import collections
+import math
+import pickle
+
+import pytest
+import torch
+from testkit import TINY_ARCH, TINY_SIZE
+
+from dronseg_edge.checkpoint import (TrainingState, info_from_checkpoint, load_checkpoint, model_from_checkpoint,
+                                     model_state, recorded_data_root, recorded_split, save_checkpoint)
+from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, PALETTE
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.models import build_model
+
+
+def _training_state(model, **overrides) -> TrainingState:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    values = dict(optimizer=optimizer.state_dict(), scheduler={"last_epoch": 7}, scaler={}, epoch=2, step=7,
+                  best_metric=0.5, best_metric_name="miou", metrics={"miou": 0.5}, rng={}, config={"data": "/data/set"},
+                  split={"train": ["a", "b"], "val": ["c"]})
+    values.update(overrides)
+    return TrainingState(**values)
+
+
+def test_model_and_training_parts_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(TINY_ARCH).eval()
+    state = {**model_state(model, TINY_ARCH, TINY_SIZE), **_training_state(model).to_dict()}
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "c.pt", state), num_classes=len(CLASS_NAMES))
+
+    assert ckpt["aux_loss"] is False and ckpt["input_size"] == list(TINY_SIZE)
+    info = info_from_checkpoint(ckpt)
+    assert info.class_names == list(CLASS_NAMES) and info.palette == [list(c) for c in PALETTE]
+    assert info.mean == list(IMAGENET_MEAN) and info.input_size == TINY_SIZE
+    rebuilt = model_from_checkpoint(ckpt)
+    for key, value in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key
+
+    training = TrainingState.from_checkpoint(ckpt)
+    assert (training.epoch, training.step, training.best_metric, training.epoch_progress) == (2, 7, 0.5, None)
+    assert training.split == {"train": ["a", "b"], "val": ["c"]} and training.config == {"data": "/data/set"}
+    assert "epoch_progress" not in ckpt  # an end-of-epoch save has no partial epoch at all
+    assert recorded_split(ckpt, "val") == ["c"] and str(recorded_data_root(ckpt)) == "/data/set"
+
+
+def test_mid_epoch_progress_is_kept():
+    model = build_model(TINY_ARCH)
+    progress = {"batches": 6, "steps": 2, "loss_sum": 1.5, "images": 24}
+    assert _training_state(model, epoch_progress=progress).to_dict()["epoch_progress"] == progress
+
+
+def test_aux_flag_follows_the_model():
+    with_aux = build_model("deeplabv3_mobilenet_v3_large", aux_loss=True)
+    assert model_state(with_aux, "deeplabv3_mobilenet_v3_large", TINY_SIZE)["aux_loss"] is True
+    assert model_state(build_model(TINY_ARCH, aux_loss=True), TINY_ARCH, TINY_SIZE)["aux_loss"] is False  # no aux head
+
+
+def test_model_only_checkpoint_has_no_training_state(tiny_checkpoint):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    with pytest.raises(DronsegError, match="holds no training state: resume from weights/last.pt"):
+        TrainingState.from_checkpoint(ckpt)
+    assert recorded_split(ckpt, "val") == [] and recorded_data_root(ckpt) is None
+    assert TrainingState.from_checkpoint({"optimizer": {}, "scheduler": {}, "config": {}, "epoch": 0,
+                                          "step": 0}).best_metric == -math.inf
+
+
+def _pickled_object(path):
+    path.write_bytes(pickle.dumps(collections.Counter(a=1)))
+
+
+def _pickled_module(path):
+    torch.save(torch.nn.Linear(2, 2), path)
+
+
+def _truncated(path):
+    torch.save({"x": torch.zeros(4)}, path)
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("write", [_pickled_object, _pickled_module, _truncated,
+                                   lambda p: p.write_bytes(b"junk"), lambda p: p.write_text("a\nb\n")])
+def test_files_that_are_not_checkpoints_give_one_plain_line(write, tmp_path):
+    path = tmp_path / "other.pt"
+    write(path)
+    with pytest.raises(DronsegError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert message.startswith(f"checkpoint {path} cannot be read (") and "\n" not in message
+    # torch's weights_only refusal is a paragraph of advice (file an issue, add_safe_globals, ...): none of it
+    assert "Please" not in message and "weights_only" not in message and "\x1b" not in message
+    assert len(message) < 400
