@@ -1,4 +1,4 @@
-"""The package's import rule, one direction, top to bottom (docs: /work/shared/DESIGN.md):
+"""The package's import rule, one direction, top to bottom (docs/architecture.md):
 
     cli -> {bench, pipeline, export, train, data}
     bench -> export -> runtime -> base (metadata, checkpoint, models, metrics, classes, errors, ...)
@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dronseg_edge"
 # The base: plain modules every layer may use; they import one another only.
 BASE = frozenset({"errors", "classes", "sizes", "media", "atomic", "devices", "runs",
                   "metadata", "checkpoint", "models", "metrics"})
-ALL = frozenset({"root", "data", "runtime", "export", "train", "submission", "pipeline", "bench", "checks", "cli"}) | BASE
+ALL = frozenset({"root", "data", "runtime", "export", "train", "pipeline", "bench", "checks", "cli"}) | BASE
 
 # The one table: each layer (a subpackage, or a top-level module) and what it may import besides itself.
 MAY_IMPORT: dict[str, frozenset[str]] = {
@@ -35,10 +35,6 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     # (export/images.py), and data itself stands on the base only, so nothing of train comes along.
     "export": BASE | {"runtime", "data"},
     "train": BASE | {"data"},
-    # The `submit` command's library half evaluates a checkpoint on the test images with training's
-    # evaluation step (train.evaluation.step_context): it sits beside train, not below it. Its home
-    # is train/ in the end; until then nothing but cli may import it.
-    "submission": BASE | {"data", "train"},
     # The inference pipeline is deployable: the runtime and the base only (its folder sources take
     # the image suffixes from media.py, not from data/, so no PIL and no data set reader come along).
     "pipeline": BASE | {"runtime"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import time
 from pathlib import Path
 
 import cv2
@@ -13,7 +14,9 @@ import pytest
 import torch
 
 from dronseg_edge.checkpoint import model_state, save_checkpoint
+from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.models import build_model
+from dronseg_edge.runtime.base import Backend
 
 TINY_ARCH = "lraspp_mobilenet_v3_large"
 TINY_SIZE = (96, 64)  # (width, height): small enough for 2 CPU cores, still divisible by 32
@@ -203,3 +206,53 @@ def train_tiny_run(root: Path, out: Path, epochs: int = 10):
                       batch=4, lr=0.005, optimizer="adamw", bn_momentum=0.1, device="cpu", workers=0, seed=0,
                       tensorboard=False, plots=False, augment=AugmentConfig(enabled=False))
     return fit(cfg, log=lambda _m: None)
+
+
+class FakeBackend(Backend):
+    """The one test backend: an artifact with the given metadata whose output is ``respond(batch)``.
+
+    ``info`` fields default to a dynamic 8x6 logits model of 12 classes (any ModelInfo field may be
+    given, e.g. ``head="argmax", batch=2, dynamic=False``); ``respond`` defaults to zero logits (or
+    an all-zero class map for the argmax head). It records the batch shapes it ran (``batches``,
+    ``calls``), metadata reads and activations; ``delay_s`` sleeps per call (timing tests);
+    ``static_buffer`` keeps one input buffer made on the first call, as the CUDA-graph paths do.
+    """
+
+    name = "fake"
+
+    def __init__(self, path: str | Path = "fake.onnx", device: str | torch.device = "cpu", *, respond=None,
+                 delay_s: float = 0.0, static_buffer: bool = False, provider: str = "fake provider", **info):
+        self.fields = {"arch": "fake", "input_size": (8, 6), "batch": None, "dynamic": True, **info}
+        self.respond, self.delay_s, self.static_buffer, self.provider_name = respond, delay_s, static_buffer, provider
+        self.batches: list[tuple] = []
+        self.reads = self.activations = 0
+        self.static: torch.Tensor | None = None
+        super().__init__(Path(path), torch.device(device))
+
+    @property
+    def calls(self) -> int:
+        return len(self.batches)
+
+    def read_info(self) -> ModelInfo:
+        self.reads += 1
+        return ModelInfo(**self.fields)
+
+    def activate(self) -> None:
+        self.activations += 1
+        self.provider = self.provider_name
+
+    def _infer(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.static_buffer:
+            if self.static is None:
+                self.static = torch.empty_like(batch)
+            self.static.copy_(batch)
+            batch = self.static
+        self.batches.append(tuple(batch.shape))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.respond is not None:
+            return self.respond(batch)
+        n, _, h, w = batch.shape
+        if self.info.head == "argmax":
+            return torch.zeros(n, h, w, dtype=torch.int64, device=batch.device)
+        return torch.zeros(n, self.info.num_classes, h, w, device=batch.device)

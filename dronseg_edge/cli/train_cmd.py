@@ -130,7 +130,7 @@ def submit(
     workers: int = typer.Option(2, min=0),
 ) -> None:
     """Write the Kaggle competition CSV (ImageID,EncodedPixels; one row per image and class)."""
-    from dronseg_edge.submission import write_competition_csv
+    from dronseg_edge.train.submission import write_competition_csv
 
     rows = write_competition_csv(checkpoint, data=data, out=out, order=rle_order, batch=batch, device=device, workers=workers)
     typer.echo(f"{rows} rows ({rle_order}-major RLE) -> {out}")

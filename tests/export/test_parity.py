@@ -13,30 +13,16 @@ import torch
 
 from dronseg_edge.export.parity import LogitComparison, check_parity
 from dronseg_edge.export.parity_report import ParityThresholds, parity_report_path
-from dronseg_edge.metadata import ModelInfo
-from dronseg_edge.runtime.base import Backend
+
+from testkit import FakeBackend
 
 W, H = 8, 4
 
 
-class FakeBackend(Backend):
-    """Returns ``make(batch)`` for every batch; ``info`` as given (no file behind it)."""
-
-    name = "fake"
-
-    def __init__(self, path, make, precision="fp32", head="logits"):
-        self._meta = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(W, H), precision=precision, head=head)
-        self.make = make
-        super().__init__(Path(path), torch.device("cpu"))
-
-    def read_info(self):
-        return self._meta
-
-    def activate(self):
-        self.provider = "fake provider"
-
-    def _infer(self, batch):
-        return self.make(batch)
+def fake(path: str, make, precision: str = "fp32", head: str = "logits") -> FakeBackend:
+    """An artifact at ``path`` (no file behind it) that returns ``make(batch)``."""
+    return FakeBackend(path, respond=make, arch="lraspp_mobilenet_v3_large", input_size=(W, H), batch=1,
+                       dynamic=False, precision=precision, head=head)
 
 
 def one_hot_logits(mask: torch.Tensor, scale: float = 5.0) -> torch.Tensor:
@@ -88,7 +74,7 @@ def test_identical_models_pass_with_exact_numbers(tmp_path):
     data = dataset(tmp_path / "d", [SKY_ROAD, SKY_ROAD])
     truth = torch.from_numpy(SKY_ROAD)
     model = lambda x: one_hot_logits(truth.expand(x.shape[0], H, W))  # noqa: E731
-    report = check_parity(FakeBackend("ref.pt", model), FakeBackend("cand.onnx", model), data, device="cpu")
+    report = check_parity(fake("ref.pt", model), fake("cand.onnx", model), data, device="cpu")
     assert report and report.passed and report.agreement == 1.0
     out = report.outputs[0]
     assert out.abs_max == 0 and out.cosine_min == pytest.approx(1.0)
@@ -102,8 +88,8 @@ def test_disagreeing_pixels_fail_with_the_reason_and_exact_agreement(tmp_path):
     truth = torch.from_numpy(SKY_ROAD)
     wrong = truth.clone()
     wrong[3, :2] = 3  # 2 road pixels become car: 30/32 agree
-    ref = FakeBackend("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
-    cand = FakeBackend("cand.onnx", lambda x: one_hot_logits(wrong.expand(x.shape[0], H, W)))
+    ref = fake("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
+    cand = fake("cand.onnx", lambda x: one_hot_logits(wrong.expand(x.shape[0], H, W)))
     report = check_parity(ref, cand, data, device="cpu")
     assert not report and report.agreement == pytest.approx(30 / 32)
     assert report.failures == ["logits: argmax agreement 93.750% < 99.9%"]
@@ -122,8 +108,8 @@ def test_int8_mIoU_limit_applies_against_ground_truth(tmp_path):
     truth = torch.from_numpy(SKY_ROAD)
     wrong = truth.clone()
     wrong[3, 0] = 11  # 1 pixel of 32 off: agreement 96.9% passes an 0.95 floor, the mIoU drop does not
-    ref = FakeBackend("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
-    cand = FakeBackend("cand.onnx", lambda x: one_hot_logits(wrong.expand(x.shape[0], H, W)), precision="int8")
+    ref = fake("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
+    cand = fake("cand.onnx", lambda x: one_hot_logits(wrong.expand(x.shape[0], H, W)), precision="int8")
     report = check_parity(ref, cand, data, device="cpu",
                           thresholds=ParityThresholds.for_precision("int8", min_agreement=0.95))
     assert not report.passed and len(report.failures) == 1
@@ -140,12 +126,12 @@ def test_fp16_overflow_is_detected_and_fp32_recommended(tmp_path):
         out[:, 1, 0, 0] = math.nan
         return out
 
-    ref = FakeBackend("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
-    report = check_parity(ref, FakeBackend("cand.onnx", overflowing, precision="fp16"), data, device="cpu")
+    ref = fake("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
+    report = check_parity(ref, fake("cand.onnx", overflowing, precision="fp16"), data, device="cpu")
     assert not report.passed
     assert any("NaN/Inf" in f for f in report.failures)
     assert any(w.startswith("fp16 overflow") and "--precision fp32" in w for w in report.warnings)
-    saturated = check_parity(ref, FakeBackend("c.onnx", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W), 60000.0),
+    saturated = check_parity(ref, fake("c.onnx", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W), 60000.0),
                                               precision="fp16"), data, device="cpu")
     assert any(w.startswith("fp16 saturation") for w in saturated.warnings)
 
@@ -153,8 +139,8 @@ def test_fp16_overflow_is_detected_and_fp32_recommended(tmp_path):
 def test_argmax_head_candidate_gets_mask_metrics_only(tmp_path):
     data = dataset(tmp_path / "d", [SKY_ROAD])
     truth = torch.from_numpy(SKY_ROAD)
-    ref = FakeBackend("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
-    cand = FakeBackend("m.onnx", lambda x: truth.expand(x.shape[0], H, W).to(torch.uint8), head="argmax")
+    ref = fake("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
+    cand = fake("m.onnx", lambda x: truth.expand(x.shape[0], H, W).to(torch.uint8), head="argmax")
     report = check_parity(ref, cand, data, device="cpu")
     assert report.passed and report.outputs[0].name == "mask" and report.outputs[0].abs_max is None
     assert "abs max" not in report.summary_line()
@@ -164,7 +150,7 @@ def test_report_json_is_standard_json_and_named_after_the_artifact(tmp_path):
     data = dataset(tmp_path / "d", [SKY_ROAD])
     truth = torch.from_numpy(SKY_ROAD)
     model = lambda x: one_hot_logits(truth.expand(x.shape[0], H, W))  # noqa: E731
-    report = check_parity(FakeBackend("r.pt", model), FakeBackend("c.onnx", model), data, device="cpu")
+    report = check_parity(fake("r.pt", model), fake("c.onnx", model), data, device="cpu")
     path = report.save(parity_report_path(tmp_path / "best_fp16.onnx"))
     assert path.name == "best_fp16.parity.json"
     assert parity_report_path(tmp_path / "best_fp16.onnx.failed").name == "best_fp16.parity.json"

@@ -1,5 +1,4 @@
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,11 +7,10 @@ import torch.nn.functional as F
 from pipeline_media import scene
 
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.pipeline import Segmenter
-from dronseg_edge.runtime.base import Backend, preprocess
+from dronseg_edge.runtime.base import preprocess
 from dronseg_edge.runtime.registry import load_backend
-from testkit import requires_cuda
+from testkit import FakeBackend, requires_cuda
 
 
 def nearest(classes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -128,30 +126,21 @@ def test_size_override_for_a_checkpoint(tiny_checkpoint):
         assert seg.predict(scene(0, (128, 80))).mask.shape == (80, 128)
 
 
-class ArgmaxBackend(Backend):
-    """An exported-style artifact: fixed batch 2, 8x6 input, returns an int64 class map (like ONNX ArgMax)."""
+def right_half_class_3(batch):
+    """Like an exported ArgMax head: an int64 class map, its right half class 3."""
+    classes = torch.zeros(batch.shape[0], 6, 8, dtype=torch.int64)
+    classes[:, :, 4:] = 3
+    return classes
 
-    name = "fake"
 
-    def __init__(self):
-        self.batches = []
-        super().__init__(Path("fake.onnx"), torch.device("cpu"))
-
-    def read_info(self):
-        return ModelInfo(arch="fake", input_size=(8, 6), head="argmax", batch=2, dynamic=False)
-
-    def activate(self):
-        self.provider = "test"
-
-    def _infer(self, batch):
-        self.batches.append(tuple(batch.shape))
-        classes = torch.zeros(batch.shape[0], 6, 8, dtype=torch.int64)
-        classes[:, :, 4:] = 3  # right half: class 3
-        return classes
+def argmax_backend(**options) -> FakeBackend:
+    """An exported-style artifact: fixed batch 2, 8x6 input, returning a class map."""
+    return FakeBackend(respond=right_half_class_3, input_size=(8, 6), head="argmax", batch=2, dynamic=False,
+                       provider="test", **options)
 
 
 def test_class_map_backend_with_fixed_batch_is_padded_and_resized_nearest():
-    backend = ArgmaxBackend()
+    backend = argmax_backend()
     seg = Segmenter(backend)
     result = seg.predict(scene(0, (80, 60)))
     assert backend.batches == [(2, 3, 6, 8)]  # one frame padded to the artifact's batch of 2
@@ -159,29 +148,15 @@ def test_class_map_backend_with_fixed_batch_is_padded_and_resized_nearest():
     assert (result.mask[:, :40] == 0).all() and (result.mask[:, 40:] == 3).all()
     assert result.shares[3] == pytest.approx(0.5)
     with pytest.raises(DronsegError, match="exported for batch 2"):
-        Segmenter(ArgmaxBackend(), batch=3)
+        Segmenter(argmax_backend(), batch=3)
     with pytest.raises(DronsegError, match="exported for 8x6"):
-        Segmenter(ArgmaxBackend(), size=(16, 12))
+        Segmenter(argmax_backend(), size=(16, 12))
 
 
-
-
-class StaticBufferBackend(ArgmaxBackend):
-    """Keeps a fixed input buffer made on its first call, as the CUDA-graph paths of the real backends do."""
-
-    def __init__(self):
-        self.static = None
-        super().__init__()
-
-    def _infer(self, batch):
-        if self.static is None:
-            self.static = torch.empty_like(batch)
-        self.static.copy_(batch)
-        return super()._infer(self.static)
 
 
 def test_backend_called_outside_inference_mode_after_the_segmenter():
-    backend = StaticBufferBackend()
+    backend = argmax_backend(static_buffer=True)
     seg = Segmenter(backend)
     seg.predict(scene(0, (8, 6)))  # the Segmenter works under inference mode: the buffer is made there
     backend.infer(torch.zeros(2, 3, 6, 8))  # as benchmarks/pipeline.py times segmenter.backend afterwards

@@ -3,7 +3,6 @@ on first use, the input contract checked in the base class, and a checkpoint bac
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,35 +10,19 @@ import torch
 import dronseg_edge.metadata as metadata_module
 from dronseg_edge.checkpoint import load_checkpoint
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.metadata import ModelInfo
-from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.onnxruntime import OnnxRuntimeBackend
 from dronseg_edge.runtime.registry import load_backend
 from dronseg_edge.runtime.tensorrt import TensorRTBackend
 from dronseg_edge.runtime.torch import TorchBackend
 
+from testkit import FakeBackend
+
 CPU = torch.device("cpu")
 
 
-class CountingBackend(Backend):
+def counting_backend(dynamic: bool = False) -> FakeBackend:
     """Static 1x3x6x8 (or dynamic) artifact that records what the base class let through."""
-
-    name = "counting"
-
-    def __init__(self, dynamic: bool = False):
-        self.dynamic, self.reads, self.activations, self.batches = dynamic, 0, 0, []
-        super().__init__(Path("counting.onnx"), CPU)
-
-    def read_info(self) -> ModelInfo:
-        self.reads += 1
-        return ModelInfo(arch="fake", input_size=(8, 6), batch=None if self.dynamic else 1, dynamic=self.dynamic)
-
-    def activate(self) -> None:
-        self.activations += 1
-
-    def _infer(self, batch):
-        self.batches.append(tuple(batch.shape))
-        return torch.zeros(batch.shape[0], 12, *batch.shape[2:])
+    return FakeBackend("counting.onnx", input_size=(8, 6), batch=None if dynamic else 1, dynamic=dynamic)
 
 
 @pytest.mark.parametrize("cls, name, message", [
@@ -55,7 +38,7 @@ def test_constructing_opens_no_file_and_info_says_what_is_wrong(tmp_path, cls, n
 
 
 def test_info_is_read_once_on_first_use():
-    backend = CountingBackend()
+    backend = counting_backend()
     assert backend.reads == 0
     assert backend.info.input_size == (8, 6) and backend.info is backend.info
     backend.infer(torch.zeros(1, 3, 6, 8))
@@ -69,14 +52,14 @@ def test_info_is_read_once_on_first_use():
     ((1, 3, 8, 8), "exported for 1x3x6x8 inputs, got 1x3x8x8"),
 ])
 def test_input_contract_is_checked_before_the_backend_sees_the_batch(shape, message):
-    backend = CountingBackend()
+    backend = counting_backend()
     with pytest.raises(DronsegError, match=message):
         backend.infer(torch.zeros(shape))
     assert backend.batches == [] and backend.activations == 0  # refused before any device work
 
 
 def test_a_dynamic_artifact_takes_any_batch_and_size_but_not_other_channels():
-    backend = CountingBackend(dynamic=True)
+    backend = counting_backend(dynamic=True)
     backend.infer(torch.zeros(3, 3, 16, 20))
     assert backend.batches == [(3, 3, 16, 20)]
     with pytest.raises(DronsegError, match="takes"):
