@@ -19,13 +19,12 @@ one core idle on x264's single-slice files, so it is measured too). Per clip and
 over --repeats (run interleaved) of wall ms per frame and of process CPU ms per frame (all threads), plus whether
 the frames came out rotated for display and whether the timestamps match the container's.
 
-Writes benchmarks/results/decode-<device>-<date>[-TAG].json.
+Writes benchmarks/results/decode-cpu[-nvdec]-<date>[-TAG].json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -143,7 +142,8 @@ def rotate_clip(source: Path, path: Path) -> str | None:
     tmp = path.with_name(f".{path.name}.tmp.mp4")
     # FFmpeg 6+ sets the display matrix with -display_rotation; 5.x with the rotate tag, which 6+
     # ignores. Both as counter-clockwise degrees here (checked: ffprobe reads rotation=90 back).
-    attempts = ([ffmpeg, "-y", "-loglevel", "error", "-display_rotation", str(ROTATION), "-i", str(source), "-c", "copy", str(tmp)],
+    attempts = ([ffmpeg, "-y", "-loglevel", "error", "-display_rotation", str(ROTATION), "-i", str(source),
+                 "-c", "copy", str(tmp)],
                 [ffmpeg, "-y", "-loglevel", "error", "-i", str(source), "-c", "copy",
                  "-metadata:s:v:0", f"rotate={ROTATION}", str(tmp)])
     for command in attempts:
@@ -190,10 +190,11 @@ def container_facts(path: Path) -> dict:
             b_frames += int(frame.pict_type) == 3  # AV_PICTURE_TYPE_B (PyAV 18 returns the plain number)
             times.append(float(frame.time))
             rotation = frame.rotation
+        seconds = (times[-1] - times[0]) * len(times) / (len(times) - 1) if len(times) > 1 else None
         return {"codec": stream.codec_context.name, "size": [stream.codec_context.width, stream.codec_context.height],
                 "frames": len(times), "b_frames": b_frames, "timestamps_s": times,
                 "rotation_ccw": rotation, "average_rate": str(stream.average_rate), "bytes": path.stat().st_size,
-                "mbit_per_s": round(path.stat().st_size * 8 / 1e6 / max(times[-1] - times[0], 1e-9) * (len(times) - 1) / len(times), 1) if len(times) > 1 else None}
+                "mbit_per_s": round(path.stat().st_size * 8e-6 / seconds, 1) if seconds else None}
 
 
 # ---------------------------------------------------------------- readers
@@ -343,7 +344,8 @@ def run(args) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     document = run(args)
-    name = f"decode-cpu-{document['date']}{'-' + args.tag if args.tag else ''}.json"
+    device = "cpu-nvdec" if args.hw else "cpu"
+    name = f"decode-{device}-{document['date']}{'-' + args.tag if args.tag else ''}.json"
     path = write_json_atomic(args.out / name, document)
     print(f"wrote {path}")
     return 0

@@ -32,6 +32,11 @@ if TYPE_CHECKING:  # annotations only: writing and reading metadata never needs 
     import onnx
 
 HEADS = ("logits", "argmax")
+# What a graph's input and outputs are. tensors: normalised float NCHW in, the head's output out
+# (pre/post-processing is the runner's job). frames: uint8 NHWC frames in (``color_order``), the
+# uint8 class map at the frame's own size out (export/embedded.py puts pre/post into the graph).
+IO_MODES = ("tensors", "frames")
+COLOR_ORDERS = ("RGB", "BGR")
 MARKER_KEY = "dronseg_edge"  # present in every ONNX file this package writes; its value is the metadata layout version
 MARKER_VERSION = "1"
 SIDECAR_FORMAT = "dronseg-edge-engine"
@@ -43,6 +48,10 @@ class ModelInfo:
 
     ``input_size`` is (width, height) in pixels; ``batch`` is None for a dynamic batch.
     ``head='logits'`` outputs (N, C, H, W) float scores, ``head='argmax'`` an (N, H, W) class map.
+    ``io='frames'``: the graph takes (N, H, W, 3) uint8 frames in ``color_order`` at ``source_size``
+    (W, H; None when ``dynamic``) and returns ``outputs``: ``mask`` (N, H, W) uint8 class map at the
+    frame's size, and with ``confidence`` (N, H, W) uint8 max softmax x 255; ``input_size`` stays
+    the model's own input inside the graph. ``io='tensors'``: normalised float RGB NCHW at ``input_size``.
     """
 
     arch: str
@@ -58,6 +67,10 @@ class ModelInfo:
     layout: str = "NCHW"
     source_sha256: str = ""
     package_version: str = __version__
+    io: str = "tensors"
+    source_size: tuple[int, int] | None = None
+    color_order: str = "RGB"
+    outputs: list[str] = field(default_factory=list)  # graph output names; [] = the head's one output
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -67,6 +80,7 @@ class ModelInfo:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["input_size"] = list(self.input_size)
+        data["source_size"] = list(self.source_size) if self.source_size is not None else None
         return data
 
     @classmethod
@@ -86,7 +100,16 @@ class ModelInfo:
             kwargs["input_size"] = (int(kwargs["input_size"][0]), int(kwargs["input_size"][1]))
         except (TypeError, ValueError, IndexError):
             raise DronsegError(f"{source}: metadata input_size {kwargs['input_size']!r} is not [width, height]") from None
+        if kwargs.get("source_size") is not None:
+            try:
+                kwargs["source_size"] = (int(kwargs["source_size"][0]), int(kwargs["source_size"][1]))
+            except (TypeError, ValueError, IndexError):
+                raise DronsegError(f"{source}: metadata source_size {kwargs['source_size']!r} is not [width, height]") from None
         info = cls(**kwargs, extra=extra)
+        if info.io not in IO_MODES:
+            raise DronsegError(f"{source}: metadata io {info.io!r} is not one of {IO_MODES}: a newer dronseg-edge wrote it")
+        if info.color_order not in COLOR_ORDERS:
+            raise DronsegError(f"{source}: metadata color_order {info.color_order!r} is not one of {COLOR_ORDERS}")
         if info.head not in HEADS:
             raise DronsegError(f"{source}: metadata head {info.head!r} is not one of {HEADS}")
         if len(info.palette) != info.num_classes:

@@ -52,6 +52,13 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/export, or beside the checkpoint)."),
     workspace: float = typer.Option(4.0, "--workspace", help="TensorRT builder workspace limit in GiB."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (engines need a GPU)."),
+    io: str = typer.Option("tensors", "--io", help="tensors: normalised float NCHW in, logits (or --head argmax) out; "
+                           "frames: pre/post-processing inside the graph: uint8 BGR NHWC frames in, uint8 class map "
+                           "at the frame's size out."),
+    source_size: Optional[str] = typer.Option(None, "--source-size", help="--io frames: the frames' WxH (default: the "
+                                              "model input size; --dynamic: any size)."),
+    confidence: bool = typer.Option(False, "--confidence", help="--io frames: a second output, uint8 confidence "
+                                    "(max softmax x 255)."),
     triton_backend: Optional[str] = typer.Option(None, "--triton-backend", help="--format triton: onnxruntime "
                                                  "(model.onnx, default) or tensorrt (model.plan built here: needs TensorRT)."),
 ) -> None:
@@ -66,6 +73,7 @@ def export(
     if fmt not in FORMAT_CHOICES:
         raise DronsegError(f"--format {fmt!r} is not one of {', '.join(FORMAT_CHOICES)}")
     run_size = parse_size(size) if size is not None else None
+    frames_size = parse_size(source_size) if source_size is not None else None
     if triton_backend is not None and fmt != "triton":
         raise DronsegError(f"--triton-backend applies to --format triton only, not --format {fmt}: drop it or add --format triton")
     if "engine" in FORMAT_CHOICES[fmt]:
@@ -77,7 +85,8 @@ def export(
                             head=head, calib_data=calib_data, calib_method=calib_method, calib_images=calib_images,
                             parity=parity, parity_data=parity_data, parity_images=parity_images,
                             thresholds=_thresholds(precision, min_agreement, max_miou_drop), out_dir=out,
-                            workspace_gib=workspace, device=device, triton_backend=triton_backend or "onnxruntime")
+                            workspace_gib=workspace, device=device, triton_backend=triton_backend or "onnxruntime",
+                            io=io, source_size=frames_size, confidence=confidence)
     for one in formats:
         result = export_artifact(checkpoint, dataclasses.replace(options, fmt=one))
         for note in result.notes:
@@ -92,6 +101,9 @@ def export(
                               "with --min-agreement/--max-miou-drop")
         info = result.info
         shape = "dynamic N x H x W" if info.dynamic else f"batch {info.batch}, {format_size(info.input_size)}"
+        if info.io == "frames":
+            frames_shape = "any size" if info.dynamic else format_size(info.source_size)
+            shape = f"uint8 {info.color_order} frames ({frames_shape}) in, model {format_size(info.input_size)}, {shape}"
         verdict = "" if result.report is not None else " (parity NOT checked: --no-parity)"
         if result.served is not None:  # a Triton model folder around the file
             typer.echo(f"wrote {result.served} and the Triton model repository {result.path} ({info.precision}, "

@@ -3,6 +3,7 @@
 File names (in the checkpoint's run folder ``RUN/export/``, or beside a bare checkpoint):
 
     NAME = <checkpoint stem>[_argmax][_<W>x<H> if not the training size][_b<N> | _dyn]
+           [_frames[_src<W>x<H> if not the model size][_conf]]     --io frames (export/embedded.py)
     NAME_<precision>.onnx                                   fp32 | fp16 | int8
     NAME_<precision>_<gpu>_sm<cc>_trt<version>.engine       + NAME_..engine.json (metadata sidecar)
     <artifact stem>.parity.json                             the parity report (PASS or FAIL)
@@ -33,6 +34,7 @@ from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
 from dronseg_edge.classes import NUM_CLASSES
 from dronseg_edge.devices import resolve_device
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.export import embedded
 from dronseg_edge.export import onnx as onnx_export
 from dronseg_edge.export.images import resolve_images
 from dronseg_edge.export.options import CALIB_IMAGES, EXPORT_PRECISIONS, FORMATS, PARITY_IMAGES, ExportOptions
@@ -123,6 +125,12 @@ def artifact_path(checkpoint: Path, options: ExportOptions | None = None, /, **c
 def _final_path(checkpoint: Path, train_size: tuple[int, int], options: ExportOptions, folder: Path) -> Path:
     size = options.size or train_size
     base = artifact_base(checkpoint, train_size, size, options.batch, options.dynamic, options.head)
+    if options.io == "frames":
+        base += "_frames"
+        if options.source_size is not None and tuple(options.source_size) != tuple(size):
+            base += f"_src{options.source_size[0]}x{options.source_size[1]}"
+        if options.confidence:
+            base += "_conf"
     if options.fmt == "onnx":
         return folder / f"{base}_{options.precision}.onnx"
     if options.fmt == "triton":
@@ -171,7 +179,9 @@ def reusable_artifact(path: Path, expected: ModelInfo) -> ModelInfo | None:
         return None
     same = (found.source_sha256 == expected.source_sha256 and found.precision == expected.precision
             and found.head == expected.head and tuple(found.input_size) == tuple(expected.input_size)
-            and found.batch == expected.batch and found.dynamic == expected.dynamic)
+            and found.batch == expected.batch and found.dynamic == expected.dynamic
+            and found.io == expected.io and found.source_size == expected.source_size
+            and list(found.outputs) == list(expected.outputs))
     return found if same else None
 
 
@@ -206,10 +216,13 @@ def export_artifact(checkpoint: Path, options: ExportOptions | None = None, /, *
 def _artifact_info(source: _Source, options: ExportOptions) -> ModelInfo:
     """The metadata the artifact of ``options`` carries: the checkpoint's, with the export's shape and precision."""
     batch, dynamic = (None, True) if options.dynamic else (options.batch, False)
-    return dataclasses.replace(
+    info = dataclasses.replace(
         source.info, input_size=tuple(options.size or source.train_size), precision=options.precision,
         head=options.head, batch=batch, dynamic=dynamic,
         extra={"source_checkpoint": str(source.path.resolve()), "train_size": list(source.train_size)})
+    if options.io == "frames":
+        return embedded.frames_info(info, options.source_size, options.confidence)
+    return info
 
 
 def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResult:
@@ -240,16 +253,19 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
 
 def _write_onnx(model, dest: Path, info: ModelInfo, precision: str, opset: int | None, calibration, method: str) -> tuple[str, ...]:
     notes = []
+    frames = info.io == "frames"  # pre/post inside the graph (export/embedded.py)
+    export = embedded.export_frames_onnx if frames else onnx_export.export_onnx
+    verify = embedded.verify_frames_dynamic if frames else onnx_export.verify_dynamic
     if precision == "fp32":
-        onnx_export.export_onnx(model, dest, info, opset=opset)
+        export(model, dest, info, opset=opset)
         if info.dynamic:
-            notes.append(onnx_export.verify_dynamic(dest, model, info))
+            notes.append(verify(dest, model, info))
         return tuple(notes)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=dest.parent) as tmp:
         fp32_info = ModelInfo.from_dict({**info.to_dict(), "precision": "fp32"})
-        fp32_path = onnx_export.export_onnx(model, Path(tmp) / "fp32.onnx", fp32_info, opset=opset)
+        fp32_path = export(model, Path(tmp) / "fp32.onnx", fp32_info, opset=opset)
         if info.dynamic:
-            notes.append(onnx_export.verify_dynamic(fp32_path, model, fp32_info))
+            notes.append(verify(fp32_path, model, fp32_info))
         info.extra.update({k: v for k, v in fp32_info.extra.items() if k not in info.extra})
         if precision == "fp16":
             from dronseg_edge.export.fp16 import convert_to_fp16
@@ -260,8 +276,8 @@ def _write_onnx(model, dest: Path, info: ModelInfo, precision: str, opset: int |
             from dronseg_edge.export.quantize import quantize_int8
 
             int8_path = Path(tmp) / "int8.onnx"
-            info.extra.update(quantize_int8(fp32_path, int8_path, calibration, info, input_name=onnx_export.INPUT_NAME,
-                                            method=method))
+            input_name = embedded.FRAMES_INPUT if frames else onnx_export.INPUT_NAME
+            info.extra.update(quantize_int8(fp32_path, int8_path, calibration, info, input_name=input_name, method=method))
             graph = onnx.load(str(int8_path))
         onnx_export.finish_graph(graph, info, simplify=False)
         onnx_export.save_onnx(graph, dest, info)

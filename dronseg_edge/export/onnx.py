@@ -161,18 +161,20 @@ def _check(graph: onnx.ModelProto, what: str) -> None:
 
 def _name_output_dims(graph: onnx.ModelProto, info: ModelInfo) -> None:
     """Fixed class count and the batch/height/width of the input on the output (simplifiers lose them)."""
-    width, height = info.input_size
+    # A frames graph (io='frames') returns its maps at the frame's size, not the model input's.
+    width, height = info.source_size if info.io == "frames" and info.source_size else info.input_size
     spatial = ["height", "width"] if info.dynamic else [height, width]
     batch = "batch" if info.dynamic else (info.batch or 1)
     dims = [batch, info.num_classes, *spatial] if info.head == "logits" else [batch, *spatial]
-    shape = graph.graph.output[0].type.tensor_type.shape
-    if len(shape.dim) != len(dims):
-        return
-    for proto, value in zip(shape.dim, dims):
-        if isinstance(value, str):
-            proto.dim_param = value
-        else:
-            proto.dim_value = int(value)
+    for output in graph.graph.output if info.io == "frames" else graph.graph.output[:1]:
+        shape = output.type.tensor_type.shape
+        if len(shape.dim) != len(dims):
+            continue
+        for proto, value in zip(shape.dim, dims):
+            if isinstance(value, str):
+                proto.dim_param = value
+            else:
+                proto.dim_value = int(value)
 
 
 def save_onnx(graph: onnx.ModelProto, path: Path, info: ModelInfo) -> Path:

@@ -14,7 +14,7 @@ import torch
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export.parity_report import ParityThresholds
-from dronseg_edge.metadata import HEADS
+from dronseg_edge.metadata import HEADS, IO_MODES
 
 FORMATS = ("onnx", "engine", "triton")  # triton: a Triton model repository around the ONNX file (or engine)
 TRITON_BACKENDS = ("onnxruntime", "tensorrt")  # export.triton serves model.onnx or model.plan
@@ -23,6 +23,7 @@ CALIBRATION_METHODS = ("minmax", "percentile")  # export.quantize implements the
 DEFAULT_CALIBRATION_METHOD = "percentile"
 CALIB_IMAGES = 32
 PARITY_IMAGES = 16
+FRAMES_MIN_OPSET = 18  # ONNX Resize has its antialias attribute from opset 18 (export/embedded.py)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class ExportOptions:
     checkpoint). ``triton_backend`` (``fmt='triton'`` only): ``onnxruntime`` serves the ONNX file,
     ``tensorrt`` an engine built here. ``reuse``: return an existing file of the same name made from the same checkpoint
     with the same options instead of exporting again (the engine path and ``bench --matrix`` use it).
+    ``io='frames'``: pre- and post-processing inside the graph (export/embedded.py): uint8 BGR
+    frames in at ``source_size`` (W, H; None: ``size``, or any size with ``dynamic``), the uint8
+    class map at that size out, plus a uint8 confidence map with ``confidence``.
     """
 
     fmt: str = "onnx"
@@ -56,17 +60,23 @@ class ExportOptions:
     device: str | torch.device = "auto"
     reuse: bool = False
     triton_backend: str = "onnxruntime"
+    io: str = "tensors"
+    source_size: tuple[int, int] | None = None
+    confidence: bool = False
 
     def __post_init__(self) -> None:
         # Normalised here so that equal options compare equal (a list size, a str path, a numpy int).
         for name, convert in (("batch", int), ("calib_images", int), ("parity_images", int),
-                              ("workspace_gib", float), ("dynamic", bool), ("parity", bool), ("reuse", bool)):
+                              ("workspace_gib", float), ("dynamic", bool), ("parity", bool), ("reuse", bool),
+                              ("confidence", bool)):
             object.__setattr__(self, name, convert(getattr(self, name)))
         for name in ("calib_data", "parity_data", "out_dir"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         if self.size is not None:
             object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+        if self.source_size is not None:
+            object.__setattr__(self, "source_size", (int(self.source_size[0]), int(self.source_size[1])))
         self._validate()
 
     def _validate(self) -> None:
@@ -88,3 +98,27 @@ class ExportOptions:
         for option, value in (("--calib-images", self.calib_images), ("--parity-images", self.parity_images)):
             if value < 1:
                 raise DronsegError(f"{option} {value} must be 1 or more")
+        self._validate_io()
+
+    def _validate_io(self) -> None:
+        if self.io not in IO_MODES:
+            raise DronsegError(f"--io {self.io!r} is not one of {', '.join(IO_MODES)}")
+        if self.io == "tensors":
+            for option, given in (("--source-size", self.source_size is not None), ("--confidence", self.confidence)):
+                if given:
+                    raise DronsegError(f"{option} needs --io frames (pre/post-processing inside the graph); "
+                                       "drop it for a --io tensors export")
+            return
+        if self.source_size is not None and self.dynamic:
+            raise DronsegError(f"--source-size {self.source_size[0]}x{self.source_size[1]} fixes the frame size but --dynamic "
+                               "takes any: pass one of them")
+        if self.source_size is not None and min(self.source_size) < 1:
+            raise DronsegError(f"--source-size {self.source_size[0]}x{self.source_size[1]} must be positive, as WxH")
+        if self.head != "logits":
+            raise DronsegError(f"--head {self.head} with --io frames: a frames graph always ends in the class map "
+                               "(argmax inside it); drop --head")
+        if self.fmt == "triton":
+            raise DronsegError("--format triton with --io frames is not supported yet: export --format onnx or engine")
+        if self.opset is not None and self.opset < FRAMES_MIN_OPSET:
+            raise DronsegError(f"--opset {self.opset} with --io frames: antialiased Resize needs opset "
+                               f">= {FRAMES_MIN_OPSET}; drop --opset or pass {FRAMES_MIN_OPSET}")

@@ -150,12 +150,20 @@ def _run(backend: Backend, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def _check_compatible(reference: Backend, candidate: Backend) -> None:
+def _check_compatible(reference: Backend, candidate: Backend, frames: bool = False) -> None:
     if reference.info.num_classes != candidate.info.num_classes:
         raise DronsegError(
             f"{reference.path} predicts {reference.info.num_classes} classes but {candidate.path} "
             f"{candidate.info.num_classes}: compare models of the same data set"
         )
+    if frames and (reference.info.io == "frames" or reference.info.head != "logits" or not reference.info.dynamic):
+        raise DronsegError(f"{candidate.path} takes frames (export --io frames): compare it with its checkpoint, "
+                           f"not with {reference.path}")
+    if frames:
+        return
+    if reference.info.io == "frames":
+        raise DronsegError(f"{reference.path} takes frames (export --io frames): it can only be a candidate, "
+                           "compared with its checkpoint")
     if _static(reference.info) and reference.info.input_size != candidate.info.input_size:
         raise DronsegError(
             f"{reference.path} takes {reference.info.input_size[0]}x{reference.info.input_size[1]} inputs but "
@@ -179,12 +187,18 @@ def check_parity(reference: Model, candidate: Model, data: Path | None = None, *
     try:
         opened = [_open(reference, torch_device, owned), _open(candidate, torch_device, owned)]
         ref, cand = opened[0][0], opened[1][0]
-        _check_compatible(ref, cand)
-        size = tuple(cand.info.input_size)
+        frames = cand.info.io == "frames"  # pre/post inside the candidate: compared at the frame's size
+        _check_compatible(ref, cand, frames)
+        size = tuple((cand.info.source_size if frames else None) or cand.info.input_size)
         ckpt = _checkpoint_for_images(opened) if data is None else None
+        limits = thresholds or ParityThresholds.for_precision(cand.info.precision)
         with resolve_images(data, ckpt, option="--parity-data", max_images=max_images, size=size,
                             allow_synthetic=True) as images, tf32_mode(False):  # the PyTorch reference must be true fp32, not TF32
-            return _compare(ref, cand, images, thresholds or ParityThresholds.for_precision(cand.info.precision))
+            if frames:
+                from dronseg_edge.export.parity_frames import compare_frames
+
+                return judge(compare_frames(ref, cand, images, limits))
+            return _compare(ref, cand, images, limits)
     finally:
         for backend in owned:
             backend.deactivate()

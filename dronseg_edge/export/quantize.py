@@ -47,6 +47,9 @@ def calibration_batches(images: ImageSet, info: ModelInfo, input_name: str) -> I
     B is the graph's fixed batch (1 when it is dynamic); the last batch repeats its final image.
     """
     batch = info.batch or 1
+    if info.io == "frames":  # the graph's own input: uint8 BGR frames at its source size (export/embedded.py)
+        yield from _frame_batches(images, info, input_name)
+        return
     frames: list[torch.Tensor] = []
     for item in images.items:
         frame, _ = load_item(item, info.num_classes)
@@ -57,6 +60,23 @@ def calibration_batches(images: ImageSet, info: ModelInfo, input_name: str) -> I
     if frames:
         frames += [frames[-1]] * (batch - len(frames))
         yield {input_name: torch.cat(frames).numpy()}
+
+
+def _frame_batches(images: ImageSet, info: ModelInfo, input_name: str) -> Iterator[dict[str, np.ndarray]]:
+    """(B, H, W, 3) uint8 frames at ``info.source_size`` (dynamic: each at its own size, B = 1)."""
+    from dronseg_edge.export.embedded import frame_at
+
+    batch = info.batch or 1
+    frames: list[np.ndarray] = []
+    for item in images.items:
+        frame, _ = load_item(item, info.num_classes)
+        frames.append(frame_at(frame, info.source_size))
+        if len(frames) == batch:
+            yield {input_name: np.stack(frames)}
+            frames = []
+    if frames:
+        frames += [frames[-1]] * (batch - len(frames))
+        yield {input_name: np.stack(frames)}
 
 
 def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo, *, input_name: str,

@@ -52,9 +52,24 @@ def default_timing_cache(gpu_name: str, compute_capability: str, trt_version: st
     return root / f"timing_{gpu_slug(gpu_name)}_sm{cc}_trt{trt_version}.cache"
 
 
+# Largest frame a dynamic frames engine (export --io frames --dynamic) takes unless the model input
+# is larger: TensorRT reserves activation memory for the profile's maximum, and bilinear logits of
+# 4 x 12 classes at 4K would need ~1.6 GB of it, too much beside the model on an 8 GB Jetson.
+FRAMES_MAX_SIZE = (1920, 1080)
+
+
 def dynamic_profile(info: ModelInfo, batch: int) -> dict[str, list[int]]:
-    """min/opt/max input shapes of a --dynamic engine: 1 x 64x64 up to max(batch, 4) x the export size."""
+    """min/opt/max input shapes of a --dynamic engine: 1 x 64x64 up to max(batch, 4) x the export size.
+
+    A frames graph (``info.io == 'frames'``) takes (N, H, W, 3) uint8 frames of any size, resized
+    inside: 1 x 64x64 up to max(batch, 4) x the larger of FRAMES_MAX_SIZE and the model input.
+    """
     width, height = info.input_size
+    if info.io == "frames":
+        top_w, top_h = max(width, FRAMES_MAX_SIZE[0]), max(height, FRAMES_MAX_SIZE[1])
+        return {"min": [1, min(MIN_SIDE, height), min(MIN_SIDE, width), 3],
+                "opt": [batch, height, width, 3],
+                "max": [max(batch, MIN_MAX_BATCH), top_h, top_w, 3]}
     return {"min": [1, 3, min(MIN_SIDE, height), min(MIN_SIDE, width)],
             "opt": [batch, 3, height, width],
             "max": [max(batch, MIN_MAX_BATCH), 3, height, width]}

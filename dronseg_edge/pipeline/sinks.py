@@ -155,7 +155,7 @@ class VideoSink(Sink):
 
     @property
     def codec(self) -> str | None:
-        """The encoder actually writing the video (``libx264``, ``h264_nvenc``, ``mp4v``, ...); None before the first frame."""
+        """The encoder writing the video (``libx264``, ``h264_nvenc``, ``mp4v``, ...); None before the first frame."""
         return self._writer.codec if self._writer is not None else None
 
     def _open(self, size: tuple[int, int]) -> None:

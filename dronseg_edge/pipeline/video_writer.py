@@ -82,7 +82,8 @@ def encoders_for(codec: str) -> list[str]:
     fails before it starts instead of at its first frame.
     """
     if codec not in ENCODERS:
-        raise DronsegError(f"--codec {codec} is not one of {', '.join(VIDEO_CODECS)}: pick one (auto chooses the best here)")
+        raise DronsegError(f"--codec {codec} is not one of {', '.join(VIDEO_CODECS)}: pick one "
+                           "(auto chooses the best here)")
     wanted = ENCODERS[codec]
     needs_av = [name for name in wanted if name != "mp4v"]
     if needs_av and _import_av() is None and "mp4v" not in wanted:

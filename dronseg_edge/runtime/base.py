@@ -82,6 +82,8 @@ class Backend(ABC):
         Checked before the backend sees it: a runtime's own error for a wrong shape (ONNX Runtime's
         INVALID_ARGUMENT, TensorRT's refused binding) names neither the file nor the fix.
         """
+        if self.info.io == "frames":
+            return self._check_frames(batch)
         width, height = self.info.input_size
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise DronsegError(f"{self.path.name} takes (N, 3, H, W) batches, got {tuple(batch.shape)}")
@@ -90,6 +92,20 @@ class Backend(ABC):
             raise DronsegError(
                 f"{self.path.name} was exported for {self.info.batch or 'N'}x3x{height}x{width} inputs, got "
                 f"{'x'.join(map(str, batch.shape))}: re-export with --size/--batch to match, or with --dynamic"
+            )
+
+    def _check_frames(self, batch: torch.Tensor) -> None:
+        """A frames artifact (pre/post-processing inside, export --io frames): (N, H, W, 3) uint8 frames."""
+        if batch.ndim != 4 or batch.shape[3] != 3 or batch.dtype != torch.uint8:
+            raise DronsegError(f"{self.path.name} takes (N, H, W, 3) uint8 {self.info.color_order} frames, got "
+                               f"{tuple(batch.shape)} {str(batch.dtype).replace('torch.', '')}")
+        if self.info.dynamic or self.info.source_size is None:
+            return
+        width, height = self.info.source_size
+        if tuple(batch.shape[1:3]) != (height, width) or (self.info.batch and batch.shape[0] != self.info.batch):
+            raise DronsegError(
+                f"{self.path.name} was exported for {self.info.batch or 'N'}x{height}x{width}x3 frames, got "
+                f"{'x'.join(map(str, batch.shape))}: re-export with --source-size/--batch to match, or with --dynamic"
             )
 
     def __enter__(self) -> "Backend":
@@ -106,12 +122,14 @@ class Backend(ABC):
 
 
 def preprocess(frames_bgr: np.ndarray | torch.Tensor, info: ModelInfo, device: torch.device,
-               staging: HostStaging | None = None) -> torch.Tensor:
+               staging: HostStaging | None = None, antialias: bool = False) -> torch.Tensor:
     """uint8 BGR frames (N, H, W, 3) or one frame (H, W, 3) -> normalised float32 (N, 3, h, w) on ``device``.
 
     Colour conversion, resizing (bilinear) to ``info.input_size`` and normalisation run on ``device``,
     so only uint8 bytes cross the bus. Host frames go through ``staging`` (pinned buffers, an
     asynchronous copy) when given; without it a copy to a GPU blocks the host until it is done.
+    ``antialias``: filter when shrinking, as training's cv2.INTER_AREA did and as a frames graph
+    (export --io frames) does inside; off by default (the pipeline's historical behaviour).
     """
     frames = torch.as_tensor(frames_bgr)
     if frames.ndim == 3:
@@ -121,7 +139,7 @@ def preprocess(frames_bgr: np.ndarray | torch.Tensor, info: ModelInfo, device: t
     x = frames.to(device, non_blocking=True).permute(0, 3, 1, 2).flip(1).float().div_(255.0)
     width, height = info.input_size
     if x.shape[-2:] != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=antialias)
     mean, std = _normalisation(tuple(info.mean), tuple(info.std), x.device)
     return x.sub_(mean).div_(std).contiguous()
 

@@ -307,3 +307,16 @@ def test_real_engine_passes_parity(trained_checkpoint, tmp_path, precision):
     result = export_artifact(trained_checkpoint, fmt="engine", precision=precision, out_dir=tmp_path, device="cuda")
     assert result.passed, result.report.table()
     assert result.path.suffix == ".engine" and sidecar_path(result.path).is_file()
+
+
+def test_frames_graph_engine_gets_a_uint8_nhwc_profile_and_keeps_its_io_metadata(fake_trt, tmp_path):
+    """An ``--io frames`` graph (uint8 NHWC frames in, uint8 class map out) builds through the same path."""
+    trt = fake_trt("10.3.0")
+    info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), head="argmax", batch=None, dynamic=True,
+                     layout="NHWC", io="frames", color_order="BGR", outputs=["mask", "confidence"])
+    engine = tmp_path / "f.engine"
+    trt_export.build_engine(_onnx_stub(tmp_path), engine, info, precision="fp16", device=torch.device("cuda"), opt_batch=1)
+    assert trt.recorded("profile") == [("profile", ("images", [1, 64, 64, 3], [1, 64, 96, 3], [4, 1080, 1920, 3]))]
+    side = read_engine_sidecar(engine)
+    assert (side.io, side.layout, side.color_order, side.outputs, side.source_size) == \
+        ("frames", "NHWC", "BGR", ["mask", "confidence"], None)

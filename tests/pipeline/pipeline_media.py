@@ -63,7 +63,8 @@ def probe_with_pyav(path: Path) -> dict:
                 "rate": stream.average_rate, "tag": context.codec_tag, "frames": frames}
 
 
-def write_vfr_video(path: Path, ticks: tuple[int, ...], frames: int = 12, size: tuple[int, int] = (96, 64)) -> list[float]:
+def write_vfr_video(path: Path, ticks: tuple[int, ...], frames: int = 12,
+                    size: tuple[int, int] = (96, 64)) -> list[float]:
     """An H.264 clip whose frame durations cycle through ``ticks`` (1/90000 s each), written with
     PyAV (OpenCV writes constant rates only); returns each frame's presentation time in seconds."""
     from fractions import Fraction
