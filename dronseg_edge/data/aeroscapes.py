@@ -61,13 +61,23 @@ class DatasetStats:
 
 
 def read_ids(csv_path: Path) -> list[str]:
-    """The ``ImageID`` column of a Kaggle CSV, in file order."""
+    """The ``ImageID`` column of a Kaggle CSV, in file order; a repeated ID is refused with its row."""
     try:
-        with open(csv_path, newline="", encoding="utf-8") as handle:
+        # utf-8-sig: spreadsheet programs save UTF-8 with a byte-order mark, which would glue onto the header.
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or "ImageID" not in reader.fieldnames:
                 raise DronsegError(f"{csv_path} has no ImageID column (header: {reader.fieldnames}); {FIX_LAYOUT}")
-            ids = [row["ImageID"].strip() for row in reader if row.get("ImageID", "").strip()]
+            ids, first_row = [], {}
+            for row in reader:
+                image_id = (row.get("ImageID") or "").strip()
+                if not image_id:
+                    continue
+                if image_id in first_row:
+                    raise DronsegError(f"{csv_path} line {reader.line_num}: ImageID {image_id} is listed again "
+                                       f"(first on line {first_row[image_id]}): remove the duplicate row")
+                first_row[image_id] = reader.line_num
+                ids.append(image_id)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DronsegError(f"cannot read {csv_path}: {exc}") from None
     return ids

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dronseg_edge.data.aeroscapes import dataset_samples, read_mask, samples_for_ids, validate_samples
+from dronseg_edge.data.aeroscapes import dataset_samples, read_ids, read_mask, samples_for_ids, validate_samples
 from dronseg_edge.errors import DronsegError
 
 
@@ -87,6 +87,23 @@ def test_csv_without_imageid_column(tmp_path):
     make_layout(tmp_path)
     (tmp_path / "train.csv").write_text("id\nx\n")
     assert "ImageID" in _error(dataset_samples, tmp_path)
+
+
+def test_csv_saved_with_a_byte_order_mark_is_read(tmp_path):
+    ids = make_layout(tmp_path)
+    text = (tmp_path / "train.csv").read_text()
+    (tmp_path / "train.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert read_ids(tmp_path / "train.csv") == ids[:4]  # before: "no ImageID column (header: ['\\ufeffImageID'])"
+    assert sorted(s.image_id for s in dataset_samples(tmp_path)) == ids[:4]
+
+
+def test_duplicate_image_id_is_refused_with_its_rows(tmp_path):
+    ids = make_layout(tmp_path)
+    with open(tmp_path / "train.csv", "a") as handle:
+        handle.write(f"{ids[0]}\n")
+    message = _error(dataset_samples, tmp_path)
+    assert f"ImageID {ids[0]} is listed again" in message and "first on line 2" in message
+    assert "train.csv line" in message and "\n" not in message
 
 
 def test_size_mismatch_is_named(tmp_path):
