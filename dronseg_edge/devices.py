@@ -1,45 +1,147 @@
-"""Choosing the torch device from ``--device auto|cpu|cuda|cuda:N``."""
+"""Choosing the device from ``--device auto|cpu|cuda|cuda:N``, with torch or without it.
+
+Two forms of the same choice: :func:`resolve_device` gives a ``torch.device`` (checkpoints,
+training, export); :func:`resolve_lean_device` gives a :class:`Device` and never imports torch,
+for the deployable path (an ``.onnx`` or ``.engine`` run by ONNX Runtime or TensorRT). Both have
+``.type`` ("cpu" | "cuda") and ``.index``; backends use nothing else of a device. Without torch,
+CUDA GPUs are counted and named through the driver library (``libcuda``) with ctypes.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
-
-import torch
+import ctypes
+import ctypes.util
+import functools
+import os
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 
+if TYPE_CHECKING:
+    import torch
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks the first CUDA GPU when there is one, else the CPU."""
+_NOT_A_DEVICE = "is not a device: use auto, cpu, cuda or cuda:N"
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device without torch: ``type`` "cpu" or "cuda", ``index`` None (the current GPU) or N."""
+
+    type: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+
+def parse_device(name: str | None) -> Device | None:
+    """The device a ``--device`` value names (None for auto); its syntax only, nothing is probed."""
     name = (name or "auto").strip().lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise BackendUnavailable(
-                f"--device {name}: no CUDA GPU is visible to torch {torch.__version__}; use --device cpu "
-                "or install a CUDA build of torch (on Jetson: NVIDIA's JetPack wheel)"
-            )
+        return Device("cpu")
+    kind, _, index = name.partition(":")
+    if kind == "cuda" and (not index or index.isdigit()):
+        return Device("cuda", int(index) if index else None)
+    raise DronsegError(f"--device {name!r} {_NOT_A_DEVICE}")
+
+
+def torch_loaded() -> bool:
+    """True when torch is already imported in this process (nothing here imports it to find out)."""
+    return "torch" in sys.modules
+
+
+@functools.lru_cache(maxsize=1)
+def _libcuda():
+    """The CUDA driver library, initialised, or None (no driver: a CPU machine)."""
+    for name in ("libcuda.so.1", ctypes.util.find_library("cuda") or "", "nvcuda.dll"):
+        if not name:
+            continue
         try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise DronsegError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DronsegError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
-        return device
-    raise DronsegError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N")
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        if lib.cuInit(0) == 0:
+            return lib
+    return None
 
 
-def device_description(device: torch.device) -> str:
+def cuda_device_count() -> int:
+    """CUDA GPUs visible to this process (torch's count when torch is loaded, else the driver's)."""
+    if torch_loaded():
+        return sys.modules["torch"].cuda.device_count()
+    lib = _libcuda()
+    count = ctypes.c_int(0)
+    if lib is None or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def _check_cuda(device: Device, count: int, who: str, fix: str) -> None:
+    if count == 0:
+        raise BackendUnavailable(f"--device {device}: no CUDA GPU is visible to {who}; use --device cpu{fix}")
+    if device.index is not None and device.index >= count:
+        raise DronsegError(f"--device {device}: only {count} GPU(s) visible")
+
+
+def resolve_lean_device(name: str = "auto") -> Device:
+    """``auto`` picks the first CUDA GPU when the driver shows one, else the CPU; never imports torch."""
+    device = parse_device(name)
+    if device is None:
+        return Device("cuda") if cuda_device_count() else Device("cpu")
+    if device.type == "cuda":
+        _check_cuda(device, cuda_device_count(), "the CUDA driver", " or install the NVIDIA driver")
+    return device
+
+
+def resolve_device(name: str = "auto") -> "torch.device":
+    """The torch form of :func:`resolve_lean_device` (imports torch)."""
+    import torch
+
+    device = parse_device(name)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        _check_cuda(device, count, f"torch {torch.__version__}",
+                    " or install a CUDA build of torch (on Jetson: NVIDIA's JetPack wheel)")
+    return torch.device(str(device))
+
+
+def as_torch_device(device) -> "torch.device":
+    """A torch.device for a Device, a torch.device or a string (imports torch)."""
+    import torch
+
+    return device if isinstance(device, torch.device) else torch.device(str(device))
+
+
+def device_description(device) -> str:
     """Human-readable name, e.g. 'NVIDIA H100 80GB HBM3 (sm90)' or 'cpu (2 threads)'."""
     if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        major, minor = torch.cuda.get_device_capability(index)
-        return f"{torch.cuda.get_device_name(index)} (sm{major}{minor})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+        if torch_loaded():
+            torch = sys.modules["torch"]
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            major, minor = torch.cuda.get_device_capability(index)
+            return f"{torch.cuda.get_device_name(index)} (sm{major}{minor})"
+        return _driver_gpu_name(device.index or 0)
+    threads = sys.modules["torch"].get_num_threads() if torch_loaded() else (os.cpu_count() or 1)
+    return f"cpu ({threads} threads)"
+
+
+def _driver_gpu_name(index: int) -> str:
+    lib = _libcuda()
+    handle, name = ctypes.c_int(0), ctypes.create_string_buffer(256)
+    major, minor = ctypes.c_int(0), ctypes.c_int(0)
+    if lib is None or lib.cuDeviceGet(ctypes.byref(handle), index) != 0:
+        return f"cuda:{index}"
+    lib.cuDeviceGetName(name, 256, handle)
+    lib.cuDeviceGetAttribute(ctypes.byref(major), 75, handle)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+    lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, handle)  # ..._MINOR
+    return f"{name.value.decode(errors='replace')} (sm{major.value}{minor.value})"
 
 
 @contextlib.contextmanager
@@ -48,6 +150,8 @@ def tf32_mode(enabled: bool | None) -> Iterator[None]:
     if enabled is None:
         yield
         return
+    import torch
+
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
     try:

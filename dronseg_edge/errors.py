@@ -19,3 +19,11 @@ class ParityError(DronsegError):
     """An exported artifact does not match its reference model closely enough."""
 
     exit_code = 4
+
+
+class RuntimeFailure(DronsegError):
+    """A failure while running that a restart may cure: a disk full or unwritable mid-run, a stream
+    lost beyond --reconnect-s, a backend failing. Its own exit code, so a supervisor (systemd's
+    ``RestartPreventExitStatus=2``) can tell "restart" (5) from "fix the configuration" (2)."""
+
+    exit_code = 5

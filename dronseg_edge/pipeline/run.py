@@ -20,7 +20,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from dronseg_edge import __version__
 from dronseg_edge.atomic import ensure_writable_dir, write_json_atomic
@@ -310,8 +309,13 @@ def _core_left_for_io(segmenter: Segmenter):
     (docs/facts.md#cpu-threads).
     """
     cores = os.cpu_count() or 1
+    if segmenter.device.type != "cpu" or segmenter.backend.name != "torch" or cores < 2:
+        yield
+        return
+    import torch  # only a checkpoint runs on torch; an ONNX or engine run never imports it
+
     before = torch.get_num_threads()
-    if segmenter.device.type != "cpu" or segmenter.backend.name != "torch" or cores < 2 or before < cores:
+    if before < cores:
         yield
         return
     torch.set_num_threads(cores - 1)
