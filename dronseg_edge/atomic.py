@@ -7,14 +7,59 @@ final name (os.replace is atomic on POSIX and Windows within one file system).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import DronsegError, RuntimeFailure
+
+# A write that fails for one of these is the storage's fault, not a bug: one line, exit code 5.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+_FIXES = {errno.ENOSPC: "free some space or choose another --out", errno.EDQUOT: "free some space within your quota or choose another --out",
+          errno.EFBIG: "choose another --out on a file system that takes larger files"}
+
+
+def free_space(path: os.PathLike | str) -> str:
+    """'12.3 MB free on /mnt' for the file system holding ``path`` (its nearest existing parent)."""
+    existing = Path(path).absolute()
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return "free space unknown"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if free < 1000 or unit == "TB":
+            return f"{free:.1f} {unit} free" if unit != "B" else f"{free} B free"
+        free /= 1000
+    return "free space unknown"  # not reached
+
+
+def storage_failure(exc: OSError, path: os.PathLike | str) -> RuntimeFailure:
+    """The one-line error for a write to ``path`` that failed with ``exc`` (ENOSPC, EROFS, EACCES, ...)."""
+    reason = exc.strerror or str(exc)
+    fix = _FIXES.get(exc.errno, "make it writable or choose another --out")
+    return RuntimeFailure(f"cannot write {path}: {reason} ({free_space(path)}): {fix}")
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
+
+@contextlib.contextmanager
+def storage_errors(path: os.PathLike | str) -> Iterator[None]:
+    """Turn a storage OSError raised inside the block into :func:`storage_failure` for ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if is_storage_error(exc):
+            raise storage_failure(exc, path) from None
+        raise
 
 
 def ensure_writable_dir(path: Path, what: str = "output folder") -> Path:
@@ -40,14 +85,16 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it."""
     final = Path(path)
     ensure_writable_dir(final.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
+    with storage_errors(final):
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, final)
+        with storage_errors(final):
+            yield tmp
+            # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
