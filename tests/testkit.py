@@ -241,7 +241,11 @@ class FakeBackend(Backend):
         self.activations += 1
         self.provider = self.provider_name
 
-    def _infer(self, batch: torch.Tensor) -> torch.Tensor:
+    def _infer(self, batch):
+        """Like every backend: numpy in, numpy out (the Segmenter's host work); torch in, torch out."""
+        if isinstance(batch, np.ndarray):
+            with torch.inference_mode():
+                return self._infer(torch.from_numpy(batch)).cpu().numpy()
         if self.static_buffer:
             if self.static is None:
                 self.static = torch.empty_like(batch)
@@ -256,3 +260,37 @@ class FakeBackend(Backend):
         if self.info.head == "argmax":
             return torch.zeros(n, h, w, dtype=torch.int64, device=batch.device)
         return torch.zeros(n, self.info.num_classes, h, w, device=batch.device)
+
+
+def mount_tmpfs(folder: Path, size: str = "3m", read_only: bool = False):
+    """A real small file system at ``folder`` (tmpfs of ``size``, optionally read-only), for fault tests:
+    a context manager that unmounts it afterwards. Skips the test where mounting is not allowed (not
+    root, or a container without CAP_SYS_ADMIN). ``remount_tmpfs`` resizes it (a user freeing space)."""
+    import contextlib
+    import subprocess
+
+    @contextlib.contextmanager
+    def mounted():
+        folder.mkdir(parents=True, exist_ok=True)
+        options = f"size={size}" + (",ro" if read_only else "")
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                                  capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as exc:
+            pytest.skip(f"cannot mount a tmpfs here ({exc}): run as root with CAP_SYS_ADMIN")
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({(done.stderr.strip() or 'mount failed')[:160]}): "
+                        "run as root with CAP_SYS_ADMIN")
+        try:
+            yield folder
+        finally:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+
+    return mounted()
+
+
+def remount_tmpfs(folder: Path, size: str) -> None:
+    """Resize the tmpfs of ``mount_tmpfs`` at ``folder`` to ``size``."""
+    import subprocess
+
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True, capture_output=True, timeout=30)

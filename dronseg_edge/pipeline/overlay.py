@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
-import torch
 
 if TYPE_CHECKING:  # segmenter.py imports this module
+    import torch
+
     from dronseg_edge.pipeline.segmenter import Result
 
 
@@ -42,16 +43,20 @@ def overlay(frame_bgr: np.ndarray, mask: np.ndarray, lut: np.ndarray, alpha: flo
     return blend(frame_bgr, colorize(mask, lut), alpha)
 
 
-def palette_tensor(palette_rgb: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+def palette_tensor(palette_rgb: Sequence[Sequence[int]], device: "torch.device") -> "torch.Tensor":
     """(256, 3) float32 BGR colours on ``device`` (ids past the palette are black), for :func:`overlay_torch`."""
+    import torch
+
     return torch.from_numpy(bgr_lut(palette_rgb)[:, 0].astype(np.float32)).to(device)
 
 
-def overlay_torch(frames_bgr: torch.Tensor, masks: torch.Tensor, palette_bgr: torch.Tensor, alpha: float) -> torch.Tensor:
+def overlay_torch(frames_bgr: "torch.Tensor", masks: "torch.Tensor", palette_bgr: "torch.Tensor", alpha: float) -> "torch.Tensor":
     """GPU form of :func:`overlay`: frames (N, H, W, 3) uint8 BGR, masks (N, H, W) uint8 -> (N, H, W, 3) uint8.
 
     Rounds half up like ``cv2.addWeighted``, so both paths agree to within one grey level.
     """
+    import torch
+
     colours = palette_bgr.index_select(0, masks.reshape(-1).long()).view(*masks.shape, 3)
     mixed = frames_bgr.float().mul_(1.0 - alpha).add_(colours, alpha=alpha)
     return mixed.add_(0.5).clamp_(0, 255).to(torch.uint8)

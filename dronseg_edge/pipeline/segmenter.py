@@ -2,43 +2,39 @@
 
 Any artifact works (checkpoint, ONNX, TensorRT engine): the backend comes from
 ``runtime.registry.load_backend`` and the model's own metadata (input size, classes, palette,
-normalisation). A frame of another size is resized to the model's input (bilinear, on the device)
-and the class map brought back to the frame's size. With logits and a GPU, the logits are
-upsampled bilinearly and then argmax-ed (smoother edges, a fraction of a millisecond on a GPU); on the CPU
-that costs far more than the model (docs/facts.md#pipeline-timings), so there the class map is resized (nearest)
-instead; ``upsample=`` chooses explicitly. On a GPU only the uint8 class map (and the overlay,
-when asked for) is copied back, through pinned memory.
+normalisation). A frame of another size is resized to the model's input and the class map brought
+back to the frame's size. Two ways to do that work, one per module:
+
+- ``pipeline/host_work.py``: numpy and OpenCV, never imports torch. ``.onnx`` and ``.engine``
+  files on the CPU, on a GPU without torch, and frames artifacts (``export --io frames``) always.
+- ``pipeline/torch_work.py``: torch on the model's device. Checkpoints, and plain ``.onnx`` /
+  ``.engine`` files on a GPU when torch is installed (only uint8 crosses the bus both ways).
+
+``prepost=`` (auto | torch | host) chooses explicitly, e.g. to measure both on one GPU.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from dronseg_edge.devices import device_description, resolve_device
+from dronseg_edge.devices import device_description, resolve_device, resolve_lean_device
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.pipeline.overlay import overlay_torch, palette_tensor
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.sources import FrameRecord, FramesSource, Source, open_source
-from dronseg_edge.runtime.base import Backend, preprocess
-from dronseg_edge.runtime.batching import pad_batch
+from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.registry import is_checkpoint, load_backend
-from dronseg_edge.runtime.staging import HostStaging
 from dronseg_edge.sizes import format_size
 
 log = logging.getLogger(__name__)
 
 UPSAMPLE_MODES = ("auto", "logits", "mask")
-# Bilinear logits for a 4K frame take C x 2160 x 3840 x 4 bytes (~400 MB for 12 classes); past
-# this the class map is resized instead, to keep memory bounded on an 8 GB Jetson.
-MAX_UPSAMPLED_LOGITS_BYTES = 512 << 20
+PREPOST_MODES = ("auto", "torch", "host")
 _OWN_ALPHA = object()  # stream() called without overlay_alpha: the Segmenter's own applies
 
 
@@ -48,8 +44,10 @@ class Result:
 
     ``mask``: (H, W) uint8 class indices at the frame's own size; ``shares``: (C,) fraction of
     pixels per class (sums to 1); ``frame``: the (H, W, 3) uint8 BGR input; ``overlay``: the
-    blended (H, W, 3) BGR image when the Segmenter made it on the GPU, else None; ``timings``: ms
-    per stage for this frame (decode, preprocess, inference, postprocess).
+    blended (H, W, 3) BGR image when the Segmenter made it on the GPU, else None; ``confidence``:
+    (H, W) uint8 maximum class probability x 255 when the model gives it (a frames artifact exported
+    with ``--confidence``), else None; ``timings``: ms per stage for this frame (decode, preprocess,
+    inference, postprocess).
     """
 
     mask: np.ndarray
@@ -62,6 +60,7 @@ class Result:
     source: str = ""
     overlay: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    confidence: np.ndarray | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -70,48 +69,6 @@ class Result:
 
     def shares_by_name(self, digits: int = 6) -> dict[str, float]:
         return {name: round(float(share), digits) for name, share in zip(self.class_names, self.shares)}
-
-
-class _StageClock:
-    """Stage boundaries: CUDA events on a GPU (no synchronisation until read), perf_counter on the CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        # The Segmenter's work runs on its device's current stream; a bare event.record() would
-        # record on the current *device's* stream, another GPU's when the Segmenter is on cuda:1.
-        self.stream = torch.cuda.current_stream(device) if self.cuda else None
-        self.names: list[str] = []
-        self.marks: list = []
-        self.mark("start")
-
-    def mark(self, name: str) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record(self.stream)
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-        self.names.append(name)
-
-    def wait(self) -> None:
-        if self.cuda:
-            self.marks[-1].synchronize()
-
-    def elapsed_ms(self) -> dict[str, float]:
-        out = {}
-        for i in range(1, len(self.marks)):
-            before, after = self.marks[i - 1], self.marks[i]
-            out[self.names[i]] = before.elapsed_time(after) if self.cuda else (after - before) * 1e3
-        return out
-
-
-@dataclass
-class _Pending:
-    records: list[FrameRecord]
-    masks: list[torch.Tensor]  # (H, W) uint8, on the host (pinned on CUDA)
-    counts: list[torch.Tensor]  # (C,) pixel counts on the host
-    overlays: list[torch.Tensor | None]
-    clock: _StageClock
 
 
 class Segmenter:
@@ -127,14 +84,19 @@ class Segmenter:
     Not thread-safe: use one Segmenter per thread.
     """
 
-    def __init__(self, model: str | Path | Backend, device: str | torch.device = "auto", half: bool = False, *,
+    def __init__(self, model: str | Path | Backend, device="auto", half: bool = False, *,
                  precision: str | None = None, batch: int = 1, size: tuple[int, int] | None = None,
                  upsample: str = "auto", overlay_alpha: float | None = None, cuda_graph: bool | None = None,
-                 backend_options: dict | None = None):
+                 backend_options: dict | None = None, prepost: str = "auto"):
+        if prepost not in PREPOST_MODES:
+            raise DronsegError(f"prepost {prepost!r} is not one of {', '.join(PREPOST_MODES)}")
         if isinstance(model, Backend):
             self.backend = model
         else:
-            device = device if isinstance(device, torch.device) else resolve_device(str(device))
+            checkpoint = is_checkpoint(model)
+            if isinstance(device, str) or device is None:
+                # A checkpoint needs torch's device; an ONNX file or engine is opened without torch.
+                device = resolve_device(device or "auto") if checkpoint else resolve_lean_device(device or "auto")
             options = self._torch_options(Path(model), device, half, precision, cuda_graph)
             self.backend = load_backend(model, device, **options, **(backend_options or {}))
             if half and options.get("precision") is None and self.backend.info.precision == "fp32":
@@ -149,7 +111,7 @@ class Segmenter:
             raise DronsegError(f"--batch {batch}: {self.backend.path.name} was exported for batch {fixed}; "
                                f"use --batch {fixed} or re-export it with --batch {batch} (or --dynamic)")
         self.batch = int(batch)
-        self._infer_batch = fixed or self.batch  # a fixed-batch artifact gets padded batches
+        infer_batch = fixed or self.batch  # a fixed-batch artifact gets padded batches
         if size is not None and tuple(size) != tuple(self.info.input_size):
             if not self.info.dynamic:
                 raise DronsegError(f"{self.backend.path.name} was exported for {format_size(self.info.input_size)}; "
@@ -159,12 +121,30 @@ class Segmenter:
             raise DronsegError(f"upsample {upsample!r} is not one of {', '.join(UPSAMPLE_MODES)}")
         self.upsample_logits = upsample == "logits" or (upsample == "auto" and self.device.type == "cuda")
         self.overlay_alpha = overlay_alpha
-        self._palette: torch.Tensor | None = None
-        self._staging = HostStaging(self.device) if self.device.type == "cuda" else None
+        self.work = self._make_work(prepost, infer_batch)
         self.backend.__enter__()
 
+    def _make_work(self, prepost: str, infer_batch: int):
+        """The torch or the host work (see the module docstring); torch is imported only for the former."""
+        uses_torch = self.backend.name == "torch"
+        if prepost == "auto":
+            prepost = "torch" if uses_torch or (self.info.io != "frames" and self.device.type == "cuda"
+                                                 and importlib.util.find_spec("torch") is not None) else "host"
+        if prepost == "host" and uses_torch:
+            raise DronsegError("prepost='host' needs an .onnx or .engine file: a checkpoint runs on torch")
+        if prepost == "torch" and self.info.io == "frames":
+            raise DronsegError(f"{self.backend.path.name} is a frames artifact (export --io frames): its pre/post-"
+                               "processing is inside the graph; use prepost='auto' or 'host'")
+        if prepost == "host":
+            from dronseg_edge.pipeline.host_work import HostWork
+
+            return HostWork(self.backend, self.info, infer_batch, self.upsample_logits)
+        from dronseg_edge.pipeline.torch_work import TorchWork
+
+        return TorchWork(self.backend, self.info, self.device, infer_batch, self.upsample_logits)
+
     @staticmethod
-    def _torch_options(path: Path, device: torch.device, half: bool, precision: str | None, cuda_graph) -> dict:
+    def _torch_options(path: Path, device, half: bool, precision: str | None, cuda_graph) -> dict:
         if not is_checkpoint(path):
             if precision not in (None, "fp32") or cuda_graph:
                 log.warning("precision/cuda_graph apply to checkpoints; %s runs as exported", path.name)
@@ -210,7 +190,7 @@ class Segmenter:
                                "only: use --batch 1, or --no-live for a recorded source")
         # On a GPU the next batch is queued before the previous one is collected, so the CPU work
         # around each batch overlaps the GPU's; live mode skips this to keep latency at one frame.
-        overlap = self.device.type == "cuda" and not reader.live
+        overlap = self.work.name == "torch" and self.device.type == "cuda" and not reader.live
         try:
             pending = None
             for group in _groups(reader, self.batch, max_frames):
@@ -243,66 +223,21 @@ class Segmenter:
         return FrameReader(source, live=live, stride=stride, queue_size=queue_size), owned
 
     # -- the work --------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def _submit(self, records: list[FrameRecord], overlay_alpha: float | None) -> _Pending:
-        clock = _StageClock(self.device)
-        on_cuda = self.device.type == "cuda"
-        if on_cuda:  # through pinned buffers: from pageable memory a "non_blocking" copy blocks the host
-            frames = [self._staging.upload(r.frame) for r in records]
-        else:
-            frames = [torch.from_numpy(np.ascontiguousarray(r.frame)) for r in records]
-        batch = torch.cat([preprocess(f, self.info, self.device) for f in frames])
-        batch, _ = pad_batch(batch, self._infer_batch)
-        clock.mark("preprocess")
-        out = torch.as_tensor(self.backend.infer(batch))
-        clock.mark("inference")
-        masks, counts, overlays = [], [], []
-        for i, frame in enumerate(frames):
-            mask = self._class_map(out[i:i + 1], frame.shape[0], frame.shape[1])
-            blended = None
-            if on_cuda and overlay_alpha is not None:
-                if self._palette is None:
-                    self._palette = palette_tensor(self.info.palette, self.device)
-                blended = overlay_torch(frame[None], mask[None], self._palette, float(overlay_alpha))[0]
-            bins = self.info.num_classes
-            if on_cuda:
-                count = torch.histc(mask.float(), bins=bins, min=-0.5, max=bins - 0.5)  # bincount would sync
-                mask, count, blended = (_to_pinned_host(t) for t in (mask, count, blended))
-            else:  # numpy's bincount is ~10x faster than torch's on the CPU
-                count = torch.from_numpy(np.bincount(mask.numpy().ravel(), minlength=bins)[:bins])
-            masks.append(mask)
-            counts.append(count)
-            overlays.append(blended)
-        clock.mark("postprocess")
-        return _Pending(records, masks, counts, overlays, clock)
+    def _submit(self, records: list[FrameRecord], overlay_alpha: float | None):
+        return self.work.submit(records, overlay_alpha)
 
-    def _class_map(self, out: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Backend output for one frame ((1, C, h, w) logits or (1, h, w) classes) -> (H, W) uint8 on the device."""
-        if out.ndim == 4:
-            channels, (h, w) = out.shape[1], out.shape[-2:]
-            fits = channels * height * width * 4 <= MAX_UPSAMPLED_LOGITS_BYTES
-            if (h, w) != (height, width) and self.upsample_logits and fits:
-                out = F.interpolate(out.float(), size=(height, width), mode="bilinear", align_corners=False)
-            out = out.argmax(dim=1)
-        classes = out.to(torch.uint8)
-        if classes.shape[-2:] != (height, width):
-            classes = F.interpolate(classes[:, None], size=(height, width), mode="nearest-exact")[:, 0]
-        return classes[0]
-
-    def _collect(self, pending: _Pending) -> list[Result]:
-        pending.clock.wait()
+    def _collect(self, pending) -> list[Result]:
+        masks, counts, overlays, confidences, batch_ms = pending.finish()
         n = len(pending.records)
-        stage_ms = {name: ms / n for name, ms in pending.clock.elapsed_ms().items()}
+        stage_ms = {name: ms / n for name, ms in batch_ms.items()}
         results = []
-        for record, mask, count, blended in zip(pending.records, pending.masks, pending.counts, pending.overlays):
-            mask_np = mask.numpy()
-            counts = count.numpy().astype(np.float64)
-            shares = counts / max(float(counts.sum()), 1.0)
+        for record, mask, count, blended, confidence in zip(pending.records, masks, counts, overlays, confidences):
+            count = np.asarray(count, np.float64)
             results.append(Result(
-                mask=mask_np, shares=shares, class_names=list(self.info.class_names), frame=record.frame,
-                index=record.index, timestamp=record.timestamp, name=record.name, source=record.source,
-                overlay=None if blended is None else blended.numpy(),
-                timings={"decode": record.decode_ms, **stage_ms},
+                mask=mask, shares=count / max(float(count.sum()), 1.0), class_names=list(self.info.class_names),
+                frame=record.frame, index=record.index, timestamp=record.timestamp, name=record.name,
+                source=record.source, overlay=blended, timings={"decode": record.decode_ms, **stage_ms},
+                confidence=confidence,
             ))
         return results
 
@@ -314,15 +249,6 @@ class Segmenter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _to_pinned_host(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    """Start an asynchronous copy into page-locked memory (torch's caching host allocator reuses it)."""
-    if tensor is None:
-        return None
-    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    host.copy_(tensor, non_blocking=True)
-    return host
 
 
 def _groups(records: Iterable[FrameRecord], size: int, max_frames: int | None) -> Iterator[list[FrameRecord]]:

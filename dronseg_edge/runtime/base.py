@@ -6,36 +6,60 @@ checkpoint keys, never the weights onto a device), ``activate()`` (load onto the
 ``infer()`` any number of times, ``deactivate()``; or use it as a context manager. The input
 contract (shape against ``info``) is checked here, once for every backend. Heavy imports
 (onnxruntime, tensorrt) happen inside the backend modules only.
+
+Two kinds of array go in and come back: numpy arrays in host memory (the deployable path, which
+never imports torch: ONNX Runtime and TensorRT take them directly) and torch tensors (checkpoints,
+export, parity, and GPU pre/post-processing with torch). A backend returns the kind it was given.
+This module imports torch only when handed a torch tensor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from dronseg_edge.devices import as_torch_device
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import ModelInfo
-from dronseg_edge.runtime.staging import HostStaging
+
+if TYPE_CHECKING:
+    import torch
+
+    from dronseg_edge.runtime.staging import HostStaging
+
+
+def is_torch_tensor(array: Any) -> bool:
+    """True for a torch tensor, told without importing torch."""
+    return type(array).__module__.split(".")[0] == "torch"
+
+
+def dtype_name(array: Any) -> str:
+    """'uint8', 'float32', ... for a numpy array or a torch tensor."""
+    return str(array.dtype).replace("torch.", "")
 
 
 class Backend(ABC):
     """Runs one model artifact.
 
     ``infer`` takes a float32 batch (N, 3, H, W), already normalised, at ``info.input_size``
-    (H, W = height, width), on ``self.device``; it returns a tensor on ``self.device``:
-    logits (N, C, H, W) float32 when ``info.head == 'logits'``, else an (N, H, W) class map.
+    (H, W = height, width): a numpy array in host memory, or a torch tensor on ``self.device``. It
+    returns the same kind (numpy on the host; torch on ``self.device``): logits (N, C, H, W)
+    float32 when ``info.head == 'logits'``, else an (N, H, W) class map. A frames artifact
+    (``info.io == 'frames'``) takes (N, H, W, 3) uint8 frames and returns the (N, H, W) uint8 map.
+    ``device`` is a ``torch.device`` or a torch-free ``devices.Device``: only ``.type`` and
+    ``.index`` are used outside the torch backend.
     """
 
     name: str = "backend"
     OPTIONS: frozenset[str] = frozenset()  # constructor keywords after (path, device): what bench may pass
 
-    def __init__(self, path: Path, device: torch.device):
+    def __init__(self, path: Path, device):
         self.path = Path(path)
         self.device = device
         self.provider: str = ""  # what actually runs it, e.g. "CUDAExecutionProvider" or "cuda fp16 + CUDA graph"
@@ -56,27 +80,24 @@ class Backend(ABC):
         """Load the model onto ``self.device``; set ``self.provider``."""
 
     @abstractmethod
-    def _infer(self, batch: torch.Tensor) -> torch.Tensor:
-        """Run one batch (see the class docstring for shapes)."""
+    def _infer(self, batch):
+        """Run one batch, numpy or torch (see the class docstring for shapes); return the same kind."""
 
     def deactivate(self) -> None:
         self.active = False
 
-    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+    def infer(self, batch):
         self.check_input(batch)
         if not self.active:
             self.activate()
             self.active = True
         start = time.perf_counter()
-        # Always inference mode, whatever the caller's: a backend's fixed buffers (CUDA-graph inputs)
-        # are made on its first call, and an inference tensor made under a Segmenter cannot be
-        # written outside inference mode, nor a normal one inside it without autograd bookkeeping.
-        with torch.inference_mode():
+        with _inference_mode(batch):
             out = self._infer(batch)
         self.last_inference_ms = (time.perf_counter() - start) * 1e3
         return out
 
-    def check_input(self, batch: torch.Tensor) -> None:
+    def check_input(self, batch) -> None:
         """DronsegError unless ``batch`` is (N, 3, H, W) and, for a static artifact, of its exported shape.
 
         Checked before the backend sees it: a runtime's own error for a wrong shape (ONNX Runtime's
@@ -94,11 +115,11 @@ class Backend(ABC):
                 f"{'x'.join(map(str, batch.shape))}: re-export with --size/--batch to match, or with --dynamic"
             )
 
-    def _check_frames(self, batch: torch.Tensor) -> None:
+    def _check_frames(self, batch) -> None:
         """A frames artifact (pre/post-processing inside, export --io frames): (N, H, W, 3) uint8 frames."""
-        if batch.ndim != 4 or batch.shape[3] != 3 or batch.dtype != torch.uint8:
+        if batch.ndim != 4 or batch.shape[3] != 3 or dtype_name(batch) != "uint8":
             raise DronsegError(f"{self.path.name} takes (N, H, W, 3) uint8 {self.info.color_order} frames, got "
-                               f"{tuple(batch.shape)} {str(batch.dtype).replace('torch.', '')}")
+                               f"{tuple(batch.shape)} {dtype_name(batch)}")
         if self.info.dynamic or self.info.source_size is None:
             return
         width, height = self.info.source_size
@@ -121,8 +142,20 @@ class Backend(ABC):
         return f"{self.name} ({self.provider or self.device})"
 
 
-def preprocess(frames_bgr: np.ndarray | torch.Tensor, info: ModelInfo, device: torch.device,
-               staging: HostStaging | None = None, antialias: bool = False) -> torch.Tensor:
+def _inference_mode(batch):
+    """torch.inference_mode() for a torch batch, whatever the caller's mode: a backend's fixed
+    buffers (CUDA-graph inputs) are made on its first call, and an inference tensor made under a
+    Segmenter cannot be written outside inference mode, nor a normal one inside it without
+    autograd bookkeeping. Nothing for numpy."""
+    if not is_torch_tensor(batch):
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.inference_mode()
+
+
+def preprocess(frames_bgr: "np.ndarray | torch.Tensor", info: ModelInfo, device: "torch.device",
+               staging: "HostStaging | None" = None, antialias: bool = False) -> "torch.Tensor":
     """uint8 BGR frames (N, H, W, 3) or one frame (H, W, 3) -> normalised float32 (N, 3, h, w) on ``device``.
 
     Colour conversion, resizing (bilinear) to ``info.input_size`` and normalisation run on ``device``,
@@ -130,7 +163,12 @@ def preprocess(frames_bgr: np.ndarray | torch.Tensor, info: ModelInfo, device: t
     asynchronous copy) when given; without it a copy to a GPU blocks the host until it is done.
     ``antialias``: filter when shrinking, as training's cv2.INTER_AREA did and as a frames graph
     (export --io frames) does inside; off by default (the pipeline's historical behaviour).
+    The torch form; ``runtime/host.py`` has the numpy one.
     """
+    import torch
+    import torch.nn.functional as F
+
+    device = as_torch_device(device)  # a backend's torch-free devices.Device too
     frames = torch.as_tensor(frames_bgr)
     if frames.ndim == 3:
         frames = frames.unsqueeze(0)
@@ -145,6 +183,8 @@ def preprocess(frames_bgr: np.ndarray | torch.Tensor, info: ModelInfo, device: t
 
 
 @functools.lru_cache(maxsize=16)
-def _normalisation(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _normalisation(mean: tuple, std: tuple, device: "torch.device") -> "tuple[torch.Tensor, torch.Tensor]":
     # Cached: building these tensors on a GPU every frame is a host-to-device copy that stalls the stream.
+    import torch
+
     return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import torch
+import numpy as np
+
+from dronseg_edge.runtime.base import is_torch_tensor
 
 
-def pad_batch(batch: torch.Tensor, size: int) -> tuple[torch.Tensor, int]:
+def pad_batch(batch, size: int) -> tuple:
     """Pad ``batch`` (N, ...) to ``size`` rows by repeating its last row; returns (padded, N).
 
     The caller keeps the first N rows of the output. Repeating a real frame (not zeros) keeps the
     padding's activations in the range the model was calibrated for. A batch of ``size`` or more
-    rows is returned unchanged.
+    rows is returned unchanged. A numpy array or a torch tensor (torch imported only for one).
     """
     real = int(batch.shape[0])
     if real == 0:
         raise ValueError("pad_batch needs at least one row to repeat")
     if real >= size:
         return batch, real
+    if not is_torch_tensor(batch):
+        return np.concatenate([batch, np.repeat(batch[-1:], size - real, axis=0)]), real
+    import torch
+
     return torch.cat([batch, batch[-1:].expand(size - real, *batch.shape[1:])]), real

@@ -14,15 +14,16 @@ in the middle of another thread's capture.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
+from dronseg_edge.runtime.cuda_runtime import CAPTURE_LOCK
+
 log = logging.getLogger(__name__)
 
-_CAPTURE_LOCK = threading.Lock()
+_CAPTURE_LOCK = CAPTURE_LOCK  # one lock for torch's captures and the TensorRT backend's (cuda_runtime.capture)
 Launch = Callable[[], torch.Tensor]
 
 

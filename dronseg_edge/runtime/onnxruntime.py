@@ -1,11 +1,15 @@
 """ONNX Runtime backend for ``.onnx`` files written by ``dronseg-edge export``.
 
 On a GPU it asks for TensorRT > CUDA > CPU execution providers (whichever this onnxruntime build
-has and can start; a TensorRT session keeps CUDA, then CPU, for the nodes TensorRT rejects),
-binds torch CUDA tensors directly (IO binding: no host round trip) and, for static shapes on the
-CUDA provider, lets ONNX Runtime replay its own CUDA graph. Each session is checked for what it
-really runs (onnxruntime may silently retry with default options: device 0, no graph). On the CPU it
-passes numpy views of torch tensors in and out. ``provider`` says what actually runs.
+has and can start; a TensorRT session keeps CUDA, then CPU, for the nodes TensorRT rejects) and,
+for static shapes on the CUDA provider, lets ONNX Runtime replay its own CUDA graph. Each session
+is checked for what it really runs (onnxruntime may silently retry with default options: device 0,
+no graph). ``provider`` says what actually runs.
+
+numpy in, numpy out, without torch: on the CPU straight through ``session.run``; on CUDA through
+``OrtValue`` IO binding (the input uploaded into a device OrtValue, fixed buffers when a CUDA graph
+replays). torch tensors in, torch out: CUDA tensors are bound where they lie (no host round trip).
+torch is imported only when a torch tensor comes in.
 """
 
 from __future__ import annotations
@@ -15,18 +19,15 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.metadata import ModelInfo, read_onnx_info
-from dronseg_edge.runtime.base import Backend
+from dronseg_edge.runtime.base import Backend, is_torch_tensor
 
 log = logging.getLogger(__name__)
 
 PROVIDER_CHOICES = ("auto", "tensorrt", "cuda", "cpu")
 _PROVIDER_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-_NUMPY_TO_TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
-                   np.dtype(np.uint8): torch.uint8, np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32}
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
@@ -87,7 +88,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     OPTIONS = frozenset({"provider", "cuda_graph", "threads"})
 
-    def __init__(self, path: Path, device: torch.device, provider: str = "auto", cuda_graph: bool | None = None,
+    def __init__(self, path: Path, device, provider: str = "auto", cuda_graph: bool | None = None,
                  threads: int = 0):
         if provider not in PROVIDER_CHOICES:
             raise DronsegError(f"--provider {provider!r} is not one of {', '.join(PROVIDER_CHOICES)}")
@@ -98,6 +99,7 @@ class OnnxRuntimeBackend(Backend):
         self.cuda_graph = False
         self.threads = threads
         self.session = None
+        self.last_outputs: dict[str, np.ndarray] = {}  # a frames graph's outputs by name, from the last numpy call
         super().__init__(path, device)
 
     def read_info(self) -> ModelInfo:
@@ -178,6 +180,7 @@ class OnnxRuntimeBackend(Backend):
         self._on_gpu = used != "CPUExecutionProvider" and self.device.type == "cuda"
         self._binding = None
         self._static = None
+        self._host_bound = None
 
     def _try_session(self, ort, options, name: str, errors: list[str]):
         """A session whose first provider really is ``name`` on this device, or None (the reason appended to ``errors``).
@@ -221,41 +224,76 @@ class OnnxRuntimeBackend(Backend):
         self.session = None
         self._binding = None
         self._static = None
+        self._host_bound = None
         super().deactivate()
 
     # -- inference ----------------------------------------------------------------------------
-    def _infer(self, batch: torch.Tensor) -> torch.Tensor:
+    def _infer(self, batch):
+        if is_torch_tensor(batch):
+            return self._infer_torch(batch)
         if self.info.io == "frames":
-            return self._infer_frames(batch)
+            # uint8 frames in, the uint8 class map out: on CUDA too, ONNX Runtime copies only those
+            # bytes across (12x fewer than float logits), so binding would save little.
+            # Every output is fetched: the second, when exported with --confidence, is kept in ``last_outputs``.
+            outs = self.session.run(None, {self._input.name: np.ascontiguousarray(batch, np.uint8)})
+            self.last_outputs = {o.name: value for o, value in zip(self._outputs, outs)}
+            return outs[0]
+        feed = np.ascontiguousarray(batch, np.float32)
+        if not self._on_gpu:
+            return self.session.run([self._outputs[0].name], {self._input.name: feed})[0]
+        return self._infer_ortvalues(feed)
+
+    def _infer_ortvalues(self, feed: np.ndarray) -> np.ndarray:
+        """numpy through device OrtValues: the input uploaded, the output bound on the device and
+        copied back once. With a CUDA graph the same two OrtValues every call (the graph replays
+        fixed addresses), the input refreshed in place."""
+        ort = import_onnxruntime()
+        index = int(self._device_id)
+        if self._host_bound is None or self._host_bound[0].shape() != list(feed.shape):
+            out_shape = self._output_shape(feed)
+            out_dtype = _ORT_TYPES.get(self._outputs[0].type, np.float32)
+            x = ort.OrtValue.ortvalue_from_numpy(feed, "cuda", index)
+            y = ort.OrtValue.ortvalue_from_shape_and_type(out_shape, out_dtype, "cuda", index)
+            binding = self.session.io_binding()
+            binding.bind_ortvalue_input(self._input.name, x)
+            binding.bind_ortvalue_output(self._outputs[0].name, y)
+            self._host_bound = (x, y, binding)
+        else:
+            self._host_bound[0].update_inplace(feed)
+        x, y, binding = self._host_bound
+        self.session.run_with_iobinding(binding)
+        return y.numpy()
+
+    def _infer_torch(self, batch):
+        import torch
+
+        device = torch.device(str(self.device))
+        if self.info.io == "frames":
+            out = self._infer(np.ascontiguousarray(batch.detach().to("cpu", torch.uint8).numpy()))
+            return torch.from_numpy(out).to(device)
         if not self._on_gpu:
             feed = batch.detach().to("cpu", torch.float32).contiguous().numpy()
             out = self.session.run([self._outputs[0].name], {self._input.name: feed})[0]
-            return torch.from_numpy(out).to(self.device)
-        return self._infer_bound(batch)
+            return torch.from_numpy(out).to(device)
+        return self._infer_bound(batch, device)
 
-    def _infer_frames(self, batch: torch.Tensor) -> torch.Tensor:
-        """A frames graph (export --io frames): (N, H, W, 3) uint8 BGR in, the (N, H, W) uint8 class map out.
-
-        Fed through host memory on every provider: the bytes crossing are uint8 frames and a uint8
-        map, 12x less than float logits, so IO binding would save little here.
-        """
-        feed = np.ascontiguousarray(batch.detach().to("cpu", torch.uint8).numpy())
-        out = self.session.run([self._outputs[0].name], {self._input.name: feed})[0]
-        return torch.from_numpy(out).to(self.device)
-
-    def _output_shape(self, batch: torch.Tensor) -> tuple[int, ...]:
+    def _output_shape(self, batch) -> tuple[int, ...]:
         n, _, h, w = batch.shape
         return (n, self.info.num_classes, h, w) if self.info.head == "logits" else (n, h, w)
 
-    def _infer_bound(self, batch: torch.Tensor) -> torch.Tensor:
+    def _infer_bound(self, batch, device):
         """IO binding on torch CUDA memory; with a CUDA graph the same buffers every call."""
+        import torch
+
+        to_torch = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
+                    np.dtype(np.uint8): torch.uint8, np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32}
         ort_device = "cuda"
         index = self.device.index if self.device.index is not None else torch.cuda.current_device()
         out_dtype = _ORT_TYPES.get(self._outputs[0].type, np.float32)
         if self.cuda_graph:
             if self._static is None:
-                static_in = torch.empty(batch.shape, dtype=torch.float32, device=self.device)
-                static_out = torch.empty(self._output_shape(batch), dtype=_NUMPY_TO_TORCH[np.dtype(out_dtype)], device=self.device)
+                static_in = torch.empty(batch.shape, dtype=torch.float32, device=device)
+                static_out = torch.empty(self._output_shape(batch), dtype=to_torch[np.dtype(out_dtype)], device=device)
                 binding = self.session.io_binding()
                 binding.bind_input(self._input.name, ort_device, index, np.float32, tuple(static_in.shape), static_in.data_ptr())
                 binding.bind_output(self._outputs[0].name, ort_device, index, out_dtype, tuple(static_out.shape), static_out.data_ptr())
@@ -264,13 +302,13 @@ class OnnxRuntimeBackend(Backend):
             static_in.copy_(batch)
             x, out, binding = static_in, static_out, self._binding
         else:
-            x = batch.to(self.device, torch.float32).contiguous()
-            out = torch.empty(self._output_shape(batch), dtype=_NUMPY_TO_TORCH[np.dtype(out_dtype)], device=self.device)
+            x = batch.to(device, torch.float32).contiguous()
+            out = torch.empty(self._output_shape(batch), dtype=to_torch[np.dtype(out_dtype)], device=device)
             binding = self.session.io_binding()
             binding.bind_input(self._input.name, ort_device, index, np.float32, tuple(x.shape), x.data_ptr())
             binding.bind_output(self._outputs[0].name, ort_device, index, out_dtype, tuple(out.shape), out.data_ptr())
         # ONNX Runtime works on its own stream: the input must be complete before it starts.
-        torch.cuda.current_stream(self.device).synchronize()
+        torch.cuda.current_stream(device).synchronize()
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
         # The graph writes every replay into the same buffer; a copy keeps earlier results intact.

@@ -5,9 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-import torch
-
-from dronseg_edge.devices import resolve_device
+from dronseg_edge.devices import Device, resolve_device, resolve_lean_device
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.runtime.base import Backend
 
@@ -59,15 +57,20 @@ def backend_class(path: Path) -> type[Backend]:
     return getattr(importlib.import_module(module), name)
 
 
-def load_backend(path: str | Path, device: str | torch.device = "auto", **options) -> Backend:
+def load_backend(path: str | Path, device="auto", **options) -> Backend:
     """Construct (not yet activate) the backend for ``path`` and read its metadata; ``options`` go to its constructor.
 
-    Reading ``info`` here (the constructor does not) makes a foreign or damaged file fail where the
-    command names it, before any device work.
+    ``device``: a ``--device`` string, a ``torch.device`` or a ``devices.Device``. A string becomes a
+    torch.device for a checkpoint and a torch-free Device for an ONNX file or engine (so running
+    those never imports torch). Reading ``info`` here (the constructor does not) makes a foreign
+    or damaged file fail where the command names it, before any device work.
     """
     path = check_model_file(path)
     cls = backend_class(path)
-    device = device if isinstance(device, torch.device) else resolve_device(str(device))
+    if isinstance(device, (str, type(None))):
+        device = resolve_device(device or "auto") if is_checkpoint(path) else resolve_lean_device(device or "auto")
+    elif isinstance(device, Device) and is_checkpoint(path):
+        device = resolve_device(str(device))
     backend = cls(path, device, **options)
     backend.info  # noqa: B018
     return backend

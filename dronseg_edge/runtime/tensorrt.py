@@ -1,41 +1,64 @@
 """TensorRT backend for ``.engine``/``.plan`` files written by ``dronseg-edge export --format engine``.
 
-Buffers are torch CUDA tensors and the engine runs on the backend's own CUDA stream
-(``execute_async_v3``), so no pycuda and no extra copies: that stream waits for the caller's
-current stream before it reads the input, and the caller's stream waits for it before anything
-reads the output, an ordinary torch tensor. The engine's JSON sidecar says which GPU and TensorRT
-version built it; anything else is refused with a message saying how to rebuild.
+It needs tensorrt, numpy and NVIDIA's CUDA Python bindings (runtime/cuda_runtime.py says why those),
+not torch: device memory, pinned host buffers, its own CUDA stream and CUDA-graph replay are made
+with ``cuda.bindings``. torch is imported only when a caller hands in a torch tensor.
 
-With ``cuda_graph`` (trtexec's ``--useCudaGraph``) the engine's launches for one input shape are
-captured once into a CUDA graph and replayed: the input is copied into a fixed buffer, so the
-captured tensor addresses stay valid. As TensorRT requires, the context is enqueued once after its
-shape and addresses are set and before capture begins, and capture runs on the backend's own
-stream (runtime/cuda_graph.py). One graph is kept, for the latest shape, because graphs that
-share one execution context share its scratch memory. An engine that cannot be captured runs
-without a graph, with a warning.
+Two ways in, chosen by what ``infer`` is given, and the result comes back in the same kind:
+
+- a numpy array (or a torch tensor on the CPU) in host memory: float32 (N, 3, H, W) for a tensors
+  engine, uint8 (N, H, W, 3) for a frames engine (``export --io frames``). It is copied into a
+  pinned buffer, uploaded asynchronously on the backend's stream into fixed device buffers, the
+  engine runs there (``execute_async_v3``), the first output is downloaded into a pinned buffer,
+  the stream is synchronised, and a **copy** of that buffer is returned: the pinned buffer is
+  rewritten by the next call, and a view valid only until then would be a silent race for callers
+  that keep results (the pipeline's sink threads do). For a frames engine's uint8 class map the
+  copy is a fraction of a millisecond.
+- a torch CUDA tensor: zero copy, as before. The engine reads the tensor's memory and writes new
+  torch tensors, on the backend's own stream, which waits for the caller's current stream before
+  it reads the input; the caller's stream waits for it before anything reads the output.
+
+With ``cuda_graph`` (trtexec's ``--useCudaGraph``, default on) the engine's launches for one input
+shape are captured once into a CUDA graph and replayed; the graph reads and writes the fixed device
+buffers, so a torch tensor is copied into them (device to device) in that mode. As TensorRT
+requires, the context is enqueued once after its shape and addresses are set (that run gives the
+first call's result) and before capture begins; capture runs on the backend's own stream in
+thread-local mode, one capture at a time in the process. One graph is kept, for the latest shape,
+because graphs that share one execution context share its scratch memory. An engine that cannot be
+captured runs without a graph, with a warning. The engine's JSON sidecar says which GPU and
+TensorRT version built it; anything else is refused with a message saying how to rebuild.
+
+Not thread-safe: one backend serves one thread at a time (as every backend here).
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar
-from dronseg_edge.runtime import tensorrt_env
-from dronseg_edge.runtime.base import Backend
-from dronseg_edge.runtime.cuda_graph import GraphCache, run_on
+from dronseg_edge.runtime import cuda_runtime, tensorrt_env
+from dronseg_edge.runtime.base import Backend, is_torch_tensor
+
+log = logging.getLogger(__name__)
 
 
-def torch_dtype(trt, dtype) -> torch.dtype:
-    """torch dtype of a TensorRT tensor type."""
-    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
-             trt.DataType.INT8: torch.int8, trt.DataType.UINT8: torch.uint8, trt.DataType.BOOL: torch.bool,
-             trt.DataType.INT64: torch.int64, trt.DataType.BF16: torch.bfloat16}
+def numpy_dtype(trt, dtype) -> np.dtype:
+    """numpy dtype of a TensorRT tensor type."""
+    table = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16, trt.DataType.INT32: np.int32,
+             trt.DataType.INT8: np.int8, trt.DataType.UINT8: np.uint8, trt.DataType.BOOL: np.bool_,
+             trt.DataType.INT64: np.int64}
     if dtype not in table:
-        raise DronsegError(f"engine tensor type {dtype} has no torch equivalent: rebuild the engine with `dronseg-edge export`")
-    return table[dtype]
+        raise DronsegError(f"engine tensor type {dtype} has no numpy equivalent: rebuild the engine with `dronseg-edge export`")
+    return np.dtype(table[dtype])
+
+
+def _nbytes(shape, dtype: np.dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
 class TensorRTBackend(Backend):
@@ -44,13 +67,22 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     OPTIONS = frozenset({"cuda_graph"})
 
-    def __init__(self, path: Path, device: torch.device, cuda_graph: bool | None = None):
+    def __init__(self, path: Path, device, cuda_graph: bool | None = None):
         self._engine = None
         self._context = None
         self.cuda_graph = True if cuda_graph is None else bool(cuda_graph)
-        self._graphs = GraphCache(device, max_graphs=1, label=Path(path).name)
-        self._stream = None  # the backend's own CUDA stream, made in activate
-        self._bound_outputs: list[torch.Tensor] = []  # every output of the latest binding, kept alive with it
+        self._stream: cuda_runtime.Stream | None = None  # the backend's own CUDA stream, made in activate
+        self._torch_stream = None  # the same stream as torch sees it (torch inputs only)
+        self._index = 0  # the GPU, resolved in activate
+        # Fixed buffers: what the context is bound to on the host path and in graph mode.
+        self._device_in = cuda_runtime.DeviceBuffer()
+        self._device_out: dict[str, cuda_runtime.DeviceBuffer] = {}
+        self._host_in = cuda_runtime.PinnedBuffer()
+        self._host_out: dict[str, cuda_runtime.PinnedBuffer] = {}
+        self.last_outputs: dict[str, np.ndarray] = {}  # every output by name (a frames engine's confidence too), host path
+        self._fixed_shapes: tuple[tuple, dict[str, tuple]] | None = None  # (input shape, output shapes) bound to them
+        self._graph: cuda_runtime.Graph | None = None  # captured for the shape in _fixed_shapes
+        self._bound_outputs: list = []  # torch outputs of the latest zero-copy binding, kept alive with it
         super().__init__(path, device)
 
     def read_info(self) -> ModelInfo:
@@ -67,101 +99,194 @@ class TensorRTBackend(Backend):
 
     def activate(self) -> None:
         trt = tensorrt_env.import_tensorrt()
-        here = {"tensorrt_version": str(trt.__version__), **tensorrt_env.gpu_identity(self.device)}
+        if self.device.type != "cuda":
+            raise DronsegError(f"TensorRT engines run on NVIDIA GPUs only, not on --device {self.device}: use --device cuda")
+        self._index = cuda_runtime.resolve_index(self.device)
+        here = {"tensorrt_version": str(trt.__version__), **cuda_runtime.device_identity(self._index)}
         problem = tensorrt_env.engine_mismatch(self.build, here)
         if problem:
             raise DronsegError(f"engine {self.path} {problem}: {self._rebuild_hint()}")
         logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(logger)
-        with torch.cuda.device(self.device):
+        with cuda_runtime.on_device(self._index):  # TensorRT loads and launches into the current device's context
             self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
             if self._engine is None:
                 raise DronsegError(f"TensorRT {trt.__version__} cannot load engine {self.path} (see its messages above): {self._rebuild_hint()}")
             self._context = self._engine.create_execution_context()
+            # Its own stream, not the legacy default stream, which serialises with every stream in the process.
+            self._stream = cuda_runtime.Stream()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self._inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(self._inputs) != 1 or not self._outputs:
             raise DronsegError(f"engine {self.path} has inputs {self._inputs} and outputs {self._outputs}, "
                                f"not one image input: {self._rebuild_hint()}")
-        self._dtypes = {n: torch_dtype(trt, self._engine.get_tensor_dtype(n)) for n in names}
+        self._dtypes = {n: numpy_dtype(trt, self._engine.get_tensor_dtype(n)) for n in names}
+        self._device_out = {n: cuda_runtime.DeviceBuffer() for n in self._outputs}
+        self._host_out = {n: cuda_runtime.PinnedBuffer() for n in self._outputs}
         self._version = str(trt.__version__)
-        # Its own stream, not torch's current one (the legacy default stream unless a caller set
-        # another): that one serialises with every stream in the process.
-        self._stream = torch.cuda.Stream(self.device)
-        self._graphs = GraphCache(self.device, self._stream, max_graphs=1, label=self.path.name)
         self._describe_provider()
 
     def _describe_provider(self) -> None:
         typing = "strongly typed" if self.build.get("strongly_typed") else "+".join(self.build.get("builder_flags") or []) or "fp32"
+        tf32 = ", TF32 off" if self.build.get("tf32") is False else ""
         graph = " + CUDA graph" if self.cuda_graph else ""
-        self.provider = f"TensorRT {self._version} {self.info.precision} ({typing}){graph}"
+        self.provider = f"TensorRT {self._version} {self.info.precision} ({typing}{tf32}){graph}"
 
     def deactivate(self) -> None:
-        self._graphs.clear()
+        """Free the graph, buffers and stream (best effort: a failure here is logged, never raised over another)."""
+        try:
+            if self._stream is not None:
+                with cuda_runtime.on_device(self._index):
+                    self._stream.synchronize()
+                    self._drop_graph()
+                    for buffer in (self._device_in, *self._device_out.values(), self._host_in, *self._host_out.values()):
+                        buffer.free()
+                    self._stream.close()
+        except DronsegError as exc:
+            log.warning("releasing %s: %s", self.path.name, exc)
+        self._stream = self._torch_stream = None
+        self._fixed_shapes = None
+        self._bound_outputs = []
         self._context = None
         self._engine = None
         super().deactivate()
 
-    def _infer(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.cuda.device(self.device):  # TensorRT launches into the current device's context
-            out = None
-            if self.cuda_graph:
-                out = self._replay(batch)
-            if out is None:
-                out = run_on(self._stream, self.device, lambda: self._launch(batch), batch)
+    def _infer(self, batch):
+        if is_torch_tensor(batch):
+            return self._infer_torch(batch)
+        return self._infer_host(np.asarray(batch))
+
+    # -- host memory in, host memory out -------------------------------------------------------
+
+    def _infer_host(self, batch: np.ndarray) -> np.ndarray:
+        """numpy in, numpy out (new arrays): pinned staging, upload, run, download, synchronise.
+
+        Returns the first output; every output (a frames engine's ``confidence`` too) is in ``last_outputs``.
+        """
+        shape = tuple(batch.shape)
+        in_dtype = self._dtypes[self._inputs[0]]
+        with cuda_runtime.on_device(self._index):
+            out_shapes = self._bind_fixed(shape)
+            nbytes = _nbytes(shape, in_dtype)
+            self._host_in.ensure(nbytes)
+            np.copyto(self._host_in.array(shape, in_dtype), batch, casting="same_kind")
+            self._stream.copy(self._device_in.ptr, self._host_in.ptr, nbytes, "h2d")
+            self._execute()
+            for name in self._outputs:
+                out_nbytes = _nbytes(out_shapes[name], self._dtypes[name])
+                self._host_out[name].ensure(out_nbytes)
+                self._stream.copy(self._host_out[name].ptr, self._device_out[name].ptr, out_nbytes, "d2h")
+            self._stream.synchronize()
+            # New arrays: the pinned buffers are rewritten by the next call. Logits come back float32.
+            outs = {}
+            for i, name in enumerate(self._outputs):
+                staged = self._host_out[name].array(out_shapes[name], self._dtypes[name])
+                as_float = i == 0 and self.info.head == "logits" and staged.dtype != np.float32
+                outs[name] = staged.astype(np.float32) if as_float else staged.copy()
+        self.last_outputs = outs
+        return outs[self._outputs[0]]
+
+    # -- torch tensors --------------------------------------------------------------------------
+
+    def _infer_torch(self, batch):
+        torch = sys.modules["torch"]  # loaded: the batch is one of its tensors
+        device = self._gpu_target(batch, torch)
+        if device is None:  # a host tensor: the host path, and a host tensor back
+            return torch.from_numpy(self._infer_host(batch.detach().numpy()))
+        from dronseg_edge.runtime.cuda_graph import run_on
+
+        if self._torch_stream is None:
+            self._torch_stream = torch.cuda.ExternalStream(int(self._stream), device=device)
+        with cuda_runtime.on_device(self._index), torch.cuda.device(device):
+            out = run_on(self._torch_stream, device, lambda: self._run_torch(batch, torch, device), batch)
         return out.float() if self.info.head == "logits" else out
 
-    def _launch(self, batch: torch.Tensor) -> torch.Tensor:
-        """One plain (no graph) run, queued on the current stream: the backend's own, set by the caller."""
-        x = batch.to(self.device, self._dtypes[self._inputs[0]]).contiguous()
-        out = self._bind(x)
-        self._enqueue()
-        # No synchronisation: the outputs (and a converted x) are allocated on this stream and a
-        # caller's batch is recorded for it (run_on), so torch's caching allocator cannot hand
-        # their memory to other work before the engine has finished with it.
+    def _gpu_target(self, batch, torch):
+        """The torch device a CUDA tensor runs on (this backend's GPU); None for a host tensor."""
+        return torch.device("cuda", self._index) if batch.device.type == "cuda" else None
+
+    def _run_torch(self, batch, torch, device):
+        """Queued on the backend's stream (the current torch stream here): returns the first output."""
+        in_dtype = torch.from_numpy(np.empty(0, self._dtypes[self._inputs[0]])).dtype
+        x = batch.to(device, in_dtype).contiguous()
+        name = self._outputs[0]
+        out_dtype = torch.from_numpy(np.empty(0, self._dtypes[name])).dtype
+        if not self.cuda_graph:
+            outputs = self._bind_tensors(x, torch, device)
+            self._enqueue()
+            # No synchronisation: the outputs (and a converted x) are allocated on this stream and the
+            # caller's batch is recorded for it (run_on), so torch's caching allocator cannot hand
+            # their memory to other work before the engine has finished with it.
+            return outputs[0]
+        out_shapes = self._bind_fixed(tuple(x.shape))
+        self._stream.copy(self._device_in.ptr, x.data_ptr(), x.numel() * x.element_size(), "d2d")
+        self._execute()
+        out = torch.empty(out_shapes[name], dtype=out_dtype, device=device)
+        self._stream.copy(out.data_ptr(), self._device_out[name].ptr, out.numel() * out.element_size(), "d2d")
         return out
 
-    def _bind(self, x: torch.Tensor) -> torch.Tensor:
-        """Set the input shape and every tensor address; returns the (first) output tensor."""
-        name = self._inputs[0]
-        if not self._context.set_input_shape(name, tuple(x.shape)):
-            raise DronsegError(f"engine {self.path} does not accept input shape {tuple(x.shape)} "
-                               f"(profile: {self.build.get('profile') or 'static'}): re-export with matching --size/--batch or --dynamic")
-        self._context.set_tensor_address(name, x.data_ptr())
+    def _bind_tensors(self, x, torch, device) -> list:
+        """Bind the context to ``x`` and new output tensors (zero copy); returns the outputs."""
+        self._drop_graph()
+        self._fixed_shapes = None  # the context no longer points at the fixed buffers
+        self._set_input_shape(tuple(x.shape))
+        self._context.set_tensor_address(self._inputs[0], x.data_ptr())
         outputs = []
         for out_name in self._outputs:
-            shape = tuple(self._context.get_tensor_shape(out_name))
-            out = torch.empty(shape, dtype=self._dtypes[out_name], device=self.device)
+            dtype = torch.from_numpy(np.empty(0, self._dtypes[out_name])).dtype
+            out = torch.empty(tuple(self._context.get_tensor_shape(out_name)), dtype=dtype, device=device)
             self._context.set_tensor_address(out_name, out.data_ptr())
             outputs.append(out)
         self._bound_outputs = outputs
-        return outputs[0]
+        return outputs
 
-    def _enqueue(self) -> None:
-        """Queue the engine on the current stream (the backend's own, the warm-up's side stream, or the capture stream)."""
-        stream = torch.cuda.current_stream(self.device)
-        if not self._context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT execute_async_v3 failed on {self.path}")
+    # -- the engine on the fixed buffers ----------------------------------------------------------
 
-    def _replay(self, batch: torch.Tensor) -> torch.Tensor | None:
-        shape = tuple(batch.shape)
-        entry = self._graphs.get(shape)
-        if entry is None:
-            self._graphs.clear()  # its buffers and the context's addresses are about to change
+    def _set_input_shape(self, shape: tuple) -> None:
+        if not self._context.set_input_shape(self._inputs[0], shape):
+            raise DronsegError(f"engine {self.path} does not accept input shape {shape} "
+                               f"(profile: {self.build.get('profile') or 'static'}): re-export with matching --size/--batch or --dynamic")
 
-            def prepare(inputs):
-                output = self._bind(inputs[0])
+    def _bind_fixed(self, shape: tuple) -> dict[str, tuple]:
+        """Bind the context to the fixed device buffers for ``shape`` (grown as needed); returns the output shapes."""
+        if self._fixed_shapes is not None and self._fixed_shapes[0] == shape:
+            return self._fixed_shapes[1]
+        self._drop_graph()  # captured for other addresses or another shape
+        self._set_input_shape(shape)
+        self._device_in.ensure(_nbytes(shape, self._dtypes[self._inputs[0]]))
+        self._context.set_tensor_address(self._inputs[0], self._device_in.ptr)
+        out_shapes = {}
+        for out_name in self._outputs:
+            out_shapes[out_name] = tuple(self._context.get_tensor_shape(out_name))
+            self._device_out[out_name].ensure(_nbytes(out_shapes[out_name], self._dtypes[out_name]))
+            self._context.set_tensor_address(out_name, self._device_out[out_name].ptr)
+        self._fixed_shapes = (shape, out_shapes)
+        self._bound_outputs = []
+        return out_shapes
 
-                def launch():
-                    self._enqueue()
-                    return output
-
-                return launch
-
-            entry = self._graphs.capture(shape, (batch,), prepare, warmup=1, dtype=self._dtypes[self._inputs[0]])
-            if entry is None:
+    def _execute(self) -> None:
+        """Run the engine on the bound fixed buffers, on the backend's stream (replaying its graph when captured)."""
+        if self._graph is not None:
+            self._graph.launch(self._stream)
+            return
+        # A plain enqueue: without a graph the run itself; with one to capture, the enqueue TensorRT
+        # needs after a shape or address change before capture, which also computes this call's result.
+        self._enqueue()
+        if self.cuda_graph:
+            try:
+                self._graph = cuda_runtime.capture(self._stream, self._enqueue)
+            except RuntimeFailure as exc:  # e.g. a plugin that synchronises: running without beats failing
+                log.warning("CUDA graph capture failed (%s); running %s without it", str(exc)[:160], self.path.name)
                 self.cuda_graph = False
                 self._describe_provider()
-                return None
-        return self._graphs.replay(entry, batch)
+
+    def _enqueue(self) -> None:
+        """Queue the engine on the backend's stream."""
+        if not self._context.execute_async_v3(int(self._stream)):
+            raise RuntimeFailure(f"TensorRT execute_async_v3 failed on {self.path.name} (see TensorRT's messages above)")
+
+    def _drop_graph(self) -> None:
+        if self._graph is not None:
+            graph, self._graph = self._graph, None
+            graph.close()

@@ -1,4 +1,10 @@
-"""PyTorch and ONNX Runtime (CPU) give the same class maps for the same frames, through the whole pipeline."""
+"""PyTorch and ONNX Runtime (CPU) give the same class maps for the same frames, through the whole pipeline.
+
+A checkpoint runs with torch's pre/post-processing and an ONNX file on the CPU with OpenCV's
+(pipeline/host_work.py): both shrink with an antialiasing filter, but not the same one (torch's
+antialiased bilinear, OpenCV's INTER_AREA), so a few boundary pixels may differ between the two
+paths. With the same pre/post (``prepost="torch"``) the two backends must agree to a near-tie pixel.
+"""
 
 import json
 
@@ -32,13 +38,18 @@ def test_trained_fixture_predicts_several_classes(trained_checkpoint):
 @pytest.mark.parametrize("head", ["logits", "argmax"])
 def test_torch_and_onnxruntime_give_the_same_class_maps(head, trained_checkpoint, onnx_models):
     frames = [scene(i, size) for i, size in enumerate([(96, 64), (128, 80), (200, 150), (64, 48)] * 2)]
-    with Segmenter(trained_checkpoint, device="cpu") as torch_seg, Segmenter(onnx_models[head], device="cpu") as ort_seg:
-        assert ort_seg.backend.name == "onnxruntime" and "CPUExecutionProvider" in ort_seg.backend.provider
+    with Segmenter(trained_checkpoint, device="cpu") as torch_seg, \
+            Segmenter(onnx_models[head], device="cpu", prepost="torch") as same_prepost, \
+            Segmenter(onnx_models[head], device="cpu") as host_seg:
+        assert host_seg.work.name == "host" and same_prepost.work.name == "torch"
+        assert host_seg.backend.name == "onnxruntime" and "CPUExecutionProvider" in host_seg.backend.provider
         for frame in frames:
-            expected, got = torch_seg.predict(frame), ort_seg.predict(frame)
-            assert got.mask.shape == frame.shape[:2]
+            expected, got, host = torch_seg.predict(frame), same_prepost.predict(frame), host_seg.predict(frame)
+            assert got.mask.shape == host.mask.shape == frame.shape[:2]
             assert (got.mask == expected.mask).mean() >= 0.999  # fp32 vs fp32: at most a near-tie pixel
             assert np.allclose(got.shares, expected.shares, atol=1e-3)
+            assert (host.mask == expected.mask).mean() >= 0.99  # another resize filter: boundary pixels
+            assert np.allclose(host.shares, expected.shares, atol=0.01)
 
 
 def test_video_run_on_onnxruntime_matches_the_checkpoint_run(trained_checkpoint, onnx_models, video_path, tmp_path):
@@ -51,7 +62,7 @@ def test_video_run_on_onnxruntime_matches_the_checkpoint_run(trained_checkpoint,
     for index in (0, 12, 23):
         masks = [cv2.imread(str(tmp_path / name / "masks" / f"{index:06d}.png"), cv2.IMREAD_UNCHANGED)
                  for name in ("torch", "onnx")]
-        assert (masks[0] == masks[1]).mean() >= 0.999
+        assert (masks[0] == masks[1]).mean() >= 0.99  # torch vs host pre/post (module docstring)
     stats = [[json.loads(line) for line in (tmp_path / name / "stats.jsonl").read_text().splitlines()]
              for name in ("torch", "onnx")]
     assert [s["frame"] for s in stats[0]] == [s["frame"] for s in stats[1]] == list(range(24))

@@ -166,7 +166,7 @@ def test_backend_called_outside_inference_mode_after_the_segmenter():
 
 
 def test_stage_clock_records_on_the_segmenters_device_stream(monkeypatch):
-    from dronseg_edge.pipeline.segmenter import _StageClock
+    from dronseg_edge.pipeline.torch_work import _StageClock
 
     streams = {}
     recorded = []

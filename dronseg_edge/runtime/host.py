@@ -1,0 +1,62 @@
+"""Pre- and post-processing in host memory with OpenCV and numpy: the path that never imports torch.
+
+What an ``.onnx`` or ``.engine`` file needs around it on the CPU (and on a GPU without torch):
+resize the uint8 frame first and only then turn the few pixels left into float (a 720p frame
+shrunk to 320x192 is 1/15 of the work of converting it whole), shrinking with ``INTER_AREA`` as
+training did (data/augment.py) and as a frames graph does inside (antialiased Resize); then the
+class map of the model's output, brought back to the frame's size (nearest), and its pixel counts.
+The torch form of the same steps is ``runtime/base.preprocess`` (pre/post on a GPU).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import cv2
+import numpy as np
+
+from dronseg_edge.metadata import ModelInfo
+
+
+@functools.lru_cache(maxsize=16)
+def _scale_and_shift(mean: tuple, std: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (RGB) a, b with (x / 255 - mean) / std == x * a + b."""
+    std_ = np.asarray(std, np.float32)
+    return (1.0 / (255.0 * std_)).astype(np.float32), (-np.asarray(mean, np.float32) / std_).astype(np.float32)
+
+
+def resize_frame(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize a uint8 frame: INTER_AREA when shrinking (antialiased), bilinear when enlarging."""
+    h, w = frame.shape[:2]
+    if (w, h) == (width, height):
+        return frame
+    shrinking = width <= w and height <= h
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def preprocess_host(frames_bgr: list[np.ndarray] | np.ndarray, info: ModelInfo) -> np.ndarray:
+    """uint8 BGR frames (each (H, W, 3), any sizes) -> normalised float32 (N, 3, h, w) RGB at ``info.input_size``."""
+    if isinstance(frames_bgr, np.ndarray) and frames_bgr.ndim == 3:
+        frames_bgr = [frames_bgr]
+    width, height = info.input_size
+    scale, shift = _scale_and_shift(tuple(info.mean), tuple(info.std))
+    out = np.empty((len(frames_bgr), 3, height, width), np.float32)
+    for i, frame in enumerate(frames_bgr):
+        small = resize_frame(np.ascontiguousarray(frame), width, height)
+        for channel in range(3):  # RGB channel c is BGR channel 2 - c
+            np.multiply(small[:, :, 2 - channel], scale[channel], out=out[i, channel], casting="unsafe")
+            out[i, channel] += shift[channel]
+    return out
+
+
+def class_map_host(out: np.ndarray, height: int, width: int) -> np.ndarray:
+    """One frame's backend output ((C, h, w) logits or (h, w) classes) -> (H, W) uint8 classes at the frame's size."""
+    classes = out.argmax(axis=0).astype(np.uint8) if out.ndim == 3 else out.astype(np.uint8, copy=False)
+    if classes.shape != (height, width):
+        classes = cv2.resize(classes, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+    return classes
+
+
+def class_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixels per class id (ids past ``num_classes`` are not counted)."""
+    return np.bincount(mask.ravel(), minlength=num_classes)[:num_classes]
