@@ -7,6 +7,12 @@ overlay video: end-to-end fps >= 0.9 x model-only fps, and the PyTorch backend <
     python benchmarks/pipeline.py --video drone_h264.mp4 --half # on your own footage (ideally H.264)
     python benchmarks/pipeline.py --model model_fp16.onnx       # any artifact: .pt, .onnx, .engine
     python benchmarks/pipeline.py --quick                       # CPU smoke run: LR-ASPP, 160x96, 40 frames
+    python benchmarks/pipeline.py --vs-plain-loop               # CPU: infer vs a hand-written OpenCV+ORT loop
+
+--vs-plain-loop (benchmarks/vs_plain_loop.py) runs `dronseg-edge infer` on an ONNX file and the plain
+loop of benchmarks/plain_loop.py side by side as separate processes (LR-ASPP at 320x192 by default,
+a 300-frame 1280x720 H.264 clip) and reports whole-process and per-stage ratios, peak memory and
+the 1-frame start-up difference; writes benchmarks/results/vs-plain-loop-<device>-<date>.json and .md.
 
 Model-only: ``backend.infer`` on a preprocessed frame already on the device (the package's timing
 harness: CUDA events on a GPU). End-to-end: ``run_inference`` on the video (decode thread,
@@ -22,6 +28,7 @@ Writes benchmarks/results/pipeline-<device>-<date>[-TAG].json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -35,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import device_slug, sane_checkpoint  # noqa: E402  (same folder: one way to make test models)
 
-from dronseg_edge.atomic import write_json_atomic  # noqa: E402
+from dronseg_edge.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from dronseg_edge.bench.report import now_iso  # noqa: E402
 from dronseg_edge.bench.system import describe_system, system_info  # noqa: E402
 from dronseg_edge.bench.timing import TimingSettings, measure  # noqa: E402
@@ -69,7 +76,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("benchmarks/work"), help="cached checkpoints and videos")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--tag", default="", help="appended to the result file name")
+    parser.add_argument("--vs-plain-loop", action="store_true",
+                        help="infer on ONNX vs the plain OpenCV + ONNX Runtime loop (CPU; default LR-ASPP 320x192, 3 repeats)")
     args = parser.parse_args(argv)
+    if args.vs_plain_loop:
+        parser.set_defaults(arch="lraspp_mobilenet_v3_large", size="320x192", repeats=3, device="cpu")
+        args = parser.parse_args(argv)
     if args.quick:  # new defaults; options given on the command line still win
         parser.set_defaults(arch="lraspp_mobilenet_v3_large", size="160x96", frames=40, iters=20, repeats=1)
         args = parser.parse_args(argv)
@@ -169,8 +181,47 @@ def run_device(args: argparse.Namespace) -> torch.device:
     return resolve_device("cpu" if args.quick and args.device == "auto" else args.device)
 
 
+def run_vs_plain_loop(args: argparse.Namespace) -> int:
+    """The side-by-side run (benchmarks/vs_plain_loop.py); writes its JSON and Markdown."""
+    import vs_plain_loop
+    from dronseg_edge.export import export_artifact
+
+    size = parse_size(args.size)
+    device = resolve_device(args.device)
+    if args.model is None:
+        checkpoint = sane_checkpoint(args.arch, size, args.work / "checkpoints" / f"{args.arch}_{format_size(size)}.pt", device)
+        model = export_artifact(checkpoint, fmt="onnx", precision="fp32", size=size, out_dir=args.work / "onnx",
+                                parity=False, device="cpu").path
+    else:
+        model = args.model
+    source = args.video or synthetic_video(args.work, (1280, 720), args.frames)
+    video = vs_plain_loop.h264_clip(source, args.work / f"clip_h264_{args.frames}.mp4", args.frames)
+    one = vs_plain_loop.h264_clip(source, args.work / "clip_h264_1.mp4", 1)
+    _, facts = video_facts(video)
+    system = system_info(torch.device("cpu"))
+    for line in describe_system(system):
+        print(line)
+    print(f"model: {model} ({format_size(size)}); video: {facts['codec']} {facts['size']}, {facts['frames']} frames")
+    doc = vs_plain_loop.compare(Path(model), video, one, args.repeats)
+    doc.update({"schema": "dronseg-edge-vs-plain-loop/1", "date": now_iso(), "system": system, "video": facts,
+                "model": {"path": str(model), "arch": args.arch, "input_size": format_size(size)},
+                "threads": vs_plain_loop.thread_counts(),
+                "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None})
+    text = vs_plain_loop.table(doc)
+    print(text)
+    print("targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in doc["met"].items()))
+    stem = f"vs-plain-loop-cpu-{date.today().isoformat()}{'-' + args.tag if args.tag else ''}"
+    path = write_json_atomic(args.out / f"{stem}.json", doc)
+    write_text_atomic(args.out / f"{stem}.md", f"# infer vs the plain loop, {doc['date']}\n\n{describe_system(system)[0]}\n\n"
+                                         f"{text}\n\nthreads: {json.dumps(doc['threads'])}\n")
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.vs_plain_loop:
+        return run_vs_plain_loop(args)
     doc = run(args)
     name = f"pipeline-{device_slug(run_device(args))}-{date.today().isoformat()}{'-' + args.tag if args.tag else ''}.json"
     path = write_json_atomic(args.out / name, doc)

@@ -1,21 +1,36 @@
-"""Benchmark one model file: open its backend with the requested options, check shapes, measure."""
+"""Benchmark one model file: choose the device, open its backend with the requested options, check shapes, measure.
+
+Which timing path runs (see ``bench/timing.py``) follows the device :func:`resolve_bench_device`
+returns: a ``torch.device`` for checkpoints and ``--matrix`` (torch runs them anyway), and for a GPU
+when torch with CUDA is installed (CUDA events around a device-resident input need torch's stream,
+and they can time compute without the copies); a torch-free ``devices.Device`` for ``.onnx`` and
+``.engine`` files on the CPU, or on a GPU without a CUDA torch. On that lean path nothing imports
+torch: the input is made with numpy and the backends take and return numpy. On a GPU it is timed
+on the host, so its latency includes the host<->device copies, and the result carries a note
+saying so.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
-from dronseg_edge.bench.timing import Measurement, TimingSettings, measure
+from dronseg_edge.bench.timing import Measurement, TimingSettings, host_timed_gpu, measure
+from dronseg_edge.devices import resolve_device, resolve_lean_device
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.metadata import ModelInfo
-from dronseg_edge.runtime.base import Backend, preprocess
-from dronseg_edge.runtime.registry import backend_class, load_backend
+from dronseg_edge.runtime.base import Backend
+from dronseg_edge.runtime.host import preprocess_host
+from dronseg_edge.runtime.registry import backend_class, is_checkpoint, load_backend
 from dronseg_edge.sizes import format_size
+
+HOST_TIMED_GPU_NOTE = ("latency includes the host<->device copies: timed on the host (perf_counter) because CUDA "
+                       "events on a device-resident input need a CUDA build of torch, and none is installed here")
 
 
 @dataclass
@@ -47,6 +62,31 @@ class BenchResult:
         return data
 
 
+def torch_cuda_installed() -> bool:
+    """True when torch is installed and sees a CUDA GPU (imports torch only when it is installed)."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    try:
+        import torch
+    except Exception:  # installed but broken (e.g. missing CUDA libraries): run without it
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def resolve_bench_device(name: str, models: Sequence[str | Path] = (), *, matrix: bool = False):
+    """The device to measure ``models`` on, from ``--device``; its kind picks the timing path (module doc).
+
+    A ``torch.device`` when a model is a checkpoint, for ``--matrix``, or on a GPU when torch with
+    CUDA is installed; else a torch-free ``devices.Device`` (torch is then never imported).
+    """
+    if matrix or any(is_checkpoint(model) for model in models):
+        return resolve_device(name)
+    device = resolve_lean_device(name)
+    if device.type == "cuda" and torch_cuda_installed():
+        return resolve_device(str(device))
+    return device
+
+
 def artifact_size_mb(path: Path) -> float:
     """File size in MB (1e6 bytes), counting an ONNX external-data file ``<name>.data`` beside it."""
     path = Path(path)
@@ -57,9 +97,10 @@ def artifact_size_mb(path: Path) -> float:
     return total / 1e6
 
 
-def open_backend(path: Path, device: torch.device, *, precision: str | None = None,
+def open_backend(path: Path, device, *, precision: str | None = None,
                  cuda_graph: bool | None = None, **options) -> tuple[Backend, list[str]]:
-    """Construct the backend for ``path``, passing only the options its class declares (``Backend.OPTIONS``).
+    """Construct the backend for ``path`` on ``device`` (a ``torch.device`` or a ``devices.Device``),
+    passing only the options its class declares (``Backend.OPTIONS``).
 
     ``precision`` applies to checkpoints (an exported file carries its own); ``cuda_graph`` is
     passed where the backend supports it, otherwise a note says it was not. Returns (backend, notes).
@@ -92,7 +133,7 @@ def resolve_shape(backend: Backend, size: tuple[int, int] | None, batch: int) ->
     source = info.extra.get("source_checkpoint") or "CHECKPOINT"
     if batch < 1:
         raise DronsegError(f"--batch {batch} must be at least 1")
-    built = tuple(info.input_size)
+    built = tuple(frame_size(info))
     if size is not None and tuple(size) != built and not info.dynamic:
         raise DronsegError(
             f"{backend.path} was built for {format_size(built)} (static shape) and cannot run at {format_size(size)}: "
@@ -105,11 +146,24 @@ def resolve_shape(backend: Backend, size: tuple[int, int] | None, batch: int) ->
     return tuple(size) if size is not None else built
 
 
-def make_input(info: ModelInfo, size: tuple[int, int], batch: int, seed: int = 0) -> torch.Tensor:
-    """A reproducible normalised float32 batch (batch, 3, H, W) on the host: random frames, preprocessed."""
+def frame_size(info: ModelInfo) -> tuple[int, int]:
+    """(width, height) of what goes into the artifact: its frames for a frames graph, else its input tensor."""
+    if info.io == "frames" and info.source_size is not None:
+        return tuple(info.source_size)
+    return tuple(info.input_size)
+
+
+def make_input(info: ModelInfo, size: tuple[int, int], batch: int, seed: int = 0) -> np.ndarray:
+    """A reproducible numpy batch in host memory from random uint8 frames at ``size`` (width, height).
+
+    Normalised float32 (batch, 3, H, W), preprocessed with ``runtime.host.preprocess_host``; for a
+    frames artifact (``info.io == 'frames'``) the uint8 frames themselves, (batch, H, W, 3).
+    """
     width, height = size
     frames = np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
-    return preprocess(frames, dataclasses.replace(info, input_size=(width, height)), torch.device("cpu"))
+    if info.io == "frames":
+        return frames
+    return preprocess_host(frames, dataclasses.replace(info, input_size=(width, height)))
 
 
 @dataclass
@@ -124,7 +178,7 @@ class PreparedBench:
     notes: list[str]
 
 
-def prepare_bench(path: str | Path, device: torch.device, *, size: tuple[int, int] | None = None, batch: int = 1,
+def prepare_bench(path: str | Path, device, *, size: tuple[int, int] | None = None, batch: int = 1,
                   precision: str | None = None, cuda_graph: bool | None = None,
                   backend_options: dict[str, Any] | None = None) -> PreparedBench:
     """Open ``path``'s backend and check that it can run ``size``/``batch``; raise DronsegError if not."""
@@ -145,6 +199,8 @@ def run_prepared(prepared: PreparedBench, settings: TimingSettings,
     notes = list(prepared.notes)
     if settings.include_transfers and device.type != "cuda":
         notes.append("transfers: none on the CPU (input and output stay in host memory)")
+    if host_timed_gpu(device):
+        notes.append(HOST_TIMED_GPU_NOTE)
     return BenchResult(
         model=str(prepared.path),
         backend=backend.name,
@@ -161,11 +217,17 @@ def run_prepared(prepared: PreparedBench, settings: TimingSettings,
     )
 
 
-def bench_model(path: str | Path, device: torch.device, settings: TimingSettings, *,
+def bench_model(path: str | Path, device, settings: TimingSettings, *,
                 size: tuple[int, int] | None = None, batch: int = 1, precision: str | None = None,
                 cuda_graph: bool | None = None, backend_options: dict[str, Any] | None = None,
                 progress: Callable[[int], None] | None = None) -> BenchResult:
-    """Measure one model file; ``size`` is (width, height), default the model's own input size."""
+    """Measure one model file; ``size`` is (width, height), default the model's own input size.
+
+    ``device``: a ``torch.device``, a ``devices.Device``, or a ``--device`` string (then chosen by
+    :func:`resolve_bench_device`, which decides the timing path).
+    """
+    if isinstance(device, str):
+        device = resolve_bench_device(device, [path])
     prepared = prepare_bench(path, device, size=size, batch=batch, precision=precision, cuda_graph=cuda_graph,
                              backend_options=backend_options)
     return run_prepared(prepared, settings, progress)

@@ -3,32 +3,43 @@
 A latency means nothing without them. Every probe is optional: a library that is missing is
 reported as such, GPU clocks come from NVML (``nvidia-ml-py``/``pynvml``) when importable, else
 from ``nvidia-smi``, else are marked unreadable.
+
+Nothing here imports torch (bench of an ``.onnx``/``.engine`` file runs without it): torch's
+version is read from its installed metadata unless torch is already loaded, and torch's threads,
+CUDA/cuDNN versions and flags are reported only when it is (they are None otherwise: they cannot
+affect a run that does not use torch). Without torch a GPU is described by the CUDA driver.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import importlib.metadata
 import os
 import platform
 import shutil
 import subprocess
+import sys
 from typing import Any
-
-import torch
 
 from dronseg_edge import __version__
 
 NOT_INSTALLED = "not installed"
 
 
-def system_info(device: torch.device) -> dict[str, Any]:
-    """Device, CPU, versions and the torch flags that change latency (TF32, cudnn.benchmark)."""
+def system_info(device) -> dict[str, Any]:
+    """Device, CPU, versions and, when torch is loaded, the torch flags that change latency (TF32, cudnn.benchmark).
+
+    ``device``: a ``torch.device`` or a torch-free ``devices.Device``.
+    """
+    torch = sys.modules.get("torch")
     return {
         "device": gpu_info(device) if device.type == "cuda" else {"type": "cpu", "name": cpu_model()},
-        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(),
+                "torch_threads": torch.get_num_threads() if torch is not None else None,
                 "machine": platform.machine(), "load_average": load_average()},
         "versions": versions(),
-        "torch_flags": torch_flags(),
+        "torch_flags": torch_flags() if torch is not None else None,
     }
 
 
@@ -51,19 +62,53 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def gpu_info(device: torch.device) -> dict[str, Any]:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    props = torch.cuda.get_device_properties(index)
-    info: dict[str, Any] = {
-        "type": "cuda",
-        "index": index,
-        "name": props.name,
-        "compute_capability": f"{props.major}.{props.minor}",
-        "memory_gib": round(props.total_memory / 2**30, 1),
-        "multiprocessors": props.multi_processor_count,
-    }
+def gpu_info(device) -> dict[str, Any]:
+    """Name, compute capability, memory (GiB), multiprocessors and clocks of a CUDA ``device``.
+
+    From torch when it is loaded and ``device`` is a ``torch.device``, else from the CUDA driver.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(device, torch.device):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        info: dict[str, Any] = {
+            "type": "cuda",
+            "index": index,
+            "name": props.name,
+            "compute_capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "multiprocessors": props.multi_processor_count,
+        }
+    else:
+        index = device.index if device.index is not None else 0
+        info = {"type": "cuda", "index": index, **driver_gpu_properties(index)}
     info.update(gpu_clocks(index))
     return info
+
+
+# CUdevice_attribute values (cuda.h): stable across CUDA versions.
+_CU_MULTIPROCESSOR_COUNT, _CU_CC_MAJOR, _CU_CC_MINOR = 16, 75, 76
+
+
+def driver_gpu_properties(index: int) -> dict[str, Any]:
+    """What :func:`gpu_info` reports, read from the CUDA driver library with ctypes (no torch)."""
+    from dronseg_edge.devices import _libcuda  # the one place that loads and initialises libcuda
+
+    lib = _libcuda()
+    handle = ctypes.c_int(0)
+    if lib is None or lib.cuDeviceGet(ctypes.byref(handle), index) != 0:
+        return {"name": f"cuda:{index}", "compute_capability": "?", "memory_gib": None, "multiprocessors": None}
+    name = ctypes.create_string_buffer(256)
+    lib.cuDeviceGetName(name, 256, handle)
+    values = {}
+    for key, attribute in (("sm", _CU_MULTIPROCESSOR_COUNT), ("major", _CU_CC_MAJOR), ("minor", _CU_CC_MINOR)):
+        value = ctypes.c_int(0)
+        lib.cuDeviceGetAttribute(ctypes.byref(value), attribute, handle)
+        values[key] = value.value
+    memory = ctypes.c_size_t(0)
+    lib.cuDeviceTotalMem_v2(ctypes.byref(memory), handle)
+    return {"name": name.value.decode(errors="replace"), "compute_capability": f"{values['major']}.{values['minor']}",
+            "memory_gib": round(memory.value / 2**30, 1), "multiprocessors": values["sm"]}
 
 
 def gpu_clocks(index: int) -> dict[str, Any]:
@@ -124,21 +169,36 @@ def _text(value: Any) -> str:
 
 
 def versions() -> dict[str, Any]:
-    """Versions of python, torch (+CUDA, cuDNN), torchvision, numpy, onnx, onnxruntime (+providers), tensorrt."""
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    """Versions of python, torch (+CUDA, cuDNN), torchvision, numpy, onnx, onnxruntime (+providers), tensorrt.
+
+    torch, torchvision and onnx are not imported for this: when not loaded already, their installed
+    version is read from the package metadata (``torch_imported`` False, ``cuda``/``cudnn`` None).
+    """
+    torch = sys.modules.get("torch")
     found: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
         "dronseg_edge": __version__,
-        "torch": str(torch.__version__),
-        "cuda": torch.version.cuda,
-        "cudnn": cudnn,
+        "torch": _installed_version("torch"), "torch_imported": False, "cuda": None, "cudnn": None,
     }
-    for name in ("torchvision", "numpy", "onnx"):
-        found[name] = _module_version(name)
+    if torch is not None:
+        found.update(torch=str(torch.__version__), torch_imported=True, cuda=torch.version.cuda,
+                     cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None)
+    # torchvision is imported (it may be unusable with this torch) only where torch already is.
+    found["torchvision"] = _module_version("torchvision") if torch is not None else _installed_version("torchvision")
+    found["numpy"] = _module_version("numpy")
+    found["onnx"] = _module_version("onnx") if "onnx" in sys.modules else _installed_version("onnx")
     found["onnxruntime"], found["onnxruntime_providers"] = _onnxruntime()
     found["tensorrt"] = _module_version("tensorrt")
     return found
+
+
+def _installed_version(distribution: str) -> str:
+    """The version pip installed, without importing the package."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return NOT_INSTALLED
 
 
 def _module_version(name: str) -> str:
@@ -161,7 +221,11 @@ def _onnxruntime() -> tuple[str, list[str]]:
 
 
 def torch_flags() -> dict[str, Any]:
-    """Global torch switches that move latency by up to 3x on Ampere+ GPUs (TF32 alone, docs/facts.md#h100-baseline)."""
+    """Global torch switches that move latency by up to 3x on Ampere+ GPUs (TF32 alone, docs/facts.md#h100-baseline).
+
+    Only called with torch loaded (``system_info`` reports None otherwise).
+    """
+    torch = sys.modules["torch"]
     return {
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
@@ -188,15 +252,19 @@ def describe_system(info: dict[str, Any]) -> list[str]:
     cpu = info["cpu"]
     load = cpu.get("load_average")
     load_text = f", load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}" if load else ""
-    lines = [line, f"cpu: {cpu['model']} ({cpu['logical_cores']} logical cores, torch uses {cpu['torch_threads']} threads"
-                   f"{load_text})"]
+    threads = f", torch uses {cpu['torch_threads']} threads" if cpu.get("torch_threads") is not None else ""
+    lines = [line, f"cpu: {cpu['model']} ({cpu['logical_cores']} logical cores{threads}{load_text})"]
     v = info["versions"]
     providers = ",".join(p.replace("ExecutionProvider", "") for p in v.get("onnxruntime_providers", []))
     ort = v["onnxruntime"] + (f" [{providers}]" if providers else "")
-    lines.append(f"versions: python {v['python']}, torch {v['torch']} (CUDA {v['cuda'] or '-'}, cuDNN {v['cudnn'] or '-'}),"
+    if v.get("torch_imported", True):
+        torch_text = f"{v['torch']} (CUDA {v['cuda'] or '-'}, cuDNN {v['cudnn'] or '-'})"
+    else:
+        torch_text = f"{v['torch']} (not imported)" if v["torch"] != NOT_INSTALLED else NOT_INSTALLED
+    lines.append(f"versions: python {v['python']}, torch {torch_text},"
                  f" onnxruntime {ort}, tensorrt {v['tensorrt']}, dronseg-edge {v['dronseg_edge']}")
-    flags = info["torch_flags"]
-    if device["type"] == "cuda":
+    flags = info.get("torch_flags")
+    if device["type"] == "cuda" and flags:
         lines.append(f"torch flags: TF32 conv {'on' if flags['cudnn_allow_tf32'] else 'off'}, TF32 matmul "
                      f"{'on' if flags['matmul_allow_tf32'] else 'off'}, cudnn.benchmark {flags['cudnn_benchmark']}")
     return lines

@@ -1,11 +1,23 @@
 """The measurement harness: warm up, then time ``Backend.infer`` iteration by iteration.
 
-On a GPU every iteration is timed with CUDA events on the current stream (as trtexec does):
-host-to-device copy of the float32 input, compute, device-to-host copy of the output, then a
-synchronise, so each sample is the latency of one batch on an otherwise idle GPU (kernel-launch
-gaps included, which is what a frame-by-frame video pipeline sees). The copies are always timed;
-``include_transfers`` decides whether the latency counts them. On the CPU nothing crosses a bus and
-``time.perf_counter`` times the compute alone.
+Two paths, chosen by the kind of device the backend was given (``bench.run.resolve_bench_device``
+chooses it):
+
+- **torch device on a GPU** (checkpoints, ``--matrix``, and ``.onnx``/``.engine`` files on a GPU
+  where torch with CUDA is installed): every iteration is timed with CUDA events on torch's current
+  stream (as trtexec does): host-to-device copy of the float32 input into a device-resident
+  tensor, compute, device-to-host copy of the output, then a synchronise, so each sample is the
+  latency of one batch on an otherwise idle GPU (kernel-launch gaps included, which is what a
+  frame-by-frame video pipeline sees). The copies are always timed; ``include_transfers`` decides
+  whether the latency counts them. Events recorded around a device-resident input need torch's
+  stream and tensors: that is why this path keeps torch.
+- **host path** (the CPU, or a GPU without a CUDA torch: a torch-free ``devices.Device``): the
+  numpy batch goes to ``infer`` and ``time.perf_counter`` times the call. Nothing else is imported.
+  On the CPU nothing crosses a bus, so this is the compute alone. On a GPU the backend uploads the
+  host array, runs, downloads and synchronises before it returns numpy, so the latency *includes*
+  the host<->device copies whatever ``include_transfers`` says (``Measurement.include_transfers``
+  is then True, and ``bench.run`` adds a note saying so).
+  A torch device on the CPU (a checkpoint) is timed the same way with a torch tensor.
 
 Backends must run on torch's current CUDA stream or synchronise before ``infer`` returns (the
 PyTorch, ONNX Runtime IO-binding and TensorRT runners all do); the host wall-clock time per
@@ -16,14 +28,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 
 from dronseg_edge.bench.stats import LatencyStats, summarize
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.runtime.base import Backend
+from dronseg_edge.runtime.base import Backend, dtype_name
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MIN_ITERS = 20  # with neither --iters nor --duration-s: at least 20 iterations and 3 s (like trtexec)
 DEFAULT_MIN_SECONDS = 3.0
@@ -70,9 +84,9 @@ class TimingSettings:
 
 @dataclass
 class Measurement:
-    """Per-iteration statistics (ms). ``h2d``/``d2h`` are None on the CPU."""
+    """Per-iteration statistics (ms). ``h2d``/``d2h`` are None on the host path (timer perf_counter)."""
 
-    latency: LatencyStats  # compute, or h2d + compute + d2h with include_transfers
+    latency: LatencyStats  # compute, or h2d + compute + d2h with include_transfers (host-timed GPU: copies in it)
     compute: LatencyStats
     h2d: LatencyStats | None
     d2h: LatencyStats | None
@@ -81,7 +95,7 @@ class Measurement:
     warmup_iters: int
     warmup_s: float
     measure_s: float
-    include_transfers: bool
+    include_transfers: bool  # whether ``latency`` counts host<->device copies
     output_shape: list[int] = field(default_factory=list)
     output_dtype: str = ""
 
@@ -95,32 +109,60 @@ class Measurement:
                 "output_shape": self.output_shape, "output_dtype": self.output_dtype}
 
 
-class _Iteration:
-    """One timed call: returns (h2d_ms, compute_ms, d2h_ms, wall_ms); h2d/d2h are None on the CPU."""
+def is_torch_device(device: Any) -> bool:
+    """True for a ``torch.device`` (told without importing torch), False for a ``devices.Device``."""
+    return type(device).__module__.split(".")[0] == "torch"
 
-    def __init__(self, backend: Backend, batch_host: torch.Tensor):
+
+def uses_cuda_events(device: Any) -> bool:
+    """Whether a backend on ``device`` is timed with CUDA events (a torch device on a GPU; see the module doc)."""
+    return device.type == "cuda" and is_torch_device(device)
+
+
+def timer_name(device: Any) -> str:
+    """'cuda-events' or 'perf_counter': the timer :func:`measure` uses for a backend on ``device``."""
+    return "cuda-events" if uses_cuda_events(device) else "perf_counter"
+
+
+def host_timed_gpu(device: Any) -> bool:
+    """A GPU timed on the host (no CUDA torch): the latency includes the host<->device copies."""
+    return device.type == "cuda" and not uses_cuda_events(device)
+
+
+class _Iteration:
+    """One timed call: returns (h2d_ms, compute_ms, d2h_ms, wall_ms); h2d/d2h are None on the host path."""
+
+    def __init__(self, backend: Backend, batch_host: "np.ndarray | torch.Tensor"):
         self.backend = backend
-        self.cuda = backend.device.type == "cuda"
-        if self.cuda:
-            self.stream = torch.cuda.current_stream(backend.device)
-            self.x_host = batch_host.pin_memory()
-            self.x_dev = torch.empty_like(batch_host, device=backend.device)
-            self.x_dev.copy_(self.x_host)
+        self.cuda = uses_cuda_events(backend.device)
+        if is_torch_device(backend.device):
+            import torch
+
+            batch_host = torch.as_tensor(batch_host)  # numpy (make_input) shares its memory, no copy
+            if self.cuda:
+                self.stream = torch.cuda.current_stream(backend.device)
+                self.x_host = batch_host.pin_memory()
+                self.x_dev = torch.empty_like(batch_host, device=backend.device)
+                self.x_dev.copy_(self.x_host)
+            else:
+                self.x_dev = batch_host.to(backend.device)
         else:
-            self.x_dev = batch_host.to(backend.device)
-        self.out_host: torch.Tensor | None = None
-        self.last_output: torch.Tensor | None = None
+            self.x_dev = batch_host  # host memory: the backend uploads it itself on a GPU
+        self.out_host = None
+        self.last_output = None
 
     def __call__(self) -> tuple[float | None, float, float | None, float]:
-        return self._cuda() if self.cuda else self._cpu()
+        return self._cuda() if self.cuda else self._host()
 
-    def _cpu(self) -> tuple[None, float, None, float]:
+    def _host(self) -> tuple[None, float, None, float]:
         start = time.perf_counter()
         self.last_output = self.backend.infer(self.x_dev)
         ms = (time.perf_counter() - start) * 1e3
         return None, ms, None, ms
 
     def _cuda(self) -> tuple[float, float, float, float]:
+        import torch
+
         events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
         wall_start = time.perf_counter()
         events[0].record(self.stream)
@@ -141,11 +183,14 @@ class _Iteration:
                 events[2].elapsed_time(events[3]), wall)
 
 
-def measure(backend: Backend, batch_host: torch.Tensor, settings: TimingSettings,
+def measure(backend: Backend, batch_host: "np.ndarray | torch.Tensor", settings: TimingSettings,
             progress: Callable[[int], None] | None = None) -> Measurement:
-    """Warm up and time ``backend.infer`` on ``batch_host`` (float32 (N, 3, H, W), on the host).
+    """Warm up and time ``backend.infer`` on ``batch_host`` (float32 (N, 3, H, W) in host memory, numpy or torch;
+    (N, H, W, 3) uint8 frames for a frames artifact).
 
-    The backend is activated here if it is not yet. Returns statistics in milliseconds.
+    The backend is activated here if it is not yet. Returns statistics in milliseconds. The timer
+    follows ``backend.device`` (see the module doc): CUDA events for a torch device on a GPU,
+    ``perf_counter`` otherwise, where a GPU's latency includes the host<->device copies.
     """
     if not backend.active:
         backend.activate()
@@ -191,11 +236,11 @@ def measure(backend: Backend, batch_host: torch.Tensor, settings: TimingSettings
         h2d=summarize(h2d, batch) if h2d else None,
         d2h=summarize(d2h, batch) if d2h else None,
         host_wall=summarize(wall, batch),
-        timer="cuda-events" if step.cuda else "perf_counter",
+        timer=timer_name(backend.device),
         warmup_iters=warmup_iters,
         warmup_s=warmup_s,
         measure_s=measure_s,
-        include_transfers=bool(settings.include_transfers and h2d),
+        include_transfers=bool(settings.include_transfers and h2d) or host_timed_gpu(backend.device),
         output_shape=list(out.shape) if out is not None else [],
-        output_dtype=str(out.dtype).replace("torch.", "") if out is not None else "",
+        output_dtype=dtype_name(out) if out is not None else "",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import List, Optional
 
@@ -22,7 +23,7 @@ def bench(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: Optional[str] = typer.Option(None, "--precision", help="Checkpoints only: fp32, fp16 or bf16 (GPU)."),
     include_transfers: bool = typer.Option(False, "--include-transfers/--no-include-transfers",
-                                           help="Count host<->device copies in the latency (GPU)."),
+                                           help="Count host<->device copies in the latency (GPU; always counted without a CUDA torch)."),
     cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph",
                                               help="Capture a CUDA graph where the backend supports it."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write results (device, versions, settings, stats) here."),
@@ -34,10 +35,9 @@ def bench(
     """Measure latency (min/mean/median/p90/p95/p99/max ms) and throughput of model files, or a whole --matrix."""
     from dronseg_edge.bench.report import (build_document, check_output_file, latency_table, markdown_document,
                                            settings_line, stage_lines, warning_lines, write_json, write_markdown)
-    from dronseg_edge.bench.run import prepare_bench, run_prepared
+    from dronseg_edge.bench.run import prepare_bench, resolve_bench_device, run_prepared
     from dronseg_edge.bench.system import describe_system, system_info
-    from dronseg_edge.bench.timing import TimingSettings
-    from dronseg_edge.devices import resolve_device
+    from dronseg_edge.bench.timing import TimingSettings, host_timed_gpu, timer_name
     from dronseg_edge.errors import DronsegError
     from dronseg_edge.runtime.registry import check_model_file
     from dronseg_edge.sizes import format_size, parse_size
@@ -56,21 +56,29 @@ def bench(
                                    "without CUDA graphs): drop it")
     elif out is not None or data is not None:
         raise DronsegError("--out and --data belong to --matrix: add --matrix or drop them")
+    if out is not None:
+        from dronseg_edge.cli.outputs import check_out_dir
+
+        check_out_dir(out)  # before the matrix exports into it
     for option, path in (("--json", json_path), ("--markdown", markdown_path)):
         if path is not None:
             check_output_file(path, option)  # fail now, not after minutes of measuring
-    torch_device = resolve_device(device)
     for model in models:
         check_model_file(model)
-    if cuda_graph and torch_device.type != "cuda":
-        raise DronsegError(f"--cuda-graph needs a CUDA device, but --device {device} is {torch_device}: drop --cuda-graph")
+    # A torch.device (checkpoints, --matrix, a GPU with CUDA torch: CUDA-event timing) or a torch-free
+    # Device (.onnx/.engine on the CPU or without CUDA torch): torch is then never imported.
+    run_device = resolve_bench_device(device, models, matrix=matrix)
+    if cuda_graph and run_device.type != "cuda":
+        raise DronsegError(f"--cuda-graph needs a CUDA device, but --device {device} is {run_device}: drop --cuda-graph")
+    if host_timed_gpu(run_device):
+        timing = dataclasses.replace(timing, include_transfers=True)  # timed on the host: the copies are in it
     # Every model is opened and shape-checked before anything is measured: a bad last file fails at once.
-    prepared = [] if matrix else [prepare_bench(model, torch_device, size=run_size, batch=batch, precision=precision,
+    prepared = [] if matrix else [prepare_bench(model, run_device, size=run_size, batch=batch, precision=precision,
                                                 cuda_graph=cuda_graph) for model in models]
-    settings = {"device": str(torch_device), "size": format_size(run_size) if run_size else None, "batch": batch,
+    settings = {"device": str(run_device), "size": format_size(run_size) if run_size else None, "batch": batch,
                 "precision": precision, "cuda_graph": "per row" if matrix else cuda_graph, "timing": timing.to_dict(),
-                "timer": "cuda-events" if torch_device.type == "cuda" else "perf_counter"}
-    system = system_info(torch_device)
+                "timer": timer_name(run_device)}
+    system = system_info(run_device)
     system_lines = describe_system(system)
     for line in system_lines + [settings_line(settings)]:
         typer.echo(line)
@@ -78,7 +86,7 @@ def bench(
     if matrix:
         from dronseg_edge.bench.matrix import matrix_markdown, matrix_table, run_matrix
 
-        rows = run_matrix(models[0], torch_device, timing, size=run_size, batch=batch, out_dir=out, data=data,
+        rows = run_matrix(models[0], run_device, timing, size=run_size, batch=batch, out_dir=out, data=data,
                           log=lambda text: typer.echo(text, err=True))
         typer.echo(matrix_table(rows))
         for line in warning_lines([row.result for row in rows if row.result is not None]):

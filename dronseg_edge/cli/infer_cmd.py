@@ -11,6 +11,14 @@ import typer
 
 from dronseg_edge.cli.app import app
 
+# RunOptions.min_free_mb's default (a test keeps them equal): importing dronseg_edge.pipeline here
+# would load the Segmenter, and with it torch, for every command's --help.
+DEFAULT_MIN_FREE_MB = 500.0
+
+# summary.json's "stopped" -> the line printed for a run that ended well before its source did
+STOP_NOTES = {"max_duration": "--max-duration reached", "max_frames": "--max-frames reached",
+              "key": "q or Esc pressed in the window"}
+
 
 class _StderrWarnings(logging.Handler):
     """Library warnings as ``warning: ...`` lines on whatever sys.stderr is at the time."""
@@ -26,7 +34,17 @@ def _show_library_warnings() -> None:
         logger.propagate = False
 
 
-@app.command()
+INFER_EXIT_CODES = (
+    "Exit codes: 0 finished (the source ended, a finite stream its server closed included, or a limit was "
+    "reached); 2 usage or configuration error: fix the command; 3 a backend is missing; 5 runtime failure a "
+    "restart may cure: disk full or read-only (--out), a stream lost beyond --reconnect-s, a camera or stream "
+    "that cannot be opened, the backend failing mid-run; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP). In every "
+    "case but a usage error the outputs are closed complete up to the last frame and summary.json says why "
+    "the run stopped (docs/reliability.md)."
+)
+
+
+@app.command(epilog=INFER_EXIT_CODES)
 def infer(
     model: Path = typer.Argument(..., help="Checkpoint (.pt), ONNX file (.onnx) or TensorRT engine (.engine)."),
     source: str = typer.Argument(..., help="Video file, image, folder or glob of images, camera index (0), "
@@ -52,6 +70,15 @@ def infer(
     show: bool = typer.Option(False, "--show", help="Show the overlay in a window (q or Esc stops)."),
     alpha: float = typer.Option(0.5, "--alpha", help="Opacity of the class colours over the frame, 0..1."),
     reconnect_s: float = typer.Option(30.0, "--reconnect-s", help="Seconds to keep reopening a stream that stopped."),
+    max_duration: Optional[float] = typer.Option(
+        None, "--max-duration", help="Stop after this many seconds of the source: a video's own timeline, a "
+                                     "camera's or stream's wall clock (images: the run's)."),
+    segment_s: Optional[float] = typer.Option(
+        None, "--segment-s", help="Write the overlay video as overlay_00000.mp4, overlay_00001.mp4, ... of this "
+                                  "many seconds each, each playable once written (summary.json lists them)."),
+    min_free: float = typer.Option(
+        DEFAULT_MIN_FREE_MB, "--min-free", help="MB of free disk under --out below which the video and images stop "
+                                                "cleanly while stats.jsonl continues; 0 = no floor."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on a terminal."),
 ) -> None:
     """Segment a video, image folder, camera or stream; write overlay, masks, stats and summary.json."""
@@ -60,7 +87,8 @@ def infer(
     _show_library_warnings()
     options = RunOptions(out=out, save_video=save_video, save_masks=save_masks, save_color=save_color, stats=stats,
                          show=show, alpha=alpha, live=live, stride=stride, max_frames=max_frames,
-                         reconnect_s=reconnect_s, progress=progress, codec=codec)
+                         reconnect_s=reconnect_s, progress=progress, codec=codec, max_duration=max_duration,
+                         segment_s=segment_s, min_free_mb=min_free)
     # The source before the model, so a typo in SOURCE fails in a moment; the run closes it.
     with open_source(source, options.reconnect_s) as frames, \
             Segmenter(model, device=device, half=half, batch=batch) as segmenter:
@@ -73,6 +101,12 @@ def infer(
                                                        ("reconnects", "reconnects")) if data.get(key)]
     if notes:
         typer.echo("Notes: " + ", ".join(notes))
+    if data.get("video_segments"):
+        typer.echo(f"Video: {len(data['video_segments'])} segments of {data['segment_s']:g} s "
+                   f"({data['video_segments'][0]['file']} ... {data['video_segments'][-1]['file']})")
+    stopped = STOP_NOTES.get(data.get("stopped"))
+    if stopped:
+        typer.echo(f"Stopped: {stopped}")
     typer.echo(f"Results saved to {summary.out_dir}")
     if data.get("interrupted"):
         typer.echo(f"interrupted: outputs are complete up to the last of {data['frames']} frames", err=True)

@@ -1,5 +1,6 @@
-"""Signals during a run: Ctrl-C and SIGTERM stop it cleanly, never halfway through a frame's writes
-or while the outputs are being finalised."""
+"""Signals during a run: Ctrl-C, SIGTERM (systemd, docker stop) and SIGHUP (the terminal closed) stop
+it cleanly, never halfway through a frame's writes or while the outputs are being finalised.
+SIGKILL cannot be caught: what it leaves is described in docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -9,17 +10,23 @@ import sys
 import threading
 
 
+# The signals that stop a run cleanly (SIGHUP does not exist on Windows).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 class InterruptGuard:
-    """Ctrl-C and SIGTERM raise KeyboardInterrupt in the main thread, but never inside ``critical()``:
-    a signal arriving there is held until the block ends."""
+    """Ctrl-C, SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread, but never inside
+    ``critical()``: a signal arriving there is held until the block ends. ``signal_name`` says which came."""
 
     def __init__(self):
         self.requested = False
+        self.signal_name: str | None = None
         self._critical = False
         self._previous: dict = {}
 
-    def _handle(self, *_):
+    def _handle(self, signum, _frame=None):
         self.requested = True
+        self.signal_name = self.signal_name or signal.Signals(signum).name
         if not self._critical:
             raise KeyboardInterrupt
 
@@ -35,7 +42,7 @@ class InterruptGuard:
 
     def __enter__(self) -> "InterruptGuard":
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -53,7 +60,7 @@ def interrupts_deferred():
     def note(*_):
         print("finishing the outputs, one moment...", file=sys.stderr)
 
-    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, note) for sig in STOP_SIGNALS}
     try:
         yield
     finally:

@@ -3,11 +3,17 @@
 Each sink runs in its own thread (:class:`SinkWorker`) behind a bounded queue: OpenCV and PyAV
 release the GIL while encoding, so video encoding and PNG writing proceed in parallel with
 inference and with each other, and memory stays flat however long the video.
+
+A write that fails (a full disk, a folder made read-only) becomes one RuntimeFailure naming the
+file, the free space and the fix (exit code 5), carried by the worker to the main thread; what was
+written before stays whole: images are written under a temporary name and renamed, stats.jsonl is
+cut back to its last whole line, and the video is closed playable up to its last frame.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -20,7 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.atomic import free_space, is_storage_error, storage_errors, storage_failure
+from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.overlay import OverlayPlan, colorize
 from dronseg_edge.pipeline.queues import put_unless_stopped
 from dronseg_edge.pipeline.segmenter import Result
@@ -36,12 +43,29 @@ if hasattr(cv2, "IMWRITE_PNG_FILTER"):
 JPEG_QUALITY = [cv2.IMWRITE_JPEG_QUALITY, 90]
 DEFAULT_FPS = 30.0
 MAX_FILL_S = 10.0  # longest gap filled with the previous overlay; a longer one is cut short
+# summary.json's "stopped" for a failed write, by errno
+STOPPED_BY_ERRNO = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EFBIG: "disk_full",
+                    errno.EROFS: "unwritable", errno.EACCES: "unwritable", errno.EPERM: "unwritable"}
+
+
+def write_failure(exc: OSError, path: Path | str) -> RuntimeFailure:
+    """The one-line RuntimeFailure for a write to ``path`` that failed with ``exc``; its ``stopped``
+    attribute says why for summary.json (``disk_full``, ``unwritable`` or ``write_failed``)."""
+    if is_storage_error(exc):
+        failure = storage_failure(exc, path)
+    else:  # EIO and the like: a failing disk or a card pulled out
+        failure = RuntimeFailure(f"cannot write {path}: {exc.strerror or exc} ({free_space(path)}): check the disk "
+                                 "or choose another --out")
+    failure.stopped = STOPPED_BY_ERRNO.get(exc.errno, "write_failed")
+    return failure
 
 
 class Sink(ABC):
-    """Consumes Results in order; ``close()`` finalises whatever it wrote (idempotent)."""
+    """Consumes Results in order; ``close()`` finalises whatever it wrote (idempotent).
+    ``target``: the file or folder it writes, named in its errors."""
 
     name = "sink"
+    target: Path = Path(".")
 
     def __init__(self):
         self.frames = 0
@@ -65,13 +89,27 @@ class Sink(ABC):
 
 
 def _imwrite(path: Path, image: np.ndarray, params: list[int]) -> None:
-    """Write an image under a temporary name and rename it, so a killed run leaves no half file."""
+    """Encode an image, write it under a temporary name and rename it, so a killed run leaves no half file.
+
+    Not ``cv2.imwrite``: it answers a full disk or a read-only folder with a bare False; Python's own
+    write raises the OSError that says which (ENOSPC, EROFS, EACCES), for the one-line error.
+    """
+    ok, encoded = cv2.imencode(path.suffix, image, params)
+    if not ok:
+        raise DronsegError(f"OpenCV cannot encode {path} ({image.dtype} {image.shape})")
+    _write_bytes(path, encoded.tobytes())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    if not cv2.imwrite(str(tmp), image, params):
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise DronsegError(f"cannot write {path}: the disk is full or the folder is not writable; choose another --out")
-    os.replace(tmp, path)
+        raise write_failure(exc, path) from None
 
 
 class MaskSink(Sink):
@@ -81,8 +119,9 @@ class MaskSink(Sink):
 
     def __init__(self, folder: Path):
         super().__init__()
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = self.target = Path(folder)
+        with storage_errors(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
 
     def _write(self, result: Result) -> None:
         _imwrite(self.folder / f"{result.name}.png", result.mask, PNG_FAST)
@@ -132,41 +171,47 @@ class VideoSink(Sink):
     Frames that were not segmented (--stride, frames dropped in --live mode, damaged frames) are
     filled with the previous overlay, so the video keeps the source's timeline and plays at its
     speed. Frames of another size (a stream that changed resolution) are resized to the first one's.
+
+    ``segment_s`` (``--segment-s``): the video is cut into ``NAME_00000.mp4``, ``NAME_00001.mp4``, ...
+    of that many seconds of the video's timeline each, every one finished and renamed as soon as it
+    is full, so a recording killed or powered off mid-way loses its current segment only.
     """
 
     name = "video"
 
-    def __init__(self, path: Path, fps: float | None, overlay: OverlayPlan, codec: str = "auto"):
+    def __init__(self, path: Path, fps: float | None, overlay: OverlayPlan, codec: str = "auto",
+                 segment_s: float | None = None):
         super().__init__()
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self.path = self.target = Path(path)
         if fps is None:
             log.warning("the source reports no frame rate; the overlay video is written at %g fps", DEFAULT_FPS)
         self.fps = fps or DEFAULT_FPS
         self.overlay = overlay
         encoders_for(codec)  # an explicit --codec this machine cannot write fails now, not at the first frame
         self.requested_codec = codec
+        self.segment_frames = max(1, round(segment_s * self.fps)) if segment_s else None
+        self.segments: list[dict] = []  # finished files: {"file": name, "frames": n, "start_s": seconds}
         self.size: tuple[int, int] | None = None
+        self.codec: str | None = None  # the encoder writing the video (libx264, h264_nvenc, mp4v, ...)
         self._writer: VideoWriter | None = None
+        self._writer_path: Path | None = None
         self._closed = False
         self._warned = False
         self._last: tuple[int, np.ndarray] | None = None
         self.video_frames = 0
 
-    @property
-    def codec(self) -> str | None:
-        """The encoder writing the video (``libx264``, ``h264_nvenc``, ``mp4v``, ...); None before the first frame."""
-        return self._writer.codec if self._writer is not None else None
-
-    def _open(self, size: tuple[int, int]) -> None:
-        self._writer = open_video_writer(self.tmp, size, self.fps, self.requested_codec)
-        self.size = size
+    def _final_path(self, number: int) -> Path:
+        if self.segment_frames is None:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}_{number:05d}{self.path.suffix}")
 
     def _write(self, result: Result) -> None:
+        if self._closed:
+            raise DronsegError(f"video {self.path} is already closed")
         image = self.overlay.image(result)
         size = (image.shape[1], image.shape[0])
-        if self._writer is None:
-            self._open(size)
+        if self.size is None:
+            self.size = size
         elif size != self.size:
             if not self._warned:
                 log.warning("frame %d is %dx%d, the video %dx%d: resized", result.index, *size, *self.size)
@@ -175,50 +220,87 @@ class VideoSink(Sink):
         if self._last is not None:
             gap = min(result.index - self._last[0] - 1, int(self.fps * MAX_FILL_S))
             for _ in range(max(gap, 0)):
-                self._writer.write(self._last[1])
-            self.video_frames += max(gap, 0)
+                self._emit(self._last[1])
+        self._emit(image)
+        self._last = (result.index, image)
+
+    def _emit(self, image: np.ndarray) -> None:
+        """One frame of the video's timeline, into the current file (opened, or finished when full)."""
+        if self._writer is None:
+            final = self._final_path(len(self.segments))
+            self._writer_path = final.with_name(f".{final.stem}.partial{final.suffix}")
+            self._writer = open_video_writer(self._writer_path, self.size, self.fps, self.requested_codec)
+            self.codec = self._writer.codec
         self._writer.write(image)
         self.video_frames += 1
-        self._last = (result.index, image)
+        if self.segment_frames is not None and self._writer.frames >= self.segment_frames:
+            self._finish_file()
+
+    def _finish_file(self) -> None:
+        """Close the current file and rename it to its final name; an empty one is removed."""
+        writer, tmp = self._writer, self._writer_path
+        self._writer = self._writer_path = None
+        final = self._final_path(len(self.segments))
+        try:
+            writer.close()
+        except Exception as exc:  # FFmpegError, OSError: the end or the index could not be written
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # without its index the file does not play at all
+            if isinstance(exc, OSError):
+                cause = write_failure(exc, final)
+                failure = RuntimeFailure(f"{cause} (video {final.name} could not be finished and is lost)")
+                failure.stopped = cause.stopped
+            else:
+                failure = RuntimeFailure(f"cannot finish video {final}: {exc}; free some space or choose another --out")
+                failure.stopped = "write_failed"
+            raise failure from None
+        if writer.frames == 0:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise write_failure(exc, final) from None
+        start = (self.video_frames - writer.frames) / self.fps
+        self.segments.append({"file": final.name, "frames": writer.frames, "start_s": round(start, 3)})
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception as exc:  # FFmpegError, OSError: the index could not be written
-                with contextlib.suppress(OSError):
-                    self.tmp.unlink()
-                raise DronsegError(f"cannot finish video {self.path}: {exc}; free some space or choose another "
-                                   "--out") from None
-            if self.frames:
-                os.replace(self.tmp, self.path)
-                return
-        with contextlib.suppress(OSError):
-            self.tmp.unlink()
+            self._finish_file()
 
-    def outputs(self) -> dict[str, str]:
-        return {"video": str(self.path)} if self.frames else {}
+    def outputs(self) -> dict:
+        files = [str(self.path.with_name(segment["file"])) for segment in self.segments]
+        if not files:
+            return {}
+        return {"video": files if self.segment_frames is not None else files[0]}
 
 
 class StatsSink(Sink):
     """``stats.jsonl``: one JSON line per frame (index, timestamp in s, share of each class by name).
 
-    Each line is flushed as written, so an interrupted run's file is complete up to its last frame.
+    Each line goes to the file in one unbuffered write, so an interrupted or killed run's file is
+    complete up to its last frame; a write that fails part-way (a full disk) is cut back to the
+    last whole line before the error is raised.
     """
 
     name = "stats"
 
     def __init__(self, path: Path, with_file: bool = False):
         super().__init__()
-        self.path = Path(path)
+        self.path = self.target = Path(path)
         self.with_file = with_file
+        self._size = 0  # bytes of whole lines written
         try:
-            self._handle = open(self.path, "x", encoding="utf-8")
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            raise DronsegError(f"cannot create {self.path}: it exists and a run never appends to another's; "
+                               "choose another --out") from None
         except OSError as exc:
-            raise DronsegError(f"cannot create {self.path}: {exc.strerror or exc}; choose another --out") from None
+            raise write_failure(exc, self.path) from None
 
     def _write(self, result: Result) -> None:
         line = {"frame": result.index, "timestamp": None if result.timestamp is None else round(result.timestamp, 6),
@@ -226,24 +308,47 @@ class StatsSink(Sink):
         if self.with_file:
             line["file"] = result.source
         line["shares"] = result.shares_by_name()
-        self._handle.write(json.dumps(line) + "\n")
-        self._handle.flush()
+        data = (json.dumps(line) + "\n").encode("utf-8")
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)  # no half line: shrinking a file needs no space
+                os.lseek(self._fd, self._size, os.SEEK_SET)
+            raise write_failure(exc, self.path) from None
+        self._size += len(data)
 
     def close(self) -> None:
-        if not self._handle.closed:
-            self._handle.close()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
     def outputs(self) -> dict[str, str]:
         return {"stats": str(self.path)}
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until all of ``data`` is written (a write may take part of it, e.g. on a nearly full disk)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class SinkWorker:
-    """Runs one sink in a thread behind a bounded queue; the sink's errors re-raise in ``put``/``close``."""
+    """Runs one sink in a thread behind a bounded queue; the sink's errors re-raise in ``put``/``close``.
+
+    A write error (an OSError, or the RuntimeFailure the sinks make of one) is kept by the thread and
+    raised in the main thread as one RuntimeFailure naming the file; later frames are discarded.
+    Any other exception is a bug and re-raises unchanged.
+    """
 
     def __init__(self, sink: Sink, queue_size: int = 8):
         self.sink = sink
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         self._error: BaseException | None = None
+        self._discard = False
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"dronseg-{sink.name}", daemon=True)
         self._thread.start()
 
@@ -252,11 +357,15 @@ class SinkWorker:
             item = self._queue.get()
             if item is None:
                 return
-            if self._error is None:
+            if self._error is None and not self._discard:
                 try:
                     self.sink.write(item)
                 except BaseException as exc:  # kept for the main thread; later items are discarded
                     self._error = exc
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
 
     def put(self, result: Result) -> None:
         """Queue ``result`` for the sink; raises the sink's error instead once it has failed."""
@@ -270,13 +379,35 @@ class SinkWorker:
         if self._error is not None:
             error = self._error
             if isinstance(error, OSError):
-                raise DronsegError(f"writing {self.sink.name} failed: {error.strerror or error}; "
-                                   "free some space or choose another --out") from None
+                raise write_failure(error, self.sink.target) from None
             raise error
 
-    def close(self) -> None:
-        """Write everything queued, finalise the sink, then re-raise a write error if there was one."""
-        self._queue.put(None)
-        self._thread.join()
-        self.sink.close()
+    def close(self, discard: bool = False) -> None:
+        """Write everything queued (or, with ``discard``, drop it: after a full disk, the room left is
+        for finishing the files), finalise the sink, then re-raise a write error if there was one.
+        Idempotent: a second call only re-raises the error."""
+        if not self._closed:
+            self._closed = True
+            self._discard = discard
+            self._queue.put(None)
+            self._thread.join()
+            try:
+                self.sink.close()
+            except OSError as exc:
+                self._error = self._combined(write_failure(exc, self.sink.target))
+            except DronsegError as exc:
+                self._error = self._combined(exc)
         self._raise_error()
+
+    def _combined(self, closing: DronsegError) -> BaseException:
+        """The error of closing, after the write error that came first (if any): both lines' news in one."""
+        if self._error is None:
+            return closing
+        first = self._error
+        if isinstance(first, OSError):
+            first = write_failure(first, self.sink.target)
+        if not isinstance(first, DronsegError):
+            return first  # a bug: raised unchanged
+        combined = RuntimeFailure(f"{first}; then {closing}")
+        combined.stopped = getattr(first, "stopped", None)
+        return combined

@@ -6,6 +6,7 @@ frame came from. ``open_source(spec)`` picks the kind from the command-line text
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import glob
 import logging
@@ -21,17 +22,25 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.media import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt", "file")
+# Streams whose server may simply close them at their end (a finite HTTP or TCP stream, a file):
+# a clean close of one of these is an end, not a loss (see CaptureSource). RTSP, RTMP, UDP and SRT
+# carry cameras: a stop there is always a loss.
+ENDING_SCHEMES = ("http", "https", "tcp", "file")
 # A decoder error mid-file makes read() fail for the damaged frames only; past this many failures
 # in a row the file is taken to have ended.
 MAX_CONSECUTIVE_FAILURES = 30
 OPEN_TIMEOUT_MS = 10_000
 READ_TIMEOUT_MS = 5_000
+# A read this close to the read timeout counts as one that timed out (the decoder then still
+# returns the few frames it held, so the failure itself comes fast: look back over recent reads).
+TIMEOUT_SHARE = 0.8
+RECENT_READS = 32
 SOURCE_HELP = "pass a video file, an image, a folder or glob of images, a camera index (0) or an rtsp:// URL"
 
 
@@ -65,6 +74,11 @@ class Source(ABC):
         self.frame_count: int | None = None
         self.corrupt = 0  # frames or files that could not be decoded and were skipped
         self.reconnects = 0
+        # How the source ended, once it has: "ended" (its end: last frame, last image, a stream its
+        # server closed), "truncated" (a file that stops before the frame count its header declares),
+        # "lost" (a stream or camera that stopped and could not be reopened); None while running or
+        # when the run stopped it first.
+        self.end: str | None = None
         self._stop = threading.Event()
 
     @abstractmethod
@@ -176,11 +190,23 @@ class VideoSource(Source):
                 yielded += 1
                 yield FrameRecord(position, seconds, frame, self.name, f"{position:06d}", decode_ms)
             position += 1
+        if self._stop.is_set():
+            return
+        if yielded == 0:
+            raise DronsegError(f"video {self.path} has no readable frames: check it plays, e.g. with `ffprobe {self.path}`")
+        last_good = position - failures
+        if failures > MAX_CONSECUTIVE_FAILURES and self.frame_count and position <= self.frame_count:
+            # More frames failed in a row than damage explains, all before the frame count the header
+            # declares: the file stops early (cut short, or still being written). Missing, not damaged.
+            self.end = "truncated"
+            log.warning("video %s ends at frame %d of the %d its header declares: the file is truncated (cut short "
+                        "or still being written); the run covers the frames before", self.path, last_good,
+                        self.frame_count)
+            return
         # Failures before the container's frame count are damaged frames; past it, the end of the file.
         if failures and self.frame_count:
-            self._count_corrupt(min(failures, max(self.frame_count - (position - failures), 0)), position - failures)
-        if yielded == 0 and not self._stop.is_set():
-            raise DronsegError(f"video {self.path} has no readable frames: check it plays, e.g. with `ffprobe {self.path}`")
+            self._count_corrupt(min(failures, max(self.frame_count - last_good, 0)), last_good)
+        self.end = "ended"
 
     def _count_corrupt(self, count: int, position: int) -> None:
         if count > 0:
@@ -234,6 +260,7 @@ class ImageSource(Source):
             yield FrameRecord(index, None, frame, str(path), self.names[index], decode_ms)
         if yielded == 0 and not self._stop.is_set():
             raise DronsegError(f"none of the {len(self.paths)} image(s) in {self.name} can be decoded: replace them")
+        self.end = "ended"
 
 
 def _read_image(path: Path) -> np.ndarray | None:
@@ -265,21 +292,40 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 class CaptureSource(Source):
     """A live capture (camera or network stream); when it stops it is reopened with back-off.
 
-    ``reconnect_s`` bounds the time spent reopening before giving up with a DronsegError.
+    How a stop is read (docs/reliability.md#streams-that-end-or-are-lost), from what OpenCV's FFmpeg
+    reader shows, which is only whether a read failed and how long it took:
+
+    - a read that timed out (the server stalled, the network dropped) is a *loss*: the stream is
+      reopened for up to ``reconnect_s`` and, failing that, the run stops with a RuntimeFailure
+      (exit code 5; ``end = "lost"``);
+    - a clean close (reads fail at once: the server closed the connection) of a stream that may end
+      (``ends``: http, https, tcp, file) is its *end* when the stream declared its length (a file, an
+      HTTP file: reopening it would replay it), and otherwise when it does not come back within
+      ``reconnect_s`` (a server restarting comes back; a finite stream's server does not);
+      ``end = "ended"``, no error. A server that dies looks the same as one that ends (both close
+      the connection): no protocol OpenCV reads tells them apart;
+    - cameras, RTSP, RTMP, UDP and SRT are live by nature: any stop is a loss.
+
     ``open_capture`` (a callable returning an opened capture or None) exists for tests.
     """
 
     live_default = True
+    ends = False  # whether a clean close may be the stream's end (ENDING_SCHEMES)
 
-    def __init__(self, name: str, open_capture: Callable[[], object | None], reconnect_s: float = 30.0):
+    def __init__(self, name: str, open_capture: Callable[[], object | None], reconnect_s: float = 30.0,
+                 read_timeout_s: float | None = None):
         super().__init__(name)
         self.reconnect_s = float(reconnect_s)
+        self.read_timeout_s = read_timeout_s  # the capture's own read timeout, None for none (cameras)
         self._open_capture = open_capture
         with quiet_native_stderr():
             self.capture = open_capture()
         if self.capture is None:
-            raise DronsegError(self._cannot_open())
+            # Exit code 5, not 2: at boot a camera or its network often comes up after this program,
+            # and a supervisor should retry rather than wait for a fixed configuration.
+            raise RuntimeFailure(self._cannot_open())
         self.fps = _sane_fps(self.capture.get(cv2.CAP_PROP_FPS))
+        self.frame_count = _sane_count(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
 
     def _cannot_open(self) -> str:
         return f"{self.kind} {self.name} cannot be opened: {SOURCE_HELP}"
@@ -287,20 +333,51 @@ class CaptureSource(Source):
     def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
         start_time = time.monotonic()
         position = 0
+        recent: collections.deque[float] = collections.deque(maxlen=RECENT_READS)  # seconds per read
         while not self._stop.is_set():
             start = time.perf_counter()
             ok, frame = self.capture.read()
-            decode_ms = (time.perf_counter() - start) * 1e3
+            took = time.perf_counter() - start
+            recent.append(took)
             if not ok or frame is None:
-                self._reconnect()
-                continue
+                timed_out = self._timed_out(recent)
+                recent.clear()
+                if not timed_out and self.ends and self.frame_count:
+                    self._ended(position, f"the end of the {self.frame_count} frames it declared; not reopened, "
+                                          "which would replay it")
+                    return
+                if self._reconnect(timed_out):
+                    continue
+                if self._stop.is_set():
+                    return
+                if not timed_out and self.ends:
+                    self._ended(position, f"its server closed it and it did not come back within {self.reconnect_s:g} s")
+                    return
+                self.end = "lost"
+                why = ("no frame within the read timeout" if timed_out else
+                       "the device stopped delivering frames" if self.kind == "camera" else "the connection closed")
+                failure = RuntimeFailure(
+                    f"{self.kind} {self.name} was lost ({why}) and could not be reopened within {self.reconnect_s:g} s: "
+                    "check the device or network, or allow longer with --reconnect-s")
+                failure.stopped = "source_lost"
+                raise failure
             if position % stride == 0:
-                yield FrameRecord(position, time.monotonic() - start_time, frame, self.name, f"{position:06d}", decode_ms)
+                yield FrameRecord(position, time.monotonic() - start_time, frame, self.name, f"{position:06d}",
+                                  took * 1e3)
             position += 1
 
-    def _reconnect(self) -> None:
+    def _timed_out(self, recent: collections.deque) -> bool:
+        return self.read_timeout_s is not None and max(recent, default=0.0) >= TIMEOUT_SHARE * self.read_timeout_s
+
+    def _ended(self, frames: int, note: str) -> None:
+        self.end = "ended"
+        log.warning("%s %s ended after %d frames (%s)", self.kind, self.name, frames, note)
+
+    def _reconnect(self, timed_out: bool) -> bool:
+        """Reopen with back-off for up to ``reconnect_s``; True once reopened, False when it gave up or was stopped."""
         self.capture.release()
-        log.warning("%s %s stopped; reopening for up to %.0f s", self.kind, self.name, self.reconnect_s)
+        how = "timed out" if timed_out else "stopped"
+        log.warning("%s %s %s; reopening for up to %g s", self.kind, self.name, how, self.reconnect_s)
         began = time.monotonic()
         delay = 0.25
         while not self._stop.is_set():
@@ -308,23 +385,24 @@ class CaptureSource(Source):
             if remaining <= 0:
                 break
             if self._stop.wait(min(delay, remaining)):
-                return
+                return False
             delay = min(delay * 2, 5.0)
             capture = self._open_capture()
             if capture is not None:
                 self.capture = capture
                 self.reconnects += 1
                 log.warning("%s %s reopened after %.1f s", self.kind, self.name, time.monotonic() - began)
-                return
-        if not self._stop.is_set():
-            raise DronsegError(
-                f"{self.kind} {self.name} stopped and could not be reopened within {self.reconnect_s:g} s: "
-                "check the device or network, or allow longer with --reconnect-s"
-            )
+                return True
+        return False
 
     def close(self) -> None:
         super().close()
         self.capture.release()
+
+
+def _sane_count(value: float) -> int | None:
+    """A frame count FFmpeg knows (a file, an HTTP file); None for live streams, which report 0 or garbage."""
+    return int(value) if value and math.isfinite(value) and 0 < value < 1e9 else None
 
 
 class CameraSource(CaptureSource):
@@ -343,7 +421,9 @@ class StreamSource(CaptureSource):
     kind = "stream"
 
     def __init__(self, url: str, reconnect_s: float = 30.0, open_capture=None):
-        super().__init__(url, open_capture or (lambda: _open_stream(url)), reconnect_s)
+        self.ends = url.split("://", 1)[0].lower() in ENDING_SCHEMES
+        super().__init__(url, open_capture or (lambda: _open_stream(url)), reconnect_s,
+                         read_timeout_s=READ_TIMEOUT_MS / 1e3)
 
     def _cannot_open(self) -> str:
         return (f"stream {self.name} cannot be opened within {OPEN_TIMEOUT_MS // 1000} s: check the URL, "
@@ -386,6 +466,7 @@ class FramesSource(Source):
                 raise DronsegError(f"frame {position} of {self.name} is {frame.dtype} {frame.shape}; expected (H, W, 3) uint8 BGR")
             timestamp = position / self.fps if self.fps else None
             yield FrameRecord(position, timestamp, frame, self.name, f"{position:06d}")
+        self.end = "ended"
 
 
 def open_source(spec, reconnect_s: float = 30.0) -> Source:

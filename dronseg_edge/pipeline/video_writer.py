@@ -7,13 +7,20 @@ every OpenCV wheel writes it). The registry's OpenCV wheels cannot write H.264 a
 
 H.264 files are yuv420p (the only pixel format every decoder plays) with the MP4 index at the
 front (``movflags=+faststart``), so a browser starts playing before the whole file has arrived.
+
+Before each frame the writer checks that the frame and the index still fit on the disk
+(:func:`~dronseg_edge.pipeline.disk_space.ensure_room`): FFmpeg refuses every write after one has
+failed, the index included, so a video that hit a full disk could never be finished. Stopping
+just before keeps it playable up to its last frame.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
+import os
 from abc import ABC, abstractmethod
 from fractions import Fraction
 from pathlib import Path
@@ -22,6 +29,7 @@ import cv2
 import numpy as np
 
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.pipeline.disk_space import FINISH_BYTES, INDEX_BYTES_PER_FRAME, ensure_room
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +113,24 @@ class VideoWriter(ABC):
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float):
         self.path, self.size, self.fps = Path(path), size, fps
+        self.frames = 0
 
-    @abstractmethod
     def write(self, frame_bgr: np.ndarray) -> None:
-        """Append one (H, W, 3) uint8 BGR frame of ``size``."""
+        """Append one (H, W, 3) uint8 BGR frame of ``size``.
+
+        OSError(ENOSPC) before writing when the frame (at most its raw size) and the finished index
+        would not fit; the file can then still be closed, playable up to the frame before.
+        """
+        ensure_room(self.path, frame_bgr.nbytes + FINISH_BYTES + INDEX_BYTES_PER_FRAME * (self.frames + 1))
+        self._write(frame_bgr)
+        self.frames += 1
 
     @abstractmethod
-    def close(self) -> None: ...
+    def _write(self, frame_bgr: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Finish the file (idempotent); OSError when its end or index cannot be written."""
 
 
 class PyAVWriter(VideoWriter):
@@ -149,7 +168,7 @@ class PyAVWriter(VideoWriter):
             log.warning("frames are %dx%d and yuv420p video needs even sides: the video is %dx%d (%s cropped)",
                         *size, *self.video_size, cut)
 
-    def write(self, frame_bgr: np.ndarray) -> None:
+    def _write(self, frame_bgr: np.ndarray) -> None:
         width, height = self.video_size
         if frame_bgr.shape[1] != width or frame_bgr.shape[0] != height:
             frame_bgr = frame_bgr[:height, :width]
@@ -159,6 +178,8 @@ class PyAVWriter(VideoWriter):
         try:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
+        except OSError:
+            raise  # av.error.OSError: the disk, not the encoder (the sink names the path and the free space)
         except self._error as exc:
             raise DronsegError(f"encoding {self.path} with {self.codec} failed: {exc}; "
                                "try --codec mp4v or --no-save-video") from None
@@ -186,11 +207,42 @@ class OpenCVWriter(VideoWriter):
         if not self._writer.isOpened():
             raise OSError(f"OpenCV cannot open an mp4v writer for {path}")
 
-    def write(self, frame_bgr: np.ndarray) -> None:
-        self._writer.write(frame_bgr)
+    def _write(self, frame_bgr: np.ndarray) -> None:
+        self._writer.write(frame_bgr)  # returns nothing and never raises: a failed write is only a log line
 
     def close(self) -> None:
+        """Release the writer, then check the index was written: OpenCV reports no write error at all."""
+        if self._writer is None:
+            return
         self._writer.release()
+        self._writer = None
+        if self.frames and "moov" not in mp4_top_level_boxes(self.path):
+            raise OSError(errno.EIO, "the video's index could not be written (OpenCV's writer reports no "
+                                     "error: the disk was probably full)", str(self.path))
+
+
+def mp4_top_level_boxes(path: Path) -> list[str]:
+    """The types of an MP4 file's top-level boxes (ftyp, mdat, moov, ...), read from their headers only."""
+    boxes = []
+    try:
+        with open(path, "rb") as handle:
+            end = os.fstat(handle.fileno()).st_size
+            offset = 0
+            while offset + 8 <= end:
+                handle.seek(offset)
+                header = handle.read(16)
+                size, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
+                if size == 1 and len(header) == 16:
+                    size = int.from_bytes(header[8:16], "big")
+                elif size == 0:
+                    size = end - offset
+                if size < 8:
+                    break
+                boxes.append(kind)
+                offset += size
+    except OSError:
+        return boxes
+    return boxes
 
 
 def open_video_writer(path: Path, size: tuple[int, int], fps: float, codec: str = "auto") -> VideoWriter:

@@ -1,10 +1,15 @@
+import importlib.metadata
 import os
 import stat
 
+import pytest
 import torch
 
+from bench_fakes import requires_cuda
+from dronseg_edge import devices
 from dronseg_edge.bench import system
-from dronseg_edge.bench.system import describe_system, gpu_clocks, system_info, versions
+from dronseg_edge.bench.system import describe_system, driver_gpu_properties, gpu_clocks, gpu_info, system_info, versions
+from dronseg_edge.devices import Device
 
 
 def test_cpu_system_info_names_device_cpu_and_versions():
@@ -16,9 +21,16 @@ def test_cpu_system_info_names_device_cpu_and_versions():
     assert lines[0] == "device: cpu" and lines[2].startswith("versions: python ")
 
 
+def test_torch_free_device_is_described_like_a_torch_one():
+    lean, torch_form = system_info(Device("cpu")), system_info(torch.device("cpu"))
+    for info in (lean, torch_form):
+        info["cpu"].pop("load_average")
+    assert lean == torch_form and lean["device"]["type"] == "cpu"
+
+
 def test_versions_report_installed_and_missing_libraries():
     v = versions()
-    assert v["torch"] == str(torch.__version__) and v["cuda"] == torch.version.cuda
+    assert v["torch"] == str(torch.__version__) and v["cuda"] == torch.version.cuda and v["torch_imported"] is True
     import onnxruntime
 
     assert v["onnxruntime"] == onnxruntime.__version__
@@ -72,3 +84,37 @@ def test_describe_gpu_lists_name_capability_and_clocks():
     lines = describe_system(info)
     assert "NVIDIA H100 80GB HBM3 (sm 9.0" in lines[0] and "SM 1980/1980 MHz" in lines[0] and "driver 580.65" in lines[0]
     assert lines[-1].startswith("torch flags: TF32 conv")
+
+
+def test_describe_without_torch_loaded_names_its_version_and_no_torch_flags():
+    """What `bench model.onnx` prints when torch was never imported (system_info's fields are None then)."""
+    info = {"device": {"type": "cuda", "name": "Orin", "compute_capability": "8.7", "memory_gib": 61.4,
+                       "clocks": None, "clocks_source": "unreadable (nvml not installed; nvidia-smi not found)"},
+            "cpu": {"model": "ARMv8", "logical_cores": 12, "torch_threads": None, "load_average": None},
+            "versions": {**versions(), "torch": "2.5.0", "torch_imported": False, "cuda": None, "cudnn": None},
+            "torch_flags": None}
+    lines = describe_system(info)
+    assert lines[0].startswith("device: Orin (sm 8.7, 61.4 GiB), clocks unreadable")
+    assert lines[1] == "cpu: ARMv8 (12 logical cores)"
+    assert ", torch 2.5.0 (not imported)," in lines[2] and len(lines) == 3  # no torch-flags line
+    info["versions"]["torch"] = "not installed"
+    assert ", torch not installed," in describe_system(info)[2]
+
+
+def test_installed_version_reads_metadata_without_importing():
+    assert system._installed_version("torch") == importlib.metadata.version("torch")
+    assert system._installed_version("no-such-package-here") == "not installed"
+
+
+def test_gpu_without_a_driver_is_named_by_index(monkeypatch):
+    monkeypatch.setattr(devices, "_libcuda", lambda: None)
+    assert driver_gpu_properties(1) == {"name": "cuda:1", "compute_capability": "?", "memory_gib": None,
+                                        "multiprocessors": None}
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_driver_describes_the_gpu_as_torch_does():
+    from_torch, from_driver = gpu_info(torch.device("cuda", 0)), gpu_info(Device("cuda", 0))
+    for key in ("name", "compute_capability", "memory_gib", "multiprocessors"):
+        assert from_driver[key] == from_torch[key], key

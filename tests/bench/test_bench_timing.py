@@ -1,9 +1,13 @@
+import numpy as np
 import pytest
 import torch
 
-from bench_fakes import requires_cuda, sleep_backend
-from dronseg_edge.bench.run import bench_model, make_input, open_backend, resolve_shape
-from dronseg_edge.bench.timing import DEFAULT_MIN_ITERS, TimingSettings, measure
+from bench_fakes import FakeBackend, requires_cuda, sleep_backend
+from dronseg_edge.bench import run
+from dronseg_edge.bench.run import (HOST_TIMED_GPU_NOTE, PreparedBench, bench_model, make_input, open_backend,
+                                    resolve_bench_device, resolve_shape, run_prepared)
+from dronseg_edge.bench.timing import DEFAULT_MIN_ITERS, TimingSettings, measure, timer_name
+from dronseg_edge.devices import Device
 from dronseg_edge.errors import DronsegError
 
 BATCH = torch.zeros(1, 3, 16, 32)
@@ -79,14 +83,64 @@ def test_static_artifact_refuses_other_size_and_batch():
 def test_make_input_is_normalised_and_reproducible():
     info = sleep_backend().info
     a, b = make_input(info, (40, 24), 2), make_input(info, (40, 24), 2)
-    assert a.shape == (2, 3, 24, 40) and a.dtype == torch.float32
-    assert torch.equal(a, b)
+    assert isinstance(a, np.ndarray) and a.shape == (2, 3, 24, 40) and a.dtype == np.float32  # host memory, no torch
+    assert np.array_equal(a, b)
     assert -3 < float(a.min()) < -1 and 1 < float(a.max()) < 3  # ImageNet-normalised uint8 noise
+
+
+def test_a_frames_artifact_gets_uint8_frames_at_its_source_size():
+    backend = FakeBackend(input_size=(32, 16), io="frames", source_size=(64, 48), head="argmax", dynamic=False, batch=1)
+    size = resolve_shape(backend, None, 1)
+    assert size == (64, 48)  # the frames it takes, not the model's input inside the graph
+    with pytest.raises(DronsegError, match="built for 64x48"):
+        resolve_shape(backend, (32, 16), 1)
+    batch = make_input(backend.info, size, 1)
+    assert batch.shape == (1, 48, 64, 3) and batch.dtype == np.uint8
+    backend.check_input(batch)  # what the backend takes: no DronsegError
+
+
+def lean(backend, device_type="cpu"):
+    """The backend as the torch-free path opens it: on a devices.Device rather than a torch.device."""
+    backend.device = Device(device_type)
+    return backend
+
+
+def test_host_path_times_numpy_in_numpy_out():
+    backend = lean(sleep_backend(delay_s=0.002))
+    m = measure(backend, np.zeros((1, 3, 16, 32), np.float32), TimingSettings(warmup_iters=1, iters=4))
+    assert m.timer == "perf_counter" == timer_name(backend.device) and m.h2d is None and not m.include_transfers
+    assert m.latency.count == 4 and m.latency.min_ms >= 2.0
+    assert m.output_shape == [1, 12, 16, 32] and m.output_dtype == "float32"
+
+
+def test_gpu_without_cuda_torch_is_host_timed_with_the_copies_counted(tmp_path):
+    """A lean CUDA device: no CUDA events (they need torch), so the latency includes the copies, and a note says so."""
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"0" * 1000)
+    backend = lean(sleep_backend(), "cuda")  # the fake runs numpy on the CPU whatever its device says
+    prepared = PreparedBench(path, backend, (32, 16), 1, None, [])
+    result = run_prepared(prepared, TimingSettings(warmup_iters=1, iters=3))
+    m = result.measurement
+    assert m.timer == "perf_counter" and m.h2d is None and m.include_transfers
+    assert result.notes == [HOST_TIMED_GPU_NOTE] and "includes the host<->device copies" in HOST_TIMED_GPU_NOTE
+    assert timer_name(torch.device("cuda")) == "cuda-events"
+
+
+def test_bench_device_keeps_torch_for_checkpoints_and_cuda_torch(tiny_checkpoint, monkeypatch):
+    assert resolve_bench_device("cpu", [tiny_checkpoint]) == torch.device("cpu")
+    assert resolve_bench_device("cpu", ["m.onnx"], matrix=True) == torch.device("cpu")
+    assert resolve_bench_device("cpu", ["m.onnx", "m.engine"]) == Device("cpu")
+    monkeypatch.setattr(run, "resolve_lean_device", lambda name: Device("cuda", 1))  # a GPU the driver sees
+    monkeypatch.setattr(run, "torch_cuda_installed", lambda: False)
+    assert resolve_bench_device("cuda:1", ["m.onnx"]) == Device("cuda", 1)
+    monkeypatch.setattr(run, "torch_cuda_installed", lambda: True)
+    monkeypatch.setattr(run, "resolve_device", lambda name: torch.device(name))
+    assert resolve_bench_device("cuda:1", ["m.onnx"]) == torch.device("cuda:1")
 
 
 def test_bench_checkpoint_at_own_and_overridden_size(tiny_checkpoint):
     settings = TimingSettings(warmup_iters=1, iters=3)
-    own = bench_model(tiny_checkpoint, torch.device("cpu"), settings)
+    own = bench_model(tiny_checkpoint, "cpu", settings)  # a string: resolved to a torch device for a checkpoint
     assert own.input_size == (96, 64) and own.backend == "torch" and own.precision == "fp32"
     assert own.measurement.output_shape == [1, 12, 64, 96]
     assert own.cuda_graph is None or own.cuda_graph is False

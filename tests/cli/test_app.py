@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from dronseg_edge.cli import main
@@ -29,11 +31,41 @@ def test_command_line_mistakes_are_one_line(capsys, args, words):
     assert "-h`)" in lines[0] and "Traceback" not in err
 
 
-def test_help_exits_zero_and_lists_the_commands(capsys):
+def test_help_exits_zero_and_lists_the_commands_and_exit_codes(capsys):
     code, out, _err = run(capsys, "-h")
     assert code == 0
     for command in ("synth", "train", "eval", "submit", "export", "parity", "infer", "bench", "checks"):
         assert command in out
+    text = " ".join(out.split())
+    for words in ("Exit codes: 0 done", "2 usage or configuration error", "3 an optional runtime", "4 a parity check",
+                  "5 runtime failure a restart may cure", "130 interrupted", "RestartPreventExitStatus=2 3 4"):
+        assert words in text, words
+
+
+def test_a_full_disk_no_command_caught_is_still_one_line_with_exit_code_5(capsys, monkeypatch, tmp_path):
+    import errno
+
+    app_module = importlib.import_module("dronseg_edge.cli.app")  # the module; dronseg_edge.cli.app is the Typer app
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "weights" / "last.pt"))
+
+    monkeypatch.setattr(app_module, "app", full)
+    code, out, err = run(capsys, "train")
+    assert code == 5 and out == "" and "Traceback" not in err
+    assert err.startswith(f"error: cannot write {tmp_path}/weights/last.pt: No space left on device (") and \
+        err.count("\n") == 1
+
+
+def test_other_os_errors_stay_bugs_with_their_traceback(monkeypatch):
+    app_module = importlib.import_module("dronseg_edge.cli.app")  # the module; dronseg_edge.cli.app is the Typer app
+
+    def broken(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "/nowhere")
+
+    monkeypatch.setattr(app_module, "app", broken)
+    with pytest.raises(FileNotFoundError):
+        app_module.main(["infer"])
 
 
 @pytest.mark.parametrize("flag", ["--version", "-V"])

@@ -1,6 +1,11 @@
 """`dronseg-edge bench` end to end on the CPU, through the real entry point (main)."""
 
+import importlib.metadata
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -104,6 +109,42 @@ def test_bench_onnx_and_checkpoint_side_by_side(tiny_onnx, tiny_checkpoint, tmp_
     assert [r["backend"] for r in results] == ["onnxruntime", "torch"]
     assert results[0]["output_shape"] == results[1]["output_shape"] == [1, 12, 64, 96]
     assert results[0]["cuda_graph"] is False  # the ONNX Runtime runner has the option; off on the CPU
+
+
+# Run in a fresh interpreter (this test process has imported torch long ago); prints the torch
+# modules loaded at the end as the last line.
+TORCH_FREE_BENCH = """
+import json, sys
+from dronseg_edge.cli.app import main
+try:
+    main(["bench", *sys.argv[1:]])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "torch": sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))}))
+"""
+
+
+def test_bench_onnx_on_cpu_never_imports_torch(tiny_onnx, tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    args = [str(tiny_onnx), "--device", "cpu", "--iters", "5", "--warmup-iters", "1", "--json", str(tmp_path / "r.json")]
+    proc = subprocess.run([sys.executable, "-c", TORCH_FREE_BENCH, *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"code": 0, "torch": []}, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    result = doc["results"][0]
+    assert result["backend"] == "onnxruntime" and result["output_shape"] == [1, 12, 64, 96]
+    assert result["timer"] == "perf_counter" and not result["include_transfers"] and result["notes"] == []
+    latency = result["latency_ms"]
+    assert latency["count"] == 5 and 0 < latency["min_ms"] <= latency["median_ms"] <= latency["max_ms"]
+    assert latency["throughput_fps"] == pytest.approx(1000 / latency["mean_ms"])
+    system = doc["system"]
+    assert system["torch_flags"] is None and system["cpu"]["torch_threads"] is None  # torch was never loaded
+    assert system["versions"]["torch_imported"] is False
+    assert system["versions"]["torch"] == importlib.metadata.version("torch")  # read from its metadata, not imported
+    assert f"torch {importlib.metadata.version('torch')} (not imported)" in proc.stdout
 
 
 @pytest.mark.parametrize("args, message", [

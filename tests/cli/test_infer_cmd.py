@@ -126,6 +126,9 @@ def test_half_on_cpu_is_a_warning(tiny_checkpoint, media, tmp_path, capsys):
     ("stride", "--stride"),
     ("codec", "--codec x265 is not one of auto, h264"),
     ("live_batch", "cannot be used with --live"),
+    ("max_duration", "--max-duration 0.0 must be above 0 seconds"),
+    ("segment_s", "--segment-s -1.0 must be above 0 seconds"),
+    ("min_free", "--min-free -1.0 must be 0 (no floor) or more MB"),
     ("show", "--show needs OpenCV with a GUI"),
     ("cuda", "no CUDA GPU"),
 ])
@@ -165,6 +168,12 @@ def test_bad_input_gives_one_error_line(case, message, tiny_checkpoint, media, t
         extra += ["--codec", "x265"]
     elif case == "live_batch":
         extra += ["--live", "--batch", "2"]
+    elif case == "max_duration":
+        extra += ["--max-duration", "0"]
+    elif case == "segment_s":
+        extra += ["--segment-s", "-1"]
+    elif case == "min_free":
+        extra += ["--min-free", "-1"]
     elif case == "show":
         extra += ["--show"]
     elif case == "cuda":
@@ -172,3 +181,32 @@ def test_bad_input_gives_one_error_line(case, message, tiny_checkpoint, media, t
     code, out, err = run_cli(capsys, model, source, *extra)
     assert_one_error_line(code, out, err, message)
     assert not (tmp_path / "run").exists() or case == "existing_out"  # nothing started for a run that cannot
+
+
+def test_help_lists_the_exit_codes_and_the_recording_bounds(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["infer", "-h"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0
+    for words in ("--max-duration", "--segment-s", "--min-free", "Exit codes: 0 finished", "2 usage or configuration",
+                  "3 a backend is missing", "5 runtime failure a restart may cure", "130 interrupted"):
+        assert words in out, words
+
+
+def test_the_cli_default_floor_is_the_run_options_default():
+    from dronseg_edge.cli.infer_cmd import DEFAULT_MIN_FREE_MB
+    from dronseg_edge.pipeline import RunOptions
+
+    assert DEFAULT_MIN_FREE_MB == RunOptions().min_free_mb
+
+
+def test_bounded_recording_from_the_command_line(tiny_checkpoint, media, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, tiny_checkpoint, media["video"], "--out", out_dir, "--device", "cpu",
+                             "--max-duration", "0.3", "--segment-s", "0.1", "--min-free", "0")
+    assert code == 0, err
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert (summary["frames"], summary["stopped"], summary["min_free_mb"]) == (9, "max_duration", 0.0)
+    assert [s["frames"] for s in summary["video_segments"]] == [3, 3, 3]
+    assert "Video: 3 segments of 0.1 s (overlay_00000.mp4 ... overlay_00002.mp4)" in out
+    assert "Stopped: --max-duration reached" in out

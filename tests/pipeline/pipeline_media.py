@@ -10,11 +10,16 @@ from testkit import scene, scene_mask  # noqa: F401  (shared with the trained mo
 
 
 def write_video(path: Path, frames: int = 24, size: tuple[int, int] = (128, 80), fps: float = 30.0,
-                fourcc: str = "mp4v") -> Path:
+                fourcc: str = "mp4v", noise: bool = False) -> Path:
+    """``noise``: grain on every frame, so the file is large (a decoder cannot hold all of it at once)."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
     assert writer.isOpened(), f"test setup: cannot write {path} with {fourcc}"
+    rng = np.random.default_rng(0)
     for index in range(frames):
-        writer.write(scene(index, size))
+        frame = scene(index, size)
+        if noise:
+            frame = np.clip(frame.astype(np.int16) + rng.integers(-40, 40, frame.shape), 0, 255).astype(np.uint8)
+        writer.write(frame)
     writer.release()
     return path
 

@@ -43,6 +43,7 @@ def test_sigint_leaves_a_playable_video_and_complete_masks_and_stats(tiny_checkp
     summary = json.loads((out / "summary.json").read_text())
     frames = summary["frames"]
     assert summary["interrupted"] and 10 <= frames < 900
+    assert (summary["stopped"], summary["interrupted_by"]) == ("interrupted", "SIGINT")
     assert sorted(p.name for p in out.iterdir()) == ["masks", "overlay.mp4", "stats.jsonl", "summary.json"]
     capture = cv2.VideoCapture(str(out / "overlay.mp4"))
     decoded = 0

@@ -1,3 +1,4 @@
+import errno
 import json
 import time
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from pipeline_media import read_video, scene
 
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline import RunOptions, Segmenter, run_inference
 from dronseg_edge.pipeline.sources import StreamSource
 
@@ -90,6 +91,47 @@ def test_stride_and_max_frames(segmenter, video_path, tmp_path):
     assert np.abs(frames[1].astype(int) - frames[2]).mean() < 2  # a skipped frame repeats the last overlay
 
 
+def test_max_duration_counts_seconds_of_the_video_and_segments_split_it(segmenter, video_path, tmp_path):
+    out = tmp_path / "run"
+    summary = run_inference(segmenter, video_path, RunOptions(out=out, max_duration=0.5, segment_s=0.2, progress=False))
+    data = summary.data
+    assert (data["frames"], data["stopped"], data["max_duration"]) == (15, "max_duration", 0.5)  # 0.5 s at 30 fps
+    names = ["overlay_00000.mp4", "overlay_00001.mp4", "overlay_00002.mp4"]
+    assert data["outputs"]["video"] == names and [s["file"] for s in data["video_segments"]] == names
+    assert [len(read_video(out / name)[0]) for name in names] == [s["frames"] for s in data["video_segments"]] == [6, 6, 3]
+    assert [s["start_s"] for s in data["video_segments"]] == [0.0, 0.2, 0.4]
+    assert not (out / "overlay.mp4").exists()
+
+
+class StallingCapture:
+    """Two frames, then reads that block for ``block_s`` each and fail, as a stalled stream's do."""
+
+    def __init__(self, block_s: float):
+        self.block_s, self.reads = block_s, 0
+
+    def read(self):
+        self.reads += 1
+        if self.reads <= 2:
+            return True, scene(self.reads, (96, 64))
+        time.sleep(self.block_s)
+        return False, None
+
+    def get(self, prop):
+        return 25.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def release(self):
+        pass
+
+
+def test_max_duration_stops_a_stalled_live_stream_on_time(segmenter, tmp_path):
+    opens = iter([StallingCapture(block_s=0.2)])
+    source = StreamSource("rtsp://camera/9", reconnect_s=30.0, open_capture=lambda: next(opens, None))
+    started = time.monotonic()
+    summary = run_inference(segmenter, source, RunOptions(out=tmp_path / "run", max_duration=1.0, progress=False))
+    assert time.monotonic() - started < 5  # not the 30 s of --reconnect-s
+    assert (summary.data["stopped"], summary.data["error"], summary.frames) == ("max_duration", None, 2)
+
+
 def test_live_mode_drops_frames_when_inference_is_slower_than_the_source(segmenter, video_path, tmp_path, monkeypatch):
     real_infer = segmenter.backend._infer
 
@@ -112,8 +154,11 @@ def test_live_mode_drops_frames_when_inference_is_slower_than_the_source(segment
 def test_a_local_file_as_a_live_stream(segmenter, video_path, tmp_path):
     summary = run_inference(segmenter, f"file://{video_path}", RunOptions(out=tmp_path / "run", max_frames=10,
                                                                          progress=False))
-    assert summary.data["source_kind"] == "stream" and summary.data["live"] and summary.frames == 10
-    assert summary.data["outputs"]["video"] == "overlay.mp4"
+    data = summary.data
+    assert data["source_kind"] == "stream" and data["live"] and 1 <= summary.frames <= 10
+    assert summary.frames + data["dropped_frames"] == 24 or summary.frames == 10  # live: stale frames dropped
+    assert (data["source_end"], data["stopped"]) == ("ended", "end") or data["stopped"] == "max_frames"
+    assert data["outputs"]["video"] == "overlay.mp4"
 
 
 class DroppingCapture:
@@ -135,10 +180,11 @@ def test_lost_stream_finalises_outputs_then_reports_the_error(segmenter, tmp_pat
     opens = iter([DroppingCapture(6)])
     source = StreamSource("rtsp://camera/7", reconnect_s=0.5, open_capture=lambda: next(opens, None))
     out = tmp_path / "run"
-    with pytest.raises(DronsegError, match="could not be reopened within 0.5 s"):
+    with pytest.raises(RuntimeFailure, match="could not be reopened within 0.5 s"):
         run_inference(segmenter, source, RunOptions(out=out, live=False, progress=False))
     data = json.loads((out / "summary.json").read_text())
     assert data["frames"] == 6 and "could not be reopened" in data["error"]
+    assert (data["stopped"], data["source_end"]) == ("source_lost", "lost")
     frames, _, _ = read_video(out / "overlay.mp4")
     assert len(frames) == 6 and len(read_stats(out)) == 6
 
@@ -146,12 +192,16 @@ def test_lost_stream_finalises_outputs_then_reports_the_error(segmenter, tmp_pat
 def test_a_failing_write_stops_the_run_with_one_line(segmenter, video_path, tmp_path, monkeypatch):
     import dronseg_edge.pipeline.sinks as sinks
 
-    monkeypatch.setattr(sinks.cv2, "imwrite", lambda *a, **k: False)  # what OpenCV does on a full disk
+    def full_disk(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(sinks, "open", full_disk, raising=False)  # the mask PNGs' own file writes
     out = tmp_path / "run"
-    with pytest.raises(DronsegError, match="cannot write .*000000.png"):
+    with pytest.raises(RuntimeFailure, match=r"cannot write .*000000.png: No space left on device \(.* free\)"):
         run_inference(segmenter, video_path, RunOptions(out=out, save_masks=True, progress=False))
     data = json.loads((out / "summary.json").read_text())
-    assert data["error"] and (out / "overlay.mp4").exists()
+    assert data["error"] and data["stopped"] == "disk_full" and (out / "overlay.mp4").exists()
+    assert list((out / "masks").iterdir()) == []  # no temporary file left behind
 
 
 def test_the_overlay_alpha_is_handed_to_the_segmenter_not_set_on_it(segmenter, video_path, tmp_path, monkeypatch):
@@ -171,7 +221,9 @@ def test_the_overlay_alpha_is_handed_to_the_segmenter_not_set_on_it(segmenter, v
 
 def test_bad_options():
     for options, message in ((dict(alpha=1.5), "--alpha"), (dict(stride=0), "--stride"),
-                             (dict(max_frames=0), "--max-frames"), (dict(reconnect_s=0), "--reconnect-s")):
+                             (dict(max_frames=0), "--max-frames"), (dict(reconnect_s=0), "--reconnect-s"),
+                             (dict(max_duration=0), "--max-duration"), (dict(segment_s=-1), "--segment-s"),
+                             (dict(min_free_mb=-5), "--min-free")):
         with pytest.raises(DronsegError, match=message):
             RunOptions(**options)  # checked when made: a RunOptions is always a valid one
 

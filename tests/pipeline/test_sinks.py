@@ -1,5 +1,6 @@
 import json
 import logging
+import time
 
 import cv2
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from pipeline_media import read_video, scene
 
 from dronseg_edge.classes import CLASS_NAMES, PALETTE
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut, colorize, overlay
 from dronseg_edge.pipeline.segmenter import Result
 from dronseg_edge.pipeline.sinks import (ColorMaskSink, MaskSink, OverlayImageSink, Sink, SinkWorker, StatsSink,
@@ -65,6 +66,21 @@ def test_video_sink_fills_skipped_frames_to_keep_the_timeline(tmp_path):
     assert len(frames) == sink.video_frames == 5 and sink.frames == 3
     assert np.abs(frames[2].astype(int) - frames[0]).mean() < 2  # a repeat of frame 0's overlay
     assert np.abs(frames[3].astype(int) - frames[0]).mean() > 5  # frame 3: its own overlay (another class below)
+
+
+def test_video_segments_are_each_a_finished_playable_file(tmp_path):
+    sink = VideoSink(tmp_path / "overlay.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT), segment_s=0.2)  # 5 frames each
+    for index in (0, 1, 2, 3, 4, 5, 9, 10):  # 6..8 skipped: filled, and the fill crosses a segment's end
+        sink.write(make_result(index))
+    assert [s["file"] for s in sink.segments] == ["overlay_00000.mp4", "overlay_00001.mp4"]  # final while running
+    sink.close()
+    names = ["overlay_00000.mp4", "overlay_00001.mp4", "overlay_00002.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # no temporary file left
+    assert [len(read_video(tmp_path / name)[0]) for name in names] == [5, 5, 1]
+    assert sink.segments == [{"file": "overlay_00000.mp4", "frames": 5, "start_s": 0.0},
+                             {"file": "overlay_00001.mp4", "frames": 5, "start_s": 0.2},
+                             {"file": "overlay_00002.mp4", "frames": 1, "start_s": 0.4}]
+    assert sink.outputs() == {"video": [str(tmp_path / name) for name in names]} and sink.video_frames == 11
 
 
 def test_video_sink_without_frames_leaves_nothing(tmp_path):
@@ -139,6 +155,38 @@ def test_worker_writes_in_order_and_reports_io_errors_as_one_line():
     with pytest.raises(DronsegError):
         worker.close()
     assert sink.written == [0, 1, 2] and sink.closed
+
+
+def test_worker_turns_a_raw_oserror_into_one_line_naming_the_sink_file_and_free_space(tmp_path):
+    sink = FailingSink(PermissionError(13, "Permission denied"), after=1)
+    sink.target = tmp_path / "masks"
+    worker = SinkWorker(sink)
+    worker.put(make_result(0))
+    worker.put(make_result(1))
+    with pytest.raises(RuntimeFailure, match=rf"cannot write {tmp_path}/masks: Permission denied \(.* free\): make it "
+                                            "writable or choose another --out") as error:
+        worker.close()
+    assert (error.value.exit_code, error.value.stopped) == (5, "unwritable")
+    with pytest.raises(RuntimeFailure):
+        worker.close()  # idempotent: closed once, the error stays
+
+
+def test_worker_close_can_drop_what_is_queued_after_a_full_disk():
+    sink = FailingSink(OSError(28, "No space left on device"), after=10)
+    worker = SinkWorker(sink, queue_size=50)
+    sink.write = lambda result: (time.sleep(0.05), sink.written.append(result.index))  # a slow disk
+    for i in range(30):
+        worker.put(make_result(i))
+    worker.close(discard=True)
+    assert len(sink.written) < 30 and sink.closed
+
+
+def test_stats_are_never_appended_to_another_runs_file_and_a_missing_folder_is_one_line(tmp_path):
+    (tmp_path / "stats.jsonl").write_text("old\n")
+    with pytest.raises(DronsegError, match="it exists and a run never appends"):
+        StatsSink(tmp_path / "stats.jsonl")
+    with pytest.raises(RuntimeFailure, match="cannot write .*stats.jsonl: No such file or directory"):
+        StatsSink(tmp_path / "gone" / "stats.jsonl")
 
 
 def test_worker_reraises_bugs_unchanged():

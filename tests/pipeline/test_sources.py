@@ -1,12 +1,15 @@
 import logging
+import os
 import shutil
+import time
 
 import cv2
 import numpy as np
 import pytest
 from pipeline_media import read_video, rotate_video, scene, write_vfr_video, write_video
 
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import DronsegError, RuntimeFailure
+from dronseg_edge.pipeline import sources
 from dronseg_edge.pipeline.sources import (CameraSource, FrameRecord, FramesSource, ImageSource, StreamSource,
                                            VideoSource, open_source)
 
@@ -139,49 +142,97 @@ def test_same_stems_get_distinct_names(tmp_path):
 
 
 def test_camera_index_that_does_not_exist():
-    with pytest.raises(DronsegError, match="camera 57 cannot be opened"):
+    with pytest.raises(RuntimeFailure, match="camera 57 cannot be opened") as error:
         open_source("57")
+    assert error.value.exit_code == 5  # it may not be up yet: a supervisor retries
 
 
-def test_local_file_opened_as_a_stream_is_live_and_loops(video_path):
+def test_local_file_opened_as_a_stream_is_live_and_ends_at_its_declared_length(video_path):
     source = open_source(f"file://{video_path}", reconnect_s=5)
-    assert isinstance(source, StreamSource) and source.live_default
-    frames = source.frames()
-    records = [next(frames) for _ in range(30)]  # past the end of the 24-frame file: reopened
+    assert isinstance(source, StreamSource) and source.live_default and source.frame_count == 24
+    started = time.monotonic()
+    records = list(source.frames())
     source.close()
-    assert source.reconnects == 1
-    assert all(r.frame.shape == (80, 128, 3) for r in records)
+    assert len(records) == 24 and all(r.frame.shape == (80, 128, 3) for r in records)
+    assert (source.end, source.reconnects) == ("ended", 0)  # not reopened: that would replay it
+    assert time.monotonic() - started < 4  # and no wait for --reconnect-s
     assert records[-1].timestamp >= records[0].timestamp
 
 
 class FakeCapture:
-    """A capture that delivers ``frames`` frames and then fails, like a dropped RTSP connection."""
+    """A capture that delivers ``frames`` frames and then fails, like a dropped RTSP connection.
+    ``fail_after_s``: the failing read first blocks that long, as FFmpeg's read timeout does."""
 
-    def __init__(self, frames: int):
-        self.left = frames
+    def __init__(self, frames: int, fail_after_s: float = 0.0):
+        self.left, self.fail_after_s = frames, fail_after_s
 
     def read(self):
         if self.left <= 0:
+            time.sleep(self.fail_after_s)
             return False, None
         self.left -= 1
         return True, scene(self.left, (32, 32))
 
     def get(self, prop):
-        return 25.0
+        return 25.0 if prop == cv2.CAP_PROP_FPS else 0.0  # live: no frame count
 
     def release(self):
         pass
 
 
+def opener(*captures):
+    queue = iter(captures)
+    return lambda: next(queue, None)
+
+
 def test_stream_reconnects_with_backoff_and_then_gives_up():
-    opens = iter([FakeCapture(3), None, FakeCapture(2)])  # connect, drop, one failed reopen, reopen
-    source = StreamSource("rtsp://camera/1", reconnect_s=1.0, open_capture=lambda: next(opens, None))
+    source = StreamSource("rtsp://camera/1", reconnect_s=1.0,
+                          open_capture=opener(FakeCapture(3), None, FakeCapture(2)))  # connect, drop, fail, reopen
     records = []
-    with pytest.raises(DronsegError, match="could not be reopened within 1 s"):
+    with pytest.raises(RuntimeFailure, match="could not be reopened within 1 s: .*--reconnect-s") as error:
         for record in source.frames():
             records.append(record)
     assert len(records) == 5
-    assert source.reconnects == 1
+    assert (source.reconnects, source.end, error.value.exit_code) == (1, "lost", 5)
+    assert "the connection closed" in str(error.value)  # RTSP carries cameras: a close is a loss too
+
+
+def test_an_http_stream_its_server_closes_ends_without_an_error(caplog):
+    source = StreamSource("http://127.0.0.1/live.ts", reconnect_s=0.3, open_capture=opener(FakeCapture(4)))
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        records = list(source.frames())
+    assert len(records) == 4 and source.end == "ended"
+    assert "ended after 4 frames" in caplog.text and "--reconnect-s" not in caplog.text
+
+
+def test_an_http_stream_that_comes_back_within_reconnect_s_goes_on():
+    source = StreamSource("http://127.0.0.1/live.ts", reconnect_s=2.0,
+                          open_capture=opener(FakeCapture(2), None, FakeCapture(3)))
+    assert len(list(source.frames())) == 5
+    assert (source.reconnects, source.end) == (1, "ended")
+
+
+def test_an_http_stream_whose_reads_time_out_is_lost(monkeypatch):
+    monkeypatch.setattr(sources, "READ_TIMEOUT_MS", 200)
+    source = StreamSource("http://127.0.0.1/live.ts", reconnect_s=0.3,
+                          open_capture=opener(FakeCapture(3, fail_after_s=0.2)))
+    with pytest.raises(RuntimeFailure, match=r"was lost \(no frame within the read timeout\).*--reconnect-s"):
+        list(source.frames())
+    assert source.end == "lost"
+
+
+def test_a_truncated_video_ends_where_its_data_ends(tmp_path, caplog):
+    path = write_video(tmp_path / "noisy.mp4", frames=90, size=(128, 80), noise=True)
+    source = open_source(path)
+    frames = source.frames()
+    records = [next(frames) for _ in range(5)]
+    os.truncate(path, path.stat().st_size // 2)  # while it is being read
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        records += list(frames)
+    source.close()
+    assert 5 < len(records) < 90 and [r.index for r in records] == list(range(len(records)))
+    assert (source.end, source.corrupt) == ("truncated", 0)  # missing frames, not damaged ones
+    assert f"ends at frame {len(records)} of the 90" in caplog.text
 
 
 def test_camera_reconnect_stops_promptly_when_asked():

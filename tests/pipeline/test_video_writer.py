@@ -1,7 +1,9 @@
 """The overlay video's encoder: H.264 yuv420p faststart MP4 through PyAV, the mp4v fallback, --codec."""
 
+import errno
 import logging
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from pipeline_media import mp4_top_level_boxes, probe_with_pyav, read_video
 from test_sinks import LUT, make_result
 
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.pipeline import video_writer
+from dronseg_edge.pipeline import disk_space, video_writer
 from dronseg_edge.pipeline.overlay import OverlayPlan, overlay
 from dronseg_edge.pipeline.run import RunOptions
 from dronseg_edge.pipeline.sinks import VideoSink
@@ -138,3 +140,30 @@ def test_unknown_codec_is_one_line_listing_the_choices():
     assert "\n" not in message and message.startswith("--codec x265 is not one of auto, h264, h264_nvenc")
     with pytest.raises(DronsegError, match="--codec x265 is not one of"):
         encoders_for("x265")
+
+
+@pytest.mark.parametrize("codec", ["auto", "mp4v"])
+def test_the_writer_stops_before_the_disk_is_too_full_to_finish_the_file(codec, tmp_path, monkeypatch):
+    if codec == "auto" and video_writer._import_av() is None:
+        pytest.skip("PyAV is not installed (pip install 'dronseg-edge[video]')")
+    writer = open_video_writer(tmp_path / "v.mp4", (64, 48), 25.0, codec)
+    frames = [make_result(i).frame for i in range(4)]
+    for frame in frames[:3]:
+        writer.write(frame)
+    monkeypatch.setattr(disk_space, "free_bytes", lambda path: 64 * 48 * 3 + disk_space.FINISH_BYTES)  # not the index too
+    with pytest.raises(OSError) as error:
+        writer.write(frames[3])
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(tmp_path / "v.mp4")
+    writer.close()  # the room kept is what finishing needs
+    assert writer.frames == 3 and len(read_video(tmp_path / "v.mp4")[0]) == 3
+
+
+def test_an_mp4v_file_whose_index_was_not_written_is_an_error(tmp_path, monkeypatch):
+    writer = open_video_writer(tmp_path / "v.mp4", (64, 48), 25.0, "mp4v")
+    writer.write(make_result(0).frame)
+    real = writer._writer
+    monkeypatch.setattr(writer, "_writer", SimpleNamespace(release=lambda: None))  # as on a full disk: no index
+    with pytest.raises(OSError, match="index could not be written"):
+        writer.close()
+    real.release()
+    assert video_writer.mp4_top_level_boxes(tmp_path / "v.mp4") == mp4_top_level_boxes(tmp_path / "v.mp4")  # same reader

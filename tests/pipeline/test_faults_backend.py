@@ -1,0 +1,59 @@
+"""The backend failing mid-run (a lost GPU, CUDA out of memory, an ONNX Runtime error) is a runtime
+failure, exit code 5, after the outputs are finalised; an exception that looks like a bug here
+keeps its traceback (the outputs are finalised all the same)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pipeline_media import read_video
+
+from dronseg_edge.errors import RuntimeFailure
+from dronseg_edge.pipeline import RunOptions, Segmenter, run_inference
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_checkpoint):
+    with Segmenter(tiny_checkpoint, device="cpu") as seg:
+        yield seg
+
+
+def fail_at_call(monkeypatch, segmenter, call: int, error: Exception) -> None:
+    real_infer, calls = segmenter.backend._infer, []
+
+    def infer(batch):
+        calls.append(1)
+        if len(calls) == call:
+            raise error
+        return real_infer(batch)
+
+    monkeypatch.setattr(segmenter.backend, "_infer", infer)
+
+
+def test_a_backend_failing_mid_run_is_exit_code_5_with_the_outputs_final(segmenter, video_path, tmp_path, monkeypatch):
+    fail_at_call(monkeypatch, segmenter, 4, RuntimeError("CUDA error: an illegal memory access was encountered\nmore"))
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeFailure, match=r"the torch backend failed after 3 frames \(RuntimeError: CUDA error: "
+                                             r"an illegal memory access was encountered\); .*run again") as error:
+        run_inference(segmenter, video_path, RunOptions(out=out, progress=False))
+    assert error.value.exit_code == 5
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["frames"], summary["stopped"]) == (3, "backend_failure")
+    assert len(read_video(out / "overlay.mp4")[0]) == summary["video_frames"] == 3
+
+
+def test_out_of_memory_is_a_runtime_failure_even_on_the_first_frame(segmenter, video_path, tmp_path, monkeypatch):
+    OutOfMemoryError = type("OutOfMemoryError", (RuntimeError,), {})  # torch.cuda's, without a GPU
+    fail_at_call(monkeypatch, segmenter, 1, OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    with pytest.raises(RuntimeFailure, match="failed after 0 frames .*out of memory"):
+        run_inference(segmenter, video_path, RunOptions(out=tmp_path / "run", progress=False))
+
+
+def test_a_bug_keeps_its_traceback_and_the_outputs_are_still_final(segmenter, video_path, tmp_path, monkeypatch):
+    fail_at_call(monkeypatch, segmenter, 3, ValueError("a bug in this project"))
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="a bug in this project"):
+        run_inference(segmenter, video_path, RunOptions(out=out, progress=False))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 2 and (out / "overlay.mp4").exists()

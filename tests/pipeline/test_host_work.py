@@ -1,0 +1,85 @@
+"""The Segmenter's host work: ONNX files run with numpy and OpenCV, frames artifacts fed as they are."""
+
+import numpy as np
+import pytest
+from pipeline_media import scene
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.pipeline import Segmenter
+
+pytest.importorskip("onnxruntime", reason="the ONNX Runtime backend needs onnxruntime (extra: ort)")
+from dronseg_edge.export import export_artifact  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(trained_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("host-work")
+    common = dict(fmt="onnx", precision="fp32", parity=False, device="cpu")
+    return {
+        "tensors": export_artifact(trained_checkpoint, out_dir=out / "tensors", **common).path,
+        "frames": export_artifact(trained_checkpoint, out_dir=out / "frames", io="frames", dynamic=True,
+                                  confidence=True, **common).path,
+        "frames_static": export_artifact(trained_checkpoint, out_dir=out / "static", io="frames",
+                                         source_size=(128, 80), **common).path,
+    }
+
+
+def test_onnx_on_the_cpu_runs_the_host_work(models):
+    with Segmenter(models["tensors"], device="cpu") as seg:
+        assert seg.work.name == "host"
+        result = seg.predict(scene(3, (128, 80)))
+    assert result.mask.shape == (80, 128) and result.mask.dtype == np.uint8
+    assert result.shares.sum() == pytest.approx(1.0) and result.confidence is None
+    assert set(result.timings) >= {"decode", "preprocess", "inference", "postprocess"}
+
+
+def test_frames_artifact_class_map_is_used_as_it_comes_out(models):
+    import onnxruntime as ort
+
+    frames = [scene(i, (128, 80)) for i in range(3)]
+    session = ort.InferenceSession(str(models["frames"]), providers=["CPUExecutionProvider"])
+    direct_mask, direct_conf = session.run(None, {session.get_inputs()[0].name: np.stack(frames)})
+    with Segmenter(models["frames"], device="cpu", batch=3) as seg:
+        assert seg.work.name == "host"
+        calls = []
+        infer = seg.backend.infer
+        seg.backend.infer = lambda batch: calls.append(batch.shape) or infer(batch)
+        results = seg.predict_batch(frames)
+    assert calls == [(3, 80, 128, 3)]  # one stacked uint8 batch, no preprocessing
+    for i, result in enumerate(results):
+        assert (result.mask == direct_mask[i]).all()
+        assert result.confidence is not None and (result.confidence == direct_conf[i]).all()
+        counts = np.bincount(direct_mask[i].ravel(), minlength=12)[:12]
+        np.testing.assert_allclose(result.shares, counts / counts.sum())
+
+
+def test_frames_of_several_sizes_go_in_one_call_per_size(models):
+    frames = [scene(0, (128, 80)), scene(1, (128, 80)), scene(2, (96, 64)), scene(3, (128, 80))]
+    with Segmenter(models["frames"], device="cpu", batch=4) as seg:
+        calls = []
+        infer = seg.backend.infer
+        seg.backend.infer = lambda batch: calls.append(batch.shape[:3]) or infer(batch)
+        results = seg.predict_batch(frames)
+    assert calls == [(2, 80, 128), (1, 64, 96), (1, 80, 128)]
+    assert [r.mask.shape for r in results] == [(80, 128), (80, 128), (64, 96), (80, 128)]
+
+
+def test_static_frames_artifact_refuses_another_frame_size_with_the_fix(models):
+    with Segmenter(models["frames_static"], device="cpu") as seg:
+        assert seg.predict(scene(0, (128, 80))).mask.shape == (80, 128)
+        with pytest.raises(DronsegError, match="--source-size"):
+            seg.predict(scene(0, (96, 64)))
+
+
+def test_frames_artifact_refuses_torch_prepost(models):
+    with pytest.raises(DronsegError, match="frames artifact"):
+        Segmenter(models["frames"], device="cpu", prepost="torch")
+
+
+def test_host_and_torch_prepost_agree_on_the_same_onnx(models):
+    frames = [scene(i, (128, 80)) for i in range(4)]
+    with Segmenter(models["tensors"], device="cpu") as host, \
+            Segmenter(models["tensors"], device="cpu", prepost="torch") as torch_work:
+        for frame in frames:
+            a, b = host.predict(frame), torch_work.predict(frame)
+            assert (a.mask == b.mask).mean() >= 0.99  # INTER_AREA vs torch's antialiased bilinear
