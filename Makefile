@@ -1,14 +1,16 @@
 # make demo : set up .venv (if missing) and run synth -> train -> eval -> export -> infer on the CPU
 # make test : set up .venv (if missing) and run the whole test suite
+# Both install every extra that installs from pip here (pyproject.toml: the core runs inference only;
+# ort-gpu and trt are left out: onnxruntime-gpu replaces the core's onnxruntime, TensorRT is not on pip here).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CLI    := $(PY) -m dronseg_edge
 STAMP  := $(VENV)/.installed
-EXTRAS ?= ort,dev,video
+EXTRAS ?= train,export,video,dev
 DEMO   ?= runs/demo
 
-.PHONY: install test demo clean gpu-check
+.PHONY: install test demo clean gpu-check jetson-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +31,11 @@ GPU_CHECK_PY   ?= $(shell test -x $(PY) && echo $(PY) || echo $(PYTHON))
 GPU_CHECK_ARGS ?=
 gpu-check:
 	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_CHECK_PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
+
+# make jetson-deps: does every install set resolve for a Jetson (JetPack 6: Python 3.10, aarch64) without
+# x86-only wheels? pip dry-runs against the package index (network; a few minutes). docs/jetson.md.
+jetson-deps: $(STAMP)
+	$(PY) tools/check_jetson_deps.py
 
 demo: $(STAMP)
 	rm -rf $(DEMO)

@@ -24,6 +24,8 @@ DEFAULT_CALIBRATION_METHOD = "percentile"
 CALIB_IMAGES = 32
 PARITY_IMAGES = 16
 FRAMES_MIN_OPSET = 18  # ONNX Resize has its antialias attribute from opset 18 (export/embedded.py)
+BUILDER_OPT_LEVELS = range(0, 6)  # TensorRT's builder optimisation levels 0..5 (TensorRT's default: 3)
+DLA_PRECISIONS = ("fp16", "int8")  # DLA has no fp32 kernels
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ class ExportOptions:
     ``io='frames'``: pre- and post-processing inside the graph (export/embedded.py): uint8 BGR
     frames in at ``source_size`` (W, H; None: ``size``, or any size with ``dynamic``), the uint8
     class map at that size out, plus a uint8 confidence map with ``confidence``.
+    ``dla_core`` (engines): build for that DLA core of a Jetson, with GPU fallback for the layers DLA
+    lacks; ``builder_opt_level`` (engines): TensorRT's builder optimisation level 0..5, None for its
+    default. Whether this machine has DLA is checked when the engine is built (export/tensorrt.py).
     """
 
     fmt: str = "onnx"
@@ -63,6 +68,8 @@ class ExportOptions:
     io: str = "tensors"
     source_size: tuple[int, int] | None = None
     confidence: bool = False
+    dla_core: int | None = None
+    builder_opt_level: int | None = None
 
     def __post_init__(self) -> None:
         # Normalised here so that equal options compare equal (a list size, a str path, a numpy int).
@@ -77,6 +84,9 @@ class ExportOptions:
             object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
         if self.source_size is not None:
             object.__setattr__(self, "source_size", (int(self.source_size[0]), int(self.source_size[1])))
+        for name in ("dla_core", "builder_opt_level"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
         self._validate()
 
     def _validate(self) -> None:
@@ -99,6 +109,27 @@ class ExportOptions:
             if value < 1:
                 raise DronsegError(f"{option} {value} must be 1 or more")
         self._validate_io()
+        self._validate_engine()
+
+    def _validate_engine(self) -> None:
+        """TensorRT builder options. The engine's own format is checked when ``fmt == 'engine'``: the
+        ONNX step of an engine export (and the onnx half of ``--format all``) carries them unused."""
+        if self.builder_opt_level is not None and self.builder_opt_level not in BUILDER_OPT_LEVELS:
+            raise DronsegError(f"--builder-opt-level {self.builder_opt_level} is not one of 0..5 "
+                               "(higher: longer builds, maybe faster engines; TensorRT's default is 3)")
+        if self.dla_core is None:
+            return
+        if self.dla_core < 0:
+            raise DronsegError(f"--dla-core {self.dla_core} must be 0 or more (Jetson AGX Orin has DLA cores 0 and 1)")
+        if self.fmt == "triton":
+            raise DronsegError("--dla-core with --format triton is not supported: build the engine with "
+                               "--format engine --dla-core N and serve it yourself")
+        if self.fmt == "engine" and self.precision not in DLA_PRECISIONS:
+            raise DronsegError(f"--dla-core with --precision {self.precision}: DLA runs fp16 or int8 only; "
+                               "pass --precision fp16 (or int8)")
+        if self.dynamic:
+            raise DronsegError("--dla-core with --dynamic: DLA takes fixed shapes only; drop --dynamic "
+                               "(and pass --batch/--size for the shape the engine runs at)")
 
     def _validate_io(self) -> None:
         if self.io not in IO_MODES:

@@ -9,8 +9,14 @@ TensorRT name used here is checked against the real 10.3 and 11.4 bindings by
 tests/export/test_tensorrt_names.py.
 
 An engine only runs on the GPU model and TensorRT version that built it: its name says both
-(``NAME_<precision>_<gpu>_sm<cc>_trt<version>.engine``) and so does its JSON sidecar. Finding
+(``NAME_<precision>_<gpu>_sm<cc>[_dla<N>]_trt<version>.engine``) and so does its JSON sidecar. Finding
 TensorRT and the GPU is runtime/tensorrt_env.py's job, shared with the engine runner.
+
+DLA (``dla_core``): the layers DLA can run go to that core of a Jetson's Deep Learning Accelerator,
+the rest fall back to the GPU (BuilderFlag.GPU_FALLBACK). DLA runs fp16/int8 at fixed shapes only
+(export/options.py refuses the rest). TensorRT 10.x has it (JetPack 6: 10.3); 11.0 to 11.4.0 dropped it
+on Linux and 11.4.1 brought it back for Jetson AGX Orin on JetPack 7.2.2+, so those versions are refused
+here, as is a machine whose builder sees no DLA core.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 import torch
 
 from dronseg_edge.atomic import atomic_path
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.metadata import ModelInfo, sha256_file, write_engine_sidecar
 from dronseg_edge.runtime import tensorrt_env
 
@@ -39,10 +45,45 @@ def gpu_slug(gpu_name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
 
 
-def engine_filename(base: str, precision: str, gpu_name: str, compute_capability: str, trt_version: str) -> str:
-    """``NAME_<precision>_<gpu>_sm<cc>_trt<version>.engine``."""
+def engine_filename(base: str, precision: str, gpu_name: str, compute_capability: str, trt_version: str,
+                    dla_core: int | None = None) -> str:
+    """``NAME_<precision>_<gpu>_sm<cc>[_dla<N>]_trt<version>.engine`` (a DLA engine names its core)."""
     cc = compute_capability.replace(".", "")
-    return f"{base}_{precision}_{gpu_slug(gpu_name)}_sm{cc}_trt{trt_version}.engine"
+    dla = "" if dla_core is None else f"_dla{dla_core}"
+    return f"{base}_{precision}_{gpu_slug(gpu_name)}_sm{cc}{dla}_trt{trt_version}.engine"
+
+
+# TensorRT versions without DLA on Linux: from 11.0 up to (not including) 11.4.1.
+NO_DLA_FROM, DLA_BACK_IN = (11, 0, 0), (11, 4, 1)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """'10.3.0' -> (10, 3, 0); '11.4.0.106' -> (11, 4, 0)."""
+    numbers = [int(part) for part in re.findall(r"\d+", version)[:3]]
+    return tuple(numbers + [0] * (3 - len(numbers)))
+
+
+def check_dla(trt, builder, dla_core: int) -> int:
+    """The number of DLA cores ``builder`` sees; DronsegError (one line) when ``dla_core`` cannot be used here."""
+    version = str(trt.__version__)
+    if NO_DLA_FROM <= _version_tuple(version) < DLA_BACK_IN:
+        raise BackendUnavailable(f"--dla-core {dla_core}: TensorRT {version} has no DLA (11.0 to 11.4.0 dropped it; "
+                                 "TensorRT 10.x on JetPack 6 and 11.4.1+ on JetPack 7.2.2 have it): drop --dla-core "
+                                 "to build for the GPU")
+    cores = int(builder.num_DLA_cores)
+    if cores == 0:
+        raise BackendUnavailable(f"--dla-core {dla_core}: TensorRT {version} sees no DLA core on this machine (Jetson "
+                                 "AGX Orin and Orin NX have DLA; Orin Nano and desktop/server GPUs do not): drop --dla-core")
+    if dla_core >= cores:
+        raise DronsegError(f"--dla-core {dla_core}: this machine has {cores} DLA core{'s' if cores > 1 else ''} "
+                           f"(0..{cores - 1}): pass one of them")
+    return cores
+
+
+def check_dla_available(dla_core: int) -> int:
+    """check_dla with a builder of its own: the CLI calls it before any ONNX work, so a refusal comes first."""
+    trt = tensorrt_env.import_tensorrt()
+    return check_dla(trt, trt.Builder(trt.Logger(trt.Logger.WARNING)), dla_core)
 
 
 def default_timing_cache(gpu_name: str, compute_capability: str, trt_version: str) -> Path:
@@ -97,11 +138,14 @@ def parser_errors(parser) -> str:
 
 
 def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precision: str, workspace_gib: float = 4.0,
-                 device: torch.device, opt_batch: int = 1, timing_cache: Path | None = None) -> ModelInfo:
+                 device: torch.device, opt_batch: int = 1, timing_cache: Path | None = None,
+                 dla_core: int | None = None, builder_opt_level: int | None = None) -> ModelInfo:
     """Build ``engine_path`` from ``onnx_path`` (the graph of ``precision``, see module docstring).
 
     ``info`` describes the ONNX graph (input size, batch, dynamic); ``workspace_gib`` caps TensorRT's
-    scratch memory (GiB); ``opt_batch`` is the batch a --dynamic engine is tuned for.
+    scratch memory (GiB); ``opt_batch`` is the batch a --dynamic engine is tuned for. ``dla_core``:
+    build for that DLA core with GPU fallback (module docstring); ``builder_opt_level``: TensorRT's
+    builder optimisation level 0..5 (None: TensorRT's default, 3).
     Writes the engine and its sidecar atomically and returns the engine's ModelInfo.
     """
     trt = tensorrt_env.import_tensorrt()
@@ -110,6 +154,8 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
     strongly = uses_strong_typing(trt, precision)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
+    if dla_core is not None:
+        check_dla(trt, builder, dla_core)  # before parsing: a refusal should not wait for the ONNX file
     # The flag's bit differs between versions: take it from the enum, never a literal.
     flags = 0
     if strongly and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
@@ -134,6 +180,13 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
     if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
         tf32 = False
+    if dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run stay on the GPU
+        builder_flags.append("GPU_FALLBACK")
+    if builder_opt_level is not None:
+        config.builder_optimization_level = builder_opt_level
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(identity["gpu_name"], identity["compute_capability"], version)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, False)
@@ -149,7 +202,10 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
     if plan is None:
         raise DronsegError(f"TensorRT {version} could not build an engine from {onnx_path} (see its messages above); "
                            f"a larger --workspace (now {workspace_gib:g} GiB) may help")
-    if trt.Runtime(logger).deserialize_cuda_engine(plan) is None:
+    runtime = trt.Runtime(logger)
+    if dla_core is not None:
+        runtime.DLA_core = dla_core  # a DLA engine loads onto the core the runtime names
+    if runtime.deserialize_cuda_engine(plan) is None:
         raise DronsegError(f"TensorRT {version} built an engine from {onnx_path} that it cannot load back; rebuild it")
     with atomic_path(engine_path) as tmp:
         with open(tmp, "wb") as handle:
@@ -160,6 +216,7 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
         "tensorrt_version": version, **identity, "strongly_typed": strongly, "builder_flags": builder_flags,
         "tf32": tf32, "workspace_gib": workspace_gib, "profile": profile_shapes, "onnx": Path(onnx_path).name,
         "onnx_sha256": sha256_file(Path(onnx_path)), "timing_cache": str(cache_path),
+        "dla_core": dla_core, "builder_optimization_level": builder_opt_level,
     }
     write_engine_sidecar(engine_path, engine_info)
     return engine_info

@@ -116,7 +116,8 @@ class OnnxRuntimeBackend(Backend):
             if self.requested != "auto":
                 raise BackendUnavailable(
                     f"this onnxruntime {ort.__version__} has no {_PROVIDER_NAMES[self.requested]} "
-                    f"(it has {', '.join(sorted(available))}): pip install onnxruntime-gpu (and uninstall onnxruntime)"
+                    f"(it has {', '.join(sorted(available))}): pip install onnxruntime-gpu, then pip install --force-reinstall --no-deps onnxruntime-gpu "
+                    "(both packages install the same module; the second command makes the GPU build's files win)"
                 )
             log.warning("onnxruntime %s has no CUDA provider; %s runs on the CPU (pip install onnxruntime-gpu)",
                         ort.__version__, self.path.name)

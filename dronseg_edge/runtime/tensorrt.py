@@ -108,6 +108,9 @@ class TensorRTBackend(Backend):
             raise DronsegError(f"engine {self.path} {problem}: {self._rebuild_hint()}")
         logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(logger)
+        dla_core = (self.build or {}).get("dla_core")
+        if dla_core is not None:  # an engine built for a DLA core (export --dla-core) is loaded onto that core
+            self._runtime.DLA_core = int(dla_core)
         with cuda_runtime.on_device(self._index):  # TensorRT loads and launches into the current device's context
             self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
             if self._engine is None:

@@ -4,6 +4,7 @@ and a real build + parity where TensorRT and a GPU exist (skipped here, with the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -16,7 +17,7 @@ import torch
 import dronseg_edge.export.tensorrt as trt_export
 from dronseg_edge.runtime import tensorrt_env
 from dronseg_edge.errors import BackendUnavailable, DronsegError
-from dronseg_edge.export import export_artifact
+from dronseg_edge.export import ExportOptions, export_artifact
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, sidecar_path
 
 GPU = {"gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -30,14 +31,15 @@ class FakeTensorRT(types.ModuleType):
     both have TF32, which TensorRT sets by default.
     """
 
-    def __init__(self, version: str, parse_ok: bool = True, build_ok: bool = True):
+    def __init__(self, version: str, parse_ok: bool = True, build_ok: bool = True, dla_cores: int = 0):
         super().__init__("tensorrt")
         self.__version__ = version
         self.calls: list[tuple] = []
         major = int(version.split(".")[0])
         self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
         flags = {"FP16": "FP16", "INT8": "INT8", "TF32": "TF32"} if major < 11 else {"TF32": "TF32"}
-        self.BuilderFlag = types.SimpleNamespace(**flags)
+        self.BuilderFlag = types.SimpleNamespace(**flags, GPU_FALLBACK="GPU_FALLBACK")
+        self.DeviceType = types.SimpleNamespace(GPU="GPU", DLA="DLA")
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
         fake = self
 
@@ -84,6 +86,11 @@ class FakeTensorRT(types.ModuleType):
                 return b"timings:" + self.data
 
         class Config:
+            def __setattr__(self, name, value):  # config.DLA_core = ..., config.builder_optimization_level = ...
+                if name != "cache":
+                    fake.calls.append(("set", name, value))
+                object.__setattr__(self, name, value)
+
             def set_memory_pool_limit(self, pool, size):
                 fake.calls.append(("workspace", pool, size))
 
@@ -116,6 +123,8 @@ class FakeTensorRT(types.ModuleType):
                 return types.SimpleNamespace(name="images")
 
         class Builder:
+            num_DLA_cores = dla_cores
+
             def __init__(self, logger):
                 pass
 
@@ -136,6 +145,10 @@ class FakeTensorRT(types.ModuleType):
         class Runtime:
             def __init__(self, logger):
                 pass
+
+            def __setattr__(self, name, value):
+                fake.calls.append(("runtime_set", name, value))
+                object.__setattr__(self, name, value)
 
             def deserialize_cuda_engine(self, plan):
                 return object() if plan else None
@@ -167,11 +180,11 @@ def _onnx_stub(tmp_path: Path) -> Path:
     return path
 
 
-def _build(tmp_path, precision, dynamic=False, name="m.engine"):
+def _build(tmp_path, precision, dynamic=False, name="m.engine", **options):
     info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), batch=None if dynamic else 1, dynamic=dynamic)
     engine = tmp_path / name
     built = trt_export.build_engine(_onnx_stub(tmp_path), engine, info, precision=precision, workspace_gib=2,
-                                    device=torch.device("cuda"), opt_batch=2)
+                                    device=torch.device("cuda"), opt_batch=2, **options)
     return engine, built
 
 
@@ -320,3 +333,74 @@ def test_frames_graph_engine_gets_a_uint8_nhwc_profile_and_keeps_its_io_metadata
     side = read_engine_sidecar(engine)
     assert (side.io, side.layout, side.color_order, side.outputs, side.source_size) == \
         ("frames", "NHWC", "BGR", ["mask", "confidence"], None)
+
+
+@pytest.mark.parametrize("version, precision, flags", [("10.3.0", "fp16", ["FP16", "GPU_FALLBACK"]),
+                                                       ("10.3.0", "int8", ["FP16", "INT8", "GPU_FALLBACK"]),
+                                                       ("11.4.1", "fp16", ["GPU_FALLBACK"])])
+def test_dla_build_targets_the_core_with_gpu_fallback(fake_trt, tmp_path, version, precision, flags):
+    trt = fake_trt(version, dla_cores=2)
+    engine, info = _build(tmp_path, precision, dla_core=1)
+    assert [c[1] for c in trt.recorded("flag")] == flags
+    assert ("set", "default_device_type", "DLA") in trt.calls and ("set", "DLA_core", 1) in trt.calls
+    assert trt.recorded("runtime_set") == [("runtime_set", "DLA_core", 1)]  # the check-load uses the same core
+    side = read_engine_sidecar(engine).extra["tensorrt"]
+    assert side["dla_core"] == 1 and side["builder_flags"] == flags and side["builder_optimization_level"] is None
+
+
+def test_gpu_build_sets_no_dla_and_leaves_the_optimisation_level_to_tensorrt(fake_trt, tmp_path):
+    trt = fake_trt("10.3.0", dla_cores=2)
+    engine, _ = _build(tmp_path, "fp16")
+    assert trt.recorded("set") == [] and trt.recorded("runtime_set") == []
+    side = read_engine_sidecar(engine).extra["tensorrt"]
+    assert side["dla_core"] is None and side["builder_optimization_level"] is None
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.4.0.106"])
+def test_builder_optimisation_level_is_set_and_recorded(fake_trt, tmp_path, version):
+    trt = fake_trt(version)
+    engine, _ = _build(tmp_path, "fp16", builder_opt_level=5)
+    assert trt.recorded("set") == [("set", "builder_optimization_level", 5)]
+    assert read_engine_sidecar(engine).extra["tensorrt"]["builder_optimization_level"] == 5
+
+
+@pytest.mark.parametrize("version, cores, dla_core, message", [
+    ("10.3.0", 0, 0, "sees no DLA core on this machine"),
+    ("10.3.0", 2, 2, "has 2 DLA cores (0..1)"),
+    ("11.0.0", 2, 0, "TensorRT 11.0.0 has no DLA"),
+    ("11.1.0.5", 2, 0, "TensorRT 11.1.0.5 has no DLA"),
+    ("11.4.0.106", 2, 0, "TensorRT 11.4.0.106 has no DLA"),
+])
+def test_dla_is_refused_where_it_cannot_run_before_parsing(fake_trt, tmp_path, version, cores, dla_core, message):
+    trt = fake_trt(version, dla_cores=cores)
+    with pytest.raises(DronsegError) as info:
+        _build(tmp_path, "fp16", dla_core=dla_core)
+    assert message in str(info.value) and "--dla-core" in str(info.value) and "\n" not in str(info.value)
+    assert trt.recorded("parse") == [] and list(tmp_path.glob("*.engine*")) == []
+
+
+def test_dla_engines_are_named_for_their_core():
+    assert (trt_export.engine_filename("best", "fp16", "Orin", "8.7", "10.3.0", dla_core=0)
+            == "best_fp16_orin_sm87_dla0_trt10.3.0.engine")
+    assert trt_export.engine_filename("best", "fp16", "Orin", "8.7", "10.3.0") == "best_fp16_orin_sm87_trt10.3.0.engine"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"fmt": "engine", "precision": "fp32", "dla_core": 0}, "DLA runs fp16 or int8 only"),
+    ({"fmt": "engine", "precision": "fp16", "dla_core": 0, "dynamic": True}, "DLA takes fixed shapes only"),
+    ({"fmt": "engine", "precision": "fp16", "dla_core": -1}, "must be 0 or more"),
+    ({"fmt": "triton", "precision": "fp16", "dla_core": 0}, "--format triton is not supported"),
+    ({"fmt": "engine", "builder_opt_level": 6}, "is not one of 0..5"),
+    ({"fmt": "engine", "builder_opt_level": -1}, "is not one of 0..5"),
+])
+def test_export_options_refuse_engine_options_that_cannot_work(changes, message):
+    with pytest.raises(DronsegError, match=message):
+        ExportOptions(**changes)
+
+
+def test_export_options_carry_engine_options_through_the_onnx_step():
+    options = ExportOptions(fmt="engine", precision="fp16", dla_core="1", builder_opt_level=4.0)
+    assert (options.dla_core, options.builder_opt_level) == (1, 4)
+    # The fp32 ONNX graph a 10.x fp16 engine is built from keeps them (unused) without refusing fp32.
+    onnx_step = dataclasses.replace(options, fmt="onnx", precision="fp32")
+    assert onnx_step.dla_core == 1 and onnx_step.builder_opt_level == 4

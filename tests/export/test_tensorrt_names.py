@@ -26,7 +26,10 @@ CORE = {"Logger", "Builder", "create_network", "OnnxParser", "parse_from_file", 
         "create_builder_config", "set_memory_pool_limit", "MemoryPoolType", "WORKSPACE", "build_serialized_network",
         "Runtime", "deserialize_cuda_engine", "create_execution_context", "num_io_tensors", "get_tensor_name",
         "get_tensor_mode", "set_input_shape", "set_tensor_address", "execute_async_v3", "STRONGLY_TYPED",
-        "create_timing_cache", "set_timing_cache", "create_optimization_profile", "set_shape"}
+        "create_timing_cache", "set_timing_cache", "create_optimization_profile", "set_shape",
+        # export --dla-core and --builder-opt-level (export/tensorrt.py)
+        "num_DLA_cores", "DeviceType", "DLA", "default_device_type", "DLA_core", "GPU_FALLBACK",
+        "builder_optimization_level"}
 
 
 def _dotted(node: ast.AST) -> str | None:

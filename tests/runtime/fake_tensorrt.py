@@ -37,6 +37,7 @@ class FakeTensorRT(types.ModuleType):
         self.__version__ = version
         self.launches: list[dict] = []  # every execute_async_v3: stream, shape, addresses
         self.contexts: list = []
+        self.runtimes: list = []  # every Runtime made (its DLA_core as the backend left it)
         fake = self
         self.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF", INT32="INT32", INT8="INT8", UINT8="UINT8",
                                               BOOL="BOOL", INT64="INT64", BF16="BF16")
@@ -97,7 +98,8 @@ class FakeTensorRT(types.ModuleType):
 
         class Runtime:
             def __init__(self, logger):
-                pass
+                self.DLA_core = -1  # TensorRT's default: no DLA core
+                fake.runtimes.append(self)
 
             def deserialize_cuda_engine(self, plan):
                 return Engine()

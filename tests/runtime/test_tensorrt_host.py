@@ -167,3 +167,17 @@ def test_deactivate_releases_every_buffer_graph_and_the_stream(tmp_path, fakes):
     assert cudart.memory == {} and cudart.executables == {} and cudart.graphs == {}
     assert cudart.streams[stream]["destroyed"] and backend._stream is None
     np.testing.assert_array_equal(backend.infer(batch(2)), 2 * batch(2))  # infer activates it again
+
+
+def test_an_engine_built_for_a_dla_core_is_loaded_onto_that_core(tmp_path, fakes):
+    from fake_tensorrt import BUILT
+
+    _, trt = fakes
+    info = {"extra": {"tensorrt": {**BUILT, "dla_core": 1}, "source_checkpoint": "/runs/a/weights/best.pt"}}
+    with make(tmp_path, info=info) as backend:
+        backend.infer(batch(0))
+    assert [runtime.DLA_core for runtime in trt.runtimes] == [1]
+    (tmp_path / "gpu").mkdir()
+    with make(tmp_path / "gpu", cuda_graph=False):  # a GPU engine leaves TensorRT's default alone
+        pass
+    assert trt.runtimes[-1].DLA_core == -1

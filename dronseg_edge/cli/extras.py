@@ -1,0 +1,77 @@
+"""Which install set (pyproject extra) a command needs, and the one-line error when it is missing.
+
+``pip install dronseg-edge`` is the core: it runs inference on ONNX files and engines. Training and
+export need the ``train`` and ``export`` extras (torch and friends). A command checks its extra before
+importing anything heavy, so a core-only install says what to install instead of an ImportError
+traceback; ``missing_module_error`` turns any other missing optional module into the same kind of line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from dronseg_edge.errors import BackendUnavailable
+
+# The modules each extra must provide for its commands to finish (import name -> pip name). Only what
+# a run cannot do without: tensorboard is left out, training logs without it.
+REQUIRED: dict[str, dict[str, str]] = {
+    "train": {"torch": "torch", "torchvision": "torchvision", "PIL": "pillow", "matplotlib": "matplotlib",
+              "iterstrat": "iterative-stratification"},
+    "export": {"torch": "torch", "torchvision": "torchvision", "PIL": "pillow", "onnx": "onnx", "onnxslim": "onnxslim"},
+}
+
+JETSON_TORCH = "on a Jetson install NVIDIA's torch and torchvision wheels first (docs/jetson.md)"
+
+# A missing top-level module -> (pip name, the install that brings it).
+INSTALL_FOR_MODULE: dict[str, tuple[str, str]] = {
+    "torch": ("torch", f"pip install 'dronseg-edge[train]' (or [export]); {JETSON_TORCH}"),
+    "torchvision": ("torchvision", f"pip install 'dronseg-edge[train]' (or [export]); {JETSON_TORCH}"),
+    "PIL": ("pillow", "pip install 'dronseg-edge[train]'"),
+    "matplotlib": ("matplotlib", "pip install 'dronseg-edge[train]'"),
+    "iterstrat": ("iterative-stratification", "pip install 'dronseg-edge[train]'"),
+    "tensorboard": ("tensorboard", "pip install 'dronseg-edge[train]'"),
+    "onnx": ("onnx", "pip install 'dronseg-edge[export]'"),
+    "onnxslim": ("onnxslim", "pip install 'dronseg-edge[export]'"),
+    "onnxscript": ("onnxscript", "pip install onnxscript"),
+    "onnxruntime": ("onnxruntime", "pip install 'dronseg-edge[ort]' (CPU) or 'dronseg-edge[ort-gpu]' (CUDA, x86-64); "
+                    "on a Jetson NVIDIA's onnxruntime-gpu wheel (docs/jetson.md)"),
+    "cv2": ("OpenCV", "pip install 'dronseg-edge[opencv]'; on a Jetson use JetPack's OpenCV (python3-opencv) "
+            "from a venv made with --system-site-packages (docs/jetson.md)"),
+    "av": ("av (PyAV)", "pip install 'dronseg-edge[video]'"),
+    "tensorrt": ("tensorrt", "pip install 'dronseg-edge[trt]' (x86-64); on a Jetson TensorRT comes with JetPack, "
+                 "seen from a venv made with --system-site-packages (docs/jetson.md)"),
+    "cuda": ("cuda-bindings", "pip install 'dronseg-edge[trt]'; on JetPack 6 pip install 'cuda-bindings==12.*'"),
+    "pynvml": ("nvidia-ml-py", "pip install 'dronseg-edge[nvml]'"),
+}
+
+
+def missing_modules(extra: str) -> list[str]:
+    """pip names of the ``extra``'s required modules that this Python cannot import (found without importing)."""
+    missing = []
+    for module, pip_name in REQUIRED[extra].items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a broken or half-removed package counts as missing
+            found = False
+        if not found:
+            missing.append(pip_name)
+    return missing
+
+
+def require_extra(extra: str, command: str) -> None:
+    """Raise BackendUnavailable (one line: what is missing, what to install) unless ``extra`` is installed."""
+    missing = missing_modules(extra)
+    if missing:
+        hint = f"; {JETSON_TORCH}" if {"torch", "torchvision"} & set(missing) else ""
+        raise BackendUnavailable(f"`dronseg-edge {command}` needs the {extra} extra, and {', '.join(missing)} "
+                                 f"{'is' if len(missing) == 1 else 'are'} not installed: "
+                                 f"pip install 'dronseg-edge[{extra}]'{hint}")
+
+
+def missing_module_error(exc: ModuleNotFoundError) -> BackendUnavailable | None:
+    """The one-line error for an optional module this install lacks; None for any other module (a bug)."""
+    top = (exc.name or "").split(".")[0]
+    if top not in INSTALL_FOR_MODULE:
+        return None
+    pip_name, install = INSTALL_FOR_MODULE[top]
+    return BackendUnavailable(f"{pip_name} is not installed, and this needs it: {install}")

@@ -1,0 +1,174 @@
+"""The install sets of pyproject.toml: the core alone (`pip install dronseg-edge`) runs inference.
+
+A second, small venv gets the project's wheel and its core dependencies only (no torch, no onnx, no
+training tools; ~350 MB resolved by pip from the same index as `make test`, from its cache after the
+first run: 40-70 s on 2 busy cores) and runs `dronseg-edge infer` on an ONNX file; its masks must equal
+the full install's. Commands that need an extra say which, in one line. tools/check_jetson_deps.py's verdicts are tested on hand-made pip
+reports (the real check needs the network for minutes: `make jetson-deps`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from importlib import metadata
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# The core's libraries that compute a mask: installed in the core venv at the versions of this one.
+SAME_VERSIONS = ("numpy", "onnxruntime", "opencv-python-headless")
+# What the core must not bring (pyproject.toml's extras hold them).
+NOT_IN_CORE = ("torch", "torchvision", "onnx", "onnxslim", "matplotlib", "tensorboard", "iterstrat", "PIL", "av")
+
+
+def _run(args: list, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """Run outside the work tree (else `python -c` would import the sources there, not the installed wheel)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    kwargs.setdefault("cwd", tempfile.gettempdir())
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+
+
+def _jetson_check():
+    """tools/check_jetson_deps.py as a module (it builds the wheel and judges pip's reports)."""
+    spec = importlib.util.spec_from_file_location("check_jetson_deps", ROOT / "tools" / "check_jetson_deps.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def core_python(tmp_path_factory) -> Path:
+    """The python of a fresh venv holding the project's wheel and the core dependencies only."""
+    root = tmp_path_factory.mktemp("core-install")
+    start = time.perf_counter()
+    wheel = _jetson_check().build_wheel(root / "wheel")  # from a copy of the sources: no build/ in the tree
+    # No pip of its own (ensurepip takes longer than the install): this venv's pip installs into it with
+    # --python, resolving the core's dependencies for it; no .pyc compiling, the venv is used once.
+    made = _run([sys.executable, "-m", "venv", "--without-pip", root / "venv"])
+    assert made.returncode == 0, made.stderr[-2000:]
+    python = root / "venv" / "bin" / "python"
+    # The libraries that compute the masks at this install's versions, so the two installs must agree exactly.
+    same = [f"{name}=={metadata.version(name)}" for name in SAME_VERSIONS]
+    installed = _run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-compile",
+                      "--disable-pip-version-check", wheel, *same])
+    assert installed.returncode == 0, f"pip could not install the core:\n{installed.stderr[-3000:]}"
+    print(f"core venv built in {time.perf_counter() - start:.1f} s")
+    return python
+
+
+@pytest.mark.slow
+def test_the_core_has_no_torch_and_its_cli_starts(core_python):
+    probe = ("import importlib.util, sys, dronseg_edge.cli\n"
+             "assert dronseg_edge.cli.__file__.startswith(sys.prefix), dronseg_edge.cli.__file__\n"
+             f"print(','.join(m for m in {NOT_IN_CORE!r} if importlib.util.find_spec(m) is not None))\n"
+             "print(','.join(m for m in ('cv2', 'onnxruntime', 'numpy', 'typer') if importlib.util.find_spec(m) is None))\n"
+             "print('torch' in sys.modules)")
+    done = _run([core_python, "-c", probe])
+    assert done.returncode == 0, done.stderr
+    extras, missing, torch_loaded = done.stdout.splitlines()
+    assert extras == "" and missing == "" and torch_loaded == "False", done.stdout
+    version = _run([core_python.parent / "dronseg-edge", "--version"])
+    assert version.returncode == 0 and version.stdout.startswith("dronseg-edge "), version.stderr
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny model's ONNX file. Its random weights leave near-tied logits, which is fine here: both
+    installs run the same host code with the same numpy, ONNX Runtime and OpenCV (SAME_VERSIONS)."""
+    from dronseg_edge.export import export_artifact
+
+    result = export_artifact(tiny_checkpoint, fmt="onnx", precision="fp32", parity=False, device="cpu",
+                             out_dir=tmp_path_factory.mktemp("onnx"))
+    return result.path
+
+
+def _masks(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((folder / "masks").glob("*.png"))}
+
+
+@pytest.mark.slow
+def test_core_install_runs_infer_on_onnx_with_the_full_install_masks(core_python, onnx_model, scenes, tmp_path):
+    images = scenes / "imgs" / "imgs"
+    options = ["--device", "cpu", "--save-masks", "--no-save-video", "--no-progress"]
+    core = _run([core_python.parent / "dronseg-edge", "infer", onnx_model, images, "--out", tmp_path / "core", *options])
+    assert core.returncode == 0, core.stdout[-2000:] + core.stderr[-3000:]
+    full = _run([sys.executable, "-m", "dronseg_edge", "infer", onnx_model, images, "--out", tmp_path / "full", *options])
+    assert full.returncode == 0, full.stderr[-3000:]
+    core_masks, full_masks = _masks(tmp_path / "core"), _masks(tmp_path / "full")
+    assert len(core_masks) == len(list(images.glob("*.jpg"))) and core_masks.keys() == full_masks.keys()
+    differing = [name for name in core_masks if not np.array_equal(core_masks[name], full_masks[name])]
+    assert differing == [], f"{len(differing)} masks differ between the core and the full install, e.g. {differing[:3]}"
+    assert len({int(c) for m in core_masks.values() for c in np.unique(m)}) > 1  # a real segmentation, not one class
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command, extra", [
+    (["train", "--data", "nowhere"], "train"),
+    (["export", "model.pt"], "export"),
+    (["parity", "model.pt", "model.onnx"], "export"),
+    (["synth", "out"], "train"),
+    (["eval", "model.pt"], "train"),
+])
+def test_commands_of_an_extra_say_what_to_install_in_one_line(core_python, tmp_path, command, extra):
+    done = _run([core_python.parent / "dronseg-edge", *command], cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr, done.stderr
+    assert f"pip install 'dronseg-edge[{extra}]'" in lines[0]
+
+
+# tools/check_jetson_deps.py's verdicts on what pip would install, without the network.
+def _item(name: str, version: str, filename: str) -> dict:
+    return {"metadata": {"name": name, "version": version}, "download_info": {"url": f"https://files.example/{filename}"}}
+
+
+def test_jetson_check_passes_aarch64_and_pure_python_wheels():
+    check = _jetson_check()
+    failures, notes = check.judge("core", [
+        _item("numpy", "2.2.6", "numpy-2.2.6-cp310-cp310-manylinux_2_17_aarch64.manylinux2014_aarch64.whl"),
+        _item("typer", "0.29.1", "typer-0.29.1-py3-none-any.whl"),
+    ])
+    assert failures == [] and notes == []
+
+
+def test_jetson_check_fails_x86_wheels_shadowing_packages_and_pip_tensorrt():
+    check = _jetson_check()
+    failures, _ = check.judge("core", [
+        _item("onnxruntime", "1.23.2", "onnxruntime-1.23.2-cp310-cp310-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl"),
+        _item("opencv-python-headless", "5.0.0.93", "opencv_python_headless-5.0.0.93-cp37-abi3-manylinux2014_aarch64.whl"),
+        _item("tensorrt", "10.3.0", "tensorrt-10.3.0-py2.py3-none-any.whl"),
+    ])
+    joined = "\n".join(failures)
+    assert "manylinux_2_27_x86_64.manylinux_2_28_x86_64 is not aarch64" in joined
+    assert "onnxruntime in the core on aarch64" in joined and "opencv-python-headless in the core" in joined
+    assert "tensorrt from pip: TensorRT comes with JetPack" in joined
+
+
+def test_jetson_check_notes_where_nvidia_wheels_replace_the_registry():
+    check = _jetson_check()
+    failures, notes = check.judge("train", [
+        _item("torch", "2.14.1", "torch-2.14.1-cp310-cp310-manylinux_2_28_aarch64.whl"),
+        _item("nvidia-cublas", "13.1.1.3", "nvidia_cublas-13.1.1.3-py3-none-manylinux_2_27_aarch64.whl"),
+    ])
+    assert failures == []
+    assert any("NVIDIA's torch wheel" in n for n in notes) and any("1 nvidia-* CUDA library" in n for n in notes)
+
+
+def test_jetson_check_makes_pip_evaluate_markers_as_a_jetson(monkeypatch):
+    """The check's shim replaces what pip's marker evaluation reads: the core's markers then leave OpenCV and
+    ONNX Runtime out, as on a Jetson (a plain dry-run on x86-64 keeps them: pip evaluates markers locally)."""
+    from pip._vendor.packaging import markers
+
+    check = _jetson_check()
+    assert "markers.default_environment = " in check.PIP_SHIM
+    monkeypatch.setattr(markers, "default_environment", lambda: dict(check.JETSON_MARKERS))
+    assert not markers.Marker("platform_machine != 'aarch64'").evaluate()
+    assert markers.Marker("platform_machine == 'aarch64' and python_version == '3.10'").evaluate({"extra": "trt"})
