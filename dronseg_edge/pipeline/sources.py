@@ -1,4 +1,5 @@
-"""Frame sources: a video file, an image, a folder or glob of images, a camera, an RTSP/HTTP stream.
+"""Frame sources: a video file, an image, a folder or glob of images, a camera, an RTSP/HTTP stream,
+a GStreamer pipeline or a Jetson's CSI camera.
 
 Every source yields the same :class:`FrameRecord`, so the rest of the pipeline never asks where a
 frame came from. ``open_source(spec)`` picks the kind from the command-line text.
@@ -24,6 +25,7 @@ import numpy as np
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.media import IMAGE_SUFFIXES
+from dronseg_edge.pipeline.capture_options import CaptureOptions, hw_decode_record, is_rtsp, open_ffmpeg
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,8 @@ READ_TIMEOUT_MS = 5_000
 # returns the few frames it held, so the failure itself comes fast: look back over recent reads).
 TIMEOUT_SHARE = 0.8
 RECENT_READS = 32
-SOURCE_HELP = "pass a video file, an image, a folder or glob of images, a camera index (0) or an rtsp:// URL"
+SOURCE_HELP = ("pass a video file, an image, a folder or glob of images, a camera index (0), an rtsp:// URL, "
+               "a GStreamer pipeline (elements joined by '!') or csi://N")
 
 
 @dataclass
@@ -79,6 +82,9 @@ class Source(ABC):
         # "lost" (a stream or camera that stopped and could not be reopened); None while running or
         # when the run stopped it first.
         self.end: str | None = None
+        # summary.json's hw_decode for sources FFmpeg decodes (video files, URLs): {"requested": bool,
+        # "used": "none" | "cuda" | "vaapi" | ...}; None where there is no such choice.
+        self.hw_decode: dict | None = None
         self._stop = threading.Event()
 
     @abstractmethod
@@ -140,16 +146,18 @@ class VideoSource(Source):
 
     kind = "video"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, capture: CaptureOptions | None = None):
         super().__init__(str(path))
         self.path = Path(path)
+        options = capture or CaptureOptions()
         if self.path.stat().st_size == 0:
             raise DronsegError(f"video {self.path} is empty (0 bytes) and has no frames: {SOURCE_HELP}")
         with quiet_native_stderr():
-            self.capture = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+            self.capture = open_ffmpeg(str(self.path), options)
         if not self.capture.isOpened():
             raise DronsegError(f"video {self.path} cannot be opened: it has no video stream, is damaged, or uses a "
                                f"codec this FFmpeg lacks (check it with `ffprobe {self.path}`)")
+        self.hw_decode = hw_decode_record(options, self.capture)
         if hasattr(cv2, "CAP_PROP_ORIENTATION_AUTO"):  # the default in OpenCV's FFmpeg backend; said, not assumed
             self.capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
         self.fps = _sane_fps(self.capture.get(cv2.CAP_PROP_FPS))
@@ -311,6 +319,7 @@ class CaptureSource(Source):
 
     live_default = True
     ends = False  # whether a clean close may be the stream's end (ENDING_SCHEMES)
+    is_file = False  # a file read as a capture (a GStreamer filesrc pipeline): its clean close is its end
 
     def __init__(self, name: str, open_capture: Callable[[], object | None], reconnect_s: float = 30.0,
                  read_timeout_s: float | None = None):
@@ -342,9 +351,9 @@ class CaptureSource(Source):
             if not ok or frame is None:
                 timed_out = self._timed_out(recent)
                 recent.clear()
-                if not timed_out and self.ends and self.frame_count:
-                    self._ended(position, f"the end of the {self.frame_count} frames it declared; not reopened, "
-                                          "which would replay it")
+                if not timed_out and self.ends and (self.frame_count or self.is_file):
+                    declared = f"the {self.frame_count} frames it declared" if self.frame_count else "its file"
+                    self._ended(position, f"the end of {declared}; not reopened, which would replay it")
                     return
                 if self._reconnect(timed_out):
                     continue
@@ -418,12 +427,22 @@ class CameraSource(CaptureSource):
 
 
 class StreamSource(CaptureSource):
+    """A URL opened through OpenCV's FFmpeg backend (``capture``: RTSP transport and latency, hardware decoding)."""
+
     kind = "stream"
 
-    def __init__(self, url: str, reconnect_s: float = 30.0, open_capture=None):
+    def __init__(self, url: str, reconnect_s: float = 30.0, open_capture=None, capture: CaptureOptions | None = None):
         self.ends = url.split("://", 1)[0].lower() in ENDING_SCHEMES
-        super().__init__(url, open_capture or (lambda: _open_stream(url)), reconnect_s,
-                         read_timeout_s=READ_TIMEOUT_MS / 1e3)
+        self.capture_options = capture or CaptureOptions()
+        opener = open_capture or (lambda: _open_stream(url, self.capture_options))
+
+        def open_and_record():
+            opened = opener()
+            if opened is not None:  # each reopen may land on another decoder
+                self.hw_decode = hw_decode_record(self.capture_options, opened)
+            return opened
+
+        super().__init__(url, open_and_record, reconnect_s, read_timeout_s=READ_TIMEOUT_MS / 1e3)
 
     def _cannot_open(self) -> str:
         return (f"stream {self.name} cannot be opened within {OPEN_TIMEOUT_MS // 1000} s: check the URL, "
@@ -437,9 +456,9 @@ def _opened(capture):
     return None
 
 
-def _open_stream(url: str):
+def _open_stream(url: str, options: CaptureOptions):
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
-    return _opened(cv2.VideoCapture(url, cv2.CAP_FFMPEG, params))
+    return _opened(open_ffmpeg(url, options, params))
 
 
 class FramesSource(Source):
@@ -469,25 +488,58 @@ class FramesSource(Source):
         self.end = "ended"
 
 
-def open_source(spec, reconnect_s: float = 30.0) -> Source:
-    """The source named by ``spec``: a Source, camera index, URL, folder, glob, image or video path."""
+def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None = None) -> Source:
+    """The source named by ``spec``: a Source, camera index, GStreamer pipeline, ``csi://N``, URL,
+    folder, glob, image or video path. ``capture``: how FFmpeg opens video files and URLs (RTSP
+    transport and latency for rtsp:// only, hardware decoding); a DronsegError where it cannot apply."""
     if isinstance(spec, Source):
         return spec
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit() and not Path(spec).exists()):
-        return CameraSource(int(spec), reconnect_s)
+    options = capture or CaptureOptions()
     text = str(spec)
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit() and not Path(spec).exists()):
+        _check_capture_options(options, text, "a camera index (V4L2)")
+        return CameraSource(int(spec), reconnect_s)
+    from dronseg_edge.pipeline import gstreamer  # here: gstreamer.py builds on CaptureSource, defined above
+
+    if gstreamer.is_pipeline(text) and not Path(text).expanduser().exists():
+        _check_capture_options(options, text, "a GStreamer pipeline, which chooses its own decoder and transport "
+                                              "(rtspsrc protocols=tcp latency=N; nvv4l2decoder on a Jetson)")
+        return gstreamer.GStreamerSource(text, reconnect_s)
+    if text.lower().startswith("csi://"):
+        _check_capture_options(options, text, "a CSI camera")
+        _, pipeline = gstreamer.csi_pipeline(text)
+        return gstreamer.GStreamerSource(pipeline, reconnect_s, name=text, kind="camera")
     if "://" in text:
         scheme = text.split("://", 1)[0].lower()
         if scheme not in STREAM_SCHEMES:
-            raise DronsegError(f"source {text}: scheme {scheme}:// is not supported; use one of {', '.join(STREAM_SCHEMES)}")
-        return StreamSource(text, reconnect_s)
+            raise DronsegError(f"source {text}: scheme {scheme}:// is not supported; use one of "
+                               f"{', '.join(STREAM_SCHEMES)}, or csi://N")
+        _check_capture_options(options, text, f"a {scheme}:// stream", ffmpeg=True)
+        return StreamSource(text, reconnect_s, capture=options)
     path = Path(text).expanduser()
     if path.is_dir():
+        _check_capture_options(options, text, "an image folder")
         return ImageSource.from_folder(path)
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
+            _check_capture_options(options, text, "an image")
             return ImageSource([path], str(path))
-        return VideoSource(path)
+        _check_capture_options(options, text, "a video file", ffmpeg=True)
+        return VideoSource(path, capture=options)
     if any(ch in text for ch in "*?["):
+        _check_capture_options(options, text, "images")
         return ImageSource.from_glob(text)
     raise DronsegError(f"source {text} does not exist: {SOURCE_HELP}")
+
+
+def _check_capture_options(options: CaptureOptions, source: str, what: str, ffmpeg: bool = False) -> None:
+    """RTSP flags on a source that is not rtsp:// are a mistake (an error); --hw-decode on a source
+    FFmpeg does not decode (``ffmpeg``) has no effect (a warning)."""
+    given = options.rtsp_options_given
+    if given and not is_rtsp(source):
+        verb, pronoun = ("apply", "them") if len(given) > 1 else ("applies", "it")
+        raise DronsegError(f"{' and '.join(given)} {verb} to rtsp:// sources only, and {source} is {what}: "
+                           f"drop {pronoun}")
+    if options.hw_decode and not ffmpeg:
+        log.warning("--hw-decode has no effect on %s, %s: it applies to video files and streams FFmpeg decodes",
+                    source, what)

@@ -6,10 +6,13 @@ import time
 import cv2
 import numpy as np
 import pytest
+from fake_captures import CaptureRecorder
+from fake_captures import FakeCapture as ScriptedCapture
 from pipeline_media import read_video, rotate_video, scene, write_vfr_video, write_video
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline import sources
+from dronseg_edge.pipeline.capture_options import ACCELERATION_NAMES, CUDA_ACCELERATION, ENV_VAR, CaptureOptions
 from dronseg_edge.pipeline.sources import (CameraSource, FrameRecord, FramesSource, ImageSource, StreamSource,
                                            VideoSource, open_source)
 
@@ -251,3 +254,51 @@ def test_frames_source_wraps_arrays_and_rejects_wrong_dtype():
     assert isinstance(records[0], FrameRecord)
     with pytest.raises(DronsegError, match="uint8 BGR"):
         list(FramesSource([np.zeros((4, 4), np.float32)]).frames())
+
+
+def test_hw_decode_opens_a_video_and_records_the_acceleration_used(video_path):
+    with open_source(video_path, capture=CaptureOptions(hw_decode=True)) as source:
+        records = list(source.frames())
+    with open_source(video_path) as software:
+        expected = list(software.frames())
+    assert software.hw_decode == {"requested": False, "used": "none"}
+    assert source.hw_decode["requested"] and source.hw_decode["used"] in ACCELERATION_NAMES.values()
+    assert len(records) == 24 and {r.frame.shape for r in records} == {(80, 128, 3)}
+    if source.hw_decode["used"] == "none":  # pip's FFmpeg has no hardware decoder: the same software decode
+        assert all(np.array_equal(r.frame, e.frame) for r, e in zip(records, expected))
+
+
+def test_rtsp_transport_and_latency_reach_ffmpeg_at_every_open(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    recorder = CaptureRecorder(ScriptedCapture(2), ScriptedCapture(1, acceleration=CUDA_ACCELERATION))
+    recorder.install(monkeypatch)
+    options = CaptureOptions(rtsp_transport="udp", latency_ms=200, hw_decode=True)
+    source = open_source("rtsp://cam/7", reconnect_s=0.3, capture=options)
+    assert source.hw_decode == {"requested": True, "used": "none"}
+    with pytest.raises(RuntimeFailure, match="could not be reopened"):
+        list(source.frames())
+    first, reopen = recorder.calls[:2]
+    assert first.env == reopen.env == "rtsp_transport;udp|max_delay;200000|hw_decoders_any;cuda,vaapi.iHD"
+    assert first.api == cv2.CAP_FFMPEG and first.params[-2:] == [cv2.CAP_PROP_HW_ACCELERATION,
+                                                                 cv2.VIDEO_ACCELERATION_ANY]
+    assert cv2.CAP_PROP_READ_TIMEOUT_MSEC in first.params[::2]  # the stream's timeouts stay
+    assert source.hw_decode == {"requested": True, "used": "cuda"}  # as the reopened decoder reported
+    assert ENV_VAR not in os.environ  # put back after each open
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("video", "--rtsp-transport applies to rtsp:// sources only, and .*clip.mp4 is a video file: drop it"),
+    ("http://127.0.0.1/live.ts", "--rtsp-transport applies to rtsp:// sources only, and http://127.0.0.1/live.ts "
+                                 "is a http:// stream"),
+    ("57", "is a camera index"),
+])
+def test_rtsp_options_on_other_sources_are_refused(spec, message, video_path):
+    with pytest.raises(DronsegError, match=message):
+        open_source(str(video_path) if spec == "video" else spec, capture=CaptureOptions(rtsp_transport="tcp"))
+
+
+def test_hw_decode_on_images_is_a_warning(image_folder, caplog):
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        source = open_source(image_folder, capture=CaptureOptions(hw_decode=True))
+    assert len(list(source.frames())) == 3 and source.hw_decode is None
+    assert f"--hw-decode has no effect on {image_folder}, an image folder" in caplog.text

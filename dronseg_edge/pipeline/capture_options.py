@@ -1,0 +1,151 @@
+"""How video files and streams are opened through OpenCV's FFmpeg backend: RTSP transport and
+latency, hardware decoding, and which acceleration the decoder ended up using.
+
+OpenCV takes FFmpeg's demuxer options from one environment variable, ``OPENCV_FFMPEG_CAPTURE_OPTIONS``
+(``key;value`` pairs joined by ``|``), read when a capture opens. :func:`open_ffmpeg` sets it for that
+open only, under a lock, and puts back what was there. Options a user already set there are kept;
+ours come after them and win on the same key.
+
+- ``--rtsp-transport tcp|udp``: FFmpeg's ``rtsp_transport``. Without it, OpenCV asks for
+  ``rtsp_flags=prefer_tcp`` (TCP first), which this module keeps whenever it sets the variable.
+- ``--latency-ms N``: FFmpeg's ``max_delay`` (microseconds): how long the RTSP demuxer holds packets
+  arriving over UDP to put them back in order (FFmpeg's default 100 ms; 0 turns reordering off).
+  Over TCP packets come in order and nothing is held. (A GStreamer ``rtspsrc`` has ``latency=N``.)
+- ``--hw-decode``: ``CAP_PROP_HW_ACCELERATION = VIDEO_ACCELERATION_ANY`` with ``hw_decoders_any`` set
+  to CUDA (NVDEC) first, then OpenCV's own default (VAAPI with Intel's iHD driver); a build whose
+  FFmpeg has neither decodes in software. OpenCV's ANY alone tries VAAPI only on Linux, never NVDEC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from dataclasses import dataclass
+
+import cv2
+
+from dronseg_edge.errors import DronsegError
+
+ENV_VAR = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+RTSP_TRANSPORTS = ("tcp", "udp")
+RTSP_SCHEMES = ("rtsp", "rtsps")
+# Tried in this order, then software. "cuda" is NVDEC through FFmpeg's CUDA device; "vaapi.iHD" is
+# OpenCV's own default for ANY on Linux (VAAPI, on a driver whose name holds "iHD").
+HW_DECODERS = "cuda,vaapi.iHD"
+# What CAP_PROP_HW_ACCELERATION reads after the open. OpenCV has no constant for CUDA: its FFmpeg
+# backend reports FFmpeg's CUDA device as 1 << 11.
+CUDA_ACCELERATION = 1 << 11
+_ACCELERATION_NAMES = {"VIDEO_ACCELERATION_NONE": "none", "VIDEO_ACCELERATION_ANY": "any",
+                       "VIDEO_ACCELERATION_D3D11": "d3d11", "VIDEO_ACCELERATION_VAAPI": "vaapi",
+                       "VIDEO_ACCELERATION_MFX": "mfx", "VIDEO_ACCELERATION_DRM": "drm"}
+ACCELERATION_NAMES = {int(getattr(cv2, constant)): name for constant, name in _ACCELERATION_NAMES.items()
+                      if hasattr(cv2, constant)}
+ACCELERATION_NAMES[CUDA_ACCELERATION] = "cuda"
+
+_env_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    """How FFmpeg opens a source; checked when made. ``rtsp_transport`` and ``latency_ms`` apply to
+    rtsp:// sources only, ``hw_decode`` to video files and streams (``open_source`` says so otherwise)."""
+
+    rtsp_transport: str | None = None  # "tcp" or "udp"; None: OpenCV's default (TCP first)
+    latency_ms: int | None = None  # RTSP reordering delay over UDP; None: FFmpeg's default (100 ms)
+    hw_decode: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rtsp_transport is not None and self.rtsp_transport not in RTSP_TRANSPORTS:
+            raise DronsegError(f"--rtsp-transport {self.rtsp_transport} is not one of {', '.join(RTSP_TRANSPORTS)}: "
+                               "tcp gets through firewalls and loses nothing, udp has less delay on a clean network")
+        if self.latency_ms is not None and not (isinstance(self.latency_ms, int) and 0 <= self.latency_ms <= 60_000):
+            raise DronsegError(f"--latency-ms {self.latency_ms} must be a whole number of milliseconds from 0 "
+                               "(no reordering) to 60000")
+
+    @property
+    def rtsp_options_given(self) -> list[str]:
+        """The RTSP-only flags that were given, by their command-line names."""
+        return [flag for flag, value in (("--rtsp-transport", self.rtsp_transport), ("--latency-ms", self.latency_ms))
+                if value is not None]
+
+    def ffmpeg_options(self, url: str, existing: str | None) -> str | None:
+        """The value ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` takes while ``url`` opens, or None to leave it alone.
+
+        ``existing``: what the user has set there (kept, ours appended; theirs ``hw_decoders_any`` wins).
+        """
+        rtsp = is_rtsp(url)
+        ours: list[tuple[str, str]] = []
+        if rtsp and self.rtsp_transport:
+            ours.append(("rtsp_transport", self.rtsp_transport))
+        if rtsp and self.latency_ms is not None:
+            ours.append(("max_delay", str(self.latency_ms * 1000)))
+        if self.hw_decode and "hw_decoders_any" not in _keys(existing):
+            ours.append(("hw_decoders_any", HW_DECODERS))
+        if not ours:
+            return None
+        if existing:
+            pairs = [existing]
+        else:
+            # Setting the variable at all drops OpenCV's own RTSP default: keep it.
+            pairs = ["rtsp_flags;prefer_tcp"] if rtsp and not self.rtsp_transport else []
+        return "|".join(pairs + [f"{key};{value}" for key, value in ours])
+
+    def params(self) -> list[int]:
+        """``cv2.VideoCapture`` open parameters for hardware decoding (none without it)."""
+        return [cv2.CAP_PROP_HW_ACCELERATION, cv2.VIDEO_ACCELERATION_ANY] if self.hw_decode else []
+
+
+def _keys(options: str | None) -> set[str]:
+    return {pair.split(";", 1)[0].strip() for pair in (options or "").split("|") if pair.strip()}
+
+
+def is_rtsp(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in RTSP_SCHEMES if "://" in url else False
+
+
+@contextlib.contextmanager
+def capture_env(value: str | None):
+    """``OPENCV_FFMPEG_CAPTURE_OPTIONS = value`` inside the block (nothing changes for None), then
+    what was there before, also when the open fails; one open at a time, from any thread."""
+    if value is None:
+        yield
+        return
+    with _env_lock:
+        before = os.environ.get(ENV_VAR)
+        os.environ[ENV_VAR] = value
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(ENV_VAR, None)
+            else:
+                os.environ[ENV_VAR] = before
+
+
+def open_ffmpeg(target: str, options: CaptureOptions, params: list[int] | tuple = ()):
+    """``cv2.VideoCapture(target, CAP_FFMPEG, params + hardware decoding)`` with ``options``' FFmpeg
+    settings in the environment for the open; the capture is returned opened or not (the caller checks)."""
+    env = options.ffmpeg_options(target, os.environ.get(ENV_VAR))
+    all_params = [*params, *options.params()]
+    with capture_env(env):
+        if all_params:
+            return cv2.VideoCapture(target, cv2.CAP_FFMPEG, all_params)
+        return cv2.VideoCapture(target, cv2.CAP_FFMPEG)
+
+
+def acceleration_used(capture) -> str:
+    """The decoder's acceleration as OpenCV reports it after the open: none, cuda, vaapi, d3d11, mfx, drm."""
+    try:
+        value = capture.get(cv2.CAP_PROP_HW_ACCELERATION)
+    except cv2.error:
+        return "none"
+    if value is None or not math.isfinite(value):
+        return "none"
+    return ACCELERATION_NAMES.get(int(value), f"unknown ({int(value)})")
+
+
+def hw_decode_record(options: CaptureOptions, capture) -> dict:
+    """summary.json's ``hw_decode``: whether it was asked for, and the acceleration the decoder uses."""
+    return {"requested": options.hw_decode, "used": acceleration_used(capture)}
