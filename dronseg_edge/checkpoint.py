@@ -25,7 +25,8 @@ from dronseg_edge.atomic import atomic_path
 from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import ModelInfo, sha256_file
-from dronseg_edge.models import ARCHS, build_model
+from dronseg_edge.storage import storage_faults
+from dronseg_edge.models import ARCHS, build_model, output_stride_of
 
 FORMAT = "dronseg-edge-checkpoint"
 FORMAT_VERSION = 1
@@ -37,12 +38,14 @@ def model_state(model: nn.Module, arch: str, input_size: Sequence[int], *,
     """The part of a checkpoint that rebuilds ``model`` (built by ``models.build_model(arch)``).
 
     ``input_size`` is the training size (W, H); ``mean``/``std`` the RGB normalisation in 0..1 units.
-    Whether the aux head is stored is read off the model, so the flag can never disagree with the weights.
+    Whether the aux head is stored, and the output stride, are read off the model, so they can never
+    disagree with the weights.
     """
     return {
         "model": model.state_dict(),
         "arch": arch,
         "aux_loss": getattr(model, "aux_classifier", None) is not None,
+        "output_stride": output_stride_of(model, arch),
         "class_names": list(class_names),
         "palette": [list(colour) for colour in palette],
         "mean": list(mean),
@@ -114,11 +117,17 @@ def recorded_data_root(ckpt: dict[str, Any]) -> Path | None:
 
 
 def save_checkpoint(path: os.PathLike | str, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically (temporary file, then rename); adds the format tag and versions."""
+    """Write ``state`` atomically (temporary file, then rename); adds the format tag and versions.
+
+    A full or unwritable disk raises the one-line RuntimeFailure naming ``path`` (exit code 5), and
+    the file that was there before stays as it was.
+    """
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
                "torch_version": str(torch.__version__), **state}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # An open file, not a path: torch's C++ writer drops errno, its Python one keeps the OSError (storage.py).
+    with atomic_path(path) as tmp, storage_faults(path):
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
     return Path(path)
 
 
@@ -175,7 +184,7 @@ def _short_reason(exc: Exception) -> str:
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the model of a loaded checkpoint with its weights, in eval mode, on the CPU."""
     model = build_model(ckpt["arch"], num_classes=len(ckpt["class_names"]), weights="none",
-                        aux_loss=bool(ckpt.get("aux_loss", False)))
+                        aux_loss=bool(ckpt.get("aux_loss", False)), output_stride=ckpt.get("output_stride"))
     state = ckpt["model"]
     if ckpt.get("aux_loss") is False or getattr(model, "aux_classifier", None) is None:
         state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}

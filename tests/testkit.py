@@ -265,7 +265,7 @@ class FakeBackend(Backend):
 def mount_tmpfs(folder: Path, size: str = "3m", read_only: bool = False):
     """A real small file system at ``folder`` (tmpfs of ``size``, optionally read-only), for fault tests:
     a context manager that unmounts it afterwards. Skips the test where mounting is not allowed (not
-    root, or a container without CAP_SYS_ADMIN). ``remount_tmpfs`` resizes it (a user freeing space)."""
+    root, or a container without CAP_SYS_ADMIN). ``remount_tmpfs`` changes it (a user freeing space)."""
     import contextlib
     import subprocess
 
@@ -289,8 +289,8 @@ def mount_tmpfs(folder: Path, size: str = "3m", read_only: bool = False):
     return mounted()
 
 
-def remount_tmpfs(folder: Path, size: str) -> None:
-    """Resize the tmpfs of ``mount_tmpfs`` at ``folder`` to ``size``."""
+def remount_tmpfs(folder: Path, options: str) -> None:
+    """Change the tmpfs of ``mount_tmpfs`` at ``folder``: ``size=64m`` (space freed), ``ro`` or ``rw``."""
     import subprocess
 
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True, capture_output=True, timeout=30)
+    subprocess.run(["mount", "-o", f"remount,{options}", str(folder)], check=True, capture_output=True, timeout=30)

@@ -7,11 +7,22 @@ import sys
 import typer
 
 from dronseg_edge import __version__
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.atomic import is_storage_error, storage_failure
+from dronseg_edge.errors import DronsegError, RuntimeFailure
+
+# One paragraph (rich re-wraps help text): what a supervisor such as systemd can act on.
+EXIT_CODES_HELP = (
+    "Exit codes: 0 done; 1 `checks` found a FAIL; 2 usage or configuration error (fix the command, "
+    "do not restart); 3 an optional runtime (TensorRT, ONNX Runtime, CUDA) is missing; 4 a parity check "
+    "failed; 5 runtime failure a restart may cure (disk full or read-only, stream lost beyond "
+    "--reconnect-s, backend failed mid-run); 130 interrupted (Ctrl-C, SIGTERM). "
+    "systemd: Restart=on-failure with RestartPreventExitStatus=2 3 4."
+)
 
 app = typer.Typer(
     name="dronseg-edge",
     help="Drone-image segmentation (12 AeroScapes classes): synth, train, eval, submit, export, parity, infer, bench, checks.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -51,6 +62,21 @@ def main(argv: list[str] | None = None) -> None:
     except DronsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # A full or read-only disk that a command did not turn into its own message: still one line
+        # naming the path and the free space, with the runtime-failure code. Other OSErrors are bugs.
+        if not is_storage_error(exc):
+            raise
+        print(f"error: {storage_failure(exc, exc.filename or '.')}", file=sys.stderr)
+        sys.exit(RuntimeFailure.exit_code)
+    except ModuleNotFoundError as exc:  # an optional library this install set lacks: what to install
+        from dronseg_edge.cli.extras import missing_module_error
+
+        error = missing_module_error(exc)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

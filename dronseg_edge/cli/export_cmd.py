@@ -26,6 +26,25 @@ def _mb(path: Path) -> str:
     return f"{path.stat().st_size / 1e6:.1f} MB" if path.is_file() else "?"
 
 
+def _check_engine_options(options, formats: tuple[str, ...], fmt: str, triton_backend: Optional[str]) -> None:
+    """Engine-only options need an engine; the engine's options are validated (and DLA looked for) before any
+    ONNX work, so `--format all` does not write the ONNX file and then refuse the engine."""
+    import dataclasses
+
+    from dronseg_edge.errors import DronsegError
+
+    builds_engine = "engine" in formats or (fmt == "triton" and triton_backend == "tensorrt")
+    for option, value in (("--dla-core", options.dla_core), ("--builder-opt-level", options.builder_opt_level)):
+        if value is not None and not builds_engine:
+            raise DronsegError(f"{option} applies to TensorRT engines: add --format engine (or all), or drop it")
+    if "engine" in formats:
+        dataclasses.replace(options, fmt="engine")  # validates the engine's combination (e.g. --dla-core with fp32)
+    if options.dla_core is not None:
+        from dronseg_edge.export.tensorrt import check_dla_available
+
+        check_dla_available(options.dla_core)
+
+
 @app.command()
 def export(
     checkpoint: Path = typer.Argument(..., help="Training checkpoint (.pt), e.g. runs/x/weights/best.pt."),
@@ -61,10 +80,19 @@ def export(
                                     "(max softmax x 255)."),
     triton_backend: Optional[str] = typer.Option(None, "--triton-backend", help="--format triton: onnxruntime "
                                                  "(model.onnx, default) or tensorrt (model.plan built here: needs TensorRT)."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Engines: run the layers DLA supports on this DLA "
+                                           "core of a Jetson (AGX Orin: 0 or 1), the rest on the GPU; fp16/int8, "
+                                           "fixed shapes, TensorRT 10.x or 11.4.1+."),
+    builder_opt_level: Optional[int] = typer.Option(None, "--builder-opt-level", help="Engines: TensorRT builder "
+                                                    "optimisation level 0..5 (default TensorRT's 3; higher builds "
+                                                    "longer, may run faster)."),
 ) -> None:
     """Export a checkpoint to ONNX, a TensorRT engine or a Triton model repository; every file is parity-checked."""
     import dataclasses
 
+    from dronseg_edge.cli.extras import require_extra
+
+    require_extra("export", "export")  # before the imports below pull in torch and onnx
     from dronseg_edge.errors import DronsegError, ParityError
     from dronseg_edge.export import ExportOptions, export_artifact
     from dronseg_edge.export.parity_report import parity_report_path
@@ -72,6 +100,10 @@ def export(
 
     if fmt not in FORMAT_CHOICES:
         raise DronsegError(f"--format {fmt!r} is not one of {', '.join(FORMAT_CHOICES)}")
+    if out is not None:
+        from dronseg_edge.cli.outputs import check_out_dir
+
+        check_out_dir(out)  # before minutes of export work
     run_size = parse_size(size) if size is not None else None
     frames_size = parse_size(source_size) if source_size is not None else None
     if triton_backend is not None and fmt != "triton":
@@ -86,7 +118,9 @@ def export(
                             parity=parity, parity_data=parity_data, parity_images=parity_images,
                             thresholds=_thresholds(precision, min_agreement, max_miou_drop), out_dir=out,
                             workspace_gib=workspace, device=device, triton_backend=triton_backend or "onnxruntime",
-                            io=io, source_size=frames_size, confidence=confidence)
+                            io=io, source_size=frames_size, confidence=confidence, dla_core=dla_core,
+                            builder_opt_level=builder_opt_level)
+    _check_engine_options(options, formats, fmt, triton_backend)
     for one in formats:
         result = export_artifact(checkpoint, dataclasses.replace(options, fmt=one))
         for note in result.notes:
@@ -126,6 +160,9 @@ def parity(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
 ) -> None:
     """Compare two models (checkpoint, ONNX, engine) on the same images; exit 4 when they disagree."""
+    from dronseg_edge.cli.extras import require_extra
+
+    require_extra("export", "parity")
     from dronseg_edge.checkpoint import load_checkpoint
     from dronseg_edge.devices import resolve_device
     from dronseg_edge.errors import DronsegError, ParityError
@@ -136,6 +173,10 @@ def parity(
         raise DronsegError(f"--max-images {max_images} must be 1 or more")
     if json_path is not None and json_path.is_dir():
         raise DronsegError(f"--json {json_path} is a folder: give a file name, e.g. {json_path / 'parity.json'}")
+    if json_path is not None:
+        from dronseg_edge.cli.outputs import check_out_file
+
+        check_out_file(json_path, "--json")
     check_model_file(reference)
     torch_device = resolve_device(device)
     # A checkpoint reference is loaded here once; check_parity runs it and takes its validation split from it.

@@ -13,6 +13,11 @@ File names (in the checkpoint's run folder ``RUN/export/``, or beside a bare che
 
 A new artifact is written under a hidden pending name, checked, and only then renamed into
 place, so a failing export never replaces a good file of the same name.
+
+Faults: a full or unwritable disk is the one-line RuntimeFailure naming the artifact (exit code 5).
+An export claims its folder while it works (leftovers.FolderClaim); the hidden working files a
+killed export left there (EXPORT_LEFTOVERS) are removed by the next export into that folder, once
+no other live export holds it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +46,22 @@ from dronseg_edge.export.images import resolve_images
 from dronseg_edge.export.options import CALIB_IMAGES, EXPORT_PRECISIONS, FORMATS, PARITY_IMAGES, ExportOptions
 from dronseg_edge.export.parity import check_parity
 from dronseg_edge.export.parity_report import ParityReport, parity_report_path
+from dronseg_edge.leftovers import RANDOM, FolderClaim
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info, sidecar_path
+from dronseg_edge.storage import storage_faults
 
 __all__ = ["CALIB_IMAGES", "EXPORT_PRECISIONS", "FORMATS", "PARITY_IMAGES", "ExportOptions", "ExportResult",
            "artifact_path", "default_out_dir", "export_artifact", "reusable_artifact"]
+
+
+_PRECISION = "|".join(EXPORT_PRECISIONS)
+# The hidden names an export works under (tempfile's random part is RANDOM), all in the export folder.
+EXPORT_LEFTOVERS = ((".", re.compile(
+    rf"^\.(export|quantize)-{RANDOM}$"  # working folders (onnx.py, embedded.py, quantize.py, _write_onnx)
+    rf"|^\..+\.pending\.(onnx|engine)(\.json|\.data)?$"  # an artifact before its parity check
+    rf"|^\..+\.(onnx|engine|json|data|png)\.{RANDOM}\.tmp$"  # atomic.py's temporary files (png: parity pictures)
+    rf"|^\..+_({_PRECISION})(_plan)?\.({RANDOM}\.tmp|old-{RANDOM})$"  # triton.py's staged and swapped-out model folders
+)),)
 
 
 @dataclass
@@ -144,7 +162,7 @@ def _final_path(checkpoint: Path, train_size: tuple[int, int], options: ExportOp
     trt = tensorrt_env.import_tensorrt()
     identity = tensorrt_env.gpu_identity(_torch_device(options.device))
     return folder / engine_filename(base, options.precision, identity["gpu_name"], identity["compute_capability"],
-                                    str(trt.__version__))
+                                    str(trt.__version__), dla_core=options.dla_core)
 
 
 def _pending(final: Path) -> Path:
@@ -210,7 +228,10 @@ def export_artifact(checkpoint: Path, options: ExportOptions | None = None, /, *
     state = load_checkpoint(checkpoint, num_classes=NUM_CLASSES)
     source = _Source(checkpoint, state, ModelInfo.from_checkpoint(state))
     folder = ensure_writable_dir(options.out_dir if options.out_dir is not None else default_out_dir(checkpoint))
-    return _export(source, folder, options)
+    with FolderClaim(folder, EXPORT_LEFTOVERS) as claim, storage_faults(folder):
+        result = _export(source, folder, options)
+    note = claim.note("export")
+    return dataclasses.replace(result, notes=(note, *result.notes)) if note else result
 
 
 def _artifact_info(source: _Source, options: ExportOptions) -> ModelInfo:
@@ -242,9 +263,10 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
                                      max_images=options.calib_images, size=info.input_size, allow_synthetic=False)
     pending = _pending(final)
     try:
-        notes = _write_onnx(model_from_checkpoint(source.state), pending, info, options.precision, options.opset,
-                            calibration, options.calib_method)
-        return _check_and_place(source, options, pending, final, info, notes)
+        with storage_faults(final):  # exporters write where atomic.py cannot see: name the artifact
+            notes = _write_onnx(model_from_checkpoint(source.state), pending, info, options.precision, options.opset,
+                                calibration, options.calib_method)
+            return _check_and_place(source, options, pending, final, info, notes)
     finally:
         _discard(pending)
         if calibration is not None:
@@ -323,9 +345,11 @@ def _export_engine(source: _Source, folder: Path, options: ExportOptions, info: 
         notes = (f"built {made.path.name}" + ("" if check_onnx else " (its parity not checked: no onnxruntime)"),)
     pending = _pending(final)
     try:
-        engine_info = build_engine(made.path, pending, read_onnx_info(made.path), precision=options.precision,
-                                   workspace_gib=options.workspace_gib, device=options.device, opt_batch=options.batch)
-        return _check_and_place(source, options, pending, final, engine_info, notes)
+        with storage_faults(final):
+            engine_info = build_engine(made.path, pending, read_onnx_info(made.path), precision=options.precision,
+                                       workspace_gib=options.workspace_gib, device=options.device, opt_batch=options.batch,
+                                       dla_core=options.dla_core, builder_opt_level=options.builder_opt_level)
+            return _check_and_place(source, options, pending, final, engine_info, notes)
     finally:
         _discard(pending)
 

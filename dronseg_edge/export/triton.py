@@ -28,7 +28,7 @@ from pathlib import Path
 import onnx
 
 from dronseg_edge import __version__
-from dronseg_edge.atomic import ensure_writable_dir
+from dronseg_edge.atomic import ensure_writable_dir, storage_errors
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info
 
@@ -233,7 +233,15 @@ def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: 
                        workspace_gib=workspace_gib)
     final = root / name
     _check_replaceable(final)
-    staged = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root.parent))
+    with storage_errors(final):  # a full or read-only disk: one line naming the model folder, exit code 5
+        _stage_and_publish(artifact, final, filename, info, text)
+    return final
+
+
+def _stage_and_publish(artifact: Path, final: Path, filename: str, info: ModelInfo, text: str) -> None:
+    """Build the model folder under a hidden name beside the repository, then rename it to ``final``."""
+    name = final.name
+    staged = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=final.parent.parent))
     try:
         version = staged / "1"
         version.mkdir()
@@ -250,4 +258,3 @@ def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: 
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    return final

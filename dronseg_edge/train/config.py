@@ -24,6 +24,7 @@ class TrainConfig:
     weights: str = "coco"
     aux_loss: bool = False
     aux_weight: float = 0.4
+    output_stride: int | None = None  # None: the model's torchvision default (8 for the ResNets, 16 for MobileNetV3)
     bn_momentum: float | None = None  # None keeps the model's (torchvision MobileNetV3: 0.01)
     freeze_stages: int = 0
     unfreeze_epoch: int = 0  # 0: never unfreeze
@@ -67,6 +68,7 @@ class TrainConfig:
     val_at_start: bool = False  # score the initial weights as "epoch 0" (the baseline training must beat)
     tensorboard: bool = True
     plots: bool = True
+    mosaic_every: int = 5  # validation mosaics (image | truth | prediction) every N epochs and at the end; 0: none
     max_steps_per_epoch: int = 0  # 0: whole epoch (a cap for smoke runs and benchmarks)
     save_every_steps: int = 0  # also write weights/last.pt every N optimiser steps mid-epoch; 0: at epoch ends only
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -89,6 +91,8 @@ class TrainConfig:
             (self.bn_momentum is None or 0.0 < self.bn_momentum <= 1.0, f"--bn-momentum {self.bn_momentum}: must be in (0, 1]"),
             (self.freeze_stages >= 0, f"--freeze-stages {self.freeze_stages}: must be 0 or more"),
             (self.save_every_steps >= 0, f"--save-every-steps {self.save_every_steps}: must be 0 (epoch ends only) or more"),
+            (self.output_stride in (None, 8, 16), f"--output-stride {self.output_stride}: choose 8 or 16"),
+            (self.mosaic_every >= 0, f"--mosaic-every {self.mosaic_every}: must be 0 (no mosaics) or more"),
         ]
         for ok, message in checks:
             if not ok:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -11,17 +12,27 @@ import torch
 
 from dronseg_edge.checkpoint import TrainingState, load_checkpoint, model_state, save_checkpoint
 from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import DronsegError, RuntimeFailure
+from dronseg_edge.leftovers import RANDOM, FolderClaim
 from dronseg_edge.train import plots
 from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.distributed import DistContext, all_reduce_sum, barrier, cleanup_distributed, setup_distributed
 from dronseg_edge.train.loop import evaluate, train_one_epoch
+from dronseg_edge.train.mosaics import ValidationMosaic
 from dronseg_edge.metrics import SegmentationMetrics
 from dronseg_edge.train.precision import check_amp
 from dronseg_edge.train.rng import capture_rng_state, seed_everything
 from dronseg_edge.train.setup import (DataSetup, ModelSetup, build_criterion, build_loaders, optimizer_steps_per_epoch,
                                       prepare_data, prepare_model, prepare_run_dir, step_context)
 from dronseg_edge.train.tracking import MetricsLog
+
+# Hidden temporary files of the run folder's atomic writes: what a killed run may leave behind.
+RUN_LEFTOVERS = (
+    ("weights", re.compile(rf"^\.(last|best)\.pt\.{RANDOM}\.tmp$")),
+    (".", re.compile(rf"^\.(metrics\.csv|split\.json|config\.json|curves\.png|per_class\.png|confusion_matrix\.png)"
+                     rf"\.{RANDOM}\.tmp$")),
+    ("mosaics", re.compile(rf"^\.epoch_\d+\.png\.{RANDOM}\.tmp$")),
+)
 
 
 @dataclass
@@ -93,6 +104,11 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
     if history is not None:
         history.resume_from(progress.epoch)
     writer = CheckpointWriter(run_dir, is_main, cfg, setup, data)
+    # Held while the run works here: another run cleaning up must not take our temporary files for a killed run's.
+    claim = FolderClaim(run_dir, RUN_LEFTOVERS) if is_main else None
+    if claim is not None and claim.note("run"):
+        log(claim.note("run"))
+    mosaic = ValidationMosaic(loaders.val.dataset, run_dir / "mosaics", cfg.mosaic_every) if is_main and cfg.mosaic_every else None
     try:
         if cfg.val_at_start and progress.epoch == 0 and progress.partial is None:
             scores = evaluate(setup.model, criterion, loaders.val, ctx, metrics, show_progress=is_main)
@@ -121,6 +137,8 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
                 progress.val_result = evaluate(setup.model, criterion, loaders.val, ctx, metrics, show_progress=is_main)
                 row.update(_val_columns(progress.val_result))
+            if mosaic is not None and mosaic.due(epoch + 1, cfg.epochs):
+                mosaic.write(setup.model, ctx, epoch + 1)
             score = _score(row, cfg.best_metric)
             improved = score is not None and score > progress.best
             if improved:
@@ -133,8 +151,14 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
     finally:
         if history is not None:
             history.close()
+        if claim is not None:
+            claim.release()
     if is_main and cfg.plots and history is not None and history.rows:
-        _write_plots(run_dir, history.rows, progress.val_result)
+        try:
+            _write_plots(run_dir, history.rows, progress.val_result)
+        except RuntimeFailure as exc:
+            raise RuntimeFailure(f"{exc} (training finished: {writer.last} and {writer.best} are complete, "
+                                 "only the plots are missing)") from None
     log(f"done: best {cfg.best_metric} {progress.best:.4f} -> {writer.best}; last -> {writer.last}; metrics -> {run_dir / 'metrics.csv'}")
     return FitResult(run_dir, writer.best, writer.last, progress.best, history.rows if history else [])
 
@@ -160,12 +184,15 @@ class CheckpointWriter:
         return {**model_state(setup.model, self.cfg.model, self.cfg.size), **training.to_dict()}
 
     def save_epoch(self, progress: Progress, improved: bool) -> None:
+        """best.pt first, then last.pt: when a save fails (a full disk), last.pt still holds the epoch before,
+        so ``--resume last.pt`` trains this epoch again and writes both; the other order would resume
+        past an improvement that best.pt never received."""
         if not self.is_main:
             return
         state = self.state(progress)
-        save_checkpoint(self.last, state)
         if improved or not self.best.exists():
             save_checkpoint(self.best, state)
+        save_checkpoint(self.last, state)
 
     def mid_epoch_saver(self, progress: Progress, done: dict, per_epoch: int) -> Callable[[int, torch.Tensor, int], None]:
         """``train_one_epoch``'s ``on_step``: saves last.pt with the epoch's progress so far (``done``: what of

@@ -163,7 +163,8 @@ def prepare_model(cfg: TrainConfig, device: torch.device, steps_per_epoch: int, 
                   *, distributed: bool = False) -> ModelSetup:
     """The model on ``device`` with its optimiser, schedule (``cfg.epochs * steps_per_epoch`` optimiser steps)
     and scaler; resuming from the loaded checkpoint ``ckpt`` restores their states and the RNG states."""
-    model = build_model(cfg.model, num_classes=len(CLASS_NAMES), weights=cfg.weights, aux_loss=cfg.aux_loss)
+    model = build_model(cfg.model, num_classes=len(CLASS_NAMES), weights=cfg.weights, aux_loss=cfg.aux_loss,
+                        output_stride=cfg.output_stride)
     if cfg.bn_momentum is not None:
         set_bn_momentum(model, cfg.bn_momentum)
     channels_last = cfg.channels_last and device.type == "cuda"

@@ -1,14 +1,20 @@
-"""Per-epoch metrics: ``metrics.csv`` (rewritten atomically each epoch) and TensorBoard scalars."""
+"""Per-epoch metrics: ``metrics.csv`` (rewritten atomically each epoch) and TensorBoard scalars.
+
+metrics.csv is the record: a failed write of it stops the run (one line, exit code 5). TensorBoard
+is a view of the same numbers: a failed write there (a full disk, a read-only folder) prints one
+warning, turns TensorBoard logging off for the rest of the run, and training goes on.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from dronseg_edge.atomic import write_text_atomic
+from dronseg_edge.atomic import storage_failure, write_text_atomic
 
 
 LEADING_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_miou", "val_mdice", "val_competition",
@@ -18,17 +24,26 @@ LEADING_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_miou", 
 class MetricsLog:
     """Rows of scalars keyed by epoch; ``resume_from(epoch)`` drops rows a killed run wrote after its last checkpoint."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, warn: Callable[[str], None] | None = None):
         self.path = Path(run_dir) / "metrics.csv"
         self.rows: list[dict[str, Any]] = self._read() if self.path.is_file() else []
+        self.warn = warn or (lambda text: print(text, file=sys.stderr))
         self.writer = None
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            from dronseg_edge.train.events import ScalarEventFile
 
-                self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            log_dir = Path(run_dir) / "tensorboard"
+            try:
+                self.writer = ScalarEventFile(log_dir)
             except ImportError:  # tensorboard is a dependency, but a trimmed Jetson install may lack it
                 self.writer = None
+            except OSError as exc:
+                self._stop_tensorboard(exc, log_dir)
+
+    def _stop_tensorboard(self, exc: OSError, path: Path) -> None:
+        self.writer = None
+        self.warn(f"warning: TensorBoard logging stopped, training goes on ({storage_failure(exc, path)}); "
+                  f"{self.path.name} still gets every epoch")
 
     def _read(self) -> list[dict[str, Any]]:
         with open(self.path, newline="", encoding="utf-8") as handle:
@@ -49,14 +64,27 @@ class MetricsLog:
             writer.writerow({k: _format(r.get(k, "")) for k in columns})
         write_text_atomic(self.path, buffer.getvalue())
         if self.writer is not None:
-            for key, value in row.items():
-                if key != "epoch" and isinstance(value, (int, float)) and not math.isnan(float(value)):
-                    self.writer.add_scalar(key.replace("_", "/", 1), value, int(row["epoch"]))
-            self.writer.flush()
+            scalars = {key.replace("_", "/", 1): value for key, value in row.items()
+                       if key != "epoch" and isinstance(value, (int, float)) and not math.isnan(float(value))}
+            try:
+                self.writer.add_scalars(scalars, int(row["epoch"]))
+                self.writer.flush()
+            except OSError as exc:
+                path = self.writer.path
+                try:
+                    self.writer.close()
+                except OSError:
+                    pass  # the failed write is what gets reported
+                self._stop_tensorboard(exc, path)
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            path = self.writer.path
+            try:
+                self.writer.close()
+            except OSError as exc:
+                self._stop_tensorboard(exc, path)
+            self.writer = None
 
 
 def _format(value: Any) -> Any:

@@ -29,7 +29,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from dronseg_edge.atomic import atomic_path, ensure_writable_dir, write_json_atomic, write_text_atomic
+from dronseg_edge.atomic import atomic_path, ensure_writable_dir, storage_errors, write_json_atomic, write_text_atomic
 from dronseg_edge.classes import CLASS_NAMES, NUM_CLASSES
 from dronseg_edge.data.aeroscapes import IMAGE_DIR, MASK_DIR
 from dronseg_edge.data.synthetic.camera import flight, moved, random_view
@@ -38,6 +38,7 @@ from dronseg_edge.data.synthetic.scene import render_view
 from dronseg_edge.data.synthetic.worlds import FREQUENT, RARE, SKY, build_world
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.sizes import format_size
+from dronseg_edge.storage import low_space, short_write_failure
 
 TEST_MASK_DIR = Path("test_masks")
 VIDEO_NAME = "video.mp4"
@@ -183,7 +184,8 @@ def _render_video(root: Path, frames: int, size: tuple[int, int], fps: float, se
                         theme=str(rng.choice(["urban", "suburban"])), video=True)
     final = root / VIDEO_NAME
     # OpenCV picks the container from the file name, so the temporary name must end in .mp4.
-    fd, tmp_name = tempfile.mkstemp(prefix=".video.", suffix=".mp4", dir=root)
+    with storage_errors(final):
+        fd, tmp_name = tempfile.mkstemp(prefix=".video.", suffix=".mp4", dir=root)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -199,8 +201,15 @@ def _render_video(root: Path, frames: int, size: tuple[int, int], fps: float, se
                 tick()
         finally:
             writer.release()
-        _check_video(tmp, frames, size)
-        os.replace(tmp, final)
+        try:
+            _check_video(tmp, frames, size)
+        except DronsegError:
+            # OpenCV's writer fails silently: a short video on a nearly full disk is the disk's fault.
+            if low_space(root):
+                raise short_write_failure(final, "OpenCV wrote a short video") from None
+            raise
+        with storage_errors(final):
+            os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
     return final

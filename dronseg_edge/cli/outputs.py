@@ -1,0 +1,60 @@
+"""Output paths checked before a command starts work: an unwritable ``--out`` is one line and exit
+code 2 at once, not a failure after minutes of training, exporting or measuring."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from dronseg_edge.errors import DronsegError
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot be made or take a new file, or None when it can. Nothing is created.
+
+    A probe file is made and removed in ``folder``, or in its nearest existing parent when it does not
+    exist yet: it catches what ``os.access`` cannot (a read-only mount as seen by root, ACLs, NFS root
+    squash). The folder itself is created by the command when it writes, so a run refused for any
+    other reason leaves nothing behind.
+    """
+    existing = folder.absolute()
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dronseg-probe-", dir=existing)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return None
+
+
+def check_out_dir(path: os.PathLike | str, option: str = "--out") -> Path:
+    """Refuse an output folder ``path`` that cannot be created or written (DronsegError, exit code 2)."""
+    path = Path(path)
+    reason = _unwritable(path)
+    if reason is None:
+        return path
+    if path.is_dir():
+        raise DronsegError(f"output folder {path} ({option}) is not writable ({reason}): choose another folder, "
+                           "or make it writable")
+    raise DronsegError(f"cannot create output folder {path} ({option}): {reason}; choose another folder")
+
+
+def check_out_file(path: os.PathLike | str, option: str) -> Path:
+    """Refuse an output file ``path`` that is a folder, or whose folder cannot be created or written."""
+    path = Path(path)
+    if path.is_dir():
+        raise DronsegError(f"{option} {path} is a folder: give a file name inside it")
+    folder = path.parent
+    reason = _unwritable(folder)
+    if reason is None:
+        return path
+    if folder.is_dir():
+        raise DronsegError(f"{option} {path}: folder {folder} is not writable ({reason}); choose another path")
+    raise DronsegError(f"{option} {path}: cannot create its folder {folder} ({reason}); choose another path")

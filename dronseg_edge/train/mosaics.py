@@ -1,0 +1,91 @@
+"""Validation mosaics: image | truth | prediction for a fixed set of validation images, written as
+``RUN/mosaics/epoch_NNN.png`` every ``--mosaic-every`` epochs and after the last, beside the curves.
+
+The same images in every mosaic (spread evenly over the validation split), so a run's progress is seen
+on them epoch after epoch; rows are captioned with the image ID and that image's pixel accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX, PALETTE
+from dronseg_edge.pictures import caption, colour_classes, fit_width, grid_row, legend, stack_rows, write_png
+from dronseg_edge.train.loop import StepContext
+
+MOSAIC_IMAGES = 4
+MIN_TILE, MAX_TILE = 192, 384  # px width of one column: tiny training sizes are enlarged, large ones shrunk
+
+
+def mosaic_indices(count: int, wanted: int = MOSAIC_IMAGES) -> list[int]:
+    """``wanted`` indices spread evenly over ``count`` items, first and last included (fewer when there are fewer)."""
+    if count <= 0:
+        return []
+    if wanted <= 1 or count == 1:
+        return [0]
+    return sorted({round(i * (count - 1) / (wanted - 1)) for i in range(wanted)})
+
+
+class ValidationMosaic:
+    """Writes the mosaics of one run (``dataset``: the validation set, items ``(uint8 (3, H, W) RGB, uint8 (H, W) mask)``)."""
+
+    def __init__(self, dataset, folder: Path, every: int, count: int = MOSAIC_IMAGES,
+                 class_names: Sequence[str] = CLASS_NAMES, palette: Sequence[Sequence[int]] = PALETTE):
+        self.dataset, self.folder, self.every = dataset, Path(folder), int(every)
+        self.indices = mosaic_indices(len(dataset), count)
+        self.class_names, self.palette = list(class_names), [list(c) for c in palette]
+
+    def due(self, epoch: int, last_epoch: int) -> bool:
+        """Whether finished epoch ``epoch`` (1-based) gets a mosaic: every ``every``-th and the last."""
+        return self.every > 0 and bool(self.indices) and (epoch % self.every == 0 or epoch == last_epoch)
+
+    def path(self, epoch: int) -> Path:
+        return self.folder / f"epoch_{epoch:03d}.png"
+
+    @torch.no_grad()
+    def write(self, model: nn.Module, ctx: StepContext, epoch: int) -> Path:
+        """Predict the fixed images with ``model`` (left in eval mode, as ``evaluate`` leaves it) and write the PNG."""
+        items = [self.dataset[i] for i in self.indices]
+        images = torch.stack([image for image, _ in items])
+        masks = [mask.numpy() for _, mask in items]
+        model.eval()
+        with ctx.autocast():
+            logits = model(ctx.images(images))["out"]
+        predictions = logits.float().argmax(dim=1).cpu().numpy()
+        picture = mosaic_picture(images.permute(0, 2, 3, 1).numpy(), masks, predictions, self._names(),
+                                 self.class_names, self.palette, title=f"epoch {epoch}: image | truth | prediction")
+        return write_png(self.path(epoch), picture)
+
+    def _names(self) -> list[str]:
+        """Image IDs of the chosen items when the data set knows them (a Subset under DDP: its positions)."""
+        samples = getattr(self.dataset, "samples", None)
+        if samples is None:
+            return [f"#{i}" for i in self.indices]
+        return [str(getattr(samples[i], "image_id", f"#{i}")) for i in self.indices]
+
+
+def mosaic_picture(images_rgb: np.ndarray, masks: Sequence[np.ndarray], predictions: Sequence[np.ndarray],
+                   names: Sequence[str], class_names: Sequence[str], palette: Sequence[Sequence[int]],
+                   title: str = "image | truth | prediction") -> np.ndarray:
+    """One BGR picture: a row per image (image | truth | prediction), captions, and a legend of the classes shown.
+
+    ``images_rgb`` (N, H, W, 3) uint8; ``masks``/``predictions`` (H, W) class indices (IGNORE_INDEX: black).
+    """
+    width = min(max(images_rgb.shape[2], MIN_TILE), MAX_TILE)
+    rows, shown = [], set()
+    for image, truth, predicted, name in zip(images_rgb, masks, predictions, names):
+        labelled = truth != IGNORE_INDEX
+        accuracy = float((predicted[labelled] == truth[labelled]).mean()) if labelled.any() else float("nan")
+        tiles = [fit_width(np.ascontiguousarray(image[..., ::-1]), width),
+                 fit_width(colour_classes(truth, palette), width, nearest=True),
+                 fit_width(colour_classes(predicted, palette), width, nearest=True)]
+        rows.append(grid_row(tiles, [name, "truth", f"prediction ({100 * accuracy:.1f}% pixels right)"]))
+        shown.update(np.unique(truth[labelled]).tolist())
+        shown.update(np.unique(predicted).tolist())
+    total = 3 * width
+    return stack_rows([caption(total, title), *rows, legend(class_names, palette, total, present=sorted(shown))])

@@ -1,0 +1,76 @@
+"""Commands that need an extra say which, in one line, when this install lacks it (cli/extras.py).
+
+The real core-only install is tests/test_install_sets.py; here modules are hidden from this process.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import dronseg_edge.data.synthetic as synthetic
+from dronseg_edge.cli import main
+from dronseg_edge.cli.extras import INSTALL_FOR_MODULE, REQUIRED, missing_module_error, missing_modules, require_extra
+from dronseg_edge.errors import BackendUnavailable
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*map(str, args)])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_a_full_install_has_every_extra_the_commands_check():
+    assert missing_modules("train") == [] and missing_modules("export") == []
+
+
+def test_require_extra_names_every_missing_module_and_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "iterstrat", None)
+    with pytest.raises(BackendUnavailable) as info:
+        require_extra("train", "train")
+    message = str(info.value)
+    assert "`dronseg-edge train` needs the train extra, and matplotlib, iterative-stratification are not installed" in message
+    assert message.endswith("pip install 'dronseg-edge[train]'") and info.value.exit_code == 3
+
+
+def test_missing_torch_also_points_jetson_users_to_nvidia_wheels(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(BackendUnavailable, match="is not installed: pip install 'dronseg-edge\\[export\\]'; on a Jetson"):
+        require_extra("export", "export")
+
+
+def test_train_without_its_extra_fails_in_one_line_before_reading_data(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, out, err = run_cli(capsys, "train", "--data", tmp_path / "nowhere")
+    assert code == 3 and "Traceback" not in err
+    assert err.strip().splitlines() == ["error: `dronseg-edge train` needs the train extra, and matplotlib is not "
+                                        "installed: pip install 'dronseg-edge[train]'"]
+
+
+def test_an_optional_module_missing_inside_a_command_is_one_line(monkeypatch, tmp_path, capsys):
+    def needs_av(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'av'", name="av")
+
+    monkeypatch.setattr(synthetic, "synthesize", needs_av)
+    code, out, err = run_cli(capsys, "synth", tmp_path / "data")
+    assert code == 3 and "Traceback" not in err
+    assert err.strip() == "error: av (PyAV) is not installed, and this needs it: pip install 'dronseg-edge[video]'"
+
+
+def test_a_missing_module_of_our_own_is_a_bug_and_keeps_its_traceback(monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'dronseg_edge.nothing'", name="dronseg_edge.nothing")
+
+    monkeypatch.setattr(synthetic, "synthesize", broken)
+    with pytest.raises(ModuleNotFoundError):
+        main(["synth", str(tmp_path / "data")])
+    assert missing_module_error(ModuleNotFoundError(name="dronseg_edge.nothing")) is None
+
+
+def test_every_required_module_has_an_install_line():
+    for modules in REQUIRED.values():
+        for module in modules:
+            assert "pip install 'dronseg-edge[" in INSTALL_FOR_MODULE[module][1], module

@@ -1,0 +1,75 @@
+"""An output path that cannot be written is refused before any work starts, by every command: one line,
+exit code 2. Proven on a read-only mount (what root meets too) and, for other users, a 0555 folder."""
+
+import os
+import shutil
+
+import pytest
+from testkit import mount_tmpfs, remount_tmpfs
+
+from dronseg_edge.cli import main
+from dronseg_edge.cli.outputs import check_out_dir, check_out_file
+from dronseg_edge.errors import DronsegError
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def read_only(tmp_path_factory, tiny_checkpoint):
+    """A read-only file system holding a run folder with weights/last.pt."""
+    disk = tmp_path_factory.mktemp("ro") / "disk"
+    with mount_tmpfs(disk, size="64m"):
+        (disk / "run" / "weights").mkdir(parents=True)
+        shutil.copy2(tiny_checkpoint, disk / "run" / "weights" / "last.pt")
+        remount_tmpfs(disk, "ro")
+        yield disk
+
+
+COMMANDS = {
+    "train": lambda ckpt, data, ro: ["train", "--data", data, "--out", ro / "run2"],
+    "train --resume": lambda ckpt, data, ro: ["train", "--data", data, "--resume", ro / "run" / "weights" / "last.pt"],
+    "export": lambda ckpt, data, ro: ["export", ckpt, "--out", ro / "export"],
+    "parity --json": lambda ckpt, data, ro: ["parity", ckpt, ckpt, "--json", ro / "parity.json"],
+    "eval --json": lambda ckpt, data, ro: ["eval", ckpt, "--json", ro / "scores.json"],
+    "submit --out": lambda ckpt, data, ro: ["submit", ckpt, "--data", data, "--out", ro / "submission.csv"],
+    "bench --matrix --out": lambda ckpt, data, ro: ["bench", ckpt, "--matrix", "--out", ro / "matrix"],
+    "bench --json": lambda ckpt, data, ro: ["bench", ckpt, "--json", ro / "bench.json"],
+    "synth": lambda ckpt, data, ro: ["synth", ro / "data"],
+    "infer": lambda ckpt, data, ro: ["infer", ckpt, data / "imgs" / "imgs", "--out", ro / "infer", "--device", "cpu"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_refuses_a_read_only_output_at_once(command, read_only, tiny_checkpoint, synth_root, capsys):
+    code, stderr = run_cli(capsys, *COMMANDS[command](tiny_checkpoint, synth_root, read_only))
+    assert code == 2 and "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(read_only) in lines[0], stderr
+    assert "Read-only file system" in lines[0] or "not writable" in lines[0], lines[0]
+    assert sorted(os.listdir(read_only)) == ["run"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0555 folder anyway: the read-only mount test covers root")
+def test_a_folder_without_write_permission_is_refused(tmp_path, tiny_checkpoint, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    code, stderr = run_cli(capsys, "export", tiny_checkpoint, "--out", locked / "export")
+    assert code == 2 and stderr.startswith("error: cannot create output folder ") and "Permission denied" in stderr
+
+
+def test_the_checks_create_nothing(tmp_path):
+    assert check_out_dir(tmp_path / "new" / "folder") == tmp_path / "new" / "folder"
+    assert check_out_file(tmp_path / "deeper" / "x.json", "--json") == tmp_path / "deeper" / "x.json"
+    assert os.listdir(tmp_path) == []  # the probe files are gone, and no folder was made
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DronsegError, match=r"^cannot create output folder .*file/run \(--out\): .*file is a file; "):
+        check_out_dir(tmp_path / "file" / "run")
+    with pytest.raises(DronsegError, match=r"^--json .* is a folder: give a file name inside it$"):
+        check_out_file(tmp_path, "--json")

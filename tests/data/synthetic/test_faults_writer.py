@@ -1,0 +1,28 @@
+"""``synth`` on a disk that fills up: one line naming the file, exit code 5, and a data set without its
+CSVs (which are written last), so nothing reads it as finished."""
+
+import os
+import re
+
+from testkit import mount_tmpfs
+
+from dronseg_edge.cli import main
+
+
+def test_synth_on_a_real_full_disk_exits_5_and_leaves_no_finished_looking_data_set(tmp_path, capsys):
+    with mount_tmpfs(tmp_path / "disk", size="64k") as disk:  # about 15 of the 40 tiny images fit
+        root = disk / "data"
+        try:
+            main(["synth", str(root), "--images", "40", "--size", "96x64", "--video-frames", "0"])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        stderr = capsys.readouterr().err
+        assert code == 5 and "Traceback" not in stderr
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and re.fullmatch(
+            rf"error: cannot write {re.escape(str(root))}/(imgs/imgs|masks/masks|test_masks)/\d{{6}}_\d{{3}}\.(jpg|png): "
+            r"No space left on device \([0-9.]+ k?B free\): free some space or choose another --out", errors[0]), stderr
+        assert not [name for name in os.listdir(root) if name.endswith((".csv", ".json"))]
+        for folder, _dirs, files in os.walk(root):
+            assert not [name for name in files if name.startswith(".")], folder  # no temporary file left
