@@ -61,18 +61,25 @@ def h264_clip(source: Path, path: Path, frames: int | None = None) -> Path:
     return path
 
 
+# The child's peak memory is measured by a small parent: on Linux a child inherits its parent's
+# maximum resident set at fork (exec does not reset it), so timing from this process, which has
+# imported torch to make the model, would report at least this process's size for both commands.
+_MEASURE = ("import resource, subprocess, sys\n"
+            "code = subprocess.call(sys.argv[1:])\n"
+            "print('peak_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+            "sys.exit(code)\n")
+
+
 def _run(cmd: list[str]) -> dict:
     """Run ``cmd``; wall seconds, peak RSS (MiB) and its stdout."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(HERE.parent)})
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(HERE.parent)})
     wall = time.perf_counter() - start
-    out, err = proc.stdout.read(), proc.stderr.read()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-2000:]}")
-    return {"seconds": wall, "peak_mib": usage.ru_maxrss / 1024, "stdout": out}
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    peak = next(int(line.split()[1]) for line in reversed(proc.stderr.splitlines()) if line.startswith("peak_kib"))
+    return {"seconds": wall, "peak_mib": peak / 1024, "stdout": proc.stdout}
 
 
 def _infer_cmd(model: Path, video: Path, out: Path) -> list[str]:

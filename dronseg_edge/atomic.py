@@ -68,6 +68,8 @@ def ensure_writable_dir(path: Path, what: str = "output folder") -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is the run's failure (5), not a wrong option (2)
+            raise storage_failure(exc, path) from None
         raise DronsegError(f"cannot create {what} {path}: {exc.strerror or exc}; choose another output folder") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise DronsegError(f"{what} {path} is not writable; choose another output folder")

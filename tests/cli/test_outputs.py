@@ -2,6 +2,7 @@
 exit code 2. Proven on a read-only mount (what root meets too) and, for other users, a 0555 folder."""
 
 import os
+from pathlib import Path
 import shutil
 
 import pytest
@@ -73,3 +74,29 @@ def test_the_checks_create_nothing(tmp_path):
         check_out_dir(tmp_path / "file" / "run")
     with pytest.raises(DronsegError, match=r"^--json .* is a folder: give a file name inside it$"):
         check_out_file(tmp_path, "--json")
+
+
+def test_infer_refuses_an_unwritable_out_before_opening_the_model(tmp_path, monkeypatch, capsys):
+    from dronseg_edge.cli.app import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["infer", str(tmp_path / "missing.onnx"), str(tmp_path / "missing.mp4"), "--out", str(blocker / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot create output folder") and "--out" in err and "missing" not in err
+
+
+def test_a_full_disk_when_making_an_output_folder_is_a_runtime_failure(tmp_path, monkeypatch):
+    import errno
+
+    from dronseg_edge.atomic import ensure_writable_dir
+    from dronseg_edge.errors import RuntimeFailure
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    with pytest.raises(RuntimeFailure, match="No space left on device .*free"):
+        ensure_writable_dir(tmp_path / "new")
