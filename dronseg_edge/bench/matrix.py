@@ -1,8 +1,9 @@
-"""``bench CKPT --matrix``: every format x precision this machine can run, with parity and latency.
+"""``bench CKPT --matrix``: every format x precision this machine can run, with parity, accuracy and latency.
 
 Each variant is exported (or an existing export in the output folder is reused), compared with the
-checkpoint by the export issue's parity check, and timed by the same harness as ``bench``. A
-variant this machine cannot run becomes a row that says why instead of a crash.
+checkpoint by the export issue's parity check, scored against the ground truth of the validation
+split as ``eval`` scores it (export/accuracy.py: mIoU and competition Dice), and timed by the same
+harness as ``bench``. A variant this machine cannot run becomes a row that says why instead of a crash.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class MatrixRow:
     parity_passed: bool | None = None
     agreement: float | None = None  # fraction 0..1 of argmax pixels equal to the reference's
     miou_delta: float | None = None  # points, candidate - reference, when ground-truth masks exist
+    accuracy: dict[str, Any] | None = None  # miou, competition, images on the validation split (export/accuracy.py)
     result: BenchResult | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -75,6 +77,8 @@ class MatrixRow:
                 "tf32": self.variant.tf32, "label": self.variant.label, "status": self.status, "reason": self.reason,
                 "path": self.path, "file_mb": self.file_mb, "reused": self.reused, "parity_passed": self.parity_passed,
                 "agreement": self.agreement, "miou_delta": self.miou_delta, "parity": self.parity, "notes": self.notes,
+                "miou": (self.accuracy or {}).get("miou"), "competition": (self.accuracy or {}).get("competition"),
+                "accuracy": self.accuracy,
                 "result": self.result.to_dict() if self.result is not None else None}
 
 
@@ -130,8 +134,14 @@ def default_out_dir(checkpoint: Path) -> Path:
 
 def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *, size: tuple[int, int] | None = None,
                batch: int = 1, out_dir: Path | None = None, data: Path | None = None, parity: bool = True,
-               variants: Sequence[Variant] = DEFAULT_VARIANTS, log: Callable[[str], None] | None = None) -> list[MatrixRow]:
-    """Export (or reuse), check parity and time every variant of ``checkpoint``; one row per variant."""
+               variants: Sequence[Variant] = DEFAULT_VARIANTS, log: Callable[[str], None] | None = None,
+               accuracy: bool = True) -> list[MatrixRow]:
+    """Export (or reuse), check parity, score (``accuracy``) and time every variant of ``checkpoint``; one row per variant.
+
+    Accuracy is on the validation split ``eval`` uses (export/accuracy.split_samples_for: the checkpoint's
+    recorded split, read from ``data`` or the checkpoint's data set); rows go without it, with a note,
+    when there is no such data set.
+    """
     from dronseg_edge.checkpoint import load_checkpoint
 
     checkpoint = Path(checkpoint)
@@ -141,6 +151,7 @@ def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *
     run_size = tuple(size) if size is not None else tuple(own_size)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint)
     say = log or (lambda text: None)
+    images = _eval_images(checkpoint, data, say) if accuracy else None
     rows = []
     for variant in variants:
         reason = skip_reason(variant, device)
@@ -151,7 +162,8 @@ def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *
         say(f"{variant.label}: running")
         try:
             with tf32_mode(variant.tf32):
-                rows.append(_run_variant(variant, checkpoint, device, timing, run_size, batch, out_dir, data, parity, say))
+                rows.append(_run_variant(variant, checkpoint, device, timing, run_size, batch, out_dir, data, parity, say,
+                                         images))
         except (DronsegError, RuntimeError) as exc:  # one broken variant must not hide the others' numbers
             message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             if "--calib-data" in message or "--parity-data" in message:
@@ -163,7 +175,7 @@ def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *
 
 def _run_variant(variant: Variant, checkpoint: Path, device: torch.device, timing: TimingSettings,
                  size: tuple[int, int], batch: int, out_dir: Path, data: Path | None, parity: bool,
-                 say: Callable[[str], None]) -> MatrixRow:
+                 say: Callable[[str], None], images=None) -> MatrixRow:
     row = MatrixRow(variant, "ok")
     if variant.fmt == "pytorch":
         row.path = str(checkpoint)
@@ -174,6 +186,9 @@ def _run_variant(variant: Variant, checkpoint: Path, device: torch.device, timin
                 _record_parity(row, checkpoint, candidate, data, device)
             finally:
                 candidate.deactivate()  # check_parity leaves backends it was given open
+        if images is not None:
+            _record_accuracy(row, checkpoint, images, device, batch, say, precision=variant.precision,
+                             cuda_graph=variant.cuda_graph)
         result = bench_model(checkpoint, device, timing, size=size, batch=batch, precision=variant.precision,
                              cuda_graph=variant.cuda_graph)
     else:
@@ -182,6 +197,9 @@ def _run_variant(variant: Variant, checkpoint: Path, device: torch.device, timin
         say(f"{variant.label}: {'reusing' if row.reused else 'exported'} {path}")
         if parity:
             _record_parity(row, checkpoint, path, data, device)
+        if images is not None:
+            _record_accuracy(row, path, images, device, batch, say,
+                             cuda_graph=variant.cuda_graph if device.type == "cuda" else None)
         result = bench_model(path, device, timing, batch=batch, cuda_graph=variant.cuda_graph if device.type == "cuda" else None)
     row.result = result
     row.notes = list(result.notes)
@@ -200,6 +218,35 @@ def _record_parity(row: MatrixRow, reference: Path, candidate, data: Path | None
     row.miou_delta = report.miou_delta
 
 
+def _eval_images(checkpoint: Path, data: Path | None, say: Callable[[str], None]):
+    """The validation images every row is scored on, or None (said once) when there are none."""
+    from dronseg_edge.checkpoint import load_checkpoint
+    from dronseg_edge.export.accuracy import split_samples_for
+
+    try:
+        info = ModelInfo.from_checkpoint(load_checkpoint(checkpoint), with_hash=False)
+        images = split_samples_for(checkpoint, info, data, "val")
+    except DronsegError as exc:
+        say(f"accuracy: not measured ({str(exc).splitlines()[0][:300]})")
+        return None
+    say(f"accuracy: {len(images.samples)} images, {images.source}")
+    return images
+
+
+def _record_accuracy(row: MatrixRow, model: Path, images, device: torch.device, batch: int,
+                     say: Callable[[str], None], **options) -> None:
+    from dronseg_edge.export.accuracy import score_backend
+
+    backend, _ = open_backend(model, device, **options)
+    try:
+        scores = score_backend(backend, images.samples, batch)
+    finally:
+        backend.deactivate()
+    row.accuracy = {"miou": scores["miou"], "competition": scores["competition"], "images": scores["images"],
+                    "split": images.split, "split_source": images.source, "data": str(images.root)}
+    say(f"{row.variant.label}: mIoU {scores['miou']:.4f}, competition Dice {scores['competition']:.4f}")
+
+
 def _export(variant: Variant, checkpoint: Path, size: tuple[int, int], batch: int, out_dir: Path,
             data: Path | None, device: torch.device) -> tuple[Path, bool]:
     """The artifact for ``variant``: an existing file export would write from this very checkpoint, else a fresh export.
@@ -214,8 +261,8 @@ def _export(variant: Variant, checkpoint: Path, size: tuple[int, int], batch: in
     return Path(result.path), result.reused
 
 
-MATRIX_HEADERS = ("format", "precision", "backend / provider", "file MB", "parity", "mIoU delta", "median ms",
-                  "p99 ms", "fps", "status")
+MATRIX_HEADERS = ("format", "precision", "backend / provider", "file MB", "parity", "mIoU delta", "mIoU",
+                  "comp. Dice", "median ms", "p99 ms", "fps", "status")
 
 
 def matrix_rows(rows: Sequence[MatrixRow]) -> list[list[str]]:
@@ -236,15 +283,17 @@ def matrix_rows(rows: Sequence[MatrixRow]) -> list[list[str]]:
             agreement = "ref" if (row.variant.fmt, row.variant.precision) == ("pytorch", "fp32") and r else "-"
         delta = f"{row.miou_delta:+.2f}" if row.miou_delta is not None else "-"
         size = f"{row.file_mb:.1f}" if row.file_mb is not None else "-"
+        scores = [f"{row.accuracy[key]:.4f}" if row.accuracy is not None else "-" for key in ("miou", "competition")]
         status = row.status if not row.reason else f"{row.status}: {row.reason}"
         if row.reused:
             status += " (reused)"
-        table.append([fmt, precision, provider, size, agreement, delta, *timing, status])
+        table.append([fmt, precision, provider, size, agreement, delta, *scores, *timing, status])
     return table
 
 
 def matrix_table(rows: Sequence[MatrixRow], markdown: bool = False) -> str:
-    """One table: format, precision, backend/provider, size MB, parity agreement %, mIoU delta, median/p99 ms, fps."""
+    """One table: format, precision, backend/provider, size MB, parity agreement %, mIoU delta, mIoU and
+    competition Dice on the validation split, median/p99 ms, fps."""
     return render_table(MATRIX_HEADERS, matrix_rows(rows), markdown=markdown)
 
 

@@ -30,7 +30,12 @@ def bench(
     markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as Markdown here."),
     matrix: bool = typer.Option(False, "--matrix", help="Export every format/precision this machine runs; parity + latency."),
     out: Optional[Path] = typer.Option(None, "--out", help="--matrix: folder for exported files (default: where `export` writes)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="--matrix: dataset root for parity/calibration images."),
+    data: Optional[Path] = typer.Option(None, "--data", help="--matrix: dataset root for parity/calibration images "
+                                        "and for each row's mIoU/competition Dice (default: the checkpoint's data set "
+                                        "and validation split)."),
+    meta: Optional[Path] = typer.Option(None, "--meta", help="Metadata for one .engine without its .engine.json "
+                                        "(built with trtexec or Polygraphy) or a foreign .onnx: the ONNX it was built "
+                                        "from, or a sidecar JSON."),
 ) -> None:
     """Measure latency (min/mean/median/p90/p95/p99/max ms) and throughput of model files, or a whole --matrix."""
     from dronseg_edge.bench.report import (build_document, check_output_file, latency_table, markdown_document,
@@ -56,6 +61,8 @@ def bench(
                                    "without CUDA graphs): drop it")
     elif out is not None or data is not None:
         raise DronsegError("--out and --data belong to --matrix: add --matrix or drop them")
+    if meta is not None and (matrix or len(models) != 1):
+        raise DronsegError("--meta describes one .onnx or .engine file: bench that file alone, without --matrix")
     if out is not None:
         from dronseg_edge.cli.outputs import check_out_dir
 
@@ -74,7 +81,8 @@ def bench(
         timing = dataclasses.replace(timing, include_transfers=True)  # timed on the host: the copies are in it
     # Every model is opened and shape-checked before anything is measured: a bad last file fails at once.
     prepared = [] if matrix else [prepare_bench(model, run_device, size=run_size, batch=batch, precision=precision,
-                                                cuda_graph=cuda_graph) for model in models]
+                                                cuda_graph=cuda_graph, backend_options={"meta": meta} if meta else None)
+                                  for model in models]
     settings = {"device": str(run_device), "size": format_size(run_size) if run_size else None, "batch": batch,
                 "precision": precision, "cuda_graph": "per row" if matrix else cuda_graph, "timing": timing.to_dict(),
                 "timer": timer_name(run_device)}

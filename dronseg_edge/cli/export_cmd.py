@@ -158,6 +158,9 @@ def parity(
                                                   "(default by the candidate's precision: fp32 99.9, fp16 99.5, int8 98)."),
     max_miou_drop: Optional[float] = typer.Option(None, "--max-miou-drop", help="Maximum mIoU loss vs ground truth, points."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    meta: Optional[Path] = typer.Option(None, "--meta", help="Metadata for a CANDIDATE .engine without its .engine.json "
+                                        "(built with trtexec or Polygraphy) or a foreign .onnx: the ONNX it was built "
+                                        "from, or a sidecar JSON."),
 ) -> None:
     """Compare two models (checkpoint, ONNX, engine) on the same images; exit 4 when they disagree."""
     from dronseg_edge.cli.extras import require_extra
@@ -181,7 +184,7 @@ def parity(
     torch_device = resolve_device(device)
     # A checkpoint reference is loaded here once; check_parity runs it and takes its validation split from it.
     ref = load_checkpoint(reference) if is_checkpoint(reference) else load_backend(reference, torch_device)
-    cand = load_backend(candidate, torch_device)  # opened here: its precision picks the default thresholds
+    cand = load_backend(candidate, torch_device, meta=meta)  # opened here: its precision picks the default thresholds
     try:
         report = check_parity(ref, cand, data, device=torch_device, max_images=max_images,
                               thresholds=_thresholds(cand.info.precision, min_agreement, max_miou_drop))

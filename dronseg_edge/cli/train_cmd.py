@@ -120,22 +120,39 @@ def _check_run_folder(out: Optional[Path], resume: Optional[Path]) -> None:
 
 @app.command("eval")
 def evaluate_command(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint written by `train` (weights/best.pt)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Data set root (default: the one the checkpoint trained on)."),
-    split: str = typer.Option("val", help="val (the run's validation split) | all (every image with a mask) | train"),
-    batch: int = typer.Option(4, min=1),
+    checkpoint: Path = typer.Argument(..., metavar="MODEL", help="A checkpoint written by `train` (weights/best.pt), "
+                                      "or an .onnx file or .engine exported from one (scored at its own input size)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data set root (default: the one the checkpoint trained on; "
+                                        "for an .onnx/.engine, the one its source checkpoint trained on)."),
+    split: str = typer.Option("val", help="val (the run's validation split) | all (every image with a mask) | train. "
+                              "For an .onnx/.engine: the split recorded in its source checkpoint (named in its metadata) "
+                              "when that file exists here; else, with --data, the split train makes by default "
+                              "(stratified, --val-fraction 0.2, --seed 0)."),
+    batch: int = typer.Option(4, min=1, help="Images per call (a static-batch .onnx/.engine takes its own)."),
     device: str = typer.Option("auto"),
-    workers: int = typer.Option(2, min=0),
+    workers: int = typer.Option(2, min=0, help="DataLoader workers (checkpoints)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores to this JSON file."),
+    meta: Optional[Path] = typer.Option(None, "--meta", help="Metadata for an .engine without its .engine.json "
+                                        "(built with trtexec or Polygraphy) or a foreign .onnx: the ONNX it was built "
+                                        "from, or a sidecar JSON."),
 ) -> None:
-    """Score a checkpoint (per-class IoU/Dice, mIoU, competition Dice) at the masks' native resolution."""
+    """Score a model (per-class IoU/Dice, mIoU, competition Dice) at the masks' native resolution."""
     from dronseg_edge.atomic import write_json_atomic
     from dronseg_edge.cli.outputs import check_out_file
+    from dronseg_edge.runtime.registry import check_model_file, is_checkpoint
     from dronseg_edge.train.evaluation import evaluate_checkpoint, format_scores
 
     if json_out:
         check_out_file(json_out, "--json")
-    result = evaluate_checkpoint(checkpoint, data=data, split=split, batch=batch, device=device, workers=workers)
+    if is_checkpoint(checkpoint) and meta is None:
+        result = evaluate_checkpoint(checkpoint, data=data, split=split, batch=batch, device=device, workers=workers)
+    else:
+        from dronseg_edge.export.accuracy import evaluate_artifact
+
+        check_model_file(checkpoint)
+        result = evaluate_artifact(checkpoint, data=data, split=split, batch=batch, device=device, meta=meta)
+        typer.echo(f"{checkpoint}: {result['precision']} {result['arch']} at {result['input_size'][0]}x"
+                   f"{result['input_size'][1]} on {result['backend']} ({result['provider']}); {result['split_source']}")
     typer.echo(format_scores(result))
     if json_out:
         write_json_atomic(json_out, result)

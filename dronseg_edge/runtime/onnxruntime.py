@@ -103,7 +103,13 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(path, device)
 
     def read_info(self) -> ModelInfo:
-        return read_onnx_info(self.path)
+        """Its ``metadata_props`` (``load_backend(..., meta=FILE)`` gives a foreign ONNX its metadata instead)."""
+        try:
+            return read_onnx_info(self.path)
+        except DronsegError as exc:
+            if "has no dronseg-edge metadata" not in str(exc):
+                raise
+            raise DronsegError(f"{exc}, or pass --meta FILE (a dronseg-edge ONNX or sidecar JSON describing it)") from None
 
     # -- session ------------------------------------------------------------------------------
     def _candidates(self, ort) -> list[str]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 from dronseg_edge.devices import Device, resolve_device, resolve_lean_device
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.metadata import SIDECAR_FORMAT, ModelInfo, read_onnx_info
 from dronseg_edge.runtime.base import Backend
 
 # The suffixes of a training checkpoint: export, parity and bench --matrix start from these files.
@@ -57,20 +59,48 @@ def backend_class(path: Path) -> type[Backend]:
     return getattr(importlib.import_module(module), name)
 
 
-def load_backend(path: str | Path, device="auto", **options) -> Backend:
+def read_meta_file(meta: str | Path) -> ModelInfo:
+    """``--meta FILE``: the metadata of an ONNX file (its ``metadata_props``) or of a sidecar JSON
+    (``model.engine.json``, or any JSON object of ModelInfo fields); DronsegError naming the fix."""
+    meta = Path(meta)
+    what = "pass the ONNX file the model was built from, or a dronseg-edge sidecar JSON (model.engine.json)"
+    if not meta.is_file():
+        raise DronsegError(f"--meta {meta} does not exist{' (a folder)' if meta.is_dir() else ''}: {what}")
+    if meta.suffix.lower() == ".onnx":
+        return read_onnx_info(meta)
+    if meta.suffix.lower() != ".json":
+        raise DronsegError(f"--meta {meta} is neither an .onnx nor a .json file: {what}")
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DronsegError(f"--meta {meta} cannot be read as JSON ({type(exc).__name__}): {what}") from None
+    if not isinstance(data, dict) or data.get("format", SIDECAR_FORMAT) != SIDECAR_FORMAT:
+        raise DronsegError(f"--meta {meta} is not a dronseg-edge metadata file: {what}")
+    return ModelInfo.from_dict({k: v for k, v in data.items() if k not in ("format", "engine")}, source=f"--meta {meta}")
+
+
+def load_backend(path: str | Path, device="auto", *, meta: str | Path | None = None, **options) -> Backend:
     """Construct (not yet activate) the backend for ``path`` and read its metadata; ``options`` go to its constructor.
 
     ``device``: a ``--device`` string, a ``torch.device`` or a ``devices.Device``. A string becomes a
     torch.device for a checkpoint and a torch-free Device for an ONNX file or engine (so running
     those never imports torch). Reading ``info`` here (the constructor does not) makes a foreign
     or damaged file fail where the command names it, before any device work.
+    ``meta`` (``--meta FILE``, see ``read_meta_file``): metadata for an ``.onnx``/``.engine`` that lacks
+    its own (an engine built with trtexec or Polygraphy, a foreign ONNX); it replaces the file's own
+    read. An engine so described has no build record: its GPU/TensorRT version is not checked
+    beforehand (a warning says so) and TensorRT's own deserialisation decides.
     """
     path = check_model_file(path)
+    if meta is not None and is_checkpoint(path):
+        raise DronsegError(f"--meta applies to .onnx and .engine files; checkpoint {path} carries its own metadata: drop --meta")
     cls = backend_class(path)
     if isinstance(device, (str, type(None))):
         device = resolve_device(device or "auto") if is_checkpoint(path) else resolve_lean_device(device or "auto")
     elif isinstance(device, Device) and is_checkpoint(path):
         device = resolve_device(str(device))
     backend = cls(path, device, **options)
+    if meta is not None:
+        backend.info = read_meta_file(meta)  # the cached property's value: the backend's own read never runs
     backend.info  # noqa: B018
     return backend

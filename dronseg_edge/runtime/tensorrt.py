@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
-from dronseg_edge.metadata import ModelInfo, read_engine_sidecar
+from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, sidecar_path
 from dronseg_edge.runtime import cuda_runtime, tensorrt_env
 from dronseg_edge.runtime.base import Backend, is_torch_tensor
 
@@ -86,6 +86,12 @@ class TensorRTBackend(Backend):
         super().__init__(path, device)
 
     def read_info(self) -> ModelInfo:
+        """The sidecar's metadata (``load_backend(..., meta=FILE)`` gives an engine without one its metadata instead)."""
+        side = sidecar_path(self.path)
+        if not side.is_file():  # built with trtexec or Polygraphy, or copied without it
+            raise DronsegError(f"engine {self.path} has no metadata file {side.name} beside it: pass --meta FILE (the ONNX "
+                               "it was built from, or a sidecar JSON), or rebuild it with `dronseg-edge export CHECKPOINT "
+                               "--format engine`, which writes both files")
         return read_engine_sidecar(self.path)
 
     @property
@@ -103,7 +109,10 @@ class TensorRTBackend(Backend):
             raise DronsegError(f"TensorRT engines run on NVIDIA GPUs only, not on --device {self.device}: use --device cuda")
         self._index = cuda_runtime.resolve_index(self.device)
         here = {"tensorrt_version": str(trt.__version__), **cuda_runtime.device_identity(self._index)}
-        problem = tensorrt_env.engine_mismatch(self.build, here)
+        problem = tensorrt_env.engine_mismatch(self.build, here) if self.build else None
+        if not self.build:  # metadata from --meta (an engine built elsewhere): no record of what built it
+            log.warning("engine %s has no build record (no sidecar): the GPU and TensorRT version it was built for "
+                        "could not be checked; TensorRT's own check decides", self.path.name)
         if problem:
             raise DronsegError(f"engine {self.path} {problem}: {self._rebuild_hint()}")
         logger = trt.Logger(trt.Logger.WARNING)

@@ -136,3 +136,30 @@ def test_pytorch_gpu_rows_report_their_cuda_graph(tiny_checkpoint, tmp_path):
     assert [r.status for r in (strict, eager, graph)] == ["ok", "ok", "ok"], [r.reason for r in (strict, eager, graph)]
     assert eager.result.cuda_graph is False and graph.result.cuda_graph is True
     assert graph.result.measurement.timer == "cuda-events" and graph.agreement is not None
+
+
+def test_rows_carry_miou_and_competition_dice_on_the_validation_split(trained_checkpoint, tmp_path):
+    variants = [Variant("pytorch", "fp32"), Variant("onnx", "fp32"), Variant("pytorch", "fp16")]
+    said = []
+    rows = run_matrix(trained_checkpoint, CPU, FAST, out_dir=tmp_path, variants=variants, parity=False, log=said.append)
+    torch_row, onnx_row, skipped = rows
+    assert any(line.startswith("accuracy: 8 images, val split recorded in") for line in said), said
+    for row in (torch_row, onnx_row):
+        assert row.accuracy["images"] == 8 and row.accuracy["split"] == "val" and 0.3 < row.accuracy["miou"] <= 1
+        assert row.to_dict()["miou"] == row.accuracy["miou"] and row.to_dict()["competition"] == row.accuracy["competition"]
+    assert abs(torch_row.accuracy["miou"] - onnx_row.accuracy["miou"]) < 0.005
+    assert skipped.accuracy is None and skipped.to_dict()["miou"] is None
+    table = matrix_table(rows).splitlines()
+    header = [h.strip() for h in table[0].split("  ") if h.strip()]
+    assert header[5:8] == ["mIoU delta", "mIoU", "comp. Dice"]
+    assert f"{onnx_row.accuracy['miou']:.4f}" in table[3] and f"{onnx_row.accuracy['competition']:.4f}" in table[3]
+    assert "| mIoU | comp. Dice |" in matrix_table(rows, markdown=True).replace("  ", " ")
+    json.dumps([r.to_dict() for r in rows])
+
+
+def test_rows_without_a_data_set_say_why_accuracy_is_missing(tiny_checkpoint, tmp_path):
+    said = []
+    rows = run_matrix(tiny_checkpoint, CPU, FAST, out_dir=tmp_path, variants=[Variant("pytorch", "fp32")], parity=False,
+                      log=said.append)
+    assert rows[0].status == "ok" and rows[0].accuracy is None
+    assert any(line.startswith("accuracy: not measured (") and "pass --data DIR" in line for line in said), said

@@ -200,3 +200,20 @@ def test_engine_on_cpu_is_refused_before_measuring(tiny_checkpoint, tmp_path, ca
     code, out, err = run_cli(capsys, tiny_checkpoint, engine, *FAST)
     assert code == 3  # BackendUnavailable
     assert_one_error_line(err, out, f"TensorRT engine {engine} runs on a CUDA GPU only")
+
+
+def test_meta_describes_one_file(tiny_checkpoint, tmp_path, capsys):
+    import onnx
+
+    from dronseg_edge.export import export_artifact
+
+    ours = export_artifact(tiny_checkpoint, device="cpu", out_dir=tmp_path, parity=False).path
+    graph = onnx.load(str(ours))
+    del graph.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(graph, str(foreign))
+    code, out, err = run_cli(capsys, foreign, *FAST, "--meta", ours)
+    assert code in (0, None), err
+    assert any(line.startswith("foreign.onnx") or "foreign.onnx" in line for line in out.splitlines() if "onnxruntime" in line)
+    code, out, err = run_cli(capsys, foreign, ours, *FAST, "--meta", ours)
+    assert_one_error_line(err, out, "--meta describes one .onnx or .engine file: bench that file alone, without --matrix")

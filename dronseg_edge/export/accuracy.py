@@ -1,0 +1,199 @@
+"""Accuracy of any artifact against ground truth: ``dronseg-edge eval model.onnx|.engine`` and bench --matrix.
+
+Scored as ``eval`` scores a checkpoint (train/evaluation.py, train/loop.evaluate), so the numbers of a
+``.pt`` and of its exports are comparable: each image is shrunk to the artifact's input size the
+way the runtime does it (``runtime/host.preprocess_host``: INTER_AREA, x / 255, mean/std; the same
+pixels training's data loader gives), the artifact runs, and the prediction is brought back to the
+mask's own (native) resolution before scoring: logits bilinearly, then argmax, as the checkpoint
+evaluation does; a class map (``head=argmax``, or a frames artifact's mask) by nearest neighbour.
+A frames artifact (``io=frames``) gets the uint8 frame itself (resized only to a static
+``source_size``) and returns its class map. Metrics are metrics.SegmentationMetrics.
+
+Which images (``split_samples_for``): ``--split all`` is every labelled image of the data set. For
+``val``/``train``: the split recorded in the source checkpoint when there is one (the file itself
+for a ``.pt``; the ``source_checkpoint`` an export records, when that file exists), read from
+``--data`` or else from the data set the checkpoint records; without such a checkpoint, the split
+training makes of ``--data`` by default (stratified, ``--val-fraction 0.2``, ``--seed 0``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dronseg_edge.checkpoint import load_checkpoint, recorded_data_root, recorded_split
+from dronseg_edge.classes import IGNORE_INDEX
+from dronseg_edge.data.aeroscapes import Sample, dataset_samples, read_mask, samples_for_ids, validate_samples
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.metrics import SegmentationMetrics
+from dronseg_edge.runtime.base import Backend
+from dronseg_edge.runtime.batching import pad_batch
+from dronseg_edge.runtime.host import class_map_host, preprocess_host, resize_frame
+from dronseg_edge.runtime.registry import is_checkpoint, load_backend
+
+# The split `train` makes when given no --val-fraction/--seed (train/config.py TrainConfig; a test keeps them equal).
+DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_SEED = 0
+SPLITS = ("val", "train", "all")
+
+
+@dataclass
+class EvalImages:
+    """The images to score on: ``samples`` of the data set at ``root``; ``source`` says where the split came from."""
+
+    samples: list[Sample]
+    root: Path
+    split: str
+    source: str
+
+
+def source_checkpoint(model: Path, info: ModelInfo) -> Path | None:
+    """The training checkpoint ``model`` comes from, when it exists here: the file itself for a ``.pt``,
+    else the ``source_checkpoint`` its metadata records."""
+    if is_checkpoint(model):
+        return Path(model)
+    recorded = info.extra.get("source_checkpoint")
+    return Path(recorded) if recorded and Path(recorded).is_file() else None
+
+
+def split_samples_for(model: Path, info: ModelInfo, data: Path | None, split: str = "val") -> EvalImages:
+    """The images ``model`` is scored on (see the module docstring); DronsegError naming the fix when none can be found."""
+    if split not in SPLITS:
+        raise DronsegError(f"--split {split!r}: choose val, train or all")
+    source = source_checkpoint(Path(model), info)
+    ckpt = load_checkpoint(source) if source is not None else None
+    root = Path(data) if data is not None else (recorded_data_root(ckpt) if ckpt is not None else None)
+    if root is None:
+        where = (f"its checkpoint {source} records no data set" if ckpt is not None else
+                 "its metadata names no source checkpoint that exists here")
+        raise DronsegError(f"{model}: no data set to score on ({where}): pass --data DIR (a data set in the Kaggle layout)")
+    if split == "all":
+        return EvalImages(dataset_samples(root, "train"), root, split, "every labelled image")
+    ids = recorded_split(ckpt, split) if ckpt is not None else []
+    if ids:
+        return EvalImages(samples_for_ids(root, ids), root, split, f"{split} split recorded in {source}")
+    return _default_split(root, info, split, source)
+
+
+def _default_split(root: Path, info: ModelInfo, split: str, source: Path | None) -> EvalImages:
+    """The split `train` would make of ``root`` with its defaults (stratified on class presence)."""
+    from dronseg_edge.data.split import stratified_split
+
+    samples = dataset_samples(root, "train")
+    stats = validate_samples(samples, num_classes=info.num_classes)
+    try:
+        train_ids, val_ids = stratified_split(stats.ids, stats.presence, DEFAULT_VAL_FRACTION, DEFAULT_SEED)
+    except ImportError:
+        raise DronsegError(f"recomputing the {split} split of {root} needs iterative-stratification: "
+                           "pip install 'dronseg-edge[train]', or score every image with --split all") from None
+    by_id = {s.image_id: s for s in samples}
+    why = f"(checkpoint {source} records none)" if source is not None else "(no source checkpoint found)"
+    return EvalImages([by_id[i] for i in (val_ids if split == "val" else train_ids)], root, split,
+                      f"{split} split recomputed as train makes it (stratified, val fraction {DEFAULT_VAL_FRACTION}, "
+                      f"seed {DEFAULT_SEED}) {why}")
+
+
+def score_backend(backend: Backend, samples: Sequence[Sample], batch: int = 4,
+                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """SegmentationMetrics.compute() of ``backend`` on ``samples`` (masks at their native size).
+
+    ``batch``: images per call for a dynamic artifact (a static one takes its own batch); the last
+    call is padded so every call has one shape (CUDA graphs are captured once).
+    """
+    info = backend.info
+    if not samples:
+        raise DronsegError(f"no images to score {backend.path} on: check --data and --split")
+    step = info.batch if (not info.dynamic and info.batch) else max(1, int(batch))
+    metrics = SegmentationMetrics(info.num_classes, IGNORE_INDEX, class_names=list(info.class_names))
+    for start in range(0, len(samples), step):
+        chunk = samples[start:start + step]
+        frames = [_read_bgr(s.image_path) for s in chunk]
+        masks = [read_mask(s.mask_path, info.num_classes) for s in chunk]
+        for output, mask in zip(_infer(backend, frames, step), masks):
+            metrics.update(_class_map(output, mask.shape), torch.from_numpy(mask))
+        if log is not None:
+            log(f"scored {min(start + step, len(samples))}/{len(samples)} images")
+    return metrics.compute()
+
+
+def _read_bgr(path: Path) -> np.ndarray:
+    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise DronsegError(f"image {path} cannot be read (missing, truncated or not an image): replace or remove it")
+    return frame
+
+
+def _infer(backend: Backend, frames: list[np.ndarray], step: int) -> list[np.ndarray]:
+    """Per frame: (C, h, w) float32 logits or an (h, w) class map, as numpy."""
+    info = backend.info
+    if info.io == "frames":
+        return _infer_frames(backend, frames, step)
+    batch, real = pad_batch(preprocess_host(frames, info), step)
+    return _to_numpy(_run(backend, batch))[:real]
+
+
+def _infer_frames(backend: Backend, frames: list[np.ndarray], step: int) -> list[np.ndarray]:
+    """A frames artifact: uint8 frames in its colour order, as they are (or at its static source_size)."""
+    info = backend.info
+    if info.source_size is not None and not info.dynamic:
+        frames = [resize_frame(f, *info.source_size) for f in frames]
+    if info.color_order == "RGB":
+        frames = [np.ascontiguousarray(f[:, :, ::-1]) for f in frames]
+    if len({f.shape for f in frames}) > 1:  # a dynamic graph takes one frame size per call
+        return [out for f in frames for out in _infer_frames_stacked(backend, [f], 1 if info.dynamic else step)]
+    return _infer_frames_stacked(backend, frames, step)
+
+
+def _infer_frames_stacked(backend: Backend, frames: list[np.ndarray], step: int) -> list[np.ndarray]:
+    batch, real = pad_batch(np.stack(frames), step)
+    return list(_to_numpy(_run(backend, batch))[:real])
+
+
+def _run(backend: Backend, batch: np.ndarray):
+    if backend.name == "torch":  # the PyTorch backend takes tensors only
+        return backend.infer(torch.from_numpy(batch).to(backend.device))
+    return backend.infer(batch)
+
+
+def _to_numpy(out) -> np.ndarray:
+    if isinstance(out, torch.Tensor):
+        out = out.detach().cpu()
+        return (out.float() if out.is_floating_point() else out).numpy()
+    return np.asarray(out)
+
+
+def _class_map(output: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+    """(H, W) int64 classes at the mask's size: logits upsampled bilinearly then argmax (as eval of a
+    checkpoint does), a class map by nearest neighbour."""
+    if output.ndim == 3:
+        logits = torch.from_numpy(np.ascontiguousarray(output, np.float32)).unsqueeze(0)
+        if tuple(logits.shape[-2:]) != tuple(shape):
+            logits = F.interpolate(logits, size=tuple(shape), mode="bilinear", align_corners=False)
+        return logits.argmax(dim=1)[0]
+    return torch.from_numpy(class_map_host(output, shape[0], shape[1]).astype(np.int64))
+
+
+def evaluate_artifact(model: Path, data: Path | None = None, split: str = "val", batch: int = 4, device="auto",
+                      meta: Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Scores of an ``.onnx``/``.engine`` (or ``.pt``) file on ``split``: the metrics dict of SegmentationMetrics
+    plus provenance (model, data, split, split_source, arch, input_size, precision, backend, provider, class_names).
+
+    ``meta``: metadata for a file without its own (``--meta``: the ONNX an engine was built from, or a sidecar JSON).
+    """
+    backend = load_backend(model, device, meta=meta)
+    images = split_samples_for(Path(model), backend.info, data, split)
+    try:
+        scores = score_backend(backend, images.samples, batch, log)
+    finally:
+        backend.deactivate()
+    info = backend.info
+    return {"model": str(model), "data": str(images.root), "split": split, "split_source": images.source,
+            "arch": info.arch, "input_size": list(info.input_size), "precision": info.precision, "io": info.io,
+            "backend": backend.name, "provider": backend.provider, "class_names": list(info.class_names), **scores}
