@@ -1,9 +1,12 @@
-"""Model latency: the four architectures x backends x precisions, batch 1 and 4, at 1280x720.
+"""Model latency: the four architectures (the ResNets at output stride 8 and 16) x backends x precisions,
+batch 1 and 4, at 1280x720.
 
 Every (architecture, batch) runs the same variants side by side in one process, baselines first
 (PyTorch strict fp32 without TF32, PyTorch default fp32 eager, then fp16, CUDA graph, ONNX Runtime,
 TensorRT), through the package's own harness (dronseg_edge.bench: CUDA events on a GPU, warm-up,
-percentiles). Variants this machine cannot run are listed with the reason.
+percentiles). Variants this machine cannot run are listed with the reason. Each output stride is a
+model of its own (its own checkpoint, exports and rows, labelled ``ARCH OS8`` / ``ARCH OS16``); the
+MobileNetV3 models exist at output stride 16 only.
 
     python benchmarks/latency.py                                    # GPU: all four archs, 1280x720, batch 1 and 4
     python benchmarks/latency.py --quick --size 320x180 --device cpu  # smoke run on a CPU
@@ -35,7 +38,8 @@ from dronseg_edge.bench.timing import TimingSettings
 from dronseg_edge.checkpoint import load_checkpoint, model_state, save_checkpoint
 from dronseg_edge.devices import device_description, resolve_device
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.models import ARCHS, build_model
+from dronseg_edge.metadata import default_output_stride
+from dronseg_edge.models import ARCHS, build_model, output_strides
 from dronseg_edge.sizes import format_size, parse_size
 
 VARIANTS = (
@@ -58,6 +62,9 @@ PEAK_FP16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200"
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default=",".join(ARCHS), help="comma-separated architectures")
+    parser.add_argument("--output-strides", default="8,16",
+                        help="output strides to measure, each as its own rows, where the arch has them (ResNets: 8 and "
+                             "16; MobileNetV3: 16 only, measured at 16 whatever this says)")
     parser.add_argument("--checkpoint", type=Path, action="append", default=[],
                         help="use this checkpoint (repeatable) instead of random-weight models")
     parser.add_argument("--size", default="1280x720", help="WxH")
@@ -80,12 +87,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def sane_checkpoint(arch: str, size: tuple[int, int], path: Path, device: torch.device) -> Path:
+def sane_checkpoint(arch: str, size: tuple[int, int], path: Path, device: torch.device, output_stride: int | None = None) -> Path:
     """Random weights with BatchNorm statistics calibrated by a few train-mode passes (cached by name)."""
     if path.is_file():
         return path
     torch.manual_seed(0)
-    model = build_model(arch, weights="none").to(device).train()
+    model = build_model(arch, weights="none", output_stride=output_stride).to(device).train()
     calib = (max(64, size[0] // 4), max(64, size[1] // 4))  # statistics, not resolution, matter here
     with torch.no_grad():
         for _ in range(4):
@@ -93,12 +100,12 @@ def sane_checkpoint(arch: str, size: tuple[int, int], path: Path, device: torch.
     return save_checkpoint(path, model_state(model.eval().cpu(), arch, size))
 
 
-def flops_per_frame(arch: str, size: tuple[int, int]) -> float:
+def flops_per_frame(arch: str, size: tuple[int, int], output_stride: int | None = None) -> float:
     """Forward FLOPs (2 x MACs) of one frame, counted on the meta device (no memory, no compute)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = build_model(arch, weights="none").eval()
+        model = build_model(arch, weights="none", output_stride=output_stride).eval()
         x = torch.empty(1, 3, size[1], size[0])
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -130,25 +137,45 @@ def synthetic_data(work: Path, size: tuple[int, int]) -> Path | None:
     return root
 
 
+def model_label(arch: str, output_stride: int) -> str:
+    """The arch column: stride-16 and stride-8 rows of one arch never share a label."""
+    return f"{arch} OS{output_stride}"
+
+
+def strides_for(arch: str, wanted: list[int]) -> list[int]:
+    """The wanted output strides ``arch`` exists at, or its only one (MobileNetV3: 16)."""
+    return [s for s in wanted if s in output_strides(arch)] or [default_output_stride(arch)]
+
+
+def parse_strides(text: str) -> list[int]:
+    try:
+        strides = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        strides = []
+    if not strides or any(s not in (8, 16) for s in strides):
+        raise DronsegError(f"--output-strides {text!r}: give 8, 16 or 8,16")
+    return sorted(set(strides))
+
+
 def device_slug(device: torch.device) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", device_description(device).split(" (")[0]).strip("-").lower()
 
 
-def row_cells(arch: str, batch: int, row: MatrixRow, floor_ms: float | None) -> list[str]:
+def row_cells(model: str, batch: int, row: MatrixRow, floor_ms: float | None) -> list[str]:
     r = row.result
     if r is None:
-        return [arch, str(batch), row.variant.label, "-", "-", "-", "-", "-", "-", fmt_ms(floor_ms), "-", "-",
+        return [model, str(batch), row.variant.label, "-", "-", "-", "-", "-", "-", fmt_ms(floor_ms), "-", "-",
                 f"{row.status}: {row.reason}"]
     s = r.measurement.latency
     per_frame = s.median_ms / batch
     ratio = f"{per_frame / floor_ms:.1f}" if floor_ms else "n/a"
     parity = (f"{100 * row.agreement:.2f}% " + ("PASS" if row.parity_passed else "FAIL")) if row.agreement is not None else "-"
-    return [arch, str(batch), row.variant.label, r.provider, fmt_ms(s.median_ms), fmt_ms(s.p99_ms), f"{100 * s.cv:.1f}",
+    return [model, str(batch), row.variant.label, r.provider, fmt_ms(s.median_ms), fmt_ms(s.p99_ms), f"{100 * s.cv:.1f}",
             fmt_ms(per_frame), fmt_fps(s.throughput_fps), fmt_ms(floor_ms), ratio, parity,
             row.status + (f": {row.reason}" if row.reason else "")]
 
 
-HEADERS = ("arch", "batch", "variant", "provider", "median ms", "p99 ms", "cv %", "ms/frame", "fps", "floor ms",
+HEADERS = ("model", "batch", "variant", "provider", "median ms", "p99 ms", "cv %", "ms/frame", "fps", "floor ms",
            "ratio", "parity", "status")
 
 
@@ -165,14 +192,16 @@ def main(argv=None) -> int:
     variants = [v for v in VARIANTS if (not wanted or any(w in v.label for w in wanted))
                 and not any(u in v.label for u in unwanted)]
     if args.checkpoint:
-        models = [(load_checkpoint(p)["arch"], p) for p in args.checkpoint]
+        loaded = [(load_checkpoint(p), p) for p in args.checkpoint]
+        models = [(c["arch"], int(c.get("output_stride") or default_output_stride(c["arch"])), p) for c, p in loaded]
     else:
         archs = [a.strip() for a in args.archs.split(",") if a.strip()]
         unknown = [a for a in archs if a not in ARCHS]
         if unknown:
             raise DronsegError(f"--archs {','.join(unknown)}: choose from {', '.join(ARCHS)}")
-        models = [(a, sane_checkpoint(a, size, args.work / "checkpoints" / f"{a}_{format_size(size)}.pt", device))
-                  for a in archs]
+        wanted = parse_strides(args.output_strides)
+        models = [(a, s, sane_checkpoint(a, size, args.work / "checkpoints" / f"{a}_os{s}_{format_size(size)}.pt", device, s))
+                  for a in archs for s in strides_for(a, wanted)]
     data = args.data or (synthetic_data(args.work, size) if parity or any(v.precision == "int8" for v in variants) else None)
     peak = peak_tflops(device, args.peak_tflops)
     system = system_info(device)
@@ -187,19 +216,21 @@ def main(argv=None) -> int:
     tag = f"-{re.sub(r'[^A-Za-z0-9_.]+', '-', args.tag)}" if args.tag else ""
     path = args.out / f"latency-{device_slug(device)}-{date[:10]}{tag}.json"
     entries, table = [], []
-    for arch, ckpt in models:
-        flops = flops_per_frame(arch, size)
+    for arch, stride, ckpt in models:
+        label = model_label(arch, stride)
+        flops = flops_per_frame(arch, size, stride)
         floor_ms = flops / (peak * 1e12) * 1e3 if peak else None
         for batch in batches:
             load = load_average()  # the machine may be shared: noisy rows are explained by this
-            print(f"== {arch} batch {batch} at {format_size(size)} (load average {load})", file=sys.stderr)
-            rows = run_matrix(ckpt, device, timing, size=size, batch=batch, data=data, parity=parity,
-                              variants=variants, out_dir=args.work / "exports" / arch / f"{format_size(size)}_b{batch}",
+            print(f"== {label} batch {batch} at {format_size(size)} (load average {load})", file=sys.stderr)
+            rows = run_matrix(ckpt, device, timing, size=size, batch=batch, data=data, parity=parity, variants=variants,
+                              out_dir=args.work / "exports" / f"{arch}_os{stride}" / f"{format_size(size)}_b{batch}",
                               log=lambda text: print("   " + text, file=sys.stderr))
             for row in rows:
-                table.append(row_cells(arch, batch, row, floor_ms))
-                entries.append({"arch": arch, "batch": batch, "checkpoint": str(ckpt), "gflops_per_frame": flops / 1e9,
-                                "floor_ms": floor_ms, "load_average_before": load, **row.to_dict()})
+                table.append(row_cells(label, batch, row, floor_ms))
+                entries.append({"arch": arch, "output_stride": stride, "model": label, "batch": batch, "checkpoint": str(ckpt),
+                                "gflops_per_frame": flops / 1e9, "floor_ms": floor_ms, "load_average_before": load,
+                                **row.to_dict()})
             # Written after every block, so a run that dies later (out of memory, Ctrl-C) keeps what it measured.
             write_results(path, date, system, settings, entries, table, complete=False, markdown=args.markdown)
     print(render_table(HEADERS, table))

@@ -40,6 +40,15 @@ COLOR_ORDERS = ("RGB", "BGR")
 MARKER_KEY = "dronseg_edge"  # present in every ONNX file this package writes; its value is the metadata layout version
 MARKER_VERSION = "1"
 SIDECAR_FORMAT = "dronseg-edge-engine"
+# Plain-language ONNX entries for people and other tools, derived from the ModelInfo fields on every write
+# (never read back: the fields are the contract); JSON strings like every other value.
+DESCRIPTION_KEYS = ("input_description", "output_description")
+
+
+def default_output_stride(arch: str) -> int:
+    """The output stride torchvision builds ``arch`` with: 16 for the MobileNetV3 models (only their last
+    stage is dilated), 8 for the DeepLabV3 ResNets; what every file written before the field existed has."""
+    return 16 if "mobilenet" in arch else 8
 
 
 @dataclass
@@ -51,7 +60,9 @@ class ModelInfo:
     ``io='frames'``: the graph takes (N, H, W, 3) uint8 frames in ``color_order`` at ``source_size``
     (W, H; None when ``dynamic``) and returns ``outputs``: ``mask`` (N, H, W) uint8 class map at the
     frame's size, and with ``confidence`` (N, H, W) uint8 max softmax x 255; ``input_size`` stays
-    the model's own input inside the graph. ``io='tensors'``: normalised float RGB NCHW at ``input_size``.
+    the model's own input inside the graph. ``io='tensors'``: normalised float RGB NCHW at ``input_size``,
+    pixel values x / 255 then (x - mean) / std per channel. ``output_stride``: input size / backbone
+    feature size (8 or 16; None becomes the arch's default, so files without the field read as built).
     """
 
     arch: str
@@ -71,7 +82,12 @@ class ModelInfo:
     source_size: tuple[int, int] | None = None
     color_order: str = "RGB"
     outputs: list[str] = field(default_factory=list)  # graph output names; [] = the head's one output
+    output_stride: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.output_stride is None:
+            self.output_stride = default_output_stride(self.arch)
 
     @property
     def num_classes(self) -> int:
@@ -114,6 +130,8 @@ class ModelInfo:
             raise DronsegError(f"{source}: metadata head {info.head!r} is not one of {HEADS}")
         if len(info.palette) != info.num_classes:
             raise DronsegError(f"{source}: metadata has {info.num_classes} classes but {len(info.palette)} colours")
+        if info.output_stride not in (8, 16):
+            raise DronsegError(f"{source}: metadata output_stride {info.output_stride!r} is not 8 or 16: re-export the file")
         return info
 
     @classmethod
@@ -135,6 +153,7 @@ class ModelInfo:
             batch=None,
             dynamic=True,
             source_sha256=sha256_file(Path(source)) if (with_hash and source) else "",
+            output_stride=ckpt.get("output_stride"),  # None (a checkpoint older than the field): the arch's default
         )
 
 
@@ -150,15 +169,84 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 # -- ONNX metadata_props ----------------------------------------------------------------------
 
 def set_onnx_metadata(model: "onnx.ModelProto", info: ModelInfo) -> "onnx.ModelProto":
-    """Replace the dronseg-edge entries of ``model.metadata_props`` with ``info`` (other entries stay)."""
+    """Replace the dronseg-edge entries of ``model.metadata_props`` with ``info``, and describe the graph's
+    input and outputs in plain words, in ``input_description``/``output_description`` and in the model's,
+    graph's, input's and outputs' doc strings (``describe_io``).
+
+    Every value is JSON: other tools' entries stay, JSON-encoded as a string where they were plain text
+    (onnxruntime's quantizer adds ``onnx.infer`` and ``onnx.quant.pre_process`` = ``onnxruntime.quant``).
+    """
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers][:1]
+    texts = describe_io(info, inputs[0].name if inputs else "input", [o.name for o in graph.output])
     fields = {key: json.dumps(value) for key, value in info.to_dict().items()}
+    fields["input_description"] = json.dumps(texts["input"])
+    fields["output_description"] = json.dumps(" ".join(texts["outputs"].values()))
     fields[MARKER_KEY] = MARKER_VERSION
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in fields]
+    kept = [(p.key, _as_json(p.value)) for p in model.metadata_props if p.key not in fields]
     del model.metadata_props[:]
     for key, value in kept + sorted(fields.items()):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
+    model.doc_string = graph.doc_string = texts["model"]
+    for value_info in inputs:
+        value_info.doc_string = texts["input"]
+    for value_info in graph.output:
+        value_info.doc_string = texts["outputs"].get(value_info.name, "")
     return model
+
+
+def _as_json(value: str) -> str:
+    try:
+        json.loads(value)
+    except ValueError:
+        return json.dumps(value)
+    return value
+
+
+def describe_io(info: ModelInfo, input_name: str, output_names: list[str]) -> dict[str, Any]:
+    """Plain-language contract of a graph: ``{'model': text, 'input': text, 'outputs': {name: text}}``.
+
+    What a stranger needs to feed the file: colour order, pixel scale, that ``input_size`` is
+    [width, height] while tensors are N x C x H x W (or N x H x W x 3 for frames graphs), and what
+    the outputs hold, in ``class_names`` order.
+    """
+    width, height = info.input_size
+    batch = "N (any)" if info.batch is None else str(info.batch)
+    classes = f"{info.num_classes} classes in class_names order (index i = class_names[i], colour palette[i])"
+    if info.io == "frames":
+        frame = "any H x W" if info.source_size is None else f"H x W = {info.source_size[1]} x {info.source_size[0]}"
+        text_in = (f"{input_name}: uint8 frames, shape {batch} x H x W x 3 (NHWC), {frame} (source_size is "
+                   f"[width, height]), channels in {info.color_order} order as cv2.imread and cv2.VideoCapture give "
+                   "them, values 0..255 unscaled; the graph itself resizes them to the model input (input_size "
+                   f"[width, height] = [{width}, {height}]), divides by 255 and normalises with mean/std.")
+        outputs = {name: (f"{name}: uint8 class map, shape {batch} x H x W at the frame's own size, each value a class index, "
+                          f"{classes}." if name != "confidence" else
+                          f"{name}: uint8, shape {batch} x H x W, the winning class's softmax probability x 255.")
+                   for name in output_names}
+        what = "uint8 BGR frames in, uint8 class map out (pre- and post-processing inside the graph)"
+    else:
+        size = ("H x W of any size (trained at input_size)" if info.dynamic
+                else f"H x W = {height} x {width} (input_size is [width, height] = [{width}, {height}])")
+        text_in = (f"{input_name}: float32 tensor, shape {batch} x 3 x H x W (NCHW), {size}; channels in "
+                   f"{info.color_order} order; each 0..255 pixel value x becomes (x / 255 - mean[c]) / std[c], "
+                   f"mean {_numbers(info.mean)}, std {_numbers(info.std)}.")
+        if info.head == "argmax":
+            outputs = {name: f"{name}: uint8 class map, shape {batch} x H x W, each value a class index, {classes}."
+                       for name in output_names}
+        else:
+            outputs = {name: (f"{name}: float32 raw logits (no softmax), shape {batch} x {info.num_classes} x H x W at the "
+                              "input's H x W; channel i scores class_names[i] (colour palette[i]); argmax over the "
+                              "channels gives the class map.") for name in output_names}
+        what = f"{info.color_order} float NCHW in, " + ("uint8 class map out" if info.head == "argmax" else "float logits out")
+    model = (f"dronseg-edge semantic segmentation ({info.arch}, output stride {info.output_stride}, {info.precision}): "
+             f"{what}. Class names, palette, mean/std and sizes are in the metadata_props (JSON values).")
+    return {"model": model, "input": text_in, "outputs": outputs}
+
+
+def _numbers(values: list[float]) -> str:
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
 
 
 def onnx_metadata_dict(model: "onnx.ModelProto", source: str = "ONNX file") -> dict[str, Any]:

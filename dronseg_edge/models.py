@@ -4,6 +4,14 @@
 replaced), ``imagenet`` (ImageNet backbone, fresh head), ``none`` (random init, for tests) or a
 path to a local ``.pt``/``.pth`` file (a torchvision state dict, a backbone state dict or a
 dronseg-edge checkpoint); matching tensors are copied, the rest keep their initialisation.
+
+``output_stride`` is input size / backbone feature-map size. torchvision builds the ResNet
+DeepLabV3s at 8 (layer3 and layer4 dilated instead of strided, ASPP rates 12, 24, 36) and both
+MobileNetV3 models at 16 (only the last stage dilated; DeepLabV3 keeps rates 12, 24, 36 there). The
+ResNets can also be built at 16: layer3 strides again, layer4 keeps dilation 2 and the ASPP rates
+halve to 6, 12, 18 (torchvision's own ``replace_stride_with_dilation=[False, False, True]``, and
+the DeepLabV3 paper's rates for stride 16), which cuts layer3, layer4 and the head about fourfold.
+The weights are the same tensors at either stride, so COCO/ImageNet weights load into both.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from torchvision.models import segmentation as seg
 
 from dronseg_edge.classes import NUM_CLASSES
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.metadata import default_output_stride
 
 # arch -> (builder, COCO segmentation weights, ImageNet backbone weights)
 ARCHS: dict[str, tuple[Callable[..., nn.Module], object, object]] = {
@@ -54,14 +63,44 @@ def supports_aux(arch: str) -> bool:
     return arch.startswith("deeplabv3")
 
 
+def output_strides(arch: str) -> tuple[int, ...]:
+    """The output strides ``arch`` can be built with (module docstring)."""
+    return (8, 16) if "resnet" in check_arch(arch) else (default_output_stride(arch),)
+
+
+def check_output_stride(arch: str, output_stride: int | None) -> int:
+    """``output_stride`` (None: the arch's torchvision default) if ``arch`` can be built with it, else a DronsegError."""
+    native = default_output_stride(check_arch(arch))
+    if output_stride is None:
+        return native
+    allowed = output_strides(arch)
+    if int(output_stride) not in allowed:
+        if len(allowed) == 1:
+            raise DronsegError(f"--output-stride {output_stride}: {arch} exists only at output stride {native} "
+                               "(torchvision dilates just its last stage); 8 is for the DeepLabV3 ResNet models")
+        raise DronsegError(f"--output-stride {output_stride}: choose one of {', '.join(map(str, allowed))}")
+    return int(output_stride)
+
+
+def output_stride_of(model: nn.Module, arch: str) -> int:
+    """The output stride ``model`` (built by ``build_model(arch)``) was built with."""
+    return int(getattr(model, "output_stride", None) or default_output_stride(arch))
+
+
 def build_model(
     arch: str = "deeplabv3_resnet101",
     num_classes: int = NUM_CLASSES,
     weights: str = "none",
     aux_loss: bool = False,
+    output_stride: int | None = None,
 ) -> nn.Module:
-    """Build ``arch`` with a ``num_classes`` head; returns a module whose forward gives ``{'out': (N,C,H,W)}``."""
+    """Build ``arch`` with a ``num_classes`` head; returns a module whose forward gives ``{'out': (N,C,H,W)}``.
+
+    ``output_stride`` 8 or 16 (None: the arch's default, see the module docstring); the model keeps it
+    as its ``output_stride`` attribute, which checkpoints record.
+    """
     builder, coco, imagenet = ARCHS[check_arch(arch)]
+    output_stride = check_output_stride(arch, output_stride)
     aux_loss = bool(aux_loss) and supports_aux(arch)
     choice = str(weights).lower()
     if choice == "coco":
@@ -78,7 +117,34 @@ def build_model(
             load_matching_weights(model, Path(weights))
     if not aux_loss and getattr(model, "aux_classifier", None) is not None:
         model.aux_classifier = None
+    if output_stride != default_output_stride(arch):
+        _set_resnet_output_stride(model, output_stride)
+    model.output_stride = output_stride
     return model
+
+
+# (stride of the first block, dilation of its 3x3 conv, dilation of the other blocks' 3x3 convs),
+# as torchvision's ResNet._make_layer lays them out for replace_stride_with_dilation [F, T, T] / [F, F, T].
+_RESNET_LAYOUTS = {
+    8: {"layer3": (1, 1, 2), "layer4": (1, 2, 4)},
+    16: {"layer3": (2, 1, 1), "layer4": (1, 1, 2)},
+}
+_ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
+
+
+def _set_resnet_output_stride(model: nn.Module, output_stride: int) -> None:
+    """Re-stride a DeepLabV3-ResNet in place: strides, dilations and paddings change, no tensor does."""
+    for name, (stride, first, rest) in _RESNET_LAYOUTS[output_stride].items():
+        for index, block in enumerate(model.backbone[name]):
+            dilation = first if index == 0 else rest
+            block_stride = stride if index == 0 else 1
+            block.conv2.stride, block.conv2.dilation, block.conv2.padding = (block_stride,) * 2, (dilation,) * 2, (dilation,) * 2
+            block.stride = block_stride
+            if block.downsample is not None:
+                block.downsample[0].stride = (block_stride,) * 2
+    aspp = model.classifier[0]
+    for branch, rate in zip(list(aspp.convs)[1:-1], _ASPP_RATES[output_stride]):  # [1x1, 3 atrous, pooling]
+        branch[0].dilation, branch[0].padding = (rate, rate), (rate, rate)
 
 
 def _download(build: Callable[[], nn.Module], weights_enum) -> nn.Module:

@@ -1,11 +1,12 @@
-"""Model construction: 12-class heads, local weights, stage freezing, the inference wrapper."""
+"""Model construction: 12-class heads, local weights, stage freezing, output stride, the inference wrapper."""
 
 import pytest
 import torch
 
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.models import (ARCHS, SegmentationNet, backbone_stages, build_model, freeze_backbone_stages,
-                                 keep_frozen_norms_in_eval, load_matching_weights, set_bn_momentum)
+from dronseg_edge.models import (ARCHS, SegmentationNet, backbone_stages, build_model, check_output_stride,
+                                 freeze_backbone_stages, keep_frozen_norms_in_eval, load_matching_weights,
+                                 output_stride_of, set_bn_momentum)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -84,3 +85,53 @@ def test_inference_wrapper_heads():
     assert torch.equal(classes.long(), logits.argmax(1))
     with pytest.raises(DronsegError, match="--head"):
         SegmentationNet(model, "softmax")
+
+
+def _conv_layout(module: torch.nn.Module, prefix: str) -> dict:
+    return {name: (conv.stride, conv.dilation, conv.padding) for name, conv in module.named_modules()
+            if isinstance(conv, torch.nn.Conv2d) and name.startswith(prefix)}
+
+
+def test_resnet_output_stride_16_is_torchvisions_own_layout_with_halved_aspp_rates():
+    """ResNet-50 stands for both ResNets: the same code walks layer3/layer4 of any depth (ResNet-101 costs 2x the time)."""
+    import torchvision
+
+    arch, resnet = "deeplabv3_resnet50", "resnet50"
+    with torch.device("meta"):
+        os16 = build_model(arch, output_stride=16, aux_loss=True)
+        os8 = build_model(arch, aux_loss=True)
+        expected16 = getattr(torchvision.models, resnet)(replace_stride_with_dilation=[False, False, True])
+        expected8 = getattr(torchvision.models, resnet)(replace_stride_with_dilation=[False, True, True])
+    assert _conv_layout(os16.backbone, "layer") == _conv_layout(expected16, "layer")
+    assert _conv_layout(os8.backbone, "layer") == _conv_layout(expected8, "layer")
+    assert [branch[0].dilation for branch in list(os16.classifier[0].convs)[1:-1]] == [(6, 6), (12, 12), (18, 18)]
+    assert [branch[0].dilation for branch in list(os8.classifier[0].convs)[1:-1]] == [(12, 12), (24, 24), (36, 36)]
+    x = torch.empty(2, 3, 64, 96, device="meta")
+    assert os16.backbone(x)["out"].shape[-2:] == (4, 6) and os8.backbone(x)["out"].shape[-2:] == (8, 12)
+    outputs = os16(x)
+    assert outputs["out"].shape == (2, 12, 64, 96) and outputs["aux"].shape == (2, 12, 64, 96)
+    assert (os16.output_stride, os8.output_stride) == (16, 8)
+    # Same tensors at both strides: weights (COCO, ImageNet, a checkpoint) load into either.
+    assert {k: v.shape for k, v in os16.state_dict().items()} == {k: v.shape for k, v in os8.state_dict().items()}
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"])
+def test_mobilenet_models_exist_at_output_stride_16_only(arch):
+    with torch.device("meta"):
+        model = build_model(arch, output_stride=16)
+        features = model.backbone(torch.empty(1, 3, 64, 96, device="meta"))
+    assert features["out" if "out" in features else "high"].shape[-2:] == (4, 6)  # LR-ASPP: its "high" branch
+    assert model.output_stride == 16 and output_stride_of(model, arch) == 16
+    assert check_output_stride(arch, None) == 16
+    with pytest.raises(DronsegError) as info:
+        build_model(arch, output_stride=8)
+    message = str(info.value)
+    assert message.startswith("--output-stride 8:") and "only at output stride 16" in message and "\n" not in message
+
+
+def test_output_stride_defaults_and_bad_values():
+    assert check_output_stride("deeplabv3_resnet101", None) == 8 and check_output_stride("deeplabv3_resnet50", 16) == 16
+    with pytest.raises(DronsegError, match="--output-stride 32: choose one of 8, 16"):
+        check_output_stride("deeplabv3_resnet101", 32)
+    with pytest.raises(DronsegError, match="--model"):
+        check_output_stride("unet", 16)

@@ -1,5 +1,8 @@
 """PyTorch model -> ONNX file: export in eval mode, check, simplify with onnxslim, stamp metadata.
 
+onnxslim is optional: without it the graph is written as exported (a one-line warning says so, and
+``extra.simplifier`` records it); the simplification only folds constants and tidies shapes.
+
 The exporter is chosen deliberately: TorchScript (``dynamo=False``) where this torch still has it,
 because it writes one self-contained file, handles DeepLabV3/LR-ASPP with dynamic axes and needs no
 extra package; the dynamo exporter (needs ``onnxscript``) only where TorchScript export is gone.
@@ -136,18 +139,32 @@ def _export_dynamo(net: nn.Module, example: torch.Tensor, dest: Path, opset: int
 
 
 def finish_graph(graph: onnx.ModelProto, info: ModelInfo, simplify: bool = True) -> onnx.ModelProto:
-    """Check, simplify (onnxslim) and name the output dimensions of an exported graph."""
+    """Check, simplify (onnxslim, when installed) and name the output dimensions of an exported graph.
+
+    With ``simplify``, ``info.extra['simplifier']`` says what simplified the graph, or why nothing did.
+    """
     _check(graph, "exported graph")
     if simplify:
-        import onnxslim
-
-        try:
-            graph = onnxslim.slim(graph)
-        except Exception as exc:  # a simplifier failure must not cost the user the export
-            log.warning("onnxslim could not simplify the graph (%s); keeping it as exported", str(exc).splitlines()[0][:200])
+        graph, info.extra["simplifier"] = _slim(graph)
     _name_output_dims(graph, info)
     _check(graph, "simplified graph")
     return graph
+
+
+def _slim(graph: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """(graph simplified by onnxslim, what did it) or (graph as exported, why not): never fails the export."""
+    try:
+        import onnxslim
+    except ImportError:
+        log.warning("onnxslim is not installed: the ONNX graph was not slimmed (it runs the same; "
+                    "pip install onnxslim, or the export extra, to simplify it)")
+        return graph, "none (onnxslim not installed)"
+    try:
+        return onnxslim.slim(graph), f"onnxslim {getattr(onnxslim, '__version__', '?')}"
+    except Exception as exc:  # a simplifier failure must not cost the user the export
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        log.warning("onnxslim could not simplify the graph (%s); keeping it as exported", reason)
+        return graph, f"none (onnxslim failed: {reason})"
 
 
 def _check(graph: onnx.ModelProto, what: str) -> None:

@@ -4,7 +4,8 @@ Both get the identical float32 batch (the runtime's own ``preprocess``, at the c
 size). Logits are compared element-wise (absolute and relative error, cosine similarity, NaN/Inf),
 class maps pixel-wise (argmax agreement, per-class IoU between the two), and, where ground-truth
 masks exist, both are scored against them (mean IoU/Dice and the difference). The verdict uses
-per-precision thresholds (parity_report.DEFAULT_THRESHOLDS) that callers can override.
+per-precision thresholds (parity_report.DEFAULT_THRESHOLDS) that callers can override. The image
+the two agree on least is kept, so a failed or borderline report can picture it (parity_picture.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dronseg_edge.checkpoint import load_checkpoint
 from dronseg_edge.devices import resolve_device, tf32_mode
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export.images import ImageSet, load_item, resolve_images
+from dronseg_edge.export.parity_picture import WorstImage
 from dronseg_edge.export.parity_report import GroundTruthScores, OutputStats, ParityReport, ParityThresholds
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.metrics import SegmentationMetrics, confusion_matrix, iou_from_confusion
@@ -214,6 +216,7 @@ def _compare(ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityTh
     between = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     ref_scores, cand_scores = SegmentationMetrics(num_classes), SegmentationMetrics(num_classes)
     gt_images = 0
+    worst = WorstImage(info.class_names, info.palette)
     items = images.items
     for start in range(0, len(items), batch):
         group = items[start:start + batch]
@@ -228,6 +231,8 @@ def _compare(ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityTh
         agree += int((ref_mask == cand_mask).sum())
         total += ref_mask.numel()
         between += confusion_matrix(cand_mask, ref_mask, num_classes)
+        for i, item in enumerate(group):
+            worst.update(item.image.name, frames[i], ref_mask[i], cand_mask[i])
         for i, mask in enumerate(masks):
             if mask is None:
                 continue
@@ -249,6 +254,7 @@ def _compare(ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityTh
         candidate_provider=cand.describe(), precision=info.precision, head=info.head, size=(width, height),
         images=len(items), data_source=images.source, outputs=[stats], class_names=list(info.class_names),
         class_iou=class_iou, ground_truth=ground_truth, thresholds=thresholds, synthetic_data=images.synthetic,
+        worst_image=worst,
     )
     judge(report)
     return report

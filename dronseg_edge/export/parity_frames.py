@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from dronseg_edge.export.embedded import frame_at
 from dronseg_edge.export.images import ImageSet, load_item
+from dronseg_edge.export.parity_picture import WorstImage
 from dronseg_edge.export.parity_report import GroundTruthScores, OutputStats, ParityReport, ParityThresholds
 from dronseg_edge.metrics import SegmentationMetrics, confusion_matrix, iou_from_confusion
 from dronseg_edge.runtime.base import Backend, preprocess
@@ -45,6 +46,7 @@ def compare_frames(ref: Backend, cand: Backend, images: ImageSet, thresholds: Pa
     ref_scores, cand_scores = SegmentationMetrics(num_classes), SegmentationMetrics(num_classes)
     gt_images = 0
     sizes = set()
+    worst = WorstImage(info.class_names, info.palette)
     items = images.items
     for start in range(0, len(items), batch):
         loaded = [load_item(item, num_classes) for item in items[start:start + batch]]
@@ -58,6 +60,7 @@ def compare_frames(ref: Backend, cand: Backend, images: ImageSet, thresholds: Pa
             agree += int((ref_mask == cand_mask).sum())
             total += ref_mask.numel()
             between += confusion_matrix(cand_mask, ref_mask, num_classes)
+            worst.update(items[start + i].image.name, frame, ref_mask, cand_mask)
             if mask is not None:
                 truth = torch.from_numpy(cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)).long()
                 ref_scores.update(ref_mask, truth)
@@ -75,5 +78,5 @@ def compare_frames(ref: Backend, cand: Backend, images: ImageSet, thresholds: Pa
         candidate_provider=cand.describe(), precision=info.precision, head=info.head, size=tuple(size),
         images=len(items), data_source=images.source + (f"; frames at {size[0]}x{size[1]}" if source else "; frames at their own sizes"),
         outputs=[stats], class_names=list(info.class_names), class_iou=class_iou, ground_truth=ground_truth,
-        thresholds=thresholds, synthetic_data=images.synthetic,
+        thresholds=thresholds, synthetic_data=images.synthetic, worst_image=worst,
     )

@@ -109,6 +109,8 @@ class ParityReport:
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     synthetic_data: bool = False
+    difference_picture: str | None = None  # file name of the PNG beside the saved report (failed or borderline only)
+    worst_image: Any = field(default=None, repr=False, compare=False)  # parity_picture.WorstImage; not saved
 
     def __bool__(self) -> bool:
         return bool(self.passed)
@@ -125,6 +127,7 @@ class ParityReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["worst_image"]
         data["size"] = list(self.size)
         data["status"] = "PASSED" if self.passed else "FAILED"
         data["agreement"] = self.agreement
@@ -136,6 +139,10 @@ class ParityReport:
         return _finite(data)
 
     def save(self, path: Path) -> Path:
+        """Write the JSON report, and for a failed or borderline one its difference picture beside it."""
+        from dronseg_edge.export.parity_picture import save_difference_picture
+
+        self.difference_picture = save_difference_picture(self, path)
         return write_json_atomic(path, self.to_dict())
 
     def summary_line(self) -> str:
@@ -185,6 +192,8 @@ class ParityReport:
         lines.append(f"thresholds ({self.precision}): agreement >= {100 * self.thresholds.min_agreement:g}%{drop}, no NaN/Inf")
         lines += [f"warning: {w}" for w in self.warnings]
         lines += [f"failed: {f}" for f in self.failures]
+        if self.difference_picture:
+            lines.append(f"where the classes differ on the worst image: {self.difference_picture} (beside the report)")
         lines.append(self.summary_line())
         return "\n".join(lines)
 

@@ -130,7 +130,9 @@ def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo
         # the runtimes, so the file stays plain ONNX that TensorRT parses.
         quantization.quant_pre_process(str(fp32_path), str(prepared), skip_optimization=True,
                                        skip_onnx_shape=False, skip_symbolic_shape=False)
-        # The calibrator prints its progress to stdout; the CLI's own output should stay readable.
+        # The calibrator prints its progress to stdout; the CLI's own output should stay readable. It also
+        # stamps onnx.infer / onnx.quant.pre_process = onnxruntime.quant (plain text) into the metadata:
+        # metadata.set_onnx_metadata stores such foreign entries as JSON strings, so every value parses.
         with contextlib.redirect_stdout(io.StringIO()):
             quantization.quantize_static(
                 str(prepared), str(dest), Reader(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import types
 
 import cv2
 import numpy as np
@@ -146,3 +147,69 @@ def test_no_parity_is_said_out_loud_and_drops_a_stale_report(tiny_checkpoint, tm
     assert code in (0, None), err
     assert "(parity NOT checked: --no-parity)" in out and not (tmp_path / "tiny_fp32.parity.json").exists()
     assert (tmp_path / "tiny_fp32.onnx").is_file()
+
+
+def _fake_tensorrt(version: str, dla_cores: int) -> types.ModuleType:
+    """Enough of ``tensorrt`` for the DLA check the export command runs before any ONNX work."""
+    module = types.ModuleType("tensorrt")
+    module.__version__ = version
+
+    class Logger:
+        WARNING = "WARNING"
+
+        def __init__(self, severity):
+            pass
+
+    class Builder:
+        num_DLA_cores = dla_cores
+
+        def __init__(self, logger):
+            pass
+
+    module.Logger, module.Builder = Logger, Builder
+    return module
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--dla-core", "0"], 2, "--dla-core applies to TensorRT engines"),
+    (["--builder-opt-level", "3"], 2, "--builder-opt-level applies to TensorRT engines"),
+    (["--format", "all", "--dla-core", "0"], 2, "DLA runs fp16 or int8 only"),
+    (["--format", "engine", "--precision", "fp16", "--dla-core", "0", "--dynamic"], 2, "DLA takes fixed shapes only"),
+    (["--format", "engine", "--builder-opt-level", "7"], 2, "--builder-opt-level 7 is not one of 0..5"),
+    (["--format", "all", "--precision", "fp16", "--dla-core", "0"], 3, "sees no DLA core on this machine"),
+    (["--format", "engine", "--precision", "fp16", "--dla-core", "0", "--trt", "11.1.0"], 3, "TensorRT 11.1.0 has no DLA"),
+    (["--format", "engine", "--precision", "fp16", "--dla-core", "2", "--cores", "2"], 2, "has 2 DLA cores (0..1)"),
+])
+def test_engine_options_are_refused_before_any_onnx_work(args, code, message, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    version, cores = "10.3.0", 0
+    if "--trt" in args:
+        version = args.pop(args.index("--trt") + 1)
+        args.remove("--trt")
+    if "--cores" in args:
+        cores = int(args.pop(args.index("--cores") + 1))
+        args.remove("--cores")
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(version, cores))
+    result = run_cli(capsys, "export", tiny_checkpoint, "--out", tmp_path / "out", "--device", "cpu", *args)
+    assert_one_error_line(*result, code, message)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_export_help_lists_the_engine_options(capsys):
+    code, out, err = run_cli(capsys, "export", "--help")
+    assert code in (0, None), err
+    assert "--dla-core" in out and "--builder-opt-level" in out
+
+
+def test_parity_takes_meta_for_a_candidate_without_metadata(exported, tiny_checkpoint, frames, tmp_path, capsys):
+    import onnx
+
+    graph = onnx.load(str(exported))
+    del graph.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(graph, str(foreign))
+    code, out, err = run_cli(capsys, "parity", tiny_checkpoint, foreign, "--data", frames, "--device", "cpu")
+    assert code not in (0, None) and "or pass --meta FILE" in err.strip().splitlines()[-1]
+    code, out, err = run_cli(capsys, "parity", tiny_checkpoint, foreign, "--data", frames, "--device", "cpu",
+                             "--meta", exported)
+    assert code in (0, None), err
+    assert any(line.startswith("PASSED | logits: agreement") for line in out.splitlines()), out

@@ -47,6 +47,9 @@ def test_train_bad_options(capsys, synth_root, tmp_path):
     assert "--weights" in one_line_error(capsys, "train", "--data", synth_root, *TINY, "--weights", tmp_path / "w.pth")
     assert "val-fraction" in one_line_error(capsys, "train", "--data", synth_root, *TINY, "--val-fraction", "1.5")
     assert "--save-every-steps" in one_line_error(capsys, "train", "--data", synth_root, *TINY, "--save-every-steps", "-1")
+    assert "only at output stride 16" in one_line_error(capsys, "train", "--data", synth_root, *TINY, "--output-stride", "8")
+    assert "--output-stride 12: choose one of 8, 16" in one_line_error(
+        capsys, "train", "--data", synth_root, *TINY, "--model", "deeplabv3_resnet50", "--output-stride", "12")
 
 
 def test_train_fp16_on_the_cpu_is_refused_before_the_run_starts(capsys, synth_root, tmp_path):
@@ -126,3 +129,25 @@ def test_unwritable_output_folder(capsys, synth_root, tmp_path):
     blocker.write_text("a file where the run folder's parent should be")
     message = one_line_error(capsys, "train", "--data", synth_root, *TINY, "--out", blocker / "run")
     assert "blocker" in message and "cannot create" in message
+
+
+def test_eval_scores_an_onnx_file_like_its_checkpoint(capsys, trained_run, tmp_path):
+    from dronseg_edge.export import export_artifact
+
+    onnx_file = export_artifact(trained_run.best, device="cpu", out_dir=tmp_path, parity=False).path
+    code, out, err = run_cli(capsys, "eval", onnx_file, "--device", "cpu", "--json", tmp_path / "onnx.json")
+    assert code == 0, err
+    assert "onnxruntime" in out and "val split recorded in" in out and "competition" in out
+    code, _out, err = run_cli(capsys, "eval", trained_run.best, "--device", "cpu", "--workers", "0", "--json", tmp_path / "pt.json")
+    assert code == 0, err
+    onnx_scores, pt_scores = (json.loads((tmp_path / name).read_text()) for name in ("onnx.json", "pt.json"))
+    assert onnx_scores["model"] == str(onnx_file) and onnx_scores["images"] == pt_scores["images"]
+    assert abs(onnx_scores["miou"] - pt_scores["miou"]) < 0.005
+
+
+def test_eval_of_an_engine_without_sidecar_names_meta(capsys, tmp_path, tiny_checkpoint):
+    engine = tmp_path / "trtexec.engine"
+    engine.write_bytes(b"plan")
+    assert "pass --meta FILE" in one_line_error(capsys, "eval", engine, "--device", "cpu")
+    assert "--meta applies to .onnx and .engine files" in one_line_error(
+        capsys, "eval", tiny_checkpoint, "--device", "cpu", "--meta", engine)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import sys
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime
@@ -17,8 +20,8 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.export import export_artifact
 from dronseg_edge.export.onnx import check_opset, export_onnx
 from dronseg_edge.metadata import ModelInfo, read_onnx_info, sha256_file
-from dronseg_edge.models import SegmentationNet
-from testkit import sabotage_onnx_export
+from dronseg_edge.models import SegmentationNet, build_model
+from testkit import TINY_SIZE, sabotage_onnx_export, write_scenes
 
 
 def dims(value_info) -> list:
@@ -48,6 +51,7 @@ def test_fp32_export_lands_in_the_run_folder_with_its_metadata(fp32_export, trai
 def test_fp32_export_passes_parity_on_the_validation_split(fp32_export):
     report = fp32_export.report
     assert report.passed and report.agreement >= 0.999
+    assert report.difference_picture is None and not fp32_export.path.with_name("best_fp32.parity.png").exists()
     assert report.data_source.startswith("validation split of") and report.images == 8
     assert report.ground_truth is not None and abs(report.miou_delta) < 0.01
     assert report.outputs[0].abs_max < 1e-3 and report.outputs[0].cosine_min > 0.99999
@@ -119,7 +123,11 @@ def test_broken_artifact_fails_parity_and_never_replaces_a_good_file(fp32_export
     report = json.loads((tmp_path / "best_fp32.parity.json").read_text())
     assert report["status"] == "FAILED" and report["candidate"].endswith("best_fp32.onnx.failed")
     assert report["failures"][0].startswith("logits: argmax agreement") and report["agreement"] < 0.999
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_fp32.onnx", "best_fp32.onnx.failed", "best_fp32.parity.json"]
+    assert report["difference_picture"] == "best_fp32.parity.png"  # where the classes differ, on the worst image
+    picture = cv2.imread(str(tmp_path / "best_fp32.parity.png"))
+    assert picture is not None and picture.shape[1] == 4 * 192  # image | reference | candidate | differences
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_fp32.onnx", "best_fp32.onnx.failed", "best_fp32.parity.json",
+                                                          "best_fp32.parity.png"]
 
 
 def test_opset_out_of_range_is_a_user_error():
@@ -133,3 +141,62 @@ def test_fixed_batch_export_pads_the_last_parity_batch(trained_checkpoint, tmp_p
     assert result.path.name == "best_b2_fp32.onnx" and result.passed
     assert dims(onnx.load(str(result.path)).graph.input[0]) == [2, 3, 64, 96]
     assert result.report.images == 3 and result.report.ground_truth.images == 3
+
+
+def test_export_without_onnxslim_writes_the_graph_unslimmed_with_a_note(tiny_checkpoint, tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "onnxslim", None)  # `import onnxslim` now raises ImportError
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        result = export_artifact(tiny_checkpoint, out_dir=tmp_path, device="cpu", parity=False)
+    notes = [r.getMessage() for r in caplog.records if "onnxslim" in r.getMessage()]
+    assert len(notes) == 1 and "not slimmed" in notes[0] and "\n" not in notes[0]
+    assert read_onnx_info(result.path).extra["simplifier"] == "none (onnxslim not installed)"
+    onnx.checker.check_model(onnx.load(str(result.path)), full_check=True)
+    x = torch.randn(1, 3, 64, 96)
+    got = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        expected = SegmentationNet(model_from_checkpoint(load_checkpoint(tiny_checkpoint))).eval()(x).numpy()
+    assert np.abs(got - expected).max() < 1e-3
+
+
+def test_slimmed_export_says_which_simplifier(fp32_export):
+    pytest.importorskip("onnxslim")
+    assert read_onnx_info(fp32_export.path).extra["simplifier"].startswith("onnxslim ")
+
+
+@pytest.fixture(scope="module")
+def stride16_run(tmp_path_factory):
+    """A tiny DeepLabV3-ResNet50 at output stride 16: one training step by the package's own loop on 10 scenes."""
+    from dronseg_edge.data.augment import AugmentConfig
+    from dronseg_edge.train.config import TrainConfig
+    from dronseg_edge.train.fit import fit
+
+    root = tmp_path_factory.mktemp("os16")
+    write_scenes(root / "data", count=10, frames=0)
+    cfg = TrainConfig(data=str(root / "data"), out=str(root / "run"), model="deeplabv3_resnet50", weights="none",
+                      output_stride=16, size=TINY_SIZE, epochs=1, batch=2, max_steps_per_epoch=1, lr=0.001,
+                      optimizer="adamw", bn_momentum=1.0, device="cpu", workers=0, tensorboard=False, plots=False,
+                      mosaic_every=0, augment=AugmentConfig(enabled=False))
+    return fit(cfg, log=lambda _m: None)
+
+
+@pytest.mark.slow
+def test_output_stride_16_model_trains_exports_and_passes_parity(stride16_run, tmp_path):
+    """The stride travels checkpoint -> export -> parity: the ONNX file is the stride-16 network, not a stride-8 one
+    with the same weights (both would load them, so parity against a wrongly rebuilt reference could not tell)."""
+    ckpt = load_checkpoint(stride16_run.best)
+    assert ckpt["output_stride"] == 16 and ckpt["config"]["output_stride"] == 16
+    model = model_from_checkpoint(ckpt)
+    assert model.output_stride == 16
+    result = export_artifact(stride16_run.best, out_dir=tmp_path, device="cpu", parity_images=2)
+    assert result.passed and result.report.agreement >= 0.999
+    info = read_onnx_info(result.path)
+    assert info.output_stride == 16 and info.arch == "deeplabv3_resnet50"
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    got = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    as_stride8 = build_model("deeplabv3_resnet50", weights="none", output_stride=8)
+    as_stride8.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected = SegmentationNet(model).eval()(x).numpy()
+        other = SegmentationNet(as_stride8.eval())(x).numpy()
+    assert np.abs(got - expected).max() < 1e-3 * max(1.0, float(np.abs(expected).max()))
+    assert np.abs(got - other).max() > 100 * np.abs(got - expected).max()

@@ -203,3 +203,103 @@ def test_engine_sidecar_missing_or_foreign_says_how_to_rebuild(tmp_path):
     sidecar_path(engine).write_text("{not json")
     with pytest.raises(DronsegError, match="cannot be read"):
         read_engine_sidecar(engine)
+
+
+def test_output_stride_round_trips_and_files_without_it_read_as_built(tmp_path):
+    info = sample_info()
+    assert info.output_stride == 8  # None becomes the arch's default: ResNets 8
+    info.output_stride = 16
+    path = tmp_path / "os16.onnx"
+    onnx.save(set_onnx_metadata(identity_model(), info), str(path))
+    assert read_onnx_info(path).output_stride == 16
+    for arch, expected in (("deeplabv3_resnet101", 8), ("deeplabv3_mobilenet_v3_large", 16), ("lraspp_mobilenet_v3_large", 16)):
+        old = set_onnx_metadata(identity_model(), ModelInfo(arch=arch, input_size=(96, 64)))
+        kept = [(p.key, p.value) for p in old.metadata_props if p.key != "output_stride"]  # as written before the field
+        del old.metadata_props[:]
+        for key, value in kept:
+            entry = old.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(old, str(tmp_path / f"{arch}.onnx"))
+        assert read_onnx_info(tmp_path / f"{arch}.onnx").output_stride == expected, arch
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    write_engine_sidecar(engine, info)
+    assert read_engine_sidecar(engine).output_stride == 16
+    bad = json.loads(sidecar_path(engine).read_text())
+    bad["output_stride"] = 32
+    sidecar_path(engine).write_text(json.dumps(bad))
+    with pytest.raises(DronsegError, match="output_stride 32 is not 8 or 16"):
+        read_engine_sidecar(engine)
+
+
+def test_checkpoint_metadata_takes_the_stride_or_the_arch_default():
+    ckpt = {"arch": "deeplabv3_resnet50", "input_size": [96, 64], "class_names": list(sample_info().class_names)}
+    assert ModelInfo.from_checkpoint(ckpt, with_hash=False).output_stride == 8  # a checkpoint older than the field
+    assert ModelInfo.from_checkpoint({**ckpt, "output_stride": 16}, with_hash=False).output_stride == 16
+
+
+def test_graph_and_metadata_describe_the_contract_in_plain_words():
+    info = ModelInfo(arch="deeplabv3_resnet50", input_size=(96, 64), output_stride=16)
+    model = set_onnx_metadata(identity_model(), info)
+    props = {p.key: json.loads(p.value) for p in model.metadata_props}
+    text_in, text_out = props["input_description"], props["output_description"]
+    for phrase in ("float32", "1 x 3 x H x W (NCHW)", "H x W = 64 x 96", "[width, height] = [96, 64]", "RGB order",
+                   "(x / 255 - mean[c]) / std[c]", "mean [0.485, 0.456, 0.406]"):
+        assert phrase in text_in, phrase
+    for phrase in ("raw logits (no softmax)", "1 x 12 x H x W", "class_names[i]"):
+        assert phrase in text_out, phrase
+    graph = model.graph
+    assert graph.input[0].doc_string == text_in and graph.output[0].doc_string == text_out
+    assert model.doc_string == graph.doc_string and "output stride 16" in graph.doc_string and "RGB float NCHW in" in graph.doc_string
+    assert props["color_order"] == "RGB" and props["layout"] == "NCHW" and props["input_size"] == [96, 64]
+    frames = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), head="argmax", io="frames", layout="NHWC",
+                       color_order="BGR", source_size=(192, 128), outputs=["mask", "confidence"])
+    x = helper.make_tensor_value_info("frames", TensorProto.UINT8, [1, 128, 192, 3])
+    outs = [helper.make_tensor_value_info(n, TensorProto.UINT8, [1, 128, 192]) for n in ("mask", "confidence")]
+    nodes = [helper.make_node("ReduceMax", ["frames"], [n], axes=[3], keepdims=0) for n in ("mask", "confidence")]
+    frames_model = set_onnx_metadata(helper.make_model(helper.make_graph(nodes, "f", [x], outs)), frames)
+    inputs_doc, mask_doc, conf_doc = (v.doc_string for v in (*frames_model.graph.input, *frames_model.graph.output))
+    assert "uint8" in inputs_doc and "x H x W x 3 (NHWC)" in inputs_doc and "BGR order" in inputs_doc
+    assert "divides by 255" in inputs_doc and "H x W = 128 x 192" in inputs_doc
+    assert mask_doc.startswith("mask: uint8 class map") and "class_names" in mask_doc and "softmax probability" in conf_doc
+    assert "uint8 BGR frames in, uint8 class map out" in frames_model.graph.doc_string
+
+
+def test_foreign_plain_text_entries_become_json_strings():
+    model = identity_model()
+    for key, value in (("onnx.infer", "onnxruntime.quant"), ("count", "3"), ("note", '"already json"')):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    props = {p.key: p.value for p in set_onnx_metadata(model, sample_info()).metadata_props}
+    assert json.loads(props["onnx.infer"]) == "onnxruntime.quant"  # was plain text: now a JSON string
+    assert props["count"] == "3" and props["note"] == '"already json"'  # JSON already: untouched
+
+
+@pytest.fixture(scope="module")
+def every_kind(tiny_checkpoint, synth_root, tmp_path_factory):
+    """fp32, fp16 and int8 tensors files and an fp32 frames file of the tiny checkpoint (no parity)."""
+    out = tmp_path_factory.mktemp("kinds")
+    common = dict(out_dir=out, device="cpu", parity=False)
+    return {
+        "fp32": export_artifact(tiny_checkpoint, **common).path,
+        "fp16": export_artifact(tiny_checkpoint, precision="fp16", **common).path,
+        "int8": export_artifact(tiny_checkpoint, precision="int8", calib_data=synth_root, calib_images=4, **common).path,
+        "frames": export_artifact(tiny_checkpoint, io="frames", **common).path,
+    }
+
+
+@pytest.mark.parametrize("kind", ["fp32", "fp16", "int8", "frames"])
+def test_every_metadata_value_of_every_kind_of_file_is_json(every_kind, kind):
+    props = onnx_props(every_kind[kind])
+    decoded = {}
+    for key, value in props:
+        try:
+            decoded[key] = json.loads(value)
+        except ValueError:
+            pytest.fail(f"{kind} file: metadata entry {key!r} = {value!r} is not JSON")
+    assert decoded["precision"] == ("fp32" if kind == "frames" else kind) and decoded["output_stride"] == 16
+    if kind == "int8":
+        assert decoded["onnx.quant.pre_process"] == "onnxruntime.quant"  # the quantiser's marker, kept as JSON
+    graph = onnx.load(str(every_kind[kind]), load_external_data=False).graph
+    assert graph.doc_string and graph.input[0].doc_string == decoded["input_description"]
+    assert ("BGR order" if kind == "frames" else "RGB order") in decoded["input_description"]

@@ -1,4 +1,4 @@
-"""Parity statistics on hand-built outputs with known answers, and the verdict rules."""
+"""Parity statistics on hand-built outputs with known answers, the verdict rules, and the difference picture."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from dronseg_edge.classes import IMAGENET_MEAN, IMAGENET_STD
 from dronseg_edge.export.parity import LogitComparison, check_parity
+from dronseg_edge.export.parity_picture import DIFFERENCE_BGR, MIN_TILE, borderline
 from dronseg_edge.export.parity_report import ParityThresholds, parity_report_path
 
 from testkit import FakeBackend
@@ -168,3 +170,81 @@ def test_thresholds_per_precision_and_overrides():
 
     with pytest.raises(DronsegError, match="percentage"):
         ParityThresholds.for_precision("fp32", min_agreement=99.0)
+
+
+def test_failed_report_pictures_its_worst_image_and_names_the_picture(tmp_path):
+    data = dataset(tmp_path / "d", [SKY_ROAD, SKY_ROAD, SKY_ROAD])
+    truth = torch.from_numpy(SKY_ROAD)
+
+    def candidate(x):  # image i (pixel value 40 (i + 1)) gets i wrong road pixels: image 2 is the worst
+        maps = truth.expand(x.shape[0], H, W).clone()
+        index = int(round(float(x[0, 0, 0, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255 / 40)) - 1
+        maps[:, 3, :index] = 3
+        return one_hot_logits(maps)
+
+    ref = fake("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
+    report = check_parity(ref, fake("cand.onnx", candidate), data, device="cpu")
+    assert not report.passed and report.worst_image.name == "2.png"
+    assert report.worst_image.agreement == pytest.approx(30 / 32)
+    path = report.save(parity_report_path(tmp_path / "best_fp32.onnx.failed"))
+    assert json.loads(path.read_text())["difference_picture"] == "best_fp32.parity.png"
+    assert "best_fp32.parity.png" in report.table()
+    picture = cv2.imread(str(tmp_path / "best_fp32.parity.png"))
+    tile = MIN_TILE  # the 8-pixel-wide images are enlarged to the minimum tile width
+    assert picture.shape[1] == 4 * tile
+    scale = tile // W
+    top = 22 + 22  # title strip, then the captions
+    red = list(DIFFERENCE_BGR)
+    # The differences tile: the 2 changed pixels (row 3, columns 0-1) red, the rest the image greyed.
+    assert picture[top + 3 * scale + 1, 3 * tile + 1].tolist() == red
+    assert picture[top + 3 * scale + 1, 3 * tile + 2 * scale + 1].tolist() != red
+    assert picture[top + 1, 3 * tile + 1].tolist() != red
+
+
+def test_borderline_pass_is_pictured_and_a_clear_pass_removes_an_old_picture(tmp_path):
+    data = dataset(tmp_path / "d", [SKY_ROAD])
+    truth = torch.from_numpy(SKY_ROAD)
+    wrong = truth.clone()
+    wrong[3, :2] = 3  # 30/32 agree: passes a 0.9 floor, using 0.0625 of its 0.1 allowance
+    ref = fake("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
+    cand = fake("cand.onnx", lambda x: one_hot_logits(wrong.expand(x.shape[0], H, W)))
+    report = check_parity(ref, cand, data, device="cpu", thresholds=ParityThresholds(min_agreement=0.9))
+    assert report.passed and borderline(report)
+    json_path = tmp_path / "m_fp16.parity.json"
+    report.save(json_path)
+    assert report.difference_picture == "m_fp16.parity.png" and (tmp_path / "m_fp16.parity.png").is_file()
+    roomy = check_parity(ref, cand, data, device="cpu", thresholds=ParityThresholds(min_agreement=0.8))
+    assert roomy.passed and not borderline(roomy)  # 0.0625 of a 0.2 allowance
+    roomy.save(json_path)
+    assert roomy.difference_picture is None and not (tmp_path / "m_fp16.parity.png").exists()
+    assert json.loads(json_path.read_text())["difference_picture"] is None
+
+
+def test_borderline_counts_the_miou_allowance_too(tmp_path):
+    data = dataset(tmp_path / "d", [SKY_ROAD])
+    truth = torch.from_numpy(SKY_ROAD)
+    wrong = truth.clone()
+    wrong[3, 0] = 11  # 31/32 agree; mIoU drops about 2 points
+    ref = fake("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
+    cand = fake("cand.onnx", lambda x: one_hot_logits(wrong.expand(x.shape[0], H, W)), precision="int8")
+    drop = -check_parity(ref, cand, data, device="cpu").miou_delta
+    near = check_parity(ref, cand, data, device="cpu", thresholds=ParityThresholds(0.5, max_miou_drop=1.5 * drop))
+    far = check_parity(ref, cand, data, device="cpu", thresholds=ParityThresholds(0.5, max_miou_drop=3 * drop))
+    assert near.passed and borderline(near) and far.passed and not borderline(far)
+
+
+def test_one_differing_pixel_of_a_large_frame_stays_visible_when_shrunk():
+    from dronseg_edge.classes import CLASS_NAMES, PALETTE
+    from dronseg_edge.export.parity_picture import MAX_TILE, WorstImage
+
+    worst = WorstImage(CLASS_NAMES, PALETTE)
+    reference = np.full((720, 1280), 9)
+    candidate = reference.copy()
+    candidate[300, 641] = 1
+    worst.update("big.jpg", np.zeros((720, 1280, 3), np.uint8), reference, candidate)
+    worst.update("better.jpg", np.zeros((720, 1280, 3), np.uint8), reference, reference)  # agrees more: not kept
+    assert worst.name == "big.jpg"
+    picture = worst.picture()
+    assert picture.shape[1] == 4 * MAX_TILE
+    differences = picture[44:44 + 270, 3 * MAX_TILE:]  # below the title and captions; 1280x720 shrunk to 480x270
+    assert (differences == DIFFERENCE_BGR).all(axis=-1).sum() == 1

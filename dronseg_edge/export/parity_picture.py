@@ -1,0 +1,114 @@
+"""Where a candidate's classes differ from the reference's, pictured on its worst image.
+
+``check_parity`` keeps the image on which the two agree least (``WorstImage``). A report that failed,
+or passed with little margin (``borderline``), is saved with ``NAME.parity.png`` beside
+``NAME.parity.json``, which names it (``difference_picture``):
+
+    image | reference classes | candidate classes | differences (image greyed, differing pixels red)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import cv2
+import numpy as np
+
+from dronseg_edge.pictures import caption, colour_classes, fit_width, grid_row, legend, stack_rows, write_png
+
+if TYPE_CHECKING:
+    from dronseg_edge.export.parity_report import ParityReport
+
+# A pass that used more than this share of its allowed disagreement (1 - min_agreement), or of its
+# allowed mIoU drop, is borderline: one more rounding change and it fails, so it is worth a look.
+BORDERLINE_SHARE = 0.5
+MIN_TILE, MAX_TILE = 192, 480  # px width of one column
+DIFFERENCE_BGR = (0, 0, 255)
+
+
+class WorstImage:
+    """The image with the lowest argmax agreement seen so far, with both class maps (at the compared size)."""
+
+    def __init__(self, class_names: Sequence[str], palette: Sequence[Sequence[int]]):
+        self.class_names, self.palette = list(class_names), [list(c) for c in palette]
+        self.agreement = math.inf
+        self.name = ""
+        self.frame: np.ndarray | None = None  # BGR uint8 at the class maps' size
+        self.reference: np.ndarray | None = None
+        self.candidate: np.ndarray | None = None
+
+    def update(self, name: str, frame_bgr: np.ndarray, reference, candidate) -> None:
+        """``reference``/``candidate``: (H, W) class maps (tensors or arrays) of the BGR frame ``frame_bgr`` (any size)."""
+        reference, candidate = _numpy(reference), _numpy(candidate)
+        agreement = float((reference == candidate).mean()) if reference.size else 1.0
+        if agreement >= self.agreement:
+            return
+        height, width = reference.shape
+        if frame_bgr.shape[:2] != (height, width):
+            frame_bgr = cv2.resize(frame_bgr, (width, height), interpolation=cv2.INTER_AREA)
+        self.agreement, self.name = agreement, str(name)
+        self.frame, self.reference, self.candidate = frame_bgr.copy(), reference.copy(), candidate.copy()
+
+    def picture(self) -> np.ndarray | None:
+        """The BGR picture (see module docstring), or None when no image was compared."""
+        if self.frame is None:
+            return None
+        width = min(max(self.frame.shape[1], MIN_TILE), MAX_TILE)
+        differ = self.reference != self.candidate
+        grey = fit_width(cv2.cvtColor(cv2.cvtColor(self.frame, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) // 2, width)
+        # Shrinking by area keeps every differing pixel visible (nearest sampling would drop isolated ones).
+        grey[fit_width(differ.astype(np.float32), width, nearest=width > differ.shape[1]) > 0] = DIFFERENCE_BGR
+        tiles = [fit_width(self.frame, width), fit_width(colour_classes(self.reference, self.palette), width, nearest=True),
+                 fit_width(colour_classes(self.candidate, self.palette), width, nearest=True), grey]
+        labels = [self.name, "reference classes", "candidate classes", f"differ: {100 * differ.mean():.2f}% of pixels (red)"]
+        shown = np.union1d(np.unique(self.reference), np.unique(self.candidate)).tolist()
+        total = 4 * width
+        title = f"worst image: {100 * self.agreement:.2f}% of pixels agree"
+        return stack_rows([caption(total, title), grid_row(tiles, labels), legend(self.class_names, self.palette, total, present=shown)])
+
+
+def _numpy(classes) -> np.ndarray:
+    if hasattr(classes, "detach"):
+        classes = classes.detach().cpu().numpy()
+    return np.asarray(classes).astype(np.int16)  # class indices; int16 keeps the kept copies small
+
+
+def borderline(report: "ParityReport") -> bool:
+    """Passed, but with more than BORDERLINE_SHARE of its allowed disagreement or mIoU drop used up."""
+    if not report.passed:
+        return False
+    limits = report.thresholds
+    allowed = 1.0 - limits.min_agreement
+    used = [1.0 - out.agreement for out in report.outputs if math.isfinite(out.agreement)]
+    if allowed > 0 and any(u > BORDERLINE_SHARE * allowed for u in used):
+        return True
+    if limits.max_miou_drop and report.ground_truth is not None:
+        return -report.ground_truth.miou_delta > BORDERLINE_SHARE * limits.max_miou_drop
+    return False
+
+
+def picture_path(report_path: Path) -> Path:
+    """``NAME.parity.json`` -> ``NAME.parity.png`` (any other name: the name + ``.png``)."""
+    report_path = Path(report_path)
+    if report_path.suffix.lower() == ".json":
+        return report_path.with_suffix(".png")
+    return report_path.with_name(report_path.name + ".png")
+
+
+def save_difference_picture(report: "ParityReport", report_path: Path) -> str | None:
+    """Write the picture of a failed or borderline ``report`` beside ``report_path``; return its file name.
+
+    Otherwise (a clear pass, or nothing compared) remove a picture an earlier report left there and return None.
+    """
+    path = picture_path(report_path)
+    worst = report.worst_image
+    image = worst.picture() if (worst is not None and (not report.passed or borderline(report))) else None
+    if image is None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    write_png(path, image)
+    return path.name

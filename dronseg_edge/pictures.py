@@ -1,0 +1,83 @@
+"""Labelled image grids for people to look at: training's validation mosaics (train/mosaics.py) and
+parity's difference picture (export/parity_picture.py). numpy + OpenCV only, written atomically as PNG.
+
+Images here are (H, W, 3) uint8 BGR, as OpenCV draws and writes them; class maps (H, W) integer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from dronseg_edge.atomic import atomic_path
+
+TEXT_HEIGHT = 22  # px of a caption strip
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def colour_classes(classes: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) BGR colours of the RGB ``palette``; indices past it (255, ignored) are black."""
+    table = np.zeros((256, 3), np.uint8)
+    table[: len(palette)] = np.asarray(palette, np.uint8)[:, ::-1]
+    return table[np.clip(np.asarray(classes), 0, 255).astype(np.uint8)]
+
+
+def fit_width(image: np.ndarray, width: int, nearest: bool = False) -> np.ndarray:
+    """``image`` scaled to ``width`` px wide, aspect kept (nearest for class maps, so no new colours appear)."""
+    height = max(1, round(image.shape[0] * width / image.shape[1]))
+    if (image.shape[1], image.shape[0]) == (width, height):
+        return image
+    shrink = width < image.shape[1]
+    mode = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return cv2.resize(image, (width, height), interpolation=mode)
+
+
+def caption(width: int, text: str, height: int = TEXT_HEIGHT) -> np.ndarray:
+    """A dark strip ``width`` px wide with ``text`` in white (cut to fit)."""
+    strip = np.full((height, width, 3), 32, np.uint8)
+    while len(text) > 1 and cv2.getTextSize(text, FONT, 0.45, 1)[0][0] > width - 8:
+        text = text[:-1]  # Hershey fonts are ASCII only: no ellipsis character
+    cv2.putText(strip, text, (4, height - 7), FONT, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return strip
+
+
+def grid_row(tiles: Sequence[np.ndarray], labels: Sequence[str]) -> np.ndarray:
+    """Tiles of one height side by side, each with its caption above."""
+    return np.hstack([np.vstack([caption(t.shape[1], label), t]) for t, label in zip(tiles, labels)])
+
+
+def legend(names: Sequence[str], palette: Sequence[Sequence[int]], width: int, present: Sequence[int] | None = None) -> np.ndarray:
+    """Colour swatches with class names, wrapped to ``width`` px; ``present`` limits them to those class indices."""
+    chosen = list(range(len(names))) if present is None else sorted(set(int(i) for i in present if 0 <= i < len(names)))
+    cell = 120
+    per_row = max(1, width // cell)
+    rows = max(1, -(-len(chosen) // per_row))
+    strip = np.full((rows * TEXT_HEIGHT, width, 3), 32, np.uint8)
+    for n, index in enumerate(chosen):
+        y, x = (n // per_row) * TEXT_HEIGHT, (n % per_row) * cell
+        colour = tuple(int(c) for c in np.asarray(palette[index], np.uint8)[::-1])
+        cv2.rectangle(strip, (x + 4, y + 5), (x + 16, y + TEXT_HEIGHT - 5), colour, -1)
+        cv2.rectangle(strip, (x + 4, y + 5), (x + 16, y + TEXT_HEIGHT - 5), (200, 200, 200), 1)
+        cv2.putText(strip, str(names[index])[:13], (x + 21, y + TEXT_HEIGHT - 7), FONT, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
+    return strip
+
+
+def stack_rows(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """Rows of possibly different widths one above the other, padded dark on the right."""
+    width = max(r.shape[1] for r in rows)
+    padded = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=32) for r in rows]
+    return np.vstack(padded)
+
+
+def write_png(path: os.PathLike | str, image: np.ndarray) -> Path:
+    """Encode ``image`` (BGR) as PNG and write it atomically."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(image))
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {image.shape} image as PNG for {path}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.tobytes())
+    return Path(path)

@@ -1,0 +1,39 @@
+"""benchmarks/latency.py: each output stride is a model of its own, with its own label and checkpoint."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the repository root off sys.path
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.latency import flops_per_frame, model_label, parse_strides, strides_for  # noqa: E402
+from dronseg_edge.errors import DronsegError  # noqa: E402
+
+
+def test_resnets_get_a_row_per_stride_and_mobilenets_their_only_one():
+    assert strides_for("deeplabv3_resnet101", [8, 16]) == [8, 16]
+    assert strides_for("deeplabv3_resnet50", [16]) == [16]
+    assert strides_for("deeplabv3_mobilenet_v3_large", [8, 16]) == [16]
+    assert strides_for("lraspp_mobilenet_v3_large", [8]) == [16]  # it has no stride 8: measured at 16, labelled so
+    labels = {model_label(a, s) for a in ("deeplabv3_resnet101", "lraspp_mobilenet_v3_large")
+              for s in strides_for(a, [8, 16])}
+    assert labels == {"deeplabv3_resnet101 OS8", "deeplabv3_resnet101 OS16", "lraspp_mobilenet_v3_large OS16"}
+
+
+def test_output_strides_option():
+    assert parse_strides("16,8") == [8, 16] and parse_strides("16") == [16]
+    for bad in ("", "4", "8,x"):
+        with pytest.raises(DronsegError, match="--output-strides"):
+            parse_strides(bad)
+
+
+def test_stride_16_costs_fewer_operations():
+    """The floor column follows the stride: ResNet-50 at 16 needs well under half the operations of 8."""
+    size = (320, 192)
+    os8, os16 = flops_per_frame("deeplabv3_resnet50", size, 8), flops_per_frame("deeplabv3_resnet50", size, 16)
+    assert os16 < 0.4 * os8
