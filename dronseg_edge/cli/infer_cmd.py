@@ -47,8 +47,10 @@ INFER_EXIT_CODES = (
 @app.command(epilog=INFER_EXIT_CODES)
 def infer(
     model: Path = typer.Argument(..., help="Checkpoint (.pt), ONNX file (.onnx) or TensorRT engine (.engine)."),
-    source: str = typer.Argument(..., help="Video file, image, folder or glob of images, camera index (0), "
-                                           "or an rtsp:// / http:// URL."),
+    source: str = typer.Argument(..., help="Video file, image, folder or glob of images, camera index (0), an "
+                                           "rtsp:// / http:// URL, a GStreamer pipeline (elements joined by '!'; "
+                                           "an appsink is appended) or csi://N[?width=W&height=H&fps=F] (a Jetson's "
+                                           "CSI camera). GStreamer needs an OpenCV built with it (JetPack's)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/infer/expN; never overwrites)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     half: bool = typer.Option(False, "--half", help="fp16 on a GPU (checkpoints; ONNX/engines keep their export precision)."),
@@ -66,10 +68,32 @@ def infer(
     save_masks: Optional[bool] = typer.Option(None, "--save-masks/--no-save-masks",
                                               help="Class-index mask PNGs in masks/ (default: on for images only)."),
     save_color: bool = typer.Option(False, "--save-color", help="Colour mask PNGs in color/."),
+    save_conf: bool = typer.Option(False, "--save-conf", help="Confidence PNGs in conf/ (uint8 maximum class "
+                                                             "probability x 255) and each frame's share of pixels "
+                                                             "below 0.5 in stats.jsonl (needs logits)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Keep only these classes, e.g. person,car: other "
+                                                                  "pixels are 255 in masks, left uncoloured in the "
+                                                                  "overlay and left out of stats."),
+    tile: str = typer.Option("off", "--tile", help="off, auto or on: segment frames larger than the model input in "
+                                                   "overlapping windows at full resolution instead of shrinking them "
+                                                   "(auto: frames at least twice the input on a side; needs logits; "
+                                                   "for 4K footage and models trained at full resolution)."),
+    tile_overlap: float = typer.Option(0.25, "--tile-overlap", help="Share of a window that its neighbour also "
+                                                                    "covers, 0..0.75 (--tile)."),
     stats: bool = typer.Option(True, "--stats/--no-stats", help="Per-frame class shares in stats.jsonl."),
     show: bool = typer.Option(False, "--show", help="Show the overlay in a window (q or Esc stops)."),
     alpha: float = typer.Option(0.5, "--alpha", help="Opacity of the class colours over the frame, 0..1."),
     reconnect_s: float = typer.Option(30.0, "--reconnect-s", help="Seconds to keep reopening a stream that stopped."),
+    rtsp_transport: Optional[str] = typer.Option(
+        None, "--rtsp-transport", help="rtsp:// sources: tcp or udp (default: TCP first, as OpenCV asks FFmpeg)."),
+    latency_ms: Optional[int] = typer.Option(
+        None, "--latency-ms", help="rtsp:// sources over UDP: milliseconds FFmpeg holds packets to reorder them "
+                                   "(its max_delay; default 100, 0 = none). In a GStreamer pipeline: rtspsrc "
+                                   "latency=N."),
+    hw_decode: bool = typer.Option(
+        False, "--hw-decode/--no-hw-decode", help="Decode video files and URLs on the GPU's decoder through OpenCV's "
+                                                  "FFmpeg (NVDEC, else VAAPI; software where this FFmpeg has neither: "
+                                                  "pip's has neither). summary.json records which was used."),
     max_duration: Optional[float] = typer.Option(
         None, "--max-duration", help="Stop after this many seconds of the source: a video's own timeline, a "
                                      "camera's or stream's wall clock (images: the run's)."),
@@ -80,18 +104,28 @@ def infer(
         DEFAULT_MIN_FREE_MB, "--min-free", help="MB of free disk under --out below which the video and images stop "
                                                 "cleanly while stats.jsonl continues; 0 = no floor."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on a terminal."),
+    meta: Optional[Path] = typer.Option(None, "--meta", help="Metadata for an .engine without its .engine.json "
+                                                             "(built with trtexec or Polygraphy) or a foreign .onnx: "
+                                                             "the ONNX it was built from, or a sidecar JSON."),
 ) -> None:
     """Segment a video, image folder, camera or stream; write overlay, masks, stats and summary.json."""
+    from dronseg_edge.cli.outputs import check_out_dir
     from dronseg_edge.pipeline import RunOptions, Segmenter, open_source, run_inference
+    from dronseg_edge.pipeline.capture_options import CaptureOptions
 
     _show_library_warnings()
+    if out is not None:
+        check_out_dir(out)  # before the model loads: an unwritable --out is a moment's error, exit 2
     options = RunOptions(out=out, save_video=save_video, save_masks=save_masks, save_color=save_color, stats=stats,
                          show=show, alpha=alpha, live=live, stride=stride, max_frames=max_frames,
                          reconnect_s=reconnect_s, progress=progress, codec=codec, max_duration=max_duration,
-                         segment_s=segment_s, min_free_mb=min_free)
+                         segment_s=segment_s, min_free_mb=min_free, save_conf=save_conf,
+                         classes=tuple(classes.split(",")) if classes is not None else None)
+    capture = CaptureOptions(rtsp_transport=rtsp_transport, latency_ms=latency_ms, hw_decode=hw_decode)
     # The source before the model, so a typo in SOURCE fails in a moment; the run closes it.
-    with open_source(source, options.reconnect_s) as frames, \
-            Segmenter(model, device=device, half=half, batch=batch) as segmenter:
+    with open_source(source, options.reconnect_s, capture=capture) as frames, \
+            Segmenter(model, device=device, half=half, batch=batch, tile=tile, tile_overlap=tile_overlap,
+                      meta=meta) as segmenter:
         typer.echo(f"model: {model} -> {segmenter.describe()}")
         summary = run_inference(segmenter, frames, options)
     data = summary.data
@@ -101,6 +135,10 @@ def infer(
                                                        ("reconnects", "reconnects")) if data.get(key)]
     if notes:
         typer.echo("Notes: " + ", ".join(notes))
+    if data.get("tiled_frames"):
+        window = data["tile"]["window"]
+        typer.echo(f"Tiled: {data['tiled_frames']} of {data['frames']} frames in windows of {window[0]}x{window[1]} "
+                   f"(--tile {data['tile']['mode']}, overlap {data['tile']['overlap']:g})")
     if data.get("video_segments"):
         typer.echo(f"Video: {len(data['video_segments'])} segments of {data['segment_s']:g} s "
                    f"({data['video_segments'][0]['file']} ... {data['video_segments'][-1]['file']})")

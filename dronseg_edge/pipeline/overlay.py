@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Sequence
 import cv2
 import numpy as np
 
-if TYPE_CHECKING:  # segmenter.py imports this module
+from dronseg_edge.pipeline.request import FILTERED
+
+if TYPE_CHECKING:  # result.py imports this module
     import torch
 
-    from dronseg_edge.pipeline.segmenter import Result
+    from dronseg_edge.pipeline.result import Result
 
 
 def bgr_lut(palette_rgb: Sequence[Sequence[int]]) -> np.ndarray:
@@ -38,9 +40,14 @@ def blend(frame_bgr: np.ndarray, color_bgr: np.ndarray, alpha: float) -> np.ndar
     return cv2.addWeighted(frame_bgr, 1.0 - alpha, color_bgr, alpha, 0.0)
 
 
-def overlay(frame_bgr: np.ndarray, mask: np.ndarray, lut: np.ndarray, alpha: float) -> np.ndarray:
-    """The frame (H, W, 3) BGR uint8 with the class map (H, W) coloured over it at opacity ``alpha``."""
-    return blend(frame_bgr, colorize(mask, lut), alpha)
+def overlay(frame_bgr: np.ndarray, mask: np.ndarray, lut: np.ndarray, alpha: float,
+            hidden: int | None = None) -> np.ndarray:
+    """The frame (H, W, 3) BGR uint8 with the class map (H, W) coloured over it at opacity ``alpha``;
+    pixels of class id ``hidden`` (a class filter's FILTERED) show the frame as it is."""
+    blended = blend(frame_bgr, colorize(mask, lut), alpha)
+    if hidden is not None:
+        np.copyto(blended, frame_bgr, where=(mask == hidden)[..., None])
+    return blended
 
 
 def palette_tensor(palette_rgb: Sequence[Sequence[int]], device: "torch.device") -> "torch.Tensor":
@@ -50,16 +57,21 @@ def palette_tensor(palette_rgb: Sequence[Sequence[int]], device: "torch.device")
     return torch.from_numpy(bgr_lut(palette_rgb)[:, 0].astype(np.float32)).to(device)
 
 
-def overlay_torch(frames_bgr: "torch.Tensor", masks: "torch.Tensor", palette_bgr: "torch.Tensor", alpha: float) -> "torch.Tensor":
+def overlay_torch(frames_bgr: "torch.Tensor", masks: "torch.Tensor", palette_bgr: "torch.Tensor", alpha: float,
+                  hidden: int | None = None) -> "torch.Tensor":
     """GPU form of :func:`overlay`: frames (N, H, W, 3) uint8 BGR, masks (N, H, W) uint8 -> (N, H, W, 3) uint8.
 
-    Rounds half up like ``cv2.addWeighted``, so both paths agree to within one grey level.
+    Rounds half up like ``cv2.addWeighted``, so both paths agree to within one grey level; pixels of
+    class id ``hidden`` keep the frame's own colour.
     """
     import torch
 
     colours = palette_bgr.index_select(0, masks.reshape(-1).long()).view(*masks.shape, 3)
     mixed = frames_bgr.float().mul_(1.0 - alpha).add_(colours, alpha=alpha)
-    return mixed.add_(0.5).clamp_(0, 255).to(torch.uint8)
+    mixed = mixed.add_(0.5).clamp_(0, 255).to(torch.uint8)
+    if hidden is not None:
+        mixed = torch.where((masks == hidden).unsqueeze(-1), frames_bgr, mixed)
+    return mixed
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,4 +91,5 @@ class OverlayPlan:
         """The (H, W, 3) uint8 BGR overlay of one result."""
         if result.overlay is not None:
             return result.overlay
-        return overlay(result.frame, result.mask, self.lut, self.alpha)
+        return overlay(result.frame, result.mask, self.lut, self.alpha,
+                       hidden=FILTERED if result.classes is not None else None)

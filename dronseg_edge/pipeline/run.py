@@ -35,9 +35,10 @@ from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.interrupts import InterruptGuard, interrupts_deferred
 from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut
 from dronseg_edge.pipeline.reader import FrameReader
-from dronseg_edge.pipeline.segmenter import Result, Segmenter
-from dronseg_edge.pipeline.sinks import (ColorMaskSink, MaskSink, OverlayImageSink, Sink, SinkWorker, StatsSink,
-                                         VideoSink)
+from dronseg_edge.pipeline.result import LOW_CONFIDENCE, Result
+from dronseg_edge.pipeline.segmenter import Segmenter
+from dronseg_edge.pipeline.sinks import (ColorMaskSink, ConfidenceSink, MaskSink, OverlayImageSink, Sink, SinkWorker,
+                                         StatsSink, VideoSink)
 from dronseg_edge.pipeline.sources import Source, open_source
 from dronseg_edge.pipeline.disk_space import DiskFloor, SpaceReserve
 from dronseg_edge.pipeline.video_writer import VIDEO_CODECS, encoders_for
@@ -61,7 +62,9 @@ class RunOptions:
     """What to write and how to read; checked when made, so a RunOptions is always a valid one.
 
     ``save_masks=None``: on for image sources, off for videos and streams (a PNG per frame adds
-    up); ``live=None``: on for cameras and streams. Raises DronsegError naming the bad option.
+    up); ``live=None``: on for cameras and streams. ``save_conf``: confidence PNGs in conf/ and the
+    share of low-confidence pixels in stats.jsonl; ``classes``: class names to keep (the Segmenter
+    checks them against the model). Raises DronsegError naming the bad option.
     """
 
     out: Path | None = None
@@ -82,6 +85,8 @@ class RunOptions:
     max_duration: float | None = None  # seconds of the source (see run_inference)
     segment_s: float | None = None  # overlay video in files of this many seconds
     min_free_mb: float = DEFAULT_MIN_FREE_MB  # below this, video and images stop; 0 = never
+    save_conf: bool = False
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -97,6 +102,8 @@ class RunOptions:
                 raise DronsegError(f"{flag} {value} must be above 0 seconds (leave it out for no limit)")
         if not (math.isfinite(self.min_free_mb) and self.min_free_mb >= 0):
             raise DronsegError(f"--min-free {self.min_free_mb} must be 0 (no floor) or more MB")
+        if self.classes is not None and not [c for c in self.classes if str(c).strip()]:
+            raise DronsegError("--classes is empty: give one or more class names, e.g. --classes person,car")
         if self.codec not in VIDEO_CODECS:
             raise DronsegError(f"--codec {self.codec} is not one of {', '.join(VIDEO_CODECS)}: pick one "
                                "(auto: H.264 on the GPU's encoder, else the CPU's, else mp4v)")
@@ -136,6 +143,7 @@ class RunState:
     live: bool
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     frames: int = 0  # frames handed to every sink
+    tiled_frames: int = 0  # of which segmented in windows (--tile)
     sizes: set[tuple[int, int]] = field(default_factory=set)  # (W, H) of those frames
     segmenter_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SEGMENTER_STAGES, 0.0))  # totals
     wall_s: float = 0.0
@@ -145,11 +153,13 @@ class RunState:
     stopped: str | None = None  # why the run ended (stop_reason() fills it in)
     video_stopped: str | None = None  # why the video and images stopped before the run did (the disk floor)
     error: DronsegError | None = None  # a lost stream or a failed write; raised once the outputs are final
+    classes: tuple[int, ...] | None = None  # the class ids --classes keeps
     _clock_start: float = field(default_factory=time.perf_counter, repr=False)
 
     def add(self, result: Result) -> None:
         """Count a frame that every sink has received."""
         self.frames += 1
+        self.tiled_frames += result.tiles > 0
         self.sizes.add(result.size)
         for name in self.segmenter_ms:
             self.segmenter_ms[name] += result.timings.get(name, 0.0)
@@ -192,6 +202,7 @@ class RunState:
             "device": device_description(segmenter.device), "precision": segmenter.info.precision,
             "input_size": format_size(segmenter.info.input_size), "batch": segmenter.batch,
             "source": source.name, "source_kind": source.kind, "source_fps": source.fps, "live": self.live,
+            "hw_decode": getattr(source, "hw_decode", None),  # {"requested", "used"} where FFmpeg decodes
             "stride": options.stride, "max_frames": options.max_frames,
             "frames": frames,
             "frame_size": format_size(next(iter(sizes))) if len(sizes) == 1 else ("mixed" if sizes else None),
@@ -203,6 +214,9 @@ class RunState:
             "error": str(self.error) if self.error else None,
             "max_duration": options.max_duration, "segment_s": options.segment_s, "min_free_mb": options.min_free_mb,
             "video_stopped": self.video_stopped,
+            "tile": segmenter.tiling.describe(), "tiled_frames": self.tiled_frames,
+            "classes": [segmenter.info.class_names[i] for i in self.classes] if self.classes is not None else None,
+            "low_confidence_below": LOW_CONFIDENCE if options.save_conf else None,
             "frames_written": {sink.name: sink.frames for sink in sinks},
             "stage_ms": {name: round(ms, 3) for name, ms in stage_ms.items()},
             "write_ms": {name: round(ms, 3) for name, ms in write_ms.items()},
@@ -232,6 +246,9 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
     src = open_source(source, options.reconnect_s)
     reserve = None
     try:
+        # What the model cannot give (--save-conf without logits, an unknown --classes name) fails first.
+        chosen = {} if options.classes is None else {"classes": options.classes}  # else the Segmenter's own
+        request = segmenter.request(confidence=options.save_conf, **chosen)
         live = src.live_default if options.live is None else bool(options.live)
         if live and segmenter.batch > 1:
             raise DronsegError(f"--batch {segmenter.batch} cannot be used with --live, which processes the newest "
@@ -254,9 +271,10 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
     active = list(workers)  # the workers still given frames (the disk floor stops the heavy ones)
     reader = FrameReader(src, live=live, stride=options.stride, queue_size=options.queue_size)
     bar = _progress_bar(src, live, options)
-    state = RunState(out_dir, options, live)
+    state = RunState(out_dir, options, live, classes=request.classes)
     floor = DiskFloor(out_dir, options.min_free_mb)
-    results = segmenter.stream(reader, max_frames=options.max_frames, overlay_alpha=plan.alpha if plan else None)
+    results = segmenter.stream(reader, max_frames=options.max_frames, overlay_alpha=plan.alpha if plan else None,
+                               confidence=request.confidence, classes=request.classes)
     guard = InterruptGuard()
     timer = _live_deadline(src, reader, options, state)
     summary_error = None
@@ -422,8 +440,10 @@ def _build_sinks(src: Source, out_dir: Path, options: RunOptions, lut: np.ndarra
         sinks.append(MaskSink(out_dir / "masks"))
     if options.save_color:
         sinks.append(ColorMaskSink(out_dir / "color", lut))
+    if options.save_conf:
+        sinks.append(ConfidenceSink(out_dir / "conf"))
     if options.stats:
-        sinks.append(StatsSink(out_dir / "stats.jsonl", with_file=images))
+        sinks.append(StatsSink(out_dir / "stats.jsonl", with_file=images, with_confidence=options.save_conf))
     return sinks
 
 

@@ -11,13 +11,19 @@ back to the frame's size. Two ways to do that work, one per module:
   ``.engine`` files on a GPU when torch is installed (only uint8 crosses the bus both ways).
 
 ``prepost=`` (auto | torch | host) chooses explicitly, e.g. to measure both on one GPU.
+
+``tile=`` (off | auto | on; default off): frames at least twice the model input on a side (auto) or
+any larger frame (on) are segmented in overlapping windows at full resolution instead of being
+shrunk (pipeline/tiling.py, docs/tiling.md). Off by default: a 720p video with a 320x192 model
+would otherwise cost ~16 windows a frame, and the runtime cannot know the scale the model was
+trained at (a model trained on shrunk whole frames sees objects too large in full-resolution windows). ``confidence=True`` adds the maximum-probability map;
+``classes=`` keeps only those classes in masks, overlays and shares (pipeline/request.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -26,7 +32,10 @@ import numpy as np
 from dronseg_edge.devices import device_description, resolve_device, resolve_lean_device
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline.reader import FrameReader
+from dronseg_edge.pipeline.request import FrameRequest, select_classes
+from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.sources import FrameRecord, FramesSource, Source, open_source
+from dronseg_edge.pipeline.tiling import DEFAULT_OVERLAP, TilePlan, tiling_unable
 from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.registry import is_checkpoint, load_backend
 from dronseg_edge.sizes import format_size
@@ -35,40 +44,9 @@ log = logging.getLogger(__name__)
 
 UPSAMPLE_MODES = ("auto", "logits", "mask")
 PREPOST_MODES = ("auto", "torch", "host")
-_OWN_ALPHA = object()  # stream() called without overlay_alpha: the Segmenter's own applies
-
-
-@dataclass
-class Result:
-    """One segmented frame.
-
-    ``mask``: (H, W) uint8 class indices at the frame's own size; ``shares``: (C,) fraction of
-    pixels per class (sums to 1); ``frame``: the (H, W, 3) uint8 BGR input; ``overlay``: the
-    blended (H, W, 3) BGR image when the Segmenter made it on the GPU, else None; ``confidence``:
-    (H, W) uint8 maximum class probability x 255 when the model gives it (a frames artifact exported
-    with ``--confidence``), else None; ``timings``: ms per stage for this frame (decode, preprocess,
-    inference, postprocess).
-    """
-
-    mask: np.ndarray
-    shares: np.ndarray
-    class_names: list[str]
-    frame: np.ndarray
-    index: int = 0
-    timestamp: float | None = None
-    name: str = ""
-    source: str = ""
-    overlay: np.ndarray | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    confidence: np.ndarray | None = None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) in pixels."""
-        return int(self.mask.shape[1]), int(self.mask.shape[0])
-
-    def shares_by_name(self, digits: int = 6) -> dict[str, float]:
-        return {name: round(float(share), digits) for name, share in zip(self.class_names, self.shares)}
+_OWN = object()  # stream() called without overlay_alpha / classes: the Segmenter's own apply
+DEFAULT_TILE_BATCH = 4  # windows per call for dynamic-batch checkpoints and ONNX files (at least --batch)
+__all__ = ["Result", "Segmenter"]  # Result lives in result.py; imported from here too
 
 
 class Segmenter:
@@ -81,13 +59,22 @@ class Segmenter:
     artifacts (checkpoints); default the artifact's own. ``overlay_alpha``: on a GPU, also blend
     the overlay there (results carry ``overlay``). ``cuda_graph``: checkpoints only, default on CUDA.
     ``backend_options``: passed to the backend's constructor (e.g. ``{"provider": "cuda"}`` for ONNX).
+    ``tile``: auto | on | off (module docstring); ``tile_overlap``: share of a window its neighbour
+    shares (0..0.75); ``tile_batch``: windows per inference call (default: a fixed-batch artifact's
+    batch, a TensorRT engine's ``batch``, else at least 4). ``confidence``: results carry the (H, W)
+    uint8 maximum class probability x 255 (it costs a softmax). ``classes``: class names to keep
+    (a list or "person,car"); the rest become 255 in masks and stay uncoloured in overlays.
+    ``meta``: metadata FILE for an .onnx/.engine without its own (the ONNX an engine was built from,
+    or a sidecar JSON; runtime/registry.read_meta_file).
     Not thread-safe: use one Segmenter per thread.
     """
 
     def __init__(self, model: str | Path | Backend, device="auto", half: bool = False, *,
                  precision: str | None = None, batch: int = 1, size: tuple[int, int] | None = None,
                  upsample: str = "auto", overlay_alpha: float | None = None, cuda_graph: bool | None = None,
-                 backend_options: dict | None = None, prepost: str = "auto"):
+                 backend_options: dict | None = None, prepost: str = "auto", tile: str = "off",
+                 tile_overlap: float = DEFAULT_OVERLAP, tile_batch: int | None = None, confidence: bool = False,
+                 classes=None, meta: str | Path | None = None):
         if prepost not in PREPOST_MODES:
             raise DronsegError(f"prepost {prepost!r} is not one of {', '.join(PREPOST_MODES)}")
         if isinstance(model, Backend):
@@ -98,7 +85,7 @@ class Segmenter:
                 # A checkpoint needs torch's device; an ONNX file or engine is opened without torch.
                 device = resolve_device(device or "auto") if checkpoint else resolve_lean_device(device or "auto")
             options = self._torch_options(Path(model), device, half, precision, cuda_graph)
-            self.backend = load_backend(model, device, **options, **(backend_options or {}))
+            self.backend = load_backend(model, device, meta=meta, **options, **(backend_options or {}))
             if half and options.get("precision") is None and self.backend.info.precision == "fp32":
                 log.warning("--half does not change %s: its precision (fp32) was fixed at export; "
                             "export it with --precision fp16 instead", Path(model).name)
@@ -121,8 +108,44 @@ class Segmenter:
             raise DronsegError(f"upsample {upsample!r} is not one of {', '.join(UPSAMPLE_MODES)}")
         self.upsample_logits = upsample == "logits" or (upsample == "auto" and self.device.type == "cuda")
         self.overlay_alpha = overlay_alpha
+        self.tiling = self._tile_plan(tile, tile_overlap, tile_batch, fixed)
+        self.confidence = bool(confidence)
+        self.classes = self._select(classes)
+        self._check_confidence(self.confidence)
         self.work = self._make_work(prepost, infer_batch)
         self.backend.__enter__()
+
+    def _tile_plan(self, mode: str, overlap: float, tile_batch: int | None, fixed: int | None) -> TilePlan:
+        if fixed is not None:
+            if tile_batch not in (None, fixed):
+                raise DronsegError(f"tile batch {tile_batch}: {self.backend.path.name} was exported for batch {fixed}")
+            tile_batch = fixed
+        elif tile_batch is None:  # an engine's profile may stop at its build batch
+            tile_batch = self.batch if self.backend.name == "tensorrt" else max(self.batch, DEFAULT_TILE_BATCH)
+        return TilePlan(mode, tuple(self.info.input_size), float(overlap), int(tile_batch),
+                        tiling_unable(self.info, self.backend.path.name))
+
+    def _select(self, classes) -> tuple[int, ...] | None:
+        return select_classes(classes, self.info.class_names, self.backend.path.name)
+
+    def _check_confidence(self, confidence: bool) -> None:
+        if not confidence:
+            return
+        if self.info.io == "frames" and "confidence" not in self.info.outputs:
+            raise DronsegError(f"{self.backend.path.name} is a frames artifact without a confidence output: "
+                               "re-export it with --confidence, or drop --save-conf")
+        if self.info.io != "frames" and self.info.head != "logits":
+            raise DronsegError(f"{self.backend.path.name} outputs a class map (--head {self.info.head}), so it has no "
+                               "probabilities: export it with --head logits, or drop --save-conf")
+
+    def request(self, overlay_alpha=_OWN, confidence: bool | None = None, classes=_OWN) -> FrameRequest:
+        """What each frame gets besides its class map: the Segmenter's own settings unless given here
+        (``classes``: names, None for all). Raises DronsegError for what the model cannot give."""
+        if confidence is not None:
+            self._check_confidence(bool(confidence))
+        return FrameRequest(overlay_alpha=self.overlay_alpha if overlay_alpha is _OWN else overlay_alpha,
+                            confidence=self.confidence if confidence is None else bool(confidence),
+                            classes=self.classes if classes is _OWN else self._select(classes))
 
     def _make_work(self, prepost: str, infer_batch: int):
         """The torch or the host work (see the module docstring); torch is imported only for the former."""
@@ -138,10 +161,10 @@ class Segmenter:
         if prepost == "host":
             from dronseg_edge.pipeline.host_work import HostWork
 
-            return HostWork(self.backend, self.info, infer_batch, self.upsample_logits)
+            return HostWork(self.backend, self.info, infer_batch, self.upsample_logits, self.tiling)
         from dronseg_edge.pipeline.torch_work import TorchWork
 
-        return TorchWork(self.backend, self.info, self.device, infer_batch, self.upsample_logits)
+        return TorchWork(self.backend, self.info, self.device, infer_batch, self.upsample_logits, self.tiling)
 
     @staticmethod
     def _torch_options(path: Path, device, half: bool, precision: str | None, cuda_graph) -> dict:
@@ -163,27 +186,33 @@ class Segmenter:
                 f"input {format_size(self.info.input_size)}, {self.info.num_classes} classes")
 
     # -- one frame or a list -------------------------------------------------------------------
-    def predict(self, frame: np.ndarray) -> Result:
-        """Segment one (H, W, 3) uint8 BGR frame."""
-        return self.predict_batch([frame])[0]
+    def predict(self, frames: np.ndarray | Sequence[np.ndarray]) -> Result | list[Result]:
+        """Segment one (H, W, 3) uint8 BGR frame (-> a Result), or a list of frames (or an (N, H, W, 3)
+        array) of any sizes, ``batch`` at a time (-> a list of Results, each at its frame's size)."""
+        if isinstance(frames, np.ndarray) and frames.ndim == 3:
+            return self.predict_batch([frames])[0]
+        return self.predict_batch(list(frames))
 
     def predict_batch(self, frames: Sequence[np.ndarray]) -> list[Result]:
         """Segment frames of any sizes (each keeps its own), ``batch`` at a time."""
         records = list(FramesSource(frames).frames())
+        request = self.request()
         results: list[Result] = []
         for start in range(0, len(records), self.batch):
-            results.extend(self._collect(self._submit(records[start:start + self.batch], self.overlay_alpha)))
+            results.extend(self._collect(self._submit(records[start:start + self.batch], request), request))
         return results
 
     # -- a source --------------------------------------------------------------------------------
     def stream(self, source, *, live: bool | None = None, stride: int = 1, max_frames: int | None = None,
-               reconnect_s: float = 30.0, queue_size: int = 8, overlay_alpha=_OWN_ALPHA) -> Iterator[Result]:
+               reconnect_s: float = 30.0, queue_size: int = 8, overlay_alpha=_OWN, confidence: bool | None = None,
+               classes=_OWN) -> Iterator[Result]:
         """Yield a Result per frame of ``source`` (a path/URL/camera index, a Source, a FrameReader
         or an iterable of frames), decoding in a background thread. ``live`` (default: on for
         cameras and streams) processes only the newest frame; ``stride`` every N-th frame.
-        ``overlay_alpha`` (float or None): this stream's GPU overlay instead of the Segmenter's own.
+        ``overlay_alpha`` (float or None), ``confidence``, ``classes``: this stream's instead of the
+        Segmenter's own (see :meth:`request`).
         """
-        alpha = self.overlay_alpha if overlay_alpha is _OWN_ALPHA else overlay_alpha
+        request = self.request(overlay_alpha, confidence, classes)
         reader, owned = self._reader(source, live, stride, reconnect_s, queue_size)
         if reader.live and self.batch > 1:
             raise DronsegError(f"--batch {self.batch} cannot be used with --live, which processes the newest frame "
@@ -194,15 +223,15 @@ class Segmenter:
         try:
             pending = None
             for group in _groups(reader, self.batch, max_frames):
-                submitted = self._submit(group, alpha)
+                submitted = self._submit(group, request)
                 if not overlap:
-                    yield from self._collect(submitted)
+                    yield from self._collect(submitted, request)
                     continue
                 if pending is not None:
-                    yield from self._collect(pending)
+                    yield from self._collect(pending, request)
                 pending = submitted
             if pending is not None:
-                yield from self._collect(pending)
+                yield from self._collect(pending, request)
         finally:
             reader.stop()
             if owned is not None:
@@ -223,21 +252,22 @@ class Segmenter:
         return FrameReader(source, live=live, stride=stride, queue_size=queue_size), owned
 
     # -- the work --------------------------------------------------------------------------------
-    def _submit(self, records: list[FrameRecord], overlay_alpha: float | None):
-        return self.work.submit(records, overlay_alpha)
+    def _submit(self, records: list[FrameRecord], request: FrameRequest):
+        return self.work.submit(records, request)
 
-    def _collect(self, pending) -> list[Result]:
-        masks, counts, overlays, confidences, batch_ms = pending.finish()
+    def _collect(self, pending, request: FrameRequest) -> list[Result]:
+        masks, counts, overlays, confidences, batch_ms, tiles = pending.finish()
         n = len(pending.records)
         stage_ms = {name: ms / n for name, ms in batch_ms.items()}
         results = []
-        for record, mask, count, blended, confidence in zip(pending.records, masks, counts, overlays, confidences):
+        for record, mask, count, blended, confidence, windows in zip(pending.records, masks, counts, overlays,
+                                                                      confidences, tiles):
             count = np.asarray(count, np.float64)
             results.append(Result(
-                mask=mask, shares=count / max(float(count.sum()), 1.0), class_names=list(self.info.class_names),
+                mask=mask, shares=count / max(float(mask.size), 1.0), class_names=list(self.info.class_names),
                 frame=record.frame, index=record.index, timestamp=record.timestamp, name=record.name,
                 source=record.source, overlay=blended, timings={"decode": record.decode_ms, **stage_ms},
-                confidence=confidence,
+                confidence=confidence, palette=self.info.palette, classes=request.classes, tiles=windows,
             ))
         return results
 

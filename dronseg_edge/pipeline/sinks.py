@@ -1,4 +1,4 @@
-"""Where results go: overlay video or images, class-index mask PNGs, colour masks, stats.jsonl.
+"""Where results go: overlay video or images, class-index mask PNGs, colour masks, confidence PNGs, stats.jsonl.
 
 Each sink runs in its own thread (:class:`SinkWorker`) behind a bounded queue: OpenCV and PyAV
 release the GIL while encoding, so video encoding and PNG writing proceed in parallel with
@@ -30,7 +30,7 @@ from dronseg_edge.atomic import free_space, is_storage_error, storage_errors, st
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.overlay import OverlayPlan, colorize
 from dronseg_edge.pipeline.queues import put_unless_stopped
-from dronseg_edge.pipeline.segmenter import Result
+from dronseg_edge.pipeline.result import LOW_CONFIDENCE_U8, Result
 from dronseg_edge.pipeline.video_writer import VideoWriter, encoders_for, open_video_writer
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,20 @@ class ColorMaskSink(MaskSink):
 
     def outputs(self) -> dict[str, str]:
         return {"color": str(self.folder)}
+
+
+class ConfidenceSink(MaskSink):
+    """``conf/{name}.png``: single-channel uint8 maximum class probability x 255 (``--save-conf``)."""
+
+    name = "conf"
+
+    def _write(self, result: Result) -> None:
+        if result.confidence is None:  # the Segmenter was asked for it (FrameRequest.confidence): a bug
+            raise ValueError(f"frame {result.index} has no confidence map to write to {self.folder}")
+        _imwrite(self.folder / f"{result.name}.png", result.confidence, PNG_FAST)
+
+    def outputs(self) -> dict[str, str]:
+        return {"conf": str(self.folder)}
 
 
 class OverlayImageSink(MaskSink):
@@ -280,7 +294,9 @@ class VideoSink(Sink):
 
 
 class StatsSink(Sink):
-    """``stats.jsonl``: one JSON line per frame (index, timestamp in s, share of each class by name).
+    """``stats.jsonl``: one JSON line per frame (index, timestamp in s, share of each class by name;
+    under ``--classes`` only those classes; with ``with_confidence`` the share of pixels whose most
+    likely class has a probability below 0.5 as ``low_confidence``).
 
     Each line goes to the file in one unbuffered write, so an interrupted or killed run's file is
     complete up to its last frame; a write that fails part-way (a full disk) is cut back to the
@@ -289,10 +305,11 @@ class StatsSink(Sink):
 
     name = "stats"
 
-    def __init__(self, path: Path, with_file: bool = False):
+    def __init__(self, path: Path, with_file: bool = False, with_confidence: bool = False):
         super().__init__()
         self.path = self.target = Path(path)
         self.with_file = with_file
+        self.with_confidence = with_confidence
         self._size = 0  # bytes of whole lines written
         try:
             self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -308,6 +325,9 @@ class StatsSink(Sink):
         if self.with_file:
             line["file"] = result.source
         line["shares"] = result.shares_by_name()
+        if self.with_confidence:
+            share = result.low_confidence_share(LOW_CONFIDENCE_U8)
+            line["low_confidence"] = None if share is None else round(share, 6)
         data = (json.dumps(line) + "\n").encode("utf-8")
         try:
             _write_all(self._fd, data)

@@ -4,7 +4,8 @@ What an ``.onnx`` or ``.engine`` file needs around it on the CPU (and on a GPU w
 resize the uint8 frame first and only then turn the few pixels left into float (a 720p frame
 shrunk to 320x192 is 1/15 of the work of converting it whole), shrinking with ``INTER_AREA`` as
 training did (data/augment.py) and as a frames graph does inside (antialiased Resize); then the
-class map of the model's output, brought back to the frame's size (nearest), and its pixel counts.
+class map of the model's output, brought back to the frame's size (nearest), and its pixel counts;
+the confidence map (maximum softmax probability) when asked for.
 The torch form of the same steps is ``runtime/base.preprocess`` (pre/post on a GPU).
 """
 
@@ -60,3 +61,18 @@ def class_map_host(out: np.ndarray, height: int, width: int) -> np.ndarray:
 def class_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
     """Pixels per class id (ids past ``num_classes`` are not counted)."""
     return np.bincount(mask.ravel(), minlength=num_classes)[:num_classes]
+
+
+def max_probability_u8(logits: np.ndarray) -> np.ndarray:
+    """(C, H, W) logits -> (H, W) uint8 maximum softmax probability x 255, rounded, as a frames graph's
+    ``confidence`` output: 1 / sum(exp(logit - max logit)), without making the whole softmax."""
+    top = logits.max(axis=0)
+    total = np.exp(logits - top).sum(axis=0)
+    return np.clip(np.rint(255.0 / total), 0, 255).astype(np.uint8)
+
+
+def resize_confidence(confidence: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A uint8 confidence map brought to (height, width) bilinearly (probabilities vary smoothly)."""
+    if confidence.shape == (height, width):
+        return confidence
+    return cv2.resize(confidence, (width, height), interpolation=cv2.INTER_LINEAR)

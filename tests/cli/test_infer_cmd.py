@@ -12,9 +12,12 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
+from fake_captures import CaptureRecorder, FakeCapture  # noqa: E402
 from pipeline_media import scene, write_video  # noqa: E402
 
 from dronseg_edge.cli import main  # noqa: E402
+from dronseg_edge.pipeline import gstreamer  # noqa: E402
+from dronseg_edge.pipeline.capture_options import ACCELERATION_NAMES  # noqa: E402
 from dronseg_edge.pipeline.video_writer import _import_av  # noqa: E402
 
 HAVE_AV = _import_av() is not None
@@ -131,6 +134,9 @@ def test_half_on_cpu_is_a_warning(tiny_checkpoint, media, tmp_path, capsys):
     ("min_free", "--min-free -1.0 must be 0 (no floor) or more MB"),
     ("show", "--show needs OpenCV with a GUI"),
     ("cuda", "no CUDA GPU"),
+    ("classes", "--classes ufo: tiny.pt has no such class; its classes are background, person, bike"),
+    ("tile", "--tile 'sometimes' is not one of auto, on, off"),
+    ("tile_overlap", "--tile-overlap 0.9 must be between 0 and 0.75"),
 ])
 def test_bad_input_gives_one_error_line(case, message, tiny_checkpoint, media, tmp_path, capsys):
     if case == "show" and hasattr(cv2, "imshow") and "GUI:                           NONE" not in cv2.getBuildInformation():
@@ -178,9 +184,31 @@ def test_bad_input_gives_one_error_line(case, message, tiny_checkpoint, media, t
         extra += ["--show"]
     elif case == "cuda":
         extra += ["--device", "cuda"]
+    elif case == "classes":
+        extra += ["--classes", "car,ufo"]
+    elif case == "tile":
+        extra += ["--tile", "sometimes"]
+    elif case == "tile_overlap":
+        extra += ["--tile-overlap", "0.9"]
     code, out, err = run_cli(capsys, model, source, *extra)
     assert_one_error_line(code, out, err, message)
     assert not (tmp_path / "run").exists() or case == "existing_out"  # nothing started for a run that cannot
+
+
+def test_tiles_confidence_and_a_class_filter_from_the_command_line(tiny_checkpoint, media, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, tiny_checkpoint, media["video"], "--out", out_dir, "--device", "cpu",
+                             "--max-frames", "2", "--tile", "on", "--tile-overlap", "0.5", "--save-conf",
+                             "--classes", "car,road", "--save-masks")
+    assert code == 0, err
+    assert "Tiled: 2 of 2 frames in windows of 96x64 (--tile on, overlap 0.5)" in out
+    assert sorted(p.name for p in (out_dir / "conf").iterdir()) == ["000000.png", "000001.png"]
+    mask = cv2.imread(str(out_dir / "masks" / "000001.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (80, 128) and set(np.unique(mask)) <= {3, 10, 255}
+    line = json.loads((out_dir / "stats.jsonl").read_text().splitlines()[0])
+    assert set(line["shares"]) == {"car", "road"} and 0.0 <= line["low_confidence"] <= 1.0
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert (summary["tiled_frames"], summary["tile"]["overlap"], summary["classes"]) == (2, 0.5, ["car", "road"])
 
 
 def test_help_lists_the_exit_codes_and_the_recording_bounds(capsys):
@@ -210,3 +238,82 @@ def test_bounded_recording_from_the_command_line(tiny_checkpoint, media, tmp_pat
     assert [s["frames"] for s in summary["video_segments"]] == [3, 3, 3]
     assert "Video: 3 segments of 0.1 s (overlay_00000.mp4 ... overlay_00002.mp4)" in out
     assert "Stopped: --max-duration reached" in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--rtsp-transport", "quic"], "--rtsp-transport quic is not one of tcp, udp"),
+    (["--latency-ms", "-5"], "--latency-ms -5 must be a whole number of milliseconds"),
+    (["--rtsp-transport", "tcp", "--latency-ms", "100"], "--rtsp-transport and --latency-ms apply to rtsp:// sources "
+                                                         "only, and"),
+])
+def test_bad_stream_options_give_one_error_line(extra, message, tiny_checkpoint, media, tmp_path, capsys):
+    code, out, err = run_cli(capsys, tiny_checkpoint, media["video"], "--out", tmp_path / "run", *extra)
+    assert_one_error_line(code, out, err, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_pipeline_without_gstreamer_gives_one_error_line(tiny_checkpoint, tmp_path, capsys):
+    if gstreamer.has_gstreamer():
+        pytest.skip("this OpenCV has GStreamer, so the pipeline would open")
+    code, out, err = run_cli(capsys, tiny_checkpoint, "videotestsrc ! videoconvert", "--out", tmp_path / "run")
+    assert_one_error_line(code, out, err, "has no GStreamer: on a Jetson use JetPack's OpenCV")
+    assert code == 2 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag, requested", [(None, False), ("--hw-decode", True), ("--no-hw-decode", False)])
+def test_hw_decode_is_recorded_in_the_summary(flag, requested, tiny_checkpoint, media, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, tiny_checkpoint, media["video"], "--out", out_dir, "--device", "cpu",
+                             "--max-frames", "2", "--no-save-video", *([flag] if flag else []))
+    assert code == 0, err
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["hw_decode"]["requested"] is requested and summary["frames"] == 2
+    assert summary["hw_decode"]["used"] in ACCELERATION_NAMES.values()  # "none" with pip's FFmpeg
+
+
+@pytest.mark.parametrize("source, kind, pipeline_part", [
+    ("videotestsrc is-live=true ! videoconvert", "stream",
+     "videotestsrc is-live=true ! videoconvert ! appsink drop=true max-buffers=1"),
+    ("csi://0?width=64&height=48&fps=15", "camera", "nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM),width=64,"
+                                                    "height=48,framerate=15/1 ! nvvidconv"),
+])
+def test_gstreamer_sources_from_the_command_line(source, kind, pipeline_part, tiny_checkpoint, tmp_path, capsys,
+                                                 monkeypatch):
+    """A stand-in GStreamer backend (pip's OpenCV has none): the pipeline OpenCV would get, and a run on its frames."""
+    monkeypatch.setattr(gstreamer, "has_gstreamer", lambda: True)
+    recorder = CaptureRecorder(FakeCapture(None, size=(64, 48), delay_s=0.01)).install(monkeypatch, cv2.CAP_GSTREAMER)
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, tiny_checkpoint, source, "--out", out_dir, "--device", "cpu", "--max-frames", "3",
+                             "--no-save-video")
+    assert code == 0, err
+    (call,) = recorder.calls
+    assert call.api == cv2.CAP_GSTREAMER and pipeline_part in call.target
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert (summary["source"], summary["source_kind"], summary["live"]) == (source if kind == "camera" else
+                                                                             call.target, kind, True)
+    assert (summary["frames"], summary["frame_size"], summary["hw_decode"]) == (3, "64x48", None)
+
+
+def _foreign_copy(tiny_checkpoint, folder):
+    """(our fp32 ONNX of tiny_checkpoint, the same graph with its metadata stripped, as a foreign tool leaves it)."""
+    import onnx
+
+    from dronseg_edge.export import export_artifact
+
+    ours = export_artifact(tiny_checkpoint, device="cpu", out_dir=folder, parity=False).path
+    graph = onnx.load(str(ours))
+    del graph.metadata_props[:]
+    foreign = folder / "foreign.onnx"
+    onnx.save(graph, str(foreign))
+    return ours, foreign
+
+
+def test_a_foreign_onnx_runs_with_meta_and_is_refused_without(tiny_checkpoint, media, tmp_path, capsys):
+    ours, foreign = _foreign_copy(tiny_checkpoint, tmp_path)
+    code, out, err = run_cli(capsys, foreign, media["folder"], "--out", tmp_path / "a", "--device", "cpu", "--meta", ours)
+    assert code in (0, None), err
+    assert f"model: {foreign} -> onnxruntime" in out and (tmp_path / "a" / "masks" / "one.png").is_file()
+    assert_one_error_line(*run_cli(capsys, foreign, media["folder"], "--out", tmp_path / "b", "--device", "cpu"),
+                          "foreign.onnx has no dronseg-edge metadata")
+    code, out, err = run_cli(capsys, foreign, media["folder"], "--out", tmp_path / "c", "--device", "cpu")
+    assert "or pass --meta FILE" in err.strip().splitlines()[-1]

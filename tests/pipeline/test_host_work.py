@@ -83,3 +83,23 @@ def test_host_and_torch_prepost_agree_on_the_same_onnx(models):
         for frame in frames:
             a, b = host.predict(frame), torch_work.predict(frame)
             assert (a.mask == b.mask).mean() >= 0.99  # INTER_AREA vs torch's antialiased bilinear
+
+
+def test_tiled_onnx_on_the_host_matches_the_tiled_checkpoint(models, trained_checkpoint):
+    rows = [np.concatenate([scene(i + 3 * j, (96, 64)) for i in range(3)], axis=1) for j in range(2)]
+    frame = np.concatenate(rows, axis=0)  # 288x128: three model inputs wide
+    with Segmenter(models["tensors"], device="cpu", tile="on", confidence=True) as host, \
+            Segmenter(trained_checkpoint, device="cpu", tile="on", confidence=True) as torch_work:
+        assert host.work.name == "host" and torch_work.work.name == "torch"
+        a, b = host.predict(frame), torch_work.predict(frame)
+    assert a.tiles == b.tiles > 3 and a.mask.shape == (128, 288)
+    assert (a.mask == b.mask).mean() >= 0.999  # numpy and torch blending of fp32 logits
+    assert np.abs(a.confidence.astype(int) - b.confidence).max() <= 1
+
+
+def test_host_confidence_matches_a_frames_artifacts_own(models):
+    frame = scene(5, (96, 64))  # the model's input size: neither resizes
+    with Segmenter(models["tensors"], device="cpu", confidence=True) as host, \
+            Segmenter(models["frames"], device="cpu") as graph:
+        a, b = host.predict(frame), graph.predict(frame)
+    assert np.array_equal(a.mask, b.mask) and np.abs(a.confidence.astype(int) - b.confidence).max() <= 1

@@ -41,3 +41,16 @@ def test_torch_overlay_agrees_with_opencv():
                             palette_tensor(PALETTE, torch.device("cpu")), alpha)[0].numpy()
         assert got.dtype == np.uint8 and got.shape == frame.shape
         assert np.abs(got.astype(int) - expected).max() <= 1, alpha
+
+
+def test_hidden_pixels_show_the_frame_on_both_paths():
+    mask, frame = _case(3)
+    mask[:10] = 255  # what a class filter left out
+    hidden = mask == 255
+    lut = bgr_lut(PALETTE)
+    cpu = overlay(frame, mask, lut, 0.6, hidden=255)
+    gpu_form = overlay_torch(torch.from_numpy(frame)[None], torch.from_numpy(mask)[None],
+                             palette_tensor(PALETTE, torch.device("cpu")), 0.6, hidden=255)[0].numpy()
+    for image in (cpu, gpu_form):
+        assert np.array_equal(image[hidden], frame[hidden])
+        assert np.abs(image[~hidden].astype(int) - overlay(frame, mask, lut, 0.6)[~hidden]).max() <= 1

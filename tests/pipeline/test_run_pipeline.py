@@ -219,8 +219,40 @@ def test_the_overlay_alpha_is_handed_to_the_segmenter_not_set_on_it(segmenter, v
     assert seen == [(0.3, None), (None, None)]  # no overlay wanted: none made, not even on a GPU
 
 
+def test_confidence_maps_and_a_class_filter_in_a_run(segmenter, video_path, tmp_path):
+    out = tmp_path / "run"
+    summary = run_inference(segmenter, video_path, RunOptions(out=out, save_conf=True, classes=("sky", "Road"),
+                                                              save_masks=True, max_frames=3, progress=False))
+    stats = read_stats(out)
+    assert [p.name for p in sorted((out / "conf").iterdir())] == ["000000.png", "000001.png", "000002.png"]
+    for index, line in enumerate(stats):
+        conf = cv2.imread(str(out / "conf" / f"{index:06d}.png"), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(out / "masks" / f"{index:06d}.png"), cv2.IMREAD_UNCHANGED)
+        assert conf.shape == mask.shape == (80, 128) and 0 < conf.min() and conf.max() <= 255
+        assert line["low_confidence"] == pytest.approx((conf < 128).mean(), abs=1e-6)
+        assert set(np.unique(mask)) <= {10, 11, 255} and set(line["shares"]) == {"road", "sky"}
+        assert line["shares"]["sky"] == pytest.approx((mask == 11).mean(), abs=1e-6)
+    data = summary.data
+    assert (data["classes"], data["low_confidence_below"], data["outputs"]["conf"]) == (["road", "sky"], 0.5, "conf")
+    assert data["tile"]["mode"] == "auto" and data["tiled_frames"] == 0  # 128x80 is not twice 96x64
+
+
+def test_a_class_the_model_lacks_fails_before_the_run_folder(segmenter, video_path, tmp_path):
+    with pytest.raises(DronsegError, match="--classes ufo: tiny.pt has no such class; its classes are background"):
+        run_inference(segmenter, video_path, RunOptions(out=tmp_path / "run", classes=("car", "ufo"), progress=False))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_tiled_run_counts_its_tiled_frames(tiny_checkpoint, video_path, tmp_path):
+    with Segmenter(tiny_checkpoint, device="cpu", tile="on") as seg:
+        summary = run_inference(seg, video_path, RunOptions(out=tmp_path / "run", max_frames=2, save_masks=True,
+                                                            progress=False))
+    assert summary.data["tiled_frames"] == 2 and summary.data["tile"]["window"] == [96, 64]
+    assert cv2.imread(str(tmp_path / "run" / "masks" / "000001.png"), cv2.IMREAD_UNCHANGED).shape == (80, 128)
+
+
 def test_bad_options():
-    for options, message in ((dict(alpha=1.5), "--alpha"), (dict(stride=0), "--stride"),
+    for options, message in ((dict(alpha=1.5), "--alpha"), (dict(stride=0), "--stride"), (dict(classes=()), "--classes"),
                              (dict(max_frames=0), "--max-frames"), (dict(reconnect_s=0), "--reconnect-s"),
                              (dict(max_duration=0), "--max-duration"), (dict(segment_s=-1), "--segment-s"),
                              (dict(min_free_mb=-5), "--min-free")):

@@ -11,6 +11,7 @@ from dronseg_edge.classes import CLASS_NAMES, PALETTE
 from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut, overlay
 from dronseg_edge.pipeline.run import RunOptions, RunState, RunSummary
 from dronseg_edge.pipeline.segmenter import Result
+from dronseg_edge.pipeline.tiling import TilePlan
 
 LUT = bgr_lut(PALETTE)
 
@@ -58,7 +59,8 @@ def test_summary_holds_per_frame_stage_times_and_the_slowest_writer(tmp_path):
     state.wall_s = 0.5
     segmenter = SimpleNamespace(
         backend=SimpleNamespace(path=Path("m.onnx"), name="onnxruntime", provider="CPUExecutionProvider"),
-        device=torch.device("cpu"), info=SimpleNamespace(precision="fp32", input_size=(96, 64)), batch=1)
+        device=torch.device("cpu"), info=SimpleNamespace(precision="fp32", input_size=(96, 64)), batch=1,
+        tiling=TilePlan("auto", (96, 64)))
     source = SimpleNamespace(name="clip.mp4", kind="video", fps=25.0, corrupt=1, reconnects=0)
     reader = SimpleNamespace(decode_ms=12.0, decoded=3, dropped=0)
     sinks = [FakeSink("masks", 2, 8.0, {"masks": str(tmp_path / "masks")}),
@@ -70,6 +72,7 @@ def test_summary_holds_per_frame_stage_times_and_the_slowest_writer(tmp_path):
     assert (data["interrupted"], data["stopped_by_key"], data["error"], data["corrupt_frames"]) == (True, False, None, 1)
     assert data["outputs"] == {"masks": "masks", "stats": "stats.jsonl"}
     assert data["video_codec"] is None and data["video_frames"] is None
+    assert (data["tile"]["mode"], data["tile"]["window"], data["tiled_frames"]) == ("auto", [96, 64], 0)
     assert RunSummary(tmp_path, data).speed_line().startswith("Speed: decode 4.0 ms, preprocess 1.0 ms, inference 15.0 ms")
     state.add(make_result((4, 4)))
     assert state.summary(segmenter, source, reader, sinks)["frame_size"] == "mixed"

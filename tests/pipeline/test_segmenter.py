@@ -1,5 +1,6 @@
 import logging
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -23,7 +24,8 @@ def nearest(classes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def segmenter(tiny_checkpoint):
-    with Segmenter(tiny_checkpoint, device="cpu") as seg:
+    """Resizing every frame (tests/pipeline/test_tiling.py covers the windows)."""
+    with Segmenter(tiny_checkpoint, device="cpu", tile="off") as seg:
         yield seg
 
 
@@ -63,7 +65,7 @@ def test_larger_frame_gets_the_class_map_resized_back(segmenter, reference):
 
 def test_logits_upsampling_gives_the_frame_size_and_mostly_the_same_classes(tiny_checkpoint, segmenter):
     frame = scene(7, (150, 100))
-    with Segmenter(tiny_checkpoint, device="cpu", upsample="logits") as smooth:
+    with Segmenter(tiny_checkpoint, device="cpu", upsample="logits", tile="off") as smooth:
         fine = smooth.predict(frame).mask
     coarse = segmenter.predict(frame).mask
     assert fine.shape == coarse.shape == (100, 150)
@@ -83,7 +85,7 @@ def test_shares_are_pixel_fractions(segmenter):
 def test_mixed_sizes_in_one_batch_match_single_predictions(tiny_checkpoint, segmenter):
     frames = [scene(i, size) for i, size in enumerate([(96, 64), (130, 70), (40, 30), (96, 64)])]
     singles = [segmenter.predict(f).mask for f in frames]
-    with Segmenter(tiny_checkpoint, device="cpu", batch=3) as batched:
+    with Segmenter(tiny_checkpoint, device="cpu", batch=3, tile="off") as batched:
         results = batched.predict_batch(frames)
     assert [r.mask.shape for r in results] == [f.shape[:2] for f in frames]
     for single, result in zip(singles, results):
@@ -218,10 +220,10 @@ def test_gpu_returns_host_uint8_maps_shares_and_overlays(half, trained_checkpoin
 @pytest.mark.gpu
 def test_gpu_logits_are_upsampled_before_the_argmax(trained_checkpoint):
     frame = scene(2, (192, 128))
-    with Segmenter(trained_checkpoint, device="cuda", cuda_graph=False) as seg:
+    with Segmenter(trained_checkpoint, device="cuda", cuda_graph=False, tile="off") as seg:
         assert seg.upsample_logits
         smooth = seg.predict(frame).mask
-    with Segmenter(trained_checkpoint, device="cpu", upsample="logits") as cpu_seg:
+    with Segmenter(trained_checkpoint, device="cpu", upsample="logits", tile="off") as cpu_seg:
         expected = cpu_seg.predict(frame).mask
     assert (smooth == expected).mean() > 0.99
 
@@ -238,3 +240,82 @@ def test_gpu_frames_are_uploaded_through_reused_pinned_buffers(tiny_checkpoint):
         assert len(buffers) <= gpu_seg._staging.max_slots  # reused, not one per frame
     for mask, want in zip(got, expected):
         assert (mask == want).mean() > 0.99
+
+
+def blue_classes(batch):
+    """A fake model's logits: each pixel's class is its blue level / 20 (so a frame can spell out its classes)."""
+    from dronseg_edge.classes import IMAGENET_MEAN, IMAGENET_STD
+
+    blue = (batch[:, 2] * IMAGENET_STD[2] + IMAGENET_MEAN[2]) * 255.0 / 20
+    return -((blue[:, None] - torch.arange(12.0).view(1, 12, 1, 1)) ** 2)
+
+
+def striped_frame(classes=(1, 3, 9, 10), size=(16, 12)) -> tuple[np.ndarray, np.ndarray]:
+    """A BGR frame of vertical stripes, one per class (blue = class x 20), and its class map."""
+    width, height = size
+    truth = np.repeat(np.array(classes, np.uint8), width // len(classes))[None].repeat(height, 0)
+    frame = np.full((height, width, 3), 60, np.uint8)
+    frame[..., 0] = truth * 20
+    return frame, truth
+
+
+def test_predict_takes_a_frame_or_a_list_and_batches_the_list():
+    backend = FakeBackend(respond=blue_classes, input_size=(16, 12))
+    frame, truth = striped_frame()
+    with Segmenter(backend, batch=2) as seg:
+        one = seg.predict(frame)
+        several = seg.predict([frame, frame[:, ::-1].copy(), frame])
+        stacked = seg.predict(np.stack([frame, frame]))
+    assert np.array_equal(one.mask, truth)
+    assert isinstance(several, list) and [r.index for r in several] == [0, 1, 2]
+    assert np.array_equal(several[1].mask, truth[:, ::-1]) and len(stacked) == 2
+    assert backend.batches == [(2, 3, 12, 16)] * 4  # 1 frame, 2 + 1 frames, 2 frames: calls padded to --batch
+
+
+def test_result_plot_and_save_write_mask_colours_overlay_and_confidence(tmp_path):
+    from dronseg_edge.classes import PALETTE
+    from dronseg_edge.pipeline.overlay import bgr_lut, colorize, overlay
+
+    frame, truth = striped_frame()
+    with Segmenter(FakeBackend(respond=blue_classes, input_size=(16, 12)), confidence=True) as seg:
+        result = seg.predict(frame)
+    picture = result.plot(alpha=0.4)
+    assert picture.dtype == np.uint8 and np.array_equal(picture, overlay(frame, truth, bgr_lut(PALETTE), 0.4))
+    with pytest.raises(DronsegError, match="alpha 1.5"):
+        result.plot(alpha=1.5)
+    written = result.save(tmp_path / "out", name="shot")
+    assert {kind: path.name for kind, path in written.items()} == {
+        "mask": "shot_mask.png", "color": "shot_color.png", "overlay": "shot_overlay.jpg", "conf": "shot_conf.png"}
+    read = lambda kind, flag=cv2.IMREAD_UNCHANGED: cv2.imread(str(written[kind]), flag)  # noqa: E731
+    assert np.array_equal(read("mask"), truth) and np.array_equal(read("conf"), result.confidence)
+    assert np.array_equal(read("color", cv2.IMREAD_COLOR), colorize(truth, bgr_lut(PALETTE)))
+    assert np.abs(read("overlay", cv2.IMREAD_COLOR).astype(int) - result.plot(0.5)).mean() < 6  # JPEG
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in written.values())
+
+
+@pytest.mark.parametrize("prepost", ["host", "torch"])
+def test_a_class_filter_keeps_the_chosen_classes_in_masks_shares_and_pictures(prepost):
+    from dronseg_edge.pipeline.request import FILTERED
+
+    frame, truth = striped_frame()
+    with Segmenter(FakeBackend(respond=blue_classes, input_size=(16, 12)), prepost=prepost,
+                   classes="Person, car") as seg:
+        result = seg.predict(frame)
+        everything = list(seg.stream(iter([frame]), classes=None))
+        assert np.array_equal(everything[0].mask, truth)  # a stream may ask for all classes
+    kept = np.isin(truth, [1, 3])
+    assert np.array_equal(result.mask, np.where(kept, truth, FILTERED))
+    assert result.classes == (1, 3) and result.shares[[1, 3]].tolist() == [0.25, 0.25] and result.shares.sum() == 0.5
+    assert result.shares_by_name() == {"person": 0.25, "car": 0.25}
+    picture = result.plot(alpha=1.0)
+    assert np.array_equal(picture[~kept], frame[~kept]) and not np.array_equal(picture[kept], frame[kept])
+    with pytest.raises(DronsegError, match="--classes ufo: fake.onnx has no such class; its classes are background, "
+                                           "person, bike"):
+        Segmenter(FakeBackend(respond=blue_classes), classes=["car", "ufo"])
+
+
+def test_confidence_needs_logits():
+    with pytest.raises(DronsegError, match=r"class map \(--head argmax\), so it has no probabilities"):
+        Segmenter(argmax_backend(), confidence=True)
+    with pytest.raises(DronsegError, match="without a confidence output: re-export it with --confidence"):
+        Segmenter(FakeBackend("frames.onnx", io="frames", head="argmax"), confidence=True)

@@ -11,8 +11,9 @@ from dronseg_edge.classes import CLASS_NAMES, PALETTE
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut, colorize, overlay
 from dronseg_edge.pipeline.segmenter import Result
-from dronseg_edge.pipeline.sinks import (ColorMaskSink, MaskSink, OverlayImageSink, Sink, SinkWorker, StatsSink,
-                                         VideoSink)
+from dronseg_edge.pipeline.request import FILTERED
+from dronseg_edge.pipeline.sinks import (ColorMaskSink, ConfidenceSink, MaskSink, OverlayImageSink, Sink, SinkWorker,
+                                         StatsSink, VideoSink)
 
 LUT = bgr_lut(PALETTE)
 
@@ -124,6 +125,43 @@ def test_stats_lines_hold_index_timestamp_and_shares(tmp_path):
     assert sum(lines[2]["shares"].values()) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(DronsegError, match="cannot create"):
         StatsSink(tmp_path / "stats.jsonl")  # never appends to an earlier run's file
+
+
+def test_confidence_pngs_and_the_low_confidence_share_in_stats(tmp_path):
+    results = [make_result(i) for i in range(2)]
+    for result in results:
+        result.confidence = np.full(result.mask.shape, 200, np.uint8)
+        result.confidence[:12] = 127  # a quarter of the 48 rows: just below 0.5 (128 / 255)
+        result.confidence[12:13] = 128  # exactly 0.5: not low
+    conf = ConfidenceSink(tmp_path / "conf")
+    stats = StatsSink(tmp_path / "stats.jsonl", with_confidence=True)
+    plain = StatsSink(tmp_path / "plain.jsonl")
+    for result in results:
+        for sink in (conf, stats, plain):
+            sink.write(result)
+    stats.close()
+    plain.close()
+    back = cv2.imread(str(tmp_path / "conf" / "000001.png"), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint8 and np.array_equal(back, results[1].confidence)
+    assert conf.outputs() == {"conf": str(tmp_path / "conf")}
+    lines = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert [line["low_confidence"] for line in lines] == [0.25, 0.25]
+    assert all("low_confidence" not in json.loads(line) for line in (tmp_path / "plain.jsonl").read_text().splitlines())
+
+
+def test_a_class_filter_limits_stats_and_leaves_other_pixels_uncoloured(tmp_path):
+    result = make_result(0)  # left half vegetation (9), bottom half road (10)
+    result.mask[result.mask == 10] = FILTERED
+    result.shares[10] = 0.0
+    result.classes = (9,)
+    stats = StatsSink(tmp_path / "stats.jsonl")
+    stats.write(result)
+    stats.close()
+    assert json.loads((tmp_path / "stats.jsonl").read_text())["shares"] == {"vegetation": 0.25}
+    image = OverlayPlan(0.6, LUT).image(result)
+    hidden = result.mask == FILTERED
+    assert np.array_equal(image[hidden], result.frame[hidden])
+    assert np.array_equal(image[~hidden], overlay(result.frame, result.mask, LUT, 0.6)[~hidden])
 
 
 class FailingSink(Sink):

@@ -279,3 +279,18 @@ def test_interrupted_run_leaves_no_partial_files_or_csvs(tmp_path, monkeypatch):
     root = tmp_path / "out"
     assert len(list((root / "imgs" / "imgs").glob("*.jpg"))) == 4
     assert not list(root.rglob("*.csv")) and not list(root.rglob("*.tmp")) and not list(root.rglob(".*"))
+
+
+def test_objects_keep_the_scenes_scale_at_any_image_size(tmp_path):
+    """The same seed at 3x the size shows the same ground: objects cover ~9x the pixels (as a 4K camera
+    at the same altitude sees them), not the same few pixels on a wider view."""
+    areas = {}
+    for width, height in ((640, 360), (1920, 1080)):
+        root = synthesize(tmp_path / f"{width}", images=4, size=(width, height), video_frames=0, seed=3,
+                          test_fraction=0.0).root
+        masks = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((root / "masks/masks").glob("*.png"))]
+        areas[width] = np.array([[(m == c).sum() for c in (1, 3)] for m in masks], np.float64)  # person, car
+    present = areas[640] > 0
+    assert present.sum() >= 3
+    ratio = areas[1920][present] / areas[640][present]
+    assert np.all((ratio > 6.0) & (ratio < 12.0)), ratio  # 9 give or take the edge pixels; never ~1

@@ -1,0 +1,67 @@
+"""What a Segmenter makes for each frame besides its class map: an overlay, a confidence map, a class filter.
+
+A Segmenter has its own defaults (its constructor's ``overlay_alpha``, ``confidence``, ``classes``)
+and ``stream()`` may ask for others per call (``run_inference`` does, from its RunOptions), so the
+works get one :class:`FrameRequest` per batch instead of reading the Segmenter's attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Sequence
+
+import numpy as np
+
+from dronseg_edge.classes import IGNORE_INDEX
+from dronseg_edge.errors import DronsegError
+
+FILTERED = IGNORE_INDEX  # the mask value of pixels whose class --classes left out (255)
+
+
+@dataclass(frozen=True)
+class FrameRequest:
+    """``overlay_alpha``: blend the overlay on the GPU at this opacity (None: no overlay there);
+    ``confidence``: make the (H, W) uint8 maximum-probability map; ``classes``: the class ids to
+    keep (None: all), every other pixel becomes :data:`FILTERED` in the mask, the overlay and the counts."""
+
+    overlay_alpha: float | None = None
+    confidence: bool = False
+    classes: tuple[int, ...] | None = None
+
+    @cached_property
+    def keep_lut(self) -> np.ndarray | None:
+        """(256,) uint8 lookup table: a kept class id to itself, any other to FILTERED; None keeps all."""
+        if self.classes is None:
+            return None
+        lut = np.full(256, FILTERED, np.uint8)
+        lut[list(self.classes)] = list(self.classes)
+        return lut
+
+
+def select_classes(classes: str | Sequence[str | int] | None, class_names: Sequence[str],
+                   model: str = "the model") -> tuple[int, ...] | None:
+    """Class names (a sequence, or one comma-separated string; any case) or ids -> their sorted ids.
+
+    Raises a one-line DronsegError listing the model's classes for a name or id it does not have.
+    """
+    if classes is None:
+        return None
+    items = classes.split(",") if isinstance(classes, str) else list(classes)
+    items = [item.strip() if isinstance(item, str) else item for item in items]
+    items = [item for item in items if item != ""]
+    if not items:
+        raise DronsegError("--classes is empty: give one or more class names, e.g. --classes person,car")
+    lookup = {name.lower(): index for index, name in enumerate(class_names)}
+    ids, unknown = set(), []
+    for item in items:
+        if isinstance(item, str) and item.lower() in lookup:
+            ids.add(lookup[item.lower()])
+        elif isinstance(item, (int, np.integer)) and not isinstance(item, bool) and 0 <= item < len(class_names):
+            ids.add(int(item))
+        else:
+            unknown.append(str(item))
+    if unknown:
+        raise DronsegError(f"--classes {','.join(unknown)}: {model} has no such class; its classes are "
+                           f"{', '.join(class_names)}")
+    return tuple(sorted(ids))

@@ -1,0 +1,102 @@
+"""One segmented frame (:class:`Result`), with its picture (``plot``) and its files (``save``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dronseg_edge.atomic import atomic_path
+from dronseg_edge.classes import PALETTE
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.pipeline.overlay import bgr_lut, colorize, overlay
+from dronseg_edge.pipeline.request import FILTERED
+
+LOW_CONFIDENCE = 0.5  # a pixel whose most likely class has a probability below this is "low confidence"
+LOW_CONFIDENCE_U8 = 128  # the same on the uint8 confidence map (x 255): values below 128
+
+
+@dataclass
+class Result:
+    """One segmented frame.
+
+    ``mask``: (H, W) uint8 class indices at the frame's own size (with a class filter, the pixels
+    of the classes left out are FILTERED, 255); ``shares``: (C,) fraction of the frame's pixels per
+    class (sums to 1 without a filter); ``frame``: the (H, W, 3) uint8 BGR input; ``overlay``: the
+    blended (H, W, 3) BGR image when the Segmenter made it on the GPU, else None; ``confidence``:
+    (H, W) uint8 maximum class probability x 255 when asked for (``Segmenter(confidence=True)``) or
+    given by a frames artifact exported with ``--confidence``, else None; ``timings``: ms per stage
+    for this frame (decode, preprocess, inference, postprocess); ``classes``: the class ids kept by
+    a filter (None: all); ``tiles``: windows the frame was segmented in (0: resized whole).
+    """
+
+    mask: np.ndarray
+    shares: np.ndarray
+    class_names: list[str]
+    frame: np.ndarray
+    index: int = 0
+    timestamp: float | None = None
+    name: str = ""
+    source: str = ""
+    overlay: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    confidence: np.ndarray | None = None
+    palette: list = field(default_factory=lambda: [list(c) for c in PALETTE])
+    classes: tuple[int, ...] | None = None
+    tiles: int = 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return int(self.mask.shape[1]), int(self.mask.shape[0])
+
+    def shares_by_name(self, digits: int = 6) -> dict[str, float]:
+        """{class name: share of the frame's pixels}, only the kept classes under a filter."""
+        return {name: round(float(share), digits) for index, (name, share) in enumerate(zip(self.class_names, self.shares))
+                if self.classes is None or index in self.classes}
+
+    def low_confidence_share(self, threshold_u8: int = LOW_CONFIDENCE_U8) -> float | None:
+        """Share of pixels whose confidence is below ``threshold_u8`` / 255 (None without a confidence map)."""
+        if self.confidence is None:
+            return None
+        return float(np.count_nonzero(self.confidence < threshold_u8)) / max(self.confidence.size, 1)
+
+    def plot(self, alpha: float = 0.5) -> np.ndarray:
+        """The (H, W, 3) uint8 BGR frame with the class colours over it at opacity ``alpha`` (0..1);
+        pixels a class filter left out show the frame as it is."""
+        if not 0.0 <= alpha <= 1.0:
+            raise DronsegError(f"alpha {alpha} must be between 0 (frame only) and 1 (colours only)")
+        return overlay(self.frame, self.mask, bgr_lut(self.palette), alpha,
+                       hidden=FILTERED if self.classes is not None else None)
+
+    def color_mask(self) -> np.ndarray:
+        """The class map in the palette's colours, (H, W, 3) uint8 BGR (filtered pixels black)."""
+        return colorize(self.mask, bgr_lut(self.palette))
+
+    def save(self, folder: str | Path, name: str | None = None, alpha: float = 0.5) -> dict[str, Path]:
+        """Write ``{name}_mask.png`` (class indices), ``{name}_color.png``, ``{name}_overlay.jpg`` and,
+        with a confidence map, ``{name}_conf.png`` into ``folder`` (created), each atomically.
+        ``name``: default the frame's own name (or its index). Returns {kind: path}."""
+        folder = Path(folder)
+        stem = name or self.name or f"{self.index:06d}"
+        images = {"mask": (f"{stem}_mask.png", self.mask), "color": (f"{stem}_color.png", self.color_mask()),
+                  "overlay": (f"{stem}_overlay.jpg", self.plot(alpha))}
+        if self.confidence is not None:
+            images["conf"] = (f"{stem}_conf.png", self.confidence)
+        written = {}
+        for kind, (filename, image) in images.items():
+            written[kind] = write_image_atomic(folder / filename, image)
+        return written
+
+
+def write_image_atomic(path: Path, image: np.ndarray) -> Path:
+    """Encode ``image`` by ``path``'s suffix (PNG, JPEG quality 90) and write it atomically."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, encoded = cv2.imencode(path.suffix, image, params)
+    if not ok:
+        raise DronsegError(f"OpenCV cannot encode {path} ({image.dtype} {image.shape})")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encoded.tobytes())
+    return path

@@ -1,0 +1,226 @@
+"""Tiled inference: a frame larger than the model input is segmented in overlapping windows.
+
+Shrinking a 4K frame to a 1280x720 input keeps one pixel in nine: a person a few dozen pixels wide
+becomes a handful. Tiling instead runs the model on windows of its own input size cut from the
+frame at full resolution, and blends the windows' LOGITS where they overlap with weights that fall
+off towards each window's edges, where the model sees the least context. The weights are MONAI's
+``sliding_window_inference`` "gaussian" importance map (sigma = 1/8 of the side, floored at 1e-3 so
+a frame's border, seen by one window only, still has a weight); mmseg's slide mode averages with
+equal weights instead, which leaves seams where one window's edge meets another's centre.
+
+Windows are spread evenly so the last one ends at the frame's edge (the overlap is at least the
+asked one) and processed in rows, ``batch`` at a time. The blended logits are kept only for the
+rows that windows still to come will touch (a band a window high, plus what one batch spans), and
+finished into classes (and confidence) as soon as no window can change them: a 4K frame needs a
+few tens of MB, not the 400 MB of full-frame 12-class logits.
+
+This module is numpy only (the host work); ``pipeline/torch_work.py`` runs the same blender on torch
+tensors on the model's device by overriding its four array operations.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Iterator
+
+import numpy as np
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.runtime.host import max_probability_u8
+
+log = logging.getLogger(__name__)
+
+TILE_MODES = ("auto", "on", "off")
+DEFAULT_OVERLAP = 0.25  # MONAI's default; the windows' share of each side shared with the next one
+MAX_OVERLAP = 0.75  # beyond this the windows multiply (1 / (1 - overlap)^2) for little gain
+AUTO_FACTOR = 2  # auto tiles a frame at least this many times the model input on a side
+SIGMA_SCALE = 0.125  # Gaussian sigma as a fraction of the window side (MONAI's default)
+WEIGHT_FLOOR = 1e-3  # lowest weight (MONAI's clamp): border pixels seen by one window keep a weight
+
+
+def window_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of windows of ``tile`` pixels covering ``length`` pixels, neighbours sharing at
+    least ``overlap`` of a window, the first at 0 and the last ending at ``length``."""
+    if length <= tile:
+        return [0]
+    stride = max(1, math.floor(tile * (1.0 - overlap)))
+    count = math.ceil((length - tile) / stride) + 1
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def window_weights(width: int, height: int) -> np.ndarray:
+    """(height, width) float32 blending weights: a separable Gaussian, 1 at the centre, >= WEIGHT_FLOOR."""
+
+    def axis(n: int) -> np.ndarray:
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        return np.exp(-(x ** 2) / (2.0 * (SIGMA_SCALE * n) ** 2))
+
+    return np.maximum(np.outer(axis(height), axis(width)), WEIGHT_FLOOR).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The windows of one frame: ``frame`` and ``tile`` are (W, H); ``xs``/``ys`` the start columns/rows."""
+
+    frame: tuple[int, int]
+    tile: tuple[int, int]
+    xs: tuple[int, ...]
+    ys: tuple[int, ...]
+
+    @classmethod
+    def of(cls, frame: tuple[int, int], tile: tuple[int, int], overlap: float) -> "TileGrid":
+        return cls(tuple(frame), tuple(tile), tuple(window_starts(frame[0], tile[0], overlap)),
+                   tuple(window_starts(frame[1], tile[1], overlap)))
+
+    @cached_property
+    def windows(self) -> list[tuple[int, int]]:
+        """(x, y) of every window's top-left corner, row by row."""
+        return [(x, y) for y in self.ys for x in self.xs]
+
+    def batches(self, size: int) -> Iterator[list[tuple[int, int]]]:
+        for start in range(0, len(self.windows), size):
+            yield self.windows[start:start + size]
+
+    def band_rows(self, size: int) -> int:
+        """Rows the blender must hold when windows come ``size`` at a time: the rows from the first
+        unfinished row to the bottom of the last window of any batch."""
+        height = self.frame[1]
+        worst = max(batch[-1][1] - batch[0][1] for batch in self.batches(size))
+        return min(height, worst + self.tile[1])
+
+
+@dataclass
+class TilePlan:
+    """Which frames a Segmenter tiles, and how.
+
+    ``mode``: auto (a frame at least AUTO_FACTOR times the model input on a side), on (any frame
+    larger than the input), off. A frame smaller than the input on either side is never tiled
+    (there is nothing to gain: it is resized, as without tiling). ``tile``: (W, H), the model
+    input; ``overlap``: 0 <= overlap <= MAX_OVERLAP; ``batch``: windows per inference call.
+    ``unable``: why the model cannot tile (no logits), or "" when it can: ``on`` is then refused
+    when the plan is made, ``auto`` resizes with a warning the first time a frame would have been tiled.
+    """
+
+    mode: str
+    tile: tuple[int, int]
+    overlap: float = DEFAULT_OVERLAP
+    batch: int = 1
+    unable: str = ""
+    _warned: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in TILE_MODES:
+            raise DronsegError(f"--tile {self.mode!r} is not one of {', '.join(TILE_MODES)}")
+        if not (math.isfinite(self.overlap) and 0.0 <= self.overlap <= MAX_OVERLAP):
+            raise DronsegError(f"--tile-overlap {self.overlap} must be between 0 and {MAX_OVERLAP} "
+                               f"(a share of the window; default {DEFAULT_OVERLAP})")
+        if int(self.batch) < 1:
+            raise DronsegError(f"tile batch {self.batch} must be at least 1")
+        if self.mode == "on" and self.unable:
+            raise DronsegError(f"--tile on: {self.unable}")
+
+    def tiles(self, width: int, height: int) -> bool:
+        """Whether a frame of ``width`` x ``height`` pixels is tiled."""
+        tile_w, tile_h = self.tile
+        if self.mode == "off" or width < tile_w or height < tile_h or (width, height) == (tile_w, tile_h):
+            return False
+        if self.mode == "auto" and width < AUTO_FACTOR * tile_w and height < AUTO_FACTOR * tile_h:
+            return False
+        if self.unable:
+            if not self._warned:
+                log.warning("frames of %dx%d would be tiled (--tile auto) but %s; resizing them instead",
+                            width, height, self.unable)
+                self._warned = True
+            return False
+        return True
+
+    def grid(self, width: int, height: int) -> TileGrid:
+        return TileGrid.of((width, height), self.tile, self.overlap)
+
+    def describe(self) -> dict:
+        """For summary.json."""
+        return {"mode": self.mode, "window": list(self.tile), "overlap": self.overlap, "batch": self.batch,
+                "unable": self.unable or None}
+
+
+def tiling_unable(info: ModelInfo, path_name: str) -> str:
+    """Why ``info``'s artifact cannot be tiled ("" when it can): tiling blends logits."""
+    if info.io == "frames":
+        return (f"{path_name} is a frames artifact (export --io frames) whose graph resizes the whole frame "
+                "itself; export it with --io tensors to tile")
+    if info.head != "logits":
+        return f"{path_name} outputs a class map (--head {info.head}), and tiling blends logits; export it with --head logits"
+    return ""
+
+
+class TileBlender:
+    """Blends one frame's window logits into its class map (and confidence), row band by row band.
+
+    Windows must be added in ``grid.windows`` order, any number at a time (at most ``batch``). The
+    array operations (:meth:`_zeros`, :meth:`_finish_rows`, :meth:`_shift`, :meth:`_outputs`) are
+    numpy here; ``torch_work.TorchTileBlender`` gives them to torch.
+    """
+
+    def __init__(self, grid: TileGrid, num_classes: int, weights, batch: int, confidence: bool):
+        self.grid, self.weights, self.confidence = grid, weights, confidence
+        width, height = grid.frame
+        self.rows = grid.band_rows(batch)
+        self.logits = self._zeros((num_classes, self.rows, width))  # weighted logit sums
+        self.weight = self._zeros((self.rows, width))  # weight sums
+        self.classes, self.conf = self._outputs(height, width, confidence)
+        self.top = 0  # frame row of the band's first row
+        self.done = 0  # windows added so far
+
+    def add(self, windows: list[tuple[int, int]], logits) -> None:
+        """Accumulate ``logits`` ((n, C, tile_h, tile_w), the model's output for ``windows``)."""
+        tile_w, tile_h = self.grid.tile
+        for (x, y), window in zip(windows, logits):
+            if (x, y) != self.grid.windows[self.done]:
+                raise ValueError(f"window {(x, y)} added out of order (expected {self.grid.windows[self.done]})")
+            row = y - self.top
+            self.logits[:, row:row + tile_h, x:x + tile_w] += window * self.weights
+            self.weight[row:row + tile_h, x:x + tile_w] += self.weights
+            self.done += 1
+        pending = self.grid.windows[self.done][1] if self.done < len(self.grid.windows) else self.grid.frame[1]
+        if pending > self.top:
+            self._finish(pending)
+
+    def _finish(self, end: int) -> None:
+        """Rows ``top`` .. ``end`` are final (no window still to come touches them): finish and drop them."""
+        count = end - self.top
+        classes, conf = self._finish_rows(self.logits[:, :count], self.weight[:count])
+        self.classes[self.top:end] = classes
+        if self.conf is not None:
+            self.conf[self.top:end] = conf
+        self._shift(count)
+        self.top = end
+
+    def result(self):
+        """(classes (H, W) uint8, confidence (H, W) uint8 or None), once every window was added."""
+        if self.done != len(self.grid.windows):
+            raise ValueError(f"{len(self.grid.windows) - self.done} windows were not added")
+        return self.classes, self.conf
+
+    # -- the array operations (numpy) -------------------------------------------------------------
+    def _zeros(self, shape):
+        return np.zeros(shape, np.float32)
+
+    def _outputs(self, height: int, width: int, confidence: bool):
+        return np.empty((height, width), np.uint8), (np.empty((height, width), np.uint8) if confidence else None)
+
+    def _finish_rows(self, logits, weight):
+        classes = logits.argmax(axis=0).astype(np.uint8)  # the weight sum divides every class alike
+        if not self.confidence:
+            return classes, None
+        return classes, max_probability_u8(logits / weight)
+
+    def _shift(self, count: int) -> None:
+        """Move the band up by ``count`` rows, zeroing the rows that come free."""
+        for array in (self.logits, self.weight):
+            array[..., :self.rows - count, :] = array[..., count:, :].copy()
+            array[..., self.rows - count:, :] = 0.0
+
