@@ -68,6 +68,8 @@ def infer(
     save_masks: Optional[bool] = typer.Option(None, "--save-masks/--no-save-masks",
                                               help="Class-index mask PNGs in masks/ (default: on for images only)."),
     save_color: bool = typer.Option(False, "--save-color", help="Colour mask PNGs in color/."),
+    contact_sheet: bool = typer.Option(False, "--contact-sheet", help="contact_sheet.jpg: the first 48 overlays "
+                                                                      "as captioned thumbnails in one picture."),
     save_conf: bool = typer.Option(False, "--save-conf", help="Confidence PNGs in conf/ (uint8 maximum class "
                                                              "probability x 255) and each frame's share of pixels "
                                                              "below 0.5 in stats.jsonl (needs logits)."),
@@ -119,7 +121,7 @@ def infer(
     options = RunOptions(out=out, save_video=save_video, save_masks=save_masks, save_color=save_color, stats=stats,
                          show=show, alpha=alpha, live=live, stride=stride, max_frames=max_frames,
                          reconnect_s=reconnect_s, progress=progress, codec=codec, max_duration=max_duration,
-                         segment_s=segment_s, min_free_mb=min_free, save_conf=save_conf,
+                         segment_s=segment_s, min_free_mb=min_free, save_conf=save_conf, contact_sheet=contact_sheet,
                          classes=tuple(classes.split(",")) if classes is not None else None)
     capture = CaptureOptions(rtsp_transport=rtsp_transport, latency_ms=latency_ms, hw_decode=hw_decode)
     # The source before the model, so a typo in SOURCE fails in a moment; the run closes it.

@@ -37,7 +37,7 @@ from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.result import LOW_CONFIDENCE, Result
 from dronseg_edge.pipeline.segmenter import Segmenter
-from dronseg_edge.pipeline.sinks import (ColorMaskSink, ConfidenceSink, MaskSink, OverlayImageSink, Sink, SinkWorker,
+from dronseg_edge.pipeline.sinks import (ColorMaskSink, ConfidenceSink, ContactSheetSink, MaskSink, OverlayImageSink, Sink, SinkWorker,
                                          StatsSink, VideoSink)
 from dronseg_edge.pipeline.sources import Source, open_source
 from dronseg_edge.pipeline.disk_space import DiskFloor, SpaceReserve
@@ -87,6 +87,7 @@ class RunOptions:
     min_free_mb: float = DEFAULT_MIN_FREE_MB  # below this, video and images stop; 0 = never
     save_conf: bool = False
     classes: tuple[str, ...] | None = None
+    contact_sheet: bool = False  # contact_sheet.jpg: the first overlays in a captioned grid
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -442,6 +443,8 @@ def _build_sinks(src: Source, out_dir: Path, options: RunOptions, lut: np.ndarra
         sinks.append(ColorMaskSink(out_dir / "color", lut))
     if options.save_conf:
         sinks.append(ConfidenceSink(out_dir / "conf"))
+    if options.contact_sheet:
+        sinks.append(ContactSheetSink(out_dir / "contact_sheet.jpg", plan or OverlayPlan(options.alpha, lut)))
     if options.stats:
         sinks.append(StatsSink(out_dir / "stats.jsonl", with_file=images, with_confidence=options.save_conf))
     return sinks

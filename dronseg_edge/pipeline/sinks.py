@@ -28,6 +28,7 @@ import numpy as np
 
 from dronseg_edge.atomic import free_space, is_storage_error, storage_errors, storage_failure
 from dronseg_edge.errors import DronsegError, RuntimeFailure
+from dronseg_edge.pictures import fit_width, grid_row, stack_rows
 from dronseg_edge.pipeline.overlay import OverlayPlan, colorize
 from dronseg_edge.pipeline.queues import put_unless_stopped
 from dronseg_edge.pipeline.result import LOW_CONFIDENCE_U8, Result
@@ -174,6 +175,40 @@ class OverlayImageSink(MaskSink):
 
     def outputs(self) -> dict[str, str]:
         return {"overlay": str(self.folder)}
+
+
+class ContactSheetSink(Sink):
+    """``contact_sheet.jpg``: thumbnails of the first ``limit`` overlays in a grid, captioned with their
+    names (``--contact-sheet``): a folder of results checked at a glance. Thumbnails are kept (240 px
+    wide: ~100 kB each), the sheet written once at close, atomically."""
+
+    name = "contact_sheet"
+    THUMB_WIDTH = 240
+    PER_ROW = 6
+
+    def __init__(self, path: Path, overlay: OverlayPlan, limit: int = 48):
+        super().__init__()
+        self.target = Path(path)
+        self.overlay, self.limit = overlay, int(limit)
+        self.thumbs: list[tuple[np.ndarray, str]] = []
+        self.written = False
+
+    def _write(self, result: Result) -> None:
+        if len(self.thumbs) < self.limit:
+            self.thumbs.append((fit_width(self.overlay.image(result), self.THUMB_WIDTH), result.name or str(result.index)))
+
+    def close(self) -> None:
+        if self.written or not self.thumbs:
+            return
+        self.written = True
+        height = max(t.shape[0] for t, _ in self.thumbs)
+        tiles = [(np.pad(t, ((0, height - t.shape[0]), (0, 0), (0, 0)), constant_values=32), label) for t, label in self.thumbs]
+        rows = [grid_row([t for t, _ in tiles[i:i + self.PER_ROW]], [label for _, label in tiles[i:i + self.PER_ROW]])
+                for i in range(0, len(tiles), self.PER_ROW)]
+        _imwrite(self.target, stack_rows(rows), JPEG_QUALITY)
+
+    def outputs(self) -> dict[str, str]:
+        return {"contact_sheet": str(self.target)} if self.written else {}
 
 
 class VideoSink(Sink):

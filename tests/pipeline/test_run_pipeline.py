@@ -82,6 +82,20 @@ def test_folder_run_writes_overlay_images_and_masks_at_each_size(segmenter, imag
     assert not (out / "overlay.mp4").exists()
 
 
+def test_contact_sheet_holds_a_captioned_thumbnail_per_image(segmenter, image_folder, tmp_path):
+    from dronseg_edge.pipeline.sinks import ContactSheetSink
+
+    out = tmp_path / "run"
+    summary = run_inference(segmenter, image_folder, RunOptions(out=out, progress=False, save_video=False,
+                                                                contact_sheet=True))
+    sheet = cv2.imread(str(out / "contact_sheet.jpg"))
+    width = ContactSheetSink.THUMB_WIDTH
+    # three images in one row: three 240 px thumbnails side by side, captions above the tallest (120x90 -> 240x180)
+    assert sheet.shape[1] == 3 * width and sheet.shape[0] == 180 + 22
+    assert summary.data["outputs"]["contact_sheet"] == "contact_sheet.jpg"
+    assert not (out / "overlay").exists()
+
+
 def test_stride_and_max_frames(segmenter, video_path, tmp_path):
     out = tmp_path / "run"
     summary = run_inference(segmenter, video_path, RunOptions(out=out, stride=3, max_frames=5, progress=False))
@@ -129,7 +143,9 @@ def test_max_duration_stops_a_stalled_live_stream_on_time(segmenter, tmp_path):
     started = time.monotonic()
     summary = run_inference(segmenter, source, RunOptions(out=tmp_path / "run", max_duration=1.0, progress=False))
     assert time.monotonic() - started < 5  # not the 30 s of --reconnect-s
-    assert (summary.data["stopped"], summary.data["error"], summary.frames) == ("max_duration", None, 2)
+    assert (summary.data["stopped"], summary.data["error"]) == ("max_duration", None)
+    # Live: when the second frame arrives before the first is taken, the first is dropped as stale.
+    assert summary.frames + summary.data["dropped_frames"] == 2 and summary.frames >= 1
 
 
 def test_live_mode_drops_frames_when_inference_is_slower_than_the_source(segmenter, video_path, tmp_path, monkeypatch):
@@ -234,7 +250,7 @@ def test_confidence_maps_and_a_class_filter_in_a_run(segmenter, video_path, tmp_
         assert line["shares"]["sky"] == pytest.approx((mask == 11).mean(), abs=1e-6)
     data = summary.data
     assert (data["classes"], data["low_confidence_below"], data["outputs"]["conf"]) == (["road", "sky"], 0.5, "conf")
-    assert data["tile"]["mode"] == "auto" and data["tiled_frames"] == 0  # 128x80 is not twice 96x64
+    assert data["tile"]["mode"] == "off" and data["tiled_frames"] == 0  # the default: never tiled
 
 
 def test_a_class_the_model_lacks_fails_before_the_run_folder(segmenter, video_path, tmp_path):
