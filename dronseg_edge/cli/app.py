@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import typer
 
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     import dronseg_edge.cli  # noqa: F401  (registers the commands)
 
+    previous = _stop_like_ctrl_c()
     try:
         code = app(args=argv, prog_name="dronseg-edge", standalone_mode=False)
     except DronsegError as exc:
@@ -89,6 +92,27 @@ def main(argv: list[str] | None = None) -> None:
         message = " ".join(exc.format_message().split())
         print(f"error: {message}{hint}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if code == 130:  # typer turns Ctrl-C outside our handlers into exit code 130
         print("interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stop_like_ctrl_c() -> dict:
+    """SIGTERM and SIGHUP (a supervisor stopping the service, a closed terminal) stop every command as
+    Ctrl-C does: its cleanup runs (temporary files removed, `infer` finalises its outputs), exit 130.
+    Only where the signal still has its default action, in the main thread; returns what to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, _interrupt)
+    return previous

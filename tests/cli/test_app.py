@@ -75,3 +75,31 @@ def test_version_prints_the_package_version_and_exits_zero(capsys, flag):
     code, out, err = run(capsys, flag)
     assert code == 0 and err == ""
     assert out == f"dronseg-edge {__version__}\n"
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_termination_signal_stops_any_command_like_ctrl_c(tmp_path, signame):
+    """systemd's stop (SIGTERM) and a closed terminal (SIGHUP) reach a command as KeyboardInterrupt: its
+    cleanup runs and it exits 130 with one line, where the default action would kill it outright (-15/-1)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "dronseg_edge", "synth", str(tmp_path / "data"), "--images", "400",
+                             "--size", "640x360", "--video-frames", "0"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "data").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # the command is running (its output folder exists): its handlers are in place
+    time.sleep(0.5)
+    assert proc.poll() is None, "synth finished before the signal: give it more images"
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    assert not list((tmp_path / "data").rglob(".*.tmp*"))  # no temporary file of an atomic write left
