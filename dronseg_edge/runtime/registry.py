@@ -79,6 +79,18 @@ def read_meta_file(meta: str | Path) -> ModelInfo:
     return ModelInfo.from_dict({k: v for k, v in data.items() if k not in ("format", "engine")}, source=f"--meta {meta}")
 
 
+def _own_build_record(path: Path) -> dict | None:
+    """An engine's own sidecar build record (``extra["tensorrt"]``), when it has a readable sidecar."""
+    from dronseg_edge.metadata import read_engine_sidecar, sidecar_path
+
+    if Path(path).suffix.lower() not in (".engine", ".plan") or not sidecar_path(path).is_file():
+        return None
+    try:
+        return read_engine_sidecar(path).extra.get("tensorrt")
+    except DronsegError:
+        return None
+
+
 def load_backend(path: str | Path, device="auto", *, meta: str | Path | None = None, **options) -> Backend:
     """Construct (not yet activate) the backend for ``path`` and read its metadata; ``options`` go to its constructor.
 
@@ -101,6 +113,10 @@ def load_backend(path: str | Path, device="auto", *, meta: str | Path | None = N
         device = resolve_device(str(device))
     backend = cls(path, device, **options)
     if meta is not None:
-        backend.info = read_meta_file(meta)  # the cached property's value: the backend's own read never runs
+        info = read_meta_file(meta)
+        built = _own_build_record(path)
+        if built is not None and "tensorrt" not in info.extra:  # keep the engine's own record for the GPU/version check
+            info.extra = {**info.extra, "tensorrt": built}
+        backend.info = info  # the cached property's value: the backend's own read never runs
     backend.info  # noqa: B018
     return backend

@@ -101,6 +101,19 @@ def test_meta_gives_an_engine_the_metadata_of_its_onnx_or_of_a_sidecar_json(tmp_
     assert from_json.info.arch == "lraspp_mobilenet_v3_large" and from_json.info.extra["tensorrt"]["tensorrt_version"] == "10.3.0"
 
 
+def test_meta_keeps_an_engines_own_build_record_for_the_compatibility_check(tmp_path):
+    from fake_tensorrt import write_engine
+
+    from dronseg_edge.metadata import ModelInfo
+
+    engine = write_engine(tmp_path)  # with its sidecar: built with TensorRT 10.3.0 on an H100
+    onnx_file = _onnx_file(tmp_path / "source.onnx", ModelInfo(arch="deeplabv3_resnet50", input_size=(96, 64),
+                                                                 precision="fp16", class_names=[str(i) for i in range(12)]))
+    backend = load_backend(engine, "cpu", meta=onnx_file)
+    assert backend.info.arch == "deeplabv3_resnet50"  # the classes, sizes, ... of --meta
+    assert backend.info.extra["tensorrt"]["tensorrt_version"] == "10.3.0"  # the sidecar's build record stays
+
+
 def test_meta_for_a_foreign_onnx_is_applied(tmp_path):
     from dronseg_edge.metadata import ModelInfo
 
