@@ -33,7 +33,7 @@ def _wait_for(condition, what: str, alive=lambda: True, timeout: float = 240.0) 
         time.sleep(0.002)
 
 
-def test_train_interrupted_then_killed_mid_save_resumes_to_the_end(synth_root, tmp_path, capsys):
+def test_train_interrupted_then_killed_mid_save_resumes_to_the_end(synth_root, tmp_path, capsys, request):
     run = tmp_path / "run"
     weights = run / "weights"
     last = weights / "last.pt"
@@ -45,6 +45,9 @@ def test_train_interrupted_then_killed_mid_save_resumes_to_the_end(synth_root, t
         finally:
             os.kill(os.getpid(), signal.SIGINT)
 
+    # Python's own Ctrl-C handler, whatever an earlier test in this process may have left installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     watcher = threading.Thread(target=interrupt_after_epoch_1, daemon=True)
     watcher.start()
     with pytest.raises(SystemExit) as stopped:
