@@ -18,7 +18,7 @@ from dronseg_edge.train.fit import fit
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 2
+EPOCHS = 4  # room after epoch 1 for the interrupt to land mid-run even on a fast, idle machine
 
 
 def _hidden(folder):
@@ -59,7 +59,7 @@ def test_train_interrupted_then_killed_mid_save_resumes_to_the_end(synth_root, t
     assert stopped.value.code == 130
     assert capsys.readouterr().err.rstrip().endswith("interrupted")
     assert _hidden(weights) == []
-    assert load_checkpoint(last)["epoch"] == 1
+    assert 1 <= load_checkpoint(last)["epoch"] < EPOCHS  # stopped mid-run, the last epoch saved whole
 
     # 2. --resume in a process killed (SIGKILL) while it writes a checkpoint: its hidden temporary file stays behind.
     with open(tmp_path / "resume.log", "w") as log:  # a file: tqdm writes to stderr, and an unread pipe would block
