@@ -294,3 +294,15 @@ def remount_tmpfs(folder: Path, options: str) -> None:
     import subprocess
 
     subprocess.run(["mount", "-o", f"remount,{options}", str(folder)], check=True, capture_output=True, timeout=30)
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    """``dronseg-edge ARGS`` in this process: (exit code, what it wrote to stderr)."""
+    from dronseg_edge.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, capsys.readouterr().err

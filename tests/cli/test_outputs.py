@@ -6,20 +6,10 @@ from pathlib import Path
 import shutil
 
 import pytest
-from testkit import mount_tmpfs, remount_tmpfs
+from testkit import mount_tmpfs, remount_tmpfs, run_cli
 
-from dronseg_edge.cli import main
 from dronseg_edge.cli.outputs import check_out_dir, check_out_file
 from dronseg_edge.errors import DronsegError
-
-
-def run_cli(capsys, *args) -> tuple[int, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from testkit import mount_tmpfs, remount_tmpfs
+from testkit import mount_tmpfs, remount_tmpfs, run_cli
 
-from dronseg_edge.cli import main
 from dronseg_edge.errors import RuntimeFailure
 from dronseg_edge.export import export_artifact
 from dronseg_edge.export.triton import write_model_repository
@@ -18,15 +17,6 @@ from dronseg_edge.metadata import read_onnx_info
 
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.slow
-
-
-def run_cli(capsys, *args) -> tuple[int, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,13 @@ import re
 
 import pytest
 import torch
-from testkit import TINY_ARCH, TINY_SIZE, mount_tmpfs
+from testkit import TINY_ARCH, TINY_SIZE, mount_tmpfs, run_cli
 
 import dronseg_edge.checkpoint as checkpoint_module
 import dronseg_edge.train.events as events_module
 import dronseg_edge.train.plots as plots_module
 from dronseg_edge.atomic import storage_failure
 from dronseg_edge.checkpoint import load_checkpoint, save_checkpoint
-from dronseg_edge.cli import main
 from dronseg_edge.errors import RuntimeFailure
 from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.fit import fit
@@ -67,15 +66,6 @@ def config(root, out, **overrides) -> TrainConfig:
                   tensorboard=False, plots=False)
     values.update(overrides)
     return TrainConfig(**values)
-
-
-def run_cli(capsys, *args) -> tuple[int, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, capsys.readouterr().err
 
 
 def error_line(stderr: str) -> str:
