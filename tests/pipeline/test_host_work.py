@@ -6,6 +6,8 @@ from pipeline_media import scene
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline import Segmenter
+from dronseg_edge.runtime.base import preprocess
+from testkit import OTHER_FILTER_MARGIN, assert_same_classes_where_decided
 
 pytest.importorskip("onnxruntime", reason="the ONNX Runtime backend needs onnxruntime (extra: ort)")
 from dronseg_edge.export import export_artifact  # noqa: E402
@@ -82,7 +84,9 @@ def test_host_and_torch_prepost_agree_on_the_same_onnx(models):
             Segmenter(models["tensors"], device="cpu", prepost="torch") as torch_work:
         for frame in frames:
             a, b = host.predict(frame), torch_work.predict(frame)
-            assert (a.mask == b.mask).mean() >= 0.99  # INTER_AREA vs torch's antialiased bilinear
+            logits = torch_work.backend.infer(preprocess(frame, torch_work.info, torch_work.device, antialias=True))[0]
+            # INTER_AREA vs torch's antialiased bilinear: only near-ties may differ
+            assert_same_classes_where_decided(a.mask, b.mask, logits, OTHER_FILTER_MARGIN)
 
 
 def test_tiled_onnx_on_the_host_matches_the_tiled_checkpoint(models, trained_checkpoint):
