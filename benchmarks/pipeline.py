@@ -50,7 +50,7 @@ from dronseg_edge.devices import resolve_device  # noqa: E402
 from dronseg_edge.errors import DronsegError  # noqa: E402
 from dronseg_edge.models import ARCHS  # noqa: E402
 from dronseg_edge.pipeline import RunOptions, Segmenter, run_inference  # noqa: E402
-from dronseg_edge.runtime.base import preprocess  # noqa: E402
+from dronseg_edge.runtime.host import preprocess_host  # noqa: E402
 from dronseg_edge.sizes import format_size, parse_size  # noqa: E402
 
 TARGET_RATIO = 0.9
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> dict:
 
     if device.type == "cpu" and (os.cpu_count() or 1) > 1:
         torch.set_num_threads(os.cpu_count() - 1)  # what run_inference uses on the CPU: compare like with like
-    batch_host = preprocess(np.stack([first] * args.batch), segmenter.info, torch.device("cpu"))
+    batch_host = preprocess_host([first] * args.batch, segmenter.info)
     timing = TimingSettings(warmup_iters=10, iters=args.iters)
     model_only = measure(segmenter.backend, batch_host, timing)
     model_ms = model_only.compute.median_ms / args.batch

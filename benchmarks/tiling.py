@@ -10,7 +10,7 @@ person is ~50 px across, as from a 4K camera at the altitude where a 720p one sh
 by default) is far smaller than the frame, and it has seen both scales, whole frames shrunk to its
 input and crops of its input size cut from the 4K frames (as mmseg trains on crops for its slide
 mode), so neither way of inferring meets something it never saw. Each test frame is then segmented
-resized whole (class map upsampled nearest, the CPU default; and bilinear logits, the GPU default)
+resized whole (on the CPU the class map is upsampled nearest; on a GPU the logits bilinearly)
 and tiled (pipeline/tiling.py) at each --overlaps, and scored against its ground truth: IoU per
 class (person, bike, car, drone, animal, and the mean over every class present) and milliseconds per frame.
 
@@ -197,8 +197,7 @@ def main(argv=None) -> int:
     truths = [cv2.imread(str(tests / "masks/masks" / f"{i}.png"), cv2.IMREAD_UNCHANGED) for i in test_ids]
     present = {CLASS_NAMES[c]: int(sum((t == c).sum() for t in truths)) for c in range(len(CLASS_NAMES))}
     print("truth pixels of the small classes: " + ", ".join(f"{n} {present[n]}" for n in SMALL))
-    modes = {"resized, nearest class map": dict(tile="off", upsample="mask"),
-             "resized, bilinear logits": dict(tile="off", upsample="logits")}
+    modes = {"resized": dict(tile="off")}
     modes.update({f"tiled, overlap {o:g}": dict(tile="on", tile_overlap=o) for o in overlaps})
     results = {}
     for name, options in modes.items():

@@ -60,6 +60,15 @@ requires_ort_cuda = pytest.mark.skipif(
 )
 
 
+def model_input(frames, info: ModelInfo, device="cpu") -> torch.Tensor:
+    """uint8 BGR frames ((H, W, 3) or (N, H, W, 3)) -> the model's normalised float32 (N, 3, h, w) input on
+    ``device``, made by the one host pre-processing (runtime/host.preprocess_host)."""
+    from dronseg_edge.runtime.host import preprocess_host
+
+    frames = [frames] if np.asarray(frames).ndim == 3 else list(frames)
+    return torch.from_numpy(preprocess_host(frames, info)).to(torch.device(str(device)))
+
+
 def make_checkpoint(path: Path, arch: str = TINY_ARCH, size: tuple[int, int] = TINY_SIZE, seed: int = 0) -> Path:
     """A randomly initialised model with *calibrated* BatchNorm statistics, saved as a checkpoint.
 
@@ -264,6 +273,7 @@ class FakeBackend(Backend):
     """
 
     name = "fake"
+    native = "torch"  # its ``respond`` functions take torch tensors; numpy is converted at the edge
 
     def __init__(self, path: str | Path = "fake.onnx", device: str | torch.device = "cpu", *, respond=None,
                  delay_s: float = 0.0, static_buffer: bool = False, provider: str = "fake provider", **info):
@@ -287,10 +297,6 @@ class FakeBackend(Backend):
         self.provider = self.provider_name
 
     def _infer(self, batch):
-        """Like every backend: numpy in, numpy out (the Segmenter's host work); torch in, torch out."""
-        if isinstance(batch, np.ndarray):
-            with torch.inference_mode():
-                return self._infer(torch.from_numpy(batch)).cpu().numpy()
         if self.static_buffer:
             if self.static is None:
                 self.static = torch.empty_like(batch)

@@ -97,50 +97,6 @@ def measure(ctx: StageContext) -> list[dict]:
     return rows
 
 
-def compare_prepost(ctx: StageContext, model: Path, frames: int = 40) -> dict:
-    """The Segmenter on ``model`` with torch pre/post and with the host (numpy) path, interleaved."""
-    import statistics
-
-    import numpy as np
-
-    from benchmarks.gpu_check import fixtures
-    from dronseg_edge.pipeline import Segmenter
-
-    device = fixtures.device_for(ctx.plan)
-    width, height = ctx.plan.ort_size
-    import cv2
-
-    rng = np.random.default_rng(0)  # smooth colour fields (regions and edges), not pixel noise
-    images = [cv2.resize(rng.integers(0, 256, (6, 10, 3), dtype=np.uint8), (width * 2, height * 2),
-                         interpolation=cv2.INTER_CUBIC) for _ in range(4)]
-    try:
-        with Segmenter(model, device=str(device), prepost="torch") as torch_seg, \
-                Segmenter(model, device=str(device), prepost="host") as host_seg:
-            times: dict[str, list[float]] = {"torch": [], "host": []}
-            agree = []
-            for i in range(frames):
-                image = images[i % len(images)]
-                results = {}
-                for name, seg in (("torch", torch_seg), ("host", host_seg)):
-                    start = time.perf_counter()
-                    results[name] = seg.predict(image)
-                    if i >= 5:  # warm-up: sessions, graphs, allocators
-                        times[name].append((time.perf_counter() - start) * 1e3)
-                agree.append(float((results["torch"].mask == results["host"].mask).mean()))
-            out = {"status": "passed", "model": str(model), "frame": f"{width * 2}x{height * 2}",
-                   "torch_ms": round(statistics.median(times["torch"]), 3), "host_ms": round(statistics.median(times["host"]), 3),
-                   "mask_agreement_min": round(min(agree), 5), "torch_provider": torch_seg.backend.provider,
-                   "host_provider": host_seg.backend.provider, "frames": len(times["torch"])}
-        out["faster"] = "torch" if out["torch_ms"] < out["host_ms"] else "host"
-        # The two paths shrink with different filters (OpenCV INTER_AREA, torch antialiased bilinear), so
-        # boundary pixels may differ; far less agreement means a bug (channels swapped, wrong scale).
-        if out["mask_agreement_min"] < 0.9:
-            out.update(status="failed", reason=f"torch and host pre/post masks agree on {out['mask_agreement_min']:.3f} only")
-        return out
-    except Exception as exc:
-        return {"status": "failed", "reason": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}
-
-
 def body(ctx: StageContext) -> None:
     state = ort_state(ctx)
     ctx.report.figure("staged", state)
@@ -156,11 +112,6 @@ def body(ctx: StageContext) -> None:
     rows = measure(ctx)
     failed = [f"{r['precision']} graph={r.get('cuda_graph_requested')}: {r.get('reason', '')}" for r in rows
               if r["status"] == "failed"]
-    model = next((r["path"] for r in rows if r.get("status") == "passed" and r.get("path")), None)
-    if model is not None and ctx.enough(4.0 if ctx.plan.cuda else 1.0):
-        comparison = ctx.report.figure("prepost", compare_prepost(ctx, Path(model)))
-        if comparison.get("status") == "failed":
-            failed.append(f"prepost: {comparison.get('reason', '')}")
     if failed:
         ctx.report.finish("failed", "; ".join(failed)[:500])
 

@@ -20,7 +20,7 @@ import torch
 from benchmarks.gpu_check import fixtures
 from benchmarks.gpu_check.report import StageContext, run_stage
 from dronseg_edge.pipeline import Segmenter
-from dronseg_edge.runtime.base import preprocess
+from dronseg_edge.runtime.host import preprocess_host
 from dronseg_edge.runtime.registry import load_backend
 
 MIN_AGREEMENT = 0.999  # graph replay and eager run the same kernels: a near-tie pixel or two at most
@@ -59,6 +59,11 @@ def in_threads(*targets) -> list:
     return results
 
 
+def model_input(frame: np.ndarray, info, device) -> torch.Tensor:
+    """The model's normalised input for one frame (the host pre-processing), on ``device``."""
+    return torch.from_numpy(preprocess_host([frame], info)).to(device)
+
+
 def agreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
     a, b = torch.as_tensor(a).cpu(), torch.as_tensor(b).cpu()
     return float((a == b).float().mean())
@@ -68,7 +73,7 @@ def capture_then_replay_elsewhere(ckpt, device, size) -> dict:
     shots = frames(size, 2)
     with load_backend(ckpt, device, precision="fp16", cuda_graph=False) as eager:
         info = eager.info
-        xs = [preprocess(f, info, device) for f in shots]
+        xs = [model_input(f, info, device) for f in shots]
         expected = [eager.infer(x).argmax(1).cpu() for x in xs]
     graphed = load_backend(ckpt, device, precision="fp16", cuda_graph=True)
     try:
@@ -120,7 +125,7 @@ def inference_mode_mixed(ckpt, device, size) -> dict:
     with Segmenter(ckpt, device=device, half=device.type == "cuda") as seg:
         mask = seg.predict(shot).mask  # inside torch.inference_mode (the Segmenter's own)
         assert not torch.is_inference_mode_enabled()
-        batch = preprocess(shot, seg.info, seg.device)  # a normal tensor, made outside inference mode
+        batch = model_input(shot, seg.info, seg.device)  # a normal tensor, made outside inference mode
         out = seg.backend.infer(batch)
         direct = out.argmax(1)[0] if out.ndim == 4 else out[0]
         again = seg.predict(shot).mask  # and back inside

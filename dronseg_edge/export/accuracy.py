@@ -136,7 +136,7 @@ def _infer(backend: Backend, frames: list[np.ndarray], step: int) -> list[np.nda
     if info.io == "frames":
         return _infer_frames(backend, frames, step)
     batch, real = pad_batch(preprocess_host(frames, info), step)
-    return _to_numpy(_run(backend, batch))[:real]
+    return np.asarray(backend.infer(batch))[:real]
 
 
 def _infer_frames(backend: Backend, frames: list[np.ndarray], step: int) -> list[np.ndarray]:
@@ -153,20 +153,7 @@ def _infer_frames(backend: Backend, frames: list[np.ndarray], step: int) -> list
 
 def _infer_frames_stacked(backend: Backend, frames: list[np.ndarray], step: int) -> list[np.ndarray]:
     batch, real = pad_batch(np.stack(frames), step)
-    return list(_to_numpy(_run(backend, batch))[:real])
-
-
-def _run(backend: Backend, batch: np.ndarray):
-    if backend.name == "torch":  # the PyTorch backend takes tensors only
-        return backend.infer(torch.from_numpy(batch).to(backend.device))
-    return backend.infer(batch)
-
-
-def _to_numpy(out) -> np.ndarray:
-    if isinstance(out, torch.Tensor):
-        out = out.detach().cpu()
-        return (out.float() if out.is_floating_point() else out).numpy()
-    return np.asarray(out)
+    return list(np.asarray(backend.infer(batch))[:real])
 
 
 def _class_map(output: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:

@@ -26,8 +26,9 @@ from dronseg_edge.export.parity_picture import WorstImage
 from dronseg_edge.export.parity_report import GroundTruthScores, OutputStats, ParityReport, ParityThresholds
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.metrics import SegmentationMetrics, confusion_matrix, iou_from_confusion
-from dronseg_edge.runtime.base import Backend, preprocess
+from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.batching import pad_batch
+from dronseg_edge.runtime.host import preprocess_host
 from dronseg_edge.runtime.registry import check_model_file, is_checkpoint, load_backend
 from dronseg_edge.runtime.torch import TorchBackend
 
@@ -221,7 +222,7 @@ def _compare(ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityTh
     for start in range(0, len(items), batch):
         group = items[start:start + batch]
         frames, masks = zip(*(load_item(item, num_classes) for item in group))
-        x, _ = pad_batch(torch.cat([preprocess(f, info, cand.device) for f in frames]), batch)
+        x, _ = pad_batch(torch.from_numpy(preprocess_host(list(frames), info)), batch)
         ref_out = _run(ref, x.to(ref.device))[: len(group)].cpu()
         cand_out = _run(cand, x)[: len(group)].cpu()
         if logits is not None:

@@ -1,8 +1,8 @@
 """Parity of a frames graph (``export --io frames``): class maps at the frame's own size.
 
 The candidate gets uint8 BGR frames and does its own pre/post-processing; the reference (the
-checkpoint) gets the same frames through the package's ``preprocess`` (with the antialiasing the
-graph applies) and the Segmenter's GPU post-processing (bilinear logits to the frame size, argmax).
+checkpoint) gets the same frames through its own ``segment`` (the INTER_AREA shrink the graph applies
+too) and the graph's post-processing (bilinear logits to the frame size, argmax).
 So the agreement measures the whole deployable path, resizes included, not just the network.
 Frames are the images at the graph's fixed source size (resized as training resized), or at their
 own size for a dynamic graph.
@@ -22,17 +22,15 @@ from dronseg_edge.export.images import ImageSet, load_item
 from dronseg_edge.export.parity_picture import WorstImage
 from dronseg_edge.export.parity_report import GroundTruthScores, OutputStats, ParityReport, ParityThresholds
 from dronseg_edge.metrics import SegmentationMetrics, confusion_matrix, iou_from_confusion
-from dronseg_edge.runtime.base import Backend, preprocess
+from dronseg_edge.runtime.base import Backend
 
 
-def reference_class_map(ref: Backend, frame: np.ndarray, info, antialias: bool = True) -> torch.Tensor:
-    """(H, W) long class map of one BGR frame by ``ref`` (logits) with the package's pre/post at ``info.input_size``."""
-    width, height = info.input_size
-    shrink = width * height < frame.shape[0] * frame.shape[1]
-    x = preprocess(frame, info, ref.device, antialias=antialias and shrink)
-    logits = ref.infer(x).float()
+def reference_class_map(ref: Backend, frame: np.ndarray) -> torch.Tensor:
+    """(H, W) long class map of one BGR frame by ``ref`` (a logits model at its own input size): its
+    model-size logits from ``segment``, upsampled bilinearly to the frame, then the argmax."""
+    logits = torch.from_numpy(ref.segment(frame[None], logits=True).logits)
     logits = F.interpolate(logits, size=frame.shape[:2], mode="bilinear", align_corners=False)
-    return logits.argmax(dim=1)[0].cpu()
+    return logits.argmax(dim=1)[0]
 
 
 def compare_frames(ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityThresholds) -> ParityReport:
@@ -56,7 +54,7 @@ def compare_frames(ref: Backend, cand: Backend, images: ImageSet, thresholds: Pa
         for i, (frame, (_, mask)) in enumerate(zip(frames, loaded)):
             height, width = frame.shape[:2]
             sizes.add((width, height))
-            ref_mask, cand_mask = reference_class_map(ref, frame, info), cand_out[i]
+            ref_mask, cand_mask = reference_class_map(ref, frame), cand_out[i]
             agree += int((ref_mask == cand_mask).sum())
             total += ref_mask.numel()
             between += confusion_matrix(cand_mask, ref_mask, num_classes)

@@ -19,13 +19,12 @@ from typing import Iterator
 
 import numpy as np
 import onnx
-import torch
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export.images import ImageSet, load_item
 from dronseg_edge.export.options import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
 from dronseg_edge.metadata import ModelInfo
-from dronseg_edge.runtime.base import preprocess
+from dronseg_edge.runtime.host import preprocess_host
 
 # Clip the rarest activations: a handful of outliers would otherwise stretch the int8 range. Of
 # 99.9 / 99.99 / 99.999 / 99.9999 this kept the most argmax pixels on the test model (93.6 / 96.2 /
@@ -50,16 +49,15 @@ def calibration_batches(images: ImageSet, info: ModelInfo, input_name: str) -> I
     if info.io == "frames":  # the graph's own input: uint8 BGR frames at its source size (export/embedded.py)
         yield from _frame_batches(images, info, input_name)
         return
-    frames: list[torch.Tensor] = []
+    frames: list[np.ndarray] = []
     for item in images.items:
-        frame, _ = load_item(item, info.num_classes)
-        frames.append(preprocess(frame, info, torch.device("cpu")))
+        frames.append(load_item(item, info.num_classes)[0])
         if len(frames) == batch:
-            yield {input_name: torch.cat(frames).numpy()}
+            yield {input_name: preprocess_host(frames, info)}
             frames = []
     if frames:
         frames += [frames[-1]] * (batch - len(frames))
-        yield {input_name: torch.cat(frames).numpy()}
+        yield {input_name: preprocess_host(frames, info)}
 
 
 def _frame_batches(images: ImageSet, info: ModelInfo, input_name: str) -> Iterator[dict[str, np.ndarray]]:

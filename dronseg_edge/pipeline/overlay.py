@@ -2,8 +2,7 @@
 
 On the CPU, ``palette[mask]`` (numpy fancy indexing) plus ``cv2.addWeighted`` costs more per 720p
 frame than the model itself; a 256-entry ``cv2.LUT`` does the same several times faster
-(docs/facts.md#pipeline-timings). A Segmenter on a GPU blends there (:func:`overlay_torch`), so
-only the finished uint8 image is copied back; both paths live here.
+(docs/facts.md#pipeline-timings). The pipeline's sink threads blend, beside the segmentation.
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ import numpy as np
 from dronseg_edge.pipeline.request import FILTERED
 
 if TYPE_CHECKING:  # result.py imports this module
-    import torch
-
     from dronseg_edge.pipeline.result import Result
 
 
@@ -50,38 +47,13 @@ def overlay(frame_bgr: np.ndarray, mask: np.ndarray, lut: np.ndarray, alpha: flo
     return blended
 
 
-def palette_tensor(palette_rgb: Sequence[Sequence[int]], device: "torch.device") -> "torch.Tensor":
-    """(256, 3) float32 BGR colours on ``device`` (ids past the palette are black), for :func:`overlay_torch`."""
-    import torch
-
-    return torch.from_numpy(bgr_lut(palette_rgb)[:, 0].astype(np.float32)).to(device)
-
-
-def overlay_torch(frames_bgr: "torch.Tensor", masks: "torch.Tensor", palette_bgr: "torch.Tensor", alpha: float,
-                  hidden: int | None = None) -> "torch.Tensor":
-    """GPU form of :func:`overlay`: frames (N, H, W, 3) uint8 BGR, masks (N, H, W) uint8 -> (N, H, W, 3) uint8.
-
-    Rounds half up like ``cv2.addWeighted``, so both paths agree to within one grey level; pixels of
-    class id ``hidden`` keep the frame's own colour.
-    """
-    import torch
-
-    colours = palette_bgr.index_select(0, masks.reshape(-1).long()).view(*masks.shape, 3)
-    mixed = frames_bgr.float().mul_(1.0 - alpha).add_(colours, alpha=alpha)
-    mixed = mixed.add_(0.5).clamp_(0, 255).to(torch.uint8)
-    if hidden is not None:
-        mixed = torch.where((masks == hidden).unsqueeze(-1), frames_bgr, mixed)
-    return mixed
-
-
 @dataclass(frozen=True, eq=False)
 class OverlayPlan:
     """A run's overlay: the one opacity and colour table that the video, the overlay images and the
     ``--show`` window all use (``RunOptions.overlay_plan`` decides whether a run makes one at all).
 
     ``alpha``: opacity of the class colours over the frame, 0..1; ``lut``: the palette from
-    :func:`bgr_lut`. The Segmenter is given the same ``alpha`` and blends on a GPU, so a consumer
-    takes that image when a result carries one and blends on the CPU only when it does not.
+    :func:`bgr_lut`.
     """
 
     alpha: float
@@ -89,7 +61,5 @@ class OverlayPlan:
 
     def image(self, result: "Result") -> np.ndarray:
         """The (H, W, 3) uint8 BGR overlay of one result."""
-        if result.overlay is not None:
-            return result.overlay
         return overlay(result.frame, result.mask, self.lut, self.alpha,
                        hidden=FILTERED if result.classes is not None else None)

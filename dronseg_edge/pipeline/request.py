@@ -1,8 +1,8 @@
-"""What a Segmenter makes for each frame besides its class map: an overlay, a confidence map, a class filter.
+"""What a Segmenter makes for each frame besides its class map: a confidence map, a class filter.
 
-A Segmenter has its own defaults (its constructor's ``overlay_alpha``, ``confidence``, ``classes``)
-and ``stream()`` may ask for others per call (``run_inference`` does, from its RunOptions), so the
-works get one :class:`FrameRequest` per batch instead of reading the Segmenter's attributes.
+A Segmenter has its own defaults (its constructor's ``confidence``, ``classes``) and ``stream()`` may
+ask for others per call (``run_inference`` does, from its RunOptions), so each batch is segmented
+with one :class:`FrameRequest` instead of reading the Segmenter's attributes.
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ FILTERED = IGNORE_INDEX  # the mask value of pixels whose class --classes left o
 
 @dataclass(frozen=True)
 class FrameRequest:
-    """``overlay_alpha``: blend the overlay on the GPU at this opacity (None: no overlay there);
-    ``confidence``: make the (H, W) uint8 maximum-probability map; ``classes``: the class ids to
+    """``confidence``: make the (H, W) uint8 maximum-probability map; ``classes``: the class ids to
     keep (None: all), every other pixel becomes :data:`FILTERED` in the mask, the overlay and the counts."""
 
-    overlay_alpha: float | None = None
     confidence: bool = False
     classes: tuple[int, ...] | None = None
 

@@ -24,8 +24,7 @@ class Result:
 
     ``mask``: (H, W) uint8 class indices at the frame's own size (with a class filter, the pixels
     of the classes left out are FILTERED, 255); ``shares``: (C,) fraction of the frame's pixels per
-    class (sums to 1 without a filter); ``frame``: the (H, W, 3) uint8 BGR input; ``overlay``: the
-    blended (H, W, 3) BGR image when the Segmenter made it on the GPU, else None; ``confidence``:
+    class (sums to 1 without a filter); ``frame``: the (H, W, 3) uint8 BGR input; ``confidence``:
     (H, W) uint8 maximum class probability x 255 when asked for (``Segmenter(confidence=True)``) or
     given by a frames artifact exported with ``--confidence``, else None; ``timings``: ms per stage
     for this frame (decode, preprocess, inference, postprocess); ``classes``: the class ids kept by
@@ -40,7 +39,6 @@ class Result:
     timestamp: float | None = None
     name: str = ""
     source: str = ""
-    overlay: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     confidence: np.ndarray | None = None
     palette: list = field(default_factory=lambda: [list(c) for c in PALETTE])

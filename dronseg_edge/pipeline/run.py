@@ -274,8 +274,8 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
     bar = _progress_bar(src, live, options)
     state = RunState(out_dir, options, live, classes=request.classes)
     floor = DiskFloor(out_dir, options.min_free_mb)
-    results = segmenter.stream(reader, max_frames=options.max_frames, overlay_alpha=plan.alpha if plan else None,
-                               confidence=request.confidence, classes=request.classes)
+    results = segmenter.stream(reader, max_frames=options.max_frames, confidence=request.confidence,
+                               classes=request.classes)
     guard = InterruptGuard()
     timer = _live_deadline(src, reader, options, state)
     summary_error = None

@@ -14,14 +14,17 @@ rows that windows still to come will touch (a band a window high, plus what one 
 finished into classes (and confidence) as soon as no window can change them: a 4K frame needs a
 few tens of MB, not the 400 MB of full-frame 12-class logits.
 
-This module is numpy only (the host work); ``pipeline/torch_work.py`` runs the same blender on torch
-tensors on the model's device by overriding its four array operations.
+Every backend gives the windows' logits through the one frame contract (``Backend.segment(...,
+logits=True)``), so the blending is written once, in numpy, on the host.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterator
@@ -30,6 +33,7 @@ import numpy as np
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.host import max_probability_u8
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,7 @@ def window_starts(length: int, tile: int, overlap: float) -> list[int]:
     return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
+@functools.lru_cache(maxsize=4)
 def window_weights(width: int, height: int) -> np.ndarray:
     """(height, width) float32 blending weights: a separable Gaussian, 1 at the centre, >= WEIGHT_FLOOR."""
 
@@ -160,22 +165,21 @@ def tiling_unable(info: ModelInfo, path_name: str) -> str:
 class TileBlender:
     """Blends one frame's window logits into its class map (and confidence), row band by row band.
 
-    Windows must be added in ``grid.windows`` order, any number at a time (at most ``batch``). The
-    array operations (:meth:`_zeros`, :meth:`_finish_rows`, :meth:`_shift`, :meth:`_outputs`) are
-    numpy here; ``torch_work.TorchTileBlender`` gives them to torch.
+    Windows must be added in ``grid.windows`` order, any number at a time (at most ``batch``).
     """
 
-    def __init__(self, grid: TileGrid, num_classes: int, weights, batch: int, confidence: bool):
+    def __init__(self, grid: TileGrid, num_classes: int, weights: np.ndarray, batch: int, confidence: bool):
         self.grid, self.weights, self.confidence = grid, weights, confidence
         width, height = grid.frame
         self.rows = grid.band_rows(batch)
-        self.logits = self._zeros((num_classes, self.rows, width))  # weighted logit sums
-        self.weight = self._zeros((self.rows, width))  # weight sums
-        self.classes, self.conf = self._outputs(height, width, confidence)
+        self.logits = np.zeros((num_classes, self.rows, width), np.float32)  # weighted logit sums
+        self.weight = np.zeros((self.rows, width), np.float32)  # weight sums
+        self.classes = np.empty((height, width), np.uint8)
+        self.conf = np.empty((height, width), np.uint8) if confidence else None
         self.top = 0  # frame row of the band's first row
         self.done = 0  # windows added so far
 
-    def add(self, windows: list[tuple[int, int]], logits) -> None:
+    def add(self, windows: list[tuple[int, int]], logits: np.ndarray) -> None:
         """Accumulate ``logits`` ((n, C, tile_h, tile_w), the model's output for ``windows``)."""
         tile_w, tile_h = self.grid.tile
         for (x, y), window in zip(windows, logits):
@@ -192,35 +196,36 @@ class TileBlender:
     def _finish(self, end: int) -> None:
         """Rows ``top`` .. ``end`` are final (no window still to come touches them): finish and drop them."""
         count = end - self.top
-        classes, conf = self._finish_rows(self.logits[:, :count], self.weight[:count])
-        self.classes[self.top:end] = classes
+        logits, weight = self.logits[:, :count], self.weight[:count]
+        self.classes[self.top:end] = logits.argmax(axis=0)  # the weight sum divides every class alike
         if self.conf is not None:
-            self.conf[self.top:end] = conf
-        self._shift(count)
+            self.conf[self.top:end] = max_probability_u8(logits / weight)
+        for array in (self.logits, self.weight):  # move the band up, zeroing the rows that come free
+            array[..., :self.rows - count, :] = array[..., count:, :].copy()
+            array[..., self.rows - count:, :] = 0.0
         self.top = end
 
-    def result(self):
+    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(classes (H, W) uint8, confidence (H, W) uint8 or None), once every window was added."""
         if self.done != len(self.grid.windows):
             raise ValueError(f"{len(self.grid.windows) - self.done} windows were not added")
         return self.classes, self.conf
 
-    # -- the array operations (numpy) -------------------------------------------------------------
-    def _zeros(self, shape):
-        return np.zeros(shape, np.float32)
 
-    def _outputs(self, height: int, width: int, confidence: bool):
-        return np.empty((height, width), np.uint8), (np.empty((height, width), np.uint8) if confidence else None)
-
-    def _finish_rows(self, logits, weight):
-        classes = logits.argmax(axis=0).astype(np.uint8)  # the weight sum divides every class alike
-        if not self.confidence:
-            return classes, None
-        return classes, max_probability_u8(logits / weight)
-
-    def _shift(self, count: int) -> None:
-        """Move the band up by ``count`` rows, zeroing the rows that come free."""
-        for array in (self.logits, self.weight):
-            array[..., :self.rows - count, :] = array[..., count:, :].copy()
-            array[..., self.rows - count:, :] = 0.0
-
+def segment_tiled(backend: Backend, frame: np.ndarray, plan: TilePlan, confidence: bool, pad_to: int = 1):
+    """One (H, W, 3) uint8 frame in windows of the model input at full resolution, their logits
+    blended -> ((H, W) uint8 classes, confidence or None, windows, ms per stage)."""
+    height, width = frame.shape[:2]
+    grid = plan.grid(width, height)
+    tile_w, tile_h = grid.tile
+    blender = TileBlender(grid, backend.info.num_classes, window_weights(tile_w, tile_h), plan.batch, confidence)
+    stage_ms: Counter = Counter()
+    for windows in grid.batches(plan.batch):
+        crops = np.stack([frame[y:y + tile_h, x:x + tile_w] for x, y in windows])
+        out = backend.segment(crops, logits=True, pad_to=pad_to)
+        stage_ms.update(out.stage_ms)
+        start = time.perf_counter()
+        blender.add(windows, out.logits)
+        stage_ms["postprocess"] += (time.perf_counter() - start) * 1e3
+    classes, conf = blender.result()
+    return classes, conf, len(grid.windows), dict(stage_ms)

@@ -1,16 +1,25 @@
-"""The interface every backend (PyTorch, ONNX Runtime, TensorRT) implements.
+"""The interface every backend (PyTorch, ONNX Runtime, TensorRT) implements: the one frame path.
 
 Lifecycle borrowed from Polygraphy: construct (no side effects: checks the options, opens no
 file), ``info`` (the artifact's metadata, read on first access: ONNX props, engine sidecar or
 checkpoint keys, never the weights onto a device), ``activate()`` (load onto the device),
-``infer()`` any number of times, ``deactivate()``; or use it as a context manager. The input
-contract (shape against ``info``) is checked here, once for every backend. Heavy imports
+``segment()`` / ``infer()`` any number of times, ``deactivate()``; or use it as a context manager.
+The input contract (shape against ``info``) is checked here, once for every backend. Heavy imports
 (onnxruntime, tensorrt) happen inside the backend modules only.
 
-Two kinds of array go in and come back: numpy arrays in host memory (the deployable path, which
-never imports torch: ONNX Runtime and TensorRT take them directly) and torch tensors (checkpoints,
-export, parity, and GPU pre/post-processing with torch). A backend returns the kind it was given.
-This module imports torch only when handed a torch tensor.
+Two calls:
+
+- ``segment(frames)``: the frame contract the pipeline uses. uint8 BGR frames (N, H, W, 3) in numpy,
+  the (N, H, W) uint8 class map at the frames' size out, with confidence and the model-size logits
+  when asked. Pre/post-processing lives in exactly one place per artifact kind: inside the graph
+  for a frames artifact (``export --io frames``), inside the torch backend for a checkpoint (on its
+  device), and in one host implementation (``runtime/host.py``, OpenCV/numpy) for plain tensor
+  artifacts, which is this class's default.
+- ``infer(batch)``: the artifact's own tensors (normalised float32 (N, 3, H, W) or a frames graph's
+  uint8), for export parity, accuracy and ``bench``. Each backend runs one kind of array natively
+  (``native``: numpy for ONNX Runtime and TensorRT, torch for checkpoints); the other kind is
+  converted here, at the edge, as Polygraphy's runners do, and comes back as the kind it was given.
+  This module imports torch only when handed a torch tensor.
 """
 
 from __future__ import annotations
@@ -19,19 +28,14 @@ import contextlib
 import functools
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from dronseg_edge.devices import as_torch_device
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import ModelInfo
-
-if TYPE_CHECKING:
-    import torch
-
-    from dronseg_edge.runtime.staging import HostStaging
 
 
 def is_torch_tensor(array: Any) -> bool:
@@ -44,19 +48,34 @@ def dtype_name(array: Any) -> str:
     return str(array.dtype).replace("torch.", "")
 
 
-class Backend(ABC):
-    """Runs one model artifact.
+@dataclass
+class FrameOutputs:
+    """What ``Backend.segment`` returns for N frames of one size (H, W).
 
-    ``infer`` takes a float32 batch (N, 3, H, W), already normalised, at ``info.input_size``
-    (H, W = height, width): a numpy array in host memory, or a torch tensor on ``self.device``. It
-    returns the same kind (numpy on the host; torch on ``self.device``): logits (N, C, H, W)
-    float32 when ``info.head == 'logits'``, else an (N, H, W) class map. A frames artifact
-    (``info.io == 'frames'``) takes (N, H, W, 3) uint8 frames and returns the (N, H, W) uint8 map.
-    ``device`` is a ``torch.device`` or a torch-free ``devices.Device``: only ``.type`` and
-    ``.index`` are used outside the torch backend.
+    ``classes``: (N, H, W) uint8 class ids; ``confidence``: (N, H, W) uint8 maximum class probability
+    x 255 when asked for, else None; ``logits``: (N, C, h, w) float32 at the model's input size when
+    asked for (tiling blends them), else None; ``stage_ms``: milliseconds of the whole call per stage
+    (preprocess, inference, postprocess).
+    """
+
+    classes: np.ndarray
+    confidence: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    stage_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Runs one model artifact (see the module docstring for its two calls).
+
+    ``infer`` takes a float32 batch (N, 3, H, W), already normalised, at ``info.input_size`` and
+    returns logits (N, C, H, W) float32 when ``info.head == 'logits'``, else an (N, H, W) class map;
+    a frames artifact (``info.io == 'frames'``) takes (N, H, W, 3) uint8 frames and returns the
+    (N, H, W) uint8 map. ``device`` is a ``torch.device`` or a torch-free ``devices.Device``: only
+    ``.type`` and ``.index`` are used outside the torch backend.
     """
 
     name: str = "backend"
+    native: str = "numpy"  # the array kind ``_infer`` takes and returns: "numpy" or "torch"
     OPTIONS: frozenset[str] = frozenset()  # constructor keywords after (path, device): what bench may pass
 
     def __init__(self, path: Path, device):
@@ -64,6 +83,7 @@ class Backend(ABC):
         self.device = device
         self.provider: str = ""  # what actually runs it, e.g. "CUDAExecutionProvider" or "cuda fp16 + CUDA graph"
         self.last_inference_ms: float = float("nan")
+        self.last_outputs: dict[str, Any] = {}  # every output of the last call by name (a frames graph's confidence)
         self.active = False
 
     @functools.cached_property
@@ -81,21 +101,61 @@ class Backend(ABC):
 
     @abstractmethod
     def _infer(self, batch):
-        """Run one batch, numpy or torch (see the class docstring for shapes); return the same kind."""
+        """Run one batch of the ``native`` kind (see the class docstring for shapes); return the same kind."""
 
     def deactivate(self) -> None:
         self.active = False
 
     def infer(self, batch):
+        """The artifact's own tensors in and out, numpy or torch (converted at the edge to ``native``)."""
         self.check_input(batch)
+        self._ensure_active()
+        start = time.perf_counter()
+        given_torch = is_torch_tensor(batch)
+        if not given_torch and self.native == "torch":  # the torch backend given numpy: a numpy array back
+            import torch
+
+            with torch.inference_mode():
+                out = self._infer(torch.from_numpy(np.ascontiguousarray(batch))).cpu().numpy()
+        else:
+            with _inference_mode(batch):
+                if given_torch and self.native == "numpy":  # through host memory, back onto the caller's device
+                    import torch
+
+                    host = np.ascontiguousarray(self._infer(batch.detach().cpu().numpy()))
+                    out = torch.from_numpy(host).to(batch.device)
+                else:
+                    out = self._infer(batch)
+        self.last_inference_ms = (time.perf_counter() - start) * 1e3
+        return out
+
+    def segment(self, frames: np.ndarray, confidence: bool = False, logits: bool = False,
+                pad_to: int = 1) -> FrameOutputs:
+        """uint8 BGR frames (N, H, W, 3) of one size -> :class:`FrameOutputs` at that size.
+
+        ``confidence``: also the maximum-probability map; ``logits``: also the model-size logits (a
+        plain tensor artifact with a logits head only). ``pad_to``: run at least this many rows (a
+        fixed-batch artifact always runs its own batch): one shape keeps one CUDA graph or binding.
+        This default is the host implementation (``runtime/host.py``).
+        """
+        from dronseg_edge.runtime.host import segment_on_host
+
+        self.check_frames(frames)
+        self._ensure_active()
+        return segment_on_host(self, frames, confidence, logits, pad_to)
+
+    def check_frames(self, frames) -> None:
+        """DronsegError unless ``frames`` is a numpy (N, H, W, 3) uint8 array with N >= 1."""
+        if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[3] != 3 \
+                or frames.dtype != np.uint8 or frames.shape[0] < 1:
+            raise DronsegError(f"{self.path.name}: segment() takes (N, H, W, 3) uint8 BGR frames as numpy, got "
+                               f"{type(frames).__name__} {tuple(getattr(frames, 'shape', ()))} "
+                               f"{dtype_name(frames) if hasattr(frames, 'dtype') else ''}".rstrip())
+
+    def _ensure_active(self) -> None:
         if not self.active:
             self.activate()
             self.active = True
-        start = time.perf_counter()
-        with _inference_mode(batch):
-            out = self._infer(batch)
-        self.last_inference_ms = (time.perf_counter() - start) * 1e3
-        return out
 
     def check_input(self, batch) -> None:
         """DronsegError unless ``batch`` is (N, 3, H, W) and, for a static artifact, of its exported shape.
@@ -130,9 +190,7 @@ class Backend(ABC):
             )
 
     def __enter__(self) -> "Backend":
-        if not self.active:
-            self.activate()
-            self.active = True
+        self._ensure_active()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -152,39 +210,3 @@ def _inference_mode(batch):
     import torch
 
     return torch.inference_mode()
-
-
-def preprocess(frames_bgr: "np.ndarray | torch.Tensor", info: ModelInfo, device: "torch.device",
-               staging: "HostStaging | None" = None, antialias: bool = False) -> "torch.Tensor":
-    """uint8 BGR frames (N, H, W, 3) or one frame (H, W, 3) -> normalised float32 (N, 3, h, w) on ``device``.
-
-    Colour conversion, resizing (bilinear) to ``info.input_size`` and normalisation run on ``device``,
-    so only uint8 bytes cross the bus. Host frames go through ``staging`` (pinned buffers, an
-    asynchronous copy) when given; without it a copy to a GPU blocks the host until it is done.
-    ``antialias``: filter when shrinking, as training's cv2.INTER_AREA did and as a frames graph
-    (export --io frames) does inside; off by default (the pipeline's historical behaviour).
-    The torch form; ``runtime/host.py`` has the numpy one.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    device = as_torch_device(device)  # a backend's torch-free devices.Device too
-    frames = torch.as_tensor(frames_bgr)
-    if frames.ndim == 3:
-        frames = frames.unsqueeze(0)
-    if staging is not None and frames.device.type == "cpu":
-        frames = staging.upload(frames)
-    x = frames.to(device, non_blocking=True).permute(0, 3, 1, 2).flip(1).float().div_(255.0)
-    width, height = info.input_size
-    if x.shape[-2:] != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=antialias)
-    mean, std = _normalisation(tuple(info.mean), tuple(info.std), x.device)
-    return x.sub_(mean).div_(std).contiguous()
-
-
-@functools.lru_cache(maxsize=16)
-def _normalisation(mean: tuple, std: tuple, device: "torch.device") -> "tuple[torch.Tensor, torch.Tensor]":
-    # Cached: building these tensors on a GPU every frame is a host-to-device copy that stalls the stream.
-    import torch
-
-    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))

@@ -1,22 +1,33 @@
-"""Pre- and post-processing in host memory with OpenCV and numpy: the path that never imports torch.
+"""The one host implementation of pre- and post-processing, OpenCV and numpy: it never imports torch.
 
-What an ``.onnx`` or ``.engine`` file needs around it on the CPU (and on a GPU without torch):
-resize the uint8 frame first and only then turn the few pixels left into float (a 720p frame
-shrunk to 320x192 is 1/15 of the work of converting it whole), shrinking with ``INTER_AREA`` as
-training did (data/augment.py) and as a frames graph does inside (antialiased Resize); then the
-class map of the model's output, brought back to the frame's size (nearest), and its pixel counts;
-the confidence map (maximum softmax probability) when asked for.
-The torch form of the same steps is ``runtime/base.preprocess`` (pre/post on a GPU).
+What a plain tensor artifact (``.onnx``/``.engine`` of logits or a class map) needs around it, on
+the CPU and on a GPU alike (``Backend.segment``'s default, :func:`segment_on_host`), and what a
+checkpoint gets on the CPU: resize the uint8 frame first and only then turn the few pixels left
+into float (a 720p frame shrunk to 320x192 is 1/15 of the work of converting it whole), shrinking
+with ``INTER_AREA`` as training did (data/augment.py) and as a frames graph does inside; then the
+class map of the model's output, brought back to the frame's size (nearest), and the confidence map
+(maximum softmax probability) when asked for. A frames artifact's graph does all of it itself: its
+uint8 frames go in as they are. Export parity, accuracy and ``bench`` make their inputs here too.
 """
 
 from __future__ import annotations
 
 import functools
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.runtime.base import FrameOutputs
+from dronseg_edge.runtime.batching import pad_batch
+
+if TYPE_CHECKING:
+    from dronseg_edge.runtime.base import Backend
+
+CONFIDENCE_OUTPUT = "confidence"  # the name export/embedded.py gives a frames graph's second output
 
 
 @functools.lru_cache(maxsize=16)
@@ -76,3 +87,49 @@ def resize_confidence(confidence: np.ndarray, height: int, width: int) -> np.nda
     if confidence.shape == (height, width):
         return confidence
     return cv2.resize(confidence, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+class Stopwatch:
+    """Milliseconds per stage, summed: ``lap(name)`` charges the time since the last lap to ``name``."""
+
+    def __init__(self):
+        self.ms: dict[str, float] = defaultdict(float)
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.ms[name] += (now - self._last) * 1e3
+        self._last = now
+
+
+def segment_on_host(backend: "Backend", frames: np.ndarray, confidence: bool, logits: bool,
+                    pad_to: int = 1) -> FrameOutputs:
+    """``Backend.segment`` with pre/post on the host: (N, H, W, 3) uint8 BGR frames -> FrameOutputs.
+
+    A frames artifact gets the frames as they are and gives its class map at their size (and its
+    ``confidence`` output whenever it has one: the graph makes it anyway); any other artifact gets :func:`preprocess_host`'s batch, and its output
+    is brought back to the frames' size here. Batches are padded to ``pad_to`` rows, or to a fixed
+    -batch artifact's own batch.
+    """
+    info = backend.info
+    rows = max(int(pad_to), info.batch or 1) if not info.dynamic else int(pad_to)
+    watch = Stopwatch()
+    if info.io == "frames":
+        batch, real = pad_batch(np.ascontiguousarray(frames), rows)
+        watch.lap("preprocess")
+        classes = np.asarray(backend.infer(batch)[:real], np.uint8)
+        conf = backend.last_outputs.get(CONFIDENCE_OUTPUT)
+        watch.lap("inference")
+        return FrameOutputs(classes, None if conf is None else np.asarray(conf[:real], np.uint8), None, dict(watch.ms))
+    batch, real = pad_batch(preprocess_host(frames, info), rows)
+    watch.lap("preprocess")
+    out = backend.infer(batch)[:real]
+    watch.lap("inference")
+    height, width = frames.shape[1:3]
+    classes = np.stack([class_map_host(o, height, width) for o in out])
+    conf = None
+    if confidence and out.ndim == 4:
+        conf = np.stack([resize_confidence(max_probability_u8(np.asarray(o, np.float32)), height, width) for o in out])
+    watch.lap("postprocess")
+    kept = np.asarray(out, np.float32) if logits and out.ndim == 4 else None
+    return FrameOutputs(classes, conf, kept, dict(watch.ms))

@@ -6,10 +6,9 @@ for static shapes on the CUDA provider, lets ONNX Runtime replay its own CUDA gr
 is checked for what it really runs (onnxruntime may silently retry with default options: device 0,
 no graph). ``provider`` says what actually runs.
 
-numpy in, numpy out, without torch: on the CPU straight through ``session.run``; on CUDA through
-``OrtValue`` IO binding (the input uploaded into a device OrtValue, fixed buffers when a CUDA graph
-replays). torch tensors in, torch out: CUDA tensors are bound where they lie (no host round trip).
-torch is imported only when a torch tensor comes in.
+numpy in, numpy out, without torch (``Backend.infer`` converts torch tensors at the edge): on the
+CPU straight through ``session.run``; on CUDA through ``OrtValue`` IO binding (the input uploaded
+into a device OrtValue, fixed buffers when a CUDA graph replays).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import numpy as np
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.metadata import ModelInfo, read_onnx_info
-from dronseg_edge.runtime.base import Backend, is_torch_tensor
+from dronseg_edge.runtime.base import Backend
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,6 @@ class OnnxRuntimeBackend(Backend):
         self.cuda_graph = False
         self.threads = threads
         self.session = None
-        self.last_outputs: dict[str, np.ndarray] = {}  # a frames graph's outputs by name, from the last numpy call
         super().__init__(path, device)
 
     def read_info(self) -> ModelInfo:
@@ -185,8 +183,6 @@ class OnnxRuntimeBackend(Backend):
         self._input = self.session.get_inputs()[0]
         self._outputs = self.session.get_outputs()
         self._on_gpu = used != "CPUExecutionProvider" and self.device.type == "cuda"
-        self._binding = None
-        self._static = None
         self._host_bound = None
 
     def _try_session(self, ort, options, name: str, errors: list[str]):
@@ -229,15 +225,11 @@ class OnnxRuntimeBackend(Backend):
 
     def deactivate(self) -> None:
         self.session = None
-        self._binding = None
-        self._static = None
         self._host_bound = None
         super().deactivate()
 
     # -- inference ----------------------------------------------------------------------------
-    def _infer(self, batch):
-        if is_torch_tensor(batch):
-            return self._infer_torch(batch)
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         if self.info.io == "frames":
             # uint8 frames in, the uint8 class map out: on CUDA too, ONNX Runtime copies only those
             # bytes across (12x fewer than float logits), so binding would save little.
@@ -271,52 +263,6 @@ class OnnxRuntimeBackend(Backend):
         self.session.run_with_iobinding(binding)
         return y.numpy()
 
-    def _infer_torch(self, batch):
-        import torch
-
-        device = torch.device(str(self.device))
-        if self.info.io == "frames":
-            out = self._infer(np.ascontiguousarray(batch.detach().to("cpu", torch.uint8).numpy()))
-            return torch.from_numpy(out).to(device)
-        if not self._on_gpu:
-            feed = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-            out = self.session.run([self._outputs[0].name], {self._input.name: feed})[0]
-            return torch.from_numpy(out).to(device)
-        return self._infer_bound(batch, device)
-
     def _output_shape(self, batch) -> tuple[int, ...]:
         n, _, h, w = batch.shape
         return (n, self.info.num_classes, h, w) if self.info.head == "logits" else (n, h, w)
-
-    def _infer_bound(self, batch, device):
-        """IO binding on torch CUDA memory; with a CUDA graph the same buffers every call."""
-        import torch
-
-        to_torch = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
-                    np.dtype(np.uint8): torch.uint8, np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32}
-        ort_device = "cuda"
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        out_dtype = _ORT_TYPES.get(self._outputs[0].type, np.float32)
-        if self.cuda_graph:
-            if self._static is None:
-                static_in = torch.empty(batch.shape, dtype=torch.float32, device=device)
-                static_out = torch.empty(self._output_shape(batch), dtype=to_torch[np.dtype(out_dtype)], device=device)
-                binding = self.session.io_binding()
-                binding.bind_input(self._input.name, ort_device, index, np.float32, tuple(static_in.shape), static_in.data_ptr())
-                binding.bind_output(self._outputs[0].name, ort_device, index, out_dtype, tuple(static_out.shape), static_out.data_ptr())
-                self._static, self._binding = (static_in, static_out), binding
-            static_in, static_out = self._static
-            static_in.copy_(batch)
-            x, out, binding = static_in, static_out, self._binding
-        else:
-            x = batch.to(device, torch.float32).contiguous()
-            out = torch.empty(self._output_shape(batch), dtype=to_torch[np.dtype(out_dtype)], device=device)
-            binding = self.session.io_binding()
-            binding.bind_input(self._input.name, ort_device, index, np.float32, tuple(x.shape), x.data_ptr())
-            binding.bind_output(self._outputs[0].name, ort_device, index, out_dtype, tuple(out.shape), out.data_ptr())
-        # ONNX Runtime works on its own stream: the input must be complete before it starts.
-        torch.cuda.current_stream(device).synchronize()
-        self.session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-        # The graph writes every replay into the same buffer; a copy keeps earlier results intact.
-        return out.clone() if self.cuda_graph else out

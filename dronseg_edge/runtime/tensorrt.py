@@ -4,23 +4,18 @@ It needs tensorrt, numpy and NVIDIA's CUDA Python bindings (runtime/cuda_runtime
 not torch: device memory, pinned host buffers, its own CUDA stream and CUDA-graph replay are made
 with ``cuda.bindings``. torch is imported only when a caller hands in a torch tensor.
 
-Two ways in, chosen by what ``infer`` is given, and the result comes back in the same kind:
-
-- a numpy array (or a torch tensor on the CPU) in host memory: float32 (N, 3, H, W) for a tensors
-  engine, uint8 (N, H, W, 3) for a frames engine (``export --io frames``). It is copied into a
-  pinned buffer, uploaded asynchronously on the backend's stream into fixed device buffers, the
-  engine runs there (``execute_async_v3``), the first output is downloaded into a pinned buffer,
-  the stream is synchronised, and a **copy** of that buffer is returned: the pinned buffer is
-  rewritten by the next call, and a view valid only until then would be a silent race for callers
-  that keep results (the pipeline's sink threads do). For a frames engine's uint8 class map the
-  copy is a fraction of a millisecond.
-- a torch CUDA tensor: zero copy, as before. The engine reads the tensor's memory and writes new
-  torch tensors, on the backend's own stream, which waits for the caller's current stream before
-  it reads the input; the caller's stream waits for it before anything reads the output.
+numpy in, numpy out (``Backend.infer`` converts torch tensors at the edge): float32 (N, 3, H, W)
+for a tensors engine, uint8 (N, H, W, 3) for a frames engine (``export --io frames``). The batch is
+copied into a pinned buffer, uploaded asynchronously on the backend's stream into fixed device
+buffers, the engine runs there (``execute_async_v3``), every output is downloaded into a pinned
+buffer, the stream is synchronised, and a **copy** of each buffer is returned: the pinned buffers
+are rewritten by the next call, and a view valid only until then would be a silent race for callers
+that keep results (the pipeline's sink threads do). For a frames engine's uint8 class map the copy
+is a fraction of a millisecond.
 
 With ``cuda_graph`` (trtexec's ``--useCudaGraph``, default on) the engine's launches for one input
 shape are captured once into a CUDA graph and replayed; the graph reads and writes the fixed device
-buffers, so a torch tensor is copied into them (device to device) in that mode. As TensorRT
+buffers. As TensorRT
 requires, the context is enqueued once after its shape and addresses are set (that run gives the
 first call's result) and before capture begins; capture runs on the backend's own stream in
 thread-local mode, one capture at a time in the process. One graph is kept, for the latest shape,
@@ -34,7 +29,6 @@ Not thread-safe: one backend serves one thread at a time (as every backend here)
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +36,7 @@ import numpy as np
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, sidecar_path
 from dronseg_edge.runtime import cuda_runtime, tensorrt_env
-from dronseg_edge.runtime.base import Backend, is_torch_tensor
+from dronseg_edge.runtime.base import Backend
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +66,14 @@ class TensorRTBackend(Backend):
         self._context = None
         self.cuda_graph = True if cuda_graph is None else bool(cuda_graph)
         self._stream: cuda_runtime.Stream | None = None  # the backend's own CUDA stream, made in activate
-        self._torch_stream = None  # the same stream as torch sees it (torch inputs only)
         self._index = 0  # the GPU, resolved in activate
-        # Fixed buffers: what the context is bound to on the host path and in graph mode.
+        # Fixed buffers: what the context is bound to.
         self._device_in = cuda_runtime.DeviceBuffer()
         self._device_out: dict[str, cuda_runtime.DeviceBuffer] = {}
         self._host_in = cuda_runtime.PinnedBuffer()
         self._host_out: dict[str, cuda_runtime.PinnedBuffer] = {}
-        self.last_outputs: dict[str, np.ndarray] = {}  # every output by name (a frames engine's confidence too), host path
         self._fixed_shapes: tuple[tuple, dict[str, tuple]] | None = None  # (input shape, output shapes) bound to them
         self._graph: cuda_runtime.Graph | None = None  # captured for the shape in _fixed_shapes
-        self._bound_outputs: list = []  # torch outputs of the latest zero-copy binding, kept alive with it
         super().__init__(path, device)
 
     def read_info(self) -> ModelInfo:
@@ -157,21 +148,13 @@ class TensorRTBackend(Backend):
                     self._stream.close()
         except DronsegError as exc:
             log.warning("releasing %s: %s", self.path.name, exc)
-        self._stream = self._torch_stream = None
+        self._stream = None
         self._fixed_shapes = None
-        self._bound_outputs = []
         self._context = None
         self._engine = None
         super().deactivate()
 
-    def _infer(self, batch):
-        if is_torch_tensor(batch):
-            return self._infer_torch(batch)
-        return self._infer_host(np.asarray(batch))
-
-    # -- host memory in, host memory out -------------------------------------------------------
-
-    def _infer_host(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         """numpy in, numpy out (new arrays): pinned staging, upload, run, download, synchronise.
 
         Returns the first output; every output (a frames engine's ``confidence`` too) is in ``last_outputs``.
@@ -199,60 +182,6 @@ class TensorRTBackend(Backend):
         self.last_outputs = outs
         return outs[self._outputs[0]]
 
-    # -- torch tensors --------------------------------------------------------------------------
-
-    def _infer_torch(self, batch):
-        torch = sys.modules["torch"]  # loaded: the batch is one of its tensors
-        device = self._gpu_target(batch, torch)
-        if device is None:  # a host tensor: the host path, and a host tensor back
-            return torch.from_numpy(self._infer_host(batch.detach().numpy()))
-        from dronseg_edge.runtime.cuda_graph import run_on
-
-        if self._torch_stream is None:
-            self._torch_stream = torch.cuda.ExternalStream(int(self._stream), device=device)
-        with cuda_runtime.on_device(self._index), torch.cuda.device(device):
-            out = run_on(self._torch_stream, device, lambda: self._run_torch(batch, torch, device), batch)
-        return out.float() if self.info.head == "logits" else out
-
-    def _gpu_target(self, batch, torch):
-        """The torch device a CUDA tensor runs on (this backend's GPU); None for a host tensor."""
-        return torch.device("cuda", self._index) if batch.device.type == "cuda" else None
-
-    def _run_torch(self, batch, torch, device):
-        """Queued on the backend's stream (the current torch stream here): returns the first output."""
-        in_dtype = torch.from_numpy(np.empty(0, self._dtypes[self._inputs[0]])).dtype
-        x = batch.to(device, in_dtype).contiguous()
-        name = self._outputs[0]
-        out_dtype = torch.from_numpy(np.empty(0, self._dtypes[name])).dtype
-        if not self.cuda_graph:
-            outputs = self._bind_tensors(x, torch, device)
-            self._enqueue()
-            # No synchronisation: the outputs (and a converted x) are allocated on this stream and the
-            # caller's batch is recorded for it (run_on), so torch's caching allocator cannot hand
-            # their memory to other work before the engine has finished with it.
-            return outputs[0]
-        out_shapes = self._bind_fixed(tuple(x.shape))
-        self._stream.copy(self._device_in.ptr, x.data_ptr(), x.numel() * x.element_size(), "d2d")
-        self._execute()
-        out = torch.empty(out_shapes[name], dtype=out_dtype, device=device)
-        self._stream.copy(out.data_ptr(), self._device_out[name].ptr, out.numel() * out.element_size(), "d2d")
-        return out
-
-    def _bind_tensors(self, x, torch, device) -> list:
-        """Bind the context to ``x`` and new output tensors (zero copy); returns the outputs."""
-        self._drop_graph()
-        self._fixed_shapes = None  # the context no longer points at the fixed buffers
-        self._set_input_shape(tuple(x.shape))
-        self._context.set_tensor_address(self._inputs[0], x.data_ptr())
-        outputs = []
-        for out_name in self._outputs:
-            dtype = torch.from_numpy(np.empty(0, self._dtypes[out_name])).dtype
-            out = torch.empty(tuple(self._context.get_tensor_shape(out_name)), dtype=dtype, device=device)
-            self._context.set_tensor_address(out_name, out.data_ptr())
-            outputs.append(out)
-        self._bound_outputs = outputs
-        return outputs
-
     # -- the engine on the fixed buffers ----------------------------------------------------------
 
     def _set_input_shape(self, shape: tuple) -> None:
@@ -274,7 +203,6 @@ class TensorRTBackend(Backend):
             self._device_out[out_name].ensure(_nbytes(out_shapes[out_name], self._dtypes[out_name]))
             self._context.set_tensor_address(out_name, self._device_out[out_name].ptr)
         self._fixed_shapes = (shape, out_shapes)
-        self._bound_outputs = []
         return out_shapes
 
     def _execute(self) -> None:

@@ -1,5 +1,9 @@
 """PyTorch backend: runs a training checkpoint (.pt) directly.
 
+Its ``segment`` keeps a checkpoint's pre/post-processing inside the backend: on a GPU on the device
+(runtime/torch_frames.py: uint8 frames up, the uint8 class map down), on the CPU the host
+implementation that plain ONNX files use too (runtime/host.py), with torch running the model.
+
 On a GPU the speed comes from three things (docs/facts.md#h100-baseline, ResNet-101 at 1280x720 on an
 H100): fp16 weights with channels_last memory (17.6 -> 14.1 ms) and, above all, replaying the whole
 forward pass as one CUDA graph (-> 7.8 ms), because batch-1 fp16 inference is launch-bound: the
@@ -11,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
@@ -18,7 +23,9 @@ from dronseg_edge.devices import as_torch_device
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import HEADS, ModelInfo
 from dronseg_edge.models import SegmentationNet
-from dronseg_edge.runtime.base import Backend
+from dronseg_edge.runtime import torch_frames
+from dronseg_edge.runtime.base import Backend, FrameOutputs
+from dronseg_edge.runtime.batching import pad_batch
 from dronseg_edge.runtime.cuda_graph import GraphCache
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -41,6 +48,7 @@ class TorchBackend(Backend):
     """
 
     name = "torch"
+    native = "torch"
     OPTIONS = frozenset({"precision", "head", "channels_last", "cuda_graph", "compile_mode"})
 
     def __init__(self, path: Path, device: torch.device, precision: str = "fp32", head: str = "logits",
@@ -115,6 +123,33 @@ class TorchBackend(Backend):
         self._graphs.clear()
         self.net = None
         super().deactivate()
+
+    def segment(self, frames: np.ndarray, confidence: bool = False, logits: bool = False,
+                pad_to: int = 1) -> FrameOutputs:
+        """``Backend.segment``: pre/post on the GPU (runtime/torch_frames.py), on the CPU the host implementation."""
+        if self.device.type != "cuda":
+            return super().segment(frames, confidence, logits, pad_to)
+        self.check_frames(frames)
+        self._ensure_active()
+        with torch.inference_mode():
+            return self._segment_on_device(frames, confidence, logits, pad_to)
+
+    def _segment_on_device(self, frames: np.ndarray, confidence: bool, logits: bool, pad_to: int) -> FrameOutputs:
+        stream = torch.cuda.current_stream(self.device)
+        marks = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+        marks[0].record(stream)
+        x = torch_frames.to_model_input(torch_frames.upload(frames, self.device), self.info)
+        batch, real = pad_batch(x, pad_to)
+        marks[1].record(stream)
+        out = self.infer(batch)[:real]
+        marks[2].record(stream)
+        classes, conf = torch_frames.class_maps(out, frames.shape[1], frames.shape[2], confidence)
+        kept = out.float() if logits and out.ndim == 4 else None
+        host = [None if t is None else t.cpu().numpy() for t in (classes, conf, kept)]  # .cpu() waits for the GPU
+        marks[3].record(stream)
+        marks[3].synchronize()
+        stages = ("preprocess", "inference", "postprocess")
+        return FrameOutputs(*host, {name: marks[i].elapsed_time(marks[i + 1]) for i, name in enumerate(stages)})
 
     def _infer(self, batch: torch.Tensor) -> torch.Tensor:
         if self.cuda_graph:

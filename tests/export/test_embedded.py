@@ -22,7 +22,7 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.export import ExportOptions, export_artifact
 from dronseg_edge.metadata import ModelInfo, read_onnx_info
 from dronseg_edge.runtime import tensorrt_env
-from dronseg_edge.runtime.base import preprocess
+from testkit import model_input
 from dronseg_edge.runtime.onnxruntime import OnnxRuntimeBackend
 from testkit import write_scenes
 
@@ -93,7 +93,7 @@ def test_confidence_is_the_top_probability_and_its_argmax_is_the_class_map(dynam
     assert confidence.min() >= 255 // info.num_classes  # a top probability is at least 1 / classes
     model = model_from_checkpoint(load_checkpoint(trained_checkpoint)).eval()
     with torch.no_grad():
-        logits = model(preprocess(frame, info, torch.device("cpu"), antialias=True))["out"]
+        logits = model(model_input(frame, info, torch.device("cpu"), antialias=True))["out"]
         probs = torch.softmax(F.interpolate(logits, size=(150, 200), mode="bilinear", align_corners=False), dim=1)
     top, classes = probs.max(dim=1)
     assert (classes.numpy().astype(np.uint8) == mask).mean() >= 0.99

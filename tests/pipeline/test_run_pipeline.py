@@ -220,21 +220,6 @@ def test_a_failing_write_stops_the_run_with_one_line(segmenter, video_path, tmp_
     assert list((out / "masks").iterdir()) == []  # no temporary file left behind
 
 
-def test_the_overlay_alpha_is_handed_to_the_segmenter_not_set_on_it(segmenter, video_path, tmp_path, monkeypatch):
-    seen = []
-    real_stream = segmenter.stream
-
-    def stream(*args, **kwargs):
-        seen.append((kwargs.get("overlay_alpha"), segmenter.overlay_alpha))
-        return real_stream(*args, **kwargs)
-
-    monkeypatch.setattr(segmenter, "stream", stream)
-    run_inference(segmenter, video_path, RunOptions(out=tmp_path / "video", alpha=0.3, max_frames=2, progress=False))
-    run_inference(segmenter, video_path, RunOptions(out=tmp_path / "stats", save_video=False, max_frames=2,
-                                                    progress=False))
-    assert seen == [(0.3, None), (None, None)]  # no overlay wanted: none made, not even on a GPU
-
-
 def test_confidence_maps_and_a_class_filter_in_a_run(segmenter, video_path, tmp_path):
     out = tmp_path / "run"
     summary = run_inference(segmenter, video_path, RunOptions(out=out, save_conf=True, classes=("sky", "Road"),

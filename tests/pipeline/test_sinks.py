@@ -44,10 +44,10 @@ def test_video_sink_writes_a_playable_video_with_the_input_fps_and_size(tmp_path
     assert sink.outputs() == {"video": str(tmp_path / "overlay.mp4")}
 
 
-def test_video_sink_prefers_a_precomputed_gpu_overlay_and_resizes_odd_frames(tmp_path, caplog):
-    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, overlay=OverlayPlan(0.5, LUT))
+def test_video_sink_resizes_odd_frames(tmp_path, caplog):
+    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, overlay=OverlayPlan(0.0, LUT))  # alpha 0: the frame itself
     first = make_result(0)
-    first.overlay = np.full_like(first.frame, 200)
+    first.frame[:] = 200
     sink.write(first)
     with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
         sink.write(make_result(1, size=(32, 24)))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from fake_cuda import FakeCuda
 
-from dronseg_edge.runtime.base import preprocess
+from testkit import model_input
 import dronseg_edge.runtime.cuda_graph as cuda_graph
 from dronseg_edge.runtime.cuda_graph import GraphCache
 from dronseg_edge.runtime.registry import load_backend
@@ -114,7 +114,7 @@ def frames(count=1, seed=0):
 
 
 def test_torch_backend_keeps_one_graph_per_shape_and_falls_back_to_eager(monkeypatch, tiny_checkpoint):
-    batch = preprocess(frames(2), load_backend(tiny_checkpoint, device="cpu").info, CPU)
+    batch = model_input(frames(2), load_backend(tiny_checkpoint, device="cpu").info, CPU)
     with load_backend(tiny_checkpoint, device="cpu") as eager:
         expected = eager.infer(batch)
     cuda = FakeCuda().install(monkeypatch)
@@ -141,7 +141,7 @@ def test_torch_backend_keeps_one_graph_per_shape_and_falls_back_to_eager(monkeyp
 def test_two_backends_capture_in_two_threads_at_once(tiny_checkpoint):
     info = load_backend(tiny_checkpoint, device="cpu").info
     device = torch.device("cuda")
-    inputs = [preprocess(frames(1, seed=s), info, device) for s in (1, 2)]
+    inputs = [model_input(frames(1, seed=s), info, device) for s in (1, 2)]
     with load_backend(tiny_checkpoint, device="cuda", cuda_graph=False, head="argmax") as eager:
         expected = [eager.infer(x).cpu() for x in inputs]
     backends = [load_backend(tiny_checkpoint, device="cuda", head="argmax") for _ in inputs]

@@ -12,7 +12,7 @@ from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export import export_artifact
 from dronseg_edge.models import SegmentationNet
-from dronseg_edge.runtime.base import preprocess
+from testkit import model_input
 from dronseg_edge.runtime.onnxruntime import OnnxRuntimeBackend
 from dronseg_edge.runtime.registry import load_backend
 from testkit import requires_ort_cuda
@@ -35,7 +35,7 @@ def frames(n: int = 2) -> np.ndarray:
 def test_registry_picks_onnxruntime_and_cpu_matches_pytorch(exported, tiny_checkpoint):
     backend = load_backend(exported[0], device="cpu")
     assert isinstance(backend, OnnxRuntimeBackend) and backend.info.input_size == (96, 64)
-    x = preprocess(frames(1), backend.info, backend.device)
+    x = model_input(frames(1), backend.info, backend.device)
     with backend:
         logits = backend.infer(x)
     assert backend.provider == "CPUExecutionProvider" and backend.cuda_graph is False
@@ -48,7 +48,7 @@ def test_registry_picks_onnxruntime_and_cpu_matches_pytorch(exported, tiny_check
 
 def test_argmax_file_returns_uint8_class_map(exported):
     with load_backend(exported[1], device="cpu") as backend:
-        mask = backend.infer(preprocess(frames(1), backend.info, backend.device))
+        mask = backend.infer(model_input(frames(1), backend.info, backend.device))
     assert backend.info.head == "argmax" and mask.dtype == torch.uint8 and mask.shape == (1, 64, 96)
     assert int(mask.max()) < 12
 
@@ -77,7 +77,7 @@ def test_missing_onnxruntime_is_backend_unavailable_with_the_pip_command(exporte
 @requires_ort_cuda
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_cuda_provider_with_io_binding_matches_cpu(exported, cuda_graph):
-    x = preprocess(frames(1), load_backend(exported[0], device="cpu").info, torch.device("cpu"))
+    x = model_input(frames(1), load_backend(exported[0], device="cpu").info, torch.device("cpu"))
     with load_backend(exported[0], device="cpu") as cpu:
         expected = cpu.infer(x)
     with OnnxRuntimeBackend(exported[0], torch.device("cuda"), provider="cuda", cuda_graph=cuda_graph) as gpu:
@@ -91,7 +91,7 @@ def test_cuda_provider_with_io_binding_matches_cpu(exported, cuda_graph):
 @pytest.mark.gpu
 @requires_ort_cuda
 def test_cuda_session_runs_what_it_reports_inside_and_outside_inference_mode(exported):
-    x = preprocess(frames(1), load_backend(exported[0], device="cpu").info, torch.device("cpu")).cuda()
+    x = model_input(frames(1), load_backend(exported[0], device="cpu").info, torch.device("cpu")).cuda()
     with OnnxRuntimeBackend(exported[0], torch.device("cuda"), provider="cuda") as gpu:
         options = gpu.session.get_provider_options()["CUDAExecutionProvider"]
         assert options["device_id"] == "0" and options.get("use_tf32", "0") == "0"  # an fp32 file: strict fp32

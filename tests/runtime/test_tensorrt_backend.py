@@ -128,13 +128,13 @@ def test_real_engine_runs_numpy_and_torch_and_matches_onnx(tiny_checkpoint, tmp_
     import torch
 
     from dronseg_edge.export import export_artifact
-    from dronseg_edge.runtime.base import preprocess
+    from testkit import model_input
 
     result = export_artifact(tiny_checkpoint, fmt="engine", precision="fp32", out_dir=tmp_path, device="cuda", parity=False)
     frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
     with load_backend(result.path, device="cuda", cuda_graph=cuda_graph) as engine, \
             load_backend(tmp_path / "tiny_fp32.onnx", device="cpu") as ref:
-        x = preprocess(frame, engine.info, engine.device)
+        x = model_input(frame, engine.info, engine.device)
         got = engine.infer(x)
         torch.cuda.synchronize()
         host = [engine.infer(x.cpu().numpy()) for _ in range(2)]  # the second replays a graph

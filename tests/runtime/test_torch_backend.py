@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.runtime.base import preprocess
+from testkit import model_input
 from dronseg_edge.runtime.registry import load_backend
 from dronseg_edge.runtime.torch import TorchBackend
 from testkit import requires_cuda
@@ -20,7 +20,7 @@ def test_torch_backend_runs_checkpoint(tiny_checkpoint):
     assert backend.info.input_size == (96, 64)
     frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
     with backend:
-        logits = backend.infer(preprocess(frame, backend.info, backend.device))
+        logits = backend.infer(model_input(frame, backend.info, backend.device))
     assert logits.shape == (1, 12, 64, 96) and logits.dtype == torch.float32
     assert torch.isfinite(logits).all()
     assert logits.is_inference()  # ran under torch.inference_mode
@@ -28,7 +28,7 @@ def test_torch_backend_runs_checkpoint(tiny_checkpoint):
 
 
 def test_argmax_head_returns_the_uint8_class_map_of_the_logits(tiny_checkpoint):
-    batch = preprocess(frames(3), load_backend(tiny_checkpoint, device="cpu").info, torch.device("cpu"))
+    batch = model_input(frames(3), load_backend(tiny_checkpoint, device="cpu").info, torch.device("cpu"))
     with load_backend(tiny_checkpoint, device="cpu") as logits_backend:
         logits = logits_backend.infer(batch)
     with load_backend(tiny_checkpoint, device="cpu", head="argmax") as argmax_backend:
@@ -53,7 +53,7 @@ def test_options_are_checked_and_gpu_features_are_off_on_the_cpu(tiny_checkpoint
 @pytest.mark.gpu
 def test_fp16_channels_last_cuda_graph_matches_fp32(tiny_checkpoint):
     info = load_backend(tiny_checkpoint, device="cpu").info
-    batch_cpu = preprocess(frames(1, seed=1), info, torch.device("cpu"))
+    batch_cpu = model_input(frames(1, seed=1), info, torch.device("cpu"))
     with load_backend(tiny_checkpoint, device="cpu") as reference:
         expected = reference.infer(batch_cpu).argmax(1)
     backend = load_backend(tiny_checkpoint, device="cuda", precision="fp16")
@@ -61,7 +61,7 @@ def test_fp16_channels_last_cuda_graph_matches_fp32(tiny_checkpoint):
         assert backend.provider == "cuda fp16 channels_last + CUDA graph"
         first = backend.infer(batch_cpu.cuda())
         again = backend.infer(batch_cpu.cuda())
-        other = backend.infer(preprocess(frames(1, seed=2), info, backend.device))
+        other = backend.infer(model_input(frames(1, seed=2), info, backend.device))
     assert first.dtype == torch.float32 and first.device.type == "cuda"
     assert torch.equal(first, again)  # replay of the same input is exact
     assert not torch.equal(first, other)  # new input really reaches the captured graph
@@ -74,7 +74,7 @@ def test_fp16_channels_last_cuda_graph_matches_fp32(tiny_checkpoint):
 def test_cuda_graph_equals_eager_and_keeps_earlier_results(tiny_checkpoint):
     info = load_backend(tiny_checkpoint, device="cpu").info
     device = torch.device("cuda")
-    a, b = (preprocess(frames(2, seed=s), info, device) for s in (3, 4))
+    a, b = (model_input(frames(2, seed=s), info, device) for s in (3, 4))
     with load_backend(tiny_checkpoint, device="cuda", cuda_graph=False, head="argmax") as eager:
         expected_a, expected_b = eager.infer(a), eager.infer(b)
     with load_backend(tiny_checkpoint, device="cuda", head="argmax") as graphed:
@@ -92,7 +92,7 @@ def test_cuda_graph_equals_eager_and_keeps_earlier_results(tiny_checkpoint):
 
 @pytest.mark.slow
 def test_compiled_model_gives_the_same_logits(tiny_checkpoint):
-    batch = preprocess(frames(1, seed=5), load_backend(tiny_checkpoint, device="cpu").info, torch.device("cpu"))
+    batch = model_input(frames(1, seed=5), load_backend(tiny_checkpoint, device="cpu").info, torch.device("cpu"))
     with load_backend(tiny_checkpoint, device="cpu") as eager:
         expected = eager.infer(batch)
     with load_backend(tiny_checkpoint, device="cpu", compile_mode="default") as compiled:
@@ -104,7 +104,7 @@ def test_compiled_model_gives_the_same_logits(tiny_checkpoint):
 @requires_cuda
 @pytest.mark.gpu
 def test_cuda_graph_replays_inside_and_outside_inference_mode(tiny_checkpoint):
-    batch = preprocess(frames(1, seed=6), load_backend(tiny_checkpoint, device="cpu").info, torch.device("cuda"))
+    batch = model_input(frames(1, seed=6), load_backend(tiny_checkpoint, device="cpu").info, torch.device("cuda"))
     with load_backend(tiny_checkpoint, device="cuda") as backend:
         with torch.inference_mode():
             inside = backend.infer(batch)  # captured here, as under a Segmenter
