@@ -79,7 +79,7 @@ def body(ctx: StageContext) -> None:
     report.figure("command", " ".join(cmd[1:]))
     budget = max(ctx.left() - 2.0, 1.0)  # leave time to parse and write the report
     stopped = False
-    with open(log, "w", encoding="utf-8") as out:
+    with ctx.timed("pytest -m gpu"), open(log, "w", encoding="utf-8") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         try:
             rc = proc.wait(timeout=budget)

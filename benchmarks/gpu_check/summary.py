@@ -92,6 +92,9 @@ def not_done(stages: list[dict]) -> list[str]:
     for stage in stages:
         if stage["status"] in ("skipped", "timeout") and stage["name"] != "env":
             items.append(f"{stage['name']}: {stage['status']} ({stage['reason']})")
+        for item in (stage.get("figures") or {}).get("items", []):
+            if item["status"] == "not run":
+                items.append(f"{stage['name']}: {item['item']}: {item['reason']}")
     return items
 
 
@@ -148,11 +151,16 @@ def markdown(doc: dict) -> str:
                                                  "tensorrt", "dronseg_edge")))
     setup = doc.get("setup") or {}
     lines += ["", "## Stages", ""]
-    rows = [["wheels (setup)", setup.get("status"), setup.get("seconds"), setup.get("timeout_s"), setup.get("reason"),
-             "staged wheels installed into private folders"]]
-    rows += [[s["name"], s["status"], s["seconds"], s["timeout_s"], s["reason"], WHAT.get(s["name"], "")]
+    rows = [["wheels (setup)", setup.get("status"), setup.get("seconds"), setup.get("timeout_s"), setup.get("timeout_s"),
+             setup.get("reason"), "staged wheels installed into private folders"]]
+    rows += [[s["name"], s["status"], s["seconds"], s.get("estimate_s"), s["timeout_s"], s["reason"], WHAT.get(s["name"], "")]
              for s in doc["stages"]]
-    lines += _table(["stage", "status", "seconds", "timeout s", "reason", "proves"], rows)
+    lines += _table(["stage", "status", "seconds", "estimate s", "timeout s", "reason", "proves"], rows)
+    items = [[s["name"], i["item"], i["status"], i.get("seconds"), i.get("estimate_s"), i.get("reason", "")]
+             for s in doc["stages"] for i in (s.get("figures") or {}).get("items", [])]
+    if items:
+        lines += ["## Items: seconds against the plan's estimates", ""]
+        lines += _table(["stage", "item", "status", "seconds", "estimate s", "reason"], items)
     lines += ["## Targets (benchmark targets, not pass/fail of the run)", ""]
     lines += _table(["target", "goal", "measured", "met", "from", "note"],
                     [[t["what"], t["target"], t["measured"], t["met"], t["source"], t["note"]] for t in doc["targets"]])

@@ -169,7 +169,8 @@ def parser_errors(parser, onnx_path: Path) -> str:
         code = error.code()
         where = f"node {position}" + (f" {name}" if name else "") + (f" ({operator})" if operator else "")
         attributes = _attributes(node) if node is not None and node.attribute else ""
-        found.append(f"{where} [{getattr(code, 'name', code)}]: {error.desc()}" + (f" (attributes: {attributes})" if attributes else ""))
+        found.append(f"{where} [{getattr(code, 'name', code)}]: {error.desc()}"
+                     + (f" (attributes: {attributes})" if attributes else ""))
     return "; ".join(found) or "no details from the parser"
 
 
@@ -179,7 +180,7 @@ def parse_onnx(trt, builder, logger, onnx_path: Path, info: ModelInfo, strongly:
     newest = MAX_OPSET.get(tensorrt_env.trt_major(trt))
     opset = info.extra.get("opset")
     if newest is not None and opset is not None and int(opset) > newest:
-        fix = (f"--io frames graphs need opset 18 (antialiased Resize): use --io tensors, or TensorRT 10.3+ (JetPack 6.1)"
+        fix = ("--io frames graphs need opset 18 (antialiased Resize): use --io tensors, or TensorRT 10.3+ (JetPack 6.1)"
                if info.io == "frames" else f"export with --opset {newest} (the TorchScript exporter writes it)")
         raise DronsegError(f"{onnx_path} is ONNX opset {opset}, and TensorRT {version}'s ONNX parser reads opsets up "
                            f"to {newest}: {fix}")
