@@ -52,7 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "gpu-check-work",
                         help="cached checkpoints, data and private package folders (default runs/gpu-check-work)")
     parser.add_argument("--only", default="", help=f"comma-separated stages to run ({', '.join(STAGES)}); env always runs")
-    parser.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every stage timeout")
+    parser.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every stage timeout and the budget")
+    parser.add_argument("--estimate-scale", type=float, default=1.0,
+                        help="multiply every item's estimated cost (below 1 on a faster machine: items the plan would "
+                             "skip are started; above 1 on a slower one); timeouts stay")
     parser.add_argument("--stage-timeout", action="append", default=[], metavar="STAGE=SECONDS",
                         help="set one stage's timeout (repeatable), after --timeout-scale")
     parser.add_argument("--wheels", type=Path, default=ROOT / ".carry" / "wheels", help="staged small wheels")
@@ -78,7 +81,9 @@ def gpu_name() -> str | None:
 
 def make_plan(args: argparse.Namespace, gpu: str | None) -> Plan:
     plan = gpu_plan() if (args.gpu or (gpu and not args.cpu)) else cpu_plan()
-    plan = dataclasses.replace(plan, budget_s=plan.budget_s * args.timeout_scale)
+    scaled = {stage: {item: v * args.estimate_scale for item, v in table.items()} for stage, table in plan.estimates.items()}
+    plan = dataclasses.replace(plan, budget_s=plan.budget_s * args.timeout_scale, estimates=scaled,
+                               startup_s=plan.startup_s * args.estimate_scale)
     timeouts = {k: v * args.timeout_scale for k, v in plan.timeouts.items()}
     for item in args.stage_timeout:
         stage, _, seconds = item.partition("=")

@@ -32,7 +32,8 @@ WHEELS_S = {"gpu": 25.0, "cpu": 60.0}  # installing staged wheels (a timeout of 
 # any other item of the stage. Item names are the ones the stages report.
 GPU_ESTIMATES = {
     "env": {"describe": 4},
-    "tests": {"pytest -m gpu": 45},  # collection and the session fixtures (a tiny CPU-trained model) included
+    # Each run: pytest's start, collection, the session fixtures it needs (a tiny CPU-trained model).
+    "tests": {"pytest -m gpu: cuda_runtime, CUDA graphs": 15, "pytest -m gpu: the rest": 40},
     "probes": {"checkpoint": 3, "capture_then_replay_in_another_thread": 8, "two_segmenters_capturing_at_once": 10,
                "predict_equals_stream": 5, "inference_mode_mixed": 5},
     "latency": {"scenes": 2, "deeplabv3_resnet101: pytorch fp32 (no TF32)": 9, "deeplabv3_resnet101: *": 6,
@@ -44,7 +45,7 @@ GPU_ESTIMATES = {
 # CPU mode (tiny models, one thread, a busy 2-core machine): generous, so nothing is skipped there.
 CPU_ESTIMATES = {
     "env": {"describe": 5},
-    "tests": {"pytest -m gpu": 120},
+    "tests": {"pytest -m gpu: cuda_runtime, CUDA graphs": 40, "pytest -m gpu: the rest": 120},
     "probes": {"*": 15},
     "latency": {"*": 8},
     "pipeline": {"measure": 40, "dronseg-edge infer": 25},
@@ -53,7 +54,7 @@ CPU_ESTIMATES = {
 }
 ITEMS = {  # the items each stage plans, in the order it runs them (for the printed plan and its total)
     "env": ("describe",),
-    "tests": ("pytest -m gpu",),
+    "tests": ("pytest -m gpu: cuda_runtime, CUDA graphs", "pytest -m gpu: the rest"),
     "probes": ("checkpoint", "capture_then_replay_in_another_thread", "two_segmenters_capturing_at_once",
                "predict_equals_stream", "inference_mode_mixed"),
     "pipeline": ("measure", "dronseg-edge infer"),

@@ -15,7 +15,7 @@ from dronseg_edge.atomic import write_json_atomic, write_text_atomic
 SCHEMA = "dronseg-edge-gpu-check/1"
 WHAT = {  # what a passing stage proves, for the Markdown table
     "env": "GPU, driver, clocks, memory, bf16, versions; a real ONNX Runtime CUDA session; TensorRT import",
-    "tests": "every test marked gpu (pytest -m gpu): counts and each skip's reason",
+    "tests": "every test marked gpu (pytest -m gpu; cuda_runtime's and CUDA graphs' first): counts and each skip's reason",
     "latency": "PyTorch variants of ResNet-101 and MobileNetV3 side by side; fp16/bf16 agreement with strict fp32",
     "train": "training throughput (bf16, channels_last); fp16 GradScaler + accumulate 2 + clipping moves the weights",
     "pipeline": "video through the inference pipeline and `dronseg-edge infer`: end-to-end vs model-only fps",
@@ -211,6 +211,8 @@ def _details(stages: list[dict]) -> list[str]:
         lines += ["## GPU tests", "",
                   f"- {tests['passed']} passed, {tests['failed']} failed, {tests['errors']} errors, {tests['skipped']} skipped"
                   + (" (partial: pytest was stopped)" if tests.get("partial") else "")]
+        lines += [f"- {r['run']}: {r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped"
+                  for r in figures(stages, "tests").get("runs", [])]
         lines += [f"- skipped ({s['tests']}): {s['reason']}" for s in tests["skip_reasons"]]
         lines += [f"- {f['kind']}: {f['test']}: {f['message']}" for f in tests["failures"]] + [""]
     ort = figures(stages, "ort-cuda").get("rows")

@@ -1,7 +1,8 @@
 """`make gpu-check` (benchmarks/gpu_check): the orchestration in CPU mode end to end, and its parts.
 
-The end-to-end run forces a 1 s timeout on the tests stage: it must be reported as ``timeout`` and
-the stages after it must still run. On the CPU the GPU-only parts say "no CUDA" and the optional
+The end-to-end run forces a 1 s timeout on the tests stage (with estimates scaled down, so the stage
+starts pytest instead of skipping it): it must be reported as ``timeout`` and the stages after it must
+still run. On the CPU the GPU-only parts say "no CUDA" and the optional
 ort-cuda stage is skipped (no onnxruntime-gpu staged).
 """
 
@@ -32,7 +33,8 @@ STATUSES = {"passed", "failed", "skipped", "timeout"}
 def test_cpu_mode_runs_every_stage_and_reports_a_timeout(tmp_path):
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--cpu", "--out", str(results), "--work", str(tmp_path / "work"),
-           "--wheels", str(tmp_path / "no-wheels"), "--stage-timeout", "tests=1", "--bundle", str(tmp_path / "bundle")]
+           "--wheels", str(tmp_path / "no-wheels"), "--stage-timeout", "tests=1", "--bundle", str(tmp_path / "bundle"),
+           "--estimate-scale", "0.01"]  # so the tests stage starts pytest within its 1 s, and is killed there
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # 1: a stage timed out
@@ -197,6 +199,20 @@ def test_a_stage_runs_an_item_only_when_its_estimate_fits_and_records_both(tmp_p
     assert skipped["status"] == "not run" and skipped["seconds"] is None
     assert skipped["reason"].startswith("not run: ~10 s estimated, 9 s left") or skipped["reason"].startswith(
         "not run: ~10 s estimated, 8 s left")
+
+
+def test_a_tests_stage_without_time_for_a_pytest_run_is_skipped_not_started(tmp_path):
+    from benchmarks.gpu_check import stage_tests
+    from benchmarks.gpu_check.report import StageContext, StageReport
+
+    report = StageReport(tmp_path / "tests.json", "tests")
+    ctx = StageContext(gpu_plan(), report, tmp_path, tmp_path, deadline=time.monotonic() + 3.0)
+    stage_tests.body(ctx)
+    data = json.loads((tmp_path / "tests.json").read_text())
+    assert data["status"] == "skipped" and "no pytest run fits" in data["reason"]
+    assert [i["item"] for i in data["figures"]["items"]] == [item for item, _ in stage_tests.RUNS]
+    assert stage_tests.RUNS[0][1] == list(stage_tests.FIRST) and all(f"--ignore={p}" in stage_tests.RUNS[1][1]
+                                                                     for p in stage_tests.FIRST)
 
 
 def test_the_printed_plan_lists_every_stage_with_its_estimate():
