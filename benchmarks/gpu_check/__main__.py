@@ -8,7 +8,7 @@ everything that ran passed.
     python -m benchmarks.gpu_check                  # GPU when nvidia-smi lists one, else CPU mode
     python -m benchmarks.gpu_check --cpu --out /tmp/gc
     python -m benchmarks.gpu_check --only latency,train --timeout-scale 2
-    python -m benchmarks.gpu_check --stage-timeout tests=1   # see a stage killed at its timeout
+    python -m benchmarks.gpu_check --stage-timeout tests=1 --estimate-scale 0.01   # a stage killed at its timeout
 
 Stages (each its own subprocess, killed at its timeout; the run goes on after a failure): env,
 tests, probes, latency, pipeline, train, ort-cuda (see plan.py for what each runs and for how
