@@ -56,18 +56,51 @@ def torch_loaded() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _libcuda():
-    """The CUDA driver library, initialised, or None (no driver: a CPU machine)."""
+def _driver_library():
+    """The CUDA driver library, loaded but not initialised, or None (no NVIDIA driver: a CPU machine)."""
     for name in ("libcuda.so.1", ctypes.util.find_library("cuda") or "", "nvcuda.dll"):
         if not name:
             continue
         try:
-            lib = ctypes.CDLL(name)
+            return ctypes.CDLL(name)
         except OSError:
             continue
-        if lib.cuInit(0) == 0:
-            return lib
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _libcuda():
+    """The CUDA driver library, initialised, or None (no driver, or no GPU it can use)."""
+    lib = _driver_library()
+    return lib if lib is not None and lib.cuInit(0) == 0 else None
+
+
+def cuda_driver_version() -> tuple[int, int] | None:
+    """The newest CUDA version the installed driver supports, e.g. (12, 4); None without a driver.
+
+    ``cuDriverGetVersion`` needs no GPU and no initialisation: it answers on a machine whose GPU is
+    hidden or busy too, which is when a CUDA 12/13 mismatch is worth saying.
+    """
+    lib = _driver_library()
+    version = ctypes.c_int(0)
+    if lib is None or lib.cuDriverGetVersion(ctypes.byref(version)) != 0 or version.value <= 0:
+        return None
+    return version.value // 1000, (version.value % 1000) // 10
+
+
+def cuda_pci_bus_id(index: int) -> str | None:
+    """The PCI bus id ('0000:3B:00.0') of CUDA device ``index`` as this process numbers it, or None.
+
+    CUDA numbers GPUs fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, and after CUDA_VISIBLE_DEVICES;
+    NVML and nvidia-smi number them by PCI bus. The bus id names the same GPU in both.
+    """
+    lib = _libcuda()
+    handle, bus_id = ctypes.c_int(0), ctypes.create_string_buffer(32)
+    if lib is None or lib.cuDeviceGet(ctypes.byref(handle), index) != 0:
+        return None
+    if lib.cuDeviceGetPCIBusId(bus_id, len(bus_id), handle) != 0:
+        return None
+    return bus_id.value.decode(errors="replace") or None
 
 
 def cuda_device_count() -> int:

@@ -54,6 +54,41 @@ def ort_cuda_works() -> bool:
     return "CUDAExecutionProvider" in session.get_providers()
 
 
+@functools.lru_cache(maxsize=None)
+def tensorrt_unusable() -> str | None:
+    """Why TensorRT cannot be used here (None when it can): ``import tensorrt`` must work and a builder be made.
+
+    Looking for the module (``find_spec``) is not enough: the bindings are found where their libraries
+    are missing (the import fails), and import where TensorRT cannot use the GPU or driver (the builder
+    fails); each says which in the skip reason.
+    """
+    try:
+        import tensorrt as trt
+    except Exception as exc:  # ImportError, or OSError for bindings without libnvinfer
+        return f"TensorRT (`import tensorrt` fails: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]})"
+    try:
+        builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    except Exception as exc:  # pybind11 raises when createInferBuilder returns null (no usable GPU or driver)
+        return (f"a TensorRT builder (tensorrt {getattr(trt, '__version__', '?')} imports, but trt.Builder fails: "
+                f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]})")
+    if builder is None:
+        return f"a TensorRT builder (tensorrt {getattr(trt, '__version__', '?')} imports, but trt.Builder gave none)"
+    return None
+
+
+def requires_tensorrt(*, cuda_bindings: bool = False):
+    """Skip unless TensorRT builds here (tensorrt_unusable), a GPU is visible to torch and, when asked,
+    cuda-bindings is installed (the engine runner's CUDA binding); the reason names each thing missing."""
+    import importlib.util
+
+    missing = [why for why in (tensorrt_unusable(),) if why]
+    if cuda_bindings and (importlib.util.find_spec("cuda") is None or importlib.util.find_spec("cuda.bindings") is None):
+        missing.append("cuda-bindings")
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (none visible to torch)")
+    return pytest.mark.skipif(bool(missing), reason="needs " + " and ".join(missing))
+
+
 requires_ort_cuda = pytest.mark.skipif(
     not (torch.cuda.is_available() and ort_cuda_works()),
     reason="needs a CUDA GPU and onnxruntime-gpu whose CUDAExecutionProvider really starts a session",

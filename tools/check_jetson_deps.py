@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check that dronseg-edge's install sets resolve for a Jetson on JetPack 6 without x86-only wheels.
 
-    .venv/bin/python tools/check_jetson_deps.py [--sets core,train,export,trt,video] [--keep DIR]
+    .venv/bin/python tools/check_jetson_deps.py [--sets core,train,export,trt,trt-cu12,video] [--keep DIR]
 
 For each install set it builds the project's wheel once, then asks pip what it would install for
 Python 3.10 on manylinux aarch64 up to glibc 2.35 (Ubuntu 22.04, JetPack 6):
@@ -53,10 +53,12 @@ SETS = {
     "train": ("train", JETPACK6),
     "export": ("export", JETPACK6),
     "trt": ("trt", [*JETPACK6, "cuda-bindings>=12.3,<13"]),
+    "trt-cu12": ("trt-cu12", JETPACK6),  # the extra itself pins cuda-bindings 12.x
     "video": ("video", JETPACK6),
 }
 # On a Jetson these come from JetPack or NVIDIA's own wheels: pip must not bring them.
-NEVER_FROM_PIP = {"tensorrt": "TensorRT comes with JetPack", "onnxruntime-gpu": "no aarch64 wheel on PyPI"}
+NEVER_FROM_PIP = {"tensorrt": "TensorRT comes with JetPack", "tensorrt-cu12": "TensorRT comes with JetPack",
+                  "onnxruntime-gpu": "no aarch64 wheel on PyPI"}
 NOT_IN_CORE = {"opencv-python": "shadows JetPack's OpenCV (GStreamer)",
                "opencv-python-headless": "shadows JetPack's OpenCV (GStreamer)",
                "opencv-contrib-python": "shadows JetPack's OpenCV (GStreamer)",

@@ -4,6 +4,7 @@
 #
 #   tools/stage_gpu_wheels.sh             # small wheels only: .carry/wheels/
 #   tools/stage_gpu_wheels.sh --ort-gpu   # also onnxruntime-gpu (255 MB) in 56 MB parts: .carry/partN/chunk
+#                                         # (5 back-to-back calls: not for a 15-minute lease, benchmarks/README.md)
 #
 # .carry/wheels/ holds what the GPU machine lacks (FACTS.md section 3): iterative-stratification
 # (the train/validation split of the export tests' fixture) and onnxslim (ONNX export). gpu-check
@@ -54,6 +55,6 @@ last=""
 [ "$parts" -ge 1 ] && last=", \".carry/part$parts\""
 cat <<EOF
   run  command: if command -v make >/dev/null; then make gpu-check GPU_CHECK_ARGS="--bundle \$OUT"; else PYTHONPATH=. python3 -m benchmarks.gpu_check --bundle "\$OUT"; fi
-       carry: [".carry/wheels"$last]  timeout_s: 420
+       carry: [".carry/wheels"$last]  timeout_s: 330
 EOF
 echo "(the last part, if any, travels with the gpu-check call itself: gpu-check also looks in .carry/partN/chunk)"

@@ -9,6 +9,12 @@
 #   - each token's tails after an underscore, because the linker merges a string into the tail of a
 #     longer one ("INPUT" lives inside "CONDITIONAL_INPUT"), so `strings` never prints it alone.
 # Mangled C++ symbols (_Z...) are dropped. Needs pip, unzip and binutils' strings; network once.
+#
+#   tools/trt_binding_names.sh                                  # 8.6.1, 10.3.0 and 11.4.0.106
+#   tools/trt_binding_names.sh tensorrt-cu12-bindings==10.3.0   # one version
+#
+# TensorRT 8.6's bindings are the wheel tensorrt-bindings (8.6.1, x86-64; JetPack 6.0 has 8.6.2,
+# the same API); 10.x and 11.x name theirs after the CUDA major (tensorrt-cu12/cu13-bindings).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 out="$here/tests/export/data"
@@ -16,7 +22,9 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 python="${PYTHON:-python3}"
 mkdir -p "$out"
-for spec in "tensorrt-cu12-bindings==10.3.0" "tensorrt-cu13-bindings==11.4.0.106"; do
+specs=("$@")
+[ ${#specs[@]} -gt 0 ] || specs=("tensorrt-bindings==8.6.1" "tensorrt-cu12-bindings==10.3.0" "tensorrt-cu13-bindings==11.4.0.106")
+for spec in "${specs[@]}"; do
   version="${spec#*==}"
   dir="$work/$version"
   mkdir -p "$dir"

@@ -1,16 +1,22 @@
 """``make gpu-check``: prove every GPU path in at most 5 minutes, or run the same stages at tiny sizes on a CPU.
 
+The plan (plan.py) is printed first: every stage with its estimated cost. Correctness runs before
+speed; a stage starts only when it still fits in the budget, and an item only when its estimate
+fits in its stage's; what does not fit is skipped with the reason. The exit code says whether
+everything that ran passed.
+
     python -m benchmarks.gpu_check                  # GPU when nvidia-smi lists one, else CPU mode
     python -m benchmarks.gpu_check --cpu --out /tmp/gc
     python -m benchmarks.gpu_check --only latency,train --timeout-scale 2
-    python -m benchmarks.gpu_check --stage-timeout tests=1   # see a stage killed at its timeout
+    python -m benchmarks.gpu_check --stage-timeout tests=1 --estimate-scale 0.01   # a stage killed at its timeout
 
 Stages (each its own subprocess, killed at its timeout; the run goes on after a failure): env,
-tests, latency, train, pipeline, probes, ort-cuda (see plan.py for what each runs and for how
+tests, probes, latency, pipeline, train, ort-cuda (see plan.py for what each runs and for how
 long). Before them, staged wheels (.carry/wheels, tools/stage_gpu_wheels.sh) are installed into
 private folders on PYTHONPATH; the machine's packages are not touched. Results:
 benchmarks/results/gpu-check-<gpu>-<date>/summary.{json,md}, stages/*.json, logs/*.log.
-Exit code 0 when no stage (nor the wheel setup) failed or timed out, else 1; the targets never change it.
+Exit code 0 when everything that ran passed (no stage, nor the wheel setup, failed or timed out; a
+stage or item skipped for the budget is not a failure), else 1; the targets never change it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import time
 from pathlib import Path
 
 from benchmarks.gpu_check import runner, summary, wheels
-from benchmarks.gpu_check.plan import STAGES, Plan, cpu_plan, gpu_plan
+from benchmarks.gpu_check.plan import STAGES, Plan, cpu_plan, describe, gpu_plan
 from dronseg_edge.atomic import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "gpu-check-work",
                         help="cached checkpoints, data and private package folders (default runs/gpu-check-work)")
     parser.add_argument("--only", default="", help=f"comma-separated stages to run ({', '.join(STAGES)}); env always runs")
-    parser.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every stage timeout")
+    parser.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every stage timeout and the budget")
+    parser.add_argument("--estimate-scale", type=float, default=1.0,
+                        help="multiply every item's estimated cost (below 1 on a faster machine: items the plan would "
+                             "skip are started; above 1 on a slower one); timeouts stay")
     parser.add_argument("--stage-timeout", action="append", default=[], metavar="STAGE=SECONDS",
                         help="set one stage's timeout (repeatable), after --timeout-scale")
     parser.add_argument("--wheels", type=Path, default=ROOT / ".carry" / "wheels", help="staged small wheels")
@@ -72,6 +81,9 @@ def gpu_name() -> str | None:
 
 def make_plan(args: argparse.Namespace, gpu: str | None) -> Plan:
     plan = gpu_plan() if (args.gpu or (gpu and not args.cpu)) else cpu_plan()
+    scaled = {stage: {item: v * args.estimate_scale for item, v in table.items()} for stage, table in plan.estimates.items()}
+    plan = dataclasses.replace(plan, budget_s=plan.budget_s * args.timeout_scale, estimates=scaled,
+                               startup_s=plan.startup_s * args.estimate_scale)
     timeouts = {k: v * args.timeout_scale for k, v in plan.timeouts.items()}
     for item in args.stage_timeout:
         stage, _, seconds = item.partition("=")
@@ -117,6 +129,7 @@ def main(argv=None) -> int:
                 "command": "python -m benchmarks.gpu_check " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv)),
                 "python": sys.executable, "total_seconds": 0.0}
     print(f"gpu-check: {plan.mode} mode ({run_info['device']}), results in {results}", flush=True)
+    print("\n".join(describe(plan, only)), flush=True)
 
     setup = wheels.prepare(ROOT, work, args.wheels, args.ort_wheels, plan.timeouts["wheels"])
     setup["timeout_s"] = plan.timeouts["wheels"]
@@ -125,13 +138,20 @@ def main(argv=None) -> int:
 
     outcomes: list[dict] = []
     for stage in STAGES:
+        timeout, why = runner.grant(plan.first_item(stage), plan.timeouts[stage], plan.budget_s - (time.monotonic() - start))
         if only and stage not in only and stage != "env":
-            outcomes.append({"name": stage, "status": "skipped", "reason": "not selected (--only)", "seconds": 0.0,
-                             "timeout_s": plan.timeouts[stage], "figures": {}, "notes": []})
+            timeout, why = None, "not selected (--only)"
+        if timeout is None:
+            outcomes.append({"name": stage, "status": "skipped", "reason": why, "seconds": 0.0,
+                             "timeout_s": plan.timeouts[stage], "estimate_s": plan.stage_estimate(stage),
+                             "figures": {}, "notes": []})
+            print(f"[{time.monotonic() - start:5.0f} s] {stage}: {why}", flush=True)
             continue
-        print(f"[{time.monotonic() - start:5.0f} s] {stage} (timeout {plan.timeouts[stage]:.0f} s) ...", flush=True)
+        print(f"[{time.monotonic() - start:5.0f} s] {stage} (estimate {plan.stage_estimate(stage):.0f} s, "
+              f"timeout {timeout:.0f} s) ...", flush=True)
         outcome = runner.run(stage, root=ROOT, results=results, work=work, plan_path=plan_path,
-                             timeout=plan.timeouts[stage], env=stage_env(plan, setup["site"], setup["ort_site"], stage))
+                             timeout=timeout, env=stage_env(plan, setup["site"], setup["ort_site"], stage))
+        outcome["estimate_s"] = plan.stage_estimate(stage)
         outcomes.append(outcome)
         print(f"[{time.monotonic() - start:5.0f} s] {stage}: {outcome['status']} in {outcome['seconds']:.1f} s"
               + (f" ({outcome['reason']})" if outcome["reason"] else ""), flush=True)

@@ -13,9 +13,10 @@ import json
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from benchmarks.gpu_check.plan import Plan
 from dronseg_edge.atomic import write_json_atomic
@@ -51,20 +52,56 @@ class StageReport:
 
 @dataclass
 class StageContext:
+    """What a stage works with: its plan, report, folders and deadline, and its items' estimates.
+
+    Before each item a stage asks ``fits(item)`` (its estimate against the time left) and runs the
+    item inside ``timed(item)``; both record the item in the report's ``items`` figure (estimate,
+    seconds or the reason it did not run), which the summary sets against the plan.
+    """
+
     plan: Plan
     report: StageReport
     work: Path  # cached checkpoints, data, videos (shared by the stages of a run)
     results: Path  # the run's results folder (for files a stage keeps, e.g. junit XML)
     deadline: float  # time.monotonic() past which no new work starts
 
+    @property
+    def stage(self) -> str:
+        return self.report.data["stage"]
+
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def enough(self, seconds: float) -> bool:
-        return self.left() >= seconds
+    def estimate(self, item: str) -> float:
+        return self.plan.estimate(self.stage, item)
 
-    def out_of_time(self, what: str) -> str:
-        return f"not run: stage budget spent ({max(self.left(), 0):.0f} s left before {what})"
+    def fits(self, item: str) -> bool:
+        """Whether ``item``'s estimate fits in the time left; when not, it is recorded as not run."""
+        if self.left() >= self.estimate(item):
+            return True
+        self._record({"item": item, "estimate_s": self.estimate(item), "seconds": None, "status": "not run",
+                      "reason": self.out_of_time(item)})
+        return False
+
+    @contextmanager
+    def timed(self, item: str) -> Iterator[None]:
+        """Run an item, recording its seconds next to its estimate (also when it raises)."""
+        start = time.monotonic()
+        status = "failed"
+        try:
+            yield
+            status = "done"
+        finally:
+            self._record({"item": item, "estimate_s": self.estimate(item),
+                          "seconds": round(time.monotonic() - start, 2), "status": status})
+
+    def out_of_time(self, item: str) -> str:
+        return (f"not run: ~{self.estimate(item):.0f} s estimated, {max(self.left(), 0):.0f} s left of the stage's "
+                f"budget")
+
+    def _record(self, entry: dict) -> None:
+        items = list(self.report.data["figures"].get("items", []))
+        self.report.figure("items", items + [entry])
 
 
 def parse_stage_args(argv=None) -> argparse.Namespace:

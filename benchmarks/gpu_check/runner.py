@@ -22,6 +22,14 @@ MODULES = {"env": "stage_env", "tests": "stage_tests", "latency": "stage_latency
 GRACE_S = 3.0  # between SIGTERM and SIGKILL
 
 
+def grant(minimum: float, timeout: float, left: float) -> tuple[float | None, str]:
+    """(the timeout a stage gets, "") when its start and first item (``minimum`` s) fit in the ``left``
+    seconds of the call's budget, capped at what is left; else (None, why it is skipped)."""
+    if left < minimum:
+        return None, f"skipped: needs ~{minimum:.0f} s to start and run its first item, {max(left, 0):.0f} s left of the budget"
+    return min(timeout, left), ""
+
+
 def budget_for(timeout: float) -> float:
     """The stage's own budget: its timeout less a margin to write its report and exit."""
     return max(timeout - min(6.0, max(1.0, 0.12 * timeout)), 0.5)

@@ -65,6 +65,11 @@ def tensorrt_import() -> dict:
 
 
 def body(ctx: StageContext) -> None:
+    with ctx.timed("describe"):
+        describe(ctx)
+
+
+def describe(ctx: StageContext) -> None:
     report = ctx.report
     cuda = torch.cuda.is_available()
     report.figure("cuda_available", cuda)

@@ -9,11 +9,10 @@ for both models), so a stage short of time loses the least useful rows, listed a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from benchmarks.gpu_check import fixtures
+from benchmarks.gpu_check.latency_rows import STRICT, Row, item_name, schedule
 from benchmarks.gpu_check.plan import size_text
 from benchmarks.gpu_check.report import StageContext, run_stage
 from dronseg_edge.bench.run import make_input, prepare_bench
@@ -24,44 +23,9 @@ from dronseg_edge.devices import tf32_mode
 COMPILE_NOTE = ("torch.compile not attempted: compiling ResNet-101 (max-autotune-no-cudagraphs) took 421 s on the H100 "
                 "(docs/facts.md#h100-baseline), far beyond this stage's budget; rerun with --latency-compile MODE and a larger "
                 "--timeout-scale to try it. AOTInductor packages are not offered by the package.")
-MIN_SECONDS_PER_ROW = {"gpu": 6.0, "cpu": 1.0}
 # Argmax agreement (%) under which a reduced-precision row counts as broken: an overflow or a wrong
 # kernel costs far more than 10 %, a random model's near-tied logits a few percent at most.
 GROSS_PCT = 90.0
-
-
-@dataclass(frozen=True)
-class Row:
-    label: str
-    precision: str
-    cuda_graph: bool | None = None
-    tf32: bool | None = None  # None: torch's defaults; False: strict fp32
-    compile_mode: str | None = None
-
-    @property
-    def reference(self) -> bool:
-        """Measured on the strict-fp32 reference backend itself (no graph, fp32)."""
-        return self.precision == "fp32" and not self.cuda_graph and self.compile_mode is None
-
-    def needs_cuda(self) -> bool:
-        return self.precision != "fp32" or bool(self.cuda_graph) or self.compile_mode is not None
-
-
-STRICT = Row("pytorch fp32 (no TF32)", "fp32", tf32=False)
-DEFAULT = Row("pytorch fp32 (TF32 default)", "fp32")
-FP16 = Row("pytorch fp16 channels_last", "fp16", cuda_graph=False)
-FP16_GRAPH = Row("pytorch fp16 channels_last + CUDA graph", "fp16", cuda_graph=True)
-BF16_GRAPH = Row("pytorch bf16 channels_last + CUDA graph", "bf16", cuda_graph=True)
-
-
-def schedule(archs: tuple[str, ...], compile_mode: str | None) -> list[tuple[str, Row]]:
-    """(arch, row) in priority order: strict reference and fp16 + graph of every arch before the rest."""
-    order = [(a, r) for a in archs for r in (STRICT, FP16_GRAPH)]
-    order += [(a, r) for r in (DEFAULT, FP16, BF16_GRAPH) for a in archs]
-    if compile_mode:
-        order += [(a, Row(f"pytorch fp16 + torch.compile({compile_mode})", "fp16", cuda_graph=False,
-                          compile_mode=compile_mode)) for a in archs]
-    return order
 
 
 def measure_row(ctx: StageContext, arch: str, row: Row, refs: dict, data, device: torch.device) -> dict:
@@ -69,8 +33,6 @@ def measure_row(ctx: StageContext, arch: str, row: Row, refs: dict, data, device
     ckpt = fixtures.checkpoint(ctx.work, arch, plan.latency_size, device)
     entry = {"arch": arch, "variant": row.label, "precision": row.precision, "tf32": row.tf32,
              "size": size_text(plan.latency_size), "batch": 1}
-    if row.needs_cuda() and device.type != "cuda":
-        return {**entry, "status": "skipped", "reason": "no CUDA"}
     if arch not in refs:
         refs[arch] = prepare_bench(ckpt, device, size=plan.latency_size, batch=1, precision="fp32", cuda_graph=False).backend
     ref = refs[arch]
@@ -132,15 +94,22 @@ def body(ctx: StageContext) -> None:
                                "warmup_iters": plan.latency_warmup_iters, "iters": plan.latency_iters,
                                "weights": "random, BatchNorm calibrated", "parity_reference": STRICT.label,
                                "timer": "CUDA events (compute only)" if device.type == "cuda" else "perf_counter"})
-    data = fixtures.scenes(ctx.work, plan.latency_size, plan.parity_images) if device.type == "cuda" else None
+    data = None
+    if device.type == "cuda":
+        with ctx.timed("scenes"):
+            data = fixtures.scenes(ctx.work, plan.latency_size, plan.parity_images)
     rows, refs = [], {}
     for arch, row in schedule(plan.latency_archs, plan.compile_mode):
-        print(f"== {arch}: {row.label}", flush=True)
-        if not ctx.enough(MIN_SECONDS_PER_ROW[plan.mode] * (4 if row.compile_mode else 1)):
-            rows.append({"arch": arch, "variant": row.label, "status": "not run", "reason": ctx.out_of_time(row.label)})
+        item = item_name(arch, row)
+        print(f"== {item}", flush=True)
+        if row.needs_cuda() and device.type != "cuda":
+            rows.append({"arch": arch, "variant": row.label, "status": "skipped", "reason": "no CUDA"})
+        elif not ctx.fits(item):
+            rows.append({"arch": arch, "variant": row.label, "status": "not run", "reason": ctx.out_of_time(item)})
         else:
             try:
-                rows.append(measure_row(ctx, arch, row, refs, data, device))
+                with ctx.timed(item):
+                    rows.append(measure_row(ctx, arch, row, refs, data, device))
             except Exception as exc:  # one broken variant must not hide the others' numbers
                 message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 rows.append({"arch": arch, "variant": row.label, "status": "failed", "reason": message})

@@ -1,8 +1,9 @@
 """Stage ort-cuda (optional): ONNX Runtime's CUDA provider through the package's OnnxRuntimeBackend.
 
-Runs only when onnxruntime-gpu wheels were staged: the setup step (wheels.py) installs them into a
-private folder that the orchestrator puts first on this stage's PYTHONPATH, so the machine's CPU
-onnxruntime stays as it is. Then: fp32 and fp16 ONNX exports of a calibrated model, each timed
+Runs only where onnxruntime-gpu is at hand: the machine's own onnxruntime is a CUDA build, or a wheel
+was staged (``--ort-wheels``, or parts, wheels.py), which the setup step installs into a private
+folder that the orchestrator puts first on this stage's PYTHONPATH, so the machine's CPU
+onnxruntime stays as it is. A 15-minute lease of the GPU machine does not stage it (benchmarks/README.md). Then: fp32 and fp16 ONNX exports of a calibrated model, each timed
 with IO binding, without and with ONNX Runtime's CUDA graph, and compared with the PyTorch strict
 fp32 model by the package's parity check. Then the Segmenter on one of those files both ways,
 pre/post with torch on the GPU against the torch-free host path (numpy through OrtValues): ms per
@@ -42,10 +43,8 @@ def onnxruntime_facts() -> dict:
 def measure(ctx: StageContext) -> list[dict]:
     """Export fp32/fp16, then time and check each with and without the CUDA graph (one row each)."""
     from benchmarks.gpu_check import fixtures
-    from benchmarks.gpu_check.stage_latency import judge, parity
-    from dronseg_edge.bench.run import make_input, prepare_bench
-    from dronseg_edge.bench.timing import TimingSettings, measure as time_backend
-    from dronseg_edge.export import export_artifact
+    from dronseg_edge.bench.run import prepare_bench
+    from dronseg_edge.bench.timing import TimingSettings
 
     plan, report = ctx.plan, ctx.report
     device = fixtures.device_for(plan)
@@ -62,33 +61,18 @@ def measure(ctx: StageContext) -> list[dict]:
     try:
         for precision, graph in order:
             row = {"arch": plan.ort_arch, "precision": precision, "cuda_graph_requested": graph}
-            if not ctx.enough(5.0 if plan.cuda else 1.0):
-                rows.append({**row, "status": "not run", "reason": ctx.out_of_time(f"{precision} graph={graph}")})
+            item = f"{precision} graph={graph}"
+            if not ctx.fits(item):
+                rows.append({**row, "status": "not run", "reason": ctx.out_of_time(item)})
                 continue
-            try:
-                if precision not in exports:
-                    start = time.monotonic()
-                    exported = export_artifact(ckpt, fmt="onnx", precision=precision, size=plan.ort_size, batch=1,
-                                               parity=False, out_dir=ctx.work / "onnx", device=str(device))
-                    exports[precision] = (Path(exported.path), round(time.monotonic() - start, 2))
-                path, row["export_s"] = exports[precision]
-                row["path"] = str(path)
-                bench = prepare_bench(path, device, batch=1, cuda_graph=graph, backend_options={"provider": provider})
-                backend = bench.backend
+            with ctx.timed(item):
                 try:
-                    m = time_backend(backend, make_input(backend.info, bench.size, 1), timing)
-                    row.update({"status": "passed", "provider": backend.provider, "cuda_graph": backend.cuda_graph,
-                                "median_ms": m.latency.median_ms, "p99_ms": m.latency.p99_ms, "cv": m.latency.cv,
-                                "iters": m.latency.count, "timer": m.timer})
-                    judge(row, parity(ref, backend, data, device, plan.parity_images))
-                finally:
-                    backend.deactivate()
-                on_cuda = str(row.get("provider")).startswith("CUDAExecutionProvider")
-                if row["status"] == "passed" and device.type == "cuda" and not on_cuda:
-                    row.update(status="failed", reason=f"ran on {row['provider']}, not the CUDA provider")
-            except Exception as exc:  # one broken row must not hide the others
-                row.update(status="failed", reason=(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
-            fixtures.release(device)
+                    path, row["export_s"] = _export(ctx, ckpt, precision, exports, device)
+                    row["path"] = str(path)
+                    _time_and_check(row, path, graph, provider, timing, ref, data, ctx)
+                except Exception as exc:  # one broken row must not hide the others
+                    row.update(status="failed", reason=(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
+                fixtures.release(device)
             rows.append(row)
             report.figure("rows", rows)
     finally:
@@ -97,16 +81,63 @@ def measure(ctx: StageContext) -> list[dict]:
     return rows
 
 
+def _export(ctx: StageContext, ckpt: Path, precision: str, exports: dict, device) -> tuple[Path, float]:
+    """The ONNX file of ``precision`` (exported once per stage) and the seconds its export took."""
+    from dronseg_edge.export import export_artifact
+
+    if precision not in exports:
+        start = time.monotonic()
+        exported = export_artifact(ckpt, fmt="onnx", precision=precision, size=ctx.plan.ort_size, batch=1,
+                                   parity=False, out_dir=ctx.work / "onnx", device=str(device))
+        exports[precision] = (Path(exported.path), round(time.monotonic() - start, 2))
+    return exports[precision]
+
+
+def _time_and_check(row: dict, path: Path, graph, provider: str, timing, ref, data, ctx: StageContext) -> None:
+    """Time ``path`` with IO binding on ``provider`` and judge its parity against ``ref``; fills ``row``."""
+    from benchmarks.gpu_check.stage_latency import judge, parity
+    from dronseg_edge.bench.run import make_input, prepare_bench
+    from dronseg_edge.bench.timing import measure as time_backend
+
+    device = ref.device
+    bench = prepare_bench(path, device, batch=1, cuda_graph=graph, backend_options={"provider": provider})
+    backend = bench.backend
+    try:
+        m = time_backend(backend, make_input(backend.info, bench.size, 1), timing)
+        row.update({"status": "passed", "provider": backend.provider, "cuda_graph": backend.cuda_graph,
+                    "median_ms": m.latency.median_ms, "p99_ms": m.latency.p99_ms, "cv": m.latency.cv,
+                    "iters": m.latency.count, "timer": m.timer})
+        judge(row, parity(ref, backend, data, device, ctx.plan.parity_images))
+    finally:
+        backend.deactivate()
+    on_cuda = str(row.get("provider")).startswith("CUDAExecutionProvider")
+    if row["status"] == "passed" and device.type == "cuda" and not on_cuda:
+        row.update(status="failed", reason=f"ran on {row['provider']}, not the CUDA provider")
+
+
+def machine_has_ort_cuda() -> bool:
+    """Whether the machine's own onnxruntime is a CUDA build (then nothing needs staging)."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return False
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 def body(ctx: StageContext) -> None:
     state = ort_state(ctx)
     ctx.report.figure("staged", state)
-    if not state.get("site"):
-        ctx.report.finish("skipped", state.get("error") or state.get("how") or NOT_STAGED)
+    if not state.get("site") and not machine_has_ort_cuda():
+        why = state.get("error") or state.get("how") or NOT_STAGED
+        ctx.report.finish("skipped", f"{why}, and this machine's onnxruntime has no CUDA provider (benchmarks/README.md, "
+                                     "gpu-check: why a 15-minute lease does not stage onnxruntime-gpu)")
         return
     import torch  # noqa: F401  (first: its CUDA libraries are then loaded when onnxruntime looks for them)
 
     facts = ctx.report.figure("onnxruntime", onnxruntime_facts())
-    if not facts["module"].startswith(state["site"]):
+    if state.get("site") and not facts["module"].startswith(state["site"]):
         ctx.report.finish("failed", f"onnxruntime came from {facts['module']}, not the staged {state['site']}")
         return
     rows = measure(ctx)

@@ -63,16 +63,18 @@ def cli_run(ctx: StageContext, checkpoint: Path, video: Path) -> dict:
 def body(ctx: StageContext) -> None:
     plan, report = ctx.plan, ctx.report
     device = fixtures.device_for(plan)
-    result = report.figure("measurement", measure(ctx))
+    with ctx.timed("measure"):
+        result = report.figure("measurement", measure(ctx))
     print(f"end-to-end {result['end_to_end']['fps']:.1f} fps vs model-only {result['model_only']['fps']:.1f} fps", flush=True)
     problems = []
     if result["end_to_end"]["frames"] != result["video"]["frames"]:
         problems.append(f"end-to-end run wrote {result['end_to_end']['frames']} of {result['video']['frames']} frames")
-    if not ctx.enough(8.0 if plan.cuda else 3.0):
-        report.figure("cli", {"status": "not run", "reason": ctx.out_of_time("the dronseg-edge infer run")})
+    if not ctx.fits("dronseg-edge infer"):
+        report.figure("cli", {"status": "not run", "reason": ctx.out_of_time("dronseg-edge infer")})
     else:
         ckpt = fixtures.checkpoint(ctx.work, plan.pipeline_arch, plan.pipeline_size, device)
-        cli = report.figure("cli", cli_run(ctx, ckpt, Path(result["video"]["path"])))
+        with ctx.timed("dronseg-edge infer"):
+            cli = report.figure("cli", cli_run(ctx, ckpt, Path(result["video"]["path"])))
         if cli.get("status") == "timeout":
             report.finish("timeout", f"dronseg-edge infer: {cli['reason']}" + (f"; {'; '.join(problems)}" if problems else ""))
             return

@@ -148,18 +148,20 @@ PROBES = (
 def body(ctx: StageContext) -> None:
     plan, report = ctx.plan, ctx.report
     device = fixtures.device_for(plan)
-    ckpt = fixtures.checkpoint(ctx.work, plan.probes_arch, plan.probes_size, device)
+    with ctx.timed("checkpoint"):
+        ckpt = fixtures.checkpoint(ctx.work, plan.probes_arch, plan.probes_size, device)
     report.figure("settings", {"arch": plan.probes_arch, "size": f"{plan.probes_size[0]}x{plan.probes_size[1]}",
                                "precision": "fp16" if device.type == "cuda" else "fp32"})
     results = {}
     for name, probe, cuda_only in PROBES:
         if cuda_only and device.type != "cuda":
             results[name] = {"status": "skipped", "reason": "no CUDA"}
-        elif not ctx.enough(2.0):
+        elif not ctx.fits(name):
             results[name] = {"status": "not run", "reason": ctx.out_of_time(name)}
         else:
             try:
-                results[name] = probe(ckpt, device, plan.probes_size)
+                with ctx.timed(name):
+                    results[name] = probe(ckpt, device, plan.probes_size)
             except Exception as exc:  # the exception is the finding
                 traceback.print_exc()
                 results[name] = {"status": "failed", "reason": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}

@@ -1,4 +1,5 @@
-"""Stage tests: every test marked ``gpu`` (``pytest -m gpu``), with pass/fail/skip counts and each skip's reason.
+"""Stage tests: every test marked ``gpu`` (``pytest -m gpu``), with pass/fail/skip counts and each skip's reason,
+in two runs (RUNS): the CUDA wrapper's and CUDA graphs' GPU tests first, then the rest.
 
 Counts come from pytest's JUnit XML; when pytest is stopped at the stage budget there is no XML,
 and the verbose log lines (``path::test PASSED``) give the counts of what had finished.
@@ -68,15 +69,22 @@ def _result(counts: Counter, skips: Counter, failures: list, partial: bool) -> d
             "failures": failures, "partial": partial}
 
 
-def body(ctx: StageContext) -> None:
-    report, plan = ctx.report, ctx.plan
+# Two pytest runs, the GPU tests of the CUDA wrapper (runtime/cuda_runtime.py: the TensorRT runner's
+# CUDA calls, which need no TensorRT) and of CUDA-graph capture across threads first: they are the
+# quickest, and would otherwise wait behind the whole suite's collection.
+FIRST = ("tests/runtime/test_cuda_runtime.py", "tests/runtime/test_cuda_graph.py")
+RUNS = (("pytest -m gpu: cuda_runtime, CUDA graphs", list(FIRST)),
+        ("pytest -m gpu: the rest", ["tests", *(f"--ignore={path}" for path in FIRST)]))
+
+
+def run_pytest(ctx: StageContext, index: int, targets: list[str]) -> tuple[dict, bool]:
+    """One ``pytest -m gpu`` run over ``targets``: (its result, whether it was stopped at the stage budget)."""
     stages_dir = ctx.results / "stages"
     stages_dir.mkdir(parents=True, exist_ok=True)
-    junit, log = stages_dir / "tests-junit.xml", stages_dir / "tests-pytest.log"
+    junit, log = stages_dir / f"tests-{index}-junit.xml", stages_dir / f"tests-{index}-pytest.log"
     junit.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-v", "-rs", "-p", "no:cacheprovider",
-           f"--junitxml={junit}", f"--timeout={plan.test_timeout_s}", "tests"]
-    report.figure("command", " ".join(cmd[1:]))
+           f"--junitxml={junit}", f"--timeout={ctx.plan.test_timeout_s}", *targets]
     budget = max(ctx.left() - 2.0, 1.0)  # leave time to parse and write the report
     stopped = False
     with open(log, "w", encoding="utf-8") as out:
@@ -90,16 +98,44 @@ def body(ctx: StageContext) -> None:
     text = log.read_text(encoding="utf-8", errors="replace")
     print(text[-20000:])  # the stage log keeps pytest's output too
     result = parse_junit(junit) if junit.is_file() and not stopped else parse_verbose(text)
-    result["pytest_exit_code"] = rc
-    report.figure("results", result)
-    if stopped:
-        report.finish("timeout", f"pytest stopped at the stage budget ({budget:.0f} s): counts are partial")
-    elif result["failed"] or result["errors"]:
+    return {**result, "command": " ".join(cmd[1:]), "pytest_exit_code": rc}, stopped
+
+
+def combined(results: list[dict]) -> dict:
+    """The runs' counts added up, their skip reasons and failures joined."""
+    totals = {key: sum(r[key] for r in results) for key in ("passed", "failed", "errors", "skipped", "total")}
+    skips: Counter = Counter()
+    for r in results:
+        skips.update({s["reason"]: s["tests"] for s in r["skip_reasons"]})
+    return {**totals, "skip_reasons": [{"reason": reason, "tests": n} for reason, n in skips.most_common()],
+            "failures": [f for r in results for f in r["failures"]], "partial": any(r["partial"] for r in results)}
+
+
+def body(ctx: StageContext) -> None:
+    report = ctx.report
+    runs = []
+    for index, (item, targets) in enumerate(RUNS, 1):
+        if not ctx.fits(item):  # recorded in the items figure with its reason
+            continue
+        with ctx.timed(item):
+            result, stopped = run_pytest(ctx, index, targets)
+        runs.append({"run": item, **result})
+        report.figure("runs", runs)
+        if stopped:
+            report.figure("results", combined(runs))
+            report.finish("timeout", f"{item}: stopped at the stage budget: counts are partial")
+            return
+    if not runs:
+        report.finish("skipped", "no pytest run fits in the stage's budget (see its items)")
+        return
+    result = report.figure("results", combined(runs))
+    codes = [r["pytest_exit_code"] for r in runs]
+    if result["failed"] or result["errors"]:
         report.finish("failed", f"{result['failed']} failed, {result['errors']} errors")
     elif result["total"] == 0:
-        report.finish("failed", f"no GPU tests collected (pytest exit code {rc})")
-    elif rc not in (0, 5):
-        report.finish("failed", f"pytest exit code {rc}")
+        report.finish("failed", f"no GPU tests collected (pytest exit codes {codes})")
+    elif any(code not in (0, 5) for code in codes):
+        report.finish("failed", f"pytest exit codes {codes}")
 
 
 if __name__ == "__main__":

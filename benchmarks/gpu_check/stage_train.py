@@ -37,19 +37,21 @@ def run(plan, data: Path, *, batch: int, amp: str, warmup: int, steps: int, accu
 def body(ctx: StageContext) -> None:
     plan, report = ctx.plan, ctx.report
     fixtures.device_for(plan)
-    data = fixtures.scenes(ctx.work, plan.train_size, plan.train_images)
-    throughput = report.figure("throughput", run(plan, data, batch=plan.train_batch, amp=plan.train_amp,
-                                                 warmup=plan.train_warmup, steps=plan.train_steps))
+    with ctx.timed("throughput"):
+        data = fixtures.scenes(ctx.work, plan.train_size, plan.train_images)
+        throughput = report.figure("throughput", run(plan, data, batch=plan.train_batch, amp=plan.train_amp,
+                                                     warmup=plan.train_warmup, steps=plan.train_steps))
     print(f"throughput: {throughput['images_per_s']:.1f} img/s, data wait {100 * throughput['data_wait_frac']:.1f}%, "
           f"peak memory {throughput['peak_memory_gib']} GiB", flush=True)
     problems = []
     if not throughput["loss_finite"]:
         problems.append(f"throughput run: loss {throughput['final_loss']}")
-    if not ctx.enough(5.0 if plan.cuda else 1.0):
-        report.figure("fp16_check", {"status": "not run", "reason": ctx.out_of_time("the fp16 check")})
+    if not ctx.fits("fp16 check"):
+        report.figure("fp16_check", {"status": "not run", "reason": ctx.out_of_time("fp16 check")})
     else:
-        check = run(plan, data, batch=plan.check_batch, amp=plan.check_amp, warmup=0, steps=plan.check_steps,
-                    accumulate=2, grad_clip=1.0)
+        with ctx.timed("fp16 check"):
+            check = run(plan, data, batch=plan.check_batch, amp=plan.check_amp, warmup=0, steps=plan.check_steps,
+                        accumulate=2, grad_clip=1.0)
         if not plan.cuda:
             check["note"] = "no CUDA: fp16 autocast and GradScaler need a GPU, so this ran in fp32 (accumulate and clipping only)"
         ok = bool(check["loss_finite"] and check["weights_changed"])

@@ -15,7 +15,7 @@ from dronseg_edge.atomic import write_json_atomic, write_text_atomic
 SCHEMA = "dronseg-edge-gpu-check/1"
 WHAT = {  # what a passing stage proves, for the Markdown table
     "env": "GPU, driver, clocks, memory, bf16, versions; a real ONNX Runtime CUDA session; TensorRT import",
-    "tests": "every test marked gpu (pytest -m gpu): counts and each skip's reason",
+    "tests": "every test marked gpu (pytest -m gpu; cuda_runtime's and CUDA graphs' first): counts and each skip's reason",
     "latency": "PyTorch variants of ResNet-101 and MobileNetV3 side by side; fp16/bf16 agreement with strict fp32",
     "train": "training throughput (bf16, channels_last); fp16 GradScaler + accumulate 2 + clipping moves the weights",
     "pipeline": "video through the inference pipeline and `dronseg-edge infer`: end-to-end vs model-only fps",
@@ -92,6 +92,9 @@ def not_done(stages: list[dict]) -> list[str]:
     for stage in stages:
         if stage["status"] in ("skipped", "timeout") and stage["name"] != "env":
             items.append(f"{stage['name']}: {stage['status']} ({stage['reason']})")
+        for item in (stage.get("figures") or {}).get("items", []):
+            if item["status"] == "not run":
+                items.append(f"{stage['name']}: {item['item']}: {item['reason']}")
     return items
 
 
@@ -148,11 +151,16 @@ def markdown(doc: dict) -> str:
                                                  "tensorrt", "dronseg_edge")))
     setup = doc.get("setup") or {}
     lines += ["", "## Stages", ""]
-    rows = [["wheels (setup)", setup.get("status"), setup.get("seconds"), setup.get("timeout_s"), setup.get("reason"),
-             "staged wheels installed into private folders"]]
-    rows += [[s["name"], s["status"], s["seconds"], s["timeout_s"], s["reason"], WHAT.get(s["name"], "")]
+    rows = [["wheels (setup)", setup.get("status"), setup.get("seconds"), setup.get("timeout_s"), setup.get("timeout_s"),
+             setup.get("reason"), "staged wheels installed into private folders"]]
+    rows += [[s["name"], s["status"], s["seconds"], s.get("estimate_s"), s["timeout_s"], s["reason"], WHAT.get(s["name"], "")]
              for s in doc["stages"]]
-    lines += _table(["stage", "status", "seconds", "timeout s", "reason", "proves"], rows)
+    lines += _table(["stage", "status", "seconds", "estimate s", "timeout s", "reason", "proves"], rows)
+    items = [[s["name"], i["item"], i["status"], i.get("seconds"), i.get("estimate_s"), i.get("reason", "")]
+             for s in doc["stages"] for i in (s.get("figures") or {}).get("items", [])]
+    if items:
+        lines += ["## Items: seconds against the plan's estimates", ""]
+        lines += _table(["stage", "item", "status", "seconds", "estimate s", "reason"], items)
     lines += ["## Targets (benchmark targets, not pass/fail of the run)", ""]
     lines += _table(["target", "goal", "measured", "met", "from", "note"],
                     [[t["what"], t["target"], t["measured"], t["met"], t["source"], t["note"]] for t in doc["targets"]])
@@ -203,6 +211,8 @@ def _details(stages: list[dict]) -> list[str]:
         lines += ["## GPU tests", "",
                   f"- {tests['passed']} passed, {tests['failed']} failed, {tests['errors']} errors, {tests['skipped']} skipped"
                   + (" (partial: pytest was stopped)" if tests.get("partial") else "")]
+        lines += [f"- {r['run']}: {r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped"
+                  for r in figures(stages, "tests").get("runs", [])]
         lines += [f"- skipped ({s['tests']}): {s['reason']}" for s in tests["skip_reasons"]]
         lines += [f"- {f['kind']}: {f['test']}: {f['message']}" for f in tests["failures"]] + [""]
     ort = figures(stages, "ort-cuda").get("rows")

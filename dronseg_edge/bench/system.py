@@ -112,9 +112,19 @@ def driver_gpu_properties(index: int) -> dict[str, Any]:
 
 
 def gpu_clocks(index: int) -> dict[str, Any]:
-    """Current/max SM and memory clocks in MHz, driver version, power limit; or the reason they are missing."""
+    """Current/max SM and memory clocks in MHz, driver version, power limit of CUDA device ``index``;
+    or the reason they are missing.
+
+    NVML and nvidia-smi number GPUs by PCI bus, CUDA fastest first (unless CUDA_DEVICE_ORDER=PCI_BUS_ID)
+    and after CUDA_VISIBLE_DEVICES: the CUDA index is mapped to its PCI bus id, which both understand.
+    """
+    from dronseg_edge.devices import cuda_pci_bus_id
+
+    bus_id = cuda_pci_bus_id(index)
+    if bus_id is None:  # an index would name whichever GPU NVML lists there: no clocks beat wrong ones
+        return {"clocks": None, "clocks_source": f"unreadable (no PCI bus id for cuda:{index} from the CUDA driver)"}
     try:
-        return _clocks_nvml(index)
+        return {**_clocks_nvml(bus_id), "pci_bus_id": bus_id}
     except ImportError:
         nvml_error = "nvml not installed"
     except Exception as exc:  # NVML present but failing (e.g. no driver access): try nvidia-smi
@@ -122,15 +132,15 @@ def gpu_clocks(index: int) -> dict[str, Any]:
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return {"clocks": None, "clocks_source": f"unreadable ({nvml_error}; nvidia-smi not found)"}
-    return _clocks_smi(smi, index)
+    return {**_clocks_smi(smi, bus_id), "pci_bus_id": bus_id}
 
 
-def _clocks_nvml(index: int) -> dict[str, Any]:
+def _clocks_nvml(bus_id: str) -> dict[str, Any]:
     import pynvml  # provided by the nvidia-ml-py package
 
     pynvml.nvmlInit()
     try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        handle = pynvml.nvmlDeviceGetHandleByPciBusId(bus_id.encode())  # bytes: old pynvml releases take no str
         clocks = {
             "sm_mhz": pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
             "mem_mhz": pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM),
@@ -144,10 +154,10 @@ def _clocks_nvml(index: int) -> dict[str, Any]:
     return {"clocks": clocks, "clocks_source": "nvml", "driver": _text(driver), "power_limit_w": power_w}
 
 
-def _clocks_smi(smi: str, index: int) -> dict[str, Any]:
+def _clocks_smi(smi: str, bus_id: str) -> dict[str, Any]:
     fields = "clocks.sm,clocks.mem,clocks.max.sm,clocks.max.mem,driver_version,power.limit"
     try:
-        out = subprocess.run([smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits", f"--id={index}"],
+        out = subprocess.run([smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits", f"--id={bus_id}"],
                              capture_output=True, text=True, timeout=10, check=True).stdout
         sm, mem, max_sm, max_mem, driver, power = [v.strip() for v in out.strip().splitlines()[0].split(",")]
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:

@@ -6,15 +6,16 @@
 
 Every library is imported inside its check and a missing or broken one is a WARN line (FAIL only
 for what the package cannot do without), never a traceback; an unexpected error in a check becomes
-a WARN line naming its group. Groups, in order: system, jetson (only on a Jetson), torch,
-onnxruntime, tensorrt, video, folders.
+a WARN line naming its group. Groups, in order: system, jetson (only on a Jetson), torch, cuda (the
+driver's CUDA version next to the CUDA builds of cuda-bindings and TensorRT), onnxruntime, tensorrt,
+video, folders.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from dronseg_edge.checks import jetson, onnxruntime_checks, system, tensorrt_checks, torch_checks, video
+from dronseg_edge.checks import cuda_checks, jetson, onnxruntime_checks, system, tensorrt_checks, torch_checks, video
 from dronseg_edge.checks.base import FAIL, OK, STATUSES, WARN, Check, run_group
 
 __all__ = ["FAIL", "OK", "STATUSES", "WARN", "Check", "groups", "run_checks", "summary"]
@@ -26,6 +27,7 @@ def groups() -> list[tuple[str, Callable[[], Iterable[Check]]]]:
         ("system", system.system_checks),
         ("jetson", jetson.jetson_checks),
         ("torch", torch_checks.torch_checks),
+        ("cuda", cuda_checks.cuda_checks),
         ("onnxruntime", onnxruntime_checks.onnxruntime_checks),
         ("tensorrt", tensorrt_checks.tensorrt_checks),
         ("video", video.video_checks),

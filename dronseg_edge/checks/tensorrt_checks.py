@@ -3,7 +3,8 @@
 Importing is not enough: the bindings import on machines whose GPU or driver TensorRT cannot use,
 and the first sign is then an export that fails after minutes of ONNX work. The network is built
 with the layer API, not the ONNX parser, so this check needs neither onnx nor a file. Every name
-used here exists in the TensorRT 10.3 and 11.4 bindings (tests/checks/test_tensorrt_checks.py).
+used here exists in the TensorRT 8.6, 10.3 and 11.4 bindings (tests/checks/test_checks_libraries.py).
+A TensorRT older than the package's floor (8.6) is a FAIL naming the JetPack that has a usable one.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Iterator
 
 from dronseg_edge.checks import jetson
 from dronseg_edge.checks.base import FAIL, OK, WARN, Check, first_line, import_optional
+from dronseg_edge.runtime import tensorrt_env
 
 JETSON_HINT = ("JetPack's TensorRT is a system package: create the venv with --system-site-packages "
                "(python3 -m venv --system-site-packages .venv)")
-PIP_HINT = ("pip install 'dronseg-edge[trt]' (x86-64); on a Jetson TensorRT comes with JetPack and the venv must be "
-            "created with --system-site-packages")
+PIP_HINT = ("pip install 'dronseg-edge[trt]' (x86-64, CUDA 13 driver) or 'dronseg-edge[trt-cu12]' (CUDA 12 driver); "
+            "on a Jetson TensorRT comes with JetPack and the venv must be created with --system-site-packages")
 
 
 def tensorrt_checks() -> Iterator[Check]:
@@ -31,6 +33,9 @@ def tensorrt_checks() -> Iterator[Check]:
 
 def build_check(trt) -> Check:
     version = str(getattr(trt, "__version__", "?"))
+    too_old = tensorrt_env.version_problem(trt)
+    if too_old:
+        return Check("tensorrt", FAIL, too_old)
     start = time.perf_counter()
     try:
         plan, messages = build_tiny_engine(trt)
@@ -56,10 +61,8 @@ def build_tiny_engine(trt) -> tuple[object | None, list[str]]:
 
     logger = Collector()
     builder = trt.Builder(logger)
-    flags = 0  # explicit batch is the only kind in 10.x and 11.x; strong typing where it exists (11.x requires it)
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    # Explicit batch on 8.6; strong typing where it exists (11.x requires it).
+    network = builder.create_network(tensorrt_env.network_flags(trt, strongly_typed=True))
     x = network.add_input("x", trt.float32, (1, 4))
     relu = network.add_activation(x, trt.ActivationType.RELU)
     network.mark_output(relu.get_output(0))

@@ -1,12 +1,17 @@
-"""ONNX file -> serialized TensorRT engine, on TensorRT 10.x (JetPack 6: 10.3) and 11.x.
+"""ONNX file -> serialized TensorRT engine, on TensorRT 8.6 (JetPack 6.0), 10.x (JetPack 6.1/6.2: 10.3) and 11.x.
 
 Precision: TensorRT 11 has only strongly typed networks, so precision comes from the ONNX file
-(the fp16 graph, or the Q/DQ int8 graph). On 10.x fp16 comes from the fp32 graph and the FP16
-builder flag (weakly typed: TensorRT picks fp16 kernels where they are faster), and int8 from the
-Q/DQ graph with the INT8 and FP16 flags so the unquantised layers may run in fp16; fp32 builds are
-strongly typed on both, with TF32 off (strict fp32, like parity's PyTorch reference). Every
-TensorRT name used here is checked against the real 10.3 and 11.4 bindings by
-tests/export/test_tensorrt_names.py.
+(the fp16 graph, or the Q/DQ int8 graph). On 10.x and 8.6 fp16 comes from the fp32 graph and the
+FP16 builder flag (weakly typed: TensorRT picks fp16 kernels where they are faster), and int8 from
+the Q/DQ graph with the INT8 and FP16 flags so the unquantised layers may run in fp16; fp32 builds
+have TF32 off (strict fp32, like parity's PyTorch reference) and are strongly typed where the
+version has it (10.x, 11.x). 8.6 networks need the EXPLICIT_BATCH flag (tensorrt_env.network_flags)
+and its parser reads ONNX opsets up to 17. Every TensorRT name used here is checked against the real
+8.6, 10.3 and 11.4 bindings by tests/export/test_tensorrt_names.py.
+
+A parse failure names each failing node (index, name, operator), the parser's error code and
+description and the node's attributes, from the parser's error objects (and, on 8.6, whose errors
+carry only the node index, from the ONNX file).
 
 An engine only runs on the GPU model and TensorRT version that built it: its name says both
 (``NAME_<precision>_<gpu>_sm<cc>[_dla<N>]_trt<version>.engine``) and so does its JSON sidecar. Finding
@@ -26,12 +31,10 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
 from dronseg_edge.atomic import atomic_path
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.metadata import ModelInfo, sha256_file, write_engine_sidecar
-from dronseg_edge.runtime import tensorrt_env
+from dronseg_edge.runtime import cuda_runtime, tensorrt_env
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +58,15 @@ def engine_filename(base: str, precision: str, gpu_name: str, compute_capability
 
 # TensorRT versions without DLA on Linux: from 11.0 up to (not including) 11.4.1.
 NO_DLA_FROM, DLA_BACK_IN = (11, 0, 0), (11, 4, 1)
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    """'10.3.0' -> (10, 3, 0); '11.4.0.106' -> (11, 4, 0)."""
-    numbers = [int(part) for part in re.findall(r"\d+", version)[:3]]
-    return tuple(numbers + [0] * (3 - len(numbers)))
+# Newest ONNX opset each parser reads (onnx-tensorrt docs/operators.md: "TensorRT 8.5 supports operators
+# up to Opset 17", the same for 8.6); 10.x and 11.x read the exporters' default opsets (17 and 18).
+MAX_OPSET = {8: 17}
 
 
 def check_dla(trt, builder, dla_core: int) -> int:
     """The number of DLA cores ``builder`` sees; DronsegError (one line) when ``dla_core`` cannot be used here."""
     version = str(trt.__version__)
-    if NO_DLA_FROM <= _version_tuple(version) < DLA_BACK_IN:
+    if NO_DLA_FROM <= tensorrt_env.version_tuple(version) < DLA_BACK_IN:
         raise BackendUnavailable(f"--dla-core {dla_core}: TensorRT {version} has no DLA (11.0 to 11.4.0 dropped it; "
                                  "TensorRT 10.x on JetPack 6 and 11.4.1+ on JetPack 7.2.2 have it): drop --dla-core "
                                  "to build for the GPU")
@@ -117,54 +117,86 @@ def dynamic_profile(info: ModelInfo, batch: int) -> dict[str, list[int]]:
 
 
 def uses_strong_typing(trt, precision: str) -> bool:
-    """11.x: always (its only mode). 10.x: fp32 only; fp16 and int8 use builder flags (module docstring)."""
+    """11.x: always (its only mode). 10.x: fp32 only; fp16 and int8 use builder flags (module docstring).
+    8.6: never (strong typing came with 9.x); fp32 is the default there, TF32 cleared like on 10.x."""
     if tensorrt_env.trt_major(trt) >= 11:
         return True
     return precision == "fp32" and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
 
 
-def parser_errors(parser) -> str:
-    """All ONNX parser errors as one line: node index, name, operator and description each."""
+def _onnx_nodes(onnx_path: Path) -> list | None:
+    """The graph's nodes (the parser's node index points into this list), or None when onnx cannot read it."""
+    try:
+        import onnx
+
+        return list(onnx.load(str(onnx_path), load_external_data=False).graph.node)
+    except Exception:  # noqa: BLE001 (only a detail of an error message: never hide the parser's own error)
+        return None
+
+
+def _attributes(node) -> str:
+    """'antialias=1, mode=linear': the node's scalar and string attributes (what a parser restriction names)."""
+    import onnx
+
+    shown = []
+    for attribute in node.attribute:
+        value = onnx.helper.get_attribute_value(attribute)
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        if isinstance(value, (int, float, str)) or (isinstance(value, list) and len(value) <= 8):
+            shown.append(f"{attribute.name}={value}")
+    return ", ".join(shown[:8])
+
+
+def parser_errors(parser, onnx_path: Path) -> str:
+    """All ONNX parser errors as one line: node index, name, operator, error code, description and the
+    node's attributes. 10.x+ parsers name the node themselves (node_name/node_operator); for 8.6 the
+    name and operator are read from the ONNX file at the node index the parser gives."""
+    nodes = None
     found = []
     for index in range(parser.num_errors):
         error = parser.get_error(index)
-        where = f"node {error.node()}"
+        position = int(error.node())
         try:
-            where += f" {error.node_name()} ({error.node_operator()})"
-        except AttributeError:  # older parsers have no node names
-            pass
-        found.append(f"{where}: {error.desc()}")
+            name, operator = error.node_name(), error.node_operator()
+        except AttributeError:  # 8.6: only the index
+            name = operator = ""
+        if nodes is None:
+            nodes = _onnx_nodes(onnx_path) or []
+        node = nodes[position] if 0 <= position < len(nodes) else None
+        if node is not None:
+            name, operator = name or node.name, operator or node.op_type
+        code = error.code()
+        where = f"node {position}" + (f" {name}" if name else "") + (f" ({operator})" if operator else "")
+        attributes = _attributes(node) if node is not None and node.attribute else ""
+        found.append(f"{where} [{getattr(code, 'name', code)}]: {error.desc()}"
+                     + (f" (attributes: {attributes})" if attributes else ""))
     return "; ".join(found) or "no details from the parser"
 
 
-def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precision: str, workspace_gib: float = 4.0,
-                 device: torch.device, opt_batch: int = 1, timing_cache: Path | None = None,
-                 dla_core: int | None = None, builder_opt_level: int | None = None) -> ModelInfo:
-    """Build ``engine_path`` from ``onnx_path`` (the graph of ``precision``, see module docstring).
-
-    ``info`` describes the ONNX graph (input size, batch, dynamic); ``workspace_gib`` caps TensorRT's
-    scratch memory (GiB); ``opt_batch`` is the batch a --dynamic engine is tuned for. ``dla_core``:
-    build for that DLA core with GPU fallback (module docstring); ``builder_opt_level``: TensorRT's
-    builder optimisation level 0..5 (None: TensorRT's default, 3).
-    Writes the engine and its sidecar atomically and returns the engine's ModelInfo.
-    """
-    trt = tensorrt_env.import_tensorrt()
-    identity = tensorrt_env.gpu_identity(device)
+def parse_onnx(trt, builder, logger, onnx_path: Path, info: ModelInfo, strongly: bool):
+    """The network parsed from ``onnx_path``; one-line DronsegError naming each failing node otherwise."""
     version = str(trt.__version__)
-    strongly = uses_strong_typing(trt, precision)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    if dla_core is not None:
-        check_dla(trt, builder, dla_core)  # before parsing: a refusal should not wait for the ONNX file
-    # The flag's bit differs between versions: take it from the enum, never a literal.
-    flags = 0
-    if strongly and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    newest = MAX_OPSET.get(tensorrt_env.trt_major(trt))
+    opset = info.extra.get("opset")
+    if newest is not None and opset is not None and int(opset) > newest:
+        fix = ("--io frames graphs need opset 18 (antialiased Resize): use --io tensors, or TensorRT 10.3+ (JetPack 6.1)"
+               if info.io == "frames" else f"export with --opset {newest} (the TorchScript exporter writes it)")
+        raise DronsegError(f"{onnx_path} is ONNX opset {opset}, and TensorRT {version}'s ONNX parser reads opsets up "
+                           f"to {newest}: {fix}")
+    network = builder.create_network(tensorrt_env.network_flags(trt, strongly))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        raise DronsegError(f"TensorRT {version} cannot parse {onnx_path}: {parser_errors(parser)}; "
-                           "re-export with another --opset, or report the failing operator")
+        major_minor = ".".join(version.split(".")[:2])
+        raise DronsegError(f"TensorRT {version} cannot parse {onnx_path}: {parser_errors(parser, onnx_path)}; "
+                           f"onnx-tensorrt's operator table for TensorRT {major_minor} (docs/operators.md) lists what "
+                           "its parser supports")
+    return network
+
+
+def builder_config(trt, builder, *, precision: str, strongly: bool, workspace_gib: float, dla_core: int | None,
+                   builder_opt_level: int | None) -> tuple[object, list[str], bool]:
+    """(config, the builder flags set, whether TF32 stays allowed) for ``precision`` (module docstring)."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     builder_flags = []
@@ -187,6 +219,33 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
         builder_flags.append("GPU_FALLBACK")
     if builder_opt_level is not None:
         config.builder_optimization_level = builder_opt_level
+    return config, builder_flags, tf32
+
+
+def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precision: str, workspace_gib: float = 4.0,
+                 device, opt_batch: int = 1, timing_cache: Path | None = None,
+                 dla_core: int | None = None, builder_opt_level: int | None = None) -> ModelInfo:
+    """Build ``engine_path`` from ``onnx_path`` (the graph of ``precision``, see module docstring).
+
+    ``info`` describes the ONNX graph (input size, batch, dynamic); ``device`` (a torch.device or
+    devices.Device) is the GPU to build for; ``workspace_gib`` caps TensorRT's scratch memory (GiB);
+    ``opt_batch`` is the batch a --dynamic engine is tuned for. ``dla_core``: build for that DLA core
+    with GPU fallback (module docstring); ``builder_opt_level``: TensorRT's builder optimisation
+    level 0..5 (None: TensorRT's default, 3).
+    Writes the engine and its sidecar atomically and returns the engine's ModelInfo.
+    """
+    trt = tensorrt_env.import_tensorrt()
+    identity = tensorrt_env.gpu_identity(device)
+    version = str(trt.__version__)
+    strongly = uses_strong_typing(trt, precision)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    if dla_core is not None:
+        check_dla(trt, builder, dla_core)  # before parsing: a refusal should not wait for the ONNX file
+    network = parse_onnx(trt, builder, logger, Path(onnx_path), info, strongly)
+    config, builder_flags, tf32 = builder_config(trt, builder, precision=precision, strongly=strongly,
+                                                 workspace_gib=workspace_gib, dla_core=dla_core,
+                                                 builder_opt_level=builder_opt_level)
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(identity["gpu_name"], identity["compute_capability"], version)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, False)
@@ -194,19 +253,10 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
     if info.dynamic:
         profile_shapes = dynamic_profile(info, opt_batch)
         profile = builder.create_optimization_profile()
-        input_name = network.get_input(0).name
-        profile.set_shape(input_name, profile_shapes["min"], profile_shapes["opt"], profile_shapes["max"])
+        profile.set_shape(network.get_input(0).name, profile_shapes["min"], profile_shapes["opt"], profile_shapes["max"])
         config.add_optimization_profile(profile)
-    with torch.cuda.device(device):
-        plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise DronsegError(f"TensorRT {version} could not build an engine from {onnx_path} (see its messages above); "
-                           f"a larger --workspace (now {workspace_gib:g} GiB) may help")
-    runtime = trt.Runtime(logger)
-    if dla_core is not None:
-        runtime.DLA_core = dla_core  # a DLA engine loads onto the core the runtime names
-    if runtime.deserialize_cuda_engine(plan) is None:
-        raise DronsegError(f"TensorRT {version} built an engine from {onnx_path} that it cannot load back; rebuild it")
+    plan = _build_and_load_back(trt, builder, network, config, logger, device, dla_core=dla_core,
+                                onnx_path=Path(onnx_path), workspace_gib=workspace_gib)
     with atomic_path(engine_path) as tmp:
         with open(tmp, "wb") as handle:
             handle.write(plan)
@@ -220,6 +270,24 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
     }
     write_engine_sidecar(engine_path, engine_info)
     return engine_info
+
+
+def _build_and_load_back(trt, builder, network, config, logger, device, *, dla_core: int | None, onnx_path: Path,
+                         workspace_gib: float):
+    """The serialized plan, built and deserialised again on ``device``'s GPU (TensorRT builds and loads
+    into the thread's current CUDA device: both steps run with it made current, through cuda.bindings)."""
+    version = str(trt.__version__)
+    with cuda_runtime.on_device(cuda_runtime.resolve_index(device)):
+        plan = builder.build_serialized_network(network, config)
+        if plan is None:
+            raise DronsegError(f"TensorRT {version} could not build an engine from {onnx_path} (see its messages above); "
+                               f"a larger --workspace (now {workspace_gib:g} GiB) may help")
+        runtime = trt.Runtime(logger)
+        if dla_core is not None:
+            runtime.DLA_core = dla_core  # a DLA engine loads onto the core the runtime names
+        if runtime.deserialize_cuda_engine(plan) is None:
+            raise DronsegError(f"TensorRT {version} built an engine from {onnx_path} that it cannot load back; rebuild it")
+    return plan
 
 
 def _save_timing_cache(config, cache_path: Path) -> None:

@@ -8,7 +8,12 @@ capturing at once, or on two GPUs, would capture into each other. Each ``GraphCa
 its own stream with ``capture_error_mode="thread_local"`` (another thread's ordinary CUDA calls do
 not invalidate the capture) and one capture at a time per process (``_CAPTURE_LOCK``): torch's graph
 context synchronises the device and empties the allocator's cache on entry, which must not happen
-in the middle of another thread's capture.
+in the middle of another thread's capture. The lock is taken before the warm-up runs: cuDNN's
+benchmark cache is per thread (ATen's Conv_v8.cpp), so every new thread autotunes in its warm-up,
+and the autotuner calls ``cudaDeviceSynchronize()``, which breaks a capture in progress on the GPU
+in any capture mode (NVIDIA/TensorRT#2888). A failed capture synchronises only its own stream.
+What the lock cannot cover: eager work of another thread that autotunes (a backend without CUDA
+graphs, ``cudnn.benchmark`` on) while a capture runs; such a capture fails and runs eagerly.
 """
 
 from __future__ import annotations
@@ -101,32 +106,43 @@ class GraphCache:
         with torch.cuda.device(self.device):
             current = torch.cuda.current_stream(self.device)
             stream.wait_stream(current)
-            try:
-                with torch.cuda.stream(stream):  # the fixed buffers belong to this stream, like every replay
-                    inputs = tuple(torch.empty(s.shape, dtype=dtype or s.dtype, device=self.device).copy_(s) for s in sources)
-                    launch = prepare(inputs)
-                side = torch.cuda.Stream(self.device)
-                side.wait_stream(stream)
-                with torch.cuda.stream(side):
-                    for _ in range(warmup):
-                        launch()
-                stream.wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with _CAPTURE_LOCK:
-                    with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-                        output = launch()
-            except RuntimeError as exc:  # e.g. an op or plugin that synchronises: eager beats failing
-                reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-                log.warning("CUDA graph capture failed (%s); running %s without it", reason, self.label)
-                torch.cuda.synchronize(self.device)
-                self.clear()
-                return None
+            # The warm-up runs under the lock too: cuDNN's benchmark cache is per thread, so a new
+            # thread autotunes here, and the autotuner's cudaDeviceSynchronize() would break a capture
+            # running meanwhile in another thread, whatever its capture mode.
+            with _CAPTURE_LOCK:
+                try:
+                    inputs, output, graph = self._warm_up_and_capture(stream, sources, prepare, warmup, dtype)
+                except RuntimeError as exc:  # e.g. an op or plugin that synchronises: eager beats failing
+                    reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+                    log.warning("CUDA graph capture failed (%s); running %s without it", reason, self.label)
+                    # Only this stream: a device-wide synchronize would break another thread's capture.
+                    stream.synchronize()
+                    self.clear()
+                    return None
             for source in sources:
                 keep_for_stream(source, stream)
         if len(self._graphs) >= self.max_graphs:
             self._graphs.clear()
         self._graphs[key] = CapturedGraph(graph, inputs, output)
         return self._graphs[key]
+
+    def _warm_up_and_capture(self, stream, sources, prepare, warmup: int, dtype):
+        """(fixed inputs, output buffer, graph): the launch warmed up on a side stream, then captured on ``stream``."""
+        with torch.cuda.stream(stream):  # the fixed buffers belong to this stream, like every replay
+            inputs = tuple(torch.empty(s.shape, dtype=dtype or s.dtype, device=self.device).copy_(s) for s in sources)
+            launch = prepare(inputs)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(stream)
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    launch()
+        finally:
+            stream.wait_stream(side)  # also after a failure: the stream's synchronize then covers the warm-up
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            output = launch()
+        return inputs, output, graph
 
     def replay(self, entry: CapturedGraph, *sources: torch.Tensor) -> torch.Tensor:
         """Copy ``sources`` into the graph's inputs, replay it on the owner's stream, return a copy of its output."""

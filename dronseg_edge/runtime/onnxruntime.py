@@ -1,7 +1,8 @@
 """ONNX Runtime backend for ``.onnx`` files written by ``dronseg-edge export``.
 
 On a GPU it asks for TensorRT > CUDA > CPU execution providers (whichever this onnxruntime build
-has and can start; a TensorRT session keeps CUDA, then CPU, for the nodes TensorRT rejects) and,
+has and can start; a TensorRT session keeps CUDA, then CPU, for the nodes TensorRT rejects; fp32
+models skip TensorRT, which cannot be kept off TF32 there, see TRT_TF32_NOTE) and,
 for static shapes on the CUDA provider, lets ONNX Runtime replay its own CUDA graph. Each session
 is checked for what it really runs (onnxruntime may silently retry with default options: device 0,
 no graph). ``provider`` says what actually runs.
@@ -26,6 +27,11 @@ from dronseg_edge.runtime.base import Backend
 log = logging.getLogger(__name__)
 
 PROVIDER_CHOICES = ("auto", "tensorrt", "cuda", "cpu")
+# ONNX Runtime's TensorRT provider has no TF32 option: none of its trt_* keys (46 in onnxruntime-gpu
+# 1.31.1, tests/runtime/data) nor ORT_TENSORRT_* variables turns TensorRT's default TF32 off, and
+# NVIDIA_TF32_OVERRIDE=0 would change every library in the process. So `auto` runs fp32 models on the
+# CUDA provider (use_tf32=0), and an explicit --provider tensorrt says what it gets.
+TRT_TF32_NOTE = "TF32 on: ONNX Runtime's TensorRT provider has no option to turn it off"
 _PROVIDER_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -115,6 +121,8 @@ class OnnxRuntimeBackend(Backend):
         if self.device.type != "cuda":
             return ["cpu"]
         wanted = ["tensorrt", "cuda"] if self.requested == "auto" else [self.requested]
+        if self.requested == "auto" and self.info.precision == "fp32":
+            wanted = ["cuda"]  # TensorRT's provider cannot be kept off TF32 (TRT_TF32_NOTE): fp32 means fp32
         found = [p for p in wanted if _PROVIDER_NAMES[p] in available]
         if not found:
             if self.requested != "auto":
@@ -178,6 +186,10 @@ class OnnxRuntimeBackend(Backend):
         used = self.session.get_providers()[0]
         self.cuda_graph = self.cuda_graph and used == "CUDAExecutionProvider"
         self.provider = used + (" + CUDA graph" if self.cuda_graph else "")
+        if used == _PROVIDER_NAMES["tensorrt"] and self.info.precision == "fp32":
+            log.warning("%s: fp32 model on ONNX Runtime's TensorRT provider runs with TF32 (it has no option to turn "
+                        "it off); --provider cuda keeps strict fp32", self.path.name)
+            self.provider += f" ({TRT_TF32_NOTE})"
         if errors:
             self.provider += f" (tried: {'; '.join(errors)})"
         self._input = self.session.get_inputs()[0]

@@ -3,48 +3,87 @@
 Shared by the engine build (export/tensorrt.py) and the engine runner (runtime/tensorrt.py), so it
 lives next to the runner: the runtime never imports the export package. ``tensorrt`` and ``torch``
 are imported only when a function needs them, so reading this module costs nothing. Every TensorRT
-name used here is checked against the real 10.3 and 11.4 bindings by tests/export/test_tensorrt_names.py.
+name used here is checked against the real 8.6, 10.3 and 11.4 bindings by tests/export/test_tensorrt_names.py.
+
+Versions: TensorRT 8.6 (JetPack 6.0 ships 8.6.2) up to 11.x. Older ones are refused in one line
+naming the JetPack that has a usable one: 8.6 is the oldest release whose bindings the names are
+checked against, and 8.5 (JetPack 5.1) lacks at least ``builder_optimization_level`` (new in 8.6).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 
-if TYPE_CHECKING:
-    import torch
-
 INSTALL_HINT = (
-    "TensorRT is not installed for this Python: on x86-64 `pip install tensorrt` (or pip install 'dronseg-edge[trt]'); "
+    "TensorRT is not installed for this Python: on x86-64 pip install 'dronseg-edge[trt]' (a CUDA 13 driver) or "
+    "'dronseg-edge[trt-cu12]' (a CUDA 12 driver; `dronseg-edge checks` says which this one supports); "
     "on Jetson it comes with JetPack (sudo apt install python3-libnvinfer) and a venv must be created with "
     "--system-site-packages to see it"
 )
 
 
+MIN_VERSION = (8, 6)
+
+
 def import_tensorrt():
-    """The ``tensorrt`` module, or BackendUnavailable saying how to install it."""
+    """The ``tensorrt`` module, or BackendUnavailable saying how to install it (or that it is too old)."""
     try:
         import tensorrt as trt
     except (ImportError, OSError) as exc:  # OSError: bindings present but libnvinfer missing
         detail = "" if isinstance(exc, ModuleNotFoundError) else f" ({str(exc).splitlines()[0][:120]})"
         raise BackendUnavailable(INSTALL_HINT + detail) from None
+    problem = version_problem(trt)
+    if problem:
+        raise BackendUnavailable(problem)
     return trt
 
 
+def version_tuple(version: str) -> tuple[int, int, int]:
+    """'10.3.0' -> (10, 3, 0); '11.4.0.106' -> (11, 4, 0); '8.6.2.3' -> (8, 6, 2)."""
+    numbers = [int(part) for part in re.findall(r"\d+", str(version))[:3]]
+    return tuple(numbers + [0] * (3 - len(numbers)))  # type: ignore[return-value]
+
+
 def trt_major(trt) -> int:
-    return int(str(trt.__version__).split(".")[0])
+    return version_tuple(trt.__version__)[0]
 
 
-def gpu_identity(device: "torch.device") -> dict:
-    """{'gpu_name': 'NVIDIA H100 80GB HBM3', 'compute_capability': '9.0'} of a CUDA device."""
+def version_problem(trt) -> str | None:
+    """Why this TensorRT cannot be used (one line naming the JetPack that has a usable one), or None."""
+    version = str(getattr(trt, "__version__", "0"))
+    if version_tuple(version)[:2] >= MIN_VERSION:
+        return None
+    return (f"TensorRT {version} is older than 8.6, the oldest this package builds and runs engines with: on a Jetson "
+            "install JetPack 6.0 (TensorRT 8.6.2) or 6.1/6.2 (TensorRT 10.3); on x86-64 pip install 'dronseg-edge[trt]' "
+            "(CUDA 13 drivers) or 'dronseg-edge[trt-cu12]' (CUDA 12 drivers)")
+
+
+def network_flags(trt, strongly_typed: bool) -> int:
+    """Flags for ``builder.create_network``: explicit batch on 8.x, strong typing where asked and known.
+
+    8.x makes an implicit-batch network without EXPLICIT_BATCH, which the ONNX parser refuses; 10.x
+    ignores that flag (explicit batch is the only kind) and 11.x removed it. Bits come from the enum
+    by name: their values differ between versions.
+    """
+    kinds = trt.NetworkDefinitionCreationFlag
+    flags = 0
+    if trt_major(trt) < 10 and hasattr(kinds, "EXPLICIT_BATCH"):
+        flags |= 1 << int(kinds.EXPLICIT_BATCH)
+    if strongly_typed and hasattr(kinds, "STRONGLY_TYPED"):
+        flags |= 1 << int(kinds.STRONGLY_TYPED)
+    return flags
+
+
+def gpu_identity(device) -> dict:
+    """{'gpu_name': 'NVIDIA H100 80GB HBM3', 'compute_capability': '9.0'} of a CUDA device (a torch.device
+    or a devices.Device), read with cuda.bindings like the engine runner's, so build and run compare alike."""
     if device.type != "cuda":
         raise DronsegError(f"TensorRT engines run on NVIDIA GPUs only, not on --device {device}: use --device cuda")
-    import torch
+    from dronseg_edge.runtime import cuda_runtime
 
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(index)
-    return {"gpu_name": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
+    return cuda_runtime.device_identity(cuda_runtime.resolve_index(device))
 
 
 def engine_mismatch(built: dict, here: dict) -> str | None:

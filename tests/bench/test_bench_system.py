@@ -1,6 +1,8 @@
 import importlib.metadata
 import os
 import stat
+import sys
+import types
 
 import pytest
 import torch
@@ -44,14 +46,25 @@ def test_versions_report_installed_and_missing_libraries():
 
 
 def fake_nvidia_smi(folder, output):
+    """An nvidia-smi that prints ``output`` and writes the arguments it got to args.txt beside it."""
     script = folder / "nvidia-smi"
-    script.write_text(f"#!/bin/sh\necho '{output}'\n")
+    script.write_text(f"#!/bin/sh\necho \"$@\" > {folder / 'args.txt'}\necho '{output}'\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return script
 
 
-def test_clocks_from_nvidia_smi_when_nvml_is_missing(tmp_path, monkeypatch):
-    def no_nvml(index):
+# CUDA device 0 of this process is the GPU on bus 0000:C1:00.0 (CUDA_VISIBLE_DEVICES=3, say): NVML's
+# and nvidia-smi's index 0 would be another GPU.
+BUS = {0: "0000:C1:00.0"}
+
+
+@pytest.fixture
+def remapped(monkeypatch):
+    monkeypatch.setattr(devices, "cuda_pci_bus_id", lambda index: BUS.get(index))
+
+
+def test_clocks_from_nvidia_smi_when_nvml_is_missing(tmp_path, monkeypatch, remapped):
+    def no_nvml(bus_id):
         raise ImportError("no pynvml")
 
     monkeypatch.setattr(system, "_clocks_nvml", no_nvml)
@@ -60,11 +73,64 @@ def test_clocks_from_nvidia_smi_when_nvml_is_missing(tmp_path, monkeypatch):
     found = gpu_clocks(0)
     assert found["clocks_source"] == "nvidia-smi" and found["driver"] == "580.65.06"
     assert found["clocks"] == {"sm_mhz": 1755.0, "mem_mhz": 2619.0, "max_sm_mhz": 1980.0, "max_mem_mhz": 2619.0}
-    assert found["power_limit_w"] == 700.0
+    assert found["power_limit_w"] == 700.0 and found["pci_bus_id"] == "0000:C1:00.0"
+    assert "--id=0000:C1:00.0" in (tmp_path / "args.txt").read_text().split()  # the bus id, never the CUDA index
 
 
-def test_unreadable_clocks_say_why(tmp_path, monkeypatch):
-    def failing_nvml(index):
+class FakeNvml(types.ModuleType):
+    """pynvml with one GPU per bus id; taking a handle by NVML's own index is an error (it numbers GPUs by bus)."""
+
+    NVML_CLOCK_SM, NVML_CLOCK_MEM = 1, 2
+
+    def __init__(self):
+        super().__init__("pynvml")
+        self.asked: list = []
+
+    def nvmlInit(self):  # noqa: N802 (NVML's names)
+        pass
+
+    def nvmlShutdown(self):  # noqa: N802
+        pass
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus_id):  # noqa: N802
+        self.asked.append(bus_id)
+        return {b"0000:C1:00.0": "h100-on-c1"}[bus_id]
+
+    def nvmlDeviceGetHandleByIndex(self, index):  # noqa: N802
+        raise AssertionError("NVML's index is not CUDA's")
+
+    def nvmlDeviceGetClockInfo(self, handle, kind):  # noqa: N802
+        return {"h100-on-c1": 1980}[handle] - kind
+
+    def nvmlDeviceGetMaxClockInfo(self, handle, kind):  # noqa: N802
+        return 1980
+
+    def nvmlSystemGetDriverVersion(self):  # noqa: N802
+        return b"580.65.06"
+
+    def nvmlDeviceGetPowerManagementLimit(self, handle):  # noqa: N802
+        return 700000
+
+
+def test_nvml_is_asked_for_the_gpu_on_the_cuda_devices_bus(monkeypatch, remapped):
+    nvml = FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    found = gpu_clocks(0)
+    assert nvml.asked == [b"0000:C1:00.0"] and found["clocks_source"] == "nvml"
+    assert found["clocks"]["sm_mhz"] == 1979 and found["driver"] == "580.65.06" and found["power_limit_w"] == 700.0
+
+
+def test_no_clocks_rather_than_another_gpus_when_the_bus_id_is_unknown(tmp_path, monkeypatch, remapped):
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml())
+    fake_nvidia_smi(tmp_path, "1755, 2619, 1980, 2619, 580.65.06, 700.00")
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    found = gpu_clocks(1)
+    assert found["clocks"] is None and found["clocks_source"] == "unreadable (no PCI bus id for cuda:1 from the CUDA driver)"
+    assert not (tmp_path / "args.txt").exists()
+
+
+def test_unreadable_clocks_say_why(tmp_path, monkeypatch, remapped):
+    def failing_nvml(bus_id):
         raise RuntimeError("NVML_ERROR_NO_PERMISSION")
 
     monkeypatch.setattr(system, "_clocks_nvml", failing_nvml)
@@ -110,6 +176,22 @@ def test_gpu_without_a_driver_is_named_by_index(monkeypatch):
     monkeypatch.setattr(devices, "_libcuda", lambda: None)
     assert driver_gpu_properties(1) == {"name": "cuda:1", "compute_capability": "?", "memory_gib": None,
                                         "multiprocessors": None}
+
+
+def test_without_a_driver_there_is_no_bus_id_and_no_driver_version(monkeypatch):
+    monkeypatch.setattr(devices, "_libcuda", lambda: None)
+    monkeypatch.setattr(devices, "_driver_library", lambda: None)
+    assert devices.cuda_pci_bus_id(0) is None and devices.cuda_driver_version() is None
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_the_bus_id_names_the_gpu_nvidia_smi_lists_under_it():
+    bus_id = devices.cuda_pci_bus_id(0)
+    assert bus_id and bus_id.count(":") == 2 and "." in bus_id
+    found = gpu_clocks(0)
+    assert found.get("pci_bus_id") == bus_id
+    assert devices.cuda_driver_version() >= (int(torch.version.cuda.split(".")[0]), 0)
 
 
 @pytest.mark.gpu

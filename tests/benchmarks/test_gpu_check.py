@@ -1,7 +1,8 @@
 """`make gpu-check` (benchmarks/gpu_check): the orchestration in CPU mode end to end, and its parts.
 
-The end-to-end run forces a 1 s timeout on the tests stage: it must be reported as ``timeout`` and
-the stages after it must still run. On the CPU the GPU-only parts say "no CUDA" and the optional
+The end-to-end run forces a 1 s timeout on the tests stage (with estimates scaled down, so the stage
+starts pytest instead of skipping it): it must be reported as ``timeout`` and the stages after it must
+still run. On the CPU the GPU-only parts say "no CUDA" and the optional
 ort-cuda stage is skipped (no onnxruntime-gpu staged).
 """
 
@@ -12,6 +13,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the repository root off sys.path
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.gpu_check import summary, wheels  # noqa: E402
-from benchmarks.gpu_check.plan import STAGES, cpu_plan, gpu_plan  # noqa: E402
+from benchmarks.gpu_check import runner, summary, wheels  # noqa: E402
+from benchmarks.gpu_check.plan import KINDS, STAGES, cpu_plan, describe, gpu_plan  # noqa: E402
 from benchmarks.gpu_check.stage_tests import parse_junit, parse_verbose  # noqa: E402
 
 STATUSES = {"passed", "failed", "skipped", "timeout"}
@@ -31,7 +33,8 @@ STATUSES = {"passed", "failed", "skipped", "timeout"}
 def test_cpu_mode_runs_every_stage_and_reports_a_timeout(tmp_path):
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--cpu", "--out", str(results), "--work", str(tmp_path / "work"),
-           "--wheels", str(tmp_path / "no-wheels"), "--stage-timeout", "tests=1", "--bundle", str(tmp_path / "bundle")]
+           "--wheels", str(tmp_path / "no-wheels"), "--stage-timeout", "tests=1", "--bundle", str(tmp_path / "bundle"),
+           "--estimate-scale", "0.01"]  # so the tests stage starts pytest within its 1 s, and is killed there
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # 1: a stage timed out
@@ -48,7 +51,14 @@ def test_cpu_mode_runs_every_stage_and_reports_a_timeout(tmp_path):
     logs = {name: (results / by_name[name]["log"]).read_text()[-2000:] for name in by_name}
     for name in ("env", "latency", "train", "pipeline", "probes"):  # the run went on after the timeout
         assert by_name[name]["status"] == "passed", (name, by_name[name]["reason"], logs[name])
-    assert by_name["ort-cuda"]["status"] == "skipped" and by_name["ort-cuda"]["reason"] == "no onnxruntime-gpu wheels staged"
+    assert by_name["ort-cuda"]["status"] == "skipped"
+    assert by_name["ort-cuda"]["reason"].startswith("no onnxruntime-gpu wheels staged, and this machine's onnxruntime has no CUDA")
+    assert proc.stdout.startswith("gpu-check: cpu mode") and "plan (cpu mode): budget" in proc.stdout
+    assert proc.stdout.index("plan (cpu mode)") < proc.stdout.index("] env")  # the plan comes before any stage
+    items = by_name["probes"]["figures"]["items"]
+    assert [i["item"] for i in items][:2] == ["checkpoint", "predict_equals_stream"]  # the CUDA-only probes skip first
+    assert all(i["status"] == "done" and i["seconds"] >= 0 and i["estimate_s"] > 0 for i in items)
+    assert all(s["estimate_s"] > 0 for s in doc["stages"])
 
     rows = by_name["latency"]["figures"]["rows"]
     assert {r["arch"] for r in rows} == set(cpu_plan().latency_archs)
@@ -134,8 +144,84 @@ def test_reduced_precision_rows_fail_only_on_nan_or_gross_disagreement():
     assert broken["status"] == "failed" and "NaN" in broken["reason"]
 
 
-def test_gpu_plan_fits_in_five_minutes():
-    assert sum(gpu_plan().timeouts.values()) <= 285  # stages + wheel setup, each a hard timeout
+def test_gpu_plan_fits_in_five_minutes_when_its_estimates_hold():
+    plan = gpu_plan()
+    assert plan.budget_s <= 295  # the issue's 300 s, machine start not included, a few seconds for the summary
+    # Every stage but the optional one (onnxruntime-gpu is not staged in a lease: benchmarks/README.md);
+    # where it is, its last items give way to the budget, each with its reason.
+    assert plan.timeouts["wheels"] + sum(plan.stage_estimate(s) for s in STAGES if KINDS[s] != "optional") <= plan.budget_s
+    for stage in STAGES:  # every item priced by the table, none by the fallback
+        for item in plan.items(stage):
+            keys = (item, item.split(":")[0] + ": *", "*")
+            assert any(k in plan.estimates[stage] for k in keys), (stage, item)
+
+
+def test_correctness_runs_before_speed_and_the_optional_stage_last():
+    kinds = [KINDS[s] for s in STAGES]
+    assert kinds == sorted(kinds, key=["correctness", "speed", "optional"].index)
+    assert STAGES[:3] == ("env", "tests", "probes")
+
+
+def test_the_whole_call_stays_in_its_budget_even_if_every_stage_runs_to_its_timeout():
+    """The orchestrator's rule (runner.grant), every stage taking all it is granted plus the kill's grace."""
+    plan = gpu_plan()
+    elapsed, ran, skipped = plan.timeouts["wheels"], [], []
+    for stage in STAGES:
+        timeout, why = runner.grant(plan.first_item(stage), plan.timeouts[stage], plan.budget_s - elapsed)
+        if timeout is None:
+            skipped.append((stage, why))
+            continue
+        ran.append(stage)
+        elapsed += timeout + runner.GRACE_S
+    assert elapsed <= 300 and ran[:3] == ["env", "tests", "probes"]
+    assert all("left of the budget" in why for _, why in skipped)
+
+
+def test_grant_caps_a_stage_at_what_is_left_and_skips_what_cannot_start():
+    assert runner.grant(20, 60, 300) == (60, "")
+    assert runner.grant(20, 60, 45) == (45, "")
+    timeout, why = runner.grant(20, 60, 12)
+    assert timeout is None and why == "skipped: needs ~20 s to start and run its first item, 12 s left of the budget"
+
+
+def test_a_stage_runs_an_item_only_when_its_estimate_fits_and_records_both(tmp_path):
+    from benchmarks.gpu_check.report import StageContext, StageReport
+
+    plan = gpu_plan()
+    report = StageReport(tmp_path / "probes.json", "probes")
+    ctx = StageContext(plan, report, tmp_path, tmp_path, deadline=time.monotonic() + 9.0)
+    assert ctx.fits("predict_equals_stream")  # 5 s estimated, ~9 s left
+    with ctx.timed("predict_equals_stream"):
+        pass
+    assert not ctx.fits("two_segmenters_capturing_at_once")  # 10 s estimated
+    done, skipped = json.loads((tmp_path / "probes.json").read_text())["figures"]["items"]
+    assert done["item"] == "predict_equals_stream" and done["status"] == "done" and done["estimate_s"] == 5
+    assert skipped["status"] == "not run" and skipped["seconds"] is None
+    assert skipped["reason"].startswith("not run: ~10 s estimated, 9 s left") or skipped["reason"].startswith(
+        "not run: ~10 s estimated, 8 s left")
+
+
+def test_a_tests_stage_without_time_for_a_pytest_run_is_skipped_not_started(tmp_path):
+    from benchmarks.gpu_check import stage_tests
+    from benchmarks.gpu_check.report import StageContext, StageReport
+
+    report = StageReport(tmp_path / "tests.json", "tests")
+    ctx = StageContext(gpu_plan(), report, tmp_path, tmp_path, deadline=time.monotonic() + 3.0)
+    stage_tests.body(ctx)
+    data = json.loads((tmp_path / "tests.json").read_text())
+    assert data["status"] == "skipped" and "no pytest run fits" in data["reason"]
+    assert [i["item"] for i in data["figures"]["items"]] == [item for item, _ in stage_tests.RUNS]
+    assert stage_tests.RUNS[0][1] == list(stage_tests.FIRST) and all(f"--ignore={p}" in stage_tests.RUNS[1][1]
+                                                                     for p in stage_tests.FIRST)
+
+
+def test_the_printed_plan_lists_every_stage_with_its_estimate():
+    plan = gpu_plan()
+    lines = describe(plan, {"latency"})
+    text = "\n".join(lines)
+    assert lines[0].startswith("plan (gpu mode): budget 295 s")
+    assert "tests     not selected (--only)" in text and "latency   speed" in text and "env       correctness" in text
+    assert lines[-1].startswith("  total estimate")
 
 
 def test_onnxruntime_gpu_parts_are_reassembled_and_checked(tmp_path, monkeypatch):

@@ -139,7 +139,7 @@ def test_tensorrt_bindings_without_their_libraries_warn_with_the_reason(tmp_path
     assert check.status == WARN and "libnvinfer.so.10" in check.detail
 
 
-def fake_tensorrt(plan=b"plan", error=None):
+def fake_tensorrt(plan=b"plan", error=None, version="10.3.0"):
     """Just enough of the tensorrt module for the one-layer build; records what was built."""
     built = {}
 
@@ -178,8 +178,9 @@ def fake_tensorrt(plan=b"plan", error=None):
                 self.logger.log(ILogger.Severity.ERROR, error)
             return plan
 
-    return SimpleNamespace(__version__="10.3.0", ILogger=ILogger, Builder=Builder, float32="float32",
-                           NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=5),
+    kinds = SimpleNamespace(EXPLICIT_BATCH=0) if version.startswith("8.") else SimpleNamespace(STRONGLY_TYPED=5)
+    return SimpleNamespace(__version__=version, ILogger=ILogger, Builder=Builder, float32="float32",
+                           NetworkDefinitionCreationFlag=kinds,
                            ActivationType=SimpleNamespace(RELU="relu"), MemoryPoolType=SimpleNamespace(WORKSPACE="ws")), built
 
 
@@ -191,6 +192,18 @@ def test_tensorrt_builds_a_one_layer_engine():
     assert built["flags"] == 1 << 5  # the flag's bit from the enum, never a literal
 
 
+def test_tensorrt_8_6_builds_an_explicit_batch_network():
+    trt, built = fake_tensorrt(version="8.6.2")
+    assert tensorrt_checks.build_check(trt).status == OK and built["flags"] == 1 << 0  # EXPLICIT_BATCH
+
+
+def test_tensorrt_older_than_8_6_fails_naming_the_jetpack_that_has_one():
+    trt, built = fake_tensorrt(version="8.5.2")
+    check = tensorrt_checks.build_check(trt)
+    assert check.status == FAIL and check.detail.startswith("TensorRT 8.5.2 is older than 8.6")
+    assert "JetPack 6.0 (TensorRT 8.6.2)" in check.detail and built == {}  # nothing was built
+
+
 def test_tensorrt_that_cannot_build_fails_with_its_own_message():
     trt, _ = fake_tensorrt(plan=None, error="[defaultAllocator.cpp::allocate] Error Code 1: Cuda Runtime (out of memory)")
     check = tensorrt_checks.build_check(trt)
@@ -200,7 +213,7 @@ def test_tensorrt_that_cannot_build_fails_with_its_own_message():
     assert check.status == FAIL and "TypeError: pybind11::init()" in check.detail
 
 
-def test_every_tensorrt_name_exists_in_10_3_and_11_4():
+def test_every_tensorrt_name_exists_in_8_6_10_3_and_11_4():
     """The name lists of tests/export/data, read with tests/export/test_tensorrt_names.py's own extractor."""
     spec = importlib.util.spec_from_file_location("tensorrt_names_check", ROOT / "tests/export/test_tensorrt_names.py")
     names_check = importlib.util.module_from_spec(spec)

@@ -137,7 +137,7 @@ def test_bad_inputs_give_one_line_errors(case, tiny_checkpoint, tmp_path, capsys
 def test_engine_without_tensorrt_says_how_to_get_it(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     code, out, err = run_cli(capsys, "export", tiny_checkpoint, "--format", "all", "--out", tmp_path, "--device", "cpu")
-    assert_one_error_line(code, out, err, 3, "pip install tensorrt")
+    assert_one_error_line(code, out, err, 3, "pip install 'dronseg-edge[trt]'")
     assert "JetPack" in err and "--system-site-packages" in err and list(tmp_path.iterdir()) == []
 
 

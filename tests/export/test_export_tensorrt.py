@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import sys
 import types
@@ -15,13 +14,13 @@ import pytest
 import torch
 
 import dronseg_edge.export.tensorrt as trt_export
-from dronseg_edge.runtime import tensorrt_env
+from dronseg_edge.runtime import cuda_runtime, tensorrt_env
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export import ExportOptions, export_artifact
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, sidecar_path
+from testkit import requires_tensorrt
 
 GPU = {"gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
 class FakeTensorRT(types.ModuleType):
@@ -35,8 +34,11 @@ class FakeTensorRT(types.ModuleType):
         super().__init__("tensorrt")
         self.__version__ = version
         self.calls: list[tuple] = []
+        self.current_device = [0]  # the CUDA device current while TensorRT works (the fixture's on_device sets it)
         major = int(version.split(".")[0])
-        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
+        # 8.6: EXPLICIT_BATCH only; 10.x: both (EXPLICIT_BATCH deprecated, ignored); 11.x: STRONGLY_TYPED only.
+        kinds = {8: {"EXPLICIT_BATCH": 0}, 10: {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 5}}.get(major, {"STRONGLY_TYPED": 5})
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(**kinds)
         flags = {"FP16": "FP16", "INT8": "INT8", "TF32": "TF32"} if major < 11 else {"TF32": "TF32"}
         self.BuilderFlag = types.SimpleNamespace(**flags, GPU_FALLBACK="GPU_FALLBACK")
         self.DeviceType = types.SimpleNamespace(GPU="GPU", DLA="DLA")
@@ -56,14 +58,18 @@ class FakeTensorRT(types.ModuleType):
             def node(self):
                 return self.index
 
+            def code(self):
+                return types.SimpleNamespace(name="UNSUPPORTED_NODE")
+
+            def desc(self):
+                return f"unsupported mode {self.index}"
+
+        class NamedError(Error):  # 10.x and later name the node; 8.6 gives its index only
             def node_name(self):
                 return f"/model/Resize_{self.index}"
 
             def node_operator(self):
                 return "Resize"
-
-            def desc(self):
-                return f"unsupported mode {self.index}"
 
         class Parser:
             num_errors = 0 if parse_ok else 2
@@ -76,7 +82,7 @@ class FakeTensorRT(types.ModuleType):
                 return parse_ok
 
             def get_error(self, index):
-                return Error(index)
+                return Error(index) if major < 10 else NamedError(index)
 
         class Cache:
             def __init__(self, data):
@@ -139,7 +145,7 @@ class FakeTensorRT(types.ModuleType):
                 return Profile()
 
             def build_serialized_network(self, network, config):
-                fake.calls.append(("build",))
+                fake.calls.append(("build", fake.current_device[0]))
                 return b"PLAN-" + version.encode() if build_ok else None
 
         class Runtime:
@@ -151,6 +157,7 @@ class FakeTensorRT(types.ModuleType):
                 object.__setattr__(self, name, value)
 
             def deserialize_cuda_engine(self, plan):
+                fake.calls.append(("load", fake.current_device[0]))
                 return object() if plan else None
 
         self.Logger, self.OnnxParser, self.Builder, self.Runtime = Logger, Parser, Builder, Runtime
@@ -163,13 +170,26 @@ class FakeTensorRT(types.ModuleType):
 def fake_trt(monkeypatch, tmp_path):
     """Install a fake tensorrt of a given version; GPU identity and CUDA device context stubbed."""
 
+    installed: list[FakeTensorRT] = []
+
     def install(version: str, **kwargs) -> FakeTensorRT:
         module = FakeTensorRT(version, **kwargs)
         monkeypatch.setitem(sys.modules, "tensorrt", module)
+        installed.append(module)
         return module
 
+    @contextlib.contextmanager
+    def on_device(index):  # cuda_runtime.on_device: which GPU is current while TensorRT builds and loads
+        before = installed[-1].current_device[0]
+        installed[-1].current_device[0] = index
+        try:
+            yield
+        finally:
+            installed[-1].current_device[0] = before
+
     monkeypatch.setattr(tensorrt_env, "gpu_identity", lambda device: dict(GPU))
-    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(cuda_runtime, "on_device", on_device)
+    monkeypatch.setattr(cuda_runtime, "resolve_index", lambda device: 0 if device.index is None else device.index)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return install
 
@@ -251,9 +271,83 @@ def test_parser_errors_are_listed_and_nothing_is_written(fake_trt, tmp_path):
     with pytest.raises(DronsegError) as info:
         _build(tmp_path, "fp32")
     message = str(info.value)
-    assert "cannot parse" in message and "node 0 /model/Resize_0 (Resize): unsupported mode 0" in message
+    assert "cannot parse" in message and "node 0 /model/Resize_0 (Resize) [UNSUPPORTED_NODE]: unsupported mode 0" in message
     assert "node 1 /model/Resize_1" in message and "\n" not in message
+    assert "--opset" not in message and "operator table for TensorRT 10.3" in message  # no guessed fix
     assert not (tmp_path / "m.engine").exists() and not sidecar_path(tmp_path / "m.engine").exists()
+
+
+def _onnx_with_resize(path: Path) -> Path:
+    """A two-node graph whose second node is an antialiased Resize (what TensorRT's parser rejects)."""
+    from onnx import TensorProto, helper, save
+
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 4, 4])
+    sizes = helper.make_tensor("sizes", TensorProto.INT64, [4], [1, 3, 4, 4])
+    nodes = [helper.make_node("Relu", ["images"], ["r"], name="/stem/Relu"),
+             helper.make_node("Resize", ["r", "", "", "sizes"], ["out"], name="/pre/Resize", mode="linear", antialias=1)]
+    save(helper.make_model(helper.make_graph(nodes, "g", [x], [y], [sizes]),
+                           opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_trt8_parser_errors_name_the_node_from_the_onnx_file(fake_trt, tmp_path):
+    """8.6's errors carry only the node index: name, operator and attributes come from the graph itself."""
+    fake_trt("8.6.1", parse_ok=False)
+    parser = sys.modules["tensorrt"].OnnxParser(None, None)
+    parser.get_error = lambda index: type("E", (), {"node": lambda self: 1, "code": lambda self: "ErrorCode.UNSUPPORTED_NODE",
+                                                    "desc": lambda self: "Antialiasing is not supported"})()
+    parser.num_errors = 1
+    line = trt_export.parser_errors(parser, _onnx_with_resize(tmp_path / "g.onnx"))
+    assert line == ("node 1 /pre/Resize (Resize) [ErrorCode.UNSUPPORTED_NODE]: Antialiasing is not supported "
+                    "(attributes: antialias=1, mode=linear)")
+    parser.get_error = lambda index: type("E", (), {"node": lambda self: -1, "code": lambda self: "ErrorCode.INVALID_GRAPH",
+                                                    "desc": lambda self: "no graph"})()
+    assert trt_export.parser_errors(parser, tmp_path / "missing.onnx") == "node -1 [ErrorCode.INVALID_GRAPH]: no graph"
+
+
+@pytest.mark.parametrize("precision, flags", [("fp32", []), ("fp16", ["FP16"]), ("int8", ["FP16", "INT8"])])
+def test_trt8_networks_are_explicit_batch_and_weakly_typed(fake_trt, tmp_path, precision, flags):
+    trt = fake_trt("8.6.1")
+    _, info = _build(tmp_path, precision)
+    assert trt.recorded("network_flags") == [("network_flags", 1 << 0)]  # EXPLICIT_BATCH, from the enum
+    assert [c[1] for c in trt.recorded("flag")] == flags and info.extra["tensorrt"]["strongly_typed"] is False
+    assert info.extra["tensorrt"]["tf32"] is (precision != "fp32")
+
+
+def test_trt10_leaves_the_deprecated_explicit_batch_flag_out(fake_trt, tmp_path):
+    trt = fake_trt("10.3.0")
+    _build(tmp_path, "fp16")
+    assert trt.recorded("network_flags") == [("network_flags", 0)]
+
+
+def test_trt8_refuses_an_opset_its_parser_cannot_read_before_parsing(fake_trt, tmp_path):
+    trt = fake_trt("8.6.1")
+    info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), batch=1, extra={"opset": 18})
+    with pytest.raises(DronsegError) as error:
+        trt_export.build_engine(_onnx_stub(tmp_path), tmp_path / "m.engine", info, precision="fp16",
+                                device=torch.device("cuda"))
+    assert "opset 18" in str(error.value) and "reads opsets up to 17: export with --opset 17" in str(error.value)
+    assert trt.recorded("parse") == [] and trt.recorded("network_flags") == []
+
+
+@pytest.mark.parametrize("version", ["8.5.3.1", "8.4.1"])
+def test_tensorrt_older_than_8_6_is_refused_naming_the_jetpack(fake_trt, version):
+    fake_trt(version)
+    with pytest.raises(BackendUnavailable) as error:
+        tensorrt_env.import_tensorrt()
+    message = str(error.value)
+    assert f"TensorRT {version} is older than 8.6" in message and "JetPack 6.0 (TensorRT 8.6.2)" in message
+    assert "\n" not in message
+
+
+def test_the_engine_is_built_and_loaded_back_on_the_requested_gpu(fake_trt, tmp_path):
+    trt = fake_trt("10.3.0")
+    info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), batch=1)
+    trt_export.build_engine(_onnx_stub(tmp_path), tmp_path / "m.engine", info, precision="fp16",
+                            device=torch.device("cuda", 1))
+    assert trt.recorded("build") == [("build", 1)] and trt.recorded("load") == [("load", 1)]
+    assert trt.current_device == [0]  # put back afterwards
 
 
 def test_failed_build_names_the_workspace_and_leaves_no_file(fake_trt, tmp_path):
@@ -268,7 +362,7 @@ def test_missing_tensorrt_says_how_to_install(monkeypatch):
     with pytest.raises(BackendUnavailable) as info:
         tensorrt_env.import_tensorrt()
     message = str(info.value)
-    assert "pip install tensorrt" in message and "JetPack" in message and "--system-site-packages" in message
+    assert "pip install 'dronseg-edge[trt]'" in message and "[trt-cu12]" in message and "JetPack" in message and "--system-site-packages" in message
 
 
 def test_engine_without_tensorrt_fails_before_any_onnx_work(monkeypatch, tiny_checkpoint, tmp_path):
@@ -308,13 +402,27 @@ def test_engine_export_builds_from_the_right_onnx(fake_trt, tiny_checkpoint, tmp
     assert f"reused {onnx_name}" in again.notes
 
 
-MISSING = [what for what, ok in (("TensorRT (`import tensorrt` fails)", HAS_TENSORRT),
-                                  ("a CUDA GPU (none visible to torch)", torch.cuda.is_available())) if not ok]
+def test_tensorrt_tests_run_only_where_a_builder_can_be_made(monkeypatch):
+    from testkit import tensorrt_unusable
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert tensorrt_unusable.__wrapped__().startswith("TensorRT (`import tensorrt` fails: ModuleNotFoundError")
+
+    def no_builder(logger):
+        raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    broken = types.SimpleNamespace(__version__="10.3.0", Logger=FakeTensorRT("10.3.0").Logger, Builder=no_builder)
+    broken.Logger.ERROR = "ERROR"
+    monkeypatch.setitem(sys.modules, "tensorrt", broken)
+    assert tensorrt_unusable.__wrapped__() == ("a TensorRT builder (tensorrt 10.3.0 imports, but trt.Builder fails: "
+                                               "TypeError: pybind11::init(): factory function returned nullptr)")
+    broken.Builder = FakeTensorRT("10.3.0").Builder
+    assert tensorrt_unusable.__wrapped__() is None
 
 
 @pytest.mark.tensorrt
 @pytest.mark.gpu
-@pytest.mark.skipif(bool(MISSING), reason="needs " + " and ".join(MISSING))
+@requires_tensorrt(cuda_bindings=True)
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_real_engine_passes_parity(trained_checkpoint, tmp_path, precision):
     result = export_artifact(trained_checkpoint, fmt="engine", precision=precision, out_dir=tmp_path, device="cuda")

@@ -1,4 +1,4 @@
-"""Every TensorRT name our code uses exists in the real TensorRT 10.3 and 11.4 Python bindings.
+"""Every TensorRT name our code uses exists in the real TensorRT 8.6, 10.3 and 11.4 Python bindings.
 
 No machine here can import tensorrt (docs/facts.md#ci-machine), so the bound names were read from the
 bindings wheels with ``strings`` (tools/trt_binding_names.sh) into tests/export/data/. The names
@@ -20,7 +20,9 @@ DATA = Path(__file__).with_name("data")
 # Every module that touches ``trt``: the build, the runner and the environment checks they share.
 SOURCES = [ROOT / "dronseg_edge/export/tensorrt.py", ROOT / "dronseg_edge/runtime/tensorrt.py",
            ROOT / "dronseg_edge/runtime/tensorrt_env.py"]
-VERSIONS = {"10.3.0": DATA / "tensorrt-10.3.0-names.txt", "11.4.0.106": DATA / "tensorrt-11.4.0.106-names.txt"}
+# 8.6.1: the x86-64 bindings of the 8.6 release JetPack 6.0 ships as 8.6.2 (same API).
+VERSIONS = {"8.6.1": DATA / "tensorrt-8.6.1-names.txt", "10.3.0": DATA / "tensorrt-10.3.0-names.txt",
+            "11.4.0.106": DATA / "tensorrt-11.4.0.106-names.txt"}
 # Names any TensorRT build path must use; if the extraction stops finding them, it has gone blind.
 CORE = {"Logger", "Builder", "create_network", "OnnxParser", "parse_from_file", "num_errors", "get_error",
         "create_builder_config", "set_memory_pool_limit", "MemoryPoolType", "WORKSPACE", "build_serialized_network",
@@ -69,8 +71,15 @@ def _targets(node: ast.AST) -> list[str]:
     return []
 
 
+def _probed_names(test: ast.AST) -> set[str]:
+    """Names an ``if`` condition probes with ``hasattr(x, "NAME")`` (alone or joined by ``and``)."""
+    return {n.args[1].value for n in ast.walk(test) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+            and n.func.id == "hasattr" and len(n.args) == 2 and isinstance(n.args[1], ast.Constant)}
+
+
 def _guarded_by_attribute_error(tree: ast.AST) -> set[int]:
-    """ids of nodes inside ``try: ... except AttributeError`` (optional, version-dependent names)."""
+    """ids of nodes inside ``try: ... except AttributeError``, and of ``.NAME`` reads inside
+    ``if hasattr(x, "NAME"): ...`` (optional, version-dependent names)."""
     guarded = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Try) and any(
@@ -78,6 +87,10 @@ def _guarded_by_attribute_error(tree: ast.AST) -> set[int]:
         ):
             for stmt in node.body:
                 guarded.update(id(n) for n in ast.walk(stmt))
+        if isinstance(node, ast.If):
+            probed = _probed_names(node.test)
+            for part in [node.test, *node.body]:
+                guarded.update(id(n) for n in ast.walk(part) if isinstance(n, ast.Attribute) and n.attr in probed)
     return guarded
 
 
@@ -144,6 +157,11 @@ def test_name_lists_look_like_the_bindings(version_names):
     # docs/facts.md#tensorrt-api: the implicit int8 calibrator API is gone in 11.x; build_engine_with_config is new.
     assert "int8_calibrator" in version_names["10.3.0"] and "int8_calibrator" not in version_names["11.4.0.106"]
     assert "build_engine_with_config" not in version_names["10.3.0"]
+    # 8.6: explicit batch is a creation flag (gone in 11.x), strong typing and INT64 tensors do not exist yet,
+    # and parser errors carry no node name (10.x+).
+    assert "EXPLICIT_BATCH" in version_names["8.6.1"] and "EXPLICIT_BATCH" not in version_names["11.4.0.106"]
+    assert not {"STRONGLY_TYPED", "INT64", "node_name", "node_operator"} & version_names["8.6.1"]
+    assert {"STRONGLY_TYPED", "INT64", "node_name", "node_operator"} <= version_names["10.3.0"]
 
 
 def test_extraction_finds_the_core_build_and_run_calls():
@@ -155,7 +173,7 @@ def test_extraction_finds_the_core_build_and_run_calls():
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.parent.name + "/" + p.name)
-def test_every_tensorrt_name_exists_in_10_3_and_11_4(source, version_names):
+def test_every_tensorrt_name_exists_in_8_6_10_3_and_11_4(source, version_names):
     assert missing_names(source.read_text(), version_names) == {}
 
 
@@ -171,8 +189,14 @@ def test_check_catches_names_missing_from_one_version(version_names):
         "    context.execute_async_v2([], 0)\n"
         "    if hasattr(trt, 'NoSuchThingAnywhere'):\n"
         "        pass\n"
+        "    if hasattr(trt.DataType, 'INT64'):\n"
+        "        table = {trt.DataType.INT64: 8}\n"
+        "    flag = trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH\n"
     )
     missing = missing_names(code, version_names)
     assert "int8_calibrator" in missing["11.4.0.106"] and "int8_calibrator" not in missing["10.3.0"]
-    assert "build_engine_with_config" in missing["10.3.0"]
+    assert "build_engine_with_config" in missing["10.3.0"] and "build_engine_with_config" in missing["8.6.1"]
+    assert "int8_calibrator" not in missing["8.6.1"] and "execute_async_v2" not in missing["8.6.1"]
     assert "NoSuchThingAnywhere" in missing["10.3.0"] and "NoSuchThingAnywhere" in missing["11.4.0.106"]
+    assert "INT64" not in missing["8.6.1"]  # read only where hasattr found it: optional, and 10.3 has it
+    assert "EXPLICIT_BATCH" in missing["11.4.0.106"] and "EXPLICIT_BATCH" not in missing["8.6.1"]  # unguarded: required

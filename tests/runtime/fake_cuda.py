@@ -24,6 +24,10 @@ class FakeStream:
         self.cuda_stream = next(_HANDLES) if handle is None else handle
         self.name = name or f"stream{self.cuda_stream}"
         self.waited_for: list = []  # streams and events this stream was told to wait for
+        self.synchronized = 0
+
+    def synchronize(self) -> None:
+        self.synchronized += 1
 
     def wait_stream(self, other) -> None:
         self.waited_for.append(other)
@@ -64,7 +68,8 @@ class FakeCuda:
         self.capture_seconds = capture_seconds
         self.active_captures = 0
         self.most_concurrent_captures = 0
-        self.synchronized = 0
+        self.synchronized = 0  # device-wide synchronizes (torch.cuda.synchronize)
+        self.syncs_during_capture = 0  # of those, how many came while a capture ran: each breaks it on a GPU
         self._count_lock = threading.Lock()
 
         class CUDAGraph:
@@ -107,7 +112,9 @@ class FakeCuda:
         return contextlib.nullcontext()
 
     def synchronize(self, device=None) -> None:
-        self.synchronized += 1
+        with self._count_lock:
+            self.synchronized += 1
+            self.syncs_during_capture += self.active_captures > 0
 
     @contextlib.contextmanager
     def graph(self, graph, pool=None, stream=None, capture_error_mode="global"):

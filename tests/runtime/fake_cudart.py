@@ -47,7 +47,8 @@ class cudaStreamCaptureMode(enum.IntEnum):  # noqa: N801
 _MESSAGES = {cudaError_t.cudaErrorMemoryAllocation: b"out of memory",
              cudaError_t.cudaErrorInsufficientDriver: b"CUDA driver version is insufficient for CUDA runtime version",
              cudaError_t.cudaErrorNoDevice: b"no CUDA-capable device is detected",
-             cudaError_t.cudaErrorStreamCaptureInvalidated: b"operation failed due to a previous error during capture"}
+             cudaError_t.cudaErrorStreamCaptureInvalidated: b"operation failed due to a previous error during capture",
+             cudaError_t.cudaErrorStreamCaptureUnsupported: b"operation not permitted when stream is capturing"}
 OK = cudaError_t.cudaSuccess
 
 
@@ -64,6 +65,7 @@ class FakeCudart(types.ModuleType):
         super().__init__("cuda.bindings.runtime")
         self.gpu_name, self.capability, self.devices = gpu_name, capability, devices
         self.capture_fails = capture_fails
+        self.memory_bytes = 80 << 30  # a cudaMalloc larger than this fails as on a real GPU
         self.fail: dict[str, cudaError_t] = {}  # call name -> error it returns
         self.current = 0
         self.set_devices: list[int] = []
@@ -127,6 +129,8 @@ class FakeCudart(types.ModuleType):
         return OK, address
 
     def cudaMalloc(self, size):  # noqa: N802
+        if size > self.memory_bytes:
+            return cudaError_t.cudaErrorMemoryAllocation, None
         return (self._failing("cudaMalloc"), None) if self._failing("cudaMalloc") else self._alloc("device", size)
 
     def cudaMallocHost(self, size):  # noqa: N802
@@ -161,7 +165,11 @@ class FakeCudart(types.ModuleType):
         return OK, handle
 
     def cudaStreamSynchronize(self, stream):  # noqa: N802
-        self.streams[int(stream)]["synchronized"] += 1
+        state = self.streams[int(stream)]
+        if state["capture"] is not None:  # illegal while capturing, and it invalidates the capture (as CUDA does)
+            state["invalidated"] = True
+            return (cudaError_t.cudaErrorStreamCaptureUnsupported,)
+        state["synchronized"] += 1
         return (OK,)
 
     def cudaStreamDestroy(self, stream):  # noqa: N802
@@ -178,7 +186,7 @@ class FakeCudart(types.ModuleType):
     def cudaStreamEndCapture(self, stream):  # noqa: N802
         state = self.streams[int(stream)]
         work, state["capture"] = state["capture"], None
-        if self.capture_fails:
+        if self.capture_fails or state.pop("invalidated", False):
             return cudaError_t.cudaErrorStreamCaptureInvalidated, None
         handle = next(self._handles)
         self.graphs[handle] = work

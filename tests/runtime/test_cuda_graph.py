@@ -98,15 +98,71 @@ def test_two_threads_never_capture_at_once(monkeypatch):
     assert {id(c["stream"]) for c in cuda.captures} == {id(c.stream) for c in caches}
 
 
-def test_failed_capture_warns_and_returns_none(monkeypatch, caplog):
+def test_failed_capture_warns_and_synchronises_only_its_own_stream(monkeypatch, caplog):
     cuda = FakeCuda(capture_fails=True).install(monkeypatch)
     cache = GraphCache(CPU, label="tiny.pt")
     with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
         assert cache.capture("a", (torch.ones(1),), doubling) is None
     assert ("CUDA graph capture failed (operation not permitted when stream is capturing); running tiny.pt without it"
             in caplog.text)
-    assert len(cache) == 0 and cuda.synchronized == 1
+    # The capture stream, never the device: a device-wide synchronize breaks other threads' captures.
+    assert len(cache) == 0 and cache.stream.synchronized == 1 and cuda.synchronized == 0
     assert not cuda_graph._CAPTURE_LOCK.locked()
+
+
+def test_a_warm_up_that_fails_also_synchronises_only_the_capture_stream(monkeypatch):
+    cuda = FakeCuda().install(monkeypatch)
+    cache = GraphCache(CPU)
+
+    def prepare(inputs):
+        def launch():
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return launch
+
+    assert cache.capture("a", (torch.ones(1),), prepare) is None
+    assert cache.stream.synchronized == 1 and cuda.synchronized == 0 and cuda.captures == []
+    assert cache.stream.waited_for[-1] is cuda.created[-1]  # the stream waited for the side stream's warm-up first
+
+
+def autotuning(calls: list, tuned: threading.local):
+    """prepare() of a model whose first run in each thread autotunes cuDNN, which synchronises the device."""
+
+    def prepare(inputs):
+        def launch():
+            calls.append(cuda_graph._CAPTURE_LOCK.locked())
+            if not getattr(tuned, "done", False):  # the benchmark cache is per thread (ATen's Conv_v8.cpp)
+                torch.cuda.synchronize()
+                tuned.done = True
+            return inputs[0] * 2
+        return launch
+    return prepare
+
+
+def test_warm_up_runs_under_the_capture_lock(monkeypatch):
+    FakeCuda().install(monkeypatch)
+    calls: list[bool] = []
+    GraphCache(CPU).capture("a", (torch.ones(1),), autotuning(calls, threading.local()), warmup=3)
+    assert calls == [True] * 4  # three warm-ups and the capture, every one with the lock held
+
+
+def test_an_autotuning_warm_up_never_synchronises_during_another_threads_capture(monkeypatch):
+    cuda = FakeCuda(capture_seconds=0.2).install(monkeypatch)
+    tuned = threading.local()
+    caches = [GraphCache(CPU, label=f"model{i}") for i in range(2)]
+    start = threading.Barrier(2)
+    results, calls = [], []
+
+    def capture(cache):
+        start.wait()
+        results.append(cache.capture("a", (torch.ones(2),), autotuning(calls, tuned), warmup=3))
+
+    threads = [threading.Thread(target=capture, args=(c,)) for c in caches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and all(r is not None for r in results)
+    assert cuda.synchronized == 2 and cuda.syncs_during_capture == 0
 
 
 def frames(count=1, seed=0):

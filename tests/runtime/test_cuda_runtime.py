@@ -1,5 +1,7 @@
 """runtime/cuda_runtime.py: the thin CUDA wrapper, against a fake ``cuda.bindings.runtime`` on the CPU,
-and the real binding's error path where it is installed but no GPU is."""
+the real binding's error path where it is installed but no GPU is, and (``gpu``-marked, no TensorRT
+or torch needed) pinned round trips, a captured graph of copies and CUDA errors on a real GPU, each
+also run against the fake."""
 
 from __future__ import annotations
 
@@ -189,3 +191,121 @@ def test_real_binding_without_a_gpu_says_so_in_one_line():
     message = str(info.value)
     assert message.startswith("cudaStreamCreateWithFlags failed with cudaError") and "\n" not in message
     assert "no usable CUDA GPU or driver" in message
+
+
+# -- the same calls on a real GPU (no TensorRT, no torch needed) and, for comparison, on the fake --------
+
+
+def _no_gpu() -> str | None:
+    """Why the real-GPU half cannot run here, or None."""
+    if importlib.util.find_spec("cuda") is None or importlib.util.find_spec("cuda.bindings") is None:
+        return "needs cuda-bindings (not installed)"
+    from cuda.bindings import runtime
+
+    err, count = runtime.cudaGetDeviceCount()
+    if int(err) != 0 or not count:
+        return f"needs a CUDA GPU (cudaGetDeviceCount: {getattr(err, 'name', err)}, {count or 0} devices)"
+    return None
+
+
+@pytest.fixture(params=["fake", pytest.param("gpu", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    bool(_no_gpu()), reason=str(_no_gpu()))])])
+def binding(request, monkeypatch):
+    """The fake binding on the CPU, or the real cuda.bindings on GPU 0 (then None)."""
+    if request.param == "fake":
+        return FakeCudart(devices=1).install(monkeypatch)
+    return None
+
+
+def _filled(buffer: cuda_runtime.PinnedBuffer, shape, value) -> np.ndarray:
+    view = buffer.array(shape, np.float32)
+    view[...] = value
+    return view
+
+
+def test_a_round_trip_through_pinned_buffers_on_the_modules_stream(binding):
+    """host -> device -> device -> host, queued on one Stream, then one synchronize: the bytes come back."""
+    data = np.random.default_rng(0).standard_normal((3, 360, 640)).astype(np.float32)  # 2.6 MiB
+    host, back, first, second = (cuda_runtime.PinnedBuffer(), cuda_runtime.PinnedBuffer(), cuda_runtime.DeviceBuffer(),
+                                 cuda_runtime.DeviceBuffer())
+    stream = cuda_runtime.Stream()
+    try:
+        for buffer in (host, back, first, second):
+            buffer.ensure(data.nbytes)
+        _filled(host, data.shape, data)
+        _filled(back, data.shape, 0.0)
+        stream.copy(first.ptr, host.ptr, data.nbytes, "h2d")
+        stream.copy(second.ptr, first.ptr, data.nbytes, "d2d")
+        stream.copy(back.ptr, second.ptr, data.nbytes, "d2h")
+        stream.synchronize()
+        assert np.array_equal(back.array(data.shape, np.float32), data)
+    finally:
+        for buffer in (host, back, first, second):
+            buffer.free()
+        stream.close()
+
+
+def test_a_captured_graph_of_copies_replays_with_new_inputs(binding):
+    """Capture h2d + d2h copies of pinned buffers: nothing moves at capture; each launch copies what the
+    host buffer holds at that moment (the graph keeps the addresses, not the data)."""
+    shape = (1, 64, 96)
+    host_in, host_out, device = cuda_runtime.PinnedBuffer(), cuda_runtime.PinnedBuffer(), cuda_runtime.DeviceBuffer()
+    nbytes = int(np.prod(shape)) * 4
+    stream = cuda_runtime.Stream()
+    graph = None
+    try:
+        for buffer in (host_in, host_out, device):
+            buffer.ensure(nbytes)
+        _filled(host_in, shape, 1.0)
+        out = _filled(host_out, shape, 0.0)
+
+        def record():
+            stream.copy(device.ptr, host_in.ptr, nbytes, "h2d")
+            stream.copy(host_out.ptr, device.ptr, nbytes, "d2h")
+
+        graph = cuda_runtime.capture(stream, record)
+        stream.synchronize()
+        assert not out.any()  # captured, not run
+        for value in (2.0, -3.5):
+            _filled(host_in, shape, value)
+            graph.launch(stream)
+            stream.synchronize()
+            assert (out == value).all()
+        assert graph.launches == 2
+    finally:
+        if graph is not None:
+            graph.close()
+        for buffer in (host_in, host_out, device):
+            buffer.free()
+        stream.close()
+
+
+def test_cuda_errors_come_back_through_check_as_one_line_and_the_stream_stays_usable(binding):
+    with pytest.raises(RuntimeFailure) as info:
+        cuda_runtime.DeviceBuffer().ensure(1 << 50)  # 1 PiB
+    assert "cudaMalloc of 1073741824.0 MiB failed: out of GPU memory (cudaErrorMemoryAllocation)" in str(info.value)
+    with pytest.raises(BackendUnavailable, match=r"^cudaSetDevice\(1048576\) failed with cudaErrorInvalidDevice"):
+        with cuda_runtime.on_device(1 << 20):
+            pass
+    stream = cuda_runtime.Stream()
+    try:
+        # Synchronising a capturing stream is refused and ends the capture; capture() reports it and
+        # leaves the stream out of capture mode, so ordinary work runs on it again.
+        with pytest.raises(RuntimeFailure, match=r"^cudaStreamSynchronize failed with cudaErrorStreamCapture"):
+            cuda_runtime.capture(stream, stream.synchronize)
+        assert not cuda_runtime.CAPTURE_LOCK.locked()
+        host, device = cuda_runtime.PinnedBuffer(), cuda_runtime.DeviceBuffer()
+        host.ensure(64)
+        device.ensure(64)
+        view = host.array((16,), np.float32)
+        view[:] = np.arange(16)
+        stream.copy(device.ptr, host.ptr, 64, "h2d")
+        view[:] = 0
+        stream.copy(host.ptr, device.ptr, 64, "d2h")
+        stream.synchronize()
+        assert np.array_equal(view, np.arange(16, dtype=np.float32))
+        host.free()
+        device.free()
+    finally:
+        stream.close()
+    assert "\n" not in str(info.value)

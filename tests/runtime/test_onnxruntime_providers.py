@@ -126,12 +126,13 @@ def test_tensorrt_chain_keeps_cuda_between_tensorrt_and_cpu(model, monkeypatch):
     backend = OnnxRuntimeBackend(model[0], torch.device("cuda", 1), provider="tensorrt")
     backend.activate()
     chain = fake.chains[0]
-    assert names(chain) == [TRT, CUDA, CPU_EP] and backend.provider == TRT
+    assert names(chain) == [TRT, CUDA, CPU_EP] and backend.provider.startswith(TRT)
     assert options(chain, CUDA)["device_id"] == "1" and "enable_cuda_graph" not in options(chain, CUDA)
     assert options(chain, TRT)["trt_engine_cache_path"] == str(model[0].parent.resolve() / ".ort_trt_cache")
 
 
 def test_tensorrt_falling_back_to_default_cuda_options_is_not_taken_for_tensorrt(model, monkeypatch):
+    model[1]["precision"] = "fp16"  # auto asks TensorRT first only for reduced-precision models
     fake = install(monkeypatch, failing=(TRT,))
     backend = OnnxRuntimeBackend(model[0], torch.device("cuda", 1))
     backend.activate()
@@ -160,6 +161,39 @@ def test_fp32_models_run_without_tf32(model, monkeypatch, precision, tf32):
     OnnxRuntimeBackend(path, torch.device("cuda"), provider="cuda").activate()
     for chain in fake.chains:
         assert options(chain, CUDA).get("use_tf32") == tf32
+
+
+@pytest.mark.parametrize("precision, first", [("fp32", CUDA), ("fp16", TRT), ("int8", TRT)])
+def test_auto_leaves_tensorrt_out_for_fp32_models(model, monkeypatch, precision, first):
+    """TensorRT cannot be kept off TF32 through ONNX Runtime: auto runs fp32 on the CUDA provider (use_tf32=0)."""
+    path, info = model
+    info["precision"] = precision
+    fake = install(monkeypatch)
+    backend = OnnxRuntimeBackend(path, torch.device("cuda"))
+    backend.activate()
+    assert [names(chain)[0] for chain in fake.chains] == [first]
+    assert backend.provider.startswith(first) and "TF32" not in backend.provider
+
+
+def test_explicit_tensorrt_for_an_fp32_model_says_it_runs_with_tf32(model, monkeypatch, caplog):
+    fake = install(monkeypatch)
+    backend = OnnxRuntimeBackend(model[0], torch.device("cuda"), provider="tensorrt")
+    with caplog.at_level("WARNING", logger="dronseg_edge"):
+        backend.activate()
+    assert names(fake.chains[0])[0] == TRT and backend.provider == f"{TRT} ({ort_runtime.TRT_TF32_NOTE})"
+    assert "runs with TF32" in caplog.text and "--provider cuda keeps strict fp32" in caplog.text
+
+
+def test_tensorrt_options_are_the_providers_own_and_none_of_them_is_tf32(model, monkeypatch):
+    """Checked against every trt_* key of onnxruntime-gpu 1.31.1's TensorRT provider library (tests/runtime/data)."""
+    known = {line for line in (Path(__file__).parent / "data" / "onnxruntime-1.31.1-tensorrt-options.txt").read_text().split()
+             if line.startswith("trt_")}
+    assert len(known) == 46 and {"trt_fp16_enable", "trt_cuda_graph_enable", "trt_tactic_sources"} <= known
+    assert not [key for key in known if "tf32" in key]  # hence TRT_TF32_NOTE
+    install(monkeypatch)
+    chain = OnnxRuntimeBackend(model[0], torch.device("cuda"), provider="tensorrt")._chain("tensorrt", graph=False)
+    used = set(options(chain, TRT))
+    assert used - {"device_id"} <= known and "trt_engine_cache_path" in used
 
 
 def test_engine_cache_moves_to_the_user_cache_when_the_model_folder_is_read_only(model, monkeypatch, tmp_path):

@@ -5,7 +5,6 @@ in test_tensorrt_host.py, the torch-tensor flow in test_tensorrt_torch.py."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import subprocess
 import sys
@@ -20,23 +19,10 @@ import dronseg_edge.runtime.tensorrt as trt_runtime
 from dronseg_edge.devices import Device
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.runtime.registry import load_backend
+from testkit import requires_tensorrt
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _gpu_visible() -> bool:
-    if "torch" in sys.modules or importlib.util.find_spec("torch") is not None:
-        import torch
-
-        return torch.cuda.is_available()
-    return False
-
-
-MISSING = [what for what, ok in (("TensorRT (`import tensorrt` fails)", importlib.util.find_spec("tensorrt") is not None),
-                                  ("cuda-bindings", importlib.util.find_spec("cuda") is not None
-                                   and importlib.util.find_spec("cuda.bindings") is not None),
-                                  ("a CUDA GPU (none visible to torch)", _gpu_visible())) if not ok]
-needs_tensorrt_gpu = pytest.mark.skipif(bool(MISSING), reason="needs " + " and ".join(MISSING))
+needs_tensorrt_gpu = requires_tensorrt(cuda_bindings=True)
 
 
 @pytest.fixture
@@ -49,7 +35,7 @@ def test_registry_reads_engine_metadata_without_tensorrt(engine_file, monkeypatc
     backend = load_backend(engine_file, device="cpu")
     assert isinstance(backend, trt_runtime.TensorRTBackend)
     assert backend.info.precision == "fp16" and backend.info.input_size == (96, 64)
-    with pytest.raises(BackendUnavailable, match="pip install tensorrt.*JetPack.*--system-site-packages"):
+    with pytest.raises(BackendUnavailable, match=r"dronseg-edge\[trt\].*trt-cu12.*JetPack.*--system-site-packages"):
         backend.activate()
 
 

@@ -1,0 +1,86 @@
+"""The CUDA driver, and the CUDA builds installed for it: which CUDA the driver supports, next to the
+CUDA major that cuda-bindings and TensorRT's wheels were built for.
+
+Why: on x86-64 ``pip install 'dronseg-edge[trt]'`` resolves TensorRT 11 for CUDA 13 (tensorrt-cu13)
+and cuda-bindings 13, which import on a machine with a CUDA 12 driver and then fail at the first
+CUDA call. The driver is asked through ``cuDriverGetVersion`` on libcuda (devices.py, ctypes: no
+torch, no GPU initialisation); the installed builds are read from the packages' metadata, without
+importing them. JetPack's TensorRT is a system package without a ``-cuNN`` name: it matches JetPack's
+CUDA, and is not judged here.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from typing import Iterator
+
+from dronseg_edge import devices
+from dronseg_edge.checks.base import OK, WARN, Check
+
+# The driver each CUDA major needs at least (NVIDIA's CUDA release notes: 12.0 GA >= 525.60.13,
+# 13.0 GA >= 580.65.06 on Linux).
+DRIVER_FOR = {12: "525", 13: "580"}
+TENSORRT_WHEEL = re.compile(r"^tensorrt-cu(\d+)$")
+
+
+def cuda_checks() -> Iterator[Check]:
+    driver = devices.cuda_driver_version()
+    if driver is None:
+        yield Check("cuda driver", WARN, "no NVIDIA driver (libcuda) found: no GPU backend here; .onnx files run on the CPU")
+        return
+    yield Check("cuda driver", OK, f"supports CUDA up to {driver[0]}.{driver[1]}")
+    yield bindings_check(driver)
+    for name, version, major in tensorrt_wheels():
+        yield tensorrt_wheel_check(name, version, major, driver)
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def trt_extra(driver_major: int) -> str:
+    """The extra that installs TensorRT and cuda-bindings for a driver of this CUDA major."""
+    return "'dronseg-edge[trt-cu12]'" if driver_major == 12 else "'dronseg-edge[trt]'"
+
+
+def bindings_check(driver: tuple[int, int]) -> Check:
+    """cuda-bindings (the engine runner's CUDA binding): its CUDA major against the driver's."""
+    version = _version("cuda-bindings")
+    if version is None:
+        return Check("cuda-bindings", WARN, f"not installed: .engine files cannot run (pip install {trt_extra(driver[0])} "
+                                            f"for this CUDA {driver[0]} driver)")
+    major = int(version.split(".")[0])
+    if major > driver[0]:
+        return Check("cuda-bindings", WARN, f"{version} is built for CUDA {major}, and this driver supports CUDA "
+                                            f"{driver[0]}.{driver[1]}: every CUDA call of the engine runner will fail; "
+                                            f"pip install 'cuda-bindings>={driver[0]}.3,<{driver[0] + 1}' (or a driver for "
+                                            f"CUDA {major}{_driver_hint(major)})")
+    return Check("cuda-bindings", OK, f"{version} (CUDA {major}; the driver supports {driver[0]}.{driver[1]})")
+
+
+def tensorrt_wheels() -> list[tuple[str, str, int]]:
+    """(distribution, version, CUDA major) of each pip-installed TensorRT build (tensorrt-cu12, tensorrt-cu13, ...)."""
+    found = {}
+    for dist in importlib.metadata.distributions():
+        name = re.sub(r"[-_.]+", "-", (dist.metadata["Name"] or "").lower())  # PEP 503: tensorrt_cu13 is tensorrt-cu13
+        match = TENSORRT_WHEEL.match(name)
+        if match:
+            found[name] = (name, dist.version, int(match.group(1)))
+    return sorted(found.values())
+
+
+def tensorrt_wheel_check(name: str, version: str, major: int, driver: tuple[int, int]) -> Check:
+    if major > driver[0]:
+        return Check("tensorrt build", WARN, f"{name} {version} is built for CUDA {major}, and this driver supports CUDA "
+                                             f"{driver[0]}.{driver[1]}: it cannot run here; pip uninstall tensorrt {name} "
+                                             f"{name}-libs {name}-bindings, then pip install {trt_extra(driver[0])} (or a "
+                                             f"driver for CUDA {major}{_driver_hint(major)})")
+    return Check("tensorrt build", OK, f"{name} {version} (CUDA {major}; the driver supports {driver[0]}.{driver[1]})")
+
+
+def _driver_hint(major: int) -> str:
+    return f", {DRIVER_FOR[major]} or newer" if major in DRIVER_FOR else ""

@@ -1,0 +1,73 @@
+"""The CUDA driver check: the driver's CUDA version next to the CUDA builds of cuda-bindings and TensorRT,
+with the installed packages and the driver faked (no machine here has a driver)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import types
+
+import pytest
+
+from dronseg_edge import devices
+from dronseg_edge.checks import OK, WARN, cuda_checks
+
+
+def fake_machine(monkeypatch, driver, packages: dict[str, str]):
+    """A driver supporting CUDA ``driver`` (None: no driver) and these pip distributions installed."""
+    monkeypatch.setattr(devices, "cuda_driver_version", lambda: driver)
+
+    def version(name):
+        if name not in packages:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return packages[name]
+
+    dists = [types.SimpleNamespace(metadata={"Name": name}, version=v) for name, v in packages.items()]
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: iter(dists))
+    return {check.name: check for check in cuda_checks.cuda_checks()}
+
+
+CUDA13_WHEELS = {"cuda-bindings": "13.0.1", "tensorrt": "11.4.0.106", "tensorrt_cu13": "11.4.0.106",
+                 "tensorrt_cu13_libs": "11.4.0.106", "tensorrt_cu13_bindings": "11.4.0.106"}
+
+
+def test_cuda13_wheels_on_a_cuda12_driver_are_a_clear_warning(monkeypatch):
+    """What `pip install 'dronseg-edge[trt]'` gives a CUDA 12 machine today."""
+    checks = fake_machine(monkeypatch, (12, 4), CUDA13_WHEELS)
+    assert checks["cuda driver"].status == OK and checks["cuda driver"].detail == "supports CUDA up to 12.4"
+    bindings, trt = checks["cuda-bindings"], checks["tensorrt build"]
+    assert bindings.status == WARN and bindings.detail.startswith("13.0.1 is built for CUDA 13, and this driver supports CUDA 12.4")
+    assert "pip install 'cuda-bindings>=12.3,<13'" in bindings.detail and "580 or newer" in bindings.detail
+    assert trt.status == WARN and trt.detail.startswith("tensorrt-cu13 11.4.0.106 is built for CUDA 13")
+    assert "pip install 'dronseg-edge[trt-cu12]'" in trt.detail
+
+
+def test_matching_builds_are_ok(monkeypatch):
+    checks = fake_machine(monkeypatch, (13, 0), CUDA13_WHEELS)
+    assert [c.status for c in checks.values()] == [OK, OK, OK]
+    assert checks["tensorrt build"].detail == "tensorrt-cu13 11.4.0.106 (CUDA 13; the driver supports 13.0)"
+    checks = fake_machine(monkeypatch, (12, 8), {"cuda-bindings": "12.9.10", "tensorrt-cu12": "10.16.1.11"})
+    assert [c.status for c in checks.values()] == [OK, OK, OK]
+    assert checks["cuda-bindings"].detail == "12.9.10 (CUDA 12; the driver supports 12.8)"
+
+
+@pytest.mark.parametrize("driver, extra", [((12, 2), "[trt-cu12]"), ((13, 1), "[trt]")])
+def test_without_cuda_bindings_the_extra_for_this_driver_is_named(monkeypatch, driver, extra):
+    checks = fake_machine(monkeypatch, driver, {})
+    assert checks["cuda-bindings"].status == WARN and f"pip install 'dronseg-edge{extra}'" in checks["cuda-bindings"].detail
+    assert "tensorrt build" not in checks  # JetPack's TensorRT (no -cuNN wheel) is not judged
+
+
+def test_without_a_driver_one_line_says_so(monkeypatch):
+    checks = fake_machine(monkeypatch, None, CUDA13_WHEELS)
+    assert list(checks) == ["cuda driver"] and checks["cuda driver"].status == WARN
+
+
+def test_the_driver_version_is_decoded_like_cuda_h(monkeypatch):
+    class Lib:
+        def cuDriverGetVersion(self, out):  # noqa: N802 (the driver's name)
+            out._obj.value = 12040  # CUDA_VERSION = 1000 * major + 10 * minor
+            return 0
+
+    monkeypatch.setattr(devices, "_driver_library", lambda: Lib())
+    assert devices.cuda_driver_version() == (12, 4)
