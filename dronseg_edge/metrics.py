@@ -14,7 +14,7 @@ Two Dice flavours exist and both are reported:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 
@@ -88,15 +88,6 @@ def _competition_dice(image_cm: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, 2 * tp / total.clamp_min(1), torch.ones_like(tp))
 
 
-def image_class_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Dice per image and class, (N, C) float64, with the competition rule: absent from both -> 1.0.
-
-    pred, target: (N, H, W) or (H, W) integer class maps; ignored pixels count in neither.
-    """
-    return _competition_dice(image_confusion(pred, target, num_classes, ignore_index))
-
-
 def nan_mean(values: Sequence[float]) -> float:
     """Mean of the non-NaN values; NaN when there are none (without numpy's empty-slice warning)."""
     kept = [v for v in values if not math.isnan(v)]
@@ -111,17 +102,6 @@ def reduce_device(current: torch.device, backend: str, device: torch.device | st
     if backend == "nccl" and current.type != "cuda":
         return torch.device("cuda")  # the current CUDA device, which torchrun code sets per rank
     return current
-
-
-class ClassRow(NamedTuple):
-    """One printable row of the per-class table; gt_pixels / pred_pixels count the class in truth / prediction."""
-
-    name: str
-    iou: float
-    dice: float
-    competition_dice: float
-    gt_pixels: int
-    pred_pixels: int
 
 
 class SegmentationMetrics:
@@ -207,23 +187,3 @@ class SegmentationMetrics:
             "images": images,
             "confusion": cm.tolist(),
         }
-
-    def per_class_table(self, scores: dict | None = None) -> list[ClassRow]:
-        """One ClassRow per class (name, iou, dice, competition_dice, gt_pixels, pred_pixels)."""
-        scores = scores if scores is not None else self.compute()
-        cm = torch.tensor(scores["confusion"], dtype=torch.int64)
-        gt, predicted = cm.sum(1).tolist(), cm.sum(0).tolist()
-        return [ClassRow(name, scores["iou"][i], scores["dice"][i], scores["competition_per_class"][i], gt[i], predicted[i])
-                for i, name in enumerate(self.class_names)]
-
-    def format_table(self, scores: dict | None = None) -> str:
-        """The per-class table as aligned text, with a mean row, for printing after an evaluation."""
-        scores = scores if scores is not None else self.compute()
-        rows = self.per_class_table(scores)
-        width = max(len("class"), *(len(r.name) for r in rows))
-        lines = [f"{'class':<{width}}  {'IoU':>6}  {'Dice':>6}  {'imgDice':>7}  {'gt pixels':>12}"]
-        for r in rows:
-            lines.append(f"{r.name:<{width}}  {r.iou:>6.3f}  {r.dice:>6.3f}  {r.competition_dice:>7.3f}  {r.gt_pixels:>12d}")
-        lines.append(f"{'mean':<{width}}  {scores['miou']:>6.3f}  {scores['mdice']:>6.3f}  {scores['competition']:>7.3f}  "
-                     f"{sum(r.gt_pixels for r in rows):>12d}")
-        return "\n".join(lines)

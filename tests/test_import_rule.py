@@ -115,3 +115,72 @@ def test_module_imports_only_what_its_layer_may(path):
     wrong = [f"line {line}: {what} ({layer} may not import {target})"
              for line, what, target in imported_layers(path.read_text()) if target not in allowed]
     assert wrong == []
+
+
+def _module_file(dotted: str) -> Path | None:
+    """The file of module ``dronseg_edge.a.b`` (a/b.py or a/b/__init__.py), None for a name that is none."""
+    relative = Path(*dotted.split(".")[1:]) if dotted.count(".") else Path()
+    for candidate in (PACKAGE / relative.with_suffix(".py") if dotted.count(".") else None, PACKAGE / relative / "__init__.py"):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_files(path: Path) -> set[Path]:
+    """The dronseg_edge files ``path`` imports, at any depth (lazy and TYPE_CHECKING imports are edges too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "dronseg_edge":
+            names = [f"{node.module}.{a.name}" if _module_file(f"{node.module}.{a.name}") else node.module
+                     for a in node.names if a.name != "__version__"]  # the root's constant: it runs first anyway
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _MODULE_NAME.fullmatch(node.value):
+            names = [node.value]
+        found |= {f for f in (_module_file(n) for n in names if n.split(".")[0] == "dronseg_edge") if f and f != path}
+    return found
+
+
+def import_cycles(graph: dict[Path, set[Path]]) -> list[list[Path]]:
+    """The strongly connected groups of more than one file (Tarjan), each sorted."""
+    index: dict[Path, int] = {}
+    low: dict[Path, int] = {}
+    stack: list[Path] = []
+    groups: list[list[Path]] = []
+
+    def visit(node: Path) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_the_cycle_check_finds_a_circle():
+    a, b, c = Path("a.py"), Path("b.py"), Path("c.py")
+    assert import_cycles({a: {b}, b: {c}, c: {a}}) == [[a, b, c]]
+    assert import_cycles({a: {b}, b: {c}, c: set()}) == []
+
+
+def test_no_two_files_import_each_other_even_through_others():
+    graph = {path: imported_files(path) for path in modules()}
+    cycles = [" -> ".join(str(p.relative_to(PACKAGE)) for p in group) for group in import_cycles(graph)]
+    assert cycles == [], "break the circle: move what both need to the lower file, or pass it in"

@@ -23,7 +23,6 @@ from dronseg_edge.metrics import (
     SegmentationMetrics,
     confusion_matrix,
     dice_from_confusion,
-    image_class_dice,
     iou_from_confusion,
     nan_mean,
     reduce_device,
@@ -83,10 +82,6 @@ def test_image_class_dice_competition_rule():
     # Image B: truth [0, 1], prediction [1, 1]: class 0 -> 0, class 1 -> 2*1/(2+1), class 2 -> 1.0.
     target = torch.tensor([[[0, 0]], [[0, 1]]])
     pred = torch.tensor([[[0, 0]], [[1, 1]]])
-    dice = image_class_dice(pred, target, 3)
-    assert dice.dtype == torch.float64 and dice.shape == (2, 3)
-    assert torch.allclose(dice, torch.tensor([[1.0, 1.0, 1.0], [0.0, 2 / 3, 1.0]], dtype=torch.float64))
-
     metrics = SegmentationMetrics(num_classes=3, class_names=["a", "b", "c"])
     metrics.update(pred, target)
     scores = metrics.compute()
@@ -100,7 +95,9 @@ def test_image_class_dice_competition_rule():
 def test_image_class_dice_skips_ignored_pixels():
     target = torch.tensor([[[1, 255]]])
     pred = torch.tensor([[[1, 0]]])  # the wrong 0 sits on an ignored pixel
-    assert image_class_dice(pred, target, 2).tolist() == [[1.0, 1.0]]
+    metrics = SegmentationMetrics(num_classes=2, class_names=["a", "b"])
+    metrics.update(pred, target)
+    assert metrics.compute()["competition_per_class"] == [1.0, 1.0]
 
 
 def test_perfect_prediction_scores_one_everywhere():
@@ -142,20 +139,6 @@ def test_reset_and_empty_state():
     assert metrics.compute()["images"] == 1
     metrics.reset()
     assert metrics.compute()["confusion"] == [[0] * 3] * 3
-
-
-def test_per_class_table_and_text():
-    metrics = SegmentationMetrics(num_classes=3, class_names=["ground", "tree", "sky"])
-    metrics.update(PRED, TARGET)
-    rows = metrics.per_class_table()
-    assert [r.name for r in rows] == ["ground", "tree", "sky"]
-    assert [r.gt_pixels for r in rows] == [2, 2, 2] and [r.pred_pixels for r in rows] == [2, 3, 1]
-    assert [r.iou for r in rows] == pytest.approx(HAND_IOU)
-    name, iou, dice, *_ = rows[1]
-    assert (name, iou, dice) == ("tree", pytest.approx(2 / 3), pytest.approx(4 / 5))
-    text = metrics.format_table()
-    assert "tree" in text and "0.667" in text and text.splitlines()[-1].startswith("mean")
-    assert [r.name for r in SegmentationMetrics().per_class_table()] == list(CLASS_NAMES)
 
 
 def test_bad_inputs_are_rejected():

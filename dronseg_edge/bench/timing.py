@@ -34,7 +34,8 @@ import numpy as np
 
 from dronseg_edge.bench.stats import LatencyStats, summarize
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.runtime.base import Backend, dtype_name
+from dronseg_edge.runtime.base import Backend
+from dronseg_edge.runtime.batching import dtype_name
 
 if TYPE_CHECKING:
     import torch

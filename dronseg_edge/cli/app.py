@@ -1,16 +1,10 @@
-"""The Typer application and the entry point that turns user errors into one-line messages."""
+"""The Typer application every command registers on (cli/main.py runs it)."""
 
 from __future__ import annotations
-
-import signal
-import sys
-import threading
 
 import typer
 
 from dronseg_edge import __version__
-from dronseg_edge.atomic import is_storage_error, storage_failure
-from dronseg_edge.errors import DronsegError, RuntimeFailure
 
 # One paragraph (rich re-wraps help text): what a supervisor such as systemd can act on.
 EXIT_CODES_HELP = (
@@ -45,74 +39,3 @@ def _options(
 ) -> None:
     # Options of the program itself, before any command; is_eager so --version needs no command.
     pass
-
-
-# click's base exception, found through typer's public BadParameter: typer >= 0.24 vendors its own click.
-CLICK_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (``dronseg-edge`` and ``python -m dronseg_edge``).
-
-    User errors, ours (DronsegError) and the command line's (a bad option value, an unknown option,
-    a missing argument), are printed as one line and exit non-zero; a traceback means a bug.
-    """
-    import dronseg_edge.cli  # noqa: F401  (registers the commands)
-
-    previous = _stop_like_ctrl_c()
-    try:
-        code = app(args=argv, prog_name="dronseg-edge", standalone_mode=False)
-    except DronsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except OSError as exc:
-        # A full or read-only disk that a command did not turn into its own message: still one line
-        # naming the path and the free space, with the runtime-failure code. Other OSErrors are bugs.
-        if not is_storage_error(exc):
-            raise
-        print(f"error: {storage_failure(exc, exc.filename or '.')}", file=sys.stderr)
-        sys.exit(RuntimeFailure.exit_code)
-    except ModuleNotFoundError as exc:  # an optional library this install set lacks: what to install
-        from dronseg_edge.cli.extras import missing_module_error
-
-        error = missing_module_error(exc)
-        if error is None:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except CLICK_ERROR as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command: its help, as click shows it
-            exc.show()
-            sys.exit(exc.exit_code)
-        ctx = getattr(exc, "ctx", None)
-        hint = f" (see `{ctx.command_path} -h`)" if ctx is not None else ""
-        message = " ".join(exc.format_message().split())
-        print(f"error: {message}{hint}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if code == 130:  # typer turns Ctrl-C outside our handlers into exit code 130
-        print("interrupted", file=sys.stderr)
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-def _interrupt(signum, _frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def _stop_like_ctrl_c() -> dict:
-    """SIGTERM and SIGHUP (a supervisor stopping the service, a closed terminal) stop every command as
-    Ctrl-C does: its cleanup runs (temporary files removed, `infer` finalises its outputs), exit 130.
-    Only where the signal still has its default action, in the main thread; returns what to restore."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    previous = {}
-    for name in ("SIGTERM", "SIGHUP"):
-        sig = getattr(signal, name, None)
-        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
-            previous[sig] = signal.signal(sig, _interrupt)
-    return previous

@@ -41,10 +41,6 @@ class ImageSet:
     synthetic: bool = False
     _cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
-    @property
-    def has_masks(self) -> bool:
-        return any(item.mask is not None for item in self.items)
-
     def close(self) -> None:
         self._cleanup.close()
 

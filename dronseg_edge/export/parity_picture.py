@@ -12,19 +12,13 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 
 from dronseg_edge.pictures import caption, colour_classes, fit_width, grid_row, legend, stack_rows, write_png
 
-if TYPE_CHECKING:
-    from dronseg_edge.export.parity_report import ParityReport
-
-# A pass that used more than this share of its allowed disagreement (1 - min_agreement), or of its
-# allowed mIoU drop, is borderline: one more rounding change and it fails, so it is worth a look.
-BORDERLINE_SHARE = 0.5
 MIN_TILE, MAX_TILE = 192, 480  # px width of one column
 DIFFERENCE_BGR = (0, 0, 255)
 
@@ -76,20 +70,6 @@ def _numpy(classes) -> np.ndarray:
     return np.asarray(classes).astype(np.int16)  # class indices; int16 keeps the kept copies small
 
 
-def borderline(report: "ParityReport") -> bool:
-    """Passed, but with more than BORDERLINE_SHARE of its allowed disagreement or mIoU drop used up."""
-    if not report.passed:
-        return False
-    limits = report.thresholds
-    allowed = 1.0 - limits.min_agreement
-    used = [1.0 - out.agreement for out in report.outputs if math.isfinite(out.agreement)]
-    if allowed > 0 and any(u > BORDERLINE_SHARE * allowed for u in used):
-        return True
-    if limits.max_miou_drop and report.ground_truth is not None:
-        return -report.ground_truth.miou_delta > BORDERLINE_SHARE * limits.max_miou_drop
-    return False
-
-
 def picture_path(report_path: Path) -> Path:
     """``NAME.parity.json`` -> ``NAME.parity.png`` (any other name: the name + ``.png``)."""
     report_path = Path(report_path)
@@ -98,14 +78,14 @@ def picture_path(report_path: Path) -> Path:
     return report_path.with_name(report_path.name + ".png")
 
 
-def save_difference_picture(report: "ParityReport", report_path: Path) -> str | None:
-    """Write the picture of a failed or borderline ``report`` beside ``report_path``; return its file name.
+def save_difference_picture(worst: "WorstImage | None", wanted: bool, report_path: Path) -> str | None:
+    """Write the picture of ``worst`` beside ``report_path`` when ``wanted`` (a failed or borderline report);
+    return its file name.
 
     Otherwise (a clear pass, or nothing compared) remove a picture an earlier report left there and return None.
     """
     path = picture_path(report_path)
-    worst = report.worst_image
-    image = worst.picture() if (worst is not None and (not report.passed or borderline(report))) else None
+    image = worst.picture() if (worst is not None and wanted) else None
     if image is None:
         with contextlib.suppress(OSError):
             path.unlink()

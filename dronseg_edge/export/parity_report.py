@@ -14,6 +14,7 @@ from typing import Any
 
 from dronseg_edge.atomic import write_json_atomic
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.export.parity_picture import WorstImage, save_difference_picture
 
 # Minimum argmax agreement (fraction) and maximum mean-IoU loss against ground truth (points) per precision.
 DEFAULT_THRESHOLDS = {
@@ -110,7 +111,7 @@ class ParityReport:
     warnings: list[str] = field(default_factory=list)
     synthetic_data: bool = False
     difference_picture: str | None = None  # file name of the PNG beside the saved report (failed or borderline only)
-    worst_image: Any = field(default=None, repr=False, compare=False)  # parity_picture.WorstImage; not saved
+    worst_image: WorstImage | None = field(default=None, repr=False, compare=False)  # not saved
 
     def __bool__(self) -> bool:
         return bool(self.passed)
@@ -140,9 +141,8 @@ class ParityReport:
 
     def save(self, path: Path) -> Path:
         """Write the JSON report, and for a failed or borderline one its difference picture beside it."""
-        from dronseg_edge.export.parity_picture import save_difference_picture
-
-        self.difference_picture = save_difference_picture(self, path)
+        wanted = not self.passed or borderline(self)
+        self.difference_picture = save_difference_picture(self.worst_image, wanted, path)
         return write_json_atomic(path, self.to_dict())
 
     def summary_line(self) -> str:
@@ -222,3 +222,22 @@ def parity_report_path(artifact: Path) -> Path:
     artifact = Path(artifact)
     name = artifact.name[: -len(".failed")] if artifact.name.endswith(".failed") else artifact.name
     return artifact.with_name(Path(name).stem + ".parity.json")
+
+
+# A pass that used more than this share of its allowed disagreement (1 - min_agreement), or of its
+# allowed mIoU drop, is borderline: one more rounding change and it fails, so it is worth a look.
+BORDERLINE_SHARE = 0.5
+
+
+def borderline(report: "ParityReport") -> bool:
+    """Passed, but with more than BORDERLINE_SHARE of its allowed disagreement or mIoU drop used up."""
+    if not report.passed:
+        return False
+    limits = report.thresholds
+    allowed = 1.0 - limits.min_agreement
+    used = [1.0 - out.agreement for out in report.outputs if math.isfinite(out.agreement)]
+    if allowed > 0 and any(u > BORDERLINE_SHARE * allowed for u in used):
+        return True
+    if limits.max_miou_drop and report.ground_truth is not None:
+        return -report.ground_truth.miou_delta > BORDERLINE_SHARE * limits.max_miou_drop
+    return False

@@ -150,14 +150,3 @@ def _version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
-
-
-def zero_points_are_zero(graph: onnx.ModelProto) -> bool:
-    """True when every Q/DQ zero point is 0 (TensorRT accepts nothing else)."""
-    inits = {t.name: t for t in graph.graph.initializer}
-    for node in graph.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2]:
-            tensor = inits.get(node.input[2])
-            if tensor is None or np.any(onnx.numpy_helper.to_array(tensor) != 0):
-                return False
-    return True

@@ -36,16 +36,8 @@ import numpy as np
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import ModelInfo
-
-
-def is_torch_tensor(array: Any) -> bool:
-    """True for a torch tensor, told without importing torch."""
-    return type(array).__module__.split(".")[0] == "torch"
-
-
-def dtype_name(array: Any) -> str:
-    """'uint8', 'float32', ... for a numpy array or a torch tensor."""
-    return str(array.dtype).replace("torch.", "")
+from dronseg_edge.runtime import host
+from dronseg_edge.runtime.batching import dtype_name, is_torch_tensor, pad_batch
 
 
 @dataclass
@@ -136,13 +128,30 @@ class Backend(ABC):
         ``confidence``: also the maximum-probability map; ``logits``: also the model-size logits (a
         plain tensor artifact with a logits head only). ``pad_to``: run at least this many rows (a
         fixed-batch artifact always runs its own batch): one shape keeps one CUDA graph or binding.
-        This default is the host implementation (``runtime/host.py``).
+        This default is the host implementation (``runtime/host.py``): a frames artifact gets the frames
+        as they are and gives its class map at their size (and its ``confidence`` output whenever it has
+        one: the graph makes it anyway); any other artifact gets ``host.preprocess_host``'s batch, and its
+        output is brought back to the frames' size on the host.
         """
-        from dronseg_edge.runtime.host import segment_on_host
-
         self.check_frames(frames)
         self._ensure_active()
-        return segment_on_host(self, frames, confidence, logits, pad_to)
+        rows = max(int(pad_to), self.info.batch or 1) if not self.info.dynamic else int(pad_to)
+        watch = host.Stopwatch()
+        if self.info.io == "frames":
+            batch, real = pad_batch(np.ascontiguousarray(frames), rows)
+            watch.lap("preprocess")
+            classes = np.asarray(self.infer(batch)[:real], np.uint8)
+            conf = self.last_outputs.get(host.CONFIDENCE_OUTPUT)
+            watch.lap("inference")
+            return FrameOutputs(classes, None if conf is None else np.asarray(conf[:real], np.uint8), None, dict(watch.ms))
+        batch, real = pad_batch(host.preprocess_host(frames, self.info), rows)
+        watch.lap("preprocess")
+        out = np.asarray(self.infer(batch)[:real])
+        watch.lap("inference")
+        classes, conf = host.postprocess_host(out, frames.shape[1], frames.shape[2], confidence)
+        watch.lap("postprocess")
+        kept = out.astype(np.float32, copy=False) if logits and out.ndim == 4 else None
+        return FrameOutputs(classes, conf, kept, dict(watch.ms))
 
     def check_frames(self, frames) -> None:
         """DronsegError unless ``frames`` is a numpy (N, H, W, 3) uint8 array with N >= 1."""

@@ -1,10 +1,21 @@
-"""Fixed-batch artifacts: a static ONNX file or engine takes exactly its batch size, never fewer frames."""
+"""Batches as arrays: which kind an array is (numpy or torch, told without importing torch), and padding
+for fixed-batch artifacts (a static ONNX file or engine takes exactly its batch size, never fewer frames)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from dronseg_edge.runtime.base import is_torch_tensor
+
+def is_torch_tensor(array: Any) -> bool:
+    """True for a torch tensor, told without importing torch."""
+    return type(array).__module__.split(".")[0] == "torch"
+
+
+def dtype_name(array: Any) -> str:
+    """'uint8', 'float32', ... for a numpy array or a torch tensor."""
+    return str(array.dtype).replace("torch.", "")
 
 
 def pad_batch(batch, size: int) -> tuple:

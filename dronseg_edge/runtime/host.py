@@ -1,7 +1,7 @@
 """The one host implementation of pre- and post-processing, OpenCV and numpy: it never imports torch.
 
 What a plain tensor artifact (``.onnx``/``.engine`` of logits or a class map) needs around it, on
-the CPU and on a GPU alike (``Backend.segment``'s default, :func:`segment_on_host`), and what a
+the CPU and on a GPU alike (``Backend.segment``'s default, runtime/base.py), and what a
 checkpoint gets on the CPU: resize the uint8 frame first and only then turn the few pixels left
 into float (a 720p frame shrunk to 320x192 is 1/15 of the work of converting it whole), shrinking
 with ``INTER_AREA`` as training did (data/augment.py) and as a frames graph does inside; then the
@@ -15,17 +15,11 @@ from __future__ import annotations
 import functools
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from dronseg_edge.metadata import ModelInfo
-from dronseg_edge.runtime.base import FrameOutputs
-from dronseg_edge.runtime.batching import pad_batch
-
-if TYPE_CHECKING:
-    from dronseg_edge.runtime.base import Backend
 
 CONFIDENCE_OUTPUT = "confidence"  # the name export/embedded.py gives a frames graph's second output
 
@@ -102,34 +96,11 @@ class Stopwatch:
         self._last = now
 
 
-def segment_on_host(backend: "Backend", frames: np.ndarray, confidence: bool, logits: bool,
-                    pad_to: int = 1) -> FrameOutputs:
-    """``Backend.segment`` with pre/post on the host: (N, H, W, 3) uint8 BGR frames -> FrameOutputs.
-
-    A frames artifact gets the frames as they are and gives its class map at their size (and its
-    ``confidence`` output whenever it has one: the graph makes it anyway); any other artifact gets :func:`preprocess_host`'s batch, and its output
-    is brought back to the frames' size here. Batches are padded to ``pad_to`` rows, or to a fixed
-    -batch artifact's own batch.
-    """
-    info = backend.info
-    rows = max(int(pad_to), info.batch or 1) if not info.dynamic else int(pad_to)
-    watch = Stopwatch()
-    if info.io == "frames":
-        batch, real = pad_batch(np.ascontiguousarray(frames), rows)
-        watch.lap("preprocess")
-        classes = np.asarray(backend.infer(batch)[:real], np.uint8)
-        conf = backend.last_outputs.get(CONFIDENCE_OUTPUT)
-        watch.lap("inference")
-        return FrameOutputs(classes, None if conf is None else np.asarray(conf[:real], np.uint8), None, dict(watch.ms))
-    batch, real = pad_batch(preprocess_host(frames, info), rows)
-    watch.lap("preprocess")
-    out = backend.infer(batch)[:real]
-    watch.lap("inference")
-    height, width = frames.shape[1:3]
+def postprocess_host(out: np.ndarray, height: int, width: int, confidence: bool):
+    """A batch of model outputs ((N, C, h, w) logits or (N, h, w) classes) -> ((N, H, W) uint8 classes at the
+    frames' size, (N, H, W) uint8 confidence or None)."""
     classes = np.stack([class_map_host(o, height, width) for o in out])
-    conf = None
-    if confidence and out.ndim == 4:
-        conf = np.stack([resize_confidence(max_probability_u8(np.asarray(o, np.float32)), height, width) for o in out])
-    watch.lap("postprocess")
-    kept = np.asarray(out, np.float32) if logits and out.ndim == 4 else None
-    return FrameOutputs(classes, conf, kept, dict(watch.ms))
+    if not (confidence and out.ndim == 4):
+        return classes, None
+    return classes, np.stack([resize_confidence(max_probability_u8(np.asarray(o, np.float32)), height, width)
+                              for o in out])

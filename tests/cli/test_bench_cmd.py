@@ -115,7 +115,7 @@ def test_bench_onnx_and_checkpoint_side_by_side(tiny_onnx, tiny_checkpoint, tmp_
 # modules loaded at the end as the last line.
 TORCH_FREE_BENCH = """
 import json, sys
-from dronseg_edge.cli.app import main
+from dronseg_edge.cli import main
 try:
     main(["bench", *sys.argv[1:]])
 except SystemExit as exc:

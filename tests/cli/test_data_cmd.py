@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import dronseg_edge.cli  # noqa: F401  (registers the commands)
-from dronseg_edge.cli.app import app, main
+from dronseg_edge.cli import app, main
 
 
 def test_synth_writes_the_data_set_and_prints_a_summary(tmp_path):

@@ -67,7 +67,7 @@ def test_the_checks_create_nothing(tmp_path):
 
 
 def test_infer_refuses_an_unwritable_out_before_opening_the_model(tmp_path, monkeypatch, capsys):
-    from dronseg_edge.cli.app import main
+    from dronseg_edge.cli import main
 
     blocker = tmp_path / "file"
     blocker.write_text("")

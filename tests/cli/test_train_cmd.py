@@ -96,7 +96,7 @@ def test_eval_errors(capsys, tiny_checkpoint, tmp_path):
 
 def test_submit_writes_competition_csv(capsys, trained_run, synth_root, tmp_path):
     from dronseg_edge.data.aeroscapes import dataset_samples, read_mask
-    from dronseg_edge.data.rle import read_submission, score_submission
+    from submissions import read_submission, score_submission
 
     test_ids = [s.image_id for s in dataset_samples(synth_root, "test")]
     scores = {}

@@ -6,14 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from dronseg_edge.data.rle import (
-    read_submission,
-    rle_decode,
-    rle_encode,
-    score_submission,
-    submission_rows,
-    write_submission,
-)
+from submissions import read_submission, rle_decode, score_submission
+
+from dronseg_edge.data.rle import rle_encode, submission_rows, write_submission
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metrics import SegmentationMetrics
 

@@ -25,7 +25,7 @@ def test_plain_image_folder_is_used_in_name_order_and_capped_evenly(tmp_path):
     (folder / "notes.txt").write_text("not an image")
     with resolve_images(folder, None, option="--parity-data", max_images=4, size=(12, 8), allow_synthetic=True) as found:
         assert [i.image.name for i in found.items] == ["f00.png", "f03.png", "f06.png", "f09.png"]
-        assert not found.has_masks and not found.synthetic and "image folder" in found.source
+        assert all(item.mask is None for item in found.items) and not found.synthetic and "image folder" in found.source
 
 
 def test_dataset_root_brings_its_masks(scenes):

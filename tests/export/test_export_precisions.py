@@ -11,7 +11,6 @@ from onnx import TensorProto, numpy_helper
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export import ParityThresholds, export_artifact
 from dronseg_edge.metadata import read_onnx_info
-from dronseg_edge.export.quantize import zero_points_are_zero
 from testkit import requires_ort_cuda
 
 
@@ -101,3 +100,14 @@ def test_cuda_provider_parity_at_1280x720(trained_checkpoint, tmp_path, precisio
     assert result.passed, result.report.table()
     assert "CUDAExecutionProvider" in result.report.candidate_provider
     assert result.report.size == (1280, 720) and np.isfinite(result.report.outputs[0].abs_max)
+
+
+def zero_points_are_zero(graph: onnx.ModelProto) -> bool:
+    """True when every Q/DQ zero point is 0 (TensorRT accepts nothing else)."""
+    inits = {t.name: t for t in graph.graph.initializer}
+    for node in graph.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2]:
+            tensor = inits.get(node.input[2])
+            if tensor is None or np.any(onnx.numpy_helper.to_array(tensor) != 0):
+                return False
+    return True

@@ -13,7 +13,8 @@ import torch
 
 from dronseg_edge.classes import IMAGENET_MEAN, IMAGENET_STD
 from dronseg_edge.export.parity import LogitComparison, check_parity
-from dronseg_edge.export.parity_picture import DIFFERENCE_BGR, MIN_TILE, borderline
+from dronseg_edge.export.parity_picture import DIFFERENCE_BGR, MIN_TILE
+from dronseg_edge.export.parity_report import borderline
 from dronseg_edge.export.parity_report import ParityThresholds, parity_report_path
 
 from testkit import FakeBackend

@@ -41,7 +41,7 @@ assert result.mask.shape == (64, 96), result.mask.shape
 """,
     "infer": """
 import cv2, numpy as np, os, tempfile
-from dronseg_edge.cli.app import main
+from dronseg_edge.cli import main
 folder = tempfile.mkdtemp()
 video = os.path.join(folder, "clip.avi")
 writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 64))
