@@ -76,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("benchmarks/work"), help="cached checkpoints and videos")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--tag", default="", help="appended to the result file name")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="--vs-plain-loop: also run `infer` of this other checkout of the package (e.g. a git "
+                             "worktree of the commit before a change), in the same alternation")
     parser.add_argument("--vs-plain-loop", action="store_true",
                         help="infer on ONNX vs the plain OpenCV + ONNX Runtime loop (CPU; default LR-ASPP 320x192, 3 repeats)")
     args = parser.parse_args(argv)
@@ -202,7 +205,7 @@ def run_vs_plain_loop(args: argparse.Namespace) -> int:
     for line in describe_system(system):
         print(line)
     print(f"model: {model} ({format_size(size)}); video: {facts['codec']} {facts['size']}, {facts['frames']} frames")
-    doc = vs_plain_loop.compare(Path(model), video, one, args.repeats)
+    doc = vs_plain_loop.compare(Path(model), video, one, args.repeats, args.baseline)
     doc.update({"schema": "dronseg-edge-vs-plain-loop/1", "date": now_iso(), "system": system, "video": facts,
                 "model": {"path": str(model), "arch": args.arch, "input_size": format_size(size)},
                 "threads": vs_plain_loop.thread_counts(),

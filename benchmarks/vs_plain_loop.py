@@ -11,6 +11,10 @@ and summary.json). Per-stage times come from the loop's own clock and from infer
 
     python benchmarks/pipeline.py --vs-plain-loop            # 320x192 LR-ASPP, 300 frames, 3 repeats
     python benchmarks/pipeline.py --vs-plain-loop --size 160x96 --repeats 5
+    python benchmarks/pipeline.py --vs-plain-loop --baseline ../before   # also infer of another checkout
+
+``--baseline DIR`` runs ``infer`` of another checkout of the package (a git worktree of the commit
+before a change) in the same alternation, so a change is measured before/after on one machine at once.
 """
 
 from __future__ import annotations
@@ -70,11 +74,11 @@ _MEASURE = ("import resource, subprocess, sys\n"
             "sys.exit(code)\n")
 
 
-def _run(cmd: list[str]) -> dict:
-    """Run ``cmd``; wall seconds, peak RSS (MiB) and its stdout."""
+def _run(cmd: list[str], package: Path = HERE.parent) -> dict:
+    """Run ``cmd`` with the checkout ``package`` first on the path; wall seconds, peak RSS (MiB) and its stdout."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+                          env={**os.environ, "PYTHONPATH": str(package)})
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -91,24 +95,32 @@ def _plain_cmd(model: Path, video: Path, out: Path) -> list[str]:
     return [sys.executable, str(HERE / "plain_loop.py"), str(model), str(video), str(out / "plain.mp4")]
 
 
-def compare(model: Path, video: Path, one_frame: Path, repeats: int) -> dict:
-    """Run infer and the plain loop alternately ``repeats`` times on ``video`` and on ``one_frame``."""
-    runs = {"infer": [], "plain": [], "infer_1": [], "plain_1": []}
-    stages = {"infer": None, "plain": None}
+def compare(model: Path, video: Path, one_frame: Path, repeats: int, baseline: Path | None = None) -> dict:
+    """Run infer and the plain loop alternately ``repeats`` times on ``video`` and on ``one_frame``
+    (and infer of the ``baseline`` checkout, when given, as ``infer_before``)."""
+    sides = [("plain", _plain_cmd, HERE.parent), ("infer", _infer_cmd, HERE.parent)]
+    if baseline is not None:
+        sides.append(("infer_before", _infer_cmd, Path(baseline).resolve()))
+    runs = {key: [] for name, _, _ in sides for key in (name, name + "_1")}
+    stages = {name: None for name, _, _ in sides}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats):
-            for name, make in (("plain", _plain_cmd), ("infer", _infer_cmd)):
+            for name, make, package in sides:
                 for clip, key in ((video, name), (one_frame, name + "_1")):
                     out = Path(tmp) / f"{key}-{i}"
                     out.mkdir()
-                    result = _run(make(model, clip, out / "run" if name == "infer" else out))
+                    is_infer = name != "plain"
+                    result = _run(make(model, clip, out / "run" if is_infer else out), package)
                     runs[key].append(result)
                     if clip == video and i == repeats - 1:
                         stages[name] = (json.loads((out / "run" / "summary.json").read_text())["stage_ms"]
-                                        if name == "infer" else json.loads(result["stdout"].splitlines()[-1])["ms_per_frame"])
+                                        if is_infer else json.loads(result["stdout"].splitlines()[-1])["ms_per_frame"])
     med = {key: {"seconds": statistics.median(r["seconds"] for r in rs), "peak_mib": statistics.median(r["peak_mib"] for r in rs)}
            for key, rs in runs.items()}
     ratio = med["plain"]["seconds"] / med["infer"]["seconds"]
+    before = {"throughput_ratio": round(med["plain"]["seconds"] / med["infer_before"]["seconds"], 3),
+              "peak_memory_ratio": round(med["infer_before"]["peak_mib"] / med["plain"]["peak_mib"], 3),
+              "package": str(Path(baseline).resolve())} if baseline is not None else None
     memory = med["infer"]["peak_mib"] / med["plain"]["peak_mib"]
     extra = med["infer_1"]["seconds"] - med["plain_1"]["seconds"]
     return {
@@ -118,6 +130,7 @@ def compare(model: Path, video: Path, one_frame: Path, repeats: int) -> dict:
         "throughput_ratio": round(ratio, 3),
         "peak_memory_ratio": round(memory, 3),
         "one_frame_extra_s": round(extra, 3),
+        "baseline": before,
         "targets": TARGETS,
         "met": {"throughput": ratio >= TARGETS["throughput_ratio_min"], "memory": memory <= TARGETS["peak_memory_ratio_max"],
                 "one_frame": extra <= TARGETS["one_frame_extra_s_max"]},
@@ -136,13 +149,24 @@ def thread_counts() -> dict:
 
 def table(doc: dict) -> str:
     med, stages = doc["medians"], doc["stage_ms_per_frame"]
-    lines = ["| | plain loop | dronseg-edge infer | ratio |", "|---|---|---|---|",
-             f"| whole process, {doc['video']['frames']} frames (s) | {med['plain']['seconds']:.2f} | {med['infer']['seconds']:.2f} "
-             f"| {doc['throughput_ratio']:.2f}x throughput |",
-             f"| peak memory (MiB) | {med['plain']['peak_mib']:.0f} | {med['infer']['peak_mib']:.0f} | {doc['peak_memory_ratio']:.2f}x |",
-             f"| 1-frame clip (s) | {med['plain_1']['seconds']:.2f} | {med['infer_1']['seconds']:.2f} | +{doc['one_frame_extra_s']:.2f} s |"]
+    before = "infer_before" in med
+    head = "| | plain loop | dronseg-edge infer | ratio |" + (" infer, baseline | ratio |" if before else "")
+    lines = [head, "|---|---|---|---|" + ("---|---|" if before else "")]
+
+    def row(label: str, key: str, metric: str, fmt: str, ratio: str, ratio_before: str = "") -> None:
+        line = f"| {label} | {med['plain' + key][metric]:{fmt}} | {med['infer' + key][metric]:{fmt}} | {ratio} |"
+        if before:
+            line += f" {med['infer_before' + key][metric]:{fmt}} | {ratio_before} |"
+        lines.append(line)
+
+    base = doc.get("baseline") or {}
+    row(f"whole process, {doc['video']['frames']} frames (s)", "", "seconds", ".2f",
+        f"{doc['throughput_ratio']:.2f}x throughput", f"{base.get('throughput_ratio', 0):.2f}x throughput")
+    row("peak memory (MiB)", "", "peak_mib", ".0f", f"{doc['peak_memory_ratio']:.2f}x", f"{base.get('peak_memory_ratio', 0):.2f}x")
+    row("1-frame clip (s)", "_1", "seconds", ".2f", f"+{doc['one_frame_extra_s']:.2f} s")
     for stage in ("decode", "preprocess", "inference", "postprocess", "write"):
-        a, b = (stages.get("plain") or {}).get(stage), (stages.get("infer") or {}).get(stage)
-        if a is not None and b is not None:
-            lines.append(f"| {stage} (ms/frame, own clock) | {a:.2f} | {b:.2f} | |")
+        values = [(stages.get(name) or {}).get(stage) for name in ("plain", "infer", "infer_before")]
+        if values[0] is not None and values[1] is not None:
+            line = f"| {stage} (ms/frame, own clock) | {values[0]:.2f} | {values[1]:.2f} | |"
+            lines.append(line + (f" {values[2]:.2f} | |" if before and values[2] is not None else (" | |" if before else "")))
     return "\n".join(lines)
