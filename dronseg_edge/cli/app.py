@@ -11,6 +11,7 @@ import typer
 from dronseg_edge import __version__
 from dronseg_edge.atomic import is_storage_error, storage_failure
 from dronseg_edge.errors import DronsegError, RuntimeFailure
+from dronseg_edge.media import MAX_PIXELS_CEILING, MAX_PIXELS_HELP
 
 # One paragraph (rich re-wraps help text): what a supervisor such as systemd can act on.
 EXIT_CODES_HELP = (
@@ -45,6 +46,12 @@ def _options(
 ) -> None:
     # Options of the program itself, before any command; is_eager so --version needs no command.
     pass
+
+
+def max_pixels_option():
+    """``--max-pixels``, one definition for the commands that read images (infer, train, eval); None
+    when not given (the default limit, or for ``train --resume`` the run's own)."""
+    return typer.Option(None, "--max-pixels", min=1, max=MAX_PIXELS_CEILING, help=MAX_PIXELS_HELP)
 
 
 # click's base exception, found through typer's public BadParameter: typer >= 0.24 vendors its own click.

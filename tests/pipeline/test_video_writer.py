@@ -14,7 +14,7 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline import disk_space, video_writer
 from dronseg_edge.pipeline.overlay import OverlayPlan, overlay
 from dronseg_edge.pipeline.run import RunOptions
-from dronseg_edge.pipeline.sinks import VideoSink
+from dronseg_edge.pipeline.video_sink import VideoSink
 from dronseg_edge.pipeline.video_writer import encoder_opens, encoders_for, open_video_writer
 
 needs_av = pytest.mark.skipif(video_writer._import_av() is None,

@@ -1,0 +1,88 @@
+"""The overlay video sink: the source's timeline, segments, a file per frame size, final names."""
+
+import logging
+
+import numpy as np
+from pipeline_media import read_video
+from test_sinks import LUT, make_result
+
+from dronseg_edge.pipeline.overlay import OverlayPlan, overlay
+from dronseg_edge.pipeline.video_sink import VideoSink
+
+
+def test_video_sink_writes_a_playable_video_with_the_input_fps_and_size(tmp_path):
+    sink = VideoSink(tmp_path / "overlay.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT))
+    results = [make_result(i) for i in range(12)]
+    for result in results:
+        sink.write(result)
+    # A fragmented MP4 (PyAV) plays while written, so it has its final name at once; mp4v only once finished.
+    assert (tmp_path / "overlay.mp4").exists() == sink._writer.fragmented
+    sink.close()
+    sink.close()  # idempotent
+    frames, fps, size = read_video(tmp_path / "overlay.mp4")
+    assert (len(frames), fps, size) == (12, 25.0, (64, 48))
+    expected = overlay(results[5].frame, results[5].mask, LUT, 0.5)
+    assert np.abs(frames[5].astype(int) - expected).mean() < 8  # lossy codec, same picture
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.mp4"]
+    assert sink.outputs() == {"video": str(tmp_path / "overlay.mp4")}
+
+
+def test_video_sink_prefers_a_precomputed_gpu_overlay(tmp_path):
+    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, overlay=OverlayPlan(0.5, LUT))
+    first = make_result(0)
+    first.overlay = np.full_like(first.frame, 200)
+    sink.write(first)
+    sink.close()
+    frames, _, _ = read_video(tmp_path / "v.mp4")
+    assert len(frames) == 1 and abs(frames[0].astype(int).mean() - 200) < 3
+
+
+def test_a_frame_of_another_size_starts_a_new_file(tmp_path, caplog):
+    """A stream that changes resolution: each file holds one size, nothing is squashed or resized."""
+    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, overlay=OverlayPlan(0.5, LUT))
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        for index in range(3):
+            sink.write(make_result(index))
+        for index in (4, 5):  # frame 3 was skipped: the gap is not filled with the old size's overlay
+            sink.write(make_result(index, size=(96, 72)))
+    sink.close()
+    first, _, first_size = read_video(tmp_path / "v.mp4")
+    second, _, second_size = read_video(tmp_path / "v_00001.mp4")
+    assert (len(first), first_size, len(second), second_size) == (3, (64, 48), 2, (96, 72))
+    assert [(s["file"], s["frames"], s["size"]) for s in sink.segments] == [("v.mp4", 3, "64x48"),
+                                                                            ("v_00001.mp4", 2, "96x72")]
+    assert sink.outputs() == {"video": [str(tmp_path / "v.mp4"), str(tmp_path / "v_00001.mp4")]}
+    assert "frame 4 is 96x72, the video 64x48" in caplog.text and "v_00001.mp4" in caplog.text
+
+
+def test_video_sink_fills_skipped_frames_to_keep_the_timeline(tmp_path):
+    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, overlay=OverlayPlan(1.0, LUT))
+    for index in (0, 3, 4):  # 1 and 2 were skipped (stride, live drops or damage)
+        sink.write(make_result(index))
+    sink.close()
+    frames, _, _ = read_video(tmp_path / "v.mp4")
+    assert len(frames) == sink.video_frames == 5 and sink.frames == 3
+    assert np.abs(frames[2].astype(int) - frames[0]).mean() < 2  # a repeat of frame 0's overlay
+    assert np.abs(frames[3].astype(int) - frames[0]).mean() > 5  # frame 3: its own overlay (another class below)
+
+
+def test_video_segments_are_each_a_finished_playable_file(tmp_path):
+    sink = VideoSink(tmp_path / "overlay.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT), segment_s=0.2)  # 5 frames each
+    for index in (0, 1, 2, 3, 4, 5, 9, 10):  # 6..8 skipped: filled, and the fill crosses a segment's end
+        sink.write(make_result(index))
+    assert [s["file"] for s in sink.segments] == ["overlay_00000.mp4", "overlay_00001.mp4"]  # final while running
+    sink.close()
+    names = ["overlay_00000.mp4", "overlay_00001.mp4", "overlay_00002.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # no temporary file left
+    assert [len(read_video(tmp_path / name)[0]) for name in names] == [5, 5, 1]
+    assert sink.segments == [{"file": "overlay_00000.mp4", "frames": 5, "start_s": 0.0, "size": "64x48"},
+                             {"file": "overlay_00001.mp4", "frames": 5, "start_s": 0.2, "size": "64x48"},
+                             {"file": "overlay_00002.mp4", "frames": 1, "start_s": 0.4, "size": "64x48"}]
+    assert sink.outputs() == {"video": [str(tmp_path / name) for name in names]} and sink.video_frames == 11
+
+
+def test_video_sink_without_frames_leaves_nothing(tmp_path):
+    sink = VideoSink(tmp_path / "v.mp4", fps=None, overlay=OverlayPlan(0.5, LUT))
+    sink.close()
+    assert list(tmp_path.iterdir()) == [] and sink.outputs() == {}
+    assert sink.fps == 30.0
