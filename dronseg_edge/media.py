@@ -27,9 +27,6 @@ MAX_PIXELS_HELP = (f"Refuse images above this many pixels, read from the file's 
                    f"(default {DEFAULT_MAX_PIXELS} = 2^26, 67 MP: an 8K frame passes; at most {MAX_PIXELS_CEILING}): "
                    "decompression bombs are refused before they take the memory.")
 
-_pillow_warning_silenced = False
-
-
 class ImageTooLarge(DronsegError):
     """An image whose header declares more pixels than the limit; ``size`` is (W, H), or None when
     Pillow refused to read even the header (over its own ceiling, ``pixels``)."""
@@ -100,10 +97,8 @@ def checked_image_size(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, w
 
 def _silence_pillow_warning(image_module) -> None:
     """Pillow warns on opening an image over 89 MP; the limit here (checked before anything is
-    decoded) replaces that warning, which would otherwise print a Python warning for an image this
-    package refuses or skips with its own line. Installed once: ``warnings.catch_warnings`` is not
-    thread-safe, and images are read in threads."""
-    global _pillow_warning_silenced
-    if not _pillow_warning_silenced:
-        warnings.filterwarnings("ignore", category=image_module.DecompressionBombWarning)
-        _pillow_warning_silenced = True
+    decoded) replaces that warning, which would otherwise print a Python warning next to this
+    package's own line for an image it refuses or skips. A filter, put first at every read (a
+    ``warnings.catch_warnings`` block elsewhere may have dropped it; the block itself is not
+    thread-safe, and images are read in threads)."""
+    warnings.filterwarnings("ignore", category=image_module.DecompressionBombWarning)

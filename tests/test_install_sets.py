@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The core's libraries that compute a mask: installed in the core venv at the versions of this one.
 SAME_VERSIONS = ("numpy", "onnxruntime", "opencv-python-headless")
 # What the core must not bring (pyproject.toml's extras hold them).
-NOT_IN_CORE = ("torch", "torchvision", "onnx", "onnxslim", "matplotlib", "tensorboard", "iterstrat", "PIL", "av")
+NOT_IN_CORE = ("torch", "torchvision", "onnx", "onnxslim", "matplotlib", "tensorboard", "iterstrat", "av")
 
 
 def _run(args: list, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
@@ -69,7 +69,7 @@ def test_the_core_has_no_torch_and_its_cli_starts(core_python):
     probe = ("import importlib.util, sys, dronseg_edge.cli\n"
              "assert dronseg_edge.cli.__file__.startswith(sys.prefix), dronseg_edge.cli.__file__\n"
              f"print(','.join(m for m in {NOT_IN_CORE!r} if importlib.util.find_spec(m) is not None))\n"
-             "print(','.join(m for m in ('cv2', 'onnxruntime', 'numpy', 'typer') if importlib.util.find_spec(m) is None))\n"
+             "print(','.join(m for m in ('cv2', 'onnxruntime', 'numpy', 'typer', 'PIL') if importlib.util.find_spec(m) is None))\n"
              "print('torch' in sys.modules)")
     done = _run([core_python, "-c", probe])
     assert done.returncode == 0, done.stderr

@@ -119,8 +119,9 @@ def _check_data(data: Optional[Path], resume: Optional[Path]) -> None:
         raise DronsegError("--data DIR is needed: the data set root in the Kaggle AeroScapes layout (make one with "
                            "`dronseg-edge synth DIR`); only --resume takes it from its checkpoint")
     if data is not None and not data.is_dir():
-        raise DronsegError(f"--data {data} is not a folder: pass the data set root (the Kaggle AeroScapes layout)"
-                           + (", or leave --data out to use the run's own" if resume is not None else ""))
+        raise DronsegError(f"--data {data} is not a folder: pass the data set root in the Kaggle AeroScapes layout "
+                           + ("(or leave --data out: the run's own)" if resume is not None else
+                              "(make one with `dronseg-edge synth DIR`)"))
 
 
 def _check_run_folder(out: Optional[Path], resume: Optional[Path]) -> None:

@@ -28,10 +28,11 @@ MAX_FILL_S = 10.0  # longest gap filled with the previous overlay; a longer one 
 
 
 class VideoSink(Sink):
-    """The overlay video (mp4, the input's fps and size). A fragmented MP4 (PyAV) plays up to its
-    last fragment while it is written, so it is renamed to its final name as soon as it is opened:
-    a run killed mid-way leaves ``overlay.mp4`` playable up to its last second. OpenCV's mp4v file
-    plays only once closed: it is written to ``.NAME.partial.mp4`` and renamed by ``close()``.
+    """The overlay video (mp4, the input's fps and size), written to ``.NAME.partial.mp4``. A
+    fragmented MP4 (PyAV) plays up to its last fragment while it is written, so it takes its final
+    name once its first fragment (a second of video) is on disk: a run killed mid-way leaves
+    ``overlay.mp4`` playable up to its last second. OpenCV's mp4v file plays only once closed: it is
+    renamed by ``close()``.
     ``codec``: a ``--codec`` choice (:data:`~dronseg_edge.pipeline.video_writer.VIDEO_CODECS`);
     ``auto`` is H.264 where PyAV is installed, else mp4v.
 
@@ -63,6 +64,7 @@ class VideoSink(Sink):
         self.codec: str | None = None  # the encoder writing the video (libx264, h264_nvenc, mp4v, ...)
         self._writer: VideoWriter | None = None
         self._writer_path: Path | None = None
+        self._header_bytes = 0  # the current file's size before its first frame (a fragmented MP4's empty index)
         self._closed = False
         self._last: tuple[int, np.ndarray] | None = None
         self.video_frames = 0
@@ -98,10 +100,13 @@ class VideoSink(Sink):
             self._writer_path = final.with_name(f".{final.stem}.partial{final.suffix}")
             self._writer = open_video_writer(self._writer_path, self.size, self.fps, self.requested_codec)
             self.codec = self._writer.codec
-            if self._writer.fragmented:
-                self._writer_path = _move_open_file(self._writer, final)
+            self._header_bytes = _size(self._writer_path)
         self._writer.write(image)
         self.video_frames += 1
+        if self._writer.fragmented and self._writer_path.name.startswith(".") and \
+                _size(self._writer_path) > self._header_bytes:
+            # Its first fragment is on disk: from now on the file plays, so it takes its final name.
+            self._writer_path = _move_open_file(self._writer, self._final_path(len(self.segments)))
         if self.segment_frames is not None and self._writer.frames >= self.segment_frames:
             self._finish_file()
 
@@ -160,6 +165,13 @@ class VideoSink(Sink):
         if not files:
             return {}
         return {"video": files if self.segment_frames is not None or len(files) > 1 else files[0]}
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _move_open_file(writer: VideoWriter, final: Path) -> Path:

@@ -12,15 +12,18 @@ from dronseg_edge.pipeline.video_sink import VideoSink
 
 def test_video_sink_writes_a_playable_video_with_the_input_fps_and_size(tmp_path):
     sink = VideoSink(tmp_path / "overlay.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT))
-    results = [make_result(i) for i in range(12)]
-    for result in results:
+    results = [make_result(i) for i in range(60)]
+    for result in results[:10]:
         sink.write(result)
-    # A fragmented MP4 (PyAV) plays while written, so it has its final name at once; mp4v only once finished.
+    assert not (tmp_path / "overlay.mp4").exists()  # nothing playable on disk yet: under its temporary name
+    for result in results[10:]:
+        sink.write(result)
+    # A fragmented MP4 (PyAV) takes its final name with its first fragment (a second); mp4v once finished.
     assert (tmp_path / "overlay.mp4").exists() == sink._writer.fragmented
     sink.close()
     sink.close()  # idempotent
     frames, fps, size = read_video(tmp_path / "overlay.mp4")
-    assert (len(frames), fps, size) == (12, 25.0, (64, 48))
+    assert (len(frames), fps, size) == (60, 25.0, (64, 48))
     expected = overlay(results[5].frame, results[5].mask, LUT, 0.5)
     assert np.abs(frames[5].astype(int) - expected).mean() < 8  # lossy codec, same picture
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.mp4"]
