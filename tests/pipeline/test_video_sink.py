@@ -1,13 +1,20 @@
 """The overlay video sink: the source's timeline, segments, a file per frame size, final names."""
 
+import errno
 import logging
 
 import numpy as np
-from pipeline_media import read_video
+import pytest
+from pipeline_media import decode_without_errors, read_video
 from test_sinks import LUT, make_result
 
+from dronseg_edge.errors import RuntimeFailure
+from dronseg_edge.pipeline import video_writer
 from dronseg_edge.pipeline.overlay import OverlayPlan, overlay
 from dronseg_edge.pipeline.video_sink import VideoSink
+
+needs_av = pytest.mark.skipif(video_writer._import_av() is None,
+                              reason="PyAV is not installed (pip install 'dronseg-edge[video]')")
 
 
 def test_video_sink_writes_a_playable_video_with_the_input_fps_and_size(tmp_path):
@@ -89,3 +96,24 @@ def test_video_sink_without_frames_leaves_nothing(tmp_path):
     sink.close()
     assert list(tmp_path.iterdir()) == [] and sink.outputs() == {}
     assert sink.fps == 30.0
+
+
+@needs_av
+def test_a_fragmented_file_whose_end_cannot_be_written_is_kept(tmp_path):
+    """Under a disk quota the encoder's last write fails (EDQUOT): the fragments on disk still play."""
+    sink = VideoSink(tmp_path / "v.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT))
+    for index in range(60):
+        sink.write(make_result(index))
+    writer = sink._writer
+    real_close = writer.close
+
+    def quota_reached():
+        real_close()
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    writer.close = quota_reached
+    with pytest.raises(RuntimeFailure) as error:
+        sink.close()
+    assert "(video v.mp4 could not be finished: it plays up to its last complete second)" in str(error.value)
+    assert error.value.stopped == "disk_full"
+    assert len(decode_without_errors(tmp_path / "v.mp4")) >= 25 and sink.outputs() == {"video": str(tmp_path / "v.mp4")}
