@@ -30,8 +30,9 @@ IMAGE_DIR = Path("imgs/imgs")
 MASK_DIR = Path("masks/masks")
 FIX_LAYOUT = "expected the Kaggle layout ROOT/imgs/imgs/*.jpg, ROOT/masks/masks/*.png, ROOT/train.csv"
 # The data check decodes in threads: at most this many image pixels (each with its mask) at once,
-# whatever the number of threads (about 5 bytes a pixel: BGR, the mask and Pillow's copy, so ~0.7 GB).
+# whatever the number of threads (about 6 bytes a pixel: BGR, the mask and Pillow's copy of it).
 DECODE_BUDGET_PIXELS = 1 << 27
+COUNT_SLICE = 1 << 22  # pixels counted at a time (np.bincount's int64 copy of them: 32 MB)
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,16 @@ def _check_one(sample: Sample, num_classes: int, max_pixels: int) -> tuple[np.nd
             f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {sample.image_path} is "
             f"{size[0]}x{size[1]}: masks must match their images pixel for pixel"
         )
-    return np.bincount(mask.ravel(), minlength=num_classes).astype(np.int64), size
+    return _class_counts(mask, num_classes), size
+
+
+def _class_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C,) int64 pixels of each class in ``mask`` (values checked below ``num_classes``), counted in
+    slices: np.bincount widens its input to int64, 8 bytes a pixel (265 MB for one 8K mask)."""
+    flat, counts = mask.ravel(), np.zeros(num_classes, np.int64)
+    for start in range(0, flat.size, COUNT_SLICE):
+        counts += np.bincount(flat[start:start + COUNT_SLICE], minlength=num_classes)
+    return counts
 
 
 def validate_samples(samples: list[Sample], num_classes: int = NUM_CLASSES, workers: int = 8,
