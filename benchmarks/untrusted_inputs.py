@@ -80,7 +80,7 @@ def measure(cmd: list[str]) -> dict:
     wall = time.perf_counter() - start
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     peak = next(int(line.split()[1]) for line in reversed(lines) if line.startswith("peak_kib"))
-    said = [line for line in lines if line.startswith(("error:", "warning:"))]
+    said = [line.replace(f"{ROOT}/", "") for line in lines if line.startswith(("error:", "warning:"))]
     return {"exit_code": proc.returncode, "peak_mib": round(peak / 1024, 1), "seconds": round(wall, 2),
             "stderr": said[-1] if said else None}
 
