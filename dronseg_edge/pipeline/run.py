@@ -65,29 +65,7 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
     """
     options = options or RunOptions()
     src = open_source(source, options.reconnect_s, max_pixels=options.max_pixels)
-    reserve = None
-    try:
-        # What the model cannot give (--save-conf without logits, an unknown --classes name) fails first.
-        chosen = {} if options.classes is None else {"classes": options.classes}  # else the Segmenter's own
-        request = segmenter.request(confidence=options.save_conf, **chosen)
-        live = src.live_default if options.live is None else bool(options.live)
-        if live and segmenter.batch > 1:
-            raise DronsegError(f"--batch {segmenter.batch} cannot be used with --live, which processes the newest "
-                               "frame only: use --batch 1, or --no-live for a recorded source")
-        if options.show:
-            _open_window()
-        if options.save_video and src.kind != "images":
-            encoders_for(options.codec)  # a --codec this machine cannot write fails before the run folder exists
-        out_dir = _prepare_out_dir(options)
-        reserve = SpaceReserve(out_dir)
-        lut = bgr_lut(segmenter.info.palette)
-        plan = options.overlay_plan(lut)
-        sinks = _build_sinks(src, out_dir, options, lut, plan)
-    except BaseException:
-        if reserve is not None:
-            reserve.release()
-        src.close()
-        raise
+    request, live, out_dir, reserve, plan, sinks = _prepare(segmenter, src, options)
     workers = [SinkWorker(sink, options.queue_size) for sink in sinks]
     active = list(workers)  # the workers still given frames (the disk floor stops the heavy ones)
     reader = FrameReader(src, live=live, stride=options.stride, queue_size=options.queue_size)
@@ -98,7 +76,6 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
                                confidence=request.confidence, classes=request.classes)
     guard = InterruptGuard()
     timer = _live_deadline(src, reader, options, state)
-    summary_error = None
     try:
         with guard, _core_left_for_io(segmenter):
             for result in results:
@@ -141,11 +118,7 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
             bar.close()
             if options.show:
                 cv2.destroyAllWindows()
-            summary = RunSummary(out_dir, state.summary(segmenter, src, reader, sinks))
-            try:
-                write_json_atomic(out_dir / "summary.json", summary.data)
-            except DronsegError as exc:
-                summary_error = exc
+            summary, summary_error = _write_summary(out_dir, state.summary(segmenter, src, reader, sinks))
         if bug is not None:
             raise bug
     if summary_error is not None:
@@ -153,6 +126,46 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
     if state.error is not None:
         raise state.error
     return summary
+
+
+def _prepare(segmenter: Segmenter, src: Source, options: RunOptions) -> tuple:
+    """Everything checked and made before the first frame: (frame request, live, run folder, space
+    reserve, overlay plan, sinks). What cannot work fails here, before the run folder where it can;
+    on any failure the reserve is handed back and the source closed."""
+    reserve = None
+    try:
+        # What the model cannot give (--save-conf without logits, an unknown --classes name) fails first.
+        chosen = {} if options.classes is None else {"classes": options.classes}  # else the Segmenter's own
+        request = segmenter.request(confidence=options.save_conf, **chosen)
+        live = src.live_default if options.live is None else bool(options.live)
+        if live and segmenter.batch > 1:
+            raise DronsegError(f"--batch {segmenter.batch} cannot be used with --live, which processes the newest "
+                               "frame only: use --batch 1, or --no-live for a recorded source")
+        if options.show:
+            _open_window()
+        if options.save_video and src.kind != "images":
+            encoders_for(options.codec)  # a --codec this machine cannot write fails before the run folder exists
+        out_dir = _prepare_out_dir(options)
+        reserve = SpaceReserve(out_dir)
+        lut = bgr_lut(segmenter.info.palette)
+        plan = options.overlay_plan(lut)
+        sinks = _build_sinks(src, out_dir, options, lut, plan)
+    except BaseException:
+        if reserve is not None:
+            reserve.release()
+        src.close()
+        raise
+    return request, live, out_dir, reserve, plan, sinks
+
+
+def _write_summary(out_dir: Path, data: dict) -> tuple[RunSummary, DronsegError | None]:
+    """summary.json, written atomically; the error instead when it cannot be written."""
+    summary = RunSummary(out_dir, data)
+    try:
+        write_json_atomic(out_dir / "summary.json", summary.data)
+    except DronsegError as exc:
+        return summary, exc
+    return summary, None
 
 
 def _live_deadline(src: Source, reader: FrameReader, options: RunOptions, state: RunState) -> threading.Timer | None:

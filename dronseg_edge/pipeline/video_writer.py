@@ -15,7 +15,7 @@ OpenCV play fragmented MP4; it also starts playing before the whole file has arr
 when the disk may be nearly full.
 
 OpenCV's ``mp4v`` writer (no PyAV) cannot write fragments (it passes no options to the MP4 muxer):
-its file plays only once closed, so :class:`~dronseg_edge.pipeline.sinks.VideoSink` writes it under
+its file plays only once closed, so :class:`~dronseg_edge.pipeline.video_sink.VideoSink` writes it under
 a hidden name and renames it when finished; ``--segment-s`` bounds what a kill loses there.
 
 Before each frame the writer checks that the frame and the index still fit on the disk
