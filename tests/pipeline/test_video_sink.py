@@ -2,14 +2,16 @@
 
 import errno
 import logging
+import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from pipeline_media import decode_without_errors, read_video
+from pipeline_media import decode_without_errors, mp4_top_level_boxes, read_video
 from test_sinks import LUT, make_result
 
 from dronseg_edge.errors import RuntimeFailure
-from dronseg_edge.pipeline import video_writer
+from dronseg_edge.pipeline import video_sink, video_writer
 from dronseg_edge.pipeline.overlay import OverlayPlan, overlay
 from dronseg_edge.pipeline.video_sink import VideoSink
 
@@ -117,3 +119,23 @@ def test_a_fragmented_file_whose_end_cannot_be_written_is_kept(tmp_path):
     assert "(video v.mp4 could not be finished: it plays up to its last complete second)" in str(error.value)
     assert error.value.stopped == "disk_full"
     assert len(decode_without_errors(tmp_path / "v.mp4")) >= 25 and sink.outputs() == {"video": str(tmp_path / "v.mp4")}
+
+
+@needs_av
+def test_fragments_are_flushed_to_the_disk_at_most_once_a_second(tmp_path, monkeypatch):
+    """So a power cut, not only a kill, keeps what was written up to about a second before; and a file
+    encoded faster than real time (a recording being processed) does not wait on the disk per fragment."""
+    synced, clock = [], [0.0]
+    real_fsync = video_sink.os.fsync
+    monkeypatch.setattr(video_sink.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                            real_fsync(fd)))
+    monkeypatch.setattr(video_sink, "time", SimpleNamespace(monotonic=lambda: clock[0]))  # this module's clock only
+    sink = VideoSink(tmp_path / "v.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT))
+    for index in range(150):  # 6 s of video at 25 fps, a fragment a second, written in 1.5 s of wall time
+        clock[0] = index * 0.01
+        sink.write(make_result(index))
+    folder, video = str(tmp_path), str(tmp_path / "v.mp4")
+    assert mp4_top_level_boxes(tmp_path / "v.mp4").count("moof") >= 4
+    assert synced[:2] == [folder, video]  # the final name given with the first fragment, then its data
+    assert synced.count(video) == 2  # at the first fragment, then a second later: not at each of the others
+    sink.close()
