@@ -6,8 +6,8 @@ every OpenCV wheel writes it). The registry's OpenCV wheels cannot write H.264 a
 (docs/facts.md#pipeline-timings), hence PyAV, whose wheels carry FFmpeg with libx264 and NVENC.
 
 H.264 files are yuv420p (the only pixel format every decoder plays) in *fragmented* MP4: an empty
-index at the front, then one fragment (its own small index and its frames) per keyframe, a keyframe
-every second of video. A process killed mid-run (SIGKILL, the out-of-memory killer, a drone's
+index at the front, then fragments (each its own small index and its frames) of at most a second
+of video. A process killed mid-run (SIGKILL, the out-of-memory killer, a drone's
 battery running out) leaves a file that plays up to its last written fragment: a plain MP4 writes
 its index at the end, and one cut before that does not play at all. Browsers, VLC, FFmpeg and
 OpenCV play fragmented MP4; it also starts playing before the whole file has arrived. No plain
@@ -62,12 +62,16 @@ ENCODER_OPTIONS = {
     "hevc_nvenc": {"preset": "p4", "rc": "vbr", "cq": "26"},
 }
 INSTALL_H264 = "pip install 'dronseg-edge[video]'"
-# An empty moov first, a fragment per keyframe; default_base_moof: offsets relative to each fragment,
-# as browsers' Media Source Extensions want.
-# flush_packets: hand each finished fragment to the system at once (FFmpeg otherwise holds up to 32 KiB,
-# a small video's first minutes, in its buffer, where a kill loses it).
-FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
-FRAGMENT_S = 1.0  # a keyframe, and so a fragment, every this many seconds of video: what a kill loses at most
+FRAGMENT_S = 1.0  # a fragment every this many seconds of video at most: what a kill loses, plus the encoder's delay
+# A moov without samples first, then a fragment at each keyframe and after FRAGMENT_S at the latest
+# (frag_duration, in microseconds: a keyframe every second instead would cost bitrate, 1.6x at two
+# seconds on a textured 720p test clip). delay_moov: the moov waits for the first fragment, so it can
+# hold the edit list that starts the video at 0 despite the B-frames' delay (without it the first
+# frame shows 2 frame durations late: 10 s at 0.2 fps); default_base_moof: offsets relative to each
+# fragment, as browsers' Media Source Extensions want; flush_packets: hand each finished fragment
+# to the system at once (FFmpeg otherwise holds up to 32 KiB in its buffer, where a kill loses it).
+FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+delay_moov+default_base_moof",
+                  "frag_duration": str(int(FRAGMENT_S * 1e6)), "flush_packets": "1"}
 
 
 def _import_av():
@@ -151,8 +155,8 @@ class VideoWriter(ABC):
 
 
 class PyAVWriter(VideoWriter):
-    """H.264/H.265 in fragmented MP4 through PyAV (a fragment per second: playable up to the last one
-    written however the process ends); frames are converted to yuv420p by the encoder's scaler.
+    """H.264/H.265 in fragmented MP4 through PyAV (a fragment a second at most: playable up to the last
+    one written however the process ends); frames are converted to yuv420p by the encoder's scaler.
 
     yuv420p stores colour at half resolution, so both sides must be even: an odd frame loses its
     last column and/or row (cropped, not resized, so every pixel stays where the masks have it).
@@ -175,7 +179,6 @@ class PyAVWriter(VideoWriter):
             stream = self._container.add_stream(encoder, rate=rate, options=dict(ENCODER_OPTIONS.get(encoder, {})))
             stream.width, stream.height = self.video_size
             stream.pix_fmt = "yuv420p"
-            stream.codec_context.gop_size = max(1, round(fps * FRAGMENT_S))
             if encoder in ("libx265", "hevc_nvenc"):
                 stream.codec_tag = "hvc1"  # Apple players refuse H.265 in MP4 under the default hev1 tag
             self._container.start_encoding()  # opens the encoder now: a missing GPU fails here, not mid-run
