@@ -392,3 +392,21 @@ def run_cli(capsys, *args) -> tuple[int, str]:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     return code, capsys.readouterr().err
+
+
+def write_png_bomb(path: Path, width: int = 30000, height: int = 30000) -> Path:
+    """A valid one-bit greyscale PNG of zeros: 30000x30000 is 109 KB on disk and 2.7 GB once decoded
+    to BGR, the decompression bomb of issue 19. Written row by row through zlib, so making it takes
+    no more memory than one row."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte "none", then the row's bits
+    packer = zlib.compressobj(9)
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return Path(path)

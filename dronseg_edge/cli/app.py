@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from dronseg_edge import __version__
+from dronseg_edge.media import MAX_PIXELS_CEILING, MAX_PIXELS_HELP
 
 # One paragraph (rich re-wraps help text): what a supervisor such as systemd can act on.
 EXIT_CODES_HELP = (
@@ -39,3 +40,10 @@ def _options(
 ) -> None:
     # Options of the program itself, before any command; is_eager so --version needs no command.
     pass
+
+
+def max_pixels_option():
+    """``--max-pixels``, one definition for the commands that read images (infer, train, eval); None
+    when not given (the default limit, or for ``train --resume`` the run's own)."""
+    return typer.Option(None, "--max-pixels", min=1, max=MAX_PIXELS_CEILING, help=MAX_PIXELS_HELP)
+

@@ -15,9 +15,9 @@ from dronseg_edge.errors import BackendUnavailable
 # The modules each extra must provide for its commands to finish (import name -> pip name). Only what
 # a run cannot do without: tensorboard is left out, training logs without it.
 REQUIRED: dict[str, dict[str, str]] = {
-    "train": {"torch": "torch", "torchvision": "torchvision", "PIL": "pillow", "matplotlib": "matplotlib",
+    "train": {"torch": "torch", "torchvision": "torchvision", "matplotlib": "matplotlib",
               "iterstrat": "iterative-stratification"},
-    "export": {"torch": "torch", "torchvision": "torchvision", "PIL": "pillow", "onnx": "onnx", "onnxslim": "onnxslim"},
+    "export": {"torch": "torch", "torchvision": "torchvision", "onnx": "onnx", "onnxslim": "onnxslim"},
 }
 
 JETSON_TORCH = "on a Jetson install NVIDIA's torch and torchvision wheels first (docs/jetson.md)"
@@ -26,7 +26,7 @@ JETSON_TORCH = "on a Jetson install NVIDIA's torch and torchvision wheels first 
 INSTALL_FOR_MODULE: dict[str, tuple[str, str]] = {
     "torch": ("torch", f"pip install 'dronseg-edge[train]' (or [export]); {JETSON_TORCH}"),
     "torchvision": ("torchvision", f"pip install 'dronseg-edge[train]' (or [export]); {JETSON_TORCH}"),
-    "PIL": ("pillow", "pip install 'dronseg-edge[train]'"),
+    "PIL": ("pillow", "pip install pillow (a dependency of the core, missing from this environment)"),
     "matplotlib": ("matplotlib", "pip install 'dronseg-edge[train]'"),
     "iterstrat": ("iterative-stratification", "pip install 'dronseg-edge[train]'"),
     "tensorboard": ("tensorboard", "pip install 'dronseg-edge[train]'"),

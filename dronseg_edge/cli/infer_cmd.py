@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from dronseg_edge.cli.app import app
+from dronseg_edge.cli.app import app, max_pixels_option
 
 # RunOptions.min_free_mb's default (a test keeps them equal): importing dronseg_edge.pipeline here
 # would load the Segmenter, and with it torch, for every command's --help.
@@ -109,6 +109,7 @@ def infer(
     meta: Optional[Path] = typer.Option(None, "--meta", help="Metadata for an .engine without its .engine.json "
                                                              "(built with trtexec or Polygraphy) or a foreign .onnx: "
                                                              "the ONNX it was built from, or a sidecar JSON."),
+    max_pixels: Optional[int] = max_pixels_option(),
 ) -> None:
     """Segment a video, image folder, camera or stream; write overlay, masks, stats and summary.json."""
     from dronseg_edge.cli.outputs import check_out_dir
@@ -122,10 +123,11 @@ def infer(
                          show=show, alpha=alpha, live=live, stride=stride, max_frames=max_frames,
                          reconnect_s=reconnect_s, progress=progress, codec=codec, max_duration=max_duration,
                          segment_s=segment_s, min_free_mb=min_free, save_conf=save_conf, contact_sheet=contact_sheet,
-                         classes=tuple(classes.split(",")) if classes is not None else None)
+                         classes=tuple(classes.split(",")) if classes is not None else None,
+                         **({} if max_pixels is None else {"max_pixels": max_pixels}))
     capture = CaptureOptions(rtsp_transport=rtsp_transport, latency_ms=latency_ms, hw_decode=hw_decode)
     # The source before the model, so a typo in SOURCE fails in a moment; the run closes it.
-    with open_source(source, options.reconnect_s, capture=capture) as frames, \
+    with open_source(source, options.reconnect_s, capture=capture, max_pixels=options.max_pixels) as frames, \
             Segmenter(model, device=device, half=half, batch=batch, tile=tile, tile_overlap=tile_overlap,
                       meta=meta) as segmenter:
         typer.echo(f"model: {model} -> {segmenter.describe()}")
@@ -134,6 +136,8 @@ def infer(
     typer.echo(summary.speed_line())
     notes = [f"{data[key]} {label}" for key, label in (("dropped_frames", "stale frames dropped (live)"),
                                                        ("corrupt_frames", "damaged frames skipped"),
+                                                       ("oversized_images", "images above --max-pixels skipped"),
+                                                       ("size_changes", "frame size changes followed"),
                                                        ("reconnects", "reconnects")) if data.get(key)]
     if notes:
         typer.echo("Notes: " + ", ".join(notes))
@@ -142,8 +146,9 @@ def infer(
         typer.echo(f"Tiled: {data['tiled_frames']} of {data['frames']} frames in windows of {window[0]}x{window[1]} "
                    f"(--tile {data['tile']['mode']}, overlap {data['tile']['overlap']:g})")
     if data.get("video_segments"):
-        typer.echo(f"Video: {len(data['video_segments'])} segments of {data['segment_s']:g} s "
-                   f"({data['video_segments'][0]['file']} ... {data['video_segments'][-1]['file']})")
+        files = data["video_segments"]
+        what = f"segments of {data['segment_s']:g} s" if data.get("segment_s") else "files (the frame size changed)"
+        typer.echo(f"Video: {len(files)} {what} ({files[0]['file']} ... {files[-1]['file']})")
     stopped = STOP_NOTES.get(data.get("stopped"))
     if stopped:
         typer.echo(f"Stopped: {stopped}")

@@ -7,12 +7,13 @@ from typing import Optional
 
 import typer
 
-from dronseg_edge.cli.app import app
+from dronseg_edge.cli.app import app, max_pixels_option
 
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., "--data", help="Data set root in the Kaggle AeroScapes layout (see `synth`)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data set root in the Kaggle AeroScapes layout (see "
+                                        "`synth`); with --resume, the run's own unless given."),
     model: str = typer.Option("deeplabv3_resnet101", help="deeplabv3_resnet101 | deeplabv3_resnet50 | deeplabv3_mobilenet_v3_large | lraspp_mobilenet_v3_large"),
     weights: str = typer.Option("coco", help="coco | imagenet | none | PATH to a .pt/.pth file"),
     epochs: int = typer.Option(30, min=1),
@@ -75,6 +76,7 @@ def train(
     val_at_start: bool = typer.Option(False, "--val-at-start/--no-val-at-start", help="Score the initial weights as epoch 0."),
     mosaic_every: int = typer.Option(5, min=0, help="Write RUN/mosaics/epoch_N.png (image | truth | prediction of fixed "
                                      "validation images) every N epochs and after the last (0: never)."),
+    max_pixels: Optional[int] = max_pixels_option(),
 ) -> None:
     """Fine-tune DeepLabV3 on drone images (multi-GPU: torchrun --nproc-per-node N -m dronseg_edge train ...)."""
     from dronseg_edge.cli.extras import require_extra
@@ -88,9 +90,11 @@ def train(
 
     if resume is None:
         check_output_stride(check_arch(model), output_stride)
+    _check_data(data, resume)
     _check_run_folder(out, resume)
     cfg = TrainConfig(
-        data=str(data), out=str(out) if out else "", model=model, weights=weights, aux_loss=aux_loss,
+        data=str(data) if data is not None else "", out=str(out) if out else "", max_pixels=max_pixels,
+        model=model, weights=weights, aux_loss=aux_loss,
         bn_momentum=bn_momentum, freeze_stages=freeze_stages, unfreeze_epoch=unfreeze_epoch, epochs=epochs, batch=batch, accumulate=accumulate,
         size=parse_size(size), loss=loss, focal_gamma=focal_gamma, focal_alpha=focal_alpha, focal_weight=focal_weight,
         dice_weight=dice_weight, dice_smooth=dice_smooth, dice_log=dice_log, tversky_alpha=tversky_alpha,
@@ -105,6 +109,19 @@ def train(
                               brightness=color, contrast=color, saturation=color, blur_p=blur_p, noise_p=noise_p),
     )
     fit(cfg.validate() if resume is None else cfg, resume=resume, log=typer.echo)
+
+
+def _check_data(data: Optional[Path], resume: Optional[Path]) -> None:
+    """--data is needed for a new run (a resumed one has its own), and must be a folder when given."""
+    from dronseg_edge.errors import DronsegError
+
+    if data is None and resume is None:
+        raise DronsegError("--data DIR is needed: the data set root in the Kaggle AeroScapes layout (make one with "
+                           "`dronseg-edge synth DIR`); only --resume takes it from its checkpoint")
+    if data is not None and not data.is_dir():
+        raise DronsegError(f"--data {data} is not a folder: pass the data set root in the Kaggle AeroScapes layout "
+                           + ("(or leave --data out: the run's own)" if resume is not None else
+                              "(make one with `dronseg-edge synth DIR`)"))
 
 
 def _check_run_folder(out: Optional[Path], resume: Optional[Path]) -> None:
@@ -135,6 +152,7 @@ def evaluate_command(
     meta: Optional[Path] = typer.Option(None, "--meta", help="Metadata for an .engine without its .engine.json "
                                         "(built with trtexec or Polygraphy) or a foreign .onnx: the ONNX it was built "
                                         "from, or a sidecar JSON."),
+    max_pixels: Optional[int] = max_pixels_option(),
 ) -> None:
     """Score a model (per-class IoU/Dice, mIoU, competition Dice) at the masks' native resolution."""
     from dronseg_edge.atomic import write_json_atomic
@@ -145,12 +163,14 @@ def evaluate_command(
     if json_out:
         check_out_file(json_out, "--json")
     if is_checkpoint(checkpoint) and meta is None:
-        result = evaluate_checkpoint(checkpoint, data=data, split=split, batch=batch, device=device, workers=workers)
+        result = evaluate_checkpoint(checkpoint, data=data, split=split, batch=batch, device=device, workers=workers,
+                                     max_pixels=max_pixels)
     else:
         from dronseg_edge.export.accuracy import evaluate_artifact
 
         check_model_file(checkpoint)
-        result = evaluate_artifact(checkpoint, data=data, split=split, batch=batch, device=device, meta=meta)
+        result = evaluate_artifact(checkpoint, data=data, split=split, batch=batch, device=device, meta=meta,
+                                   max_pixels=max_pixels)
         typer.echo(f"{checkpoint}: {result['precision']} {result['arch']} at {result['input_size'][0]}x"
                    f"{result['input_size'][1]} on {result['backend']} ({result['provider']}); {result['split_source']}")
     typer.echo(format_scores(result))

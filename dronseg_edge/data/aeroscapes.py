@@ -11,7 +11,9 @@ Without the CSVs, images with a mask count as train and the others as test.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +24,15 @@ from PIL import Image, UnidentifiedImageError
 
 from dronseg_edge.classes import NUM_CLASSES
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.media import IMAGE_SUFFIXES
+from dronseg_edge.media import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, check_max_pixels, checked_image_size
 
 IMAGE_DIR = Path("imgs/imgs")
 MASK_DIR = Path("masks/masks")
 FIX_LAYOUT = "expected the Kaggle layout ROOT/imgs/imgs/*.jpg, ROOT/masks/masks/*.png, ROOT/train.csv"
+# The data check decodes in threads: at most this many image pixels (each with its mask) at once,
+# whatever the number of threads (about 6 bytes a pixel: BGR, the mask and Pillow's copy of it).
+DECODE_BUDGET_PIXELS = 1 << 27
+COUNT_SLICE = 1 << 22  # pixels counted at a time (np.bincount's int64 copy of them: 32 MB)
 
 
 @dataclass(frozen=True)
@@ -137,16 +143,28 @@ def samples_for_ids(root: Path | str, ids: list[str]) -> list[Sample]:
     return [by_id[i] for i in ids]
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image as (H, W, 3) uint8 **RGB**; DronsegError if it cannot be decoded."""
-    data = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def read_bgr(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An image as (H, W, 3) uint8 BGR, decoded only after its header showed at most ``max_pixels``
+    pixels; DronsegError (one line naming the file) if it is larger or cannot be decoded."""
+    checked_image_size(path, max_pixels)
+    try:
+        data = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error:  # OpenCV's own refusals: a header its decoder rejects
+        data = None
     if data is None:
         raise DronsegError(f"image {path} cannot be read (missing, truncated or not an image): replace or remove it")
-    return cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
+    return data
 
 
-def read_mask(path: Path, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """A mask as (H, W) uint8 class indices; DronsegError if unreadable, multi-channel or out of range."""
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An image as (H, W, 3) uint8 **RGB**; DronsegError if it cannot be decoded or is over ``max_pixels``."""
+    return cv2.cvtColor(read_bgr(path, max_pixels), cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: Path, num_classes: int = NUM_CLASSES, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A mask as (H, W) uint8 class indices; DronsegError if unreadable, over ``max_pixels`` (read
+    from its header before decoding), multi-channel or out of range."""
+    checked_image_size(path, max_pixels, what="mask")
     try:
         with Image.open(path) as img:
             mode = img.mode
@@ -164,28 +182,80 @@ def read_mask(path: Path, num_classes: int = NUM_CLASSES) -> np.ndarray:
     return data.astype(np.uint8, copy=False)
 
 
-def _check_one(sample: Sample, num_classes: int) -> tuple[np.ndarray, tuple[int, int]]:
-    image = cv2.imread(str(sample.image_path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DronsegError(f"image {sample.image_path} cannot be read (truncated or not an image): replace or remove it")
+class PixelBudget:
+    """Lets threads decode at most ``limit`` pixels at once; one image always may go, however large."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = int(limit), 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0 or self.used + pixels <= self.limit)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+def _check_headers(sample: Sample, max_pixels: int) -> int:
+    """The pixels of the sample's image, its image and mask headers checked against ``max_pixels``."""
+    width, height = checked_image_size(sample.image_path, max_pixels)
+    if sample.mask_path is not None:
+        checked_image_size(sample.mask_path, max_pixels, what="mask")
+    return width * height
+
+
+def _check_one(sample: Sample, num_classes: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    image = read_bgr(sample.image_path, max_pixels)
     size = (image.shape[1], image.shape[0])
     if sample.mask_path is None:
         return np.zeros(num_classes, np.int64), size
-    mask = read_mask(sample.mask_path, num_classes)
+    mask = read_mask(sample.mask_path, num_classes, max_pixels)
     if mask.shape != image.shape[:2]:
         raise DronsegError(
             f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {sample.image_path} is "
             f"{size[0]}x{size[1]}: masks must match their images pixel for pixel"
         )
-    return np.bincount(mask.ravel(), minlength=num_classes).astype(np.int64), size
+    return _class_counts(mask, num_classes), size
 
 
-def validate_samples(samples: list[Sample], num_classes: int = NUM_CLASSES, workers: int = 8) -> DatasetStats:
-    """Decode every image and mask once (threads; OpenCV and PIL release the GIL) and check them.
+def _class_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C,) int64 pixels of each class in ``mask`` (values checked below ``num_classes``), counted in
+    slices: np.bincount widens its input to int64, 8 bytes a pixel (265 MB for one 8K mask)."""
+    flat, counts = mask.ravel(), np.zeros(num_classes, np.int64)
+    for start in range(0, flat.size, COUNT_SLICE):
+        counts += np.bincount(flat[start:start + COUNT_SLICE], minlength=num_classes)
+    return counts
 
-    Raises the first DronsegError found, naming the file, before any training starts.
+
+def validate_samples(samples: list[Sample], num_classes: int = NUM_CLASSES, workers: int = 8,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> DatasetStats:
+    """Check every image and mask before any training starts: first their headers (at most
+    ``max_pixels`` pixels each: a decompression bomb is refused before anything is decoded), then
+    decode each once (threads; OpenCV and PIL release the GIL) to check and count its classes.
+
+    The threads decode at most DECODE_BUDGET_PIXELS at once, so memory stays bounded whatever
+    ``workers`` is. Raises the first DronsegError found, naming the file.
     """
+    check_max_pixels(max_pixels)
+    budget = PixelBudget(max(DECODE_BUDGET_PIXELS, max_pixels))
+
+    def check(item: tuple[Sample, int]) -> tuple[np.ndarray, tuple[int, int]]:
+        sample, pixels = item
+        with budget.hold(pixels):
+            return _check_one(sample, num_classes, max_pixels)
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(lambda s: _check_one(s, num_classes), samples))
+        try:
+            pixels = list(pool.map(lambda s: _check_headers(s, max_pixels), samples))
+            results = list(pool.map(check, zip(samples, pixels)))
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # the first bad file ends the check: the rest need not be decoded
+            raise
     counts = np.stack([r[0] for r in results]) if results else np.zeros((0, num_classes), np.int64)
     return DatasetStats(ids=[s.image_id for s in samples], counts=counts, sizes=[r[1] for r in results])

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset, Sampler
 
 from dronseg_edge.data.aeroscapes import Sample, read_image, read_mask
 from dronseg_edge.data.augment import AugmentConfig, apply_train_transform, build_train_transform
+from dronseg_edge.media import DEFAULT_MAX_PIXELS
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int] | None):
@@ -32,16 +33,18 @@ class SegmentationDataset(Dataset):
     An item may be an index or an ``(index, seed)`` pair from :class:`AugmentSeedSampler`: then the
     augmentation draws from a torch RNG seeded with ``seed`` (and the caller's RNG is left as it was),
     so a sample's augmentation does not depend on which worker loads it or on what it loaded before.
+    ``max_pixels``: images and masks above it (read from their headers) are refused, never decoded.
     """
 
     def __init__(self, samples: list[Sample], size: tuple[int, int] | None, augment: AugmentConfig | None = None,
-                 num_classes: int = 12, native_masks: bool = False):
+                 num_classes: int = 12, native_masks: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.samples = samples
         self.size = tuple(size) if size else None
         self.augment = augment
         self.transform = build_train_transform(augment) if augment is not None else None
         self.num_classes = num_classes
         self.native_masks = native_masks
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -49,9 +52,9 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item if isinstance(item, tuple) else (item, None)
         sample = self.samples[index]
-        image = read_image(sample.image_path)
+        image = read_image(sample.image_path, self.max_pixels)
         if sample.mask_path is not None:
-            mask = read_mask(sample.mask_path, self.num_classes)
+            mask = read_mask(sample.mask_path, self.num_classes, self.max_pixels)
         else:
             mask = np.full(image.shape[:2], 255, np.uint8)
         if self.native_masks:

@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dronseg_edge.checkpoint import load_checkpoint, recorded_data_root, recorded_split
 from dronseg_edge.classes import IGNORE_INDEX
-from dronseg_edge.data.aeroscapes import Sample, dataset_samples, read_mask, samples_for_ids, validate_samples
+from dronseg_edge.data.aeroscapes import Sample, dataset_samples, read_bgr, read_mask, samples_for_ids, validate_samples
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.media import DEFAULT_MAX_PIXELS, check_max_pixels
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.metrics import SegmentationMetrics
 from dronseg_edge.runtime.base import Backend
@@ -101,7 +101,7 @@ def _default_split(root: Path, info: ModelInfo, split: str, source: Path | None)
 
 
 def score_backend(backend: Backend, samples: Sequence[Sample], batch: int = 4,
-                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  log: Callable[[str], None] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """SegmentationMetrics.compute() of ``backend`` on ``samples`` (masks at their native size).
 
     ``batch``: images per call for a dynamic artifact (a static one takes its own batch); the last
@@ -114,20 +114,13 @@ def score_backend(backend: Backend, samples: Sequence[Sample], batch: int = 4,
     metrics = SegmentationMetrics(info.num_classes, IGNORE_INDEX, class_names=list(info.class_names))
     for start in range(0, len(samples), step):
         chunk = samples[start:start + step]
-        frames = [_read_bgr(s.image_path) for s in chunk]
-        masks = [read_mask(s.mask_path, info.num_classes) for s in chunk]
+        frames = [read_bgr(s.image_path, max_pixels) for s in chunk]
+        masks = [read_mask(s.mask_path, info.num_classes, max_pixels) for s in chunk]
         for output, mask in zip(_infer(backend, frames, step), masks):
             metrics.update(_class_map(output, mask.shape), torch.from_numpy(mask))
         if log is not None:
             log(f"scored {min(start + step, len(samples))}/{len(samples)} images")
     return metrics.compute()
-
-
-def _read_bgr(path: Path) -> np.ndarray:
-    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if frame is None:
-        raise DronsegError(f"image {path} cannot be read (missing, truncated or not an image): replace or remove it")
-    return frame
 
 
 def _infer(backend: Backend, frames: list[np.ndarray], step: int) -> list[np.ndarray]:
@@ -168,16 +161,19 @@ def _class_map(output: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
 
 
 def evaluate_artifact(model: Path, data: Path | None = None, split: str = "val", batch: int = 4, device="auto",
-                      meta: Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                      meta: Path | None = None, log: Callable[[str], None] | None = None,
+                      max_pixels: int | None = None) -> dict[str, Any]:
     """Scores of an ``.onnx``/``.engine`` (or ``.pt``) file on ``split``: the metrics dict of SegmentationMetrics
     plus provenance (model, data, split, split_source, arch, input_size, precision, backend, provider, class_names).
 
     ``meta``: metadata for a file without its own (``--meta``: the ONNX an engine was built from, or a sidecar JSON).
+    ``max_pixels``: images and masks above it are refused before decoding (None: the default, 2^26).
     """
     backend = load_backend(model, device, meta=meta)
     images = split_samples_for(Path(model), backend.info, data, split)
     try:
-        scores = score_backend(backend, images.samples, batch, log)
+        scores = score_backend(backend, images.samples, batch, log,
+                               DEFAULT_MAX_PIXELS if max_pixels is None else check_max_pixels(max_pixels))
     finally:
         backend.deactivate()
     info = backend.info

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from dronseg_edge.checkpoint import recorded_data_root, recorded_split
-from dronseg_edge.data.aeroscapes import IMAGE_DIR, dataset_samples, read_mask, samples_for_ids
+from dronseg_edge.data.aeroscapes import IMAGE_DIR, dataset_samples, read_bgr, read_mask, samples_for_ids
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import IMAGE_SUFFIXES
 
@@ -137,8 +136,6 @@ def synthetic_images(count: int, size: tuple[int, int], why: str) -> ImageSet:
 
 def load_item(item: ImageItem, num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
     """(BGR uint8 (H, W, 3), ground-truth class map (H, W) uint8 or None) of one item."""
-    frame = cv2.imread(str(item.image), cv2.IMREAD_COLOR)
-    if frame is None:
-        raise DronsegError(f"image {item.image} cannot be read (missing, truncated or not an image): replace or remove it")
+    frame = read_bgr(item.image)  # its header checked against the default pixel limit first
     mask = read_mask(item.mask, num_classes) if item.mask is not None else None
     return frame, mask

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 MB = 1_000_000
 CHECK_EVERY_S = 1.0  # DiskFloor: statvfs is cheap, but once a second is plenty at any frame rate
 RESERVE_BYTES = 4 << 20  # room to finish the video's index (about 16 bytes a frame) and write summary.json
-INDEX_BYTES_PER_FRAME = 32  # an MP4 index entry is 12-16 bytes; faststart moves it once more
+INDEX_BYTES_PER_FRAME = 32  # an MP4 index entry is 12-16 bytes (a fragment's own index, or mp4v's at the end)
 FINISH_BYTES = 1 << 20  # plus the trailer, the encoder's delayed frames and the I/O buffer
 
 

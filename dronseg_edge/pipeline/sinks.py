@@ -32,7 +32,6 @@ from dronseg_edge.pictures import fit_width, grid_row, stack_rows
 from dronseg_edge.pipeline.overlay import OverlayPlan, colorize
 from dronseg_edge.pipeline.queues import put_unless_stopped
 from dronseg_edge.pipeline.result import LOW_CONFIDENCE_U8, Result
-from dronseg_edge.pipeline.video_writer import VideoWriter, encoders_for, open_video_writer
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,6 @@ PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 if hasattr(cv2, "IMWRITE_PNG_FILTER"):
     PNG_FAST += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 JPEG_QUALITY = [cv2.IMWRITE_JPEG_QUALITY, 90]
-DEFAULT_FPS = 30.0
-MAX_FILL_S = 10.0  # longest gap filled with the previous overlay; a longer one is cut short
 # summary.json's "stopped" for a failed write, by errno
 STOPPED_BY_ERRNO = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EFBIG: "disk_full",
                     errno.EROFS: "unwritable", errno.EACCES: "unwritable", errno.EPERM: "unwritable"}
@@ -209,123 +206,6 @@ class ContactSheetSink(Sink):
 
     def outputs(self) -> dict[str, str]:
         return {"contact_sheet": str(self.target)} if self.written else {}
-
-
-class VideoSink(Sink):
-    """The overlay video (mp4, the input's fps and size), written to ``.NAME.partial.mp4`` and
-    renamed by ``close()``, so an interrupted run still leaves a finalised, playable file.
-    ``codec``: a ``--codec`` choice (:data:`~dronseg_edge.pipeline.video_writer.VIDEO_CODECS`);
-    ``auto`` is H.264 where PyAV is installed, else mp4v.
-
-    Frames that were not segmented (--stride, frames dropped in --live mode, damaged frames) are
-    filled with the previous overlay, so the video keeps the source's timeline and plays at its
-    speed. Frames of another size (a stream that changed resolution) are resized to the first one's.
-
-    ``segment_s`` (``--segment-s``): the video is cut into ``NAME_00000.mp4``, ``NAME_00001.mp4``, ...
-    of that many seconds of the video's timeline each, every one finished and renamed as soon as it
-    is full, so a recording killed or powered off mid-way loses its current segment only.
-    """
-
-    name = "video"
-
-    def __init__(self, path: Path, fps: float | None, overlay: OverlayPlan, codec: str = "auto",
-                 segment_s: float | None = None):
-        super().__init__()
-        self.path = self.target = Path(path)
-        if fps is None:
-            log.warning("the source reports no frame rate; the overlay video is written at %g fps", DEFAULT_FPS)
-        self.fps = fps or DEFAULT_FPS
-        self.overlay = overlay
-        encoders_for(codec)  # an explicit --codec this machine cannot write fails now, not at the first frame
-        self.requested_codec = codec
-        self.segment_frames = max(1, round(segment_s * self.fps)) if segment_s else None
-        self.segments: list[dict] = []  # finished files: {"file": name, "frames": n, "start_s": seconds}
-        self.size: tuple[int, int] | None = None
-        self.codec: str | None = None  # the encoder writing the video (libx264, h264_nvenc, mp4v, ...)
-        self._writer: VideoWriter | None = None
-        self._writer_path: Path | None = None
-        self._closed = False
-        self._warned = False
-        self._last: tuple[int, np.ndarray] | None = None
-        self.video_frames = 0
-
-    def _final_path(self, number: int) -> Path:
-        if self.segment_frames is None:
-            return self.path
-        return self.path.with_name(f"{self.path.stem}_{number:05d}{self.path.suffix}")
-
-    def _write(self, result: Result) -> None:
-        if self._closed:
-            raise DronsegError(f"video {self.path} is already closed")
-        image = self.overlay.image(result)
-        size = (image.shape[1], image.shape[0])
-        if self.size is None:
-            self.size = size
-        elif size != self.size:
-            if not self._warned:
-                log.warning("frame %d is %dx%d, the video %dx%d: resized", result.index, *size, *self.size)
-                self._warned = True
-            image = cv2.resize(image, self.size, interpolation=cv2.INTER_LINEAR)
-        if self._last is not None:
-            gap = min(result.index - self._last[0] - 1, int(self.fps * MAX_FILL_S))
-            for _ in range(max(gap, 0)):
-                self._emit(self._last[1])
-        self._emit(image)
-        self._last = (result.index, image)
-
-    def _emit(self, image: np.ndarray) -> None:
-        """One frame of the video's timeline, into the current file (opened, or finished when full)."""
-        if self._writer is None:
-            final = self._final_path(len(self.segments))
-            self._writer_path = final.with_name(f".{final.stem}.partial{final.suffix}")
-            self._writer = open_video_writer(self._writer_path, self.size, self.fps, self.requested_codec)
-            self.codec = self._writer.codec
-        self._writer.write(image)
-        self.video_frames += 1
-        if self.segment_frames is not None and self._writer.frames >= self.segment_frames:
-            self._finish_file()
-
-    def _finish_file(self) -> None:
-        """Close the current file and rename it to its final name; an empty one is removed."""
-        writer, tmp = self._writer, self._writer_path
-        self._writer = self._writer_path = None
-        final = self._final_path(len(self.segments))
-        try:
-            writer.close()
-        except Exception as exc:  # FFmpegError, OSError: the end or the index could not be written
-            with contextlib.suppress(OSError):
-                tmp.unlink()  # without its index the file does not play at all
-            if isinstance(exc, OSError):
-                cause = write_failure(exc, final)
-                failure = RuntimeFailure(f"{cause} (video {final.name} could not be finished and is lost)")
-                failure.stopped = cause.stopped
-            else:
-                failure = RuntimeFailure(f"cannot finish video {final}: {exc}; free some space or choose another --out")
-                failure.stopped = "write_failed"
-            raise failure from None
-        if writer.frames == 0:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            return
-        try:
-            os.replace(tmp, final)
-        except OSError as exc:
-            raise write_failure(exc, final) from None
-        start = (self.video_frames - writer.frames) / self.fps
-        self.segments.append({"file": final.name, "frames": writer.frames, "start_s": round(start, 3)})
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._writer is not None:
-            self._finish_file()
-
-    def outputs(self) -> dict:
-        files = [str(self.path.with_name(segment["file"])) for segment in self.segments]
-        if not files:
-            return {}
-        return {"video": files if self.segment_frames is not None else files[0]}
 
 
 class StatsSink(Sink):

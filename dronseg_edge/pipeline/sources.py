@@ -2,30 +2,31 @@
 a GStreamer pipeline or a Jetson's CSI camera.
 
 Every source yields the same :class:`FrameRecord`, so the rest of the pipeline never asks where a
-frame came from. ``open_source(spec)`` picks the kind from the command-line text.
+frame came from. ``open_source(spec)`` picks the kind from the command-line text. Video files,
+cameras and streams live here; images in ``image_sources``, the base classes in ``source_base``
+(all importable from here, as before).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import glob
 import logging
 import math
-import os
-import threading
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import cv2
-import numpy as np
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
-from dronseg_edge.media import IMAGE_SUFFIXES
+from dronseg_edge.media import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from dronseg_edge.pipeline.capture_options import CaptureOptions, hw_decode_record, is_rtsp, open_ffmpeg
+from dronseg_edge.pipeline.image_sources import ImageSource
+from dronseg_edge.pipeline.pyav_capture import PyAVCapture
+from dronseg_edge.pipeline.source_base import SOURCE_HELP, FrameRecord, FramesSource, Source, quiet_native_stderr
+
+__all__ = ["FrameRecord", "Source", "FramesSource", "ImageSource", "VideoSource", "CaptureSource", "CameraSource",
+           "StreamSource", "open_source", "quiet_native_stderr", "SOURCE_HELP"]
 
 log = logging.getLogger(__name__)
 
@@ -43,97 +44,13 @@ READ_TIMEOUT_MS = 5_000
 # returns the few frames it held, so the failure itself comes fast: look back over recent reads).
 TIMEOUT_SHARE = 0.8
 RECENT_READS = 32
-SOURCE_HELP = ("pass a video file, an image, a folder or glob of images, a camera index (0), an rtsp:// URL, "
-               "a GStreamer pipeline (elements joined by '!') or csi://N")
-
-
-@dataclass
-class FrameRecord:
-    """One decoded frame and where it came from.
-
-    ``index``: position in the source (0-based, before any stride); ``timestamp``: seconds from the
-    start (video: the container's presentation time, so variable-frame-rate files keep their
-    timing, or index / fps where it has none; camera and stream: wall clock since opening; images: None);
-    ``frame``: (H, W, 3) uint8 BGR; ``name``: stem for output files (``000042`` or the image's stem).
-    """
-
-    index: int
-    timestamp: float | None
-    frame: np.ndarray
-    source: str
-    name: str
-    decode_ms: float = 0.0
-
-
-class Source(ABC):
-    """A producer of :class:`FrameRecord`; ``frames()`` may be called once."""
-
-    kind = "source"
-    live_default = False  # cameras and streams: process only the newest frame unless told otherwise
-
-    def __init__(self, name: str):
-        self.name = name
-        self.fps: float | None = None
-        self.frame_count: int | None = None
-        self.corrupt = 0  # frames or files that could not be decoded and were skipped
-        self.reconnects = 0
-        # How the source ended, once it has: "ended" (its end: last frame, last image, a stream its
-        # server closed), "truncated" (a file that stops before the frame count its header declares),
-        # "lost" (a stream or camera that stopped and could not be reopened); None while running or
-        # when the run stopped it first.
-        self.end: str | None = None
-        # summary.json's hw_decode for sources FFmpeg decodes (video files, URLs): {"requested": bool,
-        # "used": "none" | "cuda" | "vaapi" | ...}; None where there is no such choice.
-        self.hw_decode: dict | None = None
-        self._stop = threading.Event()
-
-    @abstractmethod
-    def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
-        """Yield every ``stride``-th frame."""
-
-    def stop(self) -> None:
-        """Ask a blocking ``frames()`` (reconnect back-off) to give up soon; safe from any thread."""
-        self._stop.set()
-
-    def close(self) -> None:
-        self.stop()
-
-    def __enter__(self) -> "Source":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """Silence OpenCV's and FFmpeg's own stderr lines (e.g. a failed H.264 probe) for a moment.
-
-    They write to file descriptor 2 from C, so only redirecting the descriptor hides them; use it
-    in the main thread before worker threads start, or their messages would vanish too.
-    """
-    previous = cv2.getLogLevel() if hasattr(cv2, "getLogLevel") else None
-    if previous is not None:
-        cv2.setLogLevel(0)
-    try:
-        saved = os.dup(2)
-    except OSError:
-        saved = None
-    try:
-        if saved is not None:
-            with open(os.devnull, "wb") as devnull:
-                os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        if saved is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
-        if previous is not None:
-            cv2.setLogLevel(previous)
+# Frame rates taken as the source's own: a time-lapse at one frame a quarter hour up to a 1000 fps
+# camera. Outside it (0, NaN, OpenCV's 90000 for a missing rate) the rate is unknown.
+MIN_FPS, MAX_FPS = 1e-3, 1000.0
 
 
 def _sane_fps(value: float) -> float | None:
-    return float(value) if value and math.isfinite(value) and 1.0 <= value <= 1000.0 else None
+    return float(value) if value and math.isfinite(value) and MIN_FPS <= value <= MAX_FPS else None
 
 
 class VideoSource(Source):
@@ -141,7 +58,10 @@ class VideoSource(Source):
 
     Frames come upright: a display rotation in the file (phones, some drones) is applied, as
     players do. OpenCV rather than PyAV: both wrap the same libavcodec and decode at the same speed
-    here (benchmarks/README.md#decoding), and OpenCV applies the rotation itself.
+    here (benchmarks/README.md#decoding), and OpenCV applies the rotation itself. MPEG-TS files are
+    the exception where PyAV is installed (:mod:`~dronseg_edge.pipeline.pyav_capture`): their size
+    may change mid-way, which OpenCV hides by scaling every frame to the first size. A change is
+    followed (frames keep their own size), warned about and counted in ``size_changes``.
     """
 
     kind = "video"
@@ -153,7 +73,8 @@ class VideoSource(Source):
         if self.path.stat().st_size == 0:
             raise DronsegError(f"video {self.path} is empty (0 bytes) and has no frames: {SOURCE_HELP}")
         with quiet_native_stderr():
-            self.capture = open_ffmpeg(str(self.path), options)
+            suited = None if options.hw_decode else PyAVCapture.open_if_suited(self.path)
+            self.capture = suited or open_ffmpeg(str(self.path), options)
         if not self.capture.isOpened():
             raise DronsegError(f"video {self.path} cannot be opened: it has no video stream, is damaged, or uses a "
                                f"codec this FFmpeg lacks (check it with `ffprobe {self.path}`)")
@@ -195,6 +116,8 @@ class VideoSource(Source):
                 if not (math.isfinite(seconds) and seconds > last_time):
                     seconds = position / fps
                 last_time = seconds
+                if (frame.shape[1], frame.shape[0]) != self.size:
+                    self._size_changed(position, (frame.shape[1], frame.shape[0]))
                 yielded += 1
                 yield FrameRecord(position, seconds, frame, self.name, f"{position:06d}", decode_ms)
             position += 1
@@ -216,6 +139,13 @@ class VideoSource(Source):
             self._count_corrupt(min(failures, max(self.frame_count - last_good, 0)), last_good)
         self.end = "ended"
 
+    def _size_changed(self, position: int, size: tuple[int, int]) -> None:
+        if self.size[0] > 0:  # not the first frame of a file whose header gave no size
+            self.size_changes += 1
+            log.warning("video %s changes size at frame %d, from %dx%d to %dx%d: the outputs follow it (the overlay "
+                        "video starts a new file)", self.path, position, *self.size, *size)
+        self.size = size
+
     def _count_corrupt(self, count: int, position: int) -> None:
         if count > 0:
             self.corrupt += count
@@ -224,77 +154,6 @@ class VideoSource(Source):
     def close(self) -> None:
         super().close()
         self.capture.release()
-
-
-class ImageSource(Source):
-    """Still images (one file, a folder, a glob); each keeps its own size, unreadable files are skipped."""
-
-    kind = "images"
-
-    def __init__(self, paths: list[Path], name: str):
-        super().__init__(name)
-        if not paths:
-            raise DronsegError(f"{name} holds no images ({', '.join(IMAGE_SUFFIXES)}): {SOURCE_HELP}")
-        self.paths = list(paths)
-        self.frame_count = len(self.paths)
-        self.names = _unique_stems(self.paths)
-
-    @classmethod
-    def from_folder(cls, folder: Path) -> "ImageSource":
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        return cls(_keep_images(files, str(folder)), str(folder))
-
-    @classmethod
-    def from_glob(cls, pattern: str) -> "ImageSource":
-        files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        if not files:
-            raise DronsegError(f"source {pattern!r} matches no files: {SOURCE_HELP}")
-        return cls(_keep_images(files, pattern), pattern)
-
-    def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
-        yielded = 0
-        for index in range(0, len(self.paths), stride):
-            if self._stop.is_set():
-                return
-            path = self.paths[index]
-            start = time.perf_counter()
-            frame = _read_image(path)
-            decode_ms = (time.perf_counter() - start) * 1e3
-            if frame is None:
-                self.corrupt += 1
-                log.warning("image %s cannot be decoded (truncated or not an image); skipped", path)
-                continue
-            yielded += 1
-            yield FrameRecord(index, None, frame, str(path), self.names[index], decode_ms)
-        if yielded == 0 and not self._stop.is_set():
-            raise DronsegError(f"none of the {len(self.paths)} image(s) in {self.name} can be decoded: replace them")
-        self.end = "ended"
-
-
-def _read_image(path: Path) -> np.ndarray | None:
-    """(H, W, 3) uint8 BGR, EXIF-rotated; grey, alpha and 16-bit images are converted; None if unreadable."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: it cannot open non-ASCII paths on Windows
-    except OSError:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-
-
-def _keep_images(files: list[Path], where: str) -> list[Path]:
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-    if others:
-        log.warning("skipped %d non-image file(s) in %s (e.g. %s)", len(others), where, others[0].name)
-    return images
-
-
-def _unique_stems(paths: list[Path]) -> list[str]:
-    """Output names: the image stem, with the index appended where two images share a stem."""
-    stems = [p.stem for p in paths]
-    seen: dict[str, int] = {}
-    for stem in stems:
-        seen[stem] = seen.get(stem, 0) + 1
-    return [stem if seen[stem] == 1 else f"{stem}_{i:06d}" for i, stem in enumerate(stems)]
 
 
 class CaptureSource(Source):
@@ -461,37 +320,13 @@ def _open_stream(url: str, options: CaptureOptions):
     return _opened(open_ffmpeg(url, options, params))
 
 
-class FramesSource(Source):
-    """Wraps any iterable of (H, W, 3) uint8 BGR arrays (or FrameRecords), e.g. a generator; for the Python API."""
 
-    kind = "frames"
-
-    def __init__(self, frames: Iterable, name: str = "frames", fps: float | None = None):
-        super().__init__(name)
-        self._frames = frames
-        self.fps = fps
-
-    def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
-        for position, item in enumerate(self._frames):
-            if self._stop.is_set():
-                return
-            if position % stride:
-                continue
-            if isinstance(item, FrameRecord):
-                yield item
-                continue
-            frame = np.asarray(item)
-            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-                raise DronsegError(f"frame {position} of {self.name} is {frame.dtype} {frame.shape}; expected (H, W, 3) uint8 BGR")
-            timestamp = position / self.fps if self.fps else None
-            yield FrameRecord(position, timestamp, frame, self.name, f"{position:06d}")
-        self.end = "ended"
-
-
-def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None = None) -> Source:
+def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Source:
     """The source named by ``spec``: a Source, camera index, GStreamer pipeline, ``csi://N``, URL,
     folder, glob, image or video path. ``capture``: how FFmpeg opens video files and URLs (RTSP
-    transport and latency for rtsp:// only, hardware decoding); a DronsegError where it cannot apply."""
+    transport and latency for rtsp:// only, hardware decoding); a DronsegError where it cannot apply.
+    ``max_pixels``: images above it (read from their headers) are skipped (``--max-pixels``)."""
     if isinstance(spec, Source):
         return spec
     options = capture or CaptureOptions()
@@ -519,16 +354,16 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
     path = Path(text).expanduser()
     if path.is_dir():
         _check_capture_options(options, text, "an image folder")
-        return ImageSource.from_folder(path)
+        return ImageSource.from_folder(path, max_pixels)
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
             _check_capture_options(options, text, "an image")
-            return ImageSource([path], str(path))
+            return ImageSource([path], str(path), max_pixels)
         _check_capture_options(options, text, "a video file", ffmpeg=True)
         return VideoSource(path, capture=options)
     if any(ch in text for ch in "*?["):
         _check_capture_options(options, text, "images")
-        return ImageSource.from_glob(text)
+        return ImageSource.from_glob(text, max_pixels)
     raise DronsegError(f"source {text} does not exist: {SOURCE_HELP}")
 
 

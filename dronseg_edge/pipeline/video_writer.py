@@ -5,8 +5,18 @@ veryfast), then OpenCV's ``mp4v`` (MPEG-4 Part 2: browsers and many players cann
 every OpenCV wheel writes it). The registry's OpenCV wheels cannot write H.264 at all
 (docs/facts.md#pipeline-timings), hence PyAV, whose wheels carry FFmpeg with libx264 and NVENC.
 
-H.264 files are yuv420p (the only pixel format every decoder plays) with the MP4 index at the
-front (``movflags=+faststart``), so a browser starts playing before the whole file has arrived.
+H.264 files are yuv420p (the only pixel format every decoder plays) in *fragmented* MP4: an empty
+index at the front, then fragments (each its own small index and its frames) of at most a second
+of video. A process killed mid-run (SIGKILL, the out-of-memory killer, a drone's
+battery running out) leaves a file that plays up to its last written fragment: a plain MP4 writes
+its index at the end, and one cut before that does not play at all. Browsers, VLC, FFmpeg and
+OpenCV play fragmented MP4; it also starts playing before the whole file has arrived. No plain
+(faststart) copy is made at the end: that rewrites the whole file, doubling the disk it needs
+when the disk may be nearly full.
+
+OpenCV's ``mp4v`` writer (no PyAV) cannot write fragments (it passes no options to the MP4 muxer):
+its file plays only once closed, so :class:`~dronseg_edge.pipeline.video_sink.VideoSink` writes it under
+a hidden name and renames it when finished; ``--segment-s`` bounds what a kill loses there.
 
 Before each frame the writer checks that the frame and the index still fit on the disk
 (:func:`~dronseg_edge.pipeline.disk_space.ensure_room`): FFmpeg refuses every write after one has
@@ -52,6 +62,16 @@ ENCODER_OPTIONS = {
     "hevc_nvenc": {"preset": "p4", "rc": "vbr", "cq": "26"},
 }
 INSTALL_H264 = "pip install 'dronseg-edge[video]'"
+FRAGMENT_S = 1.0  # a fragment every this many seconds of video at most: what a kill loses, plus the encoder's delay
+# A moov without samples first, then a fragment at each keyframe and after FRAGMENT_S at the latest
+# (frag_duration, in microseconds: a keyframe every second instead would cost bitrate, 1.6x at two
+# seconds on a textured 720p test clip). delay_moov: the moov waits for the first fragment, so it can
+# hold the edit list that starts the video at 0 despite the B-frames' delay (without it the first
+# frame shows 2 frame durations late: 10 s at 0.2 fps); default_base_moof: offsets relative to each
+# fragment, as browsers' Media Source Extensions want; flush_packets: hand each finished fragment
+# to the system at once (FFmpeg otherwise holds up to 32 KiB in its buffer, where a kill loses it).
+FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+delay_moov+default_base_moof",
+                  "frag_duration": str(int(FRAGMENT_S * 1e6)), "flush_packets": "1"}
 
 
 def _import_av():
@@ -110,6 +130,7 @@ class VideoWriter(ABC):
     it (idempotent), after which it plays up to the last frame written."""
 
     codec = "?"  # the encoder actually used, as recorded in summary.json
+    fragmented = False  # plays up to its last fragment while written (so it may be written under its final name)
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float):
         self.path, self.size, self.fps = Path(path), size, fps
@@ -134,11 +155,14 @@ class VideoWriter(ABC):
 
 
 class PyAVWriter(VideoWriter):
-    """H.264/H.265 in MP4 through PyAV; frames are converted to yuv420p by the encoder's scaler.
+    """H.264/H.265 in fragmented MP4 through PyAV (a fragment a second at most: playable up to the last
+    one written however the process ends); frames are converted to yuv420p by the encoder's scaler.
 
     yuv420p stores colour at half resolution, so both sides must be even: an odd frame loses its
     last column and/or row (cropped, not resized, so every pixel stays where the masks have it).
     """
+
+    fragmented = True
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float, encoder: str):
         super().__init__(path, size, fps)
@@ -148,9 +172,9 @@ class PyAVWriter(VideoWriter):
         if min(self.video_size) < 2:
             raise DronsegError(f"frames of {size[0]}x{size[1]} are too small for a video; use --no-save-video")
         self._error, self._frame_from = av.FFmpegError, av.VideoFrame.from_ndarray
-        self._container = av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"})
+        self._container = av.open(str(path), "w", format="mp4", options=dict(FRAGMENTED_MP4))
         try:
-            # 29.97 fps sources report 29.97002997...: keep their exact 30000/1001 rate.
+            # 29.97 fps sources report 29.97002997...: keep their exact 30000/1001 rate (and 0.2 fps its 1/5).
             rate = Fraction(fps).limit_denominator(1001)
             stream = self._container.add_stream(encoder, rate=rate, options=dict(ENCODER_OPTIONS.get(encoder, {})))
             stream.width, stream.height = self.video_size
@@ -185,7 +209,8 @@ class PyAVWriter(VideoWriter):
                                "try --codec mp4v or --no-save-video") from None
 
     def close(self) -> None:
-        """Flush the encoder's delayed frames (B-frames, lookahead) and write the index."""
+        """Flush the encoder's delayed frames (B-frames, lookahead) into a last fragment and write the
+        fragments' random-access index (mfra)."""
         if self._closed:
             return
         self._closed = True

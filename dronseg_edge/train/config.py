@@ -8,6 +8,7 @@ from typing import Any
 
 from dronseg_edge.data.augment import AugmentConfig
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.media import DEFAULT_MAX_PIXELS, check_max_pixels
 from dronseg_edge.train.losses import LOSS_NAMES, WEIGHT_METHODS
 
 SCHEDULERS = ("onecycle", "constant", "poly")
@@ -71,6 +72,7 @@ class TrainConfig:
     mosaic_every: int = 5  # validation mosaics (image | truth | prediction) every N epochs and at the end; 0: none
     max_steps_per_epoch: int = 0  # 0: whole epoch (a cap for smoke runs and benchmarks)
     save_every_steps: int = 0  # also write weights/last.pt every N optimiser steps mid-epoch; 0: at epoch ends only
+    max_pixels: int | None = None  # images and masks above it are refused (--max-pixels); None: the default, 2^26
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> "TrainConfig":
@@ -97,7 +99,14 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise DronsegError(message)
+        if self.max_pixels is not None:
+            check_max_pixels(self.max_pixels)
         return self
+
+    @property
+    def pixel_limit(self) -> int:
+        """Pixels an image or mask may hold (its header is read before it is decoded)."""
+        return self.max_pixels if self.max_pixels is not None else DEFAULT_MAX_PIXELS
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

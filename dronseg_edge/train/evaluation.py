@@ -15,6 +15,7 @@ from dronseg_edge.data.aeroscapes import Sample, dataset_samples, samples_for_id
 from dronseg_edge.data.dataset import SegmentationDataset
 from dronseg_edge.devices import resolve_device
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.media import DEFAULT_MAX_PIXELS, check_max_pixels
 from dronseg_edge.train.loop import StepContext, evaluate
 from dronseg_edge.metrics import SegmentationMetrics
 
@@ -41,11 +42,13 @@ def split_samples(ckpt: dict, root: Path, split: str) -> list[Sample]:
     return samples_for_ids(root, ids)
 
 
-def native_loader(ckpt: dict, samples: list[Sample], batch: int, workers: int) -> DataLoader:
-    """Images at the checkpoint's size, masks at their native size (batch 1 when native sizes differ)."""
-    sizes = set(validate_samples(samples, num_classes=len(ckpt["class_names"])).sizes)
+def native_loader(ckpt: dict, samples: list[Sample], batch: int, workers: int,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> DataLoader:
+    """Images at the checkpoint's size, masks at their native size (batch 1 when native sizes differ);
+    images and masks over ``max_pixels`` are refused before decoding."""
+    sizes = set(validate_samples(samples, num_classes=len(ckpt["class_names"]), max_pixels=max_pixels).sizes)
     dataset = SegmentationDataset(samples, tuple(ckpt["input_size"]), augment=None,
-                                  num_classes=len(ckpt["class_names"]), native_masks=True)
+                                  num_classes=len(ckpt["class_names"]), native_masks=True, max_pixels=max_pixels)
     return DataLoader(dataset, batch_size=batch if len(sizes) == 1 else 1, shuffle=False, num_workers=workers)
 
 
@@ -57,8 +60,10 @@ def step_context(ckpt: dict, device: torch.device) -> StepContext:
 
 
 def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str = "val", batch: int = 4,
-                        device: str = "auto", workers: int = 2) -> dict[str, Any]:
-    """Scores of ``checkpoint`` on ``split``: the metrics dict of SegmentationMetrics plus provenance."""
+                        device: str = "auto", workers: int = 2, max_pixels: int | None = None) -> dict[str, Any]:
+    """Scores of ``checkpoint`` on ``split``: the metrics dict of SegmentationMetrics plus provenance.
+    ``max_pixels``: the image size limit (None: the default, 2^26)."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else check_max_pixels(max_pixels)
     ckpt = load_checkpoint(checkpoint, num_classes=len(CLASS_NAMES))
     root = checkpoint_data_root(ckpt, data)
     samples = split_samples(ckpt, root, split)
@@ -66,7 +71,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str =
     ctx = step_context(ckpt, torch_device)
     model = model_from_checkpoint(ckpt).to(torch_device, memory_format=torch.channels_last if ctx.channels_last else torch.contiguous_format)
     metrics = SegmentationMetrics(len(ckpt["class_names"]), IGNORE_INDEX, class_names=list(ckpt["class_names"]))
-    scores = evaluate(model, None, native_loader(ckpt, samples, batch, workers), ctx, metrics, description=f"eval {split}")
+    scores = evaluate(model, None, native_loader(ckpt, samples, batch, workers, limit), ctx, metrics, description=f"eval {split}")
     scores.pop("loss", None)
     return {"checkpoint": str(checkpoint), "data": str(root), "split": split, "arch": ckpt["arch"],
             "input_size": list(ckpt["input_size"]), "class_names": list(ckpt["class_names"]), **scores}

@@ -70,14 +70,29 @@ def fit(cfg: TrainConfig, resume: Path | None = None, log: Callable[[str], None]
     """Train ``cfg`` (or continue the run of checkpoint ``resume``); returns where the results are."""
     ckpt = load_checkpoint(resume, num_classes=len(CLASS_NAMES)) if resume else None
     if ckpt is not None:
-        overrides = {"device": cfg.device, "workers": cfg.workers}
-        cfg = TrainConfig.from_dict({**TrainingState.from_checkpoint(ckpt).config, **overrides})
+        cfg = _resumed_config(cfg, ckpt, resume)
     cfg.validate()
     dist_ctx = setup_distributed(cfg.device)
     try:
         return _fit(cfg, ckpt, resume, dist_ctx, log if dist_ctx.is_main else (lambda _msg: None))
     finally:
         cleanup_distributed()
+
+
+def _resumed_config(cfg: TrainConfig, ckpt: dict, resume: Path) -> TrainConfig:
+    """The run's own config from its checkpoint, with what a resume may change: the device, the
+    loader workers, and (when given, ``cfg.data`` / ``cfg.max_pixels``) the data folder and pixel limit.
+    The data folder the checkpoint records must still exist, or be given anew."""
+    overrides = {"device": cfg.device, "workers": cfg.workers}
+    if cfg.data:
+        overrides["data"] = cfg.data
+    if cfg.max_pixels is not None:
+        overrides["max_pixels"] = cfg.max_pixels
+    resumed = TrainConfig.from_dict({**TrainingState.from_checkpoint(ckpt).config, **overrides})
+    if not cfg.data and not (resumed.data and Path(resumed.data).is_dir()):
+        raise DronsegError(f"the data folder {resumed.data or '(none recorded)'} that {resume} trained on does not "
+                           "exist here: pass --data DIR (the same data set, the run's split names its images)")
+    return resumed
 
 
 def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: DistContext, log) -> FitResult:

@@ -78,7 +78,7 @@ def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, log: Callable[[s
     checkpoint ``ckpt`` being resumed."""
     started = time.perf_counter()
     samples = dataset_samples(cfg.data, "train")
-    stats = validate_samples(samples)
+    stats = validate_samples(samples, max_pixels=cfg.pixel_limit)
     log(f"data: {len(samples)} train images in {cfg.data} validated in {time.perf_counter() - started:.1f}s")
     if ckpt is not None:
         train_ids, val_ids = recorded_split(ckpt, "train"), recorded_split(ckpt, "val")
@@ -130,8 +130,9 @@ def loader_options(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
 
 def build_loaders(cfg: TrainConfig, data: DataSetup, dist_ctx: DistContext) -> Loaders:
     """Train loader (shuffled, augmented, sharded over ranks) and validation loader (in order, no augmentation)."""
-    train_set = SegmentationDataset([data.by_id[i] for i in data.train_ids], cfg.size, augment=cfg.augment)
-    val_set = SegmentationDataset([data.by_id[i] for i in data.val_ids], cfg.size, augment=None)
+    train_set = SegmentationDataset([data.by_id[i] for i in data.train_ids], cfg.size, augment=cfg.augment,
+                                    max_pixels=cfg.pixel_limit)
+    val_set = SegmentationDataset([data.by_id[i] for i in data.val_ids], cfg.size, augment=None, max_pixels=cfg.pixel_limit)
     generator = torch.Generator()
     common = loader_options(cfg, dist_ctx.device)
     if dist_ctx.enabled:

@@ -16,17 +16,8 @@ from dronseg_edge.data.dataset import SegmentationDataset
 from dronseg_edge.data.rle import submission_rows, write_submission
 from dronseg_edge.devices import resolve_device
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.media import checked_image_size
 from dronseg_edge.train.evaluation import step_context
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except OSError:
-        raise DronsegError(f"image {path} cannot be read: replace or remove it (and its test.csv row)") from None
 
 
 def write_competition_csv(checkpoint: Path, data: Path, out: Path, order: str = "row", batch: int = 4,
@@ -38,7 +29,7 @@ def write_competition_csv(checkpoint: Path, data: Path, out: Path, order: str = 
     samples = dataset_samples(data, "test")
     # Masks are not read for test images: the dataset yields an IGNORE mask of the native size, which gives the shape.
     samples = [type(s)(s.image_id, s.image_path, None) for s in samples]
-    batch = batch if len({_image_size(s.image_path) for s in samples}) == 1 else 1
+    batch = batch if len({checked_image_size(s.image_path) for s in samples}) == 1 else 1
     torch_device = resolve_device(device)
     ctx = step_context(ckpt, torch_device)
     model = model_from_checkpoint(ckpt).to(torch_device)

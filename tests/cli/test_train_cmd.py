@@ -77,6 +77,32 @@ def test_resume_errors(capsys, tmp_path, tiny_checkpoint):
     assert "training state" in one_line_error(capsys, "train", "--data", tmp_path, "--resume", tiny_checkpoint)
 
 
+def test_resume_takes_the_data_folder_from_its_checkpoint_unless_given(capsys, synth_root, tmp_path):
+    """The README form `train --resume RUN/weights/last.pt` needs no --data; a given one is checked first."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    code, _out, err = run_cli(capsys, "train", "--data", data, *TINY, "--out", tmp_path / "run", "--mosaic-every", "0")
+    assert code == 0, err
+    last = tmp_path / "run" / "weights" / "last.pt"
+    code, out, err = run_cli(capsys, "train", "--resume", last, "--device", "cpu", "--workers", "0")
+    assert code == 0, err
+    assert f"train images in {data} validated" in out and f"resumed from {last}" in out
+    saved = last.stat().st_mtime_ns
+    message = one_line_error(capsys, "train", "--resume", last, "--data", "/nonexistent")
+    assert message == ("error: --data /nonexistent is not a folder: pass the data set root in the Kaggle AeroScapes "
+                       "layout (or leave --data out: the run's own)")
+    assert last.stat().st_mtime_ns == saved  # refused before any work
+    moved = data.rename(tmp_path / "moved")
+    message = one_line_error(capsys, "train", "--resume", last, "--device", "cpu", "--workers", "0")
+    assert message == (f"error: the data folder {data} that {last} trained on does not exist here: pass --data DIR "
+                       "(the same data set, the run's split names its images)")
+    code, out, err = run_cli(capsys, "train", "--resume", last, "--data", moved, "--device", "cpu", "--workers", "0")
+    assert code == 0 and f"train images in {moved} validated" in out, err
+    assert "--data DIR is needed" in one_line_error(capsys, "train", *TINY)  # a new run has no checkpoint to ask
+
+
 def test_eval_prints_table_and_json(capsys, trained_run, tmp_path):
     code, out, err = run_cli(capsys, "eval", trained_run.best, "--device", "cpu", "--workers", "0", "--json", tmp_path / "s.json")
     assert code == 0, err

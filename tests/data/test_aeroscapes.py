@@ -1,13 +1,18 @@
 """The Kaggle-layout reader: valid data passes, every kind of bad file is named before training."""
 
+import threading
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from testkit import write_png_bomb
 
-from dronseg_edge.data.aeroscapes import dataset_samples, read_ids, read_mask, samples_for_ids, validate_samples
+from dronseg_edge.data import aeroscapes
+from dronseg_edge.data.aeroscapes import (dataset_samples, read_ids, read_image, read_mask, samples_for_ids,
+                                          validate_samples)
 from dronseg_edge.errors import DronsegError
 
 
@@ -49,9 +54,9 @@ def test_layout_without_csvs_uses_masks(tmp_path):
     assert [s.image_id for s in dataset_samples(tmp_path, "test")] == ids[4:]
 
 
-def _error(fn, *args) -> str:
+def _error(fn, *args, **kwargs) -> str:
     with pytest.raises(DronsegError) as info:
-        fn(*args)
+        fn(*args, **kwargs)
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -142,3 +147,96 @@ def test_palette_mode_masks_keep_indices(tmp_path):
     image.putpalette([v for i in range(256) for v in (i, 255 - i, i // 2)])
     image.save(tmp_path / "p.png")
     np.testing.assert_array_equal(read_mask(tmp_path / "p.png"), mask)
+
+
+def _decodes_recorded(monkeypatch) -> list[str]:
+    """The image files OpenCV and the mask files Pillow were asked to decode."""
+    seen = []
+    real_imread, real_array = aeroscapes.cv2.imread, aeroscapes.np.array
+
+    def imread(path, flags):
+        seen.append(Path(path).name)
+        return real_imread(path, flags)
+
+    def array(value, *args, **kwargs):
+        if isinstance(value, Image.Image):
+            seen.append(Path(value.filename).name)
+        return real_array(value, *args, **kwargs)
+
+    monkeypatch.setattr(aeroscapes.cv2, "imread", imread)
+    monkeypatch.setattr(aeroscapes.np, "array", array)
+    return seen
+
+
+@pytest.mark.parametrize("where", ["image", "mask"])
+def test_a_decompression_bomb_is_refused_by_its_header_before_any_decode(where, tmp_path, monkeypatch):
+    """Issue 19: a 109 KB PNG of 30000x30000 zeros (renamed .jpg among the images) reached 15.7 GB."""
+    ids = make_layout(tmp_path)
+    bomb = (tmp_path / "imgs/imgs" / f"{ids[2]}.jpg") if where == "image" else (tmp_path / "masks/masks" / f"{ids[2]}.png")
+    write_png_bomb(bomb, 12000, 12000)
+    decoded = _decodes_recorded(monkeypatch)
+    message = _error(validate_samples, dataset_samples(tmp_path), workers=4)
+    assert message == (f"{where} {bomb} is 12000x12000 (144.0 MP), above the 67.1 MP limit (a decompression bomb, "
+                       "or a larger image than expected): remove it, or raise --max-pixels if it is a genuine image")
+    assert decoded == []  # the headers are all checked before the first decode
+    with pytest.raises(DronsegError, match="above the 67.1 MP limit"):
+        (read_image if where == "image" else read_mask)(bomb)  # the loaders check too (a file changed after the check)
+    assert bomb.name not in decoded
+
+
+def test_a_raised_limit_lets_large_images_through_and_a_lowered_one_refuses_small_ones(tmp_path):
+    ids = make_layout(tmp_path)
+    samples = dataset_samples(tmp_path)
+    assert len(validate_samples(samples, max_pixels=32 * 24).ids) == 4
+    message = _error(validate_samples, samples, max_pixels=32 * 24 - 1)
+    assert message.startswith(f"image {tmp_path / 'imgs/imgs' / ids[0]}.jpg is 32x24 (0.0 MP), above the 0.0 MP limit")
+
+
+def test_the_data_check_decodes_within_its_pixel_budget_whatever_the_threads(tmp_path, monkeypatch):
+    make_layout(tmp_path, n=10, n_test=0)
+    active, most, lock = [0], [0], threading.Lock()
+    real = aeroscapes.read_bgr
+
+    def slow_read(path, max_pixels):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.02)  # long enough for the other threads to try to start theirs
+        try:
+            return real(path, max_pixels)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(aeroscapes, "read_bgr", slow_read)
+    monkeypatch.setattr(aeroscapes, "DECODE_BUDGET_PIXELS", 2 * 32 * 24)  # two images at a time
+    validate_samples(dataset_samples(tmp_path), workers=8, max_pixels=32 * 24)
+    assert most[0] == 2
+
+
+def test_a_pixel_budget_lets_one_oversized_holder_through_alone():
+    budget = aeroscapes.PixelBudget(10)
+    with budget.hold(25):  # larger than the budget: it must still go, alone
+        assert budget.used == 25
+    entered, leave = threading.Event(), threading.Event()
+
+    def second():
+        with budget.hold(6):
+            entered.set()
+            leave.wait(5)
+
+    waiting = threading.Thread(target=second)
+    with budget.hold(6):
+        waiting.start()
+        assert not entered.wait(0.1) and budget.used == 6  # 6 + 6 > 10: the second holder waits
+    assert entered.wait(5) and budget.used == 6  # it got in once the first left
+    leave.set()
+    waiting.join(5)
+    assert budget.used == 0
+
+
+def test_class_counts_in_slices_equal_one_bincount(monkeypatch):
+    mask = np.random.default_rng(0).integers(0, 12, (37, 29), dtype=np.uint8)
+    monkeypatch.setattr(aeroscapes, "COUNT_SLICE", 100)  # 11 slices, the last one short
+    counts = aeroscapes._class_counts(mask, 12)
+    assert counts.dtype == np.int64 and np.array_equal(counts, np.bincount(mask.ravel(), minlength=12))

@@ -107,3 +107,81 @@ def rotate_video(source: Path, path: Path, degrees: int) -> Path:
         if subprocess.run(command, capture_output=True).returncode == 0:
             return path
     raise AssertionError(f"test setup: ffmpeg cannot set a rotation on {source}")
+
+
+def write_ts_with_size_change(path: Path, sizes: tuple[tuple[int, int], ...] = ((96, 64), (128, 72)),
+                              frames: int = 6, fps: int = 30) -> Path:
+    """An H.264 MPEG-TS whose frame size changes mid-way (``frames`` frames at each of ``sizes``), as a
+    recorded live feed is when its camera switches modes; timestamps run on across the change. Each
+    part is a TS of its own (one encoder, one size) and TS files join by concatenation."""
+    import io
+
+    import av
+
+    data, first = b"", 0
+    for width, height in sizes:
+        buffer = io.BytesIO()
+        with av.open(buffer, "w", format="mpegts") as container:
+            stream = container.add_stream("libx264", rate=fps, options={"preset": "veryfast"})
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for index in range(first, first + frames):
+                frame = av.VideoFrame.from_ndarray(scene(index, (width, height)), format="bgr24")
+                frame.pts = index
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+        data += buffer.getvalue()
+        first += frames
+    Path(path).write_bytes(data)
+    return Path(path)
+
+
+def _boxes(data: bytes, start: int = 0, end: int | None = None) -> list[tuple[str, int, int]]:
+    """(type, offset, size) of the MP4 boxes in ``data[start:end]``; a last box cut short keeps its declared size."""
+    end = len(data) if end is None else end
+    boxes, offset = [], start
+    while offset + 8 <= end:
+        size, kind = int.from_bytes(data[offset:offset + 4], "big"), data[offset + 4:offset + 8].decode("latin-1")
+        if size == 1:
+            size = int.from_bytes(data[offset + 8:offset + 16], "big")
+        elif size == 0:
+            size = end - offset
+        if size < 8:
+            break
+        boxes.append((kind, offset, size))
+        offset += size
+    return boxes
+
+
+def fragment_frames(path: Path) -> int:
+    """Frames held by the complete fragments of a fragmented MP4 (a moof whose mdat is all there), read
+    from each fragment's own index (moof > traf > trun sample counts): what a player can show of it."""
+    data = Path(path).read_bytes()
+    top = _boxes(data)
+    frames = 0
+    for (kind, offset, size), following in zip(top, top[1:]):
+        complete = following[0] == "mdat" and following[1] + following[2] <= len(data)
+        if kind != "moof" or not complete:
+            continue
+        for traf in (b for b in _boxes(data, offset + 8, offset + size) if b[0] == "traf"):
+            for trun in (b for b in _boxes(data, traf[1] + 8, traf[1] + traf[2]) if b[0] == "trun"):
+                frames += int.from_bytes(data[trun[1] + 12:trun[1] + 16], "big")  # after version and flags
+    return frames
+
+
+def decode_without_errors(path: Path) -> list[float]:
+    """Every frame's time (s) of ``path``, decoded by PyAV (which raises on damaged data); where the
+    ffmpeg tool is installed, ``ffmpeg -v error -i PATH -f null -`` must also decode it without a word."""
+    import shutil
+    import subprocess
+
+    import av
+
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg:
+        done = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0 and done.stderr == "", f"ffmpeg on {path}: {done.stderr[-2000:]}"
+    with av.open(str(path)) as container:
+        return [float(frame.time) for frame in container.decode(container.streams.video[0])]

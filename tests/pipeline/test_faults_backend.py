@@ -57,3 +57,5 @@ def test_a_bug_keeps_its_traceback_and_the_outputs_are_still_final(segmenter, vi
         run_inference(segmenter, video_path, RunOptions(out=out, progress=False))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 2 and (out / "overlay.mp4").exists()
+    # The record agrees with the exit: never "stopped": "end", "error": null for a run that ends in a traceback.
+    assert summary["stopped"] == "error" and summary["error"].startswith("ValueError: a bug in this project")

@@ -1,7 +1,7 @@
-"""`infer` killed or stopped at a point: nothing partial under a final name, summary.json whole or
-absent, and the next run succeeds. SIGKILL in a subprocess (nothing of the run's can run after it);
-SIGTERM and SIGHUP in this process, where the run's own handlers catch them. (Ctrl-C in a
-subprocess: test_infer_interrupt.py.)"""
+"""`infer` killed or stopped at a point: nothing partial under a final name (the overlay video, a
+fragmented MP4, plays up to its last fragment), summary.json whole or absent, and the next run
+succeeds. SIGKILL in a subprocess (nothing of the run's can run after it); SIGTERM and SIGHUP in this
+process, where the run's own handlers catch them. (Ctrl-C in a subprocess: test_infer_interrupt.py.)"""
 
 from __future__ import annotations
 
@@ -16,11 +16,14 @@ from pathlib import Path
 
 import cv2
 import pytest
-from pipeline_media import read_video, write_video
+from pipeline_media import decode_without_errors, fragment_frames, read_video, write_video
 
 from dronseg_edge import atomic
 from dronseg_edge.cli import main
-from dronseg_edge.pipeline import RunOptions, Segmenter, run_inference
+from dronseg_edge.pipeline import RunOptions, Segmenter, run_inference, video_writer
+
+needs_av = pytest.mark.skipif(video_writer._import_av() is None,
+                              reason="PyAV is not installed (pip install 'dronseg-edge[video]'): mp4v cannot be fragmented")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,9 +78,13 @@ def test_sigkill_leaves_whole_files_and_finished_segments_and_a_rerun_succeeds(t
     assert not (out / "summary.json").exists()  # absent, never half-written
     segments = sorted(out.glob("overlay_*.mp4"))
     assert [p.name for p in segments[:2]] == ["overlay_00000.mp4", "overlay_00001.mp4"]
-    for segment in segments:  # each finished segment is a whole, playable file; only the current one is lost
+    for segment in segments[:-1]:  # each finished segment is a whole, playable file
         frames, fps, _ = read_video(segment)
         assert (len(frames), fps) == (6, 30.0), segment
+    # The one being written when the kill came: a fragmented MP4 plays up to its last fragment; mp4v
+    # (no PyAV) stays under its hidden name until finished, and a kill loses it.
+    if video_writer._import_av() is not None:
+        assert len(decode_without_errors(segments[-1])) == fragment_frames(segments[-1]) <= 6
     assert_final_files_whole(out)
     leftovers = [p.name for p in out.rglob(".*")]
     assert all(".partial." in name or ".tmp." in name for name in leftovers), leftovers  # hidden names only
@@ -90,6 +97,29 @@ def test_sigkill_leaves_whole_files_and_finished_segments_and_a_rerun_succeeds(t
     summary = json.loads((again / "summary.json").read_text())
     assert summary["stopped"] == "max_frames" and [s["file"] for s in summary["video_segments"]] == [
         "overlay_00000.mp4", "overlay_00001.mp4"]
+
+
+@pytest.mark.slow
+@needs_av
+def test_sigkill_leaves_an_overlay_video_that_plays_up_to_its_last_fragment(tiny_checkpoint, long_video, tmp_path):
+    """A drone's battery running out mid-recording, without --segment-s: the video is kept, not lost."""
+    out = tmp_path / "run"
+    video = out / "overlay.mp4"
+    process = start_infer(tiny_checkpoint, long_video, out)
+    try:
+        wait_until(process, lambda: video.exists() and fragment_frames(video) >= 60)  # two fragments of a second
+        process.kill()  # SIGKILL: the encoder's last frames and the fragment being filled are lost, no more
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not (out / "summary.json").exists()
+    in_fragments = fragment_frames(video)
+    times = decode_without_errors(video)  # ffmpeg -v error (where installed) and PyAV: not a word of error
+    assert len(times) == in_fragments >= 60 and masks_written(out) >= in_fragments
+    assert times == pytest.approx([index / 30 for index in range(len(times))])  # the source's timeline, from 0
+    assert len(read_video(video)[0]) == in_fragments  # OpenCV plays it too
+    assert_final_files_whole(out)
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])

@@ -59,7 +59,8 @@ def test_summary_holds_per_frame_stage_times_and_the_slowest_writer(tmp_path):
         backend=SimpleNamespace(path=Path("m.onnx"), name="onnxruntime", provider="CPUExecutionProvider"),
         device=torch.device("cpu"), info=SimpleNamespace(precision="fp32", input_size=(96, 64)), batch=1,
         tiling=TilePlan("auto", (96, 64)))
-    source = SimpleNamespace(name="clip.mp4", kind="video", fps=25.0, corrupt=1, reconnects=0)
+    source = SimpleNamespace(name="clip.mp4", kind="video", fps=25.0, corrupt=1, reconnects=0, oversized=2,
+                             size_changes=1)
     reader = SimpleNamespace(decode_ms=12.0, decoded=3, dropped=0)
     sinks = [FakeSink("masks", 2, 8.0, {"masks": str(tmp_path / "masks")}),
              FakeSink("stats", 2, 2.0, {"stats": str(tmp_path / "stats.jsonl")})]
@@ -68,9 +69,18 @@ def test_summary_holds_per_frame_stage_times_and_the_slowest_writer(tmp_path):
     assert data["write_ms"] == {"masks": 4.0, "stats": 1.0}
     assert (data["frames"], data["frame_size"], data["fps"], data["stride"]) == (2, "8x6", 4.0, 2)
     assert (data["interrupted"], data["stopped_by_key"], data["error"], data["corrupt_frames"]) == (True, False, None, 1)
+    assert (data["oversized_images"], data["size_changes"], data["max_pixels"]) == (2, 1, 1 << 26)
     assert data["outputs"] == {"masks": "masks", "stats": "stats.jsonl"}
     assert data["video_codec"] is None and data["video_frames"] is None
     assert (data["tile"]["mode"], data["tile"]["window"], data["tiled_frames"]) == ("auto", [96, 64], 0)
     assert RunSummary(tmp_path, data).speed_line().startswith("Speed: decode 4.0 ms, preprocess 1.0 ms, inference 15.0 ms")
     state.add(make_result((4, 4)))
     assert state.summary(segmenter, source, reader, sinks)["frame_size"] == "mixed"
+
+
+def test_a_run_that_ends_in_a_bug_says_so_in_its_stop_reason():
+    """summary.json never says ``stopped: end, error: null`` for a run that exits non-zero."""
+    state = RunState(Path("."), RunOptions(), live=False)
+    assert state.stop_reason() == "end"
+    state.bug = "error: OpenCV(5.1.0) ... (a bug in dronseg-edge: please report it)"
+    assert state.stop_reason() == "error"

@@ -84,8 +84,8 @@ def test_tiled_onnx_on_the_host_matches_the_tiled_checkpoint(models, trained_che
     rows = [np.concatenate([scene(i + 3 * j, (96, 64)) for i in range(3)], axis=1) for j in range(2)]
     frame = np.concatenate(rows, axis=0)  # 288x128: three model inputs wide
     with Segmenter(models["tensors"], device="cpu", tile="on", confidence=True) as host, \
-            Segmenter(trained_checkpoint, device="cpu", tile="on", confidence=True) as torch_work:
-        a, b = host.predict(frame), torch_work.predict(frame)
+            Segmenter(trained_checkpoint, device="cpu", tile="on", confidence=True) as checkpoint:
+        a, b = host.predict(frame), checkpoint.predict(frame)
     assert a.tiles == b.tiles > 3 and a.mask.shape == (128, 288)
     # The same windows and blending; the logits of fp32 torch and ONNX Runtime are ~1e-5 apart, so only
     # an exact near-tie could flip (none seen): a bound of 0.1 % of the pixels, whatever the processor.

@@ -1,11 +1,10 @@
 import json
-import logging
 import time
 
 import cv2
 import numpy as np
 import pytest
-from pipeline_media import read_video, scene
+from pipeline_media import scene
 
 from dronseg_edge.classes import CLASS_NAMES, PALETTE
 from dronseg_edge.errors import DronsegError, RuntimeFailure
@@ -13,7 +12,7 @@ from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut, colorize, overla
 from dronseg_edge.pipeline.segmenter import Result
 from dronseg_edge.pipeline.request import FILTERED
 from dronseg_edge.pipeline.sinks import (ColorMaskSink, ConfidenceSink, MaskSink, OverlayImageSink, Sink, SinkWorker,
-                                         StatsSink, VideoSink)
+                                         StatsSink)
 
 LUT = bgr_lut(PALETTE)
 
@@ -26,69 +25,6 @@ def make_result(index: int, size=(64, 48)) -> Result:
     counts = np.bincount(mask.ravel(), minlength=12)
     return Result(mask=mask, shares=counts / counts.sum(), class_names=list(CLASS_NAMES), frame=frame,
                   index=index, timestamp=index / 25, name=f"{index:06d}", source="clip.mp4")
-
-
-def test_video_sink_writes_a_playable_video_with_the_input_fps_and_size(tmp_path):
-    sink = VideoSink(tmp_path / "overlay.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT))
-    results = [make_result(i) for i in range(12)]
-    for result in results:
-        sink.write(result)
-    assert not (tmp_path / "overlay.mp4").exists()  # still under its temporary name
-    sink.close()
-    sink.close()  # idempotent
-    frames, fps, size = read_video(tmp_path / "overlay.mp4")
-    assert (len(frames), fps, size) == (12, 25.0, (64, 48))
-    expected = overlay(results[5].frame, results[5].mask, LUT, 0.5)
-    assert np.abs(frames[5].astype(int) - expected).mean() < 8  # lossy codec, same picture
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.mp4"]
-    assert sink.outputs() == {"video": str(tmp_path / "overlay.mp4")}
-
-
-def test_video_sink_resizes_odd_frames(tmp_path, caplog):
-    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, overlay=OverlayPlan(0.0, LUT))  # alpha 0: the frame itself
-    first = make_result(0)
-    first.frame[:] = 200
-    sink.write(first)
-    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
-        sink.write(make_result(1, size=(32, 24)))
-    sink.close()
-    frames, _, size = read_video(tmp_path / "v.mp4")
-    assert len(frames) == 2 and size == (64, 48)
-    assert abs(frames[0].astype(int).mean() - 200) < 3
-    assert "resized" in caplog.text
-
-
-def test_video_sink_fills_skipped_frames_to_keep_the_timeline(tmp_path):
-    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, overlay=OverlayPlan(1.0, LUT))
-    for index in (0, 3, 4):  # 1 and 2 were skipped (stride, live drops or damage)
-        sink.write(make_result(index))
-    sink.close()
-    frames, _, _ = read_video(tmp_path / "v.mp4")
-    assert len(frames) == sink.video_frames == 5 and sink.frames == 3
-    assert np.abs(frames[2].astype(int) - frames[0]).mean() < 2  # a repeat of frame 0's overlay
-    assert np.abs(frames[3].astype(int) - frames[0]).mean() > 5  # frame 3: its own overlay (another class below)
-
-
-def test_video_segments_are_each_a_finished_playable_file(tmp_path):
-    sink = VideoSink(tmp_path / "overlay.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT), segment_s=0.2)  # 5 frames each
-    for index in (0, 1, 2, 3, 4, 5, 9, 10):  # 6..8 skipped: filled, and the fill crosses a segment's end
-        sink.write(make_result(index))
-    assert [s["file"] for s in sink.segments] == ["overlay_00000.mp4", "overlay_00001.mp4"]  # final while running
-    sink.close()
-    names = ["overlay_00000.mp4", "overlay_00001.mp4", "overlay_00002.mp4"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == names  # no temporary file left
-    assert [len(read_video(tmp_path / name)[0]) for name in names] == [5, 5, 1]
-    assert sink.segments == [{"file": "overlay_00000.mp4", "frames": 5, "start_s": 0.0},
-                             {"file": "overlay_00001.mp4", "frames": 5, "start_s": 0.2},
-                             {"file": "overlay_00002.mp4", "frames": 1, "start_s": 0.4}]
-    assert sink.outputs() == {"video": [str(tmp_path / name) for name in names]} and sink.video_frames == 11
-
-
-def test_video_sink_without_frames_leaves_nothing(tmp_path):
-    sink = VideoSink(tmp_path / "v.mp4", fps=None, overlay=OverlayPlan(0.5, LUT))
-    sink.close()
-    assert list(tmp_path.iterdir()) == [] and sink.outputs() == {}
-    assert sink.fps == 30.0
 
 
 def test_mask_png_round_trips_class_indices(tmp_path):

@@ -1,20 +1,21 @@
-"""The overlay video's encoder: H.264 yuv420p faststart MP4 through PyAV, the mp4v fallback, --codec."""
+"""The overlay video's encoder: H.264 yuv420p fragmented MP4 through PyAV, the mp4v fallback, --codec."""
 
 import errno
 import logging
 import sys
+from fractions import Fraction
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from pipeline_media import mp4_top_level_boxes, probe_with_pyav, read_video
+from pipeline_media import decode_without_errors, fragment_frames, mp4_top_level_boxes, probe_with_pyav, read_video
 from test_sinks import LUT, make_result
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline import disk_space, video_writer
 from dronseg_edge.pipeline.overlay import OverlayPlan, overlay
 from dronseg_edge.pipeline.run import RunOptions
-from dronseg_edge.pipeline.sinks import VideoSink
+from dronseg_edge.pipeline.video_sink import VideoSink
 from dronseg_edge.pipeline.video_writer import encoder_opens, encoders_for, open_video_writer
 
 needs_av = pytest.mark.skipif(video_writer._import_av() is None,
@@ -49,8 +50,43 @@ def test_auto_writes_h264_yuv420p_with_the_index_first(tmp_path):
     expected = overlay(results[5].frame, results[5].mask, LUT, 0.5)
     assert np.abs(video["frames"][5].astype(int) - expected).mean() < 8
     boxes = mp4_top_level_boxes(tmp_path / "overlay.mp4")
-    assert boxes.index("moov") < boxes.index("mdat"), boxes  # faststart: plays while still downloading
+    assert boxes.index("moov") < boxes.index("moof") < boxes.index("mdat"), boxes  # the index first: plays while downloading
+    assert boxes[-1] == "mfra"  # finished: the fragments' random-access index at the end
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.mp4"]  # no partial left behind
+
+
+@needs_av
+def test_an_h264_file_plays_up_to_its_last_fragment_before_it_is_closed(tmp_path):
+    """What a killed run leaves: a keyframe, and so a fragment, every second, each on disk once complete."""
+    writer = open_video_writer(tmp_path / "v.mp4", (64, 48), 30.0, "libx264")
+    for index in range(100):
+        writer.write(make_result(index).frame)
+    # Not closed: as if the process had died here (the encoder still holds its last frames and fragment).
+    snapshot = tmp_path / "snapshot.mp4"
+    snapshot.write_bytes((tmp_path / "v.mp4").read_bytes())
+    in_fragments = fragment_frames(snapshot)
+    decoded = decode_without_errors(snapshot)
+    assert 60 <= in_fragments == len(decoded) < 100, (in_fragments, len(decoded))
+    writer.close()
+    assert len(decode_without_errors(tmp_path / "v.mp4")) == fragment_frames(tmp_path / "v.mp4") == 100
+
+
+@pytest.mark.parametrize("codec", ["auto", "mp4v"])
+def test_a_slow_source_keeps_its_own_timing(codec, tmp_path):
+    """0.2 fps (a time-lapse): written at 1/5 fps, so 4 frames last 20 s, not 0.13 s at 30 fps."""
+    if codec == "auto" and video_writer._import_av() is None:
+        pytest.skip("PyAV is not installed (pip install 'dronseg-edge[video]')")
+    sink, _ = write_sink(tmp_path / "slow.mp4", codec=codec, count=4, fps=0.2)
+    assert sink.fps == 0.2
+    frames, fps, _ = read_video(tmp_path / "slow.mp4")
+    assert len(frames) == 4 and fps == pytest.approx(0.2)
+    if video_writer._import_av() is not None:
+        import av
+
+        with av.open(str(tmp_path / "slow.mp4")) as container:
+            stream = container.streams.video[0]
+            times = [float(frame.time) for frame in container.decode(stream)]
+            assert stream.average_rate == Fraction(1, 5) and times == [0.0, 5.0, 10.0, 15.0]
 
 
 @needs_av

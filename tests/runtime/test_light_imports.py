@@ -3,7 +3,7 @@
 The deployable path runs on a Jetson next to a camera, where every import costs seconds and shared
 CPU/GPU memory: no torchvision (models), onnx/onnxslim (export), training, plotting or logging
 libraries, and no torch: ONNX Runtime takes and returns numpy, and the Segmenter's host work
-(pipeline/host_work.py) pre- and post-processes with OpenCV. Each case runs in a fresh interpreter,
+(runtime/host.py) pre- and post-processes with OpenCV. Each case runs in a fresh interpreter,
 since this test process has imported everything; the `infer` case runs the whole command.
 """
 

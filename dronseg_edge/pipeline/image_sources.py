@@ -1,0 +1,181 @@
+"""Still images as a source: one file, a folder, or a glob (``**`` for any depth).
+
+Each image keeps its own size. Its size is read from the header first (:mod:`dronseg_edge.media`):
+an image over ``max_pixels`` (``--max-pixels``) is skipped and counted before OpenCV decodes
+anything, as a damaged file is, so a decompression bomb in a folder costs a header read.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.media import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageTooLarge, ImageUnreadable, check_max_pixels,
+                                checked_image_size)
+from dronseg_edge.pipeline.source_base import SOURCE_HELP, FrameRecord, Source
+
+log = logging.getLogger(__name__)
+
+
+class ImageSource(Source):
+    """Still images (one file, a folder, a glob); each keeps its own size. Files that cannot be read
+    (``corrupt``) and images over ``max_pixels`` (``oversized``) are skipped and counted."""
+
+    kind = "images"
+
+    def __init__(self, paths: list[Path], name: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+        super().__init__(name)
+        if not paths:
+            raise DronsegError(f"{name} holds no images ({', '.join(IMAGE_SUFFIXES)}): {SOURCE_HELP}")
+        self.paths = list(paths)
+        self.max_pixels = check_max_pixels(max_pixels)
+        self.frame_count = len(self.paths)
+        self.names = _unique_stems(self.paths)
+
+    @classmethod
+    def from_folder(cls, folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> "ImageSource":
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        return cls(_keep_images(files, str(folder)), str(folder), max_pixels)
+
+    @classmethod
+    def from_glob(cls, pattern: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> "ImageSource":
+        files = glob_files(pattern)
+        if not files:
+            raise DronsegError(f"source {pattern!r} matches no files: {SOURCE_HELP}")
+        return cls(_keep_images(files, pattern), pattern, max_pixels)
+
+    def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
+        yielded = 0
+        for index in range(0, len(self.paths), stride):
+            if self._stop.is_set():
+                return
+            path = self.paths[index]
+            start = time.perf_counter()
+            frame = self._read(path)
+            decode_ms = (time.perf_counter() - start) * 1e3
+            if frame is None:
+                continue
+            yielded += 1
+            yield FrameRecord(index, None, frame, str(path), self.names[index], decode_ms)
+        if yielded == 0 and not self._stop.is_set():
+            skipped = [f"{count} {what}" for count, what in ((self.corrupt, "damaged or not images"),
+                                                             (self.oversized, "above --max-pixels")) if count]
+            raise DronsegError(f"none of the {len(self.paths)} image(s) in {self.name} can be decoded "
+                               f"({', '.join(skipped)}): replace them, or raise --max-pixels for genuine large images")
+        self.end = "ended"
+
+    def _read(self, path: Path) -> np.ndarray | None:
+        """The image, decoded only once its header showed it within ``max_pixels``; None (counted) if skipped."""
+        try:
+            checked_image_size(path, self.max_pixels, fix="skipped (raise --max-pixels if it is a genuine image)")
+        except ImageTooLarge as exc:
+            self.oversized += 1
+            log.warning("%s", exc)
+            return None
+        except ImageUnreadable:
+            frame = None
+        else:
+            frame = _read_image(path)
+        if frame is None:
+            self.corrupt += 1
+            log.warning("image %s cannot be decoded (truncated or not an image); skipped", path)
+        return frame
+
+
+def _read_image(path: Path) -> np.ndarray | None:
+    """(H, W, 3) uint8 BGR, EXIF-rotated; grey, alpha and 16-bit images are converted; None if unreadable.
+    Only for an image whose header was checked against the pixel limit."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: it cannot open non-ASCII paths on Windows
+    except OSError:
+        return None
+    if not data.size:
+        return None
+    try:
+        return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error:  # OpenCV's own refusals (its pixel ceiling, a header its decoder rejects): unreadable
+        return None
+
+
+def glob_files(pattern: str) -> list[Path]:
+    """The files ``pattern`` matches, sorted, each file once (``**``: any depth, through directory symlinks).
+
+    ``glob.glob`` follows symlinks under ``**`` without remembering where it has been: a link back to
+    a parent (``selfdir -> .``) lists the same images once per level until the path gets too long (41
+    times), and two such links make it walk 2^40 paths. Here each directory (by device and inode) is
+    walked once, and each file listed once, under its first name in sorted order.
+    """
+    paths = _glob_recursive(pattern) if "**" in Path(pattern).parts else glob.glob(pattern)
+    files, seen = [], set()
+    for path in sorted({Path(p) for p in paths}):
+        try:
+            info = os.stat(path)
+        except OSError:  # a dangling link
+            continue
+        if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
+            seen.add((info.st_dev, info.st_ino))
+            files.append(path)
+    return files
+
+
+def _glob_recursive(pattern: str) -> list[str]:
+    """``pattern`` with a ``**`` component: the part before it globbed, every directory below walked
+    once (hidden ones left out, as glob does), the part after it globbed in each."""
+    parts = Path(pattern).parts
+    cut = parts.index("**")
+    head, tail = parts[:cut], parts[cut + 1:]
+    if not head:
+        starts = ["."]
+    elif glob.has_magic(str(Path(*head))):
+        starts = glob.glob(str(Path(*head)))
+    else:
+        starts = [str(Path(*head))]
+    found: list[str] = []
+    for start in starts:
+        for folder, names in _walk_once(start):
+            if not tail:
+                found += [os.path.join(folder, name) for name in names if not name.startswith(".")]
+                continue
+            inner = os.path.join(glob.escape(folder), *tail)
+            found += _glob_recursive(inner) if "**" in tail else glob.glob(inner)
+    return found
+
+
+def _walk_once(start: str) -> Iterator[tuple[str, list[str]]]:
+    """(folder, its file names) for ``start`` and every directory below it, following symlinks but
+    entering each directory once."""
+    visited: set[tuple[int, int]] = set()
+    for folder, subfolders, names in os.walk(start, followlinks=True):
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in visited:
+            subfolders[:] = []
+            continue
+        visited.add((info.st_dev, info.st_ino))
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        yield folder, names
+
+
+def _keep_images(files: list[Path], where: str) -> list[Path]:
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        log.warning("skipped %d non-image file(s) in %s (e.g. %s)", len(others), where, others[0].name)
+    return images
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    """Output names: the image stem, with the index appended where two images share a stem."""
+    stems = [p.stem for p in paths]
+    seen: dict[str, int] = {}
+    for stem in stems:
+        seen[stem] = seen.get(stem, 0) + 1
+    return [stem if seen[stem] == 1 else f"{stem}_{i:06d}" for i, stem in enumerate(stems)]

@@ -1,0 +1,138 @@
+"""What every frame source is: the :class:`FrameRecord` each yields and the :class:`Source` base
+class; :class:`FramesSource` wraps any iterable of arrays (the Python API).
+
+The sources themselves live in ``sources`` (video files, cameras, streams; ``open_source``) and
+``image_sources`` (an image, a folder, a glob); ``gstreamer`` adds GStreamer pipelines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from dronseg_edge.errors import DronsegError
+
+SOURCE_HELP = ("pass a video file, an image, a folder or glob of images, a camera index (0), an rtsp:// URL, "
+               "a GStreamer pipeline (elements joined by '!') or csi://N")
+
+
+@dataclass
+class FrameRecord:
+    """One decoded frame and where it came from.
+
+    ``index``: position in the source (0-based, before any stride); ``timestamp``: seconds from the
+    start (video: the container's presentation time, so variable-frame-rate files keep their
+    timing, or index / fps where it has none; camera and stream: wall clock since opening; images: None);
+    ``frame``: (H, W, 3) uint8 BGR; ``name``: stem for output files (``000042`` or the image's stem).
+    """
+
+    index: int
+    timestamp: float | None
+    frame: np.ndarray
+    source: str
+    name: str
+    decode_ms: float = 0.0
+
+
+class Source(ABC):
+    """A producer of :class:`FrameRecord`; ``frames()`` may be called once."""
+
+    kind = "source"
+    live_default = False  # cameras and streams: process only the newest frame unless told otherwise
+
+    def __init__(self, name: str):
+        self.name = name
+        self.fps: float | None = None
+        self.frame_count: int | None = None
+        self.corrupt = 0  # frames or files that could not be decoded and were skipped
+        self.oversized = 0  # images skipped for holding more pixels than --max-pixels (read from their header)
+        self.size_changes = 0  # times a video's frame size changed mid-way (the outputs follow each change)
+        self.reconnects = 0
+        # How the source ended, once it has: "ended" (its end: last frame, last image, a stream its
+        # server closed), "truncated" (a file that stops before the frame count its header declares),
+        # "lost" (a stream or camera that stopped and could not be reopened); None while running or
+        # when the run stopped it first.
+        self.end: str | None = None
+        # summary.json's hw_decode for sources FFmpeg decodes (video files, URLs): {"requested": bool,
+        # "used": "none" | "cuda" | "vaapi" | ...}; None where there is no such choice.
+        self.hw_decode: dict | None = None
+        self._stop = threading.Event()
+
+    @abstractmethod
+    def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
+        """Yield every ``stride``-th frame."""
+
+    def stop(self) -> None:
+        """Ask a blocking ``frames()`` (reconnect back-off) to give up soon; safe from any thread."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence OpenCV's and FFmpeg's own stderr lines (e.g. a failed H.264 probe) for a moment.
+
+    They write to file descriptor 2 from C, so only redirecting the descriptor hides them; use it
+    in the main thread before worker threads start, or their messages would vanish too.
+    """
+    previous = cv2.getLogLevel() if hasattr(cv2, "getLogLevel") else None
+    if previous is not None:
+        cv2.setLogLevel(0)
+    try:
+        saved = os.dup(2)
+    except OSError:
+        saved = None
+    try:
+        if saved is not None:
+            with open(os.devnull, "wb") as devnull:
+                os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+        if previous is not None:
+            cv2.setLogLevel(previous)
+
+
+class FramesSource(Source):
+    """Wraps any iterable of (H, W, 3) uint8 BGR arrays (or FrameRecords), e.g. a generator; for the Python API."""
+
+    kind = "frames"
+
+    def __init__(self, frames: Iterable, name: str = "frames", fps: float | None = None):
+        super().__init__(name)
+        self._frames = frames
+        self.fps = fps
+
+    def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
+        for position, item in enumerate(self._frames):
+            if self._stop.is_set():
+                return
+            if position % stride:
+                continue
+            if isinstance(item, FrameRecord):
+                yield item
+                continue
+            frame = np.asarray(item)
+            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+                raise DronsegError(f"frame {position} of {self.name} is {frame.dtype} {frame.shape}; expected (H, W, 3) uint8 BGR")
+            timestamp = position / self.fps if self.fps else None
+            yield FrameRecord(position, timestamp, frame, self.name, f"{position:06d}")
+        self.end = "ended"
+

@@ -1,0 +1,213 @@
+"""The overlay video sink: the run's frames as one MP4 (or several: ``--segment-s``, a change of size).
+
+The encoding itself is :mod:`~dronseg_edge.pipeline.video_writer`'s; this sink keeps the source's
+timeline (frames that were not segmented are filled with the previous overlay), cuts the files, and
+names them so that a file under its final name plays (a fragmented MP4 from its first fragment on,
+an mp4v file once finished).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dronseg_edge.errors import DronsegError, RuntimeFailure
+from dronseg_edge.pipeline.overlay import OverlayPlan
+from dronseg_edge.pipeline.result import Result
+from dronseg_edge.pipeline.sinks import Sink, write_failure
+from dronseg_edge.pipeline.video_writer import VideoWriter, encoders_for, open_video_writer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FPS = 30.0
+MAX_FILL_S = 10.0  # longest gap filled with the previous overlay; a longer one is cut short
+# A fragmented file's new fragments are flushed to the disk (fsync) at most this often, so a power cut
+# loses about this much more than a kill does; an fsync on an eMMC or SD card takes tens of ms.
+SYNC_EVERY_S = 1.0
+
+
+class VideoSink(Sink):
+    """The overlay video (mp4, the input's fps and size), written to ``.NAME.partial.mp4``. A
+    fragmented MP4 (PyAV) plays up to its last fragment while it is written, so it takes its final
+    name once its first fragment (a second of video) is on disk: a run killed mid-way leaves
+    ``overlay.mp4`` playable up to its last second. OpenCV's mp4v file plays only once closed: it is
+    renamed by ``close()``.
+    ``codec``: a ``--codec`` choice (:data:`~dronseg_edge.pipeline.video_writer.VIDEO_CODECS`);
+    ``auto`` is H.264 where PyAV is installed, else mp4v.
+
+    Frames that were not segmented (--stride, frames dropped in --live mode, damaged frames) are
+    filled with the previous overlay, so the video keeps the source's timeline and plays at its
+    speed. A frame of another size (a stream that changed resolution) starts a new file, as one
+    video holds one size: ``NAME.mp4``, then ``NAME_00001.mp4``, ... (``segments`` lists them).
+
+    ``segment_s`` (``--segment-s``): the video is cut into ``NAME_00000.mp4``, ``NAME_00001.mp4``, ...
+    of that many seconds of the video's timeline each, every one finished and renamed as soon as it
+    is full, so a recording killed or powered off mid-way loses its current segment only.
+    """
+
+    name = "video"
+
+    def __init__(self, path: Path, fps: float | None, overlay: OverlayPlan, codec: str = "auto",
+                 segment_s: float | None = None):
+        super().__init__()
+        self.path = self.target = Path(path)
+        if fps is None:
+            log.warning("the source reports no frame rate; the overlay video is written at %g fps", DEFAULT_FPS)
+        self.fps = fps or DEFAULT_FPS
+        self.overlay = overlay
+        encoders_for(codec)  # an explicit --codec this machine cannot write fails now, not at the first frame
+        self.requested_codec = codec
+        self.segment_frames = max(1, round(segment_s * self.fps)) if segment_s else None
+        self.segments: list[dict] = []  # finished files: {"file": name, "frames": n, "start_s": seconds}
+        self.size: tuple[int, int] | None = None
+        self.codec: str | None = None  # the encoder writing the video (libx264, h264_nvenc, mp4v, ...)
+        self._writer: VideoWriter | None = None
+        self._writer_path: Path | None = None
+        self._header_bytes = 0  # the current file's size before its first frame (a fragmented MP4's empty index)
+        self._synced_bytes, self._synced_at = 0, -SYNC_EVERY_S  # its size at its last fsync, and when (monotonic s)
+        self._closed = False
+        self._last: tuple[int, np.ndarray] | None = None
+        self.video_frames = 0
+
+    def _final_path(self, number: int) -> Path:
+        if self.segment_frames is None and number == 0:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}_{number:05d}{self.path.suffix}")
+
+    def _write(self, result: Result) -> None:
+        if self._closed:
+            raise DronsegError(f"video {self.path} is already closed")
+        image = self.overlay.image(result)
+        size = (image.shape[1], image.shape[0])
+        if self.size is not None and size != self.size:
+            if self._writer is not None:
+                self._finish_file()
+            self._last = None  # no filling the new size's file with the old size's overlay
+            log.warning("frame %d is %dx%d, the video %dx%d: the overlay video goes on in a new file, %s",
+                        result.index, *size, *self.size, self._final_path(len(self.segments)).name)
+        self.size = size
+        if self._last is not None:
+            gap = min(result.index - self._last[0] - 1, int(self.fps * MAX_FILL_S))
+            for _ in range(max(gap, 0)):
+                self._emit(self._last[1])
+        self._emit(image)
+        self._last = (result.index, image)
+
+    def _emit(self, image: np.ndarray) -> None:
+        """One frame of the video's timeline, into the current file (opened, or finished when full)."""
+        if self._writer is None:
+            final = self._final_path(len(self.segments))
+            self._writer_path = final.with_name(f".{final.stem}.partial{final.suffix}")
+            self._writer = open_video_writer(self._writer_path, self.size, self.fps, self.requested_codec)
+            self.codec = self._writer.codec
+            self._header_bytes, self._synced_bytes, self._synced_at = _size(self._writer_path), 0, -SYNC_EVERY_S
+        self._writer.write(image)
+        self.video_frames += 1
+        if self._writer.fragmented:
+            self._keep_fragments()
+        if self.segment_frames is not None and self._writer.frames >= self.segment_frames:
+            self._finish_file()
+
+    def _keep_fragments(self) -> None:
+        """A fragmented file's complete fragments survive a kill once written, and a power cut once on
+        the disk itself: the file takes its final name with its first fragment (from then on it
+        plays), and what it holds is flushed to the disk (fsync) at most once a second."""
+        size = _size(self._writer_path)
+        if size <= self._header_bytes:
+            return  # no complete fragment yet
+        if self._writer_path.name.startswith("."):
+            self._writer_path = _move_open_file(self._writer, self._final_path(len(self.segments)))
+            with contextlib.suppress(OSError):  # the new name itself; some file systems cannot sync a folder
+                _fsync(self._writer_path.parent)
+        elif size == self._synced_bytes or time.monotonic() - self._synced_at < SYNC_EVERY_S:
+            return
+        _fsync(self._writer_path)
+        self._synced_bytes, self._synced_at = size, time.monotonic()
+
+    def _finish_file(self) -> None:
+        """Close the current file and rename it to its final name; an empty one is removed."""
+        writer, tmp = self._writer, self._writer_path
+        self._writer = self._writer_path = None
+        final = self._final_path(len(self.segments))
+        try:
+            writer.close()
+        except Exception as exc:  # FFmpegError, OSError: the end or the index could not be written
+            raise self._unfinished(exc, writer, tmp, final) from None
+        if writer.frames == 0:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return
+        if tmp != final:
+            try:
+                os.replace(tmp, final)
+            except OSError as exc:
+                raise write_failure(exc, final) from None
+        start = (self.video_frames - writer.frames) / self.fps
+        self.segments.append({"file": final.name, "frames": writer.frames, "start_s": round(start, 3),
+                              "size": f"{self.size[0]}x{self.size[1]}"})
+
+    def _unfinished(self, exc: Exception, writer: VideoWriter, tmp: Path, final: Path) -> RuntimeFailure:
+        """The error for a file whose end could not be written: a fragmented one is kept (it plays up
+        to its last fragment), an mp4v one is removed (without its index it does not play at all)."""
+        if writer.fragmented and tmp == final and writer.frames:
+            fate = "could not be finished: it plays up to its last complete second"
+            self.segments.append({"file": final.name, "frames": None, "start_s": None,
+                                  "size": f"{self.size[0]}x{self.size[1]}"})
+        else:
+            fate = "could not be finished and is lost"
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if isinstance(exc, OSError):
+            cause = write_failure(exc, final)
+            failure = RuntimeFailure(f"{cause} (video {final.name} {fate})")
+            failure.stopped = cause.stopped
+        else:
+            failure = RuntimeFailure(f"cannot finish video {final}: {exc} ({fate}); free some space or choose "
+                                     "another --out")
+            failure.stopped = "write_failed"
+        return failure
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._finish_file()
+
+    def outputs(self) -> dict:
+        files = [str(self.path.with_name(segment["file"])) for segment in self.segments]
+        if not files:
+            return {}
+        return {"video": files if self.segment_frames is not None or len(files) > 1 else files[0]}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _move_open_file(writer: VideoWriter, final: Path) -> Path:
+    """Rename the file ``writer`` has open to ``final`` (its descriptor follows on POSIX) and return
+    where it now is; where the system refuses (Windows keeps open files in place) it stays put and
+    is renamed when finished."""
+    try:
+        os.replace(writer.path, final)
+    except OSError:
+        return writer.path
+    writer.path = final
+    return final

@@ -1,0 +1,84 @@
+"""Image folders and globs as sources: images over --max-pixels are skipped before OpenCV decodes them,
+and a recursive glob visits each file once through symlink loops."""
+
+import logging
+import os
+
+import cv2
+import numpy as np
+import pytest
+from pipeline_media import scene
+from testkit import write_png_bomb
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.pipeline import image_sources
+from dronseg_edge.pipeline.image_sources import ImageSource, glob_files
+from dronseg_edge.pipeline.sources import open_source
+
+
+@pytest.fixture
+def decoded(monkeypatch) -> list[int]:
+    """The byte counts cv2.imdecode was given, to show which files OpenCV saw."""
+    seen, real = [], cv2.imdecode
+
+    def recording(data, flags):
+        seen.append(int(data.size))
+        return real(data, flags)
+
+    monkeypatch.setattr(image_sources.cv2, "imdecode", recording)
+    return seen
+
+
+def test_a_bomb_in_a_folder_is_skipped_and_counted_without_being_decoded(tmp_path, decoded, caplog):
+    cv2.imwrite(str(tmp_path / "a.jpg"), scene(0, (96, 64)))
+    bomb = write_png_bomb(tmp_path / "b.png", 12000, 12000)  # 144 MP, 432 MB once decoded to BGR
+    cv2.imwrite(str(tmp_path / "c.png"), scene(3, (64, 48)))
+    (tmp_path / "d.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        source = open_source(tmp_path)
+        records = list(source.frames())
+    assert [r.name for r in records] == ["a", "c"] and source.end == "ended"
+    assert (source.oversized, source.corrupt) == (1, 1)
+    assert bomb.stat().st_size not in decoded and len(decoded) == 2  # a.jpg and c.png only: d.jpg's header failed
+    assert f"image {bomb} is 12000x12000 (144.0 MP), above the 67.1 MP limit" in caplog.text
+    assert "skipped (raise --max-pixels if it is a genuine image)" in caplog.text
+
+
+def test_the_limit_is_an_option_and_applies_to_globs_and_single_images(tmp_path):
+    cv2.imwrite(str(tmp_path / "small.png"), scene(0, (40, 30)))  # 1200 pixels
+    cv2.imwrite(str(tmp_path / "large.png"), scene(1, (96, 64)))  # 6144 pixels
+    source = open_source(str(tmp_path / "*.png"), max_pixels=5000)
+    assert [r.name for r in source.frames()] == ["small"] and source.oversized == 1
+    with pytest.raises(DronsegError, match=r"none of the 1 image\(s\) in .*large.png can be decoded \(1 above "
+                                           r"--max-pixels\): replace them, or raise --max-pixels"):
+        list(open_source(tmp_path / "large.png", max_pixels=5000).frames())
+    with pytest.raises(DronsegError, match="--max-pixels 0 must be a whole number"):
+        ImageSource([tmp_path / "small.png"], "x", max_pixels=0)
+
+
+def test_a_recursive_glob_visits_each_file_once_through_symlink_loops(tmp_path):
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    for path in (root / "a.png", root / "sub" / "b.png"):
+        cv2.imwrite(str(path), np.zeros((8, 8, 3), np.uint8))
+    os.symlink(".", root / "selfdir")  # a loop: glob.glob lists a.png 41 times through it
+    os.symlink("..", root / "sub" / "up")  # a second loop: glob.glob would walk 2^40 paths
+    os.symlink(root / "sub", tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", root / "linked")  # a link to a folder seen already, under another name
+    os.symlink(root / "missing", root / "dangling")
+    once = [root / "a.png", root / "linked" / "b.png"]  # each file under its first name in sorted order
+    assert glob_files(str(root / "**" / "*.png")) == once
+    assert glob_files(str(root / "**")) == once
+    assert [r.name for r in open_source(str(root / "**/*.png")).frames()] == ["a", "b"]
+    outside = tmp_path / "other"
+    outside.mkdir()
+    cv2.imwrite(str(outside / "c.png"), np.zeros((8, 8, 3), np.uint8))
+    os.symlink(outside, root / "more")  # a symlinked folder that is not a loop is followed
+    assert glob_files(str(root / "**" / "*.png")) == [*once, root / "more" / "c.png"]
+
+
+def test_a_glob_without_double_star_is_plain(tmp_path):
+    for name in ("x1.png", "x2.png", ".hidden.png"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((8, 8, 3), np.uint8))
+    os.symlink(tmp_path / "x1.png", tmp_path / "x3.png")  # the same file under a second name: listed once
+    assert glob_files(str(tmp_path / "x?.png")) == [tmp_path / "x1.png", tmp_path / "x2.png"]

@@ -1,0 +1,141 @@
+"""The overlay video sink: the source's timeline, segments, a file per frame size, final names."""
+
+import errno
+import logging
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from pipeline_media import decode_without_errors, mp4_top_level_boxes, read_video
+from test_sinks import LUT, make_result
+
+from dronseg_edge.errors import RuntimeFailure
+from dronseg_edge.pipeline import video_sink, video_writer
+from dronseg_edge.pipeline.overlay import OverlayPlan, overlay
+from dronseg_edge.pipeline.video_sink import VideoSink
+
+needs_av = pytest.mark.skipif(video_writer._import_av() is None,
+                              reason="PyAV is not installed (pip install 'dronseg-edge[video]')")
+
+
+def test_video_sink_writes_a_playable_video_with_the_input_fps_and_size(tmp_path):
+    sink = VideoSink(tmp_path / "overlay.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT))
+    results = [make_result(i) for i in range(60)]
+    for result in results[:10]:
+        sink.write(result)
+    assert not (tmp_path / "overlay.mp4").exists()  # nothing playable on disk yet: under its temporary name
+    for result in results[10:]:
+        sink.write(result)
+    # A fragmented MP4 (PyAV) takes its final name with its first fragment (a second); mp4v once finished.
+    assert (tmp_path / "overlay.mp4").exists() == sink._writer.fragmented
+    sink.close()
+    sink.close()  # idempotent
+    frames, fps, size = read_video(tmp_path / "overlay.mp4")
+    assert (len(frames), fps, size) == (60, 25.0, (64, 48))
+    expected = overlay(results[5].frame, results[5].mask, LUT, 0.5)
+    assert np.abs(frames[5].astype(int) - expected).mean() < 8  # lossy codec, same picture
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.mp4"]
+    assert sink.outputs() == {"video": str(tmp_path / "overlay.mp4")}
+
+
+def test_video_sink_blends_at_the_plans_opacity(tmp_path):
+    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, overlay=OverlayPlan(0.0, LUT))  # alpha 0: the frame itself
+    first = make_result(0)
+    first.frame[:] = 200
+    sink.write(first)
+    sink.close()
+    frames, _, _ = read_video(tmp_path / "v.mp4")
+    assert len(frames) == 1 and abs(frames[0].astype(int).mean() - 200) < 3
+
+
+def test_a_frame_of_another_size_starts_a_new_file(tmp_path, caplog):
+    """A stream that changes resolution: each file holds one size, nothing is squashed or resized."""
+    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, overlay=OverlayPlan(0.5, LUT))
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        for index in range(3):
+            sink.write(make_result(index))
+        for index in (4, 5):  # frame 3 was skipped: the gap is not filled with the old size's overlay
+            sink.write(make_result(index, size=(96, 72)))
+    sink.close()
+    first, _, first_size = read_video(tmp_path / "v.mp4")
+    second, _, second_size = read_video(tmp_path / "v_00001.mp4")
+    assert (len(first), first_size, len(second), second_size) == (3, (64, 48), 2, (96, 72))
+    assert [(s["file"], s["frames"], s["size"]) for s in sink.segments] == [("v.mp4", 3, "64x48"),
+                                                                            ("v_00001.mp4", 2, "96x72")]
+    assert sink.outputs() == {"video": [str(tmp_path / "v.mp4"), str(tmp_path / "v_00001.mp4")]}
+    assert "frame 4 is 96x72, the video 64x48" in caplog.text and "v_00001.mp4" in caplog.text
+
+
+def test_video_sink_fills_skipped_frames_to_keep_the_timeline(tmp_path):
+    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, overlay=OverlayPlan(1.0, LUT))
+    for index in (0, 3, 4):  # 1 and 2 were skipped (stride, live drops or damage)
+        sink.write(make_result(index))
+    sink.close()
+    frames, _, _ = read_video(tmp_path / "v.mp4")
+    assert len(frames) == sink.video_frames == 5 and sink.frames == 3
+    assert np.abs(frames[2].astype(int) - frames[0]).mean() < 2  # a repeat of frame 0's overlay
+    assert np.abs(frames[3].astype(int) - frames[0]).mean() > 5  # frame 3: its own overlay (another class below)
+
+
+def test_video_segments_are_each_a_finished_playable_file(tmp_path):
+    sink = VideoSink(tmp_path / "overlay.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT), segment_s=0.2)  # 5 frames each
+    for index in (0, 1, 2, 3, 4, 5, 9, 10):  # 6..8 skipped: filled, and the fill crosses a segment's end
+        sink.write(make_result(index))
+    assert [s["file"] for s in sink.segments] == ["overlay_00000.mp4", "overlay_00001.mp4"]  # final while running
+    sink.close()
+    names = ["overlay_00000.mp4", "overlay_00001.mp4", "overlay_00002.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # no temporary file left
+    assert [len(read_video(tmp_path / name)[0]) for name in names] == [5, 5, 1]
+    assert sink.segments == [{"file": "overlay_00000.mp4", "frames": 5, "start_s": 0.0, "size": "64x48"},
+                             {"file": "overlay_00001.mp4", "frames": 5, "start_s": 0.2, "size": "64x48"},
+                             {"file": "overlay_00002.mp4", "frames": 1, "start_s": 0.4, "size": "64x48"}]
+    assert sink.outputs() == {"video": [str(tmp_path / name) for name in names]} and sink.video_frames == 11
+
+
+def test_video_sink_without_frames_leaves_nothing(tmp_path):
+    sink = VideoSink(tmp_path / "v.mp4", fps=None, overlay=OverlayPlan(0.5, LUT))
+    sink.close()
+    assert list(tmp_path.iterdir()) == [] and sink.outputs() == {}
+    assert sink.fps == 30.0
+
+
+@needs_av
+def test_a_fragmented_file_whose_end_cannot_be_written_is_kept(tmp_path):
+    """Under a disk quota the encoder's last write fails (EDQUOT): the fragments on disk still play."""
+    sink = VideoSink(tmp_path / "v.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT))
+    for index in range(60):
+        sink.write(make_result(index))
+    writer = sink._writer
+    real_close = writer.close
+
+    def quota_reached():
+        real_close()
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    writer.close = quota_reached
+    with pytest.raises(RuntimeFailure) as error:
+        sink.close()
+    assert "(video v.mp4 could not be finished: it plays up to its last complete second)" in str(error.value)
+    assert error.value.stopped == "disk_full"
+    assert len(decode_without_errors(tmp_path / "v.mp4")) >= 25 and sink.outputs() == {"video": str(tmp_path / "v.mp4")}
+
+
+@needs_av
+def test_fragments_are_flushed_to_the_disk_at_most_once_a_second(tmp_path, monkeypatch):
+    """So a power cut, not only a kill, keeps what was written up to about a second before; and a file
+    encoded faster than real time (a recording being processed) does not wait on the disk per fragment."""
+    synced, clock = [], [0.0]
+    real_fsync = video_sink.os.fsync
+    monkeypatch.setattr(video_sink.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                            real_fsync(fd)))
+    monkeypatch.setattr(video_sink, "time", SimpleNamespace(monotonic=lambda: clock[0]))  # this module's clock only
+    sink = VideoSink(tmp_path / "v.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT))
+    for index in range(150):  # 6 s of video at 25 fps, a fragment a second, written in 1.5 s of wall time
+        clock[0] = index * 0.01
+        sink.write(make_result(index))
+    folder, video = str(tmp_path), str(tmp_path / "v.mp4")
+    assert mp4_top_level_boxes(tmp_path / "v.mp4").count("moof") >= 4
+    assert synced[:2] == [folder, video]  # the final name given with the first fragment, then its data
+    assert synced.count(video) == 2  # at the first fragment, then a second later: not at each of the others
+    sink.close()
