@@ -6,6 +6,7 @@ adds the threaded writers (overlay video, mask PNGs, stats) that ``dronseg-edge 
 
 from dronseg_edge.pipeline.run import RunOptions, RunSummary, run_inference
 from dronseg_edge.pipeline.segmenter import Result, Segmenter
-from dronseg_edge.pipeline.sources import FrameRecord, Source, open_source
+from dronseg_edge.pipeline.open_source import open_source
+from dronseg_edge.pipeline.sources import FrameRecord, Source
 
 __all__ = ["FrameRecord", "Result", "RunOptions", "RunSummary", "Segmenter", "Source", "open_source", "run_inference"]

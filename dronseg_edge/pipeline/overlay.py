@@ -8,15 +8,20 @@ frame than the model itself; a 256-entry ``cv2.LUT`` does the same several times
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
 import cv2
 import numpy as np
 
 from dronseg_edge.pipeline.request import FILTERED
 
-if TYPE_CHECKING:  # result.py imports this module
-    from dronseg_edge.pipeline.result import Result
+
+class Segmented(Protocol):
+    """What an overlay needs of a result (pipeline/result.Result has it): the frame, its class map, the filter."""
+
+    frame: np.ndarray
+    mask: np.ndarray
+    classes: tuple[int, ...] | None
 
 
 def bgr_lut(palette_rgb: Sequence[Sequence[int]]) -> np.ndarray:
@@ -59,7 +64,7 @@ class OverlayPlan:
     alpha: float
     lut: np.ndarray
 
-    def image(self, result: "Result") -> np.ndarray:
+    def image(self, result: Segmented) -> np.ndarray:
         """The (H, W, 3) uint8 BGR overlay of one result."""
         return overlay(result.frame, result.mask, self.lut, self.alpha,
                        hidden=FILTERED if result.classes is not None else None)

@@ -35,7 +35,8 @@ from dronseg_edge.pipeline.run_state import RunOptions, RunState, RunSummary
 from dronseg_edge.pipeline.segmenter import Segmenter
 from dronseg_edge.pipeline.sinks import (ColorMaskSink, ConfidenceSink, ContactSheetSink, MaskSink, OverlayImageSink, Sink,
                                          SinkWorker, StatsSink)
-from dronseg_edge.pipeline.sources import Source, open_source
+from dronseg_edge.pipeline.open_source import open_source
+from dronseg_edge.pipeline.sources import Source
 from dronseg_edge.pipeline.video_sink import VideoSink
 from dronseg_edge.pipeline.video_writer import encoders_for
 from dronseg_edge.runs import next_run_dir

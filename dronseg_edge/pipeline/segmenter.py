@@ -30,7 +30,8 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.request import FrameRequest, select_classes
 from dronseg_edge.pipeline.result import Result
-from dronseg_edge.pipeline.sources import FrameRecord, FramesSource, Source, open_source
+from dronseg_edge.pipeline.open_source import open_source
+from dronseg_edge.pipeline.sources import FrameRecord, FramesSource, Source
 from dronseg_edge.pipeline.tiling import DEFAULT_OVERLAP, TilePlan, segment_tiled, tiling_unable
 from dronseg_edge.runtime.base import Backend, FrameOutputs
 from dronseg_edge.runtime.host import CONFIDENCE_OUTPUT, class_counts

@@ -1,7 +1,7 @@
 """What every frame source is: the :class:`FrameRecord` each yields and the :class:`Source` base
 class; :class:`FramesSource` wraps any iterable of arrays (the Python API).
 
-The sources themselves live in ``sources`` (video files, cameras, streams; ``open_source``) and
+The sources themselves live in ``sources`` (video files, cameras, streams), ``open_source`` and
 ``image_sources`` (an image, a folder, a glob); ``gstreamer`` adds GStreamer pipelines.
 """
 

@@ -85,7 +85,7 @@ def test_stop_ends_the_decode_thread():
 
 
 def test_realtime_pacing_of_a_file_in_live_mode(video_path):
-    from dronseg_edge.pipeline.sources import open_source
+    from dronseg_edge.pipeline.open_source import open_source
 
     source = open_source(video_path)  # 24 frames at 30 fps = 0.8 s of video
     reader = FrameReader(source, live=True)

@@ -10,7 +10,8 @@ from pipeline_media import write_ts_with_size_change, write_video
 from dronseg_edge.pipeline import pyav_capture
 from dronseg_edge.pipeline.capture_options import CaptureOptions
 from dronseg_edge.pipeline.pyav_capture import PyAVCapture
-from dronseg_edge.pipeline.sources import VideoSource, open_source
+from dronseg_edge.pipeline.open_source import open_source
+from dronseg_edge.pipeline.sources import VideoSource
 
 pytestmark = pytest.mark.skipif(pyav_capture._import_av() is None,
                                 reason="PyAV is not installed (pip install 'dronseg-edge[video]')")

@@ -13,8 +13,9 @@ from pipeline_media import read_video, rotate_video, scene, write_vfr_video, wri
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline import sources
 from dronseg_edge.pipeline.capture_options import ACCELERATION_NAMES, CUDA_ACCELERATION, ENV_VAR, CaptureOptions
+from dronseg_edge.pipeline.open_source import open_source
 from dronseg_edge.pipeline.sources import (CameraSource, FrameRecord, FramesSource, ImageSource, StreamSource,
-                                           VideoSource, open_source)
+                                           VideoSource)
 
 
 def test_video_source_yields_every_frame_with_index_timestamp_and_name(video_path):
