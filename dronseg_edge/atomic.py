@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
+from dronseg_edge.leftovers import working_prefix
 
 # A write that fails for one of these is the storage's fault, not a bug: one line, exit code 5.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
@@ -88,7 +89,8 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     final = Path(path)
     ensure_writable_dir(final.parent)
     with storage_errors(final):
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        # The package tag and this process's claim token in the name: only a dead run's own files are ever cleaned up (leftovers.py).
+        fd, tmp_name = tempfile.mkstemp(prefix=working_prefix(final.name), suffix=".tmp", dir=final.parent)
         os.close(fd)
     tmp = Path(tmp_name)
     try:

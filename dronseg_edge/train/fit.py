@@ -13,7 +13,7 @@ import torch
 from dronseg_edge.checkpoint import TrainingState, load_checkpoint, model_state, save_checkpoint
 from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX
 from dronseg_edge.errors import DronsegError, RuntimeFailure
-from dronseg_edge.leftovers import RANDOM, FolderClaim
+from dronseg_edge.leftovers import RANDOM, TAGGED, FolderClaim
 from dronseg_edge.train import plots
 from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.distributed import DistContext, all_reduce_sum, barrier, cleanup_distributed, setup_distributed
@@ -26,12 +26,13 @@ from dronseg_edge.train.setup import (DataSetup, ModelSetup, build_criterion, bu
                                       prepare_data, prepare_model, prepare_run_dir, step_context)
 from dronseg_edge.train.tracking import MetricsLog
 
-# Hidden temporary files of the run folder's atomic writes: what a killed run may leave behind.
+# Hidden temporary files of the run folder's atomic writes: what a killed run may leave behind. Each
+# carries the package tag and its process's claim token (TAGGED): other programs' files never match.
 RUN_LEFTOVERS = (
-    ("weights", re.compile(rf"^\.(last|best)\.pt\.{RANDOM}\.tmp$")),
+    ("weights", re.compile(rf"^\.(last|best)\.pt\.{TAGGED}\.{RANDOM}\.tmp$")),
     (".", re.compile(rf"^\.(metrics\.csv|split\.json|config\.json|curves\.png|per_class\.png|confusion_matrix\.png)"
-                     rf"\.{RANDOM}\.tmp$")),
-    ("mosaics", re.compile(rf"^\.epoch_\d+\.png\.{RANDOM}\.tmp$")),
+                     rf"\.{TAGGED}\.{RANDOM}\.tmp$")),
+    ("mosaics", re.compile(rf"^\.epoch_\d+\.png\.{TAGGED}\.{RANDOM}\.tmp$")),
 )
 
 
