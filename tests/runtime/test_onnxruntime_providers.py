@@ -32,10 +32,10 @@ class FakeSession:
         return {name: dict(self._options.get(name, {})) for name in self._providers}
 
     def get_inputs(self):
-        return [types.SimpleNamespace(name="images", type="tensor(float)")]
+        return [types.SimpleNamespace(name="images", type="tensor(float)", shape=[1, 3, 64, 96])]
 
     def get_outputs(self):
-        return [types.SimpleNamespace(name="logits", type="tensor(float)")]
+        return [types.SimpleNamespace(name="logits", type="tensor(float)", shape=[1, 12, 64, 96])]
 
 
 class FakeOrt(types.ModuleType):

@@ -130,7 +130,7 @@ def test_meta_for_a_foreign_onnx_is_applied(tmp_path):
 @pytest.mark.parametrize("case, message", [
     ("missing", "--meta {meta} does not exist: pass the ONNX file the model was built from, or a dronseg-edge sidecar JSON"),
     ("suffix", "--meta {meta} is neither an .onnx nor a .json file"),
-    ("garbage", "--meta {meta} cannot be read as JSON (JSONDecodeError)"),
+    ("garbage", "--meta {meta}: metadata is not valid JSON (Expecting property name enclosed in double quotes)"),
     ("other", "--meta {meta} is not a dronseg-edge metadata file"),
     ("fields", "--meta {meta} has no dronseg-edge metadata (arch, input_size missing)"),
 ])
