@@ -48,6 +48,13 @@ def storage_failure(exc: OSError, path: os.PathLike | str) -> RuntimeFailure:
     return RuntimeFailure(f"cannot write {path}: {reason} ({free_space(path)}): {fix}")
 
 
+def name_too_long(path: os.PathLike | str | None) -> str:
+    """The line for a path the file system refuses as too long (ENAMETOOLONG): most take 255 bytes a name."""
+    text = str(path or "")
+    shown = text if len(text) <= 80 else f"{text[:40]}...{text[-30:]} ({len(text)} characters)"
+    return f"file name too long: {shown or 'a path'}: the file system takes at most 255 bytes per name; choose a shorter one"
+
+
 def is_storage_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
 

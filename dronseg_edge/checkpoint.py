@@ -213,14 +213,18 @@ def _check_head(ckpt: dict[str, Any]) -> None:
 def _short_reason(exc: Exception) -> str:
     """One plain line from a torch.load error.
 
-    weights_only refusals are paragraphs (the PyTorch 2.6 default change, "Please file an issue ...",
-    add_safe_globals advice) with the cause mid-text; other errors may run on over several sentences.
+    weights_only refusals are paragraphs (the PyTorch 2.6 default change, advice to load with
+    weights_only=False, "Please file an issue ...", add_safe_globals advice) with the cause mid-text:
+    only the cause is kept, never the advice to load a file unsafely. Other errors may run on over
+    several sentences.
     """
     text = str(exc)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        cause = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
-        cause = cause.split(" was not an allowed global")[0]
+    if "Weights only load failed" in text or "WeightsUnpickler error" in text:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        advice = ("Weights only load failed", "weights_only", "trust", "Check the documentation", "(1)", "(2)")
+        cause = next((line for line in lines if not any(a in line for a in advice)), "")
+        cause = cause.replace("WeightsUnpickler error:", "").strip()
+        cause = re.split(r" was not an allowed global| Please use|\. Please", cause)[0]
         return f"it holds Python objects, not plain data: {cause}"[:200] if cause else "it holds Python objects, not plain data"
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", first)  # C++ source location, no help to a user

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import threading
@@ -9,7 +10,7 @@ import threading
 import typer
 
 from dronseg_edge import __version__
-from dronseg_edge.atomic import is_storage_error, storage_failure
+from dronseg_edge.atomic import is_storage_error, name_too_long, storage_failure
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 
 # One paragraph (rich re-wraps help text): what a supervisor such as systemd can act on.
@@ -67,7 +68,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except OSError as exc:
         # A full or read-only disk that a command did not turn into its own message: still one line
-        # naming the path and the free space, with the runtime-failure code. Other OSErrors are bugs.
+        # naming the path and the free space, with the runtime-failure code. A name longer than the file
+        # system takes (any path argument: --out, a model, a source) is the user's to fix. Other OSErrors are bugs.
+        if exc.errno == errno.ENAMETOOLONG:
+            print(f"error: {name_too_long(exc.filename)}", file=sys.stderr)
+            sys.exit(DronsegError.exit_code)
         if not is_storage_error(exc):
             raise
         print(f"error: {storage_failure(exc, exc.filename or '.')}", file=sys.stderr)

@@ -188,11 +188,11 @@ def evaluate_artifact(model: Path, data: Path | None = None, split: str = "val",
     ``meta``: metadata for a file without its own (``--meta``: the ONNX an engine was built from, or a sidecar JSON).
     """
     backend = load_backend(model, device, meta=meta)
-    images = split_samples_for(Path(model), backend.info, data, split)
-    try:
+    # Activated before the data is read: a file whose metadata does not match its own graph (3 class names on a
+    # 12-class model) is named as the culprit, not the masks its class count would call out of range.
+    with backend:
+        images = split_samples_for(Path(model), backend.info, data, split)
         scores = score_backend(backend, images.samples, batch, log)
-    finally:
-        backend.deactivate()
     info = backend.info
     return {"model": str(model), "data": str(images.root), "split": split, "split_source": images.source,
             "arch": info.arch, "input_size": list(info.input_size), "precision": info.precision, "io": info.io,
