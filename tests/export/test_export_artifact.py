@@ -140,3 +140,15 @@ def test_export_leftover_patterns_match_our_working_names_only(tmp_path):
     foreign = [".export-projectx", ".settings.json.abcd1234.tmp", ".vscode.json.settings.tmp", ".best.pending.onnx",
                ".export-abcd1234", ".best_fp32.onnx.abcd1234.tmp", ".x_fp32.abcd1234.tmp"]
     assert [token_of(name) for name in foreign] == [None] * len(foreign)
+
+
+def test_export_refuses_a_checkpoint_with_invalid_metadata_and_writes_nothing(tiny_checkpoint, tmp_path):
+    """Issue 19: an invalid palette used to travel into a new ONNX file whose parity passed."""
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    ckpt["palette"] = [[300, -5, 0]] + ckpt["palette"][1:]
+    bad = tmp_path / "bad.pt"
+    torch.save(ckpt, bad)
+    out = tmp_path / "out"
+    with pytest.raises(DronsegError, match=r"metadata palette\[0\]\[0\] 300 is outside 0..255"):
+        export_artifact(bad, out_dir=out, device="cpu")
+    assert not out.exists()

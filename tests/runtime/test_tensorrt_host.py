@@ -181,3 +181,18 @@ def test_an_engine_built_for_a_dla_core_is_loaded_onto_that_core(tmp_path, fakes
     with make(tmp_path / "gpu", cuda_graph=False):  # a GPU engine leaves TensorRT's default alone
         pass
     assert trt.runtimes[-1].DLA_core == -1
+
+
+@pytest.mark.parametrize("declared, info, says", [
+    ({"logits": (1, 3, 64, 96)}, {}, "its metadata says 12 classes (class_names), but the model output logits has 3 channels"),
+    ({"images": (4, 3, 64, 96)}, {}, "its metadata says batch 1 at 96x64 (width x height), but the model takes 4x3x64x96"),
+    ({}, {"io": "frames", "head": "argmax", "layout": "NHWC", "source_size": (96, 64), "outputs": ["mask"]},
+     "its metadata says io frames: (N, H, W, 3) uint8 frames, but the model takes float32 of shape ?x3x?x?"),
+])
+def test_an_engine_whose_sidecar_lies_is_refused_at_activation(declared, info, says, tmp_path, monkeypatch):
+    """The engine's own declared shapes against its sidecar (TensorRT's binding shapes), as for ONNX files."""
+    install(monkeypatch, declared=declared)
+    backend = make(tmp_path, info=info)
+    with pytest.raises(DronsegError) as caught:
+        backend.activate()
+    assert str(caught.value).startswith(f"{backend.path}: {says}") and "\n" not in str(caught.value), str(caught.value)
