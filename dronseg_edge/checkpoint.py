@@ -220,11 +220,12 @@ def _short_reason(exc: Exception) -> str:
     """
     text = str(exc)
     if "Weights only load failed" in text or "WeightsUnpickler error" in text:
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        # The cause: after torch <= 2.13's "WeightsUnpickler error:" marker, else (2.14) the one line that is not advice.
+        lines = [re.split(r" was not an allowed global| Please use|\. Please", line)[0].strip()
+                 for line in text.replace("WeightsUnpickler error:", "\nWeightsUnpickler error:").splitlines() if line.strip()]
+        marked = [line.split(":", 1)[1].strip() for line in lines if line.startswith("WeightsUnpickler error:")]
         advice = ("Weights only load failed", "weights_only", "trust", "Check the documentation", "(1)", "(2)")
-        cause = next((line for line in lines if not any(a in line for a in advice)), "")
-        cause = cause.replace("WeightsUnpickler error:", "").strip()
-        cause = re.split(r" was not an allowed global| Please use|\. Please", cause)[0]
+        cause = marked[0] if marked else next((line for line in lines if not any(a in line for a in advice)), "")
         return f"it holds Python objects, not plain data: {cause}"[:200] if cause else "it holds Python objects, not plain data"
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", first)  # C++ source location, no help to a user

@@ -140,3 +140,29 @@ def test_an_older_torch_refuses_to_unpickle_anything(version, tiny_checkpoint, t
         message = str(caught.value)
         assert message.startswith(f"torch {version} cannot load {what} safely") and "install torch >= 2.10" in message
         assert "GHSA-63cw-57p8-fm3p" in message and "\n" not in message and caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize("text, cause", [
+    # torch 2.6 .. 2.13: the cause after "WeightsUnpickler error:", itself ending in advice
+    ("Weights only load failed. This file can still be loaded, to do so you have two options, do those steps only if "
+     "you trust the source of the checkpoint. \n\t(1) In PyTorch 2.6, we changed the default value of the `weights_only` "
+     "argument in `torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will "
+     "likely succeed, but it can result in arbitrary code execution.\n\t(2) Alternatively, to load with `weights_only=True` "
+     "please check the recommended steps in the following error message.\n\tWeightsUnpickler error: Unsupported global: "
+     "GLOBAL subprocess.call was not an allowed global by default. Please use `torch.serialization.add_safe_globals("
+     "[call])` or ... if you trust this class/function.\n\nCheck the documentation of torch.load to learn more",
+     "Unsupported global: GLOBAL subprocess.call"),
+    # torch 2.14: no marker, the cause a paragraph of its own
+    ("Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument in "
+     "`torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will likely "
+     "succeed, but it can result in arbitrary code execution. Do it only if you got the file from a trusted source.\n\n\n"
+     "Trying to load unsupported GLOBAL posix.system whose module posix is blocked.\n\nCheck the documentation of "
+     "torch.load to learn more about types accepted by default with weights_only https://pytorch.org/docs/stable/",
+     "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."),
+])
+def test_a_weights_only_refusal_keeps_the_cause_and_drops_the_unsafe_advice(text, cause):
+    import pickle as pickle_module
+
+    from dronseg_edge.checkpoint import _short_reason
+
+    assert _short_reason(pickle_module.UnpicklingError(text)) == f"it holds Python objects, not plain data: {cause}"

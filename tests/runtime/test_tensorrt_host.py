@@ -196,3 +196,21 @@ def test_an_engine_whose_sidecar_lies_is_refused_at_activation(declared, info, s
     with pytest.raises(DronsegError) as caught:
         backend.activate()
     assert str(caught.value).startswith(f"{backend.path}: {says}") and "\n" not in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("failure", ["returns None", "raises"])
+def test_an_engine_tensorrt_cannot_deserialise_is_one_line(failure, tmp_path, monkeypatch):
+    _, trt = install(monkeypatch)
+
+    def deserialize(self, plan):
+        if failure == "raises":
+            raise RuntimeError("std::exception: Serialization assertion magicTagRead == kMAGIC_TAG failed")
+        return None
+
+    monkeypatch.setattr(trt.Runtime, "deserialize_cuda_engine", deserialize)
+    backend = make(tmp_path)
+    with pytest.raises(DronsegError) as caught:
+        backend.activate()
+    message = str(caught.value)
+    assert message.startswith(f"TensorRT 10.3.0 cannot load engine {backend.path} (see its messages above): rebuild it")
+    assert "\n" not in message and caught.value.exit_code == 2
