@@ -27,12 +27,11 @@ from dronseg_edge import __version__
 from dronseg_edge.atomic import write_json_atomic
 from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.metadata_checks import COLOR_ORDERS, HEADS, IO_MODES, MAX_JSON_BYTES, check_fields, load_json
+# HEADS, IO_MODES, COLOR_ORDERS: the field choices live with the rules, and are imported from here too.
+from dronseg_edge.metadata_checks import COLOR_ORDERS, HEADS, IO_MODES, MAX_JSON_BYTES, check_fields, load_json  # noqa: F401
 
 if TYPE_CHECKING:  # annotations only: writing and reading metadata never needs the onnx package
     import onnx
-
-__all__ = ["COLOR_ORDERS", "HEADS", "IO_MODES", "ModelInfo"]  # the field choices live with the rules (metadata_checks.py)
 
 MARKER_KEY = "dronseg_edge"  # present in every ONNX file this package writes; its value is the metadata layout version
 MARKER_VERSION = "1"

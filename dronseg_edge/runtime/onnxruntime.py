@@ -210,9 +210,10 @@ class OnnxRuntimeBackend(Backend):
                 break
         if self.session is None:
             # Also what tells a file ONNX Runtime cannot load (one line naming it) from a GPU provider that cannot start.
-            self.session = self._cpu_session(ort, options)
+            cpu = self._cpu_session(ort, options)
             if gpu and self.requested != "auto":
                 raise BackendUnavailable(f"onnxruntime cannot run {self.path} on {self.requested} ({'; '.join(errors)})")
+            self.session = cpu
             if gpu:
                 log.warning("onnxruntime could not start a GPU provider (%s); %s runs on the CPU", "; ".join(errors), self.path.name)
         used = self.session.get_providers()[0]
