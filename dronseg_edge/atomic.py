@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
+from dronseg_edge.leftovers import working_prefix
 
 # A write that fails for one of these is the storage's fault, not a bug: one line, exit code 5.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
@@ -45,6 +46,13 @@ def storage_failure(exc: OSError, path: os.PathLike | str) -> RuntimeFailure:
     reason = exc.strerror or str(exc)
     fix = _FIXES.get(exc.errno, "make it writable or choose another --out")
     return RuntimeFailure(f"cannot write {path}: {reason} ({free_space(path)}): {fix}")
+
+
+def name_too_long(path: os.PathLike | str | None) -> str:
+    """The line for a path the file system refuses as too long (ENAMETOOLONG): most take 255 bytes a name."""
+    text = str(path or "")
+    shown = text if len(text) <= 80 else f"{text[:40]}...{text[-30:]} ({len(text)} characters)"
+    return f"file name too long: {shown or 'a path'}: the file system takes at most 255 bytes per name; choose a shorter one"
 
 
 def is_storage_error(exc: BaseException) -> bool:
@@ -88,7 +96,8 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     final = Path(path)
     ensure_writable_dir(final.parent)
     with storage_errors(final):
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        # The package tag and this process's claim token in the name: only a dead run's own files are ever cleaned up (leftovers.py).
+        fd, tmp_name = tempfile.mkstemp(prefix=working_prefix(final.name), suffix=".tmp", dir=final.parent)
         os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -4,7 +4,8 @@ A checkpoint is ``model_state(...)`` (what rebuilds the model: weights, architec
 palette, normalisation, training size), plus ``TrainingState(...).to_dict()`` when it is written by
 a training run (what resumes it: optimiser, scheduler, scaler, progress, RNG, config, split).
 Everything in it is plain data (tensors, numbers, strings, lists, dicts) so it loads with
-``torch.load(..., weights_only=True)``: a checkpoint file is data, never code.
+``torch.load(..., weights_only=True)``: a checkpoint file is data, never code, on a torch whose
+weights_only unpickler has no published bypass (SAFE_TORCH; ``torch_load`` refuses older ones).
 """
 
 from __future__ import annotations
@@ -24,12 +25,48 @@ from dronseg_edge import __version__
 from dronseg_edge.atomic import atomic_path
 from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.metadata import ModelInfo, sha256_file
+from dronseg_edge.metadata import CHECKPOINT_FIX, ModelInfo, sha256_file
 from dronseg_edge.storage import storage_faults
-from dronseg_edge.models import ARCHS, build_model, output_stride_of
+from dronseg_edge.models import ARCHS, build_model, head_channels, output_stride_of
 
 FORMAT = "dronseg-edge-checkpoint"
 FORMAT_VERSION = 1
+# The oldest torch whose torch.load(weights_only=True) has no published bypass: <= 2.5.1 runs code
+# (GHSA-53q9-r3pm-6pq6, CVE-2025-32434, fixed in 2.6.0), < 2.10.0 corrupts memory towards code
+# execution (GHSA-63cw-57p8-fm3p, CVE-2026-24747, fixed in 2.10.0). pyproject's train/export floor.
+SAFE_TORCH = (2, 10)
+SAFE_TORCH_ADVISORIES = "GHSA-63cw-57p8-fm3p / CVE-2026-24747, GHSA-53q9-r3pm-6pq6 / CVE-2025-32434"
+
+
+def torch_release(version: str) -> tuple[int, ...]:
+    """(2, 5, 0) for '2.5.0a0+872d972e41.nv24.08' (NVIDIA's Jetson wheels) or '2.14.1+cu130'."""
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0].split("a")[0].split("rc")[0])[:3])
+
+
+class UnsafeTorch(DronsegError):
+    """The installed torch cannot unpickle a file safely (exit code 2: install another torch)."""
+
+
+def check_safe_torch(what: str) -> None:
+    """Refuse to unpickle ``what`` on a torch whose weights_only loading is known to be bypassable."""
+    if torch_release(str(torch.__version__))[:2] < SAFE_TORCH:
+        floor = ".".join(map(str, SAFE_TORCH))
+        raise UnsafeTorch(f"torch {torch.__version__} cannot load {what} safely: its weights_only=True loading can be made "
+                           f"to run code ({SAFE_TORCH_ADVISORIES}); install torch >= {floor}, or run an exported "
+                           ".onnx/.engine file, which needs no torch")
+
+
+def torch_load(path: Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, after ``check_safe_torch``; a one-line DronsegError
+    naming ``what`` for a file it cannot read (a pickle holding code included: never torch's advice to load it unsafely)."""
+    check_safe_torch(what)
+    try:
+        with warnings.catch_warnings():
+            # A foreign pickle can make torch warn (e.g. about its protocol) before failing: the error says it all.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DronsegError(f"{what} cannot be read ({_short_reason(exc)})") from None
 
 
 def model_state(model: nn.Module, arch: str, input_size: Sequence[int], *,
@@ -137,41 +174,58 @@ def load_checkpoint(path: os.PathLike | str, num_classes: int | None = None) -> 
     if not path.is_file():
         raise DronsegError(f"checkpoint {path} does not exist: pass the .pt written by `dronseg-edge train` (weights/best.pt)")
     try:
-        with warnings.catch_warnings():
-            # A foreign pickle can make torch warn (e.g. about its protocol) before failing: the error says it all.
-            warnings.simplefilter("ignore", UserWarning)
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        detail = _short_reason(exc)
-        raise DronsegError(f"checkpoint {path} cannot be read ({detail}); it is damaged or not a checkpoint written by "
-                           "`dronseg-edge train`: re-run training or pick another file") from None
+        ckpt = torch_load(path, f"checkpoint {path}")
+    except UnsafeTorch:
+        raise  # the installed torch, not the file
+    except DronsegError as exc:
+        raise DronsegError(f"{exc}; it is damaged or not a checkpoint written by `dronseg-edge train`: re-run "
+                           "training or pick another file") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise DronsegError(f"{path} is not a dronseg-edge checkpoint (no '{FORMAT}' tag): pass a file written by `dronseg-edge train`")
     for key in ("model", "arch", "class_names", "input_size"):
         if key not in ckpt:
             raise DronsegError(f"checkpoint {path} lacks '{key}': it is damaged; use weights/last.pt or retrain")
     if ckpt["arch"] not in ARCHS:
-        raise DronsegError(f"checkpoint {path} is for model {ckpt['arch']!r}, which this version does not know")
+        raise DronsegError(f"checkpoint {path} is for model {str(ckpt['arch'])[:60]!r}, which this version does not know")
+    ckpt["path"] = str(path)
+    ModelInfo.from_checkpoint(ckpt, with_hash=False)  # every metadata field checked: one line naming the field
+    _check_head(ckpt)
     if num_classes is not None and len(ckpt["class_names"]) != num_classes:
         raise DronsegError(
             f"checkpoint {path} predicts {len(ckpt['class_names'])} classes, but {num_classes} are needed "
             f"({', '.join(CLASS_NAMES)}): retrain it with this version"
         )
-    ckpt["path"] = str(path)
     return ckpt
+
+
+def _check_head(ckpt: dict[str, Any]) -> None:
+    """The classifier's output channels must be the class names' count: 3 names on a 12-class model
+    would run with class indices past the palette (black colours, stats of zero)."""
+    channels = head_channels(ckpt["model"], ckpt["arch"]) if isinstance(ckpt["model"], dict) else None
+    if channels is None:
+        raise DronsegError(f"checkpoint {ckpt['path']} holds no classifier weights for {ckpt['arch']}: it is damaged; "
+                           "use weights/last.pt or retrain")
+    if channels != len(ckpt["class_names"]):
+        raise DronsegError(f"checkpoint {ckpt['path']}: metadata class_names has {len(ckpt['class_names'])} names but the "
+                           f"model's classifier has {channels} output channels: {CHECKPOINT_FIX}")
 
 
 def _short_reason(exc: Exception) -> str:
     """One plain line from a torch.load error.
 
-    weights_only refusals are paragraphs (the PyTorch 2.6 default change, "Please file an issue ...",
-    add_safe_globals advice) with the cause mid-text; other errors may run on over several sentences.
+    weights_only refusals are paragraphs (the PyTorch 2.6 default change, advice to load with
+    weights_only=False, "Please file an issue ...", add_safe_globals advice) with the cause mid-text:
+    only the cause is kept, never the advice to load a file unsafely. Other errors may run on over
+    several sentences.
     """
     text = str(exc)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        cause = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
-        cause = cause.split(" was not an allowed global")[0]
+    if "Weights only load failed" in text or "WeightsUnpickler error" in text:
+        # The cause: after torch <= 2.13's "WeightsUnpickler error:" marker, else (2.14) the one line that is not advice.
+        lines = [re.split(r" was not an allowed global| Please use|\. Please", line)[0].strip()
+                 for line in text.replace("WeightsUnpickler error:", "\nWeightsUnpickler error:").splitlines() if line.strip()]
+        marked = [line.split(":", 1)[1].strip() for line in lines if line.startswith("WeightsUnpickler error:")]
+        advice = ("Weights only load failed", "weights_only", "trust", "Check the documentation", "(1)", "(2)")
+        cause = marked[0] if marked else next((line for line in lines if not any(a in line for a in advice)), "")
         return f"it holds Python objects, not plain data: {cause}"[:200] if cause else "it holds Python objects, not plain data"
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", first)  # C++ source location, no help to a user

@@ -1,16 +1,24 @@
-"""Hidden working files of killed runs: which are ours, when they are stale, and their removal.
+"""Hidden working files of killed runs: which are provably ours, when they are stale, and their removal.
 
-An export (or a training run) writes its files under hidden temporary names first (``.export-*``
-folders, ``*.pending.onnx``, the ``.NAME.XXXXXXXX.tmp`` files of atomic.py) and renames them into
-place at the end. A process killed with SIGKILL, or by the out-of-memory killer, leaves them behind.
+An export (or a training run) writes its files under hidden working names first (``.export.*``
+folders, ``*.pending.onnx``, the ``.NAME.*.tmp`` files of atomic.py) and renames them into place at
+the end. A process killed with SIGKILL, or by the out-of-memory killer, leaves them behind.
 
-Whose and how stale: a run *claims* its folder for as long as it works there, by holding an
-exclusive ``flock`` on a lock file ``.dronseg-lock-<pid>-XXXXXXXX`` in it. The kernel drops a flock
-when its process dies, however it dies, so a lock file that can be locked belongs to a dead run
-(and a reused pid cannot fool it). When a run claims a folder, it removes the leftovers there that
-match its patterns, but only when no other live run holds a lock on that folder: then nothing
-hidden there is in use. Where ``fcntl`` is missing (Windows), no locks are taken and a leftover
-counts as stale once it is older than STALE_AFTER_S.
+Ours: every working name carries this package's tag and the writing process's claim token,
+``dronseg-<token>`` (``working_tag``, ``working_prefix``; the token is 8 random hex digits made once
+per process, shared with its forked children). A name without the tag, or with a token no dead
+claim of that folder carries, is never touched: other programs' hidden files (``.export-projectx``,
+``.settings.json.abcd1234.tmp``) look like ours but are not.
+
+Whose and how stale: a run *claims* the folder it works in, for as long as it works there, by
+holding an exclusive ``flock`` on a lock file ``.dronseg-lock-<token>-<pid>-XXXXXXXX`` in it. The
+kernel drops a flock when its process dies, however it dies, so a lock file that can be locked
+belongs to a dead run (a reused pid cannot fool it: the token is random). When a run claims a
+folder, it removes the working files there (and in the subfolders its patterns name) that match its
+patterns *and* carry the token of a dead claim's lock file; the dead lock file goes with the last of
+them. Live runs' files are safe even while a dead run's are removed. Where ``fcntl`` is missing
+(Windows), lock files are not locked: a claim counts as dead, and a leftover as stale, once older
+than STALE_AFTER_S.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -29,14 +38,31 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-LOCK_PREFIX = ".dronseg-lock-"
-_CLAIM_PREFIX = ".dronseg-claim-"  # a lock file before it is locked and renamed (never seen unlocked)
-_LOCK_NAME = re.compile(r"^\.dronseg-(lock|claim)-")
+TAG = "dronseg"
+# This process's claim token. Module-level, so a forked child (which also inherits the lock's file
+# descriptor, and with it the flock) writes under the same token; a spawned one makes its own.
+TOKEN = secrets.token_hex(4)
+# The tag and token inside a working name, as a pattern: every leftover pattern must contain it.
+TAGGED = rf"{TAG}-(?P<token>[0-9a-f]{{8}})"
+LOCK_PREFIX = f".{TAG}-lock-"
+_CLAIM_PREFIX = f".{TAG}-claim-"  # a lock file before it is locked and renamed (never seen unlocked)
+_LOCK_NAME = re.compile(rf"^\.{TAG}-(lock|claim)-(?:(?P<token>[0-9a-f]{{8}})-)?")
 STALE_AFTER_S = 3600.0  # without flock only
 _CLAIM_GRACE_S = 60.0  # a claim file is locked microseconds after it is made; younger ones count as live
 
 # tempfile's random part of mkstemp/mkdtemp names
 RANDOM = r"[a-z0-9_]{8}"
+
+
+def working_tag() -> str:
+    """``dronseg-<token>``: what every hidden working name of this process carries."""
+    return f"{TAG}-{TOKEN}"
+
+
+def working_prefix(name: str) -> str:
+    """``.NAME.dronseg-<token>.``: the prefix of a working file or folder for NAME (mkstemp/mkdtemp add
+    the random part), e.g. ``.best.pt.dronseg-1a2b3c4d.k2j4h5g6.tmp``, ``.export.dronseg-1a2b3c4d.x7y8z9w0``."""
+    return f".{name}.{working_tag()}."
 
 
 def _lock_held(path: Path) -> bool:
@@ -67,29 +93,35 @@ def _age(path: Path) -> float:
 
 
 class FolderClaim:
-    """Claim ``folder`` for this process and remove stale leftovers there (see the module docstring).
+    """Claim ``folder`` for this process and remove dead runs' leftovers there (see the module docstring).
 
-    ``leftovers``: (subfolder relative to ``folder``, name pattern) pairs. ``removed`` lists what was
-    removed. Use as a context manager, or call ``release()``. Claiming is best effort: a folder where
-    no lock file can be made is worked in unclaimed, and nothing is removed from it.
+    ``leftovers``: (subfolder relative to ``folder``, name pattern) pairs; every pattern has the
+    ``token`` group of TAGGED, so only names made by a dronseg-edge run that claimed this folder and
+    died can match. ``removed`` lists what was removed. Use as a context manager, or call
+    ``release()``. Claiming is best effort: a folder where no lock file can be made is worked in
+    unclaimed, and nothing is removed from it.
     """
 
     def __init__(self, folder: os.PathLike | str, leftovers: Sequence[tuple[str, re.Pattern]]):
+        for _, pattern in leftovers:
+            if "token" not in pattern.groupindex:
+                raise ValueError(f"leftover pattern {pattern.pattern!r} has no token group: it could match other programs' files")
         self.folder = Path(folder)
         self.lock: Path | None = None
         self._fd: int | None = None
         self.removed: list[Path] = []
-        if fcntl is not None:
-            self._take_lock()
-            if self.lock is None:
-                return
-        if not self._other_live_claims():
-            self.removed = self._remove(leftovers)
+        self._take_lock()
+        if self.lock is not None:
+            self.removed = self._remove(leftovers, self._dead_claims())
 
     def _take_lock(self) -> None:
+        prefix = _CLAIM_PREFIX if fcntl is not None else LOCK_PREFIX
         try:
-            fd, name = tempfile.mkstemp(prefix=f"{_CLAIM_PREFIX}{os.getpid()}-", dir=self.folder)
+            fd, name = tempfile.mkstemp(prefix=f"{prefix}{TOKEN}-{os.getpid()}-", dir=self.folder)
         except OSError:
+            return
+        if fcntl is None:  # nothing to lock: the file's age tells a dead claim (module docstring)
+            self._fd, self.lock = fd, Path(name)
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -103,20 +135,26 @@ class FolderClaim:
             return
         self._fd, self.lock = fd, lock
 
-    def _other_live_claims(self) -> bool:
-        """Whether another live process claims the folder; dead claims' lock files are removed."""
-        if fcntl is None:
-            return False
-        live = False
+    def _dead_claims(self) -> dict[str, list[Path]]:
+        """The lock files of dead claims on the folder, by token. A dead one without a token (a claim of
+        an older version of this package) vouches for nothing and is removed at once."""
+        dead: dict[str, list[Path]] = {}
         for path in self._entries(self.folder):
-            if not _LOCK_NAME.match(path.name) or path == self.lock:
+            match = _LOCK_NAME.match(path.name)
+            if not match or path == self.lock or match.group("token") == TOKEN:
+                continue  # not a lock file, or one of this (live) process
+            if fcntl is None:
+                alive = _age(path) < STALE_AFTER_S
+            else:
+                alive = _lock_held(path) or (path.name.startswith(_CLAIM_PREFIX) and _age(path) < _CLAIM_GRACE_S)
+            if alive:
                 continue
-            if _lock_held(path) or (path.name.startswith(_CLAIM_PREFIX) and _age(path) < _CLAIM_GRACE_S):
-                live = True
+            if match.group("token"):
+                dead.setdefault(match.group("token"), []).append(path)
             else:
                 with contextlib.suppress(OSError):
                     path.unlink()
-        return live
+        return dead
 
     @staticmethod
     def _entries(folder: Path) -> list[Path]:
@@ -125,12 +163,16 @@ class FolderClaim:
         except OSError:
             return []
 
-    def _remove(self, leftovers: Sequence[tuple[str, re.Pattern]]) -> list[Path]:
+    def _remove(self, leftovers: Sequence[tuple[str, re.Pattern]], dead: dict[str, list[Path]]) -> list[Path]:
+        """Remove what matches a pattern and carries a dead claim's token; then each dead lock file that
+        no longer vouches for anything left in the folders searched."""
         removed = []
         cutoff = time.time() - STALE_AFTER_S
+        folders = {self.folder / sub for sub, _ in leftovers} | {self.folder}
         for sub, pattern in leftovers:
             for path in self._entries(self.folder / sub):
-                if not pattern.match(path.name):
+                match = pattern.match(path.name)
+                if not match or match.group("token") not in dead:
                     continue
                 try:
                     if fcntl is None and path.lstat().st_mtime > cutoff:
@@ -142,14 +184,24 @@ class FolderClaim:
                 except OSError:
                     continue
                 removed.append(path)
+        remaining = " ".join(p.name for folder in folders for p in self._entries(folder) if not _LOCK_NAME.match(p.name))
+        for token, locks in dead.items():
+            if f"{TAG}-{token}" in remaining:
+                continue  # a file of that run is still here (another command's pattern, or not removable yet)
+            for lock in locks:
+                with contextlib.suppress(OSError):
+                    lock.unlink()
         return removed
 
     def release(self) -> None:
         if self._fd is None:
             return
+        if fcntl is None:
+            os.close(self._fd)  # Windows removes no open file
         with contextlib.suppress(OSError):
             self.lock.unlink()  # unlinked while still locked: nobody can take it for a dead claim meanwhile
-        os.close(self._fd)
+        if fcntl is not None:
+            os.close(self._fd)
         self._fd = None
 
     def __enter__(self) -> "FolderClaim":

@@ -27,19 +27,18 @@ from dronseg_edge import __version__
 from dronseg_edge.atomic import write_json_atomic
 from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
 from dronseg_edge.errors import DronsegError
+# HEADS, IO_MODES, COLOR_ORDERS: the field choices live with the rules, and are imported from here too.
+from dronseg_edge.metadata_checks import COLOR_ORDERS, HEADS, IO_MODES, MAX_JSON_BYTES, check_fields, load_json  # noqa: F401
 
 if TYPE_CHECKING:  # annotations only: writing and reading metadata never needs the onnx package
     import onnx
 
-HEADS = ("logits", "argmax")
-# What a graph's input and outputs are. tensors: normalised float NCHW in, the head's output out
-# (pre/post-processing is the runner's job). frames: uint8 NHWC frames in (``color_order``), the
-# uint8 class map at the frame's own size out (export/embedded.py puts pre/post into the graph).
-IO_MODES = ("tensors", "frames")
-COLOR_ORDERS = ("RGB", "BGR")
 MARKER_KEY = "dronseg_edge"  # present in every ONNX file this package writes; its value is the metadata layout version
 MARKER_VERSION = "1"
 SIDECAR_FORMAT = "dronseg-edge-engine"
+# What a user does about bad metadata, by where it came from (the error names the file and the field).
+REEXPORT = "re-export it with `dronseg-edge export CHECKPOINT`"
+CHECKPOINT_FIX = "the checkpoint was edited or damaged: use one written by `dronseg-edge train`"
 # Plain-language ONNX entries for people and other tools, derived from the ModelInfo fields on every write
 # (never read back: the fields are the contract); JSON strings like every other value.
 DESCRIPTION_KEYS = ("input_description", "output_description")
@@ -100,61 +99,37 @@ class ModelInfo:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "artifact") -> "ModelInfo":
-        """Build from a dict (unknown keys go to ``extra``); raise DronsegError naming ``source``."""
+    def from_dict(cls, data: dict[str, Any], source: str = "artifact", fix: str = REEXPORT) -> "ModelInfo":
+        """Build from a dict (unknown keys go to ``extra``), every field checked (metadata_checks.py);
+        raise a one-line DronsegError naming ``source``, the field and ``fix``."""
+        if not isinstance(data, dict):
+            raise DronsegError(f"{source}: metadata is {type(data).__name__}, not an object of fields: {fix}")
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        extra = dict(kwargs.pop("extra", {}) or {})
-        extra.update({k: v for k, v in data.items() if k not in known})
         missing = [k for k in ("arch", "input_size") if k not in kwargs]
         if missing:
-            raise DronsegError(
-                f"{source} has no dronseg-edge metadata ({', '.join(missing)} missing): "
-                "re-export it with `dronseg-edge export`"
-            )
-        try:
-            kwargs["input_size"] = (int(kwargs["input_size"][0]), int(kwargs["input_size"][1]))
-        except (TypeError, ValueError, IndexError):
-            raise DronsegError(f"{source}: metadata input_size {kwargs['input_size']!r} is not [width, height]") from None
-        if kwargs.get("source_size") is not None:
-            try:
-                kwargs["source_size"] = (int(kwargs["source_size"][0]), int(kwargs["source_size"][1]))
-            except (TypeError, ValueError, IndexError):
-                raise DronsegError(f"{source}: metadata source_size {kwargs['source_size']!r} is not [width, height]") from None
-        info = cls(**kwargs, extra=extra)
-        if info.io not in IO_MODES:
-            raise DronsegError(f"{source}: metadata io {info.io!r} is not one of {IO_MODES}: a newer dronseg-edge wrote it")
-        if info.color_order not in COLOR_ORDERS:
-            raise DronsegError(f"{source}: metadata color_order {info.color_order!r} is not one of {COLOR_ORDERS}")
-        if info.head not in HEADS:
-            raise DronsegError(f"{source}: metadata head {info.head!r} is not one of {HEADS}")
-        if len(info.palette) != info.num_classes:
-            raise DronsegError(f"{source}: metadata has {info.num_classes} classes but {len(info.palette)} colours")
-        if info.output_stride not in (8, 16):
-            raise DronsegError(f"{source}: metadata output_stride {info.output_stride!r} is not 8 or 16: re-export the file")
-        return info
+            raise DronsegError(f"{source} has no dronseg-edge metadata ({', '.join(missing)} missing): {fix}")
+        kwargs.setdefault("class_names", list(CLASS_NAMES))
+        kwargs.setdefault("palette", [list(c) for c in PALETTE])
+        kwargs = check_fields(kwargs, source, fix)
+        extra = dict(kwargs.pop("extra", {}) or {})
+        extra.update({k: v for k, v in data.items() if k not in known})
+        return cls(**kwargs, extra=extra)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any], with_hash: bool = True) -> "ModelInfo":
-        """The metadata of a loaded checkpoint (its training size, classes, palette, normalisation).
+        """The metadata of a loaded checkpoint (its training size, classes, palette, normalisation),
+        every field checked like a file's (one-line DronsegError naming the checkpoint and the field).
 
         ``with_hash`` hashes the file at ``ckpt["path"]`` into ``source_sha256`` (reads it whole).
         """
-        source = ckpt.get("path")
-        return cls(
-            arch=ckpt["arch"],
-            input_size=(int(ckpt["input_size"][0]), int(ckpt["input_size"][1])),
-            class_names=list(ckpt["class_names"]),
-            palette=[list(map(int, c)) for c in ckpt.get("palette", PALETTE)],
-            mean=list(map(float, ckpt.get("mean", IMAGENET_MEAN))),
-            std=list(map(float, ckpt.get("std", IMAGENET_STD))),
-            precision="fp32",
-            head="logits",
-            batch=None,
-            dynamic=True,
-            source_sha256=sha256_file(Path(source)) if (with_hash and source) else "",
-            output_stride=ckpt.get("output_stride"),  # None (a checkpoint older than the field): the arch's default
-        )
+        path = ckpt.get("path")
+        fields = {key: ckpt[key] for key in ("arch", "input_size", "class_names", "palette", "mean", "std", "output_stride")
+                  if key in ckpt}  # output_stride None or absent (older checkpoints): the arch's default
+        info = cls.from_dict({**fields, "precision": "fp32", "head": "logits", "batch": None, "dynamic": True},
+                             source=f"checkpoint {path or '(in memory)'}", fix=CHECKPOINT_FIX)
+        info.source_sha256 = sha256_file(Path(path)) if (with_hash and path) else ""
+        return info
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -200,7 +175,7 @@ def set_onnx_metadata(model: "onnx.ModelProto", info: ModelInfo) -> "onnx.ModelP
 def _as_json(value: str) -> str:
     try:
         json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's stack: kept as a JSON string
         return json.dumps(value)
     return value
 
@@ -262,15 +237,7 @@ def _decode_props(props: list[tuple[str, str]], source: str) -> dict[str, Any]:
             "export it with `dronseg-edge export CHECKPOINT`"
         )
     ours = {f.name for f in dataclasses.fields(ModelInfo)}  # other tools' entries (author, ...) stay out
-    data: dict[str, Any] = {}
-    for key, value in found.items():
-        if key not in ours:
-            continue
-        try:
-            data[key] = json.loads(value)
-        except json.JSONDecodeError:
-            raise DronsegError(f"{source}: metadata entry {key!r} is not valid JSON: re-export the file") from None
-    return data
+    return {key: load_json(value, f"{source} entry {key}", REEXPORT) for key, value in found.items() if key in ours}
 
 
 def read_onnx_info(path: Path) -> ModelInfo:
@@ -280,6 +247,8 @@ def read_onnx_info(path: Path) -> ModelInfo:
         raise DronsegError(f"ONNX file {path} does not exist: export one with `dronseg-edge export CHECKPOINT`")
     try:
         props = read_onnx_metadata_props(path)
+    except PropsTooLarge as exc:
+        raise DronsegError(f"{path}: {exc}: not a file dronseg-edge wrote; {REEXPORT}") from None
     except (OSError, EOFError, ValueError) as exc:  # truncated, or not protobuf (UnicodeDecodeError is a ValueError)
         raise DronsegError(f"{path} is not a readable ONNX file ({type(exc).__name__}): re-export it") from None
     return ModelInfo.from_dict(_decode_props(props, str(path)), source=str(path))
@@ -293,26 +262,37 @@ def read_onnx_info(path: Path) -> ModelInfo:
 _METADATA_PROPS = 14  # ModelProto: repeated StringStringEntryProto metadata_props = 14
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2  # StringStringEntryProto: string key = 1; string value = 2
 _FIXED_SIZES = {1: 8, 5: 4}  # wire types 1 (64-bit) and 5 (32-bit); 0 is a varint, 2 length-prefixed
+MAX_PROPS_BYTES = 4 << 20  # all metadata_props together (ours: a few kB); nothing past it is read into memory
+MAX_PROPS = 1024  # entries
+
+
+class PropsTooLarge(ValueError):
+    """metadata_props over MAX_PROPS_BYTES or MAX_PROPS: refused before they are read."""
 
 
 def read_onnx_metadata_props(path: Path) -> list[tuple[str, str]]:
     """The (key, value) pairs of an ONNX file's ``metadata_props``, in file order.
 
-    EOFError for a truncated file, ValueError for bytes that are not a protobuf message.
+    EOFError for a truncated file, ValueError for bytes that are not a protobuf message, PropsTooLarge
+    for props over MAX_PROPS_BYTES in all or MAX_PROPS entries (a crafted file could claim gigabytes).
     """
     with open(path, "rb") as handle:  # buffered: the byte-by-byte varint reads cost no system calls
         end = handle.seek(0, io.SEEK_END)
         handle.seek(0)
         props = []
-        for _, entry in _length_fields(handle, end, {_METADATA_PROPS}):
+        budget = [MAX_PROPS_BYTES]
+        for _, entry in _length_fields(handle, end, {_METADATA_PROPS}, budget):
+            if len(props) >= MAX_PROPS:
+                raise PropsTooLarge(f"metadata_props hold more than {MAX_PROPS} entries")
             fields = dict(_length_fields(io.BytesIO(entry), len(entry), {_ENTRY_KEY, _ENTRY_VALUE}))
             props.append((fields.get(_ENTRY_KEY, b"").decode("utf-8"), fields.get(_ENTRY_VALUE, b"").decode("utf-8")))
     return props
 
 
-def _length_fields(stream: BinaryIO, end: int, wanted: set[int]) -> Iterator[tuple[int, bytes]]:
+def _length_fields(stream: BinaryIO, end: int, wanted: set[int], budget: list[int] | None = None) -> Iterator[tuple[int, bytes]]:
     """(field number, payload) of each length-delimited field in ``wanted`` of the message that runs
-    from ``stream``'s position to byte ``end``; every other field is skipped by seeking past it."""
+    from ``stream``'s position to byte ``end``; every other field is skipped by seeking past it.
+    ``budget`` ([bytes]): what the wanted payloads may take in all; PropsTooLarge before one would exceed it."""
     while stream.tell() < end:
         key = _varint(stream)
         number, wire_type = key >> 3, key & 7
@@ -330,6 +310,10 @@ def _length_fields(stream: BinaryIO, end: int, wanted: set[int]) -> Iterator[tup
         if stream.tell() + size > end:  # a seek past the end does not fail by itself
             raise EOFError(f"field {number} runs past the end")
         if wire_type == 2 and number in wanted:
+            if budget is not None:
+                if size > budget[0]:
+                    raise PropsTooLarge(f"metadata_props hold more than {MAX_PROPS_BYTES} bytes")
+                budget[0] -= size
             yield number, stream.read(size)
         else:
             stream.seek(size, io.SEEK_CUR)
@@ -369,11 +353,19 @@ def read_engine_sidecar(engine_path: Path) -> ModelInfo:
     rebuild = "rebuild the engine with `dronseg-edge export CHECKPOINT --format engine`, which writes both files"
     if not side.is_file():
         raise DronsegError(f"engine {engine_path} has no metadata file {side.name} beside it: {rebuild}")
-    try:
-        data = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DronsegError(f"engine metadata {side} cannot be read ({type(exc).__name__}): {rebuild}") from None
+    data = read_json_file(side, str(side), rebuild)
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise DronsegError(f"{side} is not a dronseg-edge engine metadata file: {rebuild}")
     data = {k: v for k, v in data.items() if k not in ("format", "engine")}
-    return ModelInfo.from_dict(data, source=str(side))
+    return ModelInfo.from_dict(data, source=str(side), fix=rebuild)
+
+
+def read_json_file(path: Path, source: str, fix: str) -> Any:
+    """A metadata JSON file (a sidecar, ``--meta``), bounded in size and depth (metadata_checks.load_json);
+    only the bytes the bound allows are read."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise DronsegError(f"{source} cannot be read ({exc.strerror or type(exc).__name__}): {fix}") from None
+    return load_json(text, source, fix)

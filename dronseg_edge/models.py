@@ -82,6 +82,13 @@ def check_output_stride(arch: str, output_stride: int | None) -> int:
     return int(output_stride)
 
 
+def head_channels(state: dict, arch: str) -> int | None:
+    """Output channels (classes) of the final classifier convolution in ``arch``'s state dict ``state``,
+    or None when it has none."""
+    weight = state.get("classifier.high_classifier.weight" if arch.startswith("lraspp") else "classifier.4.weight")
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim == 4 else None
+
+
 def output_stride_of(model: nn.Module, arch: str) -> int:
     """The output stride ``model`` (built by ``build_model(arch)``) was built with."""
     return int(getattr(model, "output_stride", None) or default_output_stride(arch))
@@ -93,11 +100,13 @@ def build_model(
     weights: str = "none",
     aux_loss: bool = False,
     output_stride: int | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Build ``arch`` with a ``num_classes`` head; returns a module whose forward gives ``{'out': (N,C,H,W)}``.
 
     ``output_stride`` 8 or 16 (None: the arch's default, see the module docstring); the model keeps it
-    as its ``output_stride`` attribute, which checkpoints record.
+    as its ``output_stride`` attribute, which checkpoints record. ``state``: the tensors of ``weights``
+    (a path) when ``read_weights_file`` has read them already.
     """
     builder, coco, imagenet = ARCHS[check_arch(arch)]
     output_stride = check_output_stride(arch, output_stride)
@@ -114,7 +123,7 @@ def build_model(
     else:
         model = builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux_loss or None)
         if choice != "none":
-            load_matching_weights(model, Path(weights))
+            load_matching_weights(model, Path(weights), state)
     if not aux_loss and getattr(model, "aux_classifier", None) is not None:
         model.aux_classifier = None
     if output_stride != default_output_stride(arch):
@@ -174,19 +183,38 @@ def _replace_heads(model: nn.Module, num_classes: int) -> None:
         model.aux_classifier[-1] = fresh(model.aux_classifier[-1])
 
 
-def load_matching_weights(model: nn.Module, path: Path) -> int:
-    """Copy every tensor of ``path`` whose name and shape match ``model``; return how many were copied."""
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``--weights`` file ``path`` (a state dict, or a checkpoint's ``model``), loaded as
+    data only (checkpoint.torch_load); a one-line DronsegError naming the option. Cheap to call before any
+    other work: a bad file is refused before a run writes anything."""
+    from dronseg_edge.checkpoint import UnsafeTorch, torch_load  # checkpoint builds on this module
+
+    path = Path(path)
     if not path.is_file():
         raise DronsegError(f"--weights {path}: no such file; use coco, imagenet, none or a path to a .pt/.pth file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt zip, pickle with code objects, ...
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise DronsegError(f"--weights {path}: not a readable weights file ({reason})") from None
+        state = torch_load(path, f"--weights {path}")
+    except UnsafeTorch:
+        raise
+    except DronsegError as exc:
+        raise DronsegError(f"{exc}: pass a state dict saved as plain tensors (torch.save(model.state_dict(), F)), "
+                           "or coco, imagenet, none") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
         raise DronsegError(f"--weights {path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+def is_weights_path(weights: str) -> bool:
+    """Whether a ``--weights`` value names a file (anything but coco, imagenet, none)."""
+    return str(weights).lower() not in ("coco", "imagenet", "none")
+
+
+def load_matching_weights(model: nn.Module, path: Path, state: dict[str, torch.Tensor] | None = None) -> int:
+    """Copy every tensor of ``path`` (or of its ``state``, read already by ``read_weights_file``) whose name
+    and shape match ``model``; return how many were copied."""
+    state = read_weights_file(path) if state is None else state
     own = model.state_dict()
     copied = {}
     for prefix in ("", "backbone."):

@@ -91,3 +91,78 @@ def test_files_that_are_not_checkpoints_give_one_plain_line(write, tmp_path):
     # torch's weights_only refusal is a paragraph of advice (file an issue, add_safe_globals, ...): none of it
     assert "Please" not in message and "weights_only" not in message and "\x1b" not in message
     assert len(message) < 400
+
+
+def _edited(tiny_checkpoint, tmp_path, **fields):
+    """A copy of the tiny checkpoint with metadata ``fields`` replaced (as a hand edit would)."""
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    ckpt.update(fields)
+    path = tmp_path / "edited.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"palette": [[300, -5, "x"]] * 12}, "metadata palette[0][0] 300 is outside 0..255"),
+    ({"input_size": [100000, 100000]}, "metadata input_size[0] 100000 is outside 1..16384"),
+    ({"std": [0, 0, 0]}, "metadata std[0] 0 is outside 0.001..10"),
+    ({"class_names": ["a", "b", "c"], "palette": [[1, 2, 3]] * 3}, "metadata class_names has 3 names but the model's "
+                                                                     "classifier has 12 output channels"),
+    ({"class_names": [str(i) for i in range(12)], "model": {}}, "holds no classifier weights"),
+])
+def test_edited_checkpoint_metadata_is_refused_with_one_line(fields, says, tiny_checkpoint, tmp_path):
+    path = _edited(tiny_checkpoint, tmp_path, **fields)
+    with pytest.raises(DronsegError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert message.startswith(f"checkpoint {path}") and says in message and "\n" not in message, message
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize("version, release", [("2.14.1+cu130", (2, 14, 1)), ("2.5.0a0+872d972e41.nv24.08", (2, 5, 0)),
+                                              ("2.10.0rc3", (2, 10, 0)), ("2.11.0.dev20260101+cpu", (2, 11, 0))])
+def test_torch_release_reads_field_version_strings(version, release):
+    from dronseg_edge.checkpoint import torch_release
+
+    assert torch_release(version) == release
+
+
+@pytest.mark.parametrize("version", ["2.5.1", "2.9.1+cu128", "2.5.0a0+872d972e41.nv24.08"])
+def test_an_older_torch_refuses_to_unpickle_anything(version, tiny_checkpoint, tmp_path, monkeypatch):
+    """weights_only=True is bypassable before 2.10 (GHSA-53q9-r3pm-6pq6, GHSA-63cw-57p8-fm3p): one line, before reading."""
+    from dronseg_edge.models import read_weights_file
+
+    monkeypatch.setattr(torch, "__version__", version)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load ran on an unsafe torch"))
+    for load, what in ((load_checkpoint, f"checkpoint {tiny_checkpoint}"), (read_weights_file, f"--weights {tiny_checkpoint}")):
+        with pytest.raises(DronsegError) as caught:
+            load(tiny_checkpoint)
+        message = str(caught.value)
+        assert message.startswith(f"torch {version} cannot load {what} safely") and "install torch >= 2.10" in message
+        assert "GHSA-63cw-57p8-fm3p" in message and "\n" not in message and caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize("text, cause", [
+    # torch 2.6 .. 2.13: the cause after "WeightsUnpickler error:", itself ending in advice
+    ("Weights only load failed. This file can still be loaded, to do so you have two options, do those steps only if "
+     "you trust the source of the checkpoint. \n\t(1) In PyTorch 2.6, we changed the default value of the `weights_only` "
+     "argument in `torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will "
+     "likely succeed, but it can result in arbitrary code execution.\n\t(2) Alternatively, to load with `weights_only=True` "
+     "please check the recommended steps in the following error message.\n\tWeightsUnpickler error: Unsupported global: "
+     "GLOBAL subprocess.call was not an allowed global by default. Please use `torch.serialization.add_safe_globals("
+     "[call])` or ... if you trust this class/function.\n\nCheck the documentation of torch.load to learn more",
+     "Unsupported global: GLOBAL subprocess.call"),
+    # torch 2.14: no marker, the cause a paragraph of its own
+    ("Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument in "
+     "`torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will likely "
+     "succeed, but it can result in arbitrary code execution. Do it only if you got the file from a trusted source.\n\n\n"
+     "Trying to load unsupported GLOBAL posix.system whose module posix is blocked.\n\nCheck the documentation of "
+     "torch.load to learn more about types accepted by default with weights_only https://pytorch.org/docs/stable/",
+     "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."),
+])
+def test_a_weights_only_refusal_keeps_the_cause_and_drops_the_unsafe_advice(text, cause):
+    import pickle as pickle_module
+
+    from dronseg_edge.checkpoint import _short_reason
+
+    assert _short_reason(pickle_module.UnpicklingError(text)) == f"it holds Python objects, not plain data: {cause}"

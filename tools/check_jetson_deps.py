@@ -64,7 +64,7 @@ NOT_IN_CORE = {"opencv-python": "shadows JetPack's OpenCV (GStreamer)",
                "opencv-contrib-python": "shadows JetPack's OpenCV (GStreamer)",
                "onnxruntime": "would overwrite NVIDIA's onnxruntime-gpu (same module)",
                "torch": "the core must not need torch"}
-REPLACED_ON_JETSON = {"torch": "NVIDIA's torch wheel, installed first, satisfies it (venv --system-site-packages)",
+REPLACED_ON_JETSON = {"torch": "NVIDIA's torch wheel, installed first, satisfies it when it is 2.10 or newer (venv --system-site-packages)",
                       "torchvision": "NVIDIA's torchvision wheel, installed first, satisfies it"}
 
 # Runs pip with the Jetson's marker environment (pip's vendored packaging reads default_environment()).

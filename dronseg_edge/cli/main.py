@@ -6,13 +6,14 @@ them all and runs it.
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import threading
 
 import typer
 
-from dronseg_edge.atomic import is_storage_error, storage_failure
+from dronseg_edge.atomic import is_storage_error, name_too_long, storage_failure
 from dronseg_edge.cli import bench_cmd, checks_cmd, data_cmd, export_cmd, infer_cmd, train_cmd  # noqa: F401
 from dronseg_edge.cli.app import app
 from dronseg_edge.errors import DronsegError, RuntimeFailure
@@ -36,7 +37,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except OSError as exc:
         # A full or read-only disk that a command did not turn into its own message: still one line
-        # naming the path and the free space, with the runtime-failure code. Other OSErrors are bugs.
+        # naming the path and the free space, with the runtime-failure code. A name longer than the file
+        # system takes (any path argument: --out, a model, a source) is the user's to fix. Other OSErrors are bugs.
+        if exc.errno == errno.ENAMETOOLONG:
+            print(f"error: {name_too_long(exc.filename)}", file=sys.stderr)
+            sys.exit(DronsegError.exit_code)
         if not is_storage_error(exc):
             raise
         print(f"error: {storage_failure(exc, exc.filename or '.')}", file=sys.stderr)

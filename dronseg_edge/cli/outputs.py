@@ -20,8 +20,11 @@ def _unwritable(folder: Path) -> str | None:
     other reason leaves nothing behind.
     """
     existing = folder.absolute()
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
+    try:
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+    except OSError as exc:  # a name longer than the file system takes (ENAMETOOLONG), a symlink loop
+        return exc.strerror or str(exc)
     if not existing.is_dir():
         return f"{existing} is a file"
     try:
@@ -34,13 +37,20 @@ def _unwritable(folder: Path) -> str | None:
     return None
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # ENAMETOOLONG (Path.is_dir raises it on Python < 3.12): not a folder that exists
+        return False
+
+
 def check_out_dir(path: os.PathLike | str, option: str = "--out") -> Path:
     """Refuse an output folder ``path`` that cannot be created or written (DronsegError, exit code 2)."""
     path = Path(path)
     reason = _unwritable(path)
     if reason is None:
         return path
-    if path.is_dir():
+    if _is_dir(path):
         raise DronsegError(f"output folder {path} ({option}) is not writable ({reason}): choose another folder, "
                            "or make it writable")
     raise DronsegError(f"cannot create output folder {path} ({option}): {reason}; choose another folder")
@@ -49,12 +59,12 @@ def check_out_dir(path: os.PathLike | str, option: str = "--out") -> Path:
 def check_out_file(path: os.PathLike | str, option: str) -> Path:
     """Refuse an output file ``path`` that is a folder, or whose folder cannot be created or written."""
     path = Path(path)
-    if path.is_dir():
+    if _is_dir(path):
         raise DronsegError(f"{option} {path} is a folder: give a file name inside it")
     folder = path.parent
     reason = _unwritable(folder)
     if reason is None:
         return path
-    if folder.is_dir():
+    if _is_dir(folder):
         raise DronsegError(f"{option} {path}: folder {folder} is not writable ({reason}); choose another path")
     raise DronsegError(f"{option} {path}: cannot create its folder {folder} ({reason}); choose another path")

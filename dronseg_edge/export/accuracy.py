@@ -170,12 +170,12 @@ def evaluate_artifact(model: Path, data: Path | None = None, split: str = "val",
     ``max_pixels``: images and masks above it are refused before decoding (None: the default, 2^26).
     """
     backend = load_backend(model, device, meta=meta)
-    images = split_samples_for(Path(model), backend.info, data, split)
-    try:
+    # Activated before the data is read: a file whose metadata does not match its own graph (3 class names on a
+    # 12-class model) is named as the culprit, not the masks its class count would call out of range.
+    with backend:
+        images = split_samples_for(Path(model), backend.info, data, split)
         scores = score_backend(backend, images.samples, batch, log,
                                DEFAULT_MAX_PIXELS if max_pixels is None else check_max_pixels(max_pixels))
-    finally:
-        backend.deactivate()
     info = backend.info
     return {"model": str(model), "data": str(images.root), "split": split, "split_source": images.source,
             "arch": info.arch, "input_size": list(info.input_size), "precision": info.precision, "io": info.io,

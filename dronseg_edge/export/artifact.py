@@ -46,7 +46,7 @@ from dronseg_edge.export.images import resolve_images
 from dronseg_edge.export.options import CALIB_IMAGES, EXPORT_PRECISIONS, FORMATS, PARITY_IMAGES, ExportOptions
 from dronseg_edge.export.parity import check_parity
 from dronseg_edge.export.parity_report import ParityReport, parity_report_path
-from dronseg_edge.leftovers import RANDOM, FolderClaim
+from dronseg_edge.leftovers import RANDOM, TAGGED, FolderClaim, working_prefix, working_tag
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info, sidecar_path
 from dronseg_edge.storage import storage_faults
 
@@ -55,13 +55,14 @@ __all__ = ["CALIB_IMAGES", "EXPORT_PRECISIONS", "FORMATS", "PARITY_IMAGES", "Exp
 
 
 _PRECISION = "|".join(EXPORT_PRECISIONS)
-# The hidden names an export works under (tempfile's random part is RANDOM), all in the export folder.
-EXPORT_LEFTOVERS = ((".", re.compile(
-    rf"^\.(export|quantize)-{RANDOM}$"  # working folders (onnx.py, embedded.py, quantize.py, _write_onnx)
-    rf"|^\..+\.pending\.(onnx|engine)(\.json|\.data)?$"  # an artifact before its parity check
-    rf"|^\..+\.(onnx|engine|json|data|png)\.{RANDOM}\.tmp$"  # atomic.py's temporary files (png: parity pictures)
-    rf"|^\..+_({_PRECISION})(_plan)?\.({RANDOM}\.tmp|old-{RANDOM})$"  # triton.py's staged and swapped-out model folders
-)),)
+# The hidden names an export works under, all in the export folder: each carries the package tag and
+# its process's claim token (TAGGED), so the files of other programs never match (leftovers.py).
+EXPORT_LEFTOVERS = tuple((".", re.compile(pattern)) for pattern in (
+    rf"^\.(export|quantize)\.{TAGGED}\.{RANDOM}$",  # working folders (onnx.py, embedded.py, quantize.py, _write_onnx)
+    rf"^\..+\.{TAGGED}\.pending\.(onnx|engine)(\.json|\.data)?$",  # an artifact before its parity check
+    rf"^\..+\.(onnx|engine|json|data|png)\.{TAGGED}\.{RANDOM}\.tmp$",  # atomic.py's temporary files (png: parity pictures)
+    rf"^\..+_({_PRECISION})(_plan)?\.{TAGGED}\.({RANDOM}\.tmp|old-{RANDOM})$",  # triton.py's staged and swapped-out model folders
+))
 
 
 @dataclass
@@ -166,7 +167,7 @@ def _final_path(checkpoint: Path, train_size: tuple[int, int], options: ExportOp
 
 
 def _pending(final: Path) -> Path:
-    return final.with_name(f".{final.stem}.pending{final.suffix}")
+    return final.with_name(f".{final.stem}.{working_tag()}.pending{final.suffix}")
 
 
 def _move(src: Path, dest: Path) -> None:
@@ -283,7 +284,7 @@ def _write_onnx(model, dest: Path, info: ModelInfo, precision: str, opset: int |
         if info.dynamic:
             notes.append(verify(dest, model, info))
         return tuple(notes)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=dest.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=working_prefix("export"), dir=dest.parent) as tmp:
         fp32_info = ModelInfo.from_dict({**info.to_dict(), "precision": "fp32"})
         fp32_path = export(model, Path(tmp) / "fp32.onnx", fp32_info, opset=opset)
         if info.dynamic:

@@ -37,6 +37,7 @@ from dronseg_edge.atomic import ensure_writable_dir
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export import onnx as onnx_export
 from dronseg_edge.export.options import FRAMES_MIN_OPSET
+from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.metadata import ModelInfo
 
 FRAMES_INPUT = "frames"
@@ -141,7 +142,7 @@ def export_frames_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: 
         axes = {name: {0: "batch", 1: "height", 2: "width"} for name in [FRAMES_INPUT, *info.outputs]}
     kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     ensure_writable_dir(path.parent)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=working_prefix("export"), dir=path.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
         with warnings.catch_warnings(), _aa_symbolic(opset), torch.no_grad():
             # torch >= 2.9 warns on every TorchScript export; the choice is deliberate (export/onnx.py).

@@ -23,6 +23,7 @@ from torch import nn
 
 from dronseg_edge.atomic import atomic_path, ensure_writable_dir
 from dronseg_edge.errors import BackendUnavailable, DronsegError
+from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.metadata import ModelInfo, set_onnx_metadata
 from dronseg_edge.models import SegmentationNet
 
@@ -87,7 +88,7 @@ def export_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: int | N
     example = torch.zeros(batch, 3, height, width)
     out_name = OUTPUT_NAMES[info.head]
     ensure_writable_dir(path.parent)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=working_prefix("export"), dir=path.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
         if exporter == "torchscript":
             _export_torchscript(net, example, raw, opset, info.dynamic, out_name)

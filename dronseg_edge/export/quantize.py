@@ -23,6 +23,7 @@ import onnx
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export.images import ImageSet, load_item
 from dronseg_edge.export.options import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
+from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime.host import preprocess_host
 
@@ -122,7 +123,7 @@ def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo
     }
     if method == "percentile":
         extra["CalibPercentile"] = PERCENTILE
-    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=Path(dest).parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=working_prefix("quantize"), dir=Path(dest).parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference first (the quantizer needs tensor shapes); graph optimisation is left to
         # the runtimes, so the file stays plain ONNX that TensorRT parses.

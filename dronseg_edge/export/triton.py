@@ -30,6 +30,7 @@ import onnx
 from dronseg_edge import __version__
 from dronseg_edge.atomic import ensure_writable_dir, storage_errors
 from dronseg_edge.errors import BackendUnavailable, DronsegError
+from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info
 
 PLATFORMS = {".onnx": ("onnxruntime_onnx", "model.onnx"), ".engine": ("tensorrt_plan", "model.plan")}
@@ -196,7 +197,7 @@ def _publish(staged: Path, final: Path) -> None:
     if not final.exists():
         os.rename(staged, final)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=staged.parent))
+    old = Path(tempfile.mkdtemp(prefix=working_prefix(final.name) + "old-", dir=staged.parent))
     os.rmdir(old)  # only its unique name is wanted
     os.rename(final, old)
     try:
@@ -241,7 +242,7 @@ def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: 
 def _stage_and_publish(artifact: Path, final: Path, filename: str, info: ModelInfo, text: str) -> None:
     """Build the model folder under a hidden name beside the repository, then rename it to ``final``."""
     name = final.name
-    staged = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=final.parent.parent))
+    staged = Path(tempfile.mkdtemp(prefix=working_prefix(name), suffix=".tmp", dir=final.parent.parent))
     try:
         version = staged / "1"
         version.mkdir()

@@ -47,6 +47,8 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
         if scheme not in STREAM_SCHEMES:
             raise DronsegError(f"source {text}: scheme {scheme}:// is not supported; use one of "
                                f"{', '.join(STREAM_SCHEMES)}, or csi://N")
+        if scheme == "file" and not _local_file(text).exists():  # a missing file, not a stream that may come up later
+            raise DronsegError(f"source {text}: no such file {_local_file(text)}: {SOURCE_HELP}")
         _check_capture_options(options, text, f"a {scheme}:// stream", ffmpeg=True)
         return StreamSource(text, reconnect_s, capture=options)
     path = Path(text).expanduser()
@@ -63,6 +65,14 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
         _check_capture_options(options, text, "images")
         return ImageSource.from_glob(text, max_pixels)
     raise DronsegError(f"source {text} does not exist: {SOURCE_HELP}")
+
+
+def _local_file(url: str) -> Path:
+    """The path of a ``file://`` URL (``file:///tmp/a%20b.mp4`` -> /tmp/a b.mp4)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    return Path(unquote(parts.path if parts.netloc in ("", "localhost") else f"//{parts.netloc}{parts.path}"))
 
 
 def _check_capture_options(options: CaptureOptions, source: str, what: str, ffmpeg: bool = False) -> None:

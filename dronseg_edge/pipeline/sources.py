@@ -2,7 +2,7 @@
 a GStreamer pipeline or a Jetson's CSI camera.
 
 Every source yields the same :class:`FrameRecord`, so the rest of the pipeline never asks where a
-frame came from. ``open_source(spec)`` picks the kind from the command-line text. Video files,
+frame came from. ``open_source(spec)`` (open_source.py) picks the kind from the command-line text. Video files,
 cameras and streams live here; images in ``image_sources``, the base classes in ``source_base``
 (all importable from here, as before).
 """

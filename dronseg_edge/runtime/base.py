@@ -209,6 +209,66 @@ class Backend(ABC):
         return f"{self.name} ({self.provider or self.device})"
 
 
+# What to do when a file's metadata does not describe its own graph (a lie about classes, batch, size or io).
+META_FIX = ("the metadata was edited or belongs to another model: re-export it with `dronseg-edge export CHECKPOINT` "
+            "(or pass the --meta file made with this model)")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output as its runtime declares it: numpy dtype name ('' when unknown) and shape,
+    None for each dimension the graph leaves open (a dynamic axis)."""
+
+    name: str
+    dtype: str
+    shape: tuple
+
+
+def check_declared_io(path: Path, info: ModelInfo, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+    """DronsegError unless the graph's declared input and outputs are what ``info`` says: one input,
+    (N, 3, H, W) float for tensors io or (N, H, W, 3) uint8 for frames, its fixed dimensions those of
+    ``batch``/``input_size``/``source_size`` (a dynamic one when ``info.dynamic``), the ``outputs`` named,
+    and for logits as many channels as ``class_names``. Called at activation, so a lying file is one line
+    naming it, not the runtime's INVALID_ARGUMENT mid-run or a run with class indices past the palette."""
+    def lie(claim: str, actual: str) -> DronsegError:
+        return DronsegError(f"{path}: its metadata says {claim}, but the model {actual}: {META_FIX}")
+
+    if len(inputs) != 1:
+        raise lie("one image input", f"has inputs {[i.name for i in inputs]}")
+    x = inputs[0]
+    frames = info.io == "frames"
+    wanted = ("uint8",) if frames else ("float32", "float16")
+    if x.dtype and x.dtype not in wanted or len(x.shape) != 4:
+        layout = "(N, H, W, 3) uint8 frames" if frames else "(N, 3, H, W) float tensors"
+        raise lie(f"io {info.io}: {layout}", f"takes {x.dtype or '?'} of shape {_dims(x.shape)}")
+    n, h, w, c = x.shape if frames else (x.shape[0], x.shape[2], x.shape[3], x.shape[1])
+    if c not in (None, 3):
+        raise lie("3 colour channels", f"takes {c}")
+    size = info.source_size if frames else info.input_size
+    if info.dynamic and any(d is not None for d in (n, h, w)):
+        raise lie("any batch and size (dynamic)", f"takes fixed {_dims(x.shape)}")
+    wrong = bool(info.batch) and n is not None and n != info.batch
+    if size is not None:
+        wrong = wrong or (h is not None and h != size[1]) or (w is not None and w != size[0])
+    if not info.dynamic and wrong:
+        claim = f"batch {info.batch or 'N'} at {size[0]}x{size[1]} (width x height)" if size else f"batch {info.batch}"
+        raise lie(claim, f"takes {_dims(x.shape)}")
+    missing = [name for name in info.outputs if name not in [o.name for o in outputs]]
+    if not outputs or missing:
+        raise lie(f"outputs {info.outputs}", f"has {[o.name for o in outputs]}")
+    y = outputs[0]
+    logits = not frames and info.head == "logits"
+    if len(y.shape) != (4 if logits else 3):
+        what = "(N, C, H, W) logits" if logits else "an (N, H, W) class map"
+        raise lie(f"head {info.head}, io {info.io}: {what}", f"outputs {_dims(y.shape)}")
+    if logits and y.shape[1] is not None and y.shape[1] != info.num_classes:
+        raise lie(f"{info.num_classes} classes (class_names)", f"output {y.name} has {y.shape[1]} channels")
+
+
+def _dims(shape: tuple) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape) or "a scalar"
+
+
 def _inference_mode(batch):
     """torch.inference_mode() for a torch batch, whatever the caller's mode: a backend's fixed
     buffers (CUDA-graph inputs) are made on its first call, and an inference tensor made under a

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.metadata import ModelInfo, read_onnx_info
-from dronseg_edge.runtime.base import Backend
+from dronseg_edge.runtime.base import Backend, TensorSpec, check_declared_io
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,41 @@ def import_onnxruntime():
             "on Jetson install NVIDIA's onnxruntime-gpu wheel for your JetPack"
         ) from None
     return onnxruntime
+
+
+# What ONNX Runtime says when it cannot load a file -> what the user should do. First match wins;
+# anything else gets the plain "re-export it" (never a specific hint that may be wrong).
+_LOAD_HINTS = (
+    ("escapes model directory", "its external data (weights) file lies outside the model's folder, which ONNX Runtime "
+                                "refuses: keep the .onnx and its .data file in one folder, or re-export it"),
+    ("external data path does not exist", "its external data (weights) file is missing: copy the .data file written "
+                                          "with it beside the .onnx, or re-export it"),
+    ("no graph was found", "it holds no graph (an empty or cut-short file): re-export it"),
+    ("protobuf parsing failed", "it is not an ONNX model (damaged, cut short, or another kind of file): re-export it"),
+    ("not a registered function/op", "it uses an operator this onnxruntime does not have: re-export it with "
+                                     "`dronseg-edge export`, or install the onnxruntime it was made for"),
+    ("no op registered", "it uses an operator this onnxruntime does not have: re-export it with `dronseg-edge export`, "
+                         "or install the onnxruntime it was made for"),
+    ("official released onnx opset", "its opset is newer than this onnxruntime supports: upgrade onnxruntime, or "
+                                       "re-export with a lower --opset"),
+)
+
+
+def load_error(path: Path, exc: Exception, version: str) -> DronsegError:
+    """The one-line error for an ONNX file ONNX Runtime ``version`` could not load with ``exc``."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^Load model from .*? failed:\s*", "", text)
+    text = re.sub(r"/\S+\.(h|cc|cpp):\d+ .*?\) ", "", text)  # C++ source locations and signatures
+    hint = next((fix for needle, fix in _LOAD_HINTS if needle in text.lower()), "re-export it with `dronseg-edge export`")
+    return DronsegError(f"onnxruntime {version} cannot load {path} ({text[:160] or type(exc).__name__}): {hint}")
+
+
+def _spec(value) -> TensorSpec:
+    """An onnxruntime NodeArg as a TensorSpec (symbolic or unknown dimensions as None)."""
+    dtype = _ORT_TYPES.get(value.type)
+    shape = tuple(d if isinstance(d, int) and d > 0 else None for d in (value.shape or ()))
+    return TensorSpec(value.name, np.dtype(dtype).name if dtype is not None else "", shape)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -172,17 +208,20 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 3  # errors only: provider fallbacks are reported through `provider`
         errors: list[str] = []
         self.session = None
-        for name in self._candidates(ort):
-            session = self._try_session(ort, options, name, errors)
-            if session is not None:
-                self.session = session
+        self.cuda_graph = False
+        gpu = [name for name in self._candidates(ort) if name != "cpu"]
+        for name in gpu:
+            self.session = self._try_session(ort, options, name, errors)
+            if self.session is not None:
                 break
         if self.session is None:
-            if self.requested != "auto":
+            # Also what tells a file ONNX Runtime cannot load (one line naming it) from a GPU provider that cannot start.
+            cpu = self._cpu_session(ort, options)
+            if gpu and self.requested != "auto":
                 raise BackendUnavailable(f"onnxruntime cannot run {self.path} on {self.requested} ({'; '.join(errors)})")
-            log.warning("onnxruntime could not start a GPU provider (%s); %s runs on the CPU", "; ".join(errors), self.path.name)
-            self.cuda_graph = False
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=["CPUExecutionProvider"])
+            self.session = cpu
+            if gpu:
+                log.warning("onnxruntime could not start a GPU provider (%s); %s runs on the CPU", "; ".join(errors), self.path.name)
         used = self.session.get_providers()[0]
         self.cuda_graph = self.cuda_graph and used == "CUDAExecutionProvider"
         self.provider = used + (" + CUDA graph" if self.cuda_graph else "")
@@ -194,8 +233,15 @@ class OnnxRuntimeBackend(Backend):
             self.provider += f" (tried: {'; '.join(errors)})"
         self._input = self.session.get_inputs()[0]
         self._outputs = self.session.get_outputs()
+        check_declared_io(self.path, self.info, [_spec(i) for i in self.session.get_inputs()], [_spec(o) for o in self._outputs])
         self._on_gpu = used != "CPUExecutionProvider" and self.device.type == "cuda"
         self._host_bound = None
+
+    def _cpu_session(self, ort, options):
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own exception classes (Fail, InvalidGraph, ...) share no base
+            raise load_error(self.path, exc, ort.__version__) from None
 
     def _try_session(self, ort, options, name: str, errors: list[str]):
         """A session whose first provider really is ``name`` on this device, or None (the reason appended to ``errors``).

@@ -36,7 +36,7 @@ import numpy as np
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, sidecar_path
 from dronseg_edge.runtime import cuda_runtime, tensorrt_env
-from dronseg_edge.runtime.base import Backend
+from dronseg_edge.runtime.base import Backend, TensorSpec, check_declared_io
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,11 @@ class TensorRTBackend(Backend):
         if dla_core is not None:  # an engine built for a DLA core (export --dla-core) is loaded onto that core
             self._runtime.DLA_core = int(dla_core)
         with cuda_runtime.on_device(self._index):  # TensorRT loads and launches into the current device's context
-            self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+            try:
+                self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+            except Exception as exc:  # older bindings raise where newer ones return None; an unreadable file
+                log.warning("TensorRT could not deserialize %s: %s", self.path.name, " ".join(str(exc).split())[:200])
+                self._engine = None
             if self._engine is None:
                 raise DronsegError(f"TensorRT {trt.__version__} cannot load engine {self.path} (see its messages above): {self._rebuild_hint()}")
             self._context = self._engine.create_execution_context()
@@ -126,10 +130,16 @@ class TensorRTBackend(Backend):
             raise DronsegError(f"engine {self.path} has inputs {self._inputs} and outputs {self._outputs}, "
                                f"not one image input: {self._rebuild_hint()}")
         self._dtypes = {n: numpy_dtype(trt, self._engine.get_tensor_dtype(n)) for n in names}
+        check_declared_io(self.path, self.info, self._specs(self._inputs), self._specs(self._outputs))
         self._device_out = {n: cuda_runtime.DeviceBuffer() for n in self._outputs}
         self._host_out = {n: cuda_runtime.PinnedBuffer() for n in self._outputs}
         self._version = str(trt.__version__)
         self._describe_provider()
+
+    def _specs(self, names: list[str]) -> list[TensorSpec]:
+        """The engine's declared tensors (-1: a dimension its optimisation profile leaves open)."""
+        return [TensorSpec(n, self._dtypes[n].name, tuple(None if int(d) < 0 else int(d) for d in self._engine.get_tensor_shape(n)))
+                for n in names]
 
     def _describe_provider(self) -> None:
         typing = "strongly typed" if self.build.get("strongly_typed") else "+".join(self.build.get("builder_flags") or []) or "fp32"

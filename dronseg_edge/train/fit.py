@@ -13,25 +13,27 @@ import torch
 from dronseg_edge.checkpoint import TrainingState, load_checkpoint, model_state, save_checkpoint
 from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX
 from dronseg_edge.errors import DronsegError, RuntimeFailure
-from dronseg_edge.leftovers import RANDOM, FolderClaim
+from dronseg_edge.leftovers import RANDOM, TAGGED, FolderClaim
 from dronseg_edge.train import plots
 from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.distributed import DistContext, all_reduce_sum, barrier, cleanup_distributed, setup_distributed
 from dronseg_edge.train.loop import evaluate, train_one_epoch
 from dronseg_edge.train.mosaics import ValidationMosaic
 from dronseg_edge.metrics import SegmentationMetrics
+from dronseg_edge.models import is_weights_path, read_weights_file
 from dronseg_edge.train.precision import check_amp
 from dronseg_edge.train.rng import capture_rng_state, seed_everything
 from dronseg_edge.train.setup import (DataSetup, ModelSetup, build_criterion, build_loaders, optimizer_steps_per_epoch,
                                       prepare_data, prepare_model, prepare_run_dir, step_context)
 from dronseg_edge.train.tracking import MetricsLog
 
-# Hidden temporary files of the run folder's atomic writes: what a killed run may leave behind.
+# Hidden temporary files of the run folder's atomic writes: what a killed run may leave behind. Each
+# carries the package tag and its process's claim token (TAGGED): other programs' files never match.
 RUN_LEFTOVERS = (
-    ("weights", re.compile(rf"^\.(last|best)\.pt\.{RANDOM}\.tmp$")),
+    ("weights", re.compile(rf"^\.(last|best)\.pt\.{TAGGED}\.{RANDOM}\.tmp$")),
     (".", re.compile(rf"^\.(metrics\.csv|split\.json|config\.json|curves\.png|per_class\.png|confusion_matrix\.png)"
-                     rf"\.{RANDOM}\.tmp$")),
-    ("mosaics", re.compile(rf"^\.epoch_\d+\.png\.{RANDOM}\.tmp$")),
+                     rf"\.{TAGGED}\.{RANDOM}\.tmp$")),
+    ("mosaics", re.compile(rf"^\.epoch_\d+\.png\.{TAGGED}\.{RANDOM}\.tmp$")),
 )
 
 
@@ -72,9 +74,12 @@ def fit(cfg: TrainConfig, resume: Path | None = None, log: Callable[[str], None]
     if ckpt is not None:
         cfg = _resumed_config(cfg, ckpt, resume)
     cfg.validate()
+    # A --weights file is read before any other work: a file that is not plain data is refused before the
+    # data check, and before a run folder, split.json or config.json exists.
+    weights = read_weights_file(Path(cfg.weights)) if ckpt is None and is_weights_path(cfg.weights) else None
     dist_ctx = setup_distributed(cfg.device)
     try:
-        return _fit(cfg, ckpt, resume, dist_ctx, log if dist_ctx.is_main else (lambda _msg: None))
+        return _fit(cfg, ckpt, resume, dist_ctx, log if dist_ctx.is_main else (lambda _msg: None), weights)
     finally:
         cleanup_distributed()
 
@@ -95,7 +100,7 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, resume: Path) -> TrainConfig:
     return resumed
 
 
-def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: DistContext, log) -> FitResult:
+def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: DistContext, log, weights=None) -> FitResult:
     device, is_main = dist_ctx.device, dist_ctx.is_main
     check_amp(cfg.amp, device, resumed=ckpt is not None)
     seed_everything(cfg.seed + dist_ctx.rank, cfg.deterministic)
@@ -106,7 +111,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
     log(f"run: {run_dir}  (train {len(data.train_ids)} / val {len(data.val_ids)} images, {dist_ctx.world_size} process(es) on {device})")
     loaders = build_loaders(cfg, data, dist_ctx)
     per_epoch = optimizer_steps_per_epoch(cfg, len(loaders.train))
-    setup = prepare_model(cfg, device, per_epoch, ckpt, distributed=dist_ctx.enabled)
+    setup = prepare_model(cfg, device, per_epoch, ckpt, distributed=dist_ctx.enabled, weights=weights)
     progress = Progress.of(ckpt)
     if ckpt is not None:
         within = f" (+{progress.partial['batches']} batches of epoch {progress.epoch + 1})" if progress.partial else ""

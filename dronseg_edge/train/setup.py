@@ -161,11 +161,12 @@ def optimizer_steps_per_epoch(cfg: TrainConfig, batches: int) -> int:
 
 
 def prepare_model(cfg: TrainConfig, device: torch.device, steps_per_epoch: int, ckpt: dict[str, Any] | None = None,
-                  *, distributed: bool = False) -> ModelSetup:
+                  *, distributed: bool = False, weights: dict[str, torch.Tensor] | None = None) -> ModelSetup:
     """The model on ``device`` with its optimiser, schedule (``cfg.epochs * steps_per_epoch`` optimiser steps)
-    and scaler; resuming from the loaded checkpoint ``ckpt`` restores their states and the RNG states."""
+    and scaler; resuming from the loaded checkpoint ``ckpt`` restores their states and the RNG states.
+    ``weights``: the tensors of a ``cfg.weights`` file, read already (models.read_weights_file)."""
     model = build_model(cfg.model, num_classes=len(CLASS_NAMES), weights=cfg.weights, aux_loss=cfg.aux_loss,
-                        output_stride=cfg.output_stride)
+                        output_stride=cfg.output_stride, state=weights)
     if cfg.bn_momentum is not None:
         set_bn_momentum(model, cfg.bn_momentum)
     channels_last = cfg.channels_last and device.type == "cuda"

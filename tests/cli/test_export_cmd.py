@@ -213,3 +213,20 @@ def test_parity_takes_meta_for_a_candidate_without_metadata(exported, tiny_check
                              "--meta", exported)
     assert code in (0, None), err
     assert any(line.startswith("PASSED | logits: agreement") for line in out.splitlines()), out
+
+
+def test_export_out_keeps_other_programs_hidden_files(tiny_checkpoint, tmp_path, capsys):
+    """Issue 19, section 2, verbatim: hidden files that look like an export's working files but are not ours."""
+    out = tmp_path / "x"
+    (out / ".export-projectx").mkdir(parents=True)
+    (out / ".export-projectx" / "notes.txt").write_text("work\n")
+    (out / ".settings.json.abcd1234.tmp").write_text("k\n")
+    (out / ".vscode.json.settings.tmp").write_text("k\n")
+    code, stdout, err = run_cli(capsys, "export", tiny_checkpoint, "--out", out, "--no-parity", "--device", "cpu")
+    assert code == 0, err
+    assert "leftover" not in stdout + err
+    assert (out / ".export-projectx" / "notes.txt").read_text() == "work\n"
+    assert (out / ".settings.json.abcd1234.tmp").read_text() == "k\n"
+    assert (out / ".vscode.json.settings.tmp").read_text() == "k\n"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [
+        ".export-projectx", ".settings.json.abcd1234.tmp", ".vscode.json.settings.tmp"]

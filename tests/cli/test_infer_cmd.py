@@ -317,3 +317,30 @@ def test_a_foreign_onnx_runs_with_meta_and_is_refused_without(tiny_checkpoint, m
                           "foreign.onnx has no dronseg-edge metadata")
     code, out, err = run_cli(capsys, foreign, media["folder"], "--out", tmp_path / "c", "--device", "cpu")
     assert "or pass --meta FILE" in err.strip().splitlines()[-1]
+
+
+def test_a_file_url_to_a_missing_file_is_exit_2_not_a_stream_to_wait_for(tiny_checkpoint, tmp_path, capsys):
+    """Issue 19: file:///nonexistent.mp4 exited 5 (a supervisor restarts it forever); it is a bad input."""
+    code, out, err = run_cli(capsys, tiny_checkpoint, f"file://{tmp_path}/nonexistent.mp4", "--out", tmp_path / "run",
+                             "--device", "cpu")
+    assert code == 2
+    assert_one_error_line(code, out, err, f"source file://{tmp_path}/nonexistent.mp4: no such file {tmp_path}/nonexistent.mp4")
+    assert not (tmp_path / "run").exists()
+
+
+def test_three_class_metadata_on_a_twelve_class_model_is_exit_2(tiny_checkpoint, media, tmp_path, capsys):
+    """Issue 19: it ran with exit 0, mask values up to 9, every stat 0.0 and black colours."""
+    import onnx
+
+    ours, _ = _foreign_copy(tiny_checkpoint, tmp_path)
+    graph = onnx.load(str(ours))
+    for entry in graph.metadata_props:
+        if entry.key in ("class_names", "palette"):
+            entry.value = json.dumps(["a", "b", "c"] if entry.key == "class_names" else [[1, 2, 3]] * 3)
+    lying = tmp_path / "lying.onnx"
+    onnx.save(graph, str(lying))
+    code, out, err = run_cli(capsys, lying, media["folder"], "--out", tmp_path / "run", "--device", "cpu")
+    assert code == 2
+    assert_one_error_line(code, out, err, f"{lying}: its metadata says 3 classes (class_names), but the model output "
+                                          "logits has 12 channels")
+    assert not list((tmp_path / "run").rglob("*.png"))  # no mask written with the wrong classes

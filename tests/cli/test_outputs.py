@@ -47,6 +47,28 @@ def test_every_command_refuses_a_read_only_output_at_once(command, read_only, ti
     assert sorted(os.listdir(read_only)) == ["run"]
 
 
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_refuses_a_name_too_long_at_once(command, tiny_checkpoint, synth_root, tmp_path, capsys):
+    """Issue 19: a 300-character --out crashed every command (OSError ENAMETOOLONG from Path.exists)."""
+    long = tmp_path / ("a" * 300)
+    code, stderr = run_cli(capsys, *COMMANDS[command](tiny_checkpoint, synth_root, long))
+    assert code == 2 and "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "name too long" in lines[0].lower(), stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("args", [["infer", "{long}.onnx", "{image}", "--out", "{out}"], ["export", "{long}.pt"],
+                                  ["infer", "{ckpt}", "{long}.png", "--out", "{out}"], ["train", "--data", "{long}"],
+                                  ["bench", "{long}.onnx"], ["eval", "{long}.engine"]])
+def test_a_name_too_long_anywhere_on_the_command_line_is_one_line(args, tiny_checkpoint, synth_root, tmp_path, capsys):
+    long, image = tmp_path / ("b" * 300), next((synth_root / "imgs" / "imgs").iterdir())
+    code, stderr = run_cli(capsys, *[a.format(long=long, ckpt=tiny_checkpoint, image=image, out=tmp_path / "o") for a in args])
+    assert code == 2 and "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "too long" in lines[0], stderr
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0555 folder anyway: the read-only mount test covers root")
 def test_a_folder_without_write_permission_is_refused(tmp_path, tiny_checkpoint, capsys):
     locked = tmp_path / "locked"

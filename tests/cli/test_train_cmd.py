@@ -177,3 +177,28 @@ def test_eval_of_an_engine_without_sidecar_names_meta(capsys, tmp_path, tiny_che
     assert "pass --meta FILE" in one_line_error(capsys, "eval", engine, "--device", "cpu")
     assert "--meta applies to .onnx and .engine files" in one_line_error(
         capsys, "eval", tiny_checkpoint, "--device", "cpu", "--meta", engine)
+
+
+class _RunsCode:
+    """Unpickling this would run a command: what a hostile --weights file holds."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (subprocess.call, (["touch", str(self.marker)],))
+
+
+def test_train_weights_that_hold_code_are_refused_before_any_work(capsys, tmp_path):
+    """Issue 19: torch's paragraph advising weights_only=False, and weights/, split.json, config.json
+    written before the refusal. Now: one line, nothing written, no code run, no unsafe advice."""
+    import torch
+
+    evil, marker = tmp_path / "evil.pt", tmp_path / "PWNED"
+    torch.save({"model": _RunsCode(marker)}, evil)
+    out = tmp_path / "run"
+    args = [a if a != "none" else evil for a in TINY]
+    message = one_line_error(capsys, "train", "--data", tmp_path / "nowhere", "--out", out, *args)
+    assert message.startswith(f"error: --weights {evil} cannot be read (it holds Python objects, not plain data: ")
+    assert "weights_only" not in message and "trust" not in message
+    assert not out.exists() and not marker.exists()

@@ -123,3 +123,19 @@ def test_pixels_reach_the_artifact_as_preprocess_host_makes_them(trained_run):
     score_backend(backend, samples, batch=1)
     want = preprocess_host([cv2.imread(str(samples[0].image_path))], backend.info)
     np.testing.assert_array_equal(got[0].numpy(), want)
+
+
+def test_eval_of_a_file_whose_metadata_lies_names_the_file_not_the_data(tiny_checkpoint, synth_root, tmp_path):
+    """Issue 19: 3 class names on a 12-class model blamed good data ("mask ... holds values outside 0..2")."""
+    import onnx
+
+    model = onnx.load(str(export_artifact(tiny_checkpoint, device="cpu", out_dir=tmp_path, parity=False).path))
+    for entry in model.metadata_props:
+        if entry.key in ("class_names", "palette"):
+            entry.value = json.dumps(["a", "b", "c"] if entry.key == "class_names" else [[1, 2, 3]] * 3)
+    lying = tmp_path / "lying.onnx"
+    onnx.save(model, str(lying))
+    with pytest.raises(DronsegError) as info:
+        evaluate_artifact(lying, data=synth_root, split="all", device="cpu")
+    message = str(info.value)
+    assert message.startswith(f"{lying}: its metadata says 3 classes") and "mask" not in message, message

@@ -115,3 +115,40 @@ def test_reuse_returns_an_export_of_the_same_checkpoint_and_options_only(counted
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not onnx")
     assert reusable_artifact(broken, info) is None
+
+
+def test_export_leftover_patterns_match_our_working_names_only(tmp_path):
+    """The names export's writers make match EXPORT_LEFTOVERS with this process's token; the issue's
+    look-alikes of other programs match no pattern at all (leftovers.py)."""
+    import tempfile
+
+    from dronseg_edge.atomic import atomic_path
+    from dronseg_edge.export.artifact import EXPORT_LEFTOVERS, _pending
+    from dronseg_edge.leftovers import TOKEN, working_prefix
+
+    def token_of(name):
+        found = [m.group("token") for _, p in EXPORT_LEFTOVERS if (m := p.match(name))]
+        return found[0] if found else None
+
+    with atomic_path(tmp_path / "best_fp32.onnx") as tmp:
+        atomic_name = tmp.name
+    ours = [_pending(tmp_path / "best_fp32.onnx").name, _pending(tmp_path / "best_fp16_h100_sm90_trt10.3.engine").name + ".json",
+            Path(tempfile.mkdtemp(prefix=working_prefix("export"), dir=tmp_path)).name,
+            Path(tempfile.mkdtemp(prefix=working_prefix("best_fp16"), suffix=".tmp", dir=tmp_path)).name,
+            working_prefix("best_int8_plan") + "old-k2j4h5g6", atomic_name]
+    assert [token_of(name) for name in ours] == [TOKEN] * len(ours)
+    foreign = [".export-projectx", ".settings.json.abcd1234.tmp", ".vscode.json.settings.tmp", ".best.pending.onnx",
+               ".export-abcd1234", ".best_fp32.onnx.abcd1234.tmp", ".x_fp32.abcd1234.tmp"]
+    assert [token_of(name) for name in foreign] == [None] * len(foreign)
+
+
+def test_export_refuses_a_checkpoint_with_invalid_metadata_and_writes_nothing(tiny_checkpoint, tmp_path):
+    """Issue 19: an invalid palette used to travel into a new ONNX file whose parity passed."""
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    ckpt["palette"] = [[300, -5, 0]] + ckpt["palette"][1:]
+    bad = tmp_path / "bad.pt"
+    torch.save(ckpt, bad)
+    out = tmp_path / "out"
+    with pytest.raises(DronsegError, match=r"metadata palette\[0\]\[0\] 300 is outside 0..255"):
+        export_artifact(bad, out_dir=out, device="cpu")
+    assert not out.exists()

@@ -201,7 +201,7 @@ def test_engine_sidecar_missing_or_foreign_says_how_to_rebuild(tmp_path):
     with pytest.raises(DronsegError, match="not a dronseg-edge engine metadata file"):
         read_engine_sidecar(engine)
     sidecar_path(engine).write_text("{not json")
-    with pytest.raises(DronsegError, match="cannot be read"):
+    with pytest.raises(DronsegError, match="m.engine.json: metadata is not valid JSON .*--format engine"):
         read_engine_sidecar(engine)
 
 
@@ -228,7 +228,7 @@ def test_output_stride_round_trips_and_files_without_it_read_as_built(tmp_path):
     bad = json.loads(sidecar_path(engine).read_text())
     bad["output_stride"] = 32
     sidecar_path(engine).write_text(json.dumps(bad))
-    with pytest.raises(DronsegError, match="output_stride 32 is not 8 or 16"):
+    with pytest.raises(DronsegError, match="output_stride 32 is not one of 8, 16"):
         read_engine_sidecar(engine)
 
 
@@ -303,3 +303,36 @@ def test_every_metadata_value_of_every_kind_of_file_is_json(every_kind, kind):
     graph = onnx.load(str(every_kind[kind]), load_external_data=False).graph
     assert graph.doc_string and graph.input[0].doc_string == decoded["input_description"]
     assert ("BGR order" if kind == "frames" else "RGB order") in decoded["input_description"]
+
+
+def test_metadata_props_larger_than_the_bound_are_refused_before_they_are_read(tmp_path, monkeypatch):
+    """A crafted file whose metadata_props claim 5 MiB: one line, and the payload is never read into memory."""
+    size = metadata_module.MAX_PROPS_BYTES + (1 << 20)
+    bad = tmp_path / "big.onnx"
+    bad.write_bytes(bytes([0x72]) + _varint(size) + b"\0" * size)  # field 14 (metadata_props), length-delimited
+    real_open = open
+    reads = []
+
+    class Counting:
+        def __init__(self, handle):
+            self._handle = handle
+
+        def read(self, n=-1):
+            reads.append(n)
+            return self._handle.read(n)
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._handle.close()
+
+    monkeypatch.setattr(metadata_module, "open", lambda *a, **k: Counting(real_open(*a, **k)), raising=False)
+    with pytest.raises(DronsegError) as info:
+        read_onnx_info(bad)
+    message = str(info.value)
+    assert message.startswith(f"{bad}: metadata_props hold more than {metadata_module.MAX_PROPS_BYTES} bytes") and "\n" not in message
+    assert max(reads) < 4096  # the varints only

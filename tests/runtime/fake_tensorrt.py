@@ -9,6 +9,9 @@ with the addresses of that moment baked in, as a GPU kernel's would be.
   of the same shape and type, 2 x the input.
 - ``io="frames"``: input ``frames`` (N, H, W, 3) uint8, outputs ``mask`` (N, H, W) uint8 = the first
   channel // 20 and ``confidence`` (N, H, W) uint8 = 255 - the first channel.
+
+The engine declares every dimension but the input's 3 channels open (-1), as a dynamic profile does;
+``declared`` ({tensor name: shape}) overrides that, e.g. to make an engine whose metadata lies.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def view(address: int, shape: tuple, dtype) -> np.ndarray:
 
 class FakeTensorRT(types.ModuleType):
     def __init__(self, cudart, version: str = "10.3.0", io: str = "tensors", dtype: str = "FLOAT",
-                 accepts=lambda shape: True, execute_ok: bool = True):
+                 accepts=lambda shape: True, execute_ok: bool = True, declared: dict | None = None):
         super().__init__("tensorrt")
         self.__version__ = version
         self.launches: list[dict] = []  # every execute_async_v3: stream, shape, addresses
@@ -92,6 +95,13 @@ class FakeTensorRT(types.ModuleType):
 
             def get_tensor_dtype(self, name):
                 return dtypes[name]
+
+            def get_tensor_shape(self, name):
+                if name in (declared or {}):
+                    return declared[name]
+                if name == names[0]:
+                    return (-1, 3, -1, -1) if io == "tensors" else (-1, -1, -1, 3)
+                return (-1, -1, -1, -1) if io == "tensors" else (-1, -1, -1)
 
             def create_execution_context(self):
                 return Context()

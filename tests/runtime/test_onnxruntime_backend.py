@@ -101,3 +101,103 @@ def test_cuda_session_runs_what_it_reports_inside_and_outside_inference_mode(exp
             inside = gpu.infer(x)
         outside = gpu.infer(x)  # the graph's fixed buffers were made inside inference mode
     assert torch.equal(inside, outside)
+
+
+def _with_metadata(source, dest, **fields):
+    """A copy of ONNX file ``source`` whose metadata entries ``fields`` are replaced (JSON values), as a hand edit would."""
+    import json
+
+    import onnx
+
+    model = onnx.load(str(source))
+    for entry in model.metadata_props:
+        if entry.key in fields:
+            entry.value = json.dumps(fields[entry.key])
+    onnx.save(model, str(dest))
+    return dest
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"class_names": ["a", "b", "c"], "palette": [[1, 2, 3]] * 3},
+     "its metadata says 3 classes (class_names), but the model output logits has 12 channels"),
+    ({"batch": 4}, "its metadata says batch 4 at 96x64 (width x height), but the model takes 1x3x64x96"),
+    ({"input_size": [128, 64]}, "its metadata says batch 1 at 128x64 (width x height), but the model takes 1x3x64x96"),
+    ({"dynamic": True, "batch": None}, "its metadata says any batch and size (dynamic), but the model takes fixed 1x3x64x96"),
+    ({"io": "frames", "source_size": [96, 64]}, "its metadata says io frames: (N, H, W, 3) uint8 frames, but the model takes float32"),
+    ({"head": "argmax"}, "its metadata says head argmax, io tensors: an (N, H, W) class map, but the model outputs 1x12x64x96"),
+])
+def test_metadata_that_lies_about_the_graph_is_one_line_at_activation(fields, says, exported, tmp_path):
+    """Issue 19: 3 class names on a 12-class model ran with black colours; batch/size/io lies gave ONNX
+    Runtime's INVALID_ARGUMENT traceback mid-run."""
+    lying = _with_metadata(exported[0], tmp_path / "lying.onnx", **fields)
+    backend = load_backend(lying, device="cpu")
+    with pytest.raises(DronsegError) as info:
+        backend.activate()
+    message = str(info.value)
+    assert message.startswith(f"{lying}: {says}") and "re-export it" in message and "\n" not in message, message
+
+
+def _external_data_outside(folder):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((1, 3, 64, 96), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Add", ["images", "w"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 96])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 64, 96])], [weight])
+    (folder / "sub").mkdir()
+    path = folder / "sub" / "m.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path),
+                    save_as_external_data=True, all_tensors_to_one_file=True, location="w.data", size_threshold=0)
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../w.data"  # a path out of the model's folder (ONNX Runtime refuses it)
+    (folder / "sub" / "w.data").rename(folder / "w.data")
+    onnx.save(model, str(path))
+    return path
+
+
+def _unknown_op(folder):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("FancyOp", ["images"], ["logits"], domain="com.example")], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 96])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 12, 64, 96])])
+    path = folder / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]),
+              str(path))
+    return path
+
+
+def _empty(folder):
+    path = folder / "m.onnx"
+    path.write_bytes(b"")
+    return path
+
+
+def _garbage(folder):
+    path = folder / "m.onnx"
+    path.write_bytes(b"\x00\x01not an onnx file" * 10)
+    return path
+
+
+@pytest.mark.parametrize("make, hint", [
+    (_external_data_outside, "its external data (weights) file lies outside the model's folder"),
+    (_unknown_op, "it uses an operator this onnxruntime does not have"),
+    (_empty, "it holds no graph (an empty or cut-short file): re-export it"),
+    (_garbage, "it is not an ONNX model (damaged, cut short, or another kind of file): re-export it"),
+])
+def test_a_file_onnx_runtime_cannot_load_is_one_line_without_a_gpu_warning(make, hint, exported, tmp_path, caplog):
+    """Files given --meta (so the metadata read passes): the session itself fails. On the CPU there is no GPU
+    provider to blame, and the CPU session is no longer retried outside any error handling (a traceback)."""
+    path = make(tmp_path)
+    backend = load_backend(path, device="cpu", meta=exported[0])
+    with caplog.at_level("WARNING"), pytest.raises(DronsegError) as info:
+        backend.activate()
+    message = str(info.value)
+    assert message.startswith("onnxruntime ") and f"cannot load {path} (" in message and f"): {hint}" in message, message
+    assert "\n" not in message and info.value.exit_code == 2
+    assert not [r for r in caplog.records if "GPU provider" in r.getMessage()]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import dronseg_edge.runtime.onnxruntime as ort_runtime
-from dronseg_edge.errors import BackendUnavailable
+from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime.onnxruntime import OnnxRuntimeBackend
 from testkit import ort_cuda_works
@@ -32,10 +32,10 @@ class FakeSession:
         return {name: dict(self._options.get(name, {})) for name in self._providers}
 
     def get_inputs(self):
-        return [types.SimpleNamespace(name="images", type="tensor(float)")]
+        return [types.SimpleNamespace(name="images", type="tensor(float)", shape=[1, 3, 64, 96])]
 
     def get_outputs(self):
-        return [types.SimpleNamespace(name="logits", type="tensor(float)")]
+        return [types.SimpleNamespace(name="logits", type="tensor(float)", shape=[1, 12, 64, 96])]
 
 
 class FakeOrt(types.ModuleType):
@@ -245,3 +245,48 @@ def test_cpu_session_runs_under_inference_mode(tiny_checkpoint, tmp_path):
             backend.infer(x)
         out = backend.infer(x)
     assert modes == [True, True] and out.is_inference()
+
+
+class InvalidProtobuf(Exception):
+    """Stands in for onnxruntime's own exception class of that name."""
+
+
+@pytest.mark.parametrize("provider", ["auto", "cuda"])
+def test_a_file_no_provider_can_load_is_the_files_error_not_a_gpu_warning(provider, model, monkeypatch, caplog):
+    """On a GPU, a file that fails every session is named (exit code 2), with no 'could not start a GPU
+    provider' warning and no BackendUnavailable: the CPU session's failure shows it is the file."""
+    fake = install(monkeypatch)
+
+    def refuse(path, sess_options=None, providers=None, **kwargs):
+        fake.chains.append(providers)
+        raise InvalidProtobuf(f"[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from {path} failed:Protobuf parsing failed.")
+
+    fake.InferenceSession = refuse
+    backend = OnnxRuntimeBackend(model[0], torch.device("cuda"), provider=provider)
+    with caplog.at_level("WARNING"), pytest.raises(DronsegError) as info:
+        backend.activate()
+    assert type(info.value) is DronsegError and info.value.exit_code == 2
+    assert str(info.value) == (f"onnxruntime 1.19.2 cannot load {model[0]} (Protobuf parsing failed.): it is not an ONNX "
+                               "model (damaged, cut short, or another kind of file): re-export it")
+    assert names(fake.chains[-1]) == [CPU_EP] and not [r for r in caplog.records if "GPU provider" in r.getMessage()]
+
+
+def test_a_gpu_provider_that_cannot_start_warns_and_runs_on_the_cpu(model, monkeypatch, caplog):
+    fake = install(monkeypatch)
+    real = fake.InferenceSession
+
+    def no_gpu(path, sess_options=None, providers=None, **kwargs):
+        if names(providers)[0] != CPU_EP:
+            fake.chains.append(providers)
+            raise RuntimeError("CUDA driver version is insufficient")
+        return real(path, sess_options, providers, **kwargs)
+
+    fake.InferenceSession = no_gpu
+    backend = OnnxRuntimeBackend(model[0], torch.device("cuda"))
+    with caplog.at_level("WARNING"):
+        backend.activate()
+    assert backend.provider.startswith(CPU_EP)
+    assert any("could not start a GPU provider" in r.getMessage() for r in caplog.records)
+    explicit = OnnxRuntimeBackend(model[0], torch.device("cuda"), provider="cuda")
+    with pytest.raises(BackendUnavailable, match="cannot run .* on cuda \\(cuda \\+ CUDA graph: CUDA driver"):
+        explicit.activate()

@@ -120,17 +120,22 @@ def test_meta_for_a_foreign_onnx_is_applied(tmp_path):
     foreign = _onnx_file(tmp_path / "foreign.onnx")
     with pytest.raises(DronsegError, match=r"foreign.onnx has no dronseg-edge metadata .* or pass --meta FILE"):
         load_backend(foreign, "cpu")
-    described = _onnx_file(tmp_path / "ours.onnx", ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64)))
+    # The one-node graph has 3 output channels: metadata for it names 3 classes.
+    described = _onnx_file(tmp_path / "ours.onnx", ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64),
+                                                             class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3))
     backend = load_backend(foreign, "cpu", meta=described)
     assert backend.info.input_size == (96, 64) and backend.info.batch == 1
     out = backend.infer(np.ones((1, 3, 64, 96), np.float32))  # the foreign graph runs under the metadata given
     assert out.shape == (1, 3, 64, 96) and float(out.max()) == 2.0
+    other = _onnx_file(tmp_path / "other.onnx", ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64)))
+    with pytest.raises(DronsegError, match="its metadata says 12 classes \\(class_names\\), but the model output logits has 3"):
+        load_backend(foreign, "cpu", meta=other).activate()  # metadata of another model
 
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "--meta {meta} does not exist: pass the ONNX file the model was built from, or a dronseg-edge sidecar JSON"),
     ("suffix", "--meta {meta} is neither an .onnx nor a .json file"),
-    ("garbage", "--meta {meta} cannot be read as JSON (JSONDecodeError)"),
+    ("garbage", "--meta {meta}: metadata is not valid JSON (Expecting property name enclosed in double quotes)"),
     ("other", "--meta {meta} is not a dronseg-edge metadata file"),
     ("fields", "--meta {meta} has no dronseg-edge metadata (arch, input_size missing)"),
 ])

@@ -181,3 +181,36 @@ def test_an_engine_built_for_a_dla_core_is_loaded_onto_that_core(tmp_path, fakes
     with make(tmp_path / "gpu", cuda_graph=False):  # a GPU engine leaves TensorRT's default alone
         pass
     assert trt.runtimes[-1].DLA_core == -1
+
+
+@pytest.mark.parametrize("declared, info, says", [
+    ({"logits": (1, 3, 64, 96)}, {}, "its metadata says 12 classes (class_names), but the model output logits has 3 channels"),
+    ({"images": (4, 3, 64, 96)}, {}, "its metadata says batch 1 at 96x64 (width x height), but the model takes 4x3x64x96"),
+    ({}, {"io": "frames", "head": "argmax", "layout": "NHWC", "source_size": (96, 64), "outputs": ["mask"]},
+     "its metadata says io frames: (N, H, W, 3) uint8 frames, but the model takes float32 of shape ?x3x?x?"),
+])
+def test_an_engine_whose_sidecar_lies_is_refused_at_activation(declared, info, says, tmp_path, monkeypatch):
+    """The engine's own declared shapes against its sidecar (TensorRT's binding shapes), as for ONNX files."""
+    install(monkeypatch, declared=declared)
+    backend = make(tmp_path, info=info)
+    with pytest.raises(DronsegError) as caught:
+        backend.activate()
+    assert str(caught.value).startswith(f"{backend.path}: {says}") and "\n" not in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("failure", ["returns None", "raises"])
+def test_an_engine_tensorrt_cannot_deserialise_is_one_line(failure, tmp_path, monkeypatch):
+    _, trt = install(monkeypatch)
+
+    def deserialize(self, plan):
+        if failure == "raises":
+            raise RuntimeError("std::exception: Serialization assertion magicTagRead == kMAGIC_TAG failed")
+        return None
+
+    monkeypatch.setattr(trt.Runtime, "deserialize_cuda_engine", deserialize)
+    backend = make(tmp_path)
+    with pytest.raises(DronsegError) as caught:
+        backend.activate()
+    message = str(caught.value)
+    assert message.startswith(f"TensorRT 10.3.0 cannot load engine {backend.path} (see its messages above): rebuild it")
+    assert "\n" not in message and caught.value.exit_code == 2
