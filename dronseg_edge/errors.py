@@ -4,9 +4,13 @@ from __future__ import annotations
 
 
 class DronsegError(Exception):
-    """A problem with the user's input or environment; the message names the file/value and the fix."""
+    """A problem with the user's input or environment; the message names the file/value and the fix.
+
+    ``stopped``: how an ``infer`` run this error ends records it in summary.json (``disk_full``,
+    ``source_lost``, ...; None: ``error``)."""
 
     exit_code = 2
+    stopped: str | None = None
 
 
 class BackendUnavailable(DronsegError):
@@ -27,3 +31,17 @@ class RuntimeFailure(DronsegError):
     ``RestartPreventExitStatus=2``) can tell "restart" (5) from "fix the configuration" (2)."""
 
     exit_code = 5
+
+
+class BackendFailure(RuntimeFailure):
+    """The runtime failed while it ran the model (a lost GPU, CUDA out of memory, an ONNX Runtime or
+    TensorRT error): raised by ``Backend.infer`` from the exception the runtime raised (``__cause__``),
+    so a failing backend is told from a bug here by where it happened, not by module names."""
+
+    stopped = "backend_failure"
+
+    def __init__(self, backend: str, cause: BaseException):
+        self.backend, self.cause = backend, cause
+        self.out_of_memory = isinstance(cause, MemoryError) or "OutOfMemory" in type(cause).__name__
+        message = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")[:300]
+        super().__init__(f"the {backend} backend failed ({type(cause).__name__}: {message})")

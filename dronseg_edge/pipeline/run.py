@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from dronseg_edge.atomic import ensure_writable_dir, write_json_atomic
-from dronseg_edge.errors import DronsegError, RuntimeFailure
+from dronseg_edge.errors import BackendFailure, DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.disk_space import DiskFloor, SpaceReserve
 from dronseg_edge.pipeline.interrupts import InterruptGuard, interrupts_deferred
 from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut
@@ -43,9 +43,6 @@ from dronseg_edge.runs import next_run_dir
 
 log = logging.getLogger(__name__)
 
-# Exceptions of these libraries raised while a run that has segmented frames goes on are the
-# backend failing (a lost GPU, CUDA out of memory, a TensorRT/ONNX Runtime error), not a bug here.
-RUNTIME_MODULES = ("torch", "onnxruntime", "tensorrt", "cuda", "cupy", "polygraphy")
 WRITE_STOPS = ("disk_full", "unwritable", "write_failed")
 WINDOW = "dronseg-edge"
 
@@ -97,13 +94,16 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
                     break
     except KeyboardInterrupt:
         state.interrupted, state.interrupted_by = True, guard.signal_name
+    except BackendFailure as exc:
+        state.error = _backend_failure(exc, state.frames)
+        if state.error is None:  # before any frame and not out of memory: more likely a bug, which keeps its traceback
+            state.bug = _bug_text(exc.cause)
+            raise exc.cause from None
     except DronsegError as exc:
         state.error = exc
-    except Exception as exc:
-        state.error = _backend_failure(exc, state.frames, segmenter.backend.name)
-        if state.error is None:  # a bug: summary.json says so, the outputs are still finalised below, then the traceback
-            state.bug = _bug_text(exc)
-            raise
+    except Exception as exc:  # a bug: summary.json says so, the outputs are still finalised below, then the traceback
+        state.bug = _bug_text(exc)
+        raise
     finally:
         with interrupts_deferred():
             if timer is not None:
@@ -119,7 +119,7 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
             bar.close()
             if options.show:
                 cv2.destroyAllWindows()
-            summary, summary_error = _write_summary(out_dir, state.summary(segmenter, src, reader, sinks))
+            summary, summary_error = _write_summary(out_dir, state.summary(segmenter, src, reader, sinks).to_dict())
         if bug is not None:
             raise bug
     if summary_error is not None:
@@ -197,20 +197,16 @@ def _stop_at_floor(active: list[SinkWorker], state: RunState, reason: str) -> li
     return [w for w in active if w not in heavy]
 
 
-def _backend_failure(exc: Exception, frames: int, backend: str) -> RuntimeFailure | None:
-    """The RuntimeFailure for the backend failing mid-run (after frames went through, or out of
-    memory at any point), or None when ``exc`` looks like a bug, which must keep its traceback."""
-    kind = type(exc)
-    out_of_memory = isinstance(exc, MemoryError) or "OutOfMemory" in kind.__name__
-    from_runtime = kind.__module__.split(".")[0] in RUNTIME_MODULES or kind is RuntimeError
-    if not (out_of_memory or (frames > 0 and from_runtime)):
+def _backend_failure(exc: BackendFailure, frames: int) -> RuntimeFailure | None:
+    """The run's error for the backend failing mid-run (after frames went through, or out of memory at
+    any point), or None when it failed before any frame, where the cause is more likely a bug."""
+    if not (exc.out_of_memory or frames > 0):
         return None
-    log.debug("the backend failed", exc_info=exc)
-    message = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")[:300]
-    failure = RuntimeFailure(f"the {backend} backend failed after {frames} frames ({kind.__name__}: {message}); the "
-                             "outputs are complete up to the frame before: run again, and if it recurs check the "
-                             "device with `dronseg-edge checks`")
-    failure.stopped = "backend_failure"
+    log.debug("the backend failed", exc_info=exc.cause)
+    failure = RuntimeFailure(f"{str(exc).replace(' failed (', f' failed after {frames} frames (', 1)}; the outputs are "
+                             "complete up to the frame before: run again, and if it recurs check the device with "
+                             "`dronseg-edge checks`")
+    failure.stopped = exc.stopped
     return failure
 
 
@@ -226,7 +222,7 @@ def _without_summary(state: RunState, summary_error: DronsegError) -> DronsegErr
     else:
         combined = RuntimeFailure(f"{summary_error} (the run itself ended after {state.frames} frames: "
                                   "its outputs are complete, summary.json is missing)")
-    combined.stopped = getattr(state.error, "stopped", None)
+    combined.stopped = state.error.stopped if state.error is not None else None
     return combined
 
 
@@ -249,7 +245,7 @@ def _close_workers(workers: list[SinkWorker], state: RunState) -> Exception | No
 
 
 def _write_failed(error: BaseException | None) -> bool:
-    return isinstance(error, OSError) or getattr(error, "stopped", None) in WRITE_STOPS
+    return isinstance(error, OSError) or (isinstance(error, DronsegError) and error.stopped in WRITE_STOPS)
 
 
 def _prepare_out_dir(options: RunOptions) -> Path:

@@ -1,9 +1,6 @@
 """What an inference run is asked to do (:class:`RunOptions`) and what it did (:class:`RunState`,
-rendered as ``summary.json``; :class:`RunSummary` is what ``run_inference`` returns).
-
-Every way a run ends maps to ``stopped`` (docs/reliability.md): ``end``, ``max_frames``,
-``max_duration``, ``interrupted``, ``key``, the error's kind (``disk_full``, ``unwritable``,
-``write_failed``, ``source_lost``, ``backend_failure``) or ``error`` (any other error, a bug included).
+rendered as ``summary.json``, whose schema is pipeline/summary.py; :class:`RunSummary` is what
+``run_inference`` returns).
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ from dronseg_edge.pipeline.result import LOW_CONFIDENCE, Result
 from dronseg_edge.pipeline.segmenter import Segmenter
 from dronseg_edge.pipeline.sinks import Sink
 from dronseg_edge.pipeline.source_base import Source
+from dronseg_edge.pipeline.summary import Summary
 from dronseg_edge.pipeline.video_sink import VideoSink
 from dronseg_edge.pipeline.video_writer import VIDEO_CODECS
 from dronseg_edge.sizes import format_size
@@ -162,7 +160,7 @@ class RunState:
         if self.stopped_by_key:
             return "key"
         if self.error is not None:
-            return getattr(self.error, "stopped", None) or "error"
+            return self.error.stopped or "error"
         if self.bug is not None:
             return "error"
         if self.stopped:
@@ -171,7 +169,7 @@ class RunState:
             return "max_frames"
         return "end"
 
-    def summary(self, segmenter: Segmenter, source: Source, reader: FrameReader, sinks: list[Sink]) -> dict:
+    def summary(self, segmenter: Segmenter, source: Source, reader: FrameReader, sinks: list[Sink]) -> Summary:
         """The ``summary.json`` record: the model, the source, these counters, stage times in ms per frame."""
         backend, options, frames = segmenter.backend, self.options, self.frames
         write_ms = {sink.name: (sink.write_ms / sink.frames if sink.frames else 0.0) for sink in sinks}
@@ -181,36 +179,29 @@ class RunState:
         outputs = {kind: _relative(path, self.out_dir) for sink in sinks for kind, path in sink.outputs().items()}
         video = next((s for s in sinks if isinstance(s, VideoSink)), None)
         sizes = self.sizes
-        return {
-            "model": str(backend.path), "backend": backend.name, "provider": backend.provider,
-            "device": device_description(segmenter.device), "precision": segmenter.info.precision,
-            "input_size": format_size(segmenter.info.input_size), "batch": segmenter.batch,
-            "source": source.name, "source_kind": source.kind, "source_fps": source.fps, "live": self.live,
-            "hw_decode": getattr(source, "hw_decode", None),  # {"requested", "used"} where FFmpeg decodes
-            "stride": options.stride, "max_frames": options.max_frames,
-            "frames": frames,
-            "frame_size": format_size(next(iter(sizes))) if len(sizes) == 1 else ("mixed" if sizes else None),
-            "wall_s": round(self.wall_s, 3), "fps": round(frames / self.wall_s, 3) if self.wall_s > 0 else 0.0,
-            "dropped_frames": reader.dropped, "corrupt_frames": source.corrupt, "reconnects": source.reconnects,
-            "oversized_images": source.oversized, "max_pixels": options.max_pixels, "size_changes": source.size_changes,
-            "interrupted": self.interrupted, "interrupted_by": self.interrupted_by,
-            "stopped_by_key": self.stopped_by_key,
-            "stopped": self.stop_reason(), "source_end": getattr(source, "end", None),
-            "error": str(self.error) if self.error else self.bug,
-            "max_duration": options.max_duration, "segment_s": options.segment_s, "min_free_mb": options.min_free_mb,
-            "video_stopped": self.video_stopped,
-            "tile": segmenter.tiling.describe(), "tiled_frames": self.tiled_frames,
-            "classes": [segmenter.info.class_names[i] for i in self.classes] if self.classes is not None else None,
-            "low_confidence_below": LOW_CONFIDENCE if options.save_conf else None,
-            "frames_written": {sink.name: sink.frames for sink in sinks},
-            "stage_ms": {name: round(ms, 3) for name, ms in stage_ms.items()},
-            "write_ms": {name: round(ms, 3) for name, ms in write_ms.items()},
-            "outputs": outputs,
-            "video_codec": video.codec if video else None,
-            "video_frames": video.video_frames if video else None,
-            "video_segments": video.segments if video and (video.segment_frames or len(video.segments) > 1) else None,
-            "started": self.started_at, "package_version": __version__,
-        }
+        return Summary(
+            model=str(backend.path), backend=backend.name, provider=backend.provider,
+            device=device_description(segmenter.device), precision=segmenter.info.precision,
+            input_size=format_size(segmenter.info.input_size), batch=segmenter.batch,
+            source=source.name, source_kind=source.kind, source_fps=source.fps, live=self.live,
+            hw_decode=source.hw_decode, stride=options.stride, max_frames=options.max_frames, frames=frames,
+            frame_size=format_size(next(iter(sizes))) if len(sizes) == 1 else ("mixed" if sizes else None),
+            wall_s=round(self.wall_s, 3), fps=round(frames / self.wall_s, 3) if self.wall_s > 0 else 0.0,
+            dropped_frames=reader.dropped, corrupt_frames=source.corrupt, reconnects=source.reconnects,
+            oversized_images=source.oversized, max_pixels=options.max_pixels, size_changes=source.size_changes,
+            interrupted=self.interrupted, interrupted_by=self.interrupted_by, stopped_by_key=self.stopped_by_key,
+            stopped=self.stop_reason(), source_end=source.end, error=str(self.error) if self.error else self.bug,
+            max_duration=options.max_duration, segment_s=options.segment_s, min_free_mb=options.min_free_mb,
+            video_stopped=self.video_stopped, tile=segmenter.tiling.describe(), tiled_frames=self.tiled_frames,
+            classes=[segmenter.info.class_names[i] for i in self.classes] if self.classes is not None else None,
+            low_confidence_below=LOW_CONFIDENCE if options.save_conf else None,
+            frames_written={sink.name: sink.frames for sink in sinks},
+            stage_ms={name: round(ms, 3) for name, ms in stage_ms.items()},
+            write_ms={name: round(ms, 3) for name, ms in write_ms.items()}, outputs=outputs,
+            video_codec=video.codec if video else None, video_frames=video.video_frames if video else None,
+            video_segments=video.segments if video and (video.segment_frames or len(video.segments) > 1) else None,
+            started=self.started_at, package_version=__version__,
+        )
 
 
 def _relative(path, out_dir: Path):

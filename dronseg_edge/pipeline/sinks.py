@@ -344,5 +344,5 @@ class SinkWorker:
         if not isinstance(first, DronsegError):
             return first  # a bug: raised unchanged
         combined = RuntimeFailure(f"{first}; then {closing}")
-        combined.stopped = getattr(first, "stopped", None)
+        combined.stopped = first.stopped
         return combined

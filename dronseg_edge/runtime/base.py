@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import BackendFailure, DronsegError
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime import host
 from dronseg_edge.runtime.batching import dtype_name, is_torch_tensor, pad_batch
@@ -103,23 +103,33 @@ class Backend(ABC):
         self.check_input(batch)
         self._ensure_active()
         start = time.perf_counter()
+        try:
+            out = self._run_converted(batch)
+        except self.runtime_errors() as exc:  # the runtime failed while it ran the model, not a bug here
+            raise BackendFailure(self.name, exc) from exc
+        self.last_inference_ms = (time.perf_counter() - start) * 1e3
+        return out
+
+    def _run_converted(self, batch):
+        """``_infer`` on ``batch`` converted to the ``native`` kind, the result converted back."""
         given_torch = is_torch_tensor(batch)
         if not given_torch and self.native == "torch":  # the torch backend given numpy: a numpy array back
             import torch
 
             with torch.inference_mode():
-                out = self._infer(torch.from_numpy(np.ascontiguousarray(batch))).cpu().numpy()
-        else:
-            with _inference_mode(batch):
-                if given_torch and self.native == "numpy":  # through host memory, back onto the caller's device
-                    import torch
+                return self._infer(torch.from_numpy(np.ascontiguousarray(batch))).cpu().numpy()
+        with _inference_mode(batch):
+            if given_torch and self.native == "numpy":  # through host memory, back onto the caller's device
+                import torch
 
-                    host = np.ascontiguousarray(self._infer(batch.detach().cpu().numpy()))
-                    out = torch.from_numpy(host).to(batch.device)
-                else:
-                    out = self._infer(batch)
-        self.last_inference_ms = (time.perf_counter() - start) * 1e3
-        return out
+                host = np.ascontiguousarray(self._infer(batch.detach().cpu().numpy()))
+                return torch.from_numpy(host).to(batch.device)
+            return self._infer(batch)
+
+    def runtime_errors(self) -> tuple[type[BaseException], ...]:
+        """The exception types this backend's runtime raises when it fails (a CUDA error, out of memory);
+        ``infer`` raises them as BackendFailure. Python's own (TypeError, ValueError, ...) stay bugs."""
+        return (RuntimeError, MemoryError)
 
     def segment(self, frames: np.ndarray, confidence: bool = False, logits: bool = False,
                 pad_to: int = 1) -> FrameOutputs:

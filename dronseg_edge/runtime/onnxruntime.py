@@ -286,6 +286,14 @@ class OnnxRuntimeBackend(Backend):
         self._host_bound = None
         super().deactivate()
 
+    def runtime_errors(self) -> tuple[type[BaseException], ...]:
+        """onnxruntime's own exception classes (Fail, RuntimeException, EPFail, ...) share no base but Exception."""
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+        own = tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception)
+                    and v.__module__ == state.__name__)
+        return (*super().runtime_errors(), *own)
+
     # -- inference ----------------------------------------------------------------------------
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         if self.info.io == "frames":

@@ -165,6 +165,10 @@ class TensorRTBackend(Backend):
         self._engine = None
         super().deactivate()
 
+    def runtime_errors(self) -> tuple[type[BaseException], ...]:
+        """CUDA and TensorRT failures reach here as RuntimeFailure (cuda_runtime.check, a failed enqueue)."""
+        return (*super().runtime_errors(), RuntimeFailure)
+
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """numpy in, numpy out (new arrays): pinned staging, upload, run, download, synchronise.
 

@@ -45,7 +45,7 @@ def test_help_exits_zero_and_lists_the_commands_and_exit_codes(capsys):
 def test_a_full_disk_no_command_caught_is_still_one_line_with_exit_code_5(capsys, monkeypatch, tmp_path):
     import errno
 
-    app_module = importlib.import_module("dronseg_edge.cli.app")  # the module; dronseg_edge.cli.app is the Typer app
+    app_module = importlib.import_module("dronseg_edge.cli.main")  # the module that runs the Typer app
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "weights" / "last.pt"))
@@ -58,7 +58,7 @@ def test_a_full_disk_no_command_caught_is_still_one_line_with_exit_code_5(capsys
 
 
 def test_other_os_errors_stay_bugs_with_their_traceback(monkeypatch):
-    app_module = importlib.import_module("dronseg_edge.cli.app")  # the module; dronseg_edge.cli.app is the Typer app
+    app_module = importlib.import_module("dronseg_edge.cli.main")  # the module that runs the Typer app
 
     def broken(*args, **kwargs):
         raise FileNotFoundError(2, "No such file or directory", "/nowhere")

@@ -56,7 +56,7 @@ def test_killed_exports_leave_the_good_file_and_the_next_export_cleans_up(tiny_c
         return [n for n in _ours(out) if n.startswith(".tiny_fp32.dronseg-") and n.endswith(".pending.onnx")]
 
     code = _kill_when(args, pending, signal.SIGTERM, tmp_path / "1.log")
-    assert code == 130  # stops like Ctrl-C (cli/app.py): temporary files removed, exit 130
+    assert code == 130  # stops like Ctrl-C (cli/main.py): temporary files removed, exit 130
     assert final.read_bytes() == good  # a checked file is renamed into place, an unchecked one never
 
     # 2. SIGKILL while torch.onnx.export writes into its hidden .export.dronseg-* working folder. This export's

@@ -59,3 +59,27 @@ def test_a_bug_keeps_its_traceback_and_the_outputs_are_still_final(segmenter, vi
     assert summary["frames"] == 2 and (out / "overlay.mp4").exists()
     # The record agrees with the exit: never "stopped": "end", "error": null for a run that ends in a traceback.
     assert summary["stopped"] == "error" and summary["error"].startswith("ValueError: a bug in this project")
+
+
+def test_a_runtime_error_before_any_frame_keeps_its_traceback(segmenter, video_path, tmp_path, monkeypatch):
+    fail_at_call(monkeypatch, segmenter, 1, RuntimeError("Expected all tensors to be on the same device"))
+    with pytest.raises(RuntimeError, match="same device"):  # the very first call: more likely a bug than the GPU
+        run_inference(segmenter, video_path, RunOptions(out=tmp_path / "run", progress=False))
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stopped"] == "error"
+
+
+def test_onnxruntimes_own_errors_are_backend_failures_told_by_their_type(tiny_checkpoint, video_path, tmp_path,
+                                                                        monkeypatch):
+    """onnxruntime's exceptions derive from Exception alone: the backend names them (runtime_errors),
+    no module name is matched."""
+    pytest.importorskip("onnxruntime")
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    from dronseg_edge.export import export_artifact
+
+    path = export_artifact(tiny_checkpoint, out_dir=tmp_path / "onnx", device="cpu", parity=False).path
+    with Segmenter(path, device="cpu") as seg:
+        fail_at_call(monkeypatch, seg, 3, Fail("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 700"))
+        with pytest.raises(RuntimeFailure, match=r"the onnxruntime backend failed after 2 frames \(Fail: "):
+            run_inference(seg, video_path, RunOptions(out=tmp_path / "run", progress=False))
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stopped"] == "backend_failure"

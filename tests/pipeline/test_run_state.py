@@ -10,6 +10,7 @@ import torch
 from dronseg_edge.classes import CLASS_NAMES, PALETTE
 from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut, overlay
 from dronseg_edge.pipeline.run import RunOptions, RunState, RunSummary
+from dronseg_edge.pipeline.summary import SCHEMA as SUMMARY_SCHEMA
 from dronseg_edge.pipeline.segmenter import Result
 from dronseg_edge.pipeline.tiling import TilePlan
 
@@ -60,11 +61,12 @@ def test_summary_holds_per_frame_stage_times_and_the_slowest_writer(tmp_path):
         device=torch.device("cpu"), info=SimpleNamespace(precision="fp32", input_size=(96, 64)), batch=1,
         tiling=TilePlan("auto", (96, 64)))
     source = SimpleNamespace(name="clip.mp4", kind="video", fps=25.0, corrupt=1, reconnects=0, oversized=2,
-                             size_changes=1)
+                             size_changes=1, hw_decode=None, end="ended")
     reader = SimpleNamespace(decode_ms=12.0, decoded=3, dropped=0)
     sinks = [FakeSink("masks", 2, 8.0, {"masks": str(tmp_path / "masks")}),
              FakeSink("stats", 2, 2.0, {"stats": str(tmp_path / "stats.jsonl")})]
-    data = state.summary(segmenter, source, reader, sinks)
+    data = state.summary(segmenter, source, reader, sinks).to_dict()
+    assert list(data)[0] == "schema" and data["schema"] == SUMMARY_SCHEMA == 1 and data["source_end"] == "ended"
     assert data["stage_ms"] == {"decode": 4.0, "preprocess": 1.0, "inference": 15.0, "postprocess": 3.0, "write": 4.0}
     assert data["write_ms"] == {"masks": 4.0, "stats": 1.0}
     assert (data["frames"], data["frame_size"], data["fps"], data["stride"]) == (2, "8x6", 4.0, 2)
@@ -75,7 +77,7 @@ def test_summary_holds_per_frame_stage_times_and_the_slowest_writer(tmp_path):
     assert (data["tile"]["mode"], data["tile"]["window"], data["tiled_frames"]) == ("auto", [96, 64], 0)
     assert RunSummary(tmp_path, data).speed_line().startswith("Speed: decode 4.0 ms, preprocess 1.0 ms, inference 15.0 ms")
     state.add(make_result((4, 4)))
-    assert state.summary(segmenter, source, reader, sinks)["frame_size"] == "mixed"
+    assert state.summary(segmenter, source, reader, sinks).frame_size == "mixed"
 
 
 def test_a_run_that_ends_in_a_bug_says_so_in_its_stop_reason():
