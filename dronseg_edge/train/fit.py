@@ -131,11 +131,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
     mosaic = ValidationMosaic(loaders.val.dataset, run_dir / "mosaics", cfg.mosaic_every) if is_main and cfg.mosaic_every else None
     try:
         if cfg.val_at_start and progress.epoch == 0 and progress.partial is None:
-            scores = evaluate(setup.model, criterion, loaders.val, ctx, metrics, show_progress=is_main)
-            if history is not None:
-                history.log({"epoch": 0, "step": 0, **_val_columns(scores)})
-                log(f"epoch 0 (initial weights): mIoU {scores['miou']:.4f}  mDice {scores['mdice']:.4f}  "
-                    f"competition {scores['competition']:.4f}")
+            _validate_at_start(setup.model, criterion, loaders.val, ctx, metrics, history, log)
         for epoch in range(progress.epoch, cfg.epochs):
             loaders.generator.manual_seed(cfg.seed * 100_003 + epoch)  # same order per epoch, resumed or not
             done = progress.done_in_epoch()
@@ -174,13 +170,18 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
         if claim is not None:
             claim.release()
     if is_main and cfg.plots and history is not None and history.rows:
-        try:
-            _write_plots(run_dir, history.rows, progress.val_result)
-        except RuntimeFailure as exc:
-            raise RuntimeFailure(f"{exc} (training finished: {writer.last} and {writer.best} are complete, "
-                                 "only the plots are missing)") from None
+        _write_plots(run_dir, history.rows, progress.val_result, writer)
     log(f"done: best {cfg.best_metric} {progress.best:.4f} -> {writer.best}; last -> {writer.last}; metrics -> {run_dir / 'metrics.csv'}")
     return FitResult(run_dir, writer.best, writer.last, progress.best, history.rows if history else [])
+
+
+def _validate_at_start(model, criterion, loader, ctx, metrics, history, log) -> None:
+    """Scores of the initial weights as epoch 0 (``--val-at-start``)."""
+    scores = evaluate(model, criterion, loader, ctx, metrics, show_progress=history is not None)
+    if history is not None:
+        history.log({"epoch": 0, "step": 0, **_val_columns(scores)})
+        log(f"epoch 0 (initial weights): mIoU {scores['miou']:.4f}  mDice {scores['mdice']:.4f}  "
+            f"competition {scores['competition']:.4f}")
 
 
 class CheckpointWriter:
@@ -275,8 +276,13 @@ def _epoch_line(row: dict, cfg: TrainConfig) -> str:
     return "  ".join(parts)
 
 
-def _write_plots(run_dir: Path, rows: list[dict], val_result: dict) -> None:
-    plots.plot_curves(rows, run_dir / "curves.png")
-    if val_result:
-        plots.plot_per_class(list(CLASS_NAMES), val_result["iou"], val_result["dice"], run_dir / "per_class.png")
-        plots.plot_confusion(list(CLASS_NAMES), val_result["confusion"], run_dir / "confusion_matrix.png")
+def _write_plots(run_dir: Path, rows: list[dict], val_result: dict, writer: "CheckpointWriter") -> None:
+    """curves.png, per_class.png, confusion_matrix.png; a failure says the checkpoints are complete."""
+    try:
+        plots.plot_curves(rows, run_dir / "curves.png")
+        if val_result:
+            plots.plot_per_class(list(CLASS_NAMES), val_result["iou"], val_result["dice"], run_dir / "per_class.png")
+            plots.plot_confusion(list(CLASS_NAMES), val_result["confusion"], run_dir / "confusion_matrix.png")
+    except RuntimeFailure as exc:
+        raise RuntimeFailure(f"{exc} (training finished: {writer.last} and {writer.best} are complete, "
+                             "only the plots are missing)") from None

@@ -109,13 +109,7 @@ def train_one_epoch(
         loss_sum += loss.detach() * x.shape[0]
         images += x.shape[0]
         if last_in_group:
-            if grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            optimizer_step(model, optimizer, scheduler, scaler, grad_clip)
             steps += 1
             if on_step is not None:
                 on_step(steps, loss_sum, images)
@@ -136,6 +130,18 @@ def train_one_epoch(
         "data_wait_s": data_wait,
         "steps": steps,
     }
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
+                   grad_clip: float) -> None:
+    """One optimiser step on the accumulated gradients (clipped to ``grad_clip`` when > 0), then the schedule's."""
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
 
 
 @torch.no_grad()
