@@ -1,8 +1,9 @@
 """Parity of a frames graph (``export --io frames``): class maps at the frame's own size.
 
 The candidate gets uint8 BGR frames and does its own pre/post-processing; the reference (the
-checkpoint) gets the same frames through the package's ``preprocess`` (with the antialiasing the
-graph applies) and the Segmenter's GPU post-processing (bilinear logits to the frame size, argmax).
+checkpoint) gets the same frames through the package's host pre-processing (``preprocess_host``:
+cv2.INTER_AREA when shrinking, as training shrank its images) and bilinear logits to the frame size,
+argmax.
 So the agreement measures the whole deployable path, resizes included, not just the network.
 Frames are the images at the graph's fixed source size (resized as training resized), or at their
 own size for a dynamic graph.
@@ -22,14 +23,14 @@ from dronseg_edge.export.images import ImageSet, load_item
 from dronseg_edge.export.parity_picture import WorstImage
 from dronseg_edge.export.parity_report import GroundTruthScores, OutputStats, ParityReport, ParityThresholds
 from dronseg_edge.metrics import SegmentationMetrics, confusion_matrix, iou_from_confusion
-from dronseg_edge.runtime.base import Backend, preprocess
+from dronseg_edge.devices import as_torch_device
+from dronseg_edge.runtime.base import Backend
+from dronseg_edge.runtime.host import preprocess_host
 
 
-def reference_class_map(ref: Backend, frame: np.ndarray, info, antialias: bool = True) -> torch.Tensor:
+def reference_class_map(ref: Backend, frame: np.ndarray, info) -> torch.Tensor:
     """(H, W) long class map of one BGR frame by ``ref`` (logits) with the package's pre/post at ``info.input_size``."""
-    width, height = info.input_size
-    shrink = width * height < frame.shape[0] * frame.shape[1]
-    x = preprocess(frame, info, ref.device, antialias=antialias and shrink)
+    x = torch.from_numpy(preprocess_host(frame, info)).to(as_torch_device(ref.device))
     logits = ref.infer(x).float()
     logits = F.interpolate(logits, size=frame.shape[:2], mode="bilinear", align_corners=False)
     return logits.argmax(dim=1)[0].cpu()
