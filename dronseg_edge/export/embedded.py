@@ -75,6 +75,7 @@ class FramesToClassMap(nn.Module):
         super().__init__()
         width, height = (int(v) for v in info.input_size)
         self.confidence = confidence
+        self.classes = int(info.num_classes)
         self.source = None if info.dynamic else tuple(int(v) for v in (info.source_size or info.input_size))
         self.upsample = self.source != (width, height)  # the logits are at the model's size
         self.model = fold_channel_flip(copy.deepcopy(model).eval(), torch.zeros(1, 3, height, width))
@@ -100,8 +101,11 @@ class FramesToClassMap(nn.Module):
         mask = logits.argmax(dim=1).to(torch.float32).to(torch.uint8)
         if not self.confidence:
             return mask
-        top = torch.softmax(logits, dim=1).max(dim=1).values
-        return mask, (top * 255.0).round().clamp(0, 255).to(torch.uint8)
+        # The maximum over the classes as a MaxPool across them: OpenCV 4.8's ReduceMax returns wrong values.
+        # A softmax maximum lies in (0, 1], so no clamp either (OpenCV 4.8 cannot run that Clip).
+        probabilities = torch.softmax(logits, dim=1).transpose(1, 2)  # (N, H, C, W)
+        top = F.max_pool2d(probabilities, kernel_size=(self.classes, 1)).flatten(2)  # (N, H, W); squeeze: an If
+        return mask, (top * 255.0).round().to(torch.uint8)
 
 
 def export_frames_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: int | None = None) -> Path:
