@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +18,10 @@ from dronseg_edge.cli import main
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export import ExportOptions, export_artifact
 from dronseg_edge.metadata import ModelInfo, read_onnx_info
-from dronseg_edge.runtime import tensorrt_env
 from dronseg_edge.runtime.host import preprocess_host
 from dronseg_edge.runtime.onnxruntime import OnnxRuntimeBackend
 from testkit import write_scenes
+from trt_parser_rules import check_graph
 
 SOURCE = (288, 192)  # 3x the 96x64 model input: the graph shrinks (INTER_AREA, as constant MatMuls)
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "export.md"
@@ -109,7 +106,7 @@ def test_fp16_frames_graph_passes_parity(trained_checkpoint, big_scenes, tmp_pat
     assert inputs[0][1] == "tensor(uint8)" and outputs[0][1] == "tensor(uint8)"
 
 
-def test_fp16_frames_graph_resizes_in_fp32(trained_checkpoint, tmp_path):
+def test_fp16_dynamic_frames_graph_resizes_in_fp32(trained_checkpoint, tmp_path):
     """fp16 holds integers exactly only up to 2048: the resize (pixel positions, weights, sums) stays fp32."""
     import onnx
 
@@ -121,6 +118,7 @@ def test_fp16_frames_graph_resizes_in_fp32(trained_checkpoint, tmp_path):
     assert {types[n.output[0]] for n in resize if n.op_type in ("MatMul", "Where", "Div")} == {onnx.TensorProto.FLOAT}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert {types[n.output[0]] for n in convs} == {onnx.TensorProto.FLOAT16}  # the model itself is fp16
+    assert check_graph(onnx.load(str(made.path))) == []  # the docs example's file: TensorRT's parser table holds
 
 
 def test_onnxruntime_backend_runs_frames_and_refuses_tensors(shrink_export):
