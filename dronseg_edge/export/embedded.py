@@ -170,8 +170,8 @@ def verify_frames_dynamic(path: Path, model: nn.Module, info: ModelInfo) -> str:
         raise DronsegError(f"--dynamic --io frames export returns {tuple(got.shape)} for {shape} instead of "
                            f"{tuple(expected.shape)}: {fix}")
     agreement = float((got == expected).float().mean())
-    # Random noise is the worst case for the border pixels where the two antialiased resizes differ.
-    if agreement < 0.99:
+    # The graph computes what the module does; random noise only risks a rare near-tie in the logits.
+    if agreement < 0.999:
         raise DronsegError(f"--dynamic --io frames export agrees with PyTorch on only {100 * agreement:.2f}% of pixels "
                            f"at {shape}: {fix}")
     return f"dynamic shapes verified at {shape} (agreement {100 * agreement:.2f}%)"
