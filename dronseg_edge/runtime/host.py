@@ -3,7 +3,7 @@
 What an ``.onnx`` or ``.engine`` file needs around it on the CPU (and on a GPU without torch):
 resize the uint8 frame first and only then turn the few pixels left into float (a 720p frame
 shrunk to 320x192 is 1/15 of the work of converting it whole), shrinking with ``INTER_AREA`` as
-training did (data/augment.py) and as a frames graph does inside (antialiased Resize); then the
+training did (data/augment.py) and as a frames graph does inside (``resize_matrix`` as MatMuls); then the
 class map of the model's output, brought back to the frame's size (nearest), and its pixel counts;
 the confidence map (maximum softmax probability) when asked for.
 The torch form of the same steps is ``runtime/base.preprocess`` (pre/post on a GPU).
