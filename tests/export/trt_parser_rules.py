@@ -133,7 +133,7 @@ def _argmax(node, graph):
 
 
 def _topk(node, graph):
-    a, problems = _attrs(node), _constant_input(1, "K")(node, graph)
+    a, problems = _attrs(node), []
     if graph.version == "10":
         if a.get("sorted", 1) != 1:
             problems.append("`sorted` must be 1")
@@ -146,7 +146,7 @@ def _topk(node, graph):
 def _cast(node, graph):
     to = _attrs(node)["to"]
     name = _NAMES.get(to)
-    if name is None or name == "INT8" and graph.version == "10":
+    if name is None or (name == "INT8" and graph.version == "10"):  # 10.x: INT8 only through Q/DQ
         return [f"Cast to {TensorProto.DataType.Name(to)} is not supported"]
     source = graph.types.get(node.input[0])
     if "UINT8" in (name, source) and ({name, source} - {"UINT8"}) - {"FP32", "FP16"}:
