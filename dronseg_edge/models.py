@@ -290,5 +290,6 @@ class SegmentationNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.model(images)["out"]
         if self.head == "argmax":
-            return logits.argmax(dim=1).to(torch.uint8)
+            # Through float: TensorRT converts to uint8 only from float32/float16 (not from ArgMax's integers).
+            return logits.argmax(dim=1).to(torch.float32).to(torch.uint8)
         return logits

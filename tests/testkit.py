@@ -410,3 +410,32 @@ def write_png_bomb(path: Path, width: int = 30000, height: int = 30000) -> Path:
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
     Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
     return Path(path)
+
+
+# What pip prints when the package registry cannot be reached (then a test that needs it skips, not fails).
+REGISTRY_DOWN = ("Failed to establish a new connection", "Temporary failure in name resolution", "Max retries exceeded",
+                 "Network is unreachable", "(from versions: none)", "Could not fetch URL")
+
+
+def side_venv(root: Path, requirements: list[str]) -> Path:
+    """The python of a fresh venv at ``root`` holding ``requirements``, resolved from the package registry.
+
+    No pip of its own: this venv's pip installs into it with ``--python`` (as tests/test_install_sets.py does),
+    without .pyc compiling. Skips the calling test when the registry is unreachable; fails on any other error.
+    """
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert made.returncode == 0, made.stderr[-2000:]
+    python = root / "bin" / "python"
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-compile",
+                           "--disable-pip-version-check", *requirements], capture_output=True, text=True, timeout=900,
+                          env=env)
+    if done.returncode != 0 and any(marker in done.stderr for marker in REGISTRY_DOWN):
+        pytest.skip(f"the package registry is unreachable: {done.stderr.strip().splitlines()[-1][:200]}")
+    assert done.returncode == 0, f"pip could not install {requirements}:\n{done.stderr[-3000:]}"
+    return python

@@ -293,7 +293,8 @@ def _write_onnx(model, dest: Path, info: ModelInfo, precision: str, opset: int |
         if precision == "fp16":
             from dronseg_edge.export.fp16 import convert_to_fp16
 
-            graph = convert_to_fp16(onnx.load(str(fp32_path)))
+            keep = embedded.FP32_NODES if frames else ()
+            graph = convert_to_fp16(onnx.load(str(fp32_path)), keep_fp32_nodes=keep)
             info.extra["fp16"] = "onnxruntime.transformers.float16, float32 input/output, reductions kept in fp32"
         else:
             from dronseg_edge.export.quantize import quantize_int8

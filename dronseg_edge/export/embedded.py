@@ -1,32 +1,33 @@
 """Self-contained ONNX graphs (``export --io frames``): uint8 BGR frames in, the uint8 class map out.
 
 ``FramesToClassMap`` wraps the model with the package's own pre- and post-processing, so any
-runner (plain ONNX Runtime, TensorRT, a C++ program) gets a segmentation from ``cv2.imread``'s
+runner (ONNX Runtime, TensorRT, OpenCV DNN, a C++ program) gets a segmentation from ``cv2.imread``'s
 array without knowing the mean/std, colour order or sizes:
 
-    (N, H, W, 3) uint8 BGR ─NCHW, BGR->RGB─▶ resize (bilinear, antialiased) to the model input
-      ─/255, mean/std─▶ model ─▶ logits ─bilinear to H x W─▶ argmax ─▶ (N, H, W) uint8 class map
-                                                   └──▶ softmax max x 255 ─▶ (N, H, W) uint8 confidence
+    (N, H, W, 3) uint8 BGR ─Cast─▶ float ─resize as runtime/host.resize_frame (export/frames_resize.py)─▶
+      (N, 3, h, w) BGR ─mean/std─▶ model (its first convolution reads BGR) ─▶ logits ─bilinear to H x W─▶
+      argmax ─▶ (N, H, W) uint8 class map  └──▶ softmax max x 255 ─▶ (N, H, W) uint8 confidence
 
-Resizing is antialiased because training shrank its images with cv2.INTER_AREA (data/dataset.py):
-plain bilinear sampling of a frame 4-10x larger than the model input aliases fine texture that the
-model never saw. torch's ``antialias=True`` becomes ONNX ``Resize(antialias=1)``, which exists from
-opset 18; torch's TorchScript exporter has no translation for it, so ``_aa_resize_symbolic`` adds
-one for the export's duration. ONNX Runtime's antialiased Resize equals torch's inside the image
-and differs by a few grey levels on the outermost pixel rows/columns (border handling).
-When enlarging, the antialiased filter is plain bilinear, so one graph serves every frame size.
+Every node is one that TensorRT's ONNX parser (8.6 to 10.x), ONNX Runtime and OpenCV 4.8+ DNN
+accept (tests/export/trt_parser_rules.py checks each exported graph against the parser's table):
+- the shrink is training's cv2.INTER_AREA (data/augment.py) as constant MatMuls, or for ``--dynamic``
+  as weights computed from the frame's shape: no ``Resize(antialias=1)``, which TensorRT refuses;
+- the BGR -> RGB flip is folded into the first convolution's weights: no reversed ``Slice``, which
+  OpenCV 4 cannot run, and not even a node;
+- uint8 only at the graph's edges, cast to and from float (TensorRT converts uint8 only to and from
+  float32/float16), so the class index goes int64 -> float -> uint8;
+- opset 17 by default, the newest TensorRT 8.6 (JetPack 6.0) parses.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import dataclasses
 import inspect
 import tempfile
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import torch
@@ -36,13 +37,17 @@ from torch import nn
 from dronseg_edge.atomic import ensure_writable_dir
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export import onnx as onnx_export
-from dronseg_edge.export.options import FRAMES_MIN_OPSET
+from dronseg_edge.export.frames_resize import DynamicResize, StaticResize, fold_channel_flip
 from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.runtime.host import resize_frame
 
 FRAMES_INPUT = "frames"
 MASK_OUTPUT = "mask"
 CONFIDENCE_OUTPUT = "confidence"
+# The resize's nodes (FramesToClassMap.resize) stay fp32 in an fp16 graph: fp16 holds integers exactly only
+# up to 2048, so pixel positions in a 4K frame (and the weights built from them) would be off.
+FP32_NODES = ("/resize/",)
 COLOR_ORDER = "BGR"  # what cv2.imread / VideoCapture give: no conversion on the caller's side
 
 
@@ -56,84 +61,65 @@ def frames_info(info: ModelInfo, source_size: tuple[int, int] | None, confidence
 
 def frame_at(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     """A BGR frame at ``size`` (W, H; None keeps it): the frames a fixed-size graph is fed in parity and
-    calibration, resized as training resized images (area when shrinking, else bilinear)."""
-    if size is None or (frame.shape[1], frame.shape[0]) == tuple(size):
-        return frame
-    shrink = size[0] * size[1] < frame.shape[0] * frame.shape[1]
-    return cv2.resize(frame, tuple(size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    calibration, resized as the host path and training resize (``runtime/host.resize_frame``)."""
+    return frame if size is None else resize_frame(frame, int(size[0]), int(size[1]))
 
 
 class FramesToClassMap(nn.Module):
     """(N, H, W, 3) uint8 BGR frames -> (N, H, W) uint8 class map [, (N, H, W) uint8 confidence x 255].
 
-    ``info``: the model's metadata (``input_size`` the model's input, ``mean``/``std`` of RGB in 0..1).
+    ``info``: a ``frames_info`` (``input_size`` the model's input; ``source_size`` (W, H) the frame size, None
+    for any; ``batch`` the fixed batch; ``mean``/``std`` of RGB in 0..1). ``model`` is copied, not changed.
     """
 
     def __init__(self, model: nn.Module, info: ModelInfo, confidence: bool = False):
         super().__init__()
-        self.model = model.eval()
-        self.input_hw = (int(info.input_size[1]), int(info.input_size[0]))
+        width, height = (int(v) for v in info.input_size)
         self.confidence = confidence
-        mean = torch.tensor(info.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(info.std, dtype=torch.float32).view(1, 3, 1, 1)
-        # (x / 255 - mean) / std as one multiply-add on 0..255 values.
+        self.classes = int(info.num_classes)
+        self.source = None if info.dynamic else tuple(int(v) for v in (info.source_size or info.input_size))
+        self.upsample = self.source != (width, height)  # the logits are at the model's size
+        self.model = fold_channel_flip(copy.deepcopy(model).eval(), torch.zeros(1, 3, height, width))
+        if self.source is None:
+            self.resize = DynamicResize((width, height))
+        else:
+            self.resize = StaticResize(self.source, (width, height), batch=int(info.batch or 1))
+        # (x / 255 - mean) / std as one multiply-add on 0..255 values, in BGR order (the model reads BGR now).
+        mean = torch.tensor(info.mean[::-1], dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(info.std[::-1], dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
         self.register_buffer("shift", -mean / std, persistent=False)
 
     def forward(self, frames: torch.Tensor):
-        height, width = frames.shape[1], frames.shape[2]
-        x = frames.permute(0, 3, 1, 2).flip(1).float()  # NHWC BGR -> NCHW RGB
-        x = F.interpolate(x, size=self.input_hw, mode="bilinear", align_corners=False, antialias=True)
+        # The Cast first, and every shape read from its output: TensorRT lets a uint8 input feed a Cast only.
+        pixels = frames.to(torch.float32)
+        x = self.resize(pixels).round()  # rounded as training's uint8 images were
         logits = self.model(x * self.scale + self.shift)["out"]
-        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        mask = logits.argmax(dim=1).to(torch.uint8)
+        height, width = pixels.shape[1], pixels.shape[2]
+        if self.upsample:
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        # TensorRT converts to uint8 only from float32/float16, not from the int64/int32 of ArgMax.
+        mask = logits.argmax(dim=1).to(torch.float32).to(torch.uint8)
         if not self.confidence:
             return mask
-        top = torch.softmax(logits, dim=1).max(dim=1).values
-        return mask, (top * 255.0).round().clamp(0, 255).to(torch.uint8)
-
-
-def _aa_resize_symbolic(g, x, output_size, align_corners, scale_factors):
-    """aten::_upsample_bilinear2d_aa -> ONNX Resize(linear, half_pixel, antialias=1) to a constant size."""
-    from torch.onnx import symbolic_helper
-
-    size = symbolic_helper._maybe_get_const(output_size, "is")
-    if symbolic_helper._is_value(size):
-        raise DronsegError("an antialiased resize to a computed size cannot be exported: resize to a fixed size")
-    zero_two = (g.op("Constant", value_t=torch.tensor([0])), g.op("Constant", value_t=torch.tensor([2])))
-    batch_channels = g.op("Slice", g.op("Shape", x), *zero_two)
-    sizes = g.op("Concat", batch_channels, g.op("Constant", value_t=torch.tensor(list(size), dtype=torch.int64)), axis_i=0)
-    # roi and scales absent (empty input names), not empty constants: the fp16 converter turns an
-    # empty float constant into a Cast, and the checker then sees both scales and sizes.
-    absent = symbolic_helper._optional_input_placeholder_tensor(g)
-    return g.op("Resize", x, absent, absent, sizes, mode_s="linear", antialias_i=1,
-                coordinate_transformation_mode_s="half_pixel")
-
-
-@contextlib.contextmanager
-def _aa_symbolic(opset: int):
-    name = "aten::_upsample_bilinear2d_aa"
-    torch.onnx.register_custom_op_symbolic(name, _aa_resize_symbolic, opset)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):
-            torch.onnx.unregister_custom_op_symbolic(name, opset)
+        # The maximum over the classes as a MaxPool across them: OpenCV 4.8's ReduceMax returns wrong values.
+        # A softmax maximum lies in (0, 1], so no clamp either (OpenCV 4.8 cannot run that Clip).
+        probabilities = torch.softmax(logits, dim=1).transpose(1, 2)  # (N, H, C, W)
+        top = F.max_pool2d(probabilities, kernel_size=(self.classes, 1)).flatten(2)  # (N, H, W); squeeze: an If
+        return mask, (top * 255.0).round().to(torch.uint8)
 
 
 def export_frames_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: int | None = None) -> Path:
     """Write ``FramesToClassMap(model)`` to ``path``; ``info`` is a ``frames_info`` (its outputs decide confidence).
 
-    TorchScript exporter at opset ``max(18, opset)``: the antialiased Resize needs 18 (module docstring).
+    TorchScript exporter, opset ``opset`` (default 17: module docstring).
     """
     path = Path(path)
     exporter = onnx_export.choose_exporter()
     if exporter != "torchscript":
         raise DronsegError(f"--io frames needs torch's TorchScript ONNX exporter, which torch {torch.__version__} "
                            "no longer has: export --io tensors, or use torch <= 2.15")
-    opset = onnx_export.check_opset(opset if opset is not None else FRAMES_MIN_OPSET, exporter)
-    if opset < FRAMES_MIN_OPSET:
-        raise DronsegError(f"--opset {opset} with --io frames: antialiased Resize needs opset >= {FRAMES_MIN_OPSET}")
+    opset = onnx_export.check_opset(opset, exporter)
     net = FramesToClassMap(model, info, confidence=CONFIDENCE_OUTPUT in info.outputs).eval()
     width, height = info.source_size or info.input_size
     example = torch.zeros(info.batch or 1, height, width, 3, dtype=torch.uint8)
@@ -144,7 +130,7 @@ def export_frames_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: 
     ensure_writable_dir(path.parent)
     with tempfile.TemporaryDirectory(prefix=working_prefix("export"), dir=path.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
-        with warnings.catch_warnings(), _aa_symbolic(opset), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad():
             # torch >= 2.9 warns on every TorchScript export; the choice is deliberate (export/onnx.py).
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=FutureWarning)
@@ -155,7 +141,7 @@ def export_frames_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: 
         graph = onnx.load(str(raw))
     graph = onnx_export.finish_graph(graph, info)
     info.extra.update({"exporter": onnx_export.exporter_versions(exporter), "opset": opset, "input_name": FRAMES_INPUT,
-                       "output_name": MASK_OUTPUT, "pre_post": "in graph: BGR uint8 NHWC -> antialiased bilinear resize "
+                       "output_name": MASK_OUTPUT, "pre_post": "in graph: BGR uint8 NHWC -> INTER_AREA resize (MatMul) "
                        "-> mean/std -> model -> bilinear logits -> argmax uint8"})
     onnx_export.save_onnx(graph, path, info)
     return path
@@ -185,8 +171,8 @@ def verify_frames_dynamic(path: Path, model: nn.Module, info: ModelInfo) -> str:
         raise DronsegError(f"--dynamic --io frames export returns {tuple(got.shape)} for {shape} instead of "
                            f"{tuple(expected.shape)}: {fix}")
     agreement = float((got == expected).float().mean())
-    # Random noise is the worst case for the border pixels where the two antialiased resizes differ.
-    if agreement < 0.99:
+    # The graph computes what the module does; random noise only risks a rare near-tie in the logits.
+    if agreement < 0.999:
         raise DronsegError(f"--dynamic --io frames export agrees with PyTorch on only {100 * agreement:.2f}% of pixels "
                            f"at {shape}: {fix}")
     return f"dynamic shapes verified at {shape} (agreement {100 * agreement:.2f}%)"

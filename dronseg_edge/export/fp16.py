@@ -35,16 +35,44 @@ def _converter():
     return float16
 
 
-def convert_to_fp16(graph: onnx.ModelProto, keep_fp32_ops: tuple[str, ...] = FP32_OPS) -> onnx.ModelProto:
-    """An fp16 copy of ``graph``: fp16 weights and activations, float32 input/output, ``keep_fp32_ops`` in fp32."""
+def convert_to_fp16(graph: onnx.ModelProto, keep_fp32_ops: tuple[str, ...] = FP32_OPS,
+                    keep_fp32_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """An fp16 copy of ``graph``: fp16 weights and activations, float32 input/output, ``keep_fp32_ops`` (op types)
+    and the nodes whose names start with one of ``keep_fp32_nodes`` in fp32."""
     float16 = _converter()
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_fp32_ops))
-    converted = float16.convert_float_to_float16(graph, keep_io_types=True, op_block_list=block,
+    nodes = [node.name for node in graph.graph.node if keep_fp32_nodes and node.name.startswith(keep_fp32_nodes)]
+    converted = float16.convert_float_to_float16(graph, keep_io_types=True, op_block_list=block, node_block_list=nodes,
                                                  max_finite_val=FP16_MAX, disable_shape_infer=False)
+    _skip_fp16_round_trips(converted)
     # The converter appends its boundary Casts after the nodes that read them; ONNX (and
     # TensorRT's parser) want nodes in topological order.
     wrapper = OnnxModel(converted)
     wrapper.topological_sort()
     return wrapper.model
+
+
+def _skip_fp16_round_trips(graph: onnx.ModelProto) -> None:
+    """Between two fp32 nodes the converter still goes through fp16 (a Cast to fp16, then one back to fp32):
+    the fp32 consumer reads the fp16 Cast's input instead, so blocked nodes really compute in fp32."""
+    nodes = graph.graph.node
+    to_fp16 = {n.output[0]: n for n in nodes if n.op_type == "Cast" and _cast_to(n) == onnx.TensorProto.FLOAT16}
+    for node in nodes:
+        if node.op_type == "Cast" and _cast_to(node) == onnx.TensorProto.FLOAT and node.input[0] in to_fp16:
+            node.input[0] = to_fp16[node.input[0]].input[0]  # a Cast from that type (uint8, fp32) to fp32
+    types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(graph).graph.value_info}
+    types.update({v.name: v.type.tensor_type.elem_type for v in graph.graph.input})
+    outputs = {o.name for o in graph.graph.output}
+    same = {n.output[0]: n.input[0] for n in nodes if n.op_type == "Cast" and n.output[0] not in outputs
+            and types.get(n.input[0]) == _cast_to(n)}  # Casts to the type they read: no-ops now
+    for node in nodes:
+        node.input[:] = [same.get(name, name) for name in node.input]
+    used = {name for n in nodes for name in n.input} | outputs
+    for node in [n for n in nodes if n.op_type == "Cast" and n.output[0] not in used]:
+        nodes.remove(node)
+
+
+def _cast_to(node: onnx.NodeProto) -> int:
+    return next(a.i for a in node.attribute if a.name == "to")

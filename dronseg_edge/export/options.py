@@ -23,7 +23,6 @@ CALIBRATION_METHODS = ("minmax", "percentile")  # export.quantize implements the
 DEFAULT_CALIBRATION_METHOD = "percentile"
 CALIB_IMAGES = 32
 PARITY_IMAGES = 16
-FRAMES_MIN_OPSET = 18  # ONNX Resize has its antialias attribute from opset 18 (export/embedded.py)
 BUILDER_OPT_LEVELS = range(0, 6)  # TensorRT's builder optimisation levels 0..5 (TensorRT's default: 3)
 DLA_PRECISIONS = ("fp16", "int8")  # DLA has no fp32 kernels
 
@@ -150,6 +149,3 @@ class ExportOptions:
                                "(argmax inside it); drop --head")
         if self.fmt == "triton":
             raise DronsegError("--format triton with --io frames is not supported yet: export --format onnx or engine")
-        if self.opset is not None and self.opset < FRAMES_MIN_OPSET:
-            raise DronsegError(f"--opset {self.opset} with --io frames: antialiased Resize needs opset "
-                               f">= {FRAMES_MIN_OPSET}; drop --opset or pass {FRAMES_MIN_OPSET}")

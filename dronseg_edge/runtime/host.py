@@ -4,7 +4,8 @@ What a plain tensor artifact (``.onnx``/``.engine`` of logits or a class map) ne
 the CPU and on a GPU alike (``Backend.segment``'s default, runtime/base.py), and what a
 checkpoint gets on the CPU: resize the uint8 frame first and only then turn the few pixels left
 into float (a 720p frame shrunk to 320x192 is 1/15 of the work of converting it whole), shrinking
-with ``INTER_AREA`` as training did (data/augment.py) and as a frames graph does inside; then the
+with ``INTER_AREA`` as training did (data/augment.py) and as a frames graph does inside
+(``resize_matrix`` as MatMuls); then the
 class map of the model's output, brought back to the frame's size (nearest), and the confidence map
 (maximum softmax probability) when asked for. A frames artifact's graph does all of it itself: its
 uint8 frames go in as they are. Export parity, accuracy and ``bench`` make their inputs here too.
@@ -13,6 +14,7 @@ uint8 frames go in as they are. Export parity, accuracy and ``bench`` make their
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections import defaultdict
 
@@ -38,6 +40,72 @@ def resize_frame(frame: np.ndarray, width: int, height: int) -> np.ndarray:
         return frame
     shrinking = width <= w and height <= h
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def resize_matrix(src: int, dst: int, area: bool | None = None) -> np.ndarray:
+    """(dst, src) float32 weights W with ``W @ line`` == ``resize_frame`` of a float line of ``src`` pixels to ``dst``.
+
+    ``area`` (default: ``dst <= src``): cv2.INTER_AREA's weights (each output pixel the mean of the source
+    cells it covers, in OpenCV's arithmetic: ``computeResizeAreaTab``), else cv2.INTER_LINEAR's
+    (half-pixel centres, edge pixels repeated). ``resize_frame`` picks area only when both sides
+    shrink, so an axis can get linear weights while shrinking: ``resize_matrices`` makes that choice.
+    A frames graph (export/embedded.py) applies these as constant MatMuls, so it shrinks as training did.
+    """
+    src, dst = int(src), int(dst)
+    if src < 1 or dst < 1:
+        raise ValueError(f"resize_matrix needs positive sizes, got {src} -> {dst}")
+    area = dst <= src if area is None else area
+    if area and dst > src:
+        raise ValueError(f"INTER_AREA weights enlarge nothing: {src} -> {dst}")
+    weights = np.zeros((dst, src), np.float64)
+    if src == dst:
+        np.fill_diagonal(weights, 1.0)
+    elif area:
+        _area_weights(weights, 1.0 / (dst / src))  # OpenCV's scale: 1 / inv_scale, not src / dst
+    else:
+        _linear_weights(weights, 1.0 / (dst / src))
+    return weights.astype(np.float32)
+
+
+def _area_weights(weights: np.ndarray, scale: float) -> None:
+    """OpenCV's computeResizeAreaTab: partial cells under 1e-3 of a pixel are dropped, as there."""
+    dst, src = weights.shape
+    for dx in range(dst):
+        start = dx * scale
+        end = start + scale
+        cell = min(scale, src - start)
+        first, last = math.ceil(start), math.floor(end)
+        last = min(last, src - 1)
+        first = min(first, last)
+        if first - start > 1e-3:
+            weights[dx, first - 1] = np.float32((first - start) / cell)
+        weights[dx, first:last] = np.float32(1.0 / cell)
+        if end - last > 1e-3:
+            weights[dx, last] = np.float32(min(end - last, 1.0, cell) / cell)
+
+
+def _linear_weights(weights: np.ndarray, scale: float) -> None:
+    """cv2.INTER_LINEAR's: source x = (dx + 0.5) * scale - 0.5 (float32 as in OpenCV), clamped at both edges."""
+    dst, src = weights.shape
+    for dx in range(dst):
+        position = float(np.float32((dx + 0.5) * scale - 0.5))
+        left = math.floor(position)
+        fraction = position - left
+        if left < 0:
+            left, fraction = 0, 0.0
+        if left >= src - 1:
+            left, fraction = src - 1, 0.0
+        weights[dx, left] += 1.0 - fraction
+        if fraction:
+            weights[dx, left + 1] += fraction
+
+
+def resize_matrices(src_size: tuple[int, int], dst_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (h, H), columns (w, W)) float32 with ``rows @ plane @ columns.T`` == ``resize_frame`` of a float
+    (H, W) plane from ``src_size`` (W, H) to ``dst_size`` (w, h): area on both axes when both shrink (or stay)."""
+    (width, height), (out_w, out_h) = src_size, dst_size
+    area = out_w <= width and out_h <= height
+    return resize_matrix(height, out_h, area=area), resize_matrix(width, out_w, area=area)
 
 
 def preprocess_host(frames_bgr: list[np.ndarray] | np.ndarray, info: ModelInfo) -> np.ndarray:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.runtime.host import resize_matrices
 
 # Bilinear logits for a 4K frame take C x 2160 x 3840 x 4 bytes (~400 MB for 12 classes); past
 # this the class map is resized (nearest) instead, to keep memory bounded on an 8 GB Jetson.
@@ -63,8 +64,6 @@ def class_maps(out: torch.Tensor, height: int, width: int, confidence: bool):
 
 @functools.lru_cache(maxsize=8)
 def _resize_weights(src: tuple[int, int], dst: tuple[int, int], device: torch.device):
-    from dronseg_edge.runtime.host import resize_matrices  # TODO(merge): module level
-
     rows, columns = resize_matrices(src, dst)
     return torch.from_numpy(rows).to(device), torch.from_numpy(columns).to(device)
 

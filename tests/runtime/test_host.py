@@ -2,10 +2,12 @@
 
 import cv2
 import numpy as np
+import pytest
 
 from dronseg_edge.classes import IMAGENET_MEAN, IMAGENET_STD
 from dronseg_edge.metadata import ModelInfo
-from dronseg_edge.runtime.host import class_counts, class_map_host, preprocess_host, resize_frame
+from dronseg_edge.runtime.host import (class_counts, class_map_host, preprocess_host, resize_frame, resize_matrices,
+                                      resize_matrix)
 
 
 def _info(size=(32, 16)) -> ModelInfo:
@@ -45,3 +47,46 @@ def test_class_map_host_argmaxes_logits_and_resizes_nearest():
 def test_class_counts_ignores_ids_past_the_classes():
     mask = np.array([[0, 1, 1, 13]], np.uint8)
     assert class_counts(mask, 3).tolist() == [1, 2, 0]
+
+
+# (source, target) sizes as (W, H): integer and non-integer shrink ratios, one side kept, enlarging, mixed.
+RESIZES = [((1280, 720), (320, 192)), ((1280, 720), (96, 64)), ((720, 1280), (192, 320)), ((100, 100), (64, 64)),
+           ((288, 192), (96, 64)), ((7, 5), (3, 2)), ((1281, 719), (320, 192)), ((96, 64), (96, 40)),
+           ((96, 64), (160, 128)), ((64, 48), (96, 40)), ((5, 3), (17, 11))]
+
+
+@pytest.mark.parametrize("source, target", RESIZES)
+def test_resize_matrices_reproduce_resize_frame_on_float_planes(source, target):
+    """rows @ plane @ columns.T per channel == cv2.resize as resize_frame calls it (float32 input: no rounding)."""
+    rng = np.random.default_rng(sum(source) + sum(target))
+    frame = rng.uniform(0, 255, (source[1], source[0], 3)).astype(np.float32)
+    rows, columns = resize_matrices(source, target)
+    assert rows.shape == (target[1], source[1]) and columns.shape == (target[0], source[0])
+    assert rows.dtype == columns.dtype == np.float32
+    got = np.stack([rows.astype(np.float64) @ frame[:, :, c] @ columns.T.astype(np.float64) for c in range(3)], axis=-1)
+    expected = resize_frame(frame, *target)
+    # OpenCV sums in float32 (and rounds INTER_LINEAR's positions to float32): 1e-5 of the 0..255 range.
+    np.testing.assert_allclose(got, expected, rtol=0, atol=3e-3)
+
+
+@pytest.mark.parametrize("src, dst", [(1280, 320), (1280, 96), (720, 192), (100, 64), (64, 64), (48, 96), (5, 17)])
+def test_resize_matrix_along_one_axis_matches_cv2(src, dst):
+    line = np.random.default_rng(src * dst).uniform(0, 255, (1, src)).astype(np.float32)
+    area = dst <= src
+    expected = cv2.resize(line, (dst, 1), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)[0]
+    weights = resize_matrix(src, dst)
+    assert weights.shape == (dst, src) and weights.dtype == np.float32
+    np.testing.assert_allclose(weights.astype(np.float64) @ line[0], expected, rtol=0, atol=3e-3)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)  # every output pixel a weighted mean
+
+
+def test_resize_matrix_is_an_area_mean_for_shrinking_and_linear_when_asked():
+    np.testing.assert_allclose(resize_matrix(4, 2), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
+    np.testing.assert_allclose(resize_matrix(3, 2), [[2 / 3, 1 / 3, 0], [0, 1 / 3, 2 / 3]], atol=1e-6)
+    # INTER_LINEAR while shrinking (resize_frame's choice when the other side enlarges): centres, no averaging.
+    np.testing.assert_allclose(resize_matrix(4, 2, area=False), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
+    np.testing.assert_allclose(resize_matrix(6, 2, area=False), [[0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 0]])
+    with pytest.raises(ValueError, match="INTER_AREA weights enlarge nothing"):
+        resize_matrix(2, 4, area=True)
+    with pytest.raises(ValueError, match="positive sizes"):
+        resize_matrix(0, 4)
