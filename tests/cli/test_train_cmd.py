@@ -198,7 +198,8 @@ def test_train_weights_that_hold_code_are_refused_before_any_work(capsys, tmp_pa
     torch.save({"model": _RunsCode(marker)}, evil)
     out = tmp_path / "run"
     args = [a if a != "none" else evil for a in TINY]
-    message = one_line_error(capsys, "train", "--data", tmp_path / "nowhere", "--out", out, *args)
+    (tmp_path / "data").mkdir()  # a folder (the command checks that first), but no data set: the weights come before it
+    message = one_line_error(capsys, "train", "--data", tmp_path / "data", "--out", out, *args)
     assert message.startswith(f"error: --weights {evil} cannot be read (it holds Python objects, not plain data: ")
     assert "weights_only" not in message and "trust" not in message
     assert not out.exists() and not marker.exists()
