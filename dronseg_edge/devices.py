@@ -1,4 +1,4 @@
-"""Choosing the device from ``--device auto|cpu|cuda|cuda:N``, with torch or without it.
+"""Choosing the device from ``--device auto|cpu|cuda|cuda:N|N``, with torch or without it.
 
 Two forms of the same choice: :func:`resolve_device` gives a ``torch.device`` (checkpoints,
 training, export); :func:`resolve_lean_device` gives a :class:`Device` and never imports torch,
@@ -19,11 +19,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
+from dronseg_edge.option_fields import OptionSpec
 
 if TYPE_CHECKING:
     import torch
 
-_NOT_A_DEVICE = "is not a device: use auto, cpu, cuda or cuda:N"
+_NOT_A_DEVICE = "is not a device: use auto, cpu, cuda, cuda:N or N"
+# --device of every command (option_fields.py); a bare index is cuda:N, as Ultralytics users type it.
+DEVICE = OptionSpec("auto (a CUDA GPU when one is visible, else the CPU), cpu, cuda, cuda:N, or N for cuda:N.",
+                    names=("--device",), type=str)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ def parse_device(name: str | None) -> Device | None:
         return None
     if name == "cpu":
         return Device("cpu")
+    if name.isdigit():
+        return Device("cuda", int(name))
     kind, _, index = name.partition(":")
     if kind == "cuda" and (not index or index.isdigit()):
         return Device("cuda", int(index) if index else None)

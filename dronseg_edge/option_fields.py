@@ -1,0 +1,81 @@
+"""Command-line options declared once, on the dataclass field they fill.
+
+A field made with :func:`option` is a command-line option of every command that takes its dataclass:
+its name (``--field-name`` unless ``names`` says otherwise), type (the field's annotation), default
+(the field's) and help text stand there and nowhere else. ``cli/params.py`` turns the dataclass into
+Typer parameters and the parsed values back into the dataclass, whose ``__post_init__`` (or
+``validate``) checks them, the same for the command line and for Python callers. A plain
+``dataclasses.field`` is no option. Specs used by several dataclasses and commands (``--device``,
+``--meta``, ``--max-pixels``) are :class:`OptionSpec` constants in the module that owns the concept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "Path": Path}
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """How a field reads on the command line.
+
+    ``names``: its spellings (default ``--field-name``; a bool is always ``--x/--no-x``). ``aliases``: old
+    spellings, still accepted, hidden from --help. ``parse``: the command-line text -> the field's value
+    (a WxH size, a class list); such an option left out keeps the field's default. ``default_text``: the
+    default as --help shows it (needed where the default is None: say what None means). ``also``: more
+    fields of the same dataclass that take the same value. ``argument``: positional. ``type``: the
+    command-line type where the annotation does not say it (``str | torch.device``, a list argument).
+    """
+
+    help: str
+    names: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    parse: Callable[[str], Any] | None = None
+    default_text: str | None = None
+    metavar: str | None = None
+    also: tuple[str, ...] = ()
+    argument: bool = False
+    type: Any = None
+
+    def cli_names(self, field_name: str) -> tuple[str, ...]:
+        return self.names or (f"--{field_name.replace('_', '-')}",)
+
+
+def option(default: Any = dataclasses.MISSING, spec: str | OptionSpec = "", **settings) -> Any:
+    """A dataclass field that is a command-line option: ``option(0.5, "Opacity ...")`` or
+    ``option("auto", DEVICE)`` (a shared spec, ``settings`` replacing some of its parts)."""
+    spec = spec if isinstance(spec, OptionSpec) else OptionSpec(spec)
+    spec = dataclasses.replace(spec, **settings) if settings else spec
+    return dataclasses.field(default=default, metadata={"option": spec})
+
+
+def option_group(cls: type) -> Any:
+    """A nested dataclass field whose options the command takes as its own (``TrainConfig.augment``)."""
+    return dataclasses.field(default_factory=cls, metadata={"option_group": cls})
+
+
+def option_fields(cls: type) -> Iterator[tuple[dataclasses.Field, OptionSpec | type]]:
+    """(field, its OptionSpec, or the dataclass of an option group) for every option field of ``cls``."""
+    for f in dataclasses.fields(cls):
+        found = f.metadata.get("option") or f.metadata.get("option_group")
+        if found is not None:
+            yield f, found
+
+
+def value_type(f: dataclasses.Field) -> Any:
+    """The type of an option's command-line value: the spec's, ``str`` for a parsed option, else the
+    field's annotation without ``None`` (bool, int, float, str or Path)."""
+    spec: OptionSpec = f.metadata["option"]
+    if spec.type is not None:
+        return spec.type
+    if spec.parse is not None:
+        return str
+    text = f.type if isinstance(f.type, str) else str(f.type).replace("pathlib.", "")
+    parts = [part.strip() for part in text.split("|") if part.strip() != "None"]
+    if len(parts) == 1 and parts[0] in _TYPES:
+        return _TYPES[parts[0]]
+    raise TypeError(f"option field {f.name}: cannot tell the command-line type of {text!r}; give option(type=...)")

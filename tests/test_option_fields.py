@@ -1,0 +1,59 @@
+"""Option fields: a dataclass field that is also a command-line option, its type read from the annotation."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from dronseg_edge.devices import DEVICE
+from dronseg_edge.option_fields import OptionSpec, option, option_fields, option_group, value_type
+from dronseg_edge.sizes import parse_size
+
+
+@dataclasses.dataclass
+class Inner:
+    hflip: float = option(0.5, "Flip probability.")
+
+
+@dataclasses.dataclass
+class Example:
+    count: int = option(1, "How many.")
+    limit: float | None = option(None, "Upper bound.", default_text="none")
+    out: Path | None = option(None, "Folder.")
+    on: bool = option(False, "Switch.")
+    size: tuple[int, int] = option((96, 64), "WxH.", parse=parse_size)
+    device: str = option("auto", DEVICE, help="Where it runs.")
+    weird: dict | None = option(None, "No command-line type.")
+    plain: int = 3
+    inner: Inner = option_group(Inner)
+
+
+def fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(Example)}
+
+
+def test_only_option_fields_are_options_and_groups_name_their_dataclass():
+    found = {f.name: spec for f, spec in option_fields(Example)}
+    assert list(found) == ["count", "limit", "out", "on", "size", "device", "weird", "inner"]  # not "plain"
+    assert found["inner"] is Inner and isinstance(found["count"], OptionSpec)
+    assert Example().inner == Inner() and Example().count == 1  # the defaults are the dataclass's own
+
+
+@pytest.mark.parametrize("name, kind", [("count", int), ("limit", float), ("out", Path), ("on", bool), ("size", str),
+                                        ("device", str)])
+def test_the_command_line_type_comes_from_the_annotation(name, kind):
+    assert value_type(fields()[name]) is kind
+
+
+def test_a_type_the_command_line_cannot_take_is_a_programming_error():
+    with pytest.raises(TypeError, match="weird.*give option\\(type=...\\)"):
+        value_type(fields()["weird"])
+
+
+def test_a_shared_spec_keeps_its_names_and_takes_replacements():
+    spec = fields()["device"].metadata["option"]
+    assert spec.names == ("--device",) and spec.help == "Where it runs." and DEVICE.help != spec.help
+    assert fields()["count"].metadata["option"].cli_names("count") == ("--count",)
+    assert fields()["limit"].metadata["option"].cli_names("max_duration") == ("--max-duration",)
