@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.option_fields import OptionSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # 67.1 MP: an 8K UHD frame (7680x4320, 33.2 MP) and a 45 MP survey camera (8192x5460) pass; decoded
@@ -23,9 +24,11 @@ DEFAULT_MAX_PIXELS = 1 << 26
 # 134 MP (16384x8192): the highest --max-pixels. Above it Pillow stops reading sizes (it refuses
 # images over 179 MP itself) and the decoded frame alone would fill a Jetson's memory.
 MAX_PIXELS_CEILING = 1 << 27
-MAX_PIXELS_HELP = (f"Refuse images above this many pixels, read from the file's header before decoding "
-                   f"(default {DEFAULT_MAX_PIXELS} = 2^26, 67 MP: an 8K frame passes; at most {MAX_PIXELS_CEILING}): "
-                   "decompression bombs are refused before they take the memory.")
+# --max-pixels of infer, train and eval (option_fields.py)
+MAX_PIXELS = OptionSpec(f"Refuse images above this many pixels (1..{MAX_PIXELS_CEILING}), read from the file's header "
+                        "before decoding: decompression bombs are refused before they take the memory.",
+                        names=("--max-pixels",), default_text=f"{DEFAULT_MAX_PIXELS} = 2^26, 67 MP: an 8K frame passes")
+
 
 class ImageTooLarge(DronsegError):
     """An image whose header declares more pixels than the limit; ``size`` is (W, H), or None when

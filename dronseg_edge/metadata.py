@@ -29,6 +29,7 @@ from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALET
 from dronseg_edge.errors import DronsegError
 # HEADS, IO_MODES, COLOR_ORDERS: the field choices live with the rules, and are imported from here too.
 from dronseg_edge.metadata_checks import COLOR_ORDERS, HEADS, IO_MODES, MAX_JSON_BYTES, check_fields, load_json  # noqa: F401
+from dronseg_edge.option_fields import OptionSpec
 
 if TYPE_CHECKING:  # annotations only: writing and reading metadata never needs the onnx package
     import onnx
@@ -42,6 +43,10 @@ CHECKPOINT_FIX = "the checkpoint was edited or damaged: use one written by `dron
 # Plain-language ONNX entries for people and other tools, derived from the ModelInfo fields on every write
 # (never read back: the fields are the contract); JSON strings like every other value.
 DESCRIPTION_KEYS = ("input_description", "output_description")
+# --meta of infer, eval, parity and bench (option_fields.py; runtime/registry.read_meta_file reads it).
+META = OptionSpec("Metadata for an .engine without its .engine.json (built with trtexec or Polygraphy) or a foreign "
+                  ".onnx (for parity: the candidate): the ONNX it was built from, or a sidecar JSON.",
+                  names=("--meta",), metavar="FILE", default_text="the model's own")
 
 
 def default_output_stride(arch: str) -> int:

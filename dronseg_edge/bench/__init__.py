@@ -8,9 +8,17 @@ A ``--device`` string is resolved by ``bench.run.resolve_bench_device``: the kin
 (torch or torch-free) decides whether CUDA events or ``perf_counter`` time the runs (``bench/run.py``).
 """
 
-from dronseg_edge.bench.run import BenchResult, bench_model, resolve_bench_device
-from dronseg_edge.bench.stats import LatencyStats, percentile, summarize
-from dronseg_edge.bench.timing import Measurement, TimingSettings, measure
+import importlib
 
-__all__ = ["BenchResult", "LatencyStats", "Measurement", "TimingSettings", "bench_model", "measure", "percentile",
-           "resolve_bench_device", "summarize"]
+# Imported when first used: the CLI reads the option classes for --help without numpy.
+_WHERE = {**dict.fromkeys(("BenchResult", "bench_model", "resolve_bench_device"), "dronseg_edge.bench.run"),
+          **dict.fromkeys(("LatencyStats", "percentile", "summarize"), "dronseg_edge.bench.stats"),
+          **dict.fromkeys(("Measurement", "measure"), "dronseg_edge.bench.timing"),
+          **dict.fromkeys(("BenchOptions", "TimingSettings"), "dronseg_edge.bench.options")}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'dronseg_edge.bench' has no attribute {name!r}")

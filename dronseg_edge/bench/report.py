@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from dronseg_edge.atomic import write_json_atomic, write_text_atomic
+from dronseg_edge.atomic import write_text_atomic
 from dronseg_edge.bench.run import BenchResult
 from dronseg_edge.bench.stats import HIGH_CV
-from dronseg_edge.errors import DronsegError
 
 SCHEMA = "dronseg-edge-bench/1"
 LATENCY_HEADERS = ("model", "backend / provider", "precision", "size", "batch", "graph", "min", "mean", "median",
@@ -145,26 +143,6 @@ def build_document(system: dict[str, Any], settings: dict[str, Any], results: Se
     return doc
 
 
-def check_output_file(path: str | Path, option: str = "--json") -> Path:
-    """Raise DronsegError unless ``path`` can be written as a file (its folder is created if missing)."""
-    path = Path(path)
-    example = path / ("bench.md" if "markdown" in option else "bench.json")
-    if path.is_dir():
-        raise DronsegError(f"{option} {path} is a folder: give a file name such as {example}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DronsegError(f"{option} {path}: cannot create its folder ({exc.strerror or exc}); choose another path") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise DronsegError(f"{option} {path}: folder {path.parent} is not writable; choose another path")
-    return path
-
-
-def write_json(path: str | Path, doc: dict[str, Any]) -> Path:
-    """Write ``doc`` as JSON atomically (temporary file, then rename)."""
-    return write_json_atomic(check_output_file(path, "--json"), doc)
-
-
 def markdown_document(system_lines: Sequence[str], settings: dict[str, Any], table_md: str, title: str = "Latency") -> str:
     """A small Markdown page: title, the device/versions/settings as a list, then the table."""
     bullets = [f"- {line}" for line in list(system_lines) + [settings_line(settings)]]
@@ -172,4 +150,4 @@ def markdown_document(system_lines: Sequence[str], settings: dict[str, Any], tab
 
 
 def write_markdown(path: str | Path, text: str) -> Path:
-    return write_text_atomic(check_output_file(path, "--markdown"), text if text.endswith("\n") else text + "\n")
+    return write_text_atomic(path, text if text.endswith("\n") else text + "\n")

@@ -32,56 +32,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from dronseg_edge.bench.options import TimingSettings  # imported from here too
 from dronseg_edge.bench.stats import LatencyStats, summarize
-from dronseg_edge.errors import DronsegError
 from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.batching import dtype_name
 
 if TYPE_CHECKING:
     import torch
-
-DEFAULT_MIN_ITERS = 20  # with neither --iters nor --duration-s: at least 20 iterations and 3 s (like trtexec)
-DEFAULT_MIN_SECONDS = 3.0
-DEFAULT_WARMUP_S = 1.0
-
-
-@dataclass(frozen=True)
-class TimingSettings:
-    """How long to warm up and measure.
-
-    Warm-up runs ``warmup_iters`` calls when given, else for ``warmup_s`` seconds; at least one
-    untimed call always runs (it allocates the output buffers). Measurement runs exactly ``iters``
-    iterations, or for ``duration_s`` seconds, or, with both, until both are reached.
-    """
-
-    warmup_s: float = DEFAULT_WARMUP_S
-    warmup_iters: int | None = None
-    iters: int | None = None
-    duration_s: float | None = None
-    include_transfers: bool = False
-
-    def __post_init__(self) -> None:
-        if not np.isfinite(self.warmup_s) or self.warmup_s < 0:
-            raise DronsegError(f"--warmup-s {self.warmup_s} must be 0 or more seconds")
-        if self.warmup_iters is not None and self.warmup_iters < 0:
-            raise DronsegError(f"--warmup-iters {self.warmup_iters} must be 0 or more")
-        if self.iters is not None and self.iters < 1:
-            raise DronsegError(f"--iters {self.iters} must be at least 1 (or use --duration-s SECONDS)")
-        if self.duration_s is not None and (not np.isfinite(self.duration_s) or self.duration_s <= 0):
-            raise DronsegError(f"--duration-s {self.duration_s} must be more than 0 seconds")
-
-    def bounds(self) -> tuple[int, float]:
-        """(minimum iterations, minimum seconds) of the measurement loop."""
-        if self.iters is None and self.duration_s is None:
-            return DEFAULT_MIN_ITERS, DEFAULT_MIN_SECONDS
-        return (self.iters or 1), (self.duration_s or 0.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        min_iters, min_seconds = self.bounds()
-        return {"warmup_s": self.warmup_s, "warmup_iters": self.warmup_iters, "iters": self.iters,
-                "duration_s": self.duration_s, "min_iters": min_iters, "min_seconds": min_seconds,
-                "include_transfers": self.include_transfers}
-
 
 @dataclass
 class Measurement:

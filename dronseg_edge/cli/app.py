@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from dronseg_edge import __version__
-from dronseg_edge.media import MAX_PIXELS_CEILING, MAX_PIXELS_HELP
 
 # One paragraph (rich re-wraps help text): what a supervisor such as systemd can act on.
 EXIT_CODES_HELP = (
@@ -16,7 +16,40 @@ EXIT_CODES_HELP = (
     "systemd: Restart=on-failure with RestartPreventExitStatus=2 3 4."
 )
 
-app = typer.Typer(
+class _OneConvention:
+    """A flag takes no value, so it shows no value placeholder (typer 0.2x writes ``<bool>``); an
+    argument is named in capitals (MODEL, CHECKPOINT) in --help and in the usage line."""
+
+    def get_params(self, ctx) -> list:
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+            elif param.param_type_name == "argument" and param.metavar is None:
+                param.metavar = param.name.upper()
+        return params
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        # typer 0.2x writes a required argument as {MODEL}; the usage line spells it MODEL, as click does.
+        return [piece[1:].replace("}", "", 1) if piece.startswith("{") else piece
+                for piece in super().collect_usage_pieces(ctx)]
+
+
+class Command(_OneConvention, TyperCommand):
+    pass
+
+
+class Group(_OneConvention, TyperGroup):
+    pass
+
+
+class App(typer.Typer):
+    def command(self, *args, cls=Command, **kwargs):
+        return super().command(*args, cls=cls, **kwargs)
+
+
+app = App(
+    cls=Group,
     name="dronseg-edge",
     help="Drone-image segmentation (12 AeroScapes classes): synth, train, eval, submit, export, parity, infer, bench, checks.",
     epilog=EXIT_CODES_HELP,
@@ -40,10 +73,4 @@ def _options(
 ) -> None:
     # Options of the program itself, before any command; is_eager so --version needs no command.
     pass
-
-
-def max_pixels_option():
-    """``--max-pixels``, one definition for the commands that read images (infer, train, eval); None
-    when not given (the default limit, or for ``train --resume`` the run's own)."""
-    return typer.Option(None, "--max-pixels", min=1, max=MAX_PIXELS_CEILING, help=MAX_PIXELS_HELP)
 

@@ -18,7 +18,7 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same data set."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of images listed in test.csv (their masks go to test_masks/)."),
     fps: float = typer.Option(30.0, "--fps", help="Frame rate of video.mp4."),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder, replacing an earlier synthetic data set there."),
+    force: bool = typer.Option(False, "--force/--no-force", help="Write into a non-empty folder, replacing an earlier synthetic data set there."),
 ) -> None:
     """Make synthetic drone images and class masks in the Kaggle AeroScapes layout, plus a flight video."""
     from dronseg_edge.data.synthetic import synthesize

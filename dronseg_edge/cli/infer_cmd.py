@@ -5,18 +5,16 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from dronseg_edge.cli.app import app, max_pixels_option
-
-# RunOptions.min_free_mb's default (a test keeps them equal): importing dronseg_edge.pipeline here
-# would load the Segmenter, and with it torch, for every command's --help.
-DEFAULT_MIN_FREE_MB = 500.0
+from dronseg_edge.cli.app import app
+from dronseg_edge.cli.params import Device, Meta, takes
+from dronseg_edge.pipeline.capture_options import CaptureOptions
+from dronseg_edge.pipeline.run_options import RunOptions
 
 # summary.json's "stopped" -> the line printed for a run that ended well before its source did
-STOP_NOTES = {"max_duration": "--max-duration reached", "max_frames": "--max-frames reached",
+STOP_NOTES = {"max_duration": "--max-duration-s reached", "max_frames": "--max-frames reached",
               "key": "q or Esc pressed in the window"}
 
 
@@ -45,87 +43,33 @@ INFER_EXIT_CODES = (
 
 
 @app.command(epilog=INFER_EXIT_CODES)
+@takes(options=RunOptions, capture=CaptureOptions)
 def infer(
     model: Path = typer.Argument(..., help="Checkpoint (.pt), ONNX file (.onnx) or TensorRT engine (.engine)."),
     source: str = typer.Argument(..., help="Video file, image, folder or glob of images, camera index (0), an "
                                            "rtsp:// / http:// URL, a GStreamer pipeline (elements joined by '!'; "
                                            "an appsink is appended) or csi://N[?width=W&height=H&fps=F] (a Jetson's "
                                            "CSI camera). GStreamer needs an OpenCV built with it (JetPack's)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/infer/expN; never overwrites)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    half: bool = typer.Option(False, "--half", help="fp16 on a GPU (checkpoints; ONNX/engines keep their export precision)."),
+    device: Device = "auto",
+    half: bool = typer.Option(False, "--half/--no-half", help="fp16 on a GPU (checkpoints; ONNX/engines keep their export precision)."),
     batch: int = typer.Option(1, "--batch", help="Frames per inference call (recorded sources)."),
-    stride: int = typer.Option(1, "--stride", help="Process every N-th frame."),
-    live: Optional[bool] = typer.Option(None, "--live/--no-live",
-                                        help="Process only the newest frame, dropping stale ones "
-                                             "(default: on for cameras and streams)."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many frames."),
-    save_video: bool = typer.Option(True, "--save-video/--no-save-video",
-                                    help="Overlay video (H.264 mp4, see --codec; for image sources overlay/ JPEGs)."),
-    codec: str = typer.Option("auto", "--codec",
-                              help="Overlay video encoder: auto (h264_nvenc, else libx264, else mp4v), h264, "
-                                   "h264_nvenc, libx264, mp4v or hevc. H.264/H.265 need the `video` extra (PyAV)."),
-    save_masks: Optional[bool] = typer.Option(None, "--save-masks/--no-save-masks",
-                                              help="Class-index mask PNGs in masks/ (default: on for images only)."),
-    save_color: bool = typer.Option(False, "--save-color", help="Colour mask PNGs in color/."),
-    contact_sheet: bool = typer.Option(False, "--contact-sheet", help="contact_sheet.jpg: the first 48 overlays "
-                                                                      "as captioned thumbnails in one picture."),
-    save_conf: bool = typer.Option(False, "--save-conf", help="Confidence PNGs in conf/ (uint8 maximum class "
-                                                             "probability x 255) and each frame's share of pixels "
-                                                             "below 0.5 in stats.jsonl (needs logits)."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Keep only these classes, e.g. person,car: other "
-                                                                  "pixels are 255 in masks, left uncoloured in the "
-                                                                  "overlay and left out of stats."),
     tile: str = typer.Option("off", "--tile", help="off, auto or on: segment frames larger than the model input in "
                                                    "overlapping windows at full resolution instead of shrinking them "
                                                    "(auto: frames at least twice the input on a side; needs logits; "
                                                    "for 4K footage and models trained at full resolution)."),
     tile_overlap: float = typer.Option(0.25, "--tile-overlap", help="Share of a window that its neighbour also "
                                                                     "covers, 0..0.75 (--tile)."),
-    stats: bool = typer.Option(True, "--stats/--no-stats", help="Per-frame class shares in stats.jsonl."),
-    show: bool = typer.Option(False, "--show", help="Show the overlay in a window (q or Esc stops)."),
-    alpha: float = typer.Option(0.5, "--alpha", help="Opacity of the class colours over the frame, 0..1."),
-    reconnect_s: float = typer.Option(30.0, "--reconnect-s", help="Seconds to keep reopening a stream that stopped."),
-    rtsp_transport: Optional[str] = typer.Option(
-        None, "--rtsp-transport", help="rtsp:// sources: tcp or udp (default: TCP first, as OpenCV asks FFmpeg)."),
-    latency_ms: Optional[int] = typer.Option(
-        None, "--latency-ms", help="rtsp:// sources over UDP: milliseconds FFmpeg holds packets to reorder them "
-                                   "(its max_delay; default 100, 0 = none). In a GStreamer pipeline: rtspsrc "
-                                   "latency=N."),
-    hw_decode: bool = typer.Option(
-        False, "--hw-decode/--no-hw-decode", help="Decode video files and URLs on the GPU's decoder through OpenCV's "
-                                                  "FFmpeg (NVDEC, else VAAPI; software where this FFmpeg has neither: "
-                                                  "pip's has neither). summary.json records which was used."),
-    max_duration: Optional[float] = typer.Option(
-        None, "--max-duration", help="Stop after this many seconds of the source: a video's own timeline, a "
-                                     "camera's or stream's wall clock (images: the run's)."),
-    segment_s: Optional[float] = typer.Option(
-        None, "--segment-s", help="Write the overlay video as overlay_00000.mp4, overlay_00001.mp4, ... of this "
-                                  "many seconds each, each playable once written (summary.json lists them)."),
-    min_free: float = typer.Option(
-        DEFAULT_MIN_FREE_MB, "--min-free", help="MB of free disk under --out below which the video and images stop "
-                                                "cleanly while stats.jsonl continues; 0 = no floor."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on a terminal."),
-    meta: Optional[Path] = typer.Option(None, "--meta", help="Metadata for an .engine without its .engine.json "
-                                                             "(built with trtexec or Polygraphy) or a foreign .onnx: "
-                                                             "the ONNX it was built from, or a sidecar JSON."),
-    max_pixels: Optional[int] = max_pixels_option(),
+    meta: Meta = None,
+    options: RunOptions = None,
+    capture: CaptureOptions = None,
 ) -> None:
     """Segment a video, image folder, camera or stream; write overlay, masks, stats and summary.json."""
     from dronseg_edge.cli.outputs import check_out_dir
-    from dronseg_edge.pipeline import RunOptions, Segmenter, open_source, run_inference
-    from dronseg_edge.pipeline.capture_options import CaptureOptions
+    from dronseg_edge.pipeline import Segmenter, open_source, run_inference
 
     _show_library_warnings()
-    if out is not None:
-        check_out_dir(out)  # before the model loads: an unwritable --out is a moment's error, exit 2
-    options = RunOptions(out=out, save_video=save_video, save_masks=save_masks, save_color=save_color, stats=stats,
-                         show=show, alpha=alpha, live=live, stride=stride, max_frames=max_frames,
-                         reconnect_s=reconnect_s, progress=progress, codec=codec, max_duration=max_duration,
-                         segment_s=segment_s, min_free_mb=min_free, save_conf=save_conf, contact_sheet=contact_sheet,
-                         classes=tuple(classes.split(",")) if classes is not None else None,
-                         **({} if max_pixels is None else {"max_pixels": max_pixels}))
-    capture = CaptureOptions(rtsp_transport=rtsp_transport, latency_ms=latency_ms, hw_decode=hw_decode)
+    if options.out is not None:
+        check_out_dir(options.out)  # before the model loads: an unwritable --out is a moment's error, exit 2
     # The source before the model, so a typo in SOURCE fails in a moment; the run closes it.
     with open_source(source, options.reconnect_s, capture=capture, max_pixels=options.max_pixels) as frames, \
             Segmenter(model, device=device, half=half, batch=batch, tile=tile, tile_overlap=tile_overlap,

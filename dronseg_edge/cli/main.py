@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     """
     previous = _stop_like_ctrl_c()
     try:
-        code = app(args=argv, prog_name="dronseg-edge", standalone_mode=False)
+        code = app(args=_bare_checks_json(sys.argv[1:] if argv is None else list(argv)), prog_name="dronseg-edge",
+                   standalone_mode=False)
     except DronsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -72,6 +73,15 @@ def main(argv: list[str] | None = None) -> None:
     if code == 130:  # typer turns Ctrl-C outside our handlers into exit code 130
         print("interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _bare_checks_json(argv: list[str]) -> list[str]:
+    """`checks --json` with no FILE, its spelling from before --json took one everywhere: JSON on standard output."""
+    if argv[:1] == ["checks"] and "--json" in argv:
+        at = argv.index("--json") + 1
+        if at == len(argv) or (argv[at].startswith("-") and argv[at] != "-"):
+            return [*argv[:at], "-", *argv[at:]]
+    return argv
 
 
 def _interrupt(signum, _frame) -> None:

@@ -1,13 +1,18 @@
 """Output paths checked before a command starts work: an unwritable ``--out`` is one line and exit
-code 2 at once, not a failure after minutes of training, exporting or measuring."""
+code 2 at once, not a failure after minutes of training, exporting or measuring. ``--json FILE``
+(``-``: standard output) is the same for every command: :func:`json_out`."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
 
+import typer
+
+from dronseg_edge.atomic import json_safe, write_json_atomic
 from dronseg_edge.errors import DronsegError
 
 
@@ -68,3 +73,27 @@ def check_out_file(path: os.PathLike | str, option: str) -> Path:
     if _is_dir(folder):
         raise DronsegError(f"{option} {path}: folder {folder} is not writable ({reason}); choose another path")
     raise DronsegError(f"{option} {path}: cannot create its folder {folder} ({reason}); choose another path")
+
+
+STDOUT = Path("-")  # --json -: the JSON document on standard output
+
+
+def check_json_out(path: Path | None) -> None:
+    """Refuse a ``--json`` file that cannot be written, before any work (``-`` is standard output)."""
+    if path is not None and path != STDOUT:
+        check_out_file(path, "--json")
+
+
+def text_out(json_path: Path | None):
+    """Where a command's text goes: standard output, or standard error while ``--json -`` takes standard output."""
+    return lambda text: typer.echo(text, err=json_path == STDOUT)
+
+
+def json_out(path: Path | None, document, save=None) -> None:
+    """``--json``: ``document`` printed on standard output (``-``), or written to ``path`` (by ``save(path)``
+    when given, else atomically) and the file named; nothing without ``--json``."""
+    if path == STDOUT:
+        typer.echo(json.dumps(json_safe(document), indent=2, default=str))
+    elif path is not None:
+        save(path) if save is not None else write_json_atomic(path, document)
+        typer.echo(f"wrote {path}")

@@ -7,36 +7,43 @@ outside the frame are labelled IGNORE_INDEX so no loss is computed on them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torchvision import tv_tensors
-from torchvision.transforms import v2
+from typing import TYPE_CHECKING
 
 from dronseg_edge.classes import IGNORE_INDEX
+from dronseg_edge.option_fields import option
+
+if TYPE_CHECKING:  # torch and torchvision are imported where used: `train --help` reads AugmentConfig without them
+    import torch
+    from torchvision.transforms import v2
 
 
 @dataclass
 class AugmentConfig:
-    """Probabilities and magnitudes; ``enabled=False`` (or all zeros) gives the identity."""
+    """Probabilities and magnitudes; ``enabled=False`` (or all zeros) gives the identity. The fields
+    with help text are `train` options (option_fields.py)."""
 
-    enabled: bool = True
-    hflip: float = 0.5
-    scale: float = 0.25  # random scale in [1 - scale, 1 + scale]
-    shift: float = 0.1  # fraction of width/height
-    rotate: float = 10.0  # degrees
+    enabled: bool = option(True, "Augment the training images (the options below).", names=("--augment",))
+    hflip: float = option(0.5, "Horizontal flip probability.")
+    scale: float = option(0.25, "Random scale range +- (images scaled by 1 - scale .. 1 + scale).")
+    shift: float = option(0.1, "Random shift, share of the width and height.")
+    rotate: float = option(10.0, "Random rotation, degrees.")
     affine_p: float = 0.7
-    brightness: float = 0.25
+    brightness: float = option(0.25, "Brightness, contrast and saturation jitter.", names=("--color",),
+                               also=("contrast", "saturation"))
     contrast: float = 0.25
     saturation: float = 0.25
     hue: float = 0.02
     color_p: float = 0.8
-    blur_p: float = 0.1
-    noise_p: float = 0.1
+    blur_p: float = option(0.1, "Gaussian blur probability.")
+    noise_p: float = option(0.1, "Gaussian noise probability.")
     noise_std: float = 8.0  # in uint8 grey levels
 
 
 def build_train_transform(cfg: AugmentConfig) -> v2.Transform | None:
     """The training pipeline, or None when augmentation is off."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
     if not cfg.enabled:
         return None
     steps: list[v2.Transform] = []
@@ -61,6 +68,9 @@ def build_train_transform(cfg: AugmentConfig) -> v2.Transform | None:
 def apply_train_transform(transform: v2.Transform | None, image: torch.Tensor, mask: torch.Tensor,
                           cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment an (image (3,H,W) uint8, mask (H,W) uint8) pair; noise is added here (v2's noise is float-only)."""
+    import torch
+    from torchvision import tv_tensors
+
     if transform is None:
         return image, mask
     out_image, out_mask = transform(tv_tensors.Image(image), tv_tensors.Mask(mask.unsqueeze(0)))

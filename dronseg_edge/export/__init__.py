@@ -14,28 +14,18 @@ Public API::
 Runtime are imported only when used, so this package imports without them.
 """
 
-from dronseg_edge.export.artifact import (
-    ExportResult,
-    artifact_path,
-    default_out_dir,
-    export_artifact,
-    reusable_artifact,
-)
-from dronseg_edge.export.options import EXPORT_PRECISIONS, FORMATS, ExportOptions
-from dronseg_edge.export.parity import check_parity
-from dronseg_edge.export.parity_report import ParityReport, ParityThresholds, parity_report_path
+import importlib
 
-__all__ = [
-    "EXPORT_PRECISIONS",
-    "FORMATS",
-    "ExportOptions",
-    "ExportResult",
-    "ParityReport",
-    "ParityThresholds",
-    "artifact_path",
-    "check_parity",
-    "default_out_dir",
-    "export_artifact",
-    "parity_report_path",
-    "reusable_artifact",
-]
+# Imported when first used: the CLI reads ExportOptions for --help without torch.
+_WHERE = {**dict.fromkeys(("ExportResult", "artifact_path", "default_out_dir", "export_artifact", "reusable_artifact"),
+                          "dronseg_edge.export.artifact"),
+          **dict.fromkeys(("EXPORT_PRECISIONS", "FORMATS", "ExportOptions"), "dronseg_edge.export.options"),
+          "check_parity": "dronseg_edge.export.parity",
+          **dict.fromkeys(("ParityReport", "ParityThresholds", "parity_report_path"), "dronseg_edge.export.parity_report")}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'dronseg_edge.export' has no attribute {name!r}")

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from dronseg_edge.devices import DEVICE
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.export.parity_report import ParityThresholds
 from dronseg_edge.metadata import HEADS, IO_MODES
+from dronseg_edge.option_fields import option
+from dronseg_edge.sizes import parse_size
+
+if TYPE_CHECKING:  # the CLI reads these options for --help without torch
+    import torch
+
+    from dronseg_edge.export.parity_report import ParityThresholds
 
 FORMATS = ("onnx", "engine", "triton")  # triton: a Triton model repository around the ONNX file (or engine)
 TRITON_BACKENDS = ("onnxruntime", "tensorrt")  # export.triton serves model.onnx or model.plan
@@ -25,64 +31,89 @@ CALIB_IMAGES = 32
 PARITY_IMAGES = 16
 BUILDER_OPT_LEVELS = range(0, 6)  # TensorRT's builder optimisation levels 0..5 (TensorRT's default: 3)
 DLA_PRECISIONS = ("fp16", "int8")  # DLA has no fp32 kernels
+# The options that only a TensorRT build reads (the CLI refuses them for an export that builds none).
+ENGINE_OPTIONS = {"dla_core": "--dla-core", "builder_opt_level": "--builder-opt-level", "min_shape": "--min-shape",
+                  "opt_shape": "--opt-shape", "max_shape": "--max-shape", "timing_cache": "--timing-cache"}
+SHAPE_HELP = ("--dynamic engines: the {} input shape of TensorRT's optimisation profile (trtexec --{}Shapes), as "
+              "BATCHxWIDTHxHEIGHT of the model input (--io frames: of the frames), e.g. 1x320x192.")
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``'4x1280x720'`` -> (batch, width, height), the way --size writes a size with the batch in front."""
+    batch, _, size = str(text).strip().partition("x")
+    if not batch.strip().isdigit() or int(batch) < 1:
+        raise DronsegError(f"shape {text!r} is not BATCHxWIDTHxHEIGHT: write it like 1x320x192")
+    return (int(batch), *parse_size(size, f"the size in shape {text!r}"))
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """How to export a checkpoint; every field has the CLI's default. Invalid values raise DronsegError.
-
-    ``size`` is (width, height) in pixels, None for the training size. ``batch`` is the fixed batch,
-    or with ``dynamic`` the batch engines are tuned for. ``calib_*`` apply to int8 only. ``thresholds``
-    None means the precision's defaults. ``out_dir`` None means ``RUN/export`` (or beside a bare
-    checkpoint). ``triton_backend`` (``fmt='triton'`` only): ``onnxruntime`` serves the ONNX file,
-    ``tensorrt`` an engine built here. ``reuse``: return an existing file of the same name made from the same checkpoint
-    with the same options instead of exporting again (the engine path and ``bench --matrix`` use it).
-    ``io='frames'``: pre- and post-processing inside the graph (export/embedded.py): uint8 BGR
-    frames in at ``source_size`` (W, H; None: ``size``, or any size with ``dynamic``), the uint8
-    class map at that size out, plus a uint8 confidence map with ``confidence``.
-    ``dla_core`` (engines): build for that DLA core of a Jetson, with GPU fallback for the layers DLA
-    lacks; ``builder_opt_level`` (engines): TensorRT's builder optimisation level 0..5, None for its
-    default. Whether this machine has DLA is checked when the engine is built (export/tensorrt.py).
+    """How to export a checkpoint; the fields with help text are `export`'s options (option_fields.py), the
+    rest: ``fmt`` (onnx | engine | triton), ``thresholds`` (None: the precision's), ``reuse`` (return an
+    existing file of the same name made from the same checkpoint with the same options; the engine path
+    and ``bench --matrix`` use it). Sizes are (width, height), shapes (batch, width, height); a None size
+    is the training size. Invalid values raise DronsegError.
     """
 
     fmt: str = "onnx"
-    precision: str = "fp32"
-    size: tuple[int, int] | None = None
-    batch: int = 1
-    dynamic: bool = False
-    opset: int | None = None
-    head: str = "logits"
-    calib_data: Path | None = None
-    calib_method: str = DEFAULT_CALIBRATION_METHOD
-    calib_images: int = CALIB_IMAGES
-    parity: bool = True
-    parity_data: Path | None = None
-    parity_images: int = PARITY_IMAGES
+    precision: str = option("fp32", "fp32, fp16 or int8 (Q/DQ, calibrated on real images).")
+    size: tuple[int, int] | None = option(None, "Input WxH.", parse=parse_size, default_text="the training size")
+    batch: int = option(1, "Fixed batch size (with --dynamic: the batch engines are tuned for).")
+    dynamic: bool = option(False, "Dynamic batch, height and width (static is faster).")
+    opset: int | None = option(None, "ONNX opset.", default_text="17")
+    head: str = option("logits", "logits (N,C,H,W) or argmax (N,H,W uint8 class map).")
+    calib_data: Path | None = option(None, "int8 calibration images: dataset root or image folder.",
+                                     default_text="the checkpoint's validation split")
+    calib_method: str = option(DEFAULT_CALIBRATION_METHOD, "int8: percentile or minmax.")
+    calib_images: int = option(CALIB_IMAGES, "int8: at most this many calibration images.")
+    parity: bool = option(True, "Check the artifact against the checkpoint.")
+    parity_data: Path | None = option(None, "Parity images: dataset root or image folder.",
+                                      default_text="the checkpoint's validation split")
+    parity_images: int = option(PARITY_IMAGES, "Parity: at most this many images.")
     thresholds: ParityThresholds | None = None
-    out_dir: Path | None = None
-    workspace_gib: float = 4.0
-    device: str | torch.device = "auto"
+    out_dir: Path | None = option(None, "Output folder.", names=("--out",), default_text="RUN/export, or beside the checkpoint")
+    workspace_gib: float = option(4.0, "TensorRT builder workspace limit, GiB.", names=("--workspace-gib",),
+                                  aliases=("--workspace",))
+    device: str | torch.device = option("auto", DEVICE, help=DEVICE.help + " Engines need a GPU.")
     reuse: bool = False
-    triton_backend: str = "onnxruntime"
-    io: str = "tensors"
-    source_size: tuple[int, int] | None = None
-    confidence: bool = False
-    dla_core: int | None = None
-    builder_opt_level: int | None = None
+    triton_backend: str = option("onnxruntime", "--format triton: onnxruntime (model.onnx) or tensorrt (model.plan "
+                                                "built here: needs TensorRT).")
+    io: str = option("tensors", "tensors: normalised float NCHW in, logits (or --head argmax) out; frames: "
+                                "pre/post-processing inside the graph: uint8 BGR NHWC frames in, uint8 class map at "
+                                "the frame's size out.")
+    source_size: tuple[int, int] | None = option(None, "--io frames: the frames' WxH.", parse=parse_size,
+                                                 default_text="the model input size; --dynamic: any size")
+    confidence: bool = option(False, "--io frames: a second output, uint8 confidence (max softmax x 255).")
+    dla_core: int | None = option(None, "Engines: run the layers DLA supports on this DLA core of a Jetson (AGX Orin: "
+                                        "0 or 1), the rest on the GPU; fp16/int8, fixed shapes, TensorRT 10.x or "
+                                        "11.4.1+.", default_text="the GPU only")
+    builder_opt_level: int | None = option(None, "Engines: TensorRT builder optimisation level 0..5 (higher builds "
+                                                 "longer, may run faster).", default_text="TensorRT's, 3")
+    min_shape: tuple[int, int, int] | None = option(None, SHAPE_HELP.format("smallest", "min"), parse=parse_shape,
+                                                    default_text="1 x 64 x 64 (smaller model inputs: theirs)")
+    opt_shape: tuple[int, int, int] | None = option(None, SHAPE_HELP.format("tuned-for", "opt"), parse=parse_shape,
+                                                    default_text="--batch x the model input")
+    max_shape: tuple[int, int, int] | None = option(None, SHAPE_HELP.format("largest", "max"), parse=parse_shape,
+                                                    default_text="max(--batch, 4) x the model input; frames: at least 1920x1080")
+    timing_cache: Path | None = option(None, "Engines: TensorRT timing cache to read and update (trtexec "
+                                             "--timingCacheFile); builds on the same GPU and TensorRT reuse its timings.",
+                                       metavar="FILE", default_text="~/.cache/dronseg-edge/tensorrt/, per GPU and version")
+    trt_verbose: bool = option(False, "Engines: log the TensorRT build at VERBOSE severity (trtexec --verbose).")
 
     def __post_init__(self) -> None:
         # Normalised here so that equal options compare equal (a list size, a str path, a numpy int).
         for name, convert in (("batch", int), ("calib_images", int), ("parity_images", int),
                               ("workspace_gib", float), ("dynamic", bool), ("parity", bool), ("reuse", bool),
-                              ("confidence", bool)):
+                              ("confidence", bool), ("trt_verbose", bool)):
             object.__setattr__(self, name, convert(getattr(self, name)))
-        for name in ("calib_data", "parity_data", "out_dir"):
+        for name in ("calib_data", "parity_data", "out_dir", "timing_cache"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         if self.size is not None:
             object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
-        if self.source_size is not None:
-            object.__setattr__(self, "source_size", (int(self.source_size[0]), int(self.source_size[1])))
+        for name in ("source_size", "min_shape", "opt_shape", "max_shape"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(int(value) for value in getattr(self, name)))
         for name in ("dla_core", "builder_opt_level"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, int(getattr(self, name)))
@@ -100,13 +131,13 @@ class ExportOptions:
         if self.batch < 1:
             raise DronsegError(f"--batch {self.batch} must be 1 or more")
         if not self.workspace_gib > 0:
-            raise DronsegError(f"--workspace {self.workspace_gib:g} must be a positive number of GiB")
+            raise DronsegError(f"--workspace-gib {self.workspace_gib:g} must be a positive number of GiB")
         # Only int8 calibrates: a method given with fp32/fp16 is unused, as the CLI always passes one.
         if self.precision == "int8" and self.calib_method not in CALIBRATION_METHODS:
             raise DronsegError(f"--calib-method {self.calib_method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
-        for option, value in (("--calib-images", self.calib_images), ("--parity-images", self.parity_images)):
+        for flag, value in (("--calib-images", self.calib_images), ("--parity-images", self.parity_images)):
             if value < 1:
-                raise DronsegError(f"{option} {value} must be 1 or more")
+                raise DronsegError(f"{flag} {value} must be 1 or more")
         self._validate_io()
         self._validate_engine()
 
@@ -116,6 +147,10 @@ class ExportOptions:
         if self.builder_opt_level is not None and self.builder_opt_level not in BUILDER_OPT_LEVELS:
             raise DronsegError(f"--builder-opt-level {self.builder_opt_level} is not one of 0..5 "
                                "(higher: longer builds, maybe faster engines; TensorRT's default is 3)")
+        self._validate_profile()
+        if self.timing_cache is not None and self.timing_cache.is_dir():
+            raise DronsegError(f"--timing-cache {self.timing_cache} is a folder: give a file name, e.g. "
+                               f"{self.timing_cache / 'timing.cache'}")
         if self.dla_core is None:
             return
         if self.dla_core < 0:
@@ -134,9 +169,9 @@ class ExportOptions:
         if self.io not in IO_MODES:
             raise DronsegError(f"--io {self.io!r} is not one of {', '.join(IO_MODES)}")
         if self.io == "tensors":
-            for option, given in (("--source-size", self.source_size is not None), ("--confidence", self.confidence)):
+            for flag, given in (("--source-size", self.source_size is not None), ("--confidence", self.confidence)):
                 if given:
-                    raise DronsegError(f"{option} needs --io frames (pre/post-processing inside the graph); "
+                    raise DronsegError(f"{flag} needs --io frames (pre/post-processing inside the graph); "
                                        "drop it for a --io tensors export")
             return
         if self.source_size is not None and self.dynamic:
@@ -149,3 +184,21 @@ class ExportOptions:
                                "(argmax inside it); drop --head")
         if self.fmt == "triton":
             raise DronsegError("--format triton with --io frames is not supported yet: export --format onnx or engine")
+
+    def _validate_profile(self) -> None:
+        """--min/--opt/--max-shape: for --dynamic engines, each side of min <= opt <= max where both are
+        given (the defaults, which depend on the model, are filled in and checked by export/tensorrt.py)."""
+        given = {name: getattr(self, name) for name in ("min_shape", "opt_shape", "max_shape") if getattr(self, name)}
+        if given and not self.dynamic:
+            raise DronsegError(f"--{next(iter(given)).replace('_', '-')} shapes the profile of a --dynamic engine; a "
+                               "static engine has one shape: add --dynamic, or set it with --batch and --size")
+        names = list(given)
+        for low, high in zip(names, names[1:]):
+            if any(a > b for a, b in zip(given[low], given[high])):
+                raise DronsegError(f"--{low.replace('_', '-')} {_shape(given[low])} is larger than "
+                                   f"--{high.replace('_', '-')} {_shape(given[high])} on some side: each of batch, "
+                                   "width and height must grow from --min-shape to --opt-shape to --max-shape")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))

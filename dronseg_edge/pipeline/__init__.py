@@ -2,11 +2,33 @@
 
 ``Segmenter(model).predict(frame)`` / ``.stream(source)`` is the Python API; ``run_inference``
 adds the threaded writers (overlay video, mask PNGs, stats) that ``dronseg-edge infer`` uses.
+The names below are imported when first used, so that the CLI reads ``RunOptions`` without OpenCV.
 """
 
-from dronseg_edge.pipeline.run import RunOptions, RunSummary, run_inference
-from dronseg_edge.pipeline.segmenter import Result, Segmenter
-from dronseg_edge.pipeline.open_source import open_source
-from dronseg_edge.pipeline.sources import FrameRecord, Source
+import importlib
+import sys
+import types
 
-__all__ = ["FrameRecord", "Result", "RunOptions", "RunSummary", "Segmenter", "Source", "open_source", "run_inference"]
+_WHERE = {"RunOptions": "dronseg_edge.pipeline.run_options", "RunSummary": "dronseg_edge.pipeline.run_state",
+          "run_inference": "dronseg_edge.pipeline.run", "Result": "dronseg_edge.pipeline.segmenter",
+          "Segmenter": "dronseg_edge.pipeline.segmenter", "open_source": "dronseg_edge.pipeline.open_source",
+          "FrameRecord": "dronseg_edge.pipeline.sources", "Source": "dronseg_edge.pipeline.sources"}
+__all__ = sorted(_WHERE)
+
+
+class _Package(types.ModuleType):
+    def __getattr__(self, name: str):
+        if name not in _WHERE:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        setattr(self, name, value)
+        return value
+
+    def __setattr__(self, name: str, value) -> None:
+        # open_source.py is named like its function: the import system binds a loaded submodule to the
+        # package's attribute of its name, which must stay the function.
+        if not (name in _WHERE and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -19,14 +19,14 @@ ours come after them and win on the same key.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
 from dataclasses import dataclass
 
-import cv2
-
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.option_fields import option
 
 ENV_VAR = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 RTSP_TRANSPORTS = ("tcp", "udp")
@@ -40,9 +40,16 @@ CUDA_ACCELERATION = 1 << 11
 _ACCELERATION_NAMES = {"VIDEO_ACCELERATION_NONE": "none", "VIDEO_ACCELERATION_ANY": "any",
                        "VIDEO_ACCELERATION_D3D11": "d3d11", "VIDEO_ACCELERATION_VAAPI": "vaapi",
                        "VIDEO_ACCELERATION_MFX": "mfx", "VIDEO_ACCELERATION_DRM": "drm"}
-ACCELERATION_NAMES = {int(getattr(cv2, constant)): name for constant, name in _ACCELERATION_NAMES.items()
-                      if hasattr(cv2, constant)}
-ACCELERATION_NAMES[CUDA_ACCELERATION] = "cuda"
+
+
+@functools.cache
+def acceleration_names() -> dict[int, str]:
+    """CAP_PROP_HW_ACCELERATION values -> names (imports OpenCV: the CLI reads CaptureOptions without it)."""
+    import cv2
+
+    names = {int(getattr(cv2, constant)): name for constant, name in _ACCELERATION_NAMES.items() if hasattr(cv2, constant)}
+    return {**names, CUDA_ACCELERATION: "cuda"}
+
 
 _env_lock = threading.Lock()
 
@@ -52,9 +59,14 @@ class CaptureOptions:
     """How FFmpeg opens a source; checked when made. ``rtsp_transport`` and ``latency_ms`` apply to
     rtsp:// sources only, ``hw_decode`` to video files and streams (``open_source`` says so otherwise)."""
 
-    rtsp_transport: str | None = None  # "tcp" or "udp"; None: OpenCV's default (TCP first)
-    latency_ms: int | None = None  # RTSP reordering delay over UDP; None: FFmpeg's default (100 ms)
-    hw_decode: bool = False
+    rtsp_transport: str | None = option(None, "rtsp:// sources: tcp or udp.",
+                                        default_text="TCP first, as OpenCV asks FFmpeg")
+    latency_ms: int | None = option(None, "rtsp:// sources over UDP: milliseconds FFmpeg holds packets to reorder "
+                                          "them (its max_delay; 0 = none). In a GStreamer pipeline: rtspsrc latency=N.",
+                                    default_text="100")
+    hw_decode: bool = option(False, "Decode video files and URLs on the GPU's decoder through OpenCV's FFmpeg (NVDEC, "
+                                    "else VAAPI; software where this FFmpeg has neither: pip's has neither). "
+                                    "summary.json records which was used.")
 
     def __post_init__(self) -> None:
         if self.rtsp_transport is not None and self.rtsp_transport not in RTSP_TRANSPORTS:
@@ -94,6 +106,8 @@ class CaptureOptions:
 
     def params(self) -> list[int]:
         """``cv2.VideoCapture`` open parameters for hardware decoding (none without it)."""
+        import cv2
+
         return [cv2.CAP_PROP_HW_ACCELERATION, cv2.VIDEO_ACCELERATION_ANY] if self.hw_decode else []
 
 
@@ -127,6 +141,8 @@ def capture_env(value: str | None):
 def open_ffmpeg(target: str, options: CaptureOptions, params: list[int] | tuple = ()):
     """``cv2.VideoCapture(target, CAP_FFMPEG, params + hardware decoding)`` with ``options``' FFmpeg
     settings in the environment for the open; the capture is returned opened or not (the caller checks)."""
+    import cv2
+
     env = options.ffmpeg_options(target, os.environ.get(ENV_VAR))
     all_params = [*params, *options.params()]
     with capture_env(env):
@@ -137,13 +153,15 @@ def open_ffmpeg(target: str, options: CaptureOptions, params: list[int] | tuple 
 
 def acceleration_used(capture) -> str:
     """The decoder's acceleration as OpenCV reports it after the open: none, cuda, vaapi, d3d11, mfx, drm."""
+    import cv2
+
     try:
         value = capture.get(cv2.CAP_PROP_HW_ACCELERATION)
     except cv2.error:
         return "none"
     if value is None or not math.isfinite(value):
         return "none"
-    return ACCELERATION_NAMES.get(int(value), f"unknown ({int(value)})")
+    return acceleration_names().get(int(value), f"unknown ({int(value)})")
 
 
 def hw_decode_record(options: CaptureOptions, capture) -> dict:

@@ -4,7 +4,7 @@ be finished, and the reserve that lets a run on a full disk still finalise its o
 A full disk is the usual way a recording on an edge device ends (a Jetson's eMMC, an SD card).
 Three guards, cheapest first:
 
-- ``DiskFloor`` (``--min-free MB``): checked about once a second by the run; below it the video and
+- ``DiskFloor`` (``--min-free-mb``): checked about once a second by the run; below it the video and
   the per-frame images stop cleanly (files closed and playable) while stats.jsonl continues.
 - ``ensure_room``: before each video frame, the writer checks that the frame and the index still
   fit; FFmpeg never recovers from a failed write (its I/O context refuses every later write, the
@@ -55,7 +55,7 @@ def ensure_room(path: os.PathLike | str, needed: int) -> None:
 
 
 class DiskFloor:
-    """``--min-free``: ``crossed()`` returns a one-line reason once the free space of ``folder`` is below
+    """``--min-free-mb``: ``crossed()`` returns a one-line reason once the free space of ``folder`` is below
     ``min_free_mb`` MB (0 disables), checked at most every ``every_s`` seconds."""
 
     def __init__(self, folder: Path, min_free_mb: float, every_s: float | None = None):
@@ -73,7 +73,7 @@ class DiskFloor:
         free = free_bytes(self.folder)
         if free is None or free >= self.min_free_mb * MB:
             return None
-        return f"disk floor: {free / MB:.1f} MB free on {self.folder}, below --min-free {self.min_free_mb:g} MB"
+        return f"disk floor: {free / MB:.1f} MB free on {self.folder}, below --min-free-mb {self.min_free_mb:g} MB"
 
 
 class SpaceReserve:

@@ -138,7 +138,7 @@ class GStreamerSource(CaptureSource):
     A camera or network pipeline is live and, when it stops, the same pipeline is reopened with
     back-off (as a stream is); a pipeline that reads a file (``filesrc ...``) is recorded: every frame,
     and its end is the run's end. OpenCV has no read timeout for GStreamer, so a pipeline that stalls
-    without an error or end-of-stream holds the reader until ``--max-duration`` or Ctrl-C.
+    without an error or end-of-stream holds the reader until ``--max-duration-s`` or Ctrl-C.
     """
 
     kind = "stream"

@@ -1,96 +1,30 @@
-"""What an inference run is asked to do (:class:`RunOptions`) and what it did (:class:`RunState`,
-rendered as ``summary.json``, whose schema is pipeline/summary.py; :class:`RunSummary` is what
-``run_inference`` returns).
+"""What an inference run did (:class:`RunState`, rendered as ``summary.json``, whose schema is
+pipeline/summary.py; :class:`RunSummary` is what ``run_inference`` returns); what it is asked to do
+is :class:`~.run_options.RunOptions`.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from dronseg_edge import __version__
 from dronseg_edge.devices import device_description
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.media import DEFAULT_MAX_PIXELS, check_max_pixels
-from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.result import LOW_CONFIDENCE, Result
+from dronseg_edge.pipeline.run_options import RunOptions
 from dronseg_edge.pipeline.segmenter import Segmenter
 from dronseg_edge.pipeline.sinks import Sink
 from dronseg_edge.pipeline.source_base import Source
 from dronseg_edge.pipeline.summary import Summary
 from dronseg_edge.pipeline.video_sink import VideoSink
-from dronseg_edge.pipeline.video_writer import VIDEO_CODECS
 from dronseg_edge.sizes import format_size
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "write")
-DEFAULT_MIN_FREE_MB = 500.0  # --min-free: what a Jetson's eMMC needs left for the system to keep running
 SEGMENTER_STAGES = STAGES[1:4]  # timed by the Segmenter, per frame; decode and write by their threads
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """What to write and how to read; checked when made, so a RunOptions is always a valid one.
-
-    ``save_masks=None``: on for image sources, off for videos and streams (a PNG per frame adds
-    up); ``live=None``: on for cameras and streams. ``save_conf``: confidence PNGs in conf/ and the
-    share of low-confidence pixels in stats.jsonl; ``classes``: class names to keep (the Segmenter
-    checks them against the model). Raises DronsegError naming the bad option.
-    """
-
-    out: Path | None = None
-    project: Path = Path("runs/infer")
-    save_video: bool = True
-    save_masks: bool | None = None
-    save_color: bool = False
-    stats: bool = True
-    show: bool = False
-    alpha: float = 0.5
-    live: bool | None = None
-    stride: int = 1
-    max_frames: int | None = None
-    reconnect_s: float = 30.0
-    progress: bool = True
-    queue_size: int = 8
-    codec: str = "auto"
-    max_duration: float | None = None  # seconds of the source (see run_inference)
-    segment_s: float | None = None  # overlay video in files of this many seconds
-    min_free_mb: float = DEFAULT_MIN_FREE_MB  # below this, video and images stop; 0 = never
-    save_conf: bool = False
-    classes: tuple[str, ...] | None = None
-    contact_sheet: bool = False  # contact_sheet.jpg: the first overlays in a captioned grid
-    max_pixels: int = DEFAULT_MAX_PIXELS  # images above it (read from their header) are skipped undecoded
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise DronsegError(f"--alpha {self.alpha} must be between 0 (frame only) and 1 (colours only)")
-        if self.stride < 1:
-            raise DronsegError(f"--stride {self.stride} must be at least 1 (1 = every frame)")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise DronsegError(f"--max-frames {self.max_frames} must be at least 1")
-        if not self.reconnect_s > 0:
-            raise DronsegError(f"--reconnect-s {self.reconnect_s} must be above 0 seconds")
-        for flag, value in (("--max-duration", self.max_duration), ("--segment-s", self.segment_s)):
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise DronsegError(f"{flag} {value} must be above 0 seconds (leave it out for no limit)")
-        if not (math.isfinite(self.min_free_mb) and self.min_free_mb >= 0):
-            raise DronsegError(f"--min-free {self.min_free_mb} must be 0 (no floor) or more MB")
-        if self.classes is not None and not [c for c in self.classes if str(c).strip()]:
-            raise DronsegError("--classes is empty: give one or more class names, e.g. --classes person,car")
-        if self.codec not in VIDEO_CODECS:
-            raise DronsegError(f"--codec {self.codec} is not one of {', '.join(VIDEO_CODECS)}: pick one "
-                               "(auto: H.264 on the GPU's encoder, else the CPU's, else mp4v)")
-        check_max_pixels(self.max_pixels)
-
-    def overlay_plan(self, lut: np.ndarray) -> OverlayPlan | None:
-        """The run's one overlay decision: made for the video (or overlay images) and the window,
-        else not at all, not even on the GPU."""
-        return OverlayPlan(self.alpha, lut) if self.save_video or self.show else None
 
 
 @dataclass

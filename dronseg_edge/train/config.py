@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dronseg_edge.data.augment import AugmentConfig
+from dronseg_edge.devices import DEVICE
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.media import DEFAULT_MAX_PIXELS, check_max_pixels
-from dronseg_edge.train.losses import LOSS_NAMES, WEIGHT_METHODS
+from dronseg_edge.media import DEFAULT_MAX_PIXELS, MAX_PIXELS, check_max_pixels
+from dronseg_edge.option_fields import option, option_group
+from dronseg_edge.sizes import parse_size
 
 SCHEDULERS = ("onecycle", "constant", "poly")
 OPTIMIZERS = ("sgd", "adamw")
@@ -19,63 +21,77 @@ BEST_METRICS = ("miou", "mdice", "competition", "val_loss")
 
 @dataclass
 class TrainConfig:
-    data: str
-    out: str = ""
-    model: str = "deeplabv3_resnet101"
-    weights: str = "coco"
-    aux_loss: bool = False
+    """A training run's settings; the fields with help text are `train`'s options (option_fields.py)."""
+
+    data: str = option("", "Data set root in the Kaggle AeroScapes layout (see `synth`).",
+                       default_text="none: needed for a new run; with --resume the run's own", metavar="DIR")
+    out: str = option("", "Run folder.", default_text="runs/train/expN", metavar="DIR")
+    model: str = option("deeplabv3_resnet101", "deeplabv3_resnet101 | deeplabv3_resnet50 | "
+                                               "deeplabv3_mobilenet_v3_large | lraspp_mobilenet_v3_large")
+    weights: str = option("coco", "coco | imagenet | none | PATH to a .pt/.pth file")
+    aux_loss: bool = option(False, "DeepLabV3 auxiliary head.")
     aux_weight: float = 0.4
-    output_stride: int | None = None  # None: the model's torchvision default (8 for the ResNets, 16 for MobileNetV3)
-    bn_momentum: float | None = None  # None keeps the model's (torchvision MobileNetV3: 0.01)
-    freeze_stages: int = 0
-    unfreeze_epoch: int = 0  # 0: never unfreeze
-    epochs: int = 30
-    batch: int = 4
-    accumulate: int = 1
-    size: tuple[int, int] = (1280, 720)  # (W, H)
-    loss: str = "focal+dice"
-    focal_gamma: float = 2.0
-    focal_alpha: float | None = None
-    focal_weight: float = 1.0
-    dice_weight: float = 1.0
-    dice_smooth: float = 1.0
-    dice_log: bool = False
-    tversky_alpha: float = 0.3
-    tversky_beta: float = 0.7
-    label_smoothing: float = 0.0
-    class_weights: str = "none"  # none | inverse_sqrt | inverse
-    optimizer: str = "sgd"
-    lr: float = 0.01  # peak (max) learning rate
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    scheduler: str = "onecycle"
-    pct_start: float = 0.1
-    div_factor: float = 25.0
-    final_div_factor: float = 1e4
-    poly_power: float = 0.9
-    grad_clip: float = 0.0  # max grad norm; 0 disables
-    amp: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    deterministic: bool = False
-    sync_bn: bool = False
-    device: str = "auto"
-    workers: int = 4
-    val_fraction: float = 0.2
-    seed: int = 0
-    best_metric: str = "miou"
+    output_stride: int | None = option(None, "8 | 16: input / feature-map size of the DeepLabV3 ResNets (16 needs "
+                                             "~3.5x fewer operations: ResNet-101 at 1280x720 238 vs 848 GMACs, with "
+                                             "coarser features). MobileNetV3 models exist at 16 only.",
+                                       default_text="8 for the ResNets, 16 for MobileNetV3")
+    bn_momentum: float | None = option(None, "Override BatchNorm momentum (0.1 for short runs from scratch).",
+                                       default_text="the model's; MobileNetV3 0.01")
+    freeze_stages: int = option(0, "Freeze the first N backbone stages.")
+    unfreeze_epoch: int = option(0, "Unfreeze them from this epoch on (0: never).")
+    epochs: int = option(30, "Training epochs.")
+    batch: int = option(4, "Images per micro-batch (per GPU under torchrun).")
+    accumulate: int = option(1, "Micro-batches per optimiser step.")
+    size: tuple[int, int] = option((1280, 720), "Training size WxH (images are resized to it).", parse=parse_size)
+    loss: str = option("focal+dice", "focal+dice | focal | dice | tversky | ce")
+    focal_gamma: float = option(2.0, "Focal loss focusing exponent (0: cross-entropy).")
+    focal_alpha: float | None = option(None, "Focal loss: a constant weight alpha on every pixel's term.", default_text="off")
+    focal_weight: float = option(1.0, "Weight of focal in focal+dice.")
+    dice_weight: float = option(1.0, "Weight of Dice in focal+dice.")
+    dice_smooth: float = option(1.0, "Dice smoothing added to numerator and denominator.")
+    dice_log: bool = option(False, "-log(dice) instead of 1-dice.")
+    tversky_alpha: float = option(0.3, "Tversky weight of false positives.")
+    tversky_beta: float = option(0.7, "Tversky weight of false negatives.")
+    label_smoothing: float = option(0.0, "Cross-entropy label smoothing.")
+    class_weights: str = option("none", "none | inverse_sqrt | inverse (from the train split's pixel counts)")
+    optimizer: str = option("sgd", "sgd | adamw")
+    lr: float = option(0.01, "Peak learning rate (OneCycle max_lr).")
+    momentum: float = option(0.9, "SGD momentum.")
+    nesterov: bool = option(True, "Nesterov momentum (SGD).")
+    weight_decay: float = option(1e-4, "Weight decay.")
+    scheduler: str = option("onecycle", "onecycle | constant | poly")
+    pct_start: float = option(0.1, "OneCycle warm-up share.")
+    div_factor: float = option(25.0, "OneCycle: initial lr = lr / div_factor.")
+    final_div_factor: float = option(1e4, "OneCycle: final lr = initial lr / final_div_factor.")
+    poly_power: float = option(0.9, "Poly schedule exponent.")
+    grad_clip: float = option(0.0, "Max gradient norm (0: off).")
+    amp: str = option("auto", "auto (bf16 on GPUs that have it, fp16 on older, off on CPU) | fp16 | bf16 | off")
+    channels_last: bool = option(True, "channels_last memory format on CUDA.")
+    compile: bool = option(False, "torch.compile the model.")
+    deterministic: bool = option(False, "Deterministic algorithms (slower; same results run to run).")
+    sync_bn: bool = option(False, "SyncBatchNorm under torchrun.")
+    device: str = option("auto", DEVICE)
+    workers: int = option(4, "DataLoader worker processes.")
+    val_fraction: float = option(0.2, "Share of images in the validation split.")
+    seed: int = option(0, "Random seed (split, weights, augmentation).")
+    best_metric: str = option("miou", "miou | mdice | competition | val_loss: what weights/best.pt is best at")
     val_every: int = 1
-    val_at_start: bool = False  # score the initial weights as "epoch 0" (the baseline training must beat)
-    tensorboard: bool = True
+    val_at_start: bool = option(False, "Score the initial weights as epoch 0 (the baseline training must beat).")
+    tensorboard: bool = option(True, "TensorBoard logs in the run folder.")
     plots: bool = True
-    mosaic_every: int = 5  # validation mosaics (image | truth | prediction) every N epochs and at the end; 0: none
-    max_steps_per_epoch: int = 0  # 0: whole epoch (a cap for smoke runs and benchmarks)
-    save_every_steps: int = 0  # also write weights/last.pt every N optimiser steps mid-epoch; 0: at epoch ends only
-    max_pixels: int | None = None  # images and masks above it are refused (--max-pixels); None: the default, 2^26
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mosaic_every: int = option(5, "Write RUN/mosaics/epoch_N.png (image | truth | prediction of fixed validation "
+                                  "images) every N epochs and after the last (0: never).")
+    max_steps_per_epoch: int = option(0, "Cap optimiser steps per epoch (0: whole epochs; smoke runs).")
+    save_every_steps: int = option(0, "Also write weights/last.pt every N optimiser steps, so --resume after a kill "
+                                      "loses at most N steps (0: at epoch ends only).")
+    max_pixels: int | None = option(None, MAX_PIXELS, default_text=f"{DEFAULT_MAX_PIXELS}; with --resume the run's own")
+    augment: AugmentConfig = option_group(AugmentConfig)
 
     def validate(self) -> "TrainConfig":
+        from dronseg_edge.models import check_arch, check_output_stride  # torch: not for `train --help`
+        from dronseg_edge.train.losses import LOSS_NAMES, WEIGHT_METHODS
+
+        check_output_stride(check_arch(self.model), self.output_stride)
         checks = [
             (self.loss in LOSS_NAMES, f"--loss {self.loss!r}: choose one of {', '.join(LOSS_NAMES)}"),
             (self.scheduler in SCHEDULERS, f"--scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}"),
@@ -92,8 +108,9 @@ class TrainConfig:
             (self.grad_clip >= 0, f"--grad-clip {self.grad_clip}: must be 0 (off) or positive"),
             (self.bn_momentum is None or 0.0 < self.bn_momentum <= 1.0, f"--bn-momentum {self.bn_momentum}: must be in (0, 1]"),
             (self.freeze_stages >= 0, f"--freeze-stages {self.freeze_stages}: must be 0 or more"),
+            (self.unfreeze_epoch >= 0, f"--unfreeze-epoch {self.unfreeze_epoch}: must be 0 (never) or more"),
+            (self.max_steps_per_epoch >= 0, f"--max-steps-per-epoch {self.max_steps_per_epoch}: must be 0 (whole epochs) or more"),
             (self.save_every_steps >= 0, f"--save-every-steps {self.save_every_steps}: must be 0 (epoch ends only) or more"),
-            (self.output_stride in (None, 8, 16), f"--output-stride {self.output_stride}: choose 8 or 16"),
             (self.mosaic_every >= 0, f"--mosaic-every {self.mosaic_every}: must be 0 (no mosaics) or more"),
         ]
         for ok, message in checks:

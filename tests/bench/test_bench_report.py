@@ -1,15 +1,14 @@
 import json
 
-import pytest
 import torch
 
+from dronseg_edge.atomic import write_json_atomic
 from dronseg_edge.bench.report import (SCHEMA, build_document, fmt_ms, latency_table, markdown_document,
-                                       render_table, settings_line, warning_lines, write_json)
+                                       render_table, settings_line, warning_lines)
 from dronseg_edge.bench.run import BenchResult, bench_model
 from dronseg_edge.bench.stats import summarize
 from dronseg_edge.bench.system import system_info
 from dronseg_edge.bench.timing import Measurement, TimingSettings
-from dronseg_edge.errors import DronsegError
 
 
 def fake_result(samples, name="m.onnx", h2d=None):
@@ -57,7 +56,7 @@ def test_json_document_schema(tmp_path, tiny_checkpoint):
     result = bench_model(tiny_checkpoint, torch.device("cpu"), settings)
     run_settings = {"device": "cpu", "size": None, "batch": 1, "precision": None, "cuda_graph": None,
                     "timing": settings.to_dict(), "timer": "perf_counter"}
-    path = write_json(tmp_path / "out" / "bench.json", build_document(system_info(torch.device("cpu")), run_settings, [result]))
+    path = write_json_atomic(tmp_path / "out" / "bench.json", build_document(system_info(torch.device("cpu")), run_settings, [result]))
     doc = json.loads(path.read_text())
     assert [p.name for p in path.parent.iterdir()] == ["bench.json"]  # no temporary file left behind
     assert doc["schema"] == SCHEMA and doc["kind"] == "bench"
@@ -80,22 +79,6 @@ def test_json_document_schema(tmp_path, tiny_checkpoint):
         assert isinstance(latency[key], (int, float)), key
     assert latency["count"] == 3 and latency["min_ms"] <= latency["median_ms"] <= latency["max_ms"]
     assert entry["stages_ms"]["h2d"] is None and entry["stages_ms"]["compute"]["count"] == 3
-
-
-def test_write_json_refuses_a_folder_and_keeps_the_old_file(tmp_path):
-    with pytest.raises(DronsegError, match="is a folder"):
-        write_json(tmp_path, {"a": 1})
-    target = tmp_path / "r.json"
-    target.write_text('{"old": true}')
-
-    class Boom:
-        def __str__(self):
-            raise RuntimeError("cannot serialise")
-
-    with pytest.raises(RuntimeError):
-        write_json(target, {"bad": Boom()})
-    assert json.loads(target.read_text()) == {"old": True}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
 
 def test_settings_line_and_markdown_page():

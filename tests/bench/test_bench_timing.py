@@ -6,7 +6,8 @@ from bench_fakes import FakeBackend, requires_cuda, sleep_backend
 from dronseg_edge.bench import run
 from dronseg_edge.bench.run import (HOST_TIMED_GPU_NOTE, PreparedBench, bench_model, make_input, open_backend,
                                     resolve_bench_device, resolve_shape, run_prepared)
-from dronseg_edge.bench.timing import DEFAULT_MIN_ITERS, TimingSettings, measure, timer_name
+from dronseg_edge.bench.options import DEFAULT_MIN_ITERS
+from dronseg_edge.bench.timing import TimingSettings, measure, timer_name
 from dronseg_edge.devices import Device
 from dronseg_edge.errors import DronsegError
 

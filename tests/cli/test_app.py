@@ -18,9 +18,9 @@ def run(capsys, *args):
 
 @pytest.mark.parametrize("args, words", [
     (["train", "--data", "d", "--epochs", "abc"], "Invalid value for '--epochs'"),
-    (["train", "--data", "d", "--save-every-steps", "-1"], "'--save-every-steps'"),
+    (["train", "--data", "d", "--save-every-steps", "x"], "'--save-every-steps'"),
     (["infer", "m.pt", "video.mp4", "--bogus"], "No such option: --bogus"),
-    (["export"], "Missing argument 'checkpoint'"),
+    (["export"], "Missing argument 'CHECKPOINT'"),
     (["nosuch"], "No such command 'nosuch'"),
 ])
 def test_command_line_mistakes_are_one_line(capsys, args, words):
@@ -103,3 +103,51 @@ def test_a_termination_signal_stops_any_command_like_ctrl_c(tmp_path, signame):
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert not list((tmp_path / "data").rglob(".*.tmp*"))  # no temporary file of an atomic write left
+
+
+COMMANDS = ("synth", "train", "eval", "submit", "export", "parity", "infer", "bench", "checks")
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_option_has_help_and_shows_its_default_and_flags_take_no_value(name, capsys):
+    """Issue 22: one convention for every command, walked through click's own Command objects."""
+    import typer
+    import typer.main
+
+    from dronseg_edge.cli import app
+
+    command = typer.main.get_command(app).commands[name]
+    for param in command.get_params(typer.Context(command, info_name=name)):
+        label = f"{name} {(param.opts or [param.name])[0]}"
+        if param.hidden or label.endswith("--help"):
+            continue
+        assert param.help, f"{label} has no help text"
+        if param.param_type_name == "argument":
+            assert param.required and param.metavar == param.metavar.upper(), f"{label}: a required argument, in capitals"
+            continue
+        assert param.required or isinstance(param.show_default, str) or (param.show_default and param.default is not None), \
+            f"{label} shows no default: give it one, or show_default/default_text saying what none means"
+        if param.is_flag:
+            assert param.secondary_opts, f"{label}: a flag comes with its negative (--x/--no-x)"
+    code, out, _err = run(capsys, name, "-h")
+    usage = next(line for line in out.splitlines() if "Usage:" in line)
+    assert code == 0 and "<bool>" not in out and "{" not in usage and "[OPTIONS]" in usage, usage
+
+
+def test_a_flag_takes_no_value(capsys):
+    code, out, err = run(capsys, "infer", "m.onnx", "clip.mp4", "--half", "true")
+    assert code == 2 and "unexpected extra argument" in err and "(true)" in err
+
+
+def test_checks_json_without_a_file_still_prints_json(capsys):
+    """`--json FILE` everywhere ('-': standard output); `checks --json` alone keeps its old meaning."""
+    import json
+
+    from dronseg_edge.cli.main import _bare_checks_json
+
+    assert _bare_checks_json(["checks", "--json"]) == ["checks", "--json", "-"]
+    assert _bare_checks_json(["checks", "--json", "-h"]) == ["checks", "--json", "-", "-h"]
+    assert _bare_checks_json(["checks", "--json", "c.json"]) == ["checks", "--json", "c.json"]
+    assert _bare_checks_json(["eval", "--json"]) == ["eval", "--json"]  # FILE is needed there: no guessing
+    code, out, err = run(capsys, "checks", "--json")
+    assert isinstance(json.loads(out), list) and "checks: " in err  # the lines go to stderr

@@ -17,7 +17,7 @@ from pipeline_media import scene, write_video  # noqa: E402
 
 from dronseg_edge.cli import main  # noqa: E402
 from dronseg_edge.pipeline import gstreamer  # noqa: E402
-from dronseg_edge.pipeline.capture_options import ACCELERATION_NAMES  # noqa: E402
+from dronseg_edge.pipeline.capture_options import acceleration_names  # noqa: E402
 from dronseg_edge.pipeline.video_writer import _import_av  # noqa: E402
 
 HAVE_AV = _import_av() is not None
@@ -129,9 +129,9 @@ def test_half_on_cpu_is_a_warning(tiny_checkpoint, media, tmp_path, capsys):
     ("stride", "--stride"),
     ("codec", "--codec x265 is not one of auto, h264"),
     ("live_batch", "cannot be used with --live"),
-    ("max_duration", "--max-duration 0.0 must be above 0 seconds"),
+    ("max_duration", "--max-duration-s 0.0 must be above 0 seconds"),
     ("segment_s", "--segment-s -1.0 must be above 0 seconds"),
-    ("min_free", "--min-free -1.0 must be 0 (no floor) or more MB"),
+    ("min_free", "--min-free-mb -1.0 must be 0 (no floor) or more MB"),
     ("show", "--show needs OpenCV with a GUI"),
     ("cuda", "no CUDA GPU"),
     ("classes", "--classes ufo: tiny.pt has no such class; its classes are background, person, bike"),
@@ -175,11 +175,11 @@ def test_bad_input_gives_one_error_line(case, message, tiny_checkpoint, media, t
     elif case == "live_batch":
         extra += ["--live", "--batch", "2"]
     elif case == "max_duration":
-        extra += ["--max-duration", "0"]
+        extra += ["--max-duration-s", "0"]
     elif case == "segment_s":
         extra += ["--segment-s", "-1"]
     elif case == "min_free":
-        extra += ["--min-free", "-1"]
+        extra += ["--min-free-mb", "-1"]
     elif case == "show":
         extra += ["--show"]
     elif case == "cuda":
@@ -199,7 +199,7 @@ def test_tiles_confidence_and_a_class_filter_from_the_command_line(tiny_checkpoi
     out_dir = tmp_path / "run"
     code, out, err = run_cli(capsys, tiny_checkpoint, media["video"], "--out", out_dir, "--device", "cpu",
                              "--max-frames", "2", "--tile", "on", "--tile-overlap", "0.5", "--save-conf",
-                             "--classes", "car,road", "--save-masks")
+                             "--classes", "3,road", "--save-masks")  # car by its index, as Ultralytics users write it
     assert code == 0, err
     assert "Tiled: 2 of 2 frames in windows of 96x64 (--tile on, overlap 0.5)" in out
     assert sorted(p.name for p in (out_dir / "conf").iterdir()) == ["000000.png", "000001.png"]
@@ -216,19 +216,13 @@ def test_help_lists_the_exit_codes_and_the_recording_bounds(capsys):
         main(["infer", "-h"])
     out = " ".join(capsys.readouterr().out.split())
     assert exit_info.value.code == 0
-    for words in ("--max-duration", "--segment-s", "--min-free", "Exit codes: 0 finished", "2 usage or configuration",
+    for words in ("--max-duration-s", "--segment-s", "--min-free-mb", "Exit codes: 0 finished", "2 usage or configuration",
                   "3 a backend is missing", "5 runtime failure a restart may cure", "130 interrupted"):
         assert words in out, words
 
 
-def test_the_cli_default_floor_is_the_run_options_default():
-    from dronseg_edge.cli.infer_cmd import DEFAULT_MIN_FREE_MB
-    from dronseg_edge.pipeline import RunOptions
-
-    assert DEFAULT_MIN_FREE_MB == RunOptions().min_free_mb
-
-
 def test_bounded_recording_from_the_command_line(tiny_checkpoint, media, tmp_path, capsys):
+    """Through the old spellings of --max-duration-s and --min-free-mb, which still work."""
     out_dir = tmp_path / "run"
     code, out, err = run_cli(capsys, tiny_checkpoint, media["video"], "--out", out_dir, "--device", "cpu",
                              "--max-duration", "0.3", "--segment-s", "0.1", "--min-free", "0")
@@ -237,7 +231,7 @@ def test_bounded_recording_from_the_command_line(tiny_checkpoint, media, tmp_pat
     assert (summary["frames"], summary["stopped"], summary["min_free_mb"]) == (9, "max_duration", 0.0)
     assert [s["frames"] for s in summary["video_segments"]] == [3, 3, 3]
     assert "Video: 3 segments of 0.1 s (overlay_00000.mp4 ... overlay_00002.mp4)" in out
-    assert "Stopped: --max-duration reached" in out
+    assert "Stopped: --max-duration-s reached" in out
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -268,7 +262,7 @@ def test_hw_decode_is_recorded_in_the_summary(flag, requested, tiny_checkpoint, 
     assert code == 0, err
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["hw_decode"]["requested"] is requested and summary["frames"] == 2
-    assert summary["hw_decode"]["used"] in ACCELERATION_NAMES.values()  # "none" with pip's FFmpeg
+    assert summary["hw_decode"]["used"] in acceleration_names().values()  # "none" with pip's FFmpeg
 
 
 @pytest.mark.parametrize("source, kind, pipeline_part", [

@@ -31,7 +31,7 @@ def test_defaults_are_the_cli_defaults_and_values_are_normalised(tmp_path):
     ({"precision": "bf16"}, "--precision 'bf16' is not one of fp32, fp16, int8"),
     ({"head": "softmax"}, "--head 'softmax' is not one of logits, argmax"),
     ({"batch": 0}, "--batch 0 must be 1 or more"),
-    ({"workspace_gib": 0}, "--workspace 0 must be a positive number of GiB"),
+    ({"workspace_gib": 0}, "--workspace-gib 0 must be a positive number of GiB"),
     ({"calib_images": 0}, "--calib-images 0 must be 1 or more"),
     ({"parity_images": -1}, "--parity-images -1 must be 1 or more"),
     ({"precision": "int8", "calib_method": "entropy"}, "--calib-method 'entropy' is not one of minmax, percentile"),

@@ -1,4 +1,4 @@
-"""The disk-space guards of a run: the --min-free floor, the room a video keeps, the reserve."""
+"""The disk-space guards of a run: the --min-free-mb floor, the room a video keeps, the reserve."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_the_floor_names_the_folder_the_free_space_and_the_option(tmp_path, monk
     assert DiskFloor(tmp_path, 100).crossed() is None
     assert DiskFloor(tmp_path, 0).crossed() is None  # 0: no floor
     floor = DiskFloor(tmp_path, 500, every_s=60)
-    assert floor.crossed() == f"disk floor: 123.4 MB free on {tmp_path}, below --min-free 500 MB"
+    assert floor.crossed() == f"disk floor: 123.4 MB free on {tmp_path}, below --min-free-mb 500 MB"
     assert floor.crossed() is None  # asked again within every_s: not checked again
 
 

@@ -188,7 +188,7 @@ def test_below_the_disk_floor_video_and_masks_stop_and_stats_go_on(segmenter, vi
     out = tmp_path / "run"
     summary = run_inference(segmenter, video_path, RunOptions(out=out, save_masks=True, progress=False)).data
     assert summary["error"] is None and summary["stopped"] == "end"  # the run itself goes on: exit code 0
-    assert summary["video_stopped"].startswith(f"disk floor: 400.0 MB free on {out}, below --min-free 500 MB")
+    assert summary["video_stopped"].startswith(f"disk floor: 400.0 MB free on {out}, below --min-free-mb 500 MB")
     written = summary["frames_written"]
     assert written["stats"] == summary["frames"] == 24 and 0 < written["video"] == written["masks"] < 24
     assert summary["video_frames"] == written["video"]

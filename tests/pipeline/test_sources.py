@@ -12,7 +12,7 @@ from pipeline_media import read_video, rotate_video, scene, write_vfr_video, wri
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline import sources
-from dronseg_edge.pipeline.capture_options import ACCELERATION_NAMES, CUDA_ACCELERATION, ENV_VAR, CaptureOptions
+from dronseg_edge.pipeline.capture_options import CUDA_ACCELERATION, ENV_VAR, CaptureOptions, acceleration_names
 from dronseg_edge.pipeline.open_source import open_source
 from dronseg_edge.pipeline.sources import (CameraSource, FrameRecord, FramesSource, ImageSource, StreamSource,
                                            VideoSource)
@@ -263,7 +263,7 @@ def test_hw_decode_opens_a_video_and_records_the_acceleration_used(video_path):
     with open_source(video_path) as software:
         expected = list(software.frames())
     assert software.hw_decode == {"requested": False, "used": "none"}
-    assert source.hw_decode["requested"] and source.hw_decode["used"] in ACCELERATION_NAMES.values()
+    assert source.hw_decode["requested"] and source.hw_decode["used"] in acceleration_names().values()
     assert len(records) == 24 and {r.frame.shape for r in records} == {(80, 128, 3)}
     if source.hw_decode["used"] == "none":  # pip's FFmpeg has no hardware decoder: the same software decode
         assert all(np.array_equal(r.frame, e.frame) for r, e in zip(records, expected))

@@ -1,0 +1,99 @@
+"""What an inference run is asked to do: :class:`RunOptions`, the options of ``infer`` besides the
+model's and the source's (option_fields.py: each field is its command-line option)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.media import DEFAULT_MAX_PIXELS, MAX_PIXELS, check_max_pixels
+from dronseg_edge.option_fields import option
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from dronseg_edge.pipeline.overlay import OverlayPlan
+
+DEFAULT_MIN_FREE_MB = 500.0  # --min-free-mb: what a Jetson's eMMC needs left for the system to keep running
+
+
+def class_list(text: str) -> tuple[str | int, ...]:
+    """``--classes person,3``: class names, or class indices (as Ultralytics takes them)."""
+    return tuple(int(item) if item.strip().isdigit() else item for item in str(text).split(","))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What to write and how to read; checked when made, so a RunOptions is always a valid one.
+
+    ``classes``: class names or indices to keep (the Segmenter checks them against the model). Raises
+    DronsegError naming the bad option.
+    """
+
+    out: Path | None = option(None, "Output folder; never overwrites.", default_text="runs/infer/expN")
+    project: Path = Path("runs/infer")
+    save_video: bool = option(True, "Overlay video (H.264 mp4, see --codec; for image sources overlay/ JPEGs).")
+    save_masks: bool | None = option(None, "Class-index mask PNGs in masks/.", default_text="on for images only")
+    save_color: bool = option(False, "Colour mask PNGs in color/.")
+    stats: bool = option(True, "Per-frame class shares in stats.jsonl.")
+    show: bool = option(False, "Show the overlay in a window (q or Esc stops).")
+    alpha: float = option(0.5, "Opacity of the class colours over the frame, 0..1.")
+    live: bool | None = option(None, "Process only the newest frame, dropping stale ones.",
+                               default_text="on for cameras and streams")
+    stride: int = option(1, "Process every N-th frame.")
+    max_frames: int | None = option(None, "Stop after this many frames.", default_text="no limit")
+    reconnect_s: float = option(30.0, "Seconds to keep reopening a stream that stopped.")
+    progress: bool = option(True, "Progress bar on a terminal.")
+    queue_size: int = 8
+    codec: str = option("auto", "Overlay video encoder: auto (h264_nvenc, else libx264, else mp4v), h264, h264_nvenc, "
+                                "libx264, mp4v or hevc. H.264/H.265 need the `video` extra (PyAV).")
+    max_duration: float | None = option(None, "Stop after this many seconds of the source: a video's own timeline, a "
+                                              "camera's or stream's wall clock (images: the run's).",
+                                        names=("--max-duration-s",), aliases=("--max-duration",), default_text="no limit")
+    segment_s: float | None = option(None, "Write the overlay video as overlay_00000.mp4, overlay_00001.mp4, ... of "
+                                           "this many seconds each, each playable once written (summary.json lists "
+                                           "them).", default_text="one file")
+    min_free_mb: float = option(DEFAULT_MIN_FREE_MB, "MB of free disk under --out below which the video and images "
+                                                     "stop cleanly while stats.jsonl continues; 0 = no floor.",
+                                names=("--min-free-mb",), aliases=("--min-free",))
+    save_conf: bool = option(False, "Confidence PNGs in conf/ (uint8 maximum class probability x 255) and each "
+                                    "frame's share of pixels below 0.5 in stats.jsonl (needs logits).")
+    classes: tuple[str | int, ...] | None = option(
+        None, "Keep only these classes, by name or index (person,car or 1,3): other pixels are 255 in masks, left "
+              "uncoloured in the overlay and left out of stats.", parse=class_list, default_text="all")
+    contact_sheet: bool = option(False, "contact_sheet.jpg: the first 48 overlays as captioned thumbnails in one "
+                                        "picture.")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, MAX_PIXELS)  # images above it are skipped undecoded
+
+    def __post_init__(self) -> None:
+        from dronseg_edge.pipeline.video_writer import VIDEO_CODECS  # OpenCV: not for the CLI's --help
+
+        if not 0.0 <= self.alpha <= 1.0:
+            raise DronsegError(f"--alpha {self.alpha} must be between 0 (frame only) and 1 (colours only)")
+        if self.stride < 1:
+            raise DronsegError(f"--stride {self.stride} must be at least 1 (1 = every frame)")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise DronsegError(f"--max-frames {self.max_frames} must be at least 1")
+        if not self.reconnect_s > 0:
+            raise DronsegError(f"--reconnect-s {self.reconnect_s} must be above 0 seconds")
+        for flag, value in (("--max-duration-s", self.max_duration), ("--segment-s", self.segment_s)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise DronsegError(f"{flag} {value} must be above 0 seconds (leave it out for no limit)")
+        if not (math.isfinite(self.min_free_mb) and self.min_free_mb >= 0):
+            raise DronsegError(f"--min-free-mb {self.min_free_mb} must be 0 (no floor) or more MB")
+        if self.classes is not None and not [c for c in self.classes if str(c).strip()]:
+            raise DronsegError("--classes is empty: give one or more class names, e.g. --classes person,car")
+        if self.codec not in VIDEO_CODECS:
+            raise DronsegError(f"--codec {self.codec} is not one of {', '.join(VIDEO_CODECS)}: pick one "
+                               "(auto: H.264 on the GPU's encoder, else the CPU's, else mp4v)")
+        check_max_pixels(self.max_pixels)
+
+    def overlay_plan(self, lut: np.ndarray) -> OverlayPlan | None:
+        """The run's one overlay decision: made for the video (or overlay images) and the window,
+        else not at all, not even on the GPU."""
+        from dronseg_edge.pipeline.overlay import OverlayPlan
+
+        return OverlayPlan(self.alpha, lut) if self.save_video or self.show else None

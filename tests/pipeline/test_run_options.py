@@ -1,0 +1,28 @@
+"""RunOptions: infer's options, checked once when made (the CLI and the Python API alike)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.pipeline.run_options import RunOptions, class_list
+
+
+def test_classes_are_names_or_indices():
+    assert class_list("person,3, road ,11") == ("person", 3, " road ", 11)  # names are stripped by select_classes
+    assert RunOptions(classes=class_list("1,3")).classes == (1, 3)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"max_duration": 0.0}, "--max-duration-s 0.0 must be above 0 seconds"),
+    ({"segment_s": float("nan")}, "--segment-s nan must be above 0 seconds"),
+    ({"min_free_mb": -1.0}, "--min-free-mb -1.0 must be 0 (no floor) or more MB"),
+    ({"classes": (" ",)}, "--classes is empty"),
+    ({"codec": "x265"}, "--codec x265 is not one of auto"),
+    ({"stride": 0}, "--stride 0 must be at least 1"),
+    ({"max_pixels": 0}, "--max-pixels 0 must be a whole number"),
+])
+def test_bad_values_name_their_option(changes, message):
+    with pytest.raises(DronsegError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        RunOptions(**changes)
+
