@@ -348,9 +348,11 @@ def _export_engine(source: _Source, folder: Path, options: ExportOptions, info: 
     pending = _pending(final)
     try:
         with storage_faults(final):
+            profile = {"min_shape": options.min_shape, "opt_shape": options.opt_shape, "max_shape": options.max_shape}
             engine_info = build_engine(made.path, pending, read_onnx_info(made.path), precision=options.precision,
                                        workspace_gib=options.workspace_gib, device=options.device, opt_batch=options.batch,
-                                       dla_core=options.dla_core, builder_opt_level=options.builder_opt_level)
+                                       dla_core=options.dla_core, builder_opt_level=options.builder_opt_level,
+                                       profile=profile, timing_cache=options.timing_cache, verbose=options.trt_verbose)
             return _check_and_place(source, options, pending, final, engine_info, notes)
     finally:
         _discard(pending)

@@ -99,21 +99,29 @@ def default_timing_cache(gpu_name: str, compute_capability: str, trt_version: st
 FRAMES_MAX_SIZE = (1920, 1080)
 
 
-def dynamic_profile(info: ModelInfo, batch: int) -> dict[str, list[int]]:
+def dynamic_profile(info: ModelInfo, batch: int, min_shape=None, opt_shape=None, max_shape=None) -> dict[str, list[int]]:
     """min/opt/max input shapes of a --dynamic engine: 1 x 64x64 up to max(batch, 4) x the export size.
 
     A frames graph (``info.io == 'frames'``) takes (N, H, W, 3) uint8 frames of any size, resized
     inside: 1 x 64x64 up to max(batch, 4) x the larger of FRAMES_MAX_SIZE and the model input.
+    ``min_shape`` / ``opt_shape`` / ``max_shape`` ((batch, width, height), export --min-shape ...)
+    replace those where given; DronsegError unless every side grows from min to opt to max.
     """
     width, height = info.input_size
+    top_w, top_h = (max(width, FRAMES_MAX_SIZE[0]), max(height, FRAMES_MAX_SIZE[1])) if info.io == "frames" else (width, height)
+    given = {"min": min_shape, "opt": opt_shape, "max": max_shape}
+    shapes = {"min": (1, min(MIN_SIDE, width), min(MIN_SIDE, height)), "opt": (batch, width, height),
+              "max": (max(batch, MIN_MAX_BATCH), top_w, top_h)}
+    shapes.update({name: tuple(shape) for name, shape in given.items() if shape is not None})
+    for low, high in (("min", "opt"), ("opt", "max")):
+        if any(a > b for a, b in zip(shapes[low], shapes[high])):
+            shown = {name: "x".join(map(str, shape)) + ("" if given[name] else " (default)") for name, shape in shapes.items()}
+            raise DronsegError(f"engine profile of {info.input_size[0]}x{info.input_size[1]} model: --{low}-shape "
+                               f"{shown[low]} is larger than --{high}-shape {shown[high]} on some side (BATCHxWIDTHxHEIGHT): "
+                               "give shapes that grow from min to opt to max")
     if info.io == "frames":
-        top_w, top_h = max(width, FRAMES_MAX_SIZE[0]), max(height, FRAMES_MAX_SIZE[1])
-        return {"min": [1, min(MIN_SIDE, height), min(MIN_SIDE, width), 3],
-                "opt": [batch, height, width, 3],
-                "max": [max(batch, MIN_MAX_BATCH), top_h, top_w, 3]}
-    return {"min": [1, 3, min(MIN_SIDE, height), min(MIN_SIDE, width)],
-            "opt": [batch, 3, height, width],
-            "max": [max(batch, MIN_MAX_BATCH), 3, height, width]}
+        return {name: [n, h, w, 3] for name, (n, w, h) in shapes.items()}
+    return {name: [n, 3, h, w] for name, (n, w, h) in shapes.items()}
 
 
 def uses_strong_typing(trt, precision: str) -> bool:
@@ -223,22 +231,24 @@ def builder_config(trt, builder, *, precision: str, strongly: bool, workspace_gi
 
 
 def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precision: str, workspace_gib: float = 4.0,
-                 device, opt_batch: int = 1, timing_cache: Path | None = None,
-                 dla_core: int | None = None, builder_opt_level: int | None = None) -> ModelInfo:
+                 device, opt_batch: int = 1, timing_cache: Path | None = None, dla_core: int | None = None,
+                 builder_opt_level: int | None = None, profile: dict | None = None, verbose: bool = False) -> ModelInfo:
     """Build ``engine_path`` from ``onnx_path`` (the graph of ``precision``, see module docstring).
 
     ``info`` describes the ONNX graph (input size, batch, dynamic); ``device`` (a torch.device or
     devices.Device) is the GPU to build for; ``workspace_gib`` caps TensorRT's scratch memory (GiB);
     ``opt_batch`` is the batch a --dynamic engine is tuned for. ``dla_core``: build for that DLA core
     with GPU fallback (module docstring); ``builder_opt_level``: TensorRT's builder optimisation
-    level 0..5 (None: TensorRT's default, 3).
+    level 0..5 (None: TensorRT's default, 3). ``profile``: ``min_shape`` / ``opt_shape`` / ``max_shape``
+    for :func:`dynamic_profile`; ``timing_cache``: the cache file (default: :func:`default_timing_cache`);
+    ``verbose``: TensorRT logs the build at VERBOSE severity.
     Writes the engine and its sidecar atomically and returns the engine's ModelInfo.
     """
     trt = tensorrt_env.import_tensorrt()
     identity = tensorrt_env.gpu_identity(device)
     version = str(trt.__version__)
     strongly = uses_strong_typing(trt, precision)
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     if dla_core is not None:
         check_dla(trt, builder, dla_core)  # before parsing: a refusal should not wait for the ONNX file
@@ -251,10 +261,11 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
     config.set_timing_cache(cache, False)
     profile_shapes = None
     if info.dynamic:
-        profile_shapes = dynamic_profile(info, opt_batch)
-        profile = builder.create_optimization_profile()
-        profile.set_shape(network.get_input(0).name, profile_shapes["min"], profile_shapes["opt"], profile_shapes["max"])
-        config.add_optimization_profile(profile)
+        profile_shapes = dynamic_profile(info, opt_batch, **(profile or {}))
+        optimization_profile = builder.create_optimization_profile()
+        optimization_profile.set_shape(network.get_input(0).name, profile_shapes["min"], profile_shapes["opt"],
+                                       profile_shapes["max"])
+        config.add_optimization_profile(optimization_profile)
     plan = _build_and_load_back(trt, builder, network, config, logger, device, dla_core=dla_core,
                                 onnx_path=Path(onnx_path), workspace_gib=workspace_gib)
     with atomic_path(engine_path) as tmp:
@@ -281,7 +292,7 @@ def _build_and_load_back(trt, builder, network, config, logger, device, *, dla_c
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise DronsegError(f"TensorRT {version} could not build an engine from {onnx_path} (see its messages above); "
-                               f"a larger --workspace (now {workspace_gib:g} GiB) may help")
+                               f"a larger --workspace-gib (now {workspace_gib:g} GiB) may help")
         runtime = trt.Runtime(logger)
         if dla_core is not None:
             runtime.DLA_core = dla_core  # a DLA engine loads onto the core the runtime names

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -46,7 +47,7 @@ class FakeTensorRT(types.ModuleType):
         fake = self
 
         class Logger:
-            WARNING = "WARNING"
+            WARNING, VERBOSE = "WARNING", "VERBOSE"
 
             def __init__(self, severity):
                 fake.calls.append(("logger", severity))
@@ -512,3 +513,71 @@ def test_export_options_carry_engine_options_through_the_onnx_step():
     # The fp32 ONNX graph a 10.x fp16 engine is built from keeps them (unused) without refusing fp32.
     onnx_step = dataclasses.replace(options, fmt="onnx", precision="fp32")
     assert onnx_step.dla_core == 1 and onnx_step.builder_opt_level == 4
+
+
+def test_dynamic_profile_takes_the_users_shapes_and_fills_the_rest(fake_trt, tmp_path):
+    """export --min-shape/--opt-shape/--max-shape (BATCHxWIDTHxHEIGHT) become TensorRT's NCHW profile."""
+    trt = fake_trt("10.3.0")
+    _, info = _build(tmp_path, "fp16", dynamic=True, profile={"min_shape": (1, 32, 32), "max_shape": (8, 192, 128)})
+    assert trt.recorded("profile") == [("profile", ("images", [1, 3, 32, 32], [2, 3, 64, 96], [8, 3, 128, 192]))]
+    assert info.extra["tensorrt"]["profile"] == {"min": [1, 3, 32, 32], "opt": [2, 3, 64, 96], "max": [8, 3, 128, 192]}
+
+
+def test_frames_profile_shapes_are_nhwc_frames():
+    info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), head="argmax", batch=None, dynamic=True,
+                     layout="NHWC", io="frames", color_order="BGR", outputs=["mask"])
+    shapes = trt_export.dynamic_profile(info, 1, opt_shape=(2, 1280, 720), max_shape=(4, 3840, 2160))
+    assert shapes == {"min": [1, 64, 64, 3], "opt": [2, 720, 1280, 3], "max": [4, 2160, 3840, 3]}
+
+
+@pytest.mark.parametrize("profile, message", [
+    ({"max_shape": (2, 64, 64)}, "--opt-shape 2x96x64 (default) is larger than --max-shape 2x64x64"),
+    ({"min_shape": (4, 96, 64)}, "--min-shape 4x96x64 is larger than --opt-shape 2x96x64 (default)"),
+])
+def test_a_profile_that_does_not_grow_is_refused_before_building(fake_trt, tmp_path, profile, message):
+    trt = fake_trt("10.3.0")
+    with pytest.raises(DronsegError, match=re.escape(message)):
+        _build(tmp_path, "fp16", dynamic=True, profile=profile)
+    assert trt.recorded("build") == [] and not (tmp_path / "m.engine").exists()
+
+
+def test_a_given_timing_cache_is_read_and_updated_in_place(fake_trt, tmp_path):
+    trt = fake_trt("10.3.0")
+    cache = tmp_path / "caches" / "orin.cache"
+    cache.parent.mkdir()
+    cache.write_bytes(b"old")
+    engine, _ = _build(tmp_path, "fp16", timing_cache=cache)
+    assert trt.recorded("cache_in") == [("cache_in", b"old")] and cache.read_bytes() == b"timings:old"
+    assert read_engine_sidecar(engine).extra["tensorrt"]["timing_cache"] == str(cache)
+    assert not trt_export.default_timing_cache(GPU["gpu_name"], "9.0", "10.3.0").exists()
+
+
+@pytest.mark.parametrize("verbose, severity", [(False, "WARNING"), (True, "VERBOSE")])
+def test_verbose_builds_log_at_tensorrts_verbose_severity(fake_trt, tmp_path, verbose, severity):
+    trt = fake_trt("11.4.0.106")
+    _build(tmp_path, "fp16", verbose=verbose)
+    assert trt.recorded("logger") == [("logger", severity)]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"min_shape": (1, 64, 64)}, "--min-shape shapes the profile of a --dynamic engine"),
+    ({"dynamic": True, "opt_shape": (4, 320, 192), "max_shape": (2, 320, 192)},
+     "--opt-shape 4x320x192 is larger than --max-shape 2x320x192"),
+    ({"dynamic": True, "min_shape": (1, 640, 64), "opt_shape": (1, 320, 192)}, "--min-shape 1x640x64 is larger"),
+])
+def test_export_options_check_the_profile_shapes(changes, message):
+    with pytest.raises(DronsegError, match=message):
+        ExportOptions(fmt="engine", **changes)
+
+
+def test_export_options_parse_shapes_and_refuse_a_folder_as_timing_cache(tmp_path):
+    from dronseg_edge.export.options import parse_shape
+
+    assert parse_shape("4x1280x720") == (4, 1280, 720)
+    for bad in ("1280x720", "0x64x64", "ax64x64", "2x64"):
+        with pytest.raises(DronsegError, match="BATCHxWIDTHxHEIGHT|is not a size"):
+            parse_shape(bad)
+    options = ExportOptions(fmt="engine", dynamic=True, max_shape=[8, 640, 384], timing_cache=str(tmp_path / "t.cache"))
+    assert options.max_shape == (8, 640, 384) and options.timing_cache == tmp_path / "t.cache"
+    with pytest.raises(DronsegError, match="--timing-cache .* is a folder"):
+        ExportOptions(fmt="engine", timing_cache=tmp_path)
