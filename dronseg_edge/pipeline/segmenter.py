@@ -133,6 +133,12 @@ class Segmenter:
         return FrameRequest(confidence=self.confidence if confidence is None else bool(confidence),
                             classes=self.classes if classes is _OWN else self._select(classes))
 
+    def check_live(self, live: bool) -> None:
+        """A live source gives the newest frame only: DronsegError when ``batch`` waits for more."""
+        if live and self.batch > 1:
+            raise DronsegError(f"--batch {self.batch} cannot be used with --live, which processes the newest frame "
+                               "only: use --batch 1, or --no-live for a recorded source")
+
     def describe(self) -> str:
         """e.g. ``torch (cuda fp16 channels_last + CUDA graph) on NVIDIA H100 (sm90), input 1280x720``."""
         return (f"{self.backend.describe()} on {device_description(self.device)}, "
@@ -166,9 +172,7 @@ class Segmenter:
         """
         request = self.request(confidence, classes)
         reader, owned = self._reader(source, live, stride, reconnect_s, queue_size)
-        if reader.live and self.batch > 1:
-            raise DronsegError(f"--batch {self.batch} cannot be used with --live, which processes the newest frame "
-                               "only: use --batch 1, or --no-live for a recorded source")
+        self.check_live(reader.live)
         try:
             for group in _groups(reader, self.batch, max_frames):
                 yield from self._segment(group, request)
