@@ -8,8 +8,8 @@ frame. Per-stage times end in an Ultralytics-style ``Speed:`` line.
 Every way a run ends is recorded in ``summary.json`` (``stopped``, ``source_end``, ``error``) and
 maps to one exit code (docs/reliability.md): a failure a restart may cure (a full or read-only disk,
 a stream lost beyond ``--reconnect-s``, the backend failing mid-run) is a RuntimeFailure raised once
-the outputs are final. Recording is bounded by ``--max-duration``, ``--segment-s`` and a free-disk
-floor (``--min-free``, :mod:`~dronseg_edge.pipeline.disk_space`).
+the outputs are final. Recording is bounded by ``--max-duration-s``, ``--segment-s`` and a free-disk
+floor (``--min-free-mb``, :mod:`~dronseg_edge.pipeline.disk_space`).
 """
 
 from __future__ import annotations
@@ -139,9 +139,7 @@ def _prepare(segmenter: Segmenter, src: Source, options: RunOptions) -> tuple:
         chosen = {} if options.classes is None else {"classes": options.classes}  # else the Segmenter's own
         request = segmenter.request(confidence=options.save_conf, **chosen)
         live = src.live_default if options.live is None else bool(options.live)
-        if live and segmenter.batch > 1:
-            raise DronsegError(f"--batch {segmenter.batch} cannot be used with --live, which processes the newest "
-                               "frame only: use --batch 1, or --no-live for a recorded source")
+        segmenter.check_live(live)
         if options.show:
             _open_window()
         if options.save_video and src.kind != "images":
@@ -170,7 +168,7 @@ def _write_summary(out_dir: Path, data: dict) -> tuple[RunSummary, DronsegError 
 
 
 def _live_deadline(src: Source, reader: FrameReader, options: RunOptions, state: RunState) -> threading.Timer | None:
-    """For a camera or stream with --max-duration: a timer that stops reading at the deadline,
+    """For a camera or stream with --max-duration-s: a timer that stops reading at the deadline,
     in case no frame comes to check it against (a stalled stream, a long reconnect)."""
     if options.max_duration is None or src.kind not in ("camera", "stream"):
         return None
@@ -186,11 +184,11 @@ def _live_deadline(src: Source, reader: FrameReader, options: RunOptions, state:
 
 
 def _stop_at_floor(active: list[SinkWorker], state: RunState, reason: str) -> list[SinkWorker]:
-    """Below --min-free: finish the video and the image outputs now (closed, playable); stats go on."""
+    """Below --min-free-mb: finish the video and the image outputs now (closed, playable); stats go on."""
     heavy = [w for w in active if w.sink.name != "stats"]
     state.video_stopped = f"{reason} (after {state.frames} frames)"
     log.warning("%s: the %s stop%s here, after %d frames, closed and complete; stats.jsonl continues "
-                "(free some space, or lower --min-free)", reason, " and ".join(w.sink.name for w in heavy),
+                "(free some space, or lower --min-free-mb)", reason, " and ".join(w.sink.name for w in heavy),
                 "s" if len(heavy) == 1 else "", state.frames)
     for worker in heavy:
         worker.close()  # a write error raises here: the run stops with it
