@@ -98,7 +98,7 @@ def test_arguments_are_required_and_every_bool_has_its_negative():
     result = CliRunner().invoke(app, ["run"])
     assert result.exit_code == 2 and "Missing argument" in result.output
     text = " ".join(CliRunner().invoke(app, ["run", "--help"]).output.split())
-    assert "--live --no-live" in text and "<bool>" not in text and "Usage: root run [OPTIONS] FILE..." in text
+    assert "--live --no-live" in text and "<bool>" not in text and "Usage: root run [OPTIONS] FILE" in text
     assert "(on for cameras)" in text and "(96x64)" in text
 
 
