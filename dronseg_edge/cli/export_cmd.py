@@ -38,7 +38,8 @@ def _check_engine_options(options, formats: tuple[str, ...], fmt: str) -> None:
 
     builds_engine = "engine" in formats or (fmt == "triton" and options.triton_backend == "tensorrt")
     for field, option in ENGINE_OPTIONS.items():
-        if getattr(options, field) is not None and not builds_engine:
+        value = getattr(options, field)  # 0 is a --dla-core given; False an unset --trt-verbose
+        if value is not None and value is not False and not builds_engine:
             raise DronsegError(f"{option} applies to TensorRT engines: add --format engine (or all), or drop it")
     if "engine" in formats:
         dataclasses.replace(options, fmt="engine")  # validates the engine's combination (e.g. --dla-core with fp32)

@@ -33,7 +33,8 @@ BUILDER_OPT_LEVELS = range(0, 6)  # TensorRT's builder optimisation levels 0..5 
 DLA_PRECISIONS = ("fp16", "int8")  # DLA has no fp32 kernels
 # The options that only a TensorRT build reads (the CLI refuses them for an export that builds none).
 ENGINE_OPTIONS = {"dla_core": "--dla-core", "builder_opt_level": "--builder-opt-level", "min_shape": "--min-shape",
-                  "opt_shape": "--opt-shape", "max_shape": "--max-shape", "timing_cache": "--timing-cache"}
+                  "opt_shape": "--opt-shape", "max_shape": "--max-shape", "timing_cache": "--timing-cache",
+                  "trt_verbose": "--trt-verbose"}
 SHAPE_HELP = ("--dynamic engines: the {} input shape of TensorRT's optimisation profile (trtexec --{}Shapes), as "
               "BATCHxWIDTHxHEIGHT of the model input (--io frames: of the frames), e.g. 1x320x192.")
 

@@ -217,3 +217,11 @@ def test_meta_describes_one_file(tiny_checkpoint, tmp_path, capsys):
     assert any(line.startswith("foreign.onnx") or "foreign.onnx" in line for line in out.splitlines() if "onnxruntime" in line)
     code, out, err = run_cli(capsys, foreign, ours, *FAST, "--meta", ours)
     assert_one_error_line(err, out, "--meta describes one .onnx or .engine file: bench that file alone, without --matrix")
+
+
+def test_json_dash_prints_the_document_alone_on_stdout(tiny_checkpoint, capsys):
+    """--json - (as for every command): the JSON on standard output, the table on standard error."""
+    code, out, err = run_cli(capsys, tiny_checkpoint, *FAST, "--json", "-")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["results"][0]["latency_ms"]["count"] == 3 and "settings: device cpu" in err

@@ -179,6 +179,12 @@ def _fake_tensorrt(version: str, dla_cores: int) -> types.ModuleType:
     (["--format", "all", "--precision", "fp16", "--dla-core", "0"], 3, "sees no DLA core on this machine"),
     (["--format", "engine", "--precision", "fp16", "--dla-core", "0", "--trt", "11.1.0"], 3, "TensorRT 11.1.0 has no DLA"),
     (["--format", "engine", "--precision", "fp16", "--dla-core", "2", "--cores", "2"], 2, "has 2 DLA cores (0..1)"),
+    (["--dynamic", "--max-shape", "4x640x384"], 2, "--max-shape applies to TensorRT engines"),
+    (["--trt-verbose"], 2, "--trt-verbose applies to TensorRT engines"),
+    (["--format", "engine", "--min-shape", "1x64x64"], 2, "--min-shape shapes the profile of a --dynamic engine"),
+    (["--format", "engine", "--dynamic", "--opt-shape", "4x96x64", "--max-shape", "2x96x64"], 2,
+     "--opt-shape 4x96x64 is larger than --max-shape 2x96x64"),
+    (["--format", "engine", "--dynamic", "--max-shape", "4x96"], 2, "shape '4x96'"),
 ])
 def test_engine_options_are_refused_before_any_onnx_work(args, code, message, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     version, cores = "10.3.0", 0
