@@ -10,7 +10,6 @@ made from one spec each: ``device: Device = "auto"``.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
