@@ -21,7 +21,7 @@ class Check:
     name: str
     status: str  # OK | WARN | FAIL
     detail: str
-    facts: Mapping[str, Any] = field(default_factory=dict)  # JSON values: str, numbers, bool, None, lists
+    facts: Mapping[str, Any] = field(default_factory=dict, hash=False)  # JSON values: str, numbers, bool, None, lists, dicts
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
