@@ -5,7 +5,7 @@ palette, normalisation, training size), plus ``TrainingState(...).to_dict()`` wh
 a training run (what resumes it: optimiser, scheduler, scaler, progress, RNG, config, split).
 Everything in it is plain data (tensors, numbers, strings, lists, dicts) so it loads with
 ``torch.load(..., weights_only=True)``: a checkpoint file is data, never code, on a torch whose
-weights_only unpickler has no published bypass (SAFE_TORCH; ``torch_load`` refuses older ones).
+weights_only unpickler has no published bypass (torch_floor.SAFE_TORCH; ``torch_load`` refuses older ones).
 """
 
 from __future__ import annotations
@@ -28,19 +28,11 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import CHECKPOINT_FIX, ModelInfo, sha256_file
 from dronseg_edge.storage import storage_faults
 from dronseg_edge.models import ARCHS, build_model, head_channels, output_stride_of
+# The floor lives in torch_floor.py (torch-free, so `checks` reads it without importing torch).
+from dronseg_edge.torch_floor import SAFE_TORCH, torch_release, unsafe_torch_reason  # noqa: F401 (re-exported)
 
 FORMAT = "dronseg-edge-checkpoint"
 FORMAT_VERSION = 1
-# The oldest torch whose torch.load(weights_only=True) has no published bypass: <= 2.5.1 runs code
-# (GHSA-53q9-r3pm-6pq6, CVE-2025-32434, fixed in 2.6.0), < 2.10.0 corrupts memory towards code
-# execution (GHSA-63cw-57p8-fm3p, CVE-2026-24747, fixed in 2.10.0). pyproject's train/export floor.
-SAFE_TORCH = (2, 10)
-SAFE_TORCH_ADVISORIES = "GHSA-63cw-57p8-fm3p / CVE-2026-24747, GHSA-53q9-r3pm-6pq6 / CVE-2025-32434"
-
-
-def torch_release(version: str) -> tuple[int, ...]:
-    """(2, 5, 0) for '2.5.0a0+872d972e41.nv24.08' (NVIDIA's Jetson wheels) or '2.14.1+cu130'."""
-    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0].split("a")[0].split("rc")[0])[:3])
 
 
 class UnsafeTorch(DronsegError):
@@ -49,11 +41,9 @@ class UnsafeTorch(DronsegError):
 
 def check_safe_torch(what: str) -> None:
     """Refuse to unpickle ``what`` on a torch whose weights_only loading is known to be bypassable."""
-    if torch_release(str(torch.__version__))[:2] < SAFE_TORCH:
-        floor = ".".join(map(str, SAFE_TORCH))
-        raise UnsafeTorch(f"torch {torch.__version__} cannot load {what} safely: its weights_only=True loading can be made "
-                           f"to run code ({SAFE_TORCH_ADVISORIES}); install torch >= {floor}, or run an exported "
-                           ".onnx/.engine file, which needs no torch")
+    reason = unsafe_torch_reason(str(torch.__version__), what)
+    if reason:
+        raise UnsafeTorch(reason)
 
 
 def torch_load(path: Path, what: str) -> Any:
