@@ -5,15 +5,13 @@ palette, normalisation, training size), plus ``TrainingState(...).to_dict()`` wh
 a training run (what resumes it: optimiser, scheduler, scaler, progress, RNG, config, split).
 Everything in it is plain data (tensors, numbers, strings, lists, dicts) so it loads with
 ``torch.load(..., weights_only=True)``: a checkpoint file is data, never code, on a torch whose
-weights_only unpickler has no published bypass (torch_floor.SAFE_TORCH; ``torch_load`` refuses older ones).
+weights_only unpickler has no published bypass (torch_floor.py: ``torch_load`` refuses older ones).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,35 +26,10 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import CHECKPOINT_FIX, ModelInfo, sha256_file
 from dronseg_edge.storage import storage_faults
 from dronseg_edge.models import ARCHS, build_model, head_channels, output_stride_of
-# The floor lives in torch_floor.py (torch-free, so `checks` reads it without importing torch).
-from dronseg_edge.torch_floor import SAFE_TORCH, torch_release, unsafe_torch_reason  # noqa: F401 (re-exported)
+from dronseg_edge.torch_floor import UnsafeTorch, torch_load
 
 FORMAT = "dronseg-edge-checkpoint"
 FORMAT_VERSION = 1
-
-
-class UnsafeTorch(DronsegError):
-    """The installed torch cannot unpickle a file safely (exit code 2: install another torch)."""
-
-
-def check_safe_torch(what: str) -> None:
-    """Refuse to unpickle ``what`` on a torch whose weights_only loading is known to be bypassable."""
-    reason = unsafe_torch_reason(str(torch.__version__), what)
-    if reason:
-        raise UnsafeTorch(reason)
-
-
-def torch_load(path: Path, what: str) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, after ``check_safe_torch``; a one-line DronsegError
-    naming ``what`` for a file it cannot read (a pickle holding code included: never torch's advice to load it unsafely)."""
-    check_safe_torch(what)
-    try:
-        with warnings.catch_warnings():
-            # A foreign pickle can make torch warn (e.g. about its protocol) before failing: the error says it all.
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DronsegError(f"{what} cannot be read ({_short_reason(exc)})") from None
 
 
 def model_state(model: nn.Module, arch: str, input_size: Sequence[int], *,
@@ -198,31 +171,6 @@ def _check_head(ckpt: dict[str, Any]) -> None:
     if channels != len(ckpt["class_names"]):
         raise DronsegError(f"checkpoint {ckpt['path']}: metadata class_names has {len(ckpt['class_names'])} names but the "
                            f"model's classifier has {channels} output channels: {CHECKPOINT_FIX}")
-
-
-def _short_reason(exc: Exception) -> str:
-    """One plain line from a torch.load error.
-
-    weights_only refusals are paragraphs (the PyTorch 2.6 default change, advice to load with
-    weights_only=False, "Please file an issue ...", add_safe_globals advice) with the cause mid-text:
-    only the cause is kept, never the advice to load a file unsafely. Other errors may run on over
-    several sentences.
-    """
-    text = str(exc)
-    if "Weights only load failed" in text or "WeightsUnpickler error" in text:
-        # The cause: after torch <= 2.13's "WeightsUnpickler error:" marker, else (2.14) the one line that is not advice.
-        lines = [re.split(r" was not an allowed global| Please use|\. Please", line)[0].strip()
-                 for line in text.replace("WeightsUnpickler error:", "\nWeightsUnpickler error:").splitlines() if line.strip()]
-        marked = [line.split(":", 1)[1].strip() for line in lines if line.startswith("WeightsUnpickler error:")]
-        advice = ("Weights only load failed", "weights_only", "trust", "Check the documentation", "(1)", "(2)")
-        cause = marked[0] if marked else next((line for line in lines if not any(a in line for a in advice)), "")
-        return f"it holds Python objects, not plain data: {cause}"[:200] if cause else "it holds Python objects, not plain data"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", first)  # C++ source location, no help to a user
-    first = first.split(". ")[0]
-    if not first or isinstance(exc, KeyError):  # KeyError's text is a bare key, e.g. '101'
-        return type(exc).__name__
-    return first[:200]
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:

@@ -122,7 +122,7 @@ def test_edited_checkpoint_metadata_is_refused_with_one_line(fields, says, tiny_
 @pytest.mark.parametrize("version, release", [("2.14.1+cu130", (2, 14, 1)), ("2.5.0a0+872d972e41.nv24.08", (2, 5, 0)),
                                               ("2.10.0rc3", (2, 10, 0)), ("2.11.0.dev20260101+cpu", (2, 11, 0))])
 def test_torch_release_reads_field_version_strings(version, release):
-    from dronseg_edge.checkpoint import torch_release
+    from dronseg_edge.torch_floor import torch_release
 
     assert torch_release(version) == release
 
@@ -163,6 +163,6 @@ def test_an_older_torch_refuses_to_unpickle_anything(version, tiny_checkpoint, t
 def test_a_weights_only_refusal_keeps_the_cause_and_drops_the_unsafe_advice(text, cause):
     import pickle as pickle_module
 
-    from dronseg_edge.checkpoint import _short_reason
+    from dronseg_edge.torch_floor import _short_reason
 
     assert _short_reason(pickle_module.UnpicklingError(text)) == f"it holds Python objects, not plain data: {cause}"
