@@ -186,8 +186,3 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
         first = str(exc).splitlines()[0]
         raise DronsegError(f"checkpoint {ckpt.get('path', '?')} does not fit model {ckpt['arch']}: {first}") from None
     return model.eval()
-
-
-def info_from_checkpoint(ckpt: dict[str, Any], with_hash: bool = True) -> ModelInfo:
-    """Kept for old call sites: the metadata's owner is ``ModelInfo.from_checkpoint``."""
-    return ModelInfo.from_checkpoint(ckpt, with_hash=with_hash)

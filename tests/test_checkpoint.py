@@ -8,7 +8,8 @@ import pytest
 import torch
 from testkit import TINY_ARCH, TINY_SIZE
 
-from dronseg_edge.checkpoint import (TrainingState, info_from_checkpoint, load_checkpoint, model_from_checkpoint,
+from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.checkpoint import (TrainingState, load_checkpoint, model_from_checkpoint,
                                      model_state, recorded_data_root, recorded_split, save_checkpoint)
 from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, PALETTE
 from dronseg_edge.errors import DronsegError
@@ -31,7 +32,7 @@ def test_model_and_training_parts_round_trip(tmp_path):
     ckpt = load_checkpoint(save_checkpoint(tmp_path / "c.pt", state), num_classes=len(CLASS_NAMES))
 
     assert ckpt["aux_loss"] is False and ckpt["input_size"] == list(TINY_SIZE)
-    info = info_from_checkpoint(ckpt)
+    info = ModelInfo.from_checkpoint(ckpt)
     assert info.class_names == list(CLASS_NAMES) and info.palette == [list(c) for c in PALETTE]
     assert info.mean == list(IMAGENET_MEAN) and info.input_size == TINY_SIZE
     rebuilt = model_from_checkpoint(ckpt)
