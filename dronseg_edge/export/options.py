@@ -32,7 +32,9 @@ class ExportOptions:
     """How to export a checkpoint; every field has the CLI's default. Invalid values raise DronsegError.
 
     ``size`` is (width, height) in pixels, None for the training size. ``batch`` is the fixed batch,
-    or with ``dynamic`` the batch engines are tuned for. ``calib_*`` apply to int8 only. ``thresholds``
+    or with ``dynamic``/``dynamic_batch`` the batch engines are tuned for. ``dynamic``: any batch, height
+    and width; ``dynamic_batch``: any batch at the fixed size. ``fmt='triton'`` implies ``dynamic_batch``
+    (unless ``dynamic``): Triton batches along a model's first dimension only when it is free. ``calib_*`` apply to int8 only. ``thresholds``
     None means the precision's defaults. ``out_dir`` None means ``RUN/export`` (or beside a bare
     checkpoint). ``triton_backend`` (``fmt='triton'`` only): ``onnxruntime`` serves the ONNX file,
     ``tensorrt`` an engine built here. ``reuse``: return an existing file of the same name made from the same checkpoint
@@ -69,13 +71,16 @@ class ExportOptions:
     confidence: bool = False
     dla_core: int | None = None
     builder_opt_level: int | None = None
+    dynamic_batch: bool = False
 
     def __post_init__(self) -> None:
         # Normalised here so that equal options compare equal (a list size, a str path, a numpy int).
         for name, convert in (("batch", int), ("calib_images", int), ("parity_images", int),
                               ("workspace_gib", float), ("dynamic", bool), ("parity", bool), ("reuse", bool),
-                              ("confidence", bool)):
+                              ("confidence", bool), ("dynamic_batch", bool)):
             object.__setattr__(self, name, convert(getattr(self, name)))
+        # One spelling per graph: --dynamic frees the batch too, and a Triton model always batches.
+        object.__setattr__(self, "dynamic_batch", not self.dynamic and (self.dynamic_batch or self.fmt == "triton"))
         for name in ("calib_data", "parity_data", "out_dir"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
@@ -126,8 +131,9 @@ class ExportOptions:
         if self.fmt == "engine" and self.precision not in DLA_PRECISIONS:
             raise DronsegError(f"--dla-core with --precision {self.precision}: DLA runs fp16 or int8 only; "
                                "pass --precision fp16 (or int8)")
-        if self.dynamic:
-            raise DronsegError("--dla-core with --dynamic: DLA takes fixed shapes only; drop --dynamic "
+        if self.dynamic or self.dynamic_batch:
+            given = "--dynamic" if self.dynamic else "a dynamic batch"
+            raise DronsegError(f"--dla-core with {given}: DLA takes fixed shapes only; drop it "
                                "(and pass --batch/--size for the shape the engine runs at)")
 
     def _validate_io(self) -> None:
@@ -147,5 +153,3 @@ class ExportOptions:
         if self.head != "logits":
             raise DronsegError(f"--head {self.head} with --io frames: a frames graph always ends in the class map "
                                "(argmax inside it); drop --head")
-        if self.fmt == "triton":
-            raise DronsegError("--format triton with --io frames is not supported yet: export --format onnx or engine")

@@ -104,8 +104,12 @@ def dynamic_profile(info: ModelInfo, batch: int) -> dict[str, list[int]]:
 
     A frames graph (``info.io == 'frames'``) takes (N, H, W, 3) uint8 frames of any size, resized
     inside: 1 x 64x64 up to max(batch, 4) x the larger of FRAMES_MAX_SIZE and the model input.
+    A graph with only a free batch (``info.batch`` None, not ``info.dynamic``): 1 to max(batch, 4) at its size.
     """
     width, height = info.input_size
+    if not info.dynamic:
+        fixed = [3, height, width] if info.io != "frames" else [*(info.source_size or info.input_size)[::-1], 3]
+        return {"min": [1, *fixed], "opt": [batch, *fixed], "max": [max(batch, MIN_MAX_BATCH), *fixed]}
     if info.io == "frames":
         top_w, top_h = max(width, FRAMES_MAX_SIZE[0]), max(height, FRAMES_MAX_SIZE[1])
         return {"min": [1, min(MIN_SIDE, height), min(MIN_SIDE, width), 3],
@@ -250,7 +254,7 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, False)
     profile_shapes = None
-    if info.dynamic:
+    if info.dynamic or info.batch is None:
         profile_shapes = dynamic_profile(info, opt_batch)
         profile = builder.create_optimization_profile()
         profile.set_shape(network.get_input(0).name, profile_shapes["min"], profile_shapes["opt"], profile_shapes["max"])
