@@ -11,8 +11,8 @@ import errno
 import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -92,24 +92,39 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it."""
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it.
+
+    The temporary name is chosen before the file exists and the file is made inside the ``try``, so an
+    interrupt (Ctrl-C, SIGTERM) arriving at any instant leaves no temporary file behind.
+    """
     final = Path(path)
     ensure_writable_dir(final.parent)
-    with storage_errors(final):
-        # The package tag and this process's claim token in the name: only a dead run's own files are ever cleaned up (leftovers.py).
-        fd, tmp_name = tempfile.mkstemp(prefix=working_prefix(final.name), suffix=".tmp", dir=final.parent)
-        os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = final
     try:
         with storage_errors(final):
+            while True:  # the name first, then the file: an interrupt between the two leaves nothing
+                tmp = _temporary_name(final)
+                try:
+                    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                    break
+                except FileExistsError:
+                    continue
             yield tmp
-            # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
+            # A new file is 0600; give the result the permissions a plain open() would have.
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, final)
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if tmp != final:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         raise
+
+
+def _temporary_name(final: Path) -> Path:
+    """``.NAME.dronseg-<token>.<8 random>.tmp`` beside ``final``: the package tag and this process's claim
+    token, so only a dead run's own files are ever cleaned up (leftovers.py)."""
+    random = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789_") for _ in range(8))
+    return final.parent / f"{working_prefix(final.name)}{random}.tmp"
 
 
 def write_text_atomic(path: os.PathLike | str, text: str) -> Path:

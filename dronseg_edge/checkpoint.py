@@ -5,15 +5,13 @@ palette, normalisation, training size), plus ``TrainingState(...).to_dict()`` wh
 a training run (what resumes it: optimiser, scheduler, scaler, progress, RNG, config, split).
 Everything in it is plain data (tensors, numbers, strings, lists, dicts) so it loads with
 ``torch.load(..., weights_only=True)``: a checkpoint file is data, never code, on a torch whose
-weights_only unpickler has no published bypass (SAFE_TORCH; ``torch_load`` refuses older ones).
+weights_only unpickler has no published bypass (torch_floor.py: ``torch_load`` refuses older ones).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,45 +26,10 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import CHECKPOINT_FIX, ModelInfo, sha256_file
 from dronseg_edge.storage import storage_faults
 from dronseg_edge.models import ARCHS, build_model, head_channels, output_stride_of
+from dronseg_edge.torch_floor import UnsafeTorch, torch_load
 
 FORMAT = "dronseg-edge-checkpoint"
 FORMAT_VERSION = 1
-# The oldest torch whose torch.load(weights_only=True) has no published bypass: <= 2.5.1 runs code
-# (GHSA-53q9-r3pm-6pq6, CVE-2025-32434, fixed in 2.6.0), < 2.10.0 corrupts memory towards code
-# execution (GHSA-63cw-57p8-fm3p, CVE-2026-24747, fixed in 2.10.0). pyproject's train/export floor.
-SAFE_TORCH = (2, 10)
-SAFE_TORCH_ADVISORIES = "GHSA-63cw-57p8-fm3p / CVE-2026-24747, GHSA-53q9-r3pm-6pq6 / CVE-2025-32434"
-
-
-def torch_release(version: str) -> tuple[int, ...]:
-    """(2, 5, 0) for '2.5.0a0+872d972e41.nv24.08' (NVIDIA's Jetson wheels) or '2.14.1+cu130'."""
-    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0].split("a")[0].split("rc")[0])[:3])
-
-
-class UnsafeTorch(DronsegError):
-    """The installed torch cannot unpickle a file safely (exit code 2: install another torch)."""
-
-
-def check_safe_torch(what: str) -> None:
-    """Refuse to unpickle ``what`` on a torch whose weights_only loading is known to be bypassable."""
-    if torch_release(str(torch.__version__))[:2] < SAFE_TORCH:
-        floor = ".".join(map(str, SAFE_TORCH))
-        raise UnsafeTorch(f"torch {torch.__version__} cannot load {what} safely: its weights_only=True loading can be made "
-                           f"to run code ({SAFE_TORCH_ADVISORIES}); install torch >= {floor}, or run an exported "
-                           ".onnx/.engine file, which needs no torch")
-
-
-def torch_load(path: Path, what: str) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, after ``check_safe_torch``; a one-line DronsegError
-    naming ``what`` for a file it cannot read (a pickle holding code included: never torch's advice to load it unsafely)."""
-    check_safe_torch(what)
-    try:
-        with warnings.catch_warnings():
-            # A foreign pickle can make torch warn (e.g. about its protocol) before failing: the error says it all.
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DronsegError(f"{what} cannot be read ({_short_reason(exc)})") from None
 
 
 def model_state(model: nn.Module, arch: str, input_size: Sequence[int], *,
@@ -210,31 +173,6 @@ def _check_head(ckpt: dict[str, Any]) -> None:
                            f"model's classifier has {channels} output channels: {CHECKPOINT_FIX}")
 
 
-def _short_reason(exc: Exception) -> str:
-    """One plain line from a torch.load error.
-
-    weights_only refusals are paragraphs (the PyTorch 2.6 default change, advice to load with
-    weights_only=False, "Please file an issue ...", add_safe_globals advice) with the cause mid-text:
-    only the cause is kept, never the advice to load a file unsafely. Other errors may run on over
-    several sentences.
-    """
-    text = str(exc)
-    if "Weights only load failed" in text or "WeightsUnpickler error" in text:
-        # The cause: after torch <= 2.13's "WeightsUnpickler error:" marker, else (2.14) the one line that is not advice.
-        lines = [re.split(r" was not an allowed global| Please use|\. Please", line)[0].strip()
-                 for line in text.replace("WeightsUnpickler error:", "\nWeightsUnpickler error:").splitlines() if line.strip()]
-        marked = [line.split(":", 1)[1].strip() for line in lines if line.startswith("WeightsUnpickler error:")]
-        advice = ("Weights only load failed", "weights_only", "trust", "Check the documentation", "(1)", "(2)")
-        cause = marked[0] if marked else next((line for line in lines if not any(a in line for a in advice)), "")
-        return f"it holds Python objects, not plain data: {cause}"[:200] if cause else "it holds Python objects, not plain data"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", first)  # C++ source location, no help to a user
-    first = first.split(". ")[0]
-    if not first or isinstance(exc, KeyError):  # KeyError's text is a bare key, e.g. '101'
-        return type(exc).__name__
-    return first[:200]
-
-
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the model of a loaded checkpoint with its weights, in eval mode, on the CPU."""
     model = build_model(ckpt["arch"], num_classes=len(ckpt["class_names"]), weights="none",
@@ -248,8 +186,3 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
         first = str(exc).splitlines()[0]
         raise DronsegError(f"checkpoint {ckpt.get('path', '?')} does not fit model {ckpt['arch']}: {first}") from None
     return model.eval()
-
-
-def info_from_checkpoint(ckpt: dict[str, Any], with_hash: bool = True) -> ModelInfo:
-    """Kept for old call sites: the metadata's owner is ``ModelInfo.from_checkpoint``."""
-    return ModelInfo.from_checkpoint(ckpt, with_hash=with_hash)

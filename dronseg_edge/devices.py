@@ -4,7 +4,8 @@ Two forms of the same choice: :func:`resolve_device` gives a ``torch.device`` (c
 training, export); :func:`resolve_lean_device` gives a :class:`Device` and never imports torch,
 for the deployable path (an ``.onnx`` or ``.engine`` run by ONNX Runtime or TensorRT). Both have
 ``.type`` ("cpu" | "cuda") and ``.index``; backends use nothing else of a device. Without torch,
-CUDA GPUs are counted and named through the driver library (``libcuda``) with ctypes.
+CUDA GPUs are counted, named and described through the driver library (``libcuda``) with ctypes,
+and the driver's release is read from NVML (``libnvidia-ml``), also with ctypes.
 """
 
 from __future__ import annotations
@@ -109,15 +110,81 @@ def cuda_pci_bus_id(index: int) -> str | None:
     return bus_id.value.decode(errors="replace") or None
 
 
-def cuda_device_count() -> int:
-    """CUDA GPUs visible to this process (torch's count when torch is loaded, else the driver's)."""
-    if torch_loaded():
-        return sys.modules["torch"].cuda.device_count()
+def driver_device_count() -> int:
+    """CUDA GPUs the driver shows this process (after CUDA_VISIBLE_DEVICES), whatever torch says: a CPU-only
+    torch counts none on a machine full of GPUs."""
     lib = _libcuda()
     count = ctypes.c_int(0)
     if lib is None or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
         return 0
     return count.value
+
+
+def cuda_device_count() -> int:
+    """CUDA GPUs visible to this process (torch's count when torch is loaded, else the driver's)."""
+    if torch_loaded():
+        return sys.modules["torch"].cuda.device_count()
+    return driver_device_count()
+
+
+# CUdevice_attribute values (cuda.h): stable across CUDA versions.
+_CU_MULTIPROCESSOR_COUNT, _CU_CC_MAJOR, _CU_CC_MINOR = 16, 75, 76
+
+
+def driver_gpu_properties(index: int) -> dict:
+    """Name, compute capability ('9.0'), memory (GiB) and multiprocessors of CUDA device ``index``, from
+    the driver library (ctypes, no torch); the name is ``cuda:N`` and the rest unknown without a driver."""
+    lib = _libcuda()
+    handle = ctypes.c_int(0)
+    if lib is None or lib.cuDeviceGet(ctypes.byref(handle), index) != 0:
+        return {"name": f"cuda:{index}", "compute_capability": "?", "memory_gib": None, "multiprocessors": None}
+    name = ctypes.create_string_buffer(256)
+    lib.cuDeviceGetName(name, 256, handle)
+    values = {}
+    for key, attribute in (("sm", _CU_MULTIPROCESSOR_COUNT), ("major", _CU_CC_MAJOR), ("minor", _CU_CC_MINOR)):
+        value = ctypes.c_int(0)
+        lib.cuDeviceGetAttribute(ctypes.byref(value), attribute, handle)
+        values[key] = value.value
+    memory = ctypes.c_size_t(0)
+    lib.cuDeviceTotalMem_v2(ctypes.byref(memory), handle)
+    return {"name": name.value.decode(errors="replace"), "compute_capability": f"{values['major']}.{values['minor']}",
+            "memory_gib": round(memory.value / 2**30, 1), "multiprocessors": values["sm"]}
+
+
+NVIDIA_PROC_VERSION = "/proc/driver/nvidia/version"
+
+
+def nvidia_driver_version() -> str | None:
+    """The NVIDIA driver's release ('550.54.15'): NVML's answer (libnvidia-ml, ctypes: the library that
+    nvidia-ml-py wraps), else the kernel module's /proc file; None on a machine without either (no
+    driver, or a Jetson, whose driver is its L4T release)."""
+    lib = _nvml_library()
+    if lib is not None:
+        init = getattr(lib, "nvmlInit_v2", None) or lib.nvmlInit
+        if init() == 0:
+            try:
+                text = ctypes.create_string_buffer(96)
+                if lib.nvmlSystemGetDriverVersion(text, len(text)) == 0 and text.value:
+                    return text.value.decode(errors="replace")
+            finally:
+                lib.nvmlShutdown()
+    try:  # 'NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 ...'
+        with open(NVIDIA_PROC_VERSION, encoding="utf-8", errors="replace") as handle:
+            words = handle.readline().split()
+    except OSError:
+        return None
+    return next((word for word in words if word[:1].isdigit() and "." in word), None)
+
+
+def _nvml_library():
+    for name in ("libnvidia-ml.so.1", ctypes.util.find_library("nvidia-ml") or "", "nvml.dll"):
+        if not name:
+            continue
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
 
 
 def _check_cuda(device: Device, count: int, who: str, fix: str) -> None:
@@ -172,15 +239,10 @@ def device_description(device) -> str:
 
 
 def _driver_gpu_name(index: int) -> str:
-    lib = _libcuda()
-    handle, name = ctypes.c_int(0), ctypes.create_string_buffer(256)
-    major, minor = ctypes.c_int(0), ctypes.c_int(0)
-    if lib is None or lib.cuDeviceGet(ctypes.byref(handle), index) != 0:
-        return f"cuda:{index}"
-    lib.cuDeviceGetName(name, 256, handle)
-    lib.cuDeviceGetAttribute(ctypes.byref(major), 75, handle)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-    lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, handle)  # ..._MINOR
-    return f"{name.value.decode(errors='replace')} (sm{major.value}{minor.value})"
+    properties = driver_gpu_properties(index)
+    if properties["memory_gib"] is None:
+        return properties["name"]
+    return f"{properties['name']} (sm{properties['compute_capability'].replace('.', '')})"
 
 
 @contextlib.contextmanager

@@ -1,6 +1,19 @@
-"""Errors a user can act on. The CLI prints them as one line and exits non-zero."""
+"""Errors a user can act on. The CLI prints them as one line and exits non-zero.
+
+A message that needs more than a line names a page of the docs by URL (:func:`docs_url`): a pip user
+has no docs/ folder, the wheel does not carry it.
+"""
 
 from __future__ import annotations
+
+# The project's home. A placeholder until the project is published; pyproject.toml's [project.urls]
+# use the same address (tests/test_errors.py keeps the two equal).
+REPOSITORY_URL = "https://github.com/dronseg/dronseg-edge"
+
+
+def docs_url(page: str, section: str = "") -> str:
+    """The URL of ``docs/<page>`` (e.g. 'jetson.md'), at the heading anchor ``section`` when given."""
+    return f"{REPOSITORY_URL}/blob/main/docs/{page}" + (f"#{section}" if section else "")
 
 
 class DronsegError(Exception):

@@ -229,11 +229,6 @@ def _numbers(values: list[float]) -> str:
     return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
 
 
-def onnx_metadata_dict(model: "onnx.ModelProto", source: str = "ONNX file") -> dict[str, Any]:
-    """The decoded dronseg-edge metadata of a loaded model (raises DronsegError when there is none)."""
-    return _decode_props([(p.key, p.value) for p in model.metadata_props], source)
-
-
 def _decode_props(props: list[tuple[str, str]], source: str) -> dict[str, Any]:
     found = dict(props)  # a repeated key: the last entry wins, as in onnx's own dict of them
     if MARKER_KEY not in found:

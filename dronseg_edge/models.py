@@ -185,9 +185,9 @@ def _replace_heads(model: nn.Module, num_classes: int) -> None:
 
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     """The state dict in ``--weights`` file ``path`` (a state dict, or a checkpoint's ``model``), loaded as
-    data only (checkpoint.torch_load); a one-line DronsegError naming the option. Cheap to call before any
+    data only (torch_floor.torch_load); a one-line DronsegError naming the option. Cheap to call before any
     other work: a bad file is refused before a run writes anything."""
-    from dronseg_edge.checkpoint import UnsafeTorch, torch_load  # checkpoint builds on this module
+    from dronseg_edge.torch_floor import UnsafeTorch, torch_load
 
     path = Path(path)
     if not path.is_file():

@@ -8,7 +8,8 @@ import pytest
 import torch
 from testkit import TINY_ARCH, TINY_SIZE
 
-from dronseg_edge.checkpoint import (TrainingState, info_from_checkpoint, load_checkpoint, model_from_checkpoint,
+from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.checkpoint import (TrainingState, load_checkpoint, model_from_checkpoint,
                                      model_state, recorded_data_root, recorded_split, save_checkpoint)
 from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, PALETTE
 from dronseg_edge.errors import DronsegError
@@ -31,7 +32,7 @@ def test_model_and_training_parts_round_trip(tmp_path):
     ckpt = load_checkpoint(save_checkpoint(tmp_path / "c.pt", state), num_classes=len(CLASS_NAMES))
 
     assert ckpt["aux_loss"] is False and ckpt["input_size"] == list(TINY_SIZE)
-    info = info_from_checkpoint(ckpt)
+    info = ModelInfo.from_checkpoint(ckpt)
     assert info.class_names == list(CLASS_NAMES) and info.palette == [list(c) for c in PALETTE]
     assert info.mean == list(IMAGENET_MEAN) and info.input_size == TINY_SIZE
     rebuilt = model_from_checkpoint(ckpt)
@@ -122,7 +123,7 @@ def test_edited_checkpoint_metadata_is_refused_with_one_line(fields, says, tiny_
 @pytest.mark.parametrize("version, release", [("2.14.1+cu130", (2, 14, 1)), ("2.5.0a0+872d972e41.nv24.08", (2, 5, 0)),
                                               ("2.10.0rc3", (2, 10, 0)), ("2.11.0.dev20260101+cpu", (2, 11, 0))])
 def test_torch_release_reads_field_version_strings(version, release):
-    from dronseg_edge.checkpoint import torch_release
+    from dronseg_edge.torch_floor import torch_release
 
     assert torch_release(version) == release
 
@@ -163,6 +164,6 @@ def test_an_older_torch_refuses_to_unpickle_anything(version, tiny_checkpoint, t
 def test_a_weights_only_refusal_keeps_the_cause_and_drops_the_unsafe_advice(text, cause):
     import pickle as pickle_module
 
-    from dronseg_edge.checkpoint import _short_reason
+    from dronseg_edge.torch_floor import _short_reason
 
     assert _short_reason(pickle_module.UnpicklingError(text)) == f"it holds Python objects, not plain data: {cause}"

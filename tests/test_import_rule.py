@@ -20,8 +20,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "dronseg_edge"
 
 # The base: plain modules every layer may use; they import one another only.
-BASE = frozenset({"errors", "classes", "sizes", "media", "atomic", "storage", "leftovers", "devices", "runs",
-                  "metadata", "metadata_checks", "checkpoint", "models", "metrics", "pictures", "option_fields"})
+BASE = frozenset({"errors", "classes", "sizes", "media", "atomic", "storage", "leftovers", "devices", "machine", "runs",
+                  "metadata", "metadata_checks", "checkpoint", "torch_floor", "models", "metrics", "pictures",
+                  "option_fields"})
 ALL = frozenset({"root", "data", "runtime", "export", "train", "pipeline", "bench", "checks", "cli"}) | BASE
 
 # The one table: each layer (a subpackage, or a top-level module) and what it may import besides itself.

@@ -3,14 +3,18 @@
 A second, small venv gets the project's wheel and its core dependencies only (no torch, no onnx, no
 training tools; ~350 MB resolved by pip from the same index as `make test`, from its cache after the
 first run: 40-70 s on 2 busy cores) and runs `dronseg-edge infer` on an ONNX file; its masks must equal
-the full install's. Commands that need an extra say which, in one line. tools/check_jetson_deps.py's verdicts are tested on hand-made pip
+the full install's. `checks` runs a real ONNX Runtime session there (its test model is package data) and
+describes the machine and every dependency. Commands that need an extra say which, in one line. tools/check_jetson_deps.py's verdicts are tested on hand-made pip
 reports (the real check needs the network for minutes: `make jetson-deps`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import platform
+import zipfile
 from importlib import metadata
 import subprocess
 import sys
@@ -77,6 +81,44 @@ def test_the_core_has_no_torch_and_its_cli_starts(core_python):
     assert extras == "" and missing == "" and torch_loaded == "False", done.stdout
     version = _run([core_python.parent / "dronseg-edge", "--version"])
     assert version.returncode == 0 and version.stdout.startswith("dronseg-edge "), version.stderr
+
+
+@pytest.mark.slow
+def test_checks_on_the_core_runs_a_real_session_and_describes_the_machine(core_python):
+    """The Jetson case without a Jetson: no torch, no onnx, yet ONNX Runtime's providers are tried for real."""
+    wheel = next((core_python.parents[2] / "wheel").glob("dronseg_edge-*.whl"))
+    assert "dronseg_edge/checks/probe_relu.onnx" in zipfile.ZipFile(wheel).namelist()
+    text = _run([core_python.parent / "dronseg-edge", "checks"])
+    assert text.returncode == 0 and "Traceback" not in text.stderr, text.stdout[-3000:] + text.stderr[-2000:]
+    assert "not tried" not in text.stdout and "ort Azure" not in text.stdout
+    lines = {line[6:].split("  ")[0].strip(): line for line in text.stdout.splitlines()[:-1]}
+    assert "session started and ran a test model" in lines["ort CPU"]
+    assert {"cpu", "ram", "disk", "dependencies", "dep numpy", "dep onnxruntime", "dep torch", "backends"} <= set(lines)
+    done = _run([core_python.parent / "dronseg-edge", "checks", "--json"])
+    by_name = {item["name"]: item for item in json.loads(done.stdout)}
+    assert by_name["ort CPU"]["status"] == "OK" and by_name["ort CPU"]["runs"] is True
+    assert by_name["onnxruntime"]["version"] == metadata.version("onnxruntime")
+    assert by_name["cpu"]["logical_cores"] == os.cpu_count() and by_name["ram"]["total_gib"] > 0
+    assert by_name["disk"]["free_gib"] >= 0
+    # The ranges come from the installed wheel's metadata, which is the package running.
+    assert by_name["dependencies"]["status"] == "OK" and by_name["dependencies"]["version"] == metadata.version("dronseg-edge")
+    for name in SAME_VERSIONS:
+        row = by_name[f"dep {name}"]
+        assert row["installed"] == metadata.version(name) and row["satisfied"] is True and "core" in row["required"], row
+    numpy_range = "<2,>=1.24" if platform.machine() == "aarch64" else ">=1.24"
+    assert by_name["dep numpy"]["required"] == {"core": numpy_range}
+    assert by_name["dep torch"]["installed"] is None and by_name["dep torch"]["required"]["train"] == ">=2.10"
+    assert by_name["torch"]["status"] == "WARN" and by_name["backends"]["backends"] == ["onnxruntime"]
+
+
+@pytest.mark.slow
+def test_checks_on_a_machine_where_nothing_can_run_a_model_exits_1(core_python):
+    """The core without ONNX Runtime (hidden from the process): no torch, no TensorRT either."""
+    probe = "import sys; sys.modules['onnxruntime'] = None\nfrom dronseg_edge.cli import main\nmain(['checks'])"
+    done = _run([core_python, "-c", probe])
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stdout[-2000:] + done.stderr[-2000:]
+    verdict = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(verdict) == 1 and "backends" in verdict[0] and "nothing here can run a model" in verdict[0]
 
 
 @pytest.fixture(scope="module")

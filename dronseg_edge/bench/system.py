@@ -12,7 +12,6 @@ affect a run that does not use torch). Without torch a GPU is described by the C
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import importlib.metadata
 import os
@@ -23,6 +22,8 @@ import sys
 from typing import Any
 
 from dronseg_edge import __version__
+from dronseg_edge.devices import driver_gpu_properties
+from dronseg_edge.machine import cpu_model
 
 NOT_INSTALLED = "not installed"
 
@@ -51,17 +52,6 @@ def load_average() -> list[float] | None:
         return None
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith(("model name", "hardware")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def gpu_info(device) -> dict[str, Any]:
     """Name, compute capability, memory (GiB), multiprocessors and clocks of a CUDA ``device``.
 
@@ -84,31 +74,6 @@ def gpu_info(device) -> dict[str, Any]:
         info = {"type": "cuda", "index": index, **driver_gpu_properties(index)}
     info.update(gpu_clocks(index))
     return info
-
-
-# CUdevice_attribute values (cuda.h): stable across CUDA versions.
-_CU_MULTIPROCESSOR_COUNT, _CU_CC_MAJOR, _CU_CC_MINOR = 16, 75, 76
-
-
-def driver_gpu_properties(index: int) -> dict[str, Any]:
-    """What :func:`gpu_info` reports, read from the CUDA driver library with ctypes (no torch)."""
-    from dronseg_edge.devices import _libcuda  # the one place that loads and initialises libcuda
-
-    lib = _libcuda()
-    handle = ctypes.c_int(0)
-    if lib is None or lib.cuDeviceGet(ctypes.byref(handle), index) != 0:
-        return {"name": f"cuda:{index}", "compute_capability": "?", "memory_gib": None, "multiprocessors": None}
-    name = ctypes.create_string_buffer(256)
-    lib.cuDeviceGetName(name, 256, handle)
-    values = {}
-    for key, attribute in (("sm", _CU_MULTIPROCESSOR_COUNT), ("major", _CU_CC_MAJOR), ("minor", _CU_CC_MINOR)):
-        value = ctypes.c_int(0)
-        lib.cuDeviceGetAttribute(ctypes.byref(value), attribute, handle)
-        values[key] = value.value
-    memory = ctypes.c_size_t(0)
-    lib.cuDeviceTotalMem_v2(ctypes.byref(memory), handle)
-    return {"name": name.value.decode(errors="replace"), "compute_capability": f"{values['major']}.{values['minor']}",
-            "memory_gib": round(memory.value / 2**30, 1), "multiprocessors": values["sm"]}
 
 
 def gpu_clocks(index: int) -> dict[str, Any]:

@@ -2,14 +2,15 @@
 
 Statuses: OK (works), WARN (missing or limited, but the package still runs: an optional library,
 a GPU provider that falls back to the CPU), FAIL (something the package needs is broken).
+``facts`` carry what the line says as values (versions, sizes, names) for ``checks --json``.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 STATUSES = (OK, WARN, FAIL)
@@ -20,13 +21,18 @@ class Check:
     name: str
     status: str  # OK | WARN | FAIL
     detail: str
+    facts: Mapping[str, Any] = field(default_factory=dict, hash=False)  # JSON values: str, numbers, bool, None, lists, dicts
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"check {self.name!r}: status {self.status!r} is not one of {STATUSES}")
+        clash = {"name", "status", "detail"} & set(self.facts)
+        if clash:
+            raise ValueError(f"check {self.name!r}: facts may not be named {sorted(clash)}")
 
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """{name, status, detail} and the facts beside them, e.g. {..., "installed": "2.2.6", "required": ">=1.24"}."""
+        return {"name": self.name, "status": self.status, "detail": self.detail, **self.facts}
 
     def line(self, width: int = 18) -> str:
         return f"{self.status:<5} {self.name:<{width}} {self.detail}"

@@ -1,5 +1,6 @@
-"""The CUDA driver, and the CUDA builds installed for it: which CUDA the driver supports, next to the
-CUDA major that cuda-bindings and TensorRT's wheels were built for.
+"""The NVIDIA driver and its GPUs, and the CUDA builds installed for it: the driver's release, the CUDA
+it supports and each GPU it shows (no torch needed: the core install on a Jetson has none), next to
+the CUDA major that cuda-bindings and TensorRT's wheels were built for.
 
 Why: on x86-64 ``pip install 'dronseg-edge[trt]'`` resolves TensorRT 11 for CUDA 13 (tensorrt-cu13)
 and cuda-bindings 13, which import on a machine with a CUDA 12 driver and then fail at the first
@@ -12,6 +13,7 @@ CUDA, and is not judged here.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 from typing import Iterator
 
@@ -27,12 +29,34 @@ TENSORRT_WHEEL = re.compile(r"^tensorrt-cu(\d+)$")
 def cuda_checks() -> Iterator[Check]:
     driver = devices.cuda_driver_version()
     if driver is None:
-        yield Check("cuda driver", WARN, "no NVIDIA driver (libcuda) found: no GPU backend here; .onnx files run on the CPU")
+        yield Check("cuda driver", WARN, "no NVIDIA driver (libcuda) found: no GPU backend here; .onnx files run on the CPU",
+                    {"driver": None, "cuda": None})
         return
-    yield Check("cuda driver", OK, f"supports CUDA up to {driver[0]}.{driver[1]}")
+    release = devices.nvidia_driver_version()
+    shown = f"{release}, supports" if release else "supports"
+    yield Check("cuda driver", OK, f"{shown} CUDA up to {driver[0]}.{driver[1]}",
+                {"driver": release, "cuda": f"{driver[0]}.{driver[1]}"})
+    yield from gpu_checks()
     yield bindings_check(driver)
     for name, version, major in tensorrt_wheels():
         yield tensorrt_wheel_check(name, version, major, driver)
+
+
+def gpu_checks() -> Iterator[Check]:
+    """One line per GPU the driver shows this process: name, compute capability, memory, PCI bus."""
+    count = devices.driver_device_count()
+    if count == 0:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hidden = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+        yield Check("gpus", WARN, f"the driver shows this process no GPU{hidden}: everything runs on the CPU", {"count": 0})
+        return
+    for index in range(count):
+        gpu = devices.driver_gpu_properties(index)
+        bus = devices.cuda_pci_bus_id(index)
+        memory = f", {gpu['memory_gib']} GiB" if gpu["memory_gib"] is not None else ""
+        yield Check(f"gpu{index}", OK, f"{gpu['name']}, sm {gpu['compute_capability']}{memory}" + (f", bus {bus}" if bus else ""),
+                    {"index": index, "model": gpu["name"], "compute_capability": gpu["compute_capability"],
+                     "memory_gib": gpu["memory_gib"], "multiprocessors": gpu["multiprocessors"], "pci_bus_id": bus})
 
 
 def _version(distribution: str) -> str | None:
@@ -52,14 +76,15 @@ def bindings_check(driver: tuple[int, int]) -> Check:
     version = _version("cuda-bindings")
     if version is None:
         return Check("cuda-bindings", WARN, f"not installed: .engine files cannot run (pip install {trt_extra(driver[0])} "
-                                            f"for this CUDA {driver[0]} driver)")
+                                            f"for this CUDA {driver[0]} driver)", {"version": None})
     major = int(version.split(".")[0])
+    facts = {"version": version, "cuda_major": major}
     if major > driver[0]:
         return Check("cuda-bindings", WARN, f"{version} is built for CUDA {major}, and this driver supports CUDA "
                                             f"{driver[0]}.{driver[1]}: every CUDA call of the engine runner will fail; "
                                             f"pip install 'cuda-bindings>={driver[0]}.3,<{driver[0] + 1}' (or a driver for "
-                                            f"CUDA {major}{_driver_hint(major)})")
-    return Check("cuda-bindings", OK, f"{version} (CUDA {major}; the driver supports {driver[0]}.{driver[1]})")
+                                            f"CUDA {major}{_driver_hint(major)})", facts)
+    return Check("cuda-bindings", OK, f"{version} (CUDA {major}; the driver supports {driver[0]}.{driver[1]})", facts)
 
 
 def tensorrt_wheels() -> list[tuple[str, str, int]]:
@@ -74,12 +99,13 @@ def tensorrt_wheels() -> list[tuple[str, str, int]]:
 
 
 def tensorrt_wheel_check(name: str, version: str, major: int, driver: tuple[int, int]) -> Check:
+    facts = {"package": name, "version": version, "cuda_major": major}
     if major > driver[0]:
         return Check("tensorrt build", WARN, f"{name} {version} is built for CUDA {major}, and this driver supports CUDA "
                                              f"{driver[0]}.{driver[1]}: it cannot run here; pip uninstall tensorrt {name} "
                                              f"{name}-libs {name}-bindings, then pip install {trt_extra(driver[0])} (or a "
-                                             f"driver for CUDA {major}{_driver_hint(major)})")
-    return Check("tensorrt build", OK, f"{name} {version} (CUDA {major}; the driver supports {driver[0]}.{driver[1]})")
+                                             f"driver for CUDA {major}{_driver_hint(major)})", facts)
+    return Check("tensorrt build", OK, f"{name} {version} (CUDA {major}; the driver supports {driver[0]}.{driver[1]})", facts)
 
 
 def _driver_hint(major: int) -> str:

@@ -2,15 +2,19 @@
 
 The provider list alone proves nothing: onnxruntime-gpu lists CUDA and TensorRT even when their
 libraries cannot load, and then quietly runs the session on the CPU. Each provider therefore gets a
-one-node model (Relu) built in memory, and the check looks at which provider the session really
-got and whether it computed the right answer. The reason for a fallback is only printed by ONNX
-Runtime's native logger, so its stderr is captured at the file-descriptor level for that moment.
+one-node model (y = Relu(x), x: float32 [1, 4]; 100 bytes, shipped with the package as
+``probe_relu.onnx``, so the core install tries its providers without the ``onnx`` package), and the
+check looks at which provider the session really got and whether it computed the right answer.
+The reason for a fallback is only printed by ONNX Runtime's native logger, so its stderr is captured
+at the file-descriptor level for that moment. Azure's provider is not tried: it only forwards to
+remote endpoints and runs nothing here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.resources
 import os
 import sys
 import tempfile
@@ -18,9 +22,13 @@ import warnings
 from typing import Iterator
 
 from dronseg_edge.checks.base import FAIL, OK, WARN, Check, first_line, import_optional
+from dronseg_edge.errors import docs_url
 
-INSTALL = "pip install 'dronseg-edge[ort]' (CPU) or 'dronseg-edge[ort-gpu]'; on a Jetson, NVIDIA's onnxruntime-gpu build"
-NOTES = {"AzureExecutionProvider": "remote endpoints only, runs no layers here"}
+JETSON_WHEELS = "nvidias-torch-and-onnx-runtime-wheels"  # the section of docs/jetson.md
+INSTALL = (f"pip install 'dronseg-edge[ort]' (CPU) or 'dronseg-edge[ort-gpu]'; on a Jetson, NVIDIA's onnxruntime-gpu "
+           f"build: {docs_url('jetson.md', JETSON_WHEELS)}")
+NOT_TRIED = {"AzureExecutionProvider"}  # forwards to remote endpoints, runs no layers here
+PROBE_MODEL = "probe_relu.onnx"
 
 
 def short(provider: str) -> str:
@@ -30,20 +38,20 @@ def short(provider: str) -> str:
 def onnxruntime_checks() -> Iterator[Check]:
     ort, why = import_optional("onnxruntime")
     if ort is None:
-        yield Check("onnxruntime", WARN, f"{why}: .onnx files cannot run here ({INSTALL})")
+        yield Check("onnxruntime", WARN, f"{why}: .onnx files cannot run here ({INSTALL})", {"version": None})
         return
     providers = list(ort.get_available_providers())
-    yield Check("onnxruntime", OK, f"{ort.__version__} (providers: {', '.join(map(short, providers)) or 'none'})")
+    version = str(ort.__version__)
+    yield Check("onnxruntime", OK, f"{version} (providers: {', '.join(map(short, providers)) or 'none'})",
+                {"version": version, "providers": providers})
     both = installed_distributions()
     if len(both) > 1:
         yield Check("onnxruntime install", WARN, f"{' and '.join(both)} are both installed and share one module, so "
                                                  "one silently overwrote the other: pip uninstall them both, then install one")
-    model, why = probe_model()
-    if model is None:
-        yield Check("ort providers", WARN, f"not tried: onnx {why}, needed to build the test model (pip install onnx)")
-        return
+    model = probe_model()
     for provider in providers:
-        yield provider_check(ort, provider, model)
+        if provider not in NOT_TRIED:
+            yield provider_check(ort, provider, model)
 
 
 def installed_distributions() -> list[str]:
@@ -55,19 +63,10 @@ def installed_distributions() -> list[str]:
     return found
 
 
-def probe_model() -> tuple[bytes | None, str | None]:
-    """A serialized one-node ONNX model y = Relu(x), x: float32 [1, 4]; or (None, why onnx is unusable)."""
-    onnx, why = import_optional("onnx")
-    if onnx is None:
-        return None, why
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "dronseg_edge_check", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = min(model.ir_version, 8)  # loadable by the older onnxruntime builds on Jetsons too
-    return model.SerializeToString(), None
+def probe_model() -> bytes:
+    """The serialized test model, y = Relu(x) with x: float32 [1, 4] (opset 13, IR version 8, which the older
+    ONNX Runtime builds on Jetsons load too), from the package's data."""
+    return importlib.resources.files(__package__).joinpath(PROBE_MODEL).read_bytes()
 
 
 @contextlib.contextmanager
@@ -116,12 +115,12 @@ def provider_check(ort, provider: str, model: bytes) -> Check:
             error = first_line(exc)
     logged = logged + [str(w.message) for w in caught]
     failed = FAIL if provider == "CPUExecutionProvider" else WARN  # others fall back to the CPU, which still works
+    facts = {"provider": provider, "runs": False}
     if error is not None:
-        return Check(name, failed, f"listed, but a session does not start: {error}")
+        return Check(name, failed, f"listed, but a session does not start: {error}", facts)
     if not got or got[0] != provider:
         why = _reason(logged) or "its libraries did not load"
-        return Check(name, failed, f"listed, but the session fell back to {', '.join(map(short, got)) or 'nothing'}: {why}")
+        return Check(name, failed, f"listed, but the session fell back to {', '.join(map(short, got)) or 'nothing'}: {why}", facts)
     if output is None or not np.array_equal(output, np.maximum(x, 0)):
-        return Check(name, failed, f"a session starts but computed {output!r} for Relu({x.tolist()})")
-    note = NOTES.get(provider)
-    return Check(name, OK, "session started and ran a test model" + (f" ({note})" if note else ""))
+        return Check(name, failed, f"a session starts but computed {output!r} for Relu({x.tolist()})", facts)
+    return Check(name, OK, "session started and ran a test model", {**facts, "runs": True})

@@ -1,4 +1,8 @@
-"""The package, Python, the operating system, and the folders the package writes to."""
+"""The package, Python, the operating system, CPU, memory and disk, and the folders the package writes to.
+
+What a bug report needs about the machine (the lines ``yolo checks`` users paste), each with its values
+as facts for ``checks --json``.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +13,82 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from dronseg_edge import __version__
+from dronseg_edge import __version__, machine
 from dronseg_edge.checks.base import FAIL, OK, WARN, Check
 
 MIN_PYTHON = (3, 10)
+PACKAGE_FOLDER = Path(__file__).resolve().parents[1]
+# Below these, work gets killed or stops half-way: an export holds the model several times over in RAM
+# (on a Jetson the GPU's memory too), and runs, engines and videos need room on disk.
+LOW_MEMORY_GIB = 1.0
+LOW_DISK_GIB = 1.0
 
 
 def system_checks() -> Iterator[Check]:
-    yield Check("dronseg-edge", OK, f"{__version__} ({Path(__file__).resolve().parents[1]})")
+    yield Check("dronseg-edge", OK, f"{__version__} ({PACKAGE_FOLDER})", {"version": __version__, "path": str(PACKAGE_FOLDER)})
     yield python_check()
-    yield Check("os", OK, f"{platform.system()} {platform.release()}, {platform.machine()}")
+    yield os_check()
+    yield cpu_check()
+    yield memory_check()
+    yield from disk_checks()
 
 
 def python_check() -> Check:
     version = platform.python_version()
+    facts = {"version": version, "executable": sys.executable, "venv": sys.prefix != sys.base_prefix}
     if sys.version_info < MIN_PYTHON:
-        return Check("python", FAIL, f"{version}: dronseg-edge needs Python >= {'.'.join(map(str, MIN_PYTHON))}")
-    return Check("python", OK, f"{version} ({sys.executable}{venv_note()})")
+        return Check("python", FAIL, f"{version}: dronseg-edge needs Python >= {'.'.join(map(str, MIN_PYTHON))}", facts)
+    return Check("python", OK, f"{version} ({sys.executable}{venv_note()})", facts)
+
+
+def os_check() -> Check:
+    name, kernel, arch = machine.os_name(), platform.release(), platform.machine()
+    return Check("os", OK, f"{name} ({platform.system()} {kernel}, {arch})", {"os": name, "kernel": kernel, "machine": arch})
+
+
+def cpu_check() -> Check:
+    model = machine.cpu_model()
+    total, usable = machine.cpu_cores()
+    limited = f", {usable} usable by this process" if usable is not None and usable != total else ""
+    return Check("cpu", OK, f"{model}, {total or '?'} logical cores{limited}",
+                 {"model": model, "logical_cores": total, "usable_cores": usable})
+
+
+def _gib(size: int | None) -> float | None:
+    return None if size is None else round(size / machine.GIB, 1)
+
+
+def memory_check() -> Check:
+    memory = machine.memory()
+    if memory is None:
+        return Check("ram", WARN, "unreadable (no /proc/meminfo, no sysconf)", {"total_gib": None, "available_gib": None})
+    total, available = _gib(memory.total), _gib(memory.available)
+    facts = {"total_gib": total, "available_gib": available}
+    if available is None:
+        return Check("ram", OK, f"{total} GiB (available: unknown)", facts)
+    if available < LOW_MEMORY_GIB:
+        return Check("ram", WARN, f"{total} GiB, only {available} GiB available: an export or a large model may be "
+                                  "killed for lack of memory; close other programs", facts)
+    return Check("ram", OK, f"{total} GiB, {available} GiB available", facts)
+
+
+def disk_checks() -> Iterator[Check]:
+    """Free space where runs are written (the current folder) and, when it is another file system, where
+    the package is installed (pip, caches and a venv's growth land there)."""
+    seen = set()
+    for name, folder in (("disk", Path.cwd()), ("disk (install)", PACKAGE_FOLDER)):
+        found = machine.disk(folder)
+        if found is None:
+            yield Check(name, WARN, f"{folder}: free space unreadable", {"path": str(folder), "free_gib": None})
+            continue
+        if found.device in seen:
+            continue
+        seen.add(found.device)
+        free, total = _gib(found.free), _gib(found.total)
+        facts = {"path": str(found.path), "free_gib": free, "total_gib": total}
+        status = WARN if free < LOW_DISK_GIB else OK
+        low = ": runs, engines and videos may not fit" if status == WARN else ""
+        yield Check(name, status, f"{free} GiB free of {total} GiB on {found.path}{low}", facts)
 
 
 def venv_note() -> str:

@@ -1,23 +1,40 @@
-"""torch, torchvision, CUDA and each GPU: name, compute capability, memory, bf16, and a real kernel."""
+"""torch, torchvision, CUDA and each GPU: name, compute capability, memory, bf16, and a real kernel.
+
+Two field failures are told before torch is imported, from its installed metadata: a torch older than
+the package's floor for checkpoints (torch_floor.py; NVIDIA's Jetson wheels lag behind), and, after
+the import, a CPU-only torch on a machine with an NVIDIA GPU or on a Jetson (pip replaced the CUDA
+build, e.g. while resolving an extra).
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from typing import Iterator
 
+from dronseg_edge import devices
 from dronseg_edge.checks import jetson
 from dronseg_edge.checks.base import FAIL, OK, WARN, Check, first_line, import_optional
+from dronseg_edge.errors import docs_url
+from dronseg_edge.torch_floor import unsafe_torch_reason
 
 NO_TORCH = "inference of .onnx/.engine only; training, export and .pt checkpoints need torch"
+JETSON_TORCH = docs_url("jetson.md", "nvidias-torch-and-onnx-runtime-wheels")
+CUDA_TORCH = "https://pytorch.org/get-started/locally/"
 
 
 def torch_checks() -> Iterator[Check]:
+    installed = _installed_torch()
+    if installed is not None:
+        reason = unsafe_torch_reason(installed, ".pt checkpoints")
+        if reason:
+            yield Check("torch checkpoints", WARN, reason, {"version": installed, "safe": False})
     torch, why = import_optional("torch")
     if torch is None:
-        yield Check("torch", WARN, f"{why}: {NO_TORCH}")
+        yield Check("torch", WARN, f"{why}: {NO_TORCH}", {"version": installed, "cuda": None})
         return
     build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
-    yield Check("torch", OK, f"{torch.__version__} ({build})")
+    yield Check("torch", OK, f"{torch.__version__} ({build})", {"version": str(torch.__version__), "cuda": torch.version.cuda})
     yield torchvision_check()
     if not torch.cuda.is_available():
         yield no_cuda_check(torch)
@@ -29,24 +46,45 @@ def torch_checks() -> Iterator[Check]:
         yield gpu_check(torch, index)
 
 
+def _installed_torch() -> str | None:
+    """torch's version as pip recorded it, without importing torch; None when no distribution says so."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def torchvision_check() -> Check:
     torchvision, why = import_optional("torchvision")
     if torchvision is None:
         # The classic failure: the registry's torchvision built for another torch ("operator torchvision::nms does not exist").
         hint = "install the torchvision release built for this torch" if why != "not installed" else "pip install torchvision"
-        return Check("torchvision", WARN, f"{why}: .pt checkpoints cannot be built or loaded ({hint})")
-    return Check("torchvision", OK, str(torchvision.__version__))
+        return Check("torchvision", WARN, f"{why}: .pt checkpoints cannot be built or loaded ({hint})", {"version": None})
+    return Check("torchvision", OK, str(torchvision.__version__), {"version": str(torchvision.__version__)})
 
 
 def no_cuda_check(torch) -> Check:
     if not torch.version.cuda:
-        hint = ("install NVIDIA's torch wheel for this JetPack" if jetson.is_jetson()
-                else "install a CUDA build of torch (pip install torch)")
-        return Check("cuda", WARN, f"this torch is CPU-only: no GPU training or inference through torch ({hint})")
+        return cpu_build_check(torch)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     hidden = f"; CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
     return Check("cuda", WARN, f"torch is built for CUDA {torch.version.cuda} but sees no GPU (no NVIDIA driver, "
                                f"or none visible{hidden}): torch runs on the CPU")
+
+
+def cpu_build_check(torch) -> Check:
+    """A CPU-only torch: right on a machine without an NVIDIA GPU, a mistake beside one or on a Jetson.
+
+    The usual cause is pip: resolving an extra that asks for torch replaced NVIDIA's Jetson wheel (or a
+    CUDA build) with the registry's CPU-only aarch64 wheel. The driver is asked, not torch, which sees no GPU.
+    """
+    on_jetson, gpus = jetson.is_jetson(), devices.driver_device_count()
+    if not on_jetson and gpus == 0:
+        return Check("cuda", OK, "CPU-only torch, and no NVIDIA GPU here: torch runs on the CPU")
+    where = "this Jetson's GPU" if on_jetson else f"the NVIDIA GPU{'s' * (gpus != 1)} the driver shows ({gpus})"
+    fix = (f"pip probably replaced NVIDIA's torch wheel; reinstall it and keep it with a constraint file: {JETSON_TORCH}"
+           if on_jetson else f"install a CUDA build of torch for this driver ({CUDA_TORCH})")
+    return Check("cuda", WARN, f"torch {torch.__version__} is a CPU-only build and cannot use {where}: {fix}")
 
 
 def arch_supported(arch_list: list[str], major: int, minor: int) -> bool:
@@ -69,7 +107,7 @@ def arch_supported(arch_list: list[str], major: int, minor: int) -> bool:
 
 
 def gpu_check(torch, index: int) -> Check:
-    name = f"gpu{index}"
+    name = f"torch gpu{index}"  # the driver's own line for this GPU is gpu{index} (cuda_checks)
     props = torch.cuda.get_device_properties(index)
     major, minor = props.major, props.minor
     # bf16 tensor cores from Ampere (sm 8.0) on: the --amp auto choice.

@@ -8,7 +8,10 @@ from typing import Iterator
 
 from dronseg_edge.checks import jetson
 from dronseg_edge.checks.base import FAIL, OK, WARN, Check, first_line, import_optional
+from dronseg_edge.errors import docs_url
 
+JETPACK_OPENCV = ("JetPack's OpenCV (NVIDIA's apt package libopencv-python, from nvidia-opencv) in a venv made with "
+                  f"--system-site-packages: {docs_url('jetson.md', 'why-opencv-and-onnx-runtime-leave-the-core-on-aarch64')}")
 ENCODERS = ("libx264", "h264_nvenc")  # what `infer --codec auto` tries for H.264 (after NVENC: the CPU)
 
 
@@ -37,9 +40,11 @@ def _yes(value: str | None) -> bool:
 def opencv_checks() -> Iterator[Check]:
     cv2, why = import_optional("cv2")
     if cv2 is None:
-        yield Check("opencv", FAIL, f"{why}: images and video cannot be read or written (pip install opencv-python-headless)")
+        # An OpenCV built against numpy 1.x (JetPack's) does not import under numpy 2.
+        fix = "pip install 'numpy<2'" if "numpy" in why.lower() else "pip install opencv-python-headless"
+        yield Check("opencv", FAIL, f"{why}: images and video cannot be read or written ({fix})", {"version": None})
         return
-    yield Check("opencv", OK, str(cv2.__version__))
+    yield Check("opencv", OK, str(cv2.__version__), {"version": str(cv2.__version__)})
     build = parse_build_information(cv2.getBuildInformation())
     if _yes(build.get("FFMPEG")):
         version = build.get("avcodec", "").removeprefix("YES").strip(" ()")
@@ -50,8 +55,8 @@ def opencv_checks() -> Iterator[Check]:
     if _yes(build.get("GStreamer")):
         yield Check("opencv gstreamer", OK, "yes")
     elif jetson.is_jetson():
-        yield Check("opencv gstreamer", WARN, "no: CSI cameras (nvarguscamerasrc pipelines) need an OpenCV built with "
-                                              "GStreamer, e.g. JetPack's python3-opencv in a --system-site-packages venv")
+        yield Check("opencv gstreamer", WARN, f"no: CSI cameras (nvarguscamerasrc pipelines) need an OpenCV built with "
+                                              f"GStreamer, e.g. {JETPACK_OPENCV}")
     else:
         yield Check("opencv gstreamer", OK, "no (only GStreamer pipeline sources need it)")
     gui = build.get("GUI", "")
@@ -73,7 +78,7 @@ def pyav_checks() -> Iterator[Check]:
         return
     libavcodec = getattr(av, "library_versions", {}).get("libavcodec")
     shown = f" (libavcodec {'.'.join(map(str, libavcodec))})" if libavcodec else ""
-    yield Check("pyav", OK, f"{av.__version__}{shown}")
+    yield Check("pyav", OK, f"{av.__version__}{shown}", {"version": str(av.__version__)})
     for name in ENCODERS:
         yield encoder_check(av, name)
 

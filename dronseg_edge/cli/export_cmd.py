@@ -100,7 +100,7 @@ def export(
                               f"{parity_report_path(result.path).name}: try a higher precision, or relax the limits "
                               "with --min-agreement/--max-miou-drop")
         info = result.info
-        shape = "dynamic N x H x W" if info.dynamic else f"batch {info.batch}, {format_size(info.input_size)}"
+        shape = "dynamic N x H x W" if info.dynamic else f"batch {info.batch or 'N (any)'}, {format_size(info.input_size)}"
         if info.io == "frames":
             frames_shape = "any size" if info.dynamic else format_size(info.source_size)
             shape = f"uint8 {info.color_order} frames ({frames_shape}) in, model {format_size(info.input_size)}, {shape}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from dronseg_edge.errors import BackendUnavailable
+from dronseg_edge.errors import BackendUnavailable, docs_url
 
 # The modules each extra must provide for its commands to finish (import name -> pip name). Only what
 # a run cannot do without: tensorboard is left out, training logs without it.
@@ -20,7 +20,9 @@ REQUIRED: dict[str, dict[str, str]] = {
     "export": {"torch": "torch", "torchvision": "torchvision", "onnx": "onnx", "onnxslim": "onnxslim"},
 }
 
-JETSON_TORCH = "on a Jetson install NVIDIA's torch and torchvision wheels first (docs/jetson.md)"
+JETSON_WHEELS = docs_url("jetson.md", "nvidias-torch-and-onnx-runtime-wheels")
+JETSON_TORCH = f"on a Jetson install NVIDIA's torch and torchvision wheels first ({JETSON_WHEELS})"
+JETSON_DOCS = docs_url("jetson.md", "step-by-step-on-jetpack-6")
 
 # A missing top-level module -> (pip name, the install that brings it).
 INSTALL_FOR_MODULE: dict[str, tuple[str, str]] = {
@@ -34,12 +36,12 @@ INSTALL_FOR_MODULE: dict[str, tuple[str, str]] = {
     "onnxslim": ("onnxslim", "pip install 'dronseg-edge[export]'"),
     "onnxscript": ("onnxscript", "pip install onnxscript"),
     "onnxruntime": ("onnxruntime", "pip install 'dronseg-edge[ort]' (CPU) or 'dronseg-edge[ort-gpu]' (CUDA, x86-64); "
-                    "on a Jetson NVIDIA's onnxruntime-gpu wheel (docs/jetson.md)"),
-    "cv2": ("OpenCV", "pip install 'dronseg-edge[opencv]'; on a Jetson use JetPack's OpenCV (python3-opencv) "
-            "from a venv made with --system-site-packages (docs/jetson.md)"),
+                    f"on a Jetson NVIDIA's onnxruntime-gpu wheel ({JETSON_WHEELS})"),
+    "cv2": ("OpenCV", "pip install 'dronseg-edge[opencv]'; on a Jetson use JetPack's OpenCV (apt package libopencv-python) "
+            f"from a venv made with --system-site-packages ({JETSON_DOCS})"),
     "av": ("av (PyAV)", "pip install 'dronseg-edge[video]'"),
     "tensorrt": ("tensorrt", "pip install 'dronseg-edge[trt]' (x86-64); on a Jetson TensorRT comes with JetPack, "
-                 "seen from a venv made with --system-site-packages (docs/jetson.md)"),
+                 f"seen from a venv made with --system-site-packages ({JETSON_DOCS})"),
     "cuda": ("cuda-bindings", "pip install 'dronseg-edge[trt]'; on JetPack 6 pip install 'cuda-bindings==12.*'"),
     "pynvml": ("nvidia-ml-py", "pip install 'dronseg-edge[nvml]'"),
 }

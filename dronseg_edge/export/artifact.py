@@ -2,14 +2,15 @@
 
 File names (in the checkpoint's run folder ``RUN/export/``, or beside a bare checkpoint):
 
-    NAME = <checkpoint stem>[_argmax][_<W>x<H> if not the training size][_b<N> | _dyn]
+    NAME = <checkpoint stem>[_argmax][_<W>x<H> if not the training size][_b<N> | _dyn | _dynbatch]
            [_frames[_src<W>x<H> if not the model size][_conf]]     --io frames (export/embedded.py)
     NAME_<precision>.onnx                                   fp32 | fp16 | int8
     NAME_<precision>_<gpu>_sm<cc>_trt<version>.engine       + NAME_..engine.json (metadata sidecar)
     <artifact stem>.parity.json                             the parity report (PASS or FAIL)
     *.failed                                                an artifact that failed parity
     triton/NAME_<precision>[_plan]/                         --format triton: a model folder of the Triton model
-                                                            repository triton/ around the ONNX file (or engine)
+                                                            repository triton/ around the ONNX file (or engine);
+                                                            its NAME leaves out _dynbatch (every Triton model batches)
 
 A new artifact is written under a hidden pending name, checked, and only then renamed into
 place, so a failing export never replaces a good file of the same name.
@@ -98,7 +99,7 @@ def default_out_dir(checkpoint: Path) -> Path:
 
 
 def artifact_base(checkpoint: Path, train_size: tuple[int, int], size: tuple[int, int], batch: int,
-                  dynamic: bool, head: str) -> str:
+                  dynamic: bool, head: str, dynamic_batch: bool = False) -> str:
     parts = [Path(checkpoint).stem]
     if head == "argmax":
         parts.append("argmax")
@@ -106,6 +107,8 @@ def artifact_base(checkpoint: Path, train_size: tuple[int, int], size: tuple[int
         parts.append(f"{size[0]}x{size[1]}")
     if dynamic:
         parts.append("dyn")
+    elif dynamic_batch:
+        parts.append("dynbatch")
     elif batch != 1:
         parts.append(f"b{batch}")
     return "_".join(parts)
@@ -143,7 +146,8 @@ def artifact_path(checkpoint: Path, options: ExportOptions | None = None, /, **c
 
 def _final_path(checkpoint: Path, train_size: tuple[int, int], options: ExportOptions, folder: Path) -> Path:
     size = options.size or train_size
-    base = artifact_base(checkpoint, train_size, size, options.batch, options.dynamic, options.head)
+    base = artifact_base(checkpoint, train_size, size, options.batch, options.dynamic, options.head,
+                         dynamic_batch=options.dynamic_batch and options.fmt != "triton")
     if options.io == "frames":
         base += "_frames"
         if options.source_size is not None and tuple(options.source_size) != tuple(size):
@@ -237,10 +241,10 @@ def export_artifact(checkpoint: Path, options: ExportOptions | None = None, /, *
 
 def _artifact_info(source: _Source, options: ExportOptions) -> ModelInfo:
     """The metadata the artifact of ``options`` carries: the checkpoint's, with the export's shape and precision."""
-    batch, dynamic = (None, True) if options.dynamic else (options.batch, False)
+    batch = None if options.dynamic or options.dynamic_batch else options.batch  # None: any batch
     info = dataclasses.replace(
         source.info, input_size=tuple(options.size or source.train_size), precision=options.precision,
-        head=options.head, batch=batch, dynamic=dynamic,
+        head=options.head, batch=batch, dynamic=options.dynamic,
         extra={"source_checkpoint": str(source.path.resolve()), "train_size": list(source.train_size)})
     if options.io == "frames":
         return embedded.frames_info(info, options.source_size, options.confidence)
@@ -281,13 +285,13 @@ def _write_onnx(model, dest: Path, info: ModelInfo, precision: str, opset: int |
     verify = embedded.verify_frames_dynamic if frames else onnx_export.verify_dynamic
     if precision == "fp32":
         export(model, dest, info, opset=opset)
-        if info.dynamic:
+        if info.batch is None:
             notes.append(verify(dest, model, info))
         return tuple(notes)
     with tempfile.TemporaryDirectory(prefix=working_prefix("export"), dir=dest.parent) as tmp:
         fp32_info = ModelInfo.from_dict({**info.to_dict(), "precision": "fp32"})
         fp32_path = export(model, Path(tmp) / "fp32.onnx", fp32_info, opset=opset)
-        if info.dynamic:
+        if info.batch is None:
             notes.append(verify(fp32_path, model, fp32_info))
         info.extra.update({k: v for k, v in fp32_info.extra.items() if k not in info.extra})
         if precision == "fp16":
@@ -369,7 +373,7 @@ def _export_triton(source: _Source, folder: Path, options: ExportOptions) -> Exp
     if not made.passed:
         return made
     final = _final_path(source.path, source.train_size, options, folder)
-    # A --dynamic ONNX file may batch up to what a --dynamic engine's profile allows (export/tensorrt.py).
+    # The ONNX file may batch up to what a dynamic engine's profile allows (export/tensorrt.py).
     repository = write_model_repository(made.path, final.parent, final.name, max_batch=max(options.batch, MIN_MAX_BATCH),
-                                        workspace_gib=options.workspace_gib)
+                                        opt_batch=options.batch, workspace_gib=options.workspace_gib)
     return ExportResult(repository, made.info, made.report, True, notes=made.notes, served=made.path)

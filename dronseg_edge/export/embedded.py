@@ -83,7 +83,7 @@ class FramesToClassMap(nn.Module):
         if self.source is None:
             self.resize = DynamicResize((width, height))
         else:
-            self.resize = StaticResize(self.source, (width, height), batch=int(info.batch or 1))
+            self.resize = StaticResize(self.source, (width, height), batch=int(info.batch or -1))  # -1: any
         # (x / 255 - mean) / std as one multiply-add on 0..255 values, in BGR order (the model reads BGR now).
         mean = torch.tensor(info.mean[::-1], dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(info.std[::-1], dtype=torch.float32).view(1, 3, 1, 1)
@@ -126,6 +126,8 @@ def export_frames_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: 
     axes = None
     if info.dynamic:
         axes = {name: {0: "batch", 1: "height", 2: "width"} for name in [FRAMES_INPUT, *info.outputs]}
+    elif info.batch is None:  # any batch at the fixed frame size (export --format triton)
+        axes = {name: {0: "batch"} for name in [FRAMES_INPUT, *info.outputs]}
     kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     ensure_writable_dir(path.parent)
     with tempfile.TemporaryDirectory(prefix=working_prefix("export"), dir=path.parent) as tmp:
@@ -148,13 +150,16 @@ def export_frames_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: 
 
 
 def verify_frames_dynamic(path: Path, model: nn.Module, info: ModelInfo) -> str:
-    """Run a dynamic frames graph at another batch and frame size than traced and compare with PyTorch."""
+    """Run a frames graph with a free batch at batch 2 (a --dynamic one also at another frame size than
+    traced) and compare with PyTorch."""
     try:
         import onnxruntime
     except ImportError:
         return "dynamic shapes not verified (onnxruntime missing)"
     width, height = info.input_size
     probe_w, probe_h = width * 2 + 6, height * 2 + 10  # odd sizes: a frozen shape cannot pass by chance
+    if not info.dynamic:
+        probe_w, probe_h = info.source_size or info.input_size
     generator = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (2, probe_h, probe_w, 3), dtype=torch.uint8, generator=generator)
     net = FramesToClassMap(model, info, confidence=False).eval()
@@ -162,17 +167,18 @@ def verify_frames_dynamic(path: Path, model: nn.Module, info: ModelInfo) -> str:
         expected = net(frames)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     shape = f"2x{probe_h}x{probe_w}x3"
-    fix = "drop --dynamic and pass --source-size WxH"
+    what, fix = ("--dynamic", "drop --dynamic and pass --source-size WxH") if info.dynamic else \
+        ("dynamic-batch", "export --format onnx with a fixed --batch")
     try:
         got = torch.from_numpy(session.run([MASK_OUTPUT], {FRAMES_INPUT: frames.numpy()})[0])
     except Exception as exc:  # onnxruntime reports a frozen shape as a runtime error
-        raise DronsegError(f"--dynamic --io frames export fails at {shape} ({str(exc).splitlines()[0][:160]}): {fix}") from None
+        raise DronsegError(f"{what} --io frames export fails at {shape} ({str(exc).splitlines()[0][:160]}): {fix}") from None
     if got.shape != expected.shape:
-        raise DronsegError(f"--dynamic --io frames export returns {tuple(got.shape)} for {shape} instead of "
+        raise DronsegError(f"{what} --io frames export returns {tuple(got.shape)} for {shape} instead of "
                            f"{tuple(expected.shape)}: {fix}")
     agreement = float((got == expected).float().mean())
     # The graph computes what the module does; random noise only risks a rare near-tie in the logits.
     if agreement < 0.999:
-        raise DronsegError(f"--dynamic --io frames export agrees with PyTorch on only {100 * agreement:.2f}% of pixels "
+        raise DronsegError(f"{what} --io frames export agrees with PyTorch on only {100 * agreement:.2f}% of pixels "
                            f"at {shape}: {fix}")
     return f"dynamic shapes verified at {shape} (agreement {100 * agreement:.2f}%)"

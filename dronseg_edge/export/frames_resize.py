@@ -63,7 +63,8 @@ class _AxisResize(nn.Module):
 class StaticResize(nn.Module):
     """(N, H, W, 3) float frames at ``source_size`` (W, H) -> (N, 3, h, w) at ``target_size``, as resize_frame.
 
-    ``batch``: the graph's fixed batch N (every shape in the graph is a constant).
+    ``batch``: the graph's fixed batch N (every shape in the graph is a constant), or -1 for any batch
+    (the Reshapes then take -1 for N, which every consumer's Reshape accepts).
     """
 
     def __init__(self, source_size: tuple[int, int], target_size: tuple[int, int], batch: int):

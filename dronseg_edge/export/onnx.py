@@ -76,7 +76,7 @@ def export_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: int | N
 
     Input ``images``: float32 (N, 3, H, W) normalised RGB at ``info.input_size`` (W, H); output
     ``logits`` (N, C, H, W) float32, or ``mask`` (N, H, W) uint8 for ``info.head == 'argmax'``.
-    ``info.batch`` fixes N (None with ``info.dynamic`` makes N, H and W dynamic). The exporter and
+    ``info.batch`` fixes N (None: N dynamic; with ``info.dynamic`` H and W too). The exporter and
     opset used are added to ``info.extra``; the file carries ``info`` in its metadata_props.
     """
     path = Path(path)
@@ -91,9 +91,9 @@ def export_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: int | N
     with tempfile.TemporaryDirectory(prefix=working_prefix("export"), dir=path.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
         if exporter == "torchscript":
-            _export_torchscript(net, example, raw, opset, info.dynamic, out_name)
+            _export_torchscript(net, example, raw, opset, dynamic_axes(info), out_name)
         else:
-            _export_dynamo(net, example, raw, opset, info.dynamic, out_name)
+            _export_dynamo(net, example, raw, opset, dynamic_axes(info), out_name)
         graph = onnx.load(str(raw))
     graph = finish_graph(graph, info, simplify=simplify)
     info.extra.update({"exporter": exporter_versions(exporter), "opset": opset, "input_name": INPUT_NAME,
@@ -102,14 +102,21 @@ def export_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: int | N
     return path
 
 
-def _export_torchscript(net: nn.Module, example: torch.Tensor, dest: Path, opset: int, dynamic: bool, out_name: str) -> None:
+def dynamic_axes(info: ModelInfo) -> dict[int, str]:
+    """The free axes of an (N, 3, H, W) input: N when ``info.batch`` is None, H and W too when ``info.dynamic``."""
+    axes = {0: "batch"} if info.batch is None or info.dynamic else {}
+    return {**axes, 2: "height", 3: "width"} if info.dynamic else axes
+
+
+def _export_torchscript(net: nn.Module, example: torch.Tensor, dest: Path, opset: int, free: dict[int, str],
+                        out_name: str) -> None:
     kwargs = {}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False
     axes = None
-    if dynamic:
-        spatial = {0: "batch", 2: "height", 3: "width"}
-        axes = {INPUT_NAME: spatial, out_name: ({0: "batch", 1: "height", 2: "width"} if out_name == "mask" else spatial)}
+    if free:
+        mask_axes = {{0: 0, 2: 1, 3: 2}[axis]: name for axis, name in free.items()}  # (N, H, W): no channel axis
+        axes = {INPUT_NAME: free, out_name: mask_axes if out_name == "mask" else free}
     with warnings.catch_warnings():
         # torch >= 2.9 warns on every TorchScript export; the choice is deliberate (module docstring).
         warnings.simplefilter("ignore", category=DeprecationWarning)
@@ -121,7 +128,8 @@ def _export_torchscript(net: nn.Module, example: torch.Tensor, dest: Path, opset
                               training=torch.onnx.TrainingMode.EVAL, **kwargs)
 
 
-def _export_dynamo(net: nn.Module, example: torch.Tensor, dest: Path, opset: int, dynamic: bool, out_name: str) -> None:
+def _export_dynamo(net: nn.Module, example: torch.Tensor, dest: Path, opset: int, free: dict[int, str],
+                   out_name: str) -> None:
     try:
         import onnxscript  # noqa: F401
     except ImportError:
@@ -129,10 +137,10 @@ def _export_dynamo(net: nn.Module, example: torch.Tensor, dest: Path, opset: int
             f"torch {torch.__version__} only has the dynamo ONNX exporter, which needs onnxscript: pip install onnxscript"
         ) from None
     shapes = None
-    if dynamic:
+    if free:
         dim = torch.export.Dim
         auto = getattr(dim, "AUTO", None)
-        shapes = {"images": {0: auto or dim("batch"), 2: auto or dim("height"), 3: auto or dim("width")}}
+        shapes = {"images": {axis: auto or dim(name) for axis, name in free.items()}}
     with torch.no_grad():
         program = torch.onnx.export(net, (example,), None, input_names=[INPUT_NAME], output_names=[out_name],
                                     opset_version=opset, dynamo=True, dynamic_shapes=shapes, external_data=False)
@@ -182,7 +190,7 @@ def _name_output_dims(graph: onnx.ModelProto, info: ModelInfo) -> None:
     # A frames graph (io='frames') returns its maps at the frame's size, not the model input's.
     width, height = info.source_size if info.io == "frames" and info.source_size else info.input_size
     spatial = ["height", "width"] if info.dynamic else [height, width]
-    batch = "batch" if info.dynamic else (info.batch or 1)
+    batch = "batch" if info.batch is None or info.dynamic else info.batch
     dims = [batch, info.num_classes, *spatial] if info.head == "logits" else [batch, *spatial]
     for output in graph.graph.output if info.io == "frames" else graph.graph.output[:1]:
         shape = output.type.tensor_type.shape
@@ -215,7 +223,8 @@ def save_onnx(graph: onnx.ModelProto, path: Path, info: ModelInfo) -> Path:
 
 
 def verify_dynamic(path: Path, model: nn.Module, info: ModelInfo) -> str:
-    """Run a --dynamic file at another batch and size than it was traced with and compare with PyTorch.
+    """Run a file with a free batch at batch 2 (a --dynamic one also at another size than it was traced
+    with) and compare with PyTorch.
 
     Returns what was checked; raises DronsegError when the graph froze a shape (the known failure
     of AdaptiveAvgPool2d/Resize exports). Skipped (said in the return value) without onnxruntime.
@@ -225,31 +234,33 @@ def verify_dynamic(path: Path, model: nn.Module, info: ModelInfo) -> str:
     except ImportError:
         return "dynamic shapes not verified (onnxruntime missing)"
     width, height = info.input_size
-    probe_h = max(64, (height // 2) // 32 * 32)
-    probe_w = max(64, (width // 2) // 32 * 32)
-    probe_h, probe_w = (probe_h + 32 if probe_h == height else probe_h), (probe_w + 32 if probe_w == width else probe_w)
+    probe_h, probe_w = height, width
+    if info.dynamic:
+        probe_h = max(64, (height // 2) // 32 * 32)
+        probe_w = max(64, (width // 2) // 32 * 32)
+        probe_h, probe_w = (probe_h + 32 if probe_h == height else probe_h), (probe_w + 32 if probe_w == width else probe_w)
     x = torch.randn(2, 3, probe_h, probe_w, generator=torch.Generator().manual_seed(0))
     net = SegmentationNet(model, head=info.head).eval()
     with torch.no_grad():
         expected = net(x)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     shape = f"2x3x{probe_h}x{probe_w}"
+    what, fix = ("--dynamic", "drop --dynamic and export one static file per size") if info.dynamic else \
+        ("dynamic-batch", "export --format onnx with a fixed --batch")
     try:
         got = torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
     except Exception as exc:  # onnxruntime reports a frozen shape as a runtime error
-        raise DronsegError(f"--dynamic export of {info.arch} fails at {shape} ({str(exc).splitlines()[0][:160]}): "
-                           "drop --dynamic and export one static file per size") from None
+        raise DronsegError(f"{what} export of {info.arch} fails at {shape} ({str(exc).splitlines()[0][:160]}): {fix}") from None
     if got.shape != expected.shape:
-        raise DronsegError(f"--dynamic export of {info.arch} returns {tuple(got.shape)} for a {shape} input instead of "
-                           f"{tuple(expected.shape)}: drop --dynamic and export one static file per size")
+        raise DronsegError(f"{what} export of {info.arch} returns {tuple(got.shape)} for a {shape} input instead of "
+                           f"{tuple(expected.shape)}: {fix}")
     if info.head == "logits":
         worst = float((got - expected).abs().max())
         if not torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * max(1.0, float(expected.abs().max()))):
-            raise DronsegError(f"--dynamic export of {info.arch} differs from PyTorch at {shape} (max error {worst:.3g}): "
-                               "drop --dynamic and export one static file per size")
+            raise DronsegError(f"{what} export of {info.arch} differs from PyTorch at {shape} (max error {worst:.3g}): {fix}")
         return f"dynamic shapes verified at {shape} (max error {worst:.2g})"
     agreement = float((got.long() == expected.long()).float().mean())
     if agreement < 0.999:
-        raise DronsegError(f"--dynamic export of {info.arch} agrees with PyTorch on only {100 * agreement:.2f}% of pixels "
-                           f"at {shape}: drop --dynamic and export one static file per size")
+        raise DronsegError(f"{what} export of {info.arch} agrees with PyTorch on only {100 * agreement:.2f}% of pixels "
+                           f"at {shape}: {fix}")
     return f"dynamic shapes verified at {shape} (agreement {100 * agreement:.2f}%)"

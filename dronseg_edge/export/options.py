@@ -50,16 +50,17 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 @dataclass(frozen=True)
 class ExportOptions:
     """How to export a checkpoint; the fields with help text are `export`'s options (option_fields.py), the
-    rest: ``fmt`` (onnx | engine | triton), ``thresholds`` (None: the precision's), ``reuse`` (return an
-    existing file of the same name made from the same checkpoint with the same options; the engine path
-    and ``bench --matrix`` use it). Sizes are (width, height), shapes (batch, width, height); a None size
-    is the training size. Invalid values raise DronsegError.
+    rest: ``fmt`` (onnx | engine | triton; ``triton`` implies ``dynamic_batch`` unless ``dynamic``: Triton
+    batches along a model's first dimension only when it is free), ``thresholds`` (None: the precision's),
+    ``reuse`` (return an existing file of the same name made from the same checkpoint with the same options;
+    the engine path and ``bench --matrix`` use it). Sizes are (width, height), shapes (batch, width, height);
+    a None size is the training size. Invalid values raise DronsegError.
     """
 
     fmt: str = "onnx"
     precision: str = option("fp32", "fp32, fp16 or int8 (Q/DQ, calibrated on real images).")
     size: tuple[int, int] | None = option(None, "Input WxH.", parse=parse_size, default_text="the training size")
-    batch: int = option(1, "Fixed batch size (with --dynamic: the batch engines are tuned for).")
+    batch: int = option(1, "Fixed batch size (with --dynamic or --dynamic-batch: the batch engines are tuned for).")
     dynamic: bool = option(False, "Dynamic batch, height and width (static is faster).")
     opset: int | None = option(None, "ONNX opset.", default_text="17")
     head: str = option("logits", "logits (N,C,H,W) or argmax (N,H,W uint8 class map).")
@@ -99,14 +100,18 @@ class ExportOptions:
     timing_cache: Path | None = option(None, "Engines: TensorRT timing cache to read and update (trtexec "
                                              "--timingCacheFile); builds on the same GPU and TensorRT reuse its timings.",
                                        metavar="FILE", default_text="~/.cache/dronseg-edge/tensorrt/, per GPU and version")
+    dynamic_batch: bool = option(False, "A free batch axis at the fixed size (--format triton implies it; --dynamic "
+                                        "frees the batch too).")
     trt_verbose: bool = option(False, "Engines: log the TensorRT build at VERBOSE severity (trtexec --verbose).")
 
     def __post_init__(self) -> None:
         # Normalised here so that equal options compare equal (a list size, a str path, a numpy int).
         for name, convert in (("batch", int), ("calib_images", int), ("parity_images", int),
                               ("workspace_gib", float), ("dynamic", bool), ("parity", bool), ("reuse", bool),
-                              ("confidence", bool), ("trt_verbose", bool)):
+                              ("confidence", bool), ("dynamic_batch", bool), ("trt_verbose", bool)):
             object.__setattr__(self, name, convert(getattr(self, name)))
+        # One spelling per graph: --dynamic frees the batch too, and a Triton model always batches.
+        object.__setattr__(self, "dynamic_batch", not self.dynamic and (self.dynamic_batch or self.fmt == "triton"))
         for name in ("calib_data", "parity_data", "out_dir", "timing_cache"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
@@ -162,8 +167,9 @@ class ExportOptions:
         if self.fmt == "engine" and self.precision not in DLA_PRECISIONS:
             raise DronsegError(f"--dla-core with --precision {self.precision}: DLA runs fp16 or int8 only; "
                                "pass --precision fp16 (or int8)")
-        if self.dynamic:
-            raise DronsegError("--dla-core with --dynamic: DLA takes fixed shapes only; drop --dynamic "
+        if self.dynamic or self.dynamic_batch:
+            given = "--dynamic" if self.dynamic else "a dynamic batch"
+            raise DronsegError(f"--dla-core with {given}: DLA takes fixed shapes only; drop it "
                                "(and pass --batch/--size for the shape the engine runs at)")
 
     def _validate_io(self) -> None:
@@ -183,8 +189,6 @@ class ExportOptions:
         if self.head != "logits":
             raise DronsegError(f"--head {self.head} with --io frames: a frames graph always ends in the class map "
                                "(argmax inside it); drop --head")
-        if self.fmt == "triton":
-            raise DronsegError("--format triton with --io frames is not supported yet: export --format onnx or engine")
 
     def _validate_profile(self) -> None:
         """--min/--opt/--max-shape: for --dynamic engines, each side of min <= opt <= max where both are

@@ -104,10 +104,14 @@ def dynamic_profile(info: ModelInfo, batch: int, min_shape=None, opt_shape=None,
 
     A frames graph (``info.io == 'frames'``) takes (N, H, W, 3) uint8 frames of any size, resized
     inside: 1 x 64x64 up to max(batch, 4) x the larger of FRAMES_MAX_SIZE and the model input.
-    ``min_shape`` / ``opt_shape`` / ``max_shape`` ((batch, width, height), export --min-shape ...)
-    replace those where given; DronsegError unless every side grows from min to opt to max.
+    A graph with only a free batch (``info.batch`` None, not ``info.dynamic``): 1 to max(batch, 4) at its size.
+    ``min_shape`` / ``opt_shape`` / ``max_shape`` ((batch, width, height), export --min-shape ...) replace
+    those of a ``dynamic`` graph where given; DronsegError unless every side grows from min to opt to max.
     """
     width, height = info.input_size
+    if not info.dynamic:
+        fixed = [3, height, width] if info.io != "frames" else [*(info.source_size or info.input_size)[::-1], 3]
+        return {"min": [1, *fixed], "opt": [batch, *fixed], "max": [max(batch, MIN_MAX_BATCH), *fixed]}
     top_w, top_h = (max(width, FRAMES_MAX_SIZE[0]), max(height, FRAMES_MAX_SIZE[1])) if info.io == "frames" else (width, height)
     given = {"min": min_shape, "opt": opt_shape, "max": max_shape}
     shapes = {"min": (1, min(MIN_SIDE, width), min(MIN_SIDE, height)), "opt": (batch, width, height),
@@ -260,7 +264,7 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, False)
     profile_shapes = None
-    if info.dynamic:
+    if info.dynamic or info.batch is None:
         profile_shapes = dynamic_profile(info, opt_batch, **(profile or {}))
         optimization_profile = builder.create_optimization_profile()
         optimization_profile.set_shape(network.get_input(0).name, profile_shapes["min"], profile_shapes["opt"],

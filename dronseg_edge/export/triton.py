@@ -5,10 +5,25 @@ repository OUT/triton: Triton takes every subfolder of a repository for a model,
 other things (hidden caches of ONNX Runtime's TensorRT provider, for one).
 
     REPO/NAME/config.pbtxt    platform, inputs and outputs (names, data types, dims read from the
-                              graph), batching, one GPU instance, the TensorRT accelerator (ONNX),
-                              the preprocessing the client must do (mean, std, size) as parameters
+                              graph), batching, the instance group, ONNX Runtime's TensorRT accelerator
+                              with its shape profile, and for clients: the class names, and for float
+                              inputs the preprocessing (mean, std, size), as parameters
     REPO/NAME/labels.txt      the class names, one per line (line i = class index i)
     REPO/NAME/1/model.onnx    the parity-checked ONNX file, byte for byte (or 1/model.plan: the engine)
+
+Choices, each from what Triton does with the field:
+- Batching: Triton batches along a model's first dimension, and only when it is free; so the export
+  frees it (ExportOptions.dynamic_batch, implied by ``fmt='triton'``) and the config declares
+  ``max_batch_size`` (max(--batch, 4), as a dynamic engine's profile) and ``dynamic_batching``.
+- ``trt_profile_{min,opt,max}_shapes`` (onnxruntime_backend's README): without them ONNX Runtime's
+  TensorRT accelerator builds an engine for the first shape it sees and rebuilds it (minutes for
+  ResNet-101) whenever a larger batch or frame arrives; with them it builds one engine for the range.
+- ``KIND_AUTO`` for ONNX Runtime: Triton makes it a GPU instance when it sees a GPU and a CPU one
+  otherwise (core's model_config_utils.cc), so a CPU-only server loads the model too; a plan needs a GPU.
+- No ``label_filename``: Triton's classification extension sorts all elements of an output (per batch
+  item) and labels them by their flat index (server's classification.cc); in a segmentation output
+  that index is a pixel, so no output here can carry labels. The class names are in labels.txt and
+  in the ``class_names`` parameter, which clients read with get_model_config.
 
 ``tritonserver --model-repository REPO`` serves every model folder in REPO. The config has no
 ``name`` field: Triton then takes the folder's name, so the folder may be renamed freely (a
@@ -30,6 +45,7 @@ import onnx
 from dronseg_edge import __version__
 from dronseg_edge.atomic import ensure_writable_dir, storage_errors
 from dronseg_edge.errors import BackendUnavailable, DronsegError
+from dronseg_edge.export.tensorrt import dynamic_profile
 from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info
 
@@ -100,66 +116,94 @@ def _quoted(text: str) -> str:
     return json.dumps(str(text), ensure_ascii=False)
 
 
-def _tensor_block(spec: TensorSpec, dims: tuple[int, ...], labels: bool) -> list[str]:
-    lines = ["  {", f"    name: {_quoted(spec.name)}", f"    data_type: {spec.data_type}",
-             f"    dims: [ {', '.join(str(d) for d in dims)} ]"]
-    if labels:
-        lines.append(f"    label_filename: {_quoted(LABELS)}")
-    return lines + ["  }"]
+def _tensor_blocks(key: str, specs: list[TensorSpec], batching: bool) -> list[str]:
+    """``input [ ... ]`` or ``output [ ... ]``: each tensor's name, data type and dims (without the batch when batching)."""
+    lines = [f"{key} ["]
+    for index, spec in enumerate(specs):
+        dims = spec.dims[1:] if batching else spec.dims
+        lines += ["  {", f"    name: {_quoted(spec.name)}", f"    data_type: {spec.data_type}",
+                  f"    dims: [ {', '.join(str(d) for d in dims)} ]", "  }" + ("," if index < len(specs) - 1 else "")]
+    return lines + ["]"]
+
+
+def trt_profile(info: ModelInfo, spec: TensorSpec, *, max_batch: int, opt_batch: int, source: Path) -> dict[str, str]:
+    """ONNX Runtime's TensorRT accelerator parameters ``trt_profile_{min,opt,max}_shapes`` for the input
+    ``spec`` ("name:1x3x64x96", full shapes with the batch), {} when every dimension of it is fixed.
+
+    The shapes are a dynamic engine's (export/tensorrt.dynamic_profile), with the batch ending at ``max_batch``.
+    """
+    if -1 not in spec.dims:
+        return {}
+    shapes = dynamic_profile(info, opt_batch)
+    if spec.dims and spec.dims[0] > 0:  # a fixed batch (max_batch_size 0): the profile keeps it
+        max_batch = opt_batch = shapes["min"][0] = spec.dims[0]
+    shapes["opt"][0], shapes["max"][0] = min(opt_batch, max_batch), max_batch
+    for shape in shapes.values():
+        if len(shape) != len(spec.dims) or any(d not in (-1, s) for d, s in zip(spec.dims, shape)):
+            raise DronsegError(f"{source}: input {spec.name!r} has dims {list(spec.dims)}, but its metadata describes "
+                               f"{shape} (batch, size, io): re-export it")
+    return {f"trt_profile_{key}_shapes": f"{spec.name}:" + "x".join(str(d) for d in shape) for key, shape in shapes.items()}
+
+
+def _accelerator_lines(info: ModelInfo, profile: dict[str, str], workspace_gib: float) -> list[str]:
+    """ONNX Runtime's TensorRT accelerator (onnxruntime_backend's README), used only by GPU instances."""
+    values = {"precision_mode": PRECISION_MODES.get(info.precision, "FP32"),
+              "max_workspace_size_bytes": str(int(workspace_gib * (1 << 30))), **profile}
+    return [
+        "# ONNX Runtime builds a TensorRT engine at load (minutes for ResNet-101); to keep it between",
+        "# restarts add parameters trt_engine_cache_enable \"1\" and trt_engine_cache_path (a writable folder).",
+        "optimization {", "  execution_accelerators {", "    gpu_execution_accelerator: [", "      {",
+        "        name: \"tensorrt\"",
+        *(f"        parameters {{ key: {_quoted(k)} value: {_quoted(v)} }}" for k, v in values.items()),
+        "      }", "    ]", "  }", "}",
+    ]
+
+
+def _client_parameters(info: ModelInfo) -> dict[str, str]:
+    """What a client needs besides the tensors (backends read only the parameter keys they know)."""
+    width, height = info.input_size
+    common = {"class_names": json.dumps(list(info.class_names), ensure_ascii=False), "io": info.io,
+              "input_size": f"{width}x{height}", "head": info.head, "precision": info.precision,
+              "source_sha256": info.source_sha256, "dronseg_edge": __version__}
+    if info.io == "frames":
+        frame = "any" if info.source_size is None else f"{info.source_size[0]}x{info.source_size[1]}"
+        return {"input_layout": f"NHWC {info.color_order} uint8", "frame_size": frame, **common}
+    return {"input_layout": f"NCHW {info.color_order} float32", "mean": ",".join(f"{v:g}" for v in info.mean),
+            "std": ",".join(f"{v:g}" for v in info.std), **common}
 
 
 def config_text(info: ModelInfo, inputs: list[TensorSpec], outputs: list[TensorSpec], *, platform: str,
-                source: Path, max_batch: int, workspace_gib: float) -> str:
+                source: Path, max_batch: int, workspace_gib: float, opt_batch: int = 1) -> str:
     """config.pbtxt for these tensors. A graph whose every tensor has a dynamic first dimension batches:
-    ``max_batch_size`` > 0, dims without the batch, and dynamic batching; otherwise ``max_batch_size: 0``
-    and the full dims."""
+    ``max_batch_size`` = ``max_batch``, dims without the batch, and dynamic batching; otherwise
+    ``max_batch_size: 0`` and the full dims. ``opt_batch``: the batch the TensorRT accelerator tunes for."""
     batching = all(spec.dims and spec.dims[0] == -1 for spec in inputs + outputs)
     width, height = info.input_size
+    frames = info.io == "frames"
+    shape = f"frames {info.source_size[0]}x{info.source_size[1]} (WxH), " if frames and info.source_size else ""
     lines = [
         f"# Triton Inference Server model configuration, {MARKER} {__version__} from {source.name}",
-        f"# precision {info.precision}, head {info.head}, input {width}x{height} (WxH), "
-        + ("dynamic batch" if batching else f"batch {info.batch or 1}") + (", dynamic height/width" if info.dynamic else ""),
+        f"# precision {info.precision}, head {info.head}, io {info.io}, {shape}model input {width}x{height} (WxH), "
+        + (f"batches of 1 to {max_batch}" if batching else f"batch {info.batch or 1}")
+        + (", dynamic height/width" if info.dynamic else ""),
+        "# The client sends uint8 BGR frames (H, W, 3) as cv2.imread gives them; resize, normalisation and argmax "
+        "are inside the graph." if frames else
         "# The client sends float32 NCHW RGB scaled to 0..1, minus mean, divided by std (parameters below).",
         f"platform: {_quoted(platform)}",
         f"max_batch_size: {max_batch if batching else 0}",
-        "input [",
+        *_tensor_blocks("input", inputs, batching),
+        *_tensor_blocks("output", outputs, batching),
     ]
-    for index, spec in enumerate(inputs):
-        lines += _tensor_block(spec, spec.dims[1:] if batching else spec.dims, labels=False)
-        if index < len(inputs) - 1:
-            lines[-1] += ","
-    lines += ["]", "output ["]
-    for index, spec in enumerate(outputs):
-        lines += _tensor_block(spec, spec.dims[1:] if batching else spec.dims, labels=index == 0)
-        if index < len(outputs) - 1:
-            lines[-1] += ","
-    lines.append("]")
     if batching:
         lines.append("dynamic_batching { }")
-    lines += ["instance_group [", "  {", "    kind: KIND_GPU", "    count: 1", "  }", "]"]
+    # KIND_AUTO: a GPU instance where Triton sees a GPU, else a CPU one; a TensorRT plan runs on GPUs only.
+    kind = "KIND_AUTO" if platform == "onnxruntime_onnx" else "KIND_GPU"
+    lines += ["instance_group [", "  {", f"    kind: {kind}", "    count: 1", "  }", "]"]
     if platform == "onnxruntime_onnx":
-        lines += [
-            "# ONNX Runtime builds a TensorRT engine at load (minutes for ResNet-101); to keep it between",
-            "# restarts add parameters trt_engine_cache_enable \"1\" and trt_engine_cache_path (a writable folder).",
-            "optimization {",
-            "  execution_accelerators {",
-            "    gpu_execution_accelerator: [",
-            "      {",
-            "        name: \"tensorrt\"",
-            f"        parameters {{ key: \"precision_mode\" value: {_quoted(PRECISION_MODES.get(info.precision, 'FP32'))} }}",
-            f"        parameters {{ key: \"max_workspace_size_bytes\" value: \"{int(workspace_gib * (1 << 30))}\" }}",
-            "      }",
-            "    ]",
-            "  }",
-            "}",
-        ]
-    # Backends read only the parameter keys they know; these are for clients (get_model_config).
-    parameters = {
-        "mean": ",".join(f"{v:g}" for v in info.mean), "std": ",".join(f"{v:g}" for v in info.std),
-        "input_size": f"{width}x{height}", "input_layout": "NCHW RGB float32", "head": info.head,
-        "precision": info.precision, "source_sha256": info.source_sha256, "dronseg_edge": __version__,
-    }
-    for key, value in parameters.items():
+        profile = trt_profile(info, inputs[0], max_batch=max_batch, opt_batch=opt_batch, source=source) \
+            if len(inputs) == 1 else {}
+        lines += _accelerator_lines(info, profile, workspace_gib)
+    for key, value in _client_parameters(info).items():
         lines.append(f"parameters {{ key: {_quoted(key)} value: {{ string_value: {_quoted(value)} }} }}")
     return "\n".join(lines) + "\n"
 
@@ -214,12 +258,13 @@ def _umask() -> int:
     return mask
 
 
-def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: int = 4,
+def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: int = 4, opt_batch: int = 1,
                            workspace_gib: float = 4.0) -> Path:
     """Lay out ``root/name`` (see the module docstring) for ``artifact`` (.onnx or .engine); returns that folder.
 
     ``max_batch``: Triton's max_batch_size for a graph with a dynamic batch (an engine's own profile
-    wins); ``workspace_gib``: the TensorRT accelerator's workspace, GiB. The folder is built under a
+    wins); ``opt_batch``: the batch ONNX Runtime's TensorRT accelerator tunes for; ``workspace_gib``:
+    its workspace, GiB. The folder is built under a
     hidden temporary name in the repository's parent folder and renamed into place, so Triton (which
     may poll the repository) never sees half a model, nor a temporary folder it would take for one.
     """
@@ -231,7 +276,7 @@ def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: 
     info, graph, max_batch = _artifact_parts(artifact, max_batch)
     inputs, outputs = graph_io(graph)
     text = config_text(info, inputs, outputs, platform=platform, source=artifact, max_batch=max_batch,
-                       workspace_gib=workspace_gib)
+                       workspace_gib=workspace_gib, opt_batch=opt_batch)
     final = root / name
     _check_replaceable(final)
     with storage_errors(final):  # a full or read-only disk: one line naming the model folder, exit code 5

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import cv2
 
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import DronsegError, docs_url
 from dronseg_edge.pipeline.sources import CaptureSource
 
 # Appended when a pipeline has no appsink of its own. A live source keeps only the newest frame (a
@@ -104,8 +104,8 @@ def require_gstreamer(source: str) -> None:
     remove = f", with `pip uninstall {package[0]}` so that JetPack's is the one imported" if package else ""
     raise DronsegError(f"source {source!r} needs OpenCV's GStreamer backend, and this OpenCV ({origin}) has no "
                        "GStreamer: on a Jetson use JetPack's OpenCV (a venv made with --system-site-packages, "
-                       f"dronseg-edge installed without the opencv extra{remove}: docs/jetson.md); elsewhere an "
-                       "OpenCV built with -DWITH_GSTREAMER=ON")
+                       f"dronseg-edge installed without the opencv extra{remove}: {docs_url('jetson.md', 'cameras-and-streams')}); "
+                       "elsewhere an OpenCV built with -DWITH_GSTREAMER=ON")
 
 
 def pip_opencv() -> tuple[str, str] | None:

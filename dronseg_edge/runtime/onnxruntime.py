@@ -249,7 +249,9 @@ class OnnxRuntimeBackend(Backend):
         Sets ``self.cuda_graph`` to whether that session really replays a CUDA graph: when the graph
         cannot be had, the session is made again without it.
         """
-        graph = name == "cuda" and not self.info.dynamic and self.cuda_graph_requested is not False
+        # A graph replays one shape: a free batch axis (a Triton-style file, batch None) varies it.
+        fixed = not self.info.dynamic and self.info.batch is not None
+        graph = name == "cuda" and fixed and self.cuda_graph_requested is not False
         session = self._new_session(ort, options, name, graph, errors)
         if session is not None and graph and _provider_options(session).get("enable_cuda_graph", "1") != "1":
             errors.append("cuda + CUDA graph: onnxruntime started the CUDA provider without its graph")

@@ -1,5 +1,5 @@
-"""The CUDA driver check: the driver's CUDA version next to the CUDA builds of cuda-bindings and TensorRT,
-with the installed packages and the driver faked (no machine here has a driver)."""
+"""The CUDA driver check: the driver's release, CUDA version and GPUs (no torch), next to the CUDA builds of
+cuda-bindings and TensorRT, with the installed packages and the driver faked (no machine here has a driver)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,16 @@ from dronseg_edge import devices
 from dronseg_edge.checks import OK, WARN, cuda_checks
 
 
-def fake_machine(monkeypatch, driver, packages: dict[str, str]):
-    """A driver supporting CUDA ``driver`` (None: no driver) and these pip distributions installed."""
+H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "memory_gib": 79.1, "multiprocessors": 132}
+
+
+def fake_machine(monkeypatch, driver, packages: dict[str, str], gpus=(H100,), release=None):
+    """A driver supporting CUDA ``driver`` (None: no driver) showing ``gpus``, and these pip distributions installed."""
     monkeypatch.setattr(devices, "cuda_driver_version", lambda: driver)
+    monkeypatch.setattr(devices, "nvidia_driver_version", lambda: release)
+    monkeypatch.setattr(devices, "driver_device_count", lambda: len(gpus))
+    monkeypatch.setattr(devices, "driver_gpu_properties", lambda index: dict(gpus[index]))
+    monkeypatch.setattr(devices, "cuda_pci_bus_id", lambda index: f"0000:{index + 0x3B:02X}:00.0")
 
     def version(name):
         if name not in packages:
@@ -44,11 +51,31 @@ def test_cuda13_wheels_on_a_cuda12_driver_are_a_clear_warning(monkeypatch):
 
 def test_matching_builds_are_ok(monkeypatch):
     checks = fake_machine(monkeypatch, (13, 0), CUDA13_WHEELS)
-    assert [c.status for c in checks.values()] == [OK, OK, OK]
+    assert list(checks) == ["cuda driver", "gpu0", "cuda-bindings", "tensorrt build"]
+    assert {c.status for c in checks.values()} == {OK}
     assert checks["tensorrt build"].detail == "tensorrt-cu13 11.4.0.106 (CUDA 13; the driver supports 13.0)"
+    assert checks["tensorrt build"].facts == {"package": "tensorrt-cu13", "version": "11.4.0.106", "cuda_major": 13}
     checks = fake_machine(monkeypatch, (12, 8), {"cuda-bindings": "12.9.10", "tensorrt-cu12": "10.16.1.11"})
-    assert [c.status for c in checks.values()] == [OK, OK, OK]
+    assert {c.status for c in checks.values()} == {OK}
     assert checks["cuda-bindings"].detail == "12.9.10 (CUDA 12; the driver supports 12.8)"
+    assert checks["cuda-bindings"].facts == {"version": "12.9.10", "cuda_major": 12}
+
+
+def test_the_driver_release_and_each_gpu_are_lines_without_torch(monkeypatch):
+    orin = {"name": "Orin", "compute_capability": "8.7", "memory_gib": 61.4, "multiprocessors": 16}
+    checks = fake_machine(monkeypatch, (12, 6), {}, gpus=(H100, orin), release="550.54.15")
+    driver = checks["cuda driver"]
+    assert driver.detail == "550.54.15, supports CUDA up to 12.6" and driver.facts == {"driver": "550.54.15", "cuda": "12.6"}
+    assert checks["gpu0"].detail == "NVIDIA H100 80GB HBM3, sm 9.0, 79.1 GiB, bus 0000:3B:00.0"
+    assert checks["gpu1"].status == OK and checks["gpu1"].facts == {"index": 1, "model": "Orin", "compute_capability": "8.7",
+                                                        "memory_gib": 61.4, "multiprocessors": 16, "pci_bus_id": "0000:3C:00.0"}
+
+
+def test_a_driver_that_shows_no_gpu_says_so(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    checks = fake_machine(monkeypatch, (12, 4), {}, gpus=())
+    assert checks["gpus"].status == WARN and "CUDA_VISIBLE_DEVICES=''" in checks["gpus"].detail
+    assert checks["gpus"].facts == {"count": 0}
 
 
 @pytest.mark.parametrize("driver, extra", [((12, 2), "[trt-cu12]"), ((13, 1), "[trt]")])

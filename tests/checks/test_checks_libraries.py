@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from dronseg_edge import devices, torch_floor
 from dronseg_edge.checks import FAIL, OK, WARN, jetson, onnxruntime_checks, tensorrt_checks, torch_checks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,18 +27,53 @@ def test_without_torch_only_onnx_and_engines_run(monkeypatch):
 
 
 def test_torch_here_reports_its_build_and_cuda():
+    import torch
+
     checks = {c.name: c for c in torch_checks.torch_checks()}
-    assert checks["torch"].status == OK
+    assert checks["torch"].status == OK and checks["torch"].facts == {"version": torch.__version__, "cuda": torch.version.cuda}
     assert checks["cuda"].status in (OK, WARN)  # WARN on a machine without a GPU, with the reason
     for name, check in checks.items():
-        if name.startswith("gpu"):
+        if name.startswith("torch gpu"):
             assert " sm " in check.detail and "GiB" in check.detail and "bf16" in check.detail
 
 
-def test_a_cpu_only_torch_says_so(monkeypatch):
-    fake = SimpleNamespace(version=SimpleNamespace(cuda=None))
-    check = torch_checks.no_cuda_check(fake)
-    assert check.status == WARN and "CPU-only" in check.detail
+CPU_TORCH = SimpleNamespace(__version__="2.14.1+cpu", version=SimpleNamespace(cuda=None))
+
+
+def test_a_cpu_only_torch_without_a_gpu_is_right(monkeypatch):
+    monkeypatch.setattr(jetson, "is_jetson", lambda: False)
+    monkeypatch.setattr(devices, "driver_device_count", lambda: 0)
+    check = torch_checks.no_cuda_check(CPU_TORCH)
+    assert check.status == OK and "no NVIDIA GPU here" in check.detail
+
+
+@pytest.mark.parametrize("on_jetson, gpus, says", [
+    (True, 1, "cannot use this Jetson's GPU: pip probably replaced NVIDIA's torch wheel"),
+    (False, 2, "cannot use the NVIDIA GPUs the driver shows (2): install a CUDA build of torch"),
+])
+def test_a_cpu_only_torch_beside_an_nvidia_gpu_warns(monkeypatch, on_jetson, gpus, says):
+    """The driver is asked (a CPU-only torch itself sees no GPU), and a Jetson is told where NVIDIA's wheels are."""
+    monkeypatch.setattr(jetson, "is_jetson", lambda: on_jetson)
+    monkeypatch.setattr(devices, "driver_device_count", lambda: gpus)
+    check = torch_checks.no_cuda_check(CPU_TORCH)
+    assert check.status == WARN and check.detail.startswith("torch 2.14.1+cpu is a CPU-only build") and says in check.detail
+    if on_jetson:
+        assert "/docs/jetson.md#nvidias-torch-and-onnx-runtime-wheels" in check.detail
+
+
+@pytest.mark.parametrize("installed, warned", [("2.8.0", True), ("2.5.0a0+872d972e41.nv24.08", True),
+                                               ("2.10.0", False), (None, False)])
+def test_a_torch_below_the_checkpoint_floor_is_told_from_its_metadata(monkeypatch, installed, warned):
+    """NVIDIA's JetPack 6 wheels (2.8.0 on the Jetson AI Lab index) are older than the floor: said before importing torch."""
+    monkeypatch.setattr(torch_checks, "_installed_torch", lambda: installed)
+    monkeypatch.setitem(sys.modules, "torch", None)  # not importable: the line must not need the import
+    checks = {c.name: c for c in torch_checks.torch_checks()}
+    assert ("torch checkpoints" in checks) is warned
+    if warned:
+        floor = ".".join(map(str, torch_floor.SAFE_TORCH))
+        line = checks["torch checkpoints"]
+        assert line.status == WARN and f"torch {installed} cannot load .pt checkpoints safely" in line.detail
+        assert f"install torch >= {floor}" in line.detail and line.facts == {"version": installed, "safe": False}
 
 
 @pytest.mark.parametrize("arch_list, cc, supported", [
@@ -70,18 +106,26 @@ def test_without_onnxruntime_onnx_files_cannot_run(monkeypatch):
     assert check.status == WARN and check.detail.startswith("not installed: .onnx files cannot run")
 
 
-def test_the_cpu_provider_runs_a_real_session():
-    pytest.importorskip("onnxruntime")
-    checks = {c.name: c for c in onnxruntime_checks.onnxruntime_checks()}
-    assert checks["onnxruntime"].status == OK and "CPU" in checks["onnxruntime"].detail
-    assert checks["ort CPU"].status == OK and "ran a test model" in checks["ort CPU"].detail
-
-
-def test_without_onnx_the_providers_are_not_tried(monkeypatch):
-    pytest.importorskip("onnxruntime")
+def test_the_cpu_provider_runs_a_real_session_without_onnx(monkeypatch):
+    """The test model is package data: the core install (no onnx) tries its providers too."""
+    ort = pytest.importorskip("onnxruntime")
     monkeypatch.setitem(sys.modules, "onnx", None)
     checks = {c.name: c for c in onnxruntime_checks.onnxruntime_checks()}
-    assert checks["ort providers"].status == WARN and "pip install onnx" in checks["ort providers"].detail
+    assert checks["onnxruntime"].status == OK and "CPU" in checks["onnxruntime"].detail
+    assert checks["onnxruntime"].facts == {"version": ort.__version__, "providers": ort.get_available_providers()}
+    assert checks["ort CPU"].status == OK and "ran a test model" in checks["ort CPU"].detail
+    assert checks["ort CPU"].facts == {"provider": "CPUExecutionProvider", "runs": True}
+    assert "ort Azure" not in checks and not any("not tried" in c.detail for c in checks.values())
+
+
+def test_the_shipped_test_model_is_a_valid_one_node_relu():
+    onnx = pytest.importorskip("onnx")
+    data = onnxruntime_checks.probe_model()
+    model = onnx.load_from_string(data)
+    onnx.checker.check_model(model)
+    assert len(data) < 500 and [node.op_type for node in model.graph.node] == ["Relu"]
+    assert [(v.name, [d.dim_value for d in v.type.tensor_type.shape.dim]) for v in model.graph.input] == [("x", [1, 4])]
+    assert model.ir_version <= 8 and model.opset_import[0].version == 13  # loadable by the ONNX Runtime builds on Jetsons
 
 
 class FallbackSession:
@@ -103,7 +147,7 @@ class FallbackSession:
 
 def test_a_listed_provider_that_falls_back_warns_with_the_native_reason():
     fake = SimpleNamespace(SessionOptions=SimpleNamespace, InferenceSession=FallbackSession)
-    model, _ = onnxruntime_checks.probe_model()
+    model = onnxruntime_checks.probe_model()
     check = onnxruntime_checks.provider_check(fake, "CUDAExecutionProvider", model)
     assert check.status == WARN and check.name == "ort CUDA"
     assert "fell back to CPU" in check.detail and "libcudnn.so.9: cannot open shared object file" in check.detail

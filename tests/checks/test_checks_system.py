@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import sys
 
 import pytest
 
+from dronseg_edge import machine
 from dronseg_edge.checks import FAIL, OK, WARN, Check, run_checks, summary, system
 from dronseg_edge.checks import base
 
@@ -16,6 +19,14 @@ def test_a_check_has_one_of_three_statuses_and_a_dict_form():
     assert check.line(8) == "OK    python   3.11"
     with pytest.raises(ValueError):
         Check("python", "MAYBE", "")
+
+
+def test_facts_stand_beside_the_line_in_the_dict_form_and_cannot_replace_it():
+    check = Check("dep numpy", OK, "2.2.6 (core: >=1.24)", {"installed": "2.2.6", "required": {"core": ">=1.24"}})
+    assert check.to_dict() == {"name": "dep numpy", "status": "OK", "detail": "2.2.6 (core: >=1.24)",
+                               "installed": "2.2.6", "required": {"core": ">=1.24"}}
+    with pytest.raises(ValueError, match="facts may not be named"):
+        Check("x", OK, "", {"status": "FAIL"})
 
 
 def test_a_missing_module_is_a_reason_not_an_exception(monkeypatch):
@@ -39,12 +50,14 @@ def test_a_crashing_group_becomes_one_warn_line_and_the_others_still_run(monkeyp
         yield Check("first", OK, "fine")
         raise KeyError("boom")
 
-    monkeypatch.setattr("dronseg_edge.checks.groups", lambda: [("broken", crashing), ("system", system.system_checks)])
+    monkeypatch.setattr("dronseg_edge.checks.groups", lambda: [("broken", crashing), ("system", lambda: system.system_checks())])
+    monkeypatch.setattr(system, "system_checks", lambda: iter([Check("python", OK, "3.11")]))
     results = run_checks()
     assert [c.name for c in results[:2]] == ["first", "broken"]
     assert results[1].status == WARN and "KeyError" in results[1].detail and "bug" in results[1].detail
-    assert [c.name for c in results[2:]] == ["dronseg-edge", "python", "os"]
-    assert summary(results) == "4 OK, 1 WARN, 0 FAIL"
+    # The verdict comes last: nothing in these two groups can run a model.
+    assert [c.name for c in results[2:]] == ["python", "backends"] and results[-1].status == FAIL
+    assert summary(results) == "2 OK, 1 WARN, 1 FAIL"
 
 
 def test_system_lines_name_the_version_python_and_machine():
@@ -52,8 +65,42 @@ def test_system_lines_name_the_version_python_and_machine():
 
     by_name = {c.name: c for c in system.system_checks()}
     assert by_name["dronseg-edge"].detail.startswith(__version__)
+    assert by_name["dronseg-edge"].facts == {"version": __version__, "path": str(system.PACKAGE_FOLDER)}
     assert by_name["python"].status == OK and sys.executable in by_name["python"].detail
-    assert by_name["os"].status == OK
+    assert by_name["python"].facts["version"] == platform.python_version()
+    assert by_name["os"].status == OK and by_name["os"].facts["machine"] == platform.machine()
+    assert by_name["cpu"].facts["logical_cores"] == os.cpu_count() and by_name["cpu"].facts["model"]
+    assert by_name["ram"].facts["total_gib"] > 0 and by_name["disk"].facts["free_gib"] >= 0
+
+
+def fake_resources(monkeypatch, *, available_gib=20.0, free_gib=50.0, install_elsewhere=False):
+    monkeypatch.setattr(machine, "cpu_model", lambda: "Cortex-A78AE")
+    monkeypatch.setattr(machine, "cpu_cores", lambda: (12, 4))
+    monkeypatch.setattr(machine, "memory", lambda: machine.Memory(int(61.4 * machine.GIB), int(available_gib * machine.GIB)))
+
+    def disk(folder):
+        device = 2 if install_elsewhere and folder == system.PACKAGE_FOLDER else 1
+        return machine.Disk(folder, int(free_gib * machine.GIB), 100 * machine.GIB, device)
+
+    monkeypatch.setattr(machine, "disk", disk)
+    return {c.name: c for c in system.system_checks()}
+
+
+def test_cpu_ram_and_disk_lines_carry_their_values(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    lines = fake_resources(monkeypatch)
+    assert lines["cpu"].detail == "Cortex-A78AE, 12 logical cores, 4 usable by this process"
+    assert lines["cpu"].facts == {"model": "Cortex-A78AE", "logical_cores": 12, "usable_cores": 4}
+    assert lines["ram"] == Check("ram", OK, "61.4 GiB, 20.0 GiB available", {"total_gib": 61.4, "available_gib": 20.0})
+    assert lines["disk"].status == OK and lines["disk"].facts == {"path": str(tmp_path), "free_gib": 50.0, "total_gib": 100.0}
+    assert "disk (install)" not in lines  # the same file system: one line
+    assert "disk (install)" in fake_resources(monkeypatch, install_elsewhere=True)
+
+
+def test_little_memory_or_disk_left_warns(monkeypatch):
+    lines = fake_resources(monkeypatch, available_gib=0.4, free_gib=0.2)
+    assert lines["ram"].status == WARN and "only 0.4 GiB available" in lines["ram"].detail
+    assert lines["disk"].status == WARN and "0.2 GiB free" in lines["disk"].detail
 
 
 def test_an_old_python_fails(monkeypatch):

@@ -60,6 +60,9 @@ def test_a_build_without_ffmpeg_and_gstreamer_on_a_jetson_with_a_display(monkeyp
     checks = opencv_lines(monkeypatch, build, on_jetson=True, display=":0")
     assert checks["opencv ffmpeg"].status == WARN and "RTSP" in checks["opencv ffmpeg"].detail
     assert checks["opencv gstreamer"].status == WARN and "nvarguscamerasrc" in checks["opencv gstreamer"].detail
+    # JetPack's own package (Ubuntu's python3-opencv is another build), and the docs by URL: a pip user has no docs/.
+    assert "libopencv-python" in checks["opencv gstreamer"].detail and "python3-opencv" not in checks["opencv gstreamer"].detail
+    assert "https://" in checks["opencv gstreamer"].detail and "/docs/jetson.md#" in checks["opencv gstreamer"].detail
     assert checks["opencv gui"].status == WARN and "--show" in checks["opencv gui"].detail
 
 
@@ -72,6 +75,16 @@ def test_without_opencv_nothing_reads_images(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)
     [check] = list(video.opencv_checks())
     assert check.status == FAIL and "opencv-python-headless" in check.detail
+
+
+def test_an_opencv_built_for_numpy_1_under_numpy_2_names_the_fix(tmp_path, monkeypatch):
+    """JetPack's OpenCV in a venv where pip put numpy 2: the import fails, the line says to go back to numpy 1.x."""
+    (tmp_path / "cv2.py").write_text("raise ImportError('numpy.core.multiarray failed to import "
+                                     "(A module that was compiled using NumPy 1.x cannot be run in NumPy 2.2.6)')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "cv2", raising=False)
+    [check] = list(video.opencv_checks())
+    assert check.status == FAIL and "NumPy 1.x" in check.detail and check.detail.endswith("(pip install 'numpy<2')")
 
 
 def test_without_pyav_videos_fall_back_to_mp4v(monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -149,7 +150,6 @@ def test_cli_writes_a_frames_file_and_prints_pass(tiny_checkpoint, big_scenes, t
     ({"io": "pixels"}, "--io 'pixels' is not one of tensors, frames"),
     ({"io": "frames", "source_size": (320, 240), "dynamic": True}, "pass one of them"),
     ({"io": "frames", "head": "argmax"}, "drop --head"),
-    ({"io": "frames", "fmt": "triton"}, "--format triton with --io frames"),
     ({"io": "frames", "source_size": (0, 240)}, "must be positive"),
 ])
 def test_bad_combinations_are_one_line_errors(changes, message):
@@ -183,3 +183,18 @@ def test_dynamic_frames_engine_gets_an_nhwc_profile(monkeypatch):
                      io="frames", layout="NHWC", color_order="BGR", outputs=["mask"])
     shapes = trt_export.dynamic_profile(info, 2)
     assert shapes == {"min": [1, 64, 64, 3], "opt": [2, 64, 96, 3], "max": [4, 1080, 1920, 3]}
+
+
+def test_a_graph_that_froze_its_free_batch_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
+    """A dynamic-batch frames graph (the file of ``--format triton``) is run at batch 2 before it is kept: a
+    graph traced with batch 1 baked in fails there with one line, and no file takes the final name."""
+    from dronseg_edge.export import embedded
+
+    real = embedded.export_frames_onnx
+    monkeypatch.setattr(embedded, "export_frames_onnx",
+                        lambda model, path, info, **kw: real(model, path, dataclasses.replace(info, batch=1), **kw))
+    with pytest.raises(DronsegError, match=re.escape("dynamic-batch --io frames export fails at 2x120x160x3 (")) as info:
+        export_artifact(tiny_checkpoint, io="frames", source_size=(160, 120), dynamic_batch=True, parity=False,
+                        device="cpu", out_dir=tmp_path)
+    assert str(info.value).endswith("export --format onnx with a fixed --batch") and "\n" not in str(info.value)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []

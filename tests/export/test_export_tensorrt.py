@@ -267,6 +267,19 @@ def test_dynamic_engine_gets_an_optimisation_profile(fake_trt, tmp_path):
     assert info.extra["tensorrt"]["profile"]["max"] == [4, 3, 64, 96]
 
 
+def test_an_engine_with_only_a_free_batch_gets_a_batch_profile_at_its_size(fake_trt, tmp_path):
+    """The graph of ``export --format triton --triton-backend tensorrt``: any batch, fixed height and width."""
+    trt = fake_trt("10.3.0")
+    info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), batch=None, dynamic=False)
+    trt_export.build_engine(_onnx_stub(tmp_path), tmp_path / "b.engine", info, precision="fp32",
+                            device=torch.device("cuda"), opt_batch=2)
+    assert trt.recorded("profile") == [("profile", ("images", [1, 3, 64, 96], [2, 3, 64, 96], [4, 3, 64, 96]))]
+    frames = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), batch=None, io="frames",
+                       source_size=(160, 120), head="argmax", layout="NHWC", color_order="BGR", outputs=["mask"])
+    assert trt_export.dynamic_profile(frames, 1) == {"min": [1, 120, 160, 3], "opt": [1, 120, 160, 3],
+                                                     "max": [4, 120, 160, 3]}
+
+
 def test_parser_errors_are_listed_and_nothing_is_written(fake_trt, tmp_path):
     fake_trt("10.3.0", parse_ok=False)
     with pytest.raises(DronsegError) as info:

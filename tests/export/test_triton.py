@@ -1,24 +1,35 @@
 """`export --format triton`: a Triton model repository whose config.pbtxt parses with Triton's own
-protobuf schema and whose model.onnx runs like the exported file. No Triton server runs here."""
+protobuf schema and whose model.onnx runs like the exported file; the docs' Python client
+(docs/triton_client.py) serves every variant with ONNX Runtime standing in for Triton. No Triton server runs here."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import importlib.util
 import io
+import json
 from pathlib import Path
 
+import cv2
 import numpy as np
+import onnx
 import pytest
+from trt_parser_rules import check_graph
 
 from dronseg_edge.classes import CLASS_NAMES
 from dronseg_edge.cli import main
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.export import ExportOptions, artifact_path
-from dronseg_edge.export.triton import TensorSpec, config_text, write_model_repository
-from dronseg_edge.metadata import ModelInfo, write_engine_sidecar
+from dronseg_edge.export import ExportOptions, artifact_path, export_artifact
+from dronseg_edge.export.triton import TensorSpec, config_text, trt_profile, write_model_repository
+from dronseg_edge.metadata import ModelInfo, read_onnx_info, set_onnx_metadata, write_engine_sidecar
+from dronseg_edge.runtime.host import preprocess_host, resize_frame
 
 REASON = "tritonclient (Triton's model_config protobuf schema) is not installed: pip install 'tritonclient[grpc]'"
+CLIENT_FILE = Path(__file__).resolve().parents[2] / "docs" / "triton_client.py"
+FRAME_SIZE = (160, 120)  # (W, H) of the static frames model: 5/3 and 15/8 of the 96x64 model input
+SENT = (200, 150)  # (W, H) of the frames the client sends: resized by it for the fixed-size models
 
 
 def parse_config(text: str):
@@ -39,17 +50,45 @@ def run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
+def export_cli(checkpoint: Path, out: Path, *args) -> str:
+    """``dronseg-edge export CHECKPOINT --format triton ARGS`` on the CPU; what it printed."""
+    pytest.importorskip("onnxruntime")
+    printed = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(printed):
+        main(["export", str(checkpoint), "--format", "triton", *map(str, args), "--out", str(out), "--device", "cpu",
+              "--parity-images", "2"])
+    assert exit_info.value.code in (0, None)
+    return printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def default_export(tiny_checkpoint, tmp_path_factory):
+    """A plain ``export --format triton`` (fp32 tensors at the training size): (out folder, what it printed)."""
+    out = tmp_path_factory.mktemp("triton_default")
+    return out, export_cli(tiny_checkpoint, out)
+
+
 @pytest.fixture(scope="module")
 def exported_with_output(tiny_checkpoint, tmp_path_factory):
     """An fp16 --dynamic export through the CLI: (out folder, what it printed)."""
-    pytest.importorskip("onnxruntime")
     out = tmp_path_factory.mktemp("triton")
-    printed = io.StringIO()
-    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(printed):
-        main(["export", str(tiny_checkpoint), "--format", "triton", "--precision", "fp16", "--dynamic", "--out", str(out),
-              "--device", "cpu", "--parity-images", "2"])
-    assert exit_info.value.code in (0, None)
-    return out, printed.getvalue()
+    return out, export_cli(tiny_checkpoint, out, "--precision", "fp16", "--dynamic")
+
+
+@pytest.fixture(scope="module")
+def frames_export(tiny_checkpoint, tmp_path_factory):
+    """An ``--io frames`` export at a fixed 160x120 frame size with the confidence output: (out folder, printed)."""
+    out = tmp_path_factory.mktemp("triton_frames")
+    return out, export_cli(tiny_checkpoint, out, "--io", "frames", "--source-size", "x".join(map(str, FRAME_SIZE)),
+                           "--confidence")
+
+
+@pytest.fixture(scope="module")
+def frames_dynamic_export(tiny_checkpoint, tmp_path_factory) -> Path:
+    """An ``--io frames --dynamic`` model folder (parity is the export tests' business: not run here)."""
+    pytest.importorskip("onnxruntime")
+    return export_artifact(tiny_checkpoint, fmt="triton", io="frames", dynamic=True, parity=False, device="cpu",
+                           out_dir=tmp_path_factory.mktemp("triton_frames_dyn")).path
 
 
 @pytest.fixture
@@ -68,6 +107,38 @@ def test_the_repository_layout(exported):
     assert (model / "labels.txt").read_text().splitlines() == list(CLASS_NAMES)
 
 
+def accelerator_of(config):
+    [accelerator] = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt"
+    return accelerator.parameters
+
+
+def test_a_default_export_batches_at_its_fixed_size(default_export):
+    """No flags: Triton batches 1 to 4 frames of the training size (the ONNX file's batch axis is free)."""
+    out, printed = default_export
+    model = out / "triton" / "tiny_fp32"
+    config = parse_config((model / "config.pbtxt").read_text())
+    assert config.max_batch_size == 4 and config.HasField("dynamic_batching")
+    [image], [logits] = config.input, config.output
+    assert (image.name, image.data_type, list(image.dims)) == ("images", 11, [3, 64, 96])  # 11 = TYPE_FP32
+    assert (logits.name, logits.data_type, list(logits.dims)) == ("logits", 11, [len(CLASS_NAMES), 64, 96])
+    assert logits.label_filename == ""  # Triton's classification extension would label pixels: module docstring
+    assert json.loads(config.parameters["class_names"].string_value) == list(CLASS_NAMES)
+    [group] = config.instance_group
+    assert group.kind == group.KIND_AUTO and group.count == 1  # a CPU instance on a server without GPUs
+    parameters = accelerator_of(config)
+    assert (parameters["trt_profile_min_shapes"], parameters["trt_profile_opt_shapes"],
+            parameters["trt_profile_max_shapes"]) == ("images:1x3x64x96", "images:1x3x64x96", "images:4x3x64x96")
+    served = out / "tiny_dynbatch_fp32.onnx"  # the parity-checked file the folder serves
+    assert sha256(model / "1" / "model.onnx") == sha256(served)
+    graph = onnx.load(str(served))
+    assert [d.dim_param or d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim] == ["batch", 3, 64, 96]
+    assert check_graph(graph) == []  # what ONNX Runtime's TensorRT accelerator hands TensorRT's parser
+    assert "PASSED" in printed and f"parity report: {out / 'tiny_dynbatch_fp32.parity.json'}" in printed
+    x = np.random.default_rng(0).standard_normal((3, 3, 64, 96)).astype(np.float32)
+    assert run_onnx(served, x).shape == (3, len(CLASS_NAMES), 64, 96)
+
+
 def test_a_dynamic_fp16_config_parses_with_tritons_schema(exported):
     config = parse_config((exported / "triton" / "tiny_dyn_fp16" / "config.pbtxt").read_text())
     assert config.platform == "onnxruntime_onnx" and config.name == ""  # Triton takes the folder's name
@@ -76,20 +147,44 @@ def test_a_dynamic_fp16_config_parses_with_tritons_schema(exported):
     assert (image.name, image.data_type, list(image.dims)) == ("images", 11, [3, -1, -1])  # 11 = TYPE_FP32
     [logits] = config.output
     assert (logits.name, logits.data_type, list(logits.dims)) == ("logits", 11, [len(CLASS_NAMES), -1, -1])
-    assert logits.label_filename == "labels.txt"
-    [group] = config.instance_group
-    assert group.kind == group.KIND_GPU and group.count == 1
-    [accelerator] = config.optimization.execution_accelerators.gpu_execution_accelerator
-    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    parameters = accelerator_of(config)
+    assert parameters["precision_mode"] == "FP16"
+    # one engine from 64x64 up to the export size (a dynamic engine's profile, export/tensorrt.py)
+    assert (parameters["trt_profile_min_shapes"], parameters["trt_profile_opt_shapes"],
+            parameters["trt_profile_max_shapes"]) == ("images:1x3x64x64", "images:1x3x64x96", "images:4x3x64x96")
     assert config.parameters["mean"].string_value == "0.485,0.456,0.406"
     assert config.parameters["input_size"].string_value == "96x64"
 
 
-def test_the_repository_model_runs_like_the_exported_file(exported):
-    x = np.random.default_rng(0).standard_normal((2, 3, 64, 128)).astype(np.float32)  # another batch and size
-    served = run_onnx(exported / "triton" / "tiny_dyn_fp16" / "1" / "model.onnx", x)
-    assert served.shape == (2, len(CLASS_NAMES), 64, 128)
-    np.testing.assert_array_equal(served, run_onnx(exported / "tiny_dyn_fp16.onnx", x))
+def test_a_frames_model_takes_uint8_frames_and_returns_uint8_maps(frames_export):
+    out, printed = frames_export
+    model = out / "triton" / "tiny_frames_src160x120_conf_fp32"
+    config = parse_config((model / "config.pbtxt").read_text())
+    assert config.max_batch_size == 4 and config.HasField("dynamic_batching")
+    [frames] = config.input
+    assert (frames.name, frames.data_type, list(frames.dims)) == ("frames", 2, [120, 160, 3])  # 2 = TYPE_UINT8
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
+        ("mask", 2, [120, 160]), ("confidence", 2, [120, 160])]
+    assert (config.parameters["input_layout"].string_value, config.parameters["frame_size"].string_value) == \
+        ("NHWC BGR uint8", "160x120")
+    assert "mean" not in config.parameters  # the graph normalises: nothing for the client to do
+    parameters = accelerator_of(config)
+    assert parameters["trt_profile_max_shapes"] == "frames:4x120x160x3"
+    served = out / "tiny_dynbatch_frames_src160x120_conf_fp32.onnx"
+    assert "PASSED" in printed and f"parity report: {served.with_name(served.stem + '.parity.json')}" in printed
+    assert check_graph(onnx.load(str(served))) == []
+
+
+def test_a_dynamic_frames_model_takes_frames_of_any_size(frames_dynamic_export):
+    config = parse_config((frames_dynamic_export / "config.pbtxt").read_text())
+    assert frames_dynamic_export.name == "tiny_dyn_frames_fp32" and config.max_batch_size == 4
+    assert [(t.name, list(t.dims)) for t in (*config.input, *config.output)] == [("frames", [-1, -1, 3]), ("mask", [-1, -1])]
+    parameters = accelerator_of(config)
+    # up to 1920x1080 frames (export/tensorrt.FRAMES_MAX_SIZE), as a dynamic frames engine
+    assert (parameters["trt_profile_min_shapes"], parameters["trt_profile_max_shapes"]) == \
+        ("frames:1x64x64x3", "frames:4x1080x1920x3")
+    assert config.parameters["frame_size"].string_value == "any"
+    assert check_graph(onnx.load(str(frames_dynamic_export / "1" / "model.onnx"))) == []
 
 
 def test_the_cli_names_the_parity_report_the_repository_and_the_server_command(exported_with_output):
@@ -105,7 +200,8 @@ def test_a_new_export_replaces_its_own_model_folder(exported, tmp_path):
     (first / "stale.txt").write_text("from the first export")
     second = write_model_repository(exported / "tiny_dyn_fp16.onnx", repository, "tiny", max_batch=16)
     assert second == first and not (second / "stale.txt").exists()
-    assert parse_config((second / "config.pbtxt").read_text()).max_batch_size == 16
+    config = parse_config((second / "config.pbtxt").read_text())
+    assert config.max_batch_size == 16 and accelerator_of(config)["trt_profile_max_shapes"] == "images:16x3x64x96"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no staging or swapped-out folder left
     assert [p.name for p in repository.iterdir()] == ["tiny"]
 
@@ -114,6 +210,9 @@ def test_artifact_path_of_a_triton_export(tiny_checkpoint, tmp_path):
     assert artifact_path(tiny_checkpoint, fmt="triton", out_dir=tmp_path) == tmp_path / "triton" / "tiny_fp32"
     assert artifact_path(tiny_checkpoint, fmt="triton", precision="int8", head="argmax", out_dir=tmp_path) == \
         tmp_path / "triton" / "tiny_argmax_int8"
+    # the file a Triton model serves has a free batch axis; its model folder's name leaves that out
+    assert ExportOptions(fmt="triton").dynamic_batch and not ExportOptions(fmt="triton", dynamic=True).dynamic_batch
+    assert artifact_path(tiny_checkpoint, fmt="onnx", dynamic_batch=True, out_dir=tmp_path) == tmp_path / "tiny_dynbatch_fp32.onnx"
     with pytest.raises(DronsegError, match="--triton-backend 'torch'"):
         ExportOptions(fmt="triton", triton_backend="torch")
 
@@ -126,9 +225,25 @@ def test_a_static_argmax_model_has_no_batching_and_full_dims():
     assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
     assert list(config.input[0].dims) == [2, 3, 64, 96]
     assert list(config.output[0].dims) == [2, 64, 96] and config.output[0].data_type == 2  # 2 = TYPE_UINT8
-    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
-    assert accelerator.parameters["precision_mode"] == "INT8"
-    assert accelerator.parameters["max_workspace_size_bytes"] == str(1 << 30)
+    parameters = accelerator_of(config)
+    assert parameters["precision_mode"] == "INT8" and parameters["max_workspace_size_bytes"] == str(1 << 30)
+    assert not any(key.startswith("trt_profile") for key in parameters)  # every shape fixed: nothing to profile
+
+
+def test_a_graph_that_contradicts_its_metadata_gets_no_model_folder(default_export, tmp_path):
+    """The profile comes from the metadata (as a dynamic engine's): a graph whose fixed dims differ is refused."""
+    info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), batch=None)
+    assert trt_profile(info, TensorSpec("images", "TYPE_FP32", (-1, 3, 64, 96)), max_batch=8, opt_batch=2,
+                       source=Path("x.onnx"))["trt_profile_opt_shapes"] == "images:2x3x64x96"
+    graph = onnx.load(str(default_export[0] / "tiny_dynbatch_fp32.onnx"))
+    set_onnx_metadata(graph, dataclasses.replace(read_onnx_info(default_export[0] / "tiny_dynbatch_fp32.onnx"),
+                                                 input_size=(128, 64)))  # an edited file: its graph takes 96x64
+    edited = tmp_path / "edited.onnx"
+    onnx.save(graph, str(edited))
+    with pytest.raises(DronsegError, match=r"edited.onnx: input 'images' has dims \[-1, 3, 64, 96\], but its metadata "
+                                           r"describes \[1, 3, 64, 128\] \(batch, size, io\): re-export it"):
+        write_model_repository(edited, tmp_path / "repo", "edited")
+    assert list((tmp_path / "repo").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["edited.onnx", "repo"]
 
 
 def test_an_engine_repository_serves_the_plan(exported, tmp_path):
@@ -145,6 +260,7 @@ def test_an_engine_repository_serves_the_plan(exported, tmp_path):
     config = parse_config((model / "config.pbtxt").read_text())
     assert config.platform == "tensorrt_plan" and config.max_batch_size == 8
     assert not config.HasField("optimization")  # the plan is already a TensorRT engine
+    assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU  # a plan cannot run on a CPU
     onnx_file.unlink()
     with pytest.raises(DronsegError, match="the ONNX file it was built from"):
         write_model_repository(engine, tmp_path / "repo", "again")
@@ -186,3 +302,86 @@ def test_triton_backend_belongs_to_format_triton(tiny_checkpoint, tmp_path, caps
     code, _out, err = run_cli(capsys, "export", tiny_checkpoint, "--triton-backend", "tensorrt", "--out", tmp_path)
     assert code == 2 and err.strip() == ("error: --triton-backend applies to --format triton only, not --format onnx: "
                                          "drop it or add --format triton")
+
+
+# -- the docs' Python client (docs/triton_client.py), ONNX Runtime standing in for Triton -------------------
+
+@pytest.fixture(scope="module")
+def client():
+    pytest.importorskip("tritonclient.grpc.model_config_pb2", reason=REASON)
+    spec = importlib.util.spec_from_file_location("triton_client", CLIENT_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def variants(default_export, exported_with_output, frames_export, frames_dynamic_export) -> dict[str, Path]:
+    return {"tensors": default_export[0] / "triton" / "tiny_fp32",
+            "tensors_dynamic": exported_with_output[0] / "triton" / "tiny_dyn_fp16",
+            "frames": frames_export[0] / "triton" / "tiny_frames_src160x120_conf_fp32",
+            "frames_dynamic": frames_dynamic_export}
+
+
+def sent_frames(count: int = 2) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [cv2.GaussianBlur(rng.integers(0, 256, (SENT[1], SENT[0], 3), dtype=np.uint8), (9, 9), 0) for _ in range(count)]
+
+
+# variant -> (the class map's (H, W), output names): fixed-size models answer at their size, dynamic ones at the frame's
+EXPECTED = {"tensors": ((64, 96), ["logits"]), "tensors_dynamic": ((64, 96), ["logits"]),
+            "frames": (FRAME_SIZE[::-1], ["mask", "confidence"]), "frames_dynamic": (SENT[::-1], ["mask"])}
+
+
+@pytest.mark.parametrize("variant", EXPECTED)
+def test_the_docs_client_serves_every_variant(client, variants, variant):
+    """The request is built from config.pbtxt alone and is what the package itself would feed the file."""
+    folder, frames = variants[variant], sent_frames()
+    config, outputs = client.infer_onnxruntime(folder, frames)
+    client.check_outputs(config, outputs, len(frames))
+    (height, width), names = EXPECTED[variant]
+    assert list(outputs) == names
+    assert client.class_maps(config, outputs).shape == (2, height, width)
+    name, sent = client.make_input(config, frames)
+    info = read_onnx_info(folder / "1" / "model.onnx")
+    if info.io == "tensors":  # the package's own host pre-processing (INTER_AREA shrink, RGB, mean/std)
+        assert name == "images" and sent.dtype == np.float32
+        np.testing.assert_allclose(sent, preprocess_host(frames, info), rtol=0, atol=1e-5)
+    elif info.source_size is not None:  # the frame size the graph was made for; it does the rest itself
+        assert name == "frames" and sent.dtype == np.uint8
+        np.testing.assert_array_equal(sent, np.stack([resize_frame(f, *info.source_size) for f in frames]))
+    else:
+        np.testing.assert_array_equal(sent, np.stack(frames))
+
+
+def test_the_client_refuses_what_the_config_does_not_declare(client, variants):
+    config = client.read_config(variants["frames"])
+    _, outputs = client.infer_onnxruntime(variants["frames"], sent_frames(1))
+    with pytest.raises(ValueError, match=r"'confidence' is declared but did not come back"):
+        client.check_outputs(config, {"mask": outputs["mask"]}, 1)
+    with pytest.raises(ValueError, match=r"output 'mask' is float32 \[1, 120, 160\], but the config declares TYPE_UINT8"):
+        client.check_outputs(config, {**outputs, "mask": outputs["mask"].astype(np.float32)}, 1)
+    with pytest.raises(ValueError, match=r"output 'mask' is uint8 \[1, 120, 160\], but the config declares TYPE_UINT8 \[2, 120"):
+        client.check_outputs(config, outputs, 2)
+    with pytest.raises(ValueError, match="5 frames: this model takes at most 4 per request"):
+        client.make_input(config, sent_frames(5))
+
+
+def test_the_client_program_writes_class_maps(client, variants, tmp_path, capsys):
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), sent_frames(1)[0])
+    client.main([str(variants["frames_dynamic"]), str(image), "--onnxruntime"])
+    mask = cv2.imread(str(tmp_path / "frame.mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (SENT[1], SENT[0]) and int(mask.max()) < len(CLASS_NAMES)
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{image}: {SENT[0]}x{SENT[1]} class map, classes ")
+    assert all(CLASS_NAMES[c] in printed for c in np.unique(mask))
+
+
+def test_the_docs_show_lines_of_the_client_itself():
+    """docs/triton.md's excerpt cannot drift from docs/triton_client.py, which the tests above run."""
+    text = (CLIENT_FILE.parent / "triton.md").read_text()
+    block = text.split("<!-- triton-client-excerpt -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    source = {line.strip() for line in CLIENT_FILE.read_text().splitlines()}
+    lines = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+    assert len(lines) >= 6 and [line for line in lines if line not in source] == []

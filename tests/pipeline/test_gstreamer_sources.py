@@ -82,7 +82,7 @@ def test_without_gstreamer_a_pipeline_is_one_error_naming_the_fix(monkeypatch):
     monkeypatch.setattr(gstreamer, "has_gstreamer", lambda: False)
     recorder = CaptureRecorder().install(monkeypatch)
     for spec in (TEST_PIPELINE, "csi://0"):
-        with pytest.raises(DronsegError, match="has no GStreamer: on a Jetson use JetPack's OpenCV .*docs/jetson.md"):
+        with pytest.raises(DronsegError, match="has no GStreamer: on a Jetson use JetPack's OpenCV .* https://\\S+/docs/jetson.md#cameras-and-streams"):
             open_source(spec)
     assert recorder.calls == []  # refused before anything was opened
 

@@ -290,3 +290,17 @@ def test_a_gpu_provider_that_cannot_start_warns_and_runs_on_the_cpu(model, monke
     explicit = OnnxRuntimeBackend(model[0], torch.device("cuda"), provider="cuda")
     with pytest.raises(BackendUnavailable, match="cannot run .* on cuda \\(cuda \\+ CUDA graph: CUDA driver"):
         explicit.activate()
+
+
+def test_a_free_batch_axis_gets_no_cuda_graph(model, monkeypatch):
+    """A graph replays one shape; a Triton-style file (fixed size, any batch) is called with several."""
+    fake = install(monkeypatch)
+    monkeypatch.setattr(OnnxRuntimeBackend, "read_info",
+                        lambda self: ModelInfo(arch="x", input_size=(96, 64), batch=None))
+    monkeypatch.setattr(FakeSession, "get_inputs", lambda self: [
+        types.SimpleNamespace(name="images", type="tensor(float)", shape=["batch", 3, 64, 96])])
+    monkeypatch.setattr(FakeSession, "get_outputs", lambda self: [
+        types.SimpleNamespace(name="logits", type="tensor(float)", shape=["batch", 12, 64, 96])])
+    backend = OnnxRuntimeBackend(model[0], torch.device("cuda"), provider="cuda")
+    backend.activate()
+    assert backend.cuda_graph is False and "enable_cuda_graph" not in options(fake.chains[0], CUDA)

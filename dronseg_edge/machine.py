@@ -1,0 +1,96 @@
+"""The host machine without torch: CPU model and cores, memory, free disk, the operating system.
+
+What ``dronseg-edge checks`` prints for a bug report and what ``bench`` records beside its figures.
+Linux sources first (/proc/cpuinfo, /proc/meminfo, /etc/os-release), the standard library's answers
+elsewhere; nothing here raises for a file it cannot read. The /proc paths are module attributes so
+tests can point them at fake files.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+CPUINFO = Path("/proc/cpuinfo")
+MEMINFO = Path("/proc/meminfo")
+GIB = 2**30
+
+
+def cpu_model() -> str:
+    """'AMD EPYC 7B13' (x86 ``model name``), the board name of ARM boards that give one (``Hardware``), or
+    the platform's own answer."""
+    try:
+        with CPUINFO.open(encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_cores() -> tuple[int | None, int | None]:
+    """(logical cores of the machine, cores this process may run on): a container or ``taskset`` limits the second."""
+    total = os.cpu_count()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on macOS or Windows
+        usable = total
+    return total, usable
+
+
+@dataclass(frozen=True)
+class Memory:
+    total: int  # bytes
+    available: int | None  # bytes a new program can use without swapping (MemAvailable); None where unknown
+
+
+def memory() -> Memory | None:
+    """Total and available RAM; on a Jetson that is also the GPU's memory (one pool). None where unreadable."""
+    values = {}
+    try:
+        for line in MEMINFO.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, rest = line.partition(":")
+            number = rest.split()[0] if rest.split() else ""
+            if number.isdigit():
+                values[key.strip()] = int(number) * 1024  # /proc/meminfo counts kB
+    except OSError:
+        pass
+    if "MemTotal" in values:
+        return Memory(values["MemTotal"], values.get("MemAvailable"))
+    try:
+        return Memory(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), None)
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Disk:
+    path: Path  # the folder asked about, or the nearest existing folder above it
+    free: int  # bytes this user may write
+    total: int  # bytes
+    device: int  # st_dev: two folders on one file system share it
+
+
+def disk(folder: Path) -> Disk | None:
+    """Free and total space of the file system holding ``folder`` (or the nearest existing folder above it)."""
+    existing = Path(folder).resolve()
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    try:
+        usage = shutil.disk_usage(existing)
+        return Disk(existing, usage.free, usage.total, existing.stat().st_dev)
+    except OSError:
+        return None
+
+
+def os_name() -> str:
+    """'Ubuntu 22.04.4 LTS' from /etc/os-release, else the platform's name and release."""
+    try:
+        release = platform.freedesktop_os_release()
+        return release.get("PRETTY_NAME") or release.get("NAME") or platform.system()
+    except (AttributeError, OSError):  # not Linux, or no os-release file
+        return f"{platform.system()} {platform.release()}".strip()
