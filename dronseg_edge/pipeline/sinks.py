@@ -60,14 +60,19 @@ def write_failure(exc: OSError, path: Path | str) -> RuntimeFailure:
 
 class Sink(ABC):
     """Consumes Results in order; ``close()`` finalises whatever it wrote (idempotent).
-    ``target``: the file or folder it writes, named in its errors."""
+    ``target``: the file or folder it writes, named in its errors; ``heavy``: stops at the free-disk
+    floor (video, images), where the small outputs (stats) go on; ``lossy``: a live output (a
+    stream, the preview) whose worker drops frames rather than slow the run, counted in ``dropped``."""
 
     name = "sink"
     target: Path = Path(".")
+    heavy = True
+    lossy = False
 
     def __init__(self):
         self.frames = 0
         self.write_ms = 0.0
+        self.dropped = 0
 
     def write(self, result: Result) -> None:
         start = time.perf_counter()
@@ -219,6 +224,7 @@ class StatsSink(Sink):
     """
 
     name = "stats"
+    heavy = False
 
     def __init__(self, path: Path, with_file: bool = False, with_confidence: bool = False):
         super().__init__()
@@ -276,11 +282,18 @@ class SinkWorker:
     A write error (an OSError, or the RuntimeFailure the sinks make of one) is kept by the thread and
     raised in the main thread as one RuntimeFailure naming the file; later frames are discarded.
     Any other exception is a bug and re-raises unchanged.
+
+    A lossy sink's (``Sink.lossy``: streams, the preview) ``put`` never waits: when its queue of
+    ``LIVE_QUEUE`` frames is full the oldest is dropped (``sink.dropped``), so a slow receiver costs
+    frames on that output only, and the newest frame is always the next one sent.
     """
+
+    LIVE_QUEUE = 2
+    LIVE_CLOSE_S = 10.0  # how long close() waits for a lossy sink stuck in a network write
 
     def __init__(self, sink: Sink, queue_size: int = 8):
         self.sink = sink
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self._queue: queue.Queue = queue.Queue(maxsize=self.LIVE_QUEUE if sink.lossy else max(1, queue_size))
         self._error: BaseException | None = None
         self._discard = False
         self._closed = False
@@ -304,8 +317,23 @@ class SinkWorker:
 
     def put(self, result: Result) -> None:
         """Queue ``result`` for the sink; raises the sink's error instead once it has failed."""
-        if not put_unless_stopped(self._queue, result, self._failed):
+        if self.sink.lossy:
             self._raise_error()
+            self._put_newest(result)
+        elif not put_unless_stopped(self._queue, result, self._failed):
+            self._raise_error()
+
+    def _put_newest(self, result: Result | None) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(result)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                    self.sink.dropped += 1
+                except queue.Empty:
+                    pass
 
     def _failed(self) -> bool:
         return self._error is not None
@@ -324,8 +352,16 @@ class SinkWorker:
         if not self._closed:
             self._closed = True
             self._discard = discard
-            self._queue.put(None)
-            self._thread.join()
+            if self.sink.lossy:
+                self._put_newest(None)
+                self._thread.join(self.LIVE_CLOSE_S)
+                if self._thread.is_alive():  # stuck in a network write: left to end with the process
+                    log.warning("%s did not finish within %g s (its receiver stopped reading): left open",
+                                self.sink.name, self.LIVE_CLOSE_S)
+                    return
+            else:
+                self._queue.put(None)
+                self._thread.join()
             try:
                 self.sink.close()
             except OSError as exc:
