@@ -17,6 +17,9 @@ from dronseg_edge import __version__
 from dronseg_edge.devices import device_description
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, check_max_pixels
+from dronseg_edge.pipeline.live_outputs import live_records
+from dronseg_edge.pipeline.live_targets import (check_preview, check_stream_settings, parse_results_target,
+                                                parse_stream_urls)
 from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.result import LOW_CONFIDENCE, Result
@@ -65,6 +68,15 @@ class RunOptions:
     classes: tuple[str, ...] | None = None
     contact_sheet: bool = False  # contact_sheet.jpg: the first overlays in a captioned grid
     max_pixels: int = DEFAULT_MAX_PIXELS  # images above it (read from their header) are skipped undecoded
+    # the live outputs (pipeline/live_outputs.py; URLs and addresses checked by pipeline/live_targets.py)
+    stream_out: tuple[str, ...] = ()  # --stream-out: udp://, rtp:// or rtsp:// URLs
+    stream_bitrate_kbps: int = 2000
+    stream_what: str = "overlay"  # overlay | color
+    stream_size: str | None = None  # "WxH"; None: the frames' size
+    preview: str | None = None  # "[HOST:]PORT" of the preview page
+    preview_token: str | None = None
+    results: str | None = None  # "-" (stdout), udp://HOST:PORT or a file: one JSON line per frame
+    legend: bool | None = None  # the class colours on the overlay; None: on except for image sources
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -86,11 +98,20 @@ class RunOptions:
             raise DronsegError(f"--codec {self.codec} is not one of {', '.join(VIDEO_CODECS)}: pick one "
                                "(auto: H.264 on the GPU's encoder, else the CPU's, else mp4v)")
         check_max_pixels(self.max_pixels)
+        object.__setattr__(self, "stream_out", tuple(self.stream_out))
+        parse_stream_urls(self.stream_out)
+        check_stream_settings(self.stream_bitrate_kbps, self.stream_what, self.stream_size)
+        check_preview(self.preview, self.preview_token)
+        if self.results is not None:
+            parse_results_target(self.results)
 
-    def overlay_plan(self, lut: np.ndarray) -> OverlayPlan | None:
-        """The run's one overlay decision: made for the video (or overlay images) and the window,
-        else not at all, not even on the GPU."""
-        return OverlayPlan(self.alpha, lut) if self.save_video or self.show else None
+    def overlay_plan(self, lut: np.ndarray, legend: tuple[str, ...] | None = None) -> OverlayPlan | None:
+        """The run's one overlay decision: made for the video (or overlay images), the window, an
+        overlay stream and the preview, else not at all, not even on the GPU. ``legend``: the class
+        names when the overlay carries the legend."""
+        wanted = self.save_video or self.show or self.preview is not None or (
+            bool(self.stream_out) and self.stream_what == "overlay")
+        return OverlayPlan(self.alpha, lut, legend) if wanted else None
 
 
 @dataclass
@@ -134,7 +155,14 @@ class RunState:
     error: DronsegError | None = None  # a lost stream or a failed write; raised once the outputs are final
     bug: str | None = None  # any other exception (a bug here): "Type: message", re-raised once the outputs are final
     classes: tuple[int, ...] | None = None  # the class ids --classes keeps
+    seen: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=bool), repr=False)  # classes present so far
     _clock_start: float = field(default_factory=time.perf_counter, repr=False)
+
+    def mark_seen(self, result: Result) -> None:
+        """Note the classes present in ``result`` and give it those of the run so far (``seen_classes``,
+        for the overlay's legend: a class, once seen, stays in it)."""
+        self.seen[:len(result.shares)] |= np.asarray(result.shares) > 0
+        result.seen_classes = tuple(int(c) for c in np.flatnonzero(self.seen))
 
     def add(self, result: Result) -> None:
         """Count a frame that every sink has received."""
@@ -175,7 +203,8 @@ class RunState:
         write_ms = {sink.name: (sink.write_ms / sink.frames if sink.frames else 0.0) for sink in sinks}
         stage_ms = {"decode": reader.decode_ms / reader.decoded if reader.decoded else 0.0}
         stage_ms.update({name: total / frames if frames else 0.0 for name, total in self.segmenter_ms.items()})
-        stage_ms["write"] = max(write_ms.values(), default=0.0)  # sinks run in parallel: the slowest one counts
+        # Sinks run in parallel: the slowest one counts; the live outputs drop frames instead of pacing the run.
+        stage_ms["write"] = max((write_ms[sink.name] for sink in sinks if not sink.lossy), default=0.0)
         outputs = {kind: _relative(path, self.out_dir) for sink in sinks for kind, path in sink.outputs().items()}
         video = next((s for s in sinks if isinstance(s, VideoSink)), None)
         sizes = self.sizes
@@ -200,7 +229,7 @@ class RunState:
             write_ms={name: round(ms, 3) for name, ms in write_ms.items()}, outputs=outputs,
             video_codec=video.codec if video else None, video_frames=video.video_frames if video else None,
             video_segments=video.segments if video and (video.segment_frames or len(video.segments) > 1) else None,
-            started=self.started_at, package_version=__version__,
+            started=self.started_at, package_version=__version__, **live_records(sinks),
         )
 
 
