@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -34,6 +35,34 @@ def _show_library_warnings() -> None:
         logger.propagate = False
 
 
+class _LiveLines(logging.Handler):
+    """The live outputs' announcements (the preview's address, each stream, an SDP) as plain lines."""
+
+    def __init__(self, err: bool):
+        super().__init__(logging.INFO)
+        self.err = err
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno == logging.INFO:  # warnings: _StderrWarnings
+            typer.echo(record.getMessage(), err=self.err)
+
+
+def _show_live_lines(err: bool) -> None:
+    logger = logging.getLogger("dronseg_edge.pipeline.live_outputs")
+    logger.setLevel(logging.INFO)
+    for handler in [h for h in logger.handlers if isinstance(h, _LiveLines)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_LiveLines(err))
+
+
+LIVE_EXAMPLES = (
+    "Live outputs: --stream-out rtp://GCS_IP:5600 (QGroundControl: Application Settings > Video > Source "
+    "'UDP h.264 Video Stream', UDP URL 0.0.0.0:5600); --stream-out udp://GCS_IP:5600 (MPEG-TS: VLC, "
+    "ffplay udp://@:5600); --stream-out rtsp://server:8554/drone (publish to mediamtx); --preview 8080 "
+    "(open http://127.0.0.1:8080/); --results - | my-reader (one JSON line per frame, the rest on stderr)."
+)
+
+
 INFER_EXIT_CODES = (
     "Exit codes: 0 finished (the source ended, a finite stream its server closed included, or a limit was "
     "reached); 2 usage or configuration error: fix the command; 3 a backend is missing; 5 runtime failure a "
@@ -44,7 +73,7 @@ INFER_EXIT_CODES = (
 )
 
 
-@app.command(epilog=INFER_EXIT_CODES)
+@app.command(epilog=f"{LIVE_EXAMPLES}\n\n{INFER_EXIT_CODES}")
 def infer(
     model: Path = typer.Argument(..., help="Checkpoint (.pt), ONNX file (.onnx) or TensorRT engine (.engine)."),
     source: str = typer.Argument(..., help="Video file, image, folder or glob of images, camera index (0), an "
@@ -110,6 +139,29 @@ def infer(
                                                              "(built with trtexec or Polygraphy) or a foreign .onnx: "
                                                              "the ONNX it was built from, or a sidecar JSON."),
     max_pixels: Optional[int] = max_pixels_option(),
+    stream_out: Optional[List[str]] = typer.Option(
+        None, "--stream-out", help="Send the video live, as H.264, while files are written (repeatable): "
+                                   "udp://HOST:PORT (MPEG-TS), rtp://HOST:PORT (RTP; QGroundControl's 'UDP h.264 "
+                                   "video stream' on port 5600; the SDP is written to the run folder) or "
+                                   "rtsp://SERVER:PORT/PATH (publish to a server such as mediamtx, TCP). A slow or "
+                                   "absent receiver costs frames on the stream only; a lost server is retried."),
+    stream_bitrate: int = typer.Option(2000, "--stream-bitrate", help="Streams' bitrate cap in kbit/s."),
+    stream_what: str = typer.Option("overlay", "--stream-what", help="What streams send: overlay or color (the "
+                                                                     "class colours only)."),
+    stream_size: Optional[str] = typer.Option(None, "--stream-size", help="Scale streams to WxH, e.g. 640x360 "
+                                                                          "(default: the frames' size)."),
+    preview: Optional[str] = typer.Option(
+        None, "--preview", help="Serve a live preview page (overlay and class shares) at [HOST:]PORT; 127.0.0.1 "
+                                "unless HOST is given, which then needs --preview-token."),
+    preview_token: Optional[str] = typer.Option(
+        None, "--preview-token", help="Secret a viewer must add to the preview's address (?token=SECRET); needed "
+                                      "when --preview binds to anything but 127.0.0.1."),
+    results: Optional[str] = typer.Option(
+        None, "--results", help="One JSON line per frame (index, timestamps, class shares, each class's pixels and "
+                                "box) to udp://HOST:PORT, a new file, or - (stdout; the other lines go to stderr)."),
+    legend: Optional[bool] = typer.Option(None, "--legend/--no-legend", help="The colours of the classes seen, "
+                                                                              "in a corner of the overlay (default: "
+                                                                              "on except for images)."),
 ) -> None:
     """Segment a video, image folder, camera or stream; write overlay, masks, stats and summary.json."""
     from dronseg_edge.cli.outputs import check_out_dir
@@ -117,6 +169,8 @@ def infer(
     from dronseg_edge.pipeline.capture_options import CaptureOptions
 
     _show_library_warnings()
+    to_stderr = results == "-"  # stdout carries the results: every other line goes to stderr
+    _show_live_lines(err=to_stderr)
     if out is not None:
         check_out_dir(out)  # before the model loads: an unwritable --out is a moment's error, exit 2
     options = RunOptions(out=out, save_video=save_video, save_masks=save_masks, save_color=save_color, stats=stats,
@@ -124,35 +178,39 @@ def infer(
                          reconnect_s=reconnect_s, progress=progress, codec=codec, max_duration=max_duration,
                          segment_s=segment_s, min_free_mb=min_free, save_conf=save_conf, contact_sheet=contact_sheet,
                          classes=tuple(classes.split(",")) if classes is not None else None,
+                         stream_out=tuple(stream_out or ()), stream_bitrate_kbps=stream_bitrate,
+                         stream_what=stream_what, stream_size=stream_size, preview=preview,
+                         preview_token=preview_token, results=results, legend=legend,
                          **({} if max_pixels is None else {"max_pixels": max_pixels}))
+    echo = functools.partial(typer.echo, err=to_stderr)
     capture = CaptureOptions(rtsp_transport=rtsp_transport, latency_ms=latency_ms, hw_decode=hw_decode)
     # The source before the model, so a typo in SOURCE fails in a moment; the run closes it.
     with open_source(source, options.reconnect_s, capture=capture, max_pixels=options.max_pixels) as frames, \
             Segmenter(model, device=device, half=half, batch=batch, tile=tile, tile_overlap=tile_overlap,
                       meta=meta) as segmenter:
-        typer.echo(f"model: {model} -> {segmenter.describe()}")
+        echo(f"model: {model} -> {segmenter.describe()}")
         summary = run_inference(segmenter, frames, options)
     data = summary.data
-    typer.echo(summary.speed_line())
+    echo(summary.speed_line())
     notes = [f"{data[key]} {label}" for key, label in (("dropped_frames", "stale frames dropped (live)"),
                                                        ("corrupt_frames", "damaged frames skipped"),
                                                        ("oversized_images", "images above --max-pixels skipped"),
                                                        ("size_changes", "frame size changes followed"),
                                                        ("reconnects", "reconnects")) if data.get(key)]
     if notes:
-        typer.echo("Notes: " + ", ".join(notes))
+        echo("Notes: " + ", ".join(notes))
     if data.get("tiled_frames"):
         window = data["tile"]["window"]
-        typer.echo(f"Tiled: {data['tiled_frames']} of {data['frames']} frames in windows of {window[0]}x{window[1]} "
-                   f"(--tile {data['tile']['mode']}, overlap {data['tile']['overlap']:g})")
+        echo(f"Tiled: {data['tiled_frames']} of {data['frames']} frames in windows of {window[0]}x{window[1]} "
+             f"(--tile {data['tile']['mode']}, overlap {data['tile']['overlap']:g})")
     if data.get("video_segments"):
         files = data["video_segments"]
         what = f"segments of {data['segment_s']:g} s" if data.get("segment_s") else "files (the frame size changed)"
-        typer.echo(f"Video: {len(files)} {what} ({files[0]['file']} ... {files[-1]['file']})")
+        echo(f"Video: {len(files)} {what} ({files[0]['file']} ... {files[-1]['file']})")
     stopped = STOP_NOTES.get(data.get("stopped"))
     if stopped:
-        typer.echo(f"Stopped: {stopped}")
-    typer.echo(f"Results saved to {summary.out_dir}")
+        echo(f"Stopped: {stopped}")
+    echo(f"Results saved to {summary.out_dir}")
     if data.get("interrupted"):
         typer.echo(f"interrupted: outputs are complete up to the last of {data['frames']} frames", err=True)
         raise typer.Exit(130)
