@@ -9,8 +9,8 @@ at the pace they were segmented, with gaps where frames were dropped.
 
 :class:`PyAVLiveEncoder` muxes with PyAV's FFmpeg (``mpegts`` to udp://, ``rtp`` to rtp://, ``rtsp``
 to rtsp://); it needs no ffmpeg program. ``pipeline/gst_writer.py`` has the GStreamer counterpart for a
-Jetson's hardware encoder. Both raise OSError (PyAV's errors are OSErrors) when the network refuses,
-which the stream sink answers by reconnecting.
+Jetson's hardware encoder. Both raise OSError when the network or the server refuses, which the
+stream sink answers by reconnecting.
 """
 
 from __future__ import annotations
@@ -69,10 +69,13 @@ class PyAVLiveEncoder(LiveEncoder):
     def __init__(self, target: StreamTarget, size: tuple[int, int], fps: float, bitrate_kbps: int):
         super().__init__(target, size, fps, bitrate_kbps)
         av = _import_av()
-        self._frame_from = av.VideoFrame.from_ndarray
+        self._frame_from, self._error = av.VideoFrame.from_ndarray, av.FFmpegError
         options = {"rtsp_transport": "tcp", "timeout": str(RTSP_IO_TIMEOUT_US)} if target.kind == "rtsp" else {}
-        self._container = av.open(target.url + URL_OPTIONS[target.kind], "w", format=FORMATS[target.kind],
-                                  options=options, timeout=OPEN_TIMEOUT_S)
+        try:
+            self._container = av.open(target.url + URL_OPTIONS[target.kind], "w", format=FORMATS[target.kind],
+                                      options=options, timeout=OPEN_TIMEOUT_S)
+        except av.FFmpegError as exc:
+            raise _network_error(exc) from None
         try:
             self.rate = Fraction(fps).limit_denominator(1001)
             bits = int(bitrate_kbps) * 1000
@@ -82,8 +85,10 @@ class PyAVLiveEncoder(LiveEncoder):
             stream.pix_fmt = "yuv420p"
             stream.bit_rate = bits
             self._container.start_encoding()  # connects (RTSP: ANNOUNCE, SETUP, RECORD): a refusal raises here
-        except BaseException:
+        except BaseException as exc:
             self._close_quietly()
+            if isinstance(exc, av.FFmpegError):
+                raise _network_error(exc) from None
             raise
         self._stream = stream
         self._started: float | None = None
@@ -97,9 +102,12 @@ class PyAVLiveEncoder(LiveEncoder):
         # Wall-clock timestamps in frame periods, always increasing: a receiver keeps the real pace.
         self._last_pts = frame.pts = max(self._last_pts + 1, round((now - self._started) * self.rate))
         sent = False
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
-            sent = True
+        try:
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+                sent = True
+        except self._error as exc:
+            raise _network_error(exc) from None
         return sent
 
     def close(self) -> None:
@@ -118,6 +126,14 @@ class PyAVLiveEncoder(LiveEncoder):
             self._container.close()
         except Exception:  # an RTSP TEARDOWN to a server that went away
             pass
+
+
+def _network_error(exc: Exception) -> OSError:
+    """PyAV's error as an OSError (its network errors are OSErrors already; a server that answers with
+    something else, an RTSP server refusing the publish, is InvalidDataError): the sink reconnects."""
+    if isinstance(exc, OSError):
+        return exc
+    return OSError(getattr(exc, "errno", None), getattr(exc, "strerror", None) or str(exc))
 
 
 def even_size(size: tuple[int, int]) -> tuple[int, int]:

@@ -205,8 +205,8 @@ def _stop_at_floor(active: list[SinkWorker], state: RunState, reason: str) -> li
     live outputs go on."""
     heavy = [w for w in active if w.sink.heavy]
     state.video_stopped = f"{reason} (after {state.frames} frames)"
-    log.warning("%s: the %s stop%s here, after %d frames, closed and complete; stats.jsonl and the live "
-                "outputs continue (free some space, or lower --min-free)", reason, " and ".join(w.sink.name for w in heavy),
+    log.warning("%s: the %s stop%s here, after %d frames, closed and complete; stats.jsonl continues, as do "
+                "the live outputs (free some space, or lower --min-free)", reason, " and ".join(w.sink.name for w in heavy),
                 "s" if len(heavy) == 1 else "", state.frames)
     for worker in heavy:
         worker.close()  # a write error raises here: the run stops with it
