@@ -93,7 +93,9 @@ def infer(
                                     help="Overlay video (H.264 mp4, see --codec; for image sources overlay/ JPEGs)."),
     codec: str = typer.Option("auto", "--codec",
                               help="Overlay video encoder: auto (h264_nvenc, else libx264, else mp4v), h264, "
-                                   "h264_nvenc, libx264, mp4v or hevc. H.264/H.265 need the `video` extra (PyAV)."),
+                                   "h264_nvenc, libx264, mp4v or hevc. H.264/H.265 need the `video` extra (PyAV). "
+                                   "On a Jetson auto and h264 try GStreamer's nvv4l2h264enc, then x264enc, first "
+                                   "(also by name; they need JetPack's OpenCV)."),
     save_masks: Optional[bool] = typer.Option(None, "--save-masks/--no-save-masks",
                                               help="Class-index mask PNGs in masks/ (default: on for images only)."),
     save_color: bool = typer.Option(False, "--save-color", help="Colour mask PNGs in color/."),

@@ -30,8 +30,6 @@ LIVE_X264 = {"preset": "veryfast", "tune": "zerolatency", "bf": "0"}
 FORMATS = {"udp": "mpegts", "rtp": "rtp", "rtsp": "rtsp"}
 # UDP payloads that fit a 1500-byte MTU: 7 MPEG-TS packets (1316 bytes), or an RTP packet of 1200.
 URL_OPTIONS = {"udp": "?pkt_size=1316", "rtp": "?pkt_size=1200", "rtsp": ""}
-OPEN_TIMEOUT_S = 5.0  # connecting to an RTSP server
-RTSP_IO_TIMEOUT_US = 5_000_000  # a server that stops reading: the send fails after this, and the sink reconnects
 
 
 class LiveEncoder(ABC):
@@ -70,10 +68,10 @@ class PyAVLiveEncoder(LiveEncoder):
         super().__init__(target, size, fps, bitrate_kbps)
         av = _import_av()
         self._frame_from, self._error = av.VideoFrame.from_ndarray, av.FFmpegError
-        options = {"rtsp_transport": "tcp", "timeout": str(RTSP_IO_TIMEOUT_US)} if target.kind == "rtsp" else {}
+        options = {"rtsp_transport": "tcp"} if target.kind == "rtsp" else {}
         try:
             self._container = av.open(target.url + URL_OPTIONS[target.kind], "w", format=FORMATS[target.kind],
-                                      options=options, timeout=OPEN_TIMEOUT_S)
+                                      options=options)
         except av.FFmpegError as exc:
             raise _network_error(exc) from None
         try:

@@ -261,4 +261,4 @@ class PreviewSink(Sink):
     def record(self) -> dict:
         """summary.json's ``preview``."""
         return {"url": self.server.url.split("?")[0], "token": self.server.token is not None,
-                "frames_served": self.server.frames_served, "frames_dropped": self.dropped}
+                "frames_served": self.server.frames_served, "frames_dropped": self.frames_dropped}

@@ -34,8 +34,9 @@ from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.run_state import RunOptions, RunState, RunSummary
 from dronseg_edge.pipeline.segmenter import Segmenter
+from dronseg_edge.pipeline.sink_worker import SinkWorker
 from dronseg_edge.pipeline.sinks import (ColorMaskSink, ConfidenceSink, ContactSheetSink, MaskSink, OverlayImageSink, Sink,
-                                         SinkWorker, StatsSink)
+                                         StatsSink)
 from dronseg_edge.pipeline.open_source import open_source
 from dronseg_edge.pipeline.sources import Source
 from dronseg_edge.pipeline.video_sink import VideoSink

@@ -1,11 +1,14 @@
 """``--stream-out``: the segmented video, live, to a ground station (one sink per URL).
 
-A stream is a *lossy* sink (:class:`~dronseg_edge.pipeline.sinks.SinkWorker`): its queue holds two
+A stream is a *lossy* sink (:class:`~dronseg_edge.pipeline.sink_worker.SinkWorker`): its queue holds two
 frames and drops the oldest when the sender falls behind, so a slow or absent receiver never slows
 the segmentation, and the files keep every frame. A refused connection or a server that goes away
-(an RTSP server restarted, a TCP send stuck for 5 s) closes the stream; it is reopened with back-off
-(0.5 s, doubling to 10 s) while the frames meanwhile are dropped. Every drop is counted, and the
-latency from each frame's read to its packet leaving is kept for summary.json's p50/p99.
+(an RTSP server restarted or stopped: the next write fails) closes the stream; it is reopened with
+back-off (0.5 s, doubling to 10 s) while the frames meanwhile are dropped. A server that stops reading
+without closing holds the sender in its TCP write (neither FFmpeg's RTSP muxer nor PyAV's output
+offers a write timeout) until it reads again or the connection breaks: the frames are dropped
+meanwhile, the run goes on. Every drop is counted, and the latency from each frame's read to its
+packet leaving is kept for summary.json's p50/p99.
 """
 
 from __future__ import annotations
@@ -154,6 +157,6 @@ class StreamSink(Sink):
         """This stream's entry in summary.json's ``streams``."""
         return {"url": self.name, "protocol": self.stream.kind, "what": self.what,
                 "size": format_size(self.size) if self.size else None, "encoder": self.encoder_name,
-                "bitrate_kbps": self.bitrate_kbps, "frames_sent": self.sent, "frames_dropped": self.dropped,
+                "bitrate_kbps": self.bitrate_kbps, "frames_sent": self.sent, "frames_dropped": self.frames_dropped,
                 "reconnects": self.reconnects, "latency_ms": self.latency.percentiles(), "sdp": self.sdp,
                 "last_error": self.last_error}

@@ -19,7 +19,7 @@ from live_receivers import LOOPBACK, PLAN, make_result
 from dronseg_edge.classes import PALETTE
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline.preview import BOUNDARY, MAX_VIEWERS, PreviewServer, PreviewSink
-from dronseg_edge.pipeline.sinks import SinkWorker
+from dronseg_edge.pipeline.sink_worker import SinkWorker
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.timeout(60)
@@ -148,7 +148,7 @@ def test_the_sink_is_lossy_and_never_waits(preview):
     for index in range(20):
         worker.put(make_result(index))
     worker.close()
-    assert sink.frames + sink.dropped == 20
+    assert sink.frames + sink.queue_dropped == 20
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium) for the browser test")

@@ -14,7 +14,7 @@ from live_receivers import FFMPEG, LOOPBACK, PLAN, PyAVReceiver, feed, ffmpeg_re
 
 from dronseg_edge.pipeline.live_encoder import PyAVLiveEncoder
 from dronseg_edge.pipeline.live_targets import parse_stream_url, sdp_text
-from dronseg_edge.pipeline.sinks import SinkWorker
+from dronseg_edge.pipeline.sink_worker import SinkWorker
 from dronseg_edge.pipeline.stream_sink import FIRST_RETRY_S, MAX_RETRY_S, LatencySample, StreamSink
 from dronseg_edge.pipeline.video_writer import _import_av, encoder_opens
 
@@ -47,6 +47,15 @@ def test_udp_mpegts_is_decoded_by_pyav(tmp_path):
     record = sink.record()
     assert (record["protocol"], record["encoder"], record["frames_dropped"], record["reconnects"]) == ("udp", "libx264", 0, 0)
     assert record["frames_sent"] >= 30 and 0 < record["latency_ms"]["p50"] <= record["latency_ms"]["p99"]
+
+
+@needs_x264
+def test_a_udp_stream_no_one_receives_is_sent_without_an_error():
+    sink = stream_sink(f"udp://{LOOPBACK}:{free_port()}")
+    feed(sink, 10, fps=200)
+    sink.close()
+    record = sink.record()
+    assert (record["frames_sent"], record["frames_dropped"], record["last_error"]) == (10, 0, None)
 
 
 @needs_x264
@@ -224,5 +233,25 @@ def test_a_sender_that_is_stuck_never_holds_up_the_run(fake_encoder):
     release.set()
     worker.close()
     sent = FakeEncoder.opened[0].frames
-    assert sink.dropped >= 50 - SinkWorker.LIVE_QUEUE - 1 and sink.dropped + len(sent) == 50
+    assert sink.queue_dropped >= 50 - SinkWorker.LIVE_QUEUE - 1 and sink.frames_dropped + len(sent) == 50
     assert (sent[-1] == PLAN.image(results[-1])).all()  # the last frame given is the last one sent
+
+
+def test_stream_what_color_sends_the_class_colours_with_the_legend(fake_encoder):
+    from dronseg_edge.classes import CLASS_NAMES, PALETTE
+    from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut, colorize
+
+    lut = bgr_lut(PALETTE)
+    plain = StreamSink(parse_stream_url("udp://127.0.0.1:5600"), OverlayPlan(1.0, lut), "color", None, 30.0, 1000,
+                       open_encoder=FakeEncoder)
+    result = make_result(0, (320, 192))
+    plain.write(result)
+    assert (FakeEncoder.opened[0].frames[0] == colorize(result.mask, lut)).all()
+    labelled = StreamSink(parse_stream_url("udp://127.0.0.1:5602"), OverlayPlan(1.0, lut, CLASS_NAMES), "color",
+                          None, 30.0, 1000, open_encoder=FakeEncoder)
+    result = make_result(0, (320, 192))
+    result.seen_classes = (10, 11)
+    labelled.write(result)
+    sent = FakeEncoder.opened[1].frames[0]
+    assert (sent[:100] == colorize(result.mask, lut)[:100]).all()  # the legend only in the bottom-left corner
+    assert (sent[-60:, :130] != colorize(result.mask, lut)[-60:, :130]).any()
