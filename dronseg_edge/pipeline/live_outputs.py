@@ -76,17 +76,15 @@ def build_live_sinks(src: Source, out_dir: Path, options, lut: np.ndarray, plan:
             sdp = _write_sdp(target, out_dir) if target.kind == "rtp" else None
             sinks.append(StreamSink(target, picture, options.stream_what, size, fps, options.stream_bitrate_kbps,
                                     open_encoder=_encoder_opener(hardware), sdp=sdp))
-            log.info("stream: %s (%s, %s)%s", target.url, options.stream_what, "H.264",
-                     f", SDP in {out_dir / sdp}" if sdp else "")
+            log.info("stream: %s (%s, H.264)%s", target.url, options.stream_what,
+                     f", SDP in {out_dir / sdp}:\n{sdp_text(target).rstrip()}" if sdp else "")
     if options.results is not None:
         sinks.append(ResultsSink(options.results, with_confidence=options.save_conf))
     return sinks
 
 
 def _write_sdp(target: StreamTarget, out_dir: Path) -> str:
-    text = sdp_text(target)
-    write_text_atomic(out_dir / target.sdp_name, text)
-    log.info("%s", text.rstrip("\n"))
+    write_text_atomic(out_dir / target.sdp_name, sdp_text(target))
     return target.sdp_name
 
 

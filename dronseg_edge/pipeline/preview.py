@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import hmac
 import json
-import logging
 import socket
 import threading
 import time
@@ -32,8 +31,6 @@ from dronseg_edge.pictures import fit_width
 from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.sinks import Sink
-
-log = logging.getLogger(__name__)
 
 MAX_VIEWERS = 4
 MAX_FPS = 10.0

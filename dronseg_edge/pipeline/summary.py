@@ -76,7 +76,7 @@ class Summary:
     # the live outputs (None when not asked for). streams: one entry per --stream-out, {url, protocol
     # (udp | rtp | rtsp), what (overlay | color), size, encoder, bitrate_kbps, frames_sent, frames_dropped
     # (the sender fell behind, or the receiver was down), reconnects, latency_ms {p50, p99} (from the
-    # frame's read to its packets leaving), sdp (rtp: the SDP file), last_error}; preview {url, token,
+    # frame's read, FrameRecord.read_at, to its packets leaving; null before the first), sdp (rtp: the SDP file), last_error}; preview {url, token,
     # frames_served, frames_dropped}; results {target, kind (stdout | udp | file), schema, lines,
     # lines_dropped}
     streams: list[dict] | None = None

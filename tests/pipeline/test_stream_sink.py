@@ -94,7 +94,7 @@ def test_ffmpeg_decodes_30_frames_without_an_error(kind, tmp_path):
     url = f"{kind}://{LOOPBACK}:{port}" + ("/drone" if kind == "rtsp" else "")
     target = parse_stream_url(url)
     if kind == "udp":
-        args = ["-i", f"udp://{LOOPBACK}:{port}?timeout=5000000"]
+        args = ["-analyzeduration", "1000000", "-i", f"udp://{LOOPBACK}:{port}?timeout=5000000"]
     elif kind == "rtp":
         (tmp_path / "stream.sdp").write_text(sdp_text(target))
         args = ["-protocol_whitelist", "file,udp,rtp", "-i", str(tmp_path / "stream.sdp")]
