@@ -439,3 +439,43 @@ def side_venv(root: Path, requirements: list[str]) -> Path:
         pytest.skip(f"the package registry is unreachable: {done.stderr.strip().splitlines()[-1][:200]}")
     assert done.returncode == 0, f"pip could not install {requirements}:\n{done.stderr[-3000:]}"
     return python
+
+
+class FakeGStreamerWriter:
+    """cv2.VideoWriter with a GStreamer backend that has the elements of ``elements`` only."""
+
+    elements: tuple[str, ...] = ()
+    made: list = []
+
+    def __init__(self, pipeline, api, fourcc, fps, size, color=True):
+        self.pipeline, self.size, self.frames = pipeline, size, []
+        FakeGStreamerWriter.made.append(self)
+
+    def isOpened(self):  # noqa: N802 (OpenCV's name)
+        return any(f" {name} " in f" {self.pipeline} " for name in self.elements)
+
+    def write(self, frame):
+        self.frames.append(frame.shape)
+
+    def release(self):
+        """As GStreamer's filesink would: the file is there once the writer is released."""
+        import re
+
+        location = re.search(r'filesink location="([^"]+)"', self.pipeline)
+        if location and self.frames:
+            Path(location.group(1)).write_bytes(b"\0" * 64)
+
+
+@pytest.fixture
+def fake_jetson(monkeypatch, tmp_path):
+    """A Jetson (L4T's release file) whose OpenCV opens GStreamer pipelines through FakeGStreamerWriter."""
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 4.3\n")
+    from dronseg_edge import gst_encoders
+
+    monkeypatch.setattr(gst_encoders, "TEGRA_RELEASE", release)
+    monkeypatch.setattr("cv2.VideoWriter", FakeGStreamerWriter)
+    FakeGStreamerWriter.made = []
+    gst_encoders.encoder_opens.cache_clear()
+    yield FakeGStreamerWriter
+    gst_encoders.encoder_opens.cache_clear()

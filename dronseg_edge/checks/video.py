@@ -18,6 +18,24 @@ ENCODERS = ("libx264", "h264_nvenc")  # what `infer --codec auto` tries for H.26
 def video_checks() -> Iterator[Check]:
     yield from opencv_checks()
     yield from pyav_checks()
+    yield auto_encoder_check()
+
+
+def auto_encoder_check() -> Check:
+    """The H.264 encoder ``infer --codec auto`` uses here for files and streams (gst_encoders.py on a Jetson)."""
+    from dronseg_edge import gst_encoders
+
+    hardware = gst_encoders.jetson_encoder()
+    if hardware is not None:
+        kind = "the hardware encoder" if hardware == "nvv4l2h264enc" else "CPU: nvv4l2h264enc does not open here"
+        return Check("auto encoder", OK, f"{hardware} through OpenCV's GStreamer ({kind}); rtsp:// streams: PyAV")
+    av, _ = import_optional("av")
+    found = next((name for name in ENCODERS[::-1] if av is not None and encoder_check(av, name).status == OK), None)
+    if found is None:
+        return Check("auto encoder", WARN, "mp4v through OpenCV (no H.264: browsers cannot play it, no streams)")
+    where = " (a Jetson without a GStreamer encoder in OpenCV: install JetPack's python3-opencv)" \
+        if gst_encoders.on_jetson() else ""
+    return Check("auto encoder", OK, f"{found} through PyAV{where}")
 
 
 def parse_build_information(text: str) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -32,6 +33,34 @@ def _show_library_warnings() -> None:
         logger.propagate = False
 
 
+class _LiveLines(logging.Handler):
+    """The live outputs' announcements (the preview's address, each stream, an SDP) as plain lines."""
+
+    def __init__(self, err: bool):
+        super().__init__(logging.INFO)
+        self.err = err
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno == logging.INFO:  # warnings: _StderrWarnings
+            typer.echo(record.getMessage(), err=self.err)
+
+
+def _show_live_lines(err: bool) -> None:
+    logger = logging.getLogger("dronseg_edge.pipeline.live_outputs")
+    logger.setLevel(logging.INFO)
+    for handler in [h for h in logger.handlers if isinstance(h, _LiveLines)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_LiveLines(err))
+
+
+LIVE_EXAMPLES = (
+    "Live outputs: --stream-out rtp://GCS_IP:5600 (QGroundControl: Application Settings > Video > Source "
+    "'UDP h.264 Video Stream', UDP URL 0.0.0.0:5600); --stream-out udp://GCS_IP:5600 (MPEG-TS: VLC, "
+    "ffplay udp://@:5600); --stream-out rtsp://server:8554/drone (publish to mediamtx); --preview 8080 "
+    "(open http://127.0.0.1:8080/); --results - | my-reader (one JSON line per frame, the rest on stderr)."
+)
+
+
 INFER_EXIT_CODES = (
     "Exit codes: 0 finished (the source ended, a finite stream its server closed included, or a limit was "
     "reached); 2 usage or configuration error: fix the command; 3 a backend is missing; 5 runtime failure a "
@@ -42,7 +71,7 @@ INFER_EXIT_CODES = (
 )
 
 
-@app.command(epilog=INFER_EXIT_CODES)
+@app.command(epilog=f"{LIVE_EXAMPLES}\n\n{INFER_EXIT_CODES}")
 @takes(options=RunOptions, capture=CaptureOptions)
 def infer(
     model: Path = typer.Argument(..., help="Checkpoint (.pt), ONNX file (.onnx) or TensorRT engine (.engine)."),
@@ -68,35 +97,38 @@ def infer(
     from dronseg_edge.pipeline import Segmenter, open_source, run_inference
 
     _show_library_warnings()
+    to_stderr = options.results == "-"  # stdout carries the results: every other line goes to stderr
+    _show_live_lines(err=to_stderr)
+    echo = functools.partial(typer.echo, err=to_stderr)
     if options.out is not None:
         check_out_dir(options.out)  # before the model loads: an unwritable --out is a moment's error, exit 2
     # The source before the model, so a typo in SOURCE fails in a moment; the run closes it.
     with open_source(source, options.reconnect_s, capture=capture, max_pixels=options.max_pixels) as frames, \
             Segmenter(model, device=device, half=half, batch=batch, tile=tile, tile_overlap=tile_overlap,
                       meta=meta) as segmenter:
-        typer.echo(f"model: {model} -> {segmenter.describe()}")
+        echo(f"model: {model} -> {segmenter.describe()}")
         summary = run_inference(segmenter, frames, options)
     data = summary.data
-    typer.echo(summary.speed_line())
+    echo(summary.speed_line())
     notes = [f"{data[key]} {label}" for key, label in (("dropped_frames", "stale frames dropped (live)"),
                                                        ("corrupt_frames", "damaged frames skipped"),
                                                        ("oversized_images", "images above --max-pixels skipped"),
                                                        ("size_changes", "frame size changes followed"),
                                                        ("reconnects", "reconnects")) if data.get(key)]
     if notes:
-        typer.echo("Notes: " + ", ".join(notes))
+        echo("Notes: " + ", ".join(notes))
     if data.get("tiled_frames"):
         window = data["tile"]["window"]
-        typer.echo(f"Tiled: {data['tiled_frames']} of {data['frames']} frames in windows of {window[0]}x{window[1]} "
+        echo(f"Tiled: {data['tiled_frames']} of {data['frames']} frames in windows of {window[0]}x{window[1]} "
                    f"(--tile {data['tile']['mode']}, overlap {data['tile']['overlap']:g})")
     if data.get("video_segments"):
         files = data["video_segments"]
         what = f"segments of {data['segment_s']:g} s" if data.get("segment_s") else "files (the frame size changed)"
-        typer.echo(f"Video: {len(files)} {what} ({files[0]['file']} ... {files[-1]['file']})")
+        echo(f"Video: {len(files)} {what} ({files[0]['file']} ... {files[-1]['file']})")
     stopped = STOP_NOTES.get(data.get("stopped"))
     if stopped:
-        typer.echo(f"Stopped: {stopped}")
-    typer.echo(f"Results saved to {summary.out_dir}")
+        echo(f"Stopped: {stopped}")
+    echo(f"Results saved to {summary.out_dir}")
     if data.get("interrupted"):
         typer.echo(f"interrupted: outputs are complete up to the last of {data['frames']} frames", err=True)
         raise typer.Exit(130)

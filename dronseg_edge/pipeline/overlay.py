@@ -7,13 +7,20 @@ frame than the model itself; a 256-entry ``cv2.LUT`` does the same several times
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import cv2
 import numpy as np
 
+from dronseg_edge.pictures import TEXT_HEIGHT, legend
 from dronseg_edge.pipeline.request import FILTERED
+
+LEGEND_WIDTH = 120  # px: one swatch and name per row (pictures.legend's cell)
+LEGEND_OPACITY = 0.75
+LEGEND_MARGIN = 8  # px from the frame's bottom-left corner
+LEGEND_MAX_SHARE = (0.4, 0.6)  # at most this share of the frame's width and height: a small frame gets none
 
 
 class Segmented(Protocol):
@@ -58,13 +65,48 @@ class OverlayPlan:
     ``--show`` window all use (``RunOptions.overlay_plan`` decides whether a run makes one at all).
 
     ``alpha``: opacity of the class colours over the frame, 0..1; ``lut``: the palette from
-    :func:`bgr_lut`.
+    :func:`bgr_lut`; ``legend``: the class names, to draw the legend of the classes seen so far
+    (``--legend``; None: no legend).
+
+    Each result's image is made once and kept on it (``Result.overlays``), so the video, the live
+    streams and the preview share one blend per frame.
     """
 
     alpha: float
     lut: np.ndarray
+    legend: tuple[str, ...] | None = None
 
     def image(self, result: Segmented) -> np.ndarray:
-        """The (H, W, 3) uint8 BGR overlay of one result."""
-        return overlay(result.frame, result.mask, self.lut, self.alpha,
-                       hidden=FILTERED if result.classes is not None else None)
+        """The (H, W, 3) uint8 BGR overlay of one result (with the legend of ``result.seen_classes``)."""
+        made = getattr(result, "overlays", None)
+        if made is not None and self in made:
+            return made[self]
+        image = overlay(result.frame, result.mask, self.lut, self.alpha,
+                        hidden=FILTERED if result.classes is not None else None)
+        if self.legend is not None:
+            draw_legend(image, self.legend, self.lut, getattr(result, "seen_classes", None))
+        if made is not None:
+            made[self] = image
+        return image
+
+
+def draw_legend(image: np.ndarray, names: Sequence[str], lut: np.ndarray, present: Sequence[int] | None) -> None:
+    """Draw the colour and name of each class in ``present`` (class ids) into the bottom-left corner
+    of ``image`` (H, W, 3) uint8 BGR, in place, at 75 % opacity. Small and out of the way: at most
+    40 % of the width and 60 % of the height (classes past that are left out), none on a frame too
+    small for one row."""
+    height, width = image.shape[:2]
+    room = int(height * LEGEND_MAX_SHARE[1]) - LEGEND_MARGIN
+    shown = tuple(sorted(int(c) for c in (present or ()) if 0 <= int(c) < len(names)))[:max(room, 0) // TEXT_HEIGHT]
+    if not shown or LEGEND_WIDTH + LEGEND_MARGIN > width * LEGEND_MAX_SHARE[0]:
+        return
+    palette = tuple(tuple(int(v) for v in lut[i, 0, ::-1]) for i in range(len(names)))
+    strip = _legend_strip(tuple(names), palette, shown)
+    top, left = height - LEGEND_MARGIN - strip.shape[0], LEGEND_MARGIN
+    corner = image[top:top + strip.shape[0], left:left + strip.shape[1]]
+    corner[:] = cv2.addWeighted(strip, LEGEND_OPACITY, corner, 1.0 - LEGEND_OPACITY, 0.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _legend_strip(names: tuple[str, ...], palette: tuple, shown: tuple[int, ...]) -> np.ndarray:
+    return legend(names, palette, LEGEND_WIDTH, present=shown)

@@ -106,6 +106,7 @@ class FrameReader:
                         break
                 self.decoded += 1
                 self.decode_ms += record.decode_ms
+                record.read_at = time.monotonic()
                 self._buffer.put(record, self._stop)
             self._buffer.put(_END, self._stop)
         except BaseException as exc:  # handed to the consumer, which raises it in its own thread

@@ -28,7 +28,10 @@ class Result:
     (H, W) uint8 maximum class probability x 255 when asked for (``Segmenter(confidence=True)``) or
     given by a frames artifact exported with ``--confidence``, else None; ``timings``: ms per stage
     for this frame (decode, preprocess, inference, postprocess); ``classes``: the class ids kept by
-    a filter (None: all); ``tiles``: windows the frame was segmented in (0: resized whole).
+    a filter (None: all); ``tiles``: windows the frame was segmented in (0: resized whole);
+    ``read_at``: ``time.monotonic()`` when the frame was read (FrameRecord.read_at); ``seen_classes``:
+    the class ids present in the source up to this frame, for the overlay's legend (set by
+    ``run_inference``); ``overlays``: each OverlayPlan's image of this frame, made once for every sink.
     """
 
     mask: np.ndarray
@@ -44,6 +47,9 @@ class Result:
     palette: list = field(default_factory=lambda: [list(c) for c in PALETTE])
     classes: tuple[int, ...] | None = None
     tiles: int = 0
+    read_at: float | None = None
+    seen_classes: tuple[int, ...] | None = None
+    overlays: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def size(self) -> tuple[int, int]:

@@ -29,12 +29,14 @@ from dronseg_edge.atomic import ensure_writable_dir, write_json_atomic
 from dronseg_edge.errors import BackendFailure, DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.disk_space import DiskFloor, SpaceReserve
 from dronseg_edge.pipeline.interrupts import InterruptGuard, interrupts_deferred
+from dronseg_edge.pipeline.live_outputs import build_live_sinks, check_results_file, open_preview
 from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.run_state import RunOptions, RunState, RunSummary
 from dronseg_edge.pipeline.segmenter import Segmenter
+from dronseg_edge.pipeline.sink_worker import SinkWorker
 from dronseg_edge.pipeline.sinks import (ColorMaskSink, ConfidenceSink, ContactSheetSink, MaskSink, OverlayImageSink, Sink,
-                                         SinkWorker, StatsSink)
+                                         StatsSink)
 from dronseg_edge.pipeline.open_source import open_source
 from dronseg_edge.pipeline.sources import Source
 from dronseg_edge.pipeline.video_sink import VideoSink
@@ -80,10 +82,8 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
                 if options.max_duration is not None and state.source_seconds(result) >= options.max_duration:
                     state.stopped = "max_duration"
                     break
-                if state.video_stopped is None and any(w.sink.name != "stats" for w in active):
-                    reason = floor.crossed()
-                    if reason is not None:
-                        active = _stop_at_floor(active, state, reason)
+                state.mark_seen(result)
+                active = _check_floor(active, state, floor)
                 with guard.critical():  # every sink gets the frame, or none does
                     for worker in active:
                         worker.put(result)
@@ -133,7 +133,7 @@ def _prepare(segmenter: Segmenter, src: Source, options: RunOptions) -> tuple:
     """Everything checked and made before the first frame: (frame request, live, run folder, space
     reserve, overlay plan, sinks). What cannot work fails here, before the run folder where it can;
     on any failure the reserve is handed back and the source closed."""
-    reserve = None
+    reserve = preview = None
     try:
         # What the model cannot give (--save-conf without logits, an unknown --classes name) fails first.
         chosen = {} if options.classes is None else {"classes": options.classes}  # else the Segmenter's own
@@ -144,14 +144,21 @@ def _prepare(segmenter: Segmenter, src: Source, options: RunOptions) -> tuple:
             _open_window()
         if options.save_video and src.kind != "images":
             encoders_for(options.codec)  # a --codec this machine cannot write fails before the run folder exists
+        check_results_file(options)
+        preview = open_preview(options)  # a port in use fails before the run folder too
         out_dir = _prepare_out_dir(options)
         reserve = SpaceReserve(out_dir)
         lut = bgr_lut(segmenter.info.palette)
-        plan = options.overlay_plan(lut)
+        with_legend = options.legend if options.legend is not None else src.kind != "images"
+        legend = tuple(segmenter.info.class_names) if with_legend else None
+        plan = options.overlay_plan(lut, legend)
         sinks = _build_sinks(src, out_dir, options, lut, plan)
+        sinks += build_live_sinks(src, out_dir, options, lut, plan, legend, preview)
     except BaseException:
         if reserve is not None:
             reserve.release()
+        if preview is not None:
+            preview.close()
         src.close()
         raise
     return request, live, out_dir, reserve, plan, sinks
@@ -183,12 +190,22 @@ def _live_deadline(src: Source, reader: FrameReader, options: RunOptions, state:
     return timer
 
 
+def _check_floor(active: list[SinkWorker], state: RunState, floor: DiskFloor) -> list[SinkWorker]:
+    """The workers to give the next frame: the heavy ones stop once the disk is below the floor."""
+    if state.video_stopped is None and any(w.sink.heavy for w in active):
+        reason = floor.crossed()
+        if reason is not None:
+            return _stop_at_floor(active, state, reason)
+    return active
+
+
 def _stop_at_floor(active: list[SinkWorker], state: RunState, reason: str) -> list[SinkWorker]:
-    """Below --min-free-mb: finish the video and the image outputs now (closed, playable); stats go on."""
-    heavy = [w for w in active if w.sink.name != "stats"]
+    """Below --min-free-mb: finish the video and the image outputs now (closed, playable); stats and the
+    live outputs go on."""
+    heavy = [w for w in active if w.sink.heavy]
     state.video_stopped = f"{reason} (after {state.frames} frames)"
-    log.warning("%s: the %s stop%s here, after %d frames, closed and complete; stats.jsonl continues "
-                "(free some space, or lower --min-free-mb)", reason, " and ".join(w.sink.name for w in heavy),
+    log.warning("%s: the %s stop%s here, after %d frames, closed and complete; stats.jsonl continues, as do "
+                "the live outputs (free some space, or lower --min-free-mb)", reason, " and ".join(w.sink.name for w in heavy),
                 "s" if len(heavy) == 1 else "", state.frames)
     for worker in heavy:
         worker.close()  # a write error raises here: the run stops with it

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, List
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, MAX_PIXELS, check_max_pixels
@@ -67,6 +67,28 @@ class RunOptions:
     contact_sheet: bool = option(False, "contact_sheet.jpg: the first 48 overlays as captioned thumbnails in one "
                                         "picture.")
     max_pixels: int = option(DEFAULT_MAX_PIXELS, MAX_PIXELS)  # images above it are skipped undecoded
+    # the live outputs (pipeline/live_outputs.py; URLs and addresses checked by pipeline/live_targets.py)
+    stream_out: tuple[str, ...] = option(
+        (), "Send the video live, as H.264, while files are written (repeatable): udp://HOST:PORT (MPEG-TS), "
+            "rtp://HOST:PORT (RTP; QGroundControl's 'UDP h.264 video stream' on port 5600; the SDP is written to "
+            "the run folder) or rtsp://SERVER:PORT/PATH (publish to a server such as mediamtx, TCP). A slow or "
+            "absent receiver costs frames on the stream only; a lost server is retried.", default_text="none",
+        type=List[str], parse=tuple, metavar="URL")
+    stream_bitrate_kbps: int = option(2000, "Streams' bitrate cap in kbit/s.", names=("--stream-bitrate-kbps",),
+                                      aliases=("--stream-bitrate",))
+    stream_what: str = option("overlay", "What streams send: overlay or color (the class colours only).")
+    stream_size: str | None = option(None, "Scale streams to WxH, e.g. 640x360.", default_text="the frames' size")
+    preview: str | None = option(None, "Serve a live preview page (overlay and class shares) at [HOST:]PORT; "
+                                       "127.0.0.1 unless HOST is given, which then needs --preview-token.",
+                                 default_text="none")
+    preview_token: str | None = option(None, "Secret a viewer must add to the preview's address (?token=SECRET); "
+                                             "needed when --preview binds to anything but 127.0.0.1.",
+                                       default_text="none")
+    results: str | None = option(None, "One JSON line per frame (index, timestamps, class shares, each class's "
+                                       "pixels and box) to udp://HOST:PORT, a new file, or - (stdout; the other "
+                                       "lines go to stderr).", default_text="none")
+    legend: bool | None = option(None, "The colours of the classes seen, in a corner of the overlay.",
+                                 default_text="on except for images")
 
     def __post_init__(self) -> None:
         from dronseg_edge.pipeline.video_writer import VIDEO_CODECS  # OpenCV: not for the CLI's --help
@@ -90,10 +112,25 @@ class RunOptions:
             raise DronsegError(f"--codec {self.codec} is not one of {', '.join(VIDEO_CODECS)}: pick one "
                                "(auto: H.264 on the GPU's encoder, else the CPU's, else mp4v)")
         check_max_pixels(self.max_pixels)
+        self._check_live_outputs()
 
-    def overlay_plan(self, lut: np.ndarray) -> OverlayPlan | None:
-        """The run's one overlay decision: made for the video (or overlay images) and the window,
-        else not at all, not even on the GPU."""
+    def _check_live_outputs(self) -> None:
+        from dronseg_edge.pipeline.live_targets import (check_preview, check_stream_settings, parse_results_target,
+                                                        parse_stream_urls)
+
+        object.__setattr__(self, "stream_out", tuple(self.stream_out or ()))
+        parse_stream_urls(self.stream_out)
+        check_stream_settings(self.stream_bitrate_kbps, self.stream_what, self.stream_size)
+        check_preview(self.preview, self.preview_token)
+        if self.results is not None:
+            parse_results_target(self.results)
+
+    def overlay_plan(self, lut: np.ndarray, legend: tuple[str, ...] | None = None) -> OverlayPlan | None:
+        """The run's one overlay decision: made for the video (or overlay images), the window, an
+        overlay stream and the preview, else not at all. ``legend``: the class names when the overlay
+        carries the legend."""
         from dronseg_edge.pipeline.overlay import OverlayPlan
 
-        return OverlayPlan(self.alpha, lut) if self.save_video or self.show else None
+        wanted = self.save_video or self.show or self.preview is not None or (
+            bool(self.stream_out) and self.stream_what == "overlay")
+        return OverlayPlan(self.alpha, lut, legend) if wanted else None

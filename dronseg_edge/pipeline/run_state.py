@@ -13,6 +13,7 @@ from pathlib import Path
 from dronseg_edge import __version__
 from dronseg_edge.devices import device_description
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.pipeline.live_outputs import live_records
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.result import LOW_CONFIDENCE, Result
 from dronseg_edge.pipeline.run_options import RunOptions
@@ -68,7 +69,14 @@ class RunState:
     error: DronsegError | None = None  # a lost stream or a failed write; raised once the outputs are final
     bug: str | None = None  # any other exception (a bug here): "Type: message", re-raised once the outputs are final
     classes: tuple[int, ...] | None = None  # the class ids --classes keeps
+    seen: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=bool), repr=False)  # classes present so far
     _clock_start: float = field(default_factory=time.perf_counter, repr=False)
+
+    def mark_seen(self, result: Result) -> None:
+        """Note the classes present in ``result`` and give it those of the run so far (``seen_classes``,
+        for the overlay's legend: a class, once seen, stays in it)."""
+        self.seen[:len(result.shares)] |= np.asarray(result.shares) > 0
+        result.seen_classes = tuple(int(c) for c in np.flatnonzero(self.seen))
 
     def add(self, result: Result) -> None:
         """Count a frame that every sink has received."""
@@ -109,7 +117,8 @@ class RunState:
         write_ms = {sink.name: (sink.write_ms / sink.frames if sink.frames else 0.0) for sink in sinks}
         stage_ms = {"decode": reader.decode_ms / reader.decoded if reader.decoded else 0.0}
         stage_ms.update({name: total / frames if frames else 0.0 for name, total in self.segmenter_ms.items()})
-        stage_ms["write"] = max(write_ms.values(), default=0.0)  # sinks run in parallel: the slowest one counts
+        # Sinks run in parallel: the slowest one counts; the live outputs drop frames instead of pacing the run.
+        stage_ms["write"] = max((write_ms[sink.name] for sink in sinks if not sink.lossy), default=0.0)
         outputs = {kind: _relative(path, self.out_dir) for sink in sinks for kind, path in sink.outputs().items()}
         video = next((s for s in sinks if isinstance(s, VideoSink)), None)
         sizes = self.sizes
@@ -134,7 +143,7 @@ class RunState:
             write_ms={name: round(ms, 3) for name, ms in write_ms.items()}, outputs=outputs,
             video_codec=video.codec if video else None, video_frames=video.video_frames if video else None,
             video_segments=video.segments if video and (video.segment_frames or len(video.segments) > 1) else None,
-            started=self.started_at, package_version=__version__,
+            started=self.started_at, package_version=__version__, **live_records(sinks),
         )
 
 

@@ -1,6 +1,6 @@
 """Where results go: overlay video or images, class-index mask PNGs, colour masks, confidence PNGs, stats.jsonl.
 
-Each sink runs in its own thread (:class:`SinkWorker`) behind a bounded queue: OpenCV and PyAV
+Each sink runs in its own thread (:class:`~dronseg_edge.pipeline.sink_worker.SinkWorker`) behind a bounded queue: OpenCV and PyAV
 release the GIL while encoding, so video encoding and PNG writing proceed in parallel with
 inference and with each other, and memory stays flat however long the video.
 
@@ -15,10 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
-import queue
-import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -30,10 +27,7 @@ from dronseg_edge.atomic import free_space, is_storage_error, storage_errors, st
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pictures import fit_width, grid_row, stack_rows
 from dronseg_edge.pipeline.overlay import OverlayPlan, colorize
-from dronseg_edge.pipeline.queues import put_unless_stopped
 from dronseg_edge.pipeline.result import LOW_CONFIDENCE_U8, Result
-
-log = logging.getLogger(__name__)
 
 # Level 1 without row filters: faster than OpenCV's default for class maps, which are mostly long
 # runs of one value anyway (docs/facts.md#pipeline-timings).
@@ -60,14 +54,26 @@ def write_failure(exc: OSError, path: Path | str) -> RuntimeFailure:
 
 class Sink(ABC):
     """Consumes Results in order; ``close()`` finalises whatever it wrote (idempotent).
-    ``target``: the file or folder it writes, named in its errors."""
+    ``target``: the file or folder it writes, named in its errors; ``heavy``: stops at the free-disk
+    floor (video, images), where the small outputs (stats) go on; ``lossy``: a live output (a
+    stream, the preview) whose worker drops frames rather than slow the run (``queue_dropped``, counted
+    by the worker's thread; ``dropped``: by the sink's own, e.g. while a receiver is down)."""
 
     name = "sink"
     target: Path = Path(".")
+    heavy = True
+    lossy = False
 
     def __init__(self):
         self.frames = 0
         self.write_ms = 0.0
+        self.dropped = 0
+        self.queue_dropped = 0
+
+    @property
+    def frames_dropped(self) -> int:
+        """Frames given to this sink and not written or sent (a lossy sink's only)."""
+        return self.dropped + self.queue_dropped
 
     def write(self, result: Result) -> None:
         start = time.perf_counter()
@@ -219,6 +225,7 @@ class StatsSink(Sink):
     """
 
     name = "stats"
+    heavy = False
 
     def __init__(self, path: Path, with_file: bool = False, with_confidence: bool = False):
         super().__init__()
@@ -268,81 +275,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-class SinkWorker:
-    """Runs one sink in a thread behind a bounded queue; the sink's errors re-raise in ``put``/``close``.
-
-    A write error (an OSError, or the RuntimeFailure the sinks make of one) is kept by the thread and
-    raised in the main thread as one RuntimeFailure naming the file; later frames are discarded.
-    Any other exception is a bug and re-raises unchanged.
-    """
-
-    def __init__(self, sink: Sink, queue_size: int = 8):
-        self.sink = sink
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
-        self._error: BaseException | None = None
-        self._discard = False
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"dronseg-{sink.name}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self._error is None and not self._discard:
-                try:
-                    self.sink.write(item)
-                except BaseException as exc:  # kept for the main thread; later items are discarded
-                    self._error = exc
-
-    @property
-    def error(self) -> BaseException | None:
-        return self._error
-
-    def put(self, result: Result) -> None:
-        """Queue ``result`` for the sink; raises the sink's error instead once it has failed."""
-        if not put_unless_stopped(self._queue, result, self._failed):
-            self._raise_error()
-
-    def _failed(self) -> bool:
-        return self._error is not None
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            error = self._error
-            if isinstance(error, OSError):
-                raise write_failure(error, self.sink.target) from None
-            raise error
-
-    def close(self, discard: bool = False) -> None:
-        """Write everything queued (or, with ``discard``, drop it: after a full disk, the room left is
-        for finishing the files), finalise the sink, then re-raise a write error if there was one.
-        Idempotent: a second call only re-raises the error."""
-        if not self._closed:
-            self._closed = True
-            self._discard = discard
-            self._queue.put(None)
-            self._thread.join()
-            try:
-                self.sink.close()
-            except OSError as exc:
-                self._error = self._combined(write_failure(exc, self.sink.target))
-            except DronsegError as exc:
-                self._error = self._combined(exc)
-        self._raise_error()
-
-    def _combined(self, closing: DronsegError) -> BaseException:
-        """The error of closing, after the write error that came first (if any): both lines' news in one."""
-        if self._error is None:
-            return closing
-        first = self._error
-        if isinstance(first, OSError):
-            first = write_failure(first, self.sink.target)
-        if not isinstance(first, DronsegError):
-            return first  # a bug: raised unchanged
-        combined = RuntimeFailure(f"{first}; then {closing}")
-        combined.stopped = first.stopped
-        return combined

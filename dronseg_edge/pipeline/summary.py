@@ -73,6 +73,15 @@ class Summary:
     video_segments: list[dict] | None  # --segment-s or size changes: one entry per file
     started: str  # ISO 8601, UTC
     package_version: str
+    # the live outputs (None when not asked for). streams: one entry per --stream-out, {url, protocol
+    # (udp | rtp | rtsp), what (overlay | color), size, encoder, bitrate_kbps, frames_sent, frames_dropped
+    # (the sender fell behind, or the receiver was down), reconnects, latency_ms {p50, p99} (from the
+    # frame's read, FrameRecord.read_at, to its packets leaving; null before the first), sdp (rtp: the SDP file), last_error}; preview {url, token,
+    # frames_served, frames_dropped}; results {target, kind (stdout | udp | file), schema, lines,
+    # lines_dropped}
+    streams: list[dict] | None = None
+    preview: dict | None = None
+    results: dict | None = None
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:

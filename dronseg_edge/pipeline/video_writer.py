@@ -1,7 +1,8 @@
 """Writing the overlay video: H.264 in MP4 that plays everywhere, through PyAV where it is installed.
 
 ``--codec auto`` tries NVIDIA's ``h264_nvenc`` (GPU, near-free), then ``libx264`` (CPU, preset
-veryfast), then OpenCV's ``mp4v`` (MPEG-4 Part 2: browsers and many players cannot play it, but
+veryfast), then OpenCV's ``mp4v``; on a Jetson a GStreamer encoder comes first (``nvv4l2h264enc``,
+the hardware's, else ``x264enc``: :mod:`dronseg_edge.gst_encoders`, :class:`GStreamerWriter`) (MPEG-4 Part 2: browsers and many players cannot play it, but
 every OpenCV wheel writes it). The registry's OpenCV wheels cannot write H.264 at all
 (docs/facts.md#pipeline-timings), hence PyAV, whose wheels carry FFmpeg with libx264 and NVENC.
 
@@ -38,13 +39,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dronseg_edge import gst_encoders
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.gst_encoders import FILE_BITS_PER_PIXEL, GST_ENCODERS, encoder_chain
 from dronseg_edge.pipeline.disk_space import FINISH_BYTES, INDEX_BYTES_PER_FRAME, ensure_room
 
 log = logging.getLogger(__name__)
 
-VIDEO_CODECS = ("auto", "h264", "h264_nvenc", "libx264", "mp4v", "hevc")
+VIDEO_CODECS = ("auto", "h264", "h264_nvenc", "libx264", "mp4v", "hevc", *GST_ENCODERS)
 # --codec -> the encoders tried, best first: each is opened in turn and the first that opens is used.
+# On a Jetson, auto and h264 try its GStreamer encoder first (gst_encoders.jetson_encoder).
 ENCODERS = {
     "auto": ("h264_nvenc", "libx264", "mp4v"),
     "h264": ("h264_nvenc", "libx264"),
@@ -52,6 +56,7 @@ ENCODERS = {
     "libx264": ("libx264",),
     "mp4v": ("mp4v",),
     "hevc": ("hevc_nvenc", "libx265"),
+    **{name: (name,) for name in GST_ENCODERS},
 }
 # Constant quality rather than a bitrate: the overlay's flat colour regions cost little, the
 # source's texture a lot, and a fixed bitrate would be wrong for one of the two.
@@ -113,11 +118,17 @@ def encoders_for(codec: str) -> list[str]:
         raise DronsegError(f"--codec {codec} is not one of {', '.join(VIDEO_CODECS)}: pick one "
                            "(auto chooses the best here)")
     wanted = ENCODERS[codec]
+    if codec in GST_ENCODERS:
+        if not gst_encoders.encoder_opens(codec):
+            raise DronsegError(f"--codec {codec}: OpenCV's GStreamer cannot open {codec} here (it needs an OpenCV "
+                               "built with GStreamer, as JetPack's, and the element installed): use --codec auto")
+        return [codec]
+    jetson = gst_encoders.jetson_encoder() if codec in ("auto", "h264") else None
     needs_av = [name for name in wanted if name != "mp4v"]
-    if needs_av and _import_av() is None and "mp4v" not in wanted:
+    if needs_av and _import_av() is None and "mp4v" not in wanted and jetson is None:
         raise DronsegError(f"--codec {codec} needs PyAV, which is not installed: {INSTALL_H264}, "
                            "or use --codec mp4v")
-    usable = [name for name in wanted if name == "mp4v" or encoder_opens(name)]
+    usable = ([jetson] if jetson else []) + [name for name in wanted if name == "mp4v" or encoder_opens(name)]
     if not usable:
         hint = "use --codec libx264 (CPU) or auto" if codec.endswith("nvenc") else "use --codec auto"
         raise DronsegError(f"--codec {codec}: no {' or '.join(wanted)} encoder opens on this machine "
@@ -246,6 +257,50 @@ class OpenCVWriter(VideoWriter):
                                      "error: the disk was probably full)", str(self.path))
 
 
+class GStreamerWriter(VideoWriter):
+    """H.264 in fragmented MP4 through OpenCV's GStreamer VideoWriter (``nvv4l2h264enc``, the Jetson's
+    hardware encoder, or ``x264enc``): ``appsrc ! encoder ! mp4mux ! filesink``.
+
+    OpenCV's writer tells nothing but whether it opened, not whether a fragment reached the disk, so
+    the file keeps its working name until finished (``fragmented = False``).
+    """
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float, encoder: str):
+        super().__init__(path, size, fps)
+        self.codec = encoder
+        self.pipeline = gst_file_pipeline(path, encoder, size, fps)
+        self._writer = open_gst_writer(self.pipeline, size, fps)
+
+    def _write(self, frame_bgr: np.ndarray) -> None:
+        self._writer.write(np.ascontiguousarray(frame_bgr))
+
+    def close(self) -> None:
+        """End of stream: mp4mux finishes the file."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+def gst_file_pipeline(path: Path, encoder: str, size: tuple[int, int], fps: float) -> str:
+    """The GStreamer pipeline that writes a fragmented MP4 at ``path`` from OpenCV's (W, H) ``size`` frames."""
+    text = str(path)
+    if '"' in text or "\\" in text:
+        raise DronsegError(f"cannot name {path} in a GStreamer pipeline (a quote or backslash in it): "
+                           "choose another --out, or --codec libx264")
+    kbps = max(500, round(size[0] * size[1] * fps * FILE_BITS_PER_PIXEL / 1000))
+    chain = encoder_chain(encoder, round(fps * FRAGMENT_S), kbps, live=False)
+    return f'appsrc ! {chain} ! mp4mux fragment-duration={int(FRAGMENT_S * 1000)} ! filesink location="{text}"'
+
+
+def open_gst_writer(pipeline: str, size: tuple[int, int], fps: float):
+    """An opened ``cv2.VideoWriter`` on GStreamer ``pipeline``; OSError when OpenCV cannot open it."""
+    writer = cv2.VideoWriter(pipeline, cv2.CAP_GSTREAMER, 0, float(fps), tuple(size), True)
+    if not writer.isOpened():
+        writer.release()
+        raise OSError(f"OpenCV's GStreamer cannot open: {pipeline}")
+    return writer
+
+
 def mp4_top_level_boxes(path: Path) -> list[str]:
     """The types of an MP4 file's top-level boxes (ftyp, mdat, moov, ...), read from their headers only."""
     boxes = []
@@ -290,6 +345,8 @@ def open_video_writer(path: Path, size: tuple[int, int], fps: float, codec: str 
                     log.warning("the overlay video is MPEG-4 Part 2 (mp4v), which browsers and many players "
                                 "cannot play: %s", fix)
                 return writer
+            if encoder in GST_ENCODERS:
+                return GStreamerWriter(path, size, fps, encoder)
             return PyAVWriter(path, size, fps, encoder)
         except DronsegError:
             raise

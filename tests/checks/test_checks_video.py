@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+from testkit import fake_jetson  # noqa: F401 (a fixture)
 
 from dronseg_edge.checks import FAIL, OK, WARN, jetson, video
 
@@ -110,3 +111,25 @@ def test_an_encoder_missing_from_the_build():
 
     check = video.encoder_check(av, "no_such_encoder")
     assert check.status == WARN and "not in this FFmpeg build" in check.detail
+
+
+@pytest.mark.parametrize("elements, status, detail", [
+    (("nvv4l2h264enc", "x264enc"), OK, "nvv4l2h264enc through OpenCV's GStreamer (the hardware encoder)"),
+    (("x264enc",), OK, "x264enc through OpenCV's GStreamer (CPU: nvv4l2h264enc does not open here)"),
+])
+def test_the_auto_encoder_line_names_a_jetsons_gstreamer_encoder(fake_jetson, monkeypatch, elements, status, detail):
+    monkeypatch.setattr(fake_jetson, "elements", elements)
+    check = video.auto_encoder_check()
+    assert (check.name, check.status) == ("auto encoder", status) and check.detail.startswith(detail)
+
+
+def test_the_auto_encoder_line_elsewhere_names_pyavs(monkeypatch, tmp_path):
+    from dronseg_edge import gst_encoders
+
+    monkeypatch.setattr(gst_encoders, "TEGRA_RELEASE", tmp_path / "none")
+    check = video.auto_encoder_check()
+    av = pytest.importorskip("av")
+    expected = "h264_nvenc" if video.encoder_check(av, "h264_nvenc").status == OK else "libx264"
+    assert (check.status, check.detail) == (OK, f"{expected} through PyAV")
+    monkeypatch.setitem(sys.modules, "av", None)
+    assert video.auto_encoder_check().status == WARN

@@ -338,3 +338,58 @@ def test_three_class_metadata_on_a_twelve_class_model_is_exit_2(tiny_checkpoint,
     assert_one_error_line(code, out, err, f"{lying}: its metadata says 3 classes (class_names), but the model output "
                                           "logits has 12 channels")
     assert not list((tmp_path / "run").rglob("*.png"))  # no mask written with the wrong classes
+
+
+RESULTS_READER = """
+import json, sys
+frames = []
+for line in sys.stdin:
+    record = json.loads(line)  # every line on stdout is a results line: nothing else gets there
+    assert record["schema"] == 1 and set(record["classes"]) <= set(record["shares"]), record
+    frames.append(record["frame"])
+print(json.dumps({"frames": frames}))
+"""
+
+
+def test_results_to_stdout_feed_a_reader_through_a_pipe(tiny_checkpoint, media, tmp_path):
+    """`infer ... --results - | reader`: the reader gets one JSON line per frame and nothing else; the
+    command's own lines go to stderr."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    infer = subprocess.Popen([sys.executable, "-m", "dronseg_edge", "infer", str(tiny_checkpoint), str(media["video"]),
+                              "--out", str(tmp_path / "run"), "--device", "cpu", "--results", "-", "--no-save-video"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    reader = subprocess.Popen([sys.executable, "-c", RESULTS_READER], stdin=infer.stdout, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    infer.stdout.close()  # the reader holds the pipe's only read end
+    try:
+        got, reader_errors = reader.communicate(timeout=240)
+        errors = infer.communicate(timeout=60)[1].decode()
+    finally:
+        infer.kill()
+        reader.kill()
+    assert (infer.returncode, reader.returncode, reader_errors) == (0, 0, ""), errors + reader_errors
+    assert json.loads(got)["frames"] == list(range(12))
+    assert "Speed: decode" in errors and f"Results saved to {tmp_path / 'run'}" in errors
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["results"]["lines"] == 12
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stream-out", "http://gcs:5600"], "--stream-out 'http://gcs:5600': not a stream URL"),
+    (["--preview", "0.0.0.0:8080"], "add --preview-token"),
+    (["--results", "tcp://h:1"], "--results 'tcp://h:1'"),
+])
+def test_bad_live_outputs_are_one_line_before_the_model_loads(media, tmp_path, capsys, args, message):
+    code, out, err = run_cli(capsys, tmp_path / "no-model.pt", media["video"], *args)
+    assert code == 2
+    assert_one_error_line(code, out, err, message)
+
+
+def test_help_has_an_example_per_live_output(capsys):
+    code, out, _ = run_cli(capsys, "-h")
+    text = " ".join(out.split())
+    for example in ("--stream-out rtp://GCS_IP:5600", "'UDP h.264 Video Stream'", "--stream-out udp://",
+                    "--stream-out rtsp://", "--preview 8080", "--results - |"):
+        assert example in text

@@ -43,6 +43,8 @@ def test_options_cannot_be_changed_past_their_check():
 
 
 class FakeSink:
+    lossy = False
+
     def __init__(self, name, frames, write_ms, outputs):
         self.name, self.frames, self.write_ms, self._outputs = name, frames, write_ms, outputs
 

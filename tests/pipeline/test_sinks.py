@@ -11,8 +11,8 @@ from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut, colorize, overlay
 from dronseg_edge.pipeline.segmenter import Result
 from dronseg_edge.pipeline.request import FILTERED
-from dronseg_edge.pipeline.sinks import (ColorMaskSink, ConfidenceSink, MaskSink, OverlayImageSink, Sink, SinkWorker,
-                                         StatsSink)
+from dronseg_edge.pipeline.sink_worker import SinkWorker
+from dronseg_edge.pipeline.sinks import ColorMaskSink, ConfidenceSink, MaskSink, OverlayImageSink, Sink, StatsSink
 
 LUT = bgr_lut(PALETTE)
 
@@ -168,3 +168,33 @@ def test_worker_reraises_bugs_unchanged():
     worker.put(make_result(0))
     with pytest.raises(ValueError, match="a bug"):
         worker.close()
+
+
+def test_a_lossy_sink_drops_its_oldest_frame_instead_of_waiting():
+    """Live outputs (Sink.lossy): put() never waits for a stuck sink; the newest frame goes next."""
+    import threading
+
+    release, written = threading.Event(), []
+
+    class Stuck(Sink):
+        name, lossy, heavy = "live", True, False
+
+        def _write(self, result):
+            release.wait(30)
+            written.append(result.index)
+
+        def outputs(self):
+            return {}
+
+    sink = Stuck()
+    worker = SinkWorker(sink)
+    for index in range(20):
+        worker.put(make_result(index))  # a waiting put would hang here until the 30 s wait ends
+    release.set()
+    worker.close()
+    assert written[-1] == 19 and len(written) <= SinkWorker.LIVE_QUEUE + 1
+    assert sink.queue_dropped + len(written) == 20 and sink.dropped == 0
+
+
+def test_only_video_and_images_stop_at_the_disk_floor(tmp_path):
+    assert MaskSink(tmp_path / "m").heavy and not StatsSink(tmp_path / "s.jsonl").heavy

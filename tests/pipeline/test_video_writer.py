@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from pipeline_media import decode_without_errors, fragment_frames, mp4_top_level_boxes, probe_with_pyav, read_video
 from test_sinks import LUT, make_result
+from testkit import fake_jetson  # noqa: F401 (a fixture)
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline import disk_space, video_writer
@@ -203,3 +204,26 @@ def test_an_mp4v_file_whose_index_was_not_written_is_an_error(tmp_path, monkeypa
         writer.close()
     real.release()
     assert video_writer.mp4_top_level_boxes(tmp_path / "v.mp4") == mp4_top_level_boxes(tmp_path / "v.mp4")  # same reader
+
+
+def test_a_jetson_writes_through_its_gstreamer_encoder_first(tmp_path, fake_jetson, monkeypatch):
+    monkeypatch.setattr(fake_jetson, "elements", ("nvv4l2h264enc", "x264enc"))
+    assert encoders_for("auto")[0] == encoders_for("h264")[0] == "nvv4l2h264enc"
+    sink, _ = write_sink(tmp_path / "overlay.mp4", count=3)
+    assert sink.codec == "nvv4l2h264enc"
+    writer = fake_jetson.made[-1]
+    assert writer.pipeline.startswith("appsrc ! videoconvert ! video/x-raw,format=BGRx ! nvvidconv")
+    assert f'filesink location="{tmp_path / ".overlay.partial.mp4"}"' in writer.pipeline  # renamed when finished
+    assert writer.frames == [(48, 64, 3)] * 3 and writer.size == (64, 48)
+
+
+def test_gstreamer_codecs_are_refused_where_opencv_cannot_open_them(tmp_path, fake_jetson, monkeypatch):
+    monkeypatch.setattr(fake_jetson, "elements", ("x264enc",))  # an Orin Nano: no hardware encoder
+    assert encoders_for("x264enc") == ["x264enc"]
+    with pytest.raises(DronsegError, match="--codec nvv4l2h264enc: OpenCV's GStreamer cannot open nvv4l2h264enc"):
+        encoders_for("nvv4l2h264enc")
+
+
+def test_pips_opencv_has_no_gstreamer_encoder():
+    with pytest.raises(DronsegError, match="--codec x264enc: OpenCV's GStreamer cannot open x264enc here"):
+        encoders_for("x264enc")

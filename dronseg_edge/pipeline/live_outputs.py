@@ -1,0 +1,113 @@
+"""The live outputs of a run, made before its first frame: ``--stream-out`` streams, the ``--preview``
+page and the ``--results`` lines (the sinks are in stream_sink.py, preview.py and results_sink.py).
+
+What the operator needs to connect (the preview's address, each stream and an rtp:// stream's SDP) is
+announced on this module's logger at INFO level, which the CLI prints; summary.json gets one entry per
+output (:func:`live_records`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from dronseg_edge.atomic import write_text_atomic
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.gst_encoders import jetson_encoder
+from dronseg_edge.pipeline.live_encoder import PyAVLiveEncoder, check_pyav_streams
+from dronseg_edge.pipeline.live_targets import (StreamTarget, check_preview, check_stream_settings, is_loopback,
+                                                parse_results_target, parse_stream_urls, sdp_text)
+from dronseg_edge.pipeline.overlay import OverlayPlan
+from dronseg_edge.pipeline.preview import PreviewServer, PreviewSink
+from dronseg_edge.pipeline.results_sink import ResultsSink
+from dronseg_edge.pipeline.sinks import Sink
+from dronseg_edge.pipeline.source_base import Source
+from dronseg_edge.pipeline.stream_sink import StreamSink
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STREAM_FPS = 30.0
+
+
+def open_preview(options) -> PreviewServer | None:
+    """The preview's server, listening (``options``: a RunOptions): before the run folder exists, so a
+    port in use is one error line and nothing is left behind."""
+    address = check_preview(options.preview, options.preview_token)
+    if address is None:
+        return None
+    server = PreviewServer(*address, token=options.preview_token)
+    if not is_loopback(address[0]):
+        log.warning("--preview listens on %s:%d, reachable from the network: viewers need the token "
+                    "(http://HOST:%d/?token=...)", address[0], server.port, server.port)
+    log.info("preview: %s", server.url)
+    return server
+
+
+def check_results_file(options) -> None:
+    """A ``--results`` file that exists is refused before the run folder is made."""
+    if options.results is None:
+        return
+    kind, where = parse_results_target(options.results)
+    if kind == "file" and Path(where).exists():
+        raise DronsegError(f"--results {where}: the file exists and a run never appends to another's; give a new name")
+
+
+def build_live_sinks(src: Source, out_dir: Path, options, lut: np.ndarray, plan: OverlayPlan | None,
+                     legend: tuple[str, ...] | None, preview: PreviewServer | None) -> list[Sink]:
+    """The sinks of the live outputs ``options`` asks for, in the order: preview, streams, results.
+
+    ``plan``: the run's overlay (the preview's, and the streams' with ``--stream-what overlay``);
+    ``legend``: the class names when the pictures carry the legend. SDP files are written to ``out_dir``.
+    """
+    sinks: list[Sink] = []
+    if preview is not None:
+        sinks.append(PreviewSink(preview, plan))
+    targets = parse_stream_urls(options.stream_out)
+    if targets:
+        size = check_stream_settings(options.stream_bitrate_kbps, options.stream_what, options.stream_size)
+        hardware = jetson_encoder()
+        if hardware is None or any(t.kind == "rtsp" for t in targets):
+            check_pyav_streams()
+        picture = plan if options.stream_what == "overlay" else OverlayPlan(1.0, lut, legend)
+        fps = src.fps or DEFAULT_STREAM_FPS
+        for target in targets:
+            sdp = _write_sdp(target, out_dir) if target.kind == "rtp" else None
+            sinks.append(StreamSink(target, picture, options.stream_what, size, fps, options.stream_bitrate_kbps,
+                                    open_encoder=_encoder_opener(hardware), sdp=sdp))
+            log.info("stream: %s (%s, H.264)%s", target.url, options.stream_what,
+                     f", SDP in {out_dir / sdp}:\n{sdp_text(target).rstrip()}" if sdp else "")
+    if options.results is not None:
+        sinks.append(ResultsSink(options.results, with_confidence=options.save_conf))
+    return sinks
+
+
+def _write_sdp(target: StreamTarget, out_dir: Path) -> str:
+    write_text_atomic(out_dir / target.sdp_name, sdp_text(target))
+    return target.sdp_name
+
+
+def _encoder_opener(hardware: str | None):
+    """(target, size, fps, kbps) -> LiveEncoder: a Jetson's GStreamer encoder for udp:// and rtp://
+    (PyAV's libx264 where GStreamer does not open), PyAV's for the rest."""
+
+    def open_encoder(target: StreamTarget, size: tuple[int, int], fps: float, bitrate_kbps: int):
+        if hardware is not None and target.kind != "rtsp":
+            from dronseg_edge.pipeline.gst_streams import GStreamerLiveEncoder
+
+            try:
+                return GStreamerLiveEncoder(target, size, fps, bitrate_kbps, hardware)
+            except OSError as exc:
+                log.warning("stream %s: %s; sending with PyAV's libx264 instead", target.url, exc)
+        return PyAVLiveEncoder(target, size, fps, bitrate_kbps)
+
+    return open_encoder
+
+
+def live_records(sinks: list[Sink]) -> dict:
+    """summary.json's ``streams``, ``preview`` and ``results`` (None for an output not asked for)."""
+    streams = [sink.record() for sink in sinks if isinstance(sink, StreamSink)]
+    preview = next((sink.record() for sink in sinks if isinstance(sink, PreviewSink)), None)
+    results = next((sink.record() for sink in sinks if isinstance(sink, ResultsSink)), None)
+    return {"streams": streams or None, "preview": preview, "results": results}

@@ -1,0 +1,185 @@
+"""Where the live outputs go: ``--stream-out`` URLs, the ``--preview`` address and the ``--results`` target.
+
+Parsed and checked once, when :class:`~dronseg_edge.pipeline.run_state.RunOptions` is made, so a
+mistyped URL is one ``error:`` line (exit code 2) before the model loads. The SDP that players need
+for an ``rtp://`` stream is made here too (:func:`sdp_text`): it depends on the address only, so the
+CLI can print it before the run and the run writes the same text next to the outputs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.sizes import parse_size
+
+# scheme -> what it sends (for help texts and errors)
+STREAM_KINDS = {
+    "udp": "H.264 in MPEG-TS over UDP",
+    "rtp": "H.264 over RTP/UDP (QGroundControl's 'UDP h.264 video stream', port 5600)",
+    "rtsp": "H.264 published to an RTSP server (TCP)",
+}
+STREAM_EXAMPLES = "udp://192.168.1.10:5600, rtp://192.168.1.10:5600 or rtsp://server:8554/drone"
+STREAM_WHAT = ("overlay", "color")
+RTP_PAYLOAD_TYPE = 96  # the first dynamic payload type: what FFmpeg's RTP muxer and QGroundControl use
+DEFAULT_RTSP_PORT = 554
+MAX_STREAM_BITRATE_KBPS = 100_000
+_HOST = re.compile(r"[A-Za-z0-9._:%-]+")
+
+
+@dataclass(frozen=True)
+class StreamTarget:
+    """One ``--stream-out`` URL: ``kind`` udp | rtp | rtsp, ``host``, ``port`` (rtsp: 554 when not given)."""
+
+    url: str
+    kind: str
+    host: str
+    port: int
+
+    @property
+    def sdp_name(self) -> str:
+        """The SDP file's name in the run folder (rtp:// only): ``stream_PORT.sdp``."""
+        return f"stream_{self.port}.sdp"
+
+
+def parse_stream_url(text: str) -> StreamTarget:
+    """A ``--stream-out`` value -> StreamTarget; DronsegError naming the value and the forms it takes."""
+    parts = urlsplit(str(text).strip())
+    kind = parts.scheme.lower()
+    if kind not in STREAM_KINDS:
+        raise DronsegError(f"--stream-out {text!r}: not a stream URL this can send; use {STREAM_EXAMPLES}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise DronsegError(f"--stream-out {text!r}: the port is not a number in 1..65535") from None
+    if not parts.hostname:
+        raise DronsegError(f"--stream-out {text!r}: no host; write {kind}://HOST:PORT (e.g. {STREAM_EXAMPLES})")
+    if not _HOST.fullmatch(parts.hostname):
+        raise DronsegError(f"--stream-out {text!r}: {parts.hostname!r} is not a host name or address")
+    if kind == "rtsp":
+        if parts.path in ("", "/"):
+            raise DronsegError(f"--stream-out {text!r}: an RTSP publish needs a path on the server, "
+                               "e.g. rtsp://server:8554/drone")
+        return StreamTarget(str(text).strip(), kind, parts.hostname, port or DEFAULT_RTSP_PORT)
+    if not port:
+        raise DronsegError(f"--stream-out {text!r}: no port; write {kind}://HOST:PORT, e.g. {kind}://192.168.1.10:5600")
+    if parts.path not in ("", "/") or parts.query:
+        raise DronsegError(f"--stream-out {text!r}: {kind}:// takes HOST:PORT only (no path or options)")
+    return StreamTarget(f"{kind}://{_host_in_url(parts.hostname)}:{port}", kind, parts.hostname, port)
+
+
+def parse_stream_urls(values) -> tuple[StreamTarget, ...]:
+    """Every ``--stream-out`` value, parsed; the same destination twice is refused."""
+    targets = tuple(parse_stream_url(value) for value in values)
+    seen = set()
+    for target in targets:
+        key = (target.kind, target.host, target.port) if target.kind != "rtsp" else target.url
+        if key in seen:
+            raise DronsegError(f"--stream-out {target.url} is given twice: give each destination once")
+        seen.add(key)
+    return targets
+
+
+def check_stream_settings(bitrate_kbps: int, what: str, size: str | None) -> tuple[int, int] | None:
+    """Check ``--stream-bitrate``, ``--stream-what`` and ``--stream-size``; returns the size as (W, H)."""
+    if not 50 <= int(bitrate_kbps) <= MAX_STREAM_BITRATE_KBPS:
+        raise DronsegError(f"--stream-bitrate {bitrate_kbps} must be 50..{MAX_STREAM_BITRATE_KBPS} kbit/s "
+                           "(2000 suits 720p over a radio link)")
+    if what not in STREAM_WHAT:
+        raise DronsegError(f"--stream-what {what!r} must be one of {', '.join(STREAM_WHAT)}")
+    return None if size is None else parse_size(size, "--stream-size")
+
+
+def sdp_text(target: StreamTarget) -> str:
+    """The SDP a player opens to receive an ``rtp://`` stream (``ffplay -protocol_whitelist
+    file,udp,rtp -i stream.sdp``, VLC): H.264, payload type 96, packetization mode 1. The parameter
+    sets travel in the stream itself (before every keyframe), so the SDP needs no sprop line and does
+    not depend on the frame size."""
+    address = _numeric_host(target.host)
+    family = "IP6" if ":" in address else "IP4"
+    return "\n".join([
+        "v=0", f"o=- 0 0 IN {family} {address}", "s=dronseg-edge", f"c=IN {family} {address}", "t=0 0",
+        f"m=video {target.port} RTP/AVP {RTP_PAYLOAD_TYPE}", f"a=rtpmap:{RTP_PAYLOAD_TYPE} H264/90000",
+        f"a=fmtp:{RTP_PAYLOAD_TYPE} packetization-mode=1", "",
+    ])
+
+
+def parse_preview(text: str) -> tuple[str, int]:
+    """``--preview [HOST:]PORT`` -> (host, port); host 127.0.0.1 when not named, port 0 = any free one."""
+    value = str(text).strip()
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdecimal() or not 0 <= int(port) <= 65535:
+        raise DronsegError(f"--preview {text!r}: give a port (8080) or HOST:PORT (0.0.0.0:8080), port 0..65535")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (127.0.0.0/8, ::1, localhost): no one else can connect."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_preview(preview: str | None, token: str | None) -> tuple[str, int] | None:
+    """The preview's (host, port); a host other than loopback needs ``--preview-token``."""
+    if preview is None:
+        if token is not None:
+            raise DronsegError("--preview-token needs --preview [HOST:]PORT")
+        return None
+    host, port = parse_preview(preview)
+    if token is not None and len(token) < 8:
+        raise DronsegError("--preview-token must be at least 8 characters: anyone who guesses it can watch")
+    if not is_loopback(host) and token is None:
+        raise DronsegError(f"--preview {preview}: a preview on {host} can be watched by anyone who reaches this "
+                           "machine: add --preview-token SECRET (viewers open http://HOST:PORT/?token=SECRET), "
+                           "or bind it to 127.0.0.1 and use an SSH tunnel")
+    return host, port
+
+
+def parse_results_target(text: str) -> tuple[str, object]:
+    """``--results`` -> ("stdout", None) for ``-``, ("udp", (host, port)) or ("file", Path)."""
+    value = str(text).strip()
+    if value == "-":
+        return "stdout", None
+    parts = urlsplit(value)
+    if parts.scheme.lower() == "udp":
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or not port or parts.path not in ("", "/"):
+            raise DronsegError(f"--results {text!r}: write udp://HOST:PORT (e.g. udp://127.0.0.1:14600)")
+        return "udp", (parts.hostname, port)
+    if "://" in value:
+        raise DronsegError(f"--results {text!r}: give udp://HOST:PORT, a file name, or - for standard output")
+    if not value:
+        raise DronsegError("--results is empty: give udp://HOST:PORT, a file name, or - for standard output")
+    return "file", Path(value)
+
+
+def _host_in_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _numeric_host(host: str) -> str:
+    """The address of ``host`` for the SDP (a name is looked up once; an unknown one stays as written)."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        return socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0]
+    except OSError:
+        return host

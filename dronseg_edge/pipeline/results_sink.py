@@ -1,0 +1,113 @@
+"""``--results URL|-``: the per-frame JSON lines (pipeline/results_schema.py) for other programs.
+
+Three targets: a file (every line, written whole with one unbuffered write, as stats.jsonl is), the
+standard output (``-``: a shell pipe; the CLI then prints its own lines to standard error) and
+``udp://HOST:PORT`` (a datagram per line, for a MAVLink bridge or a logger; never waits: a line the
+system cannot take at once is dropped and counted). A file or a pipe keeps every line and so, like the
+other files, paces the run when it cannot keep up; a pipe whose reader has gone (EPIPE) stops the
+results only, with a warning, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+from pathlib import Path
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.pipeline.live_targets import parse_results_target
+from dronseg_edge.pipeline.result import Result
+from dronseg_edge.pipeline.results_schema import SCHEMA, frame_results
+from dronseg_edge.pipeline.sinks import Sink, _write_all, write_failure
+
+log = logging.getLogger(__name__)
+
+
+class ResultsSink(Sink):
+    """One JSON line per frame to ``target`` (``-``, ``udp://HOST:PORT`` or a file that must not exist yet).
+    ``with_confidence``: fill ``low_confidence`` (``--save-conf``). ``stdout_fd``: the descriptor ``-`` means."""
+
+    name = "results"
+    heavy = False  # a few hundred bytes a frame: goes on below the free-disk floor, as stats do
+
+    def __init__(self, target: str, with_confidence: bool = False, stdout_fd: int = 1):
+        super().__init__()
+        self.kind, where = parse_results_target(target)
+        self.target = target
+        self.with_confidence = with_confidence
+        self.lines = 0
+        self._fd: int | None = None
+        self._socket: socket.socket | None = None
+        self._gone = False
+        if self.kind == "stdout":
+            self._fd = stdout_fd
+        elif self.kind == "file":
+            self.path = Path(where)
+            try:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                raise DronsegError(f"--results {self.path}: the file exists and a run never appends to another's; "
+                                   "give a new name") from None
+            except OSError as exc:
+                raise write_failure(exc, self.path) from None
+        else:
+            host, port = where
+            try:
+                self.address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+            except OSError as exc:
+                raise DronsegError(f"--results {target}: host {host} is unknown ({exc.strerror or exc})") from None
+            self._socket = socket.socket(self.address[0], socket.SOCK_DGRAM)
+            self._socket.setblocking(False)
+
+    def _write(self, result: Result) -> None:
+        if self._gone:
+            self.dropped += 1
+            return
+        line = frame_results(result, self.with_confidence).to_line()
+        if self._socket is not None:
+            self._send(line)
+            return
+        try:
+            _write_all(self._fd, line)
+        except BrokenPipeError:  # the reader of the pipe has exited: the run goes on without it
+            self._gone = True
+            self.dropped += 1
+            log.warning("--results -: the program reading the results has stopped (broken pipe); the run goes "
+                        "on, its files keep every frame")
+            return
+        except OSError as exc:
+            raise write_failure(exc, self.target) from None
+        self.lines += 1
+
+    def _send(self, line: bytes) -> None:
+        try:
+            self._socket.sendto(line, self.address[4])
+        except (BlockingIOError, ConnectionRefusedError):  # the buffer is full; no one listens (ICMP)
+            self.dropped += 1
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOBUFS, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EMSGSIZE):
+                raise
+            self.dropped += 1
+            return
+        self.lines += 1
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self.kind == "file" and self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = None
+
+    def outputs(self) -> dict[str, str]:
+        return {}
+
+    def record(self) -> dict:
+        """summary.json's ``results``."""
+        return {"target": self.target, "kind": self.kind, "schema": SCHEMA, "lines": self.lines,
+                "lines_dropped": self.dropped}

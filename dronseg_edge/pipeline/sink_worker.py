@@ -1,0 +1,142 @@
+"""Each sink in its own thread behind a bounded queue (:class:`SinkWorker`); errors carried to the main thread.
+
+A lossy sink (a live output) never makes the run wait: its worker drops the oldest queued frame instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from dronseg_edge.errors import DronsegError, RuntimeFailure
+from dronseg_edge.pipeline.queues import put_unless_stopped
+from dronseg_edge.pipeline.result import Result
+from dronseg_edge.pipeline.sinks import Sink, write_failure
+
+log = logging.getLogger(__name__)
+
+
+class SinkWorker:
+    """Runs one sink in a thread behind a bounded queue; the sink's errors re-raise in ``put``/``close``.
+
+    A write error (an OSError, or the RuntimeFailure the sinks make of one) is kept by the thread and
+    raised in the main thread as one RuntimeFailure naming the file; later frames are discarded.
+    Any other exception is a bug and re-raises unchanged.
+
+    A lossy sink's (``Sink.lossy``: streams, the preview) ``put`` never waits: when its queue of
+    ``LIVE_QUEUE`` frames is full the oldest is dropped (``sink.queue_dropped``), so a slow receiver costs
+    frames on that output only, and the newest frame is always the next one sent.
+    """
+
+    LIVE_QUEUE = 2
+    # How long close() waits for a lossy sink to finish: a healthy stream ends at once (nothing is held
+    # back by a zero-latency encoder); one stuck in a write (to a receiver that stopped reading) for
+    # longer than that already is left at once.
+    LIVE_CLOSE_S = 1.0
+
+    def __init__(self, sink: Sink, queue_size: int = 8):
+        self.sink = sink
+        self._queue: queue.Queue = queue.Queue(maxsize=self.LIVE_QUEUE if sink.lossy else max(1, queue_size))
+        self._error: BaseException | None = None
+        self._discard = False
+        self._closed = False
+        self._busy_since: float | None = None  # monotonic s when the write under way began
+        self._thread = threading.Thread(target=self._run, name=f"dronseg-{sink.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None and not self._discard:
+                self._busy_since = time.monotonic()
+                try:
+                    self.sink.write(item)
+                except BaseException as exc:  # kept for the main thread; later items are discarded
+                    self._error = exc
+                self._busy_since = None
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    def put(self, result: Result) -> None:
+        """Queue ``result`` for the sink; raises the sink's error instead once it has failed."""
+        if self.sink.lossy:
+            self._raise_error()
+            self._put_newest(result)
+        elif not put_unless_stopped(self._queue, result, self._failed):
+            self._raise_error()
+
+    def _put_newest(self, result: Result | None) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(result)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                    self.sink.queue_dropped += 1
+                except queue.Empty:
+                    pass
+
+    def _failed(self) -> bool:
+        return self._error is not None
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error = self._error
+            if isinstance(error, OSError):
+                raise write_failure(error, self.sink.target) from None
+            raise error
+
+    def close(self, discard: bool = False) -> None:
+        """Write everything queued (or, with ``discard``, drop it: after a full disk, the room left is
+        for finishing the files), finalise the sink, then re-raise a write error if there was one.
+        Idempotent: a second call only re-raises the error."""
+        if not self._closed:
+            self._closed = True
+            self._discard = discard
+            if self.sink.lossy:
+                if not self._close_live():  # stuck in a network write: left to end with the process
+                    log.warning("%s did not finish within %g s (its receiver stopped reading): left as it is",
+                                self.sink.name, self.LIVE_CLOSE_S)
+                    return
+            else:
+                self._queue.put(None)
+                self._thread.join()
+            try:
+                self.sink.close()
+            except OSError as exc:
+                self._error = self._combined(write_failure(exc, self.sink.target))
+            except DronsegError as exc:
+                self._error = self._combined(exc)
+        self._raise_error()
+
+    def _close_live(self) -> bool:
+        """End a lossy sink's thread: what is queued still goes out, unless the sink has been stuck in one
+        write for LIVE_CLOSE_S already; True once the thread has ended (within LIVE_CLOSE_S)."""
+        busy = self._busy_since
+        stuck = busy is not None and time.monotonic() - busy > self.LIVE_CLOSE_S
+        try:
+            self._queue.put(None, timeout=0 if stuck else self.LIVE_CLOSE_S)
+        except queue.Full:
+            self._put_newest(None)
+        self._thread.join(0 if stuck else self.LIVE_CLOSE_S)
+        return not self._thread.is_alive()
+
+    def _combined(self, closing: DronsegError) -> BaseException:
+        """The error of closing, after the write error that came first (if any): both lines' news in one."""
+        if self._error is None:
+            return closing
+        first = self._error
+        if isinstance(first, OSError):
+            first = write_failure(first, self.sink.target)
+        if not isinstance(first, DronsegError):
+            return first  # a bug: raised unchanged
+        combined = RuntimeFailure(f"{first}; then {closing}")
+        combined.stopped = first.stopped
+        return combined

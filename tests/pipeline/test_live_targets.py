@@ -1,0 +1,76 @@
+"""--stream-out URLs, --preview addresses and tokens, --results targets, the SDP: checked when RunOptions is made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.pipeline import RunOptions
+from dronseg_edge.pipeline.live_targets import (check_preview, is_loopback, parse_preview, parse_results_target,
+                                                parse_stream_url, sdp_text)
+
+
+def test_stream_urls():
+    qgc = parse_stream_url("rtp://192.168.1.10:5600")
+    assert (qgc.kind, qgc.host, qgc.port, qgc.url, qgc.sdp_name) == ("rtp", "192.168.1.10", 5600, "rtp://192.168.1.10:5600",
+                                                                      "stream_5600.sdp")
+    assert parse_stream_url("UDP://[::1]:5600/").url == "udp://[::1]:5600"
+    rtsp = parse_stream_url("rtsp://mediamtx.local:8554/drone/live")
+    assert (rtsp.kind, rtsp.port, rtsp.url) == ("rtsp", 8554, "rtsp://mediamtx.local:8554/drone/live")
+    assert parse_stream_url("rtsp://server/drone").port == 554
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://x:1", "not a stream URL"), ("udp://:5600", "no host"), ("udp://host", "no port"),
+    ("rtp://host:99999", "not a number in 1..65535"), ("rtsp://server:8554", "needs a path"),
+    ("udp://host:5600/x", "HOST:PORT only"), ("rtp://ho st:5600", "not a host name"),
+])
+def test_bad_stream_urls_are_one_line_naming_the_value(url, message):
+    with pytest.raises(DronsegError, match=message):
+        RunOptions(stream_out=(url,))
+
+
+def test_stream_settings_and_duplicates_are_checked():
+    with pytest.raises(DronsegError, match="given twice"):
+        RunOptions(stream_out=("udp://h:5600", "UDP://h:5600"))
+    with pytest.raises(DronsegError, match="--stream-bitrate 10 must be"):
+        RunOptions(stream_out=("udp://h:5600",), stream_bitrate_kbps=10)
+    with pytest.raises(DronsegError, match="--stream-what 'mask'"):
+        RunOptions(stream_what="mask")
+    with pytest.raises(DronsegError, match="--stream-size"):
+        RunOptions(stream_size="big")
+    assert RunOptions(stream_out=["udp://h:5600"]).stream_out == ("udp://h:5600",)
+
+
+def test_the_sdp_names_the_receiver_and_h264_on_payload_96():
+    text = sdp_text(parse_stream_url("rtp://127.0.0.1:5600"))
+    lines = text.splitlines()
+    assert "c=IN IP4 127.0.0.1" in lines and "m=video 5600 RTP/AVP 96" in lines
+    assert "a=rtpmap:96 H264/90000" in lines and "a=fmtp:96 packetization-mode=1" in lines
+    assert "c=IN IP6 ::1" in sdp_text(parse_stream_url("rtp://[::1]:5600"))
+
+
+def test_preview_addresses_and_the_token_rule():
+    assert parse_preview("8080") == ("127.0.0.1", 8080)
+    assert parse_preview("0.0.0.0:8080") == ("0.0.0.0", 8080)
+    assert parse_preview("[::1]:0") == ("::1", 0)
+    assert is_loopback("localhost") and is_loopback("127.0.0.2") and is_loopback("::1") and not is_loopback("0.0.0.0")
+    assert check_preview("0.0.0.0:8080", "long-enough") == ("0.0.0.0", 8080)
+    with pytest.raises(DronsegError, match="anyone who reaches this machine: add --preview-token"):
+        RunOptions(preview="0.0.0.0:8080")
+    with pytest.raises(DronsegError, match="at least 8 characters"):
+        RunOptions(preview="8080", preview_token="short")
+    with pytest.raises(DronsegError, match="needs --preview"):
+        RunOptions(preview_token="long-enough")
+    with pytest.raises(DronsegError, match="give a port"):
+        RunOptions(preview="host:port")
+
+
+def test_results_targets():
+    assert parse_results_target("-") == ("stdout", None)
+    assert parse_results_target("udp://127.0.0.1:14600") == ("udp", ("127.0.0.1", 14600))
+    assert parse_results_target("out/r.jsonl") == ("file", Path("out/r.jsonl"))
+    with pytest.raises(DronsegError, match="--results 'tcp://h:1'"):
+        RunOptions(results="tcp://h:1")
