@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from dronseg_edge import __version__
 from dronseg_edge.devices import device_description
 from dronseg_edge.errors import DronsegError
