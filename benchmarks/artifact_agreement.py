@@ -33,8 +33,9 @@ ARTIFACTS = ("checkpoint", "tensors", "frames")
 
 def cli(package: Path, *args: str) -> None:
     """``python -m dronseg_edge ARGS`` with ``package`` first on the path; raises with its output on failure."""
+    # In the checkout: `python -m` puts the working directory ahead of PYTHONPATH (paths given are absolute).
     proc = subprocess.run([sys.executable, "-m", "dronseg_edge", *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(package)})
+                          cwd=package, env={**os.environ, "PYTHONPATH": str(package)})
     if proc.returncode != 0:
         raise SystemExit(f"dronseg-edge {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
 
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
+    args.work = args.work.resolve()
     checkpoint, video = trained_model(args.work, args.epochs)
     package = args.package.resolve()
     doc = {"schema": "dronseg-edge-artifact-agreement/1", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -77,8 +77,13 @@ _MEASURE = ("import resource, subprocess, sys\n"
 def _run(cmd: list[str], package: Path = HERE.parent) -> dict:
     """Run ``cmd`` with the checkout ``package`` first on the path; wall seconds, peak RSS (MiB) and its stdout."""
     start = time.perf_counter()
+    # Run in the checkout: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH,
+    # so from another checkout's root it would import that one's package instead. Bytecode caching as
+    # Python's default has it (a user's machine keeps .pyc files; a sandbox that sets
+    # PYTHONDONTWRITEBYTECODE would compile every module of the package at each start).
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(package)})
+                          cwd=package, env={**env, "PYTHONPATH": str(package)})
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -87,12 +92,13 @@ def _run(cmd: list[str], package: Path = HERE.parent) -> dict:
 
 
 def _infer_cmd(model: Path, video: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "dronseg_edge", "infer", str(model), str(video), "--out", str(out),
-            "--device", "cpu", "--codec", "mp4v", "--no-progress"]
+    return [sys.executable, "-m", "dronseg_edge", "infer", str(model.resolve()), str(video.resolve()),
+            "--out", str(out.resolve()), "--device", "cpu", "--codec", "mp4v", "--no-progress"]
 
 
 def _plain_cmd(model: Path, video: Path, out: Path) -> list[str]:
-    return [sys.executable, str(HERE / "plain_loop.py"), str(model), str(video), str(out / "plain.mp4")]
+    return [sys.executable, str(HERE / "plain_loop.py"), str(model.resolve()), str(video.resolve()),
+            str((out / "plain.mp4").resolve())]
 
 
 def compare(model: Path, video: Path, one_frame: Path, repeats: int, baseline: Path | None = None) -> dict:
@@ -104,6 +110,10 @@ def compare(model: Path, video: Path, one_frame: Path, repeats: int, baseline: P
     runs = {key: [] for name, _, _ in sides for key in (name, name + "_1")}
     stages = {name: None for name, _, _ in sides}
     with tempfile.TemporaryDirectory() as tmp:
+        for name, make, package in sides:  # untimed: bytecode caches written, the files in the page cache
+            out = Path(tmp) / f"warm-{name}"
+            out.mkdir()
+            _run(make(model, one_frame, out / "run" if name != "plain" else out), package)
         for i in range(repeats):
             for name, make, package in sides:
                 for clip, key in ((video, name), (one_frame, name + "_1")):
@@ -144,7 +154,9 @@ def thread_counts() -> dict:
             "plain_loop": {"decoder": "OpenCV's FFmpeg default", "onnxruntime_intra_op": "onnxruntime default (one per core)",
                            "writer": "same thread"},
             "infer": {"decoder": "1 reader thread (OpenCV's FFmpeg inside)", "onnxruntime_intra_op": "onnxruntime default "
-                      "(one per core), spinning off", "writer": "1 thread per output (overlay video, stats)"}}
+                      "(one per core), spinning off", "frames_in_flight": "2 (Backend.concurrent_calls of a CPU session)",
+                      "writer": "1 thread per output (overlay video, stats)"},
+            "python_bytecode_cache": "on for both sides (PYTHONDONTWRITEBYTECODE unset), written by an untimed first run"}
 
 
 def table(doc: dict) -> str:
@@ -161,7 +173,7 @@ def table(doc: dict) -> str:
 
     base = doc.get("baseline") or {}
     row(f"whole process, {doc['video']['frames']} frames (s)", "", "seconds", ".2f",
-        f"{doc['throughput_ratio']:.2f}x throughput", f"{base.get('throughput_ratio', 0):.2f}x throughput")
+        f"{doc['throughput_ratio']:.3f}x throughput", f"{base.get('throughput_ratio', 0):.3f}x throughput")
     row("peak memory (MiB)", "", "peak_mib", ".0f", f"{doc['peak_memory_ratio']:.2f}x", f"{base.get('peak_memory_ratio', 0):.2f}x")
     row("1-frame clip (s)", "_1", "seconds", ".2f", f"+{doc['one_frame_extra_s']:.2f} s")
     for stage in ("decode", "preprocess", "inference", "postprocess", "write"):

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dronseg_edge.classes import NUM_CLASSES
+from dronseg_edge.classes import NUM_CLASSES, class_counts
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, check_max_pixels, checked_image_size
 
@@ -32,7 +32,6 @@ FIX_LAYOUT = "expected the Kaggle layout ROOT/imgs/imgs/*.jpg, ROOT/masks/masks/
 # The data check decodes in threads: at most this many image pixels (each with its mask) at once,
 # whatever the number of threads (about 6 bytes a pixel: BGR, the mask and Pillow's copy of it).
 DECODE_BUDGET_PIXELS = 1 << 27
-COUNT_SLICE = 1 << 22  # pixels counted at a time (np.bincount's int64 copy of them: 32 MB)
 
 
 @dataclass(frozen=True)
@@ -221,16 +220,7 @@ def _check_one(sample: Sample, num_classes: int, max_pixels: int) -> tuple[np.nd
             f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {sample.image_path} is "
             f"{size[0]}x{size[1]}: masks must match their images pixel for pixel"
         )
-    return _class_counts(mask, num_classes), size
-
-
-def _class_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C,) int64 pixels of each class in ``mask`` (values checked below ``num_classes``), counted in
-    slices: np.bincount widens its input to int64, 8 bytes a pixel (265 MB for one 8K mask)."""
-    flat, counts = mask.ravel(), np.zeros(num_classes, np.int64)
-    for start in range(0, flat.size, COUNT_SLICE):
-        counts += np.bincount(flat[start:start + COUNT_SLICE], minlength=num_classes)
-    return counts
+    return class_counts(mask, num_classes), size
 
 
 def validate_samples(samples: list[Sample], num_classes: int = NUM_CLASSES, workers: int = 8,

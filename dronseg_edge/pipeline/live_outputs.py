@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,11 +21,13 @@ from dronseg_edge.pipeline.live_encoder import PyAVLiveEncoder, check_pyav_strea
 from dronseg_edge.pipeline.live_targets import (StreamTarget, check_preview, check_stream_settings, is_loopback,
                                                 parse_results_target, parse_stream_urls, sdp_text)
 from dronseg_edge.pipeline.overlay import OverlayPlan
-from dronseg_edge.pipeline.preview import PreviewServer, PreviewSink
 from dronseg_edge.pipeline.results_sink import ResultsSink
 from dronseg_edge.pipeline.sinks import Sink
 from dronseg_edge.pipeline.source_base import Source
 from dronseg_edge.pipeline.stream_sink import StreamSink
+
+if TYPE_CHECKING:
+    from dronseg_edge.pipeline.preview import PreviewServer
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ def open_preview(options) -> PreviewServer | None:
     address = check_preview(options.preview, options.preview_token)
     if address is None:
         return None
+    from dronseg_edge.pipeline.preview import PreviewServer  # http.server and ssl: only a preview pays for them
+
     server = PreviewServer(*address, token=options.preview_token)
     if not is_loopback(address[0]):
         log.warning("--preview listens on %s:%d, reachable from the network: viewers need the token "
@@ -63,6 +68,8 @@ def build_live_sinks(src: Source, out_dir: Path, options, lut: np.ndarray, plan:
     """
     sinks: list[Sink] = []
     if preview is not None:
+        from dronseg_edge.pipeline.preview import PreviewSink
+
         sinks.append(PreviewSink(preview, plan))
     targets = parse_stream_urls(options.stream_out)
     if targets:
@@ -108,6 +115,6 @@ def _encoder_opener(hardware: str | None):
 def live_records(sinks: list[Sink]) -> dict:
     """summary.json's ``streams``, ``preview`` and ``results`` (None for an output not asked for)."""
     streams = [sink.record() for sink in sinks if isinstance(sink, StreamSink)]
-    preview = next((sink.record() for sink in sinks if isinstance(sink, PreviewSink)), None)
+    preview = next((sink.record() for sink in sinks if sink.name == "preview"), None)
     results = next((sink.record() for sink in sinks if isinstance(sink, ResultsSink)), None)
     return {"streams": streams or None, "preview": preview, "results": results}

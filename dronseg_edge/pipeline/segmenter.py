@@ -18,6 +18,8 @@ trained at (a model trained on shrunk whole frames sees objects too large in ful
 from __future__ import annotations
 
 import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import groupby
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -34,7 +36,8 @@ from dronseg_edge.pipeline.open_source import open_source
 from dronseg_edge.pipeline.sources import FrameRecord, FramesSource, Source
 from dronseg_edge.pipeline.tiling import DEFAULT_OVERLAP, TilePlan, segment_tiled, tiling_unable
 from dronseg_edge.runtime.base import Backend, FrameOutputs
-from dronseg_edge.runtime.host import CONFIDENCE_OUTPUT, class_counts
+from dronseg_edge.classes import class_counts
+from dronseg_edge.runtime.host import CONFIDENCE_OUTPUT
 from dronseg_edge.runtime.registry import is_checkpoint, load_backend
 from dronseg_edge.sizes import format_size
 
@@ -174,8 +177,10 @@ class Segmenter:
         reader, owned = self._reader(source, live, stride, reconnect_s, queue_size)
         self.check_live(reader.live)
         try:
-            for group in _groups(reader, self.batch, max_frames):
-                yield from self._segment(group, request)
+            groups = _groups(reader, self.batch, max_frames)
+            for results in _in_order(groups, lambda group: self._segment(group, request),
+                                     self.backend.concurrent_calls):
+                yield from results
         finally:
             reader.stop()
             if owned is not None:
@@ -250,6 +255,26 @@ def _checkpoint_options(path: Path, device, half: bool, precision: str | None, c
         elif half:
             log.warning("--half is ignored on the CPU (fp16 needs a CUDA GPU); running fp32")
     return {"precision": precision, "head": "logits", "cuda_graph": cuda_graph}
+
+
+def _in_order(groups: Iterable, work, in_flight: int) -> Iterator:
+    """``work(group)`` for each group, in order, with up to ``in_flight`` groups running at once in
+    worker threads (a backend whose calls may overlap: ``Backend.concurrent_calls``), so one frame's
+    pre/post-processing runs beside another's model; 1: each in turn, in this thread."""
+    if in_flight <= 1:
+        yield from map(work, groups)
+        return
+    pool = ThreadPoolExecutor(in_flight, thread_name_prefix="dronseg-segment")
+    pending: deque[Future] = deque()
+    try:
+        for group in groups:
+            pending.append(pool.submit(work, group))
+            if len(pending) == in_flight:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _groups(records: Iterable[FrameRecord], size: int, max_frames: int | None) -> Iterator[list[FrameRecord]]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -68,15 +69,31 @@ class Backend(ABC):
 
     name: str = "backend"
     native: str = "numpy"  # the array kind ``_infer`` takes and returns: "numpy" or "torch"
+    # ``segment`` calls that may run at once from different threads once active (Segmenter.stream keeps
+    # this many batches in flight): 1 where a call owns device state (a CUDA graph, an execution context).
+    concurrent_calls: int = 1
     OPTIONS: frozenset[str] = frozenset()  # constructor keywords after (path, device): what bench may pass
 
     def __init__(self, path: Path, device):
         self.path = Path(path)
         self.device = device
         self.provider: str = ""  # what actually runs it, e.g. "CUDAExecutionProvider" or "cuda fp16 + CUDA graph"
-        self.last_inference_ms: float = float("nan")
-        self.last_outputs: dict[str, Any] = {}  # every output of the last call by name (a frames graph's confidence)
+        self._last = threading.local()  # per calling thread: concurrent calls each see their own
         self.active = False
+
+    @property
+    def last_outputs(self) -> dict[str, Any]:
+        """Every output of this thread's last call by name (a frames graph's confidence)."""
+        return getattr(self._last, "outputs", {})
+
+    @last_outputs.setter
+    def last_outputs(self, outputs: dict[str, Any]) -> None:
+        self._last.outputs = outputs
+
+    @property
+    def last_inference_ms(self) -> float:
+        """Wall milliseconds of this thread's last ``infer`` call (NaN before the first)."""
+        return getattr(self._last, "ms", float("nan"))
 
     @functools.cached_property
     def info(self) -> ModelInfo:
@@ -107,7 +124,7 @@ class Backend(ABC):
             out = self._run_converted(batch)
         except self.runtime_errors() as exc:  # the runtime failed while it ran the model, not a bug here
             raise BackendFailure(self.name, exc) from exc
-        self.last_inference_ms = (time.perf_counter() - start) * 1e3
+        self._last.ms = (time.perf_counter() - start) * 1e3
         return out
 
     def _run_converted(self, batch):

@@ -131,11 +131,6 @@ def class_map_host(out: np.ndarray, height: int, width: int) -> np.ndarray:
     return classes
 
 
-def class_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """Pixels per class id (ids past ``num_classes`` are not counted)."""
-    return np.bincount(mask.ravel(), minlength=num_classes)[:num_classes]
-
-
 def max_probability_u8(logits: np.ndarray) -> np.ndarray:
     """(C, H, W) logits -> (H, W) uint8 maximum softmax probability x 255, rounded, as a frames graph's
     ``confidence`` output: 1 / sum(exp(logit - max logit)), without making the whole softmax."""

@@ -235,6 +235,9 @@ class OnnxRuntimeBackend(Backend):
         self._outputs = self.session.get_outputs()
         check_declared_io(self.path, self.info, [_spec(i) for i in self.session.get_inputs()], [_spec(o) for o in self._outputs])
         self._on_gpu = used != "CPUExecutionProvider" and self.device.type == "cuda"
+        # A CPU session's Run is thread-safe and holds no bound buffers: two frames in flight overlap one
+        # frame's host pre/post with the other's run (benchmarks/vs_plain_loop.py: 2-core machine).
+        self.concurrent_calls = 1 if self._on_gpu else 2
         self._host_bound = None
 
     def _cpu_session(self, ort, options):

@@ -233,10 +233,3 @@ def test_a_pixel_budget_lets_one_oversized_holder_through_alone():
     leave.set()
     waiting.join(5)
     assert budget.used == 0
-
-
-def test_class_counts_in_slices_equal_one_bincount(monkeypatch):
-    mask = np.random.default_rng(0).integers(0, 12, (37, 29), dtype=np.uint8)
-    monkeypatch.setattr(aeroscapes, "COUNT_SLICE", 100)  # 11 slices, the last one short
-    counts = aeroscapes._class_counts(mask, 12)
-    assert counts.dtype == np.int64 and np.array_equal(counts, np.bincount(mask.ravel(), minlength=12))

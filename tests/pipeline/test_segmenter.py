@@ -267,3 +267,45 @@ def test_confidence_needs_logits():
         Segmenter(argmax_backend(), confidence=True)
     with pytest.raises(DronsegError, match="without a confidence output: re-export it with --confidence"):
         Segmenter(FakeBackend("frames.onnx", io="frames", head="argmax"), confidence=True)
+
+
+def test_in_order_yields_in_order_with_groups_in_flight_and_stops_its_threads():
+    import random
+    import threading
+    import time
+
+    from dronseg_edge.pipeline.segmenter import _in_order
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def work(n):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(random.Random(n).uniform(0, 0.02))
+        with lock:
+            running[0] -= 1
+        return n
+
+    assert list(_in_order(range(20), work, 2)) == list(range(20)) and most[0] == 2
+    assert list(_in_order(range(5), work, 1)) == list(range(5))
+    early = _in_order(iter(range(100)), work, 2)
+    assert next(early) == 0
+    early.close()  # the consumer stops: the pool is shut down, nothing keeps running
+    assert not [t for t in threading.enumerate() if t.name.startswith("dronseg-segment")]
+
+
+def test_in_order_raises_a_groups_error_after_the_results_before_it():
+    from dronseg_edge.pipeline.segmenter import _in_order
+
+    def work(n):
+        if n == 3:
+            raise RuntimeError("group 3 failed")
+        return n
+
+    got = []
+    with pytest.raises(RuntimeError, match="group 3"):
+        for n in _in_order(range(10), work, 2):
+            got.append(n)
+    assert got == [0, 1, 2]

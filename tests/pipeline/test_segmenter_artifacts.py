@@ -99,3 +99,30 @@ def test_host_confidence_matches_a_frames_artifacts_own(models):
             Segmenter(models["frames"], device="cpu") as graph:
         a, b = host.predict(frame), graph.predict(frame)
     assert np.array_equal(a.mask, b.mask) and np.abs(a.confidence.astype(int) - b.confidence).max() <= 1
+
+
+def test_a_cpu_onnx_stream_keeps_two_frames_in_flight_each_with_its_own_outputs(models):
+    import threading
+
+    import onnxruntime as ort
+
+    frames = [scene(i, (128, 80)) for i in range(6)]
+    session = ort.InferenceSession(str(models["frames"]), providers=["CPUExecutionProvider"])
+    direct = [session.run(None, {session.get_inputs()[0].name: f[None]}) for f in frames]
+    with Segmenter(models["frames"], device="cpu", confidence=True) as seg:
+        assert seg.backend.concurrent_calls == 2
+        together, threads = threading.Barrier(2, timeout=10), set()
+        infer = seg.backend.infer
+
+        def overlapping(batch):  # the first two calls wait for each other: they must run at once
+            threads.add(threading.current_thread().name)
+            if len(threads) <= 2 and not together.broken:
+                together.wait()
+            return infer(batch)
+
+        seg.backend.infer = overlapping
+        results = list(seg.stream(frames))
+    assert len(threads) == 2 and all(name.startswith("dronseg-segment") for name in threads)
+    assert [r.index for r in results] == list(range(6))  # in order, each with its own frame's outputs
+    for result, (mask, conf) in zip(results, direct):
+        assert np.array_equal(result.mask, mask[0]) and np.array_equal(result.confidence, conf[0])

@@ -84,3 +84,25 @@ def test_from_checkpoint_runs_a_loaded_dict_without_reading_or_hashing_the_file(
     with backend:
         classes = backend.infer(x)
     assert torch.equal(classes, expected.argmax(1).to(torch.uint8))
+
+
+def test_each_thread_sees_the_outputs_and_time_of_its_own_last_call():
+    import threading
+
+    backend = counting_backend()
+    backend.infer(torch.zeros(1, 3, 6, 8).numpy())
+    backend.last_outputs = {"confidence": "main thread's"}
+    seen = {}
+
+    def other():
+        seen["before"] = (backend.last_outputs, backend.last_inference_ms)
+        backend.infer(torch.zeros(1, 3, 6, 8).numpy())
+        backend.last_outputs = {"confidence": "other thread's"}
+        seen["after"] = (backend.last_outputs, backend.last_inference_ms)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert seen["before"][0] == {} and seen["before"][1] != seen["before"][1]  # NaN: no call in that thread yet
+    assert seen["after"][0] == {"confidence": "other thread's"} and seen["after"][1] >= 0
+    assert backend.last_outputs == {"confidence": "main thread's"} and backend.last_inference_ms >= 0

@@ -6,7 +6,7 @@ import pytest
 
 from dronseg_edge.classes import IMAGENET_MEAN, IMAGENET_STD
 from dronseg_edge.metadata import ModelInfo
-from dronseg_edge.runtime.host import (class_counts, class_map_host, preprocess_host, resize_frame, resize_matrices,
+from dronseg_edge.runtime.host import (class_map_host, preprocess_host, resize_frame, resize_matrices,
                                       resize_matrix)
 
 
@@ -42,11 +42,6 @@ def test_class_map_host_argmaxes_logits_and_resizes_nearest():
     assert (mask[:, :4] == 2).all() and (mask[:, 4:] == 0).all()
     classes = np.array([[1, 5]], np.int64)
     assert (class_map_host(classes, 1, 2) == [[1, 5]]).all()
-
-
-def test_class_counts_ignores_ids_past_the_classes():
-    mask = np.array([[0, 1, 1, 13]], np.uint8)
-    assert class_counts(mask, 3).tolist() == [1, 2, 0]
 
 
 # (source, target) sizes as (W, H): integer and non-integer shrink ratios, one side kept, enlarging, mixed.
