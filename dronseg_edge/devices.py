@@ -62,17 +62,20 @@ def torch_loaded() -> bool:
     return "torch" in sys.modules
 
 
-@functools.lru_cache(maxsize=1)
-def _driver_library():
-    """The CUDA driver library, loaded but not initialised, or None (no NVIDIA driver: a CPU machine)."""
-    for name in ("libcuda.so.1", ctypes.util.find_library("cuda") or "", "nvcuda.dll"):
-        if not name:
-            continue
+def _first_library(*names: str):
+    """The first of these shared libraries that loads (an empty name is skipped), or None."""
+    for name in filter(None, names):
         try:
             return ctypes.CDLL(name)
         except OSError:
             continue
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _driver_library():
+    """The CUDA driver library, loaded but not initialised, or None (no NVIDIA driver: a CPU machine)."""
+    return _first_library("libcuda.so.1", ctypes.util.find_library("cuda") or "", "nvcuda.dll")
 
 
 @functools.lru_cache(maxsize=1)
@@ -177,14 +180,7 @@ def nvidia_driver_version() -> str | None:
 
 
 def _nvml_library():
-    for name in ("libnvidia-ml.so.1", ctypes.util.find_library("nvidia-ml") or "", "nvml.dll"):
-        if not name:
-            continue
-        try:
-            return ctypes.CDLL(name)
-        except OSError:
-            continue
-    return None
+    return _first_library("libnvidia-ml.so.1", ctypes.util.find_library("nvidia-ml") or "", "nvml.dll")
 
 
 def _check_cuda(device: Device, count: int, who: str, fix: str) -> None:
