@@ -57,5 +57,6 @@ def class_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
     flat = np.ascontiguousarray(mask).reshape(1, -1)
     counts = np.zeros(256, np.int64)
     for start in range(0, flat.shape[1], _EXACT_COUNT):
-        counts += cv2.calcHist([flat[:, start:start + _EXACT_COUNT]], [0], None, [256], [0, 256]).reshape(-1).astype(np.int64)
+        part = flat[:, start:start + _EXACT_COUNT]
+        counts += cv2.calcHist([part], [0], None, [256], [0, 256]).reshape(-1).astype(np.int64)
     return counts[:num_classes]

@@ -27,6 +27,7 @@ from typing import Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from dronseg_edge.classes import class_counts
 from dronseg_edge.devices import device_description, resolve_device
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline.reader import FrameReader
@@ -36,7 +37,6 @@ from dronseg_edge.pipeline.open_source import open_source
 from dronseg_edge.pipeline.sources import FrameRecord, FramesSource, Source
 from dronseg_edge.pipeline.tiling import DEFAULT_OVERLAP, TilePlan, segment_tiled, tiling_unable
 from dronseg_edge.runtime.base import Backend, FrameOutputs
-from dronseg_edge.classes import class_counts
 from dronseg_edge.runtime.host import CONFIDENCE_OUTPUT
 from dronseg_edge.runtime.registry import is_checkpoint, load_backend
 from dronseg_edge.sizes import format_size
