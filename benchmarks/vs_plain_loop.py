@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 TARGETS = {"throughput_ratio_min": 1.3, "peak_memory_ratio_max": 2.0, "one_frame_extra_s_max": 1.0}

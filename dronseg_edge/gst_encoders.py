@@ -15,17 +15,12 @@ against ``gst-inspect-1.0`` in tests/test_gst_encoders.py.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+
+from dronseg_edge.machine import is_jetson
 
 GST_ENCODERS = ("nvv4l2h264enc", "x264enc")  # best first
-TEGRA_RELEASE = Path("/etc/nv_tegra_release")  # JetPack's L4T release file: there on every Jetson
 FILE_QUANTIZER = 23  # x264enc's constant quality for files, as libx264's crf 23 in the PyAV writer
 FILE_BITS_PER_PIXEL = 0.1  # nvv4l2h264enc has no constant-quality mode: a bitrate from the frame size
-
-
-def on_jetson() -> bool:
-    """Whether this is a Jetson (L4T's release file is there)."""
-    return TEGRA_RELEASE.is_file()
 
 
 def encoder_chain(encoder: str, keyframe_frames: int, bitrate_kbps: int, live: bool) -> str:
@@ -70,6 +65,6 @@ def encoder_opens(encoder: str) -> bool:
 def jetson_encoder() -> str | None:
     """The GStreamer encoder ``--codec auto`` uses on this machine: on a Jetson the first of
     GST_ENCODERS that opens; None elsewhere, or where none does (then PyAV's, as on any machine)."""
-    if not on_jetson():
+    if not is_jetson():
         return None
     return next((name for name in GST_ENCODERS if encoder_opens(name)), None)

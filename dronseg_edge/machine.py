@@ -1,4 +1,4 @@
-"""The host machine without torch: CPU model and cores, memory, free disk, the operating system.
+"""The host machine without torch: CPU model and cores, memory, free disk, the operating system, a Jetson.
 
 What ``dronseg-edge checks`` prints for a bug report and what ``bench`` records beside its figures.
 Linux sources first (/proc/cpuinfo, /proc/meminfo, /etc/os-release), the standard library's answers
@@ -16,6 +16,8 @@ from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
 MEMINFO = Path("/proc/meminfo")
+TEGRA_RELEASE = Path("/etc/nv_tegra_release")  # JetPack's L4T release file
+DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
 GIB = 2**30
 
 
@@ -94,3 +96,18 @@ def os_name() -> str:
         return release.get("PRETTY_NAME") or release.get("NAME") or platform.system()
     except (AttributeError, OSError):  # not Linux, or no os-release file
         return f"{platform.system()} {platform.release()}".strip()
+
+
+def board_model() -> str | None:
+    """An ARM board's device-tree model ('NVIDIA Jetson AGX Orin Developer Kit'), or None."""
+    try:
+        return DEVICE_TREE_MODEL.read_bytes().replace(b"\x00", b"").decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+
+
+def is_jetson() -> bool:
+    """A Tegra release file, or a device-tree model naming NVIDIA (other ARM boards have a model too;
+    a container on a Jetson may lack the release file but sees the model)."""
+    model = (board_model() or "").lower()
+    return TEGRA_RELEASE.is_file() or "jetson" in model or "nvidia" in model

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dronseg_edge import gst_encoders
+from dronseg_edge import machine
 from dronseg_edge.gst_encoders import GST_ENCODERS, encoder_chain, jetson_encoder
 from dronseg_edge.pipeline.gst_streams import stream_pipeline
 from dronseg_edge.pipeline.live_targets import parse_stream_url, sdp_text
@@ -147,5 +147,6 @@ def test_a_jetson_uses_the_first_encoder_that_opens(fake_jetson, monkeypatch, el
 
 
 def test_elsewhere_no_gstreamer_encoder_is_chosen(monkeypatch, tmp_path):
-    monkeypatch.setattr(gst_encoders, "TEGRA_RELEASE", tmp_path / "none")
+    monkeypatch.setattr(machine, "TEGRA_RELEASE", tmp_path / "none")
+    monkeypatch.setattr(machine, "DEVICE_TREE_MODEL", tmp_path / "none")
     assert jetson_encoder() is None

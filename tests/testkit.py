@@ -471,9 +471,9 @@ def fake_jetson(monkeypatch, tmp_path):
     """A Jetson (L4T's release file) whose OpenCV opens GStreamer pipelines through FakeGStreamerWriter."""
     release = tmp_path / "nv_tegra_release"
     release.write_text("# R36 (release), REVISION: 4.3\n")
-    from dronseg_edge import gst_encoders
+    from dronseg_edge import gst_encoders, machine
 
-    monkeypatch.setattr(gst_encoders, "TEGRA_RELEASE", release)
+    monkeypatch.setattr(machine, "TEGRA_RELEASE", release)
     monkeypatch.setattr("cv2.VideoWriter", FakeGStreamerWriter)
     FakeGStreamerWriter.made = []
     gst_encoders.encoder_opens.cache_clear()

@@ -11,10 +11,10 @@ import subprocess
 from pathlib import Path
 from typing import Iterator
 
+from dronseg_edge import machine
 from dronseg_edge.checks.base import OK, WARN, Check
+from dronseg_edge.machine import board_model, is_jetson
 
-TEGRA_RELEASE = Path("/etc/nv_tegra_release")
-DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
 DEVFREQ = Path("/sys/class/devfreq")  # GPU clock (Hz) of Tegra iGPUs: ga10b on Orin, gv11b on Xavier
 CPUFREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq")  # kHz
 NVPMODEL = "nvpmodel"
@@ -32,16 +32,6 @@ def _read(path: Path) -> str | None:
         return path.read_bytes().replace(b"\x00", b"").decode("utf-8", "replace").strip()
     except OSError:
         return None
-
-
-def board_model() -> str | None:
-    return _read(DEVICE_TREE_MODEL)
-
-
-def is_jetson() -> bool:
-    """A Tegra release file, or a device-tree model naming NVIDIA (other ARM boards have a model too)."""
-    model = board_model() or ""
-    return TEGRA_RELEASE.is_file() or "jetson" in model.lower() or "nvidia" in model.lower()
 
 
 def parse_l4t(text: str) -> str | None:
@@ -87,10 +77,11 @@ def jetson_checks() -> Iterator[Check]:
 
 
 def release_check() -> Check:
-    text = _read(TEGRA_RELEASE)
+    text = _read(machine.TEGRA_RELEASE)
     l4t = parse_l4t(text) if text else None
     if l4t is None:
-        shown = f"{TEGRA_RELEASE} unreadable" if text is None else f"unrecognised {TEGRA_RELEASE}: {text.splitlines()[0][:80]!r}"
+        release = machine.TEGRA_RELEASE
+        shown = f"{release} unreadable" if text is None else f"unrecognised {release}: {text.splitlines()[0][:80]!r}"
         return Check("jetpack", WARN, f"{shown}; TensorRT/CUDA versions follow the JetPack release")
     return Check("jetpack", OK, f"L4T {l4t} = JetPack {jetpack_for(l4t)}")
 

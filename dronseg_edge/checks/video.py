@@ -34,7 +34,7 @@ def auto_encoder_check() -> Check:
     if found is None:
         return Check("auto encoder", WARN, "mp4v through OpenCV (no H.264: browsers cannot play it, no streams)")
     where = " (a Jetson without a GStreamer encoder in OpenCV: install JetPack's python3-opencv)" \
-        if gst_encoders.on_jetson() else ""
+        if jetson.is_jetson() else ""
     return Check("auto encoder", OK, f"{found} through PyAV{where}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dronseg_edge import machine
 from dronseg_edge.checks import OK, WARN, jetson
 
 ORIN_RELEASE = "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n"
@@ -27,17 +28,18 @@ def fake_jetson(tmp_path, monkeypatch):
     nvpmodel = tmp_path / "nvpmodel"
     nvpmodel.write_text("#!/bin/sh\necho 'NV Power Mode: MAXN'\necho 0\n")
     nvpmodel.chmod(0o755)
-    for name, value in (("TEGRA_RELEASE", release), ("DEVICE_TREE_MODEL", model), ("DEVFREQ", tmp_path / "devfreq"),
-                        ("CPUFREQ", cpu), ("NVPMODEL", str(nvpmodel))):
+    monkeypatch.setattr(machine, "TEGRA_RELEASE", release)
+    monkeypatch.setattr(machine, "DEVICE_TREE_MODEL", model)
+    for name, value in (("DEVFREQ", tmp_path / "devfreq"), ("CPUFREQ", cpu), ("NVPMODEL", str(nvpmodel))):
         monkeypatch.setattr(jetson, name, value)
     return tmp_path
 
 
 def test_no_jetson_lines_elsewhere(tmp_path, monkeypatch):
-    monkeypatch.setattr(jetson, "TEGRA_RELEASE", tmp_path / "absent")
+    monkeypatch.setattr(machine, "TEGRA_RELEASE", tmp_path / "absent")
     model = tmp_path / "model"
     model.write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\x00")
-    monkeypatch.setattr(jetson, "DEVICE_TREE_MODEL", model)
+    monkeypatch.setattr(machine, "DEVICE_TREE_MODEL", model)
     assert not jetson.is_jetson() and list(jetson.jetson_checks()) == []
 
 

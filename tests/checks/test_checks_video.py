@@ -124,9 +124,10 @@ def test_the_auto_encoder_line_names_a_jetsons_gstreamer_encoder(fake_jetson, mo
 
 
 def test_the_auto_encoder_line_elsewhere_names_pyavs(monkeypatch, tmp_path):
-    from dronseg_edge import gst_encoders
+    from dronseg_edge import machine
 
-    monkeypatch.setattr(gst_encoders, "TEGRA_RELEASE", tmp_path / "none")
+    monkeypatch.setattr(machine, "TEGRA_RELEASE", tmp_path / "none")
+    monkeypatch.setattr(machine, "DEVICE_TREE_MODEL", tmp_path / "none")
     check = video.auto_encoder_check()
     av = pytest.importorskip("av")
     expected = "h264_nvenc" if video.encoder_check(av, "h264_nvenc").status == OK else "libx264"
