@@ -54,8 +54,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
     """OneCycle (peak ``cfg.lr``), constant or poly; ``total_steps`` counts optimiser steps, not micro-batches."""
     total_steps = max(1, int(total_steps))
     if cfg.scheduler == "onecycle":
+        # OneCycleLR's warm-up ends at step pct_start * total_steps - 1; where that is step 0 (10 steps at
+        # the default 0.1) its first step divides by zero: the peak is then at step 1 (at 0.5 of 2 steps,
+        # since a warm-up ending at the last step divides by zero too).
+        pct_start = cfg.pct_start
+        if pct_start * total_steps == 1:
+            pct_start = (2.0 if total_steps > 2 else 1.5) / total_steps
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.pct_start,
+            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct_start,
             div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
             cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0,
         )

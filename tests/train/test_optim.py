@@ -1,0 +1,26 @@
+"""train/optim.py: the learning-rate schedule runs its whole length, however short."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dronseg_edge.train.config import TrainConfig
+from dronseg_edge.train.optim import build_scheduler
+
+
+@pytest.mark.parametrize("pct_start", [0.1, 0.05, 0.25, 0.5])
+def test_onecycle_runs_every_length(tmp_path, pct_start):
+    # 10 steps at 0.1 (20 at 0.05, 4 at 0.25, 2 at 0.5) put OneCycleLR's warm-up end at step 0: it divided by zero.
+    cfg = TrainConfig(data=str(tmp_path), scheduler="onecycle", lr=0.01, pct_start=pct_start)
+    for total in range(1, 41):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+        scheduler = build_scheduler(optimizer, cfg, total)
+        rates = [optimizer.param_groups[0]["lr"]]
+        for _ in range(total):
+            optimizer.step()
+            scheduler.step()
+            rates.append(optimizer.param_groups[0]["lr"])
+        assert all(0 <= rate <= cfg.lr * (1 + 1e-9) for rate in rates)
+        if total * pct_start == 1 and total > 2:  # the lengths that divided by zero: the peak at step 1
+            assert rates[1] == pytest.approx(cfg.lr) and rates[0] < rates[1] > rates[2]
