@@ -32,11 +32,11 @@ MAX_PIXELS = OptionSpec(f"Refuse images above this many pixels (1..{MAX_PIXELS_C
 
 class ImageTooLarge(DronsegError):
     """An image whose header declares more pixels than the limit; ``size`` is (W, H), or None when
-    Pillow refused to read even the header (over its own ceiling, ``pixels``)."""
+    Pillow refused to read even the header (over its own ceiling)."""
 
-    def __init__(self, message: str, size: tuple[int, int] | None, pixels: int):
+    def __init__(self, message: str, size: tuple[int, int] | None = None):
         super().__init__(message)
-        self.size, self.pixels = size, pixels
+        self.size = size
 
 
 class ImageUnreadable(DronsegError):
@@ -55,53 +55,32 @@ def megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.1f} MP"
 
 
-def image_size(path: Path | str) -> tuple[int, int]:
-    """(W, H) in pixels from the image's header; nothing is decoded.
+def checked_image_size(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image",
+                       fix: str = "remove it, or raise --max-pixels if it is a genuine image") -> tuple[int, int]:
+    """(W, H) in pixels of ``path`` from its header (nothing is decoded), after checking it holds at
+    most ``max_pixels`` pixels.
 
-    Raises ImageTooLarge when Pillow itself refuses the header (over 179 MP, its own ceiling) and
-    ImageUnreadable when the file is not an image it knows (or cannot be opened).
+    ImageTooLarge (a one-line message naming the file, its size and ``fix``) above the limit or when
+    Pillow refuses the header itself (over 179 MP, its own ceiling); ImageUnreadable when the file is
+    not an image Pillow knows (or cannot be opened).
     """
     from PIL import Image, UnidentifiedImageError
 
-    _silence_pillow_warning(Image)
+    # Pillow warns on opening an image over 89 MP: the limit here replaces that warning. A filter put
+    # first at every read, not a catch_warnings block: that is not thread-safe, and images are read in threads.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         with Image.open(path) as image:
             width, height = image.size
     except Image.DecompressionBombError:
-        ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        raise ImageTooLarge(f"image {path} is over {megapixels(ceiling)} (Pillow refuses to read its size)", None,
-                            ceiling) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageUnreadable(f"image {path} cannot be read ({type(exc).__name__}: not an image, or damaged)") from None
-    return int(width), int(height)
-
-
-def checked_image_size(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image",
-                       fix: str = "remove it, or raise --max-pixels if it is a genuine image") -> tuple[int, int]:
-    """(W, H) of ``path`` from its header, after checking it holds at most ``max_pixels`` pixels.
-
-    ImageTooLarge (a one-line message naming the file, its size and ``fix``) above the limit;
-    ImageUnreadable when the header cannot be read.
-    """
-    try:
-        width, height = image_size(path)
-    except ImageTooLarge as exc:
-        raise ImageTooLarge(f"{what} {path} is over {megapixels(exc.pixels)} (Pillow refuses to read its size), above "
-                            f"the {megapixels(max_pixels)} limit: {fix}", None, exc.pixels) from None
-    except ImageUnreadable:
+        ceiling = megapixels(2 * (Image.MAX_IMAGE_PIXELS or 0))
+        raise ImageTooLarge(f"{what} {path} is over {ceiling} (Pillow refuses to read its size), above the "
+                            f"{megapixels(max_pixels)} limit: {fix}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ImageUnreadable(f"{what} {path} cannot be read (its header is not an image header: damaged, "
                               "truncated or not an image): replace or remove it") from None
     if width * height > max_pixels:
         raise ImageTooLarge(f"{what} {path} is {width}x{height} ({megapixels(width * height)}), above the "
                             f"{megapixels(max_pixels)} limit (a decompression bomb, or a larger image than expected): "
-                            f"{fix}", (width, height), width * height)
-    return width, height
-
-
-def _silence_pillow_warning(image_module) -> None:
-    """Pillow warns on opening an image over 89 MP; the limit here (checked before anything is
-    decoded) replaces that warning, which would otherwise print a Python warning next to this
-    package's own line for an image it refuses or skips. A filter, put first at every read (a
-    ``warnings.catch_warnings`` block elsewhere may have dropped it; the block itself is not
-    thread-safe, and images are read in threads)."""
-    warnings.filterwarnings("ignore", category=image_module.DecompressionBombWarning)
+                            f"{fix}", (width, height))
+    return int(width), int(height)

@@ -9,14 +9,14 @@ from testkit import write_png_bomb
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import (DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING, ImageTooLarge, ImageUnreadable, check_max_pixels,
-                                checked_image_size, image_size)
+                                checked_image_size)
 
 
 def test_the_size_comes_from_the_header_of_every_image_format(tmp_path):
     for suffix in (".jpg", ".png", ".bmp", ".tif", ".webp"):
         path = tmp_path / f"x{suffix}"
         assert cv2.imwrite(str(path), np.zeros((30, 50, 3), np.uint8)), suffix
-        assert image_size(path) == (50, 30), suffix
+        assert checked_image_size(path) == (50, 30), suffix
 
 
 def test_an_8k_frame_passes_the_default_limit_and_a_bomb_does_not(tmp_path):

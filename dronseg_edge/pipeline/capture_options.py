@@ -18,8 +18,6 @@ ours come after them and win on the same key.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import os
 import threading
@@ -37,21 +35,17 @@ HW_DECODERS = "cuda,vaapi.iHD"
 # What CAP_PROP_HW_ACCELERATION reads after the open. OpenCV has no constant for CUDA: its FFmpeg
 # backend reports FFmpeg's CUDA device as 1 << 11.
 CUDA_ACCELERATION = 1 << 11
-_ACCELERATION_NAMES = {"VIDEO_ACCELERATION_NONE": "none", "VIDEO_ACCELERATION_ANY": "any",
-                       "VIDEO_ACCELERATION_D3D11": "d3d11", "VIDEO_ACCELERATION_VAAPI": "vaapi",
-                       "VIDEO_ACCELERATION_MFX": "mfx", "VIDEO_ACCELERATION_DRM": "drm"}
+_env_lock = threading.Lock()
 
 
-@functools.cache
 def acceleration_names() -> dict[int, str]:
-    """CAP_PROP_HW_ACCELERATION values -> names (imports OpenCV: the CLI reads CaptureOptions without it)."""
+    """CAP_PROP_HW_ACCELERATION values -> names: OpenCV's VIDEO_ACCELERATION_* in lower case, and cuda
+    (imports OpenCV: the CLI reads CaptureOptions without it)."""
     import cv2
 
-    names = {int(getattr(cv2, constant)): name for constant, name in _ACCELERATION_NAMES.items() if hasattr(cv2, constant)}
+    prefix = "VIDEO_ACCELERATION_"
+    names = {int(getattr(cv2, name)): name[len(prefix):].lower() for name in dir(cv2) if name.startswith(prefix)}
     return {**names, CUDA_ACCELERATION: "cuda"}
-
-
-_env_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -88,27 +82,14 @@ class CaptureOptions:
         ``existing``: what the user has set there (kept, ours appended; theirs ``hw_decoders_any`` wins).
         """
         rtsp = is_rtsp(url)
-        ours: list[tuple[str, str]] = []
-        if rtsp and self.rtsp_transport:
-            ours.append(("rtsp_transport", self.rtsp_transport))
-        if rtsp and self.latency_ms is not None:
-            ours.append(("max_delay", str(self.latency_ms * 1000)))
-        if self.hw_decode and "hw_decoders_any" not in _keys(existing):
-            ours.append(("hw_decoders_any", HW_DECODERS))
+        ours = [f"rtsp_transport;{self.rtsp_transport}"] if rtsp and self.rtsp_transport else []
+        ours += [f"max_delay;{self.latency_ms * 1000}"] if rtsp and self.latency_ms is not None else []
+        ours += [f"hw_decoders_any;{HW_DECODERS}"] if self.hw_decode and "hw_decoders_any" not in _keys(existing) else []
         if not ours:
             return None
-        if existing:
-            pairs = [existing]
-        else:
-            # Setting the variable at all drops OpenCV's own RTSP default: keep it.
-            pairs = ["rtsp_flags;prefer_tcp"] if rtsp and not self.rtsp_transport else []
-        return "|".join(pairs + [f"{key};{value}" for key, value in ours])
-
-    def params(self) -> list[int]:
-        """``cv2.VideoCapture`` open parameters for hardware decoding (none without it)."""
-        import cv2
-
-        return [cv2.CAP_PROP_HW_ACCELERATION, cv2.VIDEO_ACCELERATION_ANY] if self.hw_decode else []
+        # Setting the variable at all drops OpenCV's own RTSP default: keep it.
+        kept = [existing] if existing else ["rtsp_flags;prefer_tcp"] if rtsp and not self.rtsp_transport else []
+        return "|".join(kept + ours)
 
 
 def _keys(options: str | None) -> set[str]:
@@ -119,36 +100,27 @@ def is_rtsp(url: str) -> bool:
     return url.split("://", 1)[0].lower() in RTSP_SCHEMES if "://" in url else False
 
 
-@contextlib.contextmanager
-def capture_env(value: str | None):
-    """``OPENCV_FFMPEG_CAPTURE_OPTIONS = value`` inside the block (nothing changes for None), then
-    what was there before, also when the open fails; one open at a time, from any thread."""
-    if value is None:
-        yield
-        return
-    with _env_lock:
-        before = os.environ.get(ENV_VAR)
-        os.environ[ENV_VAR] = value
-        try:
-            yield
-        finally:
-            if before is None:
-                os.environ.pop(ENV_VAR, None)
-            else:
-                os.environ[ENV_VAR] = before
-
-
 def open_ffmpeg(target: str, options: CaptureOptions, params: list[int] | tuple = ()):
     """``cv2.VideoCapture(target, CAP_FFMPEG, params + hardware decoding)`` with ``options``' FFmpeg
-    settings in the environment for the open; the capture is returned opened or not (the caller checks)."""
+    settings in ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` for the open only (one such open at a time, from any
+    thread; what was there is put back, also when the open fails); the capture is returned opened or
+    not (the caller checks)."""
     import cv2
 
+    all_params = [*params, *([cv2.CAP_PROP_HW_ACCELERATION, cv2.VIDEO_ACCELERATION_ANY] if options.hw_decode else [])]
     env = options.ffmpeg_options(target, os.environ.get(ENV_VAR))
-    all_params = [*params, *options.params()]
-    with capture_env(env):
-        if all_params:
+    if env is None:
+        return cv2.VideoCapture(target, cv2.CAP_FFMPEG, all_params)
+    with _env_lock:
+        before = os.environ.get(ENV_VAR)
+        os.environ[ENV_VAR] = env
+        try:
             return cv2.VideoCapture(target, cv2.CAP_FFMPEG, all_params)
-        return cv2.VideoCapture(target, cv2.CAP_FFMPEG)
+        finally:
+            if before is None:
+                del os.environ[ENV_VAR]
+            else:
+                os.environ[ENV_VAR] = before
 
 
 def acceleration_used(capture) -> str:
@@ -159,9 +131,7 @@ def acceleration_used(capture) -> str:
         value = capture.get(cv2.CAP_PROP_HW_ACCELERATION)
     except cv2.error:
         return "none"
-    if value is None or not math.isfinite(value):
-        return "none"
-    return acceleration_names().get(int(value), f"unknown ({int(value)})")
+    return acceleration_names().get(int(value), f"unknown ({int(value)})") if math.isfinite(value) else "none"
 
 
 def hw_decode_record(options: CaptureOptions, capture) -> dict:

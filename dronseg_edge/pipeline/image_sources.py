@@ -7,6 +7,7 @@ anything, as a damaged file is, so a decompression bomb in a folder costs a head
 
 from __future__ import annotations
 
+import collections
 import glob
 import logging
 import os
@@ -74,36 +75,23 @@ class ImageSource(Source):
         self.end = "ended"
 
     def _read(self, path: Path) -> np.ndarray | None:
-        """The image, decoded only once its header showed it within ``max_pixels``; None (counted) if skipped."""
+        """(H, W, 3) uint8 BGR, EXIF-rotated, decoded only once its header showed it within
+        ``max_pixels``; None (counted) if skipped."""
         try:
             checked_image_size(path, self.max_pixels, fix="skipped (raise --max-pixels if it is a genuine image)")
+            data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: it cannot open non-ASCII paths on Windows
+            frame = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
         except ImageTooLarge as exc:
             self.oversized += 1
             log.warning("%s", exc)
             return None
-        except ImageUnreadable:
+        # cv2.error: OpenCV's own refusals (its pixel ceiling, a header its decoder rejects)
+        except (ImageUnreadable, OSError, cv2.error):
             frame = None
-        else:
-            frame = _read_image(path)
         if frame is None:
             self.corrupt += 1
             log.warning("image %s cannot be decoded (truncated or not an image); skipped", path)
         return frame
-
-
-def _read_image(path: Path) -> np.ndarray | None:
-    """(H, W, 3) uint8 BGR, EXIF-rotated; grey, alpha and 16-bit images are converted; None if unreadable.
-    Only for an image whose header was checked against the pixel limit."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: it cannot open non-ASCII paths on Windows
-    except OSError:
-        return None
-    if not data.size:
-        return None
-    try:
-        return cv2.imdecode(data, cv2.IMREAD_COLOR)
-    except cv2.error:  # OpenCV's own refusals (its pixel ceiling, a header its decoder rejects): unreadable
-        return None
 
 
 def glob_files(pattern: str) -> list[Path]:
@@ -129,39 +117,23 @@ def glob_files(pattern: str) -> list[Path]:
 
 def _glob_recursive(pattern: str) -> list[str]:
     """``pattern`` with a ``**`` component: the part before it globbed, every directory below walked
-    once (hidden ones left out, as glob does), the part after it globbed in each."""
+    once (following symlinks; hidden ones left out, as glob does), the part after it globbed in each."""
     parts = Path(pattern).parts
     cut = parts.index("**")
-    head, tail = parts[:cut], parts[cut + 1:]
-    if not head:
-        starts = ["."]
-    elif glob.has_magic(str(Path(*head))):
-        starts = glob.glob(str(Path(*head)))
-    else:
-        starts = [str(Path(*head))]
+    tail = parts[cut + 1:] or ("*",)
     found: list[str] = []
-    for start in starts:
-        for folder, names in _walk_once(start):
-            if not tail:
-                found += [os.path.join(folder, name) for name in names if not name.startswith(".")]
+    for start in glob.glob(str(Path(*parts[:cut]))) if cut else ["."]:
+        visited: set[tuple[int, int]] = set()
+        for folder, subfolders, _ in os.walk(start, followlinks=True):
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in visited:
+                subfolders[:] = []
                 continue
+            visited.add((info.st_dev, info.st_ino))
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
             inner = os.path.join(glob.escape(folder), *tail)
             found += _glob_recursive(inner) if "**" in tail else glob.glob(inner)
     return found
-
-
-def _walk_once(start: str) -> Iterator[tuple[str, list[str]]]:
-    """(folder, its file names) for ``start`` and every directory below it, following symlinks but
-    entering each directory once."""
-    visited: set[tuple[int, int]] = set()
-    for folder, subfolders, names in os.walk(start, followlinks=True):
-        info = os.stat(folder)
-        if (info.st_dev, info.st_ino) in visited:
-            subfolders[:] = []
-            continue
-        visited.add((info.st_dev, info.st_ino))
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        yield folder, names
 
 
 def _keep_images(files: list[Path], where: str) -> list[Path]:
@@ -174,8 +146,5 @@ def _keep_images(files: list[Path], where: str) -> list[Path]:
 
 def _unique_stems(paths: list[Path]) -> list[str]:
     """Output names: the image stem, with the index appended where two images share a stem."""
-    stems = [p.stem for p in paths]
-    seen: dict[str, int] = {}
-    for stem in stems:
-        seen[stem] = seen.get(stem, 0) + 1
-    return [stem if seen[stem] == 1 else f"{stem}_{i:06d}" for i, stem in enumerate(stems)]
+    counts = collections.Counter(p.stem for p in paths)
+    return [p.stem if counts[p.stem] == 1 else f"{p.stem}_{i:06d}" for i, p in enumerate(paths)]
