@@ -8,13 +8,14 @@ module builds and checks the pipeline text, and :class:`GStreamerSource` reads f
 from __future__ import annotations
 
 import re
+from importlib import metadata
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import cv2
 
 from dronseg_edge.errors import DronsegError, docs_url
-from dronseg_edge.pipeline.sources import CaptureSource
+from dronseg_edge.pipeline.sources import CaptureSource, opened
 
 # Appended when a pipeline has no appsink of its own. A live source keeps only the newest frame (a
 # slow reader must not make the camera's frames queue up); a file is read whole, and as fast as it
@@ -86,13 +87,7 @@ def csi_pipeline(spec: str) -> tuple[int, str]:
 
 def has_gstreamer() -> bool:
     """Whether this OpenCV can open GStreamer pipelines (built in, or as a loadable plugin)."""
-    registry = getattr(cv2, "videoio_registry", None)
-    if registry is not None and hasattr(registry, "hasBackend"):
-        try:
-            return bool(registry.hasBackend(cv2.CAP_GSTREAMER))
-        except cv2.error:
-            pass
-    return re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()) is not None
+    return bool(cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER))
 
 
 def require_gstreamer(source: str) -> None:
@@ -110,25 +105,11 @@ def require_gstreamer(source: str) -> None:
 
 def pip_opencv() -> tuple[str, str] | None:
     """(name, version) of the pip package that installed this cv2, or None (a system or source build)."""
-    from importlib import metadata
-
     cv2_folder = Path(getattr(cv2, "__file__", "") or ".").resolve().parent
-    for name in ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"):
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
+    for name in metadata.packages_distributions().get("cv2", []):
+        dist = metadata.distribution(name)
         if Path(dist.locate_file("cv2")).resolve() == cv2_folder:  # installed, and the cv2 imported here
             return name, dist.version
-    return None
-
-
-def open_gstreamer(pipeline: str):
-    """An opened ``cv2.VideoCapture`` of ``pipeline`` (which ends in an appsink), or None."""
-    capture = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
-    if capture.isOpened():
-        return capture
-    capture.release()
     return None
 
 
@@ -151,7 +132,7 @@ class GStreamerSource(CaptureSource):
         self.live_default = not self.is_file
         if open_capture is None:
             require_gstreamer(name or pipeline)
-            open_capture = lambda: open_gstreamer(self.pipeline)  # noqa: E731
+            open_capture = lambda: opened(cv2.VideoCapture(self.pipeline, cv2.CAP_GSTREAMER))  # noqa: E731
         super().__init__(name or self.pipeline, open_capture, reconnect_s)
 
     def _cannot_open(self) -> str:

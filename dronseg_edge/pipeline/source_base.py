@@ -49,6 +49,7 @@ class Source(ABC):
 
     kind = "source"
     live_default = False  # cameras and streams: process only the newest frame unless told otherwise
+    capture = None  # the decoder (cv2.VideoCapture or alike) where there is one, released on close
 
     def __init__(self, name: str):
         self.name = name
@@ -78,6 +79,8 @@ class Source(ABC):
 
     def close(self) -> None:
         self.stop()
+        if self.capture is not None:
+            self.capture.release()
 
     def __enter__(self) -> "Source":
         return self
@@ -93,24 +96,17 @@ def quiet_native_stderr():
     They write to file descriptor 2 from C, so only redirecting the descriptor hides them; use it
     in the main thread before worker threads start, or their messages would vanish too.
     """
-    previous = cv2.getLogLevel() if hasattr(cv2, "getLogLevel") else None
-    if previous is not None:
-        cv2.setLogLevel(0)
-    try:
-        saved = os.dup(2)
-    except OSError:
-        saved = None
-    try:
-        if saved is not None:
+    with contextlib.ExitStack() as restore:
+        if hasattr(cv2, "getLogLevel"):  # OpenCV 4; OpenCV 5 has no log level in its Python API
+            restore.callback(cv2.setLogLevel, cv2.getLogLevel())
+            cv2.setLogLevel(0)
+        with contextlib.suppress(OSError):  # no descriptor 2 (closed by a daemon): nothing to hide
+            saved = os.dup(2)
+            restore.callback(os.close, saved)
+            restore.callback(os.dup2, saved, 2)
             with open(os.devnull, "wb") as devnull:
                 os.dup2(devnull.fileno(), 2)
         yield
-    finally:
-        if saved is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
-        if previous is not None:
-            cv2.setLogLevel(previous)
 
 
 class FramesSource(Source):

@@ -51,6 +51,10 @@ MIN_FPS, MAX_FPS = 1e-3, 1000.0
 def _sane_fps(value: float) -> float | None:
     return float(value) if value and math.isfinite(value) and MIN_FPS <= value <= MAX_FPS else None
 
+def _sane_count(value: float) -> int | None:
+    """A frame count FFmpeg knows (a file, an HTTP file); None for live streams, which report 0 or garbage."""
+    return int(value) if value and math.isfinite(value) and 0 < value < 1e9 else None
+
 
 class VideoSource(Source):
     """A video file decoded with OpenCV's FFmpeg backend; damaged frames are skipped and counted.
@@ -78,8 +82,7 @@ class VideoSource(Source):
             raise DronsegError(f"video {self.path} cannot be opened: it has no video stream, is damaged, or uses a "
                                f"codec this FFmpeg lacks (check it with `ffprobe {self.path}`)")
         self.hw_decode = hw_decode_record(options, self.capture)
-        if hasattr(cv2, "CAP_PROP_ORIENTATION_AUTO"):  # the default in OpenCV's FFmpeg backend; said, not assumed
-            self.capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
+        self.capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)  # the default in OpenCV's FFmpeg backend; said, not assumed
         self.fps = _sane_fps(self.capture.get(cv2.CAP_PROP_FPS))
         count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.frame_count = count if count > 0 else None
@@ -93,10 +96,7 @@ class VideoSource(Source):
         while not self._stop.is_set():
             wanted = position % stride == 0
             start = time.perf_counter()
-            if wanted:
-                ok, frame = self.capture.read()
-            else:
-                ok, frame = self.capture.grab(), None
+            ok, frame = self.capture.read() if wanted else (self.capture.grab(), None)
             decode_ms = (time.perf_counter() - start) * 1e3
             if not ok:
                 failures += 1
@@ -149,10 +149,6 @@ class VideoSource(Source):
         if count > 0:
             self.corrupt += count
             log.warning("video %s: skipped %d damaged frame(s) from frame %d on", self.path, count, position)
-
-    def close(self) -> None:
-        super().close()
-        self.capture.release()
 
 
 class CaptureSource(Source):
@@ -262,22 +258,13 @@ class CaptureSource(Source):
                 return True
         return False
 
-    def close(self) -> None:
-        super().close()
-        self.capture.release()
-
-
-def _sane_count(value: float) -> int | None:
-    """A frame count FFmpeg knows (a file, an HTTP file); None for live streams, which report 0 or garbage."""
-    return int(value) if value and math.isfinite(value) and 0 < value < 1e9 else None
-
 
 class CameraSource(CaptureSource):
     kind = "camera"
 
     def __init__(self, index: int, reconnect_s: float = 30.0, open_capture=None):
         self.index = int(index)
-        super().__init__(str(index), open_capture or (lambda: _opened(cv2.VideoCapture(self.index))), reconnect_s)
+        super().__init__(str(index), open_capture or (lambda: opened(cv2.VideoCapture(self.index))), reconnect_s)
 
     def _cannot_open(self) -> str:
         return (f"camera {self.index} cannot be opened (no such device, or busy): list cameras with "
@@ -292,13 +279,14 @@ class StreamSource(CaptureSource):
     def __init__(self, url: str, reconnect_s: float = 30.0, open_capture=None, capture: CaptureOptions | None = None):
         self.ends = url.split("://", 1)[0].lower() in ENDING_SCHEMES
         self.capture_options = capture or CaptureOptions()
-        opener = open_capture or (lambda: _open_stream(url, self.capture_options))
+        opener = open_capture or (lambda: opened(open_ffmpeg(url, self.capture_options, [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS])))
 
         def open_and_record():
-            opened = opener()
-            if opened is not None:  # each reopen may land on another decoder
-                self.hw_decode = hw_decode_record(self.capture_options, opened)
-            return opened
+            capture = opener()
+            if capture is not None:  # each reopen may land on another decoder
+                self.hw_decode = hw_decode_record(self.capture_options, capture)
+            return capture
 
         super().__init__(url, open_and_record, reconnect_s, read_timeout_s=READ_TIMEOUT_MS / 1e3)
 
@@ -307,13 +295,9 @@ class StreamSource(CaptureSource):
                 "credentials and network (try it with `ffplay URL`)")
 
 
-def _opened(capture):
+def opened(capture):
+    """``capture`` if it opened, else None (released)."""
     if capture.isOpened():
         return capture
     capture.release()
     return None
-
-
-def _open_stream(url: str, options: CaptureOptions):
-    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
-    return _opened(open_ffmpeg(url, options, params))
