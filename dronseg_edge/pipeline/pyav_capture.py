@@ -30,27 +30,17 @@ log = logging.getLogger(__name__)
 PYAV_FORMATS = ("mpegts",)  # FFmpeg demuxer names whose files PyAV decodes here
 
 
-def _import_av():
-    try:
-        import av
-    except ImportError:
-        return None
-    return av
-
-
 class PyAVCapture:
     """A video file's first video stream decoded by PyAV, read like ``cv2.VideoCapture``: frames
     are (H, W, 3) uint8 BGR at their own size. Damaged packets make ``read`` fail for that frame."""
 
-    def __init__(self, container):
-        self._av = _import_av()
-        self._container = container
+    def __init__(self, container, ffmpeg_error: type[Exception]):
+        self._container, self._error = container, ffmpeg_error
         self._stream = container.streams.video[0]
         self._stream.thread_type = "AUTO"  # frame threads, as OpenCV's reader uses
         self._packets = container.demux(self._stream)
         self._decoded: collections.deque = collections.deque()
         self._frame = None
-        self._ended = False
         start, base = self._stream.start_time, self._stream.time_base
         self._start_s = float(start * base) if start is not None and base is not None else 0.0
 
@@ -58,8 +48,9 @@ class PyAVCapture:
     def open_if_suited(cls, path: Path | str) -> "PyAVCapture | None":
         """A PyAVCapture for ``path`` if PyAV is installed and the file is one it decodes here (MPEG-TS
         with a video stream); None otherwise (OpenCV reads it, and reports its own errors)."""
-        av = _import_av()
-        if av is None:
+        try:
+            import av
+        except ImportError:
             return None
         try:
             container = av.open(str(path))
@@ -68,57 +59,42 @@ class PyAVCapture:
         if container.format.name not in PYAV_FORMATS or not container.streams.video:
             container.close()
             return None
-        return cls(container)
+        return cls(container, av.FFmpegError)
 
     def isOpened(self) -> bool:  # noqa: N802  (cv2.VideoCapture's name)
         return self._container is not None
 
-    def _next_frame(self):
-        """The next decoded av.VideoFrame; None at the end; False for a packet that would not decode."""
+    def grab(self) -> bool:
+        """Decode the next frame; False at the end (or where the demuxer cannot read on: a cut or
+        unreadable file) and for a packet that would not decode."""
         while not self._decoded:
-            if self._ended:
-                return None
             try:
                 packet = next(self._packets)
-            except StopIteration:
-                self._ended = True
-                return None
-            except self._av.FFmpegError:  # the demuxer cannot read on (a cut or unreadable file): its end
-                self._ended = True
-                return None
+            except (StopIteration, self._error):
+                self._packets = iter(())
+                return False
             try:
                 self._decoded.extend(packet.decode())  # the last, empty packet flushes the decoder
-            except self._av.FFmpegError:
+            except self._error:
                 return False
-        return self._decoded.popleft()
-
-    def grab(self) -> bool:
-        frame = self._next_frame()
-        if not frame:
-            return False
-        self._frame = frame
+        self._frame = self._decoded.popleft()
         return True
 
     def read(self) -> tuple[bool, np.ndarray | None]:
-        if not self.grab():
-            return False, None
-        return True, self._frame.to_ndarray(format="bgr24")
+        return (True, self._frame.to_ndarray(format="bgr24")) if self.grab() else (False, None)
 
     def get(self, prop: int) -> float:
         """What ``cv2.VideoCapture.get`` gives for the properties VideoSource asks; 0 for others."""
-        stream = self._stream
+        stream, frame = self._stream, self._frame
         if prop == cv2.CAP_PROP_FPS:
-            rate = stream.average_rate or stream.guessed_rate
-            return float(rate) if rate else 0.0
+            return float(stream.average_rate or stream.guessed_rate or 0)
         if prop == cv2.CAP_PROP_FRAME_COUNT:
             return float(stream.frames or 0)
         if prop in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT):
-            source = self._frame if self._frame is not None else stream.codec_context
+            source = frame if frame is not None else stream.codec_context
             return float(source.width if prop == cv2.CAP_PROP_FRAME_WIDTH else source.height)
-        if prop == cv2.CAP_PROP_POS_MSEC:
-            if self._frame is None or self._frame.time is None:
-                return 0.0
-            return (self._frame.time - self._start_s) * 1e3
+        if prop == cv2.CAP_PROP_POS_MSEC and frame is not None and frame.time is not None:
+            return (frame.time - self._start_s) * 1e3
         return 0.0
 
     def set(self, prop: int, value: float) -> bool:

@@ -19,7 +19,7 @@ _END = object()
 
 
 class _LatestSlot:
-    """Holds the newest frame only; ``put`` replaces an untaken frame and counts it as dropped.
+    """A one-frame queue.Queue that never blocks: ``put`` replaces an untaken frame (counted as dropped).
 
     The end marker (or an error) waits beside the frame instead of replacing it, so the last frame
     of a file is still processed.
@@ -27,42 +27,25 @@ class _LatestSlot:
 
     def __init__(self):
         self._cond = threading.Condition()
-        self._item = None
-        self._final = None
+        self._item = self._final = None
         self.dropped = 0
 
-    def put(self, item, stop: threading.Event) -> None:
+    def put(self, item, timeout: float | None = None) -> None:
         with self._cond:
             if item is _END or isinstance(item, BaseException):
                 self._final = item
             else:
-                if self._item is not None:
-                    self.dropped += 1
+                self.dropped += self._item is not None
                 self._item = item
             self._cond.notify()
 
     def get(self, timeout: float):
         with self._cond:
-            if self._item is None and self._final is None:
-                self._cond.wait(timeout)
-            if self._item is not None:
-                item, self._item = self._item, None
-                return item
-            if self._final is not None:
-                return self._final
-            raise queue.Empty
-
-
-class _BoundedQueue:
-    def __init__(self, size: int):
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, size))
-        self.dropped = 0
-
-    def put(self, item, stop: threading.Event) -> None:
-        put_unless_stopped(self._queue, item, stop.is_set)
-
-    def get(self, timeout: float):
-        return self._queue.get(timeout=timeout)
+            self._cond.wait_for(lambda: self._item is not None or self._final is not None, timeout)
+            item, self._item = self._item, None
+            if item is None and self._final is None:
+                raise queue.Empty
+            return self._final if item is None else item
 
 
 class FrameReader:
@@ -79,7 +62,7 @@ class FrameReader:
         self.live = bool(live)
         self.stride = max(1, int(stride))
         self.realtime = (self.live and source.kind == "video") if realtime is None else bool(realtime)
-        self._buffer = _LatestSlot() if self.live else _BoundedQueue(queue_size)
+        self._buffer = _LatestSlot() if self.live else queue.Queue(maxsize=max(1, queue_size))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dronseg-decode", daemon=True)
         self.decoded = 0
@@ -87,7 +70,7 @@ class FrameReader:
 
     @property
     def dropped(self) -> int:
-        return self._buffer.dropped
+        return getattr(self._buffer, "dropped", 0)
 
     def start(self) -> "FrameReader":
         if not self._thread.is_alive() and not self._stop.is_set():
@@ -107,23 +90,21 @@ class FrameReader:
                 self.decoded += 1
                 self.decode_ms += record.decode_ms
                 record.read_at = time.monotonic()
-                self._buffer.put(record, self._stop)
-            self._buffer.put(_END, self._stop)
+                put_unless_stopped(self._buffer, record, self._stop.is_set)
+            put_unless_stopped(self._buffer, _END, self._stop.is_set)
         except BaseException as exc:  # handed to the consumer, which raises it in its own thread
-            self._buffer.put(exc, self._stop)
+            put_unless_stopped(self._buffer, exc, self._stop.is_set)
 
     def __iter__(self) -> Iterator[FrameRecord]:
         self.start()
         while True:
+            alive = self._thread.is_alive()  # once it has ended, anything it left is already in the buffer
             try:
-                item = self._buffer.get(timeout=0.1)
+                item = self._buffer.get(timeout=0.1 if alive else 0.0)
             except queue.Empty:
-                if self._thread.is_alive():
+                if alive:
                     continue
-                try:  # the thread has ended: anything it left is already in the buffer
-                    item = self._buffer.get(timeout=0.0)
-                except queue.Empty:
-                    return
+                return
             if item is _END:
                 return
             if isinstance(item, BaseException):

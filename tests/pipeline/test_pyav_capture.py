@@ -1,19 +1,20 @@
 """MPEG-TS files through PyAV: a change of frame size mid-way is followed, warned about and counted
 (OpenCV's reader scales every frame back to the first size and cannot show the change)."""
 
+import importlib.util
 import logging
+import sys
 
 import cv2
 import pytest
 from pipeline_media import write_ts_with_size_change, write_video
 
-from dronseg_edge.pipeline import pyav_capture
 from dronseg_edge.pipeline.capture_options import CaptureOptions
 from dronseg_edge.pipeline.pyav_capture import PyAVCapture
 from dronseg_edge.pipeline.open_source import open_source
 from dronseg_edge.pipeline.sources import VideoSource
 
-pytestmark = pytest.mark.skipif(pyav_capture._import_av() is None,
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("av") is None,
                                 reason="PyAV is not installed (pip install 'dronseg-edge[video]')")
 
 
@@ -49,7 +50,7 @@ def test_other_videos_and_hardware_decoding_stay_with_opencv(changing_ts, video_
 
 def test_without_pyav_opencv_reads_the_ts_at_its_first_size(changing_ts, monkeypatch):
     """The limit this module exists for, shown: OpenCV scales the second half to 96x64 and cannot tell."""
-    monkeypatch.setattr(pyav_capture, "_import_av", lambda: None)
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
     source = open_source(changing_ts)
     shapes = {r.frame.shape[:2] for r in source.frames()}
     assert isinstance(source.capture, cv2.VideoCapture) and shapes == {(64, 96)} and source.size_changes == 0
