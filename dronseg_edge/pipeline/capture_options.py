@@ -84,7 +84,8 @@ class CaptureOptions:
         rtsp = is_rtsp(url)
         ours = [f"rtsp_transport;{self.rtsp_transport}"] if rtsp and self.rtsp_transport else []
         ours += [f"max_delay;{self.latency_ms * 1000}"] if rtsp and self.latency_ms is not None else []
-        ours += [f"hw_decoders_any;{HW_DECODERS}"] if self.hw_decode and "hw_decoders_any" not in _keys(existing) else []
+        hw = self.hw_decode and "hw_decoders_any" not in _keys(existing)  # the user's own choice wins
+        ours += [f"hw_decoders_any;{HW_DECODERS}"] if hw else []
         if not ours:
             return None
         # Setting the variable at all drops OpenCV's own RTSP default: keep it.

@@ -17,20 +17,16 @@ from dronseg_edge.pipeline.live_encoder import KEYFRAME_S, LiveEncoder
 from dronseg_edge.pipeline.live_targets import RTP_PAYLOAD_TYPE, StreamTarget
 from dronseg_edge.pipeline.video_writer import open_gst_writer
 
-GST_STREAMS = ("udp", "rtp")  # the stream kinds GStreamer sends; rtsp:// goes through PyAV
 # live_targets allows no spaces or quotes in a host, so it can stand in the pipeline's text as it is
 UDP_SINK = "udpsink host={host} port={port} sync=false async=false"
 
 
 def stream_pipeline(target: StreamTarget, encoder: str, fps: float, bitrate_kbps: int) -> str:
-    """The pipeline that sends OpenCV's frames to a udp:// (MPEG-TS) or rtp:// ``target``."""
+    """The pipeline that sends OpenCV's frames to a udp:// (MPEG-TS) or rtp:// ``target`` (rtsp:// goes through PyAV)."""
     chain = encoder_chain(encoder, round(fps * KEYFRAME_S), bitrate_kbps, live=True)
-    sink = UDP_SINK.format(host=target.host, port=target.port)
-    if target.kind == "udp":
-        return f"appsrc is-live=true ! {chain} ! mpegtsmux alignment=7 ! {sink}"
-    if target.kind == "rtp":
-        return f"appsrc is-live=true ! {chain} ! rtph264pay config-interval=-1 pt={RTP_PAYLOAD_TYPE} mtu=1200 ! {sink}"
-    raise ValueError(f"{target.url}: GStreamer streams are {' and '.join(GST_STREAMS)} only")
+    mux = ("mpegtsmux alignment=7" if target.kind == "udp" else
+           f"rtph264pay config-interval=-1 pt={RTP_PAYLOAD_TYPE} mtu=1200")
+    return f"appsrc is-live=true ! {chain} ! {mux} ! {UDP_SINK.format(host=target.host, port=target.port)}"
 
 
 class GStreamerLiveEncoder(LiveEncoder):

@@ -41,28 +41,27 @@ class InterruptGuard:
             raise KeyboardInterrupt
 
     def __enter__(self) -> "InterruptGuard":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        self._previous = _handle_stop_signals(self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        _handle_stop_signals(self._previous)
+
+
+def _handle_stop_signals(handler) -> dict:
+    """Install ``handler`` (one callable, or a dict: signal -> handler) for the stop signals, where
+    Python allows it (the main thread); the handlers it replaced, to put back the same way."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    handlers = handler if isinstance(handler, dict) else dict.fromkeys(STOP_SIGNALS, handler)
+    return {sig: signal.signal(sig, new) for sig, new in handlers.items()}
 
 
 @contextlib.contextmanager
 def interrupts_deferred():
     """While the outputs are finalised, a second Ctrl-C only prints a note instead of breaking them."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def note(*_):
-        print("finishing the outputs, one moment...", file=sys.stderr)
-
-    previous = {sig: signal.signal(sig, note) for sig in STOP_SIGNALS}
+    previous = _handle_stop_signals(lambda *_: print("finishing the outputs, one moment...", file=sys.stderr))
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _handle_stop_signals(previous)

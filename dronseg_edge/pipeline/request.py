@@ -45,8 +45,8 @@ def select_classes(classes: str | Sequence[str | int] | None, class_names: Seque
     """
     if classes is None:
         return None
-    items = classes.split(",") if isinstance(classes, str) else list(classes)
-    items = [item.strip() if isinstance(item, str) else item for item in items]
+    items = [item.strip() if isinstance(item, str) else item
+             for item in (classes.split(",") if isinstance(classes, str) else classes)]
     items = [item for item in items if item != ""]
     if not items:
         raise DronsegError("--classes is empty: give one or more class names, e.g. --classes person,car")
