@@ -84,15 +84,13 @@ class VideoSource(Source):
         self.hw_decode = hw_decode_record(options, self.capture)
         self.capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)  # the default in OpenCV's FFmpeg backend; said, not assumed
         self.fps = _sane_fps(self.capture.get(cv2.CAP_PROP_FPS))
-        count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        self.frame_count = count if count > 0 else None
+        self.frame_count = _sane_count(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.size = (int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         if self.frame_count is None and self.size[0] <= 0:
             raise DronsegError(f"video {self.path} has no frames: check it plays, e.g. with `ffprobe {self.path}`")
 
     def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
         position, failures, yielded, last_time = 0, 0, 0, -1.0
-        fps = self.fps or 30.0
         while not self._stop.is_set():
             wanted = position % stride == 0
             start = time.perf_counter()
@@ -113,10 +111,13 @@ class VideoSource(Source):
                 # falls back to the nominal rate.
                 seconds = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1e3
                 if not (math.isfinite(seconds) and seconds > last_time):
-                    seconds = position / fps
-                last_time = seconds
-                if (frame.shape[1], frame.shape[0]) != self.size:
-                    self._size_changed(position, (frame.shape[1], frame.shape[0]))
+                    seconds = position / (self.fps or 30.0)
+                last_time, size = seconds, (frame.shape[1], frame.shape[0])
+                if size != self.size and self.size[0] > 0:  # not the first frame of a file whose header gave no size
+                    self.size_changes += 1
+                    log.warning("video %s changes size at frame %d, from %dx%d to %dx%d: the outputs follow it (the "
+                                "overlay video starts a new file)", self.path, position, *self.size, *size)
+                self.size = size
                 yielded += 1
                 yield FrameRecord(position, seconds, frame, self.name, f"{position:06d}", decode_ms)
             position += 1
@@ -137,13 +138,6 @@ class VideoSource(Source):
         if failures and self.frame_count:
             self._count_corrupt(min(failures, max(self.frame_count - last_good, 0)), last_good)
         self.end = "ended"
-
-    def _size_changed(self, position: int, size: tuple[int, int]) -> None:
-        if self.size[0] > 0:  # not the first frame of a file whose header gave no size
-            self.size_changes += 1
-            log.warning("video %s changes size at frame %d, from %dx%d to %dx%d: the outputs follow it (the overlay "
-                        "video starts a new file)", self.path, position, *self.size, *size)
-        self.size = size
 
     def _count_corrupt(self, count: int, position: int) -> None:
         if count > 0:
@@ -194,64 +188,50 @@ class CaptureSource(Source):
         return f"{self.kind} {self.name} cannot be opened: {SOURCE_HELP}"
 
     def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
-        start_time = time.monotonic()
-        position = 0
+        start_time, position = time.monotonic(), 0
         recent: collections.deque[float] = collections.deque(maxlen=RECENT_READS)  # seconds per read
         while not self._stop.is_set():
             start = time.perf_counter()
             ok, frame = self.capture.read()
-            took = time.perf_counter() - start
-            recent.append(took)
-            if not ok or frame is None:
-                timed_out = self._timed_out(recent)
-                recent.clear()
-                if not timed_out and self.ends and (self.frame_count or self.is_file):
-                    declared = f"the {self.frame_count} frames it declared" if self.frame_count else "its file"
-                    self._ended(position, f"the end of {declared}; not reopened, which would replay it")
-                    return
-                if self._reconnect(timed_out):
-                    continue
-                if self._stop.is_set():
-                    return
-                if not timed_out and self.ends:
-                    self._ended(position, f"its server closed it and it did not come back within {self.reconnect_s:g} s")
-                    return
-                self.end = "lost"
-                why = ("no frame within the read timeout" if timed_out else
-                       "the device stopped delivering frames" if self.kind == "camera" else "the connection closed")
-                failure = RuntimeFailure(
-                    f"{self.kind} {self.name} was lost ({why}) and could not be reopened within {self.reconnect_s:g} s: "
-                    "check the device or network, or allow longer with --reconnect-s")
-                failure.stopped = "source_lost"
-                raise failure
-            if position % stride == 0:
-                yield FrameRecord(position, time.monotonic() - start_time, frame, self.name, f"{position:06d}",
-                                  took * 1e3)
-            position += 1
-
-    def _timed_out(self, recent: collections.deque) -> bool:
-        return self.read_timeout_s is not None and max(recent, default=0.0) >= TIMEOUT_SHARE * self.read_timeout_s
-
-    def _ended(self, frames: int, note: str) -> None:
-        self.end = "ended"
-        log.warning("%s %s ended after %d frames (%s)", self.kind, self.name, frames, note)
+            recent.append(time.perf_counter() - start)
+            if ok and frame is not None:
+                if position % stride == 0:
+                    yield FrameRecord(position, time.monotonic() - start_time, frame, self.name, f"{position:06d}",
+                                      recent[-1] * 1e3)
+                position += 1
+                continue
+            timed_out = self.read_timeout_s is not None and max(recent) >= TIMEOUT_SHARE * self.read_timeout_s
+            recent.clear()
+            declared = not timed_out and self.ends and (self.frame_count or self.is_file)  # reopening would replay it
+            if not declared and (self._reconnect(timed_out) or self._stop.is_set()):
+                continue
+            if not timed_out and self.ends:
+                self.end = "ended"
+                note = (f"the end of {f'the {self.frame_count} frames it declared' if self.frame_count else 'its file'}"
+                        "; not reopened, which would replay it" if declared else
+                        f"its server closed it and it did not come back within {self.reconnect_s:g} s")
+                log.warning("%s %s ended after %d frames (%s)", self.kind, self.name, position, note)
+                return
+            self.end = "lost"
+            why = ("no frame within the read timeout" if timed_out else
+                   "the device stopped delivering frames" if self.kind == "camera" else "the connection closed")
+            failure = RuntimeFailure(
+                f"{self.kind} {self.name} was lost ({why}) and could not be reopened within {self.reconnect_s:g} s: "
+                "check the device or network, or allow longer with --reconnect-s")
+            failure.stopped = "source_lost"
+            raise failure
 
     def _reconnect(self, timed_out: bool) -> bool:
         """Reopen with back-off for up to ``reconnect_s``; True once reopened, False when it gave up or was stopped."""
         self.capture.release()
         how = "timed out" if timed_out else "stopped"
         log.warning("%s %s %s; reopening for up to %g s", self.kind, self.name, how, self.reconnect_s)
-        began = time.monotonic()
-        delay = 0.25
-        while not self._stop.is_set():
-            remaining = self.reconnect_s - (time.monotonic() - began)
-            if remaining <= 0:
-                break
+        began, delay = time.monotonic(), 0.25
+        while (remaining := self.reconnect_s - (time.monotonic() - began)) > 0:
             if self._stop.wait(min(delay, remaining)):
                 return False
             delay = min(delay * 2, 5.0)
-            capture = self._open_capture()
-            if capture is not None:
+            if (capture := self._open_capture()) is not None:
                 self.capture = capture
                 self.reconnects += 1
                 log.warning("%s %s reopened after %.1f s", self.kind, self.name, time.monotonic() - began)
