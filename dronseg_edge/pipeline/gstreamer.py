@@ -42,8 +42,7 @@ def elements(pipeline: str) -> list[str]:
 def reads_file(pipeline: str) -> bool:
     """Whether the pipeline starts from a file (finite: it ends, and reopening it would replay it)."""
     first = pipeline.split("!", 1)[0]
-    names = elements(first)
-    return bool(names) and (names[0] in FILE_ELEMENTS or re.search(r"\buri=\"?file:", first) is not None)
+    return (elements(first) or [""])[0] in FILE_ELEMENTS or re.search(r"\buri=\"?file:", first) is not None
 
 
 def with_appsink(pipeline: str) -> str:
@@ -59,8 +58,8 @@ def with_appsink(pipeline: str) -> str:
     return f"{text} ! {FILE_APPSINK if reads_file(text) else LIVE_APPSINK}"
 
 
-def csi_pipeline(spec: str) -> tuple[int, str]:
-    """(sensor id, pipeline) for ``csi://N[?width=W&height=H&fps=F]`` (defaults 1920x1080 at 30 fps).
+def csi_pipeline(spec: str) -> str:
+    """The pipeline for ``csi://N[?width=W&height=H&fps=F]`` (defaults 1920x1080 at 30 fps).
 
     The frames go from the camera's NVMM buffers through ``nvvidconv`` (the Jetson's converter) to
     BGRx, then ``videoconvert`` to the BGR that OpenCV takes. Raises DronsegError naming the bad part.
@@ -77,12 +76,10 @@ def csi_pipeline(spec: str) -> tuple[int, str]:
         if not value.isdecimal() or int(value) <= 0:
             raise DronsegError(f"source {spec}: {key}={value} must be a whole number above 0 (e.g. {CSI_EXAMPLE})")
         settings[key] = int(value)
-    sensor = int(parts.netloc)
-    pipeline = (f"nvarguscamerasrc sensor-id={sensor} ! "
-                f"video/x-raw(memory:NVMM),width={settings['width']},height={settings['height']},"
-                f"framerate={settings['fps']}/1 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! "
-                f"video/x-raw,format=BGR ! {LIVE_APPSINK}")
-    return sensor, pipeline
+    return (f"nvarguscamerasrc sensor-id={int(parts.netloc)} ! "
+            f"video/x-raw(memory:NVMM),width={settings['width']},height={settings['height']},"
+            f"framerate={settings['fps']}/1 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! "
+            f"video/x-raw,format=BGR ! {LIVE_APPSINK}")
 
 
 def has_gstreamer() -> bool:
@@ -124,16 +121,13 @@ class GStreamerSource(CaptureSource):
 
     kind = "stream"
 
-    def __init__(self, pipeline: str, reconnect_s: float = 30.0, open_capture=None, name: str | None = None,
-                 kind: str = "stream"):
-        self.pipeline = with_appsink(pipeline)
-        self.kind = kind
+    def __init__(self, pipeline: str, reconnect_s: float = 30.0, name: str | None = None, kind: str = "stream"):
+        self.pipeline, self.kind = with_appsink(pipeline), kind
         self.is_file = self.ends = reads_file(self.pipeline)
         self.live_default = not self.is_file
-        if open_capture is None:
-            require_gstreamer(name or pipeline)
-            open_capture = lambda: opened(cv2.VideoCapture(self.pipeline, cv2.CAP_GSTREAMER))  # noqa: E731
-        super().__init__(name or self.pipeline, open_capture, reconnect_s)
+        require_gstreamer(name or pipeline)
+        super().__init__(name or self.pipeline, lambda: opened(cv2.VideoCapture(self.pipeline, cv2.CAP_GSTREAMER)),
+                         reconnect_s)
 
     def _cannot_open(self) -> str:
         if self.kind == "camera":

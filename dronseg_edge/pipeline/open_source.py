@@ -8,7 +8,9 @@ among both.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
@@ -29,48 +31,43 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
     ``max_pixels``: images above it (read from their headers) are skipped (``--max-pixels``)."""
     if isinstance(spec, Source):
         return spec
-    options = capture or CaptureOptions()
-    text = str(spec)
+    options, text = capture or CaptureOptions(), str(spec)
+    path = Path(text).expanduser()
+    scheme = text.split("://", 1)[0].lower() if "://" in text else None
+    ffmpeg = False  # whether FFmpeg decodes it (--hw-decode applies)
     if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit() and not Path(spec).exists()):
-        _check_capture_options(options, text, "a camera index (V4L2)")
-        return CameraSource(int(spec), reconnect_s)
-    if gstreamer.is_pipeline(text) and not Path(text).expanduser().exists():
-        _check_capture_options(options, text, "a GStreamer pipeline, which chooses its own decoder and transport "
-                                              "(rtspsrc protocols=tcp latency=N; nvv4l2decoder on a Jetson)")
-        return gstreamer.GStreamerSource(text, reconnect_s)
-    if text.lower().startswith("csi://"):
-        _check_capture_options(options, text, "a CSI camera")
-        _, pipeline = gstreamer.csi_pipeline(text)
-        return gstreamer.GStreamerSource(pipeline, reconnect_s, name=text, kind="camera")
-    if "://" in text:
-        scheme = text.split("://", 1)[0].lower()
+        what, make = "a camera index (V4L2)", partial(CameraSource, int(spec), reconnect_s)
+    elif gstreamer.is_pipeline(text) and not path.exists():
+        what = ("a GStreamer pipeline, which chooses its own decoder and transport "
+                "(rtspsrc protocols=tcp latency=N; nvv4l2decoder on a Jetson)")
+        make = partial(gstreamer.GStreamerSource, text, reconnect_s)
+    elif scheme == "csi":
+        what = "a CSI camera"
+        make = lambda: gstreamer.GStreamerSource(  # noqa: E731
+            gstreamer.csi_pipeline(text), reconnect_s, name=text, kind="camera")
+    elif scheme:
         if scheme not in STREAM_SCHEMES:
             raise DronsegError(f"source {text}: scheme {scheme}:// is not supported; use one of "
                                f"{', '.join(STREAM_SCHEMES)}, or csi://N")
         if scheme == "file" and not _local_file(text).exists():  # a missing file, not a stream that may come up later
             raise DronsegError(f"source {text}: no such file {_local_file(text)}: {SOURCE_HELP}")
-        _check_capture_options(options, text, f"a {scheme}:// stream", ffmpeg=True)
-        return StreamSource(text, reconnect_s, capture=options)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        _check_capture_options(options, text, "an image folder")
-        return ImageSource.from_folder(path, max_pixels)
-    if path.is_file():
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            _check_capture_options(options, text, "an image")
-            return ImageSource([path], str(path), max_pixels)
-        _check_capture_options(options, text, "a video file", ffmpeg=True)
-        return VideoSource(path, capture=options)
-    if any(ch in text for ch in "*?["):
-        _check_capture_options(options, text, "images")
-        return ImageSource.from_glob(text, max_pixels)
-    raise DronsegError(f"source {text} does not exist: {SOURCE_HELP}")
+        what, ffmpeg, make = f"a {scheme}:// stream", True, partial(StreamSource, text, reconnect_s, capture=options)
+    elif path.is_dir():
+        what, make = "an image folder", partial(ImageSource.from_folder, path, max_pixels)
+    elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        what, make = "an image", partial(ImageSource, [path], str(path), max_pixels)
+    elif path.is_file():
+        what, ffmpeg, make = "a video file", True, partial(VideoSource, path, capture=options)
+    elif any(ch in text for ch in "*?["):
+        what, make = "images", partial(ImageSource.from_glob, text, max_pixels)
+    else:
+        raise DronsegError(f"source {text} does not exist: {SOURCE_HELP}")
+    _check_capture_options(options, text, what, ffmpeg)
+    return make()
 
 
 def _local_file(url: str) -> Path:
     """The path of a ``file://`` URL (``file:///tmp/a%20b.mp4`` -> /tmp/a b.mp4)."""
-    from urllib.parse import unquote, urlsplit
-
     parts = urlsplit(url)
     return Path(unquote(parts.path if parts.netloc in ("", "localhost") else f"//{parts.netloc}{parts.path}"))
 

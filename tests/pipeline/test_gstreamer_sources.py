@@ -38,9 +38,7 @@ def fake_gstreamer(monkeypatch):
     ("CSI://2?fps=15", 2, "width=1920,height=1080,framerate=15/1"),
 ])
 def test_csi_builds_the_nvargus_pipeline(spec, sensor, caps):
-    number, pipeline = csi_pipeline(spec)
-    assert number == sensor
-    assert pipeline == (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),{caps} ! nvvidconv ! "
+    assert csi_pipeline(spec) == (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),{caps} ! nvvidconv ! "
                         "video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
                         "appsink drop=true max-buffers=1")
 
@@ -123,7 +121,7 @@ def test_a_csi_camera_is_a_live_camera(fake_gstreamer):
     assert (source.kind, source.name, source.live_default) == ("camera", "csi://1?width=64&height=48&fps=15", True)
     assert frame_shapes(records) == {(48, 64, 3)}
     (call,) = fake_gstreamer.calls
-    assert (call.target, call.api) == (csi_pipeline("csi://1?width=64&height=48&fps=15")[1], cv2.CAP_GSTREAMER)
+    assert (call.target, call.api) == (csi_pipeline("csi://1?width=64&height=48&fps=15"), cv2.CAP_GSTREAMER)
 
 
 def test_a_file_pipeline_is_read_whole_and_ends_without_reopening(fake_gstreamer, caplog):
