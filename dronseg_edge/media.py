@@ -1,12 +1,9 @@
 """Image files: which files are images (by suffix), and how large one is before any pixel is decoded.
 
-Shared by the data set reader, export's image sets and the inference pipeline's folder sources.
-
-An image's size comes from its header (Pillow reads only the header on open), so an image file that
-would decode to gigabytes (a "decompression bomb": a 109 KB PNG of 30000x30000 one-bit zeros is
-2.7 GB once decoded to BGR) is refused before OpenCV or Pillow allocate anything for it. Every
-reader here checks the size first: ``cv2.imread`` / ``cv2.imdecode`` never see an image over the
-limit (OpenCV's own ceiling is 2^30 pixels, 3 GB).
+An image's size comes from its header (Pillow reads only the header on open), so every reader here
+(data sets, export's image sets, the pipeline's image sources) refuses an image over the pixel limit
+before OpenCV or Pillow allocate anything for it: a "decompression bomb" (a 109 KB PNG of
+30000x30000 one-bit zeros) is 2.7 GB once decoded to BGR. OpenCV's own ceiling is 2^30 pixels, 3 GB.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
     match = _SIZE.match(str(text))
     if not match:
         raise DronsegError(f"{option} {text!r} is not a size: write it as WIDTHxHEIGHT, e.g. 1280x720")
-    width, height = int(match.group(1)), int(match.group(2))
+    width, height = map(int, match.groups())
     if width < 16 or height < 16 or width > 16384 or height > 16384:
         raise DronsegError(f"{option} {text!r} is out of range: each side must be 16..16384 pixels")
     return width, height

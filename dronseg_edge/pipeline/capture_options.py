@@ -2,18 +2,15 @@
 latency, hardware decoding, and which acceleration the decoder ended up using.
 
 OpenCV takes FFmpeg's demuxer options from one environment variable, ``OPENCV_FFMPEG_CAPTURE_OPTIONS``
-(``key;value`` pairs joined by ``|``), read when a capture opens. :func:`open_ffmpeg` sets it for that
-open only, under a lock, and puts back what was there. Options a user already set there are kept;
-ours come after them and win on the same key.
+(``key;value`` pairs joined by ``|``), read when a capture opens; :func:`open_ffmpeg` sets it for that
+open only. Options a user already set there are kept; ours come after them and win on the same key.
 
 - ``--rtsp-transport tcp|udp``: FFmpeg's ``rtsp_transport``. Without it, OpenCV asks for
   ``rtsp_flags=prefer_tcp`` (TCP first), which this module keeps whenever it sets the variable.
 - ``--latency-ms N``: FFmpeg's ``max_delay`` (microseconds): how long the RTSP demuxer holds packets
-  arriving over UDP to put them back in order (FFmpeg's default 100 ms; 0 turns reordering off).
-  Over TCP packets come in order and nothing is held. (A GStreamer ``rtspsrc`` has ``latency=N``.)
-- ``--hw-decode``: ``CAP_PROP_HW_ACCELERATION = VIDEO_ACCELERATION_ANY`` with ``hw_decoders_any`` set
-  to CUDA (NVDEC) first, then OpenCV's own default (VAAPI with Intel's iHD driver); a build whose
-  FFmpeg has neither decodes in software. OpenCV's ANY alone tries VAAPI only on Linux, never NVDEC.
+  arriving over UDP to put them back in order (0 turns reordering off; over TCP nothing is held).
+- ``--hw-decode``: ``CAP_PROP_HW_ACCELERATION = VIDEO_ACCELERATION_ANY`` with ``hw_decoders_any``
+  (:data:`HW_DECODERS`): OpenCV's ANY alone tries VAAPI only on Linux, never NVDEC.
 """
 
 from __future__ import annotations
@@ -102,10 +99,9 @@ def is_rtsp(url: str) -> bool:
 
 
 def open_ffmpeg(target: str, options: CaptureOptions, params: list[int] | tuple = ()):
-    """``cv2.VideoCapture(target, CAP_FFMPEG, params + hardware decoding)`` with ``options``' FFmpeg
-    settings in ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` for the open only (one such open at a time, from any
-    thread; what was there is put back, also when the open fails); the capture is returned opened or
-    not (the caller checks)."""
+    """``cv2.VideoCapture(target, CAP_FFMPEG, params + hardware decoding)``, opened or not (the caller
+    checks), with ``options``' settings in the environment for the open only: one such open at a time,
+    from any thread, and what was there is put back, also when the open fails."""
     import cv2
 
     all_params = [*params, *([cv2.CAP_PROP_HW_ACCELERATION, cv2.VIDEO_ACCELERATION_ANY] if options.hw_decode else [])]
@@ -128,10 +124,7 @@ def acceleration_used(capture) -> str:
     """The decoder's acceleration as OpenCV reports it after the open: none, cuda, vaapi, d3d11, mfx, drm."""
     import cv2
 
-    try:
-        value = capture.get(cv2.CAP_PROP_HW_ACCELERATION)
-    except cv2.error:
-        return "none"
+    value = capture.get(cv2.CAP_PROP_HW_ACCELERATION)
     return acceleration_names().get(int(value), f"unknown ({int(value)})") if math.isfinite(value) else "none"
 
 

@@ -8,6 +8,7 @@ anything, as a damaged file is, so a decompression bomb in a folder costs a head
 from __future__ import annotations
 
 import collections
+import contextlib
 import glob
 import logging
 import os
@@ -28,8 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class ImageSource(Source):
-    """Still images (one file, a folder, a glob); each keeps its own size. Files that cannot be read
-    (``corrupt``) and images over ``max_pixels`` (``oversized``) are skipped and counted."""
+    """Still images; files that cannot be read (``corrupt``) and images over ``max_pixels``
+    (``oversized``) are skipped and counted."""
 
     kind = "images"
 
@@ -40,7 +41,8 @@ class ImageSource(Source):
         self.paths = list(paths)
         self.max_pixels = check_max_pixels(max_pixels)
         self.frame_count = len(self.paths)
-        self.names = _unique_stems(self.paths)
+        stems = collections.Counter(p.stem for p in self.paths)  # a stem two images share gets the index appended
+        self.names = [p.stem if stems[p.stem] == 1 else f"{p.stem}_{i:06d}" for i, p in enumerate(self.paths)]
 
     @classmethod
     def from_folder(cls, folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> "ImageSource":
@@ -59,14 +61,10 @@ class ImageSource(Source):
         for index in range(0, len(self.paths), stride):
             if self._stop.is_set():
                 return
-            path = self.paths[index]
-            start = time.perf_counter()
-            frame = self._read(path)
-            decode_ms = (time.perf_counter() - start) * 1e3
-            if frame is None:
-                continue
-            yielded += 1
-            yield FrameRecord(index, None, frame, str(path), self.names[index], decode_ms)
+            start, path = time.perf_counter(), self.paths[index]
+            if (frame := self._read(path)) is not None:
+                yielded += 1
+                yield FrameRecord(index, None, frame, str(path), self.names[index], (time.perf_counter() - start) * 1e3)
         if yielded == 0 and not self._stop.is_set():
             skipped = [f"{count} {what}" for count, what in ((self.corrupt, "damaged or not images"),
                                                              (self.oversized, "above --max-pixels")) if count]
@@ -103,16 +101,13 @@ def glob_files(pattern: str) -> list[Path]:
     walked once, and each file listed once, under its first name in sorted order.
     """
     paths = _glob_recursive(pattern) if "**" in Path(pattern).parts else glob.glob(pattern)
-    files, seen = [], set()
+    files: dict[tuple[int, int], Path] = {}  # (device, inode) -> the first name
     for path in sorted({Path(p) for p in paths}):
-        try:
+        with contextlib.suppress(OSError):  # a dangling link
             info = os.stat(path)
-        except OSError:  # a dangling link
-            continue
-        if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
-            seen.add((info.st_dev, info.st_ino))
-            files.append(path)
-    return files
+            if stat.S_ISREG(info.st_mode):
+                files.setdefault((info.st_dev, info.st_ino), path)
+    return list(files.values())
 
 
 def _glob_recursive(pattern: str) -> list[str]:
@@ -143,8 +138,3 @@ def _keep_images(files: list[Path], where: str) -> list[Path]:
         log.warning("skipped %d non-image file(s) in %s (e.g. %s)", len(others), where, others[0].name)
     return images
 
-
-def _unique_stems(paths: list[Path]) -> list[str]:
-    """Output names: the image stem, with the index appended where two images share a stem."""
-    counts = collections.Counter(p.stem for p in paths)
-    return [p.stem if counts[p.stem] == 1 else f"{p.stem}_{i:06d}" for i, p in enumerate(paths)]

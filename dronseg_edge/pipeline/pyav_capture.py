@@ -1,19 +1,13 @@
-"""Decoding MPEG-TS files with PyAV, whose frames keep their own size when the stream's size changes.
+"""MPEG-TS files through PyAV, whose frames keep their own size when the stream's size changes.
 
-OpenCV's FFmpeg reader scales every frame to the size the stream had when it was opened: an MPEG-TS
-whose resolution changes mid-way (a recorded live feed whose camera switched modes, a broadcast)
-comes out squashed to the first size, and nothing in OpenCV's API shows the change. PyAV hands each
-frame at its own size, so the outputs can follow the change (``VideoSource`` warns and counts it;
-the overlay video starts a new file).
-
-Used for MPEG-TS files (the container in which resolution changes are legal and happen; an MP4 or
-MOV track has one size, and OpenCV applies its display rotation), where PyAV is installed (the
-``video`` extra) and hardware decoding is not asked for (``--hw-decode`` goes through OpenCV).
-Network streams stay with OpenCV: their reconnect logic is built on its reader.
-
-:class:`PyAVCapture` offers the part of ``cv2.VideoCapture`` that ``VideoSource`` uses (``read``,
-``grab``, ``get``, ``set``, ``isOpened``, ``release``), so damaged frames, truncation and timestamps
-are handled by the same code for both readers.
+OpenCV's FFmpeg reader scales every frame to the size the stream had when it opened, and nothing in
+its API shows a change: an MPEG-TS whose resolution changes mid-way (a recorded feed whose camera
+switched modes, a broadcast) comes out squashed. Used for MPEG-TS files only (the container where
+such changes are legal; an MP4 track has one size, and OpenCV applies its display rotation), where
+PyAV is installed (the ``video`` extra) and ``--hw-decode`` is not asked for; network streams stay
+with OpenCV, whose reader their reconnect logic is built on. :class:`PyAVCapture` reads like the
+part of ``cv2.VideoCapture`` that ``VideoSource`` uses, so both share its handling of damaged
+frames, truncation and timestamps.
 """
 
 from __future__ import annotations

@@ -14,11 +14,8 @@ POLL_S = 0.1  # how long one wait lasts: the longest delay before a stop is noti
 
 
 def put_unless_stopped(target: queue.Queue, item, stopped: Callable[[], bool]) -> bool:
-    """Put ``item`` into ``target``, waiting while it is full, until ``stopped()`` becomes true.
-
-    Returns True when the item went in, False when ``stopped()`` came first (the item is dropped).
-    ``stopped`` is asked before every wait, so a stop already requested drops the item at once.
-    """
+    """Put ``item`` into ``target``; True once it went in, False (the item dropped) when ``stopped()``,
+    asked before every wait, came first."""
     while not stopped():
         try:
             target.put(item, timeout=POLL_S)

@@ -1,8 +1,5 @@
 """What every frame source is: the :class:`FrameRecord` each yields and the :class:`Source` base
 class; :class:`FramesSource` wraps any iterable of arrays (the Python API).
-
-The sources themselves live in ``sources`` (video files, cameras, streams), ``open_source`` and
-``image_sources`` (an image, a folder, a glob); ``gstreamer`` adds GStreamer pipelines.
 """
 
 from __future__ import annotations
@@ -55,10 +52,10 @@ class Source(ABC):
         self.name = name
         self.fps: float | None = None
         self.frame_count: int | None = None
-        self.corrupt = 0  # frames or files that could not be decoded and were skipped
-        self.oversized = 0  # images skipped for holding more pixels than --max-pixels (read from their header)
-        self.size_changes = 0  # times a video's frame size changed mid-way (the outputs follow each change)
-        self.reconnects = 0
+        # corrupt: frames or files that could not be decoded and were skipped; oversized: images skipped for
+        # holding more pixels than --max-pixels (read from their header); size_changes: times a video's frame
+        # size changed mid-way (the outputs follow each change); reconnects: times a live source was reopened.
+        self.corrupt = self.oversized = self.size_changes = self.reconnects = 0
         # How the source ended, once it has: "ended" (its end: last frame, last image, a stream its
         # server closed), "truncated" (a file that stops before the frame count its header declares),
         # "lost" (a stream or camera that stopped and could not be reopened); None while running or
@@ -127,11 +124,9 @@ class FramesSource(Source):
                 continue
             if isinstance(item, FrameRecord):
                 yield item
-                continue
-            frame = np.asarray(item)
-            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            elif (frame := np.asarray(item)).dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
                 raise DronsegError(f"frame {position} of {self.name} is {frame.dtype} {frame.shape}; expected (H, W, 3) uint8 BGR")
-            timestamp = position / self.fps if self.fps else None
-            yield FrameRecord(position, timestamp, frame, self.name, f"{position:06d}")
+            else:
+                yield FrameRecord(position, position / self.fps if self.fps else None, frame, self.name, f"{position:06d}")
         self.end = "ended"
 

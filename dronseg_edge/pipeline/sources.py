@@ -1,10 +1,6 @@
-"""Frame sources: a video file, an image, a folder or glob of images, a camera, an RTSP/HTTP stream,
-a GStreamer pipeline or a Jetson's CSI camera.
-
-Every source yields the same :class:`FrameRecord`, so the rest of the pipeline never asks where a
-frame came from. ``open_source(spec)`` (open_source.py) picks the kind from the command-line text. Video files,
-cameras and streams live here; images in ``image_sources``, the base classes in ``source_base``
-(all importable from here, as before).
+"""Frame sources read through a capture: a video file, a camera, an RTSP/HTTP stream (GStreamer
+pipelines build on :class:`CaptureSource` in ``gstreamer``). Images live in ``image_sources``, the
+base classes in ``source_base``, all importable from here; ``open_source`` picks the kind.
 """
 
 from __future__ import annotations
@@ -148,19 +144,12 @@ class VideoSource(Source):
 class CaptureSource(Source):
     """A live capture (camera or network stream); when it stops it is reopened with back-off.
 
-    How a stop is read (docs/reliability.md#streams-that-end-or-are-lost), from what OpenCV's FFmpeg
-    reader shows, which is only whether a read failed and how long it took:
-
-    - a read that timed out (the server stalled, the network dropped) is a *loss*: the stream is
-      reopened for up to ``reconnect_s`` and, failing that, the run stops with a RuntimeFailure
-      (exit code 5; ``end = "lost"``);
-    - a clean close (reads fail at once: the server closed the connection) of a stream that may end
-      (``ends``: http, https, tcp, file) is its *end* when the stream declared its length (a file, an
-      HTTP file: reopening it would replay it), and otherwise when it does not come back within
-      ``reconnect_s`` (a server restarting comes back; a finite stream's server does not);
-      ``end = "ended"``, no error. A server that dies looks the same as one that ends (both close
-      the connection): no protocol OpenCV reads tells them apart;
-    - cameras, RTSP, RTMP, UDP and SRT are live by nature: any stop is a loss.
+    A stop is read from what OpenCV's FFmpeg reader shows, whether a read failed and how long it
+    took, by the rule in docs/reliability.md#streams-that-end-or-are-lost: a timed-out read, or any
+    stop of a camera or an RTSP, RTMP, UDP or SRT stream, is a *loss* (reopened for up to
+    ``reconnect_s``, then a RuntimeFailure, exit code 5, ``end = "lost"``); a clean close of a
+    stream that may end (``ends``) is its *end* (``end = "ended"``, no error), at once where it
+    declared its length (reopening would replay it), else when it does not come back within ``reconnect_s``.
 
     ``open_capture`` (a callable returning an opened capture or None) exists for tests.
     """
