@@ -19,13 +19,11 @@ class InterruptGuard:
     ``critical()``: a signal arriving there is held until the block ends. ``signal_name`` says which came."""
 
     def __init__(self):
-        self.requested = False
-        self.signal_name: str | None = None
+        self.signal_name: str | None = None  # the first stop signal that came
         self._critical = False
         self._previous: dict = {}
 
     def _handle(self, signum, _frame=None):
-        self.requested = True
         self.signal_name = self.signal_name or signal.Signals(signum).name
         if not self._critical:
             raise KeyboardInterrupt
@@ -37,7 +35,7 @@ class InterruptGuard:
             yield
         finally:
             self._critical = False
-        if self.requested:
+        if self.signal_name:
             raise KeyboardInterrupt
 
     def __enter__(self) -> "InterruptGuard":

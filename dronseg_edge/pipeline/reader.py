@@ -65,8 +65,7 @@ class FrameReader:
         self._buffer = _LatestSlot() if self.live else queue.Queue(maxsize=max(1, queue_size))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dronseg-decode", daemon=True)
-        self.decoded = 0
-        self.decode_ms = 0.0
+        self.decoded, self.decode_ms = 0, 0.0
 
     @property
     def dropped(self) -> int:

@@ -30,11 +30,8 @@ class FrameRequest:
     @cached_property
     def keep_lut(self) -> np.ndarray | None:
         """(256,) uint8 lookup table: a kept class id to itself, any other to FILTERED; None keeps all."""
-        if self.classes is None:
-            return None
-        lut = np.full(256, FILTERED, np.uint8)
-        lut[list(self.classes)] = list(self.classes)
-        return lut
+        ids = np.arange(256, dtype=np.uint8)
+        return None if self.classes is None else np.where(np.isin(ids, self.classes), ids, np.uint8(FILTERED))
 
 
 def select_classes(classes: str | Sequence[str | int] | None, class_names: Sequence[str],

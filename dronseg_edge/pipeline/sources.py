@@ -98,9 +98,8 @@ class VideoSource(Source):
                 if failures > MAX_CONSECUTIVE_FAILURES:
                     break
                 continue
-            if failures:
-                self._count_corrupt(failures, position - failures)
-                failures = 0
+            self._count_corrupt(failures, position - failures)
+            failures = 0
             if wanted:
                 # The frame's presentation time from the container, relative to the stream's start;
                 # a file without timestamps reads 0 for every frame, so a time that fails to advance
