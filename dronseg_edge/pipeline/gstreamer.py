@@ -126,14 +126,12 @@ class GStreamerSource(CaptureSource):
         self.is_file = self.ends = reads_file(self.pipeline)
         self.live_default = not self.is_file
         require_gstreamer(name or pipeline)
-        super().__init__(name or self.pipeline, lambda: opened(cv2.VideoCapture(self.pipeline, cv2.CAP_GSTREAMER)),
-                         reconnect_s)
-
-    def _cannot_open(self) -> str:
-        if self.kind == "camera":
-            return (f"CSI camera {self.name} cannot be opened: check its ribbon cable and sensor id, that "
-                    "nvargus-daemon runs (sudo systemctl restart nvargus-daemon) and that no other program holds "
-                    f"it; try `gst-launch-1.0 {self.pipeline.rsplit(' ! appsink', 1)[0]} ! fakesink`")
-        return (f"GStreamer pipeline {self.name!r} cannot be opened: run it with `gst-launch-1.0 PIPELINE` "
-                "(ending in fakesink instead of appsink) to see GStreamer's error, and end it in BGR frames "
-                "(... ! videoconvert ! video/x-raw,format=BGR)")
+        name = name or self.pipeline
+        cannot_open = (f"CSI camera {name} cannot be opened: check its ribbon cable and sensor id, that nvargus-daemon "
+                       "runs (sudo systemctl restart nvargus-daemon) and that no other program holds it; try "
+                       f"`gst-launch-1.0 {self.pipeline.rsplit(' ! appsink', 1)[0]} ! fakesink`" if kind == "camera" else
+                       f"GStreamer pipeline {name!r} cannot be opened: run it with `gst-launch-1.0 PIPELINE` (ending "
+                       "in fakesink instead of appsink) to see GStreamer's error, and end it in BGR frames "
+                       "(... ! videoconvert ! video/x-raw,format=BGR)")
+        super().__init__(name, lambda: opened(cv2.VideoCapture(self.pipeline, cv2.CAP_GSTREAMER)), reconnect_s,
+                         cannot_open)

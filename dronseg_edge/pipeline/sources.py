@@ -150,14 +150,15 @@ class CaptureSource(Source):
     stream that may end (``ends``) is its *end* (``end = "ended"``, no error), at once where it
     declared its length (reopening would replay it), else when it does not come back within ``reconnect_s``.
 
-    ``open_capture`` (a callable returning an opened capture or None) exists for tests.
+    ``open_capture``: a callable returning an opened capture or None; ``cannot_open``: the error
+    when the first open fails.
     """
 
     live_default = True
     ends = False  # whether a clean close may be the stream's end (ENDING_SCHEMES)
     is_file = False  # a file read as a capture (a GStreamer filesrc pipeline): its clean close is its end
 
-    def __init__(self, name: str, open_capture: Callable[[], object | None], reconnect_s: float = 30.0,
+    def __init__(self, name: str, open_capture: Callable[[], object | None], reconnect_s: float, cannot_open: str,
                  read_timeout_s: float | None = None):
         super().__init__(name)
         self.reconnect_s = float(reconnect_s)
@@ -168,12 +169,9 @@ class CaptureSource(Source):
         if self.capture is None:
             # Exit code 5, not 2: at boot a camera or its network often comes up after this program,
             # and a supervisor should retry rather than wait for a fixed configuration.
-            raise RuntimeFailure(self._cannot_open())
+            raise RuntimeFailure(cannot_open)
         self.fps = _sane_fps(self.capture.get(cv2.CAP_PROP_FPS))
         self.frame_count = _sane_count(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
-
-    def _cannot_open(self) -> str:
-        return f"{self.kind} {self.name} cannot be opened: {SOURCE_HELP}"
 
     def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
         start_time, position = time.monotonic(), 0
@@ -232,11 +230,9 @@ class CameraSource(CaptureSource):
 
     def __init__(self, index: int, reconnect_s: float = 30.0, open_capture=None):
         self.index = int(index)
-        super().__init__(str(index), open_capture or (lambda: opened(cv2.VideoCapture(self.index))), reconnect_s)
-
-    def _cannot_open(self) -> str:
-        return (f"camera {self.index} cannot be opened (no such device, or busy): list cameras with "
-                "`ls /dev/video*` or `v4l2-ctl --list-devices` and pass its index")
+        super().__init__(str(index), open_capture or (lambda: opened(cv2.VideoCapture(self.index))), reconnect_s,
+                         f"camera {self.index} cannot be opened (no such device, or busy): list cameras with "
+                         "`ls /dev/video*` or `v4l2-ctl --list-devices` and pass its index")
 
 
 class StreamSource(CaptureSource):
@@ -256,11 +252,9 @@ class StreamSource(CaptureSource):
                 self.hw_decode = hw_decode_record(self.capture_options, capture)
             return capture
 
-        super().__init__(url, open_and_record, reconnect_s, read_timeout_s=READ_TIMEOUT_MS / 1e3)
-
-    def _cannot_open(self) -> str:
-        return (f"stream {self.name} cannot be opened within {OPEN_TIMEOUT_MS // 1000} s: check the URL, "
-                "credentials and network (try it with `ffplay URL`)")
+        super().__init__(url, open_and_record, reconnect_s, read_timeout_s=READ_TIMEOUT_MS / 1e3,
+                         cannot_open=f"stream {url} cannot be opened within {OPEN_TIMEOUT_MS // 1000} s: check the "
+                                     "URL, credentials and network (try it with `ffplay URL`)")
 
 
 def opened(capture):
