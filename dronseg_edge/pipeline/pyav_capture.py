@@ -13,13 +13,10 @@ frames, truncation and timestamps.
 from __future__ import annotations
 
 import collections
-import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 PYAV_FORMATS = ("mpegts",)  # FFmpeg demuxer names whose files PyAV decodes here
 

@@ -57,10 +57,9 @@ class VideoSource(Source):
 
     Frames come upright: a display rotation in the file (phones, some drones) is applied, as
     players do. OpenCV rather than PyAV: both wrap the same libavcodec and decode at the same speed
-    here (benchmarks/README.md#decoding), and OpenCV applies the rotation itself. MPEG-TS files are
-    the exception where PyAV is installed (:mod:`~dronseg_edge.pipeline.pyav_capture`): their size
-    may change mid-way, which OpenCV hides by scaling every frame to the first size. A change is
-    followed (frames keep their own size), warned about and counted in ``size_changes``.
+    here (benchmarks/README.md#decoding), and OpenCV applies the rotation itself; MPEG-TS files go
+    through PyAV where it is installed (:mod:`~dronseg_edge.pipeline.pyav_capture`). A change of
+    frame size mid-way is followed, warned about and counted in ``size_changes``.
     """
 
     kind = "video"
