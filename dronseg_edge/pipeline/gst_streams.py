@@ -2,7 +2,7 @@
 
 The encoder's part of each pipeline is :func:`~dronseg_edge.gst_encoders.encoder_chain`; this module
 adds what is around it: ``appsrc`` (OpenCV's frames) in front, ``mpegtsmux ! udpsink`` behind it for
-udp://, ``rtph264pay ! udpsink`` for rtp:// (files: ``video_writer.GStreamerWriter``). RTSP publishing
+udp://, ``rtph264pay ! udpsink`` for rtp:// (files: ``video_writer.OpenCVWriter``). RTSP publishing
 stays with PyAV (pipeline/live_encoder.py): OpenCV's GStreamer writer reports no error from its sink,
 so a server that went away would go unnoticed and never be reconnected; over UDP nothing is lost by
 that, as UDP reports nothing either.
