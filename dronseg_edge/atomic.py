@@ -25,20 +25,28 @@ _FIXES = {errno.ENOSPC: "free some space or choose another --out", errno.EDQUOT:
           errno.EFBIG: "choose another --out on a file system that takes larger files"}
 
 
-def free_space(path: os.PathLike | str) -> str:
-    """'12.3 MB free on /mnt' for the file system holding ``path`` (its nearest existing parent)."""
+def free_bytes(path: os.PathLike | str) -> int | None:
+    """Bytes free to this user on the file system holding ``path`` (its nearest existing parent)."""
     existing = Path(path).absolute()
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
     try:
-        free = shutil.disk_usage(existing).free
+        return shutil.disk_usage(existing).free
     except OSError:
+        return None
+
+
+def free_space(path: os.PathLike | str) -> str:
+    """'12.3 MB free' for the file system holding ``path`` (its nearest existing parent)."""
+    free = free_bytes(path)
+    if free is None:
         return "free space unknown"
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if free < 1000 or unit == "TB":
-            return f"{free:.1f} {unit} free" if unit != "B" else f"{free} B free"
+    if free < 1000:
+        return f"{free} B free"
+    for unit in ("kB", "MB", "GB", "TB"):
         free /= 1000
-    return "free space unknown"  # not reached
+        if free < 1000 or unit == "TB":
+            return f"{free:.1f} {unit} free"
 
 
 def storage_failure(exc: OSError, path: os.PathLike | str) -> RuntimeFailure:

@@ -17,11 +17,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
-from pathlib import Path
 from typing import Iterator
 
-from dronseg_edge.atomic import free_space, is_storage_error, storage_failure
+from dronseg_edge.atomic import free_bytes, free_space, is_storage_error, storage_failure
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 
 # What torch's C++ stream writer says when a write came up short.
@@ -57,13 +55,8 @@ def is_short_write(exc: BaseException) -> bool:
 
 def low_space(path: os.PathLike | str) -> bool:
     """Whether the file system holding ``path`` (its nearest existing parent) has under LOW_SPACE_BYTES free."""
-    existing = Path(path).absolute()
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    try:
-        return shutil.disk_usage(existing).free < LOW_SPACE_BYTES
-    except OSError:
-        return False
+    free = free_bytes(path)
+    return free is not None and free < LOW_SPACE_BYTES
 
 
 def short_write_failure(path: os.PathLike | str, detail: str) -> RuntimeFailure:

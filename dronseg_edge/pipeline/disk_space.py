@@ -20,9 +20,10 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
+
+from dronseg_edge.atomic import free_bytes
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +32,6 @@ CHECK_EVERY_S = 1.0  # DiskFloor: statvfs is cheap, but once a second is plenty 
 RESERVE_BYTES = 4 << 20  # room to finish the video's index (about 16 bytes a frame) and write summary.json
 INDEX_BYTES_PER_FRAME = 32  # an MP4 index entry is 12-16 bytes (a fragment's own index, or mp4v's at the end)
 FINISH_BYTES = 1 << 20  # plus the trailer, the encoder's delayed frames and the I/O buffer
-
-
-def free_bytes(path: os.PathLike | str) -> int | None:
-    """Bytes free to this user on the file system holding ``path`` (its nearest existing parent)."""
-    existing = Path(path).absolute()
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    try:
-        return shutil.disk_usage(existing).free
-    except OSError:
-        return None
 
 
 def ensure_room(path: os.PathLike | str, needed: int) -> None:
@@ -88,19 +78,16 @@ class SpaceReserve:
         size = min(RESERVE_BYTES if size is None else size, free // 8)
         if size <= 0 or not hasattr(os, "posix_fallocate"):
             return
-        path = Path(folder) / f".dronseg-reserve-{os.getpid()}"
+        path, fd = Path(folder) / f".dronseg-reserve-{os.getpid()}", None
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as exc:
-            log.info("no disk reserve in %s: %s", folder, exc)
-            return
-        try:
             os.unlink(path)
             os.posix_fallocate(fd, 0, size)
         except OSError as exc:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            if fd is not None:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             log.info("no disk reserve in %s: %s", folder, exc)
             return
         self.fd, self.size = fd, size
