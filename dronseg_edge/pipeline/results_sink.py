@@ -21,7 +21,7 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline.live_targets import parse_results_target
 from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.results_schema import SCHEMA, frame_results
-from dronseg_edge.pipeline.sinks import Sink, _write_all, write_failure
+from dronseg_edge.pipeline.sinks import Sink, _write_all, open_new, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,8 @@ class ResultsSink(Sink):
             self._fd = stdout_fd
         elif self.kind == "file":
             self.path = Path(where)
-            try:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                raise DronsegError(f"--results {self.path}: the file exists and a run never appends to another's; "
-                                   "give a new name") from None
-            except OSError as exc:
-                raise write_failure(exc, self.path) from None
+            self._fd = open_new(self.path, f"--results {self.path}: the file exists and a run never appends to "
+                                           "another's; give a new name")
         else:
             host, port = where
             try:

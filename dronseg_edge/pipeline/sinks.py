@@ -101,14 +101,10 @@ def _imwrite(path: Path, image: np.ndarray, params: list[int]) -> None:
     ok, encoded = cv2.imencode(path.suffix, image, params)
     if not ok:
         raise DronsegError(f"OpenCV cannot encode {path} ({image.dtype} {image.shape})")
-    _write_bytes(path, encoded.tobytes())
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            handle.write(encoded)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -116,10 +112,22 @@ def _write_bytes(path: Path, data: bytes) -> None:
         raise write_failure(exc, path) from None
 
 
-class MaskSink(Sink):
-    """``masks/{name}.png``: single-channel uint8 class indices at the frame's size."""
+def open_new(path: Path, exists: str) -> int:
+    """A descriptor for writing ``path``, created now; DronsegError ``exists`` when it is there already
+    (a run never appends to another's file)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        raise DronsegError(exists) from None
+    except OSError as exc:
+        raise write_failure(exc, path) from None
 
-    name = "masks"
+
+class MaskSink(Sink):
+    """``masks/{name}.png``: single-channel uint8 class indices at the frame's size. The other
+    per-frame image sinks differ in ``name`` (their folder's kind), ``suffix``, ``params`` and ``picture``."""
+
+    name, suffix, params = "masks", ".png", PNG_FAST
 
     def __init__(self, folder: Path):
         super().__init__()
@@ -127,11 +135,14 @@ class MaskSink(Sink):
         with storage_errors(self.folder):
             self.folder.mkdir(parents=True, exist_ok=True)
 
+    def picture(self, result: Result) -> np.ndarray:
+        return result.mask
+
     def _write(self, result: Result) -> None:
-        _imwrite(self.folder / f"{result.name}.png", result.mask, PNG_FAST)
+        _imwrite(self.folder / f"{result.name}{self.suffix}", self.picture(result), self.params)
 
     def outputs(self) -> dict[str, str]:
-        return {"masks": str(self.folder)}
+        return {self.name: str(self.folder)}
 
 
 class ColorMaskSink(MaskSink):
@@ -143,11 +154,8 @@ class ColorMaskSink(MaskSink):
         super().__init__(folder)
         self.lut = lut
 
-    def _write(self, result: Result) -> None:
-        _imwrite(self.folder / f"{result.name}.png", colorize(result.mask, self.lut), PNG_FAST)
-
-    def outputs(self) -> dict[str, str]:
-        return {"color": str(self.folder)}
+    def picture(self, result: Result) -> np.ndarray:
+        return colorize(result.mask, self.lut)
 
 
 class ConfidenceSink(MaskSink):
@@ -155,29 +163,23 @@ class ConfidenceSink(MaskSink):
 
     name = "conf"
 
-    def _write(self, result: Result) -> None:
+    def picture(self, result: Result) -> np.ndarray:
         if result.confidence is None:  # the Segmenter was asked for it (FrameRequest.confidence): a bug
             raise ValueError(f"frame {result.index} has no confidence map to write to {self.folder}")
-        _imwrite(self.folder / f"{result.name}.png", result.confidence, PNG_FAST)
-
-    def outputs(self) -> dict[str, str]:
-        return {"conf": str(self.folder)}
+        return result.confidence
 
 
 class OverlayImageSink(MaskSink):
     """``overlay/{name}.jpg``: for image sources, whose sizes may differ (a video cannot hold them)."""
 
-    name = "overlay"
+    name, suffix, params = "overlay", ".jpg", JPEG_QUALITY
 
     def __init__(self, folder: Path, overlay: OverlayPlan):
         super().__init__(folder)
         self.overlay = overlay
 
-    def _write(self, result: Result) -> None:
-        _imwrite(self.folder / f"{result.name}.jpg", self.overlay.image(result), JPEG_QUALITY)
-
-    def outputs(self) -> dict[str, str]:
-        return {"overlay": str(self.folder)}
+    def picture(self, result: Result) -> np.ndarray:
+        return self.overlay.image(result)
 
 
 class ContactSheetSink(Sink):
@@ -233,13 +235,8 @@ class StatsSink(Sink):
         self.with_file = with_file
         self.with_confidence = with_confidence
         self._size = 0  # bytes of whole lines written
-        try:
-            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            raise DronsegError(f"cannot create {self.path}: it exists and a run never appends to another's; "
-                               "choose another --out") from None
-        except OSError as exc:
-            raise write_failure(exc, self.path) from None
+        self._fd: int | None = open_new(self.path, f"cannot create {self.path}: it exists and a run never appends "
+                                                   "to another's; choose another --out")
 
     def _write(self, result: Result) -> None:
         line = {"frame": result.index, "timestamp": None if result.timestamp is None else round(result.timestamp, 6),
