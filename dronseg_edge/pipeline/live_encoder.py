@@ -90,8 +90,3 @@ def _network_error(exc: Exception) -> OSError:
     if isinstance(exc, OSError):
         return exc
     return OSError(getattr(exc, "errno", None), getattr(exc, "strerror", None) or str(exc))
-
-
-def even_size(size: tuple[int, int]) -> tuple[int, int]:
-    """yuv420p needs even sides: ``size`` rounded down to them (at least 2x2)."""
-    return max(2, size[0] - size[0] % 2), max(2, size[1] - size[1] % 2)

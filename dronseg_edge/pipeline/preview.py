@@ -252,9 +252,6 @@ class PreviewSink(Sink):
     def close(self) -> None:
         self.server.close()
 
-    def outputs(self) -> dict[str, str]:
-        return {}
-
     def record(self) -> dict:
         """summary.json's ``preview``."""
         return {"url": self.server.url.split("?")[0], "token": self.server.token is not None,

@@ -25,6 +25,11 @@ from dronseg_edge.pipeline.sinks import Sink, _write_all, open_new, write_failur
 
 log = logging.getLogger(__name__)
 
+# A datagram not sent for these is dropped and counted: the buffer is full (EAGAIN), no one listens
+# (ECONNREFUSED: an ICMP answer to an earlier one), no route, or a line too long for a datagram.
+DROPPED_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNREFUSED, errno.ENOBUFS, errno.EHOSTUNREACH,
+                  errno.ENETUNREACH, errno.EMSGSIZE)
+
 
 class ResultsSink(Sink):
     """One JSON line per frame to ``target`` (``-``, ``udp://HOST:PORT`` or a file that must not exist yet).
@@ -80,11 +85,8 @@ class ResultsSink(Sink):
     def _send(self, line: bytes) -> None:
         try:
             self._socket.sendto(line, self.address[4])
-        except (BlockingIOError, ConnectionRefusedError):  # the buffer is full; no one listens (ICMP)
-            self.dropped += 1
-            return
         except OSError as exc:
-            if exc.errno not in (errno.ENOBUFS, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EMSGSIZE):
+            if exc.errno not in DROPPED_ERRNOS:
                 raise
             self.dropped += 1
             return
@@ -98,9 +100,6 @@ class ResultsSink(Sink):
             with contextlib.suppress(OSError):
                 os.close(self._fd)
         self._fd = None
-
-    def outputs(self) -> dict[str, str]:
-        return {}
 
     def record(self) -> dict:
         """summary.json's ``results``."""

@@ -87,9 +87,9 @@ class Sink(ABC):
     def close(self) -> None:
         pass
 
-    @abstractmethod
     def outputs(self) -> dict[str, str]:
-        """What was written: {kind: path}."""
+        """What was written: {kind: path} (a live output writes no file)."""
+        return {}
 
 
 def _imwrite(path: Path, image: np.ndarray, params: list[int]) -> None:

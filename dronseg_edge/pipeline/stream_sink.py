@@ -21,11 +21,12 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from dronseg_edge.pipeline.live_encoder import LiveEncoder, even_size
+from dronseg_edge.pipeline.live_encoder import LiveEncoder
 from dronseg_edge.pipeline.live_targets import StreamTarget
 from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.sinks import Sink
+from dronseg_edge.pipeline.video_writer import even_size
 from dronseg_edge.sizes import format_size
 
 log = logging.getLogger(__name__)
@@ -149,9 +150,6 @@ class StreamSink(Sink):
         if self._encoder is not None:
             encoder, self._encoder = self._encoder, None
             encoder.close()
-
-    def outputs(self) -> dict[str, str]:
-        return {}
 
     def record(self) -> dict:
         """This stream's entry in summary.json's ``streams``."""

@@ -21,6 +21,7 @@ from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.sinks import Sink, write_failure
 from dronseg_edge.pipeline.video_writer import VideoWriter, encoders_for, open_video_writer
+from dronseg_edge.sizes import format_size
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,14 @@ class VideoSink(Sink):
         if size <= self._header_bytes:
             return  # no complete fragment yet
         if self._writer_path.name.startswith("."):
-            self._writer_path = _move_open_file(self._writer, self._final_path(len(self.segments)))
-            with contextlib.suppress(OSError):  # the new name itself; some file systems cannot sync a folder
-                _fsync(self._writer_path.parent)
+            final = self._final_path(len(self.segments))
+            # The open file's descriptor follows it on POSIX; where the system refuses (Windows keeps open
+            # files in place) it stays put and is renamed when finished. Then the new name itself is synced
+            # (some file systems cannot sync a folder).
+            with contextlib.suppress(OSError):
+                os.replace(self._writer_path, final)
+                self._writer.path = self._writer_path = final
+                _fsync(final.parent)
         elif size == self._synced_bytes or time.monotonic() - self._synced_at < SYNC_EVERY_S:
             return
         _fsync(self._writer_path)
@@ -147,29 +153,25 @@ class VideoSink(Sink):
                 os.replace(tmp, final)
             except OSError as exc:
                 raise write_failure(exc, final) from None
-        start = (self.video_frames - writer.frames) / self.fps
-        self.segments.append({"file": final.name, "frames": writer.frames, "start_s": round(start, 3),
-                              "size": f"{self.size[0]}x{self.size[1]}"})
+        self._add_segment(final, writer.frames, round((self.video_frames - writer.frames) / self.fps, 3))
+
+    def _add_segment(self, final: Path, frames: int | None, start_s: float | None) -> None:
+        self.segments.append({"file": final.name, "frames": frames, "start_s": start_s, "size": format_size(self.size)})
 
     def _unfinished(self, exc: Exception, writer: VideoWriter, tmp: Path, final: Path) -> RuntimeFailure:
         """The error for a file whose end could not be written: a fragmented one is kept (it plays up
         to its last fragment), an mp4v one is removed (without its index it does not play at all)."""
         if writer.fragmented and tmp == final and writer.frames:
             fate = "could not be finished: it plays up to its last complete second"
-            self.segments.append({"file": final.name, "frames": None, "start_s": None,
-                                  "size": f"{self.size[0]}x{self.size[1]}"})
+            self._add_segment(final, None, None)
         else:
             fate = "could not be finished and is lost"
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        if isinstance(exc, OSError):
-            cause = write_failure(exc, final)
-            failure = RuntimeFailure(f"{cause} (video {final.name} {fate})")
-            failure.stopped = cause.stopped
-        else:
-            failure = RuntimeFailure(f"cannot finish video {final}: {exc} ({fate}); free some space or choose "
-                                     "another --out")
-            failure.stopped = "write_failed"
+        cause = write_failure(exc, final) if isinstance(exc, OSError) else None
+        failure = RuntimeFailure(f"{cause} (video {final.name} {fate})" if cause else
+                                 f"cannot finish video {final}: {exc} ({fate}); free some space or choose another --out")
+        failure.stopped = cause.stopped if cause else "write_failed"
         return failure
 
     def close(self) -> None:
@@ -199,15 +201,3 @@ def _size(path: Path) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
-
-
-def _move_open_file(writer: VideoWriter, final: Path) -> Path:
-    """Rename the file ``writer`` has open to ``final`` (its descriptor follows on POSIX) and return
-    where it now is; where the system refuses (Windows keeps open files in place) it stays put and
-    is renamed when finished."""
-    try:
-        os.replace(writer.path, final)
-    except OSError:
-        return writer.path
-    writer.path = final
-    return final

@@ -134,6 +134,11 @@ def encoders_for(codec: str) -> list[str]:
     return usable
 
 
+def even_size(size: tuple[int, int]) -> tuple[int, int]:
+    """yuv420p needs even sides: ``size`` rounded down to them (at least 2x2)."""
+    return max(2, size[0] - size[0] % 2), max(2, size[1] - size[1] % 2)
+
+
 class PyAVOutput:
     """One yuv420p video stream that PyAV's FFmpeg encodes into ``url`` (a file or a network address) in
     container ``format``: the one owner of PyAV's set-up and end, for the overlay video and the live
@@ -219,8 +224,8 @@ class PyAVWriter(PyAVOutput, VideoWriter):
     def __init__(self, path: Path, size: tuple[int, int], fps: float, encoder: str):
         VideoWriter.__init__(self, path, size, fps)
         self.codec = encoder
-        self.video_size = (size[0] - size[0] % 2, size[1] - size[1] % 2)
-        if min(self.video_size) < 2:
+        self.video_size = even_size(size)
+        if min(size) < 2:
             raise DronsegError(f"frames of {size[0]}x{size[1]} are too small for a video; use --no-save-video")
         # Apple players refuse H.265 in MP4 under the default hev1 tag.
         tag = {"codec_tag": "hvc1"} if encoder in ("libx265", "hevc_nvenc") else {}
