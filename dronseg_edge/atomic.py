@@ -20,9 +20,14 @@ from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.leftovers import working_prefix
 
 # A write that fails for one of these is the storage's fault, not a bug: one line, exit code 5.
-STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
-_FIXES = {errno.ENOSPC: "free some space or choose another --out", errno.EDQUOT: "free some space within your quota or choose another --out",
-          errno.EFBIG: "choose another --out on a file system that takes larger files"}
+# errno -> (summary.json's "stopped" for an infer run, the fix the line names)
+STORAGE_FAULTS = {
+    errno.ENOSPC: ("disk_full", "free some space or choose another --out"),
+    errno.EDQUOT: ("disk_full", "free some space within your quota or choose another --out"),
+    errno.EFBIG: ("disk_full", "choose another --out on a file system that takes larger files"),
+    **dict.fromkeys((errno.EROFS, errno.EACCES, errno.EPERM), ("unwritable", "make it writable or choose another --out")),
+}
+STORAGE_ERRNOS = frozenset(STORAGE_FAULTS)
 
 
 def free_bytes(path: os.PathLike | str) -> int | None:
@@ -50,10 +55,13 @@ def free_space(path: os.PathLike | str) -> str:
 
 
 def storage_failure(exc: OSError, path: os.PathLike | str) -> RuntimeFailure:
-    """The one-line error for a write to ``path`` that failed with ``exc`` (ENOSPC, EROFS, EACCES, ...)."""
-    reason = exc.strerror or str(exc)
-    fix = _FIXES.get(exc.errno, "make it writable or choose another --out")
-    return RuntimeFailure(f"cannot write {path}: {reason} ({free_space(path)}): {fix}")
+    """The one-line error for a write to ``path`` that failed with ``exc`` (ENOSPC, EROFS, EACCES, ...;
+    EIO and the like: a failing disk or a card pulled out); its ``stopped`` says why for summary.json
+    (``disk_full``, ``unwritable`` or ``write_failed``)."""
+    stopped, fix = STORAGE_FAULTS.get(exc.errno, ("write_failed", "check the disk or choose another --out"))
+    failure = RuntimeFailure(f"cannot write {path}: {exc.strerror or exc} ({free_space(path)}): {fix}")
+    failure.stopped = stopped
+    return failure
 
 
 def name_too_long(path: os.PathLike | str | None) -> str:

@@ -48,8 +48,9 @@ class DiskFloor:
     """``--min-free-mb``: ``crossed()`` returns a one-line reason once the free space of ``folder`` is below
     ``min_free_mb`` MB (0 disables), checked at most every ``every_s`` seconds."""
 
-    def __init__(self, folder: Path, min_free_mb: float, every_s: float = CHECK_EVERY_S):
-        self.folder, self.min_free_mb, self.every_s = Path(folder), float(min_free_mb), every_s
+    def __init__(self, folder: Path, min_free_mb: float, every_s: float | None = None):
+        self.folder, self.min_free_mb = Path(folder), float(min_free_mb)
+        self.every_s = CHECK_EVERY_S if every_s is None else every_s
         self._next = 0.0
 
     def crossed(self) -> str | None:

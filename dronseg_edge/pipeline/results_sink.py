@@ -17,11 +17,12 @@ import os
 import socket
 from pathlib import Path
 
+from dronseg_edge.atomic import storage_failure
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline.live_targets import parse_results_target
 from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.results_schema import SCHEMA, frame_results
-from dronseg_edge.pipeline.sinks import Sink, _write_all, open_new, write_failure
+from dronseg_edge.pipeline.sinks import Sink, _write_all, open_new
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class ResultsSink(Sink):
                         "on, its files keep every frame")
             return
         except OSError as exc:
-            raise write_failure(exc, self.target) from None
+            raise storage_failure(exc, self.target) from None
         self.lines += 1
 
     def _send(self, line: bytes) -> None:

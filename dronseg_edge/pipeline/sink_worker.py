@@ -11,10 +11,11 @@ import queue
 import threading
 import time
 
+from dronseg_edge.atomic import storage_failure
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.queues import put_unless_stopped
 from dronseg_edge.pipeline.result import Result
-from dronseg_edge.pipeline.sinks import Sink, write_failure
+from dronseg_edge.pipeline.sinks import Sink
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class SinkWorker:
                 self._busy_since = None
 
     def _one_line(self, exc: BaseException) -> BaseException:
-        return write_failure(exc, self.sink.target) if isinstance(exc, OSError) else exc
+        return storage_failure(exc, self.sink.target) if isinstance(exc, OSError) else exc
 
     def put(self, result: Result) -> None:
         """Queue ``result`` for the sink; raises the sink's error instead once it has failed."""

@@ -13,7 +13,6 @@ cut back to its last whole line, and the video is closed playable up to its last
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import time
@@ -23,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dronseg_edge.atomic import free_space, is_storage_error, storage_errors, storage_failure
-from dronseg_edge.errors import DronsegError, RuntimeFailure
+from dronseg_edge.atomic import storage_errors, storage_failure
+from dronseg_edge.errors import DronsegError
 from dronseg_edge.pictures import fit_width, grid_row, stack_rows
 from dronseg_edge.pipeline.overlay import OverlayPlan, colorize
 from dronseg_edge.pipeline.result import LOW_CONFIDENCE_U8, Result
@@ -35,21 +34,6 @@ PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 if hasattr(cv2, "IMWRITE_PNG_FILTER"):
     PNG_FAST += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 JPEG_QUALITY = [cv2.IMWRITE_JPEG_QUALITY, 90]
-# summary.json's "stopped" for a failed write, by errno
-STOPPED_BY_ERRNO = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EFBIG: "disk_full",
-                    errno.EROFS: "unwritable", errno.EACCES: "unwritable", errno.EPERM: "unwritable"}
-
-
-def write_failure(exc: OSError, path: Path | str) -> RuntimeFailure:
-    """The one-line RuntimeFailure for a write to ``path`` that failed with ``exc``; its ``stopped``
-    attribute says why for summary.json (``disk_full``, ``unwritable`` or ``write_failed``)."""
-    if is_storage_error(exc):
-        failure = storage_failure(exc, path)
-    else:  # EIO and the like: a failing disk or a card pulled out
-        failure = RuntimeFailure(f"cannot write {path}: {exc.strerror or exc} ({free_space(path)}): check the disk "
-                                 "or choose another --out")
-    failure.stopped = STOPPED_BY_ERRNO.get(exc.errno, "write_failed")
-    return failure
 
 
 class Sink(ABC):
@@ -109,7 +93,7 @@ def _imwrite(path: Path, image: np.ndarray, params: list[int]) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise write_failure(exc, path) from None
+        raise storage_failure(exc, path) from None
 
 
 def open_new(path: Path, exists: str) -> int:
@@ -120,7 +104,7 @@ def open_new(path: Path, exists: str) -> int:
     except FileExistsError:
         raise DronsegError(exists) from None
     except OSError as exc:
-        raise write_failure(exc, path) from None
+        raise storage_failure(exc, path) from None
 
 
 class MaskSink(Sink):
@@ -254,7 +238,7 @@ class StatsSink(Sink):
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)  # no half line: shrinking a file needs no space
                 os.lseek(self._fd, self._size, os.SEEK_SET)
-            raise write_failure(exc, self.path) from None
+            raise storage_failure(exc, self.path) from None
         self._size += len(data)
 
     def close(self) -> None:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dronseg_edge.atomic import storage_failure
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.result import Result
-from dronseg_edge.pipeline.sinks import Sink, write_failure
+from dronseg_edge.pipeline.sinks import Sink
 from dronseg_edge.pipeline.video_writer import VideoWriter, encoders_for, open_video_writer
 from dronseg_edge.sizes import format_size
 
@@ -152,7 +153,7 @@ class VideoSink(Sink):
             try:
                 os.replace(tmp, final)
             except OSError as exc:
-                raise write_failure(exc, final) from None
+                raise storage_failure(exc, final) from None
         self._add_segment(final, writer.frames, round((self.video_frames - writer.frames) / self.fps, 3))
 
     def _add_segment(self, final: Path, frames: int | None, start_s: float | None) -> None:
@@ -168,7 +169,7 @@ class VideoSink(Sink):
             fate = "could not be finished and is lost"
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        cause = write_failure(exc, final) if isinstance(exc, OSError) else None
+        cause = storage_failure(exc, final) if isinstance(exc, OSError) else None
         failure = RuntimeFailure(f"{cause} (video {final.name} {fate})" if cause else
                                  f"cannot finish video {final}: {exc} ({fate}); free some space or choose another --out")
         failure.stopped = cause.stopped if cause else "write_failed"
