@@ -43,16 +43,6 @@ def storage_cause(exc: BaseException) -> OSError | None:
     return next((e for e in _chain(exc) if is_storage_error(e)), None)  # type: ignore[return-value]
 
 
-def interrupt_cause(exc: BaseException) -> BaseException | None:
-    """A Ctrl-C (KeyboardInterrupt) or exit that a writer wrapped (torch.save makes it a RuntimeError)."""
-    return next((e for e in _chain(exc) if not isinstance(e, Exception)), None)
-
-
-def is_short_write(exc: BaseException) -> bool:
-    """Whether ``exc`` is torch's C++ writer reporting a write that came up short."""
-    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in SHORT_WRITE_MARKERS)
-
-
 def low_space(path: os.PathLike | str) -> bool:
     """Whether the file system holding ``path`` (its nearest existing parent) has under LOW_SPACE_BYTES free."""
     free = free_bytes(path)
@@ -76,13 +66,13 @@ def storage_faults(path: os.PathLike | str) -> Iterator[None]:
     except DronsegError:
         raise
     except Exception as exc:
-        interrupt = interrupt_cause(exc)
+        # A Ctrl-C (or exit) that a writer wrapped (torch.save makes it a RuntimeError) is an interruption, not a disk fault.
+        interrupt = next((e for e in _chain(exc) if not isinstance(e, Exception)), None)
         if interrupt is not None:
-            raise interrupt from None  # Ctrl-C during a save is an interruption, not a disk fault
+            raise interrupt from None
         cause = storage_cause(exc)
         if cause is not None:
             raise storage_failure(cause, path) from None
-        if is_short_write(exc):
-            detail = " ".join(str(exc).split())[:160]
-            raise short_write_failure(path, f"torch: {detail}") from None
+        if isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in SHORT_WRITE_MARKERS):
+            raise short_write_failure(path, "torch: " + " ".join(str(exc).split())[:160]) from None
         raise
