@@ -173,12 +173,7 @@ def _host_in_url(host: str) -> str:
 
 
 def _numeric_host(host: str) -> str:
-    """The address of ``host`` for the SDP (a name is looked up once; an unknown one stays as written)."""
-    try:
-        ipaddress.ip_address(host)
-        return host
-    except ValueError:
-        pass
+    """The address of ``host`` for the SDP (a name is looked up once, an address stays; an unknown one stays as written)."""
     try:
         return socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0]
     except OSError:

@@ -105,7 +105,8 @@ class StreamSink(Sink):
         try:
             left = self._encoder.send(image)
         except OSError as exc:
-            self._lost(exc)
+            self.close()
+            self._retry_later(exc, "was lost")
             self.dropped += 1
             return
         self.sent += 1
@@ -131,11 +132,6 @@ class StreamSink(Sink):
         self._connected_once, self._down = True, False
         return True
 
-    def _lost(self, exc: OSError) -> None:
-        encoder, self._encoder = self._encoder, None
-        encoder.close()
-        self._retry_later(exc, "was lost")
-
     def _retry_later(self, exc: OSError, what: str) -> None:
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         if not self._down:  # one line per outage, not one per retry
@@ -147,8 +143,8 @@ class StreamSink(Sink):
         self._retry_s = min(self._retry_s * 2, MAX_RETRY_S)
 
     def close(self) -> None:
-        if self._encoder is not None:
-            encoder, self._encoder = self._encoder, None
+        encoder, self._encoder = self._encoder, None
+        if encoder is not None:
             encoder.close()
 
     def record(self) -> dict:
