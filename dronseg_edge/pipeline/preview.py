@@ -109,9 +109,7 @@ class PreviewServer:
     def __init__(self, host: str, port: int, token: str | None = None):
         self.newest = _Newest()
         self.token = token
-        self.viewers = 0
-        self.frames_served = 0
-        self._slots = threading.BoundedSemaphore(MAX_VIEWERS)
+        self.viewers = self.frames_served = 0
         self._lock = threading.Lock()
         handler = type("PreviewHandler", (_Handler,), {"preview": self})
         server = type("PreviewHTTPServer", (ThreadingHTTPServer,),
@@ -135,11 +133,11 @@ class PreviewServer:
 
     def watch(self) -> bool:
         """Take a viewer's place; False when MAX_VIEWERS already watch."""
-        if not self._slots.acquire(blocking=False):
-            return False
         with self._lock:
+            if self.viewers >= MAX_VIEWERS:
+                return False
             self.viewers += 1
-        return True
+            return True
 
     def served(self) -> None:
         with self._lock:
@@ -148,7 +146,6 @@ class PreviewServer:
     def leave(self) -> None:
         with self._lock:
             self.viewers -= 1
-        self._slots.release()
 
     def allowed(self, query: str) -> bool:
         if self.token is None:
@@ -184,13 +181,15 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(404, "text/plain", b"not found\n")
 
-    def _reply(self, code: int, kind: str, body: bytes) -> None:
+    def _reply(self, code: int, kind: str, body: bytes | None) -> None:
+        """The status line and headers, then ``body`` (None: a stream of unknown length follows)."""
         self.send_response(code)
         self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
+        if body is not None:
+            self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(body or b"")
 
     def _stream(self) -> None:
         preview = self.preview
@@ -198,10 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(503, "text/plain", f"at most {MAX_VIEWERS} viewers at a time\n".encode())
             return
         try:
-            self.send_response(200)
-            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
+            self._reply(200, f"multipart/x-mixed-replace; boundary={BOUNDARY}", None)
             number = 0
             while not preview.newest.closed:
                 number, jpeg = preview.newest.next_after(number, timeout=1.0)
