@@ -30,7 +30,6 @@ import contextlib
 import errno
 import functools
 import logging
-import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -276,7 +275,8 @@ class OpenCVWriter(VideoWriter):
             return
         self._writer.release()
         self._writer = None
-        if self.codec == "mp4v" and self.frames and "moov" not in mp4_top_level_boxes(self.path):
+        # An MP4 without its index (moov, written at the end) does not open.
+        if self.codec == "mp4v" and self.frames and not cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG).isOpened():
             raise OSError(errno.EIO, "the video's index could not be written (OpenCV's writer reports no "
                                      "error: the disk was probably full)", str(self.path))
 
@@ -299,26 +299,6 @@ def open_gst_writer(pipeline: str, size: tuple[int, int], fps: float):
         writer.release()
         raise OSError(f"OpenCV's GStreamer cannot open: {pipeline}")
     return writer
-
-
-def mp4_top_level_boxes(path: Path) -> list[str]:
-    """The types of an MP4 file's top-level boxes (ftyp, mdat, moov, ...), read from their headers only."""
-    boxes = []
-    with contextlib.suppress(OSError), open(path, "rb") as handle:
-        end, offset = os.fstat(handle.fileno()).st_size, 0
-        while offset + 8 <= end:
-            handle.seek(offset)
-            header = handle.read(16)
-            size = int.from_bytes(header[:4], "big")
-            if size == 1 and len(header) == 16:
-                size = int.from_bytes(header[8:16], "big")
-            elif size == 0:
-                size = end - offset
-            if size < 8:
-                break
-            boxes.append(header[4:8].decode("latin-1"))
-            offset += size
-    return boxes
 
 
 def open_video_writer(path: Path, size: tuple[int, int], fps: float, codec: str = "auto") -> VideoWriter:
