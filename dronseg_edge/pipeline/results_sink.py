@@ -67,7 +67,7 @@ class ResultsSink(Sink):
         if self._gone:
             self.dropped += 1
             return
-        line = frame_results(result, self.with_confidence).to_line()
+        line = frame_results(result, self.with_confidence)
         if self._socket is not None:
             self._send(line)
             return

@@ -121,8 +121,7 @@ def encoders_for(codec: str) -> list[str]:
                                "built with GStreamer, as JetPack's, and the element installed): use --codec auto")
         return [codec]
     jetson = gst_encoders.jetson_encoder() if codec in ("auto", "h264") else None
-    needs_av = [name for name in wanted if name != "mp4v"]
-    if needs_av and _import_av() is None and "mp4v" not in wanted and jetson is None:
+    if "mp4v" not in wanted and jetson is None and _import_av() is None:
         raise DronsegError(f"--codec {codec} needs PyAV, which is not installed: {INSTALL_H264}, "
                            "or use --codec mp4v")
     usable = ([jetson] if jetson else []) + [name for name in wanted if name == "mp4v" or encoder_opens(name)]
