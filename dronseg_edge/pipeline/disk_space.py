@@ -1,17 +1,7 @@
-"""Disk space during a run: the floor below which video and images stop, the room a video keeps to
-be finished, and the reserve that lets a run on a full disk still finalise its outputs.
-
-A full disk is the usual way a recording on an edge device ends (a Jetson's eMMC, an SD card).
-Three guards, cheapest first:
-
-- ``DiskFloor`` (``--min-free-mb``): checked about once a second by the run; below it the video and
-  the per-frame images stop cleanly (files closed and playable) while stats.jsonl continues.
-- ``ensure_room``: before each video frame, the writer checks that the frame and the index still
-  fit; FFmpeg never recovers from a failed write (its I/O context refuses every later write, the
-  index included), so the video stops *before* the disk is full, while it can still be finished.
-- ``SpaceReserve``: a few MB held by the run (an unlinked file, so even SIGKILL frees it) and
-  handed back when the outputs are finalised, so the index and summary.json fit even when
-  something else filled the disk.
+"""Disk space during a run: a full disk is the usual way a recording on an edge device ends (a
+Jetson's eMMC, an SD card). Three guards, cheapest first: the ``--min-free-mb`` floor
+(:class:`DiskFloor`), the room a video keeps to be finished (:func:`ensure_room`) and the reserve
+that lets a run on a full disk still finalise its outputs (:class:`SpaceReserve`).
 """
 
 from __future__ import annotations
@@ -37,7 +27,10 @@ FINISH_BYTES = 1 << 20  # plus the trailer, the encoder's delayed frames and the
 def ensure_room(path: os.PathLike | str, needed: int) -> None:
     """Raise OSError(ENOSPC) naming ``path`` when fewer than ``needed`` bytes are free for it.
 
-    Disk quotas are invisible to statvfs: under a quota the write itself fails (EDQUOT) instead.
+    Checked before each video frame: FFmpeg never recovers from a failed write (its I/O context
+    refuses every later write, the index included), so the video stops *before* the disk is full,
+    while it can still be finished. Disk quotas are invisible to statvfs: under a quota the write
+    itself fails (EDQUOT) instead.
     """
     free = free_bytes(path)
     if free is not None and free < needed:
@@ -46,7 +39,8 @@ def ensure_room(path: os.PathLike | str, needed: int) -> None:
 
 class DiskFloor:
     """``--min-free-mb``: ``crossed()`` returns a one-line reason once the free space of ``folder`` is below
-    ``min_free_mb`` MB (0 disables), checked at most every ``every_s`` seconds."""
+    ``min_free_mb`` MB (0 disables), checked at most every ``every_s`` seconds. Below it the video and
+    the per-frame images stop cleanly (files closed and playable) while stats.jsonl continues."""
 
     def __init__(self, folder: Path, min_free_mb: float, every_s: float | None = None):
         self.folder, self.min_free_mb = Path(folder), float(min_free_mb)

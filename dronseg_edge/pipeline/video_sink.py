@@ -1,9 +1,5 @@
-"""The overlay video sink: the run's frames as one MP4 (or several: ``--segment-s``, a change of size).
-
-The encoding itself is :mod:`~dronseg_edge.pipeline.video_writer`'s; this sink keeps the source's
-timeline (frames that were not segmented are filled with the previous overlay), cuts the files, and
-names them so that a file under its final name plays (a fragmented MP4 from its first fragment on,
-an mp4v file once finished).
+"""The overlay video sink (:class:`VideoSink`): the source's timeline, the files and their names;
+the encoding itself is :mod:`~dronseg_edge.pipeline.video_writer`'s.
 """
 
 from __future__ import annotations
