@@ -77,37 +77,17 @@ poll();
 """
 
 
-class _Newest:
-    """The newest JPEG and shares, and a condition viewers wait on for the next one."""
-
-    def __init__(self):
-        self.cond = threading.Condition()
-        self.number = 0
-        self.jpeg: bytes | None = None
-        self.shares = json.dumps({"frame": None, "shares": {}, "colors": {}}).encode()
-        self.closed = False
-
-    def publish(self, jpeg: bytes | None, shares: bytes) -> None:
-        with self.cond:
-            if jpeg is not None:
-                self.jpeg, self.number = jpeg, self.number + 1
-            self.shares = shares
-            self.cond.notify_all()
-
-    def next_after(self, number: int, timeout: float) -> tuple[int, bytes | None]:
-        with self.cond:
-            self.cond.wait_for(lambda: self.number > number or self.closed, timeout)
-            return self.number, self.jpeg
-
-
 class PreviewServer:
-    """The preview's HTTP server, listening from construction until :meth:`close`.
+    """The preview's HTTP server, listening from construction until :meth:`close`, and the newest JPEG
+    and shares, with a condition viewers wait on for the next one.
 
     Raises DronsegError when the address cannot be bound (a port in use, a host not of this machine).
     """
 
     def __init__(self, host: str, port: int, token: str | None = None):
-        self.newest = _Newest()
+        self.cond = threading.Condition()
+        self.number, self.jpeg, self.closed = 0, None, False
+        self.shares = json.dumps({"frame": None, "shares": {}, "colors": {}}).encode()
         self.token = token
         self.viewers = self.frames_served = 0
         self._lock = threading.Lock()
@@ -125,6 +105,18 @@ class PreviewServer:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="dronseg-preview", daemon=True)
         self._thread.start()
+
+    def publish(self, jpeg: bytes | None, shares: bytes) -> None:
+        with self.cond:
+            if jpeg is not None:
+                self.jpeg, self.number = jpeg, self.number + 1
+            self.shares = shares
+            self.cond.notify_all()
+
+    def next_after(self, number: int, timeout: float) -> tuple[int, bytes | None]:
+        with self.cond:
+            self.cond.wait_for(lambda: self.number > number or self.closed, timeout)
+            return self.number, self.jpeg
 
     @property
     def url(self) -> str:
@@ -155,9 +147,9 @@ class PreviewServer:
 
     def close(self) -> None:
         """Stop listening and end every viewer's stream (within a poll interval)."""
-        with self.newest.cond:
-            self.newest.closed = True
-            self.newest.cond.notify_all()
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5.0)
@@ -175,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif parts.path in ("/", "/index.html"):
             self._reply(200, "text/html; charset=utf-8", PAGE.encode())
         elif parts.path == "/shares.json":
-            self._reply(200, "application/json", self.preview.newest.shares)
+            self._reply(200, "application/json", self.preview.shares)
         elif parts.path == "/stream.mjpg":
             self._stream()
         else:
@@ -199,8 +191,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self._reply(200, f"multipart/x-mixed-replace; boundary={BOUNDARY}", None)
             number = 0
-            while not preview.newest.closed:
-                number, jpeg = preview.newest.next_after(number, timeout=1.0)
+            while not preview.closed:
+                number, jpeg = preview.next_after(number, timeout=1.0)
                 if jpeg is None:
                     continue
                 self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}"
@@ -243,7 +235,7 @@ class PreviewSink(Sink):
             ok, data = cv2.imencode(".jpg", fit_width(image, min(WIDTH, image.shape[1])), JPEG)
             if ok:
                 jpeg, self._last_jpeg_at = data.tobytes(), now
-        self.server.newest.publish(jpeg, shares)
+        self.server.publish(jpeg, shares)
 
     def close(self) -> None:
         self.server.close()

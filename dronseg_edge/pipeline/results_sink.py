@@ -95,8 +95,7 @@ class ResultsSink(Sink):
 
     def close(self) -> None:
         if self._socket is not None:
-            self._socket.close()
-            self._socket = None
+            self._socket.close()  # idempotent
         if self.kind == "file" and self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)

@@ -1,7 +1,4 @@
-"""Each sink in its own thread behind a bounded queue (:class:`SinkWorker`); errors carried to the main thread.
-
-A lossy sink (a live output) never makes the run wait: its worker drops the oldest queued frame instead.
-"""
+"""Each sink in its own thread behind a bounded queue (:class:`SinkWorker`); errors carried to the main thread."""
 
 from __future__ import annotations
 

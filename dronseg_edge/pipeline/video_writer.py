@@ -13,15 +13,8 @@ index at the front, then fragments (each its own small index and its frames) of 
 of video. A process killed mid-run (SIGKILL, the out-of-memory killer, a drone's battery running
 out) leaves a file that plays up to its last written fragment; a plain MP4, which writes its index
 at the end, does not play at all. No plain (faststart) copy is made at the end: that rewrites the
-whole file, doubling the disk it needs when the disk may be nearly full.
-
-OpenCV's ``mp4v`` writer cannot write fragments (it passes no options to the MP4 muxer): its file
-plays only once closed, so :class:`~dronseg_edge.pipeline.video_sink.VideoSink` writes it under a
-hidden name and renames it when finished; ``--segment-s`` bounds what a kill loses there.
-
-Before each frame the writer checks that the frame and the index still fit on the disk
-(:func:`~dronseg_edge.pipeline.disk_space.ensure_room`): FFmpeg refuses every write after one has
-failed, the index included, so a video that hit a full disk could never be finished.
+whole file, doubling the disk it needs when the disk may be nearly full. OpenCV's ``mp4v`` writer
+cannot write fragments (it passes no options to the MP4 muxer): its file plays only once closed.
 """
 
 from __future__ import annotations
@@ -43,18 +36,12 @@ from dronseg_edge.pipeline.disk_space import FINISH_BYTES, INDEX_BYTES_PER_FRAME
 
 log = logging.getLogger(__name__)
 
-VIDEO_CODECS = ("auto", "h264", "h264_nvenc", "libx264", "mp4v", "hevc", *GST_ENCODERS)
 # --codec -> the encoders tried, best first: each is opened in turn and the first that opens is used.
 # On a Jetson, auto and h264 try its GStreamer encoder first (gst_encoders.jetson_encoder).
-ENCODERS = {
-    "auto": ("h264_nvenc", "libx264", "mp4v"),
-    "h264": ("h264_nvenc", "libx264"),
-    "h264_nvenc": ("h264_nvenc",),
-    "libx264": ("libx264",),
-    "mp4v": ("mp4v",),
-    "hevc": ("hevc_nvenc", "libx265"),
-    **{name: (name,) for name in GST_ENCODERS},
-}
+ENCODERS = {"auto": ("h264_nvenc", "libx264", "mp4v"), "h264": ("h264_nvenc", "libx264"),
+            **{name: (name,) for name in ("h264_nvenc", "libx264", "mp4v")}, "hevc": ("hevc_nvenc", "libx265"),
+            **{name: (name,) for name in GST_ENCODERS}}
+VIDEO_CODECS = tuple(ENCODERS)
 # Constant quality rather than a bitrate: the overlay's flat colour regions cost little, the
 # source's texture a lot, and a fixed bitrate would be wrong for one of the two.
 ENCODER_OPTIONS = {
