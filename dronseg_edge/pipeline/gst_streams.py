@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dronseg_edge.gst_encoders import encoder_chain
+from dronseg_edge.gst_encoders import encoder_chain, open_gst_writer
 from dronseg_edge.pipeline.live_encoder import KEYFRAME_S, LiveEncoder
 from dronseg_edge.pipeline.live_targets import RTP_PAYLOAD_TYPE, StreamTarget
-from dronseg_edge.pipeline.video_writer import open_gst_writer
 
 GST_STREAMS = ("udp", "rtp")  # the stream kinds GStreamer sends; rtsp:// goes through PyAV
 # live_targets allows no spaces or quotes in a host, so it can stand in the pipeline's text as it is

@@ -31,7 +31,7 @@ import numpy as np
 
 from dronseg_edge import gst_encoders
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.gst_encoders import FILE_BITS_PER_PIXEL, GST_ENCODERS, encoder_chain
+from dronseg_edge.gst_encoders import FILE_BITS_PER_PIXEL, GST_ENCODERS, encoder_chain, open_gst_writer
 from dronseg_edge.pipeline.disk_space import FINISH_BYTES, INDEX_BYTES_PER_FRAME, ensure_room
 
 log = logging.getLogger(__name__)
@@ -276,15 +276,6 @@ def gst_file_pipeline(path: Path, encoder: str, size: tuple[int, int], fps: floa
     kbps = max(500, round(size[0] * size[1] * fps * FILE_BITS_PER_PIXEL / 1000))
     chain = encoder_chain(encoder, round(fps * FRAGMENT_S), kbps, live=False)
     return f'appsrc ! {chain} ! mp4mux fragment-duration={int(FRAGMENT_S * 1000)} ! filesink location="{text}"'
-
-
-def open_gst_writer(pipeline: str, size: tuple[int, int], fps: float):
-    """An opened ``cv2.VideoWriter`` on GStreamer ``pipeline``; OSError when OpenCV cannot open it."""
-    writer = cv2.VideoWriter(pipeline, cv2.CAP_GSTREAMER, 0, float(fps), tuple(size), True)
-    if not writer.isOpened():
-        writer.release()
-        raise OSError(f"OpenCV's GStreamer cannot open: {pipeline}")
-    return writer
 
 
 def open_video_writer(path: Path, size: tuple[int, int], fps: float, codec: str = "auto") -> VideoWriter:
