@@ -97,7 +97,7 @@ def _age(path: Path) -> float:
         return 0.0
 
 
-class FolderClaim:
+class FolderClaim(contextlib.AbstractContextManager):
     """Claim ``folder`` for this process and remove dead runs' leftovers there (see the module docstring).
 
     ``leftovers``: (subfolder relative to ``folder``, name pattern) pairs; every pattern has the
@@ -198,9 +198,6 @@ class FolderClaim:
         if fcntl is not None:
             os.close(self._fd)
         self._fd = None
-
-    def __enter__(self) -> "FolderClaim":
-        return self
 
     def __exit__(self, *exc) -> None:
         self.release()

@@ -60,7 +60,7 @@ class DiskFloor:
         return f"disk floor: {free / MB:.1f} MB free on {self.folder}, below --min-free-mb {self.min_free_mb:g} MB"
 
 
-class SpaceReserve:
+class SpaceReserve(contextlib.AbstractContextManager):
     """Hold up to ``size`` bytes (never more than an eighth of the free space) in ``folder`` until
     :meth:`release`. The file is unlinked at once and held open, so it has no name and a killed run
     frees it with its descriptors. Best effort: where it cannot be made, there is no reserve."""
@@ -92,9 +92,6 @@ class SpaceReserve:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = None
-
-    def __enter__(self) -> "SpaceReserve":
-        return self
 
     def __exit__(self, *exc) -> None:
         self.release()

@@ -87,6 +87,4 @@ class PyAVLiveEncoder(PyAVOutput, LiveEncoder):
 def _network_error(exc: Exception) -> OSError:
     """PyAV's error as an OSError (its network errors are OSErrors already; a server that answers with
     something else, an RTSP server refusing the publish, is InvalidDataError): the sink reconnects."""
-    if isinstance(exc, OSError):
-        return exc
-    return OSError(getattr(exc, "errno", None), getattr(exc, "strerror", None) or str(exc))
+    return exc if isinstance(exc, OSError) else OSError(exc.errno, exc.strerror or str(exc))

@@ -232,9 +232,8 @@ class PreviewSink(Sink):
         now = time.monotonic()
         if self.server.viewers and now - self._last_jpeg_at >= 1.0 / MAX_FPS:
             image = self.plan.image(result)
-            ok, data = cv2.imencode(".jpg", fit_width(image, min(WIDTH, image.shape[1])), JPEG)
-            if ok:
-                jpeg, self._last_jpeg_at = data.tobytes(), now
+            jpeg = cv2.imencode(".jpg", fit_width(image, min(WIDTH, image.shape[1])), JPEG)[1].tobytes()
+            self._last_jpeg_at = now
         self.server.publish(jpeg, shares)
 
     def close(self) -> None:
