@@ -27,7 +27,6 @@ STORAGE_FAULTS = {
     errno.EFBIG: ("disk_full", "choose another --out on a file system that takes larger files"),
     **dict.fromkeys((errno.EROFS, errno.EACCES, errno.EPERM), ("unwritable", "make it writable or choose another --out")),
 }
-STORAGE_ERRNOS = frozenset(STORAGE_FAULTS)
 
 
 def free_bytes(path: os.PathLike | str) -> int | None:
@@ -72,7 +71,7 @@ def name_too_long(path: os.PathLike | str | None) -> str:
 
 
 def is_storage_error(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+    return isinstance(exc, OSError) and exc.errno in STORAGE_FAULTS
 
 
 @contextlib.contextmanager
@@ -119,7 +118,10 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     try:
         with storage_errors(final):
             while True:  # the name first, then the file: an interrupt between the two leaves nothing
-                tmp = _temporary_name(final)
+                # .NAME.dronseg-<token>.<8 random>.tmp: the package tag and this process's claim token, so only
+                # a dead run's own files are ever cleaned up (leftovers.py).
+                random = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789_") for _ in range(8))
+                tmp = final.parent / f"{working_prefix(final.name)}{random}.tmp"
                 try:
                     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                     break
@@ -134,13 +136,6 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         raise
-
-
-def _temporary_name(final: Path) -> Path:
-    """``.NAME.dronseg-<token>.<8 random>.tmp`` beside ``final``: the package tag and this process's claim
-    token, so only a dead run's own files are ever cleaned up (leftovers.py)."""
-    random = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789_") for _ in range(8))
-    return final.parent / f"{working_prefix(final.name)}{random}.tmp"
 
 
 def write_text_atomic(path: os.PathLike | str, text: str) -> Path:

@@ -64,34 +64,23 @@ class ResultsSink(Sink):
             self._socket.setblocking(False)
 
     def _write(self, result: Result) -> None:
-        if self._gone:
-            self.dropped += 1
-            return
-        line = frame_results(result, self.with_confidence)
-        if self._socket is not None:
-            self._send(line)
-            return
-        try:
-            _write_all(self._fd, line)
-        except BrokenPipeError:  # the reader of the pipe has exited: the run goes on without it
-            self._gone = True
-            self.dropped += 1
-            log.warning("--results -: the program reading the results has stopped (broken pipe); the run goes "
-                        "on, its files keep every frame")
-            return
-        except OSError as exc:
-            raise storage_failure(exc, self.target) from None
-        self.lines += 1
-
-    def _send(self, line: bytes) -> None:
-        try:
-            self._socket.sendto(line, self.address[4])
-        except OSError as exc:
-            if exc.errno not in DROPPED_ERRNOS:
-                raise
-            self.dropped += 1
-            return
-        self.lines += 1
+        if not self._gone:
+            line = frame_results(result, self.with_confidence)
+            try:
+                if self._socket is not None:
+                    self._socket.sendto(line, self.address[4])
+                else:
+                    _write_all(self._fd, line)
+                self.lines += 1
+                return
+            except BrokenPipeError:  # the reader of the pipe has exited: the run goes on without it
+                self._gone = True
+                log.warning("--results -: the program reading the results has stopped (broken pipe); the run goes "
+                            "on, its files keep every frame")
+            except OSError as exc:
+                if self._socket is None or exc.errno not in DROPPED_ERRNOS:
+                    raise storage_failure(exc, self.target) from None
+        self.dropped += 1
 
     def close(self) -> None:
         if self._socket is not None:

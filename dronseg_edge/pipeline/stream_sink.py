@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 FIRST_RETRY_S = 0.5
 MAX_RETRY_S = 10.0
-# (target, (W, H), fps, bitrate in kbit/s) -> an open LiveEncoder
-OpenEncoder = Callable[[StreamTarget, tuple[int, int], float, int], LiveEncoder]
 
 
 class LatencySample:
@@ -73,7 +71,8 @@ class StreamSink(Sink):
     lossy = True
 
     def __init__(self, target: StreamTarget, plan: OverlayPlan, what: str, size: tuple[int, int] | None, fps: float,
-                 bitrate_kbps: int, open_encoder: OpenEncoder, sdp: str | None = None):
+                 bitrate_kbps: int, open_encoder: Callable[[StreamTarget, tuple[int, int], float, int], LiveEncoder],
+                 sdp: str | None = None):
         super().__init__()
         self.name = self.target = target.url
         self.stream = target
