@@ -49,26 +49,24 @@ td{padding:2px 6px}
 <body><img id="overlay" alt="live overlay">
 <div><div id="status">waiting for frames</div><table id="shares"></table></div>
 <script>
-const query = location.search;
-document.getElementById("overlay").src = "stream.mjpg" + query;
+const query = location.search, byId = id => document.getElementById(id);
+byId("overlay").src = "stream.mjpg" + query;
 async function poll() {
   try {
     const data = await (await fetch("shares.json" + query, {cache: "no-store"})).json();
     if (data.frame !== null) {
-      document.getElementById("status").textContent = "frame " + data.frame;
+      byId("status").textContent = "frame " + data.frame;
       const rows = Object.entries(data.shares).filter(e => e[1] > 0).sort((a, b) => b[1] - a[1]);
-      document.getElementById("shares").replaceChildren(...rows.map(([name, share]) => {
+      byId("shares").replaceChildren(...rows.map(([name, share]) => {
         const row = document.createElement("tr"), swatch = document.createElement("span");
         swatch.className = "swatch";
         swatch.style.background = data.colors[name];
-        for (const content of [swatch, name, (100 * share).toFixed(1) + " %"]) {
-          row.insertCell().append(content);
-        }
+        [swatch, name, (100 * share).toFixed(1) + " %"].forEach(content => row.insertCell().append(content));
         return row;
       }));
     }
   } catch (error) {
-    document.getElementById("status").textContent = "preview stopped";
+    byId("status").textContent = "preview stopped";
   }
   setTimeout(poll, 500);
 }
