@@ -64,8 +64,7 @@ class VideoSink(Sink):
         self.segments: list[dict] = []  # finished files: {"file": name, "frames": n, "start_s": seconds}
         self.size: tuple[int, int] | None = None
         self.codec: str | None = None  # the encoder writing the video (libx264, h264_nvenc, mp4v, ...)
-        self._writer: VideoWriter | None = None
-        self._writer_path: Path | None = None
+        self._writer: VideoWriter | None = None  # its path: the file's working name, then its final one
         self._header_bytes = 0  # the current file's size before its first frame (a fragmented MP4's empty index)
         self._synced_bytes, self._synced_at = 0, -SYNC_EVERY_S  # its size at its last fsync, and when (monotonic s)
         self._closed = False
@@ -100,10 +99,10 @@ class VideoSink(Sink):
         """One frame of the video's timeline, into the current file (opened, or finished when full)."""
         if self._writer is None:
             final = self._final_path(len(self.segments))
-            self._writer_path = final.with_name(f".{final.stem}.partial{final.suffix}")
-            self._writer = open_video_writer(self._writer_path, self.size, self.fps, self.requested_codec)
+            self._writer = open_video_writer(final.with_name(f".{final.stem}.partial{final.suffix}"), self.size, self.fps,
+                                             self.requested_codec)
             self.codec = self._writer.codec
-            self._header_bytes, self._synced_bytes, self._synced_at = _size(self._writer_path), 0, -SYNC_EVERY_S
+            self._header_bytes, self._synced_bytes, self._synced_at = _size(self._writer.path), 0, -SYNC_EVERY_S
         self._writer.write(image)
         self.video_frames += 1
         if self._writer.fragmented:
@@ -115,27 +114,27 @@ class VideoSink(Sink):
         """A fragmented file's complete fragments survive a kill once written, and a power cut once on
         the disk itself: the file takes its final name with its first fragment (from then on it
         plays), and what it holds is flushed to the disk (fsync) at most once a second."""
-        size = _size(self._writer_path)
+        size = _size(self._writer.path)
         if size <= self._header_bytes:
             return  # no complete fragment yet
-        if self._writer_path.name.startswith("."):
+        if self._writer.path.name.startswith("."):
             final = self._final_path(len(self.segments))
             # The open file's descriptor follows it on POSIX; where the system refuses (Windows keeps open
             # files in place) it stays put and is renamed when finished. Then the new name itself is synced
             # (some file systems cannot sync a folder).
             with contextlib.suppress(OSError):
-                os.replace(self._writer_path, final)
-                self._writer.path = self._writer_path = final
+                os.replace(self._writer.path, final)
+                self._writer.path = final
                 _fsync(final.parent)
         elif size == self._synced_bytes or time.monotonic() - self._synced_at < SYNC_EVERY_S:
             return
-        _fsync(self._writer_path)
+        _fsync(self._writer.path)
         self._synced_bytes, self._synced_at = size, time.monotonic()
 
     def _finish_file(self) -> None:
         """Close the current file and rename it to its final name; an empty one is removed."""
-        writer, tmp = self._writer, self._writer_path
-        self._writer = self._writer_path = None
+        writer, tmp = self._writer, self._writer.path
+        self._writer = None
         final = self._final_path(len(self.segments))
         try:
             writer.close()
@@ -180,9 +179,7 @@ class VideoSink(Sink):
 
     def outputs(self) -> dict:
         files = [str(self.path.with_name(segment["file"])) for segment in self.segments]
-        if not files:
-            return {}
-        return {"video": files if self.segment_frames is not None or len(files) > 1 else files[0]}
+        return {"video": files if self.segment_frames is not None or len(files) > 1 else files[0]} if files else {}
 
 
 def _fsync(path: Path) -> None:
