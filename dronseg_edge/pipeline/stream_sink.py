@@ -78,18 +78,13 @@ class StreamSink(Sink):
         self.stream = target
         self.plan, self.what, self.fps, self.bitrate_kbps = plan, what, fps, bitrate_kbps
         self.size = None if size is None else even_size(size)
-        self.sdp = sdp
-        self._open = open_encoder
+        self.sdp, self._open, self.latency = sdp, open_encoder, LatencySample()
         self._encoder: LiveEncoder | None = None
         self.encoder_name: str | None = None
-        self.sent = 0
-        self.reconnects = 0
         self.last_error: str | None = None
-        self.latency = LatencySample()
-        self._connected_once = False
-        self._down = False  # an outage is going on (its warning given)
-        self._retry_at = 0.0
-        self._retry_s = FIRST_RETRY_S
+        self.sent = self.reconnects = 0
+        self._connected_once = self._down = False  # _down: an outage is going on (its warning given)
+        self._retry_at, self._retry_s = 0.0, FIRST_RETRY_S
 
     def _write(self, result: Result) -> None:
         image = self.plan.image(result)

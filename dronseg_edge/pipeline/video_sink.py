@@ -57,9 +57,8 @@ class VideoSink(Sink):
         if fps is None:
             log.warning("the source reports no frame rate; the overlay video is written at %g fps", DEFAULT_FPS)
         self.fps = fps or DEFAULT_FPS
-        self.overlay = overlay
         encoders_for(codec)  # an explicit --codec this machine cannot write fails now, not at the first frame
-        self.requested_codec = codec
+        self.overlay, self.requested_codec = overlay, codec
         self.segment_frames = max(1, round(segment_s * self.fps)) if segment_s else None
         self.segments: list[dict] = []  # finished files: {"file": name, "frames": n, "start_s": seconds}
         self.size: tuple[int, int] | None = None
@@ -67,9 +66,8 @@ class VideoSink(Sink):
         self._writer: VideoWriter | None = None  # its path: the file's working name, then its final one
         self._header_bytes = 0  # the current file's size before its first frame (a fragmented MP4's empty index)
         self._synced_bytes, self._synced_at = 0, -SYNC_EVERY_S  # its size at its last fsync, and when (monotonic s)
-        self._closed = False
-        self._last: tuple[int, np.ndarray] | None = None
-        self.video_frames = 0
+        self._closed, self.video_frames = False, 0
+        self._last: tuple[int, np.ndarray] | None = None  # the last frame's index and overlay, to fill gaps with
 
     def _final_path(self, number: int) -> Path:
         if self.segment_frames is None and number == 0:
