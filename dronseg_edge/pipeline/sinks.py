@@ -191,9 +191,9 @@ class ContactSheetSink(Sink):
             return
         self.written = True
         height = max(t.shape[0] for t, _ in self.thumbs)
-        tiles = [(np.pad(t, ((0, height - t.shape[0]), (0, 0), (0, 0)), constant_values=32), label) for t, label in self.thumbs]
-        rows = [grid_row([t for t, _ in tiles[i:i + self.PER_ROW]], [label for _, label in tiles[i:i + self.PER_ROW]])
-                for i in range(0, len(tiles), self.PER_ROW)]
+        tiles = [np.pad(t, ((0, height - t.shape[0]), (0, 0), (0, 0)), constant_values=32) for t, _ in self.thumbs]
+        labels = [label for _, label in self.thumbs]
+        rows = [grid_row(tiles[i:i + self.PER_ROW], labels[i:i + self.PER_ROW]) for i in range(0, len(tiles), self.PER_ROW)]
         _imwrite(self.target, stack_rows(rows), JPEG_QUALITY)
 
     def outputs(self) -> dict[str, str]:

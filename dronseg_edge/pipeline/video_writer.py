@@ -261,8 +261,8 @@ class OpenCVWriter(VideoWriter):
             return
         self._writer.release()
         self._writer = None
-        # An MP4 without its index (moov, written at the end) does not open.
-        if self.codec == "mp4v" and self.frames and not cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG).isOpened():
+        # An MP4 without its index (moov, written at the end) does not open, whichever backend wrote it.
+        if self.codec == "mp4v" and self.frames and not cv2.VideoCapture(str(self.path)).isOpened():
             raise OSError(errno.EIO, "the video's index could not be written (OpenCV's writer reports no "
                                      "error: the disk was probably full)", str(self.path))
 
