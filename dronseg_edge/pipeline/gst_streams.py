@@ -36,7 +36,6 @@ class GStreamerLiveEncoder(LiveEncoder):
     """A udp:// or rtp:// stream encoded by a GStreamer encoder; ``send`` is True once GStreamer has the frame."""
 
     def __init__(self, target: StreamTarget, size: tuple[int, int], fps: float, bitrate_kbps: int, encoder: str):
-        super().__init__(target, size, fps, bitrate_kbps)
         self.encoder = encoder
         self.pipeline = stream_pipeline(target, encoder, fps, bitrate_kbps)
         self._writer = open_gst_writer(self.pipeline, size, fps)

@@ -39,9 +39,6 @@ class LiveEncoder:
 
     encoder = "?"  # what encodes it, for summary.json
 
-    def __init__(self, target: StreamTarget, size: tuple[int, int], fps: float, bitrate_kbps: int):
-        self.target, self.size, self.fps, self.bitrate_kbps = target, size, fps, bitrate_kbps
-
 
 def check_pyav_streams() -> None:
     """Raise DronsegError when PyAV or its libx264 is missing (before the run starts)."""
@@ -58,7 +55,6 @@ class PyAVLiveEncoder(PyAVOutput, LiveEncoder):
     encoder = "libx264"
 
     def __init__(self, target: StreamTarget, size: tuple[int, int], fps: float, bitrate_kbps: int):
-        LiveEncoder.__init__(self, target, size, fps, bitrate_kbps)
         bits = int(bitrate_kbps) * 1000
         options = {**LIVE_X264, "g": str(max(1, round(fps * KEYFRAME_S))), "maxrate": str(bits), "bufsize": str(bits)}
         try:  # connects (RTSP: ANNOUNCE, SETUP, RECORD): a refusal raises here
