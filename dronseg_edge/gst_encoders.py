@@ -73,6 +73,4 @@ def encoder_opens(encoder: str) -> bool:
 def jetson_encoder() -> str | None:
     """The GStreamer encoder ``--codec auto`` uses on this machine: on a Jetson the first of
     GST_ENCODERS that opens; None elsewhere, or where none does (then PyAV's, as on any machine)."""
-    if not is_jetson():
-        return None
-    return next((name for name in GST_ENCODERS if encoder_opens(name)), None)
+    return next((name for name in GST_ENCODERS if encoder_opens(name)), None) if is_jetson() else None

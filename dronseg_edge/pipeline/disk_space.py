@@ -48,10 +48,8 @@ class DiskFloor:
         self._next = 0.0
 
     def crossed(self) -> str | None:
-        if self.min_free_mb <= 0:
-            return None
         now = time.monotonic()
-        if now < self._next:
+        if self.min_free_mb <= 0 or now < self._next:
             return None
         self._next = now + self.every_s
         free = free_bytes(self.folder)

@@ -88,7 +88,6 @@ class PreviewServer:
         self.shares = json.dumps({"frame": None, "shares": {}, "colors": {}}).encode()
         self.token = token
         self.viewers = self.frames_served = 0
-        self._lock = threading.Lock()
         handler = type("PreviewHandler", (_Handler,), {"preview": self})
         server = type("PreviewHTTPServer", (ThreadingHTTPServer,),
                       {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET, "daemon_threads": True})
@@ -123,18 +122,18 @@ class PreviewServer:
 
     def watch(self) -> bool:
         """Take a viewer's place; False when MAX_VIEWERS already watch."""
-        with self._lock:
+        with self.cond:
             if self.viewers >= MAX_VIEWERS:
                 return False
             self.viewers += 1
             return True
 
     def served(self) -> None:
-        with self._lock:
+        with self.cond:
             self.frames_served += 1
 
     def leave(self) -> None:
-        with self._lock:
+        with self.cond:
             self.viewers -= 1
 
     def allowed(self, query: str) -> bool:
