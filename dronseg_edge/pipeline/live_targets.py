@@ -18,12 +18,9 @@ from urllib.parse import urlsplit
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.sizes import parse_size
 
-# scheme -> what it sends (for help texts and errors)
-STREAM_KINDS = {
-    "udp": "H.264 in MPEG-TS over UDP",
-    "rtp": "H.264 over RTP/UDP (QGroundControl's 'UDP h.264 video stream', port 5600)",
-    "rtsp": "H.264 published to an RTSP server (TCP)",
-}
+# H.264 in MPEG-TS over UDP; over RTP/UDP (QGroundControl's 'UDP h.264 video stream', port 5600); published
+# to an RTSP server (TCP)
+STREAM_KINDS = ("udp", "rtp", "rtsp")
 STREAM_EXAMPLES = "udp://192.168.1.10:5600, rtp://192.168.1.10:5600 or rtsp://server:8554/drone"
 STREAM_WHAT = ("overlay", "color")
 RTP_PAYLOAD_TYPE = 96  # the first dynamic payload type: what FFmpeg's RTP muxer and QGroundControl use
