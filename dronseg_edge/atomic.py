@@ -20,32 +20,47 @@ from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.leftovers import working_prefix
 
 # A write that fails for one of these is the storage's fault, not a bug: one line, exit code 5.
-STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
-_FIXES = {errno.ENOSPC: "free some space or choose another --out", errno.EDQUOT: "free some space within your quota or choose another --out",
-          errno.EFBIG: "choose another --out on a file system that takes larger files"}
+# errno -> (summary.json's "stopped" for an infer run, the fix the line names)
+STORAGE_FAULTS = {
+    errno.ENOSPC: ("disk_full", "free some space or choose another --out"),
+    errno.EDQUOT: ("disk_full", "free some space within your quota or choose another --out"),
+    errno.EFBIG: ("disk_full", "choose another --out on a file system that takes larger files"),
+    **dict.fromkeys((errno.EROFS, errno.EACCES, errno.EPERM), ("unwritable", "make it writable or choose another --out")),
+}
 
 
-def free_space(path: os.PathLike | str) -> str:
-    """'12.3 MB free on /mnt' for the file system holding ``path`` (its nearest existing parent)."""
+def free_bytes(path: os.PathLike | str) -> int | None:
+    """Bytes free to this user on the file system holding ``path`` (its nearest existing parent)."""
     existing = Path(path).absolute()
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
     try:
-        free = shutil.disk_usage(existing).free
+        return shutil.disk_usage(existing).free
     except OSError:
+        return None
+
+
+def free_space(path: os.PathLike | str) -> str:
+    """'12.3 MB free' for the file system holding ``path`` (its nearest existing parent)."""
+    free = free_bytes(path)
+    if free is None:
         return "free space unknown"
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if free < 1000 or unit == "TB":
-            return f"{free:.1f} {unit} free" if unit != "B" else f"{free} B free"
+    if free < 1000:
+        return f"{free} B free"
+    for unit in ("kB", "MB", "GB", "TB"):
         free /= 1000
-    return "free space unknown"  # not reached
+        if free < 1000 or unit == "TB":
+            return f"{free:.1f} {unit} free"
 
 
 def storage_failure(exc: OSError, path: os.PathLike | str) -> RuntimeFailure:
-    """The one-line error for a write to ``path`` that failed with ``exc`` (ENOSPC, EROFS, EACCES, ...)."""
-    reason = exc.strerror or str(exc)
-    fix = _FIXES.get(exc.errno, "make it writable or choose another --out")
-    return RuntimeFailure(f"cannot write {path}: {reason} ({free_space(path)}): {fix}")
+    """The one-line error for a write to ``path`` that failed with ``exc`` (ENOSPC, EROFS, EACCES, ...;
+    EIO and the like: a failing disk or a card pulled out); its ``stopped`` says why for summary.json
+    (``disk_full``, ``unwritable`` or ``write_failed``)."""
+    stopped, fix = STORAGE_FAULTS.get(exc.errno, ("write_failed", "check the disk or choose another --out"))
+    failure = RuntimeFailure(f"cannot write {path}: {exc.strerror or exc} ({free_space(path)}): {fix}")
+    failure.stopped = stopped
+    return failure
 
 
 def name_too_long(path: os.PathLike | str | None) -> str:
@@ -56,7 +71,7 @@ def name_too_long(path: os.PathLike | str | None) -> str:
 
 
 def is_storage_error(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+    return isinstance(exc, OSError) and exc.errno in STORAGE_FAULTS
 
 
 @contextlib.contextmanager
@@ -103,7 +118,10 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     try:
         with storage_errors(final):
             while True:  # the name first, then the file: an interrupt between the two leaves nothing
-                tmp = _temporary_name(final)
+                # .NAME.dronseg-<token>.<8 random>.tmp: the package tag and this process's claim token, so only
+                # a dead run's own files are ever cleaned up (leftovers.py).
+                random = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789_") for _ in range(8))
+                tmp = final.parent / f"{working_prefix(final.name)}{random}.tmp"
                 try:
                     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                     break
@@ -118,13 +136,6 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         raise
-
-
-def _temporary_name(final: Path) -> Path:
-    """``.NAME.dronseg-<token>.<8 random>.tmp`` beside ``final``: the package tag and this process's claim
-    token, so only a dead run's own files are ever cleaned up (leftovers.py)."""
-    random = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789_") for _ in range(8))
-    return final.parent / f"{working_prefix(final.name)}{random}.tmp"
 
 
 def write_text_atomic(path: os.PathLike | str, text: str) -> Path:

@@ -7,8 +7,9 @@ of Orin NX/AGX and Xavier (Orin Nano has none: the element is there but cannot o
 else GStreamer's ``x264enc``, else PyAV as elsewhere. Whether an encoder opens is asked of OpenCV
 itself (a writer to ``fakesink`` opened and released), so what is checked is what the run will use.
 
-This module holds the encoder's part of every pipeline (:func:`encoder_chain`); the muxers and sinks
-around it are the pipeline's (``pipeline/gst_writer.py``). Element and property names are checked
+This module holds the encoder's part of every pipeline (:func:`encoder_chain`) and opens OpenCV's
+writer on one (:func:`open_gst_writer`); the muxers and sinks around it are the pipeline's
+(``pipeline/video_writer.py``, ``pipeline/gst_streams.py``). Element and property names are checked
 against ``gst-inspect-1.0`` in tests/test_gst_encoders.py.
 """
 
@@ -45,26 +46,31 @@ def encoder_chain(encoder: str, keyframe_frames: int, bitrate_kbps: int, live: b
     raise ValueError(f"not a GStreamer encoder: {encoder!r} (one of {', '.join(GST_ENCODERS)})")
 
 
-@functools.lru_cache(maxsize=None)
-def encoder_opens(encoder: str) -> bool:
-    """Whether OpenCV's GStreamer backend opens a writer through ``encoder`` here (False where OpenCV
-    has no GStreamer, as pip's wheels, where the element is missing, or where it cannot start)."""
+def open_gst_writer(pipeline: str, size: tuple[int, int], fps: float):
+    """An opened ``cv2.VideoWriter`` on GStreamer ``pipeline`` for (W, H) ``size`` BGR frames; OSError
+    when OpenCV cannot open it (no GStreamer, as pip's wheels; an element missing or unable to start)."""
     import cv2
 
-    pipeline = f"appsrc ! {encoder_chain(encoder, 30, 2000, live=True)} ! fakesink"
-    try:
-        writer = cv2.VideoWriter(pipeline, cv2.CAP_GSTREAMER, 0, 30.0, (320, 240), True)
-    except cv2.error:
-        return False
-    try:
-        return bool(writer.isOpened())
-    finally:
+    writer = cv2.VideoWriter(pipeline, cv2.CAP_GSTREAMER, 0, float(fps), tuple(size), True)
+    if not writer.isOpened():
         writer.release()
+        raise OSError(f"OpenCV's GStreamer cannot open: {pipeline}")
+    return writer
+
+
+@functools.lru_cache(maxsize=None)
+def encoder_opens(encoder: str) -> bool:
+    """Whether OpenCV's GStreamer backend opens a writer through ``encoder`` here."""
+    import cv2
+
+    try:
+        open_gst_writer(f"appsrc ! {encoder_chain(encoder, 30, 2000, live=True)} ! fakesink", (320, 240), 30.0).release()
+    except (OSError, cv2.error):
+        return False
+    return True
 
 
 def jetson_encoder() -> str | None:
     """The GStreamer encoder ``--codec auto`` uses on this machine: on a Jetson the first of
     GST_ENCODERS that opens; None elsewhere, or where none does (then PyAV's, as on any machine)."""
-    if not is_jetson():
-        return None
-    return next((name for name in GST_ENCODERS if encoder_opens(name)), None)
+    return next((name for name in GST_ENCODERS if encoder_opens(name)), None) if is_jetson() else None

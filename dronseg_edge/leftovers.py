@@ -76,13 +76,18 @@ def _lock_held(path: Path) -> bool:
         return True  # another user's lock (mkstemp makes 0600 files): cannot tell, assume alive
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
     except OSError:
-        return True  # cannot tell (a file system without flock): assume alive, remove nothing
+        return True  # held (BlockingIOError), or cannot tell (a file system without flock): assume alive
     finally:
         os.close(fd)  # also drops the lock just taken
     return False
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
 
 
 def _age(path: Path) -> float:
@@ -92,7 +97,7 @@ def _age(path: Path) -> float:
         return 0.0
 
 
-class FolderClaim:
+class FolderClaim(contextlib.AbstractContextManager):
     """Claim ``folder`` for this process and remove dead runs' leftovers there (see the module docstring).
 
     ``leftovers``: (subfolder relative to ``folder``, name pattern) pairs; every pattern has the
@@ -139,29 +144,19 @@ class FolderClaim:
         """The lock files of dead claims on the folder, by token. A dead one without a token (a claim of
         an older version of this package) vouches for nothing and is removed at once."""
         dead: dict[str, list[Path]] = {}
-        for path in self._entries(self.folder):
+        for path in _entries(self.folder):
             match = _LOCK_NAME.match(path.name)
             if not match or path == self.lock or match.group("token") == TOKEN:
                 continue  # not a lock file, or one of this (live) process
-            if fcntl is None:
-                alive = _age(path) < STALE_AFTER_S
-            else:
-                alive = _lock_held(path) or (path.name.startswith(_CLAIM_PREFIX) and _age(path) < _CLAIM_GRACE_S)
-            if alive:
-                continue
+            if (_age(path) < STALE_AFTER_S if fcntl is None else
+                    _lock_held(path) or (path.name.startswith(_CLAIM_PREFIX) and _age(path) < _CLAIM_GRACE_S)):
+                continue  # alive
             if match.group("token"):
                 dead.setdefault(match.group("token"), []).append(path)
             else:
                 with contextlib.suppress(OSError):
                     path.unlink()
         return dead
-
-    @staticmethod
-    def _entries(folder: Path) -> list[Path]:
-        try:
-            return list(folder.iterdir())
-        except OSError:
-            return []
 
     def _remove(self, leftovers: Sequence[tuple[str, re.Pattern]], dead: dict[str, list[Path]]) -> list[Path]:
         """Remove what matches a pattern and carries a dead claim's token; then each dead lock file that
@@ -170,7 +165,7 @@ class FolderClaim:
         cutoff = time.time() - STALE_AFTER_S
         folders = {self.folder / sub for sub, _ in leftovers} | {self.folder}
         for sub, pattern in leftovers:
-            for path in self._entries(self.folder / sub):
+            for path in _entries(self.folder / sub):
                 match = pattern.match(path.name)
                 if not match or match.group("token") not in dead:
                     continue
@@ -184,7 +179,7 @@ class FolderClaim:
                 except OSError:
                     continue
                 removed.append(path)
-        remaining = " ".join(p.name for folder in folders for p in self._entries(folder) if not _LOCK_NAME.match(p.name))
+        remaining = " ".join(p.name for folder in folders for p in _entries(folder) if not _LOCK_NAME.match(p.name))
         for token, locks in dead.items():
             if f"{TAG}-{token}" in remaining:
                 continue  # a file of that run is still here (another command's pattern, or not removable yet)
@@ -203,9 +198,6 @@ class FolderClaim:
         if fcntl is not None:
             os.close(self._fd)
         self._fd = None
-
-    def __enter__(self) -> "FolderClaim":
-        return self
 
     def __exit__(self, *exc) -> None:
         self.release()

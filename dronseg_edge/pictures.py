@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from dronseg_edge.atomic import atomic_path
+from dronseg_edge.errors import DronsegError
 
 TEXT_HEIGHT = 22  # px of a caption strip
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -73,11 +74,14 @@ def stack_rows(rows: Sequence[np.ndarray]) -> np.ndarray:
     return np.vstack(padded)
 
 
-def write_png(path: os.PathLike | str, image: np.ndarray) -> Path:
-    """Encode ``image`` (BGR) as PNG and write it atomically."""
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(image))
+def write_image(path: os.PathLike | str, image: np.ndarray) -> Path:
+    """Encode ``image`` ((H, W, 3) BGR, or (H, W)) by ``path``'s suffix (PNG, or JPEG at quality 90) and
+    write it atomically."""
+    path = Path(path)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, data = cv2.imencode(path.suffix, np.ascontiguousarray(image), params)
     if not ok:
-        raise RuntimeError(f"OpenCV could not encode a {image.shape} image as PNG for {path}")
+        raise DronsegError(f"OpenCV cannot encode {path} ({image.dtype} {image.shape})")
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.tobytes())
-    return Path(path)
+    return path

@@ -17,11 +17,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
-from pathlib import Path
 from typing import Iterator
 
-from dronseg_edge.atomic import free_space, is_storage_error, storage_failure
+from dronseg_edge.atomic import free_bytes, free_space, is_storage_error, storage_failure
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 
 # What torch's C++ stream writer says when a write came up short.
@@ -45,25 +43,10 @@ def storage_cause(exc: BaseException) -> OSError | None:
     return next((e for e in _chain(exc) if is_storage_error(e)), None)  # type: ignore[return-value]
 
 
-def interrupt_cause(exc: BaseException) -> BaseException | None:
-    """A Ctrl-C (KeyboardInterrupt) or exit that a writer wrapped (torch.save makes it a RuntimeError)."""
-    return next((e for e in _chain(exc) if not isinstance(e, Exception)), None)
-
-
-def is_short_write(exc: BaseException) -> bool:
-    """Whether ``exc`` is torch's C++ writer reporting a write that came up short."""
-    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in SHORT_WRITE_MARKERS)
-
-
 def low_space(path: os.PathLike | str) -> bool:
     """Whether the file system holding ``path`` (its nearest existing parent) has under LOW_SPACE_BYTES free."""
-    existing = Path(path).absolute()
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    try:
-        return shutil.disk_usage(existing).free < LOW_SPACE_BYTES
-    except OSError:
-        return False
+    free = free_bytes(path)
+    return free is not None and free < LOW_SPACE_BYTES
 
 
 def short_write_failure(path: os.PathLike | str, detail: str) -> RuntimeFailure:
@@ -83,13 +66,13 @@ def storage_faults(path: os.PathLike | str) -> Iterator[None]:
     except DronsegError:
         raise
     except Exception as exc:
-        interrupt = interrupt_cause(exc)
+        # A Ctrl-C (or exit) that a writer wrapped (torch.save makes it a RuntimeError) is an interruption, not a disk fault.
+        interrupt = next((e for e in _chain(exc) if not isinstance(e, Exception)), None)
         if interrupt is not None:
-            raise interrupt from None  # Ctrl-C during a save is an interruption, not a disk fault
+            raise interrupt from None
         cause = storage_cause(exc)
         if cause is not None:
             raise storage_failure(cause, path) from None
-        if is_short_write(exc):
-            detail = " ".join(str(exc).split())[:160]
-            raise short_write_failure(path, f"torch: {detail}") from None
+        if isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in SHORT_WRITE_MARKERS):
+            raise short_write_failure(path, "torch: " + " ".join(str(exc).split())[:160]) from None
         raise

@@ -17,7 +17,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from dronseg_edge.pictures import caption, colour_classes, fit_width, grid_row, legend, stack_rows, write_png
+from dronseg_edge.pictures import caption, colour_classes, fit_width, grid_row, legend, stack_rows, write_image
 
 MIN_TILE, MAX_TILE = 192, 480  # px width of one column
 DIFFERENCE_BGR = (0, 0, 255)
@@ -90,5 +90,5 @@ def save_difference_picture(worst: "WorstImage | None", wanted: bool, report_pat
         with contextlib.suppress(OSError):
             path.unlink()
         return None
-    write_png(path, image)
+    write_image(path, image)
     return path.name

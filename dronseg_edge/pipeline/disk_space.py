@@ -1,17 +1,7 @@
-"""Disk space during a run: the floor below which video and images stop, the room a video keeps to
-be finished, and the reserve that lets a run on a full disk still finalise its outputs.
-
-A full disk is the usual way a recording on an edge device ends (a Jetson's eMMC, an SD card).
-Three guards, cheapest first:
-
-- ``DiskFloor`` (``--min-free-mb``): checked about once a second by the run; below it the video and
-  the per-frame images stop cleanly (files closed and playable) while stats.jsonl continues.
-- ``ensure_room``: before each video frame, the writer checks that the frame and the index still
-  fit; FFmpeg never recovers from a failed write (its I/O context refuses every later write, the
-  index included), so the video stops *before* the disk is full, while it can still be finished.
-- ``SpaceReserve``: a few MB held by the run (an unlinked file, so even SIGKILL frees it) and
-  handed back when the outputs are finalised, so the index and summary.json fit even when
-  something else filled the disk.
+"""Disk space during a run: a full disk is the usual way a recording on an edge device ends (a
+Jetson's eMMC, an SD card). Three guards, cheapest first: the ``--min-free-mb`` floor
+(:class:`DiskFloor`), the room a video keeps to be finished (:func:`ensure_room`) and the reserve
+that lets a run on a full disk still finalise its outputs (:class:`SpaceReserve`).
 """
 
 from __future__ import annotations
@@ -20,9 +10,10 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
+
+from dronseg_edge.atomic import free_bytes
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +24,13 @@ INDEX_BYTES_PER_FRAME = 32  # an MP4 index entry is 12-16 bytes (a fragment's ow
 FINISH_BYTES = 1 << 20  # plus the trailer, the encoder's delayed frames and the I/O buffer
 
 
-def free_bytes(path: os.PathLike | str) -> int | None:
-    """Bytes free to this user on the file system holding ``path`` (its nearest existing parent)."""
-    existing = Path(path).absolute()
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    try:
-        return shutil.disk_usage(existing).free
-    except OSError:
-        return None
-
-
 def ensure_room(path: os.PathLike | str, needed: int) -> None:
     """Raise OSError(ENOSPC) naming ``path`` when fewer than ``needed`` bytes are free for it.
 
-    Disk quotas are invisible to statvfs: under a quota the write itself fails (EDQUOT) instead.
+    Checked before each video frame: FFmpeg never recovers from a failed write (its I/O context
+    refuses every later write, the index included), so the video stops *before* the disk is full,
+    while it can still be finished. Disk quotas are invisible to statvfs: under a quota the write
+    itself fails (EDQUOT) instead.
     """
     free = free_bytes(path)
     if free is not None and free < needed:
@@ -56,7 +39,8 @@ def ensure_room(path: os.PathLike | str, needed: int) -> None:
 
 class DiskFloor:
     """``--min-free-mb``: ``crossed()`` returns a one-line reason once the free space of ``folder`` is below
-    ``min_free_mb`` MB (0 disables), checked at most every ``every_s`` seconds."""
+    ``min_free_mb`` MB (0 disables), checked at most every ``every_s`` seconds. Below it the video and
+    the per-frame images stop cleanly (files closed and playable) while stats.jsonl continues."""
 
     def __init__(self, folder: Path, min_free_mb: float, every_s: float | None = None):
         self.folder, self.min_free_mb = Path(folder), float(min_free_mb)
@@ -64,10 +48,8 @@ class DiskFloor:
         self._next = 0.0
 
     def crossed(self) -> str | None:
-        if self.min_free_mb <= 0:
-            return None
         now = time.monotonic()
-        if now < self._next:
+        if self.min_free_mb <= 0 or now < self._next:
             return None
         self._next = now + self.every_s
         free = free_bytes(self.folder)
@@ -76,7 +58,7 @@ class DiskFloor:
         return f"disk floor: {free / MB:.1f} MB free on {self.folder}, below --min-free-mb {self.min_free_mb:g} MB"
 
 
-class SpaceReserve:
+class SpaceReserve(contextlib.AbstractContextManager):
     """Hold up to ``size`` bytes (never more than an eighth of the free space) in ``folder`` until
     :meth:`release`. The file is unlinked at once and held open, so it has no name and a killed run
     frees it with its descriptors. Best effort: where it cannot be made, there is no reserve."""
@@ -88,19 +70,16 @@ class SpaceReserve:
         size = min(RESERVE_BYTES if size is None else size, free // 8)
         if size <= 0 or not hasattr(os, "posix_fallocate"):
             return
-        path = Path(folder) / f".dronseg-reserve-{os.getpid()}"
+        path, fd = Path(folder) / f".dronseg-reserve-{os.getpid()}", None
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as exc:
-            log.info("no disk reserve in %s: %s", folder, exc)
-            return
-        try:
             os.unlink(path)
             os.posix_fallocate(fd, 0, size)
         except OSError as exc:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            if fd is not None:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             log.info("no disk reserve in %s: %s", folder, exc)
             return
         self.fd, self.size = fd, size
@@ -111,9 +90,6 @@ class SpaceReserve:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = None
-
-    def __enter__(self) -> "SpaceReserve":
-        return self
 
     def __exit__(self, *exc) -> None:
         self.release()

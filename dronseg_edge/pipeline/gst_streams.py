@@ -2,7 +2,7 @@
 
 The encoder's part of each pipeline is :func:`~dronseg_edge.gst_encoders.encoder_chain`; this module
 adds what is around it: ``appsrc`` (OpenCV's frames) in front, ``mpegtsmux ! udpsink`` behind it for
-udp://, ``rtph264pay ! udpsink`` for rtp:// (files: ``video_writer.GStreamerWriter``). RTSP publishing
+udp://, ``rtph264pay ! udpsink`` for rtp:// (files: ``video_writer.OpenCVWriter``). RTSP publishing
 stays with PyAV (pipeline/live_encoder.py): OpenCV's GStreamer writer reports no error from its sink,
 so a server that went away would go unnoticed and never be reconnected; over UDP nothing is lost by
 that, as UDP reports nothing either.
@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dronseg_edge.gst_encoders import encoder_chain
+from dronseg_edge.gst_encoders import encoder_chain, open_gst_writer
 from dronseg_edge.pipeline.live_encoder import KEYFRAME_S, LiveEncoder
 from dronseg_edge.pipeline.live_targets import RTP_PAYLOAD_TYPE, StreamTarget
-from dronseg_edge.pipeline.video_writer import open_gst_writer
 
 # live_targets allows no spaces or quotes in a host, so it can stand in the pipeline's text as it is
 UDP_SINK = "udpsink host={host} port={port} sync=false async=false"
@@ -33,7 +32,6 @@ class GStreamerLiveEncoder(LiveEncoder):
     """A udp:// or rtp:// stream encoded by a GStreamer encoder; ``send`` is True once GStreamer has the frame."""
 
     def __init__(self, target: StreamTarget, size: tuple[int, int], fps: float, bitrate_kbps: int, encoder: str):
-        super().__init__(target, size, fps, bitrate_kbps)
         self.encoder = encoder
         self.pipeline = stream_pipeline(target, encoder, fps, bitrate_kbps)
         self._writer = open_gst_writer(self.pipeline, size, fps)

@@ -80,7 +80,9 @@ def build_live_sinks(src: Source, out_dir: Path, options, lut: np.ndarray, plan:
         picture = plan if options.stream_what == "overlay" else OverlayPlan(1.0, lut, legend)
         fps = src.fps or DEFAULT_STREAM_FPS
         for target in targets:
-            sdp = _write_sdp(target, out_dir) if target.kind == "rtp" else None
+            sdp = target.sdp_name if target.kind == "rtp" else None
+            if sdp:
+                write_text_atomic(out_dir / sdp, sdp_text(target))
             sinks.append(StreamSink(target, picture, options.stream_what, size, fps, options.stream_bitrate_kbps,
                                     open_encoder=_encoder_opener(hardware), sdp=sdp))
             log.info("stream: %s (%s, H.264)%s", target.url, options.stream_what,
@@ -88,11 +90,6 @@ def build_live_sinks(src: Source, out_dir: Path, options, lut: np.ndarray, plan:
     if options.results is not None:
         sinks.append(ResultsSink(options.results, with_confidence=options.save_conf))
     return sinks
-
-
-def _write_sdp(target: StreamTarget, out_dir: Path) -> str:
-    write_text_atomic(out_dir / target.sdp_name, sdp_text(target))
-    return target.sdp_name
 
 
 def _encoder_opener(hardware: str | None):

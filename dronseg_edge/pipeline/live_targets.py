@@ -18,12 +18,9 @@ from urllib.parse import urlsplit
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.sizes import parse_size
 
-# scheme -> what it sends (for help texts and errors)
-STREAM_KINDS = {
-    "udp": "H.264 in MPEG-TS over UDP",
-    "rtp": "H.264 over RTP/UDP (QGroundControl's 'UDP h.264 video stream', port 5600)",
-    "rtsp": "H.264 published to an RTSP server (TCP)",
-}
+# H.264 in MPEG-TS over UDP; over RTP/UDP (QGroundControl's 'UDP h.264 video stream', port 5600); published
+# to an RTSP server (TCP)
+STREAM_KINDS = ("udp", "rtp", "rtsp")
 STREAM_EXAMPLES = "udp://192.168.1.10:5600, rtp://192.168.1.10:5600 or rtsp://server:8554/drone"
 STREAM_WHAT = ("overlay", "color")
 RTP_PAYLOAD_TYPE = 96  # the first dynamic payload type: what FFmpeg's RTP muxer and QGroundControl use
@@ -70,7 +67,8 @@ def parse_stream_url(text: str) -> StreamTarget:
         raise DronsegError(f"--stream-out {text!r}: no port; write {kind}://HOST:PORT, e.g. {kind}://192.168.1.10:5600")
     if parts.path not in ("", "/") or parts.query:
         raise DronsegError(f"--stream-out {text!r}: {kind}:// takes HOST:PORT only (no path or options)")
-    return StreamTarget(f"{kind}://{_host_in_url(parts.hostname)}:{port}", kind, parts.hostname, port)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return StreamTarget(f"{kind}://{host}:{port}", kind, parts.hostname, port)
 
 
 def parse_stream_urls(values) -> tuple[StreamTarget, ...]:
@@ -100,7 +98,10 @@ def sdp_text(target: StreamTarget) -> str:
     file,udp,rtp -i stream.sdp``, VLC): H.264, payload type 96, packetization mode 1. The parameter
     sets travel in the stream itself (before every keyframe), so the SDP needs no sprop line and does
     not depend on the frame size."""
-    address = _numeric_host(target.host)
+    try:  # a name is looked up once (an address stays as it is); an unknown one stays as written
+        address = socket.getaddrinfo(target.host, None, type=socket.SOCK_DGRAM)[0][4][0]
+    except OSError:
+        address = target.host
     family = "IP6" if ":" in address else "IP4"
     return "\n".join([
         "v=0", f"o=- 0 0 IN {family} {address}", "s=dronseg-edge", f"c=IN {family} {address}", "t=0 0",
@@ -166,20 +167,3 @@ def parse_results_target(text: str) -> tuple[str, object]:
     if not value:
         raise DronsegError("--results is empty: give udp://HOST:PORT, a file name, or - for standard output")
     return "file", Path(value)
-
-
-def _host_in_url(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _numeric_host(host: str) -> str:
-    """The address of ``host`` for the SDP (a name is looked up once; an unknown one stays as written)."""
-    try:
-        ipaddress.ip_address(host)
-        return host
-    except ValueError:
-        pass
-    try:
-        return socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0]
-    except OSError:
-        return host

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -21,14 +21,6 @@ LEGEND_WIDTH = 120  # px: one swatch and name per row (pictures.legend's cell)
 LEGEND_OPACITY = 0.75
 LEGEND_MARGIN = 8  # px from the frame's bottom-left corner
 LEGEND_MAX_SHARE = (0.4, 0.6)  # at most this share of the frame's width and height: a small frame gets none
-
-
-class Segmented(Protocol):
-    """What an overlay needs of a result (pipeline/result.Result has it): the frame, its class map, the filter."""
-
-    frame: np.ndarray
-    mask: np.ndarray
-    classes: tuple[int, ...] | None
 
 
 def bgr_lut(palette_rgb: Sequence[Sequence[int]]) -> np.ndarray:
@@ -76,8 +68,9 @@ class OverlayPlan:
     lut: np.ndarray
     legend: tuple[str, ...] | None = None
 
-    def image(self, result: Segmented) -> np.ndarray:
-        """The (H, W, 3) uint8 BGR overlay of one result (with the legend of ``result.seen_classes``)."""
+    def image(self, result) -> np.ndarray:
+        """The (H, W, 3) uint8 BGR overlay of one result: a pipeline/result.Result, or anything with its
+        ``frame``, ``mask`` and ``classes`` (with the legend of ``result.seen_classes``)."""
         made = getattr(result, "overlays", None)
         if made is not None and self in made:
             return made[self]

@@ -49,26 +49,24 @@ td{padding:2px 6px}
 <body><img id="overlay" alt="live overlay">
 <div><div id="status">waiting for frames</div><table id="shares"></table></div>
 <script>
-const query = location.search;
-document.getElementById("overlay").src = "stream.mjpg" + query;
+const query = location.search, byId = id => document.getElementById(id);
+byId("overlay").src = "stream.mjpg" + query;
 async function poll() {
   try {
     const data = await (await fetch("shares.json" + query, {cache: "no-store"})).json();
     if (data.frame !== null) {
-      document.getElementById("status").textContent = "frame " + data.frame;
+      byId("status").textContent = "frame " + data.frame;
       const rows = Object.entries(data.shares).filter(e => e[1] > 0).sort((a, b) => b[1] - a[1]);
-      document.getElementById("shares").replaceChildren(...rows.map(([name, share]) => {
+      byId("shares").replaceChildren(...rows.map(([name, share]) => {
         const row = document.createElement("tr"), swatch = document.createElement("span");
         swatch.className = "swatch";
         swatch.style.background = data.colors[name];
-        for (const content of [swatch, name, (100 * share).toFixed(1) + " %"]) {
-          row.insertCell().append(content);
-        }
+        [swatch, name, (100 * share).toFixed(1) + " %"].forEach(content => row.insertCell().append(content));
         return row;
       }));
     }
   } catch (error) {
-    document.getElementById("status").textContent = "preview stopped";
+    byId("status").textContent = "preview stopped";
   }
   setTimeout(poll, 500);
 }
@@ -77,42 +75,19 @@ poll();
 """
 
 
-class _Newest:
-    """The newest JPEG and shares, and a condition viewers wait on for the next one."""
-
-    def __init__(self):
-        self.cond = threading.Condition()
-        self.number = 0
-        self.jpeg: bytes | None = None
-        self.shares = json.dumps({"frame": None, "shares": {}, "colors": {}}).encode()
-        self.closed = False
-
-    def publish(self, jpeg: bytes | None, shares: bytes) -> None:
-        with self.cond:
-            if jpeg is not None:
-                self.jpeg, self.number = jpeg, self.number + 1
-            self.shares = shares
-            self.cond.notify_all()
-
-    def next_after(self, number: int, timeout: float) -> tuple[int, bytes | None]:
-        with self.cond:
-            self.cond.wait_for(lambda: self.number > number or self.closed, timeout)
-            return self.number, self.jpeg
-
-
 class PreviewServer:
-    """The preview's HTTP server, listening from construction until :meth:`close`.
+    """The preview's HTTP server, listening from construction until :meth:`close`, and the newest JPEG
+    and shares, with a condition viewers wait on for the next one.
 
     Raises DronsegError when the address cannot be bound (a port in use, a host not of this machine).
     """
 
     def __init__(self, host: str, port: int, token: str | None = None):
-        self.newest = _Newest()
+        self.cond = threading.Condition()
+        self.number, self.jpeg, self.closed = 0, None, False
+        self.shares = json.dumps({"frame": None, "shares": {}, "colors": {}}).encode()
         self.token = token
-        self.viewers = 0
-        self.frames_served = 0
-        self._slots = threading.BoundedSemaphore(MAX_VIEWERS)
-        self._lock = threading.Lock()
+        self.viewers = self.frames_served = 0
         handler = type("PreviewHandler", (_Handler,), {"preview": self})
         server = type("PreviewHTTPServer", (ThreadingHTTPServer,),
                       {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET, "daemon_threads": True})
@@ -128,6 +103,18 @@ class PreviewServer:
                                         name="dronseg-preview", daemon=True)
         self._thread.start()
 
+    def publish(self, jpeg: bytes | None, shares: bytes) -> None:
+        with self.cond:
+            if jpeg is not None:
+                self.jpeg, self.number = jpeg, self.number + 1
+            self.shares = shares
+            self.cond.notify_all()
+
+    def next_after(self, number: int, timeout: float) -> tuple[int, bytes | None]:
+        with self.cond:
+            self.cond.wait_for(lambda: self.number > number or self.closed, timeout)
+            return self.number, self.jpeg
+
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -135,20 +122,19 @@ class PreviewServer:
 
     def watch(self) -> bool:
         """Take a viewer's place; False when MAX_VIEWERS already watch."""
-        if not self._slots.acquire(blocking=False):
-            return False
-        with self._lock:
+        with self.cond:
+            if self.viewers >= MAX_VIEWERS:
+                return False
             self.viewers += 1
-        return True
+            return True
 
     def served(self) -> None:
-        with self._lock:
+        with self.cond:
             self.frames_served += 1
 
     def leave(self) -> None:
-        with self._lock:
+        with self.cond:
             self.viewers -= 1
-        self._slots.release()
 
     def allowed(self, query: str) -> bool:
         if self.token is None:
@@ -158,9 +144,9 @@ class PreviewServer:
 
     def close(self) -> None:
         """Stop listening and end every viewer's stream (within a poll interval)."""
-        with self.newest.cond:
-            self.newest.closed = True
-            self.newest.cond.notify_all()
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5.0)
@@ -178,19 +164,21 @@ class _Handler(BaseHTTPRequestHandler):
         elif parts.path in ("/", "/index.html"):
             self._reply(200, "text/html; charset=utf-8", PAGE.encode())
         elif parts.path == "/shares.json":
-            self._reply(200, "application/json", self.preview.newest.shares)
+            self._reply(200, "application/json", self.preview.shares)
         elif parts.path == "/stream.mjpg":
             self._stream()
         else:
             self._reply(404, "text/plain", b"not found\n")
 
-    def _reply(self, code: int, kind: str, body: bytes) -> None:
+    def _reply(self, code: int, kind: str, body: bytes | None) -> None:
+        """The status line and headers, then ``body`` (None: a stream of unknown length follows)."""
         self.send_response(code)
         self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
+        if body is not None:
+            self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(body or b"")
 
     def _stream(self) -> None:
         preview = self.preview
@@ -198,13 +186,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(503, "text/plain", f"at most {MAX_VIEWERS} viewers at a time\n".encode())
             return
         try:
-            self.send_response(200)
-            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
+            self._reply(200, f"multipart/x-mixed-replace; boundary={BOUNDARY}", None)
             number = 0
-            while not preview.newest.closed:
-                number, jpeg = preview.newest.next_after(number, timeout=1.0)
+            while not preview.closed:
+                number, jpeg = preview.next_after(number, timeout=1.0)
                 if jpeg is None:
                     continue
                 self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}"
@@ -244,16 +229,12 @@ class PreviewSink(Sink):
         now = time.monotonic()
         if self.server.viewers and now - self._last_jpeg_at >= 1.0 / MAX_FPS:
             image = self.plan.image(result)
-            ok, data = cv2.imencode(".jpg", fit_width(image, min(WIDTH, image.shape[1])), JPEG)
-            if ok:
-                jpeg, self._last_jpeg_at = data.tobytes(), now
-        self.server.newest.publish(jpeg, shares)
+            jpeg = cv2.imencode(".jpg", fit_width(image, min(WIDTH, image.shape[1])), JPEG)[1].tobytes()
+            self._last_jpeg_at = now
+        self.server.publish(jpeg, shares)
 
     def close(self) -> None:
         self.server.close()
-
-    def outputs(self) -> dict[str, str]:
-        return {}
 
     def record(self) -> dict:
         """summary.json's ``preview``."""

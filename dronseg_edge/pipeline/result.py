@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from dronseg_edge.atomic import atomic_path
 from dronseg_edge.classes import PALETTE
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.pictures import write_image
 from dronseg_edge.pipeline.overlay import bgr_lut, colorize, overlay
 from dronseg_edge.pipeline.request import FILTERED
 
@@ -83,24 +82,8 @@ class Result:
         """Write ``{name}_mask.png`` (class indices), ``{name}_color.png``, ``{name}_overlay.jpg`` and,
         with a confidence map, ``{name}_conf.png`` into ``folder`` (created), each atomically.
         ``name``: default the frame's own name (or its index). Returns {kind: path}."""
-        folder = Path(folder)
         stem = name or self.name or f"{self.index:06d}"
-        images = {"mask": (f"{stem}_mask.png", self.mask), "color": (f"{stem}_color.png", self.color_mask()),
-                  "overlay": (f"{stem}_overlay.jpg", self.plot(alpha))}
+        images = {"mask": (".png", self.mask), "color": (".png", self.color_mask()), "overlay": (".jpg", self.plot(alpha))}
         if self.confidence is not None:
-            images["conf"] = (f"{stem}_conf.png", self.confidence)
-        written = {}
-        for kind, (filename, image) in images.items():
-            written[kind] = write_image_atomic(folder / filename, image)
-        return written
-
-
-def write_image_atomic(path: Path, image: np.ndarray) -> Path:
-    """Encode ``image`` by ``path``'s suffix (PNG, JPEG quality 90) and write it atomically."""
-    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if path.suffix.lower() in (".jpg", ".jpeg") else []
-    ok, encoded = cv2.imencode(path.suffix, image, params)
-    if not ok:
-        raise DronsegError(f"OpenCV cannot encode {path} ({image.dtype} {image.shape})")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(encoded.tobytes())
-    return path
+            images["conf"] = (".png", self.confidence)
+        return {kind: write_image(Path(folder) / f"{stem}_{kind}{suffix}", image) for kind, (suffix, image) in images.items()}

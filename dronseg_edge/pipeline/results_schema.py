@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
@@ -36,34 +35,15 @@ from dronseg_edge.pipeline.result import LOW_CONFIDENCE_U8, Result
 SCHEMA = 1
 
 
-@dataclass(frozen=True)
-class FrameResults:
-    """One line of ``--results``, schema 1 (the fields are described in the module's docstring)."""
-
-    frame: int
-    name: str
-    timestamp: float | None
-    wall_time: float
-    size: list[int]
-    shares: dict[str, float]
-    low_confidence: float | None
-    classes: dict[str, dict[str, Any]]
-    schema: int = SCHEMA
-
-    def to_line(self) -> bytes:
-        """The JSON object, ``schema`` first, as one UTF-8 line ending in a newline."""
-        data = asdict(self)
-        return (json.dumps({"schema": data.pop("schema"), **data}, separators=(",", ":")) + "\n").encode("utf-8")
-
-
-def frame_results(result: Result, with_confidence: bool = False) -> FrameResults:
-    """The ``--results`` line of one segmented frame."""
+def frame_results(result: Result, with_confidence: bool = False) -> bytes:
+    """The ``--results`` line of one segmented frame: the JSON object, ``schema`` first, as one UTF-8
+    line ending in a newline."""
     low = result.low_confidence_share(LOW_CONFIDENCE_U8) if with_confidence else None
-    return FrameResults(
-        frame=result.index, name=result.name,
-        timestamp=None if result.timestamp is None else round(result.timestamp, 6), wall_time=round(time.time(), 6),
-        size=list(result.size), shares=result.shares_by_name(), low_confidence=None if low is None else round(low, 6),
-        classes=class_regions(result))
+    line = {"schema": SCHEMA, "frame": result.index, "name": result.name,
+            "timestamp": None if result.timestamp is None else round(result.timestamp, 6),
+            "wall_time": round(time.time(), 6), "size": list(result.size), "shares": result.shares_by_name(),
+            "low_confidence": None if low is None else round(low, 6), "classes": class_regions(result)}
+    return (json.dumps(line, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 def class_regions(result: Result) -> dict[str, dict[str, Any]]:

@@ -17,13 +17,19 @@ import os
 import socket
 from pathlib import Path
 
+from dronseg_edge.atomic import storage_failure
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline.live_targets import parse_results_target
 from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.results_schema import SCHEMA, frame_results
-from dronseg_edge.pipeline.sinks import Sink, _write_all, write_failure
+from dronseg_edge.pipeline.sinks import Sink, _write_all, open_new
 
 log = logging.getLogger(__name__)
+
+# A datagram not sent for these is dropped and counted: the buffer is full (EAGAIN), no one listens
+# (ECONNREFUSED: an ICMP answer to an earlier one), no route, or a line too long for a datagram.
+DROPPED_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNREFUSED, errno.ENOBUFS, errno.EHOSTUNREACH,
+                  errno.ENETUNREACH, errno.EMSGSIZE)
 
 
 class ResultsSink(Sink):
@@ -46,13 +52,8 @@ class ResultsSink(Sink):
             self._fd = stdout_fd
         elif self.kind == "file":
             self.path = Path(where)
-            try:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                raise DronsegError(f"--results {self.path}: the file exists and a run never appends to another's; "
-                                   "give a new name") from None
-            except OSError as exc:
-                raise write_failure(exc, self.path) from None
+            self._fd = open_new(self.path, f"--results {self.path}: the file exists and a run never appends to "
+                                           "another's; give a new name")
         else:
             host, port = where
             try:
@@ -63,49 +64,31 @@ class ResultsSink(Sink):
             self._socket.setblocking(False)
 
     def _write(self, result: Result) -> None:
-        if self._gone:
-            self.dropped += 1
-            return
-        line = frame_results(result, self.with_confidence).to_line()
-        if self._socket is not None:
-            self._send(line)
-            return
-        try:
-            _write_all(self._fd, line)
-        except BrokenPipeError:  # the reader of the pipe has exited: the run goes on without it
-            self._gone = True
-            self.dropped += 1
-            log.warning("--results -: the program reading the results has stopped (broken pipe); the run goes "
-                        "on, its files keep every frame")
-            return
-        except OSError as exc:
-            raise write_failure(exc, self.target) from None
-        self.lines += 1
-
-    def _send(self, line: bytes) -> None:
-        try:
-            self._socket.sendto(line, self.address[4])
-        except (BlockingIOError, ConnectionRefusedError):  # the buffer is full; no one listens (ICMP)
-            self.dropped += 1
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.ENOBUFS, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EMSGSIZE):
-                raise
-            self.dropped += 1
-            return
-        self.lines += 1
+        if not self._gone:
+            line = frame_results(result, self.with_confidence)
+            try:
+                if self._socket is not None:
+                    self._socket.sendto(line, self.address[4])
+                else:
+                    _write_all(self._fd, line)
+                self.lines += 1
+                return
+            except BrokenPipeError:  # the reader of the pipe has exited: the run goes on without it
+                self._gone = True
+                log.warning("--results -: the program reading the results has stopped (broken pipe); the run goes "
+                            "on, its files keep every frame")
+            except OSError as exc:
+                if self._socket is None or exc.errno not in DROPPED_ERRNOS:
+                    raise storage_failure(exc, self.target) from None
+        self.dropped += 1
 
     def close(self) -> None:
         if self._socket is not None:
-            self._socket.close()
-            self._socket = None
+            self._socket.close()  # idempotent
         if self.kind == "file" and self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
         self._fd = None
-
-    def outputs(self) -> dict[str, str]:
-        return {}
 
     def record(self) -> dict:
         """summary.json's ``results``."""

@@ -1,19 +1,18 @@
-"""Each sink in its own thread behind a bounded queue (:class:`SinkWorker`); errors carried to the main thread.
-
-A lossy sink (a live output) never makes the run wait: its worker drops the oldest queued frame instead.
-"""
+"""Each sink in its own thread behind a bounded queue (:class:`SinkWorker`); errors carried to the main thread."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 
+from dronseg_edge.atomic import storage_failure
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.queues import put_unless_stopped
 from dronseg_edge.pipeline.result import Result
-from dronseg_edge.pipeline.sinks import Sink, write_failure
+from dronseg_edge.pipeline.sinks import Sink
 
 log = logging.getLogger(__name__)
 
@@ -39,59 +38,45 @@ class SinkWorker:
     def __init__(self, sink: Sink, queue_size: int = 8):
         self.sink = sink
         self._queue: queue.Queue = queue.Queue(maxsize=self.LIVE_QUEUE if sink.lossy else max(1, queue_size))
-        self._error: BaseException | None = None
-        self._discard = False
-        self._closed = False
+        self.error: BaseException | None = None  # the sink's first error (an OSError made one line)
+        self._discard = self._closed = False
         self._busy_since: float | None = None  # monotonic s when the write under way began
         self._thread = threading.Thread(target=self._run, name=f"dronseg-{sink.name}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self._error is None and not self._discard:
+        while (item := self._queue.get()) is not None:
+            if self.error is None and not self._discard:
                 self._busy_since = time.monotonic()
                 try:
                     self.sink.write(item)
                 except BaseException as exc:  # kept for the main thread; later items are discarded
-                    self._error = exc
+                    self.error = self._one_line(exc)
                 self._busy_since = None
 
-    @property
-    def error(self) -> BaseException | None:
-        return self._error
+    def _one_line(self, exc: BaseException) -> BaseException:
+        return storage_failure(exc, self.sink.target) if isinstance(exc, OSError) else exc
 
     def put(self, result: Result) -> None:
         """Queue ``result`` for the sink; raises the sink's error instead once it has failed."""
         if self.sink.lossy:
             self._raise_error()
             self._put_newest(result)
-        elif not put_unless_stopped(self._queue, result, self._failed):
+        elif not put_unless_stopped(self._queue, result, lambda: self.error is not None):
             self._raise_error()
 
     def _put_newest(self, result: Result | None) -> None:
         while True:
             try:
-                self._queue.put_nowait(result)
-                return
+                return self._queue.put_nowait(result)
             except queue.Full:
-                try:
+                with contextlib.suppress(queue.Empty):
                     self._queue.get_nowait()
                     self.sink.queue_dropped += 1
-                except queue.Empty:
-                    pass
-
-    def _failed(self) -> bool:
-        return self._error is not None
 
     def _raise_error(self) -> None:
-        if self._error is not None:
-            error = self._error
-            if isinstance(error, OSError):
-                raise write_failure(error, self.sink.target) from None
-            raise error
+        if self.error is not None:
+            raise self.error
 
     def close(self, discard: bool = False) -> None:
         """Write everything queued (or, with ``discard``, drop it: after a full disk, the room left is
@@ -110,10 +95,8 @@ class SinkWorker:
                 self._thread.join()
             try:
                 self.sink.close()
-            except OSError as exc:
-                self._error = self._combined(write_failure(exc, self.sink.target))
-            except DronsegError as exc:
-                self._error = self._combined(exc)
+            except (OSError, DronsegError) as exc:
+                self.error = self._combined(self._one_line(exc))
         self._raise_error()
 
     def _close_live(self) -> bool:
@@ -130,11 +113,9 @@ class SinkWorker:
 
     def _combined(self, closing: DronsegError) -> BaseException:
         """The error of closing, after the write error that came first (if any): both lines' news in one."""
-        if self._error is None:
+        first = self.error
+        if first is None:
             return closing
-        first = self._error
-        if isinstance(first, OSError):
-            first = write_failure(first, self.sink.target)
         if not isinstance(first, DronsegError):
             return first  # a bug: raised unchanged
         combined = RuntimeFailure(f"{first}; then {closing}")

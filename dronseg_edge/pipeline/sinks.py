@@ -13,7 +13,6 @@ cut back to its last whole line, and the video is closed playable up to its last
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import time
@@ -23,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dronseg_edge.atomic import free_space, is_storage_error, storage_errors, storage_failure
-from dronseg_edge.errors import DronsegError, RuntimeFailure
+from dronseg_edge.atomic import storage_errors, storage_failure
+from dronseg_edge.errors import DronsegError
 from dronseg_edge.pictures import fit_width, grid_row, stack_rows
 from dronseg_edge.pipeline.overlay import OverlayPlan, colorize
 from dronseg_edge.pipeline.result import LOW_CONFIDENCE_U8, Result
@@ -35,21 +34,6 @@ PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 if hasattr(cv2, "IMWRITE_PNG_FILTER"):
     PNG_FAST += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 JPEG_QUALITY = [cv2.IMWRITE_JPEG_QUALITY, 90]
-# summary.json's "stopped" for a failed write, by errno
-STOPPED_BY_ERRNO = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EFBIG: "disk_full",
-                    errno.EROFS: "unwritable", errno.EACCES: "unwritable", errno.EPERM: "unwritable"}
-
-
-def write_failure(exc: OSError, path: Path | str) -> RuntimeFailure:
-    """The one-line RuntimeFailure for a write to ``path`` that failed with ``exc``; its ``stopped``
-    attribute says why for summary.json (``disk_full``, ``unwritable`` or ``write_failed``)."""
-    if is_storage_error(exc):
-        failure = storage_failure(exc, path)
-    else:  # EIO and the like: a failing disk or a card pulled out
-        failure = RuntimeFailure(f"cannot write {path}: {exc.strerror or exc} ({free_space(path)}): check the disk "
-                                 "or choose another --out")
-    failure.stopped = STOPPED_BY_ERRNO.get(exc.errno, "write_failed")
-    return failure
 
 
 class Sink(ABC):
@@ -87,9 +71,9 @@ class Sink(ABC):
     def close(self) -> None:
         pass
 
-    @abstractmethod
     def outputs(self) -> dict[str, str]:
-        """What was written: {kind: path}."""
+        """What was written: {kind: path} (a live output writes no file)."""
+        return {}
 
 
 def _imwrite(path: Path, image: np.ndarray, params: list[int]) -> None:
@@ -101,25 +85,33 @@ def _imwrite(path: Path, image: np.ndarray, params: list[int]) -> None:
     ok, encoded = cv2.imencode(path.suffix, image, params)
     if not ok:
         raise DronsegError(f"OpenCV cannot encode {path} ({image.dtype} {image.shape})")
-    _write_bytes(path, encoded.tobytes())
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            handle.write(encoded)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise write_failure(exc, path) from None
+        raise storage_failure(exc, path) from None
+
+
+def open_new(path: Path, exists: str) -> int:
+    """A descriptor for writing ``path``, created now; DronsegError ``exists`` when it is there already
+    (a run never appends to another's file)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        raise DronsegError(exists) from None
+    except OSError as exc:
+        raise storage_failure(exc, path) from None
 
 
 class MaskSink(Sink):
-    """``masks/{name}.png``: single-channel uint8 class indices at the frame's size."""
+    """``masks/{name}.png``: single-channel uint8 class indices at the frame's size. The other
+    per-frame image sinks differ in ``name`` (their folder's kind), ``suffix``, ``params`` and ``picture``."""
 
-    name = "masks"
+    name, suffix, params = "masks", ".png", PNG_FAST
 
     def __init__(self, folder: Path):
         super().__init__()
@@ -127,11 +119,14 @@ class MaskSink(Sink):
         with storage_errors(self.folder):
             self.folder.mkdir(parents=True, exist_ok=True)
 
+    def picture(self, result: Result) -> np.ndarray:
+        return result.mask
+
     def _write(self, result: Result) -> None:
-        _imwrite(self.folder / f"{result.name}.png", result.mask, PNG_FAST)
+        _imwrite(self.folder / f"{result.name}{self.suffix}", self.picture(result), self.params)
 
     def outputs(self) -> dict[str, str]:
-        return {"masks": str(self.folder)}
+        return {self.name: str(self.folder)}
 
 
 class ColorMaskSink(MaskSink):
@@ -143,11 +138,8 @@ class ColorMaskSink(MaskSink):
         super().__init__(folder)
         self.lut = lut
 
-    def _write(self, result: Result) -> None:
-        _imwrite(self.folder / f"{result.name}.png", colorize(result.mask, self.lut), PNG_FAST)
-
-    def outputs(self) -> dict[str, str]:
-        return {"color": str(self.folder)}
+    def picture(self, result: Result) -> np.ndarray:
+        return colorize(result.mask, self.lut)
 
 
 class ConfidenceSink(MaskSink):
@@ -155,29 +147,23 @@ class ConfidenceSink(MaskSink):
 
     name = "conf"
 
-    def _write(self, result: Result) -> None:
+    def picture(self, result: Result) -> np.ndarray:
         if result.confidence is None:  # the Segmenter was asked for it (FrameRequest.confidence): a bug
             raise ValueError(f"frame {result.index} has no confidence map to write to {self.folder}")
-        _imwrite(self.folder / f"{result.name}.png", result.confidence, PNG_FAST)
-
-    def outputs(self) -> dict[str, str]:
-        return {"conf": str(self.folder)}
+        return result.confidence
 
 
 class OverlayImageSink(MaskSink):
     """``overlay/{name}.jpg``: for image sources, whose sizes may differ (a video cannot hold them)."""
 
-    name = "overlay"
+    name, suffix, params = "overlay", ".jpg", JPEG_QUALITY
 
     def __init__(self, folder: Path, overlay: OverlayPlan):
         super().__init__(folder)
         self.overlay = overlay
 
-    def _write(self, result: Result) -> None:
-        _imwrite(self.folder / f"{result.name}.jpg", self.overlay.image(result), JPEG_QUALITY)
-
-    def outputs(self) -> dict[str, str]:
-        return {"overlay": str(self.folder)}
+    def picture(self, result: Result) -> np.ndarray:
+        return self.overlay.image(result)
 
 
 class ContactSheetSink(Sink):
@@ -205,9 +191,9 @@ class ContactSheetSink(Sink):
             return
         self.written = True
         height = max(t.shape[0] for t, _ in self.thumbs)
-        tiles = [(np.pad(t, ((0, height - t.shape[0]), (0, 0), (0, 0)), constant_values=32), label) for t, label in self.thumbs]
-        rows = [grid_row([t for t, _ in tiles[i:i + self.PER_ROW]], [label for _, label in tiles[i:i + self.PER_ROW]])
-                for i in range(0, len(tiles), self.PER_ROW)]
+        tiles = [np.pad(t, ((0, height - t.shape[0]), (0, 0), (0, 0)), constant_values=32) for t, _ in self.thumbs]
+        labels = [label for _, label in self.thumbs]
+        rows = [grid_row(tiles[i:i + self.PER_ROW], labels[i:i + self.PER_ROW]) for i in range(0, len(tiles), self.PER_ROW)]
         _imwrite(self.target, stack_rows(rows), JPEG_QUALITY)
 
     def outputs(self) -> dict[str, str]:
@@ -233,13 +219,8 @@ class StatsSink(Sink):
         self.with_file = with_file
         self.with_confidence = with_confidence
         self._size = 0  # bytes of whole lines written
-        try:
-            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            raise DronsegError(f"cannot create {self.path}: it exists and a run never appends to another's; "
-                               "choose another --out") from None
-        except OSError as exc:
-            raise write_failure(exc, self.path) from None
+        self._fd: int | None = open_new(self.path, f"cannot create {self.path}: it exists and a run never appends "
+                                                   "to another's; choose another --out")
 
     def _write(self, result: Result) -> None:
         line = {"frame": result.index, "timestamp": None if result.timestamp is None else round(result.timestamp, 6),
@@ -257,7 +238,7 @@ class StatsSink(Sink):
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)  # no half line: shrinking a file needs no space
                 os.lseek(self._fd, self._size, os.SEEK_SET)
-            raise write_failure(exc, self.path) from None
+            raise storage_failure(exc, self.path) from None
         self._size += len(data)
 
     def close(self) -> None:

@@ -21,19 +21,18 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from dronseg_edge.pipeline.live_encoder import LiveEncoder, even_size
+from dronseg_edge.pipeline.live_encoder import LiveEncoder
 from dronseg_edge.pipeline.live_targets import StreamTarget
 from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.sinks import Sink
+from dronseg_edge.pipeline.video_writer import even_size
 from dronseg_edge.sizes import format_size
 
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_S = 0.5
 MAX_RETRY_S = 10.0
-# (target, (W, H), fps, bitrate in kbit/s) -> an open LiveEncoder
-OpenEncoder = Callable[[StreamTarget, tuple[int, int], float, int], LiveEncoder]
 
 
 class LatencySample:
@@ -72,24 +71,20 @@ class StreamSink(Sink):
     lossy = True
 
     def __init__(self, target: StreamTarget, plan: OverlayPlan, what: str, size: tuple[int, int] | None, fps: float,
-                 bitrate_kbps: int, open_encoder: OpenEncoder, sdp: str | None = None):
+                 bitrate_kbps: int, open_encoder: Callable[[StreamTarget, tuple[int, int], float, int], LiveEncoder],
+                 sdp: str | None = None):
         super().__init__()
         self.name = self.target = target.url
         self.stream = target
         self.plan, self.what, self.fps, self.bitrate_kbps = plan, what, fps, bitrate_kbps
         self.size = None if size is None else even_size(size)
-        self.sdp = sdp
-        self._open = open_encoder
+        self.sdp, self._open, self.latency = sdp, open_encoder, LatencySample()
         self._encoder: LiveEncoder | None = None
         self.encoder_name: str | None = None
-        self.sent = 0
-        self.reconnects = 0
         self.last_error: str | None = None
-        self.latency = LatencySample()
-        self._connected_once = False
-        self._down = False  # an outage is going on (its warning given)
-        self._retry_at = 0.0
-        self._retry_s = FIRST_RETRY_S
+        self.sent = self.reconnects = 0
+        self._connected_once = self._down = False  # _down: an outage is going on (its warning given)
+        self._retry_at, self._retry_s = 0.0, FIRST_RETRY_S
 
     def _write(self, result: Result) -> None:
         image = self.plan.image(result)
@@ -104,7 +99,8 @@ class StreamSink(Sink):
         try:
             left = self._encoder.send(image)
         except OSError as exc:
-            self._lost(exc)
+            self.close()
+            self._retry_later(exc, "was lost")
             self.dropped += 1
             return
         self.sent += 1
@@ -130,11 +126,6 @@ class StreamSink(Sink):
         self._connected_once, self._down = True, False
         return True
 
-    def _lost(self, exc: OSError) -> None:
-        encoder, self._encoder = self._encoder, None
-        encoder.close()
-        self._retry_later(exc, "was lost")
-
     def _retry_later(self, exc: OSError, what: str) -> None:
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         if not self._down:  # one line per outage, not one per retry
@@ -146,12 +137,9 @@ class StreamSink(Sink):
         self._retry_s = min(self._retry_s * 2, MAX_RETRY_S)
 
     def close(self) -> None:
-        if self._encoder is not None:
-            encoder, self._encoder = self._encoder, None
+        encoder, self._encoder = self._encoder, None
+        if encoder is not None:
             encoder.close()
-
-    def outputs(self) -> dict[str, str]:
-        return {}
 
     def record(self) -> dict:
         """This stream's entry in summary.json's ``streams``."""

@@ -1,9 +1,5 @@
-"""The overlay video sink: the run's frames as one MP4 (or several: ``--segment-s``, a change of size).
-
-The encoding itself is :mod:`~dronseg_edge.pipeline.video_writer`'s; this sink keeps the source's
-timeline (frames that were not segmented are filled with the previous overlay), cuts the files, and
-names them so that a file under its final name plays (a fragmented MP4 from its first fragment on,
-an mp4v file once finished).
+"""The overlay video sink (:class:`VideoSink`): the source's timeline, the files and their names;
+the encoding itself is :mod:`~dronseg_edge.pipeline.video_writer`'s.
 """
 
 from __future__ import annotations
@@ -16,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dronseg_edge.atomic import storage_failure
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.result import Result
-from dronseg_edge.pipeline.sinks import Sink, write_failure
+from dronseg_edge.pipeline.sinks import Sink
 from dronseg_edge.pipeline.video_writer import VideoWriter, encoders_for, open_video_writer
+from dronseg_edge.sizes import format_size
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +57,17 @@ class VideoSink(Sink):
         if fps is None:
             log.warning("the source reports no frame rate; the overlay video is written at %g fps", DEFAULT_FPS)
         self.fps = fps or DEFAULT_FPS
-        self.overlay = overlay
         encoders_for(codec)  # an explicit --codec this machine cannot write fails now, not at the first frame
-        self.requested_codec = codec
+        self.overlay, self.requested_codec = overlay, codec
         self.segment_frames = max(1, round(segment_s * self.fps)) if segment_s else None
         self.segments: list[dict] = []  # finished files: {"file": name, "frames": n, "start_s": seconds}
         self.size: tuple[int, int] | None = None
         self.codec: str | None = None  # the encoder writing the video (libx264, h264_nvenc, mp4v, ...)
-        self._writer: VideoWriter | None = None
-        self._writer_path: Path | None = None
+        self._writer: VideoWriter | None = None  # its path: the file's working name, then its final one
         self._header_bytes = 0  # the current file's size before its first frame (a fragmented MP4's empty index)
         self._synced_bytes, self._synced_at = 0, -SYNC_EVERY_S  # its size at its last fsync, and when (monotonic s)
-        self._closed = False
-        self._last: tuple[int, np.ndarray] | None = None
-        self.video_frames = 0
+        self._closed, self.video_frames = False, 0
+        self._last: tuple[int, np.ndarray] | None = None  # the last frame's index and overlay, to fill gaps with
 
     def _final_path(self, number: int) -> Path:
         if self.segment_frames is None and number == 0:
@@ -102,10 +97,10 @@ class VideoSink(Sink):
         """One frame of the video's timeline, into the current file (opened, or finished when full)."""
         if self._writer is None:
             final = self._final_path(len(self.segments))
-            self._writer_path = final.with_name(f".{final.stem}.partial{final.suffix}")
-            self._writer = open_video_writer(self._writer_path, self.size, self.fps, self.requested_codec)
+            self._writer = open_video_writer(final.with_name(f".{final.stem}.partial{final.suffix}"), self.size, self.fps,
+                                             self.requested_codec)
             self.codec = self._writer.codec
-            self._header_bytes, self._synced_bytes, self._synced_at = _size(self._writer_path), 0, -SYNC_EVERY_S
+            self._header_bytes, self._synced_bytes, self._synced_at = _size(self._writer.path), 0, -SYNC_EVERY_S
         self._writer.write(image)
         self.video_frames += 1
         if self._writer.fragmented:
@@ -117,22 +112,27 @@ class VideoSink(Sink):
         """A fragmented file's complete fragments survive a kill once written, and a power cut once on
         the disk itself: the file takes its final name with its first fragment (from then on it
         plays), and what it holds is flushed to the disk (fsync) at most once a second."""
-        size = _size(self._writer_path)
+        size = _size(self._writer.path)
         if size <= self._header_bytes:
             return  # no complete fragment yet
-        if self._writer_path.name.startswith("."):
-            self._writer_path = _move_open_file(self._writer, self._final_path(len(self.segments)))
-            with contextlib.suppress(OSError):  # the new name itself; some file systems cannot sync a folder
-                _fsync(self._writer_path.parent)
+        if self._writer.path.name.startswith("."):
+            final = self._final_path(len(self.segments))
+            # The open file's descriptor follows it on POSIX; where the system refuses (Windows keeps open
+            # files in place) it stays put and is renamed when finished. Then the new name itself is synced
+            # (some file systems cannot sync a folder).
+            with contextlib.suppress(OSError):
+                os.replace(self._writer.path, final)
+                self._writer.path = final
+                _fsync(final.parent)
         elif size == self._synced_bytes or time.monotonic() - self._synced_at < SYNC_EVERY_S:
             return
-        _fsync(self._writer_path)
+        _fsync(self._writer.path)
         self._synced_bytes, self._synced_at = size, time.monotonic()
 
     def _finish_file(self) -> None:
         """Close the current file and rename it to its final name; an empty one is removed."""
-        writer, tmp = self._writer, self._writer_path
-        self._writer = self._writer_path = None
+        writer, tmp = self._writer, self._writer.path
+        self._writer = None
         final = self._final_path(len(self.segments))
         try:
             writer.close()
@@ -146,30 +146,26 @@ class VideoSink(Sink):
             try:
                 os.replace(tmp, final)
             except OSError as exc:
-                raise write_failure(exc, final) from None
-        start = (self.video_frames - writer.frames) / self.fps
-        self.segments.append({"file": final.name, "frames": writer.frames, "start_s": round(start, 3),
-                              "size": f"{self.size[0]}x{self.size[1]}"})
+                raise storage_failure(exc, final) from None
+        self._add_segment(final, writer.frames, round((self.video_frames - writer.frames) / self.fps, 3))
+
+    def _add_segment(self, final: Path, frames: int | None, start_s: float | None) -> None:
+        self.segments.append({"file": final.name, "frames": frames, "start_s": start_s, "size": format_size(self.size)})
 
     def _unfinished(self, exc: Exception, writer: VideoWriter, tmp: Path, final: Path) -> RuntimeFailure:
         """The error for a file whose end could not be written: a fragmented one is kept (it plays up
         to its last fragment), an mp4v one is removed (without its index it does not play at all)."""
         if writer.fragmented and tmp == final and writer.frames:
             fate = "could not be finished: it plays up to its last complete second"
-            self.segments.append({"file": final.name, "frames": None, "start_s": None,
-                                  "size": f"{self.size[0]}x{self.size[1]}"})
+            self._add_segment(final, None, None)
         else:
             fate = "could not be finished and is lost"
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        if isinstance(exc, OSError):
-            cause = write_failure(exc, final)
-            failure = RuntimeFailure(f"{cause} (video {final.name} {fate})")
-            failure.stopped = cause.stopped
-        else:
-            failure = RuntimeFailure(f"cannot finish video {final}: {exc} ({fate}); free some space or choose "
-                                     "another --out")
-            failure.stopped = "write_failed"
+        cause = storage_failure(exc, final) if isinstance(exc, OSError) else None
+        failure = RuntimeFailure(f"{cause} (video {final.name} {fate})" if cause else
+                                 f"cannot finish video {final}: {exc} ({fate}); free some space or choose another --out")
+        failure.stopped = cause.stopped if cause else "write_failed"
         return failure
 
     def close(self) -> None:
@@ -181,9 +177,7 @@ class VideoSink(Sink):
 
     def outputs(self) -> dict:
         files = [str(self.path.with_name(segment["file"])) for segment in self.segments]
-        if not files:
-            return {}
-        return {"video": files if self.segment_frames is not None or len(files) > 1 else files[0]}
+        return {"video": files if self.segment_frames is not None or len(files) > 1 else files[0]} if files else {}
 
 
 def _fsync(path: Path) -> None:
@@ -199,15 +193,3 @@ def _size(path: Path) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
-
-
-def _move_open_file(writer: VideoWriter, final: Path) -> Path:
-    """Rename the file ``writer`` has open to ``final`` (its descriptor follows on POSIX) and return
-    where it now is; where the system refuses (Windows keeps open files in place) it stays put and
-    is renamed when finished."""
-    try:
-        os.replace(writer.path, final)
-    except OSError:
-        return writer.path
-    writer.path = final
-    return final

@@ -1,28 +1,20 @@
 """Writing the overlay video: H.264 in MP4 that plays everywhere, through PyAV where it is installed.
 
 ``--codec auto`` tries NVIDIA's ``h264_nvenc`` (GPU, near-free), then ``libx264`` (CPU, preset
-veryfast), then OpenCV's ``mp4v``; on a Jetson a GStreamer encoder comes first (``nvv4l2h264enc``,
-the hardware's, else ``x264enc``: :mod:`dronseg_edge.gst_encoders`, :class:`GStreamerWriter`) (MPEG-4 Part 2: browsers and many players cannot play it, but
-every OpenCV wheel writes it). The registry's OpenCV wheels cannot write H.264 at all
-(docs/facts.md#pipeline-timings), hence PyAV, whose wheels carry FFmpeg with libx264 and NVENC.
+veryfast), then OpenCV's ``mp4v`` (MPEG-4 Part 2: browsers and many players cannot play it, but every
+OpenCV wheel writes it); on a Jetson a GStreamer encoder comes first (``nvv4l2h264enc``, the
+hardware's, else ``x264enc``: :mod:`dronseg_edge.gst_encoders`, :class:`OpenCVWriter`). The
+registry's OpenCV wheels cannot write H.264 at all (docs/facts.md#pipeline-timings), hence PyAV,
+whose wheels carry FFmpeg with libx264 and NVENC. :class:`PyAVOutput` is the one owner of PyAV's
+encoder set-up and close, for this file and the live streams (pipeline/live_encoder.py).
 
 H.264 files are yuv420p (the only pixel format every decoder plays) in *fragmented* MP4: an empty
 index at the front, then fragments (each its own small index and its frames) of at most a second
-of video. A process killed mid-run (SIGKILL, the out-of-memory killer, a drone's
-battery running out) leaves a file that plays up to its last written fragment: a plain MP4 writes
-its index at the end, and one cut before that does not play at all. Browsers, VLC, FFmpeg and
-OpenCV play fragmented MP4; it also starts playing before the whole file has arrived. No plain
-(faststart) copy is made at the end: that rewrites the whole file, doubling the disk it needs
-when the disk may be nearly full.
-
-OpenCV's ``mp4v`` writer (no PyAV) cannot write fragments (it passes no options to the MP4 muxer):
-its file plays only once closed, so :class:`~dronseg_edge.pipeline.video_sink.VideoSink` writes it under
-a hidden name and renames it when finished; ``--segment-s`` bounds what a kill loses there.
-
-Before each frame the writer checks that the frame and the index still fit on the disk
-(:func:`~dronseg_edge.pipeline.disk_space.ensure_room`): FFmpeg refuses every write after one has
-failed, the index included, so a video that hit a full disk could never be finished. Stopping
-just before keeps it playable up to its last frame.
+of video. A process killed mid-run (SIGKILL, the out-of-memory killer, a drone's battery running
+out) leaves a file that plays up to its last written fragment; a plain MP4, which writes its index
+at the end, does not play at all. No plain (faststart) copy is made at the end: that rewrites the
+whole file, doubling the disk it needs when the disk may be nearly full. OpenCV's ``mp4v`` writer
+cannot write fragments (it passes no options to the MP4 muxer): its file plays only once closed.
 """
 
 from __future__ import annotations
@@ -31,8 +23,6 @@ import contextlib
 import errno
 import functools
 import logging
-import os
-from abc import ABC, abstractmethod
 from fractions import Fraction
 from pathlib import Path
 
@@ -41,23 +31,17 @@ import numpy as np
 
 from dronseg_edge import gst_encoders
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.gst_encoders import FILE_BITS_PER_PIXEL, GST_ENCODERS, encoder_chain
+from dronseg_edge.gst_encoders import FILE_BITS_PER_PIXEL, GST_ENCODERS, encoder_chain, open_gst_writer
 from dronseg_edge.pipeline.disk_space import FINISH_BYTES, INDEX_BYTES_PER_FRAME, ensure_room
 
 log = logging.getLogger(__name__)
 
-VIDEO_CODECS = ("auto", "h264", "h264_nvenc", "libx264", "mp4v", "hevc", *GST_ENCODERS)
 # --codec -> the encoders tried, best first: each is opened in turn and the first that opens is used.
 # On a Jetson, auto and h264 try its GStreamer encoder first (gst_encoders.jetson_encoder).
-ENCODERS = {
-    "auto": ("h264_nvenc", "libx264", "mp4v"),
-    "h264": ("h264_nvenc", "libx264"),
-    "h264_nvenc": ("h264_nvenc",),
-    "libx264": ("libx264",),
-    "mp4v": ("mp4v",),
-    "hevc": ("hevc_nvenc", "libx265"),
-    **{name: (name,) for name in GST_ENCODERS},
-}
+ENCODERS = {"auto": ("h264_nvenc", "libx264", "mp4v"), "h264": ("h264_nvenc", "libx264"),
+            **{name: (name,) for name in ("h264_nvenc", "libx264", "mp4v")}, "hevc": ("hevc_nvenc", "libx265"),
+            **{name: (name,) for name in GST_ENCODERS}}
+VIDEO_CODECS = tuple(ENCODERS)
 # Constant quality rather than a bitrate: the overlay's flat colour regions cost little, the
 # source's texture a lot, and a fixed bitrate would be wrong for one of the two.
 ENCODER_OPTIONS = {
@@ -124,8 +108,7 @@ def encoders_for(codec: str) -> list[str]:
                                "built with GStreamer, as JetPack's, and the element installed): use --codec auto")
         return [codec]
     jetson = gst_encoders.jetson_encoder() if codec in ("auto", "h264") else None
-    needs_av = [name for name in wanted if name != "mp4v"]
-    if needs_av and _import_av() is None and "mp4v" not in wanted and jetson is None:
+    if "mp4v" not in wanted and jetson is None and _import_av() is None:
         raise DronsegError(f"--codec {codec} needs PyAV, which is not installed: {INSTALL_H264}, "
                            "or use --codec mp4v")
     usable = ([jetson] if jetson else []) + [name for name in wanted if name == "mp4v" or encoder_opens(name)]
@@ -136,9 +119,64 @@ def encoders_for(codec: str) -> list[str]:
     return usable
 
 
-class VideoWriter(ABC):
-    """An open video file of BGR uint8 frames of one size: ``write`` each frame, ``close`` finalises
-    it (idempotent), after which it plays up to the last frame written."""
+def even_size(size: tuple[int, int]) -> tuple[int, int]:
+    """yuv420p needs even sides: ``size`` rounded down to them (at least 2x2)."""
+    return max(2, size[0] - size[0] % 2), max(2, size[1] - size[1] % 2)
+
+
+class PyAVOutput:
+    """One yuv420p video stream that PyAV's FFmpeg encodes into ``url`` (a file or a network address) in
+    container ``format``: the one owner of PyAV's set-up and end, for the overlay video and the live
+    streams. ``stream_attrs`` are set on the stream (``codec_tag``, ``bit_rate``)."""
+
+    def __init__(self, url: str, format: str, encoder: str, size: tuple[int, int], fps: float, options: dict,
+                 container_options: dict | None = None, **stream_attrs):
+        av = _import_av()
+        self._frame_from = av.VideoFrame.from_ndarray
+        # 29.97 fps sources report 29.97002997...: keep their exact 30000/1001 rate (and 0.2 fps its 1/5).
+        self.rate = Fraction(fps).limit_denominator(1001)
+        self._container = av.open(url, "w", format=format, options=dict(container_options or {}))
+        try:
+            self._stream = self._container.add_stream(encoder, rate=self.rate, options=dict(options))
+            self._stream.width, self._stream.height = size
+            self._stream.pix_fmt = "yuv420p"
+            for name, value in stream_attrs.items():
+                setattr(self._stream, name, value)
+            self._container.start_encoding()  # opens the encoder (and connects) now: a refusal fails here, not mid-run
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._container.close()
+            raise
+        self._closed = False
+
+    def _encode(self, frame_bgr: np.ndarray | None, pts: int | None = None) -> bool:
+        """Encode one (H, W, 3) uint8 BGR frame (None: flush the delayed ones) and mux its packets;
+        True when any were muxed."""
+        frame = None
+        if frame_bgr is not None:
+            frame = self._frame_from(np.ascontiguousarray(frame_bgr), format="bgr24")
+            frame.pts = pts
+        packets = self._stream.encode(frame)
+        for packet in packets:
+            self._container.mux(packet)
+        return bool(packets)
+
+    def close(self) -> None:
+        """Flush the encoder's delayed frames (B-frames, lookahead), then close the container (for a
+        fragmented MP4: a last fragment and the random-access index, mfra). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._encode(None)
+        finally:
+            self._container.close()  # even after a failed flush: what was muxed so far stays playable
+
+
+class VideoWriter:
+    """An open video file of BGR uint8 frames of one (W, H) ``size``: ``write`` each frame, ``close``
+    finalises it (idempotent; OSError when its end or index cannot be written), after which it plays
+    up to the last frame written."""
 
     codec = "?"  # the encoder actually used, as recorded in summary.json
     fragmented = False  # plays up to its last fragment while written (so it may be written under its final name)
@@ -157,15 +195,8 @@ class VideoWriter(ABC):
         self._write(frame_bgr)
         self.frames += 1
 
-    @abstractmethod
-    def _write(self, frame_bgr: np.ndarray) -> None: ...
 
-    @abstractmethod
-    def close(self) -> None:
-        """Finish the file (idempotent); OSError when its end or index cannot be written."""
-
-
-class PyAVWriter(VideoWriter):
+class PyAVWriter(PyAVOutput, VideoWriter):
     """H.264/H.265 in fragmented MP4 through PyAV (a fragment a second at most: playable up to the last
     one written however the process ends); frames are converted to yuv420p by the encoder's scaler.
 
@@ -176,109 +207,64 @@ class PyAVWriter(VideoWriter):
     fragmented = True
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float, encoder: str):
-        super().__init__(path, size, fps)
-        av = _import_av()
+        VideoWriter.__init__(self, path, size, fps)
         self.codec = encoder
-        self.video_size = (size[0] - size[0] % 2, size[1] - size[1] % 2)
-        if min(self.video_size) < 2:
+        self.video_size = even_size(size)
+        if min(size) < 2:
             raise DronsegError(f"frames of {size[0]}x{size[1]} are too small for a video; use --no-save-video")
-        self._error, self._frame_from = av.FFmpegError, av.VideoFrame.from_ndarray
-        self._container = av.open(str(path), "w", format="mp4", options=dict(FRAGMENTED_MP4))
-        try:
-            # 29.97 fps sources report 29.97002997...: keep their exact 30000/1001 rate (and 0.2 fps its 1/5).
-            rate = Fraction(fps).limit_denominator(1001)
-            stream = self._container.add_stream(encoder, rate=rate, options=dict(ENCODER_OPTIONS.get(encoder, {})))
-            stream.width, stream.height = self.video_size
-            stream.pix_fmt = "yuv420p"
-            if encoder in ("libx265", "hevc_nvenc"):
-                stream.codec_tag = "hvc1"  # Apple players refuse H.265 in MP4 under the default hev1 tag
-            self._container.start_encoding()  # opens the encoder now: a missing GPU fails here, not mid-run
-        except BaseException:
-            self._container.close()
-            raise
-        self._stream = stream
-        self._closed = False
+        # Apple players refuse H.265 in MP4 under the default hev1 tag.
+        tag = {"codec_tag": "hvc1"} if encoder in ("libx265", "hevc_nvenc") else {}
+        PyAVOutput.__init__(self, str(path), "mp4", encoder, self.video_size, fps, ENCODER_OPTIONS.get(encoder, {}),
+                            FRAGMENTED_MP4, **tag)
         if self.video_size != size:
             cut = " and ".join(side for side, odd in (("last column", size[0] % 2), ("last row", size[1] % 2)) if odd)
             log.warning("frames are %dx%d and yuv420p video needs even sides: the video is %dx%d (%s cropped)",
                         *size, *self.video_size, cut)
 
     def _write(self, frame_bgr: np.ndarray) -> None:
-        width, height = self.video_size
-        if frame_bgr.shape[1] != width or frame_bgr.shape[0] != height:
-            frame_bgr = frame_bgr[:height, :width]
-        if not frame_bgr.flags.c_contiguous:
-            frame_bgr = np.ascontiguousarray(frame_bgr)
-        frame = self._frame_from(frame_bgr, format="bgr24")
         try:
-            for packet in self._stream.encode(frame):
-                self._container.mux(packet)
+            self._encode(frame_bgr[:self.video_size[1], :self.video_size[0]])
         except OSError:
             raise  # av.error.OSError: the disk, not the encoder (the sink names the path and the free space)
-        except self._error as exc:
+        except _import_av().FFmpegError as exc:
             raise DronsegError(f"encoding {self.path} with {self.codec} failed: {exc}; "
                                "try --codec mp4v or --no-save-video") from None
 
-    def close(self) -> None:
-        """Flush the encoder's delayed frames (B-frames, lookahead) into a last fragment and write the
-        fragments' random-access index (mfra)."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-        finally:
-            self._container.close()  # even after a failed flush: the frames muxed so far stay playable
-
 
 class OpenCVWriter(VideoWriter):
-    """MPEG-4 Part 2 (``mp4v``) through OpenCV: the fallback without PyAV."""
-
-    codec = "mp4v"
-
-    def __init__(self, path: Path, size: tuple[int, int], fps: float):
-        super().__init__(path, size, fps)
-        self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-        if not self._writer.isOpened():
-            raise OSError(f"OpenCV cannot open an mp4v writer for {path}")
-
-    def _write(self, frame_bgr: np.ndarray) -> None:
-        self._writer.write(frame_bgr)  # returns nothing and never raises: a failed write is only a log line
-
-    def close(self) -> None:
-        """Release the writer, then check the index was written: OpenCV reports no write error at all."""
-        if self._writer is None:
-            return
-        self._writer.release()
-        self._writer = None
-        if self.frames and "moov" not in mp4_top_level_boxes(self.path):
-            raise OSError(errno.EIO, "the video's index could not be written (OpenCV's writer reports no "
-                                     "error: the disk was probably full)", str(self.path))
-
-
-class GStreamerWriter(VideoWriter):
-    """H.264 in fragmented MP4 through OpenCV's GStreamer VideoWriter (``nvv4l2h264enc``, the Jetson's
-    hardware encoder, or ``x264enc``): ``appsrc ! encoder ! mp4mux ! filesink``.
+    """A file through OpenCV's VideoWriter: MPEG-4 Part 2 (``mp4v``, the fallback without PyAV), or
+    H.264 in fragmented MP4 through its GStreamer backend (``nvv4l2h264enc``, a Jetson's hardware
+    encoder, or ``x264enc``: ``appsrc ! encoder ! mp4mux ! filesink``).
 
     OpenCV's writer tells nothing but whether it opened, not whether a fragment reached the disk, so
     the file keeps its working name until finished (``fragmented = False``).
     """
 
-    def __init__(self, path: Path, size: tuple[int, int], fps: float, encoder: str):
+    def __init__(self, path: Path, size: tuple[int, int], fps: float, encoder: str = "mp4v"):
         super().__init__(path, size, fps)
         self.codec = encoder
-        self.pipeline = gst_file_pipeline(path, encoder, size, fps)
-        self._writer = open_gst_writer(self.pipeline, size, fps)
+        if encoder != "mp4v":
+            self.pipeline = gst_file_pipeline(path, encoder, size, fps)
+            self._writer = open_gst_writer(self.pipeline, size, fps)
+            return
+        self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        if not self._writer.isOpened():
+            raise OSError(f"OpenCV cannot open an mp4v writer for {path}")
 
     def _write(self, frame_bgr: np.ndarray) -> None:
-        self._writer.write(np.ascontiguousarray(frame_bgr))
+        self._writer.write(np.ascontiguousarray(frame_bgr))  # never raises: a failed write is only a log line
 
     def close(self) -> None:
-        """End of stream: mp4mux finishes the file."""
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        """Release the writer (GStreamer: end of stream, mp4mux finishes the file); then check mp4v's
+        index was written: OpenCV reports no write error at all."""
+        if self._writer is None:
+            return
+        self._writer.release()
+        self._writer = None
+        # An MP4 without its index (moov, written at the end) does not open, whichever backend wrote it.
+        if self.codec == "mp4v" and self.frames and not cv2.VideoCapture(str(self.path)).isOpened():
+            raise OSError(errno.EIO, "the video's index could not be written (OpenCV's writer reports no "
+                                     "error: the disk was probably full)", str(self.path))
 
 
 def gst_file_pipeline(path: Path, encoder: str, size: tuple[int, int], fps: float) -> str:
@@ -292,39 +278,6 @@ def gst_file_pipeline(path: Path, encoder: str, size: tuple[int, int], fps: floa
     return f'appsrc ! {chain} ! mp4mux fragment-duration={int(FRAGMENT_S * 1000)} ! filesink location="{text}"'
 
 
-def open_gst_writer(pipeline: str, size: tuple[int, int], fps: float):
-    """An opened ``cv2.VideoWriter`` on GStreamer ``pipeline``; OSError when OpenCV cannot open it."""
-    writer = cv2.VideoWriter(pipeline, cv2.CAP_GSTREAMER, 0, float(fps), tuple(size), True)
-    if not writer.isOpened():
-        writer.release()
-        raise OSError(f"OpenCV's GStreamer cannot open: {pipeline}")
-    return writer
-
-
-def mp4_top_level_boxes(path: Path) -> list[str]:
-    """The types of an MP4 file's top-level boxes (ftyp, mdat, moov, ...), read from their headers only."""
-    boxes = []
-    try:
-        with open(path, "rb") as handle:
-            end = os.fstat(handle.fileno()).st_size
-            offset = 0
-            while offset + 8 <= end:
-                handle.seek(offset)
-                header = handle.read(16)
-                size, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
-                if size == 1 and len(header) == 16:
-                    size = int.from_bytes(header[8:16], "big")
-                elif size == 0:
-                    size = end - offset
-                if size < 8:
-                    break
-                boxes.append(kind)
-                offset += size
-    except OSError:
-        return boxes
-    return boxes
-
-
 def open_video_writer(path: Path, size: tuple[int, int], fps: float, codec: str = "auto") -> VideoWriter:
     """Open ``path`` for (W, H) ``size`` frames at ``fps`` with the first encoder of ``--codec codec``
     that opens at this size.
@@ -332,22 +285,10 @@ def open_video_writer(path: Path, size: tuple[int, int], fps: float, codec: str 
     An encoder can pass the small probe and still refuse a size (NVENC has a maximum), so each is
     tried for real. DronsegError when none opens.
     """
-    encoders = encoders_for(codec)
     failures = []
-    for encoder in encoders:
+    for encoder in encoders_for(codec):
         try:
-            if encoder == "mp4v":
-                writer = OpenCVWriter(path, size, fps)
-                if codec != "mp4v":
-                    fix = (f"PyAV is not installed; for H.264: {INSTALL_H264}" if _import_av() is None else
-                           "this PyAV's FFmpeg has no H.264 encoder; for H.264: pip install --force-reinstall av "
-                           "(PyPI's wheels carry libx264)")
-                    log.warning("the overlay video is MPEG-4 Part 2 (mp4v), which browsers and many players "
-                                "cannot play: %s", fix)
-                return writer
-            if encoder in GST_ENCODERS:
-                return GStreamerWriter(path, size, fps, encoder)
-            return PyAVWriter(path, size, fps, encoder)
+            writer = (OpenCVWriter if encoder in ("mp4v", *GST_ENCODERS) else PyAVWriter)(path, size, fps, encoder)
         except DronsegError:
             raise
         except Exception as exc:  # FFmpegError, OSError: try the next encoder
@@ -355,5 +296,13 @@ def open_video_writer(path: Path, size: tuple[int, int], fps: float, codec: str 
             with contextlib.suppress(OSError):
                 Path(path).unlink()
             log.info("encoder %s does not open for %dx%d (%s)", encoder, *size, exc)
+            continue
+        if encoder == "mp4v" and codec != "mp4v":
+            fix = (f"PyAV is not installed; for H.264: {INSTALL_H264}" if _import_av() is None else
+                   "this PyAV's FFmpeg has no H.264 encoder; for H.264: pip install --force-reinstall av "
+                   "(PyPI's wheels carry libx264)")
+            log.warning("the overlay video is MPEG-4 Part 2 (mp4v), which browsers and many players "
+                        "cannot play: %s", fix)
+        return writer
     raise DronsegError(f"cannot write video {path} ({size[0]}x{size[1]}; {'; '.join(failures)}): "
                        "the folder is not writable or the encoder refuses this size; try --no-save-video")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX, PALETTE
-from dronseg_edge.pictures import caption, colour_classes, fit_width, grid_row, legend, stack_rows, write_png
+from dronseg_edge.pictures import caption, colour_classes, fit_width, grid_row, legend, stack_rows, write_image
 from dronseg_edge.train.loop import StepContext
 
 MOSAIC_IMAGES = 4
@@ -59,7 +59,7 @@ class ValidationMosaic:
         predictions = logits.float().argmax(dim=1).cpu().numpy()
         picture = mosaic_picture(images.permute(0, 2, 3, 1).numpy(), masks, predictions, self._names(),
                                  self.class_names, self.palette, title=f"epoch {epoch}: image | truth | prediction")
-        return write_png(self.path(epoch), picture)
+        return write_image(self.path(epoch), picture)
 
     def _names(self) -> list[str]:
         """Image IDs of the chosen items when the data set knows them (a Subset under DDP: its positions)."""

@@ -100,7 +100,7 @@ def test_page_stream_and_shares(preview):
 def test_no_viewer_no_jpeg(preview):
     server, sink = preview
     sink.write(make_result(0))
-    assert server.newest.jpeg is None and json.loads(server.newest.shares)["frame"] == 0
+    assert server.jpeg is None and json.loads(server.shares)["frame"] == 0
 
 
 def test_a_token_is_needed_for_everything_when_set():
@@ -128,7 +128,7 @@ def test_at_most_a_few_viewers_and_a_stalled_one_holds_no_one_up(preview):
     assert get(server, "/stream.mjpg")[1].status == 503
     for index in range(60):  # the pipeline side: every write returns, whatever the viewers do
         sink.write(make_result(index, (640, 384)))
-    assert json.loads(server.newest.shares)["frame"] == 59
+    assert json.loads(server.shares)["frame"] == 59
     for probe in stalled:
         probe.close()
 

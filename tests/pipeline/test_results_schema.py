@@ -27,7 +27,7 @@ def test_a_line_holds_shares_and_each_present_class_with_its_pixels_and_box():
     mask[30, 60] = 3  # and a stray pixel of it
     mask[40:50, :] = 10
     mask[rng.integers(0, 50, 5), rng.integers(0, 70, 5)] = 1
-    line = json.loads(frame_results(result_of(mask)).to_line())
+    line = json.loads(frame_results(result_of(mask)))
     assert list(line)[0] == "schema" and line["schema"] == SCHEMA == 1
     assert (line["frame"], line["name"], line["timestamp"], line["size"]) == (7, "000007", 1.25, [70, 50])
     assert set(line["shares"]) == set(CLASS_NAMES) and sum(line["shares"].values()) == pytest.approx(1.0)
@@ -45,12 +45,12 @@ def test_a_class_filter_and_the_confidence_are_followed():
     mask[:4] = 1
     confidence = np.full((8, 8), 255, np.uint8)
     confidence[:2] = 10
-    line = json.loads(frame_results(result_of(mask, classes=(1,), confidence=confidence), with_confidence=True).to_line())
+    line = json.loads(frame_results(result_of(mask, classes=(1,), confidence=confidence), with_confidence=True))
     assert line["shares"] == {"person": 0.5} and list(line["classes"]) == ["person"]
     assert line["classes"]["person"] == {"pixels": 32, "bbox": [0, 0, 8, 4]}
     assert line["low_confidence"] == 0.25
 
 
 def test_a_line_is_one_line_of_json():
-    data = frame_results(result_of(np.zeros((4, 4), np.uint8), timestamp=None)).to_line()
+    data = frame_results(result_of(np.zeros((4, 4), np.uint8), timestamp=None))
     assert data.endswith(b"\n") and data.count(b"\n") == 1 and json.loads(data)["timestamp"] is None

@@ -203,7 +203,8 @@ def test_an_mp4v_file_whose_index_was_not_written_is_an_error(tmp_path, monkeypa
     with pytest.raises(OSError, match="index could not be written"):
         writer.close()
     real.release()
-    assert video_writer.mp4_top_level_boxes(tmp_path / "v.mp4") == mp4_top_level_boxes(tmp_path / "v.mp4")  # same reader
+    assert "moov" in mp4_top_level_boxes(tmp_path / "v.mp4")  # released for real, the index is there
+    writer.close()  # closed once: the file is no longer checked
 
 
 def test_a_jetson_writes_through_its_gstreamer_encoder_first(tmp_path, fake_jetson, monkeypatch):
