@@ -24,7 +24,6 @@ Two calls:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 import time
@@ -130,17 +129,17 @@ class Backend(ABC):
     def _run_converted(self, batch):
         """``_infer`` on ``batch`` converted to the ``native`` kind, the result converted back."""
         given_torch = is_torch_tensor(batch)
-        if not given_torch and self.native == "torch":  # the torch backend given numpy: a numpy array back
-            import torch
+        if not given_torch and self.native == "numpy":
+            return self._infer(batch)
+        import torch
 
-            with torch.inference_mode():
+        # Whatever the caller's mode: a backend's fixed buffers (CUDA-graph inputs) are made on its first
+        # call, and an inference tensor made under a Segmenter cannot be written outside inference mode.
+        with torch.inference_mode():
+            if not given_torch:  # the torch backend given numpy: a numpy array back
                 return self._infer(torch.from_numpy(np.ascontiguousarray(batch))).cpu().numpy()
-        with _inference_mode(batch):
-            if given_torch and self.native == "numpy":  # through host memory, back onto the caller's device
-                import torch
-
-                host = np.ascontiguousarray(self._infer(batch.detach().cpu().numpy()))
-                return torch.from_numpy(host).to(batch.device)
+            if self.native == "numpy":  # through host memory, back onto the caller's device
+                return torch.from_numpy(np.ascontiguousarray(self._infer(batch.detach().cpu().numpy()))).to(batch.device)
             return self._infer(batch)
 
     def runtime_errors(self) -> tuple[type[BaseException], ...]:
@@ -194,36 +193,24 @@ class Backend(ABC):
             self.active = True
 
     def check_input(self, batch) -> None:
-        """DronsegError unless ``batch`` is (N, 3, H, W) and, for a static artifact, of its exported shape.
-
-        Checked before the backend sees it: a runtime's own error for a wrong shape (ONNX Runtime's
-        INVALID_ARGUMENT, TensorRT's refused binding) names neither the file nor the fix.
-        """
-        if self.info.io == "frames":
-            return self._check_frames(batch)
-        width, height = self.info.input_size
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise DronsegError(f"{self.path.name} takes (N, 3, H, W) batches, got {tuple(batch.shape)}")
-        if not self.info.dynamic and (tuple(batch.shape[2:]) != (height, width) or
-                                      (self.info.batch and batch.shape[0] != self.info.batch)):
-            raise DronsegError(
-                f"{self.path.name} was exported for {self.info.batch or 'N'}x3x{height}x{width} inputs, got "
-                f"{'x'.join(map(str, batch.shape))}: re-export with --size/--batch to match, or with --dynamic"
-            )
-
-    def _check_frames(self, batch) -> None:
-        """A frames artifact (pre/post-processing inside, export --io frames): (N, H, W, 3) uint8 frames."""
-        if batch.ndim != 4 or batch.shape[3] != 3 or dtype_name(batch) != "uint8":
-            raise DronsegError(f"{self.path.name} takes (N, H, W, 3) uint8 {self.info.color_order} frames, got "
-                               f"{tuple(batch.shape)} {dtype_name(batch)}")
-        if self.info.dynamic or self.info.source_size is None:
+        """DronsegError unless ``batch`` is (N, 3, H, W) (a frames artifact: (N, H, W, 3) uint8) and, for a
+        static artifact, of its exported shape. Checked before the backend sees it: a runtime's own error
+        for a wrong shape (ONNX Runtime's INVALID_ARGUMENT, TensorRT's refused binding) names neither the
+        file nor the fix."""
+        frames = self.info.io == "frames"
+        if batch.ndim != 4 or batch.shape[3 if frames else 1] != 3 or (frames and dtype_name(batch) != "uint8"):
+            layout = f"(N, H, W, 3) uint8 {self.info.color_order} frames" if frames else "(N, 3, H, W) batches"
+            raise DronsegError(f"{self.path.name} takes {layout}, got {tuple(batch.shape)}"
+                               + (f" {dtype_name(batch)}" if frames else ""))
+        size = self.info.source_size if frames else self.info.input_size
+        if self.info.dynamic or size is None:
             return
-        width, height = self.info.source_size
-        if tuple(batch.shape[1:3]) != (height, width) or (self.info.batch and batch.shape[0] != self.info.batch):
-            raise DronsegError(
-                f"{self.path.name} was exported for {self.info.batch or 'N'}x{height}x{width}x3 frames, got "
-                f"{'x'.join(map(str, batch.shape))}: re-export with --source-size/--batch to match, or with --dynamic"
-            )
+        width, height = size
+        if tuple(batch.shape[1:3] if frames else batch.shape[2:]) != (height, width) or (
+                self.info.batch and batch.shape[0] != self.info.batch):
+            exported, flag = (f"{height}x{width}x3 frames", "--source-size") if frames else (f"3x{height}x{width} inputs", "--size")
+            raise DronsegError(f"{self.path.name} was exported for {self.info.batch or 'N'}x{exported}, got "
+                               f"{'x'.join(map(str, batch.shape))}: re-export with {flag}/--batch to match, or with --dynamic")
 
     def __enter__(self) -> "Backend":
         self._ensure_active()
@@ -294,15 +281,3 @@ def check_declared_io(path: Path, info: ModelInfo, inputs: list[TensorSpec], out
 
 def _dims(shape: tuple) -> str:
     return "x".join("?" if d is None else str(d) for d in shape) or "a scalar"
-
-
-def _inference_mode(batch):
-    """torch.inference_mode() for a torch batch, whatever the caller's mode: a backend's fixed
-    buffers (CUDA-graph inputs) are made on its first call, and an inference tensor made under a
-    Segmenter cannot be written outside inference mode, nor a normal one inside it without
-    autograd bookkeeping. Nothing for numpy."""
-    if not is_torch_tensor(batch):
-        return contextlib.nullcontext()
-    import torch
-
-    return torch.inference_mode()

@@ -65,12 +65,6 @@ def check(result, what: str):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def check_quietly(result):
-    """The value of a cleanup call, or None when it failed (the error that led here matters more)."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    return values[0] if int(err) == 0 and values else None
-
-
 def error_for(err, what: str) -> Exception:
     name = getattr(err, "name", None) or f"CUDA error {int(err)}"
     detail = ""
@@ -117,64 +111,47 @@ def device_identity(index: int) -> dict:
     return {"gpu_name": name.rstrip("\x00").strip(), "compute_capability": f"{props.major}.{props.minor}"}
 
 
-def _mib(nbytes: int) -> str:
-    return f"{nbytes / (1 << 20):.1f} MiB"
-
-
 class DeviceBuffer:
     """Device memory that grows to the largest size asked for (``ensure``); ``ptr`` changes when it grows."""
 
+    pinned = False
+
     def __init__(self) -> None:
-        self.ptr = 0
-        self.nbytes = 0
+        self.ptr = self.nbytes = 0
 
     def ensure(self, nbytes: int) -> bool:
         """At least ``nbytes`` allocated; True when the memory moved (earlier bindings to it are stale)."""
         if nbytes <= self.nbytes:
             return False
         self.free()
-        self.ptr = int(check(cudart().cudaMalloc(max(nbytes, 1)), f"cudaMalloc of {_mib(nbytes)}"))
-        self.nbytes = nbytes
+        rt, size = cudart(), max(nbytes, 1)
+        result, what = (rt.cudaMallocHost(size), "cudaMallocHost") if self.pinned else (rt.cudaMalloc(size), "cudaMalloc")
+        self.ptr, self.nbytes = int(check(result, f"{what} of {nbytes / (1 << 20):.1f} MiB")), nbytes
         return True
 
     def free(self) -> None:
         if self.ptr:
             ptr, self.ptr, self.nbytes = self.ptr, 0, 0
-            check(cudart().cudaFree(ptr), "cudaFree")
+            rt = cudart()
+            check(rt.cudaFreeHost(ptr) if self.pinned else rt.cudaFree(ptr), "cudaFreeHost" if self.pinned else "cudaFree")
 
 
-class PinnedBuffer:
+class PinnedBuffer(DeviceBuffer):
     """Page-locked host memory (``cudaMallocHost``), growing like DeviceBuffer; ``array`` views it.
 
     From pinned memory a copy to or from the GPU is a DMA the host only queues; from ordinary
     (pageable) memory CUDA first copies through a driver buffer and the host waits.
     """
 
-    def __init__(self) -> None:
-        self.ptr = 0
-        self.nbytes = 0
-
-    def ensure(self, nbytes: int) -> bool:
-        if nbytes <= self.nbytes:
-            return False
-        self.free()
-        self.ptr = int(check(cudart().cudaMallocHost(max(nbytes, 1)), f"cudaMallocHost of {_mib(nbytes)}"))
-        self.nbytes = nbytes
-        return True
+    pinned = True
 
     def array(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         """A numpy view of the first bytes of the buffer (valid until it grows or is freed)."""
-        dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if nbytes > self.nbytes:
-            raise ValueError(f"pinned buffer of {self.nbytes} bytes is smaller than {shape} {dtype}")
-        raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(self.ptr)
-        return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
-
-    def free(self) -> None:
-        if self.ptr:
-            ptr, self.ptr, self.nbytes = self.ptr, 0, 0
-            check(cudart().cudaFreeHost(ptr), "cudaFreeHost")
+        count = int(np.prod(shape, dtype=np.int64))
+        if count * np.dtype(dtype).itemsize > self.nbytes:
+            raise ValueError(f"pinned buffer of {self.nbytes} bytes is smaller than {shape} {np.dtype(dtype)}")
+        raw = (ctypes.c_uint8 * max(self.nbytes, 1)).from_address(self.ptr)
+        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
 
 
 class Stream:
@@ -194,7 +171,7 @@ class Stream:
         kinds = {"h2d": rt.cudaMemcpyKind.cudaMemcpyHostToDevice, "d2h": rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
                  "d2d": rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice}
         if nbytes:
-            check(rt.cudaMemcpyAsync(dst, src, nbytes, kinds[kind], self.handle), f"cudaMemcpyAsync ({kind}, {_mib(nbytes)})")
+            check(rt.cudaMemcpyAsync(dst, src, nbytes, kinds[kind], self.handle), f"cudaMemcpyAsync ({kind}, {nbytes / (1 << 20):.1f} MiB)")
 
     def synchronize(self) -> None:
         check(cudart().cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
@@ -241,9 +218,9 @@ def capture(stream: Stream, record: Callable[[], None]) -> Graph:
         try:
             record()
         except BaseException:
-            graph = check_quietly(rt.cudaStreamEndCapture(stream.handle))
-            if graph is not None:
-                rt.cudaGraphDestroy(graph)
+            err, *graph = rt.cudaStreamEndCapture(stream.handle)  # ended quietly: the error that led here matters more
+            if int(err) == 0 and graph and graph[0] is not None:
+                rt.cudaGraphDestroy(graph[0])
             raise
         graph = check(rt.cudaStreamEndCapture(stream.handle), "cudaStreamEndCapture")
     try:

@@ -42,14 +42,11 @@ log = logging.getLogger(__name__)
 
 
 def numpy_dtype(trt, dtype) -> np.dtype:
-    """numpy dtype of a TensorRT tensor type."""
-    table = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16, trt.DataType.INT32: np.int32,
-             trt.DataType.INT8: np.int8, trt.DataType.UINT8: np.uint8, trt.DataType.BOOL: np.bool_}
-    if hasattr(trt.DataType, "INT64"):  # 10.x and later; 8.6 has none
-        table[trt.DataType.INT64] = np.int64
-    if dtype not in table:
-        raise DronsegError(f"engine tensor type {dtype} has no numpy equivalent: rebuild the engine with `dronseg-edge export`")
-    return np.dtype(table[dtype])
+    """numpy dtype of a TensorRT tensor type (``trt.nptype``; none for BF16 and FP8)."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except TypeError:
+        raise DronsegError(f"engine tensor type {dtype} has no numpy equivalent: rebuild the engine with `dronseg-edge export`") from None
 
 
 def _nbytes(shape, dtype: np.dtype) -> int:
