@@ -1,19 +1,15 @@
-"""CUDA-graph capture and replay, and work on a backend's own stream: shared by the PyTorch and
-TensorRT backends.
+"""CUDA-graph capture and replay for the PyTorch backend, each cache on a stream of its own.
 
-Why a backend runs on its own stream: torch's current stream of a device is shared by everything
-in the process (and by default it is the legacy default stream, which serialises with every other
-stream), and the graph capture stream torch uses by default is one per process, so two backends
-capturing at once, or on two GPUs, would capture into each other. Each ``GraphCache`` captures on
-its own stream with ``capture_error_mode="thread_local"`` (another thread's ordinary CUDA calls do
-not invalidate the capture) and one capture at a time per process (``_CAPTURE_LOCK``): torch's graph
-context synchronises the device and empties the allocator's cache on entry, which must not happen
-in the middle of another thread's capture. The lock is taken before the warm-up runs: cuDNN's
-benchmark cache is per thread (ATen's Conv_v8.cpp), so every new thread autotunes in its warm-up,
-and the autotuner calls ``cudaDeviceSynchronize()``, which breaks a capture in progress on the GPU
-in any capture mode (NVIDIA/TensorRT#2888). A failed capture synchronises only its own stream.
-What the lock cannot cover: eager work of another thread that autotunes (a backend without CUDA
-graphs, ``cudnn.benchmark`` on) while a capture runs; such a capture fails and runs eagerly.
+Own stream: torch's current stream is shared by the whole process (by default the legacy stream,
+which serialises with every other), and its default capture stream is one per process, so two
+backends capturing at once would capture into each other. Captures are ``thread_local`` (another
+thread's ordinary CUDA calls do not invalidate them) and one at a time in the process
+(``cuda_runtime.CAPTURE_LOCK``, which the TensorRT backend takes too): torch's graph context
+synchronises the device and empties the allocator's cache on entry. The lock covers the warm-up as
+well: cuDNN's benchmark cache is per thread (ATen's Conv_v8.cpp), and the autotuner's
+``cudaDeviceSynchronize()`` breaks a capture in progress in any mode (NVIDIA/TensorRT#2888). Not
+covered: eager autotuning in another thread (no CUDA graphs, ``cudnn.benchmark`` on) while a capture
+runs; that capture fails and its model runs eagerly.
 """
 
 from __future__ import annotations
@@ -28,7 +24,6 @@ from dronseg_edge.runtime.cuda_runtime import CAPTURE_LOCK
 
 log = logging.getLogger(__name__)
 
-_CAPTURE_LOCK = CAPTURE_LOCK  # one lock for torch's captures and the TensorRT backend's (cuda_runtime.capture)
 Launch = Callable[[], torch.Tensor]
 
 
@@ -59,38 +54,23 @@ class CapturedGraph:
     output: torch.Tensor  # the fixed buffer the graph writes on every replay
 
 
-class GraphCache:
-    """Captured CUDA graphs by key (usually the input shape), at most ``max_graphs`` (each holds its
-    own activation memory; the oldest are dropped together when full).
+class GraphCache(dict):
+    """Captured CUDA graphs (``CapturedGraph``) by key (usually the input shape), at most ``max_graphs``
+    (each holds its own activation memory; the oldest are dropped together when full).
 
     ``stream``: the owner's stream (one is made on first use when None). ``label`` names the model in
     the warning a failed capture logs.
     """
 
     def __init__(self, device: torch.device, stream=None, max_graphs: int = 4, label: str = "model"):
-        self.device = device
-        self._stream = stream
-        self.max_graphs = max_graphs
-        self.label = label
-        self._graphs: dict[tuple, CapturedGraph] = {}
+        super().__init__()
+        self.device, self._stream, self.max_graphs, self.label = device, stream, max_graphs, label
 
     @property
     def stream(self):
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         return self._stream
-
-    def __len__(self) -> int:
-        return len(self._graphs)
-
-    def __contains__(self, key) -> bool:
-        return key in self._graphs
-
-    def get(self, key) -> CapturedGraph | None:
-        return self._graphs.get(key)
-
-    def clear(self) -> None:
-        self._graphs.clear()
 
     def capture(self, key, sources: Sequence[torch.Tensor], prepare: Callable[[tuple[torch.Tensor, ...]], Launch], *,
                 warmup: int = 1, dtype: torch.dtype | None = None) -> CapturedGraph | None:
@@ -109,7 +89,7 @@ class GraphCache:
             # The warm-up runs under the lock too: cuDNN's benchmark cache is per thread, so a new
             # thread autotunes here, and the autotuner's cudaDeviceSynchronize() would break a capture
             # running meanwhile in another thread, whatever its capture mode.
-            with _CAPTURE_LOCK:
+            with CAPTURE_LOCK:
                 try:
                     inputs, output, graph = self._warm_up_and_capture(stream, sources, prepare, warmup, dtype)
                 except RuntimeError as exc:  # e.g. an op or plugin that synchronises: eager beats failing
@@ -121,10 +101,10 @@ class GraphCache:
                     return None
             for source in sources:
                 keep_for_stream(source, stream)
-        if len(self._graphs) >= self.max_graphs:
-            self._graphs.clear()
-        self._graphs[key] = CapturedGraph(graph, inputs, output)
-        return self._graphs[key]
+        if len(self) >= self.max_graphs:
+            self.clear()
+        self[key] = CapturedGraph(graph, inputs, output)
+        return self[key]
 
     def _warm_up_and_capture(self, stream, sources, prepare, warmup: int, dtype):
         """(fixed inputs, output buffer, graph): the launch warmed up on a side stream, then captured on ``stream``."""

@@ -1,29 +1,18 @@
 """TensorRT backend for ``.engine``/``.plan`` files written by ``dronseg-edge export --format engine``.
 
-It needs tensorrt, numpy and NVIDIA's CUDA Python bindings (runtime/cuda_runtime.py says why those),
-not torch: device memory, pinned host buffers, its own CUDA stream and CUDA-graph replay are made
-with ``cuda.bindings``. torch is imported only when a caller hands in a torch tensor.
+tensorrt, numpy and NVIDIA's CUDA Python bindings (runtime/cuda_runtime.py), never torch. numpy in,
+numpy out (``Backend.infer`` converts torch tensors at the edge): the batch goes through a pinned
+buffer to fixed device buffers on the backend's own stream, the engine runs (``execute_async_v3``),
+every output comes back through pinned buffers, and a **copy** of each is returned (the next call
+rewrites the buffers; the pipeline's sink threads keep results).
 
-numpy in, numpy out (``Backend.infer`` converts torch tensors at the edge): float32 (N, 3, H, W)
-for a tensors engine, uint8 (N, H, W, 3) for a frames engine (``export --io frames``). The batch is
-copied into a pinned buffer, uploaded asynchronously on the backend's stream into fixed device
-buffers, the engine runs there (``execute_async_v3``), every output is downloaded into a pinned
-buffer, the stream is synchronised, and a **copy** of each buffer is returned: the pinned buffers
-are rewritten by the next call, and a view valid only until then would be a silent race for callers
-that keep results (the pipeline's sink threads do). For a frames engine's uint8 class map the copy
-is a fraction of a millisecond.
-
-With ``cuda_graph`` (trtexec's ``--useCudaGraph``, default on) the engine's launches for one input
-shape are captured once into a CUDA graph and replayed; the graph reads and writes the fixed device
-buffers. As TensorRT
-requires, the context is enqueued once after its shape and addresses are set (that run gives the
-first call's result) and before capture begins; capture runs on the backend's own stream in
-thread-local mode, one capture at a time in the process. One graph is kept, for the latest shape,
-because graphs that share one execution context share its scratch memory. An engine that cannot be
-captured runs without a graph, with a warning. The engine's JSON sidecar says which GPU and
-TensorRT version built it; anything else is refused with a message saying how to rebuild.
-
-Not thread-safe: one backend serves one thread at a time (as every backend here).
+``cuda_graph`` (trtexec's ``--useCudaGraph``, default on): the launches for one input shape are
+captured once and replayed. As TensorRT requires, the context is enqueued once after its shape and
+addresses are set (that run gives the first call's result) before capture, which is thread-local,
+on the backend's stream, one at a time in the process. One graph is kept, for the latest shape:
+graphs of one context share its scratch memory. An engine that cannot be captured runs without a
+graph, with a warning. The sidecar says which GPU and TensorRT version built the engine; anything
+else is refused with how to rebuild. Not thread-safe: one backend serves one thread at a time.
 """
 
 from __future__ import annotations
@@ -98,11 +87,10 @@ class TensorRTBackend(Backend):
             raise DronsegError(f"TensorRT engines run on NVIDIA GPUs only, not on --device {self.device}: use --device cuda")
         self._index = cuda_runtime.resolve_index(self.device)
         here = {"tensorrt_version": str(trt.__version__), **cuda_runtime.device_identity(self._index)}
-        problem = tensorrt_env.engine_mismatch(self.build, here) if self.build else None
         if not self.build:  # metadata from --meta (an engine built elsewhere): no record of what built it
             log.warning("engine %s has no build record (no sidecar): the GPU and TensorRT version it was built for "
                         "could not be checked; TensorRT's own check decides", self.path.name)
-        if problem:
+        elif problem := tensorrt_env.engine_mismatch(self.build, here):
             raise DronsegError(f"engine {self.path} {problem}: {self._rebuild_hint()}")
         logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(logger)
@@ -186,34 +174,28 @@ class TensorRTBackend(Backend):
                 self._stream.copy(self._host_out[name].ptr, self._device_out[name].ptr, out_nbytes, "d2h")
             self._stream.synchronize()
             # New arrays: the pinned buffers are rewritten by the next call. Logits come back float32.
-            outs = {}
-            for i, name in enumerate(self._outputs):
-                staged = self._host_out[name].array(out_shapes[name], self._dtypes[name])
-                as_float = i == 0 and self.info.head == "logits" and staged.dtype != np.float32
-                outs[name] = staged.astype(np.float32) if as_float else staged.copy()
+            staged = {name: self._host_out[name].array(out_shapes[name], self._dtypes[name]) for name in self._outputs}
+            outs = {name: a.astype(np.float32) if i == 0 and self.info.head == "logits" else a.copy()
+                    for i, (name, a) in enumerate(staged.items())}
         self.last_outputs = outs
         return outs[self._outputs[0]]
 
     # -- the engine on the fixed buffers ----------------------------------------------------------
-
-    def _set_input_shape(self, shape: tuple) -> None:
-        if not self._context.set_input_shape(self._inputs[0], shape):
-            raise DronsegError(f"engine {self.path} does not accept input shape {shape} "
-                               f"(profile: {self.build.get('profile') or 'static'}): re-export with matching --size/--batch or --dynamic")
 
     def _bind_fixed(self, shape: tuple) -> dict[str, tuple]:
         """Bind the context to the fixed device buffers for ``shape`` (grown as needed); returns the output shapes."""
         if self._fixed_shapes is not None and self._fixed_shapes[0] == shape:
             return self._fixed_shapes[1]
         self._drop_graph()  # captured for other addresses or another shape
-        self._set_input_shape(shape)
+        if not self._context.set_input_shape(self._inputs[0], shape):
+            raise DronsegError(f"engine {self.path} does not accept input shape {shape} "
+                               f"(profile: {self.build.get('profile') or 'static'}): re-export with matching --size/--batch or --dynamic")
         self._device_in.ensure(_nbytes(shape, self._dtypes[self._inputs[0]]))
         self._context.set_tensor_address(self._inputs[0], self._device_in.ptr)
-        out_shapes = {}
-        for out_name in self._outputs:
-            out_shapes[out_name] = tuple(self._context.get_tensor_shape(out_name))
-            self._device_out[out_name].ensure(_nbytes(out_shapes[out_name], self._dtypes[out_name]))
-            self._context.set_tensor_address(out_name, self._device_out[out_name].ptr)
+        out_shapes = {name: tuple(self._context.get_tensor_shape(name)) for name in self._outputs}
+        for name, out_shape in out_shapes.items():
+            self._device_out[name].ensure(_nbytes(out_shape, self._dtypes[name]))
+            self._context.set_tensor_address(name, self._device_out[name].ptr)
         self._fixed_shapes = (shape, out_shapes)
         return out_shapes
 
@@ -239,6 +221,6 @@ class TensorRTBackend(Backend):
             raise RuntimeFailure(f"TensorRT execute_async_v3 failed on {self.path.name} (see TensorRT's messages above)")
 
     def _drop_graph(self) -> None:
-        if self._graph is not None:
-            graph, self._graph = self._graph, None
+        graph, self._graph = self._graph, None
+        if graph is not None:
             graph.close()
