@@ -1,15 +1,12 @@
 """ONNX Runtime backend for ``.onnx`` files written by ``dronseg-edge export``.
 
-On a GPU it asks for TensorRT > CUDA > CPU execution providers (whichever this onnxruntime build
-has and can start; a TensorRT session keeps CUDA, then CPU, for the nodes TensorRT rejects; fp32
-models skip TensorRT, which cannot be kept off TF32 there, see TRT_TF32_NOTE) and,
-for static shapes on the CUDA provider, lets ONNX Runtime replay its own CUDA graph. Each session
-is checked for what it really runs (onnxruntime may silently retry with default options: device 0,
-no graph). ``provider`` says what actually runs.
-
-numpy in, numpy out, without torch (``Backend.infer`` converts torch tensors at the edge): on the
-CPU straight through ``session.run``; on CUDA through ``OrtValue`` IO binding (the input uploaded
-into a device OrtValue, fixed buffers when a CUDA graph replays).
+On a GPU it asks for the TensorRT > CUDA > CPU execution providers this build has and can start (a
+TensorRT session keeps CUDA, then CPU, for the nodes TensorRT rejects; fp32 models skip TensorRT,
+which cannot be kept off TF32 there: TRT_TF32_NOTE) and, for static shapes on the CUDA provider,
+replays ONNX Runtime's own CUDA graph. Each session is checked for what it really runs (onnxruntime
+may silently retry with default options: device 0, no graph); ``provider`` says what runs.
+numpy in and out, without torch: on the CPU through ``session.run``, on CUDA through ``OrtValue``
+IO binding (fixed buffers, which a CUDA graph replays).
 """
 
 from __future__ import annotations
@@ -64,7 +61,7 @@ def _writable_folder(folder: Path) -> bool:
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        return False
+        return False  # before mkdir: no empty folder left where nothing may be written
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
@@ -320,7 +317,8 @@ class OnnxRuntimeBackend(Backend):
         ort = import_onnxruntime()
         index = int(self._device_id)
         if self._host_bound is None or self._host_bound[0].shape() != list(feed.shape):
-            out_shape = self._output_shape(feed)
+            n, _, h, w = feed.shape
+            out_shape = (n, self.info.num_classes, h, w) if self.info.head == "logits" else (n, h, w)
             out_dtype = _ORT_TYPES.get(self._outputs[0].type, np.float32)
             x = ort.OrtValue.ortvalue_from_numpy(feed, "cuda", index)
             y = ort.OrtValue.ortvalue_from_shape_and_type(out_shape, out_dtype, "cuda", index)
@@ -330,10 +328,5 @@ class OnnxRuntimeBackend(Backend):
             self._host_bound = (x, y, binding)
         else:
             self._host_bound[0].update_inplace(feed)
-        x, y, binding = self._host_bound
-        self.session.run_with_iobinding(binding)
-        return y.numpy()
-
-    def _output_shape(self, batch) -> tuple[int, ...]:
-        n, _, h, w = batch.shape
-        return (n, self.info.num_classes, h, w) if self.info.head == "logits" else (n, h, w)
+        self.session.run_with_iobinding(self._host_bound[2])
+        return self._host_bound[1].numpy()
