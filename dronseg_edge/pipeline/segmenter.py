@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from itertools import groupby
+from itertools import groupby, islice
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from dronseg_edge.classes import class_counts
-from dronseg_edge.devices import device_description, resolve_device
+from dronseg_edge.devices import device_description
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.request import FrameRequest, select_classes
@@ -38,7 +38,7 @@ from dronseg_edge.pipeline.sources import FrameRecord, FramesSource, Source
 from dronseg_edge.pipeline.tiling import DEFAULT_OVERLAP, TilePlan, segment_tiled, tiling_unable
 from dronseg_edge.runtime.base import Backend, FrameOutputs
 from dronseg_edge.runtime.host import CONFIDENCE_OUTPUT
-from dronseg_edge.runtime.registry import is_checkpoint, load_backend
+from dronseg_edge.runtime.registry import is_checkpoint, load_backend, resolve_device_for
 from dronseg_edge.sizes import format_size
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,7 @@ class Segmenter:
         if isinstance(model, Backend):
             self.backend = model
         else:
-            if is_checkpoint(model) and isinstance(device, (str, type(None))):
-                device = resolve_device(device or "auto")  # resolved once here: --half depends on it
+            device = resolve_device_for(model, device)  # resolved once here: --half depends on it
             options = _checkpoint_options(Path(model), device, half, precision, cuda_graph)
             self.backend = load_backend(model, device, meta=meta, **options, **(backend_options or {}))
             if half and options.get("precision") is None and self.backend.info.precision == "fp32":
@@ -98,7 +97,7 @@ class Segmenter:
             self.info.input_size = (int(size[0]), int(size[1]))
         self.tiling = self._tile_plan(tile, tile_overlap, tile_batch, fixed)
         self.confidence = bool(confidence)
-        self.classes = self._select(classes)
+        self.classes = select_classes(classes, self.info.class_names, self.backend.path.name)
         self._check_confidence(self.confidence)
         # On a GPU every call is padded to full batches: one shape keeps one CUDA graph or TensorRT binding.
         self._pad = self.batch if self.device.type == "cuda" else 1
@@ -115,9 +114,6 @@ class Segmenter:
         return TilePlan(mode, tuple(self.info.input_size), float(overlap), int(tile_batch),
                         tiling_unable(self.info, self.backend.path.name))
 
-    def _select(self, classes) -> tuple[int, ...] | None:
-        return select_classes(classes, self.info.class_names, self.backend.path.name)
-
     def _check_confidence(self, confidence: bool) -> None:
         if not confidence:
             return
@@ -133,8 +129,8 @@ class Segmenter:
         (``classes``: names, None for all). Raises DronsegError for what the model cannot give."""
         if confidence is not None:
             self._check_confidence(bool(confidence))
-        return FrameRequest(confidence=self.confidence if confidence is None else bool(confidence),
-                            classes=self.classes if classes is _OWN else self._select(classes))
+        chosen = self.classes if classes is _OWN else select_classes(classes, self.info.class_names, self.backend.path.name)
+        return FrameRequest(confidence=self.confidence if confidence is None else bool(confidence), classes=chosen)
 
     def check_live(self, live: bool) -> None:
         """A live source gives the newest frame only: DronsegError when ``batch`` waits for more."""
@@ -278,15 +274,7 @@ def _in_order(groups: Iterable, work, in_flight: int) -> Iterator:
 
 
 def _groups(records: Iterable[FrameRecord], size: int, max_frames: int | None) -> Iterator[list[FrameRecord]]:
-    group: list[FrameRecord] = []
-    taken = 0
-    for record in records:
-        group.append(record)
-        taken += 1
-        if len(group) == size or taken == max_frames:
-            yield group
-            group = []
-        if max_frames is not None and taken >= max_frames:
-            return
-    if group:
+    """Lists of ``size`` records (the last may be shorter), ``max_frames`` records in all."""
+    records = islice(records, max_frames)  # never reads a record past the last one wanted
+    while group := list(islice(records, size)):
         yield group
