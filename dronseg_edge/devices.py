@@ -1,11 +1,9 @@
 """Choosing the device from ``--device auto|cpu|cuda|cuda:N|N``, with torch or without it.
 
-Two forms of the same choice: :func:`resolve_device` gives a ``torch.device`` (checkpoints,
-training, export); :func:`resolve_lean_device` gives a :class:`Device` and never imports torch,
-for the deployable path (an ``.onnx`` or ``.engine`` run by ONNX Runtime or TensorRT). Both have
-``.type`` ("cpu" | "cuda") and ``.index``; backends use nothing else of a device. Without torch,
-CUDA GPUs are counted, named and described through the driver library (``libcuda``) with ctypes,
-and the driver's release is read from NVML (``libnvidia-ml``), also with ctypes.
+:func:`resolve_device` gives a ``torch.device`` (checkpoints, training, export); :func:`resolve_lean_device`
+a :class:`Device`, never importing torch (an ``.onnx`` or ``.engine`` run by ONNX Runtime or TensorRT).
+Backends use only ``.type`` ("cpu" | "cuda") and ``.index``. Without torch, GPUs are counted, named and
+described by the driver library (``libcuda``) and the driver's release read from NVML, both with ctypes.
 """
 
 from __future__ import annotations
@@ -98,17 +96,20 @@ def cuda_driver_version() -> tuple[int, int] | None:
     return version.value // 1000, (version.value % 1000) // 10
 
 
+def _cu_device(index: int):
+    """(libcuda, the CUdevice handle of CUDA device ``index``), or (None, None) without a driver or that GPU."""
+    lib, handle = _libcuda(), ctypes.c_int(0)
+    return (lib, handle) if lib is not None and lib.cuDeviceGet(ctypes.byref(handle), index) == 0 else (None, None)
+
+
 def cuda_pci_bus_id(index: int) -> str | None:
     """The PCI bus id ('0000:3B:00.0') of CUDA device ``index`` as this process numbers it, or None.
 
     CUDA numbers GPUs fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, and after CUDA_VISIBLE_DEVICES;
     NVML and nvidia-smi number them by PCI bus. The bus id names the same GPU in both.
     """
-    lib = _libcuda()
-    handle, bus_id = ctypes.c_int(0), ctypes.create_string_buffer(32)
-    if lib is None or lib.cuDeviceGet(ctypes.byref(handle), index) != 0:
-        return None
-    if lib.cuDeviceGetPCIBusId(bus_id, len(bus_id), handle) != 0:
+    (lib, handle), bus_id = _cu_device(index), ctypes.create_string_buffer(32)
+    if lib is None or lib.cuDeviceGetPCIBusId(bus_id, len(bus_id), handle) != 0:
         return None
     return bus_id.value.decode(errors="replace") or None
 
@@ -137,9 +138,8 @@ _CU_MULTIPROCESSOR_COUNT, _CU_CC_MAJOR, _CU_CC_MINOR = 16, 75, 76
 def driver_gpu_properties(index: int) -> dict:
     """Name, compute capability ('9.0'), memory (GiB) and multiprocessors of CUDA device ``index``, from
     the driver library (ctypes, no torch); the name is ``cuda:N`` and the rest unknown without a driver."""
-    lib = _libcuda()
-    handle = ctypes.c_int(0)
-    if lib is None or lib.cuDeviceGet(ctypes.byref(handle), index) != 0:
+    lib, handle = _cu_device(index)
+    if lib is None:
         return {"name": f"cuda:{index}", "compute_capability": "?", "memory_gib": None, "multiprocessors": None}
     name = ctypes.create_string_buffer(256)
     lib.cuDeviceGetName(name, 256, handle)
@@ -229,16 +229,10 @@ def device_description(device) -> str:
             index = device.index if device.index is not None else torch.cuda.current_device()
             major, minor = torch.cuda.get_device_capability(index)
             return f"{torch.cuda.get_device_name(index)} (sm{major}{minor})"
-        return _driver_gpu_name(device.index or 0)
+        gpu = driver_gpu_properties(device.index or 0)
+        return gpu["name"] if gpu["memory_gib"] is None else f"{gpu['name']} (sm{gpu['compute_capability'].replace('.', '')})"
     threads = sys.modules["torch"].get_num_threads() if torch_loaded() else (os.cpu_count() or 1)
     return f"cpu ({threads} threads)"
-
-
-def _driver_gpu_name(index: int) -> str:
-    properties = driver_gpu_properties(index)
-    if properties["memory_gib"] is None:
-        return properties["name"]
-    return f"{properties['name']} (sm{properties['compute_capability'].replace('.', '')})"
 
 
 @contextlib.contextmanager
