@@ -1,25 +1,15 @@
 """The interface every backend (PyTorch, ONNX Runtime, TensorRT) implements: the one frame path.
 
-Lifecycle borrowed from Polygraphy: construct (no side effects: checks the options, opens no
-file), ``info`` (the artifact's metadata, read on first access: ONNX props, engine sidecar or
-checkpoint keys, never the weights onto a device), ``activate()`` (load onto the device),
-``segment()`` / ``infer()`` any number of times, ``deactivate()``; or use it as a context manager.
-The input contract (shape against ``info``) is checked here, once for every backend. Heavy imports
-(onnxruntime, tensorrt) happen inside the backend modules only.
+Lifecycle borrowed from Polygraphy: construct (checks the options, opens no file), ``info`` (the
+artifact's metadata, read on first access, never the weights), ``activate()`` (load onto the
+device), ``segment()`` / ``infer()`` any number of times, ``deactivate()``; or a context manager.
+Heavy imports (onnxruntime, tensorrt) happen inside the backend modules only.
 
-Two calls:
-
-- ``segment(frames)``: the frame contract the pipeline uses. uint8 BGR frames (N, H, W, 3) in numpy,
-  the (N, H, W) uint8 class map at the frames' size out, with confidence and the model-size logits
-  when asked. Pre/post-processing lives in exactly one place per artifact kind: inside the graph
-  for a frames artifact (``export --io frames``), inside the torch backend for a checkpoint (on its
-  device), and in one host implementation (``runtime/host.py``, OpenCV/numpy) for plain tensor
-  artifacts, which is this class's default.
-- ``infer(batch)``: the artifact's own tensors (normalised float32 (N, 3, H, W) or a frames graph's
-  uint8), for export parity, accuracy and ``bench``. Each backend runs one kind of array natively
-  (``native``: numpy for ONNX Runtime and TensorRT, torch for checkpoints); the other kind is
-  converted here, at the edge, as Polygraphy's runners do, and comes back as the kind it was given.
-  This module imports torch only when handed a torch tensor.
+- ``segment(frames)``: the pipeline's frame contract (docs/architecture.md, "One frame path"); this
+  class's default is the host pre/post (``runtime/host.py``) for plain tensor artifacts.
+- ``infer(batch)``: the artifact's own tensors, for export parity, accuracy and ``bench``; each
+  backend runs one kind of array (``native``), the other is converted here, at the edge, as
+  Polygraphy's runners do. This module imports torch only when handed a torch tensor.
 """
 
 from __future__ import annotations

@@ -1,19 +1,13 @@
-"""The few CUDA runtime calls the TensorRT backend makes, without torch: device memory, pinned host
-memory, a stream of its own, asynchronous copies and CUDA-graph capture and replay.
+"""The few CUDA runtime calls the TensorRT backend makes, without torch: device and pinned memory, a
+stream of its own, asynchronous copies, CUDA-graph capture and replay.
 
-Binding: NVIDIA's cuda-python, ``cuda.bindings.runtime`` (package ``cuda-bindings``), rather than
-Polygraphy's ctypes module ``polygraphy.cuda``. Polygraphy's module (0.53) wraps only
-malloc/free/memcpy and streams: pinned host memory, stream capture and graphs would need ctypes
-declarations of our own, i.e. a binding for this project to keep in step with each CUDA release.
-cuda.bindings covers every call used here, NVIDIA releases it with each CUDA version (12.x and 13.x
-wheels, x86-64 and aarch64), TensorRT's own Python samples use it, and torch's CUDA 13 wheels
-already depend on it. Both import in about 0.1 s; importing ``cuda.bindings.runtime`` loads only
-the runtime and driver bindings. The calls used have the same signatures in cuda-bindings 12.9 and
-13.5 (tests/runtime/test_cuda_runtime_names.py checks every name and argument count against both).
-
-The binding is imported on first use (``cudart()``), so importing this module costs nothing. Every
-call goes through ``check``: a failure becomes one line naming the call and CUDA's error, a
-BackendUnavailable when there is no usable driver or GPU, else a RuntimeFailure.
+Binding: NVIDIA's ``cuda.bindings.runtime`` (package ``cuda-bindings``), not Polygraphy's ctypes
+``polygraphy.cuda``, which lacks pinned memory, stream capture and graphs. It covers every call
+here, ships with each CUDA release (12.x and 13.x, x86-64 and aarch64), TensorRT's samples use it
+and torch's CUDA 13 wheels depend on it; tests/runtime/test_cuda_runtime_names.py checks every name
+and argument count against 12.9 and 13.5. Imported on first use (``cudart()``). Every call goes
+through ``check``: a failure is one line naming the call and CUDA's error, a BackendUnavailable when
+there is no usable driver or GPU, else a RuntimeFailure.
 """
 
 from __future__ import annotations

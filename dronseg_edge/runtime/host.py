@@ -1,14 +1,10 @@
 """The one host implementation of pre- and post-processing, OpenCV and numpy: it never imports torch.
 
-What a plain tensor artifact (``.onnx``/``.engine`` of logits or a class map) needs around it, on
-the CPU and on a GPU alike (``Backend.segment``'s default, runtime/base.py), and what a
-checkpoint gets on the CPU: resize the uint8 frame first and only then turn the few pixels left
-into float (a 720p frame shrunk to 320x192 is 1/15 of the work of converting it whole), shrinking
-with ``INTER_AREA`` as training did (data/augment.py) and as a frames graph does inside
-(``resize_matrix`` as MatMuls); then the
-class map of the model's output, brought back to the frame's size (nearest), and the confidence map
-(maximum softmax probability) when asked for. A frames artifact's graph does all of it itself: its
-uint8 frames go in as they are. Export parity, accuracy and ``bench`` make their inputs here too.
+For plain tensor artifacts (``Backend.segment``'s default) and checkpoints on the CPU; export parity,
+accuracy and ``bench`` make their inputs here too. The uint8 frame is shrunk first (``INTER_AREA``,
+as training did, data/augment.py) and only the few pixels left turned to float (a 720p frame shrunk
+to 320x192 is 1/15 of the work); the class map comes back to the frame's size (nearest), with the
+maximum softmax probability when asked. A frames graph does all of it itself (``resize_matrix``).
 """
 
 from __future__ import annotations
@@ -101,13 +97,6 @@ def max_probability_u8(logits: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(255.0 / total), 0, 255).astype(np.uint8)
 
 
-def resize_confidence(confidence: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A uint8 confidence map brought to (height, width) bilinearly (probabilities vary smoothly)."""
-    if confidence.shape == (height, width):
-        return confidence
-    return cv2.resize(confidence, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
 class Stopwatch:
     """Milliseconds per stage, summed: ``lap(name)`` charges the time since the last lap to ``name``."""
 
@@ -127,5 +116,6 @@ def postprocess_host(out: np.ndarray, height: int, width: int, confidence: bool)
     classes = np.stack([class_map_host(o, height, width) for o in out])
     if not (confidence and out.ndim == 4):
         return classes, None
-    return classes, np.stack([resize_confidence(max_probability_u8(np.asarray(o, np.float32)), height, width)
-                              for o in out])
+    conf = [max_probability_u8(np.asarray(o, np.float32)) for o in out]
+    # bilinear: probabilities vary smoothly
+    return classes, np.stack([c if c.shape == (height, width) else cv2.resize(c, (width, height)) for c in conf])

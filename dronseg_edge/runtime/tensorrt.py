@@ -83,10 +83,8 @@ class TensorRTBackend(Backend):
 
     def activate(self) -> None:
         trt = tensorrt_env.import_tensorrt()
-        if self.device.type != "cuda":
-            raise DronsegError(f"TensorRT engines run on NVIDIA GPUs only, not on --device {self.device}: use --device cuda")
+        here = {"tensorrt_version": str(trt.__version__), **tensorrt_env.gpu_identity(self.device)}  # a CPU: refused
         self._index = cuda_runtime.resolve_index(self.device)
-        here = {"tensorrt_version": str(trt.__version__), **cuda_runtime.device_identity(self._index)}
         if not self.build:  # metadata from --meta (an engine built elsewhere): no record of what built it
             log.warning("engine %s has no build record (no sidecar): the GPU and TensorRT version it was built for "
                         "could not be checked; TensorRT's own check decides", self.path.name)

@@ -1,13 +1,10 @@
 """PyTorch backend: runs a training checkpoint (.pt) directly.
 
-Its ``segment`` keeps a checkpoint's pre/post-processing inside the backend: on a GPU on the device
-(runtime/torch_frames.py: uint8 frames up, the uint8 class map down), on the CPU the host
-implementation that plain ONNX files use too (runtime/host.py), with torch running the model.
-
-On a GPU the speed comes from three things (docs/facts.md#h100-baseline, ResNet-101 at 1280x720 on an
-H100): fp16 weights with channels_last memory (17.6 -> 14.1 ms) and, above all, replaying the whole
-forward pass as one CUDA graph (-> 7.8 ms), because batch-1 fp16 inference is launch-bound: the
-GPU otherwise idles between ~300 small kernels.
+``segment`` keeps a checkpoint's pre/post inside the backend: on a GPU on the device
+(runtime/torch_frames.py), on the CPU the host implementation (runtime/host.py). On a GPU the speed
+comes from fp16 weights with channels_last (17.6 -> 14.1 ms, ResNet-101 at 1280x720 on an H100,
+docs/facts.md#h100-baseline) and above all from replaying the forward pass as one CUDA graph
+(-> 7.8 ms): batch-1 fp16 inference is launch-bound, ~300 small kernels.
 """
 
 from __future__ import annotations
@@ -112,12 +109,9 @@ class TorchBackend(Backend):
         self._describe_provider()
 
     def _describe_provider(self) -> None:
-        parts = [self.device.type, self.precision]
-        if self.channels_last:
-            parts.append("channels_last")
-        if self.compile_mode:
-            parts.append(f"torch.compile({self.compile_mode})")
-        self.provider = " ".join(parts) + (" + CUDA graph" if self.cuda_graph else "")
+        parts = [self.device.type, self.precision, "channels_last" if self.channels_last else "",
+                 f"torch.compile({self.compile_mode})" if self.compile_mode else ""]
+        self.provider = " ".join(filter(None, parts)) + (" + CUDA graph" if self.cuda_graph else "")
 
     def deactivate(self) -> None:
         self._graphs.clear()
@@ -152,9 +146,7 @@ class TorchBackend(Backend):
         return FrameOutputs(*host, {name: marks[i].elapsed_time(marks[i + 1]) for i, name in enumerate(stages)})
 
     def _infer(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.cuda_graph:
-            return self._replay(batch)
-        return self._forward(batch)
+        return self._replay(batch) if self.cuda_graph else self._forward(batch)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device, dtype=DTYPES[self.precision], non_blocking=True)
