@@ -186,12 +186,10 @@ class Segmenter:
     def _reader(source, live, stride, reconnect_s, queue_size) -> tuple[FrameReader, Source | None]:
         if isinstance(source, FrameReader):
             return source, None
+        owned = None
         if isinstance(source, (str, Path, int)):
-            source = open_source(source, reconnect_s)
-            owned = source
-        elif isinstance(source, Source):
-            owned = None
-        else:
+            source = owned = open_source(source, reconnect_s)
+        elif not isinstance(source, Source):
             source = owned = FramesSource(source)
         live = source.live_default if live is None else live
         return FrameReader(source, live=live, stride=stride, queue_size=queue_size), owned

@@ -204,13 +204,9 @@ class OnnxRuntimeBackend(Backend):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: provider fallbacks are reported through `provider`
         errors: list[str] = []
-        self.session = None
         self.cuda_graph = False
         gpu = [name for name in self._candidates(ort) if name != "cpu"]
-        for name in gpu:
-            self.session = self._try_session(ort, options, name, errors)
-            if self.session is not None:
-                break
+        self.session = next((s for name in gpu if (s := self._try_session(ort, options, name, errors)) is not None), None)
         if self.session is None:
             # Also what tells a file ONNX Runtime cannot load (one line naming it) from a GPU provider that cannot start.
             cpu = self._cpu_session(ort, options)
