@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,11 +78,6 @@ class Backend(ABC):
     def last_outputs(self, outputs: dict[str, Any]) -> None:
         self._last.outputs = outputs
 
-    @property
-    def last_inference_ms(self) -> float:
-        """Wall milliseconds of this thread's last ``infer`` call (NaN before the first)."""
-        return getattr(self._last, "ms", float("nan"))
-
     @functools.cached_property
     def info(self) -> ModelInfo:
         """The artifact's metadata, read once on first access (DronsegError for a bad or foreign file)."""
@@ -108,13 +102,10 @@ class Backend(ABC):
         """The artifact's own tensors in and out, numpy or torch (converted at the edge to ``native``)."""
         self.check_input(batch)
         self._ensure_active()
-        start = time.perf_counter()
         try:
-            out = self._run_converted(batch)
+            return self._run_converted(batch)
         except self.runtime_errors() as exc:  # the runtime failed while it ran the model, not a bug here
             raise BackendFailure(self.name, exc) from exc
-        self._last.ms = (time.perf_counter() - start) * 1e3
-        return out
 
     def _run_converted(self, batch):
         """``_infer`` on ``batch`` converted to the ``native`` kind, the result converted back."""

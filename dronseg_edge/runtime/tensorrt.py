@@ -142,10 +142,7 @@ class TensorRTBackend(Backend):
                     self._stream.close()
         except DronsegError as exc:
             log.warning("releasing %s: %s", self.path.name, exc)
-        self._stream = None
-        self._fixed_shapes = None
-        self._context = None
-        self._engine = None
+        self._stream = self._fixed_shapes = self._context = self._engine = None
         super().deactivate()
 
     def runtime_errors(self) -> tuple[type[BaseException], ...]:
