@@ -1,18 +1,11 @@
 """The Python API: ``Segmenter(model).predict(frame)`` and ``Segmenter(model).stream(source)``.
 
-Any artifact works (checkpoint, ONNX, TensorRT engine): the backend comes from
-``runtime.registry.load_backend`` and the model's own metadata (input size, classes, palette,
-normalisation). Every backend takes uint8 BGR frames and gives class maps at the frames' size
-(``Backend.segment``: the pre/post-processing lives in the frames graph, in the torch backend, or in
-the one host implementation for plain tensor artifacts), so the Segmenter is batching and tiling over
-that one contract, plus what each frame gets besides its class map (pipeline/request.py).
-
-``tile=`` (off | auto | on; default off): frames at least twice the model input on a side (auto) or
-any larger frame (on) are segmented in overlapping windows at full resolution instead of being
-shrunk (pipeline/tiling.py, docs/tiling.md). Off by default: a 720p video with a 320x192 model
-would otherwise cost ~16 windows a frame, and the runtime cannot know the scale the model was
-trained at (a model trained on shrunk whole frames sees objects too large in full-resolution windows). ``confidence=True`` adds the maximum-probability map;
-``classes=`` keeps only those classes in masks, overlays and shares (pipeline/request.py).
+Any artifact (checkpoint, ONNX, TensorRT engine) through ``runtime.registry.load_backend`` and its
+own metadata. Every backend takes uint8 BGR frames and gives class maps at their size
+(``Backend.segment``), so the Segmenter is batching and tiling over that one contract, plus what
+each frame gets besides its class map (pipeline/request.py). ``tile=`` is off by default: a 720p
+video with a 320x192 model would cost ~16 windows a frame, and a model trained on shrunk whole
+frames sees objects too large in full-resolution windows (pipeline/tiling.py, docs/tiling.md).
 """
 
 from __future__ import annotations

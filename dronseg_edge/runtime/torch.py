@@ -58,8 +58,7 @@ class TorchBackend(Backend):
         if head not in HEADS:
             raise DronsegError(f"head {head!r} is not one of {', '.join(HEADS)}")
         on_cuda = device.type == "cuda"
-        self.precision = precision
-        self.head = head
+        self.precision, self.head = precision, head
         self.channels_last = on_cuda if channels_last is None else bool(channels_last)
         self.compile_mode = compile_mode or None
         own_graphs = self.compile_mode in ("reduce-overhead", "max-autotune")
