@@ -149,10 +149,11 @@ class OnnxRuntimeBackend(Backend):
             raise DronsegError(f"{exc}, or pass --meta FILE (a dronseg-edge ONNX or sidecar JSON describing it)") from None
 
     # -- session ------------------------------------------------------------------------------
-    def _candidates(self, ort) -> list[str]:
+    def _gpu_candidates(self, ort) -> list[str]:
+        """The GPU providers to try in turn ([]: the CPU's only)."""
         available = set(ort.get_available_providers())
         if self.device.type != "cuda":
-            return ["cpu"]
+            return []
         wanted = ["tensorrt", "cuda"] if self.requested == "auto" else [self.requested]
         if self.requested == "auto" and self.info.precision == "fp32":
             wanted = ["cuda"]  # TensorRT's provider cannot be kept off TF32 (TRT_TF32_NOTE): fp32 means fp32
@@ -166,7 +167,6 @@ class OnnxRuntimeBackend(Backend):
                 )
             log.warning("onnxruntime %s has no CUDA provider; %s runs on the CPU (pip install onnxruntime-gpu)",
                         ort.__version__, self.path.name)
-            return ["cpu"]
         return found
 
     @property
@@ -184,9 +184,7 @@ class OnnxRuntimeBackend(Backend):
         return options
 
     def _chain(self, name: str, graph: bool) -> list:
-        """Providers for a session led by ``name``; every node the leader rejects falls to the next."""
-        if name == "cpu":
-            return ["CPUExecutionProvider"]
+        """Providers for a session led by GPU provider ``name``; every node the leader rejects falls to the next."""
         cuda = ("CUDAExecutionProvider", self._cuda_options(graph))
         if name == "cuda":
             return [cuda, "CPUExecutionProvider"]
@@ -205,7 +203,7 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 3  # errors only: provider fallbacks are reported through `provider`
         errors: list[str] = []
         self.cuda_graph = False
-        gpu = [name for name in self._candidates(ort) if name != "cpu"]
+        gpu = self._gpu_candidates(ort)
         self.session = next((s for name in gpu if (s := self._try_session(ort, options, name, errors)) is not None), None)
         if self.session is None:
             # Also what tells a file ONNX Runtime cannot load (one line naming it) from a GPU provider that cannot start.
@@ -274,7 +272,7 @@ class OnnxRuntimeBackend(Backend):
             errors.append(f"{label}: onnxruntime fell back to {used}")
             return None
         device_id = _provider_options(session).get("device_id", self._device_id)
-        if name != "cpu" and device_id != self._device_id:
+        if device_id != self._device_id:
             errors.append(f"{label}: onnxruntime fell back to its defaults (device {device_id}, not {self._device_id})")
             return None
         return session
