@@ -112,9 +112,6 @@ class RunOptions:
             if not ok:
                 raise DronsegError(message)
         check_max_pixels(self.max_pixels)
-        self._check_live_outputs()
-
-    def _check_live_outputs(self) -> None:
         from dronseg_edge.pipeline.live_targets import (check_preview, check_stream_settings, parse_results_target,
                                                         parse_stream_urls)
 

@@ -102,26 +102,22 @@ class Backend(ABC):
         """The artifact's own tensors in and out, numpy or torch (converted at the edge to ``native``)."""
         self.check_input(batch)
         self._ensure_active()
+        given_torch = is_torch_tensor(batch)
         try:
-            return self._run_converted(batch)
+            if not given_torch and self.native == "numpy":
+                return self._infer(batch)
+            import torch
+
+            # Whatever the caller's mode: a backend's fixed buffers (CUDA-graph inputs) are made on its first
+            # call, and an inference tensor made under a Segmenter cannot be written outside inference mode.
+            with torch.inference_mode():
+                if not given_torch:  # the torch backend given numpy: a numpy array back
+                    return self._infer(torch.from_numpy(np.ascontiguousarray(batch))).cpu().numpy()
+                if self.native == "numpy":  # through host memory, back onto the caller's device
+                    return torch.from_numpy(np.ascontiguousarray(self._infer(batch.detach().cpu().numpy()))).to(batch.device)
+                return self._infer(batch)
         except self.runtime_errors() as exc:  # the runtime failed while it ran the model, not a bug here
             raise BackendFailure(self.name, exc) from exc
-
-    def _run_converted(self, batch):
-        """``_infer`` on ``batch`` converted to the ``native`` kind, the result converted back."""
-        given_torch = is_torch_tensor(batch)
-        if not given_torch and self.native == "numpy":
-            return self._infer(batch)
-        import torch
-
-        # Whatever the caller's mode: a backend's fixed buffers (CUDA-graph inputs) are made on its first
-        # call, and an inference tensor made under a Segmenter cannot be written outside inference mode.
-        with torch.inference_mode():
-            if not given_torch:  # the torch backend given numpy: a numpy array back
-                return self._infer(torch.from_numpy(np.ascontiguousarray(batch))).cpu().numpy()
-            if self.native == "numpy":  # through host memory, back onto the caller's device
-                return torch.from_numpy(np.ascontiguousarray(self._infer(batch.detach().cpu().numpy()))).to(batch.device)
-            return self._infer(batch)
 
     def runtime_errors(self) -> tuple[type[BaseException], ...]:
         """The exception types this backend's runtime raises when it fails (a CUDA error, out of memory);
