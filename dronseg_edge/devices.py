@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
@@ -43,16 +44,13 @@ class Device:
 def parse_device(name: str | None) -> Device | None:
     """The device a ``--device`` value names (None for auto); its syntax only, nothing is probed."""
     name = (name or "auto").strip().lower()
-    if name == "auto":
-        return None
-    if name == "cpu":
-        return Device("cpu")
-    if name.isdigit():
-        return Device("cuda", int(name))
-    kind, _, index = name.partition(":")
-    if kind == "cuda" and (not index or index.isdigit()):
-        return Device("cuda", int(index) if index else None)
-    raise DronsegError(f"--device {name!r} {_NOT_A_DEVICE}")
+    if name in ("auto", "cpu"):
+        return None if name == "auto" else Device("cpu")
+    match = re.fullmatch(r"(\d+)|cuda(?::(\d*))?", name)
+    if match is None:
+        raise DronsegError(f"--device {name!r} {_NOT_A_DEVICE}")
+    index = match.group(1) or match.group(2)
+    return Device("cuda", int(index) if index else None)
 
 
 def torch_loaded() -> bool:
@@ -63,10 +61,8 @@ def torch_loaded() -> bool:
 def _first_library(*names: str):
     """The first of these shared libraries that loads (an empty name is skipped), or None."""
     for name in filter(None, names):
-        try:
+        with contextlib.suppress(OSError):
             return ctypes.CDLL(name)
-        except OSError:
-            continue
     return None
 
 
@@ -89,8 +85,7 @@ def cuda_driver_version() -> tuple[int, int] | None:
     ``cuDriverGetVersion`` needs no GPU and no initialisation: it answers on a machine whose GPU is
     hidden or busy too, which is when a CUDA 12/13 mismatch is worth saying.
     """
-    lib = _driver_library()
-    version = ctypes.c_int(0)
+    lib, version = _driver_library(), ctypes.c_int(0)
     if lib is None or lib.cuDriverGetVersion(ctypes.byref(version)) != 0 or version.value <= 0:
         return None
     return version.value // 1000, (version.value % 1000) // 10
@@ -117,18 +112,13 @@ def cuda_pci_bus_id(index: int) -> str | None:
 def driver_device_count() -> int:
     """CUDA GPUs the driver shows this process (after CUDA_VISIBLE_DEVICES), whatever torch says: a CPU-only
     torch counts none on a machine full of GPUs."""
-    lib = _libcuda()
-    count = ctypes.c_int(0)
-    if lib is None or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
+    lib, count = _libcuda(), ctypes.c_int(0)
+    return count.value if lib is not None and lib.cuDeviceGetCount(ctypes.byref(count)) == 0 else 0
 
 
 def cuda_device_count() -> int:
     """CUDA GPUs visible to this process (torch's count when torch is loaded, else the driver's)."""
-    if torch_loaded():
-        return sys.modules["torch"].cuda.device_count()
-    return driver_device_count()
+    return sys.modules["torch"].cuda.device_count() if torch_loaded() else driver_device_count()
 
 
 # CUdevice_attribute values (cuda.h): stable across CUDA versions.
@@ -192,9 +182,7 @@ def _check_cuda(device: Device, count: int, who: str, fix: str) -> None:
 
 def resolve_lean_device(name: str = "auto") -> Device:
     """``auto`` picks the first CUDA GPU when the driver shows one, else the CPU; never imports torch."""
-    device = parse_device(name)
-    if device is None:
-        return Device("cuda") if cuda_device_count() else Device("cpu")
+    device = parse_device(name) or Device("cuda" if cuda_device_count() else "cpu")
     if device.type == "cuda":
         _check_cuda(device, cuda_device_count(), "the CUDA driver", " or install the NVIDIA driver")
     return device
@@ -204,11 +192,9 @@ def resolve_device(name: str = "auto") -> "torch.device":
     """The torch form of :func:`resolve_lean_device` (imports torch)."""
     import torch
 
-    device = parse_device(name)
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = parse_device(name) or Device("cuda" if count else "cpu")
     if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         _check_cuda(device, count, f"torch {torch.__version__}",
                     " or install a CUDA build of torch (on Jetson: NVIDIA's JetPack wheel)")
     return torch.device(str(device))
