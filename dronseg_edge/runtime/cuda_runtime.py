@@ -36,13 +36,19 @@ _UNAVAILABLE = {"cudaErrorNoDevice", "cudaErrorInsufficientDriver", "cudaErrorIn
                 "cudaErrorCompatNotSupportedOnDevice", "cudaErrorSystemDriverMismatch", "cudaErrorInvalidDevice"}
 
 
-def cudart():
-    """The ``cuda.bindings.runtime`` module, or BackendUnavailable saying how to install it."""
+def import_or_explain(module: str, hint: str):
+    """``module``, or BackendUnavailable(``hint``), with the loader's error when the bindings are there but
+    a library they need is not (an OSError, e.g. libnvinfer missing)."""
     try:
-        return importlib.import_module("cuda.bindings.runtime")
+        return importlib.import_module(module)
     except (ImportError, OSError) as exc:
         detail = "" if isinstance(exc, ModuleNotFoundError) else f" ({str(exc).splitlines()[0][:120]})"
-        raise BackendUnavailable(INSTALL_HINT + detail) from None
+        raise BackendUnavailable(hint + detail) from None
+
+
+def cudart():
+    """The ``cuda.bindings.runtime`` module, or BackendUnavailable saying how to install it."""
+    return import_or_explain("cuda.bindings.runtime", INSTALL_HINT)
 
 
 def check(result, what: str):
@@ -54,9 +60,7 @@ def check(result, what: str):
     err, *values = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:  # cudaSuccess
         raise error_for(err, what)
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
+    return (values[0] if len(values) == 1 else tuple(values)) if values else None
 
 
 def error_for(err, what: str) -> Exception:

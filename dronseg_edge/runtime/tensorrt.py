@@ -55,11 +55,10 @@ class TensorRTBackend(Backend):
         self._stream: cuda_runtime.Stream | None = None  # the backend's own CUDA stream, made in activate
         self._index = 0  # the GPU, resolved in activate
         # Fixed buffers: what the context is bound to.
-        self._device_in = cuda_runtime.DeviceBuffer()
-        self._device_out: dict[str, cuda_runtime.DeviceBuffer] = {}
-        self._host_in = cuda_runtime.PinnedBuffer()
-        self._host_out: dict[str, cuda_runtime.PinnedBuffer] = {}
-        self._fixed_shapes: tuple[tuple, dict[str, tuple]] | None = None  # (input shape, output shapes) bound to them
+        # Fixed buffers by tensor name, input and outputs: what the context is bound to.
+        self._device: dict[str, cuda_runtime.DeviceBuffer] = {}
+        self._host: dict[str, cuda_runtime.PinnedBuffer] = {}
+        self._fixed_shapes: dict[str, tuple] | None = None  # every tensor's shape, bound to those buffers
         self._graph: cuda_runtime.Graph | None = None  # captured for the shape in _fixed_shapes
         super().__init__(path, device)
 
@@ -114,8 +113,8 @@ class TensorRTBackend(Backend):
                                f"not one image input: {self._rebuild_hint()}")
         self._dtypes = {n: numpy_dtype(trt, self._engine.get_tensor_dtype(n)) for n in names}
         check_declared_io(self.path, self.info, self._specs(self._inputs), self._specs(self._outputs))
-        self._device_out = {n: cuda_runtime.DeviceBuffer() for n in self._outputs}
-        self._host_out = {n: cuda_runtime.PinnedBuffer() for n in self._outputs}
+        self._device = {n: cuda_runtime.DeviceBuffer() for n in names}
+        self._host = {n: cuda_runtime.PinnedBuffer() for n in names}
         self._version = str(trt.__version__)
         self._describe_provider()
 
@@ -137,7 +136,7 @@ class TensorRTBackend(Backend):
                 with cuda_runtime.on_device(self._index):
                     self._stream.synchronize()
                     self._drop_graph()
-                    for buffer in (self._device_in, *self._device_out.values(), self._host_in, *self._host_out.values()):
+                    for buffer in (*self._device.values(), *self._host.values()):
                         buffer.free()
                     self._stream.close()
         except DronsegError as exc:
@@ -154,22 +153,20 @@ class TensorRTBackend(Backend):
 
         Returns the first output; every output (a frames engine's ``confidence`` too) is in ``last_outputs``.
         """
-        shape = tuple(batch.shape)
-        in_dtype = self._dtypes[self._inputs[0]]
+        image = self._inputs[0]
         with cuda_runtime.on_device(self._index):
-            out_shapes = self._bind_fixed(shape)
-            nbytes = _nbytes(shape, in_dtype)
-            self._host_in.ensure(nbytes)
-            np.copyto(self._host_in.array(shape, in_dtype), batch, casting="same_kind")
-            self._stream.copy(self._device_in.ptr, self._host_in.ptr, nbytes, "h2d")
+            shapes = self._bind_fixed(tuple(batch.shape))
+            nbytes = {name: _nbytes(shape, self._dtypes[name]) for name, shape in shapes.items()}
+            for name, size in nbytes.items():
+                self._host[name].ensure(size)
+            np.copyto(self._host[image].array(shapes[image], self._dtypes[image]), batch, casting="same_kind")
+            self._stream.copy(self._device[image].ptr, self._host[image].ptr, nbytes[image], "h2d")
             self._execute()
             for name in self._outputs:
-                out_nbytes = _nbytes(out_shapes[name], self._dtypes[name])
-                self._host_out[name].ensure(out_nbytes)
-                self._stream.copy(self._host_out[name].ptr, self._device_out[name].ptr, out_nbytes, "d2h")
+                self._stream.copy(self._host[name].ptr, self._device[name].ptr, nbytes[name], "d2h")
             self._stream.synchronize()
             # New arrays: the pinned buffers are rewritten by the next call. Logits come back float32.
-            staged = {name: self._host_out[name].array(out_shapes[name], self._dtypes[name]) for name in self._outputs}
+            staged = {name: self._host[name].array(shapes[name], self._dtypes[name]) for name in self._outputs}
             outs = {name: a.astype(np.float32) if i == 0 and self.info.head == "logits" else a.copy()
                     for i, (name, a) in enumerate(staged.items())}
         self.last_outputs = outs
@@ -178,21 +175,19 @@ class TensorRTBackend(Backend):
     # -- the engine on the fixed buffers ----------------------------------------------------------
 
     def _bind_fixed(self, shape: tuple) -> dict[str, tuple]:
-        """Bind the context to the fixed device buffers for ``shape`` (grown as needed); returns the output shapes."""
-        if self._fixed_shapes is not None and self._fixed_shapes[0] == shape:
-            return self._fixed_shapes[1]
+        """Bind the context to the fixed device buffers for input ``shape`` (grown as needed); returns every tensor's shape."""
+        if self._fixed_shapes is not None and self._fixed_shapes[self._inputs[0]] == shape:
+            return self._fixed_shapes
         self._drop_graph()  # captured for other addresses or another shape
         if not self._context.set_input_shape(self._inputs[0], shape):
             raise DronsegError(f"engine {self.path} does not accept input shape {shape} "
                                f"(profile: {self.build.get('profile') or 'static'}): re-export with matching --size/--batch or --dynamic")
-        self._device_in.ensure(_nbytes(shape, self._dtypes[self._inputs[0]]))
-        self._context.set_tensor_address(self._inputs[0], self._device_in.ptr)
-        out_shapes = {name: tuple(self._context.get_tensor_shape(name)) for name in self._outputs}
-        for name, out_shape in out_shapes.items():
-            self._device_out[name].ensure(_nbytes(out_shape, self._dtypes[name]))
-            self._context.set_tensor_address(name, self._device_out[name].ptr)
-        self._fixed_shapes = (shape, out_shapes)
-        return out_shapes
+        shapes = {self._inputs[0]: shape, **{name: tuple(self._context.get_tensor_shape(name)) for name in self._outputs}}
+        for name, tensor_shape in shapes.items():
+            self._device[name].ensure(_nbytes(tensor_shape, self._dtypes[name]))
+            self._context.set_tensor_address(name, self._device[name].ptr)
+        self._fixed_shapes = shapes
+        return shapes
 
     def _execute(self) -> None:
         """Run the engine on the bound fixed buffers, on the backend's stream (replaying its graph when captured)."""

@@ -29,13 +29,10 @@ MIN_VERSION = (8, 6)
 
 def import_tensorrt():
     """The ``tensorrt`` module, or BackendUnavailable saying how to install it (or that it is too old)."""
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError) as exc:  # OSError: bindings present but libnvinfer missing
-        detail = "" if isinstance(exc, ModuleNotFoundError) else f" ({str(exc).splitlines()[0][:120]})"
-        raise BackendUnavailable(INSTALL_HINT + detail) from None
-    problem = version_problem(trt)
-    if problem:
+    from dronseg_edge.runtime.cuda_runtime import import_or_explain
+
+    trt = import_or_explain("tensorrt", INSTALL_HINT)
+    if problem := version_problem(trt):
         raise BackendUnavailable(problem)
     return trt
 
