@@ -29,7 +29,7 @@ from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.open_source import open_source
 from dronseg_edge.pipeline.sources import FrameRecord, FramesSource, Source
 from dronseg_edge.pipeline.tiling import DEFAULT_OVERLAP, TilePlan, segment_tiled, tiling_unable
-from dronseg_edge.runtime.base import Backend, FrameOutputs
+from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.host import CONFIDENCE_OUTPUT
 from dronseg_edge.runtime.registry import is_checkpoint, load_backend, resolve_device_for
 from dronseg_edge.sizes import format_size
@@ -191,23 +191,19 @@ class Segmenter:
     def _segment(self, records: list[FrameRecord], request: FrameRequest) -> list[Result]:
         """One batch of records -> their Results: runs of same-sized frames go to the backend together,
         frames the TilePlan tiles go window by window (pipeline/tiling.py)."""
-        outputs: list[tuple[FrameRecord, np.ndarray, np.ndarray | None, int, dict]] = []
+        results: list[Result] = []
         for _, run in groupby(records, key=lambda r: r.frame.shape):
             run = list(run)
             height, width = run[0].frame.shape[:2]
             if self.tiling.tiles(width, height):
-                for record in run:
-                    classes, conf, windows, stage_ms = segment_tiled(self.backend, record.frame, self.tiling,
-                                                                     request.confidence, self._tile_pad)
-                    outputs.append((record, classes, conf, windows, stage_ms))
+                results += [self._result(request, r, *segment_tiled(self.backend, r.frame, self.tiling, request.confidence,
+                                                                    self._tile_pad)) for r in run]
                 continue
-            out: FrameOutputs = self.backend.segment(np.stack([r.frame for r in run]), request.confidence,
-                                                     pad_to=self._pad)
+            out = self.backend.segment(np.stack([r.frame for r in run]), request.confidence, pad_to=self._pad)
             share = {name: ms / len(run) for name, ms in out.stage_ms.items()}
-            for i, record in enumerate(run):
-                conf = None if out.confidence is None else out.confidence[i]
-                outputs.append((record, out.classes[i], conf, 0, share))
-        return [self._result(request, *item) for item in outputs]
+            results += [self._result(request, r, out.classes[i], None if out.confidence is None else out.confidence[i],
+                                     0, share) for i, r in enumerate(run)]
+        return results
 
     def _result(self, request: FrameRequest, record: FrameRecord, mask: np.ndarray, confidence, tiles: int,
                 stage_ms: dict) -> Result:

@@ -33,20 +33,6 @@ def keep_for_stream(tensor, stream) -> None:
         tensor.record_stream(stream)
 
 
-def run_on(stream, device: torch.device, fn: Callable[[], torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
-    """``fn()`` queued on ``stream``: after the work already on the caller's current stream (which
-    produced ``inputs``), and before any work the caller queues afterwards (which reads the result)."""
-    current = torch.cuda.current_stream(device)
-    stream.wait_stream(current)
-    with torch.cuda.stream(stream):
-        out = fn()
-    current.wait_stream(stream)
-    for tensor in inputs:
-        keep_for_stream(tensor, stream)
-    keep_for_stream(out, current)
-    return out
-
-
 @dataclass
 class CapturedGraph:
     graph: object  # torch.cuda.CUDAGraph
@@ -125,14 +111,21 @@ class GraphCache(dict):
         return inputs, output, graph
 
     def replay(self, entry: CapturedGraph, *sources: torch.Tensor) -> torch.Tensor:
-        """Copy ``sources`` into the graph's inputs, replay it on the owner's stream, return a copy of its output."""
+        """Copy ``sources`` into the graph's inputs, replay it on the owner's stream, return a copy of its output.
 
-        def launch() -> torch.Tensor:
-            for fixed, source in zip(entry.inputs, sources):
-                fixed.copy_(source, non_blocking=True)
-            entry.graph.replay()
-            # Every replay writes the same buffer: a copy keeps earlier results intact.
-            return entry.output.clone()
-
+        Queued after the work already on the caller's current stream (which made ``sources``) and before
+        any the caller queues afterwards (which reads the result)."""
+        stream = self.stream
         with torch.cuda.device(self.device):
-            return run_on(self.stream, self.device, launch, *sources)
+            current = torch.cuda.current_stream(self.device)
+            stream.wait_stream(current)
+            with torch.cuda.stream(stream):
+                for fixed, source in zip(entry.inputs, sources):
+                    fixed.copy_(source, non_blocking=True)
+                entry.graph.replay()
+                out = entry.output.clone()  # every replay writes the same buffer: a copy keeps earlier results
+            current.wait_stream(stream)
+            for source in sources:
+                keep_for_stream(source, stream)
+            keep_for_stream(out, current)
+            return out
