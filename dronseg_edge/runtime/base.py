@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ from dronseg_edge.errors import BackendFailure, DronsegError
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime import host
 from dronseg_edge.runtime.batching import dtype_name, is_torch_tensor, pad_batch
+
+
+STAGES = ("preprocess", "inference", "postprocess")  # what FrameOutputs.stage_ms times
 
 
 @dataclass
@@ -139,22 +143,23 @@ class Backend(ABC):
         self.check_frames(frames)
         self._ensure_active()
         rows = max(int(pad_to), self.info.batch or 1) if not self.info.dynamic else int(pad_to)
-        watch = host.Stopwatch()
+        marks = [time.perf_counter()]  # a stage ends at each mark: STAGES
         if self.info.io == "frames":
             batch, real = pad_batch(np.ascontiguousarray(frames), rows)
-            watch.lap("preprocess")
-            classes = np.asarray(self.infer(batch)[:real], np.uint8)
+            marks.append(time.perf_counter())
+            classes, kept = np.asarray(self.infer(batch)[:real], np.uint8), None
             conf = self.last_outputs.get(host.CONFIDENCE_OUTPUT)
-            watch.lap("inference")
-            return FrameOutputs(classes, None if conf is None else np.asarray(conf[:real], np.uint8), None, dict(watch.ms))
-        batch, real = pad_batch(host.preprocess_host(frames, self.info), rows)
-        watch.lap("preprocess")
-        out = np.asarray(self.infer(batch)[:real])
-        watch.lap("inference")
-        classes, conf = host.postprocess_host(out, frames.shape[1], frames.shape[2], confidence)
-        watch.lap("postprocess")
-        kept = out.astype(np.float32, copy=False) if logits and out.ndim == 4 else None
-        return FrameOutputs(classes, conf, kept, dict(watch.ms))
+            conf = None if conf is None else np.asarray(conf[:real], np.uint8)
+        else:
+            batch, real = pad_batch(host.preprocess_host(frames, self.info), rows)
+            marks.append(time.perf_counter())
+            out = np.asarray(self.infer(batch)[:real])
+            marks.append(time.perf_counter())
+            classes, conf = host.postprocess_host(out, frames.shape[1], frames.shape[2], confidence)
+            kept = out.astype(np.float32, copy=False) if logits and out.ndim == 4 else None
+        marks.append(time.perf_counter())
+        stage_ms = {stage: (end - start) * 1e3 for stage, start, end in zip(STAGES, marks, marks[1:])}
+        return FrameOutputs(classes, conf, kept, stage_ms)
 
     def check_frames(self, frames) -> None:
         """DronsegError unless ``frames`` is a numpy (N, H, W, 3) uint8 array with N >= 1."""

@@ -10,8 +10,6 @@ maximum softmax probability when asked. A frames graph does all of it itself (``
 from __future__ import annotations
 
 import functools
-import time
-from collections import defaultdict
 
 import cv2
 import numpy as np
@@ -95,19 +93,6 @@ def max_probability_u8(logits: np.ndarray) -> np.ndarray:
     top = logits.max(axis=0)
     total = np.exp(logits - top).sum(axis=0)
     return np.clip(np.rint(255.0 / total), 0, 255).astype(np.uint8)
-
-
-class Stopwatch:
-    """Milliseconds per stage, summed: ``lap(name)`` charges the time since the last lap to ``name``."""
-
-    def __init__(self):
-        self.ms: dict[str, float] = defaultdict(float)
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.ms[name] += (now - self._last) * 1e3
-        self._last = now
 
 
 def postprocess_host(out: np.ndarray, height: int, width: int, confidence: bool):

@@ -21,7 +21,7 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import HEADS, ModelInfo
 from dronseg_edge.models import SegmentationNet
 from dronseg_edge.runtime import torch_frames
-from dronseg_edge.runtime.base import Backend, FrameOutputs
+from dronseg_edge.runtime.base import STAGES, Backend, FrameOutputs
 from dronseg_edge.runtime.batching import pad_batch
 from dronseg_edge.runtime.cuda_graph import GraphCache
 
@@ -141,8 +141,7 @@ class TorchBackend(Backend):
         host = [None if t is None else t.cpu().numpy() for t in (classes, conf, kept)]  # .cpu() waits for the GPU
         marks[3].record(stream)
         marks[3].synchronize()
-        stages = ("preprocess", "inference", "postprocess")
-        return FrameOutputs(*host, {name: marks[i].elapsed_time(marks[i + 1]) for i, name in enumerate(stages)})
+        return FrameOutputs(*host, {name: marks[i].elapsed_time(marks[i + 1]) for i, name in enumerate(STAGES)})
 
     def _infer(self, batch: torch.Tensor) -> torch.Tensor:
         return self._replay(batch) if self.cuda_graph else self._forward(batch)
