@@ -146,12 +146,8 @@ class Segmenter:
 
     def predict_batch(self, frames: Sequence[np.ndarray]) -> list[Result]:
         """Segment frames of any sizes (each keeps its own), ``batch`` at a time."""
-        records = list(FramesSource(frames).frames())
         request = self.request()
-        results: list[Result] = []
-        for start in range(0, len(records), self.batch):
-            results.extend(self._segment(records[start:start + self.batch], request))
-        return results
+        return [r for group in _groups(FramesSource(frames).frames(), self.batch, None) for r in self._segment(group, request)]
 
     # -- a source --------------------------------------------------------------------------------
     def stream(self, source, *, live: bool | None = None, stride: int = 1, max_frames: int | None = None,

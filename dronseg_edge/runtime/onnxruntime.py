@@ -136,6 +136,7 @@ class OnnxRuntimeBackend(Backend):
         self.cuda_graph_requested = cuda_graph
         self.cuda_graph = False
         self.threads = threads
+        self._device_id = str(device.index or 0)  # ONNX Runtime's provider option
         self.session = None
         super().__init__(path, device)
 
@@ -154,9 +155,9 @@ class OnnxRuntimeBackend(Backend):
         available = set(ort.get_available_providers())
         if self.device.type != "cuda":
             return []
-        wanted = ["tensorrt", "cuda"] if self.requested == "auto" else [self.requested]
-        if self.requested == "auto" and self.info.precision == "fp32":
-            wanted = ["cuda"]  # TensorRT's provider cannot be kept off TF32 (TRT_TF32_NOTE): fp32 means fp32
+        # auto: TensorRT's provider cannot be kept off TF32 (TRT_TF32_NOTE), and fp32 means fp32
+        auto = ["cuda"] if self.info.precision == "fp32" else ["tensorrt", "cuda"]
+        wanted = auto if self.requested == "auto" else [self.requested]
         found = [p for p in wanted if _PROVIDER_NAMES[p] in available]
         if not found:
             if self.requested != "auto":
@@ -168,10 +169,6 @@ class OnnxRuntimeBackend(Backend):
             log.warning("onnxruntime %s has no CUDA provider; %s runs on the CPU (pip install onnxruntime-gpu)",
                         ort.__version__, self.path.name)
         return found
-
-    @property
-    def _device_id(self) -> str:
-        return str(self.device.index if self.device.index is not None else 0)
 
     def _cuda_options(self, graph: bool) -> dict[str, str]:
         options = {"device_id": self._device_id}
