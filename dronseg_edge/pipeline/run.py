@@ -54,14 +54,10 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
 
     ``source``: an opened Source (the CLI opens it before loading the model, so a mistyped source
     fails at once) or anything :func:`open_source` takes; the run closes it. Raises DronsegError for
-    bad input (before anything is written where possible) and, after the outputs are finalised and
-    summary.json written, a RuntimeFailure for a stream that was lost, a write that failed or a
-    backend that failed mid-run.
-
-    ``options.max_duration`` counts seconds of the source: a video's own timeline (so a 60 s limit
-    gives 60 s of footage however fast the machine), a camera's or stream's wall clock since it
-    opened (also enforced by a timer, so a stalled stream cannot hold the run past it), and for
-    images the wall clock of the run.
+    bad input (before anything is written where possible) and, once the outputs and summary.json are
+    final, a RuntimeFailure for a lost stream, a failed write or a backend failing mid-run.
+    ``options.max_duration`` counts seconds of the source (``RunState.source_seconds``; a camera's or
+    stream's also by a timer, so a stalled stream cannot hold the run past it).
     """
     options = options or RunOptions()
     src = open_source(source, options.reconnect_s, max_pixels=options.max_pixels)

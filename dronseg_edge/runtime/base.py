@@ -135,10 +135,8 @@ class Backend(ABC):
         ``confidence``: also the maximum-probability map; ``logits``: also the model-size logits (a
         plain tensor artifact with a logits head only). ``pad_to``: run at least this many rows (a
         fixed-batch artifact always runs its own batch): one shape keeps one CUDA graph or binding.
-        This default is the host implementation (``runtime/host.py``): a frames artifact gets the frames
-        as they are and gives its class map at their size (and its ``confidence`` output whenever it has
-        one: the graph makes it anyway); any other artifact gets ``host.preprocess_host``'s batch, and its
-        output is brought back to the frames' size on the host.
+        Here a frames artifact gets the frames as they are (and gives its ``confidence`` output whenever it
+        has one: the graph makes it anyway); any other gets the host pre/post (``runtime/host.py``).
         """
         self.check_frames(frames)
         self._ensure_active()

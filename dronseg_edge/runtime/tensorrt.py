@@ -89,9 +89,8 @@ class TensorRTBackend(Backend):
                         "could not be checked; TensorRT's own check decides", self.path.name)
         elif problem := tensorrt_env.engine_mismatch(self.build, here):
             raise DronsegError(f"engine {self.path} {problem}: {self._rebuild_hint()}")
-        logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(logger)
-        dla_core = (self.build or {}).get("dla_core")
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        dla_core = self.build.get("dla_core")
         if dla_core is not None:  # an engine built for a DLA core (export --dla-core) is loaded onto that core
             self._runtime.DLA_core = int(dla_core)
         with cuda_runtime.on_device(self._index):  # TensorRT loads and launches into the current device's context

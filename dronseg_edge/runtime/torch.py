@@ -36,12 +36,10 @@ class TorchBackend(Backend):
     ``precision``: fp32 | fp16 | bf16 (fp16/bf16 need a GPU); ``head``: logits | argmax (argmax
     runs on the device and returns an (N, H, W) uint8 class map, so only those bytes need to leave
     it); ``channels_last`` and ``cuda_graph`` default to on for CUDA and are ignored on the CPU.
-    With ``cuda_graph`` the first batch of each shape is captured once, later batches of that
-    shape replay it (a new shape costs one more capture, ~a second).
-    ``compile_mode`` (opt-in): wrap the model in ``torch.compile(mode=...)`` first, e.g.
-    ``max-autotune-no-cudagraphs`` (7.07 ms eager for ResNet-101 on the H100, but 421 s to
-    compile: docs/facts.md#h100-baseline); modes that make their own CUDA graphs (reduce-overhead,
-    max-autotune) turn ``cuda_graph`` off. Needs a working Triton on GPUs (not on every Jetson).
+    With ``cuda_graph`` each new input shape is captured once (~a second), then replayed.
+    ``compile_mode`` (opt-in): ``torch.compile(mode=...)`` first, e.g. ``max-autotune-no-cudagraphs``
+    (7.07 ms for ResNet-101 on the H100 but 421 s to compile: docs/facts.md#h100-baseline); modes with
+    their own CUDA graphs (reduce-overhead, max-autotune) turn ``cuda_graph`` off. Needs Triton on GPUs.
     """
 
     name = "torch"
