@@ -122,21 +122,18 @@ class TorchBackend(Backend):
             return super().segment(frames, confidence, logits, pad_to)
         self.check_frames(frames)
         self._ensure_active()
-        with torch.inference_mode():
-            return self._segment_on_device(frames, confidence, logits, pad_to)
-
-    def _segment_on_device(self, frames: np.ndarray, confidence: bool, logits: bool, pad_to: int) -> FrameOutputs:
         stream = torch.cuda.current_stream(self.device)
         marks = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
         marks[0].record(stream)
-        x = torch_frames.to_model_input(torch_frames.upload(frames, self.device), self.info)
-        batch, real = pad_batch(x, pad_to)
-        marks[1].record(stream)
-        out = self.infer(batch)[:real]
-        marks[2].record(stream)
-        classes, conf = torch_frames.class_maps(out, frames.shape[1], frames.shape[2], confidence)
-        kept = out.float() if logits and out.ndim == 4 else None
-        host = [None if t is None else t.cpu().numpy() for t in (classes, conf, kept)]  # .cpu() waits for the GPU
+        with torch.inference_mode():
+            x = torch_frames.to_model_input(torch_frames.upload(frames, self.device), self.info)
+            batch, real = pad_batch(x, pad_to)
+            marks[1].record(stream)
+            out = self.infer(batch)[:real]
+            marks[2].record(stream)
+            classes, conf = torch_frames.class_maps(out, frames.shape[1], frames.shape[2], confidence)
+            kept = out.float() if logits and out.ndim == 4 else None
+            host = [None if t is None else t.cpu().numpy() for t in (classes, conf, kept)]  # .cpu() waits for the GPU
         marks[3].record(stream)
         marks[3].synchronize()
         return FrameOutputs(*host, {name: marks[i].elapsed_time(marks[i + 1]) for i, name in enumerate(STAGES)})
