@@ -165,9 +165,9 @@ def _write_summary(out_dir: Path, data: dict) -> tuple[RunSummary, DronsegError 
     summary = RunSummary(out_dir, data)
     try:
         write_json_atomic(out_dir / "summary.json", summary.data)
+        return summary, None
     except DronsegError as exc:
         return summary, exc
-    return summary, None
 
 
 def _live_deadline(src: Source, reader: FrameReader, options: RunOptions, state: RunState) -> threading.Timer | None:
@@ -222,12 +222,11 @@ def _bug_text(exc: BaseException) -> str:
 
 def _without_summary(state: RunState, summary_error: DronsegError) -> DronsegError:
     """The run's one error line when summary.json could not be written (the reason for it included)."""
-    if state.error is not None:
-        combined = type(state.error)(f"{state.error}; summary.json could not be written either: {summary_error}")
-    else:
-        combined = RuntimeFailure(f"{summary_error} (the run itself ended after {state.frames} frames: "
-                                  "its outputs are complete, summary.json is missing)")
-    combined.stopped = state.error.stopped if state.error is not None else None
+    if state.error is None:
+        return RuntimeFailure(f"{summary_error} (the run itself ended after {state.frames} frames: "
+                              "its outputs are complete, summary.json is missing)")
+    combined = type(state.error)(f"{state.error}; summary.json could not be written either: {summary_error}")
+    combined.stopped = state.error.stopped
     return combined
 
 

@@ -93,8 +93,7 @@ class Segmenter:
         self.classes = select_classes(classes, self.info.class_names, self.backend.path.name)
         self._check_confidence(self.confidence)
         # On a GPU every call is padded to full batches: one shape keeps one CUDA graph or TensorRT binding.
-        self._pad = self.batch if self.device.type == "cuda" else 1
-        self._tile_pad = self.tiling.batch if self.device.type == "cuda" else 1
+        self._pad, self._tile_pad = (self.batch, self.tiling.batch) if self.device.type == "cuda" else (1, 1)
         self.backend.__enter__()
 
     def _tile_plan(self, mode: str, overlap: float, tile_batch: int | None, fixed: int | None) -> TilePlan:
