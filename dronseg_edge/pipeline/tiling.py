@@ -155,11 +155,12 @@ def tiling_unable(info: ModelInfo, path_name: str) -> str:
 class TileBlender:
     """Blends one frame's window logits into its class map (and confidence), row band by row band.
 
-    Windows must be added in ``grid.windows`` order, any number at a time (at most ``batch``).
+    Windows must be added in ``grid.windows`` order, any number at a time (at most ``batch``); once all
+    are, ``classes`` is the (H, W) uint8 class map and ``conf`` the confidence (or None).
     """
 
     def __init__(self, grid: TileGrid, num_classes: int, weights: np.ndarray, batch: int, confidence: bool):
-        self.grid, self.weights, self.confidence = grid, weights, confidence
+        self.grid, self.weights = grid, weights
         width, height = grid.frame
         self.rows = grid.band_rows(batch)
         self.logits = np.zeros((num_classes, self.rows, width), np.float32)  # weighted logit sums
@@ -193,10 +194,6 @@ class TileBlender:
             array[..., self.rows - count:, :] = 0.0
         self.top = end
 
-    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(classes (H, W) uint8, confidence (H, W) uint8 or None), once every window was added."""
-        return self.classes, self.conf
-
 
 def segment_tiled(backend: Backend, frame: np.ndarray, plan: TilePlan, confidence: bool, pad_to: int = 1):
     """One (H, W, 3) uint8 frame in windows of the model input at full resolution, their logits
@@ -213,5 +210,4 @@ def segment_tiled(backend: Backend, frame: np.ndarray, plan: TilePlan, confidenc
         start = time.perf_counter()
         blender.add(windows, out.logits)
         stage_ms["postprocess"] += (time.perf_counter() - start) * 1e3
-    classes, conf = blender.result()
-    return classes, conf, len(grid.windows), dict(stage_ms)
+    return blender.classes, blender.conf, len(grid.windows), dict(stage_ms)

@@ -89,10 +89,8 @@ _LOAD_HINTS = (
                                           "with it beside the .onnx, or re-export it"),
     ("no graph was found", "it holds no graph (an empty or cut-short file): re-export it"),
     ("protobuf parsing failed", "it is not an ONNX model (damaged, cut short, or another kind of file): re-export it"),
-    ("not a registered function/op", "it uses an operator this onnxruntime does not have: re-export it with "
-                                     "`dronseg-edge export`, or install the onnxruntime it was made for"),
-    ("no op registered", "it uses an operator this onnxruntime does not have: re-export it with `dronseg-edge export`, "
-                         "or install the onnxruntime it was made for"),
+    *((needle, "it uses an operator this onnxruntime does not have: re-export it with `dronseg-edge export`, or "
+                "install the onnxruntime it was made for") for needle in ("not a registered function/op", "no op registered")),
     ("official released onnx opset", "its opset is newer than this onnxruntime supports: upgrade onnxruntime, or "
                                        "re-export with a lower --opset"),
 )
