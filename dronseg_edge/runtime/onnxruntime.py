@@ -242,9 +242,6 @@ class OnnxRuntimeBackend(Backend):
         fixed = not self.info.dynamic and self.info.batch is not None
         graph = name == "cuda" and fixed and self.cuda_graph_requested is not False
         session = self._new_session(ort, options, name, graph, errors)
-        if session is not None and graph and _provider_options(session).get("enable_cuda_graph", "1") != "1":
-            errors.append("cuda + CUDA graph: onnxruntime started the CUDA provider without its graph")
-            session = None
         if session is None and graph:
             graph = False
             session = self._new_session(ort, options, name, graph, errors)
@@ -262,13 +259,15 @@ class OnnxRuntimeBackend(Backend):
             reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             errors.append(f"{label}: {reason}")
             return None
-        used = session.get_providers()[0]
-        if used != _PROVIDER_NAMES[name]:
-            errors.append(f"{label}: onnxruntime fell back to {used}")
-            return None
-        device_id = _provider_options(session).get("device_id", self._device_id)
-        if device_id != self._device_id:
-            errors.append(f"{label}: onnxruntime fell back to its defaults (device {device_id}, not {self._device_id})")
+        given = _provider_options(session)
+        used, device_id = session.get_providers()[0], given.get("device_id", self._device_id)
+        problem = next((message for wrong, message in (
+            (used != _PROVIDER_NAMES[name], f"onnxruntime fell back to {used}"),
+            (device_id != self._device_id, f"onnxruntime fell back to its defaults (device {device_id}, not {self._device_id})"),
+            (graph and given.get("enable_cuda_graph", "1") != "1", "onnxruntime started the CUDA provider without its graph"),
+        ) if wrong), None)
+        if problem is not None:
+            errors.append(f"{label}: {problem}")
             return None
         return session
 
