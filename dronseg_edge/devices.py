@@ -1,11 +1,9 @@
 """Choosing the device from ``--device auto|cpu|cuda|cuda:N|N``, with torch or without it.
 
-Two forms of the same choice: :func:`resolve_device` gives a ``torch.device`` (checkpoints,
-training, export); :func:`resolve_lean_device` gives a :class:`Device` and never imports torch,
-for the deployable path (an ``.onnx`` or ``.engine`` run by ONNX Runtime or TensorRT). Both have
-``.type`` ("cpu" | "cuda") and ``.index``; backends use nothing else of a device. Without torch,
-CUDA GPUs are counted, named and described through the driver library (``libcuda``) with ctypes,
-and the driver's release is read from NVML (``libnvidia-ml``), also with ctypes.
+:func:`resolve_device` gives a ``torch.device`` (checkpoints, training, export); :func:`resolve_lean_device`
+a :class:`Device`, never importing torch (an ``.onnx`` or ``.engine`` run by ONNX Runtime or TensorRT).
+Backends use only ``.type`` ("cpu" | "cuda") and ``.index``. Without torch, GPUs are counted, named and
+described by the driver library (``libcuda``) and the driver's release read from NVML, both with ctypes.
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
@@ -45,16 +44,13 @@ class Device:
 def parse_device(name: str | None) -> Device | None:
     """The device a ``--device`` value names (None for auto); its syntax only, nothing is probed."""
     name = (name or "auto").strip().lower()
-    if name == "auto":
-        return None
-    if name == "cpu":
-        return Device("cpu")
-    if name.isdigit():
-        return Device("cuda", int(name))
-    kind, _, index = name.partition(":")
-    if kind == "cuda" and (not index or index.isdigit()):
-        return Device("cuda", int(index) if index else None)
-    raise DronsegError(f"--device {name!r} {_NOT_A_DEVICE}")
+    if name in ("auto", "cpu"):
+        return None if name == "auto" else Device("cpu")
+    match = re.fullmatch(r"(\d+)|cuda(?::(\d*))?", name)
+    if match is None:
+        raise DronsegError(f"--device {name!r} {_NOT_A_DEVICE}")
+    index = match.group(1) or match.group(2)
+    return Device("cuda", int(index) if index else None)
 
 
 def torch_loaded() -> bool:
@@ -65,10 +61,8 @@ def torch_loaded() -> bool:
 def _first_library(*names: str):
     """The first of these shared libraries that loads (an empty name is skipped), or None."""
     for name in filter(None, names):
-        try:
+        with contextlib.suppress(OSError):
             return ctypes.CDLL(name)
-        except OSError:
-            continue
     return None
 
 
@@ -91,11 +85,16 @@ def cuda_driver_version() -> tuple[int, int] | None:
     ``cuDriverGetVersion`` needs no GPU and no initialisation: it answers on a machine whose GPU is
     hidden or busy too, which is when a CUDA 12/13 mismatch is worth saying.
     """
-    lib = _driver_library()
-    version = ctypes.c_int(0)
+    lib, version = _driver_library(), ctypes.c_int(0)
     if lib is None or lib.cuDriverGetVersion(ctypes.byref(version)) != 0 or version.value <= 0:
         return None
     return version.value // 1000, (version.value % 1000) // 10
+
+
+def _cu_device(index: int):
+    """(libcuda, the CUdevice handle of CUDA device ``index``), or (None, None) without a driver or that GPU."""
+    lib, handle = _libcuda(), ctypes.c_int(0)
+    return (lib, handle) if lib is not None and lib.cuDeviceGet(ctypes.byref(handle), index) == 0 else (None, None)
 
 
 def cuda_pci_bus_id(index: int) -> str | None:
@@ -104,11 +103,8 @@ def cuda_pci_bus_id(index: int) -> str | None:
     CUDA numbers GPUs fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, and after CUDA_VISIBLE_DEVICES;
     NVML and nvidia-smi number them by PCI bus. The bus id names the same GPU in both.
     """
-    lib = _libcuda()
-    handle, bus_id = ctypes.c_int(0), ctypes.create_string_buffer(32)
-    if lib is None or lib.cuDeviceGet(ctypes.byref(handle), index) != 0:
-        return None
-    if lib.cuDeviceGetPCIBusId(bus_id, len(bus_id), handle) != 0:
+    (lib, handle), bus_id = _cu_device(index), ctypes.create_string_buffer(32)
+    if lib is None or lib.cuDeviceGetPCIBusId(bus_id, len(bus_id), handle) != 0:
         return None
     return bus_id.value.decode(errors="replace") or None
 
@@ -116,18 +112,13 @@ def cuda_pci_bus_id(index: int) -> str | None:
 def driver_device_count() -> int:
     """CUDA GPUs the driver shows this process (after CUDA_VISIBLE_DEVICES), whatever torch says: a CPU-only
     torch counts none on a machine full of GPUs."""
-    lib = _libcuda()
-    count = ctypes.c_int(0)
-    if lib is None or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
+    lib, count = _libcuda(), ctypes.c_int(0)
+    return count.value if lib is not None and lib.cuDeviceGetCount(ctypes.byref(count)) == 0 else 0
 
 
 def cuda_device_count() -> int:
     """CUDA GPUs visible to this process (torch's count when torch is loaded, else the driver's)."""
-    if torch_loaded():
-        return sys.modules["torch"].cuda.device_count()
-    return driver_device_count()
+    return sys.modules["torch"].cuda.device_count() if torch_loaded() else driver_device_count()
 
 
 # CUdevice_attribute values (cuda.h): stable across CUDA versions.
@@ -137,9 +128,8 @@ _CU_MULTIPROCESSOR_COUNT, _CU_CC_MAJOR, _CU_CC_MINOR = 16, 75, 76
 def driver_gpu_properties(index: int) -> dict:
     """Name, compute capability ('9.0'), memory (GiB) and multiprocessors of CUDA device ``index``, from
     the driver library (ctypes, no torch); the name is ``cuda:N`` and the rest unknown without a driver."""
-    lib = _libcuda()
-    handle = ctypes.c_int(0)
-    if lib is None or lib.cuDeviceGet(ctypes.byref(handle), index) != 0:
+    lib, handle = _cu_device(index)
+    if lib is None:
         return {"name": f"cuda:{index}", "compute_capability": "?", "memory_gib": None, "multiprocessors": None}
     name = ctypes.create_string_buffer(256)
     lib.cuDeviceGetName(name, 256, handle)
@@ -192,9 +182,7 @@ def _check_cuda(device: Device, count: int, who: str, fix: str) -> None:
 
 def resolve_lean_device(name: str = "auto") -> Device:
     """``auto`` picks the first CUDA GPU when the driver shows one, else the CPU; never imports torch."""
-    device = parse_device(name)
-    if device is None:
-        return Device("cuda") if cuda_device_count() else Device("cpu")
+    device = parse_device(name) or Device("cuda" if cuda_device_count() else "cpu")
     if device.type == "cuda":
         _check_cuda(device, cuda_device_count(), "the CUDA driver", " or install the NVIDIA driver")
     return device
@@ -204,11 +192,9 @@ def resolve_device(name: str = "auto") -> "torch.device":
     """The torch form of :func:`resolve_lean_device` (imports torch)."""
     import torch
 
-    device = parse_device(name)
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = parse_device(name) or Device("cuda" if count else "cpu")
     if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         _check_cuda(device, count, f"torch {torch.__version__}",
                     " or install a CUDA build of torch (on Jetson: NVIDIA's JetPack wheel)")
     return torch.device(str(device))
@@ -229,16 +215,10 @@ def device_description(device) -> str:
             index = device.index if device.index is not None else torch.cuda.current_device()
             major, minor = torch.cuda.get_device_capability(index)
             return f"{torch.cuda.get_device_name(index)} (sm{major}{minor})"
-        return _driver_gpu_name(device.index or 0)
+        gpu = driver_gpu_properties(device.index or 0)
+        return gpu["name"] if gpu["memory_gib"] is None else f"{gpu['name']} (sm{gpu['compute_capability'].replace('.', '')})"
     threads = sys.modules["torch"].get_num_threads() if torch_loaded() else (os.cpu_count() or 1)
     return f"cpu ({threads} threads)"
-
-
-def _driver_gpu_name(index: int) -> str:
-    properties = driver_gpu_properties(index)
-    if properties["memory_gib"] is None:
-        return properties["name"]
-    return f"{properties['name']} (sm{properties['compute_capability'].replace('.', '')})"
 
 
 @contextlib.contextmanager

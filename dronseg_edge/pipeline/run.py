@@ -54,14 +54,10 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
 
     ``source``: an opened Source (the CLI opens it before loading the model, so a mistyped source
     fails at once) or anything :func:`open_source` takes; the run closes it. Raises DronsegError for
-    bad input (before anything is written where possible) and, after the outputs are finalised and
-    summary.json written, a RuntimeFailure for a stream that was lost, a write that failed or a
-    backend that failed mid-run.
-
-    ``options.max_duration`` counts seconds of the source: a video's own timeline (so a 60 s limit
-    gives 60 s of footage however fast the machine), a camera's or stream's wall clock since it
-    opened (also enforced by a timer, so a stalled stream cannot hold the run past it), and for
-    images the wall clock of the run.
+    bad input (before anything is written where possible) and, once the outputs and summary.json are
+    final, a RuntimeFailure for a lost stream, a failed write or a backend failing mid-run.
+    ``options.max_duration`` counts seconds of the source (``RunState.source_seconds``; a camera's or
+    stream's also by a timer, so a stalled stream cannot hold the run past it).
     """
     options = options or RunOptions()
     src = open_source(source, options.reconnect_s, max_pixels=options.max_pixels)
@@ -169,9 +165,9 @@ def _write_summary(out_dir: Path, data: dict) -> tuple[RunSummary, DronsegError 
     summary = RunSummary(out_dir, data)
     try:
         write_json_atomic(out_dir / "summary.json", summary.data)
+        return summary, None
     except DronsegError as exc:
         return summary, exc
-    return summary, None
 
 
 def _live_deadline(src: Source, reader: FrameReader, options: RunOptions, state: RunState) -> threading.Timer | None:
@@ -191,18 +187,12 @@ def _live_deadline(src: Source, reader: FrameReader, options: RunOptions, state:
 
 
 def _check_floor(active: list[SinkWorker], state: RunState, floor: DiskFloor) -> list[SinkWorker]:
-    """The workers to give the next frame: the heavy ones stop once the disk is below the floor."""
-    if state.video_stopped is None and any(w.sink.heavy for w in active):
-        reason = floor.crossed()
-        if reason is not None:
-            return _stop_at_floor(active, state, reason)
-    return active
-
-
-def _stop_at_floor(active: list[SinkWorker], state: RunState, reason: str) -> list[SinkWorker]:
-    """Below --min-free-mb: finish the video and the image outputs now (closed, playable); stats and the
-    live outputs go on."""
+    """The workers to give the next frame. Below --min-free-mb the video and the image outputs finish now
+    (closed, playable); stats and the live outputs go on."""
     heavy = [w for w in active if w.sink.heavy]
+    reason = floor.crossed() if state.video_stopped is None and heavy else None
+    if reason is None:
+        return active
     state.video_stopped = f"{reason} (after {state.frames} frames)"
     log.warning("%s: the %s stop%s here, after %d frames, closed and complete; stats.jsonl continues, as do "
                 "the live outputs (free some space, or lower --min-free-mb)", reason, " and ".join(w.sink.name for w in heavy),
@@ -232,12 +222,11 @@ def _bug_text(exc: BaseException) -> str:
 
 def _without_summary(state: RunState, summary_error: DronsegError) -> DronsegError:
     """The run's one error line when summary.json could not be written (the reason for it included)."""
-    if state.error is not None:
-        combined = type(state.error)(f"{state.error}; summary.json could not be written either: {summary_error}")
-    else:
-        combined = RuntimeFailure(f"{summary_error} (the run itself ended after {state.frames} frames: "
-                                  "its outputs are complete, summary.json is missing)")
-    combined.stopped = state.error.stopped if state.error is not None else None
+    if state.error is None:
+        return RuntimeFailure(f"{summary_error} (the run itself ended after {state.frames} frames: "
+                              "its outputs are complete, summary.json is missing)")
+    combined = type(state.error)(f"{state.error}; summary.json could not be written either: {summary_error}")
+    combined.stopped = state.error.stopped
     return combined
 
 
@@ -299,11 +288,9 @@ def _build_sinks(src: Source, out_dir: Path, options: RunOptions, lut: np.ndarra
 def _progress_bar(src: Source, live: bool, options: RunOptions):
     from tqdm import tqdm
 
-    total = None
-    if not live and src.frame_count:
-        total = math.ceil(src.frame_count / options.stride)
+    total = math.ceil(src.frame_count / options.stride) if not live and src.frame_count else None
     if options.max_frames:
-        total = min(total, options.max_frames) if total else options.max_frames
+        total = min(total or options.max_frames, options.max_frames)
     enabled = options.progress and sys.stderr.isatty()
     return tqdm(total=total, unit="frame", desc="infer", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
@@ -331,13 +318,10 @@ def _core_left_for_io(segmenter: Segmenter):
     (docs/facts.md#cpu-threads).
     """
     cores = os.cpu_count() or 1
-    if segmenter.device.type != "cpu" or segmenter.backend.name != "torch" or cores < 2:
-        yield
-        return
-    import torch  # only a checkpoint runs on torch; an ONNX or engine run never imports it
-
-    before = torch.get_num_threads()
-    if before < cores:
+    # only a checkpoint runs on torch (already imported); an ONNX or engine run never imports it
+    torch = sys.modules["torch"] if segmenter.device.type == "cpu" and segmenter.backend.name == "torch" else None
+    before = torch.get_num_threads() if torch is not None else 0
+    if cores < 2 or before < cores:
         yield
         return
     torch.set_num_threads(cores - 1)

@@ -93,28 +93,25 @@ class RunOptions:
     def __post_init__(self) -> None:
         from dronseg_edge.pipeline.video_writer import VIDEO_CODECS  # OpenCV: not for the CLI's --help
 
-        if not 0.0 <= self.alpha <= 1.0:
-            raise DronsegError(f"--alpha {self.alpha} must be between 0 (frame only) and 1 (colours only)")
-        if self.stride < 1:
-            raise DronsegError(f"--stride {self.stride} must be at least 1 (1 = every frame)")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise DronsegError(f"--max-frames {self.max_frames} must be at least 1")
-        if not self.reconnect_s > 0:
-            raise DronsegError(f"--reconnect-s {self.reconnect_s} must be above 0 seconds")
-        for flag, value in (("--max-duration-s", self.max_duration), ("--segment-s", self.segment_s)):
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise DronsegError(f"{flag} {value} must be above 0 seconds (leave it out for no limit)")
-        if not (math.isfinite(self.min_free_mb) and self.min_free_mb >= 0):
-            raise DronsegError(f"--min-free-mb {self.min_free_mb} must be 0 (no floor) or more MB")
-        if self.classes is not None and not [c for c in self.classes if str(c).strip()]:
-            raise DronsegError("--classes is empty: give one or more class names, e.g. --classes person,car")
-        if self.codec not in VIDEO_CODECS:
-            raise DronsegError(f"--codec {self.codec} is not one of {', '.join(VIDEO_CODECS)}: pick one "
-                               "(auto: H.264 on the GPU's encoder, else the CPU's, else mp4v)")
+        rules = [
+            (0.0 <= self.alpha <= 1.0, f"--alpha {self.alpha} must be between 0 (frame only) and 1 (colours only)"),
+            (self.stride >= 1, f"--stride {self.stride} must be at least 1 (1 = every frame)"),
+            (self.max_frames is None or self.max_frames >= 1, f"--max-frames {self.max_frames} must be at least 1"),
+            (self.reconnect_s > 0, f"--reconnect-s {self.reconnect_s} must be above 0 seconds"),
+            *((value is None or (math.isfinite(value) and value > 0),
+               f"{flag} {value} must be above 0 seconds (leave it out for no limit)")
+              for flag, value in (("--max-duration-s", self.max_duration), ("--segment-s", self.segment_s))),
+            (math.isfinite(self.min_free_mb) and self.min_free_mb >= 0,
+             f"--min-free-mb {self.min_free_mb} must be 0 (no floor) or more MB"),
+            (self.classes is None or any(str(c).strip() for c in self.classes),
+             "--classes is empty: give one or more class names, e.g. --classes person,car"),
+            (self.codec in VIDEO_CODECS, f"--codec {self.codec} is not one of {', '.join(VIDEO_CODECS)}: pick one "
+                                         "(auto: H.264 on the GPU's encoder, else the CPU's, else mp4v)"),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise DronsegError(message)
         check_max_pixels(self.max_pixels)
-        self._check_live_outputs()
-
-    def _check_live_outputs(self) -> None:
         from dronseg_edge.pipeline.live_targets import (check_preview, check_stream_settings, parse_results_target,
                                                         parse_stream_urls)
 

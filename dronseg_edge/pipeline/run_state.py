@@ -151,6 +151,4 @@ class RunState:
 
 def _relative(path, out_dir: Path):
     """An output path (or a list of them) relative to the run folder, for summary.json."""
-    if isinstance(path, (list, tuple)):
-        return [str(Path(p).relative_to(out_dir)) for p in path]
-    return str(Path(path).relative_to(out_dir))
+    return [_relative(p, out_dir) for p in path] if isinstance(path, (list, tuple)) else str(Path(path).relative_to(out_dir))

@@ -1,18 +1,11 @@
 """The Python API: ``Segmenter(model).predict(frame)`` and ``Segmenter(model).stream(source)``.
 
-Any artifact works (checkpoint, ONNX, TensorRT engine): the backend comes from
-``runtime.registry.load_backend`` and the model's own metadata (input size, classes, palette,
-normalisation). Every backend takes uint8 BGR frames and gives class maps at the frames' size
-(``Backend.segment``: the pre/post-processing lives in the frames graph, in the torch backend, or in
-the one host implementation for plain tensor artifacts), so the Segmenter is batching and tiling over
-that one contract, plus what each frame gets besides its class map (pipeline/request.py).
-
-``tile=`` (off | auto | on; default off): frames at least twice the model input on a side (auto) or
-any larger frame (on) are segmented in overlapping windows at full resolution instead of being
-shrunk (pipeline/tiling.py, docs/tiling.md). Off by default: a 720p video with a 320x192 model
-would otherwise cost ~16 windows a frame, and the runtime cannot know the scale the model was
-trained at (a model trained on shrunk whole frames sees objects too large in full-resolution windows). ``confidence=True`` adds the maximum-probability map;
-``classes=`` keeps only those classes in masks, overlays and shares (pipeline/request.py).
+Any artifact (checkpoint, ONNX, TensorRT engine) through ``runtime.registry.load_backend`` and its
+own metadata. Every backend takes uint8 BGR frames and gives class maps at their size
+(``Backend.segment``), so the Segmenter is batching and tiling over that one contract, plus what
+each frame gets besides its class map (pipeline/request.py). ``tile=`` is off by default: a 720p
+video with a 320x192 model would cost ~16 windows a frame, and a model trained on shrunk whole
+frames sees objects too large in full-resolution windows (pipeline/tiling.py, docs/tiling.md).
 """
 
 from __future__ import annotations
@@ -20,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from itertools import groupby
+from itertools import groupby, islice
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -28,7 +21,7 @@ import cv2
 import numpy as np
 
 from dronseg_edge.classes import class_counts
-from dronseg_edge.devices import device_description, resolve_device
+from dronseg_edge.devices import device_description
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.request import FrameRequest, select_classes
@@ -36,9 +29,9 @@ from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.open_source import open_source
 from dronseg_edge.pipeline.sources import FrameRecord, FramesSource, Source
 from dronseg_edge.pipeline.tiling import DEFAULT_OVERLAP, TilePlan, segment_tiled, tiling_unable
-from dronseg_edge.runtime.base import Backend, FrameOutputs
+from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.host import CONFIDENCE_OUTPUT
-from dronseg_edge.runtime.registry import is_checkpoint, load_backend
+from dronseg_edge.runtime.registry import is_checkpoint, load_backend, resolve_device_for
 from dronseg_edge.sizes import format_size
 
 log = logging.getLogger(__name__)
@@ -75,8 +68,7 @@ class Segmenter:
         if isinstance(model, Backend):
             self.backend = model
         else:
-            if is_checkpoint(model) and isinstance(device, (str, type(None))):
-                device = resolve_device(device or "auto")  # resolved once here: --half depends on it
+            device = resolve_device_for(model, device)  # resolved once here: --half depends on it
             options = _checkpoint_options(Path(model), device, half, precision, cuda_graph)
             self.backend = load_backend(model, device, meta=meta, **options, **(backend_options or {}))
             if half and options.get("precision") is None and self.backend.info.precision == "fp32":
@@ -98,11 +90,10 @@ class Segmenter:
             self.info.input_size = (int(size[0]), int(size[1]))
         self.tiling = self._tile_plan(tile, tile_overlap, tile_batch, fixed)
         self.confidence = bool(confidence)
-        self.classes = self._select(classes)
+        self.classes = select_classes(classes, self.info.class_names, self.backend.path.name)
         self._check_confidence(self.confidence)
         # On a GPU every call is padded to full batches: one shape keeps one CUDA graph or TensorRT binding.
-        self._pad = self.batch if self.device.type == "cuda" else 1
-        self._tile_pad = self.tiling.batch if self.device.type == "cuda" else 1
+        self._pad, self._tile_pad = (self.batch, self.tiling.batch) if self.device.type == "cuda" else (1, 1)
         self.backend.__enter__()
 
     def _tile_plan(self, mode: str, overlap: float, tile_batch: int | None, fixed: int | None) -> TilePlan:
@@ -114,9 +105,6 @@ class Segmenter:
             tile_batch = self.batch if self.backend.name == "tensorrt" else max(self.batch, DEFAULT_TILE_BATCH)
         return TilePlan(mode, tuple(self.info.input_size), float(overlap), int(tile_batch),
                         tiling_unable(self.info, self.backend.path.name))
-
-    def _select(self, classes) -> tuple[int, ...] | None:
-        return select_classes(classes, self.info.class_names, self.backend.path.name)
 
     def _check_confidence(self, confidence: bool) -> None:
         if not confidence:
@@ -133,8 +121,8 @@ class Segmenter:
         (``classes``: names, None for all). Raises DronsegError for what the model cannot give."""
         if confidence is not None:
             self._check_confidence(bool(confidence))
-        return FrameRequest(confidence=self.confidence if confidence is None else bool(confidence),
-                            classes=self.classes if classes is _OWN else self._select(classes))
+        chosen = self.classes if classes is _OWN else select_classes(classes, self.info.class_names, self.backend.path.name)
+        return FrameRequest(confidence=self.confidence if confidence is None else bool(confidence), classes=chosen)
 
     def check_live(self, live: bool) -> None:
         """A live source gives the newest frame only: DronsegError when ``batch`` waits for more."""
@@ -157,12 +145,8 @@ class Segmenter:
 
     def predict_batch(self, frames: Sequence[np.ndarray]) -> list[Result]:
         """Segment frames of any sizes (each keeps its own), ``batch`` at a time."""
-        records = list(FramesSource(frames).frames())
         request = self.request()
-        results: list[Result] = []
-        for start in range(0, len(records), self.batch):
-            results.extend(self._segment(records[start:start + self.batch], request))
-        return results
+        return [r for group in _groups(FramesSource(frames).frames(), self.batch, None) for r in self._segment(group, request)]
 
     # -- a source --------------------------------------------------------------------------------
     def stream(self, source, *, live: bool | None = None, stride: int = 1, max_frames: int | None = None,
@@ -190,12 +174,10 @@ class Segmenter:
     def _reader(source, live, stride, reconnect_s, queue_size) -> tuple[FrameReader, Source | None]:
         if isinstance(source, FrameReader):
             return source, None
+        owned = None
         if isinstance(source, (str, Path, int)):
-            source = open_source(source, reconnect_s)
-            owned = source
-        elif isinstance(source, Source):
-            owned = None
-        else:
+            source = owned = open_source(source, reconnect_s)
+        elif not isinstance(source, Source):
             source = owned = FramesSource(source)
         live = source.live_default if live is None else live
         return FrameReader(source, live=live, stride=stride, queue_size=queue_size), owned
@@ -204,23 +186,19 @@ class Segmenter:
     def _segment(self, records: list[FrameRecord], request: FrameRequest) -> list[Result]:
         """One batch of records -> their Results: runs of same-sized frames go to the backend together,
         frames the TilePlan tiles go window by window (pipeline/tiling.py)."""
-        outputs: list[tuple[FrameRecord, np.ndarray, np.ndarray | None, int, dict]] = []
+        results: list[Result] = []
         for _, run in groupby(records, key=lambda r: r.frame.shape):
             run = list(run)
             height, width = run[0].frame.shape[:2]
             if self.tiling.tiles(width, height):
-                for record in run:
-                    classes, conf, windows, stage_ms = segment_tiled(self.backend, record.frame, self.tiling,
-                                                                     request.confidence, self._tile_pad)
-                    outputs.append((record, classes, conf, windows, stage_ms))
+                results += [self._result(request, r, *segment_tiled(self.backend, r.frame, self.tiling, request.confidence,
+                                                                    self._tile_pad)) for r in run]
                 continue
-            out: FrameOutputs = self.backend.segment(np.stack([r.frame for r in run]), request.confidence,
-                                                     pad_to=self._pad)
+            out = self.backend.segment(np.stack([r.frame for r in run]), request.confidence, pad_to=self._pad)
             share = {name: ms / len(run) for name, ms in out.stage_ms.items()}
-            for i, record in enumerate(run):
-                conf = None if out.confidence is None else out.confidence[i]
-                outputs.append((record, out.classes[i], conf, 0, share))
-        return [self._result(request, *item) for item in outputs]
+            results += [self._result(request, r, out.classes[i], None if out.confidence is None else out.confidence[i],
+                                     0, share) for i, r in enumerate(run)]
+        return results
 
     def _result(self, request: FrameRequest, record: FrameRecord, mask: np.ndarray, confidence, tiles: int,
                 stage_ms: dict) -> Result:
@@ -278,15 +256,7 @@ def _in_order(groups: Iterable, work, in_flight: int) -> Iterator:
 
 
 def _groups(records: Iterable[FrameRecord], size: int, max_frames: int | None) -> Iterator[list[FrameRecord]]:
-    group: list[FrameRecord] = []
-    taken = 0
-    for record in records:
-        group.append(record)
-        taken += 1
-        if len(group) == size or taken == max_frames:
-            yield group
-            group = []
-        if max_frames is not None and taken >= max_frames:
-            return
-    if group:
+    """Lists of ``size`` records (the last may be shorter), ``max_frames`` records in all."""
+    records = islice(records, max_frames)  # never reads a record past the last one wanted
+    while group := list(islice(records, size)):
         yield group

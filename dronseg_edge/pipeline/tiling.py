@@ -1,21 +1,16 @@
 """Tiled inference: a frame larger than the model input is segmented in overlapping windows.
 
-Shrinking a 4K frame to a 1280x720 input keeps one pixel in nine: a person a few dozen pixels wide
-becomes a handful. Tiling instead runs the model on windows of its own input size cut from the
-frame at full resolution, and blends the windows' LOGITS where they overlap with weights that fall
-off towards each window's edges, where the model sees the least context. The weights are MONAI's
-``sliding_window_inference`` "gaussian" importance map (sigma = 1/8 of the side, floored at 1e-3 so
-a frame's border, seen by one window only, still has a weight); mmseg's slide mode averages with
-equal weights instead, which leaves seams where one window's edge meets another's centre.
+Shrinking a 4K frame to a 1280x720 input keeps one pixel in nine. Tiling runs the model on windows of
+its input size cut from the frame at full resolution and blends the windows' LOGITS where they
+overlap, weighted by MONAI's ``sliding_window_inference`` "gaussian" importance map (sigma = 1/8 of
+the side, floored at 1e-3 so a border seen by one window keeps a weight): the model sees least
+context at a window's edges (mmseg's equal weights leave seams where an edge meets a centre).
 
-Windows are spread evenly so the last one ends at the frame's edge (the overlap is at least the
-asked one) and processed in rows, ``batch`` at a time. The blended logits are kept only for the
-rows that windows still to come will touch (a band a window high, plus what one batch spans), and
-finished into classes (and confidence) as soon as no window can change them: a 4K frame needs a
-few tens of MB, not the 400 MB of full-frame 12-class logits.
-
-Every backend gives the windows' logits through the one frame contract (``Backend.segment(...,
-logits=True)``), so the blending is written once, in numpy, on the host.
+Windows are spread evenly, the last ending at the frame's edge, and processed in rows, ``batch`` at a
+time. Blended logits are kept only for a band of rows that windows still to come will touch, and
+finished into classes (and confidence) as soon as none can change them: a 4K frame needs tens of
+MB, not 400 MB of 12-class logits. Every backend gives window logits through the one frame contract
+(``Backend.segment(..., logits=True)``), so the blending is written once, in numpy.
 """
 
 from __future__ import annotations
@@ -69,22 +64,17 @@ def window_weights(width: int, height: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TileGrid:
-    """The windows of one frame: ``frame`` and ``tile`` are (W, H); ``xs``/``ys`` the start columns/rows."""
+    """The windows of one frame: ``frame`` and ``tile`` are (W, H); neighbours share at least ``overlap``."""
 
     frame: tuple[int, int]
     tile: tuple[int, int]
-    xs: tuple[int, ...]
-    ys: tuple[int, ...]
-
-    @classmethod
-    def of(cls, frame: tuple[int, int], tile: tuple[int, int], overlap: float) -> "TileGrid":
-        return cls(tuple(frame), tuple(tile), tuple(window_starts(frame[0], tile[0], overlap)),
-                   tuple(window_starts(frame[1], tile[1], overlap)))
+    overlap: float
 
     @cached_property
     def windows(self) -> list[tuple[int, int]]:
         """(x, y) of every window's top-left corner, row by row."""
-        return [(x, y) for y in self.ys for x in self.xs]
+        xs, ys = (window_starts(length, tile, self.overlap) for length, tile in zip(self.frame, self.tile))
+        return [(x, y) for y in ys for x in xs]
 
     def batches(self, size: int) -> Iterator[list[tuple[int, int]]]:
         for start in range(0, len(self.windows), size):
@@ -144,7 +134,7 @@ class TilePlan:
         return True
 
     def grid(self, width: int, height: int) -> TileGrid:
-        return TileGrid.of((width, height), self.tile, self.overlap)
+        return TileGrid((width, height), self.tile, self.overlap)
 
     def describe(self) -> dict:
         """For summary.json."""
@@ -165,11 +155,12 @@ def tiling_unable(info: ModelInfo, path_name: str) -> str:
 class TileBlender:
     """Blends one frame's window logits into its class map (and confidence), row band by row band.
 
-    Windows must be added in ``grid.windows`` order, any number at a time (at most ``batch``).
+    Windows must be added in ``grid.windows`` order, any number at a time (at most ``batch``); once all
+    are, ``classes`` is the (H, W) uint8 class map and ``conf`` the confidence (or None).
     """
 
     def __init__(self, grid: TileGrid, num_classes: int, weights: np.ndarray, batch: int, confidence: bool):
-        self.grid, self.weights, self.confidence = grid, weights, confidence
+        self.grid, self.weights = grid, weights
         width, height = grid.frame
         self.rows = grid.band_rows(batch)
         self.logits = np.zeros((num_classes, self.rows, width), np.float32)  # weighted logit sums
@@ -183,8 +174,6 @@ class TileBlender:
         """Accumulate ``logits`` ((n, C, tile_h, tile_w), the model's output for ``windows``)."""
         tile_w, tile_h = self.grid.tile
         for (x, y), window in zip(windows, logits):
-            if (x, y) != self.grid.windows[self.done]:
-                raise ValueError(f"window {(x, y)} added out of order (expected {self.grid.windows[self.done]})")
             row = y - self.top
             self.logits[:, row:row + tile_h, x:x + tile_w] += window * self.weights
             self.weight[row:row + tile_h, x:x + tile_w] += self.weights
@@ -205,12 +194,6 @@ class TileBlender:
             array[..., self.rows - count:, :] = 0.0
         self.top = end
 
-    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(classes (H, W) uint8, confidence (H, W) uint8 or None), once every window was added."""
-        if self.done != len(self.grid.windows):
-            raise ValueError(f"{len(self.grid.windows) - self.done} windows were not added")
-        return self.classes, self.conf
-
 
 def segment_tiled(backend: Backend, frame: np.ndarray, plan: TilePlan, confidence: bool, pad_to: int = 1):
     """One (H, W, 3) uint8 frame in windows of the model input at full resolution, their logits
@@ -227,5 +210,4 @@ def segment_tiled(backend: Backend, frame: np.ndarray, plan: TilePlan, confidenc
         start = time.perf_counter()
         blender.add(windows, out.logits)
         stage_ms["postprocess"] += (time.perf_counter() - start) * 1e3
-    classes, conf = blender.result()
-    return classes, conf, len(grid.windows), dict(stage_ms)
+    return blender.classes, blender.conf, len(grid.windows), dict(stage_ms)

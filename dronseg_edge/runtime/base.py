@@ -1,30 +1,19 @@
 """The interface every backend (PyTorch, ONNX Runtime, TensorRT) implements: the one frame path.
 
-Lifecycle borrowed from Polygraphy: construct (no side effects: checks the options, opens no
-file), ``info`` (the artifact's metadata, read on first access: ONNX props, engine sidecar or
-checkpoint keys, never the weights onto a device), ``activate()`` (load onto the device),
-``segment()`` / ``infer()`` any number of times, ``deactivate()``; or use it as a context manager.
-The input contract (shape against ``info``) is checked here, once for every backend. Heavy imports
-(onnxruntime, tensorrt) happen inside the backend modules only.
+Lifecycle borrowed from Polygraphy: construct (checks the options, opens no file), ``info`` (the
+artifact's metadata, read on first access, never the weights), ``activate()`` (load onto the
+device), ``segment()`` / ``infer()`` any number of times, ``deactivate()``; or a context manager.
+Heavy imports (onnxruntime, tensorrt) happen inside the backend modules only.
 
-Two calls:
-
-- ``segment(frames)``: the frame contract the pipeline uses. uint8 BGR frames (N, H, W, 3) in numpy,
-  the (N, H, W) uint8 class map at the frames' size out, with confidence and the model-size logits
-  when asked. Pre/post-processing lives in exactly one place per artifact kind: inside the graph
-  for a frames artifact (``export --io frames``), inside the torch backend for a checkpoint (on its
-  device), and in one host implementation (``runtime/host.py``, OpenCV/numpy) for plain tensor
-  artifacts, which is this class's default.
-- ``infer(batch)``: the artifact's own tensors (normalised float32 (N, 3, H, W) or a frames graph's
-  uint8), for export parity, accuracy and ``bench``. Each backend runs one kind of array natively
-  (``native``: numpy for ONNX Runtime and TensorRT, torch for checkpoints); the other kind is
-  converted here, at the edge, as Polygraphy's runners do, and comes back as the kind it was given.
-  This module imports torch only when handed a torch tensor.
+- ``segment(frames)``: the pipeline's frame contract (docs/architecture.md, "One frame path"); this
+  class's default is the host pre/post (``runtime/host.py``) for plain tensor artifacts.
+- ``infer(batch)``: the artifact's own tensors, for export parity, accuracy and ``bench``; each
+  backend runs one kind of array (``native``), the other is converted here, at the edge, as
+  Polygraphy's runners do. This module imports torch only when handed a torch tensor.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 import time
@@ -39,6 +28,9 @@ from dronseg_edge.errors import BackendFailure, DronsegError
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime import host
 from dronseg_edge.runtime.batching import dtype_name, is_torch_tensor, pad_batch
+
+
+STAGES = ("preprocess", "inference", "postprocess")  # what FrameOutputs.stage_ms times
 
 
 @dataclass
@@ -90,11 +82,6 @@ class Backend(ABC):
     def last_outputs(self, outputs: dict[str, Any]) -> None:
         self._last.outputs = outputs
 
-    @property
-    def last_inference_ms(self) -> float:
-        """Wall milliseconds of this thread's last ``infer`` call (NaN before the first)."""
-        return getattr(self._last, "ms", float("nan"))
-
     @functools.cached_property
     def info(self) -> ModelInfo:
         """The artifact's metadata, read once on first access (DronsegError for a bad or foreign file)."""
@@ -119,29 +106,22 @@ class Backend(ABC):
         """The artifact's own tensors in and out, numpy or torch (converted at the edge to ``native``)."""
         self.check_input(batch)
         self._ensure_active()
-        start = time.perf_counter()
-        try:
-            out = self._run_converted(batch)
-        except self.runtime_errors() as exc:  # the runtime failed while it ran the model, not a bug here
-            raise BackendFailure(self.name, exc) from exc
-        self._last.ms = (time.perf_counter() - start) * 1e3
-        return out
-
-    def _run_converted(self, batch):
-        """``_infer`` on ``batch`` converted to the ``native`` kind, the result converted back."""
         given_torch = is_torch_tensor(batch)
-        if not given_torch and self.native == "torch":  # the torch backend given numpy: a numpy array back
+        try:
+            if not given_torch and self.native == "numpy":
+                return self._infer(batch)
             import torch
 
+            # Whatever the caller's mode: a backend's fixed buffers (CUDA-graph inputs) are made on its first
+            # call, and an inference tensor made under a Segmenter cannot be written outside inference mode.
             with torch.inference_mode():
-                return self._infer(torch.from_numpy(np.ascontiguousarray(batch))).cpu().numpy()
-        with _inference_mode(batch):
-            if given_torch and self.native == "numpy":  # through host memory, back onto the caller's device
-                import torch
-
-                host = np.ascontiguousarray(self._infer(batch.detach().cpu().numpy()))
-                return torch.from_numpy(host).to(batch.device)
-            return self._infer(batch)
+                if not given_torch:  # the torch backend given numpy: a numpy array back
+                    return self._infer(torch.from_numpy(np.ascontiguousarray(batch))).cpu().numpy()
+                if self.native == "numpy":  # through host memory, back onto the caller's device
+                    return torch.from_numpy(np.ascontiguousarray(self._infer(batch.detach().cpu().numpy()))).to(batch.device)
+                return self._infer(batch)
+        except self.runtime_errors() as exc:  # the runtime failed while it ran the model, not a bug here
+            raise BackendFailure(self.name, exc) from exc
 
     def runtime_errors(self) -> tuple[type[BaseException], ...]:
         """The exception types this backend's runtime raises when it fails (a CUDA error, out of memory);
@@ -155,30 +135,29 @@ class Backend(ABC):
         ``confidence``: also the maximum-probability map; ``logits``: also the model-size logits (a
         plain tensor artifact with a logits head only). ``pad_to``: run at least this many rows (a
         fixed-batch artifact always runs its own batch): one shape keeps one CUDA graph or binding.
-        This default is the host implementation (``runtime/host.py``): a frames artifact gets the frames
-        as they are and gives its class map at their size (and its ``confidence`` output whenever it has
-        one: the graph makes it anyway); any other artifact gets ``host.preprocess_host``'s batch, and its
-        output is brought back to the frames' size on the host.
+        Here a frames artifact gets the frames as they are (and gives its ``confidence`` output whenever it
+        has one: the graph makes it anyway); any other gets the host pre/post (``runtime/host.py``).
         """
         self.check_frames(frames)
         self._ensure_active()
         rows = max(int(pad_to), self.info.batch or 1) if not self.info.dynamic else int(pad_to)
-        watch = host.Stopwatch()
+        marks = [time.perf_counter()]  # a stage ends at each mark: STAGES
         if self.info.io == "frames":
             batch, real = pad_batch(np.ascontiguousarray(frames), rows)
-            watch.lap("preprocess")
-            classes = np.asarray(self.infer(batch)[:real], np.uint8)
+            marks.append(time.perf_counter())
+            classes, kept = np.asarray(self.infer(batch)[:real], np.uint8), None
             conf = self.last_outputs.get(host.CONFIDENCE_OUTPUT)
-            watch.lap("inference")
-            return FrameOutputs(classes, None if conf is None else np.asarray(conf[:real], np.uint8), None, dict(watch.ms))
-        batch, real = pad_batch(host.preprocess_host(frames, self.info), rows)
-        watch.lap("preprocess")
-        out = np.asarray(self.infer(batch)[:real])
-        watch.lap("inference")
-        classes, conf = host.postprocess_host(out, frames.shape[1], frames.shape[2], confidence)
-        watch.lap("postprocess")
-        kept = out.astype(np.float32, copy=False) if logits and out.ndim == 4 else None
-        return FrameOutputs(classes, conf, kept, dict(watch.ms))
+            conf = None if conf is None else np.asarray(conf[:real], np.uint8)
+        else:
+            batch, real = pad_batch(host.preprocess_host(frames, self.info), rows)
+            marks.append(time.perf_counter())
+            out = np.asarray(self.infer(batch)[:real])
+            marks.append(time.perf_counter())
+            classes, conf = host.postprocess_host(out, frames.shape[1], frames.shape[2], confidence)
+            kept = out.astype(np.float32, copy=False) if logits and out.ndim == 4 else None
+        marks.append(time.perf_counter())
+        stage_ms = {stage: (end - start) * 1e3 for stage, start, end in zip(STAGES, marks, marks[1:])}
+        return FrameOutputs(classes, conf, kept, stage_ms)
 
     def check_frames(self, frames) -> None:
         """DronsegError unless ``frames`` is a numpy (N, H, W, 3) uint8 array with N >= 1."""
@@ -194,36 +173,24 @@ class Backend(ABC):
             self.active = True
 
     def check_input(self, batch) -> None:
-        """DronsegError unless ``batch`` is (N, 3, H, W) and, for a static artifact, of its exported shape.
-
-        Checked before the backend sees it: a runtime's own error for a wrong shape (ONNX Runtime's
-        INVALID_ARGUMENT, TensorRT's refused binding) names neither the file nor the fix.
-        """
-        if self.info.io == "frames":
-            return self._check_frames(batch)
-        width, height = self.info.input_size
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise DronsegError(f"{self.path.name} takes (N, 3, H, W) batches, got {tuple(batch.shape)}")
-        if not self.info.dynamic and (tuple(batch.shape[2:]) != (height, width) or
-                                      (self.info.batch and batch.shape[0] != self.info.batch)):
-            raise DronsegError(
-                f"{self.path.name} was exported for {self.info.batch or 'N'}x3x{height}x{width} inputs, got "
-                f"{'x'.join(map(str, batch.shape))}: re-export with --size/--batch to match, or with --dynamic"
-            )
-
-    def _check_frames(self, batch) -> None:
-        """A frames artifact (pre/post-processing inside, export --io frames): (N, H, W, 3) uint8 frames."""
-        if batch.ndim != 4 or batch.shape[3] != 3 or dtype_name(batch) != "uint8":
-            raise DronsegError(f"{self.path.name} takes (N, H, W, 3) uint8 {self.info.color_order} frames, got "
-                               f"{tuple(batch.shape)} {dtype_name(batch)}")
-        if self.info.dynamic or self.info.source_size is None:
+        """DronsegError unless ``batch`` is (N, 3, H, W) (a frames artifact: (N, H, W, 3) uint8) and, for a
+        static artifact, of its exported shape. Checked before the backend sees it: a runtime's own error
+        for a wrong shape (ONNX Runtime's INVALID_ARGUMENT, TensorRT's refused binding) names neither the
+        file nor the fix."""
+        frames = self.info.io == "frames"
+        if batch.ndim != 4 or batch.shape[3 if frames else 1] != 3 or (frames and dtype_name(batch) != "uint8"):
+            layout = f"(N, H, W, 3) uint8 {self.info.color_order} frames" if frames else "(N, 3, H, W) batches"
+            raise DronsegError(f"{self.path.name} takes {layout}, got {tuple(batch.shape)}"
+                               + (f" {dtype_name(batch)}" if frames else ""))
+        size = self.info.source_size if frames else self.info.input_size
+        if self.info.dynamic or size is None:
             return
-        width, height = self.info.source_size
-        if tuple(batch.shape[1:3]) != (height, width) or (self.info.batch and batch.shape[0] != self.info.batch):
-            raise DronsegError(
-                f"{self.path.name} was exported for {self.info.batch or 'N'}x{height}x{width}x3 frames, got "
-                f"{'x'.join(map(str, batch.shape))}: re-export with --source-size/--batch to match, or with --dynamic"
-            )
+        width, height = size
+        if tuple(batch.shape[1:3] if frames else batch.shape[2:]) != (height, width) or (
+                self.info.batch and batch.shape[0] != self.info.batch):
+            exported, flag = (f"{height}x{width}x3 frames", "--source-size") if frames else (f"3x{height}x{width} inputs", "--size")
+            raise DronsegError(f"{self.path.name} was exported for {self.info.batch or 'N'}x{exported}, got "
+                               f"{'x'.join(map(str, batch.shape))}: re-export with {flag}/--batch to match, or with --dynamic")
 
     def __enter__(self) -> "Backend":
         self._ensure_active()
@@ -294,15 +261,3 @@ def check_declared_io(path: Path, info: ModelInfo, inputs: list[TensorSpec], out
 
 def _dims(shape: tuple) -> str:
     return "x".join("?" if d is None else str(d) for d in shape) or "a scalar"
-
-
-def _inference_mode(batch):
-    """torch.inference_mode() for a torch batch, whatever the caller's mode: a backend's fixed
-    buffers (CUDA-graph inputs) are made on its first call, and an inference tensor made under a
-    Segmenter cannot be written outside inference mode, nor a normal one inside it without
-    autograd bookkeeping. Nothing for numpy."""
-    if not is_torch_tensor(batch):
-        return contextlib.nullcontext()
-    import torch
-
-    return torch.inference_mode()

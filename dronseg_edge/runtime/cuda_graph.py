@@ -1,19 +1,15 @@
-"""CUDA-graph capture and replay, and work on a backend's own stream: shared by the PyTorch and
-TensorRT backends.
+"""CUDA-graph capture and replay for the PyTorch backend, each cache on a stream of its own.
 
-Why a backend runs on its own stream: torch's current stream of a device is shared by everything
-in the process (and by default it is the legacy default stream, which serialises with every other
-stream), and the graph capture stream torch uses by default is one per process, so two backends
-capturing at once, or on two GPUs, would capture into each other. Each ``GraphCache`` captures on
-its own stream with ``capture_error_mode="thread_local"`` (another thread's ordinary CUDA calls do
-not invalidate the capture) and one capture at a time per process (``_CAPTURE_LOCK``): torch's graph
-context synchronises the device and empties the allocator's cache on entry, which must not happen
-in the middle of another thread's capture. The lock is taken before the warm-up runs: cuDNN's
-benchmark cache is per thread (ATen's Conv_v8.cpp), so every new thread autotunes in its warm-up,
-and the autotuner calls ``cudaDeviceSynchronize()``, which breaks a capture in progress on the GPU
-in any capture mode (NVIDIA/TensorRT#2888). A failed capture synchronises only its own stream.
-What the lock cannot cover: eager work of another thread that autotunes (a backend without CUDA
-graphs, ``cudnn.benchmark`` on) while a capture runs; such a capture fails and runs eagerly.
+Own stream: torch's current stream is shared by the whole process (by default the legacy stream,
+which serialises with every other), and its default capture stream is one per process, so two
+backends capturing at once would capture into each other. Captures are ``thread_local`` (another
+thread's ordinary CUDA calls do not invalidate them) and one at a time in the process
+(``cuda_runtime.CAPTURE_LOCK``, which the TensorRT backend takes too): torch's graph context
+synchronises the device and empties the allocator's cache on entry. The lock covers the warm-up as
+well: cuDNN's benchmark cache is per thread (ATen's Conv_v8.cpp), and the autotuner's
+``cudaDeviceSynchronize()`` breaks a capture in progress in any mode (NVIDIA/TensorRT#2888). Not
+covered: eager autotuning in another thread (no CUDA graphs, ``cudnn.benchmark`` on) while a capture
+runs; that capture fails and its model runs eagerly.
 """
 
 from __future__ import annotations
@@ -28,7 +24,6 @@ from dronseg_edge.runtime.cuda_runtime import CAPTURE_LOCK
 
 log = logging.getLogger(__name__)
 
-_CAPTURE_LOCK = CAPTURE_LOCK  # one lock for torch's captures and the TensorRT backend's (cuda_runtime.capture)
 Launch = Callable[[], torch.Tensor]
 
 
@@ -38,20 +33,6 @@ def keep_for_stream(tensor, stream) -> None:
         tensor.record_stream(stream)
 
 
-def run_on(stream, device: torch.device, fn: Callable[[], torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
-    """``fn()`` queued on ``stream``: after the work already on the caller's current stream (which
-    produced ``inputs``), and before any work the caller queues afterwards (which reads the result)."""
-    current = torch.cuda.current_stream(device)
-    stream.wait_stream(current)
-    with torch.cuda.stream(stream):
-        out = fn()
-    current.wait_stream(stream)
-    for tensor in inputs:
-        keep_for_stream(tensor, stream)
-    keep_for_stream(out, current)
-    return out
-
-
 @dataclass
 class CapturedGraph:
     graph: object  # torch.cuda.CUDAGraph
@@ -59,38 +40,23 @@ class CapturedGraph:
     output: torch.Tensor  # the fixed buffer the graph writes on every replay
 
 
-class GraphCache:
-    """Captured CUDA graphs by key (usually the input shape), at most ``max_graphs`` (each holds its
-    own activation memory; the oldest are dropped together when full).
+class GraphCache(dict):
+    """Captured CUDA graphs (``CapturedGraph``) by key (usually the input shape), at most ``max_graphs``
+    (each holds its own activation memory; the oldest are dropped together when full).
 
     ``stream``: the owner's stream (one is made on first use when None). ``label`` names the model in
     the warning a failed capture logs.
     """
 
     def __init__(self, device: torch.device, stream=None, max_graphs: int = 4, label: str = "model"):
-        self.device = device
-        self._stream = stream
-        self.max_graphs = max_graphs
-        self.label = label
-        self._graphs: dict[tuple, CapturedGraph] = {}
+        super().__init__()
+        self.device, self._stream, self.max_graphs, self.label = device, stream, max_graphs, label
 
     @property
     def stream(self):
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         return self._stream
-
-    def __len__(self) -> int:
-        return len(self._graphs)
-
-    def __contains__(self, key) -> bool:
-        return key in self._graphs
-
-    def get(self, key) -> CapturedGraph | None:
-        return self._graphs.get(key)
-
-    def clear(self) -> None:
-        self._graphs.clear()
 
     def capture(self, key, sources: Sequence[torch.Tensor], prepare: Callable[[tuple[torch.Tensor, ...]], Launch], *,
                 warmup: int = 1, dtype: torch.dtype | None = None) -> CapturedGraph | None:
@@ -109,7 +75,7 @@ class GraphCache:
             # The warm-up runs under the lock too: cuDNN's benchmark cache is per thread, so a new
             # thread autotunes here, and the autotuner's cudaDeviceSynchronize() would break a capture
             # running meanwhile in another thread, whatever its capture mode.
-            with _CAPTURE_LOCK:
+            with CAPTURE_LOCK:
                 try:
                     inputs, output, graph = self._warm_up_and_capture(stream, sources, prepare, warmup, dtype)
                 except RuntimeError as exc:  # e.g. an op or plugin that synchronises: eager beats failing
@@ -121,10 +87,10 @@ class GraphCache:
                     return None
             for source in sources:
                 keep_for_stream(source, stream)
-        if len(self._graphs) >= self.max_graphs:
-            self._graphs.clear()
-        self._graphs[key] = CapturedGraph(graph, inputs, output)
-        return self._graphs[key]
+        if len(self) >= self.max_graphs:
+            self.clear()
+        self[key] = CapturedGraph(graph, inputs, output)
+        return self[key]
 
     def _warm_up_and_capture(self, stream, sources, prepare, warmup: int, dtype):
         """(fixed inputs, output buffer, graph): the launch warmed up on a side stream, then captured on ``stream``."""
@@ -145,14 +111,21 @@ class GraphCache:
         return inputs, output, graph
 
     def replay(self, entry: CapturedGraph, *sources: torch.Tensor) -> torch.Tensor:
-        """Copy ``sources`` into the graph's inputs, replay it on the owner's stream, return a copy of its output."""
+        """Copy ``sources`` into the graph's inputs, replay it on the owner's stream, return a copy of its output.
 
-        def launch() -> torch.Tensor:
-            for fixed, source in zip(entry.inputs, sources):
-                fixed.copy_(source, non_blocking=True)
-            entry.graph.replay()
-            # Every replay writes the same buffer: a copy keeps earlier results intact.
-            return entry.output.clone()
-
+        Queued after the work already on the caller's current stream (which made ``sources``) and before
+        any the caller queues afterwards (which reads the result)."""
+        stream = self.stream
         with torch.cuda.device(self.device):
-            return run_on(self.stream, self.device, launch, *sources)
+            current = torch.cuda.current_stream(self.device)
+            stream.wait_stream(current)
+            with torch.cuda.stream(stream):
+                for fixed, source in zip(entry.inputs, sources):
+                    fixed.copy_(source, non_blocking=True)
+                entry.graph.replay()
+                out = entry.output.clone()  # every replay writes the same buffer: a copy keeps earlier results
+            current.wait_stream(stream)
+            for source in sources:
+                keep_for_stream(source, stream)
+            keep_for_stream(out, current)
+            return out

@@ -1,19 +1,13 @@
-"""The few CUDA runtime calls the TensorRT backend makes, without torch: device memory, pinned host
-memory, a stream of its own, asynchronous copies and CUDA-graph capture and replay.
+"""The few CUDA runtime calls the TensorRT backend makes, without torch: device and pinned memory, a
+stream of its own, asynchronous copies, CUDA-graph capture and replay.
 
-Binding: NVIDIA's cuda-python, ``cuda.bindings.runtime`` (package ``cuda-bindings``), rather than
-Polygraphy's ctypes module ``polygraphy.cuda``. Polygraphy's module (0.53) wraps only
-malloc/free/memcpy and streams: pinned host memory, stream capture and graphs would need ctypes
-declarations of our own, i.e. a binding for this project to keep in step with each CUDA release.
-cuda.bindings covers every call used here, NVIDIA releases it with each CUDA version (12.x and 13.x
-wheels, x86-64 and aarch64), TensorRT's own Python samples use it, and torch's CUDA 13 wheels
-already depend on it. Both import in about 0.1 s; importing ``cuda.bindings.runtime`` loads only
-the runtime and driver bindings. The calls used have the same signatures in cuda-bindings 12.9 and
-13.5 (tests/runtime/test_cuda_runtime_names.py checks every name and argument count against both).
-
-The binding is imported on first use (``cudart()``), so importing this module costs nothing. Every
-call goes through ``check``: a failure becomes one line naming the call and CUDA's error, a
-BackendUnavailable when there is no usable driver or GPU, else a RuntimeFailure.
+Binding: NVIDIA's ``cuda.bindings.runtime`` (package ``cuda-bindings``), not Polygraphy's ctypes
+``polygraphy.cuda``, which lacks pinned memory, stream capture and graphs. It covers every call
+here, ships with each CUDA release (12.x and 13.x, x86-64 and aarch64), TensorRT's samples use it
+and torch's CUDA 13 wheels depend on it; tests/runtime/test_cuda_runtime_names.py checks every name
+and argument count against 12.9 and 13.5. Imported on first use (``cudart()``). Every call goes
+through ``check``: a failure is one line naming the call and CUDA's error, a BackendUnavailable when
+there is no usable driver or GPU, else a RuntimeFailure.
 """
 
 from __future__ import annotations
@@ -42,13 +36,19 @@ _UNAVAILABLE = {"cudaErrorNoDevice", "cudaErrorInsufficientDriver", "cudaErrorIn
                 "cudaErrorCompatNotSupportedOnDevice", "cudaErrorSystemDriverMismatch", "cudaErrorInvalidDevice"}
 
 
-def cudart():
-    """The ``cuda.bindings.runtime`` module, or BackendUnavailable saying how to install it."""
+def import_or_explain(module: str, hint: str):
+    """``module``, or BackendUnavailable(``hint``), with the loader's error when the bindings are there but
+    a library they need is not (an OSError, e.g. libnvinfer missing)."""
     try:
-        return importlib.import_module("cuda.bindings.runtime")
+        return importlib.import_module(module)
     except (ImportError, OSError) as exc:
         detail = "" if isinstance(exc, ModuleNotFoundError) else f" ({str(exc).splitlines()[0][:120]})"
-        raise BackendUnavailable(INSTALL_HINT + detail) from None
+        raise BackendUnavailable(hint + detail) from None
+
+
+def cudart():
+    """The ``cuda.bindings.runtime`` module, or BackendUnavailable saying how to install it."""
+    return import_or_explain("cuda.bindings.runtime", INSTALL_HINT)
 
 
 def check(result, what: str):
@@ -60,15 +60,7 @@ def check(result, what: str):
     err, *values = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:  # cudaSuccess
         raise error_for(err, what)
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def check_quietly(result):
-    """The value of a cleanup call, or None when it failed (the error that led here matters more)."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    return values[0] if int(err) == 0 and values else None
+    return (values[0] if len(values) == 1 else tuple(values)) if values else None
 
 
 def error_for(err, what: str) -> Exception:
@@ -117,64 +109,47 @@ def device_identity(index: int) -> dict:
     return {"gpu_name": name.rstrip("\x00").strip(), "compute_capability": f"{props.major}.{props.minor}"}
 
 
-def _mib(nbytes: int) -> str:
-    return f"{nbytes / (1 << 20):.1f} MiB"
-
-
 class DeviceBuffer:
     """Device memory that grows to the largest size asked for (``ensure``); ``ptr`` changes when it grows."""
 
+    pinned = False
+
     def __init__(self) -> None:
-        self.ptr = 0
-        self.nbytes = 0
+        self.ptr = self.nbytes = 0
 
     def ensure(self, nbytes: int) -> bool:
         """At least ``nbytes`` allocated; True when the memory moved (earlier bindings to it are stale)."""
         if nbytes <= self.nbytes:
             return False
         self.free()
-        self.ptr = int(check(cudart().cudaMalloc(max(nbytes, 1)), f"cudaMalloc of {_mib(nbytes)}"))
-        self.nbytes = nbytes
+        rt, size = cudart(), max(nbytes, 1)
+        result, what = (rt.cudaMallocHost(size), "cudaMallocHost") if self.pinned else (rt.cudaMalloc(size), "cudaMalloc")
+        self.ptr, self.nbytes = int(check(result, f"{what} of {nbytes / (1 << 20):.1f} MiB")), nbytes
         return True
 
     def free(self) -> None:
         if self.ptr:
             ptr, self.ptr, self.nbytes = self.ptr, 0, 0
-            check(cudart().cudaFree(ptr), "cudaFree")
+            rt = cudart()
+            check(rt.cudaFreeHost(ptr) if self.pinned else rt.cudaFree(ptr), "cudaFreeHost" if self.pinned else "cudaFree")
 
 
-class PinnedBuffer:
+class PinnedBuffer(DeviceBuffer):
     """Page-locked host memory (``cudaMallocHost``), growing like DeviceBuffer; ``array`` views it.
 
     From pinned memory a copy to or from the GPU is a DMA the host only queues; from ordinary
     (pageable) memory CUDA first copies through a driver buffer and the host waits.
     """
 
-    def __init__(self) -> None:
-        self.ptr = 0
-        self.nbytes = 0
-
-    def ensure(self, nbytes: int) -> bool:
-        if nbytes <= self.nbytes:
-            return False
-        self.free()
-        self.ptr = int(check(cudart().cudaMallocHost(max(nbytes, 1)), f"cudaMallocHost of {_mib(nbytes)}"))
-        self.nbytes = nbytes
-        return True
+    pinned = True
 
     def array(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         """A numpy view of the first bytes of the buffer (valid until it grows or is freed)."""
-        dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if nbytes > self.nbytes:
-            raise ValueError(f"pinned buffer of {self.nbytes} bytes is smaller than {shape} {dtype}")
-        raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(self.ptr)
-        return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
-
-    def free(self) -> None:
-        if self.ptr:
-            ptr, self.ptr, self.nbytes = self.ptr, 0, 0
-            check(cudart().cudaFreeHost(ptr), "cudaFreeHost")
+        count = int(np.prod(shape, dtype=np.int64))
+        if count * np.dtype(dtype).itemsize > self.nbytes:
+            raise ValueError(f"pinned buffer of {self.nbytes} bytes is smaller than {shape} {np.dtype(dtype)}")
+        raw = (ctypes.c_uint8 * max(self.nbytes, 1)).from_address(self.ptr)
+        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
 
 
 class Stream:
@@ -194,7 +169,7 @@ class Stream:
         kinds = {"h2d": rt.cudaMemcpyKind.cudaMemcpyHostToDevice, "d2h": rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
                  "d2d": rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice}
         if nbytes:
-            check(rt.cudaMemcpyAsync(dst, src, nbytes, kinds[kind], self.handle), f"cudaMemcpyAsync ({kind}, {_mib(nbytes)})")
+            check(rt.cudaMemcpyAsync(dst, src, nbytes, kinds[kind], self.handle), f"cudaMemcpyAsync ({kind}, {nbytes / (1 << 20):.1f} MiB)")
 
     def synchronize(self) -> None:
         check(cudart().cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
@@ -241,9 +216,9 @@ def capture(stream: Stream, record: Callable[[], None]) -> Graph:
         try:
             record()
         except BaseException:
-            graph = check_quietly(rt.cudaStreamEndCapture(stream.handle))
-            if graph is not None:
-                rt.cudaGraphDestroy(graph)
+            err, *graph = rt.cudaStreamEndCapture(stream.handle)  # ended quietly: the error that led here matters more
+            if int(err) == 0 and graph and graph[0] is not None:
+                rt.cudaGraphDestroy(graph[0])
             raise
         graph = check(rt.cudaStreamEndCapture(stream.handle), "cudaStreamEndCapture")
     try:

@@ -1,22 +1,15 @@
 """The one host implementation of pre- and post-processing, OpenCV and numpy: it never imports torch.
 
-What a plain tensor artifact (``.onnx``/``.engine`` of logits or a class map) needs around it, on
-the CPU and on a GPU alike (``Backend.segment``'s default, runtime/base.py), and what a
-checkpoint gets on the CPU: resize the uint8 frame first and only then turn the few pixels left
-into float (a 720p frame shrunk to 320x192 is 1/15 of the work of converting it whole), shrinking
-with ``INTER_AREA`` as training did (data/augment.py) and as a frames graph does inside
-(``resize_matrix`` as MatMuls); then the
-class map of the model's output, brought back to the frame's size (nearest), and the confidence map
-(maximum softmax probability) when asked for. A frames artifact's graph does all of it itself: its
-uint8 frames go in as they are. Export parity, accuracy and ``bench`` make their inputs here too.
+For plain tensor artifacts (``Backend.segment``'s default) and checkpoints on the CPU; export parity,
+accuracy and ``bench`` make their inputs here too. The uint8 frame is shrunk first (``INTER_AREA``,
+as training did, data/augment.py) and only the few pixels left turned to float (a 720p frame shrunk
+to 320x192 is 1/15 of the work); the class map comes back to the frame's size (nearest), with the
+maximum softmax probability when asked. A frames graph does all of it itself (``resize_matrix``).
 """
 
 from __future__ import annotations
 
 import functools
-import math
-import time
-from collections import defaultdict
 
 import cv2
 import numpy as np
@@ -27,7 +20,7 @@ CONFIDENCE_OUTPUT = "confidence"  # the name export/embedded.py gives a frames g
 
 
 @functools.lru_cache(maxsize=16)
-def _scale_and_shift(mean: tuple, std: tuple) -> tuple[np.ndarray, np.ndarray]:
+def scale_and_shift(mean: tuple, std: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (RGB) a, b with (x / 255 - mean) / std == x * a + b."""
     std_ = np.asarray(std, np.float32)
     return (1.0 / (255.0 * std_)).astype(np.float32), (-np.asarray(mean, np.float32) / std_).astype(np.float32)
@@ -45,11 +38,10 @@ def resize_frame(frame: np.ndarray, width: int, height: int) -> np.ndarray:
 def resize_matrix(src: int, dst: int, area: bool | None = None) -> np.ndarray:
     """(dst, src) float32 weights W with ``W @ line`` == ``resize_frame`` of a float line of ``src`` pixels to ``dst``.
 
-    ``area`` (default: ``dst <= src``): cv2.INTER_AREA's weights (each output pixel the mean of the source
-    cells it covers, in OpenCV's arithmetic: ``computeResizeAreaTab``), else cv2.INTER_LINEAR's
-    (half-pixel centres, edge pixels repeated). ``resize_frame`` picks area only when both sides
-    shrink, so an axis can get linear weights while shrinking: ``resize_matrices`` makes that choice.
-    A frames graph (export/embedded.py) applies these as constant MatMuls, so it shrinks as training did.
+    ``area`` (default: ``dst <= src``): cv2.INTER_AREA's weights, else cv2.INTER_LINEAR's: read off
+    OpenCV itself, as its resize of the identity (in column blocks, to bound memory). ``resize_frame``
+    picks area only when both sides shrink, so an axis can get linear weights while shrinking:
+    ``resize_matrices`` makes that choice. A frames graph (export/embedded.py) applies these as MatMuls.
     """
     src, dst = int(src), int(dst)
     if src < 1 or dst < 1:
@@ -57,47 +49,11 @@ def resize_matrix(src: int, dst: int, area: bool | None = None) -> np.ndarray:
     area = dst <= src if area is None else area
     if area and dst > src:
         raise ValueError(f"INTER_AREA weights enlarge nothing: {src} -> {dst}")
-    weights = np.zeros((dst, src), np.float64)
     if src == dst:
-        np.fill_diagonal(weights, 1.0)
-    elif area:
-        _area_weights(weights, 1.0 / (dst / src))  # OpenCV's scale: 1 / inv_scale, not src / dst
-    else:
-        _linear_weights(weights, 1.0 / (dst / src))
-    return weights.astype(np.float32)
-
-
-def _area_weights(weights: np.ndarray, scale: float) -> None:
-    """OpenCV's computeResizeAreaTab: partial cells under 1e-3 of a pixel are dropped, as there."""
-    dst, src = weights.shape
-    for dx in range(dst):
-        start = dx * scale
-        end = start + scale
-        cell = min(scale, src - start)
-        first, last = math.ceil(start), math.floor(end)
-        last = min(last, src - 1)
-        first = min(first, last)
-        if first - start > 1e-3:
-            weights[dx, first - 1] = np.float32((first - start) / cell)
-        weights[dx, first:last] = np.float32(1.0 / cell)
-        if end - last > 1e-3:
-            weights[dx, last] = np.float32(min(end - last, 1.0, cell) / cell)
-
-
-def _linear_weights(weights: np.ndarray, scale: float) -> None:
-    """cv2.INTER_LINEAR's: source x = (dx + 0.5) * scale - 0.5 (float32 as in OpenCV), clamped at both edges."""
-    dst, src = weights.shape
-    for dx in range(dst):
-        position = float(np.float32((dx + 0.5) * scale - 0.5))
-        left = math.floor(position)
-        fraction = position - left
-        if left < 0:
-            left, fraction = 0, 0.0
-        if left >= src - 1:
-            left, fraction = src - 1, 0.0
-        weights[dx, left] += 1.0 - fraction
-        if fraction:
-            weights[dx, left + 1] += fraction
+        return np.eye(src, dtype=np.float32)
+    how = cv2.INTER_AREA if area else cv2.INTER_LINEAR
+    blocks = [np.eye(src, min(1024, src - j), -j, np.float32) for j in range(0, src, 1024)]
+    return np.hstack([cv2.resize(b, (b.shape[1], dst), interpolation=how).reshape(dst, -1) for b in blocks])
 
 
 def resize_matrices(src_size: tuple[int, int], dst_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +69,7 @@ def preprocess_host(frames_bgr: list[np.ndarray] | np.ndarray, info: ModelInfo) 
     if isinstance(frames_bgr, np.ndarray) and frames_bgr.ndim == 3:
         frames_bgr = [frames_bgr]
     width, height = info.input_size
-    scale, shift = _scale_and_shift(tuple(info.mean), tuple(info.std))
+    scale, shift = scale_and_shift(tuple(info.mean), tuple(info.std))
     out = np.empty((len(frames_bgr), 3, height, width), np.float32)
     for i, frame in enumerate(frames_bgr):
         small = resize_frame(np.ascontiguousarray(frame), width, height)
@@ -139,31 +95,12 @@ def max_probability_u8(logits: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(255.0 / total), 0, 255).astype(np.uint8)
 
 
-def resize_confidence(confidence: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A uint8 confidence map brought to (height, width) bilinearly (probabilities vary smoothly)."""
-    if confidence.shape == (height, width):
-        return confidence
-    return cv2.resize(confidence, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-class Stopwatch:
-    """Milliseconds per stage, summed: ``lap(name)`` charges the time since the last lap to ``name``."""
-
-    def __init__(self):
-        self.ms: dict[str, float] = defaultdict(float)
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.ms[name] += (now - self._last) * 1e3
-        self._last = now
-
-
 def postprocess_host(out: np.ndarray, height: int, width: int, confidence: bool):
     """A batch of model outputs ((N, C, h, w) logits or (N, h, w) classes) -> ((N, H, W) uint8 classes at the
     frames' size, (N, H, W) uint8 confidence or None)."""
     classes = np.stack([class_map_host(o, height, width) for o in out])
     if not (confidence and out.ndim == 4):
         return classes, None
-    return classes, np.stack([resize_confidence(max_probability_u8(np.asarray(o, np.float32)), height, width)
-                              for o in out])
+    conf = [max_probability_u8(np.asarray(o, np.float32)) for o in out]
+    # bilinear: probabilities vary smoothly
+    return classes, np.stack([c if c.shape == (height, width) else cv2.resize(c, (width, height)) for c in conf])

@@ -1,15 +1,12 @@
 """ONNX Runtime backend for ``.onnx`` files written by ``dronseg-edge export``.
 
-On a GPU it asks for TensorRT > CUDA > CPU execution providers (whichever this onnxruntime build
-has and can start; a TensorRT session keeps CUDA, then CPU, for the nodes TensorRT rejects; fp32
-models skip TensorRT, which cannot be kept off TF32 there, see TRT_TF32_NOTE) and,
-for static shapes on the CUDA provider, lets ONNX Runtime replay its own CUDA graph. Each session
-is checked for what it really runs (onnxruntime may silently retry with default options: device 0,
-no graph). ``provider`` says what actually runs.
-
-numpy in, numpy out, without torch (``Backend.infer`` converts torch tensors at the edge): on the
-CPU straight through ``session.run``; on CUDA through ``OrtValue`` IO binding (the input uploaded
-into a device OrtValue, fixed buffers when a CUDA graph replays).
+On a GPU it asks for the TensorRT > CUDA > CPU execution providers this build has and can start (a
+TensorRT session keeps CUDA, then CPU, for the nodes TensorRT rejects; fp32 models skip TensorRT,
+which cannot be kept off TF32 there: TRT_TF32_NOTE) and, for static shapes on the CUDA provider,
+replays ONNX Runtime's own CUDA graph. Each session is checked for what it really runs (onnxruntime
+may silently retry with default options: device 0, no graph); ``provider`` says what runs.
+numpy in and out, without torch: on the CPU through ``session.run``, on CUDA through ``OrtValue``
+IO binding (fixed buffers, which a CUDA graph replays).
 """
 
 from __future__ import annotations
@@ -64,7 +61,7 @@ def _writable_folder(folder: Path) -> bool:
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        return False
+        return False  # before mkdir: no empty folder left where nothing may be written
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
@@ -92,10 +89,8 @@ _LOAD_HINTS = (
                                           "with it beside the .onnx, or re-export it"),
     ("no graph was found", "it holds no graph (an empty or cut-short file): re-export it"),
     ("protobuf parsing failed", "it is not an ONNX model (damaged, cut short, or another kind of file): re-export it"),
-    ("not a registered function/op", "it uses an operator this onnxruntime does not have: re-export it with "
-                                     "`dronseg-edge export`, or install the onnxruntime it was made for"),
-    ("no op registered", "it uses an operator this onnxruntime does not have: re-export it with `dronseg-edge export`, "
-                         "or install the onnxruntime it was made for"),
+    *((needle, "it uses an operator this onnxruntime does not have: re-export it with `dronseg-edge export`, or "
+                "install the onnxruntime it was made for") for needle in ("not a registered function/op", "no op registered")),
     ("official released onnx opset", "its opset is newer than this onnxruntime supports: upgrade onnxruntime, or "
                                        "re-export with a lower --opset"),
 )
@@ -139,6 +134,7 @@ class OnnxRuntimeBackend(Backend):
         self.cuda_graph_requested = cuda_graph
         self.cuda_graph = False
         self.threads = threads
+        self._device_id = str(device.index or 0)  # ONNX Runtime's provider option
         self.session = None
         super().__init__(path, device)
 
@@ -152,13 +148,14 @@ class OnnxRuntimeBackend(Backend):
             raise DronsegError(f"{exc}, or pass --meta FILE (a dronseg-edge ONNX or sidecar JSON describing it)") from None
 
     # -- session ------------------------------------------------------------------------------
-    def _candidates(self, ort) -> list[str]:
+    def _gpu_candidates(self, ort) -> list[str]:
+        """The GPU providers to try in turn ([]: the CPU's only)."""
         available = set(ort.get_available_providers())
         if self.device.type != "cuda":
-            return ["cpu"]
-        wanted = ["tensorrt", "cuda"] if self.requested == "auto" else [self.requested]
-        if self.requested == "auto" and self.info.precision == "fp32":
-            wanted = ["cuda"]  # TensorRT's provider cannot be kept off TF32 (TRT_TF32_NOTE): fp32 means fp32
+            return []
+        # auto: TensorRT's provider cannot be kept off TF32 (TRT_TF32_NOTE), and fp32 means fp32
+        auto = ["cuda"] if self.info.precision == "fp32" else ["tensorrt", "cuda"]
+        wanted = auto if self.requested == "auto" else [self.requested]
         found = [p for p in wanted if _PROVIDER_NAMES[p] in available]
         if not found:
             if self.requested != "auto":
@@ -169,12 +166,7 @@ class OnnxRuntimeBackend(Backend):
                 )
             log.warning("onnxruntime %s has no CUDA provider; %s runs on the CPU (pip install onnxruntime-gpu)",
                         ort.__version__, self.path.name)
-            return ["cpu"]
         return found
-
-    @property
-    def _device_id(self) -> str:
-        return str(self.device.index if self.device.index is not None else 0)
 
     def _cuda_options(self, graph: bool) -> dict[str, str]:
         options = {"device_id": self._device_id}
@@ -187,9 +179,7 @@ class OnnxRuntimeBackend(Backend):
         return options
 
     def _chain(self, name: str, graph: bool) -> list:
-        """Providers for a session led by ``name``; every node the leader rejects falls to the next."""
-        if name == "cpu":
-            return ["CPUExecutionProvider"]
+        """Providers for a session led by GPU provider ``name``; every node the leader rejects falls to the next."""
         cuda = ("CUDAExecutionProvider", self._cuda_options(graph))
         if name == "cuda":
             return [cuda, "CPUExecutionProvider"]
@@ -207,13 +197,9 @@ class OnnxRuntimeBackend(Backend):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: provider fallbacks are reported through `provider`
         errors: list[str] = []
-        self.session = None
         self.cuda_graph = False
-        gpu = [name for name in self._candidates(ort) if name != "cpu"]
-        for name in gpu:
-            self.session = self._try_session(ort, options, name, errors)
-            if self.session is not None:
-                break
+        gpu = self._gpu_candidates(ort)
+        self.session = next((s for name in gpu if (s := self._try_session(ort, options, name, errors)) is not None), None)
         if self.session is None:
             # Also what tells a file ONNX Runtime cannot load (one line naming it) from a GPU provider that cannot start.
             cpu = self._cpu_session(ort, options)
@@ -256,9 +242,6 @@ class OnnxRuntimeBackend(Backend):
         fixed = not self.info.dynamic and self.info.batch is not None
         graph = name == "cuda" and fixed and self.cuda_graph_requested is not False
         session = self._new_session(ort, options, name, graph, errors)
-        if session is not None and graph and _provider_options(session).get("enable_cuda_graph", "1") != "1":
-            errors.append("cuda + CUDA graph: onnxruntime started the CUDA provider without its graph")
-            session = None
         if session is None and graph:
             graph = False
             session = self._new_session(ort, options, name, graph, errors)
@@ -276,13 +259,15 @@ class OnnxRuntimeBackend(Backend):
             reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             errors.append(f"{label}: {reason}")
             return None
-        used = session.get_providers()[0]
-        if used != _PROVIDER_NAMES[name]:
-            errors.append(f"{label}: onnxruntime fell back to {used}")
-            return None
-        device_id = _provider_options(session).get("device_id", self._device_id)
-        if name != "cpu" and device_id != self._device_id:
-            errors.append(f"{label}: onnxruntime fell back to its defaults (device {device_id}, not {self._device_id})")
+        given = _provider_options(session)
+        used, device_id = session.get_providers()[0], given.get("device_id", self._device_id)
+        problem = next((message for wrong, message in (
+            (used != _PROVIDER_NAMES[name], f"onnxruntime fell back to {used}"),
+            (device_id != self._device_id, f"onnxruntime fell back to its defaults (device {device_id}, not {self._device_id})"),
+            (graph and given.get("enable_cuda_graph", "1") != "1", "onnxruntime started the CUDA provider without its graph"),
+        ) if wrong), None)
+        if problem is not None:
+            errors.append(f"{label}: {problem}")
             return None
         return session
 
@@ -320,7 +305,8 @@ class OnnxRuntimeBackend(Backend):
         ort = import_onnxruntime()
         index = int(self._device_id)
         if self._host_bound is None or self._host_bound[0].shape() != list(feed.shape):
-            out_shape = self._output_shape(feed)
+            n, _, h, w = feed.shape
+            out_shape = (n, self.info.num_classes, h, w) if self.info.head == "logits" else (n, h, w)
             out_dtype = _ORT_TYPES.get(self._outputs[0].type, np.float32)
             x = ort.OrtValue.ortvalue_from_numpy(feed, "cuda", index)
             y = ort.OrtValue.ortvalue_from_shape_and_type(out_shape, out_dtype, "cuda", index)
@@ -330,10 +316,5 @@ class OnnxRuntimeBackend(Backend):
             self._host_bound = (x, y, binding)
         else:
             self._host_bound[0].update_inplace(feed)
-        x, y, binding = self._host_bound
-        self.session.run_with_iobinding(binding)
-        return y.numpy()
-
-    def _output_shape(self, batch) -> tuple[int, ...]:
-        n, _, h, w = batch.shape
-        return (n, self.info.num_classes, h, w) if self.info.head == "logits" else (n, h, w)
+        self.session.run_with_iobinding(self._host_bound[2])
+        return self._host_bound[1].numpy()

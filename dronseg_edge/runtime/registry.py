@@ -88,12 +88,19 @@ def _own_build_record(path: Path) -> dict | None:
         return None
 
 
+def resolve_device_for(path: str | Path, device):
+    """``device`` (a ``--device`` string, a ``torch.device`` or a ``devices.Device``) as the backend of
+    ``path`` takes it: a torch.device for a checkpoint, else a torch-free Device (so running an ONNX
+    file or engine never imports torch)."""
+    if isinstance(device, (str, type(None))):
+        return resolve_device(device or "auto") if is_checkpoint(path) else resolve_lean_device(device or "auto")
+    return resolve_device(str(device)) if isinstance(device, Device) and is_checkpoint(path) else device
+
+
 def load_backend(path: str | Path, device="auto", *, meta: str | Path | None = None, **options) -> Backend:
     """Construct (not yet activate) the backend for ``path`` and read its metadata; ``options`` go to its constructor.
 
-    ``device``: a ``--device`` string, a ``torch.device`` or a ``devices.Device``. A string becomes a
-    torch.device for a checkpoint and a torch-free Device for an ONNX file or engine (so running
-    those never imports torch). Reading ``info`` here (the constructor does not) makes a foreign
+    ``device``: see ``resolve_device_for``. Reading ``info`` here (the constructor does not) makes a foreign
     or damaged file fail where the command names it, before any device work.
     ``meta`` (``--meta FILE``, see ``read_meta_file``): metadata for an ``.onnx``/``.engine`` that lacks
     its own (an engine built with trtexec or Polygraphy, a foreign ONNX); it replaces the file's own
@@ -103,12 +110,7 @@ def load_backend(path: str | Path, device="auto", *, meta: str | Path | None = N
     path = check_model_file(path)
     if meta is not None and is_checkpoint(path):
         raise DronsegError(f"--meta applies to .onnx and .engine files; checkpoint {path} carries its own metadata: drop --meta")
-    cls = backend_class(path)
-    if isinstance(device, (str, type(None))):
-        device = resolve_device(device or "auto") if is_checkpoint(path) else resolve_lean_device(device or "auto")
-    elif isinstance(device, Device) and is_checkpoint(path):
-        device = resolve_device(str(device))
-    backend = cls(path, device, **options)
+    backend = backend_class(path)(path, resolve_device_for(path, device), **options)
     if meta is not None:
         info = read_meta_file(meta)
         built = _own_build_record(path)

@@ -1,29 +1,18 @@
 """TensorRT backend for ``.engine``/``.plan`` files written by ``dronseg-edge export --format engine``.
 
-It needs tensorrt, numpy and NVIDIA's CUDA Python bindings (runtime/cuda_runtime.py says why those),
-not torch: device memory, pinned host buffers, its own CUDA stream and CUDA-graph replay are made
-with ``cuda.bindings``. torch is imported only when a caller hands in a torch tensor.
+tensorrt, numpy and NVIDIA's CUDA Python bindings (runtime/cuda_runtime.py), never torch. numpy in,
+numpy out (``Backend.infer`` converts torch tensors at the edge): the batch goes through a pinned
+buffer to fixed device buffers on the backend's own stream, the engine runs (``execute_async_v3``),
+every output comes back through pinned buffers, and a **copy** of each is returned (the next call
+rewrites the buffers; the pipeline's sink threads keep results).
 
-numpy in, numpy out (``Backend.infer`` converts torch tensors at the edge): float32 (N, 3, H, W)
-for a tensors engine, uint8 (N, H, W, 3) for a frames engine (``export --io frames``). The batch is
-copied into a pinned buffer, uploaded asynchronously on the backend's stream into fixed device
-buffers, the engine runs there (``execute_async_v3``), every output is downloaded into a pinned
-buffer, the stream is synchronised, and a **copy** of each buffer is returned: the pinned buffers
-are rewritten by the next call, and a view valid only until then would be a silent race for callers
-that keep results (the pipeline's sink threads do). For a frames engine's uint8 class map the copy
-is a fraction of a millisecond.
-
-With ``cuda_graph`` (trtexec's ``--useCudaGraph``, default on) the engine's launches for one input
-shape are captured once into a CUDA graph and replayed; the graph reads and writes the fixed device
-buffers. As TensorRT
-requires, the context is enqueued once after its shape and addresses are set (that run gives the
-first call's result) and before capture begins; capture runs on the backend's own stream in
-thread-local mode, one capture at a time in the process. One graph is kept, for the latest shape,
-because graphs that share one execution context share its scratch memory. An engine that cannot be
-captured runs without a graph, with a warning. The engine's JSON sidecar says which GPU and
-TensorRT version built it; anything else is refused with a message saying how to rebuild.
-
-Not thread-safe: one backend serves one thread at a time (as every backend here).
+``cuda_graph`` (trtexec's ``--useCudaGraph``, default on): the launches for one input shape are
+captured once and replayed. As TensorRT requires, the context is enqueued once after its shape and
+addresses are set (that run gives the first call's result) before capture, which is thread-local,
+on the backend's stream, one at a time in the process. One graph is kept, for the latest shape:
+graphs of one context share its scratch memory. An engine that cannot be captured runs without a
+graph, with a warning. The sidecar says which GPU and TensorRT version built the engine; anything
+else is refused with how to rebuild. Not thread-safe: one backend serves one thread at a time.
 """
 
 from __future__ import annotations
@@ -42,14 +31,11 @@ log = logging.getLogger(__name__)
 
 
 def numpy_dtype(trt, dtype) -> np.dtype:
-    """numpy dtype of a TensorRT tensor type."""
-    table = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16, trt.DataType.INT32: np.int32,
-             trt.DataType.INT8: np.int8, trt.DataType.UINT8: np.uint8, trt.DataType.BOOL: np.bool_}
-    if hasattr(trt.DataType, "INT64"):  # 10.x and later; 8.6 has none
-        table[trt.DataType.INT64] = np.int64
-    if dtype not in table:
-        raise DronsegError(f"engine tensor type {dtype} has no numpy equivalent: rebuild the engine with `dronseg-edge export`")
-    return np.dtype(table[dtype])
+    """numpy dtype of a TensorRT tensor type (``trt.nptype``; none for BF16 and FP8)."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except TypeError:
+        raise DronsegError(f"engine tensor type {dtype} has no numpy equivalent: rebuild the engine with `dronseg-edge export`") from None
 
 
 def _nbytes(shape, dtype: np.dtype) -> int:
@@ -69,11 +55,10 @@ class TensorRTBackend(Backend):
         self._stream: cuda_runtime.Stream | None = None  # the backend's own CUDA stream, made in activate
         self._index = 0  # the GPU, resolved in activate
         # Fixed buffers: what the context is bound to.
-        self._device_in = cuda_runtime.DeviceBuffer()
-        self._device_out: dict[str, cuda_runtime.DeviceBuffer] = {}
-        self._host_in = cuda_runtime.PinnedBuffer()
-        self._host_out: dict[str, cuda_runtime.PinnedBuffer] = {}
-        self._fixed_shapes: tuple[tuple, dict[str, tuple]] | None = None  # (input shape, output shapes) bound to them
+        # Fixed buffers by tensor name, input and outputs: what the context is bound to.
+        self._device: dict[str, cuda_runtime.DeviceBuffer] = {}
+        self._host: dict[str, cuda_runtime.PinnedBuffer] = {}
+        self._fixed_shapes: dict[str, tuple] | None = None  # every tensor's shape, bound to those buffers
         self._graph: cuda_runtime.Graph | None = None  # captured for the shape in _fixed_shapes
         super().__init__(path, device)
 
@@ -97,19 +82,15 @@ class TensorRTBackend(Backend):
 
     def activate(self) -> None:
         trt = tensorrt_env.import_tensorrt()
-        if self.device.type != "cuda":
-            raise DronsegError(f"TensorRT engines run on NVIDIA GPUs only, not on --device {self.device}: use --device cuda")
+        here = {"tensorrt_version": str(trt.__version__), **tensorrt_env.gpu_identity(self.device)}  # a CPU: refused
         self._index = cuda_runtime.resolve_index(self.device)
-        here = {"tensorrt_version": str(trt.__version__), **cuda_runtime.device_identity(self._index)}
-        problem = tensorrt_env.engine_mismatch(self.build, here) if self.build else None
         if not self.build:  # metadata from --meta (an engine built elsewhere): no record of what built it
             log.warning("engine %s has no build record (no sidecar): the GPU and TensorRT version it was built for "
                         "could not be checked; TensorRT's own check decides", self.path.name)
-        if problem:
+        elif problem := tensorrt_env.engine_mismatch(self.build, here):
             raise DronsegError(f"engine {self.path} {problem}: {self._rebuild_hint()}")
-        logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(logger)
-        dla_core = (self.build or {}).get("dla_core")
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        dla_core = self.build.get("dla_core")
         if dla_core is not None:  # an engine built for a DLA core (export --dla-core) is loaded onto that core
             self._runtime.DLA_core = int(dla_core)
         with cuda_runtime.on_device(self._index):  # TensorRT loads and launches into the current device's context
@@ -131,8 +112,8 @@ class TensorRTBackend(Backend):
                                f"not one image input: {self._rebuild_hint()}")
         self._dtypes = {n: numpy_dtype(trt, self._engine.get_tensor_dtype(n)) for n in names}
         check_declared_io(self.path, self.info, self._specs(self._inputs), self._specs(self._outputs))
-        self._device_out = {n: cuda_runtime.DeviceBuffer() for n in self._outputs}
-        self._host_out = {n: cuda_runtime.PinnedBuffer() for n in self._outputs}
+        self._device = {n: cuda_runtime.DeviceBuffer() for n in names}
+        self._host = {n: cuda_runtime.PinnedBuffer() for n in names}
         self._version = str(trt.__version__)
         self._describe_provider()
 
@@ -154,15 +135,12 @@ class TensorRTBackend(Backend):
                 with cuda_runtime.on_device(self._index):
                     self._stream.synchronize()
                     self._drop_graph()
-                    for buffer in (self._device_in, *self._device_out.values(), self._host_in, *self._host_out.values()):
+                    for buffer in (*self._device.values(), *self._host.values()):
                         buffer.free()
                     self._stream.close()
         except DronsegError as exc:
             log.warning("releasing %s: %s", self.path.name, exc)
-        self._stream = None
-        self._fixed_shapes = None
-        self._context = None
-        self._engine = None
+        self._stream = self._fixed_shapes = self._context = self._engine = None
         super().deactivate()
 
     def runtime_errors(self) -> tuple[type[BaseException], ...]:
@@ -174,51 +152,41 @@ class TensorRTBackend(Backend):
 
         Returns the first output; every output (a frames engine's ``confidence`` too) is in ``last_outputs``.
         """
-        shape = tuple(batch.shape)
-        in_dtype = self._dtypes[self._inputs[0]]
+        image = self._inputs[0]
         with cuda_runtime.on_device(self._index):
-            out_shapes = self._bind_fixed(shape)
-            nbytes = _nbytes(shape, in_dtype)
-            self._host_in.ensure(nbytes)
-            np.copyto(self._host_in.array(shape, in_dtype), batch, casting="same_kind")
-            self._stream.copy(self._device_in.ptr, self._host_in.ptr, nbytes, "h2d")
+            shapes = self._bind_fixed(tuple(batch.shape))
+            nbytes = {name: _nbytes(shape, self._dtypes[name]) for name, shape in shapes.items()}
+            for name, size in nbytes.items():
+                self._host[name].ensure(size)
+            np.copyto(self._host[image].array(shapes[image], self._dtypes[image]), batch, casting="same_kind")
+            self._stream.copy(self._device[image].ptr, self._host[image].ptr, nbytes[image], "h2d")
             self._execute()
             for name in self._outputs:
-                out_nbytes = _nbytes(out_shapes[name], self._dtypes[name])
-                self._host_out[name].ensure(out_nbytes)
-                self._stream.copy(self._host_out[name].ptr, self._device_out[name].ptr, out_nbytes, "d2h")
+                self._stream.copy(self._host[name].ptr, self._device[name].ptr, nbytes[name], "d2h")
             self._stream.synchronize()
             # New arrays: the pinned buffers are rewritten by the next call. Logits come back float32.
-            outs = {}
-            for i, name in enumerate(self._outputs):
-                staged = self._host_out[name].array(out_shapes[name], self._dtypes[name])
-                as_float = i == 0 and self.info.head == "logits" and staged.dtype != np.float32
-                outs[name] = staged.astype(np.float32) if as_float else staged.copy()
+            staged = {name: self._host[name].array(shapes[name], self._dtypes[name]) for name in self._outputs}
+            outs = {name: a.astype(np.float32) if i == 0 and self.info.head == "logits" else a.copy()
+                    for i, (name, a) in enumerate(staged.items())}
         self.last_outputs = outs
         return outs[self._outputs[0]]
 
     # -- the engine on the fixed buffers ----------------------------------------------------------
 
-    def _set_input_shape(self, shape: tuple) -> None:
+    def _bind_fixed(self, shape: tuple) -> dict[str, tuple]:
+        """Bind the context to the fixed device buffers for input ``shape`` (grown as needed); returns every tensor's shape."""
+        if self._fixed_shapes is not None and self._fixed_shapes[self._inputs[0]] == shape:
+            return self._fixed_shapes
+        self._drop_graph()  # captured for other addresses or another shape
         if not self._context.set_input_shape(self._inputs[0], shape):
             raise DronsegError(f"engine {self.path} does not accept input shape {shape} "
                                f"(profile: {self.build.get('profile') or 'static'}): re-export with matching --size/--batch or --dynamic")
-
-    def _bind_fixed(self, shape: tuple) -> dict[str, tuple]:
-        """Bind the context to the fixed device buffers for ``shape`` (grown as needed); returns the output shapes."""
-        if self._fixed_shapes is not None and self._fixed_shapes[0] == shape:
-            return self._fixed_shapes[1]
-        self._drop_graph()  # captured for other addresses or another shape
-        self._set_input_shape(shape)
-        self._device_in.ensure(_nbytes(shape, self._dtypes[self._inputs[0]]))
-        self._context.set_tensor_address(self._inputs[0], self._device_in.ptr)
-        out_shapes = {}
-        for out_name in self._outputs:
-            out_shapes[out_name] = tuple(self._context.get_tensor_shape(out_name))
-            self._device_out[out_name].ensure(_nbytes(out_shapes[out_name], self._dtypes[out_name]))
-            self._context.set_tensor_address(out_name, self._device_out[out_name].ptr)
-        self._fixed_shapes = (shape, out_shapes)
-        return out_shapes
+        shapes = {self._inputs[0]: shape, **{name: tuple(self._context.get_tensor_shape(name)) for name in self._outputs}}
+        for name, tensor_shape in shapes.items():
+            self._device[name].ensure(_nbytes(tensor_shape, self._dtypes[name]))
+            self._context.set_tensor_address(name, self._device[name].ptr)
+        self._fixed_shapes = shapes
+        return shapes
 
     def _execute(self) -> None:
         """Run the engine on the bound fixed buffers, on the backend's stream (replaying its graph when captured)."""
@@ -242,6 +210,6 @@ class TensorRTBackend(Backend):
             raise RuntimeFailure(f"TensorRT execute_async_v3 failed on {self.path.name} (see TensorRT's messages above)")
 
     def _drop_graph(self) -> None:
-        if self._graph is not None:
-            graph, self._graph = self._graph, None
+        graph, self._graph = self._graph, None
+        if graph is not None:
             graph.close()

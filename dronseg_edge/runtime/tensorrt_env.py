@@ -1,13 +1,10 @@
 """The TensorRT environment: importing it, its version, the GPU, and whether an engine fits them.
 
-Shared by the engine build (export/tensorrt.py) and the engine runner (runtime/tensorrt.py), so it
-lives next to the runner: the runtime never imports the export package. ``tensorrt`` and ``torch``
-are imported only when a function needs them, so reading this module costs nothing. Every TensorRT
-name used here is checked against the real 8.6, 10.3 and 11.4 bindings by tests/export/test_tensorrt_names.py.
-
-Versions: TensorRT 8.6 (JetPack 6.0 ships 8.6.2) up to 11.x. Older ones are refused in one line
-naming the JetPack that has a usable one: 8.6 is the oldest release whose bindings the names are
-checked against, and 8.5 (JetPack 5.1) lacks at least ``builder_optimization_level`` (new in 8.6).
+Shared by the engine build (export/tensorrt.py) and runner (runtime/tensorrt.py), so it lives next to
+the runner: the runtime never imports the export package. ``tensorrt`` is imported only when needed.
+Every TensorRT name used here is checked against the 8.6, 10.3 and 11.4 bindings
+(tests/export/test_tensorrt_names.py); 8.6 is the oldest so checked, and 8.5 (JetPack 5.1) lacks at
+least ``builder_optimization_level``: older ones are refused (``version_problem``).
 """
 
 from __future__ import annotations
@@ -29,13 +26,10 @@ MIN_VERSION = (8, 6)
 
 def import_tensorrt():
     """The ``tensorrt`` module, or BackendUnavailable saying how to install it (or that it is too old)."""
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError) as exc:  # OSError: bindings present but libnvinfer missing
-        detail = "" if isinstance(exc, ModuleNotFoundError) else f" ({str(exc).splitlines()[0][:120]})"
-        raise BackendUnavailable(INSTALL_HINT + detail) from None
-    problem = version_problem(trt)
-    if problem:
+    from dronseg_edge.runtime.cuda_runtime import import_or_explain
+
+    trt = import_or_explain("tensorrt", INSTALL_HINT)
+    if problem := version_problem(trt):
         raise BackendUnavailable(problem)
     return trt
 

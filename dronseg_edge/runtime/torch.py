@@ -1,13 +1,10 @@
 """PyTorch backend: runs a training checkpoint (.pt) directly.
 
-Its ``segment`` keeps a checkpoint's pre/post-processing inside the backend: on a GPU on the device
-(runtime/torch_frames.py: uint8 frames up, the uint8 class map down), on the CPU the host
-implementation that plain ONNX files use too (runtime/host.py), with torch running the model.
-
-On a GPU the speed comes from three things (docs/facts.md#h100-baseline, ResNet-101 at 1280x720 on an
-H100): fp16 weights with channels_last memory (17.6 -> 14.1 ms) and, above all, replaying the whole
-forward pass as one CUDA graph (-> 7.8 ms), because batch-1 fp16 inference is launch-bound: the
-GPU otherwise idles between ~300 small kernels.
+``segment`` keeps a checkpoint's pre/post inside the backend: on a GPU on the device
+(runtime/torch_frames.py), on the CPU the host implementation (runtime/host.py). On a GPU the speed
+comes from fp16 weights with channels_last (17.6 -> 14.1 ms, ResNet-101 at 1280x720 on an H100,
+docs/facts.md#h100-baseline) and above all from replaying the forward pass as one CUDA graph
+(-> 7.8 ms): batch-1 fp16 inference is launch-bound, ~300 small kernels.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import HEADS, ModelInfo
 from dronseg_edge.models import SegmentationNet
 from dronseg_edge.runtime import torch_frames
-from dronseg_edge.runtime.base import Backend, FrameOutputs
+from dronseg_edge.runtime.base import STAGES, Backend, FrameOutputs
 from dronseg_edge.runtime.batching import pad_batch
 from dronseg_edge.runtime.cuda_graph import GraphCache
 
@@ -39,12 +36,10 @@ class TorchBackend(Backend):
     ``precision``: fp32 | fp16 | bf16 (fp16/bf16 need a GPU); ``head``: logits | argmax (argmax
     runs on the device and returns an (N, H, W) uint8 class map, so only those bytes need to leave
     it); ``channels_last`` and ``cuda_graph`` default to on for CUDA and are ignored on the CPU.
-    With ``cuda_graph`` the first batch of each shape is captured once, later batches of that
-    shape replay it (a new shape costs one more capture, ~a second).
-    ``compile_mode`` (opt-in): wrap the model in ``torch.compile(mode=...)`` first, e.g.
-    ``max-autotune-no-cudagraphs`` (7.07 ms eager for ResNet-101 on the H100, but 421 s to
-    compile: docs/facts.md#h100-baseline); modes that make their own CUDA graphs (reduce-overhead,
-    max-autotune) turn ``cuda_graph`` off. Needs a working Triton on GPUs (not on every Jetson).
+    With ``cuda_graph`` each new input shape is captured once (~a second), then replayed.
+    ``compile_mode`` (opt-in): ``torch.compile(mode=...)`` first, e.g. ``max-autotune-no-cudagraphs``
+    (7.07 ms for ResNet-101 on the H100 but 421 s to compile: docs/facts.md#h100-baseline); modes with
+    their own CUDA graphs (reduce-overhead, max-autotune) turn ``cuda_graph`` off. Needs Triton on GPUs.
     """
 
     name = "torch"
@@ -61,8 +56,7 @@ class TorchBackend(Backend):
         if head not in HEADS:
             raise DronsegError(f"head {head!r} is not one of {', '.join(HEADS)}")
         on_cuda = device.type == "cuda"
-        self.precision = precision
-        self.head = head
+        self.precision, self.head = precision, head
         self.channels_last = on_cuda if channels_last is None else bool(channels_last)
         self.compile_mode = compile_mode or None
         own_graphs = self.compile_mode in ("reduce-overhead", "max-autotune")
@@ -112,12 +106,9 @@ class TorchBackend(Backend):
         self._describe_provider()
 
     def _describe_provider(self) -> None:
-        parts = [self.device.type, self.precision]
-        if self.channels_last:
-            parts.append("channels_last")
-        if self.compile_mode:
-            parts.append(f"torch.compile({self.compile_mode})")
-        self.provider = " ".join(parts) + (" + CUDA graph" if self.cuda_graph else "")
+        parts = [self.device.type, self.precision, "channels_last" if self.channels_last else "",
+                 f"torch.compile({self.compile_mode})" if self.compile_mode else ""]
+        self.provider = " ".join(filter(None, parts)) + (" + CUDA graph" if self.cuda_graph else "")
 
     def deactivate(self) -> None:
         self._graphs.clear()
@@ -131,30 +122,24 @@ class TorchBackend(Backend):
             return super().segment(frames, confidence, logits, pad_to)
         self.check_frames(frames)
         self._ensure_active()
-        with torch.inference_mode():
-            return self._segment_on_device(frames, confidence, logits, pad_to)
-
-    def _segment_on_device(self, frames: np.ndarray, confidence: bool, logits: bool, pad_to: int) -> FrameOutputs:
         stream = torch.cuda.current_stream(self.device)
         marks = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
         marks[0].record(stream)
-        x = torch_frames.to_model_input(torch_frames.upload(frames, self.device), self.info)
-        batch, real = pad_batch(x, pad_to)
-        marks[1].record(stream)
-        out = self.infer(batch)[:real]
-        marks[2].record(stream)
-        classes, conf = torch_frames.class_maps(out, frames.shape[1], frames.shape[2], confidence)
-        kept = out.float() if logits and out.ndim == 4 else None
-        host = [None if t is None else t.cpu().numpy() for t in (classes, conf, kept)]  # .cpu() waits for the GPU
+        with torch.inference_mode():
+            x = torch_frames.to_model_input(torch_frames.upload(frames, self.device), self.info)
+            batch, real = pad_batch(x, pad_to)
+            marks[1].record(stream)
+            out = self.infer(batch)[:real]
+            marks[2].record(stream)
+            classes, conf = torch_frames.class_maps(out, frames.shape[1], frames.shape[2], confidence)
+            kept = out.float() if logits and out.ndim == 4 else None
+            host = [None if t is None else t.cpu().numpy() for t in (classes, conf, kept)]  # .cpu() waits for the GPU
         marks[3].record(stream)
         marks[3].synchronize()
-        stages = ("preprocess", "inference", "postprocess")
-        return FrameOutputs(*host, {name: marks[i].elapsed_time(marks[i + 1]) for i, name in enumerate(stages)})
+        return FrameOutputs(*host, {name: marks[i].elapsed_time(marks[i + 1]) for i, name in enumerate(STAGES)})
 
     def _infer(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.cuda_graph:
-            return self._replay(batch)
-        return self._forward(batch)
+        return self._replay(batch) if self.cuda_graph else self._forward(batch)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device, dtype=DTYPES[self.precision], non_blocking=True)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dronseg_edge.metadata import ModelInfo
-from dronseg_edge.runtime.host import resize_matrices
+from dronseg_edge.runtime.host import resize_matrices, scale_and_shift
 
 # Bilinear logits for a 4K frame take C x 2160 x 3840 x 4 bytes (~400 MB for 12 classes); past
 # this the class map is resized (nearest) instead, to keep memory bounded on an 8 GB Jetson.
@@ -70,9 +70,6 @@ def _resize_weights(src: tuple[int, int], dst: tuple[int, int], device: torch.de
 
 @functools.lru_cache(maxsize=8)
 def _normalisation(mean: tuple, std: tuple, device: torch.device):
-    """Per-channel (RGB) a, b with (x / 255 - mean) / std == x * a + b, shaped (1, 3, 1, 1), cached on
-    the device (building them every frame would be a host-to-device copy that stalls the stream)."""
-    std_ = torch.tensor(std, dtype=torch.float32)
-    scale = (1.0 / (255.0 * std_)).view(1, 3, 1, 1)
-    shift = (-torch.tensor(mean, dtype=torch.float32) / std_).view(1, 3, 1, 1)
-    return scale.to(device), shift.to(device)
+    """host's (scale, shift) shaped (1, 3, 1, 1) and cached on the device (building them every frame
+    would be a host-to-device copy that stalls the stream)."""
+    return tuple(torch.from_numpy(a).view(1, 3, 1, 1).to(device) for a in scale_and_shift(mean, std))

@@ -67,7 +67,7 @@ def test_tiled_maps_keep_small_objects_that_resizing_loses(tile_batch):
     backend = fake()
     with Segmenter(backend, tile="auto", tile_batch=tile_batch) as seg:
         result = seg.predict(frame)
-    grid = TileGrid.of((150, 100), TILE, 0.25)
+    grid = TileGrid((150, 100), TILE, 0.25)
     assert result.tiles == len(grid.windows) and np.array_equal(result.mask, truth)
     assert {shape[1:] for shape in backend.batches} == {(3, 24, 32)}  # windows at the model input, never resized
     assert [shape[0] for shape in backend.batches][:-1] == [tile_batch] * (len(backend.batches) - 1)
@@ -80,7 +80,7 @@ def test_tiled_maps_keep_small_objects_that_resizing_loses(tile_batch):
 
 def test_the_blender_keeps_only_a_band_of_rows_for_a_tall_frame():
     frame, truth = blocky_frame((64, 400), block=3, seed=1)
-    grid = TileGrid.of((64, 400), TILE, 0.25)
+    grid = TileGrid((64, 400), TILE, 0.25)
     blender = TileBlender(grid, 12, window_weights(*TILE), batch=2, confidence=False)
     assert blender.logits.shape == (12, grid.band_rows(2), 64) and grid.band_rows(2) < 400 / 4
     with Segmenter(fake(), tile="on", tile_batch=2) as seg:
@@ -147,7 +147,7 @@ def test_fixed_batch_artifacts_get_padded_windows():
     with Segmenter(backend, tile="on") as seg:
         frame, truth = blocky_frame((64, 48), block=4)
         assert np.array_equal(seg.predict(frame).mask, truth)
-    assert len(TileGrid.of((64, 48), TILE, 0.25).windows) % 2 == 1 and set(backend.batches) == {(2, 3, 24, 32)}
+    assert len(TileGrid((64, 48), TILE, 0.25).windows) % 2 == 1 and set(backend.batches) == {(2, 3, 24, 32)}
     with pytest.raises(DronsegError, match="exported for batch 2"):
         Segmenter(fake(batch=2, dynamic=False), tile_batch=4)
 

@@ -118,7 +118,7 @@ class FakeCuda:
 
     @contextlib.contextmanager
     def graph(self, graph, pool=None, stream=None, capture_error_mode="global"):
-        self.captures.append({"stream": stream, "mode": capture_error_mode, "locked": cuda_graph._CAPTURE_LOCK.locked(),
+        self.captures.append({"stream": stream, "mode": capture_error_mode, "locked": cuda_graph.CAPTURE_LOCK.locked(),
                               "thread": threading.get_ident()})
         with self._count_lock:
             self.active_captures += 1

@@ -45,6 +45,15 @@ class FakeTensorRT(types.ModuleType):
         self.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF", INT32="INT32", INT8="INT8", UINT8="UINT8",
                                               BOOL="BOOL", INT64="INT64", BF16="BF16")
         self.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+        known = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8,
+                 "BOOL": np.bool_, "INT64": np.int64}
+
+        def nptype(dtype):  # as tensorrt.nptype: TypeError for BF16 and FP8, which numpy lacks
+            if dtype not in known:
+                raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
+            return known[dtype]
+
+        self.nptype = nptype
         names = ["images", "logits"] if io == "tensors" else ["frames", "mask", "confidence"]
         dtypes = {n: dtype for n in names} if io == "tensors" else {n: "UINT8" for n in names}
 

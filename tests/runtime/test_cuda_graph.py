@@ -107,7 +107,7 @@ def test_failed_capture_warns_and_synchronises_only_its_own_stream(monkeypatch, 
             in caplog.text)
     # The capture stream, never the device: a device-wide synchronize breaks other threads' captures.
     assert len(cache) == 0 and cache.stream.synchronized == 1 and cuda.synchronized == 0
-    assert not cuda_graph._CAPTURE_LOCK.locked()
+    assert not cuda_graph.CAPTURE_LOCK.locked()
 
 
 def test_a_warm_up_that_fails_also_synchronises_only_the_capture_stream(monkeypatch):
@@ -129,7 +129,7 @@ def autotuning(calls: list, tuned: threading.local):
 
     def prepare(inputs):
         def launch():
-            calls.append(cuda_graph._CAPTURE_LOCK.locked())
+            calls.append(cuda_graph.CAPTURE_LOCK.locked())
             if not getattr(tuned, "done", False):  # the benchmark cache is per thread (ATen's Conv_v8.cpp)
                 torch.cuda.synchronize()
                 tuned.done = True

@@ -124,7 +124,7 @@ def test_capture_lock_is_the_one_torch_captures_take():
     pytest.importorskip("torch")
     from dronseg_edge.runtime import cuda_graph
 
-    assert cuda_graph._CAPTURE_LOCK is cuda_runtime.CAPTURE_LOCK
+    assert cuda_graph.CAPTURE_LOCK is cuda_runtime.CAPTURE_LOCK
 
 
 def test_captures_from_two_threads_take_turns(cudart):

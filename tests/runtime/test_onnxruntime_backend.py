@@ -40,7 +40,6 @@ def test_registry_picks_onnxruntime_and_cpu_matches_pytorch(exported, tiny_check
         logits = backend.infer(x)
     assert backend.provider == "CPUExecutionProvider" and backend.cuda_graph is False
     assert logits.dtype == torch.float32 and logits.shape == (1, 12, 64, 96)
-    assert backend.last_inference_ms > 0
     net = SegmentationNet(model_from_checkpoint(load_checkpoint(tiny_checkpoint))).eval()
     with torch.no_grad():
         assert torch.allclose(logits, net(x), atol=1e-4, rtol=1e-4)

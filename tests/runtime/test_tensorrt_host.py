@@ -36,8 +36,8 @@ def test_numpy_goes_through_pinned_buffers_on_the_backends_stream(tmp_path, fake
     with make(tmp_path, cuda_graph=False) as backend:
         stream = int(backend._stream)
         out = backend.infer(x)
-        pinned_in, pinned_out = backend._host_in.ptr, backend._host_out["logits"].ptr
-        device_in, device_out = backend._device_in.ptr, backend._device_out["logits"].ptr
+        pinned_in, pinned_out = backend._host["images"].ptr, backend._host["logits"].ptr
+        device_in, device_out = backend._device["images"].ptr, backend._device["logits"].ptr
     assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == SHAPE
     np.testing.assert_array_equal(out, 2 * x)
     upload, download = cudart.copies
@@ -54,7 +54,7 @@ def test_the_result_is_a_copy_that_later_calls_leave_alone(tmp_path, fakes):
     with make(tmp_path) as backend:
         first = backend.infer(x)
         second = backend.infer(y)
-        staged = backend._host_out["logits"].array(SHAPE, np.float32)
+        staged = backend._host["logits"].array(SHAPE, np.float32)
     np.testing.assert_array_equal(first, 2 * x)
     np.testing.assert_array_equal(second, 2 * y)
     assert not np.shares_memory(second, staged)

@@ -24,7 +24,7 @@ def test_torch_backend_runs_checkpoint(tiny_checkpoint):
     assert logits.shape == (1, 12, 64, 96) and logits.dtype == torch.float32
     assert torch.isfinite(logits).all()
     assert logits.is_inference()  # ran under torch.inference_mode
-    assert backend.provider == "cpu fp32" and backend.last_inference_ms > 0
+    assert backend.provider == "cpu fp32"
 
 
 def test_argmax_head_returns_the_uint8_class_map_of_the_logits(tiny_checkpoint):
