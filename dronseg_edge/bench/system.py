@@ -7,13 +7,12 @@ from ``nvidia-smi``, else are marked unreadable.
 Nothing here imports torch (bench of an ``.onnx``/``.engine`` file runs without it): torch's
 version is read from its installed metadata unless torch is already loaded, and torch's threads,
 CUDA/cuDNN versions and flags are reported only when it is (they are None otherwise: they cannot
-affect a run that does not use torch). Without torch a GPU is described by the CUDA driver.
+affect a run that does not use torch). A GPU is described by the CUDA driver.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import os
 import platform
 import shutil
@@ -23,7 +22,7 @@ from typing import Any
 
 from dronseg_edge import __version__
 from dronseg_edge.devices import driver_gpu_properties
-from dronseg_edge.machine import cpu_model
+from dronseg_edge.machine import cpu_model, installed_version
 
 NOT_INSTALLED = "not installed"
 
@@ -53,27 +52,12 @@ def load_average() -> list[float] | None:
 
 
 def gpu_info(device) -> dict[str, Any]:
-    """Name, compute capability, memory (GiB), multiprocessors and clocks of a CUDA ``device``.
-
-    From torch when it is loaded and ``device`` is a ``torch.device``, else from the CUDA driver.
-    """
+    """Name, compute capability, memory (GiB), multiprocessors (from the CUDA driver, as torch reports them) and
+    clocks of a CUDA ``device`` (a ``torch.device`` or a ``devices.Device``)."""
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(device, torch.device):
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(index)
-        info: dict[str, Any] = {
-            "type": "cuda",
-            "index": index,
-            "name": props.name,
-            "compute_capability": f"{props.major}.{props.minor}",
-            "memory_gib": round(props.total_memory / 2**30, 1),
-            "multiprocessors": props.multi_processor_count,
-        }
-    else:
-        index = device.index if device.index is not None else 0
-        info = {"type": "cuda", "index": index, **driver_gpu_properties(index)}
-    info.update(gpu_clocks(index))
-    return info
+    index = device.index if device.index is not None else (
+        torch.cuda.current_device() if torch is not None and isinstance(device, torch.device) else 0)
+    return {"type": "cuda", "index": index, **driver_gpu_properties(index), **gpu_clocks(index)}
 
 
 def gpu_clocks(index: int) -> dict[str, Any]:
@@ -116,7 +100,7 @@ def _clocks_nvml(bus_id: str) -> dict[str, Any]:
         power_w = pynvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000.0
     finally:
         pynvml.nvmlShutdown()
-    return {"clocks": clocks, "clocks_source": "nvml", "driver": _text(driver), "power_limit_w": power_w}
+    return {"clocks": clocks, "clocks_source": "nvml", "driver": driver.decode() if isinstance(driver, bytes) else str(driver), "power_limit_w": power_w}
 
 
 def _clocks_smi(smi: str, bus_id: str) -> dict[str, Any]:
@@ -127,20 +111,10 @@ def _clocks_smi(smi: str, bus_id: str) -> dict[str, Any]:
         sm, mem, max_sm, max_mem, driver, power = [v.strip() for v in out.strip().splitlines()[0].split(",")]
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
         return {"clocks": None, "clocks_source": f"unreadable (nvidia-smi: {type(exc).__name__})"}
-    clocks = {"sm_mhz": _number(sm), "mem_mhz": _number(mem), "max_sm_mhz": _number(max_sm),
-              "max_mem_mhz": _number(max_mem)}
-    return {"clocks": clocks, "clocks_source": "nvidia-smi", "driver": driver, "power_limit_w": _number(power)}
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:  # "[N/A]" on boards that do not report it
-        return None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    sm, mem, max_sm, max_mem, power = (float(value) if value.replace(".", "", 1).isdigit() else None  # "[N/A]"
+                                       for value in (sm, mem, max_sm, max_mem, power))
+    clocks = {"sm_mhz": sm, "mem_mhz": mem, "max_sm_mhz": max_sm, "max_mem_mhz": max_mem}
+    return {"clocks": clocks, "clocks_source": "nvidia-smi", "driver": driver, "power_limit_w": power}
 
 
 def versions() -> dict[str, Any]:
@@ -163,36 +137,24 @@ def versions() -> dict[str, Any]:
     found["torchvision"] = _module_version("torchvision") if torch is not None else _installed_version("torchvision")
     found["numpy"] = _module_version("numpy")
     found["onnx"] = _module_version("onnx") if "onnx" in sys.modules else _installed_version("onnx")
-    found["onnxruntime"], found["onnxruntime_providers"] = _onnxruntime()
+    found["onnxruntime"] = _module_version("onnxruntime")
+    ort = sys.modules.get("onnxruntime")
+    found["onnxruntime_providers"] = list(ort.get_available_providers()) if found["onnxruntime"][0].isdigit() else []
     found["tensorrt"] = _module_version("tensorrt")
     return found
 
 
 def _installed_version(distribution: str) -> str:
-    """The version pip installed, without importing the package."""
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return NOT_INSTALLED
+    return installed_version(distribution) or NOT_INSTALLED
 
 
 def _module_version(name: str) -> str:
     try:
-        module = importlib.import_module(name)
+        return str(getattr(importlib.import_module(name), "__version__", "unknown"))
     except ImportError:
         return NOT_INSTALLED
     except Exception as exc:  # present but broken, e.g. tensorrt bindings without their libraries
         return f"unusable ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})"
-    return str(getattr(module, "__version__", "unknown"))
-
-
-def _onnxruntime() -> tuple[str, list[str]]:
-    version = _module_version("onnxruntime")
-    if version == NOT_INSTALLED or version.startswith("unusable"):
-        return version, []
-    import onnxruntime
-
-    return version, list(onnxruntime.get_available_providers())
 
 
 def torch_flags() -> dict[str, Any]:
@@ -214,10 +176,10 @@ def describe_system(info: dict[str, Any]) -> list[str]:
     device = info["device"]
     if device["type"] == "cuda":
         line = f"device: {device['name']} (sm {device['compute_capability']}, {device['memory_gib']} GiB)"
-        clocks = device.get("clocks")
+        clocks = {key: "?" if mhz is None else f"{mhz:.0f}" for key, mhz in (device.get("clocks") or {}).items()}
         if clocks:
-            line += (f", clocks SM {_mhz(clocks['sm_mhz'])}/{_mhz(clocks['max_sm_mhz'])} MHz,"
-                     f" memory {_mhz(clocks['mem_mhz'])}/{_mhz(clocks['max_mem_mhz'])} MHz (now/max)")
+            line += (f", clocks SM {clocks['sm_mhz']}/{clocks['max_sm_mhz']} MHz,"
+                     f" memory {clocks['mem_mhz']}/{clocks['max_mem_mhz']} MHz (now/max)")
         else:
             line += f", clocks {device.get('clocks_source', 'unreadable')}"
         if device.get("driver"):
@@ -243,7 +205,3 @@ def describe_system(info: dict[str, Any]) -> list[str]:
         lines.append(f"torch flags: TF32 conv {'on' if flags['cudnn_allow_tf32'] else 'off'}, TF32 matmul "
                      f"{'on' if flags['matmul_allow_tf32'] else 'off'}, cudnn.benchmark {flags['cudnn_benchmark']}")
     return lines
-
-
-def _mhz(value: Any) -> str:
-    return "?" if value is None else f"{value:.0f}"

@@ -17,7 +17,7 @@ import os
 import re
 from typing import Iterator
 
-from dronseg_edge import devices
+from dronseg_edge import devices, machine
 from dronseg_edge.checks.base import OK, WARN, Check
 
 # The driver each CUDA major needs at least (NVIDIA's CUDA release notes: 12.0 GA >= 525.60.13,
@@ -59,13 +59,6 @@ def gpu_checks() -> Iterator[Check]:
                      "memory_gib": gpu["memory_gib"], "multiprocessors": gpu["multiprocessors"], "pci_bus_id": bus})
 
 
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def trt_extra(driver_major: int) -> str:
     """The extra that installs TensorRT and cuda-bindings for a driver of this CUDA major."""
     return "'dronseg-edge[trt-cu12]'" if driver_major == 12 else "'dronseg-edge[trt]'"
@@ -73,7 +66,7 @@ def trt_extra(driver_major: int) -> str:
 
 def bindings_check(driver: tuple[int, int]) -> Check:
     """cuda-bindings (the engine runner's CUDA binding): its CUDA major against the driver's."""
-    version = _version("cuda-bindings")
+    version = machine.installed_version("cuda-bindings")
     if version is None:
         return Check("cuda-bindings", WARN, f"not installed: .engine files cannot run (pip install {trt_extra(driver[0])} "
                                             f"for this CUDA {driver[0]} driver)", {"version": None})

@@ -27,13 +27,6 @@ _L4T = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", re.IGNORE
 GPU_DEVFREQ_NAMES = ("gpu", "ga10b", "gv11b", "gp10b", "gb10b")
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_bytes().replace(b"\x00", b"").decode("utf-8", "replace").strip()
-    except OSError:
-        return None
-
-
 def parse_l4t(text: str) -> str | None:
     """'# R36 (release), REVISION: 4.3, GCID: ...' -> '36.4.3' (the L4T version JetPack is named by)."""
     match = _L4T.search(text or "")
@@ -77,7 +70,7 @@ def jetson_checks() -> Iterator[Check]:
 
 
 def release_check() -> Check:
-    text = _read(machine.TEGRA_RELEASE)
+    text = machine.read_text(machine.TEGRA_RELEASE)
     l4t = parse_l4t(text) if text else None
     if l4t is None:
         release = machine.TEGRA_RELEASE
@@ -105,7 +98,7 @@ def power_mode_check() -> Check:
 
 
 def _mhz(path: Path, per_mhz: int) -> int | None:
-    text = _read(path)
+    text = machine.read_text(path)
     try:
         return round(int(text) / per_mhz) if text else None
     except ValueError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -121,20 +120,9 @@ def folder_checks() -> Iterator[Check]:
 
 
 def writable_check(name: str, folder: Path, consequence: str) -> Check:
-    """Whether ``folder`` (or, while it does not exist, the nearest folder above it) takes a file.
-
-    A real file is created and removed, because os.access is wrong on read-only mounts and some
-    network file systems. Nothing is left behind, not even the missing folder.
-    """
-    existing = folder
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        return Check(name, WARN, f"{folder}: {existing} is not a folder; {consequence}")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        return Check(name, WARN, f"{folder} is not writable ({exc.strerror or exc}); {consequence}")
+    """Whether ``folder`` (or, while it does not exist, the nearest folder above it) takes a file."""
+    existing, reason = machine.unwritable(folder)
+    if reason is not None:
+        return Check(name, WARN, f"{folder} is not writable ({reason}); {consequence}")
     where = "writable" if existing == folder else f"can be created (in {existing})"
     return Check(name, OK, f"{folder} {where}")
