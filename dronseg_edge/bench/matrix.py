@@ -20,6 +20,7 @@ from dronseg_edge.bench.run import BenchResult, artifact_size_mb, bench_model, o
 from dronseg_edge.bench.timing import TimingSettings
 from dronseg_edge.devices import tf32_mode
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.export import default_out_dir  # where `dronseg-edge export` writes: reused here
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime.registry import is_checkpoint
 
@@ -102,34 +103,23 @@ def skip_reason(variant: Variant, device: torch.device) -> str | None:
     elif variant.fmt == "engine":
         if not cuda:
             reasons.append("needs CUDA")
-        if not _importable("tensorrt"):
+        if _module("tensorrt") is None:
             reasons.append("tensorrt not installed")
     else:
         reasons.append(f"unknown format {variant.fmt!r}")
     return "; ".join(reasons) or None
 
 
-def _importable(name: str) -> bool:
+def _module(name: str):
     try:
-        importlib.import_module(name)
+        return importlib.import_module(name)
     except Exception:  # ImportError, or bindings whose libraries are missing (OSError)
-        return False
-    return True
+        return None
 
 
 def _onnxruntime_providers() -> list[str] | None:
-    if not _importable("onnxruntime"):
-        return None
-    import onnxruntime
-
-    return list(onnxruntime.get_available_providers())
-
-
-def default_out_dir(checkpoint: Path) -> Path:
-    """Where ``dronseg-edge export`` puts its files (``RUN/export``, or beside a bare checkpoint): reused here."""
-    from dronseg_edge.export import default_out_dir as export_default
-
-    return export_default(Path(checkpoint))
+    ort = _module("onnxruntime")
+    return None if ort is None else list(ort.get_available_providers())
 
 
 def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *, size: tuple[int, int] | None = None,
@@ -147,11 +137,11 @@ def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *
     checkpoint = Path(checkpoint)
     if not is_checkpoint(checkpoint):
         raise DronsegError(f"--matrix needs a training checkpoint (.pt), not {checkpoint}: export starts from the checkpoint")
-    own_size = ModelInfo.from_checkpoint(load_checkpoint(checkpoint), with_hash=False).input_size
-    run_size = tuple(size) if size is not None else tuple(own_size)
+    info = ModelInfo.from_checkpoint(load_checkpoint(checkpoint), with_hash=False)
+    run_size = tuple(size) if size is not None else tuple(info.input_size)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint)
     say = log or (lambda text: None)
-    images = _eval_images(checkpoint, data, say) if accuracy else None
+    images = _eval_images(checkpoint, info, data, say) if accuracy else None
     rows = []
     for variant in variants:
         reason = skip_reason(variant, device)
@@ -176,33 +166,26 @@ def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *
 def _run_variant(variant: Variant, checkpoint: Path, device: torch.device, timing: TimingSettings,
                  size: tuple[int, int], batch: int, out_dir: Path, data: Path | None, parity: bool,
                  say: Callable[[str], None], images=None) -> MatrixRow:
-    row = MatrixRow(variant, "ok")
-    if variant.fmt == "pytorch":
-        row.path = str(checkpoint)
-        row.file_mb = artifact_size_mb(checkpoint)
-        if parity and variant.precision != "fp32":
-            candidate, _ = open_backend(checkpoint, device, precision=variant.precision, cuda_graph=variant.cuda_graph)
-            try:
-                _record_parity(row, checkpoint, candidate, data, device)
-            finally:
-                candidate.deactivate()  # check_parity leaves backends it was given open
-        if images is not None:
-            _record_accuracy(row, checkpoint, images, device, batch, say, precision=variant.precision,
-                             cuda_graph=variant.cuda_graph)
-        result = bench_model(checkpoint, device, timing, size=size, batch=batch, precision=variant.precision,
-                             cuda_graph=variant.cuda_graph)
+    row, pytorch = MatrixRow(variant, "ok"), variant.fmt == "pytorch"
+    options = {"cuda_graph": variant.cuda_graph if pytorch or device.type == "cuda" else None}
+    if pytorch:
+        path, options["precision"] = checkpoint, variant.precision
     else:
         path, row.reused = _export(variant, checkpoint, size, batch, out_dir, data, device)
-        row.path, row.file_mb = str(path), artifact_size_mb(path)
         say(f"{variant.label}: {'reusing' if row.reused else 'exported'} {path}")
-        if parity:
-            _record_parity(row, checkpoint, path, data, device)
-        if images is not None:
-            _record_accuracy(row, path, images, device, batch, say,
-                             cuda_graph=variant.cuda_graph if device.type == "cuda" else None)
-        result = bench_model(path, device, timing, batch=batch, cuda_graph=variant.cuda_graph if device.type == "cuda" else None)
-    row.result = result
-    row.notes = list(result.notes)
+    row.path, row.file_mb = str(path), artifact_size_mb(path)
+    if parity and not pytorch:
+        _record_parity(row, checkpoint, path, data, device)
+    elif parity and variant.precision != "fp32":
+        candidate, _ = open_backend(checkpoint, device, **options)
+        try:
+            _record_parity(row, checkpoint, candidate, data, device)
+        finally:
+            candidate.deactivate()  # check_parity leaves backends it was given open
+    if images is not None:
+        _record_accuracy(row, path, images, device, batch, say, **options)
+    row.result = bench_model(path, device, timing, size=size, batch=batch, **options)
+    row.notes = list(row.result.notes)
     if row.parity_passed is False:
         row.reason = "parity FAILED"
     return row
@@ -218,13 +201,11 @@ def _record_parity(row: MatrixRow, reference: Path, candidate, data: Path | None
     row.miou_delta = report.miou_delta
 
 
-def _eval_images(checkpoint: Path, data: Path | None, say: Callable[[str], None]):
+def _eval_images(checkpoint: Path, info: ModelInfo, data: Path | None, say: Callable[[str], None]):
     """The validation images every row is scored on, or None (said once) when there are none."""
-    from dronseg_edge.checkpoint import load_checkpoint
     from dronseg_edge.export.accuracy import split_samples_for
 
     try:
-        info = ModelInfo.from_checkpoint(load_checkpoint(checkpoint), with_hash=False)
         images = split_samples_for(checkpoint, info, data, "val")
     except DronsegError as exc:
         say(f"accuracy: not measured ({str(exc).splitlines()[0][:300]})")

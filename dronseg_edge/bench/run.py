@@ -1,13 +1,9 @@
 """Benchmark one model file: choose the device, open its backend with the requested options, check shapes, measure.
 
-Which timing path runs (see ``bench/timing.py``) follows the device :func:`resolve_bench_device`
-returns: a ``torch.device`` for checkpoints and ``--matrix`` (torch runs them anyway), and for a GPU
-when torch with CUDA is installed (CUDA events around a device-resident input need torch's stream,
-and they can time compute without the copies); a torch-free ``devices.Device`` for ``.onnx`` and
-``.engine`` files on the CPU, or on a GPU without a CUDA torch. On that lean path nothing imports
-torch: the input is made with numpy and the backends take and return numpy. On a GPU it is timed
-on the host, so its latency includes the host<->device copies, and the result carries a note
-saying so.
+The kind of device :func:`resolve_bench_device` returns picks the timer (``bench/timing.py``): a
+``torch.device`` for checkpoints, ``--matrix`` and a GPU with a CUDA torch; else a torch-free
+``devices.Device``, where nothing imports torch (numpy in, numpy out) and a GPU's latency includes
+the host<->device copies (the result carries a note saying so).
 """
 
 from __future__ import annotations
@@ -64,13 +60,10 @@ class BenchResult:
 
 def torch_cuda_installed() -> bool:
     """True when torch is installed and sees a CUDA GPU (imports torch only when it is installed)."""
-    if importlib.util.find_spec("torch") is None:
-        return False
     try:
-        import torch
+        return importlib.util.find_spec("torch") is not None and bool(importlib.import_module("torch").cuda.is_available())
     except Exception:  # installed but broken (e.g. missing CUDA libraries): run without it
         return False
-    return bool(torch.cuda.is_available())
 
 
 def resolve_bench_device(name: str, models: Sequence[str | Path] = (), *, matrix: bool = False):
@@ -89,12 +82,8 @@ def resolve_bench_device(name: str, models: Sequence[str | Path] = (), *, matrix
 
 def artifact_size_mb(path: Path) -> float:
     """File size in MB (1e6 bytes), counting an ONNX external-data file ``<name>.data`` beside it."""
-    path = Path(path)
-    total = path.stat().st_size
-    external = path.with_name(path.name + ".data")
-    if external.is_file():
-        total += external.stat().st_size
-    return total / 1e6
+    external = Path(path).with_name(Path(path).name + ".data")
+    return (Path(path).stat().st_size + (external.stat().st_size if external.is_file() else 0)) / 1e6
 
 
 def open_backend(path: Path, device, *, precision: str | None = None,
@@ -133,7 +122,8 @@ def resolve_shape(backend: Backend, size: tuple[int, int] | None, batch: int) ->
     source = info.extra.get("source_checkpoint") or "CHECKPOINT"
     if batch < 1:
         raise DronsegError(f"--batch {batch} must be at least 1")
-    built = tuple(frame_size(info))
+    # what goes into the artifact: its frames for a frames graph, else its input tensor
+    built = tuple(info.source_size if info.io == "frames" and info.source_size is not None else info.input_size)
     if size is not None and tuple(size) != built and not info.dynamic:
         raise DronsegError(
             f"{backend.path} was built for {format_size(built)} (static shape) and cannot run at {format_size(size)}: "
@@ -144,13 +134,6 @@ def resolve_shape(backend: Backend, size: tuple[int, int] | None, batch: int) ->
             f"{backend.path} was built for batch {info.batch} and cannot run batch {batch}: use --batch {info.batch}, "
             f"or re-export with `dronseg-edge export {source} --batch {batch}` (or --dynamic)")
     return tuple(size) if size is not None else built
-
-
-def frame_size(info: ModelInfo) -> tuple[int, int]:
-    """(width, height) of what goes into the artifact: its frames for a frames graph, else its input tensor."""
-    if info.io == "frames" and info.source_size is not None:
-        return tuple(info.source_size)
-    return tuple(info.input_size)
 
 
 def make_input(info: ModelInfo, size: tuple[int, int], batch: int, seed: int = 0) -> np.ndarray:
@@ -201,20 +184,10 @@ def run_prepared(prepared: PreparedBench, settings: TimingSettings,
         notes.append("transfers: none on the CPU (input and output stay in host memory)")
     if host_timed_gpu(device):
         notes.append(HOST_TIMED_GPU_NOTE)
-    return BenchResult(
-        model=str(prepared.path),
-        backend=backend.name,
-        provider=backend.provider or str(device),
-        arch=backend.info.arch,
-        precision=backend.info.precision,
-        head=backend.info.head,
-        input_size=prepared.size,
-        batch=prepared.batch,
-        cuda_graph=_graph_state(backend, prepared.cuda_graph),
-        file_mb=artifact_size_mb(prepared.path),
-        measurement=measurement,
-        notes=notes,
-    )
+    info = backend.info
+    return BenchResult(str(prepared.path), backend.name, backend.provider or str(device), info.arch, info.precision,
+                       info.head, prepared.size, prepared.batch, _graph_state(backend, prepared.cuda_graph),
+                       artifact_size_mb(prepared.path), measurement, notes)
 
 
 def bench_model(path: str | Path, device, settings: TimingSettings, *,
@@ -238,6 +211,4 @@ def _graph_state(backend: Backend, requested: bool | None) -> bool | None:
     if "cuda_graph" not in type(backend).OPTIONS:
         return None
     actual = getattr(backend, "cuda_graph", None)
-    if isinstance(actual, bool):
-        return actual
-    return bool(requested) and backend.device.type == "cuda"
+    return actual if isinstance(actual, bool) else bool(requested) and backend.device.type == "cuda"

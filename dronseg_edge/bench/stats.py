@@ -63,17 +63,6 @@ def summarize(samples_ms: Sequence[float], batch: int = 1) -> LatencyStats:
     p50, p90, p95, p99 = np.percentile(values, PERCENTILES, method="linear")
     mean = float(values.mean())
     std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-    return LatencyStats(
-        count=int(values.size),
-        batch=int(batch),
-        min_ms=float(values.min()),
-        mean_ms=mean,
-        median_ms=float(p50),
-        p90_ms=float(p90),
-        p95_ms=float(p95),
-        p99_ms=float(p99),
-        max_ms=float(values.max()),
-        std_ms=std,
-        cv=std / mean if mean > 0 else 0.0,
-        throughput_fps=batch * 1e3 / mean if mean > 0 else float("inf"),
-    )
+    return LatencyStats(int(values.size), int(batch), float(values.min()), mean, *map(float, (p50, p90, p95, p99)),
+                        float(values.max()), std, std / mean if mean > 0 else 0.0,
+                        batch * 1e3 / mean if mean > 0 else float("inf"))
