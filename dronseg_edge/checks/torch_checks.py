@@ -84,17 +84,13 @@ def arch_supported(arch_list: list[str], major: int, minor: int) -> bool:
     Exact SASS, or PTX of an older or equal architecture that the driver can compile just in time.
     An empty list (some builds do not report it) is given the benefit of the doubt.
     """
-    if not arch_list:
-        return True
     wanted = major * 10 + minor
     for arch in arch_list:
         kind, _, number = arch.partition("_")
-        digits = "".join(ch for ch in number if ch.isdigit())
-        if not digits:
-            continue
-        if (kind == "sm" and int(digits) == wanted) or (kind == "compute" and int(digits) <= wanted):
+        digits = int("".join(filter(str.isdigit, number)) or -1)
+        if (kind == "sm" and digits == wanted) or (kind == "compute" and 0 <= digits <= wanted):
             return True
-    return False
+    return not arch_list
 
 
 def gpu_check(torch, index: int) -> Check:
