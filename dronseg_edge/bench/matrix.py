@@ -9,7 +9,7 @@ harness as ``bench``. A variant this machine cannot run becomes a row that says 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -74,12 +74,10 @@ class MatrixRow:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.variant.fmt, "precision": self.variant.precision, "cuda_graph": self.variant.cuda_graph,
-                "tf32": self.variant.tf32, "label": self.variant.label, "status": self.status, "reason": self.reason,
-                "path": self.path, "file_mb": self.file_mb, "reused": self.reused, "parity_passed": self.parity_passed,
-                "agreement": self.agreement, "miou_delta": self.miou_delta, "parity": self.parity, "notes": self.notes,
-                "miou": (self.accuracy or {}).get("miou"), "competition": (self.accuracy or {}).get("competition"),
-                "accuracy": self.accuracy,
+        v, accuracy = self.variant, self.accuracy or {}
+        return {"format": v.fmt, "precision": v.precision, "cuda_graph": v.cuda_graph, "tf32": v.tf32, "label": v.label,
+                **{f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("variant", "result")},
+                "miou": accuracy.get("miou"), "competition": accuracy.get("competition"),
                 "result": self.result.to_dict() if self.result is not None else None}
 
 

@@ -51,11 +51,8 @@ class BenchResult:
         return Path(self.model).name
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: getattr(self, k) for k in ("model", "backend", "provider", "arch", "precision", "head",
-                                                "batch", "cuda_graph", "file_mb", "notes")}
-        data["input_size"] = format_size(self.input_size)
-        data.update(self.measurement.to_dict())
-        return data
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "measurement"}
+        return {**data, "input_size": format_size(self.input_size), **self.measurement.to_dict()}
 
 
 def torch_cuda_installed() -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -95,15 +96,9 @@ def venv_note() -> str:
     and NVIDIA's torch are system packages, invisible to a venv made without --system-site-packages."""
     if sys.prefix == sys.base_prefix:
         return ""
-    config = Path(sys.prefix) / "pyvenv.cfg"
-    system_site = "unknown"
-    try:
-        for line in config.read_text(encoding="utf-8").splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == "include-system-site-packages":
-                system_site = "yes" if value.strip().lower() == "true" else "no"
-    except OSError:
-        pass
+    found = re.search(r"^\s*include-system-site-packages\s*=\s*(\S*)", machine.read_text(Path(sys.prefix) / "pyvenv.cfg")
+                      or "", re.MULTILINE)
+    system_site = "unknown" if found is None else "yes" if found.group(1).lower() == "true" else "no"
     return f"; venv, system site-packages: {system_site}"
 
 

@@ -29,7 +29,6 @@ def bench(
     from dronseg_edge.bench.system import describe_system, system_info
     from dronseg_edge.bench.timing import host_timed_gpu, timer_name
     from dronseg_edge.cli.outputs import check_json_out, check_out_dir, check_out_file, json_out, text_out
-    from dronseg_edge.errors import DronsegError
     from dronseg_edge.runtime.registry import check_model_file
     from dronseg_edge.sizes import format_size
 
@@ -44,8 +43,6 @@ def bench(
     # A torch.device (checkpoints, --matrix, a GPU with CUDA torch: CUDA-event timing) or a torch-free
     # Device (.onnx/.engine on the CPU or without CUDA torch): torch is then never imported.
     run_device = resolve_bench_device(device, models, matrix=matrix)
-    if options.cuda_graph and run_device.type != "cuda":
-        raise DronsegError(f"--cuda-graph needs a CUDA device, but --device {device} is {run_device}: drop --cuda-graph")
     if host_timed_gpu(run_device):
         timing = dataclasses.replace(timing, include_transfers=True)  # timed on the host: the copies are in it
     # Every model is opened and shape-checked before anything is measured: a bad last file fails at once.
