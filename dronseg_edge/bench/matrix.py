@@ -247,26 +247,19 @@ MATRIX_HEADERS = ("format", "precision", "backend / provider", "file MB", "parit
 def matrix_rows(rows: Sequence[MatrixRow]) -> list[list[str]]:
     table = []
     for row in rows:
-        fmt = row.variant.fmt + (" (no TF32)" if row.variant.tf32 is False else "")
-        precision = row.variant.precision + (" +graph" if row.variant.cuda_graph else "")
-        r = row.result
-        if r is not None:
-            stats = r.measurement.latency
-            timing = [fmt_ms(stats.median_ms), fmt_ms(stats.p99_ms), fmt_fps(stats.throughput_fps)]
-            provider = f"{r.backend} / {r.provider}"
-        else:
-            timing, provider = ["-", "-", "-"], "-"
+        v, r = row.variant, row.result
+        stats = r.measurement.latency if r is not None else None
+        timing = [fmt_ms(stats.median_ms), fmt_ms(stats.p99_ms), fmt_fps(stats.throughput_fps)] if stats else ["-"] * 3
         if row.agreement is not None:
             agreement = f"{100 * row.agreement:.2f}% " + ("PASS" if row.parity_passed else "FAIL")
         else:
-            agreement = "ref" if (row.variant.fmt, row.variant.precision) == ("pytorch", "fp32") and r else "-"
-        delta = f"{row.miou_delta:+.2f}" if row.miou_delta is not None else "-"
-        size = f"{row.file_mb:.1f}" if row.file_mb is not None else "-"
-        scores = [f"{row.accuracy[key]:.4f}" if row.accuracy is not None else "-" for key in ("miou", "competition")]
-        status = row.status if not row.reason else f"{row.status}: {row.reason}"
-        if row.reused:
-            status += " (reused)"
-        table.append([fmt, precision, provider, size, agreement, delta, *scores, *timing, status])
+            agreement = "ref" if (v.fmt, v.precision) == ("pytorch", "fp32") and r else "-"
+        table.append([v.fmt + (" (no TF32)" if v.tf32 is False else ""), v.precision + (" +graph" if v.cuda_graph else ""),
+                      f"{r.backend} / {r.provider}" if r is not None else "-",
+                      f"{row.file_mb:.1f}" if row.file_mb is not None else "-", agreement,
+                      f"{row.miou_delta:+.2f}" if row.miou_delta is not None else "-",
+                      *(f"{row.accuracy[key]:.4f}" if row.accuracy is not None else "-" for key in ("miou", "competition")),
+                      *timing, (f"{row.status}: {row.reason}" if row.reason else row.status) + (" (reused)" * row.reused)])
     return table
 
 
