@@ -10,7 +10,9 @@ import typer
 
 from dronseg_edge.bench.options import BenchOptions, TimingSettings
 from dronseg_edge.cli.app import app
+from dronseg_edge.cli.outputs import check_json_out, check_out_dir, check_out_file, json_out, text_out
 from dronseg_edge.cli.params import Json, takes
+from dronseg_edge.sizes import format_size
 
 
 @app.command()
@@ -28,9 +30,7 @@ def bench(
     from dronseg_edge.bench.run import prepare_bench, resolve_bench_device, run_prepared
     from dronseg_edge.bench.system import describe_system, system_info
     from dronseg_edge.bench.timing import host_timed_gpu, timer_name
-    from dronseg_edge.cli.outputs import check_json_out, check_out_dir, check_out_file, json_out, text_out
     from dronseg_edge.runtime.registry import check_model_file
-    from dronseg_edge.sizes import format_size
 
     models, matrix, device, say = options.models, options.matrix, options.device, text_out(json_path)
     if options.out is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from dronseg_edge.cli.app import app
+from dronseg_edge.cli.outputs import check_out_dir
 from dronseg_edge.cli.params import Device, Meta, takes
 from dronseg_edge.pipeline.capture_options import CaptureOptions
 from dronseg_edge.pipeline.run_options import RunOptions
@@ -83,7 +84,6 @@ def infer(
     capture: CaptureOptions = None,
 ) -> None:
     """Segment a video, image folder, camera or stream; write overlay, masks, stats and summary.json."""
-    from dronseg_edge.cli.outputs import check_out_dir
     from dronseg_edge.pipeline import Segmenter, open_source, run_inference
 
     to_stderr = options.results == "-"  # stdout carries the results: every other line goes to stderr

@@ -16,6 +16,7 @@ import typer
 from dronseg_edge.atomic import is_storage_error, name_too_long, storage_failure
 from dronseg_edge.cli import bench_cmd, checks_cmd, data_cmd, export_cmd, infer_cmd, train_cmd  # noqa: F401
 from dronseg_edge.cli.app import app
+from dronseg_edge.cli.extras import missing_module_error
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 
 
@@ -48,8 +49,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {storage_failure(exc, exc.filename or '.')}", file=sys.stderr)
         sys.exit(RuntimeFailure.exit_code)
     except ModuleNotFoundError as exc:  # an optional library this install set lacks: what to install
-        from dronseg_edge.cli.extras import missing_module_error
-
         error = missing_module_error(exc)
         if error is None:
             raise
