@@ -124,12 +124,8 @@ def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *
                batch: int = 1, out_dir: Path | None = None, data: Path | None = None, parity: bool = True,
                variants: Sequence[Variant] = DEFAULT_VARIANTS, log: Callable[[str], None] | None = None,
                accuracy: bool = True) -> list[MatrixRow]:
-    """Export (or reuse), check parity, score (``accuracy``) and time every variant of ``checkpoint``; one row per variant.
-
-    Accuracy is on the validation split ``eval`` uses (export/accuracy.split_samples_for: the checkpoint's
-    recorded split, read from ``data`` or the checkpoint's data set); rows go without it, with a note,
-    when there is no such data set.
-    """
+    """Export (or reuse), check parity, score (``accuracy``, on the validation split ``eval`` uses) and time every
+    variant of ``checkpoint``; one row per variant (without accuracy, and a note, when there is no data set)."""
     from dronseg_edge.checkpoint import load_checkpoint
 
     checkpoint = Path(checkpoint)
@@ -228,10 +224,8 @@ def _record_accuracy(row: MatrixRow, model: Path, images, device: torch.device, 
 
 def _export(variant: Variant, checkpoint: Path, size: tuple[int, int], batch: int, out_dir: Path,
             data: Path | None, device: torch.device) -> tuple[Path, bool]:
-    """The artifact for ``variant``: an existing file export would write from this very checkpoint, else a fresh export.
-
-    Parity is skipped here: every row gets its own check (against the checkpoint, reused file or not).
-    """
+    """An existing file export would write from this very checkpoint, else a fresh export (its parity is skipped:
+    every row gets its own check against the checkpoint)."""
     from dronseg_edge.export import ExportOptions, export_artifact
 
     options = ExportOptions(fmt=variant.fmt, precision=variant.precision, size=size, batch=batch, head="logits",

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from dronseg_edge.atomic import write_text_atomic
 from dronseg_edge.bench.run import BenchResult
 from dronseg_edge.bench.stats import HIGH_CV
 
@@ -131,6 +129,3 @@ def markdown_document(system_lines: Sequence[str], settings: dict[str, Any], tab
     bullets = [f"- {line}" for line in list(system_lines) + [settings_line(settings)]]
     return "\n".join([f"## {title}", "", *bullets, "", table_md, ""])
 
-
-def write_markdown(path: str | Path, text: str) -> Path:
-    return write_text_atomic(path, text if text.endswith("\n") else text + "\n")

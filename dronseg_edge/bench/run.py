@@ -64,11 +64,8 @@ def torch_cuda_installed() -> bool:
 
 
 def resolve_bench_device(name: str, models: Sequence[str | Path] = (), *, matrix: bool = False):
-    """The device to measure ``models`` on, from ``--device``; its kind picks the timing path (module doc).
-
-    A ``torch.device`` when a model is a checkpoint, for ``--matrix``, or on a GPU when torch with
-    CUDA is installed; else a torch-free ``devices.Device`` (torch is then never imported).
-    """
+    """The device to measure ``models`` on, from ``--device``: a ``torch.device`` for a checkpoint, ``--matrix``
+    or a GPU with a CUDA torch, else a torch-free ``devices.Device`` (its kind picks the timer)."""
     if matrix or any(is_checkpoint(model) for model in models):
         return resolve_device(name)
     device = resolve_lean_device(name)
@@ -85,12 +82,8 @@ def artifact_size_mb(path: Path) -> float:
 
 def open_backend(path: Path, device, *, precision: str | None = None,
                  cuda_graph: bool | None = None, **options) -> tuple[Backend, list[str]]:
-    """Construct the backend for ``path`` on ``device`` (a ``torch.device`` or a ``devices.Device``),
-    passing only the options its class declares (``Backend.OPTIONS``).
-
-    ``precision`` applies to checkpoints (an exported file carries its own); ``cuda_graph`` is
-    passed where the backend supports it, otherwise a note says it was not. Returns (backend, notes).
-    """
+    """The backend for ``path`` on ``device`` with only the options its class declares (``Backend.OPTIONS``), and
+    notes: ``precision`` is for checkpoints only; a ``cuda_graph`` the backend lacks becomes a note."""
     cls = backend_class(path)
     accepted = cls.OPTIONS
     notes: list[str] = []
@@ -134,11 +127,8 @@ def resolve_shape(backend: Backend, size: tuple[int, int] | None, batch: int) ->
 
 
 def make_input(info: ModelInfo, size: tuple[int, int], batch: int, seed: int = 0) -> np.ndarray:
-    """A reproducible numpy batch in host memory from random uint8 frames at ``size`` (width, height).
-
-    Normalised float32 (batch, 3, H, W), preprocessed with ``runtime.host.preprocess_host``; for a
-    frames artifact (``info.io == 'frames'``) the uint8 frames themselves, (batch, H, W, 3).
-    """
+    """A reproducible batch of random uint8 frames at ``size`` (width, height): (batch, H, W, 3) for a frames
+    artifact, else preprocessed as inference does (``runtime.host.preprocess_host``), float32 (batch, 3, H, W)."""
     width, height = size
     frames = np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
     if info.io == "frames":
@@ -191,11 +181,8 @@ def bench_model(path: str | Path, device, settings: TimingSettings, *,
                 size: tuple[int, int] | None = None, batch: int = 1, precision: str | None = None,
                 cuda_graph: bool | None = None, backend_options: dict[str, Any] | None = None,
                 progress: Callable[[int], None] | None = None) -> BenchResult:
-    """Measure one model file; ``size`` is (width, height), default the model's own input size.
-
-    ``device``: a ``torch.device``, a ``devices.Device``, or a ``--device`` string (then chosen by
-    :func:`resolve_bench_device`, which decides the timing path).
-    """
+    """Measure one model file at ``size`` (width, height; default its own) on ``device`` (a ``torch.device``, a
+    ``devices.Device``, or a ``--device`` string resolved by :func:`resolve_bench_device`)."""
     if isinstance(device, str):
         device = resolve_bench_device(device, [path])
     prepared = prepare_bench(path, device, size=size, batch=batch, precision=precision, cuda_graph=cuda_graph,

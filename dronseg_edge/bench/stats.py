@@ -1,11 +1,5 @@
-"""Latency statistics: what a list of per-iteration times (milliseconds) says.
-
-Percentiles use numpy's default ``linear`` method (type 7 of Hyndman & Fan, the same as
-``numpy.percentile`` and ``pandas.quantile``): the q-th percentile of n sorted samples x[0..n-1]
-lies at rank r = q/100 * (n - 1) and is x[floor(r)] + (r - floor(r)) * (x[floor(r)+1] - x[floor(r)]).
-The spread is the sample standard deviation (ddof=1); the coefficient of variation is that over
-the mean. Throughput counts frames: ``batch * 1000 / mean_ms`` (total frames over total time).
-"""
+"""Latency statistics of per-iteration times (ms): numpy's ``linear`` percentiles (type 7 of Hyndman &
+Fan, as pandas), the sample standard deviation (ddof=1), and throughput in frames (``batch * 1000 / mean_ms``)."""
 
 from __future__ import annotations
 

@@ -28,10 +28,7 @@ NOT_INSTALLED = "not installed"
 
 
 def system_info(device) -> dict[str, Any]:
-    """Device, CPU, versions and, when torch is loaded, the torch flags that change latency (TF32, cudnn.benchmark).
-
-    ``device``: a ``torch.device`` or a torch-free ``devices.Device``.
-    """
+    """Device, CPU, versions and, when torch is loaded, the torch flags that change latency (TF32, cudnn.benchmark)."""
     torch = sys.modules.get("torch")
     return {
         "device": gpu_info(device) if device.type == "cuda" else {"type": "cpu", "name": cpu_model()},
@@ -112,11 +109,8 @@ def _clocks_smi(smi: str, bus_id: str) -> dict[str, Any]:
 
 
 def versions() -> dict[str, Any]:
-    """Versions of python, torch (+CUDA, cuDNN), torchvision, numpy, onnx, onnxruntime (+providers), tensorrt.
-
-    torch, torchvision and onnx are not imported for this: when not loaded already, their installed
-    version is read from the package metadata (``torch_imported`` False, ``cuda``/``cudnn`` None).
-    """
+    """Versions of python, torch (+CUDA, cuDNN), torchvision, numpy, onnx, onnxruntime (+providers), tensorrt;
+    torch, torchvision and onnx from their metadata unless already loaded (then ``torch_imported`` is False)."""
     torch = sys.modules.get("torch")
     found: dict[str, Any] = {
         "python": platform.python_version(),
@@ -152,10 +146,7 @@ def _module_version(name: str) -> str:
 
 
 def torch_flags() -> dict[str, Any]:
-    """Global torch switches that move latency by up to 3x on Ampere+ GPUs (TF32 alone, docs/facts.md#h100-baseline).
-
-    Only called with torch loaded (``system_info`` reports None otherwise).
-    """
+    """Global torch switches that move latency by up to 3x on Ampere+ GPUs (TF32 alone); torch is loaded."""
     torch = sys.modules["torch"]
     return {
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),

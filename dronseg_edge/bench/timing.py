@@ -111,12 +111,7 @@ def _cuda_step(backend: Backend, batch_host: Any) -> Callable[[], tuple]:
 def measure(backend: Backend, batch_host: Any, settings: TimingSettings,
             progress: Callable[[int], None] | None = None) -> Measurement:
     """Warm up and time ``backend.infer`` on ``batch_host`` (float32 (N, 3, H, W) in host memory, numpy or torch;
-    (N, H, W, 3) uint8 frames for a frames artifact).
-
-    The backend is activated here if it is not yet. Returns statistics in milliseconds. The timer
-    follows ``backend.device`` (see the module doc): CUDA events for a torch device on a GPU,
-    ``perf_counter`` otherwise, where a GPU's latency includes the host<->device copies.
-    """
+    (N, H, W, 3) uint8 frames for a frames artifact); activates the backend if needed. Statistics in ms."""
     if not backend.active:
         backend.activate()
         backend.active = True

@@ -1,16 +1,8 @@
 """``dronseg-edge checks``: what this machine can run, one line per check (OK / WARN / FAIL).
 
-    from dronseg_edge.checks import run_checks
-    for check in run_checks():
-        print(check.line())
-
 Every library is imported inside its check and a missing or broken one is a WARN line (FAIL only
 for what the package cannot do without), never a traceback; an unexpected error in a check becomes
-a WARN line naming its group. Groups, in order: system (package, Python, OS, CPU, RAM, disk), jetson
-(only on a Jetson), cuda (the driver's release and CUDA version, its GPUs, next to the CUDA builds of
-cuda-bindings and TensorRT), torch, onnxruntime, tensorrt, video, folders, dependencies (each one's
-installed version against the range required); then the verdict, ``backends``: FAIL when nothing
-here can run a model.
+a WARN line naming its group. The verdict comes last, ``backends``: FAIL when nothing here can run a model.
 """
 
 from __future__ import annotations

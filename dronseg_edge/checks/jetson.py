@@ -52,9 +52,8 @@ def jetson_checks() -> Iterator[Check]:
     if not is_jetson():
         return
     yield Check("jetson", OK, board_model() or "Tegra board (no device-tree model)")
-    yield release_check()
-    yield power_mode_check()
-    yield clocks_check()
+    for check in (release_check, power_mode_check, clocks_check):
+        yield check()
 
 
 def release_check() -> Check:

@@ -26,10 +26,8 @@ LOW_DISK_GIB = 1.0
 
 def system_checks() -> Iterator[Check]:
     yield Check("dronseg-edge", OK, f"{__version__} ({PACKAGE_FOLDER})", {"version": __version__, "path": str(PACKAGE_FOLDER)})
-    yield python_check()
-    yield os_check()
-    yield cpu_check()
-    yield memory_check()
+    for check in (python_check, os_check, cpu_check, memory_check):  # one at a time: a crash keeps the lines before it
+        yield check()
     yield from disk_checks()
 
 
@@ -107,11 +105,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dronseg-edge"
 
 
-def folder_checks() -> Iterator[Check]:
-    yield writable_check("cache folder", cache_root(),
-                         "engines rebuild from scratch every time; set XDG_CACHE_HOME to a writable folder")
-    yield writable_check("runs folder", Path.cwd() / "runs",
-                         "train/infer cannot write their default runs/ here; run from a writable folder or pass --out")
+def folder_checks() -> list[Check]:
+    return [writable_check("cache folder", cache_root(),
+                           "engines rebuild from scratch every time; set XDG_CACHE_HOME to a writable folder"),
+            writable_check("runs folder", Path.cwd() / "runs",
+                           "train/infer cannot write their default runs/ here; run from a writable folder or pass --out")]
 
 
 def writable_check(name: str, folder: Path, consequence: str) -> Check:

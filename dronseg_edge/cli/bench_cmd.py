@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from dronseg_edge.atomic import write_text_atomic
 from dronseg_edge.bench.options import BenchOptions, TimingSettings
 from dronseg_edge.cli.app import app
 from dronseg_edge.cli.outputs import check_json_out, check_out_dir, check_out_file, json_out, text_out
@@ -26,7 +27,7 @@ def bench(
 ) -> None:
     """Measure latency (min/mean/median/p90/p95/p99/max ms) and throughput of model files, or a whole --matrix."""
     from dronseg_edge.bench.report import (build_document, latency_table, markdown_document, settings_line, stage_lines,
-                                           warning_lines, write_markdown)
+                                           warning_lines)
     from dronseg_edge.bench.run import prepare_bench, resolve_bench_device, run_prepared
     from dronseg_edge.bench.system import describe_system, system_info
     from dronseg_edge.bench.timing import host_timed_gpu, timer_name
@@ -80,5 +81,5 @@ def bench(
         markdown = markdown_document(system_lines, settings, latency_table(results, markdown=True))
     json_out(json_path, document)
     if markdown_path is not None:
-        write_markdown(markdown_path, markdown)
+        write_text_atomic(markdown_path, markdown)  # ends in a newline (markdown_document)
         say(f"wrote {markdown_path}")
