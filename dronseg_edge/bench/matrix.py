@@ -18,9 +18,12 @@ import torch
 from dronseg_edge.bench.report import fmt_fps, fmt_ms, markdown_document, render_table
 from dronseg_edge.bench.run import BenchResult, artifact_size_mb, bench_model, open_backend
 from dronseg_edge.bench.timing import TimingSettings
+from dronseg_edge.checkpoint import load_checkpoint
 from dronseg_edge.devices import tf32_mode
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.export import default_out_dir  # where `dronseg-edge export` writes: reused here
+from dronseg_edge.export import ExportOptions, default_out_dir, export_artifact  # default_out_dir: reused here
+from dronseg_edge.export.accuracy import score_backend, split_samples_for
+from dronseg_edge.export.parity import check_parity
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime.registry import is_checkpoint
 
@@ -40,19 +43,11 @@ class Variant:
         return f"{self.fmt} {self.precision}" + (f" ({', '.join(extras)})" if extras else "")
 
 
+# pytorch fp32, fp16, fp16 + graph; onnx fp32 and fp16 without and with a graph, int8; engine fp32, fp16, int8
 DEFAULT_VARIANTS: tuple[Variant, ...] = (
-    Variant("pytorch", "fp32"),
-    Variant("pytorch", "fp16"),
-    Variant("pytorch", "fp16", cuda_graph=True),
-    Variant("onnx", "fp32"),
-    Variant("onnx", "fp32", cuda_graph=True),
-    Variant("onnx", "fp16"),
-    Variant("onnx", "fp16", cuda_graph=True),
-    Variant("onnx", "int8"),
-    Variant("engine", "fp32"),
-    Variant("engine", "fp16"),
-    Variant("engine", "int8"),
-)
+    Variant("pytorch", "fp32"), Variant("pytorch", "fp16"), Variant("pytorch", "fp16", cuda_graph=True),
+    *(Variant("onnx", precision, cuda_graph=graph) for precision in ("fp32", "fp16") for graph in (False, True)),
+    Variant("onnx", "int8"), *(Variant("engine", precision) for precision in ("fp32", "fp16", "int8")))
 
 
 @dataclass
@@ -126,8 +121,6 @@ def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *
                accuracy: bool = True) -> list[MatrixRow]:
     """Export (or reuse), check parity, score (``accuracy``, on the validation split ``eval`` uses) and time every
     variant of ``checkpoint``; one row per variant (without accuracy, and a note, when there is no data set)."""
-    from dronseg_edge.checkpoint import load_checkpoint
-
     checkpoint = Path(checkpoint)
     if not is_checkpoint(checkpoint):
         raise DronsegError(f"--matrix needs a training checkpoint (.pt), not {checkpoint}: export starts from the checkpoint")
@@ -186,19 +179,13 @@ def _run_variant(variant: Variant, checkpoint: Path, device: torch.device, timin
 
 
 def _record_parity(row: MatrixRow, reference: Path, candidate, data: Path | None, device: torch.device) -> None:
-    from dronseg_edge.export.parity import check_parity
-
     report = check_parity(reference, candidate, data, device=str(device))
-    row.parity = report.to_dict()
-    row.parity_passed = bool(report.passed)
-    row.agreement = report.agreement
-    row.miou_delta = report.miou_delta
+    row.parity, row.parity_passed, row.agreement, row.miou_delta = (report.to_dict(), bool(report.passed),
+                                                                    report.agreement, report.miou_delta)
 
 
 def _eval_images(checkpoint: Path, info: ModelInfo, data: Path | None, say: Callable[[str], None]):
     """The validation images every row is scored on, or None (said once) when there are none."""
-    from dronseg_edge.export.accuracy import split_samples_for
-
     try:
         images = split_samples_for(checkpoint, info, data, "val")
     except DronsegError as exc:
@@ -210,8 +197,6 @@ def _eval_images(checkpoint: Path, info: ModelInfo, data: Path | None, say: Call
 
 def _record_accuracy(row: MatrixRow, model: Path, images, device: torch.device, batch: int,
                      say: Callable[[str], None], **options) -> None:
-    from dronseg_edge.export.accuracy import score_backend
-
     backend, _ = open_backend(model, device, **options)
     try:
         scores = score_backend(backend, images.samples, batch)
@@ -226,8 +211,6 @@ def _export(variant: Variant, checkpoint: Path, size: tuple[int, int], batch: in
             data: Path | None, device: torch.device) -> tuple[Path, bool]:
     """An existing file export would write from this very checkpoint, else a fresh export (its parity is skipped:
     every row gets its own check against the checkpoint)."""
-    from dronseg_edge.export import ExportOptions, export_artifact
-
     options = ExportOptions(fmt=variant.fmt, precision=variant.precision, size=size, batch=batch, head="logits",
                             calib_data=data, parity_data=data, out_dir=out_dir, parity=False, device=device, reuse=True)
     result = export_artifact(checkpoint, options)
