@@ -8,6 +8,7 @@ tests can point them at fake files.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 import platform
@@ -15,6 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 CPUINFO = Path("/proc/cpuinfo")
 MEMINFO = Path("/proc/meminfo")
@@ -131,6 +133,28 @@ def read_text(path: Path) -> str | None:
         return path.read_bytes().replace(b"\x00", b"").decode("utf-8", "replace").strip()
     except OSError:
         return None
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, short enough for one check line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__
+
+
+def import_optional(name: str) -> tuple[ModuleType | None, str | None]:
+    """``(module, None)``, or ``(None, why)`` when it is missing or broken; never raises.
+
+    Broken installs raise more than ImportError (OSError for a missing shared library, RuntimeError
+    or AttributeError for a version mismatch), and each must become a line, not a traceback.
+    """
+    try:
+        return importlib.import_module(name), None
+    except ModuleNotFoundError as exc:
+        if exc.name in (None, name) or name.startswith(f"{exc.name}."):
+            return None, "not installed"
+        return None, f"cannot be imported: {first_line(exc)}"  # one of its own dependencies is missing
+    except Exception as exc:
+        return None, f"cannot be imported: {first_line(exc)}"
 
 
 def os_name() -> str:

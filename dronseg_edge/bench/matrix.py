@@ -8,7 +8,6 @@ harness as ``bench``. A variant this machine cannot run becomes a row that says 
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,6 +23,7 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.export import ExportOptions, default_out_dir, export_artifact  # default_out_dir: reused here
 from dronseg_edge.export.accuracy import score_backend, split_samples_for
 from dronseg_edge.export.parity import check_parity
+from dronseg_edge.machine import import_optional
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime.registry import is_checkpoint
 
@@ -96,22 +96,15 @@ def skip_reason(variant: Variant, device: torch.device) -> str | None:
     elif variant.fmt == "engine":
         if not cuda:
             reasons.append("needs CUDA")
-        if _module("tensorrt") is None:
+        if import_optional("tensorrt")[0] is None:  # or bindings whose libraries are missing
             reasons.append("tensorrt not installed")
     else:
         reasons.append(f"unknown format {variant.fmt!r}")
     return "; ".join(reasons) or None
 
 
-def _module(name: str):
-    try:
-        return importlib.import_module(name)
-    except Exception:  # ImportError, or bindings whose libraries are missing (OSError)
-        return None
-
-
 def _onnxruntime_providers() -> list[str] | None:
-    ort = _module("onnxruntime")
+    ort = import_optional("onnxruntime")[0]
     return None if ort is None else list(ort.get_available_providers())
 
 

@@ -12,7 +12,6 @@ affect a run that does not use torch). A GPU is described by the CUDA driver.
 
 from __future__ import annotations
 
-import importlib
 import os
 import platform
 import shutil
@@ -22,7 +21,7 @@ from typing import Any
 
 from dronseg_edge import __version__
 from dronseg_edge.devices import driver_gpu_properties
-from dronseg_edge.machine import cpu_model, installed_version
+from dronseg_edge.machine import cpu_model, import_optional, installed_version
 
 NOT_INSTALLED = "not installed"
 
@@ -137,12 +136,9 @@ def _installed_version(distribution: str) -> str:
 
 
 def _module_version(name: str) -> str:
-    try:
-        return str(getattr(importlib.import_module(name), "__version__", "unknown"))
-    except ImportError:
-        return NOT_INSTALLED
-    except Exception as exc:  # present but broken, e.g. tensorrt bindings without their libraries
-        return f"unusable ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})"
+    module, why = import_optional(name)  # why: present but broken, e.g. tensorrt bindings without their libraries
+    return str(getattr(module, "__version__", "unknown")) if module else NOT_INSTALLED if why == NOT_INSTALLED else \
+        f"unusable ({why.removeprefix('cannot be imported: ')})"
 
 
 def torch_flags() -> dict[str, Any]:
