@@ -1,4 +1,5 @@
-"""The host machine without torch: CPU model and cores, memory, free disk, the operating system, a Jetson.
+"""The host machine without torch: CPU model and cores, memory, free disk and whether a folder takes a file,
+the operating system, a Jetson, and what is installed (versions from metadata, imports that never raise).
 
 What ``dronseg-edge checks`` prints for a bug report and what ``bench`` records beside its figures.
 Linux sources first (/proc/cpuinfo, /proc/meminfo, /etc/os-release), the standard library's answers

@@ -167,9 +167,8 @@ def describe_system(info: dict[str, Any]) -> list[str]:
             line += f", driver {device['driver']}"
     else:
         line = "device: cpu"
-    cpu = info["cpu"]
-    load = cpu.get("load_average")
-    load_text = f", load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}" if load else ""
+    cpu, load = info["cpu"], info["cpu"].get("load_average")
+    load_text = f", load average {' / '.join(f'{v:.2f}' for v in load)}" if load else ""
     threads = f", torch uses {cpu['torch_threads']} threads" if cpu.get("torch_threads") is not None else ""
     lines = [line, f"cpu: {cpu['model']} ({cpu['logical_cores']} logical cores{threads}{load_text})"]
     v = info["versions"]
@@ -183,6 +182,7 @@ def describe_system(info: dict[str, Any]) -> list[str]:
                  f" onnxruntime {ort}, tensorrt {v['tensorrt']}, dronseg-edge {v['dronseg_edge']}")
     flags = info.get("torch_flags")
     if device["type"] == "cuda" and flags:
-        lines.append(f"torch flags: TF32 conv {'on' if flags['cudnn_allow_tf32'] else 'off'}, TF32 matmul "
-                     f"{'on' if flags['matmul_allow_tf32'] else 'off'}, cudnn.benchmark {flags['cudnn_benchmark']}")
+        on = {key: "on" if flags[key] else "off" for key in ("cudnn_allow_tf32", "matmul_allow_tf32")}
+        lines.append(f"torch flags: TF32 conv {on['cudnn_allow_tf32']}, TF32 matmul {on['matmul_allow_tf32']}, "
+                     f"cudnn.benchmark {flags['cudnn_benchmark']}")
     return lines

@@ -42,5 +42,4 @@ def run_checks() -> list[Check]:
 
 
 def summary(results: list[Check]) -> str:
-    counts = {status: sum(check.status == status for check in results) for status in STATUSES}
-    return ", ".join(f"{counts[status]} {status}" for status in STATUSES)
+    return ", ".join(f"{sum(check.status == status for check in results)} {status}" for status in STATUSES)

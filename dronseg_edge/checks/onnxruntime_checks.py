@@ -88,8 +88,7 @@ def native_stderr() -> Iterator[list[str]]:
 def _reason(lines: list[str]) -> str:
     """The most telling line of a native log: the last error, else the last line."""
     errors = [line for line in lines if "error" in line.lower() or "fail" in line.lower()]
-    chosen = (errors or lines or [""])[-1]
-    return chosen[-240:]
+    return (errors or lines or [""])[-1][-240:]
 
 
 def provider_check(ort, provider: str, model: bytes) -> Check:
