@@ -1,13 +1,6 @@
-"""What the numbers were measured on: device, clocks, CPU and library versions.
-
-A latency means nothing without them. Every probe is optional: a library that is missing is
-reported as such, GPU clocks come from NVML (``nvidia-ml-py``/``pynvml``) when importable, else
-from ``nvidia-smi``, else are marked unreadable.
-
-Nothing here imports torch (bench of an ``.onnx``/``.engine`` file runs without it): torch's
-version is read from its installed metadata unless torch is already loaded, and torch's threads,
-CUDA/cuDNN versions and flags are reported only when it is (they are None otherwise: they cannot
-affect a run that does not use torch). A GPU is described by the CUDA driver.
+"""What the numbers were measured on: device, clocks, CPU and library versions (a latency means nothing
+without them). Every probe is optional; GPU clocks come from NVML (``pynvml``), else ``nvidia-smi``, else
+are marked unreadable. Nothing here imports torch: what only a loaded torch can tell is None without it.
 """
 
 from __future__ import annotations

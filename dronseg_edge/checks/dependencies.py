@@ -1,11 +1,9 @@
 """Every dependency of dronseg-edge, its installed version against the range the package requires.
 
-The ranges come from the installed distribution's own metadata (``importlib.metadata``: what pip was
-told when it installed), never from a copied list, with the environment markers evaluated for this
-machine: on aarch64 the core asks for numpy < 2, because JetPack's OpenCV is built against numpy 1.x.
-One line per distribution, ``dep NAME``; its facts give the versions as values. A core requirement
-missing or out of range is a WARN (the checks of each library say what it breaks); an extra's
-package that is not installed is fine.
+The ranges come from the installed distribution's own metadata (what pip was told), never from a copied
+list, with the markers evaluated for this machine (on aarch64 the core asks for numpy < 2: JetPack's
+OpenCV is built against numpy 1.x). A core requirement missing or out of range is a WARN (each library's
+own checks say what it breaks); an extra's package that is not installed is fine.
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""The ``dronseg-edge`` entry point: every command registered, user errors as one line.
-
-``app.py`` holds the Typer app the ``*_cmd`` modules register their commands on; this module imports
-them all and runs it.
-"""
+"""The ``dronseg-edge`` entry point: every command registered (on cli/app.py's app), user errors as one line."""
 
 from __future__ import annotations
 
