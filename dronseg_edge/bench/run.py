@@ -1,10 +1,5 @@
-"""Benchmark one model file: choose the device, open its backend with the requested options, check shapes, measure.
-
-The kind of device :func:`resolve_bench_device` returns picks the timer (``bench/timing.py``): a
-``torch.device`` for checkpoints, ``--matrix`` and a GPU with a CUDA torch; else a torch-free
-``devices.Device``, where nothing imports torch (numpy in, numpy out) and a GPU's latency includes
-the host<->device copies (the result carries a note saying so).
-"""
+"""Benchmark one model file: choose the device (its kind picks the timer, ``bench/timing.py``), open its
+backend with the requested options, check shapes, measure."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ from typing import Callable, Iterable
 
 from dronseg_edge.checks import (cuda_checks, dependencies, jetson, onnxruntime_checks, system, tensorrt_checks,
                                  torch_checks, video)
-from dronseg_edge.checks.backends import backends_check
 from dronseg_edge.checks.base import FAIL, OK, STATUSES, WARN, Check, run_group
+from dronseg_edge.errors import docs_url
 
 __all__ = ["FAIL", "OK", "STATUSES", "WARN", "Check", "groups", "run_checks", "summary"]
 
@@ -43,3 +43,31 @@ def run_checks() -> list[Check]:
 
 def summary(results: list[Check]) -> str:
     return ", ".join(f"{sum(check.status == status for check in results)} {status}" for status in STATUSES)
+
+
+# The verdict, read from the other groups' lines after they ran: a machine where no backend works is FAIL
+# (`checks` exits 1), while each missing library alone is only a WARN.
+INSTALL = ("pip install 'dronseg-edge[ort]' (ONNX Runtime on the CPU), or 'dronseg-edge[ort-gpu]' / 'dronseg-edge[trt]' "
+           f"on an NVIDIA GPU; on a Jetson: {docs_url('jetson.md', 'step-by-step-on-jetpack-6')}")
+
+
+def backends_check(results: list[Check]) -> Check:
+    """One line naming what can run a model (``facts['backends']``: 'onnxruntime', 'tensorrt', 'torch')."""
+    ok = {check.name for check in results if check.status == OK}
+    providers = [str(check.facts["provider"]).replace("ExecutionProvider", "") for check in results
+                 if check.name.startswith("ort ") and check.status == OK and check.facts.get("runs")]
+    found, shown = [], []
+    if providers:
+        found.append("onnxruntime")
+        shown.append(f"onnxruntime ({', '.join(providers)}): .onnx")
+    if {"tensorrt", "cuda-bindings"} <= ok:
+        found.append("tensorrt")
+        shown.append("tensorrt: .engine")
+    if {"torch", "torchvision"} <= ok:
+        found.append("torch")
+        shown.append("torch: .pt")
+    facts = {"backends": found, "onnxruntime_providers": providers}
+    if not found:
+        return Check("backends", FAIL, f"nothing here can run a model (no ONNX Runtime session ran, no TensorRT engine "
+                                       f"was built, no torch with torchvision): {INSTALL}", facts)
+    return Check("backends", OK, "; ".join(shown), facts)
