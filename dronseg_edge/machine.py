@@ -1,4 +1,5 @@
-"""The host machine without torch: CPU model and cores, memory, free disk, the operating system, a Jetson.
+"""The host machine without torch: CPU model and cores, memory, free disk and whether a folder takes a file,
+the operating system, a Jetson, and what is installed (versions from metadata, imports that never raise).
 
 What ``dronseg-edge checks`` prints for a bug report and what ``bench`` records beside its figures.
 Linux sources first (/proc/cpuinfo, /proc/meminfo, /etc/os-release), the standard library's answers
@@ -8,11 +9,15 @@ tests can point them at fake files.
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import os
 import platform
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 CPUINFO = Path("/proc/cpuinfo")
 MEMINFO = Path("/proc/meminfo")
@@ -79,14 +84,78 @@ class Disk:
 
 def disk(folder: Path) -> Disk | None:
     """Free and total space of the file system holding ``folder`` (or the nearest existing folder above it)."""
-    existing = Path(folder).resolve()
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
+    existing = nearest_existing(Path(folder).resolve())
     try:
         usage = shutil.disk_usage(existing)
         return Disk(existing, usage.free, usage.total, existing.stat().st_dev)
     except OSError:
         return None
+
+
+def nearest_existing(folder: Path) -> Path:
+    """``folder`` if it exists, else the nearest existing folder above it (may raise OSError: a name too long)."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    return existing
+
+
+def unwritable(folder: Path) -> tuple[Path, str | None]:
+    """(the nearest existing folder, why no file can be made there; None when one can). Nothing is left behind.
+
+    A real file is made and removed: os.access is wrong on read-only mounts seen by root, ACLs and NFS
+    root squash. The missing folder itself is not created, so a run refused for another reason leaves nothing.
+    """
+    try:
+        existing = nearest_existing(folder)
+    except OSError as exc:  # ENAMETOOLONG, a symlink loop
+        return Path(folder), exc.strerror or str(exc)
+    if not existing.is_dir():
+        return existing, f"{existing} is a file"
+    try:
+        with tempfile.TemporaryFile(prefix=".dronseg-probe-", dir=existing):
+            pass
+    except OSError as exc:
+        return existing, exc.strerror or str(exc)
+    return existing, None
+
+
+def installed_version(distribution: str) -> str | None:
+    """The version pip recorded for ``distribution`` (read from its metadata, nothing imported), or None."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def read_text(path: Path) -> str | None:
+    """A small system file's text (device-tree strings end in NUL bytes), stripped; None where unreadable."""
+    try:
+        return path.read_bytes().replace(b"\x00", b"").decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, short enough for one check line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__
+
+
+def import_optional(name: str) -> tuple[ModuleType | None, str | None]:
+    """``(module, None)``, or ``(None, why)`` when it is missing or broken; never raises.
+
+    Broken installs raise more than ImportError (OSError for a missing shared library, RuntimeError
+    or AttributeError for a version mismatch), and each must become a line, not a traceback.
+    """
+    try:
+        return importlib.import_module(name), None
+    except ModuleNotFoundError as exc:
+        if exc.name in (None, name) or name.startswith(f"{exc.name}."):
+            return None, "not installed"
+        return None, f"cannot be imported: {first_line(exc)}"  # one of its own dependencies is missing
+    except Exception as exc:
+        return None, f"cannot be imported: {first_line(exc)}"
 
 
 def os_name() -> str:
@@ -100,10 +169,7 @@ def os_name() -> str:
 
 def board_model() -> str | None:
     """An ARM board's device-tree model ('NVIDIA Jetson AGX Orin Developer Kit'), or None."""
-    try:
-        return DEVICE_TREE_MODEL.read_bytes().replace(b"\x00", b"").decode("utf-8", "replace").strip()
-    except OSError:
-        return None
+    return read_text(DEVICE_TREE_MODEL)
 
 
 def is_jetson() -> bool:

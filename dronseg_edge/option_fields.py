@@ -1,12 +1,8 @@
-"""Command-line options declared once, on the dataclass field they fill.
-
-A field made with :func:`option` is a command-line option of every command that takes its dataclass:
-its name (``--field-name`` unless ``names`` says otherwise), type (the field's annotation), default
-(the field's) and help text stand there and nowhere else. ``cli/params.py`` turns the dataclass into
-Typer parameters and the parsed values back into the dataclass, whose ``__post_init__`` (or
-``validate``) checks them, the same for the command line and for Python callers. A plain
-``dataclasses.field`` is no option. Specs used by several dataclasses and commands (``--device``,
-``--meta``, ``--max-pixels``) are :class:`OptionSpec` constants in the module that owns the concept.
+"""Command-line options declared once, on the dataclass field they fill (:func:`option`): name, type (the
+annotation), default and help stand there and nowhere else. ``cli/params.py`` turns the dataclass into Typer
+parameters and the values back into the dataclass, which validates them for the command line and Python
+callers alike. Specs shared by several dataclasses (``--device``, ``--meta``, ``--max-pixels``) are
+:class:`OptionSpec` constants in the module that owns the concept.
 """
 
 from __future__ import annotations

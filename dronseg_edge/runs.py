@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from pathlib import Path
 
 from dronseg_edge.atomic import ensure_writable_dir
@@ -10,11 +12,8 @@ from dronseg_edge.atomic import ensure_writable_dir
 def next_run_dir(parent: Path | str, name: str = "exp") -> Path:
     """Create and return the first free ``parent/name``, ``parent/name2``, ... folder."""
     parent = ensure_writable_dir(Path(parent))
-    index = 1
-    while True:
+    for index in itertools.count(1):
         candidate = parent / (name if index == 1 else f"{name}{index}")
-        try:
+        with contextlib.suppress(FileExistsError):
             candidate.mkdir()
             return candidate
-        except FileExistsError:
-            index += 1

@@ -8,8 +8,7 @@ harness as ``bench``. A variant this machine cannot run becomes a row that says 
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -18,8 +17,13 @@ import torch
 from dronseg_edge.bench.report import fmt_fps, fmt_ms, markdown_document, render_table
 from dronseg_edge.bench.run import BenchResult, artifact_size_mb, bench_model, open_backend
 from dronseg_edge.bench.timing import TimingSettings
+from dronseg_edge.checkpoint import load_checkpoint
 from dronseg_edge.devices import tf32_mode
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.export import ExportOptions, default_out_dir, export_artifact  # default_out_dir: reused here
+from dronseg_edge.export.accuracy import score_backend, split_samples_for
+from dronseg_edge.export.parity import check_parity
+from dronseg_edge.machine import import_optional
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime.registry import is_checkpoint
 
@@ -39,19 +43,11 @@ class Variant:
         return f"{self.fmt} {self.precision}" + (f" ({', '.join(extras)})" if extras else "")
 
 
+# pytorch fp32, fp16, fp16 + graph; onnx fp32 and fp16 without and with a graph, int8; engine fp32, fp16, int8
 DEFAULT_VARIANTS: tuple[Variant, ...] = (
-    Variant("pytorch", "fp32"),
-    Variant("pytorch", "fp16"),
-    Variant("pytorch", "fp16", cuda_graph=True),
-    Variant("onnx", "fp32"),
-    Variant("onnx", "fp32", cuda_graph=True),
-    Variant("onnx", "fp16"),
-    Variant("onnx", "fp16", cuda_graph=True),
-    Variant("onnx", "int8"),
-    Variant("engine", "fp32"),
-    Variant("engine", "fp16"),
-    Variant("engine", "int8"),
-)
+    Variant("pytorch", "fp32"), Variant("pytorch", "fp16"), Variant("pytorch", "fp16", cuda_graph=True),
+    *(Variant("onnx", precision, cuda_graph=graph) for precision in ("fp32", "fp16") for graph in (False, True)),
+    Variant("onnx", "int8"), *(Variant("engine", precision) for precision in ("fp32", "fp16", "int8")))
 
 
 @dataclass
@@ -73,12 +69,10 @@ class MatrixRow:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.variant.fmt, "precision": self.variant.precision, "cuda_graph": self.variant.cuda_graph,
-                "tf32": self.variant.tf32, "label": self.variant.label, "status": self.status, "reason": self.reason,
-                "path": self.path, "file_mb": self.file_mb, "reused": self.reused, "parity_passed": self.parity_passed,
-                "agreement": self.agreement, "miou_delta": self.miou_delta, "parity": self.parity, "notes": self.notes,
-                "miou": (self.accuracy or {}).get("miou"), "competition": (self.accuracy or {}).get("competition"),
-                "accuracy": self.accuracy,
+        v, accuracy = self.variant, self.accuracy or {}
+        return {"format": v.fmt, "precision": v.precision, "cuda_graph": v.cuda_graph, "tf32": v.tf32, "label": v.label,
+                **{f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("variant", "result")},
+                "miou": accuracy.get("miou"), "competition": accuracy.get("competition"),
                 "result": self.result.to_dict() if self.result is not None else None}
 
 
@@ -102,56 +96,32 @@ def skip_reason(variant: Variant, device: torch.device) -> str | None:
     elif variant.fmt == "engine":
         if not cuda:
             reasons.append("needs CUDA")
-        if not _importable("tensorrt"):
+        if import_optional("tensorrt")[0] is None:  # or bindings whose libraries are missing
             reasons.append("tensorrt not installed")
     else:
         reasons.append(f"unknown format {variant.fmt!r}")
     return "; ".join(reasons) or None
 
 
-def _importable(name: str) -> bool:
-    try:
-        importlib.import_module(name)
-    except Exception:  # ImportError, or bindings whose libraries are missing (OSError)
-        return False
-    return True
-
-
 def _onnxruntime_providers() -> list[str] | None:
-    if not _importable("onnxruntime"):
-        return None
-    import onnxruntime
-
-    return list(onnxruntime.get_available_providers())
-
-
-def default_out_dir(checkpoint: Path) -> Path:
-    """Where ``dronseg-edge export`` puts its files (``RUN/export``, or beside a bare checkpoint): reused here."""
-    from dronseg_edge.export import default_out_dir as export_default
-
-    return export_default(Path(checkpoint))
+    ort = import_optional("onnxruntime")[0]
+    return None if ort is None else list(ort.get_available_providers())
 
 
 def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *, size: tuple[int, int] | None = None,
                batch: int = 1, out_dir: Path | None = None, data: Path | None = None, parity: bool = True,
                variants: Sequence[Variant] = DEFAULT_VARIANTS, log: Callable[[str], None] | None = None,
                accuracy: bool = True) -> list[MatrixRow]:
-    """Export (or reuse), check parity, score (``accuracy``) and time every variant of ``checkpoint``; one row per variant.
-
-    Accuracy is on the validation split ``eval`` uses (export/accuracy.split_samples_for: the checkpoint's
-    recorded split, read from ``data`` or the checkpoint's data set); rows go without it, with a note,
-    when there is no such data set.
-    """
-    from dronseg_edge.checkpoint import load_checkpoint
-
+    """Export (or reuse), check parity, score (``accuracy``, on the validation split ``eval`` uses) and time every
+    variant of ``checkpoint``; one row per variant (without accuracy, and a note, when there is no data set)."""
     checkpoint = Path(checkpoint)
     if not is_checkpoint(checkpoint):
         raise DronsegError(f"--matrix needs a training checkpoint (.pt), not {checkpoint}: export starts from the checkpoint")
-    own_size = ModelInfo.from_checkpoint(load_checkpoint(checkpoint), with_hash=False).input_size
-    run_size = tuple(size) if size is not None else tuple(own_size)
+    info = ModelInfo.from_checkpoint(load_checkpoint(checkpoint), with_hash=False)
+    run_size = tuple(size) if size is not None else tuple(info.input_size)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint)
     say = log or (lambda text: None)
-    images = _eval_images(checkpoint, data, say) if accuracy else None
+    images = _eval_images(checkpoint, info, data, say) if accuracy else None
     rows = []
     for variant in variants:
         reason = skip_reason(variant, device)
@@ -176,55 +146,40 @@ def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *
 def _run_variant(variant: Variant, checkpoint: Path, device: torch.device, timing: TimingSettings,
                  size: tuple[int, int], batch: int, out_dir: Path, data: Path | None, parity: bool,
                  say: Callable[[str], None], images=None) -> MatrixRow:
-    row = MatrixRow(variant, "ok")
-    if variant.fmt == "pytorch":
-        row.path = str(checkpoint)
-        row.file_mb = artifact_size_mb(checkpoint)
-        if parity and variant.precision != "fp32":
-            candidate, _ = open_backend(checkpoint, device, precision=variant.precision, cuda_graph=variant.cuda_graph)
-            try:
-                _record_parity(row, checkpoint, candidate, data, device)
-            finally:
-                candidate.deactivate()  # check_parity leaves backends it was given open
-        if images is not None:
-            _record_accuracy(row, checkpoint, images, device, batch, say, precision=variant.precision,
-                             cuda_graph=variant.cuda_graph)
-        result = bench_model(checkpoint, device, timing, size=size, batch=batch, precision=variant.precision,
-                             cuda_graph=variant.cuda_graph)
+    row, pytorch = MatrixRow(variant, "ok"), variant.fmt == "pytorch"
+    options = {"cuda_graph": variant.cuda_graph if pytorch or device.type == "cuda" else None}
+    if pytorch:
+        path, options["precision"] = checkpoint, variant.precision
     else:
         path, row.reused = _export(variant, checkpoint, size, batch, out_dir, data, device)
-        row.path, row.file_mb = str(path), artifact_size_mb(path)
         say(f"{variant.label}: {'reusing' if row.reused else 'exported'} {path}")
-        if parity:
-            _record_parity(row, checkpoint, path, data, device)
-        if images is not None:
-            _record_accuracy(row, path, images, device, batch, say,
-                             cuda_graph=variant.cuda_graph if device.type == "cuda" else None)
-        result = bench_model(path, device, timing, batch=batch, cuda_graph=variant.cuda_graph if device.type == "cuda" else None)
-    row.result = result
-    row.notes = list(result.notes)
+    row.path, row.file_mb = str(path), artifact_size_mb(path)
+    if parity and not pytorch:
+        _record_parity(row, checkpoint, path, data, device)
+    elif parity and variant.precision != "fp32":
+        candidate, _ = open_backend(checkpoint, device, **options)
+        try:
+            _record_parity(row, checkpoint, candidate, data, device)
+        finally:
+            candidate.deactivate()  # check_parity leaves backends it was given open
+    if images is not None:
+        _record_accuracy(row, path, images, device, batch, say, **options)
+    row.result = bench_model(path, device, timing, size=size, batch=batch, **options)
+    row.notes = list(row.result.notes)
     if row.parity_passed is False:
         row.reason = "parity FAILED"
     return row
 
 
 def _record_parity(row: MatrixRow, reference: Path, candidate, data: Path | None, device: torch.device) -> None:
-    from dronseg_edge.export.parity import check_parity
-
     report = check_parity(reference, candidate, data, device=str(device))
-    row.parity = report.to_dict()
-    row.parity_passed = bool(report.passed)
-    row.agreement = report.agreement
-    row.miou_delta = report.miou_delta
+    row.parity, row.parity_passed, row.agreement, row.miou_delta = (report.to_dict(), bool(report.passed),
+                                                                    report.agreement, report.miou_delta)
 
 
-def _eval_images(checkpoint: Path, data: Path | None, say: Callable[[str], None]):
+def _eval_images(checkpoint: Path, info: ModelInfo, data: Path | None, say: Callable[[str], None]):
     """The validation images every row is scored on, or None (said once) when there are none."""
-    from dronseg_edge.checkpoint import load_checkpoint
-    from dronseg_edge.export.accuracy import split_samples_for
-
     try:
-        info = ModelInfo.from_checkpoint(load_checkpoint(checkpoint), with_hash=False)
         images = split_samples_for(checkpoint, info, data, "val")
     except DronsegError as exc:
         say(f"accuracy: not measured ({str(exc).splitlines()[0][:300]})")
@@ -235,8 +190,6 @@ def _eval_images(checkpoint: Path, data: Path | None, say: Callable[[str], None]
 
 def _record_accuracy(row: MatrixRow, model: Path, images, device: torch.device, batch: int,
                      say: Callable[[str], None], **options) -> None:
-    from dronseg_edge.export.accuracy import score_backend
-
     backend, _ = open_backend(model, device, **options)
     try:
         scores = score_backend(backend, images.samples, batch)
@@ -249,12 +202,8 @@ def _record_accuracy(row: MatrixRow, model: Path, images, device: torch.device, 
 
 def _export(variant: Variant, checkpoint: Path, size: tuple[int, int], batch: int, out_dir: Path,
             data: Path | None, device: torch.device) -> tuple[Path, bool]:
-    """The artifact for ``variant``: an existing file export would write from this very checkpoint, else a fresh export.
-
-    Parity is skipped here: every row gets its own check (against the checkpoint, reused file or not).
-    """
-    from dronseg_edge.export import ExportOptions, export_artifact
-
+    """An existing file export would write from this very checkpoint, else a fresh export (its parity is skipped:
+    every row gets its own check against the checkpoint)."""
     options = ExportOptions(fmt=variant.fmt, precision=variant.precision, size=size, batch=batch, head="logits",
                             calib_data=data, parity_data=data, out_dir=out_dir, parity=False, device=device, reuse=True)
     result = export_artifact(checkpoint, options)
@@ -268,26 +217,19 @@ MATRIX_HEADERS = ("format", "precision", "backend / provider", "file MB", "parit
 def matrix_rows(rows: Sequence[MatrixRow]) -> list[list[str]]:
     table = []
     for row in rows:
-        fmt = row.variant.fmt + (" (no TF32)" if row.variant.tf32 is False else "")
-        precision = row.variant.precision + (" +graph" if row.variant.cuda_graph else "")
-        r = row.result
-        if r is not None:
-            stats = r.measurement.latency
-            timing = [fmt_ms(stats.median_ms), fmt_ms(stats.p99_ms), fmt_fps(stats.throughput_fps)]
-            provider = f"{r.backend} / {r.provider}"
-        else:
-            timing, provider = ["-", "-", "-"], "-"
+        v, r = row.variant, row.result
+        stats = r.measurement.latency if r is not None else None
+        timing = [fmt_ms(stats.median_ms), fmt_ms(stats.p99_ms), fmt_fps(stats.throughput_fps)] if stats else ["-"] * 3
         if row.agreement is not None:
             agreement = f"{100 * row.agreement:.2f}% " + ("PASS" if row.parity_passed else "FAIL")
         else:
-            agreement = "ref" if (row.variant.fmt, row.variant.precision) == ("pytorch", "fp32") and r else "-"
-        delta = f"{row.miou_delta:+.2f}" if row.miou_delta is not None else "-"
-        size = f"{row.file_mb:.1f}" if row.file_mb is not None else "-"
-        scores = [f"{row.accuracy[key]:.4f}" if row.accuracy is not None else "-" for key in ("miou", "competition")]
-        status = row.status if not row.reason else f"{row.status}: {row.reason}"
-        if row.reused:
-            status += " (reused)"
-        table.append([fmt, precision, provider, size, agreement, delta, *scores, *timing, status])
+            agreement = "ref" if (v.fmt, v.precision) == ("pytorch", "fp32") and r else "-"
+        table.append([v.fmt + (" (no TF32)" if v.tf32 is False else ""), v.precision + (" +graph" if v.cuda_graph else ""),
+                      f"{r.backend} / {r.provider}" if r is not None else "-",
+                      f"{row.file_mb:.1f}" if row.file_mb is not None else "-", agreement,
+                      f"{row.miou_delta:+.2f}" if row.miou_delta is not None else "-",
+                      *(f"{row.accuracy[key]:.4f}" if row.accuracy is not None else "-" for key in ("miou", "competition")),
+                      *timing, (f"{row.status}: {row.reason}" if row.reason else row.status) + (" (reused)" * row.reused)])
     return table
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +54,7 @@ class TimingSettings:
         return (self.iters or 1), (self.duration_s or 0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        min_iters, min_seconds = self.bounds()
-        return {"warmup_s": self.warmup_s, "warmup_iters": self.warmup_iters, "iters": self.iters,
-                "duration_s": self.duration_s, "min_iters": min_iters, "min_seconds": min_seconds,
-                "include_transfers": self.include_transfers}
+        return {**dataclasses.asdict(self), **dict(zip(("min_iters", "min_seconds"), self.bounds()))}
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from dronseg_edge.atomic import write_text_atomic
 from dronseg_edge.bench.run import BenchResult
 from dronseg_edge.bench.stats import HIGH_CV
 
@@ -23,28 +21,20 @@ def now_iso() -> str:
 
 def fmt_ms(value: float | None) -> str:
     """Milliseconds with about three significant digits (0.071, 7.83, 54.2, 7512)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or math.isnan(value):
         return "-"
-    if value < 1:
-        return f"{value:.3f}"
-    if value < 10:
-        return f"{value:.2f}"
-    if value < 100:
-        return f"{value:.1f}"
-    return f"{value:.0f}"
+    return f"{value:.{3 if value < 1 else 2 if value < 10 else 1 if value < 100 else 0}f}"
 
 
 def fmt_fps(value: float) -> str:
     """Frames per second: 0.040, 7.5, 146."""
-    if value < 1:
-        return f"{value:.3f}"
-    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+    return f"{value:.{3 if value < 1 else 1 if value < 100 else 0}f}"
 
 
 def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], markdown: bool = False) -> str:
     """A plain-text table (columns padded, numbers right-aligned) or a GitHub Markdown table."""
     cells = [[str(c) for c in row] for row in rows]
-    numeric = [all(_looks_numeric(row[i]) for row in cells) and bool(cells) for i in range(len(headers))]
+    numeric = [bool(cells) and all(row[i] == "-" or _is_number(row[i]) for row in cells) for i in range(len(headers))]
     if markdown:
         lines = ["| " + " | ".join(headers) + " |",
                  "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
@@ -58,23 +48,19 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], markdown
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(row) for row in cells])
 
 
-def _looks_numeric(text: str) -> bool:
+def _is_number(text: str) -> bool:
     try:
-        float(text)
+        return float(text) is not None
     except ValueError:
-        return text == "-"
-    return True
+        return False
 
 
 def latency_rows(results: Sequence[BenchResult]) -> list[list[str]]:
-    rows = []
-    for r in results:
-        s = r.measurement.latency
-        graph = "-" if r.cuda_graph is None else ("on" if r.cuda_graph else "off")
-        rows.append([r.label, f"{r.backend} / {r.provider}", r.precision, f"{r.input_size[0]}x{r.input_size[1]}",
-                     str(r.batch), graph, fmt_ms(s.min_ms), fmt_ms(s.mean_ms), fmt_ms(s.median_ms), fmt_ms(s.p90_ms),
-                     fmt_ms(s.p95_ms), fmt_ms(s.p99_ms), fmt_ms(s.max_ms), f"{100 * s.cv:.1f}", fmt_fps(s.throughput_fps)])
-    return rows
+    return [[r.label, f"{r.backend} / {r.provider}", r.precision, f"{r.input_size[0]}x{r.input_size[1]}", str(r.batch),
+             {None: "-", True: "on", False: "off"}[r.cuda_graph],
+             *(fmt_ms(getattr(s, f"{key}_ms")) for key in ("min", "mean", "median", "p90", "p95", "p99", "max")),
+             f"{100 * s.cv:.1f}", fmt_fps(s.throughput_fps)]
+            for r in results for s in [r.measurement.latency]]
 
 
 def latency_table(results: Sequence[BenchResult], markdown: bool = False) -> str:
@@ -114,18 +100,13 @@ def warning_lines(results: Sequence[BenchResult]) -> list[str]:
 def settings_line(settings: dict[str, Any]) -> str:
     """One line: what was measured and how."""
     t = settings["timing"]
-    if t["warmup_iters"] is not None:
-        warm = f"{t['warmup_iters']} warm-up iterations"
-    else:
-        warm = f"warm-up {t['warmup_s']:g} s"
-    if t["iters"] is not None and t["duration_s"] is not None:
-        loop = f"at least {t['iters']} iterations and {t['duration_s']:g} s"
-    elif t["iters"] is not None:
-        loop = f"{t['iters']} iterations"
-    elif t["duration_s"] is not None:
-        loop = f"{t['duration_s']:g} s"
-    else:
+    warm = f"warm-up {t['warmup_s']:g} s" if t["warmup_iters"] is None else f"{t['warmup_iters']} warm-up iterations"
+    if t["iters"] is None and t["duration_s"] is None:
         loop = f"at least {t['min_iters']} iterations and {t['min_seconds']:g} s"
+    else:
+        parts = [f"{t['iters']} iterations" if t["iters"] is not None else "",
+                 f"{t['duration_s']:g} s" if t["duration_s"] is not None else ""]
+        loop = f"at least {parts[0]} and {parts[1]}" if all(parts) else "".join(parts)
     size = settings.get("size") or "model's own size"
     graph = {None: "backend default", True: "on", False: "off"}.get(settings.get("cuda_graph"), settings.get("cuda_graph"))
     transfers = "included" if t["include_transfers"] else "excluded"
@@ -148,6 +129,3 @@ def markdown_document(system_lines: Sequence[str], settings: dict[str, Any], tab
     bullets = [f"- {line}" for line in list(system_lines) + [settings_line(settings)]]
     return "\n".join([f"## {title}", "", *bullets, "", table_md, ""])
 
-
-def write_markdown(path: str | Path, text: str) -> Path:
-    return write_text_atomic(path, text if text.endswith("\n") else text + "\n")

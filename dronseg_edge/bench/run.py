@@ -1,14 +1,5 @@
-"""Benchmark one model file: choose the device, open its backend with the requested options, check shapes, measure.
-
-Which timing path runs (see ``bench/timing.py``) follows the device :func:`resolve_bench_device`
-returns: a ``torch.device`` for checkpoints and ``--matrix`` (torch runs them anyway), and for a GPU
-when torch with CUDA is installed (CUDA events around a device-resident input need torch's stream,
-and they can time compute without the copies); a torch-free ``devices.Device`` for ``.onnx`` and
-``.engine`` files on the CPU, or on a GPU without a CUDA torch. On that lean path nothing imports
-torch: the input is made with numpy and the backends take and return numpy. On a GPU it is timed
-on the host, so its latency includes the host<->device copies, and the result carries a note
-saying so.
-"""
+"""Benchmark one model file: choose the device (its kind picks the timer, ``bench/timing.py``), open its
+backend with the requested options, check shapes, measure."""
 
 from __future__ import annotations
 
@@ -55,30 +46,21 @@ class BenchResult:
         return Path(self.model).name
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: getattr(self, k) for k in ("model", "backend", "provider", "arch", "precision", "head",
-                                                "batch", "cuda_graph", "file_mb", "notes")}
-        data["input_size"] = format_size(self.input_size)
-        data.update(self.measurement.to_dict())
-        return data
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "measurement"}
+        return {**data, "input_size": format_size(self.input_size), **self.measurement.to_dict()}
 
 
 def torch_cuda_installed() -> bool:
     """True when torch is installed and sees a CUDA GPU (imports torch only when it is installed)."""
-    if importlib.util.find_spec("torch") is None:
-        return False
     try:
-        import torch
+        return importlib.util.find_spec("torch") is not None and bool(importlib.import_module("torch").cuda.is_available())
     except Exception:  # installed but broken (e.g. missing CUDA libraries): run without it
         return False
-    return bool(torch.cuda.is_available())
 
 
 def resolve_bench_device(name: str, models: Sequence[str | Path] = (), *, matrix: bool = False):
-    """The device to measure ``models`` on, from ``--device``; its kind picks the timing path (module doc).
-
-    A ``torch.device`` when a model is a checkpoint, for ``--matrix``, or on a GPU when torch with
-    CUDA is installed; else a torch-free ``devices.Device`` (torch is then never imported).
-    """
+    """The device to measure ``models`` on, from ``--device``: a ``torch.device`` for a checkpoint, ``--matrix``
+    or a GPU with a CUDA torch, else a torch-free ``devices.Device`` (its kind picks the timer)."""
     if matrix or any(is_checkpoint(model) for model in models):
         return resolve_device(name)
     device = resolve_lean_device(name)
@@ -89,22 +71,14 @@ def resolve_bench_device(name: str, models: Sequence[str | Path] = (), *, matrix
 
 def artifact_size_mb(path: Path) -> float:
     """File size in MB (1e6 bytes), counting an ONNX external-data file ``<name>.data`` beside it."""
-    path = Path(path)
-    total = path.stat().st_size
-    external = path.with_name(path.name + ".data")
-    if external.is_file():
-        total += external.stat().st_size
-    return total / 1e6
+    external = Path(path).with_name(Path(path).name + ".data")
+    return (Path(path).stat().st_size + (external.stat().st_size if external.is_file() else 0)) / 1e6
 
 
 def open_backend(path: Path, device, *, precision: str | None = None,
                  cuda_graph: bool | None = None, **options) -> tuple[Backend, list[str]]:
-    """Construct the backend for ``path`` on ``device`` (a ``torch.device`` or a ``devices.Device``),
-    passing only the options its class declares (``Backend.OPTIONS``).
-
-    ``precision`` applies to checkpoints (an exported file carries its own); ``cuda_graph`` is
-    passed where the backend supports it, otherwise a note says it was not. Returns (backend, notes).
-    """
+    """The backend for ``path`` on ``device`` with only the options its class declares (``Backend.OPTIONS``), and
+    notes: ``precision`` is for checkpoints only; a ``cuda_graph`` the backend lacks becomes a note."""
     cls = backend_class(path)
     accepted = cls.OPTIONS
     notes: list[str] = []
@@ -133,7 +107,8 @@ def resolve_shape(backend: Backend, size: tuple[int, int] | None, batch: int) ->
     source = info.extra.get("source_checkpoint") or "CHECKPOINT"
     if batch < 1:
         raise DronsegError(f"--batch {batch} must be at least 1")
-    built = tuple(frame_size(info))
+    # what goes into the artifact: its frames for a frames graph, else its input tensor
+    built = tuple(info.source_size if info.io == "frames" and info.source_size is not None else info.input_size)
     if size is not None and tuple(size) != built and not info.dynamic:
         raise DronsegError(
             f"{backend.path} was built for {format_size(built)} (static shape) and cannot run at {format_size(size)}: "
@@ -146,19 +121,9 @@ def resolve_shape(backend: Backend, size: tuple[int, int] | None, batch: int) ->
     return tuple(size) if size is not None else built
 
 
-def frame_size(info: ModelInfo) -> tuple[int, int]:
-    """(width, height) of what goes into the artifact: its frames for a frames graph, else its input tensor."""
-    if info.io == "frames" and info.source_size is not None:
-        return tuple(info.source_size)
-    return tuple(info.input_size)
-
-
 def make_input(info: ModelInfo, size: tuple[int, int], batch: int, seed: int = 0) -> np.ndarray:
-    """A reproducible numpy batch in host memory from random uint8 frames at ``size`` (width, height).
-
-    Normalised float32 (batch, 3, H, W), preprocessed with ``runtime.host.preprocess_host``; for a
-    frames artifact (``info.io == 'frames'``) the uint8 frames themselves, (batch, H, W, 3).
-    """
+    """A reproducible batch of random uint8 frames at ``size`` (width, height): (batch, H, W, 3) for a frames
+    artifact, else preprocessed as inference does (``runtime.host.preprocess_host``), float32 (batch, 3, H, W)."""
     width, height = size
     frames = np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
     if info.io == "frames":
@@ -201,31 +166,18 @@ def run_prepared(prepared: PreparedBench, settings: TimingSettings,
         notes.append("transfers: none on the CPU (input and output stay in host memory)")
     if host_timed_gpu(device):
         notes.append(HOST_TIMED_GPU_NOTE)
-    return BenchResult(
-        model=str(prepared.path),
-        backend=backend.name,
-        provider=backend.provider or str(device),
-        arch=backend.info.arch,
-        precision=backend.info.precision,
-        head=backend.info.head,
-        input_size=prepared.size,
-        batch=prepared.batch,
-        cuda_graph=_graph_state(backend, prepared.cuda_graph),
-        file_mb=artifact_size_mb(prepared.path),
-        measurement=measurement,
-        notes=notes,
-    )
+    info = backend.info
+    return BenchResult(str(prepared.path), backend.name, backend.provider or str(device), info.arch, info.precision,
+                       info.head, prepared.size, prepared.batch, _graph_state(backend, prepared.cuda_graph),
+                       artifact_size_mb(prepared.path), measurement, notes)
 
 
 def bench_model(path: str | Path, device, settings: TimingSettings, *,
                 size: tuple[int, int] | None = None, batch: int = 1, precision: str | None = None,
                 cuda_graph: bool | None = None, backend_options: dict[str, Any] | None = None,
                 progress: Callable[[int], None] | None = None) -> BenchResult:
-    """Measure one model file; ``size`` is (width, height), default the model's own input size.
-
-    ``device``: a ``torch.device``, a ``devices.Device``, or a ``--device`` string (then chosen by
-    :func:`resolve_bench_device`, which decides the timing path).
-    """
+    """Measure one model file at ``size`` (width, height; default its own) on ``device`` (a ``torch.device``, a
+    ``devices.Device``, or a ``--device`` string resolved by :func:`resolve_bench_device`)."""
     if isinstance(device, str):
         device = resolve_bench_device(device, [path])
     prepared = prepare_bench(path, device, size=size, batch=batch, precision=precision, cuda_graph=cuda_graph,
@@ -238,6 +190,4 @@ def _graph_state(backend: Backend, requested: bool | None) -> bool | None:
     if "cuda_graph" not in type(backend).OPTIONS:
         return None
     actual = getattr(backend, "cuda_graph", None)
-    if isinstance(actual, bool):
-        return actual
-    return bool(requested) and backend.device.type == "cuda"
+    return actual if isinstance(actual, bool) else bool(requested) and backend.device.type == "cuda"

@@ -1,11 +1,5 @@
-"""Latency statistics: what a list of per-iteration times (milliseconds) says.
-
-Percentiles use numpy's default ``linear`` method (type 7 of Hyndman & Fan, the same as
-``numpy.percentile`` and ``pandas.quantile``): the q-th percentile of n sorted samples x[0..n-1]
-lies at rank r = q/100 * (n - 1) and is x[floor(r)] + (r - floor(r)) * (x[floor(r)+1] - x[floor(r)]).
-The spread is the sample standard deviation (ddof=1); the coefficient of variation is that over
-the mean. Throughput counts frames: ``batch * 1000 / mean_ms`` (total frames over total time).
-"""
+"""Latency statistics of per-iteration times (ms): numpy's ``linear`` percentiles (type 7 of Hyndman &
+Fan, as pandas), the sample standard deviation (ddof=1), and throughput in frames (``batch * 1000 / mean_ms``)."""
 
 from __future__ import annotations
 
@@ -63,17 +57,6 @@ def summarize(samples_ms: Sequence[float], batch: int = 1) -> LatencyStats:
     p50, p90, p95, p99 = np.percentile(values, PERCENTILES, method="linear")
     mean = float(values.mean())
     std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-    return LatencyStats(
-        count=int(values.size),
-        batch=int(batch),
-        min_ms=float(values.min()),
-        mean_ms=mean,
-        median_ms=float(p50),
-        p90_ms=float(p90),
-        p95_ms=float(p95),
-        p99_ms=float(p99),
-        max_ms=float(values.max()),
-        std_ms=std,
-        cv=std / mean if mean > 0 else 0.0,
-        throughput_fps=batch * 1e3 / mean if mean > 0 else float("inf"),
-    )
+    return LatencyStats(int(values.size), int(batch), float(values.min()), mean, *map(float, (p50, p90, p95, p99)),
+                        float(values.max()), std, std / mean if mean > 0 else 0.0,
+                        batch * 1e3 / mean if mean > 0 else float("inf"))

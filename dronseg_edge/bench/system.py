@@ -1,19 +1,10 @@
-"""What the numbers were measured on: device, clocks, CPU and library versions.
-
-A latency means nothing without them. Every probe is optional: a library that is missing is
-reported as such, GPU clocks come from NVML (``nvidia-ml-py``/``pynvml``) when importable, else
-from ``nvidia-smi``, else are marked unreadable.
-
-Nothing here imports torch (bench of an ``.onnx``/``.engine`` file runs without it): torch's
-version is read from its installed metadata unless torch is already loaded, and torch's threads,
-CUDA/cuDNN versions and flags are reported only when it is (they are None otherwise: they cannot
-affect a run that does not use torch). Without torch a GPU is described by the CUDA driver.
+"""What the numbers were measured on: device, clocks, CPU and library versions (a latency means nothing
+without them). Every probe is optional; GPU clocks come from NVML (``pynvml``), else ``nvidia-smi``, else
+are marked unreadable. Nothing here imports torch: what only a loaded torch can tell is None without it.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import os
 import platform
 import shutil
@@ -23,57 +14,33 @@ from typing import Any
 
 from dronseg_edge import __version__
 from dronseg_edge.devices import driver_gpu_properties
-from dronseg_edge.machine import cpu_model
+from dronseg_edge.machine import cpu_model, import_optional, installed_version
 
 NOT_INSTALLED = "not installed"
 
 
 def system_info(device) -> dict[str, Any]:
-    """Device, CPU, versions and, when torch is loaded, the torch flags that change latency (TF32, cudnn.benchmark).
-
-    ``device``: a ``torch.device`` or a torch-free ``devices.Device``.
-    """
+    """Device, CPU, versions and, when torch is loaded, the torch flags that change latency (TF32, cudnn.benchmark)."""
     torch = sys.modules.get("torch")
     return {
         "device": gpu_info(device) if device.type == "cuda" else {"type": "cpu", "name": cpu_model()},
         "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(),
                 "torch_threads": torch.get_num_threads() if torch is not None else None,
-                "machine": platform.machine(), "load_average": load_average()},
+                # other work on the machine is the first suspect for noisy numbers (no load average on Windows)
+                "machine": platform.machine(),
+                "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None},
         "versions": versions(),
         "torch_flags": torch_flags() if torch is not None else None,
     }
 
 
-def load_average() -> list[float] | None:
-    """1, 5 and 15-minute load averages: other work on the machine is the first suspect for noisy numbers."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):  # not on Windows
-        return None
-
-
 def gpu_info(device) -> dict[str, Any]:
-    """Name, compute capability, memory (GiB), multiprocessors and clocks of a CUDA ``device``.
-
-    From torch when it is loaded and ``device`` is a ``torch.device``, else from the CUDA driver.
-    """
+    """Name, compute capability, memory (GiB), multiprocessors (from the CUDA driver, as torch reports them) and
+    clocks of a CUDA ``device`` (a ``torch.device`` or a ``devices.Device``)."""
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(device, torch.device):
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(index)
-        info: dict[str, Any] = {
-            "type": "cuda",
-            "index": index,
-            "name": props.name,
-            "compute_capability": f"{props.major}.{props.minor}",
-            "memory_gib": round(props.total_memory / 2**30, 1),
-            "multiprocessors": props.multi_processor_count,
-        }
-    else:
-        index = device.index if device.index is not None else 0
-        info = {"type": "cuda", "index": index, **driver_gpu_properties(index)}
-    info.update(gpu_clocks(index))
-    return info
+    index = device.index if device.index is not None else (
+        torch.cuda.current_device() if torch is not None and isinstance(device, torch.device) else 0)
+    return {"type": "cuda", "index": index, **driver_gpu_properties(index), **gpu_clocks(index)}
 
 
 def gpu_clocks(index: int) -> dict[str, Any]:
@@ -116,7 +83,7 @@ def _clocks_nvml(bus_id: str) -> dict[str, Any]:
         power_w = pynvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000.0
     finally:
         pynvml.nvmlShutdown()
-    return {"clocks": clocks, "clocks_source": "nvml", "driver": _text(driver), "power_limit_w": power_w}
+    return {"clocks": clocks, "clocks_source": "nvml", "driver": driver.decode() if isinstance(driver, bytes) else str(driver), "power_limit_w": power_w}
 
 
 def _clocks_smi(smi: str, bus_id: str) -> dict[str, Any]:
@@ -127,28 +94,15 @@ def _clocks_smi(smi: str, bus_id: str) -> dict[str, Any]:
         sm, mem, max_sm, max_mem, driver, power = [v.strip() for v in out.strip().splitlines()[0].split(",")]
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
         return {"clocks": None, "clocks_source": f"unreadable (nvidia-smi: {type(exc).__name__})"}
-    clocks = {"sm_mhz": _number(sm), "mem_mhz": _number(mem), "max_sm_mhz": _number(max_sm),
-              "max_mem_mhz": _number(max_mem)}
-    return {"clocks": clocks, "clocks_source": "nvidia-smi", "driver": driver, "power_limit_w": _number(power)}
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:  # "[N/A]" on boards that do not report it
-        return None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    sm, mem, max_sm, max_mem, power = (float(value) if value.replace(".", "", 1).isdigit() else None  # "[N/A]"
+                                       for value in (sm, mem, max_sm, max_mem, power))
+    clocks = {"sm_mhz": sm, "mem_mhz": mem, "max_sm_mhz": max_sm, "max_mem_mhz": max_mem}
+    return {"clocks": clocks, "clocks_source": "nvidia-smi", "driver": driver, "power_limit_w": power}
 
 
 def versions() -> dict[str, Any]:
-    """Versions of python, torch (+CUDA, cuDNN), torchvision, numpy, onnx, onnxruntime (+providers), tensorrt.
-
-    torch, torchvision and onnx are not imported for this: when not loaded already, their installed
-    version is read from the package metadata (``torch_imported`` False, ``cuda``/``cudnn`` None).
-    """
+    """Versions of python, torch (+CUDA, cuDNN), torchvision, numpy, onnx, onnxruntime (+providers), tensorrt;
+    torch, torchvision and onnx from their metadata unless already loaded (then ``torch_imported`` is False)."""
     torch = sys.modules.get("torch")
     found: dict[str, Any] = {
         "python": platform.python_version(),
@@ -163,43 +117,25 @@ def versions() -> dict[str, Any]:
     found["torchvision"] = _module_version("torchvision") if torch is not None else _installed_version("torchvision")
     found["numpy"] = _module_version("numpy")
     found["onnx"] = _module_version("onnx") if "onnx" in sys.modules else _installed_version("onnx")
-    found["onnxruntime"], found["onnxruntime_providers"] = _onnxruntime()
+    found["onnxruntime"] = _module_version("onnxruntime")
+    ort = sys.modules.get("onnxruntime")
+    found["onnxruntime_providers"] = list(ort.get_available_providers()) if found["onnxruntime"][0].isdigit() else []
     found["tensorrt"] = _module_version("tensorrt")
     return found
 
 
 def _installed_version(distribution: str) -> str:
-    """The version pip installed, without importing the package."""
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return NOT_INSTALLED
+    return installed_version(distribution) or NOT_INSTALLED
 
 
 def _module_version(name: str) -> str:
-    try:
-        module = importlib.import_module(name)
-    except ImportError:
-        return NOT_INSTALLED
-    except Exception as exc:  # present but broken, e.g. tensorrt bindings without their libraries
-        return f"unusable ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})"
-    return str(getattr(module, "__version__", "unknown"))
-
-
-def _onnxruntime() -> tuple[str, list[str]]:
-    version = _module_version("onnxruntime")
-    if version == NOT_INSTALLED or version.startswith("unusable"):
-        return version, []
-    import onnxruntime
-
-    return version, list(onnxruntime.get_available_providers())
+    module, why = import_optional(name)  # why: present but broken, e.g. tensorrt bindings without their libraries
+    return str(getattr(module, "__version__", "unknown")) if module else NOT_INSTALLED if why == NOT_INSTALLED else \
+        f"unusable ({why.removeprefix('cannot be imported: ')})"
 
 
 def torch_flags() -> dict[str, Any]:
-    """Global torch switches that move latency by up to 3x on Ampere+ GPUs (TF32 alone, docs/facts.md#h100-baseline).
-
-    Only called with torch loaded (``system_info`` reports None otherwise).
-    """
+    """Global torch switches that move latency by up to 3x on Ampere+ GPUs (TF32 alone); torch is loaded."""
     torch = sys.modules["torch"]
     return {
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
@@ -214,19 +150,18 @@ def describe_system(info: dict[str, Any]) -> list[str]:
     device = info["device"]
     if device["type"] == "cuda":
         line = f"device: {device['name']} (sm {device['compute_capability']}, {device['memory_gib']} GiB)"
-        clocks = device.get("clocks")
+        clocks = {key: "?" if mhz is None else f"{mhz:.0f}" for key, mhz in (device.get("clocks") or {}).items()}
         if clocks:
-            line += (f", clocks SM {_mhz(clocks['sm_mhz'])}/{_mhz(clocks['max_sm_mhz'])} MHz,"
-                     f" memory {_mhz(clocks['mem_mhz'])}/{_mhz(clocks['max_mem_mhz'])} MHz (now/max)")
+            line += (f", clocks SM {clocks['sm_mhz']}/{clocks['max_sm_mhz']} MHz,"
+                     f" memory {clocks['mem_mhz']}/{clocks['max_mem_mhz']} MHz (now/max)")
         else:
             line += f", clocks {device.get('clocks_source', 'unreadable')}"
         if device.get("driver"):
             line += f", driver {device['driver']}"
     else:
         line = "device: cpu"
-    cpu = info["cpu"]
-    load = cpu.get("load_average")
-    load_text = f", load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}" if load else ""
+    cpu, load = info["cpu"], info["cpu"].get("load_average")
+    load_text = f", load average {' / '.join(f'{v:.2f}' for v in load)}" if load else ""
     threads = f", torch uses {cpu['torch_threads']} threads" if cpu.get("torch_threads") is not None else ""
     lines = [line, f"cpu: {cpu['model']} ({cpu['logical_cores']} logical cores{threads}{load_text})"]
     v = info["versions"]
@@ -240,10 +175,7 @@ def describe_system(info: dict[str, Any]) -> list[str]:
                  f" onnxruntime {ort}, tensorrt {v['tensorrt']}, dronseg-edge {v['dronseg_edge']}")
     flags = info.get("torch_flags")
     if device["type"] == "cuda" and flags:
-        lines.append(f"torch flags: TF32 conv {'on' if flags['cudnn_allow_tf32'] else 'off'}, TF32 matmul "
-                     f"{'on' if flags['matmul_allow_tf32'] else 'off'}, cudnn.benchmark {flags['cudnn_benchmark']}")
+        on = {key: "on" if flags[key] else "off" for key in ("cudnn_allow_tf32", "matmul_allow_tf32")}
+        lines.append(f"torch flags: TF32 conv {on['cudnn_allow_tf32']}, TF32 matmul {on['matmul_allow_tf32']}, "
+                     f"cudnn.benchmark {flags['cudnn_benchmark']}")
     return lines
-
-
-def _mhz(value: Any) -> str:
-    return "?" if value is None else f"{value:.0f}"

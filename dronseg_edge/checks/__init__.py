@@ -1,16 +1,8 @@
 """``dronseg-edge checks``: what this machine can run, one line per check (OK / WARN / FAIL).
 
-    from dronseg_edge.checks import run_checks
-    for check in run_checks():
-        print(check.line())
-
 Every library is imported inside its check and a missing or broken one is a WARN line (FAIL only
 for what the package cannot do without), never a traceback; an unexpected error in a check becomes
-a WARN line naming its group. Groups, in order: system (package, Python, OS, CPU, RAM, disk), jetson
-(only on a Jetson), cuda (the driver's release and CUDA version, its GPUs, next to the CUDA builds of
-cuda-bindings and TensorRT), torch, onnxruntime, tensorrt, video, folders, dependencies (each one's
-installed version against the range required); then the verdict, ``backends``: FAIL when nothing
-here can run a model.
+a WARN line naming its group. The verdict comes last, ``backends``: FAIL when nothing here can run a model.
 """
 
 from __future__ import annotations
@@ -19,8 +11,8 @@ from typing import Callable, Iterable
 
 from dronseg_edge.checks import (cuda_checks, dependencies, jetson, onnxruntime_checks, system, tensorrt_checks,
                                  torch_checks, video)
-from dronseg_edge.checks.backends import backends_check
 from dronseg_edge.checks.base import FAIL, OK, STATUSES, WARN, Check, run_group
+from dronseg_edge.errors import docs_url
 
 __all__ = ["FAIL", "OK", "STATUSES", "WARN", "Check", "groups", "run_checks", "summary"]
 
@@ -50,5 +42,32 @@ def run_checks() -> list[Check]:
 
 
 def summary(results: list[Check]) -> str:
-    counts = {status: sum(check.status == status for check in results) for status in STATUSES}
-    return ", ".join(f"{counts[status]} {status}" for status in STATUSES)
+    return ", ".join(f"{sum(check.status == status for check in results)} {status}" for status in STATUSES)
+
+
+# The verdict, read from the other groups' lines after they ran: a machine where no backend works is FAIL
+# (`checks` exits 1), while each missing library alone is only a WARN.
+INSTALL = ("pip install 'dronseg-edge[ort]' (ONNX Runtime on the CPU), or 'dronseg-edge[ort-gpu]' / 'dronseg-edge[trt]' "
+           f"on an NVIDIA GPU; on a Jetson: {docs_url('jetson.md', 'step-by-step-on-jetpack-6')}")
+
+
+def backends_check(results: list[Check]) -> Check:
+    """One line naming what can run a model (``facts['backends']``: 'onnxruntime', 'tensorrt', 'torch')."""
+    ok = {check.name for check in results if check.status == OK}
+    providers = [str(check.facts["provider"]).replace("ExecutionProvider", "") for check in results
+                 if check.name.startswith("ort ") and check.status == OK and check.facts.get("runs")]
+    found, shown = [], []
+    if providers:
+        found.append("onnxruntime")
+        shown.append(f"onnxruntime ({', '.join(providers)}): .onnx")
+    if {"tensorrt", "cuda-bindings"} <= ok:
+        found.append("tensorrt")
+        shown.append("tensorrt: .engine")
+    if {"torch", "torchvision"} <= ok:
+        found.append("torch")
+        shown.append("torch: .pt")
+    facts = {"backends": found, "onnxruntime_providers": providers}
+    if not found:
+        return Check("backends", FAIL, f"nothing here can run a model (no ONNX Runtime session ran, no TensorRT engine "
+                                       f"was built, no torch with torchvision): {INSTALL}", facts)
+    return Check("backends", OK, "; ".join(shown), facts)

@@ -7,10 +7,10 @@ a GPU provider that falls back to the CPU), FAIL (something the package needs is
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any, Callable, Iterable, Mapping
+
+from dronseg_edge.machine import first_line, import_optional  # noqa: F401 (the checks take them from here)
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 STATUSES = (OK, WARN, FAIL)
@@ -38,28 +38,6 @@ class Check:
         return f"{self.status:<5} {self.name:<{width}} {self.detail}"
 
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """``Type: first line of the message``, short enough for one check line."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__
-
-
-def import_optional(name: str) -> tuple[ModuleType | None, str | None]:
-    """``(module, None)``, or ``(None, why)`` when it is missing or broken; never raises.
-
-    Broken installs raise more than ImportError (OSError for a missing shared library, RuntimeError
-    or AttributeError for a version mismatch), and each must become a line, not a traceback.
-    """
-    try:
-        return importlib.import_module(name), None
-    except ModuleNotFoundError as exc:
-        if exc.name in (None, name) or name.startswith(f"{exc.name}."):
-            return None, "not installed"
-        return None, f"cannot be imported: {first_line(exc)}"  # one of its own dependencies is missing
-    except Exception as exc:
-        return None, f"cannot be imported: {first_line(exc)}"
-
-
 def run_group(label: str, group: Callable[[], Iterable[Check]]) -> list[Check]:
     """The checks of one group; an unexpected exception becomes one WARN line naming the group.
 
@@ -68,8 +46,7 @@ def run_group(label: str, group: Callable[[], Iterable[Check]]) -> list[Check]:
     """
     results: list[Check] = []
     try:
-        for check in group():
-            results.append(check)
+        results.extend(group())  # the lines before a crash stay
     except Exception as exc:
         results.append(Check(label, WARN, f"could not be checked ({first_line(exc)}); please report this as a bug"))
     return results

@@ -17,7 +17,7 @@ import os
 import re
 from typing import Iterator
 
-from dronseg_edge import devices
+from dronseg_edge import devices, machine
 from dronseg_edge.checks.base import OK, WARN, Check
 
 # The driver each CUDA major needs at least (NVIDIA's CUDA release notes: 12.0 GA >= 525.60.13,
@@ -59,13 +59,6 @@ def gpu_checks() -> Iterator[Check]:
                      "memory_gib": gpu["memory_gib"], "multiprocessors": gpu["multiprocessors"], "pci_bus_id": bus})
 
 
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def trt_extra(driver_major: int) -> str:
     """The extra that installs TensorRT and cuda-bindings for a driver of this CUDA major."""
     return "'dronseg-edge[trt-cu12]'" if driver_major == 12 else "'dronseg-edge[trt]'"
@@ -73,18 +66,13 @@ def trt_extra(driver_major: int) -> str:
 
 def bindings_check(driver: tuple[int, int]) -> Check:
     """cuda-bindings (the engine runner's CUDA binding): its CUDA major against the driver's."""
-    version = _version("cuda-bindings")
+    version = machine.installed_version("cuda-bindings")
     if version is None:
         return Check("cuda-bindings", WARN, f"not installed: .engine files cannot run (pip install {trt_extra(driver[0])} "
                                             f"for this CUDA {driver[0]} driver)", {"version": None})
     major = int(version.split(".")[0])
-    facts = {"version": version, "cuda_major": major}
-    if major > driver[0]:
-        return Check("cuda-bindings", WARN, f"{version} is built for CUDA {major}, and this driver supports CUDA "
-                                            f"{driver[0]}.{driver[1]}: every CUDA call of the engine runner will fail; "
-                                            f"pip install 'cuda-bindings>={driver[0]}.3,<{driver[0] + 1}' (or a driver for "
-                                            f"CUDA {major}{_driver_hint(major)})", facts)
-    return Check("cuda-bindings", OK, f"{version} (CUDA {major}; the driver supports {driver[0]}.{driver[1]})", facts)
+    return _build_check("cuda-bindings", version, major, driver, "every CUDA call of the engine runner will fail; "
+                        f"pip install 'cuda-bindings>={driver[0]}.3,<{driver[0] + 1}'", {"version": version, "cuda_major": major})
 
 
 def tensorrt_wheels() -> list[tuple[str, str, int]]:
@@ -99,14 +87,15 @@ def tensorrt_wheels() -> list[tuple[str, str, int]]:
 
 
 def tensorrt_wheel_check(name: str, version: str, major: int, driver: tuple[int, int]) -> Check:
-    facts = {"package": name, "version": version, "cuda_major": major}
+    return _build_check("tensorrt build", f"{name} {version}", major, driver, f"it cannot run here; pip uninstall tensorrt "
+                        f"{name} {name}-libs {name}-bindings, then pip install {trt_extra(driver[0])}",
+                        {"package": name, "version": version, "cuda_major": major})
+
+
+def _build_check(label: str, shown: str, major: int, driver: tuple[int, int], fix: str, facts: dict) -> Check:
+    """OK when a build for CUDA ``major`` runs on this driver; else WARN with ``fix`` (or a newer driver)."""
     if major > driver[0]:
-        return Check("tensorrt build", WARN, f"{name} {version} is built for CUDA {major}, and this driver supports CUDA "
-                                             f"{driver[0]}.{driver[1]}: it cannot run here; pip uninstall tensorrt {name} "
-                                             f"{name}-libs {name}-bindings, then pip install {trt_extra(driver[0])} (or a "
-                                             f"driver for CUDA {major}{_driver_hint(major)})", facts)
-    return Check("tensorrt build", OK, f"{name} {version} (CUDA {major}; the driver supports {driver[0]}.{driver[1]})", facts)
-
-
-def _driver_hint(major: int) -> str:
-    return f", {DRIVER_FOR[major]} or newer" if major in DRIVER_FOR else ""
+        newer = f", {DRIVER_FOR[major]} or newer" if major in DRIVER_FOR else ""
+        return Check(label, WARN, f"{shown} is built for CUDA {major}, and this driver supports CUDA {driver[0]}.{driver[1]}: "
+                                  f"{fix} (or a driver for CUDA {major}{newer})", facts)
+    return Check(label, OK, f"{shown} (CUDA {major}; the driver supports {driver[0]}.{driver[1]})", facts)

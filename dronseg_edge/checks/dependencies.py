@@ -1,11 +1,9 @@
 """Every dependency of dronseg-edge, its installed version against the range the package requires.
 
-The ranges come from the installed distribution's own metadata (``importlib.metadata``: what pip was
-told when it installed), never from a copied list, with the environment markers evaluated for this
-machine: on aarch64 the core asks for numpy < 2, because JetPack's OpenCV is built against numpy 1.x.
-One line per distribution, ``dep NAME``; its facts give the versions as values. A core requirement
-missing or out of range is a WARN (the checks of each library say what it breaks); an extra's
-package that is not installed is fine.
+The ranges come from the installed distribution's own metadata (what pip was told), never from a copied
+list, with the markers evaluated for this machine (on aarch64 the core asks for numpy < 2: JetPack's
+OpenCV is built against numpy 1.x). A core requirement missing or out of range is a WARN (each library's
+own checks say what it breaks); an extra's package that is not installed is fine.
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+from dronseg_edge.machine import installed_version
 from dronseg_edge.checks.base import OK, WARN, Check, first_line
 
 DISTRIBUTION = "dronseg-edge"
@@ -90,13 +89,6 @@ def required_ranges(dist) -> dict[str, dict[str, str]]:
     return dict(sorted(table.items(), key=lambda item: (CORE not in item[1], item[0])))
 
 
-def _installed(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def meets(version: str, specifier: str) -> bool | None:
     """Whether ``version`` is in ``specifier`` (pre-releases count: NVIDIA's torch is '2.5.0a0+...'); None
     for a version packaging cannot read."""
@@ -111,9 +103,9 @@ def meets(version: str, specifier: str) -> bool | None:
 
 def dependency_check(name: str, ranges: dict[str, str]) -> Check:
     """One row: ``dep numpy  2.2.6 (core: >=1.24)``; facts {package, installed, required, satisfied}."""
-    version, provider = _installed(name), name
+    version, provider = installed_version(name), name
     if version is None:  # a stand-in installing the same module (onnxruntime-gpu for onnxruntime)
-        provider, version = next(((alt, v) for alt in STAND_INS.get(name, ()) if (v := _installed(alt))), (name, None))
+        provider, version = next(((alt, v) for alt in STAND_INS.get(name, ()) if (v := installed_version(alt))), (name, None))
     needs = "; ".join(f"{place}: {spec or 'any'}" for place, spec in ranges.items())
     facts = {"package": name, "installed": version, "required": dict(ranges), "satisfied": None}
     via = f" from {provider}" if provider != name else ""

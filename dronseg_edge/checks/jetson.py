@@ -27,28 +27,14 @@ _L4T = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", re.IGNORE
 GPU_DEVFREQ_NAMES = ("gpu", "ga10b", "gv11b", "gp10b", "gb10b")
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_bytes().replace(b"\x00", b"").decode("utf-8", "replace").strip()
-    except OSError:
-        return None
-
-
 def parse_l4t(text: str) -> str | None:
     """'# R36 (release), REVISION: 4.3, GCID: ...' -> '36.4.3' (the L4T version JetPack is named by)."""
     match = _L4T.search(text or "")
-    if match is None:
-        return None
-    revision = match.group(2).split(".")
-    revision += ["0"] * (2 - len(revision))
-    return ".".join([match.group(1), *revision[:2]])
+    return None if match is None else ".".join([match.group(1), *(match.group(2).split(".") + ["0"])[:2]])
 
 
 def jetpack_for(l4t: str) -> str:
-    if l4t in JETPACK:
-        return JETPACK[l4t]
-    series = JETPACK_SERIES.get(int(l4t.split(".")[0]))
-    return series if series else "unknown"
+    return JETPACK.get(l4t) or JETPACK_SERIES.get(int(l4t.split(".")[0]), "unknown")
 
 
 def parse_nvpmodel(output: str) -> tuple[str, str | None] | None:
@@ -62,22 +48,16 @@ def parse_nvpmodel(output: str) -> tuple[str, str | None] | None:
     return None
 
 
-def _run(command: list[str]) -> str:
-    """stdout of ``command``; raises OSError / subprocess errors for the caller to report."""
-    return subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout
-
-
 def jetson_checks() -> Iterator[Check]:
     if not is_jetson():
         return
     yield Check("jetson", OK, board_model() or "Tegra board (no device-tree model)")
-    yield release_check()
-    yield power_mode_check()
-    yield clocks_check()
+    for check in (release_check, power_mode_check, clocks_check):
+        yield check()
 
 
 def release_check() -> Check:
-    text = _read(machine.TEGRA_RELEASE)
+    text = machine.read_text(machine.TEGRA_RELEASE)
     l4t = parse_l4t(text) if text else None
     if l4t is None:
         release = machine.TEGRA_RELEASE
@@ -91,7 +71,8 @@ def power_mode_check() -> Check:
     if tool is None:
         return Check("power mode", WARN, f"{NVPMODEL} not found (it comes with JetPack): power mode unknown")
     try:
-        parsed = parse_nvpmodel(_run([tool, "-q"]))
+        parsed = parse_nvpmodel(subprocess.run([tool, "-q"], capture_output=True, text=True, timeout=10,
+                                               check=True).stdout)
     except (OSError, subprocess.SubprocessError) as exc:
         return Check("power mode", WARN, f"`{NVPMODEL} -q` failed ({type(exc).__name__}): power mode unknown")
     if parsed is None:
@@ -105,11 +86,8 @@ def power_mode_check() -> Check:
 
 
 def _mhz(path: Path, per_mhz: int) -> int | None:
-    text = _read(path)
-    try:
-        return round(int(text) / per_mhz) if text else None
-    except ValueError:
-        return None
+    text = machine.read_text(path)
+    return round(int(text) / per_mhz) if text and text.isdigit() else None
 
 
 def gpu_clock_folder() -> Path | None:
@@ -121,18 +99,13 @@ def gpu_clock_folder() -> Path | None:
 
 
 def clocks_check() -> Check:
-    parts = []
-    gpu = gpu_clock_folder()
-    below_max = False
-    if gpu is not None:
-        now, top = _mhz(gpu / "cur_freq", 1_000_000), _mhz(gpu / "max_freq", 1_000_000)
+    parts, below_max, gpu = [], False, gpu_clock_folder()
+    for label, folder, now_file, top_file, per_mhz in (("GPU", gpu, "cur_freq", "max_freq", 1_000_000),
+                                                       ("CPU0", CPUFREQ, "scaling_cur_freq", "cpuinfo_max_freq", 1000)):
+        now, top = (_mhz(folder / now_file, per_mhz), _mhz(folder / top_file, per_mhz)) if folder else (None, None)
         if now is not None and top is not None:
-            parts.append(f"GPU {now}/{top} MHz")
-            below_max = now < top
-    now, top = _mhz(CPUFREQ / "scaling_cur_freq", 1000), _mhz(CPUFREQ / "cpuinfo_max_freq", 1000)
-    if now is not None and top is not None:
-        parts.append(f"CPU0 {now}/{top} MHz")
-        below_max = below_max or now < top
+            parts.append(f"{label} {now}/{top} MHz")
+            below_max = below_max or now < top
     if not parts:
         return Check("clocks", WARN, f"unreadable ({DEVFREQ}, {CPUFREQ})")
     # Clocks below their maximum are normal at idle (DVFS); only benchmarks need them pinned.

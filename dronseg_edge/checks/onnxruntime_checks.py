@@ -13,7 +13,6 @@ remote endpoints and runs nothing here.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import importlib.resources
 import os
 import sys
@@ -23,6 +22,7 @@ from typing import Iterator
 
 from dronseg_edge.checks.base import FAIL, OK, WARN, Check, first_line, import_optional
 from dronseg_edge.errors import docs_url
+from dronseg_edge.machine import installed_version
 
 JETSON_WHEELS = "nvidias-torch-and-onnx-runtime-wheels"  # the section of docs/jetson.md
 INSTALL = (f"pip install 'dronseg-edge[ort]' (CPU) or 'dronseg-edge[ort-gpu]'; on a Jetson, NVIDIA's onnxruntime-gpu "
@@ -55,12 +55,7 @@ def onnxruntime_checks() -> Iterator[Check]:
 
 
 def installed_distributions() -> list[str]:
-    found = []
-    for name in ("onnxruntime", "onnxruntime-gpu"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            importlib.metadata.version(name)
-            found.append(name)
-    return found
+    return [name for name in ("onnxruntime", "onnxruntime-gpu") if installed_version(name)]
 
 
 def probe_model() -> bytes:
@@ -93,8 +88,7 @@ def native_stderr() -> Iterator[list[str]]:
 def _reason(lines: list[str]) -> str:
     """The most telling line of a native log: the last error, else the last line."""
     errors = [line for line in lines if "error" in line.lower() or "fail" in line.lower()]
-    chosen = (errors or lines or [""])[-1]
-    return chosen[-240:]
+    return (errors or lines or [""])[-1][-240:]
 
 
 def provider_check(ort, provider: str, model: bytes) -> Check:

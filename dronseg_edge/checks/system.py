@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -26,10 +26,8 @@ LOW_DISK_GIB = 1.0
 
 def system_checks() -> Iterator[Check]:
     yield Check("dronseg-edge", OK, f"{__version__} ({PACKAGE_FOLDER})", {"version": __version__, "path": str(PACKAGE_FOLDER)})
-    yield python_check()
-    yield os_check()
-    yield cpu_check()
-    yield memory_check()
+    for check in (python_check, os_check, cpu_check, memory_check):  # one at a time: a crash keeps the lines before it
+        yield check()
     yield from disk_checks()
 
 
@@ -96,15 +94,9 @@ def venv_note() -> str:
     and NVIDIA's torch are system packages, invisible to a venv made without --system-site-packages."""
     if sys.prefix == sys.base_prefix:
         return ""
-    config = Path(sys.prefix) / "pyvenv.cfg"
-    system_site = "unknown"
-    try:
-        for line in config.read_text(encoding="utf-8").splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == "include-system-site-packages":
-                system_site = "yes" if value.strip().lower() == "true" else "no"
-    except OSError:
-        pass
+    found = re.search(r"^\s*include-system-site-packages\s*=\s*(\S*)", machine.read_text(Path(sys.prefix) / "pyvenv.cfg")
+                      or "", re.MULTILINE)
+    system_site = "unknown" if found is None else "yes" if found.group(1).lower() == "true" else "no"
     return f"; venv, system site-packages: {system_site}"
 
 
@@ -113,28 +105,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dronseg-edge"
 
 
-def folder_checks() -> Iterator[Check]:
-    yield writable_check("cache folder", cache_root(),
-                         "engines rebuild from scratch every time; set XDG_CACHE_HOME to a writable folder")
-    yield writable_check("runs folder", Path.cwd() / "runs",
-                         "train/infer cannot write their default runs/ here; run from a writable folder or pass --out")
+def folder_checks() -> list[Check]:
+    return [writable_check("cache folder", cache_root(),
+                           "engines rebuild from scratch every time; set XDG_CACHE_HOME to a writable folder"),
+            writable_check("runs folder", Path.cwd() / "runs",
+                           "train/infer cannot write their default runs/ here; run from a writable folder or pass --out")]
 
 
 def writable_check(name: str, folder: Path, consequence: str) -> Check:
-    """Whether ``folder`` (or, while it does not exist, the nearest folder above it) takes a file.
-
-    A real file is created and removed, because os.access is wrong on read-only mounts and some
-    network file systems. Nothing is left behind, not even the missing folder.
-    """
-    existing = folder
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        return Check(name, WARN, f"{folder}: {existing} is not a folder; {consequence}")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        return Check(name, WARN, f"{folder} is not writable ({exc.strerror or exc}); {consequence}")
+    """Whether ``folder`` (or, while it does not exist, the nearest folder above it) takes a file."""
+    existing, reason = machine.unwritable(folder)
+    if reason is not None:
+        return Check(name, WARN, f"{folder} is not writable ({reason}); {consequence}")
     where = "writable" if existing == folder else f"can be created (in {existing})"
     return Check(name, OK, f"{folder} {where}")

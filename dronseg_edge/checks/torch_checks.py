@@ -8,11 +8,10 @@ build, e.g. while resolving an extra).
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from typing import Iterator
 
-from dronseg_edge import devices
+from dronseg_edge import devices, machine
 from dronseg_edge.checks import jetson
 from dronseg_edge.checks.base import FAIL, OK, WARN, Check, first_line, import_optional
 from dronseg_edge.errors import docs_url
@@ -24,7 +23,7 @@ CUDA_TORCH = "https://pytorch.org/get-started/locally/"
 
 
 def torch_checks() -> Iterator[Check]:
-    installed = _installed_torch()
+    installed = machine.installed_version("torch")  # told before importing torch
     if installed is not None:
         reason = unsafe_torch_reason(installed, ".pt checkpoints")
         if reason:
@@ -44,14 +43,6 @@ def torch_checks() -> Iterator[Check]:
     yield Check("cuda", OK, f"CUDA {torch.version.cuda}, cuDNN {cudnn or 'not available'}, {count} GPU{'s' * (count != 1)}")
     for index in range(count):
         yield gpu_check(torch, index)
-
-
-def _installed_torch() -> str | None:
-    """torch's version as pip recorded it, without importing torch; None when no distribution says so."""
-    try:
-        return importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def torchvision_check() -> Check:
@@ -93,17 +84,13 @@ def arch_supported(arch_list: list[str], major: int, minor: int) -> bool:
     Exact SASS, or PTX of an older or equal architecture that the driver can compile just in time.
     An empty list (some builds do not report it) is given the benefit of the doubt.
     """
-    if not arch_list:
-        return True
     wanted = major * 10 + minor
     for arch in arch_list:
         kind, _, number = arch.partition("_")
-        digits = "".join(ch for ch in number if ch.isdigit())
-        if not digits:
-            continue
-        if (kind == "sm" and int(digits) == wanted) or (kind == "compute" and int(digits) <= wanted):
+        digits = int("".join(filter(str.isdigit, number)) or -1)
+        if (kind == "sm" and digits == wanted) or (kind == "compute" and 0 <= digits <= wanted):
             return True
-    return False
+    return not arch_list
 
 
 def gpu_check(torch, index: int) -> Check:

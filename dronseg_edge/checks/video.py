@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from fractions import Fraction
 from typing import Iterator
@@ -51,10 +52,6 @@ def parse_build_information(text: str) -> dict[str, str]:
     return entries
 
 
-def _yes(value: str | None) -> bool:
-    return bool(value) and value.strip().upper().startswith("YES")
-
-
 def opencv_checks() -> Iterator[Check]:
     cv2, why = import_optional("cv2")
     if cv2 is None:
@@ -64,13 +61,13 @@ def opencv_checks() -> Iterator[Check]:
         return
     yield Check("opencv", OK, str(cv2.__version__), {"version": str(cv2.__version__)})
     build = parse_build_information(cv2.getBuildInformation())
-    if _yes(build.get("FFMPEG")):
+    if build.get("FFMPEG", "").upper().startswith("YES"):
         version = build.get("avcodec", "").removeprefix("YES").strip(" ()")
         yield Check("opencv ffmpeg", OK, f"yes (avcodec {version})" if version else "yes")
     else:
         yield Check("opencv ffmpeg", WARN, "no FFmpeg: video files and RTSP streams cannot be read "
                                            "(pip install opencv-python-headless, whose wheels have it)")
-    if _yes(build.get("GStreamer")):
+    if build.get("GStreamer", "").upper().startswith("YES"):
         yield Check("opencv gstreamer", OK, "yes")
     elif jetson.is_jetson():
         yield Check("opencv gstreamer", WARN, f"no: CSI cameras (nvarguscamerasrc pipelines) need an OpenCV built with "
@@ -110,7 +107,7 @@ def encoder_check(av, name: str) -> Check:
     except Exception as exc:
         return Check(label, WARN, f"not in this FFmpeg build ({first_line(exc)})")
     try:
-        with FFmpegLog(av) as logs:
+        with ffmpeg_errors(av) as logs:
             context.width, context.height, context.pix_fmt = 256, 144, "yuv420p"
             context.time_base = Fraction(1, 30)
             context.open()
@@ -128,26 +125,22 @@ def encoder_check(av, name: str) -> Check:
     return Check(label, WARN, f"does not open: {reason}; {fallback}")
 
 
-class FFmpegLog:
-    """FFmpeg's own error lines while opening (PyAV's exception only says 'Operation not permitted')."""
-
-    def __init__(self, av):
-        self.av, self.lines, self.capture, self.level, self.entries = av, [], None, None, []
-
-    def __enter__(self) -> list[str]:
-        logging = getattr(self.av, "logging", None)
-        try:
-            self.level = logging.get_level()
-            logging.set_level(logging.ERROR)
-            self.capture = logging.Capture()
-            self.entries = self.capture.__enter__()  # the list FFmpeg's (level, name, message) tuples go to
-        except Exception:  # an older PyAV without these: the exception's text will do
-            self.capture = None
-        return self.lines
-
-    def __exit__(self, *exc_info) -> bool:
-        if self.capture is not None:
-            self.capture.__exit__(*exc_info)
-            self.lines.extend(str(entry[-1]).strip() for entry in self.entries if str(entry[-1]).strip())
-            self.av.logging.set_level(self.level)
-        return False
+@contextlib.contextmanager
+def ffmpeg_errors(av) -> Iterator[list[str]]:
+    """FFmpeg's own error lines while the block runs, filled at its end (PyAV's exception only says
+    'Operation not permitted')."""
+    lines: list[str] = []
+    log = getattr(av, "logging", None)
+    try:
+        level, capture = log.get_level(), log.Capture()
+        log.set_level(log.ERROR)
+        entries = capture.__enter__()  # the list FFmpeg's (level, name, message) tuples go to
+    except Exception:  # an older PyAV without these: the exception's text will do
+        capture = None
+    try:
+        yield lines
+    finally:
+        if capture is not None:
+            capture.__exit__(None, None, None)
+            lines.extend(text for entry in entries if (text := str(entry[-1]).strip()))
+            log.set_level(level)

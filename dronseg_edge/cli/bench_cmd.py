@@ -8,9 +8,12 @@ from typing import Optional
 
 import typer
 
+from dronseg_edge.atomic import write_text_atomic
 from dronseg_edge.bench.options import BenchOptions, TimingSettings
 from dronseg_edge.cli.app import app
+from dronseg_edge.cli.outputs import check_json_out, check_out_dir, check_out_file, json_out, text_out
 from dronseg_edge.cli.params import Json, takes
+from dronseg_edge.sizes import format_size
 
 
 @app.command()
@@ -24,14 +27,11 @@ def bench(
 ) -> None:
     """Measure latency (min/mean/median/p90/p95/p99/max ms) and throughput of model files, or a whole --matrix."""
     from dronseg_edge.bench.report import (build_document, latency_table, markdown_document, settings_line, stage_lines,
-                                           warning_lines, write_markdown)
+                                           warning_lines)
     from dronseg_edge.bench.run import prepare_bench, resolve_bench_device, run_prepared
     from dronseg_edge.bench.system import describe_system, system_info
     from dronseg_edge.bench.timing import host_timed_gpu, timer_name
-    from dronseg_edge.cli.outputs import check_json_out, check_out_dir, check_out_file, json_out, text_out
-    from dronseg_edge.errors import DronsegError
     from dronseg_edge.runtime.registry import check_model_file
-    from dronseg_edge.sizes import format_size
 
     models, matrix, device, say = options.models, options.matrix, options.device, text_out(json_path)
     if options.out is not None:
@@ -44,8 +44,6 @@ def bench(
     # A torch.device (checkpoints, --matrix, a GPU with CUDA torch: CUDA-event timing) or a torch-free
     # Device (.onnx/.engine on the CPU or without CUDA torch): torch is then never imported.
     run_device = resolve_bench_device(device, models, matrix=matrix)
-    if options.cuda_graph and run_device.type != "cuda":
-        raise DronsegError(f"--cuda-graph needs a CUDA device, but --device {device} is {run_device}: drop --cuda-graph")
     if host_timed_gpu(run_device):
         timing = dataclasses.replace(timing, include_transfers=True)  # timed on the host: the copies are in it
     # Every model is opened and shape-checked before anything is measured: a bad last file fails at once.
@@ -83,5 +81,5 @@ def bench(
         markdown = markdown_document(system_lines, settings, latency_table(results, markdown=True))
     json_out(json_path, document)
     if markdown_path is not None:
-        write_markdown(markdown_path, markdown)
+        write_text_atomic(markdown_path, markdown)  # ends in a newline (markdown_document)
         say(f"wrote {markdown_path}")

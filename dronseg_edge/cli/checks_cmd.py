@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from dronseg_edge.cli.app import app
+from dronseg_edge.cli.outputs import check_json_out, json_out, text_out
 from dronseg_edge.cli.params import Json
 
 FAILED_EXIT_CODE = 1  # a FAIL line; 2 stays the code of a command-line mistake
@@ -14,7 +15,6 @@ FAILED_EXIT_CODE = 1  # a FAIL line; 2 stays the code of a command-line mistake
 def checks(json_path: Json = None) -> None:
     """Check what this machine can run (torch/CUDA/GPUs, ONNX Runtime providers, TensorRT, video, Jetson); exit 1 on a FAIL."""
     from dronseg_edge.checks import FAIL, run_checks, summary
-    from dronseg_edge.cli.outputs import check_json_out, json_out, text_out
 
     check_json_out(json_path)
     results, say = run_checks(), text_out(json_path)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from dronseg_edge.cli.app import app
+from dronseg_edge.sizes import format_size, parse_size
 
 
 @app.command()
@@ -22,7 +23,6 @@ def synth(
 ) -> None:
     """Make synthetic drone images and class masks in the Kaggle AeroScapes layout, plus a flight video."""
     from dronseg_edge.data.synthetic import synthesize
-    from dronseg_edge.sizes import format_size, parse_size
 
     result = synthesize(out_dir, images=images, size=parse_size(size), video_frames=video_frames, seed=seed,
                         test_fraction=test_fraction, fps=fps, force=force, progress=True)

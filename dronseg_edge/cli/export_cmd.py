@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from dronseg_edge.cli.app import app
+from dronseg_edge.cli.extras import require_extra
+from dronseg_edge.cli.outputs import check_json_out, check_out_dir, json_out, text_out
 from dronseg_edge.cli.params import Device, Json, MaxMiouDrop, Meta, MinAgreement, takes
+from dronseg_edge.errors import DronsegError, ParityError
 from dronseg_edge.export.options import ExportOptions
+from dronseg_edge.sizes import format_size
 
 FORMAT_CHOICES = {"onnx": ("onnx",), "engine": ("engine",), "all": ("onnx", "engine"), "triton": ("triton",)}
 
@@ -31,9 +36,6 @@ def _mb(path: Path) -> str:
 def _check_engine_options(options, formats: tuple[str, ...], fmt: str) -> None:
     """Engine-only options need an engine; the engine's options are validated (and DLA looked for) before any
     ONNX work, so `--format all` does not write the ONNX file and then refuse the engine."""
-    import dataclasses
-
-    from dronseg_edge.errors import DronsegError
     from dronseg_edge.export.options import ENGINE_OPTIONS
 
     builds_engine = "engine" in formats or (fmt == "triton" and options.triton_backend == "tensorrt")
@@ -61,21 +63,13 @@ def export(
     options: ExportOptions = None,
 ) -> None:
     """Export a checkpoint to ONNX, a TensorRT engine or a Triton model repository; every file is parity-checked."""
-    import dataclasses
-
-    from dronseg_edge.cli.extras import require_extra
-
     require_extra("export", "export")  # before the imports below pull in torch and onnx
-    from dronseg_edge.errors import DronsegError, ParityError
     from dronseg_edge.export import export_artifact
     from dronseg_edge.export.parity_report import parity_report_path
-    from dronseg_edge.sizes import format_size
 
     if fmt not in FORMAT_CHOICES:
         raise DronsegError(f"--format {fmt!r} is not one of {', '.join(FORMAT_CHOICES)}")
     if options.out_dir is not None:
-        from dronseg_edge.cli.outputs import check_out_dir
-
         check_out_dir(options.out_dir)  # before minutes of export work
     if ctx.get_parameter_source("triton_backend").name != "DEFAULT" and fmt != "triton":
         raise DronsegError(f"--triton-backend applies to --format triton only, not --format {fmt}: drop it or add --format triton")
@@ -127,16 +121,11 @@ def parity(
     meta: Meta = None,
 ) -> None:
     """Compare two models (checkpoint, ONNX, engine) on the same images; exit 4 when they disagree."""
-    from dronseg_edge.cli.extras import require_extra
-
     require_extra("export", "parity")
     from dronseg_edge.checkpoint import load_checkpoint
     from dronseg_edge.devices import resolve_device
-    from dronseg_edge.errors import DronsegError, ParityError
     from dronseg_edge.export import check_parity
     from dronseg_edge.runtime.registry import check_model_file, is_checkpoint, load_backend
-
-    from dronseg_edge.cli.outputs import check_json_out, json_out, text_out
 
     max_images = parity_images if max_images is None else max_images
     if max_images < 1:

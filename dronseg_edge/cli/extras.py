@@ -12,13 +12,10 @@ import importlib.util
 
 from dronseg_edge.errors import BackendUnavailable, docs_url
 
-# The modules each extra must provide for its commands to finish (import name -> pip name). Only what
-# a run cannot do without: tensorboard is left out, training logs without it.
-REQUIRED: dict[str, dict[str, str]] = {
-    "train": {"torch": "torch", "torchvision": "torchvision", "matplotlib": "matplotlib",
-              "iterstrat": "iterative-stratification"},
-    "export": {"torch": "torch", "torchvision": "torchvision", "onnx": "onnx", "onnxslim": "onnxslim"},
-}
+# The modules each extra must provide for its commands to finish (import names; INSTALL_FOR_MODULE has
+# their pip names). Only what a run cannot do without: tensorboard is left out, training logs without it.
+REQUIRED: dict[str, tuple[str, ...]] = {"train": ("torch", "torchvision", "matplotlib", "iterstrat"),
+                                        "export": ("torch", "torchvision", "onnx", "onnxslim")}
 
 JETSON_WHEELS = docs_url("jetson.md", "nvidias-torch-and-onnx-runtime-wheels")
 JETSON_TORCH = f"on a Jetson install NVIDIA's torch and torchvision wheels first ({JETSON_WHEELS})"
@@ -49,15 +46,14 @@ INSTALL_FOR_MODULE: dict[str, tuple[str, str]] = {
 
 def missing_modules(extra: str) -> list[str]:
     """pip names of the ``extra``'s required modules that this Python cannot import (found without importing)."""
-    missing = []
-    for module, pip_name in REQUIRED[extra].items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):  # a broken or half-removed package counts as missing
-            found = False
-        if not found:
-            missing.append(pip_name)
-    return missing
+    return [INSTALL_FOR_MODULE[module][0] for module in REQUIRED[extra] if not _findable(module)]
+
+
+def _findable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-removed package counts as missing
+        return False
 
 
 def require_extra(extra: str, command: str) -> None:

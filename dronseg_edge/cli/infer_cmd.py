@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from dronseg_edge.cli.app import app
+from dronseg_edge.cli.outputs import check_out_dir
 from dronseg_edge.cli.params import Device, Meta, takes
 from dronseg_edge.pipeline.capture_options import CaptureOptions
 from dronseg_edge.pipeline.run_options import RunOptions
@@ -19,38 +20,28 @@ STOP_NOTES = {"max_duration": "--max-duration-s reached", "max_frames": "--max-f
               "key": "q or Esc pressed in the window"}
 
 
-class _StderrWarnings(logging.Handler):
-    """Library warnings as ``warning: ...`` lines on whatever sys.stderr is at the time."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
-
-
-def _show_library_warnings() -> None:
-    logger = logging.getLogger("dronseg_edge")
-    if not any(isinstance(h, _StderrWarnings) for h in logger.handlers):
-        logger.addHandler(_StderrWarnings(logging.WARNING))
-        logger.propagate = False
-
-
-class _LiveLines(logging.Handler):
-    """The live outputs' announcements (the preview's address, each stream, an SDP) as plain lines."""
+class _LogLines(logging.Handler):
+    """Library warnings as ``warning: ...`` lines on whatever sys.stderr is at the time; the live outputs'
+    announcements (the preview's address, each stream, an SDP: INFO) as plain lines on ``err``'s stream."""
 
     def __init__(self, err: bool):
         super().__init__(logging.INFO)
         self.err = err
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno == logging.INFO:  # warnings: _StderrWarnings
+        if record.levelno >= logging.WARNING:
+            print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+        else:
             typer.echo(record.getMessage(), err=self.err)
 
 
-def _show_live_lines(err: bool) -> None:
-    logger = logging.getLogger("dronseg_edge.pipeline.live_outputs")
-    logger.setLevel(logging.INFO)
-    for handler in [h for h in logger.handlers if isinstance(h, _LiveLines)]:
+def _show_log_lines(err: bool) -> None:
+    logger = logging.getLogger("dronseg_edge")  # its other loggers stay at WARNING: only live_outputs says INFO
+    for handler in [h for h in logger.handlers if isinstance(h, _LogLines)]:
         logger.removeHandler(handler)
-    logger.addHandler(_LiveLines(err))
+    logger.addHandler(_LogLines(err))
+    logger.propagate = False
+    logging.getLogger("dronseg_edge.pipeline.live_outputs").setLevel(logging.INFO)
 
 
 LIVE_EXAMPLES = (
@@ -93,12 +84,10 @@ def infer(
     capture: CaptureOptions = None,
 ) -> None:
     """Segment a video, image folder, camera or stream; write overlay, masks, stats and summary.json."""
-    from dronseg_edge.cli.outputs import check_out_dir
     from dronseg_edge.pipeline import Segmenter, open_source, run_inference
 
-    _show_library_warnings()
     to_stderr = options.results == "-"  # stdout carries the results: every other line goes to stderr
-    _show_live_lines(err=to_stderr)
+    _show_log_lines(err=to_stderr)
     echo = functools.partial(typer.echo, err=to_stderr)
     if options.out is not None:
         check_out_dir(options.out)  # before the model loads: an unwritable --out is a moment's error, exit 2

@@ -1,8 +1,4 @@
-"""The ``dronseg-edge`` entry point: every command registered, user errors as one line.
-
-``app.py`` holds the Typer app the ``*_cmd`` modules register their commands on; this module imports
-them all and runs it.
-"""
+"""The ``dronseg-edge`` entry point: every command registered (on cli/app.py's app), user errors as one line."""
 
 from __future__ import annotations
 
@@ -10,12 +6,14 @@ import errno
 import signal
 import sys
 import threading
+from typing import NoReturn
 
 import typer
 
 from dronseg_edge.atomic import is_storage_error, name_too_long, storage_failure
 from dronseg_edge.cli import bench_cmd, checks_cmd, data_cmd, export_cmd, infer_cmd, train_cmd  # noqa: F401
 from dronseg_edge.cli.app import app
+from dronseg_edge.cli.extras import missing_module_error
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 
 
@@ -34,45 +32,41 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=_bare_checks_json(sys.argv[1:] if argv is None else list(argv)), prog_name="dronseg-edge",
                    standalone_mode=False)
     except DronsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _fail(exc, exc.exit_code)
     except OSError as exc:
         # A full or read-only disk that a command did not turn into its own message: still one line
         # naming the path and the free space, with the runtime-failure code. A name longer than the file
         # system takes (any path argument: --out, a model, a source) is the user's to fix. Other OSErrors are bugs.
         if exc.errno == errno.ENAMETOOLONG:
-            print(f"error: {name_too_long(exc.filename)}", file=sys.stderr)
-            sys.exit(DronsegError.exit_code)
+            _fail(name_too_long(exc.filename), DronsegError.exit_code)
         if not is_storage_error(exc):
             raise
-        print(f"error: {storage_failure(exc, exc.filename or '.')}", file=sys.stderr)
-        sys.exit(RuntimeFailure.exit_code)
+        _fail(storage_failure(exc, exc.filename or "."), RuntimeFailure.exit_code)
     except ModuleNotFoundError as exc:  # an optional library this install set lacks: what to install
-        from dronseg_edge.cli.extras import missing_module_error
-
         error = missing_module_error(exc)
         if error is None:
             raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
+        _fail(error, error.exit_code)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail("interrupted", 130, prefix="")
     except CLICK_ERROR as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command: its help, as click shows it
             exc.show()
             sys.exit(exc.exit_code)
         ctx = getattr(exc, "ctx", None)
         hint = f" (see `{ctx.command_path} -h`)" if ctx is not None else ""
-        message = " ".join(exc.format_message().split())
-        print(f"error: {message}{hint}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _fail(" ".join(exc.format_message().split()) + hint, exc.exit_code)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if code == 130:  # typer turns Ctrl-C outside our handlers into exit code 130
         print("interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message, code: int, prefix: str = "error: ") -> NoReturn:
+    print(f"{prefix}{message}", file=sys.stderr)
+    sys.exit(code)
 
 
 def _bare_checks_json(argv: list[str]) -> list[str]:

@@ -4,42 +4,15 @@ code 2 at once, not a failure after minutes of training, exporting or measuring.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import typer
 
 from dronseg_edge.atomic import json_safe, write_json_atomic
 from dronseg_edge.errors import DronsegError
-
-
-def _unwritable(folder: Path) -> str | None:
-    """Why ``folder`` cannot be made or take a new file, or None when it can. Nothing is created.
-
-    A probe file is made and removed in ``folder``, or in its nearest existing parent when it does not
-    exist yet: it catches what ``os.access`` cannot (a read-only mount as seen by root, ACLs, NFS root
-    squash). The folder itself is created by the command when it writes, so a run refused for any
-    other reason leaves nothing behind.
-    """
-    existing = folder.absolute()
-    try:
-        while not existing.exists() and existing.parent != existing:
-            existing = existing.parent
-    except OSError as exc:  # a name longer than the file system takes (ENAMETOOLONG), a symlink loop
-        return exc.strerror or str(exc)
-    if not existing.is_dir():
-        return f"{existing} is a file"
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".dronseg-probe-", dir=existing)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
-    return None
+from dronseg_edge.machine import unwritable
 
 
 def _is_dir(path: Path) -> bool:
@@ -52,7 +25,7 @@ def _is_dir(path: Path) -> bool:
 def check_out_dir(path: os.PathLike | str, option: str = "--out") -> Path:
     """Refuse an output folder ``path`` that cannot be created or written (DronsegError, exit code 2)."""
     path = Path(path)
-    reason = _unwritable(path)
+    reason = unwritable(path)[1]
     if reason is None:
         return path
     if _is_dir(path):
@@ -67,7 +40,7 @@ def check_out_file(path: os.PathLike | str, option: str) -> Path:
     if _is_dir(path):
         raise DronsegError(f"{option} {path} is a folder: give a file name inside it")
     folder = path.parent
-    reason = _unwritable(folder)
+    reason = unwritable(folder)[1]
     if reason is None:
         return path
     if _is_dir(folder):

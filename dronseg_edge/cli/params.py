@@ -1,11 +1,8 @@
 """Typer parameters from option fields (option_fields.py), and the options of commands that feed no dataclass.
 
-``@takes(options=RunOptions)`` gives a command every option field of RunOptions as a parameter of its
-own and calls it with ``options=RunOptions(...)`` made from the values: defined and validated in the
-dataclass, once. Old spellings of an option (``aliases``) are accepted and hidden from --help; an
-option with a ``parse`` function (a WxH size) keeps the field's default unless given. Options shared
-by commands without a dataclass (``--device``, ``--meta``, ``--json`` ...) are ``Annotated`` aliases
-made from one spec each: ``device: Device = "auto"``.
+Old spellings of an option (``aliases``) are accepted and hidden from --help; an option with a ``parse``
+function (a WxH size) keeps the field's default unless given. Options shared by commands without a
+dataclass (``--device``, ``--meta``, ``--json`` ...) are ``Annotated`` aliases: ``device: Device = "auto"``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ from typing import Optional
 import typer
 
 from dronseg_edge.cli.app import app
+from dronseg_edge.cli.extras import require_extra
+from dronseg_edge.cli.outputs import check_json_out, check_out_dir, check_out_file, json_out, text_out
 from dronseg_edge.cli.params import Device, Json, MaxPixels, Meta, takes
+from dronseg_edge.errors import DronsegError
 from dronseg_edge.train.config import TrainConfig
 
 
@@ -20,8 +23,6 @@ def train(
     cfg: TrainConfig = None,
 ) -> None:
     """Fine-tune DeepLabV3 on drone images (multi-GPU: torchrun --nproc-per-node N -m dronseg_edge train ...)."""
-    from dronseg_edge.cli.extras import require_extra
-
     require_extra("train", "train")  # before minutes of data checks: matplotlib is first needed at the end
     from dronseg_edge.train.fit import fit
 
@@ -34,8 +35,6 @@ def train(
 
 def _check_data(data: Optional[Path], resume: Optional[Path]) -> None:
     """--data is needed for a new run (a resumed one has its own), and must be a folder when given."""
-    from dronseg_edge.errors import DronsegError
-
     if data is None and resume is None:
         raise DronsegError("--data DIR is needed: the data set root in the Kaggle AeroScapes layout (make one with "
                            "`dronseg-edge synth DIR`); only --resume takes it from its checkpoint")
@@ -47,8 +46,6 @@ def _check_data(data: Optional[Path], resume: Optional[Path]) -> None:
 
 def _check_run_folder(out: Optional[Path], resume: Optional[Path]) -> None:
     """The run folder must be writable before data checks and model building start (exit code 2)."""
-    from dronseg_edge.cli.outputs import check_out_dir
-
     if resume is not None:
         if resume.is_file():  # a missing one gets load_checkpoint's own message
             check_out_dir(resume.resolve().parent.parent, "the run folder of --resume")
@@ -74,7 +71,6 @@ def evaluate_command(
     max_pixels: MaxPixels = None,
 ) -> None:
     """Score a model (per-class IoU/Dice, mIoU, competition Dice) at the masks' native resolution."""
-    from dronseg_edge.cli.outputs import check_json_out, json_out, text_out
     from dronseg_edge.runtime.registry import check_model_file, is_checkpoint
     from dronseg_edge.train.evaluation import evaluate_checkpoint, format_scores
 
@@ -106,7 +102,6 @@ def submit(
     workers: int = typer.Option(2, min=0, help="DataLoader worker processes."),
 ) -> None:
     """Write the Kaggle competition CSV (ImageID,EncodedPixels; one row per image and class)."""
-    from dronseg_edge.cli.outputs import check_out_file
     from dronseg_edge.train.submission import write_competition_csv
 
     check_out_file(out, "--out")

@@ -197,6 +197,8 @@ def test_the_bus_id_names_the_gpu_nvidia_smi_lists_under_it():
 @pytest.mark.gpu
 @requires_cuda
 def test_driver_describes_the_gpu_as_torch_does():
-    from_torch, from_driver = gpu_info(torch.device("cuda", 0)), gpu_info(Device("cuda", 0))
-    for key in ("name", "compute_capability", "memory_gib", "multiprocessors"):
-        assert from_driver[key] == from_torch[key], key
+    props, from_driver = torch.cuda.get_device_properties(0), gpu_info(Device("cuda", 0))
+    assert gpu_info(torch.device("cuda", 0))["name"] == props.name
+    assert from_driver["name"] == props.name and from_driver["compute_capability"] == f"{props.major}.{props.minor}"
+    assert from_driver["memory_gib"] == round(props.total_memory / 2**30, 1)
+    assert from_driver["multiprocessors"] == props.multi_processor_count

@@ -65,7 +65,7 @@ def test_a_cpu_only_torch_beside_an_nvidia_gpu_warns(monkeypatch, on_jetson, gpu
                                                ("2.10.0", False), (None, False)])
 def test_a_torch_below_the_checkpoint_floor_is_told_from_its_metadata(monkeypatch, installed, warned):
     """NVIDIA's JetPack 6 wheels (2.8.0 on the Jetson AI Lab index) are older than the floor: said before importing torch."""
-    monkeypatch.setattr(torch_checks, "_installed_torch", lambda: installed)
+    monkeypatch.setattr(torch_checks.machine, "installed_version", lambda name: installed)
     monkeypatch.setitem(sys.modules, "torch", None)  # not importable: the line must not need the import
     checks = {c.name: c for c in torch_checks.torch_checks()}
     assert ("torch checkpoints" in checks) is warned

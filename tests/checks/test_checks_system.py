@@ -117,12 +117,12 @@ def test_writable_folders_and_the_ones_that_are_not(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
     check = system.writable_check("runs", blocker / "runs", "pass --out")
-    assert check.status == WARN and "is not a folder" in check.detail and "pass --out" in check.detail
+    assert check.status == WARN and "is a file" in check.detail and "pass --out" in check.detail
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(system.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(system.machine.tempfile, "TemporaryFile", refuse)
     check = system.writable_check("cache folder", tmp_path, "set XDG_CACHE_HOME")
     assert check.status == WARN and "not writable (Permission denied)" in check.detail
 
