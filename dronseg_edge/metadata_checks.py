@@ -88,9 +88,10 @@ class _Fields:
             raise self.bad(field, value, f"is outside {low}..{high}")
         return int(value)
 
-    def text(self, field: str, value: Any, max_len: int = MAX_NAME) -> str:
-        if not isinstance(value, str) or not value.strip() or len(value) > max_len or not value.isprintable():
-            raise self.bad(field, value, f"is not a non-empty printable text of at most {max_len} characters")
+    def text(self, field: str, value: Any, max_len: int = MAX_NAME, empty: bool = False) -> str:
+        """``empty``: the text may be empty (a hash, a version)."""
+        if not isinstance(value, str) or not (empty or value.strip()) or len(value) > max_len or not value.isprintable():
+            raise self.bad(field, value, f"is not a {'' if empty else 'non-empty '}printable text of at most {max_len} characters")
         return value
 
     def choice(self, field: str, value: Any, choices: tuple) -> Any:
@@ -142,12 +143,6 @@ class _Fields:
             raise self.bad(field, value, "is not true or false")
         return value
 
-    def plain(self, field: str, value: Any, max_len: int) -> str:
-        """A string that may be empty (a hash, a version)."""
-        if not isinstance(value, str) or len(value) > max_len or not value.isprintable():
-            raise self.bad(field, value, f"is not a printable text of at most {max_len} characters")
-        return value
-
     def mapping(self, field: str, value: Any) -> dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise self.bad(field, value, "is not an object with text keys")
@@ -178,8 +173,8 @@ def check_fields(values: dict[str, Any], source: str, fix: str) -> dict[str, Any
         "batch": _optional(lambda v: f.integer("batch", v, 1, MAX_BATCH)),
         "dynamic": lambda v: f.flag("dynamic", v),
         "layout": lambda v: f.choice("layout", v, LAYOUTS),
-        "source_sha256": lambda v: f.plain("source_sha256", v, 128),
-        "package_version": lambda v: f.plain("package_version", v, 64),
+        "source_sha256": lambda v: f.text("source_sha256", v, 128, empty=True),
+        "package_version": lambda v: f.text("package_version", v, 64, empty=True),
         "io": lambda v: f.choice("io", v, IO_MODES),
         "color_order": lambda v: f.choice("color_order", v, COLOR_ORDERS),
         "outputs": lambda v: f.names("outputs", v, 0, MAX_OUTPUTS),

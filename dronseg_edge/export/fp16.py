@@ -24,23 +24,18 @@ FP32_OPS = ("GlobalAveragePool", "ReduceMean", "ReduceSum", "Softmax")
 FP16_MAX = 65504.0
 
 
-def _converter():
+def convert_to_fp16(graph: onnx.ModelProto, keep_fp32_ops: tuple[str, ...] = FP32_OPS,
+                    keep_fp32_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """An fp16 copy of ``graph``: fp16 weights and activations, float32 input/output, ``keep_fp32_ops`` (op types)
+    and the nodes whose names start with one of ``keep_fp32_nodes`` in fp32."""
     try:
         from onnxruntime.transformers import float16
+        from onnxruntime.transformers.onnx_model import OnnxModel
     except ImportError:
         raise BackendUnavailable(
             "fp16 ONNX export needs onnxruntime (its float16 converter): pip install onnxruntime "
             "(or onnxruntime-gpu); on TensorRT 10.x build fp16 engines from the fp32 ONNX instead"
         ) from None
-    return float16
-
-
-def convert_to_fp16(graph: onnx.ModelProto, keep_fp32_ops: tuple[str, ...] = FP32_OPS,
-                    keep_fp32_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
-    """An fp16 copy of ``graph``: fp16 weights and activations, float32 input/output, ``keep_fp32_ops`` (op types)
-    and the nodes whose names start with one of ``keep_fp32_nodes`` in fp32."""
-    float16 = _converter()
-    from onnxruntime.transformers.onnx_model import OnnxModel
 
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_fp32_ops))
     nodes = [node.name for node in graph.graph.node if keep_fp32_nodes and node.name.startswith(keep_fp32_nodes)]

@@ -61,14 +61,13 @@ def pick_evenly(items: list, limit: int | None) -> list:
 def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]:
     """Items of a dataset root (Kaggle layout, masks where present) or of a plain image folder."""
     folder = Path(folder)
-    if not folder.exists():
-        raise DronsegError(f"{option} {folder} does not exist: pass a folder of images or a dataset root (ROOT/imgs/imgs)")
     if not folder.is_dir():
-        raise DronsegError(f"{option} {folder} is a file: pass a folder of images or a dataset root (ROOT/imgs/imgs)")
+        raise DronsegError(f"{option} {folder} {'is a file' if folder.exists() else 'does not exist'}: pass a folder of "
+                           "images or a dataset root (ROOT/imgs/imgs)")
     if (folder / IMAGE_DIR).is_dir():
         samples = dataset_samples(folder, "all")
-        items = [ImageItem(s.image_path, s.mask_path or _test_mask(folder, s.image_id)) for s in samples]
-        return items, f"data set {folder}"
+        test_masks = {p.stem: p for p in (folder / TEST_MASK_DIR).glob("*.png")}
+        return [ImageItem(s.image_path, s.mask_path or test_masks.get(s.image_id)) for s in samples], f"data set {folder}"
     images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DronsegError(
@@ -76,11 +75,6 @@ def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]
             "or a dataset root (ROOT/imgs/imgs)"
         )
     return [ImageItem(p) for p in images], f"image folder {folder}"
-
-
-def _test_mask(root: Path, image_id: str) -> Path | None:
-    candidate = root / TEST_MASK_DIR / f"{image_id}.png"
-    return candidate if candidate.is_file() else None
 
 
 def validation_images(ckpt: dict[str, Any]) -> tuple[list[ImageItem], str] | None:

@@ -123,9 +123,7 @@ def dynamic_profile(info: ModelInfo, batch: int, min_shape=None, opt_shape=None,
             raise DronsegError(f"engine profile of {info.input_size[0]}x{info.input_size[1]} model: --{low}-shape "
                                f"{shown[low]} is larger than --{high}-shape {shown[high]} on some side (BATCHxWIDTHxHEIGHT): "
                                "give shapes that grow from min to opt to max")
-    if info.io == "frames":
-        return {name: [n, h, w, 3] for name, (n, w, h) in shapes.items()}
-    return {name: [n, 3, h, w] for name, (n, w, h) in shapes.items()}
+    return {name: [n, h, w, 3] if info.io == "frames" else [n, 3, h, w] for name, (n, w, h) in shapes.items()}
 
 
 def uses_strong_typing(trt, precision: str) -> bool:
@@ -136,16 +134,6 @@ def uses_strong_typing(trt, precision: str) -> bool:
     return precision == "fp32" and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
 
 
-def _onnx_nodes(onnx_path: Path) -> list | None:
-    """The graph's nodes (the parser's node index points into this list), or None when onnx cannot read it."""
-    try:
-        import onnx
-
-        return list(onnx.load(str(onnx_path), load_external_data=False).graph.node)
-    except Exception:  # noqa: BLE001 (only a detail of an error message: never hide the parser's own error)
-        return None
-
-
 def _attributes(node) -> str:
     """'antialias=1, mode=linear': the node's scalar and string attributes (what a parser restriction names)."""
     import onnx
@@ -153,8 +141,7 @@ def _attributes(node) -> str:
     shown = []
     for attribute in node.attribute:
         value = onnx.helper.get_attribute_value(attribute)
-        if isinstance(value, bytes):
-            value = value.decode(errors="replace")
+        value = value.decode(errors="replace") if isinstance(value, bytes) else value
         if isinstance(value, (int, float, str)) or (isinstance(value, list) and len(value) <= 8):
             shown.append(f"{attribute.name}={value}")
     return ", ".join(shown[:8])
@@ -164,23 +151,23 @@ def parser_errors(parser, onnx_path: Path) -> str:
     """All ONNX parser errors as one line: node index, name, operator, error code, description and the
     node's attributes. 10.x+ parsers name the node themselves (node_name/node_operator); for 8.6 the
     name and operator are read from the ONNX file at the node index the parser gives."""
-    nodes = None
+    try:
+        import onnx
+
+        nodes = list(onnx.load(str(onnx_path), load_external_data=False).graph.node) if parser.num_errors else []
+    except Exception:  # noqa: BLE001 (only a detail of an error message: never hide the parser's own error)
+        nodes = []
     found = []
     for index in range(parser.num_errors):
         error = parser.get_error(index)
         position = int(error.node())
-        try:
-            name, operator = error.node_name(), error.node_operator()
-        except AttributeError:  # 8.6: only the index
-            name = operator = ""
-        if nodes is None:
-            nodes = _onnx_nodes(onnx_path) or []
         node = nodes[position] if 0 <= position < len(nodes) else None
-        if node is not None:
-            name, operator = name or node.name, operator or node.op_type
+        named = hasattr(error, "node_name")  # 8.6: only the index
+        name = (error.node_name() if named else "") or getattr(node, "name", "")
+        operator = (error.node_operator() if named else "") or getattr(node, "op_type", "")
         code = error.code()
         where = f"node {position}" + (f" {name}" if name else "") + (f" ({operator})" if operator else "")
-        attributes = _attributes(node) if node is not None and node.attribute else ""
+        attributes = _attributes(node) if node is not None else ""
         found.append(f"{where} [{getattr(code, 'name', code)}]: {error.desc()}"
                      + (f" (attributes: {attributes})" if attributes else ""))
     return "; ".join(found) or "no details from the parser"
@@ -237,16 +224,12 @@ def builder_config(trt, builder, *, precision: str, strongly: bool, workspace_gi
 def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precision: str, workspace_gib: float = 4.0,
                  device, opt_batch: int = 1, timing_cache: Path | None = None, dla_core: int | None = None,
                  builder_opt_level: int | None = None, profile: dict | None = None, verbose: bool = False) -> ModelInfo:
-    """Build ``engine_path`` from ``onnx_path`` (the graph of ``precision``, see module docstring).
+    """Build ``engine_path`` from ``onnx_path`` (the graph of ``precision``, see module docstring) on the GPU
+    ``device``, and write it and its sidecar atomically; returns the engine's ModelInfo.
 
-    ``info`` describes the ONNX graph (input size, batch, dynamic); ``device`` (a torch.device or
-    devices.Device) is the GPU to build for; ``workspace_gib`` caps TensorRT's scratch memory (GiB);
-    ``opt_batch`` is the batch a --dynamic engine is tuned for. ``dla_core``: build for that DLA core
-    with GPU fallback (module docstring); ``builder_opt_level``: TensorRT's builder optimisation
-    level 0..5 (None: TensorRT's default, 3). ``profile``: ``min_shape`` / ``opt_shape`` / ``max_shape``
-    for :func:`dynamic_profile`; ``timing_cache``: the cache file (default: :func:`default_timing_cache`);
-    ``verbose``: TensorRT logs the build at VERBOSE severity.
-    Writes the engine and its sidecar atomically and returns the engine's ModelInfo.
+    ``info`` describes the ONNX graph; ``workspace_gib``: TensorRT's scratch memory limit, GiB; ``opt_batch``:
+    the batch a --dynamic engine is tuned for; ``profile``: ``min_shape`` / ``opt_shape`` / ``max_shape`` for
+    :func:`dynamic_profile`; ``timing_cache``: default :func:`default_timing_cache`; ``verbose``: VERBOSE log.
     """
     trt = tensorrt_env.import_tensorrt()
     identity = tensorrt_env.gpu_identity(device)
@@ -273,8 +256,7 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
     plan = _build_and_load_back(trt, builder, network, config, logger, device, dla_core=dla_core,
                                 onnx_path=Path(onnx_path), workspace_gib=workspace_gib)
     with atomic_path(engine_path) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(plan)
+        tmp.write_bytes(plan)
     _save_timing_cache(config, cache_path)
     engine_info = ModelInfo.from_dict({**info.to_dict(), "precision": precision}, source=str(onnx_path))
     engine_info.extra["tensorrt"] = {
@@ -310,8 +292,7 @@ def _save_timing_cache(config, cache_path: Path) -> None:
     try:
         serialized = config.get_timing_cache().serialize()
         with atomic_path(cache_path) as tmp:
-            with open(tmp, "wb") as handle:
-                handle.write(serialized)
+            tmp.write_bytes(serialized)
     except (OSError, DronsegError) as exc:
         log.warning("TensorRT timing cache %s not saved: %s", cache_path, exc)
 

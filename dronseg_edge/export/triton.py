@@ -32,7 +32,6 @@ Choices, each from what Triton does with the field:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -43,7 +42,7 @@ from pathlib import Path
 import onnx
 
 from dronseg_edge import __version__
-from dronseg_edge.atomic import ensure_writable_dir, storage_errors
+from dronseg_edge.atomic import _umask, ensure_writable_dir, storage_errors
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export.tensorrt import dynamic_profile
 from dronseg_edge.leftovers import working_prefix
@@ -52,17 +51,10 @@ from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info
 PLATFORMS = {".onnx": ("onnxruntime_onnx", "model.onnx"), ".engine": ("tensorrt_plan", "model.plan")}
 LABELS = "labels.txt"
 MARKER = "written by dronseg-edge"  # first line of every config.pbtxt here: whose folder may be replaced
-# ONNX element type -> Triton data type (model_config.proto's DataType).
-DATA_TYPES = {
-    onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16", onnx.TensorProto.BFLOAT16: "TYPE_BF16",
-    onnx.TensorProto.DOUBLE: "TYPE_FP64", onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.INT8: "TYPE_INT8",
-    onnx.TensorProto.UINT16: "TYPE_UINT16", onnx.TensorProto.INT16: "TYPE_INT16", onnx.TensorProto.UINT32: "TYPE_UINT32",
-    onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.UINT64: "TYPE_UINT64", onnx.TensorProto.INT64: "TYPE_INT64",
-    onnx.TensorProto.BOOL: "TYPE_BOOL", onnx.TensorProto.STRING: "TYPE_STRING",
-}
-# ONNX Runtime's TensorRT accelerator builds its own engine from the ONNX graph: with the precision the
-# graph was exported for (Q/DQ int8 graphs need INT8 and no calibration table; fp16 graphs need FP16).
-PRECISION_MODES = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
+# ONNX element type -> Triton data type (model_config.proto's DataType): TYPE_ and the ONNX name, floats renamed.
+_FLOATS = {"FLOAT": "FP32", "FLOAT16": "FP16", "BFLOAT16": "BF16", "DOUBLE": "FP64"}
+DATA_TYPES = {onnx.TensorProto.DataType.Value(name): "TYPE_" + _FLOATS.get(name, name) for name in
+              (*_FLOATS, "UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "UINT64", "INT64", "BOOL", "STRING")}
 
 
 @dataclass(frozen=True)
@@ -147,7 +139,9 @@ def trt_profile(info: ModelInfo, spec: TensorSpec, *, max_batch: int, opt_batch:
 
 def _accelerator_lines(info: ModelInfo, profile: dict[str, str], workspace_gib: float) -> list[str]:
     """ONNX Runtime's TensorRT accelerator (onnxruntime_backend's README), used only by GPU instances."""
-    values = {"precision_mode": PRECISION_MODES.get(info.precision, "FP32"),
+    # ORT's TensorRT accelerator builds its own engine with the precision the graph was exported for (Q/DQ
+    # int8 graphs need INT8 and no calibration table; fp16 graphs need FP16).
+    values = {"precision_mode": info.precision.upper() if info.precision in ("fp16", "int8") else "FP32",
               "max_workspace_size_bytes": str(int(workspace_gib * (1 << 30))), **profile}
     return [
         "# ONNX Runtime builds a TensorRT engine at load (minutes for ResNet-101); to keep it between",
@@ -225,13 +219,11 @@ def _artifact_parts(artifact: Path, max_batch: int) -> tuple[ModelInfo, Path, in
 
 def _check_replaceable(folder: Path) -> None:
     """Only a folder this module wrote (or an empty one) is replaced: NAME might be someone's own model."""
-    if not folder.exists():
-        return
-    config = folder / "config.pbtxt"
-    ours = False
-    with contextlib.suppress(OSError):
-        ours = MARKER in (config.read_text(encoding="utf-8").splitlines() or [""])[0]
-    if not folder.is_dir() or not (ours or not any(folder.iterdir())):
+    try:
+        first = (folder / "config.pbtxt").read_text(encoding="utf-8").partition("\n")[0]
+    except OSError:
+        first = ""
+    if folder.exists() and not (folder.is_dir() and (MARKER in first or not any(folder.iterdir()))):
         raise DronsegError(f"{folder} exists and is not a model folder written by dronseg-edge: move it away, "
                            "or pass another --out")
 
@@ -250,12 +242,6 @@ def _publish(staged: Path, final: Path) -> None:
         os.rename(old, final)
         raise
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: int = 4, opt_batch: int = 1,
