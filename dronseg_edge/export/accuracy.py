@@ -117,7 +117,7 @@ def score_backend(backend: Backend, samples: Sequence[Sample], batch: int = 4,
         frames = [read_bgr(s.image_path, max_pixels) for s in chunk]
         masks = [read_mask(s.mask_path, info.num_classes, max_pixels) for s in chunk]
         for output, mask in zip(_infer(backend, frames, step), masks):
-            metrics.update(_class_map(output, mask.shape), torch.from_numpy(mask))
+            metrics.update(class_map_at(output, mask.shape), torch.from_numpy(mask))
         if log is not None:
             log(f"scored {min(start + step, len(samples))}/{len(samples)} images")
     return metrics.compute()
@@ -143,7 +143,7 @@ def _infer(backend: Backend, frames: list[np.ndarray], step: int) -> list[np.nda
     return outputs
 
 
-def _class_map(output: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+def class_map_at(output: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
     """(H, W) int64 classes at the mask's size: logits upsampled bilinearly then argmax (as eval of a
     checkpoint does), a class map by nearest neighbour."""
     if output.ndim == 3:

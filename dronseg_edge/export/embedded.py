@@ -66,10 +66,8 @@ class FramesToClassMap(nn.Module):
         self.source = None if info.dynamic else tuple(int(v) for v in (info.source_size or info.input_size))
         self.upsample = self.source != (width, height)  # the logits are at the model's size
         self.model = fold_channel_flip(copy.deepcopy(model).eval(), torch.zeros(1, 3, height, width))
-        if self.source is None:
-            self.resize = DynamicResize((width, height))
-        else:
-            self.resize = StaticResize(self.source, (width, height), batch=int(info.batch or -1))  # -1: any
+        self.resize = DynamicResize((width, height)) if self.source is None else \
+            StaticResize(self.source, (width, height), batch=int(info.batch or -1))  # -1: any
         # (x / 255 - mean) / std as one multiply-add on 0..255 values, in BGR order (the model reads BGR now).
         mean = torch.tensor(info.mean[::-1], dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(info.std[::-1], dtype=torch.float32).view(1, 3, 1, 1)

@@ -214,13 +214,13 @@ def verify_dynamic(path: Path, model: nn.Module, info: ModelInfo) -> str:
     """Run a file with a free batch at batch 2 (a --dynamic one also at another size than it was traced
     with) and compare with PyTorch; DronsegError when the graph froze a shape (the known failure of
     AdaptiveAvgPool2d/Resize exports)."""
+    def probe(side: int) -> int:  # another multiple of 32 than the traced side
+        half = max(64, side // 2 // 32 * 32)
+        return half + 32 if half == side else half
+
     width, height = info.input_size
-    probe_h, probe_w = height, width
-    if info.dynamic:
-        probe_h = max(64, (height // 2) // 32 * 32)
-        probe_w = max(64, (width // 2) // 32 * 32)
-        probe_h, probe_w = (probe_h + 32 if probe_h == height else probe_h), (probe_w + 32 if probe_w == width else probe_w)
-    x = torch.randn(2, 3, probe_h, probe_w, generator=torch.Generator().manual_seed(0))
+    size = (probe(height), probe(width)) if info.dynamic else (height, width)
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
     fix = "drop --dynamic and export one static file per size" if info.dynamic else "export --format onnx with a fixed --batch"
     what = f"{'--dynamic' if info.dynamic else 'dynamic-batch'} export of {info.arch}"
     return compare_with_torch(path, SegmentationNet(model, head=info.head).eval(), x, what, fix)

@@ -18,12 +18,11 @@ from typing import Any, Union
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dronseg_edge.checkpoint import load_checkpoint
 from dronseg_edge.devices import resolve_device, tf32_mode
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.export.accuracy import source_checkpoint
+from dronseg_edge.export.accuracy import class_map_at, source_checkpoint
 from dronseg_edge.export.images import ImageSet, load_item, resolve_images
 from dronseg_edge.export.parity_picture import WorstImage
 from dronseg_edge.export.parity_report import GroundTruthScores, OutputStats, ParityReport, ParityThresholds
@@ -134,10 +133,8 @@ class MaskTally:
 
 
 def _cosine(dot: float, a: float, b: float) -> float:
-    if a == 0.0 and b == 0.0:
-        return 1.0
     if a == 0.0 or b == 0.0:
-        return 0.0
+        return float(a == b)  # two zero vectors are alike, one is not like anything
     return dot / math.sqrt(a * b)
 
 
@@ -171,14 +168,9 @@ def _static(info: ModelInfo) -> bool:
 
 def _run(backend: Backend, x: torch.Tensor) -> torch.Tensor:
     """Infer ``x`` (N, 3, H, W), in chunks of the backend's fixed batch if it has one."""
-    if not _static(backend.info) or backend.info.batch == x.shape[0]:
-        return backend.infer(x)
-    size = backend.info.batch
-    outs = []
-    for start in range(0, x.shape[0], size):
-        chunk, real = pad_batch(x[start:start + size], size)
-        outs.append(backend.infer(chunk)[:real])
-    return torch.cat(outs)
+    size = backend.info.batch if _static(backend.info) else x.shape[0]
+    chunks = [pad_batch(x[start:start + size], size) for start in range(0, x.shape[0], size)]
+    return torch.cat([backend.infer(chunk)[:real] for chunk, real in chunks])
 
 
 def _check_compatible(reference: Backend, candidate: Backend, frames: bool = False) -> None:
@@ -270,8 +262,7 @@ def _compare_frames(ref: Backend, cand: Backend, images: ImageSet, thresholds: P
         cand_out = cand.infer(torch.from_numpy(np.stack(padded))).cpu()[: len(frames)].long()
         for i, (frame, (_, mask)) in enumerate(zip(frames, loaded)):
             sizes.add(frame.shape[1::-1])
-            logits = torch.from_numpy(ref.segment(frame[None], logits=True).logits)
-            ref_mask = F.interpolate(logits, size=frame.shape[:2], mode="bilinear", align_corners=False).argmax(1)[0]
+            ref_mask = class_map_at(ref.segment(frame[None], logits=True).logits[0], frame.shape[:2])
             tally.add(items[start + i].image.name, frame, ref_mask, cand_out[i], mask)
     size = source or (max(sizes) if sizes else tuple(info.input_size))
     at = f"; frames at {size[0]}x{size[1]}" if source else "; frames at their own sizes"

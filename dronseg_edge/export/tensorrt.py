@@ -9,19 +9,12 @@ version has it (10.x, 11.x). 8.6 networks need the EXPLICIT_BATCH flag (tensorrt
 and its parser reads ONNX opsets up to 17. Every TensorRT name used here is checked against the real
 8.6, 10.3 and 11.4 bindings by tests/export/test_tensorrt_names.py.
 
-A parse failure names each failing node (index, name, operator), the parser's error code and
-description and the node's attributes, from the parser's error objects (and, on 8.6, whose errors
-carry only the node index, from the ONNX file).
+An engine only runs on the GPU model and TensorRT version that built it: its name and its JSON
+sidecar say both. Finding TensorRT and the GPU is runtime/tensorrt_env.py's job, shared with the runner.
 
-An engine only runs on the GPU model and TensorRT version that built it: its name says both
-(``NAME_<precision>_<gpu>_sm<cc>[_dla<N>]_trt<version>.engine``) and so does its JSON sidecar. Finding
-TensorRT and the GPU is runtime/tensorrt_env.py's job, shared with the engine runner.
-
-DLA (``dla_core``): the layers DLA can run go to that core of a Jetson's Deep Learning Accelerator,
-the rest fall back to the GPU (BuilderFlag.GPU_FALLBACK). DLA runs fp16/int8 at fixed shapes only
-(export/options.py refuses the rest). TensorRT 10.x has it (JetPack 6: 10.3); 11.0 to 11.4.0 dropped it
-on Linux and 11.4.1 brought it back for Jetson AGX Orin on JetPack 7.2.2+, so those versions are refused
-here, as is a machine whose builder sees no DLA core.
+DLA (``dla_core``): the layers DLA can run go to that core of a Jetson, the rest fall back to the GPU.
+DLA runs fp16/int8 at fixed shapes only (export/options.py refuses the rest); TensorRT 11.0 to 11.4.0
+dropped it on Linux (11.4.1 brought it back for Jetson AGX Orin on JetPack 7.2.2+).
 """
 
 from __future__ import annotations
@@ -162,9 +155,11 @@ def parser_errors(parser, onnx_path: Path) -> str:
         error = parser.get_error(index)
         position = int(error.node())
         node = nodes[position] if 0 <= position < len(nodes) else None
-        named = hasattr(error, "node_name")  # 8.6: only the index
-        name = (error.node_name() if named else "") or getattr(node, "name", "")
-        operator = (error.node_operator() if named else "") or getattr(node, "op_type", "")
+        try:
+            name, operator = error.node_name(), error.node_operator()
+        except AttributeError:  # 8.6: only the index
+            name = operator = ""
+        name, operator = name or getattr(node, "name", ""), operator or getattr(node, "op_type", "")
         code = error.code()
         where = f"node {position}" + (f" {name}" if name else "") + (f" ({operator})" if operator else "")
         attributes = _attributes(node) if node is not None else ""
@@ -253,27 +248,7 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
         optimization_profile.set_shape(network.get_input(0).name, profile_shapes["min"], profile_shapes["opt"],
                                        profile_shapes["max"])
         config.add_optimization_profile(optimization_profile)
-    plan = _build_and_load_back(trt, builder, network, config, logger, device, dla_core=dla_core,
-                                onnx_path=Path(onnx_path), workspace_gib=workspace_gib)
-    with atomic_path(engine_path) as tmp:
-        tmp.write_bytes(plan)
-    _save_timing_cache(config, cache_path)
-    engine_info = ModelInfo.from_dict({**info.to_dict(), "precision": precision}, source=str(onnx_path))
-    engine_info.extra["tensorrt"] = {
-        "tensorrt_version": version, **identity, "strongly_typed": strongly, "builder_flags": builder_flags,
-        "tf32": tf32, "workspace_gib": workspace_gib, "profile": profile_shapes, "onnx": Path(onnx_path).name,
-        "onnx_sha256": sha256_file(Path(onnx_path)), "timing_cache": str(cache_path),
-        "dla_core": dla_core, "builder_optimization_level": builder_opt_level,
-    }
-    write_engine_sidecar(engine_path, engine_info)
-    return engine_info
-
-
-def _build_and_load_back(trt, builder, network, config, logger, device, *, dla_core: int | None, onnx_path: Path,
-                         workspace_gib: float):
-    """The serialized plan, built and deserialised again on ``device``'s GPU (TensorRT builds and loads
-    into the thread's current CUDA device: both steps run with it made current, through cuda.bindings)."""
-    version = str(trt.__version__)
+    # TensorRT builds and loads into the thread's current CUDA device: both run with ``device``'s GPU made current.
     with cuda_runtime.on_device(cuda_runtime.resolve_index(device)):
         plan = builder.build_serialized_network(network, config)
         if plan is None:
@@ -284,15 +259,20 @@ def _build_and_load_back(trt, builder, network, config, logger, device, *, dla_c
             runtime.DLA_core = dla_core  # a DLA engine loads onto the core the runtime names
         if runtime.deserialize_cuda_engine(plan) is None:
             raise DronsegError(f"TensorRT {version} built an engine from {onnx_path} that it cannot load back; rebuild it")
-    return plan
-
-
-def _save_timing_cache(config, cache_path: Path) -> None:
-    """Keep the tactic timings for the next build on this GPU; a cache that cannot be written only costs time."""
-    try:
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(plan)
+    try:  # the tactic timings, for the next build on this GPU; a cache that cannot be written only costs time
         serialized = config.get_timing_cache().serialize()
         with atomic_path(cache_path) as tmp:
             tmp.write_bytes(serialized)
     except (OSError, DronsegError) as exc:
         log.warning("TensorRT timing cache %s not saved: %s", cache_path, exc)
-
+    engine_info = ModelInfo.from_dict({**info.to_dict(), "precision": precision}, source=str(onnx_path))
+    engine_info.extra["tensorrt"] = {
+        "tensorrt_version": version, **identity, "strongly_typed": strongly, "builder_flags": builder_flags,
+        "tf32": tf32, "workspace_gib": workspace_gib, "profile": profile_shapes, "onnx": Path(onnx_path).name,
+        "onnx_sha256": sha256_file(Path(onnx_path)), "timing_cache": str(cache_path),
+        "dla_core": dla_core, "builder_optimization_level": builder_opt_level,
+    }
+    write_engine_sidecar(engine_path, engine_info)
+    return engine_info

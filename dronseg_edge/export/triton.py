@@ -109,13 +109,9 @@ def _quoted(text: str) -> str:
 
 
 def _tensor_blocks(key: str, specs: list[TensorSpec], batching: bool) -> list[str]:
-    """``input [ ... ]`` or ``output [ ... ]``: each tensor's name, data type and dims (without the batch when batching)."""
-    lines = [f"{key} ["]
-    for index, spec in enumerate(specs):
-        dims = spec.dims[1:] if batching else spec.dims
-        lines += ["  {", f"    name: {_quoted(spec.name)}", f"    data_type: {spec.data_type}",
-                  f"    dims: [ {', '.join(str(d) for d in dims)} ]", "  }" + ("," if index < len(specs) - 1 else "")]
-    return lines + ["]"]
+    """One ``input { ... }`` or ``output { ... }`` per tensor: name, data type, dims (without the batch when batching)."""
+    return [f"{key} {{ name: {_quoted(spec.name)} data_type: {spec.data_type} "
+            f"dims: [ {', '.join(map(str, spec.dims[1:] if batching else spec.dims))} ] }}" for spec in specs]
 
 
 def trt_profile(info: ModelInfo, spec: TensorSpec, *, max_batch: int, opt_batch: int, source: Path) -> dict[str, str]:
@@ -146,10 +142,8 @@ def _accelerator_lines(info: ModelInfo, profile: dict[str, str], workspace_gib: 
     return [
         "# ONNX Runtime builds a TensorRT engine at load (minutes for ResNet-101); to keep it between",
         "# restarts add parameters trt_engine_cache_enable \"1\" and trt_engine_cache_path (a writable folder).",
-        "optimization {", "  execution_accelerators {", "    gpu_execution_accelerator: [", "      {",
-        "        name: \"tensorrt\"",
-        *(f"        parameters {{ key: {_quoted(k)} value: {_quoted(v)} }}" for k, v in values.items()),
-        "      }", "    ]", "  }", "}",
+        "optimization { execution_accelerators { gpu_execution_accelerator: [ {", '  name: "tensorrt"',
+        *(f"  parameters {{ key: {_quoted(k)} value: {_quoted(v)} }}" for k, v in values.items()), "} ] } }",
     ]
 
 
@@ -192,7 +186,7 @@ def config_text(info: ModelInfo, inputs: list[TensorSpec], outputs: list[TensorS
         lines.append("dynamic_batching { }")
     # KIND_AUTO: a GPU instance where Triton sees a GPU, else a CPU one; a TensorRT plan runs on GPUs only.
     kind = "KIND_AUTO" if platform == "onnxruntime_onnx" else "KIND_GPU"
-    lines += ["instance_group [", "  {", f"    kind: {kind}", "    count: 1", "  }", "]"]
+    lines.append(f"instance_group [ {{ kind: {kind} count: 1 }} ]")
     if platform == "onnxruntime_onnx":
         profile = trt_profile(info, inputs[0], max_batch=max_batch, opt_batch=opt_batch, source=source) \
             if len(inputs) == 1 else {}
@@ -250,9 +244,9 @@ def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: 
 
     ``max_batch``: Triton's max_batch_size for a graph with a dynamic batch (an engine's own profile
     wins); ``opt_batch``: the batch ONNX Runtime's TensorRT accelerator tunes for; ``workspace_gib``:
-    its workspace, GiB. The folder is built under a
-    hidden temporary name in the repository's parent folder and renamed into place, so Triton (which
-    may poll the repository) never sees half a model, nor a temporary folder it would take for one.
+    its workspace, GiB. The folder is built under a hidden name in the repository's parent folder and
+    renamed into place: Triton (which may poll the repository) never sees half a model, nor takes the
+    temporary folder for one.
     """
     artifact, root = Path(artifact), Path(root)
     ensure_writable_dir(root, "Triton model repository")
@@ -265,28 +259,22 @@ def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: 
                        workspace_gib=workspace_gib, opt_batch=opt_batch)
     final = root / name
     _check_replaceable(final)
-    with storage_errors(final):  # a full or read-only disk: one line naming the model folder, exit code 5
-        _stage_and_publish(artifact, final, filename, info, text)
+    # A full or read-only disk: one line naming the model folder, exit code 5.
+    with storage_errors(final):
+        staged = Path(tempfile.mkdtemp(prefix=working_prefix(name), suffix=".tmp", dir=root.parent))
+        try:
+            version = staged / "1"
+            version.mkdir()
+            shutil.copyfile(artifact, version / filename)
+            external = artifact.with_name(artifact.name + ".data")  # > 2 GiB graphs: its name is fixed inside the graph
+            if filename == "model.onnx" and external.is_file():
+                shutil.copyfile(external, version / external.name)
+            (staged / LABELS).write_text("".join(f"{label}\n" for label in info.class_names), encoding="utf-8")
+            (staged / "config.pbtxt").write_text(text, encoding="utf-8")
+            # mkdtemp makes 0700 folders; Triton often runs as another user (a container): plain mkdir permissions.
+            os.chmod(staged, 0o777 & ~_umask())
+            _publish(staged, final)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
     return final
-
-
-def _stage_and_publish(artifact: Path, final: Path, filename: str, info: ModelInfo, text: str) -> None:
-    """Build the model folder under a hidden name beside the repository, then rename it to ``final``."""
-    name = final.name
-    staged = Path(tempfile.mkdtemp(prefix=working_prefix(name), suffix=".tmp", dir=final.parent.parent))
-    try:
-        version = staged / "1"
-        version.mkdir()
-        shutil.copyfile(artifact, version / filename)
-        external = artifact.with_name(artifact.name + ".data")  # > 2 GiB graphs: its name is fixed inside the graph
-        if filename == "model.onnx" and external.is_file():
-            shutil.copyfile(external, version / external.name)
-        (staged / LABELS).write_text("".join(f"{label}\n" for label in info.class_names), encoding="utf-8")
-        (staged / "config.pbtxt").write_text(text, encoding="utf-8")
-        # mkdtemp makes 0700 folders; Triton often runs as another user (a container): plain mkdir permissions.
-        for folder in (staged, version):
-            os.chmod(folder, 0o777 & ~_umask())
-        _publish(staged, final)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
