@@ -113,14 +113,13 @@ class _Fields:
         return width, height
 
     def numbers(self, field: str, value: Any, low: float, high: float) -> list[float]:
-        out = []
-        for i, v in enumerate(self.sequence(field, value, 3)):
+        values = self.sequence(field, value, 3)
+        for i, v in enumerate(values):
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
                 raise self.bad(f"{field}[{i}]", v, "is not a finite number")
             if not low <= float(v) <= high:
                 raise self.bad(f"{field}[{i}]", v, f"is outside {low:g}..{high:g} (0..1 units, per RGB channel)")
-            out.append(float(v))
-        return out
+        return [float(v) for v in values]
 
     def names(self, field: str, value: Any, min_len: int, max_len: int) -> list[str]:
         names = [self.text(f"{field}[{i}]", v) for i, v in enumerate(self.sequence(field, value))]

@@ -10,8 +10,7 @@ array without knowing the mean/std, colour order or sizes:
 
 Every node is one that TensorRT's ONNX parser (8.6 to 10.x), ONNX Runtime and OpenCV 4.8+ DNN
 accept (tests/export/trt_parser_rules.py checks each exported graph against the parser's table):
-- the shrink is training's cv2.INTER_AREA (data/augment.py) as constant MatMuls, or for ``--dynamic``
-  as weights computed from the frame's shape: no ``Resize(antialias=1)``, which TensorRT refuses;
+- the shrink is training's cv2.INTER_AREA as MatMuls (export/frames_resize.py): no ``Resize(antialias=1)``;
 - the BGR -> RGB flip is folded into the first convolution's weights: no reversed ``Slice``, which
   OpenCV 4 cannot run, and not even a node;
 - uint8 only at the graph's edges, cast to and from float (TensorRT converts uint8 only to and from

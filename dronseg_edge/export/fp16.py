@@ -24,10 +24,9 @@ FP32_OPS = ("GlobalAveragePool", "ReduceMean", "ReduceSum", "Softmax")
 FP16_MAX = 65504.0
 
 
-def convert_to_fp16(graph: onnx.ModelProto, keep_fp32_ops: tuple[str, ...] = FP32_OPS,
-                    keep_fp32_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
-    """An fp16 copy of ``graph``: fp16 weights and activations, float32 input/output, ``keep_fp32_ops`` (op types)
-    and the nodes whose names start with one of ``keep_fp32_nodes`` in fp32."""
+def convert_to_fp16(graph: onnx.ModelProto, keep_fp32_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """An fp16 copy of ``graph``: fp16 weights and activations, float32 input/output, FP32_OPS (op types) and
+    the nodes whose names start with one of ``keep_fp32_nodes`` in fp32."""
     try:
         from onnxruntime.transformers import float16
         from onnxruntime.transformers.onnx_model import OnnxModel
@@ -37,7 +36,7 @@ def convert_to_fp16(graph: onnx.ModelProto, keep_fp32_ops: tuple[str, ...] = FP3
             "(or onnxruntime-gpu); on TensorRT 10.x build fp16 engines from the fp32 ONNX instead"
         ) from None
 
-    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_fp32_ops))
+    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS))
     nodes = [node.name for node in graph.graph.node if keep_fp32_nodes and node.name.startswith(keep_fp32_nodes)]
     converted = float16.convert_float_to_float16(graph, keep_io_types=True, op_block_list=block, node_block_list=nodes,
                                                  max_finite_val=FP16_MAX, disable_shape_infer=False)

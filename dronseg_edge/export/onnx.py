@@ -69,7 +69,7 @@ def check_opset(opset: int | None, exporter: str) -> int:
 
 
 def export_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: int | None = None,
-                exporter: str | None = None, simplify: bool = True) -> Path:
+                exporter: str | None = None) -> Path:
     """Write ``model`` (forward -> ``{'out': logits}``) to ``path`` as a checked, simplified ONNX graph.
 
     Input ``images``: float32 (N, 3, H, W) normalised RGB at ``info.input_size`` (W, H); output
@@ -84,12 +84,11 @@ def export_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: int | N
     axes = {INPUT_NAME: free, out_name: mask_axes if out_name == "mask" else free} if free else None
     return write_graph(SegmentationNet(model, head=info.head).eval(), torch.zeros(info.batch or 1, 3, height, width),
                        path, info, opset=opset, exporter=exporter or choose_exporter(), axes=axes,
-                       names=(INPUT_NAME, [out_name]), simplify=simplify)
+                       names=(INPUT_NAME, [out_name]))
 
 
 def write_graph(net: nn.Module, example: torch.Tensor, path: Path, info: ModelInfo, *, opset: int | None,
-                exporter: str, axes: dict | None, names: tuple[str, list[str]], simplify: bool = True,
-                **extra) -> Path:
+                exporter: str, axes: dict | None, names: tuple[str, list[str]], **extra) -> Path:
     """Export ``net`` traced on ``example`` with ``axes`` (torch.onnx's dynamic_axes) free, finish, stamp and save it."""
     path = Path(path)
     opset = check_opset(opset, exporter)
@@ -100,7 +99,7 @@ def write_graph(net: nn.Module, example: torch.Tensor, path: Path, info: ModelIn
         export = _export_torchscript if exporter == "torchscript" else _export_dynamo
         export(net, example, raw, opset, axes, names)
         graph = onnx.load(str(raw))
-    graph = finish_graph(graph, info, simplify=simplify)
+    graph = finish_graph(graph, info)
     info.extra.update({"exporter": exporter_versions(exporter), "opset": opset, "input_name": input_name,
                        "output_name": output_names[0], **extra})
     save_onnx(graph, path, info)

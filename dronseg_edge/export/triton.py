@@ -181,18 +181,15 @@ def config_text(info: ModelInfo, inputs: list[TensorSpec], outputs: list[TensorS
         f"max_batch_size: {max_batch if batching else 0}",
         *_tensor_blocks("input", inputs, batching),
         *_tensor_blocks("output", outputs, batching),
+        *(["dynamic_batching { }"] if batching else []),
+        # KIND_AUTO: a GPU instance where Triton sees a GPU, else a CPU one; a TensorRT plan runs on GPUs only.
+        f"instance_group [ {{ kind: {'KIND_AUTO' if platform == 'onnxruntime_onnx' else 'KIND_GPU'} count: 1 }} ]",
     ]
-    if batching:
-        lines.append("dynamic_batching { }")
-    # KIND_AUTO: a GPU instance where Triton sees a GPU, else a CPU one; a TensorRT plan runs on GPUs only.
-    kind = "KIND_AUTO" if platform == "onnxruntime_onnx" else "KIND_GPU"
-    lines.append(f"instance_group [ {{ kind: {kind} count: 1 }} ]")
     if platform == "onnxruntime_onnx":
         profile = trt_profile(info, inputs[0], max_batch=max_batch, opt_batch=opt_batch, source=source) \
             if len(inputs) == 1 else {}
         lines += _accelerator_lines(info, profile, workspace_gib)
-    for key, value in _client_parameters(info).items():
-        lines.append(f"parameters {{ key: {_quoted(key)} value: {{ string_value: {_quoted(value)} }} }}")
+    lines += [f"parameters {{ key: {_quoted(k)} value: {{ string_value: {_quoted(v)} }} }}" for k, v in _client_parameters(info).items()]
     return "\n".join(lines) + "\n"
 
 
