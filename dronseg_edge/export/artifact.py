@@ -1,16 +1,8 @@
 """Checkpoint -> ONNX file or TensorRT engine of one precision, with its parity check.
 
-File names (in the checkpoint's run folder ``RUN/export/``, or beside a bare checkpoint):
-
-    NAME = <checkpoint stem>[_argmax][_<W>x<H> if not the training size][_b<N> | _dyn | _dynbatch]
-           [_frames[_src<W>x<H> if not the model size][_conf]]     --io frames (export/embedded.py)
-    NAME_<precision>.onnx                                   fp32 | fp16 | int8
-    NAME_<precision>_<gpu>_sm<cc>_trt<version>.engine       + NAME_..engine.json (metadata sidecar)
-    <artifact stem>.parity.json                             the parity report (PASS or FAIL)
-    *.failed                                                an artifact that failed parity
-    triton/NAME_<precision>[_plan]/                         --format triton: a model folder of the Triton model
-                                                            repository triton/ around the ONNX file (or engine);
-                                                            its NAME leaves out _dynbatch (every Triton model batches)
+File names (the table: docs/export.md), in ``RUN/export/`` or beside a bare checkpoint: ``NAME_<precision>.onnx``,
+``NAME_<precision>_<gpu>_sm<cc>[_dla<N>]_trt<version>.engine`` + its ``.json`` sidecar, ``<artifact stem>.parity.json``,
+``*.failed`` (failed parity), ``triton/NAME_<precision>[_plan]/``; NAME is built by ``_final_path``.
 
 A new artifact is written under a hidden pending name, checked, and only then renamed into
 place, so a failing export never replaces a good file of the same name.
@@ -249,13 +241,13 @@ def _write_onnx(model, dest: Path, info: ModelInfo, precision: str, opset: int |
     frames = info.io == "frames"  # pre/post inside the graph (export/embedded.py)
     export = embedded.export_frames_onnx if frames else onnx_export.export_onnx
     verify = embedded.verify_frames_dynamic if frames else onnx_export.verify_dynamic
+    if precision == "fp32":
+        export(model, dest, info, opset=opset)
+        return (verify(dest, model, info),) if info.batch is None else ()
     with tempfile.TemporaryDirectory(prefix=working_prefix("export"), dir=dest.parent) as tmp:
-        # fp16 and int8 are made from an fp32 graph in the working folder.
-        fp32_info = info if precision == "fp32" else ModelInfo.from_dict({**info.to_dict(), "precision": "fp32"})
-        fp32_path = export(model, dest if precision == "fp32" else Path(tmp) / "fp32.onnx", fp32_info, opset=opset)
+        fp32_info = ModelInfo.from_dict({**info.to_dict(), "precision": "fp32"})
+        fp32_path = export(model, Path(tmp) / "fp32.onnx", fp32_info, opset=opset)
         notes = (verify(fp32_path, model, fp32_info),) if info.batch is None else ()
-        if precision == "fp32":
-            return notes
         info.extra.update({k: v for k, v in fp32_info.extra.items() if k not in info.extra})
         if precision == "fp16":
             from dronseg_edge.export.fp16 import convert_to_fp16

@@ -9,13 +9,9 @@ array without knowing the mean/std, colour order or sizes:
       argmax ─▶ (N, H, W) uint8 class map  └──▶ softmax max x 255 ─▶ (N, H, W) uint8 confidence
 
 Every node is one that TensorRT's ONNX parser (8.6 to 10.x), ONNX Runtime and OpenCV 4.8+ DNN
-accept (tests/export/trt_parser_rules.py checks each exported graph against the parser's table):
-- the shrink is training's cv2.INTER_AREA as MatMuls (export/frames_resize.py): no ``Resize(antialias=1)``;
-- the BGR -> RGB flip is folded into the first convolution's weights: no reversed ``Slice``, which
-  OpenCV 4 cannot run, and not even a node;
-- uint8 only at the graph's edges, cast to and from float (TensorRT converts uint8 only to and from
-  float32/float16), so the class index goes int64 -> float -> uint8;
-- opset 17 by default, the newest TensorRT 8.6 (JetPack 6.0) parses.
+accept (tests/export/trt_parser_rules.py checks each exported graph against the parser's table; why
+each choice, node by node: docs/export.md, "Built from nodes every consumer takes"). Opset 17 by
+default, the newest TensorRT 8.6 (JetPack 6.0) parses.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
-"""fp32 ONNX graph -> fp16 graph with float32 input and output.
+"""fp32 ONNX graph -> fp16 graph with float32 input and output (what stays fp32: docs/export.md).
 
-Converter: ``onnxruntime.transformers.float16.convert_float_to_float16``. It ships inside
-onnxruntime (already needed to run and parity-check ONNX files, so no new dependency), converts
-the weights after BatchNorm has been folded in fp32 (exporting a ``.half()`` model would fold in
-fp16 and round twice), keeps Resize's ``scales`` in float32 as the ONNX spec requires, and with
-``keep_io_types`` puts Casts at the boundaries so every runner feeds the same float32 batch.
-onnxconverter-common does the same but would be one more package. The parity check judges the result.
-
-TensorRT 10.x does not need this file for fp16 (it builds fp16 from the fp32 graph with its
-builder flag); TensorRT 11.x removed that flag and takes its precision from this graph.
+Converter: ``onnxruntime.transformers.float16``, inside onnxruntime (needed anyway; onnxconverter-common
+would be one more package). It converts the weights after BatchNorm was folded in fp32 (a ``.half()``
+export would fold in fp16 and round twice) and keeps Resize's ``scales`` float32 as ONNX requires.
+TensorRT 10.x builds fp16 from the fp32 graph with its builder flag; 11.x, without it, from this graph.
 """
 
 from __future__ import annotations

@@ -133,6 +133,7 @@ class ExportOptions:
             raise DronsegError(f"--precision {self.precision!r} is not one of {', '.join(EXPORT_PRECISIONS)} for an export")
         # Only int8 calibrates: a method given with fp32/fp16 is unused, as the CLI always passes one.
         for flag, value, choices in (("--triton-backend", self.triton_backend, TRITON_BACKENDS), ("--head", self.head, HEADS),
+                                     ("--io", self.io, IO_MODES),
                                      ("--calib-method", self.calib_method if self.precision == "int8" else None,
                                       (None, *CALIBRATION_METHODS))):
             if value not in choices:
@@ -172,8 +173,6 @@ class ExportOptions:
                                "(and pass --batch/--size for the shape the engine runs at)")
 
     def _validate_io(self) -> None:
-        if self.io not in IO_MODES:
-            raise DronsegError(f"--io {self.io!r} is not one of {', '.join(IO_MODES)}")
         if self.io == "tensors":
             for flag, given in (("--source-size", self.source_size is not None), ("--confidence", self.confidence)):
                 if given:
@@ -199,10 +198,6 @@ class ExportOptions:
         names = list(given)
         for low, high in zip(names, names[1:]):
             if any(a > b for a, b in zip(given[low], given[high])):
-                raise DronsegError(f"--{low.replace('_', '-')} {_shape(given[low])} is larger than "
-                                   f"--{high.replace('_', '-')} {_shape(given[high])} on some side: each of batch, "
+                raise DronsegError(f"--{low.replace('_', '-')} {'x'.join(map(str, given[low]))} is larger than "
+                                   f"--{high.replace('_', '-')} {'x'.join(map(str, given[high]))} on some side: each of batch, "
                                    "width and height must grow from --min-shape to --opt-shape to --max-shape")
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "x".join(map(str, shape))

@@ -1,11 +1,10 @@
-"""Parity: run a reference and a candidate model on the same real images and compare them.
+"""Parity: run a reference and a candidate model on the same real images and compare them (what is
+reported, and the default rules: docs/export.md, "Parity").
 
-Both get the identical float32 batch (the runtime's own ``preprocess``, at the candidate's input
-size). Logits are compared element-wise (absolute and relative error, cosine similarity, NaN/Inf),
-class maps pixel-wise (argmax agreement, per-class IoU between the two), and, where ground-truth
-masks exist, both are scored against them (mean IoU/Dice and the difference). The verdict uses
-per-precision thresholds (parity_report.DEFAULT_THRESHOLDS) that callers can override. The image
-the two agree on least is kept, so a failed or borderline report can picture it (parity_picture.py).
+Both get the identical float32 batch (``runtime/host.preprocess_host``, at the candidate's input size);
+a frames graph gets the frames themselves. The verdict uses per-precision thresholds
+(parity_report.DEFAULT_THRESHOLDS) that callers can override. The image the two agree on least is
+kept, so a failed or borderline report can picture it (parity_picture.py).
 """
 
 from __future__ import annotations

@@ -11,23 +11,12 @@ other things (hidden caches of ONNX Runtime's TensorRT provider, for one).
     REPO/NAME/labels.txt      the class names, one per line (line i = class index i)
     REPO/NAME/1/model.onnx    the parity-checked ONNX file, byte for byte (or 1/model.plan: the engine)
 
-Choices, each from what Triton does with the field:
-- Batching: Triton batches along a model's first dimension, and only when it is free; so the export
-  frees it (ExportOptions.dynamic_batch, implied by ``fmt='triton'``) and the config declares
-  ``max_batch_size`` (max(--batch, 4), as a dynamic engine's profile) and ``dynamic_batching``.
-- ``trt_profile_{min,opt,max}_shapes`` (onnxruntime_backend's README): without them ONNX Runtime's
-  TensorRT accelerator builds an engine for the first shape it sees and rebuilds it (minutes for
-  ResNet-101) whenever a larger batch or frame arrives; with them it builds one engine for the range.
-- ``KIND_AUTO`` for ONNX Runtime: Triton makes it a GPU instance when it sees a GPU and a CPU one
-  otherwise (core's model_config_utils.cc), so a CPU-only server loads the model too; a plan needs a GPU.
-- No ``label_filename``: Triton's classification extension sorts all elements of an output (per batch
-  item) and labels them by their flat index (server's classification.cc); in a segmentation output
-  that index is a pixel, so no output here can carry labels. The class names are in labels.txt and
-  in the ``class_names`` parameter, which clients read with get_model_config.
-
-``tritonserver --model-repository REPO`` serves every model folder in REPO. The config has no
-``name`` field: Triton then takes the folder's name, so the folder may be renamed freely (a
-``name`` that differs from its folder makes Triton refuse the model).
+Choices (reasons and sources: docs/triton.md): the export frees the batch axis and the config declares
+``max_batch_size`` (max(--batch, 4)) and ``dynamic_batching`` (Triton batches along a free first dimension
+only); ONNX Runtime's TensorRT accelerator gets ``trt_profile_{min,opt,max}_shapes`` (else it rebuilds its
+engine for each larger shape); ``KIND_AUTO`` for ONNX Runtime (a CPU-only server loads it too), ``KIND_GPU``
+for a plan; no ``label_filename`` (Triton's classification extension would label pixels); no ``name`` (Triton
+takes the folder's, so it may be renamed). ``tritonserver --model-repository REPO`` serves every folder in REPO.
 """
 
 from __future__ import annotations
@@ -35,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +32,7 @@ from pathlib import Path
 import onnx
 
 from dronseg_edge import __version__
-from dronseg_edge.atomic import _umask, ensure_writable_dir, storage_errors
+from dronseg_edge.atomic import ensure_writable_dir, storage_errors
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export.tensorrt import dynamic_profile
 from dronseg_edge.leftovers import working_prefix
@@ -268,8 +258,9 @@ def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: 
                 shutil.copyfile(external, version / external.name)
             (staged / LABELS).write_text("".join(f"{label}\n" for label in info.class_names), encoding="utf-8")
             (staged / "config.pbtxt").write_text(text, encoding="utf-8")
-            # mkdtemp makes 0700 folders; Triton often runs as another user (a container): plain mkdir permissions.
-            os.chmod(staged, 0o777 & ~_umask())
+            # mkdtemp makes 0700 folders; Triton often runs as another user (a container): plain mkdir
+            # permissions, as its subfolder 1/ got.
+            os.chmod(staged, stat.S_IMODE(version.stat().st_mode))
             _publish(staged, final)
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
