@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +23,7 @@ from dronseg_edge import __version__
 from dronseg_edge.atomic import atomic_path
 from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.metadata import CHECKPOINT_FIX, ModelInfo, sha256_file
+from dronseg_edge.metadata import CHECKPOINT_FIX, ModelInfo
 from dronseg_edge.storage import storage_faults
 from dronseg_edge.models import ARCHS, build_model, head_channels, output_stride_of
 from dronseg_edge.torch_floor import UnsafeTorch, torch_load
@@ -76,15 +76,9 @@ class TrainingState:
     epoch_progress: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        state = {
-            "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler,
-            "epoch": self.epoch, "step": self.step, "best_metric": self.best_metric,
-            "best_metric_name": self.best_metric_name, "metrics": self.metrics, "rng": self.rng,
-            "config": self.config, "split": {"train": list(self.split["train"]), "val": list(self.split["val"])},
-        }
-        if self.epoch_progress is not None:  # absent, not None: an end-of-epoch save has no partial epoch
-            state["epoch_progress"] = self.epoch_progress
-        return state
+        # epoch_progress absent, not None: an end-of-epoch save has no partial epoch.
+        state = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {**state, "split": {"train": list(self.split["train"]), "val": list(self.split["val"])}}
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> "TrainingState":

@@ -40,9 +40,6 @@ SIDECAR_FORMAT = "dronseg-edge-engine"
 # What a user does about bad metadata, by where it came from (the error names the file and the field).
 REEXPORT = "re-export it with `dronseg-edge export CHECKPOINT`"
 CHECKPOINT_FIX = "the checkpoint was edited or damaged: use one written by `dronseg-edge train`"
-# Plain-language ONNX entries for people and other tools, derived from the ModelInfo fields on every write
-# (never read back: the fields are the contract); JSON strings like every other value.
-DESCRIPTION_KEYS = ("input_description", "output_description")
 # --meta of infer, eval, parity and bench (option_fields.py; runtime/registry.read_meta_file reads it).
 META = OptionSpec("Metadata for an .engine without its .engine.json (built with trtexec or Polygraphy) or a foreign "
                   ".onnx (for parity: the candidate): the ONNX it was built from, or a sidecar JSON.",
@@ -137,11 +134,11 @@ class ModelInfo:
         return info
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
+        for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 

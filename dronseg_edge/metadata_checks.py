@@ -88,9 +88,10 @@ class _Fields:
             raise self.bad(field, value, f"is outside {low}..{high}")
         return int(value)
 
-    def text(self, field: str, value: Any, max_len: int = MAX_NAME) -> str:
-        if not isinstance(value, str) or not value.strip() or len(value) > max_len or not value.isprintable():
-            raise self.bad(field, value, f"is not a non-empty printable text of at most {max_len} characters")
+    def text(self, field: str, value: Any, max_len: int = MAX_NAME, empty: bool = False) -> str:
+        """``empty``: the text may be empty (a hash, a version)."""
+        if not isinstance(value, str) or not (empty or value.strip()) or len(value) > max_len or not value.isprintable():
+            raise self.bad(field, value, f"is not a {'' if empty else 'non-empty '}printable text of at most {max_len} characters")
         return value
 
     def choice(self, field: str, value: Any, choices: tuple) -> Any:
@@ -112,14 +113,13 @@ class _Fields:
         return width, height
 
     def numbers(self, field: str, value: Any, low: float, high: float) -> list[float]:
-        out = []
-        for i, v in enumerate(self.sequence(field, value, 3)):
+        values = self.sequence(field, value, 3)
+        for i, v in enumerate(values):
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
                 raise self.bad(f"{field}[{i}]", v, "is not a finite number")
             if not low <= float(v) <= high:
                 raise self.bad(f"{field}[{i}]", v, f"is outside {low:g}..{high:g} (0..1 units, per RGB channel)")
-            out.append(float(v))
-        return out
+        return [float(v) for v in values]
 
     def names(self, field: str, value: Any, min_len: int, max_len: int) -> list[str]:
         names = [self.text(f"{field}[{i}]", v) for i, v in enumerate(self.sequence(field, value))]
@@ -140,12 +140,6 @@ class _Fields:
     def flag(self, field: str, value: Any) -> bool:
         if not isinstance(value, bool):
             raise self.bad(field, value, "is not true or false")
-        return value
-
-    def plain(self, field: str, value: Any, max_len: int) -> str:
-        """A string that may be empty (a hash, a version)."""
-        if not isinstance(value, str) or len(value) > max_len or not value.isprintable():
-            raise self.bad(field, value, f"is not a printable text of at most {max_len} characters")
         return value
 
     def mapping(self, field: str, value: Any) -> dict:
@@ -178,8 +172,8 @@ def check_fields(values: dict[str, Any], source: str, fix: str) -> dict[str, Any
         "batch": _optional(lambda v: f.integer("batch", v, 1, MAX_BATCH)),
         "dynamic": lambda v: f.flag("dynamic", v),
         "layout": lambda v: f.choice("layout", v, LAYOUTS),
-        "source_sha256": lambda v: f.plain("source_sha256", v, 128),
-        "package_version": lambda v: f.plain("package_version", v, 64),
+        "source_sha256": lambda v: f.text("source_sha256", v, 128, empty=True),
+        "package_version": lambda v: f.text("package_version", v, 64, empty=True),
         "io": lambda v: f.choice("io", v, IO_MODES),
         "color_order": lambda v: f.choice("color_order", v, COLOR_ORDERS),
         "outputs": lambda v: f.names("outputs", v, 0, MAX_OUTPUTS),

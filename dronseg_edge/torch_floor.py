@@ -41,21 +41,15 @@ class UnsafeTorch(DronsegError):
     """The installed torch cannot unpickle a file safely (exit code 2: install another torch)."""
 
 
-def check_safe_torch(what: str) -> None:
-    """Refuse to unpickle ``what`` on a torch whose weights_only loading is known to be bypassable."""
+def torch_load(path: Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; UnsafeTorch on a torch whose weights_only loading is known
+    to be bypassable; a one-line DronsegError naming ``what`` for a file it cannot read (a pickle holding code
+    included: never torch's advice to load it unsafely)."""
     import torch
 
     reason = unsafe_torch_reason(str(torch.__version__), what)
     if reason:
         raise UnsafeTorch(reason)
-
-
-def torch_load(path: Path, what: str) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, after ``check_safe_torch``; a one-line DronsegError
-    naming ``what`` for a file it cannot read (a pickle holding code included: never torch's advice to load it unsafely)."""
-    import torch
-
-    check_safe_torch(what)
     try:
         with warnings.catch_warnings():
             # A foreign pickle can make torch warn (e.g. about its protocol) before failing: the error says it all.

@@ -1,17 +1,8 @@
-"""Export: checkpoints to ONNX files and TensorRT engines (fp32, fp16, int8), each proven by a parity check.
-
-Public API::
-
-    options = ExportOptions(fmt="onnx"|"engine", precision="fp32"|"fp16"|"int8", size=None, batch=1, ...)
-    export_artifact(checkpoint, options) -> ExportResult       (or export_artifact(checkpoint, precision="fp16"))
-    artifact_path(checkpoint, options) -> Path
-    reusable_artifact(path, expected_info) -> ModelInfo | None
-    default_out_dir(checkpoint) -> Path
-    check_parity(reference, candidate, data=None, *, device, thresholds, max_images) -> ParityReport
-    ParityThresholds.for_precision(precision, min_agreement=None, max_miou_drop=None)
-
-``ExportOptions`` is frozen and validates itself (DronsegError on a bad value). TensorRT and ONNX
-Runtime are imported only when used, so this package imports without them.
+"""Export: checkpoints to ONNX files, TensorRT engines and Triton repositories (fp32, fp16, int8), each
+proven by a parity check: ``export_artifact(checkpoint, ExportOptions(...))`` (or ``precision="fp16"``
+and other fields as keywords), ``artifact_path``, ``reusable_artifact``, ``default_out_dir``,
+``check_parity`` -> ``ParityReport``, ``ParityThresholds.for_precision``. TensorRT and ONNX Runtime are
+imported only when used, so this package imports without them.
 """
 
 import importlib

@@ -117,39 +117,33 @@ def score_backend(backend: Backend, samples: Sequence[Sample], batch: int = 4,
         frames = [read_bgr(s.image_path, max_pixels) for s in chunk]
         masks = [read_mask(s.mask_path, info.num_classes, max_pixels) for s in chunk]
         for output, mask in zip(_infer(backend, frames, step), masks):
-            metrics.update(_class_map(output, mask.shape), torch.from_numpy(mask))
+            metrics.update(class_map_at(output, mask.shape), torch.from_numpy(mask))
         if log is not None:
             log(f"scored {min(start + step, len(samples))}/{len(samples)} images")
     return metrics.compute()
 
 
 def _infer(backend: Backend, frames: list[np.ndarray], step: int) -> list[np.ndarray]:
-    """Per frame: (C, h, w) float32 logits or an (h, w) class map, as numpy."""
+    """Per frame: (C, h, w) float32 logits or an (h, w) class map, as numpy. A frames artifact gets the uint8
+    frames in its colour order, as they are (or at its static source_size)."""
     info = backend.info
-    if info.io == "frames":
-        return _infer_frames(backend, frames, step)
-    batch, real = pad_batch(preprocess_host(frames, info), step)
-    return np.asarray(backend.infer(batch))[:real]
+    if info.io == "tensors":
+        groups = [preprocess_host(frames, info)]
+    else:
+        if info.source_size is not None and not info.dynamic:
+            frames = [resize_frame(f, *info.source_size) for f in frames]
+        if info.color_order == "RGB":
+            frames = [np.ascontiguousarray(f[:, :, ::-1]) for f in frames]
+        # A dynamic graph takes one frame size per call.
+        groups = [np.stack(frames)] if len({f.shape for f in frames}) == 1 else [f[None] for f in frames]
+    outputs = []
+    for group in groups:
+        batch, real = pad_batch(group, step if len(groups) == 1 else 1)
+        outputs += list(np.asarray(backend.infer(batch))[:real])
+    return outputs
 
 
-def _infer_frames(backend: Backend, frames: list[np.ndarray], step: int) -> list[np.ndarray]:
-    """A frames artifact: uint8 frames in its colour order, as they are (or at its static source_size)."""
-    info = backend.info
-    if info.source_size is not None and not info.dynamic:
-        frames = [resize_frame(f, *info.source_size) for f in frames]
-    if info.color_order == "RGB":
-        frames = [np.ascontiguousarray(f[:, :, ::-1]) for f in frames]
-    if len({f.shape for f in frames}) > 1:  # a dynamic graph takes one frame size per call
-        return [out for f in frames for out in _infer_frames_stacked(backend, [f], 1 if info.dynamic else step)]
-    return _infer_frames_stacked(backend, frames, step)
-
-
-def _infer_frames_stacked(backend: Backend, frames: list[np.ndarray], step: int) -> list[np.ndarray]:
-    batch, real = pad_batch(np.stack(frames), step)
-    return list(np.asarray(backend.infer(batch))[:real])
-
-
-def _class_map(output: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+def class_map_at(output: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
     """(H, W) int64 classes at the mask's size: logits upsampled bilinearly then argmax (as eval of a
     checkpoint does), a class map by nearest neighbour."""
     if output.ndim == 3:

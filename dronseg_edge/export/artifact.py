@@ -1,16 +1,8 @@
 """Checkpoint -> ONNX file or TensorRT engine of one precision, with its parity check.
 
-File names (in the checkpoint's run folder ``RUN/export/``, or beside a bare checkpoint):
-
-    NAME = <checkpoint stem>[_argmax][_<W>x<H> if not the training size][_b<N> | _dyn | _dynbatch]
-           [_frames[_src<W>x<H> if not the model size][_conf]]     --io frames (export/embedded.py)
-    NAME_<precision>.onnx                                   fp32 | fp16 | int8
-    NAME_<precision>_<gpu>_sm<cc>_trt<version>.engine       + NAME_..engine.json (metadata sidecar)
-    <artifact stem>.parity.json                             the parity report (PASS or FAIL)
-    *.failed                                                an artifact that failed parity
-    triton/NAME_<precision>[_plan]/                         --format triton: a model folder of the Triton model
-                                                            repository triton/ around the ONNX file (or engine);
-                                                            its NAME leaves out _dynbatch (every Triton model batches)
+File names (the table: docs/export.md), in ``RUN/export/`` or beside a bare checkpoint: ``NAME_<precision>.onnx``,
+``NAME_<precision>_<gpu>_sm<cc>[_dla<N>]_trt<version>.engine`` + its ``.json`` sidecar, ``<artifact stem>.parity.json``,
+``*.failed`` (failed parity), ``triton/NAME_<precision>[_plan]/``; NAME is built by ``_final_path``.
 
 A new artifact is written under a hidden pending name, checked, and only then renamed into
 place, so a failing export never replaces a good file of the same name.
@@ -26,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import operator
 import os
 import re
 import tempfile
@@ -44,15 +37,14 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.export import embedded
 from dronseg_edge.export import onnx as onnx_export
 from dronseg_edge.export.images import resolve_images
-from dronseg_edge.export.options import CALIB_IMAGES, EXPORT_PRECISIONS, FORMATS, PARITY_IMAGES, ExportOptions
+from dronseg_edge.export.options import EXPORT_PRECISIONS, ExportOptions
 from dronseg_edge.export.parity import check_parity
 from dronseg_edge.export.parity_report import ParityReport, parity_report_path
 from dronseg_edge.leftovers import RANDOM, TAGGED, FolderClaim, working_prefix, working_tag
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info, sidecar_path
 from dronseg_edge.storage import storage_faults
 
-__all__ = ["CALIB_IMAGES", "EXPORT_PRECISIONS", "FORMATS", "PARITY_IMAGES", "ExportOptions", "ExportResult",
-           "artifact_path", "default_out_dir", "export_artifact", "reusable_artifact"]
+__all__ = ["ExportResult", "artifact_path", "default_out_dir", "export_artifact", "reusable_artifact"]
 
 
 _PRECISION = "|".join(EXPORT_PRECISIONS)
@@ -85,33 +77,11 @@ class _Source:
     state: dict[str, Any]  # load_checkpoint's dict
     info: ModelInfo  # ModelInfo.from_checkpoint(state): training size, classes, normalisation, sha256
 
-    @property
-    def train_size(self) -> tuple[int, int]:
-        return self.info.input_size
-
 
 def default_out_dir(checkpoint: Path) -> Path:
     """``RUN/export`` for ``RUN/weights/x.pt``; the checkpoint's own folder for a bare file."""
     checkpoint = Path(checkpoint)
-    if checkpoint.parent.name == "weights":
-        return checkpoint.parent.parent / "export"
-    return checkpoint.parent
-
-
-def artifact_base(checkpoint: Path, train_size: tuple[int, int], size: tuple[int, int], batch: int,
-                  dynamic: bool, head: str, dynamic_batch: bool = False) -> str:
-    parts = [Path(checkpoint).stem]
-    if head == "argmax":
-        parts.append("argmax")
-    if tuple(size) != tuple(train_size):
-        parts.append(f"{size[0]}x{size[1]}")
-    if dynamic:
-        parts.append("dyn")
-    elif dynamic_batch:
-        parts.append("dynbatch")
-    elif batch != 1:
-        parts.append(f"b{batch}")
-    return "_".join(parts)
+    return checkpoint.parent.parent / "export" if checkpoint.parent.name == "weights" else checkpoint.parent
 
 
 def onnx_precision_for_engine(precision: str) -> str:
@@ -123,11 +93,6 @@ def onnx_precision_for_engine(precision: str) -> str:
     return precision
 
 
-def _merged(options: ExportOptions | None, changes: dict[str, Any]) -> ExportOptions:
-    options = options if options is not None else ExportOptions()
-    return dataclasses.replace(options, **changes) if changes else options
-
-
 def _torch_device(device: str | torch.device) -> torch.device:
     return device if isinstance(device, torch.device) else resolve_device(device)
 
@@ -137,23 +102,23 @@ def artifact_path(checkpoint: Path, options: ExportOptions | None = None, /, **c
 
     ``changes`` override single fields of ``options`` (default ExportOptions()), as in export_artifact.
     """
-    options = _merged(options, changes)
+    options = dataclasses.replace(options or ExportOptions(), **changes)
     ckpt = load_checkpoint(checkpoint)
-    train_size = (int(ckpt["input_size"][0]), int(ckpt["input_size"][1]))
     folder = options.out_dir if options.out_dir is not None else default_out_dir(checkpoint)
-    return _final_path(Path(checkpoint), train_size, options, folder)
+    return _final_path(Path(checkpoint), (int(ckpt["input_size"][0]), int(ckpt["input_size"][1])), options, folder)
 
 
 def _final_path(checkpoint: Path, train_size: tuple[int, int], options: ExportOptions, folder: Path) -> Path:
     size = options.size or train_size
-    base = artifact_base(checkpoint, train_size, size, options.batch, options.dynamic, options.head,
-                         dynamic_batch=options.dynamic_batch and options.fmt != "triton")
+    parts = [checkpoint.stem, "argmax" if options.head == "argmax" else "",
+             "" if tuple(size) == tuple(train_size) else f"{size[0]}x{size[1]}",
+             "dyn" if options.dynamic else "dynbatch" if options.dynamic_batch and options.fmt != "triton"
+             else f"b{options.batch}" if options.batch != 1 else ""]
     if options.io == "frames":
-        base += "_frames"
-        if options.source_size is not None and tuple(options.source_size) != tuple(size):
-            base += f"_src{options.source_size[0]}x{options.source_size[1]}"
-        if options.confidence:
-            base += "_conf"
+        source = options.source_size
+        parts += ["frames", f"src{source[0]}x{source[1]}" if source is not None and tuple(source) != tuple(size) else "",
+                  "conf" if options.confidence else ""]
+    base = "_".join(part for part in parts if part)
     if options.fmt == "onnx":
         return folder / f"{base}_{options.precision}.onnx"
     if options.fmt == "triton":
@@ -164,10 +129,9 @@ def _final_path(checkpoint: Path, train_size: tuple[int, int], options: ExportOp
     from dronseg_edge.export.tensorrt import engine_filename
     from dronseg_edge.runtime import tensorrt_env
 
-    trt = tensorrt_env.import_tensorrt()
     identity = tensorrt_env.gpu_identity(_torch_device(options.device))
     return folder / engine_filename(base, options.precision, identity["gpu_name"], identity["compute_capability"],
-                                    str(trt.__version__), dla_core=options.dla_core)
+                                    str(tensorrt_env.import_tensorrt().__version__), dla_core=options.dla_core)
 
 
 def _pending(final: Path) -> Path:
@@ -200,12 +164,9 @@ def reusable_artifact(path: Path, expected: ModelInfo) -> ModelInfo | None:
         found = read_onnx_info(path) if path.suffix.lower() == ".onnx" else read_engine_sidecar(path)
     except DronsegError:
         return None
-    same = (found.source_sha256 == expected.source_sha256 and found.precision == expected.precision
-            and found.head == expected.head and tuple(found.input_size) == tuple(expected.input_size)
-            and found.batch == expected.batch and found.dynamic == expected.dynamic
-            and found.io == expected.io and found.source_size == expected.source_size
-            and list(found.outputs) == list(expected.outputs))
-    return found if same else None
+    same = operator.attrgetter("source_sha256", "precision", "head", "input_size", "batch", "dynamic", "io",
+                               "source_size", "outputs")
+    return found if same(found) == same(expected) else None
 
 
 def export_artifact(checkpoint: Path, options: ExportOptions | None = None, /, **changes) -> ExportResult:
@@ -217,10 +178,10 @@ def export_artifact(checkpoint: Path, options: ExportOptions | None = None, /, *
     checkpoint's validation split) with ``thresholds`` (default: the precision's); a failing artifact
     is renamed ``*.failed``. The checkpoint is read and hashed once. Raises DronsegError on bad input.
     """
-    options = _merged(options, changes)
-    checkpoint = Path(checkpoint)
-    # Resolved once here; the engine's ONNX step inherits the torch.device through dataclasses.replace.
+    # The device resolved once here; the engine's ONNX step inherits the torch.device through dataclasses.replace.
+    options = dataclasses.replace(options or ExportOptions(), **changes)
     options = dataclasses.replace(options, device=_torch_device(options.device))
+    checkpoint = Path(checkpoint)
     if options.fmt == "triton":
         from dronseg_edge.export.triton import check_triton_backend
 
@@ -243,9 +204,9 @@ def _artifact_info(source: _Source, options: ExportOptions) -> ModelInfo:
     """The metadata the artifact of ``options`` carries: the checkpoint's, with the export's shape and precision."""
     batch = None if options.dynamic or options.dynamic_batch else options.batch  # None: any batch
     info = dataclasses.replace(
-        source.info, input_size=tuple(options.size or source.train_size), precision=options.precision,
+        source.info, input_size=tuple(options.size or source.info.input_size), precision=options.precision,
         head=options.head, batch=batch, dynamic=options.dynamic,
-        extra={"source_checkpoint": str(source.path.resolve()), "train_size": list(source.train_size)})
+        extra={"source_checkpoint": str(source.path.resolve()), "train_size": list(source.info.input_size)})
     if options.io == "frames":
         return embedded.frames_info(info, options.source_size, options.confidence)
     return info
@@ -255,44 +216,38 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
     if options.fmt == "triton":
         return _export_triton(source, folder, options)
     info = _artifact_info(source, options)
-    final = _final_path(source.path, source.train_size, options, folder)
+    final = _final_path(source.path, source.info.input_size, options, folder)
     if options.reuse:
         found = reusable_artifact(final, info)
         if found is not None:
             return ExportResult(final, found, None, True, notes=(f"reused {final.name}",), reused=True)
     if options.fmt == "engine":
         return _export_engine(source, folder, options, info, final)
-    calibration = None
-    if options.precision == "int8":  # before exporting, so an empty calibration folder fails fast
-        calibration = resolve_images(options.calib_data, source.state, option="--calib-data",
-                                     max_images=options.calib_images, size=info.input_size, allow_synthetic=False)
+    # int8: its images found before exporting, so an empty calibration folder fails fast.
+    calibration = resolve_images(options.calib_data, source.state, option="--calib-data", max_images=options.calib_images,
+                                 size=info.input_size, allow_synthetic=False) if options.precision == "int8" else None
     pending = _pending(final)
+    # storage_faults: exporters write where atomic.py cannot see: name the artifact.
     try:
-        with storage_faults(final):  # exporters write where atomic.py cannot see: name the artifact
+        with calibration or contextlib.nullcontext(), storage_faults(final):
             notes = _write_onnx(model_from_checkpoint(source.state), pending, info, options.precision, options.opset,
                                 calibration, options.calib_method)
             return _check_and_place(source, options, pending, final, info, notes)
     finally:
         _discard(pending)
-        if calibration is not None:
-            calibration.close()
 
 
 def _write_onnx(model, dest: Path, info: ModelInfo, precision: str, opset: int | None, calibration, method: str) -> tuple[str, ...]:
-    notes = []
     frames = info.io == "frames"  # pre/post inside the graph (export/embedded.py)
     export = embedded.export_frames_onnx if frames else onnx_export.export_onnx
     verify = embedded.verify_frames_dynamic if frames else onnx_export.verify_dynamic
     if precision == "fp32":
         export(model, dest, info, opset=opset)
-        if info.batch is None:
-            notes.append(verify(dest, model, info))
-        return tuple(notes)
+        return (verify(dest, model, info),) if info.batch is None else ()
     with tempfile.TemporaryDirectory(prefix=working_prefix("export"), dir=dest.parent) as tmp:
         fp32_info = ModelInfo.from_dict({**info.to_dict(), "precision": "fp32"})
         fp32_path = export(model, Path(tmp) / "fp32.onnx", fp32_info, opset=opset)
-        if info.batch is None:
-            notes.append(verify(fp32_path, model, fp32_info))
+        notes = (verify(fp32_path, model, fp32_info),) if info.batch is None else ()
         info.extra.update({k: v for k, v in fp32_info.extra.items() if k not in info.extra})
         if precision == "fp16":
             from dronseg_edge.export.fp16 import convert_to_fp16
@@ -307,29 +262,26 @@ def _write_onnx(model, dest: Path, info: ModelInfo, precision: str, opset: int |
             input_name = embedded.FRAMES_INPUT if frames else onnx_export.INPUT_NAME
             info.extra.update(quantize_int8(fp32_path, int8_path, calibration, info, input_name=input_name, method=method))
             graph = onnx.load(str(int8_path))
-        onnx_export.finish_graph(graph, info, simplify=False)
-        onnx_export.save_onnx(graph, dest, info)
-    return tuple(notes)
+        onnx_export.save_onnx(onnx_export.finish_graph(graph, info, simplify=False), dest, info)
+    return notes
 
 
 def _check_and_place(source: _Source, options: ExportOptions, pending: Path, final: Path, info: ModelInfo,
                      notes: tuple[str, ...]) -> ExportResult:
     """Parity-check the pending file, then rename it to ``final`` (PASS) or ``final.failed`` (FAIL)."""
-    report = None
     failed = final.with_name(final.name + ".failed")
-    if options.parity:
-        report = check_parity(source.state, pending, options.parity_data, device=options.device,
-                              thresholds=options.thresholds, max_images=options.parity_images)
-        report.candidate = str(final if report.passed else failed)
+    report = check_parity(source.state, pending, options.parity_data, device=options.device,
+                          thresholds=options.thresholds, max_images=options.parity_images) if options.parity else None
+    passed = report is None or report.passed
+    if report is not None:
+        report.candidate = str(final if passed else failed)
         report.save(parity_report_path(final))
-    if report is not None and not report.passed:
-        _move(pending, failed)
-        return ExportResult(failed, info, report, False, notes=notes)
-    if report is None:  # an earlier report describes an earlier file, not this unchecked one
+    else:  # an earlier report describes an earlier file, not this unchecked one
         _discard(parity_report_path(final))
-    _move(pending, final)
-    _discard(failed)  # a stale failure of an earlier attempt no longer describes this file
-    return ExportResult(final, info, report, True, notes=notes)
+    _move(pending, final if passed else failed)
+    if passed:
+        _discard(failed)  # a stale failure of an earlier attempt no longer describes this file
+    return ExportResult(final if passed else failed, info, report, passed, notes=notes)
 
 
 def _export_engine(source: _Source, folder: Path, options: ExportOptions, info: ModelInfo,
@@ -345,10 +297,8 @@ def _export_engine(source: _Source, folder: Path, options: ExportOptions, info: 
         thresholds=options.thresholds if onnx_precision == options.precision else None))
     if not made.passed:
         return made
-    if made.reused:
-        notes = (f"reused {made.path.name}",)
-    else:
-        notes = (f"built {made.path.name}" + ("" if check_onnx else " (its parity not checked: no onnxruntime)"),)
+    notes = (f"reused {made.path.name}" if made.reused else f"built {made.path.name}"
+             + ("" if check_onnx else " (its parity not checked: no onnxruntime)"),)
     pending = _pending(final)
     try:
         with storage_faults(final):
@@ -372,7 +322,7 @@ def _export_triton(source: _Source, folder: Path, options: ExportOptions) -> Exp
     made = _export(source, folder, dataclasses.replace(options, fmt=inner))
     if not made.passed:
         return made
-    final = _final_path(source.path, source.train_size, options, folder)
+    final = _final_path(source.path, source.info.input_size, options, folder)
     # The ONNX file may batch up to what a dynamic engine's profile allows (export/tensorrt.py).
     repository = write_model_repository(made.path, final.parent, final.name, max_batch=max(options.batch, MIN_MAX_BATCH),
                                         opt_batch=options.batch, workspace_gib=options.workspace_gib)

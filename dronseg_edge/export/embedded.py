@@ -9,38 +9,25 @@ array without knowing the mean/std, colour order or sizes:
       argmax ─▶ (N, H, W) uint8 class map  └──▶ softmax max x 255 ─▶ (N, H, W) uint8 confidence
 
 Every node is one that TensorRT's ONNX parser (8.6 to 10.x), ONNX Runtime and OpenCV 4.8+ DNN
-accept (tests/export/trt_parser_rules.py checks each exported graph against the parser's table):
-- the shrink is training's cv2.INTER_AREA (data/augment.py) as constant MatMuls, or for ``--dynamic``
-  as weights computed from the frame's shape: no ``Resize(antialias=1)``, which TensorRT refuses;
-- the BGR -> RGB flip is folded into the first convolution's weights: no reversed ``Slice``, which
-  OpenCV 4 cannot run, and not even a node;
-- uint8 only at the graph's edges, cast to and from float (TensorRT converts uint8 only to and from
-  float32/float16), so the class index goes int64 -> float -> uint8;
-- opset 17 by default, the newest TensorRT 8.6 (JetPack 6.0) parses.
+accept (tests/export/trt_parser_rules.py checks each exported graph against the parser's table; why
+each choice, node by node: docs/export.md, "Built from nodes every consumer takes"). Opset 17 by
+default, the newest TensorRT 8.6 (JetPack 6.0) parses.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
-import tempfile
-import warnings
 from pathlib import Path
 
-import numpy as np
-import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dronseg_edge.atomic import ensure_writable_dir
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export import onnx as onnx_export
 from dronseg_edge.export.frames_resize import DynamicResize, StaticResize, fold_channel_flip
-from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.metadata import ModelInfo
-from dronseg_edge.runtime.host import resize_frame
 
 FRAMES_INPUT = "frames"
 MASK_OUTPUT = "mask"
@@ -59,12 +46,6 @@ def frames_info(info: ModelInfo, source_size: tuple[int, int] | None, confidence
                                color_order=COLOR_ORDER, outputs=outputs, extra=dict(info.extra))
 
 
-def frame_at(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """A BGR frame at ``size`` (W, H; None keeps it): the frames a fixed-size graph is fed in parity and
-    calibration, resized as the host path and training resize (``runtime/host.resize_frame``)."""
-    return frame if size is None else resize_frame(frame, int(size[0]), int(size[1]))
-
-
 class FramesToClassMap(nn.Module):
     """(N, H, W, 3) uint8 BGR frames -> (N, H, W) uint8 class map [, (N, H, W) uint8 confidence x 255].
 
@@ -80,10 +61,8 @@ class FramesToClassMap(nn.Module):
         self.source = None if info.dynamic else tuple(int(v) for v in (info.source_size or info.input_size))
         self.upsample = self.source != (width, height)  # the logits are at the model's size
         self.model = fold_channel_flip(copy.deepcopy(model).eval(), torch.zeros(1, 3, height, width))
-        if self.source is None:
-            self.resize = DynamicResize((width, height))
-        else:
-            self.resize = StaticResize(self.source, (width, height), batch=int(info.batch or -1))  # -1: any
+        self.resize = DynamicResize((width, height)) if self.source is None else \
+            StaticResize(self.source, (width, height), batch=int(info.batch or -1))  # -1: any
         # (x / 255 - mean) / std as one multiply-add on 0..255 values, in BGR order (the model reads BGR now).
         mean = torch.tensor(info.mean[::-1], dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(info.std[::-1], dtype=torch.float32).view(1, 3, 1, 1)
@@ -114,71 +93,26 @@ def export_frames_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: 
 
     TorchScript exporter, opset ``opset`` (default 17: module docstring).
     """
-    path = Path(path)
-    exporter = onnx_export.choose_exporter()
-    if exporter != "torchscript":
+    if onnx_export.choose_exporter() != "torchscript":
         raise DronsegError(f"--io frames needs torch's TorchScript ONNX exporter, which torch {torch.__version__} "
                            "no longer has: export --io tensors, or use torch <= 2.15")
-    opset = onnx_export.check_opset(opset, exporter)
     net = FramesToClassMap(model, info, confidence=CONFIDENCE_OUTPUT in info.outputs).eval()
     width, height = info.source_size or info.input_size
-    example = torch.zeros(info.batch or 1, height, width, 3, dtype=torch.uint8)
-    axes = None
-    if info.dynamic:
-        axes = {name: {0: "batch", 1: "height", 2: "width"} for name in [FRAMES_INPUT, *info.outputs]}
-    elif info.batch is None:  # any batch at the fixed frame size (export --format triton)
-        axes = {name: {0: "batch"} for name in [FRAMES_INPUT, *info.outputs]}
-    kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-    ensure_writable_dir(path.parent)
-    with tempfile.TemporaryDirectory(prefix=working_prefix("export"), dir=path.parent) as tmp:
-        raw = Path(tmp) / "raw.onnx"
-        with warnings.catch_warnings(), torch.no_grad():
-            # torch >= 2.9 warns on every TorchScript export; the choice is deliberate (export/onnx.py).
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=FutureWarning)
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-            torch.onnx.export(net, (example,), str(raw), input_names=[FRAMES_INPUT], output_names=list(info.outputs),
-                              opset_version=opset, dynamic_axes=axes, do_constant_folding=True,
-                              training=torch.onnx.TrainingMode.EVAL, **kwargs)
-        graph = onnx.load(str(raw))
-    graph = onnx_export.finish_graph(graph, info)
-    info.extra.update({"exporter": onnx_export.exporter_versions(exporter), "opset": opset, "input_name": FRAMES_INPUT,
-                       "output_name": MASK_OUTPUT, "pre_post": "in graph: BGR uint8 NHWC -> INTER_AREA resize (MatMul) "
-                       "-> mean/std -> model -> bilinear logits -> argmax uint8"})
-    onnx_export.save_onnx(graph, path, info)
-    return path
+    free = {0: "batch", 1: "height", 2: "width"} if info.dynamic else {0: "batch"} if info.batch is None else None
+    return onnx_export.write_graph(
+        net, torch.zeros(info.batch or 1, height, width, 3, dtype=torch.uint8), path, info, opset=opset,
+        exporter="torchscript", axes=free and {name: free for name in [FRAMES_INPUT, *info.outputs]},
+        names=(FRAMES_INPUT, list(info.outputs)), pre_post="in graph: BGR uint8 NHWC -> INTER_AREA resize (MatMul) "
+        "-> mean/std -> model -> bilinear logits -> argmax uint8")
 
 
 def verify_frames_dynamic(path: Path, model: nn.Module, info: ModelInfo) -> str:
     """Run a frames graph with a free batch at batch 2 (a --dynamic one also at another frame size than
     traced) and compare with PyTorch."""
-    try:
-        import onnxruntime
-    except ImportError:
-        return "dynamic shapes not verified (onnxruntime missing)"
     width, height = info.input_size
-    probe_w, probe_h = width * 2 + 6, height * 2 + 10  # odd sizes: a frozen shape cannot pass by chance
-    if not info.dynamic:
-        probe_w, probe_h = info.source_size or info.input_size
-    generator = torch.Generator().manual_seed(0)
-    frames = torch.randint(0, 256, (2, probe_h, probe_w, 3), dtype=torch.uint8, generator=generator)
-    net = FramesToClassMap(model, info, confidence=False).eval()
-    with torch.no_grad():
-        expected = net(frames)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    shape = f"2x{probe_h}x{probe_w}x3"
-    what, fix = ("--dynamic", "drop --dynamic and pass --source-size WxH") if info.dynamic else \
-        ("dynamic-batch", "export --format onnx with a fixed --batch")
-    try:
-        got = torch.from_numpy(session.run([MASK_OUTPUT], {FRAMES_INPUT: frames.numpy()})[0])
-    except Exception as exc:  # onnxruntime reports a frozen shape as a runtime error
-        raise DronsegError(f"{what} --io frames export fails at {shape} ({str(exc).splitlines()[0][:160]}): {fix}") from None
-    if got.shape != expected.shape:
-        raise DronsegError(f"{what} --io frames export returns {tuple(got.shape)} for {shape} instead of "
-                           f"{tuple(expected.shape)}: {fix}")
-    agreement = float((got == expected).float().mean())
-    # The graph computes what the module does; random noise only risks a rare near-tie in the logits.
-    if agreement < 0.999:
-        raise DronsegError(f"{what} --io frames export agrees with PyTorch on only {100 * agreement:.2f}% of pixels "
-                           f"at {shape}: {fix}")
-    return f"dynamic shapes verified at {shape} (agreement {100 * agreement:.2f}%)"
+    probe_w, probe_h = (width * 2 + 6, height * 2 + 10) if info.dynamic else (info.source_size or info.input_size)
+    # Odd sizes: a frozen shape cannot pass by chance.
+    frames = torch.randint(0, 256, (2, probe_h, probe_w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    fix = "drop --dynamic and pass --source-size WxH" if info.dynamic else "export --format onnx with a fixed --batch"
+    what = f"{'--dynamic' if info.dynamic else 'dynamic-batch'} --io frames export"
+    return onnx_export.compare_with_torch(path, FramesToClassMap(model, info).eval(), frames, what, fix)

@@ -1,14 +1,9 @@
-"""fp32 ONNX graph -> fp16 graph with float32 input and output.
+"""fp32 ONNX graph -> fp16 graph with float32 input and output (what stays fp32: docs/export.md).
 
-Converter: ``onnxruntime.transformers.float16.convert_float_to_float16``. It ships inside
-onnxruntime (already needed to run and parity-check ONNX files, so no new dependency), converts
-the weights after BatchNorm has been folded in fp32 (exporting a ``.half()`` model would fold in
-fp16 and round twice), keeps Resize's ``scales`` in float32 as the ONNX spec requires, and with
-``keep_io_types`` puts Casts at the boundaries so every runner feeds the same float32 batch.
-onnxconverter-common does the same but would be one more package. The parity check judges the result.
-
-TensorRT 10.x does not need this file for fp16 (it builds fp16 from the fp32 graph with its
-builder flag); TensorRT 11.x removed that flag and takes its precision from this graph.
+Converter: ``onnxruntime.transformers.float16``, inside onnxruntime (needed anyway; onnxconverter-common
+would be one more package). It converts the weights after BatchNorm was folded in fp32 (a ``.half()``
+export would fold in fp16 and round twice) and keeps Resize's ``scales`` float32 as ONNX requires.
+TensorRT 10.x builds fp16 from the fp32 graph with its builder flag; 11.x, without it, from this graph.
 """
 
 from __future__ import annotations
@@ -24,25 +19,19 @@ FP32_OPS = ("GlobalAveragePool", "ReduceMean", "ReduceSum", "Softmax")
 FP16_MAX = 65504.0
 
 
-def _converter():
+def convert_to_fp16(graph: onnx.ModelProto, keep_fp32_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """An fp16 copy of ``graph``: fp16 weights and activations, float32 input/output, FP32_OPS (op types) and
+    the nodes whose names start with one of ``keep_fp32_nodes`` in fp32."""
     try:
         from onnxruntime.transformers import float16
+        from onnxruntime.transformers.onnx_model import OnnxModel
     except ImportError:
         raise BackendUnavailable(
             "fp16 ONNX export needs onnxruntime (its float16 converter): pip install onnxruntime "
             "(or onnxruntime-gpu); on TensorRT 10.x build fp16 engines from the fp32 ONNX instead"
         ) from None
-    return float16
 
-
-def convert_to_fp16(graph: onnx.ModelProto, keep_fp32_ops: tuple[str, ...] = FP32_OPS,
-                    keep_fp32_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
-    """An fp16 copy of ``graph``: fp16 weights and activations, float32 input/output, ``keep_fp32_ops`` (op types)
-    and the nodes whose names start with one of ``keep_fp32_nodes`` in fp32."""
-    float16 = _converter()
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_fp32_ops))
+    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS))
     nodes = [node.name for node in graph.graph.node if keep_fp32_nodes and node.name.startswith(keep_fp32_nodes)]
     converted = float16.convert_float_to_float16(graph, keep_io_types=True, op_block_list=block, node_block_list=nodes,
                                                  max_finite_val=FP16_MAX, disable_shape_infer=False)

@@ -1,22 +1,13 @@
 """The shrink inside a frames graph (``export --io frames``), built from nodes that every consumer parses.
 
-ONNX ``Resize(antialias=1)`` would be the natural node, but TensorRT's ONNX parser refuses it
-(onnx-tensorrt ``onnxOpCheckers.cpp``: "Antialiasing is not supported") and OpenCV 4's DNN cannot
-run what surrounds it. A resize is linear in each axis, so here it is two matrix products with the
-weights of ``runtime/host.resize_frame`` (cv2.INTER_AREA when shrinking both sides, INTER_LINEAR
-otherwise), i.e. the same shrink as training's and as the host path's:
-
-- ``StaticResize`` (a fixed frame size): constant weights (``runtime/host.resize_matrices``). An
-  INTER_AREA matrix for a ratio of ``q`` source to ``p`` output pixels is block-diagonal, one (p, q)
-  block repeated ``gcd`` times, so each axis is a Reshape to rows of ``q`` pixels and one MatMul with
-  a (q, p) constant: 4 MACs per source pixel for 720 -> 192 instead of 192 for the dense product.
-- ``DynamicResize`` (any frame size): the same weights computed from the frame's shape inside the
-  graph (Range, Cast, Min/Max, Where) and applied as dense MatMuls: 0.77 G multiply-adds per 1280x720
-  frame to 320x192 (nothing on a GPU; a static graph is far cheaper on a CPU).
-
-Both take (N, H, W, 3) float frames and return (N, 3, h, w). In the static graph every MatMul
-contracts the last axis against a constant second input, the form OpenCV 4's importer maps to its
-InnerProduct layer (OpenCV 4.8 cannot take a constant first input).
+TensorRT's ONNX parser refuses ``Resize(antialias=1)`` (onnx-tensorrt ``onnxOpCheckers.cpp``: "Antialiasing
+is not supported"). A resize is linear along each axis, so here it is two matrix products with the weights
+of ``runtime/host.resize_frame`` (cv2.INTER_AREA when shrinking both sides, INTER_LINEAR otherwise): the
+shrink of training and of the host path. ``StaticResize`` (a fixed frame size) has constant weights, applied
+block by block (an INTER_AREA matrix is one (p, q) block repeated); ``DynamicResize`` (any frame size)
+computes them from the frame's shape inside the graph (costs and timings: docs/export.md). In the static
+graph every MatMul contracts the last axis against a constant second input, the form OpenCV 4's importer
+maps to its InnerProduct layer (OpenCV 4.8 cannot take a constant first input).
 """
 
 from __future__ import annotations

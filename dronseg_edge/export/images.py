@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +31,17 @@ class ImageItem:
     mask: Path | None = None
 
 
-@dataclass
-class ImageSet:
-    """Images (and ground-truth masks where known) plus a one-line description of where they came from."""
+@dataclass(eq=False)
+class ImageSet(contextlib.ExitStack):
+    """Images (and ground-truth masks where known) plus a one-line description of where they came from;
+    closing it removes what it rendered."""
 
     items: list[ImageItem]
     source: str
     synthetic: bool = False
-    _cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
-    def close(self) -> None:
-        self._cleanup.close()
-
-    def __enter__(self) -> "ImageSet":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __post_init__(self) -> None:
+        super().__init__()
 
 
 def pick_evenly(items: list, limit: int | None) -> list:
@@ -61,14 +55,13 @@ def pick_evenly(items: list, limit: int | None) -> list:
 def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]:
     """Items of a dataset root (Kaggle layout, masks where present) or of a plain image folder."""
     folder = Path(folder)
-    if not folder.exists():
-        raise DronsegError(f"{option} {folder} does not exist: pass a folder of images or a dataset root (ROOT/imgs/imgs)")
     if not folder.is_dir():
-        raise DronsegError(f"{option} {folder} is a file: pass a folder of images or a dataset root (ROOT/imgs/imgs)")
+        raise DronsegError(f"{option} {folder} {'is a file' if folder.exists() else 'does not exist'}: pass a folder of "
+                           "images or a dataset root (ROOT/imgs/imgs)")
     if (folder / IMAGE_DIR).is_dir():
         samples = dataset_samples(folder, "all")
-        items = [ImageItem(s.image_path, s.mask_path or _test_mask(folder, s.image_id)) for s in samples]
-        return items, f"data set {folder}"
+        test_masks = {p.stem: p for p in (folder / TEST_MASK_DIR).glob("*.png")}
+        return [ImageItem(s.image_path, s.mask_path or test_masks.get(s.image_id)) for s in samples], f"data set {folder}"
     images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DronsegError(
@@ -76,11 +69,6 @@ def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]
             "or a dataset root (ROOT/imgs/imgs)"
         )
     return [ImageItem(p) for p in images], f"image folder {folder}"
-
-
-def _test_mask(root: Path, image_id: str) -> Path | None:
-    candidate = root / TEST_MASK_DIR / f"{image_id}.png"
-    return candidate if candidate.is_file() else None
 
 
 def validation_images(ckpt: dict[str, Any]) -> tuple[list[ImageItem], str] | None:
@@ -127,11 +115,12 @@ def synthetic_images(count: int, size: tuple[int, int], why: str) -> ImageSet:
         raise DronsegError(f"no images to compare on: {why}; pass --parity-data DIR (a dataset root or an image folder)")
     from dronseg_edge.data.synthetic import synthesize
 
-    stack = contextlib.ExitStack()
-    root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dronseg-parity-")))
+    images = ImageSet([], "", synthetic=True)
+    root = Path(images.enter_context(tempfile.TemporaryDirectory(prefix="dronseg-parity-")))
     synthesize(root, images=count, size=tuple(size), video_frames=0, seed=0, test_fraction=0.0)
-    items, _ = images_from_folder(root, "--parity-data")
-    return ImageSet(items[:count], f"{len(items[:count])} synthetic scenes ({why})", synthetic=True, _cleanup=stack)
+    images.items = images_from_folder(root, "--parity-data")[0][:count]
+    images.source = f"{len(images.items)} synthetic scenes ({why})"
+    return images
 
 
 def load_item(item: ImageItem, num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:

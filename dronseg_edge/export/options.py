@@ -39,6 +39,18 @@ SHAPE_HELP = ("--dynamic engines: the {} input shape of TensorRT's optimisation 
               "BATCHxWIDTHxHEIGHT of the model input (--io frames: of the frames), e.g. 1x320x192.")
 
 
+def _ints(values) -> tuple[int, ...]:
+    return tuple(int(value) for value in values)
+
+
+# (conversion, fields, whether None stays None) for ExportOptions.__post_init__.
+_NORMALISE = ((int, ("batch", "calib_images", "parity_images"), False), (float, ("workspace_gib",), False),
+              (bool, ("dynamic", "parity", "reuse", "confidence", "dynamic_batch", "trt_verbose"), False),
+              (Path, ("calib_data", "parity_data", "out_dir", "timing_cache"), True),
+              (_ints, ("size", "source_size", "min_shape", "opt_shape", "max_shape"), True),
+              (int, ("dla_core", "builder_opt_level"), True))
+
+
 def parse_shape(text: str) -> tuple[int, int, int]:
     """``'4x1280x720'`` -> (batch, width, height), the way --size writes a size with the batch in front."""
     batch, _, size = str(text).strip().partition("x")
@@ -106,44 +118,32 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         # Normalised here so that equal options compare equal (a list size, a str path, a numpy int).
-        for name, convert in (("batch", int), ("calib_images", int), ("parity_images", int),
-                              ("workspace_gib", float), ("dynamic", bool), ("parity", bool), ("reuse", bool),
-                              ("confidence", bool), ("dynamic_batch", bool), ("trt_verbose", bool)):
-            object.__setattr__(self, name, convert(getattr(self, name)))
+        for convert, names, optional in _NORMALISE:
+            for name in names:
+                if not optional or getattr(self, name) is not None:
+                    object.__setattr__(self, name, convert(getattr(self, name)))
         # One spelling per graph: --dynamic frees the batch too, and a Triton model always batches.
         object.__setattr__(self, "dynamic_batch", not self.dynamic and (self.dynamic_batch or self.fmt == "triton"))
-        for name in ("calib_data", "parity_data", "out_dir", "timing_cache"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, Path(getattr(self, name)))
-        if self.size is not None:
-            object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
-        for name in ("source_size", "min_shape", "opt_shape", "max_shape"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, tuple(int(value) for value in getattr(self, name)))
-        for name in ("dla_core", "builder_opt_level"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, int(getattr(self, name)))
         self._validate()
 
     def _validate(self) -> None:
         if self.fmt not in FORMATS:
             raise DronsegError(f"--format {self.fmt!r} is not one of onnx, engine, all, triton")
-        if self.triton_backend not in TRITON_BACKENDS:
-            raise DronsegError(f"--triton-backend {self.triton_backend!r} is not one of {', '.join(TRITON_BACKENDS)}")
         if self.precision not in EXPORT_PRECISIONS:
             raise DronsegError(f"--precision {self.precision!r} is not one of {', '.join(EXPORT_PRECISIONS)} for an export")
-        if self.head not in HEADS:
-            raise DronsegError(f"--head {self.head!r} is not one of {', '.join(HEADS)}")
-        if self.batch < 1:
-            raise DronsegError(f"--batch {self.batch} must be 1 or more")
-        if not self.workspace_gib > 0:
-            raise DronsegError(f"--workspace-gib {self.workspace_gib:g} must be a positive number of GiB")
         # Only int8 calibrates: a method given with fp32/fp16 is unused, as the CLI always passes one.
-        if self.precision == "int8" and self.calib_method not in CALIBRATION_METHODS:
-            raise DronsegError(f"--calib-method {self.calib_method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
-        for flag, value in (("--calib-images", self.calib_images), ("--parity-images", self.parity_images)):
+        for flag, value, choices in (("--triton-backend", self.triton_backend, TRITON_BACKENDS), ("--head", self.head, HEADS),
+                                     ("--io", self.io, IO_MODES),
+                                     ("--calib-method", self.calib_method if self.precision == "int8" else None,
+                                      (None, *CALIBRATION_METHODS))):
+            if value not in choices:
+                raise DronsegError(f"{flag} {value!r} is not one of {', '.join(filter(None, choices))}")
+        for flag, value in (("--batch", self.batch), ("--calib-images", self.calib_images),
+                            ("--parity-images", self.parity_images)):
             if value < 1:
                 raise DronsegError(f"{flag} {value} must be 1 or more")
+        if not self.workspace_gib > 0:
+            raise DronsegError(f"--workspace-gib {self.workspace_gib:g} must be a positive number of GiB")
         self._validate_io()
         self._validate_engine()
 
@@ -173,8 +173,6 @@ class ExportOptions:
                                "(and pass --batch/--size for the shape the engine runs at)")
 
     def _validate_io(self) -> None:
-        if self.io not in IO_MODES:
-            raise DronsegError(f"--io {self.io!r} is not one of {', '.join(IO_MODES)}")
         if self.io == "tensors":
             for flag, given in (("--source-size", self.source_size is not None), ("--confidence", self.confidence)):
                 if given:
@@ -200,10 +198,6 @@ class ExportOptions:
         names = list(given)
         for low, high in zip(names, names[1:]):
             if any(a > b for a, b in zip(given[low], given[high])):
-                raise DronsegError(f"--{low.replace('_', '-')} {_shape(given[low])} is larger than "
-                                   f"--{high.replace('_', '-')} {_shape(given[high])} on some side: each of batch, "
+                raise DronsegError(f"--{low.replace('_', '-')} {'x'.join(map(str, given[low]))} is larger than "
+                                   f"--{high.replace('_', '-')} {'x'.join(map(str, given[high]))} on some side: each of batch, "
                                    "width and height must grow from --min-shape to --opt-shape to --max-shape")
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "x".join(map(str, shape))

@@ -1,15 +1,15 @@
-"""Parity: run a reference and a candidate model on the same real images and compare them.
+"""Parity: run a reference and a candidate model on the same real images and compare them (what is
+reported, and the default rules: docs/export.md, "Parity").
 
-Both get the identical float32 batch (the runtime's own ``preprocess``, at the candidate's input
-size). Logits are compared element-wise (absolute and relative error, cosine similarity, NaN/Inf),
-class maps pixel-wise (argmax agreement, per-class IoU between the two), and, where ground-truth
-masks exist, both are scored against them (mean IoU/Dice and the difference). The verdict uses
-per-precision thresholds (parity_report.DEFAULT_THRESHOLDS) that callers can override. The image
-the two agree on least is kept, so a failed or borderline report can picture it (parity_picture.py).
+Both get the identical float32 batch (``runtime/host.preprocess_host``, at the candidate's input size);
+a frames graph gets the frames themselves. The verdict uses per-precision thresholds
+(parity_report.DEFAULT_THRESHOLDS) that callers can override. The image the two agree on least is
+kept, so a failed or borderline report can picture it (parity_picture.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any, Union
@@ -21,6 +21,7 @@ import torch
 from dronseg_edge.checkpoint import load_checkpoint
 from dronseg_edge.devices import resolve_device, tf32_mode
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.export.accuracy import class_map_at, source_checkpoint
 from dronseg_edge.export.images import ImageSet, load_item, resolve_images
 from dronseg_edge.export.parity_picture import WorstImage
 from dronseg_edge.export.parity_report import GroundTruthScores, OutputStats, ParityReport, ParityThresholds
@@ -28,7 +29,7 @@ from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.metrics import SegmentationMetrics, confusion_matrix, iou_from_confusion
 from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.batching import pad_batch
-from dronseg_edge.runtime.host import preprocess_host
+from dronseg_edge.runtime.host import preprocess_host, resize_frame
 from dronseg_edge.runtime.registry import check_model_file, is_checkpoint, load_backend
 from dronseg_edge.runtime.torch import TorchBackend
 
@@ -41,50 +42,40 @@ SUSPICIOUS_LOGIT = 1e4  # trained segmentation heads stay far below; random Batc
 class LogitComparison:
     """Accumulates element-wise error statistics of two logit tensors over batches (on the CPU)."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self):
         self.count = 0
-        self.abs_sum = self.rel_sum = 0.0
-        self.abs_max = self.rel_max = 0.0
+        self.abs_sum = self.rel_sum = self.abs_max = self.rel_max = 0.0
         self.dot = self.ref_sq = self.cand_sq = 0.0
         self.cosine_min = math.inf
         self.nonfinite_candidate = self.nonfinite_reference = 0
         self.candidate_abs_max = self.reference_abs_max = 0.0
         self.abs_samples: list[np.ndarray] = []
         self.rel_samples: list[np.ndarray] = []
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(0)
 
     def update(self, reference: torch.Tensor, candidate: torch.Tensor) -> None:
         """reference, candidate: (N, C, H, W) float tensors of equal shape."""
-        ref = reference.detach().double().cpu()
-        cand = candidate.detach().double().cpu()
+        ref, cand = reference.detach().double().cpu(), candidate.detach().double().cpu()
         finite_ref, finite_cand = torch.isfinite(ref), torch.isfinite(cand)
         self.nonfinite_reference += int((~finite_ref).sum())
         self.nonfinite_candidate += int((~finite_cand).sum())
+        self.candidate_abs_max = max(self.candidate_abs_max, float(torch.where(finite_cand, cand.abs(), 0.0).max()))
+        self.reference_abs_max = max(self.reference_abs_max, float(torch.where(finite_ref, ref.abs(), 0.0).max()))
         both = finite_ref & finite_cand
-        if bool(finite_cand.any()):
-            self.candidate_abs_max = max(self.candidate_abs_max, float(cand[finite_cand].abs().max()))
-        if bool(finite_ref.any()):
-            self.reference_abs_max = max(self.reference_abs_max, float(ref[finite_ref].abs().max()))
         diff = (cand - ref).abs()[both]
         rel = diff / ref.abs()[both].clamp_min(REL_FLOOR)
         if diff.numel():
             self.count += diff.numel()
-            self.abs_sum += float(diff.sum())
-            self.rel_sum += float(rel.sum())
-            self.abs_max = max(self.abs_max, float(diff.max()))
-            self.rel_max = max(self.rel_max, float(rel.max()))
-            keep = self._sample_index(diff.numel())
-            self.abs_samples.append(diff[keep].numpy() if keep is not None else diff.numpy())
-            self.rel_samples.append(rel[keep].numpy() if keep is not None else rel.numpy())
+            self.abs_sum, self.rel_sum = self.abs_sum + float(diff.sum()), self.rel_sum + float(rel.sum())
+            self.abs_max, self.rel_max = max(self.abs_max, float(diff.max())), max(self.rel_max, float(rel.max()))
+            keep = slice(None) if diff.numel() <= SAMPLE_PER_IMAGE else \
+                torch.randperm(diff.numel(), generator=self.generator)[:SAMPLE_PER_IMAGE]
+            self.abs_samples.append(diff[keep].numpy())
+            self.rel_samples.append(rel[keep].numpy())
         for r, c in zip(torch.where(both, ref, 0.0).flatten(1), torch.where(both, cand, 0.0).flatten(1)):
             dot, rr, cc = float(r @ c), float(r @ r), float(c @ c)
             self.dot, self.ref_sq, self.cand_sq = self.dot + dot, self.ref_sq + rr, self.cand_sq + cc
             self.cosine_min = min(self.cosine_min, _cosine(dot, rr, cc))
-
-    def _sample_index(self, size: int) -> torch.Tensor | None:
-        if size <= SAMPLE_PER_IMAGE:
-            return None
-        return torch.randperm(size, generator=self.generator)[:SAMPLE_PER_IMAGE]
 
     def fill(self, stats: OutputStats) -> OutputStats:
         if self.count:
@@ -99,11 +90,50 @@ class LogitComparison:
         return stats
 
 
+class MaskTally:
+    """Class maps of candidate vs reference over images: agreeing pixels, per-class IoU between the two,
+    both against ground truth where it exists, and the image they agree on least."""
+
+    def __init__(self, info: ModelInfo):
+        self.classes = info.num_classes
+        self.agree = self.total = self.gt_images = 0
+        self.between = torch.zeros(self.classes, self.classes, dtype=torch.int64)
+        self.ref_scores, self.cand_scores = SegmentationMetrics(self.classes), SegmentationMetrics(self.classes)
+        self.worst = WorstImage(info.class_names, info.palette)
+
+    def add(self, name: str, frame: np.ndarray, ref_mask: torch.Tensor, cand_mask: torch.Tensor, truth) -> None:
+        """(H, W) class maps of the BGR ``frame``; ``truth``: its ground-truth mask (any size) or None."""
+        self.agree += int((ref_mask == cand_mask).sum())
+        self.total += ref_mask.numel()
+        self.between += confusion_matrix(cand_mask, ref_mask, self.classes)
+        self.worst.update(name, frame, ref_mask, cand_mask)
+        if truth is not None:
+            height, width = ref_mask.shape
+            truth = torch.from_numpy(cv2.resize(truth, (width, height), interpolation=cv2.INTER_NEAREST)).long()
+            self.ref_scores.update(ref_mask, truth)
+            self.cand_scores.update(cand_mask, truth)
+            self.gt_images += 1
+
+    def report(self, ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityThresholds, stats: OutputStats,
+               size: tuple[int, int], data_source: str) -> ParityReport:
+        """The unjudged report with ``stats`` (its agreement filled in here)."""
+        stats.agreement = self.agree / self.total if self.total else math.nan
+        ground_truth = None
+        if self.gt_images:
+            r, c = self.ref_scores.compute(), self.cand_scores.compute()
+            ground_truth = GroundTruthScores(self.gt_images, r["miou"], c["miou"], r["mdice"], c["mdice"])
+        info = cand.info
+        return ParityReport(
+            reference=str(ref.path), candidate=str(cand.path), reference_provider=ref.describe(),
+            candidate_provider=cand.describe(), precision=info.precision, head=info.head, size=tuple(size),
+            images=len(images.items), data_source=data_source, outputs=[stats], class_names=list(info.class_names),
+            class_iou=[None if math.isnan(v) else v for v in iou_from_confusion(self.between).tolist()],
+            ground_truth=ground_truth, thresholds=thresholds, synthetic_data=images.synthetic, worst_image=self.worst)
+
+
 def _cosine(dot: float, a: float, b: float) -> float:
-    if a == 0.0 and b == 0.0:
-        return 1.0
     if a == 0.0 or b == 0.0:
-        return 0.0
+        return float(a == b)  # two zero vectors are alike, one is not like anything
     return dot / math.sqrt(a * b)
 
 
@@ -125,16 +155,10 @@ def _open(model: Model, device: torch.device, owned: list[Backend]) -> tuple[Bac
 
 def _checkpoint_for_images(opened: list[tuple[Backend, dict[str, Any] | None]]) -> dict | None:
     """A loaded checkpoint among the models (or the one an export records as its source), for its split."""
-    for backend, ckpt in opened:
-        if ckpt is not None:
-            return ckpt
-        if is_checkpoint(backend.path):  # a checkpoint the caller opened, e.g. a TorchBackend at fp16
-            return load_checkpoint(backend.path)
-    for backend, _ in opened:
-        source = backend.info.extra.get("source_checkpoint")
-        if source and Path(source).is_file():
-            return load_checkpoint(Path(source))
-    return None
+    loaded = (ckpt for _, ckpt in opened if ckpt is not None)
+    # Else a checkpoint the caller opened (e.g. a TorchBackend at fp16), or an export's recorded source.
+    paths = (source_checkpoint(backend.path, backend.info) for backend, _ in opened)
+    return next(itertools.chain(loaded, (load_checkpoint(path) for path in paths if path)), None)
 
 
 def _static(info: ModelInfo) -> bool:
@@ -143,14 +167,9 @@ def _static(info: ModelInfo) -> bool:
 
 def _run(backend: Backend, x: torch.Tensor) -> torch.Tensor:
     """Infer ``x`` (N, 3, H, W), in chunks of the backend's fixed batch if it has one."""
-    if not _static(backend.info) or backend.info.batch == x.shape[0]:
-        return backend.infer(x)
-    size = backend.info.batch
-    outs = []
-    for start in range(0, x.shape[0], size):
-        chunk, real = pad_batch(x[start:start + size], size)
-        outs.append(backend.infer(chunk)[:real])
-    return torch.cat(outs)
+    size = backend.info.batch if _static(backend.info) else x.shape[0]
+    chunks = [pad_batch(x[start:start + size], size) for start in range(0, x.shape[0], size)]
+    return torch.cat([backend.infer(chunk)[:real] for chunk, real in chunks])
 
 
 def _check_compatible(reference: Backend, candidate: Backend, frames: bool = False) -> None:
@@ -197,11 +216,7 @@ def check_parity(reference: Model, candidate: Model, data: Path | None = None, *
         limits = thresholds or ParityThresholds.for_precision(cand.info.precision)
         with resolve_images(data, ckpt, option="--parity-data", max_images=max_images, size=size,
                             allow_synthetic=True) as images, tf32_mode(False):  # the PyTorch reference must be true fp32, not TF32
-            if frames:
-                from dronseg_edge.export.parity_frames import compare_frames
-
-                return judge(compare_frames(ref, cand, images, limits))
-            return _compare(ref, cand, images, limits)
+            return (_compare_frames if frames else _compare)(ref, cand, images, limits)
     finally:
         for backend in owned:
             backend.deactivate()
@@ -209,19 +224,13 @@ def check_parity(reference: Model, candidate: Model, data: Path | None = None, *
 
 def _compare(ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityThresholds) -> ParityReport:
     info = cand.info
-    num_classes = info.num_classes
-    width, height = info.input_size
     batch = info.batch if _static(info) else 1
     logits = LogitComparison() if (ref.info.head == "logits" and info.head == "logits") else None
-    agree = total = 0
-    between = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    ref_scores, cand_scores = SegmentationMetrics(num_classes), SegmentationMetrics(num_classes)
-    gt_images = 0
-    worst = WorstImage(info.class_names, info.palette)
+    tally = MaskTally(info)
     items = images.items
     for start in range(0, len(items), batch):
         group = items[start:start + batch]
-        frames, masks = zip(*(load_item(item, num_classes) for item in group))
+        frames, masks = zip(*(load_item(item, info.num_classes) for item in group))
         x, _ = pad_batch(torch.from_numpy(preprocess_host(list(frames), info)), batch)
         ref_out = _run(ref, x.to(ref.device))[: len(group)].cpu()
         cand_out = _run(cand, x)[: len(group)].cpu()
@@ -229,36 +238,35 @@ def _compare(ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityTh
             logits.update(ref_out, cand_out)
         ref_mask = ref_out.argmax(1) if ref.info.head == "logits" else ref_out.long()
         cand_mask = cand_out.argmax(1) if info.head == "logits" else cand_out.long()
-        agree += int((ref_mask == cand_mask).sum())
-        total += ref_mask.numel()
-        between += confusion_matrix(cand_mask, ref_mask, num_classes)
         for i, item in enumerate(group):
-            worst.update(item.image.name, frames[i], ref_mask[i], cand_mask[i])
-        for i, mask in enumerate(masks):
-            if mask is None:
-                continue
-            truth = torch.from_numpy(cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)).long()
-            ref_scores.update(ref_mask[i], truth)
-            cand_scores.update(cand_mask[i], truth)
-            gt_images += 1
-    stats = OutputStats(name="logits" if info.head == "logits" else "mask", kind=info.head,
-                        agreement=agree / total if total else math.nan)
+            tally.add(item.image.name, frames[i], ref_mask[i], cand_mask[i], masks[i])
+    stats = OutputStats(name="logits" if info.head == "logits" else "mask", kind=info.head)
     if logits is not None:
         logits.fill(stats)
-    ground_truth = None
-    if gt_images:
-        r, c = ref_scores.compute(), cand_scores.compute()
-        ground_truth = GroundTruthScores(gt_images, r["miou"], c["miou"], r["mdice"], c["mdice"])
-    class_iou = [None if math.isnan(v) else v for v in iou_from_confusion(between).tolist()]
-    report = ParityReport(
-        reference=str(ref.path), candidate=str(cand.path), reference_provider=ref.describe(),
-        candidate_provider=cand.describe(), precision=info.precision, head=info.head, size=(width, height),
-        images=len(items), data_source=images.source, outputs=[stats], class_names=list(info.class_names),
-        class_iou=class_iou, ground_truth=ground_truth, thresholds=thresholds, synthetic_data=images.synthetic,
-        worst_image=worst,
-    )
-    judge(report)
-    return report
+    return judge(tally.report(ref, cand, images, thresholds, stats, info.input_size, images.source))
+
+
+def _compare_frames(ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityThresholds) -> ParityReport:
+    """``cand`` (io='frames') gets uint8 BGR frames, the graph's fixed source size or their own; ``ref`` (a
+    logits model) the same frames through its own ``segment`` (the INTER_AREA shrink the graph applies too)
+    and the graph's post-processing (bilinear logits to the frame size, argmax): the whole deployable path."""
+    info = cand.info
+    source = info.source_size if not info.dynamic else None
+    batch = info.batch if (not info.dynamic and info.batch) else 1
+    tally, sizes, items = MaskTally(info), set(), images.items
+    for start in range(0, len(items), batch):
+        loaded = [load_item(item, info.num_classes) for item in items[start:start + batch]]
+        frames = [np.ascontiguousarray(frame if source is None else resize_frame(frame, *source)) for frame, _ in loaded]
+        padded = frames + [frames[-1]] * (batch - len(frames))
+        cand_out = cand.infer(torch.from_numpy(np.stack(padded))).cpu()[: len(frames)].long()
+        for i, (frame, (_, mask)) in enumerate(zip(frames, loaded)):
+            sizes.add(frame.shape[1::-1])
+            ref_mask = class_map_at(ref.segment(frame[None], logits=True).logits[0], frame.shape[:2])
+            tally.add(items[start + i].image.name, frame, ref_mask, cand_out[i], mask)
+    size = source or (max(sizes) if sizes else tuple(info.input_size))
+    at = f"; frames at {size[0]}x{size[1]}" if source else "; frames at their own sizes"
+    return judge(tally.report(ref, cand, images, thresholds, OutputStats(name="mask", kind="argmax"), size,
+                              images.source + at))
 
 
 def judge(report: ParityReport) -> ParityReport:

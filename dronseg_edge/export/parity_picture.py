@@ -70,21 +70,14 @@ def _numpy(classes) -> np.ndarray:
     return np.asarray(classes).astype(np.int16)  # class indices; int16 keeps the kept copies small
 
 
-def picture_path(report_path: Path) -> Path:
-    """``NAME.parity.json`` -> ``NAME.parity.png`` (any other name: the name + ``.png``)."""
-    report_path = Path(report_path)
-    if report_path.suffix.lower() == ".json":
-        return report_path.with_suffix(".png")
-    return report_path.with_name(report_path.name + ".png")
-
-
 def save_difference_picture(worst: "WorstImage | None", wanted: bool, report_path: Path) -> str | None:
     """Write the picture of ``worst`` beside ``report_path`` when ``wanted`` (a failed or borderline report);
     return its file name.
 
     Otherwise (a clear pass, or nothing compared) remove a picture an earlier report left there and return None.
     """
-    path = picture_path(report_path)
+    report_path = Path(report_path)  # NAME.parity.json -> NAME.parity.png (any other name: the name + .png)
+    path = report_path.with_name((report_path.stem if report_path.suffix.lower() == ".json" else report_path.name) + ".png")
     image = worst.picture() if (worst is not None and wanted) else None
     if image is None:
         with contextlib.suppress(OSError):

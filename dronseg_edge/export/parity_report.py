@@ -129,7 +129,6 @@ class ParityReport:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         del data["worst_image"]
-        data["size"] = list(self.size)
         data["status"] = "PASSED" if self.passed else "FAILED"
         data["agreement"] = self.agreement
         data["miou_delta"] = self.miou_delta

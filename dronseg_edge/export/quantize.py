@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import onnx
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export.images import ImageSet, load_item
-from dronseg_edge.export.options import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
+from dronseg_edge.export.options import DEFAULT_CALIBRATION_METHOD
 from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.metadata import ModelInfo
-from dronseg_edge.runtime.host import preprocess_host
+from dronseg_edge.runtime.host import preprocess_host, resize_frame
 
 # Clip the rarest activations: a handful of outliers would otherwise stretch the int8 range. Of
 # 99.9 / 99.99 / 99.999 / 99.9999 this kept the most argmax pixels on the test model (93.6 / 96.2 /
@@ -33,49 +32,22 @@ from dronseg_edge.runtime.host import preprocess_host
 PERCENTILE = 99.999
 
 
-def _quantization():
-    try:
-        from onnxruntime import quantization
-    except ImportError:
-        raise BackendUnavailable("int8 export needs onnxruntime (its quantizer): pip install onnxruntime (or onnxruntime-gpu)") from None
-    return quantization
-
-
 def calibration_batches(images: ImageSet, info: ModelInfo, input_name: str) -> Iterator[dict[str, np.ndarray]]:
-    """Feeds of one normalised float32 (B, 3, H, W) batch each, preprocessed exactly as at inference.
+    """Feeds of one batch each, as the graph takes it at inference: normalised float32 (B, 3, H, W), or for a
+    frames graph (export/embedded.py) uint8 BGR (B, H, W, 3) frames at its source size (dynamic: their own).
 
     B is the graph's fixed batch (1 when it is dynamic); the last batch repeats its final image.
     """
-    batch = info.batch or 1
-    if info.io == "frames":  # the graph's own input: uint8 BGR frames at its source size (export/embedded.py)
-        yield from _frame_batches(images, info, input_name)
-        return
-    frames: list[np.ndarray] = []
-    for item in images.items:
-        frames.append(load_item(item, info.num_classes)[0])
-        if len(frames) == batch:
-            yield {input_name: preprocess_host(frames, info)}
-            frames = []
-    if frames:
-        frames += [frames[-1]] * (batch - len(frames))
-        yield {input_name: preprocess_host(frames, info)}
+    batch, size = info.batch or 1, info.source_size
 
+    def prepare(frames: list[np.ndarray]) -> np.ndarray:
+        if info.io == "tensors":
+            return preprocess_host(frames, info)
+        return np.stack([frame if size is None else resize_frame(frame, *size) for frame in frames])
 
-def _frame_batches(images: ImageSet, info: ModelInfo, input_name: str) -> Iterator[dict[str, np.ndarray]]:
-    """(B, H, W, 3) uint8 frames at ``info.source_size`` (dynamic: each at its own size, B = 1)."""
-    from dronseg_edge.export.embedded import frame_at
-
-    batch = info.batch or 1
-    frames: list[np.ndarray] = []
-    for item in images.items:
-        frame, _ = load_item(item, info.num_classes)
-        frames.append(frame_at(frame, info.source_size))
-        if len(frames) == batch:
-            yield {input_name: np.stack(frames)}
-            frames = []
-    if frames:
-        frames += [frames[-1]] * (batch - len(frames))
-        yield {input_name: np.stack(frames)}
+    for start in range(0, len(images.items), batch):
+        frames = [load_item(item, info.num_classes)[0] for item in images.items[start:start + batch]]
+        yield {input_name: prepare(frames + [frames[-1]] * (batch - len(frames)))}
 
 
 def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo, *, input_name: str,
@@ -85,9 +57,11 @@ def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo
     Returns what was done (method, image count, source) for the metadata. Raises DronsegError
     when ``images`` is empty, BackendUnavailable without onnxruntime.
     """
-    quantization = _quantization()
-    if method not in CALIBRATION_METHODS:
-        raise DronsegError(f"--calib-method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
+    try:
+        import onnxruntime
+        from onnxruntime import quantization
+    except ImportError:
+        raise BackendUnavailable("int8 export needs onnxruntime (its quantizer): pip install onnxruntime (or onnxruntime-gpu)") from None
     if not images.items:
         raise DronsegError(f"no calibration images in {images.source}: pass --calib-data DIR with real images")
     methods = {"minmax": quantization.CalibrationMethod.MinMax, "percentile": quantization.CalibrationMethod.Percentile}
@@ -96,13 +70,12 @@ def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo
         """Serves one range of batches at a time (``set_range``), so the calibrator sees them in chunks."""
 
         def __init__(self):
-            self._count = -(-len(images.items) // (info.batch or 1))
-            self._batches = calibration_batches(images, info, input_name)
+            self.set_range(0, None)
 
         def __len__(self) -> int:
-            return self._count
+            return -(-len(images.items) // (info.batch or 1))
 
-        def set_range(self, start_index: int, end_index: int) -> None:
+        def set_range(self, start_index: int, end_index: int | None) -> None:
             self._batches = itertools.islice(calibration_batches(images, info, input_name), start_index, end_index)
 
         def get_next(self):
@@ -144,10 +117,4 @@ def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo
                 extra_options=extra,
             )
     return {"calibration": {"method": method, "images": len(images.items), "source": images.source},
-            "quantizer": f"onnxruntime {_version()} quantize_static QDQ int8 symmetric per-channel"}
-
-
-def _version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__
+            "quantizer": f"onnxruntime {onnxruntime.__version__} quantize_static QDQ int8 symmetric per-channel"}

@@ -9,19 +9,12 @@ version has it (10.x, 11.x). 8.6 networks need the EXPLICIT_BATCH flag (tensorrt
 and its parser reads ONNX opsets up to 17. Every TensorRT name used here is checked against the real
 8.6, 10.3 and 11.4 bindings by tests/export/test_tensorrt_names.py.
 
-A parse failure names each failing node (index, name, operator), the parser's error code and
-description and the node's attributes, from the parser's error objects (and, on 8.6, whose errors
-carry only the node index, from the ONNX file).
+An engine only runs on the GPU model and TensorRT version that built it: its name and its JSON
+sidecar say both. Finding TensorRT and the GPU is runtime/tensorrt_env.py's job, shared with the runner.
 
-An engine only runs on the GPU model and TensorRT version that built it: its name says both
-(``NAME_<precision>_<gpu>_sm<cc>[_dla<N>]_trt<version>.engine``) and so does its JSON sidecar. Finding
-TensorRT and the GPU is runtime/tensorrt_env.py's job, shared with the engine runner.
-
-DLA (``dla_core``): the layers DLA can run go to that core of a Jetson's Deep Learning Accelerator,
-the rest fall back to the GPU (BuilderFlag.GPU_FALLBACK). DLA runs fp16/int8 at fixed shapes only
-(export/options.py refuses the rest). TensorRT 10.x has it (JetPack 6: 10.3); 11.0 to 11.4.0 dropped it
-on Linux and 11.4.1 brought it back for Jetson AGX Orin on JetPack 7.2.2+, so those versions are refused
-here, as is a machine whose builder sees no DLA core.
+DLA (``dla_core``): the layers DLA can run go to that core of a Jetson, the rest fall back to the GPU.
+DLA runs fp16/int8 at fixed shapes only (export/options.py refuses the rest); TensorRT 11.0 to 11.4.0
+dropped it on Linux (11.4.1 brought it back for Jetson AGX Orin on JetPack 7.2.2+).
 """
 
 from __future__ import annotations
@@ -123,9 +116,7 @@ def dynamic_profile(info: ModelInfo, batch: int, min_shape=None, opt_shape=None,
             raise DronsegError(f"engine profile of {info.input_size[0]}x{info.input_size[1]} model: --{low}-shape "
                                f"{shown[low]} is larger than --{high}-shape {shown[high]} on some side (BATCHxWIDTHxHEIGHT): "
                                "give shapes that grow from min to opt to max")
-    if info.io == "frames":
-        return {name: [n, h, w, 3] for name, (n, w, h) in shapes.items()}
-    return {name: [n, 3, h, w] for name, (n, w, h) in shapes.items()}
+    return {name: [n, h, w, 3] if info.io == "frames" else [n, 3, h, w] for name, (n, w, h) in shapes.items()}
 
 
 def uses_strong_typing(trt, precision: str) -> bool:
@@ -136,16 +127,6 @@ def uses_strong_typing(trt, precision: str) -> bool:
     return precision == "fp32" and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
 
 
-def _onnx_nodes(onnx_path: Path) -> list | None:
-    """The graph's nodes (the parser's node index points into this list), or None when onnx cannot read it."""
-    try:
-        import onnx
-
-        return list(onnx.load(str(onnx_path), load_external_data=False).graph.node)
-    except Exception:  # noqa: BLE001 (only a detail of an error message: never hide the parser's own error)
-        return None
-
-
 def _attributes(node) -> str:
     """'antialias=1, mode=linear': the node's scalar and string attributes (what a parser restriction names)."""
     import onnx
@@ -153,8 +134,7 @@ def _attributes(node) -> str:
     shown = []
     for attribute in node.attribute:
         value = onnx.helper.get_attribute_value(attribute)
-        if isinstance(value, bytes):
-            value = value.decode(errors="replace")
+        value = value.decode(errors="replace") if isinstance(value, bytes) else value
         if isinstance(value, (int, float, str)) or (isinstance(value, list) and len(value) <= 8):
             shown.append(f"{attribute.name}={value}")
     return ", ".join(shown[:8])
@@ -164,23 +144,25 @@ def parser_errors(parser, onnx_path: Path) -> str:
     """All ONNX parser errors as one line: node index, name, operator, error code, description and the
     node's attributes. 10.x+ parsers name the node themselves (node_name/node_operator); for 8.6 the
     name and operator are read from the ONNX file at the node index the parser gives."""
-    nodes = None
+    try:
+        import onnx
+
+        nodes = list(onnx.load(str(onnx_path), load_external_data=False).graph.node) if parser.num_errors else []
+    except Exception:  # noqa: BLE001 (only a detail of an error message: never hide the parser's own error)
+        nodes = []
     found = []
     for index in range(parser.num_errors):
         error = parser.get_error(index)
         position = int(error.node())
+        node = nodes[position] if 0 <= position < len(nodes) else None
         try:
             name, operator = error.node_name(), error.node_operator()
         except AttributeError:  # 8.6: only the index
             name = operator = ""
-        if nodes is None:
-            nodes = _onnx_nodes(onnx_path) or []
-        node = nodes[position] if 0 <= position < len(nodes) else None
-        if node is not None:
-            name, operator = name or node.name, operator or node.op_type
+        name, operator = name or getattr(node, "name", ""), operator or getattr(node, "op_type", "")
         code = error.code()
         where = f"node {position}" + (f" {name}" if name else "") + (f" ({operator})" if operator else "")
-        attributes = _attributes(node) if node is not None and node.attribute else ""
+        attributes = _attributes(node) if node is not None else ""
         found.append(f"{where} [{getattr(code, 'name', code)}]: {error.desc()}"
                      + (f" (attributes: {attributes})" if attributes else ""))
     return "; ".join(found) or "no details from the parser"
@@ -237,16 +219,12 @@ def builder_config(trt, builder, *, precision: str, strongly: bool, workspace_gi
 def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precision: str, workspace_gib: float = 4.0,
                  device, opt_batch: int = 1, timing_cache: Path | None = None, dla_core: int | None = None,
                  builder_opt_level: int | None = None, profile: dict | None = None, verbose: bool = False) -> ModelInfo:
-    """Build ``engine_path`` from ``onnx_path`` (the graph of ``precision``, see module docstring).
+    """Build ``engine_path`` from ``onnx_path`` (the graph of ``precision``, see module docstring) on the GPU
+    ``device``, and write it and its sidecar atomically; returns the engine's ModelInfo.
 
-    ``info`` describes the ONNX graph (input size, batch, dynamic); ``device`` (a torch.device or
-    devices.Device) is the GPU to build for; ``workspace_gib`` caps TensorRT's scratch memory (GiB);
-    ``opt_batch`` is the batch a --dynamic engine is tuned for. ``dla_core``: build for that DLA core
-    with GPU fallback (module docstring); ``builder_opt_level``: TensorRT's builder optimisation
-    level 0..5 (None: TensorRT's default, 3). ``profile``: ``min_shape`` / ``opt_shape`` / ``max_shape``
-    for :func:`dynamic_profile`; ``timing_cache``: the cache file (default: :func:`default_timing_cache`);
-    ``verbose``: TensorRT logs the build at VERBOSE severity.
-    Writes the engine and its sidecar atomically and returns the engine's ModelInfo.
+    ``info`` describes the ONNX graph; ``workspace_gib``: TensorRT's scratch memory limit, GiB; ``opt_batch``:
+    the batch a --dynamic engine is tuned for; ``profile``: ``min_shape`` / ``opt_shape`` / ``max_shape`` for
+    :func:`dynamic_profile`; ``timing_cache``: default :func:`default_timing_cache`; ``verbose``: VERBOSE log.
     """
     trt = tensorrt_env.import_tensorrt()
     identity = tensorrt_env.gpu_identity(device)
@@ -270,28 +248,7 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, *, precisi
         optimization_profile.set_shape(network.get_input(0).name, profile_shapes["min"], profile_shapes["opt"],
                                        profile_shapes["max"])
         config.add_optimization_profile(optimization_profile)
-    plan = _build_and_load_back(trt, builder, network, config, logger, device, dla_core=dla_core,
-                                onnx_path=Path(onnx_path), workspace_gib=workspace_gib)
-    with atomic_path(engine_path) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(plan)
-    _save_timing_cache(config, cache_path)
-    engine_info = ModelInfo.from_dict({**info.to_dict(), "precision": precision}, source=str(onnx_path))
-    engine_info.extra["tensorrt"] = {
-        "tensorrt_version": version, **identity, "strongly_typed": strongly, "builder_flags": builder_flags,
-        "tf32": tf32, "workspace_gib": workspace_gib, "profile": profile_shapes, "onnx": Path(onnx_path).name,
-        "onnx_sha256": sha256_file(Path(onnx_path)), "timing_cache": str(cache_path),
-        "dla_core": dla_core, "builder_optimization_level": builder_opt_level,
-    }
-    write_engine_sidecar(engine_path, engine_info)
-    return engine_info
-
-
-def _build_and_load_back(trt, builder, network, config, logger, device, *, dla_core: int | None, onnx_path: Path,
-                         workspace_gib: float):
-    """The serialized plan, built and deserialised again on ``device``'s GPU (TensorRT builds and loads
-    into the thread's current CUDA device: both steps run with it made current, through cuda.bindings)."""
-    version = str(trt.__version__)
+    # TensorRT builds and loads into the thread's current CUDA device: both run with ``device``'s GPU made current.
     with cuda_runtime.on_device(cuda_runtime.resolve_index(device)):
         plan = builder.build_serialized_network(network, config)
         if plan is None:
@@ -302,16 +259,20 @@ def _build_and_load_back(trt, builder, network, config, logger, device, *, dla_c
             runtime.DLA_core = dla_core  # a DLA engine loads onto the core the runtime names
         if runtime.deserialize_cuda_engine(plan) is None:
             raise DronsegError(f"TensorRT {version} built an engine from {onnx_path} that it cannot load back; rebuild it")
-    return plan
-
-
-def _save_timing_cache(config, cache_path: Path) -> None:
-    """Keep the tactic timings for the next build on this GPU; a cache that cannot be written only costs time."""
-    try:
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(plan)
+    try:  # the tactic timings, for the next build on this GPU; a cache that cannot be written only costs time
         serialized = config.get_timing_cache().serialize()
         with atomic_path(cache_path) as tmp:
-            with open(tmp, "wb") as handle:
-                handle.write(serialized)
+            tmp.write_bytes(serialized)
     except (OSError, DronsegError) as exc:
         log.warning("TensorRT timing cache %s not saved: %s", cache_path, exc)
-
+    engine_info = ModelInfo.from_dict({**info.to_dict(), "precision": precision}, source=str(onnx_path))
+    engine_info.extra["tensorrt"] = {
+        "tensorrt_version": version, **identity, "strongly_typed": strongly, "builder_flags": builder_flags,
+        "tf32": tf32, "workspace_gib": workspace_gib, "profile": profile_shapes, "onnx": Path(onnx_path).name,
+        "onnx_sha256": sha256_file(Path(onnx_path)), "timing_cache": str(cache_path),
+        "dla_core": dla_core, "builder_optimization_level": builder_opt_level,
+    }
+    write_engine_sidecar(engine_path, engine_info)
+    return engine_info

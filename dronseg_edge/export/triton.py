@@ -11,31 +11,20 @@ other things (hidden caches of ONNX Runtime's TensorRT provider, for one).
     REPO/NAME/labels.txt      the class names, one per line (line i = class index i)
     REPO/NAME/1/model.onnx    the parity-checked ONNX file, byte for byte (or 1/model.plan: the engine)
 
-Choices, each from what Triton does with the field:
-- Batching: Triton batches along a model's first dimension, and only when it is free; so the export
-  frees it (ExportOptions.dynamic_batch, implied by ``fmt='triton'``) and the config declares
-  ``max_batch_size`` (max(--batch, 4), as a dynamic engine's profile) and ``dynamic_batching``.
-- ``trt_profile_{min,opt,max}_shapes`` (onnxruntime_backend's README): without them ONNX Runtime's
-  TensorRT accelerator builds an engine for the first shape it sees and rebuilds it (minutes for
-  ResNet-101) whenever a larger batch or frame arrives; with them it builds one engine for the range.
-- ``KIND_AUTO`` for ONNX Runtime: Triton makes it a GPU instance when it sees a GPU and a CPU one
-  otherwise (core's model_config_utils.cc), so a CPU-only server loads the model too; a plan needs a GPU.
-- No ``label_filename``: Triton's classification extension sorts all elements of an output (per batch
-  item) and labels them by their flat index (server's classification.cc); in a segmentation output
-  that index is a pixel, so no output here can carry labels. The class names are in labels.txt and
-  in the ``class_names`` parameter, which clients read with get_model_config.
-
-``tritonserver --model-repository REPO`` serves every model folder in REPO. The config has no
-``name`` field: Triton then takes the folder's name, so the folder may be renamed freely (a
-``name`` that differs from its folder makes Triton refuse the model).
+Choices (reasons and sources: docs/triton.md): the export frees the batch axis and the config declares
+``max_batch_size`` (max(--batch, 4)) and ``dynamic_batching`` (Triton batches along a free first dimension
+only); ONNX Runtime's TensorRT accelerator gets ``trt_profile_{min,opt,max}_shapes`` (else it rebuilds its
+engine for each larger shape); ``KIND_AUTO`` for ONNX Runtime (a CPU-only server loads it too), ``KIND_GPU``
+for a plan; no ``label_filename`` (Triton's classification extension would label pixels); no ``name`` (Triton
+takes the folder's, so it may be renamed). ``tritonserver --model-repository REPO`` serves every folder in REPO.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,17 +41,10 @@ from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info
 PLATFORMS = {".onnx": ("onnxruntime_onnx", "model.onnx"), ".engine": ("tensorrt_plan", "model.plan")}
 LABELS = "labels.txt"
 MARKER = "written by dronseg-edge"  # first line of every config.pbtxt here: whose folder may be replaced
-# ONNX element type -> Triton data type (model_config.proto's DataType).
-DATA_TYPES = {
-    onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16", onnx.TensorProto.BFLOAT16: "TYPE_BF16",
-    onnx.TensorProto.DOUBLE: "TYPE_FP64", onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.INT8: "TYPE_INT8",
-    onnx.TensorProto.UINT16: "TYPE_UINT16", onnx.TensorProto.INT16: "TYPE_INT16", onnx.TensorProto.UINT32: "TYPE_UINT32",
-    onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.UINT64: "TYPE_UINT64", onnx.TensorProto.INT64: "TYPE_INT64",
-    onnx.TensorProto.BOOL: "TYPE_BOOL", onnx.TensorProto.STRING: "TYPE_STRING",
-}
-# ONNX Runtime's TensorRT accelerator builds its own engine from the ONNX graph: with the precision the
-# graph was exported for (Q/DQ int8 graphs need INT8 and no calibration table; fp16 graphs need FP16).
-PRECISION_MODES = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
+# ONNX element type -> Triton data type (model_config.proto's DataType): TYPE_ and the ONNX name, floats renamed.
+_FLOATS = {"FLOAT": "FP32", "FLOAT16": "FP16", "BFLOAT16": "BF16", "DOUBLE": "FP64"}
+DATA_TYPES = {onnx.TensorProto.DataType.Value(name): "TYPE_" + _FLOATS.get(name, name) for name in
+              (*_FLOATS, "UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "UINT64", "INT64", "BOOL", "STRING")}
 
 
 @dataclass(frozen=True)
@@ -117,13 +99,9 @@ def _quoted(text: str) -> str:
 
 
 def _tensor_blocks(key: str, specs: list[TensorSpec], batching: bool) -> list[str]:
-    """``input [ ... ]`` or ``output [ ... ]``: each tensor's name, data type and dims (without the batch when batching)."""
-    lines = [f"{key} ["]
-    for index, spec in enumerate(specs):
-        dims = spec.dims[1:] if batching else spec.dims
-        lines += ["  {", f"    name: {_quoted(spec.name)}", f"    data_type: {spec.data_type}",
-                  f"    dims: [ {', '.join(str(d) for d in dims)} ]", "  }" + ("," if index < len(specs) - 1 else "")]
-    return lines + ["]"]
+    """One ``input { ... }`` or ``output { ... }`` per tensor: name, data type, dims (without the batch when batching)."""
+    return [f"{key} {{ name: {_quoted(spec.name)} data_type: {spec.data_type} "
+            f"dims: [ {', '.join(map(str, spec.dims[1:] if batching else spec.dims))} ] }}" for spec in specs]
 
 
 def trt_profile(info: ModelInfo, spec: TensorSpec, *, max_batch: int, opt_batch: int, source: Path) -> dict[str, str]:
@@ -147,15 +125,15 @@ def trt_profile(info: ModelInfo, spec: TensorSpec, *, max_batch: int, opt_batch:
 
 def _accelerator_lines(info: ModelInfo, profile: dict[str, str], workspace_gib: float) -> list[str]:
     """ONNX Runtime's TensorRT accelerator (onnxruntime_backend's README), used only by GPU instances."""
-    values = {"precision_mode": PRECISION_MODES.get(info.precision, "FP32"),
+    # ORT's TensorRT accelerator builds its own engine with the precision the graph was exported for (Q/DQ
+    # int8 graphs need INT8 and no calibration table; fp16 graphs need FP16).
+    values = {"precision_mode": info.precision.upper() if info.precision in ("fp16", "int8") else "FP32",
               "max_workspace_size_bytes": str(int(workspace_gib * (1 << 30))), **profile}
     return [
         "# ONNX Runtime builds a TensorRT engine at load (minutes for ResNet-101); to keep it between",
         "# restarts add parameters trt_engine_cache_enable \"1\" and trt_engine_cache_path (a writable folder).",
-        "optimization {", "  execution_accelerators {", "    gpu_execution_accelerator: [", "      {",
-        "        name: \"tensorrt\"",
-        *(f"        parameters {{ key: {_quoted(k)} value: {_quoted(v)} }}" for k, v in values.items()),
-        "      }", "    ]", "  }", "}",
+        "optimization { execution_accelerators { gpu_execution_accelerator: [ {", '  name: "tensorrt"',
+        *(f"  parameters {{ key: {_quoted(k)} value: {_quoted(v)} }}" for k, v in values.items()), "} ] } }",
     ]
 
 
@@ -193,18 +171,15 @@ def config_text(info: ModelInfo, inputs: list[TensorSpec], outputs: list[TensorS
         f"max_batch_size: {max_batch if batching else 0}",
         *_tensor_blocks("input", inputs, batching),
         *_tensor_blocks("output", outputs, batching),
+        *(["dynamic_batching { }"] if batching else []),
+        # KIND_AUTO: a GPU instance where Triton sees a GPU, else a CPU one; a TensorRT plan runs on GPUs only.
+        f"instance_group [ {{ kind: {'KIND_AUTO' if platform == 'onnxruntime_onnx' else 'KIND_GPU'} count: 1 }} ]",
     ]
-    if batching:
-        lines.append("dynamic_batching { }")
-    # KIND_AUTO: a GPU instance where Triton sees a GPU, else a CPU one; a TensorRT plan runs on GPUs only.
-    kind = "KIND_AUTO" if platform == "onnxruntime_onnx" else "KIND_GPU"
-    lines += ["instance_group [", "  {", f"    kind: {kind}", "    count: 1", "  }", "]"]
     if platform == "onnxruntime_onnx":
         profile = trt_profile(info, inputs[0], max_batch=max_batch, opt_batch=opt_batch, source=source) \
             if len(inputs) == 1 else {}
         lines += _accelerator_lines(info, profile, workspace_gib)
-    for key, value in _client_parameters(info).items():
-        lines.append(f"parameters {{ key: {_quoted(key)} value: {{ string_value: {_quoted(value)} }} }}")
+    lines += [f"parameters {{ key: {_quoted(k)} value: {{ string_value: {_quoted(v)} }} }}" for k, v in _client_parameters(info).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -225,13 +200,11 @@ def _artifact_parts(artifact: Path, max_batch: int) -> tuple[ModelInfo, Path, in
 
 def _check_replaceable(folder: Path) -> None:
     """Only a folder this module wrote (or an empty one) is replaced: NAME might be someone's own model."""
-    if not folder.exists():
-        return
-    config = folder / "config.pbtxt"
-    ours = False
-    with contextlib.suppress(OSError):
-        ours = MARKER in (config.read_text(encoding="utf-8").splitlines() or [""])[0]
-    if not folder.is_dir() or not (ours or not any(folder.iterdir())):
+    try:
+        first = (folder / "config.pbtxt").read_text(encoding="utf-8").partition("\n")[0]
+    except OSError:
+        first = ""
+    if folder.exists() and not (folder.is_dir() and (MARKER in first or not any(folder.iterdir()))):
         raise DronsegError(f"{folder} exists and is not a model folder written by dronseg-edge: move it away, "
                            "or pass another --out")
 
@@ -252,21 +225,15 @@ def _publish(staged: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: int = 4, opt_batch: int = 1,
                            workspace_gib: float = 4.0) -> Path:
     """Lay out ``root/name`` (see the module docstring) for ``artifact`` (.onnx or .engine); returns that folder.
 
     ``max_batch``: Triton's max_batch_size for a graph with a dynamic batch (an engine's own profile
     wins); ``opt_batch``: the batch ONNX Runtime's TensorRT accelerator tunes for; ``workspace_gib``:
-    its workspace, GiB. The folder is built under a
-    hidden temporary name in the repository's parent folder and renamed into place, so Triton (which
-    may poll the repository) never sees half a model, nor a temporary folder it would take for one.
+    its workspace, GiB. The folder is built under a hidden name in the repository's parent folder and
+    renamed into place: Triton (which may poll the repository) never sees half a model, nor takes the
+    temporary folder for one.
     """
     artifact, root = Path(artifact), Path(root)
     ensure_writable_dir(root, "Triton model repository")
@@ -279,28 +246,23 @@ def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: 
                        workspace_gib=workspace_gib, opt_batch=opt_batch)
     final = root / name
     _check_replaceable(final)
-    with storage_errors(final):  # a full or read-only disk: one line naming the model folder, exit code 5
-        _stage_and_publish(artifact, final, filename, info, text)
+    # A full or read-only disk: one line naming the model folder, exit code 5.
+    with storage_errors(final):
+        staged = Path(tempfile.mkdtemp(prefix=working_prefix(name), suffix=".tmp", dir=root.parent))
+        try:
+            version = staged / "1"
+            version.mkdir()
+            shutil.copyfile(artifact, version / filename)
+            external = artifact.with_name(artifact.name + ".data")  # > 2 GiB graphs: its name is fixed inside the graph
+            if filename == "model.onnx" and external.is_file():
+                shutil.copyfile(external, version / external.name)
+            (staged / LABELS).write_text("".join(f"{label}\n" for label in info.class_names), encoding="utf-8")
+            (staged / "config.pbtxt").write_text(text, encoding="utf-8")
+            # mkdtemp makes 0700 folders; Triton often runs as another user (a container): plain mkdir
+            # permissions, as its subfolder 1/ got.
+            os.chmod(staged, stat.S_IMODE(version.stat().st_mode))
+            _publish(staged, final)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
     return final
-
-
-def _stage_and_publish(artifact: Path, final: Path, filename: str, info: ModelInfo, text: str) -> None:
-    """Build the model folder under a hidden name beside the repository, then rename it to ``final``."""
-    name = final.name
-    staged = Path(tempfile.mkdtemp(prefix=working_prefix(name), suffix=".tmp", dir=final.parent.parent))
-    try:
-        version = staged / "1"
-        version.mkdir()
-        shutil.copyfile(artifact, version / filename)
-        external = artifact.with_name(artifact.name + ".data")  # > 2 GiB graphs: its name is fixed inside the graph
-        if filename == "model.onnx" and external.is_file():
-            shutil.copyfile(external, version / external.name)
-        (staged / LABELS).write_text("".join(f"{label}\n" for label in info.class_names), encoding="utf-8")
-        (staged / "config.pbtxt").write_text(text, encoding="utf-8")
-        # mkdtemp makes 0700 folders; Triton often runs as another user (a container): plain mkdir permissions.
-        for folder in (staged, version):
-            os.chmod(folder, 0o777 & ~_umask())
-        _publish(staged, final)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
