@@ -30,26 +30,15 @@ from dronseg_edge.metadata import default_output_stride
 
 # arch -> (builder, COCO segmentation weights, ImageNet backbone weights)
 ARCHS: dict[str, tuple[Callable[..., nn.Module], object, object]] = {
-    "deeplabv3_resnet101": (
-        seg.deeplabv3_resnet101,
-        seg.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
-        ResNet101_Weights.IMAGENET1K_V1,
-    ),
-    "deeplabv3_resnet50": (
-        seg.deeplabv3_resnet50,
-        seg.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1,
-        ResNet50_Weights.IMAGENET1K_V1,
-    ),
-    "deeplabv3_mobilenet_v3_large": (
-        seg.deeplabv3_mobilenet_v3_large,
-        seg.DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
-        MobileNet_V3_Large_Weights.IMAGENET1K_V1,
-    ),
-    "lraspp_mobilenet_v3_large": (
-        seg.lraspp_mobilenet_v3_large,
-        seg.LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
-        MobileNet_V3_Large_Weights.IMAGENET1K_V1,
-    ),
+    "deeplabv3_resnet101": (seg.deeplabv3_resnet101, seg.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
+                            ResNet101_Weights.IMAGENET1K_V1),
+    "deeplabv3_resnet50": (seg.deeplabv3_resnet50, seg.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1,
+                           ResNet50_Weights.IMAGENET1K_V1),
+    "deeplabv3_mobilenet_v3_large": (seg.deeplabv3_mobilenet_v3_large,
+                                     seg.DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
+                                     MobileNet_V3_Large_Weights.IMAGENET1K_V1),
+    "lraspp_mobilenet_v3_large": (seg.lraspp_mobilenet_v3_large, seg.LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
+                                  MobileNet_V3_Large_Weights.IMAGENET1K_V1),
 }
 
 
@@ -216,12 +205,8 @@ def load_matching_weights(model: nn.Module, path: Path, state: dict[str, torch.T
     and shape match ``model``; return how many were copied."""
     state = read_weights_file(path) if state is None else state
     own = model.state_dict()
-    copied = {}
-    for prefix in ("", "backbone."):
-        for name, tensor in state.items():
-            key = prefix + name
-            if isinstance(tensor, torch.Tensor) and key in own and own[key].shape == tensor.shape:
-                copied[key] = tensor
+    copied = {key: tensor for prefix in ("", "backbone.") for name, tensor in state.items() if isinstance(tensor, torch.Tensor)
+              and (key := prefix + name) in own and own[key].shape == tensor.shape}
     if not copied:
         raise DronsegError(f"--weights {path}: no tensor matches this model's layers; is it for another --model?")
     model.load_state_dict(copied, strict=False)
@@ -230,13 +215,11 @@ def load_matching_weights(model: nn.Module, path: Path, state: dict[str, torch.T
 
 def backbone_stages(model: nn.Module) -> list[list[nn.Module]]:
     """The backbone split into stages, shallowest first (ResNet: stem, layer1..4; MobileNetV3: by stride)."""
-    children = list(model.backbone.children())
-    names = [name for name, _ in model.backbone.named_children()]
-    if "layer1" in names:
-        stem = [m for n, m in model.backbone.named_children() if not n.startswith("layer")]
-        return [stem] + [[getattr(model.backbone, n)] for n in names if n.startswith("layer")]
+    named = list(model.backbone.named_children())
+    if any(name == "layer1" for name, _ in named):
+        return [[m for n, m in named if not n.startswith("layer")]] + [[m] for n, m in named if n.startswith("layer")]
     stages: list[list[nn.Module]] = []
-    for block in children:
+    for _, block in named:
         strided = any(getattr(conv, "stride", (1, 1)) != (1, 1) for conv in block.modules() if isinstance(conv, nn.Conv2d))
         if strided or not stages:
             stages.append([])
@@ -248,9 +231,8 @@ def freeze_backbone_stages(model: nn.Module, num_stages: int) -> int:
     """Stop gradients in the first ``num_stages`` backbone stages (0 unfreezes all); return the stage count."""
     stages = backbone_stages(model)
     for index, stage in enumerate(stages):
-        for module in stage:
-            for param in module.parameters():
-                param.requires_grad_(index >= num_stages)
+        for param in (p for module in stage for p in module.parameters()):
+            param.requires_grad_(index >= num_stages)
     return len(stages)
 
 
@@ -284,8 +266,7 @@ class SegmentationNet(nn.Module):
         super().__init__()
         if head not in ("logits", "argmax"):
             raise DronsegError(f"--head {head!r} is not one of logits, argmax")
-        self.model = model
-        self.head = head
+        self.model, self.head = model, head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.model(images)["out"]
