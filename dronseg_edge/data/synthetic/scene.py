@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from dronseg_edge.data.synthetic import geometry as geo
 from dronseg_edge.data.synthetic.camera import Camera, clip_to_halfplane
 
 SKY = 11
@@ -68,13 +69,13 @@ class Item:
             return self.path[0], self.heading
         seg = np.diff(self.path, axis=0)
         lengths = np.hypot(seg[:, 0], seg[:, 1])
+        ends = np.cumsum(lengths)
         total = float(lengths.sum())
         s = (self.s0 + self.speed * t) % (2 * total)
         forward = s <= total
         s = s if forward else 2 * total - s
-        index = min(int(np.searchsorted(np.cumsum(lengths), s)), len(seg) - 1)
-        start = float(np.cumsum(lengths)[index] - lengths[index])
-        frac = (s - start) / max(lengths[index], 1e-9)
+        index = min(int(np.searchsorted(ends, s)), len(seg) - 1)
+        frac = (s - float(ends[index] - lengths[index])) / max(lengths[index], 1e-9)
         direction = seg[index] / max(lengths[index], 1e-9)
         normal = np.array([direction[1], -direction[0]])
         point = self.path[index] + frac * seg[index] + self.lateral * normal
@@ -83,8 +84,7 @@ class Item:
 
     def place(self, point: np.ndarray, angle: float) -> list[np.ndarray]:
         """The parts' polygons in world units with the object at ``point`` facing ``angle``."""
-        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-        return [part.poly @ rot.T + point for part in self.parts]
+        return [geo.rotate(part.poly, angle) + point for part in self.parts]
 
 
 @dataclass
@@ -103,9 +103,7 @@ class ScreenItem:
     def screen_polys(self, size: tuple[int, int], t: float) -> list[tuple[int, np.ndarray]]:
         x = (self.position[0] + self.velocity[0] * t) * size[0]
         y = (self.position[1] + self.velocity[1] * t) * size[1]
-        angle = self.angle + self.spin * t
-        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-        return [(material, poly @ rot.T + [x, y]) for material, poly in self.parts]
+        return [(material, geo.rotate(poly, self.angle + self.spin * t) + [x, y]) for material, poly in self.parts]
 
 
 @dataclass
@@ -237,14 +235,10 @@ def _draw_sky(world: World, camera: Camera, mat: np.ndarray, shade: np.ndarray) 
 
 
 def _lookup_tables(world: World) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    classes = np.zeros(256, np.uint8)
-    colours = np.zeros((1, 256, 3), np.float32)
-    amps = np.zeros((1, 256, 2), np.float32)
-    for index, m in enumerate(world.materials):
-        classes[index] = m.cls
-        colours[0, index] = m.rgb[::-1]  # OpenCV images are BGR
-        amps[0, index] = (m.coarse, m.fine)
-    return classes, colours, amps
+    """Class (256,) uint8, BGR colour (1, 256, 3) and texture amplitude (1, 256, 2) float32 per material."""
+    rows = np.zeros((256, 6), np.float32)
+    rows[:len(world.materials)] = [(m.cls, *m.rgb[::-1], m.coarse, m.fine) for m in world.materials]  # OpenCV is BGR
+    return rows[:, 0].astype(np.uint8), rows[None, :, 1:4].copy(), rows[None, :, 4:6].copy()
 
 
 def render_view(world: World, camera: Camera, t: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
