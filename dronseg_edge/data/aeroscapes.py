@@ -109,14 +109,8 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
             "remove the extra masks or add their images"
         )
     train_csv, test_csv = root / "train.csv", root / "test.csv"
-    if train_csv.is_file():
-        train_ids = read_ids(train_csv)
-    else:
-        train_ids = [i for i in images if i in masks]
-    if test_csv.is_file():
-        test_ids = read_ids(test_csv)
-    else:
-        test_ids = [i for i in images if i not in masks and i not in set(train_ids)]
+    train_ids = read_ids(train_csv) if train_csv.is_file() else [i for i in images if i in masks]
+    test_ids = read_ids(test_csv) if test_csv.is_file() else [i for i in images if i not in masks and i not in train_ids]
     wanted = {"train": train_ids, "test": test_ids, "all": train_ids + [i for i in test_ids if i not in set(train_ids)]}
     if subset not in wanted:
         raise DronsegError(f"subset {subset!r} is not one of train, test, all")
@@ -185,8 +179,7 @@ class PixelBudget:
     """Lets threads decode at most ``limit`` pixels at once; one image always may go, however large."""
 
     def __init__(self, limit: int):
-        self.limit, self.used = int(limit), 0
-        self._cond = threading.Condition()
+        self.limit, self.used, self._cond = int(limit), 0, threading.Condition()
 
     @contextlib.contextmanager
     def hold(self, pixels: int):
@@ -248,4 +241,4 @@ def validate_samples(samples: list[Sample], num_classes: int = NUM_CLASSES, work
             pool.shutdown(cancel_futures=True)  # the first bad file ends the check: the rest need not be decoded
             raise
     counts = np.stack([r[0] for r in results]) if results else np.zeros((0, num_classes), np.int64)
-    return DatasetStats(ids=[s.image_id for s in samples], counts=counts, sizes=[r[1] for r in results])
+    return DatasetStats([s.image_id for s in samples], counts, [r[1] for r in results])

@@ -38,13 +38,9 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, samples: list[Sample], size: tuple[int, int] | None, augment: AugmentConfig | None = None,
                  num_classes: int = 12, native_masks: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.samples = samples
-        self.size = tuple(size) if size else None
-        self.augment = augment
+        self.samples, self.size, self.augment = samples, tuple(size) if size else None, augment
         self.transform = build_train_transform(augment) if augment is not None else None
-        self.num_classes = num_classes
-        self.native_masks = native_masks
-        self.max_pixels = max_pixels
+        self.num_classes, self.native_masks, self.max_pixels = num_classes, native_masks, max_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -53,14 +49,10 @@ class SegmentationDataset(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, None)
         sample = self.samples[index]
         image = read_image(sample.image_path, self.max_pixels)
-        if sample.mask_path is not None:
-            mask = read_mask(sample.mask_path, self.num_classes, self.max_pixels)
-        else:
-            mask = np.full(image.shape[:2], 255, np.uint8)
-        if self.native_masks:
-            image, _ = resize_pair(image, None, self.size)
-        else:
-            image, mask = resize_pair(image, mask, self.size)
+        mask = (np.full(image.shape[:2], 255, np.uint8) if sample.mask_path is None
+                else read_mask(sample.mask_path, self.num_classes, self.max_pixels))
+        image, resized = resize_pair(image, None if self.native_masks else mask, self.size)
+        mask = mask if self.native_masks else resized
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         mask_t = torch.from_numpy(np.ascontiguousarray(mask))
         if self.transform is not None:
@@ -81,15 +73,11 @@ class AugmentSeedSampler(Sampler):
     """
 
     def __init__(self, sampler: Sampler, seed: int):
-        self.sampler = sampler
-        self.seed = int(seed)
-        self.epoch = 0
-        self.skip = 0
+        self.sampler, self.seed, self.epoch, self.skip = sampler, int(seed), 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Start epoch ``epoch``, leaving out its first ``skip`` samples (a run resumed mid-epoch)."""
-        self.epoch = int(epoch)
-        self.skip = int(skip)
+        self.epoch, self.skip = int(epoch), int(skip)
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 

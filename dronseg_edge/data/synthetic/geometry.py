@@ -71,9 +71,7 @@ def normals(line: np.ndarray) -> np.ndarray:
 def band(line: np.ndarray, width: float, offset: float = 0.0) -> np.ndarray:
     """Polygon (2N, 2) of a strip ``width`` wide along ``line``, shifted ``offset`` to its left."""
     n = normals(line)
-    left = line + n * (offset + width / 2)
-    right = line + n * (offset - width / 2)
-    return np.concatenate([left, right[::-1]])
+    return np.concatenate([line + n * (offset + width / 2), (line + n * (offset - width / 2))[::-1]])
 
 
 def arc_lengths(line: np.ndarray) -> np.ndarray:
@@ -101,12 +99,7 @@ def distance_to_line(points: np.ndarray, line: np.ndarray) -> np.ndarray:
     return np.sqrt(((pts - closest) ** 2).sum(-1)).min(axis=1)
 
 
-def dashes(line: np.ndarray, dash: float, gap: float, width: float, offset: float = 0.0) -> list[np.ndarray]:
-    """Rectangles of a dashed line along ``line`` (lane markings, parking stalls)."""
-    total = arc_lengths(line)[-1]
-    out = []
-    for s in np.arange(gap / 2, total - dash, dash + gap):
-        point, angle = point_on(line, s + dash / 2)
-        normal = np.array([-math.sin(angle), math.cos(angle)])
-        out.append(rect(point + normal * offset, dash, width, angle))
-    return out
+def dashes(line: np.ndarray, dash: float, gap: float, width: float) -> list[np.ndarray]:
+    """Rectangles (4, 2) of a dashed line along ``line`` (lane markings)."""
+    starts = np.arange(gap / 2, arc_lengths(line)[-1] - dash, dash + gap)
+    return [rect(point, dash, width, angle) for point, angle in (point_on(line, s + dash / 2) for s in starts)]

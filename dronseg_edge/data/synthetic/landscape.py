@@ -44,29 +44,22 @@ class SceneContext:
 
     def sample(self, count: int, margin: float = 0.06, camera: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``count`` world points seen by the cameras, and world units per screen pixel at each."""
-        points, per_px = [], []
+        seen = []
         for _ in range(count):
             cam = self.cameras[camera if camera is not None else int(self.rng.integers(len(self.cameras)))]
-            point = cam.sample_ground(self.rng, 1, margin)
-            points.append(point[0])
-            per_px.append(1.0 / max(float(cam.scale_at(point)[0]), 1e-6))
-        return np.asarray(points).reshape(-1, 2), np.asarray(per_px)
+            seen.append((cam.sample_ground(self.rng, 1, margin), cam))
+        return (np.asarray([point[0] for point, _ in seen]).reshape(-1, 2),
+                np.asarray([1.0 / max(float(cam.scale_at(point)[0]), 1e-6) for point, cam in seen]))
 
     def is_free(self, point, radius: float, road: bool = True, water: bool = True) -> bool:
         point = np.asarray(point, dtype=np.float64)
-        for centre, r in self.blockers:
-            if np.hypot(*(point - centre)) < r + radius:
-                return False
-        if road and any(geo.distance_to_line(point, line)[0] < width / 2 + radius for line, width in self.roads):
-            return False
-        if water and any(geo.distance_to_line(point, axis)[0] < half + radius for _, axis, half in self.waters):
-            return False
-        return True
+        return not (any(np.hypot(*(point - centre)) < r + radius for centre, r in self.blockers)
+                    or road and any(geo.distance_to_line(point, line)[0] < width / 2 + radius for line, width in self.roads)
+                    or water and any(geo.distance_to_line(point, axis)[0] < half + radius for _, axis, half in self.waters))
 
     def on_screen(self, point, margin: float = 0.05) -> bool:
         """Whether the first camera shows ``point``, ``margin`` (fraction of the size) inside its edges."""
-        width, height = self.cameras[0].size
-        u, v = self.cameras[0].project(np.asarray(point, dtype=np.float64))[0]
+        (width, height), (u, v) = self.cameras[0].size, self.cameras[0].project(np.asarray(point, dtype=np.float64))[0]
         top = max(self.cameras[0].horizon_px, 0.0)
         return margin * width <= u <= (1 - margin) * width and top + margin * height <= v <= (1 - margin) * height
 
@@ -249,11 +242,9 @@ def buildings(ctx: SceneContext, count: int) -> None:
         wall = ctx.material(CONSTRUCTION, pick(ctx, WALLS), 4, 4)
         roof = ctx.material(CONSTRUCTION, roof_rgb, 5, 6)
         lit = ctx.material(CONSTRUCTION, np.clip(np.asarray(roof_rgb) * 1.25 + 10, 0, 255), 5, 6, jitter=3)
-        parts = [Part(geo.rect((0, 0), length, depth), roof, height, 0.0, wall)]
-        if rng.random() < 0.65:  # gable roof: the sunlit half is brighter
-            parts.append(Part(geo.rect((0, depth / 4), length, depth / 2), lit, height))
-        else:
-            parts.append(Part(geo.rect((0, 0), length * 0.6, depth * 0.5), lit, height))
+        # A gable roof's sunlit half is brighter; a flat roof has a lighter structure on top.
+        top = geo.rect((0, depth / 4), length, depth / 2) if rng.random() < 0.65 else geo.rect((0, 0), length * 0.6, depth * 0.5)
+        parts = [Part(geo.rect((0, 0), length, depth), roof, height, 0.0, wall), Part(top, lit, height)]
         ctx.item(Item(parts, np.array([centre]), rng.uniform(0, math.pi)), block=0.55 * math.hypot(length, depth))
 
 

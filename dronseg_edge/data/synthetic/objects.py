@@ -77,11 +77,9 @@ def bikes(ctx: SceneContext, count: int) -> None:
             if ctx.roads and rng.random() < 0.7:
                 path, width = ctx.roads[int(rng.integers(len(ctx.roads)))]
                 lateral = width * rng.uniform(0.25, 0.42) * rng.choice([-1, 1])
-                heading = 0.0
             else:
                 path = np.array([spot, spot + ctx.metres(60) * np.array([math.cos(heading), math.sin(heading)])])
-                heading = 0.0
-            speed = ctx.metres(rng.uniform(3, 6))
+            heading, speed = 0.0, ctx.metres(rng.uniform(3, 6))
         s0 = _nearest_arc(path, spot)
         ctx.item(Item(parts, path, heading, s0, speed, lateral))
         if ridden:
@@ -212,12 +210,9 @@ def drone(ctx: SceneContext, size: tuple[int, int], in_sky: bool, sky_bottom: fl
     arm = max(0.1 * span, 1.4)
     body = ctx.material(DRONE, pick(ctx, [(40, 40, 45), (230, 230, 230), (120, 120, 125)]), 0, 2)
     rotor = ctx.material(DRONE, (170, 170, 175), 0, 3, jitter=6)
-    parts = []
-    for angle in (math.pi / 4, -math.pi / 4):
-        parts.append((body, geo.rect((0, 0), span * 0.8, arm, angle)))
-    for angle in (math.pi / 4, 3 * math.pi / 4, -math.pi / 4, -3 * math.pi / 4):
-        centre = 0.4 * span * np.array([math.cos(angle), math.sin(angle)])
-        parts.append((rotor, geo.ellipse(centre, 0.34 * span, 0.34 * span, points=10)))
+    parts = [(body, geo.rect((0, 0), span * 0.8, arm, angle)) for angle in (math.pi / 4, -math.pi / 4)]
+    parts += [(rotor, geo.ellipse(0.4 * span * np.array([math.cos(a), math.sin(a)]), 0.34 * span, 0.34 * span, points=10))
+              for a in (math.pi / 4, 3 * math.pi / 4, -math.pi / 4, -3 * math.pi / 4)]
     parts.append((body, geo.rect((0, 0), 0.3 * span, 0.24 * span)))
     margin = span / min(width, height)
     if in_sky:
