@@ -94,17 +94,11 @@ class Camera:
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """World (N, 2) -> screen pixels (N, 2), float64."""
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        hom = pts @ self.homography[:, :2].T + self.homography[:, 2]
-        w = np.maximum(hom[:, 2:3], 1e-9)
-        return hom[:, :2] / w
+        return transform(self.homography, points, floor=1e-9)
 
     def unproject(self, pixels: np.ndarray) -> np.ndarray:
         """Screen pixels (N, 2) on the ground -> world (N, 2)."""
-        inv = np.linalg.inv(self.homography)
-        pix = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)
-        hom = pix @ inv[:, :2].T + inv[:, 2]
-        return hom[:, :2] / hom[:, 2:3]
+        return transform(np.linalg.inv(self.homography), pixels)
 
     def scale_at(self, points: np.ndarray) -> np.ndarray:
         """Screen pixels per world unit (square root of the local area ratio) at world points (N, 2)."""
@@ -123,12 +117,9 @@ class Camera:
     def footprint(self) -> np.ndarray:
         """World corners (4, 2) of the ground the screen shows (sky excluded)."""
         width, height = self.size
-        corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float64)
-        unrolled = corners @ np.linalg.inv(self.roll_matrix)[:2, :2].T + np.linalg.inv(self.roll_matrix)[:2, 2]
+        unrolled = transform(np.linalg.inv(self.roll_matrix), [[0, 0], [width, 0], [width, height], [0, height]])
         unrolled[:, 1] = np.maximum(unrolled[:, 1], self.horizon_px + 1e-3)
-        inv = np.linalg.inv(self._unrolled)
-        hom = unrolled @ inv[:, :2].T + inv[:, 2]
-        return hom[:, :2] / hom[:, 2:3]
+        return transform(np.linalg.inv(self._unrolled), unrolled)
 
     def sample_ground(self, rng: np.random.Generator, count: int, margin: float = 0.08) -> np.ndarray:
         """``count`` random world points (N, 2) that appear on screen, away from its edges."""
@@ -136,9 +127,13 @@ class Camera:
         top = max(self.horizon_px, 0.0) + margin * height
         u = rng.uniform(margin * width, (1 - margin) * width, count)
         v = rng.uniform(top, (1 - margin) * height, count)
-        unrolled = np.stack([u, v], axis=1)
-        screen = unrolled @ self.roll_matrix[:2, :2].T + self.roll_matrix[:2, 2]
-        return self.unproject(screen)
+        return self.unproject(transform(self.roll_matrix, np.stack([u, v], axis=1)))
+
+
+def transform(matrix: np.ndarray, points, floor: float | None = None) -> np.ndarray:
+    """Points (N, 2) through the 3x3 projective ``matrix`` -> (N, 2) float64; ``floor`` bounds w from below."""
+    hom = np.asarray(points, dtype=np.float64).reshape(-1, 2) @ matrix[:, :2].T + matrix[:, 2]
+    return hom[:, :2] / (hom[:, 2:3] if floor is None else np.maximum(hom[:, 2:3], floor))
 
 
 def clip_to_halfplane(poly: np.ndarray, plane: np.ndarray) -> np.ndarray:

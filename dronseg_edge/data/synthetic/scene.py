@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from dronseg_edge.data.synthetic import geometry as geo
-from dronseg_edge.data.synthetic.camera import Camera, clip_to_halfplane
+from dronseg_edge.data.synthetic.camera import Camera, clip_to_halfplane, transform
 
 SKY = 11
 _SHIFT = 3  # fillPoly sub-pixel bits: vertices keep 1/8 px precision
@@ -166,6 +166,12 @@ def _fill(canvas: np.ndarray, poly: np.ndarray, value: int) -> None:
     cv2.fillPoly(canvas, [np.round(poly * _SCALE).astype(np.int32)], int(value), cv2.LINE_8, _SHIFT)
 
 
+def _paint(mat: np.ndarray, shade: np.ndarray, poly: np.ndarray, material: int) -> None:
+    """Draw ``material`` over ``poly``: what stands on top is never in the ground's shadow."""
+    _fill(mat, poly, material)
+    _fill(shade, poly, 0)
+
+
 def _hull(points: np.ndarray) -> np.ndarray:
     return cv2.convexHull(points.astype(np.float32)).reshape(-1, 2).astype(np.float64)
 
@@ -175,8 +181,7 @@ def _rasterise(world: World, camera: Camera, t: float) -> tuple[np.ndarray, np.n
     width, height = camera.size
     mat = np.full((height, width), world.base_material, np.uint8)
     shade = np.zeros((height, width), np.uint8)
-    materials = [m for m, _ in world.ground]
-    for material, poly in zip(materials, _project_polys(camera, [p for _, p in world.ground])):
+    for (material, _), poly in zip(world.ground, _project_polys(camera, [p for _, p in world.ground])):
         if poly is not None:
             _fill(mat, poly, material)
 
@@ -205,33 +210,22 @@ def _rasterise(world: World, camera: Camera, t: float) -> tuple[np.ndarray, np.n
                 continue
             top = screen + shift * part.z
             if part.side >= 0 and part.z > part.z0 and camera.tilt > 0:
-                walls = _hull(np.concatenate([screen + shift * part.z0, top]))
-                _fill(mat, walls, part.side)
-                _fill(shade, walls, 0)
-            _fill(mat, top, part.material)
-            _fill(shade, top, 0)
+                _paint(mat, shade, _hull(np.concatenate([screen + shift * part.z0, top])), part.side)
+            _paint(mat, shade, top, part.material)
     for flyer in world.flyers:
         for material, poly in flyer.screen_polys(camera.size, t):
-            _fill(mat, poly, material)
-            _fill(shade, poly, 0)
+            _paint(mat, shade, poly, material)
     return mat, shade
 
 
 def _draw_sky(world: World, camera: Camera, mat: np.ndarray, shade: np.ndarray) -> None:
-    width, height = camera.size
-    horizon = camera.horizon_px
-    roll = camera.roll_matrix
-
-    def rolled(points: np.ndarray) -> np.ndarray:
-        return points @ roll[:2, :2].T + roll[:2, 2]
-
+    (width, height), horizon = camera.size, camera.horizon_px
     sky = np.array([[-width, horizon], [2 * width, horizon], [2 * width, -2 * height], [-width, -2 * height]])
-    _fill(mat, rolled(sky), world.sky_material)
-    _fill(shade, rolled(sky), 0)  # shadows cast beyond the far edge must not darken the sky
+    # Shadows cast beyond the far edge must not darken the sky: _paint clears them.
+    _paint(mat, shade, transform(camera.roll_matrix, sky), world.sky_material)
     for material, poly in world.skyline:
-        outline = rolled(np.column_stack([poly[:, 0] * width, horizon - poly[:, 1] * height]))
-        _fill(mat, outline, material)
-        _fill(shade, outline, 0)
+        outline = np.column_stack([poly[:, 0] * width, horizon - poly[:, 1] * height])
+        _paint(mat, shade, transform(camera.roll_matrix, outline), material)
 
 
 def _lookup_tables(world: World) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
