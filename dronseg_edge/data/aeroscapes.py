@@ -11,9 +11,7 @@ Without the CSVs, images with a mask count as train and the others as test.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,25 +173,6 @@ def read_mask(path: Path, num_classes: int = NUM_CLASSES, max_pixels: int = DEFA
     return data.astype(np.uint8, copy=False)
 
 
-class PixelBudget:
-    """Lets threads decode at most ``limit`` pixels at once; one image always may go, however large."""
-
-    def __init__(self, limit: int):
-        self.limit, self.used, self._cond = int(limit), 0, threading.Condition()
-
-    @contextlib.contextmanager
-    def hold(self, pixels: int):
-        with self._cond:
-            self._cond.wait_for(lambda: self.used == 0 or self.used + pixels <= self.limit)
-            self.used += pixels
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.used -= pixels
-                self._cond.notify_all()
-
-
 def _check_headers(sample: Sample, max_pixels: int) -> int:
     """The pixels of the sample's image, its image and mask headers checked against ``max_pixels``."""
     width, height = checked_image_size(sample.image_path, max_pixels)
@@ -222,23 +201,22 @@ def validate_samples(samples: list[Sample], num_classes: int = NUM_CLASSES, work
     ``max_pixels`` pixels each: a decompression bomb is refused before anything is decoded), then
     decode each once (threads; OpenCV and PIL release the GIL) to check and count its classes.
 
-    The threads decode at most DECODE_BUDGET_PIXELS at once, so memory stays bounded whatever
-    ``workers`` is. Raises the first DronsegError found, naming the file.
+    Only as many threads decode as DECODE_BUDGET_PIXELS holds of the largest image (at least one),
+    so memory stays bounded whatever ``workers`` is. Raises the first DronsegError found, naming the file.
     """
     check_max_pixels(max_pixels)
-    budget = PixelBudget(max(DECODE_BUDGET_PIXELS, max_pixels))
-
-    def check(item: tuple[Sample, int]) -> tuple[np.ndarray, tuple[int, int]]:
-        sample, pixels = item
-        with budget.hold(pixels):
-            return _check_one(sample, num_classes, max_pixels)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        try:
-            pixels = list(pool.map(lambda s: _check_headers(s, max_pixels), samples))
-            results = list(pool.map(check, zip(samples, pixels)))
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # the first bad file ends the check: the rest need not be decoded
-            raise
+    pixels = _map_all(max(1, workers), lambda s: _check_headers(s, max_pixels), samples)
+    threads = max(1, min(workers, DECODE_BUDGET_PIXELS // max(pixels, default=1)))
+    results = _map_all(threads, lambda s: _check_one(s, num_classes, max_pixels), samples)
     counts = np.stack([r[0] for r in results]) if results else np.zeros((0, num_classes), np.int64)
     return DatasetStats([s.image_id for s in samples], counts, [r[1] for r in results])
+
+
+def _map_all(threads: int, fn, items: list) -> list:
+    """``fn`` over ``items`` in ``threads`` threads, in order; the first error cancels what has not started."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        try:
+            return list(pool.map(fn, items))
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
