@@ -115,8 +115,7 @@ def terrain(ctx: SceneContext, theme: str) -> None:
     for centre in points:
         cls, colours, _ = mix[int(rng.choice(len(mix), p=[m[2] for m in mix]))]
         material = ctx.material(cls, pick(ctx, colours), rng.uniform(8, 20), rng.uniform(6, 14))
-        size = view * rng.uniform(0.15, 0.55)
-        angle = rng.uniform(0, math.pi)
+        size, angle = view * rng.uniform(0.15, 0.55), rng.uniform(0, math.pi)
         if rng.random() < 0.5:
             field_poly = geo.rect(centre, size * rng.uniform(1, 2), size, angle)
             ctx.ground(material, field_poly)
@@ -152,8 +151,7 @@ def water(ctx: SceneContext, river: bool, need_pond: bool = False) -> None:
         else:
             river = True  # a river passes under the roads instead
     colour = pick(ctx, [(55, 85, 100), (60, 90, 80), (80, 105, 120)])
-    shore = ctx.material(BACKGROUND, (150, 135, 100), 10, 10)
-    surface = ctx.material(BACKGROUND, colour, 6, 2)
+    shore, surface = ctx.material(BACKGROUND, (150, 135, 100), 10, 10), ctx.material(BACKGROUND, colour, 6, 2)
     if river:
         width = view * rng.uniform(0.15, 0.35)
         axis = geo.curve(rng, centre, rng.uniform(0, 2 * math.pi), width, _grow(ctx.bounds, width), 0.03)
@@ -165,8 +163,7 @@ def water(ctx: SceneContext, river: bool, need_pond: bool = False) -> None:
     else:
         radius = min(view * rng.uniform(0.12, 0.25), room / 1.25)
         poly = geo.blob(rng, centre, radius, 0.15)
-        ctx.ground(shore, geo.blob(rng, centre, radius * 1.1, 0.1))
-        ctx.ground(surface, poly)
+        ctx.world.ground += [(shore, geo.blob(rng, centre, radius * 1.1, 0.1)), (surface, poly)]
         ctx.waters.append((poly, np.array([centre, centre + 1e-3]), radius * 0.8))
 
 
@@ -191,8 +188,7 @@ def roads(ctx: SceneContext, count: int, width_m: tuple[float, float], along: fl
         if rng.random() < 0.5:
             ctx.ground(ctx.material(BACKGROUND, pick(ctx, PAVEMENT), 6, 8),
                        geo.band(line, width + 2 * ctx.metres(rng.uniform(1.5, 3.5))))
-        surface = ctx.material(ROAD, pick(ctx, ASPHALT), 6, 7)
-        ctx.ground(surface, geo.band(line, width))
+        ctx.ground(ctx.material(ROAD, pick(ctx, ASPHALT), 6, 7), geo.band(line, width))
         if width >= ctx.metres(5.0) and rng.random() < 0.8:
             paint = ctx.material(ROAD, pick(ctx, [(230, 230, 225), (225, 195, 70)]), 3, 3, jitter=4)
             stripe = max(ctx.metres(0.15), 0.6)
@@ -216,9 +212,7 @@ def parking(ctx: SceneContext) -> list[tuple[np.ndarray, float]]:
     centre = point + normal * (width / 2 + depth / 2)
     ctx.ground(ctx.material(ROAD, pick(ctx, ASPHALT), 6, 7), geo.rect(centre, length, depth, angle))
     paint = ctx.material(ROAD, (225, 225, 220), 3, 3, jitter=4)
-    stall = ctx.metres(2.6)
-    along = np.array([math.cos(angle), math.sin(angle)])
-    stalls = []
+    stall, along, stalls = ctx.metres(2.6), np.array([math.cos(angle), math.sin(angle)]), []
     for offset in np.arange(-length / 2 + stall, length / 2, stall):
         ctx.ground(paint, geo.rect(centre + along * offset, max(ctx.metres(0.12), 0.6), depth * 0.4,
                                    angle).reshape(-1, 2) + normal * depth * 0.25)
@@ -237,10 +231,8 @@ def buildings(ctx: SceneContext, count: int) -> None:
         if not ctx.is_free(centre, 0.55 * math.hypot(length, depth)):
             continue
         count -= 1
-        height = ctx.metres(rng.uniform(3, 12))
-        roof_rgb = pick(ctx, ROOFS)
-        wall = ctx.material(CONSTRUCTION, pick(ctx, WALLS), 4, 4)
-        roof = ctx.material(CONSTRUCTION, roof_rgb, 5, 6)
+        height, roof_rgb = ctx.metres(rng.uniform(3, 12)), pick(ctx, ROOFS)
+        wall, roof = ctx.material(CONSTRUCTION, pick(ctx, WALLS), 4, 4), ctx.material(CONSTRUCTION, roof_rgb, 5, 6)
         lit = ctx.material(CONSTRUCTION, np.clip(np.asarray(roof_rgb) * 1.25 + 10, 0, 255), 5, 6, jitter=3)
         # A gable roof's sunlit half is brighter; a flat roof has a lighter structure on top.
         top = geo.rect((0, depth / 4), length, depth / 2) if rng.random() < 0.65 else geo.rect((0, 0), length * 0.6, depth * 0.5)
@@ -281,16 +273,14 @@ def obstacles(ctx: SceneContext, poles: int, fences: int, barriers: int) -> None
         point, angle = geo.point_on(line, geo.arc_lengths(line)[int(s)])
         offset = (width / 2 + ctx.metres(rng.uniform(0.8, 2.5))) * rng.choice([-1, 1])
         spot = point + offset * np.array([-math.sin(angle), math.cos(angle)])
-        thick = max(ctx.metres(0.3), 1.4 * per_px)
-        height = ctx.metres(rng.uniform(5, 10))
+        thick, height = max(ctx.metres(0.3), 1.4 * per_px), ctx.metres(rng.uniform(5, 10))
         parts = [Part(geo.rect((0, 0), thick, thick), grey, height, 0.0, grey),
                  Part(geo.rect((0, 0), thick, max(ctx.metres(1.6), 3 * per_px)), grey, height)]
         ctx.item(Item(parts, np.array([spot]), angle), block=thick)
     for _ in range(fences):
         colour = ctx.material(OBSTACLE, pick(ctx, [(120, 95, 70), (160, 160, 160), (220, 220, 215)]), 2, 3)
         (start,), (per_px,) = ctx.sample(1)
-        angle = rng.uniform(0, 2 * math.pi)
-        thick = max(ctx.metres(0.12), 1.4 * per_px)
+        angle, thick = rng.uniform(0, 2 * math.pi), max(ctx.metres(0.12), 1.4 * per_px)
         for _ in range(int(rng.integers(1, 4))):
             length = ctx.metres(rng.uniform(5, 20))
             middle = start + length / 2 * np.array([math.cos(angle), math.sin(angle)])

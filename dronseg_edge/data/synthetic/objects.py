@@ -70,8 +70,7 @@ def bikes(ctx: SceneContext, count: int) -> None:
             Part(geo.rect((0, 0), 1.1 * unit, thin), frame, 0.9 * unit, 0.3 * unit, frame),
             Part(geo.rect((0.5 * unit, 0), thin, 0.6 * unit), frame, 1.0 * unit, 0.8 * unit, frame),
         ]
-        path, speed, lateral = np.array([spot]), 0.0, 0.0
-        heading = rng.uniform(0, 2 * math.pi)
+        path, speed, lateral, heading = np.array([spot]), 0.0, 0.0, rng.uniform(0, 2 * math.pi)
         ridden = rng.random() < 0.8
         if ridden:
             if ctx.roads and rng.random() < 0.7:
@@ -83,21 +82,17 @@ def bikes(ctx: SceneContext, count: int) -> None:
         s0 = _nearest_arc(path, spot)
         ctx.item(Item(parts, path, heading, s0, speed, lateral))
         if ridden:
-            rider = person_parts(ctx, per_px)
-            ctx.item(Item(rider, path, heading, s0, speed, lateral))
+            ctx.item(Item(person_parts(ctx, per_px), path, heading, s0, speed, lateral))
 
 
 def _nearest_arc(path: np.ndarray, point) -> float:
-    if len(path) < 2:
-        return 0.0
-    return float(geo.arc_lengths(path)[int(np.argmin(np.hypot(*(path - point).T)))])
+    return float(geo.arc_lengths(path)[int(np.argmin(np.hypot(*(path - point).T)))]) if len(path) > 1 else 0.0
 
 
 def car_parts(ctx: SceneContext, per_px: float) -> list[Part]:
     rng = ctx.rng
     unit = _grow(ctx, 1.8, per_px, 4.0)
-    length, width = rng.uniform(3.8, 4.9) * unit, rng.uniform(1.7, 1.95) * unit
-    paint_rgb = pick(ctx, CAR_PAINT)
+    length, width, paint_rgb = rng.uniform(3.8, 4.9) * unit, rng.uniform(1.7, 1.95) * unit, pick(ctx, CAR_PAINT)
     paint = ctx.material(CAR, paint_rgb, 1, 2, jitter=8)
     side = ctx.material(CAR, np.asarray(paint_rgb) * 0.75, 1, 2, jitter=4)
     glass = ctx.material(CAR, (35, 40, 48), 1, 1, jitter=4)
@@ -125,8 +120,7 @@ def cars(ctx: SceneContext, count: int, stalls: list[tuple[np.ndarray, float]]) 
         if not ctx.roads:
             return
         road = int(rng.integers(len(ctx.roads)))
-        line, width = ctx.roads[road]
-        side = int(rng.choice([-1, 1]))
+        (line, width), side = ctx.roads[road], int(rng.choice([-1, 1]))
         speed, taken = lanes.setdefault((road, side), (ctx.metres(rng.uniform(4, 14)) * -side, []))
         (near,), (per_px,) = ctx.sample(1)
         s0 = _nearest_arc(line, near)
@@ -177,8 +171,7 @@ def boats(ctx: SceneContext, count: int, small: bool = False) -> None:
         per_px = 1.0 / max(float(ctx.cameras[0].scale_at(axis[len(axis) // 2])[0]), 1e-6)
         unit = _grow(ctx, 1.6, per_px)
         length_m, beam_m = (rng.uniform(2.0, 3.2), rng.uniform(0.9, 1.3)) if small else (rng.uniform(3.5, 9.0), rng.uniform(1.5, 2.8))
-        length, beam = length_m * unit, beam_m * unit
-        beam = min(beam, 1.6 * half)
+        length, beam = length_m * unit, min(beam_m * unit, 1.6 * half)
         hull_rgb = pick(ctx, [(235, 235, 230), (180, 40, 40), (40, 70, 140), (200, 170, 60)])
         hull = ctx.material(BOAT, hull_rgb, 1, 3)
         side = ctx.material(BOAT, np.asarray(hull_rgb) * 0.7, 1, 2)
@@ -204,8 +197,7 @@ def boats(ctx: SceneContext, count: int, small: bool = False) -> None:
 
 def drone(ctx: SceneContext, size: tuple[int, int], in_sky: bool, sky_bottom: float) -> None:
     """A quadcopter (class 4) as an X with rotor discs, flying in screen space (sky or over ground)."""
-    rng = ctx.rng
-    width, height = size
+    rng, (width, height) = ctx.rng, size
     span = max(rng.uniform(25, 75) * width / 1280, 8.0)
     arm = max(0.1 * span, 1.4)
     body = ctx.material(DRONE, pick(ctx, [(40, 40, 45), (230, 230, 230), (120, 120, 125)]), 0, 2)
@@ -220,7 +212,6 @@ def drone(ctx: SceneContext, size: tuple[int, int], in_sky: bool, sky_bottom: fl
     else:
         top, bottom = 0.1 + margin, 0.9 - margin
     position = (rng.uniform(0.1 + margin, 0.9 - margin), rng.uniform(top, max(top, bottom)))
-    speed = rng.uniform(0.03, 0.1)
-    heading = rng.uniform(0, 2 * math.pi)
+    speed, heading = rng.uniform(0.03, 0.1), rng.uniform(0, 2 * math.pi)
     velocity = (speed * math.cos(heading), speed * math.sin(heading) * (0.3 if in_sky else 1.0))
     ctx.world.flyers.append(ScreenItem(parts, position, velocity, rng.uniform(0, math.pi), rng.normal(0, 0.3)))
