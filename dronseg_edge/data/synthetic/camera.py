@@ -63,13 +63,9 @@ class Camera:
         near = width / self.zoom
         depth = self.spread * (height - self.horizon_px) / (self.squash * self.zoom)
         forward, right = self._axes
-        origin = np.asarray(self.position, dtype=np.float64)
-
-        def ground(lateral: float, ahead: float) -> np.ndarray:
-            return origin + lateral * right + ahead * forward
-
-        far = self.spread * near / 2.0
-        src = np.float32([ground(-near / 2, 0), ground(near / 2, 0), ground(far, depth), ground(-far, depth)])
+        origin, far = np.asarray(self.position, dtype=np.float64), self.spread * near / 2.0
+        corners = ((-near / 2, 0), (near / 2, 0), (far, depth), (-far, depth))  # (lateral, ahead)
+        src = np.float32([origin + lateral * right + ahead * forward for lateral, ahead in corners])
         dst = np.float32([[0, height], [width, height], [width, self.horizon_px], [0, self.horizon_px]])
         return cv2.getPerspectiveTransform(src, dst)
 
@@ -104,15 +100,13 @@ class Camera:
         """Screen pixels per world unit (square root of the local area ratio) at world points (N, 2)."""
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         base = self.project(pts)
-        du = self.project(pts + [1.0, 0.0]) - base
-        dv = self.project(pts + [0.0, 1.0]) - base
+        du, dv = self.project(pts + [1.0, 0.0]) - base, self.project(pts + [0.0, 1.0]) - base
         return np.sqrt(np.abs(du[:, 0] * dv[:, 1] - du[:, 1] * dv[:, 0]))
 
     def lateral_scale(self, points: np.ndarray) -> np.ndarray:
         """Screen pixels per world unit along the screen's horizontal at world points (N, 2)."""
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        _, right = self._axes
-        return np.linalg.norm(self.project(pts + right) - self.project(pts), axis=1)
+        return np.linalg.norm(self.project(pts + self._axes[1]) - self.project(pts), axis=1)
 
     def footprint(self) -> np.ndarray:
         """World corners (4, 2) of the ground the screen shows (sky excluded)."""
@@ -144,9 +138,8 @@ def clip_to_halfplane(poly: np.ndarray, plane: np.ndarray) -> np.ndarray:
     if np.all(side < 0):
         return poly[:0]
     out = []
-    count = len(poly)
-    for i in range(count):
-        j = (i + 1) % count
+    for i in range(len(poly)):
+        j = (i + 1) % len(poly)
         if side[i] >= 0:
             out.append(poly[i])
         if (side[i] >= 0) != (side[j] >= 0):

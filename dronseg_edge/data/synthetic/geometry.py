@@ -24,9 +24,7 @@ def blob(rng: np.random.Generator, center, radius: float, roughness: float = 0.2
          stretch: float = 1.0, angle: float = 0.0) -> np.ndarray:
     """Irregular closed shape around ``center`` with mean ``radius`` (smoothly varying radius)."""
     theta = np.linspace(0, 2 * math.pi, points, endpoint=False)
-    wobble = np.zeros(points)
-    for harmonic in (2, 3, 5):
-        wobble += rng.normal(0, roughness / harmonic) * np.cos(harmonic * theta + rng.uniform(0, 2 * math.pi))
+    wobble = sum(rng.normal(0, roughness / h) * np.cos(h * theta + rng.uniform(0, 2 * math.pi)) for h in (2, 3, 5))
     r = radius * np.clip(1.0 + wobble, 0.35, 1.8)
     local = np.stack([np.cos(theta) * r * stretch, np.sin(theta) * r], axis=1)
     return rotate(local, angle) + np.asarray(center, dtype=np.float64)
@@ -45,10 +43,7 @@ def curve(rng: np.random.Generator, anchor, heading: float, step: float, bounds,
     x0, y0, x1, y1 = bounds
     halves = []
     for direction in (0.0, math.pi):
-        point = np.asarray(anchor, dtype=np.float64)
-        angle = heading + direction
-        turn = 0.0
-        pts = []
+        point, angle, turn, pts = np.asarray(anchor, dtype=np.float64), heading + direction, 0.0, []
         for _ in range(4000):
             turn = 0.85 * turn + rng.normal(0, wiggle)
             angle += turn
@@ -57,8 +52,7 @@ def curve(rng: np.random.Generator, anchor, heading: float, step: float, bounds,
             if not (x0 <= point[0] <= x1 and y0 <= point[1] <= y1):
                 break
         halves.append(pts)
-    line = halves[1][::-1] + [np.asarray(anchor, dtype=np.float64)] + halves[0]
-    return np.asarray(line)
+    return np.asarray(halves[1][::-1] + [np.asarray(anchor, dtype=np.float64)] + halves[0])
 
 
 def normals(line: np.ndarray) -> np.ndarray:

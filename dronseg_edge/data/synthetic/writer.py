@@ -196,13 +196,7 @@ def _render_video(root: Path, frames: int, size: tuple[int, int], fps: float, se
                 tick()
         finally:
             writer.release()
-        try:
-            _check_video(tmp, frames, size)
-        except DronsegError:
-            # OpenCV's writer fails silently: a short video on a nearly full disk is the disk's fault.
-            if low_space(root):
-                raise short_write_failure(final, "OpenCV wrote a short video") from None
-            raise
+        _check_video(tmp, frames, size, final)
         with storage_errors(final):
             os.replace(tmp, final)
     finally:
@@ -210,10 +204,13 @@ def _render_video(root: Path, frames: int, size: tuple[int, int], fps: float, se
     return final
 
 
-def _check_video(path: Path, frames: int, size: tuple[int, int]) -> None:
+def _check_video(path: Path, frames: int, size: tuple[int, int], final: Path) -> None:
     capture = cv2.VideoCapture(str(path))
     got = tuple(int(capture.get(p)) for p in (cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
     capture.release()
+    if got != (frames, *size) and low_space(path.parent):
+        # OpenCV's writer fails silently: a short video on a nearly full disk is the disk's fault.
+        raise short_write_failure(final, "OpenCV wrote a short video")
     if got != (frames, *size):
         raise DronsegError(f"the video written to {path} has {got[0]} frames of {got[1]}x{got[2]}, expected "
                            f"{frames} of {format_size(size)}: this OpenCV build cannot write mp4v; pass --video-frames 0")
