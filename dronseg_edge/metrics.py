@@ -34,10 +34,7 @@ def _check_class_maps(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.T
 
 def image_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Confusion matrix per image: (N, C, C) int64 on the inputs' device (rows truth, cols prediction).
-
-    pred, target: (N, H, W) or (H, W) integer class maps.
-    """
+    """Confusion matrix per image (N, C, C) int64 on the inputs' device from (N, H, W) or (H, W) class maps."""
     pred, target = _check_class_maps(pred, target)
     n, c = pred.shape[0], num_classes
     valid = (target != ignore_index) & (target >= 0) & (target < c) & (pred >= 0) & (pred < c)
@@ -51,10 +48,7 @@ def image_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """(C, C) int64 confusion matrix on the inputs' device, rows truth, columns prediction.
-
-    pred, target: (N, H, W) or (H, W) integer class maps.
-    """
+    """(C, C) int64 confusion matrix on the inputs' device from (N, H, W) or (H, W) class maps."""
     return image_confusion(pred, target, num_classes, ignore_index).sum(0)
 
 

@@ -5,13 +5,10 @@ replaced), ``imagenet`` (ImageNet backbone, fresh head), ``none`` (random init, 
 path to a local ``.pt``/``.pth`` file (a torchvision state dict, a backbone state dict or a
 dronseg-edge checkpoint); matching tensors are copied, the rest keep their initialisation.
 
-``output_stride`` is input size / backbone feature-map size. torchvision builds the ResNet
-DeepLabV3s at 8 (layer3 and layer4 dilated instead of strided, ASPP rates 12, 24, 36) and both
-MobileNetV3 models at 16 (only the last stage dilated; DeepLabV3 keeps rates 12, 24, 36 there). The
-ResNets can also be built at 16: layer3 strides again, layer4 keeps dilation 2 and the ASPP rates
-halve to 6, 12, 18 (torchvision's own ``replace_stride_with_dilation=[False, False, True]``, and
-the DeepLabV3 paper's rates for stride 16), which cuts layer3, layer4 and the head about fourfold.
-The weights are the same tensors at either stride, so COCO/ImageNet weights load into both.
+``output_stride`` is input size / backbone feature-map size: torchvision builds the ResNet DeepLabV3s
+at 8 and the MobileNetV3 models at 16. The ResNets can also be built at 16 (layer3 strides again,
+ASPP rates 6, 12, 18 as in the DeepLabV3 paper), which cuts layer3, layer4 and the head about
+fourfold; the tensors are the same at either stride, so COCO/ImageNet weights load into both.
 """
 
 from __future__ import annotations
@@ -83,14 +80,9 @@ def output_stride_of(model: nn.Module, arch: str) -> int:
     return int(getattr(model, "output_stride", None) or default_output_stride(arch))
 
 
-def build_model(
-    arch: str = "deeplabv3_resnet101",
-    num_classes: int = NUM_CLASSES,
-    weights: str = "none",
-    aux_loss: bool = False,
-    output_stride: int | None = None,
-    state: dict[str, torch.Tensor] | None = None,
-) -> nn.Module:
+def build_model(arch: str = "deeplabv3_resnet101", num_classes: int = NUM_CLASSES, weights: str = "none",
+                aux_loss: bool = False, output_stride: int | None = None,
+                state: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Build ``arch`` with a ``num_classes`` head; returns a module whose forward gives ``{'out': (N,C,H,W)}``.
 
     ``output_stride`` 8 or 16 (None: the arch's default, see the module docstring); the model keeps it
@@ -105,10 +97,8 @@ def build_model(
         model = _download(lambda: builder(weights=coco, aux_loss=supports_aux(arch) or None), coco)
         _replace_heads(model, num_classes)
     elif choice == "imagenet":
-        model = _download(
-            lambda: builder(weights=None, weights_backbone=imagenet, num_classes=num_classes, aux_loss=aux_loss or None),
-            imagenet,
-        )
+        model = _download(lambda: builder(weights=None, weights_backbone=imagenet, num_classes=num_classes,
+                                          aux_loss=aux_loss or None), imagenet)
     else:
         model = builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux_loss or None)
         if choice != "none":
@@ -134,8 +124,7 @@ def _set_resnet_output_stride(model: nn.Module, output_stride: int) -> None:
     """Re-stride a DeepLabV3-ResNet in place: strides, dilations and paddings change, no tensor does."""
     for name, (stride, first, rest) in _RESNET_LAYOUTS[output_stride].items():
         for index, block in enumerate(model.backbone[name]):
-            dilation = first if index == 0 else rest
-            block_stride = stride if index == 0 else 1
+            dilation, block_stride = (first, stride) if index == 0 else (rest, 1)
             block.conv2.stride, block.conv2.dilation, block.conv2.padding = (block_stride,) * 2, (dilation,) * 2, (dilation,) * 2
             block.stride = block_stride
             if block.downsample is not None:

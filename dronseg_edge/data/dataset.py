@@ -28,12 +28,10 @@ def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int
 class SegmentationDataset(Dataset):
     """Items are ``(image uint8 (3, H, W) RGB, mask uint8 (H, W))`` at ``size`` (W, H).
 
-    ``mask_size='native'`` keeps masks at their file's resolution (evaluation at full size);
-    samples without a mask return an all-IGNORE mask of the image size.
-    An item may be an index or an ``(index, seed)`` pair from :class:`AugmentSeedSampler`: then the
-    augmentation draws from a torch RNG seeded with ``seed`` (and the caller's RNG is left as it was),
-    so a sample's augmentation does not depend on which worker loads it or on what it loaded before.
-    ``max_pixels``: images and masks above it (read from their headers) are refused, never decoded.
+    ``native_masks`` keeps masks at their file's resolution (evaluation at full size); samples without
+    a mask give an all-IGNORE mask. An item may be an ``(index, seed)`` pair (AugmentSeedSampler): the
+    augmentation then draws from a torch RNG seeded with ``seed``, whichever worker loads it.
+    Images and masks over ``max_pixels`` (read from their headers) are refused, never decoded.
     """
 
     def __init__(self, samples: list[Sample], size: tuple[int, int] | None, augment: AugmentConfig | None = None,
@@ -67,9 +65,8 @@ class SegmentationDataset(Dataset):
 class AugmentSeedSampler(Sampler):
     """Wraps a sampler and yields ``(index, seed)`` with the seed a function of (seed, epoch, index).
 
-    DataLoader workers (persistent ones above all) carry their RNG from batch to batch and epoch to
-    epoch, so without this a run resumed at epoch k augments differently from one that never
-    stopped. ``set_epoch`` is passed on to the wrapped sampler when it has one (DistributedSampler).
+    DataLoader workers carry their RNG from batch to batch, so without this a run resumed at epoch k
+    would augment differently from one that never stopped. ``set_epoch`` reaches the wrapped sampler too.
     """
 
     def __init__(self, sampler: Sampler, seed: int):

@@ -41,11 +41,8 @@ def presence_ratios(ids: list[str], all_ids: list[str], presence: np.ndarray) ->
 
 def save_split(path: Path, train_ids: list[str], val_ids: list[str], *, seed: int, val_fraction: float,
                all_ids: list[str] | None = None, presence: np.ndarray | None = None) -> Path:
-    """Write ``split.json`` (atomically) with the IDs and, when given, per-class presence ratios.
-
-    A human-readable copy for the run folder: eval, export and resume read the split the checkpoint
-    carries (``checkpoint.recorded_split``), so a checkpoint copied alone keeps it.
-    """
+    """Write ``split.json`` (atomically) with the IDs and, when given, per-class presence ratios: a
+    human-readable copy, as eval, export and resume read the split the checkpoint carries."""
     data: dict = {"seed": seed, "val_fraction": val_fraction, "train": train_ids, "val": val_ids}
     if presence is not None and all_ids is not None:
         train_r, val_r = presence_ratios(train_ids, all_ids, presence), presence_ratios(val_ids, all_ids, presence)

@@ -99,8 +99,7 @@ def pick(ctx: SceneContext, colours: list) -> tuple:
 
 def terrain(ctx: SceneContext, theme: str) -> None:
     """Base cover plus field, soil and pavement patches, all ground level (classes 0 and 9)."""
-    rng = ctx.rng
-    view = ctx.view_size()
+    rng, view = ctx.rng, ctx.view_size()
     if theme == "urban":
         ctx.world.base_material = ctx.material(BACKGROUND, pick(ctx, PAVEMENT), 6, 8)
         mix = [(VEGETATION, GRASS, 0.45), (BACKGROUND, SOIL, 0.25), (BACKGROUND, PAVEMENT, 0.3)]
@@ -119,19 +118,14 @@ def terrain(ctx: SceneContext, theme: str) -> None:
         if rng.random() < 0.5:
             field_poly = geo.rect(centre, size * rng.uniform(1, 2), size, angle)
             ctx.ground(material, field_poly)
-            if cls == VEGETATION and rng.random() < 0.5:
-                _crop_rows(ctx, centre, size, angle, field_poly)
+            if cls == VEGETATION and rng.random() < 0.5:  # crop rows across the field
+                length, spacing = np.hypot(*(field_poly[0] - field_poly[1])), max(ctx.metres(rng.uniform(0.8, 2.0)), 2.0)
+                rows = ctx.material(VEGETATION, (70, 100, 45), 10, 8)
+                across = np.array([math.cos(angle + math.pi / 2), math.sin(angle + math.pi / 2)])
+                for offset in np.arange(-size / 2 + spacing / 2, size / 2, spacing)[:150]:
+                    ctx.ground(rows, geo.rect(np.asarray(centre) + across * offset, length, spacing * 0.45, angle))
         else:
             ctx.ground(material, geo.blob(rng, centre, size / 2, 0.3, stretch=rng.uniform(1, 2), angle=angle))
-
-
-def _crop_rows(ctx: SceneContext, centre, size: float, angle: float, field_poly: np.ndarray) -> None:
-    length = np.hypot(*(field_poly[0] - field_poly[1]))
-    spacing = max(ctx.metres(ctx.rng.uniform(0.8, 2.0)), 2.0)
-    rows = ctx.material(VEGETATION, (70, 100, 45), 10, 8)
-    direction = np.array([math.cos(angle + math.pi / 2), math.sin(angle + math.pi / 2)])
-    for offset in np.arange(-size / 2 + spacing / 2, size / 2, spacing)[:150]:
-        ctx.ground(rows, geo.rect(np.asarray(centre) + direction * offset, length, spacing * 0.45, angle))
 
 
 def water(ctx: SceneContext, river: bool, need_pond: bool = False) -> None:
@@ -140,8 +134,7 @@ def water(ctx: SceneContext, river: bool, need_pond: bool = False) -> None:
     Called after the roads: a pond keeps clear of them (unless ``need_pond`` and there is no
     room), a river is drawn under them (bridges).
     """
-    rng = ctx.rng
-    view = ctx.view_size()
+    rng, view = ctx.rng, ctx.view_size()
     candidates, _ = ctx.sample(1 if river else 24, margin=0.12, camera=0)
     room = [ctx.clearance(c) for c in candidates]
     centre, room = candidates[int(np.argmax(room))], max(room)
@@ -204,8 +197,7 @@ def parking(ctx: SceneContext) -> list[tuple[np.ndarray, float]]:
     """A parking lot beside the first road (class 10 with stall lines); returns stall poses."""
     if not ctx.roads:
         return []
-    rng = ctx.rng
-    line, width = ctx.roads[0]
+    rng, (line, width) = ctx.rng, ctx.roads[0]
     point, angle = geo.point_on(line, geo.arc_lengths(line)[-1] * rng.uniform(0.3, 0.7))
     length, depth = ctx.metres(rng.uniform(20, 50)), ctx.metres(rng.uniform(11, 17))
     normal = np.array([-math.sin(angle), math.cos(angle)]) * rng.choice([-1, 1])

@@ -25,8 +25,7 @@ def _grow(ctx: SceneContext, visible_m: float, per_px: float, min_px: float = 3.
 
 
 def person_parts(ctx: SceneContext, per_px: float) -> list[Part]:
-    rng = ctx.rng
-    unit = _grow(ctx, 0.45, per_px)
+    rng, unit = ctx.rng, _grow(ctx, 0.45, per_px)
     clothes = ctx.material(PERSON, pick(ctx, CLOTHES), 2, 4, jitter=15)
     legs = ctx.material(PERSON, pick(ctx, [(40, 45, 70), (30, 30, 32), (120, 110, 90)]), 2, 3)
     hair = ctx.material(PERSON, pick(ctx, [(40, 30, 25), (90, 65, 40), (20, 20, 20), (170, 140, 90)]), 1, 2)
@@ -40,8 +39,7 @@ def person_parts(ctx: SceneContext, per_px: float) -> list[Part]:
 
 def people(ctx: SceneContext, count: int, speed_m: float = 1.4) -> None:
     """``count`` people (class 1), often in small groups, walking slowly in random directions."""
-    rng = ctx.rng
-    placed = 0
+    rng, placed = ctx.rng, 0
     while placed < count:
         (centre,), (per_px,) = ctx.sample(1)
         group = min(count - placed, int(rng.integers(1, 5)))
@@ -90,8 +88,7 @@ def _nearest_arc(path: np.ndarray, point) -> float:
 
 
 def car_parts(ctx: SceneContext, per_px: float) -> list[Part]:
-    rng = ctx.rng
-    unit = _grow(ctx, 1.8, per_px, 4.0)
+    rng, unit = ctx.rng, _grow(ctx, 1.8, per_px, 4.0)
     length, width, paint_rgb = rng.uniform(3.8, 4.9) * unit, rng.uniform(1.7, 1.95) * unit, pick(ctx, CAR_PAINT)
     paint = ctx.material(CAR, paint_rgb, 1, 2, jitter=8)
     side = ctx.material(CAR, np.asarray(paint_rgb) * 0.75, 1, 2, jitter=4)

@@ -121,8 +121,7 @@ def _light(ctx: SceneContext, cameras: list[Camera]) -> None:
 
 def _sky(ctx: SceneContext) -> None:
     """Sky (class 11), a distant tree line and skyline buildings along the horizon, clouds."""
-    rng = ctx.rng
-    world = ctx.world
+    rng, world = ctx.rng, ctx.world
     blue = np.array([150, 190, 230]) if rng.random() < 0.7 else np.array([195, 200, 210])
     world.sky_material = world.add_material(Material(SKY, tuple(float(c) for c in blue + rng.normal(0, 8, 3))))
     world.clouds = rng.standard_normal((3, 7)).astype(np.float32) if rng.random() < 0.6 else None
@@ -139,8 +138,7 @@ def _sky(ctx: SceneContext) -> None:
 
 def _noise(ctx: SceneContext) -> None:
     """World-anchored texture: channel 0 coarse patches, channel 1 fine grain, unit variance."""
-    rng = ctx.rng
-    x0, y0, x1, y1 = ctx.bounds
+    rng, (x0, y0, x1, y1) = ctx.rng, ctx.bounds
     cell = max(1.0, ctx.metres(0.15), max(x1 - x0, y1 - y0) / 1500)  # the grid is at most 1500 px a side
     width, height = int((x1 - x0) / cell) + 2, int((y1 - y0) / cell) + 2
     coarse_shape = (max(2, height // 24), max(2, width // 24))
