@@ -71,7 +71,7 @@ def read_ids(csv_path: Path) -> list[str]:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or "ImageID" not in reader.fieldnames:
                 raise DronsegError(f"{csv_path} has no ImageID column (header: {reader.fieldnames}); {FIX_LAYOUT}")
-            ids, first_row = [], {}
+            first_row: dict[str, int] = {}  # in file order
             for row in reader:
                 image_id = (row.get("ImageID") or "").strip()
                 if not image_id:
@@ -80,10 +80,9 @@ def read_ids(csv_path: Path) -> list[str]:
                     raise DronsegError(f"{csv_path} line {reader.line_num}: ImageID {image_id} is listed again "
                                        f"(first on line {first_row[image_id]}): remove the duplicate row")
                 first_row[image_id] = reader.line_num
-                ids.append(image_id)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DronsegError(f"cannot read {csv_path}: {exc}") from None
-    return ids
+    return list(first_row)
 
 
 def _index_images(folder: Path) -> dict[str, Path]:
@@ -168,7 +167,7 @@ def read_mask(path: Path, num_classes: int = NUM_CLASSES, max_pixels: int = DEFA
             f"single-channel PNGs of class indices 0..{num_classes - 1}, not colour visualisations"
         )
     if data.size and int(data.max()) >= num_classes:
-        bad = sorted(int(v) for v in np.unique(data) if v >= num_classes)
+        bad = np.unique(data[data >= num_classes]).tolist()
         raise DronsegError(f"mask {path} holds values {bad[:5]} outside 0..{num_classes - 1}: fix the labels")
     return data.astype(np.uint8, copy=False)
 

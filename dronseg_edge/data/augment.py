@@ -74,8 +74,7 @@ def apply_train_transform(transform: v2.Transform | None, image: torch.Tensor, m
     if transform is None:
         return image, mask
     out_image, out_mask = transform(tv_tensors.Image(image), tv_tensors.Mask(mask.unsqueeze(0)))
-    out_image = out_image.as_subclass(torch.Tensor)
-    out_mask = out_mask.as_subclass(torch.Tensor)[0]
+    out_image, out_mask = out_image.as_subclass(torch.Tensor), out_mask.as_subclass(torch.Tensor)[0]
     if cfg.noise_p > 0 and torch.rand(()) < cfg.noise_p:
         noise = torch.randn(out_image.shape) * cfg.noise_std
         out_image = (out_image.float() + noise).clamp_(0, 255).to(torch.uint8)

@@ -53,10 +53,8 @@ def native_loader(ckpt: dict, samples: list[Sample], batch: int, workers: int,
 
 
 def step_context(ckpt: dict, device: torch.device) -> StepContext:
-    mean = torch.tensor(ckpt.get("mean", IMAGENET_MEAN), device=device).view(1, 3, 1, 1)
-    std = torch.tensor(ckpt.get("std", IMAGENET_STD), device=device).view(1, 3, 1, 1)
     amp = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return StepContext(device, amp, mean, std, channels_last=device.type == "cuda")
+    return StepContext.make(device, amp, ckpt.get("mean", IMAGENET_MEAN), ckpt.get("std", IMAGENET_STD), device.type == "cuda")
 
 
 def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str = "val", batch: int = 4,
@@ -80,8 +78,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str =
 def format_scores(result: dict[str, Any]) -> str:
     """A per-class table plus the summary scores."""
     lines = [f"{'class':<14}{'IoU':>8}{'Dice':>8}"]
-    for name, iou, dice in zip(result["class_names"], result["iou"], result["dice"]):
-        lines.append(f"{name:<14}{_fmt(iou):>8}{_fmt(dice):>8}")
+    lines += [f"{name:<14}{_fmt(iou):>8}{_fmt(dice):>8}" for name, iou, dice in zip(result["class_names"], result["iou"], result["dice"])]
     lines.append(f"{result['split']} split, {result['images']} images of {result['data']}: mIoU {result['miou']:.4f}  "
                  f"mDice {result['mdice']:.4f}  competition {result['competition']:.4f}  pixel acc {result['pixel_acc']:.4f}")
     return "\n".join(lines)

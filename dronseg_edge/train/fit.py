@@ -88,11 +88,8 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, resume: Path) -> TrainConfig:
     """The run's own config from its checkpoint, with what a resume may change: the device, the
     loader workers, and (when given, ``cfg.data`` / ``cfg.max_pixels``) the data folder and pixel limit.
     The data folder the checkpoint records must still exist, or be given anew."""
-    overrides = {"device": cfg.device, "workers": cfg.workers}
-    if cfg.data:
-        overrides["data"] = cfg.data
-    if cfg.max_pixels is not None:
-        overrides["max_pixels"] = cfg.max_pixels
+    overrides = {"device": cfg.device, "workers": cfg.workers, **({"data": cfg.data} if cfg.data else {}),
+                 **({"max_pixels": cfg.max_pixels} if cfg.max_pixels is not None else {})}
     resumed = TrainConfig.from_dict({**TrainingState.from_checkpoint(ckpt).config, **overrides})
     if not cfg.data and not (resumed.data and Path(resumed.data).is_dir()):
         raise DronsegError(f"the data folder {resumed.data or '(none recorded)'} that {resume} trained on does not "
@@ -130,8 +127,12 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
         log(claim.note("run"))
     mosaic = ValidationMosaic(loaders.val.dataset, run_dir / "mosaics", cfg.mosaic_every) if is_main and cfg.mosaic_every else None
     try:
-        if cfg.val_at_start and progress.epoch == 0 and progress.partial is None:
-            _validate_at_start(setup.model, criterion, loaders.val, ctx, metrics, history, log)
+        if cfg.val_at_start and progress.epoch == 0 and progress.partial is None:  # the initial weights as epoch 0
+            scores = evaluate(setup.model, criterion, loaders.val, ctx, metrics, show_progress=is_main)
+            if history is not None:
+                history.log({"epoch": 0, "step": 0, **_val_columns(scores)})
+                log(f"epoch 0 (initial weights): mIoU {scores['miou']:.4f}  mDice {scores['mdice']:.4f}  "
+                    f"competition {scores['competition']:.4f}")
         for epoch in range(progress.epoch, cfg.epochs):
             loaders.generator.manual_seed(cfg.seed * 100_003 + epoch)  # same order per epoch, resumed or not
             done = progress.done_in_epoch()
@@ -157,8 +158,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
                 mosaic.write(setup.model, ctx, epoch + 1)
             score = _score(row, cfg.best_metric)
             improved = score is not None and score > progress.best
-            if improved:
-                progress.best = score
+            progress.best = score if improved else progress.best
             if history is not None:
                 history.log(row)
                 writer.save_epoch(progress, improved)
@@ -173,15 +173,6 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
         _write_plots(run_dir, history.rows, progress.val_result, writer)
     log(f"done: best {cfg.best_metric} {progress.best:.4f} -> {writer.best}; last -> {writer.last}; metrics -> {run_dir / 'metrics.csv'}")
     return FitResult(run_dir, writer.best, writer.last, progress.best, history.rows if history else [])
-
-
-def _validate_at_start(model, criterion, loader, ctx, metrics, history, log) -> None:
-    """Scores of the initial weights as epoch 0 (``--val-at-start``)."""
-    scores = evaluate(model, criterion, loader, ctx, metrics, show_progress=history is not None)
-    if history is not None:
-        history.log({"epoch": 0, "step": 0, **_val_columns(scores)})
-        log(f"epoch 0 (initial weights): mIoU {scores['miou']:.4f}  mDice {scores['mdice']:.4f}  "
-            f"competition {scores['competition']:.4f}")
 
 
 class CheckpointWriter:
@@ -252,19 +243,14 @@ def _data_parallel(module: torch.nn.Module, dist_ctx: DistContext) -> torch.nn.M
 
 
 def _val_columns(result: dict) -> dict:
-    row = {"val_loss": result["loss"], "val_miou": result["miou"], "val_mdice": result["mdice"],
-           "val_competition": result["competition"], "val_pixel_acc": result["pixel_acc"]}
-    for name, iou, dice in zip(CLASS_NAMES, result["iou"], result["dice"]):
-        row[f"iou_{name}"] = iou
-        row[f"dice_{name}"] = dice
-    return row
+    row = {f"val_{key}": result[key] for key in ("loss", "miou", "mdice", "competition", "pixel_acc")}
+    return row | {f"{key}_{name}": result[key][i] for i, name in enumerate(CLASS_NAMES) for key in ("iou", "dice")}
 
 
 def _score(row: dict, metric: str) -> float | None:
-    key = {"miou": "val_miou", "mdice": "val_mdice", "competition": "val_competition", "val_loss": "val_loss"}[metric]
-    if key not in row:
-        return None
-    return -row[key] if metric == "val_loss" else row[key]
+    """The ``--best-metric`` score of an epoch's row, higher is better; None for an epoch without validation."""
+    key = metric if metric == "val_loss" else f"val_{metric}"
+    return None if key not in row else -row[key] if metric == "val_loss" else row[key]
 
 
 def _epoch_line(row: dict, cfg: TrainConfig) -> str:

@@ -56,11 +56,8 @@ def _check_range(name: str, value: float, low: float, high: float = float("inf")
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, class_weights=None,
                   ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Pixel-wise cross-entropy, averaged like ``F.cross_entropy(reduction="mean")``.
-
-    logits (N, C, H, W), target (N, H, W) int; ``class_weights`` (C,): the mean is then
-    sum(w_y * loss) / sum(w_y) over valid pixels, as in torch. Returns a 0-dim float32 tensor.
-    """
+    """Pixel-wise cross-entropy averaged like torch's ``reduction="mean"`` (with ``class_weights`` (C,):
+    sum(w_y * loss) / sum(w_y) over valid pixels)."""
     _check_range("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
     logits, safe_target, valid = _prepare(logits, target, ignore_index)
     weights = _per_class(class_weights, logits.shape[1], "class_weights", logits.device)
@@ -72,12 +69,9 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, class_weights=N
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0, alpha=None,
                class_weights=None, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Multiclass focal loss -alpha_t (1 - p_t)^gamma log p_t (Lin et al. 2017), from log_softmax.
+    """Multiclass focal loss -alpha_t (1 - p_t)^gamma log p_t (Lin et al. 2017); ``alpha``: None, a float or (C,).
 
-    logits (N, C, H, W), target (N, H, W) int. ``alpha``: None, a float (all classes) or (C,).
-    Averaged over valid pixels; with ``class_weights`` (C,) each pixel counts w_y and the sum is
-    divided by sum(w_y), so gamma=0, alpha=None equals ``cross_entropy`` with the same weights.
-    Returns a 0-dim float32 tensor.
+    Averaged as ``cross_entropy`` is, which it equals at gamma=0, alpha=None with the same ``class_weights``.
     """
     _check_range("focal gamma", gamma, 0.0)
     logits, safe_target, valid = _prepare(logits, target, ignore_index)
@@ -105,11 +99,9 @@ def tversky_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = 0
                  log: bool = False) -> torch.Tensor:
     """Soft Tversky loss over the whole batch, per class, then averaged over classes.
 
-    With p = softmax(logits) and one-hot targets, summed over N, H, W of valid pixels:
-    TI_c = (TP_c + smooth) / (TP_c + alpha FP_c + beta FN_c + smooth); the loss is the mean over
-    all C classes (weighted by ``class_weights`` (C,) when given) of 1 - TI_c, or of -log(TI_c)
-    when ``log``. alpha weighs false positives, beta false negatives (beta > alpha favours recall,
-    which helps the small classes). Returns a 0-dim float32 tensor.
+    With p = softmax(logits) and one-hot targets summed over valid pixels, TI_c = (TP_c + smooth) /
+    (TP_c + alpha FP_c + beta FN_c + smooth); the loss is the (``class_weights``-weighted) mean of 1 - TI_c,
+    or of -log(TI_c) when ``log``. beta > alpha favours recall, which helps the small classes.
     """
     for name, value in (("tversky alpha", alpha), ("tversky beta", beta), ("dice smooth", smooth)):
         _check_range(name, value, 0.0)
@@ -132,10 +124,8 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, smooth: float 
                    ignore_index: int = IGNORE_INDEX, log: bool = False) -> torch.Tensor:
     """Soft Dice loss over the whole batch, per class: Dice_c = (2 I_c + smooth) / (P_c + T_c + smooth).
 
-    ``smooth`` is the eps of that classic form (I = sum p*t, P = sum p, T = sum t over valid
-    pixels). It is Tversky with alpha = beta = 0.5 and Tversky smooth = smooth / 2, since
-    (TP + s/2) / (TP + FP/2 + FN/2 + s/2) = (2TP + s) / (P + T + s). Loss: mean over classes of
-    1 - Dice_c, or -log(Dice_c) when ``log``. Returns a 0-dim float32 tensor.
+    That is Tversky with alpha = beta = 0.5 and smooth / 2, since (TP + s/2) / (TP + FP/2 + FN/2 + s/2)
+    = (2TP + s) / (P + T + s).
     """
     return tversky_loss(logits, target, alpha=0.5, beta=0.5, smooth=smooth / 2.0, class_weights=class_weights,
                         ignore_index=ignore_index, log=log)

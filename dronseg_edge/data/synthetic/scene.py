@@ -154,11 +154,7 @@ def _project_polys(camera: Camera, polys: list[np.ndarray]) -> list[np.ndarray |
     polys = [p if np.all(p @ plane[:2] + plane[2] >= 0) else clip_to_halfplane(p, plane) for p in polys]
     sizes = [len(p) for p in polys]
     flat = camera.project(np.concatenate(polys)) if sum(sizes) else np.zeros((0, 2))
-    out, start = [], 0
-    for size in sizes:
-        out.append(flat[start:start + size] if size >= 3 else None)
-        start += size
-    return out
+    return [poly if len(poly) >= 3 else None for poly in np.split(flat, np.cumsum(sizes)[:-1])]
 
 
 def _fill(canvas: np.ndarray, poly: np.ndarray, value: int) -> None:
@@ -302,5 +298,4 @@ def _sky_light(world: World, camera: Camera, mask: np.ndarray, lum: np.ndarray) 
     if world.clouds is not None:
         clouds = cv2.resize(world.clouds, (width, rows), interpolation=cv2.INTER_CUBIC)
         extra += np.clip(clouds, 0, None) * 45.0
-    region = lum[:rows]
-    region[is_sky] += extra[is_sky]
+    lum[:rows][is_sky] += extra[is_sky]
