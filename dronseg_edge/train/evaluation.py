@@ -20,16 +20,6 @@ from dronseg_edge.train.loop import StepContext, evaluate
 from dronseg_edge.metrics import SegmentationMetrics
 
 
-def checkpoint_data_root(ckpt: dict, data: Path | None) -> Path:
-    """``data`` if given, else the data set the checkpoint was trained on."""
-    if data is not None:
-        return Path(data)
-    root = recorded_data_root(ckpt)
-    if root is None:
-        raise DronsegError(f"checkpoint {ckpt.get('path')} does not record its data set: pass --data DIR")
-    return root
-
-
 def split_samples(ckpt: dict, root: Path, split: str) -> list[Sample]:
     """Samples of the run's ``val``/``train`` split (as the checkpoint records it), or ``all`` labelled images of ``root``."""
     if split == "all":
@@ -63,7 +53,9 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str =
     ``max_pixels``: the image size limit (None: the default, 2^26)."""
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else check_max_pixels(max_pixels)
     ckpt = load_checkpoint(checkpoint, num_classes=len(CLASS_NAMES))
-    root = checkpoint_data_root(ckpt, data)
+    root = Path(data) if data is not None else recorded_data_root(ckpt)
+    if root is None:
+        raise DronsegError(f"checkpoint {ckpt.get('path')} does not record its data set: pass --data DIR")
     samples = split_samples(ckpt, root, split)
     torch_device = resolve_device(device)
     ctx = step_context(ckpt, torch_device)

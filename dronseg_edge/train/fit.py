@@ -238,8 +238,8 @@ def _data_parallel(module: torch.nn.Module, dist_ctx: DistContext) -> torch.nn.M
     """``module`` under DistributedDataParallel when distributed (it broadcasts rank 0's weights), else itself."""
     if not dist_ctx.enabled:
         return module
-    device = dist_ctx.device
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    cuda = dist_ctx.device.type == "cuda"
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[dist_ctx.device.index] if cuda else None)
 
 
 def _val_columns(result: dict) -> dict:

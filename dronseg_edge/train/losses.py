@@ -1,4 +1,4 @@
-"""Segmentation losses: pure functions with thin ``nn.Module`` wrappers (segmentation_models_pytorch style).
+"""Segmentation losses: pure functions, made modules by ``build_loss`` (which checks their settings once).
 
 Every loss takes logits (N, C, H, W) of any float dtype and a target (N, H, W) of class indices,
 computes in float32 (also under autocast: fp16 softmax sums lose too much), skips pixels equal to
@@ -58,7 +58,6 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, class_weights=N
                   ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0) -> torch.Tensor:
     """Pixel-wise cross-entropy averaged like torch's ``reduction="mean"`` (with ``class_weights`` (C,):
     sum(w_y * loss) / sum(w_y) over valid pixels)."""
-    _check_range("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
     logits, safe_target, valid = _prepare(logits, target, ignore_index)
     weights = _per_class(class_weights, logits.shape[1], "class_weights", logits.device)
     # reduction="none" and our own division: torch's "mean" returns NaN when every pixel is ignored.
@@ -73,7 +72,6 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0
 
     Averaged as ``cross_entropy`` is, which it equals at gamma=0, alpha=None with the same ``class_weights``.
     """
-    _check_range("focal gamma", gamma, 0.0)
     logits, safe_target, valid = _prepare(logits, target, ignore_index)
     num_classes = logits.shape[1]
     log_p_t = F.log_softmax(logits, dim=1).gather(1, safe_target.unsqueeze(1)).squeeze(1)
@@ -84,11 +82,8 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0
         one_minus_p = (-torch.expm1(log_p_t)).clamp_min(torch.finfo(torch.float32).tiny)
         pixel_loss = one_minus_p.pow(gamma) * pixel_loss
     if alpha is not None:
-        if isinstance(alpha, (int, float)):
-            _check_range("focal alpha", float(alpha), 0.0)
-            pixel_loss = pixel_loss * float(alpha)
-        else:
-            pixel_loss = pixel_loss * _per_class(alpha, num_classes, "focal alpha", logits.device)[safe_target]
+        scale = float(alpha) if isinstance(alpha, (int, float)) else _per_class(alpha, num_classes, "focal alpha", logits.device)[safe_target]
+        pixel_loss = pixel_loss * scale
     weights = _per_class(class_weights, num_classes, "class_weights", logits.device)
     pixel_weight = valid.float() if weights is None else weights[safe_target] * valid
     return (pixel_loss * pixel_weight).sum() / pixel_weight.sum().clamp_min(_EPS)
@@ -103,8 +98,6 @@ def tversky_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = 0
     (TP_c + alpha FP_c + beta FN_c + smooth); the loss is the (``class_weights``-weighted) mean of 1 - TI_c,
     or of -log(TI_c) when ``log``. beta > alpha favours recall, which helps the small classes.
     """
-    for name, value in (("tversky alpha", alpha), ("tversky beta", beta), ("dice smooth", smooth)):
-        _check_range(name, value, 0.0)
     logits, safe_target, valid = _prepare(logits, target, ignore_index)
     num_classes = logits.shape[1]
     mask = valid.unsqueeze(1).float()
@@ -167,8 +160,9 @@ def build_loss(name: str, *, class_weights=None, ignore_index: int = IGNORE_INDE
     """
     _check_range("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
     for setting, value in (("focal gamma", focal_gamma), ("dice smooth", dice_smooth), ("focal_weight", focal_weight),
-                           ("dice_weight", dice_weight), ("tversky alpha", tversky_alpha), ("tversky beta", tversky_beta)):
-        _check_range(setting, value, 0.0)
+                           ("dice_weight", dice_weight), ("tversky alpha", tversky_alpha), ("tversky beta", tversky_beta),
+                           ("focal alpha", focal_alpha if isinstance(focal_alpha, (int, float)) else 0.0)):
+        _check_range(setting, float(value), 0.0)
     common = dict(class_weights=class_weights, ignore_index=ignore_index)
     focal = dict(gamma=focal_gamma, alpha=focal_alpha, **common)
     losses = {

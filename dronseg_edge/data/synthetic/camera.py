@@ -148,7 +148,8 @@ def clip_to_halfplane(poly: np.ndarray, plane: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float64).reshape(-1, 2)
 
 
-VIEW_KINDS = ("nadir", "oblique", "sky")
+# The tilted views' spread, squash and horizon ranges, and the std of their roll.
+TILTED = {"oblique": ((1.3, 2.2), (0.55, 0.9), (-0.3, -0.05), 0.025), "sky": ((1.6, 2.6), (0.45, 0.8), (0.12, 0.33), 0.03)}
 
 
 def random_view(rng: np.random.Generator, size: tuple[int, int], kind: str) -> Camera:
@@ -157,13 +158,8 @@ def random_view(rng: np.random.Generator, size: tuple[int, int], kind: str) -> C
     heading = float(rng.uniform(0, 2 * math.pi))
     if kind == "nadir":
         return Camera(size, (0.0, 0.0), heading)
-    if kind == "oblique":
-        return Camera(size, (0.0, 0.0), heading, 1.0, float(rng.uniform(1.3, 2.2)), float(rng.uniform(0.55, 0.9)),
-                      float(rng.uniform(-0.3, -0.05)), float(rng.normal(0, 0.025)))
-    if kind == "sky":
-        return Camera(size, (0.0, 0.0), heading, 1.0, float(rng.uniform(1.6, 2.6)), float(rng.uniform(0.45, 0.8)),
-                      float(rng.uniform(0.12, 0.33)), float(rng.normal(0, 0.03)))
-    raise ValueError(f"unknown view kind {kind!r}; expected one of {VIEW_KINDS}")
+    *ranges, roll = TILTED[kind]
+    return Camera(size, (0.0, 0.0), heading, 1.0, *(float(rng.uniform(*r)) for r in ranges), float(rng.normal(0, roll)))
 
 
 def moved(camera: Camera, rng: np.random.Generator) -> Camera:
