@@ -132,10 +132,8 @@ class SegmentationMetrics:
         self.image_stats[-1] += per_image.shape[0]
 
     def all_reduce(self, device: torch.device | str | None = None) -> None:
-        """Sum the state over torch.distributed ranks (a no-op without an initialised process group).
-
-        The state moves to ``device`` first, by default to one the group's backend can reduce.
-        """
+        """Sum the state over torch.distributed ranks (a no-op without a process group), on ``device``
+        (default: one the group's backend can reduce, ``reduce_device``)."""
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
@@ -146,10 +144,7 @@ class SegmentationMetrics:
 
     def compute(self) -> dict:
         """Scores so far: miou, mdice, iou, dice, pixel_acc, competition, competition_per_class, images, confusion.
-
-        Per-class lists hold floats (NaN for classes absent from truth and prediction); means are
-        nan-means; everything is NaN before the first update.
-        """
+        Per-class lists hold floats (NaN: absent from truth and prediction); means are nan-means; NaN before any update."""
         cm = self.confusion.cpu()
         iou = iou_from_confusion(cm).tolist()
         dice = dice_from_confusion(cm).tolist()

@@ -42,9 +42,13 @@ def native_loader(ckpt: dict, samples: list[Sample], batch: int, workers: int,
     return DataLoader(dataset, batch_size=batch if len(sizes) == 1 else 1, shuffle=False, num_workers=workers)
 
 
-def step_context(ckpt: dict, device: torch.device) -> StepContext:
-    amp = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return StepContext.make(device, amp, ckpt.get("mean", IMAGENET_MEAN), ckpt.get("std", IMAGENET_STD), device.type == "cuda")
+def checkpoint_model(ckpt: dict, device: str) -> tuple[torch.nn.Module, StepContext]:
+    """The checkpoint's model on ``device`` (channels_last and bf16 autocast where CUDA has them), and its StepContext."""
+    torch_device = resolve_device(device)
+    cuda = torch_device.type == "cuda"
+    amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+    ctx = StepContext.make(torch_device, amp, ckpt.get("mean", IMAGENET_MEAN), ckpt.get("std", IMAGENET_STD), cuda)
+    return model_from_checkpoint(ckpt).to(torch_device, memory_format=torch.channels_last if cuda else torch.contiguous_format), ctx
 
 
 def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str = "val", batch: int = 4,
@@ -57,9 +61,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str =
     if root is None:
         raise DronsegError(f"checkpoint {ckpt.get('path')} does not record its data set: pass --data DIR")
     samples = split_samples(ckpt, root, split)
-    torch_device = resolve_device(device)
-    ctx = step_context(ckpt, torch_device)
-    model = model_from_checkpoint(ckpt).to(torch_device, memory_format=torch.channels_last if ctx.channels_last else torch.contiguous_format)
+    model, ctx = checkpoint_model(ckpt, device)
     metrics = SegmentationMetrics(len(ckpt["class_names"]), IGNORE_INDEX, class_names=list(ckpt["class_names"]))
     scores = evaluate(model, None, native_loader(ckpt, samples, batch, workers, limit), ctx, metrics, description=f"eval {split}")
     scores.pop("loss", None)

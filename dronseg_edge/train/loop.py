@@ -52,11 +52,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
                     on_step: Callable[[int, torch.Tensor, int], None] | None = None) -> dict[str, float]:
     """Train for one pass over ``loader``; returns loss, images, seconds, data_wait_s, steps.
 
-    ``on_step(steps, loss_sum, images)`` runs after every optimiser step with this rank's running totals.
-
-    Gradients accumulate over ``accumulate`` micro-batches; each micro-loss is divided by the size of
-    its group (the last, partial group of the epoch included), and the scheduler steps once per
-    optimiser step.
+    Gradients accumulate over ``accumulate`` micro-batches, each micro-loss divided by its group's size
+    (the last, partial group included); the scheduler steps once per optimiser step, after which
+    ``on_step(steps, loss_sum, images)`` gets this rank's running totals.
     """
     model.train()
     # train() flips every BatchNorm back to batch statistics; frozen stages must keep their running ones,

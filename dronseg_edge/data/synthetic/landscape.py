@@ -185,11 +185,9 @@ def roads(ctx: SceneContext, count: int, width_m: tuple[float, float], along: fl
         if width >= ctx.metres(5.0) and rng.random() < 0.8:
             paint = ctx.material(ROAD, pick(ctx, [(230, 230, 225), (225, 195, 70)]), 3, 3, jitter=4)
             stripe = max(ctx.metres(0.15), 0.6)
-            for dash in geo.dashes(line, ctx.metres(3.0), ctx.metres(rng.uniform(3, 9)), stripe):
-                ctx.ground(paint, dash)
-            if rng.random() < 0.6:
-                for side in (-1, 1):
-                    ctx.ground(paint, geo.band(line, stripe, side * (width / 2 - ctx.metres(0.4))))
+            ctx.world.ground += [(paint, dash) for dash in geo.dashes(line, ctx.metres(3.0), ctx.metres(rng.uniform(3, 9)), stripe)]
+            if rng.random() < 0.6:  # edge lines
+                ctx.world.ground += [(paint, geo.band(line, stripe, side * (width / 2 - ctx.metres(0.4)))) for side in (-1, 1)]
         ctx.roads.append((line, width))
 
 
@@ -206,8 +204,7 @@ def parking(ctx: SceneContext) -> list[tuple[np.ndarray, float]]:
     paint = ctx.material(ROAD, (225, 225, 220), 3, 3, jitter=4)
     stall, along, stalls = ctx.metres(2.6), np.array([math.cos(angle), math.sin(angle)]), []
     for offset in np.arange(-length / 2 + stall, length / 2, stall):
-        ctx.ground(paint, geo.rect(centre + along * offset, max(ctx.metres(0.12), 0.6), depth * 0.4,
-                                   angle).reshape(-1, 2) + normal * depth * 0.25)
+        ctx.ground(paint, geo.rect(centre + along * offset, max(ctx.metres(0.12), 0.6), depth * 0.4, angle) + normal * depth * 0.25)
         stalls.append((centre + along * (offset - stall / 2) + normal * depth * 0.25, angle + math.pi / 2))
     ctx.blockers.append((centre, 0.5 * min(length, depth)))
     return stalls

@@ -63,8 +63,7 @@ def bikes(ctx: SceneContext, count: int) -> None:
         frame = ctx.material(BIKE, pick(ctx, [(30, 30, 35), (180, 30, 30), (40, 70, 160), (200, 200, 200)]), 2, 2)
         tyre = ctx.material(BIKE, (25, 25, 25), 1, 2)
         parts = [
-            Part(geo.rect((0.55 * unit, 0), 0.7 * unit, thin), tyre, 0.7 * unit, 0.0, tyre),
-            Part(geo.rect((-0.55 * unit, 0), 0.7 * unit, thin), tyre, 0.7 * unit, 0.0, tyre),
+            *(Part(geo.rect((x * unit, 0), 0.7 * unit, thin), tyre, 0.7 * unit, 0.0, tyre) for x in (0.55, -0.55)),
             Part(geo.rect((0, 0), 1.1 * unit, thin), frame, 0.9 * unit, 0.3 * unit, frame),
             Part(geo.rect((0.5 * unit, 0), thin, 0.6 * unit), frame, 1.0 * unit, 0.8 * unit, frame),
         ]
@@ -78,9 +77,8 @@ def bikes(ctx: SceneContext, count: int) -> None:
                 path = np.array([spot, spot + ctx.metres(60) * np.array([math.cos(heading), math.sin(heading)])])
             heading, speed = 0.0, ctx.metres(rng.uniform(3, 6))
         s0 = _nearest_arc(path, spot)
-        ctx.item(Item(parts, path, heading, s0, speed, lateral))
-        if ridden:
-            ctx.item(Item(person_parts(ctx, per_px), path, heading, s0, speed, lateral))
+        for body in [parts] + ([person_parts(ctx, per_px)] if ridden else []):  # the bike, then its rider
+            ctx.item(Item(body, path, heading, s0, speed, lateral))
 
 
 def _nearest_arc(path: np.ndarray, point) -> float:

@@ -61,7 +61,6 @@ class Item:
     s0: float = 0.0
     speed: float = 0.0
     lateral: float = 0.0
-    shadow: bool = True
 
     def pose(self, t: float) -> tuple[np.ndarray, float]:
         """World position (2,) and facing angle (radians) at time ``t`` seconds."""
@@ -186,7 +185,7 @@ def _rasterise(world: World, camera: Camera, t: float) -> tuple[np.ndarray, np.n
     posed = [(item, item.place(*pose)) for item, pose in zip(world.items, poses)]
     sun = np.asarray(world.sun)
     shadows = [_hull(np.concatenate([poly, poly + sun * part.z]))
-               for item, polys in posed if item.shadow
+               for item, polys in posed
                for part, poly in zip(item.parts, polys) if part.z > 0]
     for poly in _project_polys(camera, shadows):
         if poly is not None:
@@ -232,11 +231,8 @@ def _lookup_tables(world: World) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def render_view(world: World, camera: Camera, t: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Render ``world`` at time ``t`` (seconds) through ``camera``.
-
-    Returns the image (H, W, 3) uint8 **BGR** and the class mask (H, W) uint8 (values 0..11).
-    ``rng`` only supplies sensor grain, so the mask does not depend on it.
-    """
+    """Image (H, W, 3) uint8 **BGR** and class mask (H, W) uint8 (0..11) of ``world`` at ``t`` seconds through
+    ``camera``; ``rng`` only supplies sensor grain, so the mask does not depend on it."""
     width, height = camera.size
     mat, shade = _rasterise(world, camera, t)
     classes, colours, amps = _lookup_tables(world)
@@ -274,10 +270,8 @@ def render_view(world: World, camera: Camera, t: float, rng: np.random.Generator
         if haze_weight is not None:
             top = channel[:haze_rows]
             top += (np.float32(light.haze_rgb[2 - c]) - top) * haze_weight
-        gain = np.float32(light.gain[c] * light.contrast)
-        bias = np.float32(light.gain[c] * (128.0 * (1.0 - light.contrast) + light.offset))
-        channel *= gain
-        channel += bias
+        channel *= np.float32(light.gain[c] * light.contrast)
+        channel += np.float32(light.gain[c] * (128.0 * (1.0 - light.contrast) + light.offset))
         np.clip(channel, 0, 255, out=channel)
         channels.append(channel.astype(np.uint8))
     image = cv2.merge(channels)
