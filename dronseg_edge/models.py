@@ -139,10 +139,8 @@ def _download(build: Callable[[], nn.Module], weights_enum) -> nn.Module:
         return build()
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a truncated file raises RuntimeError
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights_enum.url).name
-        raise DronsegError(
-            f"cannot load torchvision weights {weights_enum} ({type(exc).__name__}): download "
-            f"{weights_enum.url} to {cache}, or pass --weights PATH to a local file, or --weights none"
-        ) from None
+        raise DronsegError(f"cannot load torchvision weights {weights_enum} ({type(exc).__name__}): download "
+                           f"{weights_enum.url} to {cache}, or pass --weights PATH to a local file, or --weights none") from None
 
 
 def _replace_heads(model: nn.Module, num_classes: int) -> None:

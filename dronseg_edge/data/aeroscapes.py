@@ -85,10 +85,6 @@ def read_ids(csv_path: Path) -> list[str]:
     return list(first_row)
 
 
-def _index_images(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
-
-
 def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     """Samples of ``subset`` (train | test | all) with paths checked; no pixel is decoded here."""
     root = Path(root)
@@ -97,14 +93,12 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     image_dir, mask_dir = root / IMAGE_DIR, root / MASK_DIR
     if not image_dir.is_dir():
         raise DronsegError(f"{image_dir} is missing; {FIX_LAYOUT}")
-    images = _index_images(image_dir)
+    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
     masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))} if mask_dir.is_dir() else {}
     extra = sorted(set(masks) - set(images))
     if extra:
-        raise DronsegError(
-            f"{masks[extra[0]]} has no image {image_dir / (extra[0] + '.jpg')} ({len(extra)} such masks): "
-            "remove the extra masks or add their images"
-        )
+        raise DronsegError(f"{masks[extra[0]]} has no image {image_dir / (extra[0] + '.jpg')} ({len(extra)} such masks): "
+                           "remove the extra masks or add their images")
     train_csv, test_csv = root / "train.csv", root / "test.csv"
     train_ids = read_ids(train_csv) if train_csv.is_file() else [i for i in images if i in masks]
     test_ids = read_ids(test_csv) if test_csv.is_file() else [i for i in images if i not in masks and i not in train_ids]
@@ -162,10 +156,8 @@ def read_mask(path: Path, num_classes: int = NUM_CLASSES, max_pixels: int = DEFA
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
         raise DronsegError(f"mask {path} cannot be read ({exc.__class__.__name__}): replace it with a single-channel PNG") from None
     if data.ndim != 2:
-        raise DronsegError(
-            f"mask {path} has {data.shape[2] if data.ndim == 3 else data.ndim} channels (mode {mode}); masks must be "
-            f"single-channel PNGs of class indices 0..{num_classes - 1}, not colour visualisations"
-        )
+        raise DronsegError(f"mask {path} has {data.shape[2] if data.ndim == 3 else data.ndim} channels (mode {mode}); masks "
+                           f"must be single-channel PNGs of class indices 0..{num_classes - 1}, not colour visualisations")
     if data.size and int(data.max()) >= num_classes:
         bad = np.unique(data[data >= num_classes]).tolist()
         raise DronsegError(f"mask {path} holds values {bad[:5]} outside 0..{num_classes - 1}: fix the labels")
@@ -187,10 +179,8 @@ def _check_one(sample: Sample, num_classes: int, max_pixels: int) -> tuple[np.nd
         return np.zeros(num_classes, np.int64), size
     mask = read_mask(sample.mask_path, num_classes, max_pixels)
     if mask.shape != image.shape[:2]:
-        raise DronsegError(
-            f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {sample.image_path} is "
-            f"{size[0]}x{size[1]}: masks must match their images pixel for pixel"
-        )
+        raise DronsegError(f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {sample.image_path} is "
+                           f"{size[0]}x{size[1]}: masks must match their images pixel for pixel")
     return class_counts(mask, num_classes), size
 
 

@@ -50,12 +50,9 @@ def build_train_transform(cfg: AugmentConfig) -> v2.Transform | None:
     if cfg.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(p=cfg.hflip))
     if cfg.affine_p > 0 and (cfg.scale > 0 or cfg.shift > 0 or cfg.rotate > 0):
-        affine = v2.RandomAffine(
-            degrees=cfg.rotate,
-            translate=(cfg.shift, cfg.shift),
-            scale=(max(0.05, 1 - cfg.scale), 1 + cfg.scale),
-            fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX},
-        )
+        affine = v2.RandomAffine(degrees=cfg.rotate, translate=(cfg.shift, cfg.shift),
+                                 scale=(max(0.05, 1 - cfg.scale), 1 + cfg.scale),
+                                 fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX})
         steps.append(v2.RandomApply([affine], p=cfg.affine_p))
     if cfg.color_p > 0:
         jitter = v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)

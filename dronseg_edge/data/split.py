@@ -24,9 +24,7 @@ def stratified_split(ids: list[str], presence: np.ndarray, val_fraction: float =
         raise DronsegError(f"--val-fraction {val_fraction} must be between 0 and 1 (exclusive), e.g. 0.2")
     n_val = int(round(len(ids) * val_fraction))
     if len(ids) < 2 or n_val < 1 or n_val >= len(ids):
-        raise DronsegError(
-            f"cannot split {len(ids)} images with --val-fraction {val_fraction}: need at least one image on each side"
-        )
+        raise DronsegError(f"cannot split {len(ids)} images with --val-fraction {val_fraction}: need at least one image on each side")
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
     train_idx, val_idx = next(splitter.split(np.zeros((len(ids), 1)), presence.astype(int)))
     return [ids[i] for i in sorted(train_idx)], [ids[i] for i in sorted(val_idx)]

@@ -142,13 +142,11 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
                 # DDP all-reduces only the parameters that required grad when it was built: wrap again.
                 del net
                 net = _data_parallel(setup.compiled, dist_ctx)
-            result = train_one_epoch(
-                net, criterion, setup.optimizer, setup.scheduler, setup.scaler, loaders.train, ctx,
-                accumulate=cfg.accumulate, grad_clip=cfg.grad_clip, aux_weight=cfg.aux_weight,
-                max_steps=cfg.max_steps_per_epoch - done["steps"] if cfg.max_steps_per_epoch else 0,
-                description=f"epoch {epoch + 1}/{cfg.epochs}", show_progress=is_main,
-                on_step=writer.mid_epoch_saver(progress, done, per_epoch),
-            )
+            result = train_one_epoch(net, criterion, setup.optimizer, setup.scheduler, setup.scaler, loaders.train, ctx,
+                                     accumulate=cfg.accumulate, grad_clip=cfg.grad_clip, aux_weight=cfg.aux_weight,
+                                     max_steps=cfg.max_steps_per_epoch - done["steps"] if cfg.max_steps_per_epoch else 0,
+                                     description=f"epoch {epoch + 1}/{cfg.epochs}", show_progress=is_main,
+                                     on_step=writer.mid_epoch_saver(progress, done, per_epoch))
             progress.epoch, progress.step, progress.partial = epoch + 1, progress.step + result["steps"], None
             row = _train_row(progress, done, result, setup.optimizer.param_groups[0]["lr"])
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
@@ -191,8 +189,7 @@ class CheckpointWriter:
             optimizer=setup.optimizer.state_dict(), scheduler=setup.scheduler.state_dict(), scaler=setup.scaler.state_dict(),
             epoch=progress.epoch, step=progress.step if step is None else step, best_metric=progress.best,
             best_metric_name=self.cfg.best_metric, metrics={k: v for k, v in progress.val_result.items() if k != "confusion"},
-            rng=capture_rng_state(), config=self.cfg.to_dict(), split=self.split, epoch_progress=epoch_progress,
-        )
+            rng=capture_rng_state(), config=self.cfg.to_dict(), split=self.split, epoch_progress=epoch_progress)
         return {**model_state(setup.model, self.cfg.model, self.cfg.size), **training.to_dict()}
 
     def save_epoch(self, progress: Progress, improved: bool) -> None:

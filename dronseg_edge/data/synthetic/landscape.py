@@ -243,11 +243,9 @@ def trees(ctx: SceneContext, count: int) -> None:
             continue
         height = ctx.metres(rng.uniform(4, 12))
         sunward = -np.asarray(ctx.world.sun) / max(np.hypot(*ctx.world.sun), 1e-9) * radius * 0.3
-        parts = [
-            Part(geo.rect((0, 0), radius * 0.2, radius * 0.2), trunk, height * 0.4, 0.0, trunk),
-            Part(geo.blob(rng, (0, 0), radius, 0.25, 18), dark, height, height * 0.35, dark),
-            Part(geo.blob(rng, sunward, radius * 0.55, 0.3, 12), light, height),
-        ]
+        parts = [Part(geo.rect((0, 0), radius * 0.2, radius * 0.2), trunk, height * 0.4, 0.0, trunk),
+                 Part(geo.blob(rng, (0, 0), radius, 0.25, 18), dark, height, height * 0.35, dark),
+                 Part(geo.blob(rng, sunward, radius * 0.55, 0.3, 12), light, height)]
         ctx.item(Item(parts, np.array([centre])), block=radius * 0.5)
 
 

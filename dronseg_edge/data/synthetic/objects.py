@@ -30,11 +30,9 @@ def person_parts(ctx: SceneContext, per_px: float) -> list[Part]:
     legs = ctx.material(PERSON, pick(ctx, [(40, 45, 70), (30, 30, 32), (120, 110, 90)]), 2, 3)
     hair = ctx.material(PERSON, pick(ctx, [(40, 30, 25), (90, 65, 40), (20, 20, 20), (170, 140, 90)]), 1, 2)
     height = rng.uniform(1.55, 1.9) * unit
-    return [
-        Part(geo.ellipse((0, 0), 0.3 * unit, 0.5 * unit, points=10), clothes, 0.8 * height, 0.0, legs),
-        Part(geo.ellipse((0, 0), 0.28 * unit, 0.5 * unit, points=10), clothes, 0.85 * height, 0.5 * height, clothes),
-        Part(geo.ellipse((0.02 * unit, 0), 0.22 * unit, 0.2 * unit, points=8), hair, height, 0.85 * height, hair),
-    ]
+    return [Part(geo.ellipse((0, 0), 0.3 * unit, 0.5 * unit, points=10), clothes, 0.8 * height, 0.0, legs),
+            Part(geo.ellipse((0, 0), 0.28 * unit, 0.5 * unit, points=10), clothes, 0.85 * height, 0.5 * height, clothes),
+            Part(geo.ellipse((0.02 * unit, 0), 0.22 * unit, 0.2 * unit, points=8), hair, height, 0.85 * height, hair)]
 
 
 def people(ctx: SceneContext, count: int, speed_m: float = 1.4) -> None:
@@ -62,11 +60,9 @@ def bikes(ctx: SceneContext, count: int) -> None:
         thin = max(0.12 * unit, 1.3 * per_px)
         frame = ctx.material(BIKE, pick(ctx, [(30, 30, 35), (180, 30, 30), (40, 70, 160), (200, 200, 200)]), 2, 2)
         tyre = ctx.material(BIKE, (25, 25, 25), 1, 2)
-        parts = [
-            *(Part(geo.rect((x * unit, 0), 0.7 * unit, thin), tyre, 0.7 * unit, 0.0, tyre) for x in (0.55, -0.55)),
-            Part(geo.rect((0, 0), 1.1 * unit, thin), frame, 0.9 * unit, 0.3 * unit, frame),
-            Part(geo.rect((0.5 * unit, 0), thin, 0.6 * unit), frame, 1.0 * unit, 0.8 * unit, frame),
-        ]
+        parts = [*(Part(geo.rect((x * unit, 0), 0.7 * unit, thin), tyre, 0.7 * unit, 0.0, tyre) for x in (0.55, -0.55)),
+                 Part(geo.rect((0, 0), 1.1 * unit, thin), frame, 0.9 * unit, 0.3 * unit, frame),
+                 Part(geo.rect((0.5 * unit, 0), thin, 0.6 * unit), frame, 1.0 * unit, 0.8 * unit, frame)]
         path, speed, lateral, heading = np.array([spot]), 0.0, 0.0, rng.uniform(0, 2 * math.pi)
         ridden = rng.random() < 0.8
         if ridden:
@@ -92,11 +88,9 @@ def car_parts(ctx: SceneContext, per_px: float) -> list[Part]:
     side = ctx.material(CAR, np.asarray(paint_rgb) * 0.75, 1, 2, jitter=4)
     glass = ctx.material(CAR, (35, 40, 48), 1, 1, jitter=4)
     height = rng.uniform(1.4, 1.7) * unit
-    return [
-        Part(geo.rect((0, 0), length, width), paint, 0.6 * height, 0.0, side),
-        Part(geo.rect((-0.05 * length, 0), 0.55 * length, 0.92 * width), glass, height, 0.6 * height, glass),
-        Part(geo.rect((-0.1 * length, 0), 0.3 * length, 0.85 * width), paint, height),
-    ]
+    return [Part(geo.rect((0, 0), length, width), paint, 0.6 * height, 0.0, side),
+            Part(geo.rect((-0.05 * length, 0), 0.55 * length, 0.92 * width), glass, height, 0.6 * height, glass),
+            Part(geo.rect((-0.1 * length, 0), 0.3 * length, 0.85 * width), paint, height)]
 
 
 def cars(ctx: SceneContext, count: int, stalls: list[tuple[np.ndarray, float]]) -> None:
@@ -146,11 +140,9 @@ def animals(ctx: SceneContext, count: int) -> None:
             spot = centre + rng.normal(0, ctx.metres(1), 2)
         coat = ctx.material(ANIMAL, pick(ctx, coats), 2, 5, jitter=10)
         head = ctx.material(ANIMAL, np.asarray(pick(ctx, coats)) * 0.8, 2, 4, jitter=6)
-        parts = [
-            Part(geo.ellipse((0, 0), length_m * unit, width_m * unit, points=12), coat, height_m * unit, 0.0, coat),
-            Part(geo.ellipse((0.55 * length_m * unit, 0), 0.35 * length_m * unit, 0.45 * width_m * unit, points=8),
-                 head, height_m * unit, 0.5 * height_m * unit, head),
-        ]
+        parts = [Part(geo.ellipse((0, 0), length_m * unit, width_m * unit, points=12), coat, height_m * unit, 0.0, coat),
+                 Part(geo.ellipse((0.55 * length_m * unit, 0), 0.35 * length_m * unit, 0.45 * width_m * unit, points=8),
+                      head, height_m * unit, 0.5 * height_m * unit, head)]
         heading = rng.uniform(0, 2 * math.pi)
         path = np.array([spot, spot + ctx.metres(10) * np.array([math.cos(heading), math.sin(heading)])])
         ctx.item(Item(parts, path, speed=ctx.metres(rng.uniform(0.0, 0.3))))

@@ -102,19 +102,13 @@ def build_world(rng: np.random.Generator, cameras: list[Camera], forced: frozens
 
 def _light(ctx: SceneContext, cameras: list[Camera]) -> None:
     rng = ctx.rng
-    warmth = rng.normal(0, 0.05)
-    level = rng.uniform(0.82, 1.18)
-    oblique = any(cam.spread > 1 for cam in cameras)
-    ctx.world.light = Lighting(
-        gain=(level * (1 - warmth), level, level * (1 + warmth)),  # BGR: warm light lifts red, cuts blue
-        contrast=rng.uniform(0.85, 1.15),
-        offset=rng.uniform(-10, 10),
-        shadow=rng.uniform(0.2, 0.55),
-        haze_rgb=tuple(rng.uniform(185, 225, 3) * [0.97, 0.99, 1.03]),
+    warmth, level, oblique = rng.normal(0, 0.05), rng.uniform(0.82, 1.18), any(cam.spread > 1 for cam in cameras)
+    ctx.world.light = Lighting(  # BGR gains: warm light lifts red, cuts blue
+        gain=(level * (1 - warmth), level, level * (1 + warmth)), contrast=rng.uniform(0.85, 1.15),
+        offset=rng.uniform(-10, 10), shadow=rng.uniform(0.2, 0.55), haze_rgb=tuple(rng.uniform(185, 225, 3) * [0.97, 0.99, 1.03]),
         haze=rng.uniform(0.05, 0.4) if oblique else 0.0,
         blur=rng.uniform(0.3, 0.9) * min(1.0, cameras[0].size[0] / 640) if rng.random() < 0.6 else 0.0,
-        grain=rng.uniform(1.0, 4.0),
-    )
+        grain=rng.uniform(1.0, 4.0))
     azimuth, length = rng.uniform(0, 2 * math.pi), rng.uniform(0.3, 1.0)
     ctx.world.sun = (length * math.cos(azimuth), length * math.sin(azimuth))
 
