@@ -151,14 +151,7 @@ class SegmentationMetrics:
         total = int(cm.sum())
         dice_sum, images = self.image_stats[:-1].cpu(), int(self.image_stats[-1].item())
         per_class = (dice_sum / images).tolist() if images else [math.nan] * self.num_classes
-        return {
-            "miou": nan_mean(iou),
-            "mdice": nan_mean(dice),
-            "iou": iou,
-            "dice": dice,
-            "pixel_acc": int(cm.trace()) / total if total else math.nan,
-            "competition": float(dice_sum.sum()) / (images * self.num_classes) if images else math.nan,
-            "competition_per_class": per_class,
-            "images": images,
-            "confusion": cm.tolist(),
-        }
+        return {"miou": nan_mean(iou), "mdice": nan_mean(dice), "iou": iou, "dice": dice,
+                "pixel_acc": int(cm.trace()) / total if total else math.nan,
+                "competition": float(dice_sum.sum()) / (images * self.num_classes) if images else math.nan,
+                "competition_per_class": per_class, "images": images, "confusion": cm.tolist()}

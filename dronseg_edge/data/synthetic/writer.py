@@ -264,11 +264,9 @@ def synthesize(out_dir: Path, images: int = 60, size: tuple[int, int] = (1280, 7
         _remove_stale(root, set(train_ids), set(test_ids), video_frames)
 
     shares = {name: float(c) / max(int(counts.sum()), 1) for name, c in zip(CLASS_NAMES, counts)}
-    write_json_atomic(root / "synth.json", {
-        "generator": "dronseg-edge synth", "seed": seed, "size": list(size), "images": images,
-        "train": len(train_ids), "test": len(test_ids), "video_frames": video_frames, "fps": fps,
-        "class_shares": shares,
-    })
+    write_json_atomic(root / "synth.json", {"generator": "dronseg-edge synth", "seed": seed, "size": list(size), "images": images,
+                                            "train": len(train_ids), "test": len(test_ids), "video_frames": video_frames,
+                                            "fps": fps, "class_shares": shares})
     _write_csv(root / "train.csv", ["ImageID"], [[i] for i in train_ids])
     _write_csv(root / "test.csv", ["ImageID"], [[i] for i in test_ids])
     _write_csv(root / "sampleSubmission.csv", ["ImageID", "EncodedPixels"],
