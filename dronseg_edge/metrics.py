@@ -92,9 +92,8 @@ def reduce_device(current: torch.device, backend: str, device: torch.device | st
 class SegmentationMetrics:
     """Accumulates a confusion matrix and competition-Dice sums over batches; ``compute()`` reduces.
 
-    State lives on the device of the tensors given to ``update`` (no host sync besides the one
-    inside ``torch.bincount`` on CUDA). In DDP call ``all_reduce()`` once on every rank before
-    ``compute()``.
+    State lives on the device of the tensors given to ``update`` (no host sync besides ``torch.bincount``'s
+    on CUDA). In DDP call ``all_reduce()`` once on every rank before ``compute()``.
     """
 
     def __init__(self, num_classes: int = len(CLASS_NAMES), ignore_index: int = IGNORE_INDEX,

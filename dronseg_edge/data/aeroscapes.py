@@ -186,12 +186,10 @@ def _check_one(sample: Sample, num_classes: int, max_pixels: int) -> tuple[np.nd
 
 def validate_samples(samples: list[Sample], num_classes: int = NUM_CLASSES, workers: int = 8,
                      max_pixels: int = DEFAULT_MAX_PIXELS) -> DatasetStats:
-    """Check every image and mask before any training starts: first their headers (at most
-    ``max_pixels`` pixels each: a decompression bomb is refused before anything is decoded), then
-    decode each once (threads; OpenCV and PIL release the GIL) to check and count its classes.
-
-    Only as many threads decode as DECODE_BUDGET_PIXELS holds of the largest image (at least one),
-    so memory stays bounded whatever ``workers`` is. Raises the first DronsegError found, naming the file.
+    """Check every image and mask before any training starts: first their headers (at most ``max_pixels``
+    pixels each: a decompression bomb is refused undecoded), then decode each once in threads to check it
+    and count its classes. Only as many threads decode as DECODE_BUDGET_PIXELS holds of the largest image
+    (at least one), whatever ``workers`` is. Raises the first DronsegError found, naming the file.
     """
     check_max_pixels(max_pixels)
     pixels = _map_all(max(1, workers), lambda s: _check_headers(s, max_pixels), samples)
