@@ -22,20 +22,15 @@ from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX
 from dronseg_edge.errors import DronsegError
 
 
-def _check_class_maps(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, H, W) int64 pred and target on pred's device; (H, W) inputs become N = 1."""
+def image_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                    ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Confusion matrix per image (N, C, C) int64 on the inputs' device from (N, H, W) or (H, W) class maps."""
     if pred.is_floating_point() or target.is_floating_point():
         raise TypeError("metrics take class maps (integer tensors); apply argmax(dim=1) to the logits first")
     pred, target = (t.unsqueeze(0) if t.ndim == 2 else t for t in (pred, target))
     if pred.ndim != 3 or pred.shape != target.shape:
         raise ValueError(f"expected pred and target (N, H, W) of the same shape; got {tuple(pred.shape)} and {tuple(target.shape)}")
-    return pred.long(), target.to(device=pred.device, dtype=torch.long)
-
-
-def image_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                    ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Confusion matrix per image (N, C, C) int64 on the inputs' device from (N, H, W) or (H, W) class maps."""
-    pred, target = _check_class_maps(pred, target)
+    pred, target = pred.long(), target.to(device=pred.device, dtype=torch.long)
     n, c = pred.shape[0], num_classes
     valid = (target != ignore_index) & (target >= 0) & (target < c) & (pred >= 0) & (pred < c)
     image = torch.arange(n, device=pred.device).view(n, 1, 1)

@@ -172,8 +172,7 @@ def _render_stills(root: Path, lengths: list[int], test_ids: set[str], size: tup
 def _render_video(root: Path, frames: int, size: tuple[int, int], fps: float, seed: int, tick: Callable[[], None]) -> Path:
     """Write video.mp4 (mp4v) and its per-frame masks; the video goes to a temporary name first."""
     rng = np.random.default_rng([seed, 2])
-    kind = str(rng.choice(["oblique", "nadir", "sky"], p=[0.5, 0.3, 0.2]))
-    cameras = flight(rng, size, kind, frames, fps)
+    cameras = flight(rng, size, str(rng.choice(["oblique", "nadir", "sky"], p=[0.5, 0.3, 0.2])), frames, fps)
     guides = cameras[:: max(1, frames // 8)] + [cameras[-1]]
     world = build_world(rng, guides, forced=frozenset({CAR, PERSON, DRONE}),
                         theme=str(rng.choice(["urban", "suburban"])), video=True)
