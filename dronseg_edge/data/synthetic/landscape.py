@@ -138,11 +138,9 @@ def water(ctx: SceneContext, river: bool, need_pond: bool = False) -> None:
     candidates, _ = ctx.sample(1 if river else 24, margin=0.12, camera=0)
     room = [ctx.clearance(c) for c in candidates]
     centre, room = candidates[int(np.argmax(room))], max(room)
+    # No room between the roads: a needed pond floods one (a boat ramp), else a river passes under them.
     if room < 0.06 * view and not river:
-        if need_pond:  # no room between the roads: the pond floods one (a boat ramp)
-            room = 0.15 * view
-        else:
-            river = True  # a river passes under the roads instead
+        room, river = (0.15 * view, False) if need_pond else (room, True)
     colour = pick(ctx, [(55, 85, 100), (60, 90, 80), (80, 105, 120)])
     shore, surface = ctx.material(BACKGROUND, (150, 135, 100), 10, 10), ctx.material(BACKGROUND, colour, 6, 2)
     if river:
