@@ -22,26 +22,15 @@ from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX
 from dronseg_edge.errors import DronsegError
 
 
-def _check_class_maps(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, H, W) int64 pred and target on pred's device; (H, W) inputs become N = 1."""
-    if pred.is_floating_point() or target.is_floating_point():
-        raise TypeError("metrics take class maps (integer tensors); apply argmax(dim=1) to the logits first")
-    if pred.ndim == 2:
-        pred = pred.unsqueeze(0)
-    if target.ndim == 2:
-        target = target.unsqueeze(0)
-    if pred.ndim != 3 or pred.shape != target.shape:
-        raise ValueError(f"expected pred and target (N, H, W) of the same shape; got {tuple(pred.shape)} and {tuple(target.shape)}")
-    return pred.long(), target.to(device=pred.device, dtype=torch.long)
-
-
 def image_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Confusion matrix per image: (N, C, C) int64 on the inputs' device (rows truth, cols prediction).
-
-    pred, target: (N, H, W) or (H, W) integer class maps.
-    """
-    pred, target = _check_class_maps(pred, target)
+    """Confusion matrix per image (N, C, C) int64 on the inputs' device from (N, H, W) or (H, W) class maps."""
+    if pred.is_floating_point() or target.is_floating_point():
+        raise TypeError("metrics take class maps (integer tensors); apply argmax(dim=1) to the logits first")
+    pred, target = (t.unsqueeze(0) if t.ndim == 2 else t for t in (pred, target))
+    if pred.ndim != 3 or pred.shape != target.shape:
+        raise ValueError(f"expected pred and target (N, H, W) of the same shape; got {tuple(pred.shape)} and {tuple(target.shape)}")
+    pred, target = pred.long(), target.to(device=pred.device, dtype=torch.long)
     n, c = pred.shape[0], num_classes
     valid = (target != ignore_index) & (target >= 0) & (target < c) & (pred >= 0) & (pred < c)
     image = torch.arange(n, device=pred.device).view(n, 1, 1)
@@ -54,10 +43,7 @@ def image_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """(C, C) int64 confusion matrix on the inputs' device, rows truth, columns prediction.
-
-    pred, target: (N, H, W) or (H, W) integer class maps.
-    """
+    """(C, C) int64 confusion matrix on the inputs' device from (N, H, W) or (H, W) class maps."""
     return image_confusion(pred, target, num_classes, ignore_index).sum(0)
 
 
@@ -74,18 +60,12 @@ def iou_from_confusion(cm: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, math.nan))
 
 
-def dice_from_confusion(cm: torch.Tensor) -> torch.Tensor:
-    """Dice per class (C,) float64 = 2TP / (2TP + FP + FN); NaN where the class is absent from truth and prediction."""
+def dice_from_confusion(cm: torch.Tensor, absent: float = math.nan) -> torch.Tensor:
+    """Dice per class (..., C) float64 = 2TP / (2TP + FP + FN) from (..., C, C); ``absent`` where the class is
+    absent from truth and prediction (NaN; 1.0 for the competition's per-image Dice)."""
     tp, truth, predicted = _true_pred_positives(cm)
     total = truth + predicted
-    return torch.where(total > 0, 2 * tp / total.clamp_min(1), torch.full_like(tp, math.nan))
-
-
-def _competition_dice(image_cm: torch.Tensor) -> torch.Tensor:
-    """(N, C) float64 Dice per image and class from (N, C, C); 1.0 where a class is absent from both."""
-    tp, truth, predicted = _true_pred_positives(image_cm)
-    total = truth + predicted
-    return torch.where(total > 0, 2 * tp / total.clamp_min(1), torch.ones_like(tp))
+    return torch.where(total > 0, 2 * tp / total.clamp_min(1), torch.full_like(tp, absent))
 
 
 def nan_mean(values: Sequence[float]) -> float:
@@ -107,9 +87,8 @@ def reduce_device(current: torch.device, backend: str, device: torch.device | st
 class SegmentationMetrics:
     """Accumulates a confusion matrix and competition-Dice sums over batches; ``compute()`` reduces.
 
-    State lives on the device of the tensors given to ``update`` (no host sync besides the one
-    inside ``torch.bincount`` on CUDA). In DDP call ``all_reduce()`` once on every rank before
-    ``compute()``.
+    State lives on the device of the tensors given to ``update`` (no host sync besides ``torch.bincount``'s
+    on CUDA). In DDP call ``all_reduce()`` once on every rank before ``compute()``.
     """
 
     def __init__(self, num_classes: int = len(CLASS_NAMES), ignore_index: int = IGNORE_INDEX,
@@ -118,9 +97,7 @@ class SegmentationMetrics:
             class_names = CLASS_NAMES if num_classes == len(CLASS_NAMES) else [str(i) for i in range(num_classes)]
         if len(class_names) != num_classes:
             raise DronsegError(f"{len(class_names)} class names given for {num_classes} classes; give one name per class")
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.class_names = list(class_names)
+        self.num_classes, self.ignore_index, self.class_names = num_classes, ignore_index, list(class_names)
         self.confusion = torch.zeros(0, dtype=torch.int64)
         self.reset()
 
@@ -129,16 +106,15 @@ class SegmentationMetrics:
         device = device if device is not None else self.confusion.device
         c = self.num_classes
         self.confusion = torch.zeros(c, c, dtype=torch.int64, device=device)
-        # Sum over images of the competition Dice per class, and the image count, as float64 so
-        # all_reduce can sum them in one call.
-        self.image_dice_sum = torch.zeros(c, dtype=torch.float64, device=device)
-        self.image_count = torch.zeros((), dtype=torch.float64, device=device)
+        # Sum over images of the competition Dice per class, then the image count: float64, so one all_reduce sums both.
+        self.image_stats = torch.zeros(c + 1, dtype=torch.float64, device=device)
+
+    @property
+    def image_dice_sum(self) -> torch.Tensor:
+        return self.image_stats[:-1]
 
     def _to(self, device: torch.device) -> None:
-        if self.confusion.device != device:
-            self.confusion = self.confusion.to(device)
-            self.image_dice_sum = self.image_dice_sum.to(device)
-            self.image_count = self.image_count.to(device)
+        self.confusion, self.image_stats = self.confusion.to(device), self.image_stats.to(device)
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -146,44 +122,30 @@ class SegmentationMetrics:
         self._to(pred.device)
         per_image = image_confusion(pred, target, self.num_classes, self.ignore_index)
         self.confusion += per_image.sum(0)
-        self.image_dice_sum += _competition_dice(per_image).sum(0)
-        self.image_count += per_image.shape[0]
+        self.image_stats[:-1] += dice_from_confusion(per_image, absent=1.0).sum(0)
+        self.image_stats[-1] += per_image.shape[0]
 
     def all_reduce(self, device: torch.device | str | None = None) -> None:
-        """Sum the state over torch.distributed ranks (a no-op without an initialised process group).
-
-        The state moves to ``device`` first, by default to one the group's backend can reduce.
-        """
+        """Sum the state over torch.distributed ranks (a no-op without a process group), on ``device``
+        (default: one the group's backend can reduce, ``reduce_device``)."""
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             return
         self._to(reduce_device(self.confusion.device, dist.get_backend(), device))
         dist.all_reduce(self.confusion, op=dist.ReduceOp.SUM)
-        stats = torch.cat([self.image_dice_sum, self.image_count.view(1)])
-        dist.all_reduce(stats, op=dist.ReduceOp.SUM)
-        self.image_dice_sum, self.image_count = stats[:-1].clone(), stats[-1].clone()
+        dist.all_reduce(self.image_stats, op=dist.ReduceOp.SUM)
 
     def compute(self) -> dict:
         """Scores so far: miou, mdice, iou, dice, pixel_acc, competition, competition_per_class, images, confusion.
-
-        Per-class lists hold floats (NaN for classes absent from truth and prediction); means are
-        nan-means; everything is NaN before the first update.
-        """
+        Per-class lists hold floats (NaN: absent from truth and prediction); means are nan-means; NaN before any update."""
         cm = self.confusion.cpu()
         iou = iou_from_confusion(cm).tolist()
         dice = dice_from_confusion(cm).tolist()
         total = int(cm.sum())
-        images = int(self.image_count.item())
-        per_class = (self.image_dice_sum.cpu() / images).tolist() if images else [math.nan] * self.num_classes
-        return {
-            "miou": nan_mean(iou),
-            "mdice": nan_mean(dice),
-            "iou": iou,
-            "dice": dice,
-            "pixel_acc": int(cm.trace()) / total if total else math.nan,
-            "competition": float(self.image_dice_sum.sum().item()) / (images * self.num_classes) if images else math.nan,
-            "competition_per_class": per_class,
-            "images": images,
-            "confusion": cm.tolist(),
-        }
+        dice_sum, images = self.image_stats[:-1].cpu(), int(self.image_stats[-1].item())
+        per_class = (dice_sum / images).tolist() if images else [math.nan] * self.num_classes
+        return {"miou": nan_mean(iou), "mdice": nan_mean(dice), "iou": iou, "dice": dice,
+                "pixel_acc": int(cm.trace()) / total if total else math.nan,
+                "competition": float(dice_sum.sum()) / (images * self.num_classes) if images else math.nan,
+                "competition_per_class": per_class, "images": images, "confusion": cm.tolist()}

@@ -5,13 +5,10 @@ replaced), ``imagenet`` (ImageNet backbone, fresh head), ``none`` (random init, 
 path to a local ``.pt``/``.pth`` file (a torchvision state dict, a backbone state dict or a
 dronseg-edge checkpoint); matching tensors are copied, the rest keep their initialisation.
 
-``output_stride`` is input size / backbone feature-map size. torchvision builds the ResNet
-DeepLabV3s at 8 (layer3 and layer4 dilated instead of strided, ASPP rates 12, 24, 36) and both
-MobileNetV3 models at 16 (only the last stage dilated; DeepLabV3 keeps rates 12, 24, 36 there). The
-ResNets can also be built at 16: layer3 strides again, layer4 keeps dilation 2 and the ASPP rates
-halve to 6, 12, 18 (torchvision's own ``replace_stride_with_dilation=[False, False, True]``, and
-the DeepLabV3 paper's rates for stride 16), which cuts layer3, layer4 and the head about fourfold.
-The weights are the same tensors at either stride, so COCO/ImageNet weights load into both.
+``output_stride`` is input size / backbone feature-map size: torchvision builds the ResNet DeepLabV3s
+at 8 and the MobileNetV3 models at 16. The ResNets can also be built at 16 (layer3 strides again,
+ASPP rates 6, 12, 18 as in the DeepLabV3 paper), which cuts layer3, layer4 and the head about
+fourfold; the tensors are the same at either stride, so COCO/ImageNet weights load into both.
 """
 
 from __future__ import annotations
@@ -30,26 +27,15 @@ from dronseg_edge.metadata import default_output_stride
 
 # arch -> (builder, COCO segmentation weights, ImageNet backbone weights)
 ARCHS: dict[str, tuple[Callable[..., nn.Module], object, object]] = {
-    "deeplabv3_resnet101": (
-        seg.deeplabv3_resnet101,
-        seg.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
-        ResNet101_Weights.IMAGENET1K_V1,
-    ),
-    "deeplabv3_resnet50": (
-        seg.deeplabv3_resnet50,
-        seg.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1,
-        ResNet50_Weights.IMAGENET1K_V1,
-    ),
-    "deeplabv3_mobilenet_v3_large": (
-        seg.deeplabv3_mobilenet_v3_large,
-        seg.DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
-        MobileNet_V3_Large_Weights.IMAGENET1K_V1,
-    ),
-    "lraspp_mobilenet_v3_large": (
-        seg.lraspp_mobilenet_v3_large,
-        seg.LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
-        MobileNet_V3_Large_Weights.IMAGENET1K_V1,
-    ),
+    "deeplabv3_resnet101": (seg.deeplabv3_resnet101, seg.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
+                            ResNet101_Weights.IMAGENET1K_V1),
+    "deeplabv3_resnet50": (seg.deeplabv3_resnet50, seg.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1,
+                           ResNet50_Weights.IMAGENET1K_V1),
+    "deeplabv3_mobilenet_v3_large": (seg.deeplabv3_mobilenet_v3_large,
+                                     seg.DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
+                                     MobileNet_V3_Large_Weights.IMAGENET1K_V1),
+    "lraspp_mobilenet_v3_large": (seg.lraspp_mobilenet_v3_large, seg.LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
+                                  MobileNet_V3_Large_Weights.IMAGENET1K_V1),
 }
 
 
@@ -94,14 +80,9 @@ def output_stride_of(model: nn.Module, arch: str) -> int:
     return int(getattr(model, "output_stride", None) or default_output_stride(arch))
 
 
-def build_model(
-    arch: str = "deeplabv3_resnet101",
-    num_classes: int = NUM_CLASSES,
-    weights: str = "none",
-    aux_loss: bool = False,
-    output_stride: int | None = None,
-    state: dict[str, torch.Tensor] | None = None,
-) -> nn.Module:
+def build_model(arch: str = "deeplabv3_resnet101", num_classes: int = NUM_CLASSES, weights: str = "none",
+                aux_loss: bool = False, output_stride: int | None = None,
+                state: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Build ``arch`` with a ``num_classes`` head; returns a module whose forward gives ``{'out': (N,C,H,W)}``.
 
     ``output_stride`` 8 or 16 (None: the arch's default, see the module docstring); the model keeps it
@@ -116,10 +97,8 @@ def build_model(
         model = _download(lambda: builder(weights=coco, aux_loss=supports_aux(arch) or None), coco)
         _replace_heads(model, num_classes)
     elif choice == "imagenet":
-        model = _download(
-            lambda: builder(weights=None, weights_backbone=imagenet, num_classes=num_classes, aux_loss=aux_loss or None),
-            imagenet,
-        )
+        model = _download(lambda: builder(weights=None, weights_backbone=imagenet, num_classes=num_classes,
+                                          aux_loss=aux_loss or None), imagenet)
     else:
         model = builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux_loss or None)
         if choice != "none":
@@ -145,8 +124,7 @@ def _set_resnet_output_stride(model: nn.Module, output_stride: int) -> None:
     """Re-stride a DeepLabV3-ResNet in place: strides, dilations and paddings change, no tensor does."""
     for name, (stride, first, rest) in _RESNET_LAYOUTS[output_stride].items():
         for index, block in enumerate(model.backbone[name]):
-            dilation = first if index == 0 else rest
-            block_stride = stride if index == 0 else 1
+            dilation, block_stride = (first, stride) if index == 0 else (rest, 1)
             block.conv2.stride, block.conv2.dilation, block.conv2.padding = (block_stride,) * 2, (dilation,) * 2, (dilation,) * 2
             block.stride = block_stride
             if block.downsample is not None:
@@ -161,10 +139,8 @@ def _download(build: Callable[[], nn.Module], weights_enum) -> nn.Module:
         return build()
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a truncated file raises RuntimeError
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights_enum.url).name
-        raise DronsegError(
-            f"cannot load torchvision weights {weights_enum} ({type(exc).__name__}): download "
-            f"{weights_enum.url} to {cache}, or pass --weights PATH to a local file, or --weights none"
-        ) from None
+        raise DronsegError(f"cannot load torchvision weights {weights_enum} ({type(exc).__name__}): download "
+                           f"{weights_enum.url} to {cache}, or pass --weights PATH to a local file, or --weights none") from None
 
 
 def _replace_heads(model: nn.Module, num_classes: int) -> None:
@@ -216,12 +192,8 @@ def load_matching_weights(model: nn.Module, path: Path, state: dict[str, torch.T
     and shape match ``model``; return how many were copied."""
     state = read_weights_file(path) if state is None else state
     own = model.state_dict()
-    copied = {}
-    for prefix in ("", "backbone."):
-        for name, tensor in state.items():
-            key = prefix + name
-            if isinstance(tensor, torch.Tensor) and key in own and own[key].shape == tensor.shape:
-                copied[key] = tensor
+    copied = {key: tensor for prefix in ("", "backbone.") for name, tensor in state.items() if isinstance(tensor, torch.Tensor)
+              and (key := prefix + name) in own and own[key].shape == tensor.shape}
     if not copied:
         raise DronsegError(f"--weights {path}: no tensor matches this model's layers; is it for another --model?")
     model.load_state_dict(copied, strict=False)
@@ -230,13 +202,11 @@ def load_matching_weights(model: nn.Module, path: Path, state: dict[str, torch.T
 
 def backbone_stages(model: nn.Module) -> list[list[nn.Module]]:
     """The backbone split into stages, shallowest first (ResNet: stem, layer1..4; MobileNetV3: by stride)."""
-    children = list(model.backbone.children())
-    names = [name for name, _ in model.backbone.named_children()]
-    if "layer1" in names:
-        stem = [m for n, m in model.backbone.named_children() if not n.startswith("layer")]
-        return [stem] + [[getattr(model.backbone, n)] for n in names if n.startswith("layer")]
+    named = list(model.backbone.named_children())
+    if any(name == "layer1" for name, _ in named):
+        return [[m for n, m in named if not n.startswith("layer")]] + [[m] for n, m in named if n.startswith("layer")]
     stages: list[list[nn.Module]] = []
-    for block in children:
+    for _, block in named:
         strided = any(getattr(conv, "stride", (1, 1)) != (1, 1) for conv in block.modules() if isinstance(conv, nn.Conv2d))
         if strided or not stages:
             stages.append([])
@@ -248,9 +218,8 @@ def freeze_backbone_stages(model: nn.Module, num_stages: int) -> int:
     """Stop gradients in the first ``num_stages`` backbone stages (0 unfreezes all); return the stage count."""
     stages = backbone_stages(model)
     for index, stage in enumerate(stages):
-        for module in stage:
-            for param in module.parameters():
-                param.requires_grad_(index >= num_stages)
+        for param in (p for module in stage for p in module.parameters()):
+            param.requires_grad_(index >= num_stages)
     return len(stages)
 
 
@@ -284,8 +253,7 @@ class SegmentationNet(nn.Module):
         super().__init__()
         if head not in ("logits", "argmax"):
             raise DronsegError(f"--head {head!r} is not one of logits, argmax")
-        self.model = model
-        self.head = head
+        self.model, self.head = model, head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.model(images)["out"]

@@ -11,9 +11,7 @@ Without the CSVs, images with a mask count as train and the others as test.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +71,7 @@ def read_ids(csv_path: Path) -> list[str]:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or "ImageID" not in reader.fieldnames:
                 raise DronsegError(f"{csv_path} has no ImageID column (header: {reader.fieldnames}); {FIX_LAYOUT}")
-            ids, first_row = [], {}
+            first_row: dict[str, int] = {}  # in file order
             for row in reader:
                 image_id = (row.get("ImageID") or "").strip()
                 if not image_id:
@@ -82,14 +80,9 @@ def read_ids(csv_path: Path) -> list[str]:
                     raise DronsegError(f"{csv_path} line {reader.line_num}: ImageID {image_id} is listed again "
                                        f"(first on line {first_row[image_id]}): remove the duplicate row")
                 first_row[image_id] = reader.line_num
-                ids.append(image_id)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DronsegError(f"cannot read {csv_path}: {exc}") from None
-    return ids
-
-
-def _index_images(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    return list(first_row)
 
 
 def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
@@ -100,23 +93,15 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     image_dir, mask_dir = root / IMAGE_DIR, root / MASK_DIR
     if not image_dir.is_dir():
         raise DronsegError(f"{image_dir} is missing; {FIX_LAYOUT}")
-    images = _index_images(image_dir)
+    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
     masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))} if mask_dir.is_dir() else {}
     extra = sorted(set(masks) - set(images))
     if extra:
-        raise DronsegError(
-            f"{masks[extra[0]]} has no image {image_dir / (extra[0] + '.jpg')} ({len(extra)} such masks): "
-            "remove the extra masks or add their images"
-        )
+        raise DronsegError(f"{masks[extra[0]]} has no image {image_dir / (extra[0] + '.jpg')} ({len(extra)} such masks): "
+                           "remove the extra masks or add their images")
     train_csv, test_csv = root / "train.csv", root / "test.csv"
-    if train_csv.is_file():
-        train_ids = read_ids(train_csv)
-    else:
-        train_ids = [i for i in images if i in masks]
-    if test_csv.is_file():
-        test_ids = read_ids(test_csv)
-    else:
-        test_ids = [i for i in images if i not in masks and i not in set(train_ids)]
+    train_ids = read_ids(train_csv) if train_csv.is_file() else [i for i in images if i in masks]
+    test_ids = read_ids(test_csv) if test_csv.is_file() else [i for i in images if i not in masks and i not in train_ids]
     wanted = {"train": train_ids, "test": test_ids, "all": train_ids + [i for i in test_ids if i not in set(train_ids)]}
     if subset not in wanted:
         raise DronsegError(f"subset {subset!r} is not one of train, test, all")
@@ -171,34 +156,12 @@ def read_mask(path: Path, num_classes: int = NUM_CLASSES, max_pixels: int = DEFA
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
         raise DronsegError(f"mask {path} cannot be read ({exc.__class__.__name__}): replace it with a single-channel PNG") from None
     if data.ndim != 2:
-        raise DronsegError(
-            f"mask {path} has {data.shape[2] if data.ndim == 3 else data.ndim} channels (mode {mode}); masks must be "
-            f"single-channel PNGs of class indices 0..{num_classes - 1}, not colour visualisations"
-        )
+        raise DronsegError(f"mask {path} has {data.shape[2] if data.ndim == 3 else data.ndim} channels (mode {mode}); masks "
+                           f"must be single-channel PNGs of class indices 0..{num_classes - 1}, not colour visualisations")
     if data.size and int(data.max()) >= num_classes:
-        bad = sorted(int(v) for v in np.unique(data) if v >= num_classes)
+        bad = np.unique(data[data >= num_classes]).tolist()
         raise DronsegError(f"mask {path} holds values {bad[:5]} outside 0..{num_classes - 1}: fix the labels")
     return data.astype(np.uint8, copy=False)
-
-
-class PixelBudget:
-    """Lets threads decode at most ``limit`` pixels at once; one image always may go, however large."""
-
-    def __init__(self, limit: int):
-        self.limit, self.used = int(limit), 0
-        self._cond = threading.Condition()
-
-    @contextlib.contextmanager
-    def hold(self, pixels: int):
-        with self._cond:
-            self._cond.wait_for(lambda: self.used == 0 or self.used + pixels <= self.limit)
-            self.used += pixels
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.used -= pixels
-                self._cond.notify_all()
 
 
 def _check_headers(sample: Sample, max_pixels: int) -> int:
@@ -216,36 +179,31 @@ def _check_one(sample: Sample, num_classes: int, max_pixels: int) -> tuple[np.nd
         return np.zeros(num_classes, np.int64), size
     mask = read_mask(sample.mask_path, num_classes, max_pixels)
     if mask.shape != image.shape[:2]:
-        raise DronsegError(
-            f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {sample.image_path} is "
-            f"{size[0]}x{size[1]}: masks must match their images pixel for pixel"
-        )
+        raise DronsegError(f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {sample.image_path} is "
+                           f"{size[0]}x{size[1]}: masks must match their images pixel for pixel")
     return class_counts(mask, num_classes), size
 
 
 def validate_samples(samples: list[Sample], num_classes: int = NUM_CLASSES, workers: int = 8,
                      max_pixels: int = DEFAULT_MAX_PIXELS) -> DatasetStats:
-    """Check every image and mask before any training starts: first their headers (at most
-    ``max_pixels`` pixels each: a decompression bomb is refused before anything is decoded), then
-    decode each once (threads; OpenCV and PIL release the GIL) to check and count its classes.
-
-    The threads decode at most DECODE_BUDGET_PIXELS at once, so memory stays bounded whatever
-    ``workers`` is. Raises the first DronsegError found, naming the file.
+    """Check every image and mask before any training starts: first their headers (at most ``max_pixels``
+    pixels each: a decompression bomb is refused undecoded), then decode each once in threads to check it
+    and count its classes. Only as many threads decode as DECODE_BUDGET_PIXELS holds of the largest image
+    (at least one), whatever ``workers`` is. Raises the first DronsegError found, naming the file.
     """
     check_max_pixels(max_pixels)
-    budget = PixelBudget(max(DECODE_BUDGET_PIXELS, max_pixels))
-
-    def check(item: tuple[Sample, int]) -> tuple[np.ndarray, tuple[int, int]]:
-        sample, pixels = item
-        with budget.hold(pixels):
-            return _check_one(sample, num_classes, max_pixels)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        try:
-            pixels = list(pool.map(lambda s: _check_headers(s, max_pixels), samples))
-            results = list(pool.map(check, zip(samples, pixels)))
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # the first bad file ends the check: the rest need not be decoded
-            raise
+    pixels = _map_all(max(1, workers), lambda s: _check_headers(s, max_pixels), samples)
+    threads = max(1, min(workers, DECODE_BUDGET_PIXELS // max(pixels, default=1)))
+    results = _map_all(threads, lambda s: _check_one(s, num_classes, max_pixels), samples)
     counts = np.stack([r[0] for r in results]) if results else np.zeros((0, num_classes), np.int64)
-    return DatasetStats(ids=[s.image_id for s in samples], counts=counts, sizes=[r[1] for r in results])
+    return DatasetStats([s.image_id for s in samples], counts, [r[1] for r in results])
+
+
+def _map_all(threads: int, fn, items: list) -> list:
+    """``fn`` over ``items`` in ``threads`` threads, in order; the first error cancels what has not started."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        try:
+            return list(pool.map(fn, items))
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise

@@ -50,12 +50,9 @@ def build_train_transform(cfg: AugmentConfig) -> v2.Transform | None:
     if cfg.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(p=cfg.hflip))
     if cfg.affine_p > 0 and (cfg.scale > 0 or cfg.shift > 0 or cfg.rotate > 0):
-        affine = v2.RandomAffine(
-            degrees=cfg.rotate,
-            translate=(cfg.shift, cfg.shift),
-            scale=(max(0.05, 1 - cfg.scale), 1 + cfg.scale),
-            fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX},
-        )
+        affine = v2.RandomAffine(degrees=cfg.rotate, translate=(cfg.shift, cfg.shift),
+                                 scale=(max(0.05, 1 - cfg.scale), 1 + cfg.scale),
+                                 fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX})
         steps.append(v2.RandomApply([affine], p=cfg.affine_p))
     if cfg.color_p > 0:
         jitter = v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
@@ -74,8 +71,7 @@ def apply_train_transform(transform: v2.Transform | None, image: torch.Tensor, m
     if transform is None:
         return image, mask
     out_image, out_mask = transform(tv_tensors.Image(image), tv_tensors.Mask(mask.unsqueeze(0)))
-    out_image = out_image.as_subclass(torch.Tensor)
-    out_mask = out_mask.as_subclass(torch.Tensor)[0]
+    out_image, out_mask = out_image.as_subclass(torch.Tensor), out_mask.as_subclass(torch.Tensor)[0]
     if cfg.noise_p > 0 and torch.rand(()) < cfg.noise_p:
         noise = torch.randn(out_image.shape) * cfg.noise_std
         out_image = (out_image.float() + noise).clamp_(0, 255).to(torch.uint8)

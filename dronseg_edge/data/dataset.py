@@ -28,23 +28,17 @@ def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int
 class SegmentationDataset(Dataset):
     """Items are ``(image uint8 (3, H, W) RGB, mask uint8 (H, W))`` at ``size`` (W, H).
 
-    ``mask_size='native'`` keeps masks at their file's resolution (evaluation at full size);
-    samples without a mask return an all-IGNORE mask of the image size.
-    An item may be an index or an ``(index, seed)`` pair from :class:`AugmentSeedSampler`: then the
-    augmentation draws from a torch RNG seeded with ``seed`` (and the caller's RNG is left as it was),
-    so a sample's augmentation does not depend on which worker loads it or on what it loaded before.
-    ``max_pixels``: images and masks above it (read from their headers) are refused, never decoded.
+    ``native_masks`` keeps masks at their file's resolution (evaluation at full size); samples without
+    a mask give an all-IGNORE mask. An item may be an ``(index, seed)`` pair (AugmentSeedSampler): the
+    augmentation then draws from a torch RNG seeded with ``seed``, whichever worker loads it.
+    Images and masks over ``max_pixels`` (read from their headers) are refused, never decoded.
     """
 
     def __init__(self, samples: list[Sample], size: tuple[int, int] | None, augment: AugmentConfig | None = None,
                  num_classes: int = 12, native_masks: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.samples = samples
-        self.size = tuple(size) if size else None
-        self.augment = augment
+        self.samples, self.size, self.augment = samples, tuple(size) if size else None, augment
         self.transform = build_train_transform(augment) if augment is not None else None
-        self.num_classes = num_classes
-        self.native_masks = native_masks
-        self.max_pixels = max_pixels
+        self.num_classes, self.native_masks, self.max_pixels = num_classes, native_masks, max_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -53,14 +47,10 @@ class SegmentationDataset(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, None)
         sample = self.samples[index]
         image = read_image(sample.image_path, self.max_pixels)
-        if sample.mask_path is not None:
-            mask = read_mask(sample.mask_path, self.num_classes, self.max_pixels)
-        else:
-            mask = np.full(image.shape[:2], 255, np.uint8)
-        if self.native_masks:
-            image, _ = resize_pair(image, None, self.size)
-        else:
-            image, mask = resize_pair(image, mask, self.size)
+        mask = (np.full(image.shape[:2], 255, np.uint8) if sample.mask_path is None
+                else read_mask(sample.mask_path, self.num_classes, self.max_pixels))
+        image, resized = resize_pair(image, None if self.native_masks else mask, self.size)
+        mask = mask if self.native_masks else resized
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         mask_t = torch.from_numpy(np.ascontiguousarray(mask))
         if self.transform is not None:
@@ -75,21 +65,16 @@ class SegmentationDataset(Dataset):
 class AugmentSeedSampler(Sampler):
     """Wraps a sampler and yields ``(index, seed)`` with the seed a function of (seed, epoch, index).
 
-    DataLoader workers (persistent ones above all) carry their RNG from batch to batch and epoch to
-    epoch, so without this a run resumed at epoch k augments differently from one that never
-    stopped. ``set_epoch`` is passed on to the wrapped sampler when it has one (DistributedSampler).
+    DataLoader workers carry their RNG from batch to batch, so without this a run resumed at epoch k
+    would augment differently from one that never stopped. ``set_epoch`` reaches the wrapped sampler too.
     """
 
     def __init__(self, sampler: Sampler, seed: int):
-        self.sampler = sampler
-        self.seed = int(seed)
-        self.epoch = 0
-        self.skip = 0
+        self.sampler, self.seed, self.epoch, self.skip = sampler, int(seed), 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Start epoch ``epoch``, leaving out its first ``skip`` samples (a run resumed mid-epoch)."""
-        self.epoch = int(epoch)
-        self.skip = int(skip)
+        self.epoch, self.skip = int(epoch), int(skip)
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 

@@ -35,19 +35,12 @@ def _numpy_order(order: str) -> str:
 
 def _runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Runs of equal values in a 1-D array: 0-based starts, lengths and the value of each run."""
-    if flat.size == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, flat[:0]
-    starts = np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1))
-    lengths = np.diff(np.concatenate((starts, [flat.size])))
-    return starts, lengths, flat[starts]
+    starts = np.flatnonzero(np.r_[flat.size > 0, flat[1:] != flat[:-1]])
+    return starts, np.diff(np.r_[starts, flat.size]), flat[starts]
 
 
 def _format_runs(starts: np.ndarray, lengths: np.ndarray) -> str:
-    pairs = np.empty(2 * starts.size, dtype=np.int64)
-    pairs[0::2] = starts + 1
-    pairs[1::2] = lengths
-    return " ".join(map(str, pairs.tolist()))
+    return " ".join(f"{start + 1} {length}" for start, length in zip(starts.tolist(), lengths.tolist()))
 
 
 def rle_encode(mask: np.ndarray, order: str = "row") -> str:
@@ -76,11 +69,7 @@ def submission_rows(image_id: str, class_map: np.ndarray, num_classes: int = NUM
                            f"a submission needs class indices 0..{num_classes - 1}")
     # One pass finds every run; each class then keeps its own (faster than encoding C binary masks).
     starts, lengths, values = _runs(class_map.ravel(order=numpy_order))
-    rows = []
-    for c in range(num_classes):
-        keep = values == c
-        rows.append((f"{image_id}_{c}", _format_runs(starts[keep], lengths[keep])))
-    return rows
+    return [(f"{image_id}_{c}", _format_runs(starts[values == c], lengths[values == c])) for c in range(num_classes)]
 
 
 def write_submission(rows: Iterable[tuple[str, str]], path: os.PathLike | str) -> Path:

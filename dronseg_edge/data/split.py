@@ -24,31 +24,21 @@ def stratified_split(ids: list[str], presence: np.ndarray, val_fraction: float =
         raise DronsegError(f"--val-fraction {val_fraction} must be between 0 and 1 (exclusive), e.g. 0.2")
     n_val = int(round(len(ids) * val_fraction))
     if len(ids) < 2 or n_val < 1 or n_val >= len(ids):
-        raise DronsegError(
-            f"cannot split {len(ids)} images with --val-fraction {val_fraction}: need at least one image on each side"
-        )
+        raise DronsegError(f"cannot split {len(ids)} images with --val-fraction {val_fraction}: need at least one image on each side")
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
     train_idx, val_idx = next(splitter.split(np.zeros((len(ids), 1)), presence.astype(int)))
     return [ids[i] for i in sorted(train_idx)], [ids[i] for i in sorted(val_idx)]
 
 
-def presence_ratios(ids: list[str], all_ids: list[str], presence: np.ndarray) -> list[float]:
-    """Share of ``ids`` images containing each class."""
-    index = {image_id: i for i, image_id in enumerate(all_ids)}
-    rows = presence[[index[i] for i in ids]]
-    return rows.mean(axis=0).round(4).tolist() if len(rows) else [0.0] * presence.shape[1]
-
-
 def save_split(path: Path, train_ids: list[str], val_ids: list[str], *, seed: int, val_fraction: float,
                all_ids: list[str] | None = None, presence: np.ndarray | None = None) -> Path:
-    """Write ``split.json`` (atomically) with the IDs and, when given, per-class presence ratios.
-
-    A human-readable copy for the run folder: eval, export and resume read the split the checkpoint
-    carries (``checkpoint.recorded_split``), so a checkpoint copied alone keeps it.
-    """
+    """Write ``split.json`` (atomically) with the IDs and, when given, per-class presence ratios: a
+    human-readable copy, as eval, export and resume read the split the checkpoint carries."""
     data: dict = {"seed": seed, "val_fraction": val_fraction, "train": train_ids, "val": val_ids}
     if presence is not None and all_ids is not None:
-        train_r, val_r = presence_ratios(train_ids, all_ids, presence), presence_ratios(val_ids, all_ids, presence)
+        index = {image_id: i for i, image_id in enumerate(all_ids)}
+        train_r, val_r = (presence[[index[i] for i in ids]].mean(axis=0).round(4).tolist() if ids else [0.0] * presence.shape[1]
+                          for ids in (train_ids, val_ids))
         names = CLASS_NAMES if presence.shape[1] == len(CLASS_NAMES) else [str(i) for i in range(presence.shape[1])]
         data["presence"] = {name: {"train": t, "val": v} for name, t, v in zip(names, train_r, val_r)}
     return write_json_atomic(path, data)

@@ -92,22 +92,19 @@ class TrainConfig:
         from dronseg_edge.train.losses import LOSS_NAMES, WEIGHT_METHODS
 
         check_output_stride(check_arch(self.model), self.output_stride)
-        checks = [
-            (self.loss in LOSS_NAMES, f"--loss {self.loss!r}: choose one of {', '.join(LOSS_NAMES)}"),
-            (self.scheduler in SCHEDULERS, f"--scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"),
-            (self.amp in AMP_MODES, f"--amp {self.amp!r}: choose one of {', '.join(AMP_MODES)}"),
-            (self.best_metric in BEST_METRICS, f"--best-metric {self.best_metric!r}: choose one of {', '.join(BEST_METRICS)}"),
-            (self.class_weights in WEIGHT_METHODS, f"--class-weights {self.class_weights!r}: choose one of {', '.join(WEIGHT_METHODS)}"),
-            (self.epochs >= 1, f"--epochs {self.epochs}: must be at least 1"),
-            (self.batch >= 1, f"--batch {self.batch}: must be at least 1"),
-            (self.accumulate >= 1, f"--accumulate {self.accumulate}: must be at least 1"),
+        choices = (("loss", LOSS_NAMES), ("scheduler", SCHEDULERS), ("optimizer", OPTIMIZERS), ("amp", AMP_MODES),
+                   ("best_metric", BEST_METRICS), ("class_weights", WEIGHT_METHODS))
+        checks = [(getattr(self, name) in allowed,
+                   f"--{name.replace('_', '-')} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+                  for name, allowed in choices]
+        checks += [(getattr(self, name) >= low, f"--{name.replace('_', '-')} {getattr(self, name)}: must be {rule}")
+                   for low, rule, names in ((1, "at least 1", ("epochs", "batch", "accumulate")),
+                                            (0, "0 or more", ("workers", "freeze_stages"))) for name in names]
+        checks += [
             (self.lr > 0, f"--lr {self.lr}: must be positive"),
-            (self.workers >= 0, f"--workers {self.workers}: must be 0 or more"),
             (0.0 < self.pct_start < 1.0, f"--pct-start {self.pct_start}: must be between 0 and 1"),
             (self.grad_clip >= 0, f"--grad-clip {self.grad_clip}: must be 0 (off) or positive"),
             (self.bn_momentum is None or 0.0 < self.bn_momentum <= 1.0, f"--bn-momentum {self.bn_momentum}: must be in (0, 1]"),
-            (self.freeze_stages >= 0, f"--freeze-stages {self.freeze_stages}: must be 0 or more"),
             (self.unfreeze_epoch >= 0, f"--unfreeze-epoch {self.unfreeze_epoch}: must be 0 (never) or more"),
             (self.max_steps_per_epoch >= 0, f"--max-steps-per-epoch {self.max_steps_per_epoch}: must be 0 (whole epochs) or more"),
             (self.save_every_steps >= 0, f"--save-every-steps {self.save_every_steps}: must be 0 (epoch ends only) or more"),
@@ -126,15 +123,14 @@ class TrainConfig:
         return self.max_pixels if self.max_pixels is not None else DEFAULT_MAX_PIXELS
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["size"] = list(self.size)
-        return data
+        return dataclasses.asdict(self) | {"size": list(self.size)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        def known(kind, values: dict) -> dict:
+            return {k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(kind)}}
+
+        values = known(cls, data)
         values["size"] = tuple(values.get("size", (1280, 720)))
-        aug_known = {f.name for f in dataclasses.fields(AugmentConfig)}
-        values["augment"] = AugmentConfig(**{k: v for k, v in (values.get("augment") or {}).items() if k in aug_known})
+        values["augment"] = AugmentConfig(**known(AugmentConfig, values.get("augment") or {}))
         return cls(**values)

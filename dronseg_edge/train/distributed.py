@@ -30,11 +30,10 @@ class DistContext:
 
 def setup_distributed(device_name: str) -> DistContext:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1); NCCL on CUDA, gloo on CPU."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size, device = int(os.environ.get("WORLD_SIZE", "1")), resolve_device(device_name)
     if world_size <= 1:
-        return DistContext(device=resolve_device(device_name))
+        return DistContext(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -20,16 +20,6 @@ from dronseg_edge.train.loop import StepContext, evaluate
 from dronseg_edge.metrics import SegmentationMetrics
 
 
-def checkpoint_data_root(ckpt: dict, data: Path | None) -> Path:
-    """``data`` if given, else the data set the checkpoint was trained on."""
-    if data is not None:
-        return Path(data)
-    root = recorded_data_root(ckpt)
-    if root is None:
-        raise DronsegError(f"checkpoint {ckpt.get('path')} does not record its data set: pass --data DIR")
-    return root
-
-
 def split_samples(ckpt: dict, root: Path, split: str) -> list[Sample]:
     """Samples of the run's ``val``/``train`` split (as the checkpoint records it), or ``all`` labelled images of ``root``."""
     if split == "all":
@@ -52,11 +42,13 @@ def native_loader(ckpt: dict, samples: list[Sample], batch: int, workers: int,
     return DataLoader(dataset, batch_size=batch if len(sizes) == 1 else 1, shuffle=False, num_workers=workers)
 
 
-def step_context(ckpt: dict, device: torch.device) -> StepContext:
-    mean = torch.tensor(ckpt.get("mean", IMAGENET_MEAN), device=device).view(1, 3, 1, 1)
-    std = torch.tensor(ckpt.get("std", IMAGENET_STD), device=device).view(1, 3, 1, 1)
-    amp = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return StepContext(device, amp, mean, std, channels_last=device.type == "cuda")
+def checkpoint_model(ckpt: dict, device: str) -> tuple[torch.nn.Module, StepContext]:
+    """The checkpoint's model on ``device`` (channels_last and bf16 autocast where CUDA has them), and its StepContext."""
+    torch_device = resolve_device(device)
+    cuda = torch_device.type == "cuda"
+    amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+    ctx = StepContext.make(torch_device, amp, ckpt.get("mean", IMAGENET_MEAN), ckpt.get("std", IMAGENET_STD), cuda)
+    return model_from_checkpoint(ckpt).to(torch_device, memory_format=torch.channels_last if cuda else torch.contiguous_format), ctx
 
 
 def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str = "val", batch: int = 4,
@@ -65,11 +57,11 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str =
     ``max_pixels``: the image size limit (None: the default, 2^26)."""
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else check_max_pixels(max_pixels)
     ckpt = load_checkpoint(checkpoint, num_classes=len(CLASS_NAMES))
-    root = checkpoint_data_root(ckpt, data)
+    root = Path(data) if data is not None else recorded_data_root(ckpt)
+    if root is None:
+        raise DronsegError(f"checkpoint {ckpt.get('path')} does not record its data set: pass --data DIR")
     samples = split_samples(ckpt, root, split)
-    torch_device = resolve_device(device)
-    ctx = step_context(ckpt, torch_device)
-    model = model_from_checkpoint(ckpt).to(torch_device, memory_format=torch.channels_last if ctx.channels_last else torch.contiguous_format)
+    model, ctx = checkpoint_model(ckpt, device)
     metrics = SegmentationMetrics(len(ckpt["class_names"]), IGNORE_INDEX, class_names=list(ckpt["class_names"]))
     scores = evaluate(model, None, native_loader(ckpt, samples, batch, workers, limit), ctx, metrics, description=f"eval {split}")
     scores.pop("loss", None)
@@ -80,8 +72,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str =
 def format_scores(result: dict[str, Any]) -> str:
     """A per-class table plus the summary scores."""
     lines = [f"{'class':<14}{'IoU':>8}{'Dice':>8}"]
-    for name, iou, dice in zip(result["class_names"], result["iou"], result["dice"]):
-        lines.append(f"{name:<14}{_fmt(iou):>8}{_fmt(dice):>8}")
+    lines += [f"{name:<14}{_fmt(iou):>8}{_fmt(dice):>8}" for name, iou, dice in zip(result["class_names"], result["iou"], result["dice"])]
     lines.append(f"{result['split']} split, {result['images']} images of {result['data']}: mIoU {result['miou']:.4f}  "
                  f"mDice {result['mdice']:.4f}  competition {result['competition']:.4f}  pixel acc {result['pixel_acc']:.4f}")
     return "\n".join(lines)

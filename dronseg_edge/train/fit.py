@@ -88,11 +88,8 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, resume: Path) -> TrainConfig:
     """The run's own config from its checkpoint, with what a resume may change: the device, the
     loader workers, and (when given, ``cfg.data`` / ``cfg.max_pixels``) the data folder and pixel limit.
     The data folder the checkpoint records must still exist, or be given anew."""
-    overrides = {"device": cfg.device, "workers": cfg.workers}
-    if cfg.data:
-        overrides["data"] = cfg.data
-    if cfg.max_pixels is not None:
-        overrides["max_pixels"] = cfg.max_pixels
+    overrides = {"device": cfg.device, "workers": cfg.workers, **({"data": cfg.data} if cfg.data else {}),
+                 **({"max_pixels": cfg.max_pixels} if cfg.max_pixels is not None else {})}
     resumed = TrainConfig.from_dict({**TrainingState.from_checkpoint(ckpt).config, **overrides})
     if not cfg.data and not (resumed.data and Path(resumed.data).is_dir()):
         raise DronsegError(f"the data folder {resumed.data or '(none recorded)'} that {resume} trained on does not "
@@ -130,8 +127,12 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
         log(claim.note("run"))
     mosaic = ValidationMosaic(loaders.val.dataset, run_dir / "mosaics", cfg.mosaic_every) if is_main and cfg.mosaic_every else None
     try:
-        if cfg.val_at_start and progress.epoch == 0 and progress.partial is None:
-            _validate_at_start(setup.model, criterion, loaders.val, ctx, metrics, history, log)
+        if cfg.val_at_start and progress.epoch == 0 and progress.partial is None:  # the initial weights as epoch 0
+            scores = evaluate(setup.model, criterion, loaders.val, ctx, metrics, show_progress=is_main)
+            if history is not None:
+                history.log({"epoch": 0, "step": 0, **_val_columns(scores)})
+                log(f"epoch 0 (initial weights): mIoU {scores['miou']:.4f}  mDice {scores['mdice']:.4f}  "
+                    f"competition {scores['competition']:.4f}")
         for epoch in range(progress.epoch, cfg.epochs):
             loaders.generator.manual_seed(cfg.seed * 100_003 + epoch)  # same order per epoch, resumed or not
             done = progress.done_in_epoch()
@@ -141,13 +142,11 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
                 # DDP all-reduces only the parameters that required grad when it was built: wrap again.
                 del net
                 net = _data_parallel(setup.compiled, dist_ctx)
-            result = train_one_epoch(
-                net, criterion, setup.optimizer, setup.scheduler, setup.scaler, loaders.train, ctx,
-                accumulate=cfg.accumulate, grad_clip=cfg.grad_clip, aux_weight=cfg.aux_weight,
-                max_steps=cfg.max_steps_per_epoch - done["steps"] if cfg.max_steps_per_epoch else 0,
-                description=f"epoch {epoch + 1}/{cfg.epochs}", show_progress=is_main,
-                on_step=writer.mid_epoch_saver(progress, done, per_epoch),
-            )
+            result = train_one_epoch(net, criterion, setup.optimizer, setup.scheduler, setup.scaler, loaders.train, ctx,
+                                     accumulate=cfg.accumulate, grad_clip=cfg.grad_clip, aux_weight=cfg.aux_weight,
+                                     max_steps=cfg.max_steps_per_epoch - done["steps"] if cfg.max_steps_per_epoch else 0,
+                                     description=f"epoch {epoch + 1}/{cfg.epochs}", show_progress=is_main,
+                                     on_step=writer.mid_epoch_saver(progress, done, per_epoch))
             progress.epoch, progress.step, progress.partial = epoch + 1, progress.step + result["steps"], None
             row = _train_row(progress, done, result, setup.optimizer.param_groups[0]["lr"])
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
@@ -157,8 +156,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
                 mosaic.write(setup.model, ctx, epoch + 1)
             score = _score(row, cfg.best_metric)
             improved = score is not None and score > progress.best
-            if improved:
-                progress.best = score
+            progress.best = score if improved else progress.best
             if history is not None:
                 history.log(row)
                 writer.save_epoch(progress, improved)
@@ -173,15 +171,6 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
         _write_plots(run_dir, history.rows, progress.val_result, writer)
     log(f"done: best {cfg.best_metric} {progress.best:.4f} -> {writer.best}; last -> {writer.last}; metrics -> {run_dir / 'metrics.csv'}")
     return FitResult(run_dir, writer.best, writer.last, progress.best, history.rows if history else [])
-
-
-def _validate_at_start(model, criterion, loader, ctx, metrics, history, log) -> None:
-    """Scores of the initial weights as epoch 0 (``--val-at-start``)."""
-    scores = evaluate(model, criterion, loader, ctx, metrics, show_progress=history is not None)
-    if history is not None:
-        history.log({"epoch": 0, "step": 0, **_val_columns(scores)})
-        log(f"epoch 0 (initial weights): mIoU {scores['miou']:.4f}  mDice {scores['mdice']:.4f}  "
-            f"competition {scores['competition']:.4f}")
 
 
 class CheckpointWriter:
@@ -200,8 +189,7 @@ class CheckpointWriter:
             optimizer=setup.optimizer.state_dict(), scheduler=setup.scheduler.state_dict(), scaler=setup.scaler.state_dict(),
             epoch=progress.epoch, step=progress.step if step is None else step, best_metric=progress.best,
             best_metric_name=self.cfg.best_metric, metrics={k: v for k, v in progress.val_result.items() if k != "confusion"},
-            rng=capture_rng_state(), config=self.cfg.to_dict(), split=self.split, epoch_progress=epoch_progress,
-        )
+            rng=capture_rng_state(), config=self.cfg.to_dict(), split=self.split, epoch_progress=epoch_progress)
         return {**model_state(setup.model, self.cfg.model, self.cfg.size), **training.to_dict()}
 
     def save_epoch(self, progress: Progress, improved: bool) -> None:
@@ -247,24 +235,19 @@ def _data_parallel(module: torch.nn.Module, dist_ctx: DistContext) -> torch.nn.M
     """``module`` under DistributedDataParallel when distributed (it broadcasts rank 0's weights), else itself."""
     if not dist_ctx.enabled:
         return module
-    device = dist_ctx.device
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    cuda = dist_ctx.device.type == "cuda"
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[dist_ctx.device.index] if cuda else None)
 
 
 def _val_columns(result: dict) -> dict:
-    row = {"val_loss": result["loss"], "val_miou": result["miou"], "val_mdice": result["mdice"],
-           "val_competition": result["competition"], "val_pixel_acc": result["pixel_acc"]}
-    for name, iou, dice in zip(CLASS_NAMES, result["iou"], result["dice"]):
-        row[f"iou_{name}"] = iou
-        row[f"dice_{name}"] = dice
-    return row
+    row = {f"val_{key}": result[key] for key in ("loss", "miou", "mdice", "competition", "pixel_acc")}
+    return row | {f"{key}_{name}": result[key][i] for i, name in enumerate(CLASS_NAMES) for key in ("iou", "dice")}
 
 
 def _score(row: dict, metric: str) -> float | None:
-    key = {"miou": "val_miou", "mdice": "val_mdice", "competition": "val_competition", "val_loss": "val_loss"}[metric]
-    if key not in row:
-        return None
-    return -row[key] if metric == "val_loss" else row[key]
+    """The ``--best-metric`` score of an epoch's row, higher is better; None for an epoch without validation."""
+    key = metric if metric == "val_loss" else f"val_{metric}"
+    return None if key not in row else -row[key] if metric == "val_loss" else row[key]
 
 
 def _epoch_line(row: dict, cfg: TrainConfig) -> str:

@@ -27,10 +27,14 @@ class StepContext:
     std: torch.Tensor
     channels_last: bool = False
 
+    @classmethod
+    def make(cls, device: torch.device, amp_dtype: torch.dtype | None, mean, std, channels_last: bool) -> "StepContext":
+        """With ``mean``/``std`` (3 values each, 0..1 scale) as (1, 3, 1, 1) tensors on ``device``."""
+        stats = [torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (mean, std)]
+        return cls(device, amp_dtype, *stats, channels_last)
+
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     def images(self, images_u8: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) RGB -> normalised float32 on the device (uploads 1 byte per value, not 4)."""
@@ -41,51 +45,26 @@ class StepContext:
         return masks_u8.to(self.device, non_blocking=True).long()
 
 
-def model_loss(model: nn.Module, criterion: nn.Module, x: torch.Tensor, y: torch.Tensor, aux_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, main logits); the aux head, when the model has one, adds ``aux_weight`` x its loss."""
-    outputs = model(x)
-    loss = criterion(outputs["out"], y)
-    if outputs.get("aux") is not None:
-        loss = loss + aux_weight * criterion(outputs["aux"], y)
-    return loss, outputs["out"]
-
-
-def train_one_epoch(
-    model: nn.Module,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    scaler: torch.amp.GradScaler,
-    loader: Iterable,
-    ctx: StepContext,
-    *,
-    accumulate: int = 1,
-    grad_clip: float = 0.0,
-    aux_weight: float = 0.4,
-    max_steps: int = 0,
-    num_batches: int | None = None,
-    description: str = "train",
-    show_progress: bool = True,
-    on_step: Callable[[int, torch.Tensor, int], None] | None = None,
-) -> dict[str, float]:
+def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                    scaler: torch.amp.GradScaler, loader: Iterable, ctx: StepContext, *, accumulate: int = 1,
+                    grad_clip: float = 0.0, aux_weight: float = 0.4, max_steps: int = 0, num_batches: int | None = None,
+                    description: str = "train", show_progress: bool = True,
+                    on_step: Callable[[int, torch.Tensor, int], None] | None = None) -> dict[str, float]:
     """Train for one pass over ``loader``; returns loss, images, seconds, data_wait_s, steps.
 
-    ``on_step(steps, loss_sum, images)`` runs after every optimiser step with this rank's running totals.
-
-    Gradients accumulate over ``accumulate`` micro-batches; each micro-loss is divided by the size of
-    its group (the last, partial group of the epoch included), and the scheduler steps once per
-    optimiser step.
+    Gradients accumulate over ``accumulate`` micro-batches, each micro-loss divided by its group's size
+    (the last, partial group included); the scheduler steps once per optimiser step, after which
+    ``on_step(steps, loss_sum, images)`` gets this rank's running totals.
     """
     model.train()
     # train() flips every BatchNorm back to batch statistics; frozen stages must keep their running ones,
     # and this is the one place every epoch (after evaluate's eval()) passes through.
     keep_frozen_norms_in_eval(model)
-    num_batches = num_batches if num_batches is not None else len(loader)
+    num_batches = len(loader) if num_batches is None else num_batches
     if max_steps:
         num_batches = min(num_batches, max_steps * accumulate)
     loss_sum = torch.zeros((), device=ctx.device)
-    images = steps = 0
-    data_wait = 0.0
+    images = steps = data_wait = 0
     start = time.perf_counter()
     bar = tqdm(total=num_batches, desc=description, disable=not show_progress, mininterval=1.0, leave=False, dynamic_ncols=True)
     iterator = iter(loader)
@@ -104,12 +83,21 @@ def train_one_epoch(
         sync = contextlib.nullcontext() if last_in_group or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with ctx.autocast():
-                loss, _ = model_loss(model, criterion, x, y, aux_weight)
+                outputs = model(x)
+                loss = criterion(outputs["out"], y)
+                if outputs.get("aux") is not None:  # the aux head, when the model has one, adds aux_weight x its loss
+                    loss = loss + aux_weight * criterion(outputs["aux"], y)
             scaler.scale(loss / group_size).backward()
         loss_sum += loss.detach() * x.shape[0]
         images += x.shape[0]
-        if last_in_group:
-            optimizer_step(model, optimizer, scheduler, scaler, grad_clip)
+        if last_in_group:  # one optimiser step on the accumulated gradients, then the schedule's
+            if grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
             steps += 1
             if on_step is not None:
                 on_step(steps, loss_sum, images)
@@ -122,39 +110,13 @@ def train_one_epoch(
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     totals = all_reduce_sum(torch.stack([loss_sum.float(), torch.tensor(float(images), device=ctx.device)]))
-    seconds = time.perf_counter() - start
-    return {
-        "loss": (totals[0] / totals[1].clamp(min=1)).item(),
-        "images": int(totals[1].item()),
-        "seconds": seconds,
-        "data_wait_s": data_wait,
-        "steps": steps,
-    }
-
-
-def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
-                   grad_clip: float) -> None:
-    """One optimiser step on the accumulated gradients (clipped to ``grad_clip`` when > 0), then the schedule's."""
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
+    return {"loss": (totals[0] / totals[1].clamp(min=1)).item(), "images": int(totals[1].item()),
+            "seconds": time.perf_counter() - start, "data_wait_s": data_wait, "steps": steps}
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    criterion: nn.Module | None,
-    loader: Iterable,
-    ctx: StepContext,
-    metrics: SegmentationMetrics,
-    *,
-    description: str = "val",
-    show_progress: bool = True,
-) -> dict:
+def evaluate(model: nn.Module, criterion: nn.Module | None, loader: Iterable, ctx: StepContext,
+             metrics: SegmentationMetrics, *, description: str = "val", show_progress: bool = True) -> dict:
     """Loss and scores over ``loader`` (reduced over ranks). Logits are resized to the mask size when they differ
     (evaluation at native resolution), so metrics are always computed at the ground truth's own size."""
     model.eval()

@@ -1,4 +1,4 @@
-"""Segmentation losses: pure functions with thin ``nn.Module`` wrappers (segmentation_models_pytorch style).
+"""Segmentation losses: pure functions, made modules by ``build_loss`` (which checks their settings once).
 
 Every loss takes logits (N, C, H, W) of any float dtype and a target (N, H, W) of class indices,
 computes in float32 (also under autocast: fp16 softmax sums lose too much), skips pixels equal to
@@ -10,7 +10,7 @@ Soft Dice is Tversky with alpha = beta = 0.5: one formula in one place (``tversk
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ def _per_class(values, num_classes: int, what: str, device: torch.device) -> tor
     """A (C,) float32 tensor on ``device`` from a tensor/sequence, or None."""
     if values is None:
         return None
-    tensor = torch.as_tensor(values, dtype=torch.float32).to(device).reshape(-1)
+    tensor = torch.as_tensor(values, dtype=torch.float32, device=device).reshape(-1)
     if tensor.numel() != num_classes:
         raise DronsegError(f"{what} has {tensor.numel()} entries but the model predicts {num_classes} classes; give one per class")
     return tensor
@@ -54,19 +54,10 @@ def _check_range(name: str, value: float, low: float, high: float = float("inf")
         raise DronsegError(f"loss setting {name}={value} is out of range; use a value in {bound}")
 
 
-def _weighted_pixel_mean(pixel_loss: torch.Tensor, pixel_weight: torch.Tensor) -> torch.Tensor:
-    """sum(w * loss) / sum(w) over pixels; 0 when no pixel carries weight."""
-    return (pixel_loss * pixel_weight).sum() / pixel_weight.sum().clamp_min(_EPS)
-
-
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, class_weights=None,
                   ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Pixel-wise cross-entropy, averaged like ``F.cross_entropy(reduction="mean")``.
-
-    logits (N, C, H, W), target (N, H, W) int; ``class_weights`` (C,): the mean is then
-    sum(w_y * loss) / sum(w_y) over valid pixels, as in torch. Returns a 0-dim float32 tensor.
-    """
-    _check_range("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
+    """Pixel-wise cross-entropy averaged like torch's ``reduction="mean"`` (with ``class_weights`` (C,):
+    sum(w_y * loss) / sum(w_y) over valid pixels)."""
     logits, safe_target, valid = _prepare(logits, target, ignore_index)
     weights = _per_class(class_weights, logits.shape[1], "class_weights", logits.device)
     # reduction="none" and our own division: torch's "mean" returns NaN when every pixel is ignored.
@@ -77,14 +68,10 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, class_weights=N
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0, alpha=None,
                class_weights=None, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Multiclass focal loss -alpha_t (1 - p_t)^gamma log p_t (Lin et al. 2017), from log_softmax.
+    """Multiclass focal loss -alpha_t (1 - p_t)^gamma log p_t (Lin et al. 2017); ``alpha``: None, a float or (C,).
 
-    logits (N, C, H, W), target (N, H, W) int. ``alpha``: None, a float (all classes) or (C,).
-    Averaged over valid pixels; with ``class_weights`` (C,) each pixel counts w_y and the sum is
-    divided by sum(w_y), so gamma=0, alpha=None equals ``cross_entropy`` with the same weights.
-    Returns a 0-dim float32 tensor.
+    Averaged as ``cross_entropy`` is, which it equals at gamma=0, alpha=None with the same ``class_weights``.
     """
-    _check_range("focal gamma", gamma, 0.0)
     logits, safe_target, valid = _prepare(logits, target, ignore_index)
     num_classes = logits.shape[1]
     log_p_t = F.log_softmax(logits, dim=1).gather(1, safe_target.unsqueeze(1)).squeeze(1)
@@ -95,14 +82,11 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0
         one_minus_p = (-torch.expm1(log_p_t)).clamp_min(torch.finfo(torch.float32).tiny)
         pixel_loss = one_minus_p.pow(gamma) * pixel_loss
     if alpha is not None:
-        if isinstance(alpha, (int, float)):
-            _check_range("focal alpha", float(alpha), 0.0)
-            pixel_loss = pixel_loss * float(alpha)
-        else:
-            pixel_loss = pixel_loss * _per_class(alpha, num_classes, "focal alpha", logits.device)[safe_target]
+        scale = float(alpha) if isinstance(alpha, (int, float)) else _per_class(alpha, num_classes, "focal alpha", logits.device)[safe_target]
+        pixel_loss = pixel_loss * scale
     weights = _per_class(class_weights, num_classes, "class_weights", logits.device)
     pixel_weight = valid.float() if weights is None else weights[safe_target] * valid
-    return _weighted_pixel_mean(pixel_loss, pixel_weight)
+    return (pixel_loss * pixel_weight).sum() / pixel_weight.sum().clamp_min(_EPS)
 
 
 def tversky_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.5, beta: float = 0.5,
@@ -110,24 +94,17 @@ def tversky_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = 0
                  log: bool = False) -> torch.Tensor:
     """Soft Tversky loss over the whole batch, per class, then averaged over classes.
 
-    With p = softmax(logits) and one-hot targets, summed over N, H, W of valid pixels:
-    TI_c = (TP_c + smooth) / (TP_c + alpha FP_c + beta FN_c + smooth); the loss is the mean over
-    all C classes (weighted by ``class_weights`` (C,) when given) of 1 - TI_c, or of -log(TI_c)
-    when ``log``. alpha weighs false positives, beta false negatives (beta > alpha favours recall,
-    which helps the small classes). Returns a 0-dim float32 tensor.
+    With p = softmax(logits) and one-hot targets summed over valid pixels, TI_c = (TP_c + smooth) /
+    (TP_c + alpha FP_c + beta FN_c + smooth); the loss is the (``class_weights``-weighted) mean of 1 - TI_c,
+    or of -log(TI_c) when ``log``. beta > alpha favours recall, which helps the small classes.
     """
-    for name, value in (("tversky alpha", alpha), ("tversky beta", beta), ("dice smooth", smooth)):
-        _check_range(name, value, 0.0)
     logits, safe_target, valid = _prepare(logits, target, ignore_index)
     num_classes = logits.shape[1]
     mask = valid.unsqueeze(1).float()
     probs = F.softmax(logits, dim=1) * mask
     # scatter_ rather than F.one_hot: one_hot checks the index range with a host sync on CUDA.
     truth = torch.zeros_like(probs).scatter_(1, safe_target.unsqueeze(1), 1.0) * mask
-    dims = (0, 2, 3)
-    tp = (probs * truth).sum(dims)
-    fp = probs.sum(dims) - tp
-    fn = truth.sum(dims) - tp
+    tp, fp, fn = (probs * truth).sum((0, 2, 3)), (probs * (1 - truth)).sum((0, 2, 3)), ((1 - probs) * truth).sum((0, 2, 3))
     index = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth).clamp_min(_EPS)
     per_class = -torch.log(index.clamp_min(_EPS)) if log else 1.0 - index
     weights = _per_class(class_weights, num_classes, "class_weights", logits.device)
@@ -140,93 +117,37 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, smooth: float 
                    ignore_index: int = IGNORE_INDEX, log: bool = False) -> torch.Tensor:
     """Soft Dice loss over the whole batch, per class: Dice_c = (2 I_c + smooth) / (P_c + T_c + smooth).
 
-    ``smooth`` is the eps of that classic form (I = sum p*t, P = sum p, T = sum t over valid
-    pixels). It is Tversky with alpha = beta = 0.5 and Tversky smooth = smooth / 2, since
-    (TP + s/2) / (TP + FP/2 + FN/2 + s/2) = (2TP + s) / (P + T + s). Loss: mean over classes of
-    1 - Dice_c, or -log(Dice_c) when ``log``. Returns a 0-dim float32 tensor.
+    That is Tversky with alpha = beta = 0.5 and smooth / 2, since (TP + s/2) / (TP + FP/2 + FN/2 + s/2)
+    = (2TP + s) / (P + T + s).
     """
     return tversky_loss(logits, target, alpha=0.5, beta=0.5, smooth=smooth / 2.0, class_weights=class_weights,
                         ignore_index=ignore_index, log=log)
 
 
-class _WeightedLoss(nn.Module):
-    """Holds optional per-class tensors as buffers so ``.to(device)`` moves them with the model."""
-
-    def __init__(self, class_weights=None, ignore_index: int = IGNORE_INDEX):
-        super().__init__()
-        self.ignore_index = ignore_index
-        self.register_buffer("class_weights", _as_buffer(class_weights), persistent=False)
-
-
-def _as_buffer(values) -> torch.Tensor | None:
-    return None if values is None else torch.as_tensor(values, dtype=torch.float32).reshape(-1).clone()
-
-
-class CrossEntropyLoss(_WeightedLoss):
-    def __init__(self, class_weights=None, ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0):
-        super().__init__(class_weights, ignore_index)
-        _check_range("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
-        self.label_smoothing = label_smoothing
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(logits, target, class_weights=self.class_weights, ignore_index=self.ignore_index,
-                             label_smoothing=self.label_smoothing)
-
-
-class FocalLoss(_WeightedLoss):
-    def __init__(self, gamma: float = 2.0, alpha=None, class_weights=None, ignore_index: int = IGNORE_INDEX):
-        super().__init__(class_weights, ignore_index)
-        _check_range("focal gamma", gamma, 0.0)
-        self.gamma = gamma
-        self.alpha_value = float(alpha) if isinstance(alpha, (int, float)) else None
-        self.register_buffer("alpha", None if self.alpha_value is not None else _as_buffer(alpha), persistent=False)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        alpha = self.alpha_value if self.alpha_value is not None else self.alpha
-        return focal_loss(logits, target, gamma=self.gamma, alpha=alpha, class_weights=self.class_weights,
-                          ignore_index=self.ignore_index)
-
-
-class TverskyLoss(_WeightedLoss):
-    def __init__(self, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0, class_weights=None,
-                 ignore_index: int = IGNORE_INDEX, log: bool = False):
-        super().__init__(class_weights, ignore_index)
-        for name, value in (("tversky alpha", alpha), ("tversky beta", beta), ("dice smooth", smooth)):
-            _check_range(name, value, 0.0)
-        self.alpha, self.beta, self.smooth, self.log = alpha, beta, smooth, log
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return tversky_loss(logits, target, alpha=self.alpha, beta=self.beta, smooth=self.smooth,
-                            class_weights=self.class_weights, ignore_index=self.ignore_index, log=self.log)
-
-
-class DiceLoss(_WeightedLoss):
-    """Soft Dice; ``smooth`` is the eps of (2I + eps) / (P + T + eps) (see ``soft_dice_loss``)."""
-
-    def __init__(self, smooth: float = 1.0, class_weights=None, ignore_index: int = IGNORE_INDEX, log: bool = False):
-        super().__init__(class_weights, ignore_index)
-        _check_range("dice smooth", smooth, 0.0)
-        self.smooth, self.log = smooth, log
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return soft_dice_loss(logits, target, smooth=self.smooth, class_weights=self.class_weights,
-                              ignore_index=self.ignore_index, log=self.log)
-
-
-class FocalDiceLoss(nn.Module):
+def focal_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, focal_weight: float = 1.0, dice_weight: float = 1.0,
+                    gamma: float = 2.0, alpha=None, smooth: float = 1.0, log: bool = False, class_weights=None,
+                    ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """focal_weight * focal + dice_weight * soft Dice (the reference recipe); class weights go to both."""
+    focal = focal_loss(logits, target, gamma=gamma, alpha=alpha, class_weights=class_weights, ignore_index=ignore_index)
+    dice = soft_dice_loss(logits, target, smooth=smooth, class_weights=class_weights, ignore_index=ignore_index, log=log)
+    return focal_weight * focal + dice_weight * dice
 
-    def __init__(self, focal_weight: float = 1.0, dice_weight: float = 1.0, gamma: float = 2.0, alpha=None,
-                 smooth: float = 1.0, log: bool = False, class_weights=None, ignore_index: int = IGNORE_INDEX):
+
+class Loss(nn.Module):
+    """``fn(logits, target, **settings)`` as a module; per-class settings are buffers, so ``.to(device)`` moves them."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], **settings):
         super().__init__()
-        _check_range("focal_weight", focal_weight, 0.0)
-        _check_range("dice_weight", dice_weight, 0.0)
-        self.focal_weight, self.dice_weight = focal_weight, dice_weight
-        self.focal = FocalLoss(gamma, alpha, class_weights, ignore_index)
-        self.dice = DiceLoss(smooth, class_weights, ignore_index, log)
+        self.fn, self.settings, self.tensors = fn, {}, []
+        for key, value in settings.items():
+            if value is None or isinstance(value, (bool, int, float)):
+                self.settings[key] = value
+            else:
+                self.register_buffer(key, torch.as_tensor(value, dtype=torch.float32).reshape(-1).clone(), persistent=False)
+                self.tensors.append(key)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.focal_weight * self.focal(logits, target) + self.dice_weight * self.dice(logits, target)
+        return self.fn(logits, target, **self.settings, **{key: getattr(self, key) for key in self.tensors})
 
 
 def build_loss(name: str, *, class_weights=None, ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0,
@@ -237,19 +158,26 @@ def build_loss(name: str, *, class_weights=None, ignore_index: int = IGNORE_INDE
 
     ``dice_smooth`` and ``dice_log`` also apply to "tversky" (there smooth is Tversky's own term).
     """
+    _check_range("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
+    for setting, value in (("focal gamma", focal_gamma), ("dice smooth", dice_smooth), ("focal_weight", focal_weight),
+                           ("dice_weight", dice_weight), ("tversky alpha", tversky_alpha), ("tversky beta", tversky_beta),
+                           ("focal alpha", focal_alpha if isinstance(focal_alpha, (int, float)) else 0.0)):
+        _check_range(setting, float(value), 0.0)
+    common = dict(class_weights=class_weights, ignore_index=ignore_index)
+    focal = dict(gamma=focal_gamma, alpha=focal_alpha, **common)
+    losses = {
+        "ce": lambda: Loss(cross_entropy, label_smoothing=label_smoothing, **common),
+        "focal": lambda: Loss(focal_loss, **focal),
+        "dice": lambda: Loss(soft_dice_loss, smooth=dice_smooth, log=dice_log, **common),
+        "focal+dice": lambda: Loss(focal_dice_loss, focal_weight=focal_weight, dice_weight=dice_weight,
+                                   smooth=dice_smooth, log=dice_log, **focal),
+        "tversky": lambda: Loss(tversky_loss, alpha=tversky_alpha, beta=tversky_beta, smooth=dice_smooth, log=dice_log,
+                                **common),
+    }
     key = name.strip().lower()
-    if key == "ce":
-        return CrossEntropyLoss(class_weights, ignore_index, label_smoothing)
-    if key == "focal":
-        return FocalLoss(focal_gamma, focal_alpha, class_weights, ignore_index)
-    if key == "dice":
-        return DiceLoss(dice_smooth, class_weights, ignore_index, dice_log)
-    if key == "focal+dice":
-        return FocalDiceLoss(focal_weight, dice_weight, focal_gamma, focal_alpha, dice_smooth, dice_log,
-                             class_weights, ignore_index)
-    if key == "tversky":
-        return TverskyLoss(tversky_alpha, tversky_beta, dice_smooth, class_weights, ignore_index, dice_log)
-    raise DronsegError(f"unknown loss {name!r}; choose one of: {', '.join(LOSS_NAMES)}")
+    if key not in losses:
+        raise DronsegError(f"unknown loss {name!r}; choose one of: {', '.join(LOSS_NAMES)}")
+    return losses[key]()
 
 
 def class_weights_from_counts(pixel_counts: Sequence[float] | np.ndarray | torch.Tensor, method: str = "inverse_sqrt",
@@ -264,8 +192,7 @@ def class_weights_from_counts(pixel_counts: Sequence[float] | np.ndarray | torch
     """
     if method not in WEIGHT_METHODS:
         raise DronsegError(f"unknown class weighting {method!r}; choose one of: {', '.join(WEIGHT_METHODS)}")
-    counts = np.asarray(torch.as_tensor(pixel_counts).cpu().numpy() if isinstance(pixel_counts, torch.Tensor)
-                        else pixel_counts, dtype=np.float64)
+    counts = torch.as_tensor(pixel_counts, dtype=torch.float64).cpu().numpy()
     if counts.ndim != 1 or counts.size == 0 or not np.all(np.isfinite(counts)) or np.any(counts < 0):
         raise DronsegError(f"pixel counts must be one finite, non-negative number per class; got {counts.tolist()}")
     if max_ratio is not None and max_ratio < 1:

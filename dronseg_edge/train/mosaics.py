@@ -50,23 +50,20 @@ class ValidationMosaic:
     @torch.no_grad()
     def write(self, model: nn.Module, ctx: StepContext, epoch: int) -> Path:
         """Predict the fixed images with ``model`` (left in eval mode, as ``evaluate`` leaves it) and write the PNG."""
-        items = [self.dataset[i] for i in self.indices]
-        images = torch.stack([image for image, _ in items])
-        masks = [mask.numpy() for _, mask in items]
+        images, masks = zip(*(self.dataset[i] for i in self.indices))
+        images = torch.stack(images)
         model.eval()
         with ctx.autocast():
             logits = model(ctx.images(images))["out"]
         predictions = logits.float().argmax(dim=1).cpu().numpy()
-        picture = mosaic_picture(images.permute(0, 2, 3, 1).numpy(), masks, predictions, self._names(),
+        picture = mosaic_picture(images.permute(0, 2, 3, 1).numpy(), [m.numpy() for m in masks], predictions, self._names(),
                                  self.class_names, self.palette, title=f"epoch {epoch}: image | truth | prediction")
         return write_image(self.path(epoch), picture)
 
     def _names(self) -> list[str]:
         """Image IDs of the chosen items when the data set knows them (a Subset under DDP: its positions)."""
         samples = getattr(self.dataset, "samples", None)
-        if samples is None:
-            return [f"#{i}" for i in self.indices]
-        return [str(getattr(samples[i], "image_id", f"#{i}")) for i in self.indices]
+        return [f"#{i}" if samples is None else str(getattr(samples[i], "image_id", f"#{i}")) for i in self.indices]
 
 
 def mosaic_picture(images_rgb: np.ndarray, masks: Sequence[np.ndarray], predictions: Sequence[np.ndarray],

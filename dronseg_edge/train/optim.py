@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -11,43 +9,23 @@ from dronseg_edge.train.config import TrainConfig
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """YOLO-style groups: conv/linear weights (decayed), normalisation weights and biases (no decay)."""
-    decay, norm_weights, biases = [], [], []
+    """YOLO-style groups: conv/linear weights (decayed), normalisation weights and biases (no decay). Frozen
+    parameters are included, so unfreezing needs no new optimiser."""
+    groups: dict[str, list] = {"weights": [], "norm": [], "bias": []}
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            if name == "bias":
-                biases.append(param)
-            elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
-                norm_weights.append(param)
-            else:
-                decay.append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "name": "weights"},
-        {"params": norm_weights, "weight_decay": 0.0, "name": "norm"},
-        {"params": biases, "weight_decay": 0.0, "name": "bias"},
-    ]
+            norm = isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm))
+            groups["bias" if name == "bias" else "norm" if norm else "weights"].append(param)
+    return [{"params": params, "weight_decay": weight_decay if name == "weights" else 0.0, "name": name}
+            for name, params in groups.items()]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov) or AdamW over all parameters; frozen ones are included so unfreezing needs no rebuild."""
-    groups = _all_parameter_groups(model, cfg.weight_decay)
+    """SGD (momentum, Nesterov) or AdamW over all parameters (``parameter_groups``)."""
+    groups = parameter_groups(model, cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-
-
-def _all_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    # Temporarily mark everything trainable so frozen stages still get their (unused) group slots.
-    flags = {p: p.requires_grad for p in model.parameters()}
-    for p in flags:
-        p.requires_grad_(True)
-    try:
-        return parameter_groups(model, weight_decay)
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
@@ -60,16 +38,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
         pct_start = cfg.pct_start
         if pct_start * total_steps == 1:
             pct_start = (2.0 if total_steps > 2 else 1.5) / total_steps
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct_start,
-            div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
-            cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0,
-        )
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct_start,
+                                                   div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
+                                                   cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0)
     if cfg.scheduler == "poly":
         return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=cfg.poly_power)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-
-
-def steps_per_epoch(batches: int, accumulate: int) -> int:
-    """Optimiser steps in an epoch of ``batches`` micro-batches; the last partial group is stepped too."""
-    return math.ceil(batches / accumulate)

@@ -33,14 +33,12 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> Path:
     plt = _pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("train_loss", "val_loss"):
-        values = [r.get(key, np.nan) for r in rows]
-        ax_loss.plot(epochs, values, marker="o", label=key)
-    ax_loss.set_xlabel("epoch"), ax_loss.set_title("loss"), ax_loss.legend()
-    for key in ("val_miou", "val_mdice", "val_competition"):
-        values = [r.get(key, np.nan) for r in rows]
-        ax_score.plot(epochs, values, marker="o", label=key)
-    ax_score.set_xlabel("epoch"), ax_score.set_title("validation"), ax_score.set_ylim(0, 1), ax_score.legend()
+    for ax, title, keys in ((ax_loss, "loss", ("train_loss", "val_loss")),
+                            (ax_score, "validation", ("val_miou", "val_mdice", "val_competition"))):
+        for key in keys:
+            ax.plot(epochs, [r.get(key, np.nan) for r in rows], marker="o", label=key)
+        ax.set_xlabel("epoch"), ax.set_title(title), ax.legend()
+    ax_score.set_ylim(0, 1)
     return _save(fig, path)
 
 
@@ -64,10 +62,7 @@ def plot_confusion(names: list[str], confusion: list[list[int]], path: Path) -> 
     image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right"), ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("confusion (row-normalised)")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            if norm[i, j] >= 0.01:
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black")
+    for i, j in zip(*np.nonzero(norm >= 0.01)):
+        ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046)
     return _save(fig, path)

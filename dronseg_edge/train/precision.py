@@ -10,9 +10,7 @@ from dronseg_edge.errors import DronsegError
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     """``auto``: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU."""
     if mode == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return None if device.type != "cuda" else torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[mode]
 
 

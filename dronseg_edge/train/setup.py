@@ -31,7 +31,7 @@ from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.distributed import DistContext
 from dronseg_edge.train.loop import StepContext
 from dronseg_edge.train.losses import build_loss, class_weights_from_counts
-from dronseg_edge.train.optim import build_optimizer, build_scheduler, steps_per_epoch
+from dronseg_edge.train.optim import build_optimizer, build_scheduler
 from dronseg_edge.train.precision import amp_dtype, make_scaler, restore_scaler
 from dronseg_edge.train.rng import restore_rng_state, worker_init
 
@@ -155,8 +155,9 @@ def build_loaders(cfg: TrainConfig, data: DataSetup, dist_ctx: DistContext) -> L
 
 
 def optimizer_steps_per_epoch(cfg: TrainConfig, batches: int) -> int:
-    """Optimiser steps of one epoch of ``batches`` micro-batches, capped by ``cfg.max_steps_per_epoch``."""
-    per_epoch = steps_per_epoch(batches, cfg.accumulate)
+    """Optimiser steps of one epoch of ``batches`` micro-batches (the last partial group is stepped too),
+    capped by ``cfg.max_steps_per_epoch``."""
+    per_epoch = math.ceil(batches / cfg.accumulate)
     return min(per_epoch, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else per_epoch
 
 
@@ -196,20 +197,14 @@ def prepare_model(cfg: TrainConfig, device: torch.device, steps_per_epoch: int, 
 
 def build_criterion(cfg: TrainConfig, device: torch.device, data: DataSetup | None = None) -> nn.Module:
     """The loss of ``cfg``; class weights (``cfg.class_weights``) come from the train split's pixel counts in ``data``."""
-    weights = None
+    weights = None  # without ``data`` (the throughput benchmark) ``cfg.class_weights`` must be "none"
     if cfg.class_weights != "none":
-        if data is None:
-            raise ValueError("class weights need the data set's pixel counts")
         weights = class_weights_from_counts(data.stats.counts_for(data.train_ids), method=cfg.class_weights).to(device)
-    return build_loss(
-        cfg.loss, class_weights=weights, ignore_index=IGNORE_INDEX, label_smoothing=cfg.label_smoothing,
-        focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha, dice_smooth=cfg.dice_smooth, dice_log=cfg.dice_log,
-        focal_weight=cfg.focal_weight, dice_weight=cfg.dice_weight, tversky_alpha=cfg.tversky_alpha,
-        tversky_beta=cfg.tversky_beta,
-    )
+    settings = ("label_smoothing", "focal_gamma", "focal_alpha", "dice_smooth", "dice_log", "focal_weight", "dice_weight",
+                "tversky_alpha", "tversky_beta")
+    return build_loss(cfg.loss, class_weights=weights, ignore_index=IGNORE_INDEX, **{k: getattr(cfg, k) for k in settings})
 
 
 def step_context(setup: ModelSetup, device: torch.device) -> StepContext:
     """Device, autocast dtype and ImageNet normalisation for the steps of ``setup``'s model."""
-    return StepContext(device, setup.amp_dtype, torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
-                       torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1), setup.channels_last)
+    return StepContext.make(device, setup.amp_dtype, IMAGENET_MEAN, IMAGENET_STD, setup.channels_last)

@@ -9,15 +9,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
+from dronseg_edge.checkpoint import load_checkpoint
 from dronseg_edge.classes import CLASS_NAMES
 from dronseg_edge.data.aeroscapes import dataset_samples
 from dronseg_edge.data.dataset import SegmentationDataset
 from dronseg_edge.data.rle import submission_rows, write_submission
-from dronseg_edge.devices import resolve_device
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import checked_image_size
-from dronseg_edge.train.evaluation import step_context
+from dronseg_edge.train.evaluation import checkpoint_model
 
 
 def write_competition_csv(checkpoint: Path, data: Path, out: Path, order: str = "row", batch: int = 4,
@@ -30,9 +29,7 @@ def write_competition_csv(checkpoint: Path, data: Path, out: Path, order: str = 
     # Masks are not read for test images: the dataset yields an IGNORE mask of the native size, which gives the shape.
     samples = [type(s)(s.image_id, s.image_path, None) for s in samples]
     batch = batch if len({checked_image_size(s.image_path) for s in samples}) == 1 else 1
-    torch_device = resolve_device(device)
-    ctx = step_context(ckpt, torch_device)
-    model = model_from_checkpoint(ckpt).to(torch_device)
+    model, ctx = checkpoint_model(ckpt, device)
     dataset = SegmentationDataset(samples, tuple(ckpt["input_size"]), augment=None, native_masks=True)
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers)
     rows: list[tuple[str, str]] = []

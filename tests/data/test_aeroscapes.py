@@ -212,24 +212,3 @@ def test_the_data_check_decodes_within_its_pixel_budget_whatever_the_threads(tmp
     monkeypatch.setattr(aeroscapes, "DECODE_BUDGET_PIXELS", 2 * 32 * 24)  # two images at a time
     validate_samples(dataset_samples(tmp_path), workers=8, max_pixels=32 * 24)
     assert most[0] == 2
-
-
-def test_a_pixel_budget_lets_one_oversized_holder_through_alone():
-    budget = aeroscapes.PixelBudget(10)
-    with budget.hold(25):  # larger than the budget: it must still go, alone
-        assert budget.used == 25
-    entered, leave = threading.Event(), threading.Event()
-
-    def second():
-        with budget.hold(6):
-            entered.set()
-            leave.wait(5)
-
-    waiting = threading.Thread(target=second)
-    with budget.hold(6):
-        waiting.start()
-        assert not entered.wait(0.1) and budget.used == 6  # 6 + 6 > 10: the second holder waits
-    assert entered.wait(5) and budget.used == 6  # it got in once the first left
-    leave.set()
-    waiting.join(5)
-    assert budget.used == 0

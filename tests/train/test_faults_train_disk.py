@@ -11,7 +11,7 @@ import torch
 from testkit import TINY_ARCH, TINY_SIZE, mount_tmpfs, run_cli
 
 import dronseg_edge.checkpoint as checkpoint_module
-import dronseg_edge.train.events as events_module
+import dronseg_edge.train.tracking as tracking_module
 import dronseg_edge.train.plots as plots_module
 from dronseg_edge.atomic import storage_failure
 from dronseg_edge.checkpoint import load_checkpoint, save_checkpoint
@@ -126,7 +126,7 @@ def test_the_nth_save_failing_stops_the_run_and_resume_finishes_it(synth_root, t
 def test_a_tensorboard_write_failure_warns_once_and_metrics_go_on(tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
-    fail_nth_open(monkeypatch, events_module, 1, ERRORS["ENOSPC"], fail_at_write=3)  # header, epoch 1, then full
+    fail_nth_open(monkeypatch, tracking_module, 1, ERRORS["ENOSPC"], fail_at_write=3)  # header, epoch 1, then full
     warnings = []
     log = MetricsLog(tmp_path, tensorboard=True, warn=warnings.append)
     for epoch in (1, 2, 3):

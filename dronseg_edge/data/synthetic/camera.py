@@ -63,13 +63,9 @@ class Camera:
         near = width / self.zoom
         depth = self.spread * (height - self.horizon_px) / (self.squash * self.zoom)
         forward, right = self._axes
-        origin = np.asarray(self.position, dtype=np.float64)
-
-        def ground(lateral: float, ahead: float) -> np.ndarray:
-            return origin + lateral * right + ahead * forward
-
-        far = self.spread * near / 2.0
-        src = np.float32([ground(-near / 2, 0), ground(near / 2, 0), ground(far, depth), ground(-far, depth)])
+        origin, far = np.asarray(self.position, dtype=np.float64), self.spread * near / 2.0
+        corners = ((-near / 2, 0), (near / 2, 0), (far, depth), (-far, depth))  # (lateral, ahead)
+        src = np.float32([origin + lateral * right + ahead * forward for lateral, ahead in corners])
         dst = np.float32([[0, height], [width, height], [width, self.horizon_px], [0, self.horizon_px]])
         return cv2.getPerspectiveTransform(src, dst)
 
@@ -94,41 +90,30 @@ class Camera:
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """World (N, 2) -> screen pixels (N, 2), float64."""
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        hom = pts @ self.homography[:, :2].T + self.homography[:, 2]
-        w = np.maximum(hom[:, 2:3], 1e-9)
-        return hom[:, :2] / w
+        return transform(self.homography, points, floor=1e-9)
 
     def unproject(self, pixels: np.ndarray) -> np.ndarray:
         """Screen pixels (N, 2) on the ground -> world (N, 2)."""
-        inv = np.linalg.inv(self.homography)
-        pix = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)
-        hom = pix @ inv[:, :2].T + inv[:, 2]
-        return hom[:, :2] / hom[:, 2:3]
+        return transform(np.linalg.inv(self.homography), pixels)
 
     def scale_at(self, points: np.ndarray) -> np.ndarray:
         """Screen pixels per world unit (square root of the local area ratio) at world points (N, 2)."""
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         base = self.project(pts)
-        du = self.project(pts + [1.0, 0.0]) - base
-        dv = self.project(pts + [0.0, 1.0]) - base
+        du, dv = self.project(pts + [1.0, 0.0]) - base, self.project(pts + [0.0, 1.0]) - base
         return np.sqrt(np.abs(du[:, 0] * dv[:, 1] - du[:, 1] * dv[:, 0]))
 
     def lateral_scale(self, points: np.ndarray) -> np.ndarray:
         """Screen pixels per world unit along the screen's horizontal at world points (N, 2)."""
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        _, right = self._axes
-        return np.linalg.norm(self.project(pts + right) - self.project(pts), axis=1)
+        return np.linalg.norm(self.project(pts + self._axes[1]) - self.project(pts), axis=1)
 
     def footprint(self) -> np.ndarray:
         """World corners (4, 2) of the ground the screen shows (sky excluded)."""
         width, height = self.size
-        corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float64)
-        unrolled = corners @ np.linalg.inv(self.roll_matrix)[:2, :2].T + np.linalg.inv(self.roll_matrix)[:2, 2]
+        unrolled = transform(np.linalg.inv(self.roll_matrix), [[0, 0], [width, 0], [width, height], [0, height]])
         unrolled[:, 1] = np.maximum(unrolled[:, 1], self.horizon_px + 1e-3)
-        inv = np.linalg.inv(self._unrolled)
-        hom = unrolled @ inv[:, :2].T + inv[:, 2]
-        return hom[:, :2] / hom[:, 2:3]
+        return transform(np.linalg.inv(self._unrolled), unrolled)
 
     def sample_ground(self, rng: np.random.Generator, count: int, margin: float = 0.08) -> np.ndarray:
         """``count`` random world points (N, 2) that appear on screen, away from its edges."""
@@ -136,9 +121,13 @@ class Camera:
         top = max(self.horizon_px, 0.0) + margin * height
         u = rng.uniform(margin * width, (1 - margin) * width, count)
         v = rng.uniform(top, (1 - margin) * height, count)
-        unrolled = np.stack([u, v], axis=1)
-        screen = unrolled @ self.roll_matrix[:2, :2].T + self.roll_matrix[:2, 2]
-        return self.unproject(screen)
+        return self.unproject(transform(self.roll_matrix, np.stack([u, v], axis=1)))
+
+
+def transform(matrix: np.ndarray, points, floor: float | None = None) -> np.ndarray:
+    """Points (N, 2) through the 3x3 projective ``matrix`` -> (N, 2) float64; ``floor`` bounds w from below."""
+    hom = np.asarray(points, dtype=np.float64).reshape(-1, 2) @ matrix[:, :2].T + matrix[:, 2]
+    return hom[:, :2] / (hom[:, 2:3] if floor is None else np.maximum(hom[:, 2:3], floor))
 
 
 def clip_to_halfplane(poly: np.ndarray, plane: np.ndarray) -> np.ndarray:
@@ -149,9 +138,8 @@ def clip_to_halfplane(poly: np.ndarray, plane: np.ndarray) -> np.ndarray:
     if np.all(side < 0):
         return poly[:0]
     out = []
-    count = len(poly)
-    for i in range(count):
-        j = (i + 1) % count
+    for i in range(len(poly)):
+        j = (i + 1) % len(poly)
         if side[i] >= 0:
             out.append(poly[i])
         if (side[i] >= 0) != (side[j] >= 0):
@@ -160,7 +148,8 @@ def clip_to_halfplane(poly: np.ndarray, plane: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float64).reshape(-1, 2)
 
 
-VIEW_KINDS = ("nadir", "oblique", "sky")
+# The tilted views' spread, squash and horizon ranges, and the std of their roll.
+TILTED = {"oblique": ((1.3, 2.2), (0.55, 0.9), (-0.3, -0.05), 0.025), "sky": ((1.6, 2.6), (0.45, 0.8), (0.12, 0.33), 0.03)}
 
 
 def random_view(rng: np.random.Generator, size: tuple[int, int], kind: str) -> Camera:
@@ -169,13 +158,8 @@ def random_view(rng: np.random.Generator, size: tuple[int, int], kind: str) -> C
     heading = float(rng.uniform(0, 2 * math.pi))
     if kind == "nadir":
         return Camera(size, (0.0, 0.0), heading)
-    if kind == "oblique":
-        return Camera(size, (0.0, 0.0), heading, 1.0, float(rng.uniform(1.3, 2.2)), float(rng.uniform(0.55, 0.9)),
-                      float(rng.uniform(-0.3, -0.05)), float(rng.normal(0, 0.025)))
-    if kind == "sky":
-        return Camera(size, (0.0, 0.0), heading, 1.0, float(rng.uniform(1.6, 2.6)), float(rng.uniform(0.45, 0.8)),
-                      float(rng.uniform(0.12, 0.33)), float(rng.normal(0, 0.03)))
-    raise ValueError(f"unknown view kind {kind!r}; expected one of {VIEW_KINDS}")
+    *ranges, roll = TILTED[kind]
+    return Camera(size, (0.0, 0.0), heading, 1.0, *(float(rng.uniform(*r)) for r in ranges), float(rng.normal(0, roll)))
 
 
 def moved(camera: Camera, rng: np.random.Generator) -> Camera:

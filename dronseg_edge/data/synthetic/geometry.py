@@ -24,9 +24,7 @@ def blob(rng: np.random.Generator, center, radius: float, roughness: float = 0.2
          stretch: float = 1.0, angle: float = 0.0) -> np.ndarray:
     """Irregular closed shape around ``center`` with mean ``radius`` (smoothly varying radius)."""
     theta = np.linspace(0, 2 * math.pi, points, endpoint=False)
-    wobble = np.zeros(points)
-    for harmonic in (2, 3, 5):
-        wobble += rng.normal(0, roughness / harmonic) * np.cos(harmonic * theta + rng.uniform(0, 2 * math.pi))
+    wobble = sum(rng.normal(0, roughness / h) * np.cos(h * theta + rng.uniform(0, 2 * math.pi)) for h in (2, 3, 5))
     r = radius * np.clip(1.0 + wobble, 0.35, 1.8)
     local = np.stack([np.cos(theta) * r * stretch, np.sin(theta) * r], axis=1)
     return rotate(local, angle) + np.asarray(center, dtype=np.float64)
@@ -45,10 +43,7 @@ def curve(rng: np.random.Generator, anchor, heading: float, step: float, bounds,
     x0, y0, x1, y1 = bounds
     halves = []
     for direction in (0.0, math.pi):
-        point = np.asarray(anchor, dtype=np.float64)
-        angle = heading + direction
-        turn = 0.0
-        pts = []
+        point, angle, turn, pts = np.asarray(anchor, dtype=np.float64), heading + direction, 0.0, []
         for _ in range(4000):
             turn = 0.85 * turn + rng.normal(0, wiggle)
             angle += turn
@@ -57,8 +52,7 @@ def curve(rng: np.random.Generator, anchor, heading: float, step: float, bounds,
             if not (x0 <= point[0] <= x1 and y0 <= point[1] <= y1):
                 break
         halves.append(pts)
-    line = halves[1][::-1] + [np.asarray(anchor, dtype=np.float64)] + halves[0]
-    return np.asarray(line)
+    return np.asarray(halves[1][::-1] + [np.asarray(anchor, dtype=np.float64)] + halves[0])
 
 
 def normals(line: np.ndarray) -> np.ndarray:
@@ -71,9 +65,7 @@ def normals(line: np.ndarray) -> np.ndarray:
 def band(line: np.ndarray, width: float, offset: float = 0.0) -> np.ndarray:
     """Polygon (2N, 2) of a strip ``width`` wide along ``line``, shifted ``offset`` to its left."""
     n = normals(line)
-    left = line + n * (offset + width / 2)
-    right = line + n * (offset - width / 2)
-    return np.concatenate([left, right[::-1]])
+    return np.concatenate([line + n * (offset + width / 2), (line + n * (offset - width / 2))[::-1]])
 
 
 def arc_lengths(line: np.ndarray) -> np.ndarray:
@@ -101,12 +93,7 @@ def distance_to_line(points: np.ndarray, line: np.ndarray) -> np.ndarray:
     return np.sqrt(((pts - closest) ** 2).sum(-1)).min(axis=1)
 
 
-def dashes(line: np.ndarray, dash: float, gap: float, width: float, offset: float = 0.0) -> list[np.ndarray]:
-    """Rectangles of a dashed line along ``line`` (lane markings, parking stalls)."""
-    total = arc_lengths(line)[-1]
-    out = []
-    for s in np.arange(gap / 2, total - dash, dash + gap):
-        point, angle = point_on(line, s + dash / 2)
-        normal = np.array([-math.sin(angle), math.cos(angle)])
-        out.append(rect(point + normal * offset, dash, width, angle))
-    return out
+def dashes(line: np.ndarray, dash: float, gap: float, width: float) -> list[np.ndarray]:
+    """Rectangles (4, 2) of a dashed line along ``line`` (lane markings)."""
+    starts = np.arange(gap / 2, arc_lengths(line)[-1] - dash, dash + gap)
+    return [rect(point, dash, width, angle) for point, angle in (point_on(line, s + dash / 2) for s in starts)]

@@ -44,29 +44,22 @@ class SceneContext:
 
     def sample(self, count: int, margin: float = 0.06, camera: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``count`` world points seen by the cameras, and world units per screen pixel at each."""
-        points, per_px = [], []
+        seen = []
         for _ in range(count):
             cam = self.cameras[camera if camera is not None else int(self.rng.integers(len(self.cameras)))]
-            point = cam.sample_ground(self.rng, 1, margin)
-            points.append(point[0])
-            per_px.append(1.0 / max(float(cam.scale_at(point)[0]), 1e-6))
-        return np.asarray(points).reshape(-1, 2), np.asarray(per_px)
+            seen.append((cam.sample_ground(self.rng, 1, margin), cam))
+        return (np.asarray([point[0] for point, _ in seen]).reshape(-1, 2),
+                np.asarray([1.0 / max(float(cam.scale_at(point)[0]), 1e-6) for point, cam in seen]))
 
     def is_free(self, point, radius: float, road: bool = True, water: bool = True) -> bool:
         point = np.asarray(point, dtype=np.float64)
-        for centre, r in self.blockers:
-            if np.hypot(*(point - centre)) < r + radius:
-                return False
-        if road and any(geo.distance_to_line(point, line)[0] < width / 2 + radius for line, width in self.roads):
-            return False
-        if water and any(geo.distance_to_line(point, axis)[0] < half + radius for _, axis, half in self.waters):
-            return False
-        return True
+        return not (any(np.hypot(*(point - centre)) < r + radius for centre, r in self.blockers)
+                    or road and any(geo.distance_to_line(point, line)[0] < width / 2 + radius for line, width in self.roads)
+                    or water and any(geo.distance_to_line(point, axis)[0] < half + radius for _, axis, half in self.waters))
 
     def on_screen(self, point, margin: float = 0.05) -> bool:
         """Whether the first camera shows ``point``, ``margin`` (fraction of the size) inside its edges."""
-        width, height = self.cameras[0].size
-        u, v = self.cameras[0].project(np.asarray(point, dtype=np.float64))[0]
+        (width, height), (u, v) = self.cameras[0].size, self.cameras[0].project(np.asarray(point, dtype=np.float64))[0]
         top = max(self.cameras[0].horizon_px, 0.0)
         return margin * width <= u <= (1 - margin) * width and top + margin * height <= v <= (1 - margin) * height
 
@@ -106,8 +99,7 @@ def pick(ctx: SceneContext, colours: list) -> tuple:
 
 def terrain(ctx: SceneContext, theme: str) -> None:
     """Base cover plus field, soil and pavement patches, all ground level (classes 0 and 9)."""
-    rng = ctx.rng
-    view = ctx.view_size()
+    rng, view = ctx.rng, ctx.view_size()
     if theme == "urban":
         ctx.world.base_material = ctx.material(BACKGROUND, pick(ctx, PAVEMENT), 6, 8)
         mix = [(VEGETATION, GRASS, 0.45), (BACKGROUND, SOIL, 0.25), (BACKGROUND, PAVEMENT, 0.3)]
@@ -122,24 +114,18 @@ def terrain(ctx: SceneContext, theme: str) -> None:
     for centre in points:
         cls, colours, _ = mix[int(rng.choice(len(mix), p=[m[2] for m in mix]))]
         material = ctx.material(cls, pick(ctx, colours), rng.uniform(8, 20), rng.uniform(6, 14))
-        size = view * rng.uniform(0.15, 0.55)
-        angle = rng.uniform(0, math.pi)
+        size, angle = view * rng.uniform(0.15, 0.55), rng.uniform(0, math.pi)
         if rng.random() < 0.5:
             field_poly = geo.rect(centre, size * rng.uniform(1, 2), size, angle)
             ctx.ground(material, field_poly)
-            if cls == VEGETATION and rng.random() < 0.5:
-                _crop_rows(ctx, centre, size, angle, field_poly)
+            if cls == VEGETATION and rng.random() < 0.5:  # crop rows across the field
+                length, spacing = np.hypot(*(field_poly[0] - field_poly[1])), max(ctx.metres(rng.uniform(0.8, 2.0)), 2.0)
+                rows = ctx.material(VEGETATION, (70, 100, 45), 10, 8)
+                across = np.array([math.cos(angle + math.pi / 2), math.sin(angle + math.pi / 2)])
+                for offset in np.arange(-size / 2 + spacing / 2, size / 2, spacing)[:150]:
+                    ctx.ground(rows, geo.rect(np.asarray(centre) + across * offset, length, spacing * 0.45, angle))
         else:
             ctx.ground(material, geo.blob(rng, centre, size / 2, 0.3, stretch=rng.uniform(1, 2), angle=angle))
-
-
-def _crop_rows(ctx: SceneContext, centre, size: float, angle: float, field_poly: np.ndarray) -> None:
-    length = np.hypot(*(field_poly[0] - field_poly[1]))
-    spacing = max(ctx.metres(ctx.rng.uniform(0.8, 2.0)), 2.0)
-    rows = ctx.material(VEGETATION, (70, 100, 45), 10, 8)
-    direction = np.array([math.cos(angle + math.pi / 2), math.sin(angle + math.pi / 2)])
-    for offset in np.arange(-size / 2 + spacing / 2, size / 2, spacing)[:150]:
-        ctx.ground(rows, geo.rect(np.asarray(centre) + direction * offset, length, spacing * 0.45, angle))
 
 
 def water(ctx: SceneContext, river: bool, need_pond: bool = False) -> None:
@@ -148,19 +134,15 @@ def water(ctx: SceneContext, river: bool, need_pond: bool = False) -> None:
     Called after the roads: a pond keeps clear of them (unless ``need_pond`` and there is no
     room), a river is drawn under them (bridges).
     """
-    rng = ctx.rng
-    view = ctx.view_size()
+    rng, view = ctx.rng, ctx.view_size()
     candidates, _ = ctx.sample(1 if river else 24, margin=0.12, camera=0)
     room = [ctx.clearance(c) for c in candidates]
     centre, room = candidates[int(np.argmax(room))], max(room)
+    # No room between the roads: a needed pond floods one (a boat ramp), else a river passes under them.
     if room < 0.06 * view and not river:
-        if need_pond:  # no room between the roads: the pond floods one (a boat ramp)
-            room = 0.15 * view
-        else:
-            river = True  # a river passes under the roads instead
+        room, river = (0.15 * view, False) if need_pond else (room, True)
     colour = pick(ctx, [(55, 85, 100), (60, 90, 80), (80, 105, 120)])
-    shore = ctx.material(BACKGROUND, (150, 135, 100), 10, 10)
-    surface = ctx.material(BACKGROUND, colour, 6, 2)
+    shore, surface = ctx.material(BACKGROUND, (150, 135, 100), 10, 10), ctx.material(BACKGROUND, colour, 6, 2)
     if river:
         width = view * rng.uniform(0.15, 0.35)
         axis = geo.curve(rng, centre, rng.uniform(0, 2 * math.pi), width, _grow(ctx.bounds, width), 0.03)
@@ -172,8 +154,7 @@ def water(ctx: SceneContext, river: bool, need_pond: bool = False) -> None:
     else:
         radius = min(view * rng.uniform(0.12, 0.25), room / 1.25)
         poly = geo.blob(rng, centre, radius, 0.15)
-        ctx.ground(shore, geo.blob(rng, centre, radius * 1.1, 0.1))
-        ctx.ground(surface, poly)
+        ctx.world.ground += [(shore, geo.blob(rng, centre, radius * 1.1, 0.1)), (surface, poly)]
         ctx.waters.append((poly, np.array([centre, centre + 1e-3]), radius * 0.8))
 
 
@@ -198,16 +179,13 @@ def roads(ctx: SceneContext, count: int, width_m: tuple[float, float], along: fl
         if rng.random() < 0.5:
             ctx.ground(ctx.material(BACKGROUND, pick(ctx, PAVEMENT), 6, 8),
                        geo.band(line, width + 2 * ctx.metres(rng.uniform(1.5, 3.5))))
-        surface = ctx.material(ROAD, pick(ctx, ASPHALT), 6, 7)
-        ctx.ground(surface, geo.band(line, width))
+        ctx.ground(ctx.material(ROAD, pick(ctx, ASPHALT), 6, 7), geo.band(line, width))
         if width >= ctx.metres(5.0) and rng.random() < 0.8:
             paint = ctx.material(ROAD, pick(ctx, [(230, 230, 225), (225, 195, 70)]), 3, 3, jitter=4)
             stripe = max(ctx.metres(0.15), 0.6)
-            for dash in geo.dashes(line, ctx.metres(3.0), ctx.metres(rng.uniform(3, 9)), stripe):
-                ctx.ground(paint, dash)
-            if rng.random() < 0.6:
-                for side in (-1, 1):
-                    ctx.ground(paint, geo.band(line, stripe, side * (width / 2 - ctx.metres(0.4))))
+            ctx.world.ground += [(paint, dash) for dash in geo.dashes(line, ctx.metres(3.0), ctx.metres(rng.uniform(3, 9)), stripe)]
+            if rng.random() < 0.6:  # edge lines
+                ctx.world.ground += [(paint, geo.band(line, stripe, side * (width / 2 - ctx.metres(0.4)))) for side in (-1, 1)]
         ctx.roads.append((line, width))
 
 
@@ -215,20 +193,16 @@ def parking(ctx: SceneContext) -> list[tuple[np.ndarray, float]]:
     """A parking lot beside the first road (class 10 with stall lines); returns stall poses."""
     if not ctx.roads:
         return []
-    rng = ctx.rng
-    line, width = ctx.roads[0]
+    rng, (line, width) = ctx.rng, ctx.roads[0]
     point, angle = geo.point_on(line, geo.arc_lengths(line)[-1] * rng.uniform(0.3, 0.7))
     length, depth = ctx.metres(rng.uniform(20, 50)), ctx.metres(rng.uniform(11, 17))
     normal = np.array([-math.sin(angle), math.cos(angle)]) * rng.choice([-1, 1])
     centre = point + normal * (width / 2 + depth / 2)
     ctx.ground(ctx.material(ROAD, pick(ctx, ASPHALT), 6, 7), geo.rect(centre, length, depth, angle))
     paint = ctx.material(ROAD, (225, 225, 220), 3, 3, jitter=4)
-    stall = ctx.metres(2.6)
-    along = np.array([math.cos(angle), math.sin(angle)])
-    stalls = []
+    stall, along, stalls = ctx.metres(2.6), np.array([math.cos(angle), math.sin(angle)]), []
     for offset in np.arange(-length / 2 + stall, length / 2, stall):
-        ctx.ground(paint, geo.rect(centre + along * offset, max(ctx.metres(0.12), 0.6), depth * 0.4,
-                                   angle).reshape(-1, 2) + normal * depth * 0.25)
+        ctx.ground(paint, geo.rect(centre + along * offset, max(ctx.metres(0.12), 0.6), depth * 0.4, angle) + normal * depth * 0.25)
         stalls.append((centre + along * (offset - stall / 2) + normal * depth * 0.25, angle + math.pi / 2))
     ctx.blockers.append((centre, 0.5 * min(length, depth)))
     return stalls
@@ -244,16 +218,12 @@ def buildings(ctx: SceneContext, count: int) -> None:
         if not ctx.is_free(centre, 0.55 * math.hypot(length, depth)):
             continue
         count -= 1
-        height = ctx.metres(rng.uniform(3, 12))
-        roof_rgb = pick(ctx, ROOFS)
-        wall = ctx.material(CONSTRUCTION, pick(ctx, WALLS), 4, 4)
-        roof = ctx.material(CONSTRUCTION, roof_rgb, 5, 6)
+        height, roof_rgb = ctx.metres(rng.uniform(3, 12)), pick(ctx, ROOFS)
+        wall, roof = ctx.material(CONSTRUCTION, pick(ctx, WALLS), 4, 4), ctx.material(CONSTRUCTION, roof_rgb, 5, 6)
         lit = ctx.material(CONSTRUCTION, np.clip(np.asarray(roof_rgb) * 1.25 + 10, 0, 255), 5, 6, jitter=3)
-        parts = [Part(geo.rect((0, 0), length, depth), roof, height, 0.0, wall)]
-        if rng.random() < 0.65:  # gable roof: the sunlit half is brighter
-            parts.append(Part(geo.rect((0, depth / 4), length, depth / 2), lit, height))
-        else:
-            parts.append(Part(geo.rect((0, 0), length * 0.6, depth * 0.5), lit, height))
+        # A gable roof's sunlit half is brighter; a flat roof has a lighter structure on top.
+        top = geo.rect((0, depth / 4), length, depth / 2) if rng.random() < 0.65 else geo.rect((0, 0), length * 0.6, depth * 0.5)
+        parts = [Part(geo.rect((0, 0), length, depth), roof, height, 0.0, wall), Part(top, lit, height)]
         ctx.item(Item(parts, np.array([centre]), rng.uniform(0, math.pi)), block=0.55 * math.hypot(length, depth))
 
 
@@ -271,11 +241,9 @@ def trees(ctx: SceneContext, count: int) -> None:
             continue
         height = ctx.metres(rng.uniform(4, 12))
         sunward = -np.asarray(ctx.world.sun) / max(np.hypot(*ctx.world.sun), 1e-9) * radius * 0.3
-        parts = [
-            Part(geo.rect((0, 0), radius * 0.2, radius * 0.2), trunk, height * 0.4, 0.0, trunk),
-            Part(geo.blob(rng, (0, 0), radius, 0.25, 18), dark, height, height * 0.35, dark),
-            Part(geo.blob(rng, sunward, radius * 0.55, 0.3, 12), light, height),
-        ]
+        parts = [Part(geo.rect((0, 0), radius * 0.2, radius * 0.2), trunk, height * 0.4, 0.0, trunk),
+                 Part(geo.blob(rng, (0, 0), radius, 0.25, 18), dark, height, height * 0.35, dark),
+                 Part(geo.blob(rng, sunward, radius * 0.55, 0.3, 12), light, height)]
         ctx.item(Item(parts, np.array([centre])), block=radius * 0.5)
 
 
@@ -290,16 +258,14 @@ def obstacles(ctx: SceneContext, poles: int, fences: int, barriers: int) -> None
         point, angle = geo.point_on(line, geo.arc_lengths(line)[int(s)])
         offset = (width / 2 + ctx.metres(rng.uniform(0.8, 2.5))) * rng.choice([-1, 1])
         spot = point + offset * np.array([-math.sin(angle), math.cos(angle)])
-        thick = max(ctx.metres(0.3), 1.4 * per_px)
-        height = ctx.metres(rng.uniform(5, 10))
+        thick, height = max(ctx.metres(0.3), 1.4 * per_px), ctx.metres(rng.uniform(5, 10))
         parts = [Part(geo.rect((0, 0), thick, thick), grey, height, 0.0, grey),
                  Part(geo.rect((0, 0), thick, max(ctx.metres(1.6), 3 * per_px)), grey, height)]
         ctx.item(Item(parts, np.array([spot]), angle), block=thick)
     for _ in range(fences):
         colour = ctx.material(OBSTACLE, pick(ctx, [(120, 95, 70), (160, 160, 160), (220, 220, 215)]), 2, 3)
         (start,), (per_px,) = ctx.sample(1)
-        angle = rng.uniform(0, 2 * math.pi)
-        thick = max(ctx.metres(0.12), 1.4 * per_px)
+        angle, thick = rng.uniform(0, 2 * math.pi), max(ctx.metres(0.12), 1.4 * per_px)
         for _ in range(int(rng.integers(1, 4))):
             length = ctx.metres(rng.uniform(5, 20))
             middle = start + length / 2 * np.array([math.cos(angle), math.sin(angle)])

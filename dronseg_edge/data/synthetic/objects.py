@@ -25,23 +25,19 @@ def _grow(ctx: SceneContext, visible_m: float, per_px: float, min_px: float = 3.
 
 
 def person_parts(ctx: SceneContext, per_px: float) -> list[Part]:
-    rng = ctx.rng
-    unit = _grow(ctx, 0.45, per_px)
+    rng, unit = ctx.rng, _grow(ctx, 0.45, per_px)
     clothes = ctx.material(PERSON, pick(ctx, CLOTHES), 2, 4, jitter=15)
     legs = ctx.material(PERSON, pick(ctx, [(40, 45, 70), (30, 30, 32), (120, 110, 90)]), 2, 3)
     hair = ctx.material(PERSON, pick(ctx, [(40, 30, 25), (90, 65, 40), (20, 20, 20), (170, 140, 90)]), 1, 2)
     height = rng.uniform(1.55, 1.9) * unit
-    return [
-        Part(geo.ellipse((0, 0), 0.3 * unit, 0.5 * unit, points=10), clothes, 0.8 * height, 0.0, legs),
-        Part(geo.ellipse((0, 0), 0.28 * unit, 0.5 * unit, points=10), clothes, 0.85 * height, 0.5 * height, clothes),
-        Part(geo.ellipse((0.02 * unit, 0), 0.22 * unit, 0.2 * unit, points=8), hair, height, 0.85 * height, hair),
-    ]
+    return [Part(geo.ellipse((0, 0), 0.3 * unit, 0.5 * unit, points=10), clothes, 0.8 * height, 0.0, legs),
+            Part(geo.ellipse((0, 0), 0.28 * unit, 0.5 * unit, points=10), clothes, 0.85 * height, 0.5 * height, clothes),
+            Part(geo.ellipse((0.02 * unit, 0), 0.22 * unit, 0.2 * unit, points=8), hair, height, 0.85 * height, hair)]
 
 
 def people(ctx: SceneContext, count: int, speed_m: float = 1.4) -> None:
     """``count`` people (class 1), often in small groups, walking slowly in random directions."""
-    rng = ctx.rng
-    placed = 0
+    rng, placed = ctx.rng, 0
     while placed < count:
         (centre,), (per_px,) = ctx.sample(1)
         group = min(count - placed, int(rng.integers(1, 5)))
@@ -64,51 +60,37 @@ def bikes(ctx: SceneContext, count: int) -> None:
         thin = max(0.12 * unit, 1.3 * per_px)
         frame = ctx.material(BIKE, pick(ctx, [(30, 30, 35), (180, 30, 30), (40, 70, 160), (200, 200, 200)]), 2, 2)
         tyre = ctx.material(BIKE, (25, 25, 25), 1, 2)
-        parts = [
-            Part(geo.rect((0.55 * unit, 0), 0.7 * unit, thin), tyre, 0.7 * unit, 0.0, tyre),
-            Part(geo.rect((-0.55 * unit, 0), 0.7 * unit, thin), tyre, 0.7 * unit, 0.0, tyre),
-            Part(geo.rect((0, 0), 1.1 * unit, thin), frame, 0.9 * unit, 0.3 * unit, frame),
-            Part(geo.rect((0.5 * unit, 0), thin, 0.6 * unit), frame, 1.0 * unit, 0.8 * unit, frame),
-        ]
-        path, speed, lateral = np.array([spot]), 0.0, 0.0
-        heading = rng.uniform(0, 2 * math.pi)
+        parts = [*(Part(geo.rect((x * unit, 0), 0.7 * unit, thin), tyre, 0.7 * unit, 0.0, tyre) for x in (0.55, -0.55)),
+                 Part(geo.rect((0, 0), 1.1 * unit, thin), frame, 0.9 * unit, 0.3 * unit, frame),
+                 Part(geo.rect((0.5 * unit, 0), thin, 0.6 * unit), frame, 1.0 * unit, 0.8 * unit, frame)]
+        path, speed, lateral, heading = np.array([spot]), 0.0, 0.0, rng.uniform(0, 2 * math.pi)
         ridden = rng.random() < 0.8
         if ridden:
             if ctx.roads and rng.random() < 0.7:
                 path, width = ctx.roads[int(rng.integers(len(ctx.roads)))]
                 lateral = width * rng.uniform(0.25, 0.42) * rng.choice([-1, 1])
-                heading = 0.0
             else:
                 path = np.array([spot, spot + ctx.metres(60) * np.array([math.cos(heading), math.sin(heading)])])
-                heading = 0.0
-            speed = ctx.metres(rng.uniform(3, 6))
+            heading, speed = 0.0, ctx.metres(rng.uniform(3, 6))
         s0 = _nearest_arc(path, spot)
-        ctx.item(Item(parts, path, heading, s0, speed, lateral))
-        if ridden:
-            rider = person_parts(ctx, per_px)
-            ctx.item(Item(rider, path, heading, s0, speed, lateral))
+        for body in [parts] + ([person_parts(ctx, per_px)] if ridden else []):  # the bike, then its rider
+            ctx.item(Item(body, path, heading, s0, speed, lateral))
 
 
 def _nearest_arc(path: np.ndarray, point) -> float:
-    if len(path) < 2:
-        return 0.0
-    return float(geo.arc_lengths(path)[int(np.argmin(np.hypot(*(path - point).T)))])
+    return float(geo.arc_lengths(path)[int(np.argmin(np.hypot(*(path - point).T)))]) if len(path) > 1 else 0.0
 
 
 def car_parts(ctx: SceneContext, per_px: float) -> list[Part]:
-    rng = ctx.rng
-    unit = _grow(ctx, 1.8, per_px, 4.0)
-    length, width = rng.uniform(3.8, 4.9) * unit, rng.uniform(1.7, 1.95) * unit
-    paint_rgb = pick(ctx, CAR_PAINT)
+    rng, unit = ctx.rng, _grow(ctx, 1.8, per_px, 4.0)
+    length, width, paint_rgb = rng.uniform(3.8, 4.9) * unit, rng.uniform(1.7, 1.95) * unit, pick(ctx, CAR_PAINT)
     paint = ctx.material(CAR, paint_rgb, 1, 2, jitter=8)
     side = ctx.material(CAR, np.asarray(paint_rgb) * 0.75, 1, 2, jitter=4)
     glass = ctx.material(CAR, (35, 40, 48), 1, 1, jitter=4)
     height = rng.uniform(1.4, 1.7) * unit
-    return [
-        Part(geo.rect((0, 0), length, width), paint, 0.6 * height, 0.0, side),
-        Part(geo.rect((-0.05 * length, 0), 0.55 * length, 0.92 * width), glass, height, 0.6 * height, glass),
-        Part(geo.rect((-0.1 * length, 0), 0.3 * length, 0.85 * width), paint, height),
-    ]
+    return [Part(geo.rect((0, 0), length, width), paint, 0.6 * height, 0.0, side),
+            Part(geo.rect((-0.05 * length, 0), 0.55 * length, 0.92 * width), glass, height, 0.6 * height, glass),
+            Part(geo.rect((-0.1 * length, 0), 0.3 * length, 0.85 * width), paint, height)]
 
 
 def cars(ctx: SceneContext, count: int, stalls: list[tuple[np.ndarray, float]]) -> None:
@@ -127,8 +109,7 @@ def cars(ctx: SceneContext, count: int, stalls: list[tuple[np.ndarray, float]]) 
         if not ctx.roads:
             return
         road = int(rng.integers(len(ctx.roads)))
-        line, width = ctx.roads[road]
-        side = int(rng.choice([-1, 1]))
+        (line, width), side = ctx.roads[road], int(rng.choice([-1, 1]))
         speed, taken = lanes.setdefault((road, side), (ctx.metres(rng.uniform(4, 14)) * -side, []))
         (near,), (per_px,) = ctx.sample(1)
         s0 = _nearest_arc(line, near)
@@ -159,11 +140,9 @@ def animals(ctx: SceneContext, count: int) -> None:
             spot = centre + rng.normal(0, ctx.metres(1), 2)
         coat = ctx.material(ANIMAL, pick(ctx, coats), 2, 5, jitter=10)
         head = ctx.material(ANIMAL, np.asarray(pick(ctx, coats)) * 0.8, 2, 4, jitter=6)
-        parts = [
-            Part(geo.ellipse((0, 0), length_m * unit, width_m * unit, points=12), coat, height_m * unit, 0.0, coat),
-            Part(geo.ellipse((0.55 * length_m * unit, 0), 0.35 * length_m * unit, 0.45 * width_m * unit, points=8),
-                 head, height_m * unit, 0.5 * height_m * unit, head),
-        ]
+        parts = [Part(geo.ellipse((0, 0), length_m * unit, width_m * unit, points=12), coat, height_m * unit, 0.0, coat),
+                 Part(geo.ellipse((0.55 * length_m * unit, 0), 0.35 * length_m * unit, 0.45 * width_m * unit, points=8),
+                      head, height_m * unit, 0.5 * height_m * unit, head)]
         heading = rng.uniform(0, 2 * math.pi)
         path = np.array([spot, spot + ctx.metres(10) * np.array([math.cos(heading), math.sin(heading)])])
         ctx.item(Item(parts, path, speed=ctx.metres(rng.uniform(0.0, 0.3))))
@@ -179,8 +158,7 @@ def boats(ctx: SceneContext, count: int, small: bool = False) -> None:
         per_px = 1.0 / max(float(ctx.cameras[0].scale_at(axis[len(axis) // 2])[0]), 1e-6)
         unit = _grow(ctx, 1.6, per_px)
         length_m, beam_m = (rng.uniform(2.0, 3.2), rng.uniform(0.9, 1.3)) if small else (rng.uniform(3.5, 9.0), rng.uniform(1.5, 2.8))
-        length, beam = length_m * unit, beam_m * unit
-        beam = min(beam, 1.6 * half)
+        length, beam = length_m * unit, min(beam_m * unit, 1.6 * half)
         hull_rgb = pick(ctx, [(235, 235, 230), (180, 40, 40), (40, 70, 140), (200, 170, 60)])
         hull = ctx.material(BOAT, hull_rgb, 1, 3)
         side = ctx.material(BOAT, np.asarray(hull_rgb) * 0.7, 1, 2)
@@ -206,18 +184,14 @@ def boats(ctx: SceneContext, count: int, small: bool = False) -> None:
 
 def drone(ctx: SceneContext, size: tuple[int, int], in_sky: bool, sky_bottom: float) -> None:
     """A quadcopter (class 4) as an X with rotor discs, flying in screen space (sky or over ground)."""
-    rng = ctx.rng
-    width, height = size
+    rng, (width, height) = ctx.rng, size
     span = max(rng.uniform(25, 75) * width / 1280, 8.0)
     arm = max(0.1 * span, 1.4)
     body = ctx.material(DRONE, pick(ctx, [(40, 40, 45), (230, 230, 230), (120, 120, 125)]), 0, 2)
     rotor = ctx.material(DRONE, (170, 170, 175), 0, 3, jitter=6)
-    parts = []
-    for angle in (math.pi / 4, -math.pi / 4):
-        parts.append((body, geo.rect((0, 0), span * 0.8, arm, angle)))
-    for angle in (math.pi / 4, 3 * math.pi / 4, -math.pi / 4, -3 * math.pi / 4):
-        centre = 0.4 * span * np.array([math.cos(angle), math.sin(angle)])
-        parts.append((rotor, geo.ellipse(centre, 0.34 * span, 0.34 * span, points=10)))
+    parts = [(body, geo.rect((0, 0), span * 0.8, arm, angle)) for angle in (math.pi / 4, -math.pi / 4)]
+    parts += [(rotor, geo.ellipse(0.4 * span * np.array([math.cos(a), math.sin(a)]), 0.34 * span, 0.34 * span, points=10))
+              for a in (math.pi / 4, 3 * math.pi / 4, -math.pi / 4, -3 * math.pi / 4)]
     parts.append((body, geo.rect((0, 0), 0.3 * span, 0.24 * span)))
     margin = span / min(width, height)
     if in_sky:
@@ -225,7 +199,6 @@ def drone(ctx: SceneContext, size: tuple[int, int], in_sky: bool, sky_bottom: fl
     else:
         top, bottom = 0.1 + margin, 0.9 - margin
     position = (rng.uniform(0.1 + margin, 0.9 - margin), rng.uniform(top, max(top, bottom)))
-    speed = rng.uniform(0.03, 0.1)
-    heading = rng.uniform(0, 2 * math.pi)
+    speed, heading = rng.uniform(0.03, 0.1), rng.uniform(0, 2 * math.pi)
     velocity = (speed * math.cos(heading), speed * math.sin(heading) * (0.3 if in_sky else 1.0))
     ctx.world.flyers.append(ScreenItem(parts, position, velocity, rng.uniform(0, math.pi), rng.normal(0, 0.3)))

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from dronseg_edge.data.synthetic.camera import Camera, clip_to_halfplane
+from dronseg_edge.data.synthetic import geometry as geo
+from dronseg_edge.data.synthetic.camera import Camera, clip_to_halfplane, transform
 
 SKY = 11
 _SHIFT = 3  # fillPoly sub-pixel bits: vertices keep 1/8 px precision
@@ -60,7 +61,6 @@ class Item:
     s0: float = 0.0
     speed: float = 0.0
     lateral: float = 0.0
-    shadow: bool = True
 
     def pose(self, t: float) -> tuple[np.ndarray, float]:
         """World position (2,) and facing angle (radians) at time ``t`` seconds."""
@@ -68,13 +68,13 @@ class Item:
             return self.path[0], self.heading
         seg = np.diff(self.path, axis=0)
         lengths = np.hypot(seg[:, 0], seg[:, 1])
+        ends = np.cumsum(lengths)
         total = float(lengths.sum())
         s = (self.s0 + self.speed * t) % (2 * total)
         forward = s <= total
         s = s if forward else 2 * total - s
-        index = min(int(np.searchsorted(np.cumsum(lengths), s)), len(seg) - 1)
-        start = float(np.cumsum(lengths)[index] - lengths[index])
-        frac = (s - start) / max(lengths[index], 1e-9)
+        index = min(int(np.searchsorted(ends, s)), len(seg) - 1)
+        frac = (s - float(ends[index] - lengths[index])) / max(lengths[index], 1e-9)
         direction = seg[index] / max(lengths[index], 1e-9)
         normal = np.array([direction[1], -direction[0]])
         point = self.path[index] + frac * seg[index] + self.lateral * normal
@@ -83,8 +83,7 @@ class Item:
 
     def place(self, point: np.ndarray, angle: float) -> list[np.ndarray]:
         """The parts' polygons in world units with the object at ``point`` facing ``angle``."""
-        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-        return [part.poly @ rot.T + point for part in self.parts]
+        return [geo.rotate(part.poly, angle) + point for part in self.parts]
 
 
 @dataclass
@@ -103,9 +102,7 @@ class ScreenItem:
     def screen_polys(self, size: tuple[int, int], t: float) -> list[tuple[int, np.ndarray]]:
         x = (self.position[0] + self.velocity[0] * t) * size[0]
         y = (self.position[1] + self.velocity[1] * t) * size[1]
-        angle = self.angle + self.spin * t
-        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-        return [(material, poly @ rot.T + [x, y]) for material, poly in self.parts]
+        return [(material, geo.rotate(poly, self.angle + self.spin * t) + [x, y]) for material, poly in self.parts]
 
 
 @dataclass
@@ -156,16 +153,18 @@ def _project_polys(camera: Camera, polys: list[np.ndarray]) -> list[np.ndarray |
     polys = [p if np.all(p @ plane[:2] + plane[2] >= 0) else clip_to_halfplane(p, plane) for p in polys]
     sizes = [len(p) for p in polys]
     flat = camera.project(np.concatenate(polys)) if sum(sizes) else np.zeros((0, 2))
-    out, start = [], 0
-    for size in sizes:
-        out.append(flat[start:start + size] if size >= 3 else None)
-        start += size
-    return out
+    return [poly if len(poly) >= 3 else None for poly in np.split(flat, np.cumsum(sizes)[:-1])]
 
 
 def _fill(canvas: np.ndarray, poly: np.ndarray, value: int) -> None:
     # One polygon per call: fillPoly given several contours XORs their overlaps.
     cv2.fillPoly(canvas, [np.round(poly * _SCALE).astype(np.int32)], int(value), cv2.LINE_8, _SHIFT)
+
+
+def _paint(mat: np.ndarray, shade: np.ndarray, poly: np.ndarray, material: int) -> None:
+    """Draw ``material`` over ``poly``: what stands on top is never in the ground's shadow."""
+    _fill(mat, poly, material)
+    _fill(shade, poly, 0)
 
 
 def _hull(points: np.ndarray) -> np.ndarray:
@@ -177,8 +176,7 @@ def _rasterise(world: World, camera: Camera, t: float) -> tuple[np.ndarray, np.n
     width, height = camera.size
     mat = np.full((height, width), world.base_material, np.uint8)
     shade = np.zeros((height, width), np.uint8)
-    materials = [m for m, _ in world.ground]
-    for material, poly in zip(materials, _project_polys(camera, [p for _, p in world.ground])):
+    for (material, _), poly in zip(world.ground, _project_polys(camera, [p for _, p in world.ground])):
         if poly is not None:
             _fill(mat, poly, material)
 
@@ -187,7 +185,7 @@ def _rasterise(world: World, camera: Camera, t: float) -> tuple[np.ndarray, np.n
     posed = [(item, item.place(*pose)) for item, pose in zip(world.items, poses)]
     sun = np.asarray(world.sun)
     shadows = [_hull(np.concatenate([poly, poly + sun * part.z]))
-               for item, polys in posed if item.shadow
+               for item, polys in posed
                for part, poly in zip(item.parts, polys) if part.z > 0]
     for poly in _project_polys(camera, shadows):
         if poly is not None:
@@ -207,52 +205,34 @@ def _rasterise(world: World, camera: Camera, t: float) -> tuple[np.ndarray, np.n
                 continue
             top = screen + shift * part.z
             if part.side >= 0 and part.z > part.z0 and camera.tilt > 0:
-                walls = _hull(np.concatenate([screen + shift * part.z0, top]))
-                _fill(mat, walls, part.side)
-                _fill(shade, walls, 0)
-            _fill(mat, top, part.material)
-            _fill(shade, top, 0)
+                _paint(mat, shade, _hull(np.concatenate([screen + shift * part.z0, top])), part.side)
+            _paint(mat, shade, top, part.material)
     for flyer in world.flyers:
         for material, poly in flyer.screen_polys(camera.size, t):
-            _fill(mat, poly, material)
-            _fill(shade, poly, 0)
+            _paint(mat, shade, poly, material)
     return mat, shade
 
 
 def _draw_sky(world: World, camera: Camera, mat: np.ndarray, shade: np.ndarray) -> None:
-    width, height = camera.size
-    horizon = camera.horizon_px
-    roll = camera.roll_matrix
-
-    def rolled(points: np.ndarray) -> np.ndarray:
-        return points @ roll[:2, :2].T + roll[:2, 2]
-
+    (width, height), horizon = camera.size, camera.horizon_px
     sky = np.array([[-width, horizon], [2 * width, horizon], [2 * width, -2 * height], [-width, -2 * height]])
-    _fill(mat, rolled(sky), world.sky_material)
-    _fill(shade, rolled(sky), 0)  # shadows cast beyond the far edge must not darken the sky
+    # Shadows cast beyond the far edge must not darken the sky: _paint clears them.
+    _paint(mat, shade, transform(camera.roll_matrix, sky), world.sky_material)
     for material, poly in world.skyline:
-        outline = rolled(np.column_stack([poly[:, 0] * width, horizon - poly[:, 1] * height]))
-        _fill(mat, outline, material)
-        _fill(shade, outline, 0)
+        outline = np.column_stack([poly[:, 0] * width, horizon - poly[:, 1] * height])
+        _paint(mat, shade, transform(camera.roll_matrix, outline), material)
 
 
 def _lookup_tables(world: World) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    classes = np.zeros(256, np.uint8)
-    colours = np.zeros((1, 256, 3), np.float32)
-    amps = np.zeros((1, 256, 2), np.float32)
-    for index, m in enumerate(world.materials):
-        classes[index] = m.cls
-        colours[0, index] = m.rgb[::-1]  # OpenCV images are BGR
-        amps[0, index] = (m.coarse, m.fine)
-    return classes, colours, amps
+    """Class (256,) uint8, BGR colour (1, 256, 3) and texture amplitude (1, 256, 2) float32 per material."""
+    rows = np.zeros((256, 6), np.float32)
+    rows[:len(world.materials)] = [(m.cls, *m.rgb[::-1], m.coarse, m.fine) for m in world.materials]  # OpenCV is BGR
+    return rows[:, 0].astype(np.uint8), rows[None, :, 1:4].copy(), rows[None, :, 4:6].copy()
 
 
 def render_view(world: World, camera: Camera, t: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Render ``world`` at time ``t`` (seconds) through ``camera``.
-
-    Returns the image (H, W, 3) uint8 **BGR** and the class mask (H, W) uint8 (values 0..11).
-    ``rng`` only supplies sensor grain, so the mask does not depend on it.
-    """
+    """Image (H, W, 3) uint8 **BGR** and class mask (H, W) uint8 (0..11) of ``world`` at ``t`` seconds through
+    ``camera``; ``rng`` only supplies sensor grain, so the mask does not depend on it."""
     width, height = camera.size
     mat, shade = _rasterise(world, camera, t)
     classes, colours, amps = _lookup_tables(world)
@@ -290,10 +270,8 @@ def render_view(world: World, camera: Camera, t: float, rng: np.random.Generator
         if haze_weight is not None:
             top = channel[:haze_rows]
             top += (np.float32(light.haze_rgb[2 - c]) - top) * haze_weight
-        gain = np.float32(light.gain[c] * light.contrast)
-        bias = np.float32(light.gain[c] * (128.0 * (1.0 - light.contrast) + light.offset))
-        channel *= gain
-        channel += bias
+        channel *= np.float32(light.gain[c] * light.contrast)
+        channel += np.float32(light.gain[c] * (128.0 * (1.0 - light.contrast) + light.offset))
         np.clip(channel, 0, 255, out=channel)
         channels.append(channel.astype(np.uint8))
     image = cv2.merge(channels)
@@ -314,5 +292,4 @@ def _sky_light(world: World, camera: Camera, mask: np.ndarray, lum: np.ndarray) 
     if world.clouds is not None:
         clouds = cv2.resize(world.clouds, (width, rows), interpolation=cv2.INTER_CUBIC)
         extra += np.clip(clouds, 0, None) * 45.0
-    region = lum[:rows]
-    region[is_sky] += extra[is_sky]
+    lum[:rows][is_sky] += extra[is_sky]

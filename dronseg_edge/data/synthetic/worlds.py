@@ -75,18 +75,15 @@ def build_world(rng: np.random.Generator, cameras: list[Camera], forced: frozens
     landscape.roads(ctx, road_count, spec["width"], along=cameras[0].heading - math.pi / 2 if video else None)
     stalls = landscape.parking(ctx) if rng.random() < spec["parking"] else []
     if objects.BOAT in forced or rng.random() < spec["water"]:
-        boat = objects.BOAT in forced
-        landscape.water(ctx, river=not boat and rng.random() < 0.5, need_pond=boat)
+        landscape.water(ctx, river=objects.BOAT not in forced and rng.random() < 0.5, need_pond=objects.BOAT in forced)
     landscape.buildings(ctx, max(_counts(rng, *spec["buildings"], scale), int(CONSTRUCTION in forced)))
     landscape.trees(ctx, _counts(rng, *spec["trees"], scale))
     landscape.obstacles(ctx, _counts(rng, *spec["poles"], scale), _counts(rng, *spec["fences"], scale),
                         _counts(rng, *spec["barriers"], scale))
 
-    car_count = _maybe(rng, spec["cars"], scale)
-    objects.cars(ctx, max(car_count, 4 if video else int(objects.CAR in forced)), stalls)
+    objects.cars(ctx, max(_maybe(rng, spec["cars"], scale), 4 if video else int(objects.CAR in forced)), stalls)
     objects.bikes(ctx, max(_maybe(rng, spec["bikes"], scale), int(objects.BIKE in forced)))
-    people = _maybe(rng, spec["people"], scale)
-    objects.people(ctx, max(people, 4 if video else int(objects.PERSON in forced)))
+    objects.people(ctx, max(_maybe(rng, spec["people"], scale), 4 if video else int(objects.PERSON in forced)))
     if rng.random() < spec["herd"]:
         objects.animals(ctx, int(rng.integers(3, 11)))
     elif objects.ANIMAL in forced:
@@ -98,36 +95,27 @@ def build_world(rng: np.random.Generator, cameras: list[Camera], forced: frozens
     if has_sky:
         _sky(ctx)
     if video or objects.DRONE in forced or rng.random() < 0.03:
-        sky_bottom = min(cam.horizon for cam in cameras)
-        objects.drone(ctx, size, has_sky and rng.random() < 0.7, sky_bottom)
+        objects.drone(ctx, size, has_sky and rng.random() < 0.7, min(cam.horizon for cam in cameras))
     _noise(ctx)
     return world
 
 
 def _light(ctx: SceneContext, cameras: list[Camera]) -> None:
     rng = ctx.rng
-    warmth = rng.normal(0, 0.05)
-    level = rng.uniform(0.82, 1.18)
-    oblique = any(cam.spread > 1 for cam in cameras)
-    ctx.world.light = Lighting(
-        gain=(level * (1 - warmth), level, level * (1 + warmth)),  # BGR: warm light lifts red, cuts blue
-        contrast=rng.uniform(0.85, 1.15),
-        offset=rng.uniform(-10, 10),
-        shadow=rng.uniform(0.2, 0.55),
-        haze_rgb=tuple(rng.uniform(185, 225, 3) * [0.97, 0.99, 1.03]),
+    warmth, level, oblique = rng.normal(0, 0.05), rng.uniform(0.82, 1.18), any(cam.spread > 1 for cam in cameras)
+    ctx.world.light = Lighting(  # BGR gains: warm light lifts red, cuts blue
+        gain=(level * (1 - warmth), level, level * (1 + warmth)), contrast=rng.uniform(0.85, 1.15),
+        offset=rng.uniform(-10, 10), shadow=rng.uniform(0.2, 0.55), haze_rgb=tuple(rng.uniform(185, 225, 3) * [0.97, 0.99, 1.03]),
         haze=rng.uniform(0.05, 0.4) if oblique else 0.0,
         blur=rng.uniform(0.3, 0.9) * min(1.0, cameras[0].size[0] / 640) if rng.random() < 0.6 else 0.0,
-        grain=rng.uniform(1.0, 4.0),
-    )
-    azimuth = rng.uniform(0, 2 * math.pi)
-    length = rng.uniform(0.3, 1.0)
+        grain=rng.uniform(1.0, 4.0))
+    azimuth, length = rng.uniform(0, 2 * math.pi), rng.uniform(0.3, 1.0)
     ctx.world.sun = (length * math.cos(azimuth), length * math.sin(azimuth))
 
 
 def _sky(ctx: SceneContext) -> None:
     """Sky (class 11), a distant tree line and skyline buildings along the horizon, clouds."""
-    rng = ctx.rng
-    world = ctx.world
+    rng, world = ctx.rng, ctx.world
     blue = np.array([150, 190, 230]) if rng.random() < 0.7 else np.array([195, 200, 210])
     world.sky_material = world.add_material(Material(SKY, tuple(float(c) for c in blue + rng.normal(0, 8, 3))))
     world.clouds = rng.standard_normal((3, 7)).astype(np.float32) if rng.random() < 0.6 else None
@@ -144,10 +132,8 @@ def _sky(ctx: SceneContext) -> None:
 
 def _noise(ctx: SceneContext) -> None:
     """World-anchored texture: channel 0 coarse patches, channel 1 fine grain, unit variance."""
-    rng = ctx.rng
-    x0, y0, x1, y1 = ctx.bounds
-    cell = max(1.0, ctx.metres(0.15))
-    cell = max(cell, max(x1 - x0, y1 - y0) / 1500)  # cap the grid at 1500 px a side
+    rng, (x0, y0, x1, y1) = ctx.rng, ctx.bounds
+    cell = max(1.0, ctx.metres(0.15), max(x1 - x0, y1 - y0) / 1500)  # the grid is at most 1500 px a side
     width, height = int((x1 - x0) / cell) + 2, int((y1 - y0) / cell) + 2
     coarse_shape = (max(2, height // 24), max(2, width // 24))
     coarse = cv2.resize(rng.standard_normal(coarse_shape).astype(np.float32), (width, height),

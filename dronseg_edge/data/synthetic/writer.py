@@ -135,16 +135,13 @@ def image_id(sequence: int, frame: int) -> str:
     return f"{sequence + 1:06d}_{frame + 1:03d}"
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def _encode(ext: str, array: np.ndarray, params: list[int] | None = None) -> bytes:
-    ok, buffer = cv2.imencode(ext, array, params or [])
+def _write_image(path: Path, array: np.ndarray, params: tuple[int, ...] = ()) -> None:
+    """Encode ``array`` for ``path``'s suffix and write it atomically."""
+    ok, buffer = cv2.imencode(path.suffix, array, list(params))
     if not ok:
-        raise RuntimeError(f"OpenCV could not encode a {ext} image")
-    return buffer.tobytes()
+        raise RuntimeError(f"OpenCV could not encode a {path.suffix} image")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.tobytes())
 
 
 def _render_stills(root: Path, lengths: list[int], test_ids: set[str], size: tuple[int, int], seed: int,
@@ -157,17 +154,15 @@ def _render_stills(root: Path, lengths: list[int], test_ids: set[str], size: tup
         rng = np.random.default_rng([seed, 1, seq])
         rare = RARE[order[seq % len(RARE)]]  # rotas, so even a dozen images show every class
         frequent = FREQUENT[order_frequent[seq % len(FREQUENT)]]
-        kind = "sky" if rare == SKY else ("nadir" if rng.random() < 0.45 else "oblique")
-        cameras = [random_view(rng, size, kind)]
-        for _ in range(length - 1):
+        cameras = [random_view(rng, size, "sky" if rare == SKY else ("nadir" if rng.random() < 0.45 else "oblique"))]
+        while len(cameras) < length:
             cameras.append(moved(cameras[-1], rng))
         world = build_world(rng, cameras, forced=frozenset({rare, frequent}))
         for frame, camera in enumerate(cameras):
             image, mask = render_view(world, camera, frame * SECONDS_BETWEEN_VIEWS, np.random.default_rng([seed, 3, seq, frame]))
             ident = image_id(seq, frame)
-            _write_bytes(root / IMAGE_DIR / f"{ident}.jpg", _encode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]))
-            mask_dir = TEST_MASK_DIR if ident in test_ids else MASK_DIR
-            _write_bytes(root / mask_dir / f"{ident}.png", _encode(".png", mask))
+            _write_image(root / IMAGE_DIR / f"{ident}.jpg", image, (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
+            _write_image(root / (TEST_MASK_DIR if ident in test_ids else MASK_DIR) / f"{ident}.png", mask)
             if ident not in test_ids:
                 counts += np.bincount(mask.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
             tick()
@@ -177,8 +172,7 @@ def _render_stills(root: Path, lengths: list[int], test_ids: set[str], size: tup
 def _render_video(root: Path, frames: int, size: tuple[int, int], fps: float, seed: int, tick: Callable[[], None]) -> Path:
     """Write video.mp4 (mp4v) and its per-frame masks; the video goes to a temporary name first."""
     rng = np.random.default_rng([seed, 2])
-    kind = str(rng.choice(["oblique", "nadir", "sky"], p=[0.5, 0.3, 0.2]))
-    cameras = flight(rng, size, kind, frames, fps)
+    cameras = flight(rng, size, str(rng.choice(["oblique", "nadir", "sky"], p=[0.5, 0.3, 0.2])), frames, fps)
     guides = cameras[:: max(1, frames // 8)] + [cameras[-1]]
     world = build_world(rng, guides, forced=frozenset({CAR, PERSON, DRONE}),
                         theme=str(rng.choice(["urban", "suburban"])), video=True)
@@ -197,17 +191,11 @@ def _render_video(root: Path, frames: int, size: tuple[int, int], fps: float, se
             for index, camera in enumerate(cameras):
                 image, mask = render_view(world, camera, index / fps, np.random.default_rng([seed, 6, index]))
                 writer.write(image)
-                _write_bytes(root / VIDEO_MASK_DIR / f"{index:06d}.png", _encode(".png", mask))
+                _write_image(root / VIDEO_MASK_DIR / f"{index:06d}.png", mask)
                 tick()
         finally:
             writer.release()
-        try:
-            _check_video(tmp, frames, size)
-        except DronsegError:
-            # OpenCV's writer fails silently: a short video on a nearly full disk is the disk's fault.
-            if low_space(root):
-                raise short_write_failure(final, "OpenCV wrote a short video") from None
-            raise
+        _check_video(tmp, frames, size, final)
         with storage_errors(final):
             os.replace(tmp, final)
     finally:
@@ -215,13 +203,13 @@ def _render_video(root: Path, frames: int, size: tuple[int, int], fps: float, se
     return final
 
 
-def _check_video(path: Path, frames: int, size: tuple[int, int]) -> None:
+def _check_video(path: Path, frames: int, size: tuple[int, int], final: Path) -> None:
     capture = cv2.VideoCapture(str(path))
-    try:
-        got = (int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
-               int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    finally:
-        capture.release()
+    got = tuple(int(capture.get(p)) for p in (cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
+    capture.release()
+    if got != (frames, *size) and low_space(path.parent):
+        # OpenCV's writer fails silently: a short video on a nearly full disk is the disk's fault.
+        raise short_write_failure(final, "OpenCV wrote a short video")
     if got != (frames, *size):
         raise DronsegError(f"the video written to {path} has {got[0]} frames of {got[1]}x{got[2]}, expected "
                            f"{frames} of {format_size(size)}: this OpenCV build cannot write mp4v; pass --video-frames 0")
@@ -231,24 +219,20 @@ def _remove_stale(root: Path, train: set[str], test: set[str], frames: int) -> N
     """After --force: drop synthetic files of an earlier run that the new CSVs do not describe."""
     keep = {IMAGE_DIR: train | test, MASK_DIR: train, TEST_MASK_DIR: test}
     for folder, ids in keep.items():
-        if (root / folder).is_dir():
-            for path in (root / folder).iterdir():
-                if _STILL_NAME.match(path.name) and path.stem not in ids:
-                    path.unlink()
-    if (root / VIDEO_MASK_DIR).is_dir():
-        for path in (root / VIDEO_MASK_DIR).iterdir():
-            if _FRAME_NAME.match(path.name) and int(path.stem) >= frames:
+        for path in (root / folder).glob("*"):
+            if _STILL_NAME.match(path.name) and path.stem not in ids:
                 path.unlink()
+    for path in (root / VIDEO_MASK_DIR).glob("*"):
+        if _FRAME_NAME.match(path.name) and int(path.stem) >= frames:
+            path.unlink()
     if frames == 0:
         (root / VIDEO_NAME).unlink(missing_ok=True)
 
 
-def _csv_text(header: list[str], rows: list[list[str]]) -> str:
+def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+    write_text_atomic(path, buffer.getvalue())
 
 
 def synthesize(out_dir: Path, images: int = 60, size: tuple[int, int] = (1280, 720), video_frames: int = 90,
@@ -279,14 +263,12 @@ def synthesize(out_dir: Path, images: int = 60, size: tuple[int, int] = (1280, 7
         _remove_stale(root, set(train_ids), set(test_ids), video_frames)
 
     shares = {name: float(c) / max(int(counts.sum()), 1) for name, c in zip(CLASS_NAMES, counts)}
-    write_json_atomic(root / "synth.json", {
-        "generator": "dronseg-edge synth", "seed": seed, "size": list(size), "images": images,
-        "train": len(train_ids), "test": len(test_ids), "video_frames": video_frames, "fps": fps,
-        "class_shares": shares,
-    })
-    write_text_atomic(root / "train.csv", _csv_text(["ImageID"], [[i] for i in train_ids]))
-    write_text_atomic(root / "test.csv", _csv_text(["ImageID"], [[i] for i in test_ids]))
-    write_text_atomic(root / "sampleSubmission.csv", _csv_text(
-        ["ImageID", "EncodedPixels"], [[f"{i}_{c}", ""] for i in test_ids for c in range(NUM_CLASSES)]))
+    write_json_atomic(root / "synth.json", {"generator": "dronseg-edge synth", "seed": seed, "size": list(size), "images": images,
+                                            "train": len(train_ids), "test": len(test_ids), "video_frames": video_frames,
+                                            "fps": fps, "class_shares": shares})
+    _write_csv(root / "train.csv", ["ImageID"], [[i] for i in train_ids])
+    _write_csv(root / "test.csv", ["ImageID"], [[i] for i in test_ids])
+    _write_csv(root / "sampleSubmission.csv", ["ImageID", "EncodedPixels"],
+               [[f"{i}_{c}", ""] for i in test_ids for c in range(NUM_CLASSES)])
     return SynthResult(root, train_ids, test_ids, video, (root / VIDEO_MASK_DIR) if video else None, shares,
                        size, float(fps), video_frames)
