@@ -26,12 +26,15 @@ def system_info(device) -> dict[str, Any]:
         "device": gpu_info(device) if device.type == "cuda" else {"type": "cpu", "name": cpu_model()},
         "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(),
                 "torch_threads": torch.get_num_threads() if torch is not None else None,
-                # other work on the machine is the first suspect for noisy numbers (no load average on Windows)
-                "machine": platform.machine(),
-                "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None},
+                "machine": platform.machine(), "load_average": load_average()},
         "versions": versions(),
         "torch_flags": torch_flags() if torch is not None else None,
     }
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages: other work on the machine is the first suspect for noisy numbers."""
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None  # none on Windows
 
 
 def gpu_info(device) -> dict[str, Any]:
