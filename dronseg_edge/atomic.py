@@ -18,6 +18,7 @@ from typing import Iterator
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.leftovers import working_prefix
+from dronseg_edge.machine import nearest_existing
 
 # A write that fails for one of these is the storage's fault, not a bug: one line, exit code 5.
 # errno -> (summary.json's "stopped" for an infer run, the fix the line names)
@@ -31,11 +32,11 @@ STORAGE_FAULTS = {
 
 def free_bytes(path: os.PathLike | str) -> int | None:
     """Bytes free to this user on the file system holding ``path`` (its nearest existing parent)."""
-    existing = Path(path).absolute()
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
     try:
-        return shutil.disk_usage(existing).free
+        try:  # a run asks of files and folders that exist (once a video frame): statvfs alone
+            return shutil.disk_usage(path).free
+        except FileNotFoundError:
+            return shutil.disk_usage(nearest_existing(path)).free
     except OSError:
         return None
 

@@ -3,6 +3,7 @@
 import errno
 import shutil
 from collections import namedtuple
+from pathlib import Path
 
 import pytest
 
@@ -77,9 +78,16 @@ def test_other_errors_pass_through(tmp_path):
 
 def test_low_space_asks_the_nearest_existing_folder(tmp_path, monkeypatch):
     asked = []
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: asked.append(path) or Usage(1 << 30, 0, 1 << 20))
+
+    def disk_usage(path):
+        asked.append(Path(path))
+        if not Path(path).exists():
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        return Usage(1 << 30, 0, 1 << 20)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
     assert storage.low_space(tmp_path / "not" / "yet" / "made.pt")
-    assert asked == [tmp_path]
+    assert asked[-1] == tmp_path
 
 
 def test_a_ctrl_c_that_a_writer_wrapped_stays_a_ctrl_c(tmp_path):
