@@ -168,12 +168,6 @@ def ensure_writable_dir(path: Path, what: str = "output folder") -> Path:
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it.
@@ -197,8 +191,10 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
                 except FileExistsError:
                     continue
             yield tmp
-            # A new file is 0600; give the result the permissions a plain open() would have.
-            os.chmod(tmp, 0o666 & ~_umask())
+            # A new file is 0600; give the result the permissions a plain open() would have (the umask read by setting it).
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
             os.replace(tmp, final)
     except BaseException:
         if tmp != final:
