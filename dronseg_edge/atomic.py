@@ -1,7 +1,21 @@
-"""Writes that matter go to a temporary file first and are renamed into place.
+"""Writes that matter go to a temporary file first and are renamed into place; a write that fails for
+the storage's sake is one line.
 
 An interrupted run therefore never leaves a half-written checkpoint, engine or report under its
 final name (os.replace is atomic on POSIX and Windows within one file system).
+
+Storage faults that third-party writers hide: torch.save, torch.onnx.export, onnx, OpenCV.
+
+:func:`storage_errors` turns a plain ``OSError`` (ENOSPC, EDQUOT, EROFS, EACCES, ...) into the
+one-line :class:`RuntimeFailure`. Some writers raise something else for the same fault:
+
+- ``torch.save`` raises ``RuntimeError: [enforce fail at inline_container.cc:...] . unexpected pos
+  N vs M`` (or ``PytorchStreamWriter failed writing file ...``): its C++ writer drops errno. Saving
+  to an open Python file instead keeps the ``OSError`` as the error's ``__context__`` (torch 2.14),
+  and where it does not, the free space left tells a full disk from a failing one.
+- exporters may wrap the ``OSError`` in their own exception; it stays in the chain.
+
+:func:`storage_faults` handles all of these; any other exception passes through unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ from typing import Iterator
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.leftovers import working_prefix
+from dronseg_edge.machine import nearest_existing
 
 # A write that fails for one of these is the storage's fault, not a bug: one line, exit code 5.
 # errno -> (summary.json's "stopped" for an infer run, the fix the line names)
@@ -27,15 +42,19 @@ STORAGE_FAULTS = {
     errno.EFBIG: ("disk_full", "choose another --out on a file system that takes larger files"),
     **dict.fromkeys((errno.EROFS, errno.EACCES, errno.EPERM), ("unwritable", "make it writable or choose another --out")),
 }
+# What torch's C++ stream writer says when a write came up short.
+SHORT_WRITE_MARKERS = ("PytorchStreamWriter failed writing", "inline_container.cc", "unexpected pos")
+# A write that stopped short with less than this left on its file system ran out of space.
+LOW_SPACE_BYTES = 64 * 1024 * 1024
 
 
 def free_bytes(path: os.PathLike | str) -> int | None:
     """Bytes free to this user on the file system holding ``path`` (its nearest existing parent)."""
-    existing = Path(path).absolute()
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
     try:
-        return shutil.disk_usage(existing).free
+        try:  # a run asks of files and folders that exist (once a video frame): statvfs alone
+            return shutil.disk_usage(path).free
+        except FileNotFoundError:
+            return shutil.disk_usage(nearest_existing(path)).free
     except OSError:
         return None
 
@@ -85,6 +104,56 @@ def storage_errors(path: os.PathLike | str) -> Iterator[None]:
         raise
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its causes; a context the code suppressed (``raise ... from None``) was handled: not followed."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+
+
+def storage_cause(exc: BaseException) -> OSError | None:
+    """The storage OSError that ``exc`` is, or that its chain of causes holds; None if there is none."""
+    return next((e for e in _chain(exc) if is_storage_error(e)), None)  # type: ignore[return-value]
+
+
+def low_space(path: os.PathLike | str) -> bool:
+    """Whether the file system holding ``path`` (its nearest existing parent) has under LOW_SPACE_BYTES free."""
+    free = free_bytes(path)
+    return free is not None and free < LOW_SPACE_BYTES
+
+
+def short_write_failure(path: os.PathLike | str, detail: str) -> RuntimeFailure:
+    """The one-line error for a write to ``path`` that stopped short without saying why (``detail``)."""
+    if low_space(path):
+        return storage_failure(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path)
+    return RuntimeFailure(f"cannot write {path}: the write stopped short ({detail}; {free_space(path)}): "
+                          "check the disk, or choose another --out")
+
+
+@contextlib.contextmanager
+def storage_faults(path: os.PathLike | str) -> Iterator[None]:
+    """Turn a storage fault raised inside the block, however a writer reports it, into the one-line
+    RuntimeFailure naming ``path``; DronsegErrors and every other exception pass through."""
+    try:
+        yield
+    except DronsegError:
+        raise
+    except Exception as exc:
+        # A Ctrl-C (or exit) that a writer wrapped (torch.save makes it a RuntimeError) is an interruption, not a disk fault.
+        interrupt = next((e for e in _chain(exc) if not isinstance(e, Exception)), None)
+        if interrupt is not None:
+            raise interrupt from None
+        cause = storage_cause(exc)
+        if cause is not None:
+            raise storage_failure(cause, path) from None
+        if isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in SHORT_WRITE_MARKERS):
+            raise short_write_failure(path, "torch: " + " ".join(str(exc).split())[:160]) from None
+        raise
+
+
 def ensure_writable_dir(path: Path, what: str = "output folder") -> Path:
     """Create ``path`` (and parents) or raise a DronsegError naming it."""
     path = Path(path)
@@ -97,12 +166,6 @@ def ensure_writable_dir(path: Path, what: str = "output folder") -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise DronsegError(f"{what} {path} is not writable; choose another output folder")
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @contextlib.contextmanager
@@ -128,8 +191,10 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
                 except FileExistsError:
                     continue
             yield tmp
-            # A new file is 0600; give the result the permissions a plain open() would have.
-            os.chmod(tmp, 0o666 & ~_umask())
+            # A new file is 0600; give the result the permissions a plain open() would have (the umask read by setting it).
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
             os.replace(tmp, final)
     except BaseException:
         if tmp != final:

@@ -20,11 +20,10 @@ import torch
 from torch import nn
 
 from dronseg_edge import __version__
-from dronseg_edge.atomic import atomic_path
+from dronseg_edge.atomic import atomic_path, storage_faults
 from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import CHECKPOINT_FIX, ModelInfo
-from dronseg_edge.storage import storage_faults
 from dronseg_edge.models import ARCHS, build_model, head_channels, output_stride_of
 from dronseg_edge.torch_floor import UnsafeTorch, torch_load
 
@@ -118,7 +117,7 @@ def save_checkpoint(path: os.PathLike | str, state: dict[str, Any]) -> Path:
     """
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
                "torch_version": str(torch.__version__), **state}
-    # An open file, not a path: torch's C++ writer drops errno, its Python one keeps the OSError (storage.py).
+    # An open file, not a path: torch's C++ writer drops errno, its Python one keeps the OSError (atomic.py).
     with atomic_path(path) as tmp, storage_faults(path):
         with open(tmp, "wb") as handle:
             torch.save(payload, handle)

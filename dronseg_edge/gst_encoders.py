@@ -9,7 +9,7 @@ itself (a writer to ``fakesink`` opened and released), so what is checked is wha
 
 This module holds the encoder's part of every pipeline (:func:`encoder_chain`) and opens OpenCV's
 writer on one (:func:`open_gst_writer`); the muxers and sinks around it are the pipeline's
-(``pipeline/video_writer.py``, ``pipeline/gst_streams.py``). Element and property names are checked
+(``pipeline/video_writer.py``, ``pipeline/live_encoder.py``). Element and property names are checked
 against ``gst-inspect-1.0`` in tests/test_gst_encoders.py.
 """
 

@@ -1,5 +1,7 @@
 """Labelled image grids for people to look at: training's validation mosaics (train/mosaics.py) and
-parity's difference picture (export/parity_picture.py). numpy + OpenCV only, written atomically as PNG.
+parity's difference picture (export/parity_picture.py); and the one class-map colouring (a 256-entry
+``cv2.LUT``: :func:`bgr_lut`, :func:`colorize`) that they and the pipeline's overlays use. numpy +
+OpenCV only, written atomically as PNG.
 
 Images here are (H, W, 3) uint8 BGR, as OpenCV draws and writes them; class maps (H, W) integer.
 """
@@ -20,11 +22,22 @@ TEXT_HEIGHT = 22  # px of a caption strip
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
+def bgr_lut(palette_rgb: Sequence[Sequence[int]]) -> np.ndarray:
+    """A (256, 1, 3) uint8 BGR lookup table for ``cv2.LUT``; class ids past the palette map to black."""
+    lut = np.zeros((256, 1, 3), dtype=np.uint8)
+    colours = np.asarray(palette_rgb, dtype=np.uint8).reshape(-1, 3)[:256]
+    lut[: len(colours), 0] = colours[:, ::-1]
+    return lut
+
+
+def colorize(mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Class map (H, W) uint8 -> colour image (H, W, 3) uint8 BGR through ``lut`` (see :func:`bgr_lut`)."""
+    return cv2.LUT(cv2.cvtColor(np.ascontiguousarray(mask), cv2.COLOR_GRAY2BGR), lut)
+
+
 def colour_classes(classes: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     """(H, W) class indices -> (H, W, 3) BGR colours of the RGB ``palette``; indices past it (255, ignored) are black."""
-    table = np.zeros((256, 3), np.uint8)
-    table[: len(palette)] = np.asarray(palette, np.uint8)[:, ::-1]
-    return table[np.clip(np.asarray(classes), 0, 255).astype(np.uint8)]
+    return colorize(np.clip(np.asarray(classes), 0, 255).astype(np.uint8), bgr_lut(palette))
 
 
 def fit_width(image: np.ndarray, width: int, nearest: bool = False) -> np.ndarray:

@@ -1,11 +1,21 @@
 """atomic.py: a write lands whole under its final name or not at all, and leaves no temporary file,
-whenever an interrupt arrives."""
+whenever an interrupt arrives; storage faults that writers hide (in a chain of causes, or torch's
+errno-less short write) are one line."""
 
+import errno
 import os
+import shutil
+from collections import namedtuple
+from pathlib import Path
 
 import pytest
 
 from dronseg_edge import atomic
+from dronseg_edge.atomic import storage_cause, storage_faults
+from dronseg_edge.errors import DronsegError, RuntimeFailure
+
+TORCH_SHORT_WRITE = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
+Usage = namedtuple("Usage", "total used free")
 
 
 def test_an_interrupt_right_after_the_temporary_file_exists_leaves_nothing(tmp_path, monkeypatch):
@@ -30,3 +40,88 @@ def test_a_write_lands_under_its_final_name_with_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_storage_cause_follows_the_chain_but_not_a_suppressed_context():
+    full = OSError(errno.ENOSPC, "No space left on device")
+    try:
+        try:
+            raise full
+        except OSError as exc:
+            raise RuntimeError("exporter failed") from exc
+    except RuntimeError as wrapped:
+        assert storage_cause(wrapped) is full
+    try:
+        try:
+            raise full
+        except OSError:
+            raise ValueError("handled") from None
+    except ValueError as handled:
+        assert storage_cause(handled) is None
+    assert storage_cause(OSError(errno.EIO, "I/O error")) is None  # not a storage errno: a real fault
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES])
+def test_storage_faults_turn_a_wrapped_oserror_into_one_line(tmp_path, code):
+    target = tmp_path / "model.onnx"
+    with pytest.raises(RuntimeFailure) as caught:
+        with storage_faults(target):
+            try:
+                raise OSError(code, "boom")
+            except OSError as exc:
+                raise RuntimeError("wrapped") from exc
+    message = str(caught.value)
+    assert caught.value.exit_code == 5 and "\n" not in message
+    assert message.startswith(f"cannot write {target}: boom (") and " free)" in message
+
+
+def test_torch_short_write_is_a_full_disk_when_space_is_low(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: Usage(10 << 30, 10 << 30, 1 << 20))
+    with pytest.raises(RuntimeFailure, match=r"No space left on device \(1\.0 MB free\): free some space"):
+        with storage_faults(tmp_path / "last.pt"):
+            raise RuntimeError(TORCH_SHORT_WRITE)
+
+
+def test_torch_short_write_with_space_left_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: Usage(100 << 30, 1 << 30, 99 << 30))
+    with pytest.raises(RuntimeFailure, match=r"the write stopped short \(torch: .*unexpected pos 576 vs 534; "
+                                             r"106\.3 GB free\): check the disk"):
+        with storage_faults(tmp_path / "last.pt"):
+            raise RuntimeError(TORCH_SHORT_WRITE)
+
+
+def test_other_errors_pass_through(tmp_path):
+    with pytest.raises(RuntimeError, match="not a write"):
+        with storage_faults(tmp_path / "x"):
+            raise RuntimeError("not a write")
+    with pytest.raises(DronsegError, match="user error") as caught:
+        with storage_faults(tmp_path / "x"):
+            try:
+                raise OSError(errno.ENOSPC, "full")
+            except OSError:
+                raise DronsegError("user error")  # our own message wins, its context notwithstanding
+    assert caught.value.exit_code == 2
+
+
+def test_low_space_asks_the_nearest_existing_folder(tmp_path, monkeypatch):
+    asked = []
+
+    def disk_usage(path):
+        asked.append(Path(path))
+        if not Path(path).exists():
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        return Usage(1 << 30, 0, 1 << 20)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    assert atomic.low_space(tmp_path / "not" / "yet" / "made.pt")
+    assert asked[-1] == tmp_path
+
+
+def test_a_ctrl_c_that_a_writer_wrapped_stays_a_ctrl_c(tmp_path):
+    """torch.save turns a KeyboardInterrupt raised in its Python write callback into a short-write RuntimeError."""
+    with pytest.raises(KeyboardInterrupt):
+        with storage_faults(tmp_path / "last.pt"):
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError(TORCH_SHORT_WRITE)

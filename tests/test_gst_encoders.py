@@ -15,7 +15,7 @@ import pytest
 
 from dronseg_edge import machine
 from dronseg_edge.gst_encoders import GST_ENCODERS, encoder_chain, jetson_encoder
-from dronseg_edge.pipeline.gst_streams import stream_pipeline
+from dronseg_edge.pipeline.live_encoder import stream_pipeline
 from dronseg_edge.pipeline.live_targets import parse_stream_url, sdp_text
 from dronseg_edge.pipeline.video_writer import gst_file_pipeline
 

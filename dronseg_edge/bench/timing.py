@@ -24,8 +24,7 @@ import numpy as np
 
 from dronseg_edge.bench.options import TimingSettings  # imported from here too
 from dronseg_edge.bench.stats import LatencyStats, summarize
-from dronseg_edge.runtime.base import Backend
-from dronseg_edge.runtime.batching import dtype_name
+from dronseg_edge.runtime.base import Backend, dtype_name
 
 @dataclass
 class Measurement:

@@ -33,8 +33,7 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, check_max_pixels
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.metrics import SegmentationMetrics
-from dronseg_edge.runtime.base import Backend
-from dronseg_edge.runtime.batching import pad_batch
+from dronseg_edge.runtime.base import Backend, pad_batch
 from dronseg_edge.runtime.host import class_map_host, preprocess_host, resize_frame
 from dronseg_edge.runtime.registry import is_checkpoint, load_backend
 

@@ -29,7 +29,7 @@ from typing import Any
 import onnx
 import torch
 
-from dronseg_edge.atomic import ensure_writable_dir
+from dronseg_edge.atomic import ensure_writable_dir, storage_faults
 from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
 from dronseg_edge.classes import NUM_CLASSES
 from dronseg_edge.devices import resolve_device
@@ -42,7 +42,6 @@ from dronseg_edge.export.parity import check_parity
 from dronseg_edge.export.parity_report import ParityReport, parity_report_path
 from dronseg_edge.leftovers import RANDOM, TAGGED, FolderClaim, working_prefix, working_tag
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info, sidecar_path
-from dronseg_edge.storage import storage_faults
 
 __all__ = ["ExportResult", "artifact_path", "default_out_dir", "export_artifact", "reusable_artifact"]
 

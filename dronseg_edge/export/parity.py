@@ -27,8 +27,7 @@ from dronseg_edge.export.parity_picture import WorstImage
 from dronseg_edge.export.parity_report import GroundTruthScores, OutputStats, ParityReport, ParityThresholds
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.metrics import SegmentationMetrics, confusion_matrix, iou_from_confusion
-from dronseg_edge.runtime.base import Backend
-from dronseg_edge.runtime.batching import pad_batch
+from dronseg_edge.runtime.base import Backend, pad_batch
 from dronseg_edge.runtime.host import preprocess_host, resize_frame
 from dronseg_edge.runtime.registry import check_model_file, is_checkpoint, load_backend
 from dronseg_edge.runtime.torch import TorchBackend

@@ -9,7 +9,13 @@ at the pace they were segmented, with gaps where frames were dropped.
 
 :class:`PyAVLiveEncoder` muxes with PyAV's FFmpeg (``mpegts`` to udp://, ``rtp`` to rtp://, ``rtsp``
 to rtsp://) through :class:`~dronseg_edge.pipeline.video_writer.PyAVOutput`; it needs no ffmpeg
-program. ``pipeline/gst_streams.py`` has the GStreamer counterpart for a Jetson's hardware encoder.
+program. :class:`GStreamerLiveEncoder` is the counterpart for a Jetson's hardware encoder, through
+OpenCV's GStreamer VideoWriter: the encoder's part of its pipeline is
+:func:`~dronseg_edge.gst_encoders.encoder_chain`, :func:`stream_pipeline` adds ``appsrc`` (OpenCV's
+frames) in front, ``mpegtsmux ! udpsink`` behind it for udp://, ``rtph264pay ! udpsink`` for rtp://
+(files: ``video_writer.OpenCVWriter``). RTSP publishing stays with PyAV: OpenCV's GStreamer writer
+reports no error from its sink, so a server that went away would go unnoticed and never be
+reconnected; over UDP nothing is lost by that, as UDP reports nothing either.
 Both raise OSError when the network or the server refuses, which the stream sink answers by
 reconnecting.
 """
@@ -22,7 +28,8 @@ import time
 import numpy as np
 
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.pipeline.live_targets import StreamTarget
+from dronseg_edge.gst_encoders import encoder_chain, open_gst_writer
+from dronseg_edge.pipeline.live_targets import RTP_PAYLOAD_TYPE, StreamTarget
 from dronseg_edge.pipeline.video_writer import INSTALL_H264, PyAVOutput, _import_av, encoder_opens
 
 KEYFRAME_S = 1.0
@@ -30,6 +37,8 @@ LIVE_X264 = {"preset": "veryfast", "tune": "zerolatency", "bf": "0"}
 FORMATS = {"udp": "mpegts", "rtp": "rtp", "rtsp": "rtsp"}
 # UDP payloads that fit a 1500-byte MTU: 7 MPEG-TS packets (1316 bytes), or an RTP packet of 1200.
 URL_OPTIONS = {"udp": "?pkt_size=1316", "rtp": "?pkt_size=1200", "rtsp": ""}
+# live_targets allows no spaces or quotes in a host, so it can stand in the pipeline's text as it is
+UDP_SINK = "udpsink host={host} port={port} sync=false async=false"
 
 
 class LiveEncoder:
@@ -84,3 +93,29 @@ def _network_error(exc: Exception) -> OSError:
     """PyAV's error as an OSError (its network errors are OSErrors already; a server that answers with
     something else, an RTSP server refusing the publish, is InvalidDataError): the sink reconnects."""
     return exc if isinstance(exc, OSError) else OSError(exc.errno, exc.strerror or str(exc))
+
+
+def stream_pipeline(target: StreamTarget, encoder: str, fps: float, bitrate_kbps: int) -> str:
+    """The pipeline that sends OpenCV's frames to a udp:// (MPEG-TS) or rtp:// ``target`` (rtsp:// goes through PyAV)."""
+    chain = encoder_chain(encoder, round(fps * KEYFRAME_S), bitrate_kbps, live=True)
+    mux = ("mpegtsmux alignment=7" if target.kind == "udp" else
+           f"rtph264pay config-interval=-1 pt={RTP_PAYLOAD_TYPE} mtu=1200")
+    return f"appsrc is-live=true ! {chain} ! {mux} ! {UDP_SINK.format(host=target.host, port=target.port)}"
+
+
+class GStreamerLiveEncoder(LiveEncoder):
+    """A udp:// or rtp:// stream encoded by a GStreamer encoder; ``send`` is True once GStreamer has the frame."""
+
+    def __init__(self, target: StreamTarget, size: tuple[int, int], fps: float, bitrate_kbps: int, encoder: str):
+        self.encoder = encoder
+        self.pipeline = stream_pipeline(target, encoder, fps, bitrate_kbps)
+        self._writer = open_gst_writer(self.pipeline, size, fps)
+
+    def send(self, frame_bgr: np.ndarray) -> bool:
+        self._writer.write(np.ascontiguousarray(frame_bgr))
+        return True
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None

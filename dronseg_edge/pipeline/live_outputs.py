@@ -17,7 +17,7 @@ import numpy as np
 from dronseg_edge.atomic import write_text_atomic
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.gst_encoders import jetson_encoder
-from dronseg_edge.pipeline.live_encoder import PyAVLiveEncoder, check_pyav_streams
+from dronseg_edge.pipeline.live_encoder import GStreamerLiveEncoder, PyAVLiveEncoder, check_pyav_streams
 from dronseg_edge.pipeline.live_targets import (StreamTarget, check_preview, check_stream_settings, is_loopback,
                                                 parse_results_target, parse_stream_urls, sdp_text)
 from dronseg_edge.pipeline.overlay import OverlayPlan
@@ -98,8 +98,6 @@ def _encoder_opener(hardware: str | None):
 
     def open_encoder(target: StreamTarget, size: tuple[int, int], fps: float, bitrate_kbps: int):
         if hardware is not None and target.kind != "rtsp":
-            from dronseg_edge.pipeline.gst_streams import GStreamerLiveEncoder
-
             try:
                 return GStreamerLiveEncoder(target, size, fps, bitrate_kbps, hardware)
             except OSError as exc:

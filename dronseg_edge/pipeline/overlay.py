@@ -1,4 +1,4 @@
-"""Colouring class maps and blending them over frames.
+"""Blending class maps over frames, coloured by :func:`~dronseg_edge.pictures.colorize`.
 
 On the CPU, ``palette[mask]`` (numpy fancy indexing) plus ``cv2.addWeighted`` costs more per 720p
 frame than the model itself; a 256-entry ``cv2.LUT`` does the same several times faster
@@ -14,26 +14,13 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from dronseg_edge.pictures import TEXT_HEIGHT, legend
+from dronseg_edge.pictures import TEXT_HEIGHT, colorize, legend
 from dronseg_edge.pipeline.request import FILTERED
 
 LEGEND_WIDTH = 120  # px: one swatch and name per row (pictures.legend's cell)
 LEGEND_OPACITY = 0.75
 LEGEND_MARGIN = 8  # px from the frame's bottom-left corner
 LEGEND_MAX_SHARE = (0.4, 0.6)  # at most this share of the frame's width and height: a small frame gets none
-
-
-def bgr_lut(palette_rgb: Sequence[Sequence[int]]) -> np.ndarray:
-    """A (256, 1, 3) uint8 BGR lookup table for ``cv2.LUT``; class ids past the palette map to black."""
-    lut = np.zeros((256, 1, 3), dtype=np.uint8)
-    colours = np.asarray(palette_rgb, dtype=np.uint8).reshape(-1, 3)[:256]
-    lut[: len(colours), 0] = colours[:, ::-1]
-    return lut
-
-
-def colorize(mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """Class map (H, W) uint8 -> colour image (H, W, 3) uint8 BGR through ``lut`` (see :func:`bgr_lut`)."""
-    return cv2.LUT(cv2.cvtColor(np.ascontiguousarray(mask), cv2.COLOR_GRAY2BGR), lut)
 
 
 def blend(frame_bgr: np.ndarray, color_bgr: np.ndarray, alpha: float) -> np.ndarray:
@@ -57,7 +44,7 @@ class OverlayPlan:
     ``--show`` window all use (``RunOptions.overlay_plan`` decides whether a run makes one at all).
 
     ``alpha``: opacity of the class colours over the frame, 0..1; ``lut``: the palette from
-    :func:`bgr_lut`; ``legend``: the class names, to draw the legend of the classes seen so far
+    :func:`~dronseg_edge.pictures.bgr_lut`; ``legend``: the class names, to draw the legend of the classes seen so far
     (``--legend``; None: no legend).
 
     Each result's image is made once and kept on it (``Result.overlays``), so the video, the live

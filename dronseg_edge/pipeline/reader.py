@@ -3,6 +3,11 @@
 Two modes: *queued* (files: a bounded queue, so decoding never runs more than ``queue_size``
 frames ahead and memory stays flat) and *live* (cameras, streams: a one-frame slot that the
 newest frame overwrites, so latency cannot grow; overwritten frames are counted as dropped).
+
+:func:`put_unless_stopped` is the bounded-queue put that every pipeline thread uses to hand work on
+(this reader, the sink workers). A plain blocking ``put`` on a full queue would wait forever once its
+consumer has stopped (a failed writer, a run being cancelled), hanging the producer and the run with
+it. Waiting in short slices and asking ``stopped`` between them bounds that wait to one slice.
 """
 
 from __future__ import annotations
@@ -10,12 +15,24 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
-from dronseg_edge.pipeline.queues import put_unless_stopped
 from dronseg_edge.pipeline.sources import FrameRecord, Source
 
 _END = object()
+POLL_S = 0.1  # how long one wait lasts: the longest delay before a stop is noticed
+
+
+def put_unless_stopped(target: queue.Queue, item, stopped: Callable[[], bool]) -> bool:
+    """Put ``item`` into ``target``; True once it went in, False (the item dropped) when ``stopped()``,
+    asked before every wait, came first."""
+    while not stopped():
+        try:
+            target.put(item, timeout=POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 class _LatestSlot:

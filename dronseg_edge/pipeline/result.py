@@ -9,8 +9,8 @@ import numpy as np
 
 from dronseg_edge.classes import PALETTE
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.pictures import write_image
-from dronseg_edge.pipeline.overlay import bgr_lut, colorize, overlay
+from dronseg_edge.pictures import bgr_lut, colorize, write_image
+from dronseg_edge.pipeline.overlay import overlay
 from dronseg_edge.pipeline.request import FILTERED
 
 LOW_CONFIDENCE = 0.5  # a pixel whose most likely class has a probability below this is "low confidence"

@@ -1,4 +1,4 @@
-"""``--results URL|-``: the per-frame JSON lines (pipeline/results_schema.py) for other programs.
+"""``--results URL|-``: one JSON object per frame, on one line, for other programs (its one owner).
 
 Three targets: a file (every line, written whole with one unbuffered write, as stats.jsonl is), the
 standard output (``-``: a shell pipe; the CLI then prints its own lines to standard error) and
@@ -6,25 +6,52 @@ standard output (``-``: a shell pipe; the CLI then prints its own lines to stand
 system cannot take at once is dropped and counted). A file or a pipe keeps every line and so, like the
 other files, paces the run when it cannot keep up; a pipe whose reader has gone (EPIPE) stops the
 results only, with a warning, and the run goes on.
+
+    {"schema": 1, "frame": 42, "name": "000042", "timestamp": 1.4, "wall_time": 1767225600.123,
+     "size": [1280, 720], "shares": {"background": 0.21, ..., "sky": 0.0}, "low_confidence": null,
+     "classes": {"road": {"pixels": 270336, "bbox": [0, 344, 1280, 376]}, ...}}
+
+- ``frame``: the frame's index in the source (0-based, before ``--stride``); ``name``: its output name
+  (the image's stem for image sources);
+- ``timestamp``: seconds into the source (a video's presentation time, a camera's or stream's wall
+  clock since it opened; null for images);
+- ``wall_time``: UNIX time in seconds when the frame's result was ready (for latency against other
+  clocks);
+- ``size``: [width, height] of the frame in pixels;
+- ``shares``: the share of the frame's pixels of each class, 0..1 (under ``--classes`` those classes only);
+- ``low_confidence``: with ``--save-conf``, the share of pixels whose most likely class has a
+  probability below 0.5; null otherwise;
+- ``classes``: for each class present in the frame, its pixel count and bounding box ``[x, y, width,
+  height]`` in pixels of the frame (x to the right, y down, from the top-left corner).
+
+A reader checks ``schema`` first: it grows when a field changes meaning or goes away (new fields may
+appear within a version).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
 
 from dronseg_edge.atomic import storage_failure
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline.live_targets import parse_results_target
-from dronseg_edge.pipeline.result import Result
-from dronseg_edge.pipeline.results_schema import SCHEMA, frame_results
+from dronseg_edge.pipeline.result import LOW_CONFIDENCE_U8, Result
 from dronseg_edge.pipeline.sinks import Sink, _write_all, open_new
 
 log = logging.getLogger(__name__)
+
+SCHEMA = 1
 
 # A datagram not sent for these is dropped and counted: the buffer is full (EAGAIN), no one listens
 # (ECONNREFUSED: an ICMP answer to an earlier one), no route, or a line too long for a datagram.
@@ -94,3 +121,26 @@ class ResultsSink(Sink):
         """summary.json's ``results``."""
         return {"target": self.target, "kind": self.kind, "schema": SCHEMA, "lines": self.lines,
                 "lines_dropped": self.dropped}
+
+
+def frame_results(result: Result, with_confidence: bool = False) -> bytes:
+    """The ``--results`` line of one segmented frame: the JSON object, ``schema`` first, as one UTF-8
+    line ending in a newline."""
+    low = result.low_confidence_share(LOW_CONFIDENCE_U8) if with_confidence else None
+    line = {"schema": SCHEMA, "frame": result.index, "name": result.name,
+            "timestamp": None if result.timestamp is None else round(result.timestamp, 6),
+            "wall_time": round(time.time(), 6), "size": list(result.size), "shares": result.shares_by_name(),
+            "low_confidence": None if low is None else round(low, 6), "classes": class_regions(result)}
+    return (json.dumps(line, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def class_regions(result: Result) -> dict[str, dict[str, Any]]:
+    """{class name: {"pixels": n, "bbox": [x, y, w, h]}} for each (kept) class present in the frame."""
+    regions = {}
+    pixels = np.rint(np.asarray(result.shares, dtype=np.float64) * result.mask.size).astype(np.int64)
+    for index in np.flatnonzero(pixels):
+        if result.classes is not None and index not in result.classes:
+            continue
+        x, y, w, h = cv2.boundingRect(cv2.compare(result.mask, int(index), cv2.CMP_EQ))
+        regions[result.class_names[index]] = {"pixels": int(pixels[index]), "bbox": [x, y, w, h]}
+    return regions

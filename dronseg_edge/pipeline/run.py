@@ -27,10 +27,11 @@ import numpy as np
 
 from dronseg_edge.atomic import ensure_writable_dir, write_json_atomic
 from dronseg_edge.errors import BackendFailure, DronsegError, RuntimeFailure
+from dronseg_edge.pictures import bgr_lut
 from dronseg_edge.pipeline.disk_space import DiskFloor, SpaceReserve
 from dronseg_edge.pipeline.interrupts import InterruptGuard, interrupts_deferred
 from dronseg_edge.pipeline.live_outputs import build_live_sinks, check_results_file, open_preview
-from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut
+from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.run_state import RunOptions, RunState, RunSummary
 from dronseg_edge.pipeline.segmenter import Segmenter

@@ -10,7 +10,7 @@ import time
 
 from dronseg_edge.atomic import storage_failure
 from dronseg_edge.errors import DronsegError, RuntimeFailure
-from dronseg_edge.pipeline.queues import put_unless_stopped
+from dronseg_edge.pipeline.reader import put_unless_stopped
 from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.sinks import Sink
 

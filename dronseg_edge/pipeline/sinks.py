@@ -24,8 +24,8 @@ import numpy as np
 
 from dronseg_edge.atomic import storage_errors, storage_failure
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.pictures import fit_width, grid_row, stack_rows
-from dronseg_edge.pipeline.overlay import OverlayPlan, colorize
+from dronseg_edge.pictures import colorize, fit_width, grid_row, stack_rows
+from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.result import LOW_CONFIDENCE_U8, Result
 
 # Level 1 without row filters: faster than OpenCV's default for class maps, which are mostly long

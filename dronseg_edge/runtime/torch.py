@@ -21,8 +21,7 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import HEADS, ModelInfo
 from dronseg_edge.models import SegmentationNet
 from dronseg_edge.runtime import torch_frames
-from dronseg_edge.runtime.base import STAGES, Backend, FrameOutputs
-from dronseg_edge.runtime.batching import pad_batch
+from dronseg_edge.runtime.base import STAGES, Backend, FrameOutputs, pad_batch
 from dronseg_edge.runtime.cuda_graph import GraphCache
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

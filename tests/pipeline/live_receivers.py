@@ -17,7 +17,8 @@ import time
 import numpy as np
 
 from dronseg_edge.classes import CLASS_NAMES, PALETTE
-from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut
+from dronseg_edge.pictures import bgr_lut
+from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.result import Result
 
 LOOPBACK = "127.0.0.1"

@@ -1,3 +1,4 @@
+import queue
 import threading
 import time
 
@@ -5,7 +6,7 @@ import pytest
 from pipeline_media import scene
 
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.pipeline.reader import FrameReader
+from dronseg_edge.pipeline.reader import FrameReader, put_unless_stopped
 from dronseg_edge.pipeline.sources import FramesSource, Source
 
 
@@ -95,3 +96,31 @@ def test_realtime_pacing_of_a_file_in_live_mode(video_path):
     source.close()
     assert time.monotonic() - start >= 0.7
     assert count + reader.dropped == 24
+
+
+def test_puts_at_once_when_there_is_room():
+    target = queue.Queue(maxsize=1)
+    assert put_unless_stopped(target, "a", lambda: False)
+    assert target.get_nowait() == "a"
+
+
+def test_waits_while_full_until_the_consumer_takes_one():
+    target = queue.Queue(maxsize=1)
+    target.put("first")
+    taker = threading.Timer(0.15, target.get)
+    taker.start()
+    started = time.monotonic()
+    assert put_unless_stopped(target, "second", lambda: False)
+    assert time.monotonic() - started >= 0.1
+    taker.join()
+    assert target.get_nowait() == "second"
+
+
+def test_a_stop_drops_the_item_instead_of_waiting_forever():
+    target = queue.Queue(maxsize=1)
+    target.put("first")
+    stop = threading.Event()
+    threading.Timer(0.15, stop.set).start()
+    assert not put_unless_stopped(target, "second", stop.is_set)  # nobody takes "first"
+    assert target.qsize() == 1
+    assert not put_unless_stopped(queue.Queue(), "x", lambda: True)  # stopped already: not put, even with room

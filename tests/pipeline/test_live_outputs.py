@@ -121,7 +121,7 @@ def test_images_get_no_legend_unless_asked(segmenter, tmp_path):
 
 def test_a_jetson_streams_udp_and_rtp_through_gstreamer_and_rtsp_through_pyav(fake_jetson, monkeypatch):
     from dronseg_edge.pipeline import live_outputs
-    from dronseg_edge.pipeline.gst_streams import GStreamerLiveEncoder
+    from dronseg_edge.pipeline.live_encoder import GStreamerLiveEncoder
 
     monkeypatch.setattr(fake_jetson, "elements", ("nvv4l2h264enc",))
     monkeypatch.setattr(live_outputs, "PyAVLiveEncoder", lambda *args: "pyav")

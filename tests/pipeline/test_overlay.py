@@ -1,7 +1,8 @@
 import numpy as np
 
 from dronseg_edge.classes import PALETTE
-from dronseg_edge.pipeline.overlay import bgr_lut, blend, colorize, overlay
+from dronseg_edge.pictures import bgr_lut, colorize
+from dronseg_edge.pipeline.overlay import blend, overlay
 
 
 def _case(seed=0, shape=(37, 53)):

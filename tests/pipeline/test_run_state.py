@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dronseg_edge.classes import CLASS_NAMES, PALETTE
-from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut, overlay
+from dronseg_edge.pictures import bgr_lut
+from dronseg_edge.pipeline.overlay import OverlayPlan, overlay
 from dronseg_edge.pipeline.run import RunOptions, RunState, RunSummary
 from dronseg_edge.pipeline.summary import SCHEMA as SUMMARY_SCHEMA
 from dronseg_edge.pipeline.segmenter import Result

@@ -224,7 +224,8 @@ def test_predict_takes_a_frame_or_a_list_and_batches_the_list():
 
 def test_result_plot_and_save_write_mask_colours_overlay_and_confidence(tmp_path):
     from dronseg_edge.classes import PALETTE
-    from dronseg_edge.pipeline.overlay import bgr_lut, colorize, overlay
+    from dronseg_edge.pictures import bgr_lut, colorize
+    from dronseg_edge.pipeline.overlay import overlay
 
     frame, truth = striped_frame()
     with Segmenter(FakeBackend(respond=blue_classes, input_size=(16, 12)), confidence=True) as seg:

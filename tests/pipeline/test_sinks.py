@@ -8,7 +8,8 @@ from pipeline_media import scene
 
 from dronseg_edge.classes import CLASS_NAMES, PALETTE
 from dronseg_edge.errors import DronsegError, RuntimeFailure
-from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut, colorize, overlay
+from dronseg_edge.pictures import bgr_lut, colorize
+from dronseg_edge.pipeline.overlay import OverlayPlan, overlay
 from dronseg_edge.pipeline.segmenter import Result
 from dronseg_edge.pipeline.request import FILTERED
 from dronseg_edge.pipeline.sink_worker import SinkWorker

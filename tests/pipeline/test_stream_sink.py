@@ -239,7 +239,8 @@ def test_a_sender_that_is_stuck_never_holds_up_the_run(fake_encoder):
 
 def test_stream_what_color_sends_the_class_colours_with_the_legend(fake_encoder):
     from dronseg_edge.classes import CLASS_NAMES, PALETTE
-    from dronseg_edge.pipeline.overlay import OverlayPlan, bgr_lut, colorize
+    from dronseg_edge.pictures import bgr_lut, colorize
+    from dronseg_edge.pipeline.overlay import OverlayPlan
 
     lut = bgr_lut(PALETTE)
     plain = StreamSink(parse_stream_url("udp://127.0.0.1:5600"), OverlayPlan(1.0, lut), "color", None, 30.0, 1000,

@@ -1,5 +1,6 @@
 """The Backend lifecycle every backend shares: a constructor without side effects, metadata read once
-on first use, the input contract checked in the base class, and a checkpoint backend from a loaded dict."""
+on first use, the input contract checked in the base class, a checkpoint backend from a loaded dict, and
+pad_batch (a short batch padded to an artifact's fixed batch by repeating its last frame)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 import dronseg_edge.metadata as metadata_module
 from dronseg_edge.checkpoint import load_checkpoint
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.runtime.base import pad_batch
 from dronseg_edge.runtime.onnxruntime import OnnxRuntimeBackend
 from dronseg_edge.runtime.registry import load_backend
 from dronseg_edge.runtime.tensorrt import TensorRTBackend
@@ -106,3 +108,21 @@ def test_each_thread_sees_the_outputs_of_its_own_last_call():
     assert seen["before"] == {}  # no call in that thread yet
     assert seen["after"] == {"confidence": "other thread's"}
     assert backend.last_outputs == {"confidence": "main thread's"}
+
+
+def test_short_batch_repeats_its_last_row():
+    batch = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    padded, real = pad_batch(batch, 4)
+    assert real == 2 and padded.shape == (4, 3, 2, 2)
+    assert torch.equal(padded[:2], batch) and torch.equal(padded[2], batch[1]) and torch.equal(padded[3], batch[1])
+
+
+def test_full_or_larger_batch_is_returned_as_is():
+    batch = torch.zeros(3, 1)
+    assert pad_batch(batch, 3)[0] is batch and pad_batch(batch, 3)[1] == 3
+    assert pad_batch(batch, 2)[0] is batch and pad_batch(batch, 1)[1] == 3
+
+
+def test_empty_batch_is_a_bug_not_a_padding():
+    with pytest.raises(ValueError):
+        pad_batch(torch.zeros(0, 3), 2)

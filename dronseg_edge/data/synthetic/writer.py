@@ -29,7 +29,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from dronseg_edge.atomic import atomic_path, ensure_writable_dir, storage_errors, write_json_atomic, write_text_atomic
+from dronseg_edge.atomic import (atomic_path, ensure_writable_dir, low_space, short_write_failure, storage_errors,
+                                 write_json_atomic, write_text_atomic)
 from dronseg_edge.classes import CLASS_NAMES, NUM_CLASSES
 from dronseg_edge.data.aeroscapes import IMAGE_DIR, MASK_DIR
 from dronseg_edge.data.synthetic.camera import flight, moved, random_view
@@ -38,7 +39,6 @@ from dronseg_edge.data.synthetic.scene import render_view
 from dronseg_edge.data.synthetic.worlds import FREQUENT, RARE, SKY, build_world
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.sizes import format_size
-from dronseg_edge.storage import low_space, short_write_failure
 
 TEST_MASK_DIR = Path("test_masks")
 VIDEO_NAME = "video.mp4"
