@@ -163,10 +163,14 @@ def run_prepared(prepared: PreparedBench, settings: TimingSettings) -> BenchResu
         notes.append("transfers: none on the CPU (input and output stay in host memory)")
     if host_timed_gpu(device):
         notes.append(HOST_TIMED_GPU_NOTE)
+    # Whether a CUDA graph ran: the backend's own flag when it has one, else what was asked; None if unsupported.
+    graph = None
+    if "cuda_graph" in type(backend).OPTIONS:
+        actual = getattr(backend, "cuda_graph", None)
+        graph = actual if isinstance(actual, bool) else bool(prepared.cuda_graph) and device.type == "cuda"
     info = backend.info
     return BenchResult(str(prepared.path), backend.name, backend.provider or str(device), info.arch, info.precision,
-                       info.head, prepared.size, prepared.batch, _graph_state(backend, prepared.cuda_graph),
-                       artifact_size_mb(prepared.path), measurement, notes)
+                       info.head, prepared.size, prepared.batch, graph, artifact_size_mb(prepared.path), measurement, notes)
 
 
 def bench_model(path: str | Path, device, settings: TimingSettings, *,
@@ -179,11 +183,3 @@ def bench_model(path: str | Path, device, settings: TimingSettings, *,
     prepared = prepare_bench(path, device, size=size, batch=batch, precision=precision, cuda_graph=cuda_graph,
                              backend_options=backend_options)
     return run_prepared(prepared, settings)
-
-
-def _graph_state(backend: Backend, requested: bool | None) -> bool | None:
-    """Whether a CUDA graph ran: the backend's own flag when it has one, else what was asked; None if unsupported."""
-    if "cuda_graph" not in type(backend).OPTIONS:
-        return None
-    actual = getattr(backend, "cuda_graph", None)
-    return actual if isinstance(actual, bool) else bool(requested) and backend.device.type == "cuda"
