@@ -1,5 +1,6 @@
 """The host machine without torch: CPU model and cores, memory, free disk and whether a folder takes a file,
-the operating system, a Jetson, and what is installed (versions from metadata, imports that never raise).
+the operating system, a Jetson, the user's cache folder, and what is installed (versions from metadata, imports
+that never raise).
 
 What ``dronseg-edge checks`` prints for a bug report and what ``bench`` records beside its figures.
 Linux sources first (/proc/cpuinfo, /proc/meminfo, /etc/os-release), the standard library's answers
@@ -22,7 +23,7 @@ from types import ModuleType
 CPUINFO = Path("/proc/cpuinfo")
 MEMINFO = Path("/proc/meminfo")
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")  # JetPack's L4T release file
-DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
+DEVICE_TREE_MODEL = Path("/proc/device-tree/model")  # an ARM board's model: 'NVIDIA Jetson AGX Orin Developer Kit'
 GIB = 2**30
 
 
@@ -158,6 +159,11 @@ def import_optional(name: str) -> tuple[ModuleType | None, str | None]:
         return None, f"cannot be imported: {first_line(exc)}"
 
 
+def cache_root() -> Path:
+    """~/.cache/dronseg-edge (or $XDG_CACHE_HOME/dronseg-edge): TensorRT timing caches, ONNX Runtime engine caches."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dronseg-edge"
+
+
 def os_name() -> str:
     """'Ubuntu 22.04.4 LTS' from /etc/os-release, else the platform's name and release."""
     try:
@@ -167,13 +173,8 @@ def os_name() -> str:
         return f"{platform.system()} {platform.release()}".strip()
 
 
-def board_model() -> str | None:
-    """An ARM board's device-tree model ('NVIDIA Jetson AGX Orin Developer Kit'), or None."""
-    return read_text(DEVICE_TREE_MODEL)
-
-
 def is_jetson() -> bool:
     """A Tegra release file, or a device-tree model naming NVIDIA (other ARM boards have a model too;
     a container on a Jetson may lack the release file but sees the model)."""
-    model = (board_model() or "").lower()
+    model = (read_text(DEVICE_TREE_MODEL) or "").lower()
     return TEGRA_RELEASE.is_file() or "jetson" in model or "nvidia" in model

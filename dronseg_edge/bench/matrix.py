@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from dronseg_edge.bench.report import fmt_fps, fmt_ms, markdown_document, render_table
+from dronseg_edge.bench.report import fmt_fps, fmt_ms, render_table
 from dronseg_edge.bench.run import BenchResult, artifact_size_mb, bench_model, open_backend
 from dronseg_edge.bench.timing import TimingSettings
 from dronseg_edge.checkpoint import load_checkpoint
@@ -121,7 +121,13 @@ def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *
     run_size = tuple(size) if size is not None else tuple(info.input_size)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint)
     say = log or (lambda text: None)
-    images = _eval_images(checkpoint, info, data, say) if accuracy else None
+    images = None  # the validation images every row is scored on; none (said once) without a data set
+    if accuracy:
+        try:
+            images = split_samples_for(checkpoint, info, data, "val")
+            say(f"accuracy: {len(images.samples)} images, {images.source}")
+        except DronsegError as exc:
+            say(f"accuracy: not measured ({str(exc).splitlines()[0][:300]})")
     rows = []
     for variant in variants:
         reason = skip_reason(variant, device)
@@ -163,7 +169,14 @@ def _run_variant(variant: Variant, checkpoint: Path, device: torch.device, timin
         finally:
             candidate.deactivate()  # check_parity leaves backends it was given open
     if images is not None:
-        _record_accuracy(row, path, images, device, batch, say, **options)
+        backend, _ = open_backend(path, device, **options)
+        try:
+            scores = score_backend(backend, images.samples, batch)
+        finally:
+            backend.deactivate()
+        row.accuracy = {"miou": scores["miou"], "competition": scores["competition"], "images": scores["images"],
+                        "split": images.split, "split_source": images.source, "data": str(images.root)}
+        say(f"{variant.label}: mIoU {scores['miou']:.4f}, competition Dice {scores['competition']:.4f}")
     row.result = bench_model(path, device, timing, size=size, batch=batch, **options)
     row.notes = list(row.result.notes)
     if row.parity_passed is False:
@@ -175,29 +188,6 @@ def _record_parity(row: MatrixRow, reference: Path, candidate, data: Path | None
     report = check_parity(reference, candidate, data, device=str(device))
     row.parity, row.parity_passed, row.agreement, row.miou_delta = (report.to_dict(), bool(report.passed),
                                                                     report.agreement, report.miou_delta)
-
-
-def _eval_images(checkpoint: Path, info: ModelInfo, data: Path | None, say: Callable[[str], None]):
-    """The validation images every row is scored on, or None (said once) when there are none."""
-    try:
-        images = split_samples_for(checkpoint, info, data, "val")
-    except DronsegError as exc:
-        say(f"accuracy: not measured ({str(exc).splitlines()[0][:300]})")
-        return None
-    say(f"accuracy: {len(images.samples)} images, {images.source}")
-    return images
-
-
-def _record_accuracy(row: MatrixRow, model: Path, images, device: torch.device, batch: int,
-                     say: Callable[[str], None], **options) -> None:
-    backend, _ = open_backend(model, device, **options)
-    try:
-        scores = score_backend(backend, images.samples, batch)
-    finally:
-        backend.deactivate()
-    row.accuracy = {"miou": scores["miou"], "competition": scores["competition"], "images": scores["images"],
-                    "split": images.split, "split_source": images.source, "data": str(images.root)}
-    say(f"{row.variant.label}: mIoU {scores['miou']:.4f}, competition Dice {scores['competition']:.4f}")
 
 
 def _export(variant: Variant, checkpoint: Path, size: tuple[int, int], batch: int, out_dir: Path,
@@ -237,7 +227,3 @@ def matrix_table(rows: Sequence[MatrixRow], markdown: bool = False) -> str:
     """One table: format, precision, backend/provider, size MB, parity agreement %, mIoU delta, mIoU and
     competition Dice on the validation split, median/p99 ms, fps."""
     return render_table(MATRIX_HEADERS, matrix_rows(rows), markdown=markdown)
-
-
-def matrix_markdown(rows: Sequence[MatrixRow], system_lines: Sequence[str], settings: dict[str, Any]) -> str:
-    return markdown_document(system_lines, settings, matrix_table(rows, markdown=True), title="Latency matrix")

@@ -115,10 +115,11 @@ def settings_line(settings: dict[str, Any]) -> str:
 
 
 def build_document(system: dict[str, Any], settings: dict[str, Any], results: Sequence[BenchResult] = (),
-                   matrix: Sequence[dict[str, Any]] | None = None, kind: str = "bench") -> dict[str, Any]:
-    """The JSON document of a run: schema, ISO date, system (device, versions), settings, results."""
-    doc: dict[str, Any] = {"schema": SCHEMA, "kind": kind, "date": now_iso(), "system": system,
-                           "settings": settings, "results": [r.to_dict() for r in results]}
+                   matrix: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The JSON document of a run: schema, kind (bench, or matrix with ``matrix`` rows), ISO date, system (device,
+    versions), settings, results."""
+    doc: dict[str, Any] = {"schema": SCHEMA, "kind": "bench" if matrix is None else "matrix", "date": now_iso(),
+                           "system": system, "settings": settings, "results": [r.to_dict() for r in results]}
     if matrix is not None:
         doc["matrix"] = list(matrix)
     return doc

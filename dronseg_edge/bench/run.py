@@ -4,16 +4,16 @@ backend with the requested options, check shapes, measure."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from dronseg_edge.bench.timing import Measurement, TimingSettings, host_timed_gpu, measure
 from dronseg_edge.devices import resolve_device, resolve_lean_device
 from dronseg_edge.errors import BackendUnavailable, DronsegError
+from dronseg_edge.machine import import_optional
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.host import preprocess_host
@@ -51,11 +51,9 @@ class BenchResult:
 
 
 def torch_cuda_installed() -> bool:
-    """True when torch is installed and sees a CUDA GPU (imports torch only when it is installed)."""
-    try:
-        return importlib.util.find_spec("torch") is not None and bool(importlib.import_module("torch").cuda.is_available())
-    except Exception:  # installed but broken (e.g. missing CUDA libraries): run without it
-        return False
+    """True when torch is installed and sees a CUDA GPU; a broken torch (missing CUDA libraries) counts as none."""
+    torch = import_optional("torch")[0]
+    return torch is not None and bool(torch.cuda.is_available())
 
 
 def resolve_bench_device(name: str, models: Sequence[str | Path] = (), *, matrix: bool = False):
@@ -152,13 +150,12 @@ def prepare_bench(path: str | Path, device, *, size: tuple[int, int] | None = No
     return PreparedBench(path, backend, resolve_shape(backend, size, batch), batch, cuda_graph, notes)
 
 
-def run_prepared(prepared: PreparedBench, settings: TimingSettings,
-                 progress: Callable[[int], None] | None = None) -> BenchResult:
+def run_prepared(prepared: PreparedBench, settings: TimingSettings) -> BenchResult:
     """Measure a prepared backend (activated here, deactivated afterwards)."""
     backend, device = prepared.backend, prepared.backend.device
     batch_host = make_input(backend.info, prepared.size, prepared.batch)
     try:
-        measurement = measure(backend, batch_host, settings, progress=progress)
+        measurement = measure(backend, batch_host, settings)
     finally:
         backend.deactivate()
     notes = list(prepared.notes)
@@ -166,28 +163,23 @@ def run_prepared(prepared: PreparedBench, settings: TimingSettings,
         notes.append("transfers: none on the CPU (input and output stay in host memory)")
     if host_timed_gpu(device):
         notes.append(HOST_TIMED_GPU_NOTE)
+    # Whether a CUDA graph ran: the backend's own flag when it has one, else what was asked; None if unsupported.
+    graph = None
+    if "cuda_graph" in type(backend).OPTIONS:
+        actual = getattr(backend, "cuda_graph", None)
+        graph = actual if isinstance(actual, bool) else bool(prepared.cuda_graph) and device.type == "cuda"
     info = backend.info
     return BenchResult(str(prepared.path), backend.name, backend.provider or str(device), info.arch, info.precision,
-                       info.head, prepared.size, prepared.batch, _graph_state(backend, prepared.cuda_graph),
-                       artifact_size_mb(prepared.path), measurement, notes)
+                       info.head, prepared.size, prepared.batch, graph, artifact_size_mb(prepared.path), measurement, notes)
 
 
 def bench_model(path: str | Path, device, settings: TimingSettings, *,
                 size: tuple[int, int] | None = None, batch: int = 1, precision: str | None = None,
-                cuda_graph: bool | None = None, backend_options: dict[str, Any] | None = None,
-                progress: Callable[[int], None] | None = None) -> BenchResult:
+                cuda_graph: bool | None = None, backend_options: dict[str, Any] | None = None) -> BenchResult:
     """Measure one model file at ``size`` (width, height; default its own) on ``device`` (a ``torch.device``, a
     ``devices.Device``, or a ``--device`` string resolved by :func:`resolve_bench_device`)."""
     if isinstance(device, str):
         device = resolve_bench_device(device, [path])
     prepared = prepare_bench(path, device, size=size, batch=batch, precision=precision, cuda_graph=cuda_graph,
                              backend_options=backend_options)
-    return run_prepared(prepared, settings, progress)
-
-
-def _graph_state(backend: Backend, requested: bool | None) -> bool | None:
-    """Whether a CUDA graph ran: the backend's own flag when it has one, else what was asked; None if unsupported."""
-    if "cuda_graph" not in type(backend).OPTIONS:
-        return None
-    actual = getattr(backend, "cuda_graph", None)
-    return actual if isinstance(actual, bool) else bool(requested) and backend.device.type == "cuda"
+    return run_prepared(prepared, settings)

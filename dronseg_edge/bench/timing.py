@@ -107,8 +107,7 @@ def _cuda_step(backend: Backend, batch_host: Any) -> Callable[[], tuple]:
     return step
 
 
-def measure(backend: Backend, batch_host: Any, settings: TimingSettings,
-            progress: Callable[[int], None] | None = None) -> Measurement:
+def measure(backend: Backend, batch_host: Any, settings: TimingSettings) -> Measurement:
     """Warm up and time ``backend.infer`` on ``batch_host`` (float32 (N, 3, H, W) in host memory, numpy or torch;
     (N, H, W, 3) uint8 frames for a frames artifact); activates the backend if needed. Statistics in ms."""
     if not backend.active:
@@ -138,8 +137,6 @@ def measure(backend: Backend, batch_host: Any, settings: TimingSettings,
     while len(samples) < min_iters or time.perf_counter() - start < min_seconds:
         *times, out = step()
         samples.append(times)
-        if progress is not None:
-            progress(len(samples))
     measure_s = time.perf_counter() - start
     h2d, compute, d2h, wall = map(list, zip(*samples))
 

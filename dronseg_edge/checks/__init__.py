@@ -11,8 +11,9 @@ from typing import Callable, Iterable
 
 from dronseg_edge.checks import (cuda_checks, dependencies, jetson, onnxruntime_checks, system, tensorrt_checks,
                                  torch_checks, video)
-from dronseg_edge.checks.base import FAIL, OK, STATUSES, WARN, Check, run_group
+from dronseg_edge.checks.base import FAIL, OK, STATUSES, WARN, Check
 from dronseg_edge.errors import docs_url
+from dronseg_edge.machine import first_line
 
 __all__ = ["FAIL", "OK", "STATUSES", "WARN", "Check", "groups", "run_checks", "summary"]
 
@@ -33,11 +34,17 @@ def groups() -> list[tuple[str, Callable[[], Iterable[Check]]]]:
 
 
 def run_checks() -> list[Check]:
-    """Every check of this machine, in group order, and the ``backends`` verdict last."""
+    """Every check of this machine, in group order, and the ``backends`` verdict last.
+
+    An unexpected exception in a group is a bug in a check, not a verdict on the machine: one WARN line
+    naming the group ("could not tell"); the lines it gave before stay and the other groups still run.
+    """
     results: list[Check] = []
-    for label, group in groups():
-        results.extend(run_group(label, group))
-    results.extend(run_group("backends", lambda: [backends_check(results)]))
+    for label, group in [*groups(), ("backends", lambda: [backends_check(results)])]:
+        try:
+            results.extend(group())
+        except Exception as exc:
+            results.append(Check(label, WARN, f"could not be checked ({first_line(exc)}); please report this as a bug"))
     return results
 
 
@@ -54,7 +61,7 @@ INSTALL = ("pip install 'dronseg-edge[ort]' (ONNX Runtime on the CPU), or 'drons
 def backends_check(results: list[Check]) -> Check:
     """One line naming what can run a model (``facts['backends']``: 'onnxruntime', 'tensorrt', 'torch')."""
     ok = {check.name for check in results if check.status == OK}
-    providers = [str(check.facts["provider"]).replace("ExecutionProvider", "") for check in results
+    providers = [onnxruntime_checks.short(check.facts["provider"]) for check in results
                  if check.name.startswith("ort ") and check.status == OK and check.facts.get("runs")]
     found, shown = [], []
     if providers:

@@ -8,7 +8,7 @@ a GPU provider that falls back to the CPU), FAIL (something the package needs is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Mapping
 
 from dronseg_edge.machine import first_line, import_optional  # noqa: F401 (the checks take them from here)
 
@@ -34,19 +34,5 @@ class Check:
         """{name, status, detail} and the facts beside them, e.g. {..., "installed": "2.2.6", "required": ">=1.24"}."""
         return {"name": self.name, "status": self.status, "detail": self.detail, **self.facts}
 
-    def line(self, width: int = 18) -> str:
+    def line(self, width: int) -> str:
         return f"{self.status:<5} {self.name:<{width}} {self.detail}"
-
-
-def run_group(label: str, group: Callable[[], Iterable[Check]]) -> list[Check]:
-    """The checks of one group; an unexpected exception becomes one WARN line naming the group.
-
-    Such an exception is a bug in a check, not a verdict on the machine: WARN says "could not tell",
-    and the other groups still run.
-    """
-    results: list[Check] = []
-    try:
-        results.extend(group())  # the lines before a crash stay
-    except Exception as exc:
-        results.append(Check(label, WARN, f"could not be checked ({first_line(exc)}); please report this as a bug"))
-    return results

@@ -39,7 +39,9 @@ def cuda_checks() -> Iterator[Check]:
     yield from gpu_checks()
     yield bindings_check(driver)
     for name, version, major in tensorrt_wheels():
-        yield tensorrt_wheel_check(name, version, major, driver)
+        yield _build_check("tensorrt build", f"{name} {version}", major, driver, f"it cannot run here; pip uninstall "
+                           f"tensorrt {name} {name}-libs {name}-bindings, then pip install {trt_extra(driver[0])}",
+                           {"package": name, "version": version, "cuda_major": major})
 
 
 def gpu_checks() -> Iterator[Check]:
@@ -84,12 +86,6 @@ def tensorrt_wheels() -> list[tuple[str, str, int]]:
         if match:
             found[name] = (name, dist.version, int(match.group(1)))
     return sorted(found.values())
-
-
-def tensorrt_wheel_check(name: str, version: str, major: int, driver: tuple[int, int]) -> Check:
-    return _build_check("tensorrt build", f"{name} {version}", major, driver, f"it cannot run here; pip uninstall tensorrt "
-                        f"{name} {name}-libs {name}-bindings, then pip install {trt_extra(driver[0])}",
-                        {"package": name, "version": version, "cuda_major": major})
 
 
 def _build_check(label: str, shown: str, major: int, driver: tuple[int, int], fix: str, facts: dict) -> Check:

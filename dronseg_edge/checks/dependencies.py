@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from dronseg_edge.machine import installed_version
 from dronseg_edge.checks.base import OK, WARN, Check, first_line
+from dronseg_edge.checks.system import PACKAGE_FOLDER
+from dronseg_edge.machine import installed_version
 
 DISTRIBUTION = "dronseg-edge"
-PACKAGE_FOLDER = Path(__file__).resolve().parents[1]
 CORE = "core"
 # Distributions that install the module a requirement names, and so stand in for it.
 STAND_INS = {"onnxruntime": ("onnxruntime-gpu",),

@@ -13,7 +13,7 @@ from typing import Iterator
 
 from dronseg_edge import machine
 from dronseg_edge.checks.base import OK, WARN, Check
-from dronseg_edge.machine import board_model, is_jetson
+from dronseg_edge.machine import is_jetson
 
 DEVFREQ = Path("/sys/class/devfreq")  # GPU clock (Hz) of Tegra iGPUs: ga10b on Orin, gv11b on Xavier
 CPUFREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq")  # kHz
@@ -51,7 +51,7 @@ def parse_nvpmodel(output: str) -> tuple[str, str | None] | None:
 def jetson_checks() -> Iterator[Check]:
     if not is_jetson():
         return
-    yield Check("jetson", OK, board_model() or "Tegra board (no device-tree model)")
+    yield Check("jetson", OK, machine.read_text(machine.DEVICE_TREE_MODEL) or "Tegra board (no device-tree model)")
     for check in (release_check, power_mode_check, clocks_check):
         yield check()
 
@@ -90,16 +90,13 @@ def _mhz(path: Path, per_mhz: int) -> int | None:
     return round(int(text) / per_mhz) if text and text.isdigit() else None
 
 
-def gpu_clock_folder() -> Path | None:
-    try:
-        entries = sorted(DEVFREQ.iterdir())
-    except OSError:
-        return None
-    return next((entry for entry in entries if any(key in entry.name.lower() for key in GPU_DEVFREQ_NAMES)), None)
-
-
 def clocks_check() -> Check:
-    parts, below_max, gpu = [], False, gpu_clock_folder()
+    try:
+        gpu = next((entry for entry in sorted(DEVFREQ.iterdir())
+                    if any(key in entry.name.lower() for key in GPU_DEVFREQ_NAMES)), None)
+    except OSError:
+        gpu = None
+    parts, below_max = [], False
     for label, folder, now_file, top_file, per_mhz in (("GPU", gpu, "cur_freq", "max_freq", 1_000_000),
                                                        ("CPU0", CPUFREQ, "scaling_cur_freq", "cpuinfo_max_freq", 1000)):
         now, top = (_mhz(folder / now_file, per_mhz), _mhz(folder / top_file, per_mhz)) if folder else (None, None)

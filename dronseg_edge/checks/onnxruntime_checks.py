@@ -85,12 +85,6 @@ def native_stderr() -> Iterator[list[str]]:
             lines.extend(line.strip() for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
 
 
-def _reason(lines: list[str]) -> str:
-    """The most telling line of a native log: the last error, else the last line."""
-    errors = [line for line in lines if "error" in line.lower() or "fail" in line.lower()]
-    return (errors or lines or [""])[-1][-240:]
-
-
 def provider_check(ort, provider: str, model: bytes) -> Check:
     import numpy as np
 
@@ -113,7 +107,9 @@ def provider_check(ort, provider: str, model: bytes) -> Check:
     if error is not None:
         return Check(name, failed, f"listed, but a session does not start: {error}", facts)
     if not got or got[0] != provider:
-        why = _reason(logged) or "its libraries did not load"
+        # The most telling line of the native log: the last error, else the last line.
+        errors = [line for line in logged if "error" in line.lower() or "fail" in line.lower()]
+        why = (errors or logged or [""])[-1][-240:] or "its libraries did not load"
         return Check(name, failed, f"listed, but the session fell back to {', '.join(map(short, got)) or 'nothing'}: {why}", facts)
     if output is None or not np.array_equal(output, np.maximum(x, 0)):
         return Check(name, failed, f"a session starts but computed {output!r} for Relu({x.tolist()})", facts)

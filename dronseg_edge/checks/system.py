@@ -6,7 +6,6 @@ as facts for ``checks --json``.
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 import sys
@@ -36,7 +35,15 @@ def python_check() -> Check:
     facts = {"version": version, "executable": sys.executable, "venv": sys.prefix != sys.base_prefix}
     if sys.version_info < MIN_PYTHON:
         return Check("python", FAIL, f"{version}: dronseg-edge needs Python >= {'.'.join(map(str, MIN_PYTHON))}", facts)
-    return Check("python", OK, f"{version} ({sys.executable}{venv_note()})", facts)
+    venv = ""
+    if facts["venv"]:
+        # On a Jetson, TensorRT and NVIDIA's torch are system packages, invisible to a venv made without
+        # --system-site-packages: say whether this one sees them.
+        found = re.search(r"^\s*include-system-site-packages\s*=\s*(\S*)",
+                          machine.read_text(Path(sys.prefix) / "pyvenv.cfg") or "", re.MULTILINE)
+        seen = "unknown" if found is None else "yes" if found.group(1).lower() == "true" else "no"
+        venv = f"; venv, system site-packages: {seen}"
+    return Check("python", OK, f"{version} ({sys.executable}{venv})", facts)
 
 
 def os_check() -> Check:
@@ -89,24 +96,8 @@ def disk_checks() -> Iterator[Check]:
         yield Check(name, status, f"{free} GiB free of {total} GiB on {found.path}{low}", facts)
 
 
-def venv_note() -> str:
-    """Whether this Python is a venv and whether it sees the system's packages: on a Jetson, TensorRT
-    and NVIDIA's torch are system packages, invisible to a venv made without --system-site-packages."""
-    if sys.prefix == sys.base_prefix:
-        return ""
-    found = re.search(r"^\s*include-system-site-packages\s*=\s*(\S*)", machine.read_text(Path(sys.prefix) / "pyvenv.cfg")
-                      or "", re.MULTILINE)
-    system_site = "unknown" if found is None else "yes" if found.group(1).lower() == "true" else "no"
-    return f"; venv, system site-packages: {system_site}"
-
-
-def cache_root() -> Path:
-    """~/.cache/dronseg-edge (or $XDG_CACHE_HOME/dronseg-edge): TensorRT timing caches, ONNX Runtime engine caches."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dronseg-edge"
-
-
 def folder_checks() -> list[Check]:
-    return [writable_check("cache folder", cache_root(),
+    return [writable_check("cache folder", machine.cache_root(),
                            "engines rebuild from scratch every time; set XDG_CACHE_HOME to a writable folder"),
             writable_check("runs folder", Path.cwd() / "runs",
                            "train/infer cannot write their default runs/ here; run from a writable folder or pass --out")]

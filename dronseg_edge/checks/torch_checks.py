@@ -55,20 +55,17 @@ def torchvision_check() -> Check:
 
 
 def no_cuda_check(torch) -> Check:
-    if not torch.version.cuda:
-        return cpu_build_check(torch)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    hidden = f"; CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
-    return Check("cuda", WARN, f"torch is built for CUDA {torch.version.cuda} but sees no GPU (no NVIDIA driver, "
-                               f"or none visible{hidden}): torch runs on the CPU")
-
-
-def cpu_build_check(torch) -> Check:
-    """A CPU-only torch: right on a machine without an NVIDIA GPU, a mistake beside one or on a Jetson.
+    """torch sees no GPU. A CPU-only torch is right on a machine without an NVIDIA GPU, a mistake beside one or
+    on a Jetson.
 
     The usual cause is pip: resolving an extra that asks for torch replaced NVIDIA's Jetson wheel (or a
     CUDA build) with the registry's CPU-only aarch64 wheel. The driver is asked, not torch, which sees no GPU.
     """
+    if torch.version.cuda:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hidden = f"; CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
+        return Check("cuda", WARN, f"torch is built for CUDA {torch.version.cuda} but sees no GPU (no NVIDIA driver, "
+                                   f"or none visible{hidden}): torch runs on the CPU")
     on_jetson, gpus = jetson.is_jetson(), devices.driver_device_count()
     if not on_jetson and gpus == 0:
         return Check("cuda", OK, "CPU-only torch, and no NVIDIA GPU here: torch runs on the CPU")

@@ -60,15 +60,15 @@ def bench(
         say(line)
 
     if matrix:
-        from dronseg_edge.bench.matrix import matrix_markdown, matrix_table, run_matrix
+        from dronseg_edge.bench.matrix import matrix_table, run_matrix
 
         rows = run_matrix(models[0], run_device, timing, size=size, batch=batch, out_dir=options.out,
                           data=options.data, log=lambda text: typer.echo(text, err=True))
         say(matrix_table(rows))
         for line in warning_lines([row.result for row in rows if row.result is not None]):
             say(line)
-        document = build_document(system, settings, matrix=[r.to_dict() for r in rows], kind="matrix")
-        markdown = matrix_markdown(rows, system_lines, settings)
+        document = build_document(system, settings, matrix=[r.to_dict() for r in rows])
+        markdown = markdown_document(system_lines, settings, matrix_table(rows, markdown=True), title="Latency matrix")
     else:
         results = []
         for item in prepared:

@@ -29,10 +29,6 @@ def _thresholds(precision: str, min_agreement: Optional[float], max_miou_drop: O
                                           max_miou_drop)
 
 
-def _mb(path: Path) -> str:
-    return f"{path.stat().st_size / 1e6:.1f} MB" if path.is_file() else "?"
-
-
 def _check_engine_options(options, formats: tuple[str, ...], fmt: str) -> None:
     """Engine-only options need an engine; the engine's options are validated (and DLA looked for) before any
     ONNX work, so `--format all` does not write the ONNX file and then refuse the engine."""
@@ -103,7 +99,7 @@ def export(
             typer.echo(f"wrote {result.served} and the Triton model repository {result.path} ({info.precision}, "
                        f"{info.head}, {shape}){verdict}; serve it: tritonserver --model-repository {result.path.parent}")
             continue
-        typer.echo(f"wrote {result.path} ({_mb(result.path)}, {info.precision}, {info.head}, {shape}){verdict}")
+        typer.echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, {info.precision}, {info.head}, {shape}){verdict}")
 
 
 @app.command()

@@ -35,15 +35,6 @@ class _LogLines(logging.Handler):
             typer.echo(record.getMessage(), err=self.err)
 
 
-def _show_log_lines(err: bool) -> None:
-    logger = logging.getLogger("dronseg_edge")  # its other loggers stay at WARNING: only live_outputs says INFO
-    for handler in [h for h in logger.handlers if isinstance(h, _LogLines)]:
-        logger.removeHandler(handler)
-    logger.addHandler(_LogLines(err))
-    logger.propagate = False
-    logging.getLogger("dronseg_edge.pipeline.live_outputs").setLevel(logging.INFO)
-
-
 LIVE_EXAMPLES = (
     "Live outputs: --stream-out rtp://GCS_IP:5600 (QGroundControl: Application Settings > Video > Source "
     "'UDP h.264 Video Stream', UDP URL 0.0.0.0:5600); --stream-out udp://GCS_IP:5600 (MPEG-TS: VLC, "
@@ -87,7 +78,12 @@ def infer(
     from dronseg_edge.pipeline import Segmenter, open_source, run_inference
 
     to_stderr = options.results == "-"  # stdout carries the results: every other line goes to stderr
-    _show_log_lines(err=to_stderr)
+    logger = logging.getLogger("dronseg_edge")  # its other loggers stay at WARNING: only live_outputs says INFO
+    for handler in [h for h in logger.handlers if isinstance(h, _LogLines)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_LogLines(to_stderr))
+    logger.propagate = False
+    logging.getLogger("dronseg_edge.pipeline.live_outputs").setLevel(logging.INFO)
     echo = functools.partial(typer.echo, err=to_stderr)
     if options.out is not None:
         check_out_dir(options.out)  # before the model loads: an unwritable --out is a moment's error, exit 2

@@ -28,13 +28,8 @@ def train(
 
     if resume is None:
         cfg.validate()  # before the data checks; fit validates a resumed run's own options
-    _check_data(Path(cfg.data) if cfg.data else None, resume)
-    _check_run_folder(Path(cfg.out) if cfg.out else None, resume)
-    fit(cfg, resume=resume, log=typer.echo)
-
-
-def _check_data(data: Optional[Path], resume: Optional[Path]) -> None:
-    """--data is needed for a new run (a resumed one has its own), and must be a folder when given."""
+    # --data is needed for a new run (a resumed one has its own), and must be a folder when given.
+    data = Path(cfg.data) if cfg.data else None
     if data is None and resume is None:
         raise DronsegError("--data DIR is needed: the data set root in the Kaggle AeroScapes layout (make one with "
                            "`dronseg-edge synth DIR`); only --resume takes it from its checkpoint")
@@ -42,15 +37,13 @@ def _check_data(data: Optional[Path], resume: Optional[Path]) -> None:
         raise DronsegError(f"--data {data} is not a folder: pass the data set root in the Kaggle AeroScapes layout "
                            + ("(or leave --data out: the run's own)" if resume is not None else
                               "(make one with `dronseg-edge synth DIR`)"))
-
-
-def _check_run_folder(out: Optional[Path], resume: Optional[Path]) -> None:
-    """The run folder must be writable before data checks and model building start (exit code 2)."""
+    # The run folder must be writable before model building starts (exit code 2).
     if resume is not None:
         if resume.is_file():  # a missing one gets load_checkpoint's own message
             check_out_dir(resume.resolve().parent.parent, "the run folder of --resume")
-    elif out is not None:
-        check_out_dir(out)
+    elif cfg.out:
+        check_out_dir(Path(cfg.out))
+    fit(cfg, resume=resume, log=typer.echo)
 
 
 @app.command("eval")

@@ -20,12 +20,12 @@ dropped it on Linux (11.4.1 brought it back for Jetson AGX Orin on JetPack 7.2.2
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
 from dronseg_edge.atomic import atomic_path
 from dronseg_edge.errors import BackendUnavailable, DronsegError
+from dronseg_edge.machine import cache_root
 from dronseg_edge.metadata import ModelInfo, sha256_file, write_engine_sidecar
 from dronseg_edge.runtime import cuda_runtime, tensorrt_env
 
@@ -81,7 +81,7 @@ def check_dla_available(dla_core: int) -> int:
 
 def default_timing_cache(gpu_name: str, compute_capability: str, trt_version: str) -> Path:
     """A per-GPU, per-version timing cache in the user's cache folder, reused by every build there."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dronseg-edge" / "tensorrt"
+    root = cache_root() / "tensorrt"
     cc = compute_capability.replace(".", "")
     return root / f"timing_{gpu_slug(gpu_name)}_sm{cc}_trt{trt_version}.cache"
 

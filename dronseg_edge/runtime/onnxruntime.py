@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
+from dronseg_edge.machine import cache_root
 from dronseg_edge.metadata import ModelInfo, read_onnx_info
 from dronseg_edge.runtime.base import Backend, TensorSpec, check_declared_io
 
@@ -48,7 +49,7 @@ def trt_engine_cache_dir(model: Path) -> Path:
     writable, else in the user's cache folder (a read-only model folder, e.g. a Jetson's system
     image, would fail the first inference)."""
     beside = Path(model).resolve().parent / ".ort_trt_cache"
-    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dronseg-edge" / "ort_trt"
+    user = cache_root() / "ort_trt"
     for folder in (beside, user):
         if _writable_folder(folder):
             return folder

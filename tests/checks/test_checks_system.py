@@ -129,7 +129,7 @@ def test_writable_folders_and_the_ones_that_are_not(tmp_path, monkeypatch):
 
 def test_the_cache_folder_follows_xdg_cache_home(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert system.cache_root() == tmp_path / "dronseg-edge"
+    assert machine.cache_root() == tmp_path / "dronseg-edge"
     monkeypatch.chdir(tmp_path)
     checks = {c.name: c for c in system.folder_checks()}
     assert checks["cache folder"].status == OK and str(tmp_path / "dronseg-edge") in checks["cache folder"].detail
