@@ -25,7 +25,7 @@ from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALET
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import CHECKPOINT_FIX, ModelInfo
 from dronseg_edge.models import ARCHS, build_model, head_channels, output_stride_of
-from dronseg_edge.torch_floor import UnsafeTorch, torch_load
+from dronseg_edge.torch_floor import torch_load
 
 FORMAT = "dronseg-edge-checkpoint"
 FORMAT_VERSION = 1
@@ -127,15 +127,9 @@ def save_checkpoint(path: os.PathLike | str, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: os.PathLike | str, num_classes: int | None = None) -> dict[str, Any]:
     """Load and validate a dronseg-edge checkpoint (on the CPU) or raise a one-line DronsegError."""
     path = Path(path)
-    if not path.is_file():
-        raise DronsegError(f"checkpoint {path} does not exist: pass the .pt written by `dronseg-edge train` (weights/best.pt)")
-    try:
-        ckpt = torch_load(path, f"checkpoint {path}")
-    except UnsafeTorch:
-        raise  # the installed torch, not the file
-    except DronsegError as exc:
-        raise DronsegError(f"{exc}; it is damaged or not a checkpoint written by `dronseg-edge train`: re-run "
-                           "training or pick another file") from None
+    ckpt = torch_load(path, f"checkpoint {path}",
+                      f"checkpoint {path} does not exist: pass the .pt written by `dronseg-edge train` (weights/best.pt)",
+                      "; it is damaged or not a checkpoint written by `dronseg-edge train`: re-run training or pick another file")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise DronsegError(f"{path} is not a dronseg-edge checkpoint (no '{FORMAT}' tag): pass a file written by `dronseg-edge train`")
     for key in ("model", "arch", "class_names", "input_size"):

@@ -17,7 +17,7 @@ import json
 import math
 import numbers
 import re
-from typing import Any, Callable
+from typing import Any
 
 from dronseg_edge.errors import DronsegError
 
@@ -148,10 +148,6 @@ class _Fields:
         return dict(value)
 
 
-def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda value: None if value is None else check(value)
-
-
 def check_fields(values: dict[str, Any], source: str, fix: str) -> dict[str, Any]:
     """``values`` (ModelInfo keyword arguments as read from a file, ``class_names`` and ``palette``
     included) checked and normalised: sizes as (width, height) tuples, colours as int lists, mean/std
@@ -159,25 +155,28 @@ def check_fields(values: dict[str, Any], source: str, fix: str) -> dict[str, Any
     from ``values`` keep ModelInfo's defaults."""
     f = _Fields(source, fix)
     classes = f.names("class_names", values["class_names"], 1, MAX_CLASSES)
-    rules: dict[str, Callable[[Any], Any]] = {
-        "arch": lambda v: f.text("arch", v),
-        "input_size": lambda v: f.size("input_size", v),
-        "source_size": _optional(lambda v: f.size("source_size", v)),
-        "class_names": lambda v: classes,
-        "palette": lambda v: f.palette(v, len(classes)),
-        "mean": lambda v: f.numbers("mean", v, *MEAN_RANGE),
-        "std": lambda v: f.numbers("std", v, *STD_RANGE),
-        "precision": lambda v: f.choice("precision", v, PRECISIONS),
-        "head": lambda v: f.choice("head", v, HEADS),
-        "batch": _optional(lambda v: f.integer("batch", v, 1, MAX_BATCH)),
-        "dynamic": lambda v: f.flag("dynamic", v),
-        "layout": lambda v: f.choice("layout", v, LAYOUTS),
-        "source_sha256": lambda v: f.text("source_sha256", v, 128, empty=True),
-        "package_version": lambda v: f.text("package_version", v, 64, empty=True),
-        "io": lambda v: f.choice("io", v, IO_MODES),
-        "color_order": lambda v: f.choice("color_order", v, COLOR_ORDERS),
-        "outputs": lambda v: f.names("outputs", v, 0, MAX_OUTPUTS),
-        "output_stride": _optional(lambda v: f.choice("output_stride", f.integer("output_stride", v, 1, 64), OUTPUT_STRIDES)),
-        "extra": lambda v: f.mapping("extra", v),
+    # field -> (check, its arguments after the field name and value); None passes where ModelInfo allows it.
+    rules: dict[str, tuple] = {
+        "arch": (f.text,),
+        "input_size": (f.size,),
+        "source_size": (f.size,),
+        "class_names": (lambda field, v: classes,),
+        "palette": (lambda field, v: f.palette(v, len(classes)),),
+        "mean": (f.numbers, *MEAN_RANGE),
+        "std": (f.numbers, *STD_RANGE),
+        "precision": (f.choice, PRECISIONS),
+        "head": (f.choice, HEADS),
+        "batch": (f.integer, 1, MAX_BATCH),
+        "dynamic": (f.flag,),
+        "layout": (f.choice, LAYOUTS),
+        "source_sha256": (f.text, 128, True),
+        "package_version": (f.text, 64, True),
+        "io": (f.choice, IO_MODES),
+        "color_order": (f.choice, COLOR_ORDERS),
+        "outputs": (f.names, 0, MAX_OUTPUTS),
+        "output_stride": (lambda field, v: f.choice(field, f.integer(field, v, 1, 64), OUTPUT_STRIDES),),
+        "extra": (f.mapping,),
     }
-    return {key: rules[key](value) if key in rules else value for key, value in values.items()}
+    nullable = ("source_size", "batch", "output_stride")
+    return {key: value if key not in rules or (value is None and key in nullable)
+            else rules[key][0](key, value, *rules[key][1:]) for key, value in values.items()}

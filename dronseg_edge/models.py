@@ -163,18 +163,12 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     """The state dict in ``--weights`` file ``path`` (a state dict, or a checkpoint's ``model``), loaded as
     data only (torch_floor.torch_load); a one-line DronsegError naming the option. Cheap to call before any
     other work: a bad file is refused before a run writes anything."""
-    from dronseg_edge.torch_floor import UnsafeTorch, torch_load
+    from dronseg_edge.torch_floor import torch_load
 
     path = Path(path)
-    if not path.is_file():
-        raise DronsegError(f"--weights {path}: no such file; use coco, imagenet, none or a path to a .pt/.pth file")
-    try:
-        state = torch_load(path, f"--weights {path}")
-    except UnsafeTorch:
-        raise
-    except DronsegError as exc:
-        raise DronsegError(f"{exc}: pass a state dict saved as plain tensors (torch.save(model.state_dict(), F)), "
-                           "or coco, imagenet, none") from None
+    state = torch_load(path, f"--weights {path}",
+                       f"--weights {path}: no such file; use coco, imagenet, none or a path to a .pt/.pth file",
+                       ": pass a state dict saved as plain tensors (torch.save(model.state_dict(), F)), or coco, imagenet, none")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):

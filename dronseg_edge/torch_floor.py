@@ -41,12 +41,14 @@ class UnsafeTorch(DronsegError):
     """The installed torch cannot unpickle a file safely (exit code 2: install another torch)."""
 
 
-def torch_load(path: Path, what: str) -> Any:
+def torch_load(path: Path, what: str, missing: str, fix: str) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; UnsafeTorch on a torch whose weights_only loading is known
-    to be bypassable; a one-line DronsegError naming ``what`` for a file it cannot read (a pickle holding code
-    included: never torch's advice to load it unsafely)."""
+    to be bypassable; one-line DronsegErrors: ``missing`` when there is no file, else ``what`` cannot be read
+    followed by ``fix`` (a pickle holding code included: never torch's advice to load it unsafely)."""
     import torch
 
+    if not path.is_file():
+        raise DronsegError(missing)
     reason = unsafe_torch_reason(str(torch.__version__), what)
     if reason:
         raise UnsafeTorch(reason)
@@ -56,7 +58,7 @@ def torch_load(path: Path, what: str) -> Any:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DronsegError(f"{what} cannot be read ({_short_reason(exc)})") from None
+        raise DronsegError(f"{what} cannot be read ({_short_reason(exc)}){fix}") from None
 
 
 def _short_reason(exc: Exception) -> str:

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-import torch
 
 from dronseg_edge.atomic import ensure_writable_dir, storage_faults
 from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
@@ -92,10 +91,6 @@ def onnx_precision_for_engine(precision: str) -> str:
     return precision
 
 
-def _torch_device(device: str | torch.device) -> torch.device:
-    return device if isinstance(device, torch.device) else resolve_device(device)
-
-
 def artifact_path(checkpoint: Path, options: ExportOptions | None = None, /, **changes) -> Path:
     """The path ``export_artifact`` writes for these options (engines: for this GPU and TensorRT).
 
@@ -128,7 +123,7 @@ def _final_path(checkpoint: Path, train_size: tuple[int, int], options: ExportOp
     from dronseg_edge.export.tensorrt import engine_filename
     from dronseg_edge.runtime import tensorrt_env
 
-    identity = tensorrt_env.gpu_identity(_torch_device(options.device))
+    identity = tensorrt_env.gpu_identity(resolve_device(str(options.device)))
     return folder / engine_filename(base, options.precision, identity["gpu_name"], identity["compute_capability"],
                                     str(tensorrt_env.import_tensorrt().__version__), dla_core=options.dla_core)
 
@@ -179,7 +174,7 @@ def export_artifact(checkpoint: Path, options: ExportOptions | None = None, /, *
     """
     # The device resolved once here; the engine's ONNX step inherits the torch.device through dataclasses.replace.
     options = dataclasses.replace(options or ExportOptions(), **changes)
-    options = dataclasses.replace(options, device=_torch_device(options.device))
+    options = dataclasses.replace(options, device=resolve_device(str(options.device)))
     checkpoint = Path(checkpoint)
     if options.fmt == "triton":
         from dronseg_edge.export.triton import check_triton_backend

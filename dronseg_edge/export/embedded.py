@@ -113,6 +113,5 @@ def verify_frames_dynamic(path: Path, model: nn.Module, info: ModelInfo) -> str:
     probe_w, probe_h = (width * 2 + 6, height * 2 + 10) if info.dynamic else (info.source_size or info.input_size)
     # Odd sizes: a frozen shape cannot pass by chance.
     frames = torch.randint(0, 256, (2, probe_h, probe_w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    fix = "drop --dynamic and pass --source-size WxH" if info.dynamic else "export --format onnx with a fixed --batch"
-    what = f"{'--dynamic' if info.dynamic else 'dynamic-batch'} --io frames export"
-    return onnx_export.compare_with_torch(path, FramesToClassMap(model, info).eval(), frames, what, fix)
+    return onnx_export.compare_with_torch(path, FramesToClassMap(model, info).eval(), frames, info, "--io frames export",
+                                          "drop --dynamic and pass --source-size WxH")

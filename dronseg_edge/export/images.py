@@ -87,10 +87,8 @@ def resolve_images(data: Path | None, ckpt: dict[str, Any] | None, *, option: st
     ``data``: the user's folder or None; ``ckpt``: a loaded checkpoint (for its validation split) or
     None; ``size``: (W, H) of synthetic images if they are rendered; ``max_images``: the cap.
     """
-    if data is not None:
-        items, source = images_from_folder(Path(data), option)
-        return ImageSet(pick_evenly(items, max_images), source)
-    found = validation_images(ckpt) if ckpt is not None else None
+    found = images_from_folder(Path(data), option) if data is not None else \
+        validation_images(ckpt) if ckpt is not None else None
     if found is not None:
         items, source = found
         return ImageSet(pick_evenly(items, max_images), source)

@@ -78,7 +78,9 @@ def export_onnx(model: nn.Module, path: Path, info: ModelInfo, *, opset: int | N
     opset used are added to ``info.extra``; the file carries ``info`` in its metadata_props.
     """
     width, height = info.input_size
-    free = dynamic_axes(info)
+    # The free axes of the (N, 3, H, W) input: N when info.batch is None, H and W too when info.dynamic.
+    free = {0: "batch"} if info.batch is None or info.dynamic else {}
+    free = {**free, 2: "height", 3: "width"} if info.dynamic else free
     out_name = OUTPUT_NAMES[info.head]
     mask_axes = {{0: 0, 2: 1, 3: 2}[axis]: name for axis, name in free.items()}  # (N, H, W): no channel axis
     axes = {INPUT_NAME: free, out_name: mask_axes if out_name == "mask" else free} if free else None
@@ -104,12 +106,6 @@ def write_graph(net: nn.Module, example: torch.Tensor, path: Path, info: ModelIn
                        "output_name": output_names[0], **extra})
     save_onnx(graph, path, info)
     return path
-
-
-def dynamic_axes(info: ModelInfo) -> dict[int, str]:
-    """The free axes of an (N, 3, H, W) input: N when ``info.batch`` is None, H and W too when ``info.dynamic``."""
-    axes = {0: "batch"} if info.batch is None or info.dynamic else {}
-    return {**axes, 2: "height", 3: "width"} if info.dynamic else axes
 
 
 def _export_torchscript(net: nn.Module, example: torch.Tensor, dest: Path, opset: int, axes: dict | None,
@@ -197,15 +193,11 @@ def save_onnx(graph: onnx.ModelProto, path: Path, info: ModelInfo) -> Path:
     """Stamp ``info`` into metadata_props and write ``path`` atomically (external data only past 2 GiB)."""
     set_onnx_metadata(graph, info)
     path = Path(path)
-    if graph.ByteSize() < MAX_PROTO_BYTES:
-        with atomic_path(path) as tmp:
-            onnx.save_model(graph, str(tmp))
-        return path
     # Past protobuf's limit the weights must live in a second file; its name is fixed inside the
     # graph, so it is written under its final name first and the graph file is renamed last.
-    data_name = path.name + ".data"
+    large = graph.ByteSize() >= MAX_PROTO_BYTES
     with atomic_path(path) as tmp:
-        onnx.save_model(graph, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
+        onnx.save_model(graph, str(tmp), save_as_external_data=large, location=path.name + ".data")
     return path
 
 
@@ -220,14 +212,16 @@ def verify_dynamic(path: Path, model: nn.Module, info: ModelInfo) -> str:
     width, height = info.input_size
     size = (probe(height), probe(width)) if info.dynamic else (height, width)
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
-    fix = "drop --dynamic and export one static file per size" if info.dynamic else "export --format onnx with a fixed --batch"
-    what = f"{'--dynamic' if info.dynamic else 'dynamic-batch'} export of {info.arch}"
-    return compare_with_torch(path, SegmentationNet(model, head=info.head).eval(), x, what, fix)
+    return compare_with_torch(path, SegmentationNet(model, head=info.head).eval(), x, info, f"export of {info.arch}",
+                              "drop --dynamic and export one static file per size")
 
 
-def compare_with_torch(path: Path, net: nn.Module, x: torch.Tensor, what: str, fix: str) -> str:
-    """Run the graph at ``path`` and ``net`` on ``x``; the verdict as a note, or DronsegError ``what ...: fix``.
+def compare_with_torch(path: Path, net: nn.Module, x: torch.Tensor, info: ModelInfo, subject: str, dynamic_fix: str) -> str:
+    """Run the graph at ``path`` and ``net`` on ``x``; the verdict as a note, or a DronsegError naming the
+    ``--dynamic`` (``dynamic_fix``) or dynamic-batch ``subject`` and the fix.
     Float outputs must match closely, class maps on 99.9 % of pixels. Skipped without onnxruntime."""
+    what = f"{'--dynamic' if info.dynamic else 'dynamic-batch'} {subject}"
+    fix = dynamic_fix if info.dynamic else "export --format onnx with a fixed --batch"
     try:
         import onnxruntime
     except ImportError:

@@ -39,15 +39,11 @@ SHAPE_HELP = ("--dynamic engines: the {} input shape of TensorRT's optimisation 
               "BATCHxWIDTHxHEIGHT of the model input (--io frames: of the frames), e.g. 1x320x192.")
 
 
-def _ints(values) -> tuple[int, ...]:
-    return tuple(int(value) for value in values)
-
-
 # (conversion, fields, whether None stays None) for ExportOptions.__post_init__.
 _NORMALISE = ((int, ("batch", "calib_images", "parity_images"), False), (float, ("workspace_gib",), False),
               (bool, ("dynamic", "parity", "reuse", "confidence", "dynamic_batch", "trt_verbose"), False),
               (Path, ("calib_data", "parity_data", "out_dir", "timing_cache"), True),
-              (_ints, ("size", "source_size", "min_shape", "opt_shape", "max_shape"), True),
+              (lambda values: tuple(map(int, values)), ("size", "source_size", "min_shape", "opt_shape", "max_shape"), True),
               (int, ("dla_core", "builder_opt_level"), True))
 
 

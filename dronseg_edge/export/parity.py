@@ -203,7 +203,7 @@ def check_parity(reference: Model, candidate: Model, data: Path | None = None, *
     checkpoint involved, else synthetic scenes (said in the report). Inputs are at the candidate's
     input size. ``thresholds`` default to the candidate's precision (ParityThresholds.for_precision).
     """
-    torch_device = resolve_device(device) if not isinstance(device, torch.device) else device
+    torch_device = resolve_device(str(device))
     owned: list[Backend] = []
     try:
         opened = [_open(reference, torch_device, owned), _open(candidate, torch_device, owned)]

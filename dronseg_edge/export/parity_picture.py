@@ -35,8 +35,9 @@ class WorstImage:
         self.candidate: np.ndarray | None = None
 
     def update(self, name: str, frame_bgr: np.ndarray, reference, candidate) -> None:
-        """``reference``/``candidate``: (H, W) class maps (tensors or arrays) of the BGR frame ``frame_bgr`` (any size)."""
-        reference, candidate = _numpy(reference), _numpy(candidate)
+        """``reference``/``candidate``: (H, W) class maps (CPU tensors or arrays) of the BGR frame ``frame_bgr`` (any size)."""
+        # Class indices (CPU tensors or arrays); int16 keeps the kept copies small.
+        reference, candidate = np.asarray(reference, dtype=np.int16), np.asarray(candidate, dtype=np.int16)
         agreement = float((reference == candidate).mean()) if reference.size else 1.0
         if agreement >= self.agreement:
             return
@@ -62,12 +63,6 @@ class WorstImage:
         total = 4 * width
         title = f"worst image: {100 * self.agreement:.2f}% of pixels agree"
         return stack_rows([caption(total, title), grid_row(tiles, labels), legend(self.class_names, self.palette, total, present=shown)])
-
-
-def _numpy(classes) -> np.ndarray:
-    if hasattr(classes, "detach"):
-        classes = classes.detach().cpu().numpy()
-    return np.asarray(classes).astype(np.int16)  # class indices; int16 keeps the kept copies small
 
 
 def save_difference_picture(worst: "WorstImage | None", wanted: bool, report_path: Path) -> str | None:
