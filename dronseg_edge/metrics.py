@@ -68,12 +68,6 @@ def dice_from_confusion(cm: torch.Tensor, absent: float = math.nan) -> torch.Ten
     return torch.where(total > 0, 2 * tp / total.clamp_min(1), torch.full_like(tp, absent))
 
 
-def nan_mean(values: Sequence[float]) -> float:
-    """Mean of the non-NaN values; NaN when there are none (without numpy's empty-slice warning)."""
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else math.nan
-
-
 def reduce_device(current: torch.device, backend: str, device: torch.device | str | None = None) -> torch.device:
     """Where metric state must be to be all-reduced: ``device`` when given, else a CUDA device for NCCL
     (a rank that saw no image still holds the CPU state it was created with), else where it is."""
@@ -109,10 +103,6 @@ class SegmentationMetrics:
         # Sum over images of the competition Dice per class, then the image count: float64, so one all_reduce sums both.
         self.image_stats = torch.zeros(c + 1, dtype=torch.float64, device=device)
 
-    @property
-    def image_dice_sum(self) -> torch.Tensor:
-        return self.image_stats[:-1]
-
     def _to(self, device: torch.device) -> None:
         self.confusion, self.image_stats = self.confusion.to(device), self.image_stats.to(device)
 
@@ -140,12 +130,10 @@ class SegmentationMetrics:
         """Scores so far: miou, mdice, iou, dice, pixel_acc, competition, competition_per_class, images, confusion.
         Per-class lists hold floats (NaN: absent from truth and prediction); means are nan-means; NaN before any update."""
         cm = self.confusion.cpu()
-        iou = iou_from_confusion(cm).tolist()
-        dice = dice_from_confusion(cm).tolist()
-        total = int(cm.sum())
+        iou, dice = iou_from_confusion(cm), dice_from_confusion(cm)
         dice_sum, images = self.image_stats[:-1].cpu(), int(self.image_stats[-1].item())
-        per_class = (dice_sum / images).tolist() if images else [math.nan] * self.num_classes
-        return {"miou": nan_mean(iou), "mdice": nan_mean(dice), "iou": iou, "dice": dice,
-                "pixel_acc": int(cm.trace()) / total if total else math.nan,
-                "competition": float(dice_sum.sum()) / (images * self.num_classes) if images else math.nan,
-                "competition_per_class": per_class, "images": images, "confusion": cm.tolist()}
+        return {"miou": iou.nanmean().item(), "mdice": dice.nanmean().item(), "iou": iou.tolist(), "dice": dice.tolist(),
+                # Before any update these are 0 / 0: NaN.
+                "pixel_acc": (cm.double().trace() / cm.sum()).item(),
+                "competition": (dice_sum.sum() / (images * self.num_classes)).item(),
+                "competition_per_class": (dice_sum / images).tolist(), "images": images, "confusion": cm.tolist()}

@@ -52,11 +52,6 @@ class DatasetStats:
         """(N, C) bool: which classes each image contains."""
         return self.counts > 0
 
-    @property
-    def pixel_counts(self) -> np.ndarray:
-        """(C,) pixels of each class over all images."""
-        return self.counts.sum(axis=0)
-
     def counts_for(self, ids: list[str]) -> np.ndarray:
         """(C,) pixel counts over the given image IDs (e.g. the training split)."""
         index = {image_id: i for i, image_id in enumerate(self.ids)}

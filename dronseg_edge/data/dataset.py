@@ -53,13 +53,10 @@ class SegmentationDataset(Dataset):
         mask = mask if self.native_masks else resized
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         mask_t = torch.from_numpy(np.ascontiguousarray(mask))
-        if self.transform is not None:
-            if seed is None:
-                return apply_train_transform(self.transform, image_t, mask_t, self.augment)
-            with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
                 torch.manual_seed(seed)
-                return apply_train_transform(self.transform, image_t, mask_t, self.augment)
-        return image_t, mask_t
+            return apply_train_transform(self.transform, image_t, mask_t, self.augment)
 
 
 class AugmentSeedSampler(Sampler):

@@ -31,15 +31,12 @@ def stratified_split(ids: list[str], presence: np.ndarray, val_fraction: float =
 
 
 def save_split(path: Path, train_ids: list[str], val_ids: list[str], *, seed: int, val_fraction: float,
-               all_ids: list[str] | None = None, presence: np.ndarray | None = None) -> Path:
-    """Write ``split.json`` (atomically) with the IDs and, when given, per-class presence ratios: a
-    human-readable copy, as eval, export and resume read the split the checkpoint carries."""
-    data: dict = {"seed": seed, "val_fraction": val_fraction, "train": train_ids, "val": val_ids}
-    if presence is not None and all_ids is not None:
-        index = {image_id: i for i, image_id in enumerate(all_ids)}
-        train_r, val_r = (presence[[index[i] for i in ids]].mean(axis=0).round(4).tolist() if ids else [0.0] * presence.shape[1]
-                          for ids in (train_ids, val_ids))
-        names = CLASS_NAMES if presence.shape[1] == len(CLASS_NAMES) else [str(i) for i in range(presence.shape[1])]
-        data["presence"] = {name: {"train": t, "val": v} for name, t, v in zip(names, train_r, val_r)}
-    return write_json_atomic(path, data)
+               all_ids: list[str], presence: np.ndarray) -> Path:
+    """Write ``split.json`` (atomically) with the IDs and per-class presence ratios (``presence``: (N, C) bool
+    of ``all_ids``): a human-readable copy, as eval, export and resume read the split the checkpoint carries."""
+    index = {image_id: i for i, image_id in enumerate(all_ids)}
+    train_r, val_r = (presence[[index[i] for i in ids]].mean(axis=0).round(4).tolist() if ids else [0.0] * presence.shape[1]
+                      for ids in (train_ids, val_ids))
+    return write_json_atomic(path, {"seed": seed, "val_fraction": val_fraction, "train": train_ids, "val": val_ids,
+                                    "presence": {name: {"train": t, "val": v} for name, t, v in zip(CLASS_NAMES, train_r, val_r)}})
 

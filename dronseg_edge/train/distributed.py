@@ -16,7 +16,6 @@ from dronseg_edge.devices import resolve_device
 class DistContext:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
@@ -33,13 +32,13 @@ def setup_distributed(device_name: str) -> DistContext:
     world_size, device = int(os.environ.get("WORLD_SIZE", "1")), resolve_device(device_name)
     if world_size <= 1:
         return DistContext(device=device)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank = int(os.environ["RANK"])
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
-    return DistContext(rank, world_size, local_rank, device)
+    return DistContext(rank, world_size, device)
 
 
 def cleanup_distributed() -> None:

@@ -47,7 +47,7 @@ def checkpoint_model(ckpt: dict, device: str) -> tuple[torch.nn.Module, StepCont
     torch_device = resolve_device(device)
     cuda = torch_device.type == "cuda"
     amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
-    ctx = StepContext.make(torch_device, amp, ckpt.get("mean", IMAGENET_MEAN), ckpt.get("std", IMAGENET_STD), cuda)
+    ctx = StepContext(torch_device, amp, ckpt.get("mean", IMAGENET_MEAN), ckpt.get("std", IMAGENET_STD), cuda)
     return model_from_checkpoint(ckpt).to(torch_device, memory_format=torch.channels_last if cuda else torch.contiguous_format), ctx
 
 
@@ -79,4 +79,4 @@ def format_scores(result: dict[str, Any]) -> str:
 
 
 def _fmt(value: float) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+    return "-" if math.isnan(value) else f"{value:.4f}"

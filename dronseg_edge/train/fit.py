@@ -20,7 +20,7 @@ from dronseg_edge.train.distributed import DistContext, all_reduce_sum, barrier,
 from dronseg_edge.train.loop import evaluate, train_one_epoch
 from dronseg_edge.train.mosaics import ValidationMosaic
 from dronseg_edge.metrics import SegmentationMetrics
-from dronseg_edge.models import is_weights_path, read_weights_file
+from dronseg_edge.models import freeze_backbone_stages, is_weights_path, read_weights_file
 from dronseg_edge.train.precision import check_amp
 from dronseg_edge.train.rng import capture_rng_state, seed_everything
 from dronseg_edge.train.setup import (DataSetup, ModelSetup, build_criterion, build_loaders, optimizer_steps_per_epoch,
@@ -62,10 +62,6 @@ class Progress:
             return cls()
         state = TrainingState.from_checkpoint(ckpt)
         return cls(state.epoch, state.step, state.best_metric, state.epoch_progress)
-
-    def done_in_epoch(self) -> dict:
-        """What of the epoch about to run is already trained: all zeros unless resuming mid-epoch."""
-        return self.partial or {"batches": 0, "steps": 0, "loss_sum": 0.0, "images": 0}
 
 
 def fit(cfg: TrainConfig, resume: Path | None = None, log: Callable[[str], None] = print) -> FitResult:
@@ -135,10 +131,13 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
                     f"competition {scores['competition']:.4f}")
         for epoch in range(progress.epoch, cfg.epochs):
             loaders.generator.manual_seed(cfg.seed * 100_003 + epoch)  # same order per epoch, resumed or not
-            done = progress.done_in_epoch()
+            # What of this epoch is already trained: all zeros unless resuming mid-epoch.
+            done = progress.partial or {"batches": 0, "steps": 0, "loss_sum": 0.0, "images": 0}
             loaders.train_sampler.set_epoch(epoch, skip=done["batches"] * cfg.batch)
             if setup.frozen and cfg.unfreeze_epoch and epoch >= cfg.unfreeze_epoch:
-                setup.unfreeze()
+                # The optimiser holds every parameter (frozen ones too), so unfreezing only changes requires_grad.
+                freeze_backbone_stages(setup.model, 0)
+                setup.frozen = False
                 # DDP all-reduces only the parameters that required grad when it was built: wrap again.
                 del net
                 net = _data_parallel(setup.compiled, dist_ctx)

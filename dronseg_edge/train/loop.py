@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from dronseg_edge.classes import IMAGENET_MEAN, IMAGENET_STD
 from dronseg_edge.models import keep_frozen_norms_in_eval
 from dronseg_edge.train.distributed import all_reduce_sum
 from dronseg_edge.metrics import SegmentationMetrics
@@ -23,15 +24,12 @@ class StepContext:
 
     device: torch.device
     amp_dtype: torch.dtype | None  # None: full fp32
-    mean: torch.Tensor  # (1, 3, 1, 1) on device
-    std: torch.Tensor
+    mean: torch.Tensor | Sequence[float] = IMAGENET_MEAN  # 3 values, 0..1 scale; kept as (1, 3, 1, 1) on device
+    std: torch.Tensor | Sequence[float] = IMAGENET_STD
     channels_last: bool = False
 
-    @classmethod
-    def make(cls, device: torch.device, amp_dtype: torch.dtype | None, mean, std, channels_last: bool) -> "StepContext":
-        """With ``mean``/``std`` (3 values each, 0..1 scale) as (1, 3, 1, 1) tensors on ``device``."""
-        stats = [torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (mean, std)]
-        return cls(device, amp_dtype, *stats, channels_last)
+    def __post_init__(self):
+        self.mean, self.std = (torch.as_tensor(v, device=self.device).view(1, 3, 1, 1) for v in (self.mean, self.std))
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)

@@ -48,12 +48,6 @@ def _per_class(values, num_classes: int, what: str, device: torch.device) -> tor
     return tensor
 
 
-def _check_range(name: str, value: float, low: float, high: float = float("inf"), high_open: bool = False) -> None:
-    if not (low <= value < high if high_open else low <= value <= high):
-        bound = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-        raise DronsegError(f"loss setting {name}={value} is out of range; use a value in {bound}")
-
-
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, class_weights=None,
                   ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0) -> torch.Tensor:
     """Pixel-wise cross-entropy averaged like torch's ``reduction="mean"`` (with ``class_weights`` (C,):
@@ -138,16 +132,15 @@ class Loss(nn.Module):
 
     def __init__(self, fn: Callable[..., torch.Tensor], **settings):
         super().__init__()
-        self.fn, self.settings, self.tensors = fn, {}, []
+        self.fn, self.settings = fn, {}
         for key, value in settings.items():
             if value is None or isinstance(value, (bool, int, float)):
                 self.settings[key] = value
             else:
                 self.register_buffer(key, torch.as_tensor(value, dtype=torch.float32).reshape(-1).clone(), persistent=False)
-                self.tensors.append(key)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.fn(logits, target, **self.settings, **{key: getattr(self, key) for key in self.tensors})
+        return self.fn(logits, target, **self.settings, **dict(self.named_buffers()))
 
 
 def build_loss(name: str, *, class_weights=None, ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0,
@@ -158,11 +151,14 @@ def build_loss(name: str, *, class_weights=None, ignore_index: int = IGNORE_INDE
 
     ``dice_smooth`` and ``dice_log`` also apply to "tversky" (there smooth is Tversky's own term).
     """
-    _check_range("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
-    for setting, value in (("focal gamma", focal_gamma), ("dice smooth", dice_smooth), ("focal_weight", focal_weight),
-                           ("dice_weight", dice_weight), ("tversky alpha", tversky_alpha), ("tversky beta", tversky_beta),
-                           ("focal alpha", focal_alpha if isinstance(focal_alpha, (int, float)) else 0.0)):
-        _check_range(setting, float(value), 0.0)
+    ranges = [("label_smoothing", label_smoothing, 0.0 <= label_smoothing < 1.0, "[0.0, 1.0)")]
+    ranges += [(setting, float(value), value >= 0, "[0.0, inf]") for setting, value in (
+        ("focal gamma", focal_gamma), ("dice smooth", dice_smooth), ("focal_weight", focal_weight), ("dice_weight", dice_weight),
+        ("tversky alpha", tversky_alpha), ("tversky beta", tversky_beta),
+        ("focal alpha", focal_alpha if isinstance(focal_alpha, (int, float)) else 0.0))]
+    for setting, value, ok, bound in ranges:
+        if not ok:
+            raise DronsegError(f"loss setting {setting}={value} is out of range; use a value in {bound}")
     common = dict(class_weights=class_weights, ignore_index=ignore_index)
     focal = dict(gamma=focal_gamma, alpha=focal_alpha, **common)
     losses = {

@@ -8,7 +8,6 @@ on them epoch after epoch; rows are captioned with the image ID and that image's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -34,55 +33,40 @@ def mosaic_indices(count: int, wanted: int = MOSAIC_IMAGES) -> list[int]:
 class ValidationMosaic:
     """Writes the mosaics of one run (``dataset``: the validation set, items ``(uint8 (3, H, W) RGB, uint8 (H, W) mask)``)."""
 
-    def __init__(self, dataset, folder: Path, every: int, count: int = MOSAIC_IMAGES,
-                 class_names: Sequence[str] = CLASS_NAMES, palette: Sequence[Sequence[int]] = PALETTE):
+    def __init__(self, dataset, folder: Path, every: int):
         self.dataset, self.folder, self.every = dataset, Path(folder), int(every)
-        self.indices = mosaic_indices(len(dataset), count)
-        self.class_names, self.palette = list(class_names), [list(c) for c in palette]
+        self.indices = mosaic_indices(len(dataset))
 
     def due(self, epoch: int, last_epoch: int) -> bool:
         """Whether finished epoch ``epoch`` (1-based) gets a mosaic: every ``every``-th and the last."""
         return self.every > 0 and bool(self.indices) and (epoch % self.every == 0 or epoch == last_epoch)
 
-    def path(self, epoch: int) -> Path:
-        return self.folder / f"epoch_{epoch:03d}.png"
-
     @torch.no_grad()
     def write(self, model: nn.Module, ctx: StepContext, epoch: int) -> Path:
-        """Predict the fixed images with ``model`` (left in eval mode, as ``evaluate`` leaves it) and write the PNG."""
+        """Predict the fixed images with ``model`` (left in eval mode, as ``evaluate`` leaves it) and write the PNG:
+        a row per image (image | truth | prediction), captions, and a legend of the classes shown."""
         images, masks = zip(*(self.dataset[i] for i in self.indices))
         images = torch.stack(images)
         model.eval()
         with ctx.autocast():
             logits = model(ctx.images(images))["out"]
         predictions = logits.float().argmax(dim=1).cpu().numpy()
-        picture = mosaic_picture(images.permute(0, 2, 3, 1).numpy(), [m.numpy() for m in masks], predictions, self._names(),
-                                 self.class_names, self.palette, title=f"epoch {epoch}: image | truth | prediction")
-        return write_image(self.path(epoch), picture)
-
-    def _names(self) -> list[str]:
-        """Image IDs of the chosen items when the data set knows them (a Subset under DDP: its positions)."""
+        # Image IDs of the chosen items when the data set knows them (a Subset under DDP: its positions).
         samples = getattr(self.dataset, "samples", None)
-        return [f"#{i}" if samples is None else str(getattr(samples[i], "image_id", f"#{i}")) for i in self.indices]
-
-
-def mosaic_picture(images_rgb: np.ndarray, masks: Sequence[np.ndarray], predictions: Sequence[np.ndarray],
-                   names: Sequence[str], class_names: Sequence[str], palette: Sequence[Sequence[int]],
-                   title: str = "image | truth | prediction") -> np.ndarray:
-    """One BGR picture: a row per image (image | truth | prediction), captions, and a legend of the classes shown.
-
-    ``images_rgb`` (N, H, W, 3) uint8; ``masks``/``predictions`` (H, W) class indices (IGNORE_INDEX: black).
-    """
-    width = min(max(images_rgb.shape[2], MIN_TILE), MAX_TILE)
-    rows, shown = [], set()
-    for image, truth, predicted, name in zip(images_rgb, masks, predictions, names):
-        labelled = truth != IGNORE_INDEX
-        accuracy = float((predicted[labelled] == truth[labelled]).mean()) if labelled.any() else float("nan")
-        tiles = [fit_width(np.ascontiguousarray(image[..., ::-1]), width),
-                 fit_width(colour_classes(truth, palette), width, nearest=True),
-                 fit_width(colour_classes(predicted, palette), width, nearest=True)]
-        rows.append(grid_row(tiles, [name, "truth", f"prediction ({100 * accuracy:.1f}% pixels right)"]))
-        shown.update(np.unique(truth[labelled]).tolist())
-        shown.update(np.unique(predicted).tolist())
-    total = 3 * width
-    return stack_rows([caption(total, title), *rows, legend(class_names, palette, total, present=sorted(shown))])
+        names = [f"#{i}" if samples is None else str(getattr(samples[i], "image_id", f"#{i}")) for i in self.indices]
+        width = min(max(images.shape[3], MIN_TILE), MAX_TILE)
+        rows, shown = [], set()
+        for image, truth, predicted, name in zip(images.permute(0, 2, 3, 1).numpy(), masks, predictions, names):
+            truth = truth.numpy()
+            labelled = truth != IGNORE_INDEX  # unlabelled pixels: black, and not scored
+            accuracy = float((predicted[labelled] == truth[labelled]).mean()) if labelled.any() else float("nan")
+            tiles = [fit_width(np.ascontiguousarray(image[..., ::-1]), width),
+                     fit_width(colour_classes(truth, PALETTE), width, nearest=True),
+                     fit_width(colour_classes(predicted, PALETTE), width, nearest=True)]
+            rows.append(grid_row(tiles, [name, "truth", f"prediction ({100 * accuracy:.1f}% pixels right)"]))
+            shown.update(np.unique(truth[labelled]).tolist())
+            shown.update(np.unique(predicted).tolist())
+        total = 3 * width
+        picture = stack_rows([caption(total, f"epoch {epoch}: image | truth | prediction"), *rows,
+                              legend(CLASS_NAMES, PALETTE, total, present=sorted(shown))])
+        return write_image(self.folder / f"epoch_{epoch:03d}.png", picture)

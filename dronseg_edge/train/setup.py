@@ -20,7 +20,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from dronseg_edge.atomic import ensure_writable_dir, write_json_atomic
 from dronseg_edge.checkpoint import TrainingState, recorded_split
-from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX
 from dronseg_edge.data.aeroscapes import DatasetStats, Sample, dataset_samples, validate_samples
 from dronseg_edge.data.dataset import AugmentSeedSampler, SegmentationDataset
 from dronseg_edge.data.split import save_split, stratified_split
@@ -65,12 +65,7 @@ class ModelSetup:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     channels_last: bool
-    frozen: bool  # backbone stages frozen now; ``unfreeze`` lifts it
-
-    def unfreeze(self) -> None:
-        # The optimiser holds every parameter (frozen ones too), so unfreezing only changes requires_grad.
-        freeze_backbone_stages(self.model, 0)
-        self.frozen = False
+    frozen: bool  # backbone stages frozen now
 
 
 def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, log: Callable[[str], None]) -> DataSetup:
@@ -102,7 +97,10 @@ def prepare_run_dir(cfg: TrainConfig, resume: Path | None, data: DataSetup, dist
         run_dir = ensure_writable_dir(Path(cfg.out)) if cfg.out else next_run_dir("runs/train")
     else:
         run_dir = None
-    run_dir = _broadcast_path(run_dir, dist_ctx)
+    if dist_ctx.enabled:
+        box = [str(run_dir)]  # rank 0's; the others' is overwritten
+        torch.distributed.broadcast_object_list(box, src=0)
+        run_dir = Path(box[0])
     cfg.out = str(run_dir)
     if dist_ctx.is_main:
         ensure_writable_dir(run_dir / "weights")
@@ -110,16 +108,6 @@ def prepare_run_dir(cfg: TrainConfig, resume: Path | None, data: DataSetup, dist
                    all_ids=data.stats.ids, presence=data.stats.presence)
         write_json_atomic(run_dir / "config.json", cfg.to_dict())
     return run_dir
-
-
-def _broadcast_path(path: Path | None, dist_ctx: DistContext) -> Path:
-    if not dist_ctx.enabled:
-        return path
-    import torch.distributed as dist
-
-    box = [str(path) if path is not None else None]
-    dist.broadcast_object_list(box, src=0)
-    return Path(box[0])
 
 
 def loader_options(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
@@ -207,4 +195,4 @@ def build_criterion(cfg: TrainConfig, device: torch.device, data: DataSetup | No
 
 def step_context(setup: ModelSetup, device: torch.device) -> StepContext:
     """Device, autocast dtype and ImageNet normalisation for the steps of ``setup``'s model."""
-    return StepContext.make(device, setup.amp_dtype, IMAGENET_MEAN, IMAGENET_STD, setup.channels_last)
+    return StepContext(device, setup.amp_dtype, channels_last=setup.channels_last)

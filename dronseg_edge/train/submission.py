@@ -6,17 +6,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dronseg_edge.checkpoint import load_checkpoint
 from dronseg_edge.classes import CLASS_NAMES
 from dronseg_edge.data.aeroscapes import dataset_samples
-from dronseg_edge.data.dataset import SegmentationDataset
 from dronseg_edge.data.rle import submission_rows, write_submission
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.media import checked_image_size
-from dronseg_edge.train.evaluation import checkpoint_model
+from dronseg_edge.train.evaluation import checkpoint_model, native_loader
 
 
 def write_competition_csv(checkpoint: Path, data: Path, out: Path, order: str = "row", batch: int = 4,
@@ -28,10 +25,8 @@ def write_competition_csv(checkpoint: Path, data: Path, out: Path, order: str = 
     samples = dataset_samples(data, "test")
     # Masks are not read for test images: the dataset yields an IGNORE mask of the native size, which gives the shape.
     samples = [type(s)(s.image_id, s.image_path, None) for s in samples]
-    batch = batch if len({checked_image_size(s.image_path) for s in samples}) == 1 else 1
     model, ctx = checkpoint_model(ckpt, device)
-    dataset = SegmentationDataset(samples, tuple(ckpt["input_size"]), augment=None, native_masks=True)
-    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers)
+    loader = native_loader(ckpt, samples, batch, workers)
     rows: list[tuple[str, str]] = []
     ids = iter(s.image_id for s in samples)
     with torch.no_grad():

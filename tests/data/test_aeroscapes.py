@@ -41,7 +41,7 @@ def test_valid_layout_reads_and_counts(tmp_path):
     stats = validate_samples(train)
     assert stats.presence.shape == (4, 12)
     assert stats.presence[:, 9].all()  # top half is vegetation in every mask
-    assert stats.pixel_counts.sum() == 4 * 32 * 24
+    assert stats.counts.sum() == 4 * 32 * 24
     assert stats.sizes == [(32, 24)] * 4
     assert [s.image_id for s in samples_for_ids(tmp_path, [ids[1], ids[0]])] == [ids[1], ids[0]]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dronseg_edge.classes import IMAGENET_MEAN, IMAGENET_STD
 from dronseg_edge.models import backbone_stages, build_model, freeze_backbone_stages, keep_frozen_norms_in_eval
 from dronseg_edge.train.loop import StepContext, evaluate, train_one_epoch
 from dronseg_edge.metrics import SegmentationMetrics
@@ -24,8 +23,7 @@ def test_frozen_stage_norm_statistics_stay_put_over_an_epoch():
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8, generator=generator),
                 torch.randint(0, 3, (2, 64, 96), dtype=torch.uint8, generator=generator)) for _ in range(2)]
-    ctx = StepContext(torch.device("cpu"), None, torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
-                      torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+    ctx = StepContext(torch.device("cpu"), None)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dronseg_edge.classes import IMAGENET_MEAN, IMAGENET_STD, PALETTE
+from dronseg_edge.classes import PALETTE
 from dronseg_edge.data.augment import AugmentConfig
 from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.fit import fit
@@ -48,8 +48,7 @@ def test_mosaic_rows_are_image_truth_prediction_in_palette_colours(tmp_path):
         mask[0, 0] = 255  # an unlabelled pixel: black, and not scored
         masks.append(mask)
     items = [(torch.full((3, H, W), 60 * (i + 1), dtype=torch.uint8), torch.from_numpy(m)) for i, m in enumerate(masks)]
-    ctx = StepContext(torch.device("cpu"), None, torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
-                      torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+    ctx = StepContext(torch.device("cpu"), None)
     model = AlwaysSky().train()
     path = ValidationMosaic(items, tmp_path / "mosaics", every=1).write(model, ctx, epoch=3)
     assert path == tmp_path / "mosaics" / "epoch_003.png" and not model.ran_in_training_mode
