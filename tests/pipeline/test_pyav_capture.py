@@ -3,6 +3,7 @@
 
 import importlib.util
 import logging
+import subprocess
 import sys
 
 import cv2
@@ -63,3 +64,21 @@ def test_damaged_and_missing_files_are_left_to_opencv_and_its_messages(tmp_path)
     assert PyAVCapture.open_if_suited(broken) is None
     write_video(tmp_path / "clip.avi", frames=2, fourcc="MJPG")
     assert PyAVCapture.open_if_suited(tmp_path / "clip.avi") is None
+
+
+def test_a_ts_after_stray_bytes_still_goes_to_pyav(changing_ts, tmp_path):
+    """The sync-byte sniff looks within the first packet, as FFmpeg's probe resynchronises past junk."""
+    shifted = tmp_path / "shifted.ts"
+    shifted.write_bytes(b"\x00junk" + changing_ts.read_bytes())
+    capture = PyAVCapture.open_if_suited(shifted)
+    assert isinstance(capture, PyAVCapture)
+    capture.release()
+
+
+def test_an_mp4_is_read_without_importing_pyav(video_path):
+    """PyAV costs ~24 MiB and 50 ms to import: a file without MPEG-TS sync bytes never loads it."""
+    code = ("import sys; from dronseg_edge.pipeline.open_source import open_source; "
+            f"source = open_source({str(video_path)!r}); next(source.frames()); print('av' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == ["False"]
