@@ -11,6 +11,7 @@ frames sees objects too large in full-resolution windows (pipeline/tiling.py, do
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import groupby, islice
@@ -31,7 +32,7 @@ from dronseg_edge.pipeline.sources import FrameRecord, FramesSource, Source
 from dronseg_edge.pipeline.tiling import DEFAULT_OVERLAP, TilePlan, segment_tiled, tiling_unable
 from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.host import CONFIDENCE_OUTPUT
-from dronseg_edge.runtime.registry import is_checkpoint, load_backend, resolve_device_for
+from dronseg_edge.runtime.registry import backend_class, check_model_file, is_checkpoint, load_backend, resolve_device_for
 from dronseg_edge.sizes import format_size
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,8 @@ class Segmenter:
             self.backend = model
         else:
             device = resolve_device_for(model, device)  # resolved once here: --half depends on it
-            options = _checkpoint_options(Path(model), device, half, precision, cuda_graph)
-            self.backend = load_backend(model, device, meta=meta, **options, **(backend_options or {}))
+            options = _backend_options(check_model_file(model), device, half, precision, cuda_graph)
+            self.backend = load_backend(model, device, meta=meta, **{**options, **(backend_options or {})})
             if half and options.get("precision") is None and self.backend.info.precision == "fp32":
                 log.warning("--half does not change %s: its precision (fp32) was fixed at export; "
                             "export it with --precision fp16 instead", Path(model).name)
@@ -220,12 +221,17 @@ class Segmenter:
         self.close()
 
 
-def _checkpoint_options(path: Path, device, half: bool, precision: str | None, cuda_graph) -> dict:
-    """The torch backend's options for a checkpoint; {} (with a warning for what does not apply) otherwise."""
+def _backend_options(path: Path, device, half: bool, precision: str | None, cuda_graph) -> dict:
+    """The backend's options for a Segmenter: a checkpoint's precision and graph; for a CPU ONNX Runtime
+    session, which takes CPU_CALLS batches at once here, each call's share of the cores (one pool of
+    every core per call would oversubscribe them: 1.1x slower on 2 cores, benchmarks/README.md)."""
     if not is_checkpoint(path):
         if precision not in (None, "fp32") or cuda_graph:
             log.warning("precision/cuda_graph apply to checkpoints; %s runs as exported", path.name)
-        return {}
+        backend = backend_class(path)
+        if device.type != "cpu" or "threads" not in backend.OPTIONS:
+            return {}
+        return {"threads": max(1, (os.cpu_count() or 1) // backend.CPU_CALLS)}
     if precision is None:
         precision = "fp32"
         if half and device.type == "cuda":

@@ -124,6 +124,9 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     OPTIONS = frozenset({"provider", "cuda_graph", "threads"})
+    # A CPU session's Run is thread-safe and holds no bound buffers: this many frames in flight overlap one
+    # frame's host pre/post with the other's run (benchmarks/vs_plain_loop.py: 2-core machine).
+    CPU_CALLS = 2
 
     def __init__(self, path: Path, device, provider: str = "auto", cuda_graph: bool | None = None,
                  threads: int = 0):
@@ -222,9 +225,9 @@ class OnnxRuntimeBackend(Backend):
         self._outputs = self.session.get_outputs()
         check_declared_io(self.path, self.info, [_spec(i) for i in self.session.get_inputs()], [_spec(o) for o in self._outputs])
         self._on_gpu = used != "CPUExecutionProvider" and self.device.type == "cuda"
-        # A CPU session's Run is thread-safe and holds no bound buffers: two frames in flight overlap one
-        # frame's host pre/post with the other's run (benchmarks/vs_plain_loop.py: 2-core machine).
-        self.concurrent_calls = 1 if self._on_gpu else 2
+        self.concurrent_calls = 1 if self._on_gpu else self.CPU_CALLS
+        if self.threads and not self._on_gpu:
+            self.provider += f" ({self.threads} thread{'s' if self.threads > 1 else ''} a call)"
         self._host_bound = None
 
     def _cpu_session(self, ort, options):
