@@ -53,7 +53,7 @@ def free_bytes(path: os.PathLike | str) -> int | None:
     try:
         try:  # a run asks of files and folders that exist (once a video frame): statvfs alone
             return shutil.disk_usage(path).free
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # not made yet, or under a file (the file's file system)
             return shutil.disk_usage(nearest_existing(path)).free
     except OSError:
         return None

@@ -117,6 +117,13 @@ def test_low_space_asks_the_nearest_existing_folder(tmp_path, monkeypatch):
     assert asked[-1] == tmp_path
 
 
+def test_free_space_is_known_for_a_path_under_a_file(tmp_path):
+    """--out file.txt/run (a mistake the error message must still describe): the file's own file system."""
+    (tmp_path / "file.txt").write_text("x")
+    free = atomic.free_bytes(tmp_path / "file.txt" / "run" / "x.png")
+    assert free is not None and abs(free - shutil.disk_usage(tmp_path).free) < 64 << 20  # others may write meanwhile
+
+
 def test_a_ctrl_c_that_a_writer_wrapped_stays_a_ctrl_c(tmp_path):
     """torch.save turns a KeyboardInterrupt raised in its Python write callback into a short-write RuntimeError."""
     with pytest.raises(KeyboardInterrupt):
