@@ -153,7 +153,7 @@ def thread_counts() -> dict:
             "plain_loop": {"decoder": "OpenCV's FFmpeg default", "onnxruntime_intra_op": "onnxruntime default (one per core)",
                            "writer": "same thread"},
             "infer": {"decoder": "1 reader thread (OpenCV's FFmpeg inside)", "onnxruntime_intra_op": f"{max(1, cores // 2)} "
-                      "a call (the Segmenter's share of the cores for each call in flight; a baseline before 1ba8445: "
+                      "a call (infer's streaming Segmenter: each call in flight its share of the cores; a baseline before 1ba8445: "
                       "onnxruntime default, one per core), spinning off", "frames_in_flight": "2 (Backend.concurrent_calls of a CPU session)",
                       "writer": "1 thread per output (overlay video, stats)"},
             "python_bytecode_cache": "on for both sides (PYTHONDONTWRITEBYTECODE unset), written by an untimed first run"}

@@ -90,7 +90,7 @@ def infer(
     # The source before the model, so a typo in SOURCE fails in a moment; the run closes it.
     with open_source(source, options.reconnect_s, capture=capture, max_pixels=options.max_pixels) as frames, \
             Segmenter(model, device=device, half=half, batch=batch, tile=tile, tile_overlap=tile_overlap,
-                      meta=meta) as segmenter:
+                      meta=meta, streaming=True) as segmenter:
         echo(f"model: {model} -> {segmenter.describe()}")
         summary = run_inference(segmenter, frames, options)
     data = summary.data

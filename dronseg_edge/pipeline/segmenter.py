@@ -57,7 +57,10 @@ class Segmenter:
     uint8 maximum class probability x 255 (it costs a softmax). ``classes``: class names to keep
     (a list or "person,car"); the rest become 255 in masks and stay uncoloured in overlays.
     ``meta``: metadata FILE for an .onnx/.engine without its own (the ONNX an engine was built from,
-    or a sidecar JSON; runtime/registry.read_meta_file).
+    or a sidecar JSON; runtime/registry.read_meta_file). ``streaming``: tune the backend for
+    ``stream()`` (``infer`` does): a CPU ONNX Runtime session then gives each of its calls in flight its
+    share of the cores, ~1.1x faster on 2 cores; ``predict`` of one frame at a time is then slower
+    (1.3x at 320x192), hence off by default.
     Not thread-safe: use one Segmenter per thread.
     """
 
@@ -65,12 +68,12 @@ class Segmenter:
                  precision: str | None = None, batch: int = 1, size: tuple[int, int] | None = None,
                  cuda_graph: bool | None = None, backend_options: dict | None = None, tile: str = "off",
                  tile_overlap: float = DEFAULT_OVERLAP, tile_batch: int | None = None, confidence: bool = False,
-                 classes=None, meta: str | Path | None = None):
+                 classes=None, meta: str | Path | None = None, streaming: bool = False):
         if isinstance(model, Backend):
             self.backend = model
         else:
             device = resolve_device_for(model, device)  # resolved once here: --half depends on it
-            options = _backend_options(check_model_file(model), device, half, precision, cuda_graph)
+            options = _backend_options(check_model_file(model), device, half, precision, cuda_graph, streaming)
             self.backend = load_backend(model, device, meta=meta, **{**options, **(backend_options or {})})
             if half and options.get("precision") is None and self.backend.info.precision == "fp32":
                 log.warning("--half does not change %s: its precision (fp32) was fixed at export; "
@@ -221,15 +224,15 @@ class Segmenter:
         self.close()
 
 
-def _backend_options(path: Path, device, half: bool, precision: str | None, cuda_graph) -> dict:
-    """The backend's options for a Segmenter: a checkpoint's precision and graph; for a CPU ONNX Runtime
-    session, which takes CPU_CALLS batches at once here, each call's share of the cores (one pool of
-    every core per call would oversubscribe them: 1.1x slower on 2 cores, benchmarks/README.md)."""
+def _backend_options(path: Path, device, half: bool, precision: str | None, cuda_graph, streaming: bool) -> dict:
+    """The backend's options for a Segmenter: a checkpoint's precision and graph; when ``streaming``, for a
+    CPU ONNX Runtime session, which ``stream()`` gives CPU_CALLS batches at once, each call's share of the
+    cores (a pool of every core per call oversubscribes them: docs/facts.md#cpu-threads)."""
     if not is_checkpoint(path):
         if precision not in (None, "fp32") or cuda_graph:
             log.warning("precision/cuda_graph apply to checkpoints; %s runs as exported", path.name)
         backend = backend_class(path)
-        if device.type != "cpu" or "threads" not in backend.OPTIONS:
+        if not streaming or device.type != "cpu" or "threads" not in backend.OPTIONS:
             return {}
         return {"threads": max(1, (os.cpu_count() or 1) // backend.CPU_CALLS)}
     if precision is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -307,6 +308,10 @@ def test_a_foreign_onnx_runs_with_meta_and_is_refused_without(tiny_checkpoint, m
     code, out, err = run_cli(capsys, foreign, media["folder"], "--out", tmp_path / "a", "--device", "cpu", "--meta", ours)
     assert code in (0, None), err
     assert f"model: {foreign} -> onnxruntime" in out and (tmp_path / "a" / "masks" / "one.png").is_file()
+    # infer streams: its CPU session gives each call in flight its share of the cores (Segmenter(streaming=True))
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["provider"] == \
+        f"CPUExecutionProvider ({threads} thread{'s' if threads > 1 else ''} a call)"
     assert_one_error_line(*run_cli(capsys, foreign, media["folder"], "--out", tmp_path / "b", "--device", "cpu"),
                           "foreign.onnx has no dronseg-edge metadata")
     code, out, err = run_cli(capsys, foreign, media["folder"], "--out", tmp_path / "c", "--device", "cpu")

@@ -128,14 +128,17 @@ def test_a_cpu_onnx_stream_keeps_two_frames_in_flight_each_with_its_own_outputs(
         assert np.array_equal(result.mask, mask[0]) and np.array_equal(result.confidence, conf[0])
 
 
-def test_a_cpu_onnx_segmenter_splits_the_cores_between_its_calls_in_flight(models, monkeypatch):
-    """Two calls in flight, each on a pool of every core, would oversubscribe them: each gets its share."""
+def test_a_streaming_cpu_onnx_segmenter_splits_the_cores_between_its_calls_in_flight(models, monkeypatch):
+    """Two calls in flight, each on a pool of every core, would oversubscribe them: each gets its share.
+    A Segmenter that predicts one frame at a time keeps ONNX Runtime's own pool (0: its default)."""
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    with Segmenter(models["tensors"], device="cpu") as seg:
+    with Segmenter(models["tensors"], device="cpu", streaming=True) as seg, \
+            Segmenter(models["tensors"], device="cpu") as single:
         seg.predict(scene(1, (96, 64)))
-        assert (seg.backend.concurrent_calls, seg.backend.threads) == (2, 4)
+        assert (seg.backend.concurrent_calls, seg.backend.threads, single.backend.threads) == (2, 4, 0)
         assert seg.backend.provider == "CPUExecutionProvider (4 threads a call)"
+        assert single.backend.provider == "CPUExecutionProvider"
     monkeypatch.setattr("os.cpu_count", lambda: 1)
-    with Segmenter(models["tensors"], device="cpu") as one_core, \
-            Segmenter(models["tensors"], device="cpu", backend_options={"threads": 3}) as given:
+    with Segmenter(models["tensors"], device="cpu", streaming=True) as one_core, \
+            Segmenter(models["tensors"], device="cpu", streaming=True, backend_options={"threads": 3}) as given:
         assert (one_core.backend.threads, given.backend.threads) == (1, 3)  # at least one; the caller's own wins
