@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 CLASS_NAMES: tuple[str, ...] = ("background", "person", "bike", "car", "drone", "boat", "animal", "obstacle",
@@ -30,6 +29,8 @@ def class_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
     """(num_classes,) int64 pixels of each class id in a uint8 class map (ids past ``num_classes`` are
     not counted). ``cv2.calcHist`` is 4x faster than ``np.bincount`` on a 720p map and makes no int64
     copy of it (265 MB for an 8K mask); it runs on slices small enough for its float32 bins to be exact."""
+    import cv2  # here, not at the top: the CLI (--help, checks) reads this module and must start without OpenCV
+
     if mask.dtype != np.uint8:
         raise TypeError(f"class_counts takes a uint8 class map, got {mask.dtype}")
     flat = np.ascontiguousarray(mask).reshape(1, -1)

@@ -3,7 +3,7 @@
 ``pip install dronseg-edge`` is the core: it runs inference on ONNX files and engines. Training and
 export need the ``train`` and ``export`` extras (torch and friends). A command checks its extra before
 importing anything heavy, so a core-only install says what to install instead of an ImportError
-traceback; ``missing_module_error`` turns any other missing optional module into the same kind of line.
+traceback; ``missing_module_error`` turns any other missing (or unloadable) optional module into the same kind of line.
 """
 
 from __future__ import annotations
@@ -66,10 +66,17 @@ def require_extra(extra: str, command: str) -> None:
                                  f"pip install 'dronseg-edge[{extra}]'{hint}")
 
 
-def missing_module_error(exc: ModuleNotFoundError) -> BackendUnavailable | None:
-    """The one-line error for an optional module this install lacks; None for any other module (a bug)."""
+def missing_module_error(exc: ImportError) -> BackendUnavailable | None:
+    """The one-line error for an optional module this install lacks, or has but cannot load (a shared
+    library missing: opencv-python without libGL on a server); None for any other module (a bug)."""
     top = (exc.name or "").split(".")[0]
     if top not in INSTALL_FOR_MODULE:
         return None
     pip_name, install = INSTALL_FOR_MODULE[top]
-    return BackendUnavailable(f"{pip_name} is not installed, and this needs it: {install}")
+    if isinstance(exc, ModuleNotFoundError):
+        return BackendUnavailable(f"{pip_name} is not installed, and this needs it: {install}")
+    reason = " ".join(str(exc).split())[:200]
+    if top == "cv2" and "libGL" in reason:
+        install = ("opencv-python needs a desktop's graphics libraries: pip uninstall opencv-python && pip install "
+                   "opencv-python-headless (or apt-get install libgl1)")
+    return BackendUnavailable(f"{pip_name} is installed but cannot be loaded ({reason}): {install}")

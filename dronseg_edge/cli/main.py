@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         if not is_storage_error(exc):
             raise
         _fail(storage_failure(exc, exc.filename or "."), RuntimeFailure.exit_code)
-    except ModuleNotFoundError as exc:  # an optional library this install set lacks: what to install
+    except ImportError as exc:  # an optional library this install set lacks or cannot load: what to do
         error = missing_module_error(exc)
         if error is None:
             raise

@@ -5,6 +5,7 @@ The real core-only install is tests/test_install_sets.py; here modules are hidde
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -74,3 +75,39 @@ def test_every_required_module_has_an_install_line():
     for modules in REQUIRED.values():
         for module in modules:
             assert "pip install 'dronseg-edge[" in INSTALL_FOR_MODULE[module][1], module
+
+
+# A fresh interpreter whose OpenCV is installed but cannot load, as opencv-python on a server without libGL.
+_BROKEN_CV2 = """
+import subprocess
+import sys
+class Broken:
+    def find_spec(self, name, path=None, target=None):
+        if name == "cv2":
+            raise ImportError("libGL.so.1: cannot open shared object file: No such file or directory", name="cv2")
+sys.meta_path.insert(0, Broken())
+from dronseg_edge.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+def _run_with_broken_cv2(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _BROKEN_CV2, *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_an_opencv_that_cannot_load_is_one_line_and_checks_still_runs(tmp_path):
+    """The most common OpenCV fault: `checks` must start to report it (its FAIL line), --help must work,
+    and a command that needs OpenCV says what to do in one line."""
+    checks = _run_with_broken_cv2("checks")
+    assert checks.returncode == 1 and "Traceback" not in checks.stderr, checks.stderr
+    assert any(line.startswith("FAIL") and " opencv " in line and "libGL.so.1" in line for line in checks.stdout.splitlines())
+    shown = _run_with_broken_cv2("--help")
+    assert shown.returncode == 0 and "infer" in shown.stdout, shown.stderr
+    infer = _run_with_broken_cv2("infer", tmp_path / "m.onnx", tmp_path / "v.mp4")
+    assert infer.returncode == 3 and "Traceback" not in infer.stderr
+    assert infer.stderr.strip().splitlines() == [
+        "error: OpenCV is installed but cannot be loaded (libGL.so.1: cannot open shared object file: No such file or "
+        "directory): opencv-python needs a desktop's graphics libraries: pip uninstall opencv-python && pip install "
+        "opencv-python-headless (or apt-get install libgl1)"]
+    assert missing_module_error(ImportError("cannot import name 'x' from 'dronseg_edge.y'", name="dronseg_edge.y")) is None
