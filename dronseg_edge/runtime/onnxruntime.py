@@ -215,6 +215,8 @@ class OnnxRuntimeBackend(Backend):
         used = self.session.get_providers()[0]
         self.cuda_graph = self.cuda_graph and used == "CUDAExecutionProvider"
         self.provider = used + (" + CUDA graph" if self.cuda_graph else "")
+        if self.threads and used == "CPUExecutionProvider":
+            self.provider += f", {self.threads} thread{'s' if self.threads > 1 else ''} a call"
         if used == _PROVIDER_NAMES["tensorrt"] and self.info.precision == "fp32":
             log.warning("%s: fp32 model on ONNX Runtime's TensorRT provider runs with TF32 (it has no option to turn "
                         "it off); --provider cuda keeps strict fp32", self.path.name)
@@ -226,8 +228,6 @@ class OnnxRuntimeBackend(Backend):
         check_declared_io(self.path, self.info, [_spec(i) for i in self.session.get_inputs()], [_spec(o) for o in self._outputs])
         self._on_gpu = used != "CPUExecutionProvider" and self.device.type == "cuda"
         self.concurrent_calls = 1 if self._on_gpu else self.CPU_CALLS
-        if self.threads and not self._on_gpu:
-            self.provider += f" ({self.threads} thread{'s' if self.threads > 1 else ''} a call)"
         self._host_bound = None
 
     def _cpu_session(self, ort, options):

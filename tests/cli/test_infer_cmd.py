@@ -311,7 +311,7 @@ def test_a_foreign_onnx_runs_with_meta_and_is_refused_without(tiny_checkpoint, m
     # infer streams: its CPU session gives each call in flight its share of the cores (Segmenter(streaming=True))
     threads = max(1, (os.cpu_count() or 1) // 2)
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["provider"] == \
-        f"CPUExecutionProvider ({threads} thread{'s' if threads > 1 else ''} a call)"
+        f"CPUExecutionProvider, {threads} thread{'s' if threads > 1 else ''} a call"
     assert_one_error_line(*run_cli(capsys, foreign, media["folder"], "--out", tmp_path / "b", "--device", "cpu"),
                           "foreign.onnx has no dronseg-edge metadata")
     code, out, err = run_cli(capsys, foreign, media["folder"], "--out", tmp_path / "c", "--device", "cpu")

@@ -136,7 +136,7 @@ def test_a_streaming_cpu_onnx_segmenter_splits_the_cores_between_its_calls_in_fl
             Segmenter(models["tensors"], device="cpu") as single:
         seg.predict(scene(1, (96, 64)))
         assert (seg.backend.concurrent_calls, seg.backend.threads, single.backend.threads) == (2, 4, 0)
-        assert seg.backend.provider == "CPUExecutionProvider (4 threads a call)"
+        assert seg.backend.provider == "CPUExecutionProvider, 4 threads a call"
         assert single.backend.provider == "CPUExecutionProvider"
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     with Segmenter(models["tensors"], device="cpu", streaming=True) as one_core, \
