@@ -3,7 +3,8 @@
 ``pip install dronseg-edge`` is the core: it runs inference on ONNX files and engines. Training and
 export need the ``train`` and ``export`` extras (torch and friends). A command checks its extra before
 importing anything heavy, so a core-only install says what to install instead of an ImportError
-traceback; ``missing_module_error`` turns any other missing (or unloadable) optional module into the same kind of line.
+traceback; ``missing_module_error`` turns any other missing optional module, or one whose import fails
+(a shared library missing), into the same kind of line.
 """
 
 from __future__ import annotations
@@ -66,17 +67,38 @@ def require_extra(extra: str, command: str) -> None:
                                  f"pip install 'dronseg-edge[{extra}]'{hint}")
 
 
-def missing_module_error(exc: ImportError) -> BackendUnavailable | None:
+def missing_module_error(exc: BaseException) -> BackendUnavailable | None:
     """The one-line error for an optional module this install lacks, or has but cannot load (a shared
-    library missing: opencv-python without libGL on a server); None for any other module (a bug)."""
-    top = (exc.name or "").split(".")[0]
-    if top not in INSTALL_FOR_MODULE:
+    library missing: opencv-python without libGL, a Jetson's torch without its libcudnn, which raises
+    OSError); None for anything else (a bug, or a fault of ours)."""
+    top = _failed_import(exc)
+    if top is None:
         return None
     pip_name, install = INSTALL_FOR_MODULE[top]
     if isinstance(exc, ModuleNotFoundError):
         return BackendUnavailable(f"{pip_name} is not installed, and this needs it: {install}")
     reason = " ".join(str(exc).split())[:200]
+    fix = f"reinstall it: {install}"
     if top == "cv2" and "libGL" in reason:
-        install = ("opencv-python needs a desktop's graphics libraries: pip uninstall opencv-python && pip install "
-                   "opencv-python-headless (or apt-get install libgl1)")
-    return BackendUnavailable(f"{pip_name} is installed but cannot be loaded ({reason}): {install}")
+        fix = ("opencv-python needs a desktop's graphics libraries: pip uninstall opencv-python && pip install "
+               "opencv-python-headless (or apt-get install libgl1)")
+    return BackendUnavailable(f"{pip_name} is installed but cannot be loaded ({reason}): {fix}")
+
+
+def _failed_import(exc: BaseException) -> str | None:
+    """The optional module (INSTALL_FOR_MODULE's name) whose import ``exc`` broke off: the one an ImportError
+    names, else the one whose module-level code (``<module>``: it runs only while the module is imported)
+    raised it; None when the error came from elsewhere."""
+    if isinstance(exc, ImportError):
+        top = (exc.name or "").split(".")[0]
+        if top in INSTALL_FOR_MODULE:
+            return top
+    if not isinstance(exc, (ImportError, OSError)):
+        return None
+    found, tb = None, exc.__traceback__
+    while tb is not None:  # the innermost such module: torchvision's import fails where it imports torch
+        top = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
+        if tb.tb_frame.f_code.co_name == "<module>" and top in INSTALL_FOR_MODULE:
+            found = top
+        tb = tb.tb_next
+    return found

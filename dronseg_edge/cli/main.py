@@ -39,9 +39,12 @@ def main(argv: list[str] | None = None) -> None:
         # system takes (any path argument: --out, a model, a source) is the user's to fix. Other OSErrors are bugs.
         if exc.errno == errno.ENAMETOOLONG:
             _fail(name_too_long(exc.filename), DronsegError.exit_code)
-        if not is_storage_error(exc):
+        if is_storage_error(exc):
+            _fail(storage_failure(exc, exc.filename or "."), RuntimeFailure.exit_code)
+        error = missing_module_error(exc)  # an optional library whose import failed on a shared library
+        if error is None:
             raise
-        _fail(storage_failure(exc, exc.filename or "."), RuntimeFailure.exit_code)
+        _fail(error, error.exit_code)
     except ImportError as exc:  # an optional library this install set lacks or cannot load: what to do
         error = missing_module_error(exc)
         if error is None:

@@ -5,9 +5,12 @@ The real core-only install is tests/test_install_sets.py; here modules are hidde
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import pytest
 
 import dronseg_edge.data.synthetic as synthetic
@@ -79,6 +82,7 @@ def test_every_required_module_has_an_install_line():
 
 # A fresh interpreter whose OpenCV is installed but cannot load, as opencv-python on a server without libGL.
 _BROKEN_CV2 = """
+import os
 import subprocess
 import sys
 class Broken:
@@ -111,3 +115,29 @@ def test_an_opencv_that_cannot_load_is_one_line_and_checks_still_runs(tmp_path):
         "directory): opencv-python needs a desktop's graphics libraries: pip uninstall opencv-python && pip install "
         "opencv-python-headless (or apt-get install libgl1)"]
     assert missing_module_error(ImportError("cannot import name 'x' from 'dronseg_edge.y'", name="dronseg_edge.y")) is None
+
+
+def test_a_torch_whose_shared_library_is_missing_is_one_line(tmp_path):
+    """A Jetson's torch wheel without its CUDA libraries fails to import with an OSError from ctypes (not an
+    ImportError): `infer model.pt` and `train` say so in one line, `checks` warns and goes on."""
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('import ctypes\nctypes.CDLL("libcudnn_absent_for_this_test.so.9")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "dronseg_edge", *map(str, args)], capture_output=True, text=True,
+                              timeout=300, env=env, cwd=tmp_path)
+
+    (tmp_path / "best.pt").write_bytes(b"not read: torch fails first")
+    cv2.imwrite(str(tmp_path / "frame.png"), np.zeros((48, 64, 3), np.uint8))
+    for shown in (run("infer", tmp_path / "best.pt", tmp_path / "frame.png"), run("train", "--data", tmp_path / "none")):
+        assert shown.returncode == 3 and "Traceback" not in shown.stderr, shown.stderr
+        line, = shown.stderr.strip().splitlines()
+        assert line.startswith("error: torch is installed but cannot be loaded (libcudnn_absent_for_this_test.so.9: ")
+        assert "reinstall it: pip install 'dronseg-edge[train]'" in line and "NVIDIA's torch and torchvision wheels" in line
+    checks = run("checks")
+    assert "Traceback" not in checks.stderr and any(
+        line.startswith("WARN") and " torch " in line and "libcudnn_absent_for_this_test" in line
+        for line in checks.stdout.splitlines())
+    assert missing_module_error(OSError(28, "No space left on device")) is None  # not an import: stays what it is
