@@ -231,8 +231,8 @@ def _backend_options(path: Path, device, half: bool, precision: str | None, cuda
     if not is_checkpoint(path):
         if precision not in (None, "fp32") or cuda_graph:
             log.warning("precision/cuda_graph apply to checkpoints; %s runs as exported", path.name)
-        backend = backend_class(path)
-        if not streaming or device.type != "cpu" or "threads" not in backend.OPTIONS:
+        backend = backend_class(path) if streaming and device.type == "cpu" else None
+        if backend is None or "threads" not in backend.OPTIONS:
             return {}
         return {"threads": max(1, (os.cpu_count() or 1) // backend.CPU_CALLS)}
     if precision is None:
