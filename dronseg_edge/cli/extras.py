@@ -10,6 +10,8 @@ traceback; ``missing_module_error`` turns any other missing optional module, or 
 from __future__ import annotations
 
 import importlib.util
+import linecache
+import re
 
 from dronseg_edge.errors import BackendUnavailable, docs_url
 
@@ -45,6 +47,16 @@ INSTALL_FOR_MODULE: dict[str, tuple[str, str]] = {
 }
 
 
+# (module, words in its load error, the fix that error calls for), first match wins.
+_LOAD_FIXES = (
+    ("cv2", "libgl", "opencv-python needs a desktop's graphics libraries: pip uninstall opencv-python && pip install "
+                     "opencv-python-headless (or apt-get install libgl1)"),
+    # JetPack's OpenCV is built against numpy 1.x, and a pip install may have brought numpy 2.
+    ("cv2", "numpy", "this OpenCV was built against numpy 1.x: pip install 'numpy<2'"),
+)
+_IMPORT_LINE = re.compile(r"\s*(?:import|from)\s+([A-Za-z_]\w*)")
+
+
 def missing_modules(extra: str) -> list[str]:
     """pip names of the ``extra``'s required modules that this Python cannot import (found without importing)."""
     return [INSTALL_FOR_MODULE[module][0] for module in REQUIRED[extra] if not _findable(module)]
@@ -78,17 +90,17 @@ def missing_module_error(exc: BaseException) -> BackendUnavailable | None:
     if isinstance(exc, ModuleNotFoundError):
         return BackendUnavailable(f"{pip_name} is not installed, and this needs it: {install}")
     reason = " ".join(str(exc).split())[:200]
-    fix = f"reinstall it: {install}"
-    if top == "cv2" and "libGL" in reason:
-        fix = ("opencv-python needs a desktop's graphics libraries: pip uninstall opencv-python && pip install "
-               "opencv-python-headless (or apt-get install libgl1)")
+    fix = next((fix for module, words, fix in _LOAD_FIXES if module == top and words in reason.lower()),
+               f"reinstall it: {install}")
     return BackendUnavailable(f"{pip_name} is installed but cannot be loaded ({reason}): {fix}")
 
 
 def _failed_import(exc: BaseException) -> str | None:
     """The optional module (INSTALL_FOR_MODULE's name) whose import ``exc`` broke off: the one an ImportError
     names, else the one whose module-level code (``<module>``: it runs only while the module is imported)
-    raised it; None when the error came from elsewhere."""
+    raised it, or whose import statement an ImportError came out of (a C extension's own init fails
+    without a Python frame or a name: an OpenCV built against numpy 1.x); None when the error came from
+    elsewhere."""
     if isinstance(exc, ImportError):
         top = (exc.name or "").split(".")[0]
         if top in INSTALL_FOR_MODULE:
@@ -97,8 +109,12 @@ def _failed_import(exc: BaseException) -> str | None:
         return None
     found, tb = None, exc.__traceback__
     while tb is not None:  # the innermost such module: torchvision's import fails where it imports torch
+        code = tb.tb_frame.f_code
         top = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
-        if tb.tb_frame.f_code.co_name == "<module>" and top in INSTALL_FOR_MODULE:
+        importing = _IMPORT_LINE.match(linecache.getline(code.co_filename, tb.tb_lineno)) if isinstance(exc, ImportError) else None
+        if code.co_name == "<module>" and top in INSTALL_FOR_MODULE:
             found = top
+        elif importing and importing.group(1) in INSTALL_FOR_MODULE:
+            found = importing.group(1)
         tb = tb.tb_next
     return found

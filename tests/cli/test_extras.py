@@ -82,21 +82,26 @@ def test_every_required_module_has_an_install_line():
 
 # A fresh interpreter whose OpenCV is installed but cannot load, as opencv-python on a server without libGL.
 _BROKEN_CV2 = """
-import os
-import subprocess
+import importlib.machinery
 import sys
 class Broken:
     def find_spec(self, name, path=None, target=None):
+        if name == "cv2" and sys.argv[1] == "numpy":  # a C extension whose init fails: no name, no frame of cv2
+            return importlib.machinery.ModuleSpec("cv2", self)
         if name == "cv2":
             raise ImportError("libGL.so.1: cannot open shared object file: No such file or directory", name="cv2")
+    def create_module(self, spec):
+        raise ImportError("numpy.core.multiarray failed to import")
+    def exec_module(self, module):
+        pass
 sys.meta_path.insert(0, Broken())
 from dronseg_edge.cli.main import main
-main(sys.argv[1:])
+main(sys.argv[2:])
 """
 
 
-def _run_with_broken_cv2(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _BROKEN_CV2, *map(str, args)], capture_output=True, text=True,
+def _run_with_broken_cv2(*args, fault: str = "libGL") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _BROKEN_CV2, fault, *map(str, args)], capture_output=True, text=True,
                           timeout=300)
 
 
@@ -115,6 +120,16 @@ def test_an_opencv_that_cannot_load_is_one_line_and_checks_still_runs(tmp_path):
         "directory): opencv-python needs a desktop's graphics libraries: pip uninstall opencv-python && pip install "
         "opencv-python-headless (or apt-get install libgl1)"]
     assert missing_module_error(ImportError("cannot import name 'x' from 'dronseg_edge.y'", name="dronseg_edge.y")) is None
+
+
+def test_an_opencv_built_for_numpy_1_is_one_line_naming_the_fix(tmp_path):
+    """JetPack's OpenCV under a numpy 2 that pip brought: its C init raises an ImportError with no name and no
+    Python frame of cv2; the import statement it came out of names the module."""
+    infer = _run_with_broken_cv2("infer", tmp_path / "m.onnx", tmp_path / "v.mp4", fault="numpy")
+    assert infer.returncode == 3 and "Traceback" not in infer.stderr, infer.stderr
+    assert infer.stderr.strip().splitlines() == [
+        "error: OpenCV is installed but cannot be loaded (numpy.core.multiarray failed to import): this OpenCV was "
+        "built against numpy 1.x: pip install 'numpy<2'"]
 
 
 def test_a_torch_whose_shared_library_is_missing_is_one_line(tmp_path):
