@@ -75,6 +75,15 @@ def test_a_ts_after_stray_bytes_still_goes_to_pyav(changing_ts, tmp_path):
     capture.release()
 
 
+def test_an_m2ts_goes_to_pyav_and_its_size_change_is_followed(tmp_path):
+    """192-byte packets (a 4-byte timestamp, then the 188-byte TS packet): the sniff finds their sync bytes."""
+    m2ts = write_ts_with_size_change(tmp_path / "camera.m2ts", m2ts=True)
+    assert m2ts.read_bytes()[4] == 0x47 and m2ts.read_bytes()[196] == 0x47
+    source = open_source(m2ts)
+    shapes = [r.frame.shape[:2] for r in source.frames()]
+    assert isinstance(source.capture, PyAVCapture) and shapes == [(64, 96)] * 6 + [(72, 128)] * 6
+
+
 def test_an_mp4_is_read_without_importing_pyav(video_path):
     """PyAV costs ~24 MiB and 50 ms to import: a file without MPEG-TS sync bytes never loads it."""
     code = ("import sys; from dronseg_edge.pipeline.open_source import open_source; "
