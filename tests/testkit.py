@@ -24,6 +24,18 @@ TINY_SIZE = (96, 64)  # (width, height): small enough for 2 CPU cores, still div
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
 
 
+def onnx_model(graph, **opsets: int):
+    """``graph`` as a model at IR version 8, as ``dronseg-edge export`` writes them (onnx's own default is its
+    newest IR version, which the ONNX Runtime builds on Jetsons refuse); ``opsets``: domain -> version
+    beside opset 17 of the default domain (``**{"com.example": 1}``)."""
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, version)
+                                                    for domain, version in {"": 17, **opsets}.items()])
+    model.ir_version = 8
+    return model
+
+
 @functools.lru_cache(maxsize=None)
 def ort_cuda_works() -> bool:
     """Whether onnxruntime really runs a session on its CUDA provider here.
@@ -42,8 +54,7 @@ def ort_cuda_works() -> bool:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = min(model.ir_version, 8)  # loadable by older onnxruntime builds too
+    model = onnx_model(graph)
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 4  # the failure is the answer, not worth a log line
     try:

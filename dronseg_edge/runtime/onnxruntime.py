@@ -88,10 +88,13 @@ _LOAD_HINTS = (
                                 "refuses: keep the .onnx and its .data file in one folder, or re-export it"),
     ("external data path does not exist", "its external data (weights) file is missing: copy the .data file written "
                                           "with it beside the .onnx, or re-export it"),
-    ("no graph was found", "it holds no graph (an empty or cut-short file): re-export it"),
+    *((needle, "it holds no graph (an empty or cut-short file): re-export it") for needle in
+      ("no graph was found", "does not have a graph")),  # onnxruntime >= 1.24, older ones
     ("protobuf parsing failed", "it is not an ONNX model (damaged, cut short, or another kind of file): re-export it"),
     *((needle, "it uses an operator this onnxruntime does not have: re-export it with `dronseg-edge export`, or "
                 "install the onnxruntime it was made for") for needle in ("not a registered function/op", "no op registered")),
+    ("unsupported model ir version", "it was written by a newer ONNX (IR version) than this onnxruntime reads: "
+                                     "upgrade onnxruntime, or re-export it with `dronseg-edge export` (IR version 8)"),
     ("official released onnx opset", "its opset is newer than this onnxruntime supports: upgrade onnxruntime, or "
                                        "re-export with a lower --opset"),
 )

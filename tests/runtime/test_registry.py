@@ -10,6 +10,7 @@ import pytest
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.runtime.base import Backend
+from testkit import onnx_model
 from dronseg_edge.runtime.registry import BACKENDS, CHECKPOINT_SUFFIXES, check_model_file, is_checkpoint, load_backend
 
 
@@ -61,7 +62,7 @@ def _onnx_file(path, info=None):
     graph = helper.make_graph([helper.make_node("Add", ["images", "images"], ["logits"])], "g",
                               [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx_model(graph)
     if info is not None:
         set_onnx_metadata(model, info)
     onnx.save(model, str(path))
