@@ -99,13 +99,15 @@ def pyav_checks() -> Iterator[Check]:
 
 
 def encoder_check(av, name: str) -> Check:
-    """Open encoder ``name`` on a small frame: NVENC is in every PyAV wheel but opens only with an NVIDIA GPU and driver."""
+    """Open encoder ``name`` on a small frame: NVENC is in PyAV's recent wheels (17 and 18; not 12) but opens only
+    with an NVIDIA GPU and driver."""
     label = f"pyav {name}"
+    fallback = "libx264 (CPU) is used instead" if name.endswith("nvenc") else "overlay videos fall back to mp4v"
     error, logs = None, []
     try:
         context = av.CodecContext.create(name, "w")
     except Exception as exc:
-        return Check(label, WARN, f"not in this FFmpeg build ({first_line(exc)})")
+        return Check(label, WARN, f"not in this FFmpeg build ({first_line(exc)}); {fallback}")
     try:
         with ffmpeg_errors(av) as logs:
             context.width, context.height, context.pix_fmt = 256, 144, "yuv420p"
@@ -121,7 +123,6 @@ def encoder_check(av, name: str) -> Check:
     # FFmpeg's own line says why ('Cannot load libcuda.so.1'); PyAV repeats the last one in its exception,
     # and its log capture skips a message it has already seen.
     reason = logs[-1] if logs else error.split("last error log:")[-1].strip()
-    fallback = "libx264 (CPU) is used instead" if name.endswith("nvenc") else "overlay videos fall back to mp4v"
     return Check(label, WARN, f"does not open: {reason}; {fallback}")
 
 

@@ -147,6 +147,9 @@ def finish_graph(graph: onnx.ModelProto, info: ModelInfo, simplify: bool = True)
     if simplify:
         graph, info.extra["simplifier"] = _slim(graph)
     _name_output_dims(graph, info)
+    # The lowest IR version its opsets allow, from ONNX's own table (opset 17 and 18: IR 8). The dynamo
+    # exporter writes its newest (10), which onnxruntime 1.17 refuses (it reads up to 9; 1.17.3 tried).
+    graph.ir_version = min(graph.ir_version, onnx.helper.find_min_ir_version_for(list(graph.opset_import), True))
     _check(graph, "simplified graph")
     return graph
 

@@ -11,6 +11,7 @@ the rest of the graph stays float and runs as such.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import itertools
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from packaging.version import Version
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export.images import ImageSet, load_item
@@ -62,6 +64,10 @@ def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo
         from onnxruntime import quantization
     except ImportError:
         raise BackendUnavailable("int8 export needs onnxruntime (its quantizer): pip install onnxruntime (or onnxruntime-gpu)") from None
+    if Version(onnxruntime.__version__).release < (1, 19) and importlib.util.find_spec("onnx.mapping") is None:
+        # onnxruntime 1.17.3 beside a newer onnx (tried): otherwise an AttributeError deep in the quantizer.
+        raise BackendUnavailable(f"int8 export with onnxruntime {onnxruntime.__version__} needs onnx < 1.19 (its quantizer "
+                                 "reads onnx.mapping, which onnx 1.19 removed): pip install 'onnx<1.19', or onnxruntime >= 1.19")
     if not images.items:
         raise DronsegError(f"no calibration images in {images.source}: pass --calib-data DIR with real images")
     methods = {"minmax": quantization.CalibrationMethod.MinMax, "percentile": quantization.CalibrationMethod.Percentile}

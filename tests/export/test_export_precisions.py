@@ -3,12 +3,14 @@ what TensorRT needs (fp32 I/O; symmetric per-channel Q/DQ with zero points of 0,
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export import ParityThresholds, export_artifact
 from dronseg_edge.metadata import read_onnx_info
 from testkit import requires_ort_cuda
@@ -79,6 +81,20 @@ def test_int8_calibration_from_a_folder_is_capped(trained_checkpoint, scenes, tm
     result = export_artifact(trained_checkpoint, precision="int8", calib_data=scenes, calib_images=12,
                              out_dir=tmp_path, device="cpu", parity=False)
     assert read_onnx_info(result.path).extra["calibration"]["images"] == 12
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx.mapping") is not None, reason="this onnx (< 1.19) still has onnx.mapping")
+def test_int8_with_an_onnxruntime_older_than_its_onnx_says_which_to_install(trained_checkpoint, scenes, tmp_path,
+                                                                           monkeypatch):
+    """An onnxruntime before 1.19 (an older Jetson build) beside today's onnx: its quantizer would die on onnx.mapping."""
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "__version__", "1.18.1")
+    with pytest.raises(BackendUnavailable, match=r"^int8 export with onnxruntime 1\.18\.1 needs onnx < 1\.19 .*: pip install "
+                                                 r"'onnx<1\.19', or onnxruntime >= 1\.19$"):
+        export_artifact(trained_checkpoint, precision="int8", calib_data=scenes, calib_images=2, out_dir=tmp_path / "o",
+                        device="cpu", parity=False)
+    assert not list((tmp_path / "o").glob("*.onnx"))
 
 
 def test_int8_without_calibration_images_fails_before_writing(trained_checkpoint, tiny_checkpoint, tmp_path):

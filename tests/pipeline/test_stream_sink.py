@@ -21,6 +21,11 @@ from dronseg_edge.pipeline.video_writer import _import_av, encoder_opens
 needs_x264 = pytest.mark.skipif(_import_av() is None or not encoder_opens("libx264"),
                                 reason="needs PyAV with libx264 (the `video` extra)")
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg program (not installed here)")
+# PyAV 12 cannot switch FFmpeg's log callback off (set_level(None)), and its RTSP listener then stalls in the
+# handshake, the publisher waiting for its answer (seen with PyAV 12.0.0); the ffmpeg-program test below still runs.
+needs_quiet_pyav_listener = pytest.mark.skipif(_import_av() is not None and int(_import_av().__version__.split(".")[0]) < 13,
+                                               reason="PyAV 12's RTSP listener stalls with FFmpeg's log on, which PyAV 12 "
+                                                      "cannot turn off")
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -74,6 +79,7 @@ def test_rtp_is_decoded_from_its_sdp_file_by_pyav_at_the_stream_size(tmp_path):
 
 
 @needs_x264
+@needs_quiet_pyav_listener
 def test_rtsp_publish_is_received_by_a_listening_pyav_server():
     port = free_port(socket.SOCK_STREAM)
     url = f"rtsp://{LOOPBACK}:{port}/drone"
@@ -111,6 +117,7 @@ def test_ffmpeg_decodes_30_frames_without_an_error(kind, tmp_path):
 
 
 @needs_x264
+@needs_quiet_pyav_listener
 def test_an_rtsp_server_that_goes_away_is_reconnected_with_back_off():
     port = free_port(socket.SOCK_STREAM)
     url = f"rtsp://{LOOPBACK}:{port}/drone"
