@@ -17,7 +17,7 @@ from dronseg_edge.cli.extras import missing_module_error
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 
 
-# click's base exception, found through typer's public BadParameter: typer >= 0.24 vendors its own click.
+# click's base exception, found through typer's public BadParameter: typer >= 0.26 carries its own click.
 CLICK_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
 
 
