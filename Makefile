@@ -8,13 +8,14 @@ PY     := $(VENV)/bin/python
 CLI    := $(PY) -m dronseg_edge
 STAMP  := $(VENV)/.installed
 EXTRAS ?= train,export,video,dev
+CONSTRAINTS ?=
 DEMO   ?= runs/demo
 
-.PHONY: install test demo clean gpu-check jetson-deps
+.PHONY: install test test-oldest demo clean gpu-check jetson-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[$(EXTRAS)]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +23,11 @@ install: $(STAMP)
 # pytest exits 5 when it collects no tests; that is not a failure of the suite.
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+# make test-oldest: the suite in .venv-oldest on a Jetson's Python (3.10) with the oldest versions the
+# package declares (tools/oldest-constraints.txt; README, "What was verified how"). Not part of CI.
+test-oldest:
+	$(MAKE) test VENV=.venv-oldest PYTHON=python3.10 CONSTRAINTS=tools/oldest-constraints.txt
 
 # make gpu-check: every GPU path in at most 5 minutes (stages under their own timeouts, results in
 # benchmarks/results/gpu-check-<gpu>-<date>/); without a GPU the same stages at tiny sizes on the CPU.
@@ -56,4 +62,4 @@ demo: $(STAMP)
 	@echo "  bench.json latency of the checkpoint and the ONNX file on this machine"
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache build *.egg-info
+	rm -rf $(VENV) .venv-oldest runs .pytest_cache build *.egg-info
