@@ -26,8 +26,9 @@ test: $(STAMP)
 
 # make test-oldest: the suite in .venv-oldest on a Jetson's Python (3.10) with the oldest versions the
 # package declares (tools/oldest-constraints.txt; README, "What was verified how"). Not part of CI.
+OLDEST_PYTHON ?= python3.10
 test-oldest:
-	$(MAKE) test VENV=.venv-oldest PYTHON=python3.10 CONSTRAINTS=tools/oldest-constraints.txt
+	$(MAKE) test VENV=.venv-oldest PYTHON=$(OLDEST_PYTHON) CONSTRAINTS=tools/oldest-constraints.txt
 
 # make gpu-check: every GPU path in at most 5 minutes (stages under their own timeouts, results in
 # benchmarks/results/gpu-check-<gpu>-<date>/); without a GPU the same stages at tiny sizes on the CPU.
