@@ -89,12 +89,12 @@ _LOAD_HINTS = (
     ("external data path does not exist", "its external data (weights) file is missing: copy the .data file written "
                                           "with it beside the .onnx, or re-export it"),
     *((needle, "it holds no graph (an empty or cut-short file): re-export it") for needle in
-      ("no graph was found", "does not have a graph")),  # onnxruntime >= 1.24, older ones
+      ("no graph was found", "does not have a graph")),  # onnxruntime 1.32; 1.23 and older
     ("protobuf parsing failed", "it is not an ONNX model (damaged, cut short, or another kind of file): re-export it"),
     *((needle, "it uses an operator this onnxruntime does not have: re-export it with `dronseg-edge export`, or "
                 "install the onnxruntime it was made for") for needle in ("not a registered function/op", "no op registered")),
     ("unsupported model ir version", "it was written by a newer ONNX (IR version) than this onnxruntime reads: "
-                                     "upgrade onnxruntime, or re-export it with `dronseg-edge export` (IR version 8)"),
+                                     "upgrade onnxruntime, or re-export it with `dronseg-edge export` (IR 8 at its default opset)"),
     ("official released onnx opset", "its opset is newer than this onnxruntime supports: upgrade onnxruntime, or "
                                        "re-export with a lower --opset"),
 )
