@@ -10,7 +10,7 @@ This module owns its three on-disk forms:
 
 Reading an ONNX file's metadata does not import ``onnx``: the deployable path (an ``.onnx`` run by
 ONNX Runtime on a Jetson) must stay light, so ``metadata_props`` is read straight off the protobuf
-wire format, seeking past the graph and its weights (see ``read_onnx_metadata_props``).
+wire format (``onnx_wire``), seeking past the graph and its weights (see ``read_onnx_metadata_props``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
+from typing import TYPE_CHECKING, Any
 
-from dronseg_edge import __version__
+from dronseg_edge import __version__, onnx_wire
 from dronseg_edge.atomic import write_json_atomic
 from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
 from dronseg_edge.errors import DronsegError
@@ -251,14 +251,10 @@ def read_onnx_info(path: Path) -> ModelInfo:
     return ModelInfo.from_dict(_decode_props(props, str(path)), source=str(path))
 
 
-# The protobuf wire format, just enough of it for ModelProto.metadata_props
-# (https://protobuf.dev/programming-guides/encoding/). A message is a sequence of fields, each a
-# varint key (field number << 3 | wire type) and a payload whose size the wire type gives, so any
-# field can be skipped without decoding it: the graph and its weights (field 7, often hundreds of
+# ModelProto's metadata_props, read with onnx_wire: the graph and its weights (field 7, often hundreds of
 # MB) cost one seek. onnx.load would parse and copy all of it.
 _METADATA_PROPS = 14  # ModelProto: repeated StringStringEntryProto metadata_props = 14
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2  # StringStringEntryProto: string key = 1; string value = 2
-_FIXED_SIZES = {1: 8, 5: 4}  # wire types 1 (64-bit) and 5 (32-bit); 0 is a varint, 2 length-prefixed
 MAX_PROPS_BYTES = 4 << 20  # all metadata_props together (ours: a few kB); nothing past it is read into memory
 MAX_PROPS = 1024  # entries
 
@@ -276,58 +272,19 @@ def read_onnx_metadata_props(path: Path) -> list[tuple[str, str]]:
     with open(path, "rb") as handle:  # buffered: the byte-by-byte varint reads cost no system calls
         end = handle.seek(0, io.SEEK_END)
         handle.seek(0)
-        props = []
-        budget = [MAX_PROPS_BYTES]
-        for _, entry in _length_fields(handle, end, {_METADATA_PROPS}, budget):
+        props: list[tuple[str, str]] = []
+        budget = MAX_PROPS_BYTES
+        for number, wire_type, size in onnx_wire.fields(handle, end):
+            if number != _METADATA_PROPS or wire_type != 2:
+                continue
             if len(props) >= MAX_PROPS:
                 raise PropsTooLarge(f"metadata_props hold more than {MAX_PROPS} entries")
-            fields = dict(_length_fields(io.BytesIO(entry), len(entry), {_ENTRY_KEY, _ENTRY_VALUE}))
-            props.append((fields.get(_ENTRY_KEY, b"").decode("utf-8"), fields.get(_ENTRY_VALUE, b"").decode("utf-8")))
+            if size > budget:
+                raise PropsTooLarge(f"metadata_props hold more than {MAX_PROPS_BYTES} bytes")
+            budget -= size
+            entry = onnx_wire.strings(handle, handle.tell() + size)
+            props.append((entry.get(_ENTRY_KEY, b"").decode("utf-8"), entry.get(_ENTRY_VALUE, b"").decode("utf-8")))
     return props
-
-
-def _length_fields(stream: BinaryIO, end: int, wanted: set[int], budget: list[int] | None = None) -> Iterator[tuple[int, bytes]]:
-    """(field number, payload) of each length-delimited field in ``wanted`` of the message that runs
-    from ``stream``'s position to byte ``end``; every other field is skipped by seeking past it.
-    ``budget`` ([bytes]): what the wanted payloads may take in all; PropsTooLarge before one would exceed it."""
-    while stream.tell() < end:
-        key = _varint(stream)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise ValueError("field number 0")  # never valid: e.g. a run of zero bytes
-        if wire_type == 0:
-            _varint(stream)
-            size = 0
-        elif wire_type == 2:
-            size = _varint(stream)
-        elif wire_type in _FIXED_SIZES:
-            size = _FIXED_SIZES[wire_type]
-        else:  # 3/4 (groups) are unused by ONNX; 6/7 do not exist
-            raise ValueError(f"wire type {wire_type}")
-        if stream.tell() + size > end:  # a seek past the end does not fail by itself
-            raise EOFError(f"field {number} runs past the end")
-        if wire_type == 2 and number in wanted:
-            if budget is not None:
-                if size > budget[0]:
-                    raise PropsTooLarge(f"metadata_props hold more than {MAX_PROPS_BYTES} bytes")
-                budget[0] -= size
-            yield number, stream.read(size)
-        else:
-            stream.seek(size, io.SEEK_CUR)
-
-
-def _varint(stream: BinaryIO) -> int:
-    """One base-128 varint: 7 bits a byte, least significant group first, high bit set on all but the last."""
-    value = shift = 0
-    while shift < 70:  # at most 10 bytes for 64 bits
-        byte = stream.read(1)
-        if not byte:
-            raise EOFError("varint runs past the end")
-        value |= (byte[0] & 0x7F) << shift
-        if byte[0] < 0x80:
-            return value
-        shift += 7
-    raise ValueError("varint longer than 10 bytes")
 
 
 # -- TensorRT engine sidecar -------------------------------------------------------------------

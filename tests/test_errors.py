@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def test_docs_urls_point_into_the_repository():
 
 
 def test_pyproject_urls_use_the_same_address():
-    tomllib = pytest.importorskip("tomllib")
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")  # pytest brings tomli to 3.10
     urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
     assert {"Homepage", "Documentation", "Issues"} <= set(urls)
     assert all(url.startswith(REPOSITORY_URL) for url in urls.values()), urls

@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dronseg_edge"
 
 # The base: plain modules every layer may use; they import one another only.
 BASE = frozenset({"errors", "classes", "sizes", "media", "atomic", "leftovers", "devices", "machine", "runs",
-                  "metadata", "metadata_checks", "checkpoint", "torch_floor", "models", "metrics", "pictures",
+                  "onnx_wire", "metadata", "metadata_checks", "checkpoint", "torch_floor", "models", "metrics", "pictures",
                   "option_fields", "gst_encoders"})
 ALL = frozenset({"root", "data", "runtime", "export", "train", "pipeline", "bench", "checks", "cli"}) | BASE
 

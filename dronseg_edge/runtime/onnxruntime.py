@@ -21,6 +21,7 @@ import numpy as np
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.machine import cache_root
 from dronseg_edge.metadata import ModelInfo, read_onnx_info
+from dronseg_edge.onnx_wire import external_data_locations
 from dronseg_edge.runtime.base import Backend, TensorSpec, check_declared_io
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,6 @@ def import_onnxruntime():
 # What ONNX Runtime says when it cannot load a file -> what the user should do. First match wins;
 # anything else gets the plain "re-export it" (never a specific hint that may be wrong).
 _LOAD_HINTS = (
-    ("escapes model directory", "its external data (weights) file lies outside the model's folder, which ONNX Runtime "
-                                "refuses: keep the .onnx and its .data file in one folder, or re-export it"),
-    ("external data path does not exist", "its external data (weights) file is missing: copy the .data file written "
-                                          "with it beside the .onnx, or re-export it"),
     *((needle, "it holds no graph (an empty or cut-short file): re-export it") for needle in
       ("no graph was found", "does not have a graph")),  # onnxruntime 1.32; 1.23 and older
     ("protobuf parsing failed", "it is not an ONNX model (damaged, cut short, or another kind of file): re-export it"),
@@ -98,6 +95,24 @@ _LOAD_HINTS = (
     ("official released onnx opset", "its opset is newer than this onnxruntime supports: upgrade onnxruntime, or "
                                        "re-export with a lower --opset"),
 )
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse an ONNX file that would have ONNX Runtime read weights from outside its folder: builds before
+    1.24, JetPack's among them, read any file the user can (1.23.2 tried). Judged as 1.24 and later judge it:
+    no absolute path; the data file, symlinks followed, lies in the model's folder or in the one its own
+    symlink leads to (a Hugging Face cache's blobs). A missing one is named too (1.23 says only "filesystem error")."""
+    folders = (path.parent.resolve(), path.resolve().parent)
+    try:
+        for location in external_data_locations(path):
+            data = (path.parent / location).resolve()
+            problem = ("outside the model's folder" if os.path.isabs(location) or not any(map(data.is_relative_to, folders))
+                       else None if data.is_file() else "which is missing")
+            if problem:
+                raise DronsegError(f"{path} reads its external data (weights) from {location!r}, {problem}: keep the "
+                                   ".onnx and the .data file written with it in one folder, or re-export it")
+    except (OSError, EOFError, ValueError) as exc:  # refused rather than left unchecked
+        raise DronsegError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc}): re-export it") from None
 
 
 def load_error(path: Path, exc: Exception, version: str) -> DronsegError:
@@ -196,6 +211,7 @@ class OnnxRuntimeBackend(Backend):
 
     def activate(self) -> None:
         ort = import_onnxruntime()
+        check_external_data(self.path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:

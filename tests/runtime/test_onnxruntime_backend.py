@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import sys
 
 import numpy as np
 import pytest
 import torch
-from packaging.version import Version
 
 from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
 from dronseg_edge.errors import BackendUnavailable, DronsegError
@@ -138,26 +136,91 @@ def test_metadata_that_lies_about_the_graph_is_one_line_at_activation(fields, sa
     assert message.startswith(f"{lying}: {says}") and "re-export it" in message and "\n" not in message, message
 
 
-def _external_data_outside(folder):
+def _external_data(folder, location: str, data_at=None):
+    """``folder/sub/m.onnx``, a 12-class model whose weight ``w`` (class 5 wins everywhere) is read from
+    ``location``; the weights are written to ``data_at`` (default: where ``location`` leads)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    weight = numpy_helper.from_array(np.ones((1, 3, 64, 96), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Add", ["images", "w"], ["logits"])], "g",
+    weight = np.zeros((1, 12, 64, 96), np.float32)
+    weight[:, 5] = 10.0
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["images"], ["mean"], axes=[1]),
+                               helper.make_node("Add", ["mean", "w"], ["logits"])], "g",
                               [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 96])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 64, 96])], [weight])
-    (folder / "sub").mkdir()
-    path = folder / "sub" / "m.onnx"
-    onnx.save_model(onnx_model(graph), str(path),
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 12, 64, 96])],
+                              [numpy_helper.from_array(weight, "w")])
+    stage = folder / "stage"
+    stage.mkdir()
+    onnx.save_model(onnx_model(graph), str(stage / "m.onnx"),
                     save_as_external_data=True, all_tensors_to_one_file=True, location="w.data", size_threshold=0)
-    model = onnx.load(str(path), load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = "../w.data"  # a path out of the model's folder (ONNX Runtime refuses it)
-    (folder / "sub" / "w.data").rename(folder / "w.data")
+    model = onnx.load(str(stage / "m.onnx"), load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    path = folder / "sub" / "m.onnx"
+    path.parent.mkdir(exist_ok=True)
     onnx.save(model, str(path))
+    data_at = data_at or path.parent / location
+    data_at.parent.mkdir(parents=True, exist_ok=True)
+    (stage / "w.data").rename(data_at)
     return path
+
+
+def _absolute(folder):
+    return _external_data(folder, str(folder / "w.data"))
+
+
+def _symlink_out(folder):
+    """A symlink in the model's folder that leads out of it: judged by where it leads, as onnxruntime 1.24 does."""
+    path = _external_data(folder, "link.data", data_at=folder / "elsewhere" / "w.data")
+    (folder / "sub" / "link.data").symlink_to(folder / "elsewhere" / "w.data")
+    return path
+
+
+def _missing(folder):
+    path = _external_data(folder, "w.data")
+    (path.parent / "w.data").unlink()
+    return path
+
+
+@pytest.mark.parametrize("make, location", [
+    (lambda folder: _external_data(folder, "../w.data"), "../w.data"),
+    (lambda folder: _external_data(folder, "inner/../../w.data"), "inner/../../w.data"),
+    (_absolute, "ABSOLUTE"),
+    (_symlink_out, "link.data"),
+    (_missing, "w.data"),
+], ids=["parent", "climbing", "absolute", "symlink", "missing"])
+def test_external_data_outside_the_models_folder_or_missing_is_refused_before_onnx_runtime_reads_it(
+        make, location, exported, tmp_path):
+    """onnxruntime before 1.24 (JetPack's builds) reads data outside: a handed model could read any file the user
+    can into its weights (1.23.2 loads all four); and 1.23 says of a missing one only "filesystem error"."""
+    path = make(tmp_path)
+    location = str(tmp_path / "w.data") if location == "ABSOLUTE" else location
+    backend = load_backend(path, device="cpu", meta=exported[0])
+    with pytest.raises(DronsegError) as info:
+        backend.activate()
+    problem = "which is missing" if make is _missing else "outside the model's folder"
+    assert str(info.value) == (f"{path} reads its external data (weights) from {location!r}, {problem}: "
+                               "keep the .onnx and the .data file written with it in one folder, or re-export it")
+
+
+def _hugging_face_cache(folder):
+    """snapshots/v/{m.onnx, w.data} as symlinks into blobs/, as huggingface_hub caches a model (here: sub/ -> blobs/)."""
+    path = _external_data(folder, "w.data", data_at=folder / "blobs" / "data-blob")
+    path.rename(folder / "blobs" / "model-blob")
+    path.symlink_to(folder / "blobs" / "model-blob")
+    (path.parent / "w.data").symlink_to(folder / "blobs" / "data-blob")
+    return path
+
+
+@pytest.mark.parametrize("make", [lambda folder: _external_data(folder, "w.data"),
+                                  lambda folder: _external_data(folder, "inner/../w.data"), _hugging_face_cache],
+                         ids=["beside", "climbing-back", "hugging-face-cache"])
+def test_external_data_in_the_models_folder_loads_and_is_read(make, exported, tmp_path):
+    path = make(tmp_path)
+    with load_backend(path, device="cpu", meta=exported[0]) as backend:
+        classes = backend.segment(frames(1)).classes
+    assert classes.shape == (1, 64, 96) and (classes == 5).all()  # the weights came from the .data file
 
 
 def _unknown_op(folder):
@@ -194,15 +257,22 @@ def _empty(folder):
 
 
 def _garbage(folder):
+    """A graph whose input list holds bytes that are no protobuf: the external-data walk passes over them."""
     path = folder / "m.onnx"
-    path.write_bytes(b"\x00\x01not an onnx file" * 10)
+    path.write_bytes(bytes([7 << 3 | 2, 4, 11 << 3 | 2, 2, 0, 1]))
     return path
 
 
+def test_bytes_that_are_no_onnx_file_are_refused_before_onnx_runtime_reads_them(exported, tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"\x00\x01not an onnx file" * 10)
+    backend = load_backend(path, device="cpu", meta=exported[0])
+    with pytest.raises(DronsegError) as info:
+        backend.activate()
+    assert str(info.value) == f"{path} is not a readable ONNX file (ValueError: field number 0): re-export it"
+
+
 @pytest.mark.parametrize("make, hint", [
-    pytest.param(_external_data_outside, "its external data (weights) file lies outside the model's folder", marks=pytest.mark.skipif(
-        Version(importlib.metadata.version("onnxruntime")) < Version("1.24"),
-        reason="onnxruntime < 1.24 (JetPack's builds) reads external data from outside the model's folder")),
     (_unknown_op, "it uses an operator this onnxruntime does not have"),
     (_newer_ir, "it was written by a newer ONNX (IR version) than this onnxruntime reads: upgrade onnxruntime"),
     (_empty, "it holds no graph (an empty or cut-short file): re-export it"),

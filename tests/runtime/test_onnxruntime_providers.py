@@ -79,7 +79,7 @@ def model(tmp_path, monkeypatch):
     """An .onnx path whose metadata is given (the fake sessions never read the file)."""
     path = tmp_path / "models" / "m_fp32.onnx"
     path.parent.mkdir()
-    path.write_bytes(b"onnx")
+    path.write_bytes(b"")  # an empty protobuf message: nothing for the external-data check to find
     info = {"precision": "fp32"}
     monkeypatch.setattr(OnnxRuntimeBackend, "read_info",
                         lambda self: ModelInfo(arch="x", input_size=(96, 64), batch=1, precision=info["precision"]))
