@@ -99,8 +99,8 @@ _LOAD_HINTS = (
 
 def check_external_data(path: Path) -> None:
     """Refuse an ONNX file that would have ONNX Runtime read weights from outside its folder: builds before
-    1.24, JetPack's among them, read any file the user can (1.23.2 tried). Judged as 1.24 and later judge it:
-    no absolute path; the data file, symlinks followed, lies in the model's folder or in the one its own
+    1.24, JetPack's among them, read any file the user can (1.23.2 tried). Judged as newer builds judge it (1.32
+    tried): no absolute path; the data file, symlinks followed, lies in the model's folder or in the one its own
     symlink leads to (a Hugging Face cache's blobs). A missing one is named too (1.23 says only "filesystem error")."""
     folders = (path.parent.resolve(), path.resolve().parent)
     try:
