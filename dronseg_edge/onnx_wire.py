@@ -109,4 +109,3 @@ def external_data_locations(path: Path) -> Iterator[str]:
                 raise ValueError(f"messages nested more than {MAX_DEPTH} deep")
             else:
                 stack.append((inner, fields(stream, stream.tell() + size)))
-

@@ -171,7 +171,7 @@ def _absolute(folder):
 
 
 def _symlink_out(folder):
-    """A symlink in the model's folder that leads out of it: judged by where it leads, as onnxruntime 1.24 does."""
+    """A symlink in the model's folder that leads out of it: judged by where it leads, as newer onnxruntime builds do."""
     path = _external_data(folder, "link.data", data_at=folder / "elsewhere" / "w.data")
     (folder / "sub" / "link.data").symlink_to(folder / "elsewhere" / "w.data")
     return path
