@@ -29,14 +29,16 @@ _HOLDS = {
     "sparse": {1: "tensor", 2: "tensor"},
     "tensor": {13: "entry"},
 }
+_DATA_LOCATION, _EXTERNAL = 14, 1  # TensorProto.data_location; DataLocation.EXTERNAL
 MAX_DEPTH = 100  # messages within messages: protobuf's own default recursion limit
 MAX_ENTRY_BYTES = 64 * 1024  # one external_data entry (a file name and its offsets)
+MAX_LOCATIONS = 16  # "location" entries of one tensor kept until its data_location is known (ONNX gives one)
 
 
 def fields(stream: BinaryIO, end: int) -> Iterator[tuple[int, int, int]]:
     """(field number, wire type, payload size) of each field of the message that runs from ``stream``'s
-    position to byte ``end``. At each step the stream stands at the payload (a varint's is read already:
-    size 0), and the next step goes on past it wherever the caller left the stream.
+    position to byte ``end``; for a varint (wire type 0), its value instead of a size. At each step the
+    stream stands at the payload, and the next step goes on past it wherever the caller left the stream.
 
     EOFError for a field that runs past ``end``, ValueError for bytes that are no protobuf message."""
     while stream.tell() < end:
@@ -44,9 +46,9 @@ def fields(stream: BinaryIO, end: int) -> Iterator[tuple[int, int, int]]:
         number, wire_type = key >> 3, key & 7
         if number == 0:
             raise ValueError("field number 0")  # never valid: e.g. a run of zero bytes
+        value = size = 0
         if wire_type == 0:
-            varint(stream)
-            size = 0
+            value = varint(stream)
         elif wire_type == 2:
             size = varint(stream)
         elif wire_type in _FIXED_SIZES:
@@ -56,7 +58,7 @@ def fields(stream: BinaryIO, end: int) -> Iterator[tuple[int, int, int]]:
         start = stream.tell()
         if start + size > end:  # a seek past the end does not fail by itself
             raise EOFError(f"field {number} runs past the end")
-        yield number, wire_type, size
+        yield number, wire_type, value if wire_type == 0 else size
         stream.seek(start + size)
 
 
@@ -81,31 +83,37 @@ def varint(stream: BinaryIO) -> int:
 
 
 def external_data_locations(path: Path) -> Iterator[str]:
-    """The ``location`` of every tensor in an ONNX file whose data lies in another file (external data),
-    in initializers, Constant nodes and the subgraphs of If/Loop/Scan and functions, at any depth.
+    """The ``location`` of every tensor in an ONNX file whose data lies in another file (data_location
+    EXTERNAL), in initializers, Constant nodes and the subgraphs of If/Loop/Scan and functions, at any depth.
 
-    EOFError for a cut-short file; ValueError for bytes that are no protobuf message or nest deeper than MAX_DEPTH."""
+    EOFError for a cut-short file; ValueError for bytes that are no protobuf message, that nest deeper than
+    MAX_DEPTH, or hold an external_data entry over MAX_ENTRY_BYTES or a tensor with over MAX_LOCATIONS locations."""
     with open(path, "rb") as stream:  # buffered: the byte-by-byte varint reads cost no system calls
         end = stream.seek(0, io.SEEK_END)
         stream.seek(0)
-        stack = [("model", fields(stream, end))]  # the messages being read, outermost first: no recursion
+        # The messages being read, outermost first (no recursion); a tensor's: [external?, its locations].
+        stack: list = [("model", fields(stream, end), None)]
         while stack:
-            kind, walk = stack[-1]
+            kind, walk, tensor = stack[-1]
             step = next(walk, None)
             if step is None:
                 stack.pop()
+                if tensor is not None and tensor[0]:  # data_location may come after the entries
+                    yield from tensor[1]
                 continue
             number, wire_type, size = step
+            if kind == "tensor" and number == _DATA_LOCATION and wire_type == 0:
+                tensor[0] = size == _EXTERNAL
             inner = _HOLDS[kind].get(number)
             if wire_type != 2 or inner is None:
                 continue
             if inner == "entry":
-                if size > MAX_ENTRY_BYTES:
-                    raise ValueError(f"an external_data entry of {size} bytes")
+                if size > MAX_ENTRY_BYTES or len(tensor[1]) >= MAX_LOCATIONS:
+                    raise ValueError(f"an external_data entry over {MAX_ENTRY_BYTES} bytes, or over {MAX_LOCATIONS} locations")
                 entry = strings(stream, stream.tell() + size)
                 if entry.get(1) == b"location":
-                    yield entry.get(2, b"").decode("utf-8")
+                    tensor[1].append(entry.get(2, b"").decode("utf-8"))
             elif len(stack) >= MAX_DEPTH:
                 raise ValueError(f"messages nested more than {MAX_DEPTH} deep")
             else:
-                stack.append((inner, fields(stream, stream.tell() + size)))
+                stack.append((inner, fields(stream, stream.tell() + size), [False, []] if inner == "tensor" else None))

@@ -85,5 +85,21 @@ def test_a_cut_short_file_and_bytes_that_are_no_protobuf_raise(tmp_path):
     with pytest.raises(ValueError, match="field number 0"):
         list(onnx_wire.external_data_locations(path))
     path.write_bytes(_field(7, _field(5, _field(13, b"\x0a" * (onnx_wire.MAX_ENTRY_BYTES + 1)))))
-    with pytest.raises(ValueError, match="external_data entry"):
+    with pytest.raises(ValueError, match="external_data entry over"):
         list(onnx_wire.external_data_locations(path))
+    entry = _field(1, b"location") + _field(2, b"w.data")
+    path.write_bytes(_field(7, _field(5, _field(13, entry) * (onnx_wire.MAX_LOCATIONS + 1))))
+    with pytest.raises(ValueError, match=f"over {onnx_wire.MAX_LOCATIONS} locations"):
+        list(onnx_wire.external_data_locations(path))
+
+
+def test_a_location_left_on_a_tensor_whose_data_is_inside_is_not_one(tmp_path):
+    """ONNX Runtime reads a tensor's external data only when its data_location is EXTERNAL; that field may
+    come after the entries (the walk waits for the end of the tensor)."""
+    stale = numpy_helper.from_array(np.ones(4, np.float32), "stale")  # its bytes inside, in raw_data
+    stale.external_data.add(key="location", value="../left-over.data")
+    graph = helper.make_graph([], "g", [], [helper.make_tensor_value_info("stale", TensorProto.FLOAT, [4])],
+                              initializer=[stale, _external("w", "weights.data")])
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx_model(graph), str(path))
+    assert list(onnx_wire.external_data_locations(path)) == ["weights.data"]
