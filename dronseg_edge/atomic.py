@@ -209,14 +209,14 @@ def write_text_atomic(path: os.PathLike | str, text: str) -> Path:
     return Path(path)
 
 
-def json_safe(value):
-    """Replace NaN/Inf floats by None (strict JSON has no NaN), recursively."""
+def json_safe(value, nonfinite=lambda v: None):
+    """Replace NaN/Inf floats by ``nonfinite(v)`` (None; ``str`` keeps 'nan'), recursively: strict JSON has no NaN."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return value if math.isfinite(value) else nonfinite(value)
     if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v, nonfinite) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
+        return [json_safe(v, nonfinite) for v in value]
     return value
 
 

@@ -3,6 +3,7 @@ whenever an interrupt arrives; storage faults that writers hide (in a chain of c
 errno-less short write) are one line."""
 
 import errno
+import json
 import os
 import shutil
 from collections import namedtuple
@@ -132,3 +133,10 @@ def test_a_ctrl_c_that_a_writer_wrapped_stays_a_ctrl_c(tmp_path):
                 raise KeyboardInterrupt
             except KeyboardInterrupt:
                 raise RuntimeError(TORCH_SHORT_WRITE)
+
+
+def test_json_files_hold_no_nan_summaries_write_null_and_reports_keep_the_finding(tmp_path):
+    data = {"a": [float("nan"), 1.5, (float("inf"),)], "b": {"c": float("-inf")}}
+    path = atomic.write_json_atomic(tmp_path / "s.json", data)
+    assert json.loads(path.read_text(), parse_constant=pytest.fail) == {"a": [None, 1.5, [None]], "b": {"c": None}}
+    assert atomic.json_safe(data, str) == {"a": ["nan", 1.5, ["inf"]], "b": {"c": "-inf"}}  # parity reports

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dronseg_edge.atomic import write_json_atomic
+from dronseg_edge.atomic import json_safe, write_json_atomic
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export.parity_picture import WorstImage, save_difference_picture
 
@@ -136,7 +136,7 @@ class ParityReport:
         if self.ground_truth is not None:
             data["ground_truth"]["miou_delta"] = self.ground_truth.miou_delta
             data["ground_truth"]["mdice_delta"] = self.ground_truth.mdice_delta
-        return _finite(data)
+        return json_safe(data, str)  # a NaN in a report is a finding: 'nan', not null
 
     def save(self, path: Path) -> Path:
         """Write the JSON report, and for a failed or borderline one its difference picture beside it."""
@@ -203,17 +203,6 @@ def _g(value: float | None) -> str:
     if not math.isfinite(value):
         return str(value)
     return f"{value:.4g}"
-
-
-def _finite(value):
-    """JSON has no NaN/Inf: write them as strings so the file stays standard JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def parity_report_path(artifact: Path) -> Path:
