@@ -12,6 +12,7 @@ import torch
 from ddp_probe import launch, torchrun
 
 from dronseg_edge.checkpoint import load_checkpoint
+from dronseg_edge.train import setup
 from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.fit import fit
 
@@ -59,13 +60,17 @@ def _train_cmd(root, out, epochs, workers=0):
             "--no-tensorboard", "--seed", "0"]
 
 
-def test_resume_after_kill_continues_exactly(synth_root, tmp_path):
+def test_resume_after_kill_continues_exactly(synth_root, tmp_path, monkeypatch):
     epochs = 4
     reference = fit(config(synth_root, tmp_path / "ref", epochs=epochs), log=lambda _m: None)
 
     run = tmp_path / "killed"
     # The killed and resumed runs load with 2 persistent workers, the reference in-process: the weights
-    # still match, so neither the resume nor the worker count changes shuffling or augmentation.
+    # still match, so neither the resume nor the worker count changes shuffling or augmentation. The
+    # killed run forks its workers; the resumed one starts them by forkserver (Python 3.14's default on
+    # Linux; macOS spawns), so what a worker is handed must pickle and seed itself the same way.
+    options = setup.loader_options
+    monkeypatch.setattr(setup, "loader_options", lambda *a: {**options(*a), "multiprocessing_context": "forkserver"})
     proc = subprocess.Popen(_train_cmd(synth_root, run, epochs, workers=2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "weights" / "last.pt"
     deadline = time.time() + 300
