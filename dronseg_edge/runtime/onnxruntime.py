@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
-from dronseg_edge.machine import cache_root
+from dronseg_edge.machine import cache_root, unwritable
 from dronseg_edge.metadata import ModelInfo, read_onnx_info
 from dronseg_edge.onnx_wire import external_data_locations
 from dronseg_edge.runtime.base import Backend, TensorSpec, check_declared_io
@@ -52,23 +52,14 @@ def trt_engine_cache_dir(model: Path) -> Path:
     beside = Path(model).resolve().parent / ".ort_trt_cache"
     user = cache_root() / "ort_trt"
     for folder in (beside, user):
-        if _writable_folder(folder):
-            return folder
+        if unwritable(folder)[1] is None:  # a file made there (or in the nearest folder above): nothing left behind
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                return folder
+            except OSError:
+                continue
     raise DronsegError(f"neither {beside} nor {user} can be written for TensorRT's engine cache: "
                        "make one writable, or set XDG_CACHE_HOME to a writable folder")
-
-
-def _writable_folder(folder: Path) -> bool:
-    existing = folder
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        return False  # before mkdir: no empty folder left where nothing may be written
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def import_onnxruntime():

@@ -4,7 +4,9 @@ TensorRT engine cache folder; and the real CPU session's inference mode."""
 
 from __future__ import annotations
 
+import errno
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -199,10 +201,14 @@ def test_tensorrt_options_are_the_providers_own_and_none_of_them_is_tf32(model, 
 def test_engine_cache_moves_to_the_user_cache_when_the_model_folder_is_read_only(model, monkeypatch, tmp_path):
     path, _ = model
     folder = path.parent.resolve()
-    real_access = ort_runtime.os.access
-    # Tests run as root, for whom chmod does not stop writes: the check itself is made to say "read-only".
-    monkeypatch.setattr(ort_runtime.os, "access",
-                        lambda p, mode: False if Path(p).resolve().is_relative_to(folder) else real_access(p, mode))
+    real_file = tempfile.TemporaryFile
+
+    def read_only_model_folder(*args, dir, **kwargs):  # tests run as root, for whom chmod does not stop writes
+        if Path(dir).resolve().is_relative_to(folder):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_file(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only_model_folder)
     assert ort_runtime.trt_engine_cache_dir(path) == tmp_path / "cache" / "dronseg-edge" / "ort_trt"
     assert (tmp_path / "cache" / "dronseg-edge" / "ort_trt").is_dir() and not (folder / ".ort_trt_cache").exists()
     monkeypatch.delenv("XDG_CACHE_HOME")
