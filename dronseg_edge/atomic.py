@@ -77,9 +77,7 @@ def storage_failure(exc: OSError, path: os.PathLike | str) -> RuntimeFailure:
     EIO and the like: a failing disk or a card pulled out); its ``stopped`` says why for summary.json
     (``disk_full``, ``unwritable`` or ``write_failed``)."""
     stopped, fix = STORAGE_FAULTS.get(exc.errno, ("write_failed", "check the disk or choose another --out"))
-    failure = RuntimeFailure(f"cannot write {path}: {exc.strerror or exc} ({free_space(path)}): {fix}")
-    failure.stopped = stopped
-    return failure
+    return RuntimeFailure(f"cannot write {path}: {exc.strerror or exc} ({free_space(path)}): {fix}", stopped=stopped)
 
 
 def name_too_long(path: os.PathLike | str | None) -> str:

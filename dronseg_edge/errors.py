@@ -25,6 +25,11 @@ class DronsegError(Exception):
     exit_code = 2
     stopped: str | None = None
 
+    def __init__(self, *args, stopped: str | None = None):
+        super().__init__(*args)
+        if stopped is not None:  # else the class's own (BackendFailure: backend_failure)
+            self.stopped = stopped
+
 
 class BackendUnavailable(DronsegError):
     """An optional runtime (TensorRT, ONNX Runtime, CUDA) is missing on this machine."""

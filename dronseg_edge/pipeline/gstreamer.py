@@ -119,8 +119,6 @@ class GStreamerSource(CaptureSource):
     without an error or end-of-stream holds the reader until ``--max-duration-s`` or Ctrl-C.
     """
 
-    kind = "stream"
-
     def __init__(self, pipeline: str, reconnect_s: float = 30.0, name: str | None = None, kind: str = "stream"):
         self.pipeline, self.kind = with_appsink(pipeline), kind
         self.is_file = self.ends = reads_file(self.pipeline)

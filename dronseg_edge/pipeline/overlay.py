@@ -56,18 +56,15 @@ class OverlayPlan:
     legend: tuple[str, ...] | None = None
 
     def image(self, result) -> np.ndarray:
-        """The (H, W, 3) uint8 BGR overlay of one result: a pipeline/result.Result, or anything with its
-        ``frame``, ``mask`` and ``classes`` (with the legend of ``result.seen_classes``)."""
-        made = getattr(result, "overlays", None)
-        if made is not None and self in made:
-            return made[self]
-        image = overlay(result.frame, result.mask, self.lut, self.alpha,
-                        hidden=FILTERED if result.classes is not None else None)
-        if self.legend is not None:
-            draw_legend(image, self.legend, self.lut, getattr(result, "seen_classes", None))
-        if made is not None:
-            made[self] = image
-        return image
+        """The (H, W, 3) uint8 BGR overlay of one pipeline/result.Result (with the legend of its
+        ``seen_classes``), made once and kept in its ``overlays``."""
+        if self not in result.overlays:
+            image = overlay(result.frame, result.mask, self.lut, self.alpha,
+                            hidden=FILTERED if result.classes is not None else None)
+            if self.legend is not None:
+                draw_legend(image, self.legend, self.lut, result.seen_classes)
+            result.overlays[self] = image
+        return result.overlays[self]
 
 
 def draw_legend(image: np.ndarray, names: Sequence[str], lut: np.ndarray, present: Sequence[int] | None) -> None:

@@ -68,17 +68,16 @@ class _LatestSlot:
 class FrameReader:
     """Iterate over a source's frames decoded by a background thread.
 
-    ``live``: keep only the newest frame (drops counted in ``dropped``); ``realtime``: pace a file
-    at its own fps, as a camera would deliver it (defaults to ``live`` for video files);
+    ``live``: keep only the newest frame (drops counted in ``dropped``); a video file read live is paced
+    at its own fps, as a camera would deliver it (``realtime``);
     ``stride``: every N-th frame. Errors raised by the source re-raise in the consuming thread.
     """
 
-    def __init__(self, source: Source, *, live: bool = False, stride: int = 1, queue_size: int = 8,
-                 realtime: bool | None = None):
+    def __init__(self, source: Source, *, live: bool = False, stride: int = 1, queue_size: int = 8):
         self.source = source
         self.live = bool(live)
         self.stride = max(1, int(stride))
-        self.realtime = (self.live and source.kind == "video") if realtime is None else bool(realtime)
+        self.realtime = self.live and source.kind == "video"
         self._buffer = _LatestSlot() if self.live else queue.Queue(maxsize=max(1, queue_size))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dronseg-decode", daemon=True)
@@ -87,11 +86,6 @@ class FrameReader:
     @property
     def dropped(self) -> int:
         return getattr(self._buffer, "dropped", 0)
-
-    def start(self) -> "FrameReader":
-        if not self._thread.is_alive() and not self._stop.is_set():
-            self._thread.start()
-        return self
 
     def _run(self) -> None:
         began = None
@@ -112,7 +106,8 @@ class FrameReader:
             put_unless_stopped(self._buffer, exc, self._stop.is_set)
 
     def __iter__(self) -> Iterator[FrameRecord]:
-        self.start()
+        if not self._thread.is_alive() and not self._stop.is_set():
+            self._thread.start()
         while True:
             alive = self._thread.is_alive()  # once it has ended, anything it left is already in the buffer
             try:

@@ -209,11 +209,9 @@ def _backend_failure(exc: BackendFailure, frames: int) -> RuntimeFailure | None:
     if not (exc.out_of_memory or frames > 0):
         return None
     log.debug("the backend failed", exc_info=exc.cause)
-    failure = RuntimeFailure(f"{str(exc).replace(' failed (', f' failed after {frames} frames (', 1)}; the outputs are "
-                             "complete up to the frame before: run again, and if it recurs check the device with "
-                             "`dronseg-edge checks`")
-    failure.stopped = exc.stopped
-    return failure
+    return RuntimeFailure(f"{str(exc).replace(' failed (', f' failed after {frames} frames (', 1)}; the outputs are "
+                          "complete up to the frame before: run again, and if it recurs check the device with "
+                          "`dronseg-edge checks`", stopped=exc.stopped)
 
 
 def _bug_text(exc: BaseException) -> str:

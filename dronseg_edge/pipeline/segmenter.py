@@ -10,6 +10,7 @@ frames sees objects too large in full-resolution windows (pipeline/tiling.py, do
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import deque
@@ -42,7 +43,7 @@ DEFAULT_TILE_BATCH = 4  # windows per call for dynamic-batch checkpoints and ONN
 __all__ = ["Result", "Segmenter"]  # Result lives in result.py; imported from here too
 
 
-class Segmenter:
+class Segmenter(contextlib.AbstractContextManager):
     """Segments frames with any model artifact; see the module docstring.
 
     ``model``: path to a .pt/.onnx/.engine file, or an already-built Backend. ``device``: auto |
@@ -216,9 +217,6 @@ class Segmenter:
 
     def close(self) -> None:
         self.backend.deactivate()
-
-    def __enter__(self) -> "Segmenter":
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()

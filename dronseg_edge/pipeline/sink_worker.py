@@ -118,6 +118,4 @@ class SinkWorker:
             return closing
         if not isinstance(first, DronsegError):
             return first  # a bug: raised unchanged
-        combined = RuntimeFailure(f"{first}; then {closing}")
-        combined.stopped = first.stopped
-        return combined
+        return RuntimeFailure(f"{first}; then {closing}", stopped=first.stopped)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -41,7 +41,7 @@ class FrameRecord:
     read_at: float | None = None
 
 
-class Source(ABC):
+class Source(contextlib.AbstractContextManager):
     """A producer of :class:`FrameRecord`; ``frames()`` may be called once."""
 
     kind = "source"
@@ -78,9 +78,6 @@ class Source(ABC):
         self.stop()
         if self.capture is not None:
             self.capture.release()
-
-    def __enter__(self) -> "Source":
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()

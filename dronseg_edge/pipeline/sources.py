@@ -200,11 +200,9 @@ class CaptureSource(Source):
             self.end = "lost"
             why = ("no frame within the read timeout" if timed_out else
                    "the device stopped delivering frames" if self.kind == "camera" else "the connection closed")
-            failure = RuntimeFailure(
+            raise RuntimeFailure(
                 f"{self.kind} {self.name} was lost ({why}) and could not be reopened within {self.reconnect_s:g} s: "
-                "check the device or network, or allow longer with --reconnect-s")
-            failure.stopped = "source_lost"
-            raise failure
+                "check the device or network, or allow longer with --reconnect-s", stopped="source_lost")
 
     def _reconnect(self, timed_out: bool) -> bool:
         """Reopen with back-off for up to ``reconnect_s``; True once reopened, False when it gave up or was stopped."""

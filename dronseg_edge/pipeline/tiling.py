@@ -133,9 +133,6 @@ class TilePlan:
             return False
         return True
 
-    def grid(self, width: int, height: int) -> TileGrid:
-        return TileGrid((width, height), self.tile, self.overlap)
-
     def describe(self) -> dict:
         """For summary.json."""
         return {"mode": self.mode, "window": list(self.tile), "overlap": self.overlap, "batch": self.batch,
@@ -199,7 +196,7 @@ def segment_tiled(backend: Backend, frame: np.ndarray, plan: TilePlan, confidenc
     """One (H, W, 3) uint8 frame in windows of the model input at full resolution, their logits
     blended -> ((H, W) uint8 classes, confidence or None, windows, ms per stage)."""
     height, width = frame.shape[:2]
-    grid = plan.grid(width, height)
+    grid = TileGrid((width, height), plan.tile, plan.overlap)
     tile_w, tile_h = grid.tile
     blender = TileBlender(grid, backend.info.num_classes, window_weights(tile_w, tile_h), plan.batch, confidence)
     stage_ms: Counter = Counter()

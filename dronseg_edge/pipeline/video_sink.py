@@ -163,10 +163,9 @@ class VideoSink(Sink):
             with contextlib.suppress(OSError):
                 tmp.unlink()
         cause = storage_failure(exc, final) if isinstance(exc, OSError) else None
-        failure = RuntimeFailure(f"{cause} (video {final.name} {fate})" if cause else
-                                 f"cannot finish video {final}: {exc} ({fate}); free some space or choose another --out")
-        failure.stopped = cause.stopped if cause else "write_failed"
-        return failure
+        return RuntimeFailure(f"{cause} (video {final.name} {fate})" if cause else
+                              f"cannot finish video {final}: {exc} ({fate}); free some space or choose another --out",
+                              stopped=cause.stopped if cause else "write_failed")
 
     def close(self) -> None:
         if self._closed:
