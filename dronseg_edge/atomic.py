@@ -21,7 +21,9 @@ one-line :class:`RuntimeFailure`. Some writers raise something else for the same
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import io
 import json
 import math
 import os
@@ -167,8 +169,9 @@ def ensure_writable_dir(path: Path, what: str = "output folder") -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
+def atomic_path(path: os.PathLike | str, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it.
+    ``suffix`` ends the temporary name (OpenCV picks a video's container from it).
 
     The temporary name is chosen before the file exists and the file is made inside the ``try``, so an
     interrupt (Ctrl-C, SIGTERM) arriving at any instant leaves no temporary file behind.
@@ -182,7 +185,7 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
                 # .NAME.dronseg-<token>.<8 random>.tmp: the package tag and this process's claim token, so only
                 # a dead run's own files are ever cleaned up (leftovers.py).
                 random = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789_") for _ in range(8))
-                tmp = final.parent / f"{working_prefix(final.name)}{random}.tmp"
+                tmp = final.parent / f"{working_prefix(final.name)}{random}.tmp{suffix}"
                 try:
                     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                     break
@@ -205,6 +208,13 @@ def write_text_atomic(path: os.PathLike | str, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def write_csv_atomic(path: os.PathLike | str, rows) -> Path:
+    """Write ``rows`` (the header first) as CSV with "\\n" line ends, atomically."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def json_safe(value, nonfinite=lambda v: None):

@@ -200,13 +200,6 @@ def resolve_device(name: str = "auto") -> "torch.device":
     return torch.device(str(device))
 
 
-def as_torch_device(device) -> "torch.device":
-    """A torch.device for a Device, a torch.device or a string (imports torch)."""
-    import torch
-
-    return device if isinstance(device, torch.device) else torch.device(str(device))
-
-
 def device_description(device) -> str:
     """Human-readable name, e.g. 'NVIDIA H100 80GB HBM3 (sm90)' or 'cpu (2 threads)'."""
     if device.type == "cuda":

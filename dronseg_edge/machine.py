@@ -151,12 +151,10 @@ def import_optional(name: str) -> tuple[ModuleType | None, str | None]:
     """
     try:
         return importlib.import_module(name), None
-    except ModuleNotFoundError as exc:
-        if exc.name in (None, name) or name.startswith(f"{exc.name}."):
-            return None, "not installed"
-        return None, f"cannot be imported: {first_line(exc)}"  # one of its own dependencies is missing
     except Exception as exc:
-        return None, f"cannot be imported: {first_line(exc)}"
+        if isinstance(exc, ModuleNotFoundError) and (exc.name in (None, name) or name.startswith(f"{exc.name}.")):
+            return None, "not installed"
+        return None, f"cannot be imported: {first_line(exc)}"  # broken, or one of its own dependencies is missing
 
 
 def cache_root() -> Path:

@@ -244,8 +244,6 @@ def read_onnx_info(path: Path) -> ModelInfo:
         raise DronsegError(f"ONNX file {path} does not exist: export one with `dronseg-edge export CHECKPOINT`")
     try:
         props = read_onnx_metadata_props(path)
-    except PropsTooLarge as exc:
-        raise DronsegError(f"{path}: {exc}: not a file dronseg-edge wrote; {REEXPORT}") from None
     except (OSError, EOFError, ValueError) as exc:  # truncated, or not protobuf (UnicodeDecodeError is a ValueError)
         raise DronsegError(f"{path} is not a readable ONNX file ({type(exc).__name__}): re-export it") from None
     return ModelInfo.from_dict(_decode_props(props, str(path)), source=str(path))
@@ -259,16 +257,14 @@ MAX_PROPS_BYTES = 4 << 20  # all metadata_props together (ours: a few kB); nothi
 MAX_PROPS = 1024  # entries
 
 
-class PropsTooLarge(ValueError):
-    """metadata_props over MAX_PROPS_BYTES or MAX_PROPS: refused before they are read."""
-
-
 def read_onnx_metadata_props(path: Path) -> list[tuple[str, str]]:
     """The (key, value) pairs of an ONNX file's ``metadata_props``, in file order.
 
-    EOFError for a truncated file, ValueError for bytes that are not a protobuf message, PropsTooLarge
-    for props over MAX_PROPS_BYTES in all or MAX_PROPS entries (a crafted file could claim gigabytes).
+    EOFError for a truncated file, ValueError for bytes that are not a protobuf message, DronsegError
+    for props over MAX_PROPS_BYTES in all or MAX_PROPS entries (a crafted file could claim gigabytes),
+    refused before they are read.
     """
+    refused = f": not a file dronseg-edge wrote; {REEXPORT}"
     with open(path, "rb") as handle:  # buffered: the byte-by-byte varint reads cost no system calls
         end = handle.seek(0, io.SEEK_END)
         handle.seek(0)
@@ -278,9 +274,9 @@ def read_onnx_metadata_props(path: Path) -> list[tuple[str, str]]:
             if number != _METADATA_PROPS or wire_type != 2:
                 continue
             if len(props) >= MAX_PROPS:
-                raise PropsTooLarge(f"metadata_props hold more than {MAX_PROPS} entries")
+                raise DronsegError(f"{path}: metadata_props hold more than {MAX_PROPS} entries{refused}")
             if size > budget:
-                raise PropsTooLarge(f"metadata_props hold more than {MAX_PROPS_BYTES} bytes")
+                raise DronsegError(f"{path}: metadata_props hold more than {MAX_PROPS_BYTES} bytes{refused}")
             budget -= size
             entry = onnx_wire.strings(handle, handle.tell() + size)
             props.append((entry.get(_ENTRY_KEY, b"").decode("utf-8"), entry.get(_ENTRY_VALUE, b"").decode("utf-8")))
@@ -307,19 +303,18 @@ def read_engine_sidecar(engine_path: Path) -> ModelInfo:
     rebuild = "rebuild the engine with `dronseg-edge export CHECKPOINT --format engine`, which writes both files"
     if not side.is_file():
         raise DronsegError(f"engine {engine_path} has no metadata file {side.name} beside it: {rebuild}")
-    data = read_json_file(side, str(side), rebuild)
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-        raise DronsegError(f"{side} is not a dronseg-edge engine metadata file: {rebuild}")
-    data = {k: v for k, v in data.items() if k not in ("format", "engine")}
-    return ModelInfo.from_dict(data, source=str(side), fix=rebuild)
+    return read_info_json(side, str(side), rebuild, engine=True)
 
 
-def read_json_file(path: Path, source: str, fix: str) -> Any:
-    """A metadata JSON file (a sidecar, ``--meta``), bounded in size and depth (metadata_checks.load_json);
-    only the bytes the bound allows are read."""
+def read_info_json(path: Path, source: str, fix: str, engine: bool = False) -> ModelInfo:
+    """ModelInfo from a metadata JSON file (an engine's sidecar, whose ``format`` tag is required; ``--meta``),
+    bounded in size and depth (metadata_checks.load_json); only the bytes the bound allows are read."""
     try:
         with open(path, "rb") as handle:
             text = handle.read(MAX_JSON_BYTES + 1)
     except OSError as exc:
         raise DronsegError(f"{source} cannot be read ({exc.strerror or type(exc).__name__}): {fix}") from None
-    return load_json(text, source, fix)
+    data = load_json(text, source, fix)
+    if not isinstance(data, dict) or data.get("format", None if engine else SIDECAR_FORMAT) != SIDECAR_FORMAT:
+        raise DronsegError(f"{source} is not a dronseg-edge {'engine ' if engine else ''}metadata file: {fix}")
+    return ModelInfo.from_dict({k: v for k, v in data.items() if k not in ("format", "engine")}, source=source, fix=fix)

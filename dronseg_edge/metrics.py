@@ -92,8 +92,7 @@ class SegmentationMetrics:
         if len(class_names) != num_classes:
             raise DronsegError(f"{len(class_names)} class names given for {num_classes} classes; give one name per class")
         self.num_classes, self.ignore_index, self.class_names = num_classes, ignore_index, list(class_names)
-        self.confusion = torch.zeros(0, dtype=torch.int64)
-        self.reset()
+        self.reset("cpu")
 
     def reset(self, device: torch.device | str | None = None) -> None:
         """Forget all batches; the state stays on its device unless ``device`` is given."""

@@ -212,13 +212,14 @@ def test_jetson_check_notes_where_nvidia_wheels_replace_the_registry():
     assert any("NVIDIA's torch wheel" in n for n in notes) and any("1 nvidia-* CUDA library" in n for n in notes)
 
 
-def test_jetson_check_makes_pip_evaluate_markers_as_a_jetson(monkeypatch):
+def test_jetson_check_makes_pip_evaluate_markers_as_a_jetson():
     """The check's shim replaces what pip's marker evaluation reads: the core's markers then leave OpenCV and
-    ONNX Runtime out, as on a Jetson (a plain dry-run on x86-64 keeps them: pip evaluates markers locally)."""
-    from pip._vendor.packaging import markers
-
+    ONNX Runtime out, as on a Jetson (a plain dry-run on x86-64 keeps them: pip evaluates markers locally).
+    In a child process: importing pip turns setuptools' distutils shim off for the rest of a process, and a
+    later torch.compile in this one would fail on it."""
     check = _jetson_check()
-    assert "markers.default_environment = " in check.PIP_SHIM
-    monkeypatch.setattr(markers, "default_environment", lambda: dict(check.JETSON_MARKERS))
-    assert not markers.Marker("platform_machine != 'aarch64'").evaluate()
-    assert markers.Marker("platform_machine == 'aarch64' and python_version == '3.10'").evaluate({"extra": "trt"})
+    shim = check.PIP_SHIM.split("from pip._internal")[0]  # the marker environment, without running pip
+    probe = shim + ("print(markers.Marker(\"platform_machine != 'aarch64'\").evaluate(), markers.Marker("
+                    "\"platform_machine == 'aarch64' and python_version == '3.10'\").evaluate({'extra': 'trt'}))")
+    done = subprocess.run([sys.executable, "-c", probe, json.dumps(check.JETSON_MARKERS)], capture_output=True, text=True)
+    assert done.stdout.split() == ["False", "True"], done.stderr

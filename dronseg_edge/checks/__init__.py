@@ -63,18 +63,12 @@ def backends_check(results: list[Check]) -> Check:
     ok = {check.name for check in results if check.status == OK}
     providers = [onnxruntime_checks.short(check.facts["provider"]) for check in results
                  if check.name.startswith("ort ") and check.status == OK and check.facts.get("runs")]
-    found, shown = [], []
-    if providers:
-        found.append("onnxruntime")
-        shown.append(f"onnxruntime ({', '.join(providers)}): .onnx")
-    if {"tensorrt", "cuda-bindings"} <= ok:
-        found.append("tensorrt")
-        shown.append("tensorrt: .engine")
-    if {"torch", "torchvision"} <= ok:
-        found.append("torch")
-        shown.append("torch: .pt")
+    runs = {"onnxruntime": f"onnxruntime ({', '.join(providers)}): .onnx" if providers else None,
+            "tensorrt": "tensorrt: .engine" if {"tensorrt", "cuda-bindings"} <= ok else None,
+            "torch": "torch: .pt" if {"torch", "torchvision"} <= ok else None}
+    found = [name for name, shown in runs.items() if shown]
     facts = {"backends": found, "onnxruntime_providers": providers}
     if not found:
         return Check("backends", FAIL, f"nothing here can run a model (no ONNX Runtime session ran, no TensorRT engine "
                                        f"was built, no torch with torchvision): {INSTALL}", facts)
-    return Check("backends", OK, "; ".join(shown), facts)
+    return Check("backends", OK, "; ".join(runs[name] for name in found), facts)

@@ -33,19 +33,16 @@ def main(argv: list[str] | None = None) -> None:
                    standalone_mode=False)
     except DronsegError as exc:
         _fail(exc, exc.exit_code)
-    except OSError as exc:
+    except (OSError, ImportError) as exc:
         # A full or read-only disk that a command did not turn into its own message: still one line
         # naming the path and the free space, with the runtime-failure code. A name longer than the file
-        # system takes (any path argument: --out, a model, a source) is the user's to fix. Other OSErrors are bugs.
-        if exc.errno == errno.ENAMETOOLONG:
+        # system takes (any path argument: --out, a model, a source) is the user's to fix. An optional
+        # library this install set lacks or cannot load (ImportError, or an OSError for a shared library):
+        # what to do. Other OSErrors are bugs.
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
             _fail(name_too_long(exc.filename), DronsegError.exit_code)
         if is_storage_error(exc):
             _fail(storage_failure(exc, exc.filename or "."), RuntimeFailure.exit_code)
-        error = missing_module_error(exc)  # an optional library whose import failed on a shared library
-        if error is None:
-            raise
-        _fail(error, error.exit_code)
-    except ImportError as exc:  # an optional library this install set lacks or cannot load: what to do
         error = missing_module_error(exc)
         if error is None:
             raise

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dronseg_edge.devices import Device, resolve_device, resolve_lean_device
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.metadata import SIDECAR_FORMAT, ModelInfo, read_json_file, read_onnx_info
+from dronseg_edge.metadata import ModelInfo, read_info_json, read_onnx_info
 from dronseg_edge.runtime.base import Backend
 
 # The suffixes of a training checkpoint: export, parity and bench --matrix start from these files.
@@ -69,11 +69,7 @@ def read_meta_file(meta: str | Path) -> ModelInfo:
         return read_onnx_info(meta)
     if meta.suffix.lower() != ".json":
         raise DronsegError(f"--meta {meta} is neither an .onnx nor a .json file: {what}")
-    data = read_json_file(meta, f"--meta {meta}", what)
-    if not isinstance(data, dict) or data.get("format", SIDECAR_FORMAT) != SIDECAR_FORMAT:
-        raise DronsegError(f"--meta {meta} is not a dronseg-edge metadata file: {what}")
-    return ModelInfo.from_dict({k: v for k, v in data.items() if k not in ("format", "engine")}, source=f"--meta {meta}",
-                               fix=what)
+    return read_info_json(meta, f"--meta {meta}", what)
 
 
 def _own_build_record(path: Path) -> dict | None:

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
-from dronseg_edge.devices import as_torch_device
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import HEADS, ModelInfo
 from dronseg_edge.models import SegmentationNet
@@ -47,7 +46,7 @@ class TorchBackend(Backend):
 
     def __init__(self, path: Path, device: torch.device, precision: str = "fp32", head: str = "logits",
                  channels_last: bool | None = None, cuda_graph: bool | None = None, compile_mode: str | None = None):
-        device = as_torch_device(device)  # a torch-free devices.Device too
+        device = torch.device(str(device))  # a torch-free devices.Device too
         if precision not in DTYPES:
             raise DronsegError(f"precision {precision!r} is not one of {', '.join(DTYPES)} for a PyTorch checkpoint")
         if precision != "fp32" and device.type != "cuda":

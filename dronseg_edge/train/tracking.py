@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import math
 import os
 import socket
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from dronseg_edge.atomic import storage_failure, write_text_atomic
+from dronseg_edge.atomic import storage_failure, write_csv_atomic
 
 
 LEADING_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_miou", "val_mdice", "val_competition",
@@ -76,11 +75,8 @@ class MetricsLog:
         self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
         leading = [c for c in LEADING_COLUMNS if any(c in r for r in self.rows)]
         columns = list(dict.fromkeys(leading + [k for r in self.rows for k in r]))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: f"{v:.6g}" if isinstance(v := r.get(k, ""), float) else v for k in columns} for r in self.rows)
-        write_text_atomic(self.path, buffer.getvalue())
+        write_csv_atomic(self.path, [columns, *([f"{v:.6g}" if isinstance(v := r.get(k, ""), float) else v for k in columns]
+                                                for r in self.rows)])
         if self.writer is not None:
             values = [self._summary.Value(tag=key.replace("_", "/", 1), simple_value=float(value)) for key, value in row.items()
                       if key != "epoch" and isinstance(value, (int, float)) and not math.isnan(float(value))]

@@ -17,11 +17,7 @@ Every file goes to a temporary name first; the CSVs are written last.
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,8 +25,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from dronseg_edge.atomic import (atomic_path, ensure_writable_dir, low_space, short_write_failure, storage_errors,
-                                 write_json_atomic, write_text_atomic)
+from dronseg_edge.atomic import (atomic_path, ensure_writable_dir, low_space, short_write_failure, write_csv_atomic,
+                                 write_json_atomic)
 from dronseg_edge.classes import CLASS_NAMES, NUM_CLASSES
 from dronseg_edge.data.aeroscapes import IMAGE_DIR, MASK_DIR
 from dronseg_edge.data.synthetic.camera import flight, moved, random_view
@@ -38,12 +34,12 @@ from dronseg_edge.data.synthetic.objects import CAR, DRONE, PERSON
 from dronseg_edge.data.synthetic.scene import render_view
 from dronseg_edge.data.synthetic.worlds import FREQUENT, RARE, SKY, build_world
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.pictures import write_image
 from dronseg_edge.sizes import format_size
 
 TEST_MASK_DIR = Path("test_masks")
 VIDEO_NAME = "video.mp4"
 VIDEO_MASK_DIR = Path("video_masks")
-JPEG_QUALITY = 90
 SECONDS_BETWEEN_VIEWS = 1.5
 _STILL_NAME = re.compile(r"^\d{6}_\d{3}\.(jpg|png)$")
 _FRAME_NAME = re.compile(r"^\d{6}\.png$")
@@ -135,15 +131,6 @@ def image_id(sequence: int, frame: int) -> str:
     return f"{sequence + 1:06d}_{frame + 1:03d}"
 
 
-def _write_image(path: Path, array: np.ndarray, params: tuple[int, ...] = ()) -> None:
-    """Encode ``array`` for ``path``'s suffix and write it atomically."""
-    ok, buffer = cv2.imencode(path.suffix, array, list(params))
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode a {path.suffix} image")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.tobytes())
-
-
 def _render_stills(root: Path, lengths: list[int], test_ids: set[str], size: tuple[int, int], seed: int,
                    tick: Callable[[], None]) -> np.ndarray:
     """Write every still image and mask; return the train pixel counts per class (NUM_CLASSES,)."""
@@ -161,8 +148,8 @@ def _render_stills(root: Path, lengths: list[int], test_ids: set[str], size: tup
         for frame, camera in enumerate(cameras):
             image, mask = render_view(world, camera, frame * SECONDS_BETWEEN_VIEWS, np.random.default_rng([seed, 3, seq, frame]))
             ident = image_id(seq, frame)
-            _write_image(root / IMAGE_DIR / f"{ident}.jpg", image, (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
-            _write_image(root / (TEST_MASK_DIR if ident in test_ids else MASK_DIR) / f"{ident}.png", mask)
+            write_image(root / IMAGE_DIR / f"{ident}.jpg", image)
+            write_image(root / (TEST_MASK_DIR if ident in test_ids else MASK_DIR) / f"{ident}.png", mask)
             if ident not in test_ids:
                 counts += np.bincount(mask.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
             tick()
@@ -177,12 +164,7 @@ def _render_video(root: Path, frames: int, size: tuple[int, int], fps: float, se
     world = build_world(rng, guides, forced=frozenset({CAR, PERSON, DRONE}),
                         theme=str(rng.choice(["urban", "suburban"])), video=True)
     final = root / VIDEO_NAME
-    # OpenCV picks the container from the file name, so the temporary name must end in .mp4.
-    with storage_errors(final):
-        fd, tmp_name = tempfile.mkstemp(prefix=".video.", suffix=".mp4", dir=root)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(final, suffix=".mp4") as tmp:  # OpenCV picks the container from the file name
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), size)
         if not writer.isOpened():
             raise DronsegError(f"OpenCV cannot write an mp4v video to {tmp.parent}: install opencv-python-headless "
@@ -191,15 +173,11 @@ def _render_video(root: Path, frames: int, size: tuple[int, int], fps: float, se
             for index, camera in enumerate(cameras):
                 image, mask = render_view(world, camera, index / fps, np.random.default_rng([seed, 6, index]))
                 writer.write(image)
-                _write_image(root / VIDEO_MASK_DIR / f"{index:06d}.png", mask)
+                write_image(root / VIDEO_MASK_DIR / f"{index:06d}.png", mask)
                 tick()
         finally:
             writer.release()
         _check_video(tmp, frames, size, final)
-        with storage_errors(final):
-            os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
     return final
 
 
@@ -227,12 +205,6 @@ def _remove_stale(root: Path, train: set[str], test: set[str], frames: int) -> N
             path.unlink()
     if frames == 0:
         (root / VIDEO_NAME).unlink(missing_ok=True)
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
-    write_text_atomic(path, buffer.getvalue())
 
 
 def synthesize(out_dir: Path, images: int = 60, size: tuple[int, int] = (1280, 720), video_frames: int = 90,
@@ -266,9 +238,9 @@ def synthesize(out_dir: Path, images: int = 60, size: tuple[int, int] = (1280, 7
     write_json_atomic(root / "synth.json", {"generator": "dronseg-edge synth", "seed": seed, "size": list(size), "images": images,
                                             "train": len(train_ids), "test": len(test_ids), "video_frames": video_frames,
                                             "fps": fps, "class_shares": shares})
-    _write_csv(root / "train.csv", ["ImageID"], [[i] for i in train_ids])
-    _write_csv(root / "test.csv", ["ImageID"], [[i] for i in test_ids])
-    _write_csv(root / "sampleSubmission.csv", ["ImageID", "EncodedPixels"],
-               [[f"{i}_{c}", ""] for i in test_ids for c in range(NUM_CLASSES)])
+    write_csv_atomic(root / "train.csv", [["ImageID"], *([i] for i in train_ids)])
+    write_csv_atomic(root / "test.csv", [["ImageID"], *([i] for i in test_ids)])
+    write_csv_atomic(root / "sampleSubmission.csv", [["ImageID", "EncodedPixels"],
+                                                     *([f"{i}_{c}", ""] for i in test_ids for c in range(NUM_CLASSES))])
     return SynthResult(root, train_ids, test_ids, video, (root / VIDEO_MASK_DIR) if video else None, shares,
                        size, float(fps), video_frames)
