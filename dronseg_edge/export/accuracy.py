@@ -34,7 +34,7 @@ from dronseg_edge.media import DEFAULT_MAX_PIXELS, check_max_pixels
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.metrics import SegmentationMetrics
 from dronseg_edge.runtime.base import Backend, pad_batch
-from dronseg_edge.runtime.host import class_map_host, preprocess_host, resize_frame
+from dronseg_edge.runtime.host import class_map_host, frames_in_order, preprocess_host, resize_frame
 from dronseg_edge.runtime.registry import is_checkpoint, load_backend
 
 # The split `train` makes when given no --val-fraction/--seed (train/config.py TrainConfig; a test keeps them equal).
@@ -131,8 +131,7 @@ def _infer(backend: Backend, frames: list[np.ndarray], step: int) -> list[np.nda
     else:
         if info.source_size is not None and not info.dynamic:
             frames = [resize_frame(f, *info.source_size) for f in frames]
-        if info.color_order == "RGB":
-            frames = [np.ascontiguousarray(f[:, :, ::-1]) for f in frames]
+        frames = [frames_in_order(f, info) for f in frames]
         # A dynamic graph takes one frame size per call.
         groups = [np.stack(frames)] if len({f.shape for f in frames}) == 1 else [f[None] for f in frames]
     outputs = []

@@ -32,7 +32,7 @@ from dronseg_edge.atomic import ensure_writable_dir, storage_faults
 from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
 from dronseg_edge.classes import NUM_CLASSES
 from dronseg_edge.devices import resolve_device
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export import embedded
 from dronseg_edge.export import onnx as onnx_export
 from dronseg_edge.export.images import resolve_images
@@ -80,15 +80,6 @@ def default_out_dir(checkpoint: Path) -> Path:
     """``RUN/export`` for ``RUN/weights/x.pt``; the checkpoint's own folder for a bare file."""
     checkpoint = Path(checkpoint)
     return checkpoint.parent.parent / "export" if checkpoint.parent.name == "weights" else checkpoint.parent
-
-
-def onnx_precision_for_engine(precision: str) -> str:
-    """The ONNX graph an engine of ``precision`` is built from (fp16 on TensorRT 10.x: the fp32 graph + flag)."""
-    from dronseg_edge.runtime import tensorrt_env
-
-    if precision == "fp16" and tensorrt_env.trt_major(tensorrt_env.import_tensorrt()) < 11:
-        return "fp32"
-    return precision
 
 
 def artifact_path(checkpoint: Path, options: ExportOptions | None = None, /, **changes) -> Path:
@@ -176,14 +167,18 @@ def export_artifact(checkpoint: Path, options: ExportOptions | None = None, /, *
     options = dataclasses.replace(options or ExportOptions(), **changes)
     options = dataclasses.replace(options, device=resolve_device(str(options.device)))
     checkpoint = Path(checkpoint)
-    if options.fmt == "triton":
-        from dronseg_edge.export.triton import check_triton_backend
-
-        check_triton_backend(options.triton_backend)
     if options.fmt == "engine" or (options.fmt == "triton" and options.triton_backend == "tensorrt"):
         from dronseg_edge.runtime import tensorrt_env
 
-        tensorrt_env.import_tensorrt()  # fail before minutes of ONNX work, not after
+        try:
+            tensorrt_env.import_tensorrt()  # fail before minutes of ONNX work, not after
+        except BackendUnavailable as exc:
+            if options.fmt != "triton":
+                raise
+            raise BackendUnavailable(
+                f"--triton-backend tensorrt builds model.plan here, on the GPU that will serve it, and needs TensorRT: "
+                f"{exc}; or use the default --triton-backend onnxruntime (model.onnx, which Triton's ONNX Runtime "
+                "backend runs with its TensorRT accelerator)") from None
         tensorrt_env.gpu_identity(options.device)
     state = load_checkpoint(checkpoint, num_classes=NUM_CLASSES)
     source = _Source(checkpoint, state, ModelInfo.from_checkpoint(state))
@@ -282,8 +277,11 @@ def _export_engine(source: _Source, folder: Path, options: ExportOptions, info: 
                    final: Path) -> ExportResult:
     """Build (or reuse) the ONNX graph the engine needs, then the engine, then check its parity."""
     from dronseg_edge.export.tensorrt import build_engine
+    from dronseg_edge.runtime import tensorrt_env
 
-    onnx_precision = onnx_precision_for_engine(options.precision)
+    # fp16 on TensorRT 8.6/10.x: the fp32 graph + the FP16 flag; 11.x (strongly typed only) builds from the fp16 graph.
+    weak_fp16 = options.precision == "fp16" and tensorrt_env.trt_major(tensorrt_env.import_tensorrt()) < 11
+    onnx_precision = "fp32" if weak_fp16 else options.precision
     check_onnx = options.parity and importlib.util.find_spec("onnxruntime") is not None
     # The user's limits were set for the engine's precision; an ONNX graph of another one keeps its own defaults.
     made = _export(source, folder, dataclasses.replace(

@@ -28,10 +28,10 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.export import onnx as onnx_export
 from dronseg_edge.export.frames_resize import DynamicResize, StaticResize, fold_channel_flip
 from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.runtime.host import CONFIDENCE_OUTPUT, scale_and_shift
 
 FRAMES_INPUT = "frames"
 MASK_OUTPUT = "mask"
-CONFIDENCE_OUTPUT = "confidence"
 # The resize's nodes (FramesToClassMap.resize) stay fp32 in an fp16 graph: fp16 holds integers exactly only
 # up to 2048, so pixel positions in a 4K frame (and the weights built from them) would be off.
 FP32_NODES = ("/resize/",)
@@ -64,10 +64,9 @@ class FramesToClassMap(nn.Module):
         self.resize = DynamicResize((width, height)) if self.source is None else \
             StaticResize(self.source, (width, height), batch=int(info.batch or -1))  # -1: any
         # (x / 255 - mean) / std as one multiply-add on 0..255 values, in BGR order (the model reads BGR now).
-        mean = torch.tensor(info.mean[::-1], dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(info.std[::-1], dtype=torch.float32).view(1, 3, 1, 1)
-        self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
-        self.register_buffer("shift", -mean / std, persistent=False)
+        scale, shift = scale_and_shift(tuple(info.mean[::-1]), tuple(info.std[::-1]))
+        self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, frames: torch.Tensor):
         # The Cast first, and every shape read from its output: TensorRT lets a uint8 input feed a Cast only.

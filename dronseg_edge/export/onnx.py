@@ -11,7 +11,6 @@ The choice and the versions are recorded in the metadata (``extra.exporter``).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import tempfile
 import warnings
@@ -24,6 +23,7 @@ from torch import nn
 from dronseg_edge.atomic import atomic_path, ensure_writable_dir
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.leftovers import working_prefix
+from dronseg_edge.machine import installed_version
 from dronseg_edge.metadata import ModelInfo, set_onnx_metadata
 from dronseg_edge.models import SegmentationNet
 
@@ -38,21 +38,13 @@ MAX_PROTO_BYTES = 2**31 - 2**20  # protobuf's 2 GiB limit, with room for the gra
 
 def choose_exporter() -> str:
     """``torchscript`` where torch still ships it (torch <= 2.15 does), else ``dynamo``."""
-    has_switch = "dynamo" in inspect.signature(torch.onnx.export).parameters
-    has_torchscript = hasattr(torch.onnx, "utils") and hasattr(torch.onnx.utils, "export")
-    return "torchscript" if not has_switch or has_torchscript else "dynamo"
+    return "torchscript" if hasattr(torch.onnx, "utils") and hasattr(torch.onnx.utils, "export") else "dynamo"
 
 
 def exporter_versions(exporter: str) -> str:
-    text = f"{exporter} (torch {torch.__version__}, onnx {onnx.__version__}"
-    if exporter == "dynamo":
-        try:
-            import onnxscript
-
-            text += f", onnxscript {onnxscript.__version__}"
-        except ImportError:
-            pass
-    return text + ")"
+    onnxscript = installed_version("onnxscript") if exporter == "dynamo" else None
+    return (f"{exporter} (torch {torch.__version__}, onnx {onnx.__version__}"
+            + (f", onnxscript {onnxscript})" if onnxscript else ")"))
 
 
 def check_opset(opset: int | None, exporter: str) -> int:
@@ -110,7 +102,6 @@ def write_graph(net: nn.Module, example: torch.Tensor, path: Path, info: ModelIn
 
 def _export_torchscript(net: nn.Module, example: torch.Tensor, dest: Path, opset: int, axes: dict | None,
                         names: tuple[str, list[str]]) -> None:
-    kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with warnings.catch_warnings(), torch.no_grad():
         # torch >= 2.9 warns on every TorchScript export; the choice is deliberate (module docstring).
         warnings.simplefilter("ignore", category=DeprecationWarning)
@@ -118,7 +109,7 @@ def _export_torchscript(net: nn.Module, example: torch.Tensor, dest: Path, opset
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(net, (example,), str(dest), input_names=[names[0]], output_names=list(names[1]),
                           opset_version=opset, dynamic_axes=axes, do_constant_folding=True,
-                          training=torch.onnx.TrainingMode.EVAL, **kwargs)
+                          training=torch.onnx.TrainingMode.EVAL, dynamo=False)
 
 
 def _export_dynamo(net: nn.Module, example: torch.Tensor, dest: Path, opset: int, axes: dict | None,
@@ -129,9 +120,7 @@ def _export_dynamo(net: nn.Module, example: torch.Tensor, dest: Path, opset: int
         raise BackendUnavailable(
             f"torch {torch.__version__} only has the dynamo ONNX exporter, which needs onnxscript: pip install onnxscript"
         ) from None
-    dim = torch.export.Dim
-    shapes = {names[0]: {axis: getattr(dim, "AUTO", None) or dim(name) for axis, name in axes[names[0]].items()}} \
-        if axes else None
+    shapes = {names[0]: dict.fromkeys(axes[names[0]], torch.export.Dim.AUTO)} if axes else None
     with torch.no_grad():
         program = torch.onnx.export(net, (example,), None, input_names=[names[0]], output_names=list(names[1]),
                                     opset_version=opset, dynamo=True, dynamic_shapes=shapes, external_data=False)

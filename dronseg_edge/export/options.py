@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the CLI reads these options for --help without torch
 FORMATS = ("onnx", "engine", "triton")  # triton: a Triton model repository around the ONNX file (or engine)
 TRITON_BACKENDS = ("onnxruntime", "tensorrt")  # export.triton serves model.onnx or model.plan
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
-CALIBRATION_METHODS = ("minmax", "percentile")  # export.quantize implements these (and imports them from here)
+CALIBRATION_METHODS = ("minmax", "percentile")  # export.quantize implements these
 DEFAULT_CALIBRATION_METHOD = "percentile"
 CALIB_IMAGES = 32
 PARITY_IMAGES = 16

@@ -23,7 +23,6 @@ from packaging.version import Version
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export.images import ImageSet, load_item
-from dronseg_edge.export.options import DEFAULT_CALIBRATION_METHOD
 from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime.host import preprocess_host, resize_frame
@@ -53,7 +52,7 @@ def calibration_batches(images: ImageSet, info: ModelInfo, input_name: str) -> I
 
 
 def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo, *, input_name: str,
-                  method: str = DEFAULT_CALIBRATION_METHOD) -> dict:
+                  method: str) -> dict:
     """Write a Q/DQ int8 copy of the ONNX file ``fp32_path`` to ``dest`` (a scratch path).
 
     Returns what was done (method, image count, source) for the metadata. Raises DronsegError

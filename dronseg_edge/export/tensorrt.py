@@ -174,10 +174,8 @@ def parse_onnx(trt, builder, logger, onnx_path: Path, info: ModelInfo, strongly:
     newest = MAX_OPSET.get(tensorrt_env.trt_major(trt))
     opset = info.extra.get("opset")
     if newest is not None and opset is not None and int(opset) > newest:
-        fix = ("--io frames graphs need opset 18 (antialiased Resize): use --io tensors, or TensorRT 10.3+ (JetPack 6.1)"
-               if info.io == "frames" else f"export with --opset {newest} (the TorchScript exporter writes it)")
         raise DronsegError(f"{onnx_path} is ONNX opset {opset}, and TensorRT {version}'s ONNX parser reads opsets up "
-                           f"to {newest}: {fix}")
+                           f"to {newest}: export with --opset {newest} (the TorchScript exporter writes it)")
     network = builder.create_network(tensorrt_env.network_flags(trt, strongly))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):

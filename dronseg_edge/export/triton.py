@@ -33,7 +33,7 @@ import onnx
 
 from dronseg_edge import __version__
 from dronseg_edge.atomic import ensure_writable_dir, storage_errors
-from dronseg_edge.errors import BackendUnavailable, DronsegError
+from dronseg_edge.errors import DronsegError
 from dronseg_edge.export.tensorrt import dynamic_profile
 from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info
@@ -57,20 +57,6 @@ class TensorSpec:
 def model_name(base: str, precision: str, backend: str) -> str:
     """``best_fp16`` (the ONNX file's stem) for ONNX Runtime, ``best_fp16_plan`` for a TensorRT plan."""
     return f"{base}_{precision}" + ("_plan" if backend == "tensorrt" else "")
-
-
-def check_triton_backend(backend: str) -> None:
-    """Fail before any export work when ``backend`` (export.options.TRITON_BACKENDS) cannot be built here."""
-    if backend == "tensorrt":
-        from dronseg_edge.runtime.tensorrt_env import import_tensorrt
-
-        try:
-            import_tensorrt()
-        except BackendUnavailable as exc:
-            raise BackendUnavailable(
-                f"--triton-backend tensorrt builds model.plan here, on the GPU that will serve it, and needs TensorRT: "
-                f"{exc}; or use the default --triton-backend onnxruntime (model.onnx, which Triton's ONNX Runtime "
-                "backend runs with its TensorRT accelerator)") from None
 
 
 def graph_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:

@@ -163,7 +163,7 @@ class Backend(ABC):
         ``confidence``: also the maximum-probability map; ``logits``: also the model-size logits (a
         plain tensor artifact with a logits head only). ``pad_to``: run at least this many rows (a
         fixed-batch artifact always runs its own batch): one shape keeps one CUDA graph or binding.
-        Here a frames artifact gets the frames as they are (and gives its ``confidence`` output whenever it
+        Here a frames artifact gets the frames in its colour order (and gives its ``confidence`` output whenever it
         has one: the graph makes it anyway); any other gets the host pre/post (``runtime/host.py``).
         """
         self.check_frames(frames)
@@ -171,7 +171,7 @@ class Backend(ABC):
         rows = max(int(pad_to), self.info.batch or 1) if not self.info.dynamic else int(pad_to)
         marks = [time.perf_counter()]  # a stage ends at each mark: STAGES
         if self.info.io == "frames":
-            batch, real = pad_batch(np.ascontiguousarray(frames), rows)
+            batch, real = pad_batch(host.frames_in_order(frames, self.info), rows)
             marks.append(time.perf_counter())
             classes, kept = np.asarray(self.infer(batch)[:real], np.uint8), None
             conf = self.last_outputs.get(host.CONFIDENCE_OUTPUT)

@@ -42,7 +42,7 @@ def import_or_explain(module: str, hint: str):
     try:
         return importlib.import_module(module)
     except (ImportError, OSError) as exc:
-        detail = "" if isinstance(exc, ModuleNotFoundError) else f" ({str(exc).splitlines()[0][:120]})"
+        detail = "" if isinstance(exc, ModuleNotFoundError) else f" ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})"
         raise BackendUnavailable(hint + detail) from None
 
 

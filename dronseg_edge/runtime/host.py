@@ -65,18 +65,28 @@ def resize_matrices(src_size: tuple[int, int], dst_size: tuple[int, int]) -> tup
 
 
 def preprocess_host(frames_bgr: list[np.ndarray] | np.ndarray, info: ModelInfo) -> np.ndarray:
-    """uint8 BGR frames (each (H, W, 3), any sizes) -> normalised float32 (N, 3, h, w) RGB at ``info.input_size``."""
+    """uint8 BGR frames (each (H, W, 3), any sizes) -> normalised float32 (N, 3, h, w) at ``info.input_size``,
+    channels in a tensors graph's ``color_order`` (ours: RGB; its mean and std are in that order). For a frames
+    graph: the input of the model inside it (RGB; its ``color_order`` is the frames')."""
     if isinstance(frames_bgr, np.ndarray) and frames_bgr.ndim == 3:
         frames_bgr = [frames_bgr]
     width, height = info.input_size
     scale, shift = scale_and_shift(tuple(info.mean), tuple(info.std))
+    bgr = info.io == "tensors" and info.color_order == "BGR"
+    order = (0, 1, 2) if bgr else (2, 1, 0)  # the BGR channel each input channel reads
     out = np.empty((len(frames_bgr), 3, height, width), np.float32)
     for i, frame in enumerate(frames_bgr):
         small = resize_frame(np.ascontiguousarray(frame), width, height)
-        for channel in range(3):  # RGB channel c is BGR channel 2 - c
-            np.multiply(small[:, :, 2 - channel], scale[channel], out=out[i, channel], casting="unsafe")
+        for channel in range(3):
+            np.multiply(small[:, :, order[channel]], scale[channel], out=out[i, channel], casting="unsafe")
             out[i, channel] += shift[channel]
     return out
+
+
+def frames_in_order(frames: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """uint8 BGR frames (..., H, W, 3) as a frames graph of ``info`` takes them: RGB where its ``color_order`` says
+    so (a graph from elsewhere; ours take BGR), contiguous."""
+    return np.ascontiguousarray(frames[..., ::-1] if info.color_order == "RGB" else frames)
 
 
 def class_map_host(out: np.ndarray, height: int, width: int) -> np.ndarray:

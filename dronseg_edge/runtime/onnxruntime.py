@@ -63,14 +63,10 @@ def trt_engine_cache_dir(model: Path) -> Path:
 
 
 def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise BackendUnavailable(
-            "running .onnx files needs onnxruntime: pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA, x86-64); "
-            "on Jetson install NVIDIA's onnxruntime-gpu wheel for your JetPack"
-        ) from None
-    return onnxruntime
+    from dronseg_edge.runtime.cuda_runtime import import_or_explain
+
+    return import_or_explain("onnxruntime", "running .onnx files needs onnxruntime: pip install onnxruntime (CPU) or "
+                             "onnxruntime-gpu (CUDA, x86-64); on Jetson install NVIDIA's onnxruntime-gpu wheel for your JetPack")
 
 
 # What ONNX Runtime says when it cannot load a file -> what the user should do. First match wins;

@@ -54,7 +54,6 @@ class TensorRTBackend(Backend):
         self.cuda_graph = True if cuda_graph is None else bool(cuda_graph)
         self._stream: cuda_runtime.Stream | None = None  # the backend's own CUDA stream, made in activate
         self._index = 0  # the GPU, resolved in activate
-        # Fixed buffers: what the context is bound to.
         # Fixed buffers by tensor name, input and outputs: what the context is bound to.
         self._device: dict[str, cuda_runtime.DeviceBuffer] = {}
         self._host: dict[str, cuda_runtime.PinnedBuffer] = {}

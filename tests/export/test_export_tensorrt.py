@@ -335,9 +335,10 @@ def test_trt10_leaves_the_deprecated_explicit_batch_flag_out(fake_trt, tmp_path)
     assert trt.recorded("network_flags") == [("network_flags", 0)]
 
 
-def test_trt8_refuses_an_opset_its_parser_cannot_read_before_parsing(fake_trt, tmp_path):
+@pytest.mark.parametrize("io", ["tensors", "frames"])  # frames graphs are MatMuls at opset 17 too: the same fix
+def test_trt8_refuses_an_opset_its_parser_cannot_read_before_parsing(fake_trt, tmp_path, io):
     trt = fake_trt("8.6.1")
-    info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), batch=1, extra={"opset": 18})
+    info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), batch=1, io=io, extra={"opset": 18})
     with pytest.raises(DronsegError) as error:
         trt_export.build_engine(_onnx_stub(tmp_path), tmp_path / "m.engine", info, precision="fp16",
                                 device=torch.device("cuda"))

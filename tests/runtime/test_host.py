@@ -3,6 +3,7 @@
 import cv2
 import numpy as np
 import pytest
+from testkit import FakeBackend
 
 from dronseg_edge.classes import IMAGENET_MEAN, IMAGENET_STD
 from dronseg_edge.metadata import ModelInfo
@@ -22,6 +23,21 @@ def test_preprocess_host_shrinks_with_inter_area_then_normalises_rgb():
     small = cv2.resize(frame, (32, 16), interpolation=cv2.INTER_AREA)[:, :, ::-1].astype(np.float32) / 255.0
     expected = ((small - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)).transpose(2, 0, 1)
     np.testing.assert_allclose(x[0], expected, atol=1e-5)
+
+
+def test_each_graph_gets_the_colour_order_its_metadata_names():
+    """A graph from elsewhere may take BGR tensors or RGB frames (--meta color_order): the host path follows it."""
+    frame = np.zeros((16, 32, 3), np.uint8)
+    frame[..., 0] = 255  # pure blue in BGR
+    unit = dict(arch="fake", input_size=(32, 16), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    assert preprocess_host(frame, ModelInfo(**unit))[0, :, 0, 0].tolist() == [0.0, 0.0, 1.0]  # RGB: blue last
+    assert preprocess_host(frame, ModelInfo(**unit, color_order="BGR"))[0, :, 0, 0].tolist() == [1.0, 0.0, 0.0]
+    seen = []
+    for order in ("RGB", "BGR"):
+        graph = FakeBackend("g.onnx", io="frames", head="argmax", color_order=order,
+                            respond=lambda x: (seen.append(x[0, 0, 0].tolist()), x[..., 0])[1])
+        assert graph.segment(frame[None]).classes.shape == (1, 16, 32)
+    assert seen == [[0, 0, 255], [255, 0, 0]]
 
 
 def test_preprocess_host_takes_frames_of_several_sizes_and_enlarges_bilinear():
