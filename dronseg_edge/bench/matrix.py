@@ -110,9 +110,8 @@ def _onnxruntime_providers() -> list[str] | None:
 
 def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *, size: tuple[int, int] | None = None,
                batch: int = 1, out_dir: Path | None = None, data: Path | None = None, parity: bool = True,
-               variants: Sequence[Variant] = DEFAULT_VARIANTS, log: Callable[[str], None] | None = None,
-               accuracy: bool = True) -> list[MatrixRow]:
-    """Export (or reuse), check parity, score (``accuracy``, on the validation split ``eval`` uses) and time every
+               variants: Sequence[Variant] = DEFAULT_VARIANTS, log: Callable[[str], None] | None = None) -> list[MatrixRow]:
+    """Export (or reuse), check parity, score (on the validation split ``eval`` uses) and time every
     variant of ``checkpoint``; one row per variant (without accuracy, and a note, when there is no data set)."""
     checkpoint = Path(checkpoint)
     if not is_checkpoint(checkpoint):
@@ -122,12 +121,11 @@ def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint)
     say = log or (lambda text: None)
     images = None  # the validation images every row is scored on; none (said once) without a data set
-    if accuracy:
-        try:
-            images = split_samples_for(checkpoint, info, data, "val")
-            say(f"accuracy: {len(images.samples)} images, {images.source}")
-        except DronsegError as exc:
-            say(f"accuracy: not measured ({str(exc).splitlines()[0][:300]})")
+    try:
+        images = split_samples_for(checkpoint, info, data, "val")
+        say(f"accuracy: {len(images.samples)} images, {images.source}")
+    except DronsegError as exc:
+        say(f"accuracy: not measured ({str(exc).splitlines()[0][:300]})")
     rows = []
     for variant in variants:
         reason = skip_reason(variant, device)
@@ -157,7 +155,12 @@ def _run_variant(variant: Variant, checkpoint: Path, device: torch.device, timin
     if pytorch:
         path, options["precision"] = checkpoint, variant.precision
     else:
-        path, row.reused = _export(variant, checkpoint, size, batch, out_dir, data, device)
+        # An existing file export would write from this very checkpoint, else a fresh export (its parity is skipped:
+        # every row gets its own check against the checkpoint).
+        exported = export_artifact(checkpoint, ExportOptions(
+            fmt=variant.fmt, precision=variant.precision, size=size, batch=batch, head="logits", calib_data=data,
+            parity_data=data, out_dir=out_dir, parity=False, device=device, reuse=True))
+        path, row.reused = Path(exported.path), exported.reused
         say(f"{variant.label}: {'reusing' if row.reused else 'exported'} {path}")
     row.path, row.file_mb = str(path), artifact_size_mb(path)
     if parity and not pytorch:
@@ -190,21 +193,13 @@ def _record_parity(row: MatrixRow, reference: Path, candidate, data: Path | None
                                                                     report.agreement, report.miou_delta)
 
 
-def _export(variant: Variant, checkpoint: Path, size: tuple[int, int], batch: int, out_dir: Path,
-            data: Path | None, device: torch.device) -> tuple[Path, bool]:
-    """An existing file export would write from this very checkpoint, else a fresh export (its parity is skipped:
-    every row gets its own check against the checkpoint)."""
-    options = ExportOptions(fmt=variant.fmt, precision=variant.precision, size=size, batch=batch, head="logits",
-                            calib_data=data, parity_data=data, out_dir=out_dir, parity=False, device=device, reuse=True)
-    result = export_artifact(checkpoint, options)
-    return Path(result.path), result.reused
-
-
 MATRIX_HEADERS = ("format", "precision", "backend / provider", "file MB", "parity", "mIoU delta", "mIoU",
                   "comp. Dice", "median ms", "p99 ms", "fps", "status")
 
 
-def matrix_rows(rows: Sequence[MatrixRow]) -> list[list[str]]:
+def matrix_table(rows: Sequence[MatrixRow], markdown: bool = False) -> str:
+    """One table: format, precision, backend/provider, size MB, parity agreement %, mIoU delta, mIoU and
+    competition Dice on the validation split, median/p99 ms, fps."""
     table = []
     for row in rows:
         v, r = row.variant, row.result
@@ -220,10 +215,4 @@ def matrix_rows(rows: Sequence[MatrixRow]) -> list[list[str]]:
                       f"{row.miou_delta:+.2f}" if row.miou_delta is not None else "-",
                       *(f"{row.accuracy[key]:.4f}" if row.accuracy is not None else "-" for key in ("miou", "competition")),
                       *timing, (f"{row.status}: {row.reason}" if row.reason else row.status) + (" (reused)" * row.reused)])
-    return table
-
-
-def matrix_table(rows: Sequence[MatrixRow], markdown: bool = False) -> str:
-    """One table: format, precision, backend/provider, size MB, parity agreement %, mIoU delta, mIoU and
-    competition Dice on the validation split, median/p99 ms, fps."""
-    return render_table(MATRIX_HEADERS, matrix_rows(rows), markdown=markdown)
+    return render_table(MATRIX_HEADERS, table, markdown=markdown)

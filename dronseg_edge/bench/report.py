@@ -55,17 +55,14 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def latency_rows(results: Sequence[BenchResult]) -> list[list[str]]:
-    return [[r.label, f"{r.backend} / {r.provider}", r.precision, f"{r.input_size[0]}x{r.input_size[1]}", str(r.batch),
+def latency_table(results: Sequence[BenchResult], markdown: bool = False) -> str:
+    """Latency in ms per model (per batch of ``batch`` frames) and throughput in frames/s."""
+    rows = [[r.label, f"{r.backend} / {r.provider}", r.precision, f"{r.input_size[0]}x{r.input_size[1]}", str(r.batch),
              {None: "-", True: "on", False: "off"}[r.cuda_graph],
              *(fmt_ms(getattr(s, f"{key}_ms")) for key in ("min", "mean", "median", "p90", "p95", "p99", "max")),
              f"{100 * s.cv:.1f}", fmt_fps(s.throughput_fps)]
             for r in results for s in [r.measurement.latency]]
-
-
-def latency_table(results: Sequence[BenchResult], markdown: bool = False) -> str:
-    """Latency in ms per model (per batch of ``batch`` frames) and throughput in frames/s."""
-    return render_table(LATENCY_HEADERS, latency_rows(results), markdown=markdown)
+    return render_table(LATENCY_HEADERS, rows, markdown=markdown)
 
 
 def stage_lines(results: Sequence[BenchResult]) -> list[str]:

@@ -14,17 +14,6 @@ from dronseg_edge.data.augment import AugmentConfig, apply_train_transform, buil
 from dronseg_edge.media import DEFAULT_MAX_PIXELS
 
 
-def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int] | None):
-    """Resize an RGB image (area/linear) and its mask (nearest) to ``size`` = (W, H); None keeps them."""
-    if size is None or (image.shape[1], image.shape[0]) == tuple(size):
-        return image, mask
-    shrink = size[0] < image.shape[1]
-    image = cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    if mask is not None:
-        mask = cv2.resize(mask, tuple(size), interpolation=cv2.INTER_NEAREST)
-    return image, mask
-
-
 class SegmentationDataset(Dataset):
     """Items are ``(image uint8 (3, H, W) RGB, mask uint8 (H, W))`` at ``size`` (W, H).
 
@@ -49,8 +38,12 @@ class SegmentationDataset(Dataset):
         image = read_image(sample.image_path, self.max_pixels)
         mask = (np.full(image.shape[:2], 255, np.uint8) if sample.mask_path is None
                 else read_mask(sample.mask_path, self.num_classes, self.max_pixels))
-        image, resized = resize_pair(image, None if self.native_masks else mask, self.size)
-        mask = mask if self.native_masks else resized
+        if self.size is not None and (image.shape[1], image.shape[0]) != self.size:
+            # The image by area when it shrinks (else bilinear), the mask by nearest unless kept at its own size.
+            shrink = self.size[0] < image.shape[1]
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            if not self.native_masks:
+                mask = cv2.resize(mask, self.size, interpolation=cv2.INTER_NEAREST)
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         mask_t = torch.from_numpy(np.ascontiguousarray(mask))
         with torch.random.fork_rng(devices=[], enabled=seed is not None):

@@ -45,7 +45,7 @@ class StepContext:
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                     scaler: torch.amp.GradScaler, loader: Iterable, ctx: StepContext, *, accumulate: int = 1,
-                    grad_clip: float = 0.0, aux_weight: float = 0.4, max_steps: int = 0, num_batches: int | None = None,
+                    grad_clip: float = 0.0, aux_weight: float = 0.4, max_steps: int = 0,
                     description: str = "train", show_progress: bool = True,
                     on_step: Callable[[int, torch.Tensor, int], None] | None = None) -> dict[str, float]:
     """Train for one pass over ``loader``; returns loss, images, seconds, data_wait_s, steps.
@@ -58,21 +58,14 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     # train() flips every BatchNorm back to batch statistics; frozen stages must keep their running ones,
     # and this is the one place every epoch (after evaluate's eval()) passes through.
     keep_frozen_norms_in_eval(model)
-    num_batches = len(loader) if num_batches is None else num_batches
-    if max_steps:
-        num_batches = min(num_batches, max_steps * accumulate)
+    num_batches = min(len(loader), max_steps * accumulate) if max_steps else len(loader)
     loss_sum = torch.zeros((), device=ctx.device)
     images = steps = data_wait = 0
     start = time.perf_counter()
     bar = tqdm(total=num_batches, desc=description, disable=not show_progress, mininterval=1.0, leave=False, dynamic_ncols=True)
-    iterator = iter(loader)
     optimizer.zero_grad(set_to_none=True)
-    for index in range(num_batches):
-        t0 = time.perf_counter()
-        try:
-            images_u8, masks_u8 = next(iterator)
-        except StopIteration:
-            break
+    t0 = time.perf_counter()
+    for index, (images_u8, masks_u8) in zip(range(num_batches), loader):  # range first: no batch drawn past the end
         data_wait += time.perf_counter() - t0
         group_start = index - index % accumulate
         group_size = min(accumulate, num_batches - group_start)
@@ -104,6 +97,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{(loss_sum / max(images, 1)).item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                             img_s=f"{images / max(elapsed, 1e-9):.3g}", wait=f"{100 * data_wait / max(elapsed, 1e-9):.0f}%")
+        t0 = time.perf_counter()
     bar.close()
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)

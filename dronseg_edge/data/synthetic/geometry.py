@@ -55,16 +55,11 @@ def curve(rng: np.random.Generator, anchor, heading: float, step: float, bounds,
     return np.asarray(halves[1][::-1] + [np.asarray(anchor, dtype=np.float64)] + halves[0])
 
 
-def normals(line: np.ndarray) -> np.ndarray:
-    """Unit left-normals (N, 2) at each vertex of a polyline (averaged over adjacent segments)."""
-    tangent = np.gradient(line, axis=0)
-    tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
-    return np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)
-
-
 def band(line: np.ndarray, width: float, offset: float = 0.0) -> np.ndarray:
     """Polygon (2N, 2) of a strip ``width`` wide along ``line``, shifted ``offset`` to its left."""
-    n = normals(line)
+    tangent = np.gradient(line, axis=0)
+    tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
+    n = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)  # unit left-normals, averaged over adjacent segments
     return np.concatenate([line + n * (offset + width / 2), (line + n * (offset - width / 2))[::-1]])
 
 
