@@ -81,12 +81,13 @@ def build_live_sinks(src: Source, out_dir: Path, options, lut: np.ndarray, plan:
         fps = src.fps or DEFAULT_STREAM_FPS
         for target in targets:
             sdp = target.sdp_name if target.kind == "rtp" else None
+            description = sdp_text(target) if sdp else None  # once: it may look the receiver's name up
             if sdp:
-                write_text_atomic(out_dir / sdp, sdp_text(target))
+                write_text_atomic(out_dir / sdp, description)
             sinks.append(StreamSink(target, picture, options.stream_what, size, fps, options.stream_bitrate_kbps,
                                     open_encoder=_encoder_opener(hardware), sdp=sdp))
             log.info("stream: %s (%s, H.264)%s", target.url, options.stream_what,
-                     f", SDP in {out_dir / sdp}:\n{sdp_text(target).rstrip()}" if sdp else "")
+                     f", SDP in {out_dir / sdp}:\n{description.rstrip()}" if sdp else "")
     if options.results is not None:
         sinks.append(ResultsSink(options.results, with_confidence=options.save_conf))
     return sinks
