@@ -130,8 +130,8 @@ def _prepare(segmenter: Segmenter, src: Source, options: RunOptions) -> tuple:
     """Everything checked and made before the first frame: (frame request, live, run folder, space
     reserve, overlay plan, sinks). What cannot work fails here, before the run folder where it can;
     on any failure the reserve is handed back and the source closed."""
-    reserve = preview = None
-    try:
+    with contextlib.ExitStack() as undo:  # unwound only on a failure: pop_all() below keeps everything
+        undo.callback(src.close)
         # What the model cannot give (--save-conf without logits, an unknown --classes name) fails first.
         chosen = {} if options.classes is None else {"classes": options.classes}  # else the Segmenter's own
         request = segmenter.request(confidence=options.save_conf, **chosen)
@@ -143,21 +143,17 @@ def _prepare(segmenter: Segmenter, src: Source, options: RunOptions) -> tuple:
             encoders_for(options.codec)  # a --codec this machine cannot write fails before the run folder exists
         check_results_file(options)
         preview = open_preview(options)  # a port in use fails before the run folder too
+        if preview is not None:
+            undo.callback(preview.close)
         out_dir = _prepare_out_dir(options)
-        reserve = SpaceReserve(out_dir)
+        reserve = undo.enter_context(SpaceReserve(out_dir))
         lut = bgr_lut(segmenter.info.palette)
         with_legend = options.legend if options.legend is not None else src.kind != "images"
         legend = tuple(segmenter.info.class_names) if with_legend else None
         plan = options.overlay_plan(lut, legend)
         sinks = _build_sinks(src, out_dir, options, lut, plan)
         sinks += build_live_sinks(src, out_dir, options, lut, plan, legend, preview)
-    except BaseException:
-        if reserve is not None:
-            reserve.release()
-        if preview is not None:
-            preview.close()
-        src.close()
-        raise
+        undo.pop_all()
     return request, live, out_dir, reserve, plan, sinks
 
 
@@ -224,9 +220,8 @@ def _without_summary(state: RunState, summary_error: DronsegError) -> DronsegErr
     if state.error is None:
         return RuntimeFailure(f"{summary_error} (the run itself ended after {state.frames} frames: "
                               "its outputs are complete, summary.json is missing)")
-    combined = type(state.error)(f"{state.error}; summary.json could not be written either: {summary_error}")
-    combined.stopped = state.error.stopped
-    return combined
+    return type(state.error)(f"{state.error}; summary.json could not be written either: {summary_error}",
+                             stopped=state.error.stopped)
 
 
 def _close_workers(workers: list[SinkWorker], state: RunState) -> Exception | None:

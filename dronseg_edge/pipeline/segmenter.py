@@ -111,7 +111,7 @@ class Segmenter(contextlib.AbstractContextManager):
         return TilePlan(mode, tuple(self.info.input_size), float(overlap), int(tile_batch),
                         tiling_unable(self.info, self.backend.path.name))
 
-    def _check_confidence(self, confidence: bool) -> None:
+    def _check_confidence(self, confidence: bool | None) -> None:
         if not confidence:
             return
         if self.info.io == "frames" and CONFIDENCE_OUTPUT not in self.info.outputs:
@@ -124,8 +124,7 @@ class Segmenter(contextlib.AbstractContextManager):
     def request(self, confidence: bool | None = None, classes=_OWN) -> FrameRequest:
         """What each frame gets besides its class map: the Segmenter's own settings unless given here
         (``classes``: names, None for all). Raises DronsegError for what the model cannot give."""
-        if confidence is not None:
-            self._check_confidence(bool(confidence))
+        self._check_confidence(confidence)  # None: the Segmenter's own, checked when it was made
         chosen = self.classes if classes is _OWN else select_classes(classes, self.info.class_names, self.backend.path.name)
         return FrameRequest(confidence=self.confidence if confidence is None else bool(confidence), classes=chosen)
 
@@ -163,9 +162,16 @@ class Segmenter(contextlib.AbstractContextManager):
         ``confidence``, ``classes``: this stream's instead of the Segmenter's own (see :meth:`request`).
         """
         request = self.request(confidence, classes)
-        reader, owned = self._reader(source, live, stride, reconnect_s, queue_size)
-        self.check_live(reader.live)
+        reader, owned = source, None
+        if not isinstance(source, FrameReader):
+            if isinstance(source, (str, Path, int)):
+                source = owned = open_source(source, reconnect_s)
+            elif not isinstance(source, Source):
+                source = owned = FramesSource(source)
+            live = source.live_default if live is None else live
+            reader = FrameReader(source, live=live, stride=stride, queue_size=queue_size)
         try:
+            self.check_live(reader.live)  # inside: a source opened here is closed when it fails
             groups = _groups(reader, self.batch, max_frames)
             for results in _in_order(groups, lambda group: self._segment(group, request),
                                      self.backend.concurrent_calls):
@@ -174,18 +180,6 @@ class Segmenter(contextlib.AbstractContextManager):
             reader.stop()
             if owned is not None:
                 owned.close()
-
-    @staticmethod
-    def _reader(source, live, stride, reconnect_s, queue_size) -> tuple[FrameReader, Source | None]:
-        if isinstance(source, FrameReader):
-            return source, None
-        owned = None
-        if isinstance(source, (str, Path, int)):
-            source = owned = open_source(source, reconnect_s)
-        elif not isinstance(source, Source):
-            source = owned = FramesSource(source)
-        live = source.live_default if live is None else live
-        return FrameReader(source, live=live, stride=stride, queue_size=queue_size), owned
 
     # -- the work --------------------------------------------------------------------------------
     def _segment(self, records: list[FrameRecord], request: FrameRequest) -> list[Result]:

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import functools
 import logging
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -78,15 +79,10 @@ def encoder_opens(name: str) -> bool:
 
     Opened once per process on a small frame; about a millisecond when it fails.
     """
-    av = _import_av()
-    if av is None:
+    if _import_av() is None:
         return False
-    try:
-        context = av.CodecContext.create(name, "w")
-        context.width, context.height, context.pix_fmt = 256, 144, "yuv420p"
-        context.time_base = Fraction(1, 30)
-        context.options = dict(ENCODER_OPTIONS.get(name, {}))  # x265's banner stays quiet with its options
-        context.open()  # freed with the object
+    try:  # opened as a run opens it (x265's banner stays quiet with its options); FFmpeg's null muxer writes nothing
+        PyAVOutput(os.devnull, "null", name, (256, 144), 30.0, ENCODER_OPTIONS.get(name, {})).close()
     except Exception:  # UnknownCodecError, or an FFmpegError from avcodec_open2: no such device
         return False
     return True
@@ -178,11 +174,10 @@ class VideoWriter:
     finalises it (idempotent; OSError when its end or index cannot be written), after which it plays
     up to the last frame written."""
 
-    codec = "?"  # the encoder actually used, as recorded in summary.json
     fragmented = False  # plays up to its last fragment while written (so it may be written under its final name)
 
-    def __init__(self, path: Path, size: tuple[int, int], fps: float):
-        self.path, self.size, self.fps = Path(path), size, fps
+    def __init__(self, path: Path, codec: str):
+        self.path, self.codec = Path(path), codec  # the encoder actually used, as recorded in summary.json
         self.frames = 0
 
     def write(self, frame_bgr: np.ndarray) -> None:
@@ -207,8 +202,7 @@ class PyAVWriter(PyAVOutput, VideoWriter):
     fragmented = True
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float, encoder: str):
-        VideoWriter.__init__(self, path, size, fps)
-        self.codec = encoder
+        VideoWriter.__init__(self, path, encoder)
         self.video_size = even_size(size)
         if min(size) < 2:
             raise DronsegError(f"frames of {size[0]}x{size[1]} are too small for a video; use --no-save-video")
@@ -241,8 +235,7 @@ class OpenCVWriter(VideoWriter):
     """
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float, encoder: str = "mp4v"):
-        super().__init__(path, size, fps)
-        self.codec = encoder
+        super().__init__(path, encoder)
         if encoder != "mp4v":
             self.pipeline = gst_file_pipeline(path, encoder, size, fps)
             self._writer = open_gst_writer(self.pipeline, size, fps)

@@ -9,6 +9,7 @@ from pipeline_media import scene
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline import Segmenter
+from dronseg_edge.pipeline.source_base import FramesSource
 from dronseg_edge.runtime.registry import load_backend
 from testkit import (model_input, OTHER_FILTER_MARGIN, SAME_PREPOST_MARGIN, FakeBackend, assert_same_classes_where_decided,
                      requires_cuda)
@@ -99,10 +100,13 @@ def test_stream_of_a_video_path(segmenter, video_path):
     assert results[1].timestamp == pytest.approx(4 / 30)
 
 
-def test_live_mode_refuses_batches(tiny_checkpoint):
+def test_live_mode_refuses_batches_and_closes_the_source_it_opened(tiny_checkpoint, monkeypatch):
+    closed = []
+    monkeypatch.setattr(FramesSource, "close", lambda self: closed.append(self.name))
     with Segmenter(tiny_checkpoint, device="cpu", batch=2) as seg:
         with pytest.raises(DronsegError, match="--live"):
             next(seg.stream(iter([scene(0, (32, 32))]), live=True))
+    assert closed == ["frames"]
 
 
 def test_half_on_the_cpu_warns_and_runs_fp32(tiny_checkpoint, caplog):
