@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import signal
 import sys
-import threading
 from typing import NoReturn
 
 import typer
@@ -15,6 +14,7 @@ from dronseg_edge.cli import bench_cmd, checks_cmd, data_cmd, export_cmd, infer_
 from dronseg_edge.cli.app import app
 from dronseg_edge.cli.extras import missing_module_error
 from dronseg_edge.errors import DronsegError, RuntimeFailure
+from dronseg_edge.pipeline.interrupts import STOP_SIGNALS, handle_stop_signals
 
 
 # click's base exception, found through typer's public BadParameter: typer >= 0.26 carries its own click.
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (see `{ctx.command_path} -h`)" if ctx is not None else ""
         _fail(" ".join(exc.format_message().split()) + hint, exc.exit_code)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        handle_stop_signals(previous)
     if code == 130:  # typer turns Ctrl-C outside our handlers into exit code 130
         print("interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
@@ -86,11 +85,5 @@ def _stop_like_ctrl_c() -> dict:
     """SIGTERM and SIGHUP (a supervisor stopping the service, a closed terminal) stop every command as
     Ctrl-C does: its cleanup runs (temporary files removed, `infer` finalises its outputs), exit 130.
     Only where the signal still has its default action, in the main thread; returns what to restore."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    previous = {}
-    for name in ("SIGTERM", "SIGHUP"):
-        sig = getattr(signal, name, None)
-        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
-            previous[sig] = signal.signal(sig, _interrupt)
-    return previous
+    return handle_stop_signals({sig: _interrupt for sig in STOP_SIGNALS
+                                if sig != signal.SIGINT and signal.getsignal(sig) == signal.SIG_DFL})

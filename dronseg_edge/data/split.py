@@ -16,6 +16,15 @@ from dronseg_edge.classes import CLASS_NAMES
 from dronseg_edge.errors import DronsegError
 
 
+def pick_evenly(items: list, limit: int | None) -> list:
+    """At most ``limit`` items spread over the whole list, first and last included (neighbouring video frames
+    say little new)."""
+    if limit is None or limit <= 0 or len(items) <= limit:
+        return list(items)
+    index = np.linspace(0, len(items) - 1, num=limit).round().astype(int)
+    return [items[i] for i in sorted(set(index.tolist()))]
+
+
 def stratified_split(ids: list[str], presence: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
     """Split ``ids`` with ``presence`` (N, C) bool into (train_ids, val_ids), both in input order."""
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit

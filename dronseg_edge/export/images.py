@@ -19,6 +19,7 @@ import numpy as np
 
 from dronseg_edge.checkpoint import recorded_data_root, recorded_split
 from dronseg_edge.data.aeroscapes import IMAGE_DIR, dataset_samples, read_bgr, read_mask, samples_for_ids
+from dronseg_edge.data.split import pick_evenly
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import IMAGE_SUFFIXES
 
@@ -42,14 +43,6 @@ class ImageSet(contextlib.ExitStack):
 
     def __post_init__(self) -> None:
         super().__init__()
-
-
-def pick_evenly(items: list, limit: int | None) -> list:
-    """At most ``limit`` items spread over the whole list (neighbouring video frames say little new)."""
-    if limit is None or limit <= 0 or len(items) <= limit:
-        return list(items)
-    index = np.linspace(0, len(items) - 1, num=limit).round().astype(int)
-    return [items[i] for i in sorted(set(index.tolist()))]
 
 
 def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]:

@@ -256,8 +256,8 @@ def _compare_frames(ref: Backend, cand: Backend, images: ImageSet, thresholds: P
     for start in range(0, len(items), batch):
         loaded = [load_item(item, info.num_classes) for item in items[start:start + batch]]
         frames = [np.ascontiguousarray(frame if source is None else resize_frame(frame, *source)) for frame, _ in loaded]
-        padded = frames + [frames[-1]] * (batch - len(frames))
-        cand_out = cand.infer(torch.from_numpy(np.stack(padded))).cpu()[: len(frames)].long()
+        padded, real = pad_batch(np.stack(frames), batch)
+        cand_out = cand.infer(torch.from_numpy(padded)).cpu()[:real].long()
         for i, (frame, (_, mask)) in enumerate(zip(frames, loaded)):
             sizes.add(frame.shape[1::-1])
             ref_mask = class_map_at(ref.segment(frame[None], logits=True).logits[0], frame.shape[:2])

@@ -25,6 +25,7 @@ from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export.images import ImageSet, load_item
 from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.runtime.base import pad_batch
 from dronseg_edge.runtime.host import preprocess_host, resize_frame
 
 # Clip the rarest activations: a handful of outliers would otherwise stretch the int8 range. Of
@@ -48,7 +49,7 @@ def calibration_batches(images: ImageSet, info: ModelInfo, input_name: str) -> I
 
     for start in range(0, len(images.items), batch):
         frames = [load_item(item, info.num_classes)[0] for item in images.items[start:start + batch]]
-        yield {input_name: prepare(frames + [frames[-1]] * (batch - len(frames)))}
+        yield {input_name: pad_batch(prepare(frames), batch)[0]}
 
 
 def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo, *, input_name: str,

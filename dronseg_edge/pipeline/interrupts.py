@@ -39,14 +39,14 @@ class InterruptGuard:
             raise KeyboardInterrupt
 
     def __enter__(self) -> "InterruptGuard":
-        self._previous = _handle_stop_signals(self._handle)
+        self._previous = handle_stop_signals(self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        _handle_stop_signals(self._previous)
+        handle_stop_signals(self._previous)
 
 
-def _handle_stop_signals(handler) -> dict:
+def handle_stop_signals(handler) -> dict:
     """Install ``handler`` (one callable, or a dict: signal -> handler) for the stop signals, where
     Python allows it (the main thread); the handlers it replaced, to put back the same way."""
     if threading.current_thread() is not threading.main_thread():
@@ -58,8 +58,8 @@ def _handle_stop_signals(handler) -> dict:
 @contextlib.contextmanager
 def interrupts_deferred():
     """While the outputs are finalised, a second Ctrl-C only prints a note instead of breaking them."""
-    previous = _handle_stop_signals(lambda *_: print("finishing the outputs, one moment...", file=sys.stderr))
+    previous = handle_stop_signals(lambda *_: print("finishing the outputs, one moment...", file=sys.stderr))
     try:
         yield
     finally:
-        _handle_stop_signals(previous)
+        handle_stop_signals(previous)

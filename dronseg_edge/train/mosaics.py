@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX, PALETTE
+from dronseg_edge.data.split import pick_evenly
 from dronseg_edge.pictures import caption, colour_classes, fit_width, grid_row, legend, stack_rows, write_image
 from dronseg_edge.train.loop import StepContext
 
@@ -21,21 +22,12 @@ MOSAIC_IMAGES = 4
 MIN_TILE, MAX_TILE = 192, 384  # px width of one column: tiny training sizes are enlarged, large ones shrunk
 
 
-def mosaic_indices(count: int, wanted: int = MOSAIC_IMAGES) -> list[int]:
-    """``wanted`` indices spread evenly over ``count`` items, first and last included (fewer when there are fewer)."""
-    if count <= 0:
-        return []
-    if wanted <= 1 or count == 1:
-        return [0]
-    return sorted({round(i * (count - 1) / (wanted - 1)) for i in range(wanted)})
-
-
 class ValidationMosaic:
     """Writes the mosaics of one run (``dataset``: the validation set, items ``(uint8 (3, H, W) RGB, uint8 (H, W) mask)``)."""
 
     def __init__(self, dataset, folder: Path, every: int):
         self.dataset, self.folder, self.every = dataset, Path(folder), int(every)
-        self.indices = mosaic_indices(len(dataset))
+        self.indices = pick_evenly(list(range(len(dataset))), MOSAIC_IMAGES)
 
     def due(self, epoch: int, last_epoch: int) -> bool:
         """Whether finished epoch ``epoch`` (1-based) gets a mosaic: every ``every``-th and the last."""

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dronseg_edge.data.split import save_split, stratified_split
+from dronseg_edge.data.split import pick_evenly, save_split, stratified_split
 from dronseg_edge.errors import DronsegError
 
 
@@ -71,3 +71,8 @@ def test_split_json_round_trip(tmp_path):
     data = json.loads(path.read_text())
     assert (data["train"], data["val"]) == (train, val)
     assert set(data["presence"]) >= {"background", "sky"} and 0 <= data["presence"]["sky"]["val"] <= 1
+
+
+def test_pick_evenly_keeps_ends_and_order():
+    assert pick_evenly(list(range(100)), 3) == [0, 50, 99]
+    assert pick_evenly([1, 2], 5) == [1, 2] and pick_evenly([1, 2, 3], None) == [1, 2, 3]

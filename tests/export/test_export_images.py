@@ -10,7 +10,7 @@ import pytest
 
 import dronseg_edge.export.images as images
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.export.images import load_item, pick_evenly, resolve_images
+from dronseg_edge.export.images import load_item, resolve_images
 
 
 def write_images(folder, count, masks=False):
@@ -77,8 +77,3 @@ def test_parity_falls_back_to_synthetic_scenes_and_says_so():
     finally:
         found.close()
     assert not folder.exists()
-
-
-def test_pick_evenly_keeps_ends_and_order():
-    assert pick_evenly(list(range(100)), 3) == [0, 50, 99]
-    assert pick_evenly([1, 2], 5) == [1, 2] and pick_evenly([1, 2, 3], None) == [1, 2, 3]

@@ -12,15 +12,14 @@ from dronseg_edge.data.augment import AugmentConfig
 from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.fit import fit
 from dronseg_edge.train.loop import StepContext
-from dronseg_edge.train.mosaics import MIN_TILE, ValidationMosaic, mosaic_indices
+from dronseg_edge.train.mosaics import MIN_TILE, ValidationMosaic
 from testkit import TINY_ARCH, TINY_SIZE
 
 W, H = 96, 64
 
 
-def test_the_same_images_spread_over_the_split():
-    assert mosaic_indices(10, 4) == [0, 3, 6, 9]
-    assert mosaic_indices(2, 4) == [0, 1] and mosaic_indices(1) == [0] and mosaic_indices(0) == []
+def test_the_same_images_spread_over_the_split(tmp_path):
+    assert [ValidationMosaic(range(n), tmp_path, 1).indices for n in (10, 2, 1, 0)] == [[0, 3, 6, 9], [0, 1], [0], []]
 
 
 def test_every_nth_epoch_and_the_last(tmp_path):
