@@ -35,12 +35,27 @@ def convert_to_fp16(graph: onnx.ModelProto, keep_fp32_nodes: tuple[str, ...] = (
     nodes = [node.name for node in graph.graph.node if keep_fp32_nodes and node.name.startswith(keep_fp32_nodes)]
     converted = float16.convert_float_to_float16(graph, keep_io_types=True, op_block_list=block, node_block_list=nodes,
                                                  max_finite_val=FP16_MAX, disable_shape_infer=False)
+    _drop_repeated_casts(converted)
     _skip_fp16_round_trips(converted)
     # The converter appends its boundary Casts after the nodes that read them; ONNX (and
     # TensorRT's parser) want nodes in topological order.
     wrapper = OnnxModel(converted)
     wrapper.topological_sort()
     return wrapper.model
+
+
+def _drop_repeated_casts(graph: onnx.ModelProto) -> None:
+    """onnxruntime <= 1.31's converter adds a Cast (and its value_info) for each blocked node that reads a
+    tensor, all with one output name, which breaks ONNX's single assignment (1.32 shares one): keep the first."""
+    casts, infos = set(), set()
+    for node in [n for n in graph.graph.node if n.op_type == "Cast"]:
+        if node.output[0] in casts:
+            graph.graph.node.remove(node)
+        casts.add(node.output[0])
+    for info in list(graph.graph.value_info):
+        if info.name in infos:
+            graph.graph.value_info.remove(info)
+        infos.add(info.name)
 
 
 def _skip_fp16_round_trips(graph: onnx.ModelProto) -> None:
