@@ -22,7 +22,7 @@ def _graph_as_onnxruntime_1_25_to_1_31_converts_it() -> onnx.ModelProto:
                               [helper.make_tensor_value_info("mean", TensorProto.FLOAT, [1, 1]),
                                helper.make_tensor_value_info("soft", TensorProto.FLOAT, [1, 4])],
                               value_info=[info, info])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)  # every onnxruntime reads 8
 
 
 def test_the_repeated_casts_of_older_converters_are_dropped_and_the_graph_runs():
