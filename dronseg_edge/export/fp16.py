@@ -45,17 +45,17 @@ def convert_to_fp16(graph: onnx.ModelProto, keep_fp32_nodes: tuple[str, ...] = (
 
 
 def _drop_repeated_casts(graph: onnx.ModelProto) -> None:
-    """onnxruntime <= 1.31's converter adds a Cast (and its value_info) for each blocked node that reads a
-    tensor, all with one output name, which breaks ONNX's single assignment (1.32 shares one): keep the first."""
-    casts, infos = set(), set()
-    for node in [n for n in graph.graph.node if n.op_type == "Cast"]:
-        if node.output[0] in casts:
-            graph.graph.node.remove(node)
-        casts.add(node.output[0])
-    for info in list(graph.graph.value_info):
-        if info.name in infos:
-            graph.graph.value_info.remove(info)
-        infos.add(info.name)
+    """onnxruntime 1.25 to 1.31's converter writes the same Cast (and its value_info) once for each fp32 node that
+    reads a tensor, which breaks ONNX's single assignment (1.32 writes it once): keep the first of identical ones."""
+    for entries in (graph.graph.node, graph.graph.value_info):
+        seen, repeated = set(), []
+        for index, entry in enumerate(entries):
+            key = entry.SerializeToString(deterministic=True)
+            if key in seen:
+                repeated.append(index)
+            seen.add(key)
+        for index in reversed(repeated):
+            del entries[index]
 
 
 def _skip_fp16_round_trips(graph: onnx.ModelProto) -> None:
