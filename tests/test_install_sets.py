@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from testkit import side_env
 
 ROOT = Path(__file__).resolve().parents[1]
 # The core's libraries that compute a mask: installed in the core venv at the versions of this one.
@@ -35,9 +36,9 @@ NOT_IN_CORE = ("torch", "torchvision", "onnx", "onnxslim", "matplotlib", "tensor
 
 def _run(args: list, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     """Run outside the work tree (else `python -c` would import the sources there, not the installed wheel)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     kwargs.setdefault("cwd", tempfile.gettempdir())
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=side_env(),
+                          **kwargs)
 
 
 def _jetson_check():

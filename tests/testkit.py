@@ -428,17 +428,23 @@ REGISTRY_DOWN = ("Failed to establish a new connection", "Temporary failure in n
                  "Network is unreachable", "(from versions: none)", "Could not fetch URL")
 
 
+def side_env() -> dict:
+    """This process's environment without what would make another python import this one's packages."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
 def side_venv(root: Path, requirements: list[str]) -> Path:
     """The python of a fresh venv at ``root`` holding ``requirements``, resolved from the package registry.
 
     No pip of its own: this venv's pip installs into it with ``--python`` (as tests/test_install_sets.py does),
     without .pyc compiling. Skips the calling test when the registry is unreachable; fails on any other error.
     """
-    import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = side_env()
     made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], capture_output=True, text=True,
                           timeout=120, env=env)
     assert made.returncode == 0, made.stderr[-2000:]

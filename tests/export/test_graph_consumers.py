@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
-from testkit import side_venv
+from testkit import side_env, side_venv
 from trt_parser_rules import check_graph
 
 from dronseg_edge.export import export_artifact
@@ -153,8 +153,9 @@ def test_opencv_dnn_runs_every_variant_it_can_as_onnxruntime_does(opencv_python,
     jobs = {name: {"graph": str(path), "feed": str(feeds[name]), "input": _io(name)[0], "outputs": _io(name)[1],
                    "out": str(tmp_path / f"{name}.out.npy")} for name, path in graphs.items()}
     (tmp_path / "run_opencv.py").write_text(OPENCV_RUNNER)
+    env = None if opencv_python == Path(sys.executable) else side_env()  # a side venv's numpy, not a PYTHONPATH's
     done = subprocess.run([str(opencv_python), str(tmp_path / "run_opencv.py"), json.dumps(jobs)], capture_output=True,
-                          text=True, timeout=300, cwd=tmp_path)
+                          text=True, timeout=300, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     # OpenCV 4 has no dynamic shapes (its importer refuses Shape of a dynamic input): docs/export.md says so.
