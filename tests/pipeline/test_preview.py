@@ -103,6 +103,17 @@ def test_no_viewer_no_jpeg(preview):
     assert server.jpeg is None and json.loads(server.shares)["frame"] == 0
 
 
+def test_the_printed_url_opens_with_a_token_that_needs_escaping():
+    # a base64 secret (openssl rand -base64) holds '+' and '/', which a query string would read as ' '
+    server = PreviewServer(LOOPBACK, 0, token="k9+Qz/7a&b=%1#x")
+    try:
+        query = server.url.split("/", 3)[3]  # "?token=...", as the page forwards it (location.search)
+        for path in ("/", "/shares.json"):
+            assert get(server, path + query)[1].status == 200
+    finally:
+        server.close()
+
+
 def test_a_token_is_needed_for_everything_when_set():
     server = PreviewServer(LOOPBACK, 0, token="s3cret-token")
     try:
