@@ -52,6 +52,34 @@ def _sane_count(value: float) -> int | None:
     return int(value) if value and math.isfinite(value) and 0 < value < 1e9 else None
 
 
+def _stores_frame_count(path: Path) -> bool:
+    """Whether FFmpeg reads ``path``'s frame count from an index rather than estimating it: an AVI, or an
+    MP4/MOV with one index of every sample (a moov and an mdat, no moof). Elsewhere (MKV, WebM, MPEG-TS,
+    fragmented MP4) OpenCV estimates it from the container's duration, which an audio track that outlasts
+    the video lengthens: reads that fail past the last frame are then the end of the file, not damage or
+    truncation."""
+    seen, offset = set(), 0
+    with open(path, "rb") as file:
+        head = file.read(12)
+        if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+            return True
+        for _ in range(64):  # top-level boxes: ftyp, free, moov, mdat... in a few reads
+            file.seek(offset)
+            head = file.read(16)
+            size = int.from_bytes(head[:4], "big") if len(head) >= 8 else 0
+            size = int.from_bytes(head[8:16], "big") if size == 1 else size
+            kind = head[4:8].decode("latin-1")
+            if kind == "moof" or (offset == 0 and kind != "ftyp"):
+                return False
+            seen.add(kind)
+            if {"moov", "mdat"} <= seen:
+                return True
+            if size < 8:  # 0: the box runs to the end of the file
+                return False
+            offset += size
+    return False
+
+
 class VideoSource(Source):
     """A video file decoded with OpenCV's FFmpeg backend; damaged frames are skipped and counted.
 
@@ -80,6 +108,7 @@ class VideoSource(Source):
         self.capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)  # the default in OpenCV's FFmpeg backend; said, not assumed
         self.fps = _sane_fps(self.capture.get(cv2.CAP_PROP_FPS))
         self.frame_count = _sane_count(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        self._exact_count = self.frame_count is not None and _stores_frame_count(self.path)
         self.size = (int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         if self.frame_count is None and self.size[0] <= 0:
             raise DronsegError(f"video {self.path} has no frames: check it plays, e.g. with `ffprobe {self.path}`")
@@ -120,7 +149,7 @@ class VideoSource(Source):
         if yielded == 0:
             raise DronsegError(f"video {self.path} has no readable frames: check it plays, e.g. with `ffprobe {self.path}`")
         last_good = position - failures
-        if failures > MAX_CONSECUTIVE_FAILURES and self.frame_count and position <= self.frame_count:
+        if failures > MAX_CONSECUTIVE_FAILURES and self._exact_count and position <= self.frame_count:
             # More frames failed in a row than damage explains, all before the frame count the header
             # declares: the file stops early (cut short, or still being written). Missing, not damaged.
             self.end = "truncated"
@@ -129,7 +158,7 @@ class VideoSource(Source):
                         self.frame_count)
             return
         # Failures before the container's frame count are damaged frames; past it, the end of the file.
-        if failures and self.frame_count:
+        if failures and self._exact_count:
             self._count_corrupt(min(failures, max(self.frame_count - last_good, 0)), last_good)
         self.end = "ended"
 

@@ -93,6 +93,29 @@ def write_vfr_video(path: Path, ticks: tuple[int, ...], frames: int = 12,
     return times
 
 
+def write_clip_with_longer_audio(path: Path, frames: int = 30, audio_s: float = 3.0, fps: int = 25,
+                                 options: dict | None = None) -> Path:
+    """An H.264 clip of ``frames`` frames with an AAC track of ``audio_s`` seconds that outlasts it, as
+    recordings often have, in the container ``path``'s suffix names (muxer ``options``: e.g. fragments)."""
+    import av
+
+    with av.open(str(path), "w", options=options or {}) as container:
+        video = container.add_stream("libx264", rate=fps, options={"preset": "veryfast"})
+        video.width, video.height, video.pix_fmt = 96, 64, "yuv420p"
+        audio = container.add_stream("aac", rate=16000, layout="mono")
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(scene(index, (96, 64)), format="bgr24")
+            frame.pts = index
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        for start in range(0, int(audio_s * 16000), 1024):
+            sound = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            sound.sample_rate, sound.pts = 16000, start
+            container.mux(audio.encode(sound))
+        container.mux(audio.encode(None))
+    return Path(path)
+
+
 def rotate_video(source: Path, path: Path, degrees: int) -> Path:
     """Copy ``source`` with a display rotation (counter-clockwise degrees), using the ffmpeg tool."""
     import shutil

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fake_captures import CaptureRecorder
 from fake_captures import FakeCapture as ScriptedCapture
-from pipeline_media import read_video, rotate_video, scene, write_vfr_video, write_video
+from pipeline_media import read_video, rotate_video, scene, write_clip_with_longer_audio, write_vfr_video, write_video
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline import sources
@@ -237,6 +237,18 @@ def test_a_truncated_video_ends_where_its_data_ends(tmp_path, caplog):
     assert 5 < len(records) < 90 and [r.index for r in records] == list(range(len(records)))
     assert (source.end, source.corrupt) == ("truncated", 0)  # missing frames, not damaged ones
     assert f"ends at frame {len(records)} of the 90" in caplog.text
+
+
+@pytest.mark.parametrize("name, options", [("clip.mkv", None), ("clip.mp4", {"movflags": "frag_keyframe+empty_moov"})])
+def test_a_whole_clip_whose_audio_outlasts_its_video_ends_undamaged(tmp_path, caplog, name, options):
+    # No stored frame count: OpenCV estimates one from the duration, which the audio lengthens (to 75)
+    pytest.importorskip("av")
+    path = write_clip_with_longer_audio(tmp_path / name, frames=30, audio_s=3.0, options=options)
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"), open_source(path) as source:
+        records = list(source.frames())
+        assert source.frame_count > 60  # the estimate this is about
+    assert (len(records), source.end, source.corrupt) == (30, "ended", 0)
+    assert "damaged" not in caplog.text and "truncated" not in caplog.text
 
 
 def test_camera_reconnect_stops_promptly_when_asked():
