@@ -19,7 +19,7 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.gst_encoders import jetson_encoder
 from dronseg_edge.pipeline.live_encoder import GStreamerLiveEncoder, PyAVLiveEncoder, check_pyav_streams
 from dronseg_edge.pipeline.live_targets import (StreamTarget, check_preview, check_stream_settings, is_loopback,
-                                                parse_results_target, parse_stream_urls, sdp_text)
+                                                parse_results_target, parse_stream_urls, resolve_udp, sdp_text)
 from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.results_sink import ResultsSink
 from dronseg_edge.pipeline.sinks import Sink
@@ -50,13 +50,19 @@ def open_preview(options) -> PreviewServer | None:
     return server
 
 
-def check_results_file(options) -> None:
-    """A ``--results`` file that exists is refused before the run folder is made."""
+def check_results_target(options) -> None:
+    """A ``--results`` target that cannot work (a file that exists or whose folder does not, a UDP host
+    that does not resolve) is refused before the run folder is made."""
     if options.results is None:
         return
     kind, where = parse_results_target(options.results)
-    if kind == "file" and Path(where).exists():
+    if kind == "udp":
+        resolve_udp(options.results, *where)
+    elif kind == "file" and Path(where).exists():
         raise DronsegError(f"--results {where}: the file exists and a run never appends to another's; give a new name")
+    elif kind == "file" and not Path(where).absolute().parent.is_dir():
+        raise DronsegError(f"--results {where}: the folder {Path(where).absolute().parent} does not exist; make it "
+                           "or give another file name")
 
 
 def build_live_sinks(src: Source, out_dir: Path, options, lut: np.ndarray, plan: OverlayPlan | None,

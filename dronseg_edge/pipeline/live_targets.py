@@ -167,3 +167,11 @@ def parse_results_target(text: str) -> tuple[str, object]:
     if not value:
         raise DronsegError("--results is empty: give udp://HOST:PORT, a file name, or - for standard output")
     return "file", Path(value)
+
+
+def resolve_udp(target: str, host: str, port: int) -> tuple:
+    """The address (getaddrinfo's first entry) that ``--results udp://HOST:PORT`` sends to."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    except OSError as exc:
+        raise DronsegError(f"--results {target}: host {host} is unknown ({exc.strerror or exc})") from None

@@ -44,8 +44,7 @@ import cv2
 import numpy as np
 
 from dronseg_edge.atomic import storage_failure
-from dronseg_edge.errors import DronsegError
-from dronseg_edge.pipeline.live_targets import parse_results_target
+from dronseg_edge.pipeline.live_targets import parse_results_target, resolve_udp
 from dronseg_edge.pipeline.result import LOW_CONFIDENCE_U8, Result
 from dronseg_edge.pipeline.sinks import Sink, _write_all, open_new
 
@@ -82,11 +81,7 @@ class ResultsSink(Sink):
             self._fd = open_new(self.path, f"--results {self.path}: the file exists and a run never appends to "
                                            "another's; give a new name")
         else:
-            host, port = where
-            try:
-                self.address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-            except OSError as exc:
-                raise DronsegError(f"--results {target}: host {host} is unknown ({exc.strerror or exc})") from None
+            self.address = resolve_udp(target, *where)
             self._socket = socket.socket(self.address[0], socket.SOCK_DGRAM)
             self._socket.setblocking(False)
 

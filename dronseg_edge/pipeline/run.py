@@ -18,6 +18,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -30,7 +31,7 @@ from dronseg_edge.errors import BackendFailure, DronsegError, RuntimeFailure
 from dronseg_edge.pictures import bgr_lut
 from dronseg_edge.pipeline.disk_space import DiskFloor, SpaceReserve
 from dronseg_edge.pipeline.interrupts import InterruptGuard, interrupts_deferred
-from dronseg_edge.pipeline.live_outputs import build_live_sinks, check_results_file, open_preview
+from dronseg_edge.pipeline.live_outputs import build_live_sinks, check_results_target, open_preview
 from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.run_state import RunOptions, RunState, RunSummary
@@ -141,17 +142,20 @@ def _prepare(segmenter: Segmenter, src: Source, options: RunOptions) -> tuple:
             _open_window()
         if options.save_video and src.kind != "images":
             encoders_for(options.codec)  # a --codec this machine cannot write fails before the run folder exists
-        check_results_file(options)
+        check_results_target(options)
         preview = open_preview(options)  # a port in use fails before the run folder too
         if preview is not None:
             undo.callback(preview.close)
+        made = options.out is None or not Path(options.out).exists()
         out_dir = _prepare_out_dir(options)
+        undo.callback(_discard_run_dir, out_dir, made)
         reserve = undo.enter_context(SpaceReserve(out_dir))
         lut = bgr_lut(segmenter.info.palette)
         with_legend = options.legend if options.legend is not None else src.kind != "images"
         legend = tuple(segmenter.info.class_names) if with_legend else None
         plan = options.overlay_plan(lut, legend)
         sinks = _build_sinks(src, out_dir, options, lut, plan)
+        undo.callback(_close_unused, sinks)
         sinks += build_live_sinks(src, out_dir, options, lut, plan, legend, preview)
         undo.pop_all()
     return request, live, out_dir, reserve, plan, sinks
@@ -256,6 +260,21 @@ def _prepare_out_dir(options: RunOptions) -> Path:
         raise DronsegError(f"--out {out} already holds files and a run never overwrites another: pass a new folder, "
                            "or leave --out out to get runs/infer/expN")
     return ensure_writable_dir(out)
+
+
+def _close_unused(sinks: list[Sink]) -> None:
+    for sink in sinks:
+        with contextlib.suppress(Exception):  # the failure that unwinds _prepare is the one to report
+            sink.close()
+
+
+def _discard_run_dir(out_dir: Path, made: bool) -> None:
+    """A run that fails before its first frame leaves nothing behind: the folder it made, or what it put
+    in the empty ``--out`` it was given (a rerun with the same --out then works)."""
+    for child in out_dir.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    if made:
+        out_dir.rmdir()
 
 
 def _build_sinks(src: Source, out_dir: Path, options: RunOptions, lut: np.ndarray,

@@ -97,6 +97,39 @@ def test_an_existing_results_file_is_refused_before_the_run_folder(segmenter, cl
     assert not (tmp_path / "run").exists() and (tmp_path / "r.jsonl").read_text() == "earlier\n"
 
 
+def test_a_results_target_that_cannot_work_is_refused_before_the_run_folder(segmenter, clip, tmp_path, monkeypatch):
+    with pytest.raises(DronsegError, match=r"--results .*missing/r.jsonl: the folder .*missing does not exist"):
+        run_inference(segmenter, clip, RunOptions(out=tmp_path / "run", progress=False,
+                                                  results=str(tmp_path / "missing" / "r.jsonl")))
+
+    def unknown(host, *args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
+    with pytest.raises(DronsegError, match="host nowhere.invalid is unknown"):
+        run_inference(segmenter, clip, RunOptions(out=tmp_path / "run", progress=False,
+                                                  results="udp://nowhere.invalid:5000"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_a_sink_failing_before_the_first_frame_leaves_no_half_made_run(segmenter, clip, tmp_path, monkeypatch, given):
+    import dronseg_edge.pipeline.live_outputs as live_outputs
+
+    def refuse(*args, **kwargs):
+        raise DronsegError("cannot open the results target")
+
+    monkeypatch.setattr(live_outputs, "ResultsSink", refuse)
+    out = tmp_path / "run"
+    if given:
+        out.mkdir()  # an empty --out stays, empty
+    with pytest.raises(DronsegError, match="cannot open the results target"):
+        run_inference(segmenter, clip, RunOptions(out=out, progress=False, results="-"))
+    assert (list(out.iterdir()) == []) if given else not out.exists()
+    monkeypatch.undo()
+    assert run_inference(segmenter, clip, RunOptions(out=out, progress=False, max_frames=2)).data["frames"] == 2  # same --out
+
+
 def test_the_legend_is_in_the_video_corner_by_default_and_goes_with_no_legend(segmenter, clip, tmp_path):
     with_legend = run_inference(segmenter, clip, RunOptions(out=tmp_path / "a", progress=False, max_frames=3))
     without = run_inference(segmenter, clip, RunOptions(out=tmp_path / "b", progress=False, max_frames=3, legend=False))
