@@ -103,7 +103,7 @@ def training_set(scenes: Path, out: Path, input_size: tuple[int, int], crops: in
         image = cv2.imread(str(scenes / "imgs/imgs" / f"{scene_id}.jpg"))
         mask = cv2.imread(str(scenes / "masks/masks" / f"{scene_id}.png"), cv2.IMREAD_UNCHANGED)
         small_image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-        small_mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+        small_mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
         for copy in range(max(1, crops // 4)):
             save(f"{scene_id}_whole{copy}", small_image, small_mask)
         ys, xs = np.nonzero(np.isin(mask, SMALL_IDS))

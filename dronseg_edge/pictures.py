@@ -46,7 +46,7 @@ def fit_width(image: np.ndarray, width: int, nearest: bool = False) -> np.ndarra
     if (image.shape[1], image.shape[0]) == (width, height):
         return image
     shrink = width < image.shape[1]
-    mode = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    mode = cv2.INTER_NEAREST_EXACT if nearest else (cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     return cv2.resize(image, (width, height), interpolation=mode)
 
 

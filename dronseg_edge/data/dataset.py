@@ -39,11 +39,13 @@ class SegmentationDataset(Dataset):
         mask = (np.full(image.shape[:2], 255, np.uint8) if sample.mask_path is None
                 else read_mask(sample.mask_path, self.num_classes, self.max_pixels))
         if self.size is not None and (image.shape[1], image.shape[0]) != self.size:
-            # The image by area when it shrinks (else bilinear), the mask by nearest unless kept at its own size.
+            # The image by area when it shrinks (else bilinear), the mask by nearest unless kept at its own size:
+            # INTER_NEAREST_EXACT takes the pixel at the centre of each block, where INTER_AREA centres the
+            # image's (INTER_NEAREST takes its top-left one: labels shifted by (scale - 1) / 2 pixels).
             shrink = self.size[0] < image.shape[1]
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
             if not self.native_masks:
-                mask = cv2.resize(mask, self.size, interpolation=cv2.INTER_NEAREST)
+                mask = cv2.resize(mask, self.size, interpolation=cv2.INTER_NEAREST_EXACT)
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         mask_t = torch.from_numpy(np.ascontiguousarray(mask))
         with torch.random.fork_rng(devices=[], enabled=seed is not None):

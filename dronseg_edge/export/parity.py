@@ -108,7 +108,7 @@ class MaskTally:
         self.worst.update(name, frame, ref_mask, cand_mask)
         if truth is not None:
             height, width = ref_mask.shape
-            truth = torch.from_numpy(cv2.resize(truth, (width, height), interpolation=cv2.INTER_NEAREST)).long()
+            truth = torch.from_numpy(cv2.resize(truth, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)).long()
             self.ref_scores.update(ref_mask, truth)
             self.cand_scores.update(cand_mask, truth)
             self.gt_images += 1

@@ -51,3 +51,20 @@ def test_resumed_epoch_with_persistent_workers_matches_an_uninterrupted_run(synt
     for a, b, c in zip(uninterrupted[1], resumed, in_process):
         assert torch.equal(a, b) and torch.equal(a, c)
     assert not all(torch.equal(a, b) for a, b in zip(uninterrupted[0], uninterrupted[1]))
+
+
+def test_a_shrunk_mask_labels_the_pixels_its_image_shrinks_to(tmp_path):
+    # INTER_AREA averages each 8x8 block: its label is the block's centre (majority) label, not its top-left pixel.
+    import cv2
+    import numpy as np
+
+    from dronseg_edge.data.aeroscapes import Sample
+
+    mask = np.zeros((64, 128), np.uint8)
+    mask[:, 9:], mask[33:, :] = 9, 10  # boundaries one pixel into a block: 7/8 of those blocks are 9 or 10
+    image = np.where(mask[..., None] == 0, 255, 0).astype(np.uint8).repeat(3, 2)
+    cv2.imwrite(str(tmp_path / "i.png"), image), cv2.imwrite(str(tmp_path / "m.png"), mask)
+    _, small = SegmentationDataset([Sample("i", tmp_path / "i.png", tmp_path / "m.png")], (16, 8), augment=None)[0]
+    blocks = mask.reshape(8, 8, 16, 8).transpose(0, 2, 1, 3).reshape(8, 16, 64)
+    majority = np.array([[np.bincount(block).argmax() for block in row] for row in blocks])
+    assert np.array_equal(small.numpy(), majority)
