@@ -134,11 +134,13 @@ def build_loaders(cfg: TrainConfig, data: DataSetup, dist_ctx: DistContext) -> L
     # BatchNorm cannot train on a final batch of one image; drop it only in that case.
     drop_last = per_rank % cfg.batch == 1 and per_rank > cfg.batch
     train_sampler = AugmentSeedSampler(sampler, cfg.seed)  # augmentation independent of worker state
-    # The loader draws its workers' base seed from its own generator (once per iterator, i.e. once per
-    # run with persistent workers), so that draw cannot shift the shuffle order of a resumed run.
+    # Each loader draws its workers' base seed from its own generator (once per iterator, i.e. once per
+    # run with persistent workers), so that draw cannot shift the global RNG of a resumed run (shuffle
+    # order, dropout on the CPU).
     train_loader = DataLoader(train_set, batch_size=cfg.batch, sampler=train_sampler, drop_last=drop_last,
                               generator=torch.Generator().manual_seed(cfg.seed), **common)
-    val_loader = DataLoader(val_set, batch_size=cfg.batch, sampler=SequentialSampler(val_set), **common)
+    val_loader = DataLoader(val_set, batch_size=cfg.batch, sampler=SequentialSampler(val_set),
+                            generator=torch.Generator().manual_seed(cfg.seed), **common)
     return Loaders(train_loader, val_loader, train_sampler, generator)
 
 
