@@ -89,7 +89,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         from dronseg_edge.models import check_arch, check_output_stride  # torch: not for `train --help`
-        from dronseg_edge.train.losses import LOSS_NAMES, WEIGHT_METHODS
+        from dronseg_edge.train.losses import LOSS_NAMES, WEIGHT_METHODS, build_loss
 
         check_output_stride(check_arch(self.model), self.output_stride)
         choices = (("loss", LOSS_NAMES), ("scheduler", SCHEDULERS), ("optimizer", OPTIMIZERS), ("amp", AMP_MODES),
@@ -109,13 +109,30 @@ class TrainConfig:
             (self.max_steps_per_epoch >= 0, f"--max-steps-per-epoch {self.max_steps_per_epoch}: must be 0 (whole epochs) or more"),
             (self.save_every_steps >= 0, f"--save-every-steps {self.save_every_steps}: must be 0 (epoch ends only) or more"),
             (self.mosaic_every >= 0, f"--mosaic-every {self.mosaic_every}: must be 0 (no mosaics) or more"),
+            (0.0 <= self.momentum < 1.0, f"--momentum {self.momentum}: must be 0 or more and below 1"),
+            (self.div_factor > 0, f"--div-factor {self.div_factor}: must be positive"),
+            (self.final_div_factor > 0, f"--final-div-factor {self.final_div_factor}: must be positive"),
         ]
+        aug = self.augment
+        checks += [(value >= 0, f"{flag} {value}: must be 0 or more") for flag, value in (
+            ("--weight-decay", self.weight_decay), ("--poly-power", self.poly_power), ("--scale", aug.scale),
+            ("--rotate", aug.rotate), ("--color", aug.brightness))]
+        checks += [(0.0 <= value <= 1.0, f"{flag} {value}: must be between 0 and 1") for flag, value in (
+            ("--hflip", aug.hflip), ("--shift", aug.shift), ("--blur-p", aug.blur_p), ("--noise-p", aug.noise_p))]
         for ok, message in checks:
             if not ok:
                 raise DronsegError(message)
         if self.max_pixels is not None:
             check_max_pixels(self.max_pixels)
+        build_loss(self.loss, **self.loss_settings)  # its settings' ranges, before the run folder is made
         return self
+
+    @property
+    def loss_settings(self) -> dict:
+        """The keywords of ``build_loss`` that are options here."""
+        names = ("label_smoothing", "focal_gamma", "focal_alpha", "dice_smooth", "dice_log", "focal_weight",
+                 "dice_weight", "tversky_alpha", "tversky_beta")
+        return {name: getattr(self, name) for name in names}
 
     @property
     def pixel_limit(self) -> int:

@@ -190,9 +190,7 @@ def build_criterion(cfg: TrainConfig, device: torch.device, data: DataSetup | No
     weights = None  # without ``data`` (the throughput benchmark) ``cfg.class_weights`` must be "none"
     if cfg.class_weights != "none":
         weights = class_weights_from_counts(data.stats.counts_for(data.train_ids), method=cfg.class_weights).to(device)
-    settings = ("label_smoothing", "focal_gamma", "focal_alpha", "dice_smooth", "dice_log", "focal_weight", "dice_weight",
-                "tversky_alpha", "tversky_beta")
-    return build_loss(cfg.loss, class_weights=weights, ignore_index=IGNORE_INDEX, **{k: getattr(cfg, k) for k in settings})
+    return build_loss(cfg.loss, class_weights=weights, ignore_index=IGNORE_INDEX, **cfg.loss_settings)
 
 
 def step_context(setup: ModelSetup, device: torch.device) -> StepContext:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 
+from dronseg_edge.data.augment import AugmentConfig
+from dronseg_edge.errors import DronsegError
 from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.distributed import DistContext
 from dronseg_edge.train.setup import build_loaders, prepare_data
@@ -21,3 +26,26 @@ def test_starting_the_loaders_workers_leaves_the_global_rng_alone(synth_root, tm
     for loader in (loaders.train, loaders.val):
         next(iter(loader))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("momentum", -0.5, "--momentum -0.5: must be 0 or more and below 1"),
+    ("div_factor", 0.0, "--div-factor 0.0: must be positive"),
+    ("final_div_factor", 0.0, "--final-div-factor 0.0: must be positive"),
+    ("poly_power", -1.0, "--poly-power -1.0: must be 0 or more"),
+    ("weight_decay", -1e-4, "--weight-decay -0.0001: must be 0 or more"),
+    ("focal_gamma", -1.0, "focal gamma=-1.0 is out of range"),
+    ("label_smoothing", 1.0, "label_smoothing=1.0 is out of range"),
+])
+def test_out_of_range_settings_are_refused_when_the_config_is_made(tmp_path, option, value, message):
+    # Before: a traceback once the run folder existed (momentum, div factors, loss settings), a crash at
+    # the last step (poly power), or silently taken (weight decay).
+    with pytest.raises(DronsegError, match=re.escape(message)):
+        TrainConfig(data=str(tmp_path), **{option: value}).validate()
+
+
+@pytest.mark.parametrize("option, value", [("hflip", 1.5), ("shift", -0.1), ("blur_p", 2.0), ("noise_p", -1.0),
+                                           ("scale", -0.2), ("rotate", -5.0), ("brightness", -0.1)])
+def test_out_of_range_augmentation_is_refused(tmp_path, option, value):
+    with pytest.raises(DronsegError, match=f"{value}: must be"):
+        TrainConfig(data=str(tmp_path), augment=AugmentConfig(**{option: value})).validate()
