@@ -7,6 +7,7 @@ matters for rare classes such as boat (66 of 3269 AeroScapes images).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +32,16 @@ def stratified_split(ids: list[str], presence: np.ndarray, val_fraction: float =
 
     if not 0.0 < val_fraction < 1.0:
         raise DronsegError(f"--val-fraction {val_fraction} must be between 0 and 1 (exclusive), e.g. 0.2")
-    n_val = int(round(len(ids) * val_fraction))
-    if len(ids) < 2 or n_val < 1 or n_val >= len(ids):
+    if len(ids) < 2 or math.ceil(len(ids) * val_fraction) >= len(ids):  # scikit-learn's rounding of the split
         raise DronsegError(f"cannot split {len(ids)} images with --val-fraction {val_fraction}: need at least one image on each side")
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
-    train_idx, val_idx = next(splitter.split(np.zeros((len(ids), 1)), presence.astype(int)))
-    return [ids[i] for i in sorted(train_idx)], [ids[i] for i in sorted(val_idx)]
+    sides = [sorted(side.tolist()) for side in next(splitter.split(np.zeros((len(ids), 1)), presence.astype(int)))]
+    for empty, full in ((0, 1), (1, 0)):  # iterative stratification can leave a side of a few images empty
+        if not sides[empty]:
+            moved = max(sides[full], key=lambda i: int(presence[i].sum()))  # the image showing the most classes
+            sides[full].remove(moved)
+            sides[empty].append(moved)
+    return [ids[i] for i in sides[0]], [ids[i] for i in sides[1]]
 
 
 def save_split(path: Path, train_ids: list[str], val_ids: list[str], *, seed: int, val_fraction: float,

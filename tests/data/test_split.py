@@ -61,6 +61,20 @@ def test_bad_fraction(fraction):
 def test_too_few_images():
     with pytest.raises(DronsegError, match="cannot split"):
         stratified_split(["a"], np.ones((1, 12), bool), 0.2)
+    with pytest.raises(DronsegError, match="cannot split 9 images"):  # scikit-learn rounds the validation side up
+        stratified_split(list("abcdefghi"), np.ones((9, 12), bool), 0.9)
+
+
+def test_a_few_images_still_give_each_side_one():
+    # On these five, iterative stratification (seed 0) put every image in train.
+    presence = np.array([[1, 0, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0],
+                         [1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 1], [1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0],
+                         [1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0]], bool)
+    ids = [f"img{i}" for i in range(5)]
+    for seed in range(20):
+        train, val = stratified_split(ids, presence, 0.2, seed=seed)
+        assert train and val and sorted(train + val) == ids
+    assert stratified_split(ids, presence, 0.2, seed=0) == (["img1", "img2", "img3", "img4"], ["img0"])
 
 
 def test_split_json_round_trip(tmp_path):
