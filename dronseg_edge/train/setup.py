@@ -173,6 +173,7 @@ def prepare_model(cfg: TrainConfig, device: torch.device, steps_per_epoch: int, 
         resumed = TrainingState.from_checkpoint(ckpt)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(resumed.optimizer)
+        _check_same_schedule(scheduler.state_dict(), resumed.scheduler)
         scheduler.load_state_dict(resumed.scheduler)
         restore_scaler(scaler, resumed.scaler)
         # After build_model: its initialisation draws from the generators restored here.
@@ -183,6 +184,16 @@ def prepare_model(cfg: TrainConfig, device: torch.device, steps_per_epoch: int, 
         freeze_backbone_stages(model, cfg.freeze_stages)
     compiled = torch.compile(model) if cfg.compile else model
     return ModelSetup(model, compiled, optimizer, scheduler, scaler, dtype, channels_last, frozen)
+
+
+def _check_same_schedule(planned: dict, saved: dict) -> None:
+    """A resumed run makes as many optimiser steps as the saved schedule counts on: another number of
+    torchrun processes (or another data set) would step it past its end, or along the wrong curve."""
+    for key in ("total_steps", "total_iters"):  # OneCycleLR's, PolynomialLR's
+        if key in planned and saved.get(key) != planned[key]:
+            raise DronsegError(f"cannot resume: the run was planned for {saved.get(key)} optimiser steps and would now "
+                               f"make {planned[key]} (another number of processes, or other data); resume it with the "
+                               "torchrun --nproc-per-node it started with")
 
 
 def build_criterion(cfg: TrainConfig, device: torch.device, data: DataSetup | None = None) -> nn.Module:

@@ -11,7 +11,7 @@ from dronseg_edge.data.augment import AugmentConfig
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.distributed import DistContext
-from dronseg_edge.train.setup import build_loaders, prepare_data
+from dronseg_edge.train.setup import build_loaders, prepare_data, prepare_model
 
 
 def test_starting_the_loaders_workers_leaves_the_global_rng_alone(synth_root, tmp_path):
@@ -49,3 +49,19 @@ def test_out_of_range_settings_are_refused_when_the_config_is_made(tmp_path, opt
 def test_out_of_range_augmentation_is_refused(tmp_path, option, value):
     with pytest.raises(DronsegError, match=f"{value}: must be"):
         TrainConfig(data=str(tmp_path), augment=AugmentConfig(**{option: value})).validate()
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "poly"])
+def test_a_resume_that_would_step_another_schedule_is_refused(tmp_path, scheduler):
+    # A 2-process run resumed as 1 makes twice the steps per epoch: OneCycleLR raised past its end.
+    cfg = TrainConfig(data=str(tmp_path), model="lraspp_mobilenet_v3_large", weights="none", epochs=2, device="cpu",
+                      scheduler=scheduler, optimizer="adamw")
+    saved = prepare_model(cfg, torch.device("cpu"), steps_per_epoch=10)
+    for _ in range(10):  # one epoch
+        saved.optimizer.step(), saved.scheduler.step()
+    ckpt = {"model": saved.model.state_dict(), "optimizer": saved.optimizer.state_dict(),
+            "scheduler": saved.scheduler.state_dict(), "config": cfg.to_dict(), "epoch": 1, "step": 10,
+            "split": {"train": ["a"], "val": ["b"]}}
+    with pytest.raises(DronsegError, match="planned for 20 optimiser steps and would now make 40"):
+        prepare_model(cfg, torch.device("cpu"), steps_per_epoch=20, ckpt=ckpt)
+    assert prepare_model(cfg, torch.device("cpu"), steps_per_epoch=10, ckpt=ckpt).scheduler.last_epoch == 10
