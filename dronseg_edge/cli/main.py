@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import sys
 from typing import NoReturn
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         # what to do. Other OSErrors are bugs.
         if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
             _fail(name_too_long(exc.filename), DronsegError.exit_code)
+        if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM) and _unreadable(exc.filename):
+            _fail(f"cannot read {_unreadable(exc.filename)}: {exc.strerror}: make it readable by this user (chmod, "
+                  "chown) or run as its owner", DronsegError.exit_code)
         if is_storage_error(exc):
             _fail(storage_failure(exc, exc.filename or "."), RuntimeFailure.exit_code)
         error = missing_module_error(exc)
@@ -61,6 +65,18 @@ def main(argv: list[str] | None = None) -> None:
     if code == 130:  # typer turns Ctrl-C outside our handlers into exit code 130
         print("interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _unreadable(path) -> str | None:
+    """The nearest existing part of ``path`` this user may not read (a file) or list (a folder): a refused
+    read of the user's input, not a refused write (exit 2, not 5)."""
+    if not path:
+        return None
+    path = os.path.abspath(os.fsdecode(path))
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    needed = os.R_OK | os.X_OK if os.path.isdir(path) else os.R_OK
+    return None if os.access(path, needed) else path
 
 
 def _fail(message, code: int, prefix: str = "error: ") -> NoReturn:

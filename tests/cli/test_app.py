@@ -57,6 +57,28 @@ def test_a_full_disk_no_command_caught_is_still_one_line_with_exit_code_5(capsys
         err.count("\n") == 1
 
 
+def test_an_input_this_user_cannot_read_is_a_usage_error_not_a_failed_write(capsys, monkeypatch, tmp_path):
+    import errno
+    import os
+
+    app_module = importlib.import_module("dronseg_edge.cli.main")  # the module that runs the Typer app
+    locked = tmp_path / "data" / "imgs"
+    locked.mkdir(parents=True)
+
+    def refused(*args, **kwargs):  # listing data/imgs/imgs inside the folder this user may not enter
+        raise PermissionError(errno.EACCES, "Permission denied", str(locked / "imgs"))
+
+    monkeypatch.setattr(app_module, "app", refused)
+    real_access = os.access  # root reads every folder: the permission bits as a user meets them
+    monkeypatch.setattr(os, "access", lambda path, mode: os.fspath(path) != str(locked) and real_access(path, mode))
+    code, out, err = run(capsys, "train")
+    assert (code, out) == (2, "") and err == (f"error: cannot read {locked}: Permission denied: make it readable by "
+                                              "this user (chmod, chown) or run as its owner\n")
+    monkeypatch.setattr(os, "access", real_access)  # the same refusal on a folder this user may read: a refused write
+    code, _, err = run(capsys, "train")
+    assert code == 5 and err.startswith(f"error: cannot write {locked}/imgs: Permission denied")
+
+
 def test_other_os_errors_stay_bugs_with_their_traceback(monkeypatch):
     app_module = importlib.import_module("dronseg_edge.cli.main")  # the module that runs the Typer app
 
