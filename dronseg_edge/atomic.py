@@ -155,16 +155,20 @@ def storage_faults(path: os.PathLike | str) -> Iterator[None]:
 
 
 def ensure_writable_dir(path: Path, what: str = "output folder") -> Path:
-    """Create ``path`` (and parents) or raise a DronsegError naming it."""
-    path = Path(path)
+    """Create ``path`` (and parents) or raise a DronsegError naming it; one that exists must be writable."""
+    path = _make_dir(Path(path), what)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DronsegError(f"{what} {path} is not writable; choose another output folder")
+    return path
+
+
+def _make_dir(path: Path, what: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is the run's failure (5), not a wrong option (2)
             raise storage_failure(exc, path) from None
         raise DronsegError(f"cannot create {what} {path}: {exc.strerror or exc}; choose another output folder") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise DronsegError(f"{what} {path} is not writable; choose another output folder")
     return path
 
 
@@ -177,7 +181,9 @@ def atomic_path(path: os.PathLike | str, suffix: str = "") -> Iterator[Path]:
     interrupt (Ctrl-C, SIGTERM) arriving at any instant leaves no temporary file behind.
     """
     final = Path(path)
-    ensure_writable_dir(final.parent)
+    # Made if missing, not checked for access: a folder that turned read-only or unwritable during a run
+    # fails the open below with its errno, which storage_errors makes the run's failure (exit 5).
+    _make_dir(final.parent, "output folder")
     tmp = final
     try:
         with storage_errors(final):

@@ -140,3 +140,17 @@ def test_json_files_hold_no_nan_summaries_write_null_and_reports_keep_the_findin
     path = atomic.write_json_atomic(tmp_path / "s.json", data)
     assert json.loads(path.read_text(), parse_constant=pytest.fail) == {"a": [None, 1.5, [None]], "b": {"c": None}}
     assert atomic.json_safe(data, str) == {"a": ["nan", 1.5, ["inf"]], "b": {"c": "-inf"}}  # parity reports
+
+
+def test_a_folder_that_turns_read_only_mid_run_is_the_runs_failure_not_a_usage_error(tmp_path):
+    # A run writes its folder again and again (checkpoints, metrics.csv, summary.json): once the disk turns
+    # read-only, the write fails as the disk's failure (exit 5, the errno named), not "choose another folder".
+    from testkit import mount_tmpfs, remount_tmpfs
+
+    with mount_tmpfs(tmp_path / "disk") as disk:
+        atomic.write_json_atomic(disk / "run" / "summary.json", {"epoch": 1})
+        remount_tmpfs(disk, "ro")
+        with pytest.raises(RuntimeFailure, match=r"cannot write .*summary.json: Read-only file system") as error:
+            atomic.write_json_atomic(disk / "run" / "summary.json", {"epoch": 2})
+        assert error.value.exit_code == 5 and error.value.stopped == "unwritable"
+        assert json.loads((disk / "run" / "summary.json").read_text()) == {"epoch": 1}
