@@ -78,14 +78,17 @@ def no_cuda_check(torch) -> Check:
 def arch_supported(arch_list: list[str], major: int, minor: int) -> bool:
     """Whether a torch built for ``arch_list`` (['sm_80', 'sm_90', 'compute_90', ...]) has kernels for sm_<major><minor>.
 
-    Exact SASS, or PTX of an older or equal architecture that the driver can compile just in time.
-    An empty list (some builds do not report it) is given the benefit of the doubt.
+    SASS of the same major version and an older or equal minor one (CUDA's binary compatibility: sm_86
+    code runs on sm_87 and sm_89; an arch-specific sm_90a only on sm_90), or PTX of an older or equal
+    architecture that the driver can compile just in time. An empty list (some builds do not report it)
+    is given the benefit of the doubt.
     """
     wanted = major * 10 + minor
     for arch in arch_list:
         kind, _, number = arch.partition("_")
         digits = int("".join(filter(str.isdigit, number)) or -1)
-        if (kind == "sm" and digits == wanted) or (kind == "compute" and 0 <= digits <= wanted):
+        same_family = digits // 10 == major and digits % 10 <= minor and not number.endswith("a")
+        if (kind == "sm" and (digits == wanted or same_family)) or (kind == "compute" and 0 <= digits <= wanted):
             return True
     return not arch_list
 

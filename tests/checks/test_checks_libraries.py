@@ -78,7 +78,12 @@ def test_a_torch_below_the_checkpoint_floor_is_told_from_its_metadata(monkeypatc
 
 @pytest.mark.parametrize("arch_list, cc, supported", [
     (["sm_80", "sm_86", "sm_90"], (9, 0), True),
-    (["sm_80", "sm_86", "sm_90"], (8, 7), False),  # Orin needs sm_87 or PTX
+    (["sm_80", "sm_86", "sm_90"], (8, 7), True),   # SASS runs on the same major, same or newer minor: Orin
+    (["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"], (8, 9), True),  # torch 2.14+cu130 on an L4 or 4090
+    (["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"], (12, 1), True),  # and on a GB10 (sm_121)
+    (["sm_86", "sm_90"], (8, 0), False),            # not an older minor
+    (["sm_80", "sm_90"], (10, 0), False),           # nor another major, without PTX
+    (["sm_90a"], (9, 1), False),                    # arch-specific code runs on its own architecture only
     (["sm_80", "compute_80"], (8, 7), True),        # PTX of an older architecture is compiled by the driver
     (["sm_90", "compute_90"], (8, 9), False),
     ([], (12, 0), True),
