@@ -16,7 +16,7 @@ from dronseg_edge.metadata import META
 from dronseg_edge.option_fields import option
 from dronseg_edge.sizes import parse_size
 
-DEFAULT_MIN_ITERS = 20  # with neither --iters nor --duration-s: at least 20 iterations and 3 s (like trtexec)
+DEFAULT_MIN_ITERS = 20  # with neither --iters nor --duration-s: at least 20 iterations and 3 s (trtexec: 10 and 3 s)
 DEFAULT_MIN_SECONDS = 3.0
 
 

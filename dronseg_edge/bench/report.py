@@ -97,7 +97,8 @@ def warning_lines(results: Sequence[BenchResult]) -> list[str]:
 def settings_line(settings: dict[str, Any]) -> str:
     """One line: what was measured and how."""
     t = settings["timing"]
-    warm = f"warm-up {t['warmup_s']:g} s" if t["warmup_iters"] is None else f"{t['warmup_iters']} warm-up iterations"
+    warm = (f"warm-up {t['warmup_s']:g} s" if t["warmup_iters"] is None  # one untimed call always runs
+            else f"{max(t['warmup_iters'], 1)} warm-up iteration{'s' * (t['warmup_iters'] > 1)}")
     if t["iters"] is None and t["duration_s"] is None:
         loop = f"at least {t['min_iters']} iterations and {t['min_seconds']:g} s"
     else:

@@ -87,5 +87,8 @@ def test_settings_line_and_markdown_page():
     line = settings_line(settings)
     assert "size 1280x720" in line and "batch 4" in line and "warm-up 2 s" in line and "50 iterations" in line
     assert "transfers included" in line and "cuda graph on" in line
+    for asked, said in ((0, "1 warm-up iteration,"), (1, "1 warm-up iteration,"), (5, "5 warm-up iterations,")):
+        # one untimed call always runs (it allocates the outputs): --warmup-iters 0 still makes one
+        assert said in settings_line({**settings, "timing": TimingSettings(warmup_iters=asked).to_dict()})
     page = markdown_document(["device: X"], settings, "| a |")
     assert page.startswith("## Latency") and "- device: X" in page and "| a |" in page
