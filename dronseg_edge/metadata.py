@@ -241,7 +241,8 @@ def read_onnx_info(path: Path) -> ModelInfo:
     """ModelInfo from an ONNX file's ``metadata_props``; DronsegError if unreadable or foreign."""
     path = Path(path)
     if not path.is_file():
-        raise DronsegError(f"ONNX file {path} does not exist: export one with `dronseg-edge export CHECKPOINT`")
+        raise DronsegError(f"ONNX file {path} is a folder, not a file: pass the .onnx itself" if path.is_dir() else
+                           f"ONNX file {path} does not exist: export one with `dronseg-edge export CHECKPOINT`")
     try:
         props = read_onnx_metadata_props(path)
     except (OSError, EOFError, ValueError) as exc:  # truncated, or not protobuf (UnicodeDecodeError is a ValueError)

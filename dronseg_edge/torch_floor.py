@@ -47,6 +47,8 @@ def torch_load(path: Path, what: str, missing: str, fix: str) -> Any:
     followed by ``fix`` (a pickle holding code included: never torch's advice to load it unsafely)."""
     import torch
 
+    if path.is_dir():
+        raise DronsegError(f"{what} is a folder, not a file: pass the file itself (a run's is RUN/weights/best.pt)")
     if not path.is_file():
         raise DronsegError(missing)
     reason = unsafe_torch_reason(str(torch.__version__), what)

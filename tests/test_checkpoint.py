@@ -94,6 +94,12 @@ def test_files_that_are_not_checkpoints_give_one_plain_line(write, tmp_path):
     assert len(message) < 400
 
 
+def test_a_folder_given_as_a_checkpoint_is_named_a_folder(tmp_path):
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(DronsegError, match=r"checkpoint .*weights is a folder, not a file: pass the file itself"):
+        load_checkpoint(tmp_path / "weights")
+
+
 def _edited(tiny_checkpoint, tmp_path, **fields):
     """A copy of the tiny checkpoint with metadata ``fields`` replaced (as a hand edit would)."""
     ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)

@@ -75,6 +75,9 @@ def test_corrupt_or_missing_onnx_is_a_clear_error(tmp_path):
         read_onnx_info(bad)
     with pytest.raises(DronsegError, match="does not exist"):
         read_onnx_info(tmp_path / "missing.onnx")
+    (tmp_path / "model.onnx").mkdir()
+    with pytest.raises(DronsegError, match="model.onnx is a folder, not a file"):
+        read_onnx_info(tmp_path / "model.onnx")
 
 
 @pytest.fixture(scope="module")
