@@ -284,7 +284,8 @@ def _build_sinks(src: Source, out_dir: Path, options: RunOptions, lut: np.ndarra
     if options.save_video:  # so options.overlay_plan made a plan
         # Images may differ in size, which one video cannot hold: they get overlay images instead.
         sinks.append(OverlayImageSink(out_dir / "overlay", plan) if images
-                     else VideoSink(out_dir / "overlay.mp4", src.fps, plan, options.codec, options.segment_s))
+                     else VideoSink(out_dir / "overlay.mp4", src.fps, plan, options.codec, options.segment_s,
+                                    by_time=src.kind == "video"))
     if options.save_masks if options.save_masks is not None else images:
         sinks.append(MaskSink(out_dir / "masks"))
     if options.save_color:

@@ -40,7 +40,10 @@ class VideoSink(Sink):
 
     Frames that were not segmented (--stride, frames dropped in --live mode, damaged frames) are
     filled with the previous overlay, so the video keeps the source's timeline and plays at its
-    speed. A frame of another size (a stream that changed resolution) starts a new file, as one
+    speed. ``by_time`` (video files, whose frames carry the container's times): the times place each
+    frame, as ffmpeg's ``-fps_mode cfr`` does, so a variable-rate file (phones, some drones) keeps its
+    timeline at the rate its header gives: a frame is repeated where the next comes late, left out
+    where it comes before its place; elsewhere the frames' indices place them. A frame of another size (a stream that changed resolution) starts a new file, as one
     video holds one size: ``NAME.mp4``, then ``NAME_00001.mp4``, ... (``segments`` lists them).
 
     ``segment_s`` (``--segment-s``): the video is cut into ``NAME_00000.mp4``, ``NAME_00001.mp4``, ...
@@ -51,14 +54,14 @@ class VideoSink(Sink):
     name = "video"
 
     def __init__(self, path: Path, fps: float | None, overlay: OverlayPlan, codec: str = "auto",
-                 segment_s: float | None = None):
+                 segment_s: float | None = None, by_time: bool = False):
         super().__init__()
         self.path = self.target = Path(path)
         if fps is None:
             log.warning("the source reports no frame rate; the overlay video is written at %g fps", DEFAULT_FPS)
         self.fps = fps or DEFAULT_FPS
         encoders_for(codec)  # an explicit --codec this machine cannot write fails now, not at the first frame
-        self.overlay, self.requested_codec = overlay, codec
+        self.overlay, self.requested_codec, self.by_time = overlay, codec, by_time
         self.segment_frames = max(1, round(segment_s * self.fps)) if segment_s else None
         self.segments: list[dict] = []  # finished files: {"file": name, "frames": n, "start_s": seconds}
         self.size: tuple[int, int] | None = None
@@ -67,7 +70,8 @@ class VideoSink(Sink):
         self._header_bytes = 0  # the current file's size before its first frame (a fragmented MP4's empty index)
         self._synced_bytes, self._synced_at = 0, -SYNC_EVERY_S  # its size at its last fsync, and when (monotonic s)
         self._closed, self.video_frames = False, 0
-        self._last: tuple[int, np.ndarray] | None = None  # the last frame's index and overlay, to fill gaps with
+        self._last: tuple[int, np.ndarray, float | None] | None = None  # the last frame's index, overlay and time
+        self._origin: tuple[float, int] | None = None  # a frame's time and place in the video that later ones follow
 
     def _final_path(self, number: int) -> Path:
         if self.segment_frames is None and number == 0:
@@ -86,12 +90,31 @@ class VideoSink(Sink):
             log.warning("frame %d is %dx%d, the video %dx%d: the overlay video goes on in a new file, %s",
                         result.index, *size, *self.size, self._final_path(len(self.segments)).name)
         self.size = size
-        if self._last is not None:
-            gap = min(result.index - self._last[0] - 1, int(self.fps * MAX_FILL_S))
-            for _ in range(max(gap, 0)):
-                self._emit(self._last[1])
-        self._emit(image)
-        self._last = (result.index, image)
+        copies = self._copies(result) if self._last is not None else 0
+        if self._last is None:
+            self._origin = None if result.timestamp is None else (result.timestamp, self.video_frames)
+        for _ in range(copies):
+            self._emit(self._last[1])
+        if copies >= 0:  # else its place in the video is taken: left out, as ffmpeg's -fps_mode cfr does
+            self._emit(image)
+        self._last = (result.index, image, result.timestamp)
+
+    def _copies(self, result: Result) -> int:
+        """How often the last overlay fills in before ``result`` (-1: ``result`` comes before its place,
+        which the last frame holds): as the frames' times say where they have them (a variable-rate
+        source's frames are not evenly spaced: its video keeps their times from the first frame on,
+        ``_origin``), else as their indices do; at most MAX_FILL_S seconds."""
+        cap, (last_index, _, last_time), now = int(self.fps * MAX_FILL_S), self._last, result.timestamp
+        if self.by_time and now is not None and self._origin is not None and last_time is not None and now > last_time:
+            start, frames = self._origin
+            copies = frames + round((now - start) * self.fps) - self.video_frames
+            if copies <= cap:
+                return max(copies, -1)
+            copies = cap
+        else:
+            copies = max(min(result.index - last_index - 1, cap), 0)
+        self._origin = None if now is None else (now, self.video_frames + copies)  # times go on from here
+        return copies
 
     def _emit(self, image: np.ndarray) -> None:
         """One frame of the video's timeline, into the current file (opened, or finished when full)."""

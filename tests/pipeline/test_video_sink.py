@@ -139,3 +139,21 @@ def test_fragments_are_flushed_to_the_disk_at_most_once_a_second(tmp_path, monke
     assert synced[:2] == [folder, video]  # the final name given with the first fragment, then its data
     assert synced.count(video) == 2  # at the first fragment, then a second later: not at each of the others
     sink.close()
+
+
+def test_a_variable_rate_file_keeps_its_times_in_the_video(tmp_path):
+    # A phone's or drone's variable-rate file: its frames' own times place them (ffmpeg's -fps_mode cfr),
+    # not their count: a late frame's place is filled, an early one's taken place leaves it out.
+    import dataclasses
+
+    plan = OverlayPlan(0.5, LUT)
+    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, overlay=plan, codec="mp4v", by_time=True)
+    times = (0.0, 0.3, 0.35, 0.4, 0.7)  # places 0, 3, 4 (3.5 rounds to even), 4 (taken), 7
+    results = [dataclasses.replace(make_result(index), timestamp=t) for index, t in enumerate(times)]
+    for result in results:
+        sink.write(result)
+    sink.close()
+    frames, _, _ = read_video(tmp_path / "v.mp4")
+    overlays = [plan.image(result).astype(int) for result in results]
+    shown = [int(np.argmin([np.abs(frame.astype(int) - o).mean() for o in overlays])) for frame in frames]
+    assert shown == [0, 0, 0, 1, 2, 3, 3, 4] and sink.video_frames == 8
