@@ -71,7 +71,7 @@ class FramesToClassMap(nn.Module):
     def forward(self, frames: torch.Tensor):
         # The Cast first, and every shape read from its output: TensorRT lets a uint8 input feed a Cast only.
         pixels = frames.to(torch.float32)
-        x = self.resize(pixels).round()  # rounded as training's uint8 images were
+        x = self.resize(pixels).round()  # rounded as training's uint8 images were (resize_frame's ties: frames_resize)
         logits = self.model(x * self.scale + self.shift)["out"]
         height, width = pixels.shape[1], pixels.shape[2]
         if self.upsample:

@@ -23,6 +23,10 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.runtime.host import resize_matrices
 
 BLOCK_TOLERANCE = 1e-6  # repeated blocks differ only in float rounding of their positions
+# OpenCV's INTER_AREA of uint8 at exactly half of both sides takes a fast path that rounds ties up,
+# (a + b + c + d + 2) >> 2, where every other shrink rounds them to even as the graph's Round does.
+# Those means are quarters, so adding 1/8 before the Round gives the same ties with the nodes already there.
+HALVES_UP = 0.125
 
 
 def _blocks(matrix: np.ndarray) -> tuple[np.ndarray, int]:
@@ -61,6 +65,7 @@ class StaticResize(nn.Module):
     def __init__(self, source_size: tuple[int, int], target_size: tuple[int, int], batch: int):
         super().__init__()
         (width, height), (out_w, out_h) = source_size, target_size
+        self.halves_up = (width, height) == (2 * out_w, 2 * out_h)
         rows, columns = resize_matrices(source_size, target_size)
         self.columns = None if width == out_w else _AxisResize(columns, batch, (3, height))
         self.rows = None if height == out_h else _AxisResize(rows, batch, (3, out_w))
@@ -74,7 +79,7 @@ class StaticResize(nn.Module):
             x = self.columns(x)  # (N, 3, H, w)
         if self.rows is not None:
             x = self.rows(x.transpose(2, 3)).transpose(2, 3)  # through (N, 3, w, h)
-        return x
+        return x + HALVES_UP if self.halves_up else x
 
 
 def _weights(size: torch.Tensor, out: int, area: torch.Tensor) -> torch.Tensor:
@@ -105,7 +110,9 @@ class DynamicResize(nn.Module):
         area = torch.logical_and(height >= self.out_h, width >= self.out_w)
         # Heights first (fewer multiply-adds for landscape frames), each matrix on the side it contracts.
         x = torch.matmul(_weights(height, self.out_h, area), frames.permute(0, 3, 1, 2))  # (N, 3, h, W)
-        return torch.matmul(x, _weights(width, self.out_w, area).t())  # (N, 3, h, w)
+        x = torch.matmul(x, _weights(width, self.out_w, area).t())  # (N, 3, h, w)
+        halves = torch.logical_and(height == 2 * self.out_h, width == 2 * self.out_w).to(torch.float32)
+        return x + halves * HALVES_UP
 
 
 def fold_channel_flip(model: nn.Module, example: torch.Tensor) -> nn.Module:

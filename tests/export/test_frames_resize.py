@@ -41,6 +41,19 @@ def test_static_and_dynamic_resize_equal_resize_frame(source, target):
     np.testing.assert_allclose(dynamic, expected, rtol=0, atol=0.05)
 
 
+@pytest.mark.parametrize("source", [(192, 128), (194, 130), (288, 192)])
+def test_rounded_like_opencvs_uint8_shrink_also_at_exactly_half(source):
+    # OpenCV's INTER_AREA of uint8 at exactly half of both sides rounds ties up ((a+b+c+d+2) >> 2), every
+    # other shrink to even: the graphs' rounded values equal resize_frame's uint8 output either way.
+    frames = _frames(source)
+    target = (source[0] // 2, source[1] // 2) if source != (288, 192) else (96, 64)
+    expected = np.stack([resize_frame(f, *target).transpose(2, 0, 1) for f in frames])
+    x = torch.from_numpy(frames).float()
+    with torch.no_grad():
+        for resize in (StaticResize(source, target, batch=2), DynamicResize(target)):
+            assert np.array_equal(resize(x).round().numpy(), expected)
+
+
 def test_area_matrices_of_rational_ratios_are_repeated_blocks():
     block, count = _blocks(resize_matrix(720, 192))  # 15 source pixels -> 4 outputs, 48 times
     assert block.shape == (4, 15) and count == 48
