@@ -247,7 +247,8 @@ def _compare(ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityTh
 
 def _compare_frames(ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityThresholds) -> ParityReport:
     """``cand`` (io='frames') gets uint8 BGR frames, the graph's fixed source size or their own; ``ref`` (a
-    logits model) the same frames through its own ``segment`` (the INTER_AREA shrink the graph applies too)
+    logits model taking any size) the same frames shrunk on the host to the graph's model input (the
+    INTER_AREA shrink the graph applies too: its export ``--size``, not the checkpoint's training size)
     and the graph's post-processing (bilinear logits to the frame size, argmax): the whole deployable path."""
     info = cand.info
     source = info.source_size if not info.dynamic else None
@@ -260,7 +261,8 @@ def _compare_frames(ref: Backend, cand: Backend, images: ImageSet, thresholds: P
         cand_out = cand.infer(torch.from_numpy(padded)).cpu()[:real].long()
         for i, (frame, (_, mask)) in enumerate(zip(frames, loaded)):
             sizes.add(frame.shape[1::-1])
-            ref_mask = class_map_at(ref.segment(frame[None], logits=True).logits[0], frame.shape[:2])
+            x = torch.from_numpy(preprocess_host([frame], info)).to(ref.device)
+            ref_mask = class_map_at(_run(ref, x)[0].cpu().numpy(), frame.shape[:2])
             tally.add(items[start + i].image.name, frame, ref_mask, cand_out[i], mask)
     size = source or (max(sizes) if sizes else tuple(info.input_size))
     at = f"; frames at {size[0]}x{size[1]}" if source else "; frames at their own sizes"
