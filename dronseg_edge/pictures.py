@@ -1,6 +1,7 @@
 """Labelled image grids for people to look at: training's validation mosaics (train/mosaics.py) and
 parity's difference picture (export/parity_picture.py); and the one class-map colouring (a 256-entry
-``cv2.LUT``: :func:`bgr_lut`, :func:`colorize`) that they and the pipeline's overlays use. numpy +
+``cv2.LUT``: :func:`bgr_lut`, :func:`colorize`) that they and the pipeline's overlays use; and the one
+resize of a frame to a model's input (:func:`resize_frame`), training's and inference's. numpy +
 OpenCV only, written atomically as PNG.
 
 Images here are (H, W, 3) uint8 BGR, as OpenCV draws and writes them; class maps (H, W) integer.
@@ -38,6 +39,16 @@ def colorize(mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
 def colour_classes(classes: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     """(H, W) class indices -> (H, W, 3) BGR colours of the RGB ``palette``; indices past it (255, ignored) are black."""
     return colorize(np.clip(np.asarray(classes), 0, 255).astype(np.uint8), bgr_lut(palette))
+
+
+def resize_frame(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A uint8 frame at a model's input size, as training and every inference path make it: INTER_AREA
+    when both sides shrink or stay (antialiased), bilinear otherwise."""
+    h, w = frame.shape[:2]
+    if (w, h) == (width, height):
+        return frame
+    shrinking = width <= w and height <= h
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def fit_width(image: np.ndarray, width: int, nearest: bool = False) -> np.ndarray:

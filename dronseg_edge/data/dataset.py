@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, Sampler
 from dronseg_edge.data.aeroscapes import Sample, read_image, read_mask
 from dronseg_edge.data.augment import AugmentConfig, apply_train_transform, build_train_transform
 from dronseg_edge.media import DEFAULT_MAX_PIXELS
+from dronseg_edge.pictures import resize_frame
 
 
 class SegmentationDataset(Dataset):
@@ -39,11 +40,10 @@ class SegmentationDataset(Dataset):
         mask = (np.full(image.shape[:2], 255, np.uint8) if sample.mask_path is None
                 else read_mask(sample.mask_path, self.num_classes, self.max_pixels))
         if self.size is not None and (image.shape[1], image.shape[0]) != self.size:
-            # The image by area when it shrinks (else bilinear), the mask by nearest unless kept at its own size:
+            # The image as inference resizes frames, the mask by nearest unless kept at its own size:
             # INTER_NEAREST_EXACT takes the pixel at the centre of each block, where INTER_AREA centres the
             # image's (INTER_NEAREST takes its top-left one: labels shifted by (scale - 1) / 2 pixels).
-            shrink = self.size[0] < image.shape[1]
-            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            image = resize_frame(image, *self.size)
             if not self.native_masks:
                 mask = cv2.resize(mask, self.size, interpolation=cv2.INTER_NEAREST_EXACT)
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))

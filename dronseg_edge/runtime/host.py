@@ -2,7 +2,7 @@
 
 For plain tensor artifacts (``Backend.segment``'s default) and checkpoints on the CPU; export parity,
 accuracy and ``bench`` make their inputs here too. The uint8 frame is shrunk first (``INTER_AREA``,
-as training did, data/augment.py) and only the few pixels left turned to float (a 720p frame shrunk
+as training did: ``pictures.resize_frame``) and only the few pixels left turned to float (a 720p frame shrunk
 to 320x192 is 1/15 of the work); the class map comes back to the frame's size (nearest), with the
 maximum softmax probability when asked. A frames graph does all of it itself (``resize_matrix``).
 """
@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.pictures import resize_frame  # noqa: F401 (the one resize to a model's size; used from here too)
 
 CONFIDENCE_OUTPUT = "confidence"  # the name export/embedded.py gives a frames graph's second output
 
@@ -24,15 +25,6 @@ def scale_and_shift(mean: tuple, std: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (RGB) a, b with (x / 255 - mean) / std == x * a + b."""
     std_ = np.asarray(std, np.float32)
     return (1.0 / (255.0 * std_)).astype(np.float32), (-np.asarray(mean, np.float32) / std_).astype(np.float32)
-
-
-def resize_frame(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize a uint8 frame: INTER_AREA when shrinking (antialiased), bilinear when enlarging."""
-    h, w = frame.shape[:2]
-    if (w, h) == (width, height):
-        return frame
-    shrinking = width <= w and height <= h
-    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def resize_matrix(src: int, dst: int, area: bool | None = None) -> np.ndarray:

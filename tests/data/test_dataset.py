@@ -68,3 +68,19 @@ def test_a_shrunk_mask_labels_the_pixels_its_image_shrinks_to(tmp_path):
     blocks = mask.reshape(8, 8, 16, 8).transpose(0, 2, 1, 3).reshape(8, 16, 64)
     majority = np.array([[np.bincount(block).argmax() for block in row] for row in blocks])
     assert np.array_equal(small.numpy(), majority)
+
+
+def test_images_shrink_as_inference_shrinks_frames(tmp_path):
+    # 1280x720 trained at 1280x704 (one side kept, one shrunk): the pictures' resize_frame, which every
+    # inference path uses (INTER_LINEAR unless both sides shrink), not INTER_AREA chosen by the width alone.
+    import cv2
+    import numpy as np
+
+    from dronseg_edge.data.aeroscapes import Sample
+    from dronseg_edge.pictures import resize_frame
+
+    image = np.random.default_rng(0).integers(0, 256, (72, 128, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "i.png"), image), cv2.imwrite(str(tmp_path / "m.png"), np.zeros((72, 128), np.uint8))
+    for size in ((128, 70), (100, 80), (64, 36)):
+        got, _ = SegmentationDataset([Sample("i", tmp_path / "i.png", tmp_path / "m.png")], size, augment=None)[0]
+        assert np.array_equal(got.numpy().transpose(1, 2, 0), resize_frame(image[..., ::-1], *size))  # RGB here
