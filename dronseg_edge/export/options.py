@@ -7,6 +7,7 @@ object. A derived export (the ONNX graph an engine is built from) is ``dataclass
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,7 +92,8 @@ class ExportOptions:
     io: str = option("tensors", "tensors: normalised float NCHW in, logits (or --head argmax) out; frames: "
                                 "pre/post-processing inside the graph: uint8 BGR NHWC frames in, uint8 class map at "
                                 "the frame's size out.")
-    source_size: tuple[int, int] | None = option(None, "--io frames: the frames' WxH.", parse=parse_size,
+    source_size: tuple[int, int] | None = option(None, "--io frames: the frames' WxH.",
+                                                 parse=functools.partial(parse_size, option="--source-size"),
                                                  default_text="the model input size; --dynamic: any size")
     confidence: bool = option(False, "--io frames: a second output, uint8 confidence (max softmax x 255).")
     dla_core: int | None = option(None, "Engines: run the layers DLA supports on this DLA core of a Jetson (AGX Orin: "

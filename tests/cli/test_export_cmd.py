@@ -92,18 +92,20 @@ def _other_class_count(path):
                                              class_names=[f"c{i}" for i in range(5)], palette=[[0, 0, 0]] * 5))
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "classes", "unwritable", "empty_calib", "size", "precision",
-                                  "format", "head", "opset"])
+@pytest.mark.parametrize("case", ["missing", "folder", "corrupt", "classes", "unwritable", "empty_calib", "size",
+                                  "source_size", "precision", "format", "head", "opset"])
 def test_bad_inputs_give_one_line_errors(case, tiny_checkpoint, tmp_path, capsys):
     ckpt = tiny_checkpoint
     extra: list = []
     expected = {
         "missing": "does not exist",
+        "folder": "is a folder, not a file: pass the file itself",
         "corrupt": "cannot be read",
         "classes": "predicts 5 classes, but 12 are needed",
         "unwritable": "cannot create output folder",
         "empty_calib": "holds no images",
         "size": "--size '96by64' is not a size",
+        "source_size": "--source-size '8x8' is out of range",  # the option given, not --size
         "precision": "--precision 'fp8' is not one of fp32, fp16, int8",
         "format": "--format 'tflite' is not one of onnx, engine, all",
         "head": "--head 'softmax' is not one of logits, argmax",
@@ -111,6 +113,8 @@ def test_bad_inputs_give_one_line_errors(case, tiny_checkpoint, tmp_path, capsys
     }[case]
     if case == "missing":
         ckpt = tmp_path / "nope.pt"
+    elif case == "folder":
+        ckpt = tmp_path
     elif case == "corrupt":
         ckpt = tmp_path / "bad.pt"
         ckpt.write_bytes(b"PK\x03\x04 not really a zip")
@@ -124,7 +128,7 @@ def test_bad_inputs_give_one_line_errors(case, tiny_checkpoint, tmp_path, capsys
         (tmp_path / "empty").mkdir()
         extra = ["--precision", "int8", "--calib-data", tmp_path / "empty"]
     else:
-        flag, value = {"size": ("--size", "96by64"), "precision": ("--precision", "fp8"), "format": ("--format", "tflite"),
+        flag, value = {"size": ("--size", "96by64"), "source_size": ("--source-size", "8x8"), "precision": ("--precision", "fp8"), "format": ("--format", "tflite"),
                        "head": ("--head", "softmax"), "opset": ("--opset", "7")}[case]
         extra = [flag, value]
     if "--out" not in extra:
