@@ -47,8 +47,14 @@ def resize_frame(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     h, w = frame.shape[:2]
     if (w, h) == (width, height):
         return frame
-    shrinking = width <= w and height <= h
-    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if width <= w and height <= h:
+        return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+    if frame.dtype != np.uint8:
+        return cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)
+    # OpenCV's uint8 INTER_LINEAR weighs in 11-bit fixed point, which a frames graph's MatMuls cannot repeat
+    # (one grey level off on 12 % of values): in float, rounded to even, as the graph does.
+    enlarged = cv2.resize(frame.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.rint(enlarged).astype(np.uint8)
 
 
 def fit_width(image: np.ndarray, width: int, nearest: bool = False) -> np.ndarray:

@@ -54,6 +54,18 @@ def test_rounded_like_opencvs_uint8_shrink_also_at_exactly_half(source):
             assert np.array_equal(resize(x).round().numpy(), expected)
 
 
+@pytest.mark.parametrize("source", [(50, 30), (80, 48), (200, 40)])
+def test_an_enlarged_uint8_frame_is_what_the_graphs_round(source):
+    # OpenCV's uint8 INTER_LINEAR works in 11-bit fixed point (12 % of values one level off the graph's);
+    # resize_frame enlarges in float and rounds as the graphs do: only float-order ties may differ.
+    frames = _frames(source)
+    expected = np.stack([resize_frame(f, 96, 64).transpose(2, 0, 1) for f in frames])
+    x = torch.from_numpy(frames).float()
+    with torch.no_grad():
+        for resize in (StaticResize(source, (96, 64), batch=2), DynamicResize((96, 64))):
+            assert (resize(x).round().numpy() != expected).mean() < 0.005
+
+
 def test_area_matrices_of_rational_ratios_are_repeated_blocks():
     block, count = _blocks(resize_matrix(720, 192))  # 15 source pixels -> 4 outputs, 48 times
     assert block.shape == (4, 15) and count == 48
