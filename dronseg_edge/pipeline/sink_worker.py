@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 import time
+from typing import Callable
 
 from dronseg_edge.atomic import storage_failure
 from dronseg_edge.errors import DronsegError, RuntimeFailure
@@ -57,12 +58,14 @@ class SinkWorker:
     def _one_line(self, exc: BaseException) -> BaseException:
         return storage_failure(exc, self.sink.target) if isinstance(exc, OSError) else exc
 
-    def put(self, result: Result) -> None:
-        """Queue ``result`` for the sink; raises the sink's error instead once it has failed."""
+    def put(self, result: Result, stop: Callable[[], bool] = lambda: False) -> None:
+        """Queue ``result`` for the sink; raises the sink's error instead once it has failed. ``stop``
+        (a stop signal came) ends a wait for room, the frame left out: a sink stuck in a write (a pipe
+        whose reader stopped reading) cannot hold a Ctrl-C or SIGTERM back."""
         if self.sink.lossy:
             self._raise_error()
             self._put_newest(result)
-        elif not put_unless_stopped(self._queue, result, lambda: self.error is not None):
+        elif not put_unless_stopped(self._queue, result, lambda: self.error is not None or stop()):
             self._raise_error()
 
     def _put_newest(self, result: Result | None) -> None:
@@ -78,9 +81,10 @@ class SinkWorker:
         if self.error is not None:
             raise self.error
 
-    def close(self, discard: bool = False) -> None:
+    def close(self, discard: bool = False, patience: float | None = None) -> None:
         """Write everything queued (or, with ``discard``, drop it: after a full disk, the room left is
         for finishing the files), finalise the sink, then re-raise a write error if there was one.
+        ``patience`` (after a stop signal): a sink stuck that long in one write is left, as a lossy one is.
         Idempotent: a second call only re-raises the error."""
         if not self._closed:
             self._closed = True
@@ -90,14 +94,29 @@ class SinkWorker:
                     log.warning("%s did not finish within %g s (its receiver stopped reading): left as it is",
                                 self.sink.name, self.LIVE_CLOSE_S)
                     return
-            else:
-                self._queue.put(None)
-                self._thread.join()
+            elif not self._finish(patience):
+                log.warning("%s: a write has not returned for %g s (a pipe whose reader stopped reading?): left "
+                            "as it is", self.sink.name, patience)
+                return
             try:
                 self.sink.close()
             except (OSError, DronsegError) as exc:
                 self.error = self._combined(self._one_line(exc))
         self._raise_error()
+
+    def _finish(self, patience: float | None) -> bool:
+        """Queue the end and wait for the thread; False once one write has taken over ``patience`` s."""
+        def stuck() -> bool:
+            busy = self._busy_since
+            return patience is not None and busy is not None and time.monotonic() - busy > patience
+
+        if not put_unless_stopped(self._queue, None, stuck):
+            return False
+        while self._thread.is_alive():
+            self._thread.join(0.1)
+            if stuck():
+                return False
+        return True
 
     def _close_live(self) -> bool:
         """End a lossy sink's thread: what is queued still goes out, unless the sink has been stuck in one

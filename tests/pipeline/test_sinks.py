@@ -1,4 +1,5 @@
 import json
+import logging
 import time
 
 import cv2
@@ -154,6 +155,26 @@ def test_worker_close_can_drop_what_is_queued_after_a_full_disk():
         worker.put(make_result(i))
     worker.close(discard=True)
     assert len(sink.written) < 30 and sink.closed
+
+
+def test_a_sink_stuck_in_a_write_cannot_hold_a_stop_signal_back(caplog):
+    # --results - to a reader that stopped reading: its write never returns and its queue fills. A stop
+    # signal (stop()) ends the wait for room, and close(patience) leaves the stuck sink behind.
+    import threading
+
+    release = threading.Event()
+    sink = FailingSink(None, after=100)
+    sink.write = lambda result: release.wait()  # blocked, as os.write on a full pipe
+    worker = SinkWorker(sink, queue_size=2)
+    stopped = threading.Event()
+    threading.Timer(0.3, stopped.set).start()
+    for i in range(5):  # one in the write, two queued, then a wait for room that the stop signal ends
+        worker.put(make_result(i), stop=stopped.is_set)
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        worker.close(patience=0.2)
+    assert time.monotonic() - start < 2 and "a write has not returned for 0.2 s" in caplog.text
+    release.set()
 
 
 def test_stats_are_never_appended_to_another_runs_file_and_a_missing_folder_is_one_line(tmp_path):
