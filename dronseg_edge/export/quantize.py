@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import itertools
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -34,11 +33,13 @@ from dronseg_edge.runtime.host import preprocess_host, resize_frame
 PERCENTILE = 99.999
 
 
-def calibration_batches(images: ImageSet, info: ModelInfo, input_name: str) -> Iterator[dict[str, np.ndarray]]:
+def calibration_batches(images: ImageSet, info: ModelInfo, input_name: str, first: int = 0,
+                        last: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Feeds of one batch each, as the graph takes it at inference: normalised float32 (B, 3, H, W), or for a
     frames graph (export/embedded.py) uint8 BGR (B, H, W, 3) frames at its source size (dynamic: their own).
 
-    B is the graph's fixed batch (1 when it is dynamic); the last batch repeats its final image.
+    B is the graph's fixed batch (1 when it is dynamic); the last batch repeats its final image. Batches
+    ``first`` to ``last`` (exclusive) only: the images before them are not read.
     """
     batch, size = info.batch or 1, info.source_size
 
@@ -47,7 +48,8 @@ def calibration_batches(images: ImageSet, info: ModelInfo, input_name: str) -> I
             return preprocess_host(frames, info)
         return np.stack([frame if size is None else resize_frame(frame, *size) for frame in frames])
 
-    for start in range(0, len(images.items), batch):
+    stop = len(images.items) if last is None else min(len(images.items), last * batch)
+    for start in range(first * batch, stop, batch):
         frames = [load_item(item, info.num_classes)[0] for item in images.items[start:start + batch]]
         yield {input_name: pad_batch(prepare(frames), batch)[0]}
 
@@ -82,7 +84,9 @@ def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo
             return -(-len(images.items) // (info.batch or 1))
 
         def set_range(self, start_index: int, end_index: int | None) -> None:
-            self._batches = itertools.islice(calibration_batches(images, info, input_name), start_index, end_index)
+            # Read from the range's first image on: ORT asks for each chunk in turn, and skipping the
+            # batches before it by reading them made N images cost N (N + 1) / 2 reads.
+            self._batches = calibration_batches(images, info, input_name, start_index, end_index)
 
         def get_next(self):
             return next(self._batches, None)

@@ -77,10 +77,16 @@ def test_int8_graph_is_what_tensorrt_accepts(int8_export):
     assert calibration["source"].startswith("validation split")
 
 
-def test_int8_calibration_from_a_folder_is_capped(trained_checkpoint, scenes, tmp_path):
+def test_int8_calibration_from_a_folder_is_capped_and_reads_each_image_once(trained_checkpoint, scenes, tmp_path,
+                                                                             monkeypatch):
+    import dronseg_edge.export.quantize as quantize
+
+    reads, load = [], quantize.load_item
+    monkeypatch.setattr(quantize, "load_item", lambda item, n: reads.append(item) or load(item, n))
     result = export_artifact(trained_checkpoint, precision="int8", calib_data=scenes, calib_images=12,
                              out_dir=tmp_path, device="cpu", parity=False)
     assert read_onnx_info(result.path).extra["calibration"]["images"] == 12
+    assert len(reads) == 12  # ONNX Runtime asks for one batch at a time: 78 reads when each skipped the ones before
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnx.mapping") is not None, reason="this onnx (< 1.19) still has onnx.mapping")
