@@ -81,3 +81,36 @@ def checked_image_size(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, w
                             f"{megapixels(max_pixels)} limit (a decompression bomb, or a larger image than expected): "
                             f"{fix}", (width, height))
     return int(width), int(height)
+
+
+def decode_bgr(path: Path | str):
+    """The image's pixels as (H, W, 3) uint8 BGR (its EXIF orientation applied), or None when OpenCV
+    cannot decode them or the file is a JPEG cut short: OpenCV returns a cut JPEG with its missing rows
+    grey, saying so only on stderr (libjpeg's "Premature end of JPEG file")."""
+    import cv2
+    import numpy as np
+
+    data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: it cannot open non-ASCII paths on Windows
+    if data.size == 0 or _jpeg_cut(data.tobytes()):
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+
+
+def _jpeg_cut(raw: bytes) -> bool:
+    """Whether ``raw`` is a JPEG that ends before its image does: no end marker (FF D9) after the first scan
+    of the image itself (the header's segments, an EXIF thumbnail with its own end marker among them, are
+    stepped over by their lengths). Data after the end (a phone's motion photo) is not looked at."""
+    if raw[:2] != b"\xff\xd8":
+        return False
+    pos = 2
+    while pos + 4 <= len(raw) and raw[pos] == 0xFF:
+        marker = raw[pos + 1]
+        if marker == 0xDA:  # start of scan: the entropy-coded image follows, its end marker after it
+            return raw.find(b"\xff\xd9", pos) < 0
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(raw[pos + 2:pos + 4], "big")
+    return pos + 4 > len(raw)  # ran out inside the header: cut; a structure not walked here: the decoder decides

@@ -55,3 +55,19 @@ def test_a_bad_limit_is_one_line_naming_the_option(value):
     with pytest.raises(DronsegError, match=rf"--max-pixels {value} must be a whole number from 1 to {MAX_PIXELS_CEILING}"):
         check_max_pixels(value)
     assert check_max_pixels(DEFAULT_MAX_PIXELS) == 1 << 26
+
+
+def test_a_jpeg_cut_short_is_not_decoded_into_grey_rows(tmp_path):
+    # OpenCV decodes a cut JPEG, its missing rows grey (only libjpeg's stderr says so): a download or
+    # copy that stopped must not become a training image under its full mask, or an inference frame.
+    from dronseg_edge.media import decode_bgr
+
+    image = np.random.default_rng(0).integers(0, 256, (96, 160, 3), dtype=np.uint8)
+    for name, params in (("baseline", []), ("progressive", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])):
+        data = cv2.imencode(".jpg", image, params)[1].tobytes()
+        (tmp_path / "whole.jpg").write_bytes(data + b"\x00\x00\x00\x18ftypmp42" + bytes(64))  # a motion photo's video
+        (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 2 // 3])
+        assert decode_bgr(tmp_path / "whole.jpg").shape == (96, 160, 3), name
+        assert cv2.imread(str(tmp_path / "cut.jpg")) is not None and decode_bgr(tmp_path / "cut.jpg") is None, name
+    (tmp_path / "p.png").write_bytes(cv2.imencode(".png", image)[1].tobytes())
+    assert np.array_equal(decode_bgr(tmp_path / "p.png"), image)

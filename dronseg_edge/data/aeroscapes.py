@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dronseg_edge.classes import NUM_CLASSES, class_counts
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.media import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, check_max_pixels, checked_image_size
+from dronseg_edge.media import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, check_max_pixels, checked_image_size, decode_bgr
 
 IMAGE_DIR = Path("imgs/imgs")
 MASK_DIR = Path("masks/masks")
@@ -127,8 +127,8 @@ def read_bgr(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     pixels; DronsegError (one line naming the file) if it is larger or cannot be decoded."""
     checked_image_size(path, max_pixels)
     try:
-        data = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    except cv2.error:  # OpenCV's own refusals: a header its decoder rejects
+        data = decode_bgr(path)
+    except (cv2.error, OSError):  # OpenCV's own refusals: a header its decoder rejects
         data = None
     if data is None:
         raise DronsegError(f"image {path} cannot be read (missing, truncated or not an image): replace or remove it")

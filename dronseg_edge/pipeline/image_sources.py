@@ -22,7 +22,7 @@ import numpy as np
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageTooLarge, ImageUnreadable, check_max_pixels,
-                                checked_image_size)
+                                checked_image_size, decode_bgr)
 from dronseg_edge.pipeline.source_base import SOURCE_HELP, FrameRecord, Source
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,7 @@ class ImageSource(Source):
         ``max_pixels``; None (counted) if skipped."""
         try:
             checked_image_size(path, self.max_pixels, fix="skipped (raise --max-pixels if it is a genuine image)")
-            data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: it cannot open non-ASCII paths on Windows
-            frame = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+            frame = decode_bgr(path)
         except ImageTooLarge as exc:
             self.oversized += 1
             log.warning("%s", exc)
