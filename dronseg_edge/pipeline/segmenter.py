@@ -246,7 +246,16 @@ def _in_order(groups: Iterable, work, in_flight: int) -> Iterator:
     pool = ThreadPoolExecutor(in_flight, thread_name_prefix="dronseg-segment")
     pending: deque[Future] = deque()
     try:
-        for group in groups:
+        groups = iter(groups)
+        while True:
+            try:
+                group = next(groups)
+            except StopIteration:
+                break
+            except Exception:  # the source failed (a stream lost): the frames already read come out first
+                while pending:
+                    yield pending.popleft().result()
+                raise
             pending.append(pool.submit(work, group))
             if len(pending) == in_flight:
                 yield pending.popleft().result()
@@ -257,7 +266,18 @@ def _in_order(groups: Iterable, work, in_flight: int) -> Iterator:
 
 
 def _groups(records: Iterable[FrameRecord], size: int, max_frames: int | None) -> Iterator[list[FrameRecord]]:
-    """Lists of ``size`` records (the last may be shorter), ``max_frames`` records in all."""
+    """Lists of ``size`` records (the last may be shorter), ``max_frames`` records in all; when the
+    source fails, the records read before are a last group before its error."""
     records = islice(records, max_frames)  # never reads a record past the last one wanted
-    while group := list(islice(records, size)):
+    while True:
+        group: list[FrameRecord] = []
+        try:
+            for record in islice(records, size):
+                group.append(record)
+        except Exception:
+            if group:
+                yield group
+            raise
+        if not group:
+            return
         yield group

@@ -314,3 +314,20 @@ def test_in_order_raises_a_groups_error_after_the_results_before_it():
         for n in _in_order(range(10), work, 2):
             got.append(n)
     assert got == [0, 1, 2]
+
+
+@pytest.mark.parametrize("in_flight, size", [(1, 4), (2, 1), (2, 3)])
+def test_frames_read_before_the_source_fails_still_come_out_then_its_error(in_flight, size):
+    # A stream lost beyond --reconnect-s mid-run: the frames already read are segmented and written
+    # (docs/reliability.md: every output final up to the last frame) before the loss is raised.
+    from dronseg_edge.pipeline.segmenter import _groups, _in_order
+
+    def source():
+        yield from range(6)
+        raise RuntimeError("stream lost")
+
+    got = []
+    with pytest.raises(RuntimeError, match="stream lost"):
+        for group in _in_order(_groups(source(), size, None), lambda group: group, in_flight):
+            got += group
+    assert got == list(range(6))
