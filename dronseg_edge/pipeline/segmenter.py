@@ -34,7 +34,7 @@ from dronseg_edge.pipeline.tiling import DEFAULT_OVERLAP, TilePlan, segment_tile
 from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.host import CONFIDENCE_OUTPUT
 from dronseg_edge.runtime.registry import backend_class, check_model_file, is_checkpoint, load_backend, resolve_device_for
-from dronseg_edge.sizes import format_size
+from dronseg_edge.sizes import format_size, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,13 @@ class Segmenter(contextlib.AbstractContextManager):
             raise DronsegError(f"--batch {batch}: {self.backend.path.name} was exported for batch {fixed}; "
                                f"use --batch {fixed} or re-export it with --batch {batch} (or --dynamic)")
         self.batch = int(batch)
-        if size is not None and tuple(size) != tuple(self.info.input_size):
-            if not self.info.dynamic:
+        size = None if size is None else parse_size(size if isinstance(size, str) else "x".join(map(str, size)), "size")
+        if size is not None and size != tuple(self.info.input_size):
+            if not self.info.dynamic or self.info.io == "frames":  # a frames graph shrinks to its own size inside
                 raise DronsegError(f"{self.backend.path.name} was exported for {format_size(self.info.input_size)}; "
-                                   f"re-export it with --size {format_size(size)} (or --dynamic)")
-            self.info.input_size = (int(size[0]), int(size[1]))
+                                   f"re-export it with --size {format_size(size)}"
+                                   + ("" if self.info.io == "frames" else " (or --dynamic)"))
+            self.info.input_size = size
         self.tiling = self._tile_plan(tile, tile_overlap, tile_batch, fixed)
         self.confidence = bool(confidence)
         self.classes = select_classes(classes, self.info.class_names, self.backend.path.name)

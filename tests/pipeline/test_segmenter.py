@@ -1,4 +1,5 @@
 import logging
+import re
 
 import cv2
 import numpy as np
@@ -122,6 +123,12 @@ def test_size_override_for_a_checkpoint(tiny_checkpoint):
     with Segmenter(tiny_checkpoint, device="cpu", size=(64, 32)) as seg:
         assert seg.info.input_size == (64, 32)
         assert seg.predict(scene(0, (128, 80))).mask.shape == (80, 128)
+    with Segmenter(tiny_checkpoint, device="cpu", size="64x32") as seg:  # the command line's spelling
+        assert seg.info.input_size == (64, 32)
+    for size, says in (((0, 0), "size '0x0' is out of range"), ((-160, 96), "size '-160x96' is not a size"),
+                       ("big", "size 'big' is not a size")):
+        with pytest.raises(DronsegError, match=re.escape(says)):  # not an OpenCV assertion at the first frame
+            Segmenter(tiny_checkpoint, device="cpu", size=size)
 
 
 def right_half_class_3(batch):
@@ -148,7 +155,7 @@ def test_class_map_backend_with_fixed_batch_is_padded_and_resized_nearest():
     with pytest.raises(DronsegError, match="exported for batch 2"):
         Segmenter(argmax_backend(), batch=3)
     with pytest.raises(DronsegError, match="exported for 8x6"):
-        Segmenter(argmax_backend(), size=(16, 12))
+        Segmenter(argmax_backend(), size=(32, 24))
 
 
 

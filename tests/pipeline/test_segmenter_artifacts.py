@@ -71,6 +71,12 @@ def test_static_frames_artifact_refuses_another_frame_size_with_the_fix(models):
             seg.predict(scene(0, (96, 64)))
 
 
+def test_a_dynamic_frames_artifact_refuses_another_model_size(models):
+    # Its graph shrinks every frame to its own model size: size= cannot change that (it was ignored).
+    with pytest.raises(DronsegError, match=r"was exported for 96x64; re-export it with --size 160x96$"):
+        Segmenter(models["frames"], device="cpu", size=(160, 96))
+
+
 def test_checkpoint_and_onnx_share_the_host_pre_and_post_processing(models, trained_checkpoint):
     frames = [scene(i, (128, 80)) for i in range(4)]
     with Segmenter(models["tensors"], device="cpu") as onnx, Segmenter(trained_checkpoint, device="cpu") as torch_seg:
