@@ -145,7 +145,7 @@ class Segmenter(contextlib.AbstractContextManager):
     def predict(self, frames: np.ndarray | Sequence[np.ndarray]) -> Result | list[Result]:
         """Segment one (H, W, 3) uint8 BGR frame (-> a Result), or a list of frames (or an (N, H, W, 3)
         array) of any sizes, ``batch`` at a time (-> a list of Results, each at its frame's size)."""
-        if isinstance(frames, np.ndarray) and frames.ndim == 3:
+        if frames is None or (isinstance(frames, np.ndarray) and frames.ndim in (2, 3)):  # one frame, checked
             return self.predict_batch([frames])[0]
         return self.predict_batch(list(frames))
 

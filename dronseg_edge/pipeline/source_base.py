@@ -121,8 +121,12 @@ class FramesSource(Source):
                 continue
             if isinstance(item, FrameRecord):
                 yield item
-            elif (frame := np.asarray(item)).dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-                raise DronsegError(f"frame {position} of {self.name} is {frame.dtype} {frame.shape}; expected (H, W, 3) uint8 BGR")
+            elif item is None or (frame := np.asarray(item)).dtype != np.uint8 or frame.ndim != 3 \
+                    or frame.shape[2] != 3 or 0 in frame.shape:
+                got = "None (cv2.imread's answer for a file it cannot read)" if item is None else \
+                    f"{frame.dtype} {frame.shape}"
+                raise DronsegError(f"frame {position} of {self.name} is {got}; expected (H, W, 3) uint8 BGR, H and W "
+                                   "at least 1 (grey: cv2.cvtColor(f, cv2.COLOR_GRAY2BGR); BGRA: cv2.COLOR_BGRA2BGR)")
             else:
                 yield FrameRecord(position, position / self.fps if self.fps else None, frame, self.name, f"{position:06d}")
         self.end = "ended"

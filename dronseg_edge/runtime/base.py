@@ -188,9 +188,9 @@ class Backend(ABC):
         return FrameOutputs(classes, conf, kept, stage_ms)
 
     def check_frames(self, frames) -> None:
-        """DronsegError unless ``frames`` is a numpy (N, H, W, 3) uint8 array with N >= 1."""
+        """DronsegError unless ``frames`` is a numpy (N, H, W, 3) uint8 array with N, H, W >= 1."""
         if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[3] != 3 \
-                or frames.dtype != np.uint8 or frames.shape[0] < 1:
+                or frames.dtype != np.uint8 or 0 in frames.shape:
             raise DronsegError(f"{self.path.name}: segment() takes (N, H, W, 3) uint8 BGR frames as numpy, got "
                                f"{type(frames).__name__} {tuple(getattr(frames, 'shape', ()))} "
                                f"{dtype_name(frames) if hasattr(frames, 'dtype') else ''}".rstrip())

@@ -338,3 +338,13 @@ def test_frames_read_before_the_source_fails_still_come_out_then_its_error(in_fl
         for group in _in_order(_groups(source(), size, None), lambda group: group, in_flight):
             got += group
     assert got == list(range(6))
+
+
+@pytest.mark.parametrize("frame, says", [(None, r"is None \(cv2.imread's answer for a file it cannot read\)"),
+                                         (np.zeros((36, 64), np.uint8), r"is uint8 \(36, 64\).*COLOR_GRAY2BGR"),
+                                         (np.zeros((36, 64, 3), np.uint8)[10:10], r"is uint8 \(0, 64, 3\)")])
+def test_a_frame_an_api_user_gets_wrong_is_one_line_naming_it(frame, says):
+    # cv2.imread's None, a grey frame and an empty crop: each was a TypeError, a row-by-row shape or an
+    # OpenCV assertion
+    with Segmenter(argmax_backend()) as seg, pytest.raises(DronsegError, match=says):
+        seg.predict(frame)
