@@ -17,6 +17,10 @@ from dronseg_edge.data.synthetic.scene import Item, Material, Part, World
 
 BACKGROUND, OBSTACLE, CONSTRUCTION, VEGETATION, ROAD = 0, 7, 8, 9, 10
 
+# Past this many materials a new one of a class already present shares the nearest of its colours: a scene
+# holds 256 (scene.World), and a long flight has more objects than that, the sky still to come.
+SHARED_FROM = 240
+
 
 @dataclass
 class SceneContext:
@@ -40,6 +44,9 @@ class SceneContext:
         # Mostly brightness variation, a little hue: natural surfaces vary in shade more than in tint.
         tone = 1.0 + self.rng.normal(0, jitter / 100)
         colour = np.clip(np.asarray(rgb, dtype=np.float64) * tone + self.rng.normal(0, jitter * 0.3, 3), 0, 255)
+        same = [i for i, m in enumerate(self.world.materials) if m.cls == cls]
+        if len(self.world.materials) >= SHARED_FROM and same:  # a long flight's many objects: share a colour
+            return min(same, key=lambda i: float(np.abs(np.subtract(self.world.materials[i].rgb, colour)).sum()))
         return self.world.add_material(Material(cls, tuple(float(c) for c in colour), coarse, fine))
 
     def sample(self, count: int, margin: float = 0.06, camera: int | None = None) -> tuple[np.ndarray, np.ndarray]:

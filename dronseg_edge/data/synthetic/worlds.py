@@ -36,6 +36,7 @@ THEMES = {
 # Still sequences take turns forcing one class of each rota, so a dozen images show all 12 classes.
 RARE = (SKY, objects.BOAT, objects.DRONE, objects.ANIMAL)
 FREQUENT = (objects.CAR, objects.BIKE, CONSTRUCTION)
+MAX_FLIGHT_SCALE = 4.0
 
 
 def _counts(rng: np.random.Generator, low: int, high: int, scale: float) -> int:
@@ -65,9 +66,10 @@ def build_world(rng: np.random.Generator, cameras: list[Camera], forced: frozens
     margin = 0.1 * ctx.view_size()
     ctx.bounds = (corners[:, 0].min() - margin, corners[:, 1].min() - margin,
                   corners[:, 0].max() + margin, corners[:, 1].max() + margin)
-    # A flight sees more ground than one view: scale the object counts with the distance flown.
+    # A flight sees more ground than one view: scale the object counts with the distance flown, up to
+    # MAX_FLIGHT_SCALE (a scene holds 256 materials; a longer flight's ground is more sparsely filled).
     travelled = float(np.hypot(*np.subtract(cameras[-1].position, cameras[0].position)))
-    scale = 1.0 + travelled / ctx.view_size() if video else 1.0
+    scale = min(1.0 + travelled / ctx.view_size(), MAX_FLIGHT_SCALE) if video else 1.0
     _light(ctx, cameras)
 
     landscape.terrain(ctx, theme)

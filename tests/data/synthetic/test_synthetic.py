@@ -294,3 +294,15 @@ def test_objects_keep_the_scenes_scale_at_any_image_size(tmp_path):
     assert present.sum() >= 3
     ratio = areas[1920][present] / areas[640][present]
     assert np.all((ratio > 6.0) & (ratio < 12.0)), ratio  # 9 give or take the edge pixels; never ~1
+
+
+def test_a_long_flights_objects_share_colours_within_a_scenes_256_materials():
+    # synth --video-frames 1800 (a minute at 30 fps) made more materials than a scene holds: a traceback
+    from dronseg_edge.data.synthetic.landscape import SHARED_FROM, SceneContext
+
+    world = World(materials=[Material(9, (90.0, 130.0, 60.0))], base_material=0)
+    ctx = SceneContext(world, np.random.default_rng(0), [], ppm=1.0, bounds=(0, 0, 1, 1))
+    made = [ctx.material(9 if i % 2 else 10, (100, 140, 62)) for i in range(400)]
+    assert len(world.materials) == SHARED_FROM  # then each class shares its nearest colour
+    assert all(world.materials[i].cls == (9 if n % 2 else 10) for n, i in enumerate(made))
+    world.add_material(Material(11, (120.0, 170.0, 230.0)))  # room left for the sky
