@@ -90,8 +90,11 @@ def _prepare_root(root: Path, force: bool) -> None:
         raise DronsegError(f"{images} holds images that `dronseg-edge synth` did not make (no {root / 'synth.json'}): "
                            "choose another output folder")
     ensure_writable_dir(root)
-    for name in ("train.csv", "test.csv", "sampleSubmission.csv", "synth.json"):
+    for name in ("train.csv", "test.csv", "sampleSubmission.csv"):
         (root / name).unlink(missing_ok=True)  # a data set without its CSVs reads as unfinished
+    # synth.json first, marking the folder as synth's before any image, so that `synth --force` can redo
+    # a run cut short (Ctrl-C, a full disk); its full contents come at the end.
+    write_json_atomic(root / "synth.json", {"generator": "dronseg-edge synth", "finished": False})
 
 
 def plan_sequences(images: int, seed: int) -> list[int]:
@@ -235,7 +238,8 @@ def synthesize(out_dir: Path, images: int = 60, size: tuple[int, int] = (1280, 7
         _remove_stale(root, set(train_ids), set(test_ids), video_frames)
 
     shares = {name: float(c) / max(int(counts.sum()), 1) for name, c in zip(CLASS_NAMES, counts)}
-    write_json_atomic(root / "synth.json", {"generator": "dronseg-edge synth", "seed": seed, "size": list(size), "images": images,
+    write_json_atomic(root / "synth.json", {"generator": "dronseg-edge synth", "finished": True, "seed": seed,
+                                            "size": list(size), "images": images,
                                             "train": len(train_ids), "test": len(test_ids), "video_frames": video_frames,
                                             "fps": fps, "class_shares": shares})
     write_csv_atomic(root / "train.csv", [["ImageID"], *([i] for i in train_ids)])

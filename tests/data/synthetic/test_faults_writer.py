@@ -1,10 +1,11 @@
 """``synth`` on a disk that fills up: one line naming the file, exit code 5, and a data set without its
 CSVs (which are written last), so nothing reads it as finished."""
 
+import json
 import os
 import re
 
-from testkit import mount_tmpfs
+from testkit import mount_tmpfs, remount_tmpfs
 
 from dronseg_edge.cli import main
 
@@ -23,6 +24,13 @@ def test_synth_on_a_real_full_disk_exits_5_and_leaves_no_finished_looking_data_s
         assert len(errors) == 1 and re.fullmatch(
             rf"error: cannot write {re.escape(str(root))}/(imgs/imgs|masks/masks|test_masks)/\d{{6}}_\d{{3}}\.(jpg|png): "
             r"No space left on device \([0-9.]+ k?B free\): free some space or choose another --out", errors[0]), stderr
-        assert not [name for name in os.listdir(root) if name.endswith((".csv", ".json"))]
+        assert not [name for name in os.listdir(root) if name.endswith(".csv")]
+        assert json.loads((root / "synth.json").read_text()) == {"generator": "dronseg-edge synth", "finished": False}
         for folder, _dirs, files in os.walk(root):
             assert not [name for name in files if name.startswith(".")], folder  # no temporary file left
+        remount_tmpfs(disk, "size=4m")  # the user frees some space: synth --force redoes the set
+        try:
+            main(["synth", str(root), "--images", "40", "--size", "96x64", "--video-frames", "0", "--force"])
+        except SystemExit as exc:
+            assert exc.code == 0, capsys.readouterr().err
+        assert json.loads((root / "synth.json").read_text())["finished"] is True and (root / "train.csv").is_file()
