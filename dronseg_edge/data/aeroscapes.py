@@ -89,7 +89,8 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     if not image_dir.is_dir():
         raise DronsegError(f"{image_dir} is missing; {FIX_LAYOUT}")
     images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))} if mask_dir.is_dir() else {}
+    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.is_file() and p.suffix.lower() == ".png"} \
+        if mask_dir.is_dir() else {}  # X.PNG too, as images are found whatever their suffix's case
     extra = sorted(set(masks) - set(images))
     if extra:
         raise DronsegError(f"{masks[extra[0]]} has no image {image_dir / (extra[0] + '.jpg')} ({len(extra)} such masks): "

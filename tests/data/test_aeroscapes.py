@@ -54,6 +54,16 @@ def test_layout_without_csvs_uses_masks(tmp_path):
     assert [s.image_id for s in dataset_samples(tmp_path, "test")] == ids[4:]
 
 
+def test_suffixes_in_capitals_are_read_for_masks_as_for_images(tmp_path):
+    ids = make_layout(tmp_path)
+    for image_id in ids[:2]:  # a camera's or a Windows tool's X.JPG and X.PNG
+        (tmp_path / f"imgs/imgs/{image_id}.jpg").rename(tmp_path / f"imgs/imgs/{image_id}.JPG")
+        (tmp_path / f"masks/masks/{image_id}.png").rename(tmp_path / f"masks/masks/{image_id}.PNG")
+    train = dataset_samples(tmp_path, "train")
+    assert [s.image_id for s in train] == ids[:4] and train[0].mask_path.name == f"{ids[0]}.PNG"
+    assert validate_samples(train).counts.sum() == 4 * 32 * 24
+
+
 def _error(fn, *args, **kwargs) -> str:
     with pytest.raises(DronsegError) as info:
         fn(*args, **kwargs)
