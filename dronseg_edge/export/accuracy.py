@@ -62,7 +62,8 @@ def source_checkpoint(model: Path, info: ModelInfo) -> Path | None:
     return Path(recorded) if recorded and Path(recorded).is_file() else None
 
 
-def split_samples_for(model: Path, info: ModelInfo, data: Path | None, split: str = "val") -> EvalImages:
+def split_samples_for(model: Path, info: ModelInfo, data: Path | None, split: str = "val",
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> EvalImages:
     """The images ``model`` is scored on (see the module docstring); DronsegError naming the fix when none can be found."""
     if split not in SPLITS:
         raise DronsegError(f"--split {split!r}: choose val, train or all")
@@ -78,15 +79,15 @@ def split_samples_for(model: Path, info: ModelInfo, data: Path | None, split: st
     ids = recorded_split(ckpt, split) if ckpt is not None else []
     if ids:
         return EvalImages(samples_for_ids(root, ids), root, split, f"{split} split recorded in {source}")
-    return _default_split(root, info, split, source)
+    return _default_split(root, info, split, source, max_pixels)
 
 
-def _default_split(root: Path, info: ModelInfo, split: str, source: Path | None) -> EvalImages:
+def _default_split(root: Path, info: ModelInfo, split: str, source: Path | None, max_pixels: int) -> EvalImages:
     """The split `train` would make of ``root`` with its defaults (stratified on class presence)."""
     from dronseg_edge.data.split import stratified_split
 
     samples = dataset_samples(root, "train")
-    stats = validate_samples(samples, num_classes=info.num_classes)
+    stats = validate_samples(samples, num_classes=info.num_classes, max_pixels=max_pixels)
     try:
         train_ids, val_ids = stratified_split(stats.ids, stats.presence, DEFAULT_VAL_FRACTION, DEFAULT_SEED)
     except ImportError:
@@ -162,12 +163,14 @@ def evaluate_artifact(model: Path, data: Path | None = None, split: str = "val",
     ``max_pixels``: images and masks above it are refused before decoding (None: the default, 2^26).
     """
     backend = load_backend(model, device, meta=meta)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else check_max_pixels(max_pixels)
     # Activated before the data is read: a file whose metadata does not match its own graph (3 class names on a
     # 12-class model) is named as the culprit, not the masks its class count would call out of range.
     with backend:
-        images = split_samples_for(Path(model), backend.info, data, split)
-        scores = score_backend(backend, images.samples, batch, log,
-                               DEFAULT_MAX_PIXELS if max_pixels is None else check_max_pixels(max_pixels))
+        images = split_samples_for(Path(model), backend.info, data, split, limit)
+        # The checks eval of a checkpoint makes (a mask the size of its image, classes in range), so both agree
+        validate_samples(images.samples, num_classes=backend.info.num_classes, max_pixels=limit)
+        scores = score_backend(backend, images.samples, batch, log, limit)
     info = backend.info
     return {"model": str(model), "data": str(images.root), "split": split, "split_source": images.source,
             "arch": info.arch, "input_size": list(info.input_size), "precision": info.precision, "io": info.io,

@@ -139,3 +139,18 @@ def test_eval_of_a_file_whose_metadata_lies_names_the_file_not_the_data(tiny_che
         evaluate_artifact(lying, data=synth_root, split="all", device="cpu")
     message = str(info.value)
     assert message.startswith(f"{lying}: its metadata says 3 classes") and "mask" not in message, message
+
+
+def test_eval_of_an_onnx_file_refuses_a_mask_that_is_not_its_images_size_as_eval_of_the_checkpoint(fp32_onnx, scenes,
+                                                                                                 tmp_path):
+    import shutil
+
+    import cv2
+
+    data = tmp_path / "data"
+    shutil.copytree(scenes, data)
+    mask = sorted((data / "masks/masks").glob("*.png"))[0]
+    cv2.imwrite(str(mask), cv2.resize(cv2.imread(str(mask), cv2.IMREAD_UNCHANGED), (40, 20),
+                                      interpolation=cv2.INTER_NEAREST))  # scored stretched before: exit 0
+    with pytest.raises(DronsegError, match=r"is 40x20 but image .* masks must match their images pixel for pixel"):
+        evaluate_artifact(fp32_onnx, data=data, split="all", device="cpu")
