@@ -56,8 +56,11 @@ def make_input(config: dict, frames: list[np.ndarray]) -> tuple[str, np.ndarray]
     batch = []
     for frame in frames:
         if height > 0 and frame.shape[:2] != (height, width):
-            shrink = width <= frame.shape[1] and height <= frame.shape[0]
-            frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            if width <= frame.shape[1] and height <= frame.shape[0]:
+                frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+            else:  # enlarged in float and rounded, as the package and its frames graphs do (uint8 bilinear is fixed-point)
+                frame = np.rint(cv2.resize(frame.astype(np.float32), (width, height),
+                                           interpolation=cv2.INTER_LINEAR)).astype(np.uint8)
         if not frames_in:
             mean, std = (np.array(_parameter(config, key).split(","), np.float32) for key in ("mean", "std"))
             rgb = frame[:, :, ::-1].astype(np.float32)

@@ -354,6 +354,15 @@ def test_the_docs_client_serves_every_variant(client, variants, variant):
         np.testing.assert_array_equal(sent, np.stack(frames))
 
 
+def test_the_client_enlarges_small_frames_as_the_package_does(client, variants):
+    # Frames below the model's size: enlarged in float and rounded, as resize_frame and the graphs do (OpenCV's
+    # uint8 bilinear works in fixed point: 12 % of values one level off)
+    config = client.read_config(variants["frames"])
+    small = [cv2.resize(frame, (120, 90), interpolation=cv2.INTER_AREA) for frame in sent_frames()]
+    _, sent = client.make_input(config, small)
+    np.testing.assert_array_equal(sent, np.stack([resize_frame(f, *FRAME_SIZE) for f in small]))
+
+
 def test_the_client_refuses_what_the_config_does_not_declare(client, variants):
     config = client.read_config(variants["frames"])
     _, outputs = client.infer_onnxruntime(variants["frames"], sent_frames(1))
