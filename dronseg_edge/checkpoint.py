@@ -127,6 +127,8 @@ def save_checkpoint(path: os.PathLike | str, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: os.PathLike | str, num_classes: int | None = None) -> dict[str, Any]:
     """Load and validate a dronseg-edge checkpoint (on the CPU) or raise a one-line DronsegError."""
     path = Path(path)
+    if path.suffix.lower() in (".onnx", ".engine", ".plan"):
+        raise DronsegError(f"{path} is an exported model, not a training checkpoint: pass the .pt it was exported from")
     ckpt = torch_load(path, f"checkpoint {path}",
                       f"checkpoint {path} does not exist: pass the .pt written by `dronseg-edge train` (weights/best.pt)",
                       "; it is damaged or not a checkpoint written by `dronseg-edge train`: re-run training or pick another file")

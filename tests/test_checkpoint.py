@@ -100,6 +100,14 @@ def test_a_folder_given_as_a_checkpoint_is_named_a_folder(tmp_path):
         load_checkpoint(tmp_path / "weights")
 
 
+def test_an_exported_file_given_as_a_checkpoint_is_named_so(tmp_path):
+    # submit takes a .pt only (eval takes both): an .onnx was "damaged or not a checkpoint"
+    (tmp_path / "best_fp32.onnx").write_bytes(b"\x08\x08")
+    with pytest.raises(DronsegError, match=r"best_fp32.onnx is an exported model, not a training checkpoint: pass the "
+                                           r"\.pt it was exported from"):
+        load_checkpoint(tmp_path / "best_fp32.onnx")
+
+
 def _edited(tiny_checkpoint, tmp_path, **fields):
     """A copy of the tiny checkpoint with metadata ``fields`` replaced (as a hand edit would)."""
     ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
