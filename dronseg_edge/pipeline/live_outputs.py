@@ -84,7 +84,9 @@ def build_live_sinks(src: Source, out_dir: Path, options, lut: np.ndarray, plan:
         if hardware is None or any(t.kind == "rtsp" for t in targets):
             check_pyav_streams()
         picture = plan if options.stream_what == "overlay" else OverlayPlan(1.0, lut, legend)
-        fps = src.fps or DEFAULT_STREAM_FPS
+        # The rate frames are sent at: a keyframe every KEYFRAME_S counts sent frames (--stride 5 sent one in
+        # 5 s); a --live model slower than its camera still sends fewer (docs/reliability.md)
+        fps = (src.fps or DEFAULT_STREAM_FPS) / options.stride
         for target in targets:
             sdp = target.sdp_name if target.kind == "rtp" else None
             description = sdp_text(target) if sdp else None  # once: it may look the receiver's name up

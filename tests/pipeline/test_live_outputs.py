@@ -8,7 +8,7 @@ import socket
 import cv2
 import numpy as np
 import pytest
-from live_receivers import LOOPBACK, PyAVReceiver, free_port, wait_until_bound
+from live_receivers import LOOPBACK, PLAN, PyAVReceiver, free_port, wait_until_bound
 from pipeline_media import read_video, write_video
 from testkit import fake_jetson  # noqa: F401 (a fixture)
 
@@ -128,6 +128,17 @@ def test_a_sink_failing_before_the_first_frame_leaves_no_half_made_run(segmenter
     assert (list(out.iterdir()) == []) if given else not out.exists()
     monkeypatch.undo()
     assert run_inference(segmenter, clip, RunOptions(out=out, progress=False, max_frames=2)).data["frames"] == 2  # same --out
+
+
+@needs_x264
+def test_a_streams_keyframes_count_the_frames_it_sends(tmp_path):
+    # --stride 5 on a 30 fps source sends 6 frames a second: a keyframe every 6 (it was every 30: one in 5 s)
+    from dronseg_edge.pipeline.live_outputs import build_live_sinks
+    from dronseg_edge.pipeline.sources import FramesSource
+
+    options = RunOptions(stream_out=(f"udp://{LOOPBACK}:{free_port()}",), stride=5, progress=False)
+    sinks = build_live_sinks(FramesSource([], fps=30.0), tmp_path, options, PLAN.lut, PLAN, None, None)
+    assert [sink.fps for sink in sinks] == [6.0]
 
 
 def test_the_legend_is_in_the_video_corner_by_default_and_goes_with_no_legend(segmenter, clip, tmp_path):
