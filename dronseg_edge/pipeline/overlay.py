@@ -59,8 +59,10 @@ class OverlayPlan:
         """The (H, W, 3) uint8 BGR overlay of one pipeline/result.Result (with the legend of its
         ``seen_classes``), made once and kept in its ``overlays``."""
         if self not in result.overlays:
+            # Left-out classes show the frame through a blend; at opacity 1 (colours only: --stream-what
+            # color) they are black, as in --save-color
             image = overlay(result.frame, result.mask, self.lut, self.alpha,
-                            hidden=FILTERED if result.classes is not None else None)
+                            hidden=FILTERED if result.classes is not None and self.alpha < 1.0 else None)
             if self.legend is not None:
                 draw_legend(image, self.legend, self.lut, result.seen_classes)
             result.overlays[self] = image

@@ -40,3 +40,18 @@ def test_hidden_pixels_show_the_frame():
     image = overlay(frame, mask, lut, 0.6, hidden=255)
     assert np.array_equal(image[hidden], frame[hidden])
     assert np.array_equal(image[~hidden], overlay(frame, mask, lut, 0.6)[~hidden])
+
+
+def test_left_out_classes_are_black_in_the_colours_only_picture_and_show_the_frame_in_a_blend():
+    # --stream-what color (opacity 1) is "the class colours only": a left-out pixel is black there, as in
+    # --save-color, not the camera's picture
+    from types import SimpleNamespace
+
+    from dronseg_edge.pipeline.overlay import OverlayPlan
+    from dronseg_edge.pipeline.request import FILTERED
+
+    mask, frame = _case(2)
+    mask[:10] = FILTERED
+    result = SimpleNamespace(frame=frame, mask=mask, classes=(1, 2), overlays={}, seen_classes=())
+    assert not OverlayPlan(1.0, bgr_lut(PALETTE)).image(result)[:10].any()
+    assert np.array_equal(OverlayPlan(0.4, bgr_lut(PALETTE)).image(result)[:10], frame[:10])
