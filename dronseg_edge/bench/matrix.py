@@ -173,6 +173,8 @@ def _run_variant(variant: Variant, checkpoint: Path, device: torch.device, timin
             candidate.deactivate()  # check_parity leaves backends it was given open
     if images is not None:
         backend, _ = open_backend(path, device, **options)
+        if pytorch:  # scored at the size it is timed at and the exports are made for (--size), not its training size
+            backend.info.input_size = tuple(size)
         try:
             scores = score_backend(backend, images.samples, batch)
         finally:
