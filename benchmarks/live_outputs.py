@@ -194,6 +194,7 @@ def run(args: argparse.Namespace) -> dict:
     size, video_size = parse_size(args.size), parse_size(args.video_size)
     model = sane_checkpoint(args.arch, size, args.work / "checkpoints" / f"{args.arch}_{format_size(size)}.pt", device)
     video = grainy_video(args.work, video_size, args.frames)
+    load_start = round(os.getloadavg()[0], 2)  # before the runs: the one at the end counts their own processes
     runs: dict[str, list[dict]] = {condition: [] for condition in CONDITIONS}
     with Segmenter(model, device=device) as segmenter:
         one_run(segmenter, video, "none")  # warm-up: first-call costs out of the measurement
@@ -216,7 +217,7 @@ def run(args: argparse.Namespace) -> dict:
         "settings": {"arch": args.arch, "input_size": args.size, "video_size": args.video_size, "frames": args.frames,
                      "repeats": args.repeats, "stall_after_s": STALL_AFTER_S, "stream_kbps": STREAM_KBPS,
                      "outputs": "udp + rtsp streams, preview",
-                     "load_average_1m": round(os.getloadavg()[0], 2)},
+                     "load_average_1m_start": load_start, "load_average_1m": round(os.getloadavg()[0], 2)},
         "median_fps": {c: round(v, 3) for c, v in fps.items()},
         "stalled_vs_reading": round(change, 4), "streams_cost": round(fps["reading"] / fps["none"] - 1.0, 4),
         "every_frame_in_the_files": every_frame_kept,

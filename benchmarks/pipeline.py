@@ -195,11 +195,18 @@ def run_vs_plain_loop(args: argparse.Namespace) -> int:
         checkpoint = sane_checkpoint(args.arch, size, args.work / "checkpoints" / f"{args.arch}_{format_size(size)}.pt", device)
         model = export_artifact(checkpoint, fmt="onnx", precision="fp32", size=size, out_dir=args.work / "onnx",
                                 parity=False, device="cpu").path
-    else:
-        model = args.model
-    source = args.video or synthetic_video(args.work, (1280, 720), args.frames)
-    video = vs_plain_loop.h264_clip(source, args.work / f"clip_h264_{args.frames}.mp4", args.frames)
-    one = vs_plain_loop.h264_clip(source, args.work / "clip_h264_1.mp4", 1)
+        arch = args.arch
+    else:  # what the file itself says it is, not the --arch/--size defaults
+        from dronseg_edge.metadata import read_onnx_info
+
+        model, info = args.model, read_onnx_info(args.model)
+        arch, size = info.arch, tuple(info.input_size)
+    source = Path(args.video or synthetic_video(args.work, (1280, 720), args.frames))
+    # The re-encoded copy is cached under the source's name and change time: another --video is another copy
+    tag = f"{source.stem}_{source.stat().st_mtime_ns}"
+    video = vs_plain_loop.h264_clip(source, args.work / f"clip_h264_{tag}_{args.frames}.mp4", args.frames)
+    one = vs_plain_loop.h264_clip(source, args.work / f"clip_h264_{tag}_1.mp4", 1)
+    load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None  # before the alternation
     _, facts = video_facts(video)
     system = system_info(torch.device("cpu"))
     for line in describe_system(system):
@@ -207,8 +214,8 @@ def run_vs_plain_loop(args: argparse.Namespace) -> int:
     print(f"model: {model} ({format_size(size)}); video: {facts['codec']} {facts['size']}, {facts['frames']} frames")
     doc = vs_plain_loop.compare(Path(model), video, one, args.repeats, args.baseline)
     doc.update({"schema": "dronseg-edge-vs-plain-loop/1", "date": now_iso(), "system": system, "video": facts,
-                "model": {"path": str(model), "arch": args.arch, "input_size": format_size(size)},
-                "threads": vs_plain_loop.thread_counts(),
+                "model": {"path": str(model), "arch": arch, "input_size": format_size(size)},
+                "threads": vs_plain_loop.thread_counts(), "load_average_1m_start": load_start,
                 "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None})
     text = vs_plain_loop.table(doc)
     print(text)

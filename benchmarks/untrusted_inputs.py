@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> dict:
         "data_check": [sys.executable, "-c", CHECK, str(inputs["data"]), "4"],
         "data_check_8k": [sys.executable, "-c", CHECK, str(inputs["large"]), "16"],
     }
-    results = {}
+    results, load_start = {}, list(os.getloadavg())  # before the runs: the one at the end counts their own processes
     for name, cmd in cases.items():
         results[name] = measure(cmd)
         target = TARGETS_MIB.get(name)
@@ -160,7 +160,8 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{name:17s} exit {results[name]['exit_code']}  peak {results[name]['peak_mib']:8.1f} MiB  "
               f"{results[name]['seconds']:6.1f} s  {results[name]['stderr'] or ''}")
     return {"benchmark": "untrusted-inputs", "date": date.today().isoformat(), "device": "cpu",
-            "cpu": {"model": _cpu_model(), "logical_cores": os.cpu_count(), "load_average": list(os.getloadavg())},
+            "cpu": {"model": _cpu_model(), "logical_cores": os.cpu_count(), "load_average_start": load_start,
+                    "load_average": list(os.getloadavg())},
             "versions": _versions(), "bomb": {"size": [side, side], "file_bytes": inputs["bomb"].stat().st_size,
                                               "decoded_bgr_bytes": side * side * 3},
             "max_pixels": 1 << 26, "issue_19_before": {"infer_bomb_peak_gb": 10.7, "train_workers_4_peak_gb": 15.7},

@@ -37,6 +37,7 @@ def h264_clip(source: Path, path: Path, frames: int | None = None) -> Path:
     """``source`` (the rendered drone flight) re-encoded as H.264 yuv420p with PyAV's libx264; cached by name."""
     if path.exists():
         return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     import av
     import cv2
 
