@@ -60,10 +60,10 @@ class Sink(ABC):
         return self.dropped + self.queue_dropped
 
     def write(self, result: Result) -> None:
-        start = time.perf_counter()
+        start, dropped = time.perf_counter(), self.dropped
         self._write(result)
         self.write_ms += (time.perf_counter() - start) * 1e3
-        self.frames += 1
+        self.frames += self.dropped == dropped  # not a frame the sink dropped itself (its receiver down or gone)
 
     @abstractmethod
     def _write(self, result: Result) -> None: ...

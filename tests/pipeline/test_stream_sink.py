@@ -181,6 +181,7 @@ def test_refusals_drop_frames_and_retry_with_doubling_back_off(monkeypatch, fake
     # refused at 0 s, retried 0.5 s, 1 s and 2 s after each refusal; sending from 3.5 s on
     assert [round(t - 100.0, 1) for t in FakeEncoder.attempts] == [0.0, 0.5, 1.5, 3.5]
     assert len(FakeEncoder.opened[0].frames) == sink.sent == 12 and sink.dropped == 28
+    assert sink.frames == 12  # summary.json's frames_written: the frames sent, not the 40 given
     assert sink.reconnects == 0 and "Connection refused" in sink.last_error
     assert FakeEncoder.opened[0].size == (160, 96) and (FIRST_RETRY_S, MAX_RETRY_S) == (0.5, 10.0)
 
