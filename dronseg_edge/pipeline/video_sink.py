@@ -70,6 +70,7 @@ class VideoSink(Sink):
         self._header_bytes = 0  # the current file's size before its first frame (a fragmented MP4's empty index)
         self._synced_bytes, self._synced_at = 0, -SYNC_EVERY_S  # its size at its last fsync, and when (monotonic s)
         self._closed, self.video_frames = False, 0
+        self._unwritten = 0  # frames of the timeline in no file: the gap before a file of another size
         self._last: tuple[int, np.ndarray, float | None] | None = None  # the last frame's index, overlay and time
         self._origin: tuple[float, int] | None = None  # a frame's time and place in the video that later ones follow
 
@@ -86,7 +87,9 @@ class VideoSink(Sink):
         if self.size is not None and size != self.size:
             if self._writer is not None:
                 self._finish_file()
-            self._last = None  # no filling the new size's file with the old size's overlay
+            # No filling the new size's file with the old size's overlay; it starts where this frame belongs
+            self._unwritten += max(self._copies(result), 0) if self._last is not None else 0
+            self._last = None
             log.warning("frame %d is %dx%d, the video %dx%d: the overlay video goes on in a new file, %s",
                         result.index, *size, *self.size, self._final_path(len(self.segments)).name)
         self.size = size
@@ -170,7 +173,8 @@ class VideoSink(Sink):
                 os.replace(tmp, final)
             except OSError as exc:
                 raise storage_failure(exc, final) from None
-        self._add_segment(final, writer.frames, round((self.video_frames - writer.frames) / self.fps, 3))
+        start = self.video_frames + self._unwritten - writer.frames  # in frames of the source's timeline
+        self._add_segment(final, writer.frames, round(start / self.fps, 3))
 
     def _add_segment(self, final: Path, frames: int | None, start_s: float | None) -> None:
         self.segments.append({"file": final.name, "frames": frames, "start_s": start_s, "size": format_size(self.size)})
