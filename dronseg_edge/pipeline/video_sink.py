@@ -43,8 +43,11 @@ class VideoSink(Sink):
     speed. ``by_time`` (video files, whose frames carry the container's times): the times place each
     frame, as ffmpeg's ``-fps_mode cfr`` does, so a variable-rate file (phones, some drones) keeps its
     timeline at the rate its header gives: a frame is repeated where the next comes late, left out
-    where it comes before its place; elsewhere the frames' indices place them. A frame of another size (a stream that changed resolution) starts a new file, as one
-    video holds one size: ``NAME.mp4``, then ``NAME_00001.mp4``, ... (``segments`` lists them).
+    where it comes before its place; elsewhere the frames' indices place them.
+
+    A frame of another size (a stream that changed resolution) starts a new file, as one video holds
+    one size: ``NAME.mp4``, then ``NAME_00001.mp4``, ... (``segments`` lists them, each with where it
+    starts in the source's timeline).
 
     ``segment_s`` (``--segment-s``): the video is cut into ``NAME_00000.mp4``, ``NAME_00001.mp4``, ...
     of that many seconds of the video's timeline each, every one finished and renamed as soon as it
