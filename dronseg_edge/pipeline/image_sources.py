@@ -41,8 +41,7 @@ class ImageSource(Source):
         self.paths = list(paths)
         self.max_pixels = check_max_pixels(max_pixels)
         self.frame_count = len(self.paths)
-        stems = collections.Counter(p.stem for p in self.paths)  # a stem two images share gets the index appended
-        self.names = [p.stem if stems[p.stem] == 1 else f"{p.stem}_{i:06d}" for i, p in enumerate(self.paths)]
+        self.names = _output_names(self.paths)
 
     @classmethod
     def from_folder(cls, folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> "ImageSource":
@@ -109,6 +108,22 @@ def glob_files(pattern: str) -> list[Path]:
     return list(files.values())
 
 
+def _output_names(paths: list[Path]) -> list[str]:
+    """Each image's name for its outputs (masks/NAME.png): its stem; a stem two images share gets the
+    image's index appended, and an underscore more while that too is another image's name."""
+    stems = collections.Counter(p.stem for p in paths)
+    taken, names = set(stems), []
+    for index, path in enumerate(paths):
+        name = path.stem
+        if stems[name] > 1:
+            name = f"{name}_{index:06d}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+        names.append(name)
+    return names
+
+
 def _glob_recursive(pattern: str) -> list[str]:
     """``pattern`` with a ``**`` component: the part before it globbed, every directory below walked
     once (following symlinks; hidden ones left out, as glob does), the part after it globbed in each."""
@@ -124,7 +139,10 @@ def _glob_recursive(pattern: str) -> list[str]:
                 subfolders[:] = []
                 continue
             visited.add((info.st_dev, info.st_ino))
-            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            # Hidden folders left out, as glob does, and earlier runs' (their summary.json): their overlay
+            # images are not the user's to segment again
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")
+                                   and not os.path.isfile(os.path.join(folder, name, "summary.json")))
             inner = os.path.join(glob.escape(folder), *tail)
             found += _glob_recursive(inner) if "**" in tail else glob.glob(inner)
     return found

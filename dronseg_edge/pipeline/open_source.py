@@ -8,6 +8,8 @@ among both.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -35,8 +37,16 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
     path = Path(text).expanduser()
     scheme = text.split("://", 1)[0].lower() if "://" in text else None
     ffmpeg = False  # whether FFmpeg decodes it (--hw-decode applies)
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit() and not Path(spec).exists()):
-        what, make = "a camera index (V4L2)", partial(CameraSource, int(spec), reconnect_s)
+    device = re.fullmatch(r"/dev/video(\d+)", text)  # a V4L2 camera by its device, as `v4l2-ctl` names it
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit() and not Path(spec).exists()) or device:
+        index = int(device.group(1)) if device else int(spec)
+        what, make = "a camera index (V4L2)", partial(CameraSource, index, reconnect_s)
+    elif scheme == "file":  # before the pipeline test: a file's name may hold '!'
+        if not _local_file(text).exists():  # a missing file, not a stream that may come up later
+            raise DronsegError(f"source {text}: no such file {_local_file(text)}: {SOURCE_HELP}")
+        # FFmpeg's file protocol decodes no %XX and takes no host: the path itself, the URL as the name
+        what, ffmpeg = "a file:// stream", True
+        make = partial(StreamSource, f"file:{_local_file(text)}", reconnect_s, capture=options, name=text)
     elif gstreamer.is_pipeline(text) and not path.exists():
         what = ("a GStreamer pipeline, which chooses its own decoder and transport "
                 "(rtspsrc protocols=tcp latency=N; nvv4l2decoder on a Jetson)")
@@ -49,8 +59,6 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
         if scheme not in STREAM_SCHEMES:
             raise DronsegError(f"source {text}: scheme {scheme}:// is not supported; use one of "
                                f"{', '.join(STREAM_SCHEMES)}, or csi://N")
-        if scheme == "file" and not _local_file(text).exists():  # a missing file, not a stream that may come up later
-            raise DronsegError(f"source {text}: no such file {_local_file(text)}: {SOURCE_HELP}")
         what, ffmpeg, make = f"a {scheme}:// stream", True, partial(StreamSource, text, reconnect_s, capture=options)
     elif path.is_dir():
         what, make = "an image folder", partial(ImageSource.from_folder, path, max_pixels)
@@ -58,8 +66,14 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
         what, make = "an image", partial(ImageSource, [path], str(path), max_pixels)
     elif path.is_file():
         what, ffmpeg, make = "a video file", True, partial(VideoSource, path, capture=options)
-    elif any(ch in text for ch in "*?["):
-        what, make = "images", partial(ImageSource.from_glob, text, max_pixels)
+    elif any(ch in text for ch in "*?["):  # quoted for the shell, so its ~ is expanded here
+        what, make = "images", partial(ImageSource.from_glob, os.path.expanduser(text), max_pixels)
+    elif path.is_fifo():  # a pipe another program writes a video into: read as a stream that ends when it closes
+        what, ffmpeg = "a pipe (FIFO)", True
+        make = partial(StreamSource, f"file:{path}", reconnect_s, capture=options, name=f"file://{path}")
+    elif path.exists():
+        raise DronsegError(f"source {text} is not a regular file or folder (a device; a camera is /dev/videoN or "
+                           f"its index): {SOURCE_HELP}")
     else:
         raise DronsegError(f"source {text} does not exist: {SOURCE_HELP}")
     _check_capture_options(options, text, what, ffmpeg)

@@ -266,8 +266,11 @@ class StreamSource(CaptureSource):
 
     kind = "stream"
 
-    def __init__(self, url: str, reconnect_s: float = 30.0, open_capture=None, capture: CaptureOptions | None = None):
-        self.ends = url.split("://", 1)[0].lower() in ENDING_SCHEMES
+    def __init__(self, url: str, reconnect_s: float = 30.0, open_capture=None, capture: CaptureOptions | None = None,
+                 name: str | None = None):
+        """``name``: the URL as the user wrote it, where FFmpeg is given another spelling (``url``)."""
+        name = name or url
+        self.ends = name.split("://", 1)[0].lower() in ENDING_SCHEMES
         self.capture_options = capture or CaptureOptions()
         opener = open_capture or (lambda: opened(open_ffmpeg(url, self.capture_options, [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS])))
@@ -278,8 +281,8 @@ class StreamSource(CaptureSource):
                 self.hw_decode = hw_decode_record(self.capture_options, capture)
             return capture
 
-        super().__init__(url, open_and_record, reconnect_s, read_timeout_s=READ_TIMEOUT_MS / 1e3,
-                         cannot_open=f"stream {url} cannot be opened within {OPEN_TIMEOUT_MS // 1000} s: check the "
+        super().__init__(name, open_and_record, reconnect_s, read_timeout_s=READ_TIMEOUT_MS / 1e3,
+                         cannot_open=f"stream {name} cannot be opened within {OPEN_TIMEOUT_MS // 1000} s: check the "
                                      "URL, credentials and network (try it with `ffplay URL`)")
 
 

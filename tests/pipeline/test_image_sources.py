@@ -82,3 +82,19 @@ def test_a_glob_without_double_star_is_plain(tmp_path):
         cv2.imwrite(str(tmp_path / name), np.zeros((8, 8, 3), np.uint8))
     os.symlink(tmp_path / "x1.png", tmp_path / "x3.png")  # the same file under a second name: listed once
     assert glob_files(str(tmp_path / "x?.png")) == [tmp_path / "x1.png", tmp_path / "x2.png"]
+
+
+def test_output_names_never_clash_and_a_recursive_glob_skips_earlier_runs(tmp_path, monkeypatch):
+    image = np.zeros((8, 8, 3), np.uint8)
+    from dronseg_edge.pipeline import open_source
+
+    for name in ("a/x.png", "b/x.png", "c/x_000001.png", "runs/infer/exp/overlay/y.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / name), image)
+    (tmp_path / "runs/infer/exp/summary.json").write_text("{}")  # an earlier run's outputs: not the user's images
+    monkeypatch.chdir(tmp_path)
+    source = open_source("~/**/*.png".replace("~", str(tmp_path)))
+    assert [str(p.relative_to(tmp_path)) for p in source.paths] == ["a/x.png", "b/x.png", "c/x_000001.png"]
+    assert source.names == ["x_000000", "x_000001_", "x_000001"]  # three outputs, none overwriting another
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert len(open_source("~/a/*.png").paths) == 1  # a quoted glob's ~, as a path's

@@ -251,6 +251,33 @@ def test_a_whole_clip_whose_audio_outlasts_its_video_ends_undamaged(tmp_path, ca
     assert "damaged" not in caplog.text and "truncated" not in caplog.text
 
 
+def test_a_file_url_as_file_managers_write_it_is_read(video_path, tmp_path):
+    # %20 for a space and a localhost host: FFmpeg's file protocol takes neither (it waited 10 s, exit 5)
+    spaced = tmp_path / "flight 1!.mp4"
+    shutil.copy(video_path, spaced)
+    for url in (f"file://{str(spaced).replace(' ', '%20')}", f"file://localhost{spaced}"):
+        with open_source(url, reconnect_s=1) as source:
+            assert source.name == url and len(list(source.frames())) == 24 and source.end == "ended"
+
+
+
+def test_a_pipe_is_a_stream_a_video_device_a_camera_and_another_device_is_named(tmp_path, monkeypatch):
+    import importlib
+
+    chooser = importlib.import_module("dronseg_edge.pipeline.open_source")  # the module, not its function
+
+    opened = []
+    monkeypatch.setattr(chooser, "StreamSource", lambda url, *a, name=None, **k: opened.append((url, name)))
+    monkeypatch.setattr(chooser, "CameraSource", lambda index, *a, **k: opened.append(index))
+    fifo = tmp_path / "feed.ts"
+    os.mkfifo(fifo)  # what another program writes a video into: a stream that ends when it closes
+    open_source(str(fifo))
+    open_source("/dev/video2")  # as v4l2-ctl names a camera
+    assert opened == [(f"file:{fifo}", f"file://{fifo}"), 2]
+    with pytest.raises(DronsegError, match=r"/dev/null is not a regular file or folder \(a device; a camera is "):
+        open_source("/dev/null")  # it said "does not exist"
+
+
 def test_camera_reconnect_stops_promptly_when_asked():
     source = CameraSource(0, reconnect_s=60.0, open_capture=iter([FakeCapture(1)]).__next__)
     frames = source.frames()
