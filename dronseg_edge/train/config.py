@@ -38,7 +38,8 @@ class TrainConfig:
     bn_momentum: float | None = option(None, "Override BatchNorm momentum (0.1 for short runs from scratch).",
                                        default_text="the model's; MobileNetV3 0.01")
     freeze_stages: int = option(0, "Freeze the first N backbone stages.")
-    unfreeze_epoch: int = option(0, "Unfreeze them from this epoch on (0: never).")
+    unfreeze_epoch: int = option(0, "Unfreeze them after this many epochs (0: never): 2 trains epochs 1-2 frozen, "
+                                    "3 on unfrozen.")
     epochs: int = option(30, "Training epochs.")
     batch: int = option(4, "Images per micro-batch (per GPU under torchrun).")
     accumulate: int = option(1, "Micro-batches per optimiser step.")

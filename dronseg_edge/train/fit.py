@@ -39,6 +39,9 @@ RUN_LEFTOVERS = (
 
 @dataclass
 class FitResult:
+    """``best_metric``: the ``--best-metric`` value of ``best``'s epoch (a checkpoint stores its score,
+    higher is better: the loss negated for val_loss)."""
+
     run_dir: Path
     best: Path
     last: Path
@@ -168,8 +171,9 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
             claim.release()
     if is_main and cfg.plots and history is not None and history.rows:
         _write_plots(run_dir, history.rows, progress.val_result, writer)
-    log(f"done: best {cfg.best_metric} {progress.best:.4f} -> {writer.best}; last -> {writer.last}; metrics -> {run_dir / 'metrics.csv'}")
-    return FitResult(run_dir, writer.best, writer.last, progress.best, history.rows if history else [])
+    best = -progress.best if cfg.best_metric == "val_loss" else progress.best  # the loss itself, not its score
+    log(f"done: best {cfg.best_metric} {best:.4f} -> {writer.best}; last -> {writer.last}; metrics -> {run_dir / 'metrics.csv'}")
+    return FitResult(run_dir, writer.best, writer.last, best, history.rows if history else [])
 
 
 class CheckpointWriter:

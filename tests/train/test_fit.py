@@ -53,6 +53,16 @@ def test_training_raises_validation_dice(synth_root, tmp_path):
     assert best["best_metric"] == pytest.approx(max(float(r["val_miou"]) for r in rows[1:]), rel=1e-5)
 
 
+def test_best_val_loss_is_reported_as_the_loss(synth_root, tmp_path):
+    # The score is the loss negated (higher is better); "done: best val_loss -2.83" showed that score
+    said = []
+    result = fit(config(synth_root, tmp_path / "run", epochs=2, best_metric="val_loss", max_steps_per_epoch=2),
+                 log=said.append)
+    lowest = min(float(r["val_loss"]) for r in read_metrics(result.run_dir))
+    assert result.best_metric == pytest.approx(lowest, rel=1e-5) and lowest > 0
+    assert any(line.startswith(f"done: best val_loss {lowest:.4f} ") for line in said), said[-1]
+
+
 def _train_cmd(root, out, epochs, workers=0):
     return [sys.executable, "-m", "dronseg_edge", "train", "--data", str(root), "--out", str(out),
             "--model", "lraspp_mobilenet_v3_large", "--weights", "none", "--size", "96x64", "--epochs", str(epochs),
