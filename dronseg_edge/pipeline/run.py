@@ -112,6 +112,7 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
             results.close()
             reader.stop()
             reserve.release()  # its room now lets the video's index and summary.json be written
+            _mark_timeline_end(sinks, src, state)
             bug = _close_workers(workers, state)
             if bug is not None:
                 state.bug = state.bug or _bug_text(bug)
@@ -229,6 +230,15 @@ def _without_summary(state: RunState, summary_error: DronsegError) -> DronsegErr
                               "its outputs are complete, summary.json is missing)")
     return type(state.error)(f"{state.error}; summary.json could not be written either: {summary_error}",
                              stopped=state.error.stopped)
+
+
+def _mark_timeline_end(sinks: list[Sink], src: Source, state: RunState) -> None:
+    """A video file read to its end: its overlay video runs to the source's last frame (with --stride N
+    it would stop up to N-1 frames short). Not after a stop (--max-frames, a signal, an error)."""
+    if src.length is not None and state.stop_reason() == "end":
+        for sink in sinks:
+            if isinstance(sink, VideoSink):
+                sink.end_index = src.length
 
 
 def _close_workers(workers: list[SinkWorker], state: RunState) -> Exception | None:

@@ -148,7 +148,7 @@ class VideoSource(Source):
             return
         if yielded == 0:
             raise DronsegError(f"video {self.path} has no readable frames: check it plays, e.g. with `ffprobe {self.path}`")
-        last_good = position - failures
+        last_good = self.length = position - failures
         if failures > MAX_CONSECUTIVE_FAILURES and self._exact_count and position <= self.frame_count:
             # More frames failed in a row than damage explains, all before the frame count the header
             # declares: the file stops early (cut short, or still being written). Missing, not damaged.

@@ -76,6 +76,7 @@ class VideoSink(Sink):
         self._unwritten = 0  # frames of the timeline in no file: the gap before a file of another size
         self._last: tuple[int, np.ndarray, float | None] | None = None  # the last frame's index, overlay and time
         self._origin: tuple[float, int] | None = None  # a frame's time and place in the video that later ones follow
+        self.end_index: int | None = None  # the source's frame count, once read to its end: close() fills up to it
 
     def _final_path(self, number: int) -> Path:
         if self.segment_frames is None and number == 0:
@@ -201,6 +202,9 @@ class VideoSink(Sink):
         if self._closed:
             return
         self._closed = True
+        if self.end_index is not None and self._last is not None:  # the frames after the last one --stride took
+            for _ in range(min(self.end_index - self._last[0] - 1, int(self.fps * MAX_FILL_S))):
+                self._emit(self._last[1])
         if self._writer is not None:
             self._finish_file()
 

@@ -105,6 +105,15 @@ def test_stride_and_max_frames(segmenter, video_path, tmp_path):
     assert np.abs(frames[1].astype(int) - frames[2]).mean() < 2  # a skipped frame repeats the last overlay
 
 
+def test_stride_video_runs_to_the_sources_last_frame(segmenter, video_path, tmp_path):
+    out = tmp_path / "run"
+    summary = run_inference(segmenter, video_path, RunOptions(out=out, stride=5, progress=False))
+    assert [s["frame"] for s in read_stats(out)] == [0, 5, 10, 15, 20]
+    frames, _, _ = read_video(out / "overlay.mp4")
+    assert len(frames) == summary.data["video_frames"] == 24  # 21..23 repeat frame 20's overlay
+    assert np.abs(frames[20].astype(int) - frames[23]).mean() < 2
+
+
 def test_max_duration_counts_seconds_of_the_video_and_segments_split_it(segmenter, video_path, tmp_path):
     out = tmp_path / "run"
     summary = run_inference(segmenter, video_path, RunOptions(out=out, max_duration=0.5, segment_s=0.2, progress=False))
