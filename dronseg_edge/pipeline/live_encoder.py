@@ -73,16 +73,22 @@ class PyAVLiveEncoder(PyAVOutput, LiveEncoder):
             raise _network_error(exc) from None
         self._started: float | None = None
         self._last_pts = -1
+        self._keyframe_at = -KEYFRAME_S  # when the last keyframe left (monotonic s)
 
     def send(self, frame_bgr: np.ndarray) -> bool:
         now = time.monotonic()
         self._started = now if self._started is None else self._started
         # Wall-clock timestamps in frame periods, always increasing: a receiver keeps the real pace.
         self._last_pts = max(self._last_pts + 1, round((now - self._started) * self.rate))
+        # x264's keyframe interval counts frames; frames that come slower than the rate (a --live model
+        # slower than its camera) would space keyframes further than KEYFRAME_S: the clock forces one then.
         try:
-            return self._encode(frame_bgr, self._last_pts)
+            packets = self._encode(frame_bgr, self._last_pts, key=now - self._keyframe_at >= KEYFRAME_S)
         except _import_av().FFmpegError as exc:
             raise _network_error(exc) from None
+        if any(packet.is_keyframe for packet in packets):
+            self._keyframe_at = now
+        return bool(packets)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # the connection is gone (nothing to flush to; an RTSP TEARDOWN unanswered)

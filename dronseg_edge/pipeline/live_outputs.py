@@ -85,7 +85,7 @@ def build_live_sinks(src: Source, out_dir: Path, options, lut: np.ndarray, plan:
             check_pyav_streams()
         picture = plan if options.stream_what == "overlay" else OverlayPlan(1.0, lut, legend)
         # The rate frames are sent at: a keyframe every KEYFRAME_S counts sent frames (--stride 5 sent one in
-        # 5 s); a --live model slower than its camera still sends fewer (docs/reliability.md)
+        # 5 s); PyAV's encoder also forces one a second by the clock (a --live model slower than its camera)
         fps = (src.fps or DEFAULT_STREAM_FPS) / options.stride
         for target in targets:
             sdp = target.sdp_name if target.kind == "rtp" else None

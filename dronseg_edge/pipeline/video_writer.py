@@ -145,17 +145,19 @@ class PyAVOutput:
             raise
         self._closed = False
 
-    def _encode(self, frame_bgr: np.ndarray | None, pts: int | None = None) -> bool:
-        """Encode one (H, W, 3) uint8 BGR frame (None: flush the delayed ones) and mux its packets;
-        True when any were muxed."""
+    def _encode(self, frame_bgr: np.ndarray | None, pts: int | None = None, key: bool = False) -> list:
+        """Encode one (H, W, 3) uint8 BGR frame (None: flush the delayed ones; ``key``: as a keyframe)
+        and mux its packets; returns them."""
         frame = None
         if frame_bgr is not None:
             frame = self._frame_from(np.ascontiguousarray(frame_bgr), format="bgr24")
             frame.pts = pts
+            if key:  # PictureType is an av.enum in PyAV 12 and an IntEnum from 13 on: .I names it in both
+                frame.pict_type = _import_av().video.frame.PictureType.I
         packets = self._stream.encode(frame)
         for packet in packets:
             self._container.mux(packet)
-        return bool(packets)
+        return packets
 
     def close(self) -> None:
         """Flush the encoder's delayed frames (B-frames, lookahead), then close the container (for a

@@ -4,13 +4,14 @@ the parameter sets before it, the bitrate cap; and the one line without PyAV."""
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from live_receivers import LOOPBACK, free_port, make_result
 
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.pipeline import video_writer
+from dronseg_edge.pipeline import live_encoder, video_writer
 from dronseg_edge.pipeline.live_encoder import PyAVLiveEncoder, check_pyav_streams
 from dronseg_edge.pipeline.live_targets import parse_stream_url
 
@@ -50,6 +51,19 @@ def test_no_b_frames_a_keyframe_a_second_with_its_parameter_sets():
     assert all(7 in nal_types(data) and 8 in nal_types(data) for _, _, key, data in packets if key)  # SPS, PPS
     assert [pts for pts, *_ in packets] == sorted({pts for pts, *_ in packets})  # strictly increasing
     assert encoder._stream.bit_rate == 300_000 and encoder._stream.codec_context.max_b_frames == 0
+
+
+@needs_x264
+def test_frames_slower_than_the_rate_still_get_a_keyframe_a_second(monkeypatch):
+    # a --live model at 4 frames a second on a 30 fps camera: x264's interval (30 frames) would be 7.5 s
+    clock = iter(np.arange(0, 100, 0.25))
+    monkeypatch.setattr(live_encoder, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
+    encoder = PyAVLiveEncoder(parse_stream_url(f"udp://{LOOPBACK}:{free_port()}"), (160, 96), 30.0, 300)
+    recording = encoder._container = Recording(encoder._container)
+    for index in range(12):
+        encoder.send(make_result(0).frame)  # one picture: no scene cut adds a keyframe
+    encoder.close()
+    assert [n for n, packet in enumerate(recording.packets) if packet[2]] == [0, 4, 8]
 
 
 def test_without_pyav_a_stream_is_one_line_naming_the_extra(monkeypatch):
