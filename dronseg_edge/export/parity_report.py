@@ -41,7 +41,8 @@ class ParityThresholds:
         thresholds = cls(base_agreement if min_agreement is None else float(min_agreement),
                          base_drop if max_miou_drop is None else float(max_miou_drop))
         if not 0.0 <= thresholds.min_agreement <= 1.0:
-            raise DronsegError(f"--min-agreement {min_agreement} must be a percentage 0..100")
+            raise DronsegError(f"--min-agreement {thresholds.min_agreement * 100:g} must be a percentage 0..100 "
+                               f"(min_agreement {thresholds.min_agreement:g}: a fraction 0..1)")
         if thresholds.max_miou_drop is not None and thresholds.max_miou_drop < 0:
             raise DronsegError(f"--max-miou-drop {max_miou_drop} must be >= 0 (points of mean IoU)")
         return thresholds

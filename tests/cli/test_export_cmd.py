@@ -93,7 +93,7 @@ def _other_class_count(path):
 
 
 @pytest.mark.parametrize("case", ["missing", "folder", "corrupt", "classes", "unwritable", "empty_calib", "size",
-                                  "source_size", "precision", "format", "head", "opset"])
+                                  "source_size", "precision", "format", "head", "opset", "min_agreement"])
 def test_bad_inputs_give_one_line_errors(case, tiny_checkpoint, tmp_path, capsys):
     ckpt = tiny_checkpoint
     extra: list = []
@@ -110,6 +110,7 @@ def test_bad_inputs_give_one_line_errors(case, tiny_checkpoint, tmp_path, capsys
         "format": "--format 'tflite' is not one of onnx, engine, all",
         "head": "--head 'softmax' is not one of logits, argmax",
         "opset": "--opset 7 is out of range",
+        "min_agreement": "--min-agreement 150 must be a percentage 0..100",  # as given, not divided by 100
     }[case]
     if case == "missing":
         ckpt = tmp_path / "nope.pt"
@@ -129,7 +130,8 @@ def test_bad_inputs_give_one_line_errors(case, tiny_checkpoint, tmp_path, capsys
         extra = ["--precision", "int8", "--calib-data", tmp_path / "empty"]
     else:
         flag, value = {"size": ("--size", "96by64"), "source_size": ("--source-size", "8x8"), "precision": ("--precision", "fp8"), "format": ("--format", "tflite"),
-                       "head": ("--head", "softmax"), "opset": ("--opset", "7")}[case]
+                       "head": ("--head", "softmax"), "opset": ("--opset", "7"),
+                       "min_agreement": ("--min-agreement", "150")}[case]
         extra = [flag, value]
     if "--out" not in extra:
         extra += ["--out", tmp_path / "out"]
