@@ -145,6 +145,14 @@ class Segmenter(contextlib.AbstractContextManager):
     def predict(self, frames: np.ndarray | Sequence[np.ndarray]) -> Result | list[Result]:
         """Segment one (H, W, 3) uint8 BGR frame (-> a Result), or a list of frames (or an (N, H, W, 3)
         array) of any sizes, ``batch`` at a time (-> a list of Results, each at its frame's size)."""
+        if isinstance(frames, (str, Path)):
+            raise DronsegError(f"predict() takes frames, not a file name ({frames}): read it with cv2.imread, or "
+                               "use stream() for a video, image folder or camera")
+        if type(frames).__module__.startswith("PIL."):
+            raise DronsegError("predict() takes BGR frames and a PIL image is RGB: pass "
+                               "cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)")
+        if type(frames).__module__ == "torch":  # a tensor: one (H, W, 3) frame or (N, H, W, 3)
+            frames = frames.detach().cpu().numpy()
         if frames is None or (isinstance(frames, np.ndarray) and frames.ndim in (2, 3)):  # one frame, checked
             return self.predict_batch([frames])[0]
         return self.predict_batch(list(frames))
@@ -163,6 +171,9 @@ class Segmenter(contextlib.AbstractContextManager):
         cameras and streams) processes only the newest frame; ``stride`` every N-th frame.
         ``confidence``, ``classes``: this stream's instead of the Segmenter's own (see :meth:`request`).
         """
+        if int(stride) < 1 or (max_frames is not None and max_frames < 1):
+            raise DronsegError(f"stream(stride={stride}, max_frames={max_frames}): both must be at least 1 "
+                               "(stride=1: every frame; max_frames=None: no limit)")
         request = self.request(confidence, classes)
         reader, owned = source, None
         if not isinstance(source, FrameReader):

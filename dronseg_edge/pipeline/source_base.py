@@ -128,8 +128,11 @@ class FramesSource(Source):
                     or frame.shape[2] != 3 or 0 in frame.shape:
                 got = "None (cv2.imread's answer for a file it cannot read)" if item is None else \
                     f"{frame.dtype} {frame.shape}"
+                fix = ("float in 0..1: (f * 255).round().astype(np.uint8); 16-bit: (f >> 8).astype(np.uint8)"
+                       if item is not None and frame.dtype != np.uint8 else
+                       "grey: cv2.cvtColor(f, cv2.COLOR_GRAY2BGR); BGRA: cv2.COLOR_BGRA2BGR")
                 raise DronsegError(f"frame {position} of {self.name} is {got}; expected (H, W, 3) uint8 BGR, H and W "
-                                   "at least 1 (grey: cv2.cvtColor(f, cv2.COLOR_GRAY2BGR); BGRA: cv2.COLOR_BGRA2BGR)")
+                                   f"at least 1 ({fix})")
             else:
                 yield FrameRecord(position, position / self.fps if self.fps else None, frame, self.name, f"{position:06d}")
         self.end = "ended"

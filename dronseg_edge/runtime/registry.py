@@ -85,12 +85,14 @@ def _own_build_record(path: Path) -> dict | None:
 
 
 def resolve_device_for(path: str | Path, device):
-    """``device`` (a ``--device`` string, a ``torch.device`` or a ``devices.Device``) as the backend of
-    ``path`` takes it: a torch.device for a checkpoint, else a torch-free Device (so running an ONNX
-    file or engine never imports torch)."""
-    if isinstance(device, (str, type(None))):
-        return resolve_device(device or "auto") if is_checkpoint(path) else resolve_lean_device(device or "auto")
-    return resolve_device(str(device)) if isinstance(device, Device) and is_checkpoint(path) else device
+    """``device`` (a ``--device`` string, a GPU index, a ``torch.device`` or a ``devices.Device``) as the
+    backend of ``path`` takes it: a torch.device for a checkpoint, else a torch-free Device (so running
+    an ONNX file or engine never imports torch). Each is checked as its ``--device`` string is, but for a
+    Device (resolved already) given with a file that is not a checkpoint."""
+    if isinstance(device, Device) and not is_checkpoint(path):
+        return device
+    name = "auto" if device is None else str(device)  # 0 -> "0" (cuda:0); torch.device("cuda:1") -> "cuda:1"
+    return resolve_device(name) if is_checkpoint(path) else resolve_lean_device(name)
 
 
 def load_backend(path: str | Path, device="auto", *, meta: str | Path | None = None, **options) -> Backend:

@@ -342,9 +342,27 @@ def test_frames_read_before_the_source_fails_still_come_out_then_its_error(in_fl
 
 @pytest.mark.parametrize("frame, says", [(None, r"is None \(cv2.imread's answer for a file it cannot read\)"),
                                          (np.zeros((36, 64), np.uint8), r"is uint8 \(36, 64\).*COLOR_GRAY2BGR"),
-                                         (np.zeros((36, 64, 3), np.uint8)[10:10], r"is uint8 \(0, 64, 3\)")])
+                                         (np.zeros((36, 64, 3), np.uint8)[10:10], r"is uint8 \(0, 64, 3\)"),
+                                         (np.zeros((36, 64, 3), np.float32), r"is float32 .*\(f \* 255\).round\(\)"),
+                                         ("frame.jpg", r"not a file name \(frame.jpg\): read it with cv2.imread"),
+                                         (pytest.importorskip("PIL.Image").new("RGB", (64, 36)), r"a PIL image is RGB")])
 def test_a_frame_an_api_user_gets_wrong_is_one_line_naming_it(frame, says):
     # cv2.imread's None, a grey frame and an empty crop: each was a TypeError, a row-by-row shape or an
     # OpenCV assertion
     with Segmenter(argmax_backend()) as seg, pytest.raises(DronsegError, match=says):
         seg.predict(frame)
+
+
+def test_a_torch_tensor_is_one_frame_or_a_stack_as_a_numpy_array_is():
+    frame = scene(0, (80, 60))
+    with Segmenter(argmax_backend()) as seg:
+        one, stacked = seg.predict(torch.from_numpy(frame)), seg.predict(torch.from_numpy(np.stack([frame, frame])))
+        assert np.array_equal(one.mask, seg.predict(frame).mask) and len(stacked) == 2
+        assert np.array_equal(stacked[1].mask, one.mask)  # (H, W, 3) was taken row by row: "frame 0 is (80, 3)"
+
+
+@pytest.mark.parametrize("bad", [dict(stride=0), dict(stride=-2), dict(max_frames=0), dict(max_frames=-1)])
+def test_stream_refuses_a_stride_or_frame_limit_below_one(bad):
+    # stride 0 read every frame silently; max_frames=-1 was islice's ValueError
+    with Segmenter(argmax_backend()) as seg, pytest.raises(DronsegError, match="both must be at least 1"):
+        next(seg.stream([scene(0, (80, 60))], **bad))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 
 import numpy as np
 import pytest
@@ -178,3 +179,21 @@ def test_engine_described_by_its_onnx_runs_with_a_warning_and_tensorrt_decides(t
     monkeypatch.setattr(trt.Runtime, "deserialize_cuda_engine", lambda self, plan: None)  # TensorRT refuses the plan
     with pytest.raises(DronsegError, match="TensorRT 10.3.0 cannot load engine"):
         load_backend(engine, Device("cuda", 0), meta=onnx_file).activate()
+
+
+@pytest.mark.parametrize("path", ["model.pt", "model.onnx"])
+def test_a_gpu_index_or_torch_device_is_checked_as_its_device_string(path):
+    # Segmenter(device=0), as Ultralytics users write it: "Invalid device string: '0'" (checkpoint) or an
+    # AttributeError (ONNX); a torch.device this machine lacks passed unchecked to the backend
+    import torch
+
+    from dronseg_edge.runtime.registry import resolve_device_for
+
+    for device, name in ((0, "0"), (torch.device("cuda:0"), "cuda:0"), (torch.device("cpu"), "cpu")):
+        try:
+            expected = resolve_device_for(path, name)
+        except DronsegError as exc:
+            with pytest.raises(DronsegError, match=re.escape(str(exc))):
+                resolve_device_for(path, device)
+        else:
+            assert resolve_device_for(path, device) == expected
