@@ -62,10 +62,12 @@ class SinkWorker:
         """Queue ``result`` for the sink; raises the sink's error instead once it has failed. ``stop``
         (a stop signal came) ends a wait for room, the frame left out: a sink stuck in a write (a pipe
         whose reader stopped reading) cannot hold a Ctrl-C or SIGTERM back."""
+        self._raise_error()
         if self.sink.lossy:
-            self._raise_error()
-            self._put_newest(result)
-        elif not put_unless_stopped(self._queue, result, lambda: self.error is not None or stop()):
+            return self._put_newest(result)
+        with contextlib.suppress(queue.Full):  # room: the frame goes in even after a stop signal, as it went
+            return self._queue.put_nowait(result)  # to the sinks before this one (run.py: all sinks or none)
+        if not put_unless_stopped(self._queue, result, lambda: self.error is not None or stop()):
             self._raise_error()
 
     def _put_newest(self, result: Result | None) -> None:

@@ -177,6 +177,16 @@ def test_a_sink_stuck_in_a_write_cannot_hold_a_stop_signal_back(caplog):
     release.set()
 
 
+def test_a_stop_signal_leaves_out_a_frame_only_where_there_is_no_room():
+    # SIGTERM while run.py hands a frame to its sinks: the video had taken it, and stats.jsonl, its queue
+    # empty, left it out (summary 394 frames, video 394, stats 393)
+    sink = FailingSink(None, after=100)
+    worker = SinkWorker(sink, queue_size=2)
+    worker.put(make_result(7), stop=lambda: True)
+    worker.close()
+    assert sink.written == [7]
+
+
 def test_stats_are_never_appended_to_another_runs_file_and_a_missing_folder_is_one_line(tmp_path):
     (tmp_path / "stats.jsonl").write_text("old\n")
     with pytest.raises(DronsegError, match="it exists and a run never appends"):
