@@ -135,7 +135,9 @@ class RunState:
             dropped_frames=reader.dropped, corrupt_frames=source.corrupt, reconnects=source.reconnects,
             oversized_images=source.oversized, max_pixels=options.max_pixels, size_changes=source.size_changes,
             interrupted=self.interrupted, interrupted_by=self.interrupted_by, stopped_by_key=self.stopped_by_key,
-            stopped=self.stop_reason(), source_end=source.end, error=str(self.error) if self.error else self.bug,
+            stopped=self.stop_reason(), error=str(self.error) if self.error else self.bug,
+            # the reader reads ahead: it may have met the end of a file that --max-frames or a signal stopped first
+            source_end=source.end if self.stop_reason() in ("end", "source_lost") else None,
             max_duration=options.max_duration, segment_s=options.segment_s, min_free_mb=options.min_free_mb,
             video_stopped=self.video_stopped, tile=segmenter.tiling.describe(), tiled_frames=self.tiled_frames,
             classes=[segmenter.info.class_names[i] for i in self.classes] if self.classes is not None else None,

@@ -105,6 +105,14 @@ def test_stride_and_max_frames(segmenter, video_path, tmp_path):
     assert np.abs(frames[1].astype(int) - frames[2]).mean() < 2  # a skipped frame repeats the last overlay
 
 
+def test_a_run_stopped_before_the_sources_end_does_not_say_it_ended(segmenter, video_path, tmp_path):
+    # the reader reads ahead: it had met the end of the 24-frame file when --max-frames 20 stopped the run
+    data = run_inference(segmenter, video_path, RunOptions(out=tmp_path / "run", max_frames=20, progress=False)).data
+    assert (data["stopped"], data["source_end"]) == ("max_frames", None)
+    data = run_inference(segmenter, video_path, RunOptions(out=tmp_path / "all", progress=False)).data
+    assert (data["stopped"], data["source_end"]) == ("end", "ended")
+
+
 def test_stride_video_runs_to_the_sources_last_frame(segmenter, video_path, tmp_path):
     out = tmp_path / "run"
     summary = run_inference(segmenter, video_path, RunOptions(out=out, stride=5, progress=False))
