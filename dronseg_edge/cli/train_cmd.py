@@ -43,6 +43,10 @@ def train(
             check_out_dir(resume.resolve().parent.parent, "the run folder of --resume")
     elif cfg.out:
         check_out_dir(Path(cfg.out))
+        last = Path(cfg.out) / "weights" / "last.pt"
+        if last.exists():  # a new run there would overwrite its checkpoints, split.json and metrics.csv
+            raise DronsegError(f"--out {cfg.out} already holds a training run ({last}): continue it with "
+                               f"--resume {last}, or choose another --out")
     fit(cfg, resume=resume, log=typer.echo)
 
 

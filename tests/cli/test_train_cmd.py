@@ -157,6 +157,16 @@ def test_unwritable_output_folder(capsys, synth_root, tmp_path):
     assert "blocker" in message and "cannot create" in message
 
 
+def test_a_new_run_never_overwrites_a_training_run_in_its_out_folder(capsys, synth_root, tmp_path):
+    # the same command again after Ctrl-C (instead of --resume) replaced weights/last.pt with its first epoch
+    last = tmp_path / "run" / "weights" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"epoch 2")
+    message = one_line_error(capsys, "train", "--data", synth_root, *TINY, "--out", tmp_path / "run")
+    assert f"already holds a training run ({last}): continue it with --resume {last}" in message
+    assert last.read_bytes() == b"epoch 2"
+
+
 def test_eval_scores_an_onnx_file_like_its_checkpoint(capsys, trained_run, tmp_path):
     from dronseg_edge.export import export_artifact
 
