@@ -20,7 +20,7 @@ class InterruptGuard:
 
     def __init__(self):
         self.signal_name: str | None = None  # the first stop signal that came
-        self._critical = False
+        self._critical = self._held = False
         self._previous: dict = {}
 
     def _handle(self, signum, _frame=None):
@@ -38,8 +38,25 @@ class InterruptGuard:
         if self.signal_name:
             raise KeyboardInterrupt
 
+    @contextlib.contextmanager
+    def held(self):
+        """Its handlers installed now, a stop signal held until ``with guard``, which raises it as it starts;
+        on a failure inside, the handlers before are put back."""
+        self._previous, self._critical, self._held = handle_stop_signals(self._handle), True, True
+        try:
+            yield
+        except BaseException:
+            self._critical = self._held = False
+            handle_stop_signals(self._previous)
+            raise
+
     def __enter__(self) -> "InterruptGuard":
-        self._previous = handle_stop_signals(self._handle)
+        if not self._held:
+            self._previous = handle_stop_signals(self._handle)
+        self._critical = self._held = False
+        if self.signal_name:  # it came while held
+            handle_stop_signals(self._previous)
+            raise KeyboardInterrupt
         return self
 
     def __exit__(self, *exc) -> None:

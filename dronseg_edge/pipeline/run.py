@@ -67,16 +67,17 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
     options = options or RunOptions()
     src = open_source(source, options.reconnect_s, max_pixels=options.max_pixels)
     request, live, out_dir, reserve, plan, sinks = _prepare(segmenter, src, options)
-    workers = [SinkWorker(sink, options.queue_size) for sink in sinks]
-    active = list(workers)  # the workers still given frames (the disk floor stops the heavy ones)
-    reader = FrameReader(src, live=live, stride=options.stride, queue_size=options.queue_size)
-    bar = _progress_bar(src, live, options)
-    state = RunState(out_dir, options, live, classes=request.classes)
-    floor = DiskFloor(out_dir, options.min_free_mb)
-    results = segmenter.stream(reader, max_frames=options.max_frames, confidence=request.confidence,
-                               classes=request.classes)
     guard = InterruptGuard()
-    timer = _live_deadline(src, reader, options, state)
+    with guard.held():  # the run folder exists: a stop signal now stops the run at its start, summary.json written
+        workers = [SinkWorker(sink, options.queue_size) for sink in sinks]
+        active = list(workers)  # the workers still given frames (the disk floor stops the heavy ones)
+        reader = FrameReader(src, live=live, stride=options.stride, queue_size=options.queue_size)
+        bar = _progress_bar(src, live, options)
+        state = RunState(out_dir, options, live, classes=request.classes)
+        floor = DiskFloor(out_dir, options.min_free_mb)
+        results = segmenter.stream(reader, max_frames=options.max_frames, confidence=request.confidence,
+                                   classes=request.classes)
+        timer = _live_deadline(src, reader, options, state)
     try:
         with guard, _core_left_for_io(segmenter):
             for result in results:
