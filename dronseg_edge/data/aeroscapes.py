@@ -18,7 +18,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dronseg_edge.classes import NUM_CLASSES, class_counts
 from dronseg_edge.errors import DronsegError
@@ -141,16 +141,23 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return cv2.cvtColor(read_bgr(path, max_pixels), cv2.COLOR_BGR2RGB)
 
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a picture is turned
+
+
 def read_mask(path: Path, num_classes: int = NUM_CLASSES, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A mask as (H, W) uint8 class indices; DronsegError if unreadable, over ``max_pixels`` (read
     from its header before decoding), multi-channel or out of range."""
     checked_image_size(path, max_pixels, what="mask")
     try:
         with Image.open(path) as img:
-            mode = img.mode
-            data = np.array(img)
+            mode, kind = img.mode, img.format
+            # Upright as its image: OpenCV turns images by their EXIF orientation tag, and Pillow does not
+            data = np.array(ImageOps.exif_transpose(img) if img.getexif().get(EXIF_ORIENTATION, 1) != 1 else img)
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
         raise DronsegError(f"mask {path} cannot be read ({exc.__class__.__name__}): replace it with a single-channel PNG") from None
+    if kind in ("JPEG", "MPO"):
+        raise DronsegError(f"mask {path} is a JPEG file, whose lossy coding changes class indices along every edge: "
+                           "save the masks as PNG")
     if data.ndim != 2:
         raise DronsegError(f"mask {path} has {data.shape[2] if data.ndim == 3 else data.ndim} channels (mode {mode}); masks "
                            f"must be single-channel PNGs of class indices 0..{num_classes - 1}, not colour visualisations")
@@ -175,8 +182,11 @@ def _check_one(sample: Sample, num_classes: int, max_pixels: int) -> tuple[np.nd
         return np.zeros(num_classes, np.int64), size
     mask = read_mask(sample.mask_path, num_classes, max_pixels)
     if mask.shape != image.shape[:2]:
+        stored = checked_image_size(sample.image_path, max_pixels)
+        turned = (f" (stored {stored[0]}x{stored[1]}, turned upright by its EXIF orientation tag as viewers show it: "
+                  "save the mask upright too, or remove the tag)" if stored != size else "")
         raise DronsegError(f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {sample.image_path} is "
-                           f"{size[0]}x{size[1]}: masks must match their images pixel for pixel")
+                           f"{size[0]}x{size[1]}{turned}: masks must match their images pixel for pixel")
     return class_counts(mask, num_classes), size
 
 

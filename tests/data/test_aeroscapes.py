@@ -159,6 +159,34 @@ def test_palette_mode_masks_keep_indices(tmp_path):
     np.testing.assert_array_equal(read_mask(tmp_path / "p.png"), mask)
 
 
+def test_masks_are_read_upright_as_their_images_and_a_jpeg_mask_is_refused(tmp_path):
+    # an image and its mask that both carry EXIF orientation 6 (a tool copied the photo's metadata): OpenCV
+    # turned the image upright, Pillow left the mask as stored: labels turned 90 degrees on a square image
+    ids = make_layout(tmp_path, size=(24, 24))
+    stored = np.zeros((24, 24), np.uint8)
+    stored[:, :8] = 10
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / f"masks/masks/{ids[0]}.png", exif=exif)
+    picture = np.zeros((24, 24, 3), np.uint8)
+    picture[:, :8] = 255
+    Image.fromarray(picture).save(tmp_path / f"imgs/imgs/{ids[0]}.jpg", exif=exif, quality=95)
+    image, mask = read_image(tmp_path / f"imgs/imgs/{ids[0]}.jpg"), read_mask(tmp_path / f"masks/masks/{ids[0]}.png")
+    assert ((image[..., 0] > 128) == (mask == 10)).all()
+    Image.fromarray(stored).save(tmp_path / "as_jpeg.png", format="JPEG")  # a JPEG named .png: edges relabelled
+    with pytest.raises(DronsegError, match="as_jpeg.png is a JPEG file, whose lossy coding changes class indices"):
+        read_mask(tmp_path / "as_jpeg.png")
+
+
+def test_a_mask_drawn_on_the_stored_pixels_of_a_turned_image_is_named_with_the_tag(tmp_path):
+    ids = make_layout(tmp_path)  # 32x24 images
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(tmp_path / f"imgs/imgs/{ids[0]}.jpg", exif=exif)
+    message = _error(validate_samples, dataset_samples(tmp_path))
+    assert "is 24x32 (stored 32x24, turned upright by its EXIF orientation tag" in message
+
+
 def _decodes_recorded(monkeypatch) -> list[str]:
     """The image files OpenCV and the mask files Pillow were asked to decode."""
     seen = []
