@@ -72,6 +72,8 @@ def fit(cfg: TrainConfig, resume: Path | None = None, log: Callable[[str], None]
     ckpt = load_checkpoint(resume, num_classes=len(CLASS_NAMES)) if resume else None
     if ckpt is not None:
         cfg = _resumed_config(cfg, ckpt, resume)
+    if cfg.data:  # recorded in the checkpoints, for eval, export and --resume run from any folder
+        cfg.data = str(Path(cfg.data).expanduser().resolve())
     cfg.validate()
     # A --weights file is read before any other work: a file that is not plain data is refused before the
     # data check, and before a run folder, split.json or config.json exists.
@@ -150,7 +152,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
                                      description=f"epoch {epoch + 1}/{cfg.epochs}", show_progress=is_main,
                                      on_step=writer.mid_epoch_saver(progress, done, per_epoch))
             progress.epoch, progress.step, progress.partial = epoch + 1, progress.step + result["steps"], None
-            row = _train_row(progress, done, result, setup.optimizer.param_groups[0]["lr"])
+            row = _train_row(progress, done, result, result["lr"])
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
                 progress.val_result = evaluate(setup.model, criterion, loaders.val, ctx, metrics, show_progress=is_main)
                 row.update(_val_columns(progress.val_result))

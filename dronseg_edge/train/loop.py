@@ -64,6 +64,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     start = time.perf_counter()
     bar = tqdm(total=num_batches, desc=description, disable=not show_progress, mininterval=1.0, leave=False, dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
+    lr = optimizer.param_groups[0]["lr"]  # the rate of the epoch's last step (metrics.csv), not the next one's
     t0 = time.perf_counter()
     for index, (images_u8, masks_u8) in zip(range(num_batches), loader):  # range first: no batch drawn past the end
         data_wait += time.perf_counter() - t0
@@ -88,6 +89,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             steps += 1
             if on_step is not None:
@@ -103,7 +105,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         torch.cuda.synchronize(ctx.device)
     totals = all_reduce_sum(torch.stack([loss_sum.float(), torch.tensor(float(images), device=ctx.device)]))
     return {"loss": (totals[0] / totals[1].clamp(min=1)).item(), "images": int(totals[1].item()),
-            "seconds": time.perf_counter() - start, "data_wait_s": data_wait, "steps": steps}
+            "seconds": time.perf_counter() - start, "data_wait_s": data_wait, "steps": steps, "lr": lr}
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """End-to-end training on synthetic data: learning happens, runs resume exactly, DDP works."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -42,6 +43,9 @@ def test_training_raises_validation_dice(synth_root, tmp_path):
     assert final > start + 0.15, (start, final)
     assert float(rows[-1]["val_miou"]) > float(rows[0]["val_miou"])
     assert float(rows[-1]["train_loss"]) < float(rows[1]["train_loss"])
+    # lr: the rate of each epoch's last step; the last row ends OneCycle at lr / div / final_div (it showed
+    # the rate one step past the schedule's end, where torch's cosine rises again)
+    assert float(rows[-1]["lr"]) == pytest.approx(cfg.lr / cfg.div_factor / cfg.final_div_factor, rel=1e-3)
     for name in ("background", "boat", "sky"):
         assert f"iou_{name}" in rows[-1] and f"dice_{name}" in rows[-1]
     for png in ("curves.png", "per_class.png", "confusion_matrix.png"):
@@ -51,6 +55,14 @@ def test_training_raises_validation_dice(synth_root, tmp_path):
     best = load_checkpoint(result.best)
     assert best["split"]["val"] and set(best["split"]["val"]).isdisjoint(best["split"]["train"])
     assert best["best_metric"] == pytest.approx(max(float(r["val_miou"]) for r in rows[1:]), rel=1e-5)
+
+
+def test_the_data_folder_is_recorded_as_an_absolute_path(synth_root, tmp_path, monkeypatch):
+    # `train --data data` recorded "data": eval, export and --resume from another folder read that folder's data
+    monkeypatch.chdir(synth_root.parent)
+    result = fit(config(synth_root.name, tmp_path / "run", epochs=1, max_steps_per_epoch=1), log=lambda _m: None)
+    assert json.loads((result.run_dir / "config.json").read_text())["data"] == str(synth_root.resolve())
+    assert load_checkpoint(result.last)["config"]["data"] == str(synth_root.resolve())
 
 
 def test_best_val_loss_is_reported_as_the_loss(synth_root, tmp_path):
