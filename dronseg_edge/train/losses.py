@@ -3,7 +3,8 @@
 Every loss takes logits (N, C, H, W) of any float dtype and a target (N, H, W) of class indices,
 computes in float32 (also under autocast: fp16 softmax sums lose too much), skips pixels equal to
 ``ignore_index`` everywhere, and returns a 0-dim float32 tensor. A batch whose pixels are all
-ignored gives 0, not NaN, so one bad crop cannot poison the weights.
+ignored gives a finite loss and gradient, not NaN (0; Dice and Tversky with ``smooth=0`` give 1), so
+one bad crop cannot poison the weights.
 
 Soft Dice is Tversky with alpha = beta = 0.5: one formula in one place (``tversky_loss``).
 """
