@@ -106,7 +106,7 @@ def export(
 def parity(
     reference: Path = typer.Argument(..., help="Reference model: .pt checkpoint (usual), .onnx or .engine."),
     candidate: Path = typer.Argument(..., help="Model to check: .onnx, .engine or .pt."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Images: dataset root or image folder.",
+    data: Optional[Path] = typer.Option(None, "--data", "--parity-data", help="Images: dataset root or image folder.",
                                         show_default="the checkpoint's validation split, else synthetic scenes"),
     device: Device = "auto",
     parity_images: int = typer.Option(16, "--parity-images", help="Compare on at most this many images."),

@@ -102,5 +102,7 @@ def submit(
     from dronseg_edge.train.submission import write_competition_csv
 
     check_out_file(out, "--out")
+    if out.resolve() in {(data / name).resolve() for name in ("train.csv", "test.csv", "sampleSubmission.csv")}:
+        raise DronsegError(f"--out {out} is the data set's own {out.name}: give the submission another name")
     rows = write_competition_csv(checkpoint, data=data, out=out, order=rle_order, batch=batch, device=device, workers=workers)
     typer.echo(f"{rows} rows ({rle_order}-major RLE) -> {out}")

@@ -43,7 +43,7 @@ class ParityThresholds:
         if not 0.0 <= thresholds.min_agreement <= 1.0:
             raise DronsegError(f"--min-agreement {thresholds.min_agreement * 100:g} must be a percentage 0..100 "
                                f"(min_agreement {thresholds.min_agreement:g}: a fraction 0..1)")
-        if thresholds.max_miou_drop is not None and thresholds.max_miou_drop < 0:
+        if thresholds.max_miou_drop is not None and not thresholds.max_miou_drop >= 0:  # NaN: never checked
             raise DronsegError(f"--max-miou-drop {max_miou_drop} must be >= 0 (points of mean IoU)")
         return thresholds
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +102,11 @@ class TrainConfig:
         checks += [(getattr(self, name) >= low, f"--{name.replace('_', '-')} {getattr(self, name)}: must be {rule}")
                    for low, rule, names in ((1, "at least 1", ("epochs", "batch", "accumulate")),
                                             (0, "0 or more", ("workers", "freeze_stages"))) for name in names]
+        # inf passes every range below (--rotate inf crashed the loader, --lr inf trained to NaN with exit 0)
+        checks += [(math.isfinite(value), f"--{f.name.replace('_', '-')} {value}: must be a finite number")
+                   for f in dataclasses.fields(self) for value in (getattr(self, f.name),) if isinstance(value, float)]
         checks += [
+            (0 <= self.seed < 2**32, f"--seed {self.seed}: must be 0..4294967295"),
             (self.lr > 0, f"--lr {self.lr}: must be positive"),
             (0.0 < self.pct_start < 1.0, f"--pct-start {self.pct_start}: must be between 0 and 1"),
             (self.grad_clip >= 0, f"--grad-clip {self.grad_clip}: must be 0 (off) or positive"),
@@ -115,7 +120,7 @@ class TrainConfig:
             (self.final_div_factor > 0, f"--final-div-factor {self.final_div_factor}: must be positive"),
         ]
         aug = self.augment
-        checks += [(value >= 0, f"{flag} {value}: must be 0 or more") for flag, value in (
+        checks += [(0 <= value < math.inf, f"{flag} {value}: must be 0 or more, finite") for flag, value in (
             ("--weight-decay", self.weight_decay), ("--poly-power", self.poly_power), ("--scale", aug.scale),
             ("--rotate", aug.rotate), ("--color", aug.brightness))]
         checks += [(0.0 <= value <= 1.0, f"{flag} {value}: must be between 0 and 1") for flag, value in (

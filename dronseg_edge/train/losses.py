@@ -11,6 +11,7 @@ Soft Dice is Tversky with alpha = beta = 0.5: one formula in one place (``tversk
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -153,7 +154,7 @@ def build_loss(name: str, *, class_weights=None, ignore_index: int = IGNORE_INDE
     ``dice_smooth`` and ``dice_log`` also apply to "tversky" (there smooth is Tversky's own term).
     """
     ranges = [("label_smoothing", label_smoothing, 0.0 <= label_smoothing < 1.0, "[0.0, 1.0)")]
-    ranges += [(setting, float(value), value >= 0, "[0.0, inf]") for setting, value in (
+    ranges += [(setting, float(value), 0 <= value < math.inf, "[0.0, inf)") for setting, value in (
         ("focal gamma", focal_gamma), ("dice smooth", dice_smooth), ("focal_weight", focal_weight), ("dice_weight", dice_weight),
         ("tversky alpha", tversky_alpha), ("tversky beta", tversky_beta),
         ("focal alpha", focal_alpha if isinstance(focal_alpha, (int, float)) else 0.0))]

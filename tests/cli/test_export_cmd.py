@@ -68,6 +68,9 @@ def test_parity_command_passes_and_writes_json(exported, tiny_checkpoint, frames
     assert code in (0, None), err
     assert out.strip().splitlines()[-2].startswith("PASSED | logits: agreement")
     assert json.loads((tmp_path / "p.json").read_text())["status"] == "PASSED"
+    # its messages advise --parity-data, export's spelling: parity answered "No such option: --parity-data"
+    code, out, err = run_cli(capsys, "parity", tiny_checkpoint, exported, "--parity-data", frames, "--device", "cpu")
+    assert code in (0, None), err
 
 
 def test_parity_command_fails_a_perturbed_onnx_with_exit_4(exported, tiny_checkpoint, frames, tmp_path, capsys):

@@ -171,6 +171,8 @@ def test_thresholds_per_precision_and_overrides():
 
     with pytest.raises(DronsegError, match="percentage"):
         ParityThresholds.for_precision("fp32", min_agreement=99.0)
+    with pytest.raises(DronsegError, match="--max-miou-drop nan must be >= 0"):  # NaN: the limit was never checked
+        ParityThresholds.for_precision("int8", max_miou_drop=float("nan"))
 
 
 def test_failed_report_pictures_its_worst_image_and_names_the_picture(tmp_path):

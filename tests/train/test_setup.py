@@ -36,6 +36,11 @@ def test_starting_the_loaders_workers_leaves_the_global_rng_alone(synth_root, tm
     ("weight_decay", -1e-4, "--weight-decay -0.0001: must be 0 or more"),
     ("focal_gamma", -1.0, "focal gamma=-1.0 is out of range"),
     ("label_smoothing", 1.0, "label_smoothing=1.0 is out of range"),
+    # inf passed every range: --lr inf trained to NaN with exit 0; --seed -1 was scikit-learn's traceback
+    ("lr", float("inf"), "--lr inf: must be a finite number"),
+    ("focal_alpha", float("inf"), "--focal-alpha inf: must be a finite number"),
+    ("seed", -1, "--seed -1: must be 0..4294967295"),
+    ("seed", 2**32, "--seed 4294967296: must be 0..4294967295"),
 ])
 def test_out_of_range_settings_are_refused_when_the_config_is_made(tmp_path, option, value, message):
     # Before: a traceback once the run folder existed (momentum, div factors, loss settings), a crash at
@@ -45,7 +50,8 @@ def test_out_of_range_settings_are_refused_when_the_config_is_made(tmp_path, opt
 
 
 @pytest.mark.parametrize("option, value", [("hflip", 1.5), ("shift", -0.1), ("blur_p", 2.0), ("noise_p", -1.0),
-                                           ("scale", -0.2), ("rotate", -5.0), ("brightness", -0.1)])
+                                           ("scale", -0.2), ("rotate", -5.0), ("brightness", -0.1),
+                                           ("rotate", float("inf")), ("scale", float("nan"))])  # inf: the loader crashed
 def test_out_of_range_augmentation_is_refused(tmp_path, option, value):
     with pytest.raises(DronsegError, match=f"{value}: must be"):
         TrainConfig(data=str(tmp_path), augment=AugmentConfig(**{option: value})).validate()
