@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from abc import ABC, abstractmethod
@@ -24,7 +25,7 @@ import numpy as np
 
 from dronseg_edge.atomic import storage_errors, storage_failure
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.pictures import colorize, fit_width, grid_row, stack_rows
+from dronseg_edge.pictures import colorize, fit_width, grid_row, resize_frame, stack_rows
 from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.result import LOW_CONFIDENCE_U8, Result
 
@@ -34,6 +35,7 @@ PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 if hasattr(cv2, "IMWRITE_PNG_FILTER"):
     PNG_FAST += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 JPEG_QUALITY = [cv2.IMWRITE_JPEG_QUALITY, 90]
+JPEG_MAX_SIDE = 65500  # libjpeg's limit: a longer side cannot be encoded
 
 
 class Sink(ABC):
@@ -165,14 +167,22 @@ class OverlayImageSink(MaskSink):
     def picture(self, result: Result) -> np.ndarray:
         return self.overlay.image(result)
 
+    def _write(self, result: Result) -> None:
+        picture = self.picture(result)
+        if max(picture.shape[:2]) <= JPEG_MAX_SIDE:
+            return _imwrite(self.folder / f"{result.name}{self.suffix}", picture, self.params)
+        logging.getLogger("dronseg_edge").warning("%s is %dx%d, longer than JPEG's %d px a side: its overlay is a PNG",
+                                                  result.name, picture.shape[1], picture.shape[0], JPEG_MAX_SIDE)
+        _imwrite(self.folder / f"{result.name}.png", picture, PNG_FAST)
+
 
 class ContactSheetSink(Sink):
     """``contact_sheet.jpg``: thumbnails of the first ``limit`` overlays in a grid, captioned with their
     names (``--contact-sheet``): a folder of results checked at a glance. Thumbnails are kept (240 px
-    wide: ~100 kB each), the sheet written once at close, atomically."""
+    wide, at most 480 tall: ~100 kB each), the sheet written once at close, atomically."""
 
     name = "contact_sheet"
-    THUMB_WIDTH = 240
+    THUMB_WIDTH, THUMB_HEIGHT = 240, 480  # a tall strip's thumbnail is narrower: no sheet past JPEG's limit
     PER_ROW = 6
 
     def __init__(self, path: Path, overlay: OverlayPlan, limit: int = 48):
@@ -184,17 +194,22 @@ class ContactSheetSink(Sink):
 
     def _write(self, result: Result) -> None:
         if len(self.thumbs) < self.limit:
-            self.thumbs.append((fit_width(self.overlay.image(result), self.THUMB_WIDTH), result.name or str(result.index)))
+            image = self.overlay.image(result)
+            height, width = image.shape[:2]
+            thumb = (fit_width(image, self.THUMB_WIDTH) if height * self.THUMB_WIDTH <= width * self.THUMB_HEIGHT else
+                     resize_frame(image, max(1, round(width * self.THUMB_HEIGHT / height)), self.THUMB_HEIGHT))
+            self.thumbs.append((thumb, result.name or str(result.index)))
 
     def close(self) -> None:
         if self.written or not self.thumbs:
             return
-        self.written = True
         height = max(t.shape[0] for t, _ in self.thumbs)
-        tiles = [np.pad(t, ((0, height - t.shape[0]), (0, 0), (0, 0)), constant_values=32) for t, _ in self.thumbs]
+        tiles = [np.pad(t, ((0, height - t.shape[0]), (0, self.THUMB_WIDTH - t.shape[1]), (0, 0)), constant_values=32)
+                 for t, _ in self.thumbs]
         labels = [label for _, label in self.thumbs]
         rows = [grid_row(tiles[i:i + self.PER_ROW], labels[i:i + self.PER_ROW]) for i in range(0, len(tiles), self.PER_ROW)]
         _imwrite(self.target, stack_rows(rows), JPEG_QUALITY)
+        self.written = True  # summary.json names it once it exists
 
     def outputs(self) -> dict[str, str]:
         return {"contact_sheet": str(self.target)} if self.written else {}

@@ -17,7 +17,7 @@ from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.sinks import Sink
-from dronseg_edge.pipeline.video_writer import VideoWriter, encoders_for, open_video_writer
+from dronseg_edge.pipeline.video_writer import VideoWriter, encoders_for, even_size, open_video_writer
 from dronseg_edge.sizes import format_size
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,8 @@ class VideoSink(Sink):
         self._add_segment(final, writer.frames, round(start / self.fps, 3))
 
     def _add_segment(self, final: Path, frames: int | None, start_s: float | None) -> None:
-        self.segments.append({"file": final.name, "frames": frames, "start_s": start_s, "size": format_size(self.size)})
+        # the file's own size: yuv420p crops an odd side (video_writer.even_size)
+        self.segments.append({"file": final.name, "frames": frames, "start_s": start_s, "size": format_size(even_size(self.size))})
 
     def _unfinished(self, exc: Exception, writer: VideoWriter, tmp: Path, final: Path) -> RuntimeFailure:
         """The error for a file whose end could not be written: a fragmented one is kept (it plays up

@@ -14,7 +14,8 @@ from dronseg_edge.pipeline.overlay import OverlayPlan, overlay
 from dronseg_edge.pipeline.segmenter import Result
 from dronseg_edge.pipeline.request import FILTERED
 from dronseg_edge.pipeline.sink_worker import SinkWorker
-from dronseg_edge.pipeline.sinks import ColorMaskSink, ConfidenceSink, MaskSink, OverlayImageSink, Sink, StatsSink
+from dronseg_edge.pipeline.sinks import (ColorMaskSink, ConfidenceSink, ContactSheetSink, MaskSink, OverlayImageSink, Sink,
+                                         StatsSink)
 
 LUT = bgr_lut(PALETTE)
 
@@ -185,6 +186,26 @@ def test_a_stop_signal_leaves_out_a_frame_only_where_there_is_no_room():
     worker.put(make_result(7), stop=lambda: True)
     worker.close()
     assert sink.written == [7]
+
+
+def test_tall_strips_keep_the_contact_sheet_and_overlays_within_what_jpeg_holds(tmp_path):
+    # a 4x1200 strip made a 240x72000 thumbnail: the sheet could not be encoded (exit 2) and summary.json
+    # still named it; a 66000x20 image's overlay JPEG could not be encoded either
+    from dronseg_edge.pictures import TEXT_HEIGHT
+
+    plan = OverlayPlan(0.5, LUT)
+    sheet = ContactSheetSink(tmp_path / "contact_sheet.jpg", plan)
+    for index, size in enumerate(((64, 48), (4, 1200))):
+        sheet.write(make_result(index, size))
+    sheet.close()
+    picture = cv2.imread(str(tmp_path / "contact_sheet.jpg"))
+    assert picture.shape[:2] == (ContactSheetSink.THUMB_HEIGHT + TEXT_HEIGHT, 2 * ContactSheetSink.THUMB_WIDTH)
+    assert sheet.outputs() == {"contact_sheet": str(tmp_path / "contact_sheet.jpg")}
+    overlays = OverlayImageSink(tmp_path / "overlay", plan)
+    overlays.write(make_result(0, (66000, 20)))
+    overlays.close()
+    assert [p.name for p in (tmp_path / "overlay").iterdir()] == ["000000.png"]
+    assert cv2.imread(str(tmp_path / "overlay" / "000000.png")).shape == (20, 66000, 3)
 
 
 def test_stats_are_never_appended_to_another_runs_file_and_a_missing_folder_is_one_line(tmp_path):

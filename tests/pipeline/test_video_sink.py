@@ -94,6 +94,15 @@ def test_video_segments_are_each_a_finished_playable_file(tmp_path):
     assert sink.outputs() == {"video": [str(tmp_path / name) for name in names]} and sink.video_frames == 11
 
 
+def test_a_segments_size_is_its_files_even_size(tmp_path):
+    # 65x49 frames make 64x48 files (yuv420p): video_segments said 65x49
+    sink = VideoSink(tmp_path / "overlay.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT), segment_s=0.2)
+    for index in range(5):
+        sink.write(make_result(index, (65, 49)))
+    sink.close()
+    assert read_video(tmp_path / "overlay_00000.mp4")[2] == (64, 48) and sink.segments[0]["size"] == "64x48"
+
+
 def test_video_sink_without_frames_leaves_nothing(tmp_path):
     sink = VideoSink(tmp_path / "v.mp4", fps=None, overlay=OverlayPlan(0.5, LUT))
     sink.close()
