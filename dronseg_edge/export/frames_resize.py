@@ -20,13 +20,9 @@ import torch.onnx.operators
 from torch import nn
 
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.runtime.host import resize_matrices
+from dronseg_edge.runtime.host import HALVES_UP, resize_matrices
 
 BLOCK_TOLERANCE = 1e-6  # repeated blocks differ only in float rounding of their positions
-# OpenCV's INTER_AREA of uint8 at exactly half of both sides takes a fast path that rounds ties up,
-# (a + b + c + d + 2) >> 2, where every other shrink rounds them to even as the graph's Round does.
-# Those means are quarters, so adding 1/8 before the Round gives the same ties with the nodes already there.
-HALVES_UP = 0.125
 
 
 def _blocks(matrix: np.ndarray) -> tuple[np.ndarray, int]:

@@ -48,6 +48,12 @@ def resize_matrix(src: int, dst: int, area: bool | None = None) -> np.ndarray:
     return np.hstack([cv2.resize(b, (b.shape[1], dst), interpolation=how).reshape(dst, -1) for b in blocks])
 
 
+# OpenCV's INTER_AREA of uint8 at exactly half of both sides takes a fast path that rounds ties up,
+# (a + b + c + d + 2) >> 2, where every other shrink rounds them to even as a Round does. Those means
+# are quarters, so adding 1/8 before the Round gives the same ties (the frames graph, runtime/torch_frames).
+HALVES_UP = 0.125
+
+
 def resize_matrices(src_size: tuple[int, int], dst_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(rows (h, H), columns (w, W)) float32 with ``rows @ plane @ columns.T`` == ``resize_frame`` of a float
     (H, W) plane from ``src_size`` (W, H) to ``dst_size`` (w, h): area on both axes when both shrink (or stay)."""

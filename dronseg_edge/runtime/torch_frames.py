@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dronseg_edge.metadata import ModelInfo
-from dronseg_edge.runtime.host import resize_matrices, scale_and_shift
+from dronseg_edge.runtime.host import HALVES_UP, resize_matrices, scale_and_shift
 
 # Bilinear logits for a 4K frame take C x 2160 x 3840 x 4 bytes (~400 MB for 12 classes); past
 # this the class map is resized (nearest) instead, to keep memory bounded on an 8 GB Jetson.
@@ -37,6 +37,8 @@ def to_model_input(frames: torch.Tensor, info: ModelInfo) -> torch.Tensor:
     if (width, height) != tuple(info.input_size):
         rows, columns = _resize_weights((width, height), tuple(info.input_size), x.device)
         x = torch.matmul(torch.matmul(rows, x), columns.T)  # (h, H) @ (N, 3, H, W) @ (W, w)
+        halves = (width, height) == (2 * info.input_size[0], 2 * info.input_size[1])
+        x = x.add_(HALVES_UP if halves else 0.0).round_()  # as the host's uint8 resize (and training's images) round
     scale, shift = _normalisation(tuple(info.mean), tuple(info.std), x.device)
     return x.mul_(scale).add_(shift).contiguous()
 

@@ -1,5 +1,5 @@
 """runtime/torch_frames.py, a checkpoint's pre/post on its GPU, run here on CPU tensors: the same
-arithmetic as the host implementation (runtime/host.py) up to the host's uint8 rounding."""
+arithmetic as the host implementation (runtime/host.py) with the host's uint8 rounding."""
 
 import numpy as np
 import torch
@@ -17,13 +17,16 @@ def _info(size=(96, 64)) -> ModelInfo:
 
 def test_model_input_matches_the_host_preprocessing_to_its_rounding():
     info = _info()
-    for size in ((288, 192), (200, 150), (96, 64), (64, 48)):  # shrink 3x, shrink 2.1x, as is, enlarge
+    for size in ((288, 192), (200, 150), (192, 128), (96, 64), (64, 48)):  # shrink 3x, 2.1x, exactly 2x, as is, enlarge
         frames = np.stack([scene(i, size) for i in range(2)])
         got = torch_frames.to_model_input(torch.from_numpy(frames), info).numpy()
         want = preprocess_host(list(frames), info)
-        # the host resizes uint8 frames (OpenCV: fixed-point weights, then rounding: within a level) and the device does not
+        # both round the resized frame as the host's uint8 one is (it was left unrounded: half a level off);
+        # an enlargement's float ties may round apart, as in the frames graph: one level, on 1 % of values here
         assert got.shape == want.shape == (2, 3, 64, 96)
-        assert np.abs(got - want).max() <= 1.0 / 255 / min(info.std), size
+        off = np.abs(got - want) > 1e-5
+        assert not off.any() if size[0] >= 96 else off.mean() < 0.02, size
+        assert np.abs(got - want).max() <= 1.0 / 255 / min(info.std) + 1e-6, size
 
 
 def test_model_input_swaps_bgr_to_rgb():
