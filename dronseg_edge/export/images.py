@@ -54,14 +54,14 @@ def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]
     if (folder / IMAGE_DIR).is_dir():
         samples = dataset_samples(folder, "all")
         test_masks = {p.stem: p for p in (folder / TEST_MASK_DIR).glob("*.png")}
-        return [ImageItem(s.image_path, s.mask_path or test_masks.get(s.image_id)) for s in samples], f"data set {folder}"
+        return [ImageItem(s.image_path, s.mask_path or test_masks.get(s.image_id)) for s in samples], f"data set {folder.resolve()}"
     images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DronsegError(
             f"{option} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): pass a folder of images "
             "or a dataset root (ROOT/imgs/imgs)"
         )
-    return [ImageItem(p) for p in images], f"image folder {folder}"
+    return [ImageItem(p) for p in images], f"image folder {folder.resolve()}"  # resolved: recorded in artifacts
 
 
 def validation_images(ckpt: dict[str, Any]) -> tuple[list[ImageItem], str] | None:

@@ -101,7 +101,7 @@ def prepare_run_dir(cfg: TrainConfig, resume: Path | None, data: DataSetup, dist
         box = [str(run_dir)]  # rank 0's; the others' is overwritten
         torch.distributed.broadcast_object_list(box, src=0)
         run_dir = Path(box[0])
-    cfg.out = str(run_dir)
+    cfg.out = str(Path(run_dir).resolve())  # recorded, as a resumed run's is: absolute, whatever the working folder
     if dist_ctx.is_main:
         ensure_writable_dir(run_dir / "weights")
         save_split(run_dir / "split.json", data.train_ids, data.val_ids, seed=cfg.seed, val_fraction=cfg.val_fraction,

@@ -36,7 +36,8 @@ class MetricsLog:
         self.rows: list[dict[str, Any]] = []
         if self.path.is_file():
             with open(self.path, newline="", encoding="utf-8") as handle:
-                self.rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+                # an empty cell (epoch 0's lr under --val-at-start) stays empty, as in the uninterrupted run
+                self.rows = [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
         self.warn = warn or (lambda text: print(text, file=sys.stderr))
         self.writer = None  # tensorboard's RecordWriter on ``self.events`` while TensorBoard logging is on
         if tensorboard:

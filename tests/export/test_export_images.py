@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -77,3 +78,14 @@ def test_parity_falls_back_to_synthetic_scenes_and_says_so():
     finally:
         found.close()
     assert not folder.exists()
+
+
+def test_an_image_folder_is_named_by_its_absolute_path(tmp_path, monkeypatch):
+    # recorded in an int8 artifact's calibration metadata and the parity report: "data set s1" named nothing
+    # once the file left that folder, and made the artifact's bytes depend on how the path was typed
+    from dronseg_edge.export.images import images_from_folder
+
+    (tmp_path / "pictures").mkdir()
+    cv2.imwrite(str(tmp_path / "pictures" / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    assert images_from_folder(Path("pictures"), "--calib-data")[1] == f"image folder {(tmp_path / 'pictures').resolve()}"

@@ -57,11 +57,13 @@ def test_training_raises_validation_dice(synth_root, tmp_path):
     assert best["best_metric"] == pytest.approx(max(float(r["val_miou"]) for r in rows[1:]), rel=1e-5)
 
 
-def test_the_data_folder_is_recorded_as_an_absolute_path(synth_root, tmp_path, monkeypatch):
-    # `train --data data` recorded "data": eval, export and --resume from another folder read that folder's data
-    monkeypatch.chdir(synth_root.parent)
-    result = fit(config(synth_root.name, tmp_path / "run", epochs=1, max_steps_per_epoch=1), log=lambda _m: None)
-    assert json.loads((result.run_dir / "config.json").read_text())["data"] == str(synth_root.resolve())
+def test_the_data_and_run_folders_are_recorded_as_absolute_paths(synth_root, tmp_path, monkeypatch):
+    # `train --data data` recorded "data": eval, export and --resume from another folder read that folder's data;
+    # `--out run` recorded "run", where a resumed run records its absolute folder
+    monkeypatch.chdir(tmp_path)
+    result = fit(config(os.path.relpath(synth_root, tmp_path), "run", epochs=1, max_steps_per_epoch=1), log=lambda _m: None)
+    recorded = json.loads((result.run_dir / "config.json").read_text())
+    assert (recorded["data"], recorded["out"]) == (str(synth_root.resolve()), str((tmp_path / "run").resolve()))
     assert load_checkpoint(result.last)["config"]["data"] == str(synth_root.resolve())
 
 
