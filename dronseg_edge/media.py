@@ -8,6 +8,7 @@ before OpenCV or Pillow allocate anything for it: a "decompression bomb" (a 109 
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -38,6 +39,12 @@ class ImageTooLarge(DronsegError):
 
 class ImageUnreadable(DronsegError):
     """A file whose header is not an image header (damaged, truncated, or another kind of file)."""
+
+
+def ffmpeg_name(path: Path | str) -> str:
+    """A file's name as FFmpeg (OpenCV's and PyAV's) should get it: absolute, so that a relative name
+    with a colon in its first part (``2026-12-07T12:30:05.mp4``) is not read as a protocol."""
+    return os.path.abspath(path)
 
 
 def check_max_pixels(value: int, flag: str = "--max-pixels") -> int:

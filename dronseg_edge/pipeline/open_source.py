@@ -34,7 +34,7 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
     if isinstance(spec, Source):
         return spec
     options, text = capture or CaptureOptions(), str(spec)
-    path = Path(text).expanduser()
+    path = Path(os.path.expanduser(text))  # not Path.expanduser: './~x' would look up a user 'x'
     scheme = text.split("://", 1)[0].lower() if "://" in text else None
     ffmpeg = False  # whether FFmpeg decodes it (--hw-decode applies)
     device = re.fullmatch(r"/dev/video(\d+)", text)  # a V4L2 camera by its device, as `v4l2-ctl` names it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,7 @@ def fit(cfg: TrainConfig, resume: Path | None = None, log: Callable[[str], None]
     if ckpt is not None:
         cfg = _resumed_config(cfg, ckpt, resume)
     if cfg.data:  # recorded in the checkpoints, for eval, export and --resume run from any folder
-        cfg.data = str(Path(cfg.data).expanduser().resolve())
+        cfg.data = str(Path(os.path.expanduser(cfg.data)).resolve())
     cfg.validate()
     # A --weights file is read before any other work: a file that is not plain data is refused before the
     # data check, and before a run folder, split.json or config.json exists.

@@ -208,6 +208,16 @@ def test_tall_strips_keep_the_contact_sheet_and_overlays_within_what_jpeg_holds(
     assert cv2.imread(str(tmp_path / "overlay" / "000000.png")).shape == (20, 66000, 3)
 
 
+def test_an_image_name_of_255_bytes_is_written(tmp_path):
+    # its temporary name, 5 bytes longer, was ENAMETOOLONG: exit 5 ("check the disk") for a legal name
+    sink = MaskSink(tmp_path / "masks")
+    result = make_result(0)
+    result.name = "日本" * 41 + "abcde"  # 251 bytes: 255 with ".png", the most a name may hold
+    sink.write(result)
+    sink.close()
+    assert [len(p.name.encode()) for p in (tmp_path / "masks").iterdir()] == [255]
+
+
 def test_stats_are_never_appended_to_another_runs_file_and_a_missing_folder_is_one_line(tmp_path):
     (tmp_path / "stats.jsonl").write_text("old\n")
     with pytest.raises(DronsegError, match="it exists and a run never appends"):

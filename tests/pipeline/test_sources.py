@@ -342,3 +342,16 @@ def test_hw_decode_on_images_is_a_warning(image_folder, caplog):
         source = open_source(image_folder, capture=CaptureOptions(hw_decode=True))
     assert len(list(source.frames())) == 3 and source.hw_decode is None
     assert f"--hw-decode has no effect on {image_folder}, an image folder" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["2026-12-07T12:30:05.mp4", "~flight.mp4"])
+def test_names_ffmpeg_or_a_home_folder_could_misread_are_opened_as_the_files_they_are(name, tmp_path, monkeypatch):
+    # a relative name with a colon went to FFmpeg as a protocol ("cannot be opened ... damaged"); './~flight.mp4'
+    # was Path.expanduser's RuntimeError (no user 'flight')
+    monkeypatch.chdir(tmp_path)
+    write_video(tmp_path / name, frames=3)
+    source = open_source(f"./{name}", 5.0)
+    try:
+        assert len(list(source.frames())) == 3
+    finally:
+        source.close()

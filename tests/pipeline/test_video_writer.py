@@ -4,6 +4,7 @@ import errno
 import logging
 import sys
 from fractions import Fraction
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -241,3 +242,15 @@ def test_gstreamer_codecs_are_refused_where_opencv_cannot_open_them(tmp_path, fa
 def test_pips_opencv_has_no_gstreamer_encoder():
     with pytest.raises(DronsegError, match="--codec x264enc: OpenCV's GStreamer cannot open x264enc here"):
         encoders_for("x264enc")
+
+
+@pytest.mark.parametrize("codec", ["auto", "mp4v"])
+def test_a_relative_name_with_a_colon_is_written_as_that_file(codec, tmp_path, monkeypatch):
+    # FFmpeg read "2026-12-07T12:30:05.mp4" as the protocol "2026-12-07T12": "cannot write video ... not writable"
+    if codec == "auto" and video_writer._import_av() is None:
+        pytest.skip("PyAV is not installed (pip install 'dronseg-edge[video]')")
+    monkeypatch.chdir(tmp_path)
+    writer = video_writer.open_video_writer(Path("2026-12-07T12:30:05.mp4"), (64, 48), 25.0, codec)
+    writer.write(make_result(0).frame)
+    writer.close()
+    assert len(read_video(tmp_path / "2026-12-07T12:30:05.mp4")[0]) == 1

@@ -34,6 +34,7 @@ from dronseg_edge.data.synthetic.objects import CAR, DRONE, PERSON
 from dronseg_edge.data.synthetic.scene import render_view
 from dronseg_edge.data.synthetic.worlds import FREQUENT, RARE, SKY, build_world
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.media import ffmpeg_name
 from dronseg_edge.pictures import write_image
 from dronseg_edge.sizes import format_size
 
@@ -168,7 +169,7 @@ def _render_video(root: Path, frames: int, size: tuple[int, int], fps: float, se
                         theme=str(rng.choice(["urban", "suburban"])), video=True)
     final = root / VIDEO_NAME
     with atomic_path(final, suffix=".mp4") as tmp:  # OpenCV picks the container from the file name
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), size)
+        writer = cv2.VideoWriter(ffmpeg_name(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), size)
         if not writer.isOpened():
             raise DronsegError(f"OpenCV cannot write an mp4v video to {tmp.parent}: install opencv-python-headless "
                                "with FFmpeg, or pass --video-frames 0")
@@ -185,7 +186,7 @@ def _render_video(root: Path, frames: int, size: tuple[int, int], fps: float, se
 
 
 def _check_video(path: Path, frames: int, size: tuple[int, int], final: Path) -> None:
-    capture = cv2.VideoCapture(str(path))
+    capture = cv2.VideoCapture(ffmpeg_name(path))
     got = tuple(int(capture.get(p)) for p in (cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
     capture.release()
     if got != (frames, *size) and low_space(path.parent):

@@ -306,3 +306,11 @@ def test_a_long_flights_objects_share_colours_within_a_scenes_256_materials():
     assert len(world.materials) == SHARED_FROM  # then each class shares its nearest colour
     assert all(world.materials[i].cls == (9 if n % 2 else 10) for n, i in enumerate(made))
     world.add_material(Material(11, (120.0, 170.0, 230.0)))  # room left for the sky
+
+
+def test_a_relative_folder_with_a_colon_gets_its_video(tmp_path, monkeypatch):
+    # FFmpeg read "2026-12-07T12:30:05_data/.video.mp4" as a protocol: "install opencv-python-headless with FFmpeg"
+    monkeypatch.chdir(tmp_path)
+    result = synthesize(Path("2026-12-07T12:30:05_data"), images=4, size=(64, 48), video_frames=3, seed=0)
+    assert cv2.VideoCapture(str(tmp_path / "2026-12-07T12:30:05_data" / "video.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 3
+    assert result.video is not None
