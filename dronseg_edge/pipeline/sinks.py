@@ -29,6 +29,8 @@ from dronseg_edge.pictures import colorize, fit_width, grid_row, resize_frame, s
 from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.result import LOW_CONFIDENCE_U8, Result
 
+log = logging.getLogger(__name__)
+
 # Level 1 without row filters: faster than OpenCV's default for class maps, which are mostly long
 # runs of one value anyway (docs/facts.md#pipeline-timings).
 PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]
@@ -172,8 +174,8 @@ class OverlayImageSink(MaskSink):
         picture = self.picture(result)
         if max(picture.shape[:2]) <= JPEG_MAX_SIDE:
             return _imwrite(self.folder / f"{result.name}{self.suffix}", picture, self.params)
-        logging.getLogger("dronseg_edge").warning("%s is %dx%d, longer than JPEG's %d px a side: its overlay is a PNG",
-                                                  result.name, picture.shape[1], picture.shape[0], JPEG_MAX_SIDE)
+        log.warning("%s is %dx%d, longer than JPEG's %d px a side: its overlay is a PNG", result.name,
+                    picture.shape[1], picture.shape[0], JPEG_MAX_SIDE)
         _imwrite(self.folder / f"{result.name}.png", picture, PNG_FAST)
 
 
