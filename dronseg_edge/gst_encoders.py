@@ -60,9 +60,11 @@ def open_gst_writer(pipeline: str, size: tuple[int, int], fps: float):
 
 @functools.lru_cache(maxsize=None)
 def encoder_opens(encoder: str) -> bool:
-    """Whether OpenCV's GStreamer backend opens a writer through ``encoder`` here."""
-    import cv2
-
+    """Whether OpenCV's GStreamer backend opens a writer through ``encoder`` here (not without OpenCV)."""
+    try:
+        import cv2
+    except ImportError:  # a Jetson's venv that does not see JetPack's OpenCV: `checks` says so on its own line
+        return False
     try:
         open_gst_writer(f"appsrc ! {encoder_chain(encoder, 30, 2000, live=True)} ! fakesink", (320, 240), 30.0).release()
     except (OSError, cv2.error):

@@ -150,3 +150,9 @@ def test_elsewhere_no_gstreamer_encoder_is_chosen(monkeypatch, tmp_path):
     monkeypatch.setattr(machine, "TEGRA_RELEASE", tmp_path / "none")
     monkeypatch.setattr(machine, "DEVICE_TREE_MODEL", tmp_path / "none")
     assert jetson_encoder() is None
+
+
+def test_a_jetson_without_opencv_has_no_gstreamer_encoder(fake_jetson, monkeypatch):
+    """A venv made without --system-site-packages does not see JetPack's cv2: `checks` gave a bug line for the group."""
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    assert jetson_encoder() is None
