@@ -34,8 +34,8 @@ def auto_encoder_check() -> Check:
     found = next((name for name in ENCODERS[::-1] if av is not None and encoder_check(av, name).status == OK), None)
     if found is None:
         return Check("auto encoder", WARN, "mp4v through OpenCV (no H.264: browsers cannot play it, no streams)")
-    where = " (a Jetson without a GStreamer encoder in OpenCV: install JetPack's python3-opencv)" \
-        if jetson.is_jetson() else ""
+    where = (f" (a Jetson whose OpenCV opens no GStreamer encoder: {JETPACK_OPENCV}; x264enc comes with "
+             "gstreamer1.0-plugins-ugly)") if jetson.is_jetson() else ""
     return Check("auto encoder", OK, f"{found} through PyAV{where}")
 
 

@@ -126,6 +126,14 @@ def test_the_auto_encoder_line_names_a_jetsons_gstreamer_encoder(fake_jetson, mo
     assert (check.name, check.status) == ("auto encoder", status) and check.detail.startswith(detail)
 
 
+def test_a_jetson_whose_opencv_opens_no_gstreamer_encoder_is_told_jetpacks_package(fake_jetson):
+    """JetPack's OpenCV is NVIDIA's libopencv-python; Ubuntu's python3-opencv is another build (docs/jetson.md)."""
+    pytest.importorskip("av")
+    check = video.auto_encoder_check()
+    assert "through PyAV" in check.detail and "libopencv-python" in check.detail and "python3-opencv" not in check.detail
+    assert "gstreamer1.0-plugins-ugly" in check.detail
+
+
 def test_the_auto_encoder_line_elsewhere_names_pyavs(monkeypatch, tmp_path):
     from dronseg_edge import machine
 
