@@ -56,7 +56,9 @@ def opencv_checks() -> Iterator[Check]:
     cv2, why = import_optional("cv2")
     if cv2 is None:
         # An OpenCV built against numpy 1.x (JetPack's) does not import under numpy 2.
-        fix = "pip install 'numpy<2'" if "numpy" in why.lower() else "pip install opencv-python-headless"
+        # On a Jetson pip's OpenCV has no GStreamer (no CSI cameras, no hardware encoder) and shadows JetPack's.
+        fix = ("pip install 'numpy<2'" if "numpy" in why.lower() else JETPACK_OPENCV if jetson.is_jetson()
+               else "pip install opencv-python-headless")
         yield Check("opencv", FAIL, f"{why}: images and video cannot be read or written ({fix})", {"version": None})
         return
     yield Check("opencv", OK, str(cv2.__version__), {"version": str(cv2.__version__)})

@@ -78,6 +78,15 @@ def test_without_opencv_nothing_reads_images(monkeypatch):
     assert check.status == FAIL and "opencv-python-headless" in check.detail
 
 
+def test_a_jetson_without_opencv_is_told_jetpacks_not_pips(monkeypatch):
+    """pip's OpenCV has no GStreamer and shadows JetPack's (docs/jetson.md): the fix is a venv that sees JetPack's."""
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    monkeypatch.setattr(jetson, "is_jetson", lambda: True)
+    [check] = list(video.opencv_checks())
+    assert check.status == FAIL and "libopencv-python" in check.detail and "--system-site-packages" in check.detail
+    assert "pip install opencv" not in check.detail
+
+
 def test_an_opencv_built_for_numpy_1_under_numpy_2_names_the_fix(tmp_path, monkeypatch):
     """JetPack's OpenCV in a venv where pip put numpy 2: the import fails, the line says to go back to numpy 1.x."""
     (tmp_path / "cv2.py").write_text("raise ImportError('numpy.core.multiarray failed to import "
