@@ -40,7 +40,7 @@ def cuda_checks() -> Iterator[Check]:
     yield bindings_check(driver)
     for name, version, major in tensorrt_wheels():
         yield _build_check("tensorrt build", f"{name} {version}", major, driver, f"it cannot run here; pip uninstall "
-                           f"tensorrt {name} {name}-libs {name}-bindings, then pip install {trt_extra(driver[0])}",
+                           f"tensorrt {name} {name}-libs {name}-bindings, then {trt_extra(driver[0])}",
                            {"package": name, "version": version, "cuda_major": major})
 
 
@@ -62,19 +62,22 @@ def gpu_checks() -> Iterator[Check]:
 
 
 def trt_extra(driver_major: int) -> str:
-    """The extra that installs TensorRT and cuda-bindings for a driver of this CUDA major."""
-    return "'dronseg-edge[trt-cu12]'" if driver_major == 12 else "'dronseg-edge[trt]'"
+    """How to install TensorRT and cuda-bindings for a driver of this CUDA major: none is built for CUDA 11 or older."""
+    if driver_major < 12:
+        return f"a driver for CUDA 12 ({DRIVER_FOR[12]} or newer; a Jetson Orin: JetPack 6), then pip install 'dronseg-edge[trt-cu12]'"
+    return "pip install 'dronseg-edge[trt-cu12]'" if driver_major == 12 else "pip install 'dronseg-edge[trt]'"
 
 
 def bindings_check(driver: tuple[int, int]) -> Check:
     """cuda-bindings (the engine runner's CUDA binding): its CUDA major against the driver's."""
     version = machine.installed_version("cuda-bindings")
     if version is None:
-        return Check("cuda-bindings", WARN, f"not installed: .engine files cannot run (pip install {trt_extra(driver[0])} "
-                                            f"for this CUDA {driver[0]} driver)", {"version": None})
+        return Check("cuda-bindings", WARN, f"not installed: .engine files cannot run (this driver supports CUDA "
+                                            f"{driver[0]}.{driver[1]}: {trt_extra(driver[0])})", {"version": None})
     major = int(version.split(".")[0])
     return _build_check("cuda-bindings", version, major, driver, "every CUDA call of the engine runner will fail; "
-                        f"pip install 'cuda-bindings>={driver[0]}.3,<{driver[0] + 1}'", {"version": version, "cuda_major": major})
+                        f"pip install 'cuda-bindings>={driver[0]}.3,<{driver[0] + 1}'" if driver[0] >= 12 else trt_extra(driver[0]),
+                        {"version": version, "cuda_major": major})
 
 
 def tensorrt_wheels() -> list[tuple[str, str, int]]:

@@ -61,6 +61,15 @@ def test_matching_builds_are_ok(monkeypatch):
     assert checks["cuda-bindings"].facts == {"version": "12.9.10", "cuda_major": 12}
 
 
+def test_a_cuda11_driver_is_told_to_update_not_to_install_cuda13_wheels(monkeypatch):
+    """A 470 driver (CUDA 11.4) or JetPack 5: [trt] brings CUDA 13 builds, and no cuda-bindings in range runs on CUDA 11."""
+    bindings = fake_machine(monkeypatch, (11, 4), {})["cuda-bindings"]
+    assert bindings.status == WARN and "[trt]" not in bindings.detail and "a driver for CUDA 12 (525 or newer" in bindings.detail
+    checks = fake_machine(monkeypatch, (11, 4), {"cuda-bindings": "12.9.10", "tensorrt-cu12": "10.16.1.11"})
+    assert "cuda-bindings>=11" not in checks["cuda-bindings"].detail and "[trt]" not in checks["tensorrt build"].detail
+    assert "then pip install 'dronseg-edge[trt-cu12]'" in checks["tensorrt build"].detail
+
+
 def test_the_driver_release_and_each_gpu_are_lines_without_torch(monkeypatch):
     orin = {"name": "Orin", "compute_capability": "8.7", "memory_gib": 61.4, "multiprocessors": 16}
     checks = fake_machine(monkeypatch, (12, 6), {}, gpus=(H100, orin), release="550.54.15")
