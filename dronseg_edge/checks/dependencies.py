@@ -15,7 +15,8 @@ from typing import Iterator
 
 from dronseg_edge.checks.base import OK, WARN, Check, first_line
 from dronseg_edge.checks.system import PACKAGE_FOLDER
-from dronseg_edge.machine import installed_version
+from dronseg_edge.checks.torch_checks import JETSON_TORCH
+from dronseg_edge.machine import installed_version, is_jetson
 
 DISTRIBUTION = "dronseg-edge"
 CORE = "core"
@@ -120,5 +121,7 @@ def dependency_check(name: str, ranges: dict[str, str]) -> Check:
     if None in verdicts.values():
         return Check(f"dep {name}", WARN, f"{version}{via} is not a version pip can compare ({needs})", facts)
     wanted = ranges[CORE] if CORE in ranges else next(iter(ranges.values()))
-    return Check(f"dep {name}", WARN, f"{version}{via} is outside the range required ({needs}): "
-                                      f"pip install '{name}{wanted}'", facts)
+    fix = f"pip install '{name}{wanted}'"
+    if name in ("torch", "torchvision") and is_jetson():  # pip's aarch64 torch would replace NVIDIA's: CPU-only
+        fix = f"NVIDIA's wheels for this JetPack, not pip's (CPU-only here): {JETSON_TORCH}"
+    return Check(f"dep {name}", WARN, f"{version}{via} is outside the range required ({needs}): {fix}", facts)

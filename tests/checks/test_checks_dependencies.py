@@ -10,6 +10,7 @@ import platform
 import numpy
 import pytest
 
+from dronseg_edge import machine
 from dronseg_edge.checks import OK, WARN, dependencies
 
 HERE = platform.machine()
@@ -81,6 +82,16 @@ def test_extras_not_installed_are_fine_and_an_old_torch_is_not(tmp_path, monkeyp
     assert lines["dep av"].status == OK and lines["dep av"].detail == "not installed (video: >=12)"
     assert lines["dep av"].facts["installed"] is None and lines["dep av"].facts["satisfied"] is None
     assert lines["dep torch"].status == WARN and "2.8.0 is outside the range required (train: >=2.10; export: >=2.10)" in lines["dep torch"].detail
+
+
+def test_an_old_torch_on_a_jetson_is_not_told_to_take_pips(tmp_path, monkeypatch):
+    """pip's aarch64 torch is CPU-only: `pip install 'torch>=2.10'` would replace NVIDIA's wheel (docs/jetson.md)."""
+    (tmp_path / "nv_tegra_release").write_text("# R36 (release), REVISION: 4.3\n")
+    monkeypatch.setattr(machine, "TEGRA_RELEASE", tmp_path / "nv_tegra_release")
+    lines = rows(tmp_path, monkeypatch, {"numpy": "1.26.4", "typer": "0.29.1", "torch": "2.5.0a0+872d972e41.nv24.08"})
+    assert lines["dep torch"].status == WARN and "pip install" not in lines["dep torch"].detail
+    assert "/docs/jetson.md#nvidias-torch-and-onnx-runtime-wheels" in lines["dep torch"].detail
+    assert lines["dep typer"].status == OK
 
 
 def test_nvidias_prerelease_torch_and_either_cuda_bindings_range_count(tmp_path, monkeypatch):
