@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import io
 import os
 import sys
 import tempfile
@@ -93,7 +94,10 @@ def provider_check(ort, provider: str, model: bytes) -> Check:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the reason a provider did not start
     error, got, output = None, [], None
-    with native_stderr() as logged, warnings.catch_warnings(record=True) as caught:
+    # ONNX Runtime prints its own fallback ("EP Error ...", the TensorRT provider without TensorRT) on stdout,
+    # which is where `checks --json -` writes its JSON.
+    with native_stderr() as logged, warnings.catch_warnings(record=True) as caught, \
+            contextlib.redirect_stdout(io.StringIO()) as printed:
         warnings.simplefilter("always")
         try:
             session = ort.InferenceSession(model, sess_options=options, providers=[provider])
@@ -101,7 +105,7 @@ def provider_check(ort, provider: str, model: bytes) -> Check:
             output = session.run(None, {"x": x})[0]
         except Exception as exc:
             error = first_line(exc)
-    logged = logged + [str(w.message) for w in caught]
+    logged = logged + [str(w.message) for w in caught] + [line.strip() for line in printed.getvalue().splitlines()]
     failed = FAIL if provider == "CPUExecutionProvider" else WARN  # others fall back to the CPU, which still works
     facts = {"provider": provider, "runs": False}
     if error is not None:

@@ -160,6 +160,23 @@ def test_a_listed_provider_that_falls_back_warns_with_the_native_reason():
     assert check.status == FAIL and "no CPU today" in check.detail
 
 
+def test_onnxruntimes_own_fallback_print_stays_off_stdout(monkeypatch, capsys):
+    """onnxruntime-gpu without TensorRT's libraries prints 'EP Error ...' on stdout, where `checks --json -` writes."""
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+    from onnxruntime.capi import _pybind_state as C
+
+    def no_tensorrt(*args):
+        raise RuntimeError("RegisterTensorRTPluginsAsCustomOps Please install TensorRT libraries as mentioned in the GPU "
+                           "requirements page, make sure they're in the PATH or LD_LIBRARY_PATH")
+
+    monkeypatch.setattr(C, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(C, "register_tensorrt_plugins_as_custom_ops", no_tensorrt, raising=False)  # GPU builds only
+    check = onnxruntime_checks.provider_check(onnxruntime, "TensorrtExecutionProvider", onnxruntime_checks.probe_model())
+    assert check.status == WARN and "fell back to CPU" in check.detail and "Please install TensorRT" in check.detail
+    assert capsys.readouterr().out == ""
+
+
 def test_both_onnxruntime_packages_installed_warns(monkeypatch):
     pytest.importorskip("onnxruntime")
     monkeypatch.setattr(onnxruntime_checks, "installed_distributions", lambda: ["onnxruntime", "onnxruntime-gpu"])
