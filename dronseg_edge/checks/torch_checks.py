@@ -61,6 +61,11 @@ def no_cuda_check(torch) -> Check:
     The usual cause is pip: resolving an extra that asks for torch replaced NVIDIA's Jetson wheel (or a
     CUDA build) with the registry's CPU-only aarch64 wheel. The driver is asked, not torch, which sees no GPU.
     """
+    driver = devices.cuda_driver_version()
+    if torch.version.cuda and driver and int(str(torch.version.cuda).split(".")[0]) > driver[0]:  # pip's CUDA 13 torch
+        return Check("cuda", WARN, f"torch is built for CUDA {torch.version.cuda}, and this driver supports CUDA "
+                                   f"{driver[0]}.{driver[1]}: torch runs on the CPU; install a torch built for CUDA "
+                                   f"{driver[0]} ({CUDA_TORCH}) or a newer driver")
     if torch.version.cuda:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         hidden = f"; CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""

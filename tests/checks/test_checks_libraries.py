@@ -47,6 +47,14 @@ def test_a_cpu_only_torch_without_a_gpu_is_right(monkeypatch):
     assert check.status == OK and "no NVIDIA GPU here" in check.detail
 
 
+def test_a_cuda13_torch_under_a_cuda12_driver_says_so(monkeypatch):
+    """What `pip install torch` gives a CUDA 12 machine today: torch sees no GPU, and the driver is the cause."""
+    monkeypatch.setattr(devices, "cuda_driver_version", lambda: (12, 4))
+    monkeypatch.setattr(devices, "driver_device_count", lambda: 1)
+    check = torch_checks.no_cuda_check(SimpleNamespace(__version__="2.14.1+cu130", version=SimpleNamespace(cuda="13.0")))
+    assert check.status == WARN and "this driver supports CUDA 12.4" in check.detail and "no NVIDIA driver" not in check.detail
+
+
 @pytest.mark.parametrize("on_jetson, gpus, says", [
     (True, 1, "cannot use this Jetson's GPU: pip probably replaced NVIDIA's torch wheel"),
     (False, 2, "cannot use the NVIDIA GPUs the driver shows (2): install a CUDA build of torch"),
