@@ -8,6 +8,7 @@ module builds and checks the pipeline text, and :class:`GStreamerSource` reads f
 from __future__ import annotations
 
 import re
+import shlex
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -125,9 +126,11 @@ class GStreamerSource(CaptureSource):
         self.live_default = not self.is_file
         require_gstreamer(name or pipeline)
         name = name or self.pipeline
+        # Quoted for a shell as NVIDIA's examples are: bash refuses the '(' of video/x-raw(memory:NVMM) bare.
+        shell = " ".join(word if word == "!" else shlex.quote(word) for word in self.pipeline.rsplit(" ! appsink", 1)[0].split())
         cannot_open = (f"CSI camera {name} cannot be opened: check its ribbon cable and sensor id, that nvargus-daemon "
                        "runs (sudo systemctl restart nvargus-daemon) and that no other program holds it; try "
-                       f"`gst-launch-1.0 {self.pipeline.rsplit(' ! appsink', 1)[0]} ! fakesink`" if kind == "camera" else
+                       f"`gst-launch-1.0 {shell} ! fakesink`" if kind == "camera" else
                        f"GStreamer pipeline {name!r} cannot be opened: run it with `gst-launch-1.0 PIPELINE` (ending "
                        "in fakesink instead of appsink) to see GStreamer's error, and end it in BGR frames "
                        "(... ! videoconvert ! video/x-raw,format=BGR)")

@@ -9,6 +9,9 @@ GStreamer (JetPack's, or a source build).
 from __future__ import annotations
 
 import logging
+import re
+import shlex
+import subprocess
 
 import cv2
 import pytest
@@ -140,6 +143,15 @@ def test_a_pipeline_that_does_not_open_is_a_runtime_failure_naming_gst_launch(fa
     assert error.value.exit_code == 5  # a camera that is not up yet: a supervisor retries
     with pytest.raises(RuntimeFailure, match="CSI camera csi://0 cannot be opened: .*nvargus-daemon"):
         open_source("csi://0")
+
+
+def test_the_gst_launch_command_a_csi_camera_suggests_runs_in_a_shell(fake_gstreamer):
+    """bash stops at the bare '(' of video/x-raw(memory:NVMM): the caps are quoted, as in NVIDIA's examples."""
+    with pytest.raises(RuntimeFailure) as error:
+        open_source("csi://0")
+    command = re.search(r"try `(gst-launch-1.0 .*)`", str(error.value)).group(1)
+    assert shlex.split(command)[4] == "video/x-raw(memory:NVMM),width=1920,height=1080,framerate=30/1"
+    assert subprocess.run(["bash", "-n", "-c", command], capture_output=True).returncode == 0
 
 
 def test_ffmpeg_options_on_a_pipeline(fake_gstreamer, caplog):
