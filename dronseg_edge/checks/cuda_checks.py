@@ -75,8 +75,8 @@ def bindings_check(driver: tuple[int, int]) -> Check:
         return Check("cuda-bindings", WARN, f"not installed: .engine files cannot run (this driver supports CUDA "
                                             f"{driver[0]}.{driver[1]}: {trt_extra(driver[0])})", {"version": None})
     major = int(version.split(".")[0])
-    return _build_check("cuda-bindings", version, major, driver, "every CUDA call of the engine runner will fail; "
-                        f"pip install 'cuda-bindings>={driver[0]}.3,<{driver[0] + 1}'" if driver[0] >= 12 else trt_extra(driver[0]),
+    fix = f"pip install 'cuda-bindings>={driver[0]}.3,<{driver[0] + 1}'" if driver[0] >= 12 else trt_extra(driver[0])
+    return _build_check("cuda-bindings", version, major, driver, f"every CUDA call of the engine runner will fail; {fix}",
                         {"version": version, "cuda_major": major})
 
 
