@@ -115,11 +115,16 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
 
 
 def samples_for_ids(root: Path | str, ids: list[str]) -> list[Sample]:
-    """Samples (with masks where present) for the given IDs, e.g. a saved validation split."""
+    """Samples with their masks for the given IDs, e.g. a saved validation split (an image without a mask
+    would be scored as all-ignored: Dice 1.0 for every class)."""
     by_id = {s.image_id: s for s in dataset_samples(root, "all")}
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise DronsegError(f"{len(missing)} split IDs (first: {missing[0]}) are not in {Path(root) / IMAGE_DIR}: is it the same data set?")
+    unlabelled = [i for i in ids if by_id[i].mask_path is None]
+    if unlabelled:
+        raise DronsegError(f"{len(unlabelled)} split images have no mask (first: {Path(root) / MASK_DIR / unlabelled[0]}.png): "
+                           "is it the same data set?")
     return [by_id[i] for i in ids]
 
 

@@ -46,6 +46,12 @@ def test_valid_layout_reads_and_counts(tmp_path):
     assert [s.image_id for s in samples_for_ids(tmp_path, [ids[1], ids[0]])] == [ids[1], ids[0]]
 
 
+def test_a_split_image_without_its_mask_is_refused_not_scored_as_all_ignored(tmp_path):
+    ids = make_layout(tmp_path)  # a val ID listed as a test image here: eval gave it Dice 1.0 for every class
+    with pytest.raises(DronsegError, match=f"no mask .*{ids[4]}.png"):
+        samples_for_ids(tmp_path, [ids[0], ids[4]])
+
+
 def test_layout_without_csvs_uses_masks(tmp_path):
     ids = make_layout(tmp_path)
     (tmp_path / "train.csv").unlink()
