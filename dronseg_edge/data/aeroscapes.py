@@ -6,7 +6,8 @@ Layout::
     ROOT/masks/masks/{ImageID}.png    single-channel class indices 0..11 (train images only)
     ROOT/train.csv, ROOT/test.csv     an ``ImageID`` column each
 
-Without the CSVs, images with a mask count as train and the others as test.
+Without train.csv, images with a mask that test.csv does not list count as train; without test.csv, the others
+as test.
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
         raise DronsegError(f"{masks[extra[0]]} has no image {image_dir / (extra[0] + '.jpg')} ({len(extra)} such masks): "
                            "remove the extra masks or add their images")
     train_csv, test_csv = root / "train.csv", root / "test.csv"
-    train_ids = read_ids(train_csv) if train_csv.is_file() else [i for i in images if i in masks]
-    test_ids = read_ids(test_csv) if test_csv.is_file() else [i for i in images if i not in masks and i not in train_ids]
+    listed_test = read_ids(test_csv) if test_csv.is_file() else None
+    not_test = set(images) - set(listed_test or ())  # an image test.csv lists is never trained on
+    train_ids = read_ids(train_csv) if train_csv.is_file() else [i for i in images if i in masks and i in not_test]
+    test_ids = listed_test if listed_test is not None else [i for i in images if i not in masks and i not in train_ids]
     wanted = {"train": train_ids, "test": test_ids, "all": train_ids + [i for i in test_ids if i not in set(train_ids)]}
     if subset not in wanted:
         raise DronsegError(f"subset {subset!r} is not one of train, test, all")

@@ -60,6 +60,15 @@ def test_layout_without_csvs_uses_masks(tmp_path):
     assert [s.image_id for s in dataset_samples(tmp_path, "test")] == ids[4:]
 
 
+def test_without_train_csv_the_images_test_csv_lists_are_not_trained_on(tmp_path):
+    ids = make_layout(tmp_path)
+    (tmp_path / "train.csv").unlink()
+    (tmp_path / "masks/masks" / f"{ids[0]}.png").rename(tmp_path / "masks/masks" / f"{ids[4]}.png")
+    (tmp_path / "test.csv").write_text(f"ImageID\n{ids[4]}\n")  # a labelled image kept for the test side
+    assert [s.image_id for s in dataset_samples(tmp_path, "train")] == ids[1:4]
+    assert [s.image_id for s in dataset_samples(tmp_path, "test")] == [ids[4]]
+
+
 def test_suffixes_in_capitals_are_read_for_masks_as_for_images(tmp_path):
     ids = make_layout(tmp_path)
     for image_id in ids[:2]:  # a camera's or a Windows tool's X.JPG and X.PNG
