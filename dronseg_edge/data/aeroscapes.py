@@ -89,6 +89,9 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     image_dir, mask_dir = root / IMAGE_DIR, root / MASK_DIR
     if not image_dir.is_dir():
         raise DronsegError(f"{image_dir} is missing; {FIX_LAYOUT}")
+    if (root / "synth.json").is_file() and not (root / "train.csv").is_file():  # synth writes its CSVs last
+        raise DronsegError(f"{root} is a `synth` data set that was never finished (no train.csv): "
+                           f"rerun `dronseg-edge synth {root} --force`")
     images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
     masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.is_file() and p.suffix.lower() == ".png"} \
         if mask_dir.is_dir() else {}  # X.PNG too, as images are found whatever their suffix's case

@@ -60,6 +60,14 @@ def test_layout_without_csvs_uses_masks(tmp_path):
     assert [s.image_id for s in dataset_samples(tmp_path, "test")] == ids[4:]
 
 
+def test_a_synth_set_cut_short_before_its_csvs_is_refused_not_trained_on(tmp_path):
+    make_layout(tmp_path)  # synth writes synth.json first and its CSVs last: Ctrl-C between leaves this
+    (tmp_path / "train.csv").unlink()
+    (tmp_path / "synth.json").write_text('{"generator": "dronseg-edge synth", "finished": false}')
+    for subset in ("train", "test"):
+        with pytest.raises(DronsegError, match="never finished .* --force"):
+            dataset_samples(tmp_path, subset)
+
 def test_without_train_csv_the_images_test_csv_lists_are_not_trained_on(tmp_path):
     ids = make_layout(tmp_path)
     (tmp_path / "train.csv").unlink()
