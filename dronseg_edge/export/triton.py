@@ -21,6 +21,7 @@ takes the folder's, so it may be renamed). ``tritonserver --model-repository REP
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -248,7 +249,11 @@ def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: 
             # permissions, as its subfolder 1/ got.
             os.chmod(staged, stat.S_IMODE(version.stat().st_mode))
             _publish(staged, final)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staged, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno == errno.EXDEV:  # no rename from root.parent into root
+                raise DronsegError(f"{root} is a link or mount point onto another file system: the model folder is made "
+                                   f"in {root.parent} and renamed into it; pass an --out whose triton/ is a plain folder, "
+                                   "and copy the model folder from there") from None
             raise
     return final

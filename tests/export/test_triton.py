@@ -10,12 +10,14 @@ import hashlib
 import importlib.util
 import io
 import json
+import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 import onnx
 import pytest
+from testkit import mount_tmpfs
 from trt_parser_rules import check_graph
 
 from dronseg_edge.classes import CLASS_NAMES
@@ -275,6 +277,16 @@ def test_someone_elses_model_folder_is_not_replaced(exported, tmp_path):
     assert (theirs / "config.pbtxt").read_text() == 'platform: "pytorch_libtorch"\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no staging folder left behind
 
+
+
+def test_a_repository_on_another_file_system_is_one_line(exported, tmp_path):
+    """triton/ a mount point (or a link) onto another file system: the folder staged beside it cannot be renamed in."""
+    with mount_tmpfs(tmp_path / "triton") as repository:
+        with pytest.raises(DronsegError, match=rf"^{re.escape(str(repository))} is a link or mount point onto another "
+                                               rf"file system: .* pass an --out whose triton/ is a plain folder"):
+            write_model_repository(exported / "tiny_dyn_fp16.onnx", repository, "tiny_dyn_fp16")
+        assert list(repository.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["triton"]  # the staged folder removed
 
 def run_cli(capsys, *args):
     with pytest.raises(SystemExit) as exit_info:
