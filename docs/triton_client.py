@@ -139,11 +139,14 @@ def main(argv: list[str] | None = None) -> None:
     missing = [str(path) for path, frame in zip(args.frames, frames) if frame is None]
     if missing:
         raise SystemExit(f"cannot read {', '.join(missing)} as images")
-    if args.onnxruntime:
-        config, outputs = infer_onnxruntime(Path(args.model), frames)
-    else:
-        config, outputs = infer_triton(args.url, args.model, frames)
-    check_outputs(config, outputs, len(frames))
+    try:
+        if args.onnxruntime:
+            config, outputs = infer_onnxruntime(Path(args.model), frames)
+        else:
+            config, outputs = infer_triton(args.url, args.model, frames)
+        check_outputs(config, outputs, len(frames))
+    except (ValueError, OSError) as exc:  # too many frames, mixed sizes, no config.pbtxt: one line, as above
+        raise SystemExit(f"error: {exc}") from None
     names = json.loads(_parameter(config, "class_names"))
     for path, classes in zip(args.frames, class_maps(config, outputs)):
         cv2.imwrite(str(path.with_suffix(".mask.png")), classes)  # class indices as grey levels

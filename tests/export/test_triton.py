@@ -399,6 +399,20 @@ def test_the_client_program_writes_class_maps(client, variants, tmp_path, capsys
     assert all(CLASS_NAMES[c] in printed for c in np.unique(mask))
 
 
+
+def test_the_client_program_says_what_is_wrong_in_one_line(client, variants, tmp_path):
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), sent_frames(1)[0])
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), sent_frames(1)[0][:64, :80])
+    for args, message in (([variants["frames"], *[image] * 5], "error: 5 frames: this model takes at most 4 per request"),
+                          ([variants["frames_dynamic"], image, small], "error: frames of different sizes: one request is "
+                                                                       "one tensor, send them separately"),
+                          ([variants["frames"].parent, image], "error: [Errno 2] No such file or directory: ")):
+        with pytest.raises(SystemExit) as exit_info:
+            client.main([*map(str, args), "--onnxruntime"])
+        assert str(exit_info.value.code).startswith(message)
+
 def test_the_docs_show_lines_of_the_client_itself():
     """docs/triton.md's excerpt cannot drift from docs/triton_client.py, which the tests above run."""
     text = (CLIENT_FILE.parent / "triton.md").read_text()
