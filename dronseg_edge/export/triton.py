@@ -188,7 +188,7 @@ def _artifact_parts(artifact: Path, max_batch: int) -> tuple[ModelInfo, Path, in
 def _check_replaceable(folder: Path) -> None:
     """Only a folder this module wrote (or an empty one) is replaced: NAME might be someone's own model."""
     try:
-        first = (folder / "config.pbtxt").read_text(encoding="utf-8").partition("\n")[0]
+        first = (folder / "config.pbtxt").read_text(encoding="utf-8", errors="replace").partition("\n")[0]
     except OSError:
         first = ""
     if folder.exists() and not (folder.is_dir() and (MARKER in first or not any(folder.iterdir()))):

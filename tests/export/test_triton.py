@@ -268,13 +268,14 @@ def test_an_engine_repository_serves_the_plan(exported, tmp_path):
         write_model_repository(engine, tmp_path / "repo", "again")
 
 
-def test_someone_elses_model_folder_is_not_replaced(exported, tmp_path):
+@pytest.mark.parametrize("config", [b'platform: "pytorch_libtorch"\n', b'# mod\xe8le (Latin-1)\nplatform: "pytorch_libtorch"\n'])
+def test_someone_elses_model_folder_is_not_replaced(exported, tmp_path, config):
     theirs = tmp_path / "repo" / "tiny_dyn_fp16"
     (theirs / "1").mkdir(parents=True)
-    (theirs / "config.pbtxt").write_text('platform: "pytorch_libtorch"\n')
+    (theirs / "config.pbtxt").write_bytes(config)
     with pytest.raises(DronsegError, match="not a model folder written by dronseg-edge"):
         write_model_repository(exported / "tiny_dyn_fp16.onnx", tmp_path / "repo", "tiny_dyn_fp16")
-    assert (theirs / "config.pbtxt").read_text() == 'platform: "pytorch_libtorch"\n'
+    assert (theirs / "config.pbtxt").read_bytes() == config
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no staging folder left behind
 
 
