@@ -3,7 +3,7 @@ batch 1 and 4, at 1280x720.
 
 Every (architecture, batch) runs the same variants side by side in one process, baselines first
 (PyTorch strict fp32 without TF32, PyTorch default fp32 eager, then fp16, CUDA graph, ONNX Runtime,
-TensorRT), through the package's own harness (dronseg_edge.bench: CUDA events on a GPU, warm-up,
+TensorRT), through the package's own harness (dronseg_edge.bench: CUDA events for checkpoints on a GPU, warm-up,
 percentiles). Variants this machine cannot run are listed with the reason. Each output stride is a
 model of its own (its own checkpoint, exports and rows, labelled ``ARCH OS8`` / ``ARCH OS16``); the
 MobileNetV3 models exist at output stride 16 only.

@@ -106,7 +106,7 @@ def _time_and_check(row: dict, path: Path, graph, provider: str, timing, ref, da
         m = time_backend(backend, make_input(backend.info, bench.size, 1), timing)
         row.update({"status": "passed", "provider": backend.provider, "cuda_graph": backend.cuda_graph,
                     "median_ms": m.latency.median_ms, "p99_ms": m.latency.p99_ms, "cv": m.latency.cv,
-                    "iters": m.latency.count, "timer": m.timer})
+                    "iters": m.latency.count, "timer": m.timer, "include_transfers": m.include_transfers})
         judge(row, parity(ref, backend, data, device, ctx.plan.parity_images))
     finally:
         backend.deactivate()

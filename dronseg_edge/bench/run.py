@@ -20,8 +20,8 @@ from dronseg_edge.runtime.host import preprocess_host
 from dronseg_edge.runtime.registry import backend_class, is_checkpoint, load_backend
 from dronseg_edge.sizes import format_size
 
-HOST_TIMED_GPU_NOTE = ("latency includes the host<->device copies: timed on the host (perf_counter) because CUDA "
-                       "events on a device-resident input need a CUDA build of torch, and none is installed here")
+HOST_TIMED_GPU_NOTE = ("latency includes the host<->device copies: timed on the host (perf_counter), as the backend "
+                       "takes host arrays (ONNX Runtime, TensorRT) or no CUDA build of torch is installed for CUDA events")
 
 
 @dataclass
@@ -161,7 +161,7 @@ def run_prepared(prepared: PreparedBench, settings: TimingSettings) -> BenchResu
     notes = list(prepared.notes)
     if settings.include_transfers and device.type != "cuda":
         notes.append("transfers: none on the CPU (input and output stay in host memory)")
-    if host_timed_gpu(device):
+    if host_timed_gpu(device, backend.native):
         notes.append(HOST_TIMED_GPU_NOTE)
     # Whether a CUDA graph ran: the backend's own flag when it has one, else what was asked; None if unsupported.
     graph = None

@@ -1,14 +1,16 @@
 """The measurement harness: warm up, then time ``Backend.infer`` iteration by iteration.
 
-The timer follows the kind of device the backend was given (``bench.run.resolve_bench_device``):
+The timer follows the kind of device the backend was given (``bench.run.resolve_bench_device``) and the
+arrays it takes (``Backend.native``):
 
-- **a torch device on a GPU**: CUDA events on torch's current stream, as trtexec does: host-to-device
+- **a checkpoint on a torch device on a GPU**: CUDA events on torch's current stream, as trtexec does: host-to-device
   copy into a device-resident input, compute, device-to-host copy, then a synchronise, so each sample
   is one batch on an idle GPU (launch gaps included). ``include_transfers`` decides whether the
   latency counts the copies; torch is needed for the stream and the device-resident tensors.
-- **anything else** (the CPU, or a GPU without a CUDA torch: a ``devices.Device``): ``perf_counter``
-  around ``infer`` on the host array. On a GPU the backend uploads, runs, downloads and synchronises
-  before it returns, so the latency includes the copies (``Measurement.include_transfers`` is True).
+- **anything else** (the CPU; ONNX Runtime and TensorRT, which take host arrays; a GPU without a CUDA
+  torch): ``perf_counter`` around ``infer`` on the host array. On a GPU the backend uploads, runs,
+  downloads and synchronises before it returns, so the latency includes the copies
+  (``Measurement.include_transfers`` is True).
 
 Backends run on torch's current CUDA stream or synchronise before ``infer`` returns; the host wall
 time per iteration is kept as a cross-check.
@@ -53,15 +55,17 @@ class Measurement:
                 "output_shape": self.output_shape, "output_dtype": self.output_dtype}
 
 
-def timer_name(device: Any) -> str:
-    """'cuda-events' (a torch device on a GPU) or 'perf_counter': the timer :func:`measure` uses on ``device``."""
+def timer_name(device: Any, native: str = "torch") -> str:
+    """'cuda-events' (a torch device on a GPU, for a backend that takes torch tensors: a checkpoint) or
+    'perf_counter': the timer :func:`measure` uses on ``device`` for a backend whose arrays are ``native``.
+    ONNX Runtime and TensorRT take host arrays: events around them would time their copies as compute."""
     torch_device = type(device).__module__.startswith("torch")  # told without importing torch
-    return "cuda-events" if device.type == "cuda" and torch_device else "perf_counter"
+    return "cuda-events" if device.type == "cuda" and torch_device and native == "torch" else "perf_counter"
 
 
-def host_timed_gpu(device: Any) -> bool:
-    """A GPU timed on the host (no CUDA torch): the latency includes the host<->device copies."""
-    return device.type == "cuda" and timer_name(device) == "perf_counter"
+def host_timed_gpu(device: Any, native: str = "torch") -> bool:
+    """A GPU timed on the host (no CUDA torch, or a backend of host arrays): the latency includes the copies."""
+    return device.type == "cuda" and timer_name(device, native) == "perf_counter"
 
 
 def _host_step(backend: Backend, x: Any) -> Callable[[], tuple]:
@@ -113,15 +117,16 @@ def measure(backend: Backend, batch_host: Any, settings: TimingSettings) -> Meas
     if not backend.active:
         backend.activate()
         backend.active = True
-    cuda = timer_name(backend.device) == "cuda-events"
+    timer = timer_name(backend.device, backend.native)
+    cuda = timer == "cuda-events"
     if cuda:
         step = _cuda_step(backend, batch_host)
-    elif type(backend.device).__module__.startswith("torch"):  # a checkpoint on the CPU takes a tensor
+    elif backend.native == "torch" and type(backend.device).__module__.startswith("torch"):  # a checkpoint on the CPU
         import torch
 
         step = _host_step(backend, torch.as_tensor(batch_host).to(backend.device))
     else:
-        step = _host_step(backend, batch_host)  # host memory: the backend uploads it itself on a GPU
+        step = _host_step(backend, np.asarray(batch_host))  # host memory: the backend uploads it itself on a GPU
 
     warm_start = time.perf_counter()
     warmup_iters, out = 0, None
@@ -151,11 +156,11 @@ def measure(backend: Backend, batch_host: Any, settings: TimingSettings) -> Meas
         h2d=summarize(h2d, batch) if cuda else None,
         d2h=summarize(d2h, batch) if cuda else None,
         host_wall=summarize(wall, batch),
-        timer=timer_name(backend.device),
+        timer=timer,
         warmup_iters=warmup_iters,
         warmup_s=warmup_s,
         measure_s=measure_s,
-        include_transfers=bool(settings.include_transfers and cuda) or host_timed_gpu(backend.device),
+        include_transfers=bool(settings.include_transfers and cuda) or host_timed_gpu(backend.device, backend.native),
         output_shape=list(out.shape) if out is not None else [],
         output_dtype=dtype_name(out) if out is not None else "",
     )

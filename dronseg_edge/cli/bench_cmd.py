@@ -41,19 +41,21 @@ def bench(
         check_out_file(markdown_path, "--markdown")
     for model in models:
         check_model_file(model)
-    # A torch.device (checkpoints, --matrix, a GPU with CUDA torch: CUDA-event timing) or a torch-free
-    # Device (.onnx/.engine on the CPU or without CUDA torch): torch is then never imported.
+    # A torch.device (checkpoints, --matrix, a GPU with CUDA torch) or a torch-free Device (.onnx/.engine on the
+    # CPU or without CUDA torch): torch is then never imported. CUDA events time checkpoints only (bench/timing.py).
     run_device = resolve_bench_device(device, models, matrix=matrix)
-    if host_timed_gpu(run_device):
-        timing = dataclasses.replace(timing, include_transfers=True)  # timed on the host: the copies are in it
     # Every model is opened and shape-checked before anything is measured: a bad last file fails at once.
     size, batch, meta = options.size, options.batch, options.meta
     prepared = [] if matrix else [prepare_bench(model, run_device, size=size, batch=batch, precision=options.precision,
                                                 cuda_graph=options.cuda_graph,
                                                 backend_options={"meta": meta} if meta else None) for model in models]
+    kinds = [(item.backend.device, item.backend.native) for item in prepared]
+    if kinds and all(host_timed_gpu(*kind) for kind in kinds):
+        timing = dataclasses.replace(timing, include_transfers=True)  # timed on the host: the copies are in it
     settings = {"device": str(run_device), "size": format_size(size) if size else None, "batch": batch,
                 "precision": options.precision, "cuda_graph": "per row" if matrix else options.cuda_graph,
-                "timing": timing.to_dict(), "timer": timer_name(run_device)}
+                "timing": timing.to_dict(), "timer": "per row" if matrix else
+                ", ".join(sorted({timer_name(*kind) for kind in kinds}))}
     system = system_info(run_device)
     system_lines = describe_system(system)
     for line in system_lines + [settings_line(settings)]:

@@ -127,6 +127,28 @@ def test_gpu_without_cuda_torch_is_host_timed_with_the_copies_counted(tmp_path):
     assert timer_name(torch.device("cuda")) == "cuda-events"
 
 
+class HostArrayBackend(FakeBackend):
+    """Takes and returns numpy, as the ONNX Runtime and TensorRT backends do (issue 20's one contract)."""
+
+    native = "numpy"
+
+    def _infer(self, batch):
+        return super()._infer(torch.from_numpy(batch)).numpy()
+
+
+def test_a_backend_of_host_arrays_on_a_cuda_torch_device_is_host_timed_with_the_copies_counted(tmp_path):
+    """CUDA events around an .onnx/.engine on a CUDA torch device timed its copies as 'compute': infer moved the
+    device input to the host and the output back, inside the events, and the latency said transfers excluded."""
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"0" * 1000)
+    backend = HostArrayBackend("fake.onnx", input_size=(32, 16))
+    backend.device = torch.device("cuda")  # as resolve_bench_device gives with a CUDA torch; no CUDA call follows
+    result = run_prepared(PreparedBench(path, backend, (32, 16), 1, None, []), TimingSettings(warmup_iters=1, iters=3))
+    m = result.measurement
+    assert m.timer == "perf_counter" == timer_name(backend.device, "numpy") and m.h2d is None and m.include_transfers
+    assert result.notes == [HOST_TIMED_GPU_NOTE] and backend.calls == 4
+
+
 def test_bench_device_keeps_torch_for_checkpoints_and_cuda_torch(tiny_checkpoint, monkeypatch):
     assert resolve_bench_device("cpu", [tiny_checkpoint]) == torch.device("cpu")
     assert resolve_bench_device("cpu", ["m.onnx"], matrix=True) == torch.device("cpu")
