@@ -102,20 +102,23 @@ def open_backend(path: Path, device, *, precision: str | None = None,
 def resolve_shape(backend: Backend, size: tuple[int, int] | None, batch: int) -> tuple[int, int]:
     """The (width, height) to run at; raise DronsegError when a static artifact cannot take ``size``/``batch``."""
     info = backend.info
-    source = info.extra.get("source_checkpoint") or "CHECKPOINT"
+    frames = info.io == "frames"
+    # the same kind of artifact again (a frames graph takes --source-size; its precision kept)
+    export = (f"dronseg-edge export {info.extra.get('source_checkpoint') or 'CHECKPOINT'}" + " --io frames" * frames
+              + f" --precision {info.precision}" * (info.precision != "fp32"))
     if batch < 1:
         raise DronsegError(f"--batch {batch} must be at least 1")
     # what goes into the artifact: its frames for a frames graph, else its input tensor
-    built = tuple(info.source_size if info.io == "frames" and info.source_size is not None else info.input_size)
+    built = tuple(info.source_size if frames and info.source_size is not None else info.input_size)
     if size is not None and tuple(size) != built and not info.dynamic:
         raise DronsegError(
             f"{backend.path} was built for {format_size(built)} (static shape) and cannot run at {format_size(size)}: "
-            f"drop --size, or re-export at that size (`dronseg-edge export {source} --size {format_size(size)}`, "
+            f"drop --size, or re-export at that size (`{export} --{'source-' * frames}size {format_size(size)}`, "
             "or --dynamic)")
     if info.batch is not None and batch != info.batch:
         raise DronsegError(
             f"{backend.path} was built for batch {info.batch} and cannot run batch {batch}: use --batch {info.batch}, "
-            f"or re-export with `dronseg-edge export {source} --batch {batch}` (or --dynamic)")
+            f"or re-export with `{export} --batch {batch}` (or --dynamic)")
     return tuple(size) if size is not None else built
 
 

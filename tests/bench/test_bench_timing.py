@@ -77,6 +77,9 @@ def test_static_artifact_refuses_other_size_and_batch():
         resolve_shape(static, (64, 32), 1)
     with pytest.raises(DronsegError, match=r"batch 1 .*--batch 4"):
         resolve_shape(static, None, 4)
+    half = FakeBackend(input_size=(32, 16), precision="fp16", dynamic=False, batch=1)
+    with pytest.raises(DronsegError, match=r"`dronseg-edge export CHECKPOINT --precision fp16 --batch 4`"):
+        resolve_shape(half, None, 4)  # re-exported at its own precision, not fp32
     dynamic = sleep_backend(dynamic=True, batch=None)
     assert resolve_shape(dynamic, (64, 32), 4) == (64, 32)
 
@@ -93,8 +96,8 @@ def test_a_frames_artifact_gets_uint8_frames_at_its_source_size():
     backend = FakeBackend(input_size=(32, 16), io="frames", source_size=(64, 48), head="argmax", dynamic=False, batch=1)
     size = resolve_shape(backend, None, 1)
     assert size == (64, 48)  # the frames it takes, not the model's input inside the graph
-    with pytest.raises(DronsegError, match="built for 64x48"):
-        resolve_shape(backend, (32, 16), 1)
+    with pytest.raises(DronsegError, match="built for 64x48.*export CHECKPOINT --io frames --source-size 32x16`"):
+        resolve_shape(backend, (32, 16), 1)  # the fix makes a frames graph again, at that frame size
     batch = make_input(backend.info, size, 1)
     assert batch.shape == (1, 48, 64, 3) and batch.dtype == np.uint8
     backend.check_input(batch)  # what the backend takes: no DronsegError
