@@ -14,6 +14,8 @@ from dronseg_edge.atomic import json_safe, write_json_atomic
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.machine import unwritable
 
+STDOUT = Path("-")  # --json -: the JSON document on standard output
+
 
 def _is_dir(path: Path) -> bool:
     try:
@@ -37,6 +39,8 @@ def check_out_dir(path: os.PathLike | str, option: str = "--out") -> Path:
 def check_out_file(path: os.PathLike | str, option: str) -> Path:
     """Refuse an output file ``path`` that is a folder, or whose folder cannot be created or written."""
     path = Path(path)
+    if path == STDOUT:  # not standard output here, and a file named '-' is a surprise
+        raise DronsegError(f"{option} - would write a file named '-': give a file name (only --json - prints)")
     if _is_dir(path):
         raise DronsegError(f"{option} {path} is a folder: give a file name inside it")
     folder = path.parent
@@ -46,9 +50,6 @@ def check_out_file(path: os.PathLike | str, option: str) -> Path:
     if _is_dir(folder):
         raise DronsegError(f"{option} {path}: folder {folder} is not writable ({reason}); choose another path")
     raise DronsegError(f"{option} {path}: cannot create its folder {folder} ({reason}); choose another path")
-
-
-STDOUT = Path("-")  # --json -: the JSON document on standard output
 
 
 def check_json_out(path: Path | None) -> None:

@@ -86,6 +86,8 @@ def test_the_checks_create_nothing(tmp_path):
         check_out_dir(tmp_path / "file" / "run")
     with pytest.raises(DronsegError, match=r"^--json .* is a folder: give a file name inside it$"):
         check_out_file(tmp_path, "--json")
+    with pytest.raises(DronsegError, match=r"^--markdown - would write a file named '-': give a file name"):
+        check_out_file("-", "--markdown")  # bench --markdown -: '-' is standard output only for --json
 
 
 def test_infer_refuses_an_unwritable_out_before_opening_the_model(tmp_path, monkeypatch, capsys):
