@@ -13,6 +13,7 @@ from dronseg_edge.bench.options import BenchOptions, TimingSettings
 from dronseg_edge.cli.app import app
 from dronseg_edge.cli.outputs import check_json_out, check_out_dir, check_out_file, json_out, text_out
 from dronseg_edge.cli.params import Json, takes
+from dronseg_edge.errors import DronsegError
 from dronseg_edge.sizes import format_size
 
 
@@ -39,6 +40,8 @@ def bench(
     check_json_out(json_path)  # fail now, not after minutes of measuring
     if markdown_path is not None:
         check_out_file(markdown_path, "--markdown")
+        if json_path is not None and markdown_path.resolve() == json_path.resolve():  # the Markdown would replace the JSON
+            raise DronsegError(f"--markdown {markdown_path} is also the --json file: give the two different names")
     for model in models:
         check_model_file(model)
     # A torch.device (checkpoints, --matrix, a GPU with CUDA torch) or a torch-free Device (.onnx/.engine on the

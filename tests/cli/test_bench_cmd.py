@@ -70,6 +70,12 @@ def test_invalid_options_give_one_line_errors(tiny_checkpoint, capsys, args, mes
     assert_one_error_line(err, out, message)
 
 
+def test_json_and_markdown_on_one_file_are_refused_before_measuring(tiny_checkpoint, tmp_path, capsys):
+    code, out, err = run_cli(capsys, tiny_checkpoint, *FAST, "--json", tmp_path / "r.md", "--markdown", f"{tmp_path}/./r.md")
+    assert code == 2 and not (tmp_path / "r.md").exists()  # the Markdown would have replaced the JSON
+    assert_one_error_line(err, out, "is also the --json file: give the two different names")
+
+
 def test_missing_and_unknown_model_files_are_user_errors(tmp_path, capsys):
     code, out, err = run_cli(capsys, tmp_path / "nope.pt", *FAST)
     assert code != 0 and out == ""  # checked before anything is measured or printed
