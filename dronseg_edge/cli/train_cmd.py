@@ -39,8 +39,10 @@ def train(
                               "(make one with `dronseg-edge synth DIR`)"))
     # The run folder must be writable before model building starts (exit code 2).
     if resume is not None:
-        if resume.is_file():  # a missing one gets load_checkpoint's own message
-            check_out_dir(resume.resolve().parent.parent, "the run folder of --resume")
+        if not resume.is_file():  # not load_checkpoint's advice (best.pt): a run resumed from it goes back to its best epoch
+            raise DronsegError(f"--resume {resume} {'is a folder' if resume.is_dir() else 'does not exist'}: pass the "
+                               "weights/last.pt of the run to continue (RUN/weights/last.pt)")
+        check_out_dir(resume.resolve().parent.parent, "the run folder of --resume")
     elif cfg.out:
         check_out_dir(Path(cfg.out))
         last = Path(cfg.out) / "weights" / "last.pt"

@@ -75,6 +75,9 @@ def test_resume_errors(capsys, tmp_path, tiny_checkpoint):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     assert "junk.pt" in one_line_error(capsys, "train", "--data", tmp_path, "--resume", tmp_path / "junk.pt")
     assert "training state" in one_line_error(capsys, "train", "--data", tmp_path, "--resume", tiny_checkpoint)
+    # a run folder: its weights/last.pt, never best.pt (a run resumed from best.pt goes back to its best epoch)
+    message = one_line_error(capsys, "train", "--resume", tmp_path)
+    assert message == f"error: --resume {tmp_path} is a folder: pass the weights/last.pt of the run to continue (RUN/weights/last.pt)"
 
 
 def test_resume_takes_the_data_folder_from_its_checkpoint_unless_given(capsys, synth_root, tmp_path):
