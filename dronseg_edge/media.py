@@ -36,6 +36,11 @@ class ImageTooLarge(DronsegError):
         super().__init__(message)
         self.size = size
 
+    @property
+    def liftable(self) -> bool:
+        """Whether a higher --max-pixels lets it through (the option takes at most MAX_PIXELS_CEILING)."""
+        return self.size is not None and self.size[0] * self.size[1] <= MAX_PIXELS_CEILING
+
 
 class ImageUnreadable(DronsegError):
     """A file whose header is not an image header (damaged, truncated, or another kind of file)."""
@@ -60,13 +65,13 @@ def megapixels(pixels: int) -> str:
 
 
 def checked_image_size(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image",
-                       fix: str = "remove it, or raise --max-pixels if it is a genuine image") -> tuple[int, int]:
+                       skipped: bool = False) -> tuple[int, int]:
     """(W, H) in pixels of ``path`` from its header (nothing is decoded), after checking it holds at
     most ``max_pixels`` pixels.
 
-    ImageTooLarge (a one-line message naming the file, its size and ``fix``) above the limit or when
-    Pillow refuses the header itself (over 179 MP, its own ceiling); ImageUnreadable when the file is
-    not an image Pillow knows (or cannot be opened).
+    ImageTooLarge (a one-line message naming the file, its size and the fix: ``skipped`` when the caller
+    skips it, else remove it) above the limit or when Pillow refuses the header itself (over 179 MP, its
+    own ceiling); ImageUnreadable when the file is not an image Pillow knows (or cannot be opened).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -79,15 +84,23 @@ def checked_image_size(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, w
     except Image.DecompressionBombError:
         ceiling = megapixels(2 * (Image.MAX_IMAGE_PIXELS or 0))
         raise ImageTooLarge(f"{what} {path} is over {ceiling} (Pillow refuses to read its size), above the "
-                            f"{megapixels(max_pixels)} limit: {fix}") from None
+                            f"{megapixels(max_pixels)} limit: {_too_large_fix(None, skipped)}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ImageUnreadable(f"{what} {path} cannot be read (its header is not an image header: damaged, "
                               "truncated or not an image): replace or remove it") from None
     if width * height > max_pixels:
         raise ImageTooLarge(f"{what} {path} is {width}x{height} ({megapixels(width * height)}), above the "
                             f"{megapixels(max_pixels)} limit (a decompression bomb, or a larger image than expected): "
-                            f"{fix}", (width, height))
+                            f"{_too_large_fix(width * height, skipped)}", (width, height))
     return int(width), int(height)
+
+
+def _too_large_fix(pixels: int | None, skipped: bool) -> str:
+    """What to do about an image over the limit: a higher --max-pixels only where one lets it through."""
+    if pixels is None or pixels > MAX_PIXELS_CEILING:
+        return f"{'skipped' if skipped else 'remove it'} (--max-pixels takes at most {megapixels(MAX_PIXELS_CEILING)})"
+    return "skipped (raise --max-pixels if it is a genuine image)" if skipped else \
+        "remove it, or raise --max-pixels if it is a genuine image"
 
 
 def decode_bgr(path: Path | str):

@@ -26,18 +26,27 @@ def test_an_8k_frame_passes_the_default_limit_and_a_bomb_does_not(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the limit here replaces Pillow's DecompressionBombWarning
         with pytest.raises(ImageTooLarge) as error:
-            checked_image_size(bomb, what="mask", fix="remove it")
+            checked_image_size(bomb, what="mask")
     message = str(error.value)
     assert message.startswith(f"mask {bomb} is 10000x10000 (100.0 MP), above the 67.1 MP limit") and "\n" not in message
-    assert message.endswith(": remove it") and error.value.size == (10000, 10000)
+    assert message.endswith(": remove it, or raise --max-pixels if it is a genuine image") and error.value.liftable
     assert checked_image_size(bomb, max_pixels=MAX_PIXELS_CEILING) == (10000, 10000)  # a raised limit lets it pass
 
 
 def test_an_image_over_pillows_own_ceiling_is_refused_without_its_size(tmp_path):
     bomb = write_png_bomb(tmp_path / "huge.jpg", 30000, 30000)  # a PNG named .jpg: the header decides, not the name
     with pytest.raises(ImageTooLarge, match=r"image .*huge.jpg is over 179.0 MP \(Pillow refuses to read its size\), "
-                                            r"above the 67.1 MP limit"):
+                                            r"above the 67.1 MP limit: remove it \(--max-pixels takes at most 134.2 MP\)$"):
         checked_image_size(bomb)
+
+
+def test_an_image_no_max_pixels_lets_through_is_not_advised_to_raise_it(tmp_path):
+    bomb = write_png_bomb(tmp_path / "bomb.png", 12000, 12000)  # 144 MP: over the 134.2 MP --max-pixels takes at most
+    for limit in (DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING):  # the advice followed: the highest limit refuses it too
+        with pytest.raises(ImageTooLarge) as error:
+            checked_image_size(bomb, max_pixels=limit, skipped=True)
+        assert str(error.value).endswith("MP limit (a decompression bomb, or a larger image than expected): skipped "
+                                         "(--max-pixels takes at most 134.2 MP)") and not error.value.liftable
 
 
 def test_a_file_that_is_not_an_image_is_unreadable(tmp_path):

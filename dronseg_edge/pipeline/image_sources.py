@@ -42,6 +42,7 @@ class ImageSource(Source):
         self.max_pixels = check_max_pixels(max_pixels)
         self.frame_count = len(self.paths)
         self.names = _output_names(self.paths)
+        self.liftable = False  # whether a skipped image would pass a higher --max-pixels
 
     @classmethod
     def from_folder(cls, folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> "ImageSource":
@@ -67,18 +68,19 @@ class ImageSource(Source):
         if yielded == 0 and not self._stop.is_set():
             skipped = [f"{count} {what}" for count, what in ((self.corrupt, "damaged or not images"),
                                                              (self.oversized, "above --max-pixels")) if count]
-            raise DronsegError(f"none of the {len(self.paths)} image(s) in {self.name} can be decoded "
-                               f"({', '.join(skipped)}): replace them, or raise --max-pixels for genuine large images")
+            raise DronsegError(f"none of the {len(self.paths)} image(s) in {self.name} can be decoded ({', '.join(skipped)}): "
+                               "replace them" + (", or raise --max-pixels for genuine large images" if self.liftable else ""))
         self.end = "ended"
 
     def _read(self, path: Path) -> np.ndarray | None:
         """(H, W, 3) uint8 BGR, EXIF-rotated, decoded only once its header showed it within
         ``max_pixels``; None (counted) if skipped."""
         try:
-            checked_image_size(path, self.max_pixels, fix="skipped (raise --max-pixels if it is a genuine image)")
+            checked_image_size(path, self.max_pixels, skipped=True)
             frame = decode_bgr(path)
         except ImageTooLarge as exc:
             self.oversized += 1
+            self.liftable = self.liftable or exc.liftable
             log.warning("%s", exc)
             return None
         # cv2.error: OpenCV's own refusals (its pixel ceiling, a header its decoder rejects)

@@ -238,7 +238,7 @@ def test_a_decompression_bomb_is_refused_by_its_header_before_any_decode(where, 
     decoded = _decodes_recorded(monkeypatch)
     message = _error(validate_samples, dataset_samples(tmp_path), workers=4)
     assert message == (f"{where} {bomb} is 12000x12000 (144.0 MP), above the 67.1 MP limit (a decompression bomb, "
-                       "or a larger image than expected): remove it, or raise --max-pixels if it is a genuine image")
+                       "or a larger image than expected): remove it (--max-pixels takes at most 134.2 MP)")
     assert decoded == []  # the headers are all checked before the first decode
     with pytest.raises(DronsegError, match="above the 67.1 MP limit"):
         (read_image if where == "image" else read_mask)(bomb)  # the loaders check too (a file changed after the check)
@@ -251,6 +251,7 @@ def test_a_raised_limit_lets_large_images_through_and_a_lowered_one_refuses_smal
     assert len(validate_samples(samples, max_pixels=32 * 24).ids) == 4
     message = _error(validate_samples, samples, max_pixels=32 * 24 - 1)
     assert message.startswith(f"image {tmp_path / 'imgs/imgs' / ids[0]}.jpg is 32x24 (0.0 MP), above the 0.0 MP limit")
+    assert message.endswith(": remove it, or raise --max-pixels if it is a genuine image")  # a higher one lets it through
 
 
 def test_the_data_check_decodes_within_its_pixel_budget_whatever_the_threads(tmp_path, monkeypatch):

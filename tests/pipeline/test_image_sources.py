@@ -41,7 +41,9 @@ def test_a_bomb_in_a_folder_is_skipped_and_counted_without_being_decoded(tmp_pat
     assert (source.oversized, source.corrupt) == (1, 1)
     assert bomb.stat().st_size not in decoded and len(decoded) == 2  # a.jpg and c.png only: d.jpg's header failed
     assert f"image {bomb} is 12000x12000 (144.0 MP), above the 67.1 MP limit" in caplog.text
-    assert "skipped (raise --max-pixels if it is a genuine image)" in caplog.text
+    # 144 MP is over the most --max-pixels takes: raising it cannot let the image through, so it is not advised
+    assert "limit (a decompression bomb, or a larger image than expected): skipped (--max-pixels takes at most 134.2 MP)" \
+        in caplog.text and "raise --max-pixels" not in caplog.text
 
 
 def test_the_limit_is_an_option_and_applies_to_globs_and_single_images(tmp_path):
@@ -52,6 +54,9 @@ def test_the_limit_is_an_option_and_applies_to_globs_and_single_images(tmp_path)
     with pytest.raises(DronsegError, match=r"none of the 1 image\(s\) in .*large.png can be decoded \(1 above "
                                            r"--max-pixels\): replace them, or raise --max-pixels"):
         list(open_source(tmp_path / "large.png", max_pixels=5000).frames())
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")  # nothing above the limit: no advice to raise it
+    with pytest.raises(DronsegError, match=r"\(1 damaged or not images\): replace them$"):
+        list(open_source(tmp_path / "bad.jpg").frames())
     with pytest.raises(DronsegError, match="--max-pixels 0 must be a whole number"):
         ImageSource([tmp_path / "small.png"], "x", max_pixels=0)
 

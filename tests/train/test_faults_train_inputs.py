@@ -29,7 +29,7 @@ def test_train_refuses_a_bomb_in_its_data_with_one_line_before_writing(where, da
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert lines[0] == (f"error: {where} {bombs[0]} is 12000x12000 (144.0 MP), above the 67.1 MP limit (a decompression "
-                        "bomb, or a larger image than expected): remove it, or raise --max-pixels if it is a genuine image")
+                        "bomb, or a larger image than expected): remove it (--max-pixels takes at most 134.2 MP)")
     assert not (tmp_path / "run").exists()
 
 
