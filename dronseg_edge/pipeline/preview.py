@@ -96,8 +96,9 @@ class PreviewServer:
         except OSError as exc:
             why = ("the port is in use (another program, or another run)" if exc.errno == errno.EADDRINUSE
                    else exc.strerror or str(exc))
-            raise DronsegError(f"--preview {host}:{port}: cannot listen there: {why}; pick another port "
-                               "(0 picks a free one)") from None
+            fix = ("pick another port (0 picks a free one)" if exc.errno in (errno.EADDRINUSE, errno.EACCES) else
+                   "give an address of this machine (0.0.0.0 for all of them), or the port alone for 127.0.0.1")
+            raise DronsegError(f"--preview {host}:{port}: cannot listen there: {why}; {fix}") from None
         self.host, self.port = host, self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="dronseg-preview", daemon=True)

@@ -152,6 +152,13 @@ def test_a_port_in_use_is_one_line():
             PreviewServer(LOOPBACK, taken.getsockname()[1])
 
 
+@pytest.mark.parametrize("host", ["192.0.2.1", "no-such-host.invalid"])  # TEST-NET-1: no address of this machine
+def test_a_host_that_is_not_this_machine_is_named_as_the_fault_not_the_port(host):
+    with pytest.raises(DronsegError, match=rf"^--preview {host}:0: cannot listen there: .*; give an address of this "
+                                           r"machine \(0.0.0.0 for all of them\), or the port alone for 127.0.0.1$"):
+        PreviewServer(host, 0)  # port 0, as "pick another port (0 picks a free one)" advised, fails the same
+
+
 def test_the_sink_is_lossy_and_never_waits(preview):
     server, sink = preview
     assert sink.lossy and not sink.heavy
