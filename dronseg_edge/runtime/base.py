@@ -214,11 +214,13 @@ class Backend(ABC):
         if self.info.dynamic or size is None:
             return
         width, height = size
-        if tuple(batch.shape[1:3] if frames else batch.shape[2:]) != (height, width) or (
-                self.info.batch and batch.shape[0] != self.info.batch):
+        got_h, got_w = batch.shape[1:3] if frames else batch.shape[2:]
+        wrong_batch = self.info.batch and batch.shape[0] != self.info.batch
+        if (got_h, got_w) != (height, width) or wrong_batch:
             exported, flag = (f"{height}x{width}x3 frames", "--source-size") if frames else (f"3x{height}x{width} inputs", "--size")
-            raise DronsegError(f"{self.path.name} was exported for {self.info.batch or 'N'}x{exported}, got "
-                               f"{'x'.join(map(str, batch.shape))}: re-export with {flag}/--batch to match, or with --dynamic")
+            fix = [f"{flag} {got_w}x{got_h}"] * ((got_h, got_w) != (height, width)) + [f"--batch {batch.shape[0]}"] * bool(wrong_batch)
+            raise DronsegError(f"{self.path.name} was exported for {self.info.batch or 'N'}x{exported}, got "  # options take WxH
+                               f"{'x'.join(map(str, batch.shape))}: re-export with {' '.join(fix)} to match, or with --dynamic")
 
     def __enter__(self) -> "Backend":
         self._ensure_active()

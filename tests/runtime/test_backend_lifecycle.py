@@ -5,6 +5,7 @@ pad_batch (a short batch padded to an artifact's fixed batch by repeating its la
 from __future__ import annotations
 
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,14 +51,22 @@ def test_info_is_read_once_on_first_use():
 @pytest.mark.parametrize("shape, message", [
     ((3, 6, 8), r"takes \(N, 3, H, W\) batches, got \(3, 6, 8\)"),
     ((1, 1, 6, 8), r"takes \(N, 3, H, W\) batches"),
-    ((2, 3, 6, 8), "exported for 1x3x6x8 inputs, got 2x3x6x8: re-export with --size/--batch to match, or with --dynamic"),
-    ((1, 3, 8, 8), "exported for 1x3x6x8 inputs, got 1x3x8x8"),
+    ((2, 3, 6, 8), "exported for 1x3x6x8 inputs, got 2x3x6x8: re-export with --batch 2 to match, or with --dynamic"),
+    ((1, 3, 8, 10), "exported for 1x3x6x8 inputs, got 1x3x8x10: re-export with --size 10x8 to match, or with --dynamic"),
 ])
 def test_input_contract_is_checked_before_the_backend_sees_the_batch(shape, message):
     backend = counting_backend()
     with pytest.raises(DronsegError, match=message):
         backend.infer(torch.zeros(shape))
     assert backend.batches == [] and backend.activations == 0  # refused before any device work
+
+
+def test_a_frames_graph_of_another_size_names_the_source_size_to_export_as_the_option_takes_it():
+    """The shape is (N, H, W, 3) but --source-size takes WxH: '--source-size 96x160' copied from it is transposed."""
+    backend = FakeBackend("frames.onnx", input_size=(8, 6), io="frames", source_size=(320, 192), batch=1, dynamic=False)
+    with pytest.raises(DronsegError, match=r"exported for 1x192x320x3 frames, got 1x96x160x3: re-export with "
+                                           r"--source-size 160x96 to match, or with --dynamic$"):
+        backend.segment(np.zeros((1, 96, 160, 3), np.uint8))
 
 
 def test_a_dynamic_artifact_takes_any_batch_and_size_but_not_other_channels():
