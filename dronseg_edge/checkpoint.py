@@ -103,9 +103,13 @@ def recorded_split(ckpt: dict[str, Any], part: str) -> list[str]:
     return list((ckpt.get("split") or {}).get(part) or [])
 
 
-def recorded_data_root(ckpt: dict[str, Any]) -> Path | None:
-    """The data set folder the checkpoint was trained on (``config["data"]``), or None when it records none."""
+def recorded_data_root(ckpt: dict[str, Any], required: bool = False) -> Path | None:
+    """The data set folder the checkpoint was trained on (``config["data"]``), or None when it records none;
+    ``required``: a DronsegError naming --data when that folder is not here (not the data check's advice: synth)."""
     root = (ckpt.get("config") or {}).get("data")
+    if required and root and not Path(root).is_dir():
+        raise DronsegError(f"the data folder {root} that {ckpt.get('path')} trained on does not exist here: "
+                           "pass --data DIR (the same data set, the run's split names its images)")
     return Path(root) if root else None
 
 

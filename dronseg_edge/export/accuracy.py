@@ -69,7 +69,7 @@ def split_samples_for(model: Path, info: ModelInfo, data: Path | None, split: st
         raise DronsegError(f"--split {split!r}: choose val, train or all")
     source = source_checkpoint(Path(model), info)
     ckpt = load_checkpoint(source) if source is not None else None
-    root = Path(data) if data is not None else (recorded_data_root(ckpt) if ckpt is not None else None)
+    root = Path(data) if data is not None else (recorded_data_root(ckpt, required=True) if ckpt is not None else None)
     if root is None:
         where = (f"its checkpoint {source} records no data set" if ckpt is not None else
                  "its metadata names no source checkpoint that exists here")

@@ -57,7 +57,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str =
     ``max_pixels``: the image size limit (None: the default, 2^26)."""
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else check_max_pixels(max_pixels)
     ckpt = load_checkpoint(checkpoint, num_classes=len(CLASS_NAMES))
-    root = Path(data) if data is not None else recorded_data_root(ckpt)
+    root = Path(data) if data is not None else recorded_data_root(ckpt, required=True)
     if root is None:
         raise DronsegError(f"checkpoint {ckpt.get('path')} does not record its data set: pass --data DIR")
     samples = split_samples(ckpt, root, split)

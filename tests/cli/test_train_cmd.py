@@ -123,6 +123,20 @@ def test_eval_errors(capsys, tiny_checkpoint, tmp_path):
     assert "does not exist" in one_line_error(capsys, "eval", tmp_path / "none.pt")
 
 
+def test_eval_whose_recorded_data_folder_is_gone_names_data_not_synth(capsys, tiny_checkpoint, tmp_path):
+    """`synth DIR`, the data check's advice, would make a new data set whose image IDs the split may share."""
+    from dronseg_edge.checkpoint import load_checkpoint, save_checkpoint
+    from dronseg_edge.export import export_artifact
+
+    recorded = {"config": {"data": str(tmp_path / "gone")}, "split": {"train": ["a"], "val": ["b"]}}
+    ckpt = save_checkpoint(tmp_path / "best.pt", {**load_checkpoint(tiny_checkpoint), **recorded})
+    onnx_file = export_artifact(ckpt, device="cpu", out_dir=tmp_path, parity=False).path  # scored on its checkpoint's data
+    for model in (ckpt, onnx_file):
+        assert one_line_error(capsys, "eval", model, "--device", "cpu", "--workers", "0") == (
+            f"error: the data folder {tmp_path / 'gone'} that {ckpt} trained on does not exist here: pass --data DIR "
+            "(the same data set, the run's split names its images)")
+
+
 def test_submit_writes_competition_csv(capsys, trained_run, synth_root, tmp_path):
     from dronseg_edge.data.aeroscapes import dataset_samples, read_mask
     from submissions import read_submission, score_submission
