@@ -37,12 +37,13 @@ from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.machine import nearest_existing
 
 # A write that fails for one of these is the storage's fault, not a bug: one line, exit code 5.
-# errno -> (summary.json's "stopped" for an infer run, the fix the line names)
+# errno -> (summary.json's "stopped" for an infer run, the fix the line names: no option, as synth's ROOT and
+# --json FILE are written through here too)
 STORAGE_FAULTS = {
-    errno.ENOSPC: ("disk_full", "free some space or choose another --out"),
-    errno.EDQUOT: ("disk_full", "free some space within your quota or choose another --out"),
-    errno.EFBIG: ("disk_full", "choose another --out on a file system that takes larger files"),
-    **dict.fromkeys((errno.EROFS, errno.EACCES, errno.EPERM), ("unwritable", "make it writable or choose another --out")),
+    errno.ENOSPC: ("disk_full", "free some space or choose another output folder"),
+    errno.EDQUOT: ("disk_full", "free some space within your quota or choose another output folder"),
+    errno.EFBIG: ("disk_full", "choose another output folder on a file system that takes larger files"),
+    **dict.fromkeys((errno.EROFS, errno.EACCES, errno.EPERM), ("unwritable", "make it writable or choose another output folder")),
 }
 # What torch's C++ stream writer says when a write came up short.
 SHORT_WRITE_MARKERS = ("PytorchStreamWriter failed writing", "inline_container.cc", "unexpected pos")
@@ -78,7 +79,7 @@ def storage_failure(exc: OSError, path: os.PathLike | str) -> RuntimeFailure:
     """The one-line error for a write to ``path`` that failed with ``exc`` (ENOSPC, EROFS, EACCES, ...;
     EIO and the like: a failing disk or a card pulled out); its ``stopped`` says why for summary.json
     (``disk_full``, ``unwritable`` or ``write_failed``)."""
-    stopped, fix = STORAGE_FAULTS.get(exc.errno, ("write_failed", "check the disk or choose another --out"))
+    stopped, fix = STORAGE_FAULTS.get(exc.errno, ("write_failed", "check the disk or choose another output folder"))
     return RuntimeFailure(f"cannot write {path}: {exc.strerror or exc} ({free_space(path)}): {fix}", stopped=stopped)
 
 
@@ -130,7 +131,7 @@ def short_write_failure(path: os.PathLike | str, detail: str) -> RuntimeFailure:
     if low_space(path):
         return storage_failure(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path)
     return RuntimeFailure(f"cannot write {path}: the write stopped short ({detail}; {free_space(path)}): "
-                          "check the disk, or choose another --out")
+                          "check the disk, or choose another output folder")
 
 
 @contextlib.contextmanager

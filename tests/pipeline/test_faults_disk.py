@@ -248,7 +248,7 @@ def test_a_real_disk_filling_up_stops_the_video_while_it_still_plays(tiny_checkp
     line = one_error_line(err)
     assert code == 5
     assert f"cannot write {out}/overlay.mp4: No space left on device for another frame and the index (1." in line
-    assert line.endswith("MB free): free some space or choose another --out")
+    assert line.endswith("MB free): free some space or choose another output folder")
     summary = read_summary(out)
     assert summary["stopped"] == "disk_full" and 0 < summary["video_frames"] < 150
     assert_outputs_whole(out, summary)

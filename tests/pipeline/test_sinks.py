@@ -141,7 +141,7 @@ def test_worker_turns_a_raw_oserror_into_one_line_naming_the_sink_file_and_free_
     worker.put(make_result(0))
     worker.put(make_result(1))
     with pytest.raises(RuntimeFailure, match=rf"cannot write {tmp_path}/masks: Permission denied \(.* free\): make it "
-                                            "writable or choose another --out") as error:
+                                            "writable or choose another output folder") as error:
         worker.close()
     assert (error.value.exit_code, error.value.stopped) == (5, "unwritable")
     with pytest.raises(RuntimeFailure):

@@ -158,7 +158,7 @@ def test_torch_save_on_a_real_full_disk_keeps_the_file_it_would_replace(tmp_path
         save_checkpoint(path, {"model": {"w": torch.ones(3)}, "epoch": 1})
         before = path.read_bytes()
         with pytest.raises(RuntimeFailure, match=rf"^cannot write {re.escape(str(path))}: No space left on device "
-                                                 r"\([0-9.]+ [kM]?B free\): free some space or choose another --out$"):
+                                                 r"\([0-9.]+ [kM]?B free\): free some space or choose another output folder$"):
             save_checkpoint(path, {"model": {"w": torch.zeros(1_000_000)}, "epoch": 2})  # 4 MB
         assert path.read_bytes() == before and os.listdir(disk) == ["last.pt"]
 
@@ -171,7 +171,7 @@ def test_train_on_a_real_full_disk_exits_5_with_one_line(synth_root, tmp_path, c
                                "--val-fraction", 0.1, "--device", "cpu", "--workers", 0)
         assert code == 5
         assert re.fullmatch(rf"error: cannot write {re.escape(str(run / 'weights' / 'best.pt'))}: No space left on "
-                            r"device \([0-9.]+ [kM]?B free\): free some space or choose another --out", error_line(stderr))
+                            r"device \([0-9.]+ [kM]?B free\): free some space or choose another output folder", error_line(stderr))
         assert os.listdir(run / "weights") == []  # no half checkpoint, under any name
         assert (run / "metrics.csv").read_text().splitlines()[1].startswith("1,")  # what was written is whole
 

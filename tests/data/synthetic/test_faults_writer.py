@@ -23,7 +23,7 @@ def test_synth_on_a_real_full_disk_exits_5_and_leaves_no_finished_looking_data_s
         errors = [line for line in stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and re.fullmatch(
             rf"error: cannot write {re.escape(str(root))}/(imgs/imgs|masks/masks|test_masks)/\d{{6}}_\d{{3}}\.(jpg|png): "
-            r"No space left on device \([0-9.]+ k?B free\): free some space or choose another --out", errors[0]), stderr
+            r"No space left on device \([0-9.]+ k?B free\): free some space or choose another output folder", errors[0]), stderr
         assert not [name for name in os.listdir(root) if name.endswith(".csv")]
         assert json.loads((root / "synth.json").read_text()) == {"generator": "dronseg-edge synth", "finished": False}
         for folder, _dirs, files in os.walk(root):
