@@ -58,6 +58,8 @@ def check_results_target(options) -> None:
     kind, where = parse_results_target(options.results)
     if kind == "udp":
         resolve_udp(options.results, *where)
+    elif kind == "file" and Path(where).is_dir():
+        raise DronsegError(f"--results {where} is a folder: give a new file name inside it")
     elif kind == "file" and Path(where).exists():
         raise DronsegError(f"--results {where}: the file exists and a run never appends to another's; give a new name")
     elif kind == "file" and not Path(where).absolute().parent.is_dir():

@@ -95,6 +95,9 @@ def test_an_existing_results_file_is_refused_before_the_run_folder(segmenter, cl
     with pytest.raises(DronsegError, match="the file exists"):
         run_inference(segmenter, clip, RunOptions(out=tmp_path / "run", progress=False, results=str(tmp_path / "r.jsonl")))
     assert not (tmp_path / "run").exists() and (tmp_path / "r.jsonl").read_text() == "earlier\n"
+    with pytest.raises(DronsegError, match=r"--results .*results is a folder: give a new file name inside it"):
+        (tmp_path / "results").mkdir()  # not "the file exists"
+        run_inference(segmenter, clip, RunOptions(out=tmp_path / "run", progress=False, results=str(tmp_path / "results")))
 
 
 def test_a_results_target_that_cannot_work_is_refused_before_the_run_folder(segmenter, clip, tmp_path, monkeypatch):
