@@ -200,9 +200,9 @@ def _check_floor(active: list[SinkWorker], state: RunState, floor: DiskFloor) ->
     if reason is None:
         return active
     state.video_stopped = f"{reason} (after {state.frames} frames)"
-    log.warning("%s: the %s stop%s here, after %d frames, closed and complete; stats.jsonl continues, as do "
-                "the live outputs (free some space, or lower --min-free-mb)", reason, " and ".join(w.sink.name for w in heavy),
-                "s" if len(heavy) == 1 else "", state.frames)
+    log.warning("%s: the %s stop%s here, after %d frames, %s; stats.jsonl continues, as do the live outputs (free "
+                "some space, or lower --min-free-mb)", reason, " and ".join(w.sink.name for w in heavy),
+                "s" if len(heavy) == 1 else "", state.frames, "closed and complete" if state.frames else "not written")
     for worker in heavy:
         worker.close()  # a write error raises here: the run stops with it
     return [w for w in active if w not in heavy]

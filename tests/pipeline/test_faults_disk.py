@@ -193,7 +193,16 @@ def test_below_the_disk_floor_video_and_masks_stop_and_stats_go_on(segmenter, vi
     assert written["stats"] == summary["frames"] == 24 and 0 < written["video"] == written["masks"] < 24
     assert summary["video_frames"] == written["video"]
     assert_outputs_whole(out, summary)
-    assert "stats.jsonl continues" in caplog.text
+    assert "stats.jsonl continues" in caplog.text and "closed and complete" in caplog.text
+
+
+def test_below_the_disk_floor_from_the_start_the_video_is_said_not_written(segmenter, video_path, tmp_path,
+                                                                          monkeypatch, caplog):
+    monkeypatch.setattr(disk_space, "free_bytes", lambda path: 400_000_000)
+    out = tmp_path / "run"
+    summary = run_inference(segmenter, video_path, RunOptions(out=out, progress=False)).data
+    assert summary["frames_written"]["video"] == 0 and not list(out.glob("*.mp4"))
+    assert "after 0 frames, not written" in caplog.text and "closed and complete" not in caplog.text
 
 
 # -- a real small file system ------------------------------------------------------------------------
