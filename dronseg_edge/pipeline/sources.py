@@ -55,10 +55,11 @@ def _sane_count(value: float) -> int | None:
 
 def _stores_frame_count(path: Path) -> bool:
     """Whether FFmpeg reads ``path``'s frame count from an index rather than estimating it: an AVI, or an
-    MP4/MOV with one index of every sample (a moov and an mdat, no moof). Elsewhere (MKV, WebM, MPEG-TS,
-    fragmented MP4) OpenCV estimates it from the container's duration, which an audio track that outlasts
-    the video lengthens: reads that fail past the last frame are then the end of the file, not damage or
-    truncation."""
+    MP4/MOV with one index of every sample (a moov and an mdat, no moof) whose edit list shows them all.
+    Elsewhere (MKV, WebM, MPEG-TS, fragmented MP4) OpenCV estimates it from the container's duration, which an
+    audio track that outlasts the video lengthens; a clip cut without re-encoding (``ffmpeg -ss T -i IN -c
+    copy OUT``, phone editors) keeps the frames before its cut in the index, which FFmpeg decodes but never
+    returns. Reads that fail past the last frame are then the end of the file, not damage or truncation."""
     seen, offset = set(), 0
     with open(path, "rb") as file:
         head = file.read(12)
@@ -72,12 +73,55 @@ def _stores_frame_count(path: Path) -> bool:
             kind = head[4:8].decode("latin-1")
             if kind == "moof" or (offset == 0 and kind != "ftyp"):
                 return False
+            if kind == "moov" and 16 <= size <= 1 << 28:  # its body: what the 16 bytes read hold of it, and the rest
+                body = (b"" if _uint(head, 0, 4) == 1 else head[8:]) + file.read(size - 16)
+                if _edit_list_cuts_video(body):
+                    return False
             seen.add(kind)
             if {"moov", "mdat"} <= seen:
                 return True
             if size < 8:  # 0: the box runs to the end of the file
                 return False
             offset += size
+    return False
+
+
+def _boxes(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(kind, body) of each MP4 box in ``data``."""
+    offset = 0
+    while offset + 8 <= len(data):
+        size, head = _uint(data, offset, 4), 8
+        if size == 1:
+            size, head = _uint(data, offset + 8, 8), 16
+        size = size or len(data) - offset
+        if size < head:
+            return
+        yield data[offset + 4:offset + 8], data[offset + head:offset + size]
+        offset += size
+
+
+def _uint(data: bytes, at: int, width: int) -> int:
+    return int.from_bytes(data[at:at + width], "big")
+
+
+def _scale_and_duration(header: bytes) -> tuple[int, int]:
+    """An mvhd or mdhd box's (time scale, duration)."""
+    wide = header[:1] == b"\1"  # version 1: 64-bit times
+    return (_uint(header, 20, 4), _uint(header, 24, 8)) if wide else (_uint(header, 12, 4), _uint(header, 16, 4))
+
+
+def _edit_list_cuts_video(moov: bytes) -> bool:
+    """Whether the picture track in an MP4's ``moov`` box shows less than it holds: its header's duration
+    (what its edit list shows, in the movie's time scale) is shorter than its media's (mdhd)."""
+    movie_scale = _scale_and_duration(dict(_boxes(moov)).get(b"mvhd", b""))[0]
+    for kind, trak in _boxes(moov):
+        parts = dict(_boxes(trak))
+        tkhd = parts.get(b"tkhd", b"")
+        if kind != b"trak" or len(tkhd) < 84 or not _uint(tkhd, len(tkhd) - 8, 4) or not movie_scale:
+            continue  # not a picture track (no width)
+        shown = (_uint(tkhd, 28, 8) if tkhd[:1] == b"\1" else _uint(tkhd, 20, 4)) / movie_scale
+        scale, duration = _scale_and_duration(dict(_boxes(parts.get(b"mdia", b""))).get(b"mdhd", b""))
+        return bool(scale) and shown < duration / scale - 0.002  # 2 ms: the headers' rounding
     return False
 
 

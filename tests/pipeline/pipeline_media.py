@@ -94,9 +94,11 @@ def write_vfr_video(path: Path, ticks: tuple[int, ...], frames: int = 12,
 
 
 def write_clip_with_longer_audio(path: Path, frames: int = 30, audio_s: float = 3.0, fps: int = 25,
-                                 options: dict | None = None) -> Path:
+                                 options: dict | None = None, cut: int = 0) -> Path:
     """An H.264 clip of ``frames`` frames with an AAC track of ``audio_s`` seconds that outlasts it, as
-    recordings often have, in the container ``path``'s suffix names (muxer ``options``: e.g. fragments)."""
+    recordings often have, in the container ``path``'s suffix names (muxer ``options``: e.g. fragments).
+    ``cut``: that many of the frames come before the clip's start, as in a clip cut without re-encoding
+    (``ffmpeg -ss T -i IN -c copy OUT``): stored, and hidden by an MP4's edit list."""
     import av
 
     with av.open(str(path), "w", options=options or {}) as container:
@@ -105,7 +107,7 @@ def write_clip_with_longer_audio(path: Path, frames: int = 30, audio_s: float = 
         audio = container.add_stream("aac", rate=16000, layout="mono")
         for index in range(frames):
             frame = av.VideoFrame.from_ndarray(scene(index, (96, 64)), format="bgr24")
-            frame.pts = index
+            frame.pts = index - cut
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
         for start in range(0, int(audio_s * 16000), 1024):

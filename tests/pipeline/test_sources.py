@@ -251,6 +251,19 @@ def test_a_whole_clip_whose_audio_outlasts_its_video_ends_undamaged(tmp_path, ca
     assert "damaged" not in caplog.text and "truncated" not in caplog.text
 
 
+@pytest.mark.parametrize("cut", [10, 45])  # fewer frames than a run of damaged ones, and more
+def test_a_clip_cut_without_reencoding_is_neither_damaged_nor_truncated(tmp_path, caplog, cut):
+    # Its index keeps the frames before the cut, which its edit list hides: they were "13 damaged frames"
+    # (a 2 s clip cut at 0.5 s), or for a longer cut "ends at frame N of the M its header declares"
+    pytest.importorskip("av")
+    path = write_clip_with_longer_audio(tmp_path / "cut.mp4", frames=60, audio_s=1.0, cut=cut)
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"), open_source(path) as source:
+        records = list(source.frames())
+        assert source.frame_count == 60  # what the index stores
+    assert (len(records), source.end, source.corrupt) == (60 - cut, "ended", 0)
+    assert "damaged" not in caplog.text and "truncated" not in caplog.text
+
+
 def test_a_file_url_as_file_managers_write_it_is_read(video_path, tmp_path):
     # %20 for a space and a localhost host: FFmpeg's file protocol takes neither (it waited 10 s, exit 5)
     spaced = tmp_path / "flight 1!.mp4"
