@@ -73,6 +73,7 @@ class RunState:
     classes: tuple[int, ...] | None = None  # the class ids --classes keeps
     seen: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=bool), repr=False)  # classes present so far
     _clock_start: float = field(default_factory=time.perf_counter, repr=False)
+    _first_timestamp: float | None = field(default=None, repr=False)  # the first frame's, where --max-duration-s starts
 
     def mark_seen(self, result: Result) -> None:
         """Note the classes present in ``result`` and give it those of the run so far (``seen_classes``,
@@ -93,8 +94,14 @@ class RunState:
 
     def source_seconds(self, result: Result) -> float:
         """How far into the source ``result`` is: its timestamp (a video's presentation time, a
-        camera's or stream's wall clock since it opened), else (images) the wall clock of the run."""
-        return result.timestamp if result.timestamp is not None else time.perf_counter() - self._clock_start
+        camera's or stream's wall clock since it opened) from the first frame's, else (images) the wall
+        clock of the run. From the first frame: an MPEG-TS recorded from mid-GOP shows its first picture
+        seconds after the stream's start, and --max-duration-s 1 gave no frame at all."""
+        if result.timestamp is None:
+            return time.perf_counter() - self._clock_start
+        if self._first_timestamp is None:
+            self._first_timestamp = result.timestamp
+        return result.timestamp - self._first_timestamp
 
     def stop_reason(self) -> str:
         """``stopped`` for summary.json: interrupted, key, the error's kind (disk_full, unwritable,

@@ -90,3 +90,14 @@ def test_a_run_that_ends_in_a_bug_says_so_in_its_stop_reason():
     assert state.stop_reason() == "end"
     state.bug = "error: OpenCV(5.1.0) ... (a bug in dronseg-edge: please report it)"
     assert state.stop_reason() == "error"
+
+
+def test_max_duration_counts_seconds_from_the_first_frame():
+    # An MPEG-TS recorded from mid-GOP: its first picture comes 1.28 s after the stream's start, and
+    # --max-duration-s 1 stopped at that first frame (0 frames, where the docs promise 1 s of footage)
+    state = RunState(Path("."), RunOptions(max_duration=1.0), live=False)
+    results = [make_result() for _ in range(3)]
+    for result, time in zip(results, (1.28, 1.32, 2.28)):
+        result.timestamp = time
+    seconds = [state.source_seconds(result) for result in results]
+    assert seconds == pytest.approx([0.0, 0.04, 1.0])
