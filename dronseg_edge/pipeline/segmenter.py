@@ -4,7 +4,7 @@ Any artifact (checkpoint, ONNX, TensorRT engine) through ``runtime.registry.load
 own metadata. Every backend takes uint8 BGR frames and gives class maps at their size
 (``Backend.segment``), so the Segmenter is batching and tiling over that one contract, plus what
 each frame gets besides its class map (pipeline/request.py). ``tile=`` is off by default: a 720p
-video with a 320x192 model would cost ~16 windows a frame, and a model trained on shrunk whole
+video with a 320x192 model would cost 25 windows a frame, and a model trained on shrunk whole
 frames sees objects too large in full-resolution windows (pipeline/tiling.py, docs/tiling.md).
 """
 

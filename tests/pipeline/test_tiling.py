@@ -196,3 +196,15 @@ def test_tiling_is_off_unless_asked_for():
     tile_w, tile_h = TILE
     with Segmenter(fake()) as seg:
         assert seg.predict(np.zeros((4 * tile_h, 4 * tile_w, 3), np.uint8)).tiles == 0
+
+
+def test_the_window_counts_and_band_sizes_the_docs_give():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs/tiling.md").read_text()
+    assert "(a 320x192 model on 720p video) auto would cost 25 windows" in doc
+    assert len(TileGrid((1280, 720), (320, 192), 0.25).windows) == 25
+    assert "30 to 60 MB of logit sums in 256x160 windows (130 MB in\n1280x720 ones" in doc
+    mb = {tile: 12 * TileGrid((3840, 2160), tile, 0.25).band_rows(batch) * 3840 * 4 / 1e6
+          for tile, batch in (((256, 160), 8), ((1280, 720), 4))}
+    assert 29 < mb[256, 160] < 60 and 125 < mb[1280, 720] < 135
