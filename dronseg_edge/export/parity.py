@@ -1,14 +1,16 @@
 """Parity: run a reference and a candidate model on the same real images and compare them (what is
 reported, and the default rules: docs/export.md, "Parity").
 
-Both get the identical float32 batch (``runtime/host.preprocess_host``, at the candidate's input size);
-a frames graph gets the frames themselves. The verdict uses per-precision thresholds
+Both get the same images as float32 batches (``runtime/host.preprocess_host``, at the candidate's input size),
+each normalised and in the colour order its own metadata names, as ``infer`` feeds it; a frames graph gets the
+frames themselves. The verdict uses per-precision thresholds
 (parity_report.DEFAULT_THRESHOLDS) that callers can override. The image the two agree on least is
 kept, so a failed or borderline report can picture it (parity_picture.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from pathlib import Path
@@ -231,7 +233,7 @@ def _compare(ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityTh
         group = items[start:start + batch]
         frames, masks = zip(*(load_item(item, info.num_classes) for item in group))
         x, _ = pad_batch(torch.from_numpy(preprocess_host(list(frames), info)), batch)
-        ref_out = _run(ref, x.to(ref.device))[: len(group)].cpu()
+        ref_out = _run(ref, _reference_input(list(frames), ref, info, batch))[: len(group)].cpu()
         cand_out = _run(cand, x)[: len(group)].cpu()
         if logits is not None:
             logits.update(ref_out, cand_out)
@@ -261,13 +263,19 @@ def _compare_frames(ref: Backend, cand: Backend, images: ImageSet, thresholds: P
         cand_out = cand.infer(torch.from_numpy(padded)).cpu()[:real].long()
         for i, (frame, (_, mask)) in enumerate(zip(frames, loaded)):
             sizes.add(frame.shape[1::-1])
-            x = torch.from_numpy(preprocess_host([frame], info)).to(ref.device)
-            ref_mask = class_map_at(_run(ref, x)[0].cpu().numpy(), frame.shape[:2])
+            ref_mask = class_map_at(_run(ref, _reference_input([frame], ref, info, 1))[0].cpu().numpy(), frame.shape[:2])
             tally.add(items[start + i].image.name, frame, ref_mask, cand_out[i], mask)
     size = source or (max(sizes) if sizes else tuple(info.input_size))
     at = f"; frames at {size[0]}x{size[1]}" if source else "; frames at their own sizes"
     return judge(tally.report(ref, cand, images, thresholds, OutputStats(name="mask", kind="argmax"), size,
                               images.source + at))
+
+
+def _reference_input(frames: list[np.ndarray], ref: Backend, info: ModelInfo, batch: int) -> torch.Tensor:
+    """``frames`` as ``ref`` takes them at the candidate's (``info``) input size: its own mean/std and colour order,
+    so a candidate whose metadata names others (what infer would feed it) disagrees."""
+    x = preprocess_host(frames, dataclasses.replace(ref.info, input_size=info.input_size))
+    return pad_batch(torch.from_numpy(x), batch)[0].to(ref.device)
 
 
 def judge(report: ParityReport) -> ParityReport:

@@ -251,3 +251,30 @@ def test_one_differing_pixel_of_a_large_frame_stays_visible_when_shrunk():
     assert picture.shape[1] == 4 * MAX_TILE
     differences = picture[44:44 + 270, 3 * MAX_TILE:]  # below the title and captions; 1280x720 shrunk to 480x270
     assert (differences == DIFFERENCE_BGR).all(axis=-1).sum() == 1
+
+
+def red_scene(root: Path) -> Path:
+    """A data set of one reddish image (BGR 40, 120, 200) under a sky mask."""
+    data = dataset(root, [np.full((H, W), 11, np.uint8)])
+    cv2.imwrite(str(data / "imgs/imgs/0.png"), np.full((H, W, 3), (40, 120, 200), np.uint8))
+    return data
+
+
+def sky_where(red_wins: torch.Tensor) -> torch.Tensor:
+    return torch.where(red_wins, 11, 10)
+
+
+def test_each_model_gets_its_own_normalisation_and_colour_order(tmp_path):
+    data = red_scene(tmp_path / "d")
+    rgb = dict(arch="lraspp_mobilenet_v3_large", input_size=(W, H), batch=1, dynamic=False)
+    ref = FakeBackend("ref.pt", respond=lambda x: one_hot_logits(sky_where(x[:, 0] > x[:, 2])), **rgb)
+    # The same model reading BGR (its first convolution flipped), described so: infer feeds it BGR, and it agrees.
+    bgr = FakeBackend("bgr.onnx", respond=lambda x: one_hot_logits(sky_where(x[:, 2] > x[:, 0])), **rgb,
+                      color_order="BGR", mean=IMAGENET_MEAN[::-1], std=IMAGENET_STD[::-1])
+    assert check_parity(ref, bgr, data, device="cpu").agreement == 1.0
+    # The reference itself, with metadata naming another mean: infer would feed it wrong values; that must show.
+    positive = lambda x: one_hot_logits(sky_where(x[:, 0] > 0))  # noqa: E731
+    lying = FakeBackend("lying.onnx", respond=positive, **rgb, mean=[0.9, 0.9, 0.9])
+    report = check_parity(FakeBackend("ref.pt", respond=positive, **rgb), lying, data, device="cpu")
+    assert not report.passed and report.agreement == 0.0
+
