@@ -3,7 +3,7 @@ reported, and the default rules: docs/export.md, "Parity").
 
 Both get the same images as float32 batches (``runtime/host.preprocess_host``, at the candidate's input size),
 each normalised and in the colour order its own metadata names, as ``infer`` feeds it; a frames graph gets the
-frames themselves. The verdict uses per-precision thresholds
+frames themselves, in its colour order. The verdict uses per-precision thresholds
 (parity_report.DEFAULT_THRESHOLDS) that callers can override. The image the two agree on least is
 kept, so a failed or borderline report can picture it (parity_picture.py).
 """
@@ -30,7 +30,7 @@ from dronseg_edge.export.parity_report import GroundTruthScores, OutputStats, Pa
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.metrics import SegmentationMetrics, confusion_matrix, iou_from_confusion
 from dronseg_edge.runtime.base import Backend, pad_batch
-from dronseg_edge.runtime.host import preprocess_host, resize_frame
+from dronseg_edge.runtime.host import frames_in_order, preprocess_host, resize_frame
 from dronseg_edge.runtime.registry import check_model_file, is_checkpoint, load_backend
 from dronseg_edge.runtime.torch import TorchBackend
 
@@ -260,7 +260,7 @@ def _compare_frames(ref: Backend, cand: Backend, images: ImageSet, thresholds: P
         loaded = [load_item(item, info.num_classes) for item in items[start:start + batch]]
         frames = [np.ascontiguousarray(frame if source is None else resize_frame(frame, *source)) for frame, _ in loaded]
         padded, real = pad_batch(np.stack(frames), batch)
-        cand_out = cand.infer(torch.from_numpy(padded)).cpu()[:real].long()
+        cand_out = cand.infer(torch.from_numpy(frames_in_order(padded, info))).cpu()[:real].long()
         for i, (frame, (_, mask)) in enumerate(zip(frames, loaded)):
             sizes.add(frame.shape[1::-1])
             ref_mask = class_map_at(_run(ref, _reference_input([frame], ref, info, 1))[0].cpu().numpy(), frame.shape[:2])

@@ -278,3 +278,13 @@ def test_each_model_gets_its_own_normalisation_and_colour_order(tmp_path):
     report = check_parity(FakeBackend("ref.pt", respond=positive, **rgb), lying, data, device="cpu")
     assert not report.passed and report.agreement == 0.0
 
+
+def test_a_frames_candidate_gets_the_frames_in_its_colour_order(tmp_path):
+    data = red_scene(tmp_path / "d")
+    ref = FakeBackend("ref.pt", respond=lambda x: one_hot_logits(sky_where(x[:, 0] > x[:, 2])),
+                      arch="lraspp_mobilenet_v3_large", input_size=(W, H))
+    frames = FakeBackend("rgb_frames.onnx", respond=lambda f: sky_where(f[..., 0] > f[..., 2]).to(torch.uint8),
+                         arch="lraspp_mobilenet_v3_large", input_size=(W, H), batch=1, dynamic=False, io="frames",
+                         head="argmax", layout="NHWC", source_size=(W, H), color_order="RGB", outputs=["mask"])
+    report = check_parity(ref, frames, data, device="cpu")
+    assert report.passed and report.agreement == 1.0
