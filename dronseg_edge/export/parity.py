@@ -174,11 +174,12 @@ def _run(backend: Backend, x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_compatible(reference: Backend, candidate: Backend, frames: bool = False) -> None:
-    if reference.info.num_classes != candidate.info.num_classes:
-        raise DronsegError(
-            f"{reference.path} predicts {reference.info.num_classes} classes but {candidate.path} "
-            f"{candidate.info.num_classes}: compare models of the same data set"
-        )
+    ref_names, cand_names = list(reference.info.class_names), list(candidate.info.class_names)
+    if ref_names != cand_names:  # same count, other order: every class would be named and coloured as another
+        at = next(i for i, (a, b) in enumerate(zip(ref_names + [None], cand_names + [None])) if a != b)
+        what = (f"{len(ref_names)} classes but {candidate.path} {len(cand_names)}" if len(ref_names) != len(cand_names)
+                else f"class {at} as {ref_names[at]!r} but {candidate.path} as {cand_names[at]!r}")
+        raise DronsegError(f"{reference.path} names {what}: compare models of the same data set and class order")
     if frames and (reference.info.io == "frames" or reference.info.head != "logits" or not reference.info.dynamic):
         raise DronsegError(f"{candidate.path} takes frames (export --io frames): compare it with its checkpoint, "
                            f"not with {reference.path}")

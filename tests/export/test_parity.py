@@ -288,3 +288,17 @@ def test_a_frames_candidate_gets_the_frames_in_its_colour_order(tmp_path):
                          head="argmax", layout="NHWC", source_size=(W, H), color_order="RGB", outputs=["mask"])
     report = check_parity(ref, frames, data, device="cpu")
     assert report.passed and report.agreement == 1.0
+
+
+def test_models_naming_their_classes_otherwise_are_not_compared(tmp_path):
+    from dronseg_edge.classes import CLASS_NAMES
+    from dronseg_edge.errors import DronsegError
+
+    data = dataset(tmp_path / "d", [SKY_ROAD])
+    swapped = ["person", "background", *CLASS_NAMES[2:]]  # a class map whose person pixels infer calls background
+    cand = FakeBackend("c.onnx", arch="lraspp_mobilenet_v3_large", input_size=(W, H), class_names=swapped)
+    with pytest.raises(DronsegError, match="names class 0 as 'background' but c.onnx as 'person'"):
+        check_parity(fake("r.pt", lambda x: one_hot_logits(torch.zeros(x.shape[0], H, W))), cand, data, device="cpu")
+    with pytest.raises(DronsegError, match="names 12 classes but c.onnx 11"):
+        check_parity(fake("r.pt", None), FakeBackend("c.onnx", input_size=(W, H), class_names=CLASS_NAMES[:11]), data,
+                     device="cpu")
