@@ -156,7 +156,7 @@ def load_checkpoint(path: os.PathLike | str, num_classes: int | None = None) -> 
 
 def _check_head(ckpt: dict[str, Any]) -> None:
     """The classifier's output channels must be the class names' count: 3 names on a 12-class model
-    would run with class indices past the palette (black colours, stats of zero)."""
+    would run with class indices past the palette (black colours, stats of zero); every weight finite."""
     channels = head_channels(ckpt["model"], ckpt["arch"]) if isinstance(ckpt["model"], dict) else None
     if channels is None:
         raise DronsegError(f"checkpoint {ckpt['path']} holds no classifier weights for {ckpt['arch']}: it is damaged; "
@@ -164,6 +164,12 @@ def _check_head(ckpt: dict[str, Any]) -> None:
     if channels != len(ckpt["class_names"]):
         raise DronsegError(f"checkpoint {ckpt['path']}: metadata class_names has {len(ckpt['class_names'])} names but the "
                            f"model's classifier has {channels} output channels: {CHECKPOINT_FIX}")
+    # A run whose loss went NaN (too high a --lr) saves weights that make every pixel class 0.
+    bad = next((k for k, v in ckpt["model"].items() if torch.is_tensor(v) and v.is_floating_point()
+                and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise DronsegError(f"checkpoint {ckpt['path']}: weight {bad} holds NaN or Inf (the training diverged): "
+                           "retrain with a lower --lr, or use a checkpoint saved before its loss went NaN")
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:

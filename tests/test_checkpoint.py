@@ -111,6 +111,8 @@ def test_an_exported_file_given_as_a_checkpoint_is_named_so(tmp_path):
 def _edited(tiny_checkpoint, tmp_path, **fields):
     """A copy of the tiny checkpoint with metadata ``fields`` replaced (as a hand edit would)."""
     ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    if fields.get("model") == "nan":  # what a run whose loss went NaN saves: eval scored it, infer made all background
+        fields = {"model": {**ckpt["model"], "backbone.0.0.weight": ckpt["model"]["backbone.0.0.weight"] * math.nan}}
     ckpt.update(fields)
     path = tmp_path / "edited.pt"
     torch.save(ckpt, path)
@@ -124,6 +126,7 @@ def _edited(tiny_checkpoint, tmp_path, **fields):
     ({"class_names": ["a", "b", "c"], "palette": [[1, 2, 3]] * 3}, "metadata class_names has 3 names but the model's "
                                                                      "classifier has 12 output channels"),
     ({"class_names": [str(i) for i in range(12)], "model": {}}, "holds no classifier weights"),
+    ({"model": "nan"}, "weight backbone.0.0.weight holds NaN or Inf (the training diverged)"),
 ])
 def test_edited_checkpoint_metadata_is_refused_with_one_line(fields, says, tiny_checkpoint, tmp_path):
     path = _edited(tiny_checkpoint, tmp_path, **fields)
