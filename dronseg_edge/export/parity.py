@@ -236,10 +236,13 @@ def _compare(ref: Backend, cand: Backend, images: ImageSet, thresholds: ParityTh
         x, _ = pad_batch(torch.from_numpy(preprocess_host(list(frames), info)), batch)
         ref_out = _run(ref, _reference_input(list(frames), ref, info, batch))[: len(group)].cpu()
         cand_out = _run(cand, x)[: len(group)].cpu()
-        if logits is not None:
-            logits.update(ref_out, cand_out)
         ref_mask = ref_out.argmax(1) if ref.info.head == "logits" else ref_out.long()
         cand_mask = cand_out.argmax(1) if info.head == "logits" else cand_out.long()
+        if cand_mask.shape != ref_mask.shape:  # a graph from elsewhere without the final upsampling, say
+            raise DronsegError(f"{cand.path} outputs {_dims(cand_mask)} maps where {ref.path} outputs {_dims(ref_mask)} "
+                               f"(inputs {_dims(x[:, 0])}): compare models whose outputs are at their input's size")
+        if logits is not None:
+            logits.update(ref_out, cand_out)
         for i, item in enumerate(group):
             tally.add(item.image.name, frames[i], ref_mask[i], cand_mask[i], masks[i])
     stats = OutputStats(name="logits" if info.head == "logits" else "mask", kind=info.head)
@@ -270,6 +273,10 @@ def _compare_frames(ref: Backend, cand: Backend, images: ImageSet, thresholds: P
     at = f"; frames at {size[0]}x{size[1]}" if source else "; frames at their own sizes"
     return judge(tally.report(ref, cand, images, thresholds, OutputStats(name="mask", kind="argmax"), size,
                               images.source + at))
+
+
+def _dims(maps: torch.Tensor) -> str:
+    return f"{maps.shape[-1]}x{maps.shape[-2]}"
 
 
 def _reference_input(frames: list[np.ndarray], ref: Backend, info: ModelInfo, batch: int) -> torch.Tensor:

@@ -302,3 +302,12 @@ def test_models_naming_their_classes_otherwise_are_not_compared(tmp_path):
     with pytest.raises(DronsegError, match="names 12 classes but c.onnx 11"):
         check_parity(fake("r.pt", None), FakeBackend("c.onnx", input_size=(W, H), class_names=CLASS_NAMES[:11]), data,
                      device="cpu")
+
+
+def test_a_candidate_whose_outputs_are_smaller_than_its_input_is_one_line(tmp_path):
+    from dronseg_edge.errors import DronsegError
+
+    data = dataset(tmp_path / "d", [SKY_ROAD])
+    small = fake("small.onnx", lambda x: torch.zeros(x.shape[0], 12, H // 2, W // 2))  # no final upsampling
+    with pytest.raises(DronsegError, match=r"small.onnx outputs 4x2 maps where r.pt outputs 8x4 \(inputs 8x4\)"):
+        check_parity(fake("r.pt", None), small, data, device="cpu")
