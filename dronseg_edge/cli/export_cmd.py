@@ -23,9 +23,12 @@ def _thresholds(precision: str, min_agreement: Optional[float], max_miou_drop: O
     """User overrides on top of the precision's defaults; None when nothing was overridden."""
     if min_agreement is None and max_miou_drop is None:
         return None
+    from decimal import Decimal
+
     from dronseg_edge.export import ParityThresholds
 
-    return ParityThresholds.for_precision(precision, None if min_agreement is None else min_agreement / 100.0,
+    # In decimal: 99.9 / 100 is 0.9990000000000001, above the default 0.999, and failed 99.9 % agreement.
+    return ParityThresholds.for_precision(precision, None if min_agreement is None else float(Decimal(repr(min_agreement)) / 100),
                                           max_miou_drop)
 
 

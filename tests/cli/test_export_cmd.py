@@ -245,3 +245,12 @@ def test_export_out_keeps_other_programs_hidden_files(tiny_checkpoint, tmp_path,
     assert (out / ".vscode.json.settings.tmp").read_text() == "k\n"
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [
         ".export-projectx", ".settings.json.abcd1234.tmp", ".vscode.json.settings.tmp"]
+
+
+def test_min_agreement_in_percent_is_the_limit_it_names():
+    """99.9 / 100 is 0.9990000000000001: exactly 99.9 % agreement (999 of 1000 pixels) failed `--min-agreement 99.9`."""
+    from dronseg_edge.cli.export_cmd import _thresholds
+    from dronseg_edge.export import ParityThresholds
+
+    assert _thresholds("fp32", 99.9, None) == ParityThresholds.for_precision("fp32") == ParityThresholds(0.999)
+    assert _thresholds("int8", 95.2, 2.0) == ParityThresholds(0.952, 2.0)
