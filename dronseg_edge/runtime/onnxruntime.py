@@ -303,7 +303,8 @@ class OnnxRuntimeBackend(Backend):
             outs = self.session.run(None, {self._input.name: np.ascontiguousarray(batch, np.uint8)})
             self.last_outputs = {o.name: value for o, value in zip(self._outputs, outs)}
             return outs[0]
-        feed = np.ascontiguousarray(batch, np.float32)
+        # In the input's own type: a float16 one (a converter's keep_io_types=False) is accepted at activation, as by TensorRT.
+        feed = np.ascontiguousarray(batch, _ORT_TYPES.get(self._input.type, np.float32))
         if not self._on_gpu:
             return self.session.run([self._outputs[0].name], {self._input.name: feed})[0]
         return self._infer_ortvalues(feed)

@@ -289,3 +289,16 @@ def test_a_file_onnx_runtime_cannot_load_is_one_line_without_a_gpu_warning(make,
     assert message.startswith("onnxruntime ") and f"cannot load {path} (" in message and f"): {hint}" in message, message
     assert "\n" not in message and info.value.exit_code == 2
     assert not [r for r in caplog.records if "GPU provider" in r.getMessage()]
+
+
+def test_a_float16_input_is_fed_float16(exported, tmp_path):
+    """A graph converted with keep_io_types=False takes float16, which activation accepts: the first frame was
+    ONNX Runtime's INVALID_ARGUMENT (infer: a traceback)."""
+    import onnx
+    from onnxruntime.transformers import float16
+
+    path = tmp_path / "half_io.onnx"
+    onnx.save(float16.convert_float_to_float16(onnx.load(str(exported[0])), keep_io_types=False), str(path))
+    with load_backend(exported[0], device="cpu") as full, load_backend(path, device="cpu") as half:
+        x = model_input(frames(1), full.info, full.device)
+        assert torch.allclose(half.infer(x).float(), full.infer(x), atol=0.05)
