@@ -134,6 +134,14 @@ class Backend(ABC):
         """The artifact's own tensors in and out, numpy or torch (converted at the edge to ``native``)."""
         self.check_input(batch)
         self._ensure_active()
+        out = self._infer_converted(batch)
+        # A class map's classes cannot be counted at activation as logits' channels are (check_declared_io).
+        if (self.info.head == "argmax" or self.info.io == "frames") and int(out.max()) >= self.info.num_classes:
+            raise DronsegError(f"{self.path}: its metadata says {self.info.num_classes} classes (class_names), but the "
+                               f"model output class {int(out.max())}: {META_FIX}")
+        return out
+
+    def _infer_converted(self, batch):
         given_torch = is_torch_tensor(batch)
         try:
             if not given_torch and self.native == "numpy":

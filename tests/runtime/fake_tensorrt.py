@@ -8,7 +8,7 @@ with the addresses of that moment baked in, as a GPU kernel's would be.
 - ``io="tensors"``: input ``images`` (N, 3, H, W) of ``dtype`` (FLOAT or HALF), output ``logits``
   of the same shape and type, 2 x the input.
 - ``io="frames"``: input ``frames`` (N, H, W, 3) uint8, outputs ``mask`` (N, H, W) uint8 = the first
-  channel // 20 and ``confidence`` (N, H, W) uint8 = 255 - the first channel.
+  channel // 22 (a class 0..11) and ``confidence`` (N, H, W) uint8 = 255 - the first channel.
 
 The engine declares every dimension but the input's 3 channels open (-1), as a dynamic profile does;
 ``declared`` ({tensor name: shape}) overrides that, e.g. to make an engine whose metadata lies.
@@ -65,7 +65,7 @@ class FakeTensorRT(types.ModuleType):
             if io == "tensors":
                 view(addresses["logits"], shape, source.dtype)[:] = source * 2
             else:
-                view(addresses["mask"], shape[:3], np.uint8)[:] = source[..., 0] // 20
+                view(addresses["mask"], shape[:3], np.uint8)[:] = source[..., 0] // 22
                 view(addresses["confidence"], shape[:3], np.uint8)[:] = 255 - source[..., 0]
 
         class Context:

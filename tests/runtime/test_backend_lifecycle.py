@@ -135,3 +135,16 @@ def test_full_or_larger_batch_is_returned_as_is():
 def test_empty_batch_is_a_bug_not_a_padding():
     with pytest.raises(ValueError):
         pad_batch(torch.zeros(0, 3), 2)
+
+
+@pytest.mark.parametrize("io, batch", [("tensors", torch.zeros(1, 3, 6, 8)), ("frames", torch.zeros(1, 6, 8, 3, dtype=torch.uint8))])
+def test_a_class_map_past_the_class_names_is_one_line(io, batch):
+    """3 class names on a 12-class argmax or frames graph (no channels to count at activation) ran with exit 0,
+    masks of classes up to 11 and shares summing to a few percent."""
+    three = dict(class_names=["a", "b", "c"], palette=[[1, 2, 3]] * 3, head="argmax", io=io, input_size=(8, 6),
+                 source_size=(8, 6), batch=1, dynamic=False)
+    fine = FakeBackend("m.onnx", respond=lambda x: torch.full((1, 6, 8), 2, dtype=torch.uint8), **three)
+    assert int(fine.infer(batch).max()) == 2
+    lying = FakeBackend("m.onnx", respond=lambda x: torch.full((1, 6, 8), 11, dtype=torch.uint8), **three)
+    with pytest.raises(DronsegError, match=r"m.onnx: its metadata says 3 classes \(class_names\), but the model output class 11"):
+        lying.infer(batch)

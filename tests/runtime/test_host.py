@@ -35,7 +35,7 @@ def test_each_graph_gets_the_colour_order_its_metadata_names():
     seen = []
     for order in ("RGB", "BGR"):
         graph = FakeBackend("g.onnx", io="frames", head="argmax", color_order=order,
-                            respond=lambda x: (seen.append(x[0, 0, 0].tolist()), x[..., 0])[1])
+                            respond=lambda x: (seen.append(x[0, 0, 0].tolist()), x[..., 0] // 255)[1])
         assert graph.segment(frame[None]).classes.shape == (1, 16, 32)
     assert seen == [[0, 0, 255], [255, 0, 0]]
 

@@ -128,8 +128,8 @@ def test_frames_engine_returns_the_uint8_map_and_keeps_the_confidence(tmp_path, 
         mask = backend.infer(frames)
         again = backend.infer(frames[::-1].copy())
     assert mask.dtype == np.uint8 and mask.shape == (2, 48, 80)
-    np.testing.assert_array_equal(mask, frames[..., 0] // 20)
-    np.testing.assert_array_equal(again, frames[::-1, :, :, 0] // 20)
+    np.testing.assert_array_equal(mask, frames[..., 0] // 22)
+    np.testing.assert_array_equal(again, frames[::-1, :, :, 0] // 22)
     np.testing.assert_array_equal(backend.last_outputs["confidence"], 255 - frames[::-1, :, :, 0])
     assert backend.last_outputs["mask"] is again
 
