@@ -256,6 +256,12 @@ class TensorSpec:
     shape: tuple
 
 
+def named_first(outputs: list, names: list[str], name=lambda o: o) -> list:
+    """``outputs`` with those ``names`` lists (ModelInfo.outputs) first, in that order: the first is the one run
+    and checked (a foreign graph's ``aux`` may come before its ``out``)."""
+    return sorted(outputs, key=lambda o: names.index(name(o)) if name(o) in names else len(names))
+
+
 def check_declared_io(path: Path, info: ModelInfo, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
     """DronsegError unless the graph's declared input and outputs are what ``info`` says: one input,
     (N, 3, H, W) float for tensors io or (N, H, W, 3) uint8 for frames, its fixed dimensions those of

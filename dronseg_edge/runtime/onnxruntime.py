@@ -22,7 +22,7 @@ from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.machine import cache_root, unwritable
 from dronseg_edge.metadata import ModelInfo, read_onnx_info
 from dronseg_edge.onnx_wire import external_data_locations
-from dronseg_edge.runtime.base import Backend, TensorSpec, check_declared_io
+from dronseg_edge.runtime.base import Backend, TensorSpec, check_declared_io, named_first
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class OnnxRuntimeBackend(Backend):
         if errors:
             self.provider += f" (tried: {'; '.join(errors)})"
         self._input = self.session.get_inputs()[0]
-        self._outputs = self.session.get_outputs()
+        self._outputs = named_first(self.session.get_outputs(), self.info.outputs, lambda o: o.name)
         check_declared_io(self.path, self.info, [_spec(i) for i in self.session.get_inputs()], [_spec(o) for o in self._outputs])
         self._on_gpu = used != "CPUExecutionProvider" and self.device.type == "cuda"
         self.concurrent_calls = 1 if self._on_gpu else self.CPU_CALLS
@@ -300,7 +300,7 @@ class OnnxRuntimeBackend(Backend):
             # uint8 frames in, the uint8 class map out: on CUDA too, ONNX Runtime copies only those
             # bytes across (12x fewer than float logits), so binding would save little.
             # Every output is fetched: the second, when exported with --confidence, is kept in ``last_outputs``.
-            outs = self.session.run(None, {self._input.name: np.ascontiguousarray(batch, np.uint8)})
+            outs = self.session.run([o.name for o in self._outputs], {self._input.name: np.ascontiguousarray(batch, np.uint8)})
             self.last_outputs = {o.name: value for o, value in zip(self._outputs, outs)}
             return outs[0]
         # In the input's own type: a float16 one (a converter's keep_io_types=False) is accepted at activation, as by TensorRT.

@@ -25,7 +25,7 @@ import numpy as np
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, sidecar_path
 from dronseg_edge.runtime import cuda_runtime, tensorrt_env
-from dronseg_edge.runtime.base import Backend, TensorSpec, check_declared_io
+from dronseg_edge.runtime.base import Backend, TensorSpec, check_declared_io, named_first
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class TensorRTBackend(Backend):
             self._stream = cuda_runtime.Stream()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self._inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self._outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._outputs = named_first([n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT], self.info.outputs)
         if len(self._inputs) != 1 or not self._outputs:
             raise DronsegError(f"engine {self.path} has inputs {self._inputs} and outputs {self._outputs}, "
                                f"not one image input: {self._rebuild_hint()}")

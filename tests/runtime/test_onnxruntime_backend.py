@@ -302,3 +302,25 @@ def test_a_float16_input_is_fed_float16(exported, tmp_path):
     with load_backend(exported[0], device="cpu") as full, load_backend(path, device="cpu") as half:
         x = model_input(frames(1), full.info, full.device)
         assert torch.allclose(half.infer(x).float(), full.infer(x), atol=0.05)
+
+
+def test_the_output_the_metadata_names_is_run_even_when_another_comes_first(tmp_path):
+    """A foreign DeepLabV3 exported with outputs (aux, out) and --meta naming outputs ["out"]: the runner took the
+    graph's first output, the auxiliary head's, without a word."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [np.zeros((1, 12, 64, 96), np.float32) for _ in range(2)]
+    weights[0][:, 3], weights[1][:, 5] = 10.0, 10.0
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["images"], ["mean"], axes=[1]),
+                               helper.make_node("Add", ["mean", "wa"], ["aux"]), helper.make_node("Add", ["mean", "wo"], ["out"])],
+                              "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 96])],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 12, 64, 96]) for name in ("aux", "out")],
+                              [numpy_helper.from_array(weights[0], "wa"), numpy_helper.from_array(weights[1], "wo")])
+    onnx.save(onnx_model(graph), str(tmp_path / "two.onnx"))
+    (tmp_path / "meta.json").write_text(json.dumps({"arch": "deeplabv3_mobilenet_v3_large", "input_size": [96, 64],
+                                                    "outputs": ["out"]}))
+    backend = load_backend(tmp_path / "two.onnx", device="cpu", meta=tmp_path / "meta.json")
+    assert (backend.segment(frames(1)).classes == 5).all()
