@@ -160,7 +160,7 @@ def _replace_heads(model: nn.Module, num_classes: int) -> None:
 
 
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict in ``--weights`` file ``path`` (a state dict, or a checkpoint's ``model``), loaded as
+    """The state dict in ``--weights`` file ``path`` (a state dict, or a checkpoint's ``model``/``state_dict``), loaded as
     data only (torch_floor.torch_load); a one-line DronsegError naming the option. Cheap to call before any
     other work: a bad file is refused before a run writes anything."""
     from dronseg_edge.torch_floor import torch_load
@@ -169,8 +169,8 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     state = torch_load(path, f"--weights {path}",
                        f"--weights {path}: no such file; use coco, imagenet, none or a path to a .pt/.pth file",
                        ": pass a state dict saved as plain tensors (torch.save(model.state_dict(), F)), or coco, imagenet, none")
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    if isinstance(state, dict):  # a checkpoint's (ours: "model") or a training script's ("state_dict") weights
+        state = next((state[key] for key in ("model", "state_dict") if isinstance(state.get(key), dict)), state)
     if not isinstance(state, dict):
         raise DronsegError(f"--weights {path}: expected a state dict, found {type(state).__name__}")
     return state
@@ -183,11 +183,11 @@ def is_weights_path(weights: str) -> bool:
 
 def load_matching_weights(model: nn.Module, path: Path, state: dict[str, torch.Tensor] | None = None) -> int:
     """Copy every tensor of ``path`` (or of its ``state``, read already by ``read_weights_file``) whose name
-    and shape match ``model``; return how many were copied."""
+    (less DataParallel's ``module.``) and shape match ``model``; return how many were copied."""
     state = read_weights_file(path) if state is None else state
     own = model.state_dict()
     copied = {key: tensor for prefix in ("", "backbone.") for name, tensor in state.items() if isinstance(tensor, torch.Tensor)
-              and (key := prefix + name) in own and own[key].shape == tensor.shape}
+              and (key := prefix + name.removeprefix("module.")) in own and own[key].shape == tensor.shape}
     if not copied:
         raise DronsegError(f"--weights {path}: no tensor matches this model's layers; is it for another --model?")
     model.load_state_dict(copied, strict=False)

@@ -48,6 +48,16 @@ def test_local_weights_copy_matching_tensors_and_skip_the_head(tmp_path):
         load_matching_weights(model, tmp_path / "bad.pth")
 
 
+@pytest.mark.parametrize("wrap", [lambda s: {"state_dict": s, "epoch": 3},  # a plain training script's checkpoint
+                                  lambda s: {"module." + k: v for k, v in s.items()}])  # saved from DataParallel
+def test_local_weights_of_a_plain_training_script_are_copied(wrap, tmp_path):
+    """These were refused: "no tensor matches this model's layers; is it for another --model?"."""
+    donor = build_model("lraspp_mobilenet_v3_large", weights="none")
+    torch.save(wrap(donor.state_dict()), tmp_path / "w.pth")
+    model = build_model("lraspp_mobilenet_v3_large")
+    assert load_matching_weights(model, tmp_path / "w.pth") == len(donor.state_dict())
+
+
 def test_frozen_stages_do_not_move_and_keep_their_statistics():
     torch.manual_seed(0)
     model = build_model("lraspp_mobilenet_v3_large", weights="none")
