@@ -133,7 +133,13 @@ def parity(
     check_model_file(reference)
     torch_device = resolve_device(device)
     # A checkpoint reference is loaded here once; check_parity runs it and takes its validation split from it.
-    ref = load_checkpoint(reference) if is_checkpoint(reference) else load_backend(reference, torch_device)
+    try:
+        ref = load_checkpoint(reference) if is_checkpoint(reference) else load_backend(reference, torch_device)
+    except DronsegError as exc:  # its advice of --meta would not help: parity's describes the candidate
+        if "has no dronseg-edge metadata" not in str(exc):
+            raise
+        raise DronsegError(f"reference {reference} has no dronseg-edge metadata (parity's --meta describes the candidate "
+                           "only): pass the checkpoint it came from, or an ONNX written by `dronseg-edge export`") from None
     cand = load_backend(candidate, torch_device, meta=meta)  # opened here: its precision picks the default thresholds
     try:
         report = check_parity(ref, cand, data, device=torch_device, max_images=max_images,
