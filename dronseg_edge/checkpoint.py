@@ -154,6 +154,12 @@ def load_checkpoint(path: os.PathLike | str, num_classes: int | None = None) -> 
     return ckpt
 
 
+def nonfinite_weight(state: dict[str, Any]) -> str | None:
+    """The name of the first floating-point tensor of ``state`` holding NaN or Inf, or None."""
+    return next((k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()
+                 and not bool(torch.isfinite(v).all())), None)
+
+
 def _check_head(ckpt: dict[str, Any]) -> None:
     """The classifier's output channels must be the class names' count: 3 names on a 12-class model
     would run with class indices past the palette (black colours, stats of zero); every weight finite."""
@@ -165,8 +171,7 @@ def _check_head(ckpt: dict[str, Any]) -> None:
         raise DronsegError(f"checkpoint {ckpt['path']}: metadata class_names has {len(ckpt['class_names'])} names but the "
                            f"model's classifier has {channels} output channels: {CHECKPOINT_FIX}")
     # A run whose loss went NaN (too high a --lr) saves weights that make every pixel class 0.
-    bad = next((k for k, v in ckpt["model"].items() if torch.is_tensor(v) and v.is_floating_point()
-                and not bool(torch.isfinite(v).all())), None)
+    bad = nonfinite_weight(ckpt["model"])
     if bad is not None:
         raise DronsegError(f"checkpoint {ckpt['path']}: weight {bad} holds NaN or Inf (the training diverged): "
                            "retrain with a lower --lr, or use a checkpoint saved before its loss went NaN")

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from dronseg_edge.checkpoint import TrainingState, load_checkpoint, model_state, save_checkpoint
+from dronseg_edge.checkpoint import TrainingState, load_checkpoint, model_state, nonfinite_weight, save_checkpoint
 from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.leftovers import RANDOM, TAGGED, FolderClaim
@@ -154,6 +154,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
                                      on_step=writer.mid_epoch_saver(progress, done, per_epoch))
             progress.epoch, progress.step, progress.partial = epoch + 1, progress.step + result["steps"], None
             row = _train_row(progress, done, result, result["lr"])
+            _check_finite(setup.model, f"epoch {epoch + 1} (train_loss {row['train_loss']:.4g})", writer.last)
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
                 progress.val_result = evaluate(setup.model, criterion, loaders.val, ctx, metrics, show_progress=is_main)
                 row.update(_val_columns(progress.val_result))
@@ -218,6 +219,7 @@ class CheckpointWriter:
             # The epoch's last step is left to save_epoch, which follows it.
             if not every or (first_step + steps) % every or done["steps"] + steps >= per_epoch:
                 return
+            _check_finite(self.setup.model, f"step {first_step + steps}", self.last)
             totals = all_reduce_sum(torch.stack([loss_sum.detach().float(), torch.tensor(float(images), device=loss_sum.device)]))
             if self.is_main:
                 so_far = {"batches": done["batches"] + steps * accumulate, "steps": done["steps"] + steps,
@@ -225,6 +227,15 @@ class CheckpointWriter:
                 save_checkpoint(self.last, self.state(progress, step=first_step + steps, epoch_progress=so_far))
 
         return on_step
+
+
+def _check_finite(model: torch.nn.Module, when: str, last: Path) -> None:
+    """Stop a diverged run (every rank alike: DDP keeps their weights equal) before its NaN weights are saved:
+    they would make every pixel one class, and `train` said "done"."""
+    bad = nonfinite_weight(model.state_dict())
+    if bad is not None:
+        raise DronsegError(f"the training diverged: after {when} weight {bad} holds NaN or Inf; retrain with a lower "
+                           f"--lr ({last} keeps the weights saved before, if any)")
 
 
 def _train_row(progress: Progress, done: dict, result: dict, lr: float) -> dict:

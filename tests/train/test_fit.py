@@ -13,6 +13,7 @@ import torch
 from ddp_probe import launch, torchrun
 
 from dronseg_edge.checkpoint import load_checkpoint
+from dronseg_edge.errors import DronsegError
 from dronseg_edge.train import setup
 from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.fit import fit
@@ -210,3 +211,15 @@ def test_accumulation_aux_head_freezing_and_bf16(synth_root, tmp_path):
     stem = backbone_stages(trained)[0][0]
     initial = backbone_stages(build_model("deeplabv3_mobilenet_v3_large", weights="none", aux_loss=True))[0][0]
     assert any(not torch.equal(a, b) for a, b in zip(stem.state_dict().values(), initial.state_dict().values()))
+
+
+@pytest.mark.parametrize("save_every_steps", [0, 1])
+def test_a_diverged_run_stops_before_its_nan_weights_are_saved(synth_root, tmp_path, save_every_steps):
+    """--lr 1e6 trained to NaN weights (every pixel one class), saved them, and `train` said "done" (exit 0)."""
+    cfg = config(synth_root, tmp_path / "run", epochs=2, lr=1e6, save_every_steps=save_every_steps)
+    with pytest.raises(DronsegError, match=r"the training diverged: after (epoch 1 \(train_loss|step \d).*holds NaN or Inf; "
+                                           r"retrain with a lower --lr") as info:
+        fit(cfg, log=lambda _m: None)
+    assert info.value.exit_code == 2
+    for saved in (tmp_path / "run" / "weights").glob("*.pt"):  # none, or weights from before the divergence
+        assert load_checkpoint(saved)["model"]
