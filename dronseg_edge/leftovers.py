@@ -16,7 +16,8 @@ kernel drops a flock when its process dies, however it dies, so a lock file that
 belongs to a dead run (a reused pid cannot fool it: the token is random). When a run claims a
 folder, it removes the working files there (and in the subfolders its patterns name) that match its
 patterns *and* carry the token of a dead claim's lock file; the dead lock file goes with the last of
-them. Live runs' files are safe even while a dead run's are removed. Where ``fcntl`` is missing
+them. Live runs' files are safe even while a dead run's are removed. A run that must work alone in its
+folder (infer into a given --out) is refused while another live run claims it. Where ``fcntl`` is missing
 (Windows), lock files are not locked: a claim counts as dead, and a leftover as stale, once older
 than STALE_AFTER_S.
 """
@@ -33,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from dronseg_edge.errors import DronsegError
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -46,7 +49,7 @@ TOKEN = secrets.token_hex(4)
 TAGGED = rf"{TAG}-(?P<token>[0-9a-f]{{8}})"
 LOCK_PREFIX = f".{TAG}-lock-"
 _CLAIM_PREFIX = f".{TAG}-claim-"  # a lock file before it is locked and renamed (never seen unlocked)
-_LOCK_NAME = re.compile(rf"^\.{TAG}-(lock|claim)-(?:(?P<token>[0-9a-f]{{8}})-)?")
+_LOCK_NAME = re.compile(rf"^\.{TAG}-(lock|claim)-(?:(?P<token>[0-9a-f]{{8}})-)?(?P<pid>\d*)")
 STALE_AFTER_S = 3600.0  # without flock only
 _CLAIM_GRACE_S = 60.0  # a claim file is locked microseconds after it is made; younger ones count as live
 
@@ -104,10 +107,11 @@ class FolderClaim(contextlib.AbstractContextManager):
     ``token`` group of TAGGED, so only names made by a dronseg-edge run that claimed this folder and
     died can match. ``removed`` lists what was removed. Use as a context manager, or call
     ``release()``. Claiming is best effort: a folder where no lock file can be made is worked in
-    unclaimed, and nothing is removed from it.
+    unclaimed, and nothing is removed from it. ``alone``: the fix to name in the DronsegError raised,
+    with nothing removed, when another live process claims the folder too (``others``: their pids).
     """
 
-    def __init__(self, folder: os.PathLike | str, leftovers: Sequence[tuple[str, re.Pattern]]):
+    def __init__(self, folder: os.PathLike | str, leftovers: Sequence[tuple[str, re.Pattern]], alone: str | None = None):
         for _, pattern in leftovers:
             if "token" not in pattern.groupindex:
                 raise ValueError(f"leftover pattern {pattern.pattern!r} has no token group: it could match other programs' files")
@@ -115,9 +119,14 @@ class FolderClaim(contextlib.AbstractContextManager):
         self.lock: Path | None = None
         self._fd: int | None = None
         self.removed: list[Path] = []
+        self.others: list[str] = []
         self._take_lock()
         if self.lock is not None:
-            self.removed = self._remove(leftovers, self._dead_claims())
+            dead = self._dead_claims()
+            if alone is not None and self.others:
+                self.release()
+                raise DronsegError(f"{self.folder} is in use by another dronseg-edge process (pid {', '.join(self.others)}): {alone}")
+            self.removed = self._remove(leftovers, dead)
 
     def _take_lock(self) -> None:
         prefix = _CLAIM_PREFIX if fcntl is not None else LOCK_PREFIX
@@ -150,6 +159,7 @@ class FolderClaim(contextlib.AbstractContextManager):
                 continue  # not a lock file, or one of this (live) process
             if (_age(path) < STALE_AFTER_S if fcntl is None else
                     _lock_held(path) or (path.name.startswith(_CLAIM_PREFIX) and _age(path) < _CLAIM_GRACE_S)):
+                self.others.append(match.group("pid") or "?")
                 continue  # alive
             if match.group("token"):
                 dead.setdefault(match.group("token"), []).append(path)

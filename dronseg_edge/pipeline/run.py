@@ -28,6 +28,7 @@ import numpy as np
 
 from dronseg_edge.atomic import ensure_writable_dir, write_json_atomic
 from dronseg_edge.errors import BackendFailure, DronsegError, RuntimeFailure
+from dronseg_edge.leftovers import FolderClaim
 from dronseg_edge.pictures import bgr_lut
 from dronseg_edge.pipeline.disk_space import DiskFloor, SpaceReserve
 from dronseg_edge.pipeline.interrupts import InterruptGuard, interrupts_deferred
@@ -66,7 +67,7 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
     """
     options = options or RunOptions()
     src = open_source(source, options.reconnect_s, max_pixels=options.max_pixels)
-    request, live, out_dir, reserve, plan, sinks = _prepare(segmenter, src, options)
+    request, live, out_dir, claim, reserve, plan, sinks = _prepare(segmenter, src, options)
     guard = InterruptGuard()
     with guard.held():  # the run folder exists: a stop signal now stops the run at its start, summary.json written
         workers = [SinkWorker(sink, options.queue_size) for sink in sinks]
@@ -123,6 +124,8 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
             if options.show:
                 cv2.destroyAllWindows()
             summary, summary_error = _write_summary(out_dir, state.summary(segmenter, src, reader, sinks).to_dict())
+            if claim is not None:
+                claim.release()
         if bug is not None:
             raise bug
     if summary_error is not None:
@@ -133,7 +136,7 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
 
 
 def _prepare(segmenter: Segmenter, src: Source, options: RunOptions) -> tuple:
-    """Everything checked and made before the first frame: (frame request, live, run folder, space
+    """Everything checked and made before the first frame: (frame request, live, run folder, its claim, space
     reserve, overlay plan, sinks). What cannot work fails here, before the run folder where it can;
     on any failure the reserve is handed back and the source closed."""
     with contextlib.ExitStack() as undo:  # unwound only on a failure: pop_all() below keeps everything
@@ -152,7 +155,9 @@ def _prepare(segmenter: Segmenter, src: Source, options: RunOptions) -> tuple:
         if preview is not None:
             undo.callback(preview.close)
         made = options.out is None or not Path(options.out).exists()
-        out_dir = _prepare_out_dir(options)
+        out_dir, claim = _prepare_out_dir(options)
+        if claim is not None:
+            undo.callback(claim.release)
         undo.callback(_discard_run_dir, out_dir, made)
         reserve = undo.enter_context(SpaceReserve(out_dir))
         lut = bgr_lut(segmenter.info.palette)
@@ -162,8 +167,10 @@ def _prepare(segmenter: Segmenter, src: Source, options: RunOptions) -> tuple:
         sinks = _build_sinks(src, out_dir, options, lut, plan)
         undo.callback(_close_unused, sinks)
         sinks += build_live_sinks(src, out_dir, options, lut, plan, legend, preview)
+        if claim is not None and any(path != claim.lock for path in out_dir.iterdir()):
+            claim.release()  # the run's own files now keep other runs out (a kill leaves no lock file then)
         undo.pop_all()
-    return request, live, out_dir, reserve, plan, sinks
+    return request, live, out_dir, claim, reserve, plan, sinks
 
 
 def _write_summary(out_dir: Path, data: dict) -> tuple[RunSummary, DronsegError | None]:
@@ -265,16 +272,20 @@ def _write_failed(error: BaseException | None) -> bool:
     return isinstance(error, OSError) or (isinstance(error, DronsegError) and error.stopped in WRITE_STOPS)
 
 
-def _prepare_out_dir(options: RunOptions) -> Path:
+def _prepare_out_dir(options: RunOptions) -> tuple[Path, FolderClaim | None]:
+    """The run folder, and for a given --out the claim that keeps other runs out of it until its files do."""
     if options.out is None:
-        return next_run_dir(options.project)
+        return next_run_dir(options.project), None
     out = Path(options.out)
     if out.exists() and not out.is_dir():
         raise DronsegError(f"--out {out} is a file: pass a folder")
-    if out.is_dir() and any(out.iterdir()):
+    # Claimed first, then checked: two runs given the same --out at once cannot both find it empty.
+    claim = FolderClaim(ensure_writable_dir(out), (), alone="pass another --out")
+    if any(path != claim.lock for path in out.iterdir()):
+        claim.release()
         raise DronsegError(f"--out {out} already holds files and a run never overwrites another: pass a new folder, "
                            "or leave --out out to get runs/infer/expN")
-    return ensure_writable_dir(out)
+    return out, claim
 
 
 def _close_unused(sinks: list[Sink]) -> None:

@@ -1,6 +1,10 @@
 import errno
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -8,7 +12,7 @@ import pytest
 from pipeline_media import read_video, scene
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
-from dronseg_edge.pipeline import RunOptions, Segmenter, run_inference
+from dronseg_edge.pipeline import RunOptions, Segmenter, run, run_inference
 from dronseg_edge.pipeline.sources import StreamSource
 
 
@@ -59,6 +63,30 @@ def test_runs_never_overwrite_each_other(segmenter, video_path, tmp_path):
     with pytest.raises(DronsegError, match="already holds files"):
         run_inference(segmenter, video_path, RunOptions(out=first.out_dir, progress=False))
     assert (first.out_dir / "summary.json").read_text() == before
+
+
+def test_two_runs_given_the_same_new_out_at_once_never_share_it(segmenter, tiny_checkpoint, video_path, tmp_path,
+                                                                 monkeypatch):
+    """Run A has checked --out and not yet written; run B (another process, the same command) starts there now.
+    Before, B found the folder empty and wrote into it, A then found B's stats.jsonl and, undoing its own
+    start, deleted every file in the folder: B's run lost, A's refused."""
+    out, other = tmp_path / "run", {}
+    prepare = run._prepare_out_dir
+
+    def then_another_run(options):
+        made = prepare(options)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        other["run"] = subprocess.run([sys.executable, "-m", "dronseg_edge", "infer", str(tiny_checkpoint), str(video_path),
+                                       "--out", str(out), "--device", "cpu", "--no-progress"],
+                                      env=env, capture_output=True, text=True, timeout=300)
+        return made
+
+    monkeypatch.setattr(run, "_prepare_out_dir", then_another_run)
+    summary = run_inference(segmenter, video_path, RunOptions(out=out, save_masks=True, progress=False))
+    assert other["run"].returncode == 2, other["run"].stderr
+    assert f"{out} is in use by another dronseg-edge process (pid " in other["run"].stderr
+    assert summary.data["frames"] == len(read_stats(out)) == len(list((out / "masks").iterdir())) == 24
+    assert sorted(p.name for p in out.iterdir()) == ["masks", "overlay.mp4", "stats.jsonl", "summary.json"]  # no lock left
 
 
 def test_unwritable_output_folder(segmenter, video_path, tmp_path):
