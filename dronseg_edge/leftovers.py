@@ -17,7 +17,7 @@ belongs to a dead run (a reused pid cannot fool it: the token is random). When a
 folder, it removes the working files there (and in the subfolders its patterns name) that match its
 patterns *and* carry the token of a dead claim's lock file; the dead lock file goes with the last of
 them. Live runs' files are safe even while a dead run's are removed. A run that must work alone in its
-folder (infer into a given --out) is refused while another live run claims it. Where ``fcntl`` is missing
+folder (a training run, infer into a given --out) is refused while another live run claims it. Where ``fcntl`` is missing
 (Windows), lock files are not locked: a claim counts as dead, and a leftover as stale, once older
 than STALE_AFTER_S.
 """
@@ -84,6 +84,19 @@ def _lock_held(path: Path) -> bool:
     finally:
         os.close(fd)  # also drops the lock just taken
     return False
+
+
+def _owner_alive(pid: str) -> bool:
+    """Whether the process a lock file names runs (POSIX; elsewhere, or without a pid, assumed)."""
+    if fcntl is None or not pid:
+        return True  # Windows: os.kill would terminate it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's, or cannot tell
+    return True
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -159,7 +172,8 @@ class FolderClaim(contextlib.AbstractContextManager):
                 continue  # not a lock file, or one of this (live) process
             if (_age(path) < STALE_AFTER_S if fcntl is None else
                     _lock_held(path) or (path.name.startswith(_CLAIM_PREFIX) and _age(path) < _CLAIM_GRACE_S)):
-                self.others.append(match.group("pid") or "?")
+                if _owner_alive(match.group("pid")):  # (a killed run's forked loader workers hold its flock a while)
+                    self.others.append(match.group("pid") or "?")
                 continue  # alive
             if match.group("token"):
                 dead.setdefault(match.group("token"), []).append(path)

@@ -14,7 +14,7 @@ import torch
 from dronseg_edge.checkpoint import TrainingState, load_checkpoint, model_state, nonfinite_weight, save_checkpoint
 from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX
 from dronseg_edge.errors import DronsegError, RuntimeFailure
-from dronseg_edge.leftovers import RANDOM, TAGGED, FolderClaim
+from dronseg_edge.leftovers import RANDOM, TAGGED
 from dronseg_edge.train import plots
 from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.distributed import DistContext, all_reduce_sum, barrier, cleanup_distributed, setup_distributed
@@ -106,29 +106,30 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
     if cfg.model.startswith("deeplabv3") and cfg.batch < 2:
         raise DronsegError("--batch 1 cannot train DeepLabV3 (its ASPP pooling BatchNorm needs 2+ images): use --batch 2 or more, with --accumulate to save memory")
     data = prepare_data(cfg, ckpt, log)
-    run_dir = prepare_run_dir(cfg, resume, data, dist_ctx)
-    log(f"run: {run_dir}  (train {len(data.train_ids)} / val {len(data.val_ids)} images, {dist_ctx.world_size} process(es) on {device})")
-    loaders = build_loaders(cfg, data, dist_ctx)
-    per_epoch = optimizer_steps_per_epoch(cfg, len(loaders.train))
-    setup = prepare_model(cfg, device, per_epoch, ckpt, distributed=dist_ctx.enabled, weights=weights)
-    progress = Progress.of(ckpt)
-    if ckpt is not None:
-        within = f" (+{progress.partial['batches']} batches of epoch {progress.epoch + 1})" if progress.partial else ""
-        log(f"resumed from {resume}: epoch {progress.epoch}/{cfg.epochs}{within}, step {progress.step}")
-    net = _data_parallel(setup.compiled, dist_ctx)
-    criterion = build_criterion(cfg, device, data)
-    ctx = step_context(setup, device)
-    metrics = SegmentationMetrics(len(CLASS_NAMES), IGNORE_INDEX, class_names=list(CLASS_NAMES))
-    history = MetricsLog(run_dir, tensorboard=cfg.tensorboard) if is_main else None
-    if history is not None:
-        history.resume_from(progress.epoch)
-    writer = CheckpointWriter(run_dir, is_main, cfg, setup, data)
-    # Held while the run works here: another run cleaning up must not take our temporary files for a killed run's.
-    claim = FolderClaim(run_dir, RUN_LEFTOVERS) if is_main else None
-    if claim is not None and claim.note("run"):
-        log(claim.note("run"))
-    mosaic = ValidationMosaic(loaders.val.dataset, run_dir / "mosaics", cfg.mosaic_every) if is_main and cfg.mosaic_every else None
+    # Claimed before split.json is written: another run working there (a second `train --out` of the same
+    # folder, a --resume of a run still training) is refused, and cannot take our temporary files for a killed run's.
+    run_dir, claim = prepare_run_dir(cfg, resume, data, dist_ctx, RUN_LEFTOVERS)
+    history = None
     try:
+        log(f"run: {run_dir}  (train {len(data.train_ids)} / val {len(data.val_ids)} images, {dist_ctx.world_size} process(es) on {device})")
+        loaders = build_loaders(cfg, data, dist_ctx)
+        per_epoch = optimizer_steps_per_epoch(cfg, len(loaders.train))
+        setup = prepare_model(cfg, device, per_epoch, ckpt, distributed=dist_ctx.enabled, weights=weights)
+        progress = Progress.of(ckpt)
+        if ckpt is not None:
+            within = f" (+{progress.partial['batches']} batches of epoch {progress.epoch + 1})" if progress.partial else ""
+            log(f"resumed from {resume}: epoch {progress.epoch}/{cfg.epochs}{within}, step {progress.step}")
+        net = _data_parallel(setup.compiled, dist_ctx)
+        criterion = build_criterion(cfg, device, data)
+        ctx = step_context(setup, device)
+        metrics = SegmentationMetrics(len(CLASS_NAMES), IGNORE_INDEX, class_names=list(CLASS_NAMES))
+        history = MetricsLog(run_dir, tensorboard=cfg.tensorboard) if is_main else None
+        if history is not None:
+            history.resume_from(progress.epoch)
+        writer = CheckpointWriter(run_dir, is_main, cfg, setup, data)
+        if claim is not None and claim.note("run"):
+            log(claim.note("run"))
+        mosaic = ValidationMosaic(loaders.val.dataset, run_dir / "mosaics", cfg.mosaic_every) if is_main and cfg.mosaic_every else None
         if cfg.val_at_start and progress.epoch == 0 and progress.partial is None:  # the initial weights as epoch 0
             scores = evaluate(setup.model, criterion, loaders.val, ctx, metrics, show_progress=is_main)
             if history is not None:

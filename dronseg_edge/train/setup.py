@@ -25,6 +25,7 @@ from dronseg_edge.data.aeroscapes import DatasetStats, Sample, dataset_samples, 
 from dronseg_edge.data.dataset import AugmentSeedSampler, SegmentationDataset
 from dronseg_edge.data.split import save_split, stratified_split
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.leftovers import FolderClaim
 from dronseg_edge.models import build_model, freeze_backbone_stages, set_bn_momentum
 from dronseg_edge.runs import next_run_dir
 from dronseg_edge.train.config import TrainConfig
@@ -86,8 +87,10 @@ def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, log: Callable[[s
     return DataSetup(by_id, stats, train_ids, val_ids)
 
 
-def prepare_run_dir(cfg: TrainConfig, resume: Path | None, data: DataSetup, dist_ctx: DistContext) -> Path:
-    """The run folder (a resumed run's own; rank 0 picks, the others follow), with its split.json and config.json.
+def prepare_run_dir(cfg: TrainConfig, resume: Path | None, data: DataSetup, dist_ctx: DistContext,
+                    leftovers=()) -> tuple[Path, FolderClaim | None]:
+    """The run folder (a resumed run's own; rank 0 picks, the others follow), with its split.json and config.json,
+    and rank 0's claim on it (a killed run's ``leftovers`` removed; refused while another live run claims it).
 
     Sets ``cfg.out`` to it. split.json is a human-readable copy: the checkpoints carry the split themselves.
     """
@@ -102,12 +105,18 @@ def prepare_run_dir(cfg: TrainConfig, resume: Path | None, data: DataSetup, dist
         torch.distributed.broadcast_object_list(box, src=0)
         run_dir = Path(box[0])
     cfg.out = str(Path(run_dir).resolve())  # recorded, as a resumed run's is: absolute, whatever the working folder
-    if dist_ctx.is_main:
+    if not dist_ctx.is_main:
+        return run_dir, None
+    claim = FolderClaim(run_dir, leftovers, alone="wait for that run to end (or stop it) and --resume it, or choose another --out")
+    try:
         ensure_writable_dir(run_dir / "weights")
         save_split(run_dir / "split.json", data.train_ids, data.val_ids, seed=cfg.seed, val_fraction=cfg.val_fraction,
                    all_ids=data.stats.ids, presence=data.stats.presence)
         write_json_atomic(run_dir / "config.json", cfg.to_dict())
-    return run_dir
+    except BaseException:
+        claim.release()
+        raise
+    return run_dir, claim
 
 
 def loader_options(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:

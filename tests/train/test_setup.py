@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +75,31 @@ def test_a_resume_that_would_step_another_schedule_is_refused(tmp_path, schedule
     with pytest.raises(DronsegError, match="planned for 20 optimiser steps and would now make 40"):
         prepare_model(cfg, torch.device("cpu"), steps_per_epoch=20, ckpt=ckpt)
     assert prepare_model(cfg, torch.device("cpu"), steps_per_epoch=10, ckpt=ckpt).scheduler.last_epoch == 10
+
+
+def test_a_run_folder_another_live_run_works_in_is_refused_before_anything_is_written(synth_root, tmp_path):
+    """The same `train --out RUN` started twice (a fleet script, a second terminal) before the first wrote
+    weights/last.pt: both trained into RUN, exit 0, and the first run's checkpoints, split and metrics were
+    replaced by the second's, while it said "done: best ... -> RUN/weights/best.pt". A --resume of a run
+    still training did the same. A live run holds its folder's claim (leftovers.FolderClaim): stand-in here."""
+    from dronseg_edge.train.fit import fit
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from dronseg_edge.leftovers import FolderClaim\n"
+        f"claim = FolderClaim({str(run)!r}, ())\n"
+        "print('held', flush=True); sys.stdin.readline()")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cfg = TrainConfig(data=str(synth_root), out=str(run), model="lraspp_mobilenet_v3_large", weights="none",
+                          size=(96, 64), epochs=1, max_steps_per_epoch=1, batch=4, device="cpu", workers=0,
+                          tensorboard=False, plots=False)
+        with pytest.raises(DronsegError, match=rf"{re.escape(str(run))} is in use by another dronseg-edge process "
+                                               rf"\(pid {holder.pid}\): wait for that run to end"):
+            fit(cfg, log=lambda _m: None)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [p.name for p in run.iterdir() if not p.name.startswith(".dronseg-lock-")] == []  # no split.json, no weights
