@@ -21,6 +21,7 @@ takes the folder's, so it may be renamed). ``tritonserver --model-repository REP
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -197,19 +198,26 @@ def _check_replaceable(folder: Path) -> None:
 
 
 def _publish(staged: Path, final: Path) -> None:
-    """Move the finished folder into place; an older one is swapped out first and removed after."""
-    if not final.exists():
-        os.rename(staged, final)
-        return
-    old = Path(tempfile.mkdtemp(prefix=working_prefix(final.name) + "old-", dir=staged.parent))
-    os.rmdir(old)  # only its unique name is wanted
-    os.rename(final, old)
-    try:
-        os.rename(staged, final)
-    except OSError:
-        os.rename(old, final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    """Move the finished folder into place; an older one is swapped out first and removed after. Another
+    export of the same model publishing meanwhile may swap ours out in turn: the last one stays."""
+    olds: list[Path] = []
+    while True:
+        try:
+            os.rename(staged, final)  # onto nothing or an empty folder; a model folder there: ENOTEMPTY
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                if olds:
+                    with contextlib.suppress(OSError):
+                        os.rename(olds[-1], final)  # the folder swapped out, back in place
+                raise
+        old = Path(tempfile.mkdtemp(prefix=working_prefix(final.name) + "old-", dir=staged.parent))
+        os.rmdir(old)  # only its unique name is wanted
+        with contextlib.suppress(FileNotFoundError):  # gone: another export swapped it out first
+            os.rename(final, old)
+            olds.append(old)
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: int = 4, opt_batch: int = 1,

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from trt_parser_rules import check_graph
 from dronseg_edge.classes import CLASS_NAMES
 from dronseg_edge.cli import main
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.export import ExportOptions, artifact_path, export_artifact
+from dronseg_edge.export import ExportOptions, artifact_path, export_artifact, triton
 from dronseg_edge.export.triton import TensorSpec, config_text, trt_profile, write_model_repository
 from dronseg_edge.metadata import ModelInfo, read_onnx_info, set_onnx_metadata, write_engine_sidecar
 from dronseg_edge.runtime.host import preprocess_host, resize_frame
@@ -204,6 +205,24 @@ def test_a_new_export_replaces_its_own_model_folder(exported, tmp_path):
     assert second == first and not (second / "stale.txt").exists()
     config = parse_config((second / "config.pbtxt").read_text())
     assert config.max_batch_size == 16 and accelerator_of(config)["trt_profile_max_shapes"] == "images:16x3x64x96"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no staging or swapped-out folder left
+    assert [p.name for p in repository.iterdir()] == ["tiny"]
+
+
+def test_two_exports_publishing_the_same_model_at_once_both_succeed(exported, tmp_path, monkeypatch):
+    """Two `export --format triton` of one checkpoint in parallel (a fleet script): the other export put its
+    model folder in place after this one found none there, and this one's rename failed with ENOTEMPTY, a traceback."""
+    repository, rename, started = tmp_path / "repo", os.rename, []
+
+    def another_export_first(src, dst):
+        if not started and Path(dst) == repository / "tiny":
+            started.append(True)
+            write_model_repository(exported / "tiny_dyn_fp16.onnx", repository, "tiny", max_batch=8)
+        rename(src, dst)
+
+    monkeypatch.setattr(triton.os, "rename", another_export_first)
+    model = write_model_repository(exported / "tiny_dyn_fp16.onnx", repository, "tiny", max_batch=16)
+    assert started and parse_config((model / "config.pbtxt").read_text()).max_batch_size == 16  # the last one stays
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no staging or swapped-out folder left
     assert [p.name for p in repository.iterdir()] == ["tiny"]
 
