@@ -193,16 +193,12 @@ def atomic_path(path: os.PathLike | str, suffix: str = "") -> Iterator[Path]:
                 # a dead run's own files are ever cleaned up (leftovers.py).
                 random = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789_") for _ in range(8))
                 tmp = final.parent / f"{working_prefix(final.name)}{random}.tmp{suffix}"
-                try:
-                    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                try:  # 0666 less the umask, as a plain open() makes it (never os.umask(0): other threads' files)
+                    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
                     break
                 except FileExistsError:
                     continue
             yield tmp
-            # A new file is 0600; give the result the permissions a plain open() would have (the umask read by setting it).
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
             os.replace(tmp, final)
     except BaseException:
         if tmp != final:

@@ -6,6 +6,8 @@ import errno
 import json
 import os
 import shutil
+import stat
+import threading
 from collections import namedtuple
 from pathlib import Path
 
@@ -154,3 +156,34 @@ def test_a_folder_that_turns_read_only_mid_run_is_the_runs_failure_not_a_usage_e
             atomic.write_json_atomic(disk / "run" / "summary.json", {"epoch": 2})
         assert error.value.exit_code == 5 and error.value.stopped == "unwritable"
         assert json.loads((disk / "run" / "summary.json").read_text()) == {"epoch": 1}
+
+
+def test_files_other_threads_make_meanwhile_keep_the_umask(tmp_path, monkeypatch):
+    """atomic_path read the umask by setting it to 0 for a moment: a file another thread made just then (a
+    server saving results from two threads, one Segmenter each) was world-writable, and two threads reading
+    it at once could leave the process's umask at 0 for good."""
+    made = []
+
+    def another_thread_makes_a_file():
+        path = tmp_path / f"other{len(made)}.txt"
+        thread = threading.Thread(target=path.write_text, args=("x",))
+        thread.start()
+        thread.join()
+        made.append(path)
+
+    real_umask = os.umask
+
+    def umask_then_another_thread(mask):
+        previous = real_umask(mask)
+        another_thread_makes_a_file()  # the other thread runs right after each change of the umask
+        return previous
+
+    monkeypatch.setattr(atomic.os, "umask", umask_then_another_thread)
+    previous = real_umask(0o022)
+    try:
+        with atomic.atomic_path(tmp_path / "result.png") as tmp:
+            another_thread_makes_a_file()
+            tmp.write_bytes(b"png")
+    finally:
+        real_umask(previous)
+    assert made and {oct(stat.S_IMODE(p.stat().st_mode)) for p in [*made, tmp_path / "result.png"]} == {"0o644"}
