@@ -43,7 +43,10 @@ def h264_clip(source: Path, path: Path, frames: int | None = None) -> Path:
 
     capture = cv2.VideoCapture(str(source))
     fps = round(capture.get(cv2.CAP_PROP_FPS) or 30)
-    tmp = path.with_name(path.stem + ".tmp.mp4")
+    # A name of its own: another run sharing this --work folder may be making the same clip right now.
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.mp4", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     written = 0
     with av.open(str(tmp), "w") as container:
         stream = None
