@@ -43,6 +43,9 @@ RECENT_READS = 32
 # Frame rates taken as the source's own: a time-lapse at one frame a quarter hour up to a 1000 fps
 # camera. Outside it (0, NaN, OpenCV's 90000 for a missing rate) the rate is unknown.
 MIN_FPS, MAX_FPS = 1e-3, 1000.0
+# A video's time that runs on more than this from one frame to the next is a break in its timeline, not a
+# gap: recordings joined (a TS whose clock goes back a minute or more reads 26.5 h on, a 33-bit wrap to FFmpeg).
+MAX_TIME_JUMP_S = 3600.0
 
 
 def _sane_fps(value: float) -> float | None:
@@ -159,7 +162,7 @@ class VideoSource(Source):
             raise DronsegError(f"video {self.path} has no frames: check it plays, e.g. with `ffprobe {self.path}`")
 
     def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
-        position, failures, yielded, last_time = 0, 0, 0, -1.0
+        position, failures, yielded, last_time, shift, rate = 0, 0, 0, -1.0, 0.0, self.fps or 30.0
         while not self._stop.is_set():
             wanted = position % stride == 0
             start = time.perf_counter()
@@ -176,10 +179,12 @@ class VideoSource(Source):
             if wanted:
                 # The frame's presentation time from the container, relative to the stream's start;
                 # a file without timestamps reads 0 for every frame, so a time that fails to advance
-                # falls back to the nominal rate.
-                seconds = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1e3
-                if not (math.isfinite(seconds) and seconds > last_time):
-                    seconds = position / (self.fps or 30.0)
+                # or jumps (MAX_TIME_JUMP_S) goes on at the nominal rate, and the times after it from there.
+                raw = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1e3
+                seconds = raw + shift
+                if not (math.isfinite(seconds) and last_time < seconds <= last_time + MAX_TIME_JUMP_S):
+                    seconds = max(position / rate, last_time + stride / rate)
+                    shift = seconds - raw if math.isfinite(raw) else shift
                 last_time, size = seconds, (frame.shape[1], frame.shape[0])
                 if size != self.size and self.size[0] > 0:  # not the first frame of a file whose header gave no size
                     self.size_changes += 1

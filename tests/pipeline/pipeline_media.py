@@ -135,16 +135,16 @@ def rotate_video(source: Path, path: Path, degrees: int) -> Path:
 
 
 def write_ts_with_size_change(path: Path, sizes: tuple[tuple[int, int], ...] = ((96, 64), (128, 72)),
-                              frames: int = 6, fps: int = 30, m2ts: bool = False) -> Path:
+                              frames: int = 6, fps: int = 30, m2ts: bool = False, first: int = 0) -> Path:
     """An H.264 MPEG-TS whose frame size changes mid-way (``frames`` frames at each of ``sizes``), as a
     recorded live feed is when its camera switches modes; timestamps run on across the change. Each
     part is a TS of its own (one encoder, one size) and TS files join by concatenation. ``m2ts``: 192-byte
-    packets, each after a 4-byte timestamp, as AVCHD cameras and Blu-ray write them."""
+    packets, each after a 4-byte timestamp, as AVCHD cameras and Blu-ray write them; ``first``: the first pts."""
     import io
 
     import av
 
-    data, first = b"", 0
+    data = b""
     for width, height in sizes:
         buffer = io.BytesIO()
         with av.open(buffer, "w", format="mpegts", options={"mpegts_m2ts_mode": "1"} if m2ts else {}) as container:

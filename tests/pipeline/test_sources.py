@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from fake_captures import CaptureRecorder
 from fake_captures import FakeCapture as ScriptedCapture
-from pipeline_media import read_video, rotate_video, scene, write_clip_with_longer_audio, write_vfr_video, write_video
+from pipeline_media import (read_video, rotate_video, scene, write_clip_with_longer_audio, write_ts_with_size_change,
+                            write_vfr_video, write_video)
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline import sources
@@ -48,6 +49,17 @@ def test_variable_frame_rate_timestamps_come_from_the_container(tmp_path):
         strided = [r.timestamp for r in VideoSource(tmp_path / "vfr.mp4").frames(stride=4)]
     assert [r.timestamp for r in records] == pytest.approx(expected, abs=1e-3)  # not index / fps
     assert strided == pytest.approx(expected[::4], abs=1e-3)
+
+
+def test_a_clock_that_goes_back_between_joined_recordings_goes_on_at_the_nominal_rate(tmp_path):
+    pytest.importorskip("av", reason="PyAV writes the MPEG-TS parts (pip install 'dronseg-edge[video]')")
+    late, early = (write_ts_with_size_change(tmp_path / f"{first}.ts", ((96, 64),), 6, 30, first=first).read_bytes()
+                   for first in (3000, 0))  # 100 s, then 0 s: FFmpeg reads the second part 26.5 h on (a 33-bit wrap)
+    (tmp_path / "joined.ts").write_bytes(late + early)
+    for capture in (None, CaptureOptions(hw_decode=True)):  # PyAV, and OpenCV's reader
+        with VideoSource(tmp_path / "joined.ts", capture) as source:
+            times = [r.timestamp for r in source.frames()]
+        assert times == pytest.approx([i / 30 for i in range(12)], abs=1e-3)
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the ffmpeg tool sets the rotation (apt-get install ffmpeg)")
