@@ -45,7 +45,7 @@ class RunOptions:
                                default_text="on for cameras and streams")
     stride: int = option(1, "Process every N-th frame.")
     max_frames: int | None = option(None, "Stop after this many frames.", default_text="no limit")
-    reconnect_s: float = option(30.0, "Seconds to keep reopening a stream that stopped.")
+    reconnect_s: float = option(30.0, "Seconds to keep reopening a stream that stopped (a try begun runs to its end: up to 10 s more).")
     progress: bool = option(True, "Progress bar on a terminal.")
     queue_size: int = 8
     codec: str = option("auto", "Overlay video encoder: auto (h264_nvenc, else libx264, else mp4v), h264, h264_nvenc, "
