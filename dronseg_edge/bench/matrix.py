@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from dronseg_edge.bench.options import require_checkpoint
 from dronseg_edge.bench.report import fmt_fps, fmt_ms, render_table
 from dronseg_edge.bench.run import BenchResult, artifact_size_mb, bench_model, open_backend
 from dronseg_edge.bench.timing import TimingSettings
@@ -25,7 +26,6 @@ from dronseg_edge.export.accuracy import score_backend, split_samples_for
 from dronseg_edge.export.parity import check_parity
 from dronseg_edge.machine import import_optional
 from dronseg_edge.metadata import ModelInfo
-from dronseg_edge.runtime.registry import is_checkpoint
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,7 @@ def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *
     """Export (or reuse), check parity, score (on the validation split ``eval`` uses) and time every
     variant of ``checkpoint``; one row per variant (without accuracy, and a note, when there is no data set)."""
     checkpoint = Path(checkpoint)
-    if not is_checkpoint(checkpoint):
-        raise DronsegError(f"--matrix needs a training checkpoint (.pt), not {checkpoint}: export starts from the checkpoint")
+    require_checkpoint(checkpoint)
     info = ModelInfo.from_checkpoint(load_checkpoint(checkpoint), with_hash=False)
     run_size = tuple(size) if size is not None else tuple(info.input_size)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint)

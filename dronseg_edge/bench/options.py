@@ -57,6 +57,14 @@ class TimingSettings:
         return {**dataclasses.asdict(self), **dict(zip(("min_iters", "min_seconds"), self.bounds()))}
 
 
+def require_checkpoint(path: Path) -> None:
+    """--matrix exports every variant from a training checkpoint."""
+    from dronseg_edge.runtime.registry import is_checkpoint
+
+    if not is_checkpoint(path):
+        raise DronsegError(f"--matrix needs a training checkpoint (.pt), not {path}: export starts from the checkpoint")
+
+
 @dataclass(frozen=True)
 class BenchOptions:
     """The models to measure and how; ``size`` (W, H) for dynamic models; ``matrix``: export every
@@ -84,6 +92,7 @@ class BenchOptions:
         if self.matrix:
             if len(self.models) != 1:
                 raise DronsegError(f"--matrix takes one checkpoint, got {len(self.models)} files: pass a single .pt")
+            require_checkpoint(self.models[0])  # before --device imports torch: an .onnx is a usage error
             for flag, value in (("--precision", self.precision), ("--cuda-graph/--no-cuda-graph", self.cuda_graph)):
                 if value is not None:
                     raise DronsegError(f"{flag} does not apply to --matrix (it runs every precision, with and "

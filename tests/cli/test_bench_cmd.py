@@ -195,8 +195,12 @@ def test_matrix_option_errors(tiny_checkpoint, tiny_onnx, capsys):
     assert_one_error_line(err, out, "--matrix takes one checkpoint, got 2 files")
     code, out, err = run_cli(capsys, tiny_checkpoint, "--matrix", "--precision", "fp16", *FAST)
     assert_one_error_line(err, out, "--precision does not apply to --matrix")
+
+
+def test_matrix_of_an_onnx_is_refused_without_torch(tiny_onnx, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # a core install: the refusal must not ask for torch first
     code, out, err = run_cli(capsys, tiny_onnx, "--matrix", *FAST)
-    assert code != 0
+    assert code == 2
     assert_one_error_line(err, out, "--matrix needs a training checkpoint (.pt)")
 
 
