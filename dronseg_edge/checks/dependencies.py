@@ -76,7 +76,8 @@ def required_ranges(dist) -> dict[str, dict[str, str]]:
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    extras = dist.metadata.get_all("Provides-Extra") or []
+    # Not `dev`: test tools, and its setuptools floor would warn in every venv of Python <= 3.11 (setuptools 65).
+    extras = [extra for extra in dist.metadata.get_all("Provides-Extra") or [] if extra != "dev"]
     table: dict[str, dict[str, str]] = {}
     for text in dist.requires or []:
         requirement = Requirement(text)

@@ -33,7 +33,7 @@ REQUIRES = [
 def fake_distribution(tmp_path, requires=REQUIRES, direct_url=None):
     folder = tmp_path / "dronseg_edge-0.1.0.dist-info"
     folder.mkdir()
-    extras = ["train", "export", "ort-gpu", "trt", "trt-cu12", "video"]
+    extras = ["train", "export", "ort-gpu", "trt", "trt-cu12", "video", "dev"]
     lines = ["Metadata-Version: 2.1", "Name: dronseg-edge", "Version: 0.1.0",
              *(f"Provides-Extra: {e}" for e in extras), *(f"Requires-Dist: {r}" for r in requires)]
     (folder / "METADATA").write_text("\n".join(lines) + "\n")
@@ -49,6 +49,11 @@ def installed(monkeypatch, versions: dict[str, str]):
         return versions[name]
 
     monkeypatch.setattr(importlib.metadata, "version", version)
+
+
+def test_the_dev_extras_test_tools_are_not_judged(tmp_path):
+    ranges = dependencies.required_ranges(fake_distribution(tmp_path, [*REQUIRES, 'setuptools>=70.1; extra == "dev"']))
+    assert "setuptools" not in ranges  # a fresh Python 3.11 venv's setuptools 65 is no fault of a core install
 
 
 def test_ranges_are_read_from_the_metadata_with_this_machines_markers(tmp_path):
