@@ -169,6 +169,8 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
                 writer.save_epoch(progress, improved)
                 log(_epoch_line(row, cfg))
             barrier()
+        if cfg.plots and not progress.val_result and progress.epoch == cfg.epochs:  # a finished run resumed (its plots were cut)
+            progress.val_result = evaluate(setup.model, criterion, loaders.val, ctx, metrics, show_progress=is_main)
     finally:
         if history is not None:
             history.close()

@@ -223,3 +223,21 @@ def test_a_diverged_run_stops_before_its_nan_weights_are_saved(synth_root, tmp_p
     assert info.value.exit_code == 2
     for saved in (tmp_path / "run" / "weights").glob("*.pt"):  # none, or weights from before the divergence
         assert load_checkpoint(saved)["model"]
+
+
+def test_a_finished_run_resumed_after_its_plots_were_cut_draws_them_all(synth_root, tmp_path, monkeypatch):
+    # Ctrl-C (or a full disk) while the plots were drawn after the last epoch: --resume said "done" and wrote
+    # curves.png only; per_class.png and confusion_matrix.png need the last validation, which it had not run
+    from dronseg_edge.train import plots
+
+    def cut(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "plot_curves", cut)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(synth_root, tmp_path / "run", epochs=1, max_steps_per_epoch=1, plots=True), log=lambda _m: None)
+    monkeypatch.undo()
+    fit(TrainConfig(data=str(synth_root), device="cpu", workers=0), resume=tmp_path / "run" / "weights" / "last.pt",
+        log=lambda _m: None)
+    for png in ("curves.png", "per_class.png", "confusion_matrix.png"):
+        assert (tmp_path / "run" / png).stat().st_size > 1000, png
