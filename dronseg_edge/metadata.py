@@ -52,6 +52,10 @@ def default_output_stride(arch: str) -> int:
     return 16 if "mobilenet" in arch else 8
 
 
+class NoMetadata(DronsegError):
+    """A file without dronseg-edge metadata (a foreign ONNX, say): callers add how to supply it."""
+
+
 @dataclass
 class ModelInfo:
     """What a runner must know about a model artifact.
@@ -110,7 +114,7 @@ class ModelInfo:
         kwargs = {k: v for k, v in data.items() if k in known}
         missing = [k for k in ("arch", "input_size") if k not in kwargs]
         if missing:
-            raise DronsegError(f"{source} has no dronseg-edge metadata ({', '.join(missing)} missing): {fix}")
+            raise NoMetadata(f"{source} has no dronseg-edge metadata ({', '.join(missing)} missing): {fix}")
         kwargs.setdefault("class_names", list(CLASS_NAMES))
         kwargs.setdefault("palette", [list(c) for c in PALETTE])
         kwargs = check_fields(kwargs, source, fix)
@@ -229,7 +233,7 @@ def _numbers(values: list[float]) -> str:
 def _decode_props(props: list[tuple[str, str]], source: str) -> dict[str, Any]:
     found = dict(props)  # a repeated key: the last entry wins, as in onnx's own dict of them
     if MARKER_KEY not in found:
-        raise DronsegError(
+        raise NoMetadata(
             f"{source} has no dronseg-edge metadata (class names, input size, normalisation): "
             "export it with `dronseg-edge export CHECKPOINT`"
         )

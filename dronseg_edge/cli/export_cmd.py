@@ -124,6 +124,7 @@ def parity(
     from dronseg_edge.checkpoint import load_checkpoint
     from dronseg_edge.devices import resolve_device
     from dronseg_edge.export import check_parity
+    from dronseg_edge.metadata import NoMetadata
     from dronseg_edge.runtime.registry import check_model_file, is_checkpoint, load_backend
 
     max_images = parity_images if max_images is None else max_images
@@ -135,9 +136,7 @@ def parity(
     # A checkpoint reference is loaded here once; check_parity runs it and takes its validation split from it.
     try:
         ref = load_checkpoint(reference) if is_checkpoint(reference) else load_backend(reference, torch_device)
-    except DronsegError as exc:  # its advice of --meta would not help: parity's describes the candidate
-        if "has no dronseg-edge metadata" not in str(exc):
-            raise
+    except NoMetadata:  # its advice of --meta would not help: parity's describes the candidate
         raise DronsegError(f"reference {reference} has no dronseg-edge metadata (parity's --meta describes the candidate "
                            "only): pass the checkpoint it came from, or an ONNX written by `dronseg-edge export`") from None
     cand = load_backend(candidate, torch_device, meta=meta)  # opened here: its precision picks the default thresholds

@@ -20,7 +20,7 @@ import numpy as np
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.machine import cache_root, unwritable
-from dronseg_edge.metadata import ModelInfo, read_onnx_info
+from dronseg_edge.metadata import ModelInfo, NoMetadata, read_onnx_info
 from dronseg_edge.onnx_wire import external_data_locations
 from dronseg_edge.runtime.base import Backend, TensorSpec, check_declared_io, named_first
 
@@ -151,10 +151,8 @@ class OnnxRuntimeBackend(Backend):
         """Its ``metadata_props`` (``load_backend(..., meta=FILE)`` gives a foreign ONNX its metadata instead)."""
         try:
             return read_onnx_info(self.path)
-        except DronsegError as exc:
-            if "has no dronseg-edge metadata" not in str(exc):
-                raise
-            raise DronsegError(f"{exc}, or pass --meta FILE (a dronseg-edge ONNX or sidecar JSON describing it)") from None
+        except NoMetadata as exc:
+            raise NoMetadata(f"{exc}, or pass --meta FILE (a dronseg-edge ONNX or sidecar JSON describing it)") from None
 
     # -- session ------------------------------------------------------------------------------
     def _gpu_candidates(self, ort) -> list[str]:
