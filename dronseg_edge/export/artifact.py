@@ -39,6 +39,7 @@ from dronseg_edge.export.images import resolve_images
 from dronseg_edge.export.options import EXPORT_PRECISIONS, ExportOptions
 from dronseg_edge.export.parity import check_parity
 from dronseg_edge.export.parity_report import ParityReport, parity_report_path
+from dronseg_edge.export.quantize import calibration_record
 from dronseg_edge.leftovers import RANDOM, TAGGED, FolderClaim, working_prefix, working_tag
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info, sidecar_path
 
@@ -154,6 +155,20 @@ def reusable_artifact(path: Path, expected: ModelInfo) -> ModelInfo | None:
     return found if same(found) == same(expected) else None
 
 
+def _calibrated_as_asked(found: ModelInfo, source: _Source, options: ExportOptions) -> bool:
+    """Whether the int8 calibration ``found`` records is the one ``options`` ask for: method, image count and folder;
+    without --calib-data where the checkpoint's data set is not here (a Jetson building a copied run's engine): the method."""
+    if options.precision != "int8":
+        return True
+    recorded = found.extra.get("calibration") or {}
+    try:
+        images = resolve_images(options.calib_data, source.state, option="--calib-data", max_images=options.calib_images,
+                                size=found.input_size, allow_synthetic=False)
+    except DronsegError:
+        return options.calib_data is None and recorded.get("method") == options.calib_method
+    return recorded == calibration_record(images, options.calib_method)
+
+
 def export_artifact(checkpoint: Path, options: ExportOptions | None = None, /, **changes) -> ExportResult:
     """Export ``checkpoint`` as ``options.fmt`` (onnx | engine | triton) at ``options.precision`` and check parity.
 
@@ -208,7 +223,7 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
     final = _final_path(source.path, source.info.input_size, options, folder)
     if options.reuse:
         found = reusable_artifact(final, info)
-        if found is not None:
+        if found is not None and _calibrated_as_asked(found, source, options):
             return ExportResult(final, found, None, True, notes=(f"reused {final.name}",), reused=True)
     if options.fmt == "engine":
         return _export_engine(source, folder, options, info, final)

@@ -54,6 +54,11 @@ def calibration_batches(images: ImageSet, info: ModelInfo, input_name: str, firs
         yield {input_name: pad_batch(prepare(frames), batch)[0]}
 
 
+def calibration_record(images: ImageSet, method: str) -> dict:
+    """What the int8 file's metadata says of its calibration (``extra["calibration"]``); a reused file must match it."""
+    return {"method": method, "images": len(images.items), "source": images.source}
+
+
 def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo, *, input_name: str,
                   method: str) -> dict:
     """Write a Q/DQ int8 copy of the ONNX file ``fp32_path`` to ``dest`` (a scratch path).
@@ -126,5 +131,5 @@ def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo
                 calibrate_method=methods[method],
                 extra_options=extra,
             )
-    return {"calibration": {"method": method, "images": len(images.items), "source": images.source},
+    return {"calibration": calibration_record(images, method),
             "quantizer": f"onnxruntime {onnxruntime.__version__} quantize_static QDQ int8 symmetric per-channel"}

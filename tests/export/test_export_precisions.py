@@ -4,6 +4,7 @@ what TensorRT needs (fp32 I/O; symmetric per-channel Q/DQ with zero points of 0,
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 import numpy as np
 import onnx
@@ -87,6 +88,27 @@ def test_int8_calibration_from_a_folder_is_capped_and_reads_each_image_once(trai
                              out_dir=tmp_path, device="cpu", parity=False)
     assert read_onnx_info(result.path).extra["calibration"]["images"] == 12
     assert len(reads) == 12  # ONNX Runtime asks for one batch at a time: 78 reads when each skipped the ones before
+
+
+def test_int8_is_reused_only_where_it_was_calibrated_alike(int8_export, trained_checkpoint, scenes, tmp_path):
+    """The engine path and bench --matrix reuse an int8 file: one calibrated on other images or by another method is not it."""
+    shutil.copy(int8_export.path, tmp_path / int8_export.path.name)
+    same = export_artifact(trained_checkpoint, precision="int8", out_dir=tmp_path, device="cpu", parity=False, reuse=True)
+    assert same.reused
+    other = export_artifact(trained_checkpoint, precision="int8", calib_method="minmax", calib_data=scenes, calib_images=2,
+                            out_dir=tmp_path, device="cpu", parity=False, reuse=True)
+    assert not other.reused
+    assert read_onnx_info(other.path).extra["calibration"] == {"method": "minmax", "images": 2,
+                                                               "source": f"data set {scenes.resolve()}"}
+
+
+def test_int8_without_its_data_set_here_is_reused_when_calibrated_by_the_same_method(tiny_checkpoint, scenes, tmp_path):
+    """A Jetson building the engine of a copied run has the int8 file but not the data set it was calibrated on."""
+    export_artifact(tiny_checkpoint, precision="int8", calib_data=scenes, calib_images=2, out_dir=tmp_path, device="cpu",
+                    parity=False)
+    assert export_artifact(tiny_checkpoint, precision="int8", out_dir=tmp_path, device="cpu", reuse=True).reused
+    with pytest.raises(DronsegError, match="--calib-data is needed"):
+        export_artifact(tiny_checkpoint, precision="int8", calib_method="minmax", out_dir=tmp_path, device="cpu", reuse=True)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnx.mapping") is not None, reason="this onnx (< 1.19) still has onnx.mapping")
