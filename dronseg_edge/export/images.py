@@ -55,7 +55,9 @@ def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]
         samples = dataset_samples(folder, "all")
         test_masks = {p.stem: p for p in (folder / TEST_MASK_DIR).glob("*.png")}
         return [ImageItem(s.image_path, s.mask_path or test_masks.get(s.image_id)) for s in samples], f"data set {folder.resolve()}"
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    # Hidden files left out, as infer's image folders do (macOS's "._x.jpg" beside each x.jpg is no image).
+    images = sorted(p for p in folder.iterdir()
+                    if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DronsegError(
             f"{option} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): pass a folder of images "

@@ -24,6 +24,7 @@ def write_images(folder, count, masks=False):
 def test_plain_image_folder_is_used_in_name_order_and_capped_evenly(tmp_path):
     folder = write_images(tmp_path / "frames", 10)
     (folder / "notes.txt").write_text("not an image")
+    (folder / "._f00.png").write_bytes(b"\x00\x05\x16\x07Mac OS X")  # macOS's resource fork, which infer leaves out too
     with resolve_images(folder, None, option="--parity-data", max_images=4, size=(12, 8), allow_synthetic=True) as found:
         assert [i.image.name for i in found.items] == ["f00.png", "f03.png", "f06.png", "f09.png"]
         assert all(item.mask is None for item in found.items) and not found.synthetic and "image folder" in found.source
