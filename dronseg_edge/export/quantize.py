@@ -20,8 +20,9 @@ from typing import Iterator
 import numpy as np
 from packaging.version import Version
 
+from dronseg_edge.data.aeroscapes import read_bgr
 from dronseg_edge.errors import BackendUnavailable, DronsegError
-from dronseg_edge.export.images import ImageSet, load_item
+from dronseg_edge.export.images import ImageSet
 from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime.base import pad_batch
@@ -50,7 +51,7 @@ def calibration_batches(images: ImageSet, info: ModelInfo, input_name: str, firs
 
     stop = len(images.items) if last is None else min(len(images.items), last * batch)
     for start in range(first * batch, stop, batch):
-        frames = [load_item(item, info.num_classes)[0] for item in images.items[start:start + batch]]
+        frames = [read_bgr(item.image) for item in images.items[start:start + batch]]  # masks unused: not read
         yield {input_name: pad_batch(prepare(frames), batch)[0]}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -13,7 +14,7 @@ from onnx import TensorProto, numpy_helper
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export import ParityThresholds, export_artifact
-from dronseg_edge.metadata import read_onnx_info
+from dronseg_edge.metadata import ModelInfo, read_onnx_info
 from testkit import requires_ort_cuda
 
 
@@ -82,12 +83,25 @@ def test_int8_calibration_from_a_folder_is_capped_and_reads_each_image_once(trai
                                                                              monkeypatch):
     import dronseg_edge.export.quantize as quantize
 
-    reads, load = [], quantize.load_item
-    monkeypatch.setattr(quantize, "load_item", lambda item, n: reads.append(item) or load(item, n))
+    reads, load = [], quantize.read_bgr
+    monkeypatch.setattr(quantize, "read_bgr", lambda path: reads.append(path) or load(path))
     result = export_artifact(trained_checkpoint, precision="int8", calib_data=scenes, calib_images=12,
                              out_dir=tmp_path, device="cpu", parity=False)
     assert read_onnx_info(result.path).extra["calibration"]["images"] == 12
     assert len(reads) == 12  # ONNX Runtime asks for one batch at a time: 78 reads when each skipped the ones before
+
+
+def test_calibration_reads_the_images_only_not_their_masks(scenes, tmp_path):
+    """A data set whose masks hold an ignore label (255) calibrates: calibration never uses the masks."""
+    from dronseg_edge.export.images import ImageItem, ImageSet
+    from dronseg_edge.export.quantize import calibration_batches
+
+    mask = tmp_path / "void.png"
+    cv2.imwrite(str(mask), np.full((64, 96), 255, np.uint8))
+    image = next((scenes / "imgs" / "imgs").iterdir())
+    info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), batch=1)
+    (feed,) = calibration_batches(ImageSet([ImageItem(image, mask)], "test"), info, "images")
+    assert feed["images"].shape == (1, 3, 64, 96)
 
 
 def test_int8_is_reused_only_where_it_was_calibrated_alike(int8_export, trained_checkpoint, scenes, tmp_path):
