@@ -92,9 +92,11 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     if (root / "synth.json").is_file() and not (root / "train.csv").is_file():  # synth writes its CSVs last
         raise DronsegError(f"{root} is a `synth` data set that was never finished (no train.csv): "
                            f"rerun `dronseg-edge synth {root} --force`")
-    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.is_file() and p.suffix.lower() == ".png"} \
-        if mask_dir.is_dir() else {}  # X.PNG too, as images are found whatever their suffix's case
+    # Hidden files left out, as infer's image folders do: macOS writes a "._x.jpg" beside each x.jpg on some disks.
+    images = {p.stem: p for p in sorted(image_dir.iterdir())
+              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES}
+    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
+             and p.suffix.lower() == ".png"} if mask_dir.is_dir() else {}  # X.PNG too, as images whatever their case
     extra = sorted(set(masks) - set(images))
     if extra:
         raise DronsegError(f"{masks[extra[0]]} has no image {image_dir / (extra[0] + '.jpg')} ({len(extra)} such masks): "

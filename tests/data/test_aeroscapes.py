@@ -56,6 +56,8 @@ def test_layout_without_csvs_uses_masks(tmp_path):
     ids = make_layout(tmp_path)
     (tmp_path / "train.csv").unlink()
     (tmp_path / "test.csv").unlink()
+    for hidden in (f"imgs/imgs/._{ids[0]}.jpg", f"masks/masks/._{ids[0]}.png", f"imgs/imgs/._{ids[4]}.jpg"):
+        (tmp_path / hidden).write_bytes(b"\x00\x05\x16\x07Mac OS X")  # macOS's resource forks: no images
     assert [s.image_id for s in dataset_samples(tmp_path, "train")] == ids[:4]
     assert [s.image_id for s in dataset_samples(tmp_path, "test")] == ids[4:]
 
