@@ -65,10 +65,12 @@ class InterruptGuard:
 
 def handle_stop_signals(handler) -> dict:
     """Install ``handler`` (one callable, or a dict: signal -> handler) for the stop signals, where
-    Python allows it (the main thread); the handlers it replaced, to put back the same way."""
+    Python allows it (the main thread); the handlers it replaced, to put back the same way. One callable
+    leaves an ignored signal ignored (``nohup`` ignores SIGHUP, a shell's background job SIGINT)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    handlers = handler if isinstance(handler, dict) else dict.fromkeys(STOP_SIGNALS, handler)
+    handlers = handler if isinstance(handler, dict) else \
+        {sig: handler for sig in STOP_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
     return {sig: signal.signal(sig, new) for sig, new in handlers.items()}
 
 

@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from pipeline_media import write_video
+
+from dronseg_edge.pipeline.source_base import FramesSource
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,3 +75,26 @@ def test_a_signal_right_after_the_run_folder_is_made_still_writes_its_summary(si
     assert summary.data == data and (data["stopped"], data["frames"], data["interrupted"]) == ("interrupted", 0, True)
     assert data["interrupted_by"] == signal.Signals(signum).name
     assert signal.getsignal(signum) == before  # the handler before the run is back
+
+
+def test_a_signal_the_process_ignores_stays_ignored_during_a_run(tmp_path):
+    # `nohup dronseg-edge infer ...` ignores SIGHUP, but the run put its own handler in: the terminal
+    # closing stopped the run (exit 130 after 1677 of 9000 frames)
+    from testkit import FakeBackend
+
+    from dronseg_edge.pipeline import RunOptions, Segmenter, run_inference
+
+    def frames():
+        for i in range(6):
+            if i == 3:
+                os.kill(os.getpid(), signal.SIGHUP)
+            yield np.zeros((6, 8, 3), np.uint8)
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with Segmenter(FakeBackend()) as segmenter:
+            data = run_inference(segmenter, FramesSource(frames()), RunOptions(out=tmp_path / "run", progress=False)).data
+        assert (data["frames"], data["interrupted"]) == (6, False)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
