@@ -121,7 +121,7 @@ class Backend(ABC):
 
     @abstractmethod
     def activate(self) -> None:
-        """Load the model onto ``self.device``; set ``self.provider``."""
+        """Load the model onto ``self.device``; set ``self.provider`` and then ``self.active`` (a later call must not load it again)."""
 
     @abstractmethod
     def _infer(self, batch):

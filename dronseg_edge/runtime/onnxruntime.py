@@ -233,6 +233,7 @@ class OnnxRuntimeBackend(Backend):
         self._on_gpu = used != "CPUExecutionProvider" and self.device.type == "cuda"
         self.concurrent_calls = 1 if self._on_gpu else self.CPU_CALLS
         self._host_bound = None
+        self.active = True
 
     def _cpu_session(self, ort, options):
         try:

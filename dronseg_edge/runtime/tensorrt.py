@@ -115,6 +115,7 @@ class TensorRTBackend(Backend):
         self._host = {n: cuda_runtime.PinnedBuffer() for n in names}
         self._version = str(trt.__version__)
         self._describe_provider()
+        self.active = True
 
     def _specs(self, names: list[str]) -> list[TensorSpec]:
         """The engine's declared tensors (-1: a dimension its optimisation profile leaves open)."""

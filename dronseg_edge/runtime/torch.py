@@ -102,6 +102,7 @@ class TorchBackend(Backend):
             torch.backends.cudnn.benchmark = True  # input shapes are fixed per stream: tune once per shape
         self._graphs.clear()
         self._describe_provider()
+        self.active = True
 
     def _describe_provider(self) -> None:
         parts = [self.device.type, self.precision, "channels_last" if self.channels_last else "",

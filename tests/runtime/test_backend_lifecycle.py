@@ -83,6 +83,17 @@ def test_torch_backend_checks_the_contract_too(tiny_checkpoint):
             backend.infer(torch.zeros(1, 4, 64, 96))
 
 
+def test_activate_then_infer_loads_the_model_once(tiny_checkpoint, monkeypatch):
+    # the documented lifecycle (activate, then infer): the first infer activated it again, so the torch
+    # backend read its checkpoint a second time (DronsegError once the file was gone) and ORT made a second session
+    backend = load_backend(tiny_checkpoint, device="cpu")
+    backend.activate()
+    net = backend.net
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("checkpoint loaded again"))
+    backend.infer(torch.zeros(1, 3, 64, 96))
+    assert backend.active and backend.net is net
+
+
 def test_from_checkpoint_runs_a_loaded_dict_without_reading_or_hashing_the_file(tiny_checkpoint, monkeypatch):
     state = load_checkpoint(tiny_checkpoint)
     x = torch.rand(1, 3, 64, 96)

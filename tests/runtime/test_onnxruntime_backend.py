@@ -324,3 +324,11 @@ def test_the_output_the_metadata_names_is_run_even_when_another_comes_first(tmp_
                                                     "outputs": ["out"]}))
     backend = load_backend(tmp_path / "two.onnx", device="cpu", meta=tmp_path / "meta.json")
     assert (backend.segment(frames(1)).classes == 5).all()
+
+
+def test_activate_then_infer_makes_one_session(exported):
+    backend = load_backend(exported[0], device="cpu")
+    backend.activate()
+    session = backend.session
+    backend.infer(np.zeros((1, 3, 64, 96), np.float32))
+    assert backend.active and backend.session is session
