@@ -160,7 +160,8 @@ class Segmenter(contextlib.AbstractContextManager):
     def predict_batch(self, frames: Sequence[np.ndarray]) -> list[Result]:
         """Segment frames of any sizes (each keeps its own), ``batch`` at a time."""
         request = self.request()
-        return [r for group in _groups(FramesSource(frames).frames(), self.batch, None) for r in self._segment(group, request)]
+        groups = _groups(FramesSource(frames, copy=False).frames(), self.batch, None)  # none read ahead: no copies
+        return [r for group in groups for r in self._segment(group, request)]
 
     # -- a source --------------------------------------------------------------------------------
     def stream(self, source, *, live: bool | None = None, stride: int = 1, max_frames: int | None = None,

@@ -107,14 +107,17 @@ def quiet_native_stderr():
 
 
 class FramesSource(Source):
-    """Wraps any iterable of (H, W, 3) uint8 BGR arrays (or FrameRecords), e.g. a generator; for the Python API."""
+    """Wraps any iterable of (H, W, 3) uint8 BGR arrays (or FrameRecords), e.g. a generator; for the Python API.
+
+    ``copy``: each array is copied as it is taken, for a FrameReader reads frames ahead in its thread and
+    a camera SDK may refill one buffer (``cap.read(buf)``); ``predict``, which reads none ahead, passes False."""
 
     kind = "frames"
 
-    def __init__(self, frames: Iterable, name: str = "frames", fps: float | None = None):
+    def __init__(self, frames: Iterable, name: str = "frames", fps: float | None = None, copy: bool = True):
         super().__init__(name)
         self._frames = frames
-        self.fps = fps
+        self.fps, self.copy = fps, copy
 
     def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
         for position, item in enumerate(self._frames):
@@ -134,6 +137,7 @@ class FramesSource(Source):
                 raise DronsegError(f"frame {position} of {self.name} is {got}; expected (H, W, 3) uint8 BGR, H and W "
                                    f"at least 1 ({fix})")
             else:
-                yield FrameRecord(position, position / self.fps if self.fps else None, frame, self.name, f"{position:06d}")
+                yield FrameRecord(position, position / self.fps if self.fps else None, frame.copy() if self.copy else frame,
+                                  self.name, f"{position:06d}")
         self.end = "ended"
 

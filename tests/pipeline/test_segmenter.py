@@ -94,6 +94,22 @@ def test_stream_of_arrays_matches_predict_and_respects_max_frames(segmenter):
         assert np.array_equal(segmenter.predict(frame).mask, result.mask)
 
 
+def test_stream_of_a_generator_that_refills_one_buffer_keeps_each_frame():
+    # a camera SDK's cap.read(buf): the reader thread read ahead, so frames and masks were of later frames
+    # (every Result's frame was the last one)
+    buffer = np.empty((12, 16, 3), np.uint8)
+
+    def camera():
+        for level in range(12):
+            buffer[...] = level * 20  # blue level / 20: class `level` everywhere (blue_classes)
+            yield buffer
+
+    with Segmenter(FakeBackend(respond=blue_classes, input_size=(16, 12))) as seg:
+        results = list(seg.stream(camera()))
+    assert [int(r.frame[0, 0, 0]) for r in results] == [level * 20 for level in range(12)]
+    assert [int(r.mask[0, 0]) for r in results] == list(range(12))
+
+
 def test_stream_of_a_video_path(segmenter, video_path):
     results = list(segmenter.stream(str(video_path), stride=4))
     assert [r.index for r in results] == [0, 4, 8, 12, 16, 20]
