@@ -63,3 +63,12 @@ class BackendFailure(RuntimeFailure):
         self.out_of_memory = isinstance(cause, MemoryError) or "OutOfMemory" in type(cause).__name__
         message = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")[:300]
         super().__init__(f"the {backend} backend failed ({type(cause).__name__}: {message})")
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP) ended an ``infer`` run after its outputs were made final:
+    a KeyboardInterrupt, so a program running one stops as Ctrl-C stops it; ``summary``: the run's RunSummary."""
+
+    def __init__(self, summary):
+        super().__init__(summary.data.get("interrupted_by") or "interrupted")
+        self.summary = summary

@@ -75,6 +75,7 @@ def infer(
     capture: CaptureOptions = None,
 ) -> None:
     """Segment a video, image folder, camera or stream; write overlay, masks, stats and summary.json."""
+    from dronseg_edge.errors import Interrupted
     from dronseg_edge.pipeline import Segmenter, open_source, run_inference
 
     to_stderr = options.results == "-"  # stdout carries the results: every other line goes to stderr
@@ -92,7 +93,10 @@ def infer(
             Segmenter(model, device=device, half=half, batch=batch, tile=tile, tile_overlap=tile_overlap,
                       meta=meta, streaming=True) as segmenter:
         echo(f"model: {model} -> {segmenter.describe()}")
-        summary = run_inference(segmenter, frames, options)
+        try:
+            summary = run_inference(segmenter, frames, options)
+        except Interrupted as stop:  # the outputs are final: say what they hold, then exit 130
+            summary = stop.summary
     data = summary.data
     echo(summary.speed_line())
     notes = [f"{data[key]} {label}" for key, label in (("dropped_frames", "stale frames dropped (live)"),

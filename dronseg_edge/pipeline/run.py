@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from dronseg_edge.atomic import ensure_writable_dir, write_json_atomic
-from dronseg_edge.errors import BackendFailure, DronsegError, RuntimeFailure
+from dronseg_edge.errors import BackendFailure, DronsegError, Interrupted, RuntimeFailure
 from dronseg_edge.leftovers import FolderClaim
 from dronseg_edge.pictures import bgr_lut
 from dronseg_edge.pipeline.disk_space import DiskFloor, SpaceReserve
@@ -61,7 +61,8 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
     ``source``: an opened Source (the CLI opens it before loading the model, so a mistyped source
     fails at once) or anything :func:`open_source` takes; the run closes it. Raises DronsegError for
     bad input (before anything is written where possible) and, once the outputs and summary.json are
-    final, a RuntimeFailure for a lost stream, a failed write or a backend failing mid-run.
+    final, a RuntimeFailure for a lost stream, a failed write or a backend failing mid-run, and
+    errors.Interrupted (a KeyboardInterrupt holding the RunSummary) for a stop signal.
     ``options.max_duration`` counts seconds of the source (``RunState.source_seconds``; a camera's or
     stream's also by a timer, so a stalled stream cannot hold the run past it).
     """
@@ -130,8 +131,8 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
             raise bug
     if summary_error is not None:
         raise _without_summary(state, summary_error)
-    if state.error is not None:
-        raise state.error
+    if state.error is not None or state.interrupted:
+        raise state.error or Interrupted(summary)
     return summary
 
 

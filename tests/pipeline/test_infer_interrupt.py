@@ -64,13 +64,15 @@ def test_sigint_leaves_a_playable_video_and_complete_masks_and_stats(tiny_checkp
 def test_a_signal_right_after_the_run_folder_is_made_still_writes_its_summary(signum, tiny_checkpoint, video_path,
                                                                               tmp_path, monkeypatch):
     # it came while the sink threads started (before the loop's guard): exit 130 left masks/ and an empty
-    # stats.jsonl without summary.json, and the same command again was refused ("already holds files")
+    # stats.jsonl without summary.json, and the same command again was refused ("already holds files").
+    # The signal then reaches the caller as a KeyboardInterrupt (it returned: a loop over videos went on to the next)
     from dronseg_edge.pipeline import RunOptions, Segmenter, run, run_inference
 
     real, before = run.DiskFloor, signal.getsignal(signum)
     monkeypatch.setattr(run, "DiskFloor", lambda *a: (os.kill(os.getpid(), signum), real(*a))[1])
-    with Segmenter(tiny_checkpoint, device="cpu") as segmenter:
-        summary = run_inference(segmenter, video_path, RunOptions(out=tmp_path / "run", save_masks=True, progress=False))
+    with Segmenter(tiny_checkpoint, device="cpu") as segmenter, pytest.raises(KeyboardInterrupt) as stop:
+        run_inference(segmenter, video_path, RunOptions(out=tmp_path / "run", save_masks=True, progress=False))
+    summary = stop.value.summary  # errors.Interrupted
     data = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary.data == data and (data["stopped"], data["frames"], data["interrupted"]) == ("interrupted", 0, True)
     assert data["interrupted_by"] == signal.Signals(signum).name
