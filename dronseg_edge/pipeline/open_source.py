@@ -32,7 +32,7 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
     transport and latency for rtsp:// only, hardware decoding); a DronsegError where it cannot apply.
     ``max_pixels``: images above it (read from their headers) are skipped (``--max-pixels``)."""
     if isinstance(spec, Source):
-        return spec
+        return spec.unread()
     options, text = capture or CaptureOptions(), str(spec)
     path = Path(os.path.expanduser(text))  # not Path.expanduser: './~x' would look up a user 'x'
     scheme = text.split("://", 1)[0].lower() if "://" in text else None

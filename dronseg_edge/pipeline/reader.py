@@ -74,7 +74,7 @@ class FrameReader:
     """
 
     def __init__(self, source: Source, *, live: bool = False, stride: int = 1, queue_size: int = 8):
-        self.source = source
+        self.source = source.unread()
         self.live = bool(live)
         self.stride = max(1, int(stride))
         self.realtime = self.live and source.kind == "video"

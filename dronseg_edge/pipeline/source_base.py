@@ -77,6 +77,13 @@ class Source(contextlib.AbstractContextManager):
         """Ask a blocking ``frames()`` (reconnect back-off) to give up soon; safe from any thread."""
         self._stop.set()
 
+    def unread(self) -> "Source":
+        """This source; DronsegError once a stream or run has read it (and stopped it) or it was closed."""
+        if self._stop.is_set():
+            raise DronsegError(f"{self.kind} {self.name} was already read or closed (a source gives its frames "
+                               "once): open it again for another stream or run")
+        return self
+
     def close(self) -> None:
         self.stop()
         if self.capture is not None:

@@ -380,3 +380,20 @@ def test_names_ffmpeg_or_a_home_folder_could_misread_are_opened_as_the_files_the
         assert len(list(source.frames())) == 3
     finally:
         source.close()
+
+
+def test_a_source_already_read_is_refused_rather_than_read_as_empty(video_path, tmp_path):
+    # a second stream() of one opened source gave 0 frames, and a second run_inference wrote an empty run
+    # whose summary.json said the source had "ended"
+    from testkit import FakeBackend
+
+    from dronseg_edge.pipeline import RunOptions, Segmenter, run_inference
+
+    source = open_source(str(video_path))
+    with Segmenter(FakeBackend()) as seg:
+        assert len(list(seg.stream(source, max_frames=2))) == 2
+        with pytest.raises(DronsegError, match=f"video {video_path} was already read or closed"):
+            next(seg.stream(source))
+        with pytest.raises(DronsegError, match="open it again"):
+            run_inference(seg, source, RunOptions(out=tmp_path / "run", progress=False))
+    assert not (tmp_path / "run").exists()
