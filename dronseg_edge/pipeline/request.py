@@ -36,12 +36,14 @@ class FrameRequest:
 
 def select_classes(classes: str | Sequence[str | int] | None, class_names: Sequence[str],
                    model: str = "the model") -> tuple[int, ...] | None:
-    """Class names (a sequence, or one comma-separated string; any case) or ids -> their sorted ids.
+    """Class names (a sequence, or one comma-separated string; any case) or ids (one id too) -> their sorted ids.
 
     Raises a one-line DronsegError listing the model's classes for a name or id it does not have.
     """
     if classes is None:
         return None
+    if isinstance(classes, (int, np.integer)):  # one id: ``classes=1``
+        classes = [classes]
     items = [item.strip() if isinstance(item, str) else item
              for item in (classes.split(",") if isinstance(classes, str) else classes)]
     items = [item for item in items if item != ""]

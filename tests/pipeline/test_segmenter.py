@@ -288,6 +288,7 @@ def test_a_class_filter_keeps_the_chosen_classes_in_masks_shares_and_pictures():
     with pytest.raises(DronsegError, match="--classes ufo: fake.onnx has no such class; its classes are background, "
                                            "person, bike"):
         Segmenter(FakeBackend(respond=blue_classes), classes=["car", "ufo"])
+    assert Segmenter(FakeBackend(), classes=1).classes == (1,)  # one id: was TypeError "'int' object is not iterable"
 
 
 def test_confidence_needs_logits():
