@@ -148,12 +148,10 @@ class Segmenter(contextlib.AbstractContextManager):
         if isinstance(frames, (str, Path)):
             raise DronsegError(f"predict() takes frames, not a file name ({frames}): read it with cv2.imread, or "
                                "use stream() for a video, image folder or camera")
-        if type(frames).__module__.startswith("PIL."):
-            raise DronsegError("predict() takes BGR frames and a PIL image is RGB: pass "
-                               "cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)")
         if type(frames).__module__ == "torch":  # a tensor: one (H, W, 3) frame or (N, H, W, 3)
             frames = frames.detach().cpu().numpy()
-        if frames is None or (isinstance(frames, np.ndarray) and frames.ndim in (2, 3)):  # one frame, checked
+        if frames is None or type(frames).__module__.startswith("PIL.") or (isinstance(frames, np.ndarray) and
+                                                                            frames.ndim in (2, 3)):  # one frame, checked
             return self.predict_batch([frames])[0]
         return self.predict_batch(list(frames))
 

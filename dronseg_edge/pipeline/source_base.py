@@ -134,6 +134,9 @@ class FramesSource(Source):
                 continue
             if isinstance(item, FrameRecord):
                 yield item
+            elif type(item).__module__.startswith("PIL."):  # np.asarray would give its RGB as if BGR
+                raise DronsegError(f"frame {position} of {self.name}: a PIL image is RGB and frames are BGR: pass "
+                                   "cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)")
             elif item is None or (frame := np.asarray(item)).dtype != np.uint8 or frame.ndim != 3 \
                     or frame.shape[2] != 3 or 0 in frame.shape:
                 got = "None (cv2.imread's answer for a file it cannot read)" if item is None else \

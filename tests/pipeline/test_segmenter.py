@@ -370,6 +370,15 @@ def test_a_frame_an_api_user_gets_wrong_is_one_line_naming_it(frame, says):
         seg.predict(frame)
 
 
+def test_pil_images_in_a_list_or_a_stream_are_refused_not_read_as_bgr():
+    # a list of PIL images went through np.asarray: RGB segmented as BGR, without a word
+    image = pytest.importorskip("PIL.Image").new("RGB", (64, 36))
+    with Segmenter(argmax_backend()) as seg:
+        for call in (lambda: seg.predict([image]), lambda: next(seg.stream([image]))):
+            with pytest.raises(DronsegError, match=r"frame 0 of frames: a PIL image is RGB.*COLOR_RGB2BGR"):
+                call()
+
+
 def test_a_torch_tensor_is_one_frame_or_a_stack_as_a_numpy_array_is():
     frame = scene(0, (80, 60))
     with Segmenter(argmax_backend()) as seg:
