@@ -178,8 +178,9 @@ class Segmenter(contextlib.AbstractContextManager):
         if not isinstance(source, FrameReader):
             if isinstance(source, (str, Path, int)):
                 source = owned = open_source(source, reconnect_s)
-            elif not isinstance(source, Source):
-                source = owned = FramesSource(source)
+            elif not isinstance(source, Source):  # the reader reads ahead: not past max_frames (the caller may go on)
+                last = None if max_frames is None or live else (max_frames - 1) * int(stride) + 1
+                source = owned = FramesSource(islice(source, last))
             live = source.live_default if live is None else live
             reader = FrameReader(source, live=live, stride=stride, queue_size=queue_size)
         try:

@@ -110,6 +110,19 @@ def test_stream_of_a_generator_that_refills_one_buffer_keeps_each_frame():
     assert [int(r.mask[0, 0]) for r in results] == list(range(12))
 
 
+def test_a_stream_of_an_iterator_takes_no_frame_past_max_frames():
+    # chunks of one iterator (stream(it, max_frames=10) again and again): the reader's read-ahead took
+    # frames 10-19 from the iterator and dropped them, so 50 of 100 frames were segmented
+    frames = iter([np.full((12, 16, 3), level * 20, np.uint8) for level in range(12)])
+    seen = []
+    with Segmenter(FakeBackend(respond=blue_classes, input_size=(16, 12))) as seg:
+        while chunk := list(seg.stream(frames, max_frames=5)):
+            seen += [int(r.mask[0, 0]) for r in chunk]
+        rest = iter([np.zeros((12, 16, 3), np.uint8)] * 7)
+        assert [r.index for r in seg.stream(rest, max_frames=2, stride=3)] == [0, 3] and len(list(rest)) == 3
+    assert seen == list(range(12))
+
+
 def test_stream_of_a_video_path(segmenter, video_path):
     results = list(segmenter.stream(str(video_path), stride=4))
     assert [r.index for r in results] == [0, 4, 8, 12, 16, 20]
