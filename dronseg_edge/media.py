@@ -48,8 +48,17 @@ class ImageUnreadable(DronsegError):
 
 def ffmpeg_name(path: Path | str) -> str:
     """A file's name as FFmpeg (OpenCV's and PyAV's) should get it: absolute, so that a relative name
-    with a colon in its first part (``2026-12-07T12:30:05.mp4``) is not read as a protocol."""
-    return os.path.abspath(path)
+    with a colon in its first part (``2026-12-07T12:30:05.mp4``) is not read as a protocol. OpenCV passes
+    the name on as UTF-8 and crashes on one whose bytes are not (Latin-1 names from a camera's card), and
+    under a non-UTF-8 locale it names another file: DronsegError then."""
+    name = os.path.abspath(path)
+    try:
+        if os.fsencode(name) == name.encode("utf-8"):
+            return name
+    except UnicodeEncodeError:
+        pass
+    raise DronsegError(f"{name!r}: OpenCV and FFmpeg take file names as UTF-8 and this one is not: rename it (convmv -f "
+                       "latin1 -t utf8), or run under a UTF-8 locale (LC_ALL=C.UTF-8)")
 
 
 def check_max_pixels(value: int, flag: str = "--max-pixels") -> int:

@@ -1,5 +1,6 @@
 """Image sizes from the header only, and the pixel limit every image reader applies first (media.py)."""
 
+import os
 import warnings
 
 import cv2
@@ -9,7 +10,7 @@ from testkit import write_png_bomb
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import (DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING, ImageTooLarge, ImageUnreadable, check_max_pixels,
-                                checked_image_size)
+                                checked_image_size, ffmpeg_name)
 
 
 def test_the_size_comes_from_the_header_of_every_image_format(tmp_path):
@@ -80,3 +81,16 @@ def test_a_jpeg_cut_short_is_not_decoded_into_grey_rows(tmp_path):
         assert cv2.imread(str(tmp_path / "cut.jpg")) is not None and decode_bgr(tmp_path / "cut.jpg") is None, name
     (tmp_path / "p.png").write_bytes(cv2.imencode(".png", image)[1].tobytes())
     assert np.array_equal(decode_bgr(tmp_path / "p.png"), image)
+
+
+def test_a_name_opencv_cannot_take_is_one_line_not_a_crash(tmp_path, monkeypatch):
+    # OpenCV passes a name on as UTF-8: Latin-1 bytes (a camera card's names) crashed infer and synth in
+    # cv2.VideoCapture/VideoWriter (SIGSEGV, exit 139), and under a Latin-1 locale a non-ASCII name opened another
+    # file ("damaged, or uses a codec this FFmpeg lacks")
+    assert ffmpeg_name(tmp_path / "flüg.mp4") == str(tmp_path / "flüg.mp4")
+    with pytest.raises(DronsegError, match=r"fl\\udcfcg.mp4'?: OpenCV and FFmpeg take file names as UTF-8 .*rename it"):
+        ffmpeg_name(tmp_path / os.fsdecode(b"fl\xfcg.mp4"))
+    monkeypatch.setattr(os, "fsencode", lambda name: name.encode("latin-1"))  # what a Latin-1 locale writes
+    with pytest.raises(DronsegError, match=r"LC_ALL=C.UTF-8"):
+        ffmpeg_name(tmp_path / "flüg.mp4")
+    assert ffmpeg_name(tmp_path / "flight.mp4") == str(tmp_path / "flight.mp4")

@@ -224,6 +224,8 @@ def synthesize(out_dir: Path, images: int = 60, size: tuple[int, int] = (1280, 7
     size = (int(size[0]), int(size[1]))
     _check_options(images, size, video_frames, seed, test_fraction, fps)
     root = Path(out_dir)
+    if video_frames:
+        ffmpeg_name(root)  # a name OpenCV cannot take is refused before any image is written
     _prepare_root(root, force)
     lengths = plan_sequences(images, seed)
     test = split_ids(lengths, test_fraction, seed)

@@ -4,6 +4,9 @@ CSVs (which are written last), so nothing reads it as finished."""
 import json
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from testkit import mount_tmpfs, remount_tmpfs
 
@@ -34,3 +37,13 @@ def test_synth_on_a_real_full_disk_exits_5_and_leaves_no_finished_looking_data_s
         except SystemExit as exc:
             assert exc.code == 0, capsys.readouterr().err
         assert json.loads((root / "synth.json").read_text())["finished"] is True and (root / "train.csv").is_file()
+
+
+def test_synth_into_a_folder_whose_name_opencv_cannot_take_is_one_line_and_writes_nothing(tmp_path):
+    # Latin-1 bytes in the name: OpenCV's video writer crashed the process (SIGSEGV) after the images were written
+    root = tmp_path / os.fsdecode(b"d\xe9mo")
+    done = subprocess.run([sys.executable, "-m", "dronseg_edge", "synth", root, "--images", "2", "--size", "64x48",
+                           "--video-frames", "2"], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[3])},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "take file names as UTF-8" in done.stderr and not root.exists()
