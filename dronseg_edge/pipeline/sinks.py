@@ -89,7 +89,7 @@ def _imwrite(path: Path, image: np.ndarray, params: list[int]) -> None:
     ok, encoded = cv2.imencode(path.suffix, image, params)
     if not ok:
         raise DronsegError(f"OpenCV cannot encode {path} ({image.dtype} {image.shape})")
-    stem = path.stem.encode()[:200].decode(errors="ignore")  # a 255-byte name has no room for '.' and '.tmp'
+    stem = os.fsdecode(os.fsencode(path.stem)[:200])  # a 255-byte name has no room for '.' and '.tmp'
     tmp = path.with_name(f".{stem}.tmp{path.suffix}")
     try:
         with open(tmp, "wb") as handle:

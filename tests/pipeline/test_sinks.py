@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 import time
 
 import cv2
@@ -216,6 +217,17 @@ def test_an_image_name_of_255_bytes_is_written(tmp_path):
     sink.write(result)
     sink.close()
     assert [len(p.name.encode()) for p in (tmp_path / "masks").iterdir()] == [255]
+
+
+def test_an_image_name_that_is_not_utf8_is_written(tmp_path):
+    # Latin-1 bytes (a camera card's names, read from a folder): its temporary name was a UnicodeEncodeError
+    # traceback at the first image, and no summary.json
+    sink = MaskSink(tmp_path / "masks")
+    result = make_result(0)
+    result.name = os.fsdecode(b"ph\xf6to")
+    sink.write(result)
+    sink.close()
+    assert os.listdir(os.fsencode(tmp_path / "masks")) == [b"ph\xf6to.png"]
 
 
 def test_stats_are_never_appended_to_another_runs_file_and_a_missing_folder_is_one_line(tmp_path):
