@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     User errors, ours (DronsegError) and the command line's (a bad option value, an unknown option,
     a missing argument), are printed as one line and exit non-zero; a traceback means a bug.
     """
+    if sys.stderr is None:  # closed before the start (`2>&-`, a daemon's): progress bars and checks write to it
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     previous = _stop_like_ctrl_c()
     try:
         code = app(args=_bare_checks_json(sys.argv[1:] if argv is None else list(argv)), prog_name="dronseg-edge",

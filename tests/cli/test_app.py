@@ -127,6 +127,21 @@ def test_a_termination_signal_stops_any_command_like_ctrl_c(tmp_path, signame):
     assert not list((tmp_path / "data").rglob(".*.tmp*"))  # no temporary file of an atomic write left
 
 
+
+def test_a_command_started_with_standard_error_closed_runs(tmp_path):
+    """`2>&-` or a daemon's closed descriptor makes sys.stderr None: tqdm's progress bar (synth, eval, submit, train),
+    infer's and `checks`' ONNX Runtime probe failed on it, exit 1 with nothing said and, for infer, no summary.json."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-m", "dronseg_edge", "synth",
+                           str(tmp_path / "data"), "--images", "2", "--size", "64x48", "--video-frames", "0"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and (tmp_path / "data" / "train.csv").is_file(), done.stdout[-2000:]
+
 COMMANDS = ("synth", "train", "eval", "submit", "export", "parity", "infer", "bench", "checks")
 
 
