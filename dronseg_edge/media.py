@@ -46,19 +46,20 @@ class ImageUnreadable(DronsegError):
     """A file whose header is not an image header (damaged, truncated, or another kind of file)."""
 
 
-def ffmpeg_name(path: Path | str) -> str:
-    """A file's name as FFmpeg (OpenCV's and PyAV's) should get it: absolute, so that a relative name
-    with a colon in its first part (``2026-12-07T12:30:05.mp4``) is not read as a protocol. OpenCV passes
-    the name on as UTF-8 and crashes on one whose bytes are not (Latin-1 names from a camera's card), and
-    under a non-UTF-8 locale it names another file: DronsegError then."""
+def native_name(path: Path | str) -> str:
+    """A file's name as native libraries (OpenCV, FFmpeg, ONNX Runtime, torch's ONNX export) should get it:
+    absolute, so that FFmpeg does not read a relative name with a colon in its first part
+    (``2026-12-07T12:30:05.mp4``) as a protocol. They pass the name on as UTF-8, and OpenCV crashes on one
+    whose bytes are not (Latin-1 names from a camera's card; the others fail), while under a non-UTF-8
+    locale they name another file: DronsegError for both."""
     name = os.path.abspath(path)
     try:
         if os.fsencode(name) == name.encode("utf-8"):
             return name
     except UnicodeEncodeError:
         pass
-    raise DronsegError(f"{name!r}: OpenCV and FFmpeg take file names as UTF-8 and this one is not: rename it (convmv -f "
-                       "latin1 -t utf8), or run under a UTF-8 locale (LC_ALL=C.UTF-8)")
+    raise DronsegError(f"{name!r}: OpenCV, FFmpeg and ONNX Runtime take file names as UTF-8 and this one is not: rename "
+                       "it (convmv -f latin1 -t utf8), or run under a UTF-8 locale (LC_ALL=C.UTF-8)")
 
 
 def check_max_pixels(value: int, flag: str = "--max-pixels") -> int:

@@ -10,7 +10,7 @@ from testkit import write_png_bomb
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import (DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING, ImageTooLarge, ImageUnreadable, check_max_pixels,
-                                checked_image_size, ffmpeg_name)
+                                checked_image_size, native_name)
 
 
 def test_the_size_comes_from_the_header_of_every_image_format(tmp_path):
@@ -87,10 +87,10 @@ def test_a_name_opencv_cannot_take_is_one_line_not_a_crash(tmp_path, monkeypatch
     # OpenCV passes a name on as UTF-8: Latin-1 bytes (a camera card's names) crashed infer and synth in
     # cv2.VideoCapture/VideoWriter (SIGSEGV, exit 139), and under a Latin-1 locale a non-ASCII name opened another
     # file ("damaged, or uses a codec this FFmpeg lacks")
-    assert ffmpeg_name(tmp_path / "flüg.mp4") == str(tmp_path / "flüg.mp4")
-    with pytest.raises(DronsegError, match=r"fl\\udcfcg.mp4'?: OpenCV and FFmpeg take file names as UTF-8 .*rename it"):
-        ffmpeg_name(tmp_path / os.fsdecode(b"fl\xfcg.mp4"))
+    assert native_name(tmp_path / "flüg.mp4") == str(tmp_path / "flüg.mp4")
+    with pytest.raises(DronsegError, match=r"fl\\udcfcg.mp4'?: OpenCV, FFmpeg and ONNX Runtime take file names as UTF-8 .*rename it"):
+        native_name(tmp_path / os.fsdecode(b"fl\xfcg.mp4"))
     monkeypatch.setattr(os, "fsencode", lambda name: name.encode("latin-1"))  # what a Latin-1 locale writes
     with pytest.raises(DronsegError, match=r"LC_ALL=C.UTF-8"):
-        ffmpeg_name(tmp_path / "flüg.mp4")
-    assert ffmpeg_name(tmp_path / "flight.mp4") == str(tmp_path / "flight.mp4")
+        native_name(tmp_path / "flüg.mp4")
+    assert native_name(tmp_path / "flight.mp4") == str(tmp_path / "flight.mp4")

@@ -41,6 +41,7 @@ from dronseg_edge.export.parity import check_parity
 from dronseg_edge.export.parity_report import ParityReport, parity_report_path
 from dronseg_edge.export.quantize import calibration_record
 from dronseg_edge.leftovers import RANDOM, TAGGED, FolderClaim, working_prefix, working_tag
+from dronseg_edge.media import native_name
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info, sidecar_path
 
 __all__ = ["ExportResult", "artifact_path", "default_out_dir", "export_artifact", "reusable_artifact"]
@@ -197,7 +198,9 @@ def export_artifact(checkpoint: Path, options: ExportOptions | None = None, /, *
         tensorrt_env.gpu_identity(options.device)
     state = load_checkpoint(checkpoint, num_classes=NUM_CLASSES)
     source = _Source(checkpoint, state, ModelInfo.from_checkpoint(state))
-    folder = ensure_writable_dir(options.out_dir if options.out_dir is not None else default_out_dir(checkpoint))
+    folder = options.out_dir if options.out_dir is not None else default_out_dir(checkpoint)
+    native_name(folder), native_name(checkpoint)  # the artifacts' names, which the exporters take as UTF-8
+    folder = ensure_writable_dir(folder)
     with FolderClaim(folder, EXPORT_LEFTOVERS) as claim, storage_faults(folder):
         result = _export(source, folder, options)
     note = claim.note("export")

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import cv2
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
-from dronseg_edge.media import ffmpeg_name
+from dronseg_edge.media import native_name
 from dronseg_edge.pipeline.capture_options import CaptureOptions, hw_decode_record, open_ffmpeg
 from dronseg_edge.pipeline.image_sources import ImageSource
 from dronseg_edge.pipeline.pyav_capture import PyAVCapture
@@ -147,8 +147,8 @@ class VideoSource(Source):
         if self.path.stat().st_size == 0:
             raise DronsegError(f"video {self.path} is empty (0 bytes) and has no frames: {SOURCE_HELP}")
         with quiet_native_stderr():
-            suited = None if options.hw_decode else PyAVCapture.open_if_suited(ffmpeg_name(self.path))
-            self.capture = suited or open_ffmpeg(ffmpeg_name(self.path), options)
+            suited = None if options.hw_decode else PyAVCapture.open_if_suited(native_name(self.path))
+            self.capture = suited or open_ffmpeg(native_name(self.path), options)
         if not self.capture.isOpened():
             raise DronsegError(f"video {self.path} cannot be opened: it has no video stream, is damaged, or uses a "
                                f"codec this FFmpeg lacks (check it with `ffprobe {self.path}`)")

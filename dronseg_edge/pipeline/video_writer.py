@@ -33,7 +33,7 @@ import numpy as np
 from dronseg_edge import gst_encoders
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.gst_encoders import FILE_BITS_PER_PIXEL, GST_ENCODERS, encoder_chain, open_gst_writer
-from dronseg_edge.media import ffmpeg_name
+from dronseg_edge.media import native_name
 from dronseg_edge.pipeline.disk_space import FINISH_BYTES, INDEX_BYTES_PER_FRAME, ensure_room
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class PyAVWriter(PyAVOutput, VideoWriter):
             raise DronsegError(f"frames of {size[0]}x{size[1]} are too small for a video; use --no-save-video")
         # Apple players refuse H.265 in MP4 under the default hev1 tag.
         tag = {"codec_tag": "hvc1"} if encoder in ("libx265", "hevc_nvenc") else {}
-        PyAVOutput.__init__(self, ffmpeg_name(path), "mp4", encoder, self.video_size, fps, ENCODER_OPTIONS.get(encoder, {}),
+        PyAVOutput.__init__(self, native_name(path), "mp4", encoder, self.video_size, fps, ENCODER_OPTIONS.get(encoder, {}),
                             FRAGMENTED_MP4, **tag)
         if self.video_size != size:
             cut = " and ".join(side for side, odd in (("last column", size[0] % 2), ("last row", size[1] % 2)) if odd)
@@ -254,7 +254,7 @@ class OpenCVWriter(VideoWriter):
             self.pipeline = gst_file_pipeline(path, encoder, size, fps)
             self._writer = open_gst_writer(self.pipeline, size, fps)
             return
-        self._writer = cv2.VideoWriter(ffmpeg_name(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        self._writer = cv2.VideoWriter(native_name(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
         if not self._writer.isOpened():
             raise OSError(f"OpenCV cannot open an mp4v writer for {path}")
 
@@ -269,7 +269,7 @@ class OpenCVWriter(VideoWriter):
         self._writer.release()
         self._writer = None
         # An MP4 without its index (moov, written at the end) does not open, whichever backend wrote it.
-        if self.codec == "mp4v" and self.frames and not cv2.VideoCapture(ffmpeg_name(self.path)).isOpened():
+        if self.codec == "mp4v" and self.frames and not cv2.VideoCapture(native_name(self.path)).isOpened():
             raise OSError(errno.EIO, "the video's index could not be written (OpenCV's writer reports no "
                                      "error: the disk was probably full)", str(self.path))
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.machine import cache_root, unwritable
+from dronseg_edge.media import native_name
 from dronseg_edge.metadata import ModelInfo, NoMetadata, read_onnx_info
 from dronseg_edge.onnx_wire import external_data_locations
 from dronseg_edge.runtime.base import Backend, TensorSpec, check_declared_io, named_first
@@ -197,6 +198,7 @@ class OnnxRuntimeBackend(Backend):
     def activate(self) -> None:
         ort = import_onnxruntime()
         check_external_data(self.path)
+        native_name(self.path)  # onnxruntime takes the name as UTF-8: one that is not is "incompatible arguments"
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -151,4 +152,12 @@ def test_export_refuses_a_checkpoint_with_invalid_metadata_and_writes_nothing(ti
     out = tmp_path / "out"
     with pytest.raises(DronsegError, match=r"metadata palette\[0\]\[0\] 300 is outside 0..255"):
         export_artifact(bad, out_dir=out, device="cpu")
+    assert not out.exists()
+
+
+def test_export_into_a_folder_whose_name_is_not_utf8_is_one_line_and_writes_nothing(tiny_checkpoint, tmp_path):
+    # torch's ONNX exporter took the name as UTF-8: a TypeError traceback ("_export_onnx(): incompatible function arguments")
+    out = tmp_path / os.fsdecode(b"exp\xe9")
+    with pytest.raises(DronsegError, match=r"exp\\udce9'?: OpenCV, FFmpeg and ONNX Runtime take file names as UTF-8"):
+        export_artifact(tiny_checkpoint, out_dir=out, device="cpu")
     assert not out.exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 
 import numpy as np
@@ -290,6 +292,13 @@ def test_a_file_onnx_runtime_cannot_load_is_one_line_without_a_gpu_warning(make,
     assert "\n" not in message and info.value.exit_code == 2
     assert not [r for r in caplog.records if "GPU provider" in r.getMessage()]
 
+
+def test_a_model_whose_name_is_not_utf8_is_refused_by_its_name(exported, tmp_path):
+    # onnxruntime said "incompatible constructor arguments": re-export it (the file was fine, its name was not)
+    path = tmp_path / os.fsdecode(b"b\xe9st.onnx")  # Latin-1 bytes, as a camera card or an old system names files
+    shutil.copy(exported[0], path)
+    with pytest.raises(DronsegError, match=r"b\\udce9st.onnx'?: OpenCV, FFmpeg and ONNX Runtime take file names as UTF-8"):
+        load_backend(path, device="cpu").activate()
 
 def test_a_float16_input_is_fed_float16(exported, tmp_path):
     """A graph converted with keep_io_types=False takes float16, which activation accepts: the first frame was

@@ -34,7 +34,7 @@ from dronseg_edge.data.synthetic.objects import CAR, DRONE, PERSON
 from dronseg_edge.data.synthetic.scene import render_view
 from dronseg_edge.data.synthetic.worlds import FREQUENT, RARE, SKY, build_world
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.media import ffmpeg_name
+from dronseg_edge.media import native_name
 from dronseg_edge.pictures import write_image
 from dronseg_edge.sizes import format_size
 
@@ -169,7 +169,7 @@ def _render_video(root: Path, frames: int, size: tuple[int, int], fps: float, se
                         theme=str(rng.choice(["urban", "suburban"])), video=True)
     final = root / VIDEO_NAME
     with atomic_path(final, suffix=".mp4") as tmp:  # OpenCV picks the container from the file name
-        writer = cv2.VideoWriter(ffmpeg_name(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), size)
+        writer = cv2.VideoWriter(native_name(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), size)
         if not writer.isOpened():
             raise DronsegError(f"OpenCV cannot write an mp4v video to {tmp.parent}: install opencv-python-headless "
                                "with FFmpeg, or pass --video-frames 0")
@@ -186,7 +186,7 @@ def _render_video(root: Path, frames: int, size: tuple[int, int], fps: float, se
 
 
 def _check_video(path: Path, frames: int, size: tuple[int, int], final: Path) -> None:
-    capture = cv2.VideoCapture(ffmpeg_name(path))
+    capture = cv2.VideoCapture(native_name(path))
     got = tuple(int(capture.get(p)) for p in (cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
     capture.release()
     if got != (frames, *size) and low_space(path.parent):
@@ -225,7 +225,7 @@ def synthesize(out_dir: Path, images: int = 60, size: tuple[int, int] = (1280, 7
     _check_options(images, size, video_frames, seed, test_fraction, fps)
     root = Path(out_dir)
     if video_frames:
-        ffmpeg_name(root)  # a name OpenCV cannot take is refused before any image is written
+        native_name(root)  # a name OpenCV cannot take is refused before any image is written
     _prepare_root(root, force)
     lengths = plan_sequences(images, seed)
     test = split_ids(lengths, test_fraction, seed)
