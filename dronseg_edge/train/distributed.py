@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from dronseg_edge.devices import resolve_device
+from dronseg_edge.errors import DronsegError
 
 
 @dataclass
@@ -29,15 +30,21 @@ class DistContext:
 
 def setup_distributed(device_name: str) -> DistContext:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1); NCCL on CUDA, gloo on CPU."""
-    world_size, device = int(os.environ.get("WORLD_SIZE", "1")), resolve_device(device_name)
-    if world_size <= 1:
-        return DistContext(device=device)
-    rank = int(os.environ["RANK"])
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+    device = resolve_device(device_name)
+    try:  # a WORLD_SIZE left in the environment (a shell, a job's), without torchrun's other variables
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return DistContext(device=device)
+        rank = int(os.environ["RANK"])
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():  # ValueError: MASTER_ADDR or MASTER_PORT missing
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+    except (KeyError, ValueError) as exc:
+        raise DronsegError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but not as torchrun sets it ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())}): launch with `torchrun --nproc-per-node N -m dronseg_edge train "
+                           "...`, or unset WORLD_SIZE") from None
     return DistContext(rank, world_size, device)
 
 
