@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from dronseg_edge.errors import DronsegError
+
 CPUINFO = Path("/proc/cpuinfo")
 MEMINFO = Path("/proc/meminfo")
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")  # JetPack's L4T release file
@@ -158,8 +160,14 @@ def import_optional(name: str) -> tuple[ModuleType | None, str | None]:
 
 
 def cache_root() -> Path:
-    """~/.cache/dronseg-edge (or $XDG_CACHE_HOME/dronseg-edge): TensorRT timing caches, ONNX Runtime engine caches."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dronseg-edge"
+    """~/.cache/dronseg-edge (or $XDG_CACHE_HOME/dronseg-edge): TensorRT timing caches, ONNX Runtime engine caches.
+    DronsegError where neither names a folder (HOME unset for a user id with no home: a container's bare uid)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")  # a relative one is to be ignored (the XDG spec)
+    base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
+    if not os.path.isabs(base):  # "~" left as it was
+        raise DronsegError(f"no cache folder: HOME is unset and user id {os.getuid()} has no home folder; set XDG_CACHE_HOME "
+                           "(or HOME) to a writable folder")
+    return Path(base) / "dronseg-edge"
 
 
 def os_name() -> str:

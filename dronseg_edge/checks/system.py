@@ -14,6 +14,7 @@ from typing import Iterator
 
 from dronseg_edge import __version__, machine
 from dronseg_edge.checks.base import FAIL, OK, WARN, Check
+from dronseg_edge.errors import DronsegError
 
 MIN_PYTHON = (3, 10)
 PACKAGE_FOLDER = Path(__file__).resolve().parents[1]
@@ -97,8 +98,12 @@ def disk_checks() -> Iterator[Check]:
 
 
 def folder_checks() -> list[Check]:
-    return [writable_check("cache folder", machine.cache_root(),
-                           "engines rebuild from scratch every time; set XDG_CACHE_HOME to a writable folder"),
+    engines = "engines rebuild from scratch every time"
+    try:
+        cache = writable_check("cache folder", machine.cache_root(), f"{engines}; set XDG_CACHE_HOME to a writable folder")
+    except DronsegError as exc:
+        cache = Check("cache folder", WARN, f"{exc}: {engines}")
+    return [cache,
             writable_check("runs folder", Path.cwd() / "runs",
                            "train/infer cannot write their default runs/ here; run from a writable folder or pass --out")]
 

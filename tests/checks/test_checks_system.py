@@ -134,3 +134,21 @@ def test_the_cache_folder_follows_xdg_cache_home(tmp_path, monkeypatch):
     checks = {c.name: c for c in system.folder_checks()}
     assert checks["cache folder"].status == OK and str(tmp_path / "dronseg-edge") in checks["cache folder"].detail
     assert str(tmp_path / "runs") in checks["runs folder"].detail
+
+
+def test_a_user_id_without_a_home_gets_a_warning_naming_xdg_cache_home(tmp_path, monkeypatch):
+    # HOME unset for a user id with no passwd entry (a container's bare uid): "folders could not be checked
+    # (RuntimeError: Could not determine home directory.); please report this as a bug", and no runs-folder line
+    import pwd
+
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    monkeypatch.chdir(tmp_path)
+    checks = {c.name: c for c in system.folder_checks()}
+    assert checks["cache folder"].status == WARN and "HOME is unset" in checks["cache folder"].detail
+    assert "set XDG_CACHE_HOME (or HOME) to a writable folder" in checks["cache folder"].detail
+    assert checks["runs folder"].status == OK
