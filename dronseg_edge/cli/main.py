@@ -6,6 +6,7 @@ import errno
 import os
 import signal
 import sys
+import tempfile
 from typing import NoReturn
 
 import typer
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     previous = _stop_like_ctrl_c()
     try:
+        _need_temporary_folder()
         code = app(args=_bare_checks_json(sys.argv[1:] if argv is None else list(argv)), prog_name="dronseg-edge",
                    standalone_mode=False)
     except DronsegError as exc:
@@ -67,6 +69,15 @@ def main(argv: list[str] | None = None) -> None:
     if code == 130:  # typer turns Ctrl-C outside our handlers into exit code 130
         print("interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _need_temporary_folder() -> None:
+    """torch's import and ctypes' search for CUDA's driver write temporary files: without a writable folder for
+    them (a read-only root, systemd's ProtectSystem=strict without PrivateTmp=) every command failed on it."""
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError as exc:
+        raise DronsegError(f"{exc.strerror}: set TMPDIR to a writable folder (under systemd: PrivateTmp=yes)") from None
 
 
 def _unreadable(path) -> str | None:

@@ -142,6 +142,32 @@ def test_a_command_started_with_standard_error_closed_runs(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and (tmp_path / "data" / "train.csv").is_file(), done.stdout[-2000:]
 
+
+@pytest.mark.parametrize("command", ["infer", "checks"])
+def test_no_writable_temporary_folder_is_one_line_naming_tmpdir(command, tiny_checkpoint, tmp_path):
+    """A read-only root (systemd's ProtectSystem=strict without PrivateTmp=): torch's import failed as 'installed
+    but cannot be loaded: reinstall it' (exit 3; an .onnx model: a traceback in ctypes' search for CUDA's driver),
+    and `checks` said ONNX Runtime 'could not be checked; please report this as a bug'."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    for name in ("TMPDIR", "TORCHINDUCTOR_CACHE_DIR"):  # torch's import set the second (in the temporary folder)
+        env.pop(name, None)
+    code = ("import sys, tempfile; folder = sys.argv.pop(1); tempfile._candidate_tempdir_list = lambda: [folder]; "
+            "from dronseg_edge.cli import main; main()")
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "frame.png"), np.zeros((48, 64, 3), np.uint8))
+    args = ["infer", str(tiny_checkpoint), str(tmp_path / "frame.png")] if command == "infer" else ["checks"]
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "read-only"), *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-3000:]
+    assert "No usable temporary directory found" in done.stderr and "set TMPDIR to a writable folder" in done.stderr
+
 COMMANDS = ("synth", "train", "eval", "submit", "export", "parity", "infer", "bench", "checks")
 
 
