@@ -17,7 +17,8 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.sizes import format_size
 
 
-@app.command()
+@app.command(help="Measure latency (min/mean/median/p90/p95/p99/max ms) and throughput of model files, "
+                  "or a whole --matrix.")
 @takes(options=BenchOptions, timing=TimingSettings)
 def bench(
     json_path: Json = None,
@@ -26,7 +27,6 @@ def bench(
     options: BenchOptions = None,
     timing: TimingSettings = None,
 ) -> None:
-    """Measure latency (min/mean/median/p90/p95/p99/max ms) and throughput of model files, or a whole --matrix."""
     from dronseg_edge.bench.report import (build_document, latency_table, markdown_document, settings_line, stage_lines,
                                            warning_lines)
     from dronseg_edge.bench.run import prepare_bench, resolve_bench_device, run_prepared

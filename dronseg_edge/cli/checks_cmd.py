@@ -11,9 +11,9 @@ from dronseg_edge.cli.params import Json
 FAILED_EXIT_CODE = 1  # a FAIL line; 2 stays the code of a command-line mistake
 
 
-@app.command()
+@app.command(help="Check what this machine can run (torch/CUDA/GPUs, ONNX Runtime providers, TensorRT, video, Jetson); "
+                  "exit 1 on a FAIL.")
 def checks(json_path: Json = None) -> None:
-    """Check what this machine can run (torch/CUDA/GPUs, ONNX Runtime providers, TensorRT, video, Jetson); exit 1 on a FAIL."""
     from dronseg_edge.checks import FAIL, run_checks, summary
 
     check_json_out(json_path)

@@ -10,7 +10,7 @@ from dronseg_edge.cli.app import app
 from dronseg_edge.sizes import format_size, parse_size
 
 
-@app.command()
+@app.command(help="Make synthetic drone images and class masks in the Kaggle AeroScapes layout, plus a flight video.")
 def synth(
     out_dir: Path = typer.Argument(..., help="Folder to write into (created if missing; must be empty unless --force)."),
     images: int = typer.Option(60, "--images", help="Still images in all (train + test)."),
@@ -21,7 +21,6 @@ def synth(
     fps: float = typer.Option(30.0, "--fps", help="Frame rate of video.mp4."),
     force: bool = typer.Option(False, "--force/--no-force", help="Write into a non-empty folder, replacing an earlier synthetic data set there."),
 ) -> None:
-    """Make synthetic drone images and class masks in the Kaggle AeroScapes layout, plus a flight video."""
     from dronseg_edge.data.synthetic import synthesize
 
     result = synthesize(out_dir, images=images, size=parse_size(size), video_frames=video_frames, seed=seed,

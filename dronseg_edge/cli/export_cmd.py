@@ -50,7 +50,8 @@ def _check_engine_options(options, formats: tuple[str, ...], fmt: str) -> None:
         check_dla_available(options.dla_core)
 
 
-@app.command()
+@app.command(help="Export a checkpoint to ONNX, a TensorRT engine or a Triton model repository; "
+                  "every file is parity-checked.")
 @takes(options=ExportOptions)
 def export(
     ctx: typer.Context,
@@ -61,7 +62,6 @@ def export(
     max_miou_drop: MaxMiouDrop = None,
     options: ExportOptions = None,
 ) -> None:
-    """Export a checkpoint to ONNX, a TensorRT engine or a Triton model repository; every file is parity-checked."""
     require_extra("export", "export")  # before the imports below pull in torch and onnx
     from dronseg_edge.export import export_artifact
     from dronseg_edge.export.parity_report import parity_report_path
@@ -105,7 +105,7 @@ def export(
         typer.echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, {info.precision}, {info.head}, {shape}){verdict}")
 
 
-@app.command()
+@app.command(help="Compare two models (checkpoint, ONNX, engine) on the same images; exit 4 when they disagree.")
 def parity(
     reference: Path = typer.Argument(..., help="Reference model: .pt checkpoint (usual), .onnx or .engine."),
     candidate: Path = typer.Argument(..., help="Model to check: .onnx, .engine or .pt."),
@@ -119,7 +119,6 @@ def parity(
     json_path: Json = None,
     meta: Meta = None,
 ) -> None:
-    """Compare two models (checkpoint, ONNX, engine) on the same images; exit 4 when they disagree."""
     require_extra("export", "parity")
     from dronseg_edge.checkpoint import load_checkpoint
     from dronseg_edge.devices import resolve_device

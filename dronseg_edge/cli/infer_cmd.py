@@ -53,7 +53,8 @@ INFER_EXIT_CODES = (
 )
 
 
-@app.command(epilog=f"{LIVE_EXAMPLES}\n\n{INFER_EXIT_CODES}")
+@app.command(epilog=f"{LIVE_EXAMPLES}\n\n{INFER_EXIT_CODES}", help="Segment a video, image folder, camera or stream; "
+                                                                   "write overlay, masks, stats and summary.json.")
 @takes(options=RunOptions, capture=CaptureOptions)
 def infer(
     model: Path = typer.Argument(..., help="Checkpoint (.pt), ONNX file (.onnx) or TensorRT engine (.engine)."),
@@ -74,7 +75,6 @@ def infer(
     options: RunOptions = None,
     capture: CaptureOptions = None,
 ) -> None:
-    """Segment a video, image folder, camera or stream; write overlay, masks, stats and summary.json."""
     from dronseg_edge.errors import Interrupted
     from dronseg_edge.pipeline import Segmenter, open_source, run_inference
 

@@ -15,14 +15,14 @@ from dronseg_edge.errors import DronsegError
 from dronseg_edge.train.config import TrainConfig
 
 
-@app.command()
+@app.command(help="Fine-tune DeepLabV3 on drone images "
+                  "(multi-GPU: torchrun --nproc-per-node N -m dronseg_edge train ...).")
 @takes(cfg=TrainConfig)
 def train(
     resume: Optional[Path] = typer.Option(None, help="weights/last.pt of a run to continue (its own options are used).",
                                           show_default="a new run"),
     cfg: TrainConfig = None,
 ) -> None:
-    """Fine-tune DeepLabV3 on drone images (multi-GPU: torchrun --nproc-per-node N -m dronseg_edge train ...)."""
     require_extra("train", "train")  # before minutes of data checks: matplotlib is first needed at the end
     from dronseg_edge.train.fit import fit
 
@@ -52,7 +52,7 @@ def train(
     fit(cfg, resume=resume, log=typer.echo)
 
 
-@app.command("eval")
+@app.command("eval", help="Score a model (per-class IoU/Dice, mIoU, competition Dice) at the masks' native resolution.")
 def evaluate_command(
     checkpoint: Path = typer.Argument(..., metavar="MODEL", help="A checkpoint written by `train` (weights/best.pt), "
                                       "or an .onnx file or .engine exported from one (scored at its own input size)."),
@@ -69,7 +69,6 @@ def evaluate_command(
     meta: Meta = None,
     max_pixels: MaxPixels = None,
 ) -> None:
-    """Score a model (per-class IoU/Dice, mIoU, competition Dice) at the masks' native resolution."""
     from dronseg_edge.runtime.registry import check_model_file, is_checkpoint
     from dronseg_edge.train.evaluation import evaluate_checkpoint, format_scores
 
@@ -90,7 +89,7 @@ def evaluate_command(
     json_out(json_out_path, result)
 
 
-@app.command()
+@app.command(help="Write the Kaggle competition CSV (ImageID,EncodedPixels; one row per image and class).")
 def submit(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by `train`."),
     data: Path = typer.Option(..., "--data", help="Data set root with test.csv and imgs/imgs."),
@@ -100,7 +99,6 @@ def submit(
     device: Device = "auto",
     workers: int = typer.Option(2, min=0, help="DataLoader worker processes."),
 ) -> None:
-    """Write the Kaggle competition CSV (ImageID,EncodedPixels; one row per image and class)."""
     from dronseg_edge.train.submission import write_competition_csv
 
     check_out_file(out, "--out")

@@ -168,6 +168,23 @@ def test_no_writable_temporary_folder_is_one_line_naming_tmpdir(command, tiny_ch
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-3000:]
     assert "No usable temporary directory found" in done.stderr and "set TMPDIR to a writable folder" in done.stderr
 
+
+def test_every_command_keeps_its_help_under_python_oo():
+    """`python -OO` / PYTHONOPTIMIZE=2 (a small embedded image) drops docstrings: every command's description was
+    gone from `dronseg-edge --help` and from its own -h."""
+    import ast
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PYTHONDONTWRITEBYTECODE": "1"}
+    code = ("import typer; from dronseg_edge.cli import app; "
+            "print({name: c.help for name, c in typer.main.get_command(app).commands.items()})")
+    done = subprocess.run([sys.executable, "-OO", "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    helps = ast.literal_eval(done.stdout)
+    assert sorted(helps) == sorted(COMMANDS) and all(helps.values()), helps
+
 COMMANDS = ("synth", "train", "eval", "submit", "export", "parity", "infer", "bench", "checks")
 
 
