@@ -22,6 +22,7 @@ PACKAGE_FOLDER = Path(__file__).resolve().parents[1]
 # (on a Jetson the GPU's memory too), and runs, engines and videos need room on disk.
 LOW_MEMORY_GIB = 1.0
 LOW_DISK_GIB = 1.0
+GONE = "the current folder was deleted: cd to one that exists"
 
 
 def system_checks() -> Iterator[Check]:
@@ -82,10 +83,10 @@ def disk_checks() -> Iterator[Check]:
     """Free space where runs are written (the current folder) and, when it is another file system, where
     the package is installed (pip, caches and a venv's growth land there)."""
     seen = set()
-    for name, folder in (("disk", Path.cwd()), ("disk (install)", PACKAGE_FOLDER)):
-        found = machine.disk(folder)
+    for name, folder in (("disk", _cwd()), ("disk (install)", PACKAGE_FOLDER)):
+        found = machine.disk(folder) if folder else None
         if found is None:
-            yield Check(name, WARN, f"{folder}: free space unreadable", {"path": str(folder), "free_gib": None})
+            yield Check(name, WARN, f"{folder}: free space unreadable" if folder else GONE, {"path": str(folder), "free_gib": None})
             continue
         if found.device in seen:
             continue
@@ -103,9 +104,19 @@ def folder_checks() -> list[Check]:
         cache = writable_check("cache folder", machine.cache_root(), f"{engines}; set XDG_CACHE_HOME to a writable folder")
     except DronsegError as exc:
         cache = Check("cache folder", WARN, f"{exc}: {engines}")
-    return [cache,
-            writable_check("runs folder", Path.cwd() / "runs",
-                           "train/infer cannot write their default runs/ here; run from a writable folder or pass --out")]
+    cwd = _cwd()
+    runs = (writable_check("runs folder", cwd / "runs",
+                           "train/infer cannot write their default runs/ here; run from a writable folder or pass --out")
+            if cwd else Check("runs folder", WARN, f"{GONE}; train/infer cannot write their default runs/ there"))
+    return [cache, runs]
+
+
+def _cwd() -> Path | None:
+    """The current folder; None once it was deleted (by another process, while this shell was in it)."""
+    try:
+        return Path.cwd()
+    except FileNotFoundError:
+        return None
 
 
 def writable_check(name: str, folder: Path, consequence: str) -> Check:

@@ -152,3 +152,16 @@ def test_a_user_id_without_a_home_gets_a_warning_naming_xdg_cache_home(tmp_path,
     assert checks["cache folder"].status == WARN and "HOME is unset" in checks["cache folder"].detail
     assert "set XDG_CACHE_HOME (or HOME) to a writable folder" in checks["cache folder"].detail
     assert checks["runs folder"].status == OK
+
+
+def test_a_deleted_current_folder_is_a_warning_not_a_bug(tmp_path, monkeypatch):
+    # `checks` run in a folder another process removed: "system could not be checked (FileNotFoundError ...);
+    # please report this as a bug" (its disk lines lost), and the same for "folders"
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    disk = {c.name: c for c in system.disk_checks()}
+    runs = {c.name: c for c in system.folder_checks()}["runs folder"]
+    assert disk["disk"].status == WARN and disk["disk"].detail == "the current folder was deleted: cd to one that exists"
+    assert runs.status == WARN and runs.detail.startswith("the current folder was deleted: cd to one that exists; ")
