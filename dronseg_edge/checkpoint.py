@@ -24,7 +24,7 @@ from dronseg_edge.atomic import atomic_path, storage_faults
 from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import CHECKPOINT_FIX, ModelInfo
-from dronseg_edge.models import ARCHS, build_model, head_channels, output_stride_of
+from dronseg_edge.models import ARCHS, build_model, head_channels, nonfinite_weight, output_stride_of
 from dronseg_edge.torch_floor import torch_load
 
 FORMAT = "dronseg-edge-checkpoint"
@@ -152,12 +152,6 @@ def load_checkpoint(path: os.PathLike | str, num_classes: int | None = None) -> 
             f"({', '.join(CLASS_NAMES)}): retrain it with this version"
         )
     return ckpt
-
-
-def nonfinite_weight(state: dict[str, Any]) -> str | None:
-    """The name of the first floating-point tensor of ``state`` holding NaN or Inf, or None."""
-    return next((k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()
-                 and not bool(torch.isfinite(v).all())), None)
 
 
 def _check_head(ckpt: dict[str, Any]) -> None:

@@ -173,7 +173,17 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         state = next((state[key] for key in ("model", "state_dict") if isinstance(state.get(key), dict)), state)
     if not isinstance(state, dict):
         raise DronsegError(f"--weights {path}: expected a state dict, found {type(state).__name__}")
+    bad = nonfinite_weight(state)  # a diverged run's weights: training from them diverges at once
+    if bad is not None:
+        raise DronsegError(f"--weights {path}: tensor {bad} holds NaN or Inf (saved by a run that diverged): "
+                           "pass weights saved before its loss went NaN, or coco, imagenet, none")
     return state
+
+
+def nonfinite_weight(state: dict) -> str | None:
+    """The name of the first floating-point tensor of ``state`` holding NaN or Inf, or None."""
+    return next((k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()
+                 and not bool(torch.isfinite(v).all())), None)
 
 
 def is_weights_path(weights: str) -> bool:

@@ -6,7 +6,7 @@ import torch
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.models import (ARCHS, SegmentationNet, backbone_stages, build_model, check_output_stride,
                                  freeze_backbone_stages, keep_frozen_norms_in_eval, load_matching_weights,
-                                 output_stride_of, set_bn_momentum)
+                                 output_stride_of, read_weights_file, set_bn_momentum)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -56,6 +56,15 @@ def test_local_weights_of_a_plain_training_script_are_copied(wrap, tmp_path):
     torch.save(wrap(donor.state_dict()), tmp_path / "w.pth")
     model = build_model("lraspp_mobilenet_v3_large")
     assert load_matching_weights(model, tmp_path / "w.pth") == len(donor.state_dict())
+
+
+def test_local_weights_holding_nan_are_refused_before_training(tmp_path):
+    """A diverged run's weights trained an epoch, then stopped as "the training diverged; retrain with a lower --lr"."""
+    state = build_model("lraspp_mobilenet_v3_large", weights="none").state_dict()
+    state["backbone.0.0.weight"][0] = float("nan")
+    torch.save(state, tmp_path / "w.pth")
+    with pytest.raises(DronsegError, match=r"--weights .*w.pth: tensor backbone.0.0.weight holds NaN"):
+        read_weights_file(tmp_path / "w.pth")
 
 
 def test_frozen_stages_do_not_move_and_keep_their_statistics():
