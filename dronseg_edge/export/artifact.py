@@ -226,7 +226,8 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
     final = _final_path(source.path, source.info.input_size, options, folder)
     if options.reuse:
         found = reusable_artifact(final, info)
-        if found is not None and _calibrated_as_asked(found, source, options):
+        # An --opset given is kept (TensorRT 8.6 asks for 17: a file of another opset would fail it again).
+        if found is not None and options.opset in (None, found.extra.get("opset")) and _calibrated_as_asked(found, source, options):
             return ExportResult(final, found, None, True, notes=(f"reused {final.name}",), reused=True)
     if options.fmt == "engine":
         return _export_engine(source, folder, options, info, final)

@@ -18,7 +18,7 @@ import dronseg_edge.export.tensorrt as trt_export
 from dronseg_edge.runtime import cuda_runtime, tensorrt_env
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export import ExportOptions, export_artifact
-from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, sidecar_path
+from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info, sidecar_path
 from testkit import requires_tensorrt
 
 GPU = {"gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -595,3 +595,15 @@ def test_export_options_parse_shapes_and_refuse_a_folder_as_timing_cache(tmp_pat
     assert options.max_shape == (8, 640, 384) and options.timing_cache == tmp_path / "t.cache"
     with pytest.raises(DronsegError, match="--timing-cache .* is a folder"):
         ExportOptions(fmt="engine", timing_cache=tmp_path)
+
+
+@pytest.mark.slow
+def test_an_engine_asked_for_another_opset_does_not_reuse_the_onnx_file_of_the_first(fake_trt, tiny_checkpoint, tmp_path):
+    """TensorRT 8.6 told "export with --opset 17", and the engine path then reused the opset-18 file: the same error again."""
+    export_artifact(tiny_checkpoint, opset=18, out_dir=tmp_path, parity=False, device="cpu")
+    fake_trt("8.6.1")
+    with pytest.raises(DronsegError, match="export with --opset 17"):
+        export_artifact(tiny_checkpoint, fmt="engine", out_dir=tmp_path, parity=False, device=torch.device("cpu"))
+    result = export_artifact(tiny_checkpoint, fmt="engine", opset=17, out_dir=tmp_path, parity=False,
+                             device=torch.device("cpu"))
+    assert result.passed and read_onnx_info(tmp_path / "tiny_fp32.onnx").extra["opset"] == 17
