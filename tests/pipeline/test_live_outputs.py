@@ -100,6 +100,15 @@ def test_an_existing_results_file_is_refused_before_the_run_folder(segmenter, cl
         run_inference(segmenter, clip, RunOptions(out=tmp_path / "run", progress=False, results=str(tmp_path / "results")))
 
 
+@pytest.mark.parametrize("name", ["summary.json", "stats.jsonl"])
+def test_a_results_file_inside_out_is_refused_before_the_run_folder(segmenter, clip, tmp_path, name):
+    """summary.json replaced the results at the end (exit 0, every line lost); stats.jsonl was 'the file exists'."""
+    (tmp_path / "run").mkdir()
+    with pytest.raises(DronsegError, match=rf"--results .*run/{name} is inside --out .*run, which holds the run's own"):
+        run_inference(segmenter, clip, RunOptions(out=tmp_path / "run", progress=False, results=str(tmp_path / "run" / name)))
+    assert not any((tmp_path / "run").iterdir())
+
+
 def test_a_results_target_that_cannot_work_is_refused_before_the_run_folder(segmenter, clip, tmp_path, monkeypatch):
     with pytest.raises(DronsegError, match=r"--results .*missing/r.jsonl: the folder .*missing does not exist"):
         run_inference(segmenter, clip, RunOptions(out=tmp_path / "run", progress=False,
