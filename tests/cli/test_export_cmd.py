@@ -231,6 +231,9 @@ def test_parity_takes_meta_for_a_candidate_without_metadata(exported, tiny_check
     code, out, err = run_cli(capsys, "parity", foreign, exported, "--data", frames, "--device", "cpu", "--meta", exported)
     assert_one_error_line(code, out, err, 2, f"reference {foreign} has no dronseg-edge metadata (parity's --meta describes")
     assert "or pass --meta FILE" not in err  # it was the advice, for a --meta already given
+    (tmp_path / "foreign.engine").write_bytes(b"plan")  # an engine without its sidecar: the same advice, refused alike
+    code, out, err = run_cli(capsys, "parity", tmp_path / "foreign.engine", exported, "--device", "cpu", "--meta", exported)
+    assert_one_error_line(code, out, err, 2, "reference " + str(tmp_path / "foreign.engine") + " has no dronseg-edge metadata")
 
 
 def test_export_out_keeps_other_programs_hidden_files(tiny_checkpoint, tmp_path, capsys):
