@@ -103,9 +103,10 @@ def resolve_shape(backend: Backend, size: tuple[int, int] | None, batch: int) ->
     """The (width, height) to run at; raise DronsegError when a static artifact cannot take ``size``/``batch``."""
     info = backend.info
     frames = info.io == "frames"
-    # the same kind of artifact again (a frames graph takes --source-size; its precision kept)
-    export = (f"dronseg-edge export {info.extra.get('source_checkpoint') or 'CHECKPOINT'}" + " --io frames" * frames
-              + f" --precision {info.precision}" * (info.precision != "fp32"))
+    # the same kind of artifact again (a frames graph takes --source-size; its format, head and precision kept)
+    export = (f"dronseg-edge export {info.extra.get('source_checkpoint') or 'CHECKPOINT'}"
+              + " --format engine" * (backend.path.suffix.lower() in (".engine", ".plan")) + " --io frames" * frames
+              + " --head argmax" * (info.head == "argmax" and not frames) + f" --precision {info.precision}" * (info.precision != "fp32"))
     if batch < 1:
         raise DronsegError(f"--batch {batch} must be at least 1")
     # what goes into the artifact: its frames for a frames graph, else its input tensor

@@ -80,6 +80,10 @@ def test_static_artifact_refuses_other_size_and_batch():
     half = FakeBackend(input_size=(32, 16), precision="fp16", dynamic=False, batch=1)
     with pytest.raises(DronsegError, match=r"`dronseg-edge export CHECKPOINT --precision fp16 --batch 4`"):
         resolve_shape(half, None, 4)  # re-exported at its own precision, not fp32
+    engine = FakeBackend("m.engine", input_size=(32, 16), precision="fp16", head="argmax", dynamic=False, batch=1)
+    with pytest.raises(DronsegError, match=r"`dronseg-edge export CHECKPOINT --format engine --head argmax --precision fp16 "
+                                           r"--size 64x32`"):
+        resolve_shape(engine, (64, 32), 1)  # an engine with a class-map head again, not a logits ONNX file
     dynamic = sleep_backend(dynamic=True, batch=None)
     assert resolve_shape(dynamic, (64, 32), 4) == (64, 32)
 
