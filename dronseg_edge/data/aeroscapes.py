@@ -82,7 +82,8 @@ def read_ids(csv_path: Path) -> list[str]:
 
 
 def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
-    """Samples of ``subset`` (train | test | all) with paths checked; no pixel is decoded here."""
+    """Samples of ``subset`` (train | test | all; images: all, masks where present) with paths checked; no pixel is
+    decoded here."""
     root = Path(root)
     if not root.is_dir():
         raise DronsegError(f"data folder {root} does not exist; {FIX_LAYOUT} (make one with `dronseg-edge synth DIR`)")
@@ -107,13 +108,14 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     train_ids = read_ids(train_csv) if train_csv.is_file() else [i for i in images if i in masks and i in not_test]
     test_ids = listed_test if listed_test is not None else [i for i in images if i not in masks and i not in train_ids]
     wanted = {"train": train_ids, "test": test_ids, "all": train_ids + [i for i in test_ids if i not in set(train_ids)]}
+    wanted["images"] = wanted["all"]  # calibration and parity images: their masks are optional
     if subset not in wanted:
-        raise DronsegError(f"subset {subset!r} is not one of train, test, all")
+        raise DronsegError(f"subset {subset!r} is not one of train, test, all, images")
     samples = []
     for image_id in wanted[subset]:
         if image_id not in images:
             raise DronsegError(f"image {image_dir / (image_id + '.jpg')} is listed in a CSV but missing: add it or remove its row")
-        needs_mask = subset == "train" or image_id in train_ids
+        needs_mask = subset == "train" or (subset != "images" and image_id in train_ids)
         if needs_mask and image_id not in masks:
             raise DronsegError(f"mask {mask_dir / (image_id + '.png')} is missing for train image {images[image_id]}: add it or drop the image from train.csv")
         samples.append(Sample(image_id, images[image_id], masks.get(image_id)))

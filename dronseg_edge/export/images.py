@@ -52,7 +52,7 @@ def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]
         raise DronsegError(f"{option} {folder} {'is a file' if folder.exists() else 'does not exist'}: pass a folder of "
                            "images or a dataset root (ROOT/imgs/imgs)")
     if (folder / IMAGE_DIR).is_dir():
-        samples = dataset_samples(folder, "all")
+        samples = dataset_samples(folder, "images")
         test_masks = {p.stem: p for p in (folder / TEST_MASK_DIR).glob("*.png")}
         return [ImageItem(s.image_path, s.mask_path or test_masks.get(s.image_id)) for s in samples], f"data set {folder.resolve()}"
     # Hidden files left out, as infer's image folders do (macOS's "._x.jpg" beside each x.jpg is no image).

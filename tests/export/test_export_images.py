@@ -37,6 +37,15 @@ def test_dataset_root_brings_its_masks(scenes):
     assert frame.shape == (64, 96, 3) and mask.shape == (64, 96) and mask.max() < 12
 
 
+def test_dataset_root_without_its_masks_gives_its_images(scenes, tmp_path):
+    """A data set copied without masks/ (to a Jetson, for the engine's calibration) was refused: "mask ... is missing
+    for train image ...: add it or drop the image from train.csv", masks that calibration never reads."""
+    (tmp_path / "imgs").symlink_to(scenes / "imgs")
+    (tmp_path / "train.csv").write_text((scenes / "train.csv").read_text())
+    found = resolve_images(tmp_path, None, option="--calib-data", max_images=None, size=(96, 64), allow_synthetic=False)
+    assert len(found.items) == 40 and all(item.mask is None for item in found.items)
+
+
 def test_default_is_the_checkpoints_validation_split(scenes):
     ckpt = {"path": "best.pt", "config": {"data": str(scenes)}, "split": {"val": ["scene_038", "scene_039"]}}
     found = resolve_images(None, ckpt, option="--calib-data", max_images=16, size=(96, 64), allow_synthetic=False)
