@@ -265,6 +265,9 @@ def _compare_frames(ref: Backend, cand: Backend, images: ImageSet, thresholds: P
         frames = [np.ascontiguousarray(frame if source is None else resize_frame(frame, *source)) for frame, _ in loaded]
         padded, real = pad_batch(np.stack(frames), batch)
         cand_out = cand.infer(torch.from_numpy(frames_in_order(padded, info))).cpu()[:real].long()
+        if cand_out.shape[1:] != frames[0].shape[:2]:  # a graph from elsewhere whose map is not at its frames' size
+            raise DronsegError(f"{cand.path} outputs {_dims(cand_out)} maps for {frames[0].shape[1]}x{frames[0].shape[0]} "
+                               "frames: compare a frames graph whose class map is at its frames' size")
         for i, (frame, (_, mask)) in enumerate(zip(frames, loaded)):
             sizes.add(frame.shape[1::-1])
             ref_mask = class_map_at(_run(ref, _reference_input([frame], ref, info, 1))[0].cpu().numpy(), frame.shape[:2])

@@ -311,3 +311,16 @@ def test_a_candidate_whose_outputs_are_smaller_than_its_input_is_one_line(tmp_pa
     small = fake("small.onnx", lambda x: torch.zeros(x.shape[0], 12, H // 2, W // 2))  # no final upsampling
     with pytest.raises(DronsegError, match=r"small.onnx outputs 4x2 maps where r.pt outputs 8x4 \(inputs 8x4\)"):
         check_parity(fake("r.pt", None), small, data, device="cpu")
+
+
+def test_a_frames_candidate_whose_map_is_smaller_than_its_frames_is_one_line(tmp_path):
+    """The same mistake in a frames graph was a RuntimeError traceback (the size of tensor a (8) must match ...)."""
+    from dronseg_edge.errors import DronsegError
+
+    data = dataset(tmp_path / "d", [SKY_ROAD])
+    small = FakeBackend("small_frames.onnx", respond=lambda f: torch.zeros(f.shape[0], H // 2, W // 2, dtype=torch.uint8),
+                        arch="lraspp_mobilenet_v3_large", input_size=(W, H), batch=1, dynamic=False, io="frames",
+                        head="argmax", layout="NHWC", source_size=(W, H), outputs=["mask"])
+    ref = FakeBackend("ref.pt", arch="lraspp_mobilenet_v3_large", input_size=(W, H))
+    with pytest.raises(DronsegError, match=r"small_frames.onnx outputs 4x2 maps for 8x4 frames"):
+        check_parity(ref, small, data, device="cpu")
