@@ -184,6 +184,9 @@ class Backend(ABC):
             classes, kept = np.asarray(self.infer(batch)[:real], np.uint8), None
             conf = self.last_outputs.get(host.CONFIDENCE_OUTPUT)
             conf = None if conf is None else np.asarray(conf[:real], np.uint8)
+            if classes.shape[1:] != frames.shape[1:3]:  # a graph from elsewhere: nearest to the frame, as eval scores it
+                classes, conf = (None if maps is None else np.stack([host.class_map_host(m, *frames.shape[1:3]) for m in maps])
+                                 for maps in (classes, conf))
         else:
             batch, real = pad_batch(host.preprocess_host(frames, self.info), rows)
             marks.append(time.perf_counter())

@@ -159,3 +159,17 @@ def test_a_class_map_past_the_class_names_is_one_line(io, batch):
     lying = FakeBackend("m.onnx", respond=lambda x: torch.full((1, 6, 8), 11, dtype=torch.uint8), **three)
     with pytest.raises(DronsegError, match=r"m.onnx: its metadata says 3 classes \(class_names\), but the model output class 11"):
         lying.infer(batch)
+
+
+def test_a_frames_graph_whose_map_is_smaller_than_its_frames_is_brought_to_their_size():
+    """A graph from elsewhere without the final upsampling: eval scores its map brought to the frame's size (nearest),
+    and infer stopped at the first frame on an OpenCV assertion, called a bug in dronseg-edge."""
+    def quarter(frames):
+        out = torch.zeros(frames.shape[0], 3, 4, dtype=torch.uint8)
+        out[:, 1:] = 10
+        return out
+
+    small = FakeBackend("m.onnx", respond=quarter, head="argmax", io="frames", input_size=(8, 6), dynamic=True)
+    classes = small.segment(np.zeros((2, 6, 8, 3), np.uint8)).classes
+    assert classes.shape == (2, 6, 8) and classes.dtype == np.uint8
+    assert (classes[:, :2] == 0).all() and (classes[:, 2:] == 10).all()
