@@ -309,7 +309,7 @@ def _export_engine(source: _Source, folder: Path, options: ExportOptions, info: 
     if not made.passed:
         return made
     notes = (f"reused {made.path.name}" if made.reused else f"built {made.path.name}"
-             + ("" if check_onnx else " (its parity not checked: no onnxruntime)"),)
+             + ("" if check_onnx or not options.parity else " (its parity not checked: no onnxruntime)"),)
     pending = _pending(final)
     try:
         with storage_faults(final):

@@ -417,6 +417,12 @@ def test_engine_export_builds_from_the_right_onnx(fake_trt, tiny_checkpoint, tmp
     assert f"reused {onnx_name}" in again.notes
 
 
+def test_an_engine_export_without_parity_does_not_blame_onnxruntime(fake_trt, tiny_checkpoint, tmp_path):
+    fake_trt("10.3.0")
+    made = export_artifact(tiny_checkpoint, fmt="engine", out_dir=tmp_path, parity=False, device=torch.device("cpu"))
+    assert made.notes == ("built tiny_fp32.onnx",)  # not "its parity not checked: no onnxruntime": it is installed
+
+
 def test_tensorrt_tests_run_only_where_a_builder_can_be_made(monkeypatch):
     from testkit import tensorrt_unusable
 
