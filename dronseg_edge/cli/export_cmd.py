@@ -50,6 +50,20 @@ def _check_engine_options(options, formats: tuple[str, ...], fmt: str) -> None:
         check_dla_available(options.dla_core)
 
 
+def _check_read(ctx: typer.Context, options, fmt: str) -> None:
+    """Options given on the command line that this export would not read are refused, as engine-only ones are."""
+    flags = {param.name: param.opts[0] for param in ctx.command.params}
+    for when, idle, names in (("without --precision int8", options.precision != "int8",
+                               ("calib_data", "calib_method", "calib_images")),
+                              ("with --no-parity", not options.parity,
+                               ("parity_data", "parity_images", "min_agreement", "max_miou_drop")),
+                              ("with --format onnx (it sizes TensorRT's workspace: engine, all, triton)", fmt == "onnx",
+                               ("workspace_gib", "workspace_gib__0"))):
+        given = [flags[name] for name in names if ctx.get_parameter_source(name).name != "DEFAULT"]
+        if idle and given:
+            raise DronsegError(f"{given[0]} has no effect {when}: drop it")
+
+
 @app.command(help="Export a checkpoint to ONNX, a TensorRT engine or a Triton model repository; "
                   "every file is parity-checked.")
 @takes(options=ExportOptions)
@@ -72,6 +86,7 @@ def export(
         check_out_dir(options.out_dir)  # before minutes of export work
     if ctx.get_parameter_source("triton_backend").name != "DEFAULT" and fmt != "triton":
         raise DronsegError(f"--triton-backend applies to --format triton only, not --format {fmt}: drop it or add --format triton")
+    _check_read(ctx, options, fmt)
     if "engine" in FORMAT_CHOICES[fmt]:
         from dronseg_edge.runtime.tensorrt_env import import_tensorrt
 

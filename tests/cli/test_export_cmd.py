@@ -209,6 +209,20 @@ def test_engine_options_are_refused_before_any_onnx_work(args, code, message, ti
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--calib-method", "bogus"], "--calib-method has no effect without --precision int8"),
+    (["--precision", "fp16", "--calib-data", "."], "--calib-data has no effect without --precision int8"),
+    (["--no-parity", "--min-agreement", "90"], "--min-agreement has no effect with --no-parity"),
+    (["--no-parity", "--parity-images", "3"], "--parity-images has no effect with --no-parity"),
+    (["--workspace", "8"], "--workspace has no effect with --format onnx"),
+])
+def test_options_this_export_would_not_read_are_refused(args, message, tiny_checkpoint, tmp_path, capsys):
+    """They were accepted without a word (exit 0), as the engine options are not."""
+    result = run_cli(capsys, "export", tiny_checkpoint, "--out", tmp_path / "out", "--device", "cpu", *args)
+    assert_one_error_line(*result, 2, message)
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_help_lists_the_engine_options(capsys):
     code, out, err = run_cli(capsys, "export", "--help")
     assert code in (0, None), err
