@@ -126,7 +126,8 @@ class ExportOptions:
 
     def _validate(self) -> None:
         if self.fmt not in FORMATS:
-            raise DronsegError(f"--format {self.fmt!r} is not one of onnx, engine, all, triton")
+            raise DronsegError(f"--format {self.fmt!r} is not one of {', '.join(FORMATS)} (the command line's `all` "
+                               "is onnx, then engine: export each)")
         if self.precision not in EXPORT_PRECISIONS:
             raise DronsegError(f"--precision {self.precision!r} is not one of {', '.join(EXPORT_PRECISIONS)} for an export")
         # Only int8 calibrates: a method given with fp32/fp16 is unused, as the CLI always passes one.

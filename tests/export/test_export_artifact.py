@@ -28,6 +28,7 @@ def test_defaults_are_the_cli_defaults_and_values_are_normalised(tmp_path):
 
 @pytest.mark.parametrize("changes, message", [
     ({"fmt": "tflite"}, "--format 'tflite' is not one of onnx, engine"),
+    ({"fmt": "all"}, r"--format 'all' is not one of onnx, engine, triton \(the command line's `all` is onnx, then engine"),
     ({"precision": "fp8"}, "--precision 'fp8' is not one of fp32, fp16, int8"),
     ({"precision": "bf16"}, "--precision 'bf16' is not one of fp32, fp16, int8"),
     ({"head": "softmax"}, "--head 'softmax' is not one of logits, argmax"),
