@@ -30,7 +30,7 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
     """The source named by ``spec``: a Source, camera index, GStreamer pipeline, ``csi://N``, URL,
     folder, glob, image or video path. ``capture``: how FFmpeg opens video files and URLs (RTSP
     transport and latency for rtsp:// only, hardware decoding); a DronsegError where it cannot apply.
-    ``max_pixels``: images above it (read from their headers) are skipped (``--max-pixels``)."""
+    ``max_pixels``: images above it (read from their headers) are skipped, a video file's frames refused (``--max-pixels``)."""
     if isinstance(spec, Source):
         return spec.unread()
     options, text = capture or CaptureOptions(), str(spec)
@@ -65,7 +65,7 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
     elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         what, make = "an image", partial(ImageSource, [path], str(path), max_pixels)
     elif path.is_file():
-        what, ffmpeg, make = "a video file", True, partial(VideoSource, path, capture=options)
+        what, ffmpeg, make = "a video file", True, partial(VideoSource, path, capture=options, max_pixels=max_pixels)
     elif any(ch in text for ch in "*?["):  # quoted for the shell, so its ~ is expanded here
         what, make = "images", partial(ImageSource.from_glob, os.path.expanduser(text), max_pixels)
     elif path.is_fifo():  # a pipe another program writes a video into: read as a stream that ends when it closes

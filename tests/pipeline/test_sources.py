@@ -108,6 +108,19 @@ def test_video_with_zero_frames(tmp_path):
         list(source.frames())
 
 
+
+def test_a_video_whose_frames_are_over_max_pixels_is_refused_before_they_are_read(video_path, tmp_path):
+    """A 423 KB H.264 file of 12000x12000 frames took `infer` to 5.5 GB; a TS that grew to it mid-way, 4.1 GB."""
+    with pytest.raises(DronsegError) as error:
+        open_source(video_path, max_pixels=1000)
+    assert f"video {video_path} is 128x80 (0.0 MP), above the 0.0 MP limit" in str(error.value)
+    assert str(error.value).endswith("raise --max-pixels if it is a genuine video")
+    feed = write_ts_with_size_change(tmp_path / "feed.ts", sizes=((96, 64), (128, 72)), frames=3)
+    frames = open_source(feed, max_pixels=96 * 64).frames()
+    assert [next(frames).frame.shape for _ in range(3)] == [(64, 96, 3)] * 3
+    with pytest.raises(DronsegError, match=r"video .*feed.ts from frame 3 on is 128x72 \(0.0 MP\), above the"):
+        next(frames)
+
 def test_folder_keeps_each_size_and_skips_non_images_and_broken_files(image_folder, caplog):
     with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
         source = open_source(image_folder)
