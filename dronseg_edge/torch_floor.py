@@ -54,6 +54,9 @@ def torch_load(path: Path, what: str, missing: str, fix: str) -> Any:
     reason = unsafe_torch_reason(str(torch.__version__), what)
     if reason:
         raise UnsafeTorch(reason)
+    if (unpacked := _unpacked_bytes(path)) > 2 * path.stat().st_size:
+        raise DronsegError(f"{what} cannot be read (its records unpack to {unpacked / 1e6:.1f} MB from a "
+                           f"{path.stat().st_size / 1e6:.1f} MB file: a zip bomb, or a file packed by another tool){fix}")
     try:
         with warnings.catch_warnings():
             # A foreign pickle can make torch warn (e.g. about its protocol) before failing: the error says it all.
@@ -61,6 +64,19 @@ def torch_load(path: Path, what: str, missing: str, fix: str) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DronsegError(f"{what} cannot be read ({_short_reason(exc)}){fix}") from None
+
+
+def _unpacked_bytes(path: Path) -> int:
+    """What a .pt zip's records unpack to, as its directory declares (torch reads each whole into memory,
+    unpacking a compressed one: a 2 MB file of deflated zeros took 2.8 GB; torch.save stores them as
+    they are); 0 for another kind of file (torch's old format reads no more than the file holds)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):  # a damaged directory: torch names what is wrong
+        return 0
 
 
 def _short_reason(exc: Exception) -> str:
