@@ -135,18 +135,25 @@ def _glob_recursive(pattern: str) -> list[str]:
     found: list[str] = []
     for start in glob.glob(str(Path(*parts[:cut]))) if cut else ["."]:
         visited: set[tuple[int, int]] = set()
-        for folder, subfolders, _ in os.walk(start, followlinks=True):
-            info = os.stat(folder)
+        pending = [start]  # depth first, in sorted order; no recursion (os.walk's, before Python 3.12, failed 1000 deep)
+        while pending:
+            folder = pending.pop()
+            try:
+                info = os.stat(folder)
+                with os.scandir(folder) as entries:
+                    subfolders = [entry.name for entry in entries if entry.is_dir()]
+            except OSError:  # gone, unreadable, or a name too long: skipped, as os.walk does
+                continue
             if (info.st_dev, info.st_ino) in visited:
-                subfolders[:] = []
                 continue
             visited.add((info.st_dev, info.st_ino))
             # Hidden folders left out, as glob does, and earlier runs' (their summary.json): their overlay
             # images are not the user's to segment again
-            subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")
-                                   and not os.path.isfile(os.path.join(folder, name, "summary.json")))
+            subfolders = sorted(name for name in subfolders if not name.startswith(".")
+                                and not os.path.isfile(os.path.join(folder, name, "summary.json")))
             inner = os.path.join(glob.escape(folder), *tail)
             found += _glob_recursive(inner) if "**" in tail else glob.glob(inner)
+            pending += [os.path.join(folder, name) for name in reversed(subfolders)]
     return found
 
 

@@ -3,6 +3,7 @@ and a recursive glob visits each file once through symlink loops."""
 
 import logging
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -80,6 +81,23 @@ def test_a_recursive_glob_visits_each_file_once_through_symlink_loops(tmp_path):
     cv2.imwrite(str(outside / "c.png"), np.zeros((8, 8, 3), np.uint8))
     os.symlink(outside, root / "more")  # a symlinked folder that is not a loop is followed
     assert glob_files(str(root / "**" / "*.png")) == [*once, root / "more" / "c.png"]
+
+
+def test_a_recursive_glob_walks_a_tree_deeper_than_the_recursion_limit(tmp_path):
+    """os.walk recurses before Python 3.12: `infer "data/**/*.jpg"` over 1,100 nested folders was a RecursionError
+    traceback."""
+    deepest = tmp_path / "data"
+    deepest.mkdir()
+    for _ in range(sys.getrecursionlimit() + 100):  # one level at a time: mkdir(parents=True) recurses too
+        deepest /= "a"
+        deepest.mkdir()
+    cv2.imwrite(str(deepest / "x.png"), np.zeros((8, 8, 3), np.uint8))
+    try:
+        assert glob_files(str(tmp_path / "data" / "**" / "*.png")) == [deepest / "x.png"]
+    finally:  # removed one level at a time: shutil.rmtree (pytest's clean-up) recurses before Python 3.12
+        (deepest / "x.png").unlink()
+        for folder in [deepest, *deepest.parents][:-len(tmp_path.parents) - 1]:
+            folder.rmdir()
 
 
 def test_a_glob_without_double_star_is_plain(tmp_path):
