@@ -178,5 +178,12 @@ def check_fields(values: dict[str, Any], source: str, fix: str) -> dict[str, Any
         "extra": (f.mapping,),
     }
     nullable = ("source_size", "batch", "output_stride")
-    return {key: value if key not in rules or (value is None and key in nullable)
-            else rules[key][0](key, value, *rules[key][1:]) for key, value in values.items()}
+    checked = {key: value if key not in rules or (value is None and key in nullable)
+               else rules[key][0](key, value, *rules[key][1:]) for key, value in values.items()}
+    # A batch of inputs is bounded as one input is: a 1.7 kB file declaring 1024 at 8192x8192 asked numpy for 767 GiB.
+    for field in ("input_size", "source_size"):
+        size, batch = checked.get(field), checked.get("batch") or 1
+        if size is not None and batch * size[0] * size[1] > MAX_PIXELS:
+            raise f.bad("batch", batch, f"of {size[0]}x{size[1]} ({field}) is {batch * size[0] * size[1]} pixels, "
+                                        f"over the {MAX_PIXELS} a model input may have")
+    return checked

@@ -58,6 +58,16 @@ def test_a_bad_field_is_one_line_naming_the_file_and_the_field(field, value, say
     assert info.value.exit_code == 2
 
 
+@pytest.mark.parametrize("field", ["input_size", "source_size"])
+def test_a_batch_past_the_pixels_a_model_input_may_have_is_refused(field):
+    """A 1.7 kB ONNX file declaring batch 1024 at 8192x8192 made infer ask numpy for 767 GiB: a MemoryError traceback."""
+    with pytest.raises(DronsegError) as info:
+        ModelInfo.from_dict({**GOOD, field: [8192, 8192], "batch": 1024}, source="model.onnx", fix="re-export it")
+    assert str(info.value) == (f"model.onnx: metadata batch 1024 of 8192x8192 ({field}) is 68719476736 pixels, over the "
+                               "67108864 a model input may have: re-export it")
+    assert ModelInfo.from_dict({**GOOD, field: [1280, 720], "batch": 64}, source="m").batch == 64
+
+
 def test_good_fields_come_back_normalised():
     info = ModelInfo.from_dict({**GOOD, "source_size": (1280, 720), "mean": [0, 1, 0.5], "batch": None, "dynamic": True},
                                source="m")
