@@ -22,6 +22,7 @@ DEFAULT_MAX_PIXELS = 1 << 26
 # 134 MP (16384x8192): the highest --max-pixels. Above it Pillow stops reading sizes (it refuses
 # images over 179 MP itself) and the decoded frame alone would fill a Jetson's memory.
 MAX_PIXELS_CEILING = 1 << 27
+MAX_JPEG_SCANS = 500  # start-of-scan markers in one JPEG (NVIDIA DALI's default limit, for the same reason)
 # --max-pixels of infer, train and eval (option_fields.py)
 MAX_PIXELS = OptionSpec(f"Refuse images (and video files' frames) above this many pixels (1..{MAX_PIXELS_CEILING}), read from the file's header "
                         "before decoding: decompression bombs are refused before they take the memory.",
@@ -116,13 +117,20 @@ def _too_large_fix(pixels: int | None, skipped: bool) -> str:
 def decode_bgr(path: Path | str):
     """The image's pixels as (H, W, 3) uint8 BGR (its EXIF orientation applied), or None when OpenCV
     cannot decode them or the file is a JPEG cut short: OpenCV returns a cut JPEG with its missing rows
-    grey, saying so only on stderr (libjpeg's "Premature end of JPEG file")."""
+    grey, saying so only on stderr (libjpeg's "Premature end of JPEG file"). ImageUnreadable for a JPEG of
+    over MAX_JPEG_SCANS scans."""
     import cv2
     import numpy as np
 
     data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: it cannot open non-ASCII paths on Windows
-    if data.size == 0 or _jpeg_cut(data.tobytes()):
+    raw = data.tobytes()
+    if data.size == 0 or _jpeg_cut(raw):
         return None
+    # Each progressive scan is decoded over the whole image, and one can cover it in a few bytes: 1,000 scans
+    # (125 kB) held libjpeg 23 s at 16 MP (libjpeg-turbo's LJT-01-003). Encoders write at most a few dozen.
+    if raw[:2] == b"\xff\xd8" and (scans := raw.count(b"\xff\xda")) > MAX_JPEG_SCANS:
+        raise ImageUnreadable(f"image {path} is a JPEG of {scans} scans, over the {MAX_JPEG_SCANS} an encoder writes (a "
+                              "file made to take hours to decode): replace or remove it")
     return cv2.imdecode(data, cv2.IMREAD_COLOR)
 
 

@@ -94,3 +94,20 @@ def test_a_name_opencv_cannot_take_is_one_line_not_a_crash(tmp_path, monkeypatch
     with pytest.raises(DronsegError, match=r"LC_ALL=C.UTF-8"):
         native_name(tmp_path / "flüg.mp4")
     assert native_name(tmp_path / "flight.mp4") == str(tmp_path / "flight.mp4")
+
+
+def test_a_jpeg_of_more_scans_than_an_encoder_writes_is_refused_before_it_is_decoded(tmp_path):
+    """libjpeg decodes each progressive scan over the whole image, and one can cover it in 31 bytes: a 125 kB
+    JPEG of 1,000 scans took 23 s to decode at 16 MP, so a few MB at 67 MP would take hours (LJT-01-003)."""
+    from dronseg_edge.media import MAX_JPEG_SCANS, decode_bgr
+
+    data = cv2.imencode(".jpg", np.full((64, 96, 3), 128, np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    scans, last_scan, end = data.count(b"\xff\xda") + MAX_JPEG_SCANS, data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    (tmp_path / "scans.jpg").write_bytes(data[:end] + data[last_scan:end] * MAX_JPEG_SCANS + data[end:])
+    with pytest.raises(ImageUnreadable) as error:
+        decode_bgr(tmp_path / "scans.jpg")
+    assert str(error.value) == (f"image {tmp_path / 'scans.jpg'} is a JPEG of {scans} "
+                                f"scans, over the {MAX_JPEG_SCANS} an encoder writes (a file made to take hours to "
+                                "decode): replace or remove it")
+    (tmp_path / "fine.jpg").write_bytes(data)
+    assert decode_bgr(tmp_path / "fine.jpg").shape == (64, 96, 3)
