@@ -165,14 +165,14 @@ def read_mask(path: Path, num_classes: int = NUM_CLASSES, max_pixels: int = DEFA
     checked_image_size(path, max_pixels, what="mask")
     try:
         with Image.open(path) as img:
-            mode, kind = img.mode, img.format
+            mode = img.mode
+            if img.format in ("JPEG", "MPO"):  # refused undecoded: a JPEG of many scans takes minutes to decode
+                raise DronsegError(f"mask {path} is a JPEG file, whose lossy coding changes class indices along every "
+                                   "edge: save the masks as PNG")
             # Upright as its image: OpenCV turns images by their EXIF orientation tag, and Pillow does not
             data = np.array(ImageOps.exif_transpose(img) if img.getexif().get(EXIF_ORIENTATION, 1) != 1 else img)
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
         raise DronsegError(f"mask {path} cannot be read ({exc.__class__.__name__}): replace it with a single-channel PNG") from None
-    if kind in ("JPEG", "MPO"):
-        raise DronsegError(f"mask {path} is a JPEG file, whose lossy coding changes class indices along every edge: "
-                           "save the masks as PNG")
     if data.ndim != 2:
         raise DronsegError(f"mask {path} has {data.shape[2] if data.ndim == 3 else data.ndim} channels (mode {mode}); masks "
                            f"must be single-channel PNGs of class indices 0..{num_classes - 1}, not colour visualisations")

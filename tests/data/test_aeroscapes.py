@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 from testkit import write_png_bomb
 
 from dronseg_edge.data import aeroscapes
@@ -201,6 +201,14 @@ def test_masks_are_read_upright_as_their_images_and_a_jpeg_mask_is_refused(tmp_p
     Image.fromarray(stored).save(tmp_path / "as_jpeg.png", format="JPEG")  # a JPEG named .png: edges relabelled
     with pytest.raises(DronsegError, match="as_jpeg.png is a JPEG file, whose lossy coding changes class indices"):
         read_mask(tmp_path / "as_jpeg.png")
+
+
+def test_a_jpeg_mask_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    """A mask that is a JPEG of 1,000 progressive scans (125 kB) held the data check 23 s before it was refused."""
+    Image.fromarray(np.zeros((24, 24), np.uint8)).save(tmp_path / "m.png", format="JPEG")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("the JPEG mask was decoded"))
+    with pytest.raises(DronsegError, match="m.png is a JPEG file, whose lossy coding changes class indices"):
+        read_mask(tmp_path / "m.png")
 
 
 def test_a_mask_drawn_on_the_stored_pixels_of_a_turned_image_is_named_with_the_tag(tmp_path):
