@@ -24,7 +24,7 @@ DEFAULT_MAX_PIXELS = 1 << 26
 MAX_PIXELS_CEILING = 1 << 27
 MAX_JPEG_SCANS = 500  # start-of-scan markers in one JPEG (NVIDIA DALI's default limit, for the same reason)
 # --max-pixels of infer, train and eval (option_fields.py)
-MAX_PIXELS = OptionSpec(f"Refuse images (and video files' frames) above this many pixels (1..{MAX_PIXELS_CEILING}), read from the file's header "
+MAX_PIXELS = OptionSpec(f"Refuse images (and video or stream frames) above this many pixels (1..{MAX_PIXELS_CEILING}), read from the file's header "
                         "before decoding: decompression bombs are refused before they take the memory.",
                         names=("--max-pixels",), default_text=f"{DEFAULT_MAX_PIXELS} = 2^26, 67 MP: an 8K frame passes")
 

@@ -30,7 +30,7 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
     """The source named by ``spec``: a Source, camera index, GStreamer pipeline, ``csi://N``, URL,
     folder, glob, image or video path. ``capture``: how FFmpeg opens video files and URLs (RTSP
     transport and latency for rtsp:// only, hardware decoding); a DronsegError where it cannot apply.
-    ``max_pixels``: images above it (read from their headers) are skipped, a video file's frames refused (``--max-pixels``)."""
+    ``max_pixels``: images above it (read from their headers) are skipped, video and stream frames refused (``--max-pixels``)."""
     if isinstance(spec, Source):
         return spec.unread()
     options, text = capture or CaptureOptions(), str(spec)
@@ -77,7 +77,9 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
     else:
         raise DronsegError(f"source {text} does not exist: {SOURCE_HELP}")
     _check_capture_options(options, text, what, ffmpeg)
-    return make()
+    source = make()
+    source.max_pixels = max_pixels  # a video file's is checked at its header (VideoSource), a stream's at each frame
+    return source
 
 
 def _local_file(url: str) -> Path:

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.media import DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING, megapixels
 
 SOURCE_HELP = ("pass a video file, an image, a folder or glob of images, a camera index (0), an rtsp:// URL, "
                "a GStreamer pipeline (elements joined by '!') or csi://N")
@@ -47,6 +48,7 @@ class Source(contextlib.AbstractContextManager):
     kind = "source"
     live_default = False  # cameras and streams: process only the newest frame unless told otherwise
     capture = None  # the decoder (cv2.VideoCapture or alike) where there is one, released on close
+    max_pixels = DEFAULT_MAX_PIXELS  # --max-pixels: video and stream frames over it are refused (check_pixels)
 
     def __init__(self, name: str):
         self.name = name
@@ -72,6 +74,14 @@ class Source(contextlib.AbstractContextManager):
     @abstractmethod
     def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
         """Yield every ``stride``-th frame."""
+
+    def check_pixels(self, size: tuple[int, int], where: str = "") -> None:
+        """DronsegError for frames over ``max_pixels``, before the pipeline holds a few of them."""
+        if (pixels := size[0] * size[1]) > self.max_pixels:
+            fix = (f"raise --max-pixels if it is a genuine {self.kind}" if pixels <= MAX_PIXELS_CEILING else
+                   f"--max-pixels takes at most {megapixels(MAX_PIXELS_CEILING)}")
+            raise DronsegError(f"{self.kind} {self.name}{where} is {size[0]}x{size[1]} ({megapixels(pixels)}), above the "
+                               f"{megapixels(self.max_pixels)} limit (damaged, hostile, or larger than expected): {fix}")
 
     def stop(self) -> None:
         """Ask a blocking ``frames()`` (reconnect back-off) to give up soon; safe from any thread."""

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import cv2
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
-from dronseg_edge.media import DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING, megapixels, native_name
+from dronseg_edge.media import DEFAULT_MAX_PIXELS, native_name
 from dronseg_edge.pipeline.capture_options import CaptureOptions, hw_decode_record, open_ffmpeg
 from dronseg_edge.pipeline.image_sources import ImageSource
 from dronseg_edge.pipeline.pyav_capture import PyAVCapture
@@ -160,16 +160,7 @@ class VideoSource(Source):
         self.size = (int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         if self.frame_count is None and self.size[0] <= 0:
             raise DronsegError(f"video {self.path} has no frames: check it plays, e.g. with `ffprobe {self.path}`")
-        self._check_pixels(self.size, "")
-
-    def _check_pixels(self, size: tuple[int, int], where: str) -> None:
-        """DronsegError for frames over ``max_pixels`` (--max-pixels), before the pipeline holds a few of them."""
-        if (pixels := size[0] * size[1]) > self.max_pixels:
-            fix = ("raise --max-pixels if it is a genuine video" if pixels <= MAX_PIXELS_CEILING else
-                   f"--max-pixels takes at most {megapixels(MAX_PIXELS_CEILING)}")
-            raise DronsegError(f"video {self.path}{where} is {size[0]}x{size[1]} ({megapixels(pixels)}), above the "
-                               f"{megapixels(self.max_pixels)} limit (a damaged or hostile file, or a larger video than "
-                               f"expected): {fix}")
+        self.check_pixels(self.size)
 
     def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
         position, failures, yielded, last_time, shift, rate = 0, 0, 0, -1.0, 0.0, self.fps or 30.0
@@ -197,7 +188,7 @@ class VideoSource(Source):
                     shift = seconds - raw if math.isfinite(raw) else shift
                 last_time, size = seconds, (frame.shape[1], frame.shape[0])
                 if size != self.size:
-                    self._check_pixels(size, f" from frame {position} on")
+                    self.check_pixels(size, f" from frame {position} on")
                 if size != self.size and self.size[0] > 0:  # not the first frame of a file whose header gave no size
                     self.size_changes += 1
                     log.warning("video %s changes size at frame %d, from %dx%d to %dx%d: the outputs follow it (the "
@@ -271,6 +262,7 @@ class CaptureSource(Source):
             ok, frame = self.capture.read()
             recent.append(time.perf_counter() - start)
             if ok and frame is not None:
+                self.check_pixels((frame.shape[1], frame.shape[0]))
                 if position % stride == 0:
                     yield FrameRecord(position, time.monotonic() - start_time, frame, self.name, f"{position:06d}",
                                       recent[-1] * 1e3)

@@ -100,6 +100,15 @@ def test_video_that_cannot_be_opened_or_is_empty(tmp_path):
         open_source(empty)
 
 
+def test_a_stream_whose_frames_are_over_max_pixels_is_refused_at_the_first(video_path):
+    """`infer M file:///big.mp4` (or a pipe, or a URL) of 12000x12000 frames took 5.5 GB: streams had no limit."""
+    frames = open_source(f"file://{video_path}", max_pixels=1000).frames()
+    with pytest.raises(DronsegError) as error:
+        next(frames)
+    assert str(error.value) == (f"stream file://{video_path} is 128x80 (0.0 MP), above the 0.0 MP limit (damaged, "
+                                "hostile, or larger than expected): raise --max-pixels if it is a genuine stream")
+
+
 def test_video_with_zero_frames(tmp_path):
     path = tmp_path / "zero.mp4"
     cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (96, 64)).release()
@@ -305,8 +314,9 @@ def test_a_pipe_is_a_stream_a_video_device_a_camera_and_another_device_is_named(
     chooser = importlib.import_module("dronseg_edge.pipeline.open_source")  # the module, not its function
 
     opened = []
-    monkeypatch.setattr(chooser, "StreamSource", lambda url, *a, name=None, **k: opened.append((url, name)))
-    monkeypatch.setattr(chooser, "CameraSource", lambda index, *a, **k: opened.append(index))
+    monkeypatch.setattr(chooser, "StreamSource",
+                        lambda url, *a, name=None, **k: opened.append((url, name)) or FramesSource([]))
+    monkeypatch.setattr(chooser, "CameraSource", lambda index, *a, **k: opened.append(index) or FramesSource([]))
     fifo = tmp_path / "feed.ts"
     os.mkfifo(fifo)  # what another program writes a video into: a stream that ends when it closes
     open_source(str(fifo))
