@@ -113,6 +113,8 @@ def _edited(tiny_checkpoint, tmp_path, **fields):
     ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     if fields.get("model") == "nan":  # what a run whose loss went NaN saves: eval scored it, infer made all background
         fields = {"model": {**ckpt["model"], "backbone.0.0.weight": ckpt["model"]["backbone.0.0.weight"] * math.nan}}
+    if fields.get("model") == "overlapping":  # one stored value viewed as 10^16 (stride 0): 14 GB at 2x10^9 values
+        fields = {"model": {**ckpt["model"], "backbone.0.0.weight": torch.zeros(1).expand(10**8, 10**8)}}
     ckpt.update(fields)
     path = tmp_path / "edited.pt"
     torch.save(ckpt, path)
@@ -127,6 +129,7 @@ def _edited(tiny_checkpoint, tmp_path, **fields):
                                                                      "classifier has 12 output channels"),
     ({"class_names": [str(i) for i in range(12)], "model": {}}, "holds no classifier weights"),
     ({"model": "nan"}, "weight backbone.0.0.weight holds NaN or Inf (the training diverged)"),
+    ({"model": "overlapping"}, "weight backbone.0.0.weight declares 10000000000000000 values but stores 4 bytes"),
 ])
 def test_edited_checkpoint_metadata_is_refused_with_one_line(fields, says, tiny_checkpoint, tmp_path):
     path = _edited(tiny_checkpoint, tmp_path, **fields)
