@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import reprlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -141,8 +142,8 @@ def load_checkpoint(path: os.PathLike | str, num_classes: int | None = None) -> 
     for key in ("model", "arch", "class_names", "input_size"):
         if key not in ckpt:
             raise DronsegError(f"checkpoint {path} lacks '{key}': it is damaged; use weights/last.pt or retrain")
-    if ckpt["arch"] not in ARCHS:
-        raise DronsegError(f"checkpoint {path} is for model {str(ckpt['arch'])[:60]!r}, which this version does not know")
+    if not isinstance(ckpt["arch"], str) or ckpt["arch"] not in ARCHS:  # a list is unhashable, a deep one unprintable
+        raise DronsegError(f"checkpoint {path} is for model {reprlib.repr(ckpt['arch'])}, which this version does not know")
     ckpt["path"] = str(path)
     ModelInfo.from_checkpoint(ckpt, with_hash=False)  # every metadata field checked: one line naming the field
     _check_head(ckpt)

@@ -17,6 +17,7 @@ import json
 import math
 import numbers
 import re
+import reprlib
 from typing import Any
 
 from dronseg_edge.errors import DronsegError
@@ -46,8 +47,14 @@ _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKET = re.compile(r"[\[\]{}]")
 
 
+# A checkpoint's metadata is a pickle, which may nest 100,000 deep (repr: a RecursionError) or share one list
+# at every level (repr: 2^depth items): shown at most 6 levels and 6 items deep.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 1000
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -140,6 +140,17 @@ def test_edited_checkpoint_metadata_is_refused_with_one_line(fields, says, tiny_
     assert caught.value.exit_code == 2
 
 
+def test_a_checkpoint_whose_arch_nests_100000_deep_is_one_line(tiny_checkpoint, monkeypatch):
+    from dronseg_edge import checkpoint
+
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    monkeypatch.setattr(checkpoint, "torch_load", lambda *a: {**torch.load(tiny_checkpoint, weights_only=True), "arch": deep})
+    with pytest.raises(DronsegError, match=r"is for model \[\[\[\[\[\[\[\.\.\.\]\]\]\]\]\]\], which this version does not know"):
+        load_checkpoint(tiny_checkpoint)
+
+
 @pytest.mark.parametrize("version, release", [("2.14.1+cu130", (2, 14, 1)), ("2.5.0a0+872d972e41.nv24.08", (2, 5, 0)),
                                               ("2.10.0rc3", (2, 10, 0)), ("2.11.0.dev20260101+cpu", (2, 11, 0))])
 def test_torch_release_reads_field_version_strings(version, release):

@@ -75,6 +75,17 @@ def test_good_fields_come_back_normalised():
     assert info.palette[0] == [0, 0, 0] and len(info.class_names) == 12
 
 
+def test_a_checkpoints_field_nested_100000_deep_is_one_line_not_a_recursion_error():
+    """A checkpoint's metadata is a pickle, not JSON: nothing bounded its depth, and the error's repr recursed."""
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(DronsegError) as info:
+        ModelInfo.from_dict({**GOOD, "class_names": [deep]}, source="checkpoint c.pt", fix="retrain")
+    assert str(info.value) == ("checkpoint c.pt: metadata class_names[0] [[[[[[[...]]]]]]] is not a non-empty printable "
+                               "text of at most 200 characters: retrain")
+
+
 def test_json_nested_100000_deep_is_refused_before_parsing_not_a_recursion_error():
     with pytest.raises(DronsegError, match=f"nests 100000 levels deep \\(at most {MAX_JSON_DEPTH}\\): fix it"):
         load_json(DEEP, "m.json", "fix it")
