@@ -106,7 +106,7 @@ def test_checks_on_the_core_runs_a_real_session_and_describes_the_machine(core_p
     for name in SAME_VERSIONS:
         row = by_name[f"dep {name}"]
         assert row["installed"] == metadata.version(name) and row["satisfied"] is True and "core" in row["required"], row
-    numpy_range = "<2,>=1.24" if platform.machine() == "aarch64" else ">=1.24"
+    numpy_range = "<2,>=1.24" if platform.machine() == "aarch64" and sys.version_info < (3, 13) else ">=1.24"
     assert by_name["dep numpy"]["required"] == {"core": numpy_range}
     assert by_name["dep torch"]["installed"] is None and by_name["dep torch"]["required"]["train"] == ">=2.10"
     assert by_name["torch"]["status"] == "WARN" and by_name["backends"]["backends"] == ["onnxruntime"]
@@ -179,6 +179,20 @@ def test_commands_of_an_extra_say_what_to_install_in_one_line(core_python, tmp_p
 # tools/check_jetson_deps.py's verdicts on what pip would install, without the network.
 def _item(name: str, version: str, filename: str) -> dict:
     return {"metadata": {"name": name, "version": version}, "download_info": {"url": f"https://files.example/{filename}"}}
+
+
+def test_aarch64_is_asked_for_numpy_1_only_on_pythons_that_have_it():
+    """numpy 1.x has no wheel past Python 3.12 and does not build on 3.13: asking numpy < 2 of aarch64 with
+    Python 3.13 (a Raspberry Pi on Debian 13) left pip nothing to install, and the core did not install."""
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")  # pytest brings tomli to 3.10
+    from packaging.requirements import Requirement
+
+    wanted = [Requirement(text) for text in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    for machine, python, numpy_1 in (("aarch64", "3.10", True), ("aarch64", "3.12", True), ("aarch64", "3.13", False),
+                                     ("aarch64", "3.14", False), ("x86_64", "3.10", False)):
+        where = {"platform_machine": machine, "python_version": python, "extra": ""}
+        ranges = [r.specifier for r in wanted if r.name == "numpy" and r.marker.evaluate(where)]
+        assert len(ranges) == 1 and ranges[0].contains("2.1.0") != numpy_1 and ranges[0].contains("1.26.4"), (machine, python)
 
 
 def test_jetson_check_passes_aarch64_and_pure_python_wheels():
