@@ -131,6 +131,21 @@ def installed_version(distribution: str) -> str | None:
         return None
 
 
+def onnxruntime_for_numpy_1() -> str | None:
+    """Why onnxruntime cannot load (one line naming the fix) when its release is built against numpy 1.x (1.17
+    and 1.18, the core's floor on x86-64) and numpy 2 is installed beside it, which pip allows; else None."""
+    from packaging.version import InvalidVersion, Version
+
+    name, version = next(((n, v) for n in ("onnxruntime", "onnxruntime-gpu") if (v := installed_version(n))), (None, None))
+    numpy = installed_version("numpy")
+    try:
+        old = version and numpy and Version(numpy).major >= 2 and Version(version) < Version("1.19")
+    except InvalidVersion:
+        return None
+    return (f"{name} {version} was built against numpy 1.x and cannot load under numpy {numpy}: "
+            f"pip install 'numpy<2' (or '{name}>=1.19')") if old else None
+
+
 def read_text(path: Path) -> str | None:
     """A small system file's text (device-tree strings end in NUL bytes), stripped; None where unreadable."""
     try:

@@ -23,7 +23,7 @@ from typing import Iterator
 
 from dronseg_edge.checks.base import FAIL, OK, WARN, Check, first_line, import_optional
 from dronseg_edge.errors import docs_url
-from dronseg_edge.machine import installed_version
+from dronseg_edge.machine import installed_version, onnxruntime_for_numpy_1
 
 JETSON_WHEELS = "nvidias-torch-and-onnx-runtime-wheels"  # the section of docs/jetson.md
 INSTALL = (f"pip install 'dronseg-edge[ort]' (CPU) or 'dronseg-edge[ort-gpu]'; on a Jetson, NVIDIA's onnxruntime-gpu "
@@ -39,7 +39,8 @@ def short(provider: str) -> str:
 def onnxruntime_checks() -> Iterator[Check]:
     ort, why = import_optional("onnxruntime")
     if ort is None:
-        yield Check("onnxruntime", WARN, f"{why}: .onnx files cannot run here ({INSTALL})", {"version": None})
+        yield Check("onnxruntime", WARN, f"{why}: .onnx files cannot run here ({onnxruntime_for_numpy_1() or INSTALL})",
+                    {"version": None})
         return
     providers = list(ort.get_available_providers())
     version = str(ort.__version__)

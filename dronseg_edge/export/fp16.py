@@ -11,6 +11,7 @@ from __future__ import annotations
 import onnx
 
 from dronseg_edge.errors import BackendUnavailable
+from dronseg_edge.machine import onnxruntime_for_numpy_1
 
 # Reductions over a whole feature map (ASPP image pooling, LR-ASPP's scale branch) sum up to
 # ~10^4-10^5 activations before dividing: in fp16 the running sum can pass 65504. Keeping them in
@@ -26,9 +27,9 @@ def convert_to_fp16(graph: onnx.ModelProto, keep_fp32_nodes: tuple[str, ...] = (
         from onnxruntime.transformers import float16
         from onnxruntime.transformers.onnx_model import OnnxModel
     except ImportError:
-        raise BackendUnavailable(
+        raise BackendUnavailable(onnxruntime_for_numpy_1() or (
             "fp16 ONNX export needs onnxruntime (its float16 converter): pip install onnxruntime "
-            "(or onnxruntime-gpu); on TensorRT 10.x build fp16 engines from the fp32 ONNX instead"
+            "(or onnxruntime-gpu); on TensorRT 10.x build fp16 engines from the fp32 ONNX instead")
         ) from None
 
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS))

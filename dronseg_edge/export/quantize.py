@@ -24,6 +24,7 @@ from dronseg_edge.data.aeroscapes import read_bgr
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export.images import ImageSet
 from dronseg_edge.leftovers import working_prefix
+from dronseg_edge.machine import onnxruntime_for_numpy_1
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime.base import pad_batch
 from dronseg_edge.runtime.host import preprocess_host, resize_frame
@@ -71,7 +72,8 @@ def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo
         import onnxruntime
         from onnxruntime import quantization
     except ImportError:
-        raise BackendUnavailable("int8 export needs onnxruntime (its quantizer): pip install onnxruntime (or onnxruntime-gpu)") from None
+        raise BackendUnavailable(onnxruntime_for_numpy_1() or "int8 export needs onnxruntime (its quantizer): pip install "
+                                 "onnxruntime (or onnxruntime-gpu)") from None
     if Version(onnxruntime.__version__).release < (1, 19) and importlib.util.find_spec("onnx.mapping") is None:
         # onnxruntime 1.17.3 beside a newer onnx (tried): otherwise an AttributeError deep in the quantizer.
         raise BackendUnavailable(f"int8 export with onnxruntime {onnxruntime.__version__} needs onnx < 1.19 (its quantizer "

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
-from dronseg_edge.machine import cache_root, unwritable
+from dronseg_edge.machine import cache_root, onnxruntime_for_numpy_1, unwritable
 from dronseg_edge.media import native_name
 from dronseg_edge.metadata import ModelInfo, NoMetadata, read_onnx_info
 from dronseg_edge.onnx_wire import external_data_locations
@@ -66,8 +66,14 @@ def trt_engine_cache_dir(model: Path) -> Path:
 def import_onnxruntime():
     from dronseg_edge.runtime.cuda_runtime import import_or_explain
 
-    return import_or_explain("onnxruntime", "running .onnx files needs onnxruntime: pip install onnxruntime (CPU) or "
-                             "onnxruntime-gpu (CUDA, x86-64); on Jetson install NVIDIA's onnxruntime-gpu wheel for your JetPack")
+    try:
+        return import_or_explain("onnxruntime", "running .onnx files needs onnxruntime: pip install onnxruntime (CPU) or "
+                                 "onnxruntime-gpu (CUDA, x86-64); on Jetson install NVIDIA's onnxruntime-gpu wheel for your JetPack")
+    except BackendUnavailable:  # onnxruntime 1.17/1.18 under numpy 2: "pip install onnxruntime" would not help
+        why = onnxruntime_for_numpy_1()
+        if why is None:
+            raise
+        raise BackendUnavailable(why) from None
 
 
 # What ONNX Runtime says when it cannot load a file -> what the user should do. First match wins;

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dronseg_edge import devices, torch_floor
+from dronseg_edge import devices, machine, torch_floor
 from dronseg_edge.checks import FAIL, OK, WARN, jetson, onnxruntime_checks, tensorrt_checks, torch_checks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,6 +117,15 @@ def test_without_onnxruntime_onnx_files_cannot_run(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     [check] = list(onnxruntime_checks.onnxruntime_checks())
     assert check.status == WARN and check.detail.startswith("not installed: .onnx files cannot run")
+
+
+def test_an_onnxruntime_built_for_numpy_1_under_numpy_2_names_the_fix(monkeypatch):
+    """onnxruntime 1.17.3 under numpy 2 (both in the core's ranges) cannot load: numpy < 2 fixes it, not pip install."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setattr(machine, "installed_version", {"onnxruntime-gpu": "1.18.1", "numpy": "2.0.2"}.get)
+    [check] = list(onnxruntime_checks.onnxruntime_checks())
+    assert check.status == WARN and check.detail.endswith("(onnxruntime-gpu 1.18.1 was built against numpy 1.x and cannot "
+                                                          "load under numpy 2.0.2: pip install 'numpy<2' (or 'onnxruntime-gpu>=1.19'))")
 
 
 def test_the_cpu_provider_runs_a_real_session_without_onnx(monkeypatch):

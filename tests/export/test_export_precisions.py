@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 
 import cv2
 import numpy as np
@@ -137,6 +138,23 @@ def test_int8_with_an_onnxruntime_older_than_its_onnx_says_which_to_install(trai
         export_artifact(trained_checkpoint, precision="int8", calib_data=scenes, calib_images=2, out_dir=tmp_path / "o",
                         device="cpu", parity=False)
     assert not list((tmp_path / "o").glob("*.onnx"))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_an_onnxruntime_built_for_numpy_1_under_numpy_2_names_the_fix(tiny_checkpoint, scenes, tmp_path, monkeypatch,
+                                                                       precision):
+    """onnxruntime 1.17/1.18 (the core's floor on x86-64) beside numpy 2 cannot load: `pip install onnxruntime` was
+    the advice, though it is installed."""
+    from dronseg_edge import machine
+
+    real, versions = machine.installed_version, {"onnxruntime": "1.18.1", "numpy": "2.4.6"}
+    for module in ("onnxruntime", "onnxruntime.transformers"):  # its import fails (for real: an empty ImportError)
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setattr(machine, "installed_version", lambda name: versions.get(name) or real(name))
+    with pytest.raises(BackendUnavailable, match=r"^onnxruntime 1\.18\.1 was built against numpy 1\.x and cannot load under "
+                                                 r"numpy 2\.4\.6: pip install 'numpy<2' \(or 'onnxruntime>=1\.19'\)$"):
+        export_artifact(tiny_checkpoint, precision=precision, calib_data=scenes, calib_images=2, out_dir=tmp_path,
+                        device="cpu", parity=False)
 
 
 def test_int8_without_calibration_images_fails_before_writing(trained_checkpoint, tiny_checkpoint, tmp_path):

@@ -74,6 +74,23 @@ def test_missing_onnxruntime_is_backend_unavailable_with_the_pip_command(exporte
         backend.activate()
 
 
+def test_an_onnxruntime_built_for_numpy_1_under_numpy_2_names_the_fix(exported, monkeypatch):
+    """onnxruntime 1.17/1.18 (the core's floor on x86-64) fails to import under numpy 2, which pip installs beside
+    it: `pip install onnxruntime` was the advice, though it is installed; numpy < 2 (or onnxruntime >= 1.19) fixes it."""
+    from dronseg_edge import machine
+
+    backend = OnnxRuntimeBackend(exported[0], torch.device("cpu"))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # its import fails (an empty ImportError, for real)
+    versions = {"onnxruntime": "1.17.3", "numpy": "2.4.6"}
+    monkeypatch.setattr(machine, "installed_version", versions.get)
+    with pytest.raises(BackendUnavailable, match=r"^onnxruntime 1.17.3 was built against numpy 1.x and cannot load under "
+                                                 r"numpy 2.4.6: pip install 'numpy<2' \(or 'onnxruntime>=1.19'\)$"):
+        backend.activate()
+    for versions["onnxruntime"], versions["numpy"] in (("1.19.0", "2.4.6"), ("1.17.3", "1.26.4")):
+        with pytest.raises(BackendUnavailable, match="^running .onnx files needs onnxruntime: pip install onnxruntime"):
+            backend.activate()
+
+
 @pytest.mark.gpu
 @requires_ort_cuda
 @pytest.mark.parametrize("cuda_graph", [False, True])
