@@ -195,6 +195,28 @@ def test_aarch64_is_asked_for_numpy_1_only_on_pythons_that_have_it():
         assert len(ranges) == 1 and ranges[0].contains("2.1.0") != numpy_1 and ranges[0].contains("1.26.4"), (machine, python)
 
 
+def test_make_test_oldest_pins_each_floor_pyproject_declares():
+    """tools/oldest-constraints.txt is what `make test-oldest` runs on: every floor of the core and the train,
+    export and video extras at its own release (it held numpy 1.24.4, OpenCV 4.8.1, onnxruntime 1.17.3,
+    onnx 1.16.2, Pillow 9.0.1 and packaging 24.0, none of them the floor, so the floors went untested)."""
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    texts = [*project["dependencies"], *extras["train"], *extras["export"], *extras["video"]]
+    floors = {r.name: Version(s.version) for r in map(Requirement, texts) for s in r.specifier if s.operator == ">="}
+    lines = (ROOT / "tools" / "oldest-constraints.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+
+    def release(version: Version) -> tuple[int, ...]:  # 4.8 and 4.8.0.76 (OpenCV's wheel build) are both 4.8.0
+        return (*version.release, 0, 0)[:3]
+
+    assert sorted(pins) == sorted(floors)
+    assert {name: release(Version(pin)) for name, pin in pins.items()} == {name: release(v) for name, v in floors.items()}
+
+
 def test_jetson_check_passes_aarch64_and_pure_python_wheels():
     check = _jetson_check()
     failures, notes = check.judge("core", [
