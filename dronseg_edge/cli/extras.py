@@ -53,6 +53,7 @@ _LOAD_FIXES = (
                      "opencv-python-headless (or apt-get install libgl1)"),
     # JetPack's OpenCV is built against numpy 1.x, and a pip install may have brought numpy 2.
     ("cv2", "numpy", "this OpenCV was built against numpy 1.x: pip install 'numpy<2'"),
+    ("matplotlib", "numpy", "this matplotlib was built against numpy 1.x: pip install 'matplotlib>=3.8.4' (or 'numpy<2')"),
 )
 _IMPORT_LINE = re.compile(r"\s*(?:import|from)\s+([A-Za-z_]\w*)")
 

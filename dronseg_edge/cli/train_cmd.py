@@ -23,7 +23,8 @@ def train(
                                           show_default="a new run"),
     cfg: TrainConfig = None,
 ) -> None:
-    require_extra("train", "train")  # before minutes of data checks: matplotlib is first needed at the end
+    require_extra("train", "train")  # before minutes of data checks: matplotlib is first needed at the end,
+    import matplotlib.figure  # noqa: F401  so loaded now: one built for numpy 1.x (< 3.8.4) fails under numpy 2
     from dronseg_edge.train.fit import fit
 
     if resume is None:

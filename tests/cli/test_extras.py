@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -130,6 +131,24 @@ def test_an_opencv_built_for_numpy_1_is_one_line_naming_the_fix(tmp_path):
     assert infer.stderr.strip().splitlines() == [
         "error: OpenCV is installed but cannot be loaded (numpy.core.multiarray failed to import): this OpenCV was "
         "built against numpy 1.x: pip install 'numpy<2'"]
+
+
+def test_a_matplotlib_built_for_numpy_1_stops_train_before_it_starts(synth_root, tmp_path):
+    """matplotlib < 3.8.4 (the train extra's floor is 3.7) under numpy 2 cannot load: training ran every epoch, then
+    ended in `reinstall it` (exit 3) at the plots; now train stops at once, naming the fix."""
+    fake = tmp_path / "site" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "figure.py").write_text("raise ImportError('numpy.core.multiarray failed to import')\n")
+    here = str(Path(__file__).resolve().parents[2])  # this checkout's package, whatever the venv has installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), here, os.environ.get("PYTHONPATH", "")])}
+    shown = subprocess.run([sys.executable, "-m", "dronseg_edge", "train", "--data", synth_root, "--out", tmp_path / "run",
+                            "--model", "lraspp_mobilenet_v3_large", "--weights", "none", "--size", "96x64", "--epochs", "1",
+                            "--workers", "0"], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert shown.returncode == 3 and not (tmp_path / "run" / "weights").exists(), shown.stderr
+    assert shown.stderr.strip().splitlines() == [
+        "error: matplotlib is installed but cannot be loaded (numpy.core.multiarray failed to import): this matplotlib "
+        "was built against numpy 1.x: pip install 'matplotlib>=3.8.4' (or 'numpy<2')"]
 
 
 def test_a_torch_whose_shared_library_is_missing_is_one_line(tmp_path):
