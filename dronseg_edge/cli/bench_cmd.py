@@ -37,9 +37,9 @@ def bench(
     models, matrix, device, say = options.models, options.matrix, options.device, text_out(json_path)
     if options.out is not None:
         check_out_dir(options.out)  # before the matrix exports into it
-    check_json_out(json_path)  # fail now, not after minutes of measuring
+    check_json_out(json_path, [*models, options.meta])  # fail now, not after minutes of measuring
     if markdown_path is not None:
-        check_out_file(markdown_path, "--markdown")
+        check_out_file(markdown_path, "--markdown", [*models, options.meta])
         if json_path is not None and markdown_path.resolve() == json_path.resolve():  # the Markdown would replace the JSON
             raise DronsegError(f"--markdown {markdown_path} is also the --json file: give the two different names")
     for model in models:

@@ -144,7 +144,7 @@ def parity(
     max_images = parity_images if max_images is None else max_images
     if max_images < 1:
         raise DronsegError(f"--parity-images {max_images} must be 1 or more")
-    check_json_out(json_path)
+    check_json_out(json_path, (reference, candidate, meta))
     check_model_file(reference)
     torch_device = resolve_device(device)
     # A checkpoint reference is loaded here once; check_parity runs it and takes its validation split from it.

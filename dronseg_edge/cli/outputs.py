@@ -36,13 +36,16 @@ def check_out_dir(path: os.PathLike | str, option: str = "--out") -> Path:
     raise DronsegError(f"cannot create output folder {path} ({option}): {reason}; choose another folder")
 
 
-def check_out_file(path: os.PathLike | str, option: str) -> Path:
-    """Refuse an output file ``path`` that is a folder, or whose folder cannot be created or written."""
+def check_out_file(path: os.PathLike | str, option: str, inputs=()) -> Path:
+    """Refuse an output file ``path`` that is a folder, one of the command's ``inputs`` (it would replace
+    that file), or whose folder cannot be created or written."""
     path = Path(path)
     if path == STDOUT:  # not standard output here, and a file named '-' is a surprise
         raise DronsegError(f"{option} - would write a file named '-': give a file name (only --json - prints)")
     if _is_dir(path):
         raise DronsegError(f"{option} {path} is a folder: give a file name inside it")
+    if path.resolve() in {Path(source).resolve() for source in inputs if source is not None}:
+        raise DronsegError(f"{option} {path} is also an input of this command and would be replaced: give another name")
     folder = path.parent
     reason = unwritable(folder)[1]
     if reason is None:
@@ -52,10 +55,10 @@ def check_out_file(path: os.PathLike | str, option: str) -> Path:
     raise DronsegError(f"{option} {path}: cannot create its folder {folder} ({reason}); choose another path")
 
 
-def check_json_out(path: Path | None) -> None:
-    """Refuse a ``--json`` file that cannot be written, before any work (``-`` is standard output)."""
+def check_json_out(path: Path | None, inputs=()) -> None:
+    """Refuse a ``--json`` file that cannot be written or is one of ``inputs``, before any work (``-`` is standard output)."""
     if path is not None and path != STDOUT:
-        check_out_file(path, "--json")
+        check_out_file(path, "--json", inputs)
 
 
 def text_out(json_path: Path | None):

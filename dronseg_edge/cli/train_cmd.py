@@ -73,7 +73,7 @@ def evaluate_command(
     from dronseg_edge.runtime.registry import check_model_file, is_checkpoint
     from dronseg_edge.train.evaluation import evaluate_checkpoint, format_scores
 
-    check_json_out(json_out_path)
+    check_json_out(json_out_path, (checkpoint, meta))
     say = text_out(json_out_path)
     if is_checkpoint(checkpoint) and meta is None:
         result = evaluate_checkpoint(checkpoint, data=data, split=split, batch=batch, device=device, workers=workers,
@@ -102,8 +102,6 @@ def submit(
 ) -> None:
     from dronseg_edge.train.submission import write_competition_csv
 
-    check_out_file(out, "--out")
-    if out.resolve() in {(data / name).resolve() for name in ("train.csv", "test.csv", "sampleSubmission.csv")}:
-        raise DronsegError(f"--out {out} is the data set's own {out.name}: give the submission another name")
+    check_out_file(out, "--out", [checkpoint, *(data / name for name in ("train.csv", "test.csv", "sampleSubmission.csv"))])
     rows = write_competition_csv(checkpoint, data=data, out=out, order=rle_order, batch=batch, device=device, workers=workers)
     typer.echo(f"{rows} rows ({rle_order}-major RLE) -> {out}")

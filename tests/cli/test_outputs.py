@@ -114,3 +114,14 @@ def test_a_full_disk_when_making_an_output_folder_is_a_runtime_failure(tmp_path,
     monkeypatch.setattr(Path, "mkdir", full)
     with pytest.raises(RuntimeFailure, match="No space left on device .*free"):
         ensure_writable_dir(tmp_path / "new")
+
+
+@pytest.mark.parametrize("option", ["submit --out", "eval --json", "parity --json", "bench --json", "bench --markdown"])
+def test_an_output_that_is_the_commands_model_is_refused(option, tiny_checkpoint, synth_root, tmp_path, capsys):
+    """`submit best.pt --out best.pt` (or eval's --json) replaced the trained checkpoint with its CSV (JSON), exit 0."""
+    ckpt = Path(shutil.copy2(tiny_checkpoint, tmp_path / "best.pt"))
+    command, flag = option.split()
+    extra = {"submit": ["--data", synth_root], "eval": ["--data", synth_root], "parity": [ckpt]}.get(command, [])
+    code, stderr = run_cli(capsys, command, ckpt, *extra, flag, tmp_path / "." / "best.pt", "--device", "cpu")
+    assert code == 2 and stderr.strip().startswith(f"error: {flag} ") and "is also an input" in stderr, stderr
+    assert ckpt.read_bytes() == tiny_checkpoint.read_bytes()

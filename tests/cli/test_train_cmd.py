@@ -159,8 +159,8 @@ def test_submit_writes_competition_csv(capsys, trained_run, synth_root, tmp_path
     assert "--rle-order" in one_line_error(capsys, "submit", trained_run.best, "--data", synth_root,
                                            "--out", tmp_path / "x.csv", "--rle-order", "diagonal")
     before = (synth_root / "test.csv").read_bytes()  # the data set's own CSV was replaced, exit 0
-    assert "is the data set's own test.csv" in one_line_error(capsys, "submit", trained_run.best, "--data", synth_root,
-                                                              "--out", synth_root / "test.csv")
+    assert "is also an input" in one_line_error(capsys, "submit", trained_run.best, "--data", synth_root,
+                                                "--out", synth_root / "test.csv")
     assert (synth_root / "test.csv").read_bytes() == before
 
 
