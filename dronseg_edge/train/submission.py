@@ -23,6 +23,10 @@ def write_competition_csv(checkpoint: Path, data: Path, out: Path, order: str = 
         raise DronsegError(f"--rle-order {order!r}: choose row (C order, the likely Kaggle convention) or column")
     ckpt = load_checkpoint(checkpoint, num_classes=len(CLASS_NAMES))
     samples = dataset_samples(data, "test")
+    for sample in samples:  # the CSV is UTF-8 text; a name in another encoding (a Windows zip's) has no ImageID there
+        if sample.image_id != sample.image_id.encode("utf-8", "replace").decode("utf-8"):
+            raise DronsegError(f"image {sample.image_path} has a name that is not UTF-8 and cannot be a submission's "
+                               "ImageID: rename it")
     # Masks are not read for test images: the dataset yields an IGNORE mask of the native size, which gives the shape.
     samples = [type(s)(s.image_id, s.image_path, None) for s in samples]
     model, ctx = checkpoint_model(ckpt, device)
