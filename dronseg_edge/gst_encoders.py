@@ -28,7 +28,7 @@ def encoder_chain(encoder: str, keyframe_frames: int, bitrate_kbps: int, live: b
     """The pipeline text from OpenCV's BGR frames to an H.264 byte stream through ``encoder``.
 
     ``keyframe_frames``: frames between keyframes; ``bitrate_kbps``: the target rate (a stream's
-    ``--stream-bitrate``; for a file, the hardware encoder's rate, x264enc keeps a constant quality);
+    ``--stream-bitrate-kbps``; for a file, the hardware encoder's rate, x264enc keeps a constant quality);
     ``live``: no B-frames, zero-latency tuning and the parameter sets before every keyframe.
     """
     keyframes = max(1, int(keyframe_frames))

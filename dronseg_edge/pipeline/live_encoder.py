@@ -3,7 +3,7 @@
 Settings for live use, whatever the encoder: no B-frames (a frame leaves as soon as it is encoded),
 a keyframe every second (a receiver that joins late, or lost packets, waits at most that long), the
 parameter sets (SPS/PPS) before every keyframe (players that join mid-stream and QGroundControl need
-them in the stream), a bitrate cap for the radio link (``--stream-bitrate``), and x264's zero-latency
+them in the stream), a bitrate cap for the radio link (``--stream-bitrate-kbps``), and x264's zero-latency
 tuning (no lookahead, no frame threads). Timestamps follow the wall clock, so a receiver plays frames
 at the pace they were segmented, with gaps where frames were dropped.
 

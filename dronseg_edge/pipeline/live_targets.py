@@ -84,9 +84,9 @@ def parse_stream_urls(values) -> tuple[StreamTarget, ...]:
 
 
 def check_stream_settings(bitrate_kbps: int, what: str, size: str | None) -> tuple[int, int] | None:
-    """Check ``--stream-bitrate``, ``--stream-what`` and ``--stream-size``; returns the size as (W, H)."""
+    """Check ``--stream-bitrate-kbps``, ``--stream-what`` and ``--stream-size``; returns the size as (W, H)."""
     if not 50 <= int(bitrate_kbps) <= MAX_STREAM_BITRATE_KBPS:
-        raise DronsegError(f"--stream-bitrate {bitrate_kbps} must be 50..{MAX_STREAM_BITRATE_KBPS} kbit/s "
+        raise DronsegError(f"--stream-bitrate-kbps {bitrate_kbps} must be 50..{MAX_STREAM_BITRATE_KBPS} kbit/s "
                            "(2000 suits 720p over a radio link)")
     if what not in STREAM_WHAT:
         raise DronsegError(f"--stream-what {what!r} must be one of {', '.join(STREAM_WHAT)}")

@@ -1,0 +1,62 @@
+"""What README.md and docs/*.md claim that a test can keep true: every option of a documented command line
+exists under the name --help shows (old spellings only where the docs call them that)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+COMMAND_LINE = re.compile(r"(?:dronseg-edge|-m dronseg_edge) (synth|train|eval|submit|export|parity|infer|bench|checks)\b"
+                          r"([^`#|]*)")
+OPTION = re.compile(r"(?<![\w-])(--?[a-zA-Z][\w-]*)")
+
+
+def doc_lines():
+    """(doc, line number, text) with shell continuations (a trailing backslash) joined."""
+    for doc in DOCS:
+        pending, start = "", 0
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            start = start if pending else number
+            if line.rstrip().endswith("\\"):
+                pending += line.rstrip()[:-1] + " "
+                continue
+            yield doc.name, start, pending + line
+            pending = ""
+
+
+def doc_sentences():
+    """(doc, sentence) of the prose, and each table row whole."""
+    for doc in DOCS:
+        for block in doc.read_text().split("\n\n"):
+            rows = block.splitlines()
+            units = rows if rows and rows[0].startswith("|") else re.split(r"(?<=\.) ", " ".join(rows))
+            yield from ((doc.name, unit) for unit in units)
+
+
+@pytest.fixture(scope="module")
+def options() -> tuple[dict[str, set[str]], set[str]]:
+    """(each command's options as --help shows them, the old spellings it hides)."""
+    import typer.main
+
+    from dronseg_edge.cli import app
+
+    commands = typer.main.get_command(app).commands
+    shown = {name: {"-h", "--help"} | {o for p in c.params if not p.hidden for o in p.opts + p.secondary_opts}
+             for name, c in commands.items()}
+    return shown, {o for c in commands.values() for p in c.params if p.hidden for o in p.opts}
+
+
+def test_documented_command_lines_use_options_the_commands_show(options):
+    shown, old = options
+    wrong = [f"{doc}:{number}: {command} {option}" for doc, number, line in doc_lines()
+             for command, rest in COMMAND_LINE.findall(line) for option in OPTION.findall(rest)
+             if option not in shown[command]]
+    wrong += [f"{doc}: {option} (an old spelling) in '{sentence[:80]}...'" for doc, sentence in doc_sentences()
+              for option in re.findall(r"`(--[\w-]+)", sentence)
+              if option in old and not re.search(r"spelling|formerly", sentence)]
+    assert not wrong, "\n".join(wrong)
+
