@@ -1,5 +1,6 @@
 """What README.md and docs/*.md claim that a test can keep true: every option of a documented command line
-exists under the name --help shows (old spellings only where the docs call them that)."""
+exists under the name --help shows (old spellings only where the docs call them that), and every test file
+and test the docs cite as proof exists."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 COMMAND_LINE = re.compile(r"(?:dronseg-edge|-m dronseg_edge) (synth|train|eval|submit|export|parity|infer|bench|checks)\b"
                           r"([^`#|]*)")
 OPTION = re.compile(r"(?<![\w-])(--?[a-zA-Z][\w-]*)")
+TEST_REFERENCE = re.compile(r"`(?:(tests/[\w/]+\.py|[\w/]*test_\w+\.py)(?:::(\w+))?|::(\w+))")
 
 
 def doc_lines():
@@ -60,3 +62,17 @@ def test_documented_command_lines_use_options_the_commands_show(options):
               if option in old and not re.search(r"spelling|formerly", sentence)]
     assert not wrong, "\n".join(wrong)
 
+
+def test_every_test_the_docs_cite_exists():
+    tests = {path: path.read_text() for path in (ROOT / "tests").rglob("*.py")}
+    missing = []
+    for doc, number, line in doc_lines():
+        files = None
+        for path, name, same_file_name in TEST_REFERENCE.findall(line):
+            if path:
+                files = [p for p in tests if p.as_posix().endswith("/" + path.removeprefix("tests/"))]
+                missing += [] if files else [f"{doc}:{number}: {path}"]
+            name = name or same_file_name
+            if name and files and not any(re.search(rf"def {name}\b", tests[p]) for p in files):
+                missing.append(f"{doc}:{number}: {name} in {path or 'the file before'}")
+    assert not missing, "\n".join(missing)
