@@ -89,29 +89,39 @@ def checked_image_size(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, w
     # Pillow warns on opening an image over 89 MP: the limit here replaces that warning. A filter put
     # first at every read, not a catch_warnings block: that is not thread-safe, and images are read in threads.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    drop = "skipped" if skipped else "remove it"
     try:
         with Image.open(path) as image:
             width, height = image.size
     except Image.DecompressionBombError:
         ceiling = megapixels(2 * (Image.MAX_IMAGE_PIXELS or 0))
         raise ImageTooLarge(f"{what} {path} is over {ceiling} (Pillow refuses to read its size), above the "
-                            f"{megapixels(max_pixels)} limit: {_too_large_fix(None, skipped)}") from None
+                            f"{megapixels(max_pixels)} limit: {too_large_fix(None, drop)}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ImageUnreadable(f"{what} {path} cannot be read (its header is not an image header: damaged, "
                               "truncated or not an image): replace or remove it") from None
     if width * height > max_pixels:
         raise ImageTooLarge(f"{what} {path} is {width}x{height} ({megapixels(width * height)}), above the "
                             f"{megapixels(max_pixels)} limit (a decompression bomb, or a larger image than expected): "
-                            f"{_too_large_fix(width * height, skipped)}", (width, height))
+                            f"{too_large_fix(width * height, drop)}", (width, height))
     return int(width), int(height)
 
 
-def _too_large_fix(pixels: int | None, skipped: bool) -> str:
-    """What to do about an image over the limit: a higher --max-pixels only where one lets it through."""
-    if pixels is None or pixels > MAX_PIXELS_CEILING:
-        return f"{'skipped' if skipped else 'remove it'} (--max-pixels takes at most {megapixels(MAX_PIXELS_CEILING)})"
-    return "skipped (raise --max-pixels if it is a genuine image)" if skipped else \
-        "remove it, or raise --max-pixels if it is a genuine image"
+def too_large_fix(pixels: int | None, drop: str = "remove it", what: str = "image") -> str:
+    """What to do about an image over the limit (``drop``: "remove it", "skipped"; "" for a video's frames): a
+    higher --max-pixels only where one lets it through."""
+    lift = (f"raise --max-pixels if it is a genuine {what}" if pixels is not None and pixels <= MAX_PIXELS_CEILING
+            else f"--max-pixels takes at most {megapixels(MAX_PIXELS_CEILING)}")
+    if drop == "remove it" and lift.startswith("raise"):
+        return f"remove it, or {lift}"
+    return f"{drop} ({lift})" if drop else lift
+
+
+def without_option(exc: Exception) -> Exception:
+    """``exc``; an ImageTooLarge worded for a command that takes no --max-pixels (parity, export, bench --matrix)."""
+    if not isinstance(exc, ImageTooLarge):
+        return exc
+    return DronsegError(f"{str(exc).rsplit(': ', 1)[0]}: remove it or scale it down (this command takes no --max-pixels)")
 
 
 def decode_bgr(path: Path | str):

@@ -25,6 +25,7 @@ from dronseg_edge.export import ExportOptions, default_out_dir, export_artifact 
 from dronseg_edge.export.accuracy import score_backend, split_samples_for
 from dronseg_edge.export.parity import check_parity
 from dronseg_edge.machine import import_optional
+from dronseg_edge.media import without_option
 from dronseg_edge.metadata import ModelInfo
 
 
@@ -124,7 +125,7 @@ def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *
         images = split_samples_for(checkpoint, info, data, "val")
         say(f"accuracy: {len(images.samples)} images, {images.source}")
     except DronsegError as exc:
-        say(f"accuracy: not measured ({str(exc).splitlines()[0][:300]})")
+        say(f"accuracy: not measured ({str(without_option(exc)).splitlines()[0][:300]})")
     rows = []
     for variant in variants:
         reason = skip_reason(variant, device)
@@ -138,7 +139,7 @@ def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *
                 rows.append(_run_variant(variant, checkpoint, device, timing, run_size, batch, out_dir, data, parity, say,
                                          images))
         except (DronsegError, RuntimeError) as exc:  # one broken variant must not hide the others' numbers
-            message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            message = (str(without_option(exc)).strip().splitlines() or [type(exc).__name__])[0][:300]
             if "--calib-data" in message or "--parity-data" in message:
                 message += " (bench --matrix passes its --data DIR to both)"
             say(f"{variant.label}: failed ({message})")

@@ -99,9 +99,11 @@ def submit(
     batch: int = typer.Option(4, min=1, help="Images per call."),
     device: Device = "auto",
     workers: int = typer.Option(2, min=0, help="DataLoader worker processes."),
+    max_pixels: MaxPixels = None,
 ) -> None:
     from dronseg_edge.train.submission import write_competition_csv
 
     check_out_file(out, "--out", [checkpoint, *(data / name for name in ("train.csv", "test.csv", "sampleSubmission.csv"))])
-    rows = write_competition_csv(checkpoint, data=data, out=out, order=rle_order, batch=batch, device=device, workers=workers)
+    rows = write_competition_csv(checkpoint, data=data, out=out, order=rle_order, batch=batch, device=device, workers=workers,
+                                 max_pixels=max_pixels)
     typer.echo(f"{rows} rows ({rle_order}-major RLE) -> {out}")

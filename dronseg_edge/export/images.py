@@ -21,7 +21,7 @@ from dronseg_edge.checkpoint import recorded_data_root, recorded_split
 from dronseg_edge.data.aeroscapes import IMAGE_DIR, dataset_samples, read_bgr, read_mask, samples_for_ids
 from dronseg_edge.data.split import pick_evenly
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.media import IMAGE_SUFFIXES
+from dronseg_edge.media import IMAGE_SUFFIXES, ImageTooLarge, without_option
 
 TEST_MASK_DIR = "test_masks"  # ground truth of the synthetic data set's test images
 
@@ -116,8 +116,10 @@ def synthetic_images(count: int, size: tuple[int, int], why: str) -> ImageSet:
     return images
 
 
-def load_item(item: ImageItem, num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(BGR uint8 (H, W, 3), ground-truth class map (H, W) uint8 or None) of one item."""
-    frame = read_bgr(item.image)  # its header checked against the default pixel limit first
-    mask = read_mask(item.mask, num_classes) if item.mask is not None else None
-    return frame, mask
+def load_item(item: ImageItem, num_classes: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(BGR uint8 (H, W, 3), ground-truth class map (H, W) uint8 or None: no mask, or ``num_classes`` None) of one
+    item, each header checked against the default pixel limit first (parity and calibration take no --max-pixels)."""
+    try:
+        return read_bgr(item.image), read_mask(item.mask, num_classes) if item.mask and num_classes else None
+    except ImageTooLarge as exc:
+        raise without_option(exc) from None

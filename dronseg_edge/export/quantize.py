@@ -20,9 +20,8 @@ from typing import Iterator
 import numpy as np
 from packaging.version import Version
 
-from dronseg_edge.data.aeroscapes import read_bgr
 from dronseg_edge.errors import BackendUnavailable, DronsegError
-from dronseg_edge.export.images import ImageSet
+from dronseg_edge.export.images import ImageSet, load_item
 from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.machine import onnxruntime_for_numpy_1
 from dronseg_edge.metadata import ModelInfo
@@ -52,7 +51,7 @@ def calibration_batches(images: ImageSet, info: ModelInfo, input_name: str, firs
 
     stop = len(images.items) if last is None else min(len(images.items), last * batch)
     for start in range(first * batch, stop, batch):
-        frames = [read_bgr(item.image) for item in images.items[start:start + batch]]  # masks unused: not read
+        frames = [load_item(item, None)[0] for item in images.items[start:start + batch]]  # masks unused: not read
         yield {input_name: pad_batch(prepare(frames), batch)[0]}
 
 

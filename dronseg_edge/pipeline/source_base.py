@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.media import DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING, megapixels
+from dronseg_edge.media import DEFAULT_MAX_PIXELS, megapixels, too_large_fix
 
 SOURCE_HELP = ("pass a video file, an image, a folder or glob of images, a camera index (0), an rtsp:// URL, "
                "a GStreamer pipeline (elements joined by '!') or csi://N")
@@ -78,10 +78,9 @@ class Source(contextlib.AbstractContextManager):
     def check_pixels(self, size: tuple[int, int], where: str = "") -> None:
         """DronsegError for frames over ``max_pixels``, before the pipeline holds a few of them."""
         if (pixels := size[0] * size[1]) > self.max_pixels:
-            fix = (f"raise --max-pixels if it is a genuine {self.kind}" if pixels <= MAX_PIXELS_CEILING else
-                   f"--max-pixels takes at most {megapixels(MAX_PIXELS_CEILING)}")
             raise DronsegError(f"{self.kind} {self.name}{where} is {size[0]}x{size[1]} ({megapixels(pixels)}), above the "
-                               f"{megapixels(self.max_pixels)} limit (damaged, hostile, or larger than expected): {fix}")
+                               f"{megapixels(self.max_pixels)} limit (damaged, hostile, or larger than expected): "
+                               f"{too_large_fix(pixels, '', self.kind)}")
 
     def stop(self) -> None:
         """Ask a blocking ``frames()`` (reconnect back-off) to give up soon; safe from any thread."""

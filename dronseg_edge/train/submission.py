@@ -13,12 +13,15 @@ from dronseg_edge.classes import CLASS_NAMES
 from dronseg_edge.data.aeroscapes import dataset_samples
 from dronseg_edge.data.rle import submission_rows, write_submission
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.media import DEFAULT_MAX_PIXELS, check_max_pixels
 from dronseg_edge.train.evaluation import checkpoint_model, native_loader
 
 
 def write_competition_csv(checkpoint: Path, data: Path, out: Path, order: str = "row", batch: int = 4,
-                          device: str = "auto", workers: int = 2) -> int:
-    """Predict every test image at its native size and write ``out``; returns the number of rows."""
+                          device: str = "auto", workers: int = 2, max_pixels: int | None = None) -> int:
+    """Predict every test image at its native size and write ``out``; returns the number of rows.
+    ``max_pixels``: the image size limit (None: the default, 2^26)."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else check_max_pixels(max_pixels)
     if order not in ("row", "column"):
         raise DronsegError(f"--rle-order {order!r}: choose row (C order, the likely Kaggle convention) or column")
     ckpt = load_checkpoint(checkpoint, num_classes=len(CLASS_NAMES))
@@ -30,7 +33,7 @@ def write_competition_csv(checkpoint: Path, data: Path, out: Path, order: str = 
     # Masks are not read for test images: the dataset yields an IGNORE mask of the native size, which gives the shape.
     samples = [type(s)(s.image_id, s.image_path, None) for s in samples]
     model, ctx = checkpoint_model(ckpt, device)
-    loader = native_loader(ckpt, samples, batch, workers)
+    loader = native_loader(ckpt, samples, batch, workers, limit)
     rows: list[tuple[str, str]] = []
     ids = iter(s.image_id for s in samples)
     with torch.no_grad():

@@ -172,3 +172,19 @@ def test_rows_without_a_data_set_say_why_accuracy_is_missing(tiny_checkpoint, tm
                       log=said.append)
     assert rows[0].status == "ok" and rows[0].accuracy is None
     assert any(line.startswith("accuracy: not measured (") and "pass --data DIR" in line for line in said), said
+
+
+def test_an_image_over_the_limit_is_not_advised_a_max_pixels_bench_lacks(tiny_checkpoint, tmp_path, monkeypatch):
+    """bench --matrix scores and checks rows at the default limit and takes no --max-pixels."""
+    from testkit import write_png_bomb
+
+    from dronseg_edge.bench import matrix
+    from dronseg_edge.media import checked_image_size
+
+    bomb = write_png_bomb(tmp_path / "a.png", 9000, 8000)
+    monkeypatch.setattr(matrix, "split_samples_for", lambda *args: checked_image_size(bomb))
+    monkeypatch.setattr(matrix, "_run_variant", lambda *args: checked_image_size(bomb))
+    said = []
+    (row,) = run_matrix(tiny_checkpoint, CPU, FAST, out_dir=tmp_path, variants=[Variant("pytorch", "fp32")], log=said.append)
+    for text in (row.reason, said[0]):
+        assert "remove it or scale it down (this command takes no --max-pixels)" in text and "raise" not in text, text

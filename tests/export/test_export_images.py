@@ -99,3 +99,20 @@ def test_an_image_folder_is_named_by_its_absolute_path(tmp_path, monkeypatch):
     cv2.imwrite(str(tmp_path / "pictures" / "a.png"), np.zeros((8, 8, 3), np.uint8))
     monkeypatch.chdir(tmp_path)
     assert images_from_folder(Path("pictures"), "--calib-data")[1] == f"image folder {(tmp_path / 'pictures').resolve()}"
+
+
+def test_an_image_over_the_limit_is_not_advised_a_max_pixels_parity_and_export_lack(tmp_path, capsys, tiny_checkpoint):
+    """parity, export's parity and calibration read at the default limit and take no --max-pixels: the advice
+    to raise it could not be followed (`parity --max-pixels`: no such option)."""
+    from testkit import run_cli, write_png_bomb
+
+    (tmp_path / "big").mkdir()
+    bomb = write_png_bomb(tmp_path / "big" / "a.png", 9000, 8000)
+    for num_classes in (12, None):  # parity's image and mask, calibration's image alone
+        with pytest.raises(DronsegError, match=r"72.0 MP\), above the 67.1 MP limit .*: remove it or scale it down "
+                                               r"\(this command takes no --max-pixels\)$"):
+            load_item(images.ImageItem(bomb, bomb), num_classes)
+    write_png_bomb(tmp_path / "mask.png", 9000, 8000)
+    assert load_item(images.ImageItem(write_images(tmp_path / "small", 1) / "f00.png", tmp_path / "mask.png"), None)[1] is None
+    code, err = run_cli(capsys, "parity", tiny_checkpoint, tiny_checkpoint, "--data", bomb.parent)
+    assert code == 2 and err.strip().endswith("(this command takes no --max-pixels)") and "raise" not in err, err

@@ -82,10 +82,10 @@ def test_int8_graph_is_what_tensorrt_accepts(int8_export):
 
 def test_int8_calibration_from_a_folder_is_capped_and_reads_each_image_once(trained_checkpoint, scenes, tmp_path,
                                                                              monkeypatch):
-    import dronseg_edge.export.quantize as quantize
+    import dronseg_edge.export.images as images
 
-    reads, load = [], quantize.read_bgr
-    monkeypatch.setattr(quantize, "read_bgr", lambda path: reads.append(path) or load(path))
+    reads, load = [], images.read_bgr
+    monkeypatch.setattr(images, "read_bgr", lambda path: reads.append(path) or load(path))
     result = export_artifact(trained_checkpoint, precision="int8", calib_data=scenes, calib_images=12,
                              out_dir=tmp_path, device="cpu", parity=False)
     assert read_onnx_info(result.path).extra["calibration"]["images"] == 12

@@ -49,3 +49,10 @@ def test_eval_refuses_a_mask_bomb_with_one_line(tiny_checkpoint, data, capsys):
     code, err = run_cli(capsys, *args, "--max-pixels", str(1 << 27))  # let through: decoded, then its size is wrong
     assert code == 2 and err.strip().startswith(f"error: mask {bomb} is 10000x10000 but image") and \
         "masks must match their images" in err, err
+
+
+def test_submit_takes_max_pixels_as_eval_does(tiny_checkpoint, data, tmp_path, capsys):
+    """submit advised 'raise --max-pixels' for a large test image and had no such option."""
+    code, err = run_cli(capsys, "submit", tiny_checkpoint, "--data", data, "--out", tmp_path / "s.csv", "--device", "cpu",
+                        "--workers", "0", "--max-pixels", "1000")
+    assert code == 2 and "is 96x64 (0.0 MP), above the 0.0 MP limit" in err and not (tmp_path / "s.csv").exists(), err
