@@ -94,6 +94,9 @@ class Segmenter(contextlib.AbstractContextManager):
                 raise DronsegError(f"{self.backend.path.name} was exported for {format_size(self.info.input_size)}; "
                                    f"re-export it with --size {format_size(size)}"
                                    + ("" if self.info.io == "frames" else " (or --dynamic)"))
+            if isinstance(model, Backend):  # the caller's, perhaps another Segmenter's too (a copy would share its GPU buffers)
+                raise DronsegError(f"size={format_size(size)}: a Backend passed in runs at its own size "
+                                   f"({format_size(self.info.input_size)}); pass the model's path to choose one")
             self.info.input_size = size
         self.tiling = self._tile_plan(tile, tile_overlap, tile_batch, fixed)
         self.confidence = bool(confidence)

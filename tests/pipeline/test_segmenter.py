@@ -160,6 +160,18 @@ def test_size_override_for_a_checkpoint(tiny_checkpoint):
             Segmenter(tiny_checkpoint, device="cpu", size=size)
 
 
+
+def test_a_size_is_refused_for_a_backend_passed_in_not_set_on_it(tiny_checkpoint):
+    """Segmenter(backend, size=...) set the size on the backend itself: another Segmenter on it ran at that size."""
+    backend, frame = load_backend(tiny_checkpoint, "cpu"), scene(0, (96, 64))
+    own = Segmenter(load_backend(tiny_checkpoint, "cpu")).predict(frame).mask
+    with pytest.raises(DronsegError, match=r"size=32x16: a Backend passed in runs at its own size \(96x64\); pass the model's path"):
+        Segmenter(backend, size=(32, 16))
+    with Segmenter(backend) as plain:
+        assert plain.info.input_size == backend.info.input_size == (96, 64)
+        assert np.array_equal(plain.predict(frame).mask, own)
+
+
 def right_half_class_3(batch):
     """Like an exported ArgMax head: an int64 class map, its right half class 3."""
     classes = torch.zeros(batch.shape[0], 6, 8, dtype=torch.int64)
