@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -81,8 +82,8 @@ class Segmenter(contextlib.AbstractContextManager):
                             "export it with --precision fp16 instead", Path(model).name)
         self.device = self.backend.device
         self.info = self.backend.info
-        if int(batch) < 1:
-            raise DronsegError(f"--batch {batch} must be at least 1")
+        if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:  # not "2", nor 2.5 taken as 2
+            raise DronsegError(f"--batch {batch!r} must be a whole number, at least 1")
         fixed = self.info.batch if not self.info.dynamic else None
         if fixed is not None and batch > fixed:
             raise DronsegError(f"--batch {batch}: {self.backend.path.name} was exported for batch {fixed}; "
@@ -101,7 +102,7 @@ class Segmenter(contextlib.AbstractContextManager):
         self.tiling = self._tile_plan(tile, tile_overlap, tile_batch, fixed)
         self.confidence = bool(confidence)
         self.classes = select_classes(classes, self.info.class_names, self.backend.path.name)
-        self._check_confidence(self.confidence)
+        self._check_confidence(confidence)
         # On a GPU every call is padded to full batches: one shape keeps one CUDA graph or TensorRT binding.
         self._pad, self._tile_pad = (self.batch, self.tiling.batch) if self.device.type == "cuda" else (1, 1)
         self.backend.__enter__()
@@ -117,6 +118,8 @@ class Segmenter(contextlib.AbstractContextManager):
                         tiling_unable(self.info, self.backend.path.name))
 
     def _check_confidence(self, confidence: bool | None) -> None:
+        if confidence not in (None, True, False):  # "no" is not False
+            raise DronsegError(f"confidence={confidence!r}: give True or False")
         if not confidence:
             return
         if self.info.io == "frames" and CONFIDENCE_OUTPUT not in self.info.outputs:

@@ -200,6 +200,20 @@ def test_class_map_backend_with_fixed_batch_is_padded_and_resized_nearest():
 
 
 
+def test_a_batch_or_confidence_of_another_type_is_refused_not_taken_as_another_value():
+    """batch="2" was a TypeError for a fixed-batch artifact and batch 2 for a dynamic one, 2.5 was 2, confidence="no" True."""
+    for backend in (argmax_backend, FakeBackend):
+        for batch in ("2", 2.5, True):
+            with pytest.raises(DronsegError, match=re.escape(f"--batch {batch!r} must be a whole number, at least 1")):
+                Segmenter(backend(), batch=batch)
+        with pytest.raises(DronsegError, match="confidence='no': give True or False"):
+            Segmenter(backend(), confidence="no")
+    with Segmenter(FakeBackend(), batch=np.int64(2)) as seg, pytest.raises(DronsegError, match="confidence='no'"):
+        assert seg.batch == 2
+        next(seg.stream([scene(0, (16, 12))], confidence="no"))
+
+
+
 
 def test_backend_called_outside_inference_mode_after_the_segmenter():
     backend = argmax_backend(static_buffer=True)
