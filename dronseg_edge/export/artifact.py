@@ -200,9 +200,16 @@ def export_artifact(checkpoint: Path, options: ExportOptions | None = None, /, *
     source = _Source(checkpoint, state, ModelInfo.from_checkpoint(state))
     folder = options.out_dir if options.out_dir is not None else default_out_dir(checkpoint)
     native_name(folder), native_name(checkpoint)  # the artifacts' names, which the exporters take as UTF-8
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # removed again, leaf first, if left empty
     folder = ensure_writable_dir(folder)
-    with FolderClaim(folder, EXPORT_LEFTOVERS) as claim, storage_faults(folder):
-        result = _export(source, folder, options)
+    try:
+        with FolderClaim(folder, EXPORT_LEFTOVERS) as claim, storage_faults(folder):
+            result = _export(source, folder, options)
+    except BaseException:  # a refused --opset or --calib-data, a failed export: no empty --out left behind
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
     note = claim.note("export")
     return dataclasses.replace(result, notes=(note, *result.notes)) if note else result
 

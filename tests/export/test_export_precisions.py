@@ -164,7 +164,7 @@ def test_int8_without_calibration_images_fails_before_writing(trained_checkpoint
                         device="cpu")
     with pytest.raises(DronsegError, match="--calib-data is needed: checkpoint .*tiny.pt records no validation split"):
         export_artifact(tiny_checkpoint, precision="int8", out_dir=tmp_path / "o", device="cpu")
-    assert list((tmp_path / "o").iterdir()) == []
+    assert not (tmp_path / "o").exists()  # nor the folder it made
 
 
 @pytest.mark.gpu
