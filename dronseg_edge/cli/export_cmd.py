@@ -13,7 +13,7 @@ from dronseg_edge.cli.extras import require_extra
 from dronseg_edge.cli.outputs import check_json_out, check_out_dir, json_out, text_out
 from dronseg_edge.cli.params import Device, Json, MaxMiouDrop, Meta, MinAgreement, takes
 from dronseg_edge.errors import DronsegError, ParityError
-from dronseg_edge.export.options import ExportOptions
+from dronseg_edge.export.options import PARITY_IMAGES, ExportOptions
 from dronseg_edge.sizes import format_size
 
 FORMAT_CHOICES = {"onnx": ("onnx",), "engine": ("engine",), "all": ("onnx", "engine"), "triton": ("triton",)}
@@ -127,7 +127,7 @@ def parity(
     data: Optional[Path] = typer.Option(None, "--data", "--parity-data", help="Images: dataset root or image folder.",
                                         show_default="the checkpoint's validation split, else synthetic scenes"),
     device: Device = "auto",
-    parity_images: int = typer.Option(16, "--parity-images", help="Compare on at most this many images."),
+    parity_images: int = typer.Option(PARITY_IMAGES, "--parity-images", help="Compare on at most this many images."),
     max_images: Optional[int] = typer.Option(None, "--max-images", hidden=True),  # the old spelling
     min_agreement: MinAgreement = None,
     max_miou_drop: MaxMiouDrop = None,
@@ -141,6 +141,8 @@ def parity(
     from dronseg_edge.metadata import NoMetadata
     from dronseg_edge.runtime.registry import check_model_file, is_checkpoint, load_backend
 
+    if max_images is not None and parity_images not in (PARITY_IMAGES, max_images):  # as build() refuses two spellings
+        raise DronsegError("--max-images is the old spelling of --parity-images: give one of them")
     max_images = parity_images if max_images is None else max_images
     if max_images < 1:
         raise DronsegError(f"--parity-images {max_images} must be 1 or more")

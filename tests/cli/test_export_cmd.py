@@ -274,3 +274,10 @@ def test_min_agreement_in_percent_is_the_limit_it_names():
 
     assert _thresholds("fp32", 99.9, None) == ParityThresholds.for_precision("fp32") == ParityThresholds(0.999)
     assert _thresholds("int8", 95.2, 2.0) == ParityThresholds(0.952, 2.0)
+
+
+def test_parity_refuses_both_spellings_of_its_image_count(tiny_checkpoint, frames, capsys):
+    """`parity --parity-images 4 --max-images 8` compared on 8 images: the hidden old spelling won silently."""
+    code, out, err = run_cli(capsys, "parity", tiny_checkpoint, tiny_checkpoint, "--data", frames, "--parity-images", "4",
+                             "--max-images", "8")
+    assert_one_error_line(code, out, err, 2, "--max-images is the old spelling of --parity-images: give one of them")
