@@ -29,7 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     User errors, ours (DronsegError) and the command line's (a bad option value, an unknown option,
     a missing argument), are printed as one line and exit non-zero; a traceback means a bug.
     """
-    if sys.stderr is None:  # closed before the start (`2>&-`, a daemon's): progress bars and checks write to it
+    for fd in (0, 1, 2):  # closed before the start (`>&-`, a daemon's): /dev/null holds the number, else the next file
+        try:              # opened took it (`--results -` wrote into a lock file: exit 5, "check the disk")
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd
+    if sys.stderr is None:  # progress bars and checks write to it
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     previous = _stop_like_ctrl_c()
     try:

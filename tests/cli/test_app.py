@@ -143,6 +143,26 @@ def test_a_command_started_with_standard_error_closed_runs(tmp_path):
     assert done.returncode == 0 and (tmp_path / "data" / "train.csv").is_file(), done.stdout[-2000:]
 
 
+def test_infer_started_with_standard_output_closed_runs(tiny_checkpoint, tmp_path):
+    """`>&-`: the next file opened took descriptor 1, and `--results -` wrote into it: exit 5 "Bad file descriptor
+    ... check the disk" (a supervisor restarts on 5), or lines in a lock file. Now /dev/null holds it, as for `--json -`."""
+    import os
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((64, 96, 3), np.uint8))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "dronseg_edge", "infer",
+                           str(tiny_checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "run"), "--results", "-",
+                           "--device", "cpu"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "error" not in done.stderr, done.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["results"]["lines"] == 1
+
 @pytest.mark.parametrize("command", ["infer", "checks"])
 def test_no_writable_temporary_folder_is_one_line_naming_tmpdir(command, tiny_checkpoint, tmp_path):
     """A read-only root (systemd's ProtectSystem=strict without PrivateTmp=): torch's import failed as 'installed
