@@ -21,6 +21,9 @@ from dronseg_edge.pipeline.sources import FrameRecord, Source
 
 _END = object()
 POLL_S = 0.1  # how long one wait lasts: the longest delay before a stop is noticed
+# How long a stop waits for a read in progress. A read that never returns (a pipe whose writer stalled, a hung
+# device or GStreamer pipeline: no read timeout reaches them) is left behind; docker stop kills 10 s after SIGTERM.
+STOP_WAIT_S = 3.0
 
 
 def put_unless_stopped(target: queue.Queue, item, stopped: Callable[[], bool]) -> bool:
@@ -82,6 +85,7 @@ class FrameReader:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dronseg-decode", daemon=True)
         self.decoded, self.decode_ms = 0, 0.0
+        self._left = False  # a stop gave up waiting for a read that did not return
 
     @property
     def dropped(self) -> int:
@@ -109,7 +113,9 @@ class FrameReader:
         if not self._thread.is_alive() and not self._stop.is_set():
             self._thread.start()
         while True:
-            alive = self._thread.is_alive()  # once it has ended, anything it left is already in the buffer
+            # Once it has ended, anything it left is already in the buffer; once stopped, a read that never
+            # returns is not waited for.
+            alive = self._thread.is_alive() and not self._stop.is_set()
             try:
                 item = self._buffer.get(timeout=0.1 if alive else 0.0)
             except queue.Empty:
@@ -122,9 +128,13 @@ class FrameReader:
                 raise item
             yield item
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop decoding and wait for the thread (bounded: a hung network read is left behind)."""
+    def stop(self, timeout: float = STOP_WAIT_S) -> None:
+        """Stop decoding and wait up to ``timeout`` for the thread, once. A read still blocked then is left
+        behind with its capture, which the source then never releases under it (that crashes as the read resumes)."""
         self._stop.set()
         self.source.stop()
-        if self._thread.is_alive():
+        if timeout and self._thread.is_alive() and not self._left:
             self._thread.join(timeout)
+            self._left = self._thread.is_alive()
+            if self._left:
+                self.source.capture = None  # freed once its read returns

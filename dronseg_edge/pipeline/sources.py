@@ -268,6 +268,8 @@ class CaptureSource(Source):
                                       recent[-1] * 1e3)
                 position += 1
                 continue
+            if self._stop.is_set():  # a read a stop outlasted: its capture may be left behind (FrameReader.stop)
+                return
             timed_out = self.read_timeout_s is not None and max(recent) >= TIMEOUT_SHARE * self.read_timeout_s
             recent.clear()
             declared = not timed_out and self.ends and (self.frame_count or self.is_file)  # reopening would replay it

@@ -7,7 +7,7 @@ from pipeline_media import scene
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline.reader import FrameReader, put_unless_stopped
-from dronseg_edge.pipeline.sources import FramesSource, Source
+from dronseg_edge.pipeline.sources import FramesSource, Source, StreamSource
 
 
 class PacedSource(Source):
@@ -83,6 +83,51 @@ def test_stop_ends_the_decode_thread():
     reader.stop()
     assert not any(t.name == "dronseg-decode" and t.is_alive() for t in threading.enumerate())
     assert source.produced < 100
+
+
+class StalledCapture:
+    """Two frames, then a read that returns (failing) only once ``resume`` is set: a pipe whose writer stalled,
+    which no read timeout reaches. Records whether it was released while that read was blocked."""
+
+    def __init__(self):
+        self.left, self.resume, self.blocked, self.released_while_blocked = 2, threading.Event(), False, False
+
+    def isOpened(self):
+        return True
+
+    def get(self, prop):
+        return 0.0
+
+    def read(self):
+        if self.left:
+            self.left -= 1
+            return True, scene(self.left, (32, 24))
+        self.blocked = True
+        self.resume.wait(10)  # a bound for the old code, which waited for it
+        self.blocked = False
+        return False, None
+
+    def release(self):
+        self.released_while_blocked |= self.blocked
+
+
+def test_a_read_that_never_returns_holds_up_neither_a_stop_nor_the_consumer_and_keeps_its_capture(caplog):
+    capture = StalledCapture()
+    source = StreamSource("udp://127.0.0.1:5000", reconnect_s=30, open_capture=lambda: capture)
+    reader = FrameReader(source, live=False)
+    frames = iter(reader)
+    assert [next(frames).index for _ in range(2)] == [0, 1]
+    threading.Timer(0.2, reader.stop, kwargs={"timeout": 0}).start()  # as --max-duration-s's deadline does
+    assert list(frames) == [] and capture.blocked  # the consumer ended while the read was still blocked
+    joins = []
+    reader._thread.join = lambda timeout=None: joins.append(timeout)  # its waits, counted (the thread is blocked)
+    reader.stop(timeout=0.1)
+    reader.stop()  # a second stop (Segmenter.stream's, then run_inference's) does not wait again
+    source.close()
+    assert joins == [0.1] and not capture.released_while_blocked  # a release under a blocked read crashes it
+    capture.resume.set()
+    threading.Thread.join(reader._thread, 5)
+    assert not reader._thread.is_alive() and "reopening" not in caplog.text  # no reconnect after the stop
 
 
 def test_realtime_pacing_of_a_file_in_live_mode(video_path):
