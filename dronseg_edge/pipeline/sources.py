@@ -272,8 +272,12 @@ class CaptureSource(Source):
                 return
             timed_out = self.read_timeout_s is not None and max(recent) >= TIMEOUT_SHARE * self.read_timeout_s
             recent.clear()
-            declared = not timed_out and self.ends and (self.frame_count or self.is_file)  # reopening would replay it
+            replays = self.ends and (self.frame_count or self.is_file)  # a reopen starts it again at its first frame
+            declared = not timed_out and replays
             if not declared and (self._reconnect(timed_out) or self._stop.is_set()):
+                skip = position if replays else 0  # a file that timed out goes on where it stopped: not replayed
+                while skip > 0 and not self._stop.is_set() and self.capture.grab():
+                    skip -= 1
                 continue
             if not timed_out and self.ends:
                 self.end = "ended"

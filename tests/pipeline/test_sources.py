@@ -260,6 +260,34 @@ def test_an_http_stream_whose_reads_time_out_is_lost(monkeypatch):
     assert source.end == "lost"
 
 
+class StallingFile:
+    """``path`` read for real, whose reads time out (block ``stall_s``, then fail) after ``frames`` frames: an
+    HTTP file (it declares its frame count) whose server stalled."""
+
+    def __init__(self, path, frames: int | None = None, stall_s: float = 0.0):
+        self.capture, self.left, self.stall_s = cv2.VideoCapture(str(path)), frames, stall_s
+
+    def read(self):
+        if self.left == 0:
+            time.sleep(self.stall_s)
+            return False, None
+        self.left = None if self.left is None else self.left - 1
+        return self.capture.read()
+
+    def __getattr__(self, name):  # grab, get, release
+        return getattr(self.capture, name)
+
+
+def test_an_http_file_reopened_after_a_stall_goes_on_where_it_stopped_instead_of_replaying(video_path, monkeypatch):
+    monkeypatch.setattr(sources, "READ_TIMEOUT_MS", 200)
+    source = StreamSource("http://127.0.0.1/flight.mp4", reconnect_s=2.0,
+                          open_capture=opener(StallingFile(video_path, 10, stall_s=0.2), StallingFile(video_path)))
+    records = list(source.frames())
+    expected = StallingFile(video_path)
+    assert (len(records), source.reconnects, source.end) == (24, 1, "ended")  # 34 before: 10, then all 24 again
+    assert all(np.array_equal(record.frame, expected.read()[1]) for record in records)
+
+
 def test_a_truncated_video_ends_where_its_data_ends(tmp_path, caplog):
     path = write_video(tmp_path / "noisy.mp4", frames=90, size=(128, 80), noise=True)
     source = open_source(path)
