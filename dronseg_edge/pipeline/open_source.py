@@ -69,8 +69,7 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
     elif any(ch in text for ch in "*?["):  # quoted for the shell, so its ~ is expanded here
         what, make = "images", partial(ImageSource.from_glob, os.path.expanduser(text), max_pixels)
     elif path.is_fifo():  # a pipe another program writes a video into: read as a stream that ends when it closes
-        what, ffmpeg = "a pipe (FIFO)", True
-        make = partial(StreamSource, f"file:{path}", reconnect_s, capture=options, name=f"file://{path}")
+        what, ffmpeg, make = "a pipe (FIFO)", True, partial(_pipe, path, reconnect_s, options)
     elif path.exists():
         raise DronsegError(f"source {text} is not a regular file or folder (a device; a camera is /dev/videoN or "
                            f"its index): {SOURCE_HELP}")
@@ -79,6 +78,14 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
     _check_capture_options(options, text, what, ffmpeg)
     source = make()
     source.max_pixels = max_pixels  # a video file's is checked at its header (VideoSource), a stream's at each frame
+    return source
+
+
+def _pipe(path: Path, reconnect_s: float, options: CaptureOptions) -> Source:
+    """A pipe read as a stream whose close is its end, never reopened: the open of a pipe without a writer waits
+    for one with no timeout, and no read timeout reaches a pipe either (FFmpeg reads it in one blocking call)."""
+    source = StreamSource(f"file:{path}", reconnect_s, capture=options, name=f"file://{path}")
+    source.is_file, source.read_timeout_s = True, None
     return source
 
 

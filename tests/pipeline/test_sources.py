@@ -1,6 +1,8 @@
+import contextlib
 import logging
 import os
 import shutil
+import threading
 import time
 
 import cv2
@@ -353,6 +355,29 @@ def test_a_pipe_is_a_stream_a_video_device_a_camera_and_another_device_is_named(
     assert opened == [(f"file:{fifo}", f"file://{fifo}"), 2]
     with pytest.raises(DronsegError, match=r"/dev/null is not a regular file or folder \(a device; a camera is "):
         open_source("/dev/null")  # it said "does not exist"
+
+
+def test_a_pipe_whose_writer_closes_it_ends_instead_of_waiting_for_another_writer(tmp_path, caplog):
+    clip, fifo, done = write_video(tmp_path / "clip.ts", frames=12).read_bytes(), tmp_path / "feed.ts", threading.Event()
+    os.mkfifo(fifo)
+
+    def write():  # the writer sends a clip and closes the pipe
+        with open(fifo, "wb") as pipe:
+            pipe.write(clip)
+
+    def unblock():  # the old code's reopen waited in open() for another writer: one that closes at once, after 2 s
+        done.wait(2)
+        with contextlib.suppress(OSError):  # ENXIO: no reader waits
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    threads = [threading.Thread(target=target, daemon=True) for target in (write, unblock)]
+    [thread.start() for thread in threads]
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"), open_source(str(fifo), reconnect_s=1) as source:
+        records = list(source.frames())
+        done.set()
+    [thread.join(5) for thread in threads]
+    assert (len(records), source.end, source.reconnects) == (12, "ended", 0)
+    assert "reopening" not in caplog.text  # it waited in open() for as long as no program wrote into the pipe
 
 
 def test_camera_reconnect_stops_promptly_when_asked():
