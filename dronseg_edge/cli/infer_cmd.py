@@ -120,4 +120,4 @@ def infer(
     echo(f"Results saved to {summary.out_dir}")
     if data.get("interrupted"):
         typer.echo(f"interrupted: outputs are complete up to the last of {data['frames']} frames", err=True)
-        raise typer.Exit(130)
+        raise SystemExit(130)  # not typer.Exit(130), Ctrl-C's own code, after which main says "interrupted" again

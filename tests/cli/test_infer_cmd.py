@@ -398,3 +398,17 @@ def test_help_has_an_example_per_live_output(capsys):
     for example in ("--stream-out rtp://GCS_IP:5600", "'UDP h.264 Video Stream'", "--stream-out udp://",
                     "--stream-out rtsp://", "--preview 8080", "--results - |"):
         assert example in text
+
+
+def test_an_interrupted_run_says_so_in_one_line(tiny_checkpoint, media, tmp_path, capsys, monkeypatch):
+    import signal
+
+    from dronseg_edge.pipeline import run
+
+    real = run.DiskFloor  # SIGTERM as the run starts (docker stop)
+    monkeypatch.setattr(run, "DiskFloor", lambda *a: (os.kill(os.getpid(), signal.SIGTERM), real(*a))[1])
+    code, out, err = run_cli(capsys, tiny_checkpoint, media["video"], "--out", tmp_path / "run", "--device", "cpu",
+                             "--no-progress")
+    assert code == 130 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if "interrupted" in line]
+    assert lines == ["interrupted: outputs are complete up to the last of 0 frames"]  # and a second, bare "interrupted"
