@@ -85,11 +85,15 @@ def _prepare_root(root: Path, force: bool) -> None:
         raise DronsegError(f"output folder {root} is a file: choose a folder path")
     if root.is_dir() and any(root.iterdir()) and not force:
         raise DronsegError(f"output folder {root} is not empty: choose a new folder, or pass --force to write into it")
-    images = root / IMAGE_DIR
-    if images.is_dir() and any(images.iterdir()) and not (root / "synth.json").is_file():
-        # --force replaces an earlier synthetic set, never a real one (same ID pattern, no synth.json).
-        raise DronsegError(f"{images} holds images that `dronseg-edge synth` did not make (no {root / 'synth.json'}): "
-                           "choose another output folder")
+    # --force replaces an earlier synthetic set, never a real one (same ID pattern, no synth.json) nor
+    # another file of a name synth writes (a flight's video.mp4, a real set's CSVs or masks).
+    theirs = [] if (root / "synth.json").is_file() else [
+        path for path in (root / name for name in (IMAGE_DIR, MASK_DIR, TEST_MASK_DIR, VIDEO_MASK_DIR, VIDEO_NAME,
+                                                   "train.csv", "test.csv", "sampleSubmission.csv"))
+        if path.is_file() or (path.is_dir() and any(path.iterdir()))]
+    if theirs:
+        raise DronsegError(f"--force would replace {theirs[0]}, which `dronseg-edge synth` did not make (no "
+                           f"{root / 'synth.json'}): choose another output folder")
     ensure_writable_dir(root)
     for name in ("train.csv", "test.csv", "sampleSubmission.csv"):
         (root / name).unlink(missing_ok=True)  # a data set without its CSVs reads as unfinished

@@ -235,13 +235,15 @@ def test_refuses_non_empty_folder_and_force_replaces_an_old_set(tmp_path):
     assert result.video is None and result.video_masks is None
 
 
-def test_force_never_overwrites_a_real_data_set(tmp_path):
+@pytest.mark.parametrize("name", ["imgs/imgs/000001_001.jpg", "video.mp4", "train.csv", "masks/masks/000001_001.png"])
+def test_force_never_overwrites_a_real_data_set(tmp_path, name):
+    """`synth FLIGHT --force` replaced the user's own video.mp4 (or a real set's train.csv) with synthetic ones, exit 0."""
     root = tmp_path / "aeroscapes"
-    (root / "imgs" / "imgs").mkdir(parents=True)
-    real = root / "imgs" / "imgs" / "000001_001.jpg"
+    real = root / name
+    real.parent.mkdir(parents=True, exist_ok=True)
     real.write_bytes(b"not synthetic")
-    with pytest.raises(DronsegError, match="did not make"):
-        synthesize(root, images=3, size=(96, 64), video_frames=0, force=True)
+    with pytest.raises(DronsegError, match=rf"replace {re.escape(str(root))}/\S+, which .* did not make"):
+        synthesize(root, images=3, size=(96, 64), video_frames=2, force=True)
     assert real.read_bytes() == b"not synthetic"
 
 
