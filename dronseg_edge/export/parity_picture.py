@@ -2,7 +2,7 @@
 
 ``check_parity`` keeps the image on which the two agree least (``WorstImage``). A report that failed,
 or passed with little margin (``borderline``), is saved with ``NAME.parity.png`` beside
-``NAME.parity.json``, which names it (``difference_picture``):
+``NAME.parity.json`` (or ``parity --json NAME.json``), which names it (``difference_picture``):
 
     image | reference classes | candidate classes | differences (image greyed, differing pixels red)
 """
@@ -71,8 +71,9 @@ def save_difference_picture(worst: "WorstImage | None", wanted: bool, report_pat
 
     Otherwise (a clear pass, or nothing compared) remove a picture an earlier report left there and return None.
     """
-    report_path = Path(report_path)  # NAME.parity.json -> NAME.parity.png (any other name: the name + .png)
-    path = report_path.with_name((report_path.stem if report_path.suffix.lower() == ".json" else report_path.name) + ".png")
+    report_path = Path(report_path)  # NAME.parity.json, NAME.json or NAME -> NAME.parity.png: never a picture of the user's
+    name = report_path.stem if report_path.suffix.lower() == ".json" else report_path.name
+    path = report_path.with_name(name.removesuffix(".parity") + ".parity.png")
     image = worst.picture() if (worst is not None and wanted) else None
     if image is None:
         with contextlib.suppress(OSError):

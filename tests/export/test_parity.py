@@ -223,6 +223,23 @@ def test_borderline_pass_is_pictured_and_a_clear_pass_removes_an_old_picture(tmp
     assert json.loads(json_path.read_text())["difference_picture"] is None
 
 
+def test_a_json_report_never_removes_or_replaces_a_picture_of_the_same_name(tmp_path):
+    """`parity --json flight.json` deleted the user's flight.png on a clear pass (and replaced it on a failure)."""
+    data = dataset(tmp_path / "d", [SKY_ROAD])
+    truth = torch.from_numpy(SKY_ROAD)
+    wrong = truth.clone()
+    wrong[3, :2] = 3
+    ref = fake("ref.pt", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W)))
+    photo = tmp_path / "flight.png"
+    photo.write_bytes(b"the user's own picture")
+    for floor in (0.8, 0.99):  # a clear pass (nothing pictured), then a failure (pictured)
+        report = check_parity(ref, fake("cand.onnx", lambda x: one_hot_logits(wrong.expand(x.shape[0], H, W))), data,
+                              device="cpu", thresholds=ParityThresholds(min_agreement=floor))
+        report.save(tmp_path / "flight.json")
+    assert photo.read_bytes() == b"the user's own picture"
+    assert report.difference_picture == "flight.parity.png" and (tmp_path / "flight.parity.png").is_file()
+
+
 def test_borderline_counts_the_miou_allowance_too(tmp_path):
     data = dataset(tmp_path / "d", [SKY_ROAD])
     truth = torch.from_numpy(SKY_ROAD)
