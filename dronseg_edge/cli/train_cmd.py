@@ -50,6 +50,7 @@ def train(
         if last.exists():  # a new run there would overwrite its checkpoints, split.json and metrics.csv
             raise DronsegError(f"--out {cfg.out} already holds a training run ({last}): continue it with "
                                f"--resume {last}, or choose another --out")
+        check_out_file(last.with_name("best.pt"), "--out", [cfg.weights])  # --weights RUN/weights/best.pt: replaced at epoch 1
     fit(cfg, resume=resume, log=typer.echo)
 
 

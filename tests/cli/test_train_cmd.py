@@ -188,6 +188,16 @@ def test_a_new_run_never_overwrites_a_training_run_in_its_out_folder(capsys, syn
     assert last.read_bytes() == b"epoch 2"
 
 
+def test_a_new_run_never_overwrites_its_own_weights_file(capsys, synth_root, tiny_checkpoint, tmp_path):
+    """`train --weights RUN/weights/best.pt --out RUN` (its last.pt deleted) replaced the weights it started from, exit 0."""
+    best = tmp_path / "run" / "weights" / "best.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(tiny_checkpoint.read_bytes())
+    message = one_line_error(capsys, "train", "--data", synth_root, *TINY, "--weights", best, "--out", tmp_path / "run")
+    assert f"--out {best} is also an input" in message
+    assert best.read_bytes() == tiny_checkpoint.read_bytes()
+
+
 def test_eval_scores_an_onnx_file_like_its_checkpoint(capsys, trained_run, tmp_path):
     from dronseg_edge.export import export_artifact
 
