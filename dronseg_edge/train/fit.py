@@ -93,6 +93,10 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, resume: Path) -> TrainConfig:
     overrides = {"device": cfg.device, "workers": cfg.workers, **({"data": cfg.data} if cfg.data else {}),
                  **({"max_pixels": cfg.max_pixels} if cfg.max_pixels is not None else {})}
     resumed = TrainConfig.from_dict({**TrainingState.from_checkpoint(ckpt).config, **overrides})
+    weights = Path(resume).resolve().parent  # the run folder is the one above it (setup.prepare_run_dir): ~ for ~/Downloads/last.pt
+    if weights.name != "weights":
+        raise DronsegError(f"{resume} is not in a run's weights/ folder, and a resumed run writes into the folder above "
+                           f"its own ({weights.parent}): copy it to RUN/weights/last.pt and resume that")
     if not cfg.data and not (resumed.data and Path(resumed.data).is_dir()):
         raise DronsegError(f"the data folder {resumed.data or '(none recorded)'} that {resume} trained on does not "
                            "exist here: pass --data DIR (the same data set, the run's split names its images)")

@@ -161,6 +161,19 @@ def test_resume_mid_epoch_from_a_step_checkpoint_matches_an_uninterrupted_run(sy
         assert float(row["train_loss"]) == pytest.approx(float(ref_row["train_loss"]), rel=1e-4)
 
 
+def test_a_checkpoint_outside_a_weights_folder_is_not_resumed_into_the_folder_above(synth_root, tmp_path):
+    """`train --resume ~/Downloads/last.pt` (a copied checkpoint) made ~ the run folder: its config.json replaced,
+    its metrics.csv read as the run's (a KeyError traceback), weights/ and split.json written there."""
+    run = fit(config(synth_root, tmp_path / "run", epochs=1, max_steps_per_epoch=1), log=lambda _m: None)
+    copy = tmp_path / "Downloads" / "last.pt"
+    copy.parent.mkdir()
+    run.last.rename(copy)
+    (tmp_path / "config.json").write_text("the user's own")
+    with pytest.raises(DronsegError, match=f"{copy} is not in a run's weights/ folder.* above its own \\({tmp_path}\\)"):
+        fit(TrainConfig(device="cpu", workers=0), resume=copy, log=lambda _m: None)
+    assert (tmp_path / "config.json").read_text() == "the user's own" and not (tmp_path / "weights").exists()
+
+
 def test_ddp_two_gloo_processes(synth_root, tmp_path):
     run = tmp_path / "ddp"
     cmd = torchrun("-m", "dronseg_edge", *_train_cmd(synth_root, run, 2)[3:])
