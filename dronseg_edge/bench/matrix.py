@@ -159,7 +159,7 @@ def _run_variant(variant: Variant, checkpoint: Path, device: torch.device, timin
         # every row gets its own check against the checkpoint).
         exported = export_artifact(checkpoint, ExportOptions(
             fmt=variant.fmt, precision=variant.precision, size=size, batch=batch, head="logits", calib_data=data,
-            parity_data=data, out_dir=out_dir, parity=False, device=device, reuse=True))
+            parity_data=data, out_dir=out_dir, parity=False, device=device, reuse=True, keep=True))
         path, row.reused = Path(exported.path), exported.reused
         say(f"{variant.label}: {'reusing' if row.reused else 'exported'} {path}")
     row.path, row.file_mb = str(path), artifact_size_mb(path)

@@ -236,6 +236,10 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
         # An --opset given is kept (TensorRT 8.6 asks for 17: a file of another opset would fail it again).
         if found is not None and options.opset in (None, found.extra.get("opset")) and _calibrated_as_asked(found, source, options):
             return ExportResult(final, found, None, True, notes=(f"reused {final.name}",), reused=True)
+        if found is not None and options.keep:  # this checkpoint's file, calibrated otherwise: perhaps the user's own
+            made = found.extra.get("calibration") or {}
+            raise DronsegError(f"{final} is this checkpoint's, calibrated otherwise ({made.get('method')}, {made.get('images')} "
+                               f"images of {made.get('source')}), and is kept: bench it by name, or give another --out")
     if options.fmt == "engine":
         return _export_engine(source, folder, options, info, final)
     # int8: its images found before exporting, so an empty calibration folder fails fast.

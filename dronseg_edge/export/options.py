@@ -42,7 +42,7 @@ SHAPE_HELP = ("--dynamic engines: the {} input shape of TensorRT's optimisation 
 
 # (conversion, fields, whether None stays None) for ExportOptions.__post_init__.
 _NORMALISE = ((int, ("batch", "calib_images", "parity_images"), False), (float, ("workspace_gib",), False),
-              (bool, ("dynamic", "parity", "reuse", "confidence", "dynamic_batch", "trt_verbose"), False),
+              (bool, ("dynamic", "parity", "reuse", "keep", "confidence", "dynamic_batch", "trt_verbose"), False),
               (Path, ("calib_data", "parity_data", "out_dir", "timing_cache"), True),
               (lambda values: tuple(map(int, values)), ("size", "source_size", "min_shape", "opt_shape", "max_shape"), True),
               (int, ("dla_core", "builder_opt_level"), True))
@@ -62,8 +62,9 @@ class ExportOptions:
     rest: ``fmt`` (onnx | engine | triton; ``triton`` implies ``dynamic_batch`` unless ``dynamic``: Triton
     batches along a model's first dimension only when it is free), ``thresholds`` (None: the precision's),
     ``reuse`` (return an existing file of the same name made from the same checkpoint with the same options;
-    the engine path and ``bench --matrix`` use it). Sizes are (width, height), shapes (batch, width, height);
-    a None size is the training size. Invalid values raise DronsegError.
+    the engine path and ``bench --matrix`` use it), ``keep`` (with ``reuse``: raise rather than replace such a file
+    calibrated otherwise, perhaps the user's own; ``bench --matrix``). Sizes are (width, height), shapes (batch,
+    width, height); a None size is the training size. Invalid values raise DronsegError.
     """
 
     fmt: str = "onnx"
@@ -87,6 +88,7 @@ class ExportOptions:
                                   aliases=("--workspace",))
     device: str | torch.device = option("auto", DEVICE, help=DEVICE.help + " Engines need a GPU.")
     reuse: bool = False
+    keep: bool = False
     triton_backend: str = option("onnxruntime", "--format triton: onnxruntime (model.onnx) or tensorrt (model.plan "
                                                 "built here: needs TensorRT).")
     io: str = option("tensors", "tensors: normalised float NCHW in, logits (or --head argmax) out; frames: "

@@ -127,6 +127,19 @@ def test_int8_without_data_fails_with_the_bench_option(tiny_checkpoint, tmp_path
     assert row.status == "failed" and "--calib-data" in row.reason and "--data DIR" in row.reason
 
 
+def test_an_int8_file_the_user_calibrated_otherwise_is_kept(tiny_checkpoint, synth_root, tmp_path):
+    """bench --matrix replaced RUN/export/best_int8.onnx, exported with --calib-method minmax, with its own calibration."""
+    from dronseg_edge.export import export_artifact
+
+    mine = export_artifact(tiny_checkpoint, precision="int8", calib_method="minmax", calib_data=synth_root, calib_images=2,
+                           out_dir=tmp_path, device="cpu", parity=False).path
+    before = mine.read_bytes()
+    (row,) = run_matrix(tiny_checkpoint, CPU, FAST, out_dir=tmp_path, data=synth_root, variants=[Variant("onnx", "int8")],
+                        parity=False)
+    assert mine.read_bytes() == before
+    assert row.status == "failed" and f"{mine} is this checkpoint's, calibrated otherwise (minmax, 2 images" in row.reason
+
+
 @pytest.mark.gpu
 @requires_cuda
 def test_pytorch_gpu_rows_report_their_cuda_graph(tiny_checkpoint, tmp_path):
