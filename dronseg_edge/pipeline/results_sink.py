@@ -114,7 +114,7 @@ class ResultsSink(Sink):
 
     def record(self) -> dict:
         """summary.json's ``results``."""
-        return {"target": self.target, "kind": self.kind, "schema": SCHEMA, "lines": self.lines,
+        return {"target": os.path.abspath(self.path) if self.kind == "file" else self.target, "kind": self.kind, "schema": SCHEMA, "lines": self.lines,
                 "lines_dropped": self.dropped}
 
 

@@ -5,6 +5,7 @@ is :class:`~.run_options.RunOptions`.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -132,10 +133,10 @@ class RunState:
         video = next((s for s in sinks if isinstance(s, VideoSink)), None)
         sizes = self.sizes
         return Summary(
-            model=str(backend.path), backend=backend.name, provider=backend.provider,
+            model=os.path.abspath(backend.path), backend=backend.name, provider=backend.provider,
             device=device_description(segmenter.device), precision=segmenter.info.precision,
             input_size=format_size(segmenter.info.input_size), batch=segmenter.batch,
-            source=source.name, source_kind=source.kind, source_fps=source.fps, live=self.live,
+            source=os.path.abspath(source.name) if source.kind in ("video", "images") else source.name, source_kind=source.kind, source_fps=source.fps, live=self.live,
             hw_decode=source.hw_decode, stride=options.stride, max_frames=options.max_frames, frames=frames,
             frame_size=format_size(next(iter(sizes))) if len(sizes) == 1 else ("mixed" if sizes else None),
             wall_s=round(self.wall_s, 3), fps=round(frames / self.wall_s, 3) if self.wall_s > 0 else 0.0,

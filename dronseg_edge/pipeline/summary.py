@@ -2,7 +2,8 @@
 
 A reader checks ``schema`` first: it grows when a field changes meaning or goes away (new fields may
 appear within a version). Times are milliseconds per frame unless a name says seconds (``_s``);
-sizes are ``WxH`` strings; paths are relative to the run folder. Every way a run ends maps to
+sizes are ``WxH`` strings; the run's own files are named relative to the run folder, the files it read
+(``model``, a video or images ``source``) and a ``results`` file by their absolute paths. Every way a run ends maps to
 ``stopped`` (docs/reliability.md): ``end``, ``max_frames``, ``max_duration``, ``interrupted``, ``key``,
 an error's kind (``disk_full``, ``unwritable``, ``write_failed``, ``source_lost``, ``backend_failure``)
 or ``error`` (any other error, a bug included).

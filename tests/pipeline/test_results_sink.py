@@ -29,6 +29,14 @@ def test_a_file_gets_every_line_and_an_existing_one_is_refused(tmp_path):
         ResultsSink(str(tmp_path / "r.jsonl"))
 
 
+def test_a_file_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    # summary.json's results.target: "r.jsonl" as typed was read as a file in the run folder
+    monkeypatch.chdir(tmp_path)
+    sink = ResultsSink("r.jsonl")
+    sink.close()
+    assert sink.record()["target"] == str(tmp_path / "r.jsonl")
+
+
 def test_udp_sends_a_datagram_per_frame():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
         receiver.bind((LOOPBACK, 0))

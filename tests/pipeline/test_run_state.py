@@ -101,3 +101,20 @@ def test_max_duration_counts_seconds_from_the_first_frame():
         result.timestamp = time
     seconds = [state.source_seconds(result) for result in results]
     assert seconds == pytest.approx([0.0, 0.04, 1.0])
+
+
+def test_summary_names_the_files_it_read_by_absolute_path(tmp_path, monkeypatch):
+    """summary.json names its own files relative to the run folder: a model or source typed relative to the
+    working folder (``infer best.onnx clip.mp4``) was recorded as typed, so a reader resolved it in the run folder."""
+    monkeypatch.chdir(tmp_path)
+    segmenter = SimpleNamespace(backend=SimpleNamespace(path=Path("m.onnx"), name="onnxruntime", provider="CPU"),
+                                device=torch.device("cpu"), info=SimpleNamespace(precision="fp32", input_size=(96, 64)),
+                                batch=1, tiling=TilePlan("off", (96, 64)))
+    reader = SimpleNamespace(decode_ms=0.0, decoded=0, dropped=0)
+    state = RunState(tmp_path / "run", RunOptions(), live=False)
+    for name, kind, recorded in (("clip.mp4", "video", str(tmp_path / "clip.mp4")), ("imgs", "images", str(tmp_path / "imgs")),
+                                 ("rtsp://cam/live", "stream", "rtsp://cam/live"), ("0", "camera", "0")):
+        source = SimpleNamespace(name=name, kind=kind, fps=None, corrupt=0, reconnects=0, oversized=0, size_changes=0,
+                                 hw_decode=None, end=None)
+        data = state.summary(segmenter, source, reader, []).to_dict()
+        assert (data["model"], data["source"]) == (str(tmp_path / "m.onnx"), recorded)
