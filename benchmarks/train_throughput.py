@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import platform
 import re
@@ -25,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from dronseg_edge import __version__
+from dronseg_edge.atomic import write_json_atomic
 from dronseg_edge.data.aeroscapes import dataset_samples
 from dronseg_edge.data.augment import AugmentConfig
 from dronseg_edge.data.dataset import SegmentationDataset
@@ -142,7 +142,7 @@ def main(argv=None) -> Path:
     args.out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", result["device"].split(" (")[0]).strip("-").lower()
     path = args.out / f"train_throughput-{slug}-{result['date'][:10]}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(path, result)  # strict JSON: a NaN or infinite loss (fp16 overflow) is null, loss_finite says so
     memory = "n/a (CPU)" if result["peak_memory_gib"] is None else f"{result['peak_memory_gib']:.2f} GiB"
     print(f"{result['images_per_s']:.1f} img/s ({args.model} {args.size} batch {args.batch} amp {args.amp}) on "
           f"{result['device']}, data wait {100 * result['data_wait_frac']:.1f}%, peak GPU memory {memory} -> {path}")

@@ -23,3 +23,17 @@ def test_quick_cpu_run_writes_results(tmp_path):
     assert result["peak_memory_gib"] is None  # CPU run: no GPU memory to report
     assert result["versions"]["torch"] and result["device"].startswith("cpu")
     assert result["settings"]["model"] == "lraspp_mobilenet_v3_large"
+
+
+def test_a_loss_that_is_not_finite_is_written_as_strict_json(tmp_path, monkeypatch):
+    """An fp16 run that overflows has a NaN or infinite loss (loss_finite: false): it was written as NaN/Infinity,
+    which JSON has not (jq, JavaScript, Go and Rust refuse the file)."""
+    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "run", lambda args: {"device": "cpu", "date": "2026-12-07T10:00:00", "images_per_s": 1.0,
+                                                      "data_wait_frac": 0.0, "peak_memory_gib": None,
+                                                      "final_loss": float("nan")})
+    path = module.main(["--out", str(tmp_path)])
+    result = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert result["final_loss"] is None
