@@ -99,7 +99,9 @@ def _clocks_smi(smi: str, bus_id: str) -> dict[str, Any]:
         return {"clocks": None, "clocks_source": f"unreadable (nvidia-smi: {type(exc).__name__})"}
     sm, mem, max_sm, max_mem, power = (float(value) if value.replace(".", "", 1).isdigit() else None  # "[N/A]"
                                        for value in (sm, mem, max_sm, max_mem, power))
-    clocks = {"sm_mhz": sm, "mem_mhz": mem, "max_sm_mhz": max_sm, "max_mem_mhz": max_mem}
+    # whole MHz, as NVML gives them (1755, not 1755.0: one type in bench JSON whichever tool read them)
+    clocks = {key: None if value is None else round(value)
+              for key, value in zip(("sm_mhz", "mem_mhz", "max_sm_mhz", "max_mem_mhz"), (sm, mem, max_sm, max_mem))}
     return {"clocks": clocks, "clocks_source": "nvidia-smi", "driver": driver, "power_limit_w": power}
 
 

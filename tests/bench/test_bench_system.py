@@ -72,7 +72,9 @@ def test_clocks_from_nvidia_smi_when_nvml_is_missing(tmp_path, monkeypatch, rema
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     found = gpu_clocks(0)
     assert found["clocks_source"] == "nvidia-smi" and found["driver"] == "580.65.06"
-    assert found["clocks"] == {"sm_mhz": 1755.0, "mem_mhz": 2619.0, "max_sm_mhz": 1980.0, "max_mem_mhz": 2619.0}
+    assert found["clocks"] == {"sm_mhz": 1755, "mem_mhz": 2619, "max_sm_mhz": 1980, "max_mem_mhz": 2619}
+    # whole MHz as NVML gives them: 1755.0 here and 1755 there broke typed readers of the bench JSON (u32 in Rust)
+    assert all(type(value) is int for value in found["clocks"].values())
     assert found["power_limit_w"] == 700.0 and found["pci_bus_id"] == "0000:C1:00.0"
     assert "--id=0000:C1:00.0" in (tmp_path / "args.txt").read_text().split()  # the bus id, never the CUDA index
 
