@@ -148,7 +148,8 @@ def config_text(info: ModelInfo, inputs: list[TensorSpec], outputs: list[TensorS
     frames = info.io == "frames"
     shape = f"frames {info.source_size[0]}x{info.source_size[1]} (WxH), " if frames and info.source_size else ""
     lines = [
-        f"# Triton Inference Server model configuration, {MARKER} {__version__} from {source.name}",
+        # a comment ends at a line break: one in the file's name would start a line no parser takes
+        f"# Triton Inference Server model configuration, {MARKER} {__version__} from {' '.join(source.name.splitlines())}",
         f"# precision {info.precision}, head {info.head}, io {info.io}, {shape}model input {width}x{height} (WxH), "
         + (f"batches of 1 to {max_batch}" if batching else f"batch {info.batch or 1}")
         + (", dynamic height/width" if info.dynamic else ""),

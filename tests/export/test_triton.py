@@ -251,6 +251,14 @@ def test_a_static_argmax_model_has_no_batching_and_full_dims():
     assert not any(key.startswith("trt_profile") for key in parameters)  # every shape fixed: nothing to profile
 
 
+def test_a_line_break_in_the_files_name_leaves_the_config_readable():
+    # the name went into the first comment as it was: "best\nv2.onnx" started a line Triton refused to parse
+    info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), precision="fp32", head="argmax", batch=1)
+    text = config_text(info, [TensorSpec("images", "TYPE_FP32", (1, 3, 64, 96))], [TensorSpec("mask", "TYPE_UINT8", (1, 64, 96))],
+                       platform="onnxruntime_onnx", source=Path("best\nv2.onnx"), max_batch=4, workspace_gib=1)
+    assert parse_config(text).max_batch_size == 0 and "from best v2.onnx" in text.splitlines()[0]
+
+
 def test_a_graph_that_contradicts_its_metadata_gets_no_model_folder(default_export, tmp_path):
     """The profile comes from the metadata (as a dynamic engine's): a graph whose fixed dims differ is refused."""
     info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), batch=None)
