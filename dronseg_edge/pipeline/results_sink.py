@@ -46,7 +46,7 @@ import numpy as np
 from dronseg_edge.atomic import storage_failure
 from dronseg_edge.pipeline.live_targets import parse_results_target, resolve_udp
 from dronseg_edge.pipeline.result import LOW_CONFIDENCE_U8, Result
-from dronseg_edge.pipeline.sinks import Sink, _write_all, open_new
+from dronseg_edge.pipeline.sinks import Sink, open_new, write_lines
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class ResultsSink(Sink):
                 if self._socket is not None:
                     self._socket.sendto(line, self.address[4])
                 else:
-                    _write_all(self._fd, line)
+                    write_lines(self._fd, line)
                 self.lines += 1
                 return
             except BrokenPipeError:  # the reader of the pipe has exited: the run goes on without it

@@ -236,7 +236,6 @@ class StatsSink(Sink):
         self.path = self.target = Path(path)
         self.with_file = with_file
         self.with_confidence = with_confidence
-        self._size = 0  # bytes of whole lines written
         self._fd: int | None = open_new(self.path, f"cannot create {self.path}: it exists and a run never appends "
                                                    "to another's; choose another --out")
 
@@ -249,15 +248,10 @@ class StatsSink(Sink):
         if self.with_confidence:
             share = result.low_confidence_share(LOW_CONFIDENCE_U8)
             line["low_confidence"] = None if share is None else round(share, 6)
-        data = (json.dumps(line) + "\n").encode("utf-8")
         try:
-            _write_all(self._fd, data)
+            write_lines(self._fd, (json.dumps(line) + "\n").encode("utf-8"))
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._size)  # no half line: shrinking a file needs no space
-                os.lseek(self._fd, self._size, os.SEEK_SET)
             raise storage_failure(exc, self.path) from None
-        self._size += len(data)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -267,6 +261,23 @@ class StatsSink(Sink):
 
     def outputs(self) -> dict[str, str]:
         return {"stats": str(self.path)}
+
+
+def write_lines(fd: int, data: bytes) -> None:
+    """Write whole lines ``data`` to ``fd``; a write that fails part-way into a file (a full disk) is cut back to
+    where it began, so the file keeps whole lines only (JSON Lines readers refuse a half one), and re-raised."""
+    try:
+        start = os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:  # a pipe: nothing to cut back
+        start = None
+    try:
+        _write_all(fd, data)
+    except OSError:
+        if start is not None:
+            with contextlib.suppress(OSError):  # shrinking a file needs no space
+                os.ftruncate(fd, start)
+                os.lseek(fd, start, os.SEEK_SET)
+        raise
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -12,7 +13,7 @@ import pytest
 from live_receivers import LOOPBACK, make_result
 
 from dronseg_edge.classes import CLASS_NAMES
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.request import FILTERED
 from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.results_sink import SCHEMA, ResultsSink, frame_results
@@ -27,6 +28,30 @@ def test_a_file_gets_every_line_and_an_existing_one_is_refused(tmp_path):
     assert [line["frame"] for line in lines] == [0, 1, 2] and sink.record()["lines"] == 3
     with pytest.raises(DronsegError, match="the file exists"):
         ResultsSink(str(tmp_path / "r.jsonl"))
+
+
+def test_a_line_cut_by_a_full_disk_is_removed(tmp_path, monkeypatch):
+    # the file ended in half a line (no newline): JSON Lines readers refused it, where stats.jsonl was cut back
+    real_write, calls = os.write, []
+
+    def write(fd, data):
+        calls.append(fd)
+        if len(calls) == 4:
+            return real_write(fd, bytes(data[: len(data) // 2]))  # the disk fills half-way through the line
+        if len(calls) > 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    sink = ResultsSink(str(tmp_path / "r.jsonl"))
+    monkeypatch.setattr(os, "write", write)
+    for index in range(3):
+        sink.write(make_result(index))
+    with pytest.raises(RuntimeFailure, match="No space left on device"):
+        sink.write(make_result(3))
+    monkeypatch.undo()
+    sink.close()
+    text = (tmp_path / "r.jsonl").read_text()
+    assert text.endswith("\n") and [json.loads(line)["frame"] for line in text.splitlines()] == [0, 1, 2]
 
 
 def test_a_file_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
