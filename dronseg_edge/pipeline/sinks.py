@@ -219,9 +219,10 @@ class ContactSheetSink(Sink):
 
 
 class StatsSink(Sink):
-    """``stats.jsonl``: one JSON line per frame (index, timestamp in s, share of each class by name;
-    under ``--classes`` only those classes; with ``with_confidence`` the share of pixels whose most
-    likely class has a probability below 0.5 as ``low_confidence``).
+    """``stats.jsonl``: one JSON line per frame (index, timestamp in s, with ``with_file`` the image's
+    absolute path as ``file``, share of each class by name; under ``--classes`` only those classes; with
+    ``with_confidence`` the share of pixels whose most likely class has a probability below 0.5 as
+    ``low_confidence``).
 
     Each line goes to the file in one unbuffered write, so an interrupted or killed run's file is
     complete up to its last frame; a write that fails part-way (a full disk) is cut back to the
@@ -243,7 +244,7 @@ class StatsSink(Sink):
         line = {"frame": result.index, "timestamp": None if result.timestamp is None else round(result.timestamp, 6),
                 "name": result.name}
         if self.with_file:
-            line["file"] = result.source
+            line["file"] = os.path.abspath(result.source)  # not as typed: the file sits in the run folder, not where infer ran
         line["shares"] = result.shares_by_name()
         if self.with_confidence:
             share = result.low_confidence_share(LOW_CONFIDENCE_U8)

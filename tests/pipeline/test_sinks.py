@@ -52,14 +52,15 @@ def test_colour_masks_and_overlay_images(tmp_path):
     assert np.abs(written.astype(int) - overlay(result.frame, result.mask, LUT, 0.4)).mean() < 4
 
 
-def test_stats_lines_hold_index_timestamp_and_shares(tmp_path):
+def test_stats_lines_hold_index_timestamp_and_shares(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an image typed relative to the working folder is named by its absolute path
     sink = StatsSink(tmp_path / "stats.jsonl", with_file=True)
     for i in range(3):
         sink.write(make_result(i))
     sink.close()
     lines = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
     assert [line["frame"] for line in lines] == [0, 1, 2]
-    assert lines[1]["timestamp"] == pytest.approx(0.04) and lines[1]["file"] == "clip.mp4"
+    assert lines[1]["timestamp"] == pytest.approx(0.04) and lines[1]["file"] == str(tmp_path / "clip.mp4")
     assert set(lines[0]["shares"]) == set(CLASS_NAMES)
     assert (lines[0]["shares"]["vegetation"], lines[0]["shares"]["road"]) == (0.25, 0.5)  # top-left, bottom half
     assert sum(lines[2]["shares"].values()) == pytest.approx(1.0, abs=1e-5)
