@@ -8,6 +8,7 @@ error statistics, and a JSON form saved beside the artifact as ``NAME.parity.jso
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,8 @@ class ParityReport:
         data = asdict(self)
         del data["worst_image"]
         data["status"] = "PASSED" if self.passed else "FAILED"
+        # as data_source: a report beside the artifact names the models wherever it is read, not where export ran
+        data["reference"], data["candidate"] = os.path.abspath(self.reference), os.path.abspath(self.candidate)
         data["agreement"] = self.agreement
         data["miou_delta"] = self.miou_delta
         data["class_iou"] = {n: v for n, v in zip(self.class_names, self.class_iou)}

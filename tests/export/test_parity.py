@@ -149,7 +149,8 @@ def test_argmax_head_candidate_gets_mask_metrics_only(tmp_path):
     assert "abs max" not in report.summary_line()
 
 
-def test_report_json_is_standard_json_and_named_after_the_artifact(tmp_path):
+def test_report_json_is_standard_json_and_named_after_the_artifact(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # models typed relative to the working folder are named by absolute path
     data = dataset(tmp_path / "d", [SKY_ROAD])
     truth = torch.from_numpy(SKY_ROAD)
     model = lambda x: one_hot_logits(truth.expand(x.shape[0], H, W))  # noqa: E731
@@ -159,6 +160,7 @@ def test_report_json_is_standard_json_and_named_after_the_artifact(tmp_path):
     assert parity_report_path(tmp_path / "best_fp16.onnx.failed").name == "best_fp16.parity.json"
     doc = json.loads(path.read_text())  # class IoU holds NaN-free values; strict parser accepts it
     assert doc["status"] == "PASSED" and doc["agreement"] == 1.0 and doc["class_iou"]["sky"] == 1.0
+    assert (doc["reference"], doc["candidate"]) == (str(tmp_path / "r.pt"), str(tmp_path / "c.onnx"))
     assert "IoU of candidate vs reference masks per class:" in report.table()
 
 
