@@ -114,8 +114,8 @@ class ResultsSink(Sink):
 
     def record(self) -> dict:
         """summary.json's ``results``."""
-        return {"target": os.path.abspath(self.path) if self.kind == "file" else self.target, "kind": self.kind, "schema": SCHEMA, "lines": self.lines,
-                "lines_dropped": self.dropped}
+        target = os.path.abspath(self.path) if self.kind == "file" else self.target
+        return {"target": target, "kind": self.kind, "schema": SCHEMA, "lines": self.lines, "lines_dropped": self.dropped}
 
 
 def frame_results(result: Result, with_confidence: bool = False) -> bytes:
