@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 import cv2
 
 from dronseg_edge.errors import DronsegError, docs_url
+from dronseg_edge.pipeline.source_base import shown_url
 from dronseg_edge.pipeline.sources import CaptureSource, opened
 
 # Appended when a pipeline has no appsink of its own. A live source keeps only the newest frame (a
@@ -124,8 +125,8 @@ class GStreamerSource(CaptureSource):
         self.pipeline, self.kind = with_appsink(pipeline), kind
         self.is_file = self.ends = reads_file(self.pipeline)
         self.live_default = not self.is_file
-        require_gstreamer(name or pipeline)
-        name = name or self.pipeline
+        require_gstreamer(shown_url(name or pipeline))
+        name = shown_url(name or self.pipeline)  # an rtspsrc location=rtsp://user:***@...
         # Quoted for a shell as NVIDIA's examples are: bash refuses the '(' of video/x-raw(memory:NVMM) bare.
         shell = " ".join(word if word == "!" else shlex.quote(word) for word in self.pipeline.rsplit(" ! appsink", 1)[0].split())
         cannot_open = (f"CSI camera {name} cannot be opened: check its ribbon cable and sensor id, that nvargus-daemon "

@@ -19,7 +19,7 @@ from dronseg_edge.media import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from dronseg_edge.pipeline import gstreamer
 from dronseg_edge.pipeline.capture_options import CaptureOptions, is_rtsp
 from dronseg_edge.pipeline.image_sources import ImageSource
-from dronseg_edge.pipeline.source_base import SOURCE_HELP, Source
+from dronseg_edge.pipeline.source_base import SOURCE_HELP, Source, shown_url
 from dronseg_edge.pipeline.sources import STREAM_SCHEMES, CameraSource, StreamSource, VideoSource
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
     if isinstance(spec, Source):
         return spec.unread()
     options, text = capture or CaptureOptions(), str(spec)
+    shown = shown_url(text)  # in messages and outputs: rtsp://user:***@cam/1
     path = Path(os.path.expanduser(text))  # not Path.expanduser: './~x' would look up a user 'x'
     scheme = text.split("://", 1)[0].lower() if "://" in text else None
     ffmpeg = False  # whether FFmpeg decodes it (--hw-decode applies)
@@ -57,7 +58,7 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
             gstreamer.csi_pipeline(text), reconnect_s, name=text, kind="camera")
     elif scheme:
         if scheme not in STREAM_SCHEMES:
-            raise DronsegError(f"source {text}: scheme {scheme}:// is not supported; use one of "
+            raise DronsegError(f"source {shown}: scheme {scheme}:// is not supported; use one of "
                                f"{', '.join(STREAM_SCHEMES)}, or csi://N")
         what, ffmpeg, make = f"a {scheme}:// stream", True, partial(StreamSource, text, reconnect_s, capture=options)
     elif path.is_dir():
@@ -75,7 +76,7 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
                            f"its index): {SOURCE_HELP}")
     else:
         raise DronsegError(f"source {text} does not exist: {SOURCE_HELP}")
-    _check_capture_options(options, text, what, ffmpeg)
+    _check_capture_options(options, shown, what, ffmpeg)
     source = make()
     source.max_pixels = max_pixels  # a video file's is checked at its header (VideoSource), a stream's at each frame
     return source

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -19,6 +20,13 @@ from dronseg_edge.media import DEFAULT_MAX_PIXELS, megapixels, too_large_fix
 
 SOURCE_HELP = ("pass a video file, an image, a folder or glob of images, a camera index (0), an rtsp:// URL, "
                "a GStreamer pipeline (elements joined by '!') or csi://N")
+
+
+def shown_url(text: str) -> str:
+    """``text`` with the password of each URL in it masked (``rtsp://user:***@cam/1``, as ffmpeg and VLC log one; up to
+    the last '@' before the path, as FFmpeg splits it): how a source is named in logs, errors and outputs, while
+    the URL as given is what opens it."""
+    return re.sub(r"(\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^/?#\s]*@", r"\1:***@", text, flags=re.IGNORECASE)
 
 
 @dataclass

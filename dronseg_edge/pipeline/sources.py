@@ -19,7 +19,8 @@ from dronseg_edge.media import DEFAULT_MAX_PIXELS, native_name
 from dronseg_edge.pipeline.capture_options import CaptureOptions, hw_decode_record, open_ffmpeg
 from dronseg_edge.pipeline.image_sources import ImageSource
 from dronseg_edge.pipeline.pyav_capture import PyAVCapture
-from dronseg_edge.pipeline.source_base import SOURCE_HELP, FrameRecord, FramesSource, Source, quiet_native_stderr
+from dronseg_edge.pipeline.source_base import (SOURCE_HELP, FrameRecord, FramesSource, Source, quiet_native_stderr,
+                                               shown_url)
 
 __all__ = ["FrameRecord", "Source", "FramesSource", "ImageSource", "VideoSource", "CaptureSource", "CameraSource",
            "StreamSource", "quiet_native_stderr", "SOURCE_HELP"]
@@ -328,8 +329,9 @@ class StreamSource(CaptureSource):
 
     def __init__(self, url: str, reconnect_s: float = 30.0, open_capture=None, capture: CaptureOptions | None = None,
                  name: str | None = None):
-        """``name``: the URL as the user wrote it, where FFmpeg is given another spelling (``url``)."""
-        name = name or url
+        """``name``: the URL as the user wrote it, where FFmpeg is given another spelling (``url``); shown with its
+        password masked."""
+        name = shown_url(name or url)
         self.ends = name.split("://", 1)[0].lower() in ENDING_SCHEMES
         self.capture_options = capture or CaptureOptions()
         opener = open_capture or (lambda: opened(open_ffmpeg(url, self.capture_options, [

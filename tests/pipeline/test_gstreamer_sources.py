@@ -163,3 +163,11 @@ def test_ffmpeg_options_on_a_pipeline(fake_gstreamer, caplog):
     with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
         open_source(TEST_PIPELINE, capture=CaptureOptions(hw_decode=True)).close()
     assert "--hw-decode has no effect on" in caplog.text and "nvv4l2decoder" in caplog.text
+
+
+def test_a_pipeline_names_its_rtsp_location_with_the_password_masked(fake_gstreamer):
+    fake_gstreamer.script.append(FakeCapture(1))
+    pipeline = "rtspsrc location=rtsp://admin:hunter2@cam/1 ! decodebin ! videoconvert ! video/x-raw,format=BGR"
+    with open_source(pipeline) as source:
+        assert fake_gstreamer.calls[0].target.startswith(pipeline)  # GStreamer gets the password
+        assert "location=rtsp://admin:***@cam/1 ! decodebin" in source.name and "hunter2" not in source.name

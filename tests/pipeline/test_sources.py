@@ -474,3 +474,24 @@ def test_a_source_already_read_is_refused_rather_than_read_as_empty(video_path, 
         with pytest.raises(DronsegError, match="open it again"):
             run_inference(seg, source, RunOptions(out=tmp_path / "run", progress=False))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_url_password_is_masked_wherever_the_source_is_named(monkeypatch, caplog):
+    """Camera credentials stay out of logs, errors and outputs (summary.json's source, stats' file), as ffmpeg and
+    VLC mask them; the URL as typed is what FFmpeg opens."""
+    url, shown = "rtsp://admin:hunt@r2@cam/7", "rtsp://admin:***@cam/7"
+    recorder = CaptureRecorder(ScriptedCapture(2)).install(monkeypatch)
+    source, records = open_source(url, reconnect_s=0.3), []
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"), pytest.raises(RuntimeFailure) as lost:
+        for record in source.frames():
+            records.append(record)
+    assert recorder.calls[0].target == url
+    assert source.name == shown and [r.source for r in records] == [shown] * 2
+    assert shown in str(lost.value) and shown in caplog.text
+    errors = [str(lost.value), caplog.text]
+    for spec, capture in (("http://u:hunt@r2@cam/x", None), ("gopher://u:hunt@r2@cam", None),
+                          ("http://u:hunt@r2@cam/x", CaptureOptions(rtsp_transport="tcp"))):
+        with pytest.raises(DronsegError) as refused:
+            open_source(spec, reconnect_s=0.3, capture=capture)
+        errors.append(str(refused.value))
+    assert "u:***@cam" in errors[-1] and not any("hunt" in text for text in errors)
