@@ -32,6 +32,10 @@ STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt",
 # a clean close of one of these is an end, not a loss (see CaptureSource). RTSP, RTMP, UDP and SRT
 # carry cameras: a stop there is always a loss.
 ENDING_SCHEMES = ("http", "https", "tcp", "file")
+# FFmpeg reads srt:// only when built with libsrt, and pip's OpenCV (5.1.0.95 checked) is not; nothing in OpenCV says so.
+SRT_HINT = ("; or this OpenCV's FFmpeg may lack srt:// (pip's opencv-python 5.1 has no libsrt): read it through a "
+            "GStreamer pipeline (srtsrc uri=srt://...) with JetPack's or a GStreamer-enabled OpenCV, or relay it as RTSP "
+            "(e.g. mediamtx)")
 # A decoder error mid-file makes read() fail for the damaged frames only; past this many failures
 # in a row the file is taken to have ended.
 MAX_CONSECUTIVE_FAILURES = 30
@@ -332,7 +336,8 @@ class StreamSource(CaptureSource):
         """``name``: the URL as the user wrote it, where FFmpeg is given another spelling (``url``); shown with its
         password masked."""
         name = shown_url(name or url)
-        self.ends = name.split("://", 1)[0].lower() in ENDING_SCHEMES
+        scheme = name.split("://", 1)[0].lower()
+        self.ends = scheme in ENDING_SCHEMES
         self.capture_options = capture or CaptureOptions()
         opener = open_capture or (lambda: opened(open_ffmpeg(url, self.capture_options, [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS])))
@@ -345,7 +350,7 @@ class StreamSource(CaptureSource):
 
         super().__init__(name, open_and_record, reconnect_s, read_timeout_s=READ_TIMEOUT_MS / 1e3,
                          cannot_open=f"stream {name} cannot be opened within {OPEN_TIMEOUT_MS // 1000} s: check the "
-                                     "URL, credentials and network (try it with `ffplay URL`)")
+                                     "URL, credentials and network (try it with `ffplay URL`)" + SRT_HINT * (scheme == "srt"))
 
 
 def opened(capture):

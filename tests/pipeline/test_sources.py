@@ -495,3 +495,12 @@ def test_a_url_password_is_masked_wherever_the_source_is_named(monkeypatch, capl
             open_source(spec, reconnect_s=0.3, capture=capture)
         errors.append(str(refused.value))
     assert "u:***@cam" in errors[-1] and not any("hunt" in text for text in errors)
+
+
+def test_an_srt_stream_that_cannot_be_opened_says_this_ffmpeg_may_lack_srt():
+    """pip's OpenCV has no libsrt, and OpenCV says only that the open failed: the message names the likely cause."""
+    for url, hint in (("srt://cam:9000", True), ("rtsp://cam/1", False)):
+        with pytest.raises(RuntimeFailure, match="check the URL, credentials and network") as error:
+            StreamSource(url, open_capture=lambda: None)
+        assert ("may lack srt:// (pip's opencv-python 5.1 has no libsrt)" in str(error.value)) is hint
+        assert error.value.exit_code == 5  # it may still be the network
