@@ -24,6 +24,15 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
+def _same_file(path: Path, other: Path) -> bool:
+    """Whether ``path`` names ``other``: by device and inode where both exist (BEST.PT for best.pt on a case-insensitive
+    disk: macOS, an exFAT SD card; a hard link), else by resolved path."""
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return path.resolve() == other.resolve()
+
+
 def check_out_dir(path: os.PathLike | str, option: str = "--out") -> Path:
     """Refuse an output folder ``path`` that cannot be created or written (DronsegError, exit code 2)."""
     path = Path(path)
@@ -44,7 +53,7 @@ def check_out_file(path: os.PathLike | str, option: str, inputs=()) -> Path:
         raise DronsegError(f"{option} - would write a file named '-': give a file name (only --json - prints)")
     if _is_dir(path):
         raise DronsegError(f"{option} {path} is a folder: give a file name inside it")
-    if path.resolve() in {Path(source).resolve() for source in inputs if source is not None}:
+    if any(_same_file(path, Path(source)) for source in inputs if source is not None):
         raise DronsegError(f"{option} {path} is also an input of this command and would be replaced: give another name")
     folder = path.parent
     reason = unwritable(folder)[1]

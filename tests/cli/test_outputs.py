@@ -125,3 +125,14 @@ def test_an_output_that_is_the_commands_model_is_refused(option, tiny_checkpoint
     code, stderr = run_cli(capsys, command, ckpt, *extra, flag, tmp_path / "." / "best.pt", "--device", "cpu")
     assert code == 2 and stderr.strip().startswith(f"error: {flag} ") and "is also an input" in stderr, stderr
     assert ckpt.read_bytes() == tiny_checkpoint.read_bytes()
+
+
+def test_an_output_that_is_an_input_under_another_name_is_refused(tmp_path):
+    """On a case-insensitive disk (macOS, the exFAT SD card of a drone) `submit best.pt --out BEST.PT` names the
+    checkpoint, which resolve() does not see; a hard link is the same file under another name on any disk."""
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"weights")
+    os.link(ckpt, tmp_path / "BEST.PT")
+    with pytest.raises(DronsegError, match="--out .*BEST.PT is also an input of this command"):
+        check_out_file(tmp_path / "BEST.PT", "--out", [ckpt])
+    assert check_out_file(tmp_path / "other.csv", "--out", [ckpt]) == tmp_path / "other.csv"
