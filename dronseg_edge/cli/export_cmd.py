@@ -10,7 +10,7 @@ import typer
 
 from dronseg_edge.cli.app import app
 from dronseg_edge.cli.extras import require_extra
-from dronseg_edge.cli.outputs import check_json_out, check_out_dir, json_out, text_out
+from dronseg_edge.cli.outputs import check_json_out, check_not_input, check_out_dir, json_out, text_out
 from dronseg_edge.cli.params import Device, Json, MaxMiouDrop, Meta, MinAgreement, takes
 from dronseg_edge.errors import DronsegError, ParityError
 from dronseg_edge.export.options import PARITY_IMAGES, ExportOptions
@@ -84,6 +84,8 @@ def export(
         raise DronsegError(f"--format {fmt!r} is not one of {', '.join(FORMAT_CHOICES)}")
     if options.out_dir is not None:
         check_out_dir(options.out_dir)  # before minutes of export work
+    if options.timing_cache is not None:  # written after the build; an unwritable one only warns
+        check_not_input(options.timing_cache, "--timing-cache", [checkpoint])
     if ctx.get_parameter_source("triton_backend").name != "DEFAULT" and fmt != "triton":
         raise DronsegError(f"--triton-backend applies to --format triton only, not --format {fmt}: drop it or add --format triton")
     _check_read(ctx, options, fmt)

@@ -13,6 +13,7 @@ import typer
 from dronseg_edge.atomic import json_safe, write_json_atomic
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.machine import unwritable
+from dronseg_edge.metadata import sidecar_path
 
 STDOUT = Path("-")  # --json -: the JSON document on standard output
 
@@ -46,15 +47,14 @@ def check_out_dir(path: os.PathLike | str, option: str = "--out") -> Path:
 
 
 def check_out_file(path: os.PathLike | str, option: str, inputs=()) -> Path:
-    """Refuse an output file ``path`` that is a folder, one of the command's ``inputs`` (it would replace
-    that file), or whose folder cannot be created or written."""
+    """Refuse an output file ``path`` that is a folder, one of the command's ``inputs`` or an input engine's
+    sidecar (it would replace that file: :func:`check_not_input`), or whose folder cannot be created or written."""
     path = Path(path)
     if path == STDOUT:  # not standard output here, and a file named '-' is a surprise
         raise DronsegError(f"{option} - would write a file named '-': give a file name (only --json - prints)")
     if _is_dir(path):
         raise DronsegError(f"{option} {path} is a folder: give a file name inside it")
-    if any(_same_file(path, Path(source)) for source in inputs if source is not None):
-        raise DronsegError(f"{option} {path} is also an input of this command and would be replaced: give another name")
+    check_not_input(path, option, inputs)
     folder = path.parent
     reason = unwritable(folder)[1]
     if reason is None:
@@ -62,6 +62,14 @@ def check_out_file(path: os.PathLike | str, option: str, inputs=()) -> Path:
     if _is_dir(folder):
         raise DronsegError(f"{option} {path}: folder {folder} is not writable ({reason}); choose another path")
     raise DronsegError(f"{option} {path}: cannot create its folder {folder} ({reason}); choose another path")
+
+
+def check_not_input(path: Path, option: str, inputs) -> None:
+    """Refuse an output ``path`` that is one of the command's ``inputs`` or the sidecar an input engine is read with."""
+    read = [Path(source) for source in inputs if source is not None]
+    read += [sidecar_path(source) for source in read if source.suffix.lower() in (".engine", ".plan")]
+    if any(_same_file(Path(path), source) for source in read):
+        raise DronsegError(f"{option} {path} is also an input of this command and would be replaced: give another name")
 
 
 def check_json_out(path: Path | None, inputs=()) -> None:

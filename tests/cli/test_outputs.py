@@ -136,3 +136,21 @@ def test_an_output_that_is_an_input_under_another_name_is_refused(tmp_path):
     with pytest.raises(DronsegError, match="--out .*BEST.PT is also an input of this command"):
         check_out_file(tmp_path / "BEST.PT", "--out", [ckpt])
     assert check_out_file(tmp_path / "other.csv", "--out", [ckpt]) == tmp_path / "other.csv"
+
+
+@pytest.mark.parametrize("command", ["eval", "bench", "parity", "export"])
+def test_an_output_over_an_input_engines_sidecar_or_the_checkpoint_is_refused(command, tiny_checkpoint, tmp_path, capsys):
+    """`eval X.engine --json X.engine.json` replaced the metadata the engine is read with (it then runs nowhere), and
+    `export best.pt --format engine --timing-cache best.pt` would write TensorRT's cache over the checkpoint: both
+    refused before any model is read (no TensorRT needed for the check)."""
+    engine = tmp_path / "best.engine"
+    engine.write_bytes(b"plan")
+    (tmp_path / "best.engine.json").write_text("{}")
+    ckpt = Path(shutil.copy2(tiny_checkpoint, tmp_path / "best.pt"))
+    args = {"export": [ckpt, "--format", "engine", "--timing-cache", tmp_path / "." / "best.pt"],
+            "parity": [ckpt, engine, "--json", tmp_path / "best.engine.json"]}.get(
+        command, [engine, "--json", tmp_path / "best.engine.json"])
+    code, stderr = run_cli(capsys, command, *args, "--device", "cpu")
+    flag = "--timing-cache" if command == "export" else "--json"
+    assert code == 2 and stderr.strip().startswith(f"error: {flag} ") and "is also an input" in stderr, stderr
+    assert (tmp_path / "best.engine.json").read_text() == "{}" and ckpt.read_bytes() == tiny_checkpoint.read_bytes()
