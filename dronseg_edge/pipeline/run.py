@@ -312,7 +312,7 @@ def _build_sinks(src: Source, out_dir: Path, options: RunOptions, lut: np.ndarra
         # Images may differ in size, which one video cannot hold: they get overlay images instead.
         sinks.append(OverlayImageSink(out_dir / "overlay", plan) if images
                      else VideoSink(out_dir / "overlay.mp4", src.fps, plan, options.codec, options.segment_s,
-                                    by_time=src.kind == "video"))
+                                    by_time=src.kind == "video" or src.fps is None))  # no rate: the frames' times
     if options.save_masks if options.save_masks is not None else images:
         sinks.append(MaskSink(out_dir / "masks"))
     if options.save_color:

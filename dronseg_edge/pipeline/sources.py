@@ -351,6 +351,8 @@ class StreamSource(CaptureSource):
         super().__init__(name, open_and_record, reconnect_s, read_timeout_s=READ_TIMEOUT_MS / 1e3,
                          cannot_open=f"stream {name} cannot be opened within {OPEN_TIMEOUT_MS // 1000} s: check the "
                                      "URL, credentials and network (try it with `ffplay URL`)" + SRT_HINT * (scheme == "srt"))
+        if self.frame_count is None and self.capture.get(cv2.CAP_PROP_FOURCC) == cv2.VideoWriter.fourcc(*"MJPG"):
+            self.fps = None  # live MJPEG (an HTTP camera's multipart stream) carries no rate: FFmpeg's 25 is its guess
 
 
 def opened(capture):

@@ -40,7 +40,8 @@ class VideoSink(Sink):
 
     Frames that were not segmented (--stride, frames dropped in --live mode, damaged frames) are
     filled with the previous overlay, so the video keeps the source's timeline and plays at its
-    speed. ``by_time`` (video files, whose frames carry the container's times): the times place each
+    speed. ``by_time`` (video files, whose frames carry the container's times; live sources without a rate, such as
+    an HTTP camera's MJPEG, by the clock at each frame's arrival): the times place each
     frame, as ffmpeg's ``-fps_mode cfr`` does, so a variable-rate file (phones, some drones) keeps its
     timeline at the rate its header gives: a frame is repeated where the next comes late, left out
     where it comes before its place; elsewhere the frames' indices place them.

@@ -13,7 +13,7 @@ from pipeline_media import read_video, scene
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline import RunOptions, Segmenter, run, run_inference
-from dronseg_edge.pipeline.sources import StreamSource
+from dronseg_edge.pipeline.sources import FrameRecord, Source, StreamSource
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +160,19 @@ def test_max_duration_counts_seconds_of_the_video_and_segments_split_it(segmente
     assert [len(read_video(out / name)[0]) for name in names] == [s["frames"] for s in data["video_segments"]] == [6, 6, 3]
     assert [s["start_s"] for s in data["video_segments"]] == [0.0, 0.2, 0.4]
     assert not (out / "overlay.mp4").exists()
+
+
+def test_a_stream_without_a_rate_is_placed_in_the_video_by_its_frames_times(segmenter, tmp_path):
+    """A stream that reports no rate (live MJPEG) at 10 fps: its video, at 30 fps, holds each frame 0.1 s, not 1/30 s."""
+
+    class TenFps(Source):
+        kind = "stream"
+
+        def frames(self, stride=1):
+            yield from (FrameRecord(i, i / 10, scene(i, (96, 64)), self.name, f"{i:06d}") for i in range(4))
+
+    summary = run_inference(segmenter, TenFps("http://cam/mjpg"), RunOptions(out=tmp_path / "run", live=False, progress=False))
+    assert summary.data["video_frames"] == 10 and summary.data["source_fps"] is None  # 0.3 s at 30 fps, and the last
 
 
 class StallingCapture:

@@ -226,6 +226,16 @@ def opener(*captures):
     return lambda: next(queue, None)
 
 
+@pytest.mark.parametrize("fourcc, count, fps", [("MJPG", 0.0, None), ("H264", 0.0, 25.0), ("MJPG", 240.0, 25.0)])
+def test_a_live_mjpeg_streams_rate_is_unknown(fourcc, count, fps):
+    """An HTTP camera's MJPEG (multipart) stream at 10 fps reported FFmpeg's default 25 fps, and the overlay video
+    written at 25 played 2.5x fast: live MJPEG carries no rate (an MJPEG file, with a frame count, has one)."""
+    capture = FakeCapture(1)
+    capture.get = lambda prop: {cv2.CAP_PROP_FPS: 25.0, cv2.CAP_PROP_FRAME_COUNT: count,
+                                cv2.CAP_PROP_FOURCC: float(cv2.VideoWriter.fourcc(*fourcc))}.get(prop, 0.0)
+    assert StreamSource("http://cam/video.mjpg", open_capture=opener(capture)).fps == fps
+
+
 def test_stream_reconnects_with_backoff_and_then_gives_up():
     source = StreamSource("rtsp://camera/1", reconnect_s=1.0,
                           open_capture=opener(FakeCapture(3), None, FakeCapture(2)))  # connect, drop, fail, reopen
