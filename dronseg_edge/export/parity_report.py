@@ -34,19 +34,20 @@ class ParityThresholds:
     min_agreement: float = 0.999
     max_miou_drop: float | None = None
 
+    def __post_init__(self) -> None:  # made directly too (the Python API), not only by for_precision
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise DronsegError(f"--min-agreement {self.min_agreement * 100:g} must be a percentage 0..100 "
+                               f"(min_agreement {self.min_agreement:g}: a fraction 0..1)")
+        if self.max_miou_drop is not None and not self.max_miou_drop >= 0:  # NaN: never checked
+            raise DronsegError(f"--max-miou-drop {self.max_miou_drop} must be >= 0 (points of mean IoU)")
+
     @classmethod
     def for_precision(cls, precision: str, min_agreement: float | None = None,
                       max_miou_drop: float | None = None) -> "ParityThresholds":
         """The defaults of ``precision`` with the given values (if not None) overriding them."""
         base_agreement, base_drop = DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["fp32"])
-        thresholds = cls(base_agreement if min_agreement is None else float(min_agreement),
-                         base_drop if max_miou_drop is None else float(max_miou_drop))
-        if not 0.0 <= thresholds.min_agreement <= 1.0:
-            raise DronsegError(f"--min-agreement {thresholds.min_agreement * 100:g} must be a percentage 0..100 "
-                               f"(min_agreement {thresholds.min_agreement:g}: a fraction 0..1)")
-        if thresholds.max_miou_drop is not None and not thresholds.max_miou_drop >= 0:  # NaN: never checked
-            raise DronsegError(f"--max-miou-drop {max_miou_drop} must be >= 0 (points of mean IoU)")
-        return thresholds
+        return cls(base_agreement if min_agreement is None else float(min_agreement),
+                   base_drop if max_miou_drop is None else float(max_miou_drop))
 
 
 @dataclass

@@ -177,6 +177,17 @@ def test_thresholds_per_precision_and_overrides():
         ParityThresholds.for_precision("int8", max_miou_drop=float("nan"))
 
 
+def test_thresholds_made_directly_are_checked_too():
+    """The Python API makes them directly: NaN passed every int8 file without checking its mIoU,
+    99 (a percentage, as the CLI takes it) failed every file as 'agreement 100.000% < 9900%'."""
+    from dronseg_edge.errors import DronsegError
+
+    with pytest.raises(DronsegError, match="--max-miou-drop nan must be >= 0"):
+        ParityThresholds(0.98, max_miou_drop=float("nan"))
+    with pytest.raises(DronsegError, match="a fraction 0..1"):
+        ParityThresholds(min_agreement=99)
+
+
 def test_failed_report_pictures_its_worst_image_and_names_the_picture(tmp_path):
     data = dataset(tmp_path / "d", [SKY_ROAD, SKY_ROAD, SKY_ROAD])
     truth = torch.from_numpy(SKY_ROAD)
