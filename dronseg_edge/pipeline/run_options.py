@@ -4,6 +4,7 @@ model's and the source's (option_fields.py: each field is its command-line optio
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List
@@ -95,8 +96,11 @@ class RunOptions:
 
         rules = [
             (0.0 <= self.alpha <= 1.0, f"--alpha {self.alpha} must be between 0 (frame only) and 1 (colours only)"),
-            (self.stride >= 1, f"--stride {self.stride} must be at least 1 (1 = every frame)"),
-            (self.max_frames is None or self.max_frames >= 1, f"--max-frames {self.max_frames} must be at least 1"),
+            # whole numbers: max_frames=2.5 made the run folder, then failed as "a bug" (islice)
+            (isinstance(self.stride, numbers.Integral) and self.stride >= 1,
+             f"--stride {self.stride} must be a whole number, at least 1 (1 = every frame)"),
+            (self.max_frames is None or isinstance(self.max_frames, numbers.Integral) and self.max_frames >= 1,
+             f"--max-frames {self.max_frames} must be a whole number, at least 1"),
             (self.reconnect_s > 0, f"--reconnect-s {self.reconnect_s} must be above 0 seconds"),
             *((value is None or (math.isfinite(value) and value > 0),
                f"{flag} {value} must be above 0 seconds (leave it out for no limit)")

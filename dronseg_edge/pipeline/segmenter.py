@@ -176,8 +176,8 @@ class Segmenter(contextlib.AbstractContextManager):
         cameras and streams) processes only the newest frame; ``stride`` every N-th frame.
         ``confidence``, ``classes``: this stream's instead of the Segmenter's own (see :meth:`request`).
         """
-        if int(stride) < 1 or (max_frames is not None and max_frames < 1):
-            raise DronsegError(f"stream(stride={stride}, max_frames={max_frames}): both must be at least 1 "
+        if not all(isinstance(n, numbers.Integral) and n >= 1 for n in (stride, 1 if max_frames is None else max_frames)):
+            raise DronsegError(f"stream(stride={stride}, max_frames={max_frames}): both must be at least 1, whole numbers "
                                "(stride=1: every frame; max_frames=None: no limit)")
         request = self.request(confidence, classes)
         reader, owned = source, None

@@ -426,8 +426,9 @@ def test_a_torch_tensor_is_one_frame_or_a_stack_as_a_numpy_array_is():
         assert np.array_equal(stacked[1].mask, one.mask)  # (H, W, 3) was taken row by row: "frame 0 is (80, 3)"
 
 
-@pytest.mark.parametrize("bad", [dict(stride=0), dict(stride=-2), dict(max_frames=0), dict(max_frames=-1)])
+@pytest.mark.parametrize("bad", [dict(stride=0), dict(stride=-2), dict(max_frames=0), dict(max_frames=-1),
+                                 dict(max_frames=2.5), dict(stride=2.5)])
 def test_stream_refuses_a_stride_or_frame_limit_below_one(bad):
-    # stride 0 read every frame silently; max_frames=-1 was islice's ValueError
+    # stride 0 read every frame silently; max_frames=-1 and 2.5 were islice's ValueError; stride 2.5 read every 2nd
     with Segmenter(argmax_backend()) as seg, pytest.raises(DronsegError, match="both must be at least 1"):
         next(seg.stream([scene(0, (80, 60))], **bad))
