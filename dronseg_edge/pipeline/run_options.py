@@ -119,7 +119,9 @@ class RunOptions:
         from dronseg_edge.pipeline.live_targets import (check_preview, check_stream_settings, parse_results_target,
                                                         parse_stream_urls)
 
-        object.__setattr__(self, "stream_out", tuple(self.stream_out or ()))
+        # one URL as a string is one URL, not its characters ("--stream-out 'u': not a stream URL")
+        urls = (self.stream_out,) if isinstance(self.stream_out, str) else tuple(self.stream_out or ())
+        object.__setattr__(self, "stream_out", urls)
         parse_stream_urls(self.stream_out)
         check_stream_settings(self.stream_bitrate_kbps, self.stream_what, self.stream_size)
         check_preview(self.preview, self.preview_token)

@@ -28,3 +28,8 @@ def test_bad_values_name_their_option(changes, message):
     with pytest.raises(DronsegError, match=message.replace("(", r"\(").replace(")", r"\)")):
         RunOptions(**changes)
 
+
+
+def test_one_stream_url_given_as_a_string_is_one_url():
+    # it was taken character by character: "--stream-out 'u': not a stream URL this can send"
+    assert RunOptions(stream_out="udp://127.0.0.1:5600").stream_out == ("udp://127.0.0.1:5600",)
