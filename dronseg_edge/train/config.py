@@ -115,6 +115,7 @@ class TrainConfig:
             (self.max_steps_per_epoch >= 0, f"--max-steps-per-epoch {self.max_steps_per_epoch}: must be 0 (whole epochs) or more"),
             (self.save_every_steps >= 0, f"--save-every-steps {self.save_every_steps}: must be 0 (epoch ends only) or more"),
             (self.mosaic_every >= 0, f"--mosaic-every {self.mosaic_every}: must be 0 (no mosaics) or more"),
+            (self.val_every >= 1, f"val_every {self.val_every}: must be at least 1 (the last epoch is always validated)"),
             (0.0 <= self.momentum < 1.0, f"--momentum {self.momentum}: must be 0 or more and below 1"),
             (self.div_factor > 0, f"--div-factor {self.div_factor}: must be positive"),
             (self.final_div_factor > 0, f"--final-div-factor {self.final_div_factor}: must be positive"),

@@ -45,6 +45,7 @@ def test_starting_the_loaders_workers_leaves_the_global_rng_alone(synth_root, tm
     ("focal_alpha", float("inf"), "--focal-alpha inf: must be a finite number"),
     ("seed", -1, "--seed -1: must be 0..4294967295"),
     ("seed", 2**32, "--seed 4294967296: must be 0..4294967295"),
+    ("val_every", 0, "val_every 0: must be at least 1"),  # 0 (as mosaic_every=0 is "never"): ZeroDivisionError after epoch 1
 ])
 def test_out_of_range_settings_are_refused_when_the_config_is_made(tmp_path, option, value, message):
     # Before: a traceback once the run folder existed (momentum, div factors, loss settings), a crash at
