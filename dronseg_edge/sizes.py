@@ -9,8 +9,11 @@ from dronseg_edge.errors import DronsegError
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX*]\s*(\d+)\s*$")
 
 
-def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
-    """Parse ``'1280x720'`` into ``(width, height)``; raise DronsegError on anything else."""
+def parse_size(text: str | tuple[int, int], option: str = "--size") -> tuple[int, int]:
+    """Parse ``'1280x720'`` (or a ``(width, height)`` pair, as the Python API takes sizes) into ``(width, height)``;
+    raise DronsegError on anything else."""
+    if isinstance(text, (tuple, list)):
+        text = "x".join(map(str, text))
     match = _SIZE.match(str(text))
     if not match:
         raise DronsegError(f"{option} {text!r} is not a size: write it as WIDTHxHEIGHT, e.g. 1280x720")

@@ -89,7 +89,7 @@ class Segmenter(contextlib.AbstractContextManager):
             raise DronsegError(f"--batch {batch}: {self.backend.path.name} was exported for batch {fixed}; "
                                f"use --batch {fixed} or re-export it with --batch {batch} (or --dynamic)")
         self.batch = int(batch)
-        size = None if size is None else parse_size(size if isinstance(size, str) else "x".join(map(str, size)), "size")
+        size = None if size is None else parse_size(size, "size")
         if size is not None and size != tuple(self.info.input_size):
             if not self.info.dynamic or self.info.io == "frames":  # a frames graph shrinks to its own size inside
                 raise DronsegError(f"{self.backend.path.name} was exported for {format_size(self.info.input_size)}; "

@@ -94,6 +94,7 @@ class TrainConfig:
         from dronseg_edge.train.losses import LOSS_NAMES, WEIGHT_METHODS, build_loss
 
         check_output_stride(check_arch(self.model), self.output_stride)
+        self.size = parse_size(self.size)  # (0, 720), (96,) or "96x64" failed in the loader, after the run folder was made
         choices = (("loss", LOSS_NAMES), ("scheduler", SCHEDULERS), ("optimizer", OPTIMIZERS), ("amp", AMP_MODES),
                    ("best_metric", BEST_METRICS), ("class_weights", WEIGHT_METHODS))
         checks = [(getattr(self, name) in allowed,

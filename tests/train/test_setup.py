@@ -32,6 +32,14 @@ def test_starting_the_loaders_workers_leaves_the_global_rng_alone(synth_root, tm
     assert torch.equal(torch.get_rng_state(), before)
 
 
+def test_the_training_size_is_checked_when_the_config_is_made(tmp_path):
+    # (0, 64) was OpenCV's resize assertion, (96,) and "96x64" TypeErrors, each after the run folder was made
+    for size in ((0, 64), (96,)):
+        with pytest.raises(DronsegError, match="--size '.*' is"):
+            TrainConfig(data=str(tmp_path), size=size).validate()
+    assert TrainConfig(data=str(tmp_path), size="96x64").validate().to_dict()["size"] == [96, 64]
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("momentum", -0.5, "--momentum -0.5: must be 0 or more and below 1"),
     ("div_factor", 0.0, "--div-factor 0.0: must be positive"),
