@@ -44,7 +44,8 @@ SHAPE_HELP = ("--dynamic engines: the {} input shape of TensorRT's optimisation 
 _NORMALISE = ((int, ("batch", "calib_images", "parity_images"), False), (float, ("workspace_gib",), False),
               (bool, ("dynamic", "parity", "reuse", "keep", "confidence", "dynamic_batch", "trt_verbose"), False),
               (Path, ("calib_data", "parity_data", "out_dir", "timing_cache"), True),
-              (lambda values: tuple(map(int, values)), ("size", "source_size", "min_shape", "opt_shape", "max_shape"), True),
+              (parse_size, ("size",), True), (functools.partial(parse_size, option="--source-size"), ("source_size",), True),
+              (lambda values: tuple(map(int, values)), ("min_shape", "opt_shape", "max_shape"), True),
               (int, ("dla_core", "builder_opt_level"), True))
 
 
@@ -183,8 +184,6 @@ class ExportOptions:
         if self.source_size is not None and self.dynamic:
             raise DronsegError(f"--source-size {self.source_size[0]}x{self.source_size[1]} fixes the frame size but --dynamic "
                                "takes any: pass one of them")
-        if self.source_size is not None and min(self.source_size) < 1:
-            raise DronsegError(f"--source-size {self.source_size[0]}x{self.source_size[1]} must be positive, as WxH")
         if self.head != "logits":
             raise DronsegError(f"--head {self.head} with --io frames: a frames graph always ends in the class map "
                                "(argmax inside it); drop --head")

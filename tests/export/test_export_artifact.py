@@ -37,6 +37,10 @@ def test_defaults_are_the_cli_defaults_and_values_are_normalised(tmp_path):
     ({"calib_images": 0}, "--calib-images 0 must be 1 or more"),
     ({"parity_images": -1}, "--parity-images -1 must be 1 or more"),
     ({"precision": "int8", "calib_method": "entropy"}, "--calib-method 'entropy' is not one of minmax, percentile"),
+    # sizes were taken unchecked: (0, 64) was torch's "Kernel size can't be greater than actual input size", (96,) an IndexError
+    ({"size": (0, 64)}, "--size '0x64' is out of range"),
+    ({"size": (96,)}, "--size '96' is not a size"),
+    ({"io": "frames", "source_size": (0, 0)}, "--source-size '0x0' is out of range"),
 ])
 def test_bad_options_are_one_line_user_errors(changes, message):
     with pytest.raises(DronsegError, match=message) as info:
