@@ -18,7 +18,7 @@ from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.host import preprocess_host
 from dronseg_edge.runtime.registry import backend_class, is_checkpoint, load_backend
-from dronseg_edge.sizes import format_size
+from dronseg_edge.sizes import format_size, parse_size
 
 HOST_TIMED_GPU_NOTE = ("latency includes the host<->device copies: timed on the host (perf_counter), as the backend "
                        "takes host arrays (ONNX Runtime, TensorRT) or no CUDA build of torch is installed for CUDA events")
@@ -109,6 +109,7 @@ def resolve_shape(backend: Backend, size: tuple[int, int] | None, batch: int) ->
               + " --head argmax" * (info.head == "argmax" and not frames) + f" --precision {info.precision}" * (info.precision != "fp32"))
     if batch < 1:
         raise DronsegError(f"--batch {batch} must be at least 1")
+    size = None if size is None else parse_size(size)  # (0, 32) reached the model: "the torch backend failed"
     # what goes into the artifact: its frames for a frames graph, else its input tensor
     built = tuple(info.source_size if frames and info.source_size is not None else info.input_size)
     if size is not None and tuple(size) != built and not info.dynamic:
