@@ -176,7 +176,7 @@ class Backend(ABC):
         """
         self.check_frames(frames)
         self._ensure_active()
-        rows = max(int(pad_to), self.info.batch or 1) if not self.info.dynamic else int(pad_to)
+        rows = self.info.batch if self.info.batch and not self.info.dynamic else int(pad_to)
         marks = [time.perf_counter()]  # a stage ends at each mark: STAGES
         if self.info.io == "frames":
             batch, real = pad_batch(host.frames_in_order(frames, self.info), rows)

@@ -173,3 +173,10 @@ def test_a_frames_graph_whose_map_is_smaller_than_its_frames_is_brought_to_their
     classes = small.segment(np.zeros((2, 6, 8, 3), np.uint8)).classes
     assert classes.shape == (2, 6, 8) and classes.dtype == np.uint8
     assert (classes[:, :2] == 0).all() and (classes[:, 2:] == 10).all()
+
+
+def test_a_fixed_batch_artifact_runs_its_own_batch_whatever_pad_to_asks():
+    # as segment() documents it; pad_to=4 on a batch-1 file was "exported for 1x3x6x8 inputs, got 4x3x6x8"
+    backend = counting_backend()
+    assert backend.segment(np.zeros((1, 6, 8, 3), np.uint8), pad_to=4).classes.shape == (1, 6, 8)
+    assert backend.batches == [(1, 3, 6, 8)]
