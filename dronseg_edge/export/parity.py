@@ -206,6 +206,8 @@ def check_parity(reference: Model, candidate: Model, data: Path | None = None, *
     checkpoint involved, else synthetic scenes (said in the report). Inputs are at the candidate's
     input size. ``thresholds`` default to the candidate's precision (ParityThresholds.for_precision).
     """
+    if max_images < 1:  # 0 compared every image there ("no limit" to pick_evenly)
+        raise DronsegError(f"max_images {max_images} must be 1 or more (--parity-images)")
     torch_device = resolve_device(str(device))
     owned: list[Backend] = []
     try:
