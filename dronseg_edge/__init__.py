@@ -14,3 +14,7 @@ def __getattr__(name: str):
 
         return Segmenter
     raise AttributeError(f"module 'dronseg_edge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # help() and a notebook's completion read dir()
+    return sorted({*globals(), *__all__})

@@ -22,3 +22,7 @@ def __getattr__(name: str):
     if name in _WHERE:
         return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'dronseg_edge.bench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # help() and a notebook's completion read dir(): the names above too
+    return sorted({*globals(), *_WHERE})

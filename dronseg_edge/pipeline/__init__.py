@@ -24,6 +24,9 @@ class _Package(types.ModuleType):
         setattr(self, name, value)
         return value
 
+    def __dir__(self) -> list[str]:  # help() and a notebook's completion read dir(): the names not yet used too
+        return sorted({*super().__dir__(), *_WHERE})
+
     def __setattr__(self, name: str, value) -> None:
         # open_source.py is named like its function: the import system binds a loaded submodule to the
         # package's attribute of its name, which must stay the function.
