@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,10 @@ class TrainConfig:
         checks += [(getattr(self, name) >= low, f"--{name.replace('_', '-')} {getattr(self, name)}: must be {rule}")
                    for low, rule, names in ((1, "at least 1", ("epochs", "batch", "accumulate")),
                                             (0, "0 or more", ("workers", "freeze_stages"))) for name in names]
+        # epochs=2.5 or batch=2.5 passed every range, then failed in range() or the DataLoader once the run folder existed
+        checks += [(isinstance(value, numbers.Integral), f"--{f.name.replace('_', '-')} {value}: must be a whole number")
+                   for f in dataclasses.fields(self) if f.type in ("int", "int | None")
+                   for value in (getattr(self, f.name),) if value is not None]
         # inf passes every range below (--rotate inf crashed the loader, --lr inf trained to NaN with exit 0)
         checks += [(math.isfinite(value), f"--{f.name.replace('_', '-')} {value}: must be a finite number")
                    for f in dataclasses.fields(self) for value in (getattr(self, f.name),) if isinstance(value, float)]
