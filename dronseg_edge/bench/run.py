@@ -4,6 +4,7 @@ backend with the requested options, check shapes, measure."""
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -107,8 +108,8 @@ def resolve_shape(backend: Backend, size: tuple[int, int] | None, batch: int) ->
     export = (f"dronseg-edge export {info.extra.get('source_checkpoint') or 'CHECKPOINT'}"
               + " --format engine" * (backend.path.suffix.lower() in (".engine", ".plan")) + " --io frames" * frames
               + " --head argmax" * (info.head == "argmax" and not frames) + f" --precision {info.precision}" * (info.precision != "fp32"))
-    if batch < 1:
-        raise DronsegError(f"--batch {batch} must be at least 1")
+    if not isinstance(batch, numbers.Integral) or batch < 1:  # 2.5: numpy's TypeError making the input
+        raise DronsegError(f"--batch {batch} must be a whole number, at least 1")
     size = None if size is None else parse_size(size)  # (0, 32) reached the model: "the torch backend failed"
     # what goes into the artifact: its frames for a frames graph, else its input tensor
     built = tuple(info.source_size if frames and info.source_size is not None else info.input_size)

@@ -88,6 +88,8 @@ def test_static_artifact_refuses_other_size_and_batch():
     assert resolve_shape(dynamic, (64, 32), 4) == (64, 32)
     with pytest.raises(DronsegError, match="--size '0x32' is out of range"):  # bench_model ran it: "the torch backend failed"
         resolve_shape(dynamic, (0, 32), 1)
+    with pytest.raises(DronsegError, match="--batch 2.5 must be a whole number"):  # numpy's TypeError making the input
+        resolve_shape(dynamic, None, 2.5)
 
 
 def test_make_input_is_normalised_and_reproducible():
