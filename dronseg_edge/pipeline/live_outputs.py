@@ -100,7 +100,7 @@ def build_live_sinks(src: Source, out_dir: Path, options, lut: np.ndarray, plan:
                 write_text_atomic(out_dir / sdp, description)
             sinks.append(StreamSink(target, picture, options.stream_what, size, fps, options.stream_bitrate_kbps,
                                     open_encoder=_encoder_opener(hardware), sdp=sdp))
-            log.info("stream: %s (%s, H.264)%s", target.url, options.stream_what,
+            log.info("stream: %s (%s, H.264)%s", target.name, options.stream_what,
                      f", SDP in {out_dir / sdp}:\n{description.rstrip()}" if sdp else "")
     if options.results is not None:
         sinks.append(ResultsSink(options.results, with_confidence=options.save_conf))
@@ -116,7 +116,7 @@ def _encoder_opener(hardware: str | None):
             try:
                 return GStreamerLiveEncoder(target, size, fps, bitrate_kbps, hardware)
             except OSError as exc:
-                log.warning("stream %s: %s; sending with PyAV's libx264 instead", target.url, exc)
+                log.warning("stream %s: %s; sending with PyAV's libx264 instead", target.name, exc)
         return PyAVLiveEncoder(target, size, fps, bitrate_kbps)
 
     return open_encoder

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.pipeline.source_base import shown_url
 from dronseg_edge.sizes import parse_size
 
 # H.264 in MPEG-TS over UDP; over RTP/UDP (QGroundControl's 'UDP h.264 video stream', port 5600); published
@@ -39,6 +40,11 @@ class StreamTarget:
     port: int
 
     @property
+    def name(self) -> str:
+        """How the target is shown in logs, errors and summary.json: its password masked (``rtsp://user:***@...``)."""
+        return shown_url(self.url)
+
+    @property
     def sdp_name(self) -> str:
         """The SDP file's name in the run folder (rtp:// only): ``stream_PORT.sdp``."""
         return f"stream_{self.port}.sdp"
@@ -46,27 +52,27 @@ class StreamTarget:
 
 def parse_stream_url(text: str) -> StreamTarget:
     """A ``--stream-out`` value -> StreamTarget; DronsegError naming the value and the forms it takes."""
-    parts = urlsplit(str(text).strip())
+    parts, shown = urlsplit(str(text).strip()), shown_url(str(text).strip())
     kind = parts.scheme.lower()
     if kind not in STREAM_KINDS:
-        raise DronsegError(f"--stream-out {text!r}: not a stream URL this can send; use {STREAM_EXAMPLES}")
+        raise DronsegError(f"--stream-out {shown!r}: not a stream URL this can send; use {STREAM_EXAMPLES}")
     try:
         port = parts.port
     except ValueError:
-        raise DronsegError(f"--stream-out {text!r}: the port is not a number in 1..65535") from None
+        raise DronsegError(f"--stream-out {shown!r}: the port is not a number in 1..65535") from None
     if not parts.hostname:
-        raise DronsegError(f"--stream-out {text!r}: no host; write {kind}://HOST:PORT (e.g. {STREAM_EXAMPLES})")
+        raise DronsegError(f"--stream-out {shown!r}: no host; write {kind}://HOST:PORT (e.g. {STREAM_EXAMPLES})")
     if not _HOST.fullmatch(parts.hostname):
-        raise DronsegError(f"--stream-out {text!r}: {parts.hostname!r} is not a host name or address")
+        raise DronsegError(f"--stream-out {shown!r}: {parts.hostname!r} is not a host name or address")
     if kind == "rtsp":
         if parts.path in ("", "/"):
-            raise DronsegError(f"--stream-out {text!r}: an RTSP publish needs a path on the server, "
+            raise DronsegError(f"--stream-out {shown!r}: an RTSP publish needs a path on the server, "
                                "e.g. rtsp://server:8554/drone")
         return StreamTarget(str(text).strip(), kind, parts.hostname, port or DEFAULT_RTSP_PORT)
     if not port:
-        raise DronsegError(f"--stream-out {text!r}: no port; write {kind}://HOST:PORT, e.g. {kind}://192.168.1.10:5600")
+        raise DronsegError(f"--stream-out {shown!r}: no port; write {kind}://HOST:PORT, e.g. {kind}://192.168.1.10:5600")
     if parts.path not in ("", "/") or parts.query:
-        raise DronsegError(f"--stream-out {text!r}: {kind}:// takes HOST:PORT only (no path or options)")
+        raise DronsegError(f"--stream-out {shown!r}: {kind}:// takes HOST:PORT only (no path or options)")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return StreamTarget(f"{kind}://{host}:{port}", kind, parts.hostname, port)
 
@@ -78,7 +84,7 @@ def parse_stream_urls(values) -> tuple[StreamTarget, ...]:
     for target in targets:
         key = (target.kind, target.host, target.port) if target.kind != "rtsp" else target.url
         if key in seen:
-            raise DronsegError(f"--stream-out {target.url} is given twice: give each destination once")
+            raise DronsegError(f"--stream-out {target.name} is given twice: give each destination once")
         seen.add(key)
     return targets
 
@@ -159,11 +165,12 @@ def parse_results_target(text: str) -> tuple[str, object]:
             port = parts.port
         except ValueError:
             port = None
-        if not parts.hostname or not port or parts.path not in ("", "/"):
-            raise DronsegError(f"--results {text!r}: write udp://HOST:PORT (e.g. udp://127.0.0.1:14600)")
+        if not parts.hostname or not port or parts.path not in ("", "/") or parts.username is not None:
+            raise DronsegError(f"--results {shown_url(value)!r}: write udp://HOST:PORT (e.g. udp://127.0.0.1:14600; "
+                               "UDP takes no user or password)")
         return "udp", (parts.hostname, port)
     if "://" in value:
-        raise DronsegError(f"--results {text!r}: give udp://HOST:PORT, a file name, or - for standard output")
+        raise DronsegError(f"--results {shown_url(value)!r}: give udp://HOST:PORT, a file name, or - for standard output")
     if not value:
         raise DronsegError("--results is empty: give udp://HOST:PORT, a file name, or - for standard output")
     return "file", Path(value)

@@ -26,6 +26,7 @@ from dronseg_edge.pipeline.live_targets import StreamTarget
 from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.sinks import Sink
+from dronseg_edge.pipeline.source_base import shown_url
 from dronseg_edge.pipeline.video_writer import even_size
 from dronseg_edge.sizes import format_size
 
@@ -74,7 +75,7 @@ class StreamSink(Sink):
                  bitrate_kbps: int, open_encoder: Callable[[StreamTarget, tuple[int, int], float, int], LiveEncoder],
                  sdp: str | None = None):
         super().__init__()
-        self.name = self.target = target.url
+        self.name = self.target = target.name
         self.stream = target
         self.plan, self.what, self.fps, self.bitrate_kbps = plan, what, fps, bitrate_kbps
         self.size = None if size is None else even_size(size)
@@ -127,7 +128,7 @@ class StreamSink(Sink):
         return True
 
     def _retry_later(self, exc: OSError, what: str) -> None:
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        reason = shown_url(" ".join(str(exc).split()))[:200] or type(exc).__name__
         if not self._down:  # one line per outage, not one per retry
             log.warning("stream %s %s (%s): retrying every %g..%g s; frames for it are dropped meanwhile",
                         self.name, what, reason, FIRST_RETRY_S, MAX_RETRY_S)

@@ -74,3 +74,13 @@ def test_results_targets():
     assert parse_results_target("out/r.jsonl") == ("file", Path("out/r.jsonl"))
     with pytest.raises(DronsegError, match="--results 'tcp://h:1'"):
         RunOptions(results="tcp://h:1")
+
+
+def test_a_password_in_a_target_is_never_shown():
+    target = parse_stream_url("rtsp://pilot:s3cret@server:8554/drone")
+    assert target.name == "rtsp://pilot:***@server:8554/drone" and "s3cret" in target.url  # the URL still opens it
+    for given, option in ((("rtsp://u:s3cret@h/a", "rtsp://u:s3cret@h/a"), "stream_out"), ("udp://u:s3cret@h:1", "results"),
+                          ("tcp://u:s3cret@h:1", "results"), (("rtsp://u:s3cret@h",), "stream_out")):
+        with pytest.raises(DronsegError) as error:
+            RunOptions(**{option: given})
+        assert "s3cret" not in str(error.value) and "u:***@h" in str(error.value)

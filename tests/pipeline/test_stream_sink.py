@@ -202,6 +202,18 @@ def test_a_lost_connection_is_reopened_and_counted(fake_encoder):
     assert "Broken pipe" in sink.record()["last_error"]
 
 
+def test_a_publish_password_is_masked_in_logs_and_summary(fake_encoder, caplog):
+    class Refused(FakeEncoder):
+        def __init__(self, target, *args):
+            raise ConnectionRefusedError(111, f"Connection refused: '{target.url}'")  # as PyAV names the URL
+
+    sink = stream_sink("rtsp://pilot:s3cret@127.0.0.1:8554/drone", open_encoder=Refused)
+    sink.write(make_result(0))
+    record = sink.record()
+    assert sink.name == record["url"] == "rtsp://pilot:***@127.0.0.1:8554/drone"  # summary.json's frames_written key
+    assert "s3cret" not in str(record) + caplog.text and "pilot:***@" in record["last_error"]
+
+
 def test_latency_is_counted_from_the_frames_read(fake_encoder):
     sink = stream_sink("udp://127.0.0.1:5600", open_encoder=FakeEncoder)
     for index in range(5):
