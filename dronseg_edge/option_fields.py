@@ -8,11 +8,22 @@ callers alike. Specs shared by several dataclasses (``--device``, ``--meta``, ``
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from dronseg_edge.errors import DronsegError
+
 _TYPES = {"bool": bool, "int": int, "float": float, "str": str, "Path": Path}
+
+
+def whole(value, flag: str, least: int = 1) -> int:
+    """``value`` as an int; DronsegError naming ``flag`` when it is not a whole number (2.5 is not taken as 2, nor
+    "2" or True as a count) or is below ``least``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise DronsegError(f"{flag} {value!r} must be a whole number, at least {least}")
+    return int(value)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any, List
 from dronseg_edge.devices import DEVICE
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import META
-from dronseg_edge.option_fields import option
+from dronseg_edge.option_fields import option, whole
 from dronseg_edge.sizes import parse_size
 
 DEFAULT_MIN_ITERS = 20  # with neither --iters nor --duration-s: at least 20 iterations and 3 s (trtexec: 10 and 3 s)
@@ -40,10 +40,10 @@ class TimingSettings:
     def __post_init__(self) -> None:
         if not math.isfinite(self.warmup_s) or self.warmup_s < 0:
             raise DronsegError(f"--warmup-s {self.warmup_s} must be 0 or more seconds")
-        if self.warmup_iters is not None and self.warmup_iters < 0:
-            raise DronsegError(f"--warmup-iters {self.warmup_iters} must be 0 or more")
-        if self.iters is not None and self.iters < 1:
-            raise DronsegError(f"--iters {self.iters} must be at least 1 (or use --duration-s SECONDS)")
+        if self.warmup_iters is not None:
+            whole(self.warmup_iters, "--warmup-iters", least=0)
+        if self.iters is not None:  # "runs exactly iters": 2.5 is not taken as 2
+            whole(self.iters, "--iters")
         if self.duration_s is not None and (not math.isfinite(self.duration_s) or self.duration_s <= 0):
             raise DronsegError(f"--duration-s {self.duration_s} must be more than 0 seconds")
 

@@ -40,13 +40,21 @@ SHAPE_HELP = ("--dynamic engines: the {} input shape of TensorRT's optimisation 
               "BATCHxWIDTHxHEIGHT of the model input (--io frames: of the frames), e.g. 1x320x192.")
 
 
+def _int(value) -> int:
+    """A whole number as an int ("2", 2.0 and numpy's 2 too); ValueError for 2.5, not 2."""
+    number = int(value) if isinstance(value, str) else value
+    if int(number) != number:
+        raise ValueError(value)
+    return int(number)
+
+
 # (conversion, fields, whether None stays None) for ExportOptions.__post_init__.
-_NORMALISE = ((int, ("batch", "calib_images", "parity_images"), False), (float, ("workspace_gib",), False),
+_NORMALISE = ((_int, ("batch", "calib_images", "parity_images"), False), (float, ("workspace_gib",), False),
               (bool, ("dynamic", "parity", "reuse", "keep", "confidence", "dynamic_batch", "trt_verbose"), False),
               (Path, ("calib_data", "parity_data", "out_dir", "timing_cache"), True),
               (parse_size, ("size",), True), (functools.partial(parse_size, option="--source-size"), ("source_size",), True),
               (lambda values: tuple(map(int, values)), ("min_shape", "opt_shape", "max_shape"), True),
-              (int, ("dla_core", "builder_opt_level"), True))
+              (_int, ("dla_core", "builder_opt_level", "opset"), True))  # opset "17": --reuse compares ints
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -122,7 +130,14 @@ class ExportOptions:
         for convert, names, optional in _NORMALISE:
             for name in names:
                 if not optional or getattr(self, name) is not None:
-                    object.__setattr__(self, name, convert(getattr(self, name)))
+                    try:
+                        object.__setattr__(self, name, convert(getattr(self, name)))
+                    except (TypeError, ValueError):  # 2.5 is not taken as 2
+                        if convert is not _int:
+                            raise
+                        raise DronsegError(f"--{name.replace('_', '-')} {getattr(self, name)!r} must be a whole number") from None
+        if self.thresholds is not None and not hasattr(self.thresholds, "min_agreement"):  # 0.99: AttributeError later
+            raise DronsegError(f"thresholds={self.thresholds!r}: give a ParityThresholds (or None: the precision's)")
         # One spelling per graph: --dynamic frees the batch too, and a Triton model always batches.
         object.__setattr__(self, "dynamic_batch", not self.dynamic and (self.dynamic_batch or self.fmt == "triton"))
         self._validate()

@@ -26,6 +26,7 @@ import numpy as np
 from dronseg_edge.classes import class_counts
 from dronseg_edge.devices import device_description
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.option_fields import whole
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.request import FrameRequest, select_classes
 from dronseg_edge.pipeline.result import Result
@@ -82,13 +83,12 @@ class Segmenter(contextlib.AbstractContextManager):
                             "export it with --precision fp16 instead", Path(model).name)
         self.device = self.backend.device
         self.info = self.backend.info
-        if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:  # not "2", nor 2.5 taken as 2
-            raise DronsegError(f"--batch {batch!r} must be a whole number, at least 1")
+        batch = whole(batch, "--batch")
         fixed = self.info.batch if not self.info.dynamic else None
         if fixed is not None and batch > fixed:
             raise DronsegError(f"--batch {batch}: {self.backend.path.name} was exported for batch {fixed}; "
                                f"use --batch {fixed} or re-export it with --batch {batch} (or --dynamic)")
-        self.batch = int(batch)
+        self.batch = batch
         size = None if size is None else parse_size(size, "size")
         if size is not None and size != tuple(self.info.input_size):
             if not self.info.dynamic or self.info.io == "frames":  # a frames graph shrinks to its own size inside
@@ -108,13 +108,14 @@ class Segmenter(contextlib.AbstractContextManager):
         self.backend.__enter__()
 
     def _tile_plan(self, mode: str, overlap: float, tile_batch: int | None, fixed: int | None) -> TilePlan:
+        tile_batch = None if tile_batch is None else whole(tile_batch, "--tile-batch")
         if fixed is not None:
             if tile_batch not in (None, fixed):
                 raise DronsegError(f"tile batch {tile_batch}: {self.backend.path.name} was exported for batch {fixed}")
             tile_batch = fixed
         elif tile_batch is None:  # an engine's profile may stop at its build batch
             tile_batch = self.batch if self.backend.name == "tensorrt" else max(self.batch, DEFAULT_TILE_BATCH)
-        return TilePlan(mode, tuple(self.info.input_size), float(overlap), int(tile_batch),
+        return TilePlan(mode, tuple(self.info.input_size), float(overlap), tile_batch,
                         tiling_unable(self.info, self.backend.path.name))
 
     def _check_confidence(self, confidence: bool | None) -> None:

@@ -205,3 +205,10 @@ def test_cuda_events_time_each_stage(tiny_checkpoint):
     assert m.latency.median_ms >= m.compute.median_ms
     excluded = bench_model(tiny_checkpoint, device, TimingSettings(warmup_iters=3, iters=10)).measurement
     assert excluded.latency.to_dict() == excluded.compute.to_dict() and excluded.h2d is not None
+
+
+def test_iteration_counts_must_be_whole_numbers():
+    for changes, message in (({"iters": 2.5}, "--iters 2.5 must be a whole number"),
+                             ({"warmup_iters": 1.5}, "--warmup-iters 1.5 must be a whole number")):
+        with pytest.raises(DronsegError, match=message):  # "runs exactly iters": 2.5 was 2
+            TimingSettings(**changes)

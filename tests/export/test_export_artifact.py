@@ -166,3 +166,12 @@ def test_export_into_a_folder_whose_name_is_not_utf8_is_one_line_and_writes_noth
     with pytest.raises(DronsegError, match=r"exp\\udce9'?: OpenCV, FFmpeg and ONNX Runtime take file names as UTF-8"):
         export_artifact(tiny_checkpoint, out_dir=out, device="cpu")
     assert not out.exists()
+
+
+def test_whole_numbers_are_ints_and_2_5_is_refused_not_taken_as_2():
+    assert ExportOptions(opset="17").opset == 17  # --reuse compares it with the file's int opset
+    for changes, message in (({"batch": 2.5}, "--batch 2.5 must be a whole number"),
+                             ({"opset": 17.5}, "--opset 17.5 must be a whole number"),
+                             ({"thresholds": 0.99}, "thresholds=0.99: give a ParityThresholds")):
+        with pytest.raises(DronsegError, match=message):
+            ExportOptions(**changes)

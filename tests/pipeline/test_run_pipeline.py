@@ -328,3 +328,9 @@ def test_gpu_video_run_matches_the_input(trained_checkpoint, video_path, tmp_pat
     assert (len(frames), fps, size) == (24, 30.0, (128, 80))
     assert len(list((tmp_path / "run" / "masks").iterdir())) == len(read_stats(tmp_path / "run")) == 24
     assert "CUDA graph" in summary.data["provider"] and summary.data["device"].startswith("NVIDIA")
+
+
+def test_a_list_of_frames_is_refused_as_a_source_in_one_line():
+    from dronseg_edge.pipeline.open_source import open_source
+    with pytest.raises(DronsegError, match="a list is not a source.*Segmenter.stream"):  # was OSError: File name too long
+        open_source([np.zeros((64, 64, 3), np.uint8)] * 40)

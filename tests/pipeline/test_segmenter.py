@@ -208,6 +208,9 @@ def test_a_batch_or_confidence_of_another_type_is_refused_not_taken_as_another_v
                 Segmenter(backend(), batch=batch)
         with pytest.raises(DronsegError, match="confidence='no': give True or False"):
             Segmenter(backend(), confidence="no")
+    for tile_batch in (2.5, "2"):  # 2.5 was taken as 2
+        with pytest.raises(DronsegError, match=re.escape(f"--tile-batch {tile_batch!r} must be a whole number")):
+            Segmenter(FakeBackend(), tile_batch=tile_batch)
     with Segmenter(FakeBackend(), batch=np.int64(2)) as seg, pytest.raises(DronsegError, match="confidence='no'"):
         assert seg.batch == 2
         next(seg.stream([scene(0, (16, 12))], confidence="no"))
