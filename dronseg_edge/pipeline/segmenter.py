@@ -73,6 +73,10 @@ class Segmenter(contextlib.AbstractContextManager):
                  tile_overlap: float = DEFAULT_OVERLAP, tile_batch: int | None = None, confidence: bool = False,
                  classes=None, meta: str | Path | None = None, streaming: bool = False):
         if isinstance(model, Backend):
+            given = [f"{name}={value!r}" for name, value, default in (("device", device, "auto"), ("half", half, False),
+                     ("precision", precision, None), ("streaming", streaming, False)) if value != default]
+            if given:  # silently ignored before
+                raise DronsegError(f"{', '.join(given)}: a Backend passed in was made with its own; pass the model's path to choose")
             self.backend = model
         else:
             device = resolve_device_for(model, device)  # resolved once here: --half depends on it

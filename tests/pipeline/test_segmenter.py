@@ -435,3 +435,9 @@ def test_stream_refuses_a_stride_or_frame_limit_below_one(bad):
     # stride 0 read every frame silently; max_frames=-1 and 2.5 were islice's ValueError; stride 2.5 read every 2nd
     with Segmenter(argmax_backend()) as seg, pytest.raises(DronsegError, match="both must be at least 1"):
         next(seg.stream([scene(0, (80, 60))], **bad))
+
+
+def test_settings_a_backend_passed_in_cannot_take_are_refused_not_ignored():
+    for changes in ({"device": "cpu"}, {"half": True}, {"precision": "fp16"}, {"streaming": True}):
+        with pytest.raises(DronsegError, match=re.escape(f"{', '.join(f'{k}={v!r}' for k, v in changes.items())}: a Backend")):
+            Segmenter(FakeBackend(), **changes)
