@@ -76,7 +76,8 @@ class Segmenter(contextlib.AbstractContextManager):
             given = [f"{name}={value!r}" for name, value, default in (("device", device, "auto"), ("half", half, False),
                      ("precision", precision, None), ("streaming", streaming, False)) if value != default]
             if given:  # silently ignored before
-                raise DronsegError(f"{', '.join(given)}: a Backend passed in was made with its own; pass the model's path to choose")
+                raise DronsegError(f"{', '.join(given)}: a Backend passed in was made with its own; "
+                                   "pass the model's path to choose")
             self.backend = model
         else:
             device = resolve_device_for(model, device)  # resolved once here: --half depends on it
