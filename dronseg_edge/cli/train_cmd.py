@@ -12,14 +12,16 @@ from dronseg_edge.cli.extras import require_extra
 from dronseg_edge.cli.outputs import check_json_out, check_out_dir, check_out_file, json_out, text_out
 from dronseg_edge.cli.params import Device, Json, MaxPixels, Meta, takes
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.train.config import TrainConfig
+from dronseg_edge.train.config import RESUME_OPTIONS, TrainConfig
 
 
 @app.command(help="Fine-tune DeepLabV3 on drone images "
                   "(multi-GPU: torchrun --nproc-per-node N -m dronseg_edge train ...).")
 @takes(cfg=TrainConfig)
 def train(
-    resume: Optional[Path] = typer.Option(None, help="weights/last.pt of a run to continue (its own options are used).",
+    ctx: typer.Context,
+    resume: Optional[Path] = typer.Option(None, help="weights/last.pt of a run to continue, with its own options (it "
+                                          "takes only --data, --device, --workers and --max-pixels).",
                                           show_default="a new run"),
     cfg: TrainConfig = None,
 ) -> None:
@@ -27,7 +29,13 @@ def train(
     import matplotlib.figure  # noqa: F401  so loaded now: one built for numpy 1.x (< 3.8.4) fails under numpy 2
     from dronseg_edge.train.fit import fit
 
-    if resume is None:
+    if resume is not None:  # the run's own options: one typed here would be ignored
+        typed = [p.opts[0] for p in ctx.command.params if p.name not in ("resume", *RESUME_OPTIONS)
+                 and ctx.get_parameter_source(p.name).name == "COMMANDLINE"]
+        if typed:
+            raise DronsegError(f"{', '.join(typed)}: the run's own with --resume (which takes only --data, --device, "
+                               "--workers and --max-pixels anew): leave them out, or start a new run")
+    else:
         cfg.validate()  # before the data checks; fit validates a resumed run's own options
     # --data is needed for a new run (a resumed one has its own), and must be a folder when given.
     data = Path(cfg.data) if cfg.data else None

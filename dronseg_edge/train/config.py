@@ -19,6 +19,7 @@ SCHEDULERS = ("onecycle", "constant", "poly")
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("auto", "fp16", "bf16", "off")
 BEST_METRICS = ("miou", "mdice", "competition", "val_loss")
+RESUME_OPTIONS = ("data", "device", "workers", "max_pixels")  # what a resumed run takes anew; the rest is its own
 
 
 @dataclass

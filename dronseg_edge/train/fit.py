@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +16,7 @@ from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.leftovers import RANDOM, TAGGED
 from dronseg_edge.train import plots
-from dronseg_edge.train.config import TrainConfig
+from dronseg_edge.train.config import RESUME_OPTIONS, TrainConfig
 from dronseg_edge.train.distributed import DistContext, all_reduce_sum, barrier, cleanup_distributed, setup_distributed
 from dronseg_edge.train.loop import evaluate, train_one_epoch
 from dronseg_edge.train.mosaics import ValidationMosaic
@@ -90,6 +90,11 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, resume: Path) -> TrainConfig:
     """The run's own config from its checkpoint, with what a resume may change: the device, the
     loader workers, and (when given, ``cfg.data`` / ``cfg.max_pixels``) the data folder and pixel limit.
     The data folder the checkpoint records must still exist, or be given anew."""
+    default = TrainConfig()  # fit(TrainConfig(epochs=50), resume=...) ran the run's own epochs without a word
+    changed = [f.name for f in fields(cfg) if f.name not in RESUME_OPTIONS and getattr(cfg, f.name) != getattr(default, f.name)]
+    if changed:
+        raise DronsegError(f"{', '.join(changed)}: the resumed run's own (it takes only data, device, workers and "
+                           "max_pixels anew): leave them at their defaults")
     overrides = {"device": cfg.device, "workers": cfg.workers, **({"data": cfg.data} if cfg.data else {}),
                  **({"max_pixels": cfg.max_pixels} if cfg.max_pixels is not None else {})}
     resumed = TrainConfig.from_dict({**TrainingState.from_checkpoint(ckpt).config, **overrides})

@@ -80,6 +80,15 @@ def test_resume_errors(capsys, tmp_path, tiny_checkpoint):
     assert message == f"error: --resume {tmp_path} is a folder: pass the weights/last.pt of the run to continue (RUN/weights/last.pt)"
 
 
+def test_resume_refuses_the_options_of_its_run(capsys, tmp_path):
+    """`train --resume RUN/weights/last.pt --epochs 50 --out OTHER` continued RUN for its own epochs, exit 0."""
+    message = one_line_error(capsys, "train", "--resume", tmp_path / "last.pt", "--epochs", "50", "--out", tmp_path / "o",
+                             "--hflip", "0", "--device", "cpu", "--workers", "0", "--max-pixels", "9000000")
+    assert message == ("error: --out, --epochs, --hflip: the run's own with --resume (which takes only --data, --device, "
+                       "--workers and --max-pixels anew): leave them out, or start a new run")
+    assert "does not exist" in one_line_error(capsys, "train", "--resume", tmp_path / "last.pt", "--device", "cpu")
+
+
 def test_resume_takes_the_data_folder_from_its_checkpoint_unless_given(capsys, synth_root, tmp_path):
     """The README form `train --resume RUN/weights/last.pt` needs no --data; a given one is checked first."""
     import shutil

@@ -174,6 +174,15 @@ def test_a_checkpoint_outside_a_weights_folder_is_not_resumed_into_the_folder_ab
     assert (tmp_path / "config.json").read_text() == "the user's own" and not (tmp_path / "weights").exists()
 
 
+def test_a_resume_refuses_options_of_the_run_it_would_ignore(synth_root, tmp_path):
+    """fit(TrainConfig(epochs=3), resume=last) trained the run's own epochs, without a word."""
+    run = fit(config(synth_root, tmp_path / "run", epochs=1, max_steps_per_epoch=1), log=lambda _m: None)
+    saved = run.last.stat().st_mtime_ns
+    with pytest.raises(DronsegError, match="^epochs, seed: the resumed run's own .*data, device, workers and max_pixels"):
+        fit(TrainConfig(epochs=3, seed=1, device="cpu", workers=0), resume=run.last, log=lambda _m: None)
+    assert run.last.stat().st_mtime_ns == saved
+
+
 def test_ddp_two_gloo_processes(synth_root, tmp_path):
     run = tmp_path / "ddp"
     cmd = torchrun("-m", "dronseg_edge", *_train_cmd(synth_root, run, 2)[3:])
