@@ -8,6 +8,7 @@ harness as ``bench``. A variant this machine cannot run becomes a row that says 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -73,6 +74,7 @@ class MatrixRow:
         v, accuracy = self.variant, self.accuracy or {}
         return {"format": v.fmt, "precision": v.precision, "cuda_graph": v.cuda_graph, "tf32": v.tf32, "label": v.label,
                 **{f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("variant", "result")},
+                "path": self.path and os.path.abspath(self.path),  # the JSON is read from anywhere, as parity reports
                 "miou": accuracy.get("miou"), "competition": accuracy.get("competition"),
                 "result": self.result.to_dict() if self.result is not None else None}
 
@@ -180,7 +182,7 @@ def _run_variant(variant: Variant, checkpoint: Path, device: torch.device, timin
         finally:
             backend.deactivate()
         row.accuracy = {"miou": scores["miou"], "competition": scores["competition"], "images": scores["images"],
-                        "split": images.split, "split_source": images.source, "data": str(images.root)}
+                        "split": images.split, "split_source": images.source, "data": os.path.abspath(images.root)}
         say(f"{variant.label}: mIoU {scores['miou']:.4f}, competition Dice {scores['competition']:.4f}")
     row.result = bench_model(path, device, timing, size=size, batch=batch, **options)
     row.notes = list(row.result.notes)

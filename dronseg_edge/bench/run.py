@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,7 +49,8 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "measurement"}
-        return {**data, "input_size": format_size(self.input_size), **self.measurement.to_dict()}
+        return {**data, "model": os.path.abspath(self.model),  # the JSON is read from anywhere, as parity reports
+                "input_size": format_size(self.input_size), **self.measurement.to_dict()}
 
 
 def torch_cuda_installed() -> bool:

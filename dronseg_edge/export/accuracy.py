@@ -18,6 +18,7 @@ training makes of ``--data`` by default (stratified, ``--val-fraction 0.2``, ``-
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -172,6 +173,7 @@ def evaluate_artifact(model: Path, data: Path | None = None, split: str = "val",
         validate_samples(images.samples, num_classes=backend.info.num_classes, max_pixels=limit)
         scores = score_backend(backend, images.samples, batch, log, limit)
     info = backend.info
-    return {"model": str(model), "data": str(images.root), "split": split, "split_source": images.source,
+    return {"model": os.path.abspath(model), "data": os.path.abspath(images.root),  # read from anywhere, as parity reports
+            "split": split, "split_source": images.source,
             "arch": info.arch, "input_size": list(info.input_size), "precision": info.precision, "io": info.io,
             "backend": backend.name, "provider": backend.provider, "class_names": list(info.class_names), **scores}

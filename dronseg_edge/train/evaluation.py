@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,8 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str =
     metrics = SegmentationMetrics(len(ckpt["class_names"]), IGNORE_INDEX, class_names=list(ckpt["class_names"]))
     scores = evaluate(model, None, native_loader(ckpt, samples, batch, workers, limit), ctx, metrics, description=f"eval {split}")
     scores.pop("loss", None)
-    return {"checkpoint": str(checkpoint), "data": str(root), "split": split, "arch": ckpt["arch"],
+    return {"checkpoint": os.path.abspath(checkpoint), "data": os.path.abspath(root),  # read from anywhere, as parity reports
+            "split": split, "arch": ckpt["arch"],
             "input_size": list(ckpt["input_size"]), "class_names": list(ckpt["class_names"]), **scores}
 
 

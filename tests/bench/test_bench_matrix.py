@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,11 @@ def test_an_image_over_the_limit_is_not_advised_a_max_pixels_bench_lacks(tiny_ch
     (row,) = run_matrix(tiny_checkpoint, CPU, FAST, out_dir=tmp_path, variants=[Variant("pytorch", "fp32")], log=said.append)
     for text in (row.reason, said[0]):
         assert "remove it or scale it down (this command takes no --max-pixels)" in text and "raise" not in text, text
+
+
+def test_rows_record_their_files_as_absolute_paths(tiny_checkpoint, tmp_path, monkeypatch):
+    """bench --matrix/--json run from another folder recorded 'path' and 'model' as typed, read from nowhere else."""
+    monkeypatch.chdir(tmp_path)
+    typed = Path(os.path.relpath(tiny_checkpoint, tmp_path))
+    row = run_matrix(typed, CPU, FAST, out_dir=Path("exp"), variants=[Variant("pytorch", "fp32")], parity=False)[0]
+    assert row.to_dict()["path"] == row.to_dict()["result"]["model"] == os.path.abspath(tiny_checkpoint)

@@ -1,6 +1,7 @@
 """train / eval / submit from the command line: happy path and one-line errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -253,3 +254,14 @@ def test_train_weights_that_hold_code_are_refused_before_any_work(capsys, tmp_pa
     assert message.startswith(f"error: --weights {evil} cannot be read (it holds Python objects, not plain data: ")
     assert "weights_only" not in message and "trust" not in message
     assert not out.exists() and not marker.exists()
+
+
+def test_eval_json_records_the_model_and_data_as_absolute_paths(capsys, tiny_checkpoint, synth_root, tmp_path, monkeypatch):
+    """eval --json run from another folder recorded 'checkpoint' and 'data' as typed: a reader elsewhere found neither."""
+    monkeypatch.chdir(tmp_path)
+    typed = [os.path.relpath(path, tmp_path) for path in (tiny_checkpoint, synth_root)]
+    code, _out, err = run_cli(capsys, "eval", typed[0], "--data", typed[1], "--split", "all", "--device", "cpu",
+                              "--workers", "0", "--json", "s.json")
+    assert code == 0, err
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert (scores["checkpoint"], scores["data"]) == (str(tiny_checkpoint), str(synth_root))
