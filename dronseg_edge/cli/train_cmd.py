@@ -37,11 +37,8 @@ def train(
                                "--workers and --max-pixels anew): leave them out, or start a new run")
     else:
         cfg.validate()  # before the data checks; fit validates a resumed run's own options
-    # --data is needed for a new run (a resumed one has its own), and must be a folder when given.
+    # --data (needed for a new run: validate; a resumed one has its own) must be a folder when given.
     data = Path(cfg.data) if cfg.data else None
-    if data is None and resume is None:
-        raise DronsegError("--data DIR is needed: the data set root in the Kaggle AeroScapes layout (make one with "
-                           "`dronseg-edge synth DIR`); only --resume takes it from its checkpoint")
     if data is not None and not data.is_dir():
         raise DronsegError(f"--data {data} is not a folder: pass the data set root in the Kaggle AeroScapes layout "
                            + ("(or leave --data out: the run's own)" if resume is not None else

@@ -133,6 +133,9 @@ class TrainConfig:
             ("--rotate", aug.rotate), ("--color", aug.brightness))]
         checks += [(0.0 <= value <= 1.0, f"{flag} {value}: must be between 0 and 1") for flag, value in (
             ("--hflip", aug.hflip), ("--shift", aug.shift), ("--blur-p", aug.blur_p), ("--noise-p", aug.noise_p))]
+        # fit(TrainConfig()) read the current folder as the data set ("imgs/imgs is missing"); data=None a TypeError
+        checks.append((bool(self.data), "--data DIR is needed: the data set root in the Kaggle AeroScapes layout (make "
+                                        "one with `dronseg-edge synth DIR`); only --resume takes it from its checkpoint"))
         for ok, message in checks:
             if not ok:
                 raise DronsegError(message)

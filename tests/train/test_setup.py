@@ -114,3 +114,10 @@ def test_a_run_folder_another_live_run_works_in_is_refused_before_anything_is_wr
         holder.kill()
         holder.wait()
     assert [p.name for p in run.iterdir() if not p.name.startswith(".dronseg-lock-")] == []  # no split.json, no weights
+
+
+@pytest.mark.parametrize("data", ["", None])
+def test_a_config_without_data_names_the_data_option(data):
+    """fit(TrainConfig()) said 'imgs/imgs is missing' of the current folder; data=None raised a TypeError."""
+    with pytest.raises(DronsegError, match=r"^--data DIR is needed: the data set root .* `dronseg-edge synth DIR`"):
+        TrainConfig(data=data).validate()
