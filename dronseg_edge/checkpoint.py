@@ -107,7 +107,14 @@ def recorded_split(ckpt: dict[str, Any], part: str) -> list[str]:
 def recorded_data_root(ckpt: dict[str, Any], required: bool = False) -> Path | None:
     """The data set folder the checkpoint was trained on (``config["data"]``), or None when it records none;
     ``required``: a DronsegError naming --data when that folder is not here (not the data check's advice: synth)."""
-    root = (ckpt.get("config") or {}).get("data")
+    config = ckpt.get("config") or {}
+    root, out = config.get("data"), Path(config.get("out") or "/")
+    if root and not os.path.isabs(root) and not out.is_absolute() and ckpt.get("path"):
+        # Versions before 2026-12-07 recorded --data and --out as typed, relative to where `train` ran: the run
+        # folder less --out's parts, not the folder eval or export runs in (whose data/ may be another copy).
+        run_dir = Path(ckpt["path"]).resolve().parts[:-2]
+        if run_dir[len(run_dir) - len(out.parts):] == out.parts:
+            root = str(Path(*run_dir[:len(run_dir) - len(out.parts)]) / root)
     if required and root and not Path(root).is_dir():
         raise DronsegError(f"the data folder {root} that {ckpt.get('path')} trained on does not exist here: "
                            "pass --data DIR (the same data set, the run's split names its images)")

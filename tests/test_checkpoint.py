@@ -46,6 +46,21 @@ def test_model_and_training_parts_round_trip(tmp_path):
     assert recorded_split(ckpt, "val") == ["c"] and str(recorded_data_root(ckpt)) == "/data/set"
 
 
+def test_a_relative_data_folder_of_an_older_version_is_read_where_train_ran(tmp_path, monkeypatch):
+    # Before 2026-12-07 `train --data data --out run` recorded both as typed: eval, export and parity run in another
+    # folder read *its* data/ (every copy of a data set has the same image IDs), silently
+    project, elsewhere = tmp_path.resolve() / "project", tmp_path.resolve() / "elsewhere"
+    (project / "data").mkdir(parents=True)
+    (elsewhere / "data").mkdir(parents=True)
+    ckpt = {"path": str(project / "runs/train/exp/weights/best.pt"), "config": {"data": "data", "out": "runs/train/exp"}}
+    monkeypatch.chdir(elsewhere)
+    assert recorded_data_root(ckpt, required=True) == project / "data"
+    ckpt["path"], ckpt["config"]["out"] = str(project / "weights/best.pt"), "."  # `train --out .` in the project
+    assert recorded_data_root(ckpt, required=True) == project / "data"
+    ckpt["config"]["out"] = str(project / "runs/train/exp")  # a resumed run's (absolute): where it began is unknown
+    assert str(recorded_data_root(ckpt)) == "data"
+
+
 def test_mid_epoch_progress_is_kept():
     model = build_model(TINY_ARCH)
     progress = {"batches": 6, "steps": 2, "loss_sum": 1.5, "images": 24}

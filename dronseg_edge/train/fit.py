@@ -11,7 +11,8 @@ from typing import Callable
 
 import torch
 
-from dronseg_edge.checkpoint import TrainingState, load_checkpoint, model_state, nonfinite_weight, save_checkpoint
+from dronseg_edge.checkpoint import (TrainingState, load_checkpoint, model_state, nonfinite_weight, recorded_data_root,
+                                     save_checkpoint)
 from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.leftovers import RANDOM, TAGGED
@@ -95,7 +96,7 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, resume: Path) -> TrainConfig:
     if changed:
         raise DronsegError(f"{', '.join(changed)}: the resumed run's own (it takes only data, device, workers and "
                            "max_pixels anew): leave them at their defaults")
-    overrides = {"device": cfg.device, "workers": cfg.workers, **({"data": cfg.data} if cfg.data else {}),
+    overrides = {"device": cfg.device, "workers": cfg.workers, "data": cfg.data or str(recorded_data_root(ckpt) or ""),
                  **({"max_pixels": cfg.max_pixels} if cfg.max_pixels is not None else {})}
     resumed = TrainConfig.from_dict({**TrainingState.from_checkpoint(ckpt).config, **overrides})
     weights = Path(resume).resolve().parent  # the run folder is the one above it (setup.prepare_run_dir): ~ for ~/Downloads/last.pt

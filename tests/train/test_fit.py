@@ -16,7 +16,7 @@ from dronseg_edge.checkpoint import load_checkpoint
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.train import setup
 from dronseg_edge.train.config import TrainConfig
-from dronseg_edge.train.fit import fit
+from dronseg_edge.train.fit import _resumed_config, fit
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +66,16 @@ def test_the_data_and_run_folders_are_recorded_as_absolute_paths(synth_root, tmp
     recorded = json.loads((result.run_dir / "config.json").read_text())
     assert (recorded["data"], recorded["out"]) == (str(synth_root.resolve()), str((tmp_path / "run").resolve()))
     assert load_checkpoint(result.last)["config"]["data"] == str(synth_root.resolve())
+
+
+def test_a_resume_of_an_older_version_s_run_reads_the_data_it_trained_on(tmp_path, monkeypatch):
+    # Before 2026-12-07 --data and --out were recorded as typed: --resume from another folder trained on its data/
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "data").mkdir(parents=True)
+    last = tmp_path.resolve() / "project" / "run" / "weights" / "last.pt"
+    ckpt = {"path": str(last), "optimizer": {}, "scheduler": {}, "epoch": 1, "step": 1, "config": {"data": "data", "out": "run"}}
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert _resumed_config(TrainConfig(), ckpt, last).data == str(tmp_path.resolve() / "project" / "data")
 
 
 def test_best_val_loss_is_reported_as_the_loss(synth_root, tmp_path):
