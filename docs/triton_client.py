@@ -85,11 +85,16 @@ def check_outputs(config: dict, outputs: dict[str, np.ndarray], count: int) -> N
                              f"{spec['data_type']} {expected}")
 
 
+def class_names(config: dict) -> list[str] | None:
+    """The model's class names; None for a folder exported before 2026-12-06, whose parameters lack them."""
+    return json.loads(_parameter(config, "class_names")) if "class_names" in config.get("parameters", {}) else None
+
+
 def class_maps(config: dict, outputs: dict[str, np.ndarray]) -> np.ndarray:
     """(N, H, W) uint8 class indices: the ``mask`` output, or the argmax of the ``logits``."""
     classes = outputs["mask"] if "mask" in outputs else outputs["logits"].argmax(1).astype(np.uint8)
-    names = json.loads(_parameter(config, "class_names"))
-    if classes.size and int(classes.max()) >= len(names):
+    names = class_names(config)
+    if names is not None and classes.size and int(classes.max()) >= len(names):
         raise ValueError(f"class index {int(classes.max())} has no name: the model has {len(names)} classes")
     return classes
 
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         check_outputs(config, outputs, len(frames))
     except (ValueError, OSError) as exc:  # too many frames, mixed sizes, no config.pbtxt: one line, as above
         raise SystemExit(f"error: {exc}") from None
-    names = json.loads(_parameter(config, "class_names"))
+    names = class_names(config) or [f"class {index}" for index in range(256)]
     for path, classes in zip(args.frames, class_maps(config, outputs)):
         cv2.imwrite(str(path.with_suffix(".mask.png")), classes)  # class indices as grey levels
         print(f"{path}: {classes.shape[1]}x{classes.shape[0]} class map, classes "

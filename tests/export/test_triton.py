@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import cv2
@@ -426,6 +427,17 @@ def test_the_client_program_writes_class_maps(client, variants, tmp_path, capsys
     assert printed.startswith(f"{image}: {SENT[0]}x{SENT[1]} class map, classes ")
     assert all(CLASS_NAMES[c] in printed for c in np.unique(mask))
 
+
+
+def test_the_client_serves_a_folder_exported_before_the_class_names_parameter(client, variants, tmp_path, capsys):
+    # Exports of 2026-11-28..12-06 wrote no class_names parameter: the client stopped with KeyError 'class_names'
+    old = shutil.copytree(variants["tensors"], tmp_path / "old")
+    config = old / "config.pbtxt"
+    config.write_text("".join(line for line in config.read_text().splitlines(True) if '"class_names"' not in line))
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), sent_frames(1)[0])
+    client.main([str(old), str(image), "--onnxruntime"])
+    assert "class map, classes class " in capsys.readouterr().out
 
 
 def test_the_client_program_says_what_is_wrong_in_one_line(client, variants, tmp_path):
