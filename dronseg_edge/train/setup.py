@@ -165,8 +165,10 @@ def prepare_model(cfg: TrainConfig, device: torch.device, steps_per_epoch: int, 
     """The model on ``device`` with its optimiser, schedule (``cfg.epochs * steps_per_epoch`` optimiser steps)
     and scaler; resuming from the loaded checkpoint ``ckpt`` restores their states and the RNG states.
     ``weights``: the tensors of a ``cfg.weights`` file, read already (models.read_weights_file)."""
-    model = build_model(cfg.model, num_classes=len(CLASS_NAMES), weights=cfg.weights, aux_loss=cfg.aux_loss,
-                        output_stride=cfg.output_stride, state=weights)
+    # A resumed run's weights are the checkpoint's: its starting --weights (a file since moved, a path typed relative
+    # to another folder, a download) are not read again.
+    model = build_model(cfg.model, num_classes=len(CLASS_NAMES), weights=cfg.weights if ckpt is None else "none",
+                        aux_loss=cfg.aux_loss, output_stride=cfg.output_stride, state=weights)
     if cfg.bn_momentum is not None:
         set_bn_momentum(model, cfg.bn_momentum)
     channels_last = cfg.channels_last and device.type == "cuda"

@@ -88,6 +88,19 @@ def test_a_resume_that_would_step_another_schedule_is_refused(tmp_path, schedule
     assert prepare_model(cfg, torch.device("cpu"), steps_per_epoch=10, ckpt=ckpt).scheduler.last_epoch == 10
 
 
+def test_a_resume_does_not_read_the_runs_starting_weights_again(tmp_path):
+    # `train --weights init.pt` recorded init.pt as typed: --resume from another folder, or once init.pt was
+    # moved, stopped with "--weights init.pt: no such file", an option --resume does not take
+    cfg = TrainConfig(data=str(tmp_path), model="lraspp_mobilenet_v3_large", weights="none", epochs=2, device="cpu")
+    saved = prepare_model(cfg, torch.device("cpu"), steps_per_epoch=10)
+    ckpt = {"model": saved.model.state_dict(), "optimizer": saved.optimizer.state_dict(),
+            "scheduler": saved.scheduler.state_dict(), "config": cfg.to_dict(), "epoch": 1, "step": 10,
+            "split": {"train": ["a"], "val": ["b"]}}
+    cfg.weights = str(tmp_path / "moved.pt")
+    resumed = prepare_model(cfg, torch.device("cpu"), steps_per_epoch=10, ckpt=ckpt)
+    assert all(torch.equal(value, resumed.model.state_dict()[key]) for key, value in ckpt["model"].items())
+
+
 def test_a_run_folder_another_live_run_works_in_is_refused_before_anything_is_written(synth_root, tmp_path):
     """The same `train --out RUN` started twice (a fleet script, a second terminal) before the first wrote
     weights/last.pt: both trained into RUN, exit 0, and the first run's checkpoints, split and metrics were
