@@ -159,7 +159,7 @@ def test_cli_writes_a_frames_file_and_prints_pass(tiny_checkpoint, big_scenes, t
     ({"io": "pixels"}, "--io 'pixels' is not one of tensors, frames"),
     ({"io": "frames", "source_size": (320, 240), "dynamic": True}, "pass one of them"),
     ({"io": "frames", "head": "argmax"}, "drop --head"),
-    ({"io": "frames", "source_size": (0, 240)}, "must be positive"),
+    ({"io": "frames", "source_size": (0, 240)}, "--source-size '0x240' is out of range"),
 ])
 def test_bad_combinations_are_one_line_errors(changes, message):
     with pytest.raises(DronsegError, match=re.escape(message)) as info:
