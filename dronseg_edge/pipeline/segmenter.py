@@ -48,8 +48,9 @@ __all__ = ["Result", "Segmenter"]  # Result lives in result.py; imported from he
 class Segmenter(contextlib.AbstractContextManager):
     """Segments frames with any model artifact; see the module docstring.
 
-    ``model``: path to a .pt/.onnx/.engine file, or an already-built Backend. ``device``: auto |
-    cpu | cuda | cuda:N. ``half``: fp16 for checkpoints on a GPU (ignored with a warning on the CPU
+    ``model``: path to a .pt/.onnx/.engine file, or an already-built Backend (made with its own device,
+    half, precision, size, cuda_graph, backend_options, meta and streaming: giving them is refused).
+    ``device``: auto | cpu | cuda | cuda:N. ``half``: fp16 for checkpoints on a GPU (ignored with a warning on the CPU
     and for ONNX/engines, whose precision is fixed at export); ``precision`` overrides it (fp32 |
     fp16 | bf16). ``batch``: frames per inference call. ``size``: (W, H) model input for dynamic
     artifacts (checkpoints); default the artifact's own. ``cuda_graph``: checkpoints only, default on CUDA.
@@ -74,7 +75,8 @@ class Segmenter(contextlib.AbstractContextManager):
                  classes=None, meta: str | Path | None = None, streaming: bool = False):
         if isinstance(model, Backend):
             given = [f"{name}={value!r}" for name, value, default in (("device", device, "auto"), ("half", half, False),
-                     ("precision", precision, None), ("streaming", streaming, False)) if value != default]
+                     ("precision", precision, None), ("streaming", streaming, False), ("cuda_graph", cuda_graph, None),
+                     ("backend_options", backend_options or None, None), ("meta", meta, None)) if value != default]
             if given:  # silently ignored before
                 raise DronsegError(f"{', '.join(given)}: a Backend passed in was made with its own; "
                                    "pass the model's path to choose")

@@ -172,6 +172,14 @@ def test_a_size_is_refused_for_a_backend_passed_in_not_set_on_it(tiny_checkpoint
         assert np.array_equal(plain.predict(frame).mask, own)
 
 
+def test_backend_options_meta_and_cuda_graph_are_refused_for_a_backend_passed_in(tiny_checkpoint):
+    backend = load_backend(tiny_checkpoint, "cpu")
+    for given in ({"cuda_graph": True}, {"backend_options": {"provider": "cuda"}}, {"meta": "m.json"}, {"device": "cpu"}):
+        with pytest.raises(DronsegError, match=f"{next(iter(given))}=.*: a Backend passed in was made with its own"):
+            Segmenter(backend, **given)  # silently ignored before (device was refused already)
+    Segmenter(backend, backend_options={}).close()  # nothing given
+
+
 def right_half_class_3(batch):
     """Like an exported ArgMax head: an int64 class map, its right half class 3."""
     classes = torch.zeros(batch.shape[0], 6, 8, dtype=torch.int64)
