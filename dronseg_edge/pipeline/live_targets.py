@@ -71,8 +71,9 @@ def parse_stream_url(text: str) -> StreamTarget:
         return StreamTarget(str(text).strip(), kind, parts.hostname, port or DEFAULT_RTSP_PORT)
     if not port:
         raise DronsegError(f"--stream-out {shown!r}: no port; write {kind}://HOST:PORT, e.g. {kind}://192.168.1.10:5600")
-    if parts.path not in ("", "/") or parts.query:
-        raise DronsegError(f"--stream-out {shown!r}: {kind}:// takes HOST:PORT only (no path or options)")
+    if parts.path not in ("", "/") or parts.query or parts.username is not None:  # a login was dropped silently
+        raise DronsegError(f"--stream-out {shown!r}: {kind}:// takes HOST:PORT only (no path or options; "
+                           f"{kind.upper()} takes no user or password)")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return StreamTarget(f"{kind}://{host}:{port}", kind, parts.hostname, port)
 

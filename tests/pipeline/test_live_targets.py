@@ -26,6 +26,8 @@ def test_stream_urls():
     ("http://x:1", "not a stream URL"), ("udp://:5600", "no host"), ("udp://host", "no port"),
     ("rtp://host:99999", "not a number in 1..65535"), ("rtsp://server:8554", "needs a path"),
     ("udp://host:5600/x", "HOST:PORT only"), ("rtp://ho st:5600", "not a host name"),
+    ("udp://pilot:s3cret@host:5600", r"'udp://pilot:\*\*\*@host:5600'.*UDP takes no user or password"),
+    ("rtp://pilot@host:5600", "RTP takes no user or password"),
 ])
 def test_bad_stream_urls_are_one_line_naming_the_value(url, message):
     with pytest.raises(DronsegError, match=message):
