@@ -22,11 +22,19 @@ SOURCE_HELP = ("pass a video file, an image, a folder or glob of images, a camer
                "a GStreamer pipeline (elements joined by '!') or csi://N")
 
 
+# A camera's ?user=admin&pwd=..., SRT's ?passphrase=...; GStreamer's rtspsrc/souphttpsrc user-pw and srtsrc passphrase.
+_SECRET_QUERY = re.compile(r"([?&;](?:password|passwd|pwd|pass|passphrase|token|access_token|auth|key|api_key|apikey"
+                           r"|secret)=)[^&#\s'\"]*", re.IGNORECASE)
+_SECRET_PROPERTY = re.compile(r"(?<![\w-])((?:user-pw|proxy-pw|passphrase)=)(\"[^\"]*\"|'[^']*'|\S*)")
+
+
 def shown_url(text: str) -> str:
     """``text`` with the password of each URL in it masked (``rtsp://user:***@cam/1``, as ffmpeg and VLC log one; up to
-    the last '@' before the path, as FFmpeg splits it): how a source is named in logs, errors and outputs, while
-    the URL as given is what opens it."""
-    return re.sub(r"(\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^/?#\s]*@", r"\1:***@", text, flags=re.IGNORECASE)
+    the last '@' before the path, as FFmpeg splits it), and so a secret in a query (``?pwd=***``, ``&token=***``) or a
+    GStreamer property (``user-pw=***``): how a source is named in logs, errors and outputs, while the URL as given
+    is what opens it."""
+    text = re.sub(r"(\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^/?#\s]*@", r"\1:***@", text, flags=re.IGNORECASE)
+    return _SECRET_PROPERTY.sub(r"\1***", _SECRET_QUERY.sub(r"\1***", text))
 
 
 @dataclass

@@ -165,9 +165,12 @@ def test_ffmpeg_options_on_a_pipeline(fake_gstreamer, caplog):
     assert "--hw-decode has no effect on" in caplog.text and "nvv4l2decoder" in caplog.text
 
 
-def test_a_pipeline_names_its_rtsp_location_with_the_password_masked(fake_gstreamer):
+@pytest.mark.parametrize("login, shown", [("location=rtsp://admin:hunter2@cam/1", "location=rtsp://admin:***@cam/1"),
+                                           ("location=rtsp://cam/1 user-id=admin user-pw=hunter2",
+                                            "location=rtsp://cam/1 user-id=admin user-pw=***")])
+def test_a_pipeline_names_its_rtsp_location_with_the_password_masked(fake_gstreamer, login, shown):
     fake_gstreamer.script.append(FakeCapture(1))
-    pipeline = "rtspsrc location=rtsp://admin:hunter2@cam/1 ! decodebin ! videoconvert ! video/x-raw,format=BGR"
+    pipeline = f"rtspsrc {login} ! decodebin ! videoconvert ! video/x-raw,format=BGR"
     with open_source(pipeline) as source:
         assert fake_gstreamer.calls[0].target.startswith(pipeline)  # GStreamer gets the password
-        assert "location=rtsp://admin:***@cam/1 ! decodebin" in source.name and "hunter2" not in source.name
+        assert f"{shown} ! decodebin" in source.name and "hunter2" not in source.name

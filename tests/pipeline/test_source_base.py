@@ -1,0 +1,23 @@
+"""shown_url: how a source or target is named in logs, errors and outputs, its secrets masked."""
+
+from __future__ import annotations
+
+import pytest
+
+from dronseg_edge.pipeline.source_base import shown_url
+
+
+@pytest.mark.parametrize("given, shown", [
+    ("rtsp://admin:hunter2@cam/1", "rtsp://admin:***@cam/1"),
+    ("rtsp://cam/1?pwd=hunter2", "rtsp://cam/1?pwd=***"),  # Foscam-style cameras
+    ("http://cam/video.cgi?user=admin&password=hunter2&res=1", "http://cam/video.cgi?user=admin&password=***&res=1"),
+    ("rtsp://cam/1?channel=1&Token=hunter2#x", "rtsp://cam/1?channel=1&Token=***#x"),
+    ("srt://cam:9000?mode=caller&passphrase=hunter2", "srt://cam:9000?mode=caller&passphrase=***"),
+    ("rtspsrc location=rtsp://cam/1 user-id=admin user-pw=hunter2 ! decodebin",
+     "rtspsrc location=rtsp://cam/1 user-id=admin user-pw=*** ! decodebin"),
+    ('souphttpsrc location="http://cam/x?key=hunter2" proxy-pw="hunter 2" ! jpegdec',
+     'souphttpsrc location="http://cam/x?key=***" proxy-pw=*** ! jpegdec'),
+    ("rtsp://cam/1?monkey=1&keyframes=2", "rtsp://cam/1?monkey=1&keyframes=2"),  # not secrets: kept
+])
+def test_secrets_in_a_url_or_pipeline_are_masked(given, shown):
+    assert shown_url(given) == shown
