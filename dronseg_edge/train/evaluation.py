@@ -66,9 +66,13 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str =
     metrics = SegmentationMetrics(len(ckpt["class_names"]), IGNORE_INDEX, class_names=list(ckpt["class_names"]))
     scores = evaluate(model, None, native_loader(ckpt, samples, batch, workers, limit), ctx, metrics, description=f"eval {split}")
     scores.pop("loss", None)
-    return {"checkpoint": os.path.abspath(checkpoint), "data": os.path.abspath(root),  # read from anywhere, as parity reports
-            "split": split, "arch": ckpt["arch"],
-            "input_size": list(ckpt["input_size"]), "class_names": list(ckpt["class_names"]), **scores}
+    # The keys of an .onnx/.engine's scores (export/accuracy.evaluate_artifact): one schema for eval --json.
+    path, precision = os.path.abspath(checkpoint), "bf16" if ctx.amp_dtype is not None else "fp32"
+    return {"model": path, "data": os.path.abspath(root),  # read from anywhere, as parity reports
+            "split": split, "split_source": "every labelled image" if split == "all" else f"{split} split recorded in {path}",
+            "arch": ckpt["arch"], "input_size": list(ckpt["input_size"]), "precision": precision, "io": "tensors",
+            "backend": "torch", "provider": f"{ctx.device.type} {precision}" + " channels_last" * ctx.channels_last,
+            "class_names": list(ckpt["class_names"]), **scores}
 
 
 def format_scores(result: dict[str, Any]) -> str:

@@ -264,4 +264,4 @@ def test_eval_json_records_the_model_and_data_as_absolute_paths(capsys, tiny_che
                               "--workers", "0", "--json", "s.json")
     assert code == 0, err
     scores = json.loads((tmp_path / "s.json").read_text())
-    assert (scores["checkpoint"], scores["data"]) == (str(tiny_checkpoint), str(synth_root))
+    assert (scores["model"], scores["data"]) == (str(tiny_checkpoint), str(synth_root))

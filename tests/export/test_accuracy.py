@@ -34,6 +34,9 @@ def test_fp32_onnx_scores_as_its_checkpoint_on_the_recorded_split(fp32_onnx, tra
 
     reference = evaluate_checkpoint(trained_run.best, device="cpu", workers=0)
     scored = evaluate_artifact(fp32_onnx, device="cpu", batch=3)
+    assert scored.keys() == reference.keys()  # eval --json: one schema for a .pt and an .onnx (keys differed)
+    assert reference["model"] == str(trained_run.best.resolve()) and reference["backend"] == "torch"
+    assert reference["split_source"] == scored["split_source"] and reference["precision"] == "fp32"
     assert scored["images"] == reference["images"] == len(_val_ids(trained_run))
     assert scored["data"] == reference["data"] and scored["split"] == "val"
     assert scored["split_source"] == f"val split recorded in {trained_run.best.resolve()}"
