@@ -94,8 +94,8 @@ def warning_lines(results: Sequence[BenchResult]) -> list[str]:
     return lines
 
 
-def settings_line(settings: dict[str, Any]) -> str:
-    """One line: what was measured and how."""
+def settings_line(settings: dict[str, Any], matrix: bool = False) -> str:
+    """One line: what was measured and how (``matrix``: the CUDA graph is set per row, settings' is null)."""
     t = settings["timing"]
     warm = (f"warm-up {t['warmup_s']:g} s" if t["warmup_iters"] is None  # one untimed call always runs
             else f"{max(t['warmup_iters'], 1)} warm-up iteration{'s' * (t['warmup_iters'] > 1)}")
@@ -106,7 +106,7 @@ def settings_line(settings: dict[str, Any]) -> str:
                  f"{t['duration_s']:g} s" if t["duration_s"] is not None else ""]
         loop = f"at least {parts[0]} and {parts[1]}" if all(parts) else "".join(parts)
     size = settings.get("size") or "model's own size"
-    graph = {None: "backend default", True: "on", False: "off"}.get(settings.get("cuda_graph"), settings.get("cuda_graph"))
+    graph = "per row" if matrix else {None: "backend default", True: "on", False: "off"}[settings.get("cuda_graph")]
     transfers = "included" if t["include_transfers"] else "excluded"
     return (f"settings: device {settings['device']}, size {size}, batch {settings['batch']}, {warm}, {loop}, "
             f"transfers {transfers}, cuda graph {graph}, timer {settings.get('timer', '?')}")
@@ -123,8 +123,9 @@ def build_document(system: dict[str, Any], settings: dict[str, Any], results: Se
     return doc
 
 
-def markdown_document(system_lines: Sequence[str], settings: dict[str, Any], table_md: str, title: str = "Latency") -> str:
+def markdown_document(system_lines: Sequence[str], settings: dict[str, Any], table_md: str, title: str = "Latency",
+                      matrix: bool = False) -> str:
     """A small Markdown page: title, the device/versions/settings as a list, then the table."""
-    bullets = [f"- {line}" for line in list(system_lines) + [settings_line(settings)]]
+    bullets = [f"- {line}" for line in list(system_lines) + [settings_line(settings, matrix)]]
     return "\n".join([f"## {title}", "", *bullets, "", table_md, ""])
 

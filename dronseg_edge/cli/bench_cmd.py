@@ -56,12 +56,12 @@ def bench(
     if kinds and all(host_timed_gpu(*kind) for kind in kinds):
         timing = dataclasses.replace(timing, include_transfers=True)  # timed on the host: the copies are in it
     settings = {"device": str(run_device), "size": format_size(size) if size else None, "batch": batch,
-                "precision": options.precision, "cuda_graph": "per row" if matrix else options.cuda_graph,
+                "precision": options.precision, "cuda_graph": None if matrix else options.cuda_graph,  # a matrix: each row's
                 "timing": timing.to_dict(), "timer": "per row" if matrix else
                 ", ".join(sorted({timer_name(*kind) for kind in kinds}))}
     system = system_info(run_device)
     system_lines = describe_system(system)
-    for line in system_lines + [settings_line(settings)]:
+    for line in system_lines + [settings_line(settings, matrix)]:
         say(line)
 
     if matrix:
@@ -73,7 +73,8 @@ def bench(
         for line in warning_lines([row.result for row in rows if row.result is not None]):
             say(line)
         document = build_document(system, settings, matrix=[r.to_dict() for r in rows])
-        markdown = markdown_document(system_lines, settings, matrix_table(rows, markdown=True), title="Latency matrix")
+        markdown = markdown_document(system_lines, settings, matrix_table(rows, markdown=True), title="Latency matrix",
+                                     matrix=True)
     else:
         results = []
         for item in prepared:

@@ -171,7 +171,8 @@ def test_matrix_on_cpu_skips_gpu_rows_with_reasons(tiny_checkpoint, synth_root, 
                              "--json", tmp_path / "m.json", "--markdown", tmp_path / "m.md")
     assert code == 0, err
     doc = json.loads((tmp_path / "m.json").read_text())
-    assert doc["kind"] == "matrix" and doc["settings"]["cuda_graph"] == "per row"
+    assert doc["kind"] == "matrix" and doc["settings"]["cuda_graph"] is None  # was "per row": one type, as plain bench's
+    assert "cuda graph per row" in out and "cuda graph per row" in (tmp_path / "m.md").read_text()
     rows = {r["label"]: r for r in doc["matrix"]}
     for label in ("pytorch fp32", "onnx fp32", "onnx fp16", "onnx int8"):
         assert rows[label]["status"] == "ok", rows[label]["reason"]
