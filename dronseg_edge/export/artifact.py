@@ -231,8 +231,11 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
         return _export_triton(source, folder, options)
     info = _artifact_info(source, options)
     final = _final_path(source.path, source.info.input_size, options, folder)
+    notes: tuple[str, ...] = ()
     if options.reuse:
         found = reusable_artifact(final, info)
+        if found is not None and found.extra.get(embedded.BUILDER_KEY) != info.extra.get(embedded.BUILDER_KEY):
+            found, notes = None, (f"exporting {final.name} again: another version's frames graph builder made it",)
         # An --opset given is kept (TensorRT 8.6 asks for 17: a file of another opset would fail it again).
         if found is not None and options.opset in (None, found.extra.get("opset")) and _calibrated_as_asked(found, source, options):
             return ExportResult(final, found, None, True, notes=(f"reused {final.name}",), reused=True)
@@ -241,7 +244,8 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
             raise DronsegError(f"{final} is this checkpoint's, calibrated otherwise ({made.get('method')}, {made.get('images')} "
                                f"images of {made.get('source')}), and is kept: bench it by name, or give another --out")
     if options.fmt == "engine":
-        return _export_engine(source, folder, options, info, final)
+        result = _export_engine(source, folder, options, info, final)
+        return dataclasses.replace(result, notes=notes + result.notes)
     # int8: its images found before exporting, so an empty calibration folder fails fast.
     calibration = resolve_images(options.calib_data, source.state, option="--calib-data", max_images=options.calib_images,
                                  size=info.input_size, allow_synthetic=False) if options.precision == "int8" else None
@@ -249,8 +253,8 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
     # storage_faults: exporters write where atomic.py cannot see: name the artifact.
     try:
         with calibration or contextlib.nullcontext(), storage_faults(final):
-            notes = _write_onnx(model_from_checkpoint(source.state), pending, info, options.precision, options.opset,
-                                calibration, options.calib_method)
+            notes += _write_onnx(model_from_checkpoint(source.state), pending, info, options.precision, options.opset,
+                                 calibration, options.calib_method)
             return _check_and_place(source, options, pending, final, info, notes)
     finally:
         _discard(pending)
@@ -319,8 +323,8 @@ def _export_engine(source: _Source, folder: Path, options: ExportOptions, info: 
         thresholds=options.thresholds if onnx_precision == options.precision else None))
     if not made.passed:
         return made
-    notes = (f"reused {made.path.name}" if made.reused else f"built {made.path.name}"
-             + ("" if check_onnx or not options.parity else " (its parity not checked: no onnxruntime)"),)
+    unchecked = "" if check_onnx or not options.parity else " (its parity not checked: no onnxruntime)"
+    notes = (f"reused {made.path.name}",) if made.reused else (*made.notes, f"built {made.path.name}{unchecked}")
     pending = _pending(final)
     try:
         with storage_faults(final):

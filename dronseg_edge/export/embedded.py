@@ -36,6 +36,9 @@ MASK_OUTPUT = "mask"
 # up to 2048, so pixel positions in a 4K frame (and the weights built from them) would be off.
 FP32_NODES = ("/resize/",)
 COLOR_ORDER = "BGR"  # what cv2.imread / VideoCapture give: no conversion on the caller's side
+# In the metadata's extra: raise it whenever FramesToClassMap computes otherwise, so that an engine build does not
+# reuse an older version's graph (files without it: the antialiased Resize, ties at 2x rounded down).
+BUILDER_KEY, BUILDER_VERSION = "frames_graph_builder", 1
 
 
 def frames_info(info: ModelInfo, source_size: tuple[int, int] | None, confidence: bool) -> ModelInfo:
@@ -43,7 +46,7 @@ def frames_info(info: ModelInfo, source_size: tuple[int, int] | None, confidence
     outputs = [MASK_OUTPUT] + ([CONFIDENCE_OUTPUT] if confidence else [])
     source = None if info.dynamic else tuple(source_size or info.input_size)
     return dataclasses.replace(info, head="argmax", layout="NHWC", io="frames", source_size=source,
-                               color_order=COLOR_ORDER, outputs=outputs, extra=dict(info.extra))
+                               color_order=COLOR_ORDER, outputs=outputs, extra={**info.extra, BUILDER_KEY: BUILDER_VERSION})
 
 
 class FramesToClassMap(nn.Module):

@@ -613,3 +613,32 @@ def test_an_engine_asked_for_another_opset_does_not_reuse_the_onnx_file_of_the_f
     result = export_artifact(tiny_checkpoint, fmt="engine", opset=17, out_dir=tmp_path, parity=False,
                              device=torch.device("cpu"))
     assert result.passed and read_onnx_info(tmp_path / "tiny_fp32.onnx").extra["opset"] == 17
+
+
+@pytest.mark.slow
+def test_an_engine_does_not_reuse_a_frames_graph_an_older_builder_made(fake_trt, tiny_checkpoint, tmp_path):
+    """An older version's frames graph (antialiased Resize, ties at 2x rounded down) has the metadata of a fresh
+    export (package_version is 0.1.0 at every commit): the engine build reused it silently. It still runs."""
+    import numpy as np
+    import onnx
+
+    from dronseg_edge.export import embedded  # its BUILDER_KEY is "frames_graph_builder"
+    from dronseg_edge.metadata import set_onnx_metadata
+    from dronseg_edge.pipeline import Segmenter
+
+    old = export_artifact(tiny_checkpoint, io="frames", out_dir=tmp_path, parity=False, device="cpu").path
+    info = read_onnx_info(old)
+    info.extra.pop("frames_graph_builder", None)
+    onnx.save(set_onnx_metadata(onnx.load(str(old)), info), str(old))  # as a version without the key wrote it
+    with Segmenter(old, device="cpu") as segmenter:
+        assert segmenter.predict(np.zeros((64, 96, 3), np.uint8)).mask.shape == (64, 96)
+    assert not export_artifact(tiny_checkpoint, io="frames", out_dir=tmp_path, parity=False, device="cpu",
+                               reuse=True).reused
+    onnx.save(set_onnx_metadata(onnx.load(str(old)), info), str(old))
+    fake_trt("10.3.0")
+    made = export_artifact(tiny_checkpoint, fmt="engine", io="frames", out_dir=tmp_path, parity=False,
+                           device=torch.device("cpu"))
+    assert made.notes == ("exporting tiny_frames_fp32.onnx again: another version's frames graph builder made it",
+                          "built tiny_frames_fp32.onnx")
+    assert read_onnx_info(old).extra[embedded.BUILDER_KEY] == embedded.BUILDER_VERSION
+    assert read_engine_sidecar(made.path).extra[embedded.BUILDER_KEY] == embedded.BUILDER_VERSION
