@@ -17,6 +17,7 @@ Every file goes to a temporary name first; the CSVs are written last.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,9 @@ def _remove_stale(root: Path, train: set[str], test: set[str], frames: int) -> N
             path.unlink()
     if frames == 0:
         (root / VIDEO_NAME).unlink(missing_ok=True)
+    for folder in (TEST_MASK_DIR, VIDEO_MASK_DIR):  # left empty (no test images, no video): a fresh set has none
+        with contextlib.suppress(OSError):
+            (root / folder).rmdir()
 
 
 def synthesize(out_dir: Path, images: int = 60, size: tuple[int, int] = (1280, 720), video_frames: int = 90,

@@ -228,10 +228,12 @@ def test_refuses_non_empty_folder_and_force_replaces_an_old_set(tmp_path):
     with pytest.raises(DronsegError, match=r"not empty.*--force") as info:
         synthesize(root, images=5, size=(96, 64), video_frames=0)
     assert str(root) in str(info.value)
-    result = synthesize(root, images=5, size=(96, 64), video_frames=0, seed=2, force=True)
+    result = synthesize(root, images=5, size=(96, 64), video_frames=0, seed=2, test_fraction=0, force=True)
     assert sorted(p.stem for p in (root / "imgs" / "imgs").iterdir()) == sorted(result.train_ids + result.test_ids)
     assert sorted(p.stem for p in (root / "masks" / "masks").iterdir()) == sorted(result.train_ids)
-    assert not (root / "video.mp4").exists() and not list((root / "video_masks").iterdir())
+    # As a fresh set's: no video.mp4, and no empty video_masks/ or test_masks/ left from the first
+    assert sorted(p.name for p in root.iterdir()) == ["imgs", "masks", "sampleSubmission.csv", "synth.json", "test.csv",
+                                                      "train.csv"]
     assert result.video is None and result.video_masks is None
 
 
