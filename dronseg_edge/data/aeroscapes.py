@@ -94,10 +94,10 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
         raise DronsegError(f"{root} is a `synth` data set that was never finished (no train.csv): "
                            f"rerun `dronseg-edge synth {root} --force`")
     # Hidden files left out, as infer's image folders do: macOS writes a "._x.jpg" beside each x.jpg on some disks.
-    images = {p.stem: p for p in sorted(image_dir.iterdir())
-              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
-             and p.suffix.lower() == ".png"} if mask_dir.is_dir() else {}  # X.PNG too, as images whatever their case
+    images = _by_id(p for p in sorted(image_dir.iterdir())
+                    if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    masks = _by_id(p for p in sorted(mask_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() == ".png") if mask_dir.is_dir() else {}  # X.PNG too, as images whatever their case
     extra = sorted(set(masks) - set(images))
     if extra:
         raise DronsegError(f"{masks[extra[0]]} has no image {image_dir / (extra[0] + '.jpg')} ({len(extra)} such masks): "
@@ -122,6 +122,16 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     if not samples:
         raise DronsegError(f"{root} has no {subset} images; {FIX_LAYOUT}")
     return samples
+
+
+def _by_id(paths) -> dict[str, Path]:
+    """``{ImageID: path}``; two files of one ID (X.jpg and X.png) are refused, not one of them picked."""
+    found: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in found:
+            raise DronsegError(f"{found[path.stem]} and {path.name} are both {path.stem}: keep one of them")
+        found[path.stem] = path
+    return found
 
 
 def samples_for_ids(root: Path | str, ids: list[str]) -> list[Sample]:

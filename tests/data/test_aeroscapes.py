@@ -89,6 +89,15 @@ def test_suffixes_in_capitals_are_read_for_masks_as_for_images(tmp_path):
     assert validate_samples(train).counts.sum() == 4 * 32 * 24
 
 
+@pytest.mark.parametrize("folder, second", [("imgs/imgs", "{}.png"), ("masks/masks", "{}.PNG")])
+def test_two_files_of_one_id_are_refused_naming_both(tmp_path, folder, second):
+    """X.jpg and X.png in imgs/imgs: one of them was trained on, silently (the last in name order)."""
+    ids = make_layout(tmp_path)
+    cv2.imwrite(str(tmp_path / folder / second.format(ids[1])), np.zeros((24, 32), np.uint8))
+    message = _error(dataset_samples, tmp_path)
+    assert str(tmp_path / folder / ids[1]) in message and second.format(ids[1]) in message and "keep one" in message
+
+
 def _error(fn, *args, **kwargs) -> str:
     with pytest.raises(DronsegError) as info:
         fn(*args, **kwargs)
