@@ -65,11 +65,13 @@ def check_out_file(path: os.PathLike | str, option: str, inputs=()) -> Path:
 
 
 def check_not_input(path: Path, option: str, inputs) -> None:
-    """Refuse an output ``path`` that is one of the command's ``inputs`` or the sidecar an input engine is read with."""
+    """Refuse an output ``path`` that is one of the command's ``inputs`` (files, or folders read whole) or the sidecar
+    an input engine is read with."""
     read = [Path(source) for source in inputs if source is not None]
     read += [sidecar_path(source) for source in read if source.suffix.lower() in (".engine", ".plan")]
     if any(_same_file(Path(path), source) for source in read):
-        raise DronsegError(f"{option} {path} is also an input of this command and would be replaced: give another name")
+        effect = "its files would join the ones read there" if _is_dir(Path(path)) else "would be replaced"
+        raise DronsegError(f"{option} {path} is also an input of this command and {effect}: give another name")
 
 
 def check_json_out(path: Path | None, inputs=()) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -196,6 +197,17 @@ def test_a_new_run_never_overwrites_a_training_run_in_its_out_folder(capsys, syn
     message = one_line_error(capsys, "train", "--data", synth_root, *TINY, "--out", tmp_path / "run")
     assert f"already holds a training run ({last}): continue it with --resume {last}" in message
     assert last.read_bytes() == b"epoch 2"
+
+
+@pytest.mark.parametrize("folder", ["masks/masks", "imgs/imgs"])
+def test_a_run_folder_that_is_a_folder_of_the_data_set_is_refused(capsys, synth_root, tmp_path, folder):
+    """`train --data D --out D/masks/masks`: the run's plots landed among the masks, and every later train or eval
+    of D stopped at 'confusion_matrix.png has no image'."""
+    data = shutil.copytree(synth_root, tmp_path / "data")
+    before = sorted(os.listdir(data / folder))
+    message = one_line_error(capsys, "train", "--data", data, *TINY, "--out", data / folder)
+    assert f"--out {data / folder} is also an input of this command and its files would join" in message
+    assert sorted(os.listdir(data / folder)) == before
 
 
 def test_a_new_run_never_overwrites_its_own_weights_file(capsys, synth_root, tiny_checkpoint, tmp_path):
