@@ -107,7 +107,11 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     not_test = set(images) - set(listed_test or ())  # an image test.csv lists is never trained on
     train_ids = read_ids(train_csv) if train_csv.is_file() else [i for i in images if i in masks and i in not_test]
     test_ids = listed_test if listed_test is not None else [i for i in images if i not in masks and i not in train_ids]
-    wanted = {"train": train_ids, "test": test_ids, "all": train_ids + [i for i in test_ids if i not in set(train_ids)]}
+    both = [i for i in train_ids if i in set(listed_test or ())]  # Kaggle's two lists share no ID
+    if both:
+        raise DronsegError(f"ImageID {both[0]} is listed in both {train_csv} and {test_csv} ({len(both)} such IDs): a test "
+                           "image would be trained on; remove it from one of them")
+    wanted = {"train": train_ids, "test": test_ids, "all": train_ids + test_ids}  # disjoint (checked above)
     wanted["images"] = wanted["all"]  # calibration and parity images: their masks are optional
     if subset not in wanted:
         raise DronsegError(f"subset {subset!r} is not one of train, test, all, images")

@@ -155,6 +155,14 @@ def test_duplicate_image_id_is_refused_with_its_rows(tmp_path):
     assert "train.csv line" in message and "\n" not in message
 
 
+def test_an_id_in_both_csvs_is_refused_not_trained_on_and_submitted(tmp_path):
+    ids = make_layout(tmp_path)
+    (tmp_path / "test.csv").write_text(f"ImageID\n{ids[4]}\n{ids[1]}\n")
+    for subset in ("train", "test"):
+        message = _error(dataset_samples, tmp_path, subset)
+        assert f"ImageID {ids[1]} is listed in both {tmp_path / 'train.csv'} and {tmp_path / 'test.csv'}" in message
+
+
 def test_size_mismatch_is_named(tmp_path):
     ids = make_layout(tmp_path)
     cv2.imwrite(str(tmp_path / f"masks/masks/{ids[0]}.png"), np.zeros((10, 10), np.uint8))
