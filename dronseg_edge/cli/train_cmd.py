@@ -30,7 +30,8 @@ def train(
     from dronseg_edge.train.fit import fit
 
     if resume is not None:  # the run's own options: one typed here would be ignored
-        typed = [p.opts[0] for p in ctx.command.params if p.name not in ("resume", *RESUME_OPTIONS)
+        typed = [(p.secondary_opts if p.secondary_opts and not ctx.params[p.name] else p.opts)[0]  # --no-tensorboard
+                 for p in ctx.command.params if p.name not in ("resume", *RESUME_OPTIONS)
                  and ctx.get_parameter_source(p.name).name == "COMMANDLINE"]
         if typed:
             raise DronsegError(f"{', '.join(typed)}: the run's own with --resume (which takes only --data, --device, "

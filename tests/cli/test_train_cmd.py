@@ -89,6 +89,9 @@ def test_resume_refuses_the_options_of_its_run(capsys, tmp_path):
     assert message == ("error: --out, --epochs, --hflip: the run's own with --resume (which takes only --data, --device, "
                        "--workers and --max-pixels anew): leave them out, or start a new run")
     assert "does not exist" in one_line_error(capsys, "train", "--resume", tmp_path / "last.pt", "--device", "cpu")
+    # a flag is named as typed: --no-tensorboard was named --tensorboard, the one spelling not given
+    message = one_line_error(capsys, "train", "--resume", tmp_path / "last.pt", "--no-tensorboard", "--aux-loss")
+    assert message.startswith("error: --aux-loss, --no-tensorboard: the run's own with --resume")
 
 
 def test_resume_takes_the_data_folder_from_its_checkpoint_unless_given(capsys, synth_root, tmp_path):
