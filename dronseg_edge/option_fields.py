@@ -18,11 +18,11 @@ from dronseg_edge.errors import DronsegError
 _TYPES = {"bool": bool, "int": int, "float": float, "str": str, "Path": Path}
 
 
-def whole(value, flag: str, least: int = 1) -> int:
+def whole(value, flag: str, least: int = 1, hint: str = "") -> int:
     """``value`` as an int; DronsegError naming ``flag`` when it is not a whole number (2.5 is not taken as 2, nor
-    "2" or True as a count) or is below ``least``."""
+    "2" or True as a count) or is below ``least``; ``hint`` ends the message."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        raise DronsegError(f"{flag} {value!r} must be a whole number, at least {least}")
+        raise DronsegError(f"{flag} {value!r} must be a whole number, at least {least}{hint}")
     return int(value)
 
 

@@ -43,7 +43,7 @@ class TimingSettings:
         if self.warmup_iters is not None:
             whole(self.warmup_iters, "--warmup-iters", least=0)
         if self.iters is not None:  # "runs exactly iters": 2.5 is not taken as 2
-            whole(self.iters, "--iters")
+            whole(self.iters, "--iters", hint=" (or use --duration-s SECONDS)")
         if self.duration_s is not None and (not math.isfinite(self.duration_s) or self.duration_s <= 0):
             raise DronsegError(f"--duration-s {self.duration_s} must be more than 0 seconds")
 
