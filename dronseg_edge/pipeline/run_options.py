@@ -4,14 +4,13 @@ model's and the source's (option_fields.py: each field is its command-line optio
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, MAX_PIXELS, check_max_pixels
-from dronseg_edge.option_fields import option
+from dronseg_edge.option_fields import option, whole
 
 if TYPE_CHECKING:
     import numpy as np
@@ -94,13 +93,11 @@ class RunOptions:
     def __post_init__(self) -> None:
         from dronseg_edge.pipeline.video_writer import VIDEO_CODECS  # OpenCV: not for the CLI's --help
 
+        whole(self.stride, "--stride", hint=" (1 = every frame)")
+        if self.max_frames is not None:  # 2.5 made the run folder, then failed as "a bug" (islice)
+            whole(self.max_frames, "--max-frames")
         rules = [
             (0.0 <= self.alpha <= 1.0, f"--alpha {self.alpha} must be between 0 (frame only) and 1 (colours only)"),
-            # whole numbers: max_frames=2.5 made the run folder, then failed as "a bug" (islice)
-            (isinstance(self.stride, numbers.Integral) and self.stride >= 1,
-             f"--stride {self.stride} must be a whole number, at least 1 (1 = every frame)"),
-            (self.max_frames is None or isinstance(self.max_frames, numbers.Integral) and self.max_frames >= 1,
-             f"--max-frames {self.max_frames} must be a whole number, at least 1"),
             (self.reconnect_s > 0, f"--reconnect-s {self.reconnect_s} must be above 0 seconds"),
             *((value is None or (math.isfinite(value) and value > 0),
                f"{flag} {value} must be above 0 seconds (leave it out for no limit)")

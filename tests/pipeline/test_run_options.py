@@ -22,6 +22,8 @@ def test_classes_are_names_or_indices():
     ({"stride": 0}, "--stride 0 must be a whole number, at least 1"),
     ({"stride": 2.5}, "--stride 2.5 must be a whole number"),  # read every 2nd frame, summary.json said 2.5
     ({"max_frames": 2.5}, "--max-frames 2.5 must be a whole number"),  # the run folder, then "a bug" (islice)
+    ({"stride": True}, "--stride True must be a whole number"),  # was taken as 1, as whole() refuses it elsewhere
+    ({"max_frames": "2"}, "--max-frames '2' must be a whole number"),
     ({"max_pixels": 0}, "--max-pixels 0 must be a whole number"),
 ])
 def test_bad_values_name_their_option(changes, message):
