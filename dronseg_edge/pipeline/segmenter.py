@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import numbers
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -184,9 +183,9 @@ class Segmenter(contextlib.AbstractContextManager):
         cameras and streams) processes only the newest frame; ``stride`` every N-th frame.
         ``confidence``, ``classes``: this stream's instead of the Segmenter's own (see :meth:`request`).
         """
-        if not all(isinstance(n, numbers.Integral) and n >= 1 for n in (stride, 1 if max_frames is None else max_frames)):
-            raise DronsegError(f"stream(stride={stride}, max_frames={max_frames}): both must be at least 1, whole numbers "
-                               "(stride=1: every frame; max_frames=None: no limit)")
+        whole(stride, "stride", hint=" (1: every frame)")
+        if max_frames is not None:
+            whole(max_frames, "max_frames", hint=" (None: no limit)")
         request = self.request(confidence, classes)
         reader, owned = source, None
         if not isinstance(source, FrameReader):

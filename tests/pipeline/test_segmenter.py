@@ -438,10 +438,12 @@ def test_a_torch_tensor_is_one_frame_or_a_stack_as_a_numpy_array_is():
 
 
 @pytest.mark.parametrize("bad", [dict(stride=0), dict(stride=-2), dict(max_frames=0), dict(max_frames=-1),
-                                 dict(max_frames=2.5), dict(stride=2.5)])
+                                 dict(max_frames=2.5), dict(stride=2.5), dict(stride=True), dict(max_frames="2")])
 def test_stream_refuses_a_stride_or_frame_limit_below_one(bad):
-    # stride 0 read every frame silently; max_frames=-1 and 2.5 were islice's ValueError; stride 2.5 read every 2nd
-    with Segmenter(argmax_backend()) as seg, pytest.raises(DronsegError, match="both must be at least 1"):
+    # stride 0 read every frame silently; max_frames=-1 and 2.5 were islice's ValueError; stride 2.5 read every 2nd;
+    # stride=True was taken as 1, where whole() refuses it everywhere else
+    (name, value), = bad.items()
+    with Segmenter(argmax_backend()) as seg, pytest.raises(DronsegError, match=re.escape(f"{name} {value!r} must be a whole number")):
         next(seg.stream([scene(0, (80, 60))], **bad))
 
 
