@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +11,7 @@ from dronseg_edge.data.augment import AugmentConfig
 from dronseg_edge.devices import DEVICE
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, MAX_PIXELS, check_max_pixels
-from dronseg_edge.option_fields import option, option_group
+from dronseg_edge.option_fields import option, option_group, whole
 from dronseg_edge.sizes import parse_size
 
 SCHEDULERS = ("onecycle", "constant", "poly")
@@ -97,18 +96,15 @@ class TrainConfig:
 
         check_output_stride(check_arch(self.model), self.output_stride)
         self.size = parse_size(self.size)  # (0, 720), (96,) or "96x64" failed in the loader, after the run folder was made
+        for f in dataclasses.fields(self):  # epochs=2.5 failed in range() once the run folder existed, "2" a TypeError
+            if f.type in ("int", "int | None") and getattr(self, f.name) is not None:
+                whole(getattr(self, f.name), f"--{f.name.replace('_', '-')}" if "option" in f.metadata else f.name,
+                      least=int(f.name in ("epochs", "batch", "accumulate", "val_every", "output_stride", "max_pixels")))
         choices = (("loss", LOSS_NAMES), ("scheduler", SCHEDULERS), ("optimizer", OPTIMIZERS), ("amp", AMP_MODES),
                    ("best_metric", BEST_METRICS), ("class_weights", WEIGHT_METHODS))
         checks = [(getattr(self, name) in allowed,
                    f"--{name.replace('_', '-')} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
                   for name, allowed in choices]
-        checks += [(getattr(self, name) >= low, f"--{name.replace('_', '-')} {getattr(self, name)}: must be {rule}")
-                   for low, rule, names in ((1, "at least 1", ("epochs", "batch", "accumulate")),
-                                            (0, "0 or more", ("workers", "freeze_stages"))) for name in names]
-        # epochs=2.5 or batch=2.5 passed every range, then failed in range() or the DataLoader once the run folder existed
-        checks += [(isinstance(value, numbers.Integral), f"--{f.name.replace('_', '-')} {value}: must be a whole number")
-                   for f in dataclasses.fields(self) if f.type in ("int", "int | None")
-                   for value in (getattr(self, f.name),) if value is not None]
         # inf passes every range below (--rotate inf crashed the loader, --lr inf trained to NaN with exit 0)
         checks += [(math.isfinite(value), f"--{f.name.replace('_', '-')} {value}: must be a finite number")
                    for f in dataclasses.fields(self) for value in (getattr(self, f.name),) if isinstance(value, float)]
@@ -118,11 +114,6 @@ class TrainConfig:
             (0.0 < self.pct_start < 1.0, f"--pct-start {self.pct_start}: must be between 0 and 1"),
             (self.grad_clip >= 0, f"--grad-clip {self.grad_clip}: must be 0 (off) or positive"),
             (self.bn_momentum is None or 0.0 < self.bn_momentum <= 1.0, f"--bn-momentum {self.bn_momentum}: must be in (0, 1]"),
-            (self.unfreeze_epoch >= 0, f"--unfreeze-epoch {self.unfreeze_epoch}: must be 0 (never) or more"),
-            (self.max_steps_per_epoch >= 0, f"--max-steps-per-epoch {self.max_steps_per_epoch}: must be 0 (whole epochs) or more"),
-            (self.save_every_steps >= 0, f"--save-every-steps {self.save_every_steps}: must be 0 (epoch ends only) or more"),
-            (self.mosaic_every >= 0, f"--mosaic-every {self.mosaic_every}: must be 0 (no mosaics) or more"),
-            (self.val_every >= 1, f"val_every {self.val_every}: must be at least 1 (the last epoch is always validated)"),
             (0.0 <= self.momentum < 1.0, f"--momentum {self.momentum}: must be 0 or more and below 1"),
             (self.div_factor > 0, f"--div-factor {self.div_factor}: must be positive"),
             (self.final_div_factor > 0, f"--final-div-factor {self.final_div_factor}: must be positive"),

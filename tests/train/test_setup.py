@@ -51,11 +51,15 @@ def test_the_training_size_is_checked_when_the_config_is_made(tmp_path):
     # inf passed every range: --lr inf trained to NaN with exit 0; --seed -1 was scikit-learn's traceback
     ("lr", float("inf"), "--lr inf: must be a finite number"),
     ("focal_alpha", float("inf"), "--focal-alpha inf: must be a finite number"),
-    ("seed", -1, "--seed -1: must be 0..4294967295"),
+    ("seed", -1, "--seed -1 must be a whole number, at least 0"),
     ("seed", 2**32, "--seed 4294967296: must be 0..4294967295"),
-    ("val_every", 0, "val_every 0: must be at least 1"),
-    ("epochs", 2.5, "--epochs 2.5: must be a whole number"),  # range()'s TypeError once the run folder existed
-    ("batch", 2.5, "--batch 2.5: must be a whole number"),  # the DataLoader's ValueError, the same  # 0 (as mosaic_every=0 is "never"): ZeroDivisionError after epoch 1
+    ("val_every", 0, "val_every 0 must be a whole number, at least 1"),
+    ("epochs", 2.5, "--epochs 2.5 must be a whole number"),  # range()'s TypeError once the run folder existed
+    ("batch", 2.5, "--batch 2.5 must be a whole number"),  # the DataLoader's ValueError, the same  # 0 (as mosaic_every=0 is "never"): ZeroDivisionError after epoch 1
+    ("epochs", "2", "--epochs '2' must be a whole number"),  # "2" >= 1: a TypeError traceback
+    ("seed", "2", "--seed '2' must be a whole number"),
+    ("workers", True, "--workers True must be a whole number"),  # was taken as 1, as whole() refuses it elsewhere
+    ("mosaic_every", -1, "--mosaic-every -1 must be a whole number, at least 0"),
 ])
 def test_out_of_range_settings_are_refused_when_the_config_is_made(tmp_path, option, value, message):
     # Before: a traceback once the run folder existed (momentum, div factors, loss settings), a crash at
