@@ -87,8 +87,7 @@ class BenchOptions:
     meta: Path | None = option(None, META)
 
     def __post_init__(self) -> None:
-        if self.batch < 1:
-            raise DronsegError(f"--batch {self.batch} must be at least 1")
+        whole(self.batch, "--batch")  # "2": a TypeError; 2.5 was refused only once the model was loaded
         if self.matrix:
             if len(self.models) != 1:
                 raise DronsegError(f"--matrix takes one checkpoint, got {len(self.models)} files: pass a single .pt")

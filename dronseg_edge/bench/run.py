@@ -4,7 +4,6 @@ backend with the requested options, check shapes, measure."""
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from dronseg_edge.devices import resolve_device, resolve_lean_device
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.machine import import_optional
 from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.option_fields import whole
 from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.host import preprocess_host
 from dronseg_edge.runtime.registry import backend_class, is_checkpoint, load_backend
@@ -110,8 +110,7 @@ def resolve_shape(backend: Backend, size: tuple[int, int] | None, batch: int) ->
     export = (f"dronseg-edge export {info.extra.get('source_checkpoint') or 'CHECKPOINT'}"
               + " --format engine" * (backend.path.suffix.lower() in (".engine", ".plan")) + " --io frames" * frames
               + " --head argmax" * (info.head == "argmax" and not frames) + f" --precision {info.precision}" * (info.precision != "fp32"))
-    if not isinstance(batch, numbers.Integral) or batch < 1:  # 2.5: numpy's TypeError making the input
-        raise DronsegError(f"--batch {batch} must be a whole number, at least 1")
+    whole(batch, "--batch")  # 2.5: numpy's TypeError making the input
     size = None if size is None else parse_size(size)  # (0, 32) reached the model: "the torch backend failed"
     # what goes into the artifact: its frames for a frames graph, else its input tensor
     built = tuple(info.source_size if frames and info.source_size is not None else info.input_size)

@@ -6,7 +6,7 @@ from bench_fakes import FakeBackend, requires_cuda, sleep_backend
 from dronseg_edge.bench import run
 from dronseg_edge.bench.run import (HOST_TIMED_GPU_NOTE, PreparedBench, bench_model, make_input, open_backend,
                                     resolve_bench_device, resolve_shape, run_prepared)
-from dronseg_edge.bench.options import DEFAULT_MIN_ITERS
+from dronseg_edge.bench.options import DEFAULT_MIN_ITERS, BenchOptions
 from dronseg_edge.bench.timing import TimingSettings, measure, timer_name
 from dronseg_edge.devices import Device
 from dronseg_edge.errors import DronsegError
@@ -88,8 +88,9 @@ def test_static_artifact_refuses_other_size_and_batch():
     assert resolve_shape(dynamic, (64, 32), 4) == (64, 32)
     with pytest.raises(DronsegError, match="--size '0x32' is out of range"):  # bench_model ran it: "the torch backend failed"
         resolve_shape(dynamic, (0, 32), 1)
-    with pytest.raises(DronsegError, match="--batch 2.5 must be a whole number"):  # numpy's TypeError making the input
-        resolve_shape(dynamic, None, 2.5)
+    for batch in (2.5, True):  # 2.5: numpy's TypeError making the input; True was taken as 1
+        with pytest.raises(DronsegError, match=f"--batch {batch} must be a whole number"):
+            resolve_shape(dynamic, None, batch)
 
 
 def test_make_input_is_normalised_and_reproducible():
@@ -205,6 +206,12 @@ def test_cuda_events_time_each_stage(tiny_checkpoint):
     assert m.latency.median_ms >= m.compute.median_ms
     excluded = bench_model(tiny_checkpoint, device, TimingSettings(warmup_iters=3, iters=10)).measurement
     assert excluded.latency.to_dict() == excluded.compute.to_dict() and excluded.h2d is not None
+
+
+def test_bench_batch_must_be_a_whole_number():
+    for batch in ("2", 2.5, 0):  # "2" was a TypeError; 2.5 was refused only once the model was loaded
+        with pytest.raises(DronsegError, match=f"--batch {batch!r} must be a whole number, at least 1"):
+            BenchOptions(batch=batch)
 
 
 def test_iteration_counts_must_be_whole_numbers():

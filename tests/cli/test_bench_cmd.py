@@ -59,7 +59,7 @@ def test_bench_size_and_batch_override_for_a_checkpoint(tiny_checkpoint, tmp_pat
     (("--iters", "0"), "--iters 0 must be a whole number, at least 1 (or use --duration-s SECONDS)"),
     (("--warmup-s", "-1"), "--warmup-s -1.0 must be 0 or more"),
     (("--duration-s", "0"), "--duration-s 0.0 must be more than 0"),
-    (("--batch", "0"), "--batch 0 must be at least 1"),
+    (("--batch", "0"), "--batch 0 must be a whole number, at least 1"),
     (("--device", "tpu"), "--device 'tpu' is not a device"),
     (("--cuda-graph",), "--cuda-graph needs a CUDA device"),
     (("--out", "x"), "--out and --data belong to --matrix"),
