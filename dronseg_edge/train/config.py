@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ SCHEDULERS = ("onecycle", "constant", "poly")
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("auto", "fp16", "bf16", "off")
 BEST_METRICS = ("miou", "mdice", "competition", "val_loss")
+AT_LEAST_ONE = ("epochs", "batch", "accumulate", "val_every", "output_stride", "max_pixels")  # other ints: 0 or more
 RESUME_OPTIONS = ("data", "device", "workers", "max_pixels")  # what a resumed run takes anew; the rest is its own
 
 
@@ -96,10 +98,14 @@ class TrainConfig:
 
         check_output_stride(check_arch(self.model), self.output_stride)
         self.size = parse_size(self.size)  # (0, 720), (96,) or "96x64" failed in the loader, after the run folder was made
-        for f in dataclasses.fields(self):  # epochs=2.5 failed in range() once the run folder existed, "2" a TypeError
-            if f.type in ("int", "int | None") and getattr(self, f.name) is not None:
-                whole(getattr(self, f.name), f"--{f.name.replace('_', '-')}" if "option" in f.metadata else f.name,
-                      least=int(f.name in ("epochs", "batch", "accumulate", "val_every", "output_stride", "max_pixels")))
+        # numpy's numbers become Python's: a checkpoint holding np.float64(0.01) failed to load (weights_only)
+        for owner in (self, self.augment):
+            for f in dataclasses.fields(owner):
+                value, flag = getattr(owner, f.name), f"--{f.name.replace('_', '-')}" if "option" in f.metadata else f.name
+                if f.type in ("int", "int | None") and value is not None:  # epochs=2.5 failed in range(), "2" a TypeError
+                    setattr(owner, f.name, whole(value, flag, least=int(f.name in AT_LEAST_ONE)))
+                elif f.type in ("float", "float | None") and isinstance(value, numbers.Real):
+                    setattr(owner, f.name, float(value))
         choices = (("loss", LOSS_NAMES), ("scheduler", SCHEDULERS), ("optimizer", OPTIMIZERS), ("amp", AMP_MODES),
                    ("best_metric", BEST_METRICS), ("class_weights", WEIGHT_METHODS))
         checks = [(getattr(self, name) in allowed,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,6 +67,16 @@ def test_out_of_range_settings_are_refused_when_the_config_is_made(tmp_path, opt
     # the last step (poly power), or silently taken (weight decay).
     with pytest.raises(DronsegError, match=re.escape(message)):
         TrainConfig(data=str(tmp_path), **{option: value}).validate()
+
+
+def test_numpy_numbers_become_python_numbers_a_checkpoint_can_hold(tmp_path):
+    # fit(TrainConfig(lr=np.float64(0.01))) (a sweep over np.logspace) trained, then no checkpoint it wrote would load:
+    # weights_only refuses numpy scalars ("it is damaged or not a checkpoint written by `dronseg-edge train`")
+    cfg = TrainConfig(data=str(tmp_path), epochs=np.int64(2), lr=np.float64(0.01), momentum=np.float32(0.5),
+                      augment=AugmentConfig(hflip=np.float64(0.25))).validate()
+    torch.save(cfg.to_dict(), tmp_path / "config.pt")
+    loaded = torch.load(tmp_path / "config.pt", weights_only=True)
+    assert (loaded["epochs"], loaded["lr"], loaded["momentum"], loaded["augment"]["hflip"]) == (2, 0.01, 0.5, 0.25)
 
 
 @pytest.mark.parametrize("option, value", [("hflip", 1.5), ("shift", -0.1), ("blur_p", 2.0), ("noise_p", -1.0),
