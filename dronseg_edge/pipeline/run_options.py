@@ -93,9 +93,10 @@ class RunOptions:
     def __post_init__(self) -> None:
         from dronseg_edge.pipeline.video_writer import VIDEO_CODECS  # OpenCV: not for the CLI's --help
 
-        whole(self.stride, "--stride", hint=" (1 = every frame)")
+        # as ints: summary.json wrote numpy's 2 as "2" (a string)
+        object.__setattr__(self, "stride", whole(self.stride, "--stride", hint=" (1 = every frame)"))
         if self.max_frames is not None:  # 2.5 made the run folder, then failed as "a bug" (islice)
-            whole(self.max_frames, "--max-frames")
+            object.__setattr__(self, "max_frames", whole(self.max_frames, "--max-frames"))
         rules = [
             (0.0 <= self.alpha <= 1.0, f"--alpha {self.alpha} must be between 0 (frame only) and 1 (colours only)"),
             (self.reconnect_s > 0, f"--reconnect-s {self.reconnect_s} must be above 0 seconds"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from dronseg_edge.errors import DronsegError
@@ -30,6 +31,12 @@ def test_bad_values_name_their_option(changes, message):
     with pytest.raises(DronsegError, match=message.replace("(", r"\(").replace(")", r"\)")):
         RunOptions(**changes)
 
+
+
+def test_numpy_counts_are_kept_as_ints():
+    # summary.json wrote them as strings ("stride": "2"): its JSON writer turns what it cannot write into str
+    options = RunOptions(stride=np.int64(2), max_frames=np.int32(5))
+    assert (type(options.stride), type(options.max_frames)) == (int, int) and (options.stride, options.max_frames) == (2, 5)
 
 
 def test_one_stream_url_given_as_a_string_is_one_url():
