@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.option_fields import OptionSpec
+from dronseg_edge.option_fields import OptionSpec, whole
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # 67.1 MP: an 8K UHD frame (7680x4320, 33.2 MP) and a 45 MP survey camera (8192x5460) pass; decoded
@@ -65,10 +65,7 @@ def native_name(path: Path | str) -> str:
 
 def check_max_pixels(value: int, flag: str = "--max-pixels") -> int:
     """``value`` as a valid pixel limit; DronsegError naming ``flag`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PIXELS_CEILING:
-        raise DronsegError(f"{flag} {value} must be a whole number from 1 to {MAX_PIXELS_CEILING} "
-                           f"(default {DEFAULT_MAX_PIXELS}: 67 MP)")
-    return value
+    return whole(value, flag, most=MAX_PIXELS_CEILING, hint=f" (default {DEFAULT_MAX_PIXELS}: 67 MP)")
 
 
 def megapixels(pixels: int) -> str:

@@ -8,6 +8,7 @@ callers alike. Specs shared by several dataclasses (``--device``, ``--meta``, ``
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,12 @@ from dronseg_edge.errors import DronsegError
 _TYPES = {"bool": bool, "int": int, "float": float, "str": str, "Path": Path}
 
 
-def whole(value, flag: str, least: int = 1, hint: str = "") -> int:
+def whole(value, flag: str, least: int = 1, hint: str = "", most: float = math.inf) -> int:
     """``value`` as an int; DronsegError naming ``flag`` when it is not a whole number (2.5 is not taken as 2, nor
-    "2" or True as a count) or is below ``least``; ``hint`` ends the message."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        raise DronsegError(f"{flag} {value!r} must be a whole number, at least {least}{hint}")
+    "2" or True as a count) or is outside ``least``..``most``; ``hint`` ends the message."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not least <= value <= most:
+        span = f"at least {least}" if most == math.inf else f"from {least} to {most}"
+        raise DronsegError(f"{flag} {value!r} must be a whole number, {span}{hint}")
     return int(value)
 
 

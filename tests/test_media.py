@@ -62,9 +62,11 @@ def test_a_file_that_is_not_an_image_is_unreadable(tmp_path):
 
 @pytest.mark.parametrize("value", [0, -1, MAX_PIXELS_CEILING + 1, 1.5, True])
 def test_a_bad_limit_is_one_line_naming_the_option(value):
-    with pytest.raises(DronsegError, match=rf"--max-pixels {value} must be a whole number from 1 to {MAX_PIXELS_CEILING}"):
+    with pytest.raises(DronsegError, match=rf"--max-pixels {value} must be a whole number, from 1 to {MAX_PIXELS_CEILING}"):
         check_max_pixels(value)
     assert check_max_pixels(DEFAULT_MAX_PIXELS) == 1 << 26
+    # numpy's whole numbers are whole numbers ("np.int64(5) must be a whole number" refused one), kept as ints
+    assert type(check_max_pixels(np.int64(5))) is int
 
 
 def test_a_jpeg_cut_short_is_not_decoded_into_grey_rows(tmp_path):

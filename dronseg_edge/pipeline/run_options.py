@@ -113,7 +113,7 @@ class RunOptions:
         for ok, message in rules:
             if not ok:
                 raise DronsegError(message)
-        check_max_pixels(self.max_pixels)
+        object.__setattr__(self, "max_pixels", check_max_pixels(self.max_pixels))
         from dronseg_edge.pipeline.live_targets import (check_preview, check_stream_settings, parse_results_target,
                                                         parse_stream_urls)
 

@@ -35,8 +35,9 @@ def test_bad_values_name_their_option(changes, message):
 
 def test_numpy_counts_are_kept_as_ints():
     # summary.json wrote them as strings ("stride": "2"): its JSON writer turns what it cannot write into str
-    options = RunOptions(stride=np.int64(2), max_frames=np.int32(5))
+    options = RunOptions(stride=np.int64(2), max_frames=np.int32(5), max_pixels=np.int64(9000))
     assert (type(options.stride), type(options.max_frames)) == (int, int) and (options.stride, options.max_frames) == (2, 5)
+    assert type(options.max_pixels) is int and options.max_pixels == 9000
 
 
 def test_one_stream_url_given_as_a_string_is_one_url():
