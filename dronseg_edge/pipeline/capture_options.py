@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.option_fields import option
+from dronseg_edge.option_fields import option, whole
 
 ENV_VAR = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 RTSP_TRANSPORTS = ("tcp", "udp")
@@ -63,9 +63,8 @@ class CaptureOptions:
         if self.rtsp_transport is not None and self.rtsp_transport not in RTSP_TRANSPORTS:
             raise DronsegError(f"--rtsp-transport {self.rtsp_transport} is not one of {', '.join(RTSP_TRANSPORTS)}: "
                                "tcp gets through firewalls and loses nothing, udp has less delay on a clean network")
-        if self.latency_ms is not None and not (isinstance(self.latency_ms, int) and 0 <= self.latency_ms <= 60_000):
-            raise DronsegError(f"--latency-ms {self.latency_ms} must be a whole number of milliseconds from 0 "
-                               "(no reordering) to 60000")
+        if self.latency_ms is not None:
+            whole(self.latency_ms, "--latency-ms", 0, " (milliseconds; 0: no reordering)", most=60_000)
 
     @property
     def rtsp_options_given(self) -> list[str]:

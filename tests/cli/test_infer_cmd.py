@@ -237,7 +237,7 @@ def test_bounded_recording_from_the_command_line(tiny_checkpoint, media, tmp_pat
 
 @pytest.mark.parametrize("extra, message", [
     (["--rtsp-transport", "quic"], "--rtsp-transport quic is not one of tcp, udp"),
-    (["--latency-ms", "-5"], "--latency-ms -5 must be a whole number of milliseconds"),
+    (["--latency-ms", "-5"], "--latency-ms -5 must be a whole number, from 0 to 60000 (milliseconds"),
     (["--rtsp-transport", "tcp", "--latency-ms", "100"], "--rtsp-transport and --latency-ms apply to rtsp:// sources "
                                                          "only, and"),
 ])

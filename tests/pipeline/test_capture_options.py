@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import cv2
+import numpy as np
 import pytest
 from fake_captures import CaptureRecorder, FakeCapture
 
@@ -37,10 +38,13 @@ def test_ffmpeg_options_for_the_open(options, url, existing, expected):
     ({"rtsp_transport": "quic"}, "--rtsp-transport quic is not one of tcp, udp"),
     ({"latency_ms": -1}, "--latency-ms -1 must be a whole number"),
     ({"latency_ms": 600_000}, "--latency-ms 600000 must be"),
+    ({"latency_ms": True}, "--latency-ms True must be a whole number"),  # was taken as 1 ms
 ])
 def test_bad_options_name_the_flag(kwargs, message):
     with pytest.raises(DronsegError, match=message):
         CaptureOptions(**kwargs)
+    # numpy's whole numbers are whole numbers (np.int64(20) was refused as not one)
+    assert CaptureOptions(latency_ms=np.int64(20)).ffmpeg_options("rtsp://c", None).endswith("|max_delay;20000")
 
 
 @pytest.mark.parametrize("before", [None, "stimeout;5000000"])
