@@ -36,6 +36,7 @@ from dronseg_edge.data.synthetic.scene import render_view
 from dronseg_edge.data.synthetic.worlds import FREQUENT, RARE, SKY, build_world
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import native_name
+from dronseg_edge.option_fields import whole
 from dronseg_edge.pictures import write_image
 from dronseg_edge.sizes import format_size
 
@@ -63,8 +64,7 @@ class SynthResult:
 
 
 def _check_options(images: int, size: tuple[int, int], video_frames: int, seed: int, test_fraction: float, fps: float) -> None:
-    if not isinstance(images, (int, np.integer)) or not 1 <= images <= 999_999:
-        raise DronsegError(f"--images {images} is out of range: give 1..999999 (e.g. --images 60)")
+    whole(images, "--images", hint=" (e.g. --images 60)", most=999_999)
     width, height = size
     if not (32 <= width <= 8192 and 32 <= height <= 8192):
         raise DronsegError(f"--size {format_size(size)} is out of range: each side must be 32..8192 pixels (e.g. 1280x720)")

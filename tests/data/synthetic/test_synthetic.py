@@ -251,6 +251,7 @@ def test_force_never_overwrites_a_real_data_set(tmp_path, name):
 
 @pytest.mark.parametrize("options, fragment", [
     (dict(images=0), "--images 0"),
+    (dict(images=True), "--images True must be a whole number"),  # was taken as 1 image
     (dict(size=(5, 5)), "--size 5x5"),
     (dict(test_fraction=1.5), "--test-fraction 1.5"),
     (dict(video_frames=-1), "--video-frames -1"),
