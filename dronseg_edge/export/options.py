@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from dronseg_edge.devices import DEVICE
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import HEADS, IO_MODES
-from dronseg_edge.option_fields import option
+from dronseg_edge.option_fields import option, whole
 from dronseg_edge.sizes import parse_size
 
 if TYPE_CHECKING:  # the CLI reads these options for --help without torch
@@ -157,8 +157,7 @@ class ExportOptions:
                 raise DronsegError(f"{flag} {value!r} is not one of {', '.join(filter(None, choices))}")
         for flag, value in (("--batch", self.batch), ("--calib-images", self.calib_images),
                             ("--parity-images", self.parity_images)):
-            if value < 1:
-                raise DronsegError(f"{flag} {value} must be 1 or more")
+            whole(value, flag)
         if not self.workspace_gib > 0:
             raise DronsegError(f"--workspace-gib {self.workspace_gib:g} must be a positive number of GiB")
         self._validate_io()
@@ -176,8 +175,7 @@ class ExportOptions:
                                f"{self.timing_cache / 'timing.cache'}")
         if self.dla_core is None:
             return
-        if self.dla_core < 0:
-            raise DronsegError(f"--dla-core {self.dla_core} must be 0 or more (Jetson AGX Orin has DLA cores 0 and 1)")
+        whole(self.dla_core, "--dla-core", 0, " (Jetson AGX Orin has DLA cores 0 and 1)")
         if self.fmt == "triton":
             raise DronsegError("--dla-core with --format triton is not supported: build the engine with "
                                "--format engine --dla-core N and serve it yourself")

@@ -32,10 +32,10 @@ def test_defaults_are_the_cli_defaults_and_values_are_normalised(tmp_path):
     ({"precision": "fp8"}, "--precision 'fp8' is not one of fp32, fp16, int8"),
     ({"precision": "bf16"}, "--precision 'bf16' is not one of fp32, fp16, int8"),
     ({"head": "softmax"}, "--head 'softmax' is not one of logits, argmax"),
-    ({"batch": 0}, "--batch 0 must be 1 or more"),
+    ({"batch": 0}, "--batch 0 must be a whole number, at least 1"),
     ({"workspace_gib": 0}, "--workspace-gib 0 must be a positive number of GiB"),
-    ({"calib_images": 0}, "--calib-images 0 must be 1 or more"),
-    ({"parity_images": -1}, "--parity-images -1 must be 1 or more"),
+    ({"calib_images": 0}, "--calib-images 0 must be a whole number, at least 1"),
+    ({"parity_images": -1}, "--parity-images -1 must be a whole number, at least 1"),
     ({"precision": "int8", "calib_method": "entropy"}, "--calib-method 'entropy' is not one of minmax, percentile"),
     # sizes were taken unchecked: (0, 64) was torch's "Kernel size can't be greater than actual input size", (96,) an IndexError
     ({"size": (0, 64)}, "--size '0x64' is out of range"),

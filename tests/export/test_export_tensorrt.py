@@ -517,7 +517,7 @@ def test_dla_engines_are_named_for_their_core():
 @pytest.mark.parametrize("changes, message", [
     ({"fmt": "engine", "precision": "fp32", "dla_core": 0}, "DLA runs fp16 or int8 only"),
     ({"fmt": "engine", "precision": "fp16", "dla_core": 0, "dynamic": True}, "DLA takes fixed shapes only"),
-    ({"fmt": "engine", "precision": "fp16", "dla_core": -1}, "must be 0 or more"),
+    ({"fmt": "engine", "precision": "fp16", "dla_core": -1}, "--dla-core -1 must be a whole number, at least 0"),
     ({"fmt": "triton", "precision": "fp16", "dla_core": 0}, "--format triton is not supported"),
     ({"fmt": "engine", "builder_opt_level": 6}, "is not one of 0..5"),
     ({"fmt": "engine", "builder_opt_level": -1}, "is not one of 0..5"),
