@@ -29,6 +29,7 @@ from dronseg_edge.export.parity_picture import WorstImage
 from dronseg_edge.export.parity_report import GroundTruthScores, OutputStats, ParityReport, ParityThresholds
 from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.metrics import SegmentationMetrics, confusion_matrix, iou_from_confusion
+from dronseg_edge.option_fields import whole
 from dronseg_edge.runtime.base import Backend, pad_batch
 from dronseg_edge.runtime.host import frames_in_order, preprocess_host, resize_frame
 from dronseg_edge.runtime.registry import check_model_file, is_checkpoint, load_backend
@@ -206,8 +207,7 @@ def check_parity(reference: Model, candidate: Model, data: Path | None = None, *
     checkpoint involved, else synthetic scenes (said in the report). Inputs are at the candidate's
     input size. ``thresholds`` default to the candidate's precision (ParityThresholds.for_precision).
     """
-    if max_images < 1:  # 0 compared every image there ("no limit" to pick_evenly)
-        raise DronsegError(f"max_images {max_images} must be 1 or more (--parity-images)")
+    whole(max_images, "max_images", hint=" (--parity-images)")  # 0 compared every image ("no limit" to pick_evenly)
     torch_device = resolve_device(str(device))
     owned: list[Backend] = []
     try:
