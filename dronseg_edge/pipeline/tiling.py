@@ -113,8 +113,6 @@ class TilePlan:
         if not (math.isfinite(self.overlap) and 0.0 <= self.overlap <= MAX_OVERLAP):
             raise DronsegError(f"--tile-overlap {self.overlap} must be between 0 and {MAX_OVERLAP} "
                                f"(a share of the window; default {DEFAULT_OVERLAP})")
-        if int(self.batch) < 1:
-            raise DronsegError(f"tile batch {self.batch} must be at least 1")
         if self.mode == "on" and self.unable:
             raise DronsegError(f"--tile on: {self.unable}")
 
