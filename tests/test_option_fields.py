@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dronseg_edge.devices import DEVICE
-from dronseg_edge.option_fields import OptionSpec, option, option_fields, option_group, value_type
+from dronseg_edge.errors import DronsegError
+from dronseg_edge.option_fields import OptionSpec, option, option_fields, option_group, value_type, whole
 from dronseg_edge.sizes import parse_size
 
 
@@ -57,3 +59,17 @@ def test_a_shared_spec_keeps_its_names_and_takes_replacements():
     assert spec.names == ("--device",) and spec.help == "Where it runs." and DEVICE.help != spec.help
     assert fields()["count"].metadata["option"].cli_names("count") == ("--count",)
     assert fields()["limit"].metadata["option"].cli_names("max_duration") == ("--max-duration",)
+
+
+@pytest.mark.parametrize("value", [True, False, 2.0, 2.5, "2", -1, 0, 10, None])
+def test_whole_refuses_what_is_not_a_whole_number_in_range_naming_the_flag(value):
+    with pytest.raises(DronsegError, match=r"^--count .* must be a whole number, from 1 to 9 \(hint\)$"):
+        whole(value, "--count", hint=" (hint)", most=9)
+
+
+def test_whole_takes_python_and_numpy_ints_as_ints():
+    for value in (1, 9, np.int64(3), np.uint8(9), np.int32(1)):
+        assert type(whole(value, "--count", most=9)) is int and whole(value, "--count", most=9) == value
+    assert whole(0, "--count", least=0) == 0 and whole(10**30, "--count") == 10**30  # no upper bound by default
+    with pytest.raises(DronsegError, match=r"^--count -1 must be a whole number, at least 0$"):
+        whole(-1, "--count", least=0)
