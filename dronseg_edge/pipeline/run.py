@@ -242,12 +242,13 @@ def _without_summary(state: RunState, summary_error: DronsegError) -> DronsegErr
 
 
 def _mark_timeline_end(sinks: list[Sink], src: Source, state: RunState) -> None:
-    """A video file read to its end: its overlay video runs to the source's last frame (with --stride N
-    it would stop up to N-1 frames short). Not after a stop (--max-frames, a signal, an error)."""
+    """A video file read to its end: its overlay video runs to the source's last frame, placed by its time as the
+    others are (with --stride N it would stop up to N-1 frames short). Not after a stop (--max-frames, a signal, an
+    error)."""
     if src.length is not None and state.stop_reason() == "end":
         for sink in sinks:
             if isinstance(sink, VideoSink):
-                sink.end_index = src.length
+                sink.end_index, sink.end_time = src.length, src.end_time
 
 
 def _close_workers(workers: list[SinkWorker], state: RunState) -> Exception | None:

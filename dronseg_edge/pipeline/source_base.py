@@ -80,8 +80,10 @@ class Source(contextlib.AbstractContextManager):
         # when the run stopped it first.
         self.end: str | None = None
         # A video file's frame count once read to its end or its truncation (``--stride`` leaves frames after
-        # the last one segmented, which the overlay video fills in); None before, and for other sources.
+        # the last one segmented, which the overlay video fills in), and its last frame's time; None before, and for
+        # other sources.
         self.length: int | None = None
+        self.end_time: float | None = None
         # summary.json's hw_decode for sources FFmpeg decodes (video files, URLs): {"requested": bool,
         # "used": "none" | "cuda" | "vaapi" | ...}; None where there is no such choice.
         self.hw_decode: dict | None = None

@@ -182,16 +182,17 @@ class VideoSource(Source):
                 continue
             self._count_corrupt(failures, position - failures)
             failures = 0
+            # The frame's presentation time from the container, relative to the stream's start (every frame's: the
+            # last one's is where the video ends); a file without timestamps reads 0 for every frame, so a time that
+            # fails to advance or jumps (MAX_TIME_JUMP_S) goes on at the nominal rate, and the times after it from there.
+            raw = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1e3
+            seconds = raw + shift
+            if not (math.isfinite(seconds) and last_time < seconds <= last_time + MAX_TIME_JUMP_S):
+                seconds = max(position / rate, last_time + 1 / rate)
+                shift = seconds - raw if math.isfinite(raw) else shift
+            last_time = seconds
             if wanted:
-                # The frame's presentation time from the container, relative to the stream's start;
-                # a file without timestamps reads 0 for every frame, so a time that fails to advance
-                # or jumps (MAX_TIME_JUMP_S) goes on at the nominal rate, and the times after it from there.
-                raw = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1e3
-                seconds = raw + shift
-                if not (math.isfinite(seconds) and last_time < seconds <= last_time + MAX_TIME_JUMP_S):
-                    seconds = max(position / rate, last_time + stride / rate)
-                    shift = seconds - raw if math.isfinite(raw) else shift
-                last_time, size = seconds, (frame.shape[1], frame.shape[0])
+                size = (frame.shape[1], frame.shape[0])
                 if size != self.size:
                     self.check_pixels(size, f" from frame {position} on")
                 if size != self.size and self.size[0] > 0:  # not the first frame of a file whose header gave no size
@@ -207,6 +208,7 @@ class VideoSource(Source):
         if yielded == 0:
             raise DronsegError(f"video {self.path} has no readable frames: check it plays, e.g. with `ffprobe {self.path}`")
         last_good = self.length = position - failures
+        self.end_time = last_time
         if failures > MAX_CONSECUTIVE_FAILURES and self._exact_count and position <= self.frame_count:
             # More frames failed in a row than damage explains, all before the frame count the header
             # declares: the file stops early (cut short, or still being written). Missing, not damaged.

@@ -78,6 +78,7 @@ class VideoSink(Sink):
         self._last: tuple[int, np.ndarray, float | None] | None = None  # the last frame's index, overlay and time
         self._origin: tuple[float, int] | None = None  # a frame's time and place in the video that later ones follow
         self.end_index: int | None = None  # the source's frame count, once read to its end: close() fills up to it
+        self.end_time: float | None = None  # and its last frame's time
 
     def _final_path(self, number: int) -> Path:
         if self.segment_frames is None and number == 0:
@@ -93,12 +94,12 @@ class VideoSink(Sink):
             if self._writer is not None:
                 self._finish_file()
             # No filling the new size's file with the old size's overlay; it starts where this frame belongs
-            self._unwritten += max(self._copies(result), 0) if self._last is not None else 0
+            self._unwritten += max(self._copies(result.index, result.timestamp), 0) if self._last is not None else 0
             self._last = None
             log.warning("frame %d is %dx%d, the video %dx%d: the overlay video goes on in a new file, %s",
                         result.index, *size, *self.size, self._final_path(len(self.segments)).name)
         self.size = size
-        copies = self._copies(result) if self._last is not None else 0
+        copies = self._copies(result.index, result.timestamp) if self._last is not None else 0
         if self._last is None:
             self._origin = None if result.timestamp is None else (result.timestamp, self.video_frames)
         for _ in range(copies):
@@ -107,12 +108,12 @@ class VideoSink(Sink):
             self._emit(image)
         self._last = (result.index, image, result.timestamp)
 
-    def _copies(self, result: Result) -> int:
-        """How often the last overlay fills in before ``result`` (-1: ``result`` comes before its place,
+    def _copies(self, index: int, now: float | None) -> int:
+        """How often the last overlay fills in before frame ``index`` at time ``now`` (-1: it comes before its place,
         which the last frame holds): as the frames' times say where they have them (a variable-rate
         source's frames are not evenly spaced: its video keeps their times from the first frame on,
         ``_origin``), else as their indices do; at most MAX_FILL_S seconds."""
-        cap, (last_index, _, last_time), now = int(self.fps * MAX_FILL_S), self._last, result.timestamp
+        cap, (last_index, _, last_time) = int(self.fps * MAX_FILL_S), self._last
         if self.by_time and now is not None and self._origin is not None and last_time is not None and now > last_time:
             start, frames = self._origin
             copies = frames + round((now - start) * self.fps) - self.video_frames
@@ -120,7 +121,7 @@ class VideoSink(Sink):
                 return max(copies, -1)
             copies = cap
         else:
-            copies = max(min(result.index - last_index - 1, cap), 0)
+            copies = max(min(index - last_index - 1, cap), 0)
         self._origin = None if now is None else (now, self.video_frames + copies)  # times go on from here
         return copies
 
@@ -204,8 +205,8 @@ class VideoSink(Sink):
         if self._closed:
             return
         self._closed = True
-        if self.end_index is not None and self._last is not None:  # the frames after the last one --stride took
-            for _ in range(min(self.end_index - self._last[0] - 1, int(self.fps * MAX_FILL_S))):
+        if self.end_index is not None and self._last is not None and self.end_index - 1 > self._last[0]:
+            for _ in range(self._copies(self.end_index - 1, self.end_time) + 1):  # to the last frame's place, with it
                 self._emit(self._last[1])
         if self._writer is not None:
             self._finish_file()

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from pipeline_media import read_video, scene
+from pipeline_media import read_video, scene, write_vfr_video
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline import RunOptions, Segmenter, run, run_inference
@@ -148,6 +148,17 @@ def test_stride_video_runs_to_the_sources_last_frame(segmenter, video_path, tmp_
     frames, _, _ = read_video(out / "overlay.mp4")
     assert len(frames) == summary.data["video_frames"] == 24  # 21..23 repeat frame 20's overlay
     assert np.abs(frames[20].astype(int) - frames[23]).mean() < 2
+
+
+def test_stride_video_of_a_variable_rate_file_runs_to_the_sources_last_frames_time(segmenter, tmp_path):
+    """8 frames 1/60 s apart, then 4 at 0.1 s: with --stride 4 the frames after the last one segmented were filled
+    by their count (3), not their time, and the video ended 0.2 s before the source's, and before the unstrided run's."""
+    pytest.importorskip("av", reason="PyAV writes the variable-rate clip (pip install 'dronseg-edge[video]')")
+    write_vfr_video(tmp_path / "vfr.mp4", ticks=(1500,) * 8 + (9000,) * 4)
+    every, strided = (run_inference(segmenter, tmp_path / "vfr.mp4", RunOptions(out=tmp_path / f"s{stride}", stride=stride,
+                                                                                progress=False)) for stride in (1, 4))
+    assert [s["frame"] for s in read_stats(strided.out_dir)] == [0, 4, 8]
+    assert len(read_video(strided.out_dir / "overlay.mp4")[0]) == strided.data["video_frames"] == every.data["video_frames"]
 
 
 def test_max_duration_counts_seconds_of_the_video_and_segments_split_it(segmenter, video_path, tmp_path):
