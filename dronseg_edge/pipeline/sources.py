@@ -169,11 +169,12 @@ class VideoSource(Source):
 
     def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
         position, failures, yielded, last_time, shift, rate = 0, 0, 0, -1.0, 0.0, self.fps or 30.0
+        spent = 0.0  # ms decoding since the last frame yielded: --stride's skipped frames are decoded too
         while not self._stop.is_set():
             wanted = position % stride == 0
             start = time.perf_counter()
             ok, frame = self.capture.read() if wanted else (self.capture.grab(), None)
-            decode_ms = (time.perf_counter() - start) * 1e3
+            spent += (time.perf_counter() - start) * 1e3
             if not ok:
                 failures += 1
                 position += 1
@@ -201,6 +202,7 @@ class VideoSource(Source):
                                 "overlay video starts a new file)", self.path, position, *self.size, *size)
                 self.size = size
                 yielded += 1
+                decode_ms, spent = spent, 0.0
                 yield FrameRecord(position, seconds, frame, self.name, f"{position:06d}", decode_ms)
             position += 1
         if self._stop.is_set():

@@ -4,6 +4,7 @@ import os
 import shutil
 import threading
 import time
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -41,6 +42,16 @@ def test_video_stride_keeps_source_indices(video_path):
         records = list(source.frames(stride=5))
     assert [r.index for r in records] == [0, 5, 10, 15, 20]
     assert records[1].timestamp == pytest.approx(5 / 30)
+
+
+def test_a_strided_frames_decode_time_counts_the_frames_decoded_and_skipped_before_it(video_path, monkeypatch):
+    """--stride 4 decodes every frame (grab) and segments one in 4: summary.json's stage_ms.decode gave the read of
+    the segmented frame only, a quarter of what the decoder spent per segmented frame."""
+    clock = iter(range(10_000))  # each read or grab takes one second
+    monkeypatch.setattr(sources, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    records = list(VideoSource(video_path).frames(stride=4))
+    assert [r.index for r in records] == [0, 4, 8, 12, 16, 20]
+    assert [r.decode_ms for r in records] == [1000.0] + [4000.0] * 5
 
 
 def test_variable_frame_rate_timestamps_come_from_the_container(tmp_path):
