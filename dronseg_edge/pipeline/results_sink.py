@@ -14,7 +14,7 @@ results only, with a warning, and the run goes on.
 - ``frame``: the frame's index in the source (0-based, before ``--stride``); ``name``: its output name
   (the image's stem for image sources);
 - ``timestamp``: seconds into the source (a video's presentation time, a camera's or stream's wall
-  clock since it opened; null for images);
+  clock since its first read; null for images);
 - ``wall_time``: UNIX time in seconds when the frame's result was ready (for latency against other
   clocks);
 - ``size``: [width, height] of the frame in pixels;

@@ -95,7 +95,7 @@ class RunState:
 
     def source_seconds(self, result: Result) -> float:
         """How far into the source ``result`` is: its timestamp (a video's presentation time, a
-        camera's or stream's wall clock since it opened) from the first frame's, else (images) the wall
+        camera's or stream's wall clock since its first read) from the first frame's, else (images) the wall
         clock of the run. From the first frame: an MPEG-TS recorded from mid-GOP shows its first picture
         seconds after the stream's start, and --max-duration-s 1 gave no frame at all."""
         if result.timestamp is None:

@@ -43,7 +43,8 @@ class FrameRecord:
 
     ``index``: position in the source (0-based, before any stride); ``timestamp``: seconds from the
     start (video: the container's presentation time, so variable-frame-rate files keep their
-    timing, or index / fps where it has none, stalls, goes back or jumps an hour or more; camera and stream: wall clock since opening; images: None);
+    timing, or index / fps where it has none, stalls, goes back or jumps an hour or more; camera and
+    stream: wall clock since its first read began, not since it opened; images: None);
     ``frame``: (H, W, 3) uint8 BGR; ``name``: stem for output files (``000042`` or the image's stem);
     ``read_at``: ``time.monotonic()`` when the reader took it from the source (None before that), where
     the live outputs' latency starts.

@@ -401,6 +401,20 @@ def test_a_pipe_whose_writer_closes_it_ends_instead_of_waiting_for_another_write
     assert "reopening" not in caplog.text  # it waited in open() for as long as no program wrote into the pipe
 
 
+def test_a_cameras_timestamps_count_from_its_first_read_not_from_its_open(monkeypatch):
+    """FrameRecord's doc said "since opening"; the CLI opens the source before the model loads, and the first frame
+    is at 0 s however long that took (as a video's first frame is): the doc now says so."""
+    clock = [100.0]
+    monkeypatch.setattr(sources, "time", SimpleNamespace(monotonic=lambda: clock[0], perf_counter=time.perf_counter))
+    source = CameraSource(0, open_capture=opener(FakeCapture(2)))
+    clock[0] = 105.0  # the model loaded
+    frames = source.frames()
+    first = next(frames)
+    clock[0] = 105.5
+    assert (first.timestamp, next(frames).timestamp) == (0.0, 0.5)
+    assert "since its first read" in FrameRecord.__doc__
+
+
 def test_camera_reconnect_stops_promptly_when_asked():
     source = CameraSource(0, reconnect_s=60.0, open_capture=iter([FakeCapture(1)]).__next__)
     frames = source.frames()
