@@ -8,6 +8,8 @@ CLI can print it before the run and the run writes the same text next to the out
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import ipaddress
 import re
 import socket
@@ -38,6 +40,7 @@ class StreamTarget:
     kind: str
     host: str
     port: int
+    shares_port: bool = False  # another rtp:// target has this port (parse_stream_urls)
 
     @property
     def name(self) -> str:
@@ -46,8 +49,10 @@ class StreamTarget:
 
     @property
     def sdp_name(self) -> str:
-        """The SDP file's name in the run folder (rtp:// only): ``stream_PORT.sdp``."""
-        return f"stream_{self.port}.sdp"
+        """The SDP file's name in the run folder (rtp:// only): ``stream_PORT.sdp``, or ``stream_HOST_PORT.sdp`` where
+        another rtp:// target has the port (two ground stations on 5600: one file would replace the other)."""
+        host = re.sub(r"[^A-Za-z0-9.-]", "-", self.host) + "_" if self.shares_port else ""
+        return f"stream_{host}{self.port}.sdp"
 
 
 def parse_stream_url(text: str) -> StreamTarget:
@@ -87,7 +92,9 @@ def parse_stream_urls(values) -> tuple[StreamTarget, ...]:
         if key in seen:
             raise DronsegError(f"--stream-out {target.name} is given twice: give each destination once")
         seen.add(key)
-    return targets
+    ports = collections.Counter(target.port for target in targets if target.kind == "rtp")
+    return tuple(dataclasses.replace(target, shares_port=True) if target.kind == "rtp" and ports[target.port] > 1
+                 else target for target in targets)
 
 
 def check_stream_settings(bitrate_kbps: int, what: str, size: str | None) -> tuple[int, int] | None:

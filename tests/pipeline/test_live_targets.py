@@ -9,7 +9,7 @@ import pytest
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline import RunOptions
 from dronseg_edge.pipeline.live_targets import (check_preview, is_loopback, parse_preview, parse_results_target,
-                                                parse_stream_url, sdp_text)
+                                                parse_stream_url, parse_stream_urls, sdp_text)
 
 
 def test_stream_urls():
@@ -20,6 +20,12 @@ def test_stream_urls():
     rtsp = parse_stream_url("rtsp://mediamtx.local:8554/drone/live")
     assert (rtsp.kind, rtsp.port, rtsp.url) == ("rtsp", 8554, "rtsp://mediamtx.local:8554/drone/live")
     assert parse_stream_url("rtsp://server/drone").port == 554
+
+
+def test_rtp_targets_sharing_a_port_get_an_sdp_file_each():
+    """Two ground stations on QGroundControl's port 5600: one stream_5600.sdp held the second's address only."""
+    targets = parse_stream_urls(("rtp://10.0.0.1:5600", "rtp://[fe80::1]:5600", "rtp://gcs:5602", "udp://gcs:5600"))
+    assert [t.sdp_name for t in targets[:3]] == ["stream_10.0.0.1_5600.sdp", "stream_fe80--1_5600.sdp", "stream_5602.sdp"]
 
 
 @pytest.mark.parametrize("url, message", [
