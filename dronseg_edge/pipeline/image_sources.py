@@ -14,6 +14,7 @@ import logging
 import os
 import stat
 import time
+import unicodedata
 from pathlib import Path
 from typing import Iterator
 
@@ -112,18 +113,23 @@ def glob_files(pattern: str) -> list[Path]:
 
 def _output_names(paths: list[Path]) -> list[str]:
     """Each image's name for its outputs (masks/NAME.png): its stem; a stem two images share gets the
-    image's index appended, and an underscore more while that too is another image's name."""
-    stems = collections.Counter(p.stem for p in paths)
+    image's index appended, and an underscore more while that too is another image's name. Names are
+    compared as a case-insensitive disk (macOS, exFAT) does: a/X.jpg and b/x.jpg would share masks/x.png there."""
+    stems = collections.Counter(_folded(p.stem) for p in paths)
     taken, names = set(stems), []
     for index, path in enumerate(paths):
         name = path.stem
-        if stems[name] > 1:
+        if stems[_folded(name)] > 1:
             name = f"{name}_{index:06d}"
-            while name in taken:
+            while _folded(name) in taken:
                 name += "_"
-            taken.add(name)
+            taken.add(_folded(name))
         names.append(name)
     return names
+
+
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def _glob_recursive(pattern: str) -> list[str]:

@@ -4,6 +4,7 @@ and a recursive glob visits each file once through symlink loops."""
 import logging
 import os
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,7 +14,7 @@ from testkit import write_png_bomb
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline import image_sources
-from dronseg_edge.pipeline.image_sources import ImageSource, glob_files
+from dronseg_edge.pipeline.image_sources import ImageSource, _output_names, glob_files
 from dronseg_edge.pipeline.open_source import open_source
 
 
@@ -119,5 +120,8 @@ def test_output_names_never_clash_and_a_recursive_glob_skips_earlier_runs(tmp_pa
     source = open_source("~/**/*.png".replace("~", str(tmp_path)))
     assert [str(p.relative_to(tmp_path)) for p in source.paths] == ["a/x.png", "b/x.png", "c/x_000001.png"]
     assert source.names == ["x_000000", "x_000001_", "x_000001"]  # three outputs, none overwriting another
+    # a/X.jpg and b/x.JPG (or café in NFC and NFD) are two files here but one output on macOS or an exFAT card
+    assert _output_names([Path("a/X.jpg"), Path("b/x.JPG"), Path("caf\u00e9.png"), Path("cafe\u0301.png")]) == [
+        "X_000000", "x_000001", "caf\u00e9_000002", "cafe\u0301_000003"]
     monkeypatch.setenv("HOME", str(tmp_path))
     assert len(open_source("~/a/*.png").paths) == 1  # a quoted glob's ~, as a path's
