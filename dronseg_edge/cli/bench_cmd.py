@@ -11,7 +11,7 @@ import typer
 from dronseg_edge.atomic import write_text_atomic
 from dronseg_edge.bench.options import BenchOptions, TimingSettings
 from dronseg_edge.cli.app import app
-from dronseg_edge.cli.outputs import check_json_out, check_out_dir, check_out_file, json_out, text_out
+from dronseg_edge.cli.outputs import check_json_out, check_out_dir, check_out_file, data_files, json_out, text_out
 from dronseg_edge.cli.params import Json, takes
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.sizes import format_size
@@ -37,9 +37,10 @@ def bench(
     models, matrix, device, say = options.models, options.matrix, options.device, text_out(json_path)
     if options.out is not None:
         check_out_dir(options.out)  # before the matrix exports into it
-    check_json_out(json_path, [*models, options.meta])  # fail now, not after minutes of measuring
+    inputs = [*models, options.meta, *data_files(options.data)]
+    check_json_out(json_path, inputs)  # fail now, not after minutes of measuring
     if markdown_path is not None:
-        check_out_file(markdown_path, "--markdown", [*models, options.meta])
+        check_out_file(markdown_path, "--markdown", inputs)
         if json_path is not None and markdown_path.resolve() == json_path.resolve():  # the Markdown would replace the JSON
             raise DronsegError(f"--markdown {markdown_path} is also the --json file: give the two different names")
     for model in models:

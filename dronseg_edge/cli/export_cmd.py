@@ -10,7 +10,7 @@ import typer
 
 from dronseg_edge.cli.app import app
 from dronseg_edge.cli.extras import require_extra
-from dronseg_edge.cli.outputs import check_json_out, check_not_input, check_out_dir, json_out, text_out
+from dronseg_edge.cli.outputs import check_json_out, check_not_input, check_out_dir, data_files, json_out, text_out
 from dronseg_edge.cli.params import Device, Json, MaxMiouDrop, Meta, MinAgreement, takes
 from dronseg_edge.errors import DronsegError, ParityError
 from dronseg_edge.export.options import PARITY_IMAGES, ExportOptions
@@ -148,7 +148,7 @@ def parity(
     max_images = parity_images if max_images is None else max_images
     if max_images < 1:
         raise DronsegError(f"--parity-images {max_images} must be 1 or more")
-    check_json_out(json_path, (reference, candidate, meta))
+    check_json_out(json_path, (reference, candidate, meta, *data_files(data)))
     check_model_file(reference)
     torch_device = resolve_device(device)
     # A checkpoint reference is loaded here once; check_parity runs it and takes its validation split from it.

@@ -74,6 +74,11 @@ def check_not_input(path: Path, option: str, inputs) -> None:
         raise DronsegError(f"{option} {path} is also an input of this command and {effect}: give another name")
 
 
+def data_files(root: os.PathLike | str | None) -> list[Path]:
+    """The CSVs of the data set at ``root`` (none without one): inputs that an output file must not replace."""
+    return [] if root is None else [Path(root) / name for name in ("train.csv", "test.csv", "sampleSubmission.csv")]
+
+
 def check_json_out(path: Path | None, inputs=()) -> None:
     """Refuse a ``--json`` file that cannot be written or is one of ``inputs``, before any work (``-`` is standard output)."""
     if path is not None and path != STDOUT:

@@ -9,7 +9,8 @@ import typer
 
 from dronseg_edge.cli.app import app
 from dronseg_edge.cli.extras import require_extra
-from dronseg_edge.cli.outputs import check_json_out, check_not_input, check_out_dir, check_out_file, json_out, text_out
+from dronseg_edge.cli.outputs import (check_json_out, check_not_input, check_out_dir, check_out_file, data_files,
+                                     json_out, text_out)
 from dronseg_edge.cli.params import Device, Json, MaxPixels, Meta, takes
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.train.config import RESUME_OPTIONS, TrainConfig
@@ -84,7 +85,7 @@ def evaluate_command(
     from dronseg_edge.runtime.registry import check_model_file, is_checkpoint
     from dronseg_edge.train.evaluation import evaluate_checkpoint, format_scores
 
-    check_json_out(json_out_path, (checkpoint, meta))
+    check_json_out(json_out_path, (checkpoint, meta, *data_files(data)))
     say = text_out(json_out_path)
     if is_checkpoint(checkpoint) and meta is None:
         result = evaluate_checkpoint(checkpoint, data=data, split=split, batch=batch, device=device, workers=workers,
@@ -114,7 +115,7 @@ def submit(
 ) -> None:
     from dronseg_edge.train.submission import write_competition_csv
 
-    check_out_file(out, "--out", [checkpoint, *(data / name for name in ("train.csv", "test.csv", "sampleSubmission.csv"))])
+    check_out_file(out, "--out", [checkpoint, *data_files(data)])
     rows = write_competition_csv(checkpoint, data=data, out=out, order=rle_order, batch=batch, device=device, workers=workers,
                                  max_pixels=max_pixels)
     typer.echo(f"{rows} rows ({rle_order}-major RLE) -> {out}")

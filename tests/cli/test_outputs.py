@@ -154,3 +154,17 @@ def test_an_output_over_an_input_engines_sidecar_or_the_checkpoint_is_refused(co
     flag = "--timing-cache" if command == "export" else "--json"
     assert code == 2 and stderr.strip().startswith(f"error: {flag} ") and "is also an input" in stderr, stderr
     assert (tmp_path / "best.engine.json").read_text() == "{}" and ckpt.read_bytes() == tiny_checkpoint.read_bytes()
+
+
+@pytest.mark.parametrize("args", [["eval", "{ckpt}", "--json"], ["parity", "{ckpt}", "{ckpt}", "--json"],
+                                  ["bench", "{ckpt}", "--matrix", "--json"], ["bench", "{ckpt}", "--matrix", "--markdown"]])
+def test_an_output_over_the_data_sets_csv_is_refused(args, tiny_checkpoint, tmp_path, capsys):
+    """`eval best.pt --data DATA --json DATA/train.csv` replaced the data set's list with JSON, exit 0 (every later
+    train or eval of DATA then failed); refused before any work, as `submit --out DATA/test.csv` already was."""
+    (tmp_path / "data").mkdir()
+    csv = tmp_path / "data" / "train.csv"
+    csv.write_text("ImageID\n000001_001\n")
+    args = [str(tiny_checkpoint) if arg == "{ckpt}" else arg for arg in args]
+    code, stderr = run_cli(capsys, *args, csv, "--data", tmp_path / "data", "--device", "cpu")
+    assert code == 2 and f"error: {args[-1]} " in stderr and "is also an input" in stderr, stderr
+    assert csv.read_text() == "ImageID\n000001_001\n"
