@@ -113,13 +113,16 @@ def glob_files(pattern: str) -> list[Path]:
 
 def _output_names(paths: list[Path]) -> list[str]:
     """Each image's name for its outputs (masks/NAME.png): its stem; a stem two images share gets the
-    image's index appended, and an underscore more while that too is another image's name. Names are
-    compared as a case-insensitive disk (macOS, exFAT) does: a/X.jpg and b/x.jpg would share masks/x.png there."""
+    image's index appended (the stem cut to leave room in a 255-byte name), and an underscore more while that too
+    is another image's name. Names are compared as a case-insensitive disk (macOS, exFAT) does: a/X.jpg and
+    b/x.jpg would share masks/x.png there."""
     stems = collections.Counter(_folded(p.stem) for p in paths)
     taken, names = set(stems), []
     for index, path in enumerate(paths):
         name = path.stem
         if stems[_folded(name)] > 1:
+            while len(os.fsencode(name)) > 236:
+                name = name[:-1]
             name = f"{name}_{index:06d}"
             while _folded(name) in taken:
                 name += "_"

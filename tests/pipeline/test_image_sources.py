@@ -123,5 +123,9 @@ def test_output_names_never_clash_and_a_recursive_glob_skips_earlier_runs(tmp_pa
     # a/X.jpg and b/x.JPG (or café in NFC and NFD) are two files here but one output on macOS or an exFAT card
     assert _output_names([Path("a/X.jpg"), Path("b/x.JPG"), Path("caf\u00e9.png"), Path("cafe\u0301.png")]) == [
         "X_000000", "x_000001", "caf\u00e9_000002", "cafe\u0301_000003"]
+    # 84 Japanese characters (252 bytes) as .jpg and .png: NAME_000000.png was 263 bytes, every write ENAMETOOLONG
+    long = [Path("\u3042" * 84 + suffix) for suffix in (".jpg", ".png")]
+    names = _output_names(long)
+    assert len(set(names)) == 2 and max(len(os.fsencode(name + ".png")) for name in names) <= 255
     monkeypatch.setenv("HOME", str(tmp_path))
     assert len(open_source("~/a/*.png").paths) == 1  # a quoted glob's ~, as a path's
