@@ -43,6 +43,13 @@ def bench(
         check_out_file(markdown_path, "--markdown", inputs)
         if json_path is not None and markdown_path.resolve() == json_path.resolve():  # the Markdown would replace the JSON
             raise DronsegError(f"--markdown {markdown_path} is also the --json file: give the two different names")
+    if matrix:  # a new --out named as the file too: the JSON was refused as a folder after every export
+        from dronseg_edge.export import default_out_dir
+
+        folder = (options.out or default_out_dir(models[0])).resolve()
+        for flag, path in (("--json", json_path), ("--markdown", markdown_path)):
+            if path is not None and path.resolve() == folder:
+                raise DronsegError(f"{flag} {path} is the folder --matrix exports into: give a file name")
     for model in models:
         check_model_file(model)
     # A torch.device (checkpoints, --matrix, a GPU with CUDA torch) or a torch-free Device (.onnx/.engine on the

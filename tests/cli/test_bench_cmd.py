@@ -76,6 +76,15 @@ def test_json_and_markdown_on_one_file_are_refused_before_measuring(tiny_checkpo
     assert_one_error_line(err, out, "is also the --json file: give the two different names")
 
 
+@pytest.mark.parametrize("flag", ["--json", "--markdown"])
+def test_a_report_named_as_the_matrix_folder_is_refused_before_exporting(flag, tiny_checkpoint, tmp_path, capsys):
+    """`bench --matrix --out M --json M`: every variant exported into M, then an IsADirectoryError traceback, exit 1."""
+    code, out, err = run_cli(capsys, tiny_checkpoint, "--matrix", "--out", tmp_path / "m", flag, f"{tmp_path}/m/",
+                             "--device", "cpu")
+    assert code == 2 and not (tmp_path / "m").exists()
+    assert_one_error_line(err, out, f"{flag} {tmp_path / 'm'} is the folder --matrix exports into: give a file name")
+
+
 def test_missing_and_unknown_model_files_are_user_errors(tmp_path, capsys):
     code, out, err = run_cli(capsys, tmp_path / "nope.pt", *FAST)
     assert code != 0 and out == ""  # checked before anything is measured or printed
