@@ -58,9 +58,10 @@ def check_results_target(options) -> None:
     kind, where = parse_results_target(options.results)
     if kind == "udp":
         resolve_udp(options.results, *where)
-    elif kind == "file" and options.out is not None and Path(options.out).resolve() in Path(where).resolve().parents:
+    elif kind == "file" and options.out is not None and Path(options.out).resolve() in (
+            Path(where).resolve(), *Path(where).resolve().parents):
         # The run's own files there (summary.json, overlay.mp4, stats.jsonl, ...) would replace it or refuse it.
-        raise DronsegError(f"--results {where} is inside --out {options.out}, which holds the run's own files: "
+        raise DronsegError(f"--results {where} is --out {options.out} or inside it, which holds the run's own files: "
                            "give a file outside it")
     elif kind == "file" and Path(where).is_dir():
         raise DronsegError(f"--results {where} is a folder: give a new file name inside it")

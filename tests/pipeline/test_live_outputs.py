@@ -100,13 +100,17 @@ def test_an_existing_results_file_is_refused_before_the_run_folder(segmenter, cl
         run_inference(segmenter, clip, RunOptions(out=tmp_path / "run", progress=False, results=str(tmp_path / "results")))
 
 
-@pytest.mark.parametrize("name", ["summary.json", "stats.jsonl"])
+@pytest.mark.parametrize("name", ["summary.json", "stats.jsonl", "."])
 def test_a_results_file_inside_out_is_refused_before_the_run_folder(segmenter, clip, tmp_path, name):
-    """summary.json replaced the results at the end (exit 0, every line lost); stats.jsonl was 'the file exists'."""
+    """summary.json replaced the results at the end (exit 0, every line lost); stats.jsonl was 'the file exists', and
+    so was a new --out given as --results too (`--out run --results run`), where no file existed."""
     (tmp_path / "run").mkdir()
-    with pytest.raises(DronsegError, match=rf"--results .*run/{name} is inside --out .*run, which holds the run's own"):
+    with pytest.raises(DronsegError, match=r"--results .*run(/\S+)? is --out .*run or inside it, which holds the run's own"):
         run_inference(segmenter, clip, RunOptions(out=tmp_path / "run", progress=False, results=str(tmp_path / "run" / name)))
     assert not any((tmp_path / "run").iterdir())
+    with pytest.raises(DronsegError, match="is --out .*new or inside it"):
+        run_inference(segmenter, clip, RunOptions(out=tmp_path / "new", progress=False, results=str(tmp_path / "new")))
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_results_target_that_cannot_work_is_refused_before_the_run_folder(segmenter, clip, tmp_path, monkeypatch):
