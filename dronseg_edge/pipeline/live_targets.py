@@ -84,13 +84,15 @@ def parse_stream_url(text: str) -> StreamTarget:
 
 
 def parse_stream_urls(values) -> tuple[StreamTarget, ...]:
-    """Every ``--stream-out`` value, parsed; the same destination twice is refused."""
+    """Every ``--stream-out`` value, parsed; the same destination twice is refused (udp:// and rtp:// to one
+    HOST:PORT are one socket: a receiver got MPEG-TS and RTP packets mixed)."""
     targets = tuple(parse_stream_url(value) for value in values)
     seen = set()
     for target in targets:
-        key = (target.kind, target.host, target.port) if target.kind != "rtsp" else target.url
+        key = (target.host, target.port) if target.kind != "rtsp" else target.url
         if key in seen:
-            raise DronsegError(f"--stream-out {target.name} is given twice: give each destination once")
+            same = "" if target.kind == "rtsp" else " (udp:// and rtp:// to one HOST:PORT are one destination)"
+            raise DronsegError(f"--stream-out {target.name} is given twice{same}: give each destination once")
         seen.add(key)
     ports = collections.Counter(target.port for target in targets if target.kind == "rtp")
     return tuple(dataclasses.replace(target, shares_port=True) if target.kind == "rtp" and ports[target.port] > 1

@@ -43,6 +43,8 @@ def test_bad_stream_urls_are_one_line_naming_the_value(url, message):
 def test_stream_settings_and_duplicates_are_checked():
     with pytest.raises(DronsegError, match="given twice"):
         RunOptions(stream_out=("udp://h:5600", "UDP://h:5600"))
+    with pytest.raises(DronsegError, match="rtp://h:5600 is given twice"):  # one UDP port: MPEG-TS and RTP mixed
+        RunOptions(stream_out=("udp://h:5600", "rtp://h:5600"))
     with pytest.raises(DronsegError, match="--stream-bitrate-kbps 10 must be"):
         RunOptions(stream_out=("udp://h:5600",), stream_bitrate_kbps=10)
     with pytest.raises(DronsegError, match="--stream-what 'mask'"):
