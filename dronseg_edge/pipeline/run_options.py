@@ -120,11 +120,11 @@ class RunOptions:
         # one URL as a string is one URL, not its characters ("--stream-out 'u': not a stream URL")
         urls = (self.stream_out,) if isinstance(self.stream_out, str) else tuple(self.stream_out or ())
         object.__setattr__(self, "stream_out", urls)
-        parse_stream_urls(self.stream_out)
+        streams = {(target.host, target.port) for target in parse_stream_urls(self.stream_out) if target.kind != "rtsp"}
         check_stream_settings(self.stream_bitrate_kbps, self.stream_what, self.stream_size)
         check_preview(self.preview, self.preview_token)
-        if self.results is not None:
-            parse_results_target(self.results)
+        if self.results is not None and parse_results_target(self.results)[1] in streams:  # JSON in the video's port
+            raise DronsegError(f"--results {self.results} is also a --stream-out destination: give it another port")
 
     def overlay_plan(self, lut: np.ndarray, legend: tuple[str, ...] | None = None) -> OverlayPlan | None:
         """The run's one overlay decision: made for the video (or overlay images), the window, an

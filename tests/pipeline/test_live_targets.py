@@ -45,6 +45,8 @@ def test_stream_settings_and_duplicates_are_checked():
         RunOptions(stream_out=("udp://h:5600", "UDP://h:5600"))
     with pytest.raises(DronsegError, match="rtp://h:5600 is given twice"):  # one UDP port: MPEG-TS and RTP mixed
         RunOptions(stream_out=("udp://h:5600", "rtp://h:5600"))
+    with pytest.raises(DronsegError, match="--results udp://h:5600 is also a --stream-out destination"):
+        RunOptions(stream_out=("rtp://h:5600",), results="udp://h:5600")  # JSON lines into the video's port
     with pytest.raises(DronsegError, match="--stream-bitrate-kbps 10 must be"):
         RunOptions(stream_out=("udp://h:5600",), stream_bitrate_kbps=10)
     with pytest.raises(DronsegError, match="--stream-what 'mask'"):
