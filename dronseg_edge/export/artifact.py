@@ -144,16 +144,20 @@ def reusable_artifact(path: Path, expected: ModelInfo) -> ModelInfo | None:
     size, batch and dynamic flag. An ONNX file carries this in its metadata, an engine in its sidecar;
     a missing or unreadable file is not reusable (it is exported again).
     """
-    path = Path(path)
-    if not path.is_file() or not expected.source_sha256:  # an unknown source proves nothing
-        return None
-    try:
-        found = read_onnx_info(path) if path.suffix.lower() == ".onnx" else read_engine_sidecar(path)
-    except DronsegError:
+    found = _metadata(Path(path))
+    if found is None or not expected.source_sha256:  # an unknown source proves nothing
         return None
     same = operator.attrgetter("source_sha256", "precision", "head", "input_size", "batch", "dynamic", "io",
                                "source_size", "outputs")
     return found if same(found) == same(expected) else None
+
+
+def _metadata(path: Path) -> ModelInfo | None:
+    """The metadata of the ONNX file or engine at ``path``; None when there is none to read."""
+    try:
+        return (read_onnx_info(path) if path.suffix.lower() == ".onnx" else read_engine_sidecar(path)) if path.is_file() else None
+    except DronsegError:
+        return None
 
 
 def _calibrated_as_asked(found: ModelInfo, source: _Source, options: ExportOptions) -> bool:
@@ -243,6 +247,12 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
             made = found.extra.get("calibration") or {}
             raise DronsegError(f"{final} is this checkpoint's, calibrated otherwise ({made.get('method')}, {made.get('images')} "
                                f"images of {made.get('source')}), and is kept: bench it by name, or give another --out")
+        theirs = _metadata(final) if options.keep and found is None else None
+        made_from = theirs.extra.get("source_checkpoint") if theirs is not None else None
+        # Another run's best.pt exported here is kept; an earlier state of this very file (trained on since) is not.
+        if made_from not in (None, info.extra["source_checkpoint"]) and theirs.source_sha256 != info.source_sha256:
+            raise DronsegError(f"{final} was exported from another checkpoint ({made_from}) and is kept: bench it by "
+                               "name, or give another --out")
     if options.fmt == "engine":
         result = _export_engine(source, folder, options, info, final)
         return dataclasses.replace(result, notes=notes + result.notes)

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -117,10 +118,11 @@ def test_export_of_another_checkpoint_is_not_reused(tiny_checkpoint, tmp_path):
     state.pop("path")
     first_weight = next(k for k, v in state["model"].items() if v.is_floating_point())
     state["model"][first_weight] = state["model"][first_weight] + 0.01
-    other = save_checkpoint(tmp_path / "ckpt" / "tiny.pt", state)  # same name, other weights
-    first = run_matrix(tiny_checkpoint, CPU, FAST, out_dir=tmp_path, variants=[Variant("onnx", "fp32")], parity=False)
-    second = run_matrix(other, CPU, FAST, out_dir=tmp_path, variants=[Variant("onnx", "fp32")], parity=False)
-    assert first[0].path == second[0].path and not second[0].reused
+    ckpt = Path(shutil.copy2(tiny_checkpoint, tmp_path / "best.pt"))
+    first = run_matrix(ckpt, CPU, FAST, out_dir=tmp_path, variants=[Variant("onnx", "fp32")], parity=False)
+    save_checkpoint(ckpt, state)  # the same file with other weights (trained on since): its old export is replaced
+    second = run_matrix(ckpt, CPU, FAST, out_dir=tmp_path, variants=[Variant("onnx", "fp32")], parity=False)
+    assert first[0].path == second[0].path and second[0].status == "ok" and not second[0].reused
 
 
 def test_int8_without_data_fails_with_the_bench_option(tiny_checkpoint, tmp_path):
@@ -139,6 +141,22 @@ def test_an_int8_file_the_user_calibrated_otherwise_is_kept(tiny_checkpoint, syn
                         parity=False)
     assert mine.read_bytes() == before
     assert row.status == "failed" and f"{mine} is this checkpoint's, calibrated otherwise (minmax, 2 images" in row.reason
+
+
+def test_a_file_of_the_same_name_from_another_checkpoint_is_kept(tiny_checkpoint, tmp_path):
+    """Exports of several runs gathered in one folder are all named best_*: `bench B/weights/best.pt --matrix --out
+    models` replaced run A's models/best_fp32.onnx with run B's, without a word."""
+    from testkit import make_checkpoint
+
+    from dronseg_edge.export import export_artifact
+
+    other = make_checkpoint(tmp_path / "other" / "tiny.pt", seed=1)
+    theirs = export_artifact(other, out_dir=tmp_path / "models", device="cpu", parity=False).path
+    before = theirs.read_bytes()
+    (row,) = run_matrix(tiny_checkpoint, CPU, FAST, out_dir=tmp_path / "models", variants=[Variant("onnx", "fp32")],
+                        parity=False)
+    assert theirs.read_bytes() == before
+    assert row.status == "failed" and f"{theirs} was exported from another checkpoint ({other})" in row.reason
 
 
 @pytest.mark.gpu
