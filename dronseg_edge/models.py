@@ -24,6 +24,7 @@ from torchvision.models import segmentation as seg
 from dronseg_edge.classes import NUM_CLASSES
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import default_output_stride
+from dronseg_edge.option_fields import one_of
 
 # arch -> (builder, COCO segmentation weights, ImageNet backbone weights)
 ARCHS: dict[str, tuple[Callable[..., nn.Module], object, object]] = {
@@ -255,8 +256,7 @@ class SegmentationNet(nn.Module):
 
     def __init__(self, model: nn.Module, head: str = "logits"):
         super().__init__()
-        if head not in ("logits", "argmax"):
-            raise DronsegError(f"--head {head!r} is not one of logits, argmax")
+        one_of(head, "--head", ("logits", "argmax"))
         self.model, self.head = model, head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

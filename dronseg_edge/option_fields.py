@@ -28,6 +28,12 @@ def whole(value, flag: str, least: int = 1, hint: str = "", most: float = math.i
     return int(value)
 
 
+def one_of(value, flag: str, choices, hint: str = "") -> None:
+    """DronsegError naming ``flag`` and the ``choices`` when ``value`` is not one of them; ``hint`` ends the message."""
+    if value not in tuple(choices):  # a tuple: an unhashable value ([...] for a dict's keys) is refused, not a TypeError
+        raise DronsegError(f"{flag} {value!r} is not one of {', '.join(map(str, choices))}{hint}")
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """How a field reads on the command line.

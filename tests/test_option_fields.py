@@ -10,7 +10,7 @@ import pytest
 
 from dronseg_edge.devices import DEVICE
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.option_fields import OptionSpec, option, option_fields, option_group, value_type, whole
+from dronseg_edge.option_fields import OptionSpec, one_of, option, option_fields, option_group, value_type, whole
 from dronseg_edge.sizes import parse_size
 
 
@@ -73,3 +73,11 @@ def test_whole_takes_python_and_numpy_ints_as_ints():
     assert whole(0, "--count", least=0) == 0 and whole(10**30, "--count") == 10**30  # no upper bound by default
     with pytest.raises(DronsegError, match=r"^--count -1 must be a whole number, at least 0$"):
         whole(-1, "--count", least=0)
+
+
+@pytest.mark.parametrize("value", ["tflite", "", None, ["onnx"], {"onnx": 1}])
+def test_one_of_refuses_in_one_line_naming_the_flag_and_the_choices(value):
+    # ["onnx"] against a dict's keys was a TypeError (unhashable), not the option's refusal
+    with pytest.raises(DronsegError, match=r"^--format .* is not one of onnx, engine \(hint\)$"):
+        one_of(value, "--format", {"onnx": 1, "engine": 2}, " (hint)")
+    one_of("engine", "--format", {"onnx": 1, "engine": 2})

@@ -14,6 +14,7 @@ from dronseg_edge.cli.outputs import check_json_out, check_not_input, check_out_
 from dronseg_edge.cli.params import Device, Json, MaxMiouDrop, Meta, MinAgreement, takes
 from dronseg_edge.errors import DronsegError, ParityError
 from dronseg_edge.export.options import PARITY_IMAGES, ExportOptions
+from dronseg_edge.option_fields import one_of
 from dronseg_edge.sizes import format_size
 
 FORMAT_CHOICES = {"onnx": ("onnx",), "engine": ("engine",), "all": ("onnx", "engine"), "triton": ("triton",)}
@@ -80,8 +81,7 @@ def export(
     from dronseg_edge.export import export_artifact
     from dronseg_edge.export.parity_report import parity_report_path
 
-    if fmt not in FORMAT_CHOICES:
-        raise DronsegError(f"--format {fmt!r} is not one of {', '.join(FORMAT_CHOICES)}")
+    one_of(fmt, "--format", FORMAT_CHOICES)
     if options.out_dir is not None:
         check_out_dir(options.out_dir)  # before minutes of export work
     if options.timing_cache is not None:  # written after the build; an unwritable one only warns

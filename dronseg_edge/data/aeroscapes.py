@@ -24,6 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from dronseg_edge.classes import NUM_CLASSES, class_counts
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, check_max_pixels, checked_image_size, decode_bgr
+from dronseg_edge.option_fields import one_of
 
 IMAGE_DIR = Path("imgs/imgs")
 MASK_DIR = Path("masks/masks")
@@ -113,8 +114,7 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
                            "image would be trained on; remove it from one of them")
     wanted = {"train": train_ids, "test": test_ids, "all": train_ids + test_ids}  # disjoint (checked above)
     wanted["images"] = wanted["all"]  # calibration and parity images: their masks are optional
-    if subset not in wanted:
-        raise DronsegError(f"subset {subset!r} is not one of train, test, all, images")
+    one_of(subset, "subset", wanted)
     samples = []
     for image_id in wanted[subset]:
         if image_id not in images:

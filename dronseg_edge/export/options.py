@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from dronseg_edge.devices import DEVICE
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import HEADS, IO_MODES
-from dronseg_edge.option_fields import option, whole
+from dronseg_edge.option_fields import one_of, option, whole
 from dronseg_edge.sizes import parse_size
 
 if TYPE_CHECKING:  # the CLI reads these options for --help without torch
@@ -144,18 +144,13 @@ class ExportOptions:
         self._validate()
 
     def _validate(self) -> None:
-        if self.fmt not in FORMATS:
-            raise DronsegError(f"--format {self.fmt!r} is not one of {', '.join(FORMATS)} (the command line's `all` "
-                               "is onnx, then engine: export each)")
-        if self.precision not in EXPORT_PRECISIONS:
-            raise DronsegError(f"--precision {self.precision!r} is not one of {', '.join(EXPORT_PRECISIONS)} for an export")
-        # Only int8 calibrates: a method given with fp32/fp16 is unused, as the CLI always passes one.
-        for flag, value, choices in (("--triton-backend", self.triton_backend, TRITON_BACKENDS), ("--head", self.head, HEADS),
-                                     ("--io", self.io, IO_MODES),
-                                     ("--calib-method", self.calib_method if self.precision == "int8" else None,
-                                      (None, *CALIBRATION_METHODS))):
-            if value not in choices:
-                raise DronsegError(f"{flag} {value!r} is not one of {', '.join(filter(None, choices))}")
+        one_of(self.fmt, "--format", FORMATS, " (the command line's `all` is onnx, then engine: export each)")
+        one_of(self.precision, "--precision", EXPORT_PRECISIONS, " for an export")
+        one_of(self.triton_backend, "--triton-backend", TRITON_BACKENDS)
+        one_of(self.head, "--head", HEADS)
+        one_of(self.io, "--io", IO_MODES)
+        if self.precision == "int8":  # only int8 calibrates: a method given with fp32/fp16 is unused (the CLI passes one)
+            one_of(self.calib_method, "--calib-method", CALIBRATION_METHODS)
         for flag, value in (("--batch", self.batch), ("--calib-images", self.calib_images),
                             ("--parity-images", self.parity_images)):
             whole(value, flag)

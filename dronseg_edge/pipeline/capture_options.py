@@ -20,8 +20,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from dronseg_edge.errors import DronsegError
-from dronseg_edge.option_fields import option, whole
+from dronseg_edge.option_fields import one_of, option, whole
 
 ENV_VAR = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 RTSP_TRANSPORTS = ("tcp", "udp")
@@ -60,9 +59,9 @@ class CaptureOptions:
                                     "summary.json records which was used.")
 
     def __post_init__(self) -> None:
-        if self.rtsp_transport is not None and self.rtsp_transport not in RTSP_TRANSPORTS:
-            raise DronsegError(f"--rtsp-transport {self.rtsp_transport} is not one of {', '.join(RTSP_TRANSPORTS)}: "
-                               "tcp gets through firewalls and loses nothing, udp has less delay on a clean network")
+        if self.rtsp_transport is not None:
+            one_of(self.rtsp_transport, "--rtsp-transport", RTSP_TRANSPORTS, ": tcp gets through firewalls and loses "
+                   "nothing, udp has less delay on a clean network")
         if self.latency_ms is not None:
             whole(self.latency_ms, "--latency-ms", 0, " (milliseconds; 0: no reordering)", most=60_000)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.option_fields import one_of
 from dronseg_edge.pipeline.source_base import shown_url
 from dronseg_edge.sizes import parse_size
 
@@ -104,8 +105,7 @@ def check_stream_settings(bitrate_kbps: int, what: str, size: str | None) -> tup
     if not 50 <= int(bitrate_kbps) <= MAX_STREAM_BITRATE_KBPS:
         raise DronsegError(f"--stream-bitrate-kbps {bitrate_kbps} must be 50..{MAX_STREAM_BITRATE_KBPS} kbit/s "
                            "(2000 suits 720p over a radio link)")
-    if what not in STREAM_WHAT:
-        raise DronsegError(f"--stream-what {what!r} must be one of {', '.join(STREAM_WHAT)}")
+    one_of(what, "--stream-what", STREAM_WHAT)
     return None if size is None else parse_size(size, "--stream-size")
 
 

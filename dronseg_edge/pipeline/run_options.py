@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, List
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, MAX_PIXELS, check_max_pixels
-from dronseg_edge.option_fields import option, whole
+from dronseg_edge.option_fields import one_of, option, whole
 
 if TYPE_CHECKING:
     import numpy as np
@@ -107,12 +107,11 @@ class RunOptions:
              f"--min-free-mb {self.min_free_mb} must be 0 (no floor) or more MB"),
             (self.classes is None or any(str(c).strip() for c in self.classes),
              "--classes is empty: give one or more class names, e.g. --classes person,car"),
-            (self.codec in VIDEO_CODECS, f"--codec {self.codec} is not one of {', '.join(VIDEO_CODECS)}: pick one "
-                                         "(auto: H.264 on the GPU's encoder, else the CPU's, else mp4v)"),
         ]
         for ok, message in rules:
             if not ok:
                 raise DronsegError(message)
+        one_of(self.codec, "--codec", VIDEO_CODECS, ": pick one (auto: H.264 on the GPU's encoder, else the CPU's, else mp4v)")
         object.__setattr__(self, "max_pixels", check_max_pixels(self.max_pixels))
         from dronseg_edge.pipeline.live_targets import (check_preview, check_stream_settings, parse_results_target,
                                                         parse_stream_urls)

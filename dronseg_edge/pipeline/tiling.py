@@ -28,6 +28,7 @@ import numpy as np
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.option_fields import one_of
 from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.host import max_probability_u8
 
@@ -108,8 +109,7 @@ class TilePlan:
     _warned: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.mode not in TILE_MODES:
-            raise DronsegError(f"--tile {self.mode!r} is not one of {', '.join(TILE_MODES)}")
+        one_of(self.mode, "--tile", TILE_MODES)
         if not (math.isfinite(self.overlap) and 0.0 <= self.overlap <= MAX_OVERLAP):
             raise DronsegError(f"--tile-overlap {self.overlap} must be between 0 and {MAX_OVERLAP} "
                                f"(a share of the window; default {DEFAULT_OVERLAP})")

@@ -32,6 +32,7 @@ import numpy as np
 
 from dronseg_edge import gst_encoders
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.option_fields import one_of
 from dronseg_edge.gst_encoders import FILE_BITS_PER_PIXEL, GST_ENCODERS, encoder_chain, open_gst_writer
 from dronseg_edge.media import native_name
 from dronseg_edge.pipeline.disk_space import FINISH_BYTES, INDEX_BYTES_PER_FRAME, ensure_room
@@ -95,9 +96,7 @@ def encoders_for(codec: str) -> list[str]:
     Raises DronsegError for an unknown choice, or an explicit one that cannot work here, so a run
     fails before it starts instead of at its first frame.
     """
-    if codec not in ENCODERS:
-        raise DronsegError(f"--codec {codec} is not one of {', '.join(VIDEO_CODECS)}: pick one "
-                           "(auto chooses the best here)")
+    one_of(codec, "--codec", VIDEO_CODECS, ": pick one (auto chooses the best here)")
     wanted = ENCODERS[codec]
     if codec in GST_ENCODERS:
         if not gst_encoders.encoder_opens(codec):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dronseg_edge.errors import BackendUnavailable, DronsegError
+from dronseg_edge.option_fields import one_of
 from dronseg_edge.machine import cache_root, onnxruntime_for_numpy_1, unwritable
 from dronseg_edge.media import native_name
 from dronseg_edge.metadata import ModelInfo, NoMetadata, read_onnx_info
@@ -142,8 +143,7 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, path: Path, device, provider: str = "auto", cuda_graph: bool | None = None,
                  threads: int = 0):
-        if provider not in PROVIDER_CHOICES:
-            raise DronsegError(f"--provider {provider!r} is not one of {', '.join(PROVIDER_CHOICES)}")
+        one_of(provider, "--provider", PROVIDER_CHOICES)
         if provider in ("tensorrt", "cuda") and device.type != "cuda":
             raise DronsegError(f"--provider {provider} needs a CUDA device; use --device cuda or --provider cpu")
         self.requested = provider

@@ -17,6 +17,7 @@ import torch
 
 from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.option_fields import one_of
 from dronseg_edge.metadata import HEADS, ModelInfo
 from dronseg_edge.models import SegmentationNet
 from dronseg_edge.runtime import torch_frames
@@ -47,12 +48,10 @@ class TorchBackend(Backend):
     def __init__(self, path: Path, device: torch.device, precision: str = "fp32", head: str = "logits",
                  channels_last: bool | None = None, cuda_graph: bool | None = None, compile_mode: str | None = None):
         device = torch.device(str(device))  # a torch-free devices.Device too
-        if precision not in DTYPES:
-            raise DronsegError(f"precision {precision!r} is not one of {', '.join(DTYPES)} for a PyTorch checkpoint")
+        one_of(precision, "precision", DTYPES, " for a PyTorch checkpoint")
         if precision != "fp32" and device.type != "cuda":
             raise DronsegError(f"precision {precision} needs a CUDA GPU with a checkpoint; use fp32 on {device.type}")
-        if head not in HEADS:
-            raise DronsegError(f"head {head!r} is not one of {', '.join(HEADS)}")
+        one_of(head, "head", HEADS)
         on_cuda = device.type == "cuda"
         self.precision, self.head = precision, head
         self.channels_last = on_cuda if channels_last is None else bool(channels_last)

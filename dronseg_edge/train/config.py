@@ -12,7 +12,7 @@ from dronseg_edge.data.augment import AugmentConfig
 from dronseg_edge.devices import DEVICE
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, MAX_PIXELS, check_max_pixels
-from dronseg_edge.option_fields import option, option_group, whole
+from dronseg_edge.option_fields import one_of, option, option_group, whole
 from dronseg_edge.sizes import parse_size
 
 SCHEDULERS = ("onecycle", "constant", "poly")
@@ -106,13 +106,11 @@ class TrainConfig:
                     setattr(owner, f.name, whole(value, flag, least=int(f.name in AT_LEAST_ONE)))
                 elif f.type in ("float", "float | None") and isinstance(value, numbers.Real):
                     setattr(owner, f.name, float(value))
-        choices = (("loss", LOSS_NAMES), ("scheduler", SCHEDULERS), ("optimizer", OPTIMIZERS), ("amp", AMP_MODES),
-                   ("best_metric", BEST_METRICS), ("class_weights", WEIGHT_METHODS))
-        checks = [(getattr(self, name) in allowed,
-                   f"--{name.replace('_', '-')} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
-                  for name, allowed in choices]
+        for name, allowed in (("loss", LOSS_NAMES), ("scheduler", SCHEDULERS), ("optimizer", OPTIMIZERS),
+                              ("amp", AMP_MODES), ("best_metric", BEST_METRICS), ("class_weights", WEIGHT_METHODS)):
+            one_of(getattr(self, name), f"--{name.replace('_', '-')}", allowed)
         # inf passes every range below (--rotate inf crashed the loader, --lr inf trained to NaN with exit 0)
-        checks += [(math.isfinite(value), f"--{f.name.replace('_', '-')} {value}: must be a finite number")
+        checks = [(math.isfinite(value), f"--{f.name.replace('_', '-')} {value}: must be a finite number")
                    for f in dataclasses.fields(self) for value in (getattr(self, f.name),) if isinstance(value, float)]
         checks += [
             (0 <= self.seed < 2**32, f"--seed {self.seed}: must be 0..4294967295"),

@@ -128,7 +128,7 @@ def test_half_on_cpu_is_a_warning(tiny_checkpoint, media, tmp_path, capsys):
     ("alpha", "--alpha"),
     ("batch", "--batch 0"),
     ("stride", "--stride"),
-    ("codec", "--codec x265 is not one of auto, h264"),
+    ("codec", "--codec 'x265' is not one of auto, h264"),
     ("live_batch", "cannot be used with --live"),
     ("max_duration", "--max-duration-s 0.0 must be above 0 seconds"),
     ("segment_s", "--segment-s -1.0 must be above 0 seconds"),
@@ -236,7 +236,7 @@ def test_bounded_recording_from_the_command_line(tiny_checkpoint, media, tmp_pat
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--rtsp-transport", "quic"], "--rtsp-transport quic is not one of tcp, udp"),
+    (["--rtsp-transport", "quic"], "--rtsp-transport 'quic' is not one of tcp, udp"),
     (["--latency-ms", "-5"], "--latency-ms -5 must be a whole number, from 0 to 60000 (milliseconds"),
     (["--rtsp-transport", "tcp", "--latency-ms", "100"], "--rtsp-transport and --latency-ms apply to rtsp:// sources "
                                                          "only, and"),

@@ -35,7 +35,7 @@ def test_ffmpeg_options_for_the_open(options, url, existing, expected):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"rtsp_transport": "quic"}, "--rtsp-transport quic is not one of tcp, udp"),
+    ({"rtsp_transport": "quic"}, "--rtsp-transport 'quic' is not one of tcp, udp"),
     ({"latency_ms": -1}, "--latency-ms -1 must be a whole number"),
     ({"latency_ms": 600_000}, "--latency-ms 600000 must be"),
     ({"latency_ms": True}, "--latency-ms True must be a whole number"),  # was taken as 1 ms

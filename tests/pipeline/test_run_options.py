@@ -19,7 +19,7 @@ def test_classes_are_names_or_indices():
     ({"segment_s": float("nan")}, "--segment-s nan must be above 0 seconds"),
     ({"min_free_mb": -1.0}, "--min-free-mb -1.0 must be 0 (no floor) or more MB"),
     ({"classes": (" ",)}, "--classes is empty"),
-    ({"codec": "x265"}, "--codec x265 is not one of auto"),
+    ({"codec": "x265"}, "--codec 'x265' is not one of auto"),
     ({"stride": 0}, "--stride 0 must be a whole number, at least 1"),
     ({"stride": 2.5}, "--stride 2.5 must be a whole number"),  # read every 2nd frame, summary.json said 2.5
     ({"max_frames": 2.5}, "--max-frames 2.5 must be a whole number"),  # the run folder, then "a bug" (islice)

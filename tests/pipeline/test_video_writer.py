@@ -175,8 +175,8 @@ def test_unknown_codec_is_one_line_listing_the_choices():
     with pytest.raises(DronsegError) as error:
         RunOptions(codec="x265")
     message = str(error.value)
-    assert "\n" not in message and message.startswith("--codec x265 is not one of auto, h264, h264_nvenc")
-    with pytest.raises(DronsegError, match="--codec x265 is not one of"):
+    assert "\n" not in message and message.startswith("--codec 'x265' is not one of auto, h264, h264_nvenc")
+    with pytest.raises(DronsegError, match="--codec 'x265' is not one of"):
         encoders_for("x265")
 
 

@@ -41,8 +41,9 @@ def test_argmax_head_returns_the_uint8_class_map_of_the_logits(tiny_checkpoint):
 def test_options_are_checked_and_gpu_features_are_off_on_the_cpu(tiny_checkpoint):
     with pytest.raises(DronsegError, match="needs a CUDA GPU"):
         load_backend(tiny_checkpoint, device="cpu", precision="fp16")
-    with pytest.raises(DronsegError, match="not one of"):
-        load_backend(tiny_checkpoint, device="cpu", precision="int8")
+    for precision in ("int8", ["fp16"]):  # a list: a TypeError (unhashable) from the dict of dtypes
+        with pytest.raises(DronsegError, match="^precision .* is not one of fp32, fp16, bf16 for a PyTorch checkpoint$"):
+            load_backend(tiny_checkpoint, device="cpu", precision=precision)
     with pytest.raises(DronsegError, match="head"):
         load_backend(tiny_checkpoint, device="cpu", head="softmax")
     backend = load_backend(tiny_checkpoint, device="cpu", cuda_graph=True)
