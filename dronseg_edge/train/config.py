@@ -104,7 +104,9 @@ class TrainConfig:
                 value, flag = getattr(owner, f.name), f"--{f.name.replace('_', '-')}" if "option" in f.metadata else f.name
                 if f.type in ("int", "int | None") and value is not None:  # epochs=2.5 failed in range(), "2" a TypeError
                     setattr(owner, f.name, whole(value, flag, least=int(f.name in AT_LEAST_ONE)))
-                elif f.type in ("float", "float | None") and isinstance(value, numbers.Real):
+                elif f.type == "float" or (f.type == "float | None" and value is not None):
+                    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # lr="0.1": a TypeError below
+                        raise DronsegError(f"{flag} {value!r} must be a number")
                     setattr(owner, f.name, float(value))
         for name, allowed in (("loss", LOSS_NAMES), ("scheduler", SCHEDULERS), ("optimizer", OPTIMIZERS),
                               ("amp", AMP_MODES), ("best_metric", BEST_METRICS), ("class_weights", WEIGHT_METHODS)):

@@ -61,6 +61,11 @@ def test_the_training_size_is_checked_when_the_config_is_made(tmp_path):
     ("seed", "2", "--seed '2' must be a whole number"),
     ("workers", True, "--workers True must be a whole number"),  # was taken as 1, as whole() refuses it elsewhere
     ("mosaic_every", -1, "--mosaic-every -1 must be a whole number, at least 0"),
+    ("lr", "0.1", "--lr '0.1' must be a number"),  # text where a float belongs: a TypeError ('>' str and int)
+    ("bn_momentum", "x", "--bn-momentum 'x' must be a number"),
+    ("lr", None, "--lr None must be a number"),
+    ("focal_alpha", [1], "--focal-alpha [1] must be a number"),  # was taken
+    ("lr", True, "--lr True must be a number"),  # was taken as 1.0
 ])
 def test_out_of_range_settings_are_refused_when_the_config_is_made(tmp_path, option, value, message):
     # Before: a traceback once the run folder existed (momentum, div factors, loss settings), a crash at
