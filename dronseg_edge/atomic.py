@@ -221,7 +221,10 @@ def write_csv_atomic(path: os.PathLike | str, rows) -> Path:
 
 
 def json_safe(value, nonfinite=lambda v: None):
-    """Replace NaN/Inf floats by ``nonfinite(v)`` (None; ``str`` keeps 'nan'), recursively: strict JSON has no NaN."""
+    """Replace NaN/Inf floats by ``nonfinite(v)`` (None; ``str`` keeps 'nan'), recursively: strict JSON has no NaN.
+    A numpy (or torch) scalar becomes its Python number: ``default=str`` wrote np.int64(60) as "60"."""
+    if getattr(value, "shape", None) == () and hasattr(value, "item"):
+        value = value.item()
     if isinstance(value, float):
         return value if math.isfinite(value) else nonfinite(value)
     if isinstance(value, dict):

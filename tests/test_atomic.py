@@ -144,6 +144,16 @@ def test_json_files_hold_no_nan_summaries_write_null_and_reports_keep_the_findin
     assert atomic.json_safe(data, str) == {"a": ["nan", 1.5, ["inf"]], "b": {"c": "-inf"}}  # parity reports
 
 
+def test_numpy_and_torch_scalars_are_written_as_numbers_not_text(tmp_path):
+    # synth.json had "images": "60" for synthesize(images=np.int64(60)) (json's default=str), a torch loss "tensor(0.25)"
+    import numpy as np
+    import torch
+    data = {"images": np.int64(60), "share": np.float32(0.5), "ok": np.bool_(True), "nan": np.float32("nan"),
+            "loss": torch.tensor(0.25), "list": [np.uint8(3)]}
+    text = atomic.write_json_atomic(tmp_path / "s.json", data).read_text()
+    assert json.loads(text) == {"images": 60, "share": 0.5, "ok": True, "nan": None, "loss": 0.25, "list": [3]}
+
+
 def test_a_folder_that_turns_read_only_mid_run_is_the_runs_failure_not_a_usage_error(tmp_path):
     # A run writes its folder again and again (checkpoints, metrics.csv, summary.json): once the disk turns
     # read-only, the write fails as the disk's failure (exit 5, the errno named), not "choose another folder".

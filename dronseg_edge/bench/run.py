@@ -152,7 +152,7 @@ def prepare_bench(path: str | Path, device, *, size: tuple[int, int] | None = No
                   precision: str | None = None, cuda_graph: bool | None = None,
                   backend_options: dict[str, Any] | None = None) -> PreparedBench:
     """Open ``path``'s backend and check that it can run ``size``/``batch``; raise DronsegError if not."""
-    path = Path(path)
+    path, batch = Path(path), whole(batch, "--batch")  # before the model loads; np.int64(2) an int in the result
     backend, notes = open_backend(path, device, precision=precision, cuda_graph=cuda_graph, **(backend_options or {}))
     return PreparedBench(path, backend, resolve_shape(backend, size, batch), batch, cuda_graph, notes)
 

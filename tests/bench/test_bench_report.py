@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import torch
 
 from dronseg_edge.atomic import write_json_atomic
@@ -53,7 +54,8 @@ def test_noisy_run_warns_and_steady_run_does_not():
 
 def test_json_document_schema(tmp_path, tiny_checkpoint):
     settings = TimingSettings(warmup_iters=1, iters=3)
-    result = bench_model(tiny_checkpoint, torch.device("cpu"), settings)
+    result = bench_model(tiny_checkpoint, torch.device("cpu"), settings, batch=np.int64(1))  # JSON had "batch": "1"
+    assert type(result.batch) is int
     run_settings = {"device": "cpu", "size": None, "batch": 1, "precision": None, "cuda_graph": None,
                     "timing": settings.to_dict(), "timer": "perf_counter"}
     path = write_json_atomic(tmp_path / "out" / "bench.json", build_document(system_info(torch.device("cpu")), run_settings, [result]))
