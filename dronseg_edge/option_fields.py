@@ -24,7 +24,8 @@ def whole(value, flag: str, least: int = 1, hint: str = "", most: float = math.i
     "2" or True as a count) or is outside ``least``..``most``; ``hint`` ends the message."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not least <= value <= most:
         span = f"at least {least}" if most == math.inf else f"from {least} to {most}"
-        raise DronsegError(f"{flag} {value!r} must be a whole number, {span}{hint}")
+        shown = f"of {value.bit_length()} bits" if isinstance(value, int) and value.bit_length() > 13_000 else repr(value)
+        raise DronsegError(f"{flag} {shown} must be a whole number, {span}{hint}")  # repr(): ValueError past 4300 digits
     return int(value)
 
 

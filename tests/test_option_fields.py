@@ -73,6 +73,9 @@ def test_whole_takes_python_and_numpy_ints_as_ints():
     assert whole(0, "--count", least=0) == 0 and whole(10**30, "--count") == 10**30  # no upper bound by default
     with pytest.raises(DronsegError, match=r"^--count -1 must be a whole number, at least 0$"):
         whole(-1, "--count", least=0)
+    # RunOptions(max_frames=10**5000): repr() of an int past 4300 digits raised ValueError inside the refusal
+    with pytest.raises(DronsegError, match=r"^--count of 16610 bits must be a whole number, from 1 to 9$"):
+        whole(-10**5000, "--count", most=9)
 
 
 @pytest.mark.parametrize("value", ["tflite", "", None, ["onnx"], {"onnx": 1}])
