@@ -85,16 +85,27 @@ def check_json_out(path: Path | None, inputs=()) -> None:
         check_out_file(path, "--json", inputs)
 
 
+def _echo(text: str, err: bool = False) -> None:
+    """typer.echo. A reader that has gone (`checks | head -1`) ends the text, not the command, which goes on to its
+    own exit status (click's exit 1 on a closed pipe is `checks`' "a FAIL"): the rest of the text goes to /dev/null."""
+    try:
+        typer.echo(text, err=err)
+    except BrokenPipeError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2 if err else 1)
+        os.close(null)
+
+
 def text_out(json_path: Path | None):
     """Where a command's text goes: standard output, or standard error while ``--json -`` takes standard output."""
-    return lambda text: typer.echo(text, err=json_path == STDOUT)
+    return lambda text: _echo(text, err=json_path == STDOUT)
 
 
 def json_out(path: Path | None, document, save=None) -> None:
     """``--json``: ``document`` printed on standard output (``-``), or written to ``path`` (by ``save(path)``
     when given, else atomically) and the file named; nothing without ``--json``."""
     if path == STDOUT:
-        typer.echo(json.dumps(json_safe(document), indent=2, default=str))
+        _echo(json.dumps(json_safe(document), indent=2, default=str))
     elif path is not None:
         save(path) if save is not None else write_json_atomic(path, document)
-        typer.echo(f"wrote {path}")
+        _echo(f"wrote {path}")

@@ -1,9 +1,12 @@
 """An output path that cannot be written is refused before any work starts, by every command: one line,
 exit code 2. Proven on a read-only mount (what root meets too) and, for other users, a 0555 folder."""
 
+import json
 import os
 from pathlib import Path
 import shutil
+import subprocess
+import sys
 
 import pytest
 from testkit import mount_tmpfs, remount_tmpfs, run_cli
@@ -168,3 +171,15 @@ def test_an_output_over_the_data_sets_csv_is_refused(args, tiny_checkpoint, tmp_
     code, stderr = run_cli(capsys, *args, csv, "--data", tmp_path / "data", "--device", "cpu")
     assert code == 2 and f"error: {args[-1]} " in stderr and "is also an input" in stderr, stderr
     assert csv.read_text() == "ImageID\n000001_001\n"
+
+
+def test_a_reader_that_has_gone_ends_the_text_not_the_command(tmp_path):
+    """`checks | head -1` exited 1 (click's answer to a closed pipe, and checks' "a FAIL"), before writing its --json."""
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the first line
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-m", "dronseg_edge", "checks", "--json", str(tmp_path / "c.json")],
+                          stdout=write, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    os.close(write)
+    statuses = [check["status"] for check in json.loads((tmp_path / "c.json").read_text())]
+    assert (done.returncode, done.stderr) == (int("FAIL" in statuses), "")
