@@ -30,7 +30,6 @@ CALIBRATION_METHODS = ("minmax", "percentile")  # export.quantize implements the
 DEFAULT_CALIBRATION_METHOD = "percentile"
 CALIB_IMAGES = 32
 PARITY_IMAGES = 16
-BUILDER_OPT_LEVELS = range(0, 6)  # TensorRT's builder optimisation levels 0..5 (TensorRT's default: 3)
 DLA_PRECISIONS = ("fp16", "int8")  # DLA has no fp32 kernels
 # The options that only a TensorRT build reads (the CLI refuses them for an export that builds none).
 ENGINE_OPTIONS = {"dla_core": "--dla-core", "builder_opt_level": "--builder-opt-level", "min_shape": "--min-shape",
@@ -41,9 +40,9 @@ SHAPE_HELP = ("--dynamic engines: the {} input shape of TensorRT's optimisation 
 
 
 def _int(value) -> int:
-    """A whole number as an int ("2", 2.0 and numpy's 2 too); ValueError for 2.5, not 2."""
+    """A whole number as an int ("2", 2.0 and numpy's 2 too); ValueError for 2.5 and True, not 2 and 1."""
     number = int(value) if isinstance(value, str) else value
-    if int(number) != number:
+    if isinstance(value, bool) or int(number) != number:
         raise ValueError(value)
     return int(number)
 
@@ -162,9 +161,9 @@ class ExportOptions:
     def _validate_engine(self) -> None:
         """TensorRT builder options. The engine's own format is checked when ``fmt == 'engine'``: the
         ONNX step of an engine export (and the onnx half of ``--format all``) carries them unused."""
-        if self.builder_opt_level is not None and self.builder_opt_level not in BUILDER_OPT_LEVELS:
-            raise DronsegError(f"--builder-opt-level {self.builder_opt_level} is not one of 0..5 "
-                               "(higher: longer builds, maybe faster engines; TensorRT's default is 3)")
+        if self.builder_opt_level is not None:  # TensorRT's levels 0..5
+            whole(self.builder_opt_level, "--builder-opt-level", 0, " (higher: longer builds, maybe faster engines; "
+                  "TensorRT's default is 3)", 5)
         self._validate_profile()
         if self.timing_cache is not None and self.timing_cache.is_dir():
             raise DronsegError(f"--timing-cache {self.timing_cache} is a folder: give a file name, e.g. "

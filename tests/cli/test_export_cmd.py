@@ -184,7 +184,7 @@ def _fake_tensorrt(version: str, dla_cores: int) -> types.ModuleType:
     (["--builder-opt-level", "3"], 2, "--builder-opt-level applies to TensorRT engines"),
     (["--format", "all", "--dla-core", "0"], 2, "DLA runs fp16 or int8 only"),
     (["--format", "engine", "--precision", "fp16", "--dla-core", "0", "--dynamic"], 2, "DLA takes fixed shapes only"),
-    (["--format", "engine", "--builder-opt-level", "7"], 2, "--builder-opt-level 7 is not one of 0..5"),
+    (["--format", "engine", "--builder-opt-level", "7"], 2, "--builder-opt-level 7 must be a whole number, from 0 to 5"),
     (["--format", "all", "--precision", "fp16", "--dla-core", "0"], 3, "sees no DLA core on this machine"),
     (["--format", "engine", "--precision", "fp16", "--dla-core", "0", "--trt", "11.1.0"], 3, "TensorRT 11.1.0 has no DLA"),
     (["--format", "engine", "--precision", "fp16", "--dla-core", "2", "--cores", "2"], 2, "has 2 DLA cores (0..1)"),

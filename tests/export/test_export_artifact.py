@@ -172,6 +172,8 @@ def test_whole_numbers_are_ints_and_2_5_is_refused_not_taken_as_2():
     assert ExportOptions(opset="17").opset == 17  # --reuse compares it with the file's int opset
     for changes, message in (({"batch": 2.5}, "--batch 2.5 must be a whole number"),
                              ({"opset": 17.5}, "--opset 17.5 must be a whole number"),
+                             ({"batch": True}, "--batch True must be a whole number"),  # was batch 1
+                             ({"fmt": "engine", "builder_opt_level": True}, "--builder-opt-level True must be"),
                              ({"thresholds": 0.99}, "thresholds=0.99: give a ParityThresholds")):
         with pytest.raises(DronsegError, match=message):
             ExportOptions(**changes)

@@ -519,8 +519,8 @@ def test_dla_engines_are_named_for_their_core():
     ({"fmt": "engine", "precision": "fp16", "dla_core": 0, "dynamic": True}, "DLA takes fixed shapes only"),
     ({"fmt": "engine", "precision": "fp16", "dla_core": -1}, "--dla-core -1 must be a whole number, at least 0"),
     ({"fmt": "triton", "precision": "fp16", "dla_core": 0}, "--format triton is not supported"),
-    ({"fmt": "engine", "builder_opt_level": 6}, "is not one of 0..5"),
-    ({"fmt": "engine", "builder_opt_level": -1}, "is not one of 0..5"),
+    ({"fmt": "engine", "builder_opt_level": 6}, "must be a whole number, from 0 to 5"),
+    ({"fmt": "engine", "builder_opt_level": -1}, "must be a whole number, from 0 to 5"),
 ])
 def test_export_options_refuse_engine_options_that_cannot_work(changes, message):
     with pytest.raises(DronsegError, match=message):
