@@ -41,8 +41,7 @@ ARCHS: dict[str, tuple[Callable[..., nn.Module], object, object]] = {
 
 
 def check_arch(arch: str) -> str:
-    if arch not in ARCHS:
-        raise DronsegError(f"--model {arch!r} is not known: choose one of {', '.join(ARCHS)}")
+    one_of(arch, "--model", ARCHS)  # a list was a TypeError (unhashable) against the dict
     return arch
 
 
@@ -61,11 +60,10 @@ def check_output_stride(arch: str, output_stride: int | None) -> int:
     if output_stride is None:
         return native
     allowed = output_strides(arch)
-    if int(output_stride) not in allowed:
-        if len(allowed) == 1:
-            raise DronsegError(f"--output-stride {output_stride}: {arch} exists only at output stride {native} "
-                               "(torchvision dilates just its last stage); 8 is for the DeepLabV3 ResNet models")
-        raise DronsegError(f"--output-stride {output_stride}: choose one of {', '.join(map(str, allowed))}")
+    if len(allowed) == 1 and output_stride not in allowed:
+        raise DronsegError(f"--output-stride {output_stride}: {arch} exists only at output stride {native} "
+                           "(torchvision dilates just its last stage); 8 is for the DeepLabV3 ResNet models")
+    one_of(output_stride, "--output-stride", allowed)  # not int() first: 16.5 was built at 16, "abc" a ValueError
     return int(output_stride)
 
 

@@ -150,7 +150,12 @@ def test_mobilenet_models_exist_at_output_stride_16_only(arch):
 
 def test_output_stride_defaults_and_bad_values():
     assert check_output_stride("deeplabv3_resnet101", None) == 8 and check_output_stride("deeplabv3_resnet50", 16) == 16
-    with pytest.raises(DronsegError, match="--output-stride 32: choose one of 8, 16"):
+    with pytest.raises(DronsegError, match="--output-stride 32 is not one of 8, 16"):
         check_output_stride("deeplabv3_resnet101", 32)
     with pytest.raises(DronsegError, match="--model"):
         check_output_stride("unet", 16)
+    for bad in (16.5, "abc", [16]):  # 16.5 was built at 16, "abc" a ValueError and [16] a TypeError traceback
+        with pytest.raises(DronsegError, match="--output-stride .* is not one of 8, 16"):
+            check_output_stride("deeplabv3_resnet50", bad)
+    with pytest.raises(DronsegError, match="--model \\['unet'\\] is not one of"):  # was a TypeError (unhashable)
+        check_output_stride(["unet"], 16)

@@ -21,6 +21,7 @@ from torch import nn
 
 from dronseg_edge.classes import IGNORE_INDEX
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.option_fields import one_of
 
 LOSS_NAMES = ("ce", "focal", "dice", "focal+dice", "tversky")
 WEIGHT_METHODS = ("inverse_sqrt", "inverse", "none")
@@ -173,8 +174,7 @@ def build_loss(name: str, *, class_weights=None, ignore_index: int = IGNORE_INDE
                                 **common),
     }
     key = name.strip().lower()
-    if key not in losses:
-        raise DronsegError(f"unknown loss {name!r}; choose one of: {', '.join(LOSS_NAMES)}")
+    one_of(key, "--loss", LOSS_NAMES)
     return losses[key]()
 
 
@@ -188,8 +188,7 @@ def class_weights_from_counts(pixel_counts: Sequence[float] | np.ndarray | torch
     no cap), so a class with a handful of pixels cannot dominate the gradient. A class with no
     pixels gets the largest weight: it may still appear in validation or test images.
     """
-    if method not in WEIGHT_METHODS:
-        raise DronsegError(f"unknown class weighting {method!r}; choose one of: {', '.join(WEIGHT_METHODS)}")
+    one_of(method, "--class-weights", WEIGHT_METHODS)
     counts = torch.as_tensor(pixel_counts, dtype=torch.float64).cpu().numpy()
     if counts.ndim != 1 or counts.size == 0 or not np.all(np.isfinite(counts)) or np.any(counts < 0):
         raise DronsegError(f"pixel counts must be one finite, non-negative number per class; got {counts.tolist()}")

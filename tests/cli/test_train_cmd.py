@@ -50,7 +50,7 @@ def test_train_bad_options(capsys, synth_root, tmp_path):
     assert "val-fraction" in one_line_error(capsys, "train", "--data", synth_root, *TINY, "--val-fraction", "1.5")
     assert "--save-every-steps" in one_line_error(capsys, "train", "--data", synth_root, *TINY, "--save-every-steps", "-1")
     assert "only at output stride 16" in one_line_error(capsys, "train", "--data", synth_root, *TINY, "--output-stride", "8")
-    assert "--output-stride 12: choose one of 8, 16" in one_line_error(
+    assert "--output-stride 12 is not one of 8, 16" in one_line_error(
         capsys, "train", "--data", synth_root, *TINY, "--model", "deeplabv3_resnet50", "--output-stride", "12")
 
 
