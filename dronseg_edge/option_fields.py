@@ -29,6 +29,13 @@ def whole(value, flag: str, least: int = 1, hint: str = "", most: float = math.i
     return int(value)
 
 
+def number(value, flag: str) -> float:
+    """``value`` as a float; DronsegError naming ``flag`` when it is not a real number ("0.1" or True is not taken)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise DronsegError(f"{flag} {value!r} must be a number")
+    return float(value)
+
+
 def one_of(value, flag: str, choices, hint: str = "") -> None:
     """DronsegError naming ``flag`` and the ``choices`` when ``value`` is not one of them; ``hint`` ends the message."""
     if value not in tuple(choices):  # a tuple: an unhashable value ([...] for a dict's keys) is refused, not a TypeError

@@ -10,7 +10,7 @@ import pytest
 
 from dronseg_edge.devices import DEVICE
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.option_fields import OptionSpec, one_of, option, option_fields, option_group, value_type, whole
+from dronseg_edge.option_fields import OptionSpec, number, one_of, option, option_fields, option_group, value_type, whole
 from dronseg_edge.sizes import parse_size
 
 
@@ -76,6 +76,13 @@ def test_whole_takes_python_and_numpy_ints_as_ints():
     # RunOptions(max_frames=10**5000): repr() of an int past 4300 digits raised ValueError inside the refusal
     with pytest.raises(DronsegError, match=r"^--count of 16610 bits must be a whole number, from 1 to 9$"):
         whole(-10**5000, "--count", most=9)
+
+
+@pytest.mark.parametrize("value", ["0.5", True, None, [1], 1j])
+def test_number_refuses_what_is_not_a_real_number_naming_the_flag(value):
+    with pytest.raises(DronsegError, match=r"^--alpha .* must be a number$"):
+        number(value, "--alpha")
+    assert [type(number(v, "--alpha")) for v in (1, np.float32(0.5), np.int64(2))] == [float] * 3
 
 
 @pytest.mark.parametrize("value", ["tflite", "", None, ["onnx"], {"onnx": 1}])

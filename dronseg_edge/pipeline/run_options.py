@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, List
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, MAX_PIXELS, check_max_pixels
-from dronseg_edge.option_fields import one_of, option, whole
+from dronseg_edge.option_fields import number, one_of, option, whole
 
 if TYPE_CHECKING:
     import numpy as np
@@ -97,6 +97,10 @@ class RunOptions:
         object.__setattr__(self, "stride", whole(self.stride, "--stride", hint=" (1 = every frame)"))
         if self.max_frames is not None:  # 2.5 made the run folder, then failed as "a bug" (islice)
             object.__setattr__(self, "max_frames", whole(self.max_frames, "--max-frames"))
+        for name, flag in (("alpha", "--alpha"), ("reconnect_s", "--reconnect-s"), ("max_duration", "--max-duration-s"),
+                           ("segment_s", "--segment-s"), ("min_free_mb", "--min-free-mb")):  # "0.5": a TypeError below
+            if getattr(self, name) is not None or name not in ("max_duration", "segment_s"):  # None: no limit
+                object.__setattr__(self, name, number(getattr(self, name), flag))
         rules = [
             (0.0 <= self.alpha <= 1.0, f"--alpha {self.alpha} must be between 0 (frame only) and 1 (colours only)"),
             (self.reconnect_s > 0, f"--reconnect-s {self.reconnect_s} must be above 0 seconds"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +11,7 @@ from dronseg_edge.data.augment import AugmentConfig
 from dronseg_edge.devices import DEVICE
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, MAX_PIXELS, check_max_pixels
-from dronseg_edge.option_fields import one_of, option, option_group, whole
+from dronseg_edge.option_fields import number, one_of, option, option_group, whole
 from dronseg_edge.sizes import parse_size
 
 SCHEDULERS = ("onecycle", "constant", "poly")
@@ -105,9 +104,7 @@ class TrainConfig:
                 if f.type in ("int", "int | None") and value is not None:  # epochs=2.5 failed in range(), "2" a TypeError
                     setattr(owner, f.name, whole(value, flag, least=int(f.name in AT_LEAST_ONE)))
                 elif f.type == "float" or (f.type == "float | None" and value is not None):
-                    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # lr="0.1": a TypeError below
-                        raise DronsegError(f"{flag} {value!r} must be a number")
-                    setattr(owner, f.name, float(value))
+                    setattr(owner, f.name, number(value, flag))  # lr="0.1": a TypeError below
         for name, allowed in (("loss", LOSS_NAMES), ("scheduler", SCHEDULERS), ("optimizer", OPTIMIZERS),
                               ("amp", AMP_MODES), ("best_metric", BEST_METRICS), ("class_weights", WEIGHT_METHODS)):
             one_of(getattr(self, name), f"--{name.replace('_', '-')}", allowed)

@@ -26,6 +26,11 @@ def test_classes_are_names_or_indices():
     ({"stride": True}, "--stride True must be a whole number"),  # was taken as 1, as whole() refuses it elsewhere
     ({"max_frames": "2"}, "--max-frames '2' must be a whole number"),
     ({"max_pixels": 0}, "--max-pixels 0 must be a whole number"),
+    ({"alpha": "0.5"}, "--alpha '0.5' must be a number"),  # text where a float belongs: a TypeError traceback
+    ({"reconnect_s": "1"}, "--reconnect-s '1' must be a number"),
+    ({"max_duration": "5"}, "--max-duration-s '5' must be a number"),
+    ({"segment_s": True}, "--segment-s True must be a number"),  # was taken as 1 s
+    ({"min_free_mb": None}, "--min-free-mb None must be a number"),
 ])
 def test_bad_values_name_their_option(changes, message):
     with pytest.raises(DronsegError, match=message.replace("(", r"\(").replace(")", r"\)")):
