@@ -80,9 +80,10 @@ def data_files(root: os.PathLike | str | None) -> list[Path]:
 
 
 def check_json_out(path: Path | None, inputs=()) -> None:
-    """Refuse a ``--json`` file that cannot be written or is one of ``inputs``, before any work (``-`` is standard output)."""
+    """Refuse a ``--json`` file that cannot be written or is one of ``inputs`` or a CSV of the data set it lies in (the
+    one a checkpoint records is read without --data), before any work (``-`` is standard output)."""
     if path is not None and path != STDOUT:
-        check_out_file(path, "--json", inputs)
+        check_out_file(path, "--json", (*inputs, *data_files(path.parent if _is_dir(path.parent / "imgs/imgs") else None)))
 
 
 def _echo(text: str, err: bool = False) -> None:

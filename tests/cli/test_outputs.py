@@ -173,6 +173,24 @@ def test_an_output_over_the_data_sets_csv_is_refused(args, tiny_checkpoint, tmp_
     assert csv.read_text() == "ImageID\n000001_001\n"
 
 
+@pytest.mark.parametrize("command", [["eval", "--split", "all"], ["parity", "{ckpt}"]])
+def test_an_output_over_the_csv_of_the_data_set_the_checkpoint_records_is_refused(command, tiny_checkpoint, tmp_path, capsys):
+    """Without --data the checkpoint's recorded data set is read: `eval best.pt --json DATA/train.csv` replaced its CSV."""
+    import torch
+
+    from dronseg_edge.checkpoint import save_checkpoint
+
+    (tmp_path / "data" / "imgs" / "imgs").mkdir(parents=True)
+    csv = tmp_path / "data" / "train.csv"
+    csv.write_text("ImageID\n000001_001\n")
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    ckpt = save_checkpoint(tmp_path / "best.pt", {**state, "config": {"data": str(tmp_path / "data")}})
+    args = [ckpt if arg == "{ckpt}" else arg for arg in command]
+    code, stderr = run_cli(capsys, args[0], ckpt, *args[1:], "--json", csv, "--device", "cpu")
+    assert code == 2 and f"error: --json {csv} is also an input" in stderr, stderr
+    assert csv.read_text() == "ImageID\n000001_001\n"
+
+
 def test_a_reader_that_has_gone_ends_the_text_not_the_command(tmp_path):
     """`checks | head -1` exited 1 (click's answer to a closed pipe, and checks' "a FAIL"), before writing its --json."""
     read, write = os.pipe()
