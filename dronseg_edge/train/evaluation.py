@@ -18,6 +18,7 @@ from dronseg_edge.devices import resolve_device
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, check_max_pixels
 from dronseg_edge.train.loop import StepContext, evaluate
+from dronseg_edge.train.rng import worker_init
 from dronseg_edge.metrics import SegmentationMetrics
 
 
@@ -40,7 +41,8 @@ def native_loader(ckpt: dict, samples: list[Sample], batch: int, workers: int,
     sizes = set(validate_samples(samples, num_classes=len(ckpt["class_names"]), max_pixels=max_pixels).sizes)
     dataset = SegmentationDataset(samples, tuple(ckpt["input_size"]), augment=None,
                                   num_classes=len(ckpt["class_names"]), native_masks=True, max_pixels=max_pixels)
-    return DataLoader(dataset, batch_size=batch if len(sizes) == 1 else 1, shuffle=False, num_workers=workers)
+    return DataLoader(dataset, batch_size=batch if len(sizes) == 1 else 1, shuffle=False, num_workers=workers,
+                      worker_init_fn=worker_init)
 
 
 def checkpoint_model(ckpt: dict, device: str) -> tuple[torch.nn.Module, StepContext]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,12 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader workers: derive python/numpy seeds from torch's per-worker seed."""
+    """DataLoader workers: derive python/numpy seeds from torch's per-worker seed; SIGTERM ends them as Ctrl-C does.
+
+    torch's worker kills itself with a SIGTERM not sent by its parent, so a whole process group stopped (`timeout`,
+    systemd's KillMode=control-group) failed in the parent with "DataLoader worker is killed by signal" (exit 1, a
+    traceback) instead of exit 130; raised as KeyboardInterrupt, the worker's loop ends it quietly."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
