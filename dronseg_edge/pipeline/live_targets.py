@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.option_fields import one_of
 from dronseg_edge.pipeline.source_base import shown_url
 from dronseg_edge.sizes import parse_size
@@ -191,4 +191,7 @@ def resolve_udp(target: str, host: str, port: int) -> tuple:
     try:
         return socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
     except OSError as exc:
+        if exc.errno == socket.EAI_AGAIN:  # no answer now (the network not up yet at boot): exit 5, not "fix the command"
+            raise RuntimeFailure(f"--results {target}: host {host} cannot be looked up now ({exc.strerror}): check "
+                                 "the network and DNS, or give an IP address") from None
         raise DronsegError(f"--results {target}: host {host} is unknown ({exc.strerror or exc})") from None

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
-from dronseg_edge.errors import DronsegError
+from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline import RunOptions
 from dronseg_edge.pipeline.live_targets import (check_preview, is_loopback, parse_preview, parse_results_target,
-                                                parse_stream_url, parse_stream_urls, sdp_text)
+                                                parse_stream_url, parse_stream_urls, resolve_udp, sdp_text)
 
 
 def test_stream_urls():
@@ -96,3 +97,14 @@ def test_a_password_in_a_target_is_never_shown():
         with pytest.raises(DronsegError) as error:
             RunOptions(**{option: given})
         assert "s3cret" not in str(error.value) and "u:***@h" in str(error.value)
+
+
+def test_a_results_host_the_dns_cannot_answer_for_now_is_exit_5(monkeypatch):
+    """At boot before the network is up: exit 2 told systemd (RestartPreventExitStatus=2) never to restart."""
+    def no_answer(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_answer)
+    with pytest.raises(RuntimeFailure, match="host gcs cannot be looked up now") as caught:
+        resolve_udp("udp://gcs:14600", "gcs", 14600)
+    assert caught.value.exit_code == 5
