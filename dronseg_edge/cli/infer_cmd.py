@@ -29,10 +29,13 @@ class _LogLines(logging.Handler):
         self.err = err
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.WARNING:
-            print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
-        else:
-            typer.echo(record.getMessage(), err=self.err)
+        try:  # a stream whose reader has gone (EPIPE: `2>&1 | logger`, the logger killed) is logging's error, not
+            if record.levelno >= logging.WARNING:  # the run's: raised, it stopped the run, blamed on a sink
+                print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+            else:
+                typer.echo(record.getMessage(), err=self.err)
+        except OSError:
+            self.handleError(record)
 
 
 LIVE_EXAMPLES = (

@@ -412,3 +412,21 @@ def test_an_interrupted_run_says_so_in_one_line(tiny_checkpoint, media, tmp_path
     assert code == 130 and "Traceback" not in err
     lines = [line for line in err.splitlines() if "interrupted" in line]
     assert lines == ["interrupted: outputs are complete up to the last of 0 frames"]  # and a second, bare "interrupted"
+
+
+def test_a_warning_on_a_standard_error_whose_reader_has_gone_does_not_stop_the_run(monkeypatch):
+    """`infer ... 2>&1 | logger` with the logger gone: a stream's "retrying" warning raised BrokenPipeError in its sink,
+    and the run stopped after 3 frames (exit 1, summary.json: write_failed, "cannot write udp://...: Broken pipe")."""
+    import logging
+
+    from dronseg_edge.cli.infer_cmd import _LogLines
+
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        flush = write
+
+    monkeypatch.setattr(sys, "stderr", Gone())
+    record = logging.LogRecord("dronseg_edge.pipeline.stream_sink", logging.WARNING, __file__, 1, "stream lost", None, None)
+    _LogLines(err=True).emit(record)  # no BrokenPipeError
