@@ -10,6 +10,7 @@ per core), as a user's session would. Prints one JSON line: frames, wall seconds
 """
 
 import json
+import os
 import sys
 import time
 
@@ -23,6 +24,8 @@ PALETTE = [(0, 0, 0), (192, 128, 128), (0, 128, 0), (128, 128, 128), (128, 0, 0)
 
 
 def main(model: str, video: str, out: str) -> None:
+    if not os.path.isfile(model):
+        sys.exit(f"error: {model}: no such file")
     start = time.perf_counter()
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -56,8 +59,9 @@ def main(model: str, video: str, out: str) -> None:
             ms[key] += (b - a) * 1e3
         frames += 1
     cap.release()
-    if writer is not None:
-        writer.release()
+    if writer is None:  # no frame: a failed run, not a fast one
+        sys.exit(f"error: {video}: no frame could be read (no such file, or not a video OpenCV decodes)")
+    writer.release()
     per_frame = {key: round(value / max(frames, 1), 3) for key, value in ms.items()}
     print(json.dumps({"frames": frames, "seconds": round(time.perf_counter() - start, 3), "ms_per_frame": per_frame,
                       "ort_intra_op_threads": "onnxruntime default (one per core)", "decoder_threads": "OpenCV default",
@@ -65,4 +69,6 @@ def main(model: str, video: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    if len(sys.argv) != 4:
+        sys.exit("usage: python benchmarks/plain_loop.py MODEL.onnx VIDEO OUT.mp4")
+    main(*sys.argv[1:])
