@@ -183,7 +183,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     size = parse_size(args.size)
     device = resolve_device(args.device)
-    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    batches = [b.strip() for b in args.batches.split(",") if b.strip()]
+    if not batches or not all(b.isdigit() and int(b) > 0 for b in batches):
+        raise DronsegError(f"--batches {args.batches}: give batch sizes of at least 1, comma-separated (e.g. 1,4)")
+    batches = [int(b) for b in batches]
     timing = (TimingSettings(warmup_iters=1, iters=3) if args.quick
               else TimingSettings(warmup_s=args.warmup_s, iters=args.iters))
     parity = args.parity and not args.quick

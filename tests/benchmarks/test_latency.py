@@ -37,3 +37,14 @@ def test_stride_16_costs_fewer_operations():
     size = (320, 192)
     os8, os16 = flops_per_frame("deeplabv3_resnet50", size, 8), flops_per_frame("deeplabv3_resnet50", size, 16)
     assert os16 < 0.4 * os8
+
+
+def test_batches_option_is_checked_before_any_work(tmp_path):
+    """Before: --batches x was a ValueError traceback; --batches 0 made every checkpoint and export, wrote
+    rows that all failed ("--batch 0 must be a whole number") and exited 0."""
+    from benchmarks.latency import main
+
+    for bad in ("x", "0", "1,-4", ","):
+        with pytest.raises(DronsegError, match="--batches"):
+            main(["--batches", bad, "--device", "cpu", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    assert not list(tmp_path.iterdir())
