@@ -194,14 +194,17 @@ def main(argv=None) -> int:
     unwanted = [v.strip() for v in args.exclude.split(",") if v.strip()]
     variants = [v for v in VARIANTS if (not wanted or any(w in v.label for w in wanted))
                 and not any(u in v.label for u in unwanted)]
+    if not variants:
+        raise DronsegError(f"--variants {args.variants!r} --exclude {args.exclude!r} leave no variant: the labels are "
+                           + ", ".join(v.label for v in VARIANTS))
     if args.checkpoint:
         loaded = [(load_checkpoint(p), p) for p in args.checkpoint]
         models = [(c["arch"], int(c.get("output_stride") or default_output_stride(c["arch"])), p) for c, p in loaded]
     else:
         archs = [a.strip() for a in args.archs.split(",") if a.strip()]
         unknown = [a for a in archs if a not in ARCHS]
-        if unknown:
-            raise DronsegError(f"--archs {','.join(unknown)}: choose from {', '.join(ARCHS)}")
+        if unknown or not archs:
+            raise DronsegError(f"--archs {','.join(unknown) or repr(args.archs)}: choose from {', '.join(ARCHS)}")
         wanted = parse_strides(args.output_strides)
         models = [(a, s, sane_checkpoint(a, size, args.work / "checkpoints" / f"{a}_os{s}_{format_size(size)}.pt", device, s))
                   for a in archs for s in strides_for(a, wanted)]

@@ -48,3 +48,16 @@ def test_batches_option_is_checked_before_any_work(tmp_path):
         with pytest.raises(DronsegError, match="--batches"):
             main(["--batches", bad, "--device", "cpu", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
     assert not list(tmp_path.iterdir())
+
+
+def test_a_selection_that_leaves_nothing_to_measure_is_refused(tmp_path):
+    """Before: --variants with a typo (or --archs ",") measured nothing, wrote an empty table and exited 0."""
+    from benchmarks.latency import main
+
+    common = ["--device", "cpu", "--size", "64x64", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    for args, option in ((["--variants", "onnx-fp32"], "--variants"), (["--exclude", "pytorch,onnx,engine"], "--variants"),
+                         (["--archs", ","], "--archs")):
+        args = [*args, "--archs", "lraspp_mobilenet_v3_large"] if option == "--variants" else args
+        with pytest.raises(DronsegError, match=option):
+            main([*args, *common])
+    assert not list(tmp_path.iterdir())
