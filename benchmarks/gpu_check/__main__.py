@@ -80,6 +80,9 @@ def gpu_name() -> str | None:
 
 
 def make_plan(args: argparse.Namespace, gpu: str | None) -> Plan:
+    for name, value in (("--timeout-scale", args.timeout_scale), ("--estimate-scale", args.estimate_scale)):
+        if not value > 0:  # 0 skipped every stage for the budget and exited 0, as if all had passed
+            raise SystemExit(f"error: {name} {value:g}: give a factor above 0")
     plan = gpu_plan() if (args.gpu or (gpu and not args.cpu)) else cpu_plan()
     scaled = {stage: {item: v * args.estimate_scale for item, v in table.items()} for stage, table in plan.estimates.items()}
     plan = dataclasses.replace(plan, budget_s=plan.budget_s * args.timeout_scale, estimates=scaled,
@@ -87,8 +90,8 @@ def make_plan(args: argparse.Namespace, gpu: str | None) -> Plan:
     timeouts = {k: v * args.timeout_scale for k, v in plan.timeouts.items()}
     for item in args.stage_timeout:
         stage, _, seconds = item.partition("=")
-        if stage not in timeouts or not seconds:
-            raise SystemExit(f"error: --stage-timeout {item}: use STAGE=SECONDS with STAGE one of {', '.join(timeouts)}")
+        if stage not in timeouts or not re.fullmatch(r"\d+(\.\d*)?", seconds) or not float(seconds) > 0:
+            raise SystemExit(f"error: --stage-timeout {item}: use STAGE=SECONDS (above 0) with STAGE one of {', '.join(timeouts)}")
         timeouts[stage] = float(seconds)
     return dataclasses.replace(plan, timeouts=timeouts, compile_mode=args.latency_compile)
 

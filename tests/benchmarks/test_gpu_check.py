@@ -272,3 +272,16 @@ def test_ort_stage_measures_exports_with_the_installed_onnxruntime(tmp_path):
         assert row["provider"].startswith("CPUExecutionProvider") and row["median_ms"] > 0
         assert row["agreement_pct"] >= row["parity_min_agreement_pct"] and row["max_abs_logit_diff"] is not None
     assert json.loads((tmp_path / "ort.json").read_text())["figures"]["rows"] == json.loads(json.dumps(rows))
+
+
+def test_bad_option_values_are_one_line_before_anything_runs():
+    """Before: --stage-timeout tests=abc was a ValueError traceback; --timeout-scale 0 skipped every stage
+    for the budget and exited 0, as if everything had passed (a whole GPU lease spent on nothing)."""
+    from benchmarks.gpu_check.__main__ import make_plan, parse_args
+
+    for args, message in ((["--stage-timeout", "tests=abc"], "--stage-timeout tests=abc"),
+                          (["--stage-timeout", "tests=-5"], "--stage-timeout tests=-5"),
+                          (["--timeout-scale", "0"], "--timeout-scale 0"), (["--estimate-scale", "-1"], "--estimate-scale -1")):
+        with pytest.raises(SystemExit, match=message):
+            make_plan(parse_args(["--cpu", *args]), None)
+    assert make_plan(parse_args(["--cpu", "--stage-timeout", "tests=1.5"]), None).timeouts["tests"] == 1.5
