@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: --only {','.join(sorted(only - set(STAGES)))}: stages are {', '.join(STAGES)}")
     gpu = gpu_name()
     plan = make_plan(args, gpu)
-    results = results_folder(args, plan, gpu)
+    results = results_folder(args, plan, gpu).resolve()  # absolute: the stages run in ROOT
     (results / "stages").mkdir(parents=True, exist_ok=True)
     work = args.work.resolve()
     plan_path = write_json_atomic(results / "stages" / "plan.json", plan.to_dict())

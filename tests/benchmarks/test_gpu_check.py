@@ -285,3 +285,15 @@ def test_bad_option_values_are_one_line_before_anything_runs():
         with pytest.raises(SystemExit, match=message):
             make_plan(parse_args(["--cpu", *args]), None)
     assert make_plan(parse_args(["--cpu", "--stage-timeout", "tests=1.5"]), None).timeouts["tests"] == 1.5
+
+
+def test_a_relative_out_from_another_folder_reaches_the_stages(tmp_path, monkeypatch):
+    """Before: the stages, which run in the repository root, were handed the relative --out and failed
+    ("No such file or directory: 'gc/stages/plan.json'"), every one of them."""
+    from benchmarks.gpu_check.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    code = main(["--cpu", "--only", "env", "--out", "gc", "--work", str(tmp_path / "work"), "--wheels", str(tmp_path / "none")])
+    doc = json.loads((tmp_path / "gc" / "summary.json").read_text())
+    assert code == 0 and [s["status"] for s in doc["stages"] if s["name"] == "env"] == ["passed"]
