@@ -88,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:  # new defaults; options given on the command line still win
         parser.set_defaults(arch="lraspp_mobilenet_v3_large", size="160x96", frames=40, iters=20, repeats=1)
         args = parser.parse_args(argv)
+    if args.frames < 1 or args.repeats < 1:  # --vs-plain-loop: a traceback once the first processes had run
+        raise DronsegError(f"--frames {args.frames} --repeats {args.repeats}: both take 1 or more")
     return args
 
 
