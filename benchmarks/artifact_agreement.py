@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import date, datetime, timezone
@@ -75,6 +76,7 @@ def masks(package: Path, model: Path, video: Path, out: Path) -> list[np.ndarray
 
 
 def compare(package: Path, checkpoint: Path, video: Path, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)  # an earlier run's: infer never writes into a folder that holds one
     exported = export_both(package, checkpoint, out)
     models = {"checkpoint": checkpoint, **{name: e["path"] for name, e in exported.items()}}
     maps = {name: masks(package, model, video, out / f"infer-{name}") for name, model in models.items()}
