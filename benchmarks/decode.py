@@ -42,6 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from dronseg_edge.atomic import write_json_atomic  # noqa: E402
+from dronseg_edge.errors import DronsegError  # noqa: E402
+from dronseg_edge.sizes import parse_size  # noqa: E402
 
 SIZES = {"1080p": (1920, 1080), "4k": (3840, 2160)}
 # Quality high enough to keep the grain, as drone cameras do: ~50 Mbit/s at 1080p for H.264.
@@ -68,18 +70,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.frames, args.repeats = "320x180", 10, 1
+    unknown = [codec for codec in args.codecs.split(",") if codec not in ENCODERS]
+    if unknown:
+        parser.error(f"--codecs {','.join(unknown)}: choose from {', '.join(ENCODERS)}")
+    try:
+        parse_sizes(args.sizes)
+    except DronsegError as exc:
+        parser.error(str(exc))
     return args
 
 
 def parse_sizes(text: str) -> dict[str, tuple[int, int]]:
-    sizes = {}
-    for name in text.split(","):
-        if name in SIZES:
-            sizes[name] = SIZES[name]
-        else:
-            width, height = (int(v) for v in name.lower().split("x"))
-            sizes[name] = (width, height)
-    return sizes
+    return {name: SIZES.get(name) or parse_size(name, "--sizes") for name in text.split(",")}
 
 
 # ---------------------------------------------------------------- clips
