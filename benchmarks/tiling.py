@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import sys
 import time
 from datetime import date
@@ -38,6 +39,7 @@ from dronseg_edge.classes import CLASS_NAMES
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metrics import confusion_matrix, iou_from_confusion
 from dronseg_edge.pipeline import Segmenter
+from dronseg_edge.pipeline.tiling import MAX_OVERLAP
 from dronseg_edge.sizes import format_size, parse_size
 
 SMALL = ("person", "bike", "car", "drone", "animal")
@@ -177,7 +179,10 @@ def table(doc: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     frame_size, input_size = parse_size(args.frame_size, "--frame-size"), parse_size(args.input, "--input")
-    overlaps = [float(o) for o in args.overlaps.split(",") if o.strip()]
+    overlaps = [o.strip() for o in args.overlaps.split(",") if o.strip()]
+    if not all(re.fullmatch(r"\d*\.?\d+", o) and float(o) <= MAX_OVERLAP for o in overlaps):  # before the training
+        raise DronsegError(f"--overlaps {args.overlaps}: give overlaps from 0 to {MAX_OVERLAP}, comma-separated")
+    overlaps = [float(o) for o in overlaps]
     torch.set_num_threads(os.cpu_count() or 1)
     system = system_info(torch.device("cpu"))
     print("\n".join(describe_system(system)))
