@@ -56,6 +56,7 @@ from dronseg_edge.atomic import write_json_atomic  # noqa: E402
 from dronseg_edge.bench.report import now_iso  # noqa: E402
 from dronseg_edge.bench.system import system_info  # noqa: E402
 from dronseg_edge.devices import resolve_device  # noqa: E402
+from dronseg_edge.errors import DronsegError  # noqa: E402
 from dronseg_edge.pipeline import RunOptions, Segmenter, run_inference  # noqa: E402
 from dronseg_edge.sizes import format_size, parse_size  # noqa: E402
 
@@ -106,6 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.video_size, args.frames, args.repeats = "160x96", "160x96", 40, 1
+    if args.frames < 1 or args.repeats < 1:  # --repeats 0 was a traceback after the warm-up run
+        raise DronsegError(f"--frames {args.frames} --repeats {args.repeats}: both take 1 or more")
     return args
 
 
@@ -239,4 +242,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except DronsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
