@@ -29,6 +29,7 @@ from dronseg_edge.data.aeroscapes import dataset_samples
 from dronseg_edge.data.augment import AugmentConfig
 from dronseg_edge.data.dataset import SegmentationDataset
 from dronseg_edge.devices import device_description, resolve_device
+from dronseg_edge.errors import DronsegError
 from dronseg_edge.sizes import parse_size
 from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.loop import train_one_epoch
@@ -56,7 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:  # --steps 0 wrote "0.0 img/s" as a result
+        raise DronsegError(f"--steps {args.steps} --warmup {args.warmup}: time 1 or more steps, after 0 or more")
+    return args
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -150,4 +154,8 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DronsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

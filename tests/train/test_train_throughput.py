@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,25 @@ def test_a_loss_that_is_not_finite_is_written_as_strict_json(tmp_path, monkeypat
     path = module.main(["--out", str(tmp_path)])
     result = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
     assert result["final_loss"] is None
+
+
+def test_a_run_that_times_no_step_is_refused(tmp_path):
+    """Before: --steps 0 trained the warm-up, then wrote {"images_per_s": 0.0} as the result, exit 0."""
+    from dronseg_edge.errors import DronsegError
+
+    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny = ["--model", "lraspp_mobilenet_v3_large", "--size", "96x64", "--images", "8", "--batch", "2", "--workers", "0",
+            "--device", "cpu", "--out", str(tmp_path / "out")]
+    for args in (["--steps", "0", "--warmup", "1"], ["--steps", "1", "--warmup", "-1"]):
+        with pytest.raises(DronsegError, match="time 1 or more steps"):
+            module.main([*tiny, *args])
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_bad_option_is_one_line(tmp_path):
+    """Before: the DronsegError of the size check came out as a traceback."""
+    done = subprocess.run([sys.executable, str(SCRIPT), "--size", "100", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr == "error: --size '100' is not a size: write it as WIDTHxHEIGHT, e.g. 1280x720\n"
