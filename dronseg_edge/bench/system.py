@@ -106,7 +106,7 @@ def _clocks_smi(smi: str, bus_id: str) -> dict[str, Any]:
 
 
 def versions() -> dict[str, Any]:
-    """Versions of python, torch (+CUDA, cuDNN), torchvision, numpy, onnx, onnxruntime (+providers), tensorrt;
+    """Versions of python, torch (+CUDA, cuDNN), torchvision, numpy, opencv, onnx, onnxruntime (+providers), tensorrt;
     torch, torchvision and onnx from their metadata unless already loaded (then ``torch_imported`` is False)."""
     torch = sys.modules.get("torch")
     found: dict[str, Any] = {
@@ -121,6 +121,7 @@ def versions() -> dict[str, Any]:
     # torchvision is imported (it may be unusable with this torch) only where torch already is.
     found["torchvision"] = _module_version("torchvision") if torch is not None else _installed_version("torchvision")
     found["numpy"] = _module_version("numpy")
+    found["opencv"] = _module_version("cv2")  # decodes, resizes and encodes every frame of a pipeline run
     found["onnx"] = _module_version("onnx") if "onnx" in sys.modules else _installed_version("onnx")
     found["onnxruntime"] = _module_version("onnxruntime")
     ort = sys.modules.get("onnxruntime")
@@ -176,8 +177,8 @@ def describe_system(info: dict[str, Any]) -> list[str]:
         torch_text = f"{v['torch']} (CUDA {v['cuda'] or '-'}, cuDNN {v['cudnn'] or '-'})"
     else:
         torch_text = f"{v['torch']} (not imported)" if v["torch"] != NOT_INSTALLED else NOT_INSTALLED
-    lines.append(f"versions: python {v['python']}, torch {torch_text},"
-                 f" onnxruntime {ort}, tensorrt {v['tensorrt']}, dronseg-edge {v['dronseg_edge']}")
+    lines.append(f"versions: python {v['python']}, torch {torch_text}, onnxruntime {ort},"
+                 f" opencv {v.get('opencv', '?')}, tensorrt {v['tensorrt']}, dronseg-edge {v['dronseg_edge']}")
     flags = info.get("torch_flags")
     if device["type"] == "cuda" and flags:
         on = {key: "on" if flags[key] else "off" for key in ("cudnn_allow_tf32", "matmul_allow_tf32")}

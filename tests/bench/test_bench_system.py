@@ -37,6 +37,10 @@ def test_versions_report_installed_and_missing_libraries():
 
     assert v["onnxruntime"] == onnxruntime.__version__
     assert "CPUExecutionProvider" in v["onnxruntime_providers"]
+    import cv2  # every pipeline benchmark's decode, resize and encode: its results said nothing of which OpenCV
+
+    assert v["opencv"] == cv2.__version__
+    assert f"opencv {cv2.__version__}," in describe_system(system_info(torch.device("cpu")))[2]
     try:
         import tensorrt
     except Exception:
