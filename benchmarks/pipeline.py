@@ -224,7 +224,8 @@ def run_vs_plain_loop(args: argparse.Namespace) -> int:
     print("targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in doc["met"].items()))
     stem = f"vs-plain-loop-cpu-{date.today().isoformat()}{'-' + args.tag if args.tag else ''}"
     path = write_json_atomic(args.out / f"{stem}.json", doc)
-    write_text_atomic(args.out / f"{stem}.md", f"# infer vs the plain loop, {doc['date']}\n\n{describe_system(system)[0]}\n\n"
+    machine = "; ".join(describe_system(system))  # the device, CPU (and load average) and versions
+    write_text_atomic(args.out / f"{stem}.md", f"# infer vs the plain loop, {doc['date']}\n\n{machine}\n\n"
                                          f"{text}\n\nthreads: {json.dumps(doc['threads'])}\n")
     print(f"wrote {path}")
     return 0

@@ -23,3 +23,32 @@ def test_no_frames_or_no_repeats_are_refused():
         with pytest.raises(DronsegError, match="take 1 or more"):
             parse_args(["--vs-plain-loop", *args])
     assert parse_args(["--vs-plain-loop", "--quick"]).repeats == 1
+
+
+def test_the_vs_plain_loop_markdown_names_the_machine_and_the_versions(tmp_path, monkeypatch):
+    """Before: the .md beside the JSON said only "device: cpu": no CPU model, load average or versions."""
+    import types
+
+    import cv2
+    import numpy as np
+
+    import vs_plain_loop  # as pipeline.py imports it
+
+    from benchmarks.pipeline import run_vs_plain_loop
+    from dronseg_edge import metadata
+
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 30, (64, 48))
+    writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    side = {"seconds": 1.0, "peak_mib": 100.0}
+    measured = {"medians": {key: side for key in ("plain", "infer", "plain_1", "infer_1")},
+                "stage_ms_per_frame": {"plain": None, "infer": None}, "throughput_ratio": 1.0, "peak_memory_ratio": 1.0,
+                "one_frame_extra_s": 0.0, "baseline": None, "met": {"throughput": False}}
+    monkeypatch.setattr(vs_plain_loop, "h264_clip", lambda source, path, frames: source)
+    monkeypatch.setattr(vs_plain_loop, "compare", lambda *args: dict(measured))
+    monkeypatch.setattr(metadata, "read_onnx_info", lambda path: types.SimpleNamespace(arch="a", input_size=(64, 48)))
+    run_vs_plain_loop(parse_args(["--vs-plain-loop", "--model", "m.onnx", "--video", str(clip), "--out", str(tmp_path),
+                                  "--work", str(tmp_path / "work"), "--tag", "t"]))
+    text = next(tmp_path.glob("vs-plain-loop-cpu-*-t.md")).read_text()
+    assert "cpu: " in text and "load average" in text and f"opencv {cv2.__version__}" in text
