@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
+import os
 import platform
 import re
 import sys
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from dronseg_edge import __version__
 from dronseg_edge.atomic import write_json_atomic
+from dronseg_edge.bench.system import cpu_model, load_average
 from dronseg_edge.data.aeroscapes import dataset_samples
 from dronseg_edge.data.augment import AugmentConfig
 from dronseg_edge.data.dataset import SegmentationDataset
@@ -66,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     size = parse_size(args.size)
+    load_start = load_average()  # before the run: the one after it counts its own loader workers
     seed_everything(0)
     scratch = None
     if args.data is None:
@@ -120,6 +123,8 @@ def run(args: argparse.Namespace) -> dict:
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "device": device_description(device),
         "host": platform.node(),
+        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "load_average_start": load_start,
+                "load_average": load_average()},
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                      "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "dronseg_edge": __version__},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -24,6 +24,7 @@ def test_quick_cpu_run_writes_results(tmp_path):
     assert result["images_per_s"] > 0 and 0 <= result["data_wait_frac"] < 1
     assert result["peak_memory_gib"] is None  # CPU run: no GPU memory to report
     assert result["versions"]["torch"] and result["device"].startswith("cpu")
+    assert len(result["cpu"]["load_average_start"]) == len(result["cpu"]["load_average"]) == 3  # none before
     assert result["settings"]["model"] == "lraspp_mobilenet_v3_large"
 
 
