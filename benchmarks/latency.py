@@ -30,17 +30,18 @@ from pathlib import Path
 
 import torch
 
-from dronseg_edge.atomic import write_json_atomic, write_text_atomic
-from dronseg_edge.bench.matrix import MatrixRow, Variant, run_matrix
-from dronseg_edge.bench.report import fmt_fps, fmt_ms, now_iso, render_table
-from dronseg_edge.bench.system import describe_system, load_average, system_info
-from dronseg_edge.bench.timing import TimingSettings
-from dronseg_edge.checkpoint import load_checkpoint, model_state, save_checkpoint
-from dronseg_edge.devices import device_description, resolve_device
-from dronseg_edge.errors import DronsegError
-from dronseg_edge.metadata import default_output_stride
-from dronseg_edge.models import ARCHS, build_model, output_strides
-from dronseg_edge.sizes import format_size, parse_size
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not one installed
+from dronseg_edge.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from dronseg_edge.bench.matrix import MatrixRow, Variant, run_matrix  # noqa: E402
+from dronseg_edge.bench.report import fmt_fps, fmt_ms, now_iso, render_table  # noqa: E402
+from dronseg_edge.bench.system import describe_system, load_average, system_info  # noqa: E402
+from dronseg_edge.bench.timing import TimingSettings  # noqa: E402
+from dronseg_edge.checkpoint import load_checkpoint, model_state, save_checkpoint  # noqa: E402
+from dronseg_edge.devices import device_description, resolve_device  # noqa: E402
+from dronseg_edge.errors import DronsegError  # noqa: E402
+from dronseg_edge.metadata import default_output_stride  # noqa: E402
+from dronseg_edge.models import ARCHS, build_model, output_strides  # noqa: E402
+from dronseg_edge.sizes import format_size, parse_size  # noqa: E402
 
 VARIANTS = (
     Variant("pytorch", "fp32", tf32=False),  # baseline: strict fp32 eager

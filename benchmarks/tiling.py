@@ -32,15 +32,16 @@ import cv2
 import numpy as np
 import torch
 
-from dronseg_edge.atomic import write_json_atomic, write_text_atomic
-from dronseg_edge.bench.report import now_iso
-from dronseg_edge.bench.system import describe_system, system_info
-from dronseg_edge.classes import CLASS_NAMES
-from dronseg_edge.errors import DronsegError
-from dronseg_edge.metrics import confusion_matrix, iou_from_confusion
-from dronseg_edge.pipeline import Segmenter
-from dronseg_edge.pipeline.tiling import MAX_OVERLAP
-from dronseg_edge.sizes import format_size, parse_size
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not one installed
+from dronseg_edge.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from dronseg_edge.bench.report import now_iso  # noqa: E402
+from dronseg_edge.bench.system import describe_system, system_info  # noqa: E402
+from dronseg_edge.classes import CLASS_NAMES  # noqa: E402
+from dronseg_edge.errors import DronsegError  # noqa: E402
+from dronseg_edge.metrics import confusion_matrix, iou_from_confusion  # noqa: E402
+from dronseg_edge.pipeline import Segmenter  # noqa: E402
+from dronseg_edge.pipeline.tiling import MAX_OVERLAP  # noqa: E402
+from dronseg_edge.sizes import format_size, parse_size  # noqa: E402
 
 SMALL = ("person", "bike", "car", "drone", "animal")
 SMALL_IDS = [CLASS_NAMES.index(name) for name in SMALL]

@@ -24,19 +24,20 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from dronseg_edge import __version__
-from dronseg_edge.atomic import write_json_atomic
-from dronseg_edge.bench.system import cpu_model, load_average
-from dronseg_edge.data.aeroscapes import dataset_samples
-from dronseg_edge.data.augment import AugmentConfig
-from dronseg_edge.data.dataset import SegmentationDataset
-from dronseg_edge.devices import device_description, resolve_device
-from dronseg_edge.errors import DronsegError
-from dronseg_edge.sizes import parse_size
-from dronseg_edge.train.config import TrainConfig
-from dronseg_edge.train.loop import train_one_epoch
-from dronseg_edge.train.rng import seed_everything
-from dronseg_edge.train.setup import build_criterion, loader_options, prepare_model, step_context
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not one installed
+from dronseg_edge import __version__  # noqa: E402
+from dronseg_edge.atomic import write_json_atomic  # noqa: E402
+from dronseg_edge.bench.system import cpu_model, load_average  # noqa: E402
+from dronseg_edge.data.aeroscapes import dataset_samples  # noqa: E402
+from dronseg_edge.data.augment import AugmentConfig  # noqa: E402
+from dronseg_edge.data.dataset import SegmentationDataset  # noqa: E402
+from dronseg_edge.devices import device_description, resolve_device  # noqa: E402
+from dronseg_edge.errors import DronsegError  # noqa: E402
+from dronseg_edge.sizes import parse_size  # noqa: E402
+from dronseg_edge.train.config import TrainConfig  # noqa: E402
+from dronseg_edge.train.loop import train_one_epoch  # noqa: E402
+from dronseg_edge.train.rng import seed_everything  # noqa: E402
+from dronseg_edge.train.setup import build_criterion, loader_options, prepare_model, step_context  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

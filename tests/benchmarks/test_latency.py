@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -61,3 +63,15 @@ def test_a_selection_that_leaves_nothing_to_measure_is_refused(tmp_path):
         with pytest.raises(DronsegError, match=option):
             main([*args, *common])
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("script", ["latency", "pipeline", "live_outputs", "tiling", "train_throughput"])
+def test_a_script_runs_the_package_of_its_own_checkout(tmp_path, script):
+    """Before: ``python benchmarks/X.py`` in one checkout imported whichever dronseg_edge came first on the path
+    (an editable install of another checkout, a PYTHONPATH), and measured that one under this one's name."""
+    other = tmp_path / "other" / "dronseg_edge"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("raise SystemExit('imported another checkout')\n")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--help"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path / "other")})
+    assert done.returncode == 0 and done.stdout.startswith("usage:"), done.stderr[-500:]
