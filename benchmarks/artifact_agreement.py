@@ -7,7 +7,7 @@ writes for both files are collected beside. Run from a checkout with this packag
 or with ``--package DIR`` for another checkout (a worktree of the commit before a change), so a
 change is measured before/after on the same model, video and machine:
 
-    python benchmarks/artifact_agreement.py --work runs/agree                  # trains the tiny model once
+    python benchmarks/artifact_agreement.py --work runs/agree                  # trains the tiny model once per --epochs
     python benchmarks/artifact_agreement.py --work runs/agree --package ../before --tag before
 
 The model: LR-ASPP-MobileNetV3 at 320x192 trained on `synth` data for a few epochs on the CPU (the
@@ -43,7 +43,7 @@ def cli(package: Path, *args: str) -> None:
 
 def trained_model(work: Path, epochs: int) -> tuple[Path, Path]:
     """(checkpoint, video): the demo recipe, made once under ``work`` with this checkout."""
-    data, run = work / "data", work / "train"
+    data, run = work / "data", work / f"train-{epochs}e"  # another --epochs is another model, not the cached one
     checkpoint = run / "weights" / "best.pt"
     if not checkpoint.is_file():
         cli(HERE.parent, "synth", str(data), "--images", "64", "--size", "320x192", "--video-frames", "60", "--seed", "0")

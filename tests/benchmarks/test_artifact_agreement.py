@@ -38,3 +38,23 @@ def test_the_same_run_twice_measures_twice(tmp_path, monkeypatch):
             for _ in range(2)]
     assert runs[0] == runs[1] and runs[1]["frames"] == 3
     assert runs[1]["agreement"]["checkpoint vs frames"] == {"mean": 1.0, "min": 1.0}
+
+
+def test_another_epochs_trains_another_model(tmp_path, monkeypatch):
+    """Before: the model was cached as WORK/train whatever --epochs said, so --epochs 30 after a run with --epochs 1
+    compared the 1-epoch model's artifacts, and the results said nothing of it."""
+    trained = []
+
+    def cli(package: Path, command: str, *args: str) -> None:
+        out = Path(args[args.index("--out") + 1] if "--out" in args else args[0])
+        if command == "train":
+            trained.append(args[args.index("--epochs") + 1])
+            (out / "weights").mkdir(parents=True)
+            (out / "weights" / "best.pt").write_bytes(b"checkpoint")
+        else:  # synth: the data set, or the video
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "video.mp4").write_bytes(b"video")
+
+    monkeypatch.setattr(artifact_agreement, "cli", cli)
+    one, two, again = (artifact_agreement.trained_model(tmp_path, epochs)[0] for epochs in (1, 2, 1))
+    assert trained == ["1", "2"] and one != two and again == one
