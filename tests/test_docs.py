@@ -76,3 +76,10 @@ def test_every_test_the_docs_cite_exists():
             if name and files and not any(re.search(rf"def {name}\b", tests[p]) for p in files):
                 missing.append(f"{doc}:{number}: {name} in {path or 'the file before'}")
     assert not missing, "\n".join(missing)
+
+
+def test_every_suggested_systemd_unit_counts_the_exit_after_a_stop_as_success():
+    """SIGTERM exits 130, a failure to systemd unless SuccessExitStatus=130: `systemctl stop` left the unit failed."""
+    for doc in DOCS:
+        text = " ".join(doc.read_text().replace("`", "").split())
+        assert text.count("RestartPreventExitStatus=2 3 4") == text.count("SuccessExitStatus=130"), doc.name

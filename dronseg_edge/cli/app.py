@@ -13,7 +13,7 @@ EXIT_CODES_HELP = (
     "do not restart); 3 an optional runtime (TensorRT, ONNX Runtime, CUDA) is missing; 4 a parity check "
     "failed; 5 runtime failure a restart may cure (disk full or read-only, stream lost beyond "
     "--reconnect-s, backend failed mid-run); 130 interrupted (Ctrl-C, SIGTERM). "
-    "systemd: Restart=on-failure with RestartPreventExitStatus=2 3 4."
+    "systemd: Restart=on-failure with RestartPreventExitStatus=2 3 4 and SuccessExitStatus=130 (a stop is no failure)."
 )
 
 class _OneConvention:
