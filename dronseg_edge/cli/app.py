@@ -8,11 +8,15 @@ from typer.core import TyperCommand, TyperGroup
 from dronseg_edge import __version__
 
 # One paragraph (rich re-wraps help text): what a supervisor such as systemd can act on.
+# Codes 5 and 130, in this and in `infer -h` (cli/infer_cmd.py).
+RESTART_EXIT_CODES = (
+    "5 runtime failure a restart may cure: disk full or read-only, a stream lost beyond --reconnect-s, a camera "
+    "or stream that cannot be opened, the backend failing mid-run; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP)"
+)
 EXIT_CODES_HELP = (
     "Exit codes: 0 done; 1 `checks` found a FAIL; 2 usage or configuration error (fix the command, "
     "do not restart); 3 an optional runtime (TensorRT, ONNX Runtime, CUDA) is missing; 4 a parity check "
-    "failed; 5 runtime failure a restart may cure (disk full or read-only, stream lost beyond "
-    "--reconnect-s, backend failed mid-run); 130 interrupted (Ctrl-C, SIGTERM). "
+    f"failed; {RESTART_EXIT_CODES}. "
     "systemd: Restart=on-failure with RestartPreventExitStatus=2 3 4 and SuccessExitStatus=130 (a stop is no failure)."
 )
 

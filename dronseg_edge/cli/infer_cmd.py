@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from dronseg_edge.cli.app import app
+from dronseg_edge.cli.app import RESTART_EXIT_CODES, app
 from dronseg_edge.cli.outputs import check_out_dir
 from dronseg_edge.cli.params import Device, Meta, takes
 from dronseg_edge.pipeline.capture_options import CaptureOptions
@@ -48,10 +48,8 @@ LIVE_EXAMPLES = (
 
 INFER_EXIT_CODES = (
     "Exit codes: 0 finished (the source ended, a finite stream its server closed included, or a limit was "
-    "reached); 2 usage or configuration error: fix the command; 3 a backend is missing; 5 runtime failure a "
-    "restart may cure: disk full or read-only (--out), a stream lost beyond --reconnect-s, a camera or stream "
-    "that cannot be opened, the backend failing mid-run; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP). In every "
-    "case but a usage error the outputs are closed complete up to the last frame and summary.json says why "
+    f"reached); 2 usage or configuration error: fix the command; 3 a backend is missing; {RESTART_EXIT_CODES}. "
+    "In every case but a usage error the outputs are closed complete up to the last frame and summary.json says why "
     "the run stopped (docs/reliability.md)."
 )
 

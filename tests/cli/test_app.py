@@ -38,7 +38,8 @@ def test_help_exits_zero_and_lists_the_commands_and_exit_codes(capsys):
         assert command in out
     text = " ".join(out.split())
     for words in ("Exit codes: 0 done", "2 usage or configuration error", "3 an optional runtime", "4 a parity check",
-                  "5 runtime failure a restart may cure", "130 interrupted", "RestartPreventExitStatus=2 3 4",
+                  "5 runtime failure a restart may cure", "a camera or stream that cannot be opened",
+                  "130 interrupted (Ctrl-C, SIGTERM, SIGHUP)", "RestartPreventExitStatus=2 3 4",
                   "SuccessExitStatus=130"):
         assert words in text, words
 
