@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from dronseg_edge.cli.app import app
+from dronseg_edge.cli.outputs import check_out_dir
 from dronseg_edge.sizes import format_size, parse_size
 
 
@@ -23,6 +24,7 @@ def synth(
 ) -> None:
     from dronseg_edge.data.synthetic import synthesize
 
+    check_out_dir(out_dir, "OUT_DIR")
     result = synthesize(out_dir, images=images, size=parse_size(size), video_frames=video_frames, seed=seed,
                         test_fraction=test_fraction, fps=fps, force=force, progress=True)
     root = result.root

@@ -37,6 +37,8 @@ def _same_file(path: Path, other: Path) -> bool:
 def check_out_dir(path: os.PathLike | str, option: str = "--out") -> Path:
     """Refuse an output folder ``path`` that cannot be created or written (DronsegError, exit code 2)."""
     path = Path(path)
+    if path == STDOUT:  # not standard output here, as for check_out_file: a folder named '-' is a surprise
+        raise DronsegError(f"{option} - would write into a folder named '-': give a folder name")
     reason = unwritable(path)[1]
     if reason is None:
         return path

@@ -93,6 +93,16 @@ def test_the_checks_create_nothing(tmp_path):
         check_out_file("-", "--markdown")  # bench --markdown -: '-' is standard output only for --json
 
 
+@pytest.mark.parametrize("args", [["synth", "-"], ["infer", "m.onnx", "v.mp4", "--out", "-"],
+                                  ["export", "m.pt", "--out", "-"], ["train", "--data", ".", "--out", "-"],
+                                  ["bench", "m.pt", "--matrix", "--out", "-"]])
+def test_an_output_folder_named_dash_is_refused_not_made(args, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(capsys, *args)
+    assert code == 2 and err.startswith("error: ") and "would write into a folder named '-'" in err, err
+    assert not (tmp_path / "-").exists()
+
+
 def test_infer_refuses_an_unwritable_out_before_opening_the_model(tmp_path, monkeypatch, capsys):
     from dronseg_edge.cli import main
 
