@@ -144,16 +144,22 @@ def main(argv: list[str] | None = None) -> None:
     missing = [str(path) for path, frame in zip(args.frames, frames) if frame is None]
     if missing:
         raise SystemExit(f"cannot read {', '.join(missing)} as images")
+    masks = {}  # a.jpg and a.png would both write a.mask.png: the second replaced the first
+    for path in args.frames:
+        if masks.setdefault(path.with_suffix(".mask.png"), path) != path:
+            raise SystemExit(f"error: {masks[path.with_suffix('.mask.png')]} and {path} would both write "
+                             f"{path.with_suffix('.mask.png')}: rename one")
     try:
         if args.onnxruntime:
             config, outputs = infer_onnxruntime(Path(args.model), frames)
         else:
             config, outputs = infer_triton(args.url, args.model, frames)
         check_outputs(config, outputs, len(frames))
-    except (ValueError, OSError) as exc:  # too many frames, mixed sizes, no config.pbtxt: one line, as above
+        maps = class_maps(config, outputs)
+    except (ValueError, OSError) as exc:  # too many frames, mixed sizes, no config.pbtxt, an unnamed class: one line
         raise SystemExit(f"error: {exc}") from None
     names = class_names(config) or [f"class {index}" for index in range(256)]
-    for path, classes in zip(args.frames, class_maps(config, outputs)):
+    for path, classes in zip(args.frames, maps):
         cv2.imwrite(str(path.with_suffix(".mask.png")), classes)  # class indices as grey levels
         print(f"{path}: {classes.shape[1]}x{classes.shape[0]} class map, classes "
               f"{', '.join(names[c] for c in np.unique(classes))}; wrote {path.with_suffix('.mask.png')}")

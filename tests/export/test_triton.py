@@ -453,6 +453,18 @@ def test_the_client_program_says_what_is_wrong_in_one_line(client, variants, tmp
             client.main([*map(str, args), "--onnxruntime"])
         assert str(exit_info.value.code).startswith(message)
 
+
+def test_the_client_program_refuses_two_frames_one_mask_name_and_an_unnamed_class(client, variants, tmp_path, monkeypatch):
+    for name in ("a.png", "a.jpg"):
+        cv2.imwrite(str(tmp_path / name), sent_frames(1)[0])
+    with pytest.raises(SystemExit) as exit_info:  # a.jpg's a.mask.png replaced a.png's
+        client.main([str(variants["frames_dynamic"]), str(tmp_path / "a.png"), str(tmp_path / "a.jpg"), "--onnxruntime"])
+    assert str(exit_info.value.code).endswith("would both write " + str(tmp_path / "a.mask.png") + ": rename one")
+    monkeypatch.setattr(client, "class_names", lambda config: ["only"])  # a traceback, outside the try
+    with pytest.raises(SystemExit) as exit_info:
+        client.main([str(variants["frames_dynamic"]), str(tmp_path / "a.png"), "--onnxruntime"])
+    assert str(exit_info.value.code).startswith("error: class index ")
+
 def test_the_docs_show_lines_of_the_client_itself():
     """docs/triton.md's excerpt cannot drift from docs/triton_client.py, which the tests above run."""
     text = (CLIENT_FILE.parent / "triton.md").read_text()
