@@ -11,7 +11,7 @@ import typer
 from dronseg_edge.atomic import write_text_atomic
 from dronseg_edge.bench.options import BenchOptions, TimingSettings
 from dronseg_edge.cli.app import app
-from dronseg_edge.cli.outputs import check_json_out, check_out_dir, check_out_file, data_files, json_out, text_out
+from dronseg_edge.cli.outputs import check_json_out, check_out_dir, data_files, json_out, text_out
 from dronseg_edge.cli.params import Json, takes
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.sizes import format_size
@@ -40,7 +40,7 @@ def bench(
     inputs = [*models, options.meta, *data_files(options.data)]
     check_json_out(json_path, inputs)  # fail now, not after minutes of measuring
     if markdown_path is not None:
-        check_out_file(markdown_path, "--markdown", inputs)
+        check_json_out(markdown_path, inputs, "--markdown")
         if json_path is not None and markdown_path.resolve() == json_path.resolve():  # the Markdown would replace the JSON
             raise DronsegError(f"--markdown {markdown_path} is also the --json file: give the two different names")
     if matrix:  # a new --out named as the file too: the JSON was refused as a folder after every export

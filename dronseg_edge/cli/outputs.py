@@ -81,11 +81,12 @@ def data_files(root: os.PathLike | str | None) -> list[Path]:
     return [] if root is None else [Path(root) / name for name in ("train.csv", "test.csv", "sampleSubmission.csv")]
 
 
-def check_json_out(path: Path | None, inputs=()) -> None:
-    """Refuse a ``--json`` file that cannot be written or is one of ``inputs`` or a CSV of the data set it lies in (the
-    one a checkpoint records is read without --data), before any work (``-`` is standard output)."""
-    if path is not None and path != STDOUT:
-        check_out_file(path, "--json", (*inputs, *data_files(path.parent if _is_dir(path.parent / "imgs/imgs") else None)))
+def check_json_out(path: Path | None, inputs=(), option: str = "--json") -> None:
+    """Refuse a ``--json`` (or other report ``option``) file that cannot be written or is one of ``inputs`` or a CSV of
+    the data set it lies in (the one a checkpoint records is read without --data), before any work (``--json -`` is
+    standard output)."""
+    if path is not None and (path != STDOUT or option != "--json"):
+        check_out_file(path, option, (*inputs, *data_files(path.parent if _is_dir(path.parent / "imgs/imgs") else None)))
 
 
 def _echo(text: str, err: bool = False) -> None:

@@ -183,7 +183,8 @@ def test_an_output_over_the_data_sets_csv_is_refused(args, tiny_checkpoint, tmp_
     assert csv.read_text() == "ImageID\n000001_001\n"
 
 
-@pytest.mark.parametrize("command", [["eval", "--split", "all"], ["parity", "{ckpt}"]])
+@pytest.mark.parametrize("command", [["eval", "--split", "all"], ["parity", "{ckpt}"], ["bench", "--matrix"],
+                                     ["bench", "--matrix", "--markdown"]])
 def test_an_output_over_the_csv_of_the_data_set_the_checkpoint_records_is_refused(command, tiny_checkpoint, tmp_path, capsys):
     """Without --data the checkpoint's recorded data set is read: `eval best.pt --json DATA/train.csv` replaced its CSV."""
     import torch
@@ -196,8 +197,9 @@ def test_an_output_over_the_csv_of_the_data_set_the_checkpoint_records_is_refuse
     state = torch.load(tiny_checkpoint, weights_only=True)
     ckpt = save_checkpoint(tmp_path / "best.pt", {**state, "config": {"data": str(tmp_path / "data")}})
     args = [ckpt if arg == "{ckpt}" else arg for arg in command]
-    code, stderr = run_cli(capsys, args[0], ckpt, *args[1:], "--json", csv, "--device", "cpu")
-    assert code == 2 and f"error: --json {csv} is also an input" in stderr, stderr
+    flag = "--markdown" if "--markdown" in args else "--json"  # bench --markdown went through check_out_file alone
+    code, stderr = run_cli(capsys, args[0], ckpt, *[arg for arg in args[1:] if arg != flag], flag, csv, "--device", "cpu")
+    assert code == 2 and f"error: {flag} {csv} is also an input" in stderr, stderr
     assert csv.read_text() == "ImageID\n000001_001\n"
 
 
