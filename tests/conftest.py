@@ -35,7 +35,8 @@ def scenes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, scenes):
     """The suite's one trained model: LR-ASPP trained by the package's own loop for 10 epochs on ``scenes``
-    (stratified 80/20 split, so validation = 8 images); a FitResult (run_dir, best, last, ...).
+    (stratified 80/20 split, so validation = 8 images; the initial weights validated as epoch 0); a FitResult
+    (run_dir, best, last, ...).
 
     Trained once for every test that needs decisive logits (export parity, backend agreement, the
     pipeline's class maps, eval and submit).

@@ -297,6 +297,8 @@ def train_tiny_run(root: Path, out: Path, epochs: int = 10):
     than a trained one, which made int8 parity meaningless (about 97 % agreement with a trained head
     on a random backbone, 99.6 % when everything is trained). The run folder holds the ``config`` and
     ``split`` a training run writes, so the default data paths of eval and export are exercised too.
+    The initial weights are validated too (metrics.csv row 0; validation changes no weight), so the run
+    also shows that training raises the validation scores (tests/train/test_fit.py).
     """
     from dronseg_edge.data.augment import AugmentConfig
     from dronseg_edge.train.config import TrainConfig
@@ -304,7 +306,7 @@ def train_tiny_run(root: Path, out: Path, epochs: int = 10):
 
     cfg = TrainConfig(data=str(root), out=str(out), model=TINY_ARCH, weights="none", size=TINY_SIZE, epochs=epochs,
                       batch=4, lr=0.005, optimizer="adamw", bn_momentum=0.1, device="cpu", workers=0, seed=0,
-                      tensorboard=False, plots=False, augment=AugmentConfig(enabled=False))
+                      tensorboard=False, plots=False, augment=AugmentConfig(enabled=False), val_at_start=True)
     return fit(cfg, log=lambda _m: None)
 
 
