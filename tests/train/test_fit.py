@@ -2,6 +2,7 @@
 
 import csv
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -102,25 +103,28 @@ def test_best_val_loss_is_reported_as_the_loss(synth_root, tmp_path):
     assert any(line.startswith(f"done: best val_loss {lowest:.4f} ") for line in said), said[-1]
 
 
-def _train_cmd(root, out, epochs, workers=0):
+def _train_cmd(root, out, epochs, workers=0, max_steps=0):
     return [sys.executable, "-m", "dronseg_edge", "train", "--data", str(root), "--out", str(out),
             "--model", "lraspp_mobilenet_v3_large", "--weights", "none", "--size", "96x64", "--epochs", str(epochs),
             "--batch", "4", "--lr", "0.005", "--optimizer", "adamw", "--bn-momentum", "0.1", "--device", "cpu", "--workers", str(workers),
-            "--no-tensorboard", "--seed", "0"]
+            "--no-tensorboard", "--seed", "0", "--max-steps-per-epoch", str(max_steps)]
 
 
 def test_resume_after_kill_continues_exactly(synth_root, tmp_path, monkeypatch):
-    epochs = 4
-    reference = fit(config(synth_root, tmp_path / "ref", epochs=epochs), log=lambda _m: None)
+    # 4 epochs of 2 steps (of the 7 batches): each epoch still shuffles and augments anew, in both workers.
+    epochs, max_steps = 4, 2
+    reference = fit(config(synth_root, tmp_path / "ref", epochs=epochs, max_steps_per_epoch=max_steps), log=lambda _m: None)
 
     run = tmp_path / "killed"
     # The killed and resumed runs load with 2 persistent workers, the reference in-process: the weights
     # still match, so neither the resume nor the worker count changes shuffling or augmentation. The
     # killed run forks its workers; the resumed one starts them by forkserver (Python 3.14's default on
-    # Linux; macOS spawns), so what a worker is handed must pickle and seed itself the same way.
+    # Linux; macOS spawns), so what a worker is handed must pickle and seed itself the same way. The fork
+    # server imports the package once (a fresh interpreter still), not each of the 4 workers on its own.
+    multiprocessing.set_forkserver_preload(["__main__", "dronseg_edge.train.setup"])
     options = setup.loader_options
     monkeypatch.setattr(setup, "loader_options", lambda *a: {**options(*a), "multiprocessing_context": "forkserver"})
-    proc = subprocess.Popen(_train_cmd(synth_root, run, epochs, workers=2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_train_cmd(synth_root, run, epochs, workers=2, max_steps=max_steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "weights" / "last.pt"
     deadline = time.time() + 300
     while not last.exists() and proc.poll() is None and time.time() < deadline:
