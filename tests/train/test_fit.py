@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 from ddp_probe import launch, torchrun
+from testkit import write_scenes
 
 from dronseg_edge.checkpoint import load_checkpoint
 from dronseg_edge.errors import DronsegError
@@ -235,10 +236,11 @@ def test_ddp_ranks_stay_identical_after_unfreezing(synth_root, tmp_path):
     assert frozen["rank_gap"] == unfrozen["rank_gap"] == 0.0  # ...with gradients averaged over the ranks
 
 
-def test_accumulation_aux_head_freezing_and_bf16(synth_root, tmp_path):
+def test_accumulation_aux_head_freezing_and_bf16(tmp_path):
     """Options that change the step: 3-batch accumulation (last group partial), the DeepLabV3 aux head,
     frozen-then-unfrozen backbone stages, class weights, Tversky, poly schedule, SGD, bf16 autocast."""
-    cfg = config(synth_root, tmp_path / "opts", model="deeplabv3_mobilenet_v3_large", epochs=2, batch=2,
+    write_scenes(tmp_path / "data", count=10, frames=0)  # 8 train images: 4 batches of 2, stepped as 3 and a partial 1
+    cfg = config(tmp_path / "data", tmp_path / "opts", model="deeplabv3_mobilenet_v3_large", epochs=2, batch=2,
                  accumulate=3, aux_loss=True, freeze_stages=2, unfreeze_epoch=1, class_weights="inverse_sqrt",
                  loss="tversky", scheduler="poly", optimizer="sgd", lr=0.01, amp="bf16", grad_clip=1.0,
                  max_steps_per_epoch=0)
