@@ -48,3 +48,24 @@ def trained_run(tmp_path_factory, scenes):
 def trained_checkpoint(trained_run) -> Path:
     """weights/best.pt of ``trained_run``."""
     return trained_run.best
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory):
+    """``onnx_export(checkpoint, **options)``: the path of the file ``export_artifact`` writes of ``checkpoint`` with
+    ``options`` (ExportOptions fields; no parity, on the CPU), exported once per session for each checkpoint and
+    options alike, each in a folder of its own. Shared by every module that asks: read it, never change it."""
+    import dataclasses
+
+    from dronseg_edge.export import ExportOptions, export_artifact
+
+    made: dict[tuple[str, str], Path] = {}
+
+    def export(checkpoint: Path, **options) -> Path:
+        options = {"parity": False, "device": "cpu", **options}
+        key = (str(checkpoint), repr(dataclasses.replace(ExportOptions(), **options)))
+        if key not in made:
+            made[key] = export_artifact(checkpoint, out_dir=tmp_path_factory.mktemp("onnx"), **options).path
+        return made[key]
+
+    return export

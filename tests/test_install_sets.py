@@ -123,14 +123,10 @@ def test_checks_on_a_machine_where_nothing_can_run_a_model_exits_1(core_python):
 
 
 @pytest.fixture(scope="module")
-def onnx_model(tiny_checkpoint, tmp_path_factory) -> Path:
+def onnx_model(tiny_checkpoint, onnx_export) -> Path:
     """The tiny model's ONNX file. Its random weights leave near-tied logits, which is fine here: both
     installs run the same host code with the same numpy, ONNX Runtime and OpenCV (SAME_VERSIONS)."""
-    from dronseg_edge.export import export_artifact
-
-    result = export_artifact(tiny_checkpoint, fmt="onnx", precision="fp32", parity=False, device="cpu",
-                             out_dir=tmp_path_factory.mktemp("onnx"))
-    return result.path
+    return onnx_export(tiny_checkpoint)
 
 
 def _masks(folder: Path) -> dict[str, np.ndarray]:

@@ -107,12 +107,9 @@ def test_json_path_that_is_a_folder_fails_before_measuring(tiny_checkpoint, tmp_
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tiny_checkpoint, tmp_path_factory):
+def tiny_onnx(tiny_checkpoint, onnx_export):
     """The tiny checkpoint exported as a static 96x64, batch-1 fp32 ONNX file."""
-    from dronseg_edge.export import export_artifact
-
-    return export_artifact(tiny_checkpoint, fmt="onnx", precision="fp32", out_dir=tmp_path_factory.mktemp("onnx"),
-                           parity=False, device="cpu").path
+    return onnx_export(tiny_checkpoint)
 
 
 def test_bench_onnx_and_checkpoint_side_by_side(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
@@ -222,12 +219,10 @@ def test_engine_on_cpu_is_refused_before_measuring(tiny_checkpoint, tmp_path, ca
     assert_one_error_line(err, out, f"TensorRT engine {engine} runs on a CUDA GPU only")
 
 
-def test_meta_describes_one_file(tiny_checkpoint, tmp_path, capsys):
+def test_meta_describes_one_file(tiny_onnx, tmp_path, capsys):
     import onnx
 
-    from dronseg_edge.export import export_artifact
-
-    ours = export_artifact(tiny_checkpoint, device="cpu", out_dir=tmp_path, parity=False).path
+    ours = tiny_onnx
     graph = onnx.load(str(ours))
     del graph.metadata_props[:]
     foreign = tmp_path / "foreign.onnx"

@@ -289,13 +289,10 @@ def test_gstreamer_sources_from_the_command_line(source, kind, pipeline_part, ti
     assert (summary["frames"], summary["frame_size"], summary["hw_decode"]) == (3, "64x48", None)
 
 
-def _foreign_copy(tiny_checkpoint, folder):
-    """(our fp32 ONNX of tiny_checkpoint, the same graph with its metadata stripped, as a foreign tool leaves it)."""
+def _foreign_copy(ours, folder):
+    """(``ours``, an fp32 ONNX file of ours, the same graph with its metadata stripped, as a foreign tool leaves it)."""
     import onnx
 
-    from dronseg_edge.export import export_artifact
-
-    ours = export_artifact(tiny_checkpoint, device="cpu", out_dir=folder, parity=False).path
     graph = onnx.load(str(ours))
     del graph.metadata_props[:]
     foreign = folder / "foreign.onnx"
@@ -303,8 +300,8 @@ def _foreign_copy(tiny_checkpoint, folder):
     return ours, foreign
 
 
-def test_a_foreign_onnx_runs_with_meta_and_is_refused_without(tiny_checkpoint, media, tmp_path, capsys):
-    ours, foreign = _foreign_copy(tiny_checkpoint, tmp_path)
+def test_a_foreign_onnx_runs_with_meta_and_is_refused_without(tiny_checkpoint, onnx_export, media, tmp_path, capsys):
+    ours, foreign = _foreign_copy(onnx_export(tiny_checkpoint), tmp_path)
     code, out, err = run_cli(capsys, foreign, media["folder"], "--out", tmp_path / "a", "--device", "cpu", "--meta", ours)
     assert code in (0, None), err
     assert f"model: {foreign} -> onnxruntime" in out and (tmp_path / "a" / "masks" / "one.png").is_file()
@@ -327,11 +324,11 @@ def test_a_file_url_to_a_missing_file_is_exit_2_not_a_stream_to_wait_for(tiny_ch
     assert not (tmp_path / "run").exists()
 
 
-def test_three_class_metadata_on_a_twelve_class_model_is_exit_2(tiny_checkpoint, media, tmp_path, capsys):
+def test_three_class_metadata_on_a_twelve_class_model_is_exit_2(tiny_checkpoint, onnx_export, media, tmp_path, capsys):
     """Issue 19: it ran with exit 0, mask values up to 9, every stat 0.0 and black colours."""
     import onnx
 
-    ours, _ = _foreign_copy(tiny_checkpoint, tmp_path)
+    ours, _ = _foreign_copy(onnx_export(tiny_checkpoint), tmp_path)
     graph = onnx.load(str(ours))
     for entry in graph.metadata_props:
         if entry.key in ("class_names", "palette"):

@@ -223,10 +223,8 @@ def test_a_new_run_never_overwrites_its_own_weights_file(capsys, synth_root, tin
     assert best.read_bytes() == tiny_checkpoint.read_bytes()
 
 
-def test_eval_scores_an_onnx_file_like_its_checkpoint(capsys, trained_run, tmp_path):
-    from dronseg_edge.export import export_artifact
-
-    onnx_file = export_artifact(trained_run.best, device="cpu", out_dir=tmp_path, parity=False).path
+def test_eval_scores_an_onnx_file_like_its_checkpoint(capsys, trained_run, onnx_export, tmp_path):
+    onnx_file = onnx_export(trained_run.best)
     code, out, err = run_cli(capsys, "eval", onnx_file, "--device", "cpu", "--json", tmp_path / "onnx.json")
     assert code == 0, err
     assert "onnxruntime" in out and "val split recorded in" in out and "competition" in out

@@ -11,7 +11,6 @@ import torch
 
 from dronseg_edge.data.aeroscapes import read_mask
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.export import export_artifact
 from dronseg_edge.export.accuracy import (DEFAULT_SEED, DEFAULT_VAL_FRACTION, evaluate_artifact, score_backend,
                                           split_samples_for)
 from dronseg_edge.metadata import ModelInfo
@@ -20,9 +19,8 @@ from testkit import FakeBackend
 
 
 @pytest.fixture(scope="module")
-def fp32_onnx(trained_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("accuracy")
-    return export_artifact(trained_checkpoint, device="cpu", out_dir=out, parity=False).path
+def fp32_onnx(trained_checkpoint, onnx_export):
+    return onnx_export(trained_checkpoint)
 
 
 def _val_ids(trained_run) -> list[str]:
@@ -128,11 +126,11 @@ def test_pixels_reach_the_artifact_as_preprocess_host_makes_them(trained_run):
     np.testing.assert_array_equal(got[0].numpy(), want)
 
 
-def test_eval_of_a_file_whose_metadata_lies_names_the_file_not_the_data(tiny_checkpoint, synth_root, tmp_path):
+def test_eval_of_a_file_whose_metadata_lies_names_the_file_not_the_data(tiny_checkpoint, onnx_export, synth_root, tmp_path):
     """Issue 19: 3 class names on a 12-class model blamed good data ("mask ... holds values outside 0..2")."""
     import onnx
 
-    model = onnx.load(str(export_artifact(tiny_checkpoint, device="cpu", out_dir=tmp_path, parity=False).path))
+    model = onnx.load(str(onnx_export(tiny_checkpoint)))
     for entry in model.metadata_props:
         if entry.key in ("class_names", "palette"):
             entry.value = json.dumps(["a", "b", "c"] if entry.key == "class_names" else [[1, 2, 3]] * 3)

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def good_export(tiny_checkpoint, tmp_path_factory) -> Path:
+def good_export(tiny_checkpoint, onnx_export) -> Path:
     """A finished fp32 export of the tiny checkpoint (parity not checked: not what these tests are about)."""
-    return export_artifact(tiny_checkpoint, out_dir=tmp_path_factory.mktemp("good"), parity=False, device="cpu").path
+    return onnx_export(tiny_checkpoint)
 
 
 @pytest.fixture

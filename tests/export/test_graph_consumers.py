@@ -25,7 +25,6 @@ from onnx import TensorProto, helper
 from testkit import side_env, side_venv
 from trt_parser_rules import check_graph
 
-from dronseg_edge.export import export_artifact
 from dronseg_edge.metadata import read_onnx_info
 from dronseg_edge.runtime.host import preprocess_host, resize_frame
 
@@ -49,11 +48,11 @@ MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.995, "int8": 0.98}  # parity's default
 
 
 @pytest.fixture(scope="module")
-def graphs(trained_checkpoint, scenes, tmp_path_factory) -> dict[str, Path]:
+def graphs(trained_checkpoint, scenes, onnx_export) -> dict[str, Path]:
     """Every variant of the suite's trained model, exported without parity (the export tests judge that)."""
-    out = tmp_path_factory.mktemp("consumers")
-    return {name: export_artifact(trained_checkpoint, parity=False, calib_data=scenes, calib_images=4,
-                                  out_dir=out / name, **changes).path for name, changes in VARIANTS.items()}
+    calibration = dict(calib_data=scenes, calib_images=4)
+    return {name: onnx_export(trained_checkpoint, **changes, **(calibration if changes.get("precision") == "int8" else {}))
+            for name, changes in VARIANTS.items()}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

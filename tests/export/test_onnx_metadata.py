@@ -12,7 +12,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 import dronseg_edge.metadata as metadata_module
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.export import export_artifact
 from dronseg_edge.metadata import (
     _decode_props,
     ModelInfo,
@@ -81,12 +80,9 @@ def test_corrupt_or_missing_onnx_is_a_clear_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_checkpoint, tmp_path_factory):
+def exported(tiny_checkpoint, onnx_export):
     """Real exports of the tiny checkpoint: fp32 logits and a dynamic argmax file (no parity: not this module's business)."""
-    out = tmp_path_factory.mktemp("exported")
-    logits = export_artifact(tiny_checkpoint, out_dir=out, device="cpu", parity=False).path
-    argmax = export_artifact(tiny_checkpoint, head="argmax", dynamic=True, out_dir=out, device="cpu", parity=False).path
-    return logits, argmax
+    return onnx_export(tiny_checkpoint), onnx_export(tiny_checkpoint, head="argmax", dynamic=True)
 
 
 def onnx_props(path) -> list[tuple[str, str]]:
@@ -278,15 +274,13 @@ def test_foreign_plain_text_entries_become_json_strings():
 
 
 @pytest.fixture(scope="module")
-def every_kind(tiny_checkpoint, synth_root, tmp_path_factory):
+def every_kind(tiny_checkpoint, synth_root, onnx_export):
     """fp32, fp16 and int8 tensors files and an fp32 frames file of the tiny checkpoint (no parity)."""
-    out = tmp_path_factory.mktemp("kinds")
-    common = dict(out_dir=out, device="cpu", parity=False)
     return {
-        "fp32": export_artifact(tiny_checkpoint, **common).path,
-        "fp16": export_artifact(tiny_checkpoint, precision="fp16", **common).path,
-        "int8": export_artifact(tiny_checkpoint, precision="int8", calib_data=synth_root, calib_images=4, **common).path,
-        "frames": export_artifact(tiny_checkpoint, io="frames", **common).path,
+        "fp32": onnx_export(tiny_checkpoint),
+        "fp16": onnx_export(tiny_checkpoint, precision="fp16"),
+        "int8": onnx_export(tiny_checkpoint, precision="int8", calib_data=synth_root, calib_images=4),
+        "frames": onnx_export(tiny_checkpoint, io="frames"),
     }
 
 

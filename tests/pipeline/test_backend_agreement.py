@@ -16,16 +16,11 @@ from dronseg_edge.pipeline import RunOptions, Segmenter, run_inference
 from testkit import SAME_PREPOST_MARGIN, assert_same_classes_where_decided
 
 pytest.importorskip("onnxruntime", reason="the ONNX Runtime backend needs onnxruntime (extra: ort)")
-from dronseg_edge.export import export_artifact  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def onnx_models(trained_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx")
-    logits = export_artifact(trained_checkpoint, fmt="onnx", precision="fp32", out_dir=out, parity=False, device="cpu")
-    argmax = export_artifact(trained_checkpoint, fmt="onnx", precision="fp32", head="argmax", out_dir=out,
-                             parity=False, device="cpu")
-    return {"logits": logits.path, "argmax": argmax.path}
+def onnx_models(trained_checkpoint, onnx_export):
+    return {"logits": onnx_export(trained_checkpoint), "argmax": onnx_export(trained_checkpoint, head="argmax")}
 
 
 def test_trained_fixture_predicts_several_classes(trained_checkpoint):

@@ -68,16 +68,14 @@ def test_a_runtime_error_before_any_frame_keeps_its_traceback(segmenter, video_p
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["stopped"] == "error"
 
 
-def test_onnxruntimes_own_errors_are_backend_failures_told_by_their_type(tiny_checkpoint, video_path, tmp_path,
-                                                                        monkeypatch):
+def test_onnxruntimes_own_errors_are_backend_failures_told_by_their_type(tiny_checkpoint, onnx_export, video_path,
+                                                                        tmp_path, monkeypatch):
     """onnxruntime's exceptions derive from Exception alone: the backend names them (runtime_errors),
     no module name is matched."""
     pytest.importorskip("onnxruntime")
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail
 
-    from dronseg_edge.export import export_artifact
-
-    path = export_artifact(tiny_checkpoint, out_dir=tmp_path / "onnx", device="cpu", parity=False).path
+    path = onnx_export(tiny_checkpoint)
     with Segmenter(path, device="cpu") as seg:
         fail_at_call(monkeypatch, seg, 3, Fail("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 700"))
         # A CPU session keeps two frames in flight: the third call is frame 3's or frame 4's, whichever started first.

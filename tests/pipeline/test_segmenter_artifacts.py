@@ -10,19 +10,14 @@ from dronseg_edge.pipeline import Segmenter
 from testkit import SAME_PREPOST_MARGIN, assert_same_classes_where_decided
 
 pytest.importorskip("onnxruntime", reason="the ONNX Runtime backend needs onnxruntime (extra: ort)")
-from dronseg_edge.export import export_artifact  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def models(trained_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("host-work")
-    common = dict(fmt="onnx", precision="fp32", parity=False, device="cpu")
+def models(trained_checkpoint, onnx_export):
     return {
-        "tensors": export_artifact(trained_checkpoint, out_dir=out / "tensors", **common).path,
-        "frames": export_artifact(trained_checkpoint, out_dir=out / "frames", io="frames", dynamic=True,
-                                  confidence=True, **common).path,
-        "frames_static": export_artifact(trained_checkpoint, out_dir=out / "static", io="frames",
-                                         source_size=(128, 80), **common).path,
+        "tensors": onnx_export(trained_checkpoint),
+        "frames": onnx_export(trained_checkpoint, io="frames", dynamic=True, confidence=True),
+        "frames_static": onnx_export(trained_checkpoint, io="frames", source_size=(128, 80)),
     }
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from dronseg_edge.export import export_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("torch", "torchvision", "onnx", "onnxslim", "dronseg_edge.train", "dronseg_edge.export", "dronseg_edge.data",
@@ -69,8 +68,8 @@ print(json.dumps(sorted(loaded)))
 
 
 @pytest.fixture(scope="module")
-def onnx_file(tiny_checkpoint, tmp_path_factory) -> Path:
-    return export_artifact(tiny_checkpoint, out_dir=tmp_path_factory.mktemp("light"), device="cpu", parity=False).path
+def onnx_file(tiny_checkpoint, onnx_export) -> Path:
+    return onnx_export(tiny_checkpoint)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

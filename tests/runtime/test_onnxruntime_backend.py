@@ -12,7 +12,6 @@ import torch
 
 from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
 from dronseg_edge.errors import BackendUnavailable, DronsegError
-from dronseg_edge.export import export_artifact
 from dronseg_edge.models import SegmentationNet
 from testkit import model_input
 from dronseg_edge.runtime.onnxruntime import OnnxRuntimeBackend
@@ -22,12 +21,9 @@ from testkit import onnx_model, requires_ort_cuda
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_checkpoint, tmp_path_factory):
+def exported(tiny_checkpoint, onnx_export):
     """logits and argmax ONNX files of the tiny checkpoint (parity is the export tests' business)."""
-    out = tmp_path_factory.mktemp("ort")
-    logits = export_artifact(tiny_checkpoint, out_dir=out, device="cpu", parity=False).path
-    argmax = export_artifact(tiny_checkpoint, head="argmax", out_dir=out, device="cpu", parity=False).path
-    return logits, argmax
+    return onnx_export(tiny_checkpoint), onnx_export(tiny_checkpoint, head="argmax")
 
 
 def frames(n: int = 2) -> np.ndarray:

@@ -237,10 +237,8 @@ def test_ort_cuda_works_asks_for_a_real_cuda_session(monkeypatch):
     assert ort_cuda_works.__wrapped__() is False
 
 
-def test_cpu_session_runs_under_inference_mode(tiny_checkpoint, tmp_path):
-    from dronseg_edge.export import export_artifact
-
-    path = export_artifact(tiny_checkpoint, out_dir=tmp_path, device="cpu", parity=False).path
+def test_cpu_session_runs_under_inference_mode(tiny_checkpoint, onnx_export):
+    path = onnx_export(tiny_checkpoint)
     with OnnxRuntimeBackend(path, torch.device("cpu")) as backend:
         modes = []
         session = backend.session
