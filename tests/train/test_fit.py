@@ -40,7 +40,7 @@ def read_metrics(run_dir):
 def test_training_raises_validation_dice(trained_run):
     # The suite's one trained model (tests/conftest.py: 10 epochs of the package's loop, its initial weights
     # validated as epoch 0): trained once for the whole suite, it shows the learning here too. It goes from
-    # mDice 0 to 0.78 (2-core AMD EPYC, 2026-12-08): far above the margin, which rounding cannot bridge.
+    # mDice 0 to 0.78 (2-core AMD EPYC, 2026-12-07): far above the margin, which rounding cannot bridge.
     rows = read_metrics(trained_run.run_dir)
     assert [int(r["epoch"]) for r in rows] == list(range(0, 11))
     start, final = float(rows[0]["val_mdice"]), float(rows[-1]["val_mdice"])
