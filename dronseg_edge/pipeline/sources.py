@@ -53,12 +53,11 @@ MIN_FPS, MAX_FPS = 1e-3, 1000.0
 MAX_TIME_JUMP_S = 3600.0
 
 
-def _sane_fps(value: float) -> float | None:
-    return float(value) if value and math.isfinite(value) and MIN_FPS <= value <= MAX_FPS else None
-
-def _sane_count(value: float) -> int | None:
-    """A frame count FFmpeg knows (a file, an HTTP file); None for live streams, which report 0 or garbage."""
-    return int(value) if value and math.isfinite(value) and 0 < value < 1e9 else None
+def _rate_and_count(capture) -> tuple[float | None, int | None]:
+    """The capture's frame rate where it is the source's own, and the frame count FFmpeg knows (a file, an HTTP
+    file); None for what it does not know (live streams report 0 or garbage: NaN fails both comparisons)."""
+    fps, count = capture.get(cv2.CAP_PROP_FPS), capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    return (float(fps) if MIN_FPS <= fps <= MAX_FPS else None), (int(count) if 0 < count < 1e9 else None)
 
 
 def _stores_frame_count(path: Path) -> bool:
@@ -159,8 +158,7 @@ class VideoSource(Source):
                                f"codec this FFmpeg lacks (check it with `ffprobe {self.path}`)")
         self.hw_decode = hw_decode_record(options, self.capture)
         self.capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)  # the default in OpenCV's FFmpeg backend; said, not assumed
-        self.fps = _sane_fps(self.capture.get(cv2.CAP_PROP_FPS))
-        self.frame_count = _sane_count(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.fps, self.frame_count = _rate_and_count(self.capture)
         self._exact_count = self.frame_count is not None and _stores_frame_count(self.path)
         self.size = (int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         if self.frame_count is None and self.size[0] <= 0:
@@ -260,8 +258,7 @@ class CaptureSource(Source):
             # Exit code 5, not 2: at boot a camera or its network often comes up after this program,
             # and a supervisor should retry rather than wait for a fixed configuration.
             raise RuntimeFailure(cannot_open)
-        self.fps = _sane_fps(self.capture.get(cv2.CAP_PROP_FPS))
-        self.frame_count = _sane_count(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.fps, self.frame_count = _rate_and_count(self.capture)
 
     def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
         start_time, position = time.monotonic(), 0
