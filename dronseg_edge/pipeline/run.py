@@ -40,7 +40,7 @@ from dronseg_edge.pipeline.segmenter import Segmenter
 from dronseg_edge.pipeline.sink_worker import SinkWorker
 from dronseg_edge.pipeline.sinks import (ColorMaskSink, ConfidenceSink, ContactSheetSink, MaskSink, OverlayImageSink, Sink,
                                          StatsSink)
-from dronseg_edge.pipeline.open_source import open_source
+from dronseg_edge.pipeline.source_spec import open_source
 from dronseg_edge.pipeline.sources import Source
 from dronseg_edge.pipeline.video_sink import VideoSink
 from dronseg_edge.pipeline.video_writer import encoders_for

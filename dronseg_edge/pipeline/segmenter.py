@@ -29,7 +29,7 @@ from dronseg_edge.option_fields import whole
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.request import FrameRequest, select_classes
 from dronseg_edge.pipeline.result import Result
-from dronseg_edge.pipeline.open_source import open_source
+from dronseg_edge.pipeline.source_spec import open_source
 from dronseg_edge.pipeline.sources import FrameRecord, FramesSource, Source
 from dronseg_edge.pipeline.tiling import DEFAULT_OVERLAP, TilePlan, segment_tiled, tiling_unable
 from dronseg_edge.runtime.base import Backend

@@ -131,7 +131,7 @@ def test_a_read_that_never_returns_holds_up_neither_a_stop_nor_the_consumer_and_
 
 
 def test_realtime_pacing_of_a_file_in_live_mode(video_path):
-    from dronseg_edge.pipeline.open_source import open_source
+    from dronseg_edge.pipeline.source_spec import open_source
 
     source = open_source(video_path)  # 24 frames at 30 fps = 0.8 s of video
     reader = FrameReader(source, live=True)

@@ -15,7 +15,7 @@ from testkit import write_png_bomb
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pipeline import image_sources
 from dronseg_edge.pipeline.image_sources import ImageSource, _output_names, glob_files
-from dronseg_edge.pipeline.open_source import open_source
+from dronseg_edge.pipeline.source_spec import open_source
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pipeline_media import write_ts_with_size_change, write_video
 
 from dronseg_edge.pipeline.capture_options import CaptureOptions
 from dronseg_edge.pipeline.pyav_capture import PyAVCapture
-from dronseg_edge.pipeline.open_source import open_source
+from dronseg_edge.pipeline.source_spec import open_source
 from dronseg_edge.pipeline.sources import VideoSource
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("av") is None,
@@ -86,7 +86,7 @@ def test_an_m2ts_goes_to_pyav_and_its_size_change_is_followed(tmp_path):
 
 def test_an_mp4_is_read_without_importing_pyav(video_path):
     """PyAV costs ~24 MiB and 50 ms to import: a file without MPEG-TS sync bytes never loads it."""
-    code = ("import sys; from dronseg_edge.pipeline.open_source import open_source; "
+    code = ("import sys; from dronseg_edge.pipeline.source_spec import open_source; "
             f"source = open_source({str(video_path)!r}); next(source.frames()); print('av' in sys.modules)")
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr

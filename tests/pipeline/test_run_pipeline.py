@@ -342,6 +342,6 @@ def test_gpu_video_run_matches_the_input(trained_checkpoint, video_path, tmp_pat
 
 
 def test_a_list_of_frames_is_refused_as_a_source_in_one_line():
-    from dronseg_edge.pipeline.open_source import open_source
+    from dronseg_edge.pipeline.source_spec import open_source
     with pytest.raises(DronsegError, match="a list is not a source.*Segmenter.stream"):  # was OSError: File name too long
         open_source([np.zeros((64, 64, 3), np.uint8)] * 40)

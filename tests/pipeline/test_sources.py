@@ -17,7 +17,7 @@ from pipeline_media import (read_video, rotate_video, scene, write_clip_with_lon
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline import sources
 from dronseg_edge.pipeline.capture_options import CUDA_ACCELERATION, ENV_VAR, CaptureOptions, acceleration_names
-from dronseg_edge.pipeline.open_source import open_source
+from dronseg_edge.pipeline.source_spec import open_source
 from dronseg_edge.pipeline.sources import (CameraSource, FrameRecord, FramesSource, ImageSource, StreamSource,
                                            VideoSource)
 
@@ -361,9 +361,7 @@ def test_a_file_url_as_file_managers_write_it_is_read(video_path, tmp_path):
 
 
 def test_a_pipe_is_a_stream_a_video_device_a_camera_and_another_device_is_named(tmp_path, monkeypatch):
-    import importlib
-
-    chooser = importlib.import_module("dronseg_edge.pipeline.open_source")  # the module, not its function
+    from dronseg_edge.pipeline import source_spec as chooser
 
     opened = []
     monkeypatch.setattr(chooser, "StreamSource",
