@@ -16,11 +16,12 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 class InterruptGuard:
     """Ctrl-C, SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread, but never inside
-    ``critical()``: a signal arriving there is held until the block ends. ``signal_name`` says which came."""
+    ``critical()``: a signal arriving there is held until the block ends. ``signal_name`` says which came.
+    Entered after ``held()``, whose handlers it keeps."""
 
     def __init__(self):
         self.signal_name: str | None = None  # the first stop signal that came
-        self._critical = self._held = False
+        self._critical = False
         self._previous: dict = {}
 
     def _handle(self, signum, _frame=None):
@@ -42,18 +43,15 @@ class InterruptGuard:
     def held(self):
         """Its handlers installed now, a stop signal held until ``with guard``, which raises it as it starts;
         on a failure inside, the handlers before are put back."""
-        self._previous, self._critical, self._held = handle_stop_signals(self._handle), True, True
+        self._previous, self._critical = handle_stop_signals(self._handle), True
         try:
             yield
         except BaseException:
-            self._critical = self._held = False
             handle_stop_signals(self._previous)
             raise
 
     def __enter__(self) -> "InterruptGuard":
-        if not self._held:
-            self._previous = handle_stop_signals(self._handle)
-        self._critical = self._held = False
+        self._critical = False
         if self.signal_name:  # it came while held
             handle_stop_signals(self._previous)
             raise KeyboardInterrupt
