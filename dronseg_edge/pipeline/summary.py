@@ -17,10 +17,11 @@ from typing import Any
 SCHEMA = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Summary:
     """summary.json, schema 1."""
 
+    schema: int = SCHEMA  # first: a reader checks it first
     # the model and where it ran
     model: str
     backend: str  # torch | onnxruntime | tensorrt
@@ -83,9 +84,6 @@ class Summary:
     streams: list[dict] | None = None
     preview: dict | None = None
     results: dict | None = None
-    schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object, ``schema`` first."""
-        data = asdict(self)
-        return {"schema": data.pop("schema"), **data}
+        return asdict(self)
