@@ -186,7 +186,7 @@ class VideoSource(Source):
             # fails to advance or jumps (MAX_TIME_JUMP_S) goes on at the nominal rate, and the times after it from there.
             raw = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1e3
             seconds = raw + shift
-            if not (math.isfinite(seconds) and last_time < seconds <= last_time + MAX_TIME_JUMP_S):
+            if not last_time < seconds <= last_time + MAX_TIME_JUMP_S:  # NaN and inf fail it too
                 seconds = max(position / rate, last_time + 1 / rate)
                 shift = seconds - raw if math.isfinite(raw) else shift
             last_time = seconds

@@ -110,7 +110,7 @@ class TilePlan:
 
     def __post_init__(self) -> None:
         one_of(self.mode, "--tile", TILE_MODES)
-        if not (math.isfinite(self.overlap) and 0.0 <= self.overlap <= MAX_OVERLAP):
+        if not 0.0 <= self.overlap <= MAX_OVERLAP:  # NaN fails it too
             raise DronsegError(f"--tile-overlap {self.overlap} must be between 0 and {MAX_OVERLAP} "
                                f"(a share of the window; default {DEFAULT_OVERLAP})")
         if self.mode == "on" and self.unable:
