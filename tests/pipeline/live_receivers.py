@@ -33,17 +33,21 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         return probe.getsockname()[1]
 
 
-def wait_until_bound(port: int, kind: int = socket.SOCK_DGRAM, timeout: float = 10.0) -> None:
+def wait_until_bound(port: int, kind: int = socket.SOCK_DGRAM, timeout: float = 30.0) -> None:
     """Wait until a receiver holds ``port`` (binding it ourselves then fails), so nothing sent is missed.
 
-    Probing by binding, not connecting: a connection would be taken by an RTSP listener as its client."""
+    Probing by binding, not connecting: a connection would be taken by an RTSP listener as its client.
+    The last probe comes after the deadline: a loaded machine may not run this thread until then."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
+        passed = time.monotonic() > deadline
         with socket.socket(socket.AF_INET, kind) as probe:
             try:
                 probe.bind((LOOPBACK, port))
             except OSError:
                 return
+        if passed:
+            break
         time.sleep(0.05)
     raise AssertionError(f"no receiver bound port {port} within {timeout} s")
 
