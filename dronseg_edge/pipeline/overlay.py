@@ -23,16 +23,12 @@ LEGEND_MARGIN = 8  # px from the frame's bottom-left corner
 LEGEND_MAX_SHARE = (0.4, 0.6)  # at most this share of the frame's width and height: a small frame gets none
 
 
-def blend(frame_bgr: np.ndarray, color_bgr: np.ndarray, alpha: float) -> np.ndarray:
-    """``frame * (1 - alpha) + color * alpha`` rounded to uint8; both (H, W, 3) BGR."""
-    return cv2.addWeighted(frame_bgr, 1.0 - alpha, color_bgr, alpha, 0.0)
-
-
 def overlay(frame_bgr: np.ndarray, mask: np.ndarray, lut: np.ndarray, alpha: float,
             hidden: int | None = None) -> np.ndarray:
-    """The frame (H, W, 3) BGR uint8 with the class map (H, W) coloured over it at opacity ``alpha``;
-    pixels of class id ``hidden`` (a class filter's FILTERED) show the frame as it is."""
-    blended = blend(frame_bgr, colorize(mask, lut), alpha)
+    """The frame (H, W, 3) BGR uint8 with the class map (H, W) coloured over it at opacity ``alpha``
+    (``frame * (1 - alpha) + colour * alpha``, rounded); pixels of class id ``hidden`` (a class filter's
+    FILTERED) show the frame as it is."""
+    blended = cv2.addWeighted(frame_bgr, 1.0 - alpha, colorize(mask, lut), alpha, 0.0)
     if hidden is not None:
         np.copyto(blended, frame_bgr, where=(mask == hidden)[..., None])
     return blended

@@ -2,7 +2,7 @@ import numpy as np
 
 from dronseg_edge.classes import PALETTE
 from dronseg_edge.pictures import bgr_lut, colorize
-from dronseg_edge.pipeline.overlay import blend, overlay
+from dronseg_edge.pipeline.overlay import overlay
 
 
 def _case(seed=0, shape=(37, 53)):
@@ -23,11 +23,11 @@ def test_class_ids_past_the_palette_are_black():
     assert not colorize(mask, bgr_lut(PALETTE)).any()
 
 
-def test_blend_is_the_weighted_mean():
+def test_the_overlay_is_the_weighted_mean():
     mask, frame = _case(1)
     colours = colorize(mask, bgr_lut(PALETTE))
     expected = np.round(frame * 0.7 + colours * 0.3)
-    assert np.abs(blend(frame, colours, 0.3).astype(int) - expected).max() <= 1
+    assert np.abs(overlay(frame, mask, bgr_lut(PALETTE), 0.3).astype(int) - expected).max() <= 1
     assert np.array_equal(overlay(frame, mask, bgr_lut(PALETTE), 0.0), frame)
     assert np.array_equal(overlay(frame, mask, bgr_lut(PALETTE), 1.0), colours)
 
