@@ -6,8 +6,9 @@ final name (os.replace is atomic on POSIX and Windows within one file system).
 
 Storage faults that third-party writers hide: torch.save, torch.onnx.export, onnx, OpenCV.
 
-:func:`storage_errors` turns a plain ``OSError`` (ENOSPC, EDQUOT, EROFS, EACCES, ...) into the
-one-line :class:`RuntimeFailure`. Some writers raise something else for the same fault:
+:func:`storage_faults` turns a plain ``OSError`` (ENOSPC, EDQUOT, EROFS, EACCES, ...) into the
+one-line :class:`RuntimeFailure`, and so every write through :func:`atomic_path`. Some writers raise
+something else for the same fault:
 
 - ``torch.save`` raises ``RuntimeError: [enforce fail at inline_container.cc:...] . unexpected pos
   N vs M`` (or ``PytorchStreamWriter failed writing file ...``): its C++ writer drops errno. Saving
@@ -15,7 +16,7 @@ one-line :class:`RuntimeFailure`. Some writers raise something else for the same
   and where it does not, the free space left tells a full disk from a failing one.
 - exporters may wrap the ``OSError`` in their own exception; it stays in the chain.
 
-:func:`storage_faults` handles all of these; any other exception passes through unchanged.
+It handles these too; any other exception passes through unchanged.
 """
 
 from __future__ import annotations
@@ -92,17 +93,6 @@ def name_too_long(path: os.PathLike | str | None) -> str:
 
 def is_storage_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in STORAGE_FAULTS
-
-
-@contextlib.contextmanager
-def storage_errors(path: os.PathLike | str) -> Iterator[None]:
-    """Turn a storage OSError raised inside the block into :func:`storage_failure` for ``path``."""
-    try:
-        yield
-    except OSError as exc:
-        if is_storage_error(exc):
-            raise storage_failure(exc, path) from None
-        raise
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -183,11 +173,11 @@ def atomic_path(path: os.PathLike | str, suffix: str = "") -> Iterator[Path]:
     """
     final = Path(path)
     # Made if missing, not checked for access: a folder that turned read-only or unwritable during a run
-    # fails the open below with its errno, which storage_errors makes the run's failure (exit 5).
+    # fails the open below with its errno, which storage_faults makes the run's failure (exit 5).
     _make_dir(final.parent, "output folder")
     tmp = final
     try:
-        with storage_errors(final):
+        with storage_faults(final):
             while True:  # the name first, then the file: an interrupt between the two leaves nothing
                 # .NAME.dronseg-<token>.<8 random>.tmp: the package tag and this process's claim token, so only
                 # a dead run's own files are ever cleaned up (leftovers.py).

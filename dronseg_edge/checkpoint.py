@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dronseg_edge import __version__
-from dronseg_edge.atomic import atomic_path, storage_faults
+from dronseg_edge.atomic import atomic_path
 from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import CHECKPOINT_FIX, ModelInfo
@@ -130,7 +130,7 @@ def save_checkpoint(path: os.PathLike | str, state: dict[str, Any]) -> Path:
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
                "torch_version": str(torch.__version__), **state}
     # An open file, not a path: torch's C++ writer drops errno, its Python one keeps the OSError (atomic.py).
-    with atomic_path(path) as tmp, storage_faults(path):
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             torch.save(payload, handle)
     return Path(path)

@@ -34,7 +34,7 @@ from pathlib import Path
 import onnx
 
 from dronseg_edge import __version__
-from dronseg_edge.atomic import ensure_writable_dir, storage_errors
+from dronseg_edge.atomic import ensure_writable_dir, storage_faults
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export.tensorrt import dynamic_profile
 from dronseg_edge.leftovers import working_prefix
@@ -243,7 +243,7 @@ def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: 
     final = root / name
     _check_replaceable(final)
     # A full or read-only disk: one line naming the model folder, exit code 5.
-    with storage_errors(final):
+    with storage_faults(final):
         staged = Path(tempfile.mkdtemp(prefix=working_prefix(name), suffix=".tmp", dir=root.parent))
         try:
             version = staged / "1"

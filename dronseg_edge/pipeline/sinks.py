@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dronseg_edge.atomic import storage_errors, storage_failure
+from dronseg_edge.atomic import storage_failure, storage_faults
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.pictures import colorize, fit_width, grid_row, resize_frame, stack_rows
 from dronseg_edge.pipeline.overlay import OverlayPlan
@@ -121,7 +121,7 @@ class MaskSink(Sink):
     def __init__(self, folder: Path):
         super().__init__()
         self.folder = self.target = Path(folder)
-        with storage_errors(self.folder):
+        with storage_faults(self.folder):
             self.folder.mkdir(parents=True, exist_ok=True)
 
     def picture(self, result: Result) -> np.ndarray:
