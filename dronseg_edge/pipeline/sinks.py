@@ -249,10 +249,7 @@ class StatsSink(Sink):
         if self.with_confidence:
             share = result.low_confidence_share(LOW_CONFIDENCE_U8)
             line["low_confidence"] = None if share is None else round(share, 6)
-        try:
-            write_lines(self._fd, (json.dumps(line) + "\n").encode("utf-8"))
-        except OSError as exc:
-            raise storage_failure(exc, self.path) from None
+        write_lines(self._fd, (json.dumps(line) + "\n").encode("utf-8"))  # an OSError: SinkWorker names the file
 
     def close(self) -> None:
         if self._fd is not None:
