@@ -67,12 +67,12 @@ def fit_width(image: np.ndarray, width: int, nearest: bool = False) -> np.ndarra
     return cv2.resize(image, (width, height), interpolation=mode)
 
 
-def caption(width: int, text: str, height: int = TEXT_HEIGHT) -> np.ndarray:
+def caption(width: int, text: str) -> np.ndarray:
     """A dark strip ``width`` px wide with ``text`` in white (cut to fit)."""
-    strip = np.full((height, width, 3), 32, np.uint8)
+    strip = np.full((TEXT_HEIGHT, width, 3), 32, np.uint8)
     while len(text) > 1 and cv2.getTextSize(text, FONT, 0.45, 1)[0][0] > width - 8:
         text = text[:-1]  # Hershey fonts are ASCII only: no ellipsis character
-    cv2.putText(strip, text, (4, height - 7), FONT, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(strip, text, (4, TEXT_HEIGHT - 7), FONT, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
     return strip
 
 
@@ -81,9 +81,9 @@ def grid_row(tiles: Sequence[np.ndarray], labels: Sequence[str]) -> np.ndarray:
     return np.hstack([np.vstack([caption(t.shape[1], label), t]) for t, label in zip(tiles, labels)])
 
 
-def legend(names: Sequence[str], palette: Sequence[Sequence[int]], width: int, present: Sequence[int] | None = None) -> np.ndarray:
-    """Colour swatches with class names, wrapped to ``width`` px; ``present`` limits them to those class indices."""
-    chosen = list(range(len(names))) if present is None else sorted(set(int(i) for i in present if 0 <= i < len(names)))
+def legend(names: Sequence[str], palette: Sequence[Sequence[int]], width: int, present: Sequence[int]) -> np.ndarray:
+    """Colour swatches with the names of the classes ``present`` (class indices), wrapped to ``width`` px."""
+    chosen = sorted(set(int(i) for i in present if 0 <= i < len(names)))
     cell = 120
     per_row = max(1, width // cell)
     rows = max(1, -(-len(chosen) // per_row))
