@@ -42,9 +42,8 @@ class DiskFloor:
     ``min_free_mb`` MB (0 disables), checked at most every ``every_s`` seconds. Below it the video and
     the per-frame images stop cleanly (files closed and playable) while stats.jsonl continues."""
 
-    def __init__(self, folder: Path, min_free_mb: float, every_s: float | None = None):
-        self.folder, self.min_free_mb = Path(folder), float(min_free_mb)
-        self.every_s = CHECK_EVERY_S if every_s is None else every_s
+    def __init__(self, folder: Path, min_free_mb: float, every_s: float = CHECK_EVERY_S):
+        self.folder, self.min_free_mb, self.every_s = Path(folder), float(min_free_mb), every_s
         self._next = 0.0
 
     def crossed(self) -> str | None:
@@ -63,11 +62,11 @@ class SpaceReserve(contextlib.AbstractContextManager):
     :meth:`release`. The file is unlinked at once and held open, so it has no name and a killed run
     frees it with its descriptors. Best effort: where it cannot be made, there is no reserve."""
 
-    def __init__(self, folder: Path, size: int | None = None):
+    def __init__(self, folder: Path, size: int = RESERVE_BYTES):
         self.fd: int | None = None
         self.size = 0
         free = free_bytes(folder) or 0
-        size = min(RESERVE_BYTES if size is None else size, free // 8)
+        size = min(size, free // 8)
         if size <= 0 or not hasattr(os, "posix_fallocate"):
             return
         path, fd = Path(folder) / f".dronseg-reserve-{os.getpid()}", None

@@ -180,23 +180,24 @@ class OverlayImageSink(MaskSink):
 
 
 class ContactSheetSink(Sink):
-    """``contact_sheet.jpg``: thumbnails of the first ``limit`` overlays in a grid, captioned with their
+    """``contact_sheet.jpg``: thumbnails of the first LIMIT overlays in a grid, captioned with their
     names (``--contact-sheet``): a folder of results checked at a glance. Thumbnails are kept (240 px
     wide, at most 480 tall: ~100 kB each), the sheet written once at close, atomically."""
 
     name = "contact_sheet"
     THUMB_WIDTH, THUMB_HEIGHT = 240, 480  # a tall strip's thumbnail is narrower: no sheet past JPEG's limit
     PER_ROW = 6
+    LIMIT = 48
 
-    def __init__(self, path: Path, overlay: OverlayPlan, limit: int = 48):
+    def __init__(self, path: Path, overlay: OverlayPlan):
         super().__init__()
         self.target = Path(path)
-        self.overlay, self.limit = overlay, int(limit)
+        self.overlay = overlay
         self.thumbs: list[tuple[np.ndarray, str]] = []
         self.written = False
 
     def _write(self, result: Result) -> None:
-        if len(self.thumbs) < self.limit:
+        if len(self.thumbs) < self.LIMIT:
             image = self.overlay.image(result)
             height, width = image.shape[:2]
             thumb = (fit_width(image, self.THUMB_WIDTH) if height * self.THUMB_WIDTH <= width * self.THUMB_HEIGHT else

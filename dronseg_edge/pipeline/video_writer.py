@@ -247,7 +247,7 @@ class OpenCVWriter(VideoWriter):
     the file keeps its working name until finished (``fragmented = False``).
     """
 
-    def __init__(self, path: Path, size: tuple[int, int], fps: float, encoder: str = "mp4v"):
+    def __init__(self, path: Path, size: tuple[int, int], fps: float, encoder: str):
         super().__init__(path, encoder)
         if encoder != "mp4v":
             self.pipeline = gst_file_pipeline(path, encoder, size, fps)
