@@ -21,6 +21,7 @@ LEGEND_WIDTH = 120  # px: one swatch and name per row (pictures.legend's cell)
 LEGEND_OPACITY = 0.75
 LEGEND_MARGIN = 8  # px from the frame's bottom-left corner
 LEGEND_MAX_SHARE = (0.4, 0.6)  # at most this share of the frame's width and height: a small frame gets none
+_legend_strip = functools.lru_cache(maxsize=64)(legend)  # the strips of a run: a few combinations of classes, reused
 
 
 def overlay(frame_bgr: np.ndarray, mask: np.ndarray, lut: np.ndarray, alpha: float,
@@ -76,12 +77,7 @@ def draw_legend(image: np.ndarray, names: Sequence[str], lut: np.ndarray, presen
     if not shown or LEGEND_WIDTH + LEGEND_MARGIN > width * LEGEND_MAX_SHARE[0]:
         return
     palette = tuple(tuple(int(v) for v in lut[i, 0, ::-1]) for i in range(len(names)))
-    strip = _legend_strip(tuple(names), palette, shown)
+    strip = _legend_strip(tuple(names), palette, LEGEND_WIDTH, shown)
     top, left = height - LEGEND_MARGIN - strip.shape[0], LEGEND_MARGIN
     corner = image[top:top + strip.shape[0], left:left + strip.shape[1]]
     corner[:] = cv2.addWeighted(strip, LEGEND_OPACITY, corner, 1.0 - LEGEND_OPACITY, 0.0)
-
-
-@functools.lru_cache(maxsize=64)
-def _legend_strip(names: tuple[str, ...], palette: tuple, shown: tuple[int, ...]) -> np.ndarray:
-    return legend(names, palette, LEGEND_WIDTH, present=shown)
