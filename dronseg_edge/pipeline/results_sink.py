@@ -70,7 +70,6 @@ class ResultsSink(Sink):
         self.kind, where = parse_results_target(target)
         self.target = target
         self.with_confidence = with_confidence
-        self.lines = 0
         self._fd: int | None = None
         self._socket: socket.socket | None = None
         self._gone = False
@@ -93,7 +92,6 @@ class ResultsSink(Sink):
                     self._socket.sendto(line, self.address[4])
                 else:
                     write_lines(self._fd, line)
-                self.lines += 1
                 return
             except BrokenPipeError:  # the reader of the pipe has exited: the run goes on without it
                 self._gone = True
@@ -115,7 +113,7 @@ class ResultsSink(Sink):
     def record(self) -> dict:
         """summary.json's ``results``."""
         target = os.path.abspath(self.path) if self.kind == "file" else self.target
-        return {"target": target, "kind": self.kind, "schema": SCHEMA, "lines": self.lines, "lines_dropped": self.dropped}
+        return {"target": target, "kind": self.kind, "schema": SCHEMA, "lines": self.frames, "lines_dropped": self.dropped}
 
 
 def frame_results(result: Result, with_confidence: bool = False) -> bytes:

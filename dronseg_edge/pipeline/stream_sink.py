@@ -83,7 +83,7 @@ class StreamSink(Sink):
         self._encoder: LiveEncoder | None = None
         self.encoder_name: str | None = None
         self.last_error: str | None = None
-        self.sent = self.reconnects = 0
+        self.reconnects = 0
         self._connected_once = self._down = False  # _down: an outage is going on (its warning given)
         self._retry_at, self._retry_s = 0.0, FIRST_RETRY_S
 
@@ -104,7 +104,6 @@ class StreamSink(Sink):
             self._retry_later(exc, "was lost")
             self.dropped += 1
             return
-        self.sent += 1
         self._retry_s = FIRST_RETRY_S
         if left and result.read_at is not None:
             self.latency.add((time.monotonic() - result.read_at) * 1e3)
@@ -146,6 +145,6 @@ class StreamSink(Sink):
         """This stream's entry in summary.json's ``streams``."""
         return {"url": self.name, "protocol": self.stream.kind, "what": self.what,
                 "size": format_size(self.size) if self.size else None, "encoder": self.encoder_name,
-                "bitrate_kbps": self.bitrate_kbps, "frames_sent": self.sent, "frames_dropped": self.frames_dropped,
+                "bitrate_kbps": self.bitrate_kbps, "frames_sent": self.frames, "frames_dropped": self.frames_dropped,
                 "reconnects": self.reconnects, "latency_ms": self.latency.percentiles(), "sdp": self.sdp,
                 "last_error": self.last_error}

@@ -180,7 +180,7 @@ def test_refusals_drop_frames_and_retry_with_doubling_back_off(monkeypatch, fake
         clock[0] += 0.125
     # refused at 0 s, retried 0.5 s, 1 s and 2 s after each refusal; sending from 3.5 s on
     assert [round(t - 100.0, 1) for t in FakeEncoder.attempts] == [0.0, 0.5, 1.5, 3.5]
-    assert len(FakeEncoder.opened[0].frames) == sink.sent == 12 and sink.dropped == 28
+    assert len(FakeEncoder.opened[0].frames) == sink.record()["frames_sent"] == 12 and sink.dropped == 28
     assert sink.frames == 12  # summary.json's frames_written: the frames sent, not the 40 given
     assert sink.reconnects == 0 and "Connection refused" in sink.last_error
     assert FakeEncoder.opened[0].size == (160, 96) and (FIRST_RETRY_S, MAX_RETRY_S) == (0.5, 10.0)
@@ -198,7 +198,7 @@ def test_a_lost_connection_is_reopened_and_counted(fake_encoder):
         sink.write(make_result(index))
     sink._retry_at = 0.0  # the back-off has passed
     sink.write(make_result(4))
-    assert (sink.sent, sink.dropped, sink.reconnects, len(FakeEncoder.opened)) == (4, 1, 1, 2)
+    assert (sink.record()["frames_sent"], sink.dropped, sink.reconnects, len(FakeEncoder.opened)) == (4, 1, 1, 2)
     assert "Broken pipe" in sink.record()["last_error"]
 
 
