@@ -179,15 +179,11 @@ def atomic_path(path: os.PathLike | str, suffix: str = "") -> Iterator[Path]:
     try:
         with storage_faults(final):
             while True:  # the name first, then the file: an interrupt between the two leaves nothing
-                # .NAME.dronseg-<token>.<8 random>.tmp: the package tag and this process's claim token, so only
-                # a dead run's own files are ever cleaned up (leftovers.py).
-                random = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789_") for _ in range(8))
-                tmp = final.parent / f"{working_prefix(final.name)}{random}.tmp{suffix}"
-                try:  # 0666 less the umask, as a plain open() makes it (never os.umask(0): other threads' files)
+                # the package tag and claim token in the name: only a dead run's own files are cleaned up (leftovers.py)
+                tmp = final.parent / f"{working_prefix(final.name)}{secrets.token_hex(4)}.tmp{suffix}"
+                with contextlib.suppress(FileExistsError):  # 0666 less the umask, as open() (never os.umask(0))
                     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
                     break
-                except FileExistsError:
-                    continue
             yield tmp
             os.replace(tmp, final)
     except BaseException:
