@@ -10,12 +10,9 @@ at the pace they were segmented, with gaps where frames were dropped.
 :class:`PyAVLiveEncoder` muxes with PyAV's FFmpeg (``mpegts`` to udp://, ``rtp`` to rtp://, ``rtsp``
 to rtsp://) through :class:`~dronseg_edge.pipeline.video_writer.PyAVOutput`; it needs no ffmpeg
 program. :class:`GStreamerLiveEncoder` is the counterpart for a Jetson's hardware encoder, through
-OpenCV's GStreamer VideoWriter: the encoder's part of its pipeline is
-:func:`~dronseg_edge.gst_encoders.encoder_chain`, :func:`stream_pipeline` adds ``appsrc`` (OpenCV's
-frames) in front, ``mpegtsmux ! udpsink`` behind it for udp://, ``rtph264pay ! udpsink`` for rtp://
-(files: ``video_writer.OpenCVWriter``). RTSP publishing stays with PyAV: OpenCV's GStreamer writer
-reports no error from its sink, so a server that went away would go unnoticed and never be
-reconnected; over UDP nothing is lost by that, as UDP reports nothing either.
+OpenCV's GStreamer VideoWriter (:func:`stream_pipeline`), for udp:// and rtp://. RTSP publishing stays
+with PyAV: OpenCV's GStreamer writer reports no error from its sink, so a server that went away would
+go unnoticed and never be reconnected; over UDP nothing is lost by that, as UDP reports nothing either.
 Both raise OSError when the network or the server refuses, which the stream sink answers by
 reconnecting.
 """

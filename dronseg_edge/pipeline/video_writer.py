@@ -223,8 +223,7 @@ class PyAVWriter(PyAVOutput, VideoWriter):
 
     def _index_entries(self) -> int:
         """A fragment writes its own index with it: what is left at the end is the current fragment's (a second
-        of frames at most) and one entry per fragment in the closing random-access index. Counting every
-        frame, a week of 30 fps asked for 580 MB more free space than the file needs."""
+        of frames at most) and one entry per fragment in the closing random-access index."""
         per_fragment = max(1, round(float(self.rate) * FRAGMENT_S))
         return per_fragment + self.frames // per_fragment + 1
 
