@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
 from dronseg_edge.runtime.cuda_runtime import CAPTURE_LOCK
 
 log = logging.getLogger(__name__)
-
-Launch = Callable[[], torch.Tensor]
 
 
 def keep_for_stream(tensor, stream) -> None:
@@ -36,21 +34,19 @@ def keep_for_stream(tensor, stream) -> None:
 @dataclass
 class CapturedGraph:
     graph: object  # torch.cuda.CUDAGraph
-    inputs: tuple[torch.Tensor, ...]  # the fixed buffers the graph reads: replay copies new inputs into them
+    input: torch.Tensor  # the fixed buffer the graph reads: replay copies each new input into it
     output: torch.Tensor  # the fixed buffer the graph writes on every replay
 
 
 class GraphCache(dict):
     """Captured CUDA graphs (``CapturedGraph``) by key (usually the input shape), at most ``max_graphs``
-    (each holds its own activation memory; the oldest are dropped together when full).
-
-    ``stream``: the owner's stream (one is made on first use when None). ``label`` names the model in
-    the warning a failed capture logs.
+    (each holds its own activation memory; the oldest are dropped together when full), on a stream of
+    its own made on first use. ``label`` names the model in the warning a failed capture logs.
     """
 
-    def __init__(self, device: torch.device, stream=None, max_graphs: int = 4, label: str = "model"):
+    def __init__(self, device: torch.device, max_graphs: int = 4, label: str = "model"):
         super().__init__()
-        self.device, self._stream, self.max_graphs, self.label = device, stream, max_graphs, label
+        self.device, self._stream, self.max_graphs, self.label = device, None, max_graphs, label
 
     @property
     def stream(self):
@@ -58,16 +54,11 @@ class GraphCache(dict):
             self._stream = torch.cuda.Stream(self.device)
         return self._stream
 
-    def capture(self, key, sources: Sequence[torch.Tensor], prepare: Callable[[tuple[torch.Tensor, ...]], Launch], *,
-                warmup: int = 1, dtype: torch.dtype | None = None) -> CapturedGraph | None:
-        """Capture one graph for ``key``; None (with a warning) when it cannot, so the caller runs eagerly.
-
-        Fixed input buffers (``dtype``, default each source's) are filled from ``sources``;
-        ``prepare(inputs)`` returns the launch to capture, which returns the output buffer. The launch
-        runs ``warmup`` times first on a side stream (cudnn.benchmark picks its kernels there;
-        TensorRT applies deferred shape/address updates in its first enqueue, which must not happen
-        during capture).
-        """
+    def capture(self, key, source: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor], *,
+                warmup: int = 1) -> CapturedGraph | None:
+        """Capture ``forward`` of a fixed input buffer (filled from ``source``) for ``key``; None (with a warning)
+        when it cannot, so the caller runs eagerly. ``forward`` runs ``warmup`` times first on a side stream
+        (cudnn.benchmark picks its kernels there)."""
         stream = self.stream
         with torch.cuda.device(self.device):
             current = torch.cuda.current_stream(self.device)
@@ -77,7 +68,7 @@ class GraphCache(dict):
             # running meanwhile in another thread, whatever its capture mode.
             with CAPTURE_LOCK:
                 try:
-                    inputs, output, graph = self._warm_up_and_capture(stream, sources, prepare, warmup, dtype)
+                    fixed, output, graph = self._warm_up_and_capture(stream, source, forward, warmup)
                 except RuntimeError as exc:  # e.g. an op or plugin that synchronises: eager beats failing
                     reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
                     log.warning("CUDA graph capture failed (%s); running %s without it", reason, self.label)
@@ -85,47 +76,43 @@ class GraphCache(dict):
                     stream.synchronize()
                     self.clear()
                     return None
-            for source in sources:
-                keep_for_stream(source, stream)
+            keep_for_stream(source, stream)
         if len(self) >= self.max_graphs:
             self.clear()
-        self[key] = CapturedGraph(graph, inputs, output)
+        self[key] = CapturedGraph(graph, fixed, output)
         return self[key]
 
-    def _warm_up_and_capture(self, stream, sources, prepare, warmup: int, dtype):
-        """(fixed inputs, output buffer, graph): the launch warmed up on a side stream, then captured on ``stream``."""
-        with torch.cuda.stream(stream):  # the fixed buffers belong to this stream, like every replay
-            inputs = tuple(torch.empty(s.shape, dtype=dtype or s.dtype, device=self.device).copy_(s) for s in sources)
-            launch = prepare(inputs)
+    def _warm_up_and_capture(self, stream, source, forward, warmup: int):
+        """(fixed input, output buffer, graph): ``forward`` warmed up on a side stream, then captured on ``stream``."""
+        with torch.cuda.stream(stream):  # the fixed buffer belongs to this stream, like every replay
+            fixed = torch.empty(source.shape, dtype=source.dtype, device=self.device).copy_(source)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(stream)
         try:
             with torch.cuda.stream(side):
                 for _ in range(warmup):
-                    launch()
+                    forward(fixed)
         finally:
             stream.wait_stream(side)  # also after a failure: the stream's synchronize then covers the warm-up
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-            output = launch()
-        return inputs, output, graph
+            output = forward(fixed)
+        return fixed, output, graph
 
-    def replay(self, entry: CapturedGraph, *sources: torch.Tensor) -> torch.Tensor:
-        """Copy ``sources`` into the graph's inputs, replay it on the owner's stream, return a copy of its output.
+    def replay(self, entry: CapturedGraph, source: torch.Tensor) -> torch.Tensor:
+        """Copy ``source`` into the graph's input, replay it on the owner's stream, return a copy of its output.
 
-        Queued after the work already on the caller's current stream (which made ``sources``) and before
+        Queued after the work already on the caller's current stream (which made ``source``) and before
         any the caller queues afterwards (which reads the result)."""
         stream = self.stream
         with torch.cuda.device(self.device):
             current = torch.cuda.current_stream(self.device)
             stream.wait_stream(current)
             with torch.cuda.stream(stream):
-                for fixed, source in zip(entry.inputs, sources):
-                    fixed.copy_(source, non_blocking=True)
+                entry.input.copy_(source, non_blocking=True)
                 entry.graph.replay()
                 out = entry.output.clone()  # every replay writes the same buffer: a copy keeps earlier results
             current.wait_stream(stream)
-            for source in sources:
-                keep_for_stream(source, stream)
+            keep_for_stream(source, stream)
             keep_for_stream(out, current)
             return out

@@ -148,8 +148,7 @@ class TorchBackend(Backend):
         key = (tuple(batch.shape), batch.dtype)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._graphs.capture(key, (batch,), lambda inputs: lambda: self._forward(inputs[0]),
-                                         warmup=WARMUP_BEFORE_CAPTURE)
+            entry = self._graphs.capture(key, batch, self._forward, warmup=WARMUP_BEFORE_CAPTURE)
             if entry is None:
                 self.cuda_graph = False
                 self._describe_provider()

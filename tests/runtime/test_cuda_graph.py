@@ -20,23 +20,21 @@ from testkit import requires_cuda
 CPU = torch.device("cpu")
 
 
-def doubling(inputs):
-    return lambda: inputs[0] * 2
+def doubling(x):
+    return x * 2
 
 
 def test_capture_uses_the_owners_stream_thread_local_mode_and_the_lock(monkeypatch):
     cuda = FakeCuda().install(monkeypatch)
-    own = cuda.Stream()
-    cache = GraphCache(CPU, own, max_graphs=2)
+    cache = GraphCache(CPU, max_graphs=2)
+    own = cache.stream
     warmups = []
 
-    def prepare(inputs):
-        def launch():
-            warmups.append(torch.cuda.current_stream())
-            return inputs[0] * 2
-        return launch
+    def forward(x):
+        warmups.append(torch.cuda.current_stream())
+        return x * 2
 
-    entry = cache.capture("a", (torch.ones(3),), prepare, warmup=2)
+    entry = cache.capture("a", torch.ones(3), forward, warmup=2)
     assert entry is not None and len(cache) == 1 and "a" in cache
     assert cuda.captures == [{"stream": own, "mode": "thread_local", "locked": True, "thread": threading.get_ident()}]
     # Two warm-ups on a side stream (neither the owner's nor the default), then the capture on the owner's.
@@ -48,14 +46,14 @@ def test_capture_uses_the_owners_stream_thread_local_mode_and_the_lock(monkeypat
 
 def test_replay_runs_on_the_owners_stream_between_the_callers_work(monkeypatch):
     cuda = FakeCuda().install(monkeypatch)
-    own = cuda.Stream()
-    cache = GraphCache(CPU, own)
-    entry = cache.capture("a", (torch.ones(3),), doubling)
+    cache = GraphCache(CPU)
+    own = cache.stream
+    entry = cache.capture("a", torch.ones(3), doubling)
     own.waited_for.clear()
     cuda.default.waited_for.clear()
     out = cache.replay(entry, torch.full((3,), 5.0))
     assert entry.graph.replays == 1
-    assert torch.equal(entry.inputs[0], torch.full((3,), 5.0))  # the new input reached the graph's buffer
+    assert torch.equal(entry.input, torch.full((3,), 5.0))  # the new input reached the graph's buffer
     assert out is not entry.output and torch.equal(out, entry.output)  # a copy: the next replay cannot change it
     assert own.waited_for == [cuda.default] and cuda.default.waited_for == [own]
 
@@ -63,7 +61,7 @@ def test_replay_runs_on_the_owners_stream_between_the_callers_work(monkeypatch):
 def test_a_graph_cache_without_a_stream_makes_its_own(monkeypatch):
     cuda = FakeCuda().install(monkeypatch)
     cache = GraphCache(CPU)
-    cache.capture("a", (torch.ones(1),), doubling)
+    cache.capture("a", torch.ones(1), doubling)
     assert cuda.captures[0]["stream"] is cache.stream and cache.stream is not cuda.default
 
 
@@ -71,7 +69,7 @@ def test_full_cache_drops_old_graphs(monkeypatch):
     FakeCuda().install(monkeypatch)
     cache = GraphCache(CPU, max_graphs=2)
     for key in "abc":
-        cache.capture(key, (torch.ones(1),), doubling)
+        cache.capture(key, torch.ones(1), doubling)
     assert len(cache) == 1 and "c" in cache
 
 
@@ -84,7 +82,7 @@ def test_two_threads_never_capture_at_once(monkeypatch):
     def capture(cache):
         try:
             start.wait()
-            assert cache.capture("a", (torch.ones(2),), doubling) is not None
+            assert cache.capture("a", torch.ones(2), doubling) is not None
         except Exception as exc:  # reported below: an assert in a thread would be lost
             errors.append(exc)
 
@@ -102,7 +100,7 @@ def test_failed_capture_warns_and_synchronises_only_its_own_stream(monkeypatch, 
     cuda = FakeCuda(capture_fails=True).install(monkeypatch)
     cache = GraphCache(CPU, label="tiny.pt")
     with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
-        assert cache.capture("a", (torch.ones(1),), doubling) is None
+        assert cache.capture("a", torch.ones(1), doubling) is None
     assert ("CUDA graph capture failed (operation not permitted when stream is capturing); running tiny.pt without it"
             in caplog.text)
     # The capture stream, never the device: a device-wide synchronize breaks other threads' captures.
@@ -114,34 +112,30 @@ def test_a_warm_up_that_fails_also_synchronises_only_the_capture_stream(monkeypa
     cuda = FakeCuda().install(monkeypatch)
     cache = GraphCache(CPU)
 
-    def prepare(inputs):
-        def launch():
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return launch
+    def forward(x):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    assert cache.capture("a", (torch.ones(1),), prepare) is None
+    assert cache.capture("a", torch.ones(1), forward) is None
     assert cache.stream.synchronized == 1 and cuda.synchronized == 0 and cuda.captures == []
     assert cache.stream.waited_for[-1] is cuda.created[-1]  # the stream waited for the side stream's warm-up first
 
 
 def autotuning(calls: list, tuned: threading.local):
-    """prepare() of a model whose first run in each thread autotunes cuDNN, which synchronises the device."""
+    """The forward of a model whose first run in each thread autotunes cuDNN, which synchronises the device."""
 
-    def prepare(inputs):
-        def launch():
-            calls.append(cuda_graph.CAPTURE_LOCK.locked())
-            if not getattr(tuned, "done", False):  # the benchmark cache is per thread (ATen's Conv_v8.cpp)
-                torch.cuda.synchronize()
-                tuned.done = True
-            return inputs[0] * 2
-        return launch
-    return prepare
+    def forward(x):
+        calls.append(cuda_graph.CAPTURE_LOCK.locked())
+        if not getattr(tuned, "done", False):  # the benchmark cache is per thread (ATen's Conv_v8.cpp)
+            torch.cuda.synchronize()
+            tuned.done = True
+        return x * 2
+    return forward
 
 
 def test_warm_up_runs_under_the_capture_lock(monkeypatch):
     FakeCuda().install(monkeypatch)
     calls: list[bool] = []
-    GraphCache(CPU).capture("a", (torch.ones(1),), autotuning(calls, threading.local()), warmup=3)
+    GraphCache(CPU).capture("a", torch.ones(1), autotuning(calls, threading.local()), warmup=3)
     assert calls == [True] * 4  # three warm-ups and the capture, every one with the lock held
 
 
@@ -154,7 +148,7 @@ def test_an_autotuning_warm_up_never_synchronises_during_another_threads_capture
 
     def capture(cache):
         start.wait()
-        results.append(cache.capture("a", (torch.ones(2),), autotuning(calls, tuned), warmup=3))
+        results.append(cache.capture("a", torch.ones(2), autotuning(calls, tuned), warmup=3))
 
     threads = [threading.Thread(target=capture, args=(c,)) for c in caches]
     for t in threads:
