@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from pathlib import Path
 
 from dronseg_edge.devices import Device, resolve_device, resolve_lean_device
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.metadata import ModelInfo, read_info_json, read_onnx_info
+from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_info_json, read_onnx_info
 from dronseg_edge.runtime.base import Backend
 
 # The suffixes of a training checkpoint: export, parity and bench --matrix start from these files.
@@ -72,18 +73,6 @@ def read_meta_file(meta: str | Path) -> ModelInfo:
     return read_info_json(meta, f"--meta {meta}", what)
 
 
-def _own_build_record(path: Path) -> dict | None:
-    """An engine's own sidecar build record (``extra["tensorrt"]``), when it has a readable sidecar."""
-    from dronseg_edge.metadata import read_engine_sidecar, sidecar_path
-
-    if Path(path).suffix.lower() not in (".engine", ".plan") or not sidecar_path(path).is_file():
-        return None
-    try:
-        return read_engine_sidecar(path).extra.get("tensorrt")
-    except DronsegError:
-        return None
-
-
 def resolve_device_for(path: str | Path, device):
     """``device`` (a ``--device`` string, a GPU index, a ``torch.device`` or a ``devices.Device``) as the
     backend of ``path`` takes it: a torch.device for a checkpoint, else a torch-free Device (so running
@@ -111,9 +100,9 @@ def load_backend(path: str | Path, device="auto", *, meta: str | Path | None = N
     backend = backend_class(path)(path, resolve_device_for(path, device), **options)
     if meta is not None:
         info = read_meta_file(meta)
-        built = _own_build_record(path)
-        if built is not None and "tensorrt" not in info.extra:  # keep the engine's own record for the GPU/version check
-            info.extra = {**info.extra, "tensorrt": built}
+        if "tensorrt" not in info.extra and path.suffix.lower() in (".engine", ".plan"):  # its own build record stays
+            with contextlib.suppress(DronsegError, KeyError):  # (for the GPU/version check), where it has one
+                info.extra = {**info.extra, "tensorrt": read_engine_sidecar(path).extra["tensorrt"]}
         backend.info = info  # the cached property's value: the backend's own read never runs
     backend.info  # noqa: B018
     return backend
