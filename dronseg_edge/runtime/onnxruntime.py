@@ -206,7 +206,6 @@ class OnnxRuntimeBackend(Backend):
         check_external_data(self.path)
         native_name(self.path)  # onnxruntime takes the name as UTF-8: one that is not is "incompatible arguments"
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             options.intra_op_num_threads = int(self.threads)
         # Spinning worker threads burn the cores that decode and write frames in the pipeline.

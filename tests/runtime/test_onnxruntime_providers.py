@@ -71,7 +71,6 @@ class FakeOrt(types.ModuleType):
             return FakeSession(names, options)
 
         self.SessionOptions = SessionOptions
-        self.GraphOptimizationLevel = types.SimpleNamespace(ORT_ENABLE_ALL=99)
         self.get_available_providers = get_available_providers
         self.InferenceSession = inference_session
 
