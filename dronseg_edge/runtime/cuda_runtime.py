@@ -117,15 +117,14 @@ class DeviceBuffer:
     def __init__(self) -> None:
         self.ptr = self.nbytes = 0
 
-    def ensure(self, nbytes: int) -> bool:
-        """At least ``nbytes`` allocated; True when the memory moved (earlier bindings to it are stale)."""
+    def ensure(self, nbytes: int) -> None:
+        """At least ``nbytes`` allocated (growing moves the memory: earlier bindings to it are stale)."""
         if nbytes <= self.nbytes:
-            return False
+            return
         self.free()
         rt, size = cudart(), max(nbytes, 1)
         result, what = (rt.cudaMallocHost(size), "cudaMallocHost") if self.pinned else (rt.cudaMalloc(size), "cudaMalloc")
         self.ptr, self.nbytes = int(check(result, f"{what} of {nbytes / (1 << 20):.1f} MiB")), nbytes
-        return True
 
     def free(self) -> None:
         if self.ptr:
@@ -164,10 +163,9 @@ class Stream:
         return int(self.handle)
 
     def copy(self, dst: int, src: int, nbytes: int, kind: str) -> None:
-        """Queue a copy of ``nbytes`` from address ``src`` to ``dst``; ``kind``: "h2d", "d2h" or "d2d"."""
+        """Queue a copy of ``nbytes`` from address ``src`` to ``dst``; ``kind``: "h2d" or "d2h"."""
         rt = cudart()
-        kinds = {"h2d": rt.cudaMemcpyKind.cudaMemcpyHostToDevice, "d2h": rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                 "d2d": rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice}
+        kinds = {"h2d": rt.cudaMemcpyKind.cudaMemcpyHostToDevice, "d2h": rt.cudaMemcpyKind.cudaMemcpyDeviceToHost}
         if nbytes:
             check(rt.cudaMemcpyAsync(dst, src, nbytes, kinds[kind], self.handle), f"cudaMemcpyAsync ({kind}, {nbytes / (1 << 20):.1f} MiB)")
 
@@ -186,11 +184,9 @@ class Graph:
     def __init__(self, graph, executable) -> None:
         self._graph = graph
         self._executable = executable
-        self.launches = 0
 
     def launch(self, stream: Stream) -> None:
         check(cudart().cudaGraphLaunch(self._executable, stream.handle), "cudaGraphLaunch")
-        self.launches += 1
 
     def close(self) -> None:
         rt = cudart()

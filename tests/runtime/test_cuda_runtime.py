@@ -59,10 +59,13 @@ def test_importing_the_wrapper_imports_neither_the_binding_nor_torch():
 
 def test_device_buffer_grows_only_when_asked_for_more(cudart):
     buffer = cuda_runtime.DeviceBuffer()
-    assert buffer.ensure(100) is True
+    buffer.ensure(100)
     first = buffer.ptr
-    assert buffer.ensure(60) is False and buffer.ptr == first
-    assert buffer.ensure(200) is True and buffer.ptr != first
+    assert first and cudart.live("device") == 1
+    buffer.ensure(60)
+    assert buffer.ptr == first
+    buffer.ensure(200)
+    assert buffer.ptr != first
     assert ("device", first) in cudart.freed and cudart.live("device") == 1
     buffer.free()
     assert cudart.live("device") == 0 and buffer.ptr == 0
@@ -98,7 +101,7 @@ def test_capture_records_without_running_and_each_launch_replays(cudart):
                                 "locked": True}]
     graph.launch(stream)
     graph.launch(stream)
-    assert runs == [1, 1] and graph.launches == 2
+    assert runs == [1, 1]
     graph.close()
     assert cudart.graphs == {} and cudart.executables == {}
 
@@ -224,23 +227,21 @@ def _filled(buffer: cuda_runtime.PinnedBuffer, shape, value) -> np.ndarray:
 
 
 def test_a_round_trip_through_pinned_buffers_on_the_modules_stream(binding):
-    """host -> device -> device -> host, queued on one Stream, then one synchronize: the bytes come back."""
+    """host -> device -> host, queued on one Stream, then one synchronize: the bytes come back."""
     data = np.random.default_rng(0).standard_normal((3, 360, 640)).astype(np.float32)  # 2.6 MiB
-    host, back, first, second = (cuda_runtime.PinnedBuffer(), cuda_runtime.PinnedBuffer(), cuda_runtime.DeviceBuffer(),
-                                 cuda_runtime.DeviceBuffer())
+    host, back, device = cuda_runtime.PinnedBuffer(), cuda_runtime.PinnedBuffer(), cuda_runtime.DeviceBuffer()
     stream = cuda_runtime.Stream()
     try:
-        for buffer in (host, back, first, second):
+        for buffer in (host, back, device):
             buffer.ensure(data.nbytes)
         _filled(host, data.shape, data)
         _filled(back, data.shape, 0.0)
-        stream.copy(first.ptr, host.ptr, data.nbytes, "h2d")
-        stream.copy(second.ptr, first.ptr, data.nbytes, "d2d")
-        stream.copy(back.ptr, second.ptr, data.nbytes, "d2h")
+        stream.copy(device.ptr, host.ptr, data.nbytes, "h2d")
+        stream.copy(back.ptr, device.ptr, data.nbytes, "d2h")
         stream.synchronize()
         assert np.array_equal(back.array(data.shape, np.float32), data)
     finally:
-        for buffer in (host, back, first, second):
+        for buffer in (host, back, device):
             buffer.free()
         stream.close()
 
@@ -271,7 +272,6 @@ def test_a_captured_graph_of_copies_replays_with_new_inputs(binding):
             graph.launch(stream)
             stream.synchronize()
             assert (out == value).all()
-        assert graph.launches == 2
     finally:
         if graph is not None:
             graph.close()

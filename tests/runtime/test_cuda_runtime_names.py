@@ -29,7 +29,7 @@ CORE = {"cudaMalloc", "cudaFree", "cudaMallocHost", "cudaFreeHost", "cudaMemcpyA
         "cudaStreamEndCapture", "cudaGraphInstantiate", "cudaGraphLaunch", "cudaGraphExecDestroy", "cudaGraphDestroy",
         "cudaGetDevice", "cudaSetDevice", "cudaGetDeviceProperties", "cudaGetErrorString",
         "cudaMemcpyKind.cudaMemcpyHostToDevice", "cudaMemcpyKind.cudaMemcpyDeviceToHost",
-        "cudaMemcpyKind.cudaMemcpyDeviceToDevice", "cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal"}
+        "cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal"}
 
 
 class Signature:
