@@ -56,8 +56,8 @@ NO_DLA_FROM, DLA_BACK_IN = (11, 0, 0), (11, 4, 1)
 MAX_OPSET = {8: 17}
 
 
-def check_dla(trt, builder, dla_core: int) -> int:
-    """The number of DLA cores ``builder`` sees; DronsegError (one line) when ``dla_core`` cannot be used here."""
+def check_dla(trt, builder, dla_core: int) -> None:
+    """DronsegError (one line) unless ``dla_core`` is a DLA core ``builder`` sees."""
     version = str(trt.__version__)
     if NO_DLA_FROM <= tensorrt_env.version_tuple(version) < DLA_BACK_IN:
         raise BackendUnavailable(f"--dla-core {dla_core}: TensorRT {version} has no DLA (11.0 to 11.4.0 dropped it; "
@@ -70,13 +70,12 @@ def check_dla(trt, builder, dla_core: int) -> int:
     if dla_core >= cores:
         raise DronsegError(f"--dla-core {dla_core}: this machine has {cores} DLA core{'s' if cores > 1 else ''} "
                            f"(0..{cores - 1}): pass one of them")
-    return cores
 
 
-def check_dla_available(dla_core: int) -> int:
+def check_dla_available(dla_core: int) -> None:
     """check_dla with a builder of its own: the CLI calls it before any ONNX work, so a refusal comes first."""
     trt = tensorrt_env.import_tensorrt()
-    return check_dla(trt, trt.Builder(trt.Logger(trt.Logger.WARNING)), dla_core)
+    check_dla(trt, trt.Builder(trt.Logger(trt.Logger.WARNING)), dla_core)
 
 
 def default_timing_cache(gpu_name: str, compute_capability: str, trt_version: str) -> Path:
