@@ -203,11 +203,7 @@ class ParityReport:
 
 
 def _g(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.4g}"
+    return "-" if value is None else f"{value:.4g}"
 
 
 def parity_report_path(artifact: Path) -> Path:
