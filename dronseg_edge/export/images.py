@@ -66,15 +66,6 @@ def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]
     return [ImageItem(p) for p in images], f"image folder {folder.resolve()}"  # resolved: recorded in artifacts
 
 
-def validation_images(ckpt: dict[str, Any]) -> tuple[list[ImageItem], str] | None:
-    """The checkpoint's validation split, or None when it recorded none or its data folder is gone."""
-    root, val_ids = recorded_data_root(ckpt), recorded_split(ckpt, "val")
-    if root is None or not val_ids or not root.is_dir():
-        return None
-    samples = samples_for_ids(root, val_ids)
-    return [ImageItem(s.image_path, s.mask_path) for s in samples], f"validation split of {root} ({len(samples)} images)"
-
-
 def resolve_images(data: Path | None, ckpt: dict[str, Any] | None, *, option: str, max_images: int | None,
                    size: tuple[int, int], allow_synthetic: bool) -> ImageSet:
     """The image set for a parity check (``allow_synthetic``) or a calibration (not).
@@ -82,24 +73,23 @@ def resolve_images(data: Path | None, ckpt: dict[str, Any] | None, *, option: st
     ``data``: the user's folder or None; ``ckpt``: a loaded checkpoint (for its validation split) or
     None; ``size``: (W, H) of synthetic images if they are rendered; ``max_images``: the cap.
     """
-    found = images_from_folder(Path(data), option) if data is not None else \
-        validation_images(ckpt) if ckpt is not None else None
-    if found is not None:
-        items, source = found
+    if data is not None:
+        items, source = images_from_folder(Path(data), option)
         return ImageSet(pick_evenly(items, max_images), source)
-    why = _why_no_split(ckpt)
+    why = "no checkpoint among the models to take a validation split from"
+    if ckpt is not None:
+        root, val_ids = recorded_data_root(ckpt), recorded_split(ckpt, "val")
+        if root is None or not val_ids:
+            why = f"checkpoint {ckpt.get('path', '')} records no validation split"
+        elif not root.is_dir():
+            why = f"the data folder {root} that checkpoint {ckpt.get('path', '')} was trained on no longer exists"
+        else:
+            samples = samples_for_ids(root, val_ids)
+            return ImageSet(pick_evenly([ImageItem(s.image_path, s.mask_path) for s in samples], max_images),
+                            f"validation split of {root} ({len(samples)} images)")
     if not allow_synthetic:
         raise DronsegError(f"{option} is needed: {why}; pass {option} DIR with real images (a dataset root or an image folder)")
     return synthetic_images(max_images or 16, size, why)
-
-
-def _why_no_split(ckpt: dict[str, Any] | None) -> str:
-    if ckpt is None:
-        return "no checkpoint among the models to take a validation split from"
-    root = recorded_data_root(ckpt)
-    if root is None or not recorded_split(ckpt, "val"):
-        return f"checkpoint {ckpt.get('path', '')} records no validation split"
-    return f"the data folder {root} that checkpoint {ckpt.get('path', '')} was trained on no longer exists"
 
 
 def synthetic_images(count: int, size: tuple[int, int], why: str) -> ImageSet:
