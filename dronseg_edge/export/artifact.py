@@ -44,9 +44,6 @@ from dronseg_edge.leftovers import RANDOM, TAGGED, FolderClaim, working_prefix, 
 from dronseg_edge.media import native_name
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info, sidecar_path
 
-__all__ = ["ExportResult", "artifact_path", "default_out_dir", "export_artifact", "reusable_artifact"]
-
-
 _PRECISION = "|".join(EXPORT_PRECISIONS)
 # The hidden names an export works under, all in the export folder: each carries the package tag and
 # its process's claim token (TAGGED), so the files of other programs never match (leftovers.py).
