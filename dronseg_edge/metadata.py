@@ -302,12 +302,13 @@ def write_engine_sidecar(engine_path: Path, info: ModelInfo) -> Path:
     return write_json_atomic(sidecar_path(engine_path), data)
 
 
-def read_engine_sidecar(engine_path: Path) -> ModelInfo:
-    """ModelInfo of an engine from its sidecar; DronsegError naming the file and the fix when absent or bad."""
+def read_engine_sidecar(engine_path: Path, missing: str | None = None) -> ModelInfo:
+    """ModelInfo of an engine from its sidecar; DronsegError naming the file and the fix when bad, NoMetadata
+    when absent (``missing``: the fix then, default a rebuild)."""
     side = sidecar_path(engine_path)
     rebuild = "rebuild the engine with `dronseg-edge export CHECKPOINT --format engine`, which writes both files"
-    if not side.is_file():
-        raise DronsegError(f"engine {engine_path} has no metadata file {side.name} beside it: {rebuild}")
+    if not side.is_file():  # built with trtexec or Polygraphy, or copied without it
+        raise NoMetadata(f"engine {engine_path} has no metadata file {side.name} beside it: {missing or rebuild}")
     return read_info_json(side, str(side), rebuild, engine=True)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
-from dronseg_edge.metadata import ModelInfo, NoMetadata, read_engine_sidecar, sidecar_path
+from dronseg_edge.metadata import ModelInfo, read_engine_sidecar
 from dronseg_edge.runtime import cuda_runtime, tensorrt_env
 from dronseg_edge.runtime.base import Backend, TensorSpec, check_declared_io, named_first
 
@@ -63,12 +63,9 @@ class TensorRTBackend(Backend):
 
     def read_info(self) -> ModelInfo:
         """The sidecar's metadata (``load_backend(..., meta=FILE)`` gives an engine without one its metadata instead)."""
-        side = sidecar_path(self.path)
-        if not side.is_file():  # built with trtexec or Polygraphy, or copied without it
-            raise NoMetadata(f"engine {self.path} has no metadata file {side.name} beside it: pass --meta FILE (the ONNX "
-                               "it was built from, or a sidecar JSON), or rebuild it with `dronseg-edge export CHECKPOINT "
-                               "--format engine`, which writes both files")
-        return read_engine_sidecar(self.path)
+        return read_engine_sidecar(self.path, missing="pass --meta FILE (the ONNX it was built from, or a sidecar "
+                                   "JSON), or rebuild it with `dronseg-edge export CHECKPOINT --format engine`, which "
+                                   "writes both files")
 
     @property
     def build(self) -> dict:
