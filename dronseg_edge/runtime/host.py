@@ -66,8 +66,6 @@ def preprocess_host(frames_bgr: list[np.ndarray] | np.ndarray, info: ModelInfo) 
     """uint8 BGR frames (each (H, W, 3), any sizes) -> normalised float32 (N, 3, h, w) at ``info.input_size``,
     channels in a tensors graph's ``color_order`` (ours: RGB; its mean and std are in that order). For a frames
     graph: the input of the model inside it (RGB; its ``color_order`` is the frames')."""
-    if isinstance(frames_bgr, np.ndarray) and frames_bgr.ndim == 3:
-        frames_bgr = [frames_bgr]
     width, height = info.input_size
     scale, shift = scale_and_shift(tuple(info.mean), tuple(info.std))
     bgr = info.io == "tensors" and info.color_order == "BGR"

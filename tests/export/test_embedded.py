@@ -92,7 +92,7 @@ def test_confidence_is_the_top_probability_and_its_argmax_is_the_class_map(dynam
     assert confidence.min() >= 255 // info.num_classes  # a top probability is at least 1 / classes
     model = model_from_checkpoint(load_checkpoint(trained_checkpoint)).eval()
     with torch.no_grad():
-        logits = model(torch.from_numpy(preprocess_host(frame, info)))["out"]
+        logits = model(torch.from_numpy(preprocess_host([frame], info)))["out"]
         probs = torch.softmax(F.interpolate(logits, size=(150, 200), mode="bilinear", align_corners=False), dim=1)
     top, classes = probs.max(dim=1)
     assert (classes.numpy().astype(np.uint8) == mask).mean() >= 0.99

@@ -18,7 +18,7 @@ def _info(size=(32, 16)) -> ModelInfo:
 def test_preprocess_host_shrinks_with_inter_area_then_normalises_rgb():
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (48, 96, 3), dtype=np.uint8)
-    x = preprocess_host(frame, _info())
+    x = preprocess_host([frame], _info())
     assert x.shape == (1, 3, 16, 32) and x.dtype == np.float32
     small = cv2.resize(frame, (32, 16), interpolation=cv2.INTER_AREA)[:, :, ::-1].astype(np.float32) / 255.0
     expected = ((small - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)).transpose(2, 0, 1)
@@ -30,8 +30,8 @@ def test_each_graph_gets_the_colour_order_its_metadata_names():
     frame = np.zeros((16, 32, 3), np.uint8)
     frame[..., 0] = 255  # pure blue in BGR
     unit = dict(arch="fake", input_size=(32, 16), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    assert preprocess_host(frame, ModelInfo(**unit))[0, :, 0, 0].tolist() == [0.0, 0.0, 1.0]  # RGB: blue last
-    assert preprocess_host(frame, ModelInfo(**unit, color_order="BGR"))[0, :, 0, 0].tolist() == [1.0, 0.0, 0.0]
+    assert preprocess_host([frame], ModelInfo(**unit))[0, :, 0, 0].tolist() == [0.0, 0.0, 1.0]  # RGB: blue last
+    assert preprocess_host([frame], ModelInfo(**unit, color_order="BGR"))[0, :, 0, 0].tolist() == [1.0, 0.0, 0.0]
     seen = []
     for order in ("RGB", "BGR"):
         graph = FakeBackend("g.onnx", io="frames", head="argmax", color_order=order,
