@@ -12,7 +12,7 @@ import importlib
 
 # Imported when first used: the CLI reads the option classes for --help without numpy.
 _WHERE = {**dict.fromkeys(("BenchResult", "bench_model", "resolve_bench_device"), "dronseg_edge.bench.run"),
-          **dict.fromkeys(("LatencyStats", "percentile", "summarize"), "dronseg_edge.bench.stats"),
+          **dict.fromkeys(("LatencyStats", "summarize"), "dronseg_edge.bench.stats"),
           **dict.fromkeys(("Measurement", "measure"), "dronseg_edge.bench.timing"),
           **dict.fromkeys(("BenchOptions", "TimingSettings"), "dronseg_edge.bench.options")}
 __all__ = sorted(_WHERE)

@@ -12,14 +12,6 @@ PERCENTILES = (50, 90, 95, 99)
 HIGH_CV = 0.10  # above this the run is noisy: warm up longer, lock clocks, close other work
 
 
-def percentile(samples_ms: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100; numpy raises ValueError outside) of ``samples_ms`` by linear interpolation."""
-    values = np.asarray(samples_ms, dtype=np.float64)
-    if values.size == 0:
-        raise ValueError("no samples")
-    return float(np.percentile(values, q, method="linear"))
-
-
 @dataclass(frozen=True)
 class LatencyStats:
     """Summary of ``count`` per-iteration times in milliseconds; ``batch`` frames per iteration."""
@@ -36,10 +28,6 @@ class LatencyStats:
     std_ms: float
     cv: float  # std / mean, a fraction (0.05 = 5 %)
     throughput_fps: float  # frames per second
-
-    @property
-    def noisy(self) -> bool:
-        return self.cv > HIGH_CV
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
