@@ -89,12 +89,12 @@ def skip_reason(variant: Variant, device: torch.device) -> str | None:
         if gpu_only and not cuda:
             reasons.append(f"needs CUDA ({', '.join(gpu_only)})")
     elif variant.fmt == "onnx":
-        providers = _onnxruntime_providers()
+        ort = import_optional("onnxruntime")[0]
         if variant.cuda_graph and not cuda:
             reasons.append("needs CUDA (CUDA graph)")
-        if providers is None:
+        if ort is None:
             reasons.append("onnxruntime not installed (pip install onnxruntime, or onnxruntime-gpu for CUDA)")
-        elif cuda and "CUDAExecutionProvider" not in providers:
+        elif cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
             reasons.append("onnxruntime CUDA provider not available (pip install onnxruntime-gpu)")
     elif variant.fmt == "engine":
         if not cuda:
@@ -104,11 +104,6 @@ def skip_reason(variant: Variant, device: torch.device) -> str | None:
     else:
         reasons.append(f"unknown format {variant.fmt!r}")
     return "; ".join(reasons) or None
-
-
-def _onnxruntime_providers() -> list[str] | None:
-    ort = import_optional("onnxruntime")[0]
-    return None if ort is None else list(ort.get_available_providers())
 
 
 def run_matrix(checkpoint: Path, device: torch.device, timing: TimingSettings, *, size: tuple[int, int] | None = None,

@@ -53,21 +53,14 @@ class BenchResult:
                 "input_size": format_size(self.input_size), **self.measurement.to_dict()}
 
 
-def torch_cuda_installed() -> bool:
-    """True when torch is installed and sees a CUDA GPU; a broken torch (missing CUDA libraries) counts as none."""
-    torch = import_optional("torch")[0]
-    return torch is not None and bool(torch.cuda.is_available())
-
-
 def resolve_bench_device(name: str, models: Sequence[str | Path] = (), *, matrix: bool = False):
     """The device to measure ``models`` on, from ``--device``: a ``torch.device`` for a checkpoint, ``--matrix``
     or a GPU with a CUDA torch, else a torch-free ``devices.Device`` (its kind picks the timer)."""
     if matrix or any(is_checkpoint(model) for model in models):
         return resolve_device(name)
     device = resolve_lean_device(name)
-    if device.type == "cuda" and torch_cuda_installed():
-        return resolve_device(str(device))
-    return device
+    torch = import_optional("torch")[0] if device.type == "cuda" else None  # a broken torch counts as none
+    return resolve_device(str(device)) if torch is not None and torch.cuda.is_available() else device
 
 
 def artifact_size_mb(path: Path) -> float:

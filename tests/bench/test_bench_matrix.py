@@ -2,6 +2,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -37,10 +38,11 @@ def test_gpu_only_variants_are_skipped_on_cpu_with_reasons():
 def test_onnx_on_gpu_without_cuda_provider_says_so(monkeypatch):
     from dronseg_edge.bench import matrix
 
-    monkeypatch.setattr(matrix, "_onnxruntime_providers", lambda: ["CPUExecutionProvider"])
+    cpu_only = SimpleNamespace(get_available_providers=lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(matrix, "import_optional", lambda name: (cpu_only, None))
     assert skip_reason(Variant("onnx", "fp16"), torch.device("cuda")) == \
         "onnxruntime CUDA provider not available (pip install onnxruntime-gpu)"
-    monkeypatch.setattr(matrix, "_onnxruntime_providers", lambda: None)
+    monkeypatch.setattr(matrix, "import_optional", lambda name: (None, "not installed"))
     assert skip_reason(Variant("onnx", "fp32"), CPU).startswith("onnxruntime not installed")
 
 

@@ -166,9 +166,9 @@ def test_bench_device_keeps_torch_for_checkpoints_and_cuda_torch(tiny_checkpoint
     assert resolve_bench_device("cpu", ["m.onnx"], matrix=True) == torch.device("cpu")
     assert resolve_bench_device("cpu", ["m.onnx", "m.engine"]) == Device("cpu")
     monkeypatch.setattr(run, "resolve_lean_device", lambda name: Device("cuda", 1))  # a GPU the driver sees
-    monkeypatch.setattr(run, "torch_cuda_installed", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only torch
     assert resolve_bench_device("cuda:1", ["m.onnx"]) == Device("cuda", 1)
-    monkeypatch.setattr(run, "torch_cuda_installed", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(run, "resolve_device", lambda name: torch.device(name))
     assert resolve_bench_device("cuda:1", ["m.onnx"]) == torch.device("cuda:1")
 
