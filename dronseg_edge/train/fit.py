@@ -152,8 +152,10 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
             done = progress.partial or {"batches": 0, "steps": 0, "loss_sum": 0.0, "images": 0}
             loaders.train_sampler.set_epoch(epoch, skip=done["batches"] * cfg.batch)
             if setup.frozen and cfg.unfreeze_epoch and epoch >= cfg.unfreeze_epoch:
+                freeze_backbone_stages(setup.model, 0)  # the optimiser holds the frozen parameters too
+                setup.frozen = False
                 del net  # DDP all-reduces only the parameters that required grad when it was built: wrap again
-                net = _unfrozen(setup, dist_ctx)
+                net = _data_parallel(setup.compiled, dist_ctx)
             result = train_one_epoch(net, criterion, setup.optimizer, setup.scheduler, setup.scaler, loaders.train, ctx,
                                      accumulate=cfg.accumulate, grad_clip=cfg.grad_clip, aux_weight=cfg.aux_weight,
                                      max_steps=cfg.max_steps_per_epoch - done["steps"] if cfg.max_steps_per_epoch else 0,
@@ -255,14 +257,6 @@ def _train_row(progress: Progress, done: dict, result: dict, lr: float) -> dict:
             "train_img_per_s": result["images"] / max(result["seconds"], 1e-9),
             "data_wait_frac": result["data_wait_s"] / max(result["seconds"], 1e-9),
             "epoch_s": result["seconds"]}
-
-
-def _unfrozen(setup: ModelSetup, dist_ctx: DistContext) -> torch.nn.Module:
-    """The model with every backbone stage training, wrapped anew (--unfreeze-epoch). The optimiser holds
-    every parameter (frozen ones too), so unfreezing only changes requires_grad."""
-    freeze_backbone_stages(setup.model, 0)
-    setup.frozen = False
-    return _data_parallel(setup.compiled, dist_ctx)
 
 
 def _data_parallel(module: torch.nn.Module, dist_ctx: DistContext) -> torch.nn.Module:
