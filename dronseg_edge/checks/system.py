@@ -26,9 +26,16 @@ GONE = "the current folder was deleted: cd to one that exists"
 
 
 def system_checks() -> Iterator[Check]:
+    """One line at a time: a crash keeps the lines before it (checks.run_checks)."""
     yield Check("dronseg-edge", OK, f"{__version__} ({PACKAGE_FOLDER})", {"version": __version__, "path": str(PACKAGE_FOLDER)})
-    for check in (python_check, os_check, cpu_check, memory_check):  # one at a time: a crash keeps the lines before it
-        yield check()
+    yield python_check()
+    name, kernel, arch = machine.os_name(), platform.release(), platform.machine()
+    yield Check("os", OK, f"{name} ({platform.system()} {kernel}, {arch})", {"os": name, "kernel": kernel, "machine": arch})
+    model, (total, usable) = machine.cpu_model(), machine.cpu_cores()
+    limited = f", {usable} usable by this process" if usable is not None and usable != total else ""
+    yield Check("cpu", OK, f"{model}, {total or '?'} logical cores{limited}",
+                {"model": model, "logical_cores": total, "usable_cores": usable})
+    yield memory_check()
     yield from disk_checks()
 
 
@@ -46,19 +53,6 @@ def python_check() -> Check:
         seen = "unknown" if found is None else "yes" if found.group(1).lower() == "true" else "no"
         venv = f"; venv, system site-packages: {seen}"
     return Check("python", OK, f"{version} ({sys.executable}{venv})", facts)
-
-
-def os_check() -> Check:
-    name, kernel, arch = machine.os_name(), platform.release(), platform.machine()
-    return Check("os", OK, f"{name} ({platform.system()} {kernel}, {arch})", {"os": name, "kernel": kernel, "machine": arch})
-
-
-def cpu_check() -> Check:
-    model = machine.cpu_model()
-    total, usable = machine.cpu_cores()
-    limited = f", {usable} usable by this process" if usable is not None and usable != total else ""
-    return Check("cpu", OK, f"{model}, {total or '?'} logical cores{limited}",
-                 {"model": model, "logical_cores": total, "usable_cores": usable})
 
 
 def _gib(size: int | None) -> float | None:
