@@ -13,11 +13,11 @@ def rect(center, length: float, width: float, angle: float = 0.0) -> np.ndarray:
     return rotate(half, angle) + np.asarray(center, dtype=np.float64)
 
 
-def ellipse(center, length: float, width: float, angle: float = 0.0, points: int = 16) -> np.ndarray:
-    """Ellipse (points, 2) with full axes ``length`` (along ``angle``) and ``width``."""
+def ellipse(center, length: float, width: float, points: int = 16) -> np.ndarray:
+    """Ellipse (points, 2) with full axes ``length`` (along x) and ``width``."""
     theta = np.linspace(0, 2 * math.pi, points, endpoint=False)
     local = np.stack([np.cos(theta) * length / 2, np.sin(theta) * width / 2], axis=1)
-    return rotate(local, angle) + np.asarray(center, dtype=np.float64)
+    return local + np.asarray(center, dtype=np.float64)
 
 
 def blob(rng: np.random.Generator, center, radius: float, roughness: float = 0.25, points: int = 24,

@@ -35,7 +35,7 @@ def person_parts(ctx: SceneContext, per_px: float) -> list[Part]:
             Part(geo.ellipse((0.02 * unit, 0), 0.22 * unit, 0.2 * unit, points=8), hair, height, 0.85 * height, hair)]
 
 
-def people(ctx: SceneContext, count: int, speed_m: float = 1.4) -> None:
+def people(ctx: SceneContext, count: int) -> None:
     """``count`` people (class 1), often in small groups, walking slowly in random directions."""
     rng, placed = ctx.rng, 0
     while placed < count:
@@ -47,7 +47,7 @@ def people(ctx: SceneContext, count: int, speed_m: float = 1.4) -> None:
                 continue
             heading = rng.uniform(0, 2 * math.pi)
             path = np.array([spot, spot + ctx.metres(40) * np.array([math.cos(heading), math.sin(heading)])])
-            ctx.item(Item(person_parts(ctx, per_px), path, speed=ctx.metres(rng.uniform(0.5, 1.0) * speed_m)))
+            ctx.item(Item(person_parts(ctx, per_px), path, speed=ctx.metres(rng.uniform(0.5, 1.0) * 1.4)))
         placed += group
 
 
