@@ -46,7 +46,7 @@ def onnxruntime_checks() -> Iterator[Check]:
     version = str(ort.__version__)
     yield Check("onnxruntime", OK, f"{version} (providers: {', '.join(map(short, providers)) or 'none'})",
                 {"version": version, "providers": providers})
-    both = installed_distributions()
+    both = [name for name in ("onnxruntime", "onnxruntime-gpu") if installed_version(name)]
     if len(both) > 1:
         yield Check("onnxruntime install", WARN, f"{' and '.join(both)} are both installed and share one module, so "
                                                  "one silently overwrote the other: pip uninstall them both, then install one")
@@ -54,10 +54,6 @@ def onnxruntime_checks() -> Iterator[Check]:
     for provider in providers:
         if provider not in NOT_TRIED:
             yield provider_check(ort, provider, model)
-
-
-def installed_distributions() -> list[str]:
-    return [name for name in ("onnxruntime", "onnxruntime-gpu") if installed_version(name)]
 
 
 def probe_model() -> bytes:

@@ -196,7 +196,7 @@ def test_onnxruntimes_own_fallback_print_stays_off_stdout(monkeypatch, capsys):
 
 def test_both_onnxruntime_packages_installed_warns(monkeypatch):
     pytest.importorskip("onnxruntime")
-    monkeypatch.setattr(onnxruntime_checks, "installed_distributions", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    monkeypatch.setattr(onnxruntime_checks, "installed_version", lambda name: "1.20.1")  # onnxruntime and -gpu
     checks = {c.name: c for c in onnxruntime_checks.onnxruntime_checks()}
     assert checks["onnxruntime install"].status == WARN and "share one module" in checks["onnxruntime install"].detail
 
