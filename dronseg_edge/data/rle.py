@@ -43,20 +43,6 @@ def _format_runs(starts: np.ndarray, lengths: np.ndarray) -> str:
     return " ".join(f"{start + 1} {length}" for start, length in zip(starts.tolist(), lengths.tolist()))
 
 
-def rle_encode(mask: np.ndarray, order: str = "row") -> str:
-    """Encode a binary mask (H, W) (bool or 0/1) as ``"start length ..."`` with 1-based starts; "" when empty."""
-    numpy_order = _numpy_order(order)
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"rle_encode takes one (H, W) mask; got shape {mask.shape}")
-    if mask.dtype != np.bool_:
-        if mask.size and (mask.min() < 0 or mask.max() > 1):
-            raise ValueError("rle_encode takes a binary mask (bool or 0/1); encode a class map with submission_rows")
-        mask = mask.astype(bool)
-    starts, lengths, values = _runs(mask.ravel(order=numpy_order))
-    return _format_runs(starts[values], lengths[values])
-
-
 def submission_rows(image_id: str, class_map: np.ndarray, num_classes: int = NUM_CLASSES,
                     order: str = "row") -> list[tuple[str, str]]:
     """Rows ``(f"{image_id}_{c}", rle)`` for c = 0..num_classes-1 from an (H, W) class map of indices."""
