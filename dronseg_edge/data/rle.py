@@ -33,16 +33,6 @@ def _numpy_order(order: str) -> str:
                            "or 'column' (Fortran order)") from None
 
 
-def _runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Runs of equal values in a 1-D array: 0-based starts, lengths and the value of each run."""
-    starts = np.flatnonzero(np.r_[flat.size > 0, flat[1:] != flat[:-1]])
-    return starts, np.diff(np.r_[starts, flat.size]), flat[starts]
-
-
-def _format_runs(starts: np.ndarray, lengths: np.ndarray) -> str:
-    return " ".join(f"{start + 1} {length}" for start, length in zip(starts.tolist(), lengths.tolist()))
-
-
 def submission_rows(image_id: str, class_map: np.ndarray, num_classes: int = NUM_CLASSES,
                     order: str = "row") -> list[tuple[str, str]]:
     """Rows ``(f"{image_id}_{c}", rle)`` for c = 0..num_classes-1 from an (H, W) class map of indices."""
@@ -53,9 +43,12 @@ def submission_rows(image_id: str, class_map: np.ndarray, num_classes: int = NUM
     if class_map.size and (class_map.min() < 0 or class_map.max() >= num_classes):
         raise DronsegError(f"class map of image {image_id} holds values {int(class_map.min())}..{int(class_map.max())}; "
                            f"a submission needs class indices 0..{num_classes - 1}")
-    # One pass finds every run; each class then keeps its own (faster than encoding C binary masks).
-    starts, lengths, values = _runs(class_map.ravel(order=numpy_order))
-    return [(f"{image_id}_{c}", _format_runs(starts[values == c], lengths[values == c])) for c in range(num_classes)]
+    # One pass finds every run (0-based start, length, value); each class keeps its own (faster than C binary masks).
+    flat = class_map.ravel(order=numpy_order)
+    starts = np.flatnonzero(np.r_[flat.size > 0, flat[1:] != flat[:-1]])
+    lengths, values = np.diff(np.r_[starts, flat.size]), flat[starts]
+    runs = [zip(starts[values == c].tolist(), lengths[values == c].tolist()) for c in range(num_classes)]
+    return [(f"{image_id}_{c}", " ".join(f"{start + 1} {n}" for start, n in pairs)) for c, pairs in enumerate(runs)]
 
 
 def write_submission(rows: Iterable[tuple[str, str]], path: os.PathLike | str) -> Path:
