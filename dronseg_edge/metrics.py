@@ -14,12 +14,10 @@ Two Dice flavours exist and both are reported:
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 
 from dronseg_edge.classes import CLASS_NAMES, IGNORE_INDEX
-from dronseg_edge.errors import DronsegError
 
 
 def image_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
@@ -85,13 +83,8 @@ class SegmentationMetrics:
     on CUDA). In DDP call ``all_reduce()`` once on every rank before ``compute()``.
     """
 
-    def __init__(self, num_classes: int = len(CLASS_NAMES), ignore_index: int = IGNORE_INDEX,
-                 class_names: Sequence[str] | None = None):
-        if class_names is None:
-            class_names = CLASS_NAMES if num_classes == len(CLASS_NAMES) else [str(i) for i in range(num_classes)]
-        if len(class_names) != num_classes:
-            raise DronsegError(f"{len(class_names)} class names given for {num_classes} classes; give one name per class")
-        self.num_classes, self.ignore_index, self.class_names = num_classes, ignore_index, list(class_names)
+    def __init__(self, num_classes: int = len(CLASS_NAMES), ignore_index: int = IGNORE_INDEX):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
         self.reset("cpu")
 
     def reset(self, device: torch.device | str | None = None) -> None:

@@ -112,7 +112,7 @@ def score_backend(backend: Backend, samples: Sequence[Sample], batch: int = 4,
     if not samples:
         raise DronsegError(f"no images to score {backend.path} on: check --data and --split")
     step = info.batch if (not info.dynamic and info.batch) else max(1, int(batch))
-    metrics = SegmentationMetrics(info.num_classes, IGNORE_INDEX, class_names=list(info.class_names))
+    metrics = SegmentationMetrics(info.num_classes, IGNORE_INDEX)
     for start in range(0, len(samples), step):
         chunk = samples[start:start + step]
         frames = [read_bgr(s.image_path, max_pixels) for s in chunk]

@@ -65,7 +65,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str =
         raise DronsegError(f"checkpoint {ckpt.get('path')} does not record its data set: pass --data DIR")
     samples = split_samples(ckpt, root, split)
     model, ctx = checkpoint_model(ckpt, device)
-    metrics = SegmentationMetrics(len(ckpt["class_names"]), IGNORE_INDEX, class_names=list(ckpt["class_names"]))
+    metrics = SegmentationMetrics(len(ckpt["class_names"]), IGNORE_INDEX)
     scores = evaluate(model, None, native_loader(ckpt, samples, batch, workers, limit), ctx, metrics, description=f"eval {split}")
     scores.pop("loss", None)
     # The keys of an .onnx/.engine's scores (export/accuracy.evaluate_artifact): one schema for eval --json.

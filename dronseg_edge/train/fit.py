@@ -132,7 +132,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
         net = _data_parallel(setup.compiled, dist_ctx)
         criterion = build_criterion(cfg, device, data)
         ctx = step_context(setup, device)
-        metrics = SegmentationMetrics(len(CLASS_NAMES), IGNORE_INDEX, class_names=list(CLASS_NAMES))
+        metrics = SegmentationMetrics(len(CLASS_NAMES), IGNORE_INDEX)
         history = MetricsLog(run_dir, tensorboard=cfg.tensorboard) if is_main else None
         if history is not None:
             history.resume_from(progress.epoch)
