@@ -96,10 +96,10 @@ class MetricsLog:
 
 
 def _number(text: str | None) -> Any:
-    """A metrics.csv cell as int or float where it is one ("" is NaN), else as read."""
+    """A metrics.csv cell as int or float where it is one, else as read (empty cells are left out before)."""
     for kind in (int, float):
         try:
             return kind(text)
         except (TypeError, ValueError):
             pass
-    return float("nan") if text == "" else text
+    return text
