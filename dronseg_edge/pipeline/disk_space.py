@@ -42,8 +42,9 @@ class DiskFloor:
     ``min_free_mb`` MB (0 disables), checked at most every ``every_s`` seconds. Below it the video and
     the per-frame images stop cleanly (files closed and playable) while stats.jsonl continues."""
 
-    def __init__(self, folder: Path, min_free_mb: float, every_s: float = CHECK_EVERY_S):
-        self.folder, self.min_free_mb, self.every_s = Path(folder), float(min_free_mb), every_s
+    def __init__(self, folder: Path, min_free_mb: float, every_s: float | None = None):
+        self.folder, self.min_free_mb = Path(folder), float(min_free_mb)
+        self.every_s = CHECK_EVERY_S if every_s is None else every_s  # read when made: a test sets it to 0
         self._next = 0.0
 
     def crossed(self) -> str | None:
