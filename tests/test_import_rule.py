@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dronseg_edge"
 # The base: plain modules every layer may use; they import one another only.
 BASE = frozenset({"errors", "classes", "sizes", "media", "atomic", "leftovers", "devices", "machine", "runs",
                   "onnx_wire", "metadata", "metadata_checks", "checkpoint", "torch_floor", "models", "metrics", "pictures",
-                  "option_fields", "gst_encoders"})
+                  "option_fields", "gst_encoders", "dataset_layout"})
 ALL = frozenset({"root", "data", "runtime", "export", "train", "pipeline", "bench", "checks", "cli"}) | BASE
 
 # The one table: each layer (a subpackage, or a top-level module) and what it may import besides itself.

@@ -8,6 +8,7 @@ import typer
 
 from dronseg_edge.cli.app import app
 from dronseg_edge.cli.outputs import check_out_dir
+from dronseg_edge.dataset_layout import CSV_FILES, IMAGE_DIR, MASK_DIR, TEST_MASK_DIR
 from dronseg_edge.sizes import format_size, parse_size
 
 
@@ -30,9 +31,9 @@ def synth(
     root = result.root
     typer.echo(f"wrote {len(result.train_ids) + len(result.test_ids)} images ({len(result.train_ids)} train, "
                f"{len(result.test_ids)} test) of {format_size(result.size)} to {root} (seed {seed})")
-    typer.echo(f"  images   {root / 'imgs' / 'imgs'}/*.jpg")
-    typer.echo(f"  masks    {root / 'masks' / 'masks'}/*.png (train), {root / 'test_masks'}/*.png (test ground truth)")
-    typer.echo(f"  csvs     {root / 'train.csv'}, {root / 'test.csv'}, {root / 'sampleSubmission.csv'}")
+    typer.echo(f"  images   {root / IMAGE_DIR}/*.jpg")
+    typer.echo(f"  masks    {root / MASK_DIR}/*.png (train), {root / TEST_MASK_DIR}/*.png (test ground truth)")
+    typer.echo(f"  csvs     {', '.join(str(root / name) for name in CSV_FILES)}")
     if result.video is not None:
         typer.echo(f"  video    {result.video} ({result.video_frames} frames, {result.fps:g} fps), "
                    f"masks {result.video_masks}/*.png")

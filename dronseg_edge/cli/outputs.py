@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from dronseg_edge.atomic import json_safe, write_json_atomic
+from dronseg_edge.dataset_layout import CSV_FILES, IMAGE_DIR
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.machine import unwritable
 from dronseg_edge.metadata import sidecar_path
@@ -78,7 +79,7 @@ def check_not_input(path: Path, option: str, inputs) -> None:
 
 def data_files(root: os.PathLike | str | None) -> list[Path]:
     """The CSVs of the data set at ``root`` (none without one): inputs that an output file must not replace."""
-    return [] if root is None else [Path(root) / name for name in ("train.csv", "test.csv", "sampleSubmission.csv")]
+    return [] if root is None else [Path(root) / name for name in CSV_FILES]
 
 
 def check_json_out(path: Path | None, inputs=(), option: str = "--json") -> None:
@@ -86,7 +87,7 @@ def check_json_out(path: Path | None, inputs=(), option: str = "--json") -> None
     the data set it lies in (the one a checkpoint records is read without --data), before any work (``--json -`` is
     standard output)."""
     if path is not None and (path != STDOUT or option != "--json"):
-        check_out_file(path, option, (*inputs, *data_files(path.parent if _is_dir(path.parent / "imgs/imgs") else None)))
+        check_out_file(path, option, (*inputs, *data_files(path.parent if _is_dir(path.parent / IMAGE_DIR) else None)))
 
 
 def _echo(text: str, err: bool = False) -> None:

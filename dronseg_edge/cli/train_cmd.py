@@ -12,6 +12,7 @@ from dronseg_edge.cli.extras import require_extra
 from dronseg_edge.cli.outputs import (check_json_out, check_not_input, check_out_dir, check_out_file, data_files,
                                      json_out, text_out)
 from dronseg_edge.cli.params import Device, Json, MaxPixels, Meta, takes
+from dronseg_edge.dataset_layout import IMAGE_DIR, MASK_DIR
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.train.config import RESUME_OPTIONS, TrainConfig
 
@@ -53,8 +54,6 @@ def train(
         check_out_dir(resume.resolve().parent.parent, "the run folder of --resume")
     elif cfg.out:
         check_out_dir(Path(cfg.out))
-        from dronseg_edge.data.aeroscapes import IMAGE_DIR, MASK_DIR
-
         # --out DATA/masks/masks: the run's plots (PNG files) would be read as masks without images from then on.
         check_not_input(Path(cfg.out), "--out", [data / IMAGE_DIR, data / MASK_DIR] if data is not None else [])
         last = Path(cfg.out) / "weights" / "last.pt"

@@ -22,13 +22,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dronseg_edge.classes import NUM_CLASSES, class_counts
+from dronseg_edge.dataset_layout import FIX_LAYOUT, IMAGE_DIR, MASK_DIR, TEST_CSV, TRAIN_CSV
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, check_max_pixels, checked_image_size, decode_bgr
 from dronseg_edge.option_fields import one_of
 
-IMAGE_DIR = Path("imgs/imgs")
-MASK_DIR = Path("masks/masks")
-FIX_LAYOUT = "expected the Kaggle layout ROOT/imgs/imgs/*.jpg, ROOT/masks/masks/*.png, ROOT/train.csv"
 # The data check decodes in threads: at most this many image pixels (each with its mask) at once,
 # whatever the number of threads (about 6 bytes a pixel: BGR, the mask and Pillow's copy of it).
 DECODE_BUDGET_PIXELS = 1 << 27
@@ -91,7 +89,7 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     image_dir, mask_dir = root / IMAGE_DIR, root / MASK_DIR
     if not image_dir.is_dir():
         raise DronsegError(f"{image_dir} is missing; {FIX_LAYOUT}")
-    if (root / "synth.json").is_file() and not (root / "train.csv").is_file():  # synth writes its CSVs last
+    if (root / "synth.json").is_file() and not (root / TRAIN_CSV).is_file():  # synth writes its CSVs last
         raise DronsegError(f"{root} is a `synth` data set that was never finished (no train.csv): "
                            f"rerun `dronseg-edge synth {root} --force`")
     # Hidden files left out, as infer's image folders do: macOS writes a "._x.jpg" beside each x.jpg on some disks.
@@ -103,7 +101,7 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     if extra:
         raise DronsegError(f"{masks[extra[0]]} has no image {image_dir / (extra[0] + '.jpg')} ({len(extra)} such masks): "
                            "remove the extra masks or add their images")
-    train_csv, test_csv = root / "train.csv", root / "test.csv"
+    train_csv, test_csv = root / TRAIN_CSV, root / TEST_CSV
     listed_test = read_ids(test_csv) if test_csv.is_file() else None
     not_test = set(images) - set(listed_test or ())  # an image test.csv lists is never trained on
     train_ids = read_ids(train_csv) if train_csv.is_file() else [i for i in images if i in masks and i in not_test]

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from dronseg_edge.checkpoint import recorded_data_root, recorded_split
-from dronseg_edge.data.aeroscapes import IMAGE_DIR, dataset_samples, read_bgr, read_mask, samples_for_ids
+from dronseg_edge.data.aeroscapes import dataset_samples, read_bgr, read_mask, samples_for_ids
 from dronseg_edge.data.split import pick_evenly
+from dronseg_edge.dataset_layout import IMAGE_DIR, TEST_MASK_DIR
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import IMAGE_SUFFIXES, ImageTooLarge, without_option
 
-TEST_MASK_DIR = "test_masks"  # ground truth of the synthetic data set's test images
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]
     folder = Path(folder)
     if not folder.is_dir():
         raise DronsegError(f"{option} {folder} {'is a file' if folder.exists() else 'does not exist'}: pass a folder of "
-                           "images or a dataset root (ROOT/imgs/imgs)")
+                           f"images or a dataset root (ROOT/{IMAGE_DIR})")
     if (folder / IMAGE_DIR).is_dir():
         samples = dataset_samples(folder, "images")
         test_masks = {p.stem: p for p in (folder / TEST_MASK_DIR).glob("*.png")}
@@ -61,7 +61,7 @@ def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]
     if not images:
         raise DronsegError(
             f"{option} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): pass a folder of images "
-            "or a dataset root (ROOT/imgs/imgs)"
+            f"or a dataset root (ROOT/{IMAGE_DIR})"
         )
     return [ImageItem(p) for p in images], f"image folder {folder.resolve()}"  # resolved: recorded in artifacts
 

@@ -29,18 +29,17 @@ import numpy as np
 from dronseg_edge.atomic import (atomic_path, ensure_writable_dir, low_space, short_write_failure, write_csv_atomic,
                                  write_json_atomic)
 from dronseg_edge.classes import CLASS_NAMES, NUM_CLASSES
-from dronseg_edge.data.aeroscapes import IMAGE_DIR, MASK_DIR
 from dronseg_edge.data.synthetic.camera import flight, moved, random_view
 from dronseg_edge.data.synthetic.objects import CAR, DRONE, PERSON
 from dronseg_edge.data.synthetic.scene import render_view
 from dronseg_edge.data.synthetic.worlds import FREQUENT, RARE, SKY, build_world
+from dronseg_edge.dataset_layout import CSV_FILES, IMAGE_DIR, MASK_DIR, SUBMISSION_CSV, TEST_CSV, TEST_MASK_DIR, TRAIN_CSV
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import native_name
 from dronseg_edge.option_fields import whole
 from dronseg_edge.pictures import write_image
 from dronseg_edge.sizes import format_size
 
-TEST_MASK_DIR = Path("test_masks")
 VIDEO_NAME = "video.mp4"
 VIDEO_MASK_DIR = Path("video_masks")
 SECONDS_BETWEEN_VIEWS = 1.5
@@ -90,13 +89,13 @@ def _prepare_root(root: Path, force: bool) -> None:
     # another file of a name synth writes (a flight's video.mp4, a real set's CSVs or masks).
     theirs = [] if (root / "synth.json").is_file() else [
         path for path in (root / name for name in (IMAGE_DIR, MASK_DIR, TEST_MASK_DIR, VIDEO_MASK_DIR, VIDEO_NAME,
-                                                   "train.csv", "test.csv", "sampleSubmission.csv"))
+                                                   *CSV_FILES))
         if path.is_file() or (path.is_dir() and any(path.iterdir()))]
     if theirs:
         raise DronsegError(f"--force would replace {theirs[0]}, which `dronseg-edge synth` did not make (no "
                            f"{root / 'synth.json'}): choose another output folder")
     ensure_writable_dir(root)
-    for name in ("train.csv", "test.csv", "sampleSubmission.csv"):
+    for name in CSV_FILES:
         (root / name).unlink(missing_ok=True)  # a data set without its CSVs reads as unfinished
     # synth.json first, marking the folder as synth's before any image, so that `synth --force` can redo
     # a run cut short (Ctrl-C, a full disk); its full contents come at the end.
@@ -253,9 +252,9 @@ def synthesize(out_dir: Path, images: int = 60, size: tuple[int, int] = (1280, 7
                                             "size": list(size), "images": images,
                                             "train": len(train_ids), "test": len(test_ids), "video_frames": video_frames,
                                             "fps": fps, "class_shares": shares})
-    write_csv_atomic(root / "train.csv", [["ImageID"], *([i] for i in train_ids)])
-    write_csv_atomic(root / "test.csv", [["ImageID"], *([i] for i in test_ids)])
-    write_csv_atomic(root / "sampleSubmission.csv", [["ImageID", "EncodedPixels"],
-                                                     *([f"{i}_{c}", ""] for i in test_ids for c in range(NUM_CLASSES))])
+    write_csv_atomic(root / TRAIN_CSV, [["ImageID"], *([i] for i in train_ids)])
+    write_csv_atomic(root / TEST_CSV, [["ImageID"], *([i] for i in test_ids)])
+    write_csv_atomic(root / SUBMISSION_CSV, [["ImageID", "EncodedPixels"],
+                                             *([f"{i}_{c}", ""] for i in test_ids for c in range(NUM_CLASSES))])
     return SynthResult(root, train_ids, test_ids, video, (root / VIDEO_MASK_DIR) if video else None, shares,
                        size, float(fps), video_frames)
