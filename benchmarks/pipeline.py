@@ -124,7 +124,9 @@ def run(args: argparse.Namespace) -> dict:
                                           device)
     video = args.video or synthetic_video(args.work, size, args.frames)
     first, facts = video_facts(video)
-    system = system_info(device)
+    if device.type == "cpu" and (os.cpu_count() or 1) > 1:
+        torch.set_num_threads(os.cpu_count() - 1)  # what run_inference uses on the CPU: compare like with like
+    system = system_info(device)  # after the line above: its "torch uses N threads" is what both runs use
     for line in describe_system(system):
         print(line)
 
@@ -135,8 +137,6 @@ def run(args: argparse.Namespace) -> dict:
     for _ in range(3):  # captures the CUDA graph and lets cudnn pick its kernels before anything is timed
         segmenter.predict(first)
 
-    if device.type == "cpu" and (os.cpu_count() or 1) > 1:
-        torch.set_num_threads(os.cpu_count() - 1)  # what run_inference uses on the CPU: compare like with like
     batch_host = preprocess_host([first] * args.batch, segmenter.info)
     timing = TimingSettings(warmup_iters=10, iters=args.iters)
     model_only = measure(segmenter.backend, batch_host, timing)
@@ -211,6 +211,7 @@ def run_vs_plain_loop(args: argparse.Namespace) -> int:
     load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None  # before the alternation
     _, facts = video_facts(video)
     system = system_info(torch.device("cpu"))
+    system["cpu"]["torch_threads"] = None  # this process's: neither side runs torch (doc["threads"] says what they use)
     for line in describe_system(system):
         print(line)
     print(f"model: {model} ({format_size(size)}); video: {facts['codec']} {facts['size']}, {facts['frames']} frames")

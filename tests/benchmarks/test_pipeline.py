@@ -52,3 +52,52 @@ def test_the_vs_plain_loop_markdown_names_the_machine_and_the_versions(tmp_path,
                                   "--work", str(tmp_path / "work"), "--tag", "t"]))
     text = next(tmp_path.glob("vs-plain-loop-cpu-*-t.md")).read_text()
     assert "cpu: " in text and "load average" in text and f"opencv {cv2.__version__}" in text
+    assert "torch uses" not in text  # this process's torch threads (2 on 2 cores): neither side runs torch
+
+
+def test_the_system_line_names_the_torch_threads_both_runs_use(tmp_path, monkeypatch, capsys):
+    """Before: the system line (and the JSON's system.cpu.torch_threads) was taken before the benchmark set torch to
+    one core fewer, so a 2-core machine printed "torch uses 2 threads" where model-only and end-to-end ran on 1."""
+    import os
+    import types
+
+    import numpy as np
+    import torch
+
+    from benchmarks import pipeline
+
+    frame = np.zeros((48, 64, 3), np.uint8)
+    timed = types.SimpleNamespace(compute=types.SimpleNamespace(median_ms=10.0), to_dict=lambda: {"latency_ms": {}})
+    summary = types.SimpleNamespace(data={"fps": 90.0, **dict.fromkeys(
+        ("frames", "wall_s", "stage_ms", "write_ms", "video_codec"))}, speed_line=lambda: "")
+
+    class FakeSegmenter:
+        def __init__(self, *args, **kwargs):
+            self.info = types.SimpleNamespace(arch="a", input_size=(64, 48), precision="fp32")
+            self.backend = types.SimpleNamespace(name="torch", provider=None)
+
+        def describe(self):
+            return "fake"
+
+        def predict(self, image):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(pipeline, "sane_checkpoint", lambda *args: tmp_path / "m.pt")
+    monkeypatch.setattr(pipeline, "synthetic_video", lambda *args: tmp_path / "v.mp4")
+    monkeypatch.setattr(pipeline, "video_facts", lambda path: (frame, {"path": str(path), "codec": "MJPG", "size": "64x48",
+                                                                       "frames": 1, "fps": 30.0}))
+    monkeypatch.setattr(pipeline, "Segmenter", FakeSegmenter)
+    monkeypatch.setattr(pipeline, "preprocess_host", lambda frames, info: None)
+    monkeypatch.setattr(pipeline, "measure", lambda backend, batch, timing: timed)
+    monkeypatch.setattr(pipeline, "run_inference", lambda segmenter, video, options: summary)
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: before + 2)  # the benchmark sets torch to before + 1 threads
+    try:
+        doc = pipeline.run(parse_args(["--quick", "--work", str(tmp_path)]))
+    finally:
+        torch.set_num_threads(before)
+    assert doc["settings"]["torch_threads"] == before + 1 == doc["system"]["cpu"]["torch_threads"]
+    assert f"torch uses {before + 1} threads" in capsys.readouterr().out
