@@ -29,6 +29,11 @@ import cv2
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # this checkout's package (for the helpers below), not one installed
+from dronseg_edge.atomic import write_json_atomic  # noqa: E402
+from dronseg_edge.bench.system import system_info  # noqa: E402
+from dronseg_edge.devices import Device  # noqa: E402
+
 ARTIFACTS = ("checkpoint", "tensors", "frames")
 
 
@@ -99,13 +104,13 @@ def main(argv=None) -> int:
     args.work = args.work.resolve()
     checkpoint, video = trained_model(args.work, args.epochs)
     package = args.package.resolve()
+    system = system_info(Device("cpu"))  # CPU, versions (infer runs on this Python), load before the runs add theirs
     doc = {"schema": "dronseg-edge-artifact-agreement/1", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "package": str(package), "commit": _commit(package), "checkpoint": str(checkpoint), "video": str(video),
-           **compare(package, checkpoint, video, args.work / (args.tag or "run"))}
+           "system": system, **compare(package, checkpoint, video, args.work / (args.tag or "run"))}
     print(json.dumps(doc, indent=2))
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"artifact-agreement-cpu-{date.today().isoformat()}{'-' + args.tag if args.tag else ''}.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_json_atomic(path, doc)
     print(f"wrote {path}")
     return 0
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the repository root off sys.path
@@ -58,3 +59,35 @@ def test_another_epochs_trains_another_model(tmp_path, monkeypatch):
     monkeypatch.setattr(artifact_agreement, "cli", cli)
     one, two, again = (artifact_agreement.trained_model(tmp_path, epochs)[0] for epochs in (1, 2, 1))
     assert trained == ["1", "2"] and one != two and again == one
+
+
+def measured_twice(tmp_path, monkeypatch, write_text=None) -> Path:
+    """main() with the model and the comparison faked, run twice with one --tag; the second's write is ``write_text``."""
+    monkeypatch.setattr(artifact_agreement, "trained_model", lambda work, epochs: (work / "best.pt", work / "video.mp4"))
+    monkeypatch.setattr(artifact_agreement, "compare", lambda *args: {"frames": 3, "agreement": {}, "parity": {}})
+    argv = ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--tag", "t"]
+    assert artifact_agreement.main(argv) == 0
+    if write_text is not None:
+        monkeypatch.setattr(Path, "write_text", write_text)
+    return next((tmp_path / "out").glob("artifact-agreement-cpu-*-t.json"))
+
+
+def test_the_results_say_what_they_were_measured_on(tmp_path, monkeypatch):
+    """Before: no versions, CPU or load average in the JSON, where every other benchmark's results carry them."""
+    doc = json.loads(measured_twice(tmp_path, monkeypatch).read_text())
+    assert doc["system"]["versions"]["opencv"] == cv2.__version__ and doc["system"]["device"]["type"] == "cpu"
+    assert doc["system"]["cpu"]["logical_cores"] and "load_average" in doc["system"]["cpu"]
+
+
+def test_a_write_that_fails_leaves_the_earlier_results_whole(tmp_path, monkeypatch):
+    """Before: the JSON was written in place, so a disk filling up mid-write left half of it under the final name."""
+    def half_then_full(self, text, *args, **kwargs):
+        with open(self, "w") as file:
+            file.write(text[: len(text) // 2])
+        raise OSError(28, "No space left on device")
+
+    path = measured_twice(tmp_path, monkeypatch, half_then_full)
+    earlier = path.read_text()
+    with pytest.raises(Exception, match="space"):
+        artifact_agreement.main(["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--tag", "t"])
+    assert path.read_text() == earlier and [p.name for p in path.parent.iterdir()] == [path.name]
