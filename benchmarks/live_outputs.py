@@ -25,7 +25,7 @@ frames, reconnects and latency, so the stall is seen to happen.
 
     python benchmarks/live_outputs.py                 # DeepLabV3-MobileNetV3 at 320x192, a 640x360 clip, 300 frames, 5 repeats
     python benchmarks/live_outputs.py --arch lraspp_mobilenet_v3_large --tag lraspp   # a model 2x lighter: encoding matters more
-    python benchmarks/live_outputs.py --quick         # smoke run: 160x96, 40 frames, 1 repeat
+    python benchmarks/live_outputs.py --quick         # smoke run: 160x96, 40 frames, 1 repeat (target not judged)
 
 Writes benchmarks/results/live-outputs-<device>-<date>[-TAG].json. Linux only (SIGSTOP).
 """
@@ -215,6 +215,11 @@ def run(args: argparse.Namespace) -> dict:
     print(f"stalled vs reading: {100 * change:+.1f} % (target: no slowdown beyond {100 * TARGET_CHANGE:.0f} %; a "
           "frozen stream's frames are dropped before they are encoded, which may make the run faster)")
     every_frame_kept = all(r["video_frames"] == r["frames"] == args.frames for results in runs.values() for r in results)
+    # --quick: one repeat of a ~1.5 s run, whose receivers freeze at 1 s, moves by more than 5 % on noise alone
+    # (and the frozen buffers may not even fill): the files are checked, the target is not judged (None, not False).
+    judged = None if args.quick else True
+    if args.quick:
+        print("--quick: 1 repeat of 40 frames cannot measure a 5 % change; the target is not judged (run without --quick)")
     return {
         "benchmark": "live_outputs", "date": now_iso(), "system": system_info(device),
         "settings": {"arch": args.arch, "input_size": args.size, "video_size": args.video_size, "frames": args.frames,
@@ -226,8 +231,8 @@ def run(args: argparse.Namespace) -> dict:
         "every_frame_in_the_files": every_frame_kept,
         # Slower by less than TARGET_CHANGE: the issue's "changes by less than 5 %" is about a receiver
         # slowing the segmentation; faster is recorded (stalled_vs_reading) and explained, not failed.
-        "target": {"max_slowdown": TARGET_CHANGE, "met": change > -TARGET_CHANGE and every_frame_kept,
-                   "within_5_percent_either_way": abs(change) < TARGET_CHANGE},
+        "target": {"max_slowdown": TARGET_CHANGE, "met": every_frame_kept and judged and change > -TARGET_CHANGE,
+                   "within_5_percent_either_way": judged and abs(change) < TARGET_CHANGE},
         "runs": runs,
     }
 
@@ -238,7 +243,7 @@ def main(argv=None) -> int:
     name = f"live-outputs-cpu-{date.today().isoformat()}{'-' + args.tag if args.tag else ''}.json"
     path = write_json_atomic(args.out / name, doc)
     print(f"wrote {path}")
-    return 0 if doc["target"]["met"] else 1
+    return 1 if doc["target"]["met"] is False else 0  # None: --quick, not judged
 
 
 if __name__ == "__main__":

@@ -31,3 +31,23 @@ def test_a_bad_size_is_one_line(tmp_path):
                            str(tmp_path / "work"), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr == "error: --size '100' is not a size: write it as WIDTHxHEIGHT, e.g. 1280x720\n"
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("quick, video_frames, code", [(True, 40, 0), (True, 39, 1), (False, 40, 1)])
+def test_a_quick_run_does_not_judge_what_it_cannot_measure(tmp_path, monkeypatch, capsys, quick, video_frames, code):
+    """Before: --quick (one repeat of 40 frames, about 1.5 s) judged the 5 % target and exited 1 on noise (-9.8 %
+    and -12.6 % in two runs of three on a 2-core machine); a frame lost from the files still fails it, and the full
+    run still fails on that slowdown."""
+    import contextlib
+
+    from benchmarks import live_outputs
+
+    fps = {"none": 36.0, "reading": 27.0, "stalled": 24.0}  # stalled 11 % slower
+    monkeypatch.setattr(live_outputs, "sane_checkpoint", lambda *args: tmp_path / "m.pt")
+    monkeypatch.setattr(live_outputs, "grainy_video", lambda *args: tmp_path / "v.mp4")
+    monkeypatch.setattr(live_outputs, "Segmenter", lambda *args, **kwargs: contextlib.nullcontext())
+    monkeypatch.setattr(live_outputs, "one_run", lambda segmenter, video, condition: {
+        "fps": fps[condition], "frames": 40, "video_frames": video_frames, "streams": []})
+    argv = ["--quick"] if quick else ["--frames", "40", "--repeats", "1"]
+    assert live_outputs.main([*argv, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]) == code
+    assert ("not judged" in capsys.readouterr().out) == quick
