@@ -256,3 +256,15 @@ def test_jetson_check_makes_pip_evaluate_markers_as_a_jetson():
                     "\"platform_machine == 'aarch64' and python_version == '3.10'\").evaluate({'extra': 'trt'}))")
     done = subprocess.run([sys.executable, "-c", probe, json.dumps(check.JETSON_MARKERS)], capture_output=True, text=True)
     assert done.stdout.split() == ["False", "True"], done.stderr
+
+
+def test_jetson_check_offline_says_it_could_not_check(tmp_path, monkeypatch, capsys):
+    """Before: with no index in reach pip finds no version of anything, and every set was a FAIL, exit 1, as if the
+    sets did not resolve for aarch64; now "could not check", exit 2. pip without an index stands in for no network."""
+    check = _jetson_check()
+    monkeypatch.setattr(check, "build_wheel", lambda dest: tmp_path / "dronseg_edge-0.1.0-py3-none-any.whl")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))  # an empty folder, in place of any configured one
+    assert check.main(["--sets", "core"]) == 2
+    out, err = capsys.readouterr()
+    assert "FAIL" not in out and err.startswith("error: could not check: pip finds no numpy<2 for aarch64")

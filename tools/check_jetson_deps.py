@@ -20,7 +20,7 @@ when it would install a wheel whose platform tag is not aarch64 or pure Python, 
 what JetPack must provide: opencv-python* or onnxruntime* in the core (they would shadow JetPack's
 OpenCV and NVIDIA's onnxruntime-gpu), tensorrt from pip. Notes (not failures) say where the Jetson's
 own wheels replace the registry's (torch, torchvision). Exit status: 0 all pass, 1 a set failed,
-2 the check itself could not run.
+2 the check itself could not run (no wheel, or pip finds no numpy<2 for aarch64: an index out of reach).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ SETS = {
     "trt-cu12": ("trt-cu12", JETPACK6),  # the extra itself pins cuda-bindings 12.x
     "video": ("video", JETPACK6),
 }
+INDEX_PROBE = "numpy<2"  # has cp310 manylinux aarch64 wheels on PyPI: found, or the index cannot be used from here
 # On a Jetson these come from JetPack or NVIDIA's own wheels: pip must not bring them.
 NEVER_FROM_PIP = {"tensorrt": "TensorRT comes with JetPack", "tensorrt-cu12": "TensorRT comes with JetPack",
                   "onnxruntime-gpu": "no aarch64 wheel on PyPI"}
@@ -172,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"Jetson (JetPack 6): cp{PYTHON_VERSION.replace('.', '')}, manylinux aarch64 up to glibc 2.{GLIBC_MINOR}; "
               f"markers evaluated as platform_machine=aarch64")
+        # pip takes an index it cannot reach for one without the package: offline, every set would FAIL (exit 1)
+        code, _, tail = dry_run(INDEX_PROBE, "", [], work, "index-probe")
+        if code != 0:
+            print(f"error: could not check: pip finds no {INDEX_PROBE} for aarch64, which PyPI has (no network, or an "
+                  "index without aarch64 wheels):\n     " + tail.replace("\n", "\n     "), file=sys.stderr)
+            return 2
         failed = False
         for name in chosen:
             extra, constraints = SETS[name]
