@@ -309,14 +309,17 @@ def _opencv_avcodec() -> str:
     return "?"
 
 
-def cpu_description() -> dict:
+def cpu_description(load_start: list[float] | None) -> dict:
     from dronseg_edge.bench.system import cpu_model, load_average
 
     return {"model": cpu_model(), "logical_cores": os.cpu_count(), "opencv_threads": cv2.getNumThreads(),
-            "load_average": load_average()}
+            "load_average_start": load_start, "load_average": load_average()}
 
 
 def run(args) -> dict:
+    from dronseg_edge.bench.system import load_average
+
+    load_start = load_average()  # before the clips and reads: the one at the end counts this run's own threads
     sizes = parse_sizes(args.sizes)
     clips, skipped = make_clips(args, sizes)
     all_readers = readers(args.hw)
@@ -336,7 +339,7 @@ def run(args) -> dict:
             rows.append({"clip": clip, "reader": reader_name, **result})
         facts["timestamps_s"] = [round(t, 6) for t in facts["timestamps_s"][:8]]
         rows.append({"clip": clip, "container": facts})
-    return {"benchmark": "decode", "date": date.today().isoformat(), "device": "cpu", "cpu": cpu_description(),
+    return {"benchmark": "decode", "date": date.today().isoformat(), "device": "cpu", "cpu": cpu_description(load_start),
             "versions": versions(), "settings": {"frames": args.frames, "repeats": args.repeats, "sizes": sizes,
                                                  "encoders": ENCODERS, "vfr_ticks_90khz": VFR_TICKS,
                                                  "rotation_ccw": ROTATION},

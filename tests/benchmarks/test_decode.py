@@ -26,3 +26,17 @@ def test_a_bad_size_or_codec_is_a_usage_error(capsys):
         with pytest.raises(SystemExit) as stop:
             parse_args(args)
         assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_load_average_before_the_run_is_recorded(tmp_path, monkeypatch):
+    """Before: only the load average at the end, which counts the run's own decoding threads (the other benchmarks
+    record the one before their runs too)."""
+    pytest.importorskip("av")
+    from benchmarks import decode
+    from dronseg_edge.bench import system
+
+    loads = iter([[0.5, 0.5, 0.5], [3.0, 1.0, 0.6]])  # before the run, after it
+    monkeypatch.setattr(system, "load_average", lambda: next(loads))
+    monkeypatch.setattr(decode, "make_clips", lambda args, sizes: ({}, {}))
+    cpu = decode.run(parse_args(["--quick", "--work", str(tmp_path)]))["cpu"]
+    assert cpu["load_average_start"] == [0.5, 0.5, 0.5] and cpu["load_average"] == [3.0, 1.0, 0.6]
