@@ -47,6 +47,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import sane_checkpoint  # noqa: E402  (same folder: one way to make test models)
@@ -194,6 +195,8 @@ def one_run(segmenter: Segmenter, video: Path, condition: str) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     device = resolve_device("cpu")
+    if (os.cpu_count() or 1) > 1:  # run_inference's own on the CPU, set here so that system_info records what ran
+        torch.set_num_threads(os.cpu_count() - 1)
     size, video_size = parse_size(args.size), parse_size(args.video_size)
     model = sane_checkpoint(args.arch, size, args.work / "checkpoints" / f"{args.arch}_{format_size(size)}.pt", device)
     video = grainy_video(args.work, video_size, args.frames)

@@ -51,3 +51,27 @@ def test_a_quick_run_does_not_judge_what_it_cannot_measure(tmp_path, monkeypatch
     argv = ["--quick"] if quick else ["--frames", "40", "--repeats", "1"]
     assert live_outputs.main([*argv, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]) == code
     assert ("not judged" in capsys.readouterr().out) == quick
+
+
+def test_the_results_record_the_torch_threads_the_runs_used(tmp_path, monkeypatch):
+    """Before: system.cpu.torch_threads was 2 on a 2-core machine where every run used 1 (run_inference leaves a core
+    for decoding and writing)."""
+    import contextlib
+    import os
+
+    import torch
+
+    from benchmarks import live_outputs
+
+    monkeypatch.setattr(live_outputs, "sane_checkpoint", lambda *args: tmp_path / "m.pt")
+    monkeypatch.setattr(live_outputs, "grainy_video", lambda *args: tmp_path / "v.mp4")
+    monkeypatch.setattr(live_outputs, "Segmenter", lambda *args, **kwargs: contextlib.nullcontext())
+    monkeypatch.setattr(live_outputs, "one_run", lambda segmenter, video, condition: {
+        "fps": 10.0, "frames": 40, "video_frames": 40, "streams": []})
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: before + 2)  # run_inference runs torch on one core fewer
+    try:
+        doc = live_outputs.run(parse_args(["--quick", "--work", str(tmp_path)]))
+    finally:
+        torch.set_num_threads(before)
+    assert doc["system"]["cpu"]["torch_threads"] == before + 1
