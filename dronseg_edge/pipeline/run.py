@@ -243,12 +243,17 @@ def _without_summary(state: RunState, summary_error: DronsegError) -> DronsegErr
 
 def _mark_timeline_end(sinks: list[Sink], src: Source, state: RunState) -> None:
     """A video file read to its end: its overlay video runs to the source's last frame, placed by its time as the
-    others are (with --stride N it would stop up to N-1 frames short). Not after a stop (--max-frames, a signal, an
-    error)."""
-    if src.length is not None and state.stop_reason() == "end":
-        for sink in sinks:
-            if isinstance(sink, VideoSink):
-                sink.end_index, sink.end_time = src.length, src.end_time
+    others are (with --stride N it would stop up to N-1 frames short); with --max-duration-s, to the last frame before
+    the limit at the video's rate (with --stride N it stopped up to N-1 frames short, or past the limit where the
+    source ended first). Not after another stop (--max-frames, a signal, an error)."""
+    stop, limit, first = state.stop_reason(), state.options.max_duration, state.first_timestamp
+    for sink in (s for s in sinks if isinstance(s, VideoSink)):
+        if src.length is not None and stop == "end":
+            sink.end_index, sink.end_time = src.length, src.end_time
+        if limit and first is not None and src.kind == "video" and stop in ("end", "max_duration"):
+            frames = math.ceil(limit * sink.fps - 1e-6)  # those before the limit, at the video's rate
+            if sink.end_time is None or first + (frames - 1) / sink.fps < sink.end_time:
+                sink.end_index, sink.end_time = frames, first + (frames - 1) / sink.fps
 
 
 def _close_workers(workers: list[SinkWorker], state: RunState) -> Exception | None:

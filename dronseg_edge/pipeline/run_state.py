@@ -74,7 +74,7 @@ class RunState:
     classes: tuple[int, ...] | None = None  # the class ids --classes keeps
     seen: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=bool), repr=False)  # classes present so far
     _clock_start: float = field(default_factory=time.perf_counter, repr=False)
-    _first_timestamp: float | None = field(default=None, repr=False)  # the first frame's, where --max-duration-s starts
+    first_timestamp: float | None = field(default=None, repr=False)  # the first frame's, where --max-duration-s starts
 
     def mark_seen(self, result: Result) -> None:
         """Note the classes present in ``result`` and give it those of the run so far (``seen_classes``,
@@ -100,9 +100,9 @@ class RunState:
         seconds after the stream's start, and --max-duration-s 1 gave no frame at all."""
         if result.timestamp is None:
             return time.perf_counter() - self._clock_start
-        if self._first_timestamp is None:
-            self._first_timestamp = result.timestamp
-        return result.timestamp - self._first_timestamp
+        if self.first_timestamp is None:
+            self.first_timestamp = result.timestamp
+        return result.timestamp - self.first_timestamp
 
     def stop_reason(self) -> str:
         """``stopped`` for summary.json: interrupted, key, the error's kind (disk_full, unwritable,

@@ -173,6 +173,15 @@ def test_max_duration_counts_seconds_of_the_video_and_segments_split_it(segmente
     assert not (out / "overlay.mp4").exists()
 
 
+@pytest.mark.parametrize("limit", [0.5, 0.7])
+def test_a_strided_video_stopped_by_max_duration_runs_to_the_limit(segmenter, video_path, tmp_path, limit):
+    """--stride 4 --max-duration-s 0.5: the overlay video ended at frame 12 (13 frames where the unstrided run's has 15);
+    at 0.7 s no frame after the limit is segmented, and it ran on to the source's end (24 frames, not 21)."""
+    runs = [run_inference(segmenter, video_path, RunOptions(out=tmp_path / f"s{stride}", stride=stride, max_duration=limit,
+                                                            progress=False)) for stride in (1, 4)]
+    assert [len(read_video(run.out_dir / "overlay.mp4")[0]) for run in runs] == [round(limit * 30)] * 2
+
+
 def test_a_stream_without_a_rate_is_placed_in_the_video_by_its_frames_times(segmenter, tmp_path):
     """A stream that reports no rate (live MJPEG) at 10 fps: its video, at 30 fps, holds each frame 0.1 s, not 1/30 s."""
 
