@@ -85,6 +85,7 @@ class FrameReader:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dronseg-decode", daemon=True)
         self.decoded, self.decode_ms = 0, 0.0
+        self.first_read_at: float | None = None  # when the first frame was read (time.monotonic())
         self._left = False  # a stop gave up waiting for a read that did not return
 
     @property
@@ -104,6 +105,7 @@ class FrameReader:
                 self.decoded += 1
                 self.decode_ms += record.decode_ms
                 record.read_at = time.monotonic()
+                self.first_read_at = self.first_read_at or record.read_at
                 put_unless_stopped(self._buffer, record, self._stop.is_set)
             put_unless_stopped(self._buffer, _END, self._stop.is_set)
         except BaseException as exc:  # handed to the consumer, which raises it in its own thread

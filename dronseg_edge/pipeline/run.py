@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -79,7 +80,7 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
         floor = DiskFloor(out_dir, options.min_free_mb)
         results = segmenter.stream(reader, max_frames=options.max_frames, confidence=request.confidence,
                                    classes=request.classes)
-        timer = _live_deadline(src, reader, options, state)
+        deadline = _live_deadline(src, reader, options, state)
     try:
         with guard, _core_left_for_io(segmenter):
             for result in results:
@@ -110,8 +111,8 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
         raise
     finally:
         with interrupts_deferred():
-            if timer is not None:
-                timer.cancel()
+            if deadline is not None:
+                deadline.set()
             results.close()
             reader.stop()
             reserve.release()  # its room now lets the video's index and summary.json be written
@@ -184,20 +185,26 @@ def _write_summary(out_dir: Path, data: dict) -> tuple[RunSummary, DronsegError 
         return summary, exc
 
 
-def _live_deadline(src: Source, reader: FrameReader, options: RunOptions, state: RunState) -> threading.Timer | None:
-    """For a camera or stream with --max-duration-s: a timer that stops reading at the deadline,
-    in case no frame comes to check it against (a stalled stream, a long reconnect)."""
+def _live_deadline(src: Source, reader: FrameReader, options: RunOptions, state: RunState) -> threading.Event | None:
+    """For a camera or stream with --max-duration-s: a thread that stops reading at the deadline, in case no frame
+    comes to check it against (a stalled stream, a long reconnect); counted from the first frame read, as the frames'
+    own check is (a camera's first frame can take seconds), from the start while none has come. Set the event to end it."""
     if options.max_duration is None or src.kind not in ("camera", "stream"):
         return None
+    done, start = threading.Event(), time.monotonic()
 
-    def stop() -> None:
-        state.stopped = "max_duration"
-        reader.stop(timeout=0)
+    def left() -> float:
+        return (reader.first_read_at or start) + options.max_duration - time.monotonic()
 
-    timer = threading.Timer(options.max_duration, stop)
-    timer.daemon = True
-    timer.start()
-    return timer
+    def watch() -> None:
+        while not done.wait(max(left(), 0.0)):
+            if left() <= 0:
+                state.stopped = "max_duration"
+                reader.stop(timeout=0)
+                return
+
+    threading.Thread(target=watch, name="dronseg-deadline", daemon=True).start()
+    return done
 
 
 def _check_floor(active: list[SinkWorker], state: RunState, floor: DiskFloor) -> list[SinkWorker]:

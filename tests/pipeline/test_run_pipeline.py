@@ -226,6 +226,24 @@ def test_max_duration_stops_a_stalled_live_stream_on_time(segmenter, tmp_path):
     assert summary.frames + summary.data["dropped_frames"] == 2 and summary.frames >= 1
 
 
+class SlowToStart(StallingCapture):
+    """A stream whose first frame takes ``block_s``, then one comes every 20 ms."""
+
+    def read(self):
+        self.reads += 1
+        time.sleep(self.block_s if self.reads == 1 else 0.02)
+        return True, scene(self.reads % 5, (96, 64))
+
+
+def test_max_duration_of_a_stream_counts_from_its_first_frame(segmenter, tmp_path):
+    """The deadline's timer started with the run: a stream whose first frame took 1 s gave 0.5 s of --max-duration-s 1.5."""
+    capture = SlowToStart(block_s=1.0)
+    source = StreamSource("rtsp://camera/3", reconnect_s=30.0, open_capture=lambda: capture)
+    summary = run_inference(segmenter, source, RunOptions(out=tmp_path / "run", max_duration=1.5, progress=False))
+    times = [s["timestamp"] for s in read_stats(summary.out_dir)]
+    assert summary.data["stopped"] == "max_duration" and times[-1] - times[0] > 1.0, times
+
+
 def test_live_mode_drops_frames_when_inference_is_slower_than_the_source(segmenter, video_path, tmp_path, monkeypatch):
     real_infer = segmenter.backend._infer
 
