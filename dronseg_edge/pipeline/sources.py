@@ -261,7 +261,7 @@ class CaptureSource(Source):
         self.fps, self.frame_count = _rate_and_count(self.capture)
 
     def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
-        start_time, position = time.monotonic(), 0
+        start_time, position, spent = time.monotonic(), 0, 0.0  # spent: ms reading since the last frame yielded
         recent: collections.deque[float] = collections.deque(maxlen=RECENT_READS)  # seconds per read
         while not self._stop.is_set():
             start = time.perf_counter()
@@ -269,9 +269,10 @@ class CaptureSource(Source):
             recent.append(time.perf_counter() - start)
             if ok and frame is not None:
                 self.check_pixels((frame.shape[1], frame.shape[0]))
+                spent += recent[-1] * 1e3  # --stride's skipped frames are read (decoded) too
                 if position % stride == 0:
-                    yield FrameRecord(position, time.monotonic() - start_time, frame, self.name, f"{position:06d}",
-                                      recent[-1] * 1e3)
+                    yield FrameRecord(position, time.monotonic() - start_time, frame, self.name, f"{position:06d}", spent)
+                    spent = 0.0
                 position += 1
                 continue
             if self._stop.is_set():  # a read a stop outlasted: its capture may be left behind (FrameReader.stop)

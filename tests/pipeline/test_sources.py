@@ -247,6 +247,16 @@ def test_a_live_mjpeg_streams_rate_is_unknown(fourcc, count, fps):
     assert StreamSource("http://cam/video.mjpg", open_capture=opener(capture)).fps == fps
 
 
+def test_a_strided_streams_decode_time_counts_the_frames_read_and_skipped_before_it(monkeypatch):
+    """A stream's or camera's --stride N reads (decodes) every frame: stage_ms.decode gave the segmented frame's read
+    only, 1/N of what reading took per segmented frame (as a video file's did)."""
+    clock = iter(range(10_000))  # each read takes one second
+    monkeypatch.setattr(sources, "time", SimpleNamespace(perf_counter=lambda: float(next(clock)), monotonic=time.monotonic))
+    frames = StreamSource("rtsp://camera/4", open_capture=opener(FakeCapture(13))).frames(stride=4)
+    records = [next(frames) for _ in range(4)]
+    assert [(r.index, r.decode_ms) for r in records] == [(0, 1000.0), (4, 4000.0), (8, 4000.0), (12, 4000.0)]
+
+
 def test_stream_reconnects_with_backoff_and_then_gives_up():
     source = StreamSource("rtsp://camera/1", reconnect_s=1.0,
                           open_capture=opener(FakeCapture(3), None, FakeCapture(2)))  # connect, drop, fail, reopen
