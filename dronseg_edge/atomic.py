@@ -76,12 +76,12 @@ def free_space(path: os.PathLike | str) -> str:
             return f"{free:.1f} {unit} free"
 
 
-def storage_failure(exc: OSError, path: os.PathLike | str) -> RuntimeFailure:
-    """The one-line error for a write to ``path`` that failed with ``exc`` (ENOSPC, EROFS, EACCES, ...;
-    EIO and the like: a failing disk or a card pulled out); its ``stopped`` says why for summary.json
-    (``disk_full``, ``unwritable`` or ``write_failed``)."""
+def storage_failure(exc: OSError, path: os.PathLike | str, name: str | None = None) -> RuntimeFailure:
+    """The one-line error for a write to ``path`` (called ``name`` where given) that failed with ``exc`` (ENOSPC,
+    EROFS, EACCES, ...; EIO and the like: a failing disk or a card pulled out); its ``stopped`` says why for
+    summary.json (``disk_full``, ``unwritable`` or ``write_failed``)."""
     stopped, fix = STORAGE_FAULTS.get(exc.errno, ("write_failed", "check the disk or choose another output folder"))
-    return RuntimeFailure(f"cannot write {path}: {exc.strerror or exc} ({free_space(path)}): {fix}", stopped=stopped)
+    return RuntimeFailure(f"cannot write {name or path}: {exc.strerror or exc} ({free_space(path)}): {fix}", stopped=stopped)
 
 
 def name_too_long(path: os.PathLike | str | None) -> str:

@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM) and _unreadable(exc.filename):
             _fail(f"cannot read {_unreadable(exc.filename)}: {exc.strerror}: make it readable by this user (chmod, "
                   "chown) or run as its owner", DronsegError.exit_code)
-        if is_storage_error(exc):
-            _fail(storage_failure(exc, exc.filename or "."), RuntimeFailure.exit_code)
+        if is_storage_error(exc):  # no file name: a write to standard output (`checks > /full/disk/checks.txt`)
+            _fail(storage_failure(exc, exc.filename or "/dev/stdout", None if exc.filename else "standard output"),
+                  RuntimeFailure.exit_code)
         error = missing_module_error(exc)
         if error is None:
             raise

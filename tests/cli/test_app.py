@@ -59,6 +59,23 @@ def test_a_full_disk_no_command_caught_is_still_one_line_with_exit_code_5(capsys
         err.count("\n") == 1
 
 
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_standard_output_on_a_full_disk_is_named_as_such():
+    """`checks > /full/disk/checks.txt` said "cannot write .: No space left on device (60.4 GB free)": the current
+    folder and its free space, where standard output's file system was full."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    with open("/dev/full", "w") as full:  # every write: ENOSPC
+        done = subprocess.run([sys.executable, "-m", "dronseg_edge", "--version"], env=env, stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 5 and done.stderr.startswith("error: cannot write standard output: No space left on "
+                                                           "device (") and done.stderr.count("\n") == 1, done.stderr
+
+
 def test_an_input_this_user_cannot_read_is_a_usage_error_not_a_failed_write(capsys, monkeypatch, tmp_path):
     import errno
     import os
