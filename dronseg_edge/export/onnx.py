@@ -22,6 +22,7 @@ from torch import nn
 
 from dronseg_edge.atomic import atomic_path, ensure_writable_dir
 from dronseg_edge.errors import BackendUnavailable, DronsegError
+from dronseg_edge.export.options import DEFAULT_OPSET
 from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.machine import installed_version
 from dronseg_edge.metadata import ModelInfo, set_onnx_metadata
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "images"
 OUTPUT_NAMES = {"logits": "logits", "argmax": "mask"}
 MIN_OPSET = 13  # per-channel QuantizeLinear (int8) and Resize semantics TensorRT parses
-DEFAULT_OPSET = {"torchscript": 17, "dynamo": 18}
 MAX_PROTO_BYTES = 2**31 - 2**20  # protobuf's 2 GiB limit, with room for the graph itself
 
 

@@ -28,6 +28,7 @@ TRITON_BACKENDS = ("onnxruntime", "tensorrt")  # export.triton serves model.onnx
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("minmax", "percentile")  # export.quantize implements these
 DEFAULT_CALIBRATION_METHOD = "percentile"
+DEFAULT_OPSET = {"torchscript": 17, "dynamo": 18}  # export.onnx: the dynamo exporter writes 18 and up
 CALIB_IMAGES = 32
 PARITY_IMAGES = 16
 DLA_PRECISIONS = ("fp16", "int8")  # DLA has no fp32 kernels
@@ -81,7 +82,8 @@ class ExportOptions:
     size: tuple[int, int] | None = option(None, "Input WxH.", parse=parse_size, default_text="the training size")
     batch: int = option(1, "Fixed batch size (with --dynamic or --dynamic-batch: the batch engines are tuned for).")
     dynamic: bool = option(False, "Dynamic batch, height and width (static is faster).")
-    opset: int | None = option(None, "ONNX opset.", default_text="17")
+    opset: int | None = option(None, "ONNX opset.", default_text=f"{DEFAULT_OPSET['torchscript']}; {DEFAULT_OPSET['dynamo']} "
+                                                                   "where torch has only the dynamo exporter")
     head: str = option("logits", "logits (N,C,H,W) or argmax (N,H,W uint8 class map).")
     calib_data: Path | None = option(None, "int8 calibration images: dataset root or image folder.",
                                      default_text="the checkpoint's validation split")

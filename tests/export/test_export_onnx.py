@@ -141,6 +141,16 @@ def test_opset_out_of_range_is_a_user_error():
         check_opset(9, "torchscript")
 
 
+def test_the_opset_help_gives_each_exporters_default():
+    """`export -h` said the --opset default was 17, where torch with only the dynamo exporter writes 18 (17 is refused)."""
+    from dronseg_edge.export.options import ExportOptions
+    from dronseg_edge.option_fields import option_fields
+
+    shown = next(spec.default_text for f, spec in option_fields(ExportOptions) if f.name == "opset")
+    assert [check_opset(None, exporter) for exporter in ("torchscript", "dynamo")] == [17, 18]
+    assert shown == "17; 18 where torch has only the dynamo exporter"
+
+
 def test_fixed_batch_export_pads_the_last_parity_batch(trained_checkpoint, tmp_path):
     result = export_artifact(trained_checkpoint, batch=2, parity_images=3, out_dir=tmp_path, device="cpu")
     assert result.path.name == "best_b2_fp32.onnx" and result.passed
