@@ -239,9 +239,9 @@ def test_max_duration_of_a_stream_counts_from_its_first_frame(segmenter, tmp_pat
     """The deadline's timer started with the run: a stream whose first frame took 1 s gave 0.5 s of --max-duration-s 1.5."""
     capture = SlowToStart(block_s=1.0)
     source = StreamSource("rtsp://camera/3", reconnect_s=30.0, open_capture=lambda: capture)
-    summary = run_inference(segmenter, source, RunOptions(out=tmp_path / "run", max_duration=1.5, progress=False))
-    times = [s["timestamp"] for s in read_stats(summary.out_dir)]
-    assert summary.data["stopped"] == "max_duration" and times[-1] - times[0] > 1.0, times
+    summary = run_inference(segmenter, source, RunOptions(out=tmp_path / "run", max_duration=2.5, progress=False))
+    times = [s["timestamp"] for s in read_stats(summary.out_dir)]  # from the start the span was at most 1.5 s
+    assert summary.data["stopped"] == "max_duration" and times[-1] - times[0] > 1.6, times
 
 
 def test_live_mode_drops_frames_when_inference_is_slower_than_the_source(segmenter, video_path, tmp_path, monkeypatch):
