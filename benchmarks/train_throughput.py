@@ -6,7 +6,7 @@ files through the real DataLoader and augmentation, so the loader's cost is part
     python benchmarks/train_throughput.py                       # ResNet-101, 1280x720, bf16, batch 8
     python benchmarks/train_throughput.py --model lraspp_mobilenet_v3_large --size 320x192 --steps 5 --device cpu
 
-Writes benchmarks/results/train_throughput-<device>-<date>.json.
+Writes benchmarks/results/train_throughput-<device>-<date>[-TAG].json.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not one installed
-from dronseg_edge import __version__  # noqa: E402
 from dronseg_edge.atomic import write_json_atomic  # noqa: E402
-from dronseg_edge.bench.system import cpu_model, load_average  # noqa: E402
+from dronseg_edge.bench.system import cpu_model, load_average, versions  # noqa: E402
 from dronseg_edge.data.aeroscapes import dataset_samples  # noqa: E402
 from dronseg_edge.data.augment import AugmentConfig  # noqa: E402
 from dronseg_edge.data.dataset import SegmentationDataset  # noqa: E402
@@ -60,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--tag", default="", help="appended to the file name, to keep several runs of one day")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:  # --steps 0 wrote "0.0 img/s" as a result
         raise DronsegError(f"--steps {args.steps} --warmup {args.warmup}: time 1 or more steps, after 0 or more")
@@ -71,15 +71,15 @@ def run(args: argparse.Namespace) -> dict:
     size = parse_size(args.size)
     load_start = load_average()  # before the run: the one after it counts its own loader workers
     seed_everything(0)
-    scratch = None
-    if args.data is None:
+    scratch, data = None, args.data
+    if data is None:
         from dronseg_edge.data.synthetic import synthesize
 
         scratch = tempfile.TemporaryDirectory(prefix="dronseg-bench-")
-        args.data = Path(scratch.name) / "data"
-        synthesize(args.data, images=args.images, size=size, video_frames=0, seed=0, test_fraction=0.0)
-    samples = dataset_samples(args.data, "train")
-    cfg = TrainConfig(data=str(args.data), model=args.model, weights="none", batch=args.batch, size=size,
+        data = Path(scratch.name) / "data"
+        synthesize(data, images=args.images, size=size, video_frames=0, seed=0, test_fraction=0.0)
+    samples = dataset_samples(data, "train")
+    cfg = TrainConfig(data=str(data), model=args.model, weights="none", batch=args.batch, size=size,
                       accumulate=args.accumulate, loss=args.loss, optimizer=args.optimizer, amp=args.amp,
                       channels_last=args.channels_last, compile=args.compile, workers=args.workers, epochs=1,
                       augment=AugmentConfig(enabled=args.augment))
@@ -126,9 +126,10 @@ def run(args: argparse.Namespace) -> dict:
         "host": platform.node(),
         "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "load_average_start": load_start,
                 "load_average": load_average()},
-        "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
-                     "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "dronseg_edge": __version__},
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "versions": versions(),
+        # synthetic data: how it was made, not the temporary folder (deleted by now) it was made in
+        "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                     "data": str(args.data) if args.data else f"synthetic, {args.images} images {args.size}, seed 0"},
         "images_per_s": timed["images"] / timed["seconds"],
         "images": timed["images"],
         "seconds": timed["seconds"],
@@ -151,7 +152,8 @@ def main(argv=None) -> Path:
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", result["device"].split(" (")[0]).strip("-").lower()
-    path = args.out / f"train_throughput-{slug}-{result['date'][:10]}.json"
+    tag = f"-{re.sub(r'[^A-Za-z0-9_.]+', '-', args.tag)}" if args.tag else ""  # as benchmarks/latency.py
+    path = args.out / f"train_throughput-{slug}-{result['date'][:10]}{tag}.json"
     write_json_atomic(path, result)  # strict JSON: a NaN or infinite loss (fp16 overflow) is null, loss_finite says so
     memory = "n/a (CPU)" if result["peak_memory_gib"] is None else f"{result['peak_memory_gib']:.2f} GiB"
     print(f"{result['images_per_s']:.1f} img/s ({args.model} {args.size} batch {args.batch} amp {args.amp}) on "

@@ -62,3 +62,23 @@ def test_a_bad_option_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--size", "100", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr == "error: --size '100' is not a size: write it as WIDTHxHEIGHT, e.g. 1280x720\n"
+
+
+@pytest.mark.slow
+def test_tagged_runs_of_one_day_keep_their_own_files_and_record_what_a_reader_can_use(tmp_path):
+    """Before: there was no --tag, so two configurations run on one day and device wrote one file, the second
+    replacing the first; settings.data named the deleted temporary folder, and versions had no numpy or OpenCV."""
+    import cv2
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny = ["--model", "lraspp_mobilenet_v3_large", "--size", "96x64", "--images", "4", "--batch", "2", "--steps", "1",
+            "--warmup", "0", "--workers", "0", "--amp", "off", "--device", "cpu", "--out", str(tmp_path)]
+    paths = [module.main([*tiny, "--tag", tag]) for tag in ("batch 2", "b")]
+    assert [path.name.split("-", 5)[-1] for path in paths] == ["batch-2.json", "b.json"]
+    assert sorted(tmp_path.iterdir()) == sorted(paths)
+    result = json.loads(paths[0].read_text())
+    assert result["settings"]["data"] == "synthetic, 4 images 96x64, seed 0" and result["settings"]["tag"] == "batch 2"
+    assert result["versions"]["numpy"] == np.__version__ and result["versions"]["opencv"] == cv2.__version__
