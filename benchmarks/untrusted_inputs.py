@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from datetime import date
-from importlib import metadata
 from pathlib import Path
 
 import cv2
@@ -46,6 +44,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from dronseg_edge.atomic import write_json_atomic  # noqa: E402
+from dronseg_edge.bench.system import cpu_model, load_average, versions  # noqa: E402
+from dronseg_edge.machine import installed_version  # noqa: E402
 
 TARGETS_MIB = {"infer_bomb": 1024, "infer_folder": 1024, "train_data_check": 2048, "data_check": 2048}
 # The child's peak memory, read by a small parent (a child inherits its parent's maximum resident
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> dict:
         "data_check": [sys.executable, "-c", CHECK, str(inputs["data"]), "4"],
         "data_check_8k": [sys.executable, "-c", CHECK, str(inputs["large"]), "16"],
     }
-    results, load_start = {}, list(os.getloadavg())  # before the runs: the one at the end counts their own processes
+    results, load_start = {}, load_average()  # before the runs: the one at the end counts their own processes
     for name, cmd in cases.items():
         results[name] = measure(cmd)
         target = TARGETS_MIB.get(name)
@@ -160,37 +160,12 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{name:17s} exit {results[name]['exit_code']}  peak {results[name]['peak_mib']:8.1f} MiB  "
               f"{results[name]['seconds']:6.1f} s  {results[name]['stderr'] or ''}")
     return {"benchmark": "untrusted-inputs", "date": date.today().isoformat(), "device": "cpu",
-            "cpu": {"model": _cpu_model(), "logical_cores": os.cpu_count(), "load_average_start": load_start,
-                    "load_average": list(os.getloadavg())},
-            "versions": _versions(), "bomb": {"size": [side, side], "file_bytes": inputs["bomb"].stat().st_size,
-                                              "decoded_bgr_bytes": side * side * 3},
+            "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "load_average_start": load_start,
+                    "load_average": load_average()},
+            "versions": {**versions(), "pillow": installed_version("pillow")},  # Pillow reads the images' headers
+            "bomb": {"size": [side, side], "file_bytes": inputs["bomb"].stat().st_size, "decoded_bgr_bytes": side * side * 3},
             "max_pixels": 1 << 26, "issue_19_before": {"infer_bomb_peak_gb": 10.7, "train_workers_4_peak_gb": 15.7},
             "results": results}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _versions() -> dict:
-    from dronseg_edge import __version__
-
-    names = {"pillow": "pillow", "numpy": "numpy", "onnxruntime": "onnxruntime", "torch": "torch",
-             "opencv": "opencv-python-headless"}
-    versions = {"python": platform.python_version(), "dronseg-edge": __version__}
-    for key, dist in names.items():
-        try:
-            versions[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[key] = None
-    versions["opencv"] = cv2.__version__
-    return versions
 
 
 def main(argv=None) -> None:
