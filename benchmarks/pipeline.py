@@ -126,13 +126,16 @@ def run(args: argparse.Namespace) -> dict:
     first, facts = video_facts(video)
     if device.type == "cpu" and (os.cpu_count() or 1) > 1:
         torch.set_num_threads(os.cpu_count() - 1)  # what run_inference uses on the CPU: compare like with like
-    system = system_info(device)  # after the line above: its "torch uses N threads" is what both runs use
-    for line in describe_system(system):
-        print(line)
-
     options = {"backend_options": {"compile_mode": args.compile_mode}} if args.compile_mode else {}
     segmenter = Segmenter(model, device=device, half=args.half, batch=args.batch, **options)
-    print(f"model: {model} -> {segmenter.describe()}")
+    system = system_info(device)  # after set_num_threads: its "torch uses N threads" is what both runs use
+    if segmenter.backend.name != "torch":  # ONNX Runtime or TensorRT runs the model, not torch's threads
+        system["cpu"]["torch_threads"] = None
+    ort_threads = (segmenter.backend.threads or "onnxruntime default (one per core)"  # its own pool runs the model
+                   if segmenter.backend.name == "onnxruntime" else None)
+    for line in describe_system(system):
+        print(line)
+    print(f"model: {model} -> {segmenter.describe()}" + (f" (intra-op threads: {ort_threads})" if ort_threads else ""))
     print(f"video: {facts['path']} ({facts['codec']}, {facts['size']}, {facts['frames']} frames, {facts['fps']:g} fps)")
     for _ in range(3):  # captures the CUDA graph and lets cudnn pick its kernels before anything is timed
         segmenter.predict(first)
@@ -168,7 +171,7 @@ def run(args: argparse.Namespace) -> dict:
                      "backend": segmenter.backend.name, "provider": segmenter.backend.provider,
                      "precision": segmenter.info.precision, "input_size": format_size(segmenter.info.input_size),
                      "batch": args.batch, "masks": args.masks, "timing": timing.to_dict(), "repeats": len(runs),
-                     "torch_threads": torch.get_num_threads(),
+                     "torch_threads": system["cpu"]["torch_threads"], "onnxruntime_intra_op": ort_threads,
                      # other processes on the machine slow every stage: record how busy it was
                      "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None},
         "video": facts,

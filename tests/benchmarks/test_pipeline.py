@@ -55,9 +55,9 @@ def test_the_vs_plain_loop_markdown_names_the_machine_and_the_versions(tmp_path,
     assert "torch uses" not in text  # this process's torch threads (2 on 2 cores): neither side runs torch
 
 
-def test_the_system_line_names_the_torch_threads_both_runs_use(tmp_path, monkeypatch, capsys):
-    """Before: the system line (and the JSON's system.cpu.torch_threads) was taken before the benchmark set torch to
-    one core fewer, so a 2-core machine printed "torch uses 2 threads" where model-only and end-to-end ran on 1."""
+def _run_with_fakes(tmp_path, monkeypatch, backend) -> tuple[dict, int]:
+    """pipeline.run on a fake Segmenter of ``backend`` with os.cpu_count 2 over torch's threads; (doc, torch's threads
+    before the run)."""
     import os
     import types
 
@@ -74,7 +74,7 @@ def test_the_system_line_names_the_torch_threads_both_runs_use(tmp_path, monkeyp
     class FakeSegmenter:
         def __init__(self, *args, **kwargs):
             self.info = types.SimpleNamespace(arch="a", input_size=(64, 48), precision="fp32")
-            self.backend = types.SimpleNamespace(name="torch", provider=None)
+            self.backend = backend
 
         def describe(self):
             return "fake"
@@ -96,8 +96,29 @@ def test_the_system_line_names_the_torch_threads_both_runs_use(tmp_path, monkeyp
     before = torch.get_num_threads()
     monkeypatch.setattr(os, "cpu_count", lambda: before + 2)  # the benchmark sets torch to before + 1 threads
     try:
-        doc = pipeline.run(parse_args(["--quick", "--work", str(tmp_path)]))
+        return pipeline.run(parse_args(["--quick", "--work", str(tmp_path)])), before
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_system_line_names_the_torch_threads_both_runs_use(tmp_path, monkeypatch, capsys):
+    """Before: the system line (and the JSON's system.cpu.torch_threads) was taken before the benchmark set torch to
+    one core fewer, so a 2-core machine printed "torch uses 2 threads" where model-only and end-to-end ran on 1."""
+    import types
+
+    doc, before = _run_with_fakes(tmp_path, monkeypatch, types.SimpleNamespace(name="torch", provider=None))
     assert doc["settings"]["torch_threads"] == before + 1 == doc["system"]["cpu"]["torch_threads"]
     assert f"torch uses {before + 1} threads" in capsys.readouterr().out
+
+
+def test_an_onnx_model_records_onnx_runtime_threads_not_torch_threads(tmp_path, monkeypatch, capsys):
+    """Before: with an ONNX --model the system line said "torch uses N threads" and settings.torch_threads recorded N,
+    though ONNX Runtime ran the model on its own pool (its default, one per core)."""
+    import types
+
+    backend = types.SimpleNamespace(name="onnxruntime", provider="CPUExecutionProvider", threads=None)
+    doc, _ = _run_with_fakes(tmp_path, monkeypatch, backend)
+    assert doc["settings"]["torch_threads"] is None is doc["system"]["cpu"]["torch_threads"]
+    assert doc["settings"]["onnxruntime_intra_op"] == "onnxruntime default (one per core)"
+    out = capsys.readouterr().out
+    assert "torch uses" not in out and "intra-op threads: onnxruntime default (one per core)" in out
