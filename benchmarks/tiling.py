@@ -41,6 +41,7 @@ from dronseg_edge.errors import DronsegError  # noqa: E402
 from dronseg_edge.metrics import confusion_matrix, iou_from_confusion  # noqa: E402
 from dronseg_edge.pipeline import Segmenter  # noqa: E402
 from dronseg_edge.pipeline.tiling import MAX_OVERLAP  # noqa: E402
+from dronseg_edge.runtime.registry import is_checkpoint  # noqa: E402
 from dronseg_edge.sizes import format_size, parse_size  # noqa: E402
 
 SMALL = ("person", "bike", "car", "drone", "animal")
@@ -186,7 +187,10 @@ def main(argv=None) -> int:
     overlaps = [float(o) for o in overlaps]
     torch.set_num_threads(os.cpu_count() or 1)
     system = system_info(torch.device("cpu"))
-    print("\n".join(describe_system(system)))
+    ort_threads = None if args.model is None or is_checkpoint(args.model) else "onnxruntime default (one per core)"
+    if ort_threads:  # ONNX Runtime runs the model on a pool of its own (Segmenter's default: not streaming)
+        system["cpu"]["torch_threads"] = None
+    print("\n".join(describe_system(system)) + (f"\nonnxruntime intra-op threads: {ort_threads}" if ort_threads else ""))
     started = time.perf_counter()
     scenes = render_scenes(args.work, frame_size, args.train_scenes, args.seed)
     tests = render_scenes(args.work, frame_size, args.test_scenes, args.seed + 1000)
@@ -214,7 +218,7 @@ def main(argv=None) -> int:
                         "input_size": format_size(input_size) if args.model is None else None,
                         "train_scenes": args.train_scenes, "test_scenes": len(frames), "crops": args.crops,
                         "epochs": args.epochs, "train_s": None if train_s is None else round(train_s, 1),
-                        "seed": args.seed, "torch_threads": torch.get_num_threads(),
+                        "seed": args.seed, "torch_threads": system["cpu"]["torch_threads"], "onnxruntime_intra_op": ort_threads,
                         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None},
            "truth_pixels": present, "modes": results, "wall_s": round(time.perf_counter() - started, 1)}
     text = table(doc)
