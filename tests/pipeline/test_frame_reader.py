@@ -29,6 +29,8 @@ class PacedSource(Source):
             delay = start + self.produced * self.period - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            elif delay < -self.period:  # this process was paused (a garbage collection): go on at the pace from
+                start -= delay  # now, not with a burst of the frames it held up, which no consumer could take
             self.produced += 1
             yield source_frames
 
