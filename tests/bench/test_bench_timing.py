@@ -1,9 +1,11 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from bench_fakes import FakeBackend, requires_cuda, sleep_backend
-from dronseg_edge.bench import run
+from dronseg_edge.bench import run, timing
 from dronseg_edge.bench.run import (HOST_TIMED_GPU_NOTE, PreparedBench, bench_model, make_input, open_backend,
                                     resolve_bench_device, resolve_shape, run_prepared)
 from dronseg_edge.bench.options import DEFAULT_MIN_ITERS, BenchOptions
@@ -36,15 +38,26 @@ def test_latency_reflects_the_backend_time():
     assert m.latency.throughput_fps == pytest.approx(1000 / m.latency.mean_ms)
 
 
-def test_warmup_by_time_and_measure_by_duration():
-    backend = sleep_backend(delay_s=0.002)
+def ticking_backend(monkeypatch, call_s: float):
+    """A sleep_backend whose every call takes ``call_s`` on the harness's clock, which only its calls move: a
+    pause of the machine (a garbage collection of 0.2 s in the suite's process) in the first call made it
+    the only warm-up or measured one, where these windows are 30 to 50 ms."""
+    clock, backend = [0.0], sleep_backend()
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    infer = backend._infer
+    backend._infer = lambda batch: clock.__setitem__(0, clock[0] + call_s) or infer(batch)
+    return backend
+
+
+def test_warmup_by_time_and_measure_by_duration(monkeypatch):
+    backend = ticking_backend(monkeypatch, 0.002)
     m = measure(backend, BATCH, TimingSettings(warmup_s=0.03, duration_s=0.05))
     assert m.warmup_s >= 0.03 and m.warmup_iters >= 2
     assert m.measure_s >= 0.05 and m.compute.count >= 2
 
 
-def test_iters_and_duration_together_need_both():
-    m = measure(sleep_backend(delay_s=0.001), BATCH, TimingSettings(warmup_iters=1, iters=3, duration_s=0.04))
+def test_iters_and_duration_together_need_both(monkeypatch):
+    m = measure(ticking_backend(monkeypatch, 0.001), BATCH, TimingSettings(warmup_iters=1, iters=3, duration_s=0.04))
     assert m.measure_s >= 0.04 and m.compute.count > 3
 
 
