@@ -34,18 +34,18 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
 
 
 def wait_until_bound(port: int, kind: int = socket.SOCK_DGRAM, timeout: float = 30.0) -> None:
-    """Wait until a receiver holds ``port`` (binding it ourselves then fails), so nothing sent is missed.
+    """Wait until a receiver holds ``port`` (a TCP listener, or a bound UDP socket), so nothing sent is missed.
 
-    Probing by binding, not connecting: a connection would be taken by an RTSP listener as its client.
-    The last probe comes after the deadline: a loaded machine may not run this thread until then."""
+    Read from the kernel's socket tables: a probe that bound the port itself (or connected: an RTSP listener
+    takes a connection as its client) made a receiver binding it meanwhile fail (EADDRINUSE), then waited in
+    vain. The last look comes after the deadline: a loaded machine may not run this thread until then."""
     deadline = time.monotonic() + timeout
     while True:
         passed = time.monotonic() > deadline
-        with socket.socket(socket.AF_INET, kind) as probe:
-            try:
-                probe.bind((LOOPBACK, port))
-            except OSError:
-                return
+        with open("/proc/net/tcp" if kind == socket.SOCK_STREAM else "/proc/net/udp") as table:
+            rows = [row.split() for row in list(table)[1:]]  # local address hex IP:PORT in [1], state in [3]
+        if any(int(row[1].split(":")[1], 16) == port and (kind == socket.SOCK_DGRAM or row[3] == "0A") for row in rows):
+            return  # 0A: TCP_LISTEN
         if passed:
             break
         time.sleep(0.05)
