@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
-from testkit import TINY_SIZE, make_checkpoint, train_tiny_run, write_scenes
+
+# torch.compile's kernel cache, one per environment (torch's default, /tmp/torchinductor_USER, is shared by every
+# checkout on the machine): a fresh clone's suite loaded kernels another clone's since-deleted venv had built and
+# aborted in them (twice, 2026-12-07). A clean machine, CI's, starts from an empty cache either way.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(sys.prefix) / "torchinductor-cache"))
+
+from testkit import TINY_SIZE, make_checkpoint, train_tiny_run, write_scenes  # noqa: E402 (after the cache's folder)
 
 
 @pytest.fixture(scope="session")
