@@ -16,6 +16,19 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(sys.prefix) / "torchin
 from testkit import TINY_SIZE, make_checkpoint, train_tiny_run, write_scenes  # noqa: E402 (after the cache's folder)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test leaves torch's thread count as it found it (the benchmark scripts' main functions set it): with
+    one thread left over, the in-process reference of test_resume_after_kill_continues_exactly no longer matched
+    its subprocess's two-thread run (2026-12-07, a fresh clone's whole suite)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A small LR-ASPP checkpoint at 96x64 with calibrated (not trained) weights."""
