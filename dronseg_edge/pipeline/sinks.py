@@ -197,12 +197,14 @@ class ContactSheetSink(Sink):
         self.written = False
 
     def _write(self, result: Result) -> None:
-        if len(self.thumbs) < self.LIMIT:
-            image = self.overlay.image(result)
-            height, width = image.shape[:2]
-            thumb = (fit_width(image, self.THUMB_WIDTH) if height * self.THUMB_WIDTH <= width * self.THUMB_HEIGHT else
-                     resize_frame(image, max(1, round(width * self.THUMB_HEIGHT / height)), self.THUMB_HEIGHT))
-            self.thumbs.append((thumb, result.name or str(result.index)))
+        if len(self.thumbs) >= self.LIMIT:
+            self.dropped += 1  # not on the sheet: summary.json's frames_written counts those it holds
+            return
+        image = self.overlay.image(result)
+        height, width = image.shape[:2]
+        thumb = (fit_width(image, self.THUMB_WIDTH) if height * self.THUMB_WIDTH <= width * self.THUMB_HEIGHT else
+                 resize_frame(image, max(1, round(width * self.THUMB_HEIGHT / height)), self.THUMB_HEIGHT))
+        self.thumbs.append((thumb, result.name or str(result.index)))
 
     def close(self) -> None:
         if self.written or not self.thumbs:

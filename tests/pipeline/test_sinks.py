@@ -274,3 +274,12 @@ def test_a_lossy_sink_drops_its_oldest_frame_instead_of_waiting():
 
 def test_only_video_and_images_stop_at_the_disk_floor(tmp_path):
     assert MaskSink(tmp_path / "m").heavy and not StatsSink(tmp_path / "s.jsonl").heavy
+
+
+def test_the_contact_sheet_counts_the_frames_it_holds(tmp_path):
+    # frames_written said 60 for a 60-frame video whose sheet holds the first 48
+    sheet = ContactSheetSink(tmp_path / "contact_sheet.jpg", OverlayPlan(0.5, LUT))
+    for index in range(ContactSheetSink.LIMIT + 3):
+        sheet.write(make_result(index))
+    sheet.close()
+    assert sheet.frames == len(sheet.thumbs) == ContactSheetSink.LIMIT
