@@ -156,10 +156,10 @@ def _glob_recursive(pattern: str) -> list[str]:
             if (info.st_dev, info.st_ino) in visited:
                 continue
             visited.add((info.st_dev, info.st_ino))
-            # Hidden folders left out, as glob does, and earlier runs' (their summary.json): their overlay
-            # images are not the user's to segment again
-            subfolders = sorted(name for name in subfolders if not name.startswith(".")
-                                and not os.path.isfile(os.path.join(folder, name, "summary.json")))
+            # Hidden folders left out, as glob does, and earlier runs' (their summary.json, or a killed run's
+            # stats.jsonl): their overlay images are not the user's to segment again
+            subfolders = sorted(name for name in subfolders if not name.startswith(".") and not any(
+                os.path.isfile(os.path.join(folder, name, run_file)) for run_file in ("summary.json", "stats.jsonl")))
             inner = os.path.join(glob.escape(folder), *tail)
             found += _glob_recursive(inner) if "**" in tail else glob.glob(inner)
             pending += [os.path.join(folder, name) for name in reversed(subfolders)]

@@ -112,10 +112,11 @@ def test_output_names_never_clash_and_a_recursive_glob_skips_earlier_runs(tmp_pa
     image = np.zeros((8, 8, 3), np.uint8)
     from dronseg_edge.pipeline import open_source
 
-    for name in ("a/x.png", "b/x.png", "c/x_000001.png", "runs/infer/exp/overlay/y.png"):
+    for name in ("a/x.png", "b/x.png", "c/x_000001.png", "runs/infer/exp/overlay/y.png", "runs/infer/exp2/y.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(tmp_path / name), image)
     (tmp_path / "runs/infer/exp/summary.json").write_text("{}")  # an earlier run's outputs: not the user's images
+    (tmp_path / "runs/infer/exp2/stats.jsonl").write_text("")  # nor a killed run's (no summary.json): were segmented
     monkeypatch.chdir(tmp_path)
     source = open_source("~/**/*.png".replace("~", str(tmp_path)))
     assert [str(p.relative_to(tmp_path)) for p in source.paths] == ["a/x.png", "b/x.png", "c/x_000001.png"]
