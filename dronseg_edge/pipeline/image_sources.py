@@ -69,7 +69,8 @@ class ImageSource(Source):
         if yielded == 0 and not self._stop.is_set():
             skipped = [f"{count} {what}" for count, what in ((self.corrupt, "damaged or not images"),
                                                              (self.oversized, "above --max-pixels")) if count]
-            raise DronsegError(f"none of the {len(self.paths)} image(s) in {self.name} can be decoded ({', '.join(skipped)}): "
+            read = f"{len(range(0, len(self.paths), stride))} image(s)" + (f" --stride {stride} reads" * (stride > 1))
+            raise DronsegError(f"none of the {read} in {self.name} can be decoded ({', '.join(skipped)}): "
                                "replace them" + (", or raise --max-pixels for genuine large images" if self.liftable else ""))
         self.end = "ended"
 

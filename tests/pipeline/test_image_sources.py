@@ -59,6 +59,11 @@ def test_the_limit_is_an_option_and_applies_to_globs_and_single_images(tmp_path)
     (tmp_path / "bad.jpg").write_bytes(b"not an image")  # nothing above the limit: no advice to raise it
     with pytest.raises(DronsegError, match=r"\(1 damaged or not images\): replace them$"):
         list(open_source(tmp_path / "bad.jpg").frames())
+    # --stride 2 reads bad.jpg and large.png only: it said "none of the 3 image(s) can be decoded", small.png among them
+    (tmp_path / "large.png").rename(tmp_path / "t.png")
+    with pytest.raises(DronsegError, match=r"none of the 2 image\(s\) --stride 2 reads in .* \(1 damaged or not "
+                                           r"images, 1 above"):
+        list(open_source(str(tmp_path / "*.*"), max_pixels=5000).frames(stride=2))
     with pytest.raises(DronsegError, match="--max-pixels 0 must be a whole number"):
         ImageSource([tmp_path / "small.png"], "x", max_pixels=0)
 
