@@ -102,7 +102,9 @@ class RunState:
             return time.perf_counter() - self._clock_start
         if self.first_timestamp is None:
             self.first_timestamp = result.timestamp
-        return result.timestamp - self.first_timestamp
+        # to the microsecond, as stats.jsonl gives it: 2.28 - 1.28 is 0.9999999999999998, and the frame at the limit
+        # of --max-duration-s 1 was taken (an MPEG-TS through PyAV: 13 frames, 0.43 s, for 0.4 s at 30 fps)
+        return round(result.timestamp - self.first_timestamp, 6)
 
     def stop_reason(self) -> str:
         """``stopped`` for summary.json: interrupted, key, the error's kind (disk_full, unwritable,
