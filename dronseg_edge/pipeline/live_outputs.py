@@ -90,7 +90,7 @@ def build_live_sinks(src: Source, out_dir: Path, options, lut: np.ndarray, plan:
         hardware = jetson_encoder()
         if hardware is None or any(t.kind == "rtsp" for t in targets):
             check_pyav_streams()
-        picture = plan if options.stream_what == "overlay" else OverlayPlan(1.0, lut, legend)
+        picture = plan if options.stream_what == "overlay" else OverlayPlan(1.0, lut, legend, colours_only=True)
         # The rate frames are sent at: a keyframe every KEYFRAME_S counts sent frames (--stride 5 sent one in
         # 5 s); PyAV's encoder also forces one a second by the clock (a --live model slower than its camera)
         fps = (src.fps or DEFAULT_STREAM_FPS) / options.stride

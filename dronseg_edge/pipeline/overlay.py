@@ -42,7 +42,8 @@ class OverlayPlan:
 
     ``alpha``: opacity of the class colours over the frame, 0..1; ``lut``: the palette from
     :func:`~dronseg_edge.pictures.bgr_lut`; ``legend``: the class names, to draw the legend of the classes seen so far
-    (``--legend``; None: no legend).
+    (``--legend``; None: no legend); ``colours_only`` (``--stream-what color``, at alpha 1): classes a filter left
+    out are black, as in ``--save-color``, where every other overlay shows the frame there.
 
     Each result's image is made once and kept on it (``Result.overlays``), so the video, the live
     streams and the preview share one blend per frame.
@@ -51,15 +52,15 @@ class OverlayPlan:
     alpha: float
     lut: np.ndarray
     legend: tuple[str, ...] | None = None
+    colours_only: bool = False
 
     def image(self, result) -> np.ndarray:
         """The (H, W, 3) uint8 BGR overlay of one pipeline/result.Result (with the legend of its
         ``seen_classes``), made once and kept in its ``overlays``."""
         if self not in result.overlays:
-            # Left-out classes show the frame through a blend; at opacity 1 (colours only: --stream-what
-            # color) they are black, as in --save-color
+            # Left-out classes show the frame, at --alpha 1 too (they were black, as in the colours-only picture)
             image = overlay(result.frame, result.mask, self.lut, self.alpha,
-                            hidden=FILTERED if result.classes is not None and self.alpha < 1.0 else None)
+                            hidden=FILTERED if result.classes is not None and not self.colours_only else None)
             if self.legend is not None:
                 draw_legend(image, self.legend, self.lut, result.seen_classes)
             result.overlays[self] = image

@@ -53,5 +53,7 @@ def test_left_out_classes_are_black_in_the_colours_only_picture_and_show_the_fra
     mask, frame = _case(2)
     mask[:10] = FILTERED
     result = SimpleNamespace(frame=frame, mask=mask, classes=(1, 2), overlays={}, seen_classes=())
-    assert not OverlayPlan(1.0, bgr_lut(PALETTE)).image(result)[:10].any()
+    assert not OverlayPlan(1.0, bgr_lut(PALETTE), colours_only=True).image(result)[:10].any()
     assert np.array_equal(OverlayPlan(0.4, bgr_lut(PALETTE)).image(result)[:10], frame[:10])
+    # infer --alpha 1 --classes ...: they were black too, where the docs say the frame shows through
+    assert np.array_equal(OverlayPlan(1.0, bgr_lut(PALETTE)).image(result)[:10], frame[:10])
