@@ -340,6 +340,17 @@ def test_a_class_the_model_lacks_fails_before_the_run_folder(segmenter, video_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_a_video_of_another_size_than_a_frames_graph_fails_before_the_run_folder(video_path, tmp_path):
+    # the graph refused the first frame: exit 2, with a run folder holding an empty stats.jsonl and summary.json
+    from testkit import FakeBackend
+
+    graph = FakeBackend("frames.onnx", io="frames", head="argmax", dynamic=False, batch=1, source_size=(96, 64))
+    with pytest.raises(DronsegError, match=r"frames.onnx was exported for 1x64x96x3 frames, got 1x80x128x3: re-export "
+                                           r"with --source-size 128x80"):
+        run_inference(Segmenter(graph), video_path, RunOptions(out=tmp_path / "run", progress=False))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_tiled_run_counts_its_tiled_frames(tiny_checkpoint, video_path, tmp_path):
     with Segmenter(tiny_checkpoint, device="cpu", tile="on") as seg:
         summary = run_inference(seg, video_path, RunOptions(out=tmp_path / "run", max_frames=2, save_masks=True,
