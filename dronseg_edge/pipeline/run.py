@@ -148,7 +148,7 @@ def _prepare(segmenter: Segmenter, src: Source, options: RunOptions) -> tuple:
         request = segmenter.request(confidence=options.save_conf, **chosen)
         live = src.live_default if options.live is None else bool(options.live)
         segmenter.check_live(live)
-        width, height = getattr(src, "size", None) or (0, 0)  # a video file's, from its header
+        width, height = src.size or (0, 0)
         if segmenter.info.io == "frames" and width > 0:  # a static frames graph made for another size fails now
             segmenter.backend.check_input(np.empty((segmenter.info.batch or 1, height, width, 3), np.uint8))
         if options.show:
