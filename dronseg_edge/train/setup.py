@@ -140,6 +140,9 @@ def build_loaders(cfg: TrainConfig, data: DataSetup, dist_ctx: DistContext) -> L
     else:
         sampler = RandomSampler(train_set, generator=generator)
         per_rank = len(train_set)
+    if per_rank == 1 and cfg.model.startswith("deeplabv3"):  # one image a batch, which no batch can drop
+        raise DronsegError(f"the train split has 1 image{' per process' * dist_ctx.enabled}, and DeepLabV3's ASPP pooling "
+                           "BatchNorm needs 2+ a batch: add images, or lower --val-fraction")
     # BatchNorm cannot train on a final batch of one image; drop it only in that case.
     drop_last = per_rank % cfg.batch == 1 and per_rank > cfg.batch
     train_sampler = AugmentSeedSampler(sampler, cfg.seed)  # augmentation independent of worker state

@@ -154,3 +154,19 @@ def test_a_config_without_data_names_the_data_option(data):
     """fit(TrainConfig()) said 'imgs/imgs is missing' of the current folder; data=None raised a TypeError."""
     with pytest.raises(DronsegError, match=r"^--data DIR is needed: the data set root .* `dronseg-edge synth DIR`"):
         TrainConfig(data=data).validate()
+
+
+def test_a_one_image_train_split_is_refused_for_deeplabv3(tmp_path):
+    """Two labelled images split 1/1: DeepLabV3's ASPP pooling BatchNorm got a batch of one image, and `train`
+    stopped in its first step with a ValueError traceback (exit 1) after making the run folder."""
+    from dronseg_edge.data.synthetic import synthesize
+
+    synthesize(tmp_path / "data", images=2, size=(96, 64), video_frames=0, seed=0, test_fraction=0.0)
+    cfg = TrainConfig(data=str(tmp_path / "data"), model="deeplabv3_mobilenet_v3_large", weights="none", size=(96, 64),
+                      batch=2, device="cpu", workers=0)
+    data = prepare_data(cfg, None, lambda _m: None)
+    assert len(data.train_ids) == 1
+    with pytest.raises(DronsegError, match=r"^the train split has 1 image, and DeepLabV3's .* add images"):
+        build_loaders(cfg, data, DistContext())
+    cfg.model = "lraspp_mobilenet_v3_large"  # no pooling BatchNorm: trains on one image
+    assert len(build_loaders(cfg, data, DistContext()).train) == 1
