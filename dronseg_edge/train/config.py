@@ -60,7 +60,7 @@ class TrainConfig:
     class_weights: str = option("none", "none | inverse_sqrt | inverse (from the train split's pixel counts)")
     optimizer: str = option("sgd", " | ".join(OPTIMIZERS))
     lr: float = option(0.01, "Peak learning rate (OneCycle max_lr).")
-    momentum: float = option(0.9, "SGD momentum.")
+    momentum: float = option(0.9, "SGD momentum (OneCycle cycles it within 0.05 of this, below 1).")
     nesterov: bool = option(True, "Nesterov momentum (SGD).")
     weight_decay: float = option(1e-4, "Weight decay.")
     scheduler: str = option("onecycle", " | ".join(SCHEDULERS))

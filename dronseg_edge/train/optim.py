@@ -38,9 +38,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
         pct_start = cfg.pct_start
         if pct_start * total_steps == 1:
             pct_start = (2.0 if total_steps > 2 else 1.5) / total_steps
+        # Momentum cycles within 0.05 of --momentum, below 1 (torch's own 0.85..0.95 replaced any --momentum given)
+        base_momentum, max_momentum = max(cfg.momentum - 0.05, 0.0), min(cfg.momentum + 0.05, (1 + cfg.momentum) / 2)
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct_start,
                                                    div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
-                                                   cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0)
+                                                   cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0,
+                                                   base_momentum=base_momentum, max_momentum=max_momentum)
     if cfg.scheduler == "poly":
         return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=cfg.poly_power)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)

@@ -24,3 +24,19 @@ def test_onecycle_runs_every_length(tmp_path, pct_start):
         assert all(0 <= rate <= cfg.lr * (1 + 1e-9) for rate in rates)
         if total * pct_start == 1 and total > 2:  # the lengths that divided by zero: the peak at step 1
             assert rates[1] == pytest.approx(cfg.lr) and rates[0] < rates[1] > rates[2]
+
+
+@pytest.mark.parametrize("momentum, low, high", [(0.9, 0.85, 0.95), (0.5, 0.45, 0.55), (0.98, 0.93, 0.99)])
+def test_onecycle_cycles_the_momentum_given(tmp_path, momentum, low, high):
+    """OneCycleLR cycled SGD's momentum over its own 0.85..0.95, so --momentum 0.5 trained as the default 0.9 did."""
+    cfg = TrainConfig(data=str(tmp_path), momentum=momentum)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr, momentum=cfg.momentum)
+    scheduler = build_scheduler(optimizer, cfg, 20)
+    seen = []
+    for _ in range(20):
+        seen.append(optimizer.param_groups[0]["momentum"])
+        optimizer.step()
+        scheduler.step()
+    assert min(seen) == pytest.approx(low) and max(seen) == pytest.approx(high)
+    if momentum == 0.9:  # the default trains exactly as before
+        assert (min(seen), max(seen)) == (0.85, 0.95)
