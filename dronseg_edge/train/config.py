@@ -20,6 +20,14 @@ AMP_MODES = ("auto", "fp16", "bf16", "off")
 BEST_METRICS = ("miou", "mdice", "competition", "val_loss")
 AT_LEAST_ONE = ("epochs", "batch", "accumulate", "val_every", "output_stride", "max_pixels")  # other ints: 0 or more
 RESUME_OPTIONS = ("data", "device", "workers", "max_pixels")  # what a resumed run takes anew; the rest is its own
+DICE_LOSSES = ("dice", "focal+dice", "tversky")
+# Settings that only some choices read: (settings, the option choosing, the choices that read them).
+READ_ONLY_BY = ((("label_smoothing",), "loss", ("ce",)), (("focal_gamma", "focal_alpha"), "loss", ("focal", "focal+dice")),
+                (("focal_weight", "dice_weight"), "loss", ("focal+dice",)), (("dice_smooth", "dice_log"), "loss", DICE_LOSSES),
+                (("tversky_alpha", "tversky_beta"), "loss", ("tversky",)), (("momentum", "nesterov"), "optimizer", ("sgd",)),
+                (("pct_start", "div_factor", "final_div_factor"), "scheduler", ("onecycle",)),
+                (("poly_power",), "scheduler", ("poly",)), (("aux_loss",), "model", ("deeplabv3_resnet101",
+                                                            "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large")))
 
 
 @dataclass
@@ -91,7 +99,8 @@ class TrainConfig:
     max_pixels: int | None = option(None, MAX_PIXELS, default_text=f"{DEFAULT_MAX_PIXELS}; with --resume the run's own")
     augment: AugmentConfig = option_group(AugmentConfig)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self, new_run: bool = True) -> "TrainConfig":
+        """Check every setting; ``new_run``: also refuse settings the run would not read (a resumed run's are its own)."""
         from dronseg_edge.models import check_arch, check_output_stride  # torch: not for `train --help`
         from dronseg_edge.train.losses import LOSS_NAMES, WEIGHT_METHODS, build_loss
 
@@ -136,6 +145,12 @@ class TrainConfig:
         if self.max_pixels is not None:
             check_max_pixels(self.max_pixels)
         build_loss(self.loss, **self.loss_settings)  # its settings' ranges, before the run folder is made
+        for names, chooser, readers in READ_ONLY_BY if new_run else ():  # --label-smoothing 0.1 trained focal+dice as 0
+            given = [f"--{'no-' * (value is False)}{name.replace('_', '-')}" for name in names
+                     if (value := getattr(self, name)) != getattr(TrainConfig, name)]
+            if given and getattr(self, chooser) not in readers:
+                raise DronsegError(f"{given[0]} has no effect with --{chooser} {getattr(self, chooser)} "
+                                   f"(only with {' or '.join(readers)}): drop it")
         return self
 
     @property

@@ -76,7 +76,7 @@ def fit(cfg: TrainConfig, resume: Path | None = None, log: Callable[[str], None]
         cfg = _resumed_config(cfg, ckpt, resume)
     if cfg.data:  # recorded in the checkpoints, for eval, export and --resume run from any folder
         cfg.data = str(Path(os.path.expanduser(cfg.data)).resolve())
-    cfg.validate()
+    cfg.validate(new_run=ckpt is None)
     # A --weights file is read before any other work: a file that is not plain data is refused before the
     # data check, and before a run folder, split.json or config.json exists.
     weights = read_weights_file(Path(cfg.weights)) if ckpt is None and is_weights_path(cfg.weights) else None

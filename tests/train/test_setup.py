@@ -170,3 +170,23 @@ def test_a_one_image_train_split_is_refused_for_deeplabv3(tmp_path):
         build_loaders(cfg, data, DistContext())
     cfg.model = "lraspp_mobilenet_v3_large"  # no pooling BatchNorm: trains on one image
     assert len(build_loaders(cfg, data, DistContext()).train) == 1
+
+
+@pytest.mark.parametrize("settings, reader, message", [
+    ({"label_smoothing": 0.1}, {"loss": "ce"}, "--label-smoothing has no effect with --loss focal+dice (only with ce)"),
+    ({"loss": "ce", "focal_gamma": 3.0}, {"loss": "focal"}, "--focal-gamma has no effect with --loss ce (only with focal or "
+                                                              "focal+dice)"),
+    ({"loss": "dice", "tversky_beta": 0.9}, {"loss": "tversky"}, "--tversky-beta has no effect with --loss dice (only with "
+                                                                  "tversky)"),
+    ({"optimizer": "adamw", "nesterov": False}, {"optimizer": "sgd"}, "--no-nesterov has no effect with --optimizer adamw"),
+    ({"scheduler": "poly", "pct_start": 0.3}, {"scheduler": "onecycle"}, "--pct-start has no effect with --scheduler poly"),
+    ({"model": "lraspp_mobilenet_v3_large", "aux_loss": True}, {"model": "deeplabv3_mobilenet_v3_large"},
+     "--aux-loss has no effect with --model lraspp_mobilenet_v3_large"),
+])
+def test_a_setting_the_run_would_not_read_is_refused(tmp_path, settings, reader, message):
+    """--label-smoothing 0.1 (read by --loss ce only) trained the default focal+dice exactly as without it, exit 0;
+    likewise the other losses', optimisers' and schedules' own settings, and --aux-loss on LR-ASPP (no aux head)."""
+    with pytest.raises(DronsegError, match=f"^{re.escape(message)}"):
+        TrainConfig(data=str(tmp_path), **settings).validate()
+    TrainConfig(data=str(tmp_path), **settings).validate(new_run=False)  # a resumed run's own, accepted by older versions
+    TrainConfig(data=str(tmp_path), **{**settings, **reader}).validate()
