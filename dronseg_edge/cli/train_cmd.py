@@ -57,10 +57,11 @@ def train(
         # --out DATA/masks/masks: the run's plots (PNG files) would be read as masks without images from then on.
         check_not_input(Path(cfg.out), "--out", [data / IMAGE_DIR, data / MASK_DIR] if data is not None else [])
         last = Path(cfg.out) / "weights" / "last.pt"
-        if last.exists():  # a new run there would overwrite its checkpoints, split.json and metrics.csv
-            raise DronsegError(f"--out {cfg.out} already holds a training run ({last}): continue it with "
-                               f"--resume {last}, or choose another --out")
         check_out_file(last.with_name("best.pt"), "--out", [cfg.weights])  # --weights RUN/weights/best.pt: replaced at epoch 1
+        held = next((p for p in (last, last.with_name("best.pt")) if p.exists()), None)  # best.pt alone: last.pt deleted
+        if held is not None:  # a new run there would overwrite its checkpoints, split.json and metrics.csv
+            raise DronsegError(f"--out {cfg.out} already holds a training run ({held}): continue it with "
+                               f"--resume {held}, or choose another --out")
     fit(cfg, resume=resume, log=typer.echo)
 
 

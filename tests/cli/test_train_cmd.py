@@ -192,9 +192,11 @@ def test_unwritable_output_folder(capsys, synth_root, tmp_path):
     assert "blocker" in message and "cannot create" in message
 
 
-def test_a_new_run_never_overwrites_a_training_run_in_its_out_folder(capsys, synth_root, tmp_path):
-    # the same command again after Ctrl-C (instead of --resume) replaced weights/last.pt with its first epoch
-    last = tmp_path / "run" / "weights" / "last.pt"
+@pytest.mark.parametrize("name", ["last.pt", "best.pt"])
+def test_a_new_run_never_overwrites_a_training_run_in_its_out_folder(capsys, synth_root, tmp_path, name):
+    # the same command again after Ctrl-C (instead of --resume) replaced weights/last.pt with its first epoch; a run
+    # whose last.pt was deleted to save space had its best.pt replaced by the new run's epoch 1, exit 0
+    last = tmp_path / "run" / "weights" / name
     last.parent.mkdir(parents=True)
     last.write_bytes(b"epoch 2")
     message = one_line_error(capsys, "train", "--data", synth_root, *TINY, "--out", tmp_path / "run")
