@@ -193,6 +193,16 @@ def test_unreadable_files_are_named(tmp_path):
     assert f"{ids[1]}.png" in _error(validate_samples, dataset_samples(tmp_path / "b"))
 
 
+def test_a_mask_with_negative_values_is_refused(tmp_path):
+    """A 32-bit mask (a TIFF under a .png name) holding -2 passed the data check as 254 and stopped the first
+    training step with 'index 254 is out of bounds' (a traceback; on a GPU a device-side assert)."""
+    mask = np.zeros((4, 6), np.int32)
+    mask[0, :2] = -2
+    Image.fromarray(mask).save(tmp_path / "m.png", format="TIFF")
+    with pytest.raises(DronsegError, match=r"m\.png holds values \[-2\] outside 0\.\.11: fix the labels"):
+        read_mask(tmp_path / "m.png")
+
+
 def test_palette_mode_masks_keep_indices(tmp_path):
     mask = np.arange(12, dtype=np.uint8).repeat(4).reshape(4, 12)
     image = Image.fromarray(mask, mode="P")
