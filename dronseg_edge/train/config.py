@@ -81,7 +81,7 @@ class TrainConfig:
     channels_last: bool = option(True, "channels_last memory format on CUDA.")
     compile: bool = option(False, "torch.compile the model.")
     deterministic: bool = option(False, "Deterministic algorithms (slower; same results run to run).")
-    sync_bn: bool = option(False, "SyncBatchNorm under torchrun.")
+    sync_bn: bool = option(False, "SyncBatchNorm under torchrun (CUDA GPUs only).")
     device: str = option("auto", DEVICE)
     workers: int = option(4, "DataLoader worker processes.")
     val_fraction: float = option(0.2, "Share of images in the validation split.")

@@ -177,6 +177,8 @@ def prepare_model(cfg: TrainConfig, device: torch.device, steps_per_epoch: int, 
     channels_last = cfg.channels_last and device.type == "cuda"
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if cfg.sync_bn and distributed:
+        if device.type != "cuda":  # torch's DDP refuses it there: a ValueError traceback on every rank
+            raise DronsegError(f"--sync-bn needs CUDA GPUs (torch's SyncBatchNorm), not the {device.type}: drop it")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch)

@@ -190,3 +190,12 @@ def test_a_setting_the_run_would_not_read_is_refused(tmp_path, settings, reader,
         TrainConfig(data=str(tmp_path), **settings).validate()
     TrainConfig(data=str(tmp_path), **settings).validate(new_run=False)  # a resumed run's own, accepted by older versions
     TrainConfig(data=str(tmp_path), **{**settings, **reader}).validate()
+
+
+def test_sync_bn_on_cpu_processes_is_refused(tmp_path):
+    """`torchrun --nproc-per-node 2 ... train --device cpu --sync-bn` stopped on every rank with torch's ValueError
+    traceback ('SyncBatchNorm layers only work with GPU modules'), after the run folder was made."""
+    cfg = TrainConfig(data=str(tmp_path), model="lraspp_mobilenet_v3_large", weights="none", size=(96, 64), sync_bn=True)
+    with pytest.raises(DronsegError, match=r"^--sync-bn needs CUDA GPUs \(torch's SyncBatchNorm\), not the cpu: drop it"):
+        prepare_model(cfg, torch.device("cpu"), steps_per_epoch=10, distributed=True)
+    prepare_model(cfg, torch.device("cpu"), steps_per_epoch=10, distributed=False)  # one process: plain BatchNorm
