@@ -288,7 +288,7 @@ def check_declared_io(path: Path, info: ModelInfo, inputs: list[TensorSpec], out
     size = info.source_size if frames else info.input_size
     if info.dynamic and any(d is not None for d in (n, h, w)):
         raise lie("any batch and size (dynamic)", f"takes fixed {_dims(x.shape)}")
-    wrong = bool(info.batch) and n is not None and n != info.batch
+    wrong = n is not None and n != info.batch  # batch None (any) on a fixed axis too: INVALID_ARGUMENT mid-run
     if size is not None:
         wrong = wrong or (h is not None and h != size[1]) or (w is not None and w != size[0])
     if not info.dynamic and wrong:

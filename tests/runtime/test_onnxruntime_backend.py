@@ -135,6 +135,7 @@ def _with_metadata(source, dest, **fields):
     ({"class_names": ["a", "b", "c"], "palette": [[1, 2, 3]] * 3},
      "its metadata says 3 classes (class_names), but the model output logits has 12 channels"),
     ({"batch": 4}, "its metadata says batch 4 at 96x64 (width x height), but the model takes 1x3x64x96"),
+    ({"batch": None}, "its metadata says batch N at 96x64 (width x height), but the model takes 1x3x64x96"),
     ({"input_size": [128, 64]}, "its metadata says batch 1 at 128x64 (width x height), but the model takes 1x3x64x96"),
     ({"dynamic": True, "batch": None}, "its metadata says any batch and size (dynamic), but the model takes fixed 1x3x64x96"),
     ({"io": "frames", "source_size": [96, 64]}, "its metadata says io frames: (N, H, W, 3) uint8 frames, but the model takes float32"),
