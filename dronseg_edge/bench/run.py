@@ -16,6 +16,7 @@ from dronseg_edge.devices import resolve_device, resolve_lean_device
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.machine import import_optional
 from dronseg_edge.metadata import ModelInfo
+from dronseg_edge.onnx_wire import external_data_locations
 from dronseg_edge.option_fields import whole
 from dronseg_edge.runtime.base import Backend
 from dronseg_edge.runtime.host import preprocess_host
@@ -64,9 +65,11 @@ def resolve_bench_device(name: str, models: Sequence[str | Path] = (), *, matrix
 
 
 def artifact_size_mb(path: Path) -> float:
-    """File size in MB (1e6 bytes), counting an ONNX external-data file ``<name>.data`` beside it."""
-    external = Path(path).with_name(Path(path).name + ".data")
-    return (Path(path).stat().st_size + (external.stat().st_size if external.is_file() else 0)) / 1e6
+    """File size in MB (1e6 bytes), counting the external-data files an ONNX file reads (any names, once each)."""
+    path = Path(path)
+    external = {(path.parent / name).resolve() for name in external_data_locations(path)} \
+        if path.suffix.lower() == ".onnx" else set()
+    return (path.stat().st_size + sum(data.stat().st_size for data in external if data.is_file())) / 1e6
 
 
 def open_backend(path: Path, device, *, precision: str | None = None,

@@ -197,6 +197,23 @@ def test_bench_checkpoint_at_own_and_overridden_size(tiny_checkpoint):
     assert other.measurement.output_shape == [2, 12, 32, 64] and other.measurement.latency.batch == 2
 
 
+def test_file_size_counts_the_external_data_the_onnx_file_reads(tmp_path):
+    """A foreign ONNX's weights in weights.bin were left out of file_mb (a 12.9 MB model recorded as 0.1 MB),
+    and a NAME.onnx.data beside it that it does not read was counted."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from testkit import onnx_model
+
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1000])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1000])],
+                              [numpy_helper.from_array(np.ones(1000, np.float32), "w")])
+    path = tmp_path / "m.onnx"
+    onnx.save_model(onnx_model(graph), str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    (tmp_path / "m.onnx.data").write_bytes(bytes(10**6))  # not this model's
+    assert run.artifact_size_mb(path) == pytest.approx((path.stat().st_size + 4000) / 1e6)
+
+
 def test_cuda_graph_on_cpu_is_a_user_error(tiny_checkpoint):
     with pytest.raises(DronsegError, match="--cuda-graph needs a CUDA device"):
         open_backend(tiny_checkpoint, torch.device("cpu"), cuda_graph=True)
