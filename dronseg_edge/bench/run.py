@@ -126,10 +126,14 @@ def make_input(info: ModelInfo, size: tuple[int, int], batch: int, seed: int = 0
     """A reproducible batch of random uint8 frames at ``size`` (width, height): (batch, H, W, 3) for a frames
     artifact, else preprocessed as inference does (``runtime.host.preprocess_host``), float32 (batch, 3, H, W)."""
     width, height = size
-    frames = np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
-    if info.io == "frames":
-        return frames
-    return preprocess_host(frames, dataclasses.replace(info, input_size=(width, height)))
+    try:
+        frames = np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+        if info.io == "frames":
+            return frames
+        return preprocess_host(frames, dataclasses.replace(info, input_size=(width, height)))
+    except MemoryError:  # --batch 64 --size 3840x2160 on an 8 GB Jetson: 6.4 GB of float32 input
+        raise DronsegError(f"not enough memory for an input of batch {batch} at {format_size(size)}: lower --batch "
+                           "or --size") from None
 
 
 @dataclass

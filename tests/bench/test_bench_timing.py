@@ -106,6 +106,16 @@ def test_static_artifact_refuses_other_size_and_batch():
             resolve_shape(dynamic, None, batch)
 
 
+def test_an_input_too_large_for_the_memory_is_one_line(monkeypatch):
+    """--size 8192x8192 --batch 1024 of a dynamic model was numpy's MemoryError traceback (192 GiB)."""
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 192. GiB")
+
+    monkeypatch.setattr(run, "preprocess_host", no_memory)
+    with pytest.raises(DronsegError, match="memory for an input of batch 1024 at 40x24: lower --batch or --size"):
+        make_input(sleep_backend().info, (40, 24), 1024)
+
+
 def test_make_input_is_normalised_and_reproducible():
     info = sleep_backend().info
     a, b = make_input(info, (40, 24), 2), make_input(info, (40, 24), 2)
