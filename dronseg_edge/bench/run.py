@@ -19,7 +19,7 @@ from dronseg_edge.metadata import ModelInfo
 from dronseg_edge.onnx_wire import external_data_locations
 from dronseg_edge.option_fields import whole
 from dronseg_edge.runtime.base import Backend
-from dronseg_edge.runtime.host import preprocess_host
+from dronseg_edge.runtime.host import CONFIDENCE_OUTPUT, preprocess_host
 from dronseg_edge.runtime.registry import backend_class, is_checkpoint, load_backend
 from dronseg_edge.sizes import format_size, parse_size
 
@@ -102,23 +102,27 @@ def resolve_shape(backend: Backend, size: tuple[int, int] | None, batch: int) ->
     """The (width, height) to run at; raise DronsegError when a static artifact cannot take ``size``/``batch``."""
     info = backend.info
     frames = info.io == "frames"
-    # the same kind of artifact again (a frames graph takes --source-size; its format, head and precision kept)
+    # the same kind of artifact again (a frames graph takes --source-size; its format, head, precision, model size and
+    # confidence output kept)
     export = (f"dronseg-edge export {info.extra.get('source_checkpoint') or 'CHECKPOINT'}"
-              + " --format engine" * (backend.path.suffix.lower() in (".engine", ".plan")) + " --io frames" * frames
+              + " --format engine" * (backend.path.suffix.lower() in (".engine", ".plan"))
+              + f" --io frames --size {format_size(info.input_size)}" * frames
+              + " --confidence" * (CONFIDENCE_OUTPUT in info.outputs)
               + " --head argmax" * (info.head == "argmax" and not frames) + f" --precision {info.precision}" * (info.precision != "fp32"))
     whole(batch, "--batch")  # 2.5: numpy's TypeError making the input
     size = None if size is None else parse_size(size)  # (0, 32) reached the model: "the torch backend failed"
     # what goes into the artifact: its frames for a frames graph, else its input tensor
     built = tuple(info.source_size if frames and info.source_size is not None else info.input_size)
+    # the size and batch asked for, each else the file's own (export's defaults are the training size and batch 1)
+    export += f" --{'source-' * frames}size {format_size(size or built)}" + f" --batch {batch}" * (batch != 1)
     if size is not None and tuple(size) != built and not info.dynamic:
         raise DronsegError(
             f"{backend.path} was built for {format_size(built)} (static shape) and cannot run at {format_size(size)}: "
-            f"drop --size, or re-export at that size (`{export} --{'source-' * frames}size {format_size(size)}`, "
-            "or --dynamic)")
+            f"drop --size, or re-export at that size (`{export}`, or --dynamic)")
     if info.batch is not None and batch != info.batch:
         raise DronsegError(
             f"{backend.path} was built for batch {info.batch} and cannot run batch {batch}: use --batch {info.batch}, "
-            f"or re-export with `{export} --batch {batch}` (or --dynamic)")
+            f"or re-export with `{export}` (or --dynamic)")
     return tuple(size) if size is not None else built
 
 

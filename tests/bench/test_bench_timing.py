@@ -91,7 +91,7 @@ def test_static_artifact_refuses_other_size_and_batch():
     with pytest.raises(DronsegError, match=r"batch 1 .*--batch 4"):
         resolve_shape(static, None, 4)
     half = FakeBackend(input_size=(32, 16), precision="fp16", dynamic=False, batch=1)
-    with pytest.raises(DronsegError, match=r"`dronseg-edge export CHECKPOINT --precision fp16 --batch 4`"):
+    with pytest.raises(DronsegError, match=r"`dronseg-edge export CHECKPOINT --precision fp16 --size 32x16 --batch 4`"):
         resolve_shape(half, None, 4)  # re-exported at its own precision, not fp32
     engine = FakeBackend("m.engine", input_size=(32, 16), precision="fp16", head="argmax", dynamic=False, batch=1)
     with pytest.raises(DronsegError, match=r"`dronseg-edge export CHECKPOINT --format engine --head argmax --precision fp16 "
@@ -104,6 +104,22 @@ def test_static_artifact_refuses_other_size_and_batch():
     for batch in (2.5, True):  # 2.5: numpy's TypeError making the input; True was taken as 1
         with pytest.raises(DronsegError, match=f"--batch {batch} must be a whole number"):
             resolve_shape(dynamic, None, batch)
+
+
+@pytest.mark.parametrize("meta, args, hint", [
+    ({"input_size": (64, 48), "batch": 2}, (None, 1), "--size 64x48`"),  # was `export CKPT --batch 1`: at 96x64
+    ({"input_size": (64, 48), "batch": 1}, ((32, 32), 2), "--size 32x32 --batch 2`"),  # would fail again at batch 2
+    ({"io": "frames", "source_size": (192, 128), "head": "argmax", "batch": 1, "input_size": (64, 48),
+      "outputs": ["classes", "confidence"]}, (None, 2),  # was frames of the model's size, at the training size
+     "--io frames --size 64x48 --confidence --source-size 192x128 --batch 2`"),
+])
+def test_the_re_export_hint_keeps_the_files_size_and_the_batch_asked_for(meta, args, hint):
+    """A static file's re-export hint gave only the one option that differed, so the export it named made
+    another shape: the training size for a file exported at --size/--source-size, batch 1 for --batch 2."""
+    backend = FakeBackend(**{"input_size": (96, 64), "dynamic": False, **meta})
+    with pytest.raises(DronsegError, match="re-export") as info:
+        resolve_shape(backend, *args)
+    assert hint in str(info.value), str(info.value)
 
 
 def test_an_input_too_large_for_the_memory_is_one_line(monkeypatch):
@@ -128,7 +144,8 @@ def test_a_frames_artifact_gets_uint8_frames_at_its_source_size():
     backend = FakeBackend(input_size=(32, 16), io="frames", source_size=(64, 48), head="argmax", dynamic=False, batch=1)
     size = resolve_shape(backend, None, 1)
     assert size == (64, 48)  # the frames it takes, not the model's input inside the graph
-    with pytest.raises(DronsegError, match="built for 64x48.*export CHECKPOINT --io frames --source-size 32x16`"):
+    with pytest.raises(DronsegError, match="built for 64x48.*export CHECKPOINT --io frames --size 32x16 "
+                                           "--source-size 32x16`"):
         resolve_shape(backend, (32, 16), 1)  # the fix makes a frames graph again, at that frame size
     batch = make_input(backend.info, size, 1)
     assert batch.shape == (1, 48, 64, 3) and batch.dtype == np.uint8
