@@ -13,7 +13,7 @@ from typing import Any, List
 from dronseg_edge.devices import DEVICE
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import META
-from dronseg_edge.option_fields import option, whole
+from dronseg_edge.option_fields import number, option, whole
 from dronseg_edge.sizes import parse_size
 
 DEFAULT_MIN_ITERS = 20  # with neither --iters nor --duration-s: at least 20 iterations and 3 s (trtexec: 10 and 3 s)
@@ -38,6 +38,9 @@ class TimingSettings:
                                             "a CUDA torch).")
 
     def __post_init__(self) -> None:
+        for name in ("warmup_s", "duration_s"):  # "2" (a YAML value): a TypeError; True was taken as 1 s
+            if name == "warmup_s" or self.duration_s is not None:
+                object.__setattr__(self, name, number(getattr(self, name), "--" + name.replace("_", "-")))
         if not math.isfinite(self.warmup_s) or self.warmup_s < 0:
             raise DronsegError(f"--warmup-s {self.warmup_s} must be 0 or more seconds")
         if self.warmup_iters is not None:

@@ -76,6 +76,8 @@ def test_transfers_do_not_exist_on_cpu():
 @pytest.mark.parametrize("kwargs, word", [
     ({"iters": 0}, "--iters"), ({"warmup_s": -1}, "--warmup-s"), ({"warmup_iters": -2}, "--warmup-iters"),
     ({"duration_s": 0}, "--duration-s"), ({"warmup_s": float("nan")}, "--warmup-s"),
+    ({"warmup_s": "2"}, "--warmup-s '2' must be a number"),  # a TypeError traceback
+    ({"duration_s": True}, "--duration-s True must be a number"), ({"warmup_s": True}, "--warmup-s"),  # taken as 1 s
 ])
 def test_invalid_settings_are_user_errors(kwargs, word):
     with pytest.raises(DronsegError, match=word):
