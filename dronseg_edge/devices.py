@@ -200,8 +200,9 @@ def resolve_device(name: str = "auto") -> "torch.device":
     return torch.device(str(device))
 
 
-def device_description(device) -> str:
-    """Human-readable name, e.g. 'NVIDIA H100 80GB HBM3 (sm90)' or 'cpu (2 threads)'."""
+def device_description(device, torch_threads: bool = True) -> str:
+    """Human-readable name, e.g. 'NVIDIA H100 80GB HBM3 (sm90)', 'cpu (2 threads)' (torch's, where it runs the model:
+    ``torch_threads``) or 'cpu (2 cores)' (ONNX Runtime's pool is its provider's to say)."""
     if device.type == "cuda":
         if torch_loaded():
             torch = sys.modules["torch"]
@@ -210,8 +211,9 @@ def device_description(device) -> str:
             return f"{torch.cuda.get_device_name(index)} (sm{major}{minor})"
         gpu = driver_gpu_properties(device.index or 0)
         return gpu["name"] if gpu["memory_gib"] is None else f"{gpu['name']} (sm{gpu['compute_capability'].replace('.', '')})"
-    threads = sys.modules["torch"].get_num_threads() if torch_loaded() else (os.cpu_count() or 1)
-    return f"cpu ({threads} threads)"
+    if torch_threads and torch_loaded():
+        return f"cpu ({sys.modules['torch'].get_num_threads()} threads)"
+    return f"cpu ({os.cpu_count() or 1} cores)"
 
 
 @contextlib.contextmanager

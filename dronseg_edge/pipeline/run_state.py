@@ -136,7 +136,7 @@ class RunState:
         sizes = self.sizes
         return Summary(
             model=os.path.abspath(backend.path), backend=backend.name, provider=backend.provider,
-            device=device_description(segmenter.device), precision=segmenter.info.precision,
+            device=device_description(segmenter.device, backend.name == "torch"), precision=segmenter.info.precision,
             input_size=format_size(segmenter.info.input_size), batch=segmenter.batch,
             source=os.path.abspath(source.name) if source.kind in ("video", "images") else source.name,
             source_kind=source.kind, source_fps=source.fps, live=self.live,

@@ -151,7 +151,7 @@ class Segmenter(contextlib.AbstractContextManager):
 
     def describe(self) -> str:
         """e.g. ``torch (cuda fp16 channels_last + CUDA graph) on NVIDIA H100 (sm90), input 1280x720``."""
-        return (f"{self.backend.describe()} on {device_description(self.device)}, "
+        return (f"{self.backend.describe()} on {device_description(self.device, self.backend.name == 'torch')}, "
                 f"input {format_size(self.info.input_size)}, {self.info.num_classes} classes")
 
     # -- one frame or a list -------------------------------------------------------------------

@@ -143,3 +143,13 @@ def test_a_streaming_cpu_onnx_segmenter_splits_the_cores_between_its_calls_in_fl
     with Segmenter(models["tensors"], device="cpu", streaming=True) as one_core, \
             Segmenter(models["tensors"], device="cpu", streaming=True, backend_options={"threads": 3}) as given:
         assert (one_core.backend.threads, given.backend.threads) == (1, 3)  # at least one; the caller's own wins
+
+
+def test_an_onnx_segmenter_on_the_cpu_names_the_cores_not_torchs_threads(models, monkeypatch):
+    """"cpu (1 threads)" was torch's count whenever torch was loaded, for a model ONNX Runtime runs on its own pool."""
+    import torch
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    with Segmenter(models["tensors"], device="cpu") as seg:
+        assert "on cpu (8 cores)," in seg.describe()
