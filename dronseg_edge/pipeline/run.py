@@ -147,6 +147,8 @@ def _prepare(segmenter: Segmenter, src: Source, options: RunOptions) -> tuple:
         chosen = {} if options.classes is None else {"classes": options.classes}  # else the Segmenter's own
         request = segmenter.request(confidence=options.save_conf, **chosen)
         live = src.live_default if options.live is None else bool(options.live)
+        if live and src.kind == "images":  # every image is the user's: --live dropped those read during a segmentation
+            raise DronsegError(f"--live drops the images read while one is segmented: leave it out for {src.name}")
         segmenter.check_live(live)
         width, height = src.size or (0, 0)
         if segmenter.info.io == "frames" and width > 0:  # a static frames graph made for another size fails now

@@ -41,7 +41,7 @@ class RunOptions:
     stats: bool = option(True, "Per-frame class shares in stats.jsonl.")
     show: bool = option(False, "Show the overlay in a window (q or Esc stops).")
     alpha: float = option(0.5, "Opacity of the class colours over the frame, 0..1.")
-    live: bool | None = option(None, "Process only the newest frame, dropping stale ones.",
+    live: bool | None = option(None, "Process only the newest frame, dropping stale ones (not for images).",
                                default_text="on for cameras and streams")
     stride: int = option(1, "Process every N-th frame.")
     max_frames: int | None = option(None, "Stop after this many frames.", default_text="no limit")
