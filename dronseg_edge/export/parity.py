@@ -288,7 +288,9 @@ def _reference_input(frames: list[np.ndarray], ref: Backend, info: ModelInfo, ba
     """``frames`` as ``ref`` takes them at the candidate's (``info``) input size: its own mean/std and colour order,
     so a candidate whose metadata names others (what infer would feed it) disagrees."""
     x = preprocess_host(frames, dataclasses.replace(ref.info, input_size=info.input_size))
-    return pad_batch(torch.from_numpy(x), batch)[0].to(ref.device)
+    x = pad_batch(torch.from_numpy(x), batch)[0]
+    # An .onnx/.engine reference has a torch-free devices.Device (load_backend) and takes host memory.
+    return x.to(ref.device) if isinstance(ref.device, torch.device) else x
 
 
 def judge(report: ParityReport) -> ParityReport:

@@ -320,6 +320,18 @@ def test_each_model_gets_its_own_normalisation_and_colour_order(tmp_path):
     assert not report.passed and report.agreement == 0.0
 
 
+def test_an_onnx_or_engine_reference_is_fed_in_host_memory(tmp_path):
+    """load_backend gives a file that is no checkpoint a torch-free devices.Device: `parity A.onnx B.onnx` was a
+    TypeError from Tensor.to(Device)."""
+    from dronseg_edge.devices import Device
+
+    data = dataset(tmp_path / "d", [SKY_ROAD])
+    answer = lambda x: one_hot_logits(torch.from_numpy(SKY_ROAD).long()[None].expand(len(x), -1, -1))  # noqa: E731
+    ref = fake("ref.onnx", answer)
+    ref.device = Device("cpu")
+    assert check_parity(ref, fake("cand.onnx", answer), data, device="cpu").agreement == 1.0
+
+
 def test_a_frames_candidate_gets_the_frames_in_its_colour_order(tmp_path):
     data = red_scene(tmp_path / "d")
     ref = FakeBackend("ref.pt", respond=lambda x: one_hot_logits(sky_where(x[:, 0] > x[:, 2])),
