@@ -38,6 +38,7 @@ from dronseg_edge.export import onnx as onnx_export
 from dronseg_edge.export.images import resolve_images
 from dronseg_edge.export.options import EXPORT_PRECISIONS, ExportOptions
 from dronseg_edge.export.parity import check_parity
+from dronseg_edge.export.parity_picture import save_difference_picture
 from dronseg_edge.export.parity_report import ParityReport, parity_report_path
 from dronseg_edge.export.quantize import calibration_record
 from dronseg_edge.leftovers import RANDOM, TAGGED, FolderClaim, working_prefix, working_tag
@@ -306,8 +307,9 @@ def _check_and_place(source: _Source, options: ExportOptions, pending: Path, fin
     if report is not None:
         report.candidate = str(final if passed else failed)
         report.save(parity_report_path(final))
-    else:  # an earlier report describes an earlier file, not this unchecked one
+    else:  # an earlier report and its difference picture describe an earlier file, not this unchecked one
         _discard(parity_report_path(final))
+        save_difference_picture(None, False, parity_report_path(final))
     _move(pending, final if passed else failed)
     if passed:
         _discard(failed)  # a stale failure of an earlier attempt no longer describes this file

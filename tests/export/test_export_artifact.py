@@ -123,6 +123,15 @@ def test_reuse_returns_an_export_of_the_same_checkpoint_and_options_only(counted
     assert reusable_artifact(broken, info) is None
 
 
+def test_an_unchecked_export_removes_the_earlier_report_and_its_picture(tiny_checkpoint, tmp_path):
+    """--no-parity removed NAME.parity.json of an earlier failed export but kept its NAME.parity.png,
+    a picture of differences that no longer describes the file beside it."""
+    for name in ("tiny_fp32.parity.json", "tiny_fp32.parity.png", "tiny_fp32.onnx.failed"):
+        (tmp_path / name).write_text("of an earlier export")
+    result = export_artifact(tiny_checkpoint, out_dir=tmp_path, device="cpu", parity=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [result.path.name]
+
+
 def test_export_leftover_patterns_match_our_working_names_only(tmp_path):
     """The names export's writers make match EXPORT_LEFTOVERS with this process's token; the issue's
     look-alikes of other programs match no pattern at all (leftovers.py)."""
