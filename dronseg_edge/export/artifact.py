@@ -246,6 +246,9 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
             raise DronsegError(f"{final} is this checkpoint's, calibrated otherwise ({made.get('method')}, {made.get('images')} "
                                f"images of {made.get('source')}), and is kept: bench it by name, or give another --out")
         theirs = _metadata(final) if options.keep and found is None else None
+        if options.keep and found is None and theirs is None and final.exists():  # a file of that name, not our export
+            raise DronsegError(f"{final} carries no dronseg-edge metadata (not an export of this package) and is kept: "
+                               "bench it by name (with --meta), or give another --out")
         made_from = theirs.extra.get("source_checkpoint") if theirs is not None else None
         # Another run's best.pt exported here is kept; an earlier state of this very file (trained on since) is not.
         if made_from not in (None, info.extra["source_checkpoint"]) and theirs.source_sha256 != info.source_sha256:

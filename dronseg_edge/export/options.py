@@ -72,7 +72,8 @@ class ExportOptions:
     batches along a model's first dimension only when it is free), ``thresholds`` (None: the precision's),
     ``reuse`` (return an existing file of the same name made from the same checkpoint with the same options;
     the engine path and ``bench --matrix`` use it), ``keep`` (with ``reuse``: raise rather than replace such a file
-    calibrated otherwise, or a file of that name from another checkpoint, perhaps the user's own; ``bench --matrix``).
+    calibrated otherwise, or a file of that name from another checkpoint or without our metadata, perhaps the user's
+    own; ``bench --matrix``).
     Sizes are (width, height), shapes (batch, width, height); a None size is the training size. Invalid values raise
     DronsegError.
     """

@@ -132,6 +132,18 @@ def test_an_unchecked_export_removes_the_earlier_report_and_its_picture(tiny_che
     assert sorted(p.name for p in tmp_path.iterdir()) == [result.path.name]
 
 
+def test_keep_never_replaces_a_file_of_that_name_without_our_metadata(tiny_checkpoint, tmp_path):
+    """bench --matrix (reuse and keep) kept another checkpoint's export of a variant's name but replaced the user's own
+    ONNX file of that name, one with no dronseg-edge metadata, without a word."""
+    from importlib.resources import files
+
+    theirs = tmp_path / "tiny_fp32.onnx"
+    theirs.write_bytes(files("dronseg_edge.checks").joinpath("probe_relu.onnx").read_bytes())
+    with pytest.raises(DronsegError, match="tiny_fp32.onnx carries no dronseg-edge metadata .* and is kept"):
+        export_artifact(tiny_checkpoint, out_dir=tmp_path, reuse=True, keep=True, parity=False, device="cpu")
+    assert theirs.read_bytes() == files("dronseg_edge.checks").joinpath("probe_relu.onnx").read_bytes()
+
+
 def test_export_leftover_patterns_match_our_working_names_only(tmp_path):
     """The names export's writers make match EXPORT_LEFTOVERS with this process's token; the issue's
     look-alikes of other programs match no pattern at all (leftovers.py)."""
