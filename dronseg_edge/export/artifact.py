@@ -223,8 +223,9 @@ def _artifact_info(source: _Source, options: ExportOptions) -> ModelInfo:
         source.info, input_size=tuple(options.size or source.info.input_size), precision=options.precision,
         head=options.head, batch=batch, dynamic=options.dynamic,
         extra={"source_checkpoint": str(source.path.resolve()), "train_size": list(source.info.input_size)})
-    if options.io == "frames":
-        return embedded.frames_info(info, options.source_size, options.confidence)
+    info = embedded.frames_info(info, options.source_size, options.confidence) if options.io == "frames" else info
+    # Checked as every reader checks it (metadata_checks): a batch or size they refuse would make a file nothing reads.
+    ModelInfo.from_dict(info.to_dict(), source=f"export of {source.path}", fix="pass a smaller --batch, --size or --source-size")
     return info
 
 

@@ -144,6 +144,19 @@ def test_keep_never_replaces_a_file_of_that_name_without_our_metadata(tiny_check
     assert theirs.read_bytes() == files("dronseg_edge.checks").joinpath("probe_relu.onnx").read_bytes()
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"batch": 2000}, "metadata batch 2000 is outside 1..1024"),
+    ({"batch": 300, "size": (512, 512)}, "metadata batch 300 of 512x512 \\(input_size\\) is 78643200 pixels"),
+    ({"io": "frames", "source_size": (16384, 16384)}, "metadata source_size \\[16384, 16384\\] is 268435456 pixels"),
+])
+def test_a_batch_or_size_that_no_reader_takes_is_refused_before_any_work(tiny_checkpoint, tmp_path, changes, message):
+    """Export wrote such files (after minutes, for a large one) that infer, eval and parity then refused, advising a
+    re-export that made the same file; parity, reading the pending file, named that hidden file."""
+    with pytest.raises(DronsegError, match=f"^export of .*tiny.pt: {message}.*: pass a smaller --batch, --size or --source-size$"):
+        export_artifact(tiny_checkpoint, out_dir=tmp_path / "out", parity=False, device="cpu", **changes)
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_leftover_patterns_match_our_working_names_only(tmp_path):
     """The names export's writers make match EXPORT_LEFTOVERS with this process's token; the issue's
     look-alikes of other programs match no pattern at all (leftovers.py)."""
