@@ -31,6 +31,7 @@ DEFAULT_CALIBRATION_METHOD = "percentile"
 DEFAULT_OPSET = {"torchscript": 17, "dynamo": 18}  # export.onnx: the dynamo exporter writes 18 and up
 CALIB_IMAGES = 32
 PARITY_IMAGES = 16
+MAX_WORKSPACE_GIB = 1024  # TensorRT's and ONNX Runtime's workspace limit is a byte count (Triton: a uint64)
 DLA_PRECISIONS = ("fp16", "int8")  # DLA has no fp32 kernels
 # The options that only a TensorRT build reads (the CLI refuses them for an export that builds none).
 ENGINE_OPTIONS = {"dla_core": "--dla-core", "builder_opt_level": "--builder-opt-level", "min_shape": "--min-shape",
@@ -156,8 +157,9 @@ class ExportOptions:
         for flag, value in (("--batch", self.batch), ("--calib-images", self.calib_images),
                             ("--parity-images", self.parity_images)):
             whole(value, flag)
-        if not self.workspace_gib > 0:
-            raise DronsegError(f"--workspace-gib {self.workspace_gib:g} must be a positive number of GiB")
+        if not 0 < self.workspace_gib <= MAX_WORKSPACE_GIB:  # inf: an OverflowError after the export, as bytes
+            raise DronsegError(f"--workspace-gib {self.workspace_gib:g} must be a positive number of GiB, at most "
+                               f"{MAX_WORKSPACE_GIB} (more than any GPU's memory)")
         self._validate_io()
         self._validate_engine()
 
