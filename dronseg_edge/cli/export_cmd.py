@@ -106,8 +106,9 @@ def export(
             typer.echo(f"parity report: {parity_report_path(result.served or result.path)}")
         if not result.passed:
             first = result.report.failures[0] if result.report is not None and result.report.failures else "see the report"
+            higher = "try a higher precision, or " if result.info.precision != "fp32" else ""  # none above fp32
             raise ParityError(f"{result.path.name} failed parity ({first}); kept as {result.path} with its report "
-                              f"{parity_report_path(result.path).name}: try a higher precision, or relax the limits "
+                              f"{parity_report_path(result.path).name}: {higher}relax the limits "
                               "with --min-agreement/--max-miou-drop")
         info = result.info
         shape = "dynamic N x H x W" if info.dynamic else f"batch {info.batch or 'N (any)'}, {format_size(info.input_size)}"

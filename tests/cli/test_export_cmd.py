@@ -85,6 +85,7 @@ def test_export_of_a_broken_artifact_exits_4_and_keeps_it_as_failed(tiny_checkpo
     code, out, err = run_cli(capsys, "export", tiny_checkpoint, "--parity-data", frames, "--out", tmp_path,
                              "--device", "cpu")
     assert_one_error_line(code, out, err, 4, "tiny_fp32.onnx.failed failed parity (logits: argmax agreement")
+    assert "relax the limits" in err and "higher precision" not in err  # there is none above fp32
     assert (tmp_path / "tiny_fp32.onnx.failed").is_file() and not (tmp_path / "tiny_fp32.onnx").exists()
     assert json.loads((tmp_path / "tiny_fp32.parity.json").read_text())["status"] == "FAILED"
 
