@@ -59,7 +59,9 @@ def _check_read(ctx: typer.Context, options, fmt: str) -> None:
                               ("with --no-parity", not options.parity,
                                ("parity_data", "parity_images", "min_agreement", "max_miou_drop")),
                               ("with --format onnx (it sizes TensorRT's workspace: engine, all, triton)", fmt == "onnx",
-                               ("workspace_gib", "workspace_gib__0"))):
+                               ("workspace_gib", "workspace_gib__0")),
+                              ("with a free batch and --format onnx (the batch engines and Triton tune for)",
+                               fmt == "onnx" and (options.dynamic or options.dynamic_batch), ("batch",))):
         given = [flags[name] for name in names if ctx.get_parameter_source(name).name != "DEFAULT"]
         if idle and given:
             raise DronsegError(f"{given[0]} has no effect {when}: drop it")

@@ -216,6 +216,8 @@ def test_engine_options_are_refused_before_any_onnx_work(args, code, message, ti
     (["--no-parity", "--min-agreement", "90"], "--min-agreement has no effect with --no-parity"),
     (["--no-parity", "--parity-images", "3"], "--parity-images has no effect with --no-parity"),
     (["--workspace", "8"], "--workspace has no effect with --format onnx"),
+    (["--dynamic", "--batch", "4"], "--batch has no effect with a free batch and --format onnx"),  # wrote best_dyn_fp32.onnx
+    (["--dynamic-batch", "--batch", "4"], "--batch has no effect with a free batch and --format onnx"),
 ])
 def test_options_this_export_would_not_read_are_refused(args, message, tiny_checkpoint, tmp_path, capsys):
     """They were accepted without a word (exit 0), as the engine options are not."""
