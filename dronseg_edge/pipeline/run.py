@@ -50,7 +50,7 @@ from dronseg_edge.runs import next_run_dir
 log = logging.getLogger(__name__)
 
 WRITE_STOPS = ("disk_full", "unwritable", "write_failed")
-# After a stop signal, a sink stuck this long in one write (a pipe whose reader stopped reading) is left
+# After a stop signal (or a live source's --max-duration-s), a sink stuck this long in one write (a pipe whose reader stopped reading) is left
 # behind: docker stop sends SIGKILL 10 s after SIGTERM.
 INTERRUPT_PATIENCE_S = 3.0
 WINDOW = "dronseg-edge"
@@ -89,9 +89,10 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
                     break
                 state.mark_seen(result)
                 active = _check_floor(active, state, floor)
-                with guard.critical():  # every sink gets the frame, or none does (unless a stop signal came)
-                    for worker in active:
-                        worker.put(result, stop=lambda: guard.signal_name is not None)
+                with guard.critical():  # every sink gets the frame, or none does (unless a stop signal came, or the
+                    for worker in active:  # live deadline to a sink stuck in a write: a --results reader that stalled)
+                        worker.put(result, stop=lambda: guard.signal_name is not None or (
+                            state.stopped is not None and worker.stuck(INTERRUPT_PATIENCE_S)))
                     state.add(result)
                 bar.update(1)
                 if options.show and _show(plan.image(result)):
@@ -275,7 +276,7 @@ def _close_workers(workers: list[SinkWorker], state: RunState) -> Exception | No
     After a failed write (a full disk most often) the frames still queued are dropped rather than
     written: the room left, and the reserve just handed back, go to finishing the files."""
     discard = _write_failed(state.error) or any(_write_failed(w.error) for w in workers)
-    patience = INTERRUPT_PATIENCE_S if state.interrupted else None
+    patience = INTERRUPT_PATIENCE_S if state.interrupted or state.stopped else None
     bug = None
     for worker in workers:
         try:

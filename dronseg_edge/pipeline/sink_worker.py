@@ -108,17 +108,18 @@ class SinkWorker:
 
     def _finish(self, patience: float | None) -> bool:
         """Queue the end and wait for the thread; False once one write has taken over ``patience`` s."""
-        def stuck() -> bool:
-            busy = self._busy_since
-            return patience is not None and busy is not None and time.monotonic() - busy > patience
-
-        if not put_unless_stopped(self._queue, None, stuck):
+        if not put_unless_stopped(self._queue, None, lambda: self.stuck(patience)):
             return False
         while self._thread.is_alive():
             self._thread.join(0.1)
-            if stuck():
+            if self.stuck(patience):
                 return False
         return True
+
+    def stuck(self, patience: float | None) -> bool:
+        """Whether the write under way has taken over ``patience`` s (None: never stuck)."""
+        busy = self._busy_since
+        return patience is not None and busy is not None and time.monotonic() - busy > patience
 
     def _close_live(self) -> bool:
         """End a lossy sink's thread: what is queued still goes out, unless the sink has been stuck in one

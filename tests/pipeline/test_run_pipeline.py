@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -242,6 +243,24 @@ def test_max_duration_of_a_stream_counts_from_its_first_frame(segmenter, tmp_pat
     summary = run_inference(segmenter, source, RunOptions(out=tmp_path / "run", max_duration=2.5, progress=False))
     times = [s["timestamp"] for s in read_stats(summary.out_dir)]  # from the start the span was at most 1.5 s
     assert summary.data["stopped"] == "max_duration" and times[-1] - times[0] > 1.6, times
+
+
+def test_max_duration_ends_a_stream_whose_results_reader_stopped_reading(segmenter, tmp_path, monkeypatch):
+    """--results - to a reader that stopped reading without exiting: its writes block, its queue fills, and the run
+    waited for room past a stream's --max-duration-s until a signal came (37 s of --max-duration-s 8, then SIGTERM)."""
+    from dronseg_edge.pipeline.results_sink import ResultsSink
+
+    release = threading.Event()
+    monkeypatch.setattr(ResultsSink, "_write", lambda self, result: release.wait())
+    threading.Timer(60.0, release.set).start()  # only so that the old code's hang ends
+    source = StreamSource("rtsp://camera/5", reconnect_s=30.0, open_capture=lambda: SlowToStart(block_s=0.0))
+    try:
+        summary = run_inference(segmenter, source, RunOptions(out=tmp_path / "run", max_duration=1.0, progress=False,
+                                                              results=str(tmp_path / "r.jsonl")))
+        stuck = not release.is_set()
+    finally:
+        release.set()
+    assert stuck and summary.data["stopped"] == "max_duration" and summary.data["results"]["lines"] == 0
 
 
 def test_live_mode_drops_frames_when_inference_is_slower_than_the_source(segmenter, video_path, tmp_path, monkeypatch):
