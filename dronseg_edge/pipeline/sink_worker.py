@@ -93,6 +93,8 @@ class SinkWorker:
             self._discard = discard
             if self.sink.lossy:
                 if not self._close_live():  # stuck in a network write: left to end with the process
+                    # its frame in that write and those queued are not sent (summary.json: sent + dropped = given)
+                    self.sink.queue_dropped += 1 + sum(item is not None for item in list(self._queue.queue))
                     log.warning("%s did not finish within %g s (its receiver stopped reading): left as it is",
                                 self.sink.name, self.LIVE_CLOSE_S)
                     return
