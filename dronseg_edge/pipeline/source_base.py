@@ -81,9 +81,9 @@ class Source(contextlib.AbstractContextManager):
         # "lost" (a stream or camera that stopped and could not be reopened); None while running or
         # when the run stopped it first.
         self.end: str | None = None
-        # A video file's frame count once read to its end or its truncation (``--stride`` leaves frames after
-        # the last one segmented, which the overlay video fills in), and its last frame's time; None before, and for
-        # other sources.
+        # A video file's or finite stream's frame count once read to its end (a video's or its truncation: ``--stride``
+        # leaves frames after the last one segmented, which the overlay video fills in), and its last frame's time; None
+        # before, and for other sources.
         self.length: int | None = None
         self.end_time: float | None = None
         # summary.json's hw_decode for sources FFmpeg decodes (video files, URLs): {"requested": bool,

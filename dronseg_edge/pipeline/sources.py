@@ -262,6 +262,7 @@ class CaptureSource(Source):
 
     def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
         start_time, position, spent = time.monotonic(), 0, 0.0  # spent: ms reading since the last frame yielded
+        seen = None  # the last frame's time, segmented or not: where a stream that ends ends (Source.end_time)
         recent: collections.deque[float] = collections.deque(maxlen=RECENT_READS)  # seconds per read
         while not self._stop.is_set():
             start = time.perf_counter()
@@ -270,8 +271,9 @@ class CaptureSource(Source):
             if ok and frame is not None:
                 self.check_pixels((frame.shape[1], frame.shape[0]))
                 spent += recent[-1] * 1e3  # --stride's skipped frames are read (decoded) too
+                seen = time.monotonic() - start_time
                 if position % stride == 0:
-                    yield FrameRecord(position, time.monotonic() - start_time, frame, self.name, f"{position:06d}", spent)
+                    yield FrameRecord(position, seen, frame, self.name, f"{position:06d}", spent)
                     spent = 0.0
                 position += 1
                 continue
@@ -286,8 +288,8 @@ class CaptureSource(Source):
                 while skip > 0 and not self._stop.is_set() and self.capture.grab():
                     skip -= 1
                 continue
-            if not timed_out and self.ends:
-                self.end = "ended"
+            if not timed_out and self.ends:  # its length too: --stride's overlay video runs to its last frame
+                self.end, self.length, self.end_time = "ended", position, seen
                 note = (f"the end of {f'the {self.frame_count} frames it declared' if self.frame_count else 'its file'}"
                         "; not reopened, which would replay it" if declared else
                         f"its server closed it and it did not come back within {self.reconnect_s:g} s")

@@ -151,6 +151,15 @@ def test_stride_video_runs_to_the_sources_last_frame(segmenter, video_path, tmp_
     assert np.abs(frames[20].astype(int) - frames[23]).mean() < 2
 
 
+def test_stride_stream_that_ends_runs_to_its_last_frame(segmenter, video_path, tmp_path):
+    """A finite stream (a pipe, an HTTP or file:// URL) with --stride: the overlay video ended at the last frame
+    segmented (85 frames of a 90-frame clip piped in with --stride 7, where the file itself gives 90)."""
+    summary = run_inference(segmenter, f"file://{video_path}", RunOptions(out=tmp_path / "run", stride=5, live=False,
+                                                                          progress=False))
+    assert summary.data["source_end"] == "ended" and [s["frame"] for s in read_stats(summary.out_dir)][-1] == 20
+    assert summary.data["video_frames"] == len(read_video(summary.out_dir / "overlay.mp4")[0]) == 24
+
+
 def test_stride_video_of_a_variable_rate_file_runs_to_the_sources_last_frames_time(segmenter, tmp_path):
     """8 frames 1/60 s apart, then 4 at 0.1 s: with --stride 4 the frames after the last one segmented were filled
     by their count (3), not their time, and the video ended 0.2 s before the source's, and before the unstrided run's."""
