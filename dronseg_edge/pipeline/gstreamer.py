@@ -11,12 +11,12 @@ import re
 import shlex
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import cv2
 
 from dronseg_edge.errors import DronsegError, docs_url
-from dronseg_edge.pipeline.source_base import shown_url
+from dronseg_edge.pipeline.source_base import shown_url, split_url
 from dronseg_edge.pipeline.sources import CaptureSource, opened
 
 # Appended when a pipeline has no appsink of its own. A live source keeps only the newest frame (a
@@ -66,7 +66,7 @@ def csi_pipeline(spec: str) -> str:
     The frames go from the camera's NVMM buffers through ``nvvidconv`` (the Jetson's converter) to
     BGRx, then ``videoconvert`` to the BGR that OpenCV takes. Raises DronsegError naming the bad part.
     """
-    parts = urlsplit(spec)
+    parts = split_url(spec, "source")
     if not parts.netloc.isdecimal() or parts.path not in ("", "/"):
         raise DronsegError(f"source {spec}: a CSI camera is csi://N with N its sensor id (0, 1, ...), "
                            f"e.g. {CSI_EXAMPLE}")

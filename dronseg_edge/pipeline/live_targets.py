@@ -15,11 +15,10 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.option_fields import one_of
-from dronseg_edge.pipeline.source_base import shown_url
+from dronseg_edge.pipeline.source_base import shown_url, split_url
 from dronseg_edge.sizes import parse_size
 
 # H.264 in MPEG-TS over UDP; over RTP/UDP (QGroundControl's 'UDP h.264 video stream', port 5600); published
@@ -58,7 +57,7 @@ class StreamTarget:
 
 def parse_stream_url(text: str) -> StreamTarget:
     """A ``--stream-out`` value -> StreamTarget; DronsegError naming the value and the forms it takes."""
-    parts, shown = urlsplit(str(text).strip()), shown_url(str(text).strip())
+    parts, shown = split_url(str(text).strip(), "--stream-out"), shown_url(str(text).strip())
     kind = parts.scheme.lower()
     if kind not in STREAM_KINDS:
         raise DronsegError(f"--stream-out {shown!r}: not a stream URL this can send; use {STREAM_EXAMPLES}")
@@ -169,7 +168,7 @@ def parse_results_target(text: str) -> tuple[str, object]:
     value = str(text).strip()
     if value == "-":
         return "stdout", None
-    parts = urlsplit(value)
+    parts = split_url(value, "--results")
     if parts.scheme.lower() == "udp":
         try:
             port = parts.port

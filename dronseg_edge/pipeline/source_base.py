@@ -11,6 +11,7 @@ import threading
 from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Iterable, Iterator
+from urllib.parse import SplitResult, urlsplit
 
 import cv2
 import numpy as np
@@ -35,6 +36,15 @@ def shown_url(text: str) -> str:
     is what opens it."""
     text = re.sub(r"(\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^/?#\s]*@", r"\1:***@", text, flags=re.IGNORECASE)
     return _SECRET_PROPERTY.sub(r"\1***", _SECRET_QUERY.sub(r"\1***", text))
+
+
+def split_url(text: str, what: str) -> SplitResult:
+    """``urlsplit(text)``; a DronsegError naming ``what`` (``--stream-out``, ``source``) where it cannot be split (a
+    bracket left open, ``udp://[::1:5600``, was a ValueError traceback)."""
+    try:
+        return urlsplit(text)
+    except ValueError as exc:
+        raise DronsegError(f"{what} {shown_url(text)!r}: {exc}: brackets hold an IPv6 address, closed (udp://[::1]:5600)") from None
 
 
 @dataclass

@@ -12,14 +12,14 @@ import os
 import re
 from functools import partial
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from dronseg_edge.pipeline import gstreamer
 from dronseg_edge.pipeline.capture_options import CaptureOptions, is_rtsp
 from dronseg_edge.pipeline.image_sources import ImageSource
-from dronseg_edge.pipeline.source_base import SOURCE_HELP, Source, shown_url
+from dronseg_edge.pipeline.source_base import SOURCE_HELP, Source, shown_url, split_url
 from dronseg_edge.pipeline.sources import STREAM_SCHEMES, CameraSource, StreamSource, VideoSource
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def _pipe(path: Path, reconnect_s: float, options: CaptureOptions) -> Source:
 
 def _local_file(url: str) -> Path:
     """The path of a ``file://`` URL (``file:///tmp/a%20b.mp4`` -> /tmp/a b.mp4)."""
-    parts = urlsplit(url)
+    parts = split_url(url, "source")
     return Path(unquote(parts.path if parts.netloc in ("", "localhost") else f"//{parts.netloc}{parts.path}"))
 
 
