@@ -50,8 +50,8 @@ from dronseg_edge.runs import next_run_dir
 log = logging.getLogger(__name__)
 
 WRITE_STOPS = ("disk_full", "unwritable", "write_failed")
-# After a stop signal (or a live source's --max-duration-s), a sink stuck this long in one write (a pipe whose reader stopped reading) is left
-# behind: docker stop sends SIGKILL 10 s after SIGTERM.
+# After a stop signal (or a camera's or stream's --max-duration-s), a sink stuck this long in one write (a pipe whose
+# reader stopped reading) is left behind: docker stop sends SIGKILL 10 s after SIGTERM.
 INTERRUPT_PATIENCE_S = 3.0
 WINDOW = "dronseg-edge"
 
@@ -118,7 +118,7 @@ def run_inference(segmenter: Segmenter, source: str | Path | int | Source, optio
             reader.stop()
             reserve.release()  # its room now lets the video's index and summary.json be written
             _mark_timeline_end(sinks, src, state)
-            bug = _close_workers(workers, state)
+            bug = _close_workers(workers, state, timed=deadline is not None)
             if bug is not None:
                 state.bug = state.bug or _bug_text(bug)
             state.stop_clock()
@@ -269,14 +269,15 @@ def _mark_timeline_end(sinks: list[Sink], src: Source, state: RunState) -> None:
                 sink.end_index, sink.end_time = frames, first + (frames - 1) / sink.fps
 
 
-def _close_workers(workers: list[SinkWorker], state: RunState) -> Exception | None:
+def _close_workers(workers: list[SinkWorker], state: RunState, timed: bool) -> Exception | None:
     """Finalise every sink, whatever happened to the others; a write error goes to ``state.error``
     (the first one wins), and the first bug is returned to be raised once the summary is written.
 
     After a failed write (a full disk most often) the frames still queued are dropped rather than
-    written: the room left, and the reserve just handed back, go to finishing the files."""
+    written: the room left, and the reserve just handed back, go to finishing the files. ``timed``: a camera's or
+    stream's --max-duration-s, a promise of the wall clock, which a sink stuck in one write does not hold up."""
     discard = _write_failed(state.error) or any(_write_failed(w.error) for w in workers)
-    patience = INTERRUPT_PATIENCE_S if state.interrupted or state.stopped else None
+    patience = INTERRUPT_PATIENCE_S if state.interrupted or (timed and state.stopped == "max_duration") else None
     bug = None
     for worker in workers:
         try:

@@ -44,7 +44,8 @@ def split_url(text: str, what: str) -> SplitResult:
     try:
         return urlsplit(text)
     except ValueError as exc:
-        raise DronsegError(f"{what} {shown_url(text)!r}: {exc}: brackets hold an IPv6 address, closed (udp://[::1]:5600)") from None
+        raise DronsegError(f"{what} {shown_url(text)!r}: {exc}: brackets hold an IPv6 address, closed "
+                           "(udp://[::1]:5600)") from None
 
 
 @dataclass
