@@ -234,19 +234,23 @@ def test_latency_sample_is_bounded_and_keeps_the_percentiles():
     assert LatencySample().percentiles() is None
 
 
-def test_a_sender_that_is_stuck_never_holds_up_the_run(fake_encoder):
-    """The stream's worker drops its oldest frame while the sender is stuck (a TCP send to a server that
-    stopped reading): every put returns at once (a waiting put would have dropped nothing), and the
-    newest frame is the next one sent."""
-    release = threading.Event()
-
+def stuck_stream(release: threading.Event):
+    """A stream sink whose sender is stuck in each send until ``release`` is set, and its worker."""
     class Stuck(FakeEncoder):
         def send(self, frame):
             release.wait(30)
             return super().send(frame)
 
     sink = stream_sink("udp://127.0.0.1:5600", open_encoder=Stuck)
-    worker = SinkWorker(sink, queue_size=8)
+    return sink, SinkWorker(sink, queue_size=8)
+
+
+def test_a_sender_that_is_stuck_never_holds_up_the_run(fake_encoder):
+    """The stream's worker drops its oldest frame while the sender is stuck (a TCP send to a server that
+    stopped reading): every put returns at once (a waiting put would have dropped nothing), and the
+    newest frame is the next one sent."""
+    release = threading.Event()
+    sink, worker = stuck_stream(release)
     results = [make_result(index) for index in range(50)]
     for result in results:
         worker.put(result)
@@ -261,14 +265,7 @@ def test_a_sender_still_stuck_at_the_end_counts_the_frames_it_holds_as_dropped(f
     """A receiver frozen until the run's end (SIGSTOP): summary.json gave 173 frames, 22 sent and 149 dropped; the
     frame in the stuck write and the one still queued were in neither count."""
     release = threading.Event()
-
-    class Stuck(FakeEncoder):
-        def send(self, frame):
-            release.wait(30)
-            return super().send(frame)
-
-    sink = stream_sink("udp://127.0.0.1:5600", open_encoder=Stuck)
-    worker = SinkWorker(sink, queue_size=8)
+    sink, worker = stuck_stream(release)
     for index in range(50):
         worker.put(make_result(index))
     worker.close()
