@@ -45,6 +45,14 @@ def test_a_write_lands_under_its_final_name_with_ordinary_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+def test_a_name_the_file_system_takes_is_written_however_long(tmp_path):
+    """The temporary name adds 31 bytes to the final one: a 240-byte image stem (which infer's mask sink
+    writes) was 'File name too long' from Result.save; the temporary name is now shortened, its suffix kept."""
+    final = tmp_path / ("x" + "é" * 110 + "x" * 19 + ".png")  # 244 bytes; the cut falls inside an "é"
+    assert atomic.write_text_atomic(final, "text").read_text() == "text"
+    assert [p.name for p in tmp_path.iterdir()] == [final.name]
+
+
 def test_storage_cause_follows_the_chain_but_not_a_suppressed_context():
     full = OSError(errno.ENOSPC, "No space left on device")
     try:
