@@ -36,7 +36,8 @@ class FrameRequest:
 
 def select_classes(classes: str | Sequence[str | int] | None, class_names: Sequence[str],
                    model: str = "the model") -> tuple[int, ...] | None:
-    """Class names (a sequence, or one comma-separated string; any case) or ids (one id too) -> their sorted ids.
+    """Class names or ids (a sequence, or one comma-separated string such as "person,car" or "1,3"; names in any
+    case; one id too) -> their sorted ids.
 
     Raises a one-line DronsegError listing the model's classes for a name or id it does not have.
     """
@@ -52,6 +53,8 @@ def select_classes(classes: str | Sequence[str | int] | None, class_names: Seque
     lookup = {name.lower(): index for index, name in enumerate(class_names)}
     ids, unknown = set(), []
     for item in items:
+        if isinstance(item, str) and item.isdigit() and item.lower() not in lookup:  # "1,3": ids, as --classes takes
+            item = int(item)
         if isinstance(item, str) and item.lower() in lookup:
             ids.add(lookup[item.lower()])
         elif isinstance(item, (int, np.integer)) and not isinstance(item, bool) and 0 <= item < len(class_names):

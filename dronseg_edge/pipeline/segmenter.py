@@ -57,8 +57,8 @@ class Segmenter(contextlib.AbstractContextManager):
     ``tile``: auto | on | off (module docstring); ``tile_overlap``: share of a window its neighbour
     shares (0..0.75); ``tile_batch``: windows per inference call (default: a fixed-batch artifact's
     batch, a TensorRT engine's ``batch``, else at least 4). ``confidence``: results carry the (H, W)
-    uint8 maximum class probability x 255 (it costs a softmax). ``classes``: class names to keep
-    (a list or "person,car"); the rest become 255 in masks and stay uncoloured in overlays.
+    uint8 maximum class probability x 255 (it costs a softmax). ``classes``: class names or ids to keep
+    (a list, "person,car" or "1,3"); the rest become 255 in masks and stay uncoloured in overlays.
     ``meta``: metadata FILE for an .onnx/.engine without its own (the ONNX an engine was built from,
     or a sidecar JSON; runtime/registry.read_meta_file). ``streaming``: tune the backend for
     ``stream()`` (``infer`` does): a CPU ONNX Runtime session then gives each of its calls in flight its
