@@ -9,6 +9,7 @@ import numpy as np
 
 from dronseg_edge.classes import PALETTE
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.option_fields import number
 from dronseg_edge.pictures import bgr_lut, colorize, write_image
 from dronseg_edge.pipeline.overlay import overlay
 from dronseg_edge.pipeline.request import FILTERED
@@ -69,7 +70,7 @@ class Result:
     def plot(self, alpha: float = 0.5) -> np.ndarray:
         """The (H, W, 3) uint8 BGR frame with the class colours over it at opacity ``alpha`` (0..1);
         pixels a class filter left out show the frame as it is."""
-        if not 0.0 <= alpha <= 1.0:
+        if not 0.0 <= number(alpha, "alpha") <= 1.0:  # "0.5" was a TypeError, True an OpenCV error
             raise DronsegError(f"alpha {alpha} must be between 0 (frame only) and 1 (colours only)")
         return overlay(self.frame, self.mask, bgr_lut(self.palette), alpha,
                        hidden=FILTERED if self.classes is not None else None)

@@ -4,7 +4,7 @@ model's and the source's (option_fields.py: each field is its command-line optio
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, List
 
@@ -93,6 +93,9 @@ class RunOptions:
     def __post_init__(self) -> None:
         from dronseg_edge.pipeline.video_writer import VIDEO_CODECS  # OpenCV: not for the CLI's --help
 
+        for f in fields(self):  # a flag read from a config file: live="false" was true (a video read live)
+            if f.type in ("bool", "bool | None"):
+                one_of(getattr(self, f.name), f"--{f.name.replace('_', '-')}", (True, False, None)[:2 + (f.type != "bool")])
         # as ints: summary.json wrote numpy's 2 as "2" (a string)
         object.__setattr__(self, "stride", whole(self.stride, "--stride", hint=" (1 = every frame)"))
         if self.max_frames is not None:  # 2.5 made the run folder, then failed as "a bug" (islice)

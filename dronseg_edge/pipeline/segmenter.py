@@ -25,7 +25,7 @@ import numpy as np
 from dronseg_edge.classes import class_counts
 from dronseg_edge.devices import device_description
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.option_fields import whole
+from dronseg_edge.option_fields import number, one_of, whole
 from dronseg_edge.pipeline.reader import FrameReader
 from dronseg_edge.pipeline.request import FrameRequest, select_classes
 from dronseg_edge.pipeline.result import Result
@@ -81,6 +81,8 @@ class Segmenter(contextlib.AbstractContextManager):
                                    "pass the model's path to choose")
             self.backend = model
         else:
+            for name, value in (("half", half), ("streaming", streaming), ("cuda_graph", cuda_graph)):  # "no" is not False
+                one_of(value, name, (True, False) + (None,) * (name == "cuda_graph"))
             device = resolve_device_for(model, device)  # resolved once here: --half depends on it
             options = _backend_options(check_model_file(model), device, half, precision, cuda_graph, streaming)
             self.backend = load_backend(model, device, meta=meta, **{**options, **(backend_options or {})})
@@ -121,7 +123,7 @@ class Segmenter(contextlib.AbstractContextManager):
             tile_batch = fixed
         elif tile_batch is None:  # an engine's profile may stop at its build batch
             tile_batch = self.batch if self.backend.name == "tensorrt" else max(self.batch, DEFAULT_TILE_BATCH)
-        return TilePlan(mode, tuple(self.info.input_size), float(overlap), tile_batch,
+        return TilePlan(mode, tuple(self.info.input_size), number(overlap, "--tile-overlap"), tile_batch,
                         tiling_unable(self.info, self.backend.path.name))
 
     def _check_confidence(self, confidence: bool | None) -> None:
@@ -184,6 +186,7 @@ class Segmenter(contextlib.AbstractContextManager):
         ``confidence``, ``classes``: this stream's instead of the Segmenter's own (see :meth:`request`).
         """
         whole(stride, "stride", hint=" (1: every frame)")
+        one_of(live, "live", (None, True, False))  # "no" was live
         if max_frames is not None:
             whole(max_frames, "max_frames", hint=" (None: no limit)")
         request = self.request(confidence, classes)

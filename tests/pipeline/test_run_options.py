@@ -31,6 +31,8 @@ def test_classes_are_names_or_indices():
     ({"max_duration": "5"}, "--max-duration-s '5' must be a number"),
     ({"segment_s": True}, "--segment-s True must be a number"),  # was taken as 1 s
     ({"min_free_mb": None}, "--min-free-mb None must be a number"),
+    ({"live": "false"}, "--live 'false' is not one of True, False, None"),  # was true: a video read live
+    ({"show": "no"}, "--show 'no' is not one of True, False"),  # was true: a window opened
 ])
 def test_bad_values_name_their_option(changes, message):
     with pytest.raises(DronsegError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -219,6 +219,13 @@ def test_a_batch_or_confidence_of_another_type_is_refused_not_taken_as_another_v
     for tile_batch in (2.5, "2"):  # 2.5 was taken as 2
         with pytest.raises(DronsegError, match=re.escape(f"--tile-batch {tile_batch!r} must be a whole number")):
             Segmenter(FakeBackend(), tile_batch=tile_batch)
+    for name in ("half", "streaming", "cuda_graph"):  # "no" was taken as true (half: fp16 on a GPU)
+        with pytest.raises(DronsegError, match=f"{name} 'no' is not one of True, False"):
+            Segmenter("model.onnx", **{name: "no"})
+    with pytest.raises(DronsegError, match="--tile-overlap '0.5' must be a number"):  # was taken as 0.5
+        Segmenter(FakeBackend(), tile_overlap="0.5")
+    with Segmenter(FakeBackend()) as seg, pytest.raises(DronsegError, match="live 'no' is not one of None, True, False"):
+        next(seg.stream([scene(0, (16, 12))], live="no"))  # was live: the newest frame only
     with Segmenter(FakeBackend(), batch=np.int64(2)) as seg, pytest.raises(DronsegError, match="confidence='no'"):
         assert seg.batch == 2
         next(seg.stream([scene(0, (16, 12))], confidence="no"))
@@ -311,6 +318,9 @@ def test_result_plot_and_save_write_mask_colours_overlay_and_confidence(tmp_path
     assert picture.dtype == np.uint8 and np.array_equal(picture, overlay(frame, truth, bgr_lut(PALETTE), 0.4))
     with pytest.raises(DronsegError, match="alpha 1.5"):
         result.plot(alpha=1.5)
+    for alpha in ("0.5", True):  # a TypeError and an OpenCV error
+        with pytest.raises(DronsegError, match=re.escape(f"alpha {alpha!r} must be a number")):
+            result.plot(alpha=alpha)
     written = result.save(tmp_path / "out", name="shot")
     assert {kind: path.name for kind, path in written.items()} == {
         "mask": "shot_mask.png", "color": "shot_color.png", "overlay": "shot_overlay.jpg", "conf": "shot_conf.png"}
