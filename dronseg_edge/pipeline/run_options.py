@@ -95,7 +95,8 @@ class RunOptions:
 
         for f in fields(self):  # a flag read from a config file: live="false" was true (a video read live)
             if f.type in ("bool", "bool | None"):
-                one_of(getattr(self, f.name), f"--{f.name.replace('_', '-')}", (True, False, None)[:2 + (f.type != "bool")])
+                flag, choices = f"--{f.name.replace('_', '-')}", (True, False) + (None,) * (f.type != "bool")
+                one_of(getattr(self, f.name), flag, choices)
         # as ints: summary.json wrote numpy's 2 as "2" (a string)
         object.__setattr__(self, "stride", whole(self.stride, "--stride", hint=" (1 = every frame)"))
         if self.max_frames is not None:  # 2.5 made the run folder, then failed as "a bug" (islice)

@@ -81,7 +81,7 @@ class Segmenter(contextlib.AbstractContextManager):
                                    "pass the model's path to choose")
             self.backend = model
         else:
-            for name, value in (("half", half), ("streaming", streaming), ("cuda_graph", cuda_graph)):  # "no" is not False
+            for name, value in (("half", half), ("streaming", streaming), ("cuda_graph", cuda_graph)):  # "no": not False
                 one_of(value, name, (True, False) + (None,) * (name == "cuda_graph"))
             device = resolve_device_for(model, device)  # resolved once here: --half depends on it
             options = _backend_options(check_model_file(model), device, half, precision, cuda_graph, streaming)
