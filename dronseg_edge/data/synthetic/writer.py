@@ -76,8 +76,8 @@ def _check_options(images: int, size: tuple[int, int], video_frames: int, seed: 
         raise DronsegError(f"--seed {seed} is negative: give a seed >= 0")
     if not 0.0 <= test_fraction < 1.0:
         raise DronsegError(f"--test-fraction {test_fraction} is out of range: give 0 <= F < 1 (e.g. 0.2)")
-    if not 0.0 < fps <= 240.0:
-        raise DronsegError(f"--fps {fps} is out of range: give 0 < fps <= 240 (e.g. 30)")
+    if not 1.0 <= fps <= 240.0:  # 0.001: OpenCV writes no MP4, and its error said to install another OpenCV
+        raise DronsegError(f"--fps {fps} is out of range: give 1 <= fps <= 240 (e.g. 30)")
 
 
 def _prepare_root(root: Path, force: bool) -> None:

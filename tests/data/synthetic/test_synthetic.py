@@ -256,6 +256,7 @@ def test_force_never_overwrites_a_real_data_set(tmp_path, name):
     (dict(test_fraction=1.5), "--test-fraction 1.5"),
     (dict(video_frames=-1), "--video-frames -1"),
     (dict(fps=0.0), "--fps 0"),
+    (dict(fps=0.001), "--fps 0.001 is out of range: give 1 <= fps <= 240"),
     (dict(size=(97, 64)), "even width"),
     (dict(seed=-1), "--seed -1"),
 ])
