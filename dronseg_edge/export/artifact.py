@@ -21,6 +21,7 @@ import importlib.util
 import operator
 import os
 import re
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,17 @@ def _final_path(checkpoint: Path, train_size: tuple[int, int], options: ExportOp
 
 def _pending(final: Path) -> Path:
     return final.with_name(f".{final.stem}.{working_tag()}.pending{final.suffix}")
+
+
+def _check_placeable(final: Path) -> None:
+    """Before any work: no folder sits where the export places a file (its rename would fail after the parity report)."""
+    failed = final.with_name(final.name + ".failed")
+    report = parity_report_path(final)
+    sidecars = (sidecar_path(final), sidecar_path(failed)) if final.suffix == ".engine" else ()
+    for path in (final, failed, *sidecars, report, report.with_suffix(".png")):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.stat(path).st_mode):
+                raise DronsegError(f"{path} is a folder, where the export places a file: move it away, or give another --out")
 
 
 def _move(src: Path, dest: Path) -> None:
@@ -234,6 +246,7 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
         return _export_triton(source, folder, options)
     info = _artifact_info(source, options)
     final = _final_path(source.path, source.info.input_size, options, folder)
+    _check_placeable(final)
     notes: tuple[str, ...] = ()
     if options.reuse:
         found = reusable_artifact(final, info)

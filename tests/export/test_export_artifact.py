@@ -136,6 +136,20 @@ def test_an_unchecked_export_removes_the_earlier_report_and_its_picture(tiny_che
     assert sorted(p.name for p in tmp_path.iterdir()) == [result.path.name]
 
 
+@pytest.mark.parametrize("name", ["tiny_fp32.onnx", "tiny_fp32.parity.json"])
+def test_a_folder_at_a_name_the_export_places_is_refused_before_any_work(tiny_checkpoint, tmp_path, name):
+    """A folder at tiny_fp32.onnx: the export ran, wrote a PASSED tiny_fp32.parity.json for a file it never placed and
+    ended in an IsADirectoryError traceback (a folder at the report's name: that traceback)."""
+    (tmp_path / name).mkdir()
+    report = tmp_path / "tiny_fp32.parity.json"
+    if not report.is_dir():
+        report.write_text("of an earlier export")
+    with pytest.raises(DronsegError, match=f"^{tmp_path / name} is a folder, where the export places a file: move it away"):
+        export_artifact(tiny_checkpoint, out_dir=tmp_path, device="cpu", parity_images=1)
+    assert report.is_dir() or report.read_text() == "of an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({name, report.name})
+
+
 def test_keep_never_replaces_a_file_of_that_name_without_our_metadata(tiny_checkpoint, tmp_path):
     """bench --matrix (reuse and keep) kept another checkpoint's export of a variant's name but replaced the user's own
     ONNX file of that name, one with no dronseg-edge metadata, without a word."""
