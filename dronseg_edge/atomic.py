@@ -175,14 +175,12 @@ def atomic_path(path: os.PathLike | str, suffix: str = "") -> Iterator[Path]:
     # Made if missing, not checked for access: a folder that turned read-only or unwritable during a run
     # fails the open below with its errno, which storage_faults makes the run's failure (exit 5).
     _make_dir(final.parent, "output folder")
-    tmp, name = final, final.name
-    if len(os.fsencode(name)) > 200:  # the tag, token and '.tmp' add 31 bytes: a 255-byte limit needs the room
-        name = os.fsdecode(os.fsencode(final.stem)[:200 - len(os.fsencode(final.suffix))]) + final.suffix
+    tmp = final
     try:
         with storage_faults(final):
             while True:  # the name first, then the file: an interrupt between the two leaves nothing
                 # the package tag and claim token in the name: only a dead run's own files are cleaned up (leftovers.py)
-                tmp = final.parent / f"{working_prefix(name)}{secrets.token_hex(4)}.tmp{suffix}"
+                tmp = final.parent / f"{working_prefix(final.name)}{secrets.token_hex(4)}.tmp{suffix}"
                 with contextlib.suppress(FileExistsError):  # 0666 less the umask, as open() (never os.umask(0))
                     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
                     break

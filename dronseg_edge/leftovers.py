@@ -64,7 +64,10 @@ def working_tag() -> str:
 
 def working_prefix(name: str) -> str:
     """``.NAME.dronseg-<token>.``: the prefix of a working file or folder for NAME (mkstemp/mkdtemp add
-    the random part), e.g. ``.best.pt.dronseg-1a2b3c4d.k2j4h5g6.tmp``, ``.export.dronseg-1a2b3c4d.x7y8z9w0``."""
+    the random part), e.g. ``.best.pt.dronseg-1a2b3c4d.k2j4h5g6.tmp``, ``.export.dronseg-1a2b3c4d.x7y8z9w0``.
+    A NAME over 200 bytes loses its start: a working name (up to 55 bytes more) fits in 255 and ends as NAME does."""
+    while len(os.fsencode(name)) > 200:
+        name = name[1:]
     return f".{name}.{working_tag()}."
 
 

@@ -42,7 +42,7 @@ from dronseg_edge.export.parity import check_parity
 from dronseg_edge.export.parity_picture import save_difference_picture
 from dronseg_edge.export.parity_report import ParityReport, parity_report_path
 from dronseg_edge.export.quantize import calibration_record
-from dronseg_edge.leftovers import RANDOM, TAGGED, FolderClaim, working_prefix, working_tag
+from dronseg_edge.leftovers import RANDOM, TAGGED, FolderClaim, working_prefix
 from dronseg_edge.media import native_name
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info, sidecar_path
 
@@ -121,7 +121,7 @@ def _final_path(checkpoint: Path, train_size: tuple[int, int], options: ExportOp
 
 
 def _pending(final: Path) -> Path:
-    return final.with_name(f".{final.stem}.{working_tag()}.pending{final.suffix}")
+    return final.with_name(f"{working_prefix(final.stem)}pending{final.suffix}")
 
 
 def _check_placeable(final: Path) -> None:

@@ -150,6 +150,17 @@ def test_a_folder_at_a_name_the_export_places_is_refused_before_any_work(tiny_ch
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({name, report.name})
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "triton"])
+def test_a_long_checkpoint_name_whose_files_fit_is_exported(tiny_checkpoint, tmp_path, fmt):
+    """The hidden working names add up to 31 bytes to the files': a stem of 215-238 bytes, whose files fit in 255, failed
+    with 'file name too long' naming a hidden file after the work (215-219: after placing the file and its report)."""
+    checkpoint = tmp_path / ("c" * 222 + ".pt")
+    checkpoint.write_bytes(tiny_checkpoint.read_bytes())
+    result = export_artifact(checkpoint, out_dir=tmp_path / "out", device="cpu", parity_images=1, fmt=fmt)
+    assert result.passed and result.path.exists()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
 def test_keep_never_replaces_a_file_of_that_name_without_our_metadata(tiny_checkpoint, tmp_path):
     """bench --matrix (reuse and keep) kept another checkpoint's export of a variant's name but replaced the user's own
     ONNX file of that name, one with no dronseg-edge metadata, without a word."""
