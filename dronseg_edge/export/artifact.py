@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import importlib.util
 import operator
 import os
@@ -29,7 +30,7 @@ from typing import Any
 
 import onnx
 
-from dronseg_edge.atomic import ensure_writable_dir, storage_faults
+from dronseg_edge.atomic import ensure_writable_dir, name_too_long, storage_faults
 from dronseg_edge.checkpoint import load_checkpoint, model_from_checkpoint
 from dronseg_edge.classes import NUM_CLASSES
 from dronseg_edge.devices import resolve_device
@@ -125,14 +126,21 @@ def _pending(final: Path) -> Path:
 
 
 def _check_placeable(final: Path) -> None:
-    """Before any work: no folder sits where the export places a file (its rename would fail after the parity report)."""
+    """Before any work: each name the export places fits the file system and holds no folder (the rename, after the
+    parity report, would fail)."""
     failed = final.with_name(final.name + ".failed")
     report = parity_report_path(final)
     sidecars = (sidecar_path(final), sidecar_path(failed)) if final.suffix == ".engine" else ()
     for path in (final, failed, *sidecars, report, report.with_suffix(".png")):
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISDIR(os.stat(path).st_mode):
-                raise DronsegError(f"{path} is a folder, where the export places a file: move it away, or give another --out")
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise DronsegError(name_too_long(path)) from None
+            continue
+        if stat.S_ISDIR(mode):
+            raise DronsegError(f"{path} is a folder, where the export places a file: move it away, or give another "
+                               "--out")
 
 
 def _move(src: Path, dest: Path) -> None:

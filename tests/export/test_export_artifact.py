@@ -144,7 +144,7 @@ def test_a_folder_at_a_name_the_export_places_is_refused_before_any_work(tiny_ch
     report = tmp_path / "tiny_fp32.parity.json"
     if not report.is_dir():
         report.write_text("of an earlier export")
-    with pytest.raises(DronsegError, match=f"^{tmp_path / name} is a folder, where the export places a file: move it away"):
+    with pytest.raises(DronsegError, match=f"^{tmp_path / name} is a folder, where the export places a file: move it"):
         export_artifact(tiny_checkpoint, out_dir=tmp_path, device="cpu", parity_images=1)
     assert report.is_dir() or report.read_text() == "of an earlier export"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({name, report.name})
@@ -152,13 +152,28 @@ def test_a_folder_at_a_name_the_export_places_is_refused_before_any_work(tiny_ch
 
 @pytest.mark.parametrize("fmt", ["onnx", "triton"])
 def test_a_long_checkpoint_name_whose_files_fit_is_exported(tiny_checkpoint, tmp_path, fmt):
-    """The hidden working names add up to 31 bytes to the files': a stem of 215-238 bytes, whose files fit in 255, failed
-    with 'file name too long' naming a hidden file after the work (215-219: after placing the file and its report)."""
+    """The hidden working names add up to 31 bytes to the files': a stem of 215-238 bytes, whose files fit in 255,
+    failed with 'file name too long' naming a hidden file after the work (215-219: after placing the file and its
+    report)."""
     checkpoint = tmp_path / ("c" * 222 + ".pt")
     checkpoint.write_bytes(tiny_checkpoint.read_bytes())
     result = export_artifact(checkpoint, out_dir=tmp_path / "out", device="cpu", parity_images=1, fmt=fmt)
     assert result.passed and result.path.exists()
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_a_name_too_long_for_a_file_the_export_may_place_is_refused_before_any_work(tiny_checkpoint, tmp_path,
+                                                                                     monkeypatch):
+    """A 240-byte stem: tiny_fp32.onnx fits in 255 bytes, its .failed name and parity report do not; the export
+    failed after the work (minutes, for int8), in a line naming a hidden working file."""
+    import dronseg_edge.export.artifact as artifact
+
+    checkpoint = tmp_path / ("c" * 240 + ".pt")
+    checkpoint.write_bytes(tiny_checkpoint.read_bytes())
+    monkeypatch.setattr(artifact, "_write_onnx", lambda *args: pytest.fail("the export began"))
+    with pytest.raises(DronsegError, match=r"^file name too long: .*c_fp32\.onnx\.failed \(\d+ characters\): .*"):
+        export_artifact(checkpoint, out_dir=tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists()
 
 
 def test_keep_never_replaces_a_file_of_that_name_without_our_metadata(tiny_checkpoint, tmp_path):
