@@ -376,13 +376,14 @@ def _export_triton(source: _Source, folder: Path, options: ExportOptions) -> Exp
     """The ONNX file (or engine) of these options, exported and parity-checked as usual, then laid out as a
     model folder in the Triton repository ``triton/`` beside it; a file that fails parity gets no repository."""
     from dronseg_edge.export.tensorrt import MIN_MAX_BATCH
-    from dronseg_edge.export.triton import write_model_repository
+    from dronseg_edge.export.triton import check_replaceable, write_model_repository
 
+    final = _final_path(source.path, source.info.input_size, options, folder)
+    check_replaceable(final)  # before the work, not after the ONNX file is placed
     inner = "engine" if options.triton_backend == "tensorrt" else "onnx"
     made = _export(source, folder, dataclasses.replace(options, fmt=inner))
     if not made.passed:
         return made
-    final = _final_path(source.path, source.info.input_size, options, folder)
     # The ONNX file may batch up to what a dynamic engine's profile allows (export/tensorrt.py).
     repository = write_model_repository(made.path, final.parent, final.name, max_batch=max(options.batch, MIN_MAX_BATCH),
                                         opt_batch=options.batch, workspace_gib=options.workspace_gib)

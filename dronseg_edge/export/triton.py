@@ -187,8 +187,12 @@ def _artifact_parts(artifact: Path, max_batch: int) -> tuple[ModelInfo, Path, in
     return info, graph, int(profile["max"][0]) if profile.get("max") else max_batch
 
 
-def _check_replaceable(folder: Path) -> None:
-    """Only a folder this module wrote (or an empty one) is replaced: NAME might be someone's own model."""
+def check_replaceable(folder: Path) -> None:
+    """Only a folder this module wrote (or an empty one) is replaced: NAME might be someone's own model. Export calls it
+    before its work, with the repository's own check: a file there is refused, not met after the work."""
+    if folder.parent.exists() and not folder.parent.is_dir():
+        raise DronsegError(f"{folder.parent} is a file, where the Triton model repository goes: move it away, or pass "
+                           "another --out")
     try:
         first = (folder / "config.pbtxt").read_text(encoding="utf-8", errors="replace").partition("\n")[0]
     except OSError:
@@ -241,7 +245,7 @@ def write_model_repository(artifact: Path, root: Path, name: str, *, max_batch: 
     text = config_text(info, inputs, outputs, platform=platform, source=artifact, max_batch=max_batch,
                        workspace_gib=workspace_gib, opt_batch=opt_batch)
     final = root / name
-    _check_replaceable(final)
+    check_replaceable(final)
     # A full or read-only disk: one line naming the model folder, exit code 5.
     with storage_faults(final):
         staged = Path(tempfile.mkdtemp(prefix=working_prefix(name), suffix=".tmp", dir=root.parent))

@@ -176,6 +176,21 @@ def test_a_name_too_long_for_a_file_the_export_may_place_is_refused_before_any_w
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("theirs, message", [("triton", "triton is a file, where the Triton model repository goes"),
+                                             ("triton/tiny_fp32", "tiny_fp32 exists and is not a model folder written by")])
+def test_a_triton_repository_it_cannot_write_is_refused_before_any_work(tiny_checkpoint, tmp_path, monkeypatch, theirs,
+                                                                        message):
+    """Both were met after the work: the export failed (exit 2) and left a new ONNX file and its parity report."""
+    import dronseg_edge.export.artifact as artifact
+
+    (tmp_path / theirs).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / theirs).write_text("the user's")
+    monkeypatch.setattr(artifact, "_write_onnx", lambda *args: pytest.fail("the export began"))
+    with pytest.raises(DronsegError, match=message):
+        export_artifact(tiny_checkpoint, out_dir=tmp_path, fmt="triton", device="cpu")
+    assert [p.name for p in tmp_path.iterdir()] == ["triton"] and (tmp_path / theirs).read_text() == "the user's"
+
+
 def test_keep_never_replaces_a_file_of_that_name_without_our_metadata(tiny_checkpoint, tmp_path):
     """bench --matrix (reuse and keep) kept another checkpoint's export of a variant's name but replaced the user's own
     ONNX file of that name, one with no dronseg-edge metadata, without a word."""
