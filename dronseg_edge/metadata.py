@@ -297,8 +297,9 @@ def sidecar_path(engine_path: Path) -> Path:
 
 
 def write_engine_sidecar(engine_path: Path, info: ModelInfo) -> Path:
-    """Write the engine's metadata JSON atomically; ``info.extra['tensorrt']`` should say what built it."""
-    data = {"format": SIDECAR_FORMAT, "engine": Path(engine_path).name, **info.to_dict()}
+    """Write the engine's metadata JSON atomically; ``info.extra['tensorrt']`` should say what built it. (Its engine's
+    name, which export writes under a working name before the rename, is the sidecar's own less ``.json``.)"""
+    data = {"format": SIDECAR_FORMAT, **info.to_dict()}
     return write_json_atomic(sidecar_path(engine_path), data)
 
 

@@ -412,6 +412,7 @@ def test_engine_export_builds_from_the_right_onnx(fake_trt, tiny_checkpoint, tmp
     side = json.loads(sidecar_path(result.path).read_text())
     assert side["precision"] == "fp16" and side["extra"]["tensorrt"]["onnx"] == onnx_name
     assert side["class_names"][0] == "background" and side["source_sha256"]
+    assert "pending" not in sidecar_path(result.path).read_text()  # it named the engine's working name (.NAME...pending)
     again = export_artifact(tiny_checkpoint, fmt="engine", precision="fp16", out_dir=tmp_path, parity=False,
                             device=torch.device("cpu"))
     assert f"reused {onnx_name}" in again.notes
