@@ -43,7 +43,7 @@ STD_RANGE = (1e-3, 10.0)  # > 0; a tiny std would blow the normalised input up p
 MAX_JSON_BYTES = 1 << 20  # one metadata JSON (a sidecar, --meta, one ONNX entry); ours are a few kB
 MAX_JSON_DEPTH = 32  # ours nest 3 deep; Python's parser recurses, so depth is bounded before parsing
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?')  # "?: an unclosed string matches to its end, never retried at each later quote
 _BRACKET = re.compile(r"[\[\]{}]")
 
 

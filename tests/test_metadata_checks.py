@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import ModelInfo, read_engine_sidecar, read_onnx_info, set_onnx_metadata, sidecar_path
+from dronseg_edge import metadata_checks
 from dronseg_edge.metadata_checks import MAX_JSON_BYTES, MAX_JSON_DEPTH, load_json
 from dronseg_edge.runtime.registry import read_meta_file
 
@@ -90,6 +91,15 @@ def test_json_nested_100000_deep_is_refused_before_parsing_not_a_recursion_error
     with pytest.raises(DronsegError, match=f"nests 100000 levels deep \\(at most {MAX_JSON_DEPTH}\\): fix it"):
         load_json(DEEP, "m.json", "fix it")
     assert load_json('{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}', "m", "f") == {"a": "[" * 40}  # inside a string
+
+
+def test_an_unclosed_string_of_escaped_quotes_is_scanned_once_not_from_every_quote():
+    # '"\\"\\"\\"...': the depth scan's string pattern failed at each quote and was tried again from the next, so a
+    # 1 MiB ONNX entry held infer for about an hour before its "not valid JSON"; an unclosed string now runs to the end.
+    text = '"' + '\\"' * 2000
+    assert [m.span() for m in metadata_checks._STRING.finditer(text)] == [(0, len(text))]
+    with pytest.raises(DronsegError, match="m.onnx entry arch: metadata is not valid JSON"):
+        load_json('"' + '\\"' * (MAX_JSON_BYTES // 2 - 1), "m.onnx entry arch", "fix it")
 
 
 def test_json_larger_than_the_bound_is_refused():
