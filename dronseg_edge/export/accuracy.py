@@ -60,7 +60,7 @@ def source_checkpoint(model: Path, info: ModelInfo) -> Path | None:
     if is_checkpoint(model):
         return Path(model)
     recorded = info.extra.get("source_checkpoint")
-    return Path(recorded) if recorded and Path(recorded).is_file() else None
+    return Path(recorded) if isinstance(recorded, str) and recorded and Path(recorded).is_file() else None
 
 
 def split_samples_for(model: Path, info: ModelInfo, data: Path | None, split: str = "val",

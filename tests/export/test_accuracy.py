@@ -62,6 +62,14 @@ def test_without_its_checkpoint_the_split_is_recomputed_as_train_makes_it(traine
     assert len(split_samples_for(root / "m.onnx", info, data, "all").samples) == 40
 
 
+@pytest.mark.parametrize("recorded", [5, ["a.pt"], {"path": "a.pt"}])
+def test_a_source_checkpoint_that_is_no_text_counts_as_none_not_a_type_error(recorded, tmp_path):
+    # An edited .onnx (metadata_props extra) or --meta JSON: eval was a TypeError traceback from Path(5).
+    info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64), extra={"source_checkpoint": recorded})
+    with pytest.raises(DronsegError, match=r"m.onnx: no data set to score on .*names no source checkpoint .*pass --data DIR"):
+        split_samples_for(tmp_path / "m.onnx", info, None, "val")
+
+
 def test_static_artifacts_get_their_batch_and_logits_are_scored_at_the_masks_size(trained_run):
     samples = split_samples_for(trained_run.best, ModelInfo(arch="x", input_size=(96, 64)), None, "val").samples
 
