@@ -101,13 +101,21 @@ def recorded_split(ckpt: dict[str, Any], part: str) -> list[str]:
     The checkpoint, not the run folder's split.json (a human-readable copy), is where eval, export and
     resume read the split from: a checkpoint copied alone to another machine still knows it.
     """
-    return list((ckpt.get("split") or {}).get(part) or [])
+    split = ckpt.get("split") or {}
+    ids = (split.get(part) or []) if isinstance(split, dict) else None
+    if not isinstance(ids, (list, tuple)) or not all(isinstance(i, str) for i in ids):  # an edited file's 5 or "abc"
+        raise DronsegError(f"checkpoint {ckpt.get('path', '?')}: its split {reprlib.repr(split)} is not lists of image IDs: "
+                           f"{CHECKPOINT_FIX}")
+    return list(ids)
 
 
 def recorded_data_root(ckpt: dict[str, Any], required: bool = False) -> Path | None:
     """The data set folder the checkpoint was trained on (``config["data"]``), or None when it records none;
     ``required``: a DronsegError naming --data when that folder is not here (not the data check's advice: synth)."""
     config = ckpt.get("config") or {}
+    if not isinstance(config, dict) or not all(isinstance(config.get(key) or "", str) for key in ("data", "out")):
+        raise DronsegError(f"checkpoint {ckpt.get('path', '?')}: its config {reprlib.repr(config)} records no data and out "
+                           f"folders as text: {CHECKPOINT_FIX}")
     root, out = config.get("data"), Path(config.get("out") or "/")
     if root and not os.path.isabs(root) and not out.is_absolute() and ckpt.get("path"):
         # Versions before 2026-12-07 recorded --data and --out as typed, relative to where `train` ran: the run

@@ -61,6 +61,21 @@ def test_a_relative_data_folder_of_an_older_version_is_read_where_train_ran(tmp_
     assert str(recorded_data_root(ckpt)) == "data"
 
 
+@pytest.mark.parametrize("fields, says", [
+    ({"config": [1]}, r"its config \[1\] records no data and out folders as text"),
+    ({"config": {"data": 5}}, r"its config \{'data': 5\} records no data and out folders as text"),
+    ({"config": {"data": "d", "out": 5}}, r"its config \{'data': 'd', 'out': 5\} records no data and out folders as text"),
+    ({"split": [1]}, r"its split \[1\] is not lists of image IDs"),
+    ({"split": {"val": 5}}, r"its split \{'val': 5\} is not lists of image IDs"),
+    ({"split": {"val": "abc"}}, r"its split \{'val': 'abc'\} is not lists of image IDs"),  # was read as IDs a, b, c
+])
+def test_an_edited_split_or_data_folder_is_one_line_not_a_traceback(fields, says):
+    # eval, export's parity images and --resume read these: an AttributeError or TypeError traceback before
+    ckpt = {"path": "c.pt", "config": {"data": "d"}, "split": {"val": ["a"]}, **fields}
+    with pytest.raises(DronsegError, match=f"checkpoint c.pt: {says}: the checkpoint was edited or damaged"):
+        recorded_split(ckpt, "val") if "split" in fields else recorded_data_root(ckpt)
+
+
 def test_mid_epoch_progress_is_kept():
     model = build_model(TINY_ARCH)
     progress = {"batches": 6, "steps": 2, "loss_sum": 1.5, "images": 24}
