@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -318,10 +319,10 @@ def read_info_json(path: Path, source: str, fix: str, engine: bool = False) -> M
     bounded in size and depth (metadata_checks.load_json); only the bytes the bound allows are read."""
     try:
         with open(path, "rb") as handle:
-            text = handle.read(MAX_JSON_BYTES + 1)
+            text, size = handle.read(MAX_JSON_BYTES + 1), os.fstat(handle.fileno()).st_size
     except OSError as exc:
         raise DronsegError(f"{source} cannot be read ({exc.strerror or type(exc).__name__}): {fix}") from None
-    data = load_json(text, source, fix)
+    data = load_json(text, source, fix, size)
     if not isinstance(data, dict) or data.get("format", None if engine else SIDECAR_FORMAT) != SIDECAR_FORMAT:
         raise DronsegError(f"{source} is not a dronseg-edge {'engine ' if engine else ''}metadata file: {fix}")
     return ModelInfo.from_dict({k: v for k, v in data.items() if k not in ("format", "engine")}, source=source, fix=fix)

@@ -58,11 +58,12 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def load_json(text: str | bytes, source: str, fix: str) -> Any:
+def load_json(text: str | bytes, source: str, fix: str, size: int = 0) -> Any:
     """``json.loads(text)``, refused with a one-line DronsegError naming ``source`` when it is larger than
-    MAX_JSON_BYTES, nests deeper than MAX_JSON_DEPTH (checked before parsing) or is not JSON."""
+    MAX_JSON_BYTES, nests deeper than MAX_JSON_DEPTH (checked before parsing) or is not JSON. ``size``: the
+    whole file's, when ``text`` is only what the bound let be read of it."""
     if len(text) > MAX_JSON_BYTES:
-        raise DronsegError(f"{source}: metadata JSON of {len(text)} bytes is over the {MAX_JSON_BYTES} bytes a "
+        raise DronsegError(f"{source}: metadata JSON of {max(size, len(text))} bytes is over the {MAX_JSON_BYTES} bytes a "
                            f"dronseg-edge file holds: {fix}")
     if isinstance(text, bytes):
         try:

@@ -102,9 +102,13 @@ def test_an_unclosed_string_of_escaped_quotes_is_scanned_once_not_from_every_quo
         load_json('"' + '\\"' * (MAX_JSON_BYTES // 2 - 1), "m.onnx entry arch", "fix it")
 
 
-def test_json_larger_than_the_bound_is_refused():
+def test_json_larger_than_the_bound_is_refused(tmp_path):
     with pytest.raises(DronsegError, match=f"metadata JSON of {MAX_JSON_BYTES + 3} bytes is over"):
         load_json('"' + "x" * (MAX_JSON_BYTES + 1) + '"', "m.json", "fix it")
+    big = tmp_path / "big.json"  # only the bound's bytes are read: the file's own size is named (it said 1048577)
+    big.write_text(json.dumps({**GOOD, "pad": "x" * 5_000_000}))
+    with pytest.raises(DronsegError, match=f"--meta {big}: metadata JSON of {big.stat().st_size} bytes is over"):
+        read_meta_file(big)
 
 
 def _identity_onnx(path, info: ModelInfo, **overrides):
