@@ -180,6 +180,10 @@ def _check_head(ckpt: dict[str, Any]) -> None:
     if channels != len(ckpt["class_names"]):
         raise DronsegError(f"checkpoint {ckpt['path']}: metadata class_names has {len(ckpt['class_names'])} names but the "
                            f"model's classifier has {channels} output channels: {CHECKPOINT_FIX}")
+    odd = [k for k, v in ckpt["model"].items() if not isinstance(k, str) or (torch.is_tensor(v) and v.layout != torch.strided)]
+    if odd:  # a name 5, a sparse tensor: an AttributeError or NotImplementedError traceback below
+        raise DronsegError(f"checkpoint {ckpt['path']}: weight {reprlib.repr(odd[0])} is not a dense tensor under a text name: "
+                           f"{CHECKPOINT_FIX}")
     # A view can declare more values than the file stores (stride 0: one value "holding" 10^12), which the check
     # below would allocate: a 13 MB file took 14 GB. Weights torch.save wrote never overlap themselves.
     overlapping = next(((k, v) for k, v in ckpt["model"].items() if torch.is_tensor(v)

@@ -145,6 +145,10 @@ def _edited(tiny_checkpoint, tmp_path, **fields):
         fields = {"model": {**ckpt["model"], "backbone.0.0.weight": ckpt["model"]["backbone.0.0.weight"] * math.nan}}
     if fields.get("model") == "overlapping":  # one stored value viewed as 10^16 (stride 0): 14 GB at 2x10^9 values
         fields = {"model": {**ckpt["model"], "backbone.0.0.weight": torch.zeros(1).expand(10**8, 10**8)}}
+    if fields.get("model") == "sparse":  # load_checkpoint: NotImplementedError "Cannot access storage of SparseTensorImpl"
+        fields = {"model": {**ckpt["model"], "backbone.0.0.weight": ckpt["model"]["backbone.0.0.weight"].to_sparse()}}
+    if fields.get("model") == "int name":  # infer: AttributeError "'int' object has no attribute 'startswith'"
+        fields = {"model": {**ckpt["model"], 5: torch.zeros(2)}}
     ckpt.update(fields)
     path = tmp_path / "edited.pt"
     torch.save(ckpt, path)
@@ -160,6 +164,8 @@ def _edited(tiny_checkpoint, tmp_path, **fields):
     ({"class_names": [str(i) for i in range(12)], "model": {}}, "holds no classifier weights"),
     ({"model": "nan"}, "weight backbone.0.0.weight holds NaN or Inf (the training diverged)"),
     ({"model": "overlapping"}, "weight backbone.0.0.weight declares 10000000000000000 values but stores 4 bytes"),
+    ({"model": "sparse"}, "weight 'backbone.0.0.weight' is not a dense tensor under a text name"),
+    ({"model": "int name"}, "weight 5 is not a dense tensor under a text name"),
 ])
 def test_edited_checkpoint_metadata_is_refused_with_one_line(fields, says, tiny_checkpoint, tmp_path):
     path = _edited(tiny_checkpoint, tmp_path, **fields)
