@@ -25,7 +25,7 @@ from dronseg_edge.atomic import atomic_path
 from dronseg_edge.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, PALETTE
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.metadata import CHECKPOINT_FIX, ModelInfo
-from dronseg_edge.models import ARCHS, build_model, head_channels, nonfinite_weight, output_stride_of
+from dronseg_edge.models import ARCHS, build_model, head_channels, nonfinite_weight, odd_weight, output_stride_of
 from dronseg_edge.torch_floor import torch_load
 
 FORMAT = "dronseg-edge-checkpoint"
@@ -180,18 +180,9 @@ def _check_head(ckpt: dict[str, Any]) -> None:
     if channels != len(ckpt["class_names"]):
         raise DronsegError(f"checkpoint {ckpt['path']}: metadata class_names has {len(ckpt['class_names'])} names but the "
                            f"model's classifier has {channels} output channels: {CHECKPOINT_FIX}")
-    odd = [k for k, v in ckpt["model"].items() if not isinstance(k, str) or (torch.is_tensor(v) and v.layout != torch.strided)]
-    if odd:  # a name 5, a sparse tensor: an AttributeError or NotImplementedError traceback below
-        raise DronsegError(f"checkpoint {ckpt['path']}: weight {reprlib.repr(odd[0])} is not a dense tensor under a text name: "
-                           f"{CHECKPOINT_FIX}")
-    # A view can declare more values than the file stores (stride 0: one value "holding" 10^12), which the check
-    # below would allocate: a 13 MB file took 14 GB. Weights torch.save wrote never overlap themselves.
-    overlapping = next(((k, v) for k, v in ckpt["model"].items() if torch.is_tensor(v)
-                        and v.numel() * v.element_size() > v.untyped_storage().nbytes()), None)
-    if overlapping is not None:
-        name, tensor = overlapping
-        raise DronsegError(f"checkpoint {ckpt['path']}: weight {name} declares {tensor.numel()} values but stores "
-                           f"{tensor.untyped_storage().nbytes()} bytes: {CHECKPOINT_FIX}")
+    odd = odd_weight(ckpt["model"])
+    if odd is not None:
+        raise DronsegError(f"checkpoint {ckpt['path']}: {odd}: {CHECKPOINT_FIX}")
     # A run whose loss went NaN (too high a --lr) saves weights that make every pixel class 0.
     bad = nonfinite_weight(ckpt["model"])
     if bad is not None:

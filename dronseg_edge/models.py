@@ -13,6 +13,7 @@ fourfold; the tensors are the same at either stride, so COCO/ImageNet weights lo
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Callable
 
@@ -172,11 +173,26 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         state = next((state[key] for key in ("model", "state_dict") if isinstance(state.get(key), dict)), state)
     if not isinstance(state, dict):
         raise DronsegError(f"--weights {path}: expected a state dict, found {type(state).__name__}")
+    odd = odd_weight(state)
+    if odd is not None:
+        raise DronsegError(f"--weights {path}: {odd}: pass a state dict saved as plain tensors, or coco, imagenet, none")
     bad = nonfinite_weight(state)  # a diverged run's weights: training from them diverges at once
     if bad is not None:
         raise DronsegError(f"--weights {path}: tensor {bad} holds NaN or Inf (saved by a run that diverged): "
                            "pass weights saved before its loss went NaN, or coco, imagenet, none")
     return state
+
+
+def odd_weight(state: dict) -> str | None:
+    """What makes ``state`` other than dense tensors under text names (naming the first such entry), or None. A view
+    can declare more values than the file stores (stride 0: one value "holding" 10^12), which nonfinite_weight would
+    allocate: a 13 MB file took 14 GB. Weights torch.save wrote never overlap themselves."""
+    for name, value in state.items():
+        if not isinstance(name, str) or (torch.is_tensor(value) and value.layout != torch.strided):  # 5; a sparse tensor
+            return f"weight {reprlib.repr(name)} is not a dense tensor under a text name"
+        if torch.is_tensor(value) and value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            return f"weight {name} declares {value.numel()} values but stores {value.untyped_storage().nbytes()} bytes"
+    return None
 
 
 def nonfinite_weight(state: dict) -> str | None:

@@ -67,6 +67,18 @@ def test_local_weights_holding_nan_are_refused_before_training(tmp_path):
         read_weights_file(tmp_path / "w.pth")
 
 
+@pytest.mark.parametrize("weight, says", [
+    (torch.zeros(1).expand(10**8, 10**8), "weight backbone.0.0.weight declares 10000000000000000 values but stores 4 bytes"),
+    (torch.zeros(16, 3, 3, 3).to_sparse(), "weight 'backbone.0.0.weight' is not a dense tensor under a text name"),
+])
+def test_local_weights_that_are_no_plain_tensors_are_refused_before_the_nan_check(weight, says, tmp_path):
+    # One value viewed as 10^16 (stride 0): the NaN check allocated them all (a MemoryError traceback, or the
+    # out-of-memory killer); checkpoints were refused so, --weights files were not.
+    torch.save({"backbone.0.0.weight": weight}, tmp_path / "w.pth")
+    with pytest.raises(DronsegError, match=f"--weights .*w.pth: {says}: pass a state dict saved as plain tensors"):
+        read_weights_file(tmp_path / "w.pth")
+
+
 def test_frozen_stages_do_not_move_and_keep_their_statistics():
     torch.manual_seed(0)
     model = build_model("lraspp_mobilenet_v3_large", weights="none")
