@@ -85,14 +85,18 @@ class TrainingState:
         """The training state of a loaded checkpoint, or a one-line DronsegError for a model-only file."""
         if "optimizer" not in ckpt or "config" not in ckpt:
             raise DronsegError(f"checkpoint {ckpt.get('path', '?')} holds no training state: resume from weights/last.pt of a run")
-        return cls(
-            optimizer=ckpt["optimizer"], scheduler=ckpt["scheduler"], scaler=ckpt.get("scaler") or {},
-            epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), best_metric=float(ckpt.get("best_metric", -math.inf)),
-            best_metric_name=str(ckpt.get("best_metric_name", "")), metrics=dict(ckpt.get("metrics") or {}),
-            rng=ckpt.get("rng") or {}, config=dict(ckpt["config"]),
-            split={"train": recorded_split(ckpt, "train"), "val": recorded_split(ckpt, "val")},
-            epoch_progress=ckpt.get("epoch_progress"),
-        )
+        try:
+            return cls(
+                optimizer=ckpt["optimizer"], scheduler=ckpt["scheduler"], scaler=ckpt.get("scaler") or {},
+                epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), best_metric=float(ckpt.get("best_metric", -math.inf)),
+                best_metric_name=str(ckpt.get("best_metric_name", "")), metrics=dict(ckpt.get("metrics") or {}),
+                rng=ckpt.get("rng") or {}, config=dict(ckpt["config"]),
+                split={"train": recorded_split(ckpt, "train"), "val": recorded_split(ckpt, "val")},
+                epoch_progress=ckpt.get("epoch_progress"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:  # an edited file: no 'scheduler', epoch "abc"
+            raise DronsegError(f"checkpoint {ckpt.get('path', '?')}: its training state cannot be read ({type(exc).__name__}: "
+                               f"{str(exc)[:100]}): {CHECKPOINT_FIX}") from None
 
 
 def recorded_split(ckpt: dict[str, Any], part: str) -> list[str]:

@@ -76,6 +76,22 @@ def test_an_edited_split_or_data_folder_is_one_line_not_a_traceback(fields, says
         recorded_split(ckpt, "val") if "split" in fields else recorded_data_root(ckpt)
 
 
+@pytest.mark.parametrize("edit, says", [
+    ({"epoch": "abc"}, "ValueError: invalid literal for int() with base 10: 'abc'"),
+    ({"scheduler": None}, "KeyError: 'scheduler'"),
+    ({"metrics": [1]}, "TypeError: cannot convert dictionary update sequence element #0 to a sequence"),
+])
+def test_an_edited_training_state_is_one_line_not_a_traceback(edit, says, tmp_path):
+    # train --resume of it: a ValueError, KeyError or TypeError traceback
+    model = build_model(TINY_ARCH).eval()
+    ckpt = {**model_state(model, TINY_ARCH, TINY_SIZE), **_training_state(model).to_dict(), "path": "c.pt", **edit}
+    ckpt = {k: v for k, v in ckpt.items() if v is not None}
+    with pytest.raises(DronsegError) as caught:
+        TrainingState.from_checkpoint(ckpt)
+    assert str(caught.value) == f"checkpoint c.pt: its training state cannot be read ({says}): the checkpoint was edited or " \
+                                "damaged: use one written by `dronseg-edge train`"
+
+
 def test_mid_epoch_progress_is_kept():
     model = build_model(TINY_ARCH)
     progress = {"batches": 6, "steps": 2, "loss_sum": 1.5, "images": 24}
