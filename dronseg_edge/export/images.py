@@ -100,7 +100,8 @@ def synthetic_images(count: int, size: tuple[int, int], why: str) -> ImageSet:
 
     images = ImageSet([], "", synthetic=True)
     root = Path(images.enter_context(tempfile.TemporaryDirectory(prefix="dronseg-parity-")))
-    synthesize(root, images=count, size=tuple(size), video_frames=0, seed=0, test_fraction=0.0)
+    size = tuple(min(max(int(side), 32), 8192) for side in size)  # synth's range; parity resizes them to the model's
+    synthesize(root, images=count, size=size, video_frames=0, seed=0, test_fraction=0.0)
     images.items = images_from_folder(root, "--parity-data")[0][:count]
     images.source = f"{len(images.items)} synthetic scenes ({why})"
     return images

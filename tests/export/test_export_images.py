@@ -90,6 +90,17 @@ def test_parity_falls_back_to_synthetic_scenes_and_says_so():
     assert not folder.exists()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("dronseg_edge.data.synthetic") is None,
+                    reason="dronseg_edge.data.synthetic is not in this tree yet")
+@pytest.mark.parametrize("size, rendered", [((24, 16), (32, 32)), ((8200, 32), (8192, 32))])
+def test_synthetic_scenes_for_a_model_size_synth_does_not_take_are_rendered_within_its_range(size, rendered):
+    # export --size 24x24 (export takes 16..16384), or a checkpoint trained at 16x16, without a recorded split:
+    # "error: --size 24x24 is out of range: each side must be 32..8192 pixels", an option synth's, not export's
+    with resolve_images(None, {"path": "tiny.pt"}, option="--parity-data", max_images=1, size=size,
+                        allow_synthetic=True) as found:
+        assert cv2.imread(str(found.items[0].image)).shape[1::-1] == rendered
+
+
 def test_an_image_folder_is_named_by_its_absolute_path(tmp_path, monkeypatch):
     # recorded in an int8 artifact's calibration metadata and the parity report: "data set s1" named nothing
     # once the file left that folder, and made the artifact's bytes depend on how the path was typed
