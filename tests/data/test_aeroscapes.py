@@ -203,6 +203,16 @@ def test_a_mask_with_negative_values_is_refused(tmp_path):
         read_mask(tmp_path / "m.png")
 
 
+@pytest.mark.parametrize("value", [np.nan, 3.7])
+def test_a_mask_of_fractional_values_is_refused(value, tmp_path):
+    # a float TIFF under a .png name: NaN was a ValueError traceback in eval and train, 3.7 was read as class 3
+    mask = np.zeros((4, 6), np.float32)
+    mask[0, 0] = value
+    Image.fromarray(mask, mode="F").save(tmp_path / "m.png", format="TIFF")
+    with pytest.raises(DronsegError, match=r"m\.png holds float32 values \(mode F\); masks must be single-channel PNGs"):
+        read_mask(tmp_path / "m.png")
+
+
 def test_palette_mode_masks_keep_indices(tmp_path):
     mask = np.arange(12, dtype=np.uint8).repeat(4).reshape(4, 12)
     image = Image.fromarray(mask, mode="P")
