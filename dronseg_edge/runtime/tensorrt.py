@@ -18,6 +18,7 @@ else is refused with how to rebuild. Not thread-safe: one backend serves one thr
 from __future__ import annotations
 
 import logging
+import reprlib
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,12 @@ class TensorRTBackend(Backend):
     @property
     def build(self) -> dict:
         """What built the engine, from its sidecar: tensorrt_version, gpu_name, compute_capability, flags, profile."""
-        return dict(self.info.extra.get("tensorrt") or {})
+        build = self.info.extra.get("tensorrt") or {}
+        core = build.get("dla_core") if isinstance(build, dict) else "none"  # an edited sidecar's "x", or dla_core "x"
+        if core is not None and (isinstance(core, bool) or not isinstance(core, int)):
+            raise DronsegError(f"engine {self.path}: its sidecar's build record {reprlib.repr(build)} is not an object "
+                               f"with a whole dla_core: {self._rebuild_hint()}")
+        return dict(build)
 
     def _rebuild_hint(self) -> str:
         source = self.info.extra.get("source_checkpoint") or "CHECKPOINT"
@@ -120,7 +126,7 @@ class TensorRTBackend(Backend):
                 for n in names]
 
     def _describe_provider(self) -> None:
-        typing = "strongly typed" if self.build.get("strongly_typed") else "+".join(self.build.get("builder_flags") or []) or "fp32"
+        typing = "strongly typed" if self.build.get("strongly_typed") else "+".join(map(str, self.build.get("builder_flags") or [])) or "fp32"
         tf32 = ", TF32 off" if self.build.get("tf32") is False else ""
         graph = " + CUDA graph" if self.cuda_graph else ""
         self.provider = f"TensorRT {self._version} {self.info.precision} ({typing}{tf32}){graph}"

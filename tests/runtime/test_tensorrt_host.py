@@ -183,6 +183,17 @@ def test_an_engine_built_for_a_dla_core_is_loaded_onto_that_core(tmp_path, fakes
     assert trt.runtimes[-1].DLA_core == -1
 
 
+@pytest.mark.parametrize("build", ["x", [1], {"dla_core": "x"}, {"dla_core": True}])
+def test_an_engine_whose_sidecar_build_record_is_damaged_is_one_line(build, tmp_path, fakes):
+    # a ValueError or TypeError traceback from dict("x") or int("x")
+    from fake_tensorrt import BUILT
+
+    backend = make(tmp_path, info={"extra": {"tensorrt": {**BUILT, **build} if isinstance(build, dict) else build}})
+    with pytest.raises(DronsegError, match=f"engine {backend.path}: its sidecar's build record .* is not an object with a "
+                                           "whole dla_core: rebuild it on this machine"):
+        backend.activate()
+
+
 @pytest.mark.parametrize("declared, info, says", [
     ({"logits": (1, 3, 64, 96)}, {}, "its metadata says 12 classes (class_names), but the model output logits has 3 channels"),
     ({"images": (4, 3, 64, 96)}, {}, "its metadata says batch 1 at 96x64 (width x height), but the model takes 4x3x64x96"),
