@@ -220,6 +220,16 @@ def test_external_data_outside_the_models_folder_or_missing_is_refused_before_on
                                "keep the .onnx and the .data file written with it in one folder, or re-export it")
 
 
+def test_external_data_through_a_symlink_loop_is_one_line(exported, tmp_path):
+    # Path.resolve raises RuntimeError for a loop before Python 3.13: a traceback (3.13 resolves it: "missing")
+    path = _missing(tmp_path)
+    (path.parent / "w.data").symlink_to("w.data")
+    backend = load_backend(path, device="cpu", meta=exported[0])
+    with pytest.raises(DronsegError) as info:
+        backend.activate()
+    assert str(info.value).startswith(f"{path} ") and "\n" not in str(info.value), str(info.value)
+
+
 def _hugging_face_cache(folder):
     """snapshots/v/{m.onnx, w.data} as symlinks into blobs/, as huggingface_hub caches a model (here: sub/ -> blobs/)."""
     path = _external_data(folder, "w.data", data_at=folder / "blobs" / "data-blob")
