@@ -43,10 +43,19 @@ def test_a_backend_failing_mid_run_is_exit_code_5_with_the_outputs_final(segment
     assert len(read_video(out / "overlay.mp4")[0]) == summary["video_frames"] == 3
 
 
-def test_out_of_memory_is_a_runtime_failure_even_on_the_first_frame(segmenter, video_path, tmp_path, monkeypatch):
-    OutOfMemoryError = type("OutOfMemoryError", (RuntimeError,), {})  # torch.cuda's, without a GPU
-    fail_at_call(monkeypatch, segmenter, 1, OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    with pytest.raises(RuntimeFailure, match="failed after 0 frames .*out of memory"):
+@pytest.mark.parametrize("error", [
+    type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate 2.00 GiB"),  # torch.cuda's
+    # ONNX Runtime's (a Fail, here a RuntimeError) and torch's on the CPU were tracebacks asking for a bug report
+    RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv node. Name:'x' "
+                 "Status Message: bfc_arena.cc:360 Failed to allocate memory for requested buffer of size 68719476736"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. "
+                 "Name:'x' Status Message: std::bad_alloc"),
+], ids=["torch-cuda", "onnxruntime", "torch-cpu", "onnxruntime-bad-alloc"])
+def test_out_of_memory_is_a_runtime_failure_even_on_the_first_frame(error, segmenter, video_path, tmp_path, monkeypatch):
+    fail_at_call(monkeypatch, segmenter, 1, error)
+    with pytest.raises(RuntimeFailure, match="failed after 0 frames .*(out of memory|allocate memory|bad_alloc)"):
         run_inference(segmenter, video_path, RunOptions(out=tmp_path / "run", progress=False))
 
 
