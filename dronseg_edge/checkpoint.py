@@ -95,8 +95,8 @@ class TrainingState:
                 epoch_progress=ckpt.get("epoch_progress"),
             )
         except (KeyError, TypeError, ValueError) as exc:  # an edited file: no 'scheduler', epoch "abc"
-            raise DronsegError(f"checkpoint {ckpt.get('path', '?')}: its training state cannot be read ({type(exc).__name__}: "
-                               f"{str(exc)[:100]}): {CHECKPOINT_FIX}") from None
+            raise DronsegError(f"checkpoint {ckpt.get('path', '?')}: its training state cannot be read "
+                               f"({type(exc).__name__}: {str(exc)[:100]}): {CHECKPOINT_FIX}") from None
 
 
 def recorded_split(ckpt: dict[str, Any], part: str) -> list[str]:
@@ -108,8 +108,8 @@ def recorded_split(ckpt: dict[str, Any], part: str) -> list[str]:
     split = ckpt.get("split") or {}
     ids = (split.get(part) or []) if isinstance(split, dict) else None
     if not isinstance(ids, (list, tuple)) or not all(isinstance(i, str) for i in ids):  # an edited file's 5 or "abc"
-        raise DronsegError(f"checkpoint {ckpt.get('path', '?')}: its split {reprlib.repr(split)} is not lists of image IDs: "
-                           f"{CHECKPOINT_FIX}")
+        raise DronsegError(f"checkpoint {ckpt.get('path', '?')}: its split {reprlib.repr(split)} is not lists of image "
+                           f"IDs: {CHECKPOINT_FIX}")
     return list(ids)
 
 
@@ -118,8 +118,8 @@ def recorded_data_root(ckpt: dict[str, Any], required: bool = False) -> Path | N
     ``required``: a DronsegError naming --data when that folder is not here (not the data check's advice: synth)."""
     config = ckpt.get("config") or {}
     if not isinstance(config, dict) or not all(isinstance(config.get(key) or "", str) for key in ("data", "out")):
-        raise DronsegError(f"checkpoint {ckpt.get('path', '?')}: its config {reprlib.repr(config)} records no data and out "
-                           f"folders as text: {CHECKPOINT_FIX}")
+        raise DronsegError(f"checkpoint {ckpt.get('path', '?')}: its config {reprlib.repr(config)} records no data and "
+                           f"out folders as text: {CHECKPOINT_FIX}")
     root, out = config.get("data"), Path(config.get("out") or "/")
     if root and not os.path.isabs(root) and not out.is_absolute() and ckpt.get("path"):
         # Versions before 2026-12-07 recorded --data and --out as typed, relative to where `train` ran: the run

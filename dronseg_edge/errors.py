@@ -60,8 +60,8 @@ class BackendFailure(RuntimeFailure):
 
     def __init__(self, backend: str, cause: BaseException):
         self.backend, self.cause = backend, cause
-        # torch.cuda's OutOfMemoryError; ONNX Runtime's "Failed to allocate memory" or "std::bad_alloc", torch's CPU "can't
-        # allocate memory"
+        # torch.cuda's OutOfMemoryError; ONNX Runtime's "Failed to allocate memory" or "std::bad_alloc", torch's CPU
+        # "can't allocate memory"
         self.out_of_memory = isinstance(cause, MemoryError) or "OutOfMemory" in type(cause).__name__ or any(
             words in str(cause).lower() for words in ("allocate memory", "out of memory", "bad_alloc"))
         message = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")[:300]

@@ -43,7 +43,8 @@ STD_RANGE = (1e-3, 10.0)  # > 0; a tiny std would blow the normalised input up p
 MAX_JSON_BYTES = 1 << 20  # one metadata JSON (a sidecar, --meta, one ONNX entry); ours are a few kB
 MAX_JSON_DEPTH = 32  # ours nest 3 deep; Python's parser recurses, so depth is bounded before parsing
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?')  # "?: an unclosed string matches to its end, never retried at each later quote
+# "?: an unclosed string matches to its end, never retried from each later quote
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?')
 _BRACKET = re.compile(r"[\[\]{}]")
 
 
@@ -63,8 +64,8 @@ def load_json(text: str | bytes, source: str, fix: str, size: int = 0) -> Any:
     MAX_JSON_BYTES, nests deeper than MAX_JSON_DEPTH (checked before parsing) or is not JSON. ``size``: the
     whole file's, when ``text`` is only what the bound let be read of it."""
     if len(text) > MAX_JSON_BYTES:
-        raise DronsegError(f"{source}: metadata JSON of {max(size, len(text))} bytes is over the {MAX_JSON_BYTES} bytes a "
-                           f"dronseg-edge file holds: {fix}")
+        raise DronsegError(f"{source}: metadata JSON of {max(size, len(text))} bytes is over the {MAX_JSON_BYTES} "
+                           f"bytes a dronseg-edge file holds: {fix}")
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")

@@ -175,7 +175,8 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         raise DronsegError(f"--weights {path}: expected a state dict, found {type(state).__name__}")
     odd = odd_weight(state)
     if odd is not None:
-        raise DronsegError(f"--weights {path}: {odd}: pass a state dict saved as plain tensors, or coco, imagenet, none")
+        raise DronsegError(f"--weights {path}: {odd}: pass a state dict saved as plain tensors, or coco, imagenet, "
+                           "none")
     bad = nonfinite_weight(state)  # a diverged run's weights: training from them diverges at once
     if bad is not None:
         raise DronsegError(f"--weights {path}: tensor {bad} holds NaN or Inf (saved by a run that diverged): "
@@ -188,7 +189,7 @@ def odd_weight(state: dict) -> str | None:
     can declare more values than the file stores (stride 0: one value "holding" 10^12), which nonfinite_weight would
     allocate: a 13 MB file took 14 GB. Weights torch.save wrote never overlap themselves."""
     for name, value in state.items():
-        if not isinstance(name, str) or (torch.is_tensor(value) and value.layout != torch.strided):  # 5; a sparse tensor
+        if not isinstance(name, str) or (torch.is_tensor(value) and value.layout != torch.strided):  # 5; sparse
             return f"weight {reprlib.repr(name)} is not a dense tensor under a text name"
         if torch.is_tensor(value) and value.numel() * value.element_size() > value.untyped_storage().nbytes():
             return f"weight {name} declares {value.numel()} values but stores {value.untyped_storage().nbytes()} bytes"

@@ -188,7 +188,7 @@ def read_mask(path: Path, num_classes: int = NUM_CLASSES, max_pixels: int = DEFA
     if data.ndim != 2:
         raise DronsegError(f"mask {path} has {data.shape[2] if data.ndim == 3 else data.ndim} channels (mode {mode}); masks "
                            f"must be single-channel PNGs of class indices 0..{num_classes - 1}, not colour visualisations")
-    if data.dtype.kind not in "biu":  # a float TIFF under a .png name (mode F): NaN was a ValueError, 3.7 read as class 3
+    if data.dtype.kind not in "biu":  # a float TIFF named .png (mode F): NaN was a ValueError, 3.7 read as class 3
         raise DronsegError(f"mask {path} holds {data.dtype} values (mode {mode}); masks must be single-channel PNGs of "
                            f"class indices 0..{num_classes - 1}")
     if data.size and (int(data.max()) >= num_classes or int(data.min()) < 0):  # -2 of a 32-bit mask: 254 as uint8

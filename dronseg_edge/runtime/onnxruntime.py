@@ -106,7 +106,8 @@ def check_external_data(path: Path) -> None:
             if problem:
                 raise DronsegError(f"{path} reads its external data (weights) from {location!r}, {problem}: keep the "
                                    ".onnx and the .data file written with it in one folder, or re-export it")
-    except (OSError, EOFError, ValueError, RuntimeError) as exc:  # refused, not left unchecked; a symlink loop (Python < 3.13)
+    except (OSError, EOFError, ValueError, RuntimeError) as exc:  # refused, not left unchecked; RuntimeError: a symlink
+        # loop (Python < 3.13)
         raise DronsegError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc}): re-export it") from None
 
 

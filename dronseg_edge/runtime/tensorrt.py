@@ -126,7 +126,8 @@ class TensorRTBackend(Backend):
                 for n in names]
 
     def _describe_provider(self) -> None:
-        typing = "strongly typed" if self.build.get("strongly_typed") else "+".join(map(str, self.build.get("builder_flags") or [])) or "fp32"
+        flags = "+".join(map(str, self.build.get("builder_flags") or []))
+        typing = "strongly typed" if self.build.get("strongly_typed") else flags or "fp32"
         tf32 = ", TF32 off" if self.build.get("tf32") is False else ""
         graph = " + CUDA graph" if self.cuda_graph else ""
         self.provider = f"TensorRT {self._version} {self.info.precision} ({typing}{tf32}){graph}"
