@@ -135,7 +135,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
         metrics = SegmentationMetrics(len(CLASS_NAMES), IGNORE_INDEX)
         history = MetricsLog(run_dir, tensorboard=cfg.tensorboard) if is_main else None
         if history is not None:
-            history.resume_from(progress.epoch)
+            history.resume_from(progress.epoch if ckpt is not None else -1)  # a new run: no row of one stopped early
         writer = CheckpointWriter(run_dir, is_main, cfg, setup, data)
         if claim is not None and claim.note("run"):
             log(claim.note("run"))

@@ -78,7 +78,11 @@ def test_the_data_and_run_folders_are_recorded_as_absolute_paths(synth_root, tmp
     # `train --data data` recorded "data": eval, export and --resume from another folder read that folder's data;
     # `--out run` recorded "run", where a resumed run records its absolute folder
     monkeypatch.chdir(tmp_path)
+    # and a run stopped there before its first checkpoint left its epoch 0 row (--val-at-start), which a new run kept
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.csv").write_text("epoch,val_miou\n0,0.123\n")
     result = fit(config(os.path.relpath(synth_root, tmp_path), "run", epochs=1, max_steps_per_epoch=1), log=lambda _m: None)
+    assert [row["epoch"] for row in read_metrics(result.run_dir)] == ["1"]
     recorded = json.loads((result.run_dir / "config.json").read_text())
     assert (recorded["data"], recorded["out"]) == (str(synth_root.resolve()), str((tmp_path / "run").resolve()))
     assert load_checkpoint(result.last)["config"]["data"] == str(synth_root.resolve())
