@@ -40,7 +40,7 @@ from dronseg_edge.export import onnx as onnx_export
 from dronseg_edge.export.images import resolve_images
 from dronseg_edge.export.options import EXPORT_PRECISIONS, ExportOptions
 from dronseg_edge.export.parity import check_parity
-from dronseg_edge.export.parity_picture import save_difference_picture
+from dronseg_edge.export.parity_picture import picture_path, save_difference_picture
 from dronseg_edge.export.parity_report import ParityReport, parity_report_path
 from dronseg_edge.export.quantize import calibration_record
 from dronseg_edge.leftovers import RANDOM, TAGGED, FolderClaim, working_prefix
@@ -131,7 +131,7 @@ def _check_placeable(final: Path) -> None:
     failed = final.with_name(final.name + ".failed")
     report = parity_report_path(final)
     sidecars = (sidecar_path(final), sidecar_path(failed)) if final.suffix == ".engine" else ()
-    for path in (final, failed, *sidecars, report, report.with_suffix(".png")):
+    for path in (final, failed, *sidecars, report, picture_path(report)):
         try:
             mode = os.stat(path).st_mode
         except OSError as exc:

@@ -65,15 +65,20 @@ class WorstImage:
         return stack_rows([caption(total, title), grid_row(tiles, labels), legend(self.class_names, self.palette, total, present=shown)])
 
 
+def picture_path(report_path: Path) -> Path:
+    """NAME.parity.json, NAME.json or NAME -> NAME.parity.png: never a picture of the user's."""
+    report_path = Path(report_path)
+    name = report_path.stem if report_path.suffix.lower() == ".json" else report_path.name
+    return report_path.with_name(name.removesuffix(".parity") + ".parity.png")
+
+
 def save_difference_picture(worst: "WorstImage | None", wanted: bool, report_path: Path) -> str | None:
     """Write the picture of ``worst`` beside ``report_path`` when ``wanted`` (a failed or borderline report);
     return its file name.
 
     Otherwise (a clear pass, or nothing compared) remove a picture an earlier report left there and return None.
     """
-    report_path = Path(report_path)  # NAME.parity.json, NAME.json or NAME -> NAME.parity.png: never a picture of the user's
-    name = report_path.stem if report_path.suffix.lower() == ".json" else report_path.name
-    path = report_path.with_name(name.removesuffix(".parity") + ".parity.png")
+    path = picture_path(report_path)
     image = worst.picture() if (worst is not None and wanted) else None
     if image is None:
         with contextlib.suppress(OSError):
