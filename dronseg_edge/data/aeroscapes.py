@@ -98,6 +98,9 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     masks = _by_id(p for p in sorted(mask_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
                    and p.suffix.lower() == ".png") if mask_dir.is_dir() else {}  # X.PNG too, as images whatever their case
     extra = sorted(set(masks) - set(images))
+    broken = [p for p in sorted(image_dir.iterdir()) if p.stem in extra and p.is_symlink() and not p.exists()]
+    if broken:  # a link whose target is gone: is_file() is False, so its mask seemed to have no image
+        raise DronsegError(f"{broken[0]} is a link to a file that does not exist: restore its target or remove it")
     if extra:
         raise DronsegError(f"{masks[extra[0]]} has no image {image_dir / (extra[0] + '.jpg')} ({len(extra)} such masks): "
                            "remove the extra masks or add their images")
@@ -122,7 +125,7 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
             raise DronsegError(f"mask {mask_dir / (image_id + '.png')} is missing for train image {images[image_id]}: add it or drop the image from train.csv")
         samples.append(Sample(image_id, images[image_id], masks.get(image_id)))
     if not samples:
-        raise DronsegError(f"{root} has no {subset} images; {FIX_LAYOUT}")
+        raise DronsegError(f"{root} has no {'' if subset == 'images' else subset + ' '}images; {FIX_LAYOUT}")
     return samples
 
 

@@ -125,6 +125,20 @@ def test_extra_mask_is_named(tmp_path):
     assert "999999_001.png" in _error(dataset_samples, tmp_path)
 
 
+def test_an_image_link_whose_target_is_gone_is_named_as_such_not_as_a_mask_without_image(tmp_path):
+    ids = make_layout(tmp_path)
+    image = tmp_path / f"imgs/imgs/{ids[1]}.jpg"
+    image.rename(tmp_path / "moved.jpg")
+    image.symlink_to(tmp_path / "gone.jpg")
+    message = _error(dataset_samples, tmp_path)
+    assert message.startswith(f"{image} is a link to a file that does not exist") and "has no image" not in message
+
+
+def test_a_folder_without_images_says_so_once(tmp_path):
+    (tmp_path / "imgs/imgs").mkdir(parents=True)
+    assert _error(dataset_samples, tmp_path, "images").startswith(f"{tmp_path} has no images; ")
+
+
 def test_csv_row_without_image(tmp_path):
     make_layout(tmp_path)
     with open(tmp_path / "train.csv", "a") as handle:
