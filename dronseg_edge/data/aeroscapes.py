@@ -75,7 +75,9 @@ def read_ids(csv_path: Path) -> list[str]:
                     raise DronsegError(f"{csv_path} line {reader.line_num}: ImageID {image_id} is listed again "
                                        f"(first on line {first_row[image_id]}): remove the duplicate row")
                 first_row[image_id] = reader.line_num
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:
+        raise DronsegError(f"{csv_path} is not UTF-8 text (byte {exc.start}): save it as CSV UTF-8") from None
+    except (OSError, csv.Error) as exc:
         raise DronsegError(f"cannot read {csv_path}: {exc}") from None
     return list(first_row)
 
@@ -89,6 +91,9 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     image_dir, mask_dir = root / IMAGE_DIR, root / MASK_DIR
     if not image_dir.is_dir():
         raise DronsegError(f"{image_dir} is missing; {FIX_LAYOUT}")
+    for listing in (root / TRAIN_CSV, root / TEST_CSV):  # not read as no list at all (a folder, a broken link)
+        if (listing.exists() or listing.is_symlink()) and not listing.is_file():
+            raise DronsegError(f"{listing} is not a readable file: remove it or put the Kaggle CSV there")
     if (root / "synth.json").is_file() and not (root / TRAIN_CSV).is_file():  # synth writes its CSVs last
         raise DronsegError(f"{root} is a `synth` data set that was never finished (no train.csv): "
                            f"rerun `dronseg-edge synth {root} --force`")

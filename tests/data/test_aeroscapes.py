@@ -139,6 +139,23 @@ def test_a_folder_without_images_says_so_once(tmp_path):
     assert _error(dataset_samples, tmp_path, "images").startswith(f"{tmp_path} has no images; ")
 
 
+@pytest.mark.parametrize("name", ["train.csv", "test.csv"])
+@pytest.mark.parametrize("kind", ["folder", "broken link"])
+def test_a_csv_that_is_not_a_file_is_refused_not_read_as_no_list(name, kind, tmp_path):
+    make_layout(tmp_path)
+    listing = tmp_path / name
+    listing.unlink()
+    listing.mkdir() if kind == "folder" else listing.symlink_to(tmp_path / "gone.csv")
+    (tmp_path / "synth.json").write_text("{}")  # not called a synth set never finished either
+    assert _error(dataset_samples, tmp_path).startswith(f"{listing} is not a readable file: ")
+
+
+def test_a_csv_in_another_encoding_is_named_with_the_fix(tmp_path):
+    make_layout(tmp_path)
+    (tmp_path / "train.csv").write_bytes("ImageID\n000000_001\u00e9\n".encode("latin-1"))
+    assert _error(dataset_samples, tmp_path).endswith("is not UTF-8 text (byte 18): save it as CSV UTF-8")
+
+
 def test_csv_row_without_image(tmp_path):
     make_layout(tmp_path)
     with open(tmp_path / "train.csv", "a") as handle:
