@@ -50,6 +50,8 @@ def check_model_file(path: str | Path) -> Path:
         raise DronsegError(f"model {path} does not exist: {_WHAT_TO_PASS}")
     if path.is_dir():
         raise DronsegError(f"model {path} is a folder: {_WHAT_TO_PASS}")
+    if not path.is_file():  # a named pipe or a device: read as missing further on
+        raise DronsegError(f"model {path} is not a regular file (a pipe or a device): {_WHAT_TO_PASS}")
     _table_entry(path)
     return path
 

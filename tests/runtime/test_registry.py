@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
 
 import numpy as np
@@ -25,12 +26,16 @@ def test_is_checkpoint_by_suffix_in_any_case(tmp_path):
 @pytest.mark.parametrize("case, message", [
     ("missing", "does not exist: pass a .pt checkpoint, .onnx file or .engine file"),
     ("folder", "is a folder: pass a .pt checkpoint"),
+    ("pipe", "is not a regular file (a pipe or a device): pass a .pt checkpoint"),
     ("suffix", "is of an unknown kind (.tflite)"),
 ])
 def test_model_file_check_is_shared_by_load_backend(case, message, tmp_path):
-    path = {"missing": tmp_path / "nope.onnx", "folder": tmp_path, "suffix": tmp_path / "m.tflite"}[case]
+    path = {"missing": tmp_path / "nope.onnx", "folder": tmp_path, "suffix": tmp_path / "m.tflite",
+            "pipe": tmp_path / "m.onnx"}[case]
     if case == "suffix":
         path.write_bytes(b"x")
+    if case == "pipe":
+        os.mkfifo(path)
     for check in (check_model_file, lambda p: load_backend(p, "cpu")):
         with pytest.raises(DronsegError) as info:
             check(path)
