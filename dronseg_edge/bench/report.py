@@ -113,13 +113,14 @@ def settings_line(settings: dict[str, Any], matrix: bool = False) -> str:
 
 
 def build_document(system: dict[str, Any], settings: dict[str, Any], results: Sequence[BenchResult] = (),
-                   matrix: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+                   matrix: Sequence[dict[str, Any]] | None = None,
+                   failed: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
     """The JSON document of a run: schema, kind (bench, or matrix with ``matrix`` rows), ISO date, system (device,
-    versions), settings, results."""
+    versions), settings, results, and for bench the models that ``failed`` (``{"model": path, "reason": message}``
+    each, [] when none; a matrix row carries its own status and reason)."""
     doc: dict[str, Any] = {"schema": SCHEMA, "kind": "bench" if matrix is None else "matrix", "date": now_iso(),
                            "system": system, "settings": settings, "results": [r.to_dict() for r in results]}
-    if matrix is not None:
-        doc["matrix"] = list(matrix)
+    doc.update({"failed": list(failed)} if matrix is None else {"matrix": list(matrix)})
     return doc
 
 

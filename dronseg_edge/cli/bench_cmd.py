@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -84,16 +85,25 @@ def bench(
         markdown = markdown_document(system_lines, settings, matrix_table(rows, markdown=True), title="Latency matrix",
                                      matrix=True)
     else:
-        results = []
+        results, failed = [], []  # one model that fails must not lose the others' numbers
         for item in prepared:
             typer.echo(f"measuring {item.path} ...", err=True)
-            results.append(run_prepared(item, timing))
+            try:
+                results.append(run_prepared(item, timing))
+            except DronsegError as exc:
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                typer.echo(f"{item.path}: failed ({reason})", err=True)
+                failed.append(({"model": os.path.abspath(item.path), "reason": reason}, exc))
+        if not results:
+            raise failed[0][1]
         say(latency_table(results))
         for line in stage_lines(results) + warning_lines(results):
             say(line)
-        document = build_document(system, settings, results)
+        document = build_document(system, settings, results, failed=[entry for entry, _ in failed])
         markdown = markdown_document(system_lines, settings, latency_table(results, markdown=True))
     json_out(json_path, document)
     if markdown_path is not None:
         write_text_atomic(markdown_path, markdown)  # ends in a newline (markdown_document)
         say(f"wrote {markdown_path}")
+    if not matrix and failed:
+        raise failed[0][1]  # after the others' results are written: the first failure's message and exit code

@@ -240,3 +240,25 @@ def test_json_dash_prints_the_document_alone_on_stdout(tiny_checkpoint, capsys):
     assert code == 0, err
     doc = json.loads(out)
     assert doc["results"][0]["latency_ms"]["count"] == 3 and "settings: device cpu" in err
+
+
+def test_a_model_failing_at_measurement_keeps_the_others_results(tiny_onnx, tmp_path, capsys):
+    """`bench a.onnx b.onnx`, b's metadata lying about its input: a's numbers were lost, no --json/--markdown written."""
+    import onnx
+
+    graph = onnx.load(str(tiny_onnx))
+    next(prop for prop in graph.metadata_props if prop.key == "input_size").value = "[128, 64]"
+    lying = tmp_path / "lying.onnx"
+    onnx.save(graph, str(lying))
+    report, markdown = tmp_path / "r.json", tmp_path / "r.md"
+    code, out, err = run_cli(capsys, tiny_onnx, lying, *FAST, "--json", report, "--markdown", markdown)
+    assert code == 2 and f"{lying}: failed ({lying}: its metadata says batch 1 at 128x64" in err
+    assert_one_error_line(err, out, "its metadata says batch 1 at 128x64")  # the first failure, re-raised
+    doc = json.loads(report.read_text())
+    assert [r["model"] for r in doc["results"]] == [str(tiny_onnx)]
+    assert doc["failed"] == [{"model": str(lying), "reason": err.splitlines()[-1].removeprefix("error: ")}]
+    assert f"| {tiny_onnx.name} |" in markdown.read_text() and "lying.onnx |" not in markdown.read_text()
+    report.unlink(), markdown.unlink()
+    code, out, err = run_cli(capsys, lying, *FAST, "--json", report, "--markdown", markdown)  # all failed: as before
+    assert code == 2 and not report.exists() and not markdown.exists()
+    assert_one_error_line(err, out, "its metadata says batch 1 at 128x64")
