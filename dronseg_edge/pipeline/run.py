@@ -150,6 +150,10 @@ def _prepare(segmenter: Segmenter, src: Source, options: RunOptions) -> tuple:
         live = src.live_default if options.live is None else bool(options.live)
         if live and src.kind == "images":  # every image is the user's: --live dropped those read during a segmentation
             raise DronsegError(f"--live drops the images read while one is segmented: leave it out for {src.name}")
+        for flag, given in (("--segment-s", options.segment_s is not None), ("--codec", options.codec != "auto")):
+            if given and src.kind == "images":  # images get overlay/ JPEGs: no video to cut or encode
+                raise DronsegError(f"{flag} applies to a video's overlay.mp4; images get overlay/ JPEGs: leave it out "
+                                   f"for {src.name}")
         segmenter.check_live(live)
         width, height = src.size or (0, 0)
         if segmenter.info.io == "frames" and width > 0:  # a static frames graph made for another size fails now

@@ -131,6 +131,8 @@ def test_half_on_cpu_is_a_warning(tiny_checkpoint, media, tmp_path, capsys):
     ("codec", "--codec 'x265' is not one of auto, h264"),
     ("live_batch", "cannot be used with --live"),
     ("live_images", "--live drops the images read while one is segmented: leave it out for "),
+    ("segment_images", "--segment-s applies to a video's overlay.mp4; images get overlay/ JPEGs: leave it out for "),
+    ("codec_image", "--codec applies to a video's overlay.mp4; images get overlay/ JPEGs: leave it out for "),
     ("max_duration", "--max-duration-s 0.0 must be above 0 seconds"),
     ("segment_s", "--segment-s -1.0 must be above 0 seconds"),
     ("min_free", "--min-free-mb -1.0 must be 0 (no floor) or more MB"),
@@ -178,6 +180,10 @@ def test_bad_input_gives_one_error_line(case, message, tiny_checkpoint, media, t
         extra += ["--live", "--batch", "2"]
     elif case == "live_images":
         source, extra = media["folder"], extra + ["--live"]
+    elif case == "segment_images":  # taken silently, nothing read it
+        source, extra = media["folder"], extra + ["--segment-s", "5"]
+    elif case == "codec_image":
+        source, extra = media["folder"] / "one.jpg", extra + ["--codec", "mp4v"]
     elif case == "max_duration":
         extra += ["--max-duration-s", "0"]
     elif case == "segment_s":
