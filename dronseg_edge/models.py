@@ -234,6 +234,13 @@ def backbone_stages(model: nn.Module) -> list[list[nn.Module]]:
     return stages
 
 
+def backbone_stage_count(arch: str) -> int:
+    """How many stages ``backbone_stages`` finds in ``arch`` (the most ``--freeze-stages`` can freeze); built on
+    the meta device: no memory, no weights, no random numbers drawn."""
+    with torch.device("meta"):
+        return len(backbone_stages(build_model(arch)))
+
+
 def freeze_backbone_stages(model: nn.Module, num_stages: int) -> int:
     """Stop gradients in the first ``num_stages`` backbone stages (0 unfreezes all); return the stage count."""
     stages = backbone_stages(model)

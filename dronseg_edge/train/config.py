@@ -11,7 +11,7 @@ from dronseg_edge.data.augment import AugmentConfig
 from dronseg_edge.devices import DEVICE
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import DEFAULT_MAX_PIXELS, MAX_PIXELS, check_max_pixels
-from dronseg_edge.option_fields import number, one_of, option, option_group, whole
+from dronseg_edge.option_fields import number, one_of, option, option_fields, option_group, whole
 from dronseg_edge.sizes import parse_size
 
 SCHEDULERS = ("onecycle", "constant", "poly")
@@ -151,7 +151,25 @@ class TrainConfig:
             if given and getattr(self, chooser) not in readers:
                 raise DronsegError(f"{given[0]} has no effect with --{chooser} {getattr(self, chooser)} "
                                    f"(only with {' or '.join(readers)}): drop it")
+        if new_run:
+            self._refuse_unread()
         return self
+
+    def _refuse_unread(self) -> None:
+        """A new run's options it would not read, beyond READ_ONLY_BY's: augmentation settings with --no-augment,
+        --unfreeze-epoch without --freeze-stages, --freeze-stages beyond the backbone's stages."""
+        from dronseg_edge.models import backbone_stage_count
+
+        given = [spec.cli_names(f.name)[0] for f, spec in option_fields(AugmentConfig)
+                 if f.name != "enabled" and getattr(self.augment, f.name) != f.default]
+        if given and not self.augment.enabled:
+            raise DronsegError(f"{given[0]} has no effect with --no-augment (only with --augment): drop it")
+        if self.unfreeze_epoch and not self.freeze_stages:
+            raise DronsegError(f"--unfreeze-epoch {self.unfreeze_epoch} has no effect without --freeze-stages (nothing is "
+                               "frozen to unfreeze): drop it, or give --freeze-stages N")
+        if self.freeze_stages > (stages := backbone_stage_count(self.model)):
+            raise DronsegError(f"--freeze-stages {self.freeze_stages}: the backbone of {self.model} has {stages} stages: "
+                               f"give 1 to {stages} ({stages} freezes all of it)")
 
     @property
     def loss_settings(self) -> dict:

@@ -182,10 +182,18 @@ def test_a_one_image_train_split_is_refused_for_deeplabv3(tmp_path):
     ({"scheduler": "poly", "pct_start": 0.3}, {"scheduler": "onecycle"}, "--pct-start has no effect with --scheduler poly"),
     ({"model": "lraspp_mobilenet_v3_large", "aux_loss": True}, {"model": "deeplabv3_mobilenet_v3_large"},
      "--aux-loss has no effect with --model lraspp_mobilenet_v3_large"),
+    ({"augment": AugmentConfig(enabled=False, brightness=0.5)}, {"augment": AugmentConfig(brightness=0.5)},
+     "--color has no effect with --no-augment (only with --augment): drop it"),
+    ({"unfreeze_epoch": 2}, {"freeze_stages": 2}, "--unfreeze-epoch 2 has no effect without --freeze-stages"),
+    ({"model": "lraspp_mobilenet_v3_large", "freeze_stages": 5}, {"freeze_stages": 4},
+     "--freeze-stages 5: the backbone of lraspp_mobilenet_v3_large has 4 stages: give 1 to 4"),
+    ({"freeze_stages": 6}, {"freeze_stages": 5}, "--freeze-stages 6: the backbone of deeplabv3_resnet101 has 5 stages"),
 ])
 def test_a_setting_the_run_would_not_read_is_refused(tmp_path, settings, reader, message):
     """--label-smoothing 0.1 (read by --loss ce only) trained the default focal+dice exactly as without it, exit 0;
-    likewise the other losses', optimisers' and schedules' own settings, and --aux-loss on LR-ASPP (no aux head)."""
+    likewise the other losses', optimisers' and schedules' own settings, --aux-loss on LR-ASPP (no aux head),
+    augmentation settings with --no-augment, --unfreeze-epoch without --freeze-stages, and --freeze-stages beyond the
+    backbone's stages (9 froze the 5 a ResNet has)."""
     with pytest.raises(DronsegError, match=f"^{re.escape(message)}"):
         TrainConfig(data=str(tmp_path), **settings).validate()
     TrainConfig(data=str(tmp_path), **settings).validate(new_run=False)  # a resumed run's own, accepted by older versions
