@@ -26,8 +26,9 @@ from dronseg_edge.data.dataset import AugmentSeedSampler, SegmentationDataset
 from dronseg_edge.data.split import save_split, stratified_split
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.leftovers import FolderClaim
-from dronseg_edge.models import build_model, freeze_backbone_stages, set_bn_momentum
+from dronseg_edge.models import build_model, check_output_stride, freeze_backbone_stages, set_bn_momentum
 from dronseg_edge.runs import next_run_dir
+from dronseg_edge.sizes import format_size
 from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.distributed import DistContext
 from dronseg_edge.train.loop import StepContext
@@ -143,6 +144,11 @@ def build_loaders(cfg: TrainConfig, data: DataSetup, dist_ctx: DistContext) -> L
     if per_rank == 1 and cfg.model.startswith("deeplabv3"):  # one image a batch, which no batch can drop
         raise DronsegError(f"the train split has 1 image{' per process' * dist_ctx.enabled}, and DeepLabV3's ASPP pooling "
                            "BatchNorm needs 2+ a batch: add images, or lower --val-fraction")
+    stride = check_output_stride(cfg.model, cfg.output_stride)  # BatchNorm cannot train on one value per channel
+    if (cfg.batch == 1 or per_rank == 1) and math.ceil(cfg.size[0] / stride) * math.ceil(cfg.size[1] / stride) == 1:
+        raise DronsegError(f"--size {format_size(cfg.size)} leaves {cfg.model} a 1x1 deepest feature map (stride {stride}), "
+                           f"on which BatchNorm cannot train one image a batch: give a --size over {stride} pixels wide "
+                           f"or high ({2 * stride}x{stride}), or " + ("--batch 2 or more" if cfg.batch == 1 else "add images, or lower --val-fraction"))
     # BatchNorm cannot train on a final batch of one image; drop it only in that case.
     drop_last = per_rank % cfg.batch == 1 and per_rank > cfg.batch
     train_sampler = AugmentSeedSampler(sampler, cfg.seed)  # augmentation independent of worker state
