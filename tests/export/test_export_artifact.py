@@ -176,6 +176,19 @@ def test_a_name_too_long_for_a_file_the_export_may_place_is_refused_before_any_w
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "triton"])
+def test_parity_data_without_images_is_refused_before_any_work(tiny_checkpoint, tmp_path, monkeypatch, fmt):
+    """`export CKPT --parity-data EMPTY` was refused only after the ONNX export had run (minutes for a large model)."""
+    import dronseg_edge.export.artifact as artifact
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(artifact, "_write_onnx", lambda *args: pytest.fail("the export began"))
+    for folder, why in (("empty", "holds no images"), ("nowhere", "does not exist")):
+        with pytest.raises(DronsegError, match=f"^--parity-data {tmp_path / folder} {why}.*: pass a folder of images"):
+            export_artifact(tiny_checkpoint, out_dir=tmp_path / "out", parity_data=tmp_path / folder, device="cpu", fmt=fmt)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("theirs, message", [("triton", "triton is a file, where the Triton model repository goes"),
                                              ("triton/tiny_fp32", "tiny_fp32 exists and is not a model folder written by")])
 def test_a_triton_repository_it_cannot_write_is_refused_before_any_work(tiny_checkpoint, tmp_path, monkeypatch, theirs,
