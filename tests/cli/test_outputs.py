@@ -50,6 +50,19 @@ def test_every_command_refuses_a_read_only_output_at_once(command, read_only, ti
     assert sorted(os.listdir(read_only)) == ["run"]
 
 
+def test_infer_without_out_in_a_read_only_working_folder_is_refused_before_the_model_loads(read_only, tiny_checkpoint,
+                                                                                           synth_root, monkeypatch, capsys):
+    """The default runs/infer/expN could not be made: found after the model had loaded, in a line not naming --out."""
+    import dronseg_edge.pipeline as pipeline
+
+    monkeypatch.chdir(read_only)
+    monkeypatch.setattr(pipeline, "Segmenter", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    code, stderr = run_cli(capsys, "infer", tiny_checkpoint, synth_root / "imgs" / "imgs", "--device", "cpu")
+    assert code == 2 and stderr.strip() == (f"error: cannot make a run folder in {read_only / 'runs' / 'infer'} "
+                                            "(Read-only file system): give --out DIR")
+    assert sorted(os.listdir(read_only)) == ["run"]
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_command_refuses_a_name_too_long_at_once(command, tiny_checkpoint, synth_root, tmp_path, capsys):
     """Issue 19: a 300-character --out crashed every command (OSError ENAMETOOLONG from Path.exists)."""
