@@ -165,11 +165,11 @@ class TrainConfig:
         if given and not self.augment.enabled:
             raise DronsegError(f"{given[0]} has no effect with --no-augment (only with --augment): drop it")
         if self.unfreeze_epoch and not self.freeze_stages:
-            raise DronsegError(f"--unfreeze-epoch {self.unfreeze_epoch} has no effect without --freeze-stages (nothing is "
-                               "frozen to unfreeze): drop it, or give --freeze-stages N")
-        if self.freeze_stages > (stages := backbone_stage_count(self.model)):
-            raise DronsegError(f"--freeze-stages {self.freeze_stages}: the backbone of {self.model} has {stages} stages: "
-                               f"give 1 to {stages} ({stages} freezes all of it)")
+            raise DronsegError(f"--unfreeze-epoch {self.unfreeze_epoch} has no effect without --freeze-stages "
+                               "(nothing is frozen to unfreeze): drop it, or give --freeze-stages N")
+        if self.freeze_stages and self.freeze_stages > (stages := backbone_stage_count(self.model)):
+            raise DronsegError(f"--freeze-stages {self.freeze_stages}: the backbone of {self.model} has {stages} "
+                               f"stages: give 1 to {stages} ({stages} freezes all of it)")
 
     @property
     def loss_settings(self) -> dict:

@@ -146,9 +146,10 @@ def build_loaders(cfg: TrainConfig, data: DataSetup, dist_ctx: DistContext) -> L
                            "BatchNorm needs 2+ a batch: add images, or lower --val-fraction")
     stride = check_output_stride(cfg.model, cfg.output_stride)  # BatchNorm cannot train on one value per channel
     if (cfg.batch == 1 or per_rank == 1) and math.ceil(cfg.size[0] / stride) * math.ceil(cfg.size[1] / stride) == 1:
-        raise DronsegError(f"--size {format_size(cfg.size)} leaves {cfg.model} a 1x1 deepest feature map (stride {stride}), "
-                           f"on which BatchNorm cannot train one image a batch: give a --size over {stride} pixels wide "
-                           f"or high ({2 * stride}x{stride}), or " + ("--batch 2 or more" if cfg.batch == 1 else "add images, or lower --val-fraction"))
+        fix = "--batch 2 or more" if cfg.batch == 1 else "add images, or lower --val-fraction"
+        raise DronsegError(f"--size {format_size(cfg.size)} leaves {cfg.model} a 1x1 deepest feature map (stride "
+                           f"{stride}), on which BatchNorm cannot train one image a batch: give a --size over {stride} "
+                           f"pixels wide or high ({2 * stride}x{stride}), or {fix}")
     # BatchNorm cannot train on a final batch of one image; drop it only in that case.
     drop_last = per_rank % cfg.batch == 1 and per_rank > cfg.batch
     train_sampler = AugmentSeedSampler(sampler, cfg.seed)  # augmentation independent of worker state
