@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from dronseg_edge.errors import BackendFailure, DronsegError
@@ -194,6 +195,8 @@ class Backend(ABC):
             marks.append(time.perf_counter())
             classes, conf = host.postprocess_host(out, frames.shape[1], frames.shape[2], confidence)
             kept = out.astype(np.float32, copy=False) if logits and out.ndim == 4 else None
+            if kept is not None and kept.shape[2:] != batch.shape[2:]:  # a graph from elsewhere: bilinear, as eval
+                kept = np.stack([[cv2.resize(plane, batch.shape[:1:-1]) for plane in one] for one in kept])
         marks.append(time.perf_counter())
         stage_ms = {stage: (end - start) * 1e3 for stage, start, end in zip(STAGES, marks, marks[1:])}
         return FrameOutputs(classes, conf, kept, stage_ms)

@@ -127,6 +127,21 @@ def test_confidence_is_the_largest_softmax_probability(tile):
     assert np.abs(result.confidence.astype(int) - expected).max() <= 1 and (result.mask == 11).all()
 
 
+def coarse_logits(batch: torch.Tensor) -> torch.Tensor:
+    """constant_logits at a quarter of the input's size: a graph from elsewhere without the final upsampling."""
+    return constant_logits(batch)[:, :, ::4, ::4]
+
+
+def test_logits_smaller_than_the_window_are_brought_to_its_size_before_blending():
+    probabilities = torch.softmax(torch.linspace(-1.0, 2.0, 12), 0)
+    with Segmenter(fake(respond=coarse_logits), tile="on", confidence=True) as seg:
+        frame = np.zeros((60, 90, 3), np.uint8)
+        assert seg.backend.segment(frame[None, :24, :32], logits=True).logits.shape == (1, 12, 24, 32)
+        result = seg.predict(frame)  # was a broadcast ValueError, a traceback of infer --tile
+    assert result.tiles > 0 and (result.mask == 11).all()
+    assert np.abs(result.confidence.astype(int) - round(float(probabilities.max()) * 255)).max() <= 1
+
+
 def test_auto_tiles_frames_at_least_twice_the_input_on_a_side():
     tile_w, tile_h = TILE
     cases = {(AUTO_FACTOR * tile_w, tile_h): True, (tile_w, AUTO_FACTOR * tile_h): True,
