@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -128,6 +129,26 @@ def test_int8_mIoU_limit_applies_against_ground_truth(tmp_path):
                           thresholds=ParityThresholds.for_precision("int8", min_agreement=0.95))
     assert not report.passed and len(report.failures) == 1
     assert report.failures[0].startswith("mean IoU drops") and "(limit 1)" in report.failures[0]
+
+
+def test_each_reason_prints_a_number_beyond_its_limit(tmp_path):
+    """One pixel of 999 differs (99.8999 % agree) and the mIoU drops 0.2003 points: printed to 3 and 2
+    decimals they read "99.900% < 99.9%" and "drops 0.20 points (limit 0.2)", a failure that contradicts itself."""
+    width, height = 37, 27
+    truth = np.full((height, width), 10, np.uint8)
+    truth[:13] = 11
+    for folder, picture in (("imgs/imgs", np.full((height, width, 3), 40, np.uint8)), ("masks/masks", truth)):
+        (tmp_path / "d" / folder).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "d" / folder / "0.png"), picture)
+    wrong = torch.from_numpy(truth).clone()
+    wrong[-1, -1] = 11
+    ref, cand = (FakeBackend(name, respond=lambda x, m=mask: one_hot_logits(m.expand(x.shape[0], height, width)),
+                             input_size=(width, height), batch=1, dynamic=False)
+                 for name, mask in (("ref.pt", torch.from_numpy(truth)), ("cand.onnx", wrong)))
+    report = check_parity(ref, cand, tmp_path / "d", device="cpu", thresholds=ParityThresholds(0.999, max_miou_drop=0.2))
+    agreement, floor = map(float, re.search(r"agreement ([\d.]+)% < ([\d.]+)%", report.failures[0]).groups())
+    drop, limit = map(float, re.search(r"drops ([\d.]+) points .*\(limit ([\d.]+)\)", report.failures[1]).groups())
+    assert agreement < floor and drop > limit
 
 
 def test_fp16_overflow_is_detected_and_fp32_recommended(tmp_path):
