@@ -72,21 +72,28 @@ def trained_checkpoint(trained_run) -> Path:
 
 
 @pytest.fixture(scope="session")
-def onnx_export(tmp_path_factory):
-    """``onnx_export(checkpoint, **options)``: the path of the file ``export_artifact`` writes of ``checkpoint`` with
+def export_result(tmp_path_factory):
+    """``export_result(checkpoint, **options)``: the ExportResult of ``export_artifact`` for ``checkpoint`` with
     ``options`` (ExportOptions fields; no parity, on the CPU), exported once per session for each checkpoint and
     options alike, each in a folder of its own. Shared by every module that asks: read it, never change it."""
     import dataclasses
 
     from dronseg_edge.export import ExportOptions, export_artifact
 
-    made: dict[tuple[str, str], Path] = {}
+    made: dict[tuple[str, str], object] = {}
 
-    def export(checkpoint: Path, **options) -> Path:
+    def export(checkpoint: Path, **options):
         options = {"parity": False, "device": "cpu", **options}
         key = (str(checkpoint), repr(dataclasses.replace(ExportOptions(), **options)))
         if key not in made:
-            made[key] = export_artifact(checkpoint, out_dir=tmp_path_factory.mktemp("onnx"), **options).path
+            made[key] = export_artifact(checkpoint, out_dir=tmp_path_factory.mktemp("onnx"), **options)
         return made[key]
 
     return export
+
+
+@pytest.fixture(scope="session")
+def onnx_export(export_result):
+    """``onnx_export(checkpoint, **options)``: the path of ``export_result(checkpoint, **options)``'s file (the same
+    export, made once per session)."""
+    return lambda checkpoint, **options: export_result(checkpoint, **options).path

@@ -73,8 +73,8 @@ def test_argmax_head_returns_a_uint8_class_map_and_passes_parity(trained_checkpo
     assert result.report.outputs[0].name == "mask" and result.report.agreement >= 0.999
 
 
-def test_dynamic_export_runs_other_batches_and_sizes(trained_checkpoint, tmp_path):
-    result = export_artifact(trained_checkpoint, dynamic=True, out_dir=tmp_path, device="cpu", parity=False)
+def test_dynamic_export_runs_other_batches_and_sizes(trained_checkpoint, export_result):
+    result = export_result(trained_checkpoint, dynamic=True)  # test_graph_consumers's tensors_dynamic: one export
     assert result.path.name == "best_dyn_fp32.onnx" and result.report is None
     assert any(note.startswith("dynamic shapes verified at 2x3x") for note in result.notes)
     info = read_onnx_info(result.path)
