@@ -27,6 +27,7 @@ from trt_parser_rules import check_graph
 
 SOURCE = (288, 192)  # 3x the 96x64 model input: the graph shrinks (INTER_AREA, as constant MatMuls)
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "export.md"
+DOCS_EXAMPLE = dict(io="frames", dynamic=True, precision="fp16")  # the docs' frames example's file (no parity)
 
 
 @pytest.fixture(scope="module")
@@ -117,19 +118,19 @@ def test_a_frames_graph_at_another_input_size_is_compared_at_that_size(trained_c
     assert result.passed and result.report.agreement >= 0.99, result.report.table()
 
 
-def test_fp16_dynamic_frames_graph_resizes_in_fp32(trained_checkpoint, tmp_path):
+def test_fp16_dynamic_frames_graph_resizes_in_fp32(tiny_checkpoint, onnx_export):
     """fp16 holds integers exactly only up to 2048: the resize (pixel positions, weights, sums) stays fp32."""
     import onnx
 
-    made = export_artifact(trained_checkpoint, io="frames", dynamic=True, precision="fp16", parity=False, out_dir=tmp_path)
-    graph = onnx.shape_inference.infer_shapes(onnx.load(str(made.path))).graph
+    made = onnx_export(tiny_checkpoint, **DOCS_EXAMPLE)  # the graph's types do not depend on the weights
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(made))).graph
     types = {v.name: v.type.tensor_type.elem_type for v in graph.value_info}
     resize = [n for n in graph.node if n.name.startswith("/resize/")]
     assert {"MatMul", "Range", "Where"} <= {n.op_type for n in resize}
     assert {types[n.output[0]] for n in resize if n.op_type in ("MatMul", "Where", "Div")} == {onnx.TensorProto.FLOAT}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert {types[n.output[0]] for n in convs} == {onnx.TensorProto.FLOAT16}  # the model itself is fp16
-    assert check_graph(onnx.load(str(made.path))) == []  # the docs example's file: TensorRT's parser table holds
+    assert check_graph(onnx.load(str(made))) == []  # the docs example's file: TensorRT's parser table holds
 
 
 def test_onnxruntime_backend_runs_frames_and_refuses_tensors(shrink_export):
@@ -167,17 +168,15 @@ def test_bad_combinations_are_one_line_errors(changes, message):
     assert "\n" not in str(info.value)
 
 
-def test_docs_example_segments_a_jpeg_with_a_tiny_exported_file(tiny_checkpoint, tmp_path, monkeypatch):
+def test_docs_example_segments_a_jpeg_with_a_tiny_exported_file(tiny_checkpoint, onnx_export, tmp_path, monkeypatch):
     import cv2
 
     text = DOCS.read_text(encoding="utf-8")
     code = re.search(r"<!-- frames-example -->\s*```python\n(.*?)```", text, re.S).group(1)
     model_name = re.search(r'InferenceSession\("([^"]+)"\)', code).group(1)
-    made = export_artifact(tiny_checkpoint, io="frames", dynamic=True, precision="fp16", parity=False,
-                           out_dir=tmp_path / "export")
     work = tmp_path / "work"
     work.mkdir()
-    shutil.copy(made.path, work / model_name)
+    shutil.copy(onnx_export(tiny_checkpoint, **DOCS_EXAMPLE), work / model_name)
     frame = np.full((150, 200, 3), (40, 120, 60), np.uint8)
     frame[:50] = (235, 170, 110)
     cv2.imwrite(str(work / "frame.jpg"), frame)
