@@ -117,10 +117,11 @@ def test_int8_is_reused_only_where_it_was_calibrated_alike(int8_export, trained_
                                                                "source": f"data set {scenes.resolve()}"}
 
 
-def test_int8_without_its_data_set_here_is_reused_when_calibrated_by_the_same_method(tiny_checkpoint, scenes, tmp_path):
+def test_int8_without_its_data_set_here_is_reused_when_calibrated_by_the_same_method(tiny_checkpoint, synth_root,
+                                                                                     onnx_export, tmp_path):
     """A Jetson building the engine of a copied run has the int8 file but not the data set it was calibrated on."""
-    export_artifact(tiny_checkpoint, precision="int8", calib_data=scenes, calib_images=2, out_dir=tmp_path, device="cpu",
-                    parity=False)
+    # test_onnx_metadata's int8 file, copied in as the run's export folder would be
+    shutil.copy(onnx_export(tiny_checkpoint, precision="int8", calib_data=synth_root, calib_images=4), tmp_path)
     assert export_artifact(tiny_checkpoint, precision="int8", out_dir=tmp_path, device="cpu", reuse=True).reused
     with pytest.raises(DronsegError, match="--calib-data is needed"):
         export_artifact(tiny_checkpoint, precision="int8", calib_method="minmax", out_dir=tmp_path, device="cpu", reuse=True)
