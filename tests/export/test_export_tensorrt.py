@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import re
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -617,7 +618,8 @@ def test_an_engine_asked_for_another_opset_does_not_reuse_the_onnx_file_of_the_f
 
 
 @pytest.mark.slow
-def test_an_engine_does_not_reuse_a_frames_graph_an_older_builder_made(fake_trt, tiny_checkpoint, tmp_path):
+def test_an_engine_does_not_reuse_a_frames_graph_an_older_builder_made(fake_trt, tiny_checkpoint, onnx_export,
+                                                                       tmp_path):
     """An older version's frames graph (antialiased Resize, ties at 2x rounded down) has the metadata of a fresh
     export (package_version is 0.1.0 at every commit): the engine build reused it silently. It still runs."""
     import numpy as np
@@ -627,7 +629,7 @@ def test_an_engine_does_not_reuse_a_frames_graph_an_older_builder_made(fake_trt,
     from dronseg_edge.metadata import set_onnx_metadata
     from dronseg_edge.pipeline import Segmenter
 
-    old = export_artifact(tiny_checkpoint, io="frames", out_dir=tmp_path, parity=False, device="cpu").path
+    old = Path(shutil.copy(onnx_export(tiny_checkpoint, io="frames"), tmp_path))  # test_onnx_metadata's, a fresh export
     info = read_onnx_info(old)
     info.extra.pop("frames_graph_builder", None)
     onnx.save(set_onnx_metadata(onnx.load(str(old)), info), str(old))  # as a version without the key wrote it
