@@ -4,6 +4,7 @@ import csv
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,22 +195,28 @@ def test_resume_mid_epoch_from_a_step_checkpoint_matches_an_uninterrupted_run(sy
         assert float(row["train_loss"]) == pytest.approx(float(ref_row["train_loss"]), rel=1e-4)
 
 
-def test_a_checkpoint_outside_a_weights_folder_is_not_resumed_into_the_folder_above(synth_root, tmp_path):
+@pytest.fixture(scope="module")
+def one_step_run(synth_root, tmp_path_factory):
+    """A finished run of one epoch of one step, for the tests that resume it (read it, never change it)."""
+    return fit(config(synth_root, tmp_path_factory.mktemp("one_step") / "run", epochs=1, max_steps_per_epoch=1),
+               log=lambda _m: None)
+
+
+def test_a_checkpoint_outside_a_weights_folder_is_not_resumed_into_the_folder_above(one_step_run, tmp_path):
     """`train --resume ~/Downloads/last.pt` (a copied checkpoint) made ~ the run folder: its config.json replaced,
     its metrics.csv read as the run's (a KeyError traceback), weights/ and split.json written there."""
-    run = fit(config(synth_root, tmp_path / "run", epochs=1, max_steps_per_epoch=1), log=lambda _m: None)
     copy = tmp_path / "Downloads" / "last.pt"
     copy.parent.mkdir()
-    run.last.rename(copy)
+    shutil.copy2(one_step_run.last, copy)
     (tmp_path / "config.json").write_text("the user's own")
     with pytest.raises(DronsegError, match=f"{copy} is not in a run's weights/ folder.* above its own \\({tmp_path}\\)"):
         fit(TrainConfig(device="cpu", workers=0), resume=copy, log=lambda _m: None)
     assert (tmp_path / "config.json").read_text() == "the user's own" and not (tmp_path / "weights").exists()
 
 
-def test_a_resume_refuses_options_of_the_run_it_would_ignore(synth_root, tmp_path):
+def test_a_resume_refuses_options_of_the_run_it_would_ignore(one_step_run):
     """fit(TrainConfig(epochs=3), resume=last) trained the run's own epochs, without a word."""
-    run = fit(config(synth_root, tmp_path / "run", epochs=1, max_steps_per_epoch=1), log=lambda _m: None)
+    run = one_step_run
     saved = run.last.stat().st_mtime_ns
     with pytest.raises(DronsegError, match="^epochs, seed: the resumed run's own .*data, device, workers and max_pixels"):
         fit(TrainConfig(epochs=3, seed=1, device="cpu", workers=0), resume=run.last, log=lambda _m: None)
