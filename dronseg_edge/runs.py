@@ -8,6 +8,8 @@ from pathlib import Path
 
 from dronseg_edge.atomic import ensure_writable_dir
 
+TRAIN_RUNS = Path("runs/train")  # train's run folders without --out
+
 
 def next_run_dir(parent: Path | str, name: str = "exp") -> Path:
     """Create and return the first free ``parent/name``, ``parent/name2``, ... folder."""

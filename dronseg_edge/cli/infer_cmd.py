@@ -10,10 +10,8 @@ from pathlib import Path
 import typer
 
 from dronseg_edge.cli.app import RESTART_EXIT_CODES, app
-from dronseg_edge.cli.outputs import check_out_dir
+from dronseg_edge.cli.outputs import check_out_dir, check_run_parent
 from dronseg_edge.cli.params import Device, Meta, takes
-from dronseg_edge.errors import DronsegError
-from dronseg_edge.machine import unwritable
 from dronseg_edge.pipeline.capture_options import CaptureOptions
 from dronseg_edge.pipeline.run_options import RunOptions
 
@@ -91,8 +89,8 @@ def infer(
     echo = functools.partial(typer.echo, err=to_stderr)
     if options.out is not None:
         check_out_dir(options.out)  # before the model loads: an unwritable --out is a moment's error, exit 2
-    elif (reason := unwritable(options.project)[1]) is not None:  # the default runs/infer/expN, in the working folder
-        raise DronsegError(f"cannot make a run folder in {options.project.resolve()} ({reason}): give --out DIR")
+    else:
+        check_run_parent(options.project)  # the default runs/infer/expN, in the working folder
     # The source before the model, so a typo in SOURCE fails in a moment; the run closes it.
     with open_source(source, options.reconnect_s, capture=capture, max_pixels=options.max_pixels) as frames, \
             Segmenter(model, device=device, half=half, batch=batch, tile=tile, tile_overlap=tile_overlap,

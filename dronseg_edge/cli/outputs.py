@@ -49,6 +49,12 @@ def check_out_dir(path: os.PathLike | str, option: str = "--out") -> Path:
     raise DronsegError(f"cannot create output folder {path} ({option}): {reason}; choose another folder")
 
 
+def check_run_parent(parent: Path) -> None:
+    """Without --out: refuse a working folder where the default run folder ``parent``/expN cannot be made."""
+    if (reason := unwritable(parent)[1]) is not None:
+        raise DronsegError(f"cannot make a run folder in {parent.resolve()} ({reason}): give --out DIR")
+
+
 def check_out_file(path: os.PathLike | str, option: str, inputs=()) -> Path:
     """Refuse an output file ``path`` that is a folder, one of the command's ``inputs`` or an input engine's
     sidecar (it would replace that file: :func:`check_not_input`), or whose folder cannot be created or written."""

@@ -9,11 +9,12 @@ import typer
 
 from dronseg_edge.cli.app import app
 from dronseg_edge.cli.extras import require_extra
-from dronseg_edge.cli.outputs import (check_json_out, check_not_input, check_out_dir, check_out_file, data_files,
-                                     json_out, text_out)
+from dronseg_edge.cli.outputs import (check_json_out, check_not_input, check_out_dir, check_out_file, check_run_parent,
+                                     data_files, json_out, text_out)
 from dronseg_edge.cli.params import Device, Json, MaxPixels, Meta, takes
 from dronseg_edge.dataset_layout import IMAGE_DIR, MASK_DIR
 from dronseg_edge.errors import DronsegError
+from dronseg_edge.runs import TRAIN_RUNS
 from dronseg_edge.train.config import RESUME_OPTIONS, TrainConfig
 
 
@@ -62,6 +63,8 @@ def train(
         if held is not None:  # a new run there would overwrite its checkpoints, split.json and metrics.csv
             raise DronsegError(f"--out {cfg.out} already holds a training run ({held}): continue it with "
                                f"--resume {held}, or choose another --out")
+    else:
+        check_run_parent(TRAIN_RUNS)  # the default runs/train/expN, in the working folder
     fit(cfg, resume=resume, log=typer.echo)
 
 

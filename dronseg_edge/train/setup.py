@@ -27,7 +27,7 @@ from dronseg_edge.data.split import save_split, stratified_split
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.leftovers import FolderClaim
 from dronseg_edge.models import build_model, check_output_stride, freeze_backbone_stages, set_bn_momentum
-from dronseg_edge.runs import next_run_dir
+from dronseg_edge.runs import TRAIN_RUNS, next_run_dir
 from dronseg_edge.sizes import format_size
 from dronseg_edge.train.config import TrainConfig
 from dronseg_edge.train.distributed import DistContext
@@ -98,7 +98,7 @@ def prepare_run_dir(cfg: TrainConfig, resume: Path | None, data: DataSetup, dist
     if resume is not None:
         run_dir = Path(resume).resolve().parent.parent
     elif dist_ctx.is_main:
-        run_dir = ensure_writable_dir(Path(cfg.out)) if cfg.out else next_run_dir("runs/train")
+        run_dir = ensure_writable_dir(Path(cfg.out)) if cfg.out else next_run_dir(TRAIN_RUNS)
     else:
         run_dir = None
     if dist_ctx.enabled:

@@ -63,6 +63,19 @@ def test_infer_without_out_in_a_read_only_working_folder_is_refused_before_the_m
     assert sorted(os.listdir(read_only)) == ["run"]
 
 
+def test_train_without_out_in_a_read_only_working_folder_is_refused_before_the_data_checks(read_only, synth_root,
+                                                                                         monkeypatch, capsys):
+    """runs/train could not be made: found after the data checks, in a line not naming --out."""
+    import dronseg_edge.train.fit as fit
+
+    monkeypatch.chdir(read_only)
+    monkeypatch.setattr(fit, "fit", lambda *args, **kwargs: pytest.fail("training started"))
+    code, stderr = run_cli(capsys, "train", "--data", synth_root)
+    assert code == 2 and stderr.strip() == (f"error: cannot make a run folder in {read_only / 'runs' / 'train'} "
+                                            "(Read-only file system): give --out DIR")
+    assert sorted(os.listdir(read_only)) == ["run"]
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_command_refuses_a_name_too_long_at_once(command, tiny_checkpoint, synth_root, tmp_path, capsys):
     """Issue 19: a 300-character --out crashed every command (OSError ENAMETOOLONG from Path.exists)."""
