@@ -25,8 +25,9 @@ from dronseg_edge.metrics import SegmentationMetrics
 from dronseg_edge.models import freeze_backbone_stages, is_weights_path, read_weights_file
 from dronseg_edge.train.precision import check_amp
 from dronseg_edge.train.rng import capture_rng_state, seed_everything
-from dronseg_edge.train.setup import (DataSetup, ModelSetup, build_criterion, build_loaders, optimizer_steps_per_epoch,
-                                      prepare_data, prepare_model, prepare_run_dir, step_context)
+from dronseg_edge.train.setup import (DataSetup, ModelSetup, build_criterion, build_loaders, check_batch_of_one,
+                                      optimizer_steps_per_epoch, prepare_data, prepare_model, prepare_run_dir,
+                                      step_context)
 from dronseg_edge.train.tracking import MetricsLog
 
 # Hidden temporary files of the run folder's atomic writes: what a killed run may leave behind. Each
@@ -113,8 +114,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, resume: Path | None, dist_ctx: Dis
     device, is_main = dist_ctx.device, dist_ctx.is_main
     check_amp(cfg.amp, device, resumed=ckpt is not None)
     seed_everything(cfg.seed + dist_ctx.rank, cfg.deterministic)
-    if cfg.model.startswith("deeplabv3") and cfg.batch < 2:
-        raise DronsegError("--batch 1 cannot train DeepLabV3 (its ASPP pooling BatchNorm needs 2+ images): use --batch 2 or more, with --accumulate to save memory")
+    check_batch_of_one(cfg)  # needs no data: before the data checks
     data = prepare_data(cfg, ckpt, log)
     # Claimed before split.json is written: another run working there (a second `train --out` of the same
     # folder, a --resume of a run still training) is refused, and cannot take our temporary files for a killed run's.

@@ -126,6 +126,24 @@ def loader_options(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
                 persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers > 0 else None)
 
 
+def check_batch_of_one(cfg: TrainConfig) -> None:
+    """Refuse --batch 1 where BatchNorm cannot train one image a batch: DeepLabV3's ASPP pooling, a 1x1 deepest map."""
+    if cfg.model.startswith("deeplabv3") and cfg.batch < 2:
+        raise DronsegError("--batch 1 cannot train DeepLabV3 (its ASPP pooling BatchNorm needs 2+ images): use "
+                           "--batch 2 or more, with --accumulate to save memory")
+    if cfg.batch == 1:
+        check_one_image_batches(cfg, "--batch 2 or more")
+
+
+def check_one_image_batches(cfg: TrainConfig, fix: str) -> None:
+    """Refuse training one image a batch at a --size whose deepest feature map is 1x1 (``fix``: how to avoid it)."""
+    stride = check_output_stride(cfg.model, cfg.output_stride)  # BatchNorm cannot train on one value per channel
+    if math.ceil(cfg.size[0] / stride) * math.ceil(cfg.size[1] / stride) == 1:
+        raise DronsegError(f"--size {format_size(cfg.size)} leaves {cfg.model} a 1x1 deepest feature map (stride "
+                           f"{stride}), on which BatchNorm cannot train one image a batch: give a --size over {stride} "
+                           f"pixels wide or high ({2 * stride}x{stride}), or {fix}")
+
+
 def build_loaders(cfg: TrainConfig, data: DataSetup, dist_ctx: DistContext) -> Loaders:
     """Train loader (shuffled, augmented, sharded over ranks) and validation loader (in order, no augmentation)."""
     train_set = SegmentationDataset([data.by_id[i] for i in data.train_ids], cfg.size, augment=cfg.augment,
@@ -144,12 +162,8 @@ def build_loaders(cfg: TrainConfig, data: DataSetup, dist_ctx: DistContext) -> L
     if per_rank == 1 and cfg.model.startswith("deeplabv3"):  # one image a batch, which no batch can drop
         raise DronsegError(f"the train split has 1 image{' per process' * dist_ctx.enabled}, and DeepLabV3's ASPP pooling "
                            "BatchNorm needs 2+ a batch: add images, or lower --val-fraction")
-    stride = check_output_stride(cfg.model, cfg.output_stride)  # BatchNorm cannot train on one value per channel
-    if (cfg.batch == 1 or per_rank == 1) and math.ceil(cfg.size[0] / stride) * math.ceil(cfg.size[1] / stride) == 1:
-        fix = "--batch 2 or more" if cfg.batch == 1 else "add images, or lower --val-fraction"
-        raise DronsegError(f"--size {format_size(cfg.size)} leaves {cfg.model} a 1x1 deepest feature map (stride "
-                           f"{stride}), on which BatchNorm cannot train one image a batch: give a --size over {stride} "
-                           f"pixels wide or high ({2 * stride}x{stride}), or {fix}")
+    if per_rank == 1:  # --batch 1 is refused before the data checks (check_batch_of_one)
+        check_one_image_batches(cfg, "add images, or lower --val-fraction")
     # BatchNorm cannot train on a final batch of one image; drop it only in that case.
     drop_last = per_rank % cfg.batch == 1 and per_rank > cfg.batch
     train_sampler = AugmentSeedSampler(sampler, cfg.seed)  # augmentation independent of worker state

@@ -214,6 +214,17 @@ def test_a_checkpoint_outside_a_weights_folder_is_not_resumed_into_the_folder_ab
     assert (tmp_path / "config.json").read_text() == "the user's own" and not (tmp_path / "weights").exists()
 
 
+def test_one_image_batches_on_a_1x1_deepest_feature_map_are_refused_before_the_data_and_run_folder(tmp_path):
+    """`train --model lraspp_mobilenet_v3_large --size 16x16 --batch 1` was refused only after the run folder
+    (config.json, split.json) was made; it needs no data (the data folder here does not exist)."""
+    cfg = TrainConfig(data=str(tmp_path / "none"), model="lraspp_mobilenet_v3_large", weights="none", size=(16, 16),
+                      batch=1, device="cpu", workers=0, out=str(tmp_path / "run"))
+    with pytest.raises(DronsegError, match=r"^--size 16x16 leaves lraspp_mobilenet_v3_large a 1x1 deepest feature map "
+                                           r"\(stride 16\).* \(32x16\), or --batch 2 or more$"):
+        fit(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_resume_refuses_options_of_the_run_it_would_ignore(one_step_run):
     """fit(TrainConfig(epochs=3), resume=last) trained the run's own epochs, without a word."""
     run = one_step_run
