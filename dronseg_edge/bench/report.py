@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from dronseg_edge.bench.run import BenchResult
@@ -125,8 +126,10 @@ def build_document(system: dict[str, Any], settings: dict[str, Any], results: Se
 
 
 def markdown_document(system_lines: Sequence[str], settings: dict[str, Any], table_md: str, title: str = "Latency",
-                      matrix: bool = False) -> str:
-    """A small Markdown page: title, the device/versions/settings as a list, then the table."""
+                      matrix: bool = False, failed: Sequence[dict[str, str]] = ()) -> str:
+    """A small Markdown page: title, the device/versions/settings as a list, the table, then the models that
+    ``failed`` (build_document's entries) as a list."""
     bullets = [f"- {line}" for line in list(system_lines) + [settings_line(settings, matrix)]]
-    return "\n".join([f"## {title}", "", *bullets, "", table_md, ""])
+    failures = [f"- {Path(entry['model']).name}: failed ({entry['reason']})" for entry in failed]
+    return "\n".join([f"## {title}", "", *bullets, "", table_md, *([""] * bool(failures)), *failures, ""])
 

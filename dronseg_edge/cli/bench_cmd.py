@@ -100,7 +100,8 @@ def bench(
         for line in stage_lines(results) + warning_lines(results):
             say(line)
         document = build_document(system, settings, results, failed=[entry for entry, _ in failed])
-        markdown = markdown_document(system_lines, settings, latency_table(results, markdown=True))
+        markdown = markdown_document(system_lines, settings, latency_table(results, markdown=True),
+                                     failed=document["failed"])
     json_out(json_path, document)
     if markdown_path is not None:
         write_text_atomic(markdown_path, markdown)  # ends in a newline (markdown_document)

@@ -258,6 +258,8 @@ def test_a_model_failing_at_measurement_keeps_the_others_results(tiny_onnx, tmp_
     assert [r["model"] for r in doc["results"]] == [str(tiny_onnx)]
     assert doc["failed"] == [{"model": str(lying), "reason": err.splitlines()[-1].removeprefix("error: ")}]
     assert f"| {tiny_onnx.name} |" in markdown.read_text() and "lying.onnx |" not in markdown.read_text()
+    reason = doc["failed"][0]["reason"]  # the Markdown lists it too, as the JSON does
+    assert markdown.read_text().endswith(f"|\n\n- lying.onnx: failed ({reason})\n")
     report.unlink(), markdown.unlink()
     code, out, err = run_cli(capsys, lying, *FAST, "--json", report, "--markdown", markdown)  # all failed: as before
     assert code == 2 and not report.exists() and not markdown.exists()
