@@ -104,6 +104,22 @@ def checked_image_size(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, w
     return int(width), int(height)
 
 
+def upright_size(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(W, H) of ``path`` as :func:`decode_bgr` gives it, from its header: OpenCV turns an image by its EXIF
+    orientation (5 to 8 swap the sides). checked_image_size's errors; nothing is decoded (nor a PNG's EXIF after
+    its pixels read)."""
+    from PIL import Image
+
+    width, height = checked_image_size(path, max_pixels)
+    with Image.open(path) as image:
+        if image.format == "TIFF":  # its own tag; a recent Pillow gives the size turned already
+            width, height, turn = image.tag_v2[256], image.tag_v2[257], image.tag_v2.get(0x0112, 1)
+        else:
+            (exif := Image.Exif()).load(image.info.get("exif") or b"")
+            turn = exif.get(0x0112, 1)
+    return (int(height), int(width)) if turn in (5, 6, 7, 8) else (int(width), int(height))
+
+
 def too_large_fix(pixels: int | None, drop: str = "remove it", what: str = "image") -> str:
     """What to do about an image over the limit (``drop``: "remove it", "skipped"; "" for a video's frames): a
     higher --max-pixels only where one lets it through."""

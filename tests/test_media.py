@@ -10,7 +10,7 @@ from testkit import write_png_bomb
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import (DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING, ImageTooLarge, ImageUnreadable, check_max_pixels,
-                                checked_image_size, native_name)
+                                checked_image_size, decode_bgr, native_name, upright_size)
 
 
 def test_the_size_comes_from_the_header_of_every_image_format(tmp_path):
@@ -18,6 +18,19 @@ def test_the_size_comes_from_the_header_of_every_image_format(tmp_path):
         path = tmp_path / f"x{suffix}"
         assert cv2.imwrite(str(path), np.zeros((30, 50, 3), np.uint8)), suffix
         assert checked_image_size(path) == (50, 30), suffix
+
+
+@pytest.mark.parametrize("turn", [1, 3, 6, 8])
+def test_the_upright_size_is_the_size_decode_bgr_gives(tmp_path, turn):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = turn
+    for suffix in (".jpg", ".png", ".tif", ".webp"):
+        path = tmp_path / f"x{suffix}"
+        Image.fromarray(np.zeros((30, 50, 3), np.uint8)).save(path, exif=exif)
+        decoded = decode_bgr(path)
+        assert upright_size(path) == (decoded.shape[1], decoded.shape[0]) == ((30, 50) if turn > 4 else (50, 30)), suffix
 
 
 def test_an_8k_frame_passes_the_default_limit_and_a_bomb_does_not(tmp_path):

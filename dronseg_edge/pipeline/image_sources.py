@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import glob
 import logging
 import os
@@ -23,7 +24,7 @@ import numpy as np
 
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.media import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageTooLarge, ImageUnreadable, check_max_pixels,
-                                checked_image_size, decode_bgr)
+                                checked_image_size, decode_bgr, upright_size)
 from dronseg_edge.pipeline.source_base import SOURCE_HELP, FrameRecord, Source
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,14 @@ class ImageSource(Source):
         self.frame_count = len(self.paths)
         self.names = _output_names(self.paths)
         self.liftable = False  # whether a skipped image would pass a higher --max-pixels
+
+    @functools.cached_property
+    def size(self) -> tuple[int, int] | None:
+        """The first image's (W, H) as it is read (from its header, upright), for the checks before the run folder;
+        None when its header cannot be read (it is skipped and counted then)."""
+        with contextlib.suppress(DronsegError):
+            return upright_size(self.paths[0], self.max_pixels)
+        return None
 
     @classmethod
     def from_folder(cls, folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> "ImageSource":

@@ -77,7 +77,7 @@ class Source(contextlib.AbstractContextManager):
     live_default = False  # cameras and streams: process only the newest frame unless told otherwise
     capture = None  # the decoder (cv2.VideoCapture or alike) where there is one, released on close
     max_pixels = DEFAULT_MAX_PIXELS  # --max-pixels: video and stream frames over it are refused (check_pixels)
-    size: tuple[int, int] | None = None  # (W, H) a video file's header gives, before its first frame
+    size: tuple[int, int] | None = None  # (W, H) a video file's (or first image's) header gives, before a frame
 
     def __init__(self, name: str):
         self.name = name

@@ -379,6 +379,25 @@ def test_a_video_of_another_size_than_a_frames_graph_fails_before_the_run_folder
     assert not (tmp_path / "run").exists()
 
 
+def test_images_of_another_size_than_a_frames_graph_fail_before_the_run_folder(tmp_path):
+    # the first image's size (upright by its EXIF orientation, as it is read) is checked, as a video's header is
+    from PIL import Image
+    from testkit import FakeBackend
+
+    graph = FakeBackend("frames.onnx", io="frames", head="argmax", dynamic=False, batch=1, source_size=(96, 64))
+    (tmp_path / "imgs").mkdir()
+    cv2.imwrite(str(tmp_path / "imgs" / "a.jpg"), np.zeros((80, 128, 3), np.uint8))
+    for source in (tmp_path / "imgs", tmp_path / "imgs" / "a.jpg"):
+        with pytest.raises(DronsegError, match=r"exported for 1x64x96x3 frames, got 1x80x128x3: re-export"):
+            run_inference(Segmenter(graph), source, RunOptions(out=tmp_path / "run", progress=False))
+        assert not (tmp_path / "run").exists()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 64x96, read upright as 96x64: the graph's size
+    Image.fromarray(np.zeros((96, 64, 3), np.uint8)).save(tmp_path / "turned.jpg", exif=exif)
+    summary = run_inference(Segmenter(graph), tmp_path / "turned.jpg", RunOptions(out=tmp_path / "run", progress=False))
+    assert summary.frames == 1
+
+
 def test_a_tiled_run_counts_its_tiled_frames(tiny_checkpoint, video_path, tmp_path):
     with Segmenter(tiny_checkpoint, device="cpu", tile="on") as seg:
         summary = run_inference(seg, video_path, RunOptions(out=tmp_path / "run", max_frames=2, save_masks=True,
