@@ -128,6 +128,7 @@ def sdp_text(target: StreamTarget) -> str:
 def parse_preview(text: str) -> tuple[str, int]:
     """``--preview [HOST:]PORT`` -> (host, port); host 127.0.0.1 when not named, port 0 = any free one."""
     value = str(text).strip()
+    split_url(value, "--preview", address=True)  # a bracket left open ([::1), a non-address in brackets
     host, sep, port = value.rpartition(":")
     if not sep:
         host, port = "127.0.0.1", value

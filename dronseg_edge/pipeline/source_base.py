@@ -38,11 +38,12 @@ def shown_url(text: str) -> str:
     return _SECRET_PROPERTY.sub(r"\1***", _SECRET_QUERY.sub(r"\1***", text))
 
 
-def split_url(text: str, what: str) -> SplitResult:
-    """``urlsplit(text)``; a DronsegError naming ``what`` (``--stream-out``, ``source``) where it cannot be split (a
-    bracket left open, ``udp://[::1:5600``, was a ValueError traceback)."""
+def split_url(text: str, what: str, address: bool = False) -> SplitResult:
+    """``urlsplit(text)`` (``address``: a HOST:PORT alone, ``--preview``'s); a DronsegError naming ``what``
+    (``--stream-out``, ``source``) where it cannot be split (a bracket left open, ``udp://[::1:5600``, was a
+    ValueError traceback)."""
     try:
-        return urlsplit(text)
+        return urlsplit(f"//{text}" if address else text)
     except ValueError as exc:
         raise DronsegError(f"{what} {shown_url(text)!r}: {exc}: brackets hold an IPv6 address, closed "
                            "(udp://[::1]:5600)") from None

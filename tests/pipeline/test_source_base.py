@@ -25,13 +25,14 @@ def test_secrets_in_a_url_or_pipeline_are_masked(given, shown):
 
 @pytest.mark.parametrize("what, given", [("--stream-out", "udp://[::1:5600"), ("--stream-out", "rtsp://[zz]/drone"),
                                          ("--results", "udp://[::1:14600"), ("source", "file://[x/y.mp4"),
-                                         ("source", "csi://[0")])
+                                         ("source", "csi://[0"), ("--preview", "[::1"), ("--preview", "[zz]:80")])
 def test_a_bracket_left_open_in_a_url_is_one_line_naming_the_option(what, given):
     """urlsplit's ValueError ('Invalid IPv6 URL') was a traceback, where a mistyped URL is one error line."""
     from dronseg_edge.errors import DronsegError
-    from dronseg_edge.pipeline.live_targets import parse_results_target, parse_stream_url
+    from dronseg_edge.pipeline.live_targets import parse_preview, parse_results_target, parse_stream_url
     from dronseg_edge.pipeline.source_spec import open_source
 
-    parse = {"--stream-out": parse_stream_url, "--results": parse_results_target, "source": open_source}[what]
+    parse = {"--stream-out": parse_stream_url, "--results": parse_results_target, "source": open_source,
+             "--preview": parse_preview}[what]  # --preview [::1 said "a preview on : can be watched..."
     with pytest.raises(DronsegError, match=rf"^{what} '.*': .*brackets hold an IPv6 address"):
         parse(given)
