@@ -166,7 +166,7 @@ class VideoSource(Source):
         self.check_pixels(self.size)
 
     def frames(self, stride: int = 1) -> Iterator[FrameRecord]:
-        position, failures, yielded, last_time, shift, rate = 0, 0, 0, -1.0, 0.0, self.fps or 30.0
+        position, failures, yielded, last_time, shift, rate, read = 0, 0, 0, -1.0, 0.0, self.fps or 30.0, -1
         spent = 0.0  # ms decoding since the last frame yielded: --stride's skipped frames are decoded too
         while not self._stop.is_set():
             wanted = position % stride == 0
@@ -196,9 +196,11 @@ class VideoSource(Source):
                     self.check_pixels(size, f" from frame {position} on")
                 if size != self.size and self.size[0] > 0:  # not the first frame of a file whose header gave no size
                     self.size_changes += 1
-                    log.warning("video %s changes size at frame %d, from %dx%d to %dx%d: the outputs follow it (the "
-                                "overlay video starts a new file)", self.path, position, *self.size, *size)
-                self.size = size
+                    # "by": frames skipped since the last read (--stride, damaged ones) were not looked at
+                    log.warning("video %s changes size %s frame %d, from %dx%d to %dx%d: the outputs follow it (the "
+                                "overlay video starts a new file)", self.path, "at" if position == read + 1 else "by",
+                                position, *self.size, *size)
+                self.size, read = size, position
                 yielded += 1
                 decode_ms, spent = spent, 0.0
                 yield FrameRecord(position, seconds, frame, self.name, f"{position:06d}", decode_ms)

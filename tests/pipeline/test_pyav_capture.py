@@ -36,10 +36,13 @@ def test_a_ts_whose_size_changes_is_followed_frame_by_frame(changing_ts, caplog)
     assert "changes size at frame 6, from 96x64 to 128x72: the outputs follow it" in caplog.text
 
 
-def test_with_stride_the_change_is_seen_at_the_next_frame_kept(changing_ts):
+def test_with_stride_the_change_is_seen_at_the_next_frame_kept(changing_ts, caplog):
     source = open_source(changing_ts)
-    assert [(r.index, r.frame.shape[1]) for r in source.frames(stride=4)] == [(0, 96), (4, 96), (8, 128)]
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        assert [(r.index, r.frame.shape[1]) for r in source.frames(stride=4)] == [(0, 96), (4, 96), (8, 128)]
     assert source.size_changes == 1
+    # frames 5 to 7 were skipped: it changed at 6, which the warning said was frame 8
+    assert "changes size by frame 8, from 96x64 to 128x72" in caplog.text
 
 
 def test_other_videos_and_hardware_decoding_stay_with_opencv(changing_ts, video_path):
