@@ -113,7 +113,8 @@ class ResultsSink(Sink):
     def record(self) -> dict:
         """summary.json's ``results``."""
         target = os.path.abspath(self.path) if self.kind == "file" else self.target
-        return {"target": target, "kind": self.kind, "schema": SCHEMA, "lines": self.frames, "lines_dropped": self.dropped}
+        return {"target": target, "kind": self.kind, "schema": SCHEMA, "lines": self.frames,
+                "lines_dropped": self.frames_dropped}  # lost datagrams, a pipe gone, a write left stuck (SinkWorker)
 
 
 def frame_results(result: Result, with_confidence: bool = False) -> bytes:

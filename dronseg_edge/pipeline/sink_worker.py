@@ -93,12 +93,12 @@ class SinkWorker:
             self._discard = discard
             if self.sink.lossy:
                 if not self._close_live():  # stuck in a network write: left to end with the process
-                    # its frame in that write and those queued are not sent (summary.json: sent + dropped = given)
-                    self.sink.queue_dropped += 1 + sum(item is not None for item in list(self._queue.queue))
+                    self._drop_held()
                     log.warning("%s did not finish within %g s (its receiver stopped reading): left as it is",
                                 self.sink.name, self.LIVE_CLOSE_S)
                     return
             elif not self._finish(patience):
+                self._drop_held()
                 log.warning("%s: a write has not returned for %g s (a pipe whose reader stopped reading?): left "
                             "as it is", self.sink.name, patience)
                 return
@@ -107,6 +107,11 @@ class SinkWorker:
             except (OSError, DronsegError) as exc:
                 self.error = self._combined(self._one_line(exc))
         self._raise_error()
+
+    def _drop_held(self) -> None:
+        """Count the frames of a sink left stuck as dropped: the one in its write and those queued (summary.json:
+        written or sent + dropped = given)."""
+        self.sink.queue_dropped += 1 + sum(item is not None for item in list(self._queue.queue))
 
     def _finish(self, patience: float | None) -> bool:
         """Queue the end and wait for the thread; False once one write has taken over ``patience`` s."""

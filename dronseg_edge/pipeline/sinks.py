@@ -60,7 +60,7 @@ class Sink(ABC):
 
     @property
     def frames_dropped(self) -> int:
-        """Frames given to this sink and not written or sent (a lossy sink's only)."""
+        """Frames given to this sink and not written or sent (a lossy sink's, results' and one left stuck)."""
         return self.dropped + self.queue_dropped
 
     def write(self, result: Result) -> None:

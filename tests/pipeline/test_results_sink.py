@@ -144,3 +144,22 @@ def test_a_class_filter_and_the_confidence_are_followed():
 def test_a_line_is_one_line_of_json():
     data = frame_results(result_of(np.zeros((4, 4), np.uint8), timestamp=None))
     assert data.endswith(b"\n") and data.count(b"\n") == 1 and json.loads(data)["timestamp"] is None
+
+
+def test_lines_a_sink_left_stuck_at_the_end_holds_count_as_dropped(tmp_path):
+    """--results - to a reader that stopped reading, then a stop signal: the line in the stuck write and those queued
+    were counted nowhere (summary.json's lines + lines_dropped fell short of the frames), as a4c5073 did for streams."""
+    import threading
+
+    from dronseg_edge.pipeline.sink_worker import SinkWorker
+
+    release = threading.Event()
+    sink = ResultsSink(str(tmp_path / "r.jsonl"))
+    sink._write = lambda result: release.wait()  # blocked, as os.write on a full pipe
+    worker = SinkWorker(sink, queue_size=2)
+    for index in range(3):  # one in the write, two queued
+        worker.put(make_result(index))
+    worker.close(patience=0.2)
+    record = sink.record()
+    release.set()
+    assert (record["lines"], record["lines_dropped"]) == (0, 3)
