@@ -92,10 +92,12 @@ class SinkWorker:
             self._closed = True
             self._discard = discard
             if self.sink.lossy:
-                if not self._close_live():  # stuck in a network write: left to end with the process
+                if not self._close_live():  # stuck in a network write, or still sending: left to end with the process
                     self._drop_held()
-                    log.warning("%s did not finish within %g s (its receiver stopped reading): left as it is",
-                                self.sink.name, self.LIVE_CLOSE_S)
+                    stuck = self.stuck(self.LIVE_CLOSE_S)  # else it still sends, slower than the frames came
+                    log.warning("%s did not finish within %g s (%s): left as it is", self.sink.name, self.LIVE_CLOSE_S,
+                                "one send has gone on that long: its receiver stopped reading?" if stuck else
+                                "still sending: its encoder or link is slower than the frames came")
                     return
             elif not self._finish(patience):
                 self._drop_held()

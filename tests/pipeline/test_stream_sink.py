@@ -5,6 +5,7 @@ PyAV receives everywhere; ffmpeg, where it is installed, receives the same strea
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -261,17 +262,35 @@ def test_a_sender_that_is_stuck_never_holds_up_the_run(fake_encoder):
     assert (sent[-1] == PLAN.image(results[-1])).all()  # the last frame given is the last one sent
 
 
-def test_a_sender_still_stuck_at_the_end_counts_the_frames_it_holds_as_dropped(fake_encoder):
+def test_a_sender_still_stuck_at_the_end_counts_the_frames_it_holds_as_dropped(fake_encoder, caplog):
     """A receiver frozen until the run's end (SIGSTOP): summary.json gave 173 frames, 22 sent and 149 dropped; the
     frame in the stuck write and the one still queued were in neither count."""
     release = threading.Event()
     sink, worker = stuck_stream(release)
     for index in range(50):
         worker.put(make_result(index))
-    worker.close()
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        worker.close()
     counts = (sink.frames, sink.frames_dropped)
     release.set()
     assert counts == (0, 50)
+    assert "did not finish within 1 s (one send has gone on that long: its receiver stopped reading?)" in caplog.text
+
+
+def test_a_sender_slower_than_the_frames_is_not_said_to_have_a_receiver_that_stopped_reading(fake_encoder, caplog,
+                                                                                             monkeypatch):
+    """A software encoder at 4K (0.8 s a frame, a UDP target: no receiver can hold it) was said at the end to have
+    'its receiver stopped reading'. Its send under way began just now (the clock held still), so it is still sending."""
+    release = threading.Event()
+    sink, worker = stuck_stream(release)
+    monkeypatch.setattr("dronseg_edge.pipeline.sink_worker.time.monotonic", lambda: 100.0)
+    for index in range(3):
+        worker.put(make_result(index))
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        worker.close()
+    release.set()
+    assert "(still sending: its encoder or link is slower than the frames came)" in caplog.text
+    assert "receiver" not in caplog.text
 
 
 def test_stream_what_color_sends_the_class_colours_with_the_legend(fake_encoder):
