@@ -34,7 +34,7 @@ OUTPUT_STRIDES = (8, 16)
 
 MAX_SIDE = 16384  # pixels, either side of input_size / source_size
 MAX_PIXELS = 8192 * 8192  # width x height: a float32 RGB input of 0.8 GB, its 12-class logits 3.2 GB
-MAX_CLASSES = 256  # class maps are uint8
+MAX_CLASSES = 255  # class maps are uint8, and 255 marks ignored and --classes-filtered pixels (classes.IGNORE_INDEX)
 MAX_BATCH = 1024
 MAX_NAME = 200  # characters of a class name, output name, arch
 MAX_OUTPUTS = 8

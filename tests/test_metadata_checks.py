@@ -34,7 +34,8 @@ DEEP = "[" * 100_000 + "]" * 100_000
     ("class_names", list(range(12)), "class_names[0] 0 is not a non-empty printable text"),
     ("class_names", [""] * 12, "class_names[0] '' is not a non-empty"),
     ("class_names", ["a"] * 12, "names 'a' twice"),
-    ("class_names", [], "has 0 entries, not 1..256"),
+    ("class_names", [], "has 0 entries, not 1..255"),
+    ("class_names", [f"c{i}" for i in range(256)], "has 256 entries, not 1..255"),  # class 255: ignored pixels' value
     ("std", [0, 0, 0], "std[0] 0 is outside 0.001..10"),
     ("std", [0.2, float("nan"), 0.2], "std[1] nan is not a finite number"),
     ("mean", [123.7, 116.3, 103.5], "mean[0] 123.7 is outside 0..1"),
