@@ -48,6 +48,16 @@ def test_local_weights_copy_matching_tensors_and_skip_the_head(tmp_path):
         load_matching_weights(model, tmp_path / "bad.pth")
 
 
+def test_local_weights_of_torchvisions_mobilenet_v3_imagenet_file_fill_the_backbone(tmp_path):
+    """The file --weights imagenet loads, given as a path (keys features.N.*), was refused: "no tensor matches"."""
+    from torchvision.models import mobilenet_v3_large
+
+    donor = mobilenet_v3_large()
+    torch.save(donor.state_dict(), tmp_path / "mobilenet_v3_large-8738ca79.pth")
+    model = build_model("lraspp_mobilenet_v3_large", weights=str(tmp_path / "mobilenet_v3_large-8738ca79.pth"))
+    assert torch.equal(model.backbone["16"][0].weight, donor.features[16][0].weight)
+
+
 @pytest.mark.parametrize("wrap", [lambda s: {"state_dict": s, "epoch": 3},  # a plain training script's checkpoint
                                   lambda s: {"module." + k: v for k, v in s.items()}])  # saved from DataParallel
 def test_local_weights_of_a_plain_training_script_are_copied(wrap, tmp_path):
