@@ -53,6 +53,10 @@ def bench(
                 raise DronsegError(f"{flag} {path} is the folder --matrix exports into: give a file name")
     for model in models:
         check_model_file(model)
+    if matrix and options.out is None:  # beside a checkpoint on a read-only disk every export row failed, exit 0
+        from dronseg_edge.export import default_out_dir
+
+        check_out_dir(default_out_dir(models[0]), "--out's default, beside the checkpoint")
     # A torch.device (checkpoints, --matrix, a GPU with CUDA torch) or a torch-free Device (.onnx/.engine on the
     # CPU or without CUDA torch): torch is then never imported. CUDA events time checkpoints only (bench/timing.py).
     run_device = resolve_bench_device(device, models, matrix=matrix)

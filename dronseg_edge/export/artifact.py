@@ -223,7 +223,7 @@ def export_artifact(checkpoint: Path, options: ExportOptions | None = None, /, *
     folder = options.out_dir if options.out_dir is not None else default_out_dir(checkpoint)
     native_name(folder), native_name(checkpoint)  # the artifacts' names, which the exporters take as UTF-8
     made = [path for path in (folder, *folder.parents) if not path.exists()]  # removed again, leaf first, if left empty
-    folder = ensure_writable_dir(folder)
+    folder = ensure_writable_dir(folder, "output folder" if options.out_dir else "output folder (--out's default)")
     try:
         with FolderClaim(folder, EXPORT_LEFTOVERS) as claim, storage_faults(folder):
             result = _export(source, folder, options)

@@ -76,6 +76,16 @@ def test_train_without_out_in_a_read_only_working_folder_is_refused_before_the_d
     assert sorted(os.listdir(read_only)) == ["run"]
 
 
+@pytest.mark.parametrize("command", [["export"], ["bench", "--matrix", "--iters", "1"]])
+def test_exports_beside_a_checkpoint_on_a_read_only_disk_are_refused_naming_out(command, read_only, capsys):
+    """bench --matrix measured the checkpoint, then failed every ONNX row with 'choose another output folder' (exit 0);
+    export's refusal did not name --out either."""
+    checkpoint = read_only / "run" / "weights" / "last.pt"
+    code, stderr = run_cli(capsys, command[0], checkpoint, "--device", "cpu", *command[1:])
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("error: cannot create output folder ") and "--out's default" in stderr, stderr
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_command_refuses_a_name_too_long_at_once(command, tiny_checkpoint, synth_root, tmp_path, capsys):
     """Issue 19: a 300-character --out crashed every command (OSError ENAMETOOLONG from Path.exists)."""
