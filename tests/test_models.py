@@ -1,5 +1,7 @@
 """Model construction: 12-class heads, local weights, stage freezing, output stride, the inference wrapper."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -77,9 +79,18 @@ def test_local_weights_holding_nan_are_refused_before_training(tmp_path):
         read_weights_file(tmp_path / "w.pth")
 
 
+def _qint8(tensor: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch deprecates its quantized tensors, which such files still hold
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.quantize_per_tensor(tensor, 0.1, 0, torch.qint8)
+
+
 @pytest.mark.parametrize("weight, says", [
     (torch.zeros(1).expand(10**8, 10**8), "weight backbone.0.0.weight declares 10000000000000000 values but stores 4 bytes"),
     (torch.zeros(16, 3, 3, 3).to_sparse(), "weight 'backbone.0.0.weight' is not a dense tensor under a text name"),
+    # torchvision's quantized ResNet/MobileNetV3 files: load_state_dict's "Copying from quantized Tensor" traceback
+    (_qint8(torch.zeros(16, 3, 3, 3)),
+     r"weight backbone.0.0.weight is quantized \(torch.qint8\), not floating point"),
 ])
 def test_local_weights_that_are_no_plain_tensors_are_refused_before_the_nan_check(weight, says, tmp_path):
     # One value viewed as 10^16 (stride 0): the NaN check allocated them all (a MemoryError traceback, or the
