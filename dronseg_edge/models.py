@@ -210,14 +210,20 @@ def is_weights_path(weights: str) -> bool:
 
 
 def load_matching_weights(model: nn.Module, path: Path, state: dict[str, torch.Tensor] | None = None) -> int:
-    """Copy every tensor of ``path`` (or of its ``state``, read already by ``read_weights_file``) whose name
-    (less DataParallel's ``module.``, and ``features.``: torchvision's MobileNetV3 ImageNet file, which ``--weights
-    imagenet`` loads) and shape match ``model``; return how many were copied."""
+    """Copy every tensor of ``path`` (or of its ``state``, read already by ``read_weights_file``) whose name and shape
+    match ``model``'s, less leading parts (DataParallel's ``module.``, a LightningModule's ``model.``, torchvision's
+    MobileNetV3 ``features.``) and under ``backbone.`` for a classification backbone's; return how many were copied."""
     state = read_weights_file(path) if state is None else state
     own = model.state_dict()
-    copied = {key: tensor for prefix in ("", "backbone.") for name, tensor in state.items() if isinstance(tensor, torch.Tensor)
-              and (key := prefix + name.removeprefix("module.").removeprefix("features.")) in own
-              and own[key].shape == tensor.shape}
+    tops = {key.split(".")[0] for key in own}  # backbone, classifier, aux_classifier: never dropped
+
+    def layer(name: str) -> str | None:
+        parts = name.split(".")
+        tails = [".".join(parts[start:]) for start in range(len(parts)) if not tops.intersection(parts[:start])]
+        return next((key for tail in tails for key in (tail, "backbone." + tail) if key in own), None)
+
+    copied = {key: tensor for name, tensor in state.items() if isinstance(tensor, torch.Tensor)
+              and (key := layer(name)) is not None and own[key].shape == tensor.shape}
     if not copied:
         raise DronsegError(f"--weights {path}: no tensor matches this model's layers; is it for another --model?")
     model.load_state_dict(copied, strict=False)

@@ -61,9 +61,13 @@ def test_local_weights_of_torchvisions_mobilenet_v3_imagenet_file_fill_the_backb
 
 
 @pytest.mark.parametrize("wrap", [lambda s: {"state_dict": s, "epoch": 3},  # a plain training script's checkpoint
-                                  lambda s: {"module." + k: v for k, v in s.items()}])  # saved from DataParallel
+                                  lambda s: {"module." + k: v for k, v in s.items()},  # saved from DataParallel
+                                  # a LightningModule whose self.model is the torchvision model; a torch.compile'd model
+                                  lambda s: {"state_dict": {"model." + k: v for k, v in s.items()}, "global_step": 9},
+                                  lambda s: {"_orig_mod." + k: v for k, v in s.items()}])
 def test_local_weights_of_a_plain_training_script_are_copied(wrap, tmp_path):
-    """These were refused: "no tensor matches this model's layers; is it for another --model?"."""
+    """These were refused: "no tensor matches this model's layers; is it for another --model?" (the last two until
+    leading parts of any name were dropped)."""
     donor = build_model("lraspp_mobilenet_v3_large", weights="none")
     torch.save(wrap(donor.state_dict()), tmp_path / "w.pth")
     model = build_model("lraspp_mobilenet_v3_large")
