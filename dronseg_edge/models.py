@@ -193,6 +193,8 @@ def odd_weight(state: dict) -> str | None:
             return f"weight {reprlib.repr(name)} is not a dense tensor under a text name"
         if torch.is_tensor(value) and value.is_quantized:  # torchvision's quantized models: no float weight to copy
             return f"weight {name} is quantized ({value.dtype}), not floating point"
+        if torch.is_tensor(value) and value.is_meta:  # saved from a model built on the meta device: no values at all
+            return f"weight {name} is a meta tensor, which holds no values"
         if torch.is_tensor(value) and value.numel() * value.element_size() > value.untyped_storage().nbytes():
             return f"weight {name} declares {value.numel()} values but stores {value.untyped_storage().nbytes()} bytes"
     return None

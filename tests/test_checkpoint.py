@@ -163,6 +163,8 @@ def _edited(tiny_checkpoint, tmp_path, **fields):
         fields = {"model": {**ckpt["model"], "backbone.0.0.weight": torch.zeros(1).expand(10**8, 10**8)}}
     if fields.get("model") == "sparse":  # load_checkpoint: NotImplementedError "Cannot access storage of SparseTensorImpl"
         fields = {"model": {**ckpt["model"], "backbone.0.0.weight": ckpt["model"]["backbone.0.0.weight"].to_sparse()}}
+    if fields.get("model") == "meta":  # a model built on the meta device: 'Tensor.item() cannot be called on meta tensors'
+        fields = {"model": {**ckpt["model"], "backbone.0.0.weight": torch.empty(16, 3, 3, 3, device="meta")}}
     if fields.get("model") == "int name":  # infer: AttributeError "'int' object has no attribute 'startswith'"
         fields = {"model": {**ckpt["model"], 5: torch.zeros(2)}}
     ckpt.update(fields)
@@ -182,6 +184,7 @@ def _edited(tiny_checkpoint, tmp_path, **fields):
     ({"model": "overlapping"}, "weight backbone.0.0.weight declares 10000000000000000 values but stores 4 bytes"),
     ({"model": "sparse"}, "weight 'backbone.0.0.weight' is not a dense tensor under a text name"),
     ({"model": "int name"}, "weight 5 is not a dense tensor under a text name"),
+    ({"model": "meta"}, "weight backbone.0.0.weight is a meta tensor, which holds no values"),
 ])
 def test_edited_checkpoint_metadata_is_refused_with_one_line(fields, says, tiny_checkpoint, tmp_path):
     path = _edited(tiny_checkpoint, tmp_path, **fields)

@@ -95,6 +95,7 @@ def _qint8(tensor: torch.Tensor) -> torch.Tensor:
     # torchvision's quantized ResNet/MobileNetV3 files: load_state_dict's "Copying from quantized Tensor" traceback
     (_qint8(torch.zeros(16, 3, 3, 3)),
      r"weight backbone.0.0.weight is quantized \(torch.qint8\), not floating point"),
+    (torch.empty(16, 3, 3, 3, device="meta"), "weight backbone.0.0.weight is a meta tensor, which holds no values"),
 ])
 def test_local_weights_that_are_no_plain_tensors_are_refused_before_the_nan_check(weight, says, tmp_path):
     # One value viewed as 10^16 (stride 0): the NaN check allocated them all (a MemoryError traceback, or the
