@@ -202,8 +202,8 @@ def odd_weight(state: dict) -> str | None:
 
 def nonfinite_weight(state: dict) -> str | None:
     """The name of the first floating-point tensor of ``state`` holding NaN or Inf, or None."""
-    return next((k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()
-                 and not bool(torch.isfinite(v).all())), None)
+    return next((k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()  # float8: no isfinite
+                 and not bool(torch.isfinite(v.float() if v.element_size() == 1 else v).all())), None)
 
 
 def is_weights_path(weights: str) -> bool:

@@ -104,6 +104,16 @@ def test_aux_flag_follows_the_model():
     assert model_state(build_model(TINY_ARCH, aux_loss=True), TINY_ARCH, TINY_SIZE)["aux_loss"] is False  # no aux head
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn])
+def test_weights_stored_in_a_smaller_float_type_load_as_the_model_s(dtype, tiny_checkpoint, tmp_path):
+    """float8 weights (a checkpoint cast down to shrink it) were a NotImplementedError traceback: no isfinite for them."""
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    ckpt["model"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    torch.save(ckpt, tmp_path / "small.pt")
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "small.pt"))
+    assert torch.equal(model.backbone["0"][0].weight, ckpt["model"]["backbone.0.0.weight"].float())
+
+
 def test_model_only_checkpoint_has_no_training_state(tiny_checkpoint):
     ckpt = load_checkpoint(tiny_checkpoint)
     with pytest.raises(DronsegError, match="holds no training state: resume from weights/last.pt"):
