@@ -129,6 +129,9 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
         if needs_mask and image_id not in masks:
             raise DronsegError(f"mask {mask_dir / (image_id + '.png')} is missing for train image {images[image_id]}: add it or drop the image from train.csv")
         samples.append(Sample(image_id, images[image_id], masks.get(image_id)))
+    if not samples and subset == "test" and listed_test == []:  # a header alone: the layout's advice did not name it
+        raise DronsegError(f"{test_csv} lists no ImageID: add the test images' IDs, or remove it to take every image "
+                           "without a mask")
     if not samples:
         raise DronsegError(f"{root} has no {'' if subset == 'images' else subset + ' '}images; {FIX_LAYOUT}")
     return samples

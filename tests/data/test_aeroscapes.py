@@ -163,6 +163,16 @@ def test_csv_row_without_image(tmp_path):
     assert "123456_999" in _error(dataset_samples, tmp_path)
 
 
+def test_a_test_csv_of_a_header_alone_is_named_for_submit(tmp_path):
+    """submit said 'ROOT has no test images; expected the Kaggle layout ... ROOT/train.csv', never naming test.csv."""
+    ids = make_layout(tmp_path)
+    (tmp_path / "test.csv").write_text("ImageID\n")
+    assert _error(dataset_samples, tmp_path, "test") == (f"{tmp_path / 'test.csv'} lists no ImageID: add the test images' "
+                                                         "IDs, or remove it to take every image without a mask")
+    (tmp_path / "test.csv").unlink()
+    assert [s.image_id for s in dataset_samples(tmp_path, "test")] == ids[4:]
+
+
 def test_csv_without_imageid_column(tmp_path):
     make_layout(tmp_path)
     (tmp_path / "train.csv").write_text("id\nx\n")
