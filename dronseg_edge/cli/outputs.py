@@ -14,6 +14,7 @@ from dronseg_edge.atomic import json_safe, write_json_atomic
 from dronseg_edge.dataset_layout import CSV_FILES, IMAGE_DIR
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.machine import unwritable
+from dronseg_edge.media import IMAGE_SUFFIXES
 from dronseg_edge.metadata import sidecar_path
 
 STDOUT = Path("-")  # --json -: the JSON document on standard output
@@ -90,10 +91,15 @@ def data_files(root: os.PathLike | str | None) -> list[Path]:
 
 def check_json_out(path: Path | None, inputs=(), option: str = "--json") -> None:
     """Refuse a ``--json`` (or other report ``option``) file that cannot be written or is one of ``inputs`` or a CSV of
-    the data set it lies in (the one a checkpoint records is read without --data), before any work (``--json -`` is
-    standard output)."""
+    the data set it lies in (the one a checkpoint records is read without --data), or an existing image or model file,
+    before any work (``--json -`` is standard output)."""
     if path is not None and (path != STDOUT or option != "--json"):
         check_out_file(path, option, (*inputs, *data_files(path.parent if _is_dir(path.parent / IMAGE_DIR) else None)))
+        if path.is_file():  # `submit --out DATA/imgs/imgs/X.jpg` replaced a test image
+            from dronseg_edge.runtime.registry import BACKENDS  # not at the CLI's start: it imports OpenCV
+
+            if path.suffix.lower() in (*IMAGE_SUFFIXES, *BACKENDS):
+                raise DronsegError(f"{option} {path} is an image or model file and would be replaced: give another name")
 
 
 def _echo(text: str, err: bool = False) -> None:

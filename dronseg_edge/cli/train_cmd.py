@@ -118,7 +118,7 @@ def submit(
 ) -> None:
     from dronseg_edge.train.submission import write_competition_csv
 
-    check_out_file(out, "--out", [checkpoint, *data_files(data)])
+    check_json_out(out, [checkpoint, *data_files(data)], "--out")
     rows = write_competition_csv(checkpoint, data=data, out=out, order=rle_order, batch=batch, device=device, workers=workers,
                                  max_pixels=max_pixels)
     typer.echo(f"{rows} rows ({rle_order}-major RLE) -> {out}")

@@ -176,6 +176,23 @@ def test_an_output_that_is_the_commands_model_is_refused(option, tiny_checkpoint
     assert ckpt.read_bytes() == tiny_checkpoint.read_bytes()
 
 
+@pytest.mark.parametrize("option, kept", [("submit --out", "imgs/imgs/{id}.jpg"), ("eval --json", "masks/masks/{id}.png"),
+                                          ("bench --json", "other.onnx"), ("bench --markdown", "other.pt")])
+def test_an_output_over_an_image_or_a_model_file_is_refused(option, kept, tiny_checkpoint, synth_root, tmp_path, capsys):
+    """`submit best.pt --data DATA --out DATA/imgs/imgs/X.jpg` replaced a test image with the CSV, exit 0: a report
+    never replaces an existing image or model file, the command's input or not."""
+    data = Path(shutil.copytree(synth_root, tmp_path / "data"))
+    image_id = (data / ("train.csv" if "masks" in kept else "test.csv")).read_text().split()[1]
+    target = data / kept.format(id=image_id) if "/" in kept else Path(shutil.copy2(tiny_checkpoint, tmp_path / kept))
+    before = target.read_bytes()
+    command, flag = option.split()
+    extra = ["--data", data] if command != "bench" else []
+    code, stderr = run_cli(capsys, command, tiny_checkpoint, *extra, flag, target, "--device", "cpu")
+    assert code == 2 and stderr.strip() == f"error: {flag} {target} is an image or model file and would be replaced: " \
+                                           "give another name", stderr
+    assert target.read_bytes() == before
+
+
 def test_an_output_that_is_an_input_under_another_name_is_refused(tmp_path):
     """On a case-insensitive disk (macOS, the exFAT SD card of a drone) `submit best.pt --out BEST.PT` names the
     checkpoint, which resolve() does not see; a hard link is the same file under another name on any disk."""
