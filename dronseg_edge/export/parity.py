@@ -190,10 +190,11 @@ def _check_compatible(reference: Backend, candidate: Backend, frames: bool = Fal
         raise DronsegError(f"{reference.path} takes frames (export --io frames): it can only be a candidate, "
                            "compared with its checkpoint")
     if _static(reference.info) and reference.info.input_size != candidate.info.input_size:
-        raise DronsegError(
-            f"{reference.path} takes {reference.info.input_size[0]}x{reference.info.input_size[1]} inputs but "
-            f"{candidate.path} {candidate.info.input_size[0]}x{candidate.info.input_size[1]}: compare exports of the same --size"
-        )
+        fix = "compare exports of the same --size" if _static(candidate.info) else (
+            f"give {candidate.path} first: the reference takes the candidate's size, which {reference.path} cannot")
+        raise DronsegError(f"{reference.path} takes {reference.info.input_size[0]}x{reference.info.input_size[1]} "
+                           f"inputs but {candidate.path} {candidate.info.input_size[0]}x"
+                           f"{candidate.info.input_size[1]}: {fix}")
 
 
 def check_parity(reference: Model, candidate: Model, data: Path | None = None, *,

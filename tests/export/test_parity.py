@@ -87,6 +87,23 @@ def test_identical_models_pass_with_exact_numbers(tmp_path):
     assert report.summary_line().startswith("PASSED | logits: agreement 100.00% | abs max 0 mean 0 p99 0")
 
 
+def test_a_static_reference_of_another_size_says_which_order_works(tmp_path):
+    """`parity static.onnx best.pt` (trained at another size) said "compare exports of the same --size", though
+    `parity best.pt static.onnx` compares them: the reference runs at the candidate's size, as any checkpoint can."""
+    from dronseg_edge.errors import DronsegError
+
+    data = dataset(tmp_path / "d", [SKY_ROAD])
+    model = lambda x: one_hot_logits(torch.from_numpy(SKY_ROAD).expand(x.shape[0], H, W))  # noqa: E731
+    static = fake("static.onnx", model)
+    other = FakeBackend("best.pt", respond=model, input_size=(2 * W, 2 * H))  # dynamic: any size
+    with pytest.raises(DronsegError, match=r"^static.onnx takes 8x4 inputs but best.pt 16x8: give best.pt first: "):
+        check_parity(static, other, data, device="cpu")
+    assert check_parity(other, static, data, device="cpu").passed
+    with pytest.raises(DronsegError, match=r"16x8: compare exports of the same --size$"):
+        check_parity(static, FakeBackend("other.onnx", respond=model, input_size=(2 * W, 2 * H), batch=1, dynamic=False),
+                     data, device="cpu")
+
+
 @pytest.mark.parametrize("limit", [0, 2.5])
 def test_a_limit_below_one_image_is_refused(tmp_path, limit):
     # "up to max_images images": 0 compared all three; 2.5 was numpy's TypeError (linspace) once both models were open
