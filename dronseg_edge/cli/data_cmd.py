@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from dronseg_edge.cli.app import app
-from dronseg_edge.cli.outputs import check_out_dir
+from dronseg_edge.cli.outputs import check_out_dir, echo
 from dronseg_edge.dataset_layout import CSV_FILES, IMAGE_DIR, MASK_DIR, TEST_MASK_DIR
 from dronseg_edge.sizes import format_size, parse_size
 
@@ -29,16 +29,16 @@ def synth(
     result = synthesize(out_dir, images=images, size=parse_size(size), video_frames=video_frames, seed=seed,
                         test_fraction=test_fraction, fps=fps, force=force, progress=True)
     root = result.root
-    typer.echo(f"wrote {len(result.train_ids) + len(result.test_ids)} images ({len(result.train_ids)} train, "
+    echo(f"wrote {len(result.train_ids) + len(result.test_ids)} images ({len(result.train_ids)} train, "
                f"{len(result.test_ids)} test) of {format_size(result.size)} to {root} (seed {seed})")
-    typer.echo(f"  images   {root / IMAGE_DIR}/*.jpg")
-    typer.echo(f"  masks    {root / MASK_DIR}/*.png (train), {root / TEST_MASK_DIR}/*.png (test ground truth)")
-    typer.echo(f"  csvs     {', '.join(str(root / name) for name in CSV_FILES)}")
+    echo(f"  images   {root / IMAGE_DIR}/*.jpg")
+    echo(f"  masks    {root / MASK_DIR}/*.png (train), {root / TEST_MASK_DIR}/*.png (test ground truth)")
+    echo(f"  csvs     {', '.join(str(root / name) for name in CSV_FILES)}")
     if result.video is not None:
-        typer.echo(f"  video    {result.video} ({result.video_frames} frames, {result.fps:g} fps), "
+        echo(f"  video    {result.video} ({result.video_frames} frames, {result.fps:g} fps), "
                    f"masks {result.video_masks}/*.png")
     else:
-        typer.echo("  video    none (--video-frames 0)")
-    typer.echo("class shares of train pixels:")
+        echo("  video    none (--video-frames 0)")
+    echo("class shares of train pixels:")
     for name, share in result.class_shares.items():
-        typer.echo(f"  {name:<13} {100 * share:6.2f}%")
+        echo(f"  {name:<13} {100 * share:6.2f}%")

@@ -10,7 +10,7 @@ import typer
 
 from dronseg_edge.cli.app import app
 from dronseg_edge.cli.extras import require_extra
-from dronseg_edge.cli.outputs import check_json_out, check_not_input, check_out_dir, data_files, json_out, text_out
+from dronseg_edge.cli.outputs import check_json_out, check_not_input, check_out_dir, data_files, echo, json_out, text_out
 from dronseg_edge.cli.params import Device, Json, MaxMiouDrop, Meta, MinAgreement, takes
 from dronseg_edge.errors import DronsegError, ParityError
 from dronseg_edge.export.options import PARITY_IMAGES, ExportOptions
@@ -102,10 +102,10 @@ def export(
     for one in formats:
         result = export_artifact(checkpoint, dataclasses.replace(options, fmt=one))
         for note in result.notes:
-            typer.echo(note)
+            echo(note)
         if result.report is not None:
-            typer.echo(result.report.table())
-            typer.echo(f"parity report: {parity_report_path(result.served or result.path)}")
+            echo(result.report.table())
+            echo(f"parity report: {parity_report_path(result.served or result.path)}")
         if not result.passed:
             first = result.report.failures[0] if result.report is not None and result.report.failures else "see the report"
             higher = "try a higher precision, or " if result.info.precision != "fp32" else ""  # none above fp32
@@ -119,10 +119,10 @@ def export(
             shape = f"uint8 {info.color_order} frames ({frames_shape}) in, model {format_size(info.input_size)}, {shape}"
         verdict = "" if result.report is not None else " (parity NOT checked: --no-parity)"
         if result.served is not None:  # a Triton model folder around the file
-            typer.echo(f"wrote {result.served} and the Triton model repository {result.path} ({info.precision}, "
+            echo(f"wrote {result.served} and the Triton model repository {result.path} ({info.precision}, "
                        f"{info.head}, {shape}){verdict}; serve it: tritonserver --model-repository {result.path.parent}")
             continue
-        typer.echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, {info.precision}, {info.head}, {shape}){verdict}")
+        echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, {info.precision}, {info.head}, {shape}){verdict}")
 
 
 @app.command(help="Compare two models (checkpoint, ONNX, engine) on the same images; exit 4 when they disagree.")

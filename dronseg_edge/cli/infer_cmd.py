@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from dronseg_edge.cli.app import RESTART_EXIT_CODES, app
-from dronseg_edge.cli.outputs import check_out_dir, check_run_parent
+from dronseg_edge.cli.outputs import check_out_dir, check_run_parent, echo as quiet_echo
 from dronseg_edge.cli.params import Device, Meta, takes
 from dronseg_edge.pipeline.capture_options import CaptureOptions
 from dronseg_edge.pipeline.run_options import RunOptions
@@ -33,7 +33,7 @@ class _LogLines(logging.Handler):
             if record.levelno >= logging.WARNING:  # the run's: raised, it stopped the run, blamed on a sink
                 print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
             else:
-                typer.echo(record.getMessage(), err=self.err)
+                quiet_echo(record.getMessage(), err=self.err)
         except OSError:
             self.handleError(record)
 
@@ -86,7 +86,7 @@ def infer(
     logger.addHandler(_LogLines(to_stderr))
     logger.propagate = False
     logging.getLogger("dronseg_edge.pipeline.live_outputs").setLevel(logging.INFO)
-    echo = functools.partial(typer.echo, err=to_stderr)
+    echo = functools.partial(quiet_echo, err=to_stderr)  # a reader gone (`| head -1`) ends the text, not the run
     if options.out is not None:
         check_out_dir(options.out)  # before the model loads: an unwritable --out is a moment's error, exit 2
     else:
@@ -122,5 +122,5 @@ def infer(
         echo(f"Stopped: {stopped}")
     echo(f"Results saved to {summary.out_dir}")
     if data.get("interrupted"):
-        typer.echo(f"interrupted: outputs are complete up to the last of {data['frames']} frames", err=True)
+        quiet_echo(f"interrupted: outputs are complete up to the last of {data['frames']} frames", err=True)
         raise SystemExit(130)  # not typer.Exit(130), Ctrl-C's own code, after which main says "interrupted" again

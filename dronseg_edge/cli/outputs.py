@@ -102,9 +102,10 @@ def check_json_out(path: Path | None, inputs=(), option: str = "--json") -> None
                 raise DronsegError(f"{option} {path} is an image or model file and would be replaced: give another name")
 
 
-def _echo(text: str, err: bool = False) -> None:
-    """typer.echo. A reader that has gone (`checks | head -1`) ends the text, not the command, which goes on to its
-    own exit status (click's exit 1 on a closed pipe is `checks`' "a FAIL"): the rest of the text goes to /dev/null."""
+def echo(text: str, err: bool = False) -> None:
+    """typer.echo for every command's own lines. A reader that has gone (`checks | head -1`, `export | head -1`) ends
+    the text, not the command, which goes on to its own exit status (click's exit 1 on a closed pipe is `checks`' "a
+    FAIL", and it lost infer's whole run): the rest of the text goes to /dev/null."""
     try:
         typer.echo(text, err=err)
     except BrokenPipeError:
@@ -115,14 +116,14 @@ def _echo(text: str, err: bool = False) -> None:
 
 def text_out(json_path: Path | None):
     """Where a command's text goes: standard output, or standard error while ``--json -`` takes standard output."""
-    return lambda text: _echo(text, err=json_path == STDOUT)
+    return lambda text: echo(text, err=json_path == STDOUT)
 
 
 def json_out(path: Path | None, document, save=None) -> None:
     """``--json``: ``document`` printed on standard output (``-``), or written to ``path`` (by ``save(path)``
     when given, else atomically) and the file named; nothing without ``--json``."""
     if path == STDOUT:
-        _echo(json.dumps(json_safe(document), indent=2, default=str))
+        echo(json.dumps(json_safe(document), indent=2, default=str))
     elif path is not None:
         save(path) if save is not None else write_json_atomic(path, document)
-        _echo(f"wrote {path}")
+        echo(f"wrote {path}")

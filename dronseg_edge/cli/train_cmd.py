@@ -10,7 +10,7 @@ import typer
 from dronseg_edge.cli.app import app
 from dronseg_edge.cli.extras import require_extra
 from dronseg_edge.cli.outputs import (check_json_out, check_not_input, check_out_dir, check_out_file, check_run_parent,
-                                     data_files, json_out, text_out)
+                                     data_files, echo, json_out, text_out)
 from dronseg_edge.cli.params import Device, Json, MaxPixels, Meta, takes
 from dronseg_edge.dataset_layout import IMAGE_DIR, MASK_DIR
 from dronseg_edge.errors import DronsegError
@@ -121,4 +121,4 @@ def submit(
     check_json_out(out, [checkpoint, *data_files(data)], "--out")
     rows = write_competition_csv(checkpoint, data=data, out=out, order=rle_order, batch=batch, device=device, workers=workers,
                                  max_pixels=max_pixels)
-    typer.echo(f"{rows} rows ({rle_order}-major RLE) -> {out}")
+    echo(f"{rows} rows ({rle_order}-major RLE) -> {out}")

@@ -266,3 +266,25 @@ def test_a_reader_that_has_gone_ends_the_text_not_the_command(tmp_path):
     os.close(write)
     statuses = [check["status"] for check in json.loads((tmp_path / "c.json").read_text())]
     assert (done.returncode, done.stderr) == (int("FAIL" in statuses), "")
+
+
+@pytest.mark.parametrize("command", ["export", "infer"])
+def test_a_reader_gone_changes_no_exit_code_and_no_output(command, tiny_checkpoint, tmp_path):
+    """`export ... | head -1` exited 1 with nothing said, where its parity report said PASSED (0) or FAILED (4), and
+    `infer ... | true` exited 1 before its run began: click's answer to the closed pipe at the command's own first line."""
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((64, 96, 3), np.uint8))
+    args = {"export": ["--precision", "fp16", "--min-agreement", "100"], "infer": [tmp_path / "a.png"]}[command]
+    read, write = os.pipe()
+    os.close(read)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-m", "dronseg_edge", command, tiny_checkpoint, *args, "--out", tmp_path / "out",
+                           "--device", "cpu"], stdout=write, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    os.close(write)
+    if command == "export":
+        passed = json.loads(next((tmp_path / "out").glob("*.parity.json")).read_text())["passed"]
+        assert done.returncode == (0 if passed else 4), done.stderr[-2000:]
+    else:
+        assert done.returncode == 0 and json.loads((tmp_path / "out" / "summary.json").read_text())["stopped"] == "end"
