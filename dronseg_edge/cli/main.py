@@ -15,6 +15,7 @@ from dronseg_edge.atomic import is_storage_error, name_too_long, storage_failure
 from dronseg_edge.cli import bench_cmd, checks_cmd, data_cmd, export_cmd, infer_cmd, train_cmd  # noqa: F401
 from dronseg_edge.cli.app import app
 from dronseg_edge.cli.extras import missing_module_error
+from dronseg_edge.cli.outputs import echo
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.interrupts import STOP_SIGNALS, handle_stop_signals
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         handle_stop_signals(previous)
     if code == 130:  # typer turns Ctrl-C outside our handlers into exit code 130
-        print("interrupted", file=sys.stderr)
+        echo("interrupted", err=True)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -99,7 +100,7 @@ def _unreadable(path) -> str | None:
 
 
 def _fail(message, code: int, prefix: str = "error: ") -> NoReturn:
-    print(f"{prefix}{message}", file=sys.stderr)
+    echo(f"{prefix}{message}", err=True)  # a reader gone (`2>&1 | logger`, logger killed) keeps the code: click's is 1
     sys.exit(code)
 
 

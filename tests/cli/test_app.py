@@ -270,3 +270,21 @@ def test_checks_json_without_a_file_still_prints_json(capsys):
     assert _bare_checks_json(["eval", "--json"]) == ["eval", "--json"]  # FILE is needed there: no guessing
     code, out, err = run(capsys, "checks", "--json")
     assert isinstance(json.loads(out), list) and "checks: " in err  # the lines go to stderr
+
+
+@pytest.mark.parametrize("args, code", [(["eval", "missing.pt"], 2), (["export", "missing.pt", "--format", "engine"], 3)])
+def test_a_standard_error_whose_reader_has_gone_keeps_the_exit_code(args, code, tmp_path):
+    """`dronseg-edge ... 2>&1 | logger` with the logger gone: the error line raised BrokenPipeError, so every error
+    exited 1, and a supervisor told to skip 2, 3 and 4 restarted a usage error (2) or a missing TensorRT (3)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    read, write = os.pipe()
+    os.close(read)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-m", "dronseg_edge", *args], stdout=subprocess.DEVNULL, stderr=write,
+                          env=env, cwd=tmp_path, timeout=300)
+    os.close(write)
+    assert done.returncode == code
