@@ -4,13 +4,14 @@ code 2 at once, not a failure after minutes of training, exporting or measuring.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
 
 import typer
 
-from dronseg_edge.atomic import json_safe, write_json_atomic
+from dronseg_edge.atomic import json_safe, storage_failure, write_json_atomic
 from dronseg_edge.dataset_layout import CSV_FILES, IMAGE_DIR
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.machine import unwritable
@@ -44,6 +45,7 @@ def check_out_dir(path: os.PathLike | str, option: str = "--out") -> Path:
     reason = unwritable(path)[1]
     if reason is None:
         return path
+    _full_disk(path, reason)
     if _is_dir(path):
         raise DronsegError(f"output folder {path} ({option}) is not writable ({reason}): choose another folder, "
                            "or make it writable")
@@ -69,9 +71,18 @@ def check_out_file(path: os.PathLike | str, option: str, inputs=()) -> Path:
     reason = unwritable(folder)[1]
     if reason is None:
         return path
+    _full_disk(path, reason)
     if _is_dir(folder):
         raise DronsegError(f"{option} {path}: folder {folder} is not writable ({reason}); choose another path")
     raise DronsegError(f"{option} {path}: cannot create its folder {folder} ({reason}); choose another path")
+
+
+def _full_disk(path: Path, reason: str) -> None:
+    """A disk with no inode or quota left refuses the probe file: the failure a restart may cure (5), as the same full
+    disk found a moment later is, not a wrong option (2), which a supervisor never restarts."""
+    for code in (errno.ENOSPC, errno.EDQUOT):
+        if reason == os.strerror(code):
+            raise storage_failure(OSError(code, reason), path)
 
 
 def check_not_input(path: Path, option: str, inputs) -> None:

@@ -86,6 +86,25 @@ def test_exports_beside_a_checkpoint_on_a_read_only_disk_are_refused_naming_out(
     assert stderr.startswith("error: cannot create output folder ") and "--out's default" in stderr, stderr
 
 
+@pytest.fixture(scope="module")
+def no_inode_left(tmp_path_factory, tiny_checkpoint):
+    """A file system with space but no inode left (a card full of small mask PNGs), holding run/weights/last.pt."""
+    disk = tmp_path_factory.mktemp("full") / "disk"
+    with mount_tmpfs(disk, size="64m,nr_inodes=4"):  # the root, run, weights and last.pt
+        (disk / "run" / "weights").mkdir(parents=True)
+        shutil.copy2(tiny_checkpoint, disk / "run" / "weights" / "last.pt")
+        yield disk
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_on_a_full_disk_exits_5_at_once(command, no_inode_left, tiny_checkpoint, synth_root, capsys):
+    """The probe file refused with ENOSPC was exit 2 "choose another folder", which a supervisor never restarts, where
+    the same full disk found a moment later is 5, restarted once space is freed."""
+    code, stderr = run_cli(capsys, *COMMANDS[command](tiny_checkpoint, synth_root, no_inode_left))
+    assert code == 5 and stderr.startswith(f"error: cannot write {no_inode_left}/") and "No space left" in stderr, stderr
+    assert sorted(os.listdir(no_inode_left)) == ["run"]
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_command_refuses_a_name_too_long_at_once(command, tiny_checkpoint, synth_root, tmp_path, capsys):
     """Issue 19: a 300-character --out crashed every command (OSError ENAMETOOLONG from Path.exists)."""
