@@ -65,7 +65,7 @@ def train(
                                f"--resume {held}, or choose another --out")
     else:
         check_run_parent(TRAIN_RUNS)  # the default runs/train/expN, in the working folder
-    fit(cfg, resume=resume, log=typer.echo)
+    fit(cfg, resume=resume, log=echo)  # a reader gone (`train ... | head -1`) ends the text, not the training
 
 
 @app.command("eval", help="Score a model (per-class IoU/Dice, mIoU, competition Dice) at the masks' native resolution.")

@@ -280,3 +280,16 @@ def test_eval_json_records_the_model_and_data_as_absolute_paths(capsys, tiny_che
     assert code == 0, err
     scores = json.loads((tmp_path / "s.json").read_text())
     assert (scores["model"], scores["data"]) == (str(tiny_checkpoint), str(synth_root))
+
+
+def test_train_whose_output_reader_has_gone_still_trains(synth_root, tmp_path):
+    """`train ... | head -1`: the second line raised BrokenPipeError, so the run stopped before its first step, exit 1
+    with nothing said and no weights."""
+    read, write = os.pipe()
+    os.close(read)
+    env = {**os.environ, "PYTHONPATH": str(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))}
+    done = subprocess.run([sys.executable, "-m", "dronseg_edge", "train", "--data", str(synth_root), "--out",
+                           str(tmp_path / "run"), *TINY], stdout=write, stderr=subprocess.PIPE, text=True, env=env,
+                          timeout=600)
+    os.close(write)
+    assert done.returncode == 0 and (tmp_path / "run" / "weights" / "last.pt").is_file(), done.stderr[-2000:]
