@@ -108,15 +108,16 @@ class RunState:
 
     def stop_reason(self) -> str:
         """``stopped`` for summary.json: interrupted, key, the error's kind (disk_full, unwritable,
-        write_failed, source_lost, backend_failure, error), max_duration, max_frames, or end."""
+        write_failed, source_lost, backend_failure, error), max_duration, max_frames, or end. In the order the run
+        raises them: an error met while the outputs were finished after Ctrl-C or q is the exit code's (5), not 130."""
+        if self.bug is not None:
+            return "error"
+        if self.error is not None:
+            return self.error.stopped or "error"
         if self.interrupted:
             return "interrupted"
         if self.stopped_by_key:
             return "key"
-        if self.error is not None:
-            return self.error.stopped or "error"
-        if self.bug is not None:
-            return "error"
         if self.stopped:
             return self.stopped
         if self.options.max_frames is not None and self.frames >= self.options.max_frames:

@@ -92,6 +92,20 @@ def test_a_run_that_ends_in_a_bug_says_so_in_its_stop_reason():
     assert state.stop_reason() == "error"
 
 
+@pytest.mark.parametrize("stop", ["interrupted", "stopped_by_key"])
+def test_an_error_met_while_a_stopped_run_finishes_is_its_stop_reason(stop):
+    """Ctrl-C, SIGTERM or q, then the overlay's index could not be written (a card full or pulled out): the run exits 5
+    with that error, and summary.json said ``stopped: interrupted`` (130's reason) or ``key`` (0's)."""
+    from dronseg_edge.errors import RuntimeFailure
+
+    state = RunState(Path("."), RunOptions(), live=False)
+    setattr(state, stop, True)
+    state.error = RuntimeFailure("cannot write overlay.mp4: No space left on device", stopped="disk_full")
+    assert state.stop_reason() == "disk_full"
+    state.error, state.bug = None, "KeyError: 'x' (a bug in dronseg-edge: please report it)"  # exit 1, its traceback
+    assert state.stop_reason() == "error"
+
+
 def test_max_duration_counts_seconds_from_the_first_frame():
     # An MPEG-TS recorded from mid-GOP: its first picture comes 1.28 s after the stream's start, and
     # --max-duration-s 1 stopped at that first frame (0 frames, where the docs promise 1 s of footage)
