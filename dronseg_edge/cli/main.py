@@ -114,12 +114,15 @@ def _bare_checks_json(argv: list[str]) -> list[str]:
 
 
 def _interrupt(signum, _frame) -> None:
+    # A second one kills at once ("press again to force"): raised inside the cleanup the first started (the DataLoader
+    # joining its workers), it printed a traceback and cut that cleanup anyway. Leftovers are named for the next run.
+    handle_stop_signals({sig: signal.SIG_DFL for sig in STOP_SIGNALS if signal.getsignal(sig) is _interrupt})
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _stop_like_ctrl_c() -> dict:
-    """SIGTERM and SIGHUP (a supervisor stopping the service, a closed terminal) stop every command as
+    """Ctrl-C, SIGTERM and SIGHUP (a supervisor stopping the service, a closed terminal) stop every command as
     Ctrl-C does: its cleanup runs (temporary files removed, `infer` finalises its outputs), exit 130.
     Only where the signal still has its default action, in the main thread; returns what to restore."""
     return handle_stop_signals({sig: _interrupt for sig in STOP_SIGNALS
-                                if sig != signal.SIGINT and signal.getsignal(sig) == signal.SIG_DFL})
+                                if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)})

@@ -272,7 +272,8 @@ def test_checks_json_without_a_file_still_prints_json(capsys):
     assert isinstance(json.loads(out), list) and "checks: " in err  # the lines go to stderr
 
 
-@pytest.mark.parametrize("args, code", [(["eval", "missing.pt"], 2), (["export", "missing.pt", "--format", "engine"], 3)])
+@pytest.mark.parametrize("args, code", [(["eval", "missing.pt"], 2),
+                                        (["export", "missing.pt", "--format", "engine"], 3)])
 def test_a_standard_error_whose_reader_has_gone_keeps_the_exit_code(args, code, tmp_path):
     """`dronseg-edge ... 2>&1 | logger` with the logger gone: the error line raised BrokenPipeError, so every error
     exited 1, and a supervisor told to skip 2, 3 and 4 restarted a usage error (2) or a missing TensorRT (3)."""
@@ -288,3 +289,24 @@ def test_a_standard_error_whose_reader_has_gone_keeps_the_exit_code(args, code, 
                           env=env, cwd=tmp_path, timeout=300)
     os.close(write)
     assert done.returncode == code
+
+
+def test_a_second_stop_signal_takes_its_default_action_not_a_traceback_in_the_cleanup():
+    """Ctrl-C twice (or SIGTERM twice) during `train --workers 2`: the second KeyboardInterrupt was raised inside the
+    cleanup the first had started (the DataLoader joining its workers: "Exception ignored in ... __del__", a traceback).
+    Now the first one hands every stop signal back to its default action: a second ends the process at once."""
+    import signal
+
+    entry = importlib.import_module("dronseg_edge.cli.main")  # the module: dronseg_edge.cli.main is also the function
+    from dronseg_edge.pipeline.interrupts import STOP_SIGNALS, handle_stop_signals
+
+    ignored = {sig for sig in STOP_SIGNALS if signal.getsignal(sig) == signal.SIG_IGN}  # a background job's SIGINT
+    previous = entry._stop_like_ctrl_c()
+    try:
+        assert all(signal.getsignal(sig) is entry._interrupt for sig in STOP_SIGNALS if sig not in ignored)  # Ctrl-C
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            signal.raise_signal(signal.SIGTERM)
+        assert all(signal.getsignal(sig) == (signal.SIG_IGN if sig in ignored else signal.SIG_DFL)
+                   for sig in STOP_SIGNALS)
+    finally:
+        handle_stop_signals(previous)
