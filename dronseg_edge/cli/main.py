@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
             os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd
     if sys.stderr is None:  # progress bars and checks write to it
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
-    previous = _stop_like_ctrl_c()
+    previous, code = _stop_like_ctrl_c(), None
     try:
         _need_temporary_folder()
         code = app(args=_bare_checks_json(sys.argv[1:] if argv is None else list(argv)), prog_name="dronseg-edge",
@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> None:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see `{ctx.command_path} -h`)" if ctx is not None else ""
         _fail(" ".join(exc.format_message().split()) + hint, exc.exit_code)
-    finally:
-        handle_stop_signals(previous)
+    finally:  # stopped by a signal, the program exits: a second one ends it at once (not as a KeyboardInterrupt in an
+        # atexit hook, a traceback); called with argv (in-process), the caller's handlers are back
+        stopped = argv is None and 130 in (code, getattr(sys.exc_info()[1], "code", None))
+        handle_stop_signals(dict.fromkeys(previous, signal.SIG_DFL) if stopped else previous)
     if code == 130:  # typer turns Ctrl-C outside our handlers into exit code 130
         echo("interrupted", err=True)
     sys.exit(code if isinstance(code, int) else 0)

@@ -310,3 +310,23 @@ def test_a_second_stop_signal_takes_its_default_action_not_a_traceback_in_the_cl
                    for sig in STOP_SIGNALS)
     finally:
         handle_stop_signals(previous)
+
+
+def test_a_second_signal_while_the_program_exits_ends_it_without_a_traceback(tmp_path):
+    """Ctrl-C again after `interrupted` (torch's atexit hooks still running): the handlers put back at the end made it a
+    KeyboardInterrupt in an atexit callback, "Exception ignored ... Traceback". Now it ends the process by the
+    signal. The first signal comes as synth starts, the second from an atexit hook."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import atexit, os, signal, sys, time\n"
+              "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))  # the second signal\n"
+              "import dronseg_edge.data.synthetic as synthetic\n"
+              "synthetic.synthesize = lambda *a, **k: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5))\n"
+              f"sys.argv = ['dronseg-edge', 'synth', {str(tmp_path / 'data')!r}]\n"
+              "from dronseg_edge.cli import main\nmain()\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.stderr.strip().splitlines() == ["interrupted"] and done.returncode == -2, done.stderr[-2000:]
