@@ -12,7 +12,7 @@ import typer
 from dronseg_edge.atomic import write_text_atomic
 from dronseg_edge.bench.options import BenchOptions, TimingSettings
 from dronseg_edge.cli.app import app
-from dronseg_edge.cli.outputs import check_json_out, check_out_dir, data_files, json_out, text_out
+from dronseg_edge.cli.outputs import check_json_out, check_out_dir, data_files, echo, json_out, text_out
 from dronseg_edge.cli.params import Json, takes
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.sizes import format_size
@@ -81,7 +81,7 @@ def bench(
         from dronseg_edge.bench.matrix import matrix_table, run_matrix
 
         rows = run_matrix(models[0], run_device, timing, size=size, batch=batch, out_dir=options.out,
-                          data=options.data, log=lambda text: typer.echo(text, err=True))
+                          data=options.data, log=lambda text: echo(text, err=True))
         say(matrix_table(rows))
         for line in warning_lines([row.result for row in rows if row.result is not None]):
             say(line)
@@ -91,12 +91,12 @@ def bench(
     else:
         results, failed = [], []  # one model that fails must not lose the others' numbers
         for item in prepared:
-            typer.echo(f"measuring {item.path} ...", err=True)
+            echo(f"measuring {item.path} ...", err=True)
             try:
                 results.append(run_prepared(item, timing))
             except DronsegError as exc:
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                typer.echo(f"{item.path}: failed ({reason})", err=True)
+                echo(f"{item.path}: failed ({reason})", err=True)
                 failed.append(({"model": os.path.abspath(item.path), "reason": reason}, exc))
         if not results:
             raise failed[0][1]

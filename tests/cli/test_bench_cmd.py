@@ -264,3 +264,16 @@ def test_a_model_failing_at_measurement_keeps_the_others_results(tiny_onnx, tmp_
     code, out, err = run_cli(capsys, lying, *FAST, "--json", report, "--markdown", markdown)  # all failed: as before
     assert code == 2 and not report.exists() and not markdown.exists()
     assert_one_error_line(err, out, "its metadata says batch 1 at 128x64")
+
+
+def test_bench_whose_standard_error_reader_has_gone_still_measures(tiny_checkpoint, onnx_export, tmp_path):
+    """`bench M --json R 2>&1 | logger` with the logger gone: "measuring M ..." raised BrokenPipeError, exit 1 with
+    nothing measured and no R."""
+    read, write = os.pipe()
+    os.close(read)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-m", "dronseg_edge", "bench", str(onnx_export(tiny_checkpoint)), "--iters",
+                           "3", "--warmup-s", "0", "--json", str(tmp_path / "r.json")], stdout=subprocess.DEVNULL,
+                          stderr=write, env=env, timeout=300)
+    os.close(write)
+    assert done.returncode == 0 and json.loads((tmp_path / "r.json").read_text())["results"]
