@@ -10,7 +10,8 @@ import typer
 
 from dronseg_edge.cli.app import app
 from dronseg_edge.cli.extras import require_extra
-from dronseg_edge.cli.outputs import check_json_out, check_not_input, check_out_dir, data_files, echo, json_out, text_out
+from dronseg_edge.cli.outputs import (check_json_out, check_not_input, check_out_dir, data_files, echo, json_out,
+                                      text_out)
 from dronseg_edge.cli.params import Device, Json, MaxMiouDrop, Meta, MinAgreement, takes
 from dronseg_edge.errors import DronsegError, ParityError
 from dronseg_edge.export.options import PARITY_IMAGES, ExportOptions
@@ -122,7 +123,8 @@ def export(
             echo(f"wrote {result.served} and the Triton model repository {result.path} ({info.precision}, "
                        f"{info.head}, {shape}){verdict}; serve it: tritonserver --model-repository {result.path.parent}")
             continue
-        echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, {info.precision}, {info.head}, {shape}){verdict}")
+        megabytes = result.path.stat().st_size / 1e6
+        echo(f"wrote {result.path} ({megabytes:.1f} MB, {info.precision}, {info.head}, {shape}){verdict}")
 
 
 @app.command(help="Compare two models (checkpoint, ONNX, engine) on the same images; exit 4 when they disagree.")

@@ -110,7 +110,8 @@ def check_json_out(path: Path | None, inputs=(), option: str = "--json") -> None
             from dronseg_edge.runtime.registry import BACKENDS  # not at the CLI's start: it imports OpenCV
 
             if path.suffix.lower() in (*IMAGE_SUFFIXES, *BACKENDS):
-                raise DronsegError(f"{option} {path} is an image or model file and would be replaced: give another name")
+                raise DronsegError(f"{option} {path} is an image or model file and would be replaced: "
+                                   "give another name")
 
 
 def echo(text: str, err: bool = False) -> None:
