@@ -42,10 +42,9 @@ def check_out_dir(path: os.PathLike | str, option: str = "--out") -> Path:
     path = Path(path)
     if path == STDOUT:  # not standard output here, as for check_out_file: a folder named '-' is a surprise
         raise DronsegError(f"{option} - would write into a folder named '-': give a folder name")
-    reason = unwritable(path)[1]
+    reason = _unwritable(path, path)
     if reason is None:
         return path
-    _full_disk(path, reason)
     if _is_dir(path):
         raise DronsegError(f"output folder {path} ({option}) is not writable ({reason}): choose another folder, "
                            "or make it writable")
@@ -54,7 +53,7 @@ def check_out_dir(path: os.PathLike | str, option: str = "--out") -> Path:
 
 def check_run_parent(parent: Path) -> None:
     """Without --out: refuse a working folder where the default run folder ``parent``/expN cannot be made."""
-    if (reason := unwritable(parent)[1]) is not None:
+    if (reason := _unwritable(parent, parent.resolve())) is not None:
         raise DronsegError(f"cannot make a run folder in {parent.resolve()} ({reason}): give --out DIR")
 
 
@@ -68,21 +67,23 @@ def check_out_file(path: os.PathLike | str, option: str, inputs=()) -> Path:
         raise DronsegError(f"{option} {path} is a folder: give a file name inside it")
     check_not_input(path, option, inputs)
     folder = path.parent
-    reason = unwritable(folder)[1]
+    reason = _unwritable(folder, path)
     if reason is None:
         return path
-    _full_disk(path, reason)
     if _is_dir(folder):
         raise DronsegError(f"{option} {path}: folder {folder} is not writable ({reason}); choose another path")
     raise DronsegError(f"{option} {path}: cannot create its folder {folder} ({reason}); choose another path")
 
 
-def _full_disk(path: Path, reason: str) -> None:
-    """A disk with no inode or quota left refuses the probe file: the failure a restart may cure (5), as the same full
-    disk found a moment later is, not a wrong option (2), which a supervisor never restarts."""
+def _unwritable(folder: Path, path: Path) -> str | None:
+    """Why no file can be made in ``folder`` for ``path`` (machine.unwritable), or None. A disk with no space, inode or
+    quota left is raised as the failure a restart may cure (5), as the same full disk found a moment later is, not a
+    wrong option (2), which a supervisor never restarts."""
+    reason = unwritable(folder)[1]
     for code in (errno.ENOSPC, errno.EDQUOT):
         if reason == os.strerror(code):
             raise storage_failure(OSError(code, reason), path)
+    return reason
 
 
 def check_not_input(path: Path, option: str, inputs) -> None:

@@ -96,6 +96,19 @@ def no_inode_left(tmp_path_factory, tiny_checkpoint):
         yield disk
 
 
+@pytest.mark.parametrize("command", ["infer", "train"])
+def test_without_out_a_working_folder_on_a_full_disk_exits_5_at_once(command, no_inode_left, tiny_checkpoint,
+                                                                      synth_root, monkeypatch, capsys):
+    """The default runs/infer (runs/train) on a disk with no inode left was exit 2 "give --out DIR", as a read-only
+    one; a full disk is 5, as with --out."""
+    monkeypatch.chdir(no_inode_left)
+    args = [tiny_checkpoint, synth_root / "imgs" / "imgs"] if command == "infer" else ["--data", synth_root]
+    code, stderr = run_cli(capsys, command, *args, "--device", "cpu")
+    assert code == 5 and stderr.startswith(f"error: cannot write {no_inode_left}/runs/") and "No space left" in stderr, \
+        stderr
+    assert sorted(os.listdir(no_inode_left)) == ["run"]
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_command_on_a_full_disk_exits_5_at_once(command, no_inode_left, tiny_checkpoint, synth_root, capsys):
     """The probe file refused with ENOSPC was exit 2 "choose another folder", which a supervisor never restarts, where
