@@ -87,7 +87,7 @@ def warning_lines(results: Sequence[BenchResult]) -> list[str]:
         s = r.measurement.latency
         if s.cv > HIGH_CV:
             gpu = r.measurement.timer == "cuda-events"
-            lines.append(f"warning: {r.label}: latency varies by {100 * s.cv:.0f}% (cv > {100 * HIGH_CV:.0f}%): "
+            lines.append(f"warning: {r.label}: latency varies by {100 * s.cv:.1f}% (cv > {100 * HIGH_CV:.0f}%): "
                          "warm up longer (--warmup-s), run more iterations"
                          + (", lock the GPU clocks (nvidia-smi -lgc)" if gpu else "")
                          + " and stop other work on this machine")

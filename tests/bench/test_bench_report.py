@@ -52,6 +52,14 @@ def test_noisy_run_warns_and_steady_run_does_not():
     assert warning_lines([fake_result([5.0, 5.01, 4.99, 5.0])]) == []
 
 
+def test_noise_warning_gives_the_tables_decimal():
+    """A cv of 10.1 % read "varies by 10% (cv > 10%)", a warning that contradicts itself."""
+    result = fake_result([9.1, 10.9, 9.1, 10.9])
+    cv = 100 * result.measurement.latency.cv
+    assert 10.05 < cv < 10.5
+    assert f"varies by {cv:.1f}% (cv > 10%)" in warning_lines([result])[0]
+
+
 def test_json_document_schema(tmp_path, tiny_checkpoint):
     settings = TimingSettings(warmup_iters=1, iters=3)
     result = bench_model(tiny_checkpoint, torch.device("cpu"), settings, batch=np.int64(1))  # JSON had "batch": "1"
