@@ -78,15 +78,16 @@ class Source(contextlib.AbstractContextManager):
     live_default = False  # cameras and streams: process only the newest frame unless told otherwise
     capture = None  # the decoder (cv2.VideoCapture or alike) where there is one, released on close
     max_pixels = DEFAULT_MAX_PIXELS  # --max-pixels: video and stream frames over it are refused (check_pixels)
-    size: tuple[int, int] | None = None  # (W, H) a video file's (or first image's) header gives, before a frame
+    size: tuple[int, int] | None = None  # (W, H) a video's or first image's header gives; a live source's last frame's
 
     def __init__(self, name: str):
         self.name = name
         self.fps: float | None = None
         self.frame_count: int | None = None
         # corrupt: frames or files that could not be decoded and were skipped; oversized: images skipped for
-        # holding more pixels than --max-pixels (read from their header); size_changes: times a video's frame
-        # size changed mid-way (the outputs follow each change); reconnects: times a live source was reopened.
+        # holding more pixels than --max-pixels (read from their header); size_changes: times a video's or a live
+        # source's frame size changed mid-way (the outputs follow each change); reconnects: times a live source was
+        # reopened.
         self.corrupt = self.oversized = self.size_changes = self.reconnects = 0
         # How the source ended, once it has: "ended" (its end: last frame, last image, a stream its
         # server closed), "truncated" (a file that stops before the frame count its header declares),

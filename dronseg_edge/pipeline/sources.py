@@ -271,7 +271,13 @@ class CaptureSource(Source):
             ok, frame = self.capture.read()
             recent.append(time.perf_counter() - start)
             if ok and frame is not None:
-                self.check_pixels((frame.shape[1], frame.shape[0]))
+                size = (frame.shape[1], frame.shape[0])
+                self.check_pixels(size)
+                if self.size not in (None, size):  # reopened at another resolution (a camera rebooted in another mode)
+                    self.size_changes += 1
+                    log.warning("%s %s changes size at frame %d, from %dx%d to %dx%d: the outputs follow it", self.kind,
+                                self.name, position, *self.size, *size)
+                self.size = size
                 spent += recent[-1] * 1e3  # --stride's skipped frames are read (decoded) too
                 seen = time.monotonic() - start_time
                 if position % stride == 0:

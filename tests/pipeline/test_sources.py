@@ -1,4 +1,5 @@
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -267,6 +268,18 @@ def test_stream_reconnects_with_backoff_and_then_gives_up():
     assert len(records) == 5
     assert (source.reconnects, source.end, error.value.exit_code) == (1, "lost", 5)
     assert "the connection closed" in str(error.value)  # RTSP carries cameras: a close is a loss too
+
+
+def test_a_stream_reopened_at_another_size_counts_the_change(caplog):
+    """A camera or stream that came back from a reconnect at another resolution: the outputs followed it (a new video
+    file), but summary.json's size_changes said 0 and no line said why the video was split."""
+    reopened = opener(ScriptedCapture(2, (32, 24)), ScriptedCapture(3, (48, 32)))  # drop, come back at 48x32
+    source = StreamSource("rtsp://camera/1", open_capture=reopened)
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        records = list(itertools.islice(source.frames(), 5))
+    assert [r.frame.shape[:2] for r in records] == [(24, 32)] * 2 + [(32, 48)] * 3
+    assert (source.reconnects, source.size_changes, source.size) == (1, 1, (48, 32))
+    assert "changes size at frame 2, from 32x24 to 48x32" in caplog.text
 
 
 def test_an_http_stream_its_server_closes_ends_without_an_error(caplog):
