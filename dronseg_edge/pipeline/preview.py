@@ -15,6 +15,7 @@ request carries as ``?token=`` (docs/reliability.md).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import json
@@ -158,6 +159,10 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = SEND_TIMEOUT_S  # the socket's timeout: a browser that stops reading frees its thread
     protocol_version = "HTTP/1.0"
 
+    def handle(self) -> None:
+        with contextlib.suppress(OSError):  # a viewer gone mid-request (a tab closed or reloaded): nothing to report
+            super().handle()
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         parts = urlsplit(self.path)
         if not self.preview.allowed(parts.query):
@@ -197,9 +202,7 @@ class _Handler(BaseHTTPRequestHandler):
                                  "\r\n\r\n".encode() + jpeg + b"\r\n")
                 self.wfile.flush()
                 preview.served()
-        except OSError:  # the browser went away, or stopped reading for SEND_TIMEOUT_S
-            pass
-        finally:
+        finally:  # also when the browser went away, or stopped reading for SEND_TIMEOUT_S (an OSError: handle())
             preview.leave()
 
     def log_message(self, *args) -> None:  # no line per request on the run's terminal

@@ -144,6 +144,20 @@ def test_at_most_a_few_viewers_and_a_stalled_one_holds_no_one_up(preview):
         probe.close()
 
 
+def test_a_viewer_gone_before_its_reply_leaves_no_traceback(preview):
+    """A tab closed or reloaded mid-request (a broken pipe, a reset), or one viewer too many, printed socketserver's
+    traceback on infer's stderr each time, all flight long: tracebacks mean a bug here."""
+    server, _ = preview
+    server.viewers = MAX_VIEWERS  # /stream.mjpg gets the 503
+    for path in ("/", "/shares.json", "/stream.mjpg", "/missing"):
+        ours, viewer = socket.socketpair()
+        viewer.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        viewer.close()  # gone before the reply: writing it is a broken pipe
+        server._server.RequestHandlerClass(ours, ("viewer", 0), server._server)  # the server prints what this raises
+        ours.close()
+    server.viewers = 0
+
+
 def test_a_port_in_use_is_one_line():
     with socket.socket() as taken:
         taken.bind((LOOPBACK, 0))
