@@ -215,3 +215,45 @@ def test_output_stride_16_model_trains_exports_and_passes_parity(stride16_run, t
         other = SegmentationNet(as_stride8.eval())(x).numpy()
     assert np.abs(got - expected).max() < 1e-3 * max(1.0, float(np.abs(expected).max()))
     assert np.abs(got - other).max() > 100 * np.abs(got - expected).max()
+
+
+@pytest.mark.parametrize("dtype, torch_net, message", [
+    (TensorProto.FLOAT, lambda x: x + 1, r"differs from PyTorch at 2x3x4x4 \(max error 1\)"),
+    (TensorProto.FLOAT, lambda x: x[:, :2], r"returns \(2, 3, 4, 4\) for a 2x3x4x4 input instead of \(2, 2, 4, 4\)"),
+    (TensorProto.INT64, lambda x: x + 1, r"agrees with PyTorch on only 0.00% of pixels at 2x3x4x4"),
+])
+def test_a_graph_that_disagrees_with_torch_at_another_shape_is_refused(tmp_path, dtype, torch_net, message):
+    import types
+
+    from onnx import helper
+
+    from dronseg_edge.export.onnx import compare_with_torch
+    from testkit import onnx_model
+
+    value = [helper.make_tensor_value_info(n, dtype, ["batch", 3, 4, 4]) for n in ("x", "y")]
+    onnx.save(onnx_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", value[:1], value[1:])),
+              str(tmp_path / "m.onnx"))
+    x = torch.arange(96).reshape(2, 3, 4, 4).to(torch.float32 if dtype == TensorProto.FLOAT else torch.int64)
+    with pytest.raises(DronsegError, match=rf"--dynamic export of m {message}: FIX"):
+        compare_with_torch(tmp_path / "m.onnx", torch_net, x, types.SimpleNamespace(dynamic=True), "export of m", "FIX")
+
+
+def test_a_graph_the_onnx_checker_rejects_is_an_error_naming_it():
+    from onnx import helper
+
+    from dronseg_edge.export.onnx import _check
+    from testkit import onnx_model
+
+    value = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["nowhere"], ["y"])], "g", [], [value])
+    with pytest.raises(RuntimeError, match="onnx.checker rejected the exported graph: "):
+        _check(onnx_model(graph), "exported graph")
+
+
+def test_the_dynamo_exporter_without_onnxscript_says_what_to_install(monkeypatch):
+    from dronseg_edge.errors import BackendUnavailable
+    from dronseg_edge.export.onnx import _export_dynamo
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    with pytest.raises(BackendUnavailable, match="only has the dynamo ONNX exporter, which needs onnxscript: pip install"):
+        _export_dynamo(torch.nn.Identity(), torch.zeros(1), None, 18, None, ("x", ["y"]))
