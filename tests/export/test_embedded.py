@@ -206,3 +206,12 @@ def test_a_graph_that_froze_its_free_batch_is_refused(tiny_checkpoint, tmp_path,
                         device="cpu", out_dir=tmp_path)
     assert str(info.value).endswith("export --format onnx with a fixed --batch") and "\n" not in str(info.value)
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_frames_export_on_a_torch_without_the_torchscript_exporter_says_so(monkeypatch, tmp_path):
+    from dronseg_edge.errors import DronsegError
+    from dronseg_edge.export import embedded
+
+    monkeypatch.setattr(embedded.onnx_export, "choose_exporter", lambda: "dynamo")
+    with pytest.raises(DronsegError, match="--io frames needs torch's TorchScript ONNX exporter, which torch .* no longer"):
+        embedded.export_frames_onnx(None, tmp_path / "frames.onnx", None)
