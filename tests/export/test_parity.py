@@ -415,3 +415,15 @@ def test_a_frames_candidate_whose_map_is_smaller_than_its_frames_is_one_line(tmp
     ref = FakeBackend("ref.pt", arch="lraspp_mobilenet_v3_large", input_size=(W, H))
     with pytest.raises(DronsegError, match=r"small_frames.onnx outputs 4x2 maps for 8x4 frames"):
         check_parity(ref, small, data, device="cpu")
+
+
+def test_a_frames_graph_is_compared_with_its_checkpoint_only(tmp_path):
+    from dronseg_edge.errors import DronsegError
+
+    frames = FakeBackend("f.onnx", arch="lraspp_mobilenet_v3_large", input_size=(W, H), batch=1, dynamic=False, io="frames",
+                         head="argmax", layout="NHWC", source_size=(W, H), outputs=["mask"])
+    with pytest.raises(DronsegError, match=r"f.onnx takes frames \(export --io frames\): compare it with its checkpoint, "
+                                           "not with r.onnx"):
+        check_parity(fake("r.onnx", None), frames, device="cpu")  # a static reference cannot run at the frame's size
+    with pytest.raises(DronsegError, match=r"f.onnx takes frames \(export --io frames\): it can only be a candidate"):
+        check_parity(frames, fake("c.onnx", None), device="cpu")
