@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 from packaging.version import Version
 
-from dronseg_edge.errors import BackendUnavailable, DronsegError
+from dronseg_edge.errors import BackendUnavailable
 from dronseg_edge.export.images import ImageSet, load_item
 from dronseg_edge.leftovers import working_prefix
 from dronseg_edge.machine import onnxruntime_for_numpy_1
@@ -64,8 +64,8 @@ def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo
                   method: str) -> dict:
     """Write a Q/DQ int8 copy of the ONNX file ``fp32_path`` to ``dest`` (a scratch path).
 
-    Returns what was done (method, image count, source) for the metadata. Raises DronsegError
-    when ``images`` is empty, BackendUnavailable without onnxruntime.
+    Returns what was done (method, image count, source) for the metadata; ``images`` is never empty
+    (resolve_images refuses that). Raises BackendUnavailable without onnxruntime.
     """
     try:
         import onnxruntime
@@ -77,8 +77,6 @@ def quantize_int8(fp32_path: Path, dest: Path, images: ImageSet, info: ModelInfo
         # onnxruntime 1.17.3 beside a newer onnx (tried): otherwise an AttributeError deep in the quantizer.
         raise BackendUnavailable(f"int8 export with onnxruntime {onnxruntime.__version__} needs onnx < 1.19 (its quantizer "
                                  "reads onnx.mapping, which onnx 1.19 removed): pip install 'onnx<1.19', or onnxruntime >= 1.19")
-    if not images.items:
-        raise DronsegError(f"no calibration images in {images.source}: pass --calib-data DIR with real images")
     methods = {"minmax": quantization.CalibrationMethod.MinMax, "percentile": quantization.CalibrationMethod.Percentile}
 
     class Reader(quantization.CalibrationDataReader):
