@@ -291,9 +291,18 @@ def test_an_engine_repository_serves_the_plan(exported, tmp_path):
     assert config.platform == "tensorrt_plan" and config.max_batch_size == 8
     assert not config.HasField("optimization")  # the plan is already a TensorRT engine
     assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU  # a plan cannot run on a CPU
+    onnx_file.write_bytes(b"not a graph")
+    with pytest.raises(DronsegError, match="cannot read .*tiny_dyn_fp16.onnx as an ONNX graph .*: re-export it"):
+        write_model_repository(engine, tmp_path / "repo", "again")
+    value = onnx.helper.make_tensor_value_info("images", onnx.TensorProto.COMPLEX64, [1])
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [value], [value])), str(onnx_file))
+    with pytest.raises(DronsegError, match="tensor 'images' has ONNX element type 14, which Triton has no data type for"):
+        write_model_repository(engine, tmp_path / "repo", "again")
     onnx_file.unlink()
     with pytest.raises(DronsegError, match="the ONNX file it was built from"):
         write_model_repository(engine, tmp_path / "repo", "again")
+    with pytest.raises(DronsegError, match=r"made from an .onnx file or an .engine, not '.pt'"):
+        write_model_repository(tmp_path / "best.pt", tmp_path / "repo", "again")
 
 
 @pytest.mark.parametrize("config", [b'platform: "pytorch_libtorch"\n', b'# mod\xe8le (Latin-1)\nplatform: "pytorch_libtorch"\n'])
