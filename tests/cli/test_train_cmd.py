@@ -133,7 +133,8 @@ def test_eval_prints_table_and_json(capsys, trained_run, tmp_path):
 
 def test_eval_errors(capsys, tiny_checkpoint, tmp_path):
     assert "record its data set" in one_line_error(capsys, "eval", tiny_checkpoint, "--device", "cpu")
-    assert "--split" in one_line_error(capsys, "eval", tiny_checkpoint, "--data", tmp_path, "--split", "test")
+    assert "--split 'test': choose val, train or all" in one_line_error(capsys, "eval", tiny_checkpoint, "--data", tmp_path,
+                                                                      "--split", "test")
     assert "does not exist" in one_line_error(capsys, "eval", tmp_path / "none.pt")
 
 
