@@ -249,10 +249,17 @@ def test_force_never_overwrites_a_real_data_set(tmp_path, name):
     assert real.read_bytes() == b"not synthetic"
 
 
+def test_a_file_at_the_output_path_is_refused_and_kept(tmp_path):
+    (tmp_path / "data").write_bytes(b"mine")
+    with pytest.raises(DronsegError, match="output folder .*data is a file: choose a folder path"):
+        synthesize(tmp_path / "data", images=3, size=(96, 64), video_frames=0, force=True)
+    assert (tmp_path / "data").read_bytes() == b"mine"
+
+
 @pytest.mark.parametrize("options, fragment", [
     (dict(images=0), "--images 0"),
     (dict(images=True), "--images True must be a whole number"),  # was taken as 1 image
-    (dict(size=(5, 5)), "--size 5x5"),
+    (dict(size=(5, 5)), "--size 5x5 is out of range: each side must be 32..8192 pixels"),
     (dict(test_fraction=1.5), "--test-fraction 1.5"),
     (dict(video_frames=-1), "--video-frames -1"),
     (dict(fps=0.0), "--fps 0"),
