@@ -135,6 +135,7 @@ def test_eval_errors(capsys, tiny_checkpoint, tmp_path):
     assert "record its data set" in one_line_error(capsys, "eval", tiny_checkpoint, "--device", "cpu")
     assert "--split 'test': choose val, train or all" in one_line_error(capsys, "eval", tiny_checkpoint, "--data", tmp_path,
                                                                       "--split", "test")
+    assert "holds no val split: use --split all" in one_line_error(capsys, "eval", tiny_checkpoint, "--data", tmp_path)
     assert "does not exist" in one_line_error(capsys, "eval", tmp_path / "none.pt")
 
 
