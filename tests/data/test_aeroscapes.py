@@ -52,6 +52,15 @@ def test_a_split_image_without_its_mask_is_refused_not_scored_as_all_ignored(tmp
         samples_for_ids(tmp_path, [ids[0], ids[4]])
 
 
+def test_split_ids_of_another_data_set_and_an_unreadable_csv_are_one_line_errors(tmp_path):
+    ids = make_layout(tmp_path)
+    with pytest.raises(DronsegError, match=r"1 split IDs \(first: 999999_001\) are not in .*imgs: is it the same data set"):
+        samples_for_ids(tmp_path, [ids[0], "999999_001"])  # another data set's split
+    (tmp_path / "train.csv").write_text("ImageID\n" + "x" * 200_000 + "\n")  # over the csv module's field limit
+    with pytest.raises(DronsegError, match="cannot read .*train.csv: field larger than field limit"):
+        read_ids(tmp_path / "train.csv")
+
+
 def test_layout_without_csvs_uses_masks(tmp_path):
     ids = make_layout(tmp_path)
     (tmp_path / "train.csv").unlink()
