@@ -65,6 +65,11 @@ def test_onnx_without_our_metadata_is_a_clear_error(tmp_path):
     onnx.save(identity_model(), str(path))
     with pytest.raises(DronsegError, match="no dronseg-edge metadata.*dronseg-edge export"):
         read_onnx_info(path)
+    model = identity_model()  # another tool's entries of the same names, without our marker: still foreign
+    onnx.helper.set_model_props(model, {"arch": '"lraspp_mobilenet_v3_large"', "input_size": "[96, 64]"})
+    onnx.save(model, str(path))
+    with pytest.raises(DronsegError, match=r"no dronseg-edge metadata \(class names, input size, normalisation\)"):
+        read_onnx_info(path)
 
 
 def test_corrupt_or_missing_onnx_is_a_clear_error(tmp_path):
