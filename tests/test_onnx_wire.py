@@ -84,6 +84,10 @@ def test_a_cut_short_file_and_bytes_that_are_no_protobuf_raise(tmp_path):
     path.write_bytes(b"\x00\x01not an onnx file")
     with pytest.raises(ValueError, match="field number 0"):
         list(onnx_wire.external_data_locations(path))
+    for junk, message in ((b"\x0f", "wire type 7"), (b"\xff" * 11, "varint longer than 10 bytes")):
+        path.write_bytes(junk + b"\x00" * 16)
+        with pytest.raises(ValueError, match=message):
+            list(onnx_wire.external_data_locations(path))
     path.write_bytes(_field(7, _field(5, _field(13, b"\x0a" * (onnx_wire.MAX_ENTRY_BYTES + 1)))))
     with pytest.raises(ValueError, match="external_data entry over"):
         list(onnx_wire.external_data_locations(path))
