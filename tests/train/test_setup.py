@@ -172,6 +172,16 @@ def test_a_one_image_train_split_is_refused_for_deeplabv3(tmp_path):
     assert len(build_loaders(cfg, data, DistContext()).train) == 1
 
 
+def test_a_resumed_split_naming_images_the_data_lacks_is_refused(tmp_path):
+    from dronseg_edge.data.synthetic import synthesize
+
+    synthesize(tmp_path / "data", images=2, size=(96, 64), video_frames=0, seed=0, test_fraction=0.0)
+    cfg = TrainConfig(data=str(tmp_path / "data"), size=(96, 64), device="cpu", workers=0)
+    split = {"train": [p.stem for p in (tmp_path / "data" / "imgs" / "imgs").iterdir()], "val": ["other_set_1"]}
+    with pytest.raises(DronsegError, match="split names image other_set_1 which is not in .*: resume with the same data"):
+        prepare_data(cfg, {"path": "last.pt", "split": split}, lambda _m: None)
+
+
 def test_a_1x1_deepest_feature_map_of_a_one_image_split_is_refused(tmp_path):
     """LR-ASPP at --size 16x16 on a one-image train split: BatchNorm's "Expected more than 1 value per channel"
     traceback (exit 1) in the first step; its stride-16 map must be over 1x1 (--batch 1 is refused earlier, by fit)."""
