@@ -172,6 +172,13 @@ def test_a_one_image_train_split_is_refused_for_deeplabv3(tmp_path):
     assert len(build_loaders(cfg, data, DistContext()).train) == 1
 
 
+def test_batch_1_is_refused_for_deeplabv3_before_any_data_is_read():
+    from dronseg_edge.train.setup import check_batch_of_one
+
+    with pytest.raises(DronsegError, match=r"^--batch 1 cannot train DeepLabV3 .*use --batch 2 or more"):
+        check_batch_of_one(TrainConfig(model="deeplabv3_mobilenet_v3_large", batch=1, size=(96, 64)))
+
+
 def test_a_resumed_split_naming_images_the_data_lacks_is_refused(tmp_path):
     from dronseg_edge.data.synthetic import synthesize
 
