@@ -371,3 +371,12 @@ def test_the_data_check_decodes_within_its_pixel_budget_whatever_the_threads(tmp
     monkeypatch.setattr(aeroscapes, "DECODE_BUDGET_PIXELS", 2 * 32 * 24)  # two images at a time
     validate_samples(dataset_samples(tmp_path), workers=8, max_pixels=32 * 24)
     assert most[0] == 2
+
+
+def test_an_image_or_mask_cut_short_after_its_header_is_one_line(tmp_path):
+    cv2.imwrite(str(tmp_path / "whole.png"), np.random.default_rng(0).integers(0, 12, (24, 32), dtype=np.uint8))
+    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:60])  # the header, a part of the data
+    with pytest.raises(DronsegError, match=r"image .*cut.png cannot be read \(missing, truncated or not an image\)"):
+        aeroscapes.read_bgr(tmp_path / "cut.png")
+    with pytest.raises(DronsegError, match=r"mask .*cut.png cannot be read \(OSError\): replace it"):
+        read_mask(tmp_path / "cut.png")
