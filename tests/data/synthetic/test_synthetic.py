@@ -327,3 +327,24 @@ def test_a_relative_folder_with_a_colon_gets_its_video(tmp_path, monkeypatch):
     result = synthesize(Path("2026-12-07T12:30:05_data"), images=4, size=(64, 48), video_frames=3, seed=0)
     assert cv2.VideoCapture(str(tmp_path / "2026-12-07T12:30:05_data" / "video.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 3
     assert result.video is not None
+
+
+@pytest.mark.parametrize("opens, low, message", [
+    (False, False, "OpenCV cannot write an mp4v video to .*: install opencv-python-headless with FFmpeg"),
+    (True, False, r"the video written to .* has \S+ frames of \S+, expected 2 of 96x64: this OpenCV build cannot write mp4v"),
+    (True, True, r"cannot write .*video.mp4: the write stopped short \(OpenCV wrote a short video"),
+])
+def test_a_video_opencv_cannot_write_is_refused_and_none_is_left(tmp_path, monkeypatch, opens, low, message):
+    from dronseg_edge.data.synthetic import writer
+
+    class Writer:  # an OpenCV build without a working mp4v encoder: writes nothing, or cannot open at all
+        def __init__(self, *_args):
+            pass
+
+        isOpened, write, release = (lambda _self: opens), (lambda _self, _image: None), (lambda _self: None)
+
+    monkeypatch.setattr(writer.cv2, "VideoWriter", Writer)
+    monkeypatch.setattr(writer, "low_space", lambda _path: low)  # a nearly full disk: its own error
+    with pytest.raises(DronsegError, match=message):
+        synthesize(tmp_path / "data", images=2, size=(96, 64), video_frames=2)
+    assert not (tmp_path / "data" / "video.mp4").exists()
