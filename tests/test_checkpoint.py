@@ -150,6 +150,21 @@ def test_files_that_are_not_checkpoints_give_one_plain_line(write, tmp_path):
     assert len(message) < 400
 
 
+def test_a_file_without_the_tag_or_a_key_or_with_weights_of_another_model_is_one_line(tiny_checkpoint, tmp_path):
+    from dronseg_edge.checkpoint import FORMAT
+
+    path = tmp_path / "other.pt"
+    for saved, message in (({"model": {}}, f"other.pt is not a dronseg-edge checkpoint \\(no '{FORMAT}' tag\\)"),
+                           ({"format": FORMAT}, "checkpoint .*other.pt lacks 'model': it is damaged")):
+        torch.save(saved, path)
+        with pytest.raises(DronsegError, match=message):
+            load_checkpoint(path)
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ckpt["model"] = {k: v for i, (k, v) in enumerate(ckpt["model"].items()) if i}  # its first layer lost
+    with pytest.raises(DronsegError, match=f"checkpoint .* does not fit model {TINY_ARCH}: Error"):
+        model_from_checkpoint(ckpt)
+
+
 def test_a_folder_given_as_a_checkpoint_is_named_a_folder(tmp_path):
     (tmp_path / "weights").mkdir()
     with pytest.raises(DronsegError, match=r"checkpoint .*weights is a folder, not a file: pass the file itself"):
