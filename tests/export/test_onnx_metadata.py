@@ -337,3 +337,16 @@ def test_metadata_props_larger_than_the_bound_are_refused_before_they_are_read(t
     message = str(info.value)
     assert message.startswith(f"{bad}: metadata_props hold more than {metadata_module.MAX_PROPS_BYTES} bytes") and "\n" not in message
     assert max(reads) < 4096  # the varints only
+
+
+def test_more_metadata_entries_than_the_bound_and_json_of_no_fields_are_one_line(tmp_path):
+    bad = tmp_path / "many.onnx"
+    bad.write_bytes(b"\x72\x06\x0a\x01k\x12\x01v" * (metadata_module.MAX_PROPS + 1))  # field 14 entries k=v
+    with pytest.raises(DronsegError, match=f"many.onnx: metadata_props hold more than {metadata_module.MAX_PROPS} entries"):
+        read_onnx_info(bad)
+    with pytest.raises(DronsegError, match=r"^m.json cannot be read \(Is a directory\): FIX$"):
+        metadata_module.read_info_json(tmp_path, "m.json", "FIX")
+    with pytest.raises(DronsegError, match="^m.json: metadata is list, not an object of fields: FIX$"):
+        ModelInfo.from_dict([], source="m.json", fix="FIX")
+    with pytest.raises(DronsegError, match=r"^m.json has no dronseg-edge metadata \(arch, input_size missing\): FIX$"):
+        ModelInfo.from_dict({"precision": "fp16"}, source="m.json", fix="FIX")
