@@ -144,3 +144,8 @@ def test_every_on_disk_form_refuses_deep_json_and_bad_fields(form, tmp_path):
         read(bad)
     for error, path in ((deep_error, deep), (bad_error, bad)):
         assert "\n" not in str(error.value) and (path.name in str(error.value) or sidecar_path(path).name in str(error.value))
+
+
+def test_metadata_bytes_that_are_not_utf8_are_one_line():
+    with pytest.raises(DronsegError, match="^m.json: metadata is not UTF-8 text: FIX$"):
+        metadata_checks.load_json(b'{"arch": "\xff"}', "m.json", "FIX")

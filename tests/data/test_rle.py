@@ -38,6 +38,9 @@ def test_empty_full_and_integer_masks():
     assert rle_encode(SMALL.astype(np.uint8)) == rle_encode(SMALL)
     assert not rle_decode("", (4, 5)).any() and not rle_decode(None, (4, 5)).any()
     assert rle_decode("1 20", (4, 5)).all()
+    for not_a_class_map in (np.zeros((1, 4, 5), np.uint8), np.full((4, 5), 0.5)):  # a batch, probabilities
+        with pytest.raises(ValueError, match=r"submission_rows takes an \(H, W\) integer class map"):
+            submission_rows("x", not_a_class_map)
 
 
 @pytest.mark.parametrize("order", ["row", "column"])

@@ -257,3 +257,10 @@ def test_class_weights_from_counts_errors():
         class_weights_from_counts([1, 2], method="median")
     with pytest.raises(DronsegError, match="max_ratio"):
         class_weights_from_counts([1, 2], max_ratio=0.5)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_logits_and_target_of_other_sizes_are_refused_by_every_loss(name):
+    with pytest.raises(ValueError, match=r"expected logits \(N, C, H, W\) and target \(N, H, W\); got \(1, 2, 4, 4\) and "
+                                         r"\(1, 3, 3\)"):
+        build_loss(name)(torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 3, dtype=torch.long))
