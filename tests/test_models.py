@@ -105,6 +105,22 @@ def test_local_weights_that_are_no_plain_tensors_are_refused_before_the_nan_chec
         read_weights_file(tmp_path / "w.pth")
 
 
+def test_a_weights_file_of_no_state_dict_or_torchvision_weights_that_cannot_load_are_one_line(tmp_path):
+    from torchvision.models.segmentation import LRASPP_MobileNet_V3_Large_Weights
+
+    from dronseg_edge.models import _download
+
+    torch.save([torch.zeros(1)], tmp_path / "w.pth")
+    with pytest.raises(DronsegError, match="--weights .*w.pth: expected a state dict, found list"):
+        read_weights_file(tmp_path / "w.pth")
+
+    def offline():
+        raise OSError("no network")
+
+    with pytest.raises(DronsegError, match=r"cannot load torchvision weights .* \(OSError\): download https://.* to "):
+        _download(offline, LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1)
+
+
 def test_frozen_stages_do_not_move_and_keep_their_statistics():
     torch.manual_seed(0)
     model = build_model("lraspp_mobilenet_v3_large", weights="none")
