@@ -205,3 +205,9 @@ def test_files_other_threads_make_meanwhile_keep_the_umask(tmp_path, monkeypatch
     finally:
         real_umask(previous)
     assert made and {oct(stat.S_IMODE(p.stat().st_mode)) for p in [*made, tmp_path / "result.png"]} == {"0o644"}
+
+
+def test_a_folder_this_user_cannot_write_into_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic.os, "access", lambda *_args: False)  # root writes anywhere: a read-only mount's answer
+    with pytest.raises(atomic.DronsegError, match=f"^output folder {tmp_path} is not writable; choose another"):
+        atomic.ensure_writable_dir(tmp_path)
