@@ -22,3 +22,8 @@ def test_an_image_name_that_is_not_utf8_is_refused_before_predicting(tiny_checkp
     with pytest.raises(DronsegError, match=r"^image .*caf.* has a name that is not UTF-8 .*: rename it$"):
         write_competition_csv(tiny_checkpoint, tmp_path / "data", tmp_path / "sub.csv", device="cpu", workers=0)
     assert not (tmp_path / "sub.csv").exists()
+
+
+def test_an_unknown_rle_order_is_refused_before_the_checkpoint_is_read(tmp_path):
+    with pytest.raises(DronsegError, match=r"^--rle-order 'diagonal': choose row \(C order, the likely Kaggle convention\)"):
+        write_competition_csv(tmp_path / "missing.pt", tmp_path, tmp_path / "submission.csv", order="diagonal")
