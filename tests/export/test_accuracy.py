@@ -163,3 +163,16 @@ def test_eval_of_an_onnx_file_refuses_a_mask_that_is_not_its_images_size_as_eval
                                       interpolation=cv2.INTER_NEAREST))  # scored stretched before: exit 0
     with pytest.raises(DronsegError, match=r"is 40x20 but image .* masks must match their images pixel for pixel"):
         evaluate_artifact(fp32_onnx, data=data, split="all", device="cpu")
+
+
+def test_recomputing_a_split_without_iterative_stratification_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from dronseg_edge.data.synthetic import synthesize
+
+    synthesize(tmp_path / "data", images=3, size=(96, 64), video_frames=0, seed=0, test_fraction=0.0)
+    monkeypatch.setitem(sys.modules, "iterstrat", None)  # a core + export install: no train extra
+    info = ModelInfo(arch="lraspp_mobilenet_v3_large", input_size=(96, 64))
+    with pytest.raises(DronsegError, match=r"recomputing the val split of .*data needs iterative-stratification: pip install "
+                                           r"'dronseg-edge\[train\]', or score every image with --split all"):
+        split_samples_for(tmp_path / "m.onnx", info, tmp_path / "data", "val")
