@@ -1,5 +1,6 @@
 """Ctrl-C during `dronseg-edge infer`: the outputs written so far must be complete and playable."""
 
+import contextlib
 import json
 import os
 import signal
@@ -100,3 +101,16 @@ def test_a_signal_the_process_ignores_stays_ignored_during_a_run(tmp_path):
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_a_stop_signal_is_raised_at_once_or_when_the_critical_block_ends():
+    from dronseg_edge.pipeline.interrupts import InterruptGuard
+
+    done = []
+    for critical, guard in ((False, InterruptGuard()), (True, InterruptGuard())):  # in a frame's writes: those first
+        with pytest.raises(KeyboardInterrupt), guard.held(), guard:
+            with guard.critical() if critical else contextlib.nullcontext():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append(critical)
+        assert guard.signal_name == "SIGTERM"
+    assert done == [True]
