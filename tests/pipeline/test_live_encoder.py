@@ -76,5 +76,11 @@ def test_without_pyav_a_stream_is_one_line_naming_the_extra(monkeypatch):
         video_writer.encoder_opens.cache_clear()
 
 
+def test_a_pyav_without_libx264_is_one_line_naming_the_fix(monkeypatch):
+    monkeypatch.setattr(live_encoder, "encoder_opens", lambda name: False)
+    with pytest.raises(DronsegError, match="--stream-out needs libx264, which this PyAV's FFmpeg lacks: pip install"):
+        check_pyav_streams()
+
+
 def test_frames_are_sent_as_bgr_of_the_streams_size():
     assert make_result(0).frame.shape == (96, 160, 3) and make_result(0).frame.dtype == np.uint8

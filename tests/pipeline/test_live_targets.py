@@ -87,6 +87,8 @@ def test_results_targets():
     assert parse_results_target("out/r.jsonl") == ("file", Path("out/r.jsonl"))
     with pytest.raises(DronsegError, match="--results 'tcp://h:1'"):
         RunOptions(results="tcp://h:1")
+    with pytest.raises(DronsegError, match="--results is empty: give udp://HOST:PORT"):
+        RunOptions(results=" ")
 
 
 def test_a_password_in_a_target_is_never_shown():

@@ -95,6 +95,8 @@ def test_unwritable_output_folder(segmenter, video_path, tmp_path):
     blocker.write_text("x")
     with pytest.raises(DronsegError, match="cannot create output folder"):
         run_inference(segmenter, video_path, RunOptions(out=blocker / "run", progress=False))
+    with pytest.raises(DronsegError, match="--out .*file is a file: pass a folder"):
+        run_inference(segmenter, video_path, RunOptions(out=blocker, progress=False))
 
 
 def test_folder_run_writes_overlay_images_and_masks_at_each_size(segmenter, image_folder, tmp_path):
@@ -342,6 +344,15 @@ def test_a_failing_write_stops_the_run_with_one_line(segmenter, video_path, tmp_
     data = json.loads((out / "summary.json").read_text())
     assert data["error"] and data["stopped"] == "disk_full" and (out / "overlay.mp4").exists()
     assert list((out / "masks").iterdir()) == []  # no temporary file left behind
+
+
+def test_a_bug_in_a_sinks_close_is_raised_after_the_summary(segmenter, video_path, tmp_path, monkeypatch):
+    from dronseg_edge.pipeline.sinks import StatsSink
+
+    monkeypatch.setattr(StatsSink, "close", lambda self: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # not a run that ended well: exit 0 with a bug in summary.json
+        run_inference(segmenter, video_path, RunOptions(out=tmp_path / "run", max_frames=1, progress=False))
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stopped"] == "error"
 
 
 def test_confidence_maps_and_a_class_filter_in_a_run(segmenter, video_path, tmp_path):

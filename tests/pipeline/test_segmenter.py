@@ -349,6 +349,8 @@ def test_a_class_filter_keeps_the_chosen_classes_in_masks_shares_and_pictures():
                                            "person, bike"):
         Segmenter(FakeBackend(respond=blue_classes), classes=["car", "ufo"])
     assert Segmenter(FakeBackend(), classes=1).classes == (1,)  # one id: was TypeError "'int' object is not iterable"
+    with pytest.raises(DronsegError, match="--classes is empty: give one or more class names"):
+        Segmenter(FakeBackend(), classes=" , ")  # not a filter that keeps no class
     # ids in a string, as --classes 1,3 and RunOptions' help give them: were "--classes 1,3: ... has no such class"
     assert Segmenter(FakeBackend(), classes="1, 3").classes == Segmenter(FakeBackend(), classes=("car", "1")).classes == (1, 3)
 
