@@ -210,6 +210,15 @@ def test_tall_strips_keep_the_contact_sheet_and_overlays_within_what_jpeg_holds(
     assert cv2.imread(str(tmp_path / "overlay" / "000000.png")).shape == (20, 66000, 3)
 
 
+def test_a_mask_png_cannot_hold_is_one_line_and_no_file(tmp_path):
+    # a 1000001x2 BMP's mask: libpng refuses a side over 1,000,000 px and cv2.imencode says only False
+    result = make_result(0, (8, 2))
+    result.mask = np.zeros((2, 1_000_001), np.uint8)
+    with pytest.raises(DronsegError, match=r"OpenCV cannot encode .*000000.png \(uint8 \(2, 1000001\)\)"):
+        MaskSink(tmp_path / "masks").write(result)
+    assert list((tmp_path / "masks").iterdir()) == []
+
+
 def test_an_image_name_of_255_bytes_is_written(tmp_path):
     # its temporary name, 5 bytes longer, was ENAMETOOLONG: exit 5 ("check the disk") for a legal name
     sink = MaskSink(tmp_path / "masks")

@@ -130,6 +130,10 @@ def test_video_with_zero_frames(tmp_path):
     with pytest.raises(DronsegError, match="no frames|cannot be opened"):
         source = open_source(path)
         list(source.frames())
+    empty_avi = tmp_path / "zero.avi"  # opens, with a size in its header: its first read fails
+    cv2.VideoWriter(str(empty_avi), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (96, 64)).release()
+    with pytest.raises(DronsegError, match="zero.avi has no readable frames: check it plays"):
+        list(open_source(empty_avi).frames())
 
 
 

@@ -117,6 +117,27 @@ def test_an_encoder_that_fails_at_the_real_size_falls_back_to_the_next(tmp_path,
 
 
 @needs_av
+def test_frames_too_small_or_an_encoder_failing_mid_run_are_one_line(tmp_path):
+    with pytest.raises(DronsegError, match="frames of 1x48 are too small for a video; use --no-save-video"):
+        open_video_writer(tmp_path / "thin.mp4", (1, 48), 30.0, "libx264")
+    writer = open_video_writer(tmp_path / "v.mp4", (64, 48), 30.0, "libx264")
+    fault = video_writer._import_av().error.InvalidDataError(1094995529, "Invalid data found when processing input")
+    stream, writer._stream = writer._stream, SimpleNamespace(encode=lambda frame: (_ for _ in ()).throw(fault))
+    with pytest.raises(DronsegError, match=r"encoding .*v.mp4 with libx264 failed: .*; try --codec mp4v"):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer._stream = stream
+    writer.close()
+
+
+def test_a_folder_no_encoder_can_write_into_is_one_line(tmp_path):
+    with pytest.raises(DronsegError, match=r"cannot write video .*v.mp4 \(64x48; mp4v: OpenCV cannot open an mp4v "
+                                           r"writer for .*\): the folder is not writable"):
+        open_video_writer(tmp_path / "missing" / "v.mp4", (64, 48), 30.0, "mp4v")
+    with pytest.raises(DronsegError, match=r"cannot name .* in a GStreamer pipeline \(a quote or backslash in it\)"):
+        video_writer.gst_file_pipeline(tmp_path / 'a"b.mp4', "x264enc", (64, 48), 30.0)
+
+
+@needs_av
 def test_hevc_is_tagged_for_apple_players(tmp_path):
     if not any(encoder_opens(name) for name in ("hevc_nvenc", "libx265")):
         pytest.skip("this PyAV's FFmpeg has no H.265 encoder")
