@@ -4,6 +4,8 @@ pad_batch (a short batch padded to an artifact's fixed batch by repeating its la
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import torch
 import dronseg_edge.metadata as metadata_module
 from dronseg_edge.checkpoint import load_checkpoint
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.runtime.base import pad_batch
+from dronseg_edge.runtime.base import TensorSpec, check_declared_io, pad_batch
 from dronseg_edge.runtime.onnxruntime import OnnxRuntimeBackend
 from dronseg_edge.runtime.registry import load_backend
 from dronseg_edge.runtime.tensorrt import TensorRTBackend
@@ -75,6 +77,23 @@ def test_a_dynamic_artifact_takes_any_batch_and_size_but_not_other_channels():
     assert backend.batches == [(3, 3, 16, 20)]
     with pytest.raises(DronsegError, match="takes"):
         backend.infer(torch.zeros(1, 4, 6, 8))
+
+
+def test_segment_takes_numpy_uint8_frames_only():
+    backend = counting_backend()
+    for frames in (np.zeros((6, 8, 3), np.uint8), np.zeros((1, 6, 8, 3), np.float32), [np.zeros((6, 8, 3), np.uint8)]):
+        with pytest.raises(DronsegError, match=r"counting.onnx: segment\(\) takes \(N, H, W, 3\) uint8 BGR frames as numpy"):
+            backend.segment(frames)
+    assert backend.activations == 0
+
+
+def test_a_graph_unlike_its_metadata_is_one_line_naming_the_file():
+    x, y = TensorSpec("images", "float32", (None, 3, None, None)), TensorSpec("logits", "float32", (None, 12, None, None))
+    for inputs, outputs, says in (([x, x], [y], "one image input, but the model has inputs ['images', 'images']"),
+                                  ([TensorSpec("images", "float32", (1, 4, 6, 8))], [y], "3 colour channels, but the model takes 4"),
+                                  ([x], [], "outputs [], but the model has []")):
+        with pytest.raises(DronsegError, match=re.escape(f"m.onnx: its metadata says {says}: the metadata was edited")):
+            check_declared_io(Path("m.onnx"), FakeBackend().info, inputs, outputs)
 
 
 def test_torch_backend_checks_the_contract_too(tiny_checkpoint):
