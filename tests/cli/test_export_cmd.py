@@ -284,3 +284,5 @@ def test_parity_refuses_both_spellings_of_its_image_count(tiny_checkpoint, frame
     code, out, err = run_cli(capsys, "parity", tiny_checkpoint, tiny_checkpoint, "--data", frames, "--parity-images", "4",
                              "--max-images", "8")
     assert_one_error_line(code, out, err, 2, "--max-images is the old spelling of --parity-images: give one of them")
+    code, out, err = run_cli(capsys, "parity", tiny_checkpoint, tiny_checkpoint, "--parity-images", "0")
+    assert_one_error_line(code, out, err, 2, "--parity-images 0 must be 1 or more")  # before a model is loaded
