@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dronseg_edge.atomic import storage_failure
-from dronseg_edge.errors import DronsegError, RuntimeFailure
+from dronseg_edge.errors import RuntimeFailure
 from dronseg_edge.pipeline.overlay import OverlayPlan
 from dronseg_edge.pipeline.result import Result
 from dronseg_edge.pipeline.sinks import Sink
@@ -86,8 +86,6 @@ class VideoSink(Sink):
         return self.path.with_name(f"{self.path.stem}_{number:05d}{self.path.suffix}")
 
     def _write(self, result: Result) -> None:
-        if self._closed:
-            raise DronsegError(f"video {self.path} is already closed")
         image = self.overlay.image(result)
         size = (image.shape[1], image.shape[0])
         if self.size is not None and size != self.size:
