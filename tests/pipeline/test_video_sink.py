@@ -110,6 +110,18 @@ def test_video_sink_without_frames_leaves_nothing(tmp_path):
     assert sink.fps == 30.0
 
 
+def test_a_finished_file_that_cannot_take_its_name_is_one_line(tmp_path, monkeypatch):
+    sink = VideoSink(tmp_path / "v.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT), codec="mp4v")  # renamed at close
+    sink.write(make_result(0))
+
+    def refused(source, target):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(video_sink.os, "replace", refused)
+    with pytest.raises(RuntimeFailure, match=r"cannot write .*v.mp4: Input/output error"):
+        sink.close()  # not a segment listed under a name no file has
+
+
 @needs_av
 def test_a_fragmented_file_whose_end_cannot_be_written_is_kept(tmp_path):
     """Under a disk quota the encoder's last write fails (EDQUOT): the fragments on disk still play."""
