@@ -50,6 +50,12 @@ def test_every_command_refuses_a_read_only_output_at_once(command, read_only, ti
     assert sorted(os.listdir(read_only)) == ["run"]
 
 
+def test_an_existing_read_only_folder_is_called_not_writable_not_uncreatable(read_only, tiny_checkpoint, capsys):
+    code, stderr = run_cli(capsys, "export", tiny_checkpoint, "--out", read_only / "run")
+    assert code == 2 and stderr.strip() == (f"error: output folder {read_only / 'run'} (--out) is not writable (Read-only "
+                                            "file system): choose another folder, or make it writable")
+
+
 def test_infer_without_out_in_a_read_only_working_folder_is_refused_before_the_model_loads(read_only, tiny_checkpoint,
                                                                                            synth_root, monkeypatch, capsys):
     """The default runs/infer/expN could not be made: found after the model had loaded, in a line not naming --out."""
