@@ -52,8 +52,16 @@ def test_every_command_refuses_a_read_only_output_at_once(command, read_only, ti
 
 def test_an_existing_read_only_folder_is_called_not_writable_not_uncreatable(read_only, tiny_checkpoint, capsys):
     code, stderr = run_cli(capsys, "export", tiny_checkpoint, "--out", read_only / "run")
-    assert code == 2 and stderr.strip() == (f"error: output folder {read_only / 'run'} (--out) is not writable (Read-only "
-                                            "file system): choose another folder, or make it writable")
+    assert code == 2 and stderr.strip() == (f"error: output folder {read_only / 'run'} (--out) is not writable "
+                                            "(Read-only file system): choose another folder, or make it writable")
+
+
+def test_a_report_whose_folder_is_read_only_or_cannot_be_made_says_which(read_only, tiny_checkpoint, tmp_path, capsys):
+    ro, long = read_only / "scores.json", tmp_path / ("a" * 300) / "scores.json"
+    assert run_cli(capsys, "eval", tiny_checkpoint, "--json", ro) == (
+        2, f"error: --json {ro}: folder {read_only} is not writable (Read-only file system); choose another path\n")
+    assert run_cli(capsys, "eval", tiny_checkpoint, "--json", long) == (  # not "name too long" after the scoring
+        2, f"error: --json {long}: cannot create its folder {long.parent} (File name too long); choose another path\n")
 
 
 def test_infer_without_out_in_a_read_only_working_folder_is_refused_before_the_model_loads(read_only, tiny_checkpoint,
