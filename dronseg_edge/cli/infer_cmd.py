@@ -106,6 +106,7 @@ def infer(
                                                        ("corrupt_frames", "damaged frames skipped"),
                                                        ("oversized_images", "images above --max-pixels skipped"),
                                                        ("size_changes", "frame size changes followed"),
+                                                       ("rate_changes", "frame rate changes followed"),
                                                        ("reconnects", "reconnects")) if data.get(key)]
     if notes:
         echo("Notes: " + ", ".join(notes))
@@ -115,7 +116,7 @@ def infer(
                    f"(--tile {data['tile']['mode']}, overlap {data['tile']['overlap']:g})")
     if data.get("video_segments"):
         files = data["video_segments"]
-        what = f"segments of {data['segment_s']:g} s" if data.get("segment_s") else "files (the frame size changed)"
+        what = f"segments of {data['segment_s']:g} s" if data.get("segment_s") else "files (the size or rate changed)"
         echo(f"Video: {len(files)} {what} ({files[0]['file']} ... {files[-1]['file']})")
     stopped = STOP_NOTES.get(data.get("stopped"))
     if stopped:

@@ -31,7 +31,8 @@ class Result:
     a filter (None: all); ``tiles``: windows the frame was segmented in (0: resized whole);
     ``read_at``: ``time.monotonic()`` when the frame was read (FrameRecord.read_at); ``seen_classes``:
     the class ids present in the source up to this frame, for the overlay's legend (set by
-    ``run_inference``); ``overlays``: each OverlayPlan's image of this frame, made once for every sink.
+    ``run_inference``); ``overlays``: each OverlayPlan's image of this frame, made once for every sink; ``fps``: a
+    live source's rate at this frame (FrameRecord.fps).
     """
 
     mask: np.ndarray
@@ -50,6 +51,7 @@ class Result:
     read_at: float | None = None
     seen_classes: tuple[int, ...] | None = None
     overlays: dict = field(default_factory=dict, repr=False, compare=False)
+    fps: float | None = None
 
     @property
     def size(self) -> tuple[int, int]:

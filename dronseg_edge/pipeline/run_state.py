@@ -146,6 +146,7 @@ class RunState:
             wall_s=round(self.wall_s, 3), fps=round(frames / self.wall_s, 3) if self.wall_s > 0 else 0.0,
             dropped_frames=reader.dropped, corrupt_frames=source.corrupt, reconnects=source.reconnects,
             oversized_images=source.oversized, max_pixels=source.max_pixels, size_changes=source.size_changes,
+            rate_changes=source.rate_changes,
             interrupted=self.interrupted, interrupted_by=self.interrupted_by, stopped_by_key=self.stopped_by_key,
             stopped=self.stop_reason(), error=str(self.error) if self.error else self.bug,
             # the reader reads ahead: it may have met the end of a file that --max-frames or a signal stopped first

@@ -236,7 +236,8 @@ class Segmenter(contextlib.AbstractContextManager):
         return Result(mask=mask, shares=count / max(float(mask.size), 1.0), class_names=list(self.info.class_names),
                       frame=record.frame, index=record.index, timestamp=record.timestamp, name=record.name,
                       source=record.source, timings={"decode": record.decode_ms, **stage_ms}, confidence=confidence,
-                      palette=self.info.palette, classes=request.classes, tiles=tiles, read_at=record.read_at)
+                      palette=self.info.palette, classes=request.classes, tiles=tiles, read_at=record.read_at,
+                      fps=record.fps)
 
     def close(self) -> None:
         self.backend.deactivate()

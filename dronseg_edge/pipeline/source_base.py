@@ -59,7 +59,7 @@ class FrameRecord:
     stream: wall clock since its first read began, not since it opened; images: None);
     ``frame``: (H, W, 3) uint8 BGR; ``name``: stem for output files (``000042`` or the image's stem);
     ``read_at``: ``time.monotonic()`` when the reader took it from the source (None before that), where
-    the live outputs' latency starts.
+    the live outputs' latency starts; ``fps``: a live source's rate at this frame (a reopen may change it), else None.
     """
 
     index: int
@@ -69,6 +69,7 @@ class FrameRecord:
     name: str
     decode_ms: float = 0.0
     read_at: float | None = None
+    fps: float | None = None
 
 
 class Source(contextlib.AbstractContextManager):
@@ -86,9 +87,9 @@ class Source(contextlib.AbstractContextManager):
         self.frame_count: int | None = None
         # corrupt: frames or files that could not be decoded and were skipped; oversized: images skipped for
         # holding more pixels than --max-pixels (read from their header); size_changes: times a video's or a live
-        # source's frame size changed mid-way (the outputs follow each change); reconnects: times a live source was
-        # reopened.
-        self.corrupt = self.oversized = self.size_changes = self.reconnects = 0
+        # source's frame size changed mid-way (the outputs follow each change); rate_changes: times a live source was
+        # reopened at another declared frame rate (the overlay video follows it); reconnects: times it was reopened.
+        self.corrupt = self.oversized = self.size_changes = self.rate_changes = self.reconnects = 0
         # How the source ended, once it has: "ended" (its end: last frame, last image, a stream its
         # server closed), "truncated" (a file that stops before the frame count its header declares),
         # "lost" (a stream or camera that stopped and could not be reopened); None while running or

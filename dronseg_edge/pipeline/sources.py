@@ -281,7 +281,7 @@ class CaptureSource(Source):
                 spent += recent[-1] * 1e3  # --stride's skipped frames are read (decoded) too
                 seen = time.monotonic() - start_time
                 if position % stride == 0:
-                    yield FrameRecord(position, seen, frame, self.name, f"{position:06d}", spent)
+                    yield FrameRecord(position, seen, frame, self.name, f"{position:06d}", spent, fps=self.fps)
                     spent = 0.0
                 position += 1
                 continue
@@ -291,7 +291,7 @@ class CaptureSource(Source):
             recent.clear()
             replays = self.ends and (self.frame_count or self.is_file)  # a reopen starts it again at its first frame
             declared = not timed_out and replays
-            if not declared and (self._reconnect(timed_out) or self._stop.is_set()):
+            if not declared and (self._reconnect(timed_out, position) or self._stop.is_set()):
                 skip = position if replays else 0  # a file that timed out goes on where it stopped: not replayed
                 while skip > 0 and not self._stop.is_set() and self.capture.grab():
                     skip -= 1
@@ -310,7 +310,7 @@ class CaptureSource(Source):
                 f"{self.kind} {self.name} was lost ({why}) and could not be reopened within {self.reconnect_s:g} s: "
                 "check the device or network, or allow longer with --reconnect-s", stopped="source_lost")
 
-    def _reconnect(self, timed_out: bool) -> bool:
+    def _reconnect(self, timed_out: bool, position: int) -> bool:
         """Reopen with back-off for up to ``reconnect_s``; True once reopened, False when it gave up or was stopped."""
         self.capture.release()
         how = "timed out" if timed_out else "stopped"
@@ -324,6 +324,12 @@ class CaptureSource(Source):
                 self.capture = capture
                 self.reconnects += 1
                 log.warning("%s %s reopened after %.1f s", self.kind, self.name, time.monotonic() - began)
+                fps = _rate_and_count(capture)[0]
+                if fps != self.fps and None not in (fps, self.fps):  # without a rate, frames are placed as they come
+                    self.rate_changes += 1
+                    log.warning("%s %s changes rate at frame %d, from %g to %g fps: the outputs follow it", self.kind,
+                                self.name, position, self.fps, fps)
+                    self.fps = fps
                 return True
         return False
 

@@ -49,6 +49,7 @@ class Summary:
     oversized_images: int  # images over --max-pixels, skipped unread
     max_pixels: int
     size_changes: int  # a stream that changed resolution mid-way
+    rate_changes: int  # a live source reopened at another frame rate (the overlay video starts a new file)
     # how it ended
     interrupted: bool
     interrupted_by: str | None  # the signal's name

@@ -46,9 +46,9 @@ class VideoSink(Sink):
     timeline at the rate its header gives: a frame is repeated where the next comes late, left out
     where it comes before its place; elsewhere the frames' indices place them.
 
-    A frame of another size (a stream that changed resolution) starts a new file, as one video holds
-    one size: ``NAME.mp4``, then ``NAME_00001.mp4``, ... (``segments`` lists them, each with where it
-    starts in the source's timeline).
+    A frame of another size or rate (a stream reopened at another resolution or frame rate, ``Result.fps``) starts a
+    new file, as one video holds one size and plays at one rate: ``NAME.mp4``, then ``NAME_00001.mp4``, ...
+    (``segments`` lists them, each with where it starts in the source's timeline).
 
     ``segment_s`` (``--segment-s``): the video is cut into ``NAME_00000.mp4``, ``NAME_00001.mp4``, ...
     of that many seconds of the video's timeline each, every one finished and renamed as soon as it
@@ -66,7 +66,7 @@ class VideoSink(Sink):
         self.fps = fps or DEFAULT_FPS
         encoders_for(codec)  # an explicit --codec this machine cannot write fails now, not at the first frame
         self.overlay, self.requested_codec, self.by_time = overlay, codec, by_time
-        self.segment_frames = max(1, round(segment_s * self.fps)) if segment_s else None
+        self.segment_s = segment_s
         self.segments: list[dict] = []  # finished files: {"file": name, "frames": n, "start_s": seconds}
         self.size: tuple[int, int] | None = None
         self.codec: str | None = None  # the encoder writing the video (libx264, h264_nvenc, mp4v, ...)
@@ -74,11 +74,15 @@ class VideoSink(Sink):
         self._header_bytes = 0  # the current file's size before its first frame (a fragmented MP4's empty index)
         self._synced_bytes, self._synced_at = 0, -SYNC_EVERY_S  # its size at its last fsync, and when (monotonic s)
         self._closed, self.video_frames = False, 0
-        self._unwritten = 0  # frames of the timeline in no file: the gap before a file of another size
+        self._unwritten = 0  # frames of the timeline in no file (at the video's rate): the gap before a new file
         self._last: tuple[int, np.ndarray, float | None] | None = None  # the last frame's index, overlay and time
         self._origin: tuple[float, int] | None = None  # a frame's time and place in the video that later ones follow
         self.end_index: int | None = None  # the source's frame count, once read to its end: close() fills up to it
         self.end_time: float | None = None  # and its last frame's time
+
+    @property
+    def segment_frames(self) -> int | None:
+        return max(1, round(self.segment_s * self.fps)) if self.segment_s else None
 
     def _final_path(self, number: int) -> Path:
         if self.segment_frames is None and number == 0:
@@ -87,16 +91,19 @@ class VideoSink(Sink):
 
     def _write(self, result: Result) -> None:
         image = self.overlay.image(result)
-        size = (image.shape[1], image.shape[0])
-        if self.size is not None and size != self.size:
+        size, rate = (image.shape[1], image.shape[0]), result.fps or self.fps
+        if self.size is not None and (size, rate) != (self.size, self.fps):
             if self._writer is not None:
                 self._finish_file()
             # No filling the new size's file with the old size's overlay; it starts where this frame belongs
             self._unwritten += max(self._copies(result.index, result.timestamp), 0) if self._last is not None else 0
             self._last = None
-            log.warning("frame %d is %dx%d, the video %dx%d: the overlay video goes on in a new file, %s",
-                        result.index, *size, *self.size, self._final_path(len(self.segments)).name)
-        self.size = size
+            log.warning("frame %d is %dx%d at %g fps, the video %dx%d at %g fps: the overlay video goes on in a new "
+                        "file, %s", result.index, *size, rate, *self.size, self.fps,
+                        self._final_path(len(self.segments)).name)
+            # the timeline so far, in frames at the new rate: where the next files start (_finish_file)
+            self._unwritten = (self.video_frames + self._unwritten) * rate / self.fps - self.video_frames
+        self.size, self.fps = size, rate
         copies = self._copies(result.index, result.timestamp) if self._last is not None else 0
         if self._last is None:
             self._origin = None if result.timestamp is None else (result.timestamp, self.video_frames)

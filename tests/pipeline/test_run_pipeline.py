@@ -304,18 +304,31 @@ def test_a_local_file_as_a_live_stream(segmenter, video_path, tmp_path):
 
 
 class DroppingCapture:
-    def __init__(self, frames):
-        self.left = frames
+    def __init__(self, frames, fps: float = 25.0):
+        self.left, self.fps = frames, fps
 
     def read(self):
         self.left -= 1
         return (True, scene(self.left, (96, 64))) if self.left >= 0 else (False, None)
 
     def get(self, prop):
-        return 25.0
+        return self.fps if prop == cv2.CAP_PROP_FPS else 0.0  # live: no frame count
 
     def release(self):
         pass
+
+
+def test_a_stream_reopened_at_another_rate_goes_on_in_a_video_file_at_it(segmenter, tmp_path):
+    """A TCP stream at 30 fps that came back at 10 fps: the frames after it were written at 30 fps too, so the overlay
+    video played that part 3x fast (206 frames, 6.9 s of video for 10.4 s of stream), and nothing said why."""
+    opens = iter([DroppingCapture(6, fps=25.0), DroppingCapture(3, fps=10.0)])
+    source = StreamSource("tcp://127.0.0.1:5000", open_capture=lambda: next(opens, None))
+    summary = run_inference(segmenter, source, RunOptions(out=tmp_path / "run", live=False, max_frames=9, progress=False))
+    data = summary.data
+    assert (data["frames"], data["reconnects"], data["rate_changes"], data["size_changes"]) == (9, 1, 1, 0)
+    assert [(s["file"], s["frames"], s["start_s"]) for s in data["video_segments"]] == [
+        ("overlay.mp4", 6, 0.0), ("overlay_00001.mp4", 3, 0.24)]  # frame 6 at 25 fps
+    assert [read_video(summary.out_dir / s["file"])[1] for s in data["video_segments"]] == [25.0, 10.0]
 
 
 def test_lost_stream_finalises_outputs_then_reports_the_error(segmenter, tmp_path):

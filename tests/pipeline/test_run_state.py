@@ -64,7 +64,7 @@ def test_summary_holds_per_frame_stage_times_and_the_slowest_writer(tmp_path):
         device=torch.device("cpu"), info=SimpleNamespace(precision="fp32", input_size=(96, 64)), batch=1,
         tiling=TilePlan("auto", (96, 64)))
     source = SimpleNamespace(name="clip.mp4", kind="video", fps=25.0, corrupt=1, reconnects=0, oversized=2,
-                             size_changes=1, hw_decode=None, end="ended", max_pixels=1 << 26)
+                             size_changes=1, rate_changes=0, hw_decode=None, end="ended", max_pixels=1 << 26)
     reader = SimpleNamespace(decode_ms=12.0, decoded=3, dropped=0)
     sinks = [FakeSink("masks", 2, 8.0, {"masks": str(tmp_path / "masks")}),
              FakeSink("stats", 2, 2.0, {"stats": str(tmp_path / "stats.jsonl")})]
@@ -130,7 +130,7 @@ def test_summary_names_the_files_it_read_by_absolute_path(tmp_path, monkeypatch)
     for name, kind, recorded in (("clip.mp4", "video", str(tmp_path / "clip.mp4")), ("imgs", "images", str(tmp_path / "imgs")),
                                  ("rtsp://cam/live", "stream", "rtsp://cam/live"), ("0", "camera", "0")):
         source = SimpleNamespace(name=name, kind=kind, fps=None, corrupt=0, reconnects=0, oversized=0, size_changes=0,
-                                 hw_decode=None, end=None, max_pixels=1000)
+                                 rate_changes=0, hw_decode=None, end=None, max_pixels=1000)
         data = state.summary(segmenter, source, reader, []).to_dict()
         assert (data["model"], data["source"]) == (str(tmp_path / "m.onnx"), recorded)
         # the limit the source applied: run_inference(seg, open_source(folder), RunOptions(max_pixels=1000)) read

@@ -286,6 +286,19 @@ def test_a_stream_reopened_at_another_size_counts_the_change(caplog):
     assert "changes size at frame 2, from 32x24 to 48x32" in caplog.text
 
 
+def test_a_stream_reopened_at_another_rate_counts_the_change(caplog):
+    """A stream that came back from a reconnect at another frame rate kept its first rate: its overlay video played the
+    rest too fast or too slow, and nothing counted or said it. Its frames now carry the rate they come at."""
+    slower = ScriptedCapture(3)
+    slower.get = lambda prop: 10.0 if prop == cv2.CAP_PROP_FPS else 0.0
+    source = StreamSource("tcp://127.0.0.1:5000", open_capture=opener(ScriptedCapture(2), slower))
+    with caplog.at_level(logging.WARNING, logger="dronseg_edge"):
+        records = list(itertools.islice(source.frames(), 5))
+    assert [r.fps for r in records] == [30.0] * 2 + [10.0] * 3
+    assert (source.reconnects, source.rate_changes, source.size_changes, source.fps) == (1, 1, 0, 10.0)
+    assert "changes rate at frame 2, from 30 to 10 fps" in caplog.text
+
+
 def test_an_http_stream_its_server_closes_ends_without_an_error(caplog):
     source = StreamSource("http://127.0.0.1/live.ts", reconnect_s=0.3, open_capture=opener(FakeCapture(4)))
     with caplog.at_level(logging.WARNING, logger="dronseg_edge"):

@@ -65,7 +65,7 @@ def test_a_frame_of_another_size_starts_a_new_file(tmp_path, caplog):
                                                                             ("v_00001.mp4", 2, "96x72")]
     assert [s["start_s"] for s in sink.segments] == [0.0, 0.4]  # where frame 4 is at 10 fps: not 0.3 (3 written)
     assert sink.outputs() == {"video": [str(tmp_path / "v.mp4"), str(tmp_path / "v_00001.mp4")]}
-    assert "frame 4 is 96x72, the video 64x48" in caplog.text and "v_00001.mp4" in caplog.text
+    assert "frame 4 is 96x72 at 10 fps, the video 64x48 at 10 fps" in caplog.text and "v_00001.mp4" in caplog.text
 
 
 def test_video_sink_fills_skipped_frames_to_keep_the_timeline(tmp_path):
