@@ -20,9 +20,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file to a worker at a time, each with one
+# OpenMP/torch thread: on CI's 2 cores that took 298 s where one process took 497 s (2026-12-07); two workers
+# with torch's two threads each took 527 s (the threads spin against each other). TEST_WORKERS=0: one process.
 # pytest exits 5 when it collects no tests; that is not a failure of the suite.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
+		if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 # make test-oldest: the suite in .venv-oldest on a Jetson's Python (3.10) with the oldest versions the
 # package declares (tools/oldest-constraints.txt; README, "What was verified how"). Not part of CI.
