@@ -204,6 +204,9 @@ def read_mask(path: Path, num_classes: int = NUM_CLASSES, max_pixels: int = DEFA
                            f"class indices 0..{num_classes - 1}")
     if data.size and (int(data.max()) >= num_classes or int(data.min()) < 0):  # -2 of a 32-bit mask: 254 as uint8
         bad = np.unique(data[(data < 0) | (data >= num_classes)]).tolist()
+        if 0 <= bad[0] and bad[-1] < NUM_CLASSES:  # the data set's classes, more than the model (num_classes) has
+            raise DronsegError(f"mask {path} holds classes up to {bad[-1]} of the data set's {NUM_CLASSES}, but the model "
+                               f"predicts {num_classes}: score a {NUM_CLASSES}-class model, or give masks of its own classes")
         raise DronsegError(f"mask {path} holds values {bad[:5]} outside 0..{num_classes - 1}: fix the labels")
     return data.astype(np.uint8, copy=False)
 

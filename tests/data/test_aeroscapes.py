@@ -253,6 +253,13 @@ def test_a_mask_with_negative_values_is_refused(tmp_path):
         read_mask(tmp_path / "m.png")
 
 
+
+def test_a_mask_of_the_data_sets_classes_past_a_models_names_both_counts(tmp_path):
+    """eval of a 5-class .onnx (and parity of a 5-class model) on AeroScapes masks said "fix the labels"."""
+    Image.fromarray(np.full((4, 6), 10, np.uint8)).save(tmp_path / "m.png")
+    with pytest.raises(DronsegError, match=r"m\.png holds classes up to 10 of the data set's 12, but the model predicts 5: "):
+        read_mask(tmp_path / "m.png", num_classes=5)
+
 @pytest.mark.parametrize("value", [np.nan, 3.7])
 def test_a_mask_of_fractional_values_is_refused(value, tmp_path):
     # a float TIFF under a .png name: NaN was a ValueError traceback in eval and train, 3.7 was read as class 3
