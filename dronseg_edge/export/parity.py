@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from dronseg_edge.checkpoint import load_checkpoint
+from dronseg_edge.classes import NUM_CLASSES
 from dronseg_edge.devices import resolve_device, tf32_mode
 from dronseg_edge.errors import DronsegError
 from dronseg_edge.export.accuracy import class_map_at, source_checkpoint
-from dronseg_edge.export.images import ImageSet, load_item, resolve_images
+from dronseg_edge.export.images import ImageItem, ImageSet, load_item, resolve_images
 from dronseg_edge.export.parity_picture import WorstImage
 from dronseg_edge.export.parity_report import GroundTruthScores, OutputStats, ParityReport, ParityThresholds
 from dronseg_edge.metadata import ModelInfo
@@ -221,6 +222,8 @@ def check_parity(reference: Model, candidate: Model, data: Path | None = None, *
         limits = thresholds or ParityThresholds.for_precision(cand.info.precision)
         with resolve_images(data, ckpt, option="--parity-data", max_images=max_images, size=size,
                             allow_synthetic=True) as images, tf32_mode(False):  # the PyTorch reference must be true fp32, not TF32
+            if images.synthetic and cand.info.num_classes != NUM_CLASSES:  # synth's masks hold the 12 AeroScapes classes
+                images.items = [ImageItem(item.image) for item in images.items]
             return (_compare_frames if frames else _compare)(ref, cand, images, limits)
     finally:
         for backend in owned:
