@@ -37,7 +37,7 @@ from dronseg_edge.devices import resolve_device
 from dronseg_edge.errors import BackendUnavailable, DronsegError
 from dronseg_edge.export import embedded
 from dronseg_edge.export import onnx as onnx_export
-from dronseg_edge.export.images import images_from_folder, resolve_images
+from dronseg_edge.export.images import check_folder, resolve_images
 from dronseg_edge.export.options import EXPORT_PRECISIONS, ExportOptions
 from dronseg_edge.export.parity import check_parity
 from dronseg_edge.export.parity_picture import picture_path, save_difference_picture
@@ -255,8 +255,8 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
     info = _artifact_info(source, options)
     final = _final_path(source.path, source.info.input_size, options, folder)
     _check_placeable(final)
-    if options.parity and options.parity_data is not None:  # an empty or missing folder fails now, not after the export
-        images_from_folder(options.parity_data, "--parity-data")
+    if options.parity and options.parity_data is not None:  # an empty folder or a damaged image fails now, not after the export
+        check_folder(options.parity_data, "--parity-data", options.parity_images)
     notes: tuple[str, ...] = ()
     if options.reuse:
         found = reusable_artifact(final, info)

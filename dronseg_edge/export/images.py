@@ -22,7 +22,7 @@ from dronseg_edge.data.aeroscapes import dataset_samples, read_bgr, read_mask, s
 from dronseg_edge.data.split import pick_evenly
 from dronseg_edge.dataset_layout import IMAGE_DIR, TEST_MASK_DIR
 from dronseg_edge.errors import DronsegError
-from dronseg_edge.media import IMAGE_SUFFIXES, ImageTooLarge, without_option
+from dronseg_edge.media import IMAGE_SUFFIXES, ImageTooLarge, checked_image_size, without_option
 
 
 
@@ -64,6 +64,18 @@ def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]
             f"or a dataset root (ROOT/{IMAGE_DIR})"
         )
     return [ImageItem(p) for p in images], f"image folder {folder.resolve()}"  # resolved: recorded in artifacts
+
+
+def check_folder(folder: Path, option: str, max_images: int | None) -> None:
+    """Check the headers of the images (and masks) of ``folder`` that ``max_images`` picks (readable, within
+    the default pixel limit) before an export's work: a damaged one is one line naming it, not a failure after it."""
+    try:
+        for item in pick_evenly(images_from_folder(folder, option)[0], max_images):
+            checked_image_size(item.image)
+            if item.mask is not None:
+                checked_image_size(item.mask, what="mask")
+    except ImageTooLarge as exc:
+        raise without_option(exc) from None
 
 
 def resolve_images(data: Path | None, ckpt: dict[str, Any] | None, *, option: str, max_images: int | None,

@@ -178,13 +178,17 @@ def test_a_name_too_long_for_a_file_the_export_may_place_is_refused_before_any_w
 
 @pytest.mark.parametrize("fmt", ["onnx", "triton"])
 def test_parity_data_without_images_is_refused_before_any_work(tiny_checkpoint, tmp_path, monkeypatch, fmt):
-    """`export CKPT --parity-data EMPTY` was refused only after the ONNX export had run (minutes for a large model)."""
+    """`export CKPT --parity-data EMPTY` (or a folder with a damaged image) was refused only after the ONNX export had
+    run (minutes for a large model)."""
     import dronseg_edge.export.artifact as artifact
 
     (tmp_path / "empty").mkdir()
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "a.jpg").write_bytes(b"not a JPEG")
     monkeypatch.setattr(artifact, "_write_onnx", lambda *args: pytest.fail("the export began"))
-    for folder, why in (("empty", "holds no images"), ("nowhere", "does not exist")):
-        with pytest.raises(DronsegError, match=f"^--parity-data {tmp_path / folder} {why}.*: pass a folder of images"):
+    for folder, why in (("empty", "--parity-data .*empty holds no images"), ("nowhere", "--parity-data .*nowhere does not"),
+                        ("damaged", "image .*a.jpg cannot be read")):
+        with pytest.raises(DronsegError, match=f"^{why}.*: (pass a folder of images|replace or remove it)"):
             export_artifact(tiny_checkpoint, out_dir=tmp_path / "out", parity_data=tmp_path / folder, device="cpu", fmt=fmt)
     assert not (tmp_path / "out").exists()
 
