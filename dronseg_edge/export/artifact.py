@@ -257,6 +257,8 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
     _check_placeable(final)
     if options.parity and options.parity_data is not None:  # an empty folder or a damaged image fails now, not after the export
         check_folder(options.parity_data, "--parity-data", options.parity_images)
+    if options.precision == "int8" and options.calib_data is not None:  # calibration reads no masks
+        check_folder(options.calib_data, "--calib-data", options.calib_images, masks=False)
     notes: tuple[str, ...] = ()
     if options.reuse:
         found = reusable_artifact(final, info)

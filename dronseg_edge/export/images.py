@@ -66,13 +66,13 @@ def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]
     return [ImageItem(p) for p in images], f"image folder {folder.resolve()}"  # resolved: recorded in artifacts
 
 
-def check_folder(folder: Path, option: str, max_images: int | None) -> None:
-    """Check the headers of the images (and masks) of ``folder`` that ``max_images`` picks (readable, within
+def check_folder(folder: Path, option: str, max_images: int | None, masks: bool = True) -> None:
+    """Check the headers of the images (and ``masks``) of ``folder`` that ``max_images`` picks (readable, within
     the default pixel limit) before an export's work: a damaged one is one line naming it, not a failure after it."""
     try:
         for item in pick_evenly(images_from_folder(folder, option)[0], max_images):
             checked_image_size(item.image)
-            if item.mask is not None:
+            if masks and item.mask is not None:
                 checked_image_size(item.mask, what="mask")
     except ImageTooLarge as exc:
         raise without_option(exc) from None

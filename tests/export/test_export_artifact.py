@@ -193,6 +193,18 @@ def test_parity_data_without_images_is_refused_before_any_work(tiny_checkpoint, 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_damaged_calibration_image_is_refused_before_any_work(tiny_checkpoint, tmp_path, monkeypatch):
+    """`export --precision int8 --calib-data DIR` with a damaged image failed at quantisation, after the ONNX export."""
+    import dronseg_edge.export.artifact as artifact
+
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "a.jpg").write_bytes(b"not a JPEG")
+    monkeypatch.setattr(artifact, "_write_onnx", lambda *args: pytest.fail("the export began"))
+    with pytest.raises(DronsegError, match="^image .*a.jpg cannot be read .*: replace or remove it"):
+        export_artifact(tiny_checkpoint, out_dir=tmp_path / "out", precision="int8", calib_data=tmp_path / "damaged",
+                        parity=False, device="cpu")
+
+
 @pytest.mark.parametrize("theirs, message", [("triton", "triton is a file, where the Triton model repository goes"),
                                              ("triton/tiny_fp32", "tiny_fp32 exists and is not a model folder written by")])
 def test_a_triton_repository_it_cannot_write_is_refused_before_any_work(tiny_checkpoint, tmp_path, monkeypatch, theirs,
