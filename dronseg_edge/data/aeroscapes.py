@@ -103,8 +103,9 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     masks = _by_id(p for p in sorted(mask_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
                    and p.suffix.lower() == ".png") if mask_dir.is_dir() else {}  # X.PNG too, as images whatever their case
     extra = sorted(set(masks) - set(images))
-    broken = [p for p in sorted(image_dir.iterdir()) if p.stem in extra and p.is_symlink() and not p.exists()]
-    if broken:  # a link whose target is gone: is_file() is False, so its mask seemed to have no image
+    broken = [p for folder in (image_dir, mask_dir) if folder.is_dir() for p in sorted(folder.iterdir())
+              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_symlink() and not p.exists()]
+    if broken:  # a link whose target is gone: is_file() is False, so its image or mask seemed missing, or no file at all
         raise DronsegError(f"{broken[0]} is a link to a file that does not exist: restore its target or remove it")
     if extra:
         raise DronsegError(f"{masks[extra[0]]} has no image {image_dir / (extra[0] + '.jpg')} ({len(extra)} such masks): "

@@ -134,13 +134,16 @@ def test_extra_mask_is_named(tmp_path):
     assert "999999_001.png" in _error(dataset_samples, tmp_path)
 
 
-def test_an_image_link_whose_target_is_gone_is_named_as_such_not_as_a_mask_without_image(tmp_path):
+@pytest.mark.parametrize("which", [1, 5, -1])  # a train image; a test image (without a mask); a train mask
+def test_a_link_whose_target_is_gone_is_named_as_such_not_as_a_file_missing(tmp_path, which):
+    """A broken image link was "mask has no image"; a broken mask link "mask is missing: add it", and a broken
+    test image link was "listed in a CSV but missing" (dropped without a word without test.csv)."""
     ids = make_layout(tmp_path)
-    image = tmp_path / f"imgs/imgs/{ids[1]}.jpg"
-    image.rename(tmp_path / "moved.jpg")
-    image.symlink_to(tmp_path / "gone.jpg")
-    message = _error(dataset_samples, tmp_path)
-    assert message.startswith(f"{image} is a link to a file that does not exist") and "has no image" not in message
+    link = tmp_path / (f"imgs/imgs/{ids[which]}.jpg" if which >= 0 else f"masks/masks/{ids[0]}.png")
+    link.rename(tmp_path / "moved")
+    link.symlink_to(tmp_path / "gone")
+    message = _error(dataset_samples, tmp_path, "all")
+    assert message.startswith(f"{link} is a link to a file that does not exist: restore its target or remove it")
 
 
 def test_a_folder_without_images_says_so_once(tmp_path):
