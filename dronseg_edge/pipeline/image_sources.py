@@ -56,7 +56,8 @@ class ImageSource(Source):
 
     @classmethod
     def from_folder(cls, folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> "ImageSource":
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        # a link whose target is gone is listed, to be skipped and counted as unreadable, not left out unsaid
+        files = sorted(p for p in folder.iterdir() if (p.is_file() or not p.exists()) and not p.name.startswith("."))
         return cls(_keep_images(files, str(folder)), str(folder), max_pixels)
 
     @classmethod
@@ -99,7 +100,8 @@ class ImageSource(Source):
             frame = None
         if frame is None:
             self.corrupt += 1
-            log.warning("image %s cannot be decoded (truncated or not an image); skipped", path)
+            why = "truncated or not an image" if path.exists() else "a link to a file that does not exist"
+            log.warning("image %s cannot be decoded (%s); skipped", path, why)
         return frame
 
 
@@ -114,9 +116,9 @@ def glob_files(pattern: str) -> list[Path]:
     paths = _glob_recursive(pattern) if "**" in Path(pattern).parts else glob.glob(pattern)
     files: dict[tuple[int, int], Path] = {}  # (device, inode) -> the first name
     for path in sorted({Path(p) for p in paths}):
-        with contextlib.suppress(OSError):  # a dangling link
-            info = os.stat(path)
-            if stat.S_ISREG(info.st_mode):
+        with contextlib.suppress(OSError):  # a dangling link: listed, to be skipped and counted as unreadable
+            info = os.stat(path) if path.exists() else os.lstat(path)
+            if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
                 files.setdefault((info.st_dev, info.st_ino), path)
     return list(files.values())
 
