@@ -105,7 +105,7 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     extra = sorted(set(masks) - set(images))
     broken = [p for folder in (image_dir, mask_dir) if folder.is_dir() for p in sorted(folder.iterdir())
               if p.suffix.lower() in IMAGE_SUFFIXES and p.is_symlink() and not p.exists()]
-    if broken:  # a link whose target is gone: is_file() is False, so its image or mask seemed missing, or no file at all
+    if broken:  # a link whose target is gone: is_file() is False, so its image or mask seemed missing
         raise DronsegError(f"{broken[0]} is a link to a file that does not exist: restore its target or remove it")
     if extra:
         raise DronsegError(f"{masks[extra[0]]} has no image {image_dir / (extra[0] + '.jpg')} ({len(extra)} such masks): "
@@ -206,8 +206,9 @@ def read_mask(path: Path, num_classes: int = NUM_CLASSES, max_pixels: int = DEFA
     if data.size and (int(data.max()) >= num_classes or int(data.min()) < 0):  # -2 of a 32-bit mask: 254 as uint8
         bad = np.unique(data[(data < 0) | (data >= num_classes)]).tolist()
         if 0 <= bad[0] and bad[-1] < NUM_CLASSES:  # the data set's classes, more than the model (num_classes) has
-            raise DronsegError(f"mask {path} holds classes up to {bad[-1]} of the data set's {NUM_CLASSES}, but the model "
-                               f"predicts {num_classes}: score a {NUM_CLASSES}-class model, or give masks of its own classes")
+            raise DronsegError(f"mask {path} holds classes up to {bad[-1]} of the data set's {NUM_CLASSES}, but the "
+                               f"model predicts {num_classes}: score a {NUM_CLASSES}-class model, or give masks of its "
+                               "own classes")
         raise DronsegError(f"mask {path} holds values {bad[:5]} outside 0..{num_classes - 1}: fix the labels")
     return data.astype(np.uint8, copy=False)
 

@@ -255,7 +255,7 @@ def _export(source: _Source, folder: Path, options: ExportOptions) -> ExportResu
     info = _artifact_info(source, options)
     final = _final_path(source.path, source.info.input_size, options, folder)
     _check_placeable(final)
-    if options.parity and options.parity_data is not None:  # an empty folder or a damaged image fails now, not after the export
+    if options.parity and options.parity_data is not None:  # an empty folder or a damaged image fails now, not later
         check_folder(options.parity_data, "--parity-data", options.parity_images)
     if options.precision == "int8" and options.calib_data is not None:  # calibration reads no masks
         check_folder(options.calib_data, "--calib-data", options.calib_images, masks=False)

@@ -222,7 +222,7 @@ def check_parity(reference: Model, candidate: Model, data: Path | None = None, *
         limits = thresholds or ParityThresholds.for_precision(cand.info.precision)
         with resolve_images(data, ckpt, option="--parity-data", max_images=max_images, size=size,
                             allow_synthetic=True) as images, tf32_mode(False):  # the PyTorch reference must be true fp32, not TF32
-            if images.synthetic and cand.info.num_classes != NUM_CLASSES:  # synth's masks hold the 12 AeroScapes classes
+            if images.synthetic and cand.info.num_classes != NUM_CLASSES:  # synth's masks: the 12 AeroScapes classes
                 images.items = [ImageItem(item.image) for item in images.items]
             return (_compare_frames if frames else _compare)(ref, cand, images, limits)
     finally:
