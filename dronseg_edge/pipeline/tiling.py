@@ -113,6 +113,9 @@ class TilePlan:
         if not 0.0 <= self.overlap <= MAX_OVERLAP:  # NaN fails it too
             raise DronsegError(f"--tile-overlap {self.overlap} must be between 0 and {MAX_OVERLAP} "
                                f"(a share of the window; default {DEFAULT_OVERLAP})")
+        if self.mode == "off" and self.overlap != DEFAULT_OVERLAP:  # taken without a word, as if it tiled
+            raise DronsegError(f"--tile-overlap {self.overlap:g} has no effect with --tile off (the default): "
+                               "add --tile auto or --tile on, or drop it")
         if self.mode == "on" and self.unable:
             raise DronsegError(f"--tile on: {self.unable}")
 

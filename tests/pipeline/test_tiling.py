@@ -185,7 +185,9 @@ def test_class_map_artifacts_refuse_tile_on_and_auto_resizes_with_one_warning(ca
 
 @pytest.mark.parametrize("options, message", [(dict(tile="sometimes"), "--tile 'sometimes' is not one of auto, on, off"),
                                               (dict(tile_overlap=0.9), "--tile-overlap 0.9 must be between 0 and 0.75"),
-                                              (dict(tile_overlap=-0.1), "--tile-overlap")])
+                                              (dict(tile_overlap=-0.1), "--tile-overlap"),
+                                              (dict(tile_overlap=0.5), "--tile-overlap 0.5 has no effect with --tile off"),
+                                              ])
 def test_bad_tile_options(options, message):
     with pytest.raises(DronsegError, match=message):
         Segmenter(fake(), **options)
