@@ -15,7 +15,7 @@ from dronseg_edge.atomic import is_storage_error, name_too_long, storage_failure
 from dronseg_edge.cli import bench_cmd, checks_cmd, data_cmd, export_cmd, infer_cmd, train_cmd  # noqa: F401
 from dronseg_edge.cli.app import app
 from dronseg_edge.cli.extras import missing_module_error
-from dronseg_edge.cli.outputs import echo
+from dronseg_edge.cli.outputs import QuietStderr, echo
 from dronseg_edge.errors import DronsegError, RuntimeFailure
 from dronseg_edge.pipeline.interrupts import STOP_SIGNALS, handle_stop_signals
 
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
             os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd
     if sys.stderr is None:  # progress bars and checks write to it
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+    stderr, sys.stderr = sys.stderr, QuietStderr(sys.stderr)
     previous, code = _stop_like_ctrl_c(), None
     try:
         _need_temporary_folder()
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         # atexit hook, a traceback); called with argv (in-process), the caller's handlers are back
         stopped = argv is None and 130 in (code, getattr(sys.exc_info()[1], "code", None))
         handle_stop_signals(dict.fromkeys(previous, signal.SIG_DFL) if stopped else previous)
+        sys.stderr = stderr
     if code == 130:  # typer turns Ctrl-C outside our handlers into exit code 130
         echo("interrupted", err=True)
     sys.exit(code if isinstance(code, int) else 0)

@@ -122,9 +122,38 @@ def echo(text: str, err: bool = False) -> None:
     try:
         typer.echo(text, err=err)
     except BrokenPipeError:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 2 if err else 1)
-        os.close(null)
+        _to_null(2 if err else 1)
+
+
+def _to_null(fd: int) -> None:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+
+
+class QuietStderr:
+    """sys.stderr while a command runs: what tqdm's progress bars (eval, submit, train, synth) write after the reader
+    has gone (`eval ... 2>&1 | head -1`) goes to /dev/null, as :func:`echo`'s lines do; it raised BrokenPipeError,
+    which click turned into exit 1 with the command's work lost."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def write(self, text):
+        return self._quiet(self.stream.write, text)
+
+    def flush(self):
+        return self._quiet(self.stream.flush)
+
+    def _quiet(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            _to_null(self.stream.fileno())
+            return call(*args)  # what was left in the stream's buffer goes to /dev/null too
 
 
 def text_out(json_path: Path | None):

@@ -330,3 +330,23 @@ def test_a_second_signal_while_the_program_exits_ends_it_without_a_traceback(tmp
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.stderr.strip().splitlines() == ["interrupted"] and done.returncode == -2, done.stderr[-2000:]
+
+
+def test_a_progress_bar_whose_reader_has_gone_keeps_the_exit_code(monkeypatch, capsys, tiny_checkpoint, tmp_path):
+    """`eval ... 2>&1 | head -1` (submit, train alike): tqdm's bar raised BrokenPipeError on standard error, which
+    click turned into exit 1 with the scores lost. Now the bar goes to /dev/null and the command ends as it would."""
+    import os
+    import sys
+
+    from dronseg_edge.data.synthetic import synthesize
+
+    synthesize(tmp_path / "data", images=4, size=(96, 64), video_frames=0, seed=0, test_fraction=0.25)
+    read, write = os.pipe()
+    os.close(read)
+    stderr = open(write, "w")  # noqa: SIM115 (closed below)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    code, out, _ = run(capsys, "eval", str(tiny_checkpoint), "--data", str(tmp_path / "data"), "--split", "all",
+                       "--workers", "0", "--device", "cpu")
+    assert code == 0 and "mIoU" in out
+    assert sys.stderr is stderr  # the caller's stream is back
+    stderr.close()  # its fd now /dev/null's
