@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 import cv2
 
-from dronseg_edge.errors import DronsegError, docs_url
+from dronseg_edge.errors import BackendUnavailable, DronsegError, docs_url
 from dronseg_edge.pipeline.source_base import shown_url, split_url
 from dronseg_edge.pipeline.sources import CaptureSource, opened
 
@@ -90,13 +90,14 @@ def has_gstreamer() -> bool:
 
 
 def require_gstreamer(source: str) -> None:
-    """Raise a DronsegError naming the fix when this OpenCV has no GStreamer backend."""
+    """Raise BackendUnavailable (exit code 3, as for any optional runtime) naming the fix when this OpenCV has no
+    GStreamer backend."""
     if has_gstreamer():
         return
     package = pip_opencv()
     origin = f"pip {package[0]} {package[1]}" if package else f"OpenCV {cv2.__version__}"
     remove = f", with `pip uninstall {package[0]}` so that JetPack's is the one imported" if package else ""
-    raise DronsegError(f"source {source!r} needs OpenCV's GStreamer backend, and this OpenCV ({origin}) has no "
+    raise BackendUnavailable(f"source {source!r} needs OpenCV's GStreamer backend, and this OpenCV ({origin}) has no "
                        "GStreamer: on a Jetson use JetPack's OpenCV (a venv made with --system-site-packages, "
                        f"dronseg-edge installed without the opencv extra{remove}: {docs_url('jetson.md', 'cameras-and-streams')}); "
                        "elsewhere an OpenCV built with -DWITH_GSTREAMER=ON")

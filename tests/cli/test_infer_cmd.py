@@ -264,7 +264,7 @@ def test_a_pipeline_without_gstreamer_gives_one_error_line(tiny_checkpoint, tmp_
         pytest.skip("this OpenCV has GStreamer, so the pipeline would open")
     code, out, err = run_cli(capsys, tiny_checkpoint, "videotestsrc ! videoconvert", "--out", tmp_path / "run")
     assert_one_error_line(code, out, err, "has no GStreamer: on a Jetson use JetPack's OpenCV")
-    assert code == 2 and not (tmp_path / "run").exists()
+    assert code == 3 and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("flag, requested", [(None, False), ("--hw-decode", True), ("--no-hw-decode", False)])

@@ -17,7 +17,7 @@ import cv2
 import pytest
 from fake_captures import CaptureRecorder, FakeCapture, frame_shapes
 
-from dronseg_edge.errors import DronsegError, RuntimeFailure
+from dronseg_edge.errors import BackendUnavailable, DronsegError, RuntimeFailure
 from dronseg_edge.pipeline import gstreamer, open_source
 from dronseg_edge.pipeline.capture_options import CaptureOptions
 from dronseg_edge.pipeline.gstreamer import FILE_APPSINK, LIVE_APPSINK, GStreamerSource, csi_pipeline, with_appsink
@@ -80,10 +80,11 @@ def test_what_counts_as_a_pipeline(text, pipeline):
 
 
 def test_without_gstreamer_a_pipeline_is_one_error_naming_the_fix(monkeypatch):
+    """A missing optional runtime: exit code 3 (it was 2, a usage error), as for TensorRT or PyAV."""
     monkeypatch.setattr(gstreamer, "has_gstreamer", lambda: False)
     recorder = CaptureRecorder().install(monkeypatch)
     for spec in (TEST_PIPELINE, "csi://0"):
-        with pytest.raises(DronsegError, match="has no GStreamer: on a Jetson use JetPack's OpenCV .* https://\\S+/docs/jetson.md#cameras-and-streams"):
+        with pytest.raises(BackendUnavailable, match="has no GStreamer: on a Jetson use JetPack's OpenCV .* https://\\S+/docs/jetson.md#cameras-and-streams"):
             open_source(spec)
     assert recorder.calls == []  # refused before anything was opened
 
