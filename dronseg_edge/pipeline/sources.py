@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -334,14 +335,25 @@ class CaptureSource(Source):
         return False
 
 
+CAMERA_DEVICE = "/dev/video{}"  # V4L2's node for camera N
+
+
 class CameraSource(CaptureSource):
     kind = "camera"
 
     def __init__(self, index: int, reconnect_s: float = 30.0, open_capture=None):
         self.index = int(index)
-        super().__init__(str(index), open_capture or (lambda: opened(cv2.VideoCapture(self.index))), reconnect_s,
-                         f"camera {self.index} cannot be opened (no such device, or busy): list cameras with "
-                         "`ls /dev/video*` or `v4l2-ctl --list-devices` and pass its index")
+        try:
+            super().__init__(str(index), open_capture or (lambda: opened(cv2.VideoCapture(self.index))), reconnect_s,
+                             f"camera {self.index} cannot be opened (no such device, or busy): list cameras with "
+                             "`ls /dev/video*` or `v4l2-ctl --list-devices` and pass its index")
+        except RuntimeFailure:  # a device this user may not open: the user's to fix (2, as any unreadable input), not 5
+            device = CAMERA_DEVICE.format(self.index)
+            if os.path.exists(device) and not os.access(device, os.R_OK | os.W_OK):
+                raise DronsegError(f"camera {self.index} cannot be opened: {device}: Permission denied: add this user "
+                                   f"to its group (`ls -l {device}`; usually `sudo usermod -aG video $USER`, then log "
+                                   "in again)") from None
+            raise
 
 
 class StreamSource(CaptureSource):

@@ -577,3 +577,22 @@ def test_an_srt_stream_that_cannot_be_opened_says_this_ffmpeg_may_lack_srt():
             StreamSource(url, open_capture=lambda: None)
         assert ("may lack srt:// (pip's opencv-python 5.1 has no libsrt)" in str(error.value)) is hint
         assert error.value.exit_code == 5  # it may still be the network
+
+
+def test_a_camera_this_user_may_not_open_is_a_usage_error(monkeypatch, tmp_path):
+    """/dev/video0 owned by root:video, the user not in the group: exit 5 "no such device, or busy", which a supervisor
+    retried forever. Now the permission is named, exit 2, as for any input this user may not read."""
+    from dronseg_edge.pipeline import sources
+
+    device = tmp_path / "video{}"
+    (tmp_path / "video57").touch()  # a stand-in for the node: root may open any file, so access is refused below
+    monkeypatch.setattr(sources, "CAMERA_DEVICE", str(device))
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: not str(path).startswith(str(tmp_path))
+                        and access(path, mode, **kw))
+    with pytest.raises(DronsegError, match=f"camera 57 cannot be opened: {tmp_path}/video57: Permission denied: add "
+                                           "this user to its group") as error:
+        open_source("57")
+    assert error.value.exit_code == 2
+    with pytest.raises(RuntimeFailure, match="no such device, or busy"):  # no node: it may come up later (5)
+        open_source("58")
