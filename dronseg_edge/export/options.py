@@ -54,7 +54,9 @@ _NORMALISE = ((_int, ("batch", "calib_images", "parity_images"), False), (float,
               (bool, ("dynamic", "parity", "reuse", "keep", "confidence", "dynamic_batch", "trt_verbose"), False),
               (Path, ("calib_data", "parity_data", "out_dir", "timing_cache"), True),
               (parse_size, ("size",), True), (functools.partial(parse_size, option="--source-size"), ("source_size",), True),
-              (lambda values: tuple(map(int, values)), ("min_shape", "opt_shape", "max_shape"), True),
+              (lambda shape: parse_shape(shape if isinstance(shape, str) else "x".join(map(str, shape))
+                                         if isinstance(shape, (tuple, list)) else repr(shape)),
+               ("min_shape", "opt_shape", "max_shape"), True),  # '1x64x64' as the CLI takes it, or (1, 64, 64)
               (_int, ("dla_core", "builder_opt_level", "opset"), True))  # opset "17": --reuse compares ints
 
 

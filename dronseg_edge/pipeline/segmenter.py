@@ -81,10 +81,16 @@ class Segmenter(contextlib.AbstractContextManager):
                                    "pass the model's path to choose")
             self.backend = model
         else:
+            if not isinstance(model, (str, os.PathLike)):  # None: a TypeError from pathlib
+                raise DronsegError(f"model: a {type(model).__name__} is not a model: give the path of a .pt, .onnx or "
+                                   ".engine file, or a Backend")
             for name, value in (("half", half), ("streaming", streaming), ("cuda_graph", cuda_graph)):  # "no": not False
                 one_of(value, name, (True, False) + (None,) * (name == "cuda_graph"))
             device = resolve_device_for(model, device)  # resolved once here: --half depends on it
             options = _backend_options(check_model_file(model), device, half, precision, cuda_graph, streaming)
+            if unknown := sorted(set(backend_options or {}) - backend_class(model).OPTIONS):  # a TypeError from inside
+                raise DronsegError(f"backend_options {', '.join(map(str, unknown))}: {backend_class(model).name} (which "
+                                   f"runs {Path(model).name}) takes {', '.join(sorted(backend_class(model).OPTIONS))}")
             self.backend = load_backend(model, device, meta=meta, **{**options, **(backend_options or {})})
             if half and options.get("precision") is None and self.backend.info.precision == "fp32":
                 log.warning("--half does not change %s: its precision (fp32) was fixed at export; "
@@ -165,6 +171,9 @@ class Segmenter(contextlib.AbstractContextManager):
                                "use stream() for a video, image folder or camera")
         if type(frames).__module__ == "torch":  # a tensor: one (H, W, 3) frame or (N, H, W, 3)
             frames = frames.detach().cpu().numpy()
+        if not (frames is None or isinstance(frames, Iterable) or type(frames).__module__.startswith("PIL.")):
+            raise DronsegError(f"predict() takes an (H, W, 3) uint8 BGR frame or a list of them (got "
+                               f"{type(frames).__name__})")
         if frames is None or type(frames).__module__.startswith("PIL.") or (isinstance(frames, np.ndarray) and
                                                                             frames.ndim in (2, 3)):  # one frame, checked
             return self.predict_batch([frames])[0]
@@ -192,7 +201,7 @@ class Segmenter(contextlib.AbstractContextManager):
         request = self.request(confidence, classes)
         reader, owned = source, None
         if not isinstance(source, FrameReader):
-            if isinstance(source, (str, Path, int)):
+            if isinstance(source, (str, Path, int)) or not isinstance(source, (Source, Iterable)):  # None: its error
                 source = owned = open_source(source, reconnect_s)
             elif not isinstance(source, Source):  # the reader reads ahead: not past max_frames (the caller may go on)
                 last = None if max_frames is None or live else (max_frames - 1) * int(stride) + 1

@@ -601,6 +601,11 @@ def test_export_options_parse_shapes_and_refuse_a_folder_as_timing_cache(tmp_pat
             parse_shape(bad)
     options = ExportOptions(fmt="engine", dynamic=True, max_shape=[8, 640, 384], timing_cache=str(tmp_path / "t.cache"))
     assert options.max_shape == (8, 640, 384) and options.timing_cache == tmp_path / "t.cache"
+    # the CLI's spelling from Python: a ValueError "invalid literal for int()" for its 'x'; a short shape was taken
+    assert ExportOptions(fmt="engine", dynamic=True, min_shape="1x64x64").min_shape == (1, 64, 64)
+    for bad in ((1, 64), 5):
+        with pytest.raises(DronsegError, match="is not a size"):
+            ExportOptions(fmt="engine", dynamic=True, min_shape=bad)
     with pytest.raises(DronsegError, match="--timing-cache .* is a folder"):
         ExportOptions(fmt="engine", timing_cache=tmp_path)
 

@@ -461,6 +461,20 @@ def test_stream_refuses_a_stride_or_frame_limit_below_one(bad):
         next(seg.stream([scene(0, (80, 60))], **bad))
 
 
+def test_an_api_argument_of_the_wrong_kind_is_one_error_naming_it(tiny_checkpoint):
+    """Segmenter(None), predict(5), stream(None) and an unknown backend_options key were TypeErrors from deep inside
+    (pathlib, list(), islice, the backend's constructor) that named neither the argument nor what it takes."""
+    with pytest.raises(DronsegError, match="model: a NoneType is not a model: give the path of a .pt"):
+        Segmenter(None)
+    with pytest.raises(DronsegError, match="backend_options provider: torch .* takes channels_last, compile_mode"):
+        Segmenter(tiny_checkpoint, device="cpu", backend_options={"provider": "cuda"})
+    with Segmenter(FakeBackend()) as seg:
+        with pytest.raises(DronsegError, match=re.escape("predict() takes an (H, W, 3) uint8 BGR frame or a list")):
+            seg.predict(5)
+        with pytest.raises(DronsegError, match="source: a NoneType is not a source"):
+            next(seg.stream(None))
+
+
 def test_settings_a_backend_passed_in_cannot_take_are_refused_not_ignored():
     for changes in ({"device": "cpu"}, {"half": True}, {"precision": "fp16"}, {"streaming": True}):
         with pytest.raises(DronsegError, match=re.escape(f"{', '.join(f'{k}={v!r}' for k, v in changes.items())}: a Backend")):
