@@ -198,6 +198,12 @@ def test_same_stems_get_distinct_names(tmp_path):
     assert len(set(names)) == 2
 
 
+def test_a_bool_is_not_a_camera_index():
+    for spec in (True, False):  # True opened camera 1, False camera 0: a bool is an int
+        with pytest.raises(DronsegError, match="source: a bool is not a source"):
+            open_source(spec)
+
+
 def test_camera_index_that_does_not_exist():
     with pytest.raises(RuntimeFailure, match="camera 57 cannot be opened") as error:
         open_source("57")
