@@ -97,10 +97,11 @@ def require_gstreamer(source: str) -> None:
     package = pip_opencv()
     origin = f"pip {package[0]} {package[1]}" if package else f"OpenCV {cv2.__version__}"
     remove = f", with `pip uninstall {package[0]}` so that JetPack's is the one imported" if package else ""
-    raise BackendUnavailable(f"source {source!r} needs OpenCV's GStreamer backend, and this OpenCV ({origin}) has no "
-                       "GStreamer: on a Jetson use JetPack's OpenCV (a venv made with --system-site-packages, "
-                       f"dronseg-edge installed without the opencv extra{remove}: {docs_url('jetson.md', 'cameras-and-streams')}); "
-                       "elsewhere an OpenCV built with -DWITH_GSTREAMER=ON")
+    raise BackendUnavailable(f"source {source!r} needs OpenCV's GStreamer backend, and this OpenCV ({origin}) has "
+                             "no GStreamer: on a Jetson use JetPack's OpenCV (a venv made with --system-site-packages, "
+                             f"dronseg-edge installed without the opencv extra{remove}: "
+                             f"{docs_url('jetson.md', 'cameras-and-streams')}); "
+                             "elsewhere an OpenCV built with -DWITH_GSTREAMER=ON")
 
 
 def pip_opencv() -> tuple[str, str] | None:

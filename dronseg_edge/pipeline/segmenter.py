@@ -88,9 +88,10 @@ class Segmenter(contextlib.AbstractContextManager):
                 one_of(value, name, (True, False) + (None,) * (name == "cuda_graph"))
             device = resolve_device_for(model, device)  # resolved once here: --half depends on it
             options = _backend_options(check_model_file(model), device, half, precision, cuda_graph, streaming)
-            if unknown := sorted(set(backend_options or {}) - backend_class(model).OPTIONS):  # a TypeError from inside
-                raise DronsegError(f"backend_options {', '.join(map(str, unknown))}: {backend_class(model).name} (which "
-                                   f"runs {Path(model).name}) takes {', '.join(sorted(backend_class(model).OPTIONS))}")
+            kind = backend_class(model)
+            if unknown := sorted(set(backend_options or {}) - kind.OPTIONS):  # else a TypeError from inside
+                raise DronsegError(f"backend_options {', '.join(map(str, unknown))}: {kind.name} (which runs "
+                                   f"{Path(model).name}) takes {', '.join(sorted(kind.OPTIONS))}")
             self.backend = load_backend(model, device, meta=meta, **{**options, **(backend_options or {})})
             if half and options.get("precision") is None and self.backend.info.precision == "fp32":
                 log.warning("--half does not change %s: its precision (fp32) was fixed at export; "
