@@ -49,8 +49,9 @@ LIVE_EXAMPLES = (
 INFER_EXIT_CODES = (
     "Exit codes: 0 finished (the source ended, a finite stream its server closed included, or a limit was "
     f"reached); 2 usage or configuration error: fix the command; 3 a backend is missing; {RESTART_EXIT_CODES}. "
-    "In every case but a usage error the outputs are closed complete up to the last frame and summary.json says why "
-    "the run stopped (docs/reliability.md)."
+    "Once the run has begun (its folder made) the outputs are closed complete up to the last frame whatever exit "
+    "code ends it, and summary.json says why it stopped; a refusal before that (a usage error, a missing backend, "
+    "a source or output that cannot be opened) makes no folder (docs/reliability.md)."
 )
 
 

@@ -224,14 +224,18 @@ def test_tiles_confidence_and_a_class_filter_from_the_command_line(tiny_checkpoi
     assert (summary["tiled_frames"], summary["tile"]["overlap"], summary["classes"]) == (2, 0.5, ["car", "road"])
 
 
-def test_help_lists_the_exit_codes_and_the_recording_bounds(capsys):
+def test_help_lists_the_exit_codes_and_the_recording_bounds(tiny_checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["infer", "-h"])
     out = " ".join(capsys.readouterr().out.split())
     assert exit_info.value.code == 0
     for words in ("--max-duration-s", "--segment-s", "--min-free-mb", "Exit codes: 0 finished", "2 usage or configuration",
-                  "3 a backend is missing", "5 runtime failure a restart may cure", "130 interrupted"):
+                  "3 a backend is missing", "5 runtime failure a restart may cure", "130 interrupted",
+                  "a source or output that cannot be opened) makes no folder"):
         assert words in out, words
+    # It promised summary.json "in every case but a usage error": a camera that cannot be opened is 5, no folder.
+    code, _, err = run_cli(capsys, tiny_checkpoint, "57", "--out", tmp_path / "run", "--device", "cpu")
+    assert code == 5 and not (tmp_path / "run").exists(), err
 
 
 def test_bounded_recording_from_the_command_line(tiny_checkpoint, media, tmp_path, capsys):
