@@ -83,3 +83,13 @@ def test_every_suggested_systemd_unit_counts_the_exit_after_a_stop_as_success():
     for doc in DOCS:
         text = " ".join(doc.read_text().replace("`", "").split())
         assert text.count("RestartPreventExitStatus=2 3 4") == text.count("SuccessExitStatus=130"), doc.name
+
+
+def test_the_sources_table_says_every_url_is_read_live_by_default():
+    """jetson.md said an HTTP file is not read live, but every URL is (StreamSource): `infer M http://h/clip.mp4`
+    segments 3 of its 12 frames unless --no-live."""
+    from dronseg_edge.pipeline.sources import StreamSource
+
+    row = next(line for _, _, line in doc_lines() if line.startswith("| `rtsp://...`, `http://...`"))
+    live = row.split(" | ")[2]
+    assert StreamSource.live_default and live.startswith("yes") and "no" not in live.replace("--no-live", ""), live
