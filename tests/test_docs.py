@@ -93,3 +93,10 @@ def test_the_sources_table_says_every_url_is_read_live_by_default():
     row = next(line for _, _, line in doc_lines() if line.startswith("| `rtsp://...`, `http://...`"))
     live = row.split(" | ")[2]
     assert StreamSource.live_default and live.startswith("yes") and "no" not in live.replace("--no-live", ""), live
+
+
+def test_the_readme_says_a_frames_file_is_compared_with_its_checkpoint_only():
+    """README's parity line said 'any two artifacts', but a --io frames file is refused as the reference or beside
+    another file (tests/export/test_parity.py::test_a_frames_graph_is_compared_with_its_checkpoint_only)."""
+    line = next(text for doc, _, text in doc_lines() if doc == "README.md" and "dronseg-edge parity REF" in text)
+    assert "--io frames file only against its checkpoint" in line, line
