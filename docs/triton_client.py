@@ -160,9 +160,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {exc}") from None
     names = class_names(config) or [f"class {index}" for index in range(256)]
     for path, classes in zip(args.frames, maps):
-        cv2.imwrite(str(path.with_suffix(".mask.png")), classes)  # class indices as grey levels
+        mask = path.with_suffix(".mask.png")
+        if not cv2.imwrite(str(mask), classes):  # class indices as grey levels; False, not an error, where it cannot
+            raise SystemExit(f"error: cannot write {mask}: give frames in a folder this user can write to")
         print(f"{path}: {classes.shape[1]}x{classes.shape[0]} class map, classes "
-              f"{', '.join(names[c] for c in np.unique(classes))}; wrote {path.with_suffix('.mask.png')}")
+              f"{', '.join(names[c] for c in np.unique(classes))}; wrote {mask}")
 
 
 if __name__ == "__main__":

@@ -438,6 +438,17 @@ def test_the_client_program_writes_class_maps(client, variants, tmp_path, capsys
 
 
 
+def test_the_client_program_says_when_a_class_map_cannot_be_written(client, variants, tmp_path, capsys):
+    """cv2.imwrite returns False (no error) where it cannot write: the client said 'wrote frame.mask.png', exit 0."""
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), sent_frames(1)[0])
+    (tmp_path / "frame.mask.png").mkdir()  # in the way, as a read-only folder of frames would be
+    with pytest.raises(SystemExit) as exit_info:
+        client.main([str(variants["frames_dynamic"]), str(image), "--onnxruntime"])
+    assert str(exit_info.value.code).startswith(f"error: cannot write {tmp_path / 'frame.mask.png'}: ")
+    assert "wrote" not in capsys.readouterr().out
+
+
 def test_the_client_serves_a_folder_exported_before_the_class_names_parameter(client, variants, tmp_path, capsys):
     # Exports of 2026-11-28..12-06 wrote no class_names parameter: the client stopped with KeyError 'class_names'
     old = shutil.copytree(variants["tensors"], tmp_path / "old")
