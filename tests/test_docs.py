@@ -100,3 +100,10 @@ def test_the_readme_says_a_frames_file_is_compared_with_its_checkpoint_only():
     another file (tests/export/test_parity.py::test_a_frames_graph_is_compared_with_its_checkpoint_only)."""
     line = next(text for doc, _, text in doc_lines() if doc == "README.md" and "dronseg-edge parity REF" in text)
     assert "--io frames file only against its checkpoint" in line, line
+
+
+def test_the_install_section_says_a_jetson_encodes_with_its_gstreamer_encoder_first():
+    """README said PyAV's missing NVENC made `infer` encode with libx264 on a Jetson, but --codec auto takes JetPack's
+    GStreamer encoder first (test_video_writer.py::test_a_jetson_writes_through_its_gstreamer_encoder_first)."""
+    sentence = next(s for doc, s in doc_sentences() if doc == "README.md" and "`video` (PyAV" in s)
+    assert "GStreamer encoder first" in sentence, sentence
