@@ -245,6 +245,8 @@ def test_an_mp4v_file_whose_index_was_not_written_is_an_error(tmp_path, monkeypa
 def test_a_jetson_writes_through_its_gstreamer_encoder_first(tmp_path, fake_jetson, monkeypatch):
     monkeypatch.setattr(fake_jetson, "elements", ("nvv4l2h264enc", "x264enc"))
     assert encoders_for("auto")[0] == encoders_for("h264")[0] == "nvv4l2h264enc"
+    helped = RunOptions.__dataclass_fields__["codec"].metadata["option"].help  # it said auto was h264_nvenc first
+    assert "auto (a Jetson's GStreamer nvv4l2h264enc or x264enc first; then h264_nvenc" in helped
     sink, _ = write_sink(tmp_path / "overlay.mp4", count=3)
     assert sink.codec == "nvv4l2h264enc"
     writer = fake_jetson.made[-1]
