@@ -114,8 +114,8 @@ class ExportOptions:
                                                  default_text="the model input size; --dynamic: any size")
     confidence: bool = option(False, "--io frames: a second output, uint8 confidence (max softmax x 255).")
     dla_core: int | None = option(None, "Engines: run the layers DLA supports on this DLA core of a Jetson (AGX Orin: "
-                                        "0 or 1), the rest on the GPU; fp16/int8, fixed shapes, TensorRT 10.x or "
-                                        "11.4.1+.", default_text="the GPU only")
+                                        "0 or 1), the rest on the GPU; fp16/int8, fixed shapes, TensorRT 8.6, 10.x "
+                                        "or 11.4.1+.", default_text="the GPU only")
     builder_opt_level: int | None = option(None, "Engines: TensorRT builder optimisation level 0..5 (higher builds "
                                                  "longer, may run faster).", default_text="TensorRT's, 3")
     min_shape: tuple[int, int, int] | None = option(None, SHAPE_HELP.format("smallest", "min"), parse=parse_shape,

@@ -61,8 +61,8 @@ def check_dla(trt, builder, dla_core: int) -> None:
     version = str(trt.__version__)
     if NO_DLA_FROM <= tensorrt_env.version_tuple(version) < DLA_BACK_IN:
         raise BackendUnavailable(f"--dla-core {dla_core}: TensorRT {version} has no DLA (11.0 to 11.4.0 dropped it; "
-                                 "TensorRT 10.x on JetPack 6 and 11.4.1+ on JetPack 7.2.2 have it): drop --dla-core "
-                                 "to build for the GPU")
+                                 "TensorRT 8.6 or 10.x on JetPack 6 and 11.4.1+ on JetPack 7.2.2 have it): drop "
+                                 "--dla-core to build for the GPU")
     cores = int(builder.num_DLA_cores)
     if cores == 0:
         raise BackendUnavailable(f"--dla-core {dla_core}: TensorRT {version} sees no DLA core on this machine (Jetson "

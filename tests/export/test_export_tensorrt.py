@@ -466,7 +466,8 @@ def test_frames_graph_engine_gets_a_uint8_nhwc_profile_and_keeps_its_io_metadata
         ("frames", "NHWC", "BGR", ["mask", "confidence"], None)
 
 
-@pytest.mark.parametrize("version, precision, flags", [("10.3.0", "fp16", ["FP16", "GPU_FALLBACK"]),
+@pytest.mark.parametrize("version, precision, flags", [("8.6.1", "fp16", ["FP16", "GPU_FALLBACK"]),
+                                                       ("10.3.0", "fp16", ["FP16", "GPU_FALLBACK"]),
                                                        ("10.3.0", "int8", ["FP16", "INT8", "GPU_FALLBACK"]),
                                                        ("11.4.1", "fp16", ["GPU_FALLBACK"])])
 def test_dla_build_targets_the_core_with_gpu_fallback(fake_trt, tmp_path, version, precision, flags):
@@ -477,6 +478,8 @@ def test_dla_build_targets_the_core_with_gpu_fallback(fake_trt, tmp_path, versio
     assert trt.recorded("runtime_set") == [("runtime_set", "DLA_core", 1)]  # the check-load uses the same core
     side = read_engine_sidecar(engine).extra["tensorrt"]
     assert side["dla_core"] == 1 and side["builder_flags"] == flags and side["builder_optimization_level"] is None
+    # --help said "TensorRT 10.x or 11.4.1+", though JetPack 6.0's 8.6 builds for DLA too
+    assert "TensorRT 8.6, 10.x or 11.4.1+" in ExportOptions.__dataclass_fields__["dla_core"].metadata["option"].help
 
 
 def test_gpu_build_sets_no_dla_and_leaves_the_optimisation_level_to_tensorrt(fake_trt, tmp_path):
