@@ -128,7 +128,10 @@ def infer_onnxruntime(folder: Path, frames: list[np.ndarray]) -> tuple[dict, dic
 
     config = read_config(folder)
     name, batch = make_input(config, frames)
-    session = ort.InferenceSession(str(Path(folder) / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    model = Path(folder) / "1" / "model.onnx"
+    if not model.is_file():  # a TensorRT plan's folder: ONNX Runtime's NoSuchFile was a traceback
+        raise ValueError(f"{model} does not exist: --onnxruntime runs an ONNX model folder, not a TensorRT plan's")
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     wanted = [spec["name"] for spec in config["output"]]
     return config, dict(zip(wanted, session.run(wanted, {name: batch})))
 
