@@ -118,7 +118,11 @@ def read_config(folder: Path) -> dict:
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
 
-    parsed = text_format.Parse((Path(folder) / "config.pbtxt").read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    path = Path(folder) / "config.pbtxt"
+    try:  # a hand-edited file (triton.md suggests edits) that Triton would refuse too
+        parsed = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ValueError(f"{path} is not a model configuration Triton reads: {exc}") from None
     return json_format.MessageToDict(parsed, preserving_proto_field_name=True)
 
 

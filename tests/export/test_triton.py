@@ -467,11 +467,14 @@ def test_the_client_program_says_what_is_wrong_in_one_line(client, variants, tmp
     cv2.imwrite(str(small), sent_frames(1)[0][:64, :80])
     plan = shutil.copytree(variants["tensors"], tmp_path / "plan")  # a TensorRT plan's folder: no model.onnx
     (plan / "1" / "model.onnx").rename(plan / "1" / "model.plan")
+    edited = shutil.copytree(variants["tensors"], tmp_path / "edited")  # an edit of triton.md's gone wrong
+    (edited / "config.pbtxt").write_text((edited / "config.pbtxt").read_text().replace("dynamic_batching { }", "{"))
     for args, message in (([variants["frames"], *[image] * 5], "error: 5 frames: this model takes at most 4 per request"),
                           ([variants["frames_dynamic"], image, small], "error: frames of different sizes: one request is "
                                                                        "one tensor, send them separately"),
                           ([variants["frames"].parent, image], "error: [Errno 2] No such file or directory: "),
-                          ([plan, image], f"error: {plan / '1' / 'model.onnx'} does not exist: --onnxruntime runs")):
+                          ([plan, image], f"error: {plan / '1' / 'model.onnx'} does not exist: --onnxruntime runs"),
+                          ([edited, image], f"error: {edited / 'config.pbtxt'} is not a model configuration Triton")):
         with pytest.raises(SystemExit) as exit_info:
             client.main([*map(str, args), "--onnxruntime"])
         assert str(exit_info.value.code).startswith(message)
