@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -73,6 +76,15 @@ def test_area_matrices_of_rational_ratios_are_repeated_blocks():
     assert block.shape == (1, 4) and count == 320
     dense, count = _blocks(resize_matrix(64, 96))  # enlarging: neighbouring rows share pixels
     assert dense.shape == (96, 64) and count == 1
+
+
+def test_the_static_shrink_costs_what_the_docs_say():
+    """docs/export.md said 4 MACs per source pixel: the widths, then the narrowed heights, take 2 per value, 6 a pixel."""
+    resize = StaticResize((1280, 720), (320, 192), batch=1)
+    macs = sum(math.prod(axis.flat_shape) * axis.weights.shape[1] for axis in (resize.columns, resize.rows))
+    assert macs == 5_529_600 == 6 * 1280 * 720
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text()
+    assert "(1280x720 -> 320x192: 5.5 M multiply-adds per frame, 6 per source pixel)" in doc
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's notice on every TorchScript export
