@@ -48,8 +48,8 @@ class RunOptions:
     reconnect_s: float = option(30.0, "Seconds to keep reopening a stream that stopped (a try begun runs to its end: up to 10 s more).")
     progress: bool = option(True, "Progress bar on a terminal.")
     queue_size: int = 8
-    codec: str = option("auto", "Overlay video encoder: auto (a Jetson's GStreamer nvv4l2h264enc or x264enc first; then "
-                                "h264_nvenc, else libx264, else mp4v), h264, h264_nvenc, libx264, mp4v, hevc, "
+    codec: str = option("auto", "Overlay video encoder: auto (a Jetson's GStreamer nvv4l2h264enc or x264enc first; "
+                                "then h264_nvenc, else libx264, else mp4v), h264, h264_nvenc, libx264, mp4v, hevc, "
                                 "nvv4l2h264enc or x264enc. PyAV's H.264/H.265 need the `video` extra.")
     max_duration: float | None = option(None, "Stop after this many seconds of the source: a video's own timeline, a "
                                               "camera's or stream's wall clock (images: the run's).",
