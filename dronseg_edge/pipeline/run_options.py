@@ -130,6 +130,11 @@ class RunOptions:
         object.__setattr__(self, "stream_out", urls)
         streams = {(target.host, target.port) for target in parse_stream_urls(self.stream_out) if target.kind != "rtsp"}
         check_stream_settings(self.stream_bitrate_kbps, self.stream_what, self.stream_size)
+        defaults = {f.name: f.default for f in fields(self)}  # given without a stream to apply to: read by nothing
+        if not urls and (given := [n for n in ("stream_bitrate_kbps", "stream_what", "stream_size")
+                                   if getattr(self, n) != defaults[n]]):
+            raise DronsegError(f"--{given[0].replace('_', '-')} has no effect without --stream-out: add --stream-out "
+                               "URL, or drop it")
         check_preview(self.preview, self.preview_token)
         if self.results is not None and parse_results_target(self.results)[1] in streams:  # JSON in the video's port
             raise DronsegError(f"--results {self.results} is also a --stream-out destination: give it another port")

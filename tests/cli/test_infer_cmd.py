@@ -142,6 +142,7 @@ def test_half_on_cpu_is_a_warning(tiny_checkpoint, media, tmp_path, capsys):
     ("tile", "--tile 'sometimes' is not one of auto, on, off"),
     ("tile_overlap", "--tile-overlap 0.9 must be between 0 and 0.75"),
     ("overlap_untiled", "--tile-overlap 0.5 has no effect with --tile off (the default): add --tile auto or --tile on"),
+    ("stream_size_alone", "--stream-size has no effect without --stream-out: add --stream-out URL, or drop it"),
 ])
 def test_bad_input_gives_one_error_line(case, message, tiny_checkpoint, media, tmp_path, capsys):
     if case == "show" and hasattr(cv2, "imshow") and "GUI:                           NONE" not in cv2.getBuildInformation():
@@ -203,6 +204,8 @@ def test_bad_input_gives_one_error_line(case, message, tiny_checkpoint, media, t
         extra += ["--tile-overlap", "0.9"]
     elif case == "overlap_untiled":  # taken silently, nothing read it
         extra += ["--tile-overlap", "0.5"]
+    elif case == "stream_size_alone":  # taken silently, nothing read it
+        extra += ["--stream-size", "640x360"]
     code, out, err = run_cli(capsys, model, source, *extra)
     assert_one_error_line(code, out, err, message)
     assert not (tmp_path / "run").exists() or case == "existing_out"  # nothing started for a run that cannot
