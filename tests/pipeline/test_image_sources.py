@@ -43,6 +43,7 @@ def test_a_bomb_in_a_folder_is_skipped_and_counted_without_being_decoded(tmp_pat
     assert (source.oversized, source.corrupt) == (1, 1)
     assert bomb.stat().st_size not in decoded and len(decoded) == 2  # a.jpg and c.png only: d.jpg's header failed
     assert f"image {bomb} is 12000x12000 (144.0 MP), above the 67.1 MP limit" in caplog.text
+    assert f"image {tmp_path / 'd.jpg'} cannot be decoded (truncated or not an image); skipped" in caplog.text
     # 144 MP is over the most --max-pixels takes: raising it cannot let the image through, so it is not advised
     assert "limit (a decompression bomb, or a larger image than expected): skipped (--max-pixels takes at most 134.2 MP)" \
         in caplog.text and "raise --max-pixels" not in caplog.text

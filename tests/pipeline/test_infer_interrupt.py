@@ -114,3 +114,11 @@ def test_a_stop_signal_is_raised_at_once_or_when_the_critical_block_ends():
                 done.append(critical)
         assert guard.signal_name == "SIGTERM"
     assert done == [True]
+
+
+def test_a_second_stop_signal_while_the_outputs_are_finished_only_says_so(capsys):
+    from dronseg_edge.pipeline.interrupts import interrupts_deferred
+
+    with interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+    assert capsys.readouterr().err == "finishing the outputs, one moment...\n"

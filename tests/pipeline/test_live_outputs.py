@@ -179,7 +179,15 @@ def test_images_get_no_legend_unless_asked(segmenter, tmp_path):
     assert np.abs(first[96:, :136] - second[96:, :136]).mean() > 5
 
 
-def test_a_jetson_streams_udp_and_rtp_through_gstreamer_and_rtsp_through_pyav(fake_jetson, monkeypatch):
+def test_a_preview_reachable_from_the_network_says_viewers_need_the_token(caplog):
+    from dronseg_edge.pipeline.live_outputs import open_preview
+
+    server = open_preview(RunOptions(preview="0.0.0.0:0", preview_token="s3cret-token"))
+    server.close()
+    assert f"--preview listens on 0.0.0.0:{server.port}, reachable from the network: viewers need the token" in caplog.text
+
+
+def test_a_jetson_streams_udp_and_rtp_through_gstreamer_and_rtsp_through_pyav(fake_jetson, monkeypatch, caplog):
     from dronseg_edge.pipeline import live_outputs
     from dronseg_edge.pipeline.live_encoder import GStreamerLiveEncoder
 
@@ -195,3 +203,4 @@ def test_a_jetson_streams_udp_and_rtp_through_gstreamer_and_rtsp_through_pyav(fa
     assert open_encoder(parse_stream_url("rtsp://127.0.0.1:8554/drone"), (320, 192), 30.0, 2000) == "pyav"
     monkeypatch.setattr(fake_jetson, "elements", ())  # the element does not open after all: PyAV's libx264
     assert open_encoder(parse_stream_url("udp://127.0.0.1:5600"), (320, 192), 30.0, 2000) == "pyav"
+    assert "stream udp://127.0.0.1:5600: " in caplog.text and "; sending with PyAV's libx264 instead" in caplog.text

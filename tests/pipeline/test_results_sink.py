@@ -85,7 +85,7 @@ def test_udp_to_no_one_drops_nothing_silently_and_never_fails():
     assert sink.record()["lines"] + sink.dropped == 5
 
 
-def test_a_pipe_whose_reader_left_stops_the_results_only():
+def test_a_pipe_whose_reader_left_stops_the_results_only(caplog):
     read_end, write_end = os.pipe()
     sink = ResultsSink("-", stdout_fd=write_end)
     sink.write(make_result(0))
@@ -95,6 +95,8 @@ def test_a_pipe_whose_reader_left_stops_the_results_only():
     sink.write(make_result(2))
     os.close(write_end)
     assert (sink.record()["lines"], sink.dropped) == (1, 2)
+    assert [r.getMessage() for r in caplog.records] == ["--results -: the program reading the results has stopped "
+                                                        "(broken pipe); the run goes on, its files keep every frame"]
 
 
 @pytest.mark.parametrize("target, message", [("udp://host", "udp://HOST:PORT"), ("tcp://x:1", "udp://HOST:PORT, a file"),

@@ -190,7 +190,7 @@ def test_a_stop_signal_leaves_out_a_frame_only_where_there_is_no_room():
     assert sink.written == [7]
 
 
-def test_tall_strips_keep_the_contact_sheet_and_overlays_within_what_jpeg_holds(tmp_path):
+def test_tall_strips_keep_the_contact_sheet_and_overlays_within_what_jpeg_holds(tmp_path, caplog):
     # a 4x1200 strip made a 240x72000 thumbnail: the sheet could not be encoded (exit 2) and summary.json
     # still named it; a 66000x20 image's overlay JPEG could not be encoded either
     from dronseg_edge.pictures import TEXT_HEIGHT
@@ -208,6 +208,7 @@ def test_tall_strips_keep_the_contact_sheet_and_overlays_within_what_jpeg_holds(
     overlays.close()
     assert [p.name for p in (tmp_path / "overlay").iterdir()] == ["000000.png"]
     assert cv2.imread(str(tmp_path / "overlay" / "000000.png")).shape == (20, 66000, 3)
+    assert "000000 is 66000x20, longer than JPEG's 65500 px a side: its overlay is a PNG" in caplog.text
 
 
 def test_a_mask_png_cannot_hold_is_one_line_and_no_file(tmp_path):

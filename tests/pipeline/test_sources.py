@@ -303,6 +303,7 @@ def test_a_stream_reopened_at_another_rate_counts_the_change(caplog):
     assert [r.fps for r in records] == [30.0] * 2 + [10.0] * 3
     assert (source.reconnects, source.rate_changes, source.size_changes, source.fps) == (1, 1, 0, 10.0)
     assert "changes rate at frame 2, from 30 to 10 fps" in caplog.text
+    assert "stream tcp://127.0.0.1:5000 reopened after" in caplog.text
 
 
 def test_an_http_stream_its_server_closes_ends_without_an_error(caplog):

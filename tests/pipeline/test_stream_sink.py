@@ -187,7 +187,7 @@ def test_refusals_drop_frames_and_retry_with_doubling_back_off(monkeypatch, fake
     assert FakeEncoder.opened[0].size == (160, 96) and (FIRST_RETRY_S, MAX_RETRY_S) == (0.5, 10.0)
 
 
-def test_a_lost_connection_is_reopened_and_counted(fake_encoder):
+def test_a_lost_connection_is_reopened_and_counted(fake_encoder, caplog):
     class Dropping(FakeEncoder):
         def send(self, frame):
             if len(FakeEncoder.opened) == 1 and len(self.frames) == 3:
@@ -200,6 +200,9 @@ def test_a_lost_connection_is_reopened_and_counted(fake_encoder):
     sink._retry_at = 0.0  # the back-off has passed
     sink.write(make_result(4))
     assert (sink.record()["frames_sent"], sink.dropped, sink.reconnects, len(FakeEncoder.opened)) == (4, 1, 1, 2)
+    assert [r.getMessage() for r in caplog.records] == [
+        "stream rtsp://127.0.0.1:8554/drone was lost ([Errno 32] Broken pipe): retrying every 0.5..10 s; frames for it "
+        "are dropped meanwhile", "stream rtsp://127.0.0.1:8554/drone: sending"]
     assert "Broken pipe" in sink.record()["last_error"]
 
 

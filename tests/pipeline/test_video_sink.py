@@ -103,11 +103,11 @@ def test_a_segments_size_is_its_files_even_size(tmp_path):
     assert read_video(tmp_path / "overlay_00000.mp4")[2] == (64, 48) and sink.segments[0]["size"] == "64x48"
 
 
-def test_video_sink_without_frames_leaves_nothing(tmp_path):
+def test_video_sink_without_frames_leaves_nothing(tmp_path, caplog):
     sink = VideoSink(tmp_path / "v.mp4", fps=None, overlay=OverlayPlan(0.5, LUT))
     sink.close()
     assert list(tmp_path.iterdir()) == [] and sink.outputs() == {}
-    assert sink.fps == 30.0
+    assert sink.fps == 30.0 and "the source reports no frame rate; the overlay video is written at 30 fps" in caplog.text
 
 
 def test_a_finished_file_that_cannot_take_its_name_is_one_line(tmp_path, monkeypatch):
