@@ -153,3 +153,12 @@ def test_an_onnx_segmenter_on_the_cpu_names_the_cores_not_torchs_threads(models,
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     with Segmenter(models["tensors"], device="cpu") as seg:
         assert "on cpu (8 cores)," in seg.describe()
+
+
+def test_checkpoint_options_on_an_onnx_model_warn_that_it_runs_as_exported(models, caplog):
+    with caplog.at_level("WARNING", logger="dronseg_edge"):
+        Segmenter(models["tensors"], device="cpu", half=True).close()
+        Segmenter(models["tensors"], device="cpu", precision="fp16").close()
+    name = models["tensors"].name
+    assert f"--half does not change {name}: its precision (fp32) was fixed at export" in caplog.text
+    assert f"precision/cuda_graph apply to checkpoints; {name} runs as exported" in caplog.text
