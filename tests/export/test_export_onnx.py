@@ -173,6 +173,20 @@ def test_export_without_onnxslim_writes_the_graph_unslimmed_with_a_note(tiny_che
     assert np.abs(got - expected).max() < 1e-3
 
 
+def test_a_failing_simplifier_keeps_the_graph_as_exported_with_a_warning(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from dronseg_edge.export.onnx import _slim
+
+    def slim(graph):
+        raise ValueError("shape inference failed\non node 7")
+
+    monkeypatch.setitem(sys.modules, "onnxslim", SimpleNamespace(slim=slim))
+    graph = onnx.ModelProto()
+    assert _slim(graph) == (graph, "none (onnxslim failed: shape inference failed)")
+    assert "onnxslim could not simplify the graph (shape inference failed); keeping it as exported" in caplog.text
+
+
 def test_slimmed_export_says_which_simplifier(fp32_export):
     pytest.importorskip("onnxslim")
     assert read_onnx_info(fp32_export.path).extra["simplifier"].startswith("onnxslim ")

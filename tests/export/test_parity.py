@@ -188,6 +188,18 @@ def test_fp16_overflow_is_detected_and_fp32_recommended(tmp_path):
     assert any(w.startswith("fp16 saturation") for w in saturated.warnings)
 
 
+def test_a_comparison_that_proves_little_says_why_in_the_report(tmp_path):
+    huge = lambda x: one_hot_logits(torch.zeros(x.shape[0], H, W), 2e4)  # noqa: E731 (an untrained model's size)
+    (tmp_path / "pictures").mkdir()
+    cv2.imwrite(str(tmp_path / "pictures" / "0.png"), np.zeros((H, W, 3), np.uint8))  # no masks
+    ref, cand = fake("ref.onnx", huge), fake("cand.onnx", huge, precision="int8")
+    table = check_parity(ref, cand, tmp_path / "pictures", device="cpu").table()
+    assert "warning: reference logits reach 2e+04: an untrained model or broken BatchNorm statistics" in table
+    assert "warning: mIoU limit not checked: no ground-truth masks among the images" in table
+    assert "warning: compared on synthetic scenes: pass --parity-data with real images" in \
+        check_parity(ref, cand, device="cpu", max_images=1).table()
+
+
 def test_argmax_head_candidate_gets_mask_metrics_only(tmp_path):
     data = dataset(tmp_path / "d", [SKY_ROAD])
     truth = torch.from_numpy(SKY_ROAD)
