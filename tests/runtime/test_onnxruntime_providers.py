@@ -295,6 +295,15 @@ def test_a_gpu_provider_that_cannot_start_warns_and_runs_on_the_cpu(model, monke
         explicit.activate()
 
 
+def test_a_cpu_only_onnxruntime_on_a_gpu_machine_warns_and_runs_on_the_cpu(model, monkeypatch, caplog):
+    install(monkeypatch, available=(CPU_EP,))
+    backend = OnnxRuntimeBackend(model[0], torch.device("cuda"))
+    backend.activate()
+    assert backend.provider == CPU_EP
+    assert "onnxruntime 1.19.2 has no CUDA provider; m_fp32.onnx runs on the CPU (pip install onnxruntime-gpu)" \
+        in caplog.text
+
+
 def test_a_free_batch_axis_gets_no_cuda_graph(model, monkeypatch):
     """A graph replays one shape; a Triton-style file (fixed size, any batch) is called with several."""
     fake = install(monkeypatch)
