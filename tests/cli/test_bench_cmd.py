@@ -41,6 +41,7 @@ def test_bench_checkpoint_prints_table_and_writes_json(tiny_checkpoint, tmp_path
     assert all(col in header for col in ("median", "p99", "fps"))
     row = next(line for line in lines if line.startswith("tiny.pt"))
     assert "torch" in row and "96x64" in row
+    assert f"measuring {tiny_checkpoint} ..." in err.splitlines()
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["results"][0]["latency_ms"]["count"] == 3 and doc["settings"]["device"] == "cpu"
     assert "| tiny.pt |" in (tmp_path / "r.md").read_text()
@@ -48,8 +49,9 @@ def test_bench_checkpoint_prints_table_and_writes_json(tiny_checkpoint, tmp_path
 
 def test_bench_size_and_batch_override_for_a_checkpoint(tiny_checkpoint, tmp_path, capsys):
     code, out, err = run_cli(capsys, tiny_checkpoint, *FAST, "--size", "64x32", "--batch", "2",
-                             "--json", tmp_path / "r.json")
+                             "--json", tmp_path / "r.json", "--include-transfers")
     assert code == 0, err
+    assert "note: tiny.pt: transfers: none on the CPU (input and output stay in host memory)" in out.splitlines()
     result = json.loads((tmp_path / "r.json").read_text())["results"][0]
     assert result["input_size"] == "64x32" and result["batch"] == 2 and result["output_shape"] == [2, 12, 32, 64]
 
@@ -174,7 +176,7 @@ def test_static_onnx_refuses_other_shapes_before_measuring(tiny_onnx, tiny_check
 @pytest.mark.slow
 def test_matrix_on_cpu_skips_gpu_rows_with_reasons(tiny_checkpoint, synth_root, tmp_path, capsys):
     code, out, err = run_cli(capsys, tiny_checkpoint, "--matrix", *FAST, "--data", synth_root, "--out", tmp_path / "exp",
-                             "--json", tmp_path / "m.json", "--markdown", tmp_path / "m.md")
+                             "--json", tmp_path / "m.json", "--markdown", tmp_path / "m.md", "--include-transfers")
     assert code == 0, err
     doc = json.loads((tmp_path / "m.json").read_text())
     assert doc["kind"] == "matrix" and doc["settings"]["cuda_graph"] is None  # was "per row": one type, as plain bench's
@@ -192,6 +194,8 @@ def test_matrix_on_cpu_skips_gpu_rows_with_reasons(tiny_checkpoint, synth_root, 
     table = [line for line in out.splitlines() if line.startswith(("pytorch", "onnx", "engine"))]
     assert len(table) == len(doc["matrix"])
     assert any("skipped: needs CUDA; tensorrt not installed" in line for line in table)
+    assert "note: tiny_int8.onnx: transfers: none on the CPU (input and output stay in host memory)" in out.splitlines()
+    assert "onnx int8: running" in err.splitlines() and "engine fp16: skipped (needs CUDA; tensorrt not installed)" in err
     assert "| onnx | int8 |" in (tmp_path / "m.md").read_text()
     assert sorted(p.name for p in (tmp_path / "exp").glob("*.onnx")) == ["tiny_fp16.onnx", "tiny_fp32.onnx", "tiny_int8.onnx"]
 
