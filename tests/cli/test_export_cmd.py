@@ -260,9 +260,12 @@ def test_export_out_keeps_other_programs_hidden_files(tiny_checkpoint, tmp_path,
     (out / ".export-projectx" / "notes.txt").write_text("work\n")
     (out / ".settings.json.abcd1234.tmp").write_text("k\n")
     (out / ".vscode.json.settings.tmp").write_text("k\n")
+    (out / ".export.dronseg-0badc0de.abcd1234").mkdir()  # a killed export's, the one leftover here, and its claim:
+    (out / ".dronseg-lock-0badc0de-999999-abcdefgh").write_text("")  # a lock file no process holds
     code, stdout, err = run_cli(capsys, "export", tiny_checkpoint, "--out", out, "--no-parity", "--device", "cpu")
     assert code == 0, err
-    assert "leftover" not in stdout + err
+    assert stdout.count("leftover") == 1 and "leftover" not in err
+    assert f"removed 1 leftover of an interrupted export in {out}: .export.dronseg-0badc0de.abcd1234\n" in stdout
     assert (out / ".export-projectx" / "notes.txt").read_text() == "work\n"
     assert (out / ".settings.json.abcd1234.tmp").read_text() == "k\n"
     assert (out / ".vscode.json.settings.tmp").read_text() == "k\n"

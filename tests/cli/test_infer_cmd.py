@@ -108,6 +108,12 @@ def test_folder_warns_about_non_images_and_writes_per_image_outputs(tiny_checkpo
     assert "at mixed (2 frames" in out
 
 
+def test_images_skipped_above_max_pixels_are_noted_under_the_speed_line(tiny_checkpoint, media, tmp_path, capsys):
+    code, out, err = run_cli(capsys, tiny_checkpoint, media["folder"], "--out", tmp_path / "run", "--device", "cpu",
+                             "--max-pixels", "4000")  # one.jpg is 96x64: 6144 pixels
+    assert code == 0 and "Notes: 1 images above --max-pixels skipped" in out.splitlines(), out + err
+
+
 def test_half_on_cpu_is_a_warning(tiny_checkpoint, media, tmp_path, capsys):
     code, out, err = run_cli(capsys, tiny_checkpoint, media["video"], "--out", tmp_path / "run", "--half",
                              "--max-frames", "1", "--device", "cpu")
