@@ -95,10 +95,10 @@ def meets(version: str, specifier: str) -> bool | None:
     """Whether ``version`` is in ``specifier`` (pre-releases count: NVIDIA's torch is '2.5.0a0+...'); None
     for a version packaging cannot read."""
     from packaging.specifiers import SpecifierSet
-    from packaging.version import InvalidVersion
+    from packaging.version import InvalidVersion, Version
 
-    try:
-        return SpecifierSet(specifier).contains(version, prereleases=True)
+    try:  # parsed here: from packaging 26 on, contains() says False for a version it cannot read
+        return SpecifierSet(specifier).contains(Version(version), prereleases=True)
     except InvalidVersion:
         return None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
+import sys
 
 import numpy
 import pytest
@@ -119,6 +120,15 @@ def test_without_an_installed_distribution_one_line_says_why(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     [line] = dependencies.dependency_checks()
     assert line.status == WARN and line.name == "dependencies" and "pip install -e ." in line.detail
+
+
+def test_a_version_pip_cannot_compare_and_a_missing_packaging_warn(tmp_path, monkeypatch):
+    lines = rows(tmp_path, monkeypatch, {"numpy": "1.26.4", "typer": "0.29.1", "onnxruntime": "custom-build"})
+    assert (lines["dep onnxruntime"].status, lines["dep onnxruntime"].detail) == (
+        WARN, "custom-build is not a version pip can compare (core: >=1.17)")
+    monkeypatch.setitem(sys.modules, "packaging.requirements", None)  # `from packaging.requirements import` fails
+    [line] = dependencies.dependency_checks()
+    assert line.status == WARN and line.detail.startswith("cannot judge versions without packaging (")
 
 
 def test_an_editable_install_of_another_checkout_is_named(tmp_path):
