@@ -60,6 +60,13 @@ def test_a_capped_power_mode_warns_with_the_fix(fake_jetson):
     assert "nvpmodel -m" in check.detail
 
 
+def test_an_nvpmodel_that_fails_or_says_nothing_leaves_the_power_mode_unknown(fake_jetson):
+    for script, said in (("exit 1", "failed (CalledProcessError)"), ("echo 'NVPM ERROR'", "printed no 'NV Power Mode' line")):
+        (fake_jetson / "nvpmodel").write_text(f"#!/bin/sh\n{script}\n")
+        detail = f"`{jetson.NVPMODEL} -q` {said}: power mode unknown"
+        assert jetson.power_mode_check() == jetson.Check("power mode", WARN, detail)
+
+
 def test_missing_tools_and_files_warn(fake_jetson, monkeypatch):
     monkeypatch.setattr(jetson, "NVPMODEL", "no-such-nvpmodel")
     assert jetson.power_mode_check().status == WARN

@@ -55,6 +55,20 @@ def test_a_cuda13_torch_under_a_cuda12_driver_says_so(monkeypatch):
     assert check.status == WARN and "this driver supports CUDA 12.4" in check.detail and "no NVIDIA driver" not in check.detail
 
 
+def test_a_cuda_torch_that_sees_no_gpu_says_it_runs_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(devices, "cuda_driver_version", lambda: None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    check = torch_checks.no_cuda_check(SimpleNamespace(__version__="2.14.1+cu130", version=SimpleNamespace(cuda="13.0")))
+    assert (check.status, check.detail) == (WARN, "torch is built for CUDA 13.0 but sees no GPU (no NVIDIA driver, or "
+                                                  "none visible; CUDA_VISIBLE_DEVICES=''): torch runs on the CPU")
+
+
+def test_a_torchvision_that_cannot_be_imported_warns(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    check = torch_checks.torchvision_check()
+    assert check.status == WARN and ": .pt checkpoints cannot be built or loaded (" in check.detail
+
+
 @pytest.mark.parametrize("on_jetson, gpus, says", [
     (True, 1, "cannot use this Jetson's GPU: pip probably replaced NVIDIA's torch wheel"),
     (False, 2, "cannot use the NVIDIA GPUs the driver shows (2): install a CUDA build of torch"),

@@ -103,6 +103,12 @@ def test_little_memory_or_disk_left_warns(monkeypatch):
     assert lines["disk"].status == WARN and "0.2 GiB free" in lines["disk"].detail
 
 
+def test_unreadable_memory_warns(monkeypatch):
+    monkeypatch.setattr(machine, "memory", lambda: None)
+    check = system.memory_check()
+    assert (check.status, check.detail) == (WARN, "unreadable (no /proc/meminfo, no sysconf)")
+
+
 def test_an_old_python_fails(monkeypatch):
     monkeypatch.setattr(system, "MIN_PYTHON", (99, 0))
     check = system.python_check()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import pytest
 from testkit import fake_jetson  # noqa: F401 (a fixture)
@@ -114,6 +115,17 @@ def test_pyav_encoders_are_opened_for_real():
     assert nvenc.status == OK or (("does not open" in nvenc.detail or "not in this FFmpeg build" in nvenc.detail)
                                   and nvenc.detail.endswith("; libx264 (CPU) is used instead"))
     assert "Operation not permitted" not in nvenc.detail
+
+
+def test_an_encoder_that_does_not_open_warns_with_ffmpegs_reason():
+    class Context:
+        def open(self):
+            raise OSError("Operation not permitted; last error log: [h264_nvenc] Cannot load libcuda.so.1")
+
+    av = SimpleNamespace(CodecContext=SimpleNamespace(create=lambda name, mode: Context()))  # no av.logging: PyAV 12
+    check = video.encoder_check(av, "h264_nvenc")
+    assert (check.status, check.detail) == (WARN, "does not open: [h264_nvenc] Cannot load libcuda.so.1; libx264 (CPU) "
+                                                  "is used instead")
 
 
 def test_an_encoder_missing_from_the_build():
