@@ -5,10 +5,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
 from dronseg_edge import leftovers
+from dronseg_edge.errors import DronsegError
 from dronseg_edge.leftovers import LOCK_PREFIX, RANDOM, TAGGED, TOKEN, FolderClaim, working_prefix
 
 pytestmark = pytest.mark.skipif(leftovers.fcntl is None, reason="flock-based claims need fcntl (POSIX)")
@@ -92,6 +94,23 @@ def test_a_live_claim_keeps_its_files_while_a_dead_ones_are_removed(tmp_path):
     with FolderClaim(tmp_path, PATTERNS) as claim:
         assert [p.name for p in claim.removed] == [live_file.name]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dronseg-")]
+
+
+def test_an_unlocked_claim_file_is_live_for_a_minute_and_a_tokenless_lock_goes_at_once(tmp_path):
+    """A run killed between making its claim file and locking it: the file counts as live (its pid's) for
+    _CLAIM_GRACE_S, then as a dead claim vouching for its token's files. An older version's lock file (no token) goes."""
+    claim_file = tmp_path / f".dronseg-claim-{DEAD}-{os.getpid()}-abcdefgh"
+    claim_file.write_text("")
+    tokenless = tmp_path / f"{LOCK_PREFIX}999999-abcdefgh"
+    tokenless.write_text("")
+    _litter(tmp_path)
+    with pytest.raises(DronsegError, match=f"pid {os.getpid()}\\): wait"):
+        FolderClaim(tmp_path, PATTERNS, alone="wait")
+    assert not tokenless.exists() and claim_file.exists()
+    os.utime(claim_file, (time.time() - 2 * leftovers._CLAIM_GRACE_S,) * 2)
+    with FolderClaim(tmp_path, PATTERNS, alone="wait") as claim:
+        assert len(claim.removed) == 2
+    assert not claim_file.exists()
 
 
 def test_a_claim_in_this_process_counts_as_live_too(tmp_path):
