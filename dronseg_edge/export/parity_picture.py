@@ -47,10 +47,8 @@ class WorstImage:
         self.agreement, self.name = agreement, str(name)
         self.frame, self.reference, self.candidate = frame_bgr.copy(), reference.copy(), candidate.copy()
 
-    def picture(self) -> np.ndarray | None:
-        """The BGR picture (see module docstring), or None when no image was compared."""
-        if self.frame is None:
-            return None
+    def picture(self) -> np.ndarray:
+        """The BGR picture (see module docstring); export/images.py refuses a comparison on no image."""
         width = min(max(self.frame.shape[1], MIN_TILE), MAX_TILE)
         differ = self.reference != self.candidate
         grey = fit_width(cv2.cvtColor(cv2.cvtColor(self.frame, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) // 2, width)
