@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -102,7 +102,7 @@ def _default_split(root: Path, info: ModelInfo, split: str, source: Path | None,
 
 
 def score_backend(backend: Backend, samples: Sequence[Sample], batch: int = 4,
-                  log: Callable[[str], None] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """SegmentationMetrics.compute() of ``backend`` on ``samples`` (masks at their native size).
 
     ``batch``: images per call for a dynamic artifact (a static one takes its own batch); the last
@@ -119,8 +119,6 @@ def score_backend(backend: Backend, samples: Sequence[Sample], batch: int = 4,
         masks = [read_mask(s.mask_path, info.num_classes, max_pixels) for s in chunk]
         for output, mask in zip(_infer(backend, frames, step), masks):
             metrics.update(class_map_at(output, mask.shape), torch.from_numpy(mask))
-        if log is not None:
-            log(f"scored {min(start + step, len(samples))}/{len(samples)} images")
     return metrics.compute()
 
 
@@ -155,8 +153,7 @@ def class_map_at(output: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
 
 
 def evaluate_artifact(model: Path, data: Path | None = None, split: str = "val", batch: int = 4, device="auto",
-                      meta: Path | None = None, log: Callable[[str], None] | None = None,
-                      max_pixels: int | None = None) -> dict[str, Any]:
+                      meta: Path | None = None, max_pixels: int | None = None) -> dict[str, Any]:
     """Scores of an ``.onnx``/``.engine`` (or ``.pt``) file on ``split``: the metrics dict of SegmentationMetrics
     plus provenance (model, data, split, split_source, arch, input_size, precision, backend, provider, class_names).
 
@@ -171,7 +168,7 @@ def evaluate_artifact(model: Path, data: Path | None = None, split: str = "val",
         images = split_samples_for(Path(model), backend.info, data, split, limit)
         # The checks eval of a checkpoint makes (a mask the size of its image, classes in range), so both agree
         validate_samples(images.samples, num_classes=backend.info.num_classes, max_pixels=limit)
-        scores = score_backend(backend, images.samples, batch, log, limit)
+        scores = score_backend(backend, images.samples, batch, limit)
     info = backend.info
     return {"model": os.path.abspath(model), "data": os.path.abspath(images.root),  # read from anywhere, as parity reports
             "split": split, "split_source": images.source,
