@@ -150,6 +150,27 @@ def test_worker_turns_a_raw_oserror_into_one_line_naming_the_sink_file_and_free_
         worker.close()  # idempotent: closed once, the error stays
 
 
+def test_a_close_error_after_a_write_error_is_one_line_with_both(tmp_path):
+    """The sink's close fails too (a video whose index cannot be written after a full disk): both causes in one
+    line, the first one's stop reason kept; a close error alone is raised as it is."""
+    def close():
+        raise OSError(5, "Input/output error")
+
+    sink = FailingSink(OSError(28, "No space left on device"), after=1)
+    sink.target, sink.close = tmp_path / "masks", close
+    worker = SinkWorker(sink)
+    worker.put(make_result(0))
+    worker.put(make_result(1))
+    with pytest.raises(RuntimeFailure, match="No space left on device.*; then .*Input/output error") as error:
+        worker.close()
+    assert error.value.stopped == "disk_full"
+    sink = FailingSink(None, after=5)
+    sink.target, sink.close = tmp_path / "masks", close
+    with pytest.raises(RuntimeFailure, match="Input/output error") as error:
+        SinkWorker(sink).close()
+    assert "; then" not in str(error.value)
+
+
 def test_worker_close_can_drop_what_is_queued_after_a_full_disk():
     sink = FailingSink(OSError(28, "No space left on device"), after=10)
     worker = SinkWorker(sink, queue_size=50)
