@@ -40,3 +40,15 @@ def test_onecycle_cycles_the_momentum_given(tmp_path, momentum, low, high):
     assert min(seen) == pytest.approx(low) and max(seen) == pytest.approx(high)
     if momentum == 0.9:  # the default trains exactly as before
         assert (min(seen), max(seen)) == (0.85, 0.95)
+
+
+def test_constant_keeps_the_rate_given_every_step(tmp_path):
+    cfg = TrainConfig(data=str(tmp_path), scheduler="constant", lr=0.01)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = build_scheduler(optimizer, cfg, 5)
+    rates = []
+    for _ in range(5):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == [0.01] * 5 and optimizer.param_groups[0]["lr"] == 0.01
