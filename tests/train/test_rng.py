@@ -1,14 +1,16 @@
-"""train/rng.py: the loaders' worker set-up."""
+"""train/rng.py: the loaders' worker set-up, and --deterministic's seeding."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
-from dronseg_edge.train.rng import worker_init
+from dronseg_edge.train.rng import seed_everything, worker_init
 
 
 def _stop(signum, _frame):  # the CLI's SIGTERM handler (cli/main.py)
@@ -31,3 +33,19 @@ def test_a_sigterm_to_the_whole_process_group_ends_a_loader_worker_quietly(start
         del batches
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_deterministic_forces_deterministic_kernels(monkeypatch):
+    """--deterministic: torch's deterministic algorithms (warnings only), cuDNN's too, and cuBLAS's workspace set."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        seed_everything(3, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.initial_seed() == 3
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2:]
