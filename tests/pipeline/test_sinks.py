@@ -88,6 +88,7 @@ def test_confidence_pngs_and_the_low_confidence_share_in_stats(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
     assert [line["low_confidence"] for line in lines] == [0.25, 0.25]
     assert all("low_confidence" not in json.loads(line) for line in (tmp_path / "plain.jsonl").read_text().splitlines())
+    assert make_result(2).low_confidence_share() is None  # Result's API: a frame segmented without confidence
 
 
 def test_a_class_filter_limits_stats_and_leaves_other_pixels_uncoloured(tmp_path):
