@@ -80,7 +80,7 @@ def require_extra(extra: str, command: str) -> None:
                                  f"pip install 'dronseg-edge[{extra}]'{hint}")
 
 
-def missing_module_error(exc: BaseException) -> BackendUnavailable | None:
+def missing_module_error(exc: ImportError | OSError) -> BackendUnavailable | None:
     """The one-line error for an optional module this install lacks, or has but cannot load (a shared
     library missing: opencv-python without libGL, a Jetson's torch without its libcudnn, which raises
     OSError); None for anything else (a bug, or a fault of ours)."""
@@ -96,7 +96,7 @@ def missing_module_error(exc: BaseException) -> BackendUnavailable | None:
     return BackendUnavailable(f"{pip_name} is installed but cannot be loaded ({reason}): {fix}")
 
 
-def _failed_import(exc: BaseException) -> str | None:
+def _failed_import(exc: ImportError | OSError) -> str | None:
     """The optional module (INSTALL_FOR_MODULE's name) whose import ``exc`` broke off: the one an ImportError
     names, else the one whose module-level code (``<module>``: it runs only while the module is imported)
     raised it, or whose import statement an ImportError came out of (a C extension's own init fails
@@ -106,8 +106,6 @@ def _failed_import(exc: BaseException) -> str | None:
         top = (exc.name or "").split(".")[0]
         if top in INSTALL_FOR_MODULE:
             return top
-    if not isinstance(exc, (ImportError, OSError)):
-        return None
     found, tb = None, exc.__traceback__
     while tb is not None:  # the innermost such module: torchvision's import fails where it imports torch
         code = tb.tb_frame.f_code
