@@ -46,6 +46,9 @@ def _check_engine_options(options, formats: tuple[str, ...], fmt: str) -> None:
             raise DronsegError(f"{option} applies to TensorRT engines: add --format engine (or all), or drop it")
     if "engine" in formats:
         dataclasses.replace(options, fmt="engine")  # validates the engine's combination (e.g. --dla-core with fp32)
+        from dronseg_edge.runtime.tensorrt_env import import_tensorrt
+
+        import_tensorrt()  # after the option checks (fix the command first), before any ONNX work
     if options.dla_core is not None:
         from dronseg_edge.export.tensorrt import check_dla_available
 
@@ -92,10 +95,6 @@ def export(
     if ctx.get_parameter_source("triton_backend").name != "DEFAULT" and fmt != "triton":
         raise DronsegError(f"--triton-backend applies to --format triton only, not --format {fmt}: drop it or add --format triton")
     _check_read(ctx, options, fmt)
-    if "engine" in FORMAT_CHOICES[fmt]:
-        from dronseg_edge.runtime.tensorrt_env import import_tensorrt
-
-        import_tensorrt()  # before any ONNX work, so `--format all` does not half-succeed
     formats = FORMAT_CHOICES[fmt]
     options = dataclasses.replace(options, fmt=formats[0],
                                   thresholds=_thresholds(options.precision, min_agreement, max_miou_drop))

@@ -151,6 +151,13 @@ def test_engine_without_tensorrt_says_how_to_get_it(tiny_checkpoint, tmp_path, c
     assert "JetPack" in err and "--system-site-packages" in err and list(tmp_path.iterdir()) == []
 
 
+def test_option_refusals_come_before_the_missing_tensorrt(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """The command is fixed first: --dla-core with the default fp32 said 'TensorRT is not installed' (exit 3)."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    result = run_cli(capsys, "export", tiny_checkpoint, "--format", "engine", "--dla-core", "0", "--out", tmp_path)
+    assert_one_error_line(*result, 2, "DLA runs fp16 or int8 only")
+
+
 def test_no_parity_is_said_out_loud_and_drops_a_stale_report(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "tiny_fp32.parity.json").write_text('{"status": "PASSED"}')  # from an earlier, other file
     code, out, err = run_cli(capsys, "export", tiny_checkpoint, "--no-parity", "--out", tmp_path, "--device", "cpu")
