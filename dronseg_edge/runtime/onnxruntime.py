@@ -32,7 +32,7 @@ PROVIDER_CHOICES = ("auto", "tensorrt", "cuda", "cpu")
 # ONNX Runtime's TensorRT provider has no TF32 option: none of its trt_* keys (46 in onnxruntime-gpu
 # 1.31.1, tests/runtime/data) nor ORT_TENSORRT_* variables turns TensorRT's default TF32 off, and
 # NVIDIA_TF32_OVERRIDE=0 would change every library in the process. So `auto` runs fp32 models on the
-# CUDA provider (use_tf32=0), and an explicit --provider tensorrt says what it gets.
+# CUDA provider (use_tf32=0), and an explicit provider='tensorrt' says what it gets.
 TRT_TF32_NOTE = "TF32 on: ONNX Runtime's TensorRT provider has no option to turn it off"
 _PROVIDER_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
@@ -144,9 +144,9 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, path: Path, device, provider: str = "auto", cuda_graph: bool | None = None,
                  threads: int = 0):
-        one_of(provider, "--provider", PROVIDER_CHOICES)
+        one_of(provider, "provider", PROVIDER_CHOICES)  # the Python API's only: the CLI runs auto
         if provider in ("tensorrt", "cuda") and device.type != "cuda":
-            raise DronsegError(f"--provider {provider} needs a CUDA device; use --device cuda or --provider cpu")
+            raise DronsegError(f"provider={provider!r} needs a CUDA device: pass device='cuda', or provider='cpu' (or 'auto')")
         self.requested = provider
         self.cuda_graph_requested = cuda_graph
         self.cuda_graph = False
@@ -231,7 +231,7 @@ class OnnxRuntimeBackend(Backend):
             self.provider += f", {self.threads} thread{'s' if self.threads > 1 else ''} a call"
         if used == _PROVIDER_NAMES["tensorrt"] and self.info.precision == "fp32":
             log.warning("%s: fp32 model on ONNX Runtime's TensorRT provider runs with TF32 (it has no option to turn "
-                        "it off); --provider cuda keeps strict fp32", self.path.name)
+                        "it off); provider='cuda' keeps strict fp32", self.path.name)
             self.provider += f" ({TRT_TF32_NOTE})"
         if errors:
             self.provider += f" (tried: {'; '.join(errors)})"

@@ -57,9 +57,10 @@ def test_wrong_input_shape_says_how_to_re_export(exported):
 
 
 def test_provider_choices_are_checked(exported):
-    with pytest.raises(DronsegError, match="--provider cuda needs a CUDA device"):
+    """No command has a --provider option: the messages name the Python API's argument (backend_options={"provider": ...})."""
+    with pytest.raises(DronsegError, match="^provider='cuda' needs a CUDA device: pass device='cuda', or provider='cpu'"):
         OnnxRuntimeBackend(exported[0], torch.device("cpu"), provider="cuda")
-    with pytest.raises(DronsegError, match="--provider 'tpu' is not one of"):
+    with pytest.raises(DronsegError, match="^provider 'tpu' is not one of"):
         OnnxRuntimeBackend(exported[0], torch.device("cpu"), provider="tpu")
 
 
