@@ -69,7 +69,8 @@ def check_max_pixels(value: int, flag: str = "--max-pixels") -> int:
 
 
 def megapixels(pixels: int) -> str:
-    return f"{pixels / 1e6:.1f} MP"
+    """'67.1 MP'; under 1 MP in pixels, which one decimal showed as '0.0 MP' (a tiny --max-pixels, its images)."""
+    return f"{pixels / 1e6:.1f} MP" if pixels >= 1_000_000 else f"{pixels} pixels"
 
 
 def checked_image_size(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image",

@@ -47,6 +47,14 @@ def test_an_8k_frame_passes_the_default_limit_and_a_bomb_does_not(tmp_path):
     assert checked_image_size(bomb, max_pixels=MAX_PIXELS_CEILING) == (10000, 10000)  # a raised limit lets it pass
 
 
+def test_a_small_limit_and_image_are_said_in_pixels(tmp_path):
+    """With a tiny --max-pixels the skip read '192x128 (0.0 MP), above the 0.0 MP limit'."""
+    path = tmp_path / "x.png"
+    assert cv2.imwrite(str(path), np.zeros((128, 192, 3), np.uint8))
+    with pytest.raises(ImageTooLarge, match=r"is 192x128 \(24576 pixels\), above the 24575 pixels limit \("):
+        checked_image_size(path, 24575)
+
+
 def test_an_image_over_pillows_own_ceiling_is_refused_without_its_size(tmp_path):
     bomb = write_png_bomb(tmp_path / "huge.jpg", 30000, 30000)  # a PNG named .jpg: the header decides, not the name
     with pytest.raises(ImageTooLarge, match=r"image .*huge.jpg is over 179.0 MP \(Pillow refuses to read its size\), "

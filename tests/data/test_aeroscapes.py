@@ -357,7 +357,7 @@ def test_a_raised_limit_lets_large_images_through_and_a_lowered_one_refuses_smal
     samples = dataset_samples(tmp_path)
     assert len(validate_samples(samples, max_pixels=32 * 24).ids) == 4
     message = _error(validate_samples, samples, max_pixels=32 * 24 - 1)
-    assert message.startswith(f"image {tmp_path / 'imgs/imgs' / ids[0]}.jpg is 32x24 (0.0 MP), above the 0.0 MP limit")
+    assert message.startswith(f"image {tmp_path / 'imgs/imgs' / ids[0]}.jpg is 32x24 (768 pixels), above the 767 pixels limit")
     assert message.endswith(": remove it, or raise --max-pixels if it is a genuine image")  # a higher one lets it through
 
 

@@ -120,7 +120,7 @@ def test_a_stream_whose_frames_are_over_max_pixels_is_refused_at_the_first(video
     frames = open_source(f"file://{video_path}", max_pixels=1000).frames()
     with pytest.raises(DronsegError) as error:
         next(frames)
-    assert str(error.value) == (f"stream file://{video_path} is 128x80 (0.0 MP), above the 0.0 MP limit (damaged, "
+    assert str(error.value) == (f"stream file://{video_path} is 128x80 (10240 pixels), above the 1000 pixels limit (damaged, "
                                 "hostile, or larger than expected): raise --max-pixels if it is a genuine stream")
 
 
@@ -141,12 +141,12 @@ def test_a_video_whose_frames_are_over_max_pixels_is_refused_before_they_are_rea
     """A 423 KB H.264 file of 12000x12000 frames took `infer` to 5.5 GB; a TS that grew to it mid-way, 4.1 GB."""
     with pytest.raises(DronsegError) as error:
         open_source(video_path, max_pixels=1000)
-    assert f"video {video_path} is 128x80 (0.0 MP), above the 0.0 MP limit" in str(error.value)
+    assert f"video {video_path} is 128x80 (10240 pixels), above the 1000 pixels limit" in str(error.value)
     assert str(error.value).endswith("raise --max-pixels if it is a genuine video")
     feed = write_ts_with_size_change(tmp_path / "feed.ts", sizes=((96, 64), (128, 72)), frames=3)
     frames = open_source(feed, max_pixels=96 * 64).frames()
     assert [next(frames).frame.shape for _ in range(3)] == [(64, 96, 3)] * 3
-    with pytest.raises(DronsegError, match=r"video .*feed.ts from frame 3 on is 128x72 \(0.0 MP\), above the"):
+    with pytest.raises(DronsegError, match=r"video .*feed.ts from frame 3 on is 128x72 \(9216 pixels\), above the 6144 pixels limit"):
         next(frames)
 
 def test_folder_keeps_each_size_and_skips_non_images_and_broken_files(image_folder, caplog):

@@ -36,7 +36,7 @@ def test_train_refuses_a_bomb_in_its_data_with_one_line_before_writing(where, da
 def test_train_takes_max_pixels_for_a_data_set_of_large_images(data, tmp_path, capsys):
     code, err = run_cli(capsys, "train", "--data", data, *TINY, "--workers", "0", "--max-pixels", "1000",
                         "--out", tmp_path / "run")
-    assert code == 2 and "is 96x64 (0.0 MP), above the 0.0 MP limit" in err and not (tmp_path / "run").exists()
+    assert code == 2 and "is 96x64 (6144 pixels), above the 1000 pixels limit" in err and not (tmp_path / "run").exists()
 
 
 def test_eval_refuses_a_mask_bomb_with_one_line(tiny_checkpoint, data, capsys):
@@ -55,4 +55,4 @@ def test_submit_takes_max_pixels_as_eval_does(tiny_checkpoint, data, tmp_path, c
     """submit advised 'raise --max-pixels' for a large test image and had no such option."""
     code, err = run_cli(capsys, "submit", tiny_checkpoint, "--data", data, "--out", tmp_path / "s.csv", "--device", "cpu",
                         "--workers", "0", "--max-pixels", "1000")
-    assert code == 2 and "is 96x64 (0.0 MP), above the 0.0 MP limit" in err and not (tmp_path / "s.csv").exists(), err
+    assert code == 2 and "is 96x64 (6144 pixels), above the 1000 pixels limit" in err and not (tmp_path / "s.csv").exists(), err
