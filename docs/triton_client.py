@@ -101,14 +101,20 @@ def class_maps(config: dict, outputs: dict[str, np.ndarray]) -> np.ndarray:
 
 def infer_triton(url: str, model: str, frames: list[np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
     """(config, outputs by name) from a Triton server at ``url`` (HTTP)."""
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(url)
-    config = client.get_model_config(model)
-    name, batch = make_input(config, frames)
-    tensor = httpclient.InferInput(name, list(batch.shape), config["input"][0]["data_type"].removeprefix("TYPE_"))
-    tensor.set_data_from_numpy(batch)
-    result = client.infer(model, [tensor])
+    try:
+        import tritonclient.http as httpclient
+    except (ImportError, RuntimeError):  # RuntimeError: tritonclient installed without its HTTP part
+        raise ValueError("a server is asked through tritonclient's HTTP client: pip install 'tritonclient[http]'") from None
+    try:
+        client = httpclient.InferenceServerClient(url)
+        config = client.get_model_config(model)
+        name, batch = make_input(config, frames)
+        tensor = httpclient.InferInput(name, list(batch.shape), config["input"][0]["data_type"].removeprefix("TYPE_"))
+        tensor.set_data_from_numpy(batch)
+        result = client.infer(model, [tensor])
+    except (OSError, httpclient.InferenceServerException) as exc:  # refused, unknown host, unknown model
+        raise ValueError(f"Triton at {url} ({exc or type(exc).__name__}): check --url (host:port, no http://), "
+                         f"that the server runs and that it serves {model}") from None
     outputs = {spec["name"]: result.as_numpy(spec["name"]) for spec in config["output"]}
     return config, outputs
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -490,6 +491,33 @@ def test_the_client_program_refuses_two_frames_one_mask_name_and_an_unnamed_clas
     with pytest.raises(SystemExit) as exit_info:
         client.main([str(variants["frames_dynamic"]), str(tmp_path / "a.png"), "--onnxruntime"])
     assert str(exit_info.value.code).startswith("error: class index ")
+
+class _Refused:
+    """tritonclient.http where no server listens at the URL."""
+    InferenceServerException = type("InferenceServerException", (Exception,), {})
+
+    class InferenceServerClient:
+        def __init__(self, url):
+            pass
+
+        def get_model_config(self, model):
+            raise ConnectionRefusedError(111, "Connection refused")
+
+
+@pytest.mark.parametrize("http, message", [
+    (None, "error: a server is asked through tritonclient's HTTP client: pip install 'tritonclient[http]'"),
+    (_Refused, "error: Triton at localhost:8000 ([Errno 111] Connection refused): check --url (host:port, no http://), "
+               "that the server runs and that it serves tiny_fp32"),
+])
+def test_the_client_program_without_tritonclients_http_part_or_a_server_is_one_line(client, tmp_path, monkeypatch, http,
+                                                                                      message):
+    """Both were tracebacks (a RuntimeError from tritonclient installed without [http], a ConnectionRefusedError)."""
+    monkeypatch.setitem(sys.modules, "tritonclient.http", http)
+    cv2.imwrite(str(tmp_path / "a.png"), sent_frames(1)[0])
+    with pytest.raises(SystemExit) as exit_info:
+        client.main(["tiny_fp32", str(tmp_path / "a.png")])
+    assert exit_info.value.code == message
+
 
 def test_the_docs_show_lines_of_the_client_itself():
     """docs/triton.md's excerpt cannot drift from docs/triton_client.py, which the tests above run."""
