@@ -107,3 +107,15 @@ def test_the_install_section_says_a_jetson_encodes_with_its_gstreamer_encoder_fi
     GStreamer encoder first (test_video_writer.py::test_a_jetson_writes_through_its_gstreamer_encoder_first)."""
     sentence = next(s for doc, s in doc_sentences() if doc == "README.md" and "`video` (PyAV" in s)
     assert "GStreamer encoder first" in sentence, sentence
+
+
+def test_the_export_files_table_lists_the_parity_picture():
+    """export.md's Files table left out NAME.parity.png, the difference picture written beside a failed or
+    borderline parity report (reliability.md names it)."""
+    from dronseg_edge.export.parity_picture import picture_path
+    from dronseg_edge.export.parity_report import parity_report_path
+
+    table = (ROOT / "docs" / "export.md").read_text().split("## Files", 1)[1].split("\n## ", 1)[0]
+    report = parity_report_path(Path("best_fp16.onnx"))
+    for name in (report.name, picture_path(report).name):
+        assert f"`<artifact stem>{name.removeprefix('best_fp16')}`" in table, name
