@@ -32,15 +32,15 @@ def train(
     import matplotlib.figure  # noqa: F401  so loaded now: one built for numpy 1.x (< 3.8.4) fails under numpy 2
     from dronseg_edge.train.fit import fit
 
+    typed = [p for p in ctx.command.params if ctx.get_parameter_source(p.name).name == "COMMANDLINE"]
     if resume is not None:  # the run's own options: one typed here would be ignored
-        typed = [(p.secondary_opts if p.secondary_opts and not ctx.params[p.name] else p.opts)[0]  # --no-tensorboard
-                 for p in ctx.command.params if p.name not in ("resume", *RESUME_OPTIONS)
-                 and ctx.get_parameter_source(p.name).name == "COMMANDLINE"]
-        if typed:
-            raise DronsegError(f"{', '.join(typed)}: the run's own with --resume (which takes only --data, --device, "
+        given = [(p.secondary_opts if p.secondary_opts and not ctx.params[p.name] else p.opts)[0]  # --no-tensorboard
+                 for p in typed if p.name not in ("resume", *RESUME_OPTIONS)]
+        if given:
+            raise DronsegError(f"{', '.join(given)}: the run's own with --resume (which takes only --data, --device, "
                                "--workers and --max-pixels anew): leave them out, or start a new run")
     else:
-        cfg.validate()  # before the data checks; fit validates a resumed run's own options
+        cfg.validate(typed={p.name for p in typed})  # before the data checks; fit validates a resumed run's own options
     # --data (needed for a new run: validate; a resumed one has its own) must be a folder when given.
     data = Path(cfg.data) if cfg.data else None
     if data is not None and not data.is_dir():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 from dronseg_edge.data.augment import AugmentConfig
 from dronseg_edge.devices import DEVICE
@@ -99,8 +99,9 @@ class TrainConfig:
     max_pixels: int | None = option(None, MAX_PIXELS, default_text=f"{DEFAULT_MAX_PIXELS}; with --resume the run's own")
     augment: AugmentConfig = option_group(AugmentConfig)
 
-    def validate(self, new_run: bool = True) -> "TrainConfig":
-        """Check every setting; ``new_run``: also refuse settings the run would not read (a resumed run's are its own)."""
+    def validate(self, new_run: bool = True, typed: Collection[str] = ()) -> "TrainConfig":
+        """Check every setting; ``new_run``: also refuse settings the run would not read (a resumed run's are its own),
+        those named in ``typed`` (given on the command line) even at their default (`--optimizer adamw --nesterov`)."""
         from dronseg_edge.models import check_arch, check_output_stride  # torch: not for `train --help`
         from dronseg_edge.train.losses import LOSS_NAMES, WEIGHT_METHODS, build_loss
 
@@ -147,7 +148,7 @@ class TrainConfig:
         build_loss(self.loss, **self.loss_settings)  # its settings' ranges, before the run folder is made
         for names, chooser, readers in READ_ONLY_BY if new_run else ():  # --label-smoothing 0.1 trained focal+dice as 0
             given = [f"--{'no-' * (value is False)}{name.replace('_', '-')}" for name in names
-                     if (value := getattr(self, name)) != getattr(TrainConfig, name)]
+                     if (value := getattr(self, name)) != getattr(TrainConfig, name) or name in typed]
             if given and getattr(self, chooser) not in readers:
                 raise DronsegError(f"{given[0]} has no effect with --{chooser} {getattr(self, chooser)} "
                                    f"(only with {' or '.join(readers)}): drop it")

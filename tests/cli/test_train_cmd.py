@@ -54,6 +54,15 @@ def test_train_bad_options(capsys, synth_root, tmp_path):
         capsys, "train", "--data", synth_root, *TINY, "--model", "deeplabv3_resnet50", "--output-stride", "12")
 
 
+@pytest.mark.parametrize("flags", [["--nesterov"], ["--momentum", "0.9"]])
+def test_a_setting_the_optimizer_never_reads_is_refused_even_at_its_default(capsys, synth_root, tmp_path, flags):
+    """AdamW reads neither: typed at their default, they were accepted without a word (only other values were refused)."""
+    message = one_line_error(capsys, "train", "--data", synth_root, *TINY, "--optimizer", "adamw", *flags,
+                             "--out", tmp_path / "run")
+    assert message == f"error: {flags[0]} has no effect with --optimizer adamw (only with sgd): drop it"
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_fp16_on_the_cpu_is_refused_before_the_run_starts(capsys, synth_root, tmp_path):
     message = one_line_error(capsys, "train", "--data", synth_root, *TINY, "--amp", "fp16", "--out", tmp_path / "run")
     assert "--amp fp16" in message and "--amp bf16 or --amp off" in message
