@@ -12,17 +12,16 @@ import torch
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch; ``deterministic`` also forces deterministic kernels (slower)."""
+    """Seed python, numpy and torch; ``deterministic`` also forces deterministic kernels (slower), and False turns
+    them off again (an earlier training in the same process may have turned them on)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic  # fixed input size: let cuDNN pick the fastest kernels
 
 
 def capture_rng_state() -> dict[str, Any]:

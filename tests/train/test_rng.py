@@ -35,7 +35,7 @@ def test_a_sigterm_to_the_whole_process_group_ends_a_loader_worker_quietly(start
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_deterministic_forces_deterministic_kernels(monkeypatch):
+def test_deterministic_forces_deterministic_kernels_and_a_later_false_turns_them_off(monkeypatch):
     """--deterministic: torch's deterministic algorithms (warnings only), cuDNN's too, and cuBLAS's workspace set."""
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -46,6 +46,9 @@ def test_deterministic_forces_deterministic_kernels(monkeypatch):
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
         assert torch.initial_seed() == 3
+        seed_everything(4)  # a second training in the same process (Python API): they stayed on
+        assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+        assert torch.backends.cudnn.benchmark
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2:]
