@@ -146,7 +146,8 @@ class OnnxRuntimeBackend(Backend):
                  threads: int = 0):
         one_of(provider, "provider", PROVIDER_CHOICES)  # the Python API's only: the CLI runs auto
         if provider in ("tensorrt", "cuda") and device.type != "cuda":
-            raise DronsegError(f"provider={provider!r} needs a CUDA device: pass device='cuda', or provider='cpu' (or 'auto')")
+            raise DronsegError(f"provider={provider!r} needs a CUDA device: pass device='cuda', or provider='cpu' "
+                               "(or 'auto')")
         self.requested = provider
         self.cuda_graph_requested = cuda_graph
         self.cuda_graph = False
