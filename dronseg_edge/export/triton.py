@@ -101,8 +101,6 @@ def trt_profile(info: ModelInfo, spec: TensorSpec, *, max_batch: int, opt_batch:
     if -1 not in spec.dims:
         return {}
     shapes = dynamic_profile(info, opt_batch)
-    if spec.dims and spec.dims[0] > 0:  # a fixed batch (max_batch_size 0): the profile keeps it
-        max_batch = opt_batch = shapes["min"][0] = spec.dims[0]
     shapes["opt"][0], shapes["max"][0] = min(opt_batch, max_batch), max_batch
     for shape in shapes.values():
         if len(shape) != len(spec.dims) or any(d not in (-1, s) for d, s in zip(spec.dims, shape)):
