@@ -149,10 +149,9 @@ def animals(ctx: SceneContext, count: int) -> None:
 
 
 def boats(ctx: SceneContext, count: int, small: bool = False) -> None:
-    """Boats (class 5) on the scene's water, drifting along a river or across a pond (``small``: dinghies)."""
+    """Boats (class 5) on the scene's first water (there is one), drifting along a river or across a pond
+    (``small``: dinghies)."""
     rng = ctx.rng
-    if not ctx.waters:
-        return
     _, axis, half = ctx.waters[0]
     for _ in range(count):
         per_px = 1.0 / max(float(ctx.cameras[0].scale_at(axis[len(axis) // 2])[0]), 1e-6)
