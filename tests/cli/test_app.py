@@ -97,6 +97,13 @@ def test_an_input_this_user_cannot_read_is_a_usage_error_not_a_failed_write(caps
     code, _, err = run(capsys, "train")
     assert code == 5 and err.startswith(f"error: cannot write {locked}/imgs: Permission denied")
 
+    def nameless(*args, **kwargs):  # naming no file: a write to standard output (_unreadable(None) was a TypeError)
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(app_module, "app", nameless)
+    code, _, err = run(capsys, "train")
+    assert code == 5 and err.startswith("error: cannot write standard output: Permission denied")
+
 
 def test_other_os_errors_stay_bugs_with_their_traceback(monkeypatch):
     app_module = importlib.import_module("dronseg_edge.cli.main")  # the module that runs the Typer app
