@@ -116,6 +116,9 @@ def test_max_duration_counts_seconds_from_the_first_frame():
     seconds = [state.source_seconds(result) for result in results]
     assert seconds == pytest.approx([0.0, 0.04, 1.0])
     assert seconds[2] >= 1.0  # the frame at the limit is not before it: 2.28 - 1.28 is 0.9999999999999998
+    images = RunState(Path("."), RunOptions(max_duration=1.0), live=False)
+    images._clock_start -= 5.0  # an image has no timestamp: the run's wall clock counts, here 5 s in
+    assert 5.0 <= images.source_seconds(make_result()) < 6.0
 
 
 def test_summary_names_the_files_it_read_by_absolute_path(tmp_path, monkeypatch):
