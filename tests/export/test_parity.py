@@ -182,6 +182,7 @@ def test_fp16_overflow_is_detected_and_fp32_recommended(tmp_path):
     report = check_parity(ref, fake("cand.onnx", overflowing, precision="fp16"), data, device="cpu")
     assert not report.passed
     assert any("NaN/Inf" in f for f in report.failures)
+    assert " | cos 1.00000 | NaN/Inf 2 | mIoU " in report.summary_line()
     assert any(w.startswith("fp16 overflow") and "--precision fp32" in w for w in report.warnings)
     saturated = check_parity(ref, fake("c.onnx", lambda x: one_hot_logits(truth.expand(x.shape[0], H, W), 60000.0),
                                               precision="fp16"), data, device="cpu")
