@@ -102,6 +102,11 @@ def test_a_jpeg_cut_short_is_not_decoded_into_grey_rows(tmp_path):
         (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 2 // 3])
         assert decode_bgr(tmp_path / "whole.jpg").shape == (96, 160, 3), name
         assert cv2.imread(str(tmp_path / "cut.jpg")) is not None and decode_bgr(tmp_path / "cut.jpg") is None, name
+    for odd in (b"\xff", b"\xff\x01"):  # a fill byte, a marker without a length (TEM): stepped over, not taken as cut
+        (tmp_path / "odd.jpg").write_bytes(data[:2] + odd + data[2:])
+        assert decode_bgr(tmp_path / "odd.jpg").shape == (96, 160, 3), odd
+    (tmp_path / "cut.jpg").write_bytes(data[:40])  # cut inside its header
+    assert decode_bgr(tmp_path / "cut.jpg") is None
     (tmp_path / "p.png").write_bytes(cv2.imencode(".png", image)[1].tobytes())
     assert np.array_equal(decode_bgr(tmp_path / "p.png"), image)
 
