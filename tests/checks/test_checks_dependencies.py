@@ -136,6 +136,9 @@ def test_an_editable_install_of_another_checkout_is_named(tmp_path):
     check = dependencies.source_check(elsewhere)
     assert check.status == WARN and "editable install of /somewhere/else" in check.detail
     assert str(dependencies.PACKAGE_FOLDER) in check.detail
+    (tmp_path / "dronseg_edge-0.1.0.dist-info" / "direct_url.json").write_text("{")  # unreadable: no editable install
+    check = dependencies.source_check(elsewhere)
+    assert check.status == WARN and check.facts["source"] == str(tmp_path.resolve())
 
 
 def test_this_environments_table_has_numpy_at_its_version():
