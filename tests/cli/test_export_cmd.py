@@ -73,6 +73,17 @@ def test_parity_command_passes_and_writes_json(exported, tiny_checkpoint, frames
     assert code in (0, None), err
 
 
+def test_parity_against_an_onnx_reference_releases_both_sessions(exported, frames, capsys, monkeypatch):
+    from dronseg_edge.runtime.onnxruntime import OnnxRuntimeBackend
+
+    released = []
+    monkeypatch.setattr(OnnxRuntimeBackend, "deactivate", lambda self: released.append(self.path))
+    code, out, err = run_cli(capsys, "parity", exported, exported, "--data", frames, "--device", "cpu",
+                             "--parity-images", 1)
+    assert code in (0, None) and "PASSED | logits: agreement 100.00%" in out, err
+    assert released == [exported, exported]  # the candidate's, then the reference's
+
+
 def test_parity_command_fails_a_perturbed_onnx_with_exit_4(exported, tiny_checkpoint, frames, tmp_path, capsys):
     broken = break_onnx_classifier(exported, tmp_path / "broken.onnx")
     code, out, err = run_cli(capsys, "parity", tiny_checkpoint, broken, "--data", frames, "--device", "cpu")
