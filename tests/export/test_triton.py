@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from testkit import mount_tmpfs
+from testkit import break_onnx_classifier, mount_tmpfs
 from trt_parser_rules import check_graph
 
 from dronseg_edge.classes import CLASS_NAMES
@@ -275,6 +275,15 @@ def test_a_graph_that_contradicts_its_metadata_gets_no_model_folder(default_expo
                                            r"describes \[1, 3, 64, 128\] \(batch, size, io\): re-export it"):
         write_model_repository(edited, tmp_path / "repo", "edited")
     assert list((tmp_path / "repo").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["edited.onnx", "repo"]
+
+
+def test_an_onnx_file_that_fails_parity_gets_no_model_folder(default_export, tiny_checkpoint, tmp_path, monkeypatch):
+    exported = default_export[0] / "tiny_dynbatch_fp32.onnx"  # its graph, broken, as the one written this time
+    monkeypatch.setattr("dronseg_edge.export.artifact._write_onnx",
+                        lambda model, dest, *args: break_onnx_classifier(exported, dest) and ())
+    made = export_artifact(tiny_checkpoint, fmt="triton", device="cpu", out_dir=tmp_path, parity_images=1)
+    assert not made.passed and made.path.name == "tiny_dynbatch_fp32.onnx.failed" and made.path.is_file()
+    assert not (tmp_path / "triton").exists()
 
 
 def test_an_engine_repository_serves_the_plan(exported, tmp_path):
