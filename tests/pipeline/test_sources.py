@@ -397,6 +397,20 @@ def test_a_clip_cut_without_reencoding_is_neither_damaged_nor_truncated(tmp_path
     assert "damaged" not in caplog.text and "truncated" not in caplog.text
 
 
+def test_an_edit_list_cut_is_read_through_boxes_of_64_bit_size(tmp_path):
+    def box(kind: bytes, body: bytes, wide: bool = False) -> bytes:  # wide: size 1, then a 64-bit size (largesize)
+        size = len(body) + (16 if wide else 8)
+        return (b"\0\0\0\1" + kind + size.to_bytes(8, "big") if wide else size.to_bytes(4, "big") + kind) + body
+
+    scale_and_2s = bytes(12) + (1000).to_bytes(4, "big") + (2000).to_bytes(4, "big")  # an mvhd's or mdhd's
+    for shown_ms, wide in ((2000, True), (1000, False), (1000, True)):  # a picture track showing 2 s or 1 s of its 2 s
+        tkhd = bytes(20) + shown_ms.to_bytes(4, "big") + bytes(52) + (160 << 16).to_bytes(4, "big") + bytes(4)
+        trak = box(b"trak", box(b"tkhd", tkhd) + box(b"mdia", box(b"mdhd", scale_and_2s)))
+        moov = box(b"moov", box(b"mvhd", scale_and_2s, wide) + trak)
+        (tmp_path / "v.mp4").write_bytes(box(b"ftyp", b"isom" + bytes(4)) + moov + box(b"mdat", bytes(8)))
+        assert sources._stores_frame_count(tmp_path / "v.mp4") is (shown_ms == 2000), (shown_ms, wide)
+
+
 def test_a_file_url_as_file_managers_write_it_is_read(video_path, tmp_path):
     # %20 for a space and a localhost host: FFmpeg's file protocol takes neither (it waited 10 s, exit 5)
     spaced = tmp_path / "flight 1!.mp4"
