@@ -38,6 +38,8 @@ def test_defaults_are_the_cli_defaults_and_values_are_normalised(tmp_path):
     # count past uint64 into config.pbtxt
     ({"workspace_gib": float("inf")}, r"--workspace-gib inf must be a positive number of GiB, at most 1024"),
     ({"workspace_gib": 1e12}, r"--workspace-gib 1e\+12 must be a positive number of GiB, at most 1024"),
+    ({"workspace_gib": "4GB"}, "--workspace-gib '4GB' must be a number"),  # float()'s ValueError traceback
+    ({"parity_data": 3}, "--parity-data 3 must be a path"),  # Path()'s TypeError
     ({"calib_images": 0}, "--calib-images 0 must be a whole number, at least 1"),
     ({"parity_images": -1}, "--parity-images -1 must be a whole number, at least 1"),
     ({"precision": "int8", "calib_method": "entropy"}, "--calib-method 'entropy' is not one of minmax, percentile"),
