@@ -122,6 +122,25 @@ def test_a_finished_file_that_cannot_take_its_name_is_one_line(tmp_path, monkeyp
         sink.close()  # not a segment listed under a name no file has
 
 
+def test_an_unfinished_mp4v_file_is_removed_as_is_one_whose_first_frame_failed(tmp_path, monkeypatch):
+    sink = VideoSink(tmp_path / "v.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT), codec="mp4v")
+    sink.write(make_result(0))
+
+    def quota_reached():
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    sink._writer.close = quota_reached
+    with pytest.raises(RuntimeFailure, match=r"\(video v.mp4 could not be finished and is lost\)"):
+        sink.close()  # without its index an mp4v file does not play at all
+    assert list(tmp_path.iterdir()) == [] and sink.outputs() == {}
+    monkeypatch.setattr(video_writer.VideoWriter, "write", lambda self, frame: quota_reached())
+    sink = VideoSink(tmp_path / "w.mp4", fps=25.0, overlay=OverlayPlan(0.5, LUT), codec="mp4v")
+    with pytest.raises(OSError):
+        sink.write(make_result(0))  # the run stops on it; its outputs are closed
+    sink.close()
+    assert list(tmp_path.iterdir()) == [] and sink.outputs() == {}  # an empty file is removed, not listed
+
+
 @needs_av
 def test_a_fragmented_file_whose_end_cannot_be_written_is_kept(tmp_path):
     """Under a disk quota the encoder's last write fails (EDQUOT): the fragments on disk still play."""
@@ -179,3 +198,14 @@ def test_a_variable_rate_file_keeps_its_times_in_the_video(tmp_path):
     overlays = [plan.image(result).astype(int) for result in results]
     shown = [int(np.argmin([np.abs(frame.astype(int) - o).mean() for o in overlays])) for frame in frames]
     assert shown == [0, 0, 0, 1, 2, 3, 3, 4] and sink.video_frames == 8
+
+
+def test_a_gap_in_a_variable_rate_files_times_is_filled_for_at_most_max_fill_s(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setattr(video_sink, "MAX_FILL_S", 0.5)  # 5 frames at 10 fps
+    sink = VideoSink(tmp_path / "v.mp4", fps=10.0, overlay=OverlayPlan(0.5, LUT), codec="mp4v", by_time=True)
+    for index, time in enumerate((0.0, 20.0, 20.1)):  # 20 s without a frame
+        sink.write(dataclasses.replace(make_result(index), timestamp=time))
+    sink.close()
+    assert sink.video_frames == len(read_video(tmp_path / "v.mp4")[0]) == 1 + 5 + 1 + 1  # the times go on from 20 s
