@@ -15,6 +15,7 @@ from dronseg_edge.classes import CLASS_NAMES, NUM_CLASSES
 from dronseg_edge.data.aeroscapes import dataset_samples, read_ids, validate_samples
 from dronseg_edge.data.synthetic import synthesize
 from dronseg_edge.data.synthetic.camera import Camera, clip_to_halfplane, random_view
+from dronseg_edge.data.synthetic.objects import DRONE
 from dronseg_edge.data.synthetic.scene import Item, Lighting, Material, Part, World, render_view
 from dronseg_edge.data.synthetic.worlds import build_world
 from dronseg_edge.errors import DronsegError
@@ -207,6 +208,13 @@ def test_hand_built_scene_renders_exactly():
     assert (image[mask == 9] == (40, 160, 40)).all()  # BGR of (40, 160, 40)
     assert (image[mask == 3] == (30, 30, 200)).all()
     assert (image[mask == 0] == (100, 100, 100)).all()
+
+
+def test_a_drone_in_a_view_without_sky_flies_over_the_ground():
+    top_down = Camera((160, 96), (0.0, 0.0))  # no horizon
+    world = build_world(np.random.default_rng(0), [top_down], forced=frozenset({DRONE}))
+    [drone] = world.flyers
+    assert 0.1 < drone.position[1] < 0.9  # of the view's height: not in a sky band at its top
 
 
 def test_camera_projection_round_trips_and_clips():
