@@ -139,8 +139,11 @@ class ExportOptions:
                     try:
                         object.__setattr__(self, name, convert(getattr(self, name)))
                     except (TypeError, ValueError):  # 2.5 is not taken as 2, nor "4GB" as a number
-                        what = {_int: "a whole number", float: "a number", Path: "a path"}[convert]
-                        raise DronsegError(f"--{name.replace('_', '-')} {getattr(self, name)!r} must be {what}") from None
+                        what = {_int: "a whole number", float: "a number", Path: "a path"}.get(convert)
+                        if what is None:  # the size and shape parsers say their own
+                            raise
+                        raise DronsegError(f"--{name.replace('_', '-')} {getattr(self, name)!r} must be {what}"
+                                           ) from None
         if self.thresholds is not None and not hasattr(self.thresholds, "min_agreement"):  # 0.99: AttributeError later
             raise DronsegError(f"thresholds={self.thresholds!r}: give a ParityThresholds (or None: the precision's)")
         # One spelling per graph: --dynamic frees the batch too, and a Triton model always batches.
