@@ -48,6 +48,18 @@ def test_queued_reader_delivers_every_frame_in_order_with_bounded_lookahead():
     assert reader.dropped == 0 and reader.decoded == 40
 
 
+def test_decode_time_is_the_sum_over_the_frames_read():
+    """summary.json's stage_ms.decode is decode_ms / decoded: every record's time counts, not the last one's."""
+    records = list(FramesSource([scene(i, (32, 24)) for i in range(3)]).frames())
+    for record, ms in zip(records, (1.0, 2.0, 4.0)):
+        record.decode_ms = ms
+    source = FramesSource([])
+    source.frames = lambda stride=1: iter(records)
+    reader = FrameReader(source, live=False)
+    assert [record.index for record in reader] == [0, 1, 2]
+    assert (reader.decoded, reader.decode_ms) == (3, 7.0)
+
+
 def test_live_reader_drops_stale_frames_when_the_consumer_is_slower():
     source = PacedSource(count=60, fps=200)  # a frame every 5 ms
     reader = FrameReader(source, live=True)

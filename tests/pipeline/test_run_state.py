@@ -44,10 +44,8 @@ def test_options_cannot_be_changed_past_their_check():
 
 
 class FakeSink:
-    lossy = False
-
-    def __init__(self, name, frames, write_ms, outputs):
-        self.name, self.frames, self.write_ms, self._outputs = name, frames, write_ms, outputs
+    def __init__(self, name, frames, write_ms, outputs, lossy=False):
+        self.name, self.frames, self.write_ms, self._outputs, self.lossy = name, frames, write_ms, outputs, lossy
 
     def outputs(self):
         return self._outputs
@@ -67,13 +65,14 @@ def test_summary_holds_per_frame_stage_times_and_the_slowest_writer(tmp_path):
                              size_changes=1, rate_changes=0, hw_decode=None, end="ended", max_pixels=1 << 26)
     reader = SimpleNamespace(decode_ms=12.0, decoded=3, dropped=0)
     sinks = [FakeSink("masks", 2, 8.0, {"masks": str(tmp_path / "masks")}),
-             FakeSink("stats", 2, 2.0, {"stats": str(tmp_path / "stats.jsonl")})]
+             FakeSink("stats", 2, 2.0, {"stats": str(tmp_path / "stats.jsonl")}),
+             FakeSink("stream", 2, 90.0, {}, lossy=True)]  # a live output drops frames: not the run's pace
     data = state.summary(segmenter, source, reader, sinks).to_dict()
     assert list(data)[0] == "schema" and data["schema"] == SUMMARY_SCHEMA == 1
     assert data["source_end"] is None  # interrupted: the run stopped first, whatever end the reader had met
     assert data["stage_ms"] == {"decode": 4.0, "preprocess": 1.0, "inference": 15.0, "postprocess": 3.0, "write": 4.0}
-    assert data["write_ms"] == {"masks": 4.0, "stats": 1.0}
-    assert (data["frames"], data["frame_size"], data["fps"], data["stride"]) == (2, "8x6", 4.0, 2)
+    assert data["write_ms"] == {"masks": 4.0, "stats": 1.0, "stream": 45.0}
+    assert (data["frames"], data["frame_size"], data["wall_s"], data["fps"], data["stride"]) == (2, "8x6", 0.5, 4.0, 2)
     assert (data["interrupted"], data["stopped_by_key"], data["error"], data["corrupt_frames"]) == (True, False, None, 1)
     assert (data["oversized_images"], data["size_changes"], data["max_pixels"]) == (2, 1, 1 << 26)
     assert data["outputs"] == {"masks": "masks", "stats": "stats.jsonl"}
