@@ -196,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
             number = 0
             while not preview.closed:
                 number, jpeg = preview.next_after(number, timeout=1.0)
-                if jpeg is None:
+                if jpeg is None or preview.closed:  # not the last picture again, counted as served, once the run ends
                     continue
                 self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}"
                                  "\r\n\r\n".encode() + jpeg + b"\r\n")

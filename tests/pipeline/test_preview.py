@@ -216,3 +216,18 @@ def chromium(server: PreviewServer, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000",
                            *args, f"http://{LOOPBACK}:{server.port}/"], capture_output=True, text=True, timeout=30,
                           check=True)
+
+
+def test_frames_served_counts_the_jpegs_a_viewer_got(preview):
+    """summary.json's preview.frames_served: two pictures sent to one viewer -> 2."""
+    server, sink = preview
+    connection, stream = get(server, "/stream.mjpg")
+    for number in range(2):
+        server.publish(b"picture %d" % number, b"{}")
+        assert read_part(stream) == b"picture %d" % number
+    connection.close()
+    server.close()  # ends the viewer's loop, after the count of what it sent
+    deadline = time.monotonic() + 5
+    while server.viewers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sink.record()["frames_served"] == 2
