@@ -103,10 +103,7 @@ def dataset_samples(root: Path | str, subset: str = "train") -> list[Sample]:
     masks = _by_id(p for p in sorted(mask_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
                    and p.suffix.lower() == ".png") if mask_dir.is_dir() else {}  # X.PNG too, as images whatever their case
     extra = sorted(set(masks) - set(images))
-    broken = [p for folder in (image_dir, mask_dir) if folder.is_dir() for p in sorted(folder.iterdir())
-              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_symlink() and not p.exists()]
-    if broken:  # a link whose target is gone: is_file() is False, so its image or mask seemed missing
-        raise DronsegError(f"{broken[0]} is a link to a file that does not exist: restore its target or remove it")
+    refuse_broken_links(image_dir, mask_dir)
     if extra:
         raise DronsegError(f"{masks[extra[0]]} has no image {image_dir / (extra[0] + '.jpg')} ({len(extra)} such masks): "
                            "remove the extra masks or add their images")
@@ -181,6 +178,14 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 
 
 EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a picture is turned
+
+
+def refuse_broken_links(*folders: Path) -> None:
+    """One line naming an image link in ``folders`` whose target is gone: is_file() is False for it, so its image
+    or mask seemed missing, or (a plain folder) it was left out without a word."""
+    for p in (p for folder in folders if folder.is_dir() for p in sorted(folder.iterdir())):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_symlink() and not p.exists():
+            raise DronsegError(f"{p} is a link to a file that does not exist: restore its target or remove it")
 
 
 def read_mask(path: Path, num_classes: int = NUM_CLASSES, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

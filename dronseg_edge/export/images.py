@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dronseg_edge.checkpoint import recorded_data_root, recorded_split
-from dronseg_edge.data.aeroscapes import dataset_samples, read_bgr, read_mask, samples_for_ids
+from dronseg_edge.data.aeroscapes import dataset_samples, read_bgr, read_mask, refuse_broken_links, samples_for_ids
 from dronseg_edge.data.split import pick_evenly
 from dronseg_edge.dataset_layout import IMAGE_DIR, TEST_MASK_DIR
 from dronseg_edge.errors import DronsegError
@@ -55,6 +55,7 @@ def images_from_folder(folder: Path, option: str) -> tuple[list[ImageItem], str]
         samples = dataset_samples(folder, "images")
         test_masks = {p.stem: p for p in (folder / TEST_MASK_DIR).glob("*.png")}
         return [ImageItem(s.image_path, s.mask_path or test_masks.get(s.image_id)) for s in samples], f"data set {folder.resolve()}"
+    refuse_broken_links(folder)  # else left out without a word
     # Hidden files left out, as infer's image folders do (macOS's "._x.jpg" beside each x.jpg is no image).
     images = sorted(p for p in folder.iterdir()
                     if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)

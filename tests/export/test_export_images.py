@@ -61,6 +61,14 @@ def test_empty_or_missing_folders_are_one_line_errors(tmp_path):
         resolve_images(tmp_path / "nowhere", None, option="--calib-data", max_images=8, size=(96, 64), allow_synthetic=False)
 
 
+def test_a_broken_image_link_in_a_plain_folder_is_named_not_left_out(tmp_path):
+    """A link whose target is gone was left out without a word (parity of 9 of 10 images), as a data set's is refused."""
+    folder = write_images(tmp_path / "frames", 2)
+    (folder / "f02.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(DronsegError, match=r"f02.png is a link to a file that does not exist: restore its target"):
+        resolve_images(folder, None, option="--parity-data", max_images=None, size=(12, 8), allow_synthetic=True)
+
+
 def test_calibration_never_falls_back_to_synthetic_images():
     ckpt = {"path": "tiny.pt"}  # a checkpoint that recorded no split
     with pytest.raises(DronsegError, match="--calib-data is needed: checkpoint tiny.pt records no validation split"):
