@@ -33,8 +33,8 @@ def open_source(spec, reconnect_s: float = 30.0, capture: CaptureOptions | None 
     ``max_pixels``: images above it (read from their headers) are skipped, video and stream frames refused (``--max-pixels``)."""
     if isinstance(spec, Source):
         return spec.unread()
-    if isinstance(spec, bool) or not isinstance(spec, (str, int, os.PathLike)):  # a list: OSError "File name
-        # too long"; True: camera 1 (a bool is an int)
+    # a list of frames was OSError "File name too long"; True was camera 1 (a bool is an int)
+    if isinstance(spec, bool) or not isinstance(spec, (str, int, os.PathLike)):
         raise DronsegError(f"source: a {type(spec).__name__} is not a source: {SOURCE_HELP} (frames in memory: Segmenter.stream)")
     options, text = capture or CaptureOptions(), str(spec)
     shown = shown_url(text)  # in messages and outputs: rtsp://user:***@cam/1
